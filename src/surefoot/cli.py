@@ -1,0 +1,171 @@
+"""The ``surefoot`` command line (also ``python -m surefoot``).
+
+Only commands that work are listed: ``errors`` prints the problem catalogue, and
+``keys`` lets an operator inspect and settle idempotency records in a store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from surefoot._version import __version__
+from surefoot.clock import SystemClock
+from surefoot.errors import ConfigurationError, catalogue, catalogue_markdown, problem_type_uri
+from surefoot.idempotency._core import Record, State, StoredResponse
+from surefoot.storage import IdempotencyStore, store_from_url
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="surefoot")
+def main() -> None:
+    """surefoot: idempotency keys and more, so HTTP APIs survive the real world."""
+
+
+@main.command()
+@click.option("--markdown", "fmt", flag_value="markdown", help="Print docs/errors.md.")
+@click.option("--json", "fmt", flag_value="json", help="Print the catalogue as JSON.")
+def errors(fmt: str | None) -> None:
+    """List every problem type surefoot can answer with."""
+    if fmt == "markdown":
+        click.echo(catalogue_markdown(), nl=False)
+        return
+    if fmt == "json":
+        entries = [
+            {
+                "code": c.code,
+                "status": c.status,
+                "title": c.title,
+                "type": problem_type_uri(c.code),
+                "retryable": c.retryable,
+            }
+            for c in catalogue()
+        ]
+        click.echo(json.dumps(entries, indent=2))
+        return
+    table = Table("code", "status", "retry?", "title")
+    for c in catalogue():
+        table.add_row(c.code, str(c.status), "yes" if c.retryable else "no", c.title)
+    Console().print(table)
+
+
+@main.group()
+def keys() -> None:
+    """Inspect and settle idempotency records (for example outcome-unknown keys)."""
+
+
+_STORE = click.option(
+    "--store",
+    "store_url",
+    required=True,
+    envvar="SUREFOOT_STORE",
+    help="Store URL, e.g. sqlite:///idempotency.db (or $SUREFOOT_STORE).",
+)
+
+
+def _run(store_url: str, work: Any) -> Any:
+    async def go() -> Any:
+        try:
+            store = store_from_url(store_url)
+        except ConfigurationError as exc:
+            raise click.BadParameter(str(exc), param_hint="--store") from None
+        try:
+            return await work(store, SystemClock().now())
+        finally:
+            await store.aclose()
+
+    return asyncio.run(go())
+
+
+@keys.command("list")
+@_STORE
+@click.option(
+    "--state",
+    type=click.Choice([s.value for s in State if s is not State.ABSENT]),
+    help="Only records in this state.",
+)
+@click.option("--limit", default=100, show_default=True)
+def list_keys(store_url: str, state: str | None, limit: int) -> None:
+    """List live records, oldest first."""
+
+    async def work(store: IdempotencyStore, now: float) -> list[tuple[str, Record]]:
+        return await store.records(now, state=State(state) if state else None, limit=limit)
+
+    rows: list[tuple[str, Record]] = _run(store_url, work)
+    table = Table("store key", "state", "generation", "status", "expires in")
+    clock = SystemClock().now()
+    for key, record in rows:
+        status = str(record.response.status) if record.response else "-"
+        table.add_row(
+            key,
+            record.state.value,
+            str(record.generation),
+            status,
+            f"{max(0, record.expires_at - clock):.0f}s",
+        )
+    Console().print(table)
+
+
+@keys.command("forget")
+@_STORE
+@click.argument("store_key")
+def forget_key(store_url: str, store_key: str) -> None:
+    """Delete a record so that the next request with its key executes again."""
+
+    async def work(store: IdempotencyStore, now: float) -> bool:
+        return await store.forget(store_key, now)
+
+    if not _run(store_url, work):
+        raise click.ClickException(f"no live record under {store_key}")
+    click.echo(f"forgot {store_key}")
+
+
+@keys.command("resolve")
+@_STORE
+@click.argument("store_key")
+@click.option(
+    "--status",
+    type=click.IntRange(200, 599),
+    required=True,
+    help="Status of the response to replay from now on.",
+)
+@click.option("--body", default="", help="Body to replay (JSON text).")
+@click.option("--content-type", default="application/json", show_default=True)
+def resolve_key(store_url: str, store_key: str, status: int, body: str, content_type: str) -> None:
+    """Settle an outcome-unknown (or abandoned) key with the response to replay."""
+    data = body.encode()
+    response = StoredResponse(
+        status,
+        ((b"content-type", content_type.encode()), (b"content-length", str(len(data)).encode())),
+        data,
+    )
+
+    async def work(store: IdempotencyStore, now: float) -> bool:
+        return await store.resolve(store_key, response, now)
+
+    if not _run(store_url, work):
+        raise click.ClickException(
+            f"{store_key} is not unknown or abandoned (absent, completed, or still in flight)"
+        )
+    click.echo(f"resolved {store_key} with status {status}")
+
+
+@keys.command("purge")
+@_STORE
+@click.option("--limit", default=10_000, show_default=True)
+def purge_keys(store_url: str, limit: int) -> None:
+    """Delete expired records now (stores also do this by themselves, in small batches)."""
+
+    async def work(store: IdempotencyStore, now: float) -> int:
+        return await store.purge(now, limit=limit)
+
+    click.echo(f"purged {_run(store_url, work)} expired records")

@@ -1,0 +1,221 @@
+"""The surefoot exception tree and its problem catalogue.
+
+Every error surefoot raises derives from one root, split by whose fault it is, and each
+class is also an entry of the RFC 9457 problem catalogue: its ``code``, ``status``,
+``title`` and a ``detail`` template that tells the client what to do next::
+
+    SurefootError                          500  internal_error
+    ├── ClientError                        400  (the request must change)
+    │   ├── IdempotencyKeyMissing          400  idempotency_key_missing
+    │   ├── IdempotencyKeyInvalid          400  idempotency_key_invalid
+    │   ├── IdempotencyKeyAmbiguous        400  idempotency_key_ambiguous
+    │   ├── RequestBodyTooLarge            413  request_body_too_large
+    │   ├── IdempotencyKeyReused           422  idempotency_key_reused
+    │   ├── IdempotencyRequestInProgress   409  idempotency_request_in_progress
+    │   ├── IdempotencyOutcomeUnknown      409  idempotency_outcome_unknown
+    │   └── IdempotencyResponseNotStored   409  idempotency_response_not_stored
+    ├── BackendError                       503  (a store or an upstream failed; retrying is safe)
+    │   ├── StoreUnavailable               503  store_unavailable
+    │   └── StoreCapacityExceeded          503  store_capacity_exceeded
+    └── ConfigurationError                 500  configuration_error
+
+Rule 1: a ``detail`` is formatted only from the keyword arguments the raiser passes and
+never from another exception's text, so a store's error message or a stack trace can
+never reach a client (the cause is kept on ``__cause__`` for logs).
+Rule 2: ``code`` values are stable API: a client may branch on them; never rename one.
+Rule 3: abstract branches (``ClientError``, ``BackendError``) have no code of their own
+and are not catalogue entries; only leaves and the root are.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any, ClassVar
+
+__all__ = [
+    "BackendError",
+    "ClientError",
+    "ConfigurationError",
+    "IdempotencyKeyAmbiguous",
+    "IdempotencyKeyInvalid",
+    "IdempotencyKeyMissing",
+    "IdempotencyKeyReused",
+    "IdempotencyOutcomeUnknown",
+    "IdempotencyRequestInProgress",
+    "IdempotencyResponseNotStored",
+    "RequestBodyTooLarge",
+    "StoreCapacityExceeded",
+    "StoreUnavailable",
+    "SurefootError",
+]
+
+
+class SurefootError(Exception):
+    """Root of every surefoot error; unexpected failures map to ``internal_error``.
+
+    Subclasses set ``code``, ``status``, ``title`` and ``detail_template``; the
+    keyword arguments given at construction fill the template and become the
+    problem's extension members (``retry_after``, ``policy``...).
+    """
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+    detail_template: ClassVar[str] = (
+        "The server failed while handling the request. Retrying may help; "
+        "quote the request_id when you contact support."
+    )
+    #: Whether a client may retry the very same request (same key) and expect progress.
+    retryable: ClassVar[bool] = True
+    #: Extension members that are for the detail text only and never sent as fields.
+    private_fields: ClassVar[frozenset[str]] = frozenset()
+    #: False on abstract branches, which are not catalogue entries.
+    in_catalogue: ClassVar[bool] = True
+
+    def __init__(self, message: str | None = None, **fields: Any) -> None:
+        self.fields = fields
+        self.detail = self._format_detail(fields)
+        super().__init__(message or self.detail)
+
+    @classmethod
+    def _format_detail(cls, fields: dict[str, Any]) -> str:
+        names = {name for _, name, _, _ in string.Formatter().parse(cls.detail_template) if name}
+        missing = names - fields.keys()
+        if missing:
+            raise TypeError(f"{cls.__name__} needs {sorted(missing)} to format its detail")
+        return cls.detail_template.format(**fields)
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        """Members added to the problem document beside the RFC 9457 ones."""
+        return {k: v for k, v in self.fields.items() if k not in self.private_fields}
+
+    def __init_subclass__(cls, *, abstract: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.in_catalogue = not abstract
+
+
+class ClientError(SurefootError, abstract=True):
+    """The request itself must change (or wait) before it can succeed."""
+
+    status = 400
+    retryable = False
+
+
+class BackendError(SurefootError, abstract=True):
+    """A dependency (a store, an upstream) failed; nothing was executed, retrying is safe."""
+
+    status = 503
+    retryable = True
+
+
+class ConfigurationError(SurefootError):
+    """Invalid configuration: raised at construction, never while serving a request."""
+
+    code = "configuration_error"
+    status = 500
+    title = "Server misconfigured"
+    detail_template = (
+        "The server is misconfigured and cannot handle this request. "
+        "Nothing was executed; contact the API operator."
+    )
+    retryable = False
+
+
+class IdempotencyKeyMissing(ClientError):
+    code = "idempotency_key_missing"
+    title = "Idempotency key required"
+    detail_template = (
+        "{method} {path} requires an {header} header. Generate a unique key "
+        "(for example a UUID v4) for each logical operation and send the same key on every retry."
+    )
+
+
+class IdempotencyKeyInvalid(ClientError):
+    code = "idempotency_key_invalid"
+    title = "Idempotency key malformed"
+    detail_template = (
+        "The {header} header is invalid: {reason}. Use 1 to 255 printable ASCII characters, "
+        "for example a UUID v4."
+    )
+
+
+class IdempotencyKeyAmbiguous(ClientError):
+    code = "idempotency_key_ambiguous"
+    title = "Idempotency keys disagree"
+    detail_template = (
+        "The {header} header and the body field '{field}' carry different idempotency keys. "
+        "Send one key, or the same key in both places."
+    )
+
+
+class RequestBodyTooLarge(ClientError):
+    code = "request_body_too_large"
+    status = 413
+    title = "Request body too large"
+    detail_template = (
+        "The request body exceeds {limit} bytes, the most this endpoint accepts. "
+        "Nothing was executed; send a smaller body."
+    )
+
+
+class IdempotencyKeyReused(ClientError):
+    code = "idempotency_key_reused"
+    status = 422
+    title = "Idempotency key reused with a different request"
+    detail_template = (
+        "This idempotency key was already used for a different request "
+        "(method, path or body differ). Nothing was executed. Retry the original request "
+        "unchanged, or use a new key for a new operation."
+    )
+
+
+class IdempotencyRequestInProgress(ClientError):
+    code = "idempotency_request_in_progress"
+    status = 409
+    title = "Request with this idempotency key in progress"
+    detail_template = (
+        "A request with this idempotency key is still being processed. "
+        "Retry the same request with the same key in {retry_after} seconds to receive its result."
+    )
+    retryable = True
+
+
+class IdempotencyOutcomeUnknown(ClientError):
+    code = "idempotency_outcome_unknown"
+    status = 409
+    title = "Outcome of the original request not yet known"
+    detail_template = (
+        "The original request with this idempotency key may or may not have taken effect, "
+        "and it will not be executed again until its outcome is resolved. "
+        "Retrying with the same key is safe: you will receive the final result once it is known."
+    )
+    retryable = True
+
+
+class IdempotencyResponseNotStored(ClientError):
+    code = "idempotency_response_not_stored"
+    status = 409
+    title = "Original response too large to replay"
+    detail_template = (
+        "The request with this idempotency key was executed, but its response was too large "
+        "to store for replay. Do not retry it; fetch the resulting resource instead."
+    )
+
+
+class StoreUnavailable(BackendError):
+    code = "store_unavailable"
+    title = "Service temporarily unavailable"
+    detail_template = (
+        "The service could not reach its state store, so nothing was executed. "
+        "Retry the same request (with the same idempotency key) in {retry_after} seconds."
+    )
+
+
+class StoreCapacityExceeded(BackendError):
+    code = "store_capacity_exceeded"
+    title = "Service temporarily overloaded"
+    detail_template = (
+        "Too many requests are in progress for the service to track another, so nothing was "
+        "executed. Retry the same request in {retry_after} seconds."
+    )

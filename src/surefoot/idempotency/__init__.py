@@ -1,0 +1,71 @@
+"""Idempotency keys: a retried write executes once, and every retry gets the same answer.
+
+The state machine lives in ``_core`` (sans-I/O), the HTTP adapter in ``middleware``;
+records live in a store from ``surefoot.storage``.
+"""
+
+from __future__ import annotations
+
+from surefoot.idempotency._core import (
+    Begin,
+    InProgress,
+    Mismatch,
+    NotStored,
+    Outcome,
+    Record,
+    Replay,
+    Reserved,
+    State,
+    Step,
+    StoredResponse,
+    Unknown,
+    scoped_key,
+)
+from surefoot.idempotency._events import (
+    IdempotencyEvent,
+    KeyInvalid,
+    KeyMissing,
+    KeyReserved,
+    KeyReused,
+    LeaseExpired,
+    OutcomeUnknown,
+    RequestInProgress,
+    ReservationReleased,
+    ResponseReplayed,
+    ResponseStored,
+    StaleFinish,
+    StoreFailed,
+)
+from surefoot.idempotency._policy import IdempotencyPolicy
+from surefoot.idempotency.middleware import IdempotencyMiddleware
+
+__all__ = [
+    "Begin",
+    "IdempotencyEvent",
+    "IdempotencyMiddleware",
+    "IdempotencyPolicy",
+    "InProgress",
+    "KeyInvalid",
+    "KeyMissing",
+    "KeyReserved",
+    "KeyReused",
+    "LeaseExpired",
+    "Mismatch",
+    "NotStored",
+    "Outcome",
+    "OutcomeUnknown",
+    "Record",
+    "Replay",
+    "RequestInProgress",
+    "ReservationReleased",
+    "Reserved",
+    "ResponseReplayed",
+    "ResponseStored",
+    "StaleFinish",
+    "State",
+    "Step",
+    "StoreFailed",
+    "StoredResponse",
+    "Unknown",
+    "scoped_key",
+]

@@ -1,0 +1,320 @@
+"""Idempotency records as a sans-I/O state machine.
+
+One record per *scoped key* (principal, optional route, client key). Stored states are
+``IN_FLIGHT``, ``COMPLETED`` and ``UNKNOWN``; a missing or TTL-expired record is
+``ABSENT``, and an ``IN_FLIGHT`` record whose lease has run out is observed as
+``LEASE_EXPIRED`` (derived from ``now``, never stored)::
+
+                      begin                      finish(COMPLETE)
+    ABSENT ──begin──► IN_FLIGHT ──finish(COMPLETE)──► COMPLETED ──ttl──► ABSENT
+                        │  │  └──finish(RELEASE)──► ABSENT
+                        │  └──finish(MARK_UNKNOWN)──► UNKNOWN ──resolve / late finish──► COMPLETED
+                        │                                ▲
+                  lease runs out                         │ begin, on_lease_expiry="unknown"
+                        ▼                                │
+                  LEASE_EXPIRED ─────────────────────────┘
+                        └──begin, on_lease_expiry="reexecute"──► IN_FLIGHT (new token, gen + 1)
+
+    forget (operator): any stored state ──► ABSENT
+
+Rule 1: reserving is one atomic read-modify-write of one record; stores run ``begin``
+        (and every other step) under their own atomicity (a lock, a transaction, a script).
+Rule 2: the fingerprint is checked first: a begin whose fingerprint differs from the
+        stored one is ``Mismatch`` whatever the state, and changes nothing.
+Rule 3: every reservation carries a fresh, unguessable fencing token (made by the adapter,
+        since this module draws no randomness). ``finish`` is accepted only with the
+        record's current token, so a late finisher whose lease was taken over can never
+        overwrite a newer attempt's result.
+Rule 4: a finisher whose lease expired but was not taken over still holds the current
+        token: its result is the truth of that execution and is accepted, also from
+        ``UNKNOWN`` (it resolves the unknown outcome).
+Rule 5: ``UNKNOWN`` is left only by an operator (``resolve``, ``forget``), a late finisher
+        with the current token, or the TTL; a begin never executes it again.
+Rule 6: every step is a total function of (record, now, inputs): ``TRANSITIONS`` lists
+        every (state, step) pair, and refused steps leave the record unchanged.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, replace
+from typing import Literal
+
+__all__ = [
+    "TRANSITIONS",
+    "Begin",
+    "Decision",
+    "InProgress",
+    "Mismatch",
+    "NotStored",
+    "Outcome",
+    "Record",
+    "Replay",
+    "Reserved",
+    "State",
+    "Step",
+    "StoredResponse",
+    "Unknown",
+    "Verdict",
+    "begin",
+    "classify",
+    "finish",
+    "forget",
+    "resolve",
+    "scoped_key",
+]
+
+
+class State(enum.Enum):
+    ABSENT = "absent"
+    IN_FLIGHT = "in_flight"
+    LEASE_EXPIRED = "lease_expired"
+    COMPLETED = "completed"
+    UNKNOWN = "unknown"
+
+
+class Step(enum.Enum):
+    BEGIN_REEXECUTE = "begin_reexecute"  # a request arrives; on_lease_expiry="reexecute"
+    BEGIN_UNKNOWN = "begin_unknown"  # a request arrives; on_lease_expiry="unknown"
+    COMPLETE = "complete"  # the holder finished; keep its response for replay
+    RELEASE = "release"  # the holder finished without doing work; let a retry run
+    MARK_UNKNOWN = "mark_unknown"  # the holder finished; the work may or may not have happened
+    RESOLVE = "resolve"  # an operator supplies the outcome
+    FORGET = "forget"  # an operator deletes the record
+
+
+class Verdict(enum.Enum):
+    RESERVE = "reserve"
+    TAKE_OVER = "take_over"
+    IN_PROGRESS = "in_progress"
+    REPLAY = "replay"
+    REPORT_UNKNOWN = "report_unknown"
+    EXPIRE_TO_UNKNOWN = "expire_to_unknown"
+    ACCEPT = "accept"
+    REFUSE = "refuse"
+
+
+_S, _V = State, Verdict
+_BEGIN_SAME = {
+    _S.ABSENT: (_S.IN_FLIGHT, _V.RESERVE),
+    _S.IN_FLIGHT: (_S.IN_FLIGHT, _V.IN_PROGRESS),
+    _S.COMPLETED: (_S.COMPLETED, _V.REPLAY),
+    _S.UNKNOWN: (_S.UNKNOWN, _V.REPORT_UNKNOWN),
+}
+#: States a holder with the current token may settle from (Rule 4).
+_FINISHABLE = frozenset({_S.IN_FLIGHT, _S.LEASE_EXPIRED, _S.UNKNOWN})
+_FINISH_TARGET = {
+    Step.COMPLETE: _S.COMPLETED,
+    Step.RELEASE: _S.ABSENT,
+    Step.MARK_UNKNOWN: _S.UNKNOWN,
+}
+
+
+def _table() -> dict[tuple[State, Step], tuple[State, Verdict]]:
+    table: dict[tuple[State, Step], tuple[State, Verdict]] = {}
+    for state, outcome in _BEGIN_SAME.items():
+        table[state, Step.BEGIN_REEXECUTE] = outcome
+        table[state, Step.BEGIN_UNKNOWN] = outcome
+    table[_S.LEASE_EXPIRED, Step.BEGIN_REEXECUTE] = (_S.IN_FLIGHT, _V.TAKE_OVER)
+    table[_S.LEASE_EXPIRED, Step.BEGIN_UNKNOWN] = (_S.UNKNOWN, _V.EXPIRE_TO_UNKNOWN)
+    for state in State:
+        for step, target in _FINISH_TARGET.items():
+            table[state, step] = (target, _V.ACCEPT) if state in _FINISHABLE else (state, _V.REFUSE)
+    for state in State:
+        # An operator may resolve what no live worker holds, and forget anything stored.
+        resolvable = state in (_S.LEASE_EXPIRED, _S.UNKNOWN)
+        table[state, Step.RESOLVE] = (_S.COMPLETED, _V.ACCEPT) if resolvable else (state, _V.REFUSE)
+        table[state, Step.FORGET] = (
+            (_S.ABSENT, _V.ACCEPT) if state is not _S.ABSENT else (state, _V.REFUSE)
+        )
+    return table
+
+
+#: Every (observed state, step) pair and its (next state, verdict). Total by construction.
+TRANSITIONS: dict[tuple[State, Step], tuple[State, Verdict]] = _table()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A response kept for replay. ``body`` is None when it was too large to keep."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What a store keeps under one scoped key."""
+
+    state: State  # IN_FLIGHT, COMPLETED or UNKNOWN
+    fingerprint: str
+    token: str
+    generation: int
+    lease_expires_at: float
+    expires_at: float
+    ttl: float
+    response: StoredResponse | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    """The inputs of a begin: the request's fingerprint and the route's policy values."""
+
+    fingerprint: str
+    token: str  # fresh fencing token, used only if this begin reserves
+    lease: float
+    ttl: float
+    on_lease_expiry: Literal["reexecute", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """This request holds the key: execute it, then ``finish`` with ``token``."""
+
+    token: str
+    generation: int
+    took_over: bool  # a previous holder's lease had expired (on_lease_expiry="reexecute")
+
+
+@dataclass(frozen=True, slots=True)
+class InProgress:
+    """Another request holds the key with a live lease."""
+
+    lease_expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """The key was used for a different request."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """The request completed before: send its response again."""
+
+    response: StoredResponse
+
+
+@dataclass(frozen=True, slots=True)
+class NotStored:
+    """The request completed before, but its response was too large to keep."""
+
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """The outcome of the previous execution is unknown; nothing will run until resolved."""
+
+    lease_expired_now: bool  # this begin observed the expired lease and recorded UNKNOWN
+
+
+Decision = Reserved | InProgress | Mismatch | Replay | NotStored | Unknown
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a holder settles its reservation."""
+
+    step: Literal[Step.COMPLETE, Step.RELEASE, Step.MARK_UNKNOWN]
+    response: StoredResponse | None = None  # required for COMPLETE
+
+
+def scoped_key(principal: str, key: str, route: str | None = None) -> str:
+    """The store key of a client key: scoped by principal and, optionally, route.
+
+    Hashing keeps store keys short and uniform and keeps raw keys of one principal
+    from ever colliding with another's (the parts are length-prefixed).
+    """
+    parts = (principal, route or "", key)
+    material = "".join(f"{len(p)}:{p}" for p in parts).encode()
+    return "idem:" + hashlib.blake2b(material, digest_size=20).hexdigest()
+
+
+def classify(record: Record | None, now: float) -> State:
+    """The state of ``record`` as observed at ``now``."""
+    if record is None or now >= record.expires_at:
+        return State.ABSENT
+    if record.state is State.IN_FLIGHT and now >= record.lease_expires_at:
+        return State.LEASE_EXPIRED
+    return record.state
+
+
+def begin(record: Record | None, req: Begin, now: float) -> tuple[Decision, Record | None]:
+    """A request with this key arrives: decide, and return the record to store."""
+    state = classify(record, now)
+    if state is not State.ABSENT:
+        assert record is not None
+        if record.fingerprint != req.fingerprint:
+            return Mismatch(), record
+    step = Step.BEGIN_REEXECUTE if req.on_lease_expiry == "reexecute" else Step.BEGIN_UNKNOWN
+    _, verdict = TRANSITIONS[state, step]
+    if verdict in (Verdict.RESERVE, Verdict.TAKE_OVER):
+        generation = (
+            record.generation + 1 if record is not None and state is not State.ABSENT else 1
+        )
+        new = Record(
+            state=State.IN_FLIGHT,
+            fingerprint=req.fingerprint,
+            token=req.token,
+            generation=generation,
+            lease_expires_at=now + req.lease,
+            expires_at=now + req.ttl,
+            ttl=req.ttl,
+        )
+        return Reserved(req.token, generation, verdict is Verdict.TAKE_OVER), new
+    assert record is not None
+    if verdict is Verdict.IN_PROGRESS:
+        return InProgress(record.lease_expires_at), record
+    if verdict is Verdict.REPLAY:
+        assert record.response is not None
+        if record.response.body is None:
+            return NotStored(record.response.status), record
+        return Replay(record.response), record
+    if verdict is Verdict.EXPIRE_TO_UNKNOWN:
+        return Unknown(lease_expired_now=True), replace(record, state=State.UNKNOWN)
+    return Unknown(lease_expired_now=False), record
+
+
+def finish(
+    record: Record | None, token: str, outcome: Outcome, now: float
+) -> tuple[bool, Record | None]:
+    """The holder of ``token`` settles. Returns (accepted, record to store)."""
+    state = classify(record, now)
+    if record is None or state is State.ABSENT or record.token != token:
+        return False, record if state is not State.ABSENT else None
+    target, verdict = TRANSITIONS[state, outcome.step]
+    if verdict is Verdict.REFUSE:
+        return False, record
+    return True, _settled(record, target, outcome.response, now)
+
+
+def resolve(
+    record: Record | None, response: StoredResponse, now: float
+) -> tuple[bool, Record | None]:
+    """An operator supplies the outcome of an unknown (or abandoned) execution."""
+    state = classify(record, now)
+    target, verdict = TRANSITIONS[state, Step.RESOLVE]
+    if verdict is Verdict.REFUSE:
+        return False, record if state is not State.ABSENT else None
+    assert record is not None
+    return True, _settled(record, target, response, now)
+
+
+def forget(record: Record | None, now: float) -> tuple[bool, Record | None]:
+    """An operator deletes the record so the next request executes."""
+    state = classify(record, now)
+    _, verdict = TRANSITIONS[state, Step.FORGET]
+    return verdict is Verdict.ACCEPT, None
+
+
+def _settled(
+    record: Record, target: State, response: StoredResponse | None, now: float
+) -> Record | None:
+    if target is State.ABSENT:
+        return None
+    if target is State.COMPLETED and response is None:
+        raise ValueError("completing a record needs the response to keep")
+    return replace(record, state=target, response=response, expires_at=now + record.ttl)

@@ -1,0 +1,145 @@
+"""Events of the idempotency middleware, one frozen dataclass per decision.
+
+Each carries the request id, the scoped store key (what an operator passes to
+``resolve`` or ``forget``), the hashed principal, the method and the path.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import ClassVar
+
+from surefoot.events import Event
+
+__all__ = [
+    "IdempotencyEvent",
+    "KeyInvalid",
+    "KeyMissing",
+    "KeyReserved",
+    "KeyReused",
+    "LeaseExpired",
+    "OutcomeUnknown",
+    "RequestInProgress",
+    "ReservationReleased",
+    "ResponseReplayed",
+    "ResponseStored",
+    "StaleFinish",
+    "StoreFailed",
+]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IdempotencyEvent(Event):
+    name: ClassVar[str] = "idempotency.event"
+
+    method: str
+    path: str
+    principal: str
+    store_key: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeyReserved(IdempotencyEvent):
+    """A request got the key and is executing (``generation`` counts executions)."""
+
+    name: ClassVar[str] = "idempotency.reserved"
+    generation: int
+    took_over: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ResponseReplayed(IdempotencyEvent):
+    """A duplicate got the stored response."""
+
+    name: ClassVar[str] = "idempotency.replayed"
+    status: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RequestInProgress(IdempotencyEvent):
+    """A duplicate arrived while the original was executing (409, or after waiting)."""
+
+    name: ClassVar[str] = "idempotency.conflict"
+    level: ClassVar[int] = logging.WARNING
+    waited: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeyReused(IdempotencyEvent):
+    """The key came with a different request (422)."""
+
+    name: ClassVar[str] = "idempotency.mismatch"
+    level: ClassVar[int] = logging.WARNING
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeyMissing(IdempotencyEvent):
+    """A request that needs a key came without one (``rejected`` False in rollout mode)."""
+
+    name: ClassVar[str] = "idempotency.missing_key"
+    level: ClassVar[int] = logging.WARNING
+    rejected: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeyInvalid(IdempotencyEvent):
+    """The key was malformed, or the header and the body disagreed (400)."""
+
+    name: ClassVar[str] = "idempotency.invalid_key"
+    level: ClassVar[int] = logging.WARNING
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LeaseExpired(IdempotencyEvent):
+    """A reservation's lease ran out (its worker died or hung); ``action`` says what followed."""
+
+    name: ClassVar[str] = "idempotency.lease_expired"
+    level: ClassVar[int] = logging.ERROR
+    action: str  # "reexecute" or "unknown"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OutcomeUnknown(IdempotencyEvent):
+    """A key is (or became) outcome unknown; it needs ``resolve`` or ``forget``."""
+
+    name: ClassVar[str] = "idempotency.unknown"
+    level: ClassVar[int] = logging.ERROR
+    reason: str  # "server_error", "lease_expired" or "pending"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ResponseStored(IdempotencyEvent):
+    """The executed request's response was kept (``body_stored`` False if too large)."""
+
+    name: ClassVar[str] = "idempotency.stored"
+    status: int
+    body_stored: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReservationReleased(IdempotencyEvent):
+    """The reservation was dropped so that a retry can execute."""
+
+    name: ClassVar[str] = "idempotency.released"
+    status: int | None  # None when the handler raised
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StaleFinish(IdempotencyEvent):
+    """A finisher whose lease was taken over was fenced out; its result was not kept."""
+
+    name: ClassVar[str] = "idempotency.stale_finish"
+    level: ClassVar[int] = logging.ERROR
+    status: int | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StoreFailed(IdempotencyEvent):
+    """The store failed; the request was answered 503 without executing (``phase`` says when)."""
+
+    name: ClassVar[str] = "idempotency.store_failed"
+    level: ClassVar[int] = logging.ERROR
+    phase: str  # "begin" or "finish"
+    error: str  # the exception's class name, never its text

@@ -1,0 +1,465 @@
+"""``IdempotencyMiddleware``: pure ASGI, one ``_Responder`` per protected request.
+
+Theory of operation, per request on a protected route and method:
+1. Read the body (at most ``max_request_body`` bytes, else 413) and the key (header, or
+   the policy's body field; malformed or ambiguous: 400; missing: 400, or pass through
+   in rollout mode).
+2. ``store.begin`` with the request's fingerprint and a fresh fencing token: one atomic
+   step that reserves the scoped key or says why not (replay, 409, 422).
+3. If reserved, run the app with the buffered body, streaming its response to the client
+   while keeping a copy of at most ``max_stored_response`` bytes.
+4. Settle in ``finally``, also when the app raises or the task is cancelled: complete
+   (store the response), release (the status says no work was done), or apply the
+   policy's ``on_server_error`` to a 5xx, an exception or an unfinished response.
+   The settle is shielded from cancellation so a reservation is never left behind by a
+   disconnecting client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from surefoot._asgi import ASGIApp, Message, Receive, Scope, Send, header_values, request_id
+from surefoot._asgi import send_problem as _send_problem
+from surefoot._routes import RouteTable
+from surefoot.clock import Clock, SystemClock
+from surefoot.errors import (
+    DEFAULT_PROBLEM_BASE,
+    ConfigurationError,
+    IdempotencyKeyAmbiguous,
+    IdempotencyKeyInvalid,
+    IdempotencyKeyMissing,
+    IdempotencyKeyReused,
+    IdempotencyOutcomeUnknown,
+    IdempotencyRequestInProgress,
+    IdempotencyResponseNotStored,
+    RequestBodyTooLarge,
+    SurefootError,
+    problem_body,
+)
+from surefoot.events import EventHook, LoggingHook, emit
+from surefoot.idempotency import _events as ev
+from surefoot.idempotency._core import (
+    Begin,
+    Decision,
+    InProgress,
+    Mismatch,
+    NotStored,
+    Outcome,
+    Replay,
+    Reserved,
+    Step,
+    StoredResponse,
+    Unknown,
+    scoped_key,
+)
+from surefoot.idempotency._fingerprint import NOT_JSON, fingerprint, parse_json_body
+from surefoot.idempotency._key import InvalidKey, parse_key
+from surefoot.idempotency._policy import IdempotencyPolicy
+from surefoot.identity import PrincipalResolver, default_principal
+from surefoot.storage._protocol import IdempotencyStore
+
+__all__ = ["IdempotencyMiddleware"]
+
+MiB = 1024 * 1024
+_REPLAYED = (b"idempotent-replayed", b"true")
+_CONFLICT_RETRY_AFTER = 1
+_STORE_RETRY_AFTER = 1
+# Settle tasks shielded from a cancelled request; referenced here until they finish.
+_settling: set[asyncio.Task[None]] = set()
+
+
+class IdempotencyMiddleware:
+    """Makes retried writes execute once and replay the same response.
+
+    Example:
+        >>> app = IdempotencyMiddleware(app, store=store_from_url("sqlite:///idempotency.db"))
+        >>> app = IdempotencyMiddleware(
+        ...     app,
+        ...     store=store,
+        ...     policy=IdempotencyPolicy(ttl=7 * 86400, lease=30),
+        ...     routes={"POST /webhooks/*": IdempotencyPolicy(required=False), "/health": None},
+        ... )
+
+    Args:
+        app: the ASGI app to protect.
+        store: where records live (``MemoryStore``, ``SqliteStore``, ...).
+        policy: the policy of every route not listed in ``routes``.
+        routes: route templates (``"POST /v1/charges/{id}"``) mapped to their own policy,
+            or to None to leave them unprotected; the first match wins.
+        principal: who is calling (scopes keys); defaults to the hashed ``Authorization``
+            or ``X-API-Key`` header, else the client address.
+        clock: source of ``now``; ``sleep``: how to wait (tests inject ``ManualClock``).
+        hooks: event hooks; default: one ``LoggingHook``.
+        max_request_body: larger request bodies get 413 without executing.
+        max_stored_response: larger responses are streamed but not kept for replay.
+        problem_base: base URI of the problem ``type`` members.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: IdempotencyStore,
+        policy: IdempotencyPolicy | None = None,
+        routes: Mapping[str, IdempotencyPolicy | None] | None = None,
+        principal: PrincipalResolver = default_principal,
+        clock: Clock | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        hooks: Sequence[EventHook] | None = None,
+        max_request_body: int = MiB,
+        max_stored_response: int = MiB,
+        problem_base: str = DEFAULT_PROBLEM_BASE,
+    ) -> None:
+        if not isinstance(store, IdempotencyStore):
+            raise ConfigurationError(
+                f"IdempotencyMiddleware.store: expected an IdempotencyStore (begin, finish, "
+                f"resolve, forget, get, records, purge, aclose), got {type(store).__name__}"
+            )
+        if max_request_body < 0 or max_stored_response < 0:
+            raise ConfigurationError(
+                "IdempotencyMiddleware: expected max_request_body and max_stored_response >= 0"
+            )
+        self.app = app
+        self.store = store
+        self.policy = policy if policy is not None else IdempotencyPolicy()
+        self.routes = RouteTable((routes or {}).items())
+        self.principal = principal
+        self.clock = clock if clock is not None else SystemClock()
+        self.sleep = sleep
+        self.hooks: tuple[EventHook, ...] = (LoggingHook(),) if hooks is None else tuple(hooks)
+        self.max_request_body = max_request_body
+        self.max_stored_response = max_stored_response
+        self.problem_base = problem_base
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method: str = scope["method"]
+        policy, route = self.policy, None
+        if len(self.routes):
+            matched = self.routes.match(method, scope["path"])
+            if matched is not None:
+                route, policy_or_none = matched
+                if policy_or_none is None:
+                    await self.app(scope, receive, send)
+                    return
+                policy = policy_or_none
+        if method not in policy.methods:
+            await self.app(scope, receive, send)
+            return
+        await _Responder(self, policy, route, scope, receive, send).run()
+
+
+class _Responder:
+    """The per-request state of one protected request."""
+
+    def __init__(
+        self,
+        mw: IdempotencyMiddleware,
+        policy: IdempotencyPolicy,
+        route: str | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        self.mw = mw
+        self.policy = policy
+        self.route = route
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.request_id = request_id(scope)
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.principal = mw.principal(scope)
+        self.store_key: str | None = None
+        self.body = b""
+        self.parsed: Any = NOT_JSON
+        # What the app sent, for the settle.
+        self.status: int | None = None
+        self.headers: tuple[tuple[bytes, bytes], ...] = ()
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.overflow = False
+        self.complete = False
+        self.body_sent = False
+
+    # -- events and answers -------------------------------------------------------------
+
+    def emit(self, cls: type[ev.IdempotencyEvent], **fields: Any) -> None:
+        if self.mw.hooks:
+            event = cls(
+                at=self.mw.clock.now(),
+                request_id=self.request_id,
+                method=self.method,
+                path=self.path,
+                principal=self.principal,
+                store_key=self.store_key,
+                **fields,
+            )
+            emit(self.mw.hooks, event)
+
+    async def problem(self, error: SurefootError) -> None:
+        await _send_problem(self.send, error, request_id=self.request_id, base=self.mw.problem_base)
+
+    # -- the request ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            if not await self.read_body():
+                return  # the client went away before sending its body: nothing to do
+            key = self.read_key()
+        except (RequestBodyTooLarge, IdempotencyKeyInvalid, IdempotencyKeyAmbiguous) as exc:
+            if not isinstance(exc, RequestBodyTooLarge):
+                self.emit(ev.KeyInvalid, reason=exc.code)
+            await self.problem(exc)
+            return
+        if key is None:
+            await self.missing_key()
+            return
+        route = (
+            f"{self.method} {self.route or self.path}"
+            if self.policy.scope == "principal_route"
+            else None
+        )
+        self.store_key = scoped_key(self.principal, key, route)
+        await self.decide()
+
+    async def read_body(self) -> bool:
+        limit = self.mw.max_request_body
+        for value in header_values(self.scope, b"content-length"):
+            if value.isdigit() and int(value) > limit:
+                raise RequestBodyTooLarge(limit=limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                return False
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise RequestBodyTooLarge(limit=limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        self.body = b"".join(chunks)
+        return True
+
+    def read_key(self) -> str | None:
+        header = self.policy.header
+        try:
+            key = parse_key(header_values(self.scope, header.lower().encode()))
+        except InvalidKey as exc:
+            raise IdempotencyKeyInvalid(header=header, reason=exc.reason) from None
+        self.parsed = parse_json_body(self.body, _content_type(self.scope))
+        field = self.policy.body_field
+        if field is not None and isinstance(self.parsed, dict):
+            value = self.parsed.get(field)
+            if value is not None:
+                try:
+                    body_key = parse_key([str(value).encode("latin-1", "replace")])
+                except InvalidKey as exc:
+                    raise IdempotencyKeyInvalid(
+                        header=f"body field '{field}'", reason=exc.reason
+                    ) from None
+                if key is not None and key != body_key:
+                    raise IdempotencyKeyAmbiguous(header=header, field=field)
+                key = body_key
+        return key
+
+    async def missing_key(self) -> None:
+        if not self.policy.required:
+            await self.mw.app(self.scope, self.replay_receive(), self.send)
+            return
+        self.emit(ev.KeyMissing, rejected=not self.policy.rollout)
+        if self.policy.rollout:
+            await self.mw.app(self.scope, self.replay_receive(), self.send)
+            return
+        await self.problem(
+            IdempotencyKeyMissing(method=self.method, path=self.path, header=self.policy.header)
+        )
+
+    async def decide(self) -> None:
+        assert self.store_key is not None
+        query = self.scope.get("query_string", b"")
+        target = self.scope.get("raw_path") or self.path.encode()
+        if query:
+            target += b"?" + query
+        request = Begin(
+            fingerprint=fingerprint(
+                self.method, target, self.body, self.parsed, self.policy.ignore_paths
+            ),
+            token=secrets.token_hex(16),
+            lease=self.policy.lease,
+            ttl=self.policy.ttl,
+            on_lease_expiry=self.policy.on_lease_expiry,
+        )
+        started = self.mw.clock.now()
+        deadline = started + self.policy.wait
+        pause = 0.05
+        while True:
+            decision = await self.begin(request)
+            if decision is None:
+                return
+            now = self.mw.clock.now()
+            if not isinstance(decision, InProgress) or now >= deadline:
+                break
+            await self.mw.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, 1.0)
+        await self.answer(decision, waited=self.mw.clock.now() - started)
+
+    async def begin(self, request: Begin) -> Decision | None:
+        assert self.store_key is not None
+        try:
+            return await self.mw.store.begin(self.store_key, request, self.mw.clock.now())
+        except SurefootError as exc:
+            self.emit(ev.StoreFailed, phase="begin", error=type(exc.__cause__ or exc).__name__)
+            await self.problem(exc)
+            return None
+
+    async def answer(self, decision: Decision, *, waited: float) -> None:
+        if isinstance(decision, Reserved):
+            self.emit(ev.KeyReserved, generation=decision.generation, took_over=decision.took_over)
+            if decision.took_over:
+                self.emit(ev.LeaseExpired, action="reexecute")
+            await self.execute(decision.token)
+        elif isinstance(decision, Replay):
+            self.emit(ev.ResponseReplayed, status=decision.response.status)
+            await self.replay(decision.response)
+        elif isinstance(decision, InProgress):
+            self.emit(ev.RequestInProgress, waited=waited)
+            await self.problem(IdempotencyRequestInProgress(retry_after=_CONFLICT_RETRY_AFTER))
+        elif isinstance(decision, Mismatch):
+            self.emit(ev.KeyReused)
+            await self.problem(IdempotencyKeyReused())
+        elif isinstance(decision, NotStored):
+            self.emit(ev.ResponseReplayed, status=decision.status)
+            await self.problem(IdempotencyResponseNotStored(original_status=decision.status))
+        else:
+            assert isinstance(decision, Unknown)
+            if decision.lease_expired_now:
+                self.emit(ev.LeaseExpired, action="unknown")
+            reason = "lease_expired" if decision.lease_expired_now else "pending"
+            self.emit(ev.OutcomeUnknown, reason=reason)
+            await self.problem(IdempotencyOutcomeUnknown())
+
+    async def replay(self, response: StoredResponse) -> None:
+        headers = [*response.headers, _REPLAYED]
+        await self.send(
+            {"type": "http.response.start", "status": response.status, "headers": headers}
+        )
+        await self.send({"type": "http.response.body", "body": response.body or b""})
+
+    # -- executing and settling ------------------------------------------------------------
+
+    def replay_receive(self) -> Receive:
+        body: bytes | None = self.body
+
+        async def receive() -> Message:
+            nonlocal body
+            if body is not None:
+                message = {"type": "http.request", "body": body, "more_body": False}
+                body = None
+                return message
+            return await self.receive()
+
+        return receive
+
+    async def capture_send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = message["status"]
+            self.headers = tuple((bytes(k), bytes(v)) for k, v in message.get("headers", ()))
+        elif kind == "http.response.body":
+            chunk = message.get("body", b"")
+            if not self.overflow:
+                self.size += len(chunk)
+                if self.size > self.mw.max_stored_response:
+                    self.overflow = True
+                    self.chunks.clear()
+                else:
+                    self.chunks.append(chunk)
+            if not message.get("more_body", False):
+                self.complete = True
+        await self.send(message)
+
+    async def execute(self, token: str) -> None:
+        try:
+            await self.mw.app(self.scope, self.replay_receive(), self.capture_send)
+        except BaseException:
+            await _shielded(self.settle(token, failed=True))
+            raise
+        try:
+            await self.settle(token, failed=False)
+        except asyncio.CancelledError:
+            # Cancelled while the store was busy: a settle with the same token is safe to
+            # repeat (a second finish of a settled record is refused), so finish it shielded.
+            await _shielded(self.settle(token, failed=False))
+            raise
+
+    def outcome(self, failed: bool) -> Outcome:
+        status = self.status
+        if not failed and self.complete and status is not None:
+            if status in self.policy.release_statuses:
+                return Outcome(Step.RELEASE)
+            if status < 500:
+                body = None if self.overflow else b"".join(self.chunks)
+                return Outcome(Step.COMPLETE, StoredResponse(status, self.headers, body))
+        mode = self.policy.on_server_error
+        if mode == "release":
+            return Outcome(Step.RELEASE)
+        if mode == "unknown":
+            return Outcome(Step.MARK_UNKNOWN)
+        if self.complete and status is not None:
+            body = None if self.overflow else b"".join(self.chunks)
+            return Outcome(Step.COMPLETE, StoredResponse(status, self.headers, body))
+        error = SurefootError()
+        stored_body = problem_body(error, request_id=self.request_id, base=self.mw.problem_base)
+        headers = (
+            (b"content-type", b"application/problem+json"),
+            (b"content-length", str(len(stored_body)).encode()),
+        )
+        return Outcome(Step.COMPLETE, StoredResponse(error.status, headers, stored_body))
+
+    async def settle(self, token: str, *, failed: bool) -> None:
+        assert self.store_key is not None
+        outcome = self.outcome(failed)
+        try:
+            accepted = await self.mw.store.finish(
+                self.store_key, token, outcome, self.mw.clock.now()
+            )
+        except SurefootError as exc:
+            # The lease will expire and the route's on_lease_expiry decides what follows.
+            self.emit(ev.StoreFailed, phase="finish", error=type(exc.__cause__ or exc).__name__)
+            return
+        if not accepted:
+            self.emit(ev.StaleFinish, status=self.status)
+        elif outcome.step is Step.COMPLETE:
+            assert outcome.response is not None
+            self.emit(
+                ev.ResponseStored,
+                status=outcome.response.status,
+                body_stored=outcome.response.body is not None,
+            )
+        elif outcome.step is Step.RELEASE:
+            self.emit(ev.ReservationReleased, status=self.status if self.complete else None)
+        else:
+            self.emit(ev.OutcomeUnknown, reason="server_error")
+
+
+def _content_type(scope: Scope) -> bytes | None:
+    values = header_values(scope, b"content-type")
+    return values[0] if values else None
+
+
+async def _shielded(coro: Awaitable[None]) -> None:
+    task = asyncio.ensure_future(coro)
+    _settling.add(task)
+    task.add_done_callback(_settling.discard)
+    await asyncio.shield(task)

@@ -1,0 +1,130 @@
+"""``MemoryStore``: idempotency records in this process's memory.
+
+For tests, development and single-process deployments. Records vanish with the process,
+and each process has its own: use ``SqliteStore`` for several workers on one machine.
+
+Invariants:
+1. Every step runs without awaiting between its read and its write, under a lock, so it
+   is atomic for coroutines and threads alike.
+2. The store holds at most ``max_records``. When full, it drops an expired record, or
+   else the least recently written completed one. It never evicts an in-flight reservation or an
+   unknown outcome (either would let a request execute twice); with nothing evictable
+   it refuses new keys with ``StoreCapacityExceeded`` (503), executing nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from surefoot.errors import ConfigurationError, StoreCapacityExceeded
+from surefoot.idempotency import _core
+from surefoot.idempotency._core import Begin, Decision, Outcome, Record, State, StoredResponse
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """In-process idempotency store, bounded by ``max_records``.
+
+    Example:
+        >>> store = MemoryStore(max_records=50_000)
+    """
+
+    def __init__(self, *, max_records: int = 10_000) -> None:
+        if max_records < 1:
+            raise ConfigurationError(
+                f"MemoryStore.max_records: expected a positive integer, got {max_records!r}"
+            )
+        self.max_records = max_records
+        # Ordered by last write: the front holds the records most likely to have expired.
+        self._records: OrderedDict[str, Record] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _put(self, key: str, record: Record | None, now: float) -> None:
+        if record is None:
+            self._records.pop(key, None)
+            return
+        if key not in self._records and len(self._records) >= self.max_records:
+            self._make_room(now)
+        self._records[key] = record
+        self._records.move_to_end(key)
+
+    def _make_room(self, now: float) -> None:
+        victim = None
+        for key, record in self._records.items():
+            if now >= record.expires_at:
+                victim = key
+                break
+            if victim is None and record.state is State.COMPLETED:
+                victim = key
+        if victim is None:
+            raise StoreCapacityExceeded(retry_after=1)
+        del self._records[victim]
+
+    async def begin(self, key: str, request: Begin, now: float) -> Decision:
+        with self._lock:
+            record = self._records.get(key)
+            decision, new = _core.begin(record, request, now)
+            if new is not record:
+                self._put(key, new, now)
+            return decision
+
+    async def finish(self, key: str, token: str, outcome: Outcome, now: float) -> bool:
+        with self._lock:
+            record = self._records.get(key)
+            accepted, new = _core.finish(record, token, outcome, now)
+            if new is not record:
+                self._put(key, new, now)
+            return accepted
+
+    async def resolve(self, key: str, response: StoredResponse, now: float) -> bool:
+        with self._lock:
+            accepted, new = _core.resolve(self._records.get(key), response, now)
+            if accepted:
+                self._put(key, new, now)
+            return accepted
+
+    async def forget(self, key: str, now: float) -> bool:
+        with self._lock:
+            accepted, _ = _core.forget(self._records.get(key), now)
+            self._records.pop(key, None)
+            return accepted
+
+    async def get(self, key: str, now: float) -> Record | None:
+        record = self._records.get(key)
+        return None if _core.classify(record, now) is State.ABSENT else record
+
+    async def records(
+        self, now: float, *, state: State | None = None, limit: int = 100
+    ) -> list[tuple[str, Record]]:
+        with self._lock:
+            items = list(self._records.items())
+        out: list[tuple[str, Record]] = []
+        for key, record in items:
+            observed = _core.classify(record, now)
+            if observed is not State.ABSENT and state in (None, observed):
+                out.append((key, record))
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def purge(self, now: float, *, limit: int = 500) -> int:
+        with self._lock:
+            return self._purge(now, limit=limit)
+
+    def _purge(self, now: float, *, limit: int) -> int:
+        expired = [k for k, r in self._records.items() if now >= r.expires_at][:limit]
+        for key in expired:
+            del self._records[key]
+        return len(expired)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            self._records.clear()
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(max_records={self.max_records})"

@@ -1,0 +1,321 @@
+"""``SqliteStore``: idempotency records in one SQLite file, shared by processes.
+
+The embedded default: durable across restarts and correct for several worker processes
+on one machine (the file must be on a local disk; SQLite locking is unreliable on NFS).
+
+Theory of operation:
+1. Each step is one ``BEGIN IMMEDIATE`` transaction (select the record, apply the pure
+   state machine, write the result). ``BEGIN IMMEDIATE`` takes SQLite's single write lock
+   up front, so two processes can never both read "absent" and both reserve.
+2. The database runs in WAL mode: readers never block the writer. ``synchronous=NORMAL``
+   (the default here) survives any process crash; set ``synchronous="FULL"`` to survive
+   power loss as well, at a cost per write.
+3. The connection never sleeps inside SQLite (``busy_timeout=0``): when another process
+   holds the write lock, the step yields to the event loop with a short jittered backoff
+   and tries again, up to ``lock_timeout`` seconds, then fails with ``StoreUnavailable``.
+4. Expired rows are deleted in small batches (``purge_batch`` rows, one short
+   transaction) at most every ``purge_interval`` seconds, piggybacked on a write;
+   a full batch schedules the next one a second later instead of looping.
+5. SQLite errors are translated to ``StoreUnavailable`` in one place (``_translate``);
+   their text goes to the exception's ``__cause__`` for logs, never to a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from surefoot.errors import ConfigurationError, StoreUnavailable
+from surefoot.idempotency import _core
+from surefoot.idempotency._core import Begin, Decision, Outcome, Record, State, StoredResponse
+
+__all__ = ["SqliteStore"]
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_TABLE = "surefoot_idempotency"
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {_TABLE} (
+    key TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    token TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    lease_expires_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    ttl REAL NOT NULL,
+    status INTEGER,
+    headers TEXT,
+    body BLOB
+);
+CREATE INDEX IF NOT EXISTS {_TABLE}_expires_at ON {_TABLE} (expires_at);
+"""
+_COLUMNS = (
+    "state, fingerprint, token, generation, lease_expires_at, expires_at, ttl, "
+    "status, headers, body"
+)
+_SELECT = f"SELECT {_COLUMNS} FROM {_TABLE} WHERE key = ?"
+_UPSERT = (
+    f"INSERT OR REPLACE INTO {_TABLE} (key, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_DELETE = f"DELETE FROM {_TABLE} WHERE key = ?"
+_PURGE = (
+    f"DELETE FROM {_TABLE} WHERE rowid IN "
+    f"(SELECT rowid FROM {_TABLE} WHERE expires_at <= ? LIMIT ?)"
+)
+
+Row = tuple[str, str, str, int, float, float, float, int | None, str | None, bytes | None]
+
+
+class SqliteStore:
+    """Idempotency store in a SQLite database file.
+
+    Example:
+        >>> store = SqliteStore("idempotency.db")
+        >>> store = store_from_url("sqlite:///var/lib/api/idempotency.db")  # the same, by URL
+
+    Args:
+        path: the database file (created with its table if missing), or ``":memory:"``.
+        synchronous: SQLite's durability setting: ``"NORMAL"`` survives process crashes,
+            ``"FULL"`` power loss too.
+        lock_timeout: seconds a step waits for another process's write lock.
+        purge_interval: seconds between two batches of expired-row deletion.
+        purge_batch: rows deleted per batch.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        lock_timeout: float = 5.0,
+        purge_interval: float = 60.0,
+        purge_batch: int = 200,
+    ) -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ConfigurationError(
+                f"SqliteStore.synchronous: expected 'NORMAL' or 'FULL', got {synchronous!r}"
+            )
+        if lock_timeout <= 0 or purge_interval <= 0 or purge_batch < 1:
+            raise ConfigurationError(
+                "SqliteStore: expected lock_timeout > 0, purge_interval > 0 and purge_batch >= 1, "
+                f"got {lock_timeout!r}, {purge_interval!r}, {purge_batch!r}"
+            )
+        self.path = str(path)
+        self.lock_timeout = lock_timeout
+        self.purge_interval = purge_interval
+        self.purge_batch = purge_batch
+        self._next_purge_at = 0.0
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=0
+            )
+            self._db.execute("PRAGMA busy_timeout = 0")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute(f"PRAGMA synchronous = {synchronous}")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise ConfigurationError(
+                f"SqliteStore: cannot open database {self.path!r}: {exc}"
+            ) from exc
+
+    def _migrate(self) -> None:
+        deadline = 100
+        for _ in range(deadline):  # another process may be creating the schema right now
+            try:
+                with self._transaction():
+                    (version,) = self._db.execute("PRAGMA user_version").fetchone()
+                    if version > SCHEMA_VERSION:
+                        raise ConfigurationError(
+                            f"SqliteStore: {self.path!r} has schema version {version}, newer than "
+                            f"this surefoot understands ({SCHEMA_VERSION}); upgrade surefoot"
+                        )
+                    if version < SCHEMA_VERSION:
+                        for statement in _SCHEMA.split(";"):
+                            if statement.strip():
+                                self._db.execute(statement)
+                        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                threading.Event().wait(0.01)
+        raise ConfigurationError(f"SqliteStore: {self.path!r} stayed locked during migration")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    async def _step(
+        self, key: str, apply: Callable[[Record | None], tuple[T, Record | None, bool]], now: float
+    ) -> T:
+        """Run ``apply`` on the record under ``key`` atomically; write if it says so."""
+        delay, waited = 0.0005, 0.0
+        while True:
+            try:
+                with _translate(), self._lock, self._transaction():
+                    row = self._db.execute(_SELECT, (key,)).fetchone()
+                    result, new, changed = apply(_decode(row))
+                    if changed:
+                        if new is None:
+                            self._db.execute(_DELETE, (key,))
+                        else:
+                            self._db.execute(_UPSERT, (key, *_encode(new)))
+                break
+            except _Busy:
+                if waited >= self.lock_timeout:
+                    raise StoreUnavailable(retry_after=1) from None
+                pause = delay * (0.5 + random.random())
+                await asyncio.sleep(pause)
+                waited += pause
+                delay = min(delay * 2, 0.05)
+        if now >= self._next_purge_at:
+            self._maybe_purge(now)
+        return result
+
+    def _maybe_purge(self, now: float) -> None:
+        try:
+            with _translate(), self._lock, self._transaction():
+                deleted = self._db.execute(_PURGE, (now, self.purge_batch)).rowcount
+        except _Busy:
+            return  # another process holds the lock; purge next time
+        full = deleted >= self.purge_batch
+        self._next_purge_at = now + (1.0 if full else self.purge_interval)
+
+    async def begin(self, key: str, request: Begin, now: float) -> Decision:
+        def apply(record: Record | None) -> tuple[Decision, Record | None, bool]:
+            decision, new = _core.begin(record, request, now)
+            return decision, new, new is not record
+
+        return await self._step(key, apply, now)
+
+    async def finish(self, key: str, token: str, outcome: Outcome, now: float) -> bool:
+        def apply(record: Record | None) -> tuple[bool, Record | None, bool]:
+            accepted, new = _core.finish(record, token, outcome, now)
+            return accepted, new, new is not record
+
+        return await self._step(key, apply, now)
+
+    async def resolve(self, key: str, response: StoredResponse, now: float) -> bool:
+        def apply(record: Record | None) -> tuple[bool, Record | None, bool]:
+            accepted, new = _core.resolve(record, response, now)
+            return accepted, new, accepted
+
+        return await self._step(key, apply, now)
+
+    async def forget(self, key: str, now: float) -> bool:
+        def apply(record: Record | None) -> tuple[bool, Record | None, bool]:
+            accepted, new = _core.forget(record, now)
+            return accepted, new, record is not None
+
+        return await self._step(key, apply, now)
+
+    async def get(self, key: str, now: float) -> Record | None:
+        with _translate(), self._lock:
+            record = _decode(self._db.execute(_SELECT, (key,)).fetchone())
+        return None if _core.classify(record, now) is State.ABSENT else record
+
+    async def records(
+        self, now: float, *, state: State | None = None, limit: int = 100
+    ) -> list[tuple[str, Record]]:
+        stored = {State.LEASE_EXPIRED: State.IN_FLIGHT}.get(state, state) if state else None
+        query = f"SELECT key, {_COLUMNS} FROM {_TABLE} WHERE expires_at > ?"
+        params: tuple[object, ...] = (now,)
+        if stored is not None:
+            query += " AND state = ?"
+            params += (stored.value,)
+        out: list[tuple[str, Record]] = []
+        with _translate(), self._lock:
+            cursor = self._db.execute(query + " ORDER BY rowid", params)
+            for key, *row in cursor:
+                record = _decode(tuple(row))
+                if record is not None and state in (None, _core.classify(record, now)):
+                    out.append((key, record))
+                    if len(out) >= limit:
+                        break
+        return out
+
+    async def purge(self, now: float, *, limit: int = 500) -> int:
+        with _translate(), self._lock, self._transaction():
+            return int(self._db.execute(_PURGE, (now, limit)).rowcount)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self.path!r})"
+
+
+class _Busy(Exception):
+    """Another connection holds the write lock."""
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc)
+
+
+@contextmanager
+def _translate() -> Iterator[None]:
+    """SQLite errors become ``_Busy`` (retried) or ``StoreUnavailable`` (503)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if _is_busy(exc):
+            raise _Busy from exc
+        raise StoreUnavailable(retry_after=1) from exc
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(retry_after=1) from exc
+
+
+def _encode(record: Record) -> tuple[object, ...]:
+    response = record.response
+    headers = body = status = None
+    if response is not None:
+        status = response.status
+        headers = json.dumps(
+            [[n.decode("latin-1"), v.decode("latin-1")] for n, v in response.headers]
+        )
+        body = response.body
+    return (
+        record.state.value,
+        record.fingerprint,
+        record.token,
+        record.generation,
+        record.lease_expires_at,
+        record.expires_at,
+        record.ttl,
+        status,
+        headers,
+        body,
+    )
+
+
+def _decode(row: Row | None) -> Record | None:
+    if row is None:
+        return None
+    state, fp, token, generation, lease_at, expires_at, ttl, status, headers, body = row
+    response = None
+    if status is not None:
+        pairs = tuple(
+            (n.encode("latin-1"), v.encode("latin-1")) for n, v in json.loads(headers or "[]")
+        )
+        response = StoredResponse(status, pairs, body)
+    return Record(State(state), fp, token, generation, lease_at, expires_at, ttl, response)
