@@ -123,6 +123,8 @@ class ConfigurationError(SurefootError):
 
 
 class IdempotencyKeyMissing(ClientError):
+    """A request that needs an idempotency key came without one."""
+
     code = "idempotency_key_missing"
     title = "Idempotency key required"
     detail_template = (
@@ -132,6 +134,9 @@ class IdempotencyKeyMissing(ClientError):
 
 
 class IdempotencyKeyInvalid(ClientError):
+    """The idempotency key is empty, longer than 255 characters, not printable ASCII, or
+    sent twice with different values."""
+
     code = "idempotency_key_invalid"
     title = "Idempotency key malformed"
     detail_template = (
@@ -141,6 +146,8 @@ class IdempotencyKeyInvalid(ClientError):
 
 
 class IdempotencyKeyAmbiguous(ClientError):
+    """The header and the configured body field carry different idempotency keys."""
+
     code = "idempotency_key_ambiguous"
     title = "Idempotency keys disagree"
     detail_template = (
@@ -150,6 +157,8 @@ class IdempotencyKeyAmbiguous(ClientError):
 
 
 class RequestBodyTooLarge(ClientError):
+    """The request body is larger than the middleware buffers to fingerprint it."""
+
     code = "request_body_too_large"
     status = 413
     title = "Request body too large"
@@ -160,6 +169,8 @@ class RequestBodyTooLarge(ClientError):
 
 
 class IdempotencyKeyReused(ClientError):
+    """The key was used before with a different method, path, query or body."""
+
     code = "idempotency_key_reused"
     status = 422
     title = "Idempotency key reused with a different request"
@@ -171,6 +182,8 @@ class IdempotencyKeyReused(ClientError):
 
 
 class IdempotencyRequestInProgress(ClientError):
+    """Another request with the same key is executing right now."""
+
     code = "idempotency_request_in_progress"
     status = 409
     title = "Request with this idempotency key in progress"
@@ -182,6 +195,9 @@ class IdempotencyRequestInProgress(ClientError):
 
 
 class IdempotencyOutcomeUnknown(ClientError):
+    """The request with this key failed or was abandoned in a way that may have done the
+    work; an operator (or a lookup) must settle it before anything runs again."""
+
     code = "idempotency_outcome_unknown"
     status = 409
     title = "Outcome of the original request not yet known"
@@ -194,6 +210,9 @@ class IdempotencyOutcomeUnknown(ClientError):
 
 
 class IdempotencyResponseNotStored(ClientError):
+    """The request with this key executed, but its response was larger than the replay
+    limit."""
+
     code = "idempotency_response_not_stored"
     status = 409
     title = "Original response too large to replay"
@@ -204,6 +223,8 @@ class IdempotencyResponseNotStored(ClientError):
 
 
 class StoreUnavailable(BackendError):
+    """The state store failed or timed out; the request was not executed."""
+
     code = "store_unavailable"
     title = "Service temporarily unavailable"
     detail_template = (
@@ -213,6 +234,8 @@ class StoreUnavailable(BackendError):
 
 
 class StoreCapacityExceeded(BackendError):
+    """The in-memory store is full of in-flight and unknown records it must not evict."""
+
     code = "store_capacity_exceeded"
     title = "Service temporarily overloaded"
     detail_template = (

@@ -74,7 +74,7 @@ class IdempotencyPolicy:
             _fail("methods", f"HTTP methods from {sorted(_HTTP_METHODS)}", sorted(unknown))
         object.__setattr__(self, "methods", methods)
         if not _MIN_TTL <= self.ttl <= _MAX_TTL:
-            _fail("ttl", f"seconds between {_MIN_TTL:g} and {_MAX_TTL:g} (90 days)", self.ttl)
+            _fail("ttl", f"seconds between {_MIN_TTL:.0f} and {_MAX_TTL:.0f} (90 days)", self.ttl)
         if not 0 < self.lease < self.ttl:
             _fail("lease", "seconds greater than 0 and less than ttl", self.lease)
         if self.scope not in ("principal", "principal_route"):

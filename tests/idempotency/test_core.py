@@ -1,0 +1,217 @@
+"""The idempotency state machine: the transition table, exhaustively, and its rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from surefoot.idempotency._core import (
+    TRANSITIONS,
+    Begin,
+    InProgress,
+    Mismatch,
+    NotStored,
+    Outcome,
+    Record,
+    Replay,
+    Reserved,
+    State,
+    Step,
+    StoredResponse,
+    Unknown,
+    Verdict,
+    begin,
+    classify,
+    finish,
+    forget,
+    resolve,
+    scoped_key,
+)
+
+T0 = 1_000.0
+LEASE, TTL = 30.0, 3600.0
+RESPONSE = StoredResponse(201, ((b"content-type", b"application/json"),), b'{"id":1}')
+S, St, V = State, Step, Verdict
+
+
+def req(fp: str = "fp", token: str = "t2", mode: str = "unknown") -> Begin:
+    return Begin(fingerprint=fp, token=token, lease=LEASE, ttl=TTL, on_lease_expiry=mode)  # type: ignore[arg-type]
+
+
+def record(state: State, *, token: str = "t1", response: StoredResponse | None = None) -> Record:
+    return Record(state, "fp", token, 1, T0 + LEASE, T0 + TTL, TTL, response)
+
+
+# One concrete (record, now) per observable state.
+OBSERVED: dict[State, tuple[Record | None, float]] = {
+    S.ABSENT: (None, T0),
+    S.IN_FLIGHT: (record(S.IN_FLIGHT), T0 + 1),
+    S.LEASE_EXPIRED: (record(S.IN_FLIGHT), T0 + LEASE),
+    S.COMPLETED: (record(S.COMPLETED, response=RESPONSE), T0 + 1),
+    S.UNKNOWN: (record(S.UNKNOWN), T0 + 1),
+}
+
+EXPECTED: dict[tuple[State, Step], tuple[State, Verdict]] = {
+    (S.ABSENT, St.BEGIN_REEXECUTE): (S.IN_FLIGHT, V.RESERVE),
+    (S.ABSENT, St.BEGIN_UNKNOWN): (S.IN_FLIGHT, V.RESERVE),
+    (S.ABSENT, St.COMPLETE): (S.ABSENT, V.REFUSE),
+    (S.ABSENT, St.RELEASE): (S.ABSENT, V.REFUSE),
+    (S.ABSENT, St.MARK_UNKNOWN): (S.ABSENT, V.REFUSE),
+    (S.ABSENT, St.RESOLVE): (S.ABSENT, V.REFUSE),
+    (S.ABSENT, St.FORGET): (S.ABSENT, V.REFUSE),
+    (S.IN_FLIGHT, St.BEGIN_REEXECUTE): (S.IN_FLIGHT, V.IN_PROGRESS),
+    (S.IN_FLIGHT, St.BEGIN_UNKNOWN): (S.IN_FLIGHT, V.IN_PROGRESS),
+    (S.IN_FLIGHT, St.COMPLETE): (S.COMPLETED, V.ACCEPT),
+    (S.IN_FLIGHT, St.RELEASE): (S.ABSENT, V.ACCEPT),
+    (S.IN_FLIGHT, St.MARK_UNKNOWN): (S.UNKNOWN, V.ACCEPT),
+    (S.IN_FLIGHT, St.RESOLVE): (S.IN_FLIGHT, V.REFUSE),
+    (S.IN_FLIGHT, St.FORGET): (S.ABSENT, V.ACCEPT),
+    (S.LEASE_EXPIRED, St.BEGIN_REEXECUTE): (S.IN_FLIGHT, V.TAKE_OVER),
+    (S.LEASE_EXPIRED, St.BEGIN_UNKNOWN): (S.UNKNOWN, V.EXPIRE_TO_UNKNOWN),
+    (S.LEASE_EXPIRED, St.COMPLETE): (S.COMPLETED, V.ACCEPT),
+    (S.LEASE_EXPIRED, St.RELEASE): (S.ABSENT, V.ACCEPT),
+    (S.LEASE_EXPIRED, St.MARK_UNKNOWN): (S.UNKNOWN, V.ACCEPT),
+    (S.LEASE_EXPIRED, St.RESOLVE): (S.COMPLETED, V.ACCEPT),
+    (S.LEASE_EXPIRED, St.FORGET): (S.ABSENT, V.ACCEPT),
+    (S.COMPLETED, St.BEGIN_REEXECUTE): (S.COMPLETED, V.REPLAY),
+    (S.COMPLETED, St.BEGIN_UNKNOWN): (S.COMPLETED, V.REPLAY),
+    (S.COMPLETED, St.COMPLETE): (S.COMPLETED, V.REFUSE),
+    (S.COMPLETED, St.RELEASE): (S.COMPLETED, V.REFUSE),
+    (S.COMPLETED, St.MARK_UNKNOWN): (S.COMPLETED, V.REFUSE),
+    (S.COMPLETED, St.RESOLVE): (S.COMPLETED, V.REFUSE),
+    (S.COMPLETED, St.FORGET): (S.ABSENT, V.ACCEPT),
+    (S.UNKNOWN, St.BEGIN_REEXECUTE): (S.UNKNOWN, V.REPORT_UNKNOWN),
+    (S.UNKNOWN, St.BEGIN_UNKNOWN): (S.UNKNOWN, V.REPORT_UNKNOWN),
+    (S.UNKNOWN, St.COMPLETE): (S.COMPLETED, V.ACCEPT),
+    (S.UNKNOWN, St.RELEASE): (S.ABSENT, V.ACCEPT),
+    (S.UNKNOWN, St.MARK_UNKNOWN): (S.UNKNOWN, V.ACCEPT),
+    (S.UNKNOWN, St.RESOLVE): (S.COMPLETED, V.ACCEPT),
+    (S.UNKNOWN, St.FORGET): (S.ABSENT, V.ACCEPT),
+}
+
+
+def test_table_is_total_and_as_specified() -> None:
+    assert set(TRANSITIONS) == {(s, st) for s in State for st in Step}
+    assert TRANSITIONS == EXPECTED
+
+
+def apply(state: State, step: Step) -> tuple[State, bool, object]:
+    """Run ``step`` through the public functions; return (observed next state, accepted, result)."""
+    rec, now = OBSERVED[state]
+    result: object
+    if step in (St.BEGIN_REEXECUTE, St.BEGIN_UNKNOWN):
+        mode = "reexecute" if step is St.BEGIN_REEXECUTE else "unknown"
+        result, new = begin(rec, req(mode=mode), now)
+        accepted = isinstance(result, Reserved)
+    elif step is St.RESOLVE:
+        accepted, new = resolve(rec, RESPONSE, now)
+        result = accepted
+    elif step is St.FORGET:
+        accepted, new = forget(rec, now)
+        result = accepted
+    else:
+        response = RESPONSE if step is St.COMPLETE else None
+        accepted, new = finish(rec, "t1", Outcome(step, response), now)  # type: ignore[arg-type]
+        result = accepted
+    return classify(new, now), accepted, result
+
+
+@pytest.mark.parametrize(
+    ("state", "step"), sorted(EXPECTED, key=lambda k: (k[0].value, k[1].value))
+)
+def test_every_transition_through_the_functions(state: State, step: Step) -> None:
+    target, verdict = EXPECTED[state, step]
+    observed, accepted, result = apply(state, step)
+    assert observed is target
+    if verdict in (V.ACCEPT, V.RESERVE, V.TAKE_OVER):
+        assert accepted
+    if verdict is V.REFUSE:
+        assert not accepted
+    if verdict is V.IN_PROGRESS:
+        assert result == InProgress(T0 + LEASE)
+    if verdict is V.REPLAY:
+        assert result == Replay(RESPONSE)
+    if verdict is V.REPORT_UNKNOWN:
+        assert result == Unknown(lease_expired_now=False)
+    if verdict is V.EXPIRE_TO_UNKNOWN:
+        assert result == Unknown(lease_expired_now=True)
+    if verdict is V.TAKE_OVER:
+        assert result == Reserved("t2", 2, took_over=True)
+    if verdict is V.RESERVE:
+        assert result == Reserved("t2", 1, took_over=False)
+
+
+@pytest.mark.parametrize("state", [s for s in State if s is not S.ABSENT])
+def test_fingerprint_mismatch_wins_over_every_state(state: State) -> None:
+    rec, now = OBSERVED[state]
+    decision, new = begin(rec, req(fp="other"), now)
+    assert decision == Mismatch()
+    assert new is rec
+
+
+@pytest.mark.parametrize("step", [St.COMPLETE, St.RELEASE, St.MARK_UNKNOWN])
+@pytest.mark.parametrize("state", [S.IN_FLIGHT, S.LEASE_EXPIRED, S.UNKNOWN])
+def test_finish_with_another_token_is_fenced_out(state: State, step: Step) -> None:
+    rec, now = OBSERVED[state]
+    response = RESPONSE if step is St.COMPLETE else None
+    accepted, new = finish(rec, "stale", Outcome(step, response), now)  # type: ignore[arg-type]
+    assert not accepted
+    assert new is rec
+
+
+def test_late_finisher_after_take_over_cannot_overwrite() -> None:
+    first, _ = begin(None, req(token="a", mode="reexecute"), T0)
+    assert isinstance(first, Reserved)
+    _, rec = begin(None, req(token="a", mode="reexecute"), T0)
+    second, rec = begin(rec, req(token="b", mode="reexecute"), T0 + LEASE + 1)
+    assert second == Reserved("b", 2, took_over=True)
+    ok, rec = finish(rec, "b", Outcome(St.COMPLETE, RESPONSE), T0 + LEASE + 2)
+    assert ok
+    late = StoredResponse(500, (), b"late")
+    ok, after = finish(rec, "a", Outcome(St.COMPLETE, late), T0 + LEASE + 3)
+    assert not ok
+    assert after == rec
+    assert begin(after, req(), T0 + LEASE + 4)[0] == Replay(RESPONSE)
+
+
+def test_completed_record_without_body_is_not_stored() -> None:
+    rec = record(S.COMPLETED, response=StoredResponse(200, (), None))
+    assert begin(rec, req(), T0 + 1)[0] == NotStored(200)
+
+
+def test_ttl_expiry_makes_any_record_absent() -> None:
+    for state in (S.IN_FLIGHT, S.COMPLETED, S.UNKNOWN):
+        rec = record(state, response=RESPONSE)
+        assert classify(rec, T0 + TTL) is S.ABSENT
+        decision, new = begin(rec, req(fp="anything"), T0 + TTL)
+        assert decision == Reserved("t2", 1, took_over=False)
+        assert new is not None
+        assert new.expires_at == T0 + 2 * TTL
+
+
+def test_settling_refreshes_the_ttl_and_keeps_the_response() -> None:
+    rec = record(S.IN_FLIGHT)
+    ok, new = finish(rec, "t1", Outcome(St.COMPLETE, RESPONSE), T0 + 10)
+    assert ok
+    assert new is not None
+    assert new.expires_at == T0 + 10 + TTL
+    assert new.response == RESPONSE
+
+
+def test_completing_without_a_response_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="needs the response"):
+        finish(record(S.IN_FLIGHT), "t1", Outcome(St.COMPLETE), T0 + 1)
+
+
+def test_scoped_keys_separate_principals_routes_and_keys() -> None:
+    keys = {
+        scoped_key("cred:a", "k"),
+        scoped_key("cred:b", "k"),
+        scoped_key("cred:a", "k", "POST /x"),
+        scoped_key("cred:a", "k2"),
+        # Length-prefixing: no concatenation ambiguity.
+        scoped_key("cred:ak", ""),
+        scoped_key("cred:a", "k", ""),
+    }
+    assert len(keys) == 5  # route "" equals no route
+    assert scoped_key("cred:a", "k") == scoped_key("cred:a", "k")
+    assert all(k.startswith("idem:") for k in keys)

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+
+from surefoot.errors import ConfigurationError, StoreCapacityExceeded
+from surefoot.idempotency._core import Begin, Outcome, Reserved, Step, StoredResponse
+from surefoot.storage import MemoryStore
+
+pytestmark = pytest.mark.anyio
+
+T0 = 1_700_000_000.0
+OK = StoredResponse(200, (), b"ok")
+
+
+def req(token: str) -> Begin:
+    return Begin(fingerprint="fp", token=token, lease=30, ttl=600, on_lease_expiry="unknown")
+
+
+async def test_full_store_evicts_completed_but_never_in_flight_or_unknown() -> None:
+    store = MemoryStore(max_records=3)
+    await store.begin("flight", req("t1"), T0)
+    await store.begin("unknown", req("t2"), T0)
+    await store.finish("unknown", "t2", Outcome(Step.MARK_UNKNOWN), T0)
+    await store.begin("done", req("t3"), T0)
+    await store.finish("done", "t3", Outcome(Step.COMPLETE, OK), T0)
+    assert isinstance(await store.begin("new", req("t4"), T0 + 1), Reserved)
+    assert len(store) == 3
+    assert await store.get("done", T0 + 1) is None
+    assert await store.get("flight", T0 + 1) is not None
+    assert await store.get("unknown", T0 + 1) is not None
+    # Nothing evictable left: refuse rather than risk a second execution.
+    with pytest.raises(StoreCapacityExceeded):
+        await store.begin("more", req("t5"), T0 + 2)
+
+
+async def test_full_store_drops_an_expired_record_first() -> None:
+    store = MemoryStore(max_records=2)
+    await store.begin("old", req("t1"), T0)
+    await store.begin("done", req("t2"), T0 + 500)
+    await store.finish("done", "t2", Outcome(Step.COMPLETE, OK), T0 + 500)
+    assert isinstance(await store.begin("new", req("t3"), T0 + 601), Reserved)
+    assert await store.get("done", T0 + 601) is not None
+
+
+def test_max_records_must_be_positive() -> None:
+    with pytest.raises(ConfigurationError, match=r"MemoryStore.max_records: expected a positive"):
+        MemoryStore(max_records=0)

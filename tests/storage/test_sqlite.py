@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from surefoot.errors import ConfigurationError, StoreUnavailable
+from surefoot.idempotency._core import Begin, Outcome, Replay, Reserved, Step, StoredResponse
+from surefoot.storage import MemoryStore, SqliteStore, store_from_url
+from surefoot.storage.sqlite import SCHEMA_VERSION
+
+pytestmark = pytest.mark.anyio
+
+T0 = 1_700_000_000.0
+OK = StoredResponse(200, ((b"a", b"b"),), b"ok")
+
+
+def req(token: str, ttl: float = 600) -> Begin:
+    return Begin(fingerprint="fp", token=token, lease=30, ttl=ttl, on_lease_expiry="unknown")
+
+
+async def test_records_survive_a_restart(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    await store.begin("k", req("t1"), T0)
+    await store.finish("k", "t1", Outcome(Step.COMPLETE, OK), T0)
+    await store.aclose()
+    again = SqliteStore(tmp_path / "s.db")
+    assert await again.begin("k", req("t2"), T0 + 1) == Replay(OK)
+    await again.aclose()
+
+
+async def test_a_held_write_lock_times_out_as_store_unavailable(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db", lock_timeout=0.05)
+    other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreUnavailable) as info:
+            await store.begin("k", req("t1"), T0)
+        assert "locked" not in info.value.detail  # the store's text never reaches a client
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert isinstance(await store.begin("k", req("t1"), T0), Reserved)
+    await store.aclose()
+
+
+async def test_a_broken_database_is_store_unavailable(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store._db.execute("DROP TABLE surefoot_idempotency")
+    with pytest.raises(StoreUnavailable):
+        await store.begin("k", req("t1"), T0)
+    with pytest.raises(StoreUnavailable):
+        await store.get("k", T0)
+    await store.aclose()
+
+
+async def test_expired_rows_are_purged_in_batches_on_writes(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db", purge_interval=60, purge_batch=3)
+    for i in range(7):
+        await store.begin(f"k{i}", req(f"t{i}", ttl=120), T0)
+    count = "SELECT count(*) FROM surefoot_idempotency"
+    # First write after expiry: one batch of 3 (the new row is not expired).
+    await store.begin("n1", req("x1"), T0 + 200)
+    assert store._db.execute(count).fetchone()[0] == 8 - 3
+    # A full batch brings the next one forward by a second only.
+    await store.begin("n2", req("x2"), T0 + 200.5)
+    assert store._db.execute(count).fetchone()[0] == 6
+    await store.begin("n3", req("x3"), T0 + 201)
+    assert store._db.execute(count).fetchone()[0] == 7 - 3
+    await store.aclose()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(ConfigurationError, match="newer than this surefoot"):
+        SqliteStore(tmp_path / "s.db")
+
+
+def test_unopenable_path_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot open database"):
+        SqliteStore(tmp_path / "missing-dir" / "s.db")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"synchronous": "OFF"}, "synchronous: expected 'NORMAL' or 'FULL'"),
+        ({"lock_timeout": 0}, "expected lock_timeout > 0"),
+        ({"purge_batch": 0}, "purge_batch >= 1"),
+    ],
+)
+def test_bad_options_are_configuration_errors(
+    tmp_path: Path, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        SqliteStore(tmp_path / "s.db", **kwargs)  # type: ignore[arg-type]
+
+
+def test_store_from_url(tmp_path: Path) -> None:
+    assert isinstance(store_from_url("memory://"), MemoryStore)
+    memory = store_from_url("memory://?max_records=5")
+    assert isinstance(memory, MemoryStore)
+    assert memory.max_records == 5
+    sqlite_store = store_from_url(f"sqlite:///{tmp_path}/u.db?synchronous=full")
+    assert isinstance(sqlite_store, SqliteStore)
+    assert sqlite_store.path == f"{tmp_path}/u.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://x", r"expected one of the schemes \['memory', 'sqlite'\], got 'mysql'"),
+        ("sqlite://", "expected a database file"),
+        ("memory://?max_records=lots", "max_records: expected an integer, got 'lots'"),
+        ("memory://?colour=blue", r"unknown options \['colour'\]"),
+        ("sqlite:///x.db?synchronous=off", "synchronous: expected NORMAL or FULL"),
+    ],
+)
+def test_bad_store_urls_say_what_is_expected(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        store_from_url(url)

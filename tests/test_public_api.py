@@ -1,0 +1,93 @@
+"""The public API is pinned: a change to any ``__all__`` must be deliberate."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+PUBLIC = {
+    "surefoot": ["__version__"],
+    "surefoot.clock": ["Clock", "SystemClock"],
+    "surefoot.events": ["Event", "EventHook", "LoggingHook", "emit"],
+    "surefoot.identity": ["PrincipalResolver", "default_principal", "hash_credential"],
+    "surefoot.storage": [
+        "STORES",
+        "IdempotencyStore",
+        "MemoryStore",
+        "SqliteStore",
+        "store_from_url",
+    ],
+    "surefoot.testing": ["ManualClock", "aassert_idempotent", "assert_idempotent"],
+    "surefoot.errors": [
+        "DEFAULT_PROBLEM_BASE",
+        "PROBLEM_CONTENT_TYPE",
+        "BackendError",
+        "ClientError",
+        "ConfigurationError",
+        "IdempotencyKeyAmbiguous",
+        "IdempotencyKeyInvalid",
+        "IdempotencyKeyMissing",
+        "IdempotencyKeyReused",
+        "IdempotencyOutcomeUnknown",
+        "IdempotencyRequestInProgress",
+        "IdempotencyResponseNotStored",
+        "RequestBodyTooLarge",
+        "StoreCapacityExceeded",
+        "StoreUnavailable",
+        "SurefootError",
+        "catalogue",
+        "catalogue_markdown",
+        "problem_body",
+        "problem_document",
+        "problem_type_uri",
+    ],
+    "surefoot.idempotency": [
+        "Begin",
+        "IdempotencyEvent",
+        "IdempotencyMiddleware",
+        "IdempotencyPolicy",
+        "InProgress",
+        "KeyInvalid",
+        "KeyMissing",
+        "KeyReserved",
+        "KeyReused",
+        "LeaseExpired",
+        "Mismatch",
+        "NotStored",
+        "Outcome",
+        "OutcomeUnknown",
+        "Record",
+        "Replay",
+        "RequestInProgress",
+        "ReservationReleased",
+        "Reserved",
+        "ResponseReplayed",
+        "ResponseStored",
+        "StaleFinish",
+        "State",
+        "Step",
+        "StoreFailed",
+        "StoredResponse",
+        "Unknown",
+        "scoped_key",
+    ],
+}
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_all_is_pinned(module: str) -> None:
+    mod = importlib.import_module(module)
+    assert sorted(mod.__all__) == sorted(PUBLIC[module])
+    for name in mod.__all__:
+        assert hasattr(mod, name), f"{module}.{name} is in __all__ but missing"
+
+
+def test_importing_storage_first_works() -> None:
+    # storage and idempotency import each other's private modules; either order must work.
+    import subprocess
+    import sys
+
+    for first in ("surefoot.storage", "surefoot.idempotency", "surefoot.cli"):
+        code = f"import {first}; import surefoot.storage, surefoot.idempotency"
+        subprocess.run([sys.executable, "-c", code], check=True)
