@@ -95,3 +95,11 @@ def test_bad_store_url_is_a_usage_error() -> None:
     result = CliRunner().invoke(main, ["keys", "list", "--store", "nosuch://x"])
     assert result.exit_code == 2
     assert "expected one of the schemes" in result.output
+
+
+def test_a_missing_sqlite_file_is_not_created(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/typo.db"
+    result = CliRunner().invoke(main, ["keys", "list", "--store", url])
+    assert result.exit_code == 2
+    assert "no database file at" in result.output
+    assert not (tmp_path / "typo.db").exists()

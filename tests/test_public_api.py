@@ -60,6 +60,7 @@ PUBLIC = {
         "Record",
         "Replay",
         "RequestInProgress",
+        "ReservationAbandoned",
         "ReservationReleased",
         "Reserved",
         "ResponseReplayed",

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
@@ -21,8 +23,6 @@ from surefoot.idempotency._core import Record, State, StoredResponse
 from surefoot.storage import IdempotencyStore, store_from_url
 
 __all__ = ["main"]
-
-T = TypeVar("T")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,6 +73,11 @@ _STORE = click.option(
 
 
 def _run(store_url: str, work: Any) -> Any:
+    parts = urlsplit(store_url)
+    if parts.scheme == "sqlite" and not Path(parts.path[1:]).exists():
+        # Opening would create an empty database and hide a typo in the path.
+        raise click.BadParameter(f"no database file at {parts.path[1:]!r}", param_hint="--store")
+
     async def go() -> Any:
         try:
             store = store_from_url(store_url)

@@ -622,23 +622,40 @@ async def raw_call(
     return sent
 
 
-async def test_cancelled_request_still_settles_its_reservation(clock: ManualClock) -> None:
+@pytest.mark.parametrize("responded", [False, True])
+async def test_cancelled_request_is_left_to_its_lease_unless_it_responded(
+    clock: ManualClock, events: list[Event], responded: bool
+) -> None:
+    """A cancelled handler may live on in a thread: its key must not be released early."""
     store = MemoryStore()
     entered = asyncio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
+        if responded:
+            await send({"type": "http.response.start", "status": 201, "headers": []})
+            await send({"type": "http.response.body", "body": b"charged"})
         entered.set()
         await asyncio.Event().wait()  # hangs until cancelled
 
-    mw = IdempotencyMiddleware(app, store=store, clock=clock, hooks=[])
+    policy = IdempotencyPolicy(lease=30)  # on_server_error="release", on_lease_expiry="unknown"
+    mw = IdempotencyMiddleware(app, store=store, clock=clock, hooks=[events.append], policy=policy)
     task = asyncio.create_task(raw_call(mw, [{"type": "http.request", "body": b"{}"}]))
     await entered.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     await asyncio.sleep(0)
-    assert await store.records(clock.now()) == []  # released (on_server_error="release")
+    [(_, record)] = await store.records(clock.now())
+    if responded:
+        assert record.state is State.COMPLETED
+        assert record.response is not None
+        assert record.response.body == b"charged"
+        return
+    assert record.state is State.IN_FLIGHT
+    assert [e.name for e in events][-1] == "idempotency.abandoned"
+    clock.advance(30)
+    [(_, record)] = await store.records(clock.now(), state=State.LEASE_EXPIRED)
 
 
 async def test_disconnect_before_the_body_executes_nothing(

@@ -140,8 +140,8 @@ class IdempotencyKeyInvalid(ClientError):
     code = "idempotency_key_invalid"
     title = "Idempotency key malformed"
     detail_template = (
-        "The {header} header is invalid: {reason}. Use 1 to 255 printable ASCII characters, "
-        "for example a UUID v4."
+        "The {header} header is invalid: {reason}. Send one key of 1 to 255 printable ASCII "
+        "characters, for example a UUID v4."
     )
 
 

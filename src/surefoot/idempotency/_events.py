@@ -20,6 +20,7 @@ __all__ = [
     "KeyReused",
     "LeaseExpired",
     "OutcomeUnknown",
+    "ReservationAbandoned",
     "RequestInProgress",
     "ReservationReleased",
     "ResponseReplayed",
@@ -60,7 +61,7 @@ class ResponseReplayed(IdempotencyEvent):
 class RequestInProgress(IdempotencyEvent):
     """A duplicate arrived while the original was executing (409, or after waiting)."""
 
-    name: ClassVar[str] = "idempotency.conflict"
+    name: ClassVar[str] = "idempotency.in_progress"
     level: ClassVar[int] = logging.WARNING
     waited: float
 
@@ -69,7 +70,7 @@ class RequestInProgress(IdempotencyEvent):
 class KeyReused(IdempotencyEvent):
     """The key came with a different request (422)."""
 
-    name: ClassVar[str] = "idempotency.mismatch"
+    name: ClassVar[str] = "idempotency.key_reused"
     level: ClassVar[int] = logging.WARNING
 
 
@@ -77,7 +78,7 @@ class KeyReused(IdempotencyEvent):
 class KeyMissing(IdempotencyEvent):
     """A request that needs a key came without one (``rejected`` False in rollout mode)."""
 
-    name: ClassVar[str] = "idempotency.missing_key"
+    name: ClassVar[str] = "idempotency.key_missing"
     level: ClassVar[int] = logging.WARNING
     rejected: bool
 
@@ -86,7 +87,7 @@ class KeyMissing(IdempotencyEvent):
 class KeyInvalid(IdempotencyEvent):
     """The key was malformed, or the header and the body disagreed (400)."""
 
-    name: ClassVar[str] = "idempotency.invalid_key"
+    name: ClassVar[str] = "idempotency.key_invalid"
     level: ClassVar[int] = logging.WARNING
     reason: str
 
@@ -124,6 +125,14 @@ class ReservationReleased(IdempotencyEvent):
 
     name: ClassVar[str] = "idempotency.released"
     status: int | None  # None when the handler raised
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReservationAbandoned(IdempotencyEvent):
+    """The request was cancelled mid-flight; its reservation is left to the lease."""
+
+    name: ClassVar[str] = "idempotency.abandoned"
+    level: ClassVar[int] = logging.ERROR
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -8,11 +8,12 @@ Theory of operation, per request on a protected route and method:
    step that reserves the scoped key or says why not (replay, 409, 422).
 3. If reserved, run the app with the buffered body, streaming its response to the client
    while keeping a copy of at most ``max_stored_response`` bytes.
-4. Settle in ``finally``, also when the app raises or the task is cancelled: complete
-   (store the response), release (the status says no work was done), or apply the
-   policy's ``on_server_error`` to a 5xx, an exception or an unfinished response.
-   The settle is shielded from cancellation so a reservation is never left behind by a
-   disconnecting client.
+4. Settle when the app returns or raises: complete (store the response), release (the
+   status says no work was done), or apply the policy's ``on_server_error`` to a 5xx, an
+   exception or an unfinished response. The settle is shielded from cancellation.
+   A request cancelled before its response finished is the one exception: its handler
+   may still be running (a thread outlives a cancelled task), so its reservation is
+   left to the lease, as for a worker that died, and never released early.
 """
 
 from __future__ import annotations
@@ -392,20 +393,30 @@ class _Responder:
     async def execute(self, token: str) -> None:
         try:
             await self.mw.app(self.scope, self.replay_receive(), self.capture_send)
+        except Exception:
+            await _shielded(self.settle(token))
+            raise
         except BaseException:
-            await _shielded(self.settle(token, failed=True))
+            # Cancelled before the response finished: the handler may still be working (in
+            # a thread, or a task it started), so releasing the key could run it twice.
+            # The reservation is left to its lease, exactly like a worker that died.
+            if self.complete:
+                await _shielded(self.settle(token))
+            else:
+                self.emit(ev.ReservationAbandoned)
             raise
         try:
-            await self.settle(token, failed=False)
+            await self.settle(token)
         except asyncio.CancelledError:
             # Cancelled while the store was busy: a settle with the same token is safe to
             # repeat (a second finish of a settled record is refused), so finish it shielded.
-            await _shielded(self.settle(token, failed=False))
+            await _shielded(self.settle(token))
             raise
 
-    def outcome(self, failed: bool) -> Outcome:
+    def outcome(self) -> Outcome:
+        """How to settle: by the finished response's status, else by ``on_server_error``."""
         status = self.status
-        if not failed and self.complete and status is not None:
+        if self.complete and status is not None:
             if status in self.policy.release_statuses:
                 return Outcome(Step.RELEASE)
             if status < 500:
@@ -427,9 +438,9 @@ class _Responder:
         )
         return Outcome(Step.COMPLETE, StoredResponse(error.status, headers, stored_body))
 
-    async def settle(self, token: str, *, failed: bool) -> None:
+    async def settle(self, token: str) -> None:
         assert self.store_key is not None
-        outcome = self.outcome(failed)
+        outcome = self.outcome()
         try:
             accepted = await self.mw.store.finish(
                 self.store_key, token, outcome, self.mw.clock.now()

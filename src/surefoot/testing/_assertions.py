@@ -34,8 +34,9 @@ def assert_idempotent(
 ) -> list[Any]:
     """Send one request ``times`` times with one key and check it executed once.
 
-    Works with ``httpx.Client`` and Starlette's ``TestClient``; extra keyword arguments
-    (``json=``, ``headers=``...) go to ``client.request``.
+    ``client`` is anything with ``request(method, url, **kwargs)`` returning a response with
+    ``status_code``, ``content`` and ``headers``: ``httpx.Client``, Starlette's
+    ``TestClient``. Extra keyword arguments (``json=``, ``headers=``...) go to it.
 
     Example:
         >>> responses = assert_idempotent(client, "POST", "/charges", json={"amount": 500})
