@@ -1,0 +1,155 @@
+"""The payments API: ``POST /charges`` writes one ledger row per idempotency key.
+
+Theory of operation:
+1. ``IdempotencyMiddleware`` wraps the whole FastAPI app. A ``POST`` without an
+   ``Idempotency-Key`` header gets 400; a retry with the same key and body gets the
+   first response back, byte for byte, without reaching the handler again.
+2. The handler inserts the charge in one short transaction and builds its answer before
+   committing, so nothing that can fail runs after the money moved. If the handler fails
+   instead, the transaction rolls back and the policy's ``on_server_error="release"``
+   (the default) lets the client's retry run. If a worker dies between the commit and
+   the answer, its reservation expires after ``lease`` seconds and the key answers
+   ``idempotency_outcome_unknown`` (``on_lease_expiry="unknown"``, the default) until an
+   operator settles it with ``surefoot keys resolve``: a payment is never re-executed blind.
+3. Both databases are SQLite files in WAL mode, shared by every uvicorn worker process:
+   the store reserves each key atomically across processes, and ledger writes take
+   SQLite's write lock with ``BEGIN IMMEDIATE`` and wait up to five seconds for it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, closing, contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
+
+from surefoot.idempotency import IdempotencyMiddleware, IdempotencyPolicy
+from surefoot.storage import store_from_url
+
+__all__ = ["create_app"]  # and `app`, built on first use (see __getattr__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS charges (
+    id TEXT PRIMARY KEY,
+    amount INTEGER NOT NULL CHECK (amount > 0),
+    currency TEXT NOT NULL,
+    customer TEXT NOT NULL,
+    created TEXT NOT NULL
+)
+"""
+
+
+class ChargeRequest(BaseModel):
+    amount: int = Field(gt=0, description="In the currency's smallest unit (cents).")
+    currency: str = Field(pattern=r"^[a-z]{3}$", description="ISO 4217 code, lower case.")
+    customer: str = Field(min_length=1, max_length=64)
+
+
+class Ledger:
+    """The charges table in a SQLite file; one short-lived connection per operation."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with self._connect() as db:
+            # WAL lets readers in every worker run while one of them writes.
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # timeout: wait up to 5 s for another worker's write lock instead of failing.
+        with closing(sqlite3.connect(self.path, timeout=5.0, isolation_level=None)) as db:
+            db.row_factory = sqlite3.Row
+            yield db
+
+    def charge(self, request: ChargeRequest) -> dict[str, Any]:
+        charge = {
+            "id": "ch_" + secrets.token_hex(12),
+            **request.model_dump(),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT INTO charges (id, amount, currency, customer, created) "
+                    "VALUES (:id, :amount, :currency, :customer, :created)",
+                    charge,
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        return charge
+
+    def all(self) -> list[dict[str, Any]]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM charges ORDER BY rowid").fetchall()
+        return [dict(row) for row in rows]
+
+    def get(self, charge_id: str) -> dict[str, Any] | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM charges WHERE id = ?", (charge_id,)).fetchone()
+        return None if row is None else dict(row)
+
+
+def create_app(ledger_path: str, store_url: str) -> IdempotencyMiddleware:
+    """The payments API on the ledger at ``ledger_path``, with keys kept in ``store_url``.
+
+    Example:
+        >>> app = create_app("payments.db", "sqlite:///idempotency.db")
+    """
+    ledger = Ledger(ledger_path)
+    store = store_from_url(store_url)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await store.aclose()
+
+    api = FastAPI(title="payments (surefoot example)", lifespan=lifespan)
+
+    # Plain ``def`` handlers: FastAPI runs them in a thread, so a wait for SQLite's
+    # write lock never blocks the event loop.
+    @api.post("/charges", status_code=201)
+    def create_charge(request: ChargeRequest) -> dict[str, Any]:
+        return ledger.charge(request)
+
+    @api.get("/charges")
+    def list_charges() -> dict[str, Any]:
+        charges = ledger.all()
+        return {"count": len(charges), "charges": charges}
+
+    @api.get("/charges/{charge_id}")
+    def get_charge(charge_id: str) -> dict[str, Any]:
+        charge = ledger.get(charge_id)
+        if charge is None:
+            raise HTTPException(status_code=404, detail=f"no charge {charge_id!r}")
+        return charge
+
+    return IdempotencyMiddleware(
+        api,
+        store=store,
+        # Keep keys a day; a request unanswered after 30 s counts as abandoned (see 2. above).
+        policy=IdempotencyPolicy(ttl=24 * 3600, lease=30),
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # ``app`` is built on first use (``uvicorn examples.payments.app:app``), not on import,
+    # so a test can import ``create_app`` without creating databases in the working directory.
+    if name == "app":
+        built = create_app(
+            os.environ.get("PAYMENTS_LEDGER", "payments.db"),
+            os.environ.get("SUREFOOT_STORE", "sqlite:///idempotency.db"),
+        )
+        globals()["app"] = built
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

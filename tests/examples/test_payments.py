@@ -1,0 +1,94 @@
+"""The payments example: one charge per idempotency key, however often the client retries."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from examples.payments.app import create_app
+
+from surefoot.testing import aassert_idempotent
+
+pytestmark = pytest.mark.anyio
+
+CHARGE = {"amount": 1999, "currency": "eur", "customer": "cus_42"}
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(str(tmp_path / "payments.db"), f"sqlite:///{tmp_path / 'idempotency.db'}")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://payments") as client:
+        yield client
+    await app.store.aclose()  # what the app's lifespan does; ASGITransport runs none
+
+
+async def ledger(client: httpx.AsyncClient) -> list[dict[str, Any]]:
+    response = await client.get("/charges")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["count"] == len(body["charges"])
+    charges: list[dict[str, Any]] = body["charges"]
+    return charges
+
+
+async def test_a_charge_sent_three_times_is_booked_once(client: httpx.AsyncClient) -> None:
+    responses = await aassert_idempotent(client, "POST", "/charges", key="k-1", json=CHARGE)
+
+    assert len(responses) == 3
+    assert [r.status_code for r in responses] == [201, 201, 201]
+    assert [r.content for r in responses] == [responses[0].content] * 3
+    assert [r.headers.get("idempotent-replayed") for r in responses] == [None, "true", "true"]
+    charge = responses[0].json()
+    assert charge["id"].startswith("ch_")
+    assert {k: charge[k] for k in CHARGE} == CHARGE
+    assert await ledger(client) == [charge]
+    assert (await client.get(f"/charges/{charge['id']}")).json() == charge
+
+
+async def test_a_reused_key_with_another_amount_is_refused(client: httpx.AsyncClient) -> None:
+    headers = {"Idempotency-Key": "k-2"}
+    first = await client.post("/charges", json=CHARGE, headers=headers)
+    assert first.status_code == 201
+
+    reused = await client.post("/charges", json={**CHARGE, "amount": 2999}, headers=headers)
+
+    assert reused.status_code == 422
+    assert reused.headers["content-type"] == "application/problem+json"
+    assert reused.json()["code"] == "idempotency_key_reused"
+    assert await ledger(client) == [first.json()]
+
+
+async def test_a_charge_without_a_key_is_refused(client: httpx.AsyncClient) -> None:
+    response = await client.post("/charges", json=CHARGE)
+
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "idempotency_key_missing"
+    assert await ledger(client) == []
+
+
+async def test_two_keys_make_two_charges(client: httpx.AsyncClient) -> None:
+    a = await client.post("/charges", json=CHARGE, headers={"Idempotency-Key": "k-a"})
+    b = await client.post("/charges", json=CHARGE, headers={"Idempotency-Key": "k-b"})
+
+    assert (a.status_code, b.status_code) == (201, 201)
+    assert a.json()["id"] != b.json()["id"]
+    assert len(await ledger(client)) == 2
+
+
+async def test_an_invalid_charge_is_not_booked(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/charges", json={**CHARGE, "amount": 0}, headers={"Idempotency-Key": "k-3"}
+    )
+
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/json"
+    assert await ledger(client) == []
+
+
+async def test_an_unknown_charge_is_404(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/charges/ch_missing")).status_code == 404
