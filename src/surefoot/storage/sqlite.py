@@ -10,7 +10,7 @@ Theory of operation:
 2. The database runs in WAL mode: readers never block the writer. ``synchronous=NORMAL``
    (the default here) survives any process crash; set ``synchronous="FULL"`` to survive
    power loss as well, at a cost per write.
-3. The connection never sleeps inside SQLite (``busy_timeout=0``): when another process
+3. Once open, the connection never sleeps inside SQLite (``busy_timeout=0``): when another process
    holds the write lock, the step yields to the event loop with a short jittered backoff
    and tries again, up to ``lock_timeout`` seconds, then fails with ``StoreUnavailable``.
 4. Expired rows are deleted in small batches (``purge_batch`` rows, one short
@@ -27,6 +27,7 @@ import json
 import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,40 +117,49 @@ class SqliteStore:
         self._next_purge_at = 0.0
         self._lock = threading.Lock()
         try:
+            # Setting up may wait (blocking) for workers opening the same file at the same
+            # moment: switching to WAL and creating the table both need SQLite's locks.
             self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=0
+                self.path, isolation_level=None, check_same_thread=False, timeout=lock_timeout
             )
+            self._set_up(synchronous)
+            # From now on, never wait inside SQLite: steps back off on the event loop.
             self._db.execute("PRAGMA busy_timeout = 0")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute(f"PRAGMA synchronous = {synchronous}")
-            self._migrate()
         except sqlite3.Error as exc:
             raise ConfigurationError(
                 f"SqliteStore: cannot open database {self.path!r}: {exc}"
             ) from exc
 
-    def _migrate(self) -> None:
-        deadline = 100
-        for _ in range(deadline):  # another process may be creating the schema right now
+    def _set_up(self, synchronous: str) -> None:
+        # SQLite skips the busy handler where waiting could deadlock (a lock upgrade while
+        # another connection holds a pending lock), so opening retries on "locked" too.
+        waited = 0.0
+        while True:
             try:
-                with self._transaction():
-                    (version,) = self._db.execute("PRAGMA user_version").fetchone()
-                    if version > SCHEMA_VERSION:
-                        raise ConfigurationError(
-                            f"SqliteStore: {self.path!r} has schema version {version}, newer than "
-                            f"this surefoot understands ({SCHEMA_VERSION}); upgrade surefoot"
-                        )
-                    if version < SCHEMA_VERSION:
-                        for statement in _SCHEMA.split(";"):
-                            if statement.strip():
-                                self._db.execute(statement)
-                        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute(f"PRAGMA synchronous = {synchronous}")
+                self._migrate()
                 return
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
+                if not _is_busy(exc) or waited >= self.lock_timeout:
                     raise
-                threading.Event().wait(0.01)
-        raise ConfigurationError(f"SqliteStore: {self.path!r} stayed locked during migration")
+                pause = 0.005 + 0.01 * random.random()
+                time.sleep(pause)
+                waited += pause
+
+    def _migrate(self) -> None:
+        with self._transaction():
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"SqliteStore: {self.path!r} has schema version {version}, newer than "
+                    f"this surefoot understands ({SCHEMA_VERSION}); upgrade surefoot"
+                )
+            if version < SCHEMA_VERSION:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
