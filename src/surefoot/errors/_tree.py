@@ -13,7 +13,10 @@ class is also an entry of the RFC 9457 problem catalogue: its ``code``, ``status
     │   ├── IdempotencyKeyReused           422  idempotency_key_reused
     │   ├── IdempotencyRequestInProgress   409  idempotency_request_in_progress
     │   ├── IdempotencyOutcomeUnknown      409  idempotency_outcome_unknown
-    │   └── IdempotencyResponseNotStored   409  idempotency_response_not_stored
+    │   ├── IdempotencyResponseNotStored   409  idempotency_response_not_stored
+    │   ├── RateLimitExceeded              429  rate_limit_exceeded
+    │   ├── QuotaExceeded                  429  quota_exceeded
+    │   └── ConcurrencyLimitExceeded       429  concurrency_limit_exceeded
     ├── BackendError                       503  (a store or an upstream failed; retrying is safe)
     │   ├── StoreUnavailable               503  store_unavailable
     │   └── StoreCapacityExceeded          503  store_capacity_exceeded
@@ -35,6 +38,7 @@ from typing import Any, ClassVar
 __all__ = [
     "BackendError",
     "ClientError",
+    "ConcurrencyLimitExceeded",
     "ConfigurationError",
     "IdempotencyKeyAmbiguous",
     "IdempotencyKeyInvalid",
@@ -43,6 +47,8 @@ __all__ = [
     "IdempotencyOutcomeUnknown",
     "IdempotencyRequestInProgress",
     "IdempotencyResponseNotStored",
+    "QuotaExceeded",
+    "RateLimitExceeded",
     "RequestBodyTooLarge",
     "StoreCapacityExceeded",
     "StoreUnavailable",
@@ -220,6 +226,44 @@ class IdempotencyResponseNotStored(ClientError):
         "The request with this idempotency key was executed, but its response was too large "
         "to store for replay. Do not retry it; fetch the resulting resource instead."
     )
+
+
+class RateLimitExceeded(ClientError):
+    """The client went over a rate limit; nothing was executed."""
+
+    code = "rate_limit_exceeded"
+    status = 429
+    title = "Rate limit exceeded"
+    detail_template = "You have exceeded {limit} for policy '{policy}'. Try again in {wait}."
+    retryable = True
+    private_fields = frozenset({"limit", "wait"})
+
+
+class QuotaExceeded(ClientError):
+    """The client used up a daily or monthly quota; nothing was executed."""
+
+    code = "quota_exceeded"
+    status = 429
+    title = "Quota exceeded"
+    detail_template = (
+        "You have used your quota of {limit} for policy '{policy}'. It renews in {wait}."
+    )
+    retryable = True
+    private_fields = frozenset({"limit", "wait"})
+
+
+class ConcurrencyLimitExceeded(ClientError):
+    """The client has as many requests in flight as it may; nothing was executed."""
+
+    code = "concurrency_limit_exceeded"
+    status = 429
+    title = "Too many concurrent requests"
+    detail_template = (
+        "You already have {limit} for policy '{policy}'. "
+        "Wait for one to finish, then try again in {wait}."
+    )
+    retryable = True
+    private_fields = frozenset({"limit", "wait"})
 
 
 class StoreUnavailable(BackendError):

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # the records' module imports stores' users; keep this import-light
+    from collections.abc import Sequence
+
     from surefoot.idempotency._core import (
         Begin,
         Decision,
@@ -19,8 +21,10 @@ if TYPE_CHECKING:  # the records' module imports stores' users; keep this import
         State,
         StoredResponse,
     )
+    from surefoot.ratelimit._algorithms import RateLimitDecision
+    from surefoot.ratelimit._core import Item
 
-__all__ = ["IdempotencyStore"]
+__all__ = ["IdempotencyStore", "RateLimitStore"]
 
 
 @runtime_checkable
@@ -55,6 +59,31 @@ class IdempotencyStore(Protocol):
 
     async def purge(self, now: float, *, limit: int = 500) -> int:
         """Delete up to ``limit`` expired records; returns how many went."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and files."""
+        ...
+
+
+@runtime_checkable
+class RateLimitStore(Protocol):
+    """Home of rate-limit counters.
+
+    A store applies ``surefoot.ratelimit._core.plan`` atomically over all the keys of one
+    request and says which algorithms it can run in ``rate_limit_algorithms``.
+    """
+
+    rate_limit_algorithms: frozenset[str]
+
+    async def acquire(
+        self, items: Sequence[Item], now: float
+    ) -> tuple[bool, list[RateLimitDecision]]:
+        """Decide one request against ``items``, all or nothing: (admitted, decisions)."""
+        ...
+
+    async def release(self, key: str, token: str, now: float) -> None:
+        """Free the concurrency slot held under ``token``."""
         ...
 
     async def aclose(self) -> None:

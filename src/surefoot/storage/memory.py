@@ -1,4 +1,4 @@
-"""``MemoryStore``: idempotency records in this process's memory.
+"""``MemoryStore``: idempotency records and rate-limit counters in this process's memory.
 
 For tests, development and single-process deployments. Records vanish with the process,
 and each process has its own: use ``SqliteStore`` for several workers on one machine.
@@ -10,16 +10,24 @@ Invariants:
    else the least recently written completed one. It never evicts an in-flight reservation or an
    unknown outcome (either would let a request execute twice); with nothing evictable
    it refuses new keys with ``StoreCapacityExceeded`` (503), executing nothing.
+3. Rate-limit counters are bounded by ``max_counters``: expired states are ignored and
+   overwritten, and past the bound the least recently used key is dropped (its client
+   starts afresh: the price of bounded memory).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from surefoot.errors import ConfigurationError, StoreCapacityExceeded
 from surefoot.idempotency import _core
 from surefoot.idempotency._core import Begin, Decision, Outcome, Record, State, StoredResponse
+from surefoot.ratelimit._algorithms import Concurrency, RateLimitDecision
+from surefoot.ratelimit._algorithms import State as CounterState
+from surefoot.ratelimit._core import Item, plan
+from surefoot.ratelimit._limit import ALGORITHMS
 
 __all__ = ["MemoryStore"]
 
@@ -31,12 +39,16 @@ class MemoryStore:
         >>> store = MemoryStore(max_records=50_000)
     """
 
-    def __init__(self, *, max_records: int = 10_000) -> None:
-        if max_records < 1:
-            raise ConfigurationError(
-                f"MemoryStore.max_records: expected a positive integer, got {max_records!r}"
-            )
+    def __init__(self, *, max_records: int = 10_000, max_counters: int = 100_000) -> None:
+        for name, value in (("max_records", max_records), ("max_counters", max_counters)):
+            if value < 1:
+                raise ConfigurationError(
+                    f"MemoryStore.{name}: expected a positive integer, got {value!r}"
+                )
         self.max_records = max_records
+        self.max_counters = max_counters
+        # Rate-limit states and when each may be forgotten, least recently used first.
+        self._counters: OrderedDict[str, tuple[CounterState, float]] = OrderedDict()
         # Ordered by last write: the front holds the records most likely to have expired.
         self._records: OrderedDict[str, Record] = OrderedDict()
         self._lock = threading.Lock()
@@ -122,9 +134,49 @@ class MemoryStore:
             del self._records[key]
         return len(expired)
 
+    # -- rate limits ---------------------------------------------------------------------
+
+    rate_limit_algorithms = ALGORITHMS
+
+    async def acquire(
+        self, items: Sequence[Item], now: float
+    ) -> tuple[bool, list[RateLimitDecision]]:
+        return self.acquire_now(items, now)
+
+    def acquire_now(
+        self, items: Sequence[Item], now: float
+    ) -> tuple[bool, list[RateLimitDecision]]:
+        """``acquire`` without the coroutine, for synchronous callers."""
+        counters = self._counters
+        with self._lock:
+            states = []
+            for item in items:
+                entry = counters.get(item.key)
+                states.append(None if entry is None or entry[1] <= now else entry[0])
+            admitted, decisions, writes = plan(states, items, now)
+            for w in writes:
+                counters[w.key] = (w.state, w.expires_at)
+                counters.move_to_end(w.key)
+            while len(counters) > self.max_counters:
+                # Least recently used first: the keys least likely to be near their limit.
+                counters.popitem(last=False)
+            return admitted, decisions
+
+    async def release(self, key: str, token: str, now: float) -> None:
+        with self._lock:
+            entry = self._counters.get(key)
+            if entry is None:
+                return
+            new = Concurrency.release(entry[0], token, now)
+            if new is None:
+                del self._counters[key]
+            else:
+                self._counters[key] = (new, Concurrency.expires_at(new))
+
     async def aclose(self) -> None:
         with self._lock:
             self._records.clear()
+            self._counters.clear()
 
     def __repr__(self) -> str:
-        return f"MemoryStore(max_records={self.max_records})"
+        return f"MemoryStore(max_records={self.max_records}, max_counters={self.max_counters})"

@@ -1,4 +1,4 @@
-"""``SqliteStore``: idempotency records in one SQLite file, shared by processes.
+"""``SqliteStore``: idempotency records and rate-limit counters in one SQLite file.
 
 The embedded default: durable across restarts and correct for several worker processes
 on one machine (the file must be on a local disk; SQLite locking is unreliable on NFS).
@@ -16,7 +16,10 @@ Theory of operation:
 4. Expired rows are deleted in small batches (``purge_batch`` rows, one short
    transaction) at most every ``purge_interval`` seconds, piggybacked on a write;
    a full batch schedules the next one a second later instead of looping.
-5. SQLite errors are translated to ``StoreUnavailable`` in one place (``_translate``);
+5. Rate-limit counters live in their own table, one row per key with its algorithm's
+   state as JSON; a request's limits are read, decided (``ratelimit._core.plan``) and
+   written in one transaction, so processes sharing the file never over-admit.
+6. SQLite errors are translated to ``StoreUnavailable`` in one place (``_translate``);
    their text goes to the exception's ``__cause__`` for logs, never to a client.
 """
 
@@ -28,7 +31,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -36,13 +39,18 @@ from typing import Literal, TypeVar
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency import _core
 from surefoot.idempotency._core import Begin, Decision, Outcome, Record, State, StoredResponse
+from surefoot.ratelimit._algorithms import Concurrency, RateLimitDecision
+from surefoot.ratelimit._algorithms import State as CounterState
+from surefoot.ratelimit._core import Item, plan
+from surefoot.ratelimit._limit import ALGORITHMS
 
 __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _TABLE = "surefoot_idempotency"
+_COUNTERS = "surefoot_ratelimit"
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {_TABLE} (
     key TEXT PRIMARY KEY,
@@ -58,6 +66,12 @@ CREATE TABLE IF NOT EXISTS {_TABLE} (
     body BLOB
 );
 CREATE INDEX IF NOT EXISTS {_TABLE}_expires_at ON {_TABLE} (expires_at);
+CREATE TABLE IF NOT EXISTS {_COUNTERS} (
+    key TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {_COUNTERS}_expires_at ON {_COUNTERS} (expires_at);
 """
 _COLUMNS = (
     "state, fingerprint, token, generation, lease_expires_at, expires_at, ttl, "
@@ -72,6 +86,13 @@ _PURGE = (
     f"DELETE FROM {_TABLE} WHERE rowid IN "
     f"(SELECT rowid FROM {_TABLE} WHERE expires_at <= ? LIMIT ?)"
 )
+_PURGE_COUNTERS = (
+    f"DELETE FROM {_COUNTERS} WHERE rowid IN "
+    f"(SELECT rowid FROM {_COUNTERS} WHERE expires_at <= ? LIMIT ?)"
+)
+_SELECT_COUNTER = f"SELECT state FROM {_COUNTERS} WHERE key = ?"
+_UPSERT_COUNTER = f"INSERT OR REPLACE INTO {_COUNTERS} (key, state, expires_at) VALUES (?, ?, ?)"
+_DELETE_COUNTER = f"DELETE FROM {_COUNTERS} WHERE key = ?"
 
 Row = tuple[str, str, str, int, float, float, float, int | None, str | None, bytes | None]
 
@@ -172,21 +193,13 @@ class SqliteStore:
                 self._db.execute("ROLLBACK")
             raise
 
-    async def _step(
-        self, key: str, apply: Callable[[Record | None], tuple[T, Record | None, bool]], now: float
-    ) -> T:
-        """Run ``apply`` on the record under ``key`` atomically; write if it says so."""
+    async def _atomic(self, work: Callable[[sqlite3.Connection], T], now: float) -> T:
+        """Run ``work`` in one write transaction, waiting out other processes' locks."""
         delay, waited = 0.0005, 0.0
         while True:
             try:
                 with _translate(), self._lock, self._transaction():
-                    row = self._db.execute(_SELECT, (key,)).fetchone()
-                    result, new, changed = apply(_decode(row))
-                    if changed:
-                        if new is None:
-                            self._db.execute(_DELETE, (key,))
-                        else:
-                            self._db.execute(_UPSERT, (key, *_encode(new)))
+                    result = work(self._db)
                 break
             except _Busy:
                 if waited >= self.lock_timeout:
@@ -199,10 +212,29 @@ class SqliteStore:
             self._maybe_purge(now)
         return result
 
+    async def _step(
+        self, key: str, apply: Callable[[Record | None], tuple[T, Record | None, bool]], now: float
+    ) -> T:
+        """Run ``apply`` on the record under ``key`` atomically; write if it says so."""
+
+        def work(db: sqlite3.Connection) -> T:
+            result, new, changed = apply(_decode(db.execute(_SELECT, (key,)).fetchone()))
+            if changed:
+                if new is None:
+                    db.execute(_DELETE, (key,))
+                else:
+                    db.execute(_UPSERT, (key, *_encode(new)))
+            return result
+
+        return await self._atomic(work, now)
+
     def _maybe_purge(self, now: float) -> None:
         try:
             with _translate(), self._lock, self._transaction():
-                deleted = self._db.execute(_PURGE, (now, self.purge_batch)).rowcount
+                deleted = max(
+                    self._db.execute(statement, (now, self.purge_batch)).rowcount
+                    for statement in (_PURGE, _PURGE_COUNTERS)
+                )
         except _Busy:
             return  # another process holds the lock; purge next time
         full = deleted >= self.purge_batch
@@ -265,6 +297,35 @@ class SqliteStore:
         with _translate(), self._lock, self._transaction():
             return int(self._db.execute(_PURGE, (now, limit)).rowcount)
 
+    # -- rate limits ---------------------------------------------------------------------
+
+    rate_limit_algorithms = ALGORITHMS
+
+    async def acquire(
+        self, items: Sequence[Item], now: float
+    ) -> tuple[bool, list[RateLimitDecision]]:
+        def work(db: sqlite3.Connection) -> tuple[bool, list[RateLimitDecision]]:
+            states = [_load_state(db.execute(_SELECT_COUNTER, (i.key,)).fetchone()) for i in items]
+            admitted, decisions, writes = plan(states, items, now)
+            for w in writes:
+                db.execute(_UPSERT_COUNTER, (w.key, json.dumps(w.state), w.expires_at))
+            return admitted, decisions
+
+        return await self._atomic(work, now)
+
+    async def release(self, key: str, token: str, now: float) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            state = _load_state(db.execute(_SELECT_COUNTER, (key,)).fetchone())
+            if state is None:
+                return
+            new = Concurrency.release(state, token, now)
+            if new is None:
+                db.execute(_DELETE_COUNTER, (key,))
+            else:
+                db.execute(_UPSERT_COUNTER, (key, json.dumps(new), Concurrency.expires_at(new)))
+
+        await self._atomic(work, now)
+
     async def aclose(self) -> None:
         with self._lock:
             self._db.close()
@@ -293,6 +354,10 @@ def _translate() -> Iterator[None]:
         raise StoreUnavailable(retry_after=1) from exc
     except sqlite3.Error as exc:
         raise StoreUnavailable(retry_after=1) from exc
+
+
+def _load_state(row: tuple[str] | None) -> CounterState:
+    return None if row is None else tuple(json.loads(row[0]))
 
 
 def _encode(record: Record) -> tuple[object, ...]:

@@ -1,0 +1,47 @@
+"""Rate limits, quotas and concurrency limits: per client, from configuration.
+
+Algorithms are pure functions in ``_algorithms`` (``(state, now, cost, limit) ->
+(decision, state)``); ``_core.plan`` decides one request against several limits, all or
+nothing; stores run it atomically; ``RateLimitMiddleware`` (ASGI) and
+``RateLimitDependency`` (FastAPI) are the adapters.
+"""
+
+from __future__ import annotations
+
+from surefoot.ratelimit._algorithms import ALGORITHM_BY_NAME, RateLimitDecision
+from surefoot.ratelimit._core import Item, plan
+from surefoot.ratelimit._events import (
+    RateLimitAllowed,
+    RateLimitEvent,
+    RateLimitRejected,
+    RateLimitShadowRejected,
+    RateLimitStoreFailed,
+)
+from surefoot.ratelimit._limit import ALGORITHMS, Limit, parse_limit
+from surefoot.ratelimit._limiter import RateLimiter, Verdict
+from surefoot.ratelimit._policy import RateLimitPolicy, limit_key
+from surefoot.ratelimit.dependency import RateLimitDependency, RateLimited, install_problem_handler
+from surefoot.ratelimit.middleware import RateLimitMiddleware
+
+__all__ = [
+    "ALGORITHMS",
+    "ALGORITHM_BY_NAME",
+    "Item",
+    "Limit",
+    "RateLimitAllowed",
+    "RateLimitDecision",
+    "RateLimitDependency",
+    "RateLimitEvent",
+    "RateLimitMiddleware",
+    "RateLimitPolicy",
+    "RateLimitRejected",
+    "RateLimitShadowRejected",
+    "RateLimitStoreFailed",
+    "RateLimited",
+    "RateLimiter",
+    "Verdict",
+    "install_problem_handler",
+    "limit_key",
+    "parse_limit",
+    "plan",
+]

@@ -1,0 +1,397 @@
+"""Rate-limit algorithms as pure functions: ``(state, now, cost, limit) -> (decision, state)``.
+
+No I/O, no clock: ``now`` is a parameter and states are plain tuples that any store can
+keep (JSON in SQLite, a hash in Redis). ``None`` is the state of a key never seen (or
+expired). Every decision says whether the request is allowed, how much is left, when the
+limit is back to full (``reset_after``) and, when refused, when this very request would
+be allowed (``retry_after``; ``inf`` if its cost exceeds what the limit can ever admit).
+
+Burst at window edges, per algorithm (``A`` = amount, ``W`` = window, ``B`` = burst):
+
+=============== ===========================================================================
+fixed_window    counts per aligned window; up to 2A in any W straddling a boundary
+sliding_log     exact: at most A in any W; memory grows with A
+sliding_window  weighted previous + current window; at most 2A in any W in the worst
+                case (all of the previous window's traffic at its very end), close to A
+                for smooth traffic
+token_bucket    at most B + A*T/W in any span T; refills continuously
+leaky_bucket    (meter) the mirror image of the token bucket: the same bound
+leaky_queue     no burst: requests are spaced W/A apart, delayed up to ``max_wait``
+gcra            the token bucket's bound, with one timestamp of state
+concurrency     at most A in flight at any moment; slots return on release or lease expiry
+quota           fixed window on calendar days or months of a time zone; 2A across midnight
+=============== ===========================================================================
+
+Rule 1: a refused request changes no state (it is not counted), except where time alone
+        moved the state forward (which changes no decision).
+Rule 2: ``remaining`` is never negative and ``retry_after`` is 0 exactly when allowed.
+Rule 3: ``expires_at(state, limit)`` is when the state becomes equivalent to ``None``, so
+        stores may forget the key then.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any, ClassVar, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from surefoot.errors import ConfigurationError
+from surefoot.ratelimit._limit import Limit
+
+__all__ = [
+    "ALGORITHM_BY_NAME",
+    "Algorithm",
+    "Concurrency",
+    "RateLimitDecision",
+    "quota_period",
+]
+
+INF = math.inf
+# Float slack: a bucket refilled to 0.9999999999 tokens holds one token.
+_EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitDecision:
+    """The answer of one limit for one request."""
+
+    allowed: bool
+    remaining: int
+    reset_after: float
+    retry_after: float
+    #: ``leaky_queue`` only: how long the request must wait before it proceeds.
+    delay: float = 0.0
+
+
+State = Any  # a tuple of numbers (and strings for concurrency), or None
+
+
+class Algorithm(Protocol):
+    name: ClassVar[str]
+
+    @staticmethod
+    def decide(
+        state: State, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, State]: ...
+
+    @staticmethod
+    def expires_at(state: State, limit: Limit) -> float: ...
+
+
+class FixedWindow:
+    name = "fixed_window"
+
+    @staticmethod
+    def decide(
+        state: State, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, State]:
+        window = limit.window
+        start = now - now % window
+        count = state[1] if state is not None and state[0] == start else 0
+        reset = start + window - now
+        if count + cost <= limit.amount:
+            return RateLimitDecision(True, limit.amount - count - cost, reset, 0.0), (
+                start,
+                count + cost,
+            )
+        retry = reset if cost <= limit.amount else INF
+        return RateLimitDecision(False, limit.amount - count, reset, retry), (start, count)
+
+    @staticmethod
+    def expires_at(state: State, limit: Limit) -> float:
+        return float(state[0] + limit.window)
+
+
+class SlidingLog:
+    name = "sliding_log"
+
+    @staticmethod
+    def decide(
+        state: State, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, State]:
+        horizon = now - limit.window
+        # state: a flat tuple (t1, c1, t2, c2, ...) in time order.
+        log = state or ()
+        first = 0
+        while first < len(log) and log[first] <= horizon:
+            first += 2
+        live = log[first:]
+        used = sum(live[1::2])
+        if used + cost <= limit.amount:
+            new = (*live, now, cost)
+            return RateLimitDecision(True, limit.amount - used - cost, limit.window, 0.0), new
+        reset = live[-2] + limit.window - now
+        if cost > limit.amount:
+            return RateLimitDecision(False, limit.amount - used, reset, INF), live
+        # Wait until enough of the oldest entries leave the window.
+        excess = used + cost - limit.amount
+        freed, i = 0, 0
+        while freed < excess:
+            freed += live[i + 1]
+            i += 2
+        retry = live[i - 2] + limit.window - now
+        return RateLimitDecision(False, limit.amount - used, reset, retry), live
+
+    @staticmethod
+    def expires_at(state: State, limit: Limit) -> float:
+        return float(state[-2] + limit.window) if state else 0.0
+
+
+class SlidingWindow:
+    name = "sliding_window"
+
+    @staticmethod
+    def decide(
+        state: State, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, State]:
+        window, amount = limit.window, limit.amount
+        start = now - now % window
+        prev = curr = 0
+        if state is not None:
+            if state[0] == start:
+                prev, curr = state[1], state[2]
+            elif state[0] == start - window:
+                prev = state[2]
+        weight = 1.0 - (now - start) / window
+        estimate = prev * weight + curr
+        reset = (start + 2 * window - now) if curr else (start + window - now)
+        if estimate + cost <= amount + _EPS:
+            left = max(0, math.floor(amount - estimate - cost + _EPS))
+            return RateLimitDecision(True, left, reset, 0.0), (start, prev, curr + cost)
+        left = max(0, math.floor(amount - estimate + _EPS))
+        if cost > amount:
+            retry = INF
+        elif curr + cost <= amount:
+            # Within this window, once enough of the previous window has slid out.
+            retry = start + window * (1.0 - (amount - curr - cost) / prev) - now
+        else:
+            # Next window: the current count becomes the weighted previous one.
+            retry = start + window + window * (1.0 - (amount - cost) / curr) - now
+        return RateLimitDecision(False, left, reset, max(retry, _EPS)), (start, prev, curr)
+
+    @staticmethod
+    def expires_at(state: State, limit: Limit) -> float:
+        return float(state[0] + 2 * limit.window)
+
+
+class TokenBucket:
+    name = "token_bucket"
+
+    @staticmethod
+    def decide(
+        state: State, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, State]:
+        capacity = limit.capacity
+        rate = limit.amount / limit.window
+        if state is None:
+            tokens = float(capacity)
+        else:
+            tokens = min(float(capacity), state[0] + (now - state[1]) * rate)
+        if tokens + _EPS >= cost:
+            tokens = max(0.0, tokens - cost)
+            reset = (capacity - tokens) / rate
+            return RateLimitDecision(True, math.floor(tokens + _EPS), reset, 0.0), (tokens, now)
+        retry = (cost - tokens) / rate if cost <= capacity else INF
+        reset = (capacity - tokens) / rate
+        return RateLimitDecision(False, math.floor(tokens + _EPS), reset, retry), (tokens, now)
+
+    @staticmethod
+    def expires_at(state: State, limit: Limit) -> float:
+        rate = limit.amount / limit.window
+        return float(state[1] + (limit.capacity - state[0]) / rate)
+
+
+class LeakyBucket:
+    name = "leaky_bucket"
+
+    @staticmethod
+    def decide(
+        state: State, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, State]:
+        capacity = limit.capacity
+        rate = limit.amount / limit.window
+        level = 0.0 if state is None else max(0.0, state[0] - (now - state[1]) * rate)
+        if level + cost <= capacity + _EPS:
+            level = min(float(capacity), level + cost)
+            left = math.floor(capacity - level + _EPS)
+            return RateLimitDecision(True, left, level / rate, 0.0), (level, now)
+        retry = (level + cost - capacity) / rate if cost <= capacity else INF
+        left = math.floor(capacity - level + _EPS)
+        return RateLimitDecision(False, left, level / rate, retry), (level, now)
+
+    @staticmethod
+    def expires_at(state: State, limit: Limit) -> float:
+        return float(state[1] + state[0] / (limit.amount / limit.window))
+
+
+class LeakyQueue:
+    name = "leaky_queue"
+
+    @staticmethod
+    def decide(
+        state: State, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, State]:
+        interval = limit.window / limit.amount
+        # state: (the time the queue is free again,)
+        start = now if state is None else max(now, state[0])
+        delay = start - now
+        if delay <= limit.max_wait + _EPS:
+            free_at = start + cost * interval
+            left = max(0, math.floor((limit.max_wait - (free_at - now)) / interval + _EPS) + 1)
+            return RateLimitDecision(True, left, free_at - now, 0.0, delay), (free_at,)
+        retry = delay - limit.max_wait
+        return RateLimitDecision(False, 0, start - now, retry), (start,)
+
+    @staticmethod
+    def expires_at(state: State, limit: Limit) -> float:
+        return float(state[0])
+
+
+class Gcra:
+    name = "gcra"
+
+    @staticmethod
+    def decide(
+        state: State, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, State]:
+        interval = limit.window / limit.amount
+        tolerance = interval * limit.capacity
+        tat = now if state is None else max(state[0], now)
+        new_tat = tat + cost * interval
+        allow_at = new_tat - tolerance
+        if now + _EPS * interval >= allow_at:
+            left = max(0, math.floor((tolerance - (new_tat - now)) / interval + _EPS))
+            return RateLimitDecision(True, left, new_tat - now, 0.0), (new_tat,)
+        left = max(0, math.floor((tolerance - (tat - now)) / interval + _EPS))
+        retry = allow_at - now if cost <= limit.capacity else INF
+        return RateLimitDecision(False, left, tat - now, retry), (tat,)
+
+    @staticmethod
+    def expires_at(state: State, limit: Limit) -> float:
+        return float(state[0])
+
+
+class Quota:
+    name = "quota"
+
+    @staticmethod
+    def decide(
+        state: State, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, State]:
+        start, end = quota_period(now, limit.period or "day", limit.timezone)
+        count = state[1] if state is not None and state[0] == start else 0
+        reset = end - now
+        if count + cost <= limit.amount:
+            return RateLimitDecision(True, limit.amount - count - cost, reset, 0.0), (
+                start,
+                count + cost,
+                end,
+            )
+        retry = reset if cost <= limit.amount else INF
+        return RateLimitDecision(False, limit.amount - count, reset, retry), (start, count, end)
+
+    @staticmethod
+    def expires_at(state: State, limit: Limit) -> float:
+        return float(state[2])
+
+
+class Concurrency:
+    """In-flight requests: ``acquire`` takes ``cost`` slots under a token, ``release`` frees them.
+
+    State: a flat tuple ``(token1, expires1, cost1, token2, ...)``; a slot whose lease has
+    expired (its worker crashed) is free again.
+    """
+
+    name = "concurrency"
+    #: Suggested wait when full: the time a slot frees is unknown.
+    RETRY_AFTER = 1.0
+
+    @staticmethod
+    def decide(
+        state: State, now: float, cost: int, limit: Limit, token: str = ""
+    ) -> tuple[RateLimitDecision, State]:
+        held = Concurrency._live(state, now)
+        used = sum(held[2::3])
+        if used + cost <= limit.amount:
+            new = (*held, token, now + limit.lease, cost)
+            return RateLimitDecision(True, limit.amount - used - cost, 0.0, 0.0), new
+        retry = Concurrency.RETRY_AFTER if cost <= limit.amount else INF
+        return RateLimitDecision(False, limit.amount - used, 0.0, retry), held
+
+    @staticmethod
+    def release(state: State, token: str, now: float) -> State:
+        held = Concurrency._live(state, now)
+        out: tuple[Any, ...] = ()
+        for i in range(0, len(held), 3):
+            if held[i] != token:
+                out += held[i : i + 3]
+        return out or None
+
+    @staticmethod
+    def expires_at(state: State, limit: Limit | None = None) -> float:
+        return float(max(state[1::3])) if state else 0.0
+
+    @staticmethod
+    def _live(state: State, now: float) -> tuple[Any, ...]:
+        if not state:
+            return ()
+        out: tuple[Any, ...] = ()
+        for i in range(0, len(state), 3):
+            if state[i + 1] > now:
+                out += tuple(state[i : i + 3])
+        return out
+
+
+ALGORITHM_BY_NAME: dict[str, Any] = {
+    cls.name: cls
+    for cls in (
+        FixedWindow,
+        SlidingLog,
+        SlidingWindow,
+        TokenBucket,
+        LeakyBucket,
+        LeakyQueue,
+        Gcra,
+        Concurrency,
+        Quota,
+    )
+}
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigurationError(
+            f"Limit.timezone: expected an IANA time zone such as 'Europe/Paris', got {name!r}"
+        ) from None
+
+
+_period_cache: dict[tuple[str, str], tuple[float, float]] = {}
+
+
+def quota_period(now: float, period: str, timezone: str) -> tuple[float, float]:
+    """The (start, end) epoch seconds of the calendar day or month containing ``now``."""
+    cached = _period_cache.get((period, timezone))
+    if cached is not None and cached[0] <= now < cached[1]:
+        return cached
+    zone = _zone(timezone)
+    local = datetime.fromtimestamp(now, zone)
+    if period == "day":
+        first = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        following = (first + timedelta(days=1)).replace(tzinfo=None)
+    else:
+        first = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        year, month = (first.year + 1, 1) if first.month == 12 else (first.year, first.month + 1)
+        following = first.replace(year=year, month=month, tzinfo=None)
+    # Re-attach the zone so each boundary gets its own UTC offset (DST changes).
+    bounds = (
+        first.replace(tzinfo=None).replace(tzinfo=zone).timestamp(),
+        following.replace(tzinfo=zone).timestamp(),
+    )
+    _period_cache[(period, timezone)] = bounds
+    return bounds

@@ -1,0 +1,282 @@
+"""``RateLimiter``: policies, identity and a store, deciding one request at a time.
+
+The engine behind ``RateLimitMiddleware`` and the FastAPI dependency:
+
+1. Find the policies that cover the request (routes, exemptions, allowlists) and the
+   principal; no policy, no verdict.
+2. Build one ``Item`` per limit (its store key is a function of policy, limit, principal
+   and route) and ``acquire`` them all at once from the store: one atomic step.
+3. Turn the decisions into a ``Verdict``: admitted or not, the problem to answer with,
+   the ``RateLimit`` header fields, how long to wait first (``leaky_queue``), and the
+   concurrency slots to free when the response ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from surefoot._asgi import Scope, request_id
+from surefoot.clock import Clock, SystemClock
+from surefoot.errors import (
+    ConcurrencyLimitExceeded,
+    ConfigurationError,
+    QuotaExceeded,
+    RateLimitExceeded,
+    StoreUnavailable,
+    SurefootError,
+)
+from surefoot.events import EventHook, LoggingHook, emit
+from surefoot.identity import PrincipalResolver, default_principal
+from surefoot.ratelimit import _events as ev
+from surefoot.ratelimit._algorithms import RateLimitDecision
+from surefoot.ratelimit._core import Item
+from surefoot.ratelimit._headers import Reported, legacy_headers, ratelimit_headers, whole_seconds
+from surefoot.ratelimit._limit import Limit
+from surefoot.ratelimit._policy import RateLimitPolicy, limit_key
+from surefoot.storage._protocol import RateLimitStore
+
+__all__ = ["RateLimiter", "TierResolver", "Verdict"]
+
+TierResolver = Callable[[Scope, str], "str | None"]
+
+_PROBLEMS: dict[str, type[SurefootError]] = {
+    "quota": QuotaExceeded,
+    "concurrency": ConcurrencyLimitExceeded,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Check:
+    """One limit of one policy, for one request."""
+
+    policy: RateLimitPolicy
+    name: str  # as the headers name it
+    item: Item
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What to do with one request."""
+
+    admitted: bool
+    #: The problem to answer with when not admitted (429, or 503 for a store failing closed).
+    error: SurefootError | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: Seconds to wait before going on (``leaky_queue``).
+    delay: float = 0.0
+    #: Concurrency slots to free when the response ends.
+    held: list[Item] = field(default_factory=list)
+
+
+class RateLimiter:
+    """Decides requests against policies; see ``RateLimitMiddleware`` for the arguments."""
+
+    def __init__(
+        self,
+        *,
+        store: RateLimitStore,
+        policies: Sequence[RateLimitPolicy],
+        principal: PrincipalResolver = default_principal,
+        tier: TierResolver | None = None,
+        headers: bool = True,
+        legacy_headers: bool = False,
+        legacy_reset: Literal["seconds", "epoch"] = "seconds",
+        clock: Clock | None = None,
+        hooks: Sequence[EventHook] | None = None,
+    ) -> None:
+        if not isinstance(store, RateLimitStore):
+            raise ConfigurationError(
+                "rate limiter store: expected a RateLimitStore (acquire, release, "
+                f"rate_limit_algorithms), got {type(store).__name__}"
+            )
+        if legacy_reset not in ("seconds", "epoch"):
+            raise ConfigurationError(
+                f"legacy_reset: expected 'seconds' or 'epoch', got {legacy_reset!r}"
+            )
+        self.store = store
+        self.principal = principal
+        self.tier = tier
+        self.headers = headers
+        self.legacy_headers = legacy_headers
+        self.legacy_reset = legacy_reset
+        self.clock = clock if clock is not None else SystemClock()
+        self.hooks: tuple[EventHook, ...] = (LoggingHook(),) if hooks is None else tuple(hooks)
+        self.policies: tuple[RateLimitPolicy, ...] = ()
+        self.update_policies(policies)
+
+    def update_policies(self, policies: Sequence[RateLimitPolicy]) -> None:
+        """Swap the policies, atomically for requests; counters of kept limits carry on.
+
+        A limit keeps its counter when its policy name, algorithm and window stay the
+        same (its amount may change).
+        """
+        policies = tuple(policies)
+        names = [p.name for p in policies]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"rate limiter policies: names must be unique, got {names}")
+        supported = self.store.rate_limit_algorithms
+        for policy in policies:
+            for limits in (policy.limits, *policy.tiers.values(), *policy.overrides.values()):
+                for limit in limits:
+                    assert isinstance(limit, Limit)
+                    if limit.algorithm not in supported:
+                        raise ConfigurationError(
+                            f"RateLimitPolicy {policy.name!r}: algorithm {limit.algorithm!r} is "
+                            f"not supported by {type(self.store).__name__}, which supports "
+                            f"{sorted(supported)}"
+                        )
+        self.policies = policies
+
+    def _checks(
+        self, scope: Scope, principal: str, covering: list[tuple[RateLimitPolicy, str]]
+    ) -> list[_Check]:
+        method, path = scope["method"], scope["path"]
+        tier = self.tier(scope, principal) if self.tier is not None else None
+        checks: list[_Check] = []
+        for policy, route in covering:
+            if principal in policy.allow:
+                continue
+            cost = policy.cost_for(method, path)
+            limits = policy.limits_for(principal, tier)
+            scope_route = route if policy.per_route else ""
+            for limit in limits:
+                key = limit_key(policy.name, limit, principal, scope_route)
+                token = secrets.token_hex(8) if limit.algorithm == "concurrency" else ""
+                item = Item(key, limit.algorithm or "", limit, cost, not policy.shadow, token)
+                name = policy.name if len(limits) == 1 else f"{policy.name}-{_label(limit)}"
+                checks.append(_Check(policy, name, item))
+        return checks
+
+    async def check(self, scope: Scope) -> Verdict | None:
+        """The verdict on an HTTP request, or None when no policy covers it."""
+        method, path = scope["method"], scope["path"]
+        covering = []
+        for policy in self.policies:
+            route = policy.route_for(method, path)
+            if route is not None:
+                covering.append((policy, route))
+        if not covering:
+            return None
+        principal = self.principal(scope)
+        checks = self._checks(scope, principal, covering)
+        if not checks:
+            return None
+        now = self.clock.now()
+        try:
+            admitted, decisions = await self.store.acquire([c.item for c in checks], now)
+        except SurefootError as exc:
+            return self._store_failed(scope, principal, checks, exc)
+        enforced = []
+        for check, decision in zip(checks, decisions, strict=True):
+            if check.item.enforce:
+                enforced.append((check, decision))
+            elif not decision.allowed:
+                self._emit(
+                    ev.RateLimitShadowRejected,
+                    scope,
+                    principal,
+                    policy=check.policy.name,
+                    limit=check.item.limit.describe(),
+                    retry_after=decision.retry_after,
+                )
+        if not admitted:
+            # Nothing was charged: report what is left without this request's cost.
+            enforced = [
+                (c, replace(d, remaining=d.remaining + c.item.cost) if d.allowed else d)
+                for c, d in enforced
+            ]
+        headers = self._headers(enforced, now, rejected=not admitted)
+        if not admitted:
+            return Verdict(False, self._rejection(scope, principal, enforced), headers)
+        delay = max(d.delay for d in decisions)
+        if self.hooks:
+            policies = tuple(dict.fromkeys(c.policy.name for c in checks))
+            self._emit(ev.RateLimitAllowed, scope, principal, policies=policies, delay=delay)
+        held = [c.item for c in checks if c.item.token]
+        return Verdict(True, None, headers, delay, held)
+
+    async def release(self, verdict: Verdict) -> None:
+        """Free the verdict's concurrency slots (a failure leaves them to their lease)."""
+        now = self.clock.now()
+        for item in verdict.held:
+            with contextlib.suppress(SurefootError):
+                await self.store.release(item.key, item.token, now)
+
+    def _headers(
+        self, enforced: list[tuple[_Check, RateLimitDecision]], now: float, *, rejected: bool
+    ) -> list[tuple[bytes, bytes]]:
+        if not enforced or not (self.headers or self.legacy_headers):
+            return []
+        reported = [Reported(c.name, c.item.limit, d) for c, d in enforced]
+        out = ratelimit_headers(reported, rejected=rejected) if self.headers else []
+        if self.legacy_headers:
+            out += legacy_headers(reported, now=now, reset=self.legacy_reset)
+        return out
+
+    def _rejection(
+        self, scope: Scope, principal: str, enforced: list[tuple[_Check, RateLimitDecision]]
+    ) -> SurefootError:
+        refused = [(c, d) for c, d in enforced if not d.allowed]
+        check, decision = max(refused, key=lambda cd: cd[1].retry_after)
+        self._emit(
+            ev.RateLimitRejected,
+            scope,
+            principal,
+            policy=check.policy.name,
+            limit=check.item.limit.describe(),
+            retry_after=decision.retry_after,
+        )
+        problem = _PROBLEMS.get(check.item.algorithm, RateLimitExceeded)
+        retry_after = max(1, whole_seconds(decision.retry_after))
+        fields: dict[str, Any] = {
+            "limit": check.item.limit.describe(),
+            "wait": "1 second" if retry_after == 1 else f"{retry_after} seconds",
+            "policy": check.policy.name,
+            "retry_after": retry_after,
+            # The draft's member naming the violated limits.
+            "violated-policies": list(dict.fromkeys(c.name for c, _ in refused)),
+        }
+        return problem(**fields)
+
+    def _store_failed(
+        self, scope: Scope, principal: str, checks: list[_Check], exc: SurefootError
+    ) -> Verdict:
+        closed = any(c.policy.on_store_error == "fail_closed" for c in checks if c.item.enforce)
+        self._emit(
+            ev.RateLimitStoreFailed,
+            scope,
+            principal,
+            action="fail_closed" if closed else "fail_open",
+            error=type(exc.__cause__ or exc).__name__,
+        )
+        if not closed:
+            return Verdict(True)
+        error = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(retry_after=1)
+        return Verdict(False, error)
+
+    def _emit(
+        self, cls: type[ev.RateLimitEvent], scope: Scope, principal: str, **fields: object
+    ) -> None:
+        if self.hooks:
+            event = cls(
+                at=self.clock.now(),
+                request_id=request_id(scope),
+                method=scope["method"],
+                path=scope["path"],
+                principal=principal,
+                **fields,
+            )
+            emit(self.hooks, event)
+
+
+def _label(limit: Limit) -> str:
+    """A short, stable name for one of several limits of a policy: ``60s``, ``day``."""
+    if limit.algorithm == "concurrency":
+        return "concurrency"
+    if limit.period is not None:
+        return limit.period
+    return f"{limit.window:g}s"

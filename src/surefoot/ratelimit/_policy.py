@@ -1,0 +1,155 @@
+"""``RateLimitPolicy``: who is limited, where, by what, as an immutable value.
+
+A request meets every policy whose ``routes`` match it (all routes when empty), unless the
+route is in the policy's ``exempt`` list or the principal is in its ``allow`` list. The
+limits applied are the principal's ``overrides`` entry, else its tier's limits, else the
+policy's own. Each limit is counted under a store key that is an explicit function of
+(policy name, limit window and algorithm, principal, route template when ``per_route``),
+so swapping policies at run time keeps the counters of limits that kept their window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field, replace
+from typing import Literal, NoReturn
+
+from surefoot._routes import RouteTable
+from surefoot.errors import ConfigurationError
+from surefoot.ratelimit._limit import ALGORITHMS, Limit, parse_limit
+
+__all__ = ["RateLimitPolicy", "limit_key"]
+
+LimitSpec = str | Limit
+
+
+@dataclass(frozen=True)
+class RateLimitPolicy:
+    """A named set of limits and where they apply.
+
+    Example:
+        >>> RateLimitPolicy("default", limits=["100/minute", "10/second"])
+        >>> RateLimitPolicy(
+        ...     "search",
+        ...     limits=["30/minute"],
+        ...     algorithm="gcra",
+        ...     routes=["GET /v1/search*"],
+        ...     costs={"GET /v1/search/export": 10},
+        ...     tiers={"pro": ["300/minute"]},
+        ...     shadow=True,
+        ... )
+
+    Args:
+        name: identifies the policy in headers, problems, events and store keys.
+        limits: ``"100/minute"`` strings or ``Limit`` values; all must allow a request.
+        algorithm: the algorithm of limits that do not name their own.
+        routes: route templates (``"POST /v1/charges"``, ``"/v1/*"``) the policy covers;
+            empty: every route.
+        exempt: route templates the policy never limits (health checks, critical paths).
+        allow: principals the policy never limits (an allowlist).
+        costs: route template -> cost of a request there (default 1).
+        per_route: count each route template separately instead of per principal only.
+        tiers: tier name -> limits, for principals the middleware's ``tier`` function
+            places in that tier.
+        overrides: principal -> limits, for single clients (wins over tiers).
+        shadow: decide, count and report what would be rejected, but never reject.
+        on_store_error: ``"fail_open"`` lets requests through while the store is down,
+            ``"fail_closed"`` answers 503.
+    """
+
+    name: str
+    _: KW_ONLY
+    limits: Sequence[LimitSpec]
+    algorithm: str = "sliding_window"
+    routes: Sequence[str] = ()
+    exempt: Sequence[str] = ()
+    allow: Iterable[str] = frozenset()
+    costs: Mapping[str, int] = field(default_factory=dict)
+    per_route: bool = False
+    tiers: Mapping[str, Sequence[LimitSpec]] = field(default_factory=dict)
+    overrides: Mapping[str, Sequence[LimitSpec]] = field(default_factory=dict)
+    shadow: bool = False
+    on_store_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    _route_table: RouteTable[bool] = field(init=False, repr=False, compare=False)
+    _exempt_table: RouteTable[bool] = field(init=False, repr=False, compare=False)
+    _cost_table: RouteTable[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            _fail(self.name, "name", "letters, digits, '-', '_' or '.'", self.name)
+        if self.algorithm not in ALGORITHMS:
+            _fail(self.name, "algorithm", f"one of {sorted(ALGORITHMS)}", self.algorithm)
+        set_ = object.__setattr__
+        set_(self, "limits", self._limits(self.limits, "limits"))
+        if not self.limits:
+            _fail(self.name, "limits", "at least one limit, such as '100/minute'", [])
+        set_(self, "tiers", {t: self._limits(v, f"tiers.{t}") for t, v in self.tiers.items()})
+        set_(
+            self,
+            "overrides",
+            {p: self._limits(v, f"overrides.{p}") for p, v in self.overrides.items()},
+        )
+        set_(self, "routes", tuple(self.routes))
+        set_(self, "exempt", tuple(self.exempt))
+        set_(self, "allow", frozenset(self.allow))
+        for template, cost in self.costs.items():
+            if not isinstance(cost, int) or cost < 1:
+                _fail(self.name, f"costs[{template!r}]", "a positive whole number", cost)
+        set_(self, "costs", dict(self.costs))
+        if self.on_store_error not in ("fail_open", "fail_closed"):
+            _fail(self.name, "on_store_error", "'fail_open' or 'fail_closed'", self.on_store_error)
+        # Route tables, compiled once (their errors name the bad template).
+        set_(self, "_route_table", RouteTable((t, True) for t in self.routes))
+        set_(self, "_exempt_table", RouteTable((t, True) for t in self.exempt))
+        set_(self, "_cost_table", RouteTable(self.costs.items()))
+
+    def _limits(self, specs: Sequence[LimitSpec], where: str) -> tuple[Limit, ...]:
+        if isinstance(specs, str | Limit):
+            specs = [specs]
+        out = []
+        for spec in specs:
+            try:
+                limit = parse_limit(
+                    spec, algorithm=self.algorithm if isinstance(spec, str) else None
+                )
+            except ConfigurationError as exc:
+                _fail(self.name, where, str(exc), spec)
+            if limit.algorithm is None:
+                limit = replace(limit, algorithm=self.algorithm)
+            out.append(limit)
+        return tuple(out)
+
+    # -- applying the policy to one request ---------------------------------------------
+
+    def route_for(self, method: str, path: str) -> str | None:
+        """The matched template if this policy covers the request ("" for all routes), else None."""
+        if self._exempt_table.match(method, path) is not None:
+            return None
+        if not self.routes:
+            return ""
+        matched = self._route_table.match(method, path)
+        return None if matched is None else matched[0]
+
+    def cost_for(self, method: str, path: str) -> int:
+        matched = self._cost_table.match(method, path)
+        return 1 if matched is None else matched[1]
+
+    def limits_for(self, principal: str, tier: str | None) -> tuple[Limit, ...]:
+        override = self.overrides.get(principal)
+        if override is not None:
+            return tuple(override)  # type: ignore[arg-type]
+        if tier is not None and tier in self.tiers:
+            return tuple(self.tiers[tier])  # type: ignore[arg-type]
+        return tuple(self.limits)  # type: ignore[arg-type]
+
+
+def limit_key(policy: str, limit: Limit, principal: str, route: str) -> str:
+    """The store key of one limit for one principal (and route): stable across reloads."""
+    identity = f"{limit.algorithm}|{limit.window:g}|{limit.period or ''}|{limit.timezone}"
+    material = "\x1f".join((policy, identity, principal, route)).encode()
+    return f"rl:{policy}:" + hashlib.blake2b(material, digest_size=16).hexdigest()
+
+
+def _fail(policy: str, name: str, expected: str, got: object) -> NoReturn:
+    raise ConfigurationError(f"RateLimitPolicy {policy!r}.{name}: expected {expected}, got {got!r}")

@@ -1,0 +1,139 @@
+"""``RateLimitMiddleware``: pure ASGI, per-client limits from policies.
+
+Per HTTP request: ask the ``RateLimiter`` for a verdict. Refused: answer the problem
+(429, with ``Retry-After`` and the ``RateLimit`` fields) and never call the app.
+Admitted: wait if a ``leaky_queue`` limit asks to, call the app adding the ``RateLimit``
+fields to its response, and free concurrency slots when it returns, raises, or the
+client goes away (the release is shielded from cancellation; a crashed worker's slots
+come back when their lease expires).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal
+
+from surefoot._asgi import ASGIApp, Message, Receive, Scope, Send, request_id, send_problem
+from surefoot.clock import Clock
+from surefoot.errors import DEFAULT_PROBLEM_BASE
+from surefoot.events import EventHook
+from surefoot.identity import PrincipalResolver, default_principal
+from surefoot.ratelimit._limiter import RateLimiter, TierResolver
+from surefoot.ratelimit._policy import RateLimitPolicy
+from surefoot.storage._protocol import RateLimitStore
+
+__all__ = ["RateLimitMiddleware"]
+
+_releasing: set[asyncio.Task[None]] = set()
+
+
+class RateLimitMiddleware:
+    """Per-client rate limits, quotas and concurrency limits for any ASGI app.
+
+    Example:
+        >>> app = RateLimitMiddleware(
+        ...     app,
+        ...     store=store_from_url("memory://"),
+        ...     policies=[RateLimitPolicy("default", limits=["100/minute", "10/second"])],
+        ... )
+
+    Put it outside ``IdempotencyMiddleware`` (rate limit first): a 429 then never reaches
+    the idempotency layer, and never counts as an execution.
+
+    Args:
+        app: the ASGI app to protect.
+        store: where counters live (``MemoryStore``, ``SqliteStore``...); it must support
+            every algorithm the policies use.
+        policies: the policies; ``update_policies`` swaps them at run time.
+        principal: who is calling (default: hashed API key or ``Authorization`` header, the
+            authenticated user, or the client address; ``surefoot.identity.Identity``
+            reads forwarding headers from trusted proxies).
+        tier: ``(scope, principal) -> tier name or None``, selecting a policy's ``tiers``.
+        headers: add ``RateLimit-Policy`` and ``RateLimit`` to every limited response.
+        legacy_headers: also add ``X-RateLimit-Limit/Remaining/Reset``; ``legacy_reset``
+            says whether the reset is in seconds from now or an epoch time (GitHub's way).
+        clock, sleep: time (tests inject ``ManualClock`` and its ``sleep``).
+        hooks: event hooks; default: one ``LoggingHook``.
+        problem_base: base URI of the problem ``type`` members.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: RateLimitStore,
+        policies: Sequence[RateLimitPolicy],
+        principal: PrincipalResolver = default_principal,
+        tier: TierResolver | None = None,
+        headers: bool = True,
+        legacy_headers: bool = False,
+        legacy_reset: Literal["seconds", "epoch"] = "seconds",
+        clock: Clock | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        hooks: Sequence[EventHook] | None = None,
+        problem_base: str = DEFAULT_PROBLEM_BASE,
+    ) -> None:
+        self.app = app
+        self.limiter = RateLimiter(
+            store=store,
+            policies=policies,
+            principal=principal,
+            tier=tier,
+            headers=headers,
+            legacy_headers=legacy_headers,
+            legacy_reset=legacy_reset,
+            clock=clock,
+            hooks=hooks,
+        )
+        self.sleep = sleep
+        self.problem_base = problem_base
+
+    @property
+    def policies(self) -> tuple[RateLimitPolicy, ...]:
+        return self.limiter.policies
+
+    def update_policies(self, policies: Sequence[RateLimitPolicy]) -> None:
+        """Swap the policies at run time; counters of limits that kept their window carry on."""
+        self.limiter.update_policies(policies)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        verdict = await self.limiter.check(scope)
+        if verdict is None:
+            await self.app(scope, receive, send)
+            return
+        if verdict.error is not None:
+            await send_problem(
+                send,
+                verdict.error,
+                request_id=request_id(scope),
+                base=self.problem_base,
+                headers=verdict.headers,
+            )
+            return
+        if verdict.delay > 0:
+            await self.sleep(verdict.delay)
+        if verdict.headers:
+            send = _with_headers(send, verdict.headers)
+        if not verdict.held:
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            task = asyncio.ensure_future(self.limiter.release(verdict))
+            _releasing.add(task)
+            task.add_done_callback(_releasing.discard)
+            await asyncio.shield(task)
+
+
+def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *headers]}
+        await send(message)
+
+    return wrapped
