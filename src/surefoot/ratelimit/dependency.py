@@ -31,6 +31,12 @@ from surefoot.ratelimit._limiter import RateLimiter, TierResolver
 from surefoot.ratelimit._policy import RateLimitPolicy
 from surefoot.storage._protocol import RateLimitStore
 
+try:  # FastAPI reads the parameter annotations to inject the request and response.
+    from starlette.requests import Request
+    from starlette.responses import Response
+except ImportError:  # pragma: no cover - without Starlette there is no FastAPI to use this
+    Request = Response = Any  # type: ignore[misc,assignment]
+
 __all__ = ["RateLimitDependency", "RateLimited", "install_problem_handler"]
 
 
@@ -77,7 +83,7 @@ class RateLimitDependency:
         )
         self.sleep = sleep
 
-    async def __call__(self, request: Any, response: Any) -> AsyncIterator[None]:
+    async def __call__(self, request: Request, response: Response) -> AsyncIterator[None]:
         verdict = await self.limiter.check(request.scope)
         if verdict is None:
             yield
@@ -97,9 +103,8 @@ class RateLimitDependency:
 
 def install_problem_handler(app: Any, *, problem_base: str = DEFAULT_PROBLEM_BASE) -> None:
     """Render ``RateLimited`` and every ``SurefootError`` as problem+json in a FastAPI app."""
-    from starlette.responses import Response
 
-    def render(request: Any, exc: Exception) -> Response:
+    def render(request: Request, exc: Exception) -> Response:
         error = exc.error if isinstance(exc, RateLimited) else exc
         assert isinstance(error, SurefootError)
         rid = request_id(request.scope)
