@@ -9,7 +9,7 @@ import pytest
 PUBLIC = {
     "surefoot": ["__version__"],
     "surefoot.clock": ["Clock", "SystemClock"],
-    "surefoot.events": ["Event", "EventHook", "LoggingHook", "emit"],
+    "surefoot.events": ["Event", "EventHook", "LoggingHook", "emit", "wanted"],
     "surefoot.identity": ["Identity", "PrincipalResolver", "default_principal", "hash_credential"],
     "surefoot.storage": [
         "STORES",

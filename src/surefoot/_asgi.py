@@ -31,8 +31,8 @@ _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
 def header_values(scope: Scope, name: bytes) -> list[bytes]:
-    """Every value of the (lower-case) header ``name``."""
-    return [v for k, v in scope["headers"] if k.lower() == name]
+    """Every value of the header ``name`` (ASGI servers give names in lower case)."""
+    return [v for k, v in scope["headers"] if k == name]
 
 
 def request_id(scope: Scope) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-__all__ = ["Event", "EventHook", "LoggingHook", "emit"]
+__all__ = ["Event", "EventHook", "LoggingHook", "emit", "wanted"]
 
 _log = logging.getLogger("surefoot.events")
 
@@ -40,7 +40,11 @@ class Event:
 
 
 class EventHook(Protocol):
-    """Receives every event; must be quick and must not block."""
+    """Receives every event; must be quick and must not block.
+
+    A hook may also have ``wants(event_type) -> bool``: when every hook says no, the
+    event is never built, which keeps instrumentation free on the hot path.
+    """
 
     def __call__(self, event: Event) -> None: ...
 
@@ -55,17 +59,38 @@ class LoggingHook:
     def __init__(self, *, logger_prefix: str = "surefoot") -> None:
         self._prefix = logger_prefix
         self._loggers: dict[str, logging.Logger] = {}
+        self._by_type: dict[type[Event], logging.Logger] = {}
 
-    def __call__(self, event: Event) -> None:
-        area = event.name.split(".", 1)[0]
+    def _logger(self, name: str) -> logging.Logger:
+        area = name.split(".", 1)[0]
         logger = self._loggers.get(area)
         if logger is None:
             logger = self._loggers[area] = logging.getLogger(f"{self._prefix}.{area}")
+        return logger
+
+    def wants(self, event_type: type[Event]) -> bool:
+        """Whether the event's logger is enabled for its level right now."""
+        logger = self._by_type.get(event_type)
+        if logger is None:
+            logger = self._by_type[event_type] = self._logger(event_type.name)
+        return logger.isEnabledFor(event_type.level)
+
+    def __call__(self, event: Event) -> None:
+        logger = self._logger(event.name)
         if not logger.isEnabledFor(event.level):
             return
         fields = event.fields()
         text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
         logger.log(event.level, "%s %s", event.name, text, extra={"surefoot": fields})
+
+
+def wanted(hooks: Sequence[EventHook], event_type: type[Event]) -> bool:
+    """Whether any hook wants events of ``event_type`` (hooks without ``wants`` want all)."""
+    for hook in hooks:
+        wants = getattr(hook, "wants", None)
+        if wants is None or wants(event_type):
+            return True
+    return False
 
 
 def emit(hooks: Sequence[EventHook] | Iterable[EventHook], event: Event) -> None:

@@ -87,6 +87,8 @@ class Identity:
         client = scope.get("client")
         if not client:
             return "unknown"
+        if not self.trusted:
+            return str(client[0])
         peer = _parse(client[0])
         if peer is None or not self._trusted(peer):
             return str(peer or client[0])

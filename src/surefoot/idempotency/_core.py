@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 __all__ = [
     "TRANSITIONS",
@@ -135,8 +135,11 @@ def _table() -> dict[tuple[State, Step], tuple[State, Verdict]]:
 TRANSITIONS: dict[tuple[State, Step], tuple[State, Verdict]] = _table()
 
 
-@dataclass(frozen=True, slots=True)
-class StoredResponse:
+# Values a store keeps or is handed are named tuples: immutable like frozen dataclasses,
+# and several times cheaper to build on the per-request path.
+
+
+class StoredResponse(NamedTuple):
     """A response kept for replay. ``body`` is None when it was too large to keep."""
 
     status: int
@@ -144,8 +147,7 @@ class StoredResponse:
     body: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """What a store keeps under one scoped key."""
 
     state: State  # IN_FLIGHT, COMPLETED or UNKNOWN
@@ -158,8 +160,7 @@ class Record:
     response: StoredResponse | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Begin:
+class Begin(NamedTuple):
     """The inputs of a begin: the request's fingerprint and the route's policy values."""
 
     fingerprint: str
@@ -214,8 +215,7 @@ class Unknown:
 Decision = Reserved | InProgress | Mismatch | Replay | NotStored | Unknown
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """How a holder settles its reservation."""
 
     step: Literal[Step.COMPLETE, Step.RELEASE, Step.MARK_UNKNOWN]
@@ -274,7 +274,7 @@ def begin(record: Record | None, req: Begin, now: float) -> tuple[Decision, Reco
             return NotStored(record.response.status), record
         return Replay(record.response), record
     if verdict is Verdict.EXPIRE_TO_UNKNOWN:
-        return Unknown(lease_expired_now=True), replace(record, state=State.UNKNOWN)
+        return Unknown(lease_expired_now=True), record._replace(state=State.UNKNOWN)
     return Unknown(lease_expired_now=False), record
 
 
@@ -317,4 +317,14 @@ def _settled(
         return None
     if target is State.COMPLETED and response is None:
         raise ValueError("completing a record needs the response to keep")
-    return replace(record, state=target, response=response, expires_at=now + record.ttl)
+    # Built field by field: dataclasses.replace costs several microseconds per request.
+    return Record(
+        target,
+        record.fingerprint,
+        record.token,
+        record.generation,
+        record.lease_expires_at,
+        now + record.ttl,
+        record.ttl,
+        response,
+    )

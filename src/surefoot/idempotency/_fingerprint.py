@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import json.encoder
+import json.scanner
 from typing import Any
 
 __all__ = ["NOT_JSON", "fingerprint", "parse_json_body"]
@@ -31,9 +33,49 @@ def parse_json_body(body: bytes, content_type: bytes | None) -> Any:
     if content_type is not None and b"json" not in content_type.lower():
         return NOT_JSON
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
+        text = body.decode()
+        start = len(text) - len(text.lstrip(_WHITESPACE))
+        value, end = _scan(text, start)
+    except (ValueError, StopIteration, RecursionError):  # UnicodeDecodeError is a ValueError
         return NOT_JSON
+    if text[end:].strip(_WHITESPACE):
+        return NOT_JSON  # trailing garbage
+    return value
+
+
+def _number(text: str) -> float | int:
+    """JSON numbers compare by value: ``1.0`` is read as ``1``."""
+    value = float(text)
+    if value.is_integer() and abs(value) < _MAX_SAFE_INT:
+        return int(value)
+    return value
+
+
+# Built once and called directly: json.loads/dumps with options build new coders on every
+# call, and their Python wrappers cost more than the C scanning for small bodies.
+_WHITESPACE = " \t\n\r"
+_scan: Any = json.scanner.make_scanner(json.JSONDecoder(parse_float=_number))  # type: ignore[arg-type]
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_encode: Any = (
+    _c_make_encoder(
+        None,  # no circular-reference markers: parsed JSON has no cycles
+        None,
+        json.encoder.encode_basestring,  # ensure_ascii=False
+        None,
+        ":",
+        ",",
+        True,  # sort_keys
+        False,
+        True,
+    )
+    if _c_make_encoder is not None
+    else None
+)
+_FALLBACK = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _canonical(value: Any) -> str:
+    return "".join(_encode(value, 0)) if _encode is not None else _FALLBACK.encode(value)
 
 
 def fingerprint(
@@ -55,22 +97,10 @@ def fingerprint(
     else:
         for path in ignore_fields:
             parsed = _without(parsed, path)
-        canonical = json.dumps(
-            _normalize(parsed), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        )
+        canonical = _canonical(parsed)
         h.update(b"json\x00")
         h.update(canonical.encode())
     return h.hexdigest()
-
-
-def _normalize(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) < _MAX_SAFE_INT:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _normalize(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_normalize(v) for v in value]
-    return value
 
 
 def _without(value: Any, path: tuple[str, ...]) -> Any:

@@ -8,6 +8,8 @@ reason, so the client learns what to fix.
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["MAX_KEY_LENGTH", "InvalidKey", "parse_key"]
 
 MAX_KEY_LENGTH = 255
@@ -21,10 +23,15 @@ class InvalidKey(ValueError):
         self.reason = reason
 
 
+_PLAIN = re.compile(rb"[\x21-\x7e]{1,255}")
+
+
 def parse_key(values: list[bytes]) -> str | None:
     """The key carried by the header ``values`` (all occurrences), or None if absent."""
     if not values:
         return None
+    if len(values) == 1 and values[0][:1] != b'"' and _PLAIN.fullmatch(values[0]):
+        return values[0].decode("ascii")  # the common case: one plain token
     keys = {_parse_one(v) for v in values}
     if len(keys) > 1:
         raise InvalidKey("it was sent more than once with different values")

@@ -66,6 +66,7 @@ class IdempotencyPolicy:
     header: str = "Idempotency-Key"
     body_field: str | None = None
     ignore_paths: tuple[tuple[str, ...], ...] = field(init=False, repr=False, compare=False)
+    header_name: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         methods = frozenset(m.upper() for m in _as_iterable(self.methods, "methods"))
@@ -96,6 +97,7 @@ class IdempotencyPolicy:
             _fail("ignore_fields", "non-empty field names or dotted paths", fields)
         object.__setattr__(self, "ignore_fields", fields)
         object.__setattr__(self, "ignore_paths", tuple(tuple(f.split(".")) for f in fields))
+        object.__setattr__(self, "header_name", self.header.lower().encode("ascii"))
 
     def applies_to(self, method: str) -> bool:
         """Whether requests with ``method`` are protected by this policy."""

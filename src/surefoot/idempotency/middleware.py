@@ -19,11 +19,12 @@ Theory of operation, per request on a protected route and method:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from surefoot._asgi import ASGIApp, Message, Receive, Scope, Send, header_values, request_id
+from surefoot._asgi import ASGIApp, Message, Receive, Scope, Send, request_id
 from surefoot._asgi import send_problem as _send_problem
 from surefoot._routes import RouteTable
 from surefoot.clock import Clock, SystemClock
@@ -41,7 +42,7 @@ from surefoot.errors import (
     SurefootError,
     problem_body,
 )
-from surefoot.events import EventHook, LoggingHook, emit
+from surefoot.events import EventHook, LoggingHook, emit, wanted
 from surefoot.idempotency import _events as ev
 from surefoot.idempotency._core import (
     Begin,
@@ -69,6 +70,9 @@ MiB = 1024 * 1024
 _REPLAYED = (b"idempotent-replayed", b"true")
 _CONFLICT_RETRY_AFTER = 1
 _STORE_RETRY_AFTER = 1
+# Fencing tokens only need to be unique: a random per-process prefix and a counter.
+_TOKEN_PREFIX = secrets.token_hex(8) + "-"
+_TOKEN_COUNTER = itertools.count()
 # Settle tasks shielded from a cancelled request; referenced here until they finish.
 _settling: set[asyncio.Task[None]] = set()
 
@@ -174,7 +178,6 @@ class _Responder:
         self.scope = scope
         self.receive = receive
         self.send = send
-        self.request_id = request_id(scope)
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.principal = mw.principal(scope)
@@ -192,8 +195,12 @@ class _Responder:
 
     # -- events and answers -------------------------------------------------------------
 
+    @property
+    def request_id(self) -> str:
+        return request_id(self.scope)
+
     def emit(self, cls: type[ev.IdempotencyEvent], **fields: Any) -> None:
-        if self.mw.hooks:
+        if wanted(self.mw.hooks, cls):
             event = cls(
                 at=self.mw.clock.now(),
                 request_id=self.request_id,
@@ -211,10 +218,23 @@ class _Responder:
     # -- the request ---------------------------------------------------------------------
 
     async def run(self) -> None:
+        # One pass over the headers for everything this request needs.
+        key_header = self.policy.header_name
+        keys: list[bytes] = []
+        length = content_type = None
+        for name, value in self.scope["headers"]:
+            if name == key_header:
+                keys.append(value)
+            elif name == b"content-length":
+                length = value
+            elif name == b"content-type":
+                content_type = value
         try:
+            if length is not None and length.isdigit() and int(length) > self.mw.max_request_body:
+                raise RequestBodyTooLarge(limit=self.mw.max_request_body)
             if not await self.read_body():
                 return  # the client went away before sending its body: nothing to do
-            key = self.read_key()
+            key = self.read_key(keys, content_type)
         except (RequestBodyTooLarge, IdempotencyKeyInvalid, IdempotencyKeyAmbiguous) as exc:
             if not isinstance(exc, RequestBodyTooLarge):
                 self.emit(ev.KeyInvalid, reason=exc.code)
@@ -233,9 +253,6 @@ class _Responder:
 
     async def read_body(self) -> bool:
         limit = self.mw.max_request_body
-        for value in header_values(self.scope, b"content-length"):
-            if value.isdigit() and int(value) > limit:
-                raise RequestBodyTooLarge(limit=limit)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -252,13 +269,13 @@ class _Responder:
         self.body = b"".join(chunks)
         return True
 
-    def read_key(self) -> str | None:
+    def read_key(self, values: list[bytes], content_type: bytes | None) -> str | None:
         header = self.policy.header
         try:
-            key = parse_key(header_values(self.scope, header.lower().encode()))
+            key = parse_key(values)
         except InvalidKey as exc:
             raise IdempotencyKeyInvalid(header=header, reason=exc.reason) from None
-        self.parsed = parse_json_body(self.body, _content_type(self.scope))
+        self.parsed = parse_json_body(self.body, content_type)
         field = self.policy.body_field
         if field is not None and isinstance(self.parsed, dict):
             value = self.parsed.get(field)
@@ -296,7 +313,7 @@ class _Responder:
             fingerprint=fingerprint(
                 self.method, target, self.body, self.parsed, self.policy.ignore_paths
             ),
-            token=secrets.token_hex(16),
+            token=f"{_TOKEN_PREFIX}{next(_TOKEN_COUNTER):x}",
             lease=self.policy.lease,
             ttl=self.policy.ttl,
             on_lease_expiry=self.policy.on_lease_expiry,
@@ -376,7 +393,7 @@ class _Responder:
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
-            self.headers = tuple((bytes(k), bytes(v)) for k, v in message.get("headers", ()))
+            self.headers = tuple(map(tuple, message.get("headers", ())))
         elif kind == "http.response.body":
             chunk = message.get("body", b"")
             if not self.overflow:
@@ -462,11 +479,6 @@ class _Responder:
             self.emit(ev.ReservationReleased, status=self.status if self.complete else None)
         else:
             self.emit(ev.OutcomeUnknown, reason="server_error")
-
-
-def _content_type(scope: Scope) -> bytes | None:
-    values = header_values(scope, b"content-type")
-    return values[0] if values else None
 
 
 async def _shielded(coro: Awaitable[None]) -> None:

@@ -54,6 +54,13 @@ INF = math.inf
 _EPS = 1e-9
 
 
+def _slack(now: float, steps: int) -> float:
+    """Rounding slack for a timestamp advanced ``steps`` times by a step that is not a
+    binary fraction: near 1.7e9 a float is only precise to ~2.4e-7 s, and each step can
+    round the same way, so the error grows with the number of steps."""
+    return (steps + 2) * math.ulp(now) + _EPS
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimitDecision:
     """The answer of one limit for one request."""
@@ -123,7 +130,7 @@ class SlidingLog:
         if used + cost <= limit.amount:
             new = (*live, now, cost)
             return RateLimitDecision(True, limit.amount - used - cost, limit.window, 0.0), new
-        reset = live[-2] + limit.window - now
+        reset = live[-2] + limit.window - now if live else 0.0
         if cost > limit.amount:
             return RateLimitDecision(False, limit.amount - used, reset, INF), live
         # Wait until enough of the oldest entries leave the window.
@@ -238,9 +245,10 @@ class LeakyQueue:
         # state: (the time the queue is free again,)
         start = now if state is None else max(now, state[0])
         delay = start - now
-        if delay <= limit.max_wait + _EPS:
+        slack = _slack(now, math.ceil(limit.max_wait / interval) + cost)
+        if delay <= limit.max_wait + slack:
             free_at = start + cost * interval
-            left = max(0, math.floor((limit.max_wait - (free_at - now)) / interval + _EPS) + 1)
+            left = max(0, math.floor((limit.max_wait - (free_at - now) + slack) / interval) + 1)
             return RateLimitDecision(True, left, free_at - now, 0.0, delay), (free_at,)
         retry = delay - limit.max_wait
         return RateLimitDecision(False, 0, start - now, retry), (start,)
@@ -262,10 +270,11 @@ class Gcra:
         tat = now if state is None else max(state[0], now)
         new_tat = tat + cost * interval
         allow_at = new_tat - tolerance
-        if now + _EPS * interval >= allow_at:
-            left = max(0, math.floor((tolerance - (new_tat - now)) / interval + _EPS))
+        slack = _slack(now, limit.capacity + cost)
+        if now + slack >= allow_at:
+            left = max(0, math.floor((tolerance - (new_tat - now) + slack) / interval))
             return RateLimitDecision(True, left, new_tat - now, 0.0), (new_tat,)
-        left = max(0, math.floor((tolerance - (tat - now)) / interval + _EPS))
+        left = max(0, math.floor((tolerance - (tat - now) + slack) / interval))
         retry = allow_at - now if cost <= limit.capacity else INF
         return RateLimitDecision(False, left, tat - now, retry), (tat,)
 

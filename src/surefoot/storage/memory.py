@@ -6,8 +6,8 @@ and each process has its own: use ``SqliteStore`` for several workers on one mac
 Invariants:
 1. Every step runs without awaiting between its read and its write, under a lock, so it
    is atomic for coroutines and threads alike.
-2. The store holds at most ``max_records``. When full, it drops an expired record, or
-   else the least recently written completed one. It never evicts an in-flight reservation or an
+2. The store holds at most ``max_records``. When full, it drops the least recently
+   written record that is expired or completed. It never evicts an in-flight reservation or an
    unknown outcome (either would let a request execute twice); with nothing evictable
    it refuses new keys with ``StoreCapacityExceeded`` (503), executing nothing.
 3. Rate-limit counters are bounded by ``max_counters``: expired states are ignored and
@@ -66,16 +66,13 @@ class MemoryStore:
         self._records.move_to_end(key)
 
     def _make_room(self, now: float) -> None:
-        victim = None
+        # The front holds the least recently written records; in-flight and unknown ones
+        # are skipped, so this stops at once unless the front is full of them.
         for key, record in self._records.items():
-            if now >= record.expires_at:
-                victim = key
-                break
-            if victim is None and record.state is State.COMPLETED:
-                victim = key
-        if victim is None:
-            raise StoreCapacityExceeded(retry_after=1)
-        del self._records[victim]
+            if now >= record.expires_at or record.state is State.COMPLETED:
+                del self._records[key]
+                return
+        raise StoreCapacityExceeded(retry_after=1)
 
     async def begin(self, key: str, request: Begin, now: float) -> Decision:
         with self._lock:
@@ -149,10 +146,14 @@ class MemoryStore:
         """``acquire`` without the coroutine, for synchronous callers."""
         counters = self._counters
         with self._lock:
-            states = []
+            states: list[CounterState] = []
             for item in items:
                 entry = counters.get(item.key)
-                states.append(None if entry is None or entry[1] <= now else entry[0])
+                if entry is None or entry[1] <= now:
+                    states.append(None)
+                else:
+                    states.append(entry[0])
+                    counters.move_to_end(item.key)  # used, even if refused: keep it
             admitted, decisions, writes = plan(states, items, now)
             for w in writes:
                 counters[w.key] = (w.state, w.expires_at)

@@ -10,16 +10,22 @@ Theory of operation:
 2. The database runs in WAL mode: readers never block the writer. ``synchronous=NORMAL``
    (the default here) survives any process crash; set ``synchronous="FULL"`` to survive
    power loss as well, at a cost per write.
-3. Once open, the connection never sleeps inside SQLite (``busy_timeout=0``): when another process
-   holds the write lock, the step yields to the event loop with a short jittered backoff
-   and tries again, up to ``lock_timeout`` seconds, then fails with ``StoreUnavailable``.
-4. Expired rows are deleted in small batches (``purge_batch`` rows, one short
+3. Group commit: writes are queued and run together, in arrival order, in one
+   transaction on the next turn of the event loop, so concurrent requests share one
+   commit (SQLite's cost is the commit, not the statement). Each step is still atomic
+   and sees the steps before it. Reads that need no write (a replay, a conflict) skip the
+   queue and the write lock altogether. A store is used from one event loop.
+4. Once open, the connection never sleeps inside SQLite (``busy_timeout=0``): when another
+   process holds the write lock, the batch waits on the event loop with a short jittered
+   backoff and tries again, up to ``lock_timeout`` seconds, then fails with
+   ``StoreUnavailable``.
+5. Expired rows are deleted in small batches (``purge_batch`` rows, one short
    transaction) at most every ``purge_interval`` seconds, piggybacked on a write;
    a full batch schedules the next one a second later instead of looping.
-5. Rate-limit counters live in their own table, one row per key with its algorithm's
+6. Rate-limit counters live in their own table, one row per key with its algorithm's
    state as JSON; a request's limits are read, decided (``ratelimit._core.plan``) and
    written in one transaction, so processes sharing the file never over-admit.
-6. SQLite errors are translated to ``StoreUnavailable`` in one place (``_translate``);
+7. SQLite errors are translated to ``StoreUnavailable`` in one place (``_translate``);
    their text goes to the exception's ``__cause__`` for logs, never to a client.
 """
 
@@ -34,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency import _core
@@ -79,7 +85,9 @@ _COLUMNS = (
 )
 _SELECT = f"SELECT {_COLUMNS} FROM {_TABLE} WHERE key = ?"
 _UPSERT = (
-    f"INSERT OR REPLACE INTO {_TABLE} (key, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO {_TABLE} (key, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET "
+    + ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in _COLUMNS.split(","))
 )
 _DELETE = f"DELETE FROM {_TABLE} WHERE key = ?"
 _PURGE = (
@@ -90,8 +98,11 @@ _PURGE_COUNTERS = (
     f"DELETE FROM {_COUNTERS} WHERE rowid IN "
     f"(SELECT rowid FROM {_COUNTERS} WHERE expires_at <= ? LIMIT ?)"
 )
-_SELECT_COUNTER = f"SELECT state FROM {_COUNTERS} WHERE key = ?"
-_UPSERT_COUNTER = f"INSERT OR REPLACE INTO {_COUNTERS} (key, state, expires_at) VALUES (?, ?, ?)"
+_SELECT_COUNTER = f"SELECT state FROM {_COUNTERS} WHERE key = ? AND expires_at > ?"
+_UPSERT_COUNTER = (
+    f"INSERT INTO {_COUNTERS} (key, state, expires_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET state = excluded.state, expires_at = excluded.expires_at"
+)
 _DELETE_COUNTER = f"DELETE FROM {_COUNTERS} WHERE key = ?"
 
 Row = tuple[str, str, str, int, float, float, float, int | None, str | None, bytes | None]
@@ -137,6 +148,7 @@ class SqliteStore:
         self.purge_batch = purge_batch
         self._next_purge_at = 0.0
         self._lock = threading.Lock()
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         try:
             # Setting up may wait (blocking) for workers opening the same file at the same
             # moment: switching to WAL and creating the table both need SQLite's locks.
@@ -194,23 +206,45 @@ class SqliteStore:
             raise
 
     async def _atomic(self, work: Callable[[sqlite3.Connection], T], now: float) -> T:
-        """Run ``work`` in one write transaction, waiting out other processes' locks."""
-        delay, waited = 0.0005, 0.0
-        while True:
-            try:
-                with _translate(), self._lock, self._transaction():
-                    result = work(self._db)
-                break
-            except _Busy:
-                if waited >= self.lock_timeout:
-                    raise StoreUnavailable(retry_after=1) from None
-                pause = delay * (0.5 + random.random())
-                await asyncio.sleep(pause)
-                waited += pause
-                delay = min(delay * 2, 0.05)
+        """Run ``work`` atomically, in the next group commit (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append((work, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush, loop, 0.0005, 0.0)
+        result = await future
         if now >= self._next_purge_at:
             self._maybe_purge(now)
         return result
+
+    def _flush(self, loop: asyncio.AbstractEventLoop, delay: float, waited: float) -> None:
+        """Run every pending step in one write transaction, in arrival order."""
+        batch, self._pending = self._pending, []
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with _translate(), self._lock, self._transaction():
+                for work, _ in batch:
+                    try:
+                        outcomes.append((True, work(self._db)))
+                    except sqlite3.Error:
+                        raise
+                    except Exception as exc:  # a step raises before it writes: fail it alone
+                        outcomes.append((False, exc))
+        except _Busy:
+            if waited < self.lock_timeout:
+                self._pending[:0] = batch
+                pause = delay * (0.5 + random.random())
+                loop.call_later(pause, self._flush, loop, min(delay * 2, 0.05), waited + pause)
+                return
+            outcomes = [(False, StoreUnavailable(retry_after=1))] * len(batch)
+        except StoreUnavailable as exc:
+            outcomes = [(False, exc)] * len(batch)
+        for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+            if not future.done():  # its caller may have been cancelled
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
 
     async def _step(
         self, key: str, apply: Callable[[Record | None], tuple[T, Record | None, bool]], now: float
@@ -241,6 +275,13 @@ class SqliteStore:
         self._next_purge_at = now + (1.0 if full else self.purge_interval)
 
     async def begin(self, key: str, request: Begin, now: float) -> Decision:
+        # Most answers (replay, conflict, mismatch) need no write: decide from a plain read.
+        with _translate(), self._lock:
+            seen = _decode(self._db.execute(_SELECT, (key,)).fetchone())
+        decision, new = _core.begin(seen, request, now)
+        if new is seen:
+            return decision
+
         def apply(record: Record | None) -> tuple[Decision, Record | None, bool]:
             decision, new = _core.begin(record, request, now)
             return decision, new, new is not record
@@ -305,7 +346,9 @@ class SqliteStore:
         self, items: Sequence[Item], now: float
     ) -> tuple[bool, list[RateLimitDecision]]:
         def work(db: sqlite3.Connection) -> tuple[bool, list[RateLimitDecision]]:
-            states = [_load_state(db.execute(_SELECT_COUNTER, (i.key,)).fetchone()) for i in items]
+            states = [
+                _load_state(db.execute(_SELECT_COUNTER, (i.key, now)).fetchone()) for i in items
+            ]
             admitted, decisions, writes = plan(states, items, now)
             for w in writes:
                 db.execute(_UPSERT_COUNTER, (w.key, json.dumps(w.state), w.expires_at))
@@ -315,7 +358,7 @@ class SqliteStore:
 
     async def release(self, key: str, token: str, now: float) -> None:
         def work(db: sqlite3.Connection) -> None:
-            state = _load_state(db.execute(_SELECT_COUNTER, (key,)).fetchone())
+            state = _load_state(db.execute(_SELECT_COUNTER, (key, now)).fetchone())
             if state is None:
                 return
             new = Concurrency.release(state, token, now)
