@@ -32,10 +32,9 @@ Rule 3: ``expires_at(state, limit)`` is when the state becomes equivalent to ``N
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from surefoot.errors import ConfigurationError
@@ -61,9 +60,9 @@ def _slack(now: float, steps: int) -> float:
     return (steps + 2) * math.ulp(now) + _EPS
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimitDecision:
-    """The answer of one limit for one request."""
+class RateLimitDecision(NamedTuple):
+    """The answer of one limit for one request (immutable; a named tuple because one is
+    built per limit per request, and a frozen dataclass costs several times more)."""
 
     allowed: bool
     remaining: int

@@ -17,7 +17,7 @@ Rule 3: stores run ``plan`` atomically over all the items' keys (one transaction
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from surefoot.ratelimit._algorithms import ALGORITHM_BY_NAME, Concurrency, RateLimitDecision, State
 from surefoot.ratelimit._limit import Limit
@@ -25,8 +25,7 @@ from surefoot.ratelimit._limit import Limit
 __all__ = ["Item", "Write", "plan"]
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(NamedTuple):
     """One limit to check for one request, under its store key."""
 
     key: str
@@ -38,8 +37,7 @@ class Item:
     token: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Write:
+class Write(NamedTuple):
     """A state to store (``None``: delete) and when the store may forget it."""
 
     key: str

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from surefoot._asgi import Scope, request_id
@@ -186,7 +186,7 @@ class RateLimiter:
         if not admitted:
             # Nothing was charged: report what is left without this request's cost.
             enforced = [
-                (c, replace(d, remaining=d.remaining + c.item.cost) if d.allowed else d)
+                (c, d._replace(remaining=d.remaining + c.item.cost) if d.allowed else d)
                 for c, d in enforced
             ]
         headers = self._headers(enforced, now, rejected=not admitted)

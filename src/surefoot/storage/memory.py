@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from surefoot.errors import ConfigurationError, StoreCapacityExceeded
 from surefoot.idempotency import _core
 from surefoot.idempotency._core import Begin, Decision, Outcome, Record, State, StoredResponse
-from surefoot.ratelimit._algorithms import Concurrency, RateLimitDecision
+from surefoot.ratelimit._algorithms import ALGORITHM_BY_NAME, Concurrency, RateLimitDecision
 from surefoot.ratelimit._algorithms import State as CounterState
 from surefoot.ratelimit._core import Item, plan
 from surefoot.ratelimit._limit import ALGORITHMS
@@ -145,6 +145,24 @@ class MemoryStore:
     ) -> tuple[bool, list[RateLimitDecision]]:
         """``acquire`` without the coroutine, for synchronous callers."""
         counters = self._counters
+        if len(items) == 1 and items[0].algorithm != "concurrency":
+            # The common case, without the bookkeeping of plan(): one limit decides alone.
+            item = items[0]
+            algorithm = ALGORITHM_BY_NAME[item.algorithm]
+            with self._lock:
+                entry = counters.get(item.key)
+                if entry is None or entry[1] <= now:
+                    state = None
+                else:
+                    state = entry[0]
+                    counters.move_to_end(item.key)
+                decision, new = algorithm.decide(state, now, item.cost, item.limit)
+                allowed = decision.allowed or not item.enforce
+                if decision.allowed:
+                    counters[item.key] = (new, algorithm.expires_at(new, item.limit))
+                    if entry is None and len(counters) > self.max_counters:
+                        counters.popitem(last=False)
+            return allowed, [decision]
         with self._lock:
             states: list[CounterState] = []
             for item in items:
