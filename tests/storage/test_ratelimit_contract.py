@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import math
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -318,7 +318,7 @@ def expiry_of(algorithm: str, n: int) -> float:
 
 
 def observed(decisions: Sequence[RateLimitDecision]) -> list[float]:
-    return [float(field) for d in decisions for field in astuple(d)]
+    return [float(field) for d in decisions for field in tuple(d)]
 
 
 async def test_an_expired_state_is_treated_as_absent(store: RateLimitStore, algorithm: str) -> None:
