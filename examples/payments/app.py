@@ -14,6 +14,9 @@ Theory of operation:
 3. Both databases are SQLite files in WAL mode, shared by every uvicorn worker process:
    the store reserves each key atomically across processes, and ledger writes take
    SQLite's write lock with ``BEGIN IMMEDIATE`` and wait up to five seconds for it.
+4. ``RateLimitMiddleware`` sits in front: each client (API key, else address) may create
+   5 charges a second and 1000 an hour, and read 50 times a second; every response says
+   how much is left (``RateLimit``), and a refused request gets 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from surefoot.idempotency import IdempotencyMiddleware, IdempotencyPolicy
+from surefoot.ratelimit import RateLimitMiddleware, RateLimitPolicy
 from surefoot.storage import store_from_url
 
 __all__ = ["create_app"]  # and `app`, built on first use (see __getattr__)
@@ -100,7 +104,7 @@ class Ledger:
         return None if row is None else dict(row)
 
 
-def create_app(ledger_path: str, store_url: str) -> IdempotencyMiddleware:
+def create_app(ledger_path: str, store_url: str) -> RateLimitMiddleware:
     """The payments API on the ledger at ``ledger_path``, with keys kept in ``store_url``.
 
     Example:
@@ -134,11 +138,20 @@ def create_app(ledger_path: str, store_url: str) -> IdempotencyMiddleware:
             raise HTTPException(status_code=404, detail=f"no charge {charge_id!r}")
         return charge
 
-    return IdempotencyMiddleware(
+    protected = IdempotencyMiddleware(
         api,
         store=store,
         # Keep keys a day; a request unanswered after 30 s counts as abandoned (see 2. above).
         policy=IdempotencyPolicy(ttl=24 * 3600, lease=30),
+    )
+    # Rate limits go outside: a refused request never reaches the idempotency layer.
+    return RateLimitMiddleware(
+        protected,
+        store=store,
+        policies=[
+            RateLimitPolicy("charges", limits=["5/second", "1000/hour"], routes=["POST /charges"]),
+            RateLimitPolicy("reads", limits=["50/second"], routes=["GET /charges*"]),
+        ],
     )
 
 

@@ -92,3 +92,25 @@ async def test_an_invalid_charge_is_not_booked(client: httpx.AsyncClient) -> Non
 
 async def test_an_unknown_charge_is_404(client: httpx.AsyncClient) -> None:
     assert (await client.get("/charges/ch_missing")).status_code == 404
+
+
+async def test_charges_are_rate_limited_per_client(tmp_path: Path) -> None:
+    app = create_app(str(tmp_path / "ledger.db"), f"sqlite:///{tmp_path}/keys.db")
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://payments") as client:
+        for n in range(5):
+            headers = {"Idempotency-Key": f"k{n}", "X-API-Key": "client-a"}
+            r = await client.post("/charges", json=CHARGE, headers=headers)
+            assert r.status_code == 201
+        refused = await client.post(
+            "/charges", json=CHARGE, headers={"Idempotency-Key": "k9", "X-API-Key": "client-a"}
+        )
+        assert refused.status_code == 429
+        assert refused.json()["policy"] == "charges"
+        # Another client is not affected, and a refused charge was never booked.
+        other = await client.post(
+            "/charges", json=CHARGE, headers={"Idempotency-Key": "k9", "X-API-Key": "client-b"}
+        )
+        assert other.status_code == 201
+        assert (await client.get("/charges")).json()["count"] == 6
+    await app.store.aclose()

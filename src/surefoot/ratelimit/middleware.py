@@ -93,6 +93,10 @@ class RateLimitMiddleware:
     def policies(self) -> tuple[RateLimitPolicy, ...]:
         return self.limiter.policies
 
+    @property
+    def store(self) -> RateLimitStore:
+        return self.limiter.store
+
     def update_policies(self, policies: Sequence[RateLimitPolicy]) -> None:
         """Swap the policies at run time; counters of limits that kept their window carry on."""
         self.limiter.update_policies(policies)

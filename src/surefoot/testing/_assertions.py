@@ -6,7 +6,21 @@ from typing import Any, Protocol
 
 __all__ = ["aassert_idempotent", "assert_idempotent"]
 
-_VOLATILE = frozenset({"idempotent-replayed", "date", "server", "x-request-id"})
+# Headers that legitimately differ between a response and its replay: set per request by
+# the server or by layers outside the idempotency middleware (rate limits).
+_VOLATILE = frozenset(
+    {
+        "idempotent-replayed",
+        "date",
+        "server",
+        "x-request-id",
+        "ratelimit",
+        "ratelimit-policy",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+    }
+)
 
 
 class _Response(Protocol):
@@ -42,7 +56,7 @@ def assert_idempotent(
         >>> responses = assert_idempotent(client, "POST", "/charges", json={"amount": 500})
 
     Checks that every response has the same status, body and headers (ignoring
-    ``Date``, ``Server``, ``X-Request-Id``), and that every one after the first carries
+    ``Date``, ``Server``, ``X-Request-Id`` and rate-limit fields), and that every one after the first carries
     ``Idempotent-Replayed: true``. Returns the responses.
     """
     args = _with_key(request, key, header)
