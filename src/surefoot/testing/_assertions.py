@@ -56,8 +56,8 @@ def assert_idempotent(
         >>> responses = assert_idempotent(client, "POST", "/charges", json={"amount": 500})
 
     Checks that every response has the same status, body and headers (ignoring
-    ``Date``, ``Server``, ``X-Request-Id`` and rate-limit fields), and that every one after the first carries
-    ``Idempotent-Replayed: true``. Returns the responses.
+    ``Date``, ``Server``, ``X-Request-Id`` and rate-limit fields), and that every one
+    after the first carries ``Idempotent-Replayed: true``. Returns the responses.
     """
     args = _with_key(request, key, header)
     responses = [client.request(method, url, **args) for _ in range(times)]
