@@ -67,6 +67,7 @@ __all__ = [
 
 
 class State(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
     ABSENT = "absent"
     IN_FLIGHT = "in_flight"
     LEASE_EXPIRED = "lease_expired"
@@ -75,6 +76,7 @@ class State(enum.Enum):
 
 
 class Step(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
     BEGIN_REEXECUTE = "begin_reexecute"  # a request arrives; on_lease_expiry="reexecute"
     BEGIN_UNKNOWN = "begin_unknown"  # a request arrives; on_lease_expiry="unknown"
     COMPLETE = "complete"  # the holder finished; keep its response for replay
@@ -85,6 +87,7 @@ class Step(enum.Enum):
 
 
 class Verdict(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
     RESERVE = "reserve"
     TAKE_OVER = "take_over"
     IN_PROGRESS = "in_progress"
