@@ -103,3 +103,12 @@ def test_a_missing_sqlite_file_is_not_created(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "no database file at" in result.output
     assert not (tmp_path / "typo.db").exists()
+
+
+def test_keys_list_json(tmp_path: Path) -> None:
+    db = tmp_path / "k.db"
+    unknown, flight = _seed(db)
+    result = CliRunner().invoke(main, ["keys", "list", "--store", f"sqlite:///{db}", "--json"])
+    rows = {r["store_key"]: r for r in json.loads(result.output)}
+    assert rows[unknown]["state"] == "unknown"
+    assert rows[flight]["state"] == "in_flight"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,7 +56,7 @@ def errors(fmt: str | None) -> None:
     table = Table("code", "status", "retry?", "title")
     for c in catalogue():
         table.add_row(c.code, str(c.status), "yes" if c.retryable else "no", c.title)
-    Console().print(table)
+    _console().print(table)
 
 
 @main.group()
@@ -99,13 +100,17 @@ def _run(store_url: str, work: Any) -> Any:
     help="Only records in this state.",
 )
 @click.option("--limit", default=100, show_default=True)
-def list_keys(store_url: str, state: str | None, limit: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+def list_keys(store_url: str, state: str | None, limit: int, as_json: bool) -> None:
     """List live records, oldest first."""
 
     async def work(store: IdempotencyStore, now: float) -> list[tuple[str, Record]]:
         return await store.records(now, state=State(state) if state else None, limit=limit)
 
     rows: list[tuple[str, Record]] = _run(store_url, work)
+    if as_json:
+        click.echo(json.dumps([_record_json(k, r) for k, r in rows], indent=2))
+        return
     table = Table("store key", "state", "generation", "status", "expires in")
     clock = SystemClock().now()
     for key, record in rows:
@@ -117,7 +122,23 @@ def list_keys(store_url: str, state: str | None, limit: int) -> None:
             status,
             f"{max(0, record.expires_at - clock):.0f}s",
         )
-    Console().print(table)
+    _console().print(table)
+
+
+def _record_json(key: str, record: Record) -> dict[str, Any]:
+    return {
+        "store_key": key,
+        "state": record.state.value,
+        "generation": record.generation,
+        "status": record.response.status if record.response else None,
+        "lease_expires_at": record.lease_expires_at,
+        "expires_at": record.expires_at,
+    }
+
+
+def _console() -> Console:
+    # Piped output keeps whole store keys and codes: they are meant to be copied.
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 @keys.command("forget")

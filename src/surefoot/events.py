@@ -80,8 +80,18 @@ class LoggingHook:
         if not logger.isEnabledFor(event.level):
             return
         fields = event.fields()
-        text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        text = " ".join(f"{k}={_logfmt(v)}" for k, v in fields.items() if v is not None)
         logger.log(event.level, "%s %s", event.name, text, extra={"surefoot": fields})
+
+
+def _logfmt(value: Any) -> str:
+    """A value as logfmt: floats to the millisecond, text with spaces or quotes quoted."""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    text = str(value)
+    if not text or any(c in text for c in ' "=\\'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
 
 
 def wanted(hooks: Sequence[EventHook], event_type: type[Event]) -> bool:

@@ -163,10 +163,12 @@ class SlidingWindow:
                 prev = state[2]
         weight = 1.0 - (now - start) / window
         estimate = prev * weight + curr
-        reset = (start + 2 * window - now) if curr else (start + window - now)
         if estimate + cost <= amount + _EPS:
             left = max(0, math.floor(amount - estimate - cost + _EPS))
+            # This request counts in the current window, which weighs until the next ends.
+            reset = start + 2 * window - now
             return RateLimitDecision(True, left, reset, 0.0), (start, prev, curr + cost)
+        reset = (start + 2 * window - now) if curr else (start + window - now)
         left = max(0, math.floor(amount - estimate + _EPS))
         if cost > amount:
             retry = INF

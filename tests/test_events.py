@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+
+from surefoot.events import Event, LoggingHook, emit, wanted
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Sample(Event):
+    name: ClassVar[str] = "sample.happened"
+    level: ClassVar[int] = logging.WARNING
+    limit: str
+    wait: float
+
+
+def test_logging_hook_writes_logfmt(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="surefoot")
+    LoggingHook()(Sample(at=1.5, request_id="r", limit='5 "per" second', wait=0.23999))
+    [record] = caplog.records
+    assert record.name == "surefoot.sample"
+    assert record.getMessage() == (
+        'sample.happened at=1.500 request_id=r limit="5 \\"per\\" second" wait=0.240'
+    )
+    assert record.surefoot["wait"] == 0.23999  # type: ignore[attr-defined]
+
+
+def test_wanted_follows_logger_levels() -> None:
+    hook = LoggingHook()
+    logger = logging.getLogger("surefoot.sample")
+    logger.setLevel(logging.ERROR)
+    try:
+        assert not wanted([hook], Sample)
+        assert wanted([hook, lambda event: None], Sample)  # a plain callable wants all
+        logger.setLevel(logging.DEBUG)
+        assert wanted([hook], Sample)
+    finally:
+        logger.setLevel(logging.NOTSET)
+
+
+def test_a_failing_hook_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[Event] = []
+
+    def broken(event: Event) -> None:
+        raise RuntimeError("hook bug")
+
+    emit([broken, seen.append], Sample(at=0.0, request_id="r", limit="x", wait=0.0))
+    assert len(seen) == 1
+    assert "hook" in caplog.text
