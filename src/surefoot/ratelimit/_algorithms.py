@@ -20,6 +20,7 @@ leaky_queue     no burst: requests are spaced W/A apart, delayed up to ``max_wai
 gcra            the token bucket's bound, with one timestamp of state
 concurrency     at most A in flight at any moment; slots return on release or lease expiry
 quota           fixed window on calendar days or months of a time zone; 2A across midnight
+                (a 23-hour daylight-saving day is shorter: 3A can fit in 23 h 01 min)
 =============== ===========================================================================
 
 Rule 1: a refused request changes no state (it is not counted), except where time alone
@@ -392,10 +393,10 @@ def quota_period(now: float, period: str, timezone: str) -> tuple[float, float]:
     zone = _zone(timezone)
     local = datetime.fromtimestamp(now, zone)
     if period == "day":
-        first = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        first = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
         following = (first + timedelta(days=1)).replace(tzinfo=None)
     else:
-        first = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        first = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0, fold=0)
         year, month = (first.year + 1, 1) if first.month == 12 else (first.year, first.month + 1)
         following = first.replace(year=year, month=month, tzinfo=None)
     # Re-attach the zone so each boundary gets its own UTC offset (DST changes).
