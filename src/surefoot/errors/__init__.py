@@ -17,6 +17,7 @@ from surefoot.errors._problem import (
 )
 from surefoot.errors._tree import (
     BackendError,
+    CircuitOpen,
     ClientError,
     ConcurrencyLimitExceeded,
     ConfigurationError,
@@ -33,12 +34,17 @@ from surefoot.errors._tree import (
     StoreCapacityExceeded,
     StoreUnavailable,
     SurefootError,
+    UpstreamError,
+    UpstreamThrottled,
+    UpstreamTimeout,
+    UpstreamUnavailable,
 )
 
 __all__ = [
     "DEFAULT_PROBLEM_BASE",
     "PROBLEM_CONTENT_TYPE",
     "BackendError",
+    "CircuitOpen",
     "ClientError",
     "ConcurrencyLimitExceeded",
     "ConfigurationError",
@@ -55,6 +61,10 @@ __all__ = [
     "StoreCapacityExceeded",
     "StoreUnavailable",
     "SurefootError",
+    "UpstreamError",
+    "UpstreamThrottled",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
     "catalogue",
     "catalogue_markdown",
     "problem_body",

@@ -19,7 +19,12 @@ class is also an entry of the RFC 9457 problem catalogue: its ``code``, ``status
     │   └── ConcurrencyLimitExceeded       429  concurrency_limit_exceeded
     ├── BackendError                       503  (a store or an upstream failed; retrying is safe)
     │   ├── StoreUnavailable               503  store_unavailable
-    │   └── StoreCapacityExceeded          503  store_capacity_exceeded
+    │   ├── StoreCapacityExceeded          503  store_capacity_exceeded
+    │   └── UpstreamError                  502  (an outbound call failed)
+    │       ├── UpstreamUnavailable        502  upstream_unavailable
+    │       ├── UpstreamTimeout            504  upstream_timeout
+    │       ├── CircuitOpen                503  circuit_open
+    │       └── UpstreamThrottled          503  upstream_throttled
     └── ConfigurationError                 500  configuration_error
 
 Rule 1: a ``detail`` is formatted only from the keyword arguments the raiser passes and
@@ -50,9 +55,14 @@ __all__ = [
     "QuotaExceeded",
     "RateLimitExceeded",
     "RequestBodyTooLarge",
+    "CircuitOpen",
     "StoreCapacityExceeded",
     "StoreUnavailable",
     "SurefootError",
+    "UpstreamError",
+    "UpstreamThrottled",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
 ]
 
 
@@ -286,3 +296,55 @@ class StoreCapacityExceeded(BackendError):
         "Too many requests are in progress for the service to track another, so nothing was "
         "executed. Retry the same request in {retry_after} seconds."
     )
+
+
+class UpstreamError(BackendError, abstract=True):
+    """An outbound call to another service failed (raised by ``surefoot.client``)."""
+
+    status = 502
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream failed on every attempt, or retrying it was not safe."""
+
+    code = "upstream_unavailable"
+    title = "Upstream service unavailable"
+    detail_template = "A service this request depends on failed ({reason}). {advice}"
+    private_fields = frozenset({"advice"})
+
+
+class UpstreamTimeout(UpstreamError):
+    """The outbound call ran out of time (its deadline, or a wait longer than the deadline)."""
+
+    code = "upstream_timeout"
+    status = 504
+    title = "Upstream service timed out"
+    detail_template = (
+        "A service this request depends on did not answer in time ({reason}). {advice}"
+    )
+    private_fields = frozenset({"advice"})
+
+
+class CircuitOpen(UpstreamError):
+    """Calls to the upstream are suspended by a circuit breaker after repeated failures."""
+
+    code = "circuit_open"
+    status = 503
+    title = "Upstream service suspended"
+    detail_template = (
+        "Calls to '{integration}' are suspended after repeated failures; nothing was sent. "
+        "Retry in {retry_after} seconds."
+    )
+
+
+class UpstreamThrottled(UpstreamError):
+    """The outbound rate or concurrency cap for the upstream was reached; nothing was sent."""
+
+    code = "upstream_throttled"
+    status = 503
+    title = "Upstream capacity reached"
+    detail_template = (
+        "Requests to '{integration}' are at their agreed limit ({limit}); nothing was sent. "
+        "Retry in {retry_after} seconds."
+    )
+    private_fields = frozenset({"limit"})
