@@ -231,8 +231,8 @@ def scoped_key(principal: str, key: str, route: str | None = None) -> str:
     Hashing keeps store keys short and uniform and keeps raw keys of one principal
     from ever colliding with another's (the parts are length-prefixed).
     """
-    parts = (principal, route or "", key)
-    material = "".join(f"{len(p)}:{p}" for p in parts).encode()
+    route = route or ""
+    material = f"{len(principal)}:{principal}{len(route)}:{route}{len(key)}:{key}".encode()
     return "idem:" + hashlib.blake2b(material, digest_size=20).hexdigest()
 
 

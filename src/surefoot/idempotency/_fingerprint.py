@@ -86,21 +86,12 @@ def fingerprint(
     ignore_fields: tuple[tuple[str, ...], ...] = (),
 ) -> str:
     """A hex digest identifying the request (``target`` is the path plus ``?query``)."""
-    h = hashlib.sha256()
-    h.update(method.upper().encode())
-    h.update(b"\x00")
-    h.update(target)
-    h.update(b"\x00")
+    head = method.upper().encode() + b"\x00" + target + b"\x00"
     if parsed is NOT_JSON:
-        h.update(b"raw\x00")
-        h.update(body)
-    else:
-        for path in ignore_fields:
-            parsed = _without(parsed, path)
-        canonical = _canonical(parsed)
-        h.update(b"json\x00")
-        h.update(canonical.encode())
-    return h.hexdigest()
+        return hashlib.sha256(head + b"raw\x00" + body).hexdigest()
+    for path in ignore_fields:
+        parsed = _without(parsed, path)
+    return hashlib.sha256(head + b"json\x00" + _canonical(parsed).encode()).hexdigest()
 
 
 def _without(value: Any, path: tuple[str, ...]) -> Any:

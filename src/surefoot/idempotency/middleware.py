@@ -319,23 +319,29 @@ class _Responder:
             on_lease_expiry=self.policy.on_lease_expiry,
         )
         started = self.mw.clock.now()
-        deadline = started + self.policy.wait
-        pause = 0.05
-        while True:
-            decision = await self.begin(request)
-            if decision is None:
-                return
-            now = self.mw.clock.now()
-            if not isinstance(decision, InProgress) or now >= deadline:
-                break
-            await self.mw.sleep(min(pause, deadline - now))
-            pause = min(pause * 2, 1.0)
-        await self.answer(decision, waited=self.mw.clock.now() - started)
+        decision = await self.begin(request, started)
+        if decision is None:
+            return
+        waited = 0.0
+        if isinstance(decision, InProgress) and self.policy.wait > 0:
+            deadline = started + self.policy.wait
+            pause = 0.05
+            while isinstance(decision, InProgress):
+                now = self.mw.clock.now()
+                if now >= deadline:
+                    break
+                await self.mw.sleep(min(pause, deadline - now))
+                pause = min(pause * 2, 1.0)
+                decision = await self.begin(request, self.mw.clock.now())
+                if decision is None:
+                    return
+            waited = self.mw.clock.now() - started
+        await self.answer(decision, waited=waited)
 
-    async def begin(self, request: Begin) -> Decision | None:
+    async def begin(self, request: Begin, now: float) -> Decision | None:
         assert self.store_key is not None
         try:
-            return await self.mw.store.begin(self.store_key, request, self.mw.clock.now())
+            return await self.mw.store.begin(self.store_key, request, now)
         except SurefootError as exc:
             self.emit(ev.StoreFailed, phase="begin", error=type(exc.__cause__ or exc).__name__)
             await self.problem(exc)
