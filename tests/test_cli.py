@@ -33,7 +33,10 @@ def test_errors_formats() -> None:
     runner = CliRunner()
     assert runner.invoke(main, ["errors", "--markdown"]).output == catalogue_markdown()
     entries = json.loads(runner.invoke(main, ["errors", "--json"]).output)
-    assert {"code": "store_unavailable", "status": 503}.items() <= entries[-1].items()
+    by_code = {e["code"]: e for e in entries}
+    assert {"code": "store_unavailable", "status": 503}.items() <= by_code[
+        "store_unavailable"
+    ].items()
     assert "idempotency_key_reused" in runner.invoke(main, ["errors"]).output
 
 

@@ -46,7 +46,7 @@ class EventHook(Protocol):
     event is never built, which keeps instrumentation free on the hot path.
     """
 
-    def __call__(self, event: Event) -> None: ...
+    def __call__(self, event: Event, /) -> None: ...
 
 
 class LoggingHook:

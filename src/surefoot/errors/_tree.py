@@ -299,9 +299,18 @@ class StoreCapacityExceeded(BackendError):
 
 
 class UpstreamError(BackendError, abstract=True):
-    """An outbound call to another service failed (raised by ``surefoot.client``)."""
+    """An outbound call to another service failed (raised by ``surefoot.client``).
+
+    The client sets the attempt history on the exception (never in a problem document):
+    ``attempts`` made, each one's ``failures``, why it ``stopped``, and the last
+    ``response`` if there was one.
+    """
 
     status = 502
+    attempts: int = 0
+    failures: tuple[str, ...] = ()
+    stopped: str = ""
+    response: Any = None
 
 
 class UpstreamUnavailable(UpstreamError):

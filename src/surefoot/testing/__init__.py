@@ -1,6 +1,7 @@
 """Helpers for testing code that uses surefoot (public API).
 
-``ManualClock`` drives time by hand instead of sleeping; ``assert_idempotent`` checks
+``ManualClock`` drives time by hand instead of sleeping; ``RecordingSleep`` runs the
+client's retries instantly and records its waits; ``assert_idempotent`` checks
 that an endpoint really executes a keyed request once, and ``assert_rate_limited`` that
 it admits exactly its limit and then answers a well-formed 429.
 """
@@ -8,11 +9,13 @@ it admits exactly its limit and then answers a well-formed 429.
 from __future__ import annotations
 
 from surefoot.testing._assertions import aassert_idempotent, assert_idempotent
+from surefoot.testing._client import RecordingSleep
 from surefoot.testing._clock import ManualClock
 from surefoot.testing._ratelimit import aassert_rate_limited, assert_rate_limited
 
 __all__ = [
     "ManualClock",
+    "RecordingSleep",
     "aassert_idempotent",
     "aassert_rate_limited",
     "assert_idempotent",

@@ -1,0 +1,54 @@
+"""Calling unreliable APIs: an httpx transport that retries only what is safe to retry.
+
+``ResilientTransport`` / ``AsyncResilientTransport`` wrap another httpx transport and run
+each request through one sans-I/O retry flow (``_flow.py``): idempotent methods and keyed
+POST/PATCH are retried on connection errors, timeouts and retry statuses, with jittered
+exponential backoff, ``Retry-After``, a total deadline, a shared ``RetryBudget`` and an
+optional circuit breaker (``Breaker``). See ``docs/client.md``.
+
+Errors raised (``surefoot.errors``)::
+
+    UpstreamError
+    ├── UpstreamUnavailable   every attempt failed, or retrying was not safe
+    ├── UpstreamTimeout       the deadline (or a wait longer than it), or a last timeout
+    └── CircuitOpen           raised by CircuitBreaker.acquire(): nothing was sent
+"""
+
+from __future__ import annotations
+
+from surefoot.client._breaker import (
+    BreakerState,
+    BreakerStateChanged,
+    CallNotPermitted,
+    CircuitBreaker,
+)
+from surefoot.client._breaker_protocol import Breaker
+from surefoot.client._budget import RetryBudget
+from surefoot.client._events import (
+    AttemptFailed,
+    ClientEvent,
+    RetriesExhausted,
+    RetryScheduled,
+    RetrySucceeded,
+)
+from surefoot.client._policy import DEFAULT_RETRY_STATUSES, IDEMPOTENT_METHODS, RetryPolicy
+from surefoot.client.transport import AsyncResilientTransport, ResilientTransport
+
+__all__ = [
+    "DEFAULT_RETRY_STATUSES",
+    "IDEMPOTENT_METHODS",
+    "AsyncResilientTransport",
+    "AttemptFailed",
+    "Breaker",
+    "BreakerState",
+    "BreakerStateChanged",
+    "CallNotPermitted",
+    "CircuitBreaker",
+    "ClientEvent",
+    "ResilientTransport",
+    "RetriesExhausted",
+    "RetryBudget",
+    "RetryPolicy",
+    "RetryScheduled",
+    "RetrySucceeded",
+]
