@@ -4,14 +4,18 @@
 each request through one sans-I/O retry flow (``_flow.py``): idempotent methods and keyed
 POST/PATCH are retried on connection errors, timeouts and retry statuses, with jittered
 exponential backoff, ``Retry-After``, a total deadline, a shared ``RetryBudget`` and an
-optional circuit breaker (``Breaker``). See ``docs/client.md``.
+optional circuit breaker (``Breaker``). Around each attempt the drivers take a ``Bulkhead``
+slot (a concurrency cap) and a ``Throttle`` token (a rate cap from the rate-limit core's
+token bucket, local or shared through a store); around the whole request a ``StaleCache``
+serves the last good GET answer when the upstream fails. See ``docs/client.md``.
 
 Errors raised (``surefoot.errors``)::
 
     UpstreamError
     ├── UpstreamUnavailable   every attempt failed, or retrying was not safe
     ├── UpstreamTimeout       the deadline (or a wait longer than it), or a last timeout
-    └── CircuitOpen           raised by CircuitBreaker.acquire(): nothing was sent
+    ├── CircuitOpen           raised by CircuitBreaker.acquire(): nothing was sent
+    └── UpstreamThrottled     no Throttle token or Bulkhead slot in time: nothing was sent
 """
 
 from __future__ import annotations
@@ -24,24 +28,34 @@ from surefoot.client._breaker import (
 )
 from surefoot.client._breaker_protocol import Breaker
 from surefoot.client._budget import RetryBudget
+from surefoot.client._bulkhead import Bulkhead
+from surefoot.client._cache import STALE_HEADER, StaleCache
 from surefoot.client._events import (
     AttemptFailed,
+    BulkheadFull,
     ClientEvent,
     RetriesExhausted,
     RetryScheduled,
     RetrySucceeded,
+    StaleServed,
+    ThrottleRefused,
+    ThrottleWaited,
 )
 from surefoot.client._policy import DEFAULT_RETRY_STATUSES, IDEMPOTENT_METHODS, RetryPolicy
+from surefoot.client._throttle import Throttle
 from surefoot.client.transport import AsyncResilientTransport, ResilientTransport
 
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
     "IDEMPOTENT_METHODS",
+    "STALE_HEADER",
     "AsyncResilientTransport",
     "AttemptFailed",
     "Breaker",
     "BreakerState",
     "BreakerStateChanged",
+    "Bulkhead",
+    "BulkheadFull",
     "CallNotPermitted",
     "CircuitBreaker",
     "ClientEvent",
@@ -51,4 +65,9 @@ __all__ = [
     "RetryPolicy",
     "RetryScheduled",
     "RetrySucceeded",
+    "StaleCache",
+    "StaleServed",
+    "Throttle",
+    "ThrottleRefused",
+    "ThrottleWaited",
 ]

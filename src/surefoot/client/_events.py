@@ -17,10 +17,14 @@ from surefoot.events import Event
 
 __all__ = [
     "AttemptFailed",
+    "BulkheadFull",
     "ClientEvent",
     "RetriesExhausted",
     "RetryScheduled",
     "RetrySucceeded",
+    "StaleServed",
+    "ThrottleRefused",
+    "ThrottleWaited",
 ]
 
 
@@ -78,3 +82,58 @@ class RetrySucceeded(ClientEvent):
 
     name: ClassVar[str] = "client.retry_succeeded"
     status: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ThrottleWaited(ClientEvent):
+    """Attempt ``attempt`` waited ``delay`` seconds for a token of the client-side throttle."""
+
+    name: ClassVar[str] = "client.throttle_waited"
+    integration: str
+    limit: str  # "100 requests per minute"
+    delay: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ThrottleRefused(ClientEvent):
+    """No token within the throttle's ``max_wait`` (or the deadline): nothing was sent.
+
+    ``retry_after`` is how long the next token was still away, in seconds.
+    """
+
+    name: ClassVar[str] = "client.throttle_refused"
+    level: ClassVar[int] = logging.WARNING
+    integration: str
+    limit: str
+    retry_after: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BulkheadFull(ClientEvent):
+    """Attempt ``attempt`` found every slot of the bulkhead taken.
+
+    ``waited`` is how long it waited for one; ``refused`` is True when it got none
+    (``UpstreamThrottled`` was raised, nothing was sent).
+    """
+
+    name: ClassVar[str] = "client.bulkhead_full"
+    level: ClassVar[int] = logging.WARNING
+    integration: str
+    max_concurrent: int
+    waited: float
+    refused: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StaleServed(ClientEvent):
+    """The upstream failed and a cached response ``age`` seconds old was served instead.
+
+    ``reason`` is the problem code of the error that was swallowed (``upstream_unavailable``,
+    ``circuit_open``...) or the status of the last response (``"503"``); ``attempt`` is
+    the number of attempts made, when known.
+    """
+
+    name: ClassVar[str] = "client.stale_served"
+    level: ClassVar[int] = logging.WARNING
+    age: float
+    reason: str

@@ -198,7 +198,9 @@ class TokenBucket:
         if state is None:
             tokens = float(capacity)
         else:
-            tokens = min(float(capacity), state[0] + (now - state[1]) * rate)
+            tokens = state[0] + (now - state[1]) * rate
+            if tokens >= capacity - rate * _slack(now, 2):
+                tokens = float(capacity)  # full: exactly as a fresh key, whatever the rounding
         if tokens + _EPS >= cost:
             tokens = max(0.0, tokens - cost)
             reset = (capacity - tokens) / rate
@@ -222,7 +224,9 @@ class LeakyBucket:
     ) -> tuple[RateLimitDecision, State]:
         capacity = limit.capacity
         rate = limit.amount / limit.window
-        level = 0.0 if state is None else max(0.0, state[0] - (now - state[1]) * rate)
+        level = 0.0 if state is None else state[0] - (now - state[1]) * rate
+        if level <= rate * _slack(now, 2):
+            level = 0.0  # empty: exactly as a fresh key, whatever the rounding
         if level + cost <= capacity + _EPS:
             level = min(float(capacity), level + cost)
             left = math.floor(capacity - level + _EPS)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from surefoot.ratelimit._algorithms import RateLimitDecision
@@ -41,15 +42,20 @@ def _sf_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@lru_cache(maxsize=4096)
+def _policy_item(name: str, limit: Limit) -> str:
+    """One ``RateLimit-Policy`` member: constant for a limit, so built once."""
+    if limit.algorithm == "concurrency":
+        return f'{_sf_string(name)};q={limit.amount};qu="concurrent-requests"'
+    return f"{_sf_string(name)};q={limit.capacity};w={whole_seconds(limit.window)}"
+
+
 def ratelimit_headers(reported: Sequence[Reported], *, rejected: bool) -> list[tuple[bytes, bytes]]:
     """``RateLimit-Policy`` and ``RateLimit`` for the reported limits."""
     policies, states = [], []
     for item in reported:
         name, limit, decision = _sf_string(item.name), item.limit, item.decision
-        if limit.algorithm == "concurrency":
-            policies.append(f'{name};q={limit.amount};qu="concurrent-requests"')
-        else:
-            policies.append(f"{name};q={limit.capacity};w={whole_seconds(limit.window)}")
+        policies.append(_policy_item(item.name, limit))
         late = rejected and not decision.allowed
         t = decision.retry_after if late else decision.reset_after
         states.append(f"{name};r={max(0, decision.remaining)};t={whole_seconds(t)}")

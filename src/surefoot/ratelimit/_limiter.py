@@ -29,7 +29,7 @@ from surefoot.errors import (
     StoreUnavailable,
     SurefootError,
 )
-from surefoot.events import EventHook, LoggingHook, emit
+from surefoot.events import EventHook, LoggingHook, emit, wanted
 from surefoot.identity import PrincipalResolver, default_principal
 from surefoot.ratelimit import _events as ev
 from surefoot.ratelimit._algorithms import RateLimitDecision
@@ -193,7 +193,7 @@ class RateLimiter:
         if not admitted:
             return Verdict(False, self._rejection(scope, principal, enforced), headers)
         delay = max(d.delay for d in decisions)
-        if self.hooks:
+        if wanted(self.hooks, ev.RateLimitAllowed):
             policies = tuple(dict.fromkeys(c.policy.name for c in checks))
             self._emit(ev.RateLimitAllowed, scope, principal, policies=policies, delay=delay)
         held = [c.item for c in checks if c.item.token]
@@ -261,7 +261,7 @@ class RateLimiter:
     def _emit(
         self, cls: type[ev.RateLimitEvent], scope: Scope, principal: str, **fields: object
     ) -> None:
-        if self.hooks:
+        if wanted(self.hooks, cls):
             event = cls(
                 at=self.clock.now(),
                 request_id=request_id(scope),

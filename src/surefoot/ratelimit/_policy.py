@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field, replace
+from functools import lru_cache
 from typing import Literal, NoReturn
 
 from surefoot._routes import RouteTable
@@ -144,6 +145,7 @@ class RateLimitPolicy:
         return tuple(self.limits)  # type: ignore[arg-type]
 
 
+@lru_cache(maxsize=65536)  # the same clients come back: skip the hashing
 def limit_key(policy: str, limit: Limit, principal: str, route: str) -> str:
     """The store key of one limit for one principal (and route): stable across reloads."""
     identity = f"{limit.algorithm}|{limit.window:g}|{limit.period or ''}|{limit.timezone}"

@@ -10,9 +10,8 @@ Invariants:
    written record that is expired or completed. It never evicts an in-flight reservation or an
    unknown outcome (either would let a request execute twice); with nothing evictable
    it refuses new keys with ``StoreCapacityExceeded`` (503), executing nothing.
-3. Rate-limit counters are bounded by ``max_counters``: expired states are ignored and
-   overwritten, and past the bound the least recently used key is dropped (its client
-   starts afresh: the price of bounded memory).
+3. Rate-limit counters are bounded by ``max_counters``: past the bound the least recently
+   used key is dropped (its client starts afresh: the price of bounded memory).
 """
 
 from __future__ import annotations
@@ -48,7 +47,9 @@ class MemoryStore:
         self.max_records = max_records
         self.max_counters = max_counters
         # Rate-limit states and when each may be forgotten, least recently used first.
-        self._counters: OrderedDict[str, tuple[CounterState, float]] = OrderedDict()
+        # Rate-limit states, least recently used first. An old state needs no expiry check:
+        # each algorithm reads a stale state exactly as a fresh key (its Rule 3).
+        self._counters: OrderedDict[str, CounterState] = OrderedDict()
         # Ordered by last write: the front holds the records most likely to have expired.
         self._records: OrderedDict[str, Record] = OrderedDict()
         self._lock = threading.Lock()
@@ -147,35 +148,27 @@ class MemoryStore:
         counters = self._counters
         if len(items) == 1 and items[0].algorithm != "concurrency":
             # The common case, without the bookkeeping of plan(): one limit decides alone.
-            item = items[0]
-            algorithm = ALGORITHM_BY_NAME[item.algorithm]
+            key, algorithm, limit, cost, enforce, _ = items[0]
             with self._lock:
-                entry = counters.get(item.key)
-                if entry is None or entry[1] <= now:
-                    state = None
-                else:
-                    state = entry[0]
-                    counters.move_to_end(item.key)
-                decision, new = algorithm.decide(state, now, item.cost, item.limit)
-                allowed = decision.allowed or not item.enforce
+                state = counters.get(key)
+                decision, new = ALGORITHM_BY_NAME[algorithm].decide(state, now, cost, limit)
                 if decision.allowed:
-                    counters[item.key] = (new, algorithm.expires_at(new, item.limit))
-                    if entry is None and len(counters) > self.max_counters:
-                        counters.popitem(last=False)
-            return allowed, [decision]
+                    counters[key] = new
+                if state is not None:
+                    counters.move_to_end(key)  # used, even if refused: keep it
+                elif len(counters) > self.max_counters:
+                    counters.popitem(last=False)
+            return decision.allowed or not enforce, [decision]
         with self._lock:
-            states: list[CounterState] = []
+            states = []
             for item in items:
-                entry = counters.get(item.key)
-                if entry is None or entry[1] <= now:
-                    states.append(None)
-                else:
-                    states.append(entry[0])
-                    counters.move_to_end(item.key)  # used, even if refused: keep it
+                state = counters.get(item.key)
+                if state is not None:
+                    counters.move_to_end(item.key)
+                states.append(state)
             admitted, decisions, writes = plan(states, items, now)
             for w in writes:
-                counters[w.key] = (w.state, w.expires_at)
-                counters.move_to_end(w.key)
+                counters[w.key] = w.state
             while len(counters) > self.max_counters:
                 # Least recently used first: the keys least likely to be near their limit.
                 counters.popitem(last=False)
@@ -183,14 +176,14 @@ class MemoryStore:
 
     async def release(self, key: str, token: str, now: float) -> None:
         with self._lock:
-            entry = self._counters.get(key)
-            if entry is None:
+            state = self._counters.get(key)
+            if state is None:
                 return
-            new = Concurrency.release(entry[0], token, now)
+            new = Concurrency.release(state, token, now)
             if new is None:
                 del self._counters[key]
             else:
-                self._counters[key] = (new, Concurrency.expires_at(new))
+                self._counters[key] = new
 
     async def aclose(self) -> None:
         with self._lock:

@@ -1,0 +1,660 @@
+"""Rate-limit decisions per second in one process: surefoot's ``MemoryStore`` beside its peers.
+
+Usage::
+
+    .venv/bin/python bench/ratelimit_decisions.py              # 25 rounds x 10,000 calls, ~4 min
+    .venv/bin/python bench/ratelimit_decisions.py --rounds 5 --memory-keys 0   # quick look
+    .venv/bin/python bench/ratelimit_decisions.py --json results.json --check
+
+Theory of operation:
+1. Every implementation (``IMPLS``) answers the same question, "may this key go on?", for
+   the same keys in the same order: ``--keys`` keys (``user-000000``...) cycled, ``--calls``
+   decisions per run. The contenders: surefoot ``MemoryStore.acquire_now`` for every
+   algorithm (one prebuilt ``(Item,)`` per key), ``limits`` (``MemoryStorage`` with its
+   three strategies, ``hit(item, key)``), ``throttled-py`` (``Throttled(...).limit(key)``
+   on its ``MemoryStore``, five algorithms), ``floor`` (the 15-line token bucket below:
+   a dict of key -> (tokens, last), no lock, no expiry, no eviction) and ``loop`` (the
+   timed loop calling a function that returns True: what the loop itself costs).
+2. Time: surefoot and the floor take ``now`` as an argument, and the loop passes
+   ``time.time()`` read for each call; ``limits`` and ``throttled-py`` read
+   ``time.time()`` themselves (they take no clock), at least once per call.
+3. Two workloads (``--variants``): "allowed", a limit of 1,000,000 per minute (per day
+   for ``quota``) that no call reaches, so every decision admits and writes; "over", a
+   limit of 5 per hour (per day for ``quota``) that a warm-up pass exhausts, so every
+   timed decision refuses. Before each timed run the implementation gets fresh state
+   and one untimed pass over the keys (six in "over"), so each key exists.
+4. Runs are interleaved: every round runs every implementation once per workload, in an
+   order rotated by one each round; ratios to ``floor`` are taken within a round and the
+   table shows medians over rounds, with their interquartile range. Many short rounds
+   rather than a few long ones: on a shared virtual machine the speed of a CPU drifts
+   within seconds, and a short round keeps the floor and the others close in time.
+   A run is timed by the process's CPU time (all its threads), so that other work on
+   a shared machine weighs less than on the wall clock, which is reported beside it.
+   The process is pinned to one CPU (the syscall behind ``taskset``); the garbage
+   collector stays on, as in a server, after a ``gc.collect()`` before each run.
+5. Logs grow with use: surefoot ``sliding_log`` and ``limits`` moving window keep one
+   entry per admitted call, so in "allowed" a key's log holds 2 to ``calls / keys + 1``
+   entries during a run (2 to 11 by default), and their cost per call depends on
+   ``--calls`` and ``--keys``.
+6. Memory per key (``--memory-keys``, 0 to skip): with ``tracemalloc``, a fresh instance
+   decides once for each of N new keys (the key string built per call, as a server
+   does); the figure is the traced memory still held afterwards, over N. It counts what
+   the store keeps (key strings included), not transient objects. Not for
+   ``concurrency``, whose slots are released at once.
+
+The target (from the issue): surefoot at most 2x the floor's ns per decision, for every
+algorithm whose state has a fixed size (all but ``sliding_log``, whose work grows with
+its log, and ``concurrency``, measured as an acquire plus a release).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+BENCH_DIR = Path(__file__).resolve().parent
+TARGET = 2.0  # at most this multiple of the floor's ns per decision
+VARIANTS = ("allowed", "over")
+# (amount, window seconds) per workload; quota counts per calendar day instead.
+LIMITS = {"allowed": (1_000_000, 60.0), "over": (5, 3600.0)}
+WARM_PASSES = {"allowed": 1, "over": 6}
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on (a missing package, a wrong decision...)."""
+
+
+# -- the contenders -------------------------------------------------------------------------
+
+
+class Decider(Protocol):
+    """One implementation with fresh state, for one limit."""
+
+    def arg(self, key: str) -> Any:
+        """What the timed loop passes for ``key`` (built once per key, outside the timing)."""
+
+    def loop(self, args: Sequence[Any]) -> int:
+        """Decide once per element of ``args``; return how many were allowed."""
+
+
+class FloorTokenBucket:
+    """The floor: the least a token bucket can do in Python (no lock, expiry or eviction)."""
+
+    def __init__(self, rate: float, capacity: float) -> None:
+        self.rate, self.capacity = rate, capacity
+        self.buckets: dict[str, tuple[float, float]] = {}
+
+    def hit(self, key: str, now: float) -> bool:
+        tokens, last = self.buckets.get(key, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self.buckets[key] = (tokens, now)
+            return False
+        self.buckets[key] = (tokens - 1.0, now)
+        return True
+
+
+class Floor:
+    def __init__(self, amount: int, window: float) -> None:
+        self.bucket = FloorTokenBucket(amount / window, float(amount))
+
+    def arg(self, key: str) -> Any:
+        return key
+
+    def loop(self, args: Sequence[Any]) -> int:
+        hit, now, allowed = self.bucket.hit, time.time, 0
+        for key in args:
+            if hit(key, now()):
+                allowed += 1
+        return allowed
+
+
+def _true(key: str, now: float) -> bool:
+    return True
+
+
+class LoopOnly:
+    """The timed loop around a function that returns True: the cost of the harness."""
+
+    def __init__(self, amount: int, window: float) -> None:
+        pass
+
+    def arg(self, key: str) -> Any:
+        return key
+
+    def loop(self, args: Sequence[Any]) -> int:
+        hit, now, allowed = _true, time.time, 0
+        for key in args:
+            if hit(key, now()):
+                allowed += 1
+        return allowed
+
+
+class Surefoot:
+    def __init__(self, algorithm: str, amount: int, window: float) -> None:
+        from surefoot.ratelimit import Limit
+        from surefoot.storage import MemoryStore
+
+        # Room for every key of --memory-keys (the default bound is 100,000), as the peers get.
+        self.store = MemoryStore(max_counters=1_000_000)
+        self.algorithm = algorithm
+        if algorithm == "quota":
+            self.limit = Limit(amount, 86400.0, algorithm="quota", period="day")
+        else:
+            self.limit = Limit(amount, window, algorithm=algorithm)
+
+    def arg(self, key: str) -> Any:
+        from surefoot.ratelimit import Item
+
+        return (Item(key, self.algorithm, self.limit, 1, True, ""),)
+
+    def loop(self, args: Sequence[Any]) -> int:
+        acquire, now, allowed = self.store.acquire_now, time.time, 0
+        for items in args:
+            if acquire(items, now())[0]:
+                allowed += 1
+        return allowed
+
+
+class SurefootConcurrency(Surefoot):
+    """``concurrency``: acquire a slot, then release it (``release`` is a coroutine)."""
+
+    def arg(self, key: str) -> Any:
+        from surefoot.ratelimit import Item
+
+        return (Item(key, "concurrency", self.limit, 1, True, f"token-{key}"),)
+
+    def loop(self, args: Sequence[Any]) -> int:
+        acquire, release, now = self.store.acquire_now, self.store.release, time.time
+
+        async def run() -> int:
+            allowed = 0
+            for items in args:
+                if acquire(items, now())[0]:
+                    allowed += 1
+                await release(items[0].key, items[0].token, now())
+            return allowed
+
+        return asyncio.run(run())
+
+
+class Limits:
+    def __init__(self, strategy: str, amount: int, window: float) -> None:
+        from limits import RateLimitItemPerHour, RateLimitItemPerMinute, storage, strategies
+
+        self.limiter = getattr(strategies, strategy)(storage.MemoryStorage())
+        self.item = (
+            RateLimitItemPerMinute(amount) if window == 60.0 else RateLimitItemPerHour(amount)
+        )
+        assert self.item.get_expiry() == window
+
+    def arg(self, key: str) -> Any:
+        return key
+
+    def loop(self, args: Sequence[Any]) -> int:
+        hit, item, allowed = self.limiter.hit, self.item, 0
+        for key in args:
+            if hit(item, key):
+                allowed += 1
+        return allowed
+
+
+class Throttled:
+    def __init__(self, algorithm: str, amount: int, window: float) -> None:
+        from throttled import RateLimiterType, rate_limiter, store
+        from throttled import Throttled as ThrottledClass
+
+        per = rate_limiter.per_min if window == 60.0 else rate_limiter.per_hour
+        self.throttle = ThrottledClass(
+            using=RateLimiterType(algorithm).value,
+            quota=per(amount, burst=amount),
+            store=store.MemoryStore(options={"MAX_SIZE": 1_000_000}),
+        )
+
+    def arg(self, key: str) -> Any:
+        return key
+
+    def loop(self, args: Sequence[Any]) -> int:
+        limit, allowed = self.throttle.limit, 0
+        for key in args:
+            if not limit(key).limited:
+                allowed += 1
+        return allowed
+
+
+@dataclass(frozen=True)
+class Impl:
+    name: str
+    library: str
+    make: Callable[[int, float], Decider]
+    #: whether the 2x-floor target applies (surefoot, fixed-size state).
+    target: bool = False
+    variants: tuple[str, ...] = VARIANTS
+    note: str = ""
+    #: whether memory per key is measured (a released concurrency slot holds nothing).
+    memory: bool = True
+
+
+def _surefoot(algorithm: str) -> Impl:
+    target = algorithm not in ("sliding_log", "concurrency")
+    if algorithm == "concurrency":
+        return Impl(
+            "surefoot concurrency",
+            "surefoot",
+            lambda a, w: SurefootConcurrency("concurrency", a, w),
+            variants=("allowed",),
+            note="acquire + awaited release",
+            memory=False,
+        )
+    note = "log grows with use" if algorithm == "sliding_log" else ""
+    return Impl(
+        f"surefoot {algorithm}",
+        "surefoot",
+        lambda a, w: Surefoot(algorithm, a, w),
+        target=target,
+        note=note,
+    )
+
+
+IMPLS = (
+    Impl("floor", "floor", Floor, note="15-line token bucket"),
+    Impl("loop", "harness", LoopOnly, note="the timed loop alone"),
+    *(
+        _surefoot(a)
+        for a in (
+            "token_bucket",
+            "gcra",
+            "fixed_window",
+            "sliding_window",
+            "leaky_bucket",
+            "leaky_queue",
+            "quota",
+            "sliding_log",
+            "concurrency",
+        )
+    ),
+    Impl(
+        "limits fixed_window",
+        "limits",
+        lambda a, w: Limits("FixedWindowRateLimiter", a, w),
+    ),
+    Impl(
+        "limits sliding_window",
+        "limits",
+        lambda a, w: Limits("SlidingWindowCounterRateLimiter", a, w),
+    ),
+    Impl(
+        "limits moving_window",
+        "limits",
+        lambda a, w: Limits("MovingWindowRateLimiter", a, w),
+        note="log grows with use",
+    ),
+    *(
+        Impl(f"throttled {a}", "throttled-py", lambda amount, w, a=a: Throttled(a, amount, w))
+        for a in ("token_bucket", "gcra", "fixed_window", "sliding_window", "leaking_bucket")
+    ),
+)
+
+
+# -- setup ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Rate-limit decisions per second in one process: surefoot's MemoryStore, "
+        "limits, throttled-py and a hand-written token bucket, interleaved.",
+    )
+    parser.add_argument("--rounds", type=int, default=25, help="rounds (default: 25)")
+    parser.add_argument(
+        "--calls", type=int, default=10_000, help="timed decisions per run (default: 10000)"
+    )
+    parser.add_argument("--keys", type=int, default=1_000, help="keys cycled (default: 1000)")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated workloads: allowed, over (default: both)",
+    )
+    parser.add_argument(
+        "--impls",
+        default="",
+        help="comma-separated implementations to run; floor and loop always run (default: all)",
+    )
+    parser.add_argument(
+        "--memory-keys",
+        type=int,
+        default=100_000,
+        help="keys for the memory-per-key measurement, 0 to skip (default: 100000)",
+    )
+    parser.add_argument(
+        "--cpu", type=int, default=None, help="CPU to pin to (default: the last allowed one)"
+    )
+    parser.add_argument("--no-pin", action="store_true", help="do not pin to a CPU")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--check", action="store_true", help="exit with status 1 if a target is missed"
+    )
+    args = parser.parse_args(argv)
+    known = {i.name: i for i in IMPLS}
+    names = [n.strip() for n in args.impls.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"--impls: unknown {unknown}; expected names from {list(known)}")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants or any(v not in VARIANTS for v in variants):
+        parser.error(f"--variants: expected names from {list(VARIANTS)}")
+    if min(args.rounds, args.calls, args.keys) < 1 or args.memory_keys < 0:
+        parser.error("expected --rounds, --calls and --keys >= 1, --memory-keys >= 0")
+    args.impls = [i for i in IMPLS if not names or i.name in ("floor", "loop", *names)]
+    args.variants = variants
+    return args
+
+
+def check_packages() -> None:
+    missing = []
+    for module in ("surefoot", "limits", "throttled"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise BenchError(
+            f"missing Python packages {missing} in {sys.executable}; "
+            "install them with: pip install -e '.[bench]'"
+        )
+
+
+def pin(args: argparse.Namespace) -> str:
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.no_pin:
+        return f"not pinned (--no-pin); {len(cpus)} CPUs available"
+    cpu = cpus[-1] if args.cpu is None else args.cpu
+    if cpu not in cpus:
+        raise BenchError(f"--cpu {cpu}: not one of the allowed CPUs {cpus}")
+    os.sched_setaffinity(0, {cpu})
+    return f"pinned to CPU {cpu} of {len(cpus)} (sched_setaffinity, as taskset -c {cpu})"
+
+
+def environment() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    git = subprocess.run(
+        ["git", "-C", str(BENCH_DIR), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "git": git.stdout.strip() or "unknown",
+        **{p: version(p) for p in ("surefoot", "limits", "throttled-py")},
+    }
+
+
+# -- one run --------------------------------------------------------------------------------
+
+
+def key_names(count: int) -> list[str]:
+    return [f"user-{i:06d}" for i in range(count)]
+
+
+def run_one(
+    args: argparse.Namespace, impl: Impl, variant: str, round_no: int, keys: list[str]
+) -> dict[str, Any]:
+    amount, window = LIMITS[variant]
+    decider = impl.make(amount, window)
+    per_key = [decider.arg(k) for k in keys]
+    for _ in range(WARM_PASSES[variant]):
+        decider.loop(per_key)
+    sequence = [per_key[i % len(per_key)] for i in range(args.calls)]
+    gc.collect()
+    wall, cpu = time.perf_counter_ns(), time.process_time_ns()
+    allowed = decider.loop(sequence)
+    cpu, wall = time.process_time_ns() - cpu, time.perf_counter_ns() - wall
+    expected = args.calls if variant == "allowed" or impl.library == "harness" else 0
+    if allowed != expected:
+        raise BenchError(
+            f"{impl.name} ({variant}): {allowed:,} of {args.calls:,} calls allowed, "
+            f"expected {expected:,}: the workload is not what it claims to be"
+        )
+    return {
+        "round": round_no,
+        "impl": impl.name,
+        "variant": variant,
+        "calls": args.calls,
+        "allowed": allowed,
+        "ns": cpu / args.calls,
+        "wall_ns": wall / args.calls,
+    }
+
+
+def memory_per_key(impl: Impl, count: int) -> float:
+    """Bytes still held per key after one decision for each of ``count`` new keys."""
+    amount, window = LIMITS["allowed"]
+    decider = impl.make(amount, window)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    arg, loop = decider.arg, decider.loop
+    for i in range(count):
+        loop((arg(f"user-{i:06d}"),))
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return (after - before) / count
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def summarize(
+    impls: list[Impl], variants: list[str], runs: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    def by(impl: str, variant: str) -> dict[int, dict[str, Any]]:
+        return {r["round"]: r for r in runs if r["impl"] == impl and r["variant"] == variant}
+
+    rows = []
+    for variant in variants:
+        floor, loop = by("floor", variant), by("loop", variant)
+        for impl in impls:
+            if variant not in impl.variants:
+                continue
+            mine = by(impl.name, variant)
+            ratios = [r["ns"] / floor[n]["ns"] for n, r in mine.items()]
+            net = [
+                (r["ns"] - loop[n]["ns"]) / (floor[n]["ns"] - loop[n]["ns"])
+                for n, r in mine.items()
+            ]
+            ratio = statistics.median(ratios)
+            low, _, high = (
+                statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratio, ratio, ratio)
+            )
+            ns = statistics.median(r["ns"] for r in mine.values())
+            wall = statistics.median(r["wall_ns"] for r in mine.values())
+            rows.append(
+                {
+                    "impl": impl.name,
+                    "library": impl.library,
+                    "variant": variant,
+                    "note": impl.note,
+                    "ns": ns,
+                    "per_second": 1e9 / ns,
+                    "wall_ns": wall,
+                    "ratio": ratio,
+                    "ratio_p25": low,
+                    "ratio_p75": high,
+                    "net_ratio": statistics.median(net),
+                    "target": TARGET if impl.target else None,
+                    "met": ratio <= TARGET if impl.target else None,
+                }
+            )
+    return rows
+
+
+def print_report(
+    args: argparse.Namespace,
+    context: dict[str, Any],
+    runs: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    memory: dict[str, float],
+) -> None:
+    env = context["environment"]
+    print()
+    print(f"command:  {context['command']}")
+    print(
+        f"workload: {args.keys:,} keys cycled, {args.calls:,} timed calls per run, "
+        f"{args.rounds} round(s), implementations interleaved (order rotated each round)"
+    )
+    print("          allowed: 1,000,000/minute (quota: per day), every call admitted;")
+    print("          over: 5/hour (quota: per day), exhausted before timing, every call refused")
+    print(f"cpus:     {context['cpus']}")
+    print(
+        f"machine:  {env['cpus']} CPUs, load average {context['load_before']:.2f} before, "
+        f"{context['load_after']:.2f} after (1 min)"
+    )
+    print(
+        f"software: Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
+        f"limits {env['limits']}, throttled-py {env['throttled-py']}"
+    )
+    header = (
+        f"{'implementation':<24} {'ns/call':>7} {'calls/s':>9} {'x floor':>7} "
+        f"{'(IQR)':>9} {'net x':>5} {'target':>6} {'met':>3} {'wall ns':>7} "
+        f"{'B/key':>5}  note"
+    )
+    for variant in args.variants:
+        print()
+        print(f"[{variant}]")
+        print(header)
+        print("-" * len(header))
+        for row in (r for r in rows if r["variant"] == variant):
+            target = "-" if row["target"] is None else f"<={row['target']:.1f}"
+            met = "-" if row["met"] is None else ("yes" if row["met"] else "NO")
+            spread = f"{row['ratio_p25']:.1f}-{row['ratio_p75']:.1f}"
+            net = "-" if row["impl"] == "loop" else f"{row['net_ratio']:.1f}"
+            mem = memory.get(row["impl"])
+            mem_text = "-" if mem is None or variant != "allowed" else f"{mem:.0f}"
+            print(
+                f"{row['impl']:<24} {row['ns']:>7,.0f} {row['per_second']:>9,.0f} "
+                f"{row['ratio']:>7.2f} {spread:>9} {net:>5} {target:>6} {met:>3} "
+                f"{row['wall_ns']:>7,.0f} {mem_text:>5}  {row['note']}".rstrip()
+            )
+    print()
+    print("ns/call: median over rounds of the process CPU time of a run (all threads: limits")
+    print("         expires keys in timer threads) over its calls, loop included; CPU time")
+    print("         rather than wall time, so other work on the machine weighs less; calls/s")
+    print("         is its inverse; wall ns: the same from the wall clock.")
+    print("x floor: median of the per-round ratios of ns/call to the floor's (IQR: their")
+    print("         interquartile range, the middle half of the rounds);")
+    print("         this is the figure the target applies to.")
+    print("net x:   the same with the loop row's ns/call subtracted from both sides: the ratio")
+    print("         of the implementations' own costs, harness excluded.")
+    if memory:
+        print(
+            f"B/key:   bytes held per key after one decision for each of {args.memory_keys:,} "
+            "new keys (tracemalloc; key strings included)."
+        )
+    print()
+    if args.rounds > 10:
+        print("per round figures: in the --json output (runs).")
+        return
+    print("per round, ns/call (CPU):")
+    names = [i.name for i in args.impls]
+    for variant in args.variants:
+        shown = [n for n in names if any(r["impl"] == n and r["variant"] == variant for r in runs)]
+        print(f"  [{variant}]")
+        for n in shown:
+            cells = " ".join(
+                f"{r['ns']:>8,.0f}"
+                for r in sorted(
+                    (r for r in runs if r["impl"] == n and r["variant"] == variant),
+                    key=lambda r: r["round"],
+                )
+            )
+            print(f"  {n:<24} {cells}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join(sys.orig_argv if argv is None else [sys.argv[0], *argv])
+    try:
+        check_packages()
+        pinning = pin(args)
+        context: dict[str, Any] = {
+            "command": command,
+            "cpus": pinning,
+            "environment": environment(),
+            "load_before": os.getloadavg()[0],
+        }
+        impls: list[Impl] = args.impls
+        keys = key_names(args.keys)
+        print(
+            f"{len(impls)} implementations x {len(args.variants)} workloads x {args.rounds} "
+            f"rounds x {args.calls:,} calls; {pinning}",
+            flush=True,
+        )
+        runs = []
+        for round_no in range(1, args.rounds + 1):
+            shift = (round_no - 1) % len(impls)
+            order = impls[shift:] + impls[:shift]
+            for variant in args.variants:
+                for impl in order:
+                    if variant not in impl.variants:
+                        continue
+                    runs.append(run_one(args, impl, variant, round_no, keys))
+            done = [r for r in runs if r["round"] == round_no]
+            print(
+                f"  round {round_no}: "
+                + ", ".join(f"{r['impl']} ({r['variant']}) {r['ns']:,.0f} ns" for r in done[:3])
+                + ", ...",
+                flush=True,
+            )
+        memory: dict[str, float] = {}
+        if args.memory_keys:
+            print(f"  memory: {args.memory_keys:,} keys per implementation", flush=True)
+            for impl in impls:
+                if impl.memory and impl.library != "harness":
+                    memory[impl.name] = memory_per_key(impl, args.memory_keys)
+        context["load_after"] = os.getloadavg()[0]
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = summarize(impls, args.variants, runs)
+    print_report(args, context, runs, rows, memory)
+    if args.json:
+        document = {
+            **context,
+            "settings": {
+                "rounds": args.rounds,
+                "calls": args.calls,
+                "keys": args.keys,
+                "variants": args.variants,
+                "memory_keys": args.memory_keys,
+                "limits": LIMITS,
+            },
+            "summary": rows,
+            "memory_bytes_per_key": memory,
+            "runs": runs,
+        }
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+        print(f"\nJSON written to {args.json}")
+    missed = [row["impl"] for row in rows if row["met"] is False]
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
