@@ -12,7 +12,7 @@ from pathlib import Path
 import surefoot.client
 from surefoot.testing import ManualClock, RecordingSleep
 
-CORE = ["_flow", "_policy", "_budget", "_retry_after", "_events", "_breaker_protocol"]
+CORE = ["_flow", "_policy", "_budget", "_retry_after", "_events", "_breaker_protocol", "_cache"]
 IO = {"asyncio", "httpx", "anyio", "time", "socket", "trio"}
 
 

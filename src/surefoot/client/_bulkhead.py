@@ -130,9 +130,6 @@ class Bulkhead:
 
     def acquire(self, wait: float) -> Slot:
         """A slot, waiting up to ``wait`` seconds (blocking this thread)."""
-        slot = self.try_acquire()
-        if slot is not None:
-            return slot
         event = threading.Event()
         with self._lock:
             if self._slots.try_acquire():
@@ -155,9 +152,6 @@ class Bulkhead:
 
     async def aacquire(self, wait: float) -> Slot:
         """A slot, waiting up to ``wait`` seconds (on the running event loop)."""
-        slot = self.try_acquire()
-        if slot is not None:
-            return slot
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
 
@@ -169,7 +163,9 @@ class Bulkhead:
                 return Slot(self)
             self._slots.waiters.append(wake)
         try:
-            await asyncio.wait_for(future, wait)
+            # Not wait_for: on 3.11 it may swallow a cancellation that races the result.
+            async with asyncio.timeout(wait):
+                await future
         except BaseException as exc:
             with self._lock:
                 granted = self._slots.abandon(wake)

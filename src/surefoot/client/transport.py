@@ -301,12 +301,14 @@ class _Resilience:
         url, asked = str(request.url), httpx.Headers(request.headers)
         if response.is_stream_consumed:
             # Read already (httpx.Response(content=...)): its content is decoded.
+            body = response.content
             headers = [
                 (k, v)
                 for k, v in response.headers.multi_items()
                 if k.lower() not in _DECODED_DROPPED
             ]
-            cache.put(url, asked, response.status_code, headers, response.content, self.clock.now())
+            headers.append(("Content-Length", str(len(body))))
+            cache.put(url, asked, response.status_code, headers, body, self.clock.now())
             return None
         return _Tee(self, cache, url, asked, response)
 
