@@ -7,7 +7,9 @@ exponential backoff, ``Retry-After``, a total deadline, a shared ``RetryBudget``
 optional circuit breaker (``Breaker``). Around each attempt the drivers take a ``Bulkhead``
 slot (a concurrency cap) and a ``Throttle`` token (a rate cap from the rate-limit core's
 token bucket, local or shared through a store); around the whole request a ``StaleCache``
-serves the last good GET answer when the upstream fails. See ``docs/client.md``.
+serves the last good GET answer when the upstream fails. ``load_integrations`` builds
+one ``Integration`` (its own breaker, throttle, bulkhead, cache and loggers) per API
+declared in a TOML file. See ``docs/client.md``.
 
 Errors raised (``surefoot.errors``)::
 
@@ -41,6 +43,11 @@ from surefoot.client._events import (
     ThrottleRefused,
     ThrottleWaited,
 )
+from surefoot.client._integrations import (
+    Integration,
+    integrations_from_dict,
+    load_integrations,
+)
 from surefoot.client._policy import DEFAULT_RETRY_STATUSES, IDEMPOTENT_METHODS, RetryPolicy
 from surefoot.client._throttle import Throttle
 from surefoot.client.transport import AsyncResilientTransport, ResilientTransport
@@ -59,6 +66,7 @@ __all__ = [
     "CallNotPermitted",
     "CircuitBreaker",
     "ClientEvent",
+    "Integration",
     "ResilientTransport",
     "RetriesExhausted",
     "RetryBudget",
@@ -70,4 +78,6 @@ __all__ = [
     "Throttle",
     "ThrottleRefused",
     "ThrottleWaited",
+    "integrations_from_dict",
+    "load_integrations",
 ]

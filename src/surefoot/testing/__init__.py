@@ -1,7 +1,8 @@
 """Helpers for testing code that uses surefoot (public API).
 
 ``ManualClock`` drives time by hand instead of sleeping; ``RecordingSleep`` runs the
-client's retries instantly and records its waits; ``assert_idempotent`` checks
+client's retries instantly and records its waits; ``CapturedEvents`` is a hook that keeps
+every event, to assert on attempts and their reasons; ``assert_idempotent`` checks
 that an endpoint really executes a keyed request once, and ``assert_rate_limited`` that
 it admits exactly its limit and then answers a well-formed 429.
 """
@@ -11,9 +12,11 @@ from __future__ import annotations
 from surefoot.testing._assertions import aassert_idempotent, assert_idempotent
 from surefoot.testing._client import RecordingSleep
 from surefoot.testing._clock import ManualClock
+from surefoot.testing._events import CapturedEvents
 from surefoot.testing._ratelimit import aassert_rate_limited, assert_rate_limited
 
 __all__ = [
+    "CapturedEvents",
     "ManualClock",
     "RecordingSleep",
     "aassert_idempotent",

@@ -1,0 +1,739 @@
+"""Integrations from configuration: one named, fully equipped client per third-party API.
+
+A TOML file declares each partner once::
+
+    [integrations.shipping]
+    base_url = "https://api.shipping.example"
+    timeout = 10.0
+    auto_idempotency_key = true
+    [integrations.shipping.retry]
+    max_attempts = 4
+    [integrations.shipping.breaker]
+    failure_rate_threshold = 0.5
+    [integrations.shipping.throttle]
+    limit = "100/minute"
+
+``load_integrations`` reads it (stdlib ``tomllib``), validates it (pydantic, strict, unknown
+fields refused) and returns one ``Integration`` per table; ``Integration.client()`` and
+``async_client()`` build httpx clients around ``ResilientTransport`` /
+``AsyncResilientTransport``.
+
+Rule 1: one ``Integration`` owns one ``RetryBudget`` and, when configured, one
+``CircuitBreaker``, ``Throttle``, ``Bulkhead`` and ``StaleCache``; every transport and client
+it builds (sync or async) shares them, so the partner sees one budget, one breaker, one rate.
+Rule 2: each integration logs on its own loggers, ``surefoot.integration.<name>.client`` and
+``surefoot.integration.<name>.breaker``, so one partner's trouble can be filtered or routed.
+Rule 3: an invalid file is refused as a whole with one ``ConfigurationError`` listing every
+problem as ``file:line: field.path: expected ..., got ...``; nothing is half-built.
+Rule 4: pydantic is imported only when a configuration is validated, so ``surefoot.client``
+works without it (``pip install 'surefoot[client]'`` brings it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import math
+import os
+import pathlib
+import random as _random
+import re
+import time
+import tomllib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import httpx
+
+from surefoot.client._breaker import CircuitBreaker
+from surefoot.client._breaker_protocol import Breaker
+from surefoot.client._budget import RetryBudget
+from surefoot.client._bulkhead import Bulkhead
+from surefoot.client._cache import StaleCache
+from surefoot.client._policy import RetryPolicy
+from surefoot.client._throttle import Throttle
+from surefoot.client.transport import AsyncResilientTransport, ResilientTransport
+from surefoot.clock import Clock, SystemClock
+from surefoot.errors import ConfigurationError
+from surefoot.events import EventHook, LoggingHook
+from surefoot.ratelimit import parse_limit
+
+if TYPE_CHECKING:
+    import pydantic
+
+__all__ = ["Integration", "integrations_from_dict", "load_integrations"]
+
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
+_BUILT_FIELD = re.compile(r"^[A-Z]\w*\.(\w+): (.*)$", re.DOTALL)
+_LIMIT_MESSAGE = re.compile(r"^limit (.+?): (.*)$", re.DOTALL)
+_SECTIONS = ("retry", "budget", "breaker", "throttle", "bulkhead", "cache")
+
+
+class Integration:
+    """One third-party API: its base URL, timeouts and resilience, ready to build clients.
+
+    Example:
+        >>> shipping = load_integrations("integrations.toml")["shipping"]
+        >>> with shipping.client() as client:
+        ...     client.post("/v1/shipments", json={"parcel": "P-1"})
+        >>> async with shipping.async_client() as client:
+        ...     await client.get("/v1/shipments/P-1")
+
+    Usually made by ``load_integrations`` or ``integrations_from_dict``; it can also be
+    built in code with the same objects the transports take.
+
+    Args:
+        name: the integration's name (letters, digits, ``_`` and ``-``): it names the
+            breaker, throttle and bulkhead in errors and events, and the loggers.
+        base_url: the API's absolute ``http://`` or ``https://`` URL.
+        timeout: httpx timeouts of the clients (seconds, or an ``httpx.Timeout``).
+        headers: headers every client of this integration sends.
+        retry: the retry policy; default ``RetryPolicy()``.
+        budget: the retry budget shared by every transport of this integration; default
+            a ``RetryBudget()`` of its own.
+        breaker, throttle, bulkhead, cache: shared by every transport; default none.
+        auto_idempotency_key, idempotency_header: as for ``ResilientTransport``.
+        hooks: event hooks of the transports; default one ``LoggingHook`` on the
+            ``surefoot.integration.<name>`` loggers.
+        clock: the transports' clock (use the breaker's own, if you pass a breaker).
+        source: where the configuration came from (a file name), for messages.
+
+    Warning:
+        The shared objects are the point: build every client of one partner from one
+        ``Integration``. Two ``Integration`` objects for the same API get two breakers
+        and two rate caps, which together let twice the traffic through.
+    """
+
+    __slots__ = (
+        "auto_idempotency_key",
+        "base_url",
+        "breaker",
+        "budget",
+        "bulkhead",
+        "cache",
+        "clock",
+        "headers",
+        "hooks",
+        "idempotency_header",
+        "name",
+        "retry",
+        "source",
+        "throttle",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        timeout: float | httpx.Timeout = 5.0,
+        headers: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        budget: RetryBudget | None = None,
+        breaker: Breaker | None = None,
+        throttle: Throttle | None = None,
+        bulkhead: Bulkhead | None = None,
+        cache: StaleCache | None = None,
+        auto_idempotency_key: bool = False,
+        idempotency_header: str = "Idempotency-Key",
+        hooks: Sequence[EventHook] | None = None,
+        clock: Clock | None = None,
+        source: str = "<code>",
+    ) -> None:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"Integration.name: expected letters, digits, '_' and '-', got {name!r}"
+            )
+        problem = _url_problem(base_url)
+        if problem is not None:
+            raise ConfigurationError(f"Integration.base_url: {problem}")
+        self.name = name
+        self.base_url = base_url
+        self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self.headers = dict(headers or {})
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.budget = budget if budget is not None else RetryBudget()
+        self.breaker = breaker
+        self.throttle = throttle
+        self.bulkhead = bulkhead
+        self.cache = cache
+        self.auto_idempotency_key = auto_idempotency_key
+        self.idempotency_header = idempotency_header
+        self.hooks: tuple[EventHook, ...] = (
+            (LoggingHook(logger_prefix=_logger_prefix(name)),) if hooks is None else tuple(hooks)
+        )
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.source = source
+
+    def _options(self, random: _random.Random | None) -> dict[str, Any]:
+        return {
+            "retry": self.retry,
+            "budget": self.budget,
+            "breaker": self.breaker,
+            "throttle": self.throttle,
+            "bulkhead": self.bulkhead,
+            "cache": self.cache,
+            "auto_idempotency_key": self.auto_idempotency_key,
+            "idempotency_header": self.idempotency_header,
+            "clock": self.clock,
+            "hooks": self.hooks,
+            "random": random,
+        }
+
+    def transport(
+        self,
+        inner: httpx.BaseTransport | None = None,
+        *,
+        sleep: Callable[[float], object] = time.sleep,
+        random: _random.Random | None = None,
+    ) -> ResilientTransport:
+        """A ``ResilientTransport`` around ``inner`` (default ``httpx.HTTPTransport()``).
+
+        ``sleep`` and ``random`` are for tests (``RecordingSleep``, a seeded ``Random``).
+        """
+        return ResilientTransport(inner, sleep=sleep, **self._options(random))
+
+    def async_transport(
+        self,
+        inner: httpx.AsyncBaseTransport | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        random: _random.Random | None = None,
+    ) -> AsyncResilientTransport:
+        """An ``AsyncResilientTransport`` around ``inner`` (default: a new
+        ``httpx.AsyncHTTPTransport()``)."""
+        return AsyncResilientTransport(inner, sleep=sleep, **self._options(random))
+
+    def client(
+        self,
+        *,
+        inner: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], object] = time.sleep,
+        random: _random.Random | None = None,
+        **httpx_kwargs: Any,
+    ) -> httpx.Client:
+        """An ``httpx.Client`` with this integration's base URL, timeouts, headers and transport.
+
+        ``httpx_kwargs`` go to ``httpx.Client`` (``auth=``, ``event_hooks=``...); they may
+        override ``base_url`` and ``timeout``, and ``headers`` are added to the configured
+        ones. Pass the I/O transport as ``inner=`` (``transport=`` is refused: the
+        integration makes the transport).
+        """
+        transport = self.transport(inner, sleep=sleep, random=random)
+        return httpx.Client(transport=transport, **self._client_options(httpx_kwargs))
+
+    def async_client(
+        self,
+        *,
+        inner: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        random: _random.Random | None = None,
+        **httpx_kwargs: Any,
+    ) -> httpx.AsyncClient:
+        """The ``httpx.AsyncClient`` twin of ``client()``."""
+        transport = self.async_transport(inner, sleep=sleep, random=random)
+        return httpx.AsyncClient(transport=transport, **self._client_options(httpx_kwargs))
+
+    def _client_options(self, httpx_kwargs: dict[str, Any]) -> dict[str, Any]:
+        if "transport" in httpx_kwargs or "mounts" in httpx_kwargs:
+            raise TypeError(
+                f"Integration {self.name!r}: pass the transport that does the I/O as inner=; "
+                "the integration wraps it in its resilient transport"
+            )
+        headers = httpx.Headers(self.headers)
+        headers.update(httpx.Headers(httpx_kwargs.pop("headers", None)))
+        return {
+            "base_url": self.base_url,
+            "timeout": self.timeout,
+            "headers": headers,
+            **httpx_kwargs,
+        }
+
+    def __repr__(self) -> str:
+        parts = [f"{self.name!r}", f"base_url={self.base_url!r}"]
+        for section in ("breaker", "throttle", "bulkhead", "cache"):
+            if getattr(self, section) is not None:
+                parts.append(section)
+        return f"Integration({', '.join(parts)})"
+
+
+def _logger_prefix(name: str) -> str:
+    """The prefix of an integration's loggers: ``surefoot.integration.<name>``."""
+    return f"surefoot.integration.{name}"
+
+
+def load_integrations(
+    path: str | os.PathLike[str],
+    *,
+    clock: Clock | None = None,
+    extra_hooks: Sequence[EventHook] = (),
+) -> dict[str, Integration]:
+    """The integrations declared in the TOML file at ``path``, by name.
+
+    Example:
+        >>> integrations = load_integrations("integrations.toml")
+        >>> client = integrations["shipping"].client()
+
+    Only the ``[integrations]`` table is read, so the file may hold other sections (a
+    gateway policy...). Each ``[integrations.NAME]`` table is validated strictly: unknown
+    fields, wrong types and out-of-range values are all refused.
+
+    Args:
+        path: the TOML file.
+        clock: the clock of every breaker and transport (a ``ManualClock`` in tests).
+        extra_hooks: hooks added after each integration's own ``LoggingHook``
+            (a ``surefoot.testing.CapturedEvents``, a metrics hook...).
+
+    Raises:
+        ConfigurationError: the file cannot be read, is not TOML (with its line and
+            column) or is invalid; the message lists every problem as
+            ``file:line: integrations.NAME.section.field: expected ..., got ...``.
+    """
+    source = os.fspath(path)
+    try:
+        raw = pathlib.Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"{source}: cannot read the file ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"{source}: expected UTF-8 text (TOML), got byte {raw[exc.start]:#04x} "
+            f"at offset {exc.start}"
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        where = _TOML_POSITION.search(message)
+        if where is not None:
+            message = message[: where.start()].rstrip()
+            prefix = f"{source}:{where.group(1)}:{where.group(2)}"
+        else:
+            prefix = source
+        raise ConfigurationError(f"{prefix}: invalid TOML: {message}") from None
+    return _integrations(data, source, text, clock, extra_hooks)
+
+
+def integrations_from_dict(
+    data: Mapping[str, Any],
+    source: str = "<dict>",
+    *,
+    clock: Clock | None = None,
+    extra_hooks: Sequence[EventHook] = (),
+) -> dict[str, Integration]:
+    """The integrations declared in ``data`` (a parsed TOML document), by name.
+
+    Example:
+        >>> integrations_from_dict({"integrations": {"shipping": {"base_url": "https://s.example"}}})
+        {'shipping': Integration('shipping', base_url='https://s.example')}
+
+    The same validation as ``load_integrations``; ``source`` names the data in messages.
+    """
+    return _integrations(data, source, None, clock, extra_hooks)
+
+
+# -- validation ----------------------------------------------------------------------------
+
+
+def _integrations(
+    data: Mapping[str, Any],
+    source: str,
+    text: str | None,
+    clock: Clock | None,
+    extra_hooks: Sequence[EventHook],
+) -> dict[str, Integration]:
+    problems = _Problems(source, text)
+    tables = data.get("integrations") if isinstance(data, Mapping) else None
+    if not isinstance(tables, Mapping):
+        got = "" if tables is None else f", got {_shown(tables)}"
+        problems.add(
+            ("integrations",),
+            "expected an [integrations] table with one [integrations.NAME] table per API" + got,
+        )
+        problems.raise_if_any()
+    assert isinstance(tables, Mapping)
+    for name in tables:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            problems.add(
+                ("integrations", str(name)),
+                "expected a name of letters, digits, '_' and '-' (it names loggers)",
+            )
+    schema = _schema()
+    try:
+        root: Any = schema.Root.model_validate({"integrations": dict(tables)})
+    except _pydantic().ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            problems.add(error["loc"], _expected(schema, error))
+    problems.raise_if_any()
+    # Constructors check what spans fields (backoff_max >= backoff_base...): their errors
+    # join the others, and nothing built is returned unless every table is valid.
+    built = {
+        name: _build(name, table, source, clock, extra_hooks, problems)
+        for name, table in root.integrations.items()
+    }
+    problems.raise_if_any()
+    return built
+
+
+def _build(
+    name: str,
+    table: Any,
+    source: str,
+    clock: Clock | None,
+    extra_hooks: Sequence[EventHook],
+    problems: _Problems,
+) -> Integration:
+    """The ``Integration`` of one validated table; constructor errors become problems."""
+    hooks = (LoggingHook(logger_prefix=_logger_prefix(name)), *extra_hooks)
+    clock = clock if clock is not None else SystemClock()
+    base = ("integrations", name)
+
+    def made(section: str, factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        model = getattr(table, section)
+        if model is None:
+            return None
+        options = {key: getattr(model, key) for key in model.model_fields_set}
+        options.update(kwargs)
+        try:
+            return factory(*args, **options)
+        except ConfigurationError as exc:
+            field, message = _split_built(str(exc), type(model).model_fields)
+            problems.add((*base, section, *field), message)
+            return None
+
+    timeout = httpx.Timeout(
+        table.timeout,
+        connect=_or(table.connect_timeout, table.timeout),
+        read=_or(table.read_timeout, table.timeout),
+        write=_or(table.write_timeout, table.timeout),
+        pool=_or(table.pool_timeout, table.timeout),
+    )
+    retry = made("retry", RetryPolicy)  # None: the default policy
+    budget = made("budget", RetryBudget)
+    breaker = made("breaker", CircuitBreaker, name=name, clock=clock, hooks=hooks)
+    throttle = made("throttle", Throttle, name=name)
+    bulkhead = made("bulkhead", Bulkhead, name=name)
+    cache = made("cache", StaleCache)
+    return Integration(
+        name,
+        base_url=table.base_url,
+        timeout=timeout,
+        headers=table.headers,
+        retry=retry,
+        budget=budget,
+        breaker=breaker,
+        throttle=throttle,
+        bulkhead=bulkhead,
+        cache=cache,
+        auto_idempotency_key=table.auto_idempotency_key,
+        idempotency_header=table.idempotency_header,
+        hooks=hooks,
+        clock=clock,
+        source=source,
+    )
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _split_built(message: str, fields: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
+    """A constructor's ``Class.field: expected ...`` as (field path, message)."""
+    match = _BUILT_FIELD.match(message)
+    if match is not None and match.group(1) in fields:
+        return (match.group(1),), match.group(2)
+    limit = _LIMIT_MESSAGE.match(message)
+    if limit is not None:
+        return ("limit",), f"{limit.group(2)}, got {limit.group(1)}"
+    return (), message
+
+
+def _url_problem(value: object) -> str | None:
+    expected = "expected an absolute http:// or https:// URL"
+    if not isinstance(value, str):
+        return f"{expected}, got {_shown(value)}"
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL:
+        return f"{expected}, got {value!r}"
+    if url.scheme not in ("http", "https") or not url.host:
+        return f"{expected}, got {value!r}"
+    return None
+
+
+def _key(part: str) -> str:
+    """A key as TOML writes it in a dotted path: bare if it can be, else quoted."""
+    return part if _NAME.fullmatch(part) else '"' + part.replace('"', '\\"') + '"'
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Problems:
+    """Every problem found, each ``file:line: path: message``; raised together."""
+
+    def __init__(self, source: str, text: str | None) -> None:
+        self.source = source
+        self._lines = text.splitlines() if text is not None else None
+        self._seen: set[str] = set()
+        self.items: list[str] = []
+
+    def add(self, loc: Sequence[str | int], message: str) -> None:
+        path = "".join(
+            f"[{part}]" if isinstance(part, int) else ("." if i else "") + _key(part)
+            for i, part in enumerate(loc)
+        )
+        line = _locate(self._lines, loc) if self._lines is not None else None
+        where = self.source if line is None else f"{self.source}:{line}"
+        item = f"{where}: {path}: {message}"
+        if item not in self._seen:
+            self._seen.add(item)
+            self.items.append(item)
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        if len(self.items) == 1:
+            raise ConfigurationError(self.items[0])
+        listed = "\n".join(f"  {item}" for item in self.items)
+        raise ConfigurationError(
+            f"{self.source}: {len(self.items)} problems in integrations:\n{listed}"
+        )
+
+
+def _locate(lines: Sequence[str], loc: Sequence[str | int]) -> int | None:
+    """The line (1-based) that sets ``loc``, else that of its nearest table; best effort.
+
+    Reads table headers and ``key = value`` lines (dotted and quoted keys included);
+    multi-line values are reported at their first line.
+    """
+    target = tuple(part for part in loc if isinstance(part, str))
+    best, best_length = None, 0
+    table: tuple[str, ...] = ()
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        header = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$", stripped)
+        if header is not None:
+            table = _dotted(header.group(1))
+            path = table
+        else:
+            key = re.match(r"^((?:[A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*'|[\s.])+?)\s*=", stripped)
+            if key is None:
+                continue
+            path = table + _dotted(key.group(1))
+        if len(path) > best_length and target[: len(path)] == path:
+            best, best_length = number, len(path)
+    return best
+
+
+def _dotted(key: str) -> tuple[str, ...]:
+    parts = re.findall(r"\"([^\"]*)\"|'([^']*)'|([A-Za-z0-9_\-]+)", key)
+    return tuple(next(p for p in groups if p) if any(groups) else "" for groups in parts)
+
+
+def _expected(schema: _Schema, error: Mapping[str, Any]) -> str:
+    """What a pydantic error means for the person editing the file."""
+    kind = error["type"]
+    loc = tuple(error["loc"])
+    got = _shown(error.get("input"))
+    if len(loc) == 1:
+        return f"expected a table with one table per API, got {got}"
+    if kind in ("model_type", "dict_type") and (
+        len(loc) == 2 or (len(loc) == 3 and loc[2] in _SECTIONS)
+    ):
+        return f"expected a table, got {got}"
+    model, field = schema.Integration, loc[2]
+    if len(loc) > 3 and loc[2] in _SECTIONS:
+        model, field = schema.SECTIONS[str(loc[2])], loc[3]
+    if kind == "extra_forbidden":
+        allowed = sorted(model.model_fields)
+        close = difflib.get_close_matches(str(field), allowed, n=1)
+        if close:
+            return f"unknown field (did you mean {close[0]!r}?)"
+        return f"unknown field; expected one of {', '.join(allowed)}"
+    info = model.model_fields.get(str(field))
+    expected = info.description if info is not None and info.description else None
+    if kind == "missing":
+        return f"required, missing (expected {expected})" if expected else "required, missing"
+    if kind == "value_error":
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    if expected is None:
+        return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {got}"
+    return f"expected {expected}, got {got}"
+
+
+# -- the schema (pydantic, imported on first use) -----------------------------------------------
+
+
+class _Schema:
+    Root: type[pydantic.BaseModel]
+    Integration: type[pydantic.BaseModel]
+    SECTIONS: dict[str, type[pydantic.BaseModel]]
+
+
+_SCHEMA: _Schema | None = None
+
+
+def _pydantic() -> Any:
+    try:
+        import pydantic
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(
+            "integrations from configuration need pydantic: pip install 'surefoot[client]'"
+        ) from exc
+    return pydantic
+
+
+def _schema() -> _Schema:
+    global _SCHEMA
+    if _SCHEMA is None:
+        _SCHEMA = _make_schema()
+    return _SCHEMA
+
+
+def _make_schema() -> _Schema:
+    _pydantic()
+    from typing import Annotated
+
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+    strict = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
+    seconds = "a finite number of seconds > 0"
+    seconds0 = "a finite number of seconds >= 0"
+    whole = "a whole number >= 1"
+    share = "a share in (0, 1], such as 0.5"
+
+    def described(expected: str) -> Any:
+        return Field(default=None, description=expected)
+
+    class Retry(BaseModel):
+        model_config = strict
+        max_attempts: Annotated[int, Field(ge=1)] | None = described(whole)
+        deadline: Annotated[float, Field(gt=0)] | None = described(seconds)
+        attempt_timeout: Annotated[float, Field(gt=0)] | None = described(seconds)
+        backoff_base: Annotated[float, Field(ge=0)] | None = described(seconds0)
+        backoff_max: Annotated[float, Field(ge=0)] | None = described(seconds0)
+        jitter: Literal["full", "equal", "decorrelated", "none"] | None = described(
+            "one of 'full', 'equal', 'decorrelated', 'none'"
+        )
+        retry_statuses: list[Annotated[int, Field(ge=100, le=599)]] | None = described(
+            "a list of HTTP statuses (whole numbers 100-599)"
+        )
+        idempotent_methods: list[Annotated[str, Field(min_length=1)]] | None = described(
+            "a list of method names, such as ['GET', 'PUT']"
+        )
+        retry_problem_codes: list[Annotated[str, Field(min_length=1)]] | None = described(
+            "a list of problem codes (strings)"
+        )
+        max_retry_after: Annotated[float, Field(ge=0)] | None = described(seconds0)
+        raise_on_exhausted: bool | None = described("true or false")
+
+    class Budget(BaseModel):
+        model_config = strict
+        ratio: Annotated[float, Field(ge=0)] | None = described("a finite number >= 0")
+        min_retries_per_second: Annotated[float, Field(ge=0, allow_inf_nan=True)] | None = (
+            described("a number >= 0 (inf: unlimited)")
+        )
+        window: Annotated[float, Field(gt=0)] | None = described(seconds)
+
+        @field_validator("min_retries_per_second")
+        @classmethod
+        def _not_nan(cls, value: float | None) -> float | None:
+            if value is not None and math.isnan(value):
+                raise ValueError("expected a number >= 0 (inf: unlimited), got nan")
+            return value
+
+    class Breaker(BaseModel):
+        model_config = strict
+        failure_rate_threshold: Annotated[float, Field(gt=0, le=1)] | None = described(share)
+        slow_call_rate_threshold: Annotated[float, Field(gt=0, le=1)] | None = described(share)
+        slow_call_duration: Annotated[float, Field(gt=0)] | None = described(seconds)
+        window: Literal["count", "time"] | None = described("'count' or 'time'")
+        window_size: Annotated[int, Field(ge=1)] | None = described(whole)
+        minimum_calls: Annotated[int, Field(ge=1)] | None = described(whole)
+        open_wait: Annotated[float, Field(gt=0)] | None = described(seconds)
+        half_open_calls: Annotated[int, Field(ge=1)] | None = described(whole)
+
+    class ThrottleTable(BaseModel):
+        model_config = strict
+        limit: str = Field(description="a rate such as '100/minute' or '20/5 minutes'")
+        burst: Annotated[int, Field(ge=1)] | None = described(whole)
+        max_wait: Annotated[float, Field(ge=0)] | None = described(seconds0)
+
+        @field_validator("limit")
+        @classmethod
+        def _limit(cls, value: str) -> str:
+            try:
+                parse_limit(value)
+            except ConfigurationError as exc:
+                field, message = _split_built(str(exc), {"limit": None})
+                if not field:  # "Limit.amount: expected ..., got 0"
+                    message = f"{str(exc).partition('.')[2]} (in {value!r})"
+                raise ValueError(message) from None
+            return value
+
+    class BulkheadTable(BaseModel):
+        model_config = strict
+        max_concurrent: Annotated[int, Field(ge=1)] = Field(description=whole)
+        max_wait: Annotated[float, Field(ge=0)] | None = described(seconds0)
+
+    class Cache(BaseModel):
+        model_config = strict
+        max_staleness: Annotated[float, Field(gt=0)] | None = described(seconds)
+        max_entries: Annotated[int, Field(ge=1)] | None = described(whole)
+        max_bytes: Annotated[int, Field(ge=1)] | None = described(whole)
+        max_entry_bytes: Annotated[int, Field(ge=1)] | None = described(whole)
+
+    class IntegrationTable(BaseModel):
+        model_config = strict
+        base_url: str = Field(description="an absolute http:// or https:// URL")
+        timeout: Annotated[float, Field(gt=0)] = Field(default=5.0, description=seconds)
+        connect_timeout: Annotated[float, Field(gt=0)] | None = described(seconds)
+        read_timeout: Annotated[float, Field(gt=0)] | None = described(seconds)
+        write_timeout: Annotated[float, Field(gt=0)] | None = described(seconds)
+        pool_timeout: Annotated[float, Field(gt=0)] | None = described(seconds)
+        headers: dict[str, str] = Field(
+            default_factory=dict, description="a table of header names to text values"
+        )
+        auto_idempotency_key: bool = Field(default=False, description="true or false")
+        idempotency_header: Annotated[str, Field(min_length=1)] = Field(
+            default="Idempotency-Key", description="a header name"
+        )
+        retry: Retry | None = None
+        budget: Budget | None = None
+        breaker: Breaker | None = None
+        throttle: ThrottleTable | None = None
+        bulkhead: BulkheadTable | None = None
+        cache: Cache | None = None
+
+        @field_validator("base_url")
+        @classmethod
+        def _url(cls, value: str) -> str:
+            problem = _url_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+            return value
+
+    class Root(BaseModel):
+        model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+        integrations: dict[str, IntegrationTable]
+
+    schema = _Schema()
+    schema.Root = Root
+    schema.Integration = IntegrationTable
+    schema.SECTIONS = {
+        "retry": Retry,
+        "budget": Budget,
+        "breaker": Breaker,
+        "throttle": ThrottleTable,
+        "bulkhead": BulkheadTable,
+        "cache": Cache,
+    }
+    return schema
