@@ -7,8 +7,10 @@ The databases come from ``$PAYMENTS_LEDGER`` (default ``payments.db``) and
 from __future__ import annotations
 
 import argparse
+import copy
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 
 def main() -> None:
@@ -19,8 +21,18 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     args = parser.parse_args()
+    # surefoot logs its events on "surefoot.*" and, as a library, prints nothing unless the
+    # application configures logging: show them beside uvicorn's own lines.
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["loggers"]["surefoot"] = {"handlers": ["default"], "level": "INFO"}
     # An import string, not the app object: each worker process builds its own app.
-    uvicorn.run("examples.payments.app:app", host=args.host, port=args.port, workers=args.workers)
+    uvicorn.run(
+        "examples.payments.app:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=log_config,
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,686 @@
+"""What ``ResilientTransport`` costs per request on a healthy server, beside plain httpx and peers.
+
+Usage::
+
+    .venv/bin/python bench/client_overhead.py                        # 5 rounds x 3,000 requests
+    .venv/bin/python bench/client_overhead.py --rounds 1 --requests 500  # quick look
+    .venv/bin/python bench/client_overhead.py --json results.json --check
+
+Theory of operation:
+1. One uvicorn process (uvloop, httptools, one worker, no access log, no lifespan) serves
+   this very module's ``app``, a bare ASGI callable, on 127.0.0.1 and a free port:
+   ``GET /hello`` answers 200 with 12 bytes; ``GET /flaky?id=X`` answers 503 the first
+   time it sees ``X`` and 200 with the body ``2`` the second time.
+2. Each library (``LIBRARIES``) is a way to make a GET with retries: plain httpx (no
+   retries: the floor), surefoot's ``ResilientTransport`` / ``AsyncResilientTransport``
+   with its defaults (``RetryPolicy()``, its own ``RetryBudget()``, the default
+   ``LoggingHook``; logging is not configured, so nothing is written), the same with
+   ``hooks=[]``, httpx-retries' ``RetryTransport`` (``Retry(total=2, backoff_factor=0.5)``:
+   3 attempts, like surefoot's default), and a tenacity ``@retry`` decorator around
+   ``client.get`` (3 attempts, ``wait_random_exponential(multiplier=0.5, max=10)``,
+   retrying transport errors and the retry statuses).
+   On a healthy server nothing fails, so no event is built.
+3. Before the rounds, every retrying library must turn ``/flaky`` into a 200 whose body
+   is ``2`` (it retried once), and plain httpx must see the 503: each does retry.
+4. A run is one library in one mode: ``sync`` (``httpx.Client``), ``async``
+   (``httpx.AsyncClient``, one task) or ``async-cN`` (one ``AsyncClient``, N tasks at
+   once). It makes a new client, warms its keep-alive connection(s) with ``--warmup``
+   GETs, then times ``--requests`` GETs of ``/hello`` (each read to the end, its status
+   checked): wall time (``perf_counter``) and this process's CPU time
+   (``process_time``), per request.
+5. Runs are interleaved: every round runs every library in every mode once, the order of
+   the libraries rotated each round; a library's ratio to plain httpx is taken within
+   its round and mode, and the table shows medians over rounds.
+6. With two or more CPUs and ``taskset``, the server is pinned to one CPU and this
+   process to another, so the client's work does not compete with the server's.
+
+The target (from the issue): surefoot with its defaults at most 1.1x plain httpx's
+time per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+APP = "client_overhead:app"
+PATH = "/hello"
+BODY = b"hello, world"
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+TARGET = 1.1
+
+# -- the server: a bare ASGI app (imported by uvicorn from this module) ---------------------
+
+_seen: set[str] = set()
+_HELLO_HEADERS = [(b"content-type", b"text/plain"), (b"content-length", b"12")]
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    assert scope["type"] == "http"
+    if scope["path"] == "/flaky":
+        key = scope["query_string"].decode()
+        first = key not in _seen
+        _seen.add(key)
+        status, body = (503, b"1") if first else (200, b"2")
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"1")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": _HELLO_HEADERS})
+    await send({"type": "http.response.body", "body": BODY})
+
+
+# -- the libraries --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Library:
+    name: str
+    retries: bool  # False: the floor, must not retry /flaky
+    target: float | None  # maximum ratio to plain httpx
+    meaning: str
+
+
+LIBRARIES = (
+    Library("httpx", False, None, "plain httpx.Client / AsyncClient, no retries"),
+    Library(
+        "surefoot",
+        True,
+        TARGET,
+        "ResilientTransport(httpx.HTTPTransport()) and the async twin: RetryPolicy(), "
+        "its own RetryBudget(), the default LoggingHook",
+    ),
+    Library("surefoot-nohooks", True, None, "the same with hooks=[] (what the hook costs)"),
+    Library(
+        "httpx-retries",
+        True,
+        None,
+        "httpx_retries.RetryTransport(transport=..., retry=Retry(total=2, backoff_factor=0.5))",
+    ),
+    Library(
+        "tenacity",
+        True,
+        None,
+        "@tenacity.retry(stop_after_attempt(3), wait_random_exponential(0.5, max=10), "
+        "retry on TransportError or a retry status) around client.get",
+    ),
+)
+
+SyncGet = Callable[[str], Any]
+AsyncGet = Callable[[str], Awaitable[Any]]
+
+
+def _tenacity_kwargs() -> dict[str, Any]:
+    import httpx
+    import tenacity
+
+    return {
+        "stop": tenacity.stop_after_attempt(3),
+        "wait": tenacity.wait_random_exponential(multiplier=0.5, max=10),
+        "retry": tenacity.retry_if_exception_type(httpx.TransportError)
+        | tenacity.retry_if_result(lambda r: r.status_code in RETRY_STATUSES),
+        "reraise": True,
+    }
+
+
+def sync_client(name: str) -> tuple[Any, SyncGet]:
+    """A new ``httpx.Client`` for library ``name`` and the function that GETs with it."""
+    import httpx
+
+    if name == "httpx":
+        client = httpx.Client(transport=httpx.HTTPTransport())
+        return client, client.get
+    if name in ("surefoot", "surefoot-nohooks"):
+        from surefoot.client import ResilientTransport
+
+        hooks = None if name == "surefoot" else []
+        client = httpx.Client(transport=ResilientTransport(httpx.HTTPTransport(), hooks=hooks))
+        return client, client.get
+    if name == "httpx-retries":
+        from httpx_retries import Retry, RetryTransport
+
+        retry = Retry(total=2, backoff_factor=0.5)
+        client = httpx.Client(transport=RetryTransport(httpx.HTTPTransport(), retry=retry))
+        return client, client.get
+    if name == "tenacity":
+        import tenacity
+
+        client = httpx.Client(transport=httpx.HTTPTransport())
+
+        @tenacity.retry(**_tenacity_kwargs())
+        def get(url: str) -> Any:
+            return client.get(url)
+
+        return client, get
+    raise ValueError(name)
+
+
+def async_client(name: str) -> tuple[Any, AsyncGet]:
+    """A new ``httpx.AsyncClient`` for library ``name`` and the coroutine function that GETs."""
+    import httpx
+
+    if name == "httpx":
+        client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport())
+        return client, client.get
+    if name in ("surefoot", "surefoot-nohooks"):
+        from surefoot.client import AsyncResilientTransport
+
+        hooks = None if name == "surefoot" else []
+        transport = AsyncResilientTransport(httpx.AsyncHTTPTransport(), hooks=hooks)
+        client = httpx.AsyncClient(transport=transport)
+        return client, client.get
+    if name == "httpx-retries":
+        from httpx_retries import Retry, RetryTransport
+
+        retry = Retry(total=2, backoff_factor=0.5)
+        client = httpx.AsyncClient(
+            transport=RetryTransport(httpx.AsyncHTTPTransport(), retry=retry)
+        )
+        return client, client.get
+    if name == "tenacity":
+        import tenacity
+
+        client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport())
+
+        @tenacity.retry(**_tenacity_kwargs())
+        async def get(url: str) -> Any:
+            return await client.get(url)
+
+        return client, get
+    raise ValueError(name)
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on (a server that does not start, a wrong answer...)."""
+
+
+# -- setup ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark the time per request of surefoot's ResilientTransport, "
+        "httpx-retries and tenacity against plain httpx, on a local uvicorn server.",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (default: 5)")
+    parser.add_argument(
+        "--requests", type=int, default=3000, help="timed GETs per run (default: 3000)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=200, help="untimed GETs before each run (default: 200)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=16,
+        help="tasks of the concurrent async mode, 0 to skip it (default: 16)",
+    )
+    parser.add_argument(
+        "--libraries",
+        default=",".join(lib.name for lib in LIBRARIES),
+        help="comma-separated libraries; httpx is always run (default: all)",
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not pin the server and the client to CPUs"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--check", action="store_true", help="exit with status 1 if a target is missed"
+    )
+    args = parser.parse_args(argv)
+    known = {lib.name: lib for lib in LIBRARIES}
+    names = [n.strip() for n in args.libraries.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"--libraries: unknown {unknown}; expected names from {list(known)}")
+    if min(args.rounds, args.requests) < 1 or args.warmup < 1 or args.concurrency < 0:
+        parser.error("expected --rounds, --requests, --warmup >= 1 and --concurrency >= 0")
+    if args.concurrency and args.requests % args.concurrency:
+        parser.error("--requests must be a multiple of --concurrency")
+    args.libraries = [lib for lib in LIBRARIES if lib.name == "httpx" or lib.name in names]
+    args.modes = ["sync", "async"] + ([f"async-c{args.concurrency}"] if args.concurrency else [])
+    return args
+
+
+def check_tools() -> None:
+    missing = []
+    modules = ("uvicorn", "uvloop", "httptools", "httpx", "surefoot", "httpx_retries", "tenacity")
+    for module in modules:
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise BenchError(
+            f"missing Python packages {missing} in {sys.executable}; "
+            "install them with: pip install -e '.[bench]'"
+        )
+
+
+def cpu_plan(no_pin: bool) -> tuple[list[str], str]:
+    """The server's command prefix (this process is pinned here), and what was done."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if no_pin:
+        return [], f"not pinned (--no-pin); {len(cpus)} CPUs available"
+    if len(cpus) < 2:
+        return [], "not pinned: only one CPU available; server and client share it"
+    if shutil.which("taskset") is None:
+        return [], "not pinned: taskset not found (Debian package util-linux)"
+    server, client = cpus[0], cpus[1]
+    os.sched_setaffinity(0, {client})
+    return (
+        ["taskset", "-c", str(server)],
+        f"server pinned to CPU {server}, client to CPU {client}, of {len(cpus)} CPUs",
+    )
+
+
+def environment() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    git = subprocess.run(
+        ["git", "-C", str(BENCH_DIR), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    packages = (
+        "surefoot",
+        "httpx",
+        "httpcore",
+        "httpx-retries",
+        "tenacity",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+    )
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "git": git.stdout.strip() or "unknown",
+        **{p: version(p) for p in packages},
+    }
+
+
+class Server:
+    """One uvicorn process serving ``app``."""
+
+    def __init__(self, workdir: Path, prefix: list[str]) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.base = f"http://127.0.0.1:{self.port}"
+        command = [
+            *prefix,
+            sys.executable,
+            "-m",
+            "uvicorn",
+            APP,
+            "--app-dir",
+            str(BENCH_DIR),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--workers",
+            "1",
+            "--lifespan",
+            "off",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+        self.log = (workdir / "server.log").open("w+b")
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-2000:]
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"server exited:\n{self.output()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise BenchError(f"server did not listen in {timeout:g} s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+# -- checks and runs ------------------------------------------------------------------------
+
+
+def check_retries(libraries: list[Library], base: str) -> str:
+    """Every retrying library turns /flaky's first 503 into a 200; plain httpx does not."""
+    for lib in libraries:
+        expected = (200, b"2") if lib.retries else (503, b"1")
+        client, get = sync_client(lib.name)
+        with client:
+            response = get(f"{base}/flaky?sync-{lib.name}")
+        got_sync = (response.status_code, response.content)
+
+        async def once(lib: Library = lib) -> tuple[int, bytes]:
+            client, get = async_client(lib.name)
+            async with client:
+                response = await get(f"{base}/flaky?async-{lib.name}")
+            return response.status_code, response.content
+
+        got_async = asyncio.run(once())
+        for mode, got in (("sync", got_sync), ("async", got_async)):
+            if got != expected:
+                raise BenchError(
+                    f"{lib.name} ({mode}): /flaky answered {got}, expected {expected}: "
+                    + ("it did not retry" if lib.retries else "it retried")
+                )
+    retrying = ", ".join(lib.name for lib in libraries if lib.retries)
+    return f"checked: {retrying} turned a 503 into a 200 by retrying once; httpx got the 503"
+
+
+def timed_sync(name: str, url: str, requests: int, warmup: int) -> tuple[float, float, int]:
+    client, get = sync_client(name)
+    errors = 0
+    with client:
+        for _ in range(warmup):
+            get(url)
+        cpu = time.process_time()
+        start = time.perf_counter()
+        for _ in range(requests):
+            if get(url).status_code != 200:
+                errors += 1
+        wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+    return wall, cpu, errors
+
+
+async def timed_async(
+    name: str, url: str, requests: int, warmup: int, tasks: int
+) -> tuple[float, float, int]:
+    client, get = async_client(name)
+    errors = 0
+
+    async def worker(count: int) -> None:
+        nonlocal errors
+        for _ in range(count):
+            if (await get(url)).status_code != 200:
+                errors += 1
+
+    async with client:
+        # Warm one connection per task, so the timed part reuses them all.
+        await asyncio.gather(*(worker(max(1, warmup // tasks)) for _ in range(tasks)))
+        errors = 0
+        cpu = time.process_time()
+        start = time.perf_counter()
+        if tasks == 1:
+            await worker(requests)
+        else:
+            await asyncio.gather(*(worker(requests // tasks) for _ in range(tasks)))
+        wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+    return wall, cpu, errors
+
+
+def run_one(
+    args: argparse.Namespace, lib: Library, mode: str, url: str, round_no: int
+) -> dict[str, Any]:
+    if mode == "sync":
+        wall, cpu, errors = timed_sync(lib.name, url, args.requests, args.warmup)
+    else:
+        tasks = 1 if mode == "async" else args.concurrency
+        wall, cpu, errors = asyncio.run(
+            timed_async(lib.name, url, args.requests, args.warmup, tasks)
+        )
+    return {
+        "round": round_no,
+        "library": lib.name,
+        "mode": mode,
+        "requests": args.requests,
+        "seconds": wall,
+        "us_per_request": wall / args.requests * 1e6,
+        "cpu_us_per_request": cpu / args.requests * 1e6,
+        "errors": errors,
+    }
+
+
+def in_process(calls: int, repeats: int) -> dict[str, float]:
+    """The transports' own cost: ``handle_request`` over an inner transport that does no I/O.
+
+    The inner transport returns a prebuilt 200 (its stream already read), so what is left
+    is the wrapper's work per request. Best of ``repeats`` runs of ``calls`` calls, in us.
+    """
+    import httpx
+    from httpx_retries import Retry, RetryTransport
+
+    from surefoot.client import ResilientTransport
+
+    response = httpx.Response(200, content=BODY)
+
+    class Instant(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            return response
+
+    request = httpx.Request("GET", "http://127.0.0.1:8000" + PATH)
+    transports: dict[str, httpx.BaseTransport] = {
+        "httpx": Instant(),
+        "surefoot": ResilientTransport(Instant()),
+        "surefoot-nohooks": ResilientTransport(Instant(), hooks=[]),
+        "httpx-retries": RetryTransport(Instant(), retry=Retry(total=2, backoff_factor=0.5)),
+    }
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        for name, transport in transports.items():
+            handle = transport.handle_request
+            start = time.perf_counter()
+            for _ in range(calls):
+                handle(request)
+            us = (time.perf_counter() - start) / calls * 1e6
+            best[name] = min(best.get(name, us), us)
+    return best
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for mode in args.modes:
+        floor = {r["round"]: r for r in runs if r["mode"] == mode and r["library"] == "httpx"}
+        for lib in args.libraries:
+            mine = [r for r in runs if r["mode"] == mode and r["library"] == lib.name]
+            ratios = [r["us_per_request"] / floor[r["round"]]["us_per_request"] for r in mine]
+            cpu_ratios = [
+                r["cpu_us_per_request"] / floor[r["round"]]["cpu_us_per_request"] for r in mine
+            ]
+            ratio = statistics.median(ratios)
+            rows.append(
+                {
+                    "mode": mode,
+                    "library": lib.name,
+                    "meaning": lib.meaning,
+                    "us_per_request": statistics.median(r["us_per_request"] for r in mine),
+                    "ratio": ratio,
+                    "ratio_min": min(ratios),
+                    "ratio_max": max(ratios),
+                    "target": lib.target,
+                    "met": None if lib.target is None else ratio <= lib.target,
+                    "cpu_us_per_request": statistics.median(r["cpu_us_per_request"] for r in mine),
+                    "cpu_ratio": statistics.median(cpu_ratios),
+                    "errors": sum(r["errors"] for r in mine),
+                }
+            )
+    return rows
+
+
+def print_report(
+    args: argparse.Namespace,
+    context: dict[str, Any],
+    runs: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+) -> None:
+    env = context["environment"]
+    print()
+    print(f"command:  {context['command']}")
+    print(
+        f"load:     {args.requests} sequential GET {PATH} per run (async-cN: split over N "
+        f"tasks) after {args.warmup} warm-up GETs, {args.rounds} round(s), "
+        "libraries interleaved"
+    )
+    print(f"retrying: {context['retry_check']}")
+    print(f"cpus:     {context['cpus']}")
+    print(
+        f"machine:  {env['cpus']} CPUs, load average {context['load_before']:.2f} before, "
+        f"{context['load_after']:.2f} after (1 min)"
+    )
+    print(
+        f"software: Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
+        f"httpx {env['httpx']} (httpcore {env['httpcore']}), httpx-retries "
+        f"{env['httpx-retries']}, tenacity {env['tenacity']}, uvicorn {env['uvicorn']} "
+        f"(uvloop {env['uvloop']}, httptools {env['httptools']})"
+    )
+    header = (
+        f"{'mode':<9} {'library':<16} {'us/req':>7} {'ratio':>5} {'(min-max)':>9} "
+        f"{'target':>6} {'met':>3} {'CPU us/req':>10} {'CPU ratio':>9} {'errors':>6}"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        target = "-" if row["target"] is None else f"<={row['target']:.1f}"
+        met = "-" if row["met"] is None else ("yes" if row["met"] else "NO")
+        spread = f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f}"
+        print(
+            f"{row['mode']:<9} {row['library']:<16} {row['us_per_request']:>7.1f} "
+            f"{row['ratio']:>5.2f} {spread:>9} {target:>6} {met:>3} "
+            f"{row['cpu_us_per_request']:>10.1f} {row['cpu_ratio']:>9.2f} {row['errors']:>6}"
+        )
+    print()
+    print("us/req, CPU us/req: medians over rounds. us/req: wall time per request as the")
+    print("       caller sees it (async-cN: wall time of the batch over its requests);")
+    print("ratio: median of the per-round ratios to plain httpx in the same mode (min-max:")
+    print("       their spread); the target applies to it.")
+    print("CPU us/req: this (client) process's CPU time per request; CPU ratio: the same")
+    print("       per-round ratio on CPU time, which excludes the server's share.")
+    print("errors: answers other than 200 in the timed runs, all rounds.")
+    print()
+    print("per round, us/req:")
+    names = [lib.name for lib in args.libraries]
+    print("  mode      round " + " ".join(f"{n:>16}" for n in names))
+    for mode in args.modes:
+        for round_no in range(1, args.rounds + 1):
+            by_name = {
+                r["library"]: r for r in runs if r["round"] == round_no and r["mode"] == mode
+            }
+            cells = " ".join(f"{by_name[n]['us_per_request']:>16.1f}" for n in names)
+            print(f"  {mode:<9} {round_no:>5} {cells}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join(sys.orig_argv if argv is None else [sys.argv[0], *argv])
+    try:
+        check_tools()
+        server_prefix, pinning = cpu_plan(args.no_pin)
+        context: dict[str, Any] = {
+            "command": command,
+            "cpus": pinning,
+            "environment": environment(),
+            "load_before": os.getloadavg()[0],
+        }
+        libraries: list[Library] = args.libraries
+        runs = []
+        with tempfile.TemporaryDirectory(prefix="surefoot-bench-") as tmp:
+            server = Server(Path(tmp), server_prefix)
+            try:
+                server.wait_ready()
+                url = server.base + PATH
+                context["retry_check"] = check_retries(libraries, server.base)
+                print(
+                    f"{len(libraries)} libraries x {len(args.modes)} modes x {args.rounds} "
+                    f"rounds x {args.requests} requests; {pinning}",
+                    flush=True,
+                )
+                for round_no in range(1, args.rounds + 1):
+                    shift = (round_no - 1) % len(libraries)
+                    order = libraries[shift:] + libraries[:shift]
+                    for mode in args.modes:
+                        for lib in order:
+                            run = run_one(args, lib, mode, url, round_no)
+                            runs.append(run)
+                            print(
+                                f"  round {round_no} {mode:<9} {lib.name:<16} "
+                                f"{run['us_per_request']:>7.1f} us/req "
+                                f"{run['cpu_us_per_request']:>7.1f} CPU us/req "
+                                f"errors {run['errors']}",
+                                flush=True,
+                            )
+            finally:
+                server.stop()
+        context["load_after"] = os.getloadavg()[0]
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = summarize(args, runs)
+    print_report(args, context, runs, rows)
+    inner = in_process(20_000, 7)
+    context["in_process_us"] = inner
+    print("\nin process, handle_request() over an inner transport that does no I/O")
+    print("(20,000 calls, best of 7), us per request:")
+    for name, us in inner.items():
+        print(f"  {name:<16} {us:>6.1f}   (+{us - inner['httpx']:.1f} over the inner transport)")
+    if args.json:
+        document = {
+            **context,
+            "settings": {
+                "rounds": args.rounds,
+                "requests": args.requests,
+                "warmup": args.warmup,
+                "concurrency": args.concurrency,
+                "modes": args.modes,
+                "target": TARGET,
+            },
+            "results": rows,
+            "runs": runs,
+        }
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    if args.check and any(row["met"] is False for row in rows):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
