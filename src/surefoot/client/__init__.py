@@ -22,6 +22,11 @@ Errors raised (``surefoot.errors``)::
 
 from __future__ import annotations
 
+import importlib.util
+
+if importlib.util.find_spec("httpx") is None:  # pragma: no cover - only without the extra
+    raise ImportError("surefoot.client needs httpx: pip install 'surefoot[client]'")
+
 from surefoot.client._breaker import (
     BreakerState,
     BreakerStateChanged,
