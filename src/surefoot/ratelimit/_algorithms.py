@@ -88,6 +88,18 @@ class Algorithm(Protocol):
     def expires_at(state: State, limit: Limit) -> float: ...
 
 
+def _count_in(
+    state: State, start: float, end: float, now: float, cost: int, limit: Limit
+) -> tuple[RateLimitDecision, int]:
+    """A counter over the aligned period [start, end): fixed windows and quotas."""
+    count = state[1] if state is not None and state[0] == start else 0
+    reset = end - now
+    if count + cost <= limit.amount:
+        return RateLimitDecision(True, limit.amount - count - cost, reset, 0.0), count + cost
+    retry = reset if cost <= limit.amount else INF
+    return RateLimitDecision(False, limit.amount - count, reset, retry), count
+
+
 class FixedWindow:
     name = "fixed_window"
 
@@ -95,17 +107,9 @@ class FixedWindow:
     def decide(
         state: State, now: float, cost: int, limit: Limit
     ) -> tuple[RateLimitDecision, State]:
-        window = limit.window
-        start = now - now % window
-        count = state[1] if state is not None and state[0] == start else 0
-        reset = start + window - now
-        if count + cost <= limit.amount:
-            return RateLimitDecision(True, limit.amount - count - cost, reset, 0.0), (
-                start,
-                count + cost,
-            )
-        retry = reset if cost <= limit.amount else INF
-        return RateLimitDecision(False, limit.amount - count, reset, retry), (start, count)
+        start = now - now % limit.window
+        decision, count = _count_in(state, start, start + limit.window, now, cost, limit)
+        return decision, (start, count)
 
     @staticmethod
     def expires_at(state: State, limit: Limit) -> float:
@@ -297,16 +301,8 @@ class Quota:
         state: State, now: float, cost: int, limit: Limit
     ) -> tuple[RateLimitDecision, State]:
         start, end = quota_period(now, limit.period or "day", limit.timezone)
-        count = state[1] if state is not None and state[0] == start else 0
-        reset = end - now
-        if count + cost <= limit.amount:
-            return RateLimitDecision(True, limit.amount - count - cost, reset, 0.0), (
-                start,
-                count + cost,
-                end,
-            )
-        retry = reset if cost <= limit.amount else INF
-        return RateLimitDecision(False, limit.amount - count, reset, retry), (start, count, end)
+        decision, count = _count_in(state, start, end, now, cost, limit)
+        return decision, (start, count, end)
 
     @staticmethod
     def expires_at(state: State, limit: Limit) -> float:
