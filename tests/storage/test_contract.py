@@ -7,8 +7,6 @@ joins by adding a fixture parameter.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +23,7 @@ from surefoot.idempotency._core import (
     StoredResponse,
     Unknown,
 )
-from surefoot.storage import IdempotencyStore, MemoryStore, SqliteStore
+from surefoot.storage import IdempotencyStore
 
 pytestmark = pytest.mark.anyio
 
@@ -36,15 +34,6 @@ OK = StoredResponse(201, ((b"content-type", b"application/json"), (b"x-a", b"\xe
 
 def begin_req(token: str, fp: str = "fp", mode: str = "unknown") -> Begin:
     return Begin(fingerprint=fp, token=token, lease=LEASE, ttl=TTL, on_lease_expiry=mode)  # type: ignore[arg-type]
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[IdempotencyStore]:
-    s: IdempotencyStore = (
-        MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "c.db")
-    )
-    yield s
-    await s.aclose()
 
 
 async def test_reserve_complete_replay_byte_for_byte(store: IdempotencyStore) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +57,7 @@ assert set(CASES) == ALGORITHMS
 _tokens = itertools.count()
 
 
-def item(algorithm: str, key: str = "rl:alice", *, cost: int = 1, enforce: bool = True) -> Item:
+def item(algorithm: str, key: str = "rl:{alice}", *, cost: int = 1, enforce: bool = True) -> Item:
     """One request's item; each gets its own concurrency token."""
     limit = CASES[algorithm].limit
     return Item(key, algorithm, limit, cost=cost, enforce=enforce, token=f"t{next(_tokens)}")
@@ -70,22 +70,13 @@ async def decide(store: RateLimitStore, one: Item, now: float) -> RateLimitDecis
 
 
 async def burst(
-    store: RateLimitStore, algorithm: str, n: int, now: float = T0, key: str = "rl:alice"
+    store: RateLimitStore, algorithm: str, n: int, now: float = T0, key: str = "rl:{alice}"
 ) -> list[RateLimitDecision]:
     return [await decide(store, item(algorithm, key), now) for _ in range(n)]
 
 
 def admitted_count(decisions: Sequence[RateLimitDecision]) -> int:
     return sum(d.allowed for d in decisions)
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RateLimitStore]:
-    s: RateLimitStore = (
-        MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "c.db")
-    )
-    yield s
-    await s.aclose()
 
 
 @pytest.fixture(params=sorted(ALGORITHMS))
@@ -166,23 +157,23 @@ async def test_one_principal_exhausting_its_limit_never_affects_another(
     store: RateLimitStore, algorithm: str
 ) -> None:
     case = CASES[algorithm]
-    assert admitted_count(await burst(store, algorithm, 20, key="rl:alice")) == case.capacity
+    assert admitted_count(await burst(store, algorithm, 20, key="rl:{alice}")) == case.capacity
 
-    bob = await burst(store, algorithm, case.capacity + 1, key="rl:bob")
+    bob = await burst(store, algorithm, case.capacity + 1, key="rl:{bob}")
     assert [d.allowed for d in bob] == [True] * case.capacity + [False]
     assert bob[0].remaining == case.capacity - 1
-    assert not (await decide(store, item(algorithm, "rl:alice"), T0)).allowed
+    assert not (await decide(store, item(algorithm, "rl:{alice}"), T0)).allowed
 
 
 async def test_a_refused_request_charges_none_of_the_limits_that_allowed_it(
     store: RateLimitStore,
 ) -> None:
-    per_second = Item("rl:second", "token_bucket", Limit(2, 1, algorithm="token_bucket"))
-    per_minute = Item("rl:minute", "fixed_window", Limit(10, 60))
+    per_second = Item("rl:{alice}:second", "token_bucket", Limit(2, 1, algorithm="token_bucket"))
+    per_minute = Item("rl:{alice}:minute", "fixed_window", Limit(10, 60))
     slots = Limit(5, 1, algorithm="concurrency", lease=30.0)
 
     def held(token: str) -> Item:
-        return Item("rl:slots", "concurrency", slots, token=token)
+        return Item("rl:{alice}:slots", "concurrency", slots, token=token)
 
     for n in range(2):
         admitted, decisions = await store.acquire([per_minute, per_second, held(f"r{n}")], T0)
@@ -207,7 +198,7 @@ async def test_a_refused_request_charges_none_of_the_limits_that_allowed_it(
 async def test_a_request_admitted_by_every_limit_charges_every_limit(
     store: RateLimitStore,
 ) -> None:
-    items = [item(name, f"rl:{name}") for name in sorted(ALGORITHMS)]
+    items = [item(name, f"rl:{{alice}}:{name}") for name in sorted(ALGORITHMS)]
     admitted, decisions = await store.acquire(items, T0)
     assert admitted
     for one, decision in zip(items, decisions, strict=True):
@@ -217,8 +208,8 @@ async def test_a_request_admitted_by_every_limit_charges_every_limit(
 
 
 async def test_a_shadow_limit_decides_and_reports_but_never_refuses(store: RateLimitStore) -> None:
-    enforced = Item("rl:enforced", "fixed_window", Limit(10, 60))
-    shadow = Item("rl:shadow", "fixed_window", Limit(2, 60), enforce=False)
+    enforced = Item("rl:{alice}:enforced", "fixed_window", Limit(10, 60))
+    shadow = Item("rl:{alice}:shadow", "fixed_window", Limit(2, 60), enforce=False)
 
     results = [await store.acquire([enforced, shadow], T0) for _ in range(4)]
 
@@ -239,8 +230,8 @@ async def test_a_shadow_limit_decides_and_reports_but_never_refuses(store: RateL
 async def test_a_shadow_limit_is_not_charged_for_a_request_an_enforced_one_refused(
     store: RateLimitStore,
 ) -> None:
-    enforced = Item("rl:enforced", "fixed_window", Limit(1, 60))
-    shadow = Item("rl:shadow", "sliding_log", Limit(5, 60), enforce=False)
+    enforced = Item("rl:{alice}:enforced", "fixed_window", Limit(1, 60))
+    shadow = Item("rl:{alice}:shadow", "sliding_log", Limit(5, 60), enforce=False)
 
     first = await store.acquire([enforced, shadow], T0)
     second = await store.acquire([shadow, enforced], T0 + 1)
@@ -258,7 +249,7 @@ SLOTS = Limit(3, 1, algorithm="concurrency", lease=30.0)
 
 
 def slot(token: str, cost: int = 1) -> Item:
-    return Item("rl:slots", "concurrency", SLOTS, cost=cost, token=token)
+    return Item("rl:{alice}:slots", "concurrency", SLOTS, cost=cost, token=token)
 
 
 async def test_a_released_slot_is_free_for_the_next_request(store: RateLimitStore) -> None:
@@ -266,17 +257,17 @@ async def test_a_released_slot_is_free_for_the_next_request(store: RateLimitStor
     full = await decide(store, slot("t3"), T0 + 3)
     assert (full.allowed, full.remaining, full.retry_after) == (False, 0, 1.0)
 
-    await store.release("rl:slots", "t1", T0 + 4)
+    await store.release("rl:{alice}:slots", "t1", T0 + 4)
     assert (await decide(store, slot("t3"), T0 + 5)).allowed
     assert not (await decide(store, slot("t4"), T0 + 5)).allowed
 
     # Releasing a token that holds nothing, twice, or on a key never seen frees nothing.
-    await store.release("rl:slots", "nobody", T0 + 6)
-    await store.release("rl:slots", "t1", T0 + 6)
+    await store.release("rl:{alice}:slots", "nobody", T0 + 6)
+    await store.release("rl:{alice}:slots", "t1", T0 + 6)
     await store.release("rl:nowhere", "t1", T0 + 6)
     assert not (await decide(store, slot("t4"), T0 + 7)).allowed
 
-    await store.release("rl:slots", "t0", T0 + 8)
+    await store.release("rl:{alice}:slots", "t0", T0 + 8)
     assert not (await decide(store, slot("t4", cost=2), T0 + 9)).allowed  # one slot, not two
     assert (await decide(store, slot("t4"), T0 + 9)).allowed
 
@@ -294,7 +285,7 @@ async def test_a_slot_whose_worker_never_released_it_comes_back_when_its_lease_e
     assert not (await decide(store, slot("t4"), T0 + SLOTS.lease)).allowed
 
     # The crashed worker finishing late frees nothing of t3's slot.
-    await store.release("rl:slots", "t0", T0 + SLOTS.lease + 0.5)
+    await store.release("rl:{alice}:slots", "t0", T0 + SLOTS.lease + 0.5)
     assert not (await decide(store, slot("t4"), T0 + SLOTS.lease + 0.5)).allowed
 
     # Every lease over: as if the key had never been seen.
@@ -328,7 +319,7 @@ async def test_an_expired_state_is_treated_as_absent(store: RateLimitStore, algo
     assert expires_at > T0
 
     used = await burst(store, algorithm, case.capacity + 1, now=expires_at)
-    fresh = await burst(store, algorithm, case.capacity + 1, now=expires_at, key="rl:carol")
+    fresh = await burst(store, algorithm, case.capacity + 1, now=expires_at, key="rl:{carol}")
     assert [d.allowed for d in used] == [True] * case.capacity + [False]
     assert observed(used) == pytest.approx(observed(fresh), abs=1e-6)
 
@@ -371,7 +362,7 @@ async def test_sqlite_purges_expired_counters_in_batches_on_writes(tmp_path: Pat
         for n in range(5):
             await store.acquire([hit(f"rl:old{n}")], T0)  # each expires at T0 + 1
         await store.acquire([item("quota", "rl:day")], T0)
-        await store.acquire([Item("rl:slots", "concurrency", long_lease, token="t")], T0)
+        await store.acquire([Item("rl:{alice}:slots", "concurrency", long_lease, token="t")], T0)
         await store.acquire([hit("rl:new0")], T0 + 30)
         assert len(counter_keys(store)) == 8  # five expired, but it is not purge time yet
 
@@ -382,8 +373,8 @@ async def test_sqlite_purges_expired_counters_in_batches_on_writes(tmp_path: Pat
         assert len(counter_keys(store)) == 8
         for n in range(3, 8):
             await store.acquire([hit(f"rl:new{n}")], T0 + 58 + n)
-            assert {"rl:day", "rl:slots", f"rl:new{n}"} <= counter_keys(store)
-        assert counter_keys(store) == {"rl:day", "rl:slots", "rl:new7"}
+            assert {"rl:day", "rl:{alice}:slots", f"rl:new{n}"} <= counter_keys(store)
+        assert counter_keys(store) == {"rl:day", "rl:{alice}:slots", "rl:new7"}
     finally:
         await store.aclose()
 
@@ -393,9 +384,9 @@ async def test_sqlite_a_released_key_leaves_no_row(tmp_path: Path) -> None:
     try:
         await store.acquire([slot("t0")], T0)
         await store.acquire([slot("t1")], T0)
-        await store.release("rl:slots", "t0", T0)
-        assert counter_keys(store) == {"rl:slots"}
-        await store.release("rl:slots", "t1", T0)
+        await store.release("rl:{alice}:slots", "t0", T0)
+        assert counter_keys(store) == {"rl:{alice}:slots"}
+        await store.release("rl:{alice}:slots", "t1", T0)
         assert counter_keys(store) == set()
     finally:
         await store.aclose()
@@ -429,13 +420,13 @@ async def test_memory_holds_at_most_max_counters_dropping_the_least_recently_use
 
 async def test_memory_a_client_kept_at_its_limit_is_not_the_first_evicted() -> None:
     store = MemoryStore(max_counters=2)
-    assert (await decide(store, minute("rl:alice"), T0)).allowed
-    assert (await decide(store, minute("rl:bob"), T0 + 1)).allowed
+    assert (await decide(store, minute("rl:{alice}"), T0)).allowed
+    assert (await decide(store, minute("rl:{bob}"), T0 + 1)).allowed
     # Alice keeps knocking: she is the most recently used key, though refused.
-    assert not (await decide(store, minute("rl:alice"), T0 + 2)).allowed
-    assert (await decide(store, minute("rl:carol"), T0 + 3)).allowed
+    assert not (await decide(store, minute("rl:{alice}"), T0 + 2)).allowed
+    assert (await decide(store, minute("rl:{carol}"), T0 + 3)).allowed
     # Bob, unused since T0 + 1, made room; evicting Alice would hand her a fresh limit.
-    assert not (await decide(store, minute("rl:alice"), T0 + 4)).allowed
+    assert not (await decide(store, minute("rl:{alice}"), T0 + 4)).allowed
 
 
 async def test_memory_max_counters_must_be_positive() -> None:

@@ -112,7 +112,8 @@ def test_store_from_url(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("mysql://x", r"expected one of the schemes \['memory', 'sqlite'\], got 'mysql'"),
+        ("mysql://x", r"expected one of the schemes \['memory', 'postgres', .*\], got 'mysql'"),
+        ("mysql://u:hunter2@x", r"'mysql://u:\*\*\*@x'"),
         ("sqlite://", "expected a database file"),
         ("memory://?max_records=lots", "max_records: expected an integer, got 'lots'"),
         ("memory://?colour=blue", r"unknown options \['colour'\]"),

@@ -147,10 +147,21 @@ class RateLimitPolicy:
 
 @lru_cache(maxsize=65536)  # the same clients come back: skip the hashing
 def limit_key(policy: str, limit: Limit, principal: str, route: str) -> str:
-    """The store key of one limit for one principal (and route): stable across reloads."""
+    """The store key of one limit for one principal (and route): stable across reloads.
+
+    ``rl:{<principal tag>}:<policy>:<digest>``: the braces are a Redis Cluster hash tag,
+    so every limit of one principal lives in one slot and a request's limits are still
+    decided by one atomic script.
+    """
     identity = f"{limit.algorithm}|{limit.window:g}|{limit.period or ''}|{limit.timezone}"
     material = "\x1f".join((policy, identity, principal, route)).encode()
-    return f"rl:{policy}:" + hashlib.blake2b(material, digest_size=16).hexdigest()
+    digest = hashlib.blake2b(material, digest_size=16).hexdigest()
+    return f"rl:{{{_principal_tag(principal)}}}:{policy}:{digest}"
+
+
+@lru_cache(maxsize=65536)
+def _principal_tag(principal: str) -> str:
+    return hashlib.blake2b(principal.encode(), digest_size=6).hexdigest()
 
 
 def _fail(policy: str, name: str, expected: str, got: object) -> NoReturn:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from surefoot.errors import ConfigurationError
@@ -13,21 +15,54 @@ from surefoot.storage.sqlite import SqliteStore
 __all__ = ["STORES", "store_from_url"]
 
 
-def _memory(path: str, options: dict[str, str]) -> IdempotencyStore:
-    return MemoryStore(max_records=_int(options.pop("max_records", "10000"), "max_records"))
+def _memory(url: str) -> IdempotencyStore:
+    options = _options(url)
+    store = MemoryStore(max_records=_int(options.pop("max_records", "10000"), "max_records"))
+    _no_more(url, options)
+    return store
 
 
-def _sqlite(path: str, options: dict[str, str]) -> IdempotencyStore:
+def _sqlite(url: str) -> IdempotencyStore:
+    path = urlsplit(url).path
+    path = path[1:] if path.startswith("/") else path
     if not path:
         raise ConfigurationError(
             "store URL: expected a database file, as in sqlite:///relative.db or sqlite:////abs.db"
         )
+    options = _options(url)
     synchronous = options.pop("synchronous", "NORMAL").upper()
     if synchronous not in ("NORMAL", "FULL"):
         raise ConfigurationError(
             f"store URL: synchronous: expected NORMAL or FULL, got {synchronous!r}"
         )
+    _no_more(url, options)
     return SqliteStore(path, synchronous="FULL" if synchronous == "FULL" else "NORMAL")
+
+
+def _lazy(module: str, cls: str, extra: str) -> Callable[[str], IdempotencyStore]:
+    """A factory for a store whose driver comes with an optional extra."""
+
+    def factory(url: str) -> IdempotencyStore:
+        try:
+            store_cls: Any = getattr(importlib.import_module(module), cls)
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"store URL {_safe(url)!r}: {cls} needs its driver: "
+                f"pip install 'surefoot[{extra}]' ({exc})"
+            ) from None
+        store: IdempotencyStore = store_cls.from_url(url)
+        return store
+
+    return factory
+
+
+def _options(url: str) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(url).query))
+
+
+def _no_more(url: str, options: dict[str, str]) -> None:
+    if options:
+        raise ConfigurationError(f"store URL {_safe(url)!r}: unknown options {sorted(options)}")
 
 
 def _int(value: str, name: str) -> int:
@@ -37,10 +72,27 @@ def _int(value: str, name: str) -> int:
         raise ConfigurationError(f"store URL: {name}: expected an integer, got {value!r}") from None
 
 
-#: URL scheme -> factory(path, query options). Extended by the Redis and PostgreSQL stores.
-STORES: dict[str, Callable[[str, dict[str, str]], IdempotencyStore]] = {
+def _safe(url: str) -> str:
+    """``url`` without its password, for error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+_redis = _lazy("surefoot.storage.redis", "RedisStore", "redis")
+_postgres = _lazy("surefoot.storage.postgres", "PostgresStore", "postgres")
+
+#: URL scheme -> factory(url). Each factory validates its own options.
+STORES: dict[str, Callable[[str], IdempotencyStore]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "redis": _redis,
+    "rediss": _redis,
+    "redis+cluster": _redis,
+    "postgresql": _postgres,
+    "postgres": _postgres,
 }
 
 
@@ -52,19 +104,17 @@ def store_from_url(url: str) -> IdempotencyStore:
         MemoryStore(max_records=10000)
         >>> store_from_url("sqlite:///idempotency.db")  # relative; sqlite:////abs.db is absolute
         SqliteStore('idempotency.db')
+        >>> store_from_url("redis://127.0.0.1:6379/0?prefix=api:")  # needs surefoot[redis]
+        >>> store_from_url("postgresql://app@db/app")  # needs surefoot[postgres]
 
     Raises:
         ConfigurationError: unknown scheme or bad options, naming what is expected.
     """
-    parts = urlsplit(url)
-    factory = STORES.get(parts.scheme)
+    scheme = urlsplit(url).scheme
+    factory = STORES.get(scheme)
     if factory is None:
         raise ConfigurationError(
-            f"store URL {url!r}: expected one of the schemes {sorted(STORES)}, got {parts.scheme!r}"
+            f"store URL {_safe(url)!r}: expected one of the schemes {sorted(STORES)}, "
+            f"got {scheme!r}"
         )
-    path = parts.path[1:] if parts.path.startswith("/") else parts.path
-    options = dict(parse_qsl(parts.query))
-    store = factory(path, options)
-    if options:
-        raise ConfigurationError(f"store URL {url!r}: unknown options {sorted(options)}")
-    return store
+    return factory(url)
