@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -31,3 +37,72 @@ def service_url(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return url
+
+
+#: Store kinds the suites run over; the network ones need their server.
+STORE_KINDS = ["memory", "sqlite", "redis", "redis_cluster", "postgres"]
+
+
+@contextlib.asynccontextmanager
+async def store_url(
+    kind: str, tmp_path: Path, *, clock: str = "caller", options: str = ""
+) -> AsyncIterator[str]:
+    """The URL of a fresh, empty store of ``kind`` (its own SQLite file, Redis key prefix or
+    PostgreSQL schema), dropped afterwards. ``options`` are extra URL query options."""
+    extra = f"&{options}" if options else ""
+    if kind == "memory":
+        yield "memory://" + (f"?{options}" if options else "")
+    elif kind == "sqlite":
+        yield f"sqlite:///{tmp_path}/store.db" + (f"?{options}" if options else "")
+    elif kind in ("redis", "redis_cluster"):
+        url = service_url(kind)
+        prefix = f"test:{uuid.uuid4().hex[:12]}:"
+        try:
+            yield f"{url}?prefix={prefix}&clock={clock}{extra}"
+        finally:
+            await _drop_redis_prefix(url, prefix)
+    elif kind == "postgres":
+        from surefoot.storage.postgres import migrate
+
+        dsn = service_url("postgres")
+        schema = f"surefoot_test_{uuid.uuid4().hex[:12]}"
+        await migrate(dsn, schema=schema)
+        try:
+            yield f"{dsn}?schema={schema}&clock={clock}{extra}"
+        finally:
+            import psycopg
+
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+
+
+@contextlib.contextmanager
+def store_url_sync(kind: str, tmp_path: Path, **kwargs: str) -> Iterator[str]:
+    """``store_url`` for synchronous tests (those that spawn processes)."""
+    manager = store_url(kind, tmp_path, **kwargs)
+    url = asyncio.run(manager.__aenter__())
+    try:
+        yield url
+    finally:
+        asyncio.run(manager.__aexit__(None, None, None))
+
+
+async def _drop_redis_prefix(url: str, prefix: str) -> None:
+    from redis.asyncio import Redis, RedisCluster
+
+    client: Any
+    if url.startswith("redis+cluster://"):
+        client = RedisCluster.from_url("redis://" + url.removeprefix("redis+cluster://"))
+        nodes = client.get_primaries()
+    else:
+        client, nodes = Redis.from_url(url), [None]
+    try:
+        for node in nodes:
+            extra = {} if node is None else {"target_nodes": node}
+            keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000, **extra)]
+            for key in keys:
+                await client.delete(key)
+    finally:
+        await client.aclose()

@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from surefoot.errors import SurefootError
 from surefoot.idempotency import Begin, IdempotencyMiddleware, IdempotencyPolicy, scoped_key
-from surefoot.storage import SqliteStore
+from surefoot.storage import SqliteStore, store_from_url
 from surefoot.testing import ManualClock
 
 T0 = 1_700_000_000.0
@@ -127,7 +127,7 @@ def write_result(path: Path, result: object) -> None:
 
 def storm_worker(
     index: int,
-    db: Path,
+    url: str,
     ledger: Path,
     out: Path,
     keys: list[str],
@@ -152,7 +152,7 @@ def storm_worker(
         await asyncio.to_thread(wait_for_others)
 
     async def main() -> list[dict[str, Any]]:
-        store = SqliteStore(db)
+        store: Any = store_from_url(url)
         app = build_app(
             store=store,
             clock=ManualClock(T0),

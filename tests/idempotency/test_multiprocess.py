@@ -1,4 +1,7 @@
-"""Idempotency across real OS processes sharing one SQLite file.
+"""Idempotency across real OS processes sharing one store.
+
+The storms run over every shared store (one SQLite file, Redis, Redis Cluster,
+PostgreSQL); the crash and takeover scenarios over SQLite, the embedded default.
 
 Workers are processes made with the "spawn" start method, running the functions of
 ``_multiprocess_workers`` beside this file (pytest puts this directory on ``sys.path``
@@ -38,8 +41,9 @@ from _multiprocess_workers import (
     storm_worker,
 )
 
+from _services import store_url_sync
 from surefoot.idempotency import State, StoredResponse, scoped_key
-from surefoot.storage import SqliteStore
+from surefoot.storage import SqliteStore, store_from_url
 from surefoot.testing import ManualClock
 
 pytestmark = pytest.mark.slow
@@ -94,10 +98,21 @@ def join_all(processes: list[BaseProcess]) -> None:
     assert [p.exitcode for p in processes] == [0] * len(processes)
 
 
+@pytest.fixture(params=["sqlite", "redis", "redis_cluster", "postgres"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """One store every process opens by URL, set up before the workers start."""
+    kind: str = request.param
+    options = "lock_timeout=30" if kind == "sqlite" else "timeout=30"
+    with store_url_sync(kind, tmp_path, options=options) as url:
+        keeper: Any = store_from_url(url)
+        yield url
+        asyncio.run(keeper.aclose())
+
+
 def run_storm(
     spawn: Callable[..., BaseProcess],
     tmp_path: Path,
-    db: Path,
+    url: str,
     keys_of: Callable[[int], list[str]],
     *,
     hold_until: int,
@@ -108,7 +123,9 @@ def run_storm(
     ledger = tmp_path / "ledger"
     outs = [tmp_path / f"worker{i}.json" for i in range(WORKERS)]
     workers = [
-        spawn(storm_worker, i, db, ledger, outs[i], keys_of(i), barrier, answered, cond, hold_until)
+        spawn(
+            storm_worker, i, url, ledger, outs[i], keys_of(i), barrier, answered, cond, hold_until
+        )
         for i in range(WORKERS)
     ]
     join_all(workers)
@@ -119,12 +136,14 @@ def run_storm(
 
 
 def test_identical_requests_from_four_processes_execute_once(
-    spawn: Callable[..., BaseProcess], tmp_path: Path, db: Path
+    spawn: Callable[..., BaseProcess], tmp_path: Path, shared_url: str
 ) -> None:
     total = WORKERS * PER_WORKER
     ledger = tmp_path / "ledger"
 
-    responses = run_storm(spawn, tmp_path, db, lambda i: [KEY] * PER_WORKER, hold_until=total - 1)
+    responses = run_storm(
+        spawn, tmp_path, shared_url, lambda i: [KEY] * PER_WORKER, hold_until=total - 1
+    )
 
     assert len(read_ledger(ledger)) == 1
     originals = [r for r in responses if r["status"] == 201 and r["replayed"] is None]
@@ -143,7 +162,7 @@ def test_identical_requests_from_four_processes_execute_once(
 
     # Any process replays the stored response afterwards, without executing again.
     async def retry() -> httpx.Response:
-        store = SqliteStore(db)
+        store: Any = store_from_url(shared_url)
         app = build_app(store=store, clock=ManualClock(T0 + 1), ledger=ledger, who="parent")
         try:
             async with client_for(app) as client:
@@ -158,19 +177,19 @@ def test_identical_requests_from_four_processes_execute_once(
 
 
 def test_distinct_keys_from_four_processes_each_execute_once(
-    spawn: Callable[..., BaseProcess], tmp_path: Path, db: Path
+    spawn: Callable[..., BaseProcess], tmp_path: Path, shared_url: str
 ) -> None:
     total = WORKERS * PER_WORKER
     keys = [f"order-{n:03d}" for n in range(total)]
 
-    responses = run_storm(spawn, tmp_path, db, lambda i: keys[i::WORKERS], hold_until=0)
+    responses = run_storm(spawn, tmp_path, shared_url, lambda i: keys[i::WORKERS], hold_until=0)
 
     assert [(r["status"], r["replayed"]) for r in responses] == [(201, None)] * total
     executed = [key for _, key in read_ledger(tmp_path / "ledger")]
     assert sorted(executed) == keys
 
     async def completed() -> list[str]:
-        store = SqliteStore(db)
+        store: Any = store_from_url(shared_url)
         try:
             rows = await store.records(T0 + 1, state=State.COMPLETED, limit=10 * total)
         finally:

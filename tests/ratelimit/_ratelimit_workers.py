@@ -1,8 +1,9 @@
 """Worker processes of ``test_ratelimit_multiprocess.py``, and the scenarios they share.
 
 Kept apart from the tests so that a spawned worker imports only what it runs (no
-pytest). Every worker opens its own ``SqliteStore`` on the shared file and plays every
-scenario in ``SCENARIOS``, in order: all workers meet at a barrier, then each fires
+pytest). Every worker opens its own store from the shared store URL (one SQLite file,
+one Redis or Redis Cluster key prefix, one PostgreSQL schema) and plays every scenario
+in ``SCENARIOS``, in order: all workers meet at a barrier, then each fires
 ``PER_WORKER`` acquires on the scenario's one key at once (``asyncio.gather``). It writes
 what each acquire decided to a JSON file for the parent.
 
@@ -29,11 +30,10 @@ from typing import Any
 
 from surefoot.errors import SurefootError
 from surefoot.ratelimit import Item, Limit
-from surefoot.storage import SqliteStore
+from surefoot.storage import store_from_url
 
 T0 = 1_700_000_000.0
-WORKERS = 4
-PER_WORKER = 50
+PER_WORKER = 64
 GUARD = 30.0  # seconds a wait may last before the test fails instead of hanging
 
 
@@ -47,7 +47,7 @@ class Scenario:
 
     @property
     def key(self) -> str:
-        return f"rl:{self.name}"
+        return f"rl:{{storm}}:{self.name}"
 
     @property
     def algorithm(self) -> str:
@@ -59,7 +59,7 @@ class Scenario:
 
 
 def _scenarios() -> list[Scenario]:
-    # Limits no worker reaches alone (it sends PER_WORKER = 50): several workers' requests
+    # Limits no worker reaches alone (it sends PER_WORKER = 64): several workers' requests
     # must be counted together, or the total overshoots.
     at_once = [
         Scenario(name, Limit(120, 60, algorithm=name))
@@ -73,12 +73,13 @@ def _scenarios() -> list[Scenario]:
     at_once.append(Scenario("concurrency", Limit(120, 1, algorithm="concurrency", lease=30.0)))
     # One every 1/64 s, delayed 1.5 s at most: 97 places in the queue.
     at_once.append(Scenario("leaky_queue", Limit(64, 1, algorithm="leaky_queue", max_wait=1.5)))
-    # 40 requests per step against a burst of 24 and a refill of 16 per step.
+    # 16 requests per worker and step (64 or more in all) against a burst of 24 and a
+    # refill of 16 per step.
     stepped = [
         Scenario(
             f"{name}_{pace}",
             Limit(32, 1, algorithm=name, burst=24),
-            steps=5,
+            steps=4,
             step=0.5,
             lockstep=pace == "lockstep",
         )
@@ -92,14 +93,14 @@ SCENARIOS = {scenario.name: scenario for scenario in _scenarios()}
 assert all(PER_WORKER % scenario.steps == 0 for scenario in SCENARIOS.values())
 
 
-def storm_worker(index: int, db: Path, out: Path, barrier: Any) -> None:
+def storm_worker(index: int, url: str, out: Path, barrier: Any) -> None:
     """Play every scenario with the other workers; write each acquire's outcome to ``out``.
 
     An outcome is ``[step, allowed, remaining, delay, error]``; ``error`` names a
     ``SurefootError`` (such as ``StoreUnavailable``) instead of failing the worker.
     """
 
-    async def one(store: SqliteStore, scenario: Scenario, step: int, n: int) -> list[Any]:
+    async def one(store: Any, scenario: Scenario, step: int, n: int) -> list[Any]:
         item = Item(scenario.key, scenario.algorithm, scenario.limit, token=f"w{index}-{n}")
         try:
             _, [decision] = await store.acquire([item], scenario.now(step))
@@ -107,7 +108,7 @@ def storm_worker(index: int, db: Path, out: Path, barrier: Any) -> None:
             return [step, False, 0, 0.0, repr(exc)]
         return [step, decision.allowed, decision.remaining, decision.delay, None]
 
-    async def play(store: SqliteStore, scenario: Scenario) -> list[list[Any]]:
+    async def play(store: Any, scenario: Scenario) -> list[list[Any]]:
         per_step = PER_WORKER // scenario.steps
         outcomes: list[list[Any]] = []
         barrier.wait(GUARD)
@@ -119,7 +120,7 @@ def storm_worker(index: int, db: Path, out: Path, barrier: Any) -> None:
         return outcomes
 
     async def main() -> dict[str, list[list[Any]]]:
-        store = SqliteStore(db, lock_timeout=GUARD)
+        store: Any = store_from_url(url)
         try:
             return {name: await play(store, s) for name, s in SCENARIOS.items()}
         finally:

@@ -35,8 +35,11 @@ def _sqlite(url: str) -> IdempotencyStore:
         raise ConfigurationError(
             f"store URL: synchronous: expected NORMAL or FULL, got {synchronous!r}"
         )
+    lock_timeout = _float(options.pop("lock_timeout", "5"), "lock_timeout")
     _no_more(url, options)
-    return SqliteStore(path, synchronous="FULL" if synchronous == "FULL" else "NORMAL")
+    return SqliteStore(
+        path, synchronous="FULL" if synchronous == "FULL" else "NORMAL", lock_timeout=lock_timeout
+    )
 
 
 def _lazy(module: str, cls: str, extra: str) -> Callable[[str], IdempotencyStore]:
@@ -70,6 +73,13 @@ def _int(value: str, name: str) -> int:
         return int(value)
     except ValueError:
         raise ConfigurationError(f"store URL: {name}: expected an integer, got {value!r}") from None
+
+
+def _float(value: str, name: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(f"store URL: {name}: expected seconds, got {value!r}") from None
 
 
 def _safe(url: str) -> str:
