@@ -22,6 +22,7 @@ from surefoot.idempotency._core import (
     scoped_key,
 )
 from surefoot.idempotency._events import (
+    ExecutedUnprotected,
     IdempotencyEvent,
     KeyInvalid,
     KeyMissing,
@@ -35,13 +36,18 @@ from surefoot.idempotency._events import (
     ResponseReplayed,
     ResponseStored,
     StaleFinish,
+    StoreBypassed,
     StoreFailed,
 )
 from surefoot.idempotency._policy import IdempotencyPolicy
 from surefoot.idempotency.middleware import IdempotencyMiddleware
+from surefoot.idempotency.transactional import AsyncClaim, Claim, TransactionalKeys
 
 __all__ = [
+    "AsyncClaim",
     "Begin",
+    "Claim",
+    "ExecutedUnprotected",
     "IdempotencyEvent",
     "IdempotencyMiddleware",
     "IdempotencyPolicy",
@@ -66,8 +72,10 @@ __all__ = [
     "StaleFinish",
     "State",
     "Step",
+    "StoreBypassed",
     "StoreFailed",
     "StoredResponse",
+    "TransactionalKeys",
     "Unknown",
     "scoped_key",
 ]

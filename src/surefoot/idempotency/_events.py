@@ -13,6 +13,7 @@ from typing import ClassVar
 from surefoot.events import Event
 
 __all__ = [
+    "ExecutedUnprotected",
     "IdempotencyEvent",
     "KeyInvalid",
     "KeyMissing",
@@ -26,6 +27,7 @@ __all__ = [
     "ResponseReplayed",
     "ResponseStored",
     "StaleFinish",
+    "StoreBypassed",
     "StoreFailed",
 ]
 
@@ -146,9 +148,43 @@ class StaleFinish(IdempotencyEvent):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StoreFailed(IdempotencyEvent):
-    """The store failed; the request was answered 503 without executing (``phase`` says when)."""
+    """This request's store call failed; ``action`` says what followed.
+
+    ``phase`` ``"begin"``: ``action`` is ``"fail_closed"`` (503, nothing executed) or
+    ``"fail_open"`` (executed unprotected). ``phase`` ``"finish"`` (after the handler ran):
+    ``action`` is ``"left_to_lease"``: the client got the handler's response and the
+    reservation stays until its lease expires.
+    """
 
     name: ClassVar[str] = "idempotency.store_failed"
     level: ClassVar[int] = logging.ERROR
     phase: str  # "begin" or "finish"
+    action: str  # "fail_closed", "fail_open" or "left_to_lease"
     error: str  # the exception's class name, never its text
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StoreBypassed(IdempotencyEvent):
+    """The store is down: it was not called, and ``action`` followed (as for ``StoreFailed``).
+
+    One per protected request during an outage; the outage itself is one
+    ``surefoot.storage.StoreDown`` and one ``StoreRecovered``.
+    """
+
+    name: ClassVar[str] = "idempotency.store_bypassed"
+    phase: str
+    action: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExecutedUnprotected(IdempotencyEvent):
+    """The store was down and the route fails open: the request executed without a key.
+
+    A retry of it may have executed twice; its response carried
+    ``Idempotency-Status: unprotected``. ``reason`` is ``"store_failed"`` (this request's
+    call failed) or ``"store_down"`` (the store was known to be down).
+    """
+
+    name: ClassVar[str] = "idempotency.unprotected"
+    level: ClassVar[int] = logging.WARNING
+    reason: str

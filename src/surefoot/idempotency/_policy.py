@@ -45,11 +45,20 @@ class IdempotencyPolicy:
             409 ``idempotency_request_in_progress`` (0: answer at once).
         header: the request header carrying the key.
         body_field: a top-level JSON body field that may carry the key instead.
+        on_store_error: while the store is down, ``"fail_closed"`` answers 503
+            ``store_unavailable`` without executing; ``"fail_open"`` executes the request
+            without idempotency protection, marks its response
+            ``Idempotency-Status: unprotected`` and emits ``ExecutedUnprotected``.
 
     Warning:
         ``on_server_error="release"`` re-executes a request whose handler failed after
         doing part of its work unless that work was rolled back. Use it only for
         transactional handlers.
+
+    Warning:
+        ``on_store_error="fail_open"`` executes a retry of a request that already ran, as
+        often as the client retries during an outage: a retried payment is charged twice.
+        Use it only where a duplicate is harmless or caught downstream.
     """
 
     methods: frozenset[str] = frozenset({"POST", "PATCH"})
@@ -65,6 +74,7 @@ class IdempotencyPolicy:
     wait: float = 0.0
     header: str = "Idempotency-Key"
     body_field: str | None = None
+    on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
     ignore_paths: tuple[tuple[str, ...], ...] = field(init=False, repr=False, compare=False)
     header_name: bytes = field(init=False, repr=False, compare=False)
 
@@ -88,6 +98,8 @@ class IdempotencyPolicy:
         if any(not (isinstance(s, int) and 400 <= s <= 599) for s in statuses):
             _fail("release_statuses", "HTTP status codes from 400 to 599", sorted(statuses))
         object.__setattr__(self, "release_statuses", statuses)
+        if self.on_store_error not in ("fail_closed", "fail_open"):
+            _fail("on_store_error", "'fail_closed' or 'fail_open'", self.on_store_error)
         if not 0 <= self.wait <= self.lease:
             _fail("wait", "seconds from 0 up to the lease", self.wait)
         if not self.header or not self.header.isascii() or " " in self.header:

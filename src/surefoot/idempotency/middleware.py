@@ -14,12 +14,26 @@ Theory of operation, per request on a protected route and method:
    A request cancelled before its response finished is the one exception: its handler
    may still be running (a thread outlives a cancelled task), so its reservation is
    left to the lease, as for a worker that died, and never released early.
+5. Store outages go through a ``StoreHealth``: after a failure the store is down, and
+   until a probe succeeds no request but the probe calls it. A ``begin`` that fails or is
+   skipped follows the policy's ``on_store_error``: ``fail_closed`` (default) answers 503
+   ``store_unavailable`` with ``Retry-After`` (until the next probe) and executes
+   nothing; ``fail_open`` executes without protection and marks the response
+   ``Idempotency-Status: unprotected``, except for a request that was already told its
+   key is in flight (``wait``), which always fails closed. A ``finish`` that fails or is
+   skipped never changes what the client gets: the reservation is left to its lease.
+   The store's exception and its text never reach a client: the problem is built anew.
+
+No guard timeout is added around store calls here (the rate limiter has one): the stores
+time out on their own, and cutting a ``begin`` that may have reserved the key would leave
+a reservation that ``on_lease_expiry="unknown"`` later reports for a request that never ran.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -39,6 +53,8 @@ from surefoot.errors import (
     IdempotencyRequestInProgress,
     IdempotencyResponseNotStored,
     RequestBodyTooLarge,
+    StoreCapacityExceeded,
+    StoreUnavailable,
     SurefootError,
     problem_body,
 )
@@ -62,12 +78,22 @@ from surefoot.idempotency._fingerprint import NOT_JSON, fingerprint, parse_json_
 from surefoot.idempotency._key import InvalidKey, parse_key
 from surefoot.idempotency._policy import IdempotencyPolicy
 from surefoot.identity import PrincipalResolver, default_principal
+from surefoot.storage._health import (
+    HealthChange,
+    HealthState,
+    StoreDown,
+    StoreHealth,
+    StoreRecovered,
+    failure_name,
+    health_event,
+)
 from surefoot.storage._protocol import IdempotencyStore
 
 __all__ = ["IdempotencyMiddleware"]
 
 MiB = 1024 * 1024
 _REPLAYED = (b"idempotent-replayed", b"true")
+_UNPROTECTED = (b"idempotency-status", b"unprotected")
 _CONFLICT_RETRY_AFTER = 1
 _STORE_RETRY_AFTER = 1
 # Fencing tokens only need to be unique: a random per-process prefix and a counter.
@@ -102,6 +128,9 @@ class IdempotencyMiddleware:
         max_request_body: larger request bodies get 413 without executing.
         max_stored_response: larger responses are streamed but not kept for replay.
         problem_base: base URI of the problem ``type`` members.
+        store_health: tracks the store's outages (default: a ``StoreHealth`` of its own).
+            Pass one ``StoreHealth`` to this and to ``RateLimitMiddleware`` when they
+            share a store, so that an outage one finds spares the other the wait.
     """
 
     def __init__(
@@ -118,6 +147,7 @@ class IdempotencyMiddleware:
         max_request_body: int = MiB,
         max_stored_response: int = MiB,
         problem_base: str = DEFAULT_PROBLEM_BASE,
+        store_health: StoreHealth | None = None,
     ) -> None:
         if not isinstance(store, IdempotencyStore):
             raise ConfigurationError(
@@ -128,8 +158,14 @@ class IdempotencyMiddleware:
             raise ConfigurationError(
                 "IdempotencyMiddleware: expected max_request_body and max_stored_response >= 0"
             )
+        if store_health is not None and not isinstance(store_health, StoreHealth):
+            raise ConfigurationError(
+                "IdempotencyMiddleware.store_health: expected a surefoot.storage.StoreHealth, "
+                f"got {type(store_health).__name__}"
+            )
         self.app = app
         self.store = store
+        self.health = store_health if store_health is not None else StoreHealth()
         self.policy = policy if policy is not None else IdempotencyPolicy()
         self.routes = RouteTable((routes or {}).items())
         self.principal = principal
@@ -319,7 +355,7 @@ class _Responder:
             on_lease_expiry=self.policy.on_lease_expiry,
         )
         started = self.mw.clock.now()
-        decision = await self.begin(request, started)
+        decision = await self.begin(request, started, first=True)
         if decision is None:
             return
         waited = 0.0
@@ -332,20 +368,85 @@ class _Responder:
                     break
                 await self.mw.sleep(min(pause, deadline - now))
                 pause = min(pause * 2, 1.0)
-                decision = await self.begin(request, self.mw.clock.now())
+                decision = await self.begin(request, self.mw.clock.now(), first=False)
                 if decision is None:
                     return
             waited = self.mw.clock.now() - started
         await self.answer(decision, waited=waited)
 
-    async def begin(self, request: Begin, now: float) -> Decision | None:
+    async def begin(self, request: Begin, now: float, *, first: bool) -> Decision | None:
+        """The store's decision, or None when the request was answered without one."""
         assert self.store_key is not None
-        try:
-            return await self.mw.store.begin(self.store_key, request, now)
-        except SurefootError as exc:
-            self.emit(ev.StoreFailed, phase="begin", error=type(exc.__cause__ or exc).__name__)
-            await self.problem(exc)
+        health = self.mw.health
+        permit = health.permit(now)
+        if not permit.call:
+            await self.store_down(None, first=first)
             return None
+        failure: Exception | None = None
+        try:
+            decision = await self.mw.store.begin(self.store_key, request, now)
+        except StoreCapacityExceeded:
+            # The store answered (it is full of in-flight records): not an outage.
+            self.report(health.succeeded(permit, self.mw.clock.now()), None)
+            self.emit(
+                ev.StoreFailed, phase="begin", action="fail_closed", error="StoreCapacityExceeded"
+            )
+            await self.problem(StoreCapacityExceeded(retry_after=_STORE_RETRY_AFTER))
+            return None
+        except Exception as exc:  # StoreUnavailable, or a driver error the store let through
+            self.report(health.failed(permit, self.mw.clock.now()), exc)
+            failure = exc
+        except BaseException:
+            health.abandoned(permit, self.mw.clock.now())
+            raise
+        if failure is not None:
+            await self.store_down(failure, first=first)
+            return None
+        if permit.probe:
+            self.report(health.succeeded(permit, self.mw.clock.now()), None)
+        return decision
+
+    async def store_down(self, failure: Exception | None, *, first: bool) -> None:
+        """Answer while the store is down: 503, or execute unprotected (``fail_open``).
+
+        ``failure`` is this request's failed call, None when the store was not called.
+        """
+        # A request the store already told "in flight" (first=False, waiting) must not run
+        # beside the original, whatever the route says.
+        action = self.policy.on_store_error if first else "fail_closed"
+        if failure is None:
+            self.emit(ev.StoreBypassed, phase="begin", action=action)
+        else:
+            self.emit(ev.StoreFailed, phase="begin", action=action, error=failure_name(failure))
+        if action == "fail_open":
+            reason = "store_down" if failure is None else "store_failed"
+            self.emit(ev.ExecutedUnprotected, reason=reason)
+            await self.mw.app(self.scope, self.replay_receive(), self.unprotected_send)
+            return
+        # A fresh error: what the store raised, and its text, stay in the logs.
+        wait = self.mw.health.retry_after(self.mw.clock.now())
+        await self.problem(StoreUnavailable(retry_after=max(1, math.ceil(wait))))
+
+    async def unprotected_send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), _UNPROTECTED]}
+        await self.send(message)
+
+    def report(self, change: HealthChange | None, failure: Exception | None) -> None:
+        """Emit the one event of an outage's start or end."""
+        if change is None:
+            return
+        cls = StoreDown if change.state is HealthState.DOWN else StoreRecovered
+        if wanted(self.mw.hooks, cls):
+            event = health_event(
+                change,
+                at=self.mw.clock.now(),
+                request_id=self.request_id,
+                store=self.mw.store,
+                layer="idempotency",
+                error="" if failure is None else failure_name(failure),
+            )
+            emit(self.mw.hooks, event)
 
     async def answer(self, decision: Decision, *, waited: float) -> None:
         if isinstance(decision, Reserved):
@@ -464,14 +565,28 @@ class _Responder:
     async def settle(self, token: str) -> None:
         assert self.store_key is not None
         outcome = self.outcome()
-        try:
-            accepted = await self.mw.store.finish(
-                self.store_key, token, outcome, self.mw.clock.now()
-            )
-        except SurefootError as exc:
-            # The lease will expire and the route's on_lease_expiry decides what follows.
-            self.emit(ev.StoreFailed, phase="finish", error=type(exc.__cause__ or exc).__name__)
+        health = self.mw.health
+        now = self.mw.clock.now()
+        permit = health.permit(now)
+        # A finish that cannot happen never changes what the client gets (it has the
+        # handler's response, or its exception): the reservation is left to its lease,
+        # and the route's on_lease_expiry decides what a retry meets after it.
+        if not permit.call:
+            self.emit(ev.StoreBypassed, phase="finish", action="left_to_lease")
             return
+        try:
+            accepted = await self.mw.store.finish(self.store_key, token, outcome, now)
+        except Exception as exc:
+            self.report(health.failed(permit, self.mw.clock.now()), exc)
+            self.emit(
+                ev.StoreFailed, phase="finish", action="left_to_lease", error=failure_name(exc)
+            )
+            return
+        except BaseException:
+            health.abandoned(permit, self.mw.clock.now())
+            raise
+        if permit.probe:
+            self.report(health.succeeded(permit, self.mw.clock.now()), None)
         if not accepted:
             self.emit(ev.StaleFinish, status=self.status)
         elif outcome.step is Step.COMPLETE:

@@ -3,7 +3,8 @@
 Algorithms are pure functions in ``_algorithms`` (``(state, now, cost, limit) ->
 (decision, state)``); ``_core.plan`` decides one request against several limits, all or
 nothing; stores run it atomically; ``RateLimitMiddleware`` (ASGI) and
-``RateLimitDependency`` (FastAPI) are the adapters.
+``RateLimitDependency`` (FastAPI) are the adapters. While the store is down, each policy
+fails open, fails closed or falls back to per-process counters (``on_store_error``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from surefoot.ratelimit._events import (
     RateLimitEvent,
     RateLimitRejected,
     RateLimitShadowRejected,
+    RateLimitStoreBypassed,
     RateLimitStoreFailed,
 )
 from surefoot.ratelimit._limit import ALGORITHMS, Limit, parse_limit
@@ -36,6 +38,7 @@ __all__ = [
     "RateLimitPolicy",
     "RateLimitRejected",
     "RateLimitShadowRejected",
+    "RateLimitStoreBypassed",
     "RateLimitStoreFailed",
     "RateLimited",
     "RateLimiter",

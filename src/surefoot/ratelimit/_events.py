@@ -1,4 +1,10 @@
-"""Events of the rate limiter: every decision, one frozen dataclass each."""
+"""Events of the rate limiter: every decision, one frozen dataclass each.
+
+While the store is down, each request emits ``RateLimitStoreFailed`` when its own store
+call failed, or ``RateLimitStoreBypassed`` when the store was known to be down and not
+called; the outage itself is one ``surefoot.storage.StoreDown`` and one
+``StoreRecovered``.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ __all__ = [
     "RateLimitEvent",
     "RateLimitRejected",
     "RateLimitShadowRejected",
+    "RateLimitStoreBypassed",
     "RateLimitStoreFailed",
 ]
 
@@ -60,9 +67,26 @@ class RateLimitShadowRejected(RateLimitEvent):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RateLimitStoreFailed(RateLimitEvent):
-    """The counter store failed; ``action`` says what the policies chose."""
+    """This request's store call failed; ``action`` says what its policies chose.
+
+    ``action`` is ``"fail_open"`` (admitted unlimited), ``"fail_closed"`` (503) or
+    ``"local_fallback"`` (decided by this process's counters).
+    """
 
     name: ClassVar[str] = "ratelimit.store_failed"
     level: ClassVar[int] = logging.ERROR
-    action: str  # "fail_open" or "fail_closed"
-    error: str  # the exception's class name, never its text
+    action: str
+    error: str  # the exception's class name (``TimeoutError`` for the guard), never its text
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RateLimitStoreBypassed(RateLimitEvent):
+    """The store is down: the request was decided by ``action`` without calling it.
+
+    One per request during an outage, so logged at DEBUG like ``RateLimitAllowed``; count
+    them with a hook.
+    """
+
+    name: ClassVar[str] = "ratelimit.store_bypassed"
+    level: ClassVar[int] = logging.DEBUG
+    action: str

@@ -9,15 +9,31 @@ The engine behind ``RateLimitMiddleware`` and the FastAPI dependency:
 3. Turn the decisions into a ``Verdict``: admitted or not, the problem to answer with,
    the ``RateLimit`` header fields, how long to wait first (``leaky_queue``), and the
    concurrency slots to free when the response ends.
+4. When the store fails (``StoreUnavailable``, a driver error, or no answer within
+   ``store_timeout``), or its ``StoreHealth`` says it is down and this request is not the
+   probe, decide by the policies' ``on_store_error``: any enforced ``fail_closed`` policy
+   answers 503 ``store_unavailable`` (``Retry-After``: until the next probe); else the
+   ``local_fallback`` policies are decided by this process's ``MemoryStore``, each
+   limit's amount (and burst) divided by ``fallback_workers``, rounded down, at least 1;
+   else the request is admitted unlimited (``fail_open``).
+
+The guard timeout exists because the limiter is on every request's path: the network
+stores give up after their own short timeout, but a store without one (a custom store, a
+SQLite file whose lock holder is stuck) would otherwise hold every request. It defaults
+to 1 s, well above the network stores' own timeouts so that theirs fire first and name
+the failure, and below any client's patience. A plain ``MemoryStore`` never waits and is
+not guarded: the timer would cost as much as the decision.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import Any, Literal, TypeVar
 
 from surefoot._asgi import Scope, request_id
 from surefoot.clock import Clock, SystemClock
@@ -37,9 +53,20 @@ from surefoot.ratelimit._core import Item
 from surefoot.ratelimit._headers import Reported, legacy_headers, ratelimit_headers, whole_seconds
 from surefoot.ratelimit._limit import Limit
 from surefoot.ratelimit._policy import RateLimitPolicy, limit_key
+from surefoot.storage._health import (
+    HealthChange,
+    HealthState,
+    StoreDown,
+    StoreHealth,
+    StoreRecovered,
+    failure_name,
+    health_event,
+)
 from surefoot.storage._protocol import RateLimitStore
 
 __all__ = ["RateLimiter", "TierResolver", "Verdict"]
+
+T = TypeVar("T")
 
 TierResolver = Callable[[Scope, str], "str | None"]
 
@@ -70,6 +97,8 @@ class Verdict:
     delay: float = 0.0
     #: Concurrency slots to free when the response ends.
     held: list[Item] = field(default_factory=list)
+    #: True when this process's fallback counters decided (the store was down).
+    local: bool = False
 
 
 class RateLimiter:
@@ -87,6 +116,9 @@ class RateLimiter:
         legacy_reset: Literal["seconds", "epoch"] = "seconds",
         clock: Clock | None = None,
         hooks: Sequence[EventHook] | None = None,
+        fallback_workers: int | None = None,
+        store_timeout: float | None = 1.0,
+        store_health: StoreHealth | None = None,
     ) -> None:
         if not isinstance(store, RateLimitStore):
             raise ConfigurationError(
@@ -97,7 +129,36 @@ class RateLimiter:
             raise ConfigurationError(
                 f"legacy_reset: expected 'seconds' or 'epoch', got {legacy_reset!r}"
             )
+        if fallback_workers is not None and (
+            not isinstance(fallback_workers, int)
+            or isinstance(fallback_workers, bool)
+            or fallback_workers < 1
+        ):
+            raise ConfigurationError(
+                "rate limiter fallback_workers: expected how many worker processes share the "
+                f"store, a whole number >= 1, got {fallback_workers!r}"
+            )
+        if store_timeout is not None and not store_timeout > 0:
+            raise ConfigurationError(
+                f"rate limiter store_timeout: expected seconds > 0 or None, got {store_timeout!r}"
+            )
+        if store_health is not None and not isinstance(store_health, StoreHealth):
+            raise ConfigurationError(
+                "rate limiter store_health: expected a surefoot.storage.StoreHealth, "
+                f"got {type(store_health).__name__}"
+            )
+        # Imported here: surefoot.storage.memory imports this package's core.
+        from surefoot.storage.memory import MemoryStore
+
         self.store = store
+        self.fallback_workers = fallback_workers
+        self.store_timeout = store_timeout
+        # A MemoryStore answers without ever waiting, so guarding it would only cost time
+        # (an asyncio timeout costs about as much as a whole in-memory decision).
+        self._guard = None if type(store) is MemoryStore else store_timeout
+        self.health = store_health if store_health is not None else StoreHealth()
+        # Per-process counters for local_fallback policies while the store is down.
+        self._fallback = MemoryStore()
         self.principal = principal
         self.tier = tier
         self.headers = headers
@@ -120,6 +181,12 @@ class RateLimiter:
             raise ConfigurationError(f"rate limiter policies: names must be unique, got {names}")
         supported = self.store.rate_limit_algorithms
         for policy in policies:
+            if policy.on_store_error == "local_fallback" and self.fallback_workers is None:
+                raise ConfigurationError(
+                    f"RateLimitPolicy {policy.name!r}.on_store_error: 'local_fallback' expects "
+                    "the rate limiter's fallback_workers (how many worker processes share "
+                    "the store, so that each admits its share), got fallback_workers=None"
+                )
             for limits in (policy.limits, *policy.tiers.values(), *policy.overrides.values()):
                 for limit in limits:
                     assert isinstance(limit, Limit)
@@ -166,10 +233,35 @@ class RateLimiter:
         if not checks:
             return None
         now = self.clock.now()
+        health = self.health
+        permit = health.permit(now)
+        if not permit.call:
+            return self._outage(scope, principal, checks, now, None)
         try:
-            admitted, decisions = await self.store.acquire([c.item for c in checks], now)
-        except SurefootError as exc:
-            return self._store_failed(scope, principal, checks, exc)
+            admitted, decisions = await self._guarded(
+                self.store.acquire([c.item for c in checks], now)
+            )
+        except Exception as exc:  # StoreUnavailable, the guard's TimeoutError, a driver error
+            self._report(scope, health.failed(permit, self.clock.now()), exc)
+            return self._outage(scope, principal, checks, self.clock.now(), exc)
+        except BaseException:
+            health.abandoned(permit, self.clock.now())
+            raise
+        if permit.probe:
+            self._report(scope, health.succeeded(permit, self.clock.now()), None)
+        return self._verdict(scope, principal, checks, admitted, decisions, now)
+
+    def _verdict(
+        self,
+        scope: Scope,
+        principal: str,
+        checks: list[_Check],
+        admitted: bool,
+        decisions: list[RateLimitDecision],
+        now: float,
+        *,
+        local: bool = False,
+    ) -> Verdict:
         enforced = []
         for check, decision in zip(checks, decisions, strict=True):
             if check.item.enforce:
@@ -197,14 +289,31 @@ class RateLimiter:
             policies = tuple(dict.fromkeys(c.policy.name for c in checks))
             self._emit(ev.RateLimitAllowed, scope, principal, policies=policies, delay=delay)
         held = [c.item for c in checks if c.item.token]
-        return Verdict(True, None, headers, delay, held)
+        return Verdict(True, None, headers, delay, held, local)
 
     async def release(self, verdict: Verdict) -> None:
-        """Free the verdict's concurrency slots (a failure leaves them to their lease)."""
+        """Free the verdict's concurrency slots.
+
+        A failure, or a store known to be down, leaves them to their lease: a release
+        never waits for a store that is down and never serves as its probe.
+        """
         now = self.clock.now()
+        if verdict.local:
+            for item in verdict.held:
+                await self._fallback.release(item.key, item.token, now)
+            return
         for item in verdict.held:
-            with contextlib.suppress(SurefootError):
-                await self.store.release(item.key, item.token, now)
+            if not self.health.healthy:
+                return
+            with contextlib.suppress(Exception):
+                await self._guarded(self.store.release(item.key, item.token, now))
+
+    async def _guarded(self, call: Awaitable[T]) -> T:
+        """Await a store call, cut off after ``store_timeout`` (``TimeoutError``)."""
+        if self._guard is None:
+            return await call
+        async with asyncio.timeout(self._guard):
+            return await call
 
     def _headers(
         self, enforced: list[tuple[_Check, RateLimitDecision]], now: float, *, rejected: bool
@@ -242,21 +351,58 @@ class RateLimiter:
         }
         return problem(**fields)
 
-    def _store_failed(
-        self, scope: Scope, principal: str, checks: list[_Check], exc: SurefootError
+    def _outage(
+        self,
+        scope: Scope,
+        principal: str,
+        checks: list[_Check],
+        now: float,
+        exc: Exception | None,
     ) -> Verdict:
-        closed = any(c.policy.on_store_error == "fail_closed" for c in checks if c.item.enforce)
-        self._emit(
-            ev.RateLimitStoreFailed,
-            scope,
-            principal,
-            action="fail_closed" if closed else "fail_open",
-            error=type(exc.__cause__ or exc).__name__,
-        )
-        if not closed:
+        """Decide without the store: ``exc`` is this request's failure, None if skipped."""
+        if any(c.policy.on_store_error == "fail_closed" for c in checks if c.item.enforce):
+            action = "fail_closed"
+        elif any(c.policy.on_store_error == "local_fallback" for c in checks):
+            action = "local_fallback"
+        else:
+            action = "fail_open"
+        if exc is None:
+            self._emit(ev.RateLimitStoreBypassed, scope, principal, action=action)
+        else:
+            self._emit(
+                ev.RateLimitStoreFailed, scope, principal, action=action, error=failure_name(exc)
+            )
+        if action == "fail_open":
             return Verdict(True)
-        error = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(retry_after=1)
-        return Verdict(False, error)
+        if action == "fail_closed":
+            # A fresh error: whatever the store raised (and its text) stays in the logs.
+            retry_after = max(1, whole_seconds(self.health.retry_after(now)))
+            return Verdict(False, StoreUnavailable(retry_after=retry_after))
+        assert self.fallback_workers is not None  # update_policies made sure of it
+        workers = self.fallback_workers
+        local = [
+            _Check(c.policy, c.name, c.item._replace(limit=_share(c.item.limit, workers)))
+            for c in checks
+            if c.policy.on_store_error == "local_fallback"
+        ]
+        admitted, decisions = self._fallback.acquire_now([c.item for c in local], now)
+        return self._verdict(scope, principal, local, admitted, decisions, now, local=True)
+
+    def _report(self, scope: Scope, change: HealthChange | None, exc: Exception | None) -> None:
+        """Emit the one event of an outage's start or end."""
+        if change is None:
+            return
+        cls = StoreDown if change.state is HealthState.DOWN else StoreRecovered
+        if wanted(self.hooks, cls):
+            event = health_event(
+                change,
+                at=self.clock.now(),
+                request_id=request_id(scope),
+                store=self.store,
+                layer="ratelimit",
+                error="" if exc is None else failure_name(exc),
+            )
+            emit(self.hooks, event)
 
     def _emit(
         self, cls: type[ev.RateLimitEvent], scope: Scope, principal: str, **fields: object
@@ -271,6 +417,13 @@ class RateLimiter:
                 **fields,
             )
             emit(self.hooks, event)
+
+
+@lru_cache(maxsize=4096)
+def _share(limit: Limit, workers: int) -> Limit:
+    """One process's share of ``limit``: amount and burst divided, rounded down, at least 1."""
+    burst = None if limit.burst is None else max(1, limit.burst // workers)
+    return replace(limit, amount=max(1, limit.amount // workers), burst=burst)
 
 
 def _label(limit: Limit) -> str:

@@ -24,6 +24,9 @@ __all__ = ["RateLimitPolicy", "limit_key"]
 
 LimitSpec = str | Limit
 
+#: What a policy may do while the store is down.
+STORE_ERROR_ACTIONS = ("fail_open", "fail_closed", "local_fallback")
+
 
 @dataclass(frozen=True)
 class RateLimitPolicy:
@@ -55,8 +58,11 @@ class RateLimitPolicy:
             places in that tier.
         overrides: principal -> limits, for single clients (wins over tiers).
         shadow: decide, count and report what would be rejected, but never reject.
-        on_store_error: ``"fail_open"`` lets requests through while the store is down,
-            ``"fail_closed"`` answers 503.
+        on_store_error: what to do while the store is down (see ``docs/ratelimit.md``):
+            ``"fail_open"`` lets requests through unlimited, ``"fail_closed"`` answers 503
+            ``store_unavailable``, ``"local_fallback"`` limits with this process's own
+            counters, each limit's amount divided by the rate limiter's
+            ``fallback_workers``.
     """
 
     name: str
@@ -71,7 +77,7 @@ class RateLimitPolicy:
     tiers: Mapping[str, Sequence[LimitSpec]] = field(default_factory=dict)
     overrides: Mapping[str, Sequence[LimitSpec]] = field(default_factory=dict)
     shadow: bool = False
-    on_store_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    on_store_error: Literal["fail_open", "fail_closed", "local_fallback"] = "fail_open"
     _route_table: RouteTable[bool] = field(init=False, repr=False, compare=False)
     _exempt_table: RouteTable[bool] = field(init=False, repr=False, compare=False)
     _cost_table: RouteTable[int] = field(init=False, repr=False, compare=False)
@@ -98,8 +104,13 @@ class RateLimitPolicy:
             if not isinstance(cost, int) or cost < 1:
                 _fail(self.name, f"costs[{template!r}]", "a positive whole number", cost)
         set_(self, "costs", dict(self.costs))
-        if self.on_store_error not in ("fail_open", "fail_closed"):
-            _fail(self.name, "on_store_error", "'fail_open' or 'fail_closed'", self.on_store_error)
+        if self.on_store_error not in STORE_ERROR_ACTIONS:
+            _fail(
+                self.name,
+                "on_store_error",
+                "'fail_open', 'fail_closed' or 'local_fallback'",
+                self.on_store_error,
+            )
         # Route tables, compiled once (their errors name the bad template).
         set_(self, "_route_table", RouteTable((t, True) for t in self.routes))
         set_(self, "_exempt_table", RouteTable((t, True) for t in self.exempt))

@@ -29,6 +29,7 @@ from surefoot.events import EventHook
 from surefoot.identity import PrincipalResolver, default_principal
 from surefoot.ratelimit._limiter import RateLimiter, TierResolver
 from surefoot.ratelimit._policy import RateLimitPolicy
+from surefoot.storage._health import StoreHealth
 from surefoot.storage._protocol import RateLimitStore
 
 try:  # FastAPI reads the parameter annotations to inject the request and response.
@@ -52,8 +53,10 @@ class RateLimited(Exception):
 class RateLimitDependency:
     """A FastAPI dependency applying rate-limit policies to the endpoints that use it.
 
-    Takes the same arguments as ``RateLimitMiddleware`` (without ``app``). The policies'
-    ``routes`` still filter: leave them empty to cover every endpoint using the dependency.
+    Takes the same arguments as ``RateLimitMiddleware`` (without ``app``), including
+    ``fallback_workers``, ``store_timeout`` and ``store_health`` for store outages. The
+    policies' ``routes`` still filter: leave them empty to cover every endpoint using the
+    dependency.
     """
 
     def __init__(
@@ -69,6 +72,9 @@ class RateLimitDependency:
         clock: Clock | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         hooks: Sequence[EventHook] | None = None,
+        fallback_workers: int | None = None,
+        store_timeout: float | None = 1.0,
+        store_health: StoreHealth | None = None,
     ) -> None:
         self.limiter = RateLimiter(
             store=store,
@@ -80,6 +86,9 @@ class RateLimitDependency:
             legacy_reset=legacy_reset,
             clock=clock,
             hooks=hooks,
+            fallback_workers=fallback_workers,
+            store_timeout=store_timeout,
+            store_health=store_health,
         )
         self.sleep = sleep
 

@@ -1,7 +1,8 @@
 """``RateLimitMiddleware``: pure ASGI, per-client limits from policies.
 
 Per HTTP request: ask the ``RateLimiter`` for a verdict. Refused: answer the problem
-(429, with ``Retry-After`` and the ``RateLimit`` fields) and never call the app.
+(429, with ``Retry-After`` and the ``RateLimit`` fields, or 503 ``store_unavailable``
+when the store is down and a policy fails closed) and never call the app.
 Admitted: wait if a ``leaky_queue`` limit asks to, call the app adding the ``RateLimit``
 fields to its response, and free concurrency slots when it returns, raises, or the
 client goes away (the release is shielded from cancellation; a crashed worker's slots
@@ -21,6 +22,7 @@ from surefoot.events import EventHook
 from surefoot.identity import PrincipalResolver, default_principal
 from surefoot.ratelimit._limiter import RateLimiter, TierResolver
 from surefoot.ratelimit._policy import RateLimitPolicy
+from surefoot.storage._health import StoreHealth
 from surefoot.storage._protocol import RateLimitStore
 
 __all__ = ["RateLimitMiddleware"]
@@ -55,7 +57,22 @@ class RateLimitMiddleware:
             says whether the reset is in seconds from now or an epoch time (GitHub's way).
         clock, sleep: time (tests inject ``ManualClock`` and its ``sleep``).
         hooks: event hooks; default: one ``LoggingHook``.
+        fallback_workers: how many worker processes, on every host, share the store. While
+            it is down, each ``local_fallback`` policy admits per process each limit's
+            amount divided by this, rounded down, at least 1. Required when a policy uses
+            ``local_fallback``: it is a fact of the deployment, not of the policy.
+        store_timeout: seconds to wait for the store before treating it as down (a guard
+            behind the store's own, shorter timeout; None: no guard). A ``MemoryStore``
+            never waits and is not guarded.
+        store_health: tracks the store's outages (default: a ``StoreHealth`` of its own).
+            Pass one ``StoreHealth`` to this and to ``IdempotencyMiddleware`` when they
+            share a store, so that an outage one finds spares the other the wait.
         problem_base: base URI of the problem ``type`` members.
+
+    Warning:
+        While the store is down, ``fail_open`` policies limit nothing, and
+        ``local_fallback`` counters start from zero, knowing nothing of what the store
+        had counted: a quota may be spent again, up to its share per process.
     """
 
     def __init__(
@@ -72,6 +89,9 @@ class RateLimitMiddleware:
         clock: Clock | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         hooks: Sequence[EventHook] | None = None,
+        fallback_workers: int | None = None,
+        store_timeout: float | None = 1.0,
+        store_health: StoreHealth | None = None,
         problem_base: str = DEFAULT_PROBLEM_BASE,
     ) -> None:
         self.app = app
@@ -85,6 +105,9 @@ class RateLimitMiddleware:
             legacy_reset=legacy_reset,
             clock=clock,
             hooks=hooks,
+            fallback_workers=fallback_workers,
+            store_timeout=store_timeout,
+            store_health=store_health,
         )
         self.sleep = sleep
         self.problem_base = problem_base

@@ -8,6 +8,7 @@ contract test suites.
 
 from __future__ import annotations
 
+from surefoot.storage._health import HealthState, StoreDown, StoreHealth, StoreRecovered
 from surefoot.storage._protocol import IdempotencyStore, RateLimitStore
 from surefoot.storage._registry import STORES, store_from_url
 from surefoot.storage.memory import MemoryStore
@@ -15,9 +16,13 @@ from surefoot.storage.sqlite import SqliteStore
 
 __all__ = [
     "STORES",
+    "HealthState",
     "IdempotencyStore",
     "MemoryStore",
     "RateLimitStore",
     "SqliteStore",
+    "StoreDown",
+    "StoreHealth",
+    "StoreRecovered",
     "store_from_url",
 ]
