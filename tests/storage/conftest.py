@@ -21,7 +21,10 @@ from surefoot.storage import store_from_url
 
 @pytest.fixture(params=STORE_KINDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    async with store_url(request.param, tmp_path) as url:
+    # The suites test decisions, not the network stores' 50 ms timeout (their own tests
+    # do): a generous timeout keeps a loaded CI machine from failing them.
+    options = "timeout=1" if request.param in ("redis", "redis_cluster", "postgres") else ""
+    async with store_url(request.param, tmp_path, options=options) as url:
         s: Any = store_from_url(url)
         try:
             yield s

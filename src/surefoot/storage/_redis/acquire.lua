@@ -1,0 +1,412 @@
+-- surefoot: decide rate-limit requests, each all or nothing, in arrival order.
+-- A port of surefoot.ratelimit._algorithms and _core.plan; each function below follows
+-- its Python reference line by line (tests/storage/test_redis_differential.py proves it).
+--
+-- KEYS: the store key of every item of every request, in order.
+-- ARGV[1]: the number of requests; then, per request: its time ('' = the server clock)
+-- and its number of items; then, per item: algorithm, amount, window, capacity,
+-- max_wait, lease, cost, enforce (1/0), token, and the number of candidate quota
+-- periods followed by their (start, end) pairs.
+-- Reply, per request: admitted (1/0), then per item: allowed (1/0), remaining,
+-- reset_after, retry_after, delay (floats as strings).
+--
+-- States are MessagePack arrays (exact doubles) under keys that expire when the state
+-- becomes equivalent to an absent one (Rule 3 of the algorithms).
+
+local function ulp(x)
+  -- math.ulp of Python, for Lua 5.1 which has none.
+  x = math.abs(x)
+  if x == INF then
+    return INF
+  end
+  if x == 0 then
+    return math.ldexp(1, -1074)
+  end
+  local _, e = math.frexp(x)  -- x = m * 2^e with 0.5 <= m < 1
+  local p = e - 53
+  if p < -1074 then
+    p = -1074
+  end
+  return math.ldexp(1, p)
+end
+
+local function slack(now, steps)
+  return (steps + 2) * ulp(now) + EPS
+end
+
+local function pymod(a, b)
+  -- Python's float %: C fmod, then the sign of the divisor.
+  local m = math.fmod(a, b)
+  if m ~= 0 and ((b < 0) ~= (m < 0)) then
+    m = m + b
+  end
+  return m
+end
+
+local function count_in(st, start, stop, now, cost, amount)
+  local count = 0
+  if st ~= nil and st[1] == start then
+    count = st[2]
+  end
+  local reset = stop - now
+  if count + cost <= amount then
+    return true, amount - count - cost, reset, 0, 0, count + cost
+  end
+  local retry = INF
+  if cost <= amount then
+    retry = reset
+  end
+  return false, amount - count, reset, retry, 0, count
+end
+
+local DECIDE, EXPIRES = {}, {}
+
+DECIDE.fixed_window = function(st, now, cost, lim)
+  local start = now - pymod(now, lim.window)
+  local ok, left, reset, retry, delay, count =
+    count_in(st, start, start + lim.window, now, cost, lim.amount)
+  return ok, left, reset, retry, delay, {start, count}
+end
+EXPIRES.fixed_window = function(st, lim)
+  return st[1] + lim.window
+end
+
+DECIDE.quota = function(st, now, cost, lim)
+  -- The caller sends the calendar period containing its time and its neighbours: take
+  -- the one containing this step's time (the nearest, should the clocks disagree by more).
+  local p = lim.periods
+  local n = #p / 2
+  local start, stop = p[1], p[2]
+  if now >= p[2] then
+    start, stop = p[2 * n - 1], p[2 * n]
+    for i = 1, n do
+      if p[2 * i - 1] <= now and now < p[2 * i] then
+        start, stop = p[2 * i - 1], p[2 * i]
+        break
+      end
+    end
+  end
+  local ok, left, reset, retry, delay, count = count_in(st, start, stop, now, cost, lim.amount)
+  return ok, left, reset, retry, delay, {start, count, stop}
+end
+EXPIRES.quota = function(st, lim)
+  return st[3]
+end
+
+DECIDE.sliding_log = function(st, now, cost, lim)
+  local window, amount = lim.window, lim.amount
+  local horizon = now - window
+  local log = st or {}
+  local n = #log
+  local first = 1
+  while first <= n and log[first] <= horizon do
+    first = first + 2
+  end
+  local used = 0
+  for i = first + 1, n, 2 do
+    used = used + log[i]
+  end
+  if used + cost <= amount then
+    local new = {}
+    for i = first, n do
+      new[#new + 1] = log[i]
+    end
+    new[#new + 1] = now
+    new[#new + 1] = cost
+    return true, amount - used - cost, window, 0, 0, new
+  end
+  local reset = 0
+  if first <= n then
+    reset = log[n - 1] + window - now
+  end
+  if cost > amount then
+    return false, amount - used, reset, INF, 0, nil
+  end
+  -- Wait until enough of the oldest entries leave the window.
+  local excess = used + cost - amount
+  local freed, i = 0, first
+  while freed < excess do
+    freed = freed + log[i + 1]
+    i = i + 2
+  end
+  return false, amount - used, reset, log[i - 2] + window - now, 0, nil
+end
+EXPIRES.sliding_log = function(st, lim)
+  if #st == 0 then
+    return 0
+  end
+  return st[#st - 1] + lim.window
+end
+
+DECIDE.sliding_window = function(st, now, cost, lim)
+  local window, amount = lim.window, lim.amount
+  local start = now - pymod(now, window)
+  local prev, curr = 0, 0
+  if st ~= nil then
+    if st[1] == start then
+      prev, curr = st[2], st[3]
+    elseif st[1] == start - window then
+      prev = st[3]
+    end
+  end
+  local weight = 1.0 - (now - start) / window
+  local estimate = prev * weight + curr
+  if estimate + cost <= amount + EPS then
+    local left = math.max(0, math.floor(amount - estimate - cost + EPS))
+    -- This request counts in the current window, which weighs until the next ends.
+    local reset = start + 2 * window - now
+    return true, left, reset, 0, 0, {start, prev, curr + cost}
+  end
+  local reset
+  if curr ~= 0 then
+    reset = start + 2 * window - now
+  else
+    reset = start + window - now
+  end
+  local left = math.max(0, math.floor(amount - estimate + EPS))
+  local retry
+  if cost > amount then
+    retry = INF
+  elseif curr + cost <= amount then
+    -- Within this window, once enough of the previous window has slid out.
+    retry = start + window * (1.0 - (amount - curr - cost) / prev) - now
+  else
+    -- Next window: the current count becomes the weighted previous one.
+    retry = start + window + window * (1.0 - (amount - cost) / curr) - now
+  end
+  return false, left, reset, math.max(retry, EPS), 0, nil
+end
+EXPIRES.sliding_window = function(st, lim)
+  return st[1] + 2 * lim.window
+end
+
+DECIDE.token_bucket = function(st, now, cost, lim)
+  local capacity = lim.capacity
+  local rate = lim.amount / lim.window
+  local tokens
+  if st == nil then
+    tokens = capacity
+  else
+    tokens = st[1] + (now - st[2]) * rate
+    if tokens >= capacity - rate * slack(now, 2) then
+      tokens = capacity  -- full: exactly as a fresh key, whatever the rounding
+    end
+  end
+  if tokens + EPS >= cost then
+    tokens = math.max(0.0, tokens - cost)
+    local reset = (capacity - tokens) / rate
+    return true, math.floor(tokens + EPS), reset, 0, 0, {tokens, now}
+  end
+  local retry = INF
+  if cost <= capacity then
+    retry = (cost - tokens) / rate
+  end
+  local reset = (capacity - tokens) / rate
+  return false, math.floor(tokens + EPS), reset, retry, 0, nil
+end
+EXPIRES.token_bucket = function(st, lim)
+  local rate = lim.amount / lim.window
+  return st[2] + (lim.capacity - st[1]) / rate
+end
+
+DECIDE.leaky_bucket = function(st, now, cost, lim)
+  local capacity = lim.capacity
+  local rate = lim.amount / lim.window
+  local level = 0.0
+  if st ~= nil then
+    level = st[1] - (now - st[2]) * rate
+  end
+  if level <= rate * slack(now, 2) then
+    level = 0.0  -- empty: exactly as a fresh key, whatever the rounding
+  end
+  if level + cost <= capacity + EPS then
+    level = math.min(capacity, level + cost)
+    local left = math.floor(capacity - level + EPS)
+    return true, left, level / rate, 0, 0, {level, now}
+  end
+  local retry = INF
+  if cost <= capacity then
+    retry = (level + cost - capacity) / rate
+  end
+  local left = math.floor(capacity - level + EPS)
+  return false, left, level / rate, retry, 0, nil
+end
+EXPIRES.leaky_bucket = function(st, lim)
+  return st[2] + st[1] / (lim.amount / lim.window)
+end
+
+DECIDE.leaky_queue = function(st, now, cost, lim)
+  local interval = lim.window / lim.amount
+  -- state: {the time the queue is free again}
+  local start = now
+  if st ~= nil then
+    start = math.max(now, st[1])
+  end
+  local delay = start - now
+  local sl = slack(now, math.ceil(lim.max_wait / interval) + cost)
+  if delay <= lim.max_wait + sl then
+    local free_at = start + cost * interval
+    local left = math.max(0, math.floor((lim.max_wait - (free_at - now) + sl) / interval) + 1)
+    return true, left, free_at - now, 0, delay, {free_at}
+  end
+  return false, 0, start - now, delay - lim.max_wait, 0, nil
+end
+EXPIRES.leaky_queue = function(st, lim)
+  return st[1]
+end
+
+DECIDE.gcra = function(st, now, cost, lim)
+  local interval = lim.window / lim.amount
+  local tolerance = interval * lim.capacity
+  local tat = now
+  if st ~= nil then
+    tat = math.max(st[1], now)
+  end
+  local new_tat = tat + cost * interval
+  local allow_at = new_tat - tolerance
+  local sl = slack(now, lim.capacity + cost)
+  if now + sl >= allow_at then
+    local left = math.max(0, math.floor((tolerance - (new_tat - now) + sl) / interval))
+    return true, left, new_tat - now, 0, 0, {new_tat}
+  end
+  local left = math.max(0, math.floor((tolerance - (tat - now) + sl) / interval))
+  local retry = INF
+  if cost <= lim.capacity then
+    retry = allow_at - now
+  end
+  return false, left, tat - now, retry, 0, nil
+end
+EXPIRES.gcra = function(st, lim)
+  return st[1]
+end
+
+DECIDE.concurrency = function(st, now, cost, lim)
+  -- state: {token1, expires1, cost1, token2, ...}; an expired slot is free again.
+  local held, used = {}, 0
+  if st ~= nil then
+    for i = 1, #st, 3 do
+      if st[i + 1] > now then
+        held[#held + 1] = st[i]
+        held[#held + 1] = st[i + 1]
+        held[#held + 1] = st[i + 2]
+        used = used + st[i + 2]
+      end
+    end
+  end
+  if used + cost <= lim.amount then
+    held[#held + 1] = lim.token
+    held[#held + 1] = now + lim.lease
+    held[#held + 1] = cost
+    return true, lim.amount - used - cost, 0, 0, 0, held
+  end
+  local retry = INF
+  if cost <= lim.amount then
+    retry = 1.0  -- the time a slot frees is unknown
+  end
+  return false, lim.amount - used, 0, retry, 0, nil
+end
+EXPIRES.concurrency = function(st, lim)
+  local latest = 0
+  for i = 2, #st, 3 do
+    if i == 2 or st[i] > latest then
+      latest = st[i]
+    end
+  end
+  return latest
+end
+
+-- States read in this call (false: absent) and the keys to write back at the end.
+local cache, ttl, dirty = {}, {}, {}
+
+local function load(key)
+  local st = cache[key]
+  if st == nil then
+    local raw = redis.call('GET', key)
+    if raw then
+      st = cmsgpack.unpack(raw)
+    else
+      st = false
+    end
+    cache[key] = st
+  end
+  if st == false then
+    return nil
+  end
+  return st
+end
+
+local out = {}
+local arg, k = 2, 1
+local allowed, remaining, reset, retry, delay, new = {}, {}, {}, {}, {}, {}
+local items = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local now = clock(ARGV[arg])
+  local n = tonumber(ARGV[arg + 1])
+  arg = arg + 2
+  local admitted = true
+  for j = 1, n do
+    local lim = {
+      amount = tonumber(ARGV[arg + 1]),
+      window = tonumber(ARGV[arg + 2]),
+      capacity = tonumber(ARGV[arg + 3]),
+      max_wait = tonumber(ARGV[arg + 4]),
+      lease = tonumber(ARGV[arg + 5]),
+      token = ARGV[arg + 8],
+    }
+    local algorithm, cost = ARGV[arg], tonumber(ARGV[arg + 6])
+    local enforce = ARGV[arg + 7] == '1'
+    local periods = tonumber(ARGV[arg + 9])
+    if periods > 0 then
+      lim.periods = {}
+      for i = 1, 2 * periods do
+        lim.periods[i] = tonumber(ARGV[arg + 9 + i])
+      end
+    end
+    arg = arg + 10 + 2 * periods
+    local decide = DECIDE[algorithm]
+    if decide == nil then
+      return redis.error_reply('surefoot: unknown algorithm ' .. algorithm)
+    end
+    -- Every item decides from the state before this request (plan reads them all first).
+    allowed[j], remaining[j], reset[j], retry[j], delay[j], new[j] =
+      decide(load(KEYS[k + j - 1]), now, cost, lim)
+    items[j] = {algorithm, lim}
+    if enforce and not allowed[j] then
+      admitted = false
+    end
+  end
+  if admitted then
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+  for j = 1, n do
+    local key = KEYS[k + j - 1]
+    if admitted and allowed[j] then
+      cache[key] = new[j]
+      if ttl[key] == nil then
+        dirty[#dirty + 1] = key
+      end
+      ttl[key] = EXPIRES[items[j][1]](new[j], items[j][2]) - now
+    end
+    if allowed[j] then
+      out[#out + 1] = 1
+    else
+      out[#out + 1] = 0
+    end
+    out[#out + 1] = remaining[j]
+    out[#out + 1] = fmt(reset[j])
+    out[#out + 1] = fmt(retry[j])
+    out[#out + 1] = fmt(delay[j])
+  end
+  k = k + n
+end
+
+for _, key in ipairs(dirty) do
+  if ttl[key] > 0 then
+    redis.call('SET', key, cmsgpack.pack(cache[key]), 'PX', millis(ttl[key]))
+  else
+    redis.call('DEL', key)  -- already equivalent to an absent state
+  end
+end
+return out

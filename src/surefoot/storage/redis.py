@@ -1,0 +1,873 @@
+"""``RedisStore``: idempotency records and rate-limit counters in Redis or Redis Cluster.
+
+For several machines sharing limits and records. Each step is one Lua script run by
+``EVALSHA`` (sent by SHA; on ``NOSCRIPT``, after a restart or ``SCRIPT FLUSH``, sent
+once more with ``EVAL``, which loads it). The scripts live in ``_redis/*.lua``.
+
+Rule 1: every step (``begin``, ``finish``, ``resolve``, ``forget``, ``get``, ``acquire``,
+        ``release``) is one round trip: one script that reads, decides and writes. Redis
+        runs a script alone, so the step is atomic for every process sharing the server.
+Rule 2: the scripts decide exactly as the Python references
+        (``surefoot.ratelimit._algorithms`` with ``_core.plan``, ``surefoot.idempotency._core``):
+        the same formulas in the same order of operations on the same IEEE doubles, floats
+        exchanged as ``'%.17g'`` strings (a Lua number in a reply would be truncated to an
+        integer) and states kept as MessagePack (exact doubles). Differential property
+        tests compare both on random request sequences.
+Rule 3: time comes from one source. With ``clock="server"`` (the default) a script reads
+        ``TIME`` on the Redis server, so the clocks of application hosts cannot disagree
+        about a limit or take over a live lease. Redis 7 replicates a script's effects,
+        not the script, so reading ``TIME`` in a script that writes is safe. Absolute
+        times handed back (``InProgress.lease_expires_at``, the fields of a ``Record``)
+        are moved to the caller's clock (plus ``now - server_now``). With
+        ``clock="caller"`` the scripts use the ``now`` argument (tests, one host).
+        Calendar quota periods cannot be computed in Lua: the caller sends the period
+        containing its ``now`` and both neighbours, and the script takes the one
+        containing its time.
+Rule 4: a key expires by itself when its state becomes equivalent to an absent one
+        (``expires_at`` of each algorithm, a record's TTL). Expiry is set relative
+        (``PX``/``PEXPIRE`` of ``expires_at - now``, rounded up, at least a second), so
+        historical or skewed ``now`` values of ``clock="caller"`` still expire after the
+        right duration. ``purge`` has nothing to do on the server clock and returns 0.
+Rule 5: keys are ``prefix + key``. In a cluster the keys of one call must share a slot:
+        rate-limit keys carry a per-principal hash tag (``rl:{tag}:...``), and a request
+        whose items hash to different slots is a ``ConfigurationError`` raised before
+        anything is sent. A prefix may not contain a hash tag.
+Rule 6: every round trip is bounded by ``timeout``. Redis errors, timeouts, refused connections,
+        a cluster that is down and scripts refused for lack of memory become
+        ``StoreUnavailable(retry_after=1)`` in one place (``_unavailable``), the Redis
+        exception kept as ``__cause__`` for logs and never shown to a client. Stores made
+        by ``from_url`` never retry a command: a script whose reply was lost may have run,
+        and running it again would count a request twice or see its own reservation.
+        A connection whose call timed out is dropped, never reused with a reply pending.
+        A reservation or a concurrency slot that a failed call may still have taken is
+        given back in the background (released under its own token, which fences off
+        anyone else's).
+        (One exception to the bound: a cluster store's very first call also learns the
+        cluster's topology, and may take up to a second for it.)
+Rule 7: coalescing (``coalesce=True``): while one call is in flight, the next ones queue;
+        when it returns, the queue goes in one pipeline: the ``acquire`` requests of each
+        slot in one script call that applies them in arrival order, with the same
+        decisions as one call per request, and every other step in a script call of its
+        own. An idle store sends at once: nothing ever waits on a timer. A queued call
+        first waits for the call in flight: at most twice ``timeout`` in all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import json
+import math
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any, Literal, NamedTuple
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+
+from surefoot.errors import ConfigurationError, StoreUnavailable
+from surefoot.idempotency._core import (
+    Begin,
+    Decision,
+    InProgress,
+    Mismatch,
+    NotStored,
+    Outcome,
+    Record,
+    Replay,
+    Reserved,
+    State,
+    Step,
+    StoredResponse,
+    Unknown,
+    classify,
+)
+from surefoot.ratelimit._algorithms import RateLimitDecision, quota_period
+from surefoot.ratelimit._core import Item
+from surefoot.ratelimit._limit import ALGORITHMS, Limit
+
+__all__ = ["RedisStore"]
+
+Client = Redis | RedisCluster
+Result = tuple[bool, list[RateLimitDecision]]
+
+#: Requests per script call when coalescing (a longer queue goes in several calls).
+MAX_BATCH = 256
+#: Records ``records`` asks for at once (one script call each, pipelined when coalescing).
+_READ_CHUNK = 32
+
+
+class _Script(NamedTuple):
+    name: str
+    source: str
+    sha: str
+
+
+def _script(name: str, *preludes: str) -> _Script:
+    folder = resources.files("surefoot.storage").joinpath("_redis")
+    source = "".join(folder.joinpath(f"{part}.lua").read_text("utf-8") for part in preludes)
+    source += folder.joinpath(f"{name}.lua").read_text("utf-8")
+    return _Script(name, source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+
+_ACQUIRE = _script("acquire", "common")
+_RELEASE = _script("release", "common")
+_BEGIN = _script("begin", "common", "record")
+_FINISH = _script("finish", "common", "record")
+_RESOLVE = _script("resolve", "common", "record")
+_FORGET = _script("forget", "common", "record")
+_GET = _script("get", "common")
+_PURGE = _script("purge", "common")
+
+_STEPS = {Step.COMPLETE: "complete", Step.RELEASE: "release", Step.MARK_UNKNOWN: "mark_unknown"}
+_STATES = {s.value.encode(): s for s in (State.IN_FLIGHT, State.COMPLETED, State.UNKNOWN)}
+_SERVER = ""  # the time argument that tells a script to read the server's clock
+
+# Options redis-py takes from a URL and that make sense for this store ("timeout" is
+# ours: redis-py's is the wait for a pooled connection).
+_PASSED_ON = (set(URL_QUERY_ARGUMENT_PARSERS) - {"timeout"}) | {
+    "client_name",
+    "ssl_ca_certs",
+    "ssl_ca_data",
+    "ssl_ca_path",
+    "ssl_cert_reqs",
+    "ssl_certfile",
+    "ssl_ciphers",
+    "ssl_keyfile",
+    "ssl_password",
+}
+_EXPECTED: dict[object, str] = {int: "an integer", float: "a number"}
+
+
+class _Call(NamedTuple):
+    """One script call."""
+
+    script: _Script
+    keys: list[str]
+    args: list[Any]
+
+
+class _Request(NamedTuple):
+    """One ``acquire``, encoded for the acquire script (several go in one call)."""
+
+    keys: list[str]
+    args: list[str | int | float]
+    size: int  # items
+    slot: int  # 0 outside a cluster
+
+
+class RedisStore:
+    """Idempotency records and rate-limit counters in Redis (or Redis Cluster).
+
+    Example:
+        >>> store = RedisStore.from_url("redis://127.0.0.1:6379/0?prefix=api:")
+        >>> store = RedisStore.from_url("redis+cluster://10.0.0.5:7000?timeout=0.1")
+        >>> store = RedisStore(Redis(host="cache"), prefix="api:", clock="server")
+
+    Args:
+        client: a ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster`` made with
+            ``decode_responses=False``. It stays yours: ``aclose`` closes only a client
+            the store made (``from_url``).
+        prefix: put before every key; no ``{`` or ``}`` (Redis Cluster hash tags).
+        clock: ``"server"`` decides on the Redis server's clock (one clock for every
+            host); ``"caller"`` on the ``now`` each call passes (tests, one host).
+        timeout: seconds a round trip may take before its calls fail with
+            ``StoreUnavailable`` (a call queued behind another waits for that one first).
+        coalesce: send the concurrent calls of this process together, the ``acquire``
+            requests of one slot in one script call (Rule 7).
+
+    Warning:
+        A client you pass in keeps its own retry policy. redis-py retries failed
+        commands by default, and a script whose reply was lost may have run: pass
+        ``retry=Retry(NoBackoff(), 0)`` (as ``from_url`` does) so that a request is never
+        counted twice or refused by its own reservation.
+    """
+
+    rate_limit_algorithms = ALGORITHMS
+    #: Calls this store has on the wire at once; more wait their turn (within ``timeout``).
+    max_in_flight = 16
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        prefix: str = "surefoot:",
+        clock: Literal["server", "caller"] = "server",
+        timeout: float = 0.05,
+        coalesce: bool = True,
+    ) -> None:
+        if not isinstance(client, Redis | RedisCluster):
+            raise ConfigurationError(
+                "RedisStore.client: expected a redis.asyncio.Redis or RedisCluster, "
+                f"got {type(client).__name__}"
+            )
+        if client.get_encoder().decode_responses:
+            raise ConfigurationError(
+                "RedisStore.client: expected a client made with decode_responses=False "
+                "(stored response bodies are bytes)"
+            )
+        if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
+            raise ConfigurationError(
+                "RedisStore.prefix: expected a string without '{' or '}' (Redis Cluster "
+                f"hash tags), got {prefix!r}"
+            )
+        if clock not in ("server", "caller"):
+            raise ConfigurationError(
+                f"RedisStore.clock: expected 'server' or 'caller', got {clock!r}"
+            )
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not (0 < timeout < math.inf)
+        ):
+            raise ConfigurationError(
+                f"RedisStore.timeout: expected a positive number of seconds, got {timeout!r}"
+            )
+        if not isinstance(coalesce, bool):
+            raise ConfigurationError(
+                f"RedisStore.coalesce: expected True or False, got {coalesce!r}"
+            )
+        self.prefix = prefix
+        self.clock = clock
+        self.timeout = float(timeout)
+        self.coalesce = coalesce
+        self._client = client
+        self._cluster = isinstance(client, RedisCluster)
+        self._owns_client = False
+        self._server_clock = clock == "server"
+        # A cluster learns its topology once, before its first call (``_initialize``).
+        self._ready = not self._cluster
+        self._init_task: asyncio.Future[Any] | None = None
+        # Coalescing (Rule 7): whether a call is in flight, and who waits for the next.
+        self._busy = False
+        self._queue: list[tuple[_Call | _Request, asyncio.Future[Any]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()  # reservations given back
+        # A burst on a cold pool would open one connection per call, each costing a
+        # handshake: a few connections, reused at once, answer the burst sooner.
+        self._in_flight = asyncio.Semaphore(self.max_in_flight)
+        self._periods: dict[tuple[str, str], tuple[float, float, tuple[float, ...]]] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        """A store on the server (or cluster) that ``url`` names.
+
+        Example:
+            >>> RedisStore.from_url("redis://:secret@cache:6379/0?prefix=api:&timeout=0.1")
+            >>> RedisStore.from_url("rediss://cache:6380/0?ssl_ca_certs=/etc/ca.pem")
+            >>> RedisStore.from_url("redis+cluster://10.0.0.5:7000?clock=server")
+
+        ``redis://`` and ``rediss://`` (TLS) name one server, ``redis+cluster://host:port``
+        any node of a cluster. Query options: ``prefix``, ``clock`` (``server`` or
+        ``caller``), ``timeout`` (seconds), ``coalesce`` (``true`` or ``false``), and
+        redis-py's own connection options (``db``, ``max_connections``, ``client_name``,
+        ``ssl_*``, ``socket_timeout``...).
+
+        Raises:
+            ConfigurationError: an unknown option or an invalid value, naming the option
+                and what is expected (never the password).
+        """
+        parts = urlsplit(url)
+        cluster = parts.scheme == "redis+cluster"
+        if parts.scheme not in ("redis", "rediss", "redis+cluster"):
+            raise ConfigurationError(
+                "RedisStore URL: expected the scheme redis://, rediss:// or redis+cluster://, "
+                f"got {parts.scheme!r}"
+            )
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        prefix = options.pop("prefix", "surefoot:")
+        clock = options.pop("clock", "server")
+        if clock not in ("server", "caller"):
+            raise ConfigurationError(
+                f"RedisStore URL: clock: expected 'server' or 'caller', got {clock!r}"
+            )
+        timeout = _url_timeout(options.pop("timeout", "0.05"))
+        coalesce = _url_bool("coalesce", options.pop("coalesce", "true"))
+        client_cls: Any = RedisCluster if cluster else Redis
+        accepted = _PASSED_ON & set(inspect.signature(client_cls.__init__).parameters)
+        if parts.scheme != "rediss":
+            accepted = {name for name in accepted if not name.startswith("ssl_")}
+        unknown = sorted(set(options) - accepted)
+        if unknown:
+            raise ConfigurationError(
+                f"RedisStore URL: unknown options {unknown}; expected prefix, clock, timeout, "
+                f"coalesce or one of redis-py's {sorted(accepted)}"
+            )
+        for name, value in options.items():
+            parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
+            if parser is not None:
+                try:
+                    parser(value)
+                except (TypeError, ValueError):
+                    expected = _EXPECTED.get(parser, "true or false")
+                    raise ConfigurationError(
+                        f"RedisStore URL: {name}: expected {expected}, got {value!r}"
+                    ) from None
+        scheme = "redis" if cluster else parts.scheme
+        target = urlunsplit((scheme, parts.netloc, parts.path, urlencode(options), ""))
+        defaults: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        try:
+            client = client_cls.from_url(target, **defaults)
+        except (RedisClusterException, ValueError) as exc:
+            raise ConfigurationError(
+                f"RedisStore URL: {type(exc).__name__}: {_without(str(exc), parts.password)}"
+            ) from None
+        store = cls(
+            client,
+            prefix=prefix,
+            clock="server" if clock == "server" else "caller",
+            timeout=timeout,
+            coalesce=coalesce,
+        )
+        store._owns_client = True
+        return store
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def _now(self, now: float) -> str | float:
+        return _SERVER if self._server_clock else now
+
+    async def _eval(self, call: _Call) -> Any:
+        """One round trip: run the script by SHA, loading it if the server lost it."""
+        client = self._client
+        script, keys, args = call
+        with _unavailable():
+            if not self._ready:
+                await self._initialize()
+            async with asyncio.timeout(self.timeout):
+                async with self._in_flight:
+                    try:
+                        return await client.evalsha(script.sha, len(keys), *keys, *args)
+                    except NoScriptError:
+                        # EVAL runs the script and caches it: the next EVALSHA finds it.
+                        return await client.eval(script.source, len(keys), *keys, *args)
+
+    async def _step(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
+        """One script call: sent at once, or queued behind the call in flight (Rule 7)."""
+        call = _Call(script, keys, args)
+        return await (self._lane(call) if self.coalesce else self._eval(call))
+
+    async def _lane(self, job: _Call | _Request) -> Any:
+        """Send ``job`` now if nothing is in flight, else queue it for the next send."""
+        if self._busy:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._queue.append((job, future))
+            # Bounded without a timer of its own: the call in flight ends within its
+            # timeout, then this one goes, within its own.
+            return await future
+        self._busy = True
+        try:
+            if isinstance(job, _Request):
+                return self._decisions([job], await self._eval(_batch([job])))[0]
+            return await self._eval(job)
+        finally:
+            if self._queue:
+                self._drainer = asyncio.get_running_loop().create_task(self._drain())
+            else:
+                self._busy = False
+
+    async def _drain(self) -> None:
+        """Send what queued while a call was in flight, until nothing is left: the
+        ``acquire`` requests of each slot in one script call, every other step in a call
+        of its own, all of them in one pipeline (Rule 7)."""
+        batch: list[tuple[_Call | _Request, asyncio.Future[Any]]] = []
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                batch = [(job, f) for job, f in batch if not f.done()]  # cancelled callers
+                # Per call: its futures, and the requests it decides (None: not acquire).
+                sends: list[tuple[_Call, list[asyncio.Future[Any]], list[_Request] | None]] = []
+                slots: dict[int, list[tuple[_Request, asyncio.Future[Any]]]] = {}
+                for job, future in batch:
+                    if isinstance(job, _Request):
+                        slots.setdefault(job.slot, []).append((job, future))
+                    else:
+                        sends.append((job, [future], None))
+                for group in slots.values():
+                    for i in range(0, len(group), MAX_BATCH):
+                        requests = [request for request, _ in group[i : i + MAX_BATCH]]
+                        futures = [future for _, future in group[i : i + MAX_BATCH]]
+                        sends.append((_batch(requests), futures, requests))
+                outcomes = await self._pipeline([call for call, _, _ in sends])
+                for (_, waiting, decided), outcome in zip(sends, outcomes, strict=True):
+                    if isinstance(outcome, StoreUnavailable):
+                        results: list[Any] = [_copy(outcome) for _ in waiting]
+                    elif decided is not None:
+                        results = self._decisions(decided, outcome)
+                    else:
+                        results = [outcome]
+                    for future, result in zip(waiting, results, strict=True):
+                        if future.done():
+                            continue
+                        if isinstance(result, StoreUnavailable):
+                            future.set_exception(result)
+                        else:
+                            future.set_result(result)
+                batch = []
+        except BaseException:
+            for _, future in batch + self._queue:
+                if not future.done():
+                    future.set_exception(StoreUnavailable(retry_after=1))
+            self._queue = []
+            raise
+        finally:
+            self._busy = False
+            self._drainer = None
+
+    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
+        """Send ``calls`` in one round trip (per node); each answer, or the
+        ``StoreUnavailable`` it failed with."""
+        if len(calls) == 1:
+            try:
+                return [await self._eval(calls[0])]
+            except StoreUnavailable as exc:
+                return [exc]
+        client = self._client
+        try:
+            with _unavailable():
+                if not self._ready:
+                    await self._initialize()
+                async with asyncio.timeout(self.timeout):
+                    async with self._in_flight:
+                        pipe = client.pipeline(transaction=False)
+                        for script, keys, args in calls:
+                            # By name: redis-py's cluster pipeline refuses its evalsha().
+                            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                        outcomes: list[Any] = await pipe.execute(raise_on_error=False)
+                        lost = [i for i, o in enumerate(outcomes) if isinstance(o, NoScriptError)]
+                        if lost:
+                            # Nothing ran for these: send them whole (EVAL caches them).
+                            pipe = client.pipeline(transaction=False)
+                            for i in lost:
+                                script, keys, args = calls[i]
+                                pipe.execute_command("EVAL", script.source, len(keys), *keys, *args)
+                            again = await pipe.execute(raise_on_error=False)
+                            for i, outcome in zip(lost, again, strict=True):
+                                outcomes[i] = outcome
+        except StoreUnavailable as exc:
+            return [_copy(exc) for _ in calls]
+        return [_failure(o) if isinstance(o, Exception) else o for o in outcomes]
+
+    async def _initialize(self) -> None:
+        """Learn a cluster's topology, once, in a task of its own (shared by every caller).
+
+        The first attempt may take ``max(timeout, 1 s)``: it fetches the slot map and
+        redis-py's command table, which can take longer than one call should. Should it
+        fail, later attempts get ``timeout``, as any call. A caller that stops waiting
+        leaves the attempt running for the next one.
+        """
+        task = self._init_task
+        bound = self.timeout
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            if task is None:
+                bound = max(self.timeout, 1.0)
+            assert isinstance(self._client, RedisCluster)
+            task = self._init_task = asyncio.ensure_future(self._client.initialize())
+            task.add_done_callback(_retrieve)
+        async with asyncio.timeout(bound):
+            await asyncio.shield(task)
+        self._ready = True
+
+    # -- idempotency -----------------------------------------------------------------------
+
+    async def begin(self, key: str, request: Begin, now: float) -> Decision:
+        keys = [self.prefix + key]
+        args = [
+            self._now(now),
+            request.fingerprint,
+            request.token,
+            request.lease,
+            request.ttl,
+            request.on_lease_expiry,
+        ]
+        try:
+            reply = await self._step(_BEGIN, keys, args)
+        except StoreUnavailable:
+            # The script may have run, reserving the key for a request that will never
+            # execute: release it (our token fences off anyone else's reservation).
+            args = [self._now(now), request.token, "release", *_response_args(None)]
+            self._give_back(_Call(_FINISH, keys, args))
+            raise
+        kind = reply[0]
+        if kind == 1:
+            return Reserved(request.token, reply[1], took_over=reply[2] == 1)
+        if kind == 2:
+            return InProgress(self._caller_time(float(reply[1]), float(reply[2]), now))
+        if kind == 3:
+            return Mismatch()
+        if kind == 4:
+            response = StoredResponse(int(reply[1]), _decode_headers(reply[2]), _body(reply[3]))
+            if response.body is None:
+                return NotStored(response.status)
+            return Replay(response)
+        return Unknown(lease_expired_now=reply[1] == 1)
+
+    async def finish(self, key: str, token: str, outcome: Outcome, now: float) -> bool:
+        args = [self._now(now), token, _STEPS[outcome.step], *_response_args(outcome.response)]
+        accepted = await self._step(_FINISH, [self.prefix + key], args)
+        if accepted == -1:
+            raise ValueError("completing a record needs the response to keep")
+        return bool(accepted == 1)
+
+    async def resolve(self, key: str, response: StoredResponse, now: float) -> bool:
+        args = [self._now(now), *_response_args(response)]
+        return bool(await self._step(_RESOLVE, [self.prefix + key], args) == 1)
+
+    async def forget(self, key: str, now: float) -> bool:
+        return bool(await self._step(_FORGET, [self.prefix + key], [self._now(now)]) == 1)
+
+    async def get(self, key: str, now: float) -> Record | None:
+        reply = await self._step(_GET, [self.prefix + key], [self._now(now)])
+        return self._record(reply, now)
+
+    def _record(self, reply: list[Any], now: float) -> Record | None:
+        """The live record of a ``get`` script's reply, on the caller's clock."""
+        # A missing field is None, or False when a RESP3 client reads a Lua false.
+        fields: list[Any] = [None if field is False else field for field in reply]
+        at, state, fp, token, generation, lease_at, expires_at, ttl, status, headers, body = fields
+        if state not in _STATES:
+            return None
+        response = None
+        if status is not None:
+            response = StoredResponse(int(status), _decode_headers(headers), _body(body))
+        record = Record(
+            _STATES[state],
+            fp.decode(),
+            token.decode(),
+            int(generation),
+            float(lease_at),
+            float(expires_at),
+            float(ttl),
+            response,
+        )
+        at = float(at)
+        if classify(record, at) is State.ABSENT:
+            return None
+        if self._server_clock:
+            record = record._replace(
+                lease_expires_at=self._caller_time(record.lease_expires_at, at, now),
+                expires_at=self._caller_time(record.expires_at, at, now),
+            )
+        return record
+
+    def _caller_time(self, t: float, server_now: float, now: float) -> float:
+        """``t`` of the store's clock, on the caller's (Rule 3)."""
+        return t + (now - server_now) if self._server_clock else t
+
+    async def records(
+        self, now: float, *, state: State | None = None, limit: int = 100
+    ) -> list[tuple[str, Record]]:
+        """Live records (``state``: only those), up to ``limit``, oldest write first.
+
+        Scans the keys under the prefix (every primary of a cluster): an operator's tool,
+        not something to run per request.
+        """
+        out: list[tuple[str, Record]] = []
+        async for keys in self._scan():
+            for i in range(0, len(keys), _READ_CHUNK):
+                chunk = keys[i : i + _READ_CHUNK]
+                replies = await asyncio.gather(
+                    *(self._step(_GET, [key], [self._now(now)]) for key in chunk)
+                )
+                for key, reply in zip(chunk, replies, strict=True):
+                    record = self._record(reply, now)
+                    if record is not None and state in (None, classify(record, now)):
+                        out.append((key.removeprefix(self.prefix), record))
+            if len(out) >= limit:
+                break
+        out.sort(key=lambda kr: (kr[1].expires_at - kr[1].ttl, kr[0]))
+        return out[:limit]
+
+    async def purge(self, now: float, *, limit: int = 500) -> int:
+        """Delete up to ``limit`` records expired at ``now``; how many went.
+
+        On the server clock Redis expires records by itself (Rule 4): there is nothing to
+        purge, and this returns 0 without a round trip. On the caller's clock, whose
+        ``now`` may be anywhere, it scans the prefix and deletes what has expired by it.
+        """
+        if self._server_clock:
+            return 0
+        deleted = 0
+        async for keys in self._scan():
+            for key in keys:
+                deleted += int(await self._step(_PURGE, [key], [now]))
+                if deleted >= limit:
+                    return deleted
+        return deleted
+
+    async def _scan(self) -> AsyncIterator[list[str]]:
+        """Pages of the record keys under the prefix, on every primary."""
+        match = _glob_escape(self.prefix) + "*"
+        client = self._client
+        if isinstance(client, RedisCluster):
+            if not self._ready:
+                with _unavailable():
+                    await self._initialize()
+            nodes: list[ClusterNode | None] = list(client.get_primaries())
+        else:
+            nodes = [None]
+        for node in nodes:
+            cursor = 0
+            while True:
+                options: dict[str, Any] = {} if node is None else {"target_nodes": node}
+                with _unavailable():
+                    async with asyncio.timeout(self.timeout):
+                        page: Any = await client.scan(
+                            cursor, match=match, count=1000, _type="hash", **options
+                        )
+                # A cluster answers {node name: cursor} for the node it was asked.
+                cursor = page[0] if node is None else page[0][node.name]
+                if page[1]:
+                    yield [key.decode() for key in page[1]]
+                if cursor == 0:
+                    break
+
+    # -- rate limits -----------------------------------------------------------------------
+
+    async def acquire(self, items: Sequence[Item], now: float) -> Result:
+        request = self._request(items, now)
+        try:
+            if self.coalesce:
+                result: Result = await self._lane(request)
+                return result
+            return self._decisions([request], await self._eval(_batch([request])))[0]
+        except StoreUnavailable:
+            # The script may have run: free the concurrency slots it may have taken for a
+            # request that will not run. (Counts it may have charged stay charged.)
+            for item in items:
+                if item.algorithm == "concurrency":
+                    args = [self._now(now), item.token]
+                    self._give_back(_Call(_RELEASE, [self.prefix + item.key], args))
+            raise
+
+    def _give_back(self, call: _Call) -> None:
+        """Run ``call`` in the background, once, ignoring its failure."""
+
+        async def quietly() -> None:
+            with contextlib.suppress(StoreUnavailable):
+                await self._eval(call)
+
+        task = asyncio.get_running_loop().create_task(quietly())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _request(self, items: Sequence[Item], now: float) -> _Request:
+        prefix = self.prefix
+        keys: list[str] = []
+        args: list[str | int | float] = [self._now(now), len(items)]
+        for item in items:
+            algorithm, limit = item.algorithm, item.limit
+            if algorithm not in ALGORITHMS:
+                raise ConfigurationError(
+                    f"rate limit item {item.key!r}: expected an algorithm among "
+                    f"{sorted(ALGORITHMS)}, got {algorithm!r}"
+                )
+            keys.append(prefix + item.key)
+            args += (
+                algorithm,
+                limit.amount,
+                limit.window,
+                limit.capacity,
+                limit.max_wait,
+                limit.lease,
+                item.cost,
+                1 if item.enforce else 0,
+                item.token,
+            )
+            if algorithm == "quota":
+                periods = self._quota_periods(now, limit)
+                args.append(len(periods) // 2)
+                args += periods
+            else:
+                args.append(0)
+        slot = 0
+        if self._cluster and keys:
+            slots = {key_slot(key.encode()) for key in keys}
+            if len(slots) > 1:
+                raise ConfigurationError(
+                    "RedisStore.acquire: the keys of one request must share a Redis Cluster "
+                    f"hash slot (give them one hash tag, as in 'rl:{{tag}}:...'), got {keys!r}"
+                )
+            slot = slots.pop()
+        return _Request(keys, args, len(items), slot)
+
+    def _quota_periods(self, now: float, limit: Limit) -> tuple[float, ...]:
+        """The calendar period containing ``now`` as (start, end), and on the server clock
+        both neighbours too, for the script to pick from (Rule 3)."""
+        period = limit.period or "day"
+        cached = self._periods.get((period, limit.timezone))
+        if cached is not None and cached[0] <= now < cached[1]:
+            return cached[2]
+        start, end = quota_period(now, period, limit.timezone)
+        periods: tuple[float, ...] = (start, end)
+        if self._server_clock:
+            before = quota_period(start - 1.0, period, limit.timezone)
+            after = quota_period(end, period, limit.timezone)
+            periods = (*before, start, end, *after)
+        self._periods[period, limit.timezone] = (start, end, periods)
+        return periods
+
+    def _decisions(self, requests: list[_Request], reply: list[Any]) -> list[Result]:
+        """Each request's (admitted, decisions) from the acquire script's reply."""
+        results: list[Result] = []
+        at = 0
+        for request in requests:
+            admitted = reply[at] == 1
+            decisions = []
+            for i in range(at + 1, at + 1 + 5 * request.size, 5):
+                decisions.append(
+                    RateLimitDecision(
+                        reply[i] == 1,
+                        reply[i + 1],
+                        float(reply[i + 2]),
+                        float(reply[i + 3]),
+                        float(reply[i + 4]),
+                    )
+                )
+            results.append((admitted, decisions))
+            at += 1 + 5 * request.size
+        return results
+
+    async def release(self, key: str, token: str, now: float) -> None:
+        await self._step(_RELEASE, [self.prefix + key], [self._now(now), token])
+
+    async def aclose(self) -> None:
+        """Fail the calls still queued, and close the client if the store made it."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        drainer = self._drainer
+        if drainer is not None:
+            drainer.cancel()  # its waiters get StoreUnavailable
+            with _suppress_cancelled():
+                await drainer
+        for _, future in self._queue:  # queued behind a call still in flight
+            if not future.done():
+                future.set_exception(StoreUnavailable(retry_after=1))
+        self._queue = []
+        if self._owns_client:
+            await self._client.aclose()
+
+    def __repr__(self) -> str:
+        kind = "RedisCluster" if self._cluster else "Redis"
+        return (
+            f"RedisStore(<{kind}>, prefix={self.prefix!r}, clock={self.clock!r}, "
+            f"timeout={self.timeout!r}, coalesce={self.coalesce!r})"
+        )
+
+
+@contextmanager
+def _unavailable() -> Iterator[None]:
+    """Redis failures become ``StoreUnavailable`` (Rule 6): the one translation point."""
+    try:
+        yield
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+        raise StoreUnavailable(retry_after=1) from exc
+
+
+def _batch(requests: list[_Request]) -> _Call:
+    """One acquire script call deciding ``requests`` in order (all of one slot)."""
+    keys: list[str] = []
+    args: list[Any] = [len(requests)]
+    for request in requests:
+        keys += request.keys
+        args += request.args
+    return _Call(_ACQUIRE, keys, args)
+
+
+def _failure(error: Exception) -> StoreUnavailable:
+    """A command's error in a pipeline, translated as ``_unavailable`` translates."""
+    try:
+        with _unavailable():
+            raise error
+    except StoreUnavailable as exc:
+        return exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextmanager
+def _suppress_cancelled() -> Iterator[None]:
+    try:
+        yield
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+
+
+def _copy(exc: StoreUnavailable) -> StoreUnavailable:
+    """A fresh exception per waiter (one instance raised in many tasks would share and
+    grow one traceback), with the same cause."""
+    fresh = StoreUnavailable(retry_after=1)
+    fresh.__cause__ = exc.__cause__
+    return fresh
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a background task's failure as seen (the next call retries it)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _response_args(response: StoredResponse | None) -> list[Any]:
+    """The response as ``settle`` in ``record.lua`` reads it."""
+    if response is None:
+        return [0, "", "", 0, ""]
+    body = response.body
+    headers = _encode_headers(response.headers)
+    return [1, response.status, headers, 0 if body is None else 1, b"" if body is None else body]
+
+
+def _encode_headers(headers: tuple[tuple[bytes, bytes], ...]) -> str:
+    return json.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers])
+
+
+def _decode_headers(raw: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple((n.encode("latin-1"), v.encode("latin-1")) for n, v in json.loads(raw))
+
+
+def _body(raw: Any) -> bytes | None:
+    # A missing field comes back as None (RESP2) or False (a Lua false under RESP3).
+    return raw if isinstance(raw, bytes) else None
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _url_timeout(value: str) -> float:
+    try:
+        timeout = float(value)
+    except ValueError:
+        timeout = math.nan
+    if not 0 < timeout < math.inf:
+        raise ConfigurationError(
+            f"RedisStore URL: timeout: expected a positive number of seconds, got {value!r}"
+        )
+    return timeout
+
+
+def _url_bool(name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ConfigurationError(f"RedisStore URL: {name}: expected true or false, got {value!r}")
+
+
+def _without(text: str, password: str | None) -> str:
+    return text.replace(password, "***") if password else text
