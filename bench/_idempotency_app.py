@@ -2,11 +2,13 @@
 
 The environment picks the configuration when uvicorn imports ``app``:
 - ``SUREFOOT_BENCH_STORE``: empty or unset serves the bare app; a store URL
-  (``memory://``, ``sqlite:////tmp/x.db``) wraps it in ``IdempotencyMiddleware`` with that
-  store and the default policy.
+  (``memory://``, ``sqlite:////tmp/x.db``, ``redis://127.0.0.1:6390/0?prefix=run-1:``)
+  wraps it in ``IdempotencyMiddleware`` with that store and the default policy.
 - ``SUREFOOT_BENCH_PREFILL``: completed records written to the store before serving, so a
   run measures the steady state of a long-running server (a ``memory://`` store is full
-  at 10,000 records) rather than an empty store.
+  at 10,000 records) rather than an empty store. A Redis client belongs to the event loop
+  that opened its connections, so a Redis store is prefilled through a second store on the
+  same URL, closed before uvicorn's loop starts.
 """
 
 from __future__ import annotations
@@ -73,9 +75,22 @@ bare = Starlette(
 
 STORE_URL = os.environ.get("SUREFOOT_BENCH_STORE", "")
 PREFILL = int(os.environ.get("SUREFOOT_BENCH_PREFILL", "0"))
+
+
+async def prefill_apart(url: str, count: int) -> None:
+    other = store_from_url(url)
+    try:
+        await prefill(other, count)
+    finally:
+        await other.aclose()
+
+
 if STORE_URL:
     store = store_from_url(STORE_URL)
-    asyncio.run(prefill(store, PREFILL))
+    if STORE_URL.startswith(("redis", "rediss")):
+        asyncio.run(prefill_apart(STORE_URL, PREFILL))
+    else:
+        asyncio.run(prefill(store, PREFILL))
     app = IdempotencyMiddleware(bare, store=store)
 else:
     app = bare

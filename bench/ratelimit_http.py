@@ -5,6 +5,7 @@ Usage::
     .venv/bin/python bench/ratelimit_http.py                  # 3 rounds x 8 s per run, ~3 min
     .venv/bin/python bench/ratelimit_http.py --rounds 1 --duration 2 --warmup 1   # quick look
     .venv/bin/python bench/ratelimit_http.py --json results.json --check
+    .venv/bin/python bench/ratelimit_http.py --configs surefoot,surefoot-redis   # and bare
 
 Theory of operation:
 1. Each configuration (``CONFIGS``) is one uvicorn process (uvloop, httptools, one
@@ -23,8 +24,16 @@ Theory of operation:
    both sides alike. The table shows medians over rounds.
 5. With two or more CPUs and ``taskset``, the server is pinned to one CPU and wrk to
    another, so they do not compete for a core.
+6. The ``-redis`` configurations keep their counters on Redis: a private ``redis-server``
+   that the script starts (``bench/redis_decisions.py``'s ``RedisServer``: a free port,
+   nothing saved, stopped at the end) on wrk's CPU, so that the uvicorn process keeps its
+   core to itself as with an in-process store, or the server of ``--redis-url``. Each
+   server start gets a new key prefix (so the 3/minute check and every run count from
+   zero) and its keys are deleted after the run; the Redis server's CPU time per request
+   is reported beside the uvicorn process's.
 
-The target (ratio to bare, from the issue): surefoot (its defaults) at least 0.9.
+The targets (ratio to bare, from the issues): surefoot (its defaults) at least 0.9 with
+the memory store, at least 0.6 on Redis.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import shlex
 import shutil
 import signal
@@ -47,6 +57,9 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from redis_decisions import BenchError as RedisBenchError
+from redis_decisions import BenchRedis
 
 BENCH_DIR = Path(__file__).resolve().parent
 LUA_SCRIPT = BENCH_DIR / "ratelimit.lua"
@@ -67,6 +80,11 @@ class Config:
     target: float | None  # minimum ratio to bare
     meaning: str
 
+    @property
+    def redis(self) -> bool:
+        """Whether the configuration keeps its counters on Redis."""
+        return self.mode.endswith("-redis")
+
 
 CONFIGS = (
     Config("bare", "bare", None, "the Starlette app alone"),
@@ -84,6 +102,13 @@ CONFIGS = (
         "the same with hooks=[]: no events built (what the default LoggingHook costs)",
     ),
     Config(
+        "surefoot-redis",
+        "surefoot-redis",
+        0.6,
+        "the same as surefoot on Redis: store_from_url('redis://...?prefix=...'), RedisStore "
+        "with its defaults (clock=server, coalescing on)",
+    ),
+    Config(
         "slowapi",
         "slowapi",
         None,
@@ -95,6 +120,12 @@ CONFIGS = (
         "slowapi-asgi",
         None,
         "the same with SlowAPIASGIMiddleware, slowapi's pure ASGI middleware",
+    ),
+    Config(
+        "slowapi-asgi-redis",
+        "slowapi-asgi-redis",
+        None,
+        "slowapi-asgi on Redis: storage_uri='redis://...', limits' sync Redis storage",
     ),
 )
 
@@ -136,6 +167,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="skip the check that each limiter rejects past a 3/minute limit",
     )
+    parser.add_argument(
+        "--redis-url",
+        help="Redis server of the -redis configurations (default: start a private "
+        "redis-server; only keys under 'sfbench-*' are written, and deleted after each run)",
+    )
+    parser.add_argument(
+        "--redis-server",
+        default="redis-server",
+        help="the redis-server executable to start (default: redis-server)",
+    )
+    parser.add_argument(
+        "--redis-options",
+        default="",
+        help="query options added to surefoot's store URL, as in 'timeout=0.5&coalesce=false' "
+        "(default: none, the store's defaults)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument(
         "--check", action="store_true", help="exit with status 1 if a target is missed"
@@ -154,11 +201,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_tools() -> None:
+def check_tools(configs: list[Config]) -> None:
     if shutil.which("wrk") is None:
         raise BenchError(INSTALL_WRK)
     missing = []
-    for module in ("uvicorn", "uvloop", "httptools", "starlette", "surefoot", "slowapi"):
+    modules = ["uvicorn", "uvloop", "httptools", "starlette", "surefoot", "slowapi"]
+    if any(c.redis for c in configs):
+        modules.append("redis")
+    for module in modules:
         try:
             __import__(module)
         except ImportError:
@@ -230,9 +280,17 @@ class Server:
     """One uvicorn process serving the bench app with one limiter configuration."""
 
     def __init__(
-        self, config: Config, workdir: Path, prefix: list[str], limit: str | None = None
+        self,
+        config: Config,
+        workdir: Path,
+        prefix: list[str],
+        redis: BenchRedis | None,
+        limit: str | None = None,
+        redis_options: str = "",
     ) -> None:
         self.config = config
+        #: the keys of this server on Redis (its -redis configurations only).
+        self.redis_prefix = f"sfbench-{secrets.token_hex(6)}"
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         command = [
@@ -258,6 +316,12 @@ class Server:
             "warning",
         ]
         env = {**os.environ, "SUREFOOT_BENCH_RATELIMIT": config.mode}
+        if config.redis:
+            if redis is None:
+                raise BenchError(f"{config.name}: no Redis server")
+            env["SUREFOOT_BENCH_REDIS_URL"] = redis.url
+            env["SUREFOOT_BENCH_REDIS_PREFIX"] = self.redis_prefix
+            env["SUREFOOT_BENCH_REDIS_OPTIONS"] = redis_options
         if limit is not None:
             env["SUREFOOT_BENCH_LIMIT"] = limit
         self.log = (workdir / "server.log").open("w+b")
@@ -309,15 +373,19 @@ class Server:
         self.log.close()
 
 
-def check_limiting(config: Config, server_prefix: list[str]) -> None:
+def check_limiting(
+    config: Config, server_prefix: list[str], redis: BenchRedis | None, redis_options: str
+) -> None:
     """Serve with a 3/minute limit: the fourth GET must be refused with 429."""
     with tempfile.TemporaryDirectory(prefix="surefoot-bench-") as tmp:
-        server = Server(config, Path(tmp), server_prefix, limit=CHECK_LIMIT)
+        server = Server(config, Path(tmp), server_prefix, redis, CHECK_LIMIT, redis_options)
         try:
             server.wait_ready()
             statuses = [get(server.base + PATH)[0] for _ in range(4)]
         finally:
             server.stop()
+            if config.redis and redis is not None:
+                redis.delete(server.redis_prefix)
     if statuses != [200, 200, 200, 429]:
         raise BenchError(
             f"{config.name}: with a limit of {CHECK_LIMIT}, four GETs answered {statuses}, "
@@ -363,9 +431,11 @@ def run_one(
     server_prefix: list[str],
     wrk_prefix: list[str],
     round_no: int,
+    redis: BenchRedis | None,
 ) -> dict[str, Any]:
+    # Redis CPU is read for every configuration: what the others cost it (nothing) shows.
     with tempfile.TemporaryDirectory(prefix="surefoot-bench-") as tmp:
-        server = Server(config, Path(tmp), server_prefix)
+        server = Server(config, Path(tmp), server_prefix, redis, None, args.redis_options)
         try:
             server.wait_ready()
             url = server.base + PATH
@@ -373,12 +443,16 @@ def run_one(
             if args.warmup > 0:
                 wrk(args, wrk_prefix, url, args.warmup)
             cpu_before = server.cpu_seconds()
+            redis_before = redis.cpu_seconds() if redis else 0.0
             result = wrk(args, wrk_prefix, url, args.duration)
             cpu = server.cpu_seconds() - cpu_before
+            redis_cpu = redis.cpu_seconds() - redis_before if redis else None
             memory = server.memory()
             check_answer(config, url)
         finally:
             server.stop()
+            if config.redis and redis is not None:
+                redis.delete(server.redis_prefix)
     if result["requests"] == 0:
         raise BenchError(f"{config.name}: no request completed in {args.duration} s")
     seconds = result["duration_us"] / 1e6
@@ -391,6 +465,9 @@ def run_one(
         "rps": result["requests"] / seconds,
         "cpu_seconds": round(cpu, 3),
         "cpu_us_per_request": cpu / result["requests"] * 1e6,
+        "redis_cpu_us_per_request": (
+            None if redis_cpu is None else redis_cpu / result["requests"] * 1e6
+        ),
         "errors": errors,
         "error_count": sum(errors.values()),
         "latency_ms": {k: v / 1000 for k, v in result["latency_us"].items()},
@@ -422,9 +499,15 @@ def summarize(configs: list[Config], runs: list[dict[str, Any]]) -> list[dict[st
                 "ratio_min": min(ratios),
                 "ratio_max": max(ratios),
                 "target": config.target,
-                "met": None if config.target is None else ratio >= config.target,
+                # A failed request is cheap: a target is met only if every answer was 2xx.
+                "met": None
+                if config.target is None
+                else ratio >= config.target and not sum(r["error_count"] for r in mine),
                 "cpu_us_per_request": statistics.median(r["cpu_us_per_request"] for r in mine),
                 "cpu_ratio": statistics.median(cpu_ratios),
+                "redis_cpu_us_per_request": _median_or_none(
+                    [r["redis_cpu_us_per_request"] for r in mine]
+                ),
                 "server_cpu_share": statistics.median(
                     r["cpu_seconds"] / r["seconds"] for r in mine
                 ),
@@ -434,6 +517,11 @@ def summarize(configs: list[Config], runs: list[dict[str, Any]]) -> list[dict[st
             }
         )
     return rows
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def print_report(
@@ -451,6 +539,7 @@ def print_report(
         "configurations interleaved"
     )
     print(f"limiting: {context['limit_check']}")
+    print(f"redis:    {context['redis']}")
     print(f"cpus:     {context['cpus']}")
     print(
         f"machine:  {env['cpus']} CPUs, load average {context['load_before']:.2f} before, "
@@ -464,9 +553,9 @@ def print_report(
     )
     print()
     header = (
-        f"{'configuration':<16} {'req/s':>7} {'ratio':>5} {'(min-max)':>9} {'target':>6} "
-        f"{'met':>3} {'CPU us/req':>10} {'CPU ratio':>9} {'p99 ms':>7} {'RSS MiB':>7} "
-        f"{'errors':>6}"
+        f"{'configuration':<18} {'req/s':>7} {'ratio':>5} {'(min-max)':>9} {'target':>6} "
+        f"{'met':>3} {'CPU us/req':>10} {'CPU ratio':>9} {'Redis us':>8} {'p99 ms':>7} "
+        f"{'RSS MiB':>7} {'errors':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -475,10 +564,13 @@ def print_report(
         met = "-" if row["met"] is None else ("yes" if row["met"] else "NO")
         spread = f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f}"
         rss = "?" if row["rss_mib"] is None else f"{row['rss_mib']:.1f}"
+        redis_cpu = row["redis_cpu_us_per_request"]
+        redis_text = "-" if redis_cpu is None else f"{redis_cpu:,.1f}"
         print(
-            f"{row['config']:<16} {row['rps']:>7,.0f} {row['ratio']:>5.2f} {spread:>9} "
+            f"{row['config']:<18} {row['rps']:>7,.0f} {row['ratio']:>5.2f} {spread:>9} "
             f"{target:>6} {met:>3} {row['cpu_us_per_request']:>10,.0f} "
-            f"{row['cpu_ratio']:>9.2f} {row['p99_ms']:>7.1f} {rss:>7} {row['errors']:>6}"
+            f"{row['cpu_ratio']:>9.2f} {redis_text:>8} {row['p99_ms']:>7.1f} {rss:>7} "
+            f"{row['errors']:>6}"
         )
     print()
     print("req/s, CPU us/req, p99, RSS: median over rounds.")
@@ -487,16 +579,19 @@ def print_report(
     print("CPU us/req: server CPU time (user + system) per request during the timed run;")
     print("CPU ratio: bare's CPU us/req over this one's, the median per round: the req/s ratio")
     print("       to expect with a whole idle core, less sensitive to other load on the machine.")
+    print("Redis us: Redis server CPU time per request during the timed run (all configurations")
+    print("       run while it is up: near 0 for those that do not use it).")
     print("RSS: server resident memory after the timed run (VmRSS).")
-    print("errors: wrk socket errors, timeouts (over 5 s) and non-2xx answers, all rounds.")
+    print("errors: wrk socket errors, timeouts (over 5 s) and non-2xx answers, all rounds;")
+    print("       a configuration with errors does not meet its target.")
     print()
     print("per round, req/s (server CPU share of the wall time):")
     names = [row["config"] for row in rows]
-    print("  round " + " ".join(f"{n:>16}" for n in names))
+    print("  round " + " ".join(f"{n:>18}" for n in names))
     for round_no in range(1, args.rounds + 1):
         by_name = {r["config"]: r for r in runs if r["round"] == round_no}
         cells = " ".join(
-            f"{by_name[n]['rps']:>9,.0f} ({by_name[n]['cpu_seconds'] / by_name[n]['seconds']:.2f})"
+            f"{by_name[n]['rps']:>11,.0f} ({by_name[n]['cpu_seconds'] / by_name[n]['seconds']:.2f})"
             for n in names
         )
         print(f"  {round_no:>5} {cells}")
@@ -508,25 +603,38 @@ def print_report(
             print(f"  round {r['round']} {r['config']}: {kinds}")
 
 
+def redis_where(redis: BenchRedis | None, prefix: list[str]) -> str:
+    if redis is None:
+        return "not used"
+    pinned = f", on wrk's CPU ({shlex.join(prefix)})" if redis.server and prefix else ""
+    return redis.describe() + pinned
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join(sys.orig_argv if argv is None else [sys.argv[0], *argv])
+    configs: list[Config] = args.configs
+    redis: BenchRedis | None = None
     try:
-        check_tools()
+        check_tools(configs)
         server_prefix, wrk_prefix, pinning = cpu_plan(args.no_pin)
+        if any(c.redis for c in configs):
+            # On wrk's CPU: the uvicorn process keeps its core, as with an in-process store.
+            redis = BenchRedis(args.redis_url, wrk_prefix, args.redis_server)
         context: dict[str, Any] = {
             "command": command,
             "cpus": pinning,
+            "redis": redis_where(redis, wrk_prefix)
+            + f"; store options: {args.redis_options or 'the defaults'}",
             "environment": environment(),
             "load_before": os.getloadavg()[0],
         }
-        configs: list[Config] = args.configs
         limited = [c for c in configs if c.mode != "bare"]
         if args.no_limit_check:
             context["limit_check"] = "not checked (--no-limit-check)"
         else:
             for config in limited:
-                check_limiting(config, server_prefix)
+                check_limiting(config, server_prefix, redis, args.redis_options)
             context["limit_check"] = (
                 f"checked: with {CHECK_LIMIT}, {', '.join(c.name for c in limited)} "
                 "answered 200, 200, 200, 429"
@@ -540,18 +648,21 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for round_no in range(1, args.rounds + 1):
             for config in configs:
-                run = run_one(args, config, server_prefix, wrk_prefix, round_no)
+                run = run_one(args, config, server_prefix, wrk_prefix, round_no, redis)
                 runs.append(run)
                 print(
-                    f"  round {round_no} {config.name:<16} {run['rps']:>9,.0f} req/s"
+                    f"  round {round_no} {config.name:<18} {run['rps']:>9,.0f} req/s"
                     f"  {run['cpu_us_per_request']:>6,.0f} CPU us/req"
                     f"  p99 {run['latency_ms']['p99']:.1f} ms  errors {run['error_count']}",
                     flush=True,
                 )
         context["load_after"] = os.getloadavg()[0]
-    except BenchError as exc:
+    except (BenchError, RedisBenchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if redis is not None:
+            redis.stop()
     rows = summarize(configs, runs)
     print_report(args, context, runs, rows)
     if args.json:

@@ -1,0 +1,1003 @@
+"""Rate-limit decisions per second on Redis: surefoot's ``RedisStore`` beside its peers and a floor.
+
+Usage::
+
+    .venv/bin/python bench/redis_decisions.py                  # 7 rounds x 5,000 calls, ~6 min
+    .venv/bin/python bench/redis_decisions.py --rounds 1 --calls 1000   # quick look
+    .venv/bin/python bench/redis_decisions.py --json results.json --check
+    .venv/bin/python bench/redis_decisions.py --redis-url redis://10.0.0.5:6379/0  # your server
+
+Theory of operation:
+1. The server. Unless ``--redis-url`` names one, the script starts its own ``redis-server``
+   (``RedisServer``: a child process on a free port of 127.0.0.1, ``--save ""
+   --appendonly no``, its files in a temporary directory, stopped at the end), so that
+   nobody else's commands share it and nothing of it outlives the run. Every run writes
+   under a prefix of its own and deletes its keys afterwards (``SCAN MATCH prefix*`` then
+   ``UNLINK``, untimed), so a shared server keeps nothing either; nothing is ever flushed.
+2. The contenders (``CONTENDERS``) answer "may this key go on?" for the same keys in the
+   same order, each through its own ``redis.asyncio`` client made with the same settings
+   (redis-py's ``ConnectionPool``, the hiredis parser, ``--max-connections``):
+   ``floor`` is one raw ``EVALSHA`` of a two-line script (``INCR``, then ``PEXPIRE``), the
+   least a counter on Redis can cost through redis-py; ``surefoot ALGORITHM`` is
+   ``await store.acquire((item,), time.time())`` on ``RedisStore(client, prefix=...,
+   coalesce=False)`` with its default ``clock="server"`` (one prebuilt ``Item`` per key,
+   keys such as ``rl:{user-000001}:bench`` with a Redis Cluster hash tag, as the limiter
+   makes them), and ``... coalesced`` the same with ``coalesce=True``; ``concurrency`` is an
+   acquire and an awaited release; ``limits STRATEGY`` is ``await limiter.hit(item, key)``
+   on ``limits.aio.storage.RedisStorage("async+redis://...", implementation="redispy")``;
+   ``throttled ALGORITHM`` is ``await Throttled(...).limit(key)`` on throttled-py's asyncio
+   ``RedisStore``.
+3. The workload: a limit of 1,000,000 per minute (per day for ``quota``) that no call
+   reaches, so every decision admits and writes; ``--keys`` keys cycled, ``--calls`` timed
+   decisions per run. Each run makes a fresh contender (new client, new prefix: fresh
+   keys), warms it with one untimed pass over the keys in the same mode (which opens its
+   connections, loads its scripts and creates every key), then times its calls. Every
+   call must be admitted, except those that surefoot's store fails with
+   ``StoreUnavailable`` when its ``timeout`` (50 ms by default, ``--surefoot-timeout``)
+   runs out: those are counted (``fail``) and void a target; anything else is an error.
+4. Two modes: ``sequential``, one coroutine awaiting each call in turn (the latency of a
+   decision), and ``concurrent``, ``--tasks`` asyncio tasks on the one client, each
+   awaiting its share of the calls in turn, as the requests of one server worker do (the
+   throughput of a worker). Coalescing can only pay in the second.
+5. Measures per run: the wall time (decisions per second), the CPU time of this process
+   (the client), and the CPU time of the Redis server: every thread of the private
+   server from ``/proc/PID/task/*/schedstat`` (nanoseconds), or ``INFO cpu`` for a server
+   named by ``--redis-url``, which also counts other clients' work there.
+6. Runs are interleaved: every round runs every contender once per mode, in an order
+   rotated by one each round; the ratio to the floor is taken within a round and the
+   table shows medians over rounds with their interquartile range. ``x floor`` is a
+   throughput ratio: the floor's wall time per decision over the contender's (above 1 is
+   faster than the floor). The client is pinned to one CPU (``sched_setaffinity``) and the
+   private server to another (``taskset``), so they do not compete for a core; on a
+   machine shared with other work, the CPU times are the steadier figures.
+
+The targets (issue 4), at ``--tasks`` 64: surefoot at least 1.0x the floor's decisions per
+second with coalescing off and at least 2.0x with it, for ``token_bucket``, ``gcra``,
+``fixed_window`` and ``sliding_window``. The best peer was said to reach about 0.86x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import platform
+import secrets
+import shlex
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+BENCH_DIR = Path(__file__).resolve().parent
+MODES = ("sequential", "concurrent")
+AMOUNT, WINDOW = 1_000_000, 60.0  # per minute; quota: per day
+#: at --tasks 64: minimum decisions/s as a multiple of the floor's, by coalescing.
+TARGETS = {False: 1.0, True: 2.0}
+TARGET_ALGORITHMS = ("token_bucket", "gcra", "fixed_window", "sliding_window")
+ALGORITHMS = (
+    "token_bucket",
+    "gcra",
+    "fixed_window",
+    "sliding_window",
+    "leaky_bucket",
+    "leaky_queue",
+    "quota",
+    "sliding_log",
+    "concurrency",
+)
+FLOOR_SCRIPT = (
+    "local n = redis.call('INCR', KEYS[1])\nredis.call('PEXPIRE', KEYS[1], ARGV[1])\nreturn n"
+)
+KEY_PREFIX = "sfbench"
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on (a missing package, a wrong decision, no server...)."""
+
+
+# -- the private server ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A private ``redis-server``: a child process on a free port, nothing saved to disk."""
+
+    def __init__(self, prefix: Sequence[str] = (), executable: str = "redis-server") -> None:
+        if shutil.which(executable) is None:
+            raise BenchError(
+                f"{executable} not found: install it (Debian/Ubuntu: apt-get install "
+                "redis-server) or name a server with --redis-url"
+            )
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._dir = tempfile.TemporaryDirectory(prefix="surefoot-redis-")
+        command = [
+            *prefix,
+            executable,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            self._dir.name,
+            "--logfile",
+            "",
+        ]
+        self._log = (Path(self._dir.name) / "redis.log").open("w+b")
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self._log.seek(0)
+                output = self._log.read().decode(errors="replace")[-2000:]
+                raise BenchError(f"redis-server exited:\n{output}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise BenchError(f"redis-server did not answer PING on port {self.port} in {timeout:g} s")
+
+    def cpu_ns(self) -> int:
+        """CPU time used so far by every thread of the server (ns, from schedstat)."""
+        total = 0
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread ended
+                total += int((task / "schedstat").read_text().split()[0])
+        return total
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        self._dir.cleanup()
+
+    def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class BenchRedis:
+    """The Redis server a benchmark writes to: a private one it starts, or ``--redis-url``'s.
+
+    Also used by ``bench/ratelimit_http.py`` and ``bench/idempotency.py``. Each run writes
+    under a prefix of its own and ``delete`` removes its keys afterwards.
+    """
+
+    def __init__(
+        self, url: str | None, prefix: Sequence[str] = (), executable: str = "redis-server"
+    ) -> None:
+        self.server: RedisServer | None = None
+        if url is None:
+            self.server = RedisServer(prefix, executable)
+            url = self.server.url
+        self.url = url
+
+    def describe(self) -> str:
+        if self.server is None:
+            return f"{self.url} (--redis-url; CPU from INFO cpu, every client of it counted)"
+        return (
+            f"private redis-server on port {self.server.port} (--save '' --appendonly no; "
+            "CPU from /proc/PID/task/*/schedstat)"
+        )
+
+    def info(self) -> dict[str, Any]:
+        """``INFO server`` (the version...)."""
+        import redis
+
+        with redis.Redis.from_url(self.url) as admin:
+            return dict(admin.info("server"))
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the server so far: /proc for the private one, else ``INFO cpu``."""
+        if self.server is not None:
+            return self.server.cpu_ns() / 1e9
+        import redis
+
+        with redis.Redis.from_url(self.url) as admin:
+            info = admin.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def delete(self, prefix: str) -> int:
+        """Delete the keys under ``prefix`` (never a FLUSH)."""
+        import redis
+
+        deleted, batch = 0, []
+        with redis.Redis.from_url(self.url) as admin:
+            for key in admin.scan_iter(match=f"{prefix}*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    deleted += admin.unlink(*batch)
+                    batch = []
+            if batch:
+                deleted += admin.unlink(*batch)
+        return deleted
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def with_query(url: str, *queries: str) -> str:
+    """``url`` with ``queries`` (``"a=1&b=2"``, empty ones skipped) added to its query."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts._replace(query="&".join(q for q in (parts.query, *queries) if q)).geturl()
+
+
+# -- the contenders -------------------------------------------------------------------------
+
+
+class Contender(Protocol):
+    """One implementation with fresh keys under ``prefix``, on its own client."""
+
+    failed: int  # calls that raised the store's "unavailable" error (surefoot: a timeout)
+
+    async def open(self) -> None:
+        """Make the client and whatever the implementation needs (untimed)."""
+
+    def arg(self, key: str) -> Any:
+        """What ``run`` gets for ``key`` (built once per key, outside the timing)."""
+
+    async def run(self, args: Sequence[Any]) -> int:
+        """Decide once per element of ``args``, in turn; return how many were admitted."""
+
+    async def aclose(self) -> None:
+        """Close the client."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every contender of a run is built from."""
+
+    url: str
+    prefix: str  # unique per run, no braces, no trailing ':'
+    pool: dict[str, Any]  # redis.asyncio.ConnectionPool keyword arguments
+    timeout: float | None = None  # surefoot's RedisStore(timeout=...); None: its default
+
+
+def make_client(setup: Setup) -> Any:
+    import redis.asyncio
+
+    pool = redis.asyncio.ConnectionPool.from_url(setup.url, **setup.pool)
+    return redis.asyncio.Redis(connection_pool=pool)
+
+
+def tagged(key: str) -> str:
+    """A key as the limiter makes it: the principal in a Redis Cluster hash tag."""
+    return f"rl:{{{key}}}:bench"
+
+
+class Floor:
+    """One raw EVALSHA of INCR + PEXPIRE: the least a counter on Redis costs via redis-py."""
+
+    failed = 0
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+
+    async def open(self) -> None:
+        self.client = make_client(self.setup)
+        self.sha = await self.client.script_load(FLOOR_SCRIPT)
+        self.ms = int(WINDOW * 1000)
+
+    def arg(self, key: str) -> Any:
+        return f"{self.setup.prefix}:{tagged(key)}"
+
+    async def run(self, args: Sequence[Any]) -> int:
+        evalsha, sha, ms, admitted = self.client.evalsha, self.sha, self.ms, 0
+        for key in args:
+            if await evalsha(sha, 1, key, ms) <= AMOUNT:
+                admitted += 1
+        return admitted
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class Surefoot:
+    failed = 0
+
+    def __init__(self, setup: Setup, algorithm: str, coalesce: bool) -> None:
+        from surefoot.ratelimit import Limit
+
+        self.setup, self.algorithm, self.coalesce = setup, algorithm, coalesce
+        if algorithm == "quota":
+            self.limit = Limit(AMOUNT, 86400.0, algorithm="quota", period="day")
+        else:
+            self.limit = Limit(AMOUNT, WINDOW, algorithm=algorithm)
+
+    async def open(self) -> None:
+        from surefoot.storage.redis import RedisStore
+
+        self.client = make_client(self.setup)
+        timeout = {} if self.setup.timeout is None else {"timeout": self.setup.timeout}
+        self.store = RedisStore(
+            self.client, prefix=f"{self.setup.prefix}:", coalesce=self.coalesce, **timeout
+        )
+
+    def arg(self, key: str) -> Any:
+        from surefoot.ratelimit import Item
+
+        token = f"token-{key}" if self.algorithm == "concurrency" else ""
+        return (Item(tagged(key), self.algorithm, self.limit, 1, True, token),)
+
+    async def run(self, args: Sequence[Any]) -> int:
+        from surefoot.errors import StoreUnavailable
+
+        acquire, now, admitted = self.store.acquire, time.time, 0
+        for items in args:
+            try:  # free in Python 3.11 until something is raised
+                if (await acquire(items, now()))[0]:
+                    admitted += 1
+            except StoreUnavailable:  # its timeout: counted and reported, not hidden
+                self.failed += 1
+        return admitted
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+        await self.client.aclose()
+
+
+class SurefootConcurrency(Surefoot):
+    """``concurrency``: acquire a slot, then release it (two round trips)."""
+
+    async def run(self, args: Sequence[Any]) -> int:
+        from surefoot.errors import StoreUnavailable
+
+        acquire, release, now, admitted = self.store.acquire, self.store.release, time.time, 0
+        for items in args:
+            try:
+                ok = (await acquire(items, now()))[0]
+                await release(items[0].key, items[0].token, now())
+            except StoreUnavailable:
+                self.failed += 1
+                continue
+            if ok:
+                admitted += 1
+        return admitted
+
+
+class Limits:
+    failed = 0
+
+    def __init__(self, setup: Setup, strategy: str) -> None:
+        self.setup, self.strategy = setup, strategy
+
+    async def open(self) -> None:
+        import redis.asyncio
+        from limits import RateLimitItemPerMinute
+        from limits.aio import storage, strategies
+
+        self.pool = redis.asyncio.ConnectionPool.from_url(self.setup.url, **self.setup.pool)
+        self.storage = storage.RedisStorage(
+            "async+" + self.setup.url,
+            implementation="redispy",
+            key_prefix=self.setup.prefix,
+            connection_pool=self.pool,
+        )
+        self.limiter = getattr(strategies, self.strategy)(self.storage)
+        self.item = RateLimitItemPerMinute(AMOUNT)
+
+    def arg(self, key: str) -> Any:
+        return key
+
+    async def run(self, args: Sequence[Any]) -> int:
+        hit, item, admitted = self.limiter.hit, self.item, 0
+        for key in args:
+            if await hit(item, key):
+                admitted += 1
+        return admitted
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+
+class Throttled:
+    failed = 0
+
+    def __init__(self, setup: Setup, algorithm: str) -> None:
+        self.setup, self.algorithm = setup, algorithm
+
+    async def open(self) -> None:
+        from throttled.asyncio import RateLimiterType, RedisStore, Throttled, per_min
+
+        self.store = RedisStore(
+            server=self.setup.url, options={"CONNECTION_POOL_KWARGS": dict(self.setup.pool)}
+        )
+        self.throttle = Throttled(
+            using=RateLimiterType(self.algorithm).value,
+            quota=per_min(AMOUNT, burst=AMOUNT),
+            store=self.store,
+            key_prefix=self.setup.prefix,
+        )
+
+    def arg(self, key: str) -> Any:
+        return key
+
+    async def run(self, args: Sequence[Any]) -> int:
+        limit, admitted = self.throttle.limit, 0
+        for key in args:
+            if not (await limit(key)).limited:
+                admitted += 1
+        return admitted
+
+    async def aclose(self) -> None:
+        await self.store._backend.get_client().aclose()
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    library: str  # "floor", "surefoot", "limits" or "throttled-py"
+    make: Callable[[Setup], Contender]
+    algorithm: str = ""
+    coalesce: bool | None = None  # surefoot only
+    note: str = ""
+
+    def target(self, mode: str) -> float | None:
+        """The least ``x floor`` this contender must reach in ``mode``, if any."""
+        if self.coalesce is None or mode != "concurrent":
+            return None
+        return TARGETS[self.coalesce] if self.algorithm in TARGET_ALGORITHMS else None
+
+
+def _surefoot(algorithm: str, coalesce: bool) -> Spec:
+    cls = SurefootConcurrency if algorithm == "concurrency" else Surefoot
+    notes = {"sliding_log": "log grows with use", "concurrency": "acquire + awaited release"}
+    return Spec(
+        f"surefoot {algorithm}" + (" coalesced" if coalesce else ""),
+        "surefoot",
+        lambda setup: cls(setup, algorithm, coalesce),
+        algorithm,
+        coalesce,
+        notes.get(algorithm, ""),
+    )
+
+
+CONTENDERS = (
+    Spec("floor", "floor", Floor, note="EVALSHA of INCR + PEXPIRE"),
+    *(_surefoot(a, False) for a in ALGORITHMS),
+    *(_surefoot(a, True) for a in ALGORITHMS),
+    Spec(
+        "limits fixed_window",
+        "limits",
+        lambda setup: Limits(setup, "FixedWindowRateLimiter"),
+        "fixed_window",
+    ),
+    Spec(
+        "limits sliding_window",
+        "limits",
+        lambda setup: Limits(setup, "SlidingWindowCounterRateLimiter"),
+        "sliding_window",
+    ),
+    Spec(
+        "limits moving_window",
+        "limits",
+        lambda setup: Limits(setup, "MovingWindowRateLimiter"),
+        "moving_window",
+        note="log grows with use",
+    ),
+    *(
+        Spec(f"throttled {a}", "throttled-py", lambda setup, a=a: Throttled(setup, a), a)
+        for a in ("token_bucket", "gcra", "fixed_window", "sliding_window", "leaking_bucket")
+    ),
+)
+
+
+# -- setup ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Rate-limit decisions per second on Redis: surefoot's RedisStore, limits, "
+        "throttled-py and a raw EVALSHA floor, sequential and concurrent, interleaved.",
+    )
+    parser.add_argument("--rounds", type=int, default=7, help="rounds (default: 7)")
+    parser.add_argument(
+        "--calls", type=int, default=5_000, help="timed decisions per run (default: 5000)"
+    )
+    parser.add_argument("--keys", type=int, default=1_000, help="keys cycled (default: 1000)")
+    parser.add_argument(
+        "--tasks", type=int, default=64, help="asyncio tasks in concurrent mode (default: 64)"
+    )
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="comma-separated modes: sequential, concurrent (default: both)",
+    )
+    parser.add_argument(
+        "--contenders",
+        default="",
+        help="comma-separated contenders to run; floor always runs (default: all)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        help="use this Redis server instead of starting a private one (only keys under "
+        f"'{KEY_PREFIX}-*' are written, and deleted after each run)",
+    )
+    parser.add_argument(
+        "--redis-server",
+        default="redis-server",
+        help="the redis-server executable to start (default: redis-server)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="max_connections of every client's pool (default: redis-py's, unbounded)",
+    )
+    parser.add_argument(
+        "--surefoot-timeout",
+        type=float,
+        default=None,
+        help="RedisStore(timeout=...) in seconds (default: the store's own, 0.05); a call "
+        "that times out is counted in 'fail', never retried",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop, as a server worker runs it (default: uvloop)",
+    )
+    parser.add_argument(
+        "--cpu", type=int, default=None, help="CPU to pin the client to (default: the last one)"
+    )
+    parser.add_argument("--no-pin", action="store_true", help="do not pin client and server")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--check", action="store_true", help="exit with status 1 if a target is missed"
+    )
+    args = parser.parse_args(argv)
+    known = {c.name: c for c in CONTENDERS}
+    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"--contenders: unknown {unknown}; expected names from {list(known)}")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or any(m not in MODES for m in modes):
+        parser.error(f"--modes: expected names from {list(MODES)}")
+    if min(args.rounds, args.calls, args.keys, args.tasks) < 1:
+        parser.error("expected --rounds, --calls, --keys and --tasks >= 1")
+    if args.max_connections is not None and args.max_connections < 1:
+        parser.error("expected --max-connections >= 1")
+    args.contenders = [c for c in CONTENDERS if not names or c.name in ("floor", *names)]
+    args.modes = modes
+    return args
+
+
+def importable(module: str) -> str | None:
+    """None if ``module`` imports, else why not."""
+    try:
+        __import__(module)
+    except Exception as exc:  # an API in progress may fail with more than ImportError
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def available(specs: list[Spec]) -> tuple[list[Spec], dict[str, str]]:
+    """The contenders whose library imports, and why the others were left out."""
+    for module in ("redis", "hiredis"):
+        if importable(module):
+            raise BenchError(
+                f"missing Python package {module!r} in {sys.executable}: "
+                "pip install 'redis[hiredis]'"
+            )
+    modules = {
+        "floor": "redis",
+        "surefoot": "surefoot.storage.redis",
+        "limits": "limits.aio.storage",
+        "throttled-py": "throttled.asyncio",
+    }
+    problems = {lib: why for lib, mod in modules.items() if (why := importable(mod))}
+    return [s for s in specs if s.library not in problems], problems
+
+
+def pin_plan(args: argparse.Namespace) -> tuple[list[str], str]:
+    """Pin this process; return the command prefix for the server and a sentence."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.no_pin:
+        return [], f"not pinned (--no-pin); {len(cpus)} CPUs available"
+    cpu = cpus[-1] if args.cpu is None else args.cpu
+    if cpu not in cpus:
+        raise BenchError(f"--cpu {cpu}: not one of the allowed CPUs {cpus}")
+    os.sched_setaffinity(0, {cpu})
+    client = f"client pinned to CPU {cpu} (sched_setaffinity)"
+    if args.redis_url:
+        return [], f"{client}; server given by --redis-url, not pinned"
+    others = [c for c in cpus if c != cpu]
+    if not others:
+        return [], f"{client}; server shares it: only one CPU available"
+    if shutil.which("taskset") is None:
+        return [], f"{client}; server not pinned: taskset not found (util-linux)"
+    return (
+        ["taskset", "-c", str(others[0])],
+        f"{client}, private server to CPU {others[0]} (taskset), of {len(cpus)} CPUs",
+    )
+
+
+def environment(server_info: dict[str, Any], loop: str) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    git = subprocess.run(
+        ["git", "-C", str(BENCH_DIR), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    packages = {}
+    for name in ("surefoot", "redis", "hiredis", "limits", "throttled-py", "uvloop"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = "absent"
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "git": git.stdout.strip() or "unknown",
+        "redis_server": server_info.get("redis_version", "?"),
+        "loop": loop,
+        **packages,
+    }
+
+
+# -- one run --------------------------------------------------------------------------------
+
+
+async def drive(contender: Contender, shares: list[list[Any]]) -> int:
+    if len(shares) == 1:
+        return await contender.run(shares[0])
+    return sum(await asyncio.gather(*(contender.run(share) for share in shares)))
+
+
+async def run_one(
+    args: argparse.Namespace,
+    spec: Spec,
+    mode: str,
+    round_no: int,
+    keys: list[str],
+    redis: BenchRedis,
+) -> dict[str, Any]:
+    pool = {} if args.max_connections is None else {"max_connections": args.max_connections}
+    prefix = f"{KEY_PREFIX}-{args.nonce}-{round_no}-{secrets.token_hex(3)}"
+    setup = Setup(args.url, prefix, pool, args.surefoot_timeout)
+    contender = spec.make(setup)
+    tasks = 1 if mode == "sequential" else args.tasks
+    try:
+        await contender.open()
+        per_key = [contender.arg(k) for k in keys]
+        warm = [per_key[i::tasks] for i in range(tasks)]
+        sequence = [per_key[i % len(per_key)] for i in range(args.calls)]
+        shares = [sequence[i::tasks] for i in range(tasks)]
+        if await drive(contender, warm) != len(per_key) - contender.failed:
+            raise BenchError(f"{spec.name} ({mode}): the warm-up pass was not all admitted")
+        contender.failed = 0
+        gc.collect()
+        server_before = redis.cpu_seconds()
+        wall, client = time.perf_counter_ns(), time.process_time_ns()
+        admitted = await drive(contender, shares)
+        client, wall = time.process_time_ns() - client, time.perf_counter_ns() - wall
+        server = (redis.cpu_seconds() - server_before) * 1e9
+    finally:
+        await contender.aclose()
+    redis.delete(setup.prefix)
+    failed = contender.failed
+    if admitted + failed != args.calls:
+        raise BenchError(
+            f"{spec.name} ({mode}): {admitted:,} of {args.calls:,} calls admitted "
+            f"({failed:,} failed), expected all of them: the workload is not what it claims"
+        )
+    if failed:
+        print(
+            f"  {spec.name} ({mode}, round {round_no}): {failed:,} calls timed out "
+            "(StoreUnavailable)",
+            flush=True,
+        )
+    return {
+        "round": round_no,
+        "contender": spec.name,
+        "mode": mode,
+        "calls": args.calls,
+        "wall_ns": wall / args.calls,
+        "client_cpu_ns": client / args.calls,
+        "server_cpu_ns": server / args.calls,
+        "failed": failed,
+    }
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    middle = statistics.median(values)
+    if len(values) < 2:
+        return middle, middle, middle
+    low, _, high = statistics.quantiles(values, n=4)
+    return low, middle, high
+
+
+def summarize(
+    specs: list[Spec], modes: list[str], runs: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    def by(name: str, mode: str) -> dict[int, dict[str, Any]]:
+        return {r["round"]: r for r in runs if r["contender"] == name and r["mode"] == mode}
+
+    rows = []
+    for mode in modes:
+        floor = by("floor", mode)
+        for spec in specs:
+            mine = by(spec.name, mode)
+            if not mine:
+                continue
+            low, ratio, high = quartiles(
+                [floor[n]["wall_ns"] / r["wall_ns"] for n, r in mine.items()]
+            )
+            cpu_ratio = statistics.median(
+                floor[n]["client_cpu_ns"] / r["client_cpu_ns"] for n, r in mine.items()
+            )
+            wall = statistics.median(r["wall_ns"] for r in mine.values())
+            client = statistics.median(r["client_cpu_ns"] for r in mine.values())
+            server = statistics.median(r["server_cpu_ns"] for r in mine.values())
+            target = spec.target(mode)
+            failed = sum(r["failed"] for r in mine.values())
+            rows.append(
+                {
+                    "contender": spec.name,
+                    "library": spec.library,
+                    "algorithm": spec.algorithm,
+                    "coalesce": spec.coalesce,
+                    "mode": mode,
+                    "note": spec.note,
+                    "per_second": 1e9 / wall,
+                    "wall_us": wall / 1000,
+                    "ratio": ratio,
+                    "ratio_p25": low,
+                    "ratio_p75": high,
+                    "client_cpu_us": client / 1000,
+                    "cpu_ratio": cpu_ratio,
+                    "server_cpu_us": server / 1000,
+                    "client_busy": statistics.median(
+                        r["client_cpu_ns"] / r["wall_ns"] for r in mine.values()
+                    ),
+                    "server_busy": statistics.median(
+                        r["server_cpu_ns"] / r["wall_ns"] for r in mine.values()
+                    ),
+                    "failed": failed,
+                    "target": target,
+                    "met": None if target is None else ratio >= target and not failed,
+                }
+            )
+    return rows
+
+
+def print_report(
+    args: argparse.Namespace,
+    context: dict[str, Any],
+    runs: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+) -> None:
+    env = context["environment"]
+    print()
+    print(f"command:  {context['command']}")
+    print(
+        f"workload: {args.keys:,} keys cycled, {args.calls:,} timed calls per run, "
+        f"{args.rounds} round(s), contenders interleaved (order rotated each round);"
+    )
+    print(
+        f"          {AMOUNT:,}/minute (quota: per day), every call admitted; sequential: one "
+        f"coroutine; concurrent: {args.tasks} tasks on one client"
+    )
+    print(f"server:   {context['server']}")
+    print(
+        f"clients:  redis.asyncio, hiredis parser, pool {context['pool']}; {env['loop']} loop; "
+        f"RedisStore timeout {context['surefoot_timeout']}"
+    )
+    print(f"cpus:     {context['cpus']}")
+    print(
+        f"machine:  {env['cpus']} CPUs, load average {context['load_before']:.2f} before, "
+        f"{context['load_after']:.2f} after (1 min)"
+    )
+    print(
+        f"software: Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
+        f"redis-server {env['redis_server']}, redis-py {env['redis']}, hiredis "
+        f"{env['hiredis']}, limits {env['limits']}, throttled-py {env['throttled-py']}, "
+        f"uvloop {env['uvloop']}"
+    )
+    for library, why in context["skipped"].items():
+        print(f"skipped:  {library}: {why}")
+    header = (
+        f"{'contender':<33} {'dec/s':>7} {'x floor':>7} {'(IQR)':>9} {'target':>6} {'met':>3} "
+        f"{'wall us':>7} {'cli us':>6} {'cpu x':>5} {'srv us':>6} {'cli%':>4} {'srv%':>4} "
+        f"{'fail':>4}  note"
+    )
+    for mode in args.modes:
+        print()
+        tasks = "one coroutine" if mode == "sequential" else f"{args.tasks} tasks"
+        print(f"[{mode}: {tasks}]")
+        print(header)
+        print("-" * len(header))
+        for row in (r for r in rows if r["mode"] == mode):
+            target = "-" if row["target"] is None else f">={row['target']:.1f}"
+            met = "-" if row["met"] is None else ("yes" if row["met"] else "NO")
+            spread = f"{row['ratio_p25']:.2f}-{row['ratio_p75']:.2f}"
+            print(
+                f"{row['contender']:<33} {row['per_second']:>7,.0f} {row['ratio']:>7.2f} "
+                f"{spread:>9} {target:>6} {met:>3} {row['wall_us']:>7.1f} "
+                f"{row['client_cpu_us']:>6.1f} {row['cpu_ratio']:>5.2f} "
+                f"{row['server_cpu_us']:>6.1f} "
+                f"{row['client_busy'] * 100:>4.0f} {row['server_busy'] * 100:>4.0f} "
+                f"{row['failed']:>4}  {row['note']}".rstrip()
+            )
+    print()
+    print("dec/s:   decisions per second, from the median wall time per decision over rounds;")
+    print("         wall us is that time (sequential: the latency of one decision).")
+    print("x floor: median of the per-round ratios of the floor's wall time per decision to")
+    print("         this one's (above 1: more decisions per second than the floor); IQR: the")
+    print("         interquartile range over rounds. The targets apply to this figure.")
+    print("cli us, srv us: CPU time per decision of this process and of the Redis server;")
+    print("cpu x:   median of the per-round ratios of the floor's cli us to this one's: the")
+    print("         x floor to expect where the client alone limits (a core of its own).")
+    print("cli%, srv%: their CPU time over the wall time (100: that side saturates a core).")
+    print("fail:    calls that raised StoreUnavailable (surefoot's timeout), all rounds; a")
+    print("         target is not met by a contender that failed calls.")
+    print()
+    if args.rounds > 10:
+        print("per round figures: in the --json output (runs).")
+        return
+    print("per round, decisions/s (wall):")
+    for mode in args.modes:
+        print(f"  [{mode}]")
+        for name in dict.fromkeys(r["contender"] for r in runs if r["mode"] == mode):
+            cells = " ".join(
+                f"{1e9 / r['wall_ns']:>8,.0f}"
+                for r in sorted(
+                    (r for r in runs if r["contender"] == name and r["mode"] == mode),
+                    key=lambda r: r["round"],
+                )
+            )
+            print(f"  {name:<33} {cells}")
+
+
+async def bench(
+    args: argparse.Namespace, specs: list[Spec], redis: BenchRedis
+) -> list[dict[str, Any]]:
+    keys = [f"user-{i:06d}" for i in range(args.keys)]
+    runs: list[dict[str, Any]] = []
+    for round_no in range(1, args.rounds + 1):
+        shift = (round_no - 1) % len(specs)
+        order = specs[shift:] + specs[:shift]
+        for mode in args.modes:
+            for spec in order:
+                runs.append(await run_one(args, spec, mode, round_no, keys, redis))
+        floor = {r["mode"]: r for r in runs if r["round"] == round_no and r["contender"] == "floor"}
+        print(
+            f"  round {round_no}: floor "
+            + ", ".join(f"{m} {1e9 / floor[m]['wall_ns']:,.0f}/s" for m in args.modes)
+            + f"; {len([r for r in runs if r['round'] == round_no])} runs",
+            flush=True,
+        )
+    return runs
+
+
+def run_loop(args: argparse.Namespace, coroutine: Any) -> Any:
+    if args.loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(coroutine)
+    return asyncio.run(coroutine)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join(sys.orig_argv if argv is None else [sys.argv[0], *argv])
+    redis: BenchRedis | None = None
+    try:
+        if args.loop == "uvloop" and importable("uvloop"):
+            raise BenchError("uvloop is not installed: pip install uvloop, or --loop asyncio")
+        specs, skipped = available(args.contenders)
+        server_prefix, pinning = pin_plan(args)
+        redis = BenchRedis(args.redis_url, server_prefix, args.redis_server)
+        args.url, where, server_info = redis.url, redis.describe(), redis.info()
+        args.nonce = secrets.token_hex(4)
+        load_before = os.getloadavg()[0]
+        print(
+            f"{len(specs)} contenders x {len(args.modes)} modes x {args.rounds} rounds x "
+            f"{args.calls:,} calls; {where}; {pinning}",
+            flush=True,
+        )
+        for library, why in skipped.items():
+            print(f"  skipped {library}: {why}", flush=True)
+        runs = run_loop(args, bench(args, specs, redis))
+        context: dict[str, Any] = {
+            "command": command,
+            "server": where,
+            "pool": "max_connections="
+            + ("unbounded" if args.max_connections is None else str(args.max_connections)),
+            "cpus": pinning,
+            "surefoot_timeout": "default (0.05 s)"
+            if args.surefoot_timeout is None
+            else f"{args.surefoot_timeout:g} s",
+            "environment": environment(server_info, args.loop),
+            "load_before": load_before,
+            "load_after": os.getloadavg()[0],
+            "skipped": skipped,
+        }
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if redis is not None:
+            redis.stop()
+    rows = summarize(specs, args.modes, runs)
+    print_report(args, context, runs, rows)
+    if args.json:
+        document = {
+            **context,
+            "settings": {
+                "rounds": args.rounds,
+                "calls": args.calls,
+                "keys": args.keys,
+                "tasks": args.tasks,
+                "modes": args.modes,
+                "max_connections": args.max_connections,
+                "surefoot_timeout": args.surefoot_timeout,
+                "limit": [AMOUNT, WINDOW],
+            },
+            "summary": rows,
+            "runs": runs,
+        }
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+        print(f"\nJSON written to {args.json}")
+    if not args.check:
+        return 0
+    judged = [r for r in rows if r["met"] is not None]
+    expected = len(TARGET_ALGORITHMS) * len(TARGETS) if "concurrent" in args.modes else 0
+    if len(judged) < expected:
+        print(f"check: {expected - len(judged)} targeted figure(s) not measured", file=sys.stderr)
+        return 1
+    return 1 if any(r["met"] is False for r in judged) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
