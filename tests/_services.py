@@ -81,12 +81,13 @@ async def store_url(
 @contextlib.contextmanager
 def store_url_sync(kind: str, tmp_path: Path, **kwargs: str) -> Iterator[str]:
     """``store_url`` for synchronous tests (those that spawn processes)."""
-    manager = store_url(kind, tmp_path, **kwargs)
-    url = asyncio.run(manager.__aenter__())
-    try:
-        yield url
-    finally:
-        asyncio.run(manager.__aexit__(None, None, None))
+    with asyncio.Runner() as runner:  # one loop: asyncio.run would finalise the generator
+        manager = store_url(kind, tmp_path, **kwargs)
+        url = runner.run(manager.__aenter__())
+        try:
+            yield url
+        finally:
+            runner.run(manager.__aexit__(None, None, None))
 
 
 async def _drop_redis_prefix(url: str, prefix: str) -> None:

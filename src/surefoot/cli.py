@@ -1,7 +1,8 @@
 """The ``surefoot`` command line (also ``python -m surefoot``).
 
-Only commands that work are listed: ``errors`` prints the problem catalogue, and
-``keys`` lets an operator inspect and settle idempotency records in a store.
+Only commands that work are listed: ``errors`` prints the problem catalogue, ``keys``
+lets an operator inspect and settle idempotency records in a store, and ``migrate``
+creates or upgrades a PostgreSQL store's tables.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from rich.table import Table
 
 from surefoot._version import __version__
 from surefoot.clock import SystemClock
-from surefoot.errors import ConfigurationError, catalogue, catalogue_markdown, problem_type_uri
+from surefoot.errors import (
+    ConfigurationError,
+    StoreUnavailable,
+    catalogue,
+    catalogue_markdown,
+    problem_type_uri,
+)
 from surefoot.idempotency._core import Record, State, StoredResponse
 from surefoot.storage import IdempotencyStore, store_from_url
 
@@ -85,7 +92,16 @@ def _run(store_url: str, work: Any) -> Any:
         except ConfigurationError as exc:
             raise click.BadParameter(str(exc), param_hint="--store") from None
         try:
+            opener = getattr(store, "open", None)
+            if opener is not None:
+                # A network store connects now, with time to spare, rather than spend the
+                # first call's short timeout connecting.
+                await opener()
             return await work(store, SystemClock().now())
+        except StoreUnavailable as exc:
+            raise click.ClickException(f"the store is unavailable ({exc.__cause__})") from None
+        except ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from None
         finally:
             await store.aclose()
 
@@ -195,3 +211,58 @@ def purge_keys(store_url: str, limit: int) -> None:
         return await store.purge(now, limit=limit)
 
     click.echo(f"purged {_run(store_url, work)} expired records")
+
+
+@main.command("migrate")
+@_STORE
+@click.option(
+    "--schema",
+    help="PostgreSQL schema to migrate (default: the URL's schema option, else public).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the pending migrations; change nothing.")
+def migrate_store(store_url: str, schema: str | None, dry_run: bool) -> None:
+    """Create or upgrade a store's tables (run it at deploy time).
+
+    A PostgreSQL store never changes its schema by itself: this applies the migrations it
+    lacks, each once, even when several processes run it at the same time. The embedded
+    SQLite store migrates itself whenever it opens a file.
+    """
+    scheme = urlsplit(store_url).scheme
+    if scheme == "sqlite":
+        if not dry_run:
+
+            async def open_sqlite() -> None:
+                await store_from_url(store_url).aclose()  # creates or upgrades the file
+
+            try:
+                asyncio.run(open_sqlite())
+            except ConfigurationError as exc:
+                raise click.BadParameter(str(exc), param_hint="--store") from None
+        click.echo(
+            "SQLite migrates itself when the store opens its file"
+            + (": nothing to do" if dry_run else f": {urlsplit(store_url).path[1:]} is up to date")
+        )
+        return
+    if scheme not in ("postgresql", "postgres"):
+        click.echo(f"{scheme}:// stores keep no schema: nothing to migrate")
+        return
+    try:
+        from surefoot.storage.postgres import _scrub, _split_url, migrate
+    except ImportError as exc:  # pragma: no cover - the extra is part of the test setup
+        raise click.ClickException(
+            f"PostgreSQL needs its driver: pip install 'surefoot[postgres]' ({exc})"
+        ) from None
+    try:
+        dsn, options = _split_url(store_url)
+        target = schema or options.get("schema") or "public"
+        applied = asyncio.run(migrate(dsn, schema=target, dry_run=dry_run))
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    except StoreUnavailable as exc:
+        cause = _scrub(str(exc.__cause__), store_url)
+        raise click.ClickException(f"cannot migrate: {cause}") from None
+    verb = "would apply" if dry_run else "applied"
+    for name in applied:
+        click.echo(f"{verb} {name} to schema {target!r}")
+    if not applied:
+        click.echo(f"schema {target!r} is up to date")

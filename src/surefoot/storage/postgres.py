@@ -1,0 +1,961 @@
+"""``PostgresStore``: idempotency records and rate-limit counters in PostgreSQL.
+
+For records that must outlive any one machine and sit beside business data, and for
+counters shared by every host of an API. Needs ``pip install 'surefoot[postgres]'``
+(psycopg 3 and psycopg_pool).
+
+Rule 1: the schema is created and upgraded only by ``migrate`` (``surefoot migrate
+        --store URL``), never implicitly. Migrations are the ``NNNN_name.sql`` files of
+        ``_migrations/postgres``, applied in number order, each in its own transaction
+        under a transaction-level advisory lock (so processes migrating at once apply
+        each file once), and recorded in ``surefoot_schema_migrations``. On first use
+        the store checks that every migration it knows is applied, and none it does not
+        know: otherwise ``ConfigurationError``, saying what to do.
+Rule 2: every step is one call of one PL/pgSQL function (or one statement), which
+        applies the state machine of
+        ``surefoot.idempotency._core`` or the ``plan`` of ``surefoot.ratelimit._core``
+        to the stored rows, operation for operation in IEEE doubles, so it decides
+        exactly as the Python references do. An idempotency step locks its row
+        (``FOR UPDATE``, or the insert's conflict); answers that change nothing (replay,
+        in progress, mismatch) come from a plain read. Rate limits take one advisory
+        lock per key, in ascending lock id order, so concurrent calls over overlapping
+        keys never deadlock. Counters commit with ``synchronous_commit`` off (a database
+        crash may forget the last fraction of a second of counts); records are durable.
+Rule 3: time is the database's (``clock="server"``, the default): ``clock_timestamp()``,
+        read once the rows are locked, so no host's clock skew can over-admit or take
+        over a live lease. Absolute times handed back (``InProgress.lease_expires_at``,
+        a ``Record``'s) are moved onto the caller's clock by ``now - db_now``. With
+        ``clock="caller"`` the ``now`` argument is the time, as in the other stores.
+        Calendar quotas take their period from the database's time zone data in server
+        mode and from ``quota_period`` in caller mode.
+Rule 4: every call is bounded by ``timeout`` (pool wait and statement); connections the
+        store opens also carry it as ``statement_timeout``. The statement runs in a task
+        of its own: a caller whose time ran out (or who was cancelled) leaves at once,
+        with ``StoreUnavailable``, while the statement ends on the server by itself and
+        its connection goes back to the pool idle, never mid-query. A reservation or a
+        concurrency slot that such an abandoned statement still took is given back.
+Rule 5: psycopg and pool errors, and timeouts, become ``StoreUnavailable`` in one place
+        (``_translate``); their text stays on ``__cause__`` for logs, never reaches a
+        client.
+Rule 6: expired rows are deleted in batches of ``purge_batch`` at most every
+        ``purge_interval`` seconds, in the background after a call; rows other
+        transactions hold are skipped (``SKIP LOCKED``), so no request waits on a purge.
+Rule 7: group commit: the begins, the finishes and the acquires that arrive on one turn
+        of the event loop (up to 64 of a kind) go in one call, which decides them one
+        after the other, each atomically, in arrival order, with one commit (a batch of
+        several keys first takes their advisory locks, in order, as in Rule 2). A hot
+        key costs one lock hand-over per batch instead of one per request, and a burst
+        one commit. A batch that fails fails each of its calls. A store is used from one
+        event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import math
+import re
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from importlib import resources
+from typing import Any, Literal, NamedTuple, NoReturn
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool
+
+from surefoot.errors import ConfigurationError, StoreUnavailable
+from surefoot.idempotency._core import (
+    Begin,
+    Decision,
+    InProgress,
+    Mismatch,
+    NotStored,
+    Outcome,
+    Record,
+    Replay,
+    Reserved,
+    State,
+    Step,
+    StoredResponse,
+    Unknown,
+)
+from surefoot.ratelimit._algorithms import RateLimitDecision, quota_period
+from surefoot.ratelimit._core import Item
+from surefoot.ratelimit._limit import ALGORITHMS, Limit
+
+__all__ = ["PostgresStore", "migrate"]
+
+_log = logging.getLogger("surefoot.storage")
+
+Pool = AsyncConnectionPool[Any]
+Row = tuple[Any, ...]
+
+#: How long an abandoned statement may run on after its caller gave up, before the
+#: driver cancels it (and closes the connection if the server does not answer).
+_GRACE = 1.0
+#: Budget of a purge batch (longer than a request's: it runs in the background).
+_PURGE_TIMEOUT = 5.0
+_MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_MIGRATIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS {s}.surefoot_schema_migrations (version integer PRIMARY KEY, "
+    "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+)
+#: Most calls sent together in one batch (Rule 7).
+_BATCH = 64
+_OPTIONS = ("schema", "clock", "timeout", "pool_min", "pool_max")
+
+
+# -- migrations --------------------------------------------------------------------------
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str  # "0001_initial"
+    sql: str
+
+
+@functools.cache
+def _migrations() -> tuple[Migration, ...]:
+    """Every migration this surefoot ships, in order."""
+    folder = resources.files("surefoot.storage") / "_migrations" / "postgres"
+    found: dict[int, Migration] = {}
+    for entry in folder.iterdir():
+        match = _MIGRATION.match(entry.name)
+        if match is None:
+            continue
+        version = int(match.group(1))
+        if version in found:
+            raise ConfigurationError(
+                f"PostgreSQL migrations: {found[version].name} and {entry.name} share "
+                f"number {version:04d}"
+            )
+        found[version] = Migration(version, entry.name[:-4], entry.read_text("utf-8"))
+    return tuple(found[v] for v in sorted(found))
+
+
+async def migrate(dsn: str, *, schema: str = "public", dry_run: bool = False) -> list[str]:
+    """Apply the pending migrations to ``schema`` (created if missing); what was applied.
+
+    Example:
+        >>> await migrate("postgresql://app@db/app", schema="surefoot")
+        ['0001_initial']
+        >>> await migrate("postgresql://app@db/app", schema="surefoot")  # nothing left
+        []
+
+    Args:
+        dsn: a libpq connection string or ``postgresql://`` URL (without surefoot's
+            store options).
+        schema: the schema that holds surefoot's tables.
+        dry_run: only say which migrations would be applied.
+
+    Each migration runs in its own transaction, under an advisory lock on the schema, so
+    processes that migrate at once (every replica at deploy time) apply each one once.
+
+    Raises:
+        ConfigurationError: ``schema`` is not a valid name, or the database has a
+            migration newer than this surefoot knows (upgrade surefoot).
+        StoreUnavailable: the database could not be reached or refused a statement
+            (its message is on ``__cause__``).
+    """
+    _check_schema(schema, "migrate(schema)")
+    ident = _ident(schema)
+    lock = int.from_bytes(
+        hashlib.blake2b(f"surefoot.migrate:{schema}".encode(), digest_size=8).digest(),
+        "big",
+        signed=True,
+    )
+    applied: list[str] = []
+    with _translate():
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            if dry_run:
+                done = await _applied(conn, schema)
+                _refuse_newer(done, schema)
+                return [m.name for m in _migrations() if m.version not in done]
+            for migration in _migrations():
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+                    cursor = await conn.execute("SELECT to_regnamespace(%s) IS NULL", (ident,))
+                    if (await cursor.fetchone()) == (True,):
+                        await conn.execute(_render("CREATE SCHEMA {s}", schema))
+                    await conn.execute(_render(_MIGRATIONS_TABLE, schema))
+                    done = await _applied(conn, schema)
+                    _refuse_newer(done, schema)
+                    if migration.version in done:
+                        continue  # another process applied it while we waited for the lock
+                    await conn.execute(_render("SET LOCAL search_path TO {s}, pg_temp", schema))
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        _render(
+                            "INSERT INTO {s}.surefoot_schema_migrations VALUES (%s, %s)", schema
+                        ),
+                        (migration.version, migration.name),
+                    )
+                applied.append(migration.name)
+    return applied
+
+
+async def _applied(conn: psycopg.AsyncConnection[Any], schema: str) -> set[int]:
+    """The versions applied to ``schema``, none if it has no migrations table yet."""
+    table = _render("{s}.surefoot_schema_migrations", schema)
+    cursor = await conn.execute("SELECT to_regclass(%s) IS NULL", (table,))
+    if (await cursor.fetchone()) == (True,):
+        return set()
+    cursor = await conn.execute(
+        _render("SELECT version FROM {s}.surefoot_schema_migrations", schema)
+    )
+    return {version for (version,) in await cursor.fetchall()}
+
+
+def _refuse_newer(done: set[int], schema: str) -> None:
+    newest = _migrations()[-1].version
+    if done and max(done) > newest:
+        raise ConfigurationError(
+            f"PostgreSQL schema {schema!r} is at migration {max(done):04d}, newer than this "
+            f"surefoot knows ({newest:04d}): upgrade surefoot"
+        )
+
+
+#: Every statement the store sends; ``{s}`` is the schema, quoted.
+_QUERIES = {
+    "begin": (
+        "SELECT * FROM {s}.surefoot_begin_batch(%s::text[], %s::float8[], %s::text[], "
+        "%s::text[], %s::float8[], %s::float8[], %s::boolean[])"
+    ),
+    "finish": (
+        "SELECT * FROM {s}.surefoot_finish_batch(%s::text[], %s::float8[], %s::text[], "
+        "%s::text[], %s::integer[], %s::bytea[], %s::integer[], %s::bytea[])"
+    ),
+    "resolve": "SELECT * FROM {s}.surefoot_resolve(%s, %s, %s, %s::bytea[], %s::bytea)",
+    "forget": "SELECT * FROM {s}.surefoot_forget(%s, %s)",
+    "purge": "SELECT * FROM {s}.surefoot_purge(%s, %s, %s)",
+    "release": "SELECT * FROM {s}.surefoot_release(%s, %s, %s)",
+    "acquire": (
+        "SELECT * FROM {s}.surefoot_acquire(%s::float8[], %s::integer[], %s::text[], "
+        "%s::text[], %s::bigint[], %s::boolean[], %s::text[], %s::bigint[], %s::float8[], "
+        "%s::bigint[], %s::float8[], %s::float8[], %s::text[], %s::text[], %s::float8[], "
+        "%s::float8[])"
+    ),
+    "get": (
+        "WITH c AS (SELECT coalesce(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)"
+        " AS now) SELECT r.state, r.fingerprint, r.token, r.generation, r.lease_expires_at, "
+        "r.expires_at, r.ttl, r.status, r.headers, r.body, c.now "
+        "FROM {s}.surefoot_idempotency AS r, c WHERE r.key = %(key)s AND r.expires_at > c.now"
+    ),
+    "records": (
+        "WITH c AS (SELECT coalesce(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)"
+        " AS now) SELECT r.key, r.state, r.fingerprint, r.token, r.generation, "
+        "r.lease_expires_at, r.expires_at, r.ttl, r.status, r.headers, r.body, c.now "
+        "FROM {s}.surefoot_idempotency AS r, c WHERE r.expires_at > c.now "
+        "AND (%(state)s::text IS NULL OR r.state = %(state)s::text) "
+        "AND (%(live)s::boolean IS NULL OR (r.lease_expires_at > c.now) = %(live)s::boolean) "
+        "ORDER BY r.seq LIMIT %(limit)s"
+    ),
+    "versions": "SELECT version FROM {s}.surefoot_schema_migrations",
+}
+
+
+def _render(template: str, schema: str) -> str:
+    return sql.SQL(template).format(s=sql.Identifier(schema)).as_string(None)
+
+
+class _Pending(NamedTuple):
+    """A begin, finish or acquire waiting for its batch (Rule 7)."""
+
+    args: tuple[Any, ...]  # what the batch needs from the call
+    now: float
+    future: asyncio.Future[Any]
+    deadline: float
+
+
+#: Builds a batch's parameters (given the clock mode); reads one result per call; undoes
+#: what a call did if its caller gave up.
+_Params = Callable[[list[_Pending], str], list[Any]]
+_Results = Callable[[list[_Pending], list[Row]], Sequence[Any]]
+_Undo = Callable[[_Pending, Any], Awaitable[None] | None]
+
+
+# -- the store ---------------------------------------------------------------------------
+
+
+class PostgresStore:
+    """Idempotency and rate-limit store in PostgreSQL (11 or later).
+
+    Example:
+        >>> await migrate("postgresql://app@db/app", schema="surefoot")  # once, at deploy
+        >>> store = PostgresStore("postgresql://app@db/app", schema="surefoot")
+        >>> store = store_from_url("postgresql://app@db/app?schema=surefoot&timeout=0.1")
+
+    Args:
+        dsn_or_pool: a libpq connection string or URL, or an ``AsyncConnectionPool`` to
+            share (the store then neither configures nor closes it).
+        schema: where ``migrate`` put surefoot's tables.
+        clock: ``"server"``: decide on the database's clock; ``"caller"``: on the ``now``
+            each call is given.
+        timeout: seconds a call may take, waiting for a connection included.
+        pool_min: connections kept open (from the first call on).
+        pool_max: connections at most.
+        purge_interval: seconds between two batches of expired-row deletion.
+        purge_batch: rows deleted per batch.
+
+    Warning:
+        Nothing connects until the first call (or ``open``), which also checks that the
+        schema is migrated. A shared pool should give its connections a
+        ``statement_timeout`` and autocommit; the store commits each step itself if not.
+    """
+
+    rate_limit_algorithms = ALGORITHMS
+
+    def __init__(
+        self,
+        dsn_or_pool: str | Pool,
+        *,
+        schema: str = "public",
+        clock: Literal["server", "caller"] = "server",
+        timeout: float = 0.05,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        purge_interval: float = 60.0,
+        purge_batch: int = 500,
+    ) -> None:
+        _check_schema(schema, "PostgresStore.schema")
+        if clock not in ("server", "caller"):
+            _bad("PostgresStore.clock", "'server' or 'caller'", clock)
+        if not (isinstance(timeout, int | float) and 0 < timeout < math.inf):
+            _bad("PostgresStore.timeout", "a positive number of seconds", timeout)
+        if not (isinstance(pool_min, int) and pool_min >= 0):
+            _bad("PostgresStore.pool_min", "a whole number >= 0", pool_min)
+        if not (isinstance(pool_max, int) and pool_max >= max(1, pool_min)):
+            _bad(
+                "PostgresStore.pool_max", f"a whole number >= max(1, pool_min={pool_min})", pool_max
+            )
+        if not purge_interval > 0:
+            _bad("PostgresStore.purge_interval", "a positive number of seconds", purge_interval)
+        if not (isinstance(purge_batch, int) and purge_batch >= 1):
+            _bad("PostgresStore.purge_batch", "a whole number >= 1", purge_batch)
+        if isinstance(dsn_or_pool, str):
+            try:
+                conninfo_to_dict(dsn_or_pool)
+            except psycopg.Error as exc:
+                raise ConfigurationError(
+                    f"PostgresStore: invalid connection string: {_scrub(str(exc), dsn_or_pool)}"
+                ) from None
+            self._dsn: str | None = dsn_or_pool
+            self._pool: Pool | None = None
+        elif isinstance(dsn_or_pool, AsyncConnectionPool):
+            self._dsn, self._pool = None, dsn_or_pool
+        else:
+            _bad("PostgresStore", "a connection string or an AsyncConnectionPool", dsn_or_pool)
+        self.schema = schema
+        self.clock = clock
+        self.timeout = float(timeout)
+        self.pool_min = pool_min
+        self.pool_max = pool_max
+        self.purge_interval = float(purge_interval)
+        self.purge_batch = purge_batch
+        self._opened = False
+        self._checked = False
+        self._next_purge_at = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._checking: asyncio.Task[None] | None = None
+        self._queues: dict[str, list[_Pending]] = {"begin": [], "finish": [], "acquire": []}
+        self._sql = {name: _render(template, schema) for name, template in _QUERIES.items()}
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        """A store from ``postgresql://user:password@host:port/db?schema=surefoot&...``.
+
+        Options: ``schema``, ``clock`` (``server`` or ``caller``), ``timeout`` (seconds),
+        ``pool_min``, ``pool_max``; any other query parameter goes to libpq
+        (``sslmode=require``, ``connect_timeout=5``...).
+
+        Raises:
+            ConfigurationError: naming the option and what it expects.
+        """
+        dsn, options = _split_url(url)
+        kwargs: dict[str, Any] = {}
+        if "schema" in options:
+            kwargs["schema"] = options["schema"]
+        if "clock" in options:
+            if options["clock"] not in ("server", "caller"):
+                _bad("store URL: clock", "server or caller", options["clock"])
+            kwargs["clock"] = options["clock"]
+        if "timeout" in options:
+            try:
+                kwargs["timeout"] = float(options["timeout"])
+            except ValueError:
+                _bad("store URL: timeout", "a positive number of seconds", options["timeout"])
+            if not 0 < kwargs["timeout"] < math.inf:
+                _bad("store URL: timeout", "a positive number of seconds", options["timeout"])
+        for name in ("pool_min", "pool_max"):
+            if name in options:
+                try:
+                    kwargs[name] = int(options[name])
+                except ValueError:
+                    _bad(f"store URL: {name}", "a whole number", options[name])
+        return cls(dsn, **kwargs)
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _get_pool(self) -> Pool:
+        if self._pool is None:
+            assert self._dsn is not None
+            self._pool = AsyncConnectionPool(
+                self._dsn,
+                min_size=self.pool_min,
+                max_size=self.pool_max,
+                open=False,
+                kwargs={"autocommit": True},
+                configure=self._configure,
+                name="surefoot",
+            )
+        return self._pool
+
+    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        milliseconds = max(1, math.ceil(self.timeout * 1000))
+        await conn.execute(
+            "SELECT set_config('statement_timeout', %s, false)", (f"{milliseconds}ms",)
+        )
+
+    async def open(self, *, wait: float = 5.0) -> None:
+        """Connect and check the schema now, rather than on the first call.
+
+        Waits up to ``wait`` seconds for ``pool_min`` connections: for application
+        start-up and command-line tools, where the first call's short ``timeout`` would
+        be spent connecting.
+
+        Raises:
+            ConfigurationError: the schema is not migrated (or is newer than this surefoot).
+            StoreUnavailable: the database could not be reached in time.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        with _translate():
+            pool = self._get_pool()
+            await pool.open(wait=self._dsn is not None, timeout=wait)
+            self._opened = True
+            await self._check(pool, deadline)
+
+    async def _ready(self, deadline: float) -> Pool:
+        pool = self._get_pool()
+        if not self._opened:
+            await pool.open(wait=False)
+            self._opened = True
+        if not self._checked:
+            # One check for all the calls that arrive before it is done.
+            loop = asyncio.get_running_loop()
+            checking = self._checking
+            if checking is None or checking.done():
+                checking = self._checking = loop.create_task(self._check(pool, deadline))
+                checking.add_done_callback(_retrieve)
+            await asyncio.wait_for(asyncio.shield(checking), max(deadline - loop.time(), 0))
+        return pool
+
+    async def _check(self, pool: Pool, deadline: float) -> None:
+        """Rule 1: every known migration applied, none unknown."""
+        try:
+            rows = await self._roundtrip(pool, self._sql["versions"], (), deadline)
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+            rows = []
+        done = {version for (version,) in rows}
+        _refuse_newer(done, self.schema)
+        missing = [m.name for m in _migrations() if m.version not in done]
+        if missing:
+            raise ConfigurationError(
+                f"PostgresStore: schema {self.schema!r} lacks migrations {missing}: run "
+                f"`surefoot migrate --store URL` (with --schema {self.schema} or the URL's "
+                "schema option) before using the store"
+            )
+        self._checked = True
+
+    async def _query(
+        self,
+        query: str,
+        params: Sequence[Any] | dict[str, Any],
+        *,
+        budget: float | None = None,
+    ) -> list[Row]:
+        """Run one statement within the call's budget (Rules 4 and 5)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout if budget is None else budget)
+        with _translate():
+            pool = await self._ready(deadline)
+            return await self._roundtrip(pool, query, params, deadline, budget)
+
+    async def _roundtrip(
+        self,
+        pool: Pool,
+        query: str,
+        params: Sequence[Any] | dict[str, Any],
+        deadline: float,
+        budget: float | None = None,
+    ) -> list[Row]:
+        loop = asyncio.get_running_loop()
+        conn = await pool.getconn(timeout=max(deadline - loop.time(), 0.001))
+        task = loop.create_task(self._execute(pool, conn, query, params, budget))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), max(deadline - loop.time(), 0))
+        except BaseException:
+            # The caller gave up; the statement ends by itself on the server.
+            self._track(task)
+            task.add_done_callback(_retrieve)
+            raise
+
+    async def _execute(
+        self,
+        pool: Pool,
+        conn: psycopg.AsyncConnection[Any],
+        query: str,
+        params: Sequence[Any] | dict[str, Any],
+        budget: float | None,
+    ) -> list[Row]:
+        try:
+            async with asyncio.timeout((budget or self.timeout) + _GRACE):
+                if budget is not None:  # a longer statement than the pool's timeout allows
+                    async with conn.transaction():
+                        await conn.execute(
+                            "SELECT set_config('statement_timeout', %s, true)",
+                            (f"{math.ceil(budget * 1000)}ms",),
+                        )
+                        cursor = await conn.execute(query, params)
+                        return await cursor.fetchall()
+                cursor = await conn.execute(query, params)
+                rows = await cursor.fetchall()
+                if not conn.autocommit:
+                    await conn.commit()
+                return rows
+        finally:
+            await pool.putconn(conn)
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        """Keep a background task (aclose waits for it)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _batched(self, kind: str, args: tuple[Any, ...], now: float) -> Any:
+        """Rule 7: queue a call for the next batch of its kind; its result, in time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        with _translate():
+            await self._ready(deadline)
+            future = loop.create_future()
+            queue = self._queues[kind]
+            queue.append(_Pending(args, now, future, deadline))
+            if len(queue) == 1:
+                loop.call_soon(self._send, kind)
+            return await asyncio.wait_for(future, max(deadline - loop.time(), 0))
+
+    def _send(self, kind: str) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queues[kind]
+        batch, self._queues[kind] = queue[:_BATCH], queue[_BATCH:]
+        if self._queues[kind]:
+            loop.call_soon(self._send, kind)
+        batch = [pending for pending in batch if not pending.future.done()]
+        if batch:
+            self._track(loop.create_task(self._run_batch(kind, batch)))
+
+    async def _run_batch(self, kind: str, batch: list[_Pending]) -> None:
+        """One call for the batch; each caller gets its answer, or its abandoned call is
+        undone (Rule 4)."""
+        loop = asyncio.get_running_loop()
+        kinds: dict[str, tuple[_Params, _Results, _Undo | None]] = {
+            "begin": (_begin_params, _begin_results, self._begin_undo),
+            "finish": (_finish_params, _finish_results, None),
+            "acquire": (_acquire_params, _acquire_results, self._acquire_undo),
+        }
+        params, results, undo = kinds[kind]
+        try:
+            pool = self._get_pool()
+            deadline = max(pending.deadline for pending in batch)
+            conn = await pool.getconn(timeout=max(deadline - loop.time(), 0.001))
+            query = self._sql[kind]
+            rows = await self._execute(pool, conn, query, params(batch, self.clock), None)
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else StoreUnavailable(retry_after=1)
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            if error is not exc:
+                raise
+            return
+        for pending, result in zip(batch, results(batch, rows), strict=True):
+            if not pending.future.done():
+                pending.future.set_result(result)
+            elif undo is not None:
+                compensation = undo(pending, result)
+                if compensation is not None:
+                    self._spawn(compensation)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                _log.warning("surefoot PostgresStore background step failed", exc_info=True)
+
+        self._track(asyncio.get_running_loop().create_task(run()))
+
+    def _now(self, now: float) -> float | None:
+        return float(now) if self.clock == "caller" else None
+
+    def _wrote(self, now: float) -> None:
+        """Rule 6: schedule a purge batch when one is due."""
+        if now >= self._next_purge_at:
+            self._next_purge_at = now + self.purge_interval
+            self._spawn(self._purge_batch(now))
+
+    async def _purge_batch(self, now: float) -> None:
+        batch = self.purge_batch
+        [(records, counters)] = await self._query(
+            self._sql["purge"], (self._now(now), batch, batch), budget=_PURGE_TIMEOUT
+        )
+        if max(records, counters) >= batch:
+            self._next_purge_at = min(self._next_purge_at, now + 1.0)
+
+    # -- idempotency ---------------------------------------------------------------------
+
+    async def begin(self, key: str, request: Begin, now: float) -> Decision:
+        row = await self._batched("begin", (key, request), now)
+        self._wrote(now)
+        verdict, generation, lease_expires_at, status, headers, body, db_now = row
+        if verdict == "reserved":
+            return Reserved(request.token, generation, False)
+        if verdict == "took_over":
+            return Reserved(request.token, generation, True)
+        if verdict == "in_progress":
+            return InProgress(lease_expires_at + (now - db_now))
+        if verdict == "replay":
+            if body is None:
+                return NotStored(status)
+            return Replay(StoredResponse(status, _pairs(headers), body))
+        if verdict == "mismatch":
+            return Mismatch()
+        return Unknown(lease_expired_now=verdict == "expired_to_unknown")
+
+    def _begin_undo(self, pending: _Pending, row: Row) -> Awaitable[None] | None:
+        """A reservation nobody will execute: release it, so that a retry can run."""
+        if row[0] not in ("reserved", "took_over"):
+            return None
+        key, request = pending.args
+        return self._release_reservation(key, request.token, pending.now)
+
+    async def _release_reservation(self, key: str, token: str, now: float) -> None:
+        await self.finish(key, token, Outcome(Step.RELEASE), now)
+
+    async def finish(self, key: str, token: str, outcome: Outcome, now: float) -> bool:
+        accepted = await self._batched("finish", (key, token, outcome), now)
+        if accepted is None:
+            raise ValueError("completing a record needs the response to keep")
+        self._wrote(now)
+        return bool(accepted)
+
+    async def resolve(self, key: str, response: StoredResponse, now: float) -> bool:
+        params = (key, self._now(now), *_response(response))
+        [(accepted,)] = await self._query(self._sql["resolve"], params)
+        self._wrote(now)
+        return bool(accepted)
+
+    async def forget(self, key: str, now: float) -> bool:
+        [(accepted,)] = await self._query(self._sql["forget"], (key, self._now(now)))
+        self._wrote(now)
+        return bool(accepted)
+
+    async def get(self, key: str, now: float) -> Record | None:
+        rows = await self._query(self._sql["get"], {"key": key, "now": self._now(now)})
+        return _record(rows[0], now) if rows else None
+
+    async def records(
+        self, now: float, *, state: State | None = None, limit: int = 100
+    ) -> list[tuple[str, Record]]:
+        if state is State.ABSENT:
+            return []
+        stored, live = {
+            None: (None, None),
+            State.IN_FLIGHT: ("in_flight", True),
+            State.LEASE_EXPIRED: ("in_flight", False),
+            State.COMPLETED: ("completed", None),
+            State.UNKNOWN: ("unknown", None),
+        }[state]
+        params = {"now": self._now(now), "state": stored, "live": live, "limit": limit}
+        rows = await self._query(self._sql["records"], params)
+        return [(row[0], _record(row[1:], now)) for row in rows]
+
+    async def purge(self, now: float, *, limit: int = 500) -> int:
+        [(records, _)] = await self._query(
+            self._sql["purge"], (self._now(now), limit, 0), budget=_PURGE_TIMEOUT
+        )
+        return int(records)
+
+    # -- rate limits ---------------------------------------------------------------------
+
+    async def acquire(
+        self, items: Sequence[Item], now: float
+    ) -> tuple[bool, list[RateLimitDecision]]:
+        if not items:
+            return True, []
+        literals = [_item_literals(item, now, self.clock) for item in items]
+        result: tuple[bool, list[RateLimitDecision]] = await self._batched(
+            "acquire", (items, literals), now
+        )
+        self._wrote(now)
+        return result
+
+    def _acquire_undo(
+        self, pending: _Pending, result: tuple[bool, list[RateLimitDecision]]
+    ) -> Awaitable[None] | None:
+        """Concurrency slots nobody will use: give them back."""
+        admitted, decisions = result
+        items: Sequence[Item] = pending.args[0]
+        held = [
+            item
+            for item, decision in zip(items, decisions, strict=True)
+            if admitted and decision.allowed and item.algorithm == "concurrency"
+        ]
+        return self._release_all(held, pending.now) if held else None
+
+    async def _release_all(self, items: list[Item], now: float) -> None:
+        for item in items:
+            await self.release(item.key, item.token, now)
+
+    async def release(self, key: str, token: str, now: float) -> None:
+        await self._query(self._sql["release"], (key, token, self._now(now)))
+        self._wrote(now)
+
+    async def aclose(self) -> None:
+        """Let background work finish (briefly), then close the pool if the store made it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout + _GRACE
+        await asyncio.sleep(0)  # batches queued on this turn are sent
+        while self._tasks and loop.time() < deadline:
+            # Undos and purges may start more work as they finish.
+            await asyncio.wait(set(self._tasks), timeout=deadline - loop.time())
+        for task in self._tasks:
+            task.cancel()
+        if self._dsn is not None and self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        self._opened = self._checked = False
+        self._checking = None
+
+    def __repr__(self) -> str:
+        where = _scrub(self._dsn, self._dsn) if self._dsn is not None else self._pool
+        return f"PostgresStore({where!r}, schema={self.schema!r}, clock={self.clock!r})"
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _translate() -> Iterator[None]:
+    """Rule 5: driver, pool and timeout errors become ``StoreUnavailable``."""
+    try:
+        yield
+    except (psycopg.Error, OSError) as exc:  # OSError: TimeoutError, refused sockets
+        raise StoreUnavailable(retry_after=1) from exc
+
+
+def _array(elements: Iterable[str]) -> str:
+    """A PostgreSQL array literal: several times cheaper to send than a list the driver
+    adapts element by element."""
+    return "{" + ",".join(elements) + "}"
+
+
+def _float(value: float | None) -> str:
+    return "NULL" if value is None else repr(float(value))
+
+
+def _nows(batch: list[_Pending], clock: str) -> str:
+    return _array(_float(p.now) if clock == "caller" else "NULL" for p in batch)
+
+
+def _begin_params(batch: list[_Pending], clock: str) -> list[Any]:
+    requests: list[tuple[str, Begin]] = [p.args for p in batch]
+    return [
+        _array(_quote(key) for key, _ in requests),
+        _nows(batch, clock),
+        _array(_quote(r.fingerprint) for _, r in requests),
+        _array(_quote(r.token) for _, r in requests),
+        _array(_float(r.lease) for _, r in requests),
+        _array(_float(r.ttl) for _, r in requests),
+        _array("t" if r.on_lease_expiry == "reexecute" else "f" for _, r in requests),
+    ]
+
+
+def _begin_results(batch: list[_Pending], rows: list[Row]) -> list[Row]:
+    return rows
+
+
+def _finish_params(batch: list[_Pending], clock: str) -> list[Any]:
+    calls: list[tuple[str, str, Outcome]] = [p.args for p in batch]
+    headers: list[bytes] = []
+    counts, bodies, statuses = [], [], []
+    for _, _, outcome in calls:
+        response = outcome.response
+        status, flat, body = _response(response)
+        headers.extend(flat or ())
+        counts.append(str(len(flat or ())))
+        bodies.append(body)
+        statuses.append("NULL" if status is None else str(int(status)))
+    return [
+        _array(_quote(key) for key, _, _ in calls),
+        _nows(batch, clock),
+        _array(_quote(token) for _, token, _ in calls),
+        _array(outcome.step.value for _, _, outcome in calls),
+        _array(statuses),
+        headers,
+        _array(counts),
+        bodies,
+    ]
+
+
+def _finish_results(batch: list[_Pending], rows: list[Row]) -> list[bool | None]:
+    return [accepted for (accepted,) in rows]
+
+
+def _item_literals(item: Item, now: float, clock: str) -> tuple[str, ...]:
+    """An acquire's item as elements of ``surefoot_acquire``'s arrays."""
+    limit = item.limit
+    if clock == "caller" and item.algorithm == "quota":
+        start, end = quota_period(now, limit.period or "day", limit.timezone)
+        period = (repr(start), repr(end))
+    else:
+        period = ("NULL", "NULL")  # the database reads its own calendar (Rule 3)
+    return (
+        _quote(item.key),
+        item.algorithm,
+        str(int(item.cost)),
+        "t" if item.enforce else "f",
+        _quote(item.token),
+        *_limit_literals(limit),
+        *period,
+    )
+
+
+def _acquire_params(batch: list[_Pending], clock: str) -> list[Any]:
+    columns: list[list[str]] = [[] for _ in range(14)]
+    for pending in batch:
+        for literals in pending.args[1]:
+            for column, value in zip(columns, literals, strict=True):
+                column.append(value)
+    sizes = _array(str(len(pending.args[0])) for pending in batch)
+    return [_nows(batch, clock), sizes, *(_array(column) for column in columns)]
+
+
+def _acquire_results(
+    batch: list[_Pending], rows: list[Row]
+) -> list[tuple[bool, list[RateLimitDecision]]]:
+    [(admitted, _, allowed, remaining, reset_after, retry_after, delay)] = rows
+    out = []
+    first = 0
+    for n, pending in enumerate(batch):
+        last = first + len(pending.args[0])
+        fields = (allowed, remaining, reset_after, retry_after, delay)
+        decisions = [
+            RateLimitDecision(*decision)
+            for decision in zip(*(column[first:last] for column in fields), strict=True)
+        ]
+        out.append((bool(admitted[n]), decisions))
+        first = last
+    return out
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a task's exception as seen: its waiters may all have given up."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _quote(text: str) -> str:
+    """``text`` as an element of a PostgreSQL array literal."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@functools.lru_cache(maxsize=1024)
+def _limit_literals(limit: Limit) -> tuple[str, ...]:
+    """A limit's fields as array literal elements (``repr`` of a float reads back exactly)."""
+    return (
+        str(int(limit.amount)),
+        repr(float(limit.window)),
+        str(int(limit.capacity)),
+        repr(float(limit.max_wait)),
+        repr(float(limit.lease)),
+        _quote(limit.period or "day"),
+        _quote(limit.timezone),
+    )
+
+
+def _response(response: StoredResponse | None) -> tuple[Any, ...]:
+    if response is None:
+        return (None, None, None)
+    flat = [part for pair in response.headers for part in pair]
+    return (response.status, flat, response.body)
+
+
+def _pairs(flat: list[bytes] | None) -> tuple[tuple[bytes, bytes], ...]:
+    flat = flat or []
+    return tuple(zip(flat[0::2], flat[1::2], strict=True))
+
+
+def _record(row: Row, now: float) -> Record:
+    state, fingerprint, token, generation, lease_at, expires_at, ttl, status, *rest = row
+    headers, body, db_now = rest
+    shift = now - db_now  # Rule 3: onto the caller's clock (0 with clock="caller")
+    response = None if status is None else StoredResponse(status, _pairs(headers), body)
+    return Record(
+        State(state),
+        fingerprint,
+        token,
+        generation,
+        lease_at + shift,
+        expires_at + shift,
+        ttl,
+        response,
+    )
+
+
+def _ident(schema: str) -> str:
+    return sql.Identifier(schema).as_string(None)
+
+
+def _check_schema(schema: object, name: str) -> None:
+    if not (isinstance(schema, str) and 0 < len(schema.encode()) <= 63 and "\0" not in schema):
+        _bad(name, "a schema name of 1 to 63 bytes", schema)
+
+
+def _bad(name: str, expected: str, got: object) -> NoReturn:
+    raise ConfigurationError(f"{name}: expected {expected}, got {got!r}")
+
+
+def _split_url(url: str) -> tuple[str, dict[str, str]]:
+    """(libpq URL, surefoot's options) from a store URL."""
+    parts = urlsplit(url)
+    ours: dict[str, str] = {}
+    rest: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in _OPTIONS:
+            ours[name] = value
+        else:
+            rest.append((name, value))
+    dsn = parts._replace(query=urlencode(rest)).geturl()
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        raise ConfigurationError(f"store URL: {_scrub(str(exc), url)}") from None
+    return dsn, ours
+
+
+def _scrub(text: str, dsn: str) -> str:
+    """``text`` without the password in ``dsn`` (a URL or key=value pairs)."""
+    password: str | None = None
+    with contextlib.suppress(ValueError):
+        password = urlsplit(dsn).password
+    match = re.search(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
+    for secret in (password, match.group(1).strip("'") if match else None):
+        if secret:
+            text = text.replace(secret, "***")
+    return text

@@ -1,0 +1,549 @@
+"""What ``PostgresStore`` promises beyond the shared contract suites.
+
+Configuration and URLs; migrations (explicit, idempotent, safe from several processes at
+once, checked on first use); the database's clock; responses kept byte for byte; calls
+bounded by the store's timeout, with abandoned statements undone and the pool left
+healthy; group commit of concurrent acquires; purging in batches. Every test has its own
+schema on the shared server, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from surefoot.errors import ConfigurationError, StoreUnavailable
+from surefoot.idempotency._core import (
+    Begin,
+    InProgress,
+    NotStored,
+    Outcome,
+    Replay,
+    Reserved,
+    State,
+    Step,
+    StoredResponse,
+)
+from surefoot.ratelimit import ALGORITHMS, Item, Limit
+from surefoot.ratelimit._algorithms import quota_period
+from surefoot.storage import store_from_url
+from surefoot.storage.postgres import PostgresStore, _migrations, migrate
+
+pytestmark = pytest.mark.anyio
+
+T0 = 1_700_000_000.0
+LEASE, TTL = 30.0, 3600.0
+OK = StoredResponse(201, ((b"content-type", b"application/json"),), b'{"id":1}')
+UNREACHABLE = "postgresql://postgres:s3cret@127.0.0.1:1/test"
+#: Every migration this surefoot ships ("0001_initial", ...), in order.
+ALL = [m.name for m in _migrations()]
+VERSIONS = [m.version for m in _migrations()]
+
+
+def begin_req(token: str, mode: str = "unknown") -> Begin:
+    return Begin("fp", token, LEASE, TTL, mode)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def new_schema(dsn: str, *, migrated: bool = True) -> AsyncIterator[str]:
+    name = f"surefoot_test_{uuid.uuid4().hex[:12]}"
+    if migrated:
+        await migrate(dsn, schema=name)
+    try:
+        yield name
+    finally:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+async def schema(postgres_dsn: str) -> AsyncIterator[str]:
+    async with new_schema(postgres_dsn) as name:
+        yield name
+
+
+@contextlib.asynccontextmanager
+async def opened(dsn: str | Any, schema: str, **options: Any) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(dsn, schema=schema, **options)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+async def settle(store: PostgresStore) -> None:
+    """Wait for the store's background work (abandoned statements, undos, purges)."""
+    while store._tasks:
+        await asyncio.gather(*store._tasks, return_exceptions=True)
+
+
+async def sql(dsn: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cursor = await conn.execute(query, params)  # type: ignore[arg-type]
+        return await cursor.fetchall() if cursor.description else []
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+async def test_a_url_sets_the_options_and_hands_the_rest_to_libpq() -> None:
+    url = (
+        "postgres://app:s3cret@db.example:6432/api?schema=limits&clock=caller&timeout=0.2"
+        "&pool_min=0&pool_max=3&sslmode=disable&application_name=api"
+    )
+    store = store_from_url(url)
+    assert isinstance(store, PostgresStore)
+    assert (store.schema, store.clock, store.timeout, store.pool_min, store.pool_max) == (
+        "limits",
+        "caller",
+        0.2,
+        0,
+        3,
+    )
+    assert store.rate_limit_algorithms == ALGORITHMS
+    assert repr(store) == (
+        "PostgresStore('postgres://app:***@db.example:6432/api?sslmode=disable"
+        "&application_name=api', schema='limits', clock='caller')"
+    )
+    await store.aclose()  # never connected: nothing to close
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("clock=wall", "clock"),
+        ("timeout=soon", "timeout"),
+        ("timeout=0", "timeout"),
+        ("timeout=inf", "timeout"),
+        ("pool_min=-1", "pool_min"),
+        ("pool_min=one", "pool_min"),
+        ("pool_max=0", "pool_max"),
+        ("pool_min=5&pool_max=2", "pool_max"),
+        ("schema=", "schema"),
+        ("purge_batch=5", "purge_batch"),  # not an option: libpq refuses it, by name
+    ],
+)
+def test_a_bad_url_option_is_named_without_the_password(query: str, named: str) -> None:
+    with pytest.raises(ConfigurationError, match=named) as raised:
+        store_from_url(f"postgresql://app:s3cret@db/api?{query}")
+    assert "s3cret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"clock": "local"}, "clock"),
+        ({"timeout": -1}, "timeout"),
+        ({"pool_max": 0}, "pool_max"),
+        ({"purge_interval": 0}, "purge_interval"),
+        ({"purge_batch": 0}, "purge_batch"),
+        ({"schema": "x" * 64}, "schema"),
+    ],
+)
+def test_bad_arguments_are_named(options: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        PostgresStore("postgresql://db/api", **options)
+
+
+def test_a_bad_connection_string_is_refused_without_its_password() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        PostgresStore("host=db password=s3cret nonsense")
+    assert "s3cret" not in str(raised.value)
+    store = PostgresStore("host=db password='s3cret' dbname=api")
+    assert "s3cret" not in repr(store)
+
+
+# -- migrations ---------------------------------------------------------------------------
+
+
+async def test_migrate_applies_each_migration_once_and_a_dry_run_changes_nothing(
+    postgres_dsn: str,
+) -> None:
+    async with new_schema(postgres_dsn, migrated=False) as name:
+        assert ALL[0] == "0001_initial"
+        assert await migrate(postgres_dsn, schema=name, dry_run=True) == ALL
+        assert await sql(postgres_dsn, "SELECT to_regnamespace(%s)", f'"{name}"') == [(None,)]
+
+        assert await migrate(postgres_dsn, schema=name) == ALL
+        assert await migrate(postgres_dsn, schema=name) == []
+        assert await migrate(postgres_dsn, schema=name, dry_run=True) == []
+        rows = await sql(
+            postgres_dsn, f'SELECT version, name FROM "{name}".surefoot_schema_migrations'
+        )
+        assert rows == list(zip(VERSIONS, ALL, strict=True))
+
+
+async def test_the_store_never_creates_tables_and_says_how_to_migrate(postgres_dsn: str) -> None:
+    async with (
+        new_schema(postgres_dsn, migrated=False) as name,
+        opened(postgres_dsn, name, clock="caller") as store,
+    ):
+        calls = (
+            lambda: store.begin("k", begin_req("t1"), T0),
+            lambda: store.acquire([Item("rl:a", "fixed_window", Limit(5, 60))], T0),
+            lambda: store.open(),
+        )
+        for call in calls:
+            with pytest.raises(ConfigurationError, match="surefoot migrate --store"):
+                await call()
+        assert await sql(postgres_dsn, "SELECT to_regnamespace(%s)", f'"{name}"') == [(None,)]
+
+        # Once migrated, the same store works: no restart needed.
+        await migrate(postgres_dsn, schema=name)
+        assert await store.begin("k", begin_req("t1"), T0) == Reserved("t1", 1, False)
+
+
+async def test_a_database_migrated_by_a_newer_surefoot_is_refused(
+    postgres_dsn: str, schema: str
+) -> None:
+    await sql(
+        postgres_dsn,
+        f"INSERT INTO \"{schema}\".surefoot_schema_migrations VALUES (9999, '9999_future')",
+    )
+    async with opened(postgres_dsn, schema, clock="caller") as store:
+        with pytest.raises(ConfigurationError, match="upgrade surefoot"):
+            await store.get("k", T0)
+    for dry_run in (False, True):
+        with pytest.raises(ConfigurationError, match="upgrade surefoot"):
+            await migrate(postgres_dsn, schema=schema, dry_run=dry_run)
+
+
+async def test_migrate_refuses_a_bad_schema_name_and_an_unreachable_database() -> None:
+    with pytest.raises(ConfigurationError, match="schema"):
+        await migrate("postgresql://db/api", schema="")
+    with pytest.raises(StoreUnavailable) as raised:
+        await migrate(UNREACHABLE, schema="x")
+    assert raised.value.__cause__ is not None
+
+
+def _migrate_in_process(dsn: str, schema: str, barrier: Any) -> list[str]:
+    barrier.wait(timeout=30)
+    return asyncio.run(migrate(dsn, schema=schema))
+
+
+@pytest.mark.slow
+def test_processes_migrating_at_once_apply_each_migration_once(postgres_dsn: str) -> None:
+    schema = f"surefoot_test_{uuid.uuid4().hex[:12]}"
+    ctx = multiprocessing.get_context("spawn")
+    processes = 4
+    try:
+        with ctx.Manager() as manager, ctx.Pool(processes) as pool:
+            barrier = manager.Barrier(processes)
+            results = pool.starmap(
+                _migrate_in_process, [(postgres_dsn, schema, barrier)] * processes
+            )
+        # Each migration applied by exactly one process (not necessarily the same one).
+        assert sorted(name for applied in results for name in applied) == ALL
+        rows = asyncio.run(
+            sql(
+                postgres_dsn,
+                f'SELECT version FROM "{schema}".surefoot_schema_migrations ORDER BY 1',
+            )
+        )
+        assert rows == [(v,) for v in VERSIONS]
+    finally:
+        asyncio.run(sql(postgres_dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+# -- the database's clock -----------------------------------------------------------------
+
+
+async def test_a_caller_clock_far_ahead_cannot_take_over_a_live_lease(
+    postgres_dsn: str, schema: str
+) -> None:
+    async with opened(postgres_dsn, schema) as store:  # clock="server"
+        wrong = 1_000.0  # a host whose clock says 1970
+        assert await store.begin("k", begin_req("t1", "reexecute"), wrong) == Reserved(
+            "t1", 1, False
+        )
+        later = wrong + 10 * LEASE  # by this host's clock, the lease is long over
+        blocked = await store.begin("k", begin_req("t2", "reexecute"), later)
+        assert isinstance(blocked, InProgress)
+        # Handed back on this host's clock: its lease ends LEASE after the reservation.
+        assert blocked.lease_expires_at == pytest.approx(later + LEASE, abs=10)
+
+        record = await store.get("k", later)
+        assert record is not None
+        assert (record.state, record.token) == (State.IN_FLIGHT, "t1")
+        assert record.expires_at == pytest.approx(later + TTL, abs=10)
+        [(key, listed)] = await store.records(later, state=State.IN_FLIGHT)
+        assert (key, listed.lease_expires_at) == ("k", pytest.approx(later + LEASE, abs=10))
+        assert await store.records(later, state=State.LEASE_EXPIRED) == []
+
+
+async def test_rate_limits_decide_on_the_database_clock(postgres_dsn: str, schema: str) -> None:
+    bucket = Item("rl:a", "token_bucket", Limit(2, 86400, algorithm="token_bucket"))
+    async with opened(postgres_dsn, schema) as store:
+        decisions = [(await store.acquire([bucket], now))[0] for now in (0.0, 1e9, 4e9)]
+        assert decisions == [True, True, False]  # no caller's clock refilled the bucket
+
+        # A calendar quota, on the database's time zone data.
+        zone = "Pacific/Kiritimati"
+        quota = Item(
+            "rl:q", "quota", Limit(5, 86400, algorithm="quota", period="day", timezone=zone)
+        )
+        _, [decision] = await store.acquire([quota], 0.0)
+        end = quota_period(time.time(), "day", zone)[1]
+        assert time.time() + decision.reset_after == pytest.approx(end, abs=10)
+
+
+# -- responses ----------------------------------------------------------------------------
+
+
+async def test_responses_are_kept_byte_for_byte(postgres_dsn: str, schema: str) -> None:
+    every_byte = bytes(range(256))
+    responses = {
+        "large": StoredResponse(200, ((b"x-bytes", every_byte),), os.urandom(1 << 20)),
+        "empty-body": StoredResponse(204, (), b""),
+        "headers": StoredResponse(
+            201,
+            (
+                (b"content-type", b"text/plain; charset=latin-1"),
+                (b"x-a", b"\xe9\x00\xff"),
+                (b"x-a", b""),
+            ),
+            b"caf\xe9",
+        ),
+    }
+    async with opened(postgres_dsn, schema, clock="caller", timeout=5) as store:
+        for key, response in responses.items():
+            await store.begin(key, begin_req(key), T0)
+            assert await store.finish(key, key, Outcome(Step.COMPLETE, response), T0 + 1)
+            assert await store.begin(key, begin_req("again"), T0 + 2) == Replay(response)
+            record = await store.get(key, T0 + 2)
+            assert record is not None
+            assert record.response == response
+
+        await store.begin("too-large", begin_req("t"), T0)
+        not_kept = StoredResponse(200, ((b"content-length", b"9999999"),), None)
+        assert await store.finish("too-large", "t", Outcome(Step.COMPLETE, not_kept), T0 + 1)
+        assert await store.begin("too-large", begin_req("again"), T0 + 2) == NotStored(200)
+
+        await store.begin("unknown", begin_req("t"), T0)
+        await store.finish("unknown", "t", Outcome(Step.MARK_UNKNOWN), T0 + 1)
+        resolved = responses["headers"]
+        assert await store.resolve("unknown", resolved, T0 + 2)
+        assert await store.begin("unknown", begin_req("again"), T0 + 3) == Replay(resolved)
+
+
+async def test_completing_without_a_response_is_refused_and_changes_nothing(
+    postgres_dsn: str, schema: str
+) -> None:
+    async with opened(postgres_dsn, schema, clock="caller") as store:
+        await store.begin("k", begin_req("t1"), T0)
+        with pytest.raises(ValueError, match="response"):
+            await store.finish("k", "t1", Outcome(Step.COMPLETE), T0 + 1)
+        record = await store.get("k", T0 + 1)
+        assert record is not None
+        assert record.state is State.IN_FLIGHT
+
+
+# -- timeouts, abandoned statements, the pool ---------------------------------------------
+
+
+async def test_an_unreachable_database_is_store_unavailable_within_the_timeout() -> None:
+    store = PostgresStore(UNREACHABLE, timeout=0.1)
+    try:
+        calls = (
+            lambda: store.begin("k", begin_req("t1"), T0),
+            lambda: store.acquire([Item("rl:a", "fixed_window", Limit(5, 60))], T0),
+            lambda: store.records(T0),
+            lambda: store.open(wait=0.1),
+        )
+        for call in calls:
+            with pytest.raises(StoreUnavailable) as raised:
+                await call()
+            assert raised.value.__cause__ is not None
+            assert "s3cret" not in str(raised.value)
+            assert "127.0.0.1" not in str(raised.value)
+    finally:
+        await store.aclose()
+
+
+async def test_a_statement_held_up_by_a_row_lock_times_out_and_the_next_call_works(
+    postgres_dsn: str, schema: str
+) -> None:
+    async with opened(postgres_dsn, schema, clock="caller", timeout=0.3, pool_max=1) as store:
+        assert await store.begin("k", begin_req("t1"), T0) == Reserved("t1", 1, False)
+        async with await psycopg.AsyncConnection.connect(postgres_dsn) as locker:
+            await locker.execute(
+                f'SELECT 1 FROM "{schema}".surefoot_idempotency WHERE key = %s FOR UPDATE', ("k",)
+            )
+            with pytest.raises(StoreUnavailable) as raised:
+                await store.finish("k", "t1", Outcome(Step.COMPLETE, OK), T0 + 1)
+            assert raised.value.__cause__ is not None
+            # The pool's only connection serves the next call: the server ended the
+            # abandoned statement (statement_timeout), and a read needs no row lock.
+            record = await store.get("k", T0 + 1)
+            assert record is not None
+            assert record.state is State.IN_FLIGHT
+            await locker.rollback()
+        assert await store.finish("k", "t1", Outcome(Step.COMPLETE, OK), T0 + 2)
+        assert await store.begin("k", begin_req("t2"), T0 + 3) == Replay(OK)
+
+
+async def test_a_reservation_its_caller_gave_up_on_is_given_back(
+    postgres_dsn: str, schema: str
+) -> None:
+    # A pool of the caller's, without statement_timeout: the abandoned begin waits for
+    # the lock as long as it is held, then reserves, after its caller has gone.
+    async with (
+        AsyncConnectionPool(
+            postgres_dsn, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
+        ) as pool,
+        opened(pool, schema, clock="caller", timeout=0.3) as store,
+    ):
+        async with await psycopg.AsyncConnection.connect(postgres_dsn) as locker:
+            await locker.execute(
+                f'INSERT INTO "{schema}".surefoot_idempotency (key, state, fingerprint, '
+                "token, generation, lease_expires_at, expires_at, ttl) "
+                "VALUES ('k', 'in_flight', 'fp', 'other', 1, 0, 0, 0)"
+            )
+            with pytest.raises(StoreUnavailable):
+                await store.begin("k", begin_req("t1"), T0)
+            await locker.rollback()
+        await settle(store)
+        # Nothing executed under t1, so nothing may block the retry.
+        assert await store.get("k", T0 + 1) is None
+        assert await store.begin("k", begin_req("t2"), T0 + 1) == Reserved("t2", 1, False)
+
+
+async def test_a_concurrency_slot_its_caller_gave_up_on_is_given_back(
+    postgres_dsn: str, schema: str
+) -> None:
+    slots = Limit(2, 1, algorithm="concurrency", lease=300.0)
+
+    def slot(token: str) -> Item:
+        return Item("rl:slots", "concurrency", slots, token=token)
+
+    # Connections not in autocommit: the store commits each step itself.
+    async with (
+        AsyncConnectionPool(postgres_dsn, min_size=1, max_size=2, open=False) as pool,
+        opened(pool, schema, clock="caller", timeout=0.3) as store,
+    ):
+        [(lock_id,)] = await sql(
+            postgres_dsn, f'SELECT "{schema}".surefoot_lock_id(%s)', "rl:slots"
+        )
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as locker:
+            await locker.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
+            with pytest.raises(StoreUnavailable):
+                await store.acquire([slot("gone")], T0)
+            await locker.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
+        await settle(store)
+        admitted = [(await store.acquire([slot(f"t{n}")], T0 + 1))[0] for n in range(3)]
+        assert admitted == [True, True, False]
+
+
+async def test_concurrent_requests_over_the_same_keys_in_any_order_never_deadlock(
+    postgres_dsn: str, schema: str
+) -> None:
+    a = Item("rl:a", "fixed_window", Limit(30, 3600))
+    b = Item("rl:b", "sliding_log", Limit(30, 3600, algorithm="sliding_log"))
+    async with (
+        opened(postgres_dsn, schema, clock="caller", timeout=10) as one,
+        opened(postgres_dsn, schema, clock="caller", timeout=10) as two,
+    ):
+        results = await asyncio.gather(
+            *(
+                store.acquire([a, b] if n % 2 else [b, a], T0)
+                for n in range(40)
+                for store in (one, two)
+            )
+        )
+    assert sum(admitted for admitted, _ in results) == 30
+
+
+async def test_requests_decided_in_one_batch_each_charge_only_what_admitted_them(
+    postgres_dsn: str, schema: str
+) -> None:
+    full = Item("rl:full", "fixed_window", Limit(1, 3600))
+    shared = Item("rl:shared", "fixed_window", Limit(5, 3600))
+    async with opened(postgres_dsn, schema, clock="caller", timeout=5) as store:
+        assert (await store.acquire([full], T0))[0]
+        first, second, third = await asyncio.gather(
+            store.acquire([full, shared], T0 + 1),  # refused by full: charges nothing
+            store.acquire([shared, shared], T0 + 2),  # one key twice: decided on one state
+            store.acquire([shared], T0 + 3),
+        )
+    assert not first[0]
+    assert [d.remaining for d in first[1]] == [0, 4]
+    assert [(d.allowed, d.remaining) for d in second[1]] == [(True, 4), (True, 4)]
+    assert third[1][0].remaining == 3
+
+
+async def test_begins_and_finishes_sent_together_are_each_answered(
+    postgres_dsn: str, schema: str
+) -> None:
+    async with opened(postgres_dsn, schema, clock="caller", timeout=5) as store:
+        decisions = await asyncio.gather(
+            store.begin("a", begin_req("t1"), T0),
+            store.begin("b", begin_req("t2"), T0),
+            store.begin("a", begin_req("t3"), T0),
+        )
+        assert decisions == [
+            Reserved("t1", 1, False),
+            Reserved("t2", 1, False),
+            InProgress(T0 + LEASE),
+        ]
+        answers = await asyncio.gather(
+            store.finish("a", "t1", Outcome(Step.COMPLETE, OK), T0 + 1),
+            store.finish("b", "t2", Outcome(Step.COMPLETE), T0 + 1),  # nothing to keep
+            store.finish("a", "t3", Outcome(Step.RELEASE), T0 + 1),  # not the holder
+            return_exceptions=True,
+        )
+        assert answers[0] is True
+        assert isinstance(answers[1], ValueError)
+        assert answers[2] is False
+        b = await store.get("b", T0 + 2)
+        assert b is not None
+        assert b.state is State.IN_FLIGHT
+        assert await store.begin("a", begin_req("t4"), T0 + 2) == Replay(OK)
+
+
+# -- purging ------------------------------------------------------------------------------
+
+
+async def test_expired_rows_are_purged_in_batches_after_writes(
+    postgres_dsn: str, schema: str
+) -> None:
+    def count(table: str) -> Any:
+        return sql(postgres_dsn, f'SELECT count(*) FROM "{schema}".{table}')
+
+    async with opened(
+        postgres_dsn, schema, clock="caller", purge_interval=60, purge_batch=2, timeout=5
+    ) as store:
+        for n in range(5):
+            await store.begin(f"k{n}", begin_req(f"t{n}"), T0)  # each expires at T0 + TTL
+            await store.acquire([Item(f"rl:{n}", "fixed_window", Limit(1, 1))], T0)
+        await settle(store)  # the first write purged (nothing yet) and set the next purge
+        assert await count("surefoot_idempotency") == [(5,)]
+        assert await count("surefoot_ratelimit") == [(5,)]
+
+        later = T0 + TTL + 1  # every row has expired
+        await store.get("k0", later)  # a read: no purge
+        await settle(store)
+        assert await count("surefoot_idempotency") == [(5,)]
+        await store.begin("new", begin_req("n"), later)
+        await settle(store)
+        assert await count("surefoot_idempotency") == [(6 - 2,)]
+        assert await count("surefoot_ratelimit") == [(5 - 2,)]
+        # A full batch brings the next one a second forward, not sooner.
+        await store.forget("new", later + 0.5)
+        await settle(store)
+        assert await count("surefoot_idempotency") == [(3,)]
+        await store.forget("missing", later + 1)
+        await settle(store)
+        assert await count("surefoot_idempotency") == [(1,)]
+        assert await count("surefoot_ratelimit") == [(1,)]
+        # The operator's purge takes what is left, up to its limit.
+        assert await store.purge(later + 2, limit=10) == 1
