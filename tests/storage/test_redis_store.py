@@ -13,7 +13,11 @@ Every test writes under a prefix of its own and deletes its keys afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 import socket
+import subprocess
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -43,7 +47,7 @@ from surefoot.idempotency._core import (
 )
 from surefoot.ratelimit import ALGORITHMS, Item, Limit
 from surefoot.storage import store_from_url
-from surefoot.storage.redis import RedisStore
+from surefoot.storage.redis import RedisStore, _Connection
 
 pytestmark = pytest.mark.anyio
 
@@ -79,8 +83,21 @@ class CountingCluster(RedisCluster):
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """Round trips: the commands counting clients send, and every pipeline (one round
-    trip per node, however many commands it carries)."""
+    trip per node, however many commands it carries); on a standalone server, the
+    scripts sent on the store's pipelined connection, by SHA or whole."""
     counts: Counter[str] = Counter()
+    send, resend = _Connection.send, _Connection._resend
+
+    def counted_send(self: Any, *args: Any) -> None:
+        counts["EVALSHA"] += 1
+        send(self, *args)
+
+    def counted_resend(self: Any, *args: Any) -> None:
+        counts["EVAL"] += 1
+        resend(self, *args)
+
+    monkeypatch.setattr(_Connection, "send", counted_send)
+    monkeypatch.setattr(_Connection, "_resend", counted_resend)
     for cls in (Pipeline, ClusterPipeline):
         execute = cls.execute
 
@@ -90,6 +107,21 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
         monkeypatch.setattr(cls, "execute", counted)
     return counts
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """What the pipelined connections write, one entry per ``write()``."""
+    written: list[bytes] = []
+    flush = _Connection._flush
+
+    def recorded(self: Any) -> None:
+        if self._transport is not None and self._out:
+            written.append(b"".join(self._out))
+        flush(self)
+
+    monkeypatch.setattr(_Connection, "_flush", recorded)
+    return written
 
 
 def counting_client(kind: str, sent: Counter[str]) -> Any:
@@ -342,7 +374,15 @@ async def test_scripts_come_back_after_script_flush(
     record = results[4]
     assert record is not None
     assert record.response == OK
-    assert sent == {"EVALSHA": 1, "EVAL": 1, "PIPELINE": 2}  # NOSCRIPT, then whole
+    if kind == "redis_cluster":
+        assert sent == {"EVALSHA": 1, "EVAL": 1, "PIPELINE": 2}  # NOSCRIPT, then whole
+    else:
+        # One pipeline: the batch of acquires and each other step, all answered NOSCRIPT,
+        # each sent again whole.
+        assert sent == {"EVALSHA": 5, "EVAL": 5}
+        sent.clear()
+        assert await store.get("p0", T0) is not None
+        assert sent == {"EVALSHA": 1}
 
 
 async def test_steps_refuse_what_the_python_references_refuse(make: Make) -> None:
@@ -555,10 +595,12 @@ async def test_a_server_that_never_answers_is_store_unavailable(
 
 
 class StallingProxy:
-    """A TCP proxy to Redis that holds the server's replies while ``gate`` is closed."""
+    """A TCP proxy to Redis that holds the server's replies (or, with ``hold_requests``,
+    the client's commands) while ``gate`` is closed."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, hold_requests: bool = False) -> None:
         self.port = port
+        self.hold_requests = hold_requests
         self.gate = asyncio.Event()
         self.gate.set()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -589,7 +631,8 @@ class StallingProxy:
                 sink.close()
 
         await asyncio.gather(
-            pump(reader, upstream_writer, False), pump(upstream_reader, writer, True)
+            pump(reader, upstream_writer, self.hold_requests),
+            pump(upstream_reader, writer, not self.hold_requests),
         )
 
     async def aclose(self) -> None:
@@ -708,10 +751,11 @@ async def test_concurrent_steps_share_round_trips(
         }
     if coalesce:
         assert decisions[:32] == [Reserved(f"t{n}", 1, took_over=False) for n in range(32)]
-    if coalesce:
-        assert round_trips(sent) < 64 / 4
-    else:
+    if kind == "redis" or not coalesce:
+        # Standalone: every step pipelined on one connection (only acquires are batched).
         assert sent == {"EVALSHA": 64}
+    else:
+        assert round_trips(sent) < 64 / 4
 
 
 def capacity_limit(algorithm: str) -> Limit:
@@ -742,6 +786,8 @@ async def test_8x64_concurrent_tasks_on_one_key_admit_exactly_the_limit(
     try:
         results = await asyncio.gather(*(one(store, n) for n in range(64) for store in stores))
     finally:
+        for store in stores[1:]:
+            await store.aclose()
         for client in clients:
             await client.aclose()
     admitted = [decisions[0] for ok, decisions in results if ok]
@@ -774,33 +820,32 @@ async def test_cancelled_callers_leave_the_others_their_answers(make: Make) -> N
     item = Item("rl:{a}:w", "fixed_window", Limit(100, 60))
     await store.acquire([item._replace(key="rl:{a}:warm")], T0)  # a connection, a script
     tasks = [asyncio.create_task(store.acquire([item], T0)) for _ in range(20)]
-    await asyncio.sleep(0)  # one turn of the loop: the first is in flight, the rest queued
-    tasks[0].cancel()  # the caller whose call is on the wire
-    tasks[7].cancel()  # a caller still in the queue
+    await asyncio.sleep(0)  # one turn of the loop: all twenty wait for their batch
+    tasks[0].cancel()
+    tasks[7].cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
 
-    # A queued caller's request is never sent; the first one's was, as the cancellation
-    # came (Python 3.11's wait_for, which redis-py sends with, may even finish it).
+    # A cancelled caller's request is left out of the batch; the others are answered.
+    assert isinstance(results[0], asyncio.CancelledError)
     assert isinstance(results[7], asyncio.CancelledError)
     answered = [r for n, r in enumerate(results) if n not in (0, 7)]
     assert all(not isinstance(r, BaseException) and r[0] for r in answered)
-    applied = 100 - 1 - (await store.acquire([item], T0))[1][0].remaining
-    if isinstance(results[0], asyncio.CancelledError):
-        assert applied in (18, 19)
-    else:
-        assert applied == 19
+    assert 100 - 1 - (await store.acquire([item], T0))[1][0].remaining == 18
 
 
-async def test_closing_fails_the_calls_still_queued(make: Make) -> None:
+async def test_closing_fails_the_calls_not_sent_and_answers_those_on_the_wire(
+    make: Make,
+) -> None:
     store = make()
     item = Item("rl:{a}:w", "fixed_window", Limit(100, 60))
     await store.acquire([item], T0)  # a connection, a script
-    tasks = [asyncio.create_task(store.acquire([item], T0)) for _ in range(5)]
-    await asyncio.sleep(0)  # one turn of the loop: the first is in flight, the rest queued
+    sent = [asyncio.create_task(store.get("k", T0)) for _ in range(3)]  # pipelined at once
+    batched = [asyncio.create_task(store.acquire([item], T0)) for _ in range(5)]
+    await asyncio.sleep(0)  # one turn: the gets are written, the acquires wait for the batch
     await store.aclose()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert not isinstance(results[0], BaseException)
-    assert all(isinstance(r, StoreUnavailable) for r in results[1:])
+    assert await asyncio.gather(*sent) == [None] * 3
+    results = await asyncio.gather(*batched, return_exceptions=True)
+    assert all(isinstance(r, StoreUnavailable) for r in results)
 
 
 async def test_an_error_in_one_pipelined_step_fails_that_step_alone(make: Make) -> None:
@@ -819,3 +864,225 @@ async def test_an_error_in_one_pipelined_step_fails_that_step_alone(make: Make) 
     assert isinstance(results[2], StoreUnavailable)
     assert isinstance(results[2].__cause__, ResponseError)
     assert results[3] == Reserved("tc", 1, took_over=False)
+
+
+# -- the pipelined connection (standalone) ------------------------------------------------
+
+
+@pytest.mark.parametrize("coalesce", [True, False])
+async def test_the_calls_of_one_loop_turn_leave_in_one_write(
+    coalesce: bool, make: Make, sent: Counter[str], writes: list[bytes]
+) -> None:
+    store = make(coalesce=coalesce)
+    item = Item("rl:{a}:w", "fixed_window", Limit(100, 3600))
+    await store.acquire([item], T0)  # a connection, a script
+    await store.begin("warm", begin_req("t"), T0)
+    writes.clear()
+    sent.clear()
+
+    results = await asyncio.gather(
+        *(store.acquire([item], T0) for _ in range(10)),
+        *(store.begin(f"k{n}", begin_req(f"t{n}"), T0) for n in range(5)),
+        store.get("warm", T0),
+    )
+
+    assert [ok for ok, _ in results[:10]] == [True] * 10
+    assert results[10:15] == [Reserved(f"t{n}", 1, took_over=False) for n in range(5)]
+    # Coalesced, the ten acquires are one script call; else one each. One write either way.
+    assert sent == {"EVALSHA": (1 if coalesce else 10) + 5 + 1}
+    assert len(writes) == 1
+    assert writes[0].count(b"EVALSHA") == sent["EVALSHA"]
+
+
+async def test_a_timed_out_connection_fails_all_its_calls_and_the_next_call_works() -> None:
+    url = service_url("redis")
+    proxy = StallingProxy(int(url.rsplit(":", 1)[1].split("/")[0]))
+    client = Redis(host="127.0.0.1", port=await proxy.start(), retry=NO_RETRY)
+    prefix = f"test:rs:{uuid.uuid4().hex[:12]}:"
+    store = RedisStore(client, prefix=prefix, clock="caller", timeout=0.3, coalesce=False)
+    item = Item("rl:{a}:w", "fixed_window", Limit(100, 3600))
+    try:
+        await store.acquire([item], T0)
+        assert await store.get("a", T0) is None
+        first = store._conn
+        proxy.gate.clear()
+        outcomes = await asyncio.gather(
+            *(store.acquire([item], T0) for _ in range(3)),
+            *(store.get(f"k{n}", T0) for n in range(3)),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            assert isinstance(outcome, StoreUnavailable), outcome
+            assert isinstance(outcome.__cause__, TimeoutError)
+        assert first is not None
+        assert first.closed
+        proxy.gate.set()
+
+        assert await store.get("a", T0) is None  # on a new connection
+        assert store._conn is not first
+        # The three timed-out acquires did run: a count charged stays charged.
+        assert (await store.acquire([item], T0))[1][0].remaining == 100 - 5
+    finally:
+        await store.aclose()
+        await client.aclose()
+        await proxy.aclose()
+        direct = Redis.from_url(url)
+        await drop(direct, prefix)
+        await direct.aclose()
+
+
+async def test_a_killed_connection_fails_its_pending_calls_and_the_next_call_reconnects() -> None:
+    url = service_url("redis")
+    proxy = StallingProxy(int(url.rsplit(":", 1)[1].split("/")[0]), hold_requests=True)
+    name = f"surefoot-test-{uuid.uuid4().hex[:8]}"
+    client = Redis(host="127.0.0.1", port=await proxy.start(), client_name=name, retry=NO_RETRY)
+    admin = Redis.from_url(url)
+    prefix = f"test:rs:{uuid.uuid4().hex[:12]}:"
+    # A long timeout: the calls must fail because the connection died, not on the watchdog.
+    store = RedisStore(client, prefix=prefix, clock="caller", timeout=30.0)
+    try:
+        assert await store.begin("a", begin_req("ta"), T0) == Reserved("ta", 1, took_over=False)
+        ours = [c for c in await admin.client_list() if c["name"] == name]
+        assert len(ours) == 1  # CLIENT SETNAME was honoured
+
+        proxy.gate.clear()  # commands held: the calls below stay pending
+        started = time.monotonic()
+        calls = [asyncio.create_task(store.get("a", T0)) for _ in range(4)]
+        await asyncio.sleep(0.05)
+        assert await admin.client_kill_filter(_id=ours[0]["id"]) == 1
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        assert time.monotonic() - started < 10
+        for outcome in outcomes:
+            assert isinstance(outcome, StoreUnavailable), outcome
+            assert isinstance(outcome.__cause__, RedisError | OSError), outcome.__cause__
+        proxy.gate.set()
+
+        record = await store.get("a", T0)
+        assert record is not None
+        assert record.token == "ta"
+    finally:
+        await store.aclose()
+        await client.aclose()
+        await proxy.aclose()
+        await drop(admin, prefix)
+        await admin.aclose()
+
+
+async def test_noscript_in_the_middle_of_a_pipeline_sends_those_scripts_whole(
+    make: Make, sent: Counter[str]
+) -> None:
+    store = make()
+    client: Any = store._client
+    item = Item("rl:{a}:w", "fixed_window", Limit(100, 3600))
+    await store.begin("a", begin_req("ta"), T0)
+    await store.acquire([item], T0)
+    await client.script_flush()  # the server forgets every script
+    await client.script_load(store_script_source("get"))  # ...but learns this one again
+    sent.clear()
+
+    results = await asyncio.gather(
+        store.get("a", T0),
+        store.begin("b", begin_req("tb"), T0),
+        store.get("b", T0),
+        store.acquire([item], T0),
+        store.begin("a", begin_req("tx"), T0),
+    )
+
+    assert results[0] is not None
+    assert results[0].token == "ta"
+    assert results[1] == Reserved("tb", 1, took_over=False)
+    # Sent again after the pipeline: the get of "b" ran before the begin that makes it.
+    assert results[2] is None
+    assert results[3][1][0].remaining == 100 - 2
+    assert results[4] == InProgress(T0 + LEASE)
+    assert sent == {"EVALSHA": 5, "EVAL": 3}  # the two gets were found by SHA
+    sent.clear()
+    assert await store.begin("c", begin_req("tc"), T0) == Reserved("tc", 1, took_over=False)
+    assert sent == {"EVALSHA": 1}
+
+
+def store_script_source(name: str) -> str:
+    from surefoot.storage import redis as module
+
+    script: Any = getattr(module, f"_{name.upper()}")
+    source: str = script.source
+    return source
+
+
+@contextlib.contextmanager
+def private_redis(*options: str) -> Any:
+    """A redis-server of this test's own on a free port, stopped at the end."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        process = subprocess.Popen(
+            [
+                executable,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                folder,
+                *options,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        raise
+                    time.sleep(0.02)
+            yield port
+        finally:
+            process.kill()
+            process.wait()
+
+
+async def test_the_password_and_the_database_of_the_url_are_honoured() -> None:
+    with private_redis("--requirepass", "s3cret") as port:
+        store = RedisStore.from_url(
+            f"redis://:s3cret@127.0.0.1:{port}/3?prefix=p:&clock=caller&timeout=2"
+        )
+        wrong = RedisStore.from_url(f"redis://:nope@127.0.0.1:{port}/3?timeout=2")
+        direct = Redis(host="127.0.0.1", port=port, password="s3cret", db=3)
+        try:
+            assert await store.begin("k", begin_req("t"), T0) == Reserved("t", 1, took_over=False)
+            assert await direct.exists("p:k") == 1  # in database 3
+            with pytest.raises(StoreUnavailable) as info:
+                await wrong.get("k", T0)
+            assert isinstance(info.value.__cause__, ResponseError)
+            assert "s3cret" not in str(info.value.__cause__)
+        finally:
+            await store.aclose()
+            await wrong.aclose()
+            await direct.aclose()
+
+
+async def test_the_database_of_the_url_is_honoured_on_the_shared_server() -> None:
+    url = service_url("redis").rsplit("/", 1)[0] + "/3"
+    prefix = f"test:rs:{uuid.uuid4().hex[:12]}:"
+    store = RedisStore.from_url(f"{url}?prefix={prefix}&clock=caller&timeout=5")
+    other = Redis.from_url(url.rsplit("/", 1)[0] + "/0")
+    direct = Redis.from_url(url)
+    try:
+        assert await store.begin("k", begin_req("t"), T0) == Reserved("t", 1, took_over=False)
+        assert await direct.exists(prefix + "k") == 1
+        assert await other.exists(prefix + "k") == 0
+    finally:
+        await store.aclose()
+        await drop(direct, prefix)
+        await direct.aclose()
+        await other.aclose()

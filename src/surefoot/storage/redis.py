@@ -32,24 +32,36 @@ Rule 5: keys are ``prefix + key``. In a cluster the keys of one call must share 
         rate-limit keys carry a per-principal hash tag (``rl:{tag}:...``), and a request
         whose items hash to different slots is a ``ConfigurationError`` raised before
         anything is sent. A prefix may not contain a hash tag.
-Rule 6: every round trip is bounded by ``timeout``. Redis errors, timeouts, refused connections,
+Rule 6: every call is bounded by ``timeout``. Redis errors, timeouts, refused connections,
         a cluster that is down and scripts refused for lack of memory become
-        ``StoreUnavailable(retry_after=1)`` in one place (``_unavailable``), the Redis
-        exception kept as ``__cause__`` for logs and never shown to a client. Stores made
-        by ``from_url`` never retry a command: a script whose reply was lost may have run,
-        and running it again would count a request twice or see its own reservation.
-        A connection whose call timed out is dropped, never reused with a reply pending.
-        A reservation or a concurrency slot that a failed call may still have taken is
+        ``StoreUnavailable(retry_after=1)`` (``_unavailable`` and ``_failure``), the Redis
+        exception kept as ``__cause__`` for logs and never shown to a client. The store
+        never retries a command that was written: a script whose reply was lost may have
+        run, and running it again would count a request twice or see its own reservation
+        (stores made by ``from_url`` give redis-py no retries either). A connection with
+        a call past its deadline is closed, never reused with a reply pending. A
+        reservation or a concurrency slot that a failed call may still have taken is
         given back in the background (released under its own token, which fences off
-        anyone else's).
-        (One exception to the bound: a cluster store's very first call also learns the
-        cluster's topology, and may take up to a second for it.)
-Rule 7: coalescing (``coalesce=True``): while one call is in flight, the next ones queue;
-        when it returns, the queue goes in one pipeline: the ``acquire`` requests of each
-        slot in one script call that applies them in arrival order, with the same
-        decisions as one call per request, and every other step in a script call of its
-        own. An idle store sends at once: nothing ever waits on a timer. A queued call
-        first waits for the call in flight: at most twice ``timeout`` in all.
+        anyone else's). (One exception to the bound: a cluster store's very first call
+        also learns the cluster's topology, and may take up to a second for it.)
+Rule 7: on a standalone server every step goes through one pipelined connection of the
+        store's own (``_Connection``, not redis-py's pool), opened at the first call with
+        the client's settings (address, TLS, password, database, client name). The
+        commands of one loop turn leave in one ``write()``; replies are matched to calls
+        in order. Each pending call carries its deadline and one watchdog timer per
+        connection watches the oldest: past it, the connection is aborted and every
+        pending call fails (as on a lost connection); the next call opens a new one.
+        Calls queued on an attempt to connect that began before them and failed are sent
+        on a new attempt (nothing of them was written). ``NOSCRIPT`` for one call sends
+        that call again with ``EVAL``. Coalescing (``coalesce=True``): the ``acquire``
+        requests of one loop turn go in one script call that decides them in arrival
+        order, with the same decisions as one call per request; several such calls may be
+        in flight at once. Nothing ever waits on a timer to be sent.
+Rule 8: in a cluster, redis-py carries every call, each under ``asyncio.timeout``, at most
+        ``max_in_flight`` at once. Coalescing there: while one call is in flight, the next
+        ones queue; when it returns, the queue goes in one pipeline, the ``acquire``
+        requests of each slot in one script call, every other step in a call of its own.
+        A queued call first waits for the call in flight: at most twice ``timeout``.
 """
 
 from __future__ import annotations
@@ -60,19 +72,33 @@ import hashlib
 import inspect
 import json
 import math
-from collections.abc import AsyncIterator, Iterator, Sequence
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import hiredis
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.asyncio.connection import (
+    URL_QUERY_ARGUMENT_PARSERS,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import (
+    InvalidResponse,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency._core import (
@@ -106,17 +132,54 @@ MAX_BATCH = 256
 _READ_CHUNK = 32
 
 
+# -- the pipelined connection (standalone servers) ----------------------------------------
+
+_EMPTY = b"$0\r\n\r\n"  # '' (the server's clock, no token)
+_SMALL = {n: b"$%d\r\n%d\r\n" % (len(str(n)), n) for n in range(-1, 64)}
+
+
+def _bulk(value: Any) -> bytes:
+    """One RESP bulk string, encoded as redis-py encodes arguments (numbers by ``repr``,
+    so a float crosses exactly)."""
+    if isinstance(value, bytes):
+        raw = value
+    elif isinstance(value, str):
+        raw = value.encode()
+    elif type(value) is int and -1 <= value < 64:
+        return _SMALL[value]
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        raw = repr(value).encode()
+    else:
+        raise TypeError(f"cannot send {type(value).__name__} to Redis")
+    return b"$%d\r\n%s\r\n" % (len(raw), raw)
+
+
+def _command(*parts: Any) -> bytes:
+    """A whole RESP command (the handshake's)."""
+    return b"*%d\r\n" % len(parts) + b"".join(_bulk(part) for part in parts)
+
+
+def _encode(keys: list[str], args: list[Any]) -> tuple[int, bytes]:
+    """The arguments of a script call after its SHA or source, and the command's length."""
+    body = _bulk(len(keys)) + b"".join([_bulk(k) for k in keys] + [_bulk(a) for a in args])
+    return 3 + len(keys) + len(args), body
+
+
 class _Script(NamedTuple):
     name: str
     source: str
     sha: str
+    sha_head: bytes  # RESP of "EVALSHA <sha>", the start of every call by SHA
+    eval_head: bytes  # RESP of "EVAL <source>"
 
 
 def _script(name: str, *preludes: str) -> _Script:
     folder = resources.files("surefoot.storage").joinpath("_redis")
     source = "".join(folder.joinpath(f"{part}.lua").read_text("utf-8") for part in preludes)
     source += folder.joinpath(f"{name}.lua").read_text("utf-8")
-    return _Script(name, source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+    sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+    sha_head = b"$7\r\nEVALSHA\r\n" + _bulk(sha)
+    return _Script(name, source, sha, sha_head, b"$4\r\nEVAL\r\n" + _bulk(source))
 
 
 _ACQUIRE = _script("acquire", "common")
@@ -157,12 +220,269 @@ class _Call(NamedTuple):
 
 
 class _Request(NamedTuple):
-    """One ``acquire``, encoded for the acquire script (several go in one call)."""
+    """One ``acquire``, encoded for the acquire script (several go in one call): as
+    arguments for redis-py in a cluster, as RESP for the pipelined connection."""
 
     keys: list[str]
-    args: list[str | int | float]
+    args: list[str | int | float]  # empty outside a cluster
     size: int  # items
     slot: int  # 0 outside a cluster
+    wire_keys: bytes = b""  # the keys in RESP
+    wire_args: bytes = b""  # the arguments in RESP
+    length: int = 0  # arguments in wire_args
+
+
+class _Waiter(Protocol):
+    """What a pending call answers: a future, or a batch of them (``_Batch``)."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: Any, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+class _Settings(NamedTuple):
+    """Where and how the pipelined connection connects (the client's own settings)."""
+
+    host: str
+    port: int
+    path: str | None  # a Unix socket
+    ssl: ssl.SSLContext | None
+    connect_timeout: float | None
+    handshake: tuple[bytes, ...]  # AUTH, SELECT, CLIENT SETNAME: each answered +OK
+
+
+def _settings(client: Redis) -> _Settings:
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    username, password = kwargs.get("username"), kwargs.get("password")
+    provider = kwargs.get("credential_provider")
+    if provider is not None:
+        credentials = provider.get_credentials()
+        if len(credentials) == 1:
+            username, password = None, credentials[0]
+        else:
+            username, password = credentials
+    handshake: list[bytes] = []
+    if password:
+        auth = ("AUTH", username, password) if username else ("AUTH", password)
+        handshake.append(_command(*auth))
+    if int(kwargs.get("db") or 0):
+        handshake.append(_command("SELECT", int(kwargs["db"])))
+    if kwargs.get("client_name"):
+        handshake.append(_command("CLIENT", "SETNAME", kwargs["client_name"]))
+    context = None
+    if issubclass(pool.connection_class, SSLConnection):
+        # redis-py's own reading of the ssl_* options, so TLS behaves as the client's.
+        context = pool.connection_class(**kwargs).ssl_context.get()
+    timeout = kwargs.get("socket_connect_timeout") or kwargs.get("socket_timeout")
+    return _Settings(
+        str(kwargs.get("host", "localhost")),
+        int(kwargs.get("port", 6379)),
+        kwargs.get("path")
+        if issubclass(pool.connection_class, UnixDomainSocketConnection)
+        else None,
+        context,
+        float(timeout) if timeout else None,
+        tuple(handshake),
+    )
+
+
+class _Connection(asyncio.Protocol):
+    """One pipelined RESP2 connection to a standalone server (Rules 6 and 7).
+
+    Commands are appended to a buffer written once per loop turn; each pending entry
+    (waiter, deadline, script, length, arguments) is answered in order as replies
+    arrive. One watchdog timer looks at the oldest entry: past its deadline the
+    connection is aborted and every entry fails. A closed connection is never reused.
+    """
+
+    def __init__(
+        self, settings: _Settings, timeout: float, requeue: Callable[[list[list[Any]]], None]
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._requeue = requeue
+        self._early = 0  # entries queued before the connection attempt began
+        self.closed = False
+        self._timeout = timeout
+        self._settings = settings
+        self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+        self._pending: deque[list[Any]] = deque()
+        self._out: list[bytes] = []
+        self._transport: asyncio.Transport | None = None
+        self._flushing = False
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._drained: asyncio.Future[None] | None = None
+        deadline = self.loop.time() + timeout
+        for command in settings.handshake:
+            self._pending.append([None, deadline, None, 0, b""])
+            self._out.append(command)
+        self._opening = self.loop.create_task(self._open())
+
+    async def _open(self) -> None:
+        settings = self._settings
+        self._early = len(self._pending)
+        try:
+            async with asyncio.timeout(settings.connect_timeout):
+                if settings.path is not None:
+                    await self.loop.create_unix_connection(lambda: self, settings.path)
+                else:
+                    await self.loop.create_connection(
+                        lambda: self,
+                        settings.host,
+                        settings.port,
+                        ssl=settings.ssl,
+                        server_hostname=settings.host if settings.ssl is not None else None,
+                    )
+        except asyncio.CancelledError:
+            self._abort(TimeoutError("no connection to Redis"))
+            raise
+        except Exception as exc:
+            # Calls queued after this attempt began were not sent: they get an attempt
+            # of their own (an outage found by one attempt must not fail calls made
+            # after the server came back).
+            late = [self._pending.pop() for _ in range(len(self._pending) - self._early)]
+            self._abort(exc)
+            if late:
+                self._requeue(late[::-1])
+
+    def send(self, waiter: _Waiter, script: _Script, length: int, body: bytes) -> None:
+        """Queue ``EVALSHA`` of ``script`` with ``body`` (its length in ``length``)."""
+        self._pending.append([waiter, self.loop.time() + self._timeout, script, length, body])
+        self._out += (b"*%d\r\n" % length, script.sha_head, body)
+        if not self._flushing:
+            self._flushing = True
+            self.loop.call_soon(self._flush)
+        if self._watchdog is None:
+            self._watchdog = self.loop.call_at(self._pending[0][1], self._check)
+
+    def _flush(self) -> None:
+        self._flushing = False
+        if self._transport is not None and self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._transport.write(data)
+
+    def _check(self) -> None:
+        self._watchdog = None
+        if not self._pending:
+            return
+        deadline = self._pending[0][1]
+        if deadline <= self.loop.time():
+            self._abort(TimeoutError(f"no reply from Redis within {self._timeout} s"))
+        else:
+            self._watchdog = self.loop.call_at(deadline, self._check)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if self.closed:
+            transport.abort()
+            return
+        self._transport = transport
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        reader, pending = self._reader, self._pending
+        reader.feed(data)
+        while True:
+            try:
+                reply = reader.gets()
+            except InvalidResponse as exc:
+                self._abort(exc)
+                return
+            if reply is False:
+                break
+            if not pending:
+                self._abort(InvalidResponse("a reply nobody asked for"))
+                return
+            waiter, _, script, length, body = pending.popleft()
+            if isinstance(reply, ResponseError):
+                if waiter is None:  # the handshake failed: nothing after it can work
+                    self._abort(reply)
+                    return
+                if script is not None and str(reply).startswith("NOSCRIPT"):
+                    # Nothing ran: send it whole (EVAL caches it for the next EVALSHA).
+                    self._resend(waiter, script, length, body)
+                    continue
+                if not waiter.done():
+                    waiter.set_exception(_failure(reply))
+            elif waiter is not None and not waiter.done():
+                waiter.set_result(reply)
+        if not pending and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _resend(self, waiter: _Waiter, script: _Script, length: int, body: bytes) -> None:
+        self._pending.append([waiter, self.loop.time() + self._timeout, None, length, body])
+        self._out += (b"*%d\r\n" % length, script.eval_head, body)
+        if not self._flushing:
+            self._flushing = True
+            self.loop.call_soon(self._flush)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._abort(exc or RedisConnectionError("Redis closed the connection"))
+
+    def _abort(self, cause: BaseException) -> None:
+        """Close for good, failing every pending call with ``StoreUnavailable``."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if not self._opening.done() and self._opening is not asyncio.current_task():
+            self._opening.cancel()
+        if self._transport is not None:
+            self._transport.abort()
+        pending, self._pending = self._pending, deque()
+        self._out.clear()
+        for waiter, *_ in pending:
+            if waiter is not None and not waiter.done():
+                error = StoreUnavailable(retry_after=1)
+                error.__cause__ = cause
+                waiter.set_exception(error)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    async def aclose(self) -> None:
+        """Wait for the calls on the wire (each within its deadline), then close."""
+        if self._pending and not self.closed:
+            self._drained = self.loop.create_future()
+            await self._drained
+        self._abort(RedisConnectionError("the store was closed"))
+        with _suppress_cancelled():
+            await asyncio.gather(self._opening, return_exceptions=True)
+
+
+class _Batch:
+    """The waiter of one coalesced acquire script call: answers each request's future."""
+
+    __slots__ = ("_decide", "_done", "_futures", "_requests")
+
+    def __init__(
+        self,
+        decide: Any,
+        requests: list[_Request],
+        futures: list[asyncio.Future[Any]],
+    ) -> None:
+        self._decide = decide
+        self._requests = requests
+        self._futures = futures
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, reply: Any, /) -> None:
+        self._done = True
+        for future, result in zip(self._futures, self._decide(self._requests, reply), strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._done = True
+        assert isinstance(exception, StoreUnavailable)
+        for future in self._futures:
+            if not future.done():
+                future.set_exception(_copy(exception))
 
 
 class RedisStore:
@@ -180,10 +500,11 @@ class RedisStore:
         prefix: put before every key; no ``{`` or ``}`` (Redis Cluster hash tags).
         clock: ``"server"`` decides on the Redis server's clock (one clock for every
             host); ``"caller"`` on the ``now`` each call passes (tests, one host).
-        timeout: seconds a round trip may take before its calls fail with
-            ``StoreUnavailable`` (a call queued behind another waits for that one first).
-        coalesce: send the concurrent calls of this process together, the ``acquire``
-            requests of one slot in one script call (Rule 7).
+        timeout: seconds a call may wait for its reply before it fails with
+            ``StoreUnavailable`` (in a cluster, a call queued behind another waits for
+            that one first).
+        coalesce: decide the ``acquire`` requests of one loop turn (in a cluster: of
+            one slot, queued behind a call in flight) in one script call (Rules 7, 8).
 
     Warning:
         A client you pass in keeps its own retry policy. redis-py retries failed
@@ -193,7 +514,8 @@ class RedisStore:
     """
 
     rate_limit_algorithms = ALGORITHMS
-    #: Calls this store has on the wire at once; more wait their turn (within ``timeout``).
+    #: Calls a cluster store has on the wire at once; more wait their turn (within
+    #: ``timeout``). A standalone store pipelines every call on one connection.
     max_in_flight = 16
 
     def __init__(
@@ -247,7 +569,7 @@ class RedisStore:
         # A cluster learns its topology once, before its first call (``_initialize``).
         self._ready = not self._cluster
         self._init_task: asyncio.Future[Any] | None = None
-        # Coalescing (Rule 7): whether a call is in flight, and who waits for the next.
+        # Coalescing (Rule 8, a cluster): whether a call is in flight, and who waits for the next.
         self._busy = False
         self._queue: list[tuple[_Call | _Request, asyncio.Future[Any]]] = []
         self._drainer: asyncio.Task[None] | None = None
@@ -255,6 +577,12 @@ class RedisStore:
         # A burst on a cold pool would open one connection per call, each costing a
         # handshake: a few connections, reused at once, answer the burst sooner.
         self._in_flight = asyncio.Semaphore(self.max_in_flight)
+        # A standalone server: one pipelined connection (Rule 7), made at the first call.
+        self._settings: _Settings | None = None
+        self._conn: _Connection | None = None
+        self._turn: list[tuple[_Request, asyncio.Future[Result]]] = []  # acquires to batch
+        self._turn_handle: asyncio.Handle | None = None
+        self._limits: dict[tuple[int, str], tuple[Limit, bytes]] = {}  # encoded, per Limit
         self._periods: dict[tuple[str, str], tuple[float, float, tuple[float, ...]]] = {}
 
     @classmethod
@@ -356,9 +684,61 @@ class RedisStore:
                         return await client.eval(script.source, len(keys), *keys, *args)
 
     async def _step(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
-        """One script call: sent at once, or queued behind the call in flight (Rule 7)."""
+        """One script call: pipelined (standalone), or in a cluster sent at once or queued
+        behind the call in flight (Rules 7, 8)."""
+        if not self._cluster:
+            length, body = _encode(keys, args)
+            future = self._wire().loop.create_future()
+            self._wire().send(future, script, length, body)
+            return await future
         call = _Call(script, keys, args)
         return await (self._lane(call) if self.coalesce else self._eval(call))
+
+    def _wire(self) -> _Connection:
+        """The pipelined connection, (re)opened when the last one closed."""
+        conn = self._conn
+        if conn is None or conn.closed or conn.loop is not asyncio.get_running_loop():
+            settings = self._settings
+            if settings is None:
+                assert isinstance(self._client, Redis)
+                settings = self._settings = _settings(self._client)
+            conn = self._conn = _Connection(settings, self.timeout, self._resend_unsent)
+        return conn
+
+    def _resend_unsent(self, entries: list[list[Any]]) -> None:
+        """Calls queued on a connection that failed to open, sent on a new one."""
+        conn = self._wire()
+        for waiter, _, script, length, body in entries:
+            conn.send(waiter, script, length, body)
+
+    def _coalesced(self, request: _Request) -> asyncio.Future[Result]:
+        """``request``'s future, answered with the other acquires of this loop turn."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        self._turn.append((request, future))
+        if self._turn_handle is None:
+            self._turn_handle = loop.call_soon(self._send_turn)
+        return future
+
+    def _send_turn(self) -> None:
+        """The acquires of one loop turn, in one script call (per ``MAX_BATCH``)."""
+        self._turn_handle = None
+        turn, self._turn = self._turn, []
+        turn = [(request, future) for request, future in turn if not future.done()]
+        conn = self._wire()
+        for i in range(0, len(turn), MAX_BATCH):
+            group = turn[i : i + MAX_BATCH]
+            requests = [request for request, _ in group]
+            nkeys = sum(len(request.keys) for request in requests)
+            body = b"".join(
+                [_bulk(nkeys)]
+                + [request.wire_keys for request in requests]
+                + [_bulk(len(requests))]
+                + [request.wire_args for request in requests]
+            )
+            length = 4 + nkeys + sum(request.length for request in requests)
+            batch = _Batch(self._decisions, requests, [future for _, future in group])
+            conn.send(batch, _ACQUIRE, length, body)
 
     async def _lane(self, job: _Call | _Request) -> Any:
         """Send ``job`` now if nothing is in flight, else queue it for the next send."""
@@ -382,7 +762,7 @@ class RedisStore:
     async def _drain(self) -> None:
         """Send what queued while a call was in flight, until nothing is left: the
         ``acquire`` requests of each slot in one script call, every other step in a call
-        of its own, all of them in one pipeline (Rule 7)."""
+        of its own, all of them in one pipeline (Rule 8)."""
         batch: list[tuple[_Call | _Request, asyncio.Future[Any]]] = []
         try:
             while self._queue:
@@ -640,6 +1020,19 @@ class RedisStore:
     async def acquire(self, items: Sequence[Item], now: float) -> Result:
         request = self._request(items, now)
         try:
+            if not self._cluster:
+                if self.coalesce:
+                    return await self._coalesced(request)
+                conn = self._wire()
+                future = conn.loop.create_future()
+                body = b"".join((_bulk(len(request.keys)), request.wire_keys, _SMALL[1]))
+                conn.send(
+                    future,
+                    _ACQUIRE,
+                    4 + len(request.keys) + request.length,
+                    body + request.wire_args,
+                )
+                return self._decisions([request], await future)[0]
             if self.coalesce:
                 result: Result = await self._lane(request)
                 return result
@@ -658,13 +1051,15 @@ class RedisStore:
 
         async def quietly() -> None:
             with contextlib.suppress(StoreUnavailable):
-                await self._eval(call)
+                await self._step(*call)
 
         task = asyncio.get_running_loop().create_task(quietly())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     def _request(self, items: Sequence[Item], now: float) -> _Request:
+        if not self._cluster:
+            return self._wire_request(items, now)
         prefix = self.prefix
         keys: list[str] = []
         args: list[str | int | float] = [self._now(now), len(items)]
@@ -703,6 +1098,43 @@ class RedisStore:
                 )
             slot = slots.pop()
         return _Request(keys, args, len(items), slot)
+
+    def _wire_request(self, items: Sequence[Item], now: float) -> _Request:
+        """``_request`` in RESP for the pipelined connection: each limit's constant
+        arguments are encoded once (``_limits``); per call only what changes."""
+        prefix, limits = self.prefix, self._limits
+        keys: list[str] = []
+        wire_keys: list[bytes] = []
+        wire = [_EMPTY if self._server_clock else _bulk(now), _bulk(len(items))]
+        length = 2
+        for item in items:
+            algorithm, limit = item.algorithm, item.limit
+            cached = limits.get((id(limit), algorithm))
+            if cached is None or cached[0] is not limit:
+                if algorithm not in ALGORITHMS:
+                    raise ConfigurationError(
+                        f"rate limit item {item.key!r}: expected an algorithm among "
+                        f"{sorted(ALGORITHMS)}, got {algorithm!r}"
+                    )
+                if len(limits) >= 1024:
+                    limits.clear()  # limits made per call: keep the cache small
+                constant = (algorithm, limit.amount, limit.window, limit.capacity)
+                encoded = b"".join(map(_bulk, (*constant, limit.max_wait, limit.lease)))
+                cached = limits[id(limit), algorithm] = (limit, encoded)
+            key = prefix + item.key
+            keys.append(key)
+            wire_keys.append(_bulk(key))
+            wire += (cached[1], _bulk(item.cost), _SMALL[1 if item.enforce else 0])
+            wire.append(_bulk(item.token) if item.token else _EMPTY)
+            if algorithm == "quota":
+                periods = self._quota_periods(now, limit)
+                wire.append(_bulk(len(periods) // 2))
+                wire += map(_bulk, periods)
+                length += 10 + len(periods)
+            else:
+                wire.append(_SMALL[0])
+                length += 10
+        return _Request(keys, [], len(items), 0, b"".join(wire_keys), b"".join(wire), length)
 
     def _quota_periods(self, now: float, limit: Limit) -> tuple[float, ...]:
         """The calendar period containing ``now`` as (start, end), and on the server clock
@@ -745,10 +1177,21 @@ class RedisStore:
         await self._step(_RELEASE, [self.prefix + key], [self._now(now), token])
 
     async def aclose(self) -> None:
-        """Fail the calls still queued, and close the client if the store made it."""
+        """Fail the calls still queued, wait for those on the wire (each within its
+        ``timeout``), and close the client if the store made it."""
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self._turn_handle is not None:
+            self._turn_handle.cancel()
+            self._turn_handle = None
+        for _, future in self._turn:  # acquires of this loop turn, not sent yet
+            if not future.done():
+                future.set_exception(StoreUnavailable(retry_after=1))
+        self._turn = []
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.aclose()
         drainer = self._drainer
         if drainer is not None:
             drainer.cancel()  # its waiters get StoreUnavailable
