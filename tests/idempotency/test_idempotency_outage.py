@@ -397,12 +397,15 @@ async def test_after_a_finish_failure_the_reservation_is_left_to_its_lease(
         assert backend.executions == 1
 
 
-async def test_finishing_during_an_outage_does_not_call_the_store(
+async def test_a_request_holding_its_key_settles_it_even_after_another_found_an_outage(
     make_client: Callable[..., httpx.AsyncClient],
     store: SwitchableStore,
     backend: Backend,
     events: list[Event],
 ) -> None:
+    """A blip seen by another request must not cost this one its stored response: a
+    skipped finish would leave the key in flight, and its retry would meet "outcome
+    unknown" (or, with on_lease_expiry="reexecute", run again)."""
     health = StoreHealth(jitter=0)
     backend.gate = asyncio.Event()
     async with make_client(store_health=health) as c:
@@ -411,10 +414,13 @@ async def test_finishing_during_an_outage_does_not_call_the_store(
         health.failed(health.permit(T0), T0)  # another request found the store down
         backend.gate.set()
         r = await running
-    assert r.status_code == 201
-    assert store.calls["finish"] == 0
-    [bypassed] = of(events, StoreBypassed)
-    assert (bypassed.phase, bypassed.action) == ("finish", "left_to_lease")
+        assert r.status_code == 201
+        assert store.calls["finish"] == 1
+        assert not of(events, StoreBypassed)
+        health.succeeded(health.permit(T0 + 60), T0 + 60)  # the next probe finds it back
+        retry = await c.post("/charges", json={}, headers=key())
+    assert (retry.status_code, retry.headers["idempotent-replayed"]) == (201, "true")
+    assert retry.content == r.content
 
 
 # -- with the rate limiter ----------------------------------------------------------------------

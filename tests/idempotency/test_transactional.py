@@ -215,6 +215,8 @@ def test_ignored_fields_and_route_scope(conn: Connection, clock: ManualClock) ->
         ("x" * 256, IdempotencyKeyInvalid),
         ("with space", IdempotencyKeyInvalid),
         ("caf\u00e9", IdempotencyKeyInvalid),
+        # Not a latin-1 character: never mapped onto another key ("pay-?").
+        ("pay-\u20ac", IdempotencyKeyInvalid),
         ('"unterminated', IdempotencyKeyInvalid),
     ],
 )

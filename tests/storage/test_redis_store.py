@@ -1086,3 +1086,20 @@ async def test_the_database_of_the_url_is_honoured_on_the_shared_server() -> Non
         await drop(direct, prefix)
         await direct.aclose()
         await other.aclose()
+
+
+async def test_a_batch_reply_the_store_cannot_read_fails_its_callers_instead_of_hanging() -> None:
+    from surefoot.storage.redis import _Batch
+
+    def unreadable(requests: object, reply: object) -> list[object]:
+        raise ValueError("garbled")
+
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future(), loop.create_future()]
+    batch = _Batch(unreadable, [], futures)
+    batch.set_result([b"not", b"decisions"])
+    assert batch.done()
+    for future in futures:
+        with pytest.raises(StoreUnavailable) as raised:
+            await future
+        assert isinstance(raised.value.__cause__, ValueError)

@@ -567,23 +567,26 @@ class _Responder:
         outcome = self.outcome()
         health = self.mw.health
         now = self.mw.clock.now()
+        # A reservation this request holds is always settled in the store, even while
+        # the tracker believes the store is down: skipping it would lose the response
+        # (and, with on_lease_expiry="reexecute", run the request again) after a blip
+        # that other requests saw. Only a call the tracker permitted reports to it.
         permit = health.permit(now)
-        # A finish that cannot happen never changes what the client gets (it has the
-        # handler's response, or its exception): the reservation is left to its lease,
-        # and the route's on_lease_expiry decides what a retry meets after it.
-        if not permit.call:
-            self.emit(ev.StoreBypassed, phase="finish", action="left_to_lease")
-            return
         try:
             accepted = await self.mw.store.finish(self.store_key, token, outcome, now)
         except Exception as exc:
-            self.report(health.failed(permit, self.mw.clock.now()), exc)
+            # The client has the handler's response (or its exception) already: the
+            # reservation is left to its lease, and on_lease_expiry decides what a retry
+            # meets after it.
+            if permit.call:
+                self.report(health.failed(permit, self.mw.clock.now()), exc)
             self.emit(
                 ev.StoreFailed, phase="finish", action="left_to_lease", error=failure_name(exc)
             )
             return
         except BaseException:
-            health.abandoned(permit, self.mw.clock.now())
+            if permit.call:
+                health.abandoned(permit, self.mw.clock.now())
             raise
         if permit.probe:
             self.report(health.succeeded(permit, self.mw.clock.now()), None)

@@ -540,7 +540,15 @@ class TransactionalKeys:
         if key is None:
             raise IdempotencyKeyMissing(method=method, path=path, header=self.header)
         try:
-            parsed_key = parse_key([key.encode("latin-1", "replace")])
+            # An HTTP header carries bytes: a character no header byte stands for is not
+            # replaced (that would map "pay-€" onto "pay-?"), it makes the key invalid.
+            raw = key.encode("latin-1")
+        except UnicodeEncodeError:
+            raise IdempotencyKeyInvalid(
+                header=self.header, reason="it contains a non-printable character"
+            ) from None
+        try:
+            parsed_key = parse_key([raw])
         except InvalidKey as exc:
             raise IdempotencyKeyInvalid(header=self.header, reason=exc.reason) from None
         assert parsed_key is not None  # one value given, so a key or an error

@@ -472,8 +472,15 @@ class _Batch:
         return self._done
 
     def set_result(self, reply: Any, /) -> None:
+        try:
+            results = self._decide(self._requests, reply)
+        except Exception as exc:  # a reply this store cannot read: fail, never hang
+            failure = StoreUnavailable(retry_after=1)
+            failure.__cause__ = exc
+            self.set_exception(failure)
+            return
         self._done = True
-        for future, result in zip(self._futures, self._decide(self._requests, reply), strict=True):
+        for future, result in zip(self._futures, results, strict=True):
             if not future.done():
                 future.set_result(result)
 

@@ -16,18 +16,20 @@ end
 -- _core._settled: the same record in state `target`, its TTL restarting at `now`.
 -- ARGV[first..first+3]: has a response (1/0), status, headers, has a body (1/0);
 -- ARGV[first+4]: the body.
+-- Deletions first and then ONE HSET: a write refused half-way (out of memory) must never
+-- leave a completed state without its response.
 local function settle(key, target, now, first)
   local ttl = tonumber(redis.call('HGET', key, 't'))
-  redis.call('HSET', key, 's', target, 'e', fmt(now + ttl))
-  if ARGV[first] == '1' then
-    redis.call('HSET', key, 'c', ARGV[first + 1], 'h', ARGV[first + 2])
-    if ARGV[first + 3] == '1' then
-      redis.call('HSET', key, 'b', ARGV[first + 4])
-    else
-      redis.call('HDEL', key, 'b')
-    end
-  else
+  if ARGV[first] ~= '1' then
     redis.call('HDEL', key, 'c', 'h', 'b')
+    redis.call('HSET', key, 's', target, 'e', fmt(now + ttl))
+  elseif ARGV[first + 3] == '1' then
+    redis.call('HSET', key, 's', target, 'e', fmt(now + ttl), 'c', ARGV[first + 1],
+      'h', ARGV[first + 2], 'b', ARGV[first + 4])
+  else
+    redis.call('HDEL', key, 'b')
+    redis.call('HSET', key, 's', target, 'e', fmt(now + ttl), 'c', ARGV[first + 1],
+      'h', ARGV[first + 2])
   end
   redis.call('PEXPIRE', key, millis(ttl))
 end
