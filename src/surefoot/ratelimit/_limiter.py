@@ -20,9 +20,10 @@ The engine behind ``RateLimitMiddleware`` and the FastAPI dependency:
 The guard timeout exists because the limiter is on every request's path: the network
 stores give up after their own short timeout, but a store without one (a custom store, a
 SQLite file whose lock holder is stuck) would otherwise hold every request. It defaults
-to 1 s, well above the network stores' own timeouts so that theirs fire first and name
-the failure, and below any client's patience. A plain ``MemoryStore`` never waits and is
-not guarded: the timer would cost as much as the decision.
+to 1 s, above the network stores' own timeouts so that theirs fire first and name the
+failure, and below any client's patience. A plain ``MemoryStore`` never waits, and a
+store whose own ``timeout`` is shorter than the guard already bounds its calls: neither
+is guarded, since the timer would cost as much as an in-memory decision.
 """
 
 from __future__ import annotations
@@ -153,9 +154,13 @@ class RateLimiter:
         self.store = store
         self.fallback_workers = fallback_workers
         self.store_timeout = store_timeout
-        # A MemoryStore answers without ever waiting, so guarding it would only cost time
-        # (an asyncio timeout costs about as much as a whole in-memory decision).
-        self._guard = None if type(store) is MemoryStore else store_timeout
+        # A MemoryStore answers without ever waiting, and a network store that bounds
+        # each call by its own ``timeout`` (RedisStore, PostgresStore) fails first anyway:
+        # guarding either would only cost time (an asyncio timeout costs about as much
+        # as a whole in-memory decision).
+        own = getattr(store, "timeout", None)
+        bounded = isinstance(own, int | float) and store_timeout is not None and own < store_timeout
+        self._guard = None if type(store) is MemoryStore or bounded else store_timeout
         self.health = store_health if store_health is not None else StoreHealth()
         # Per-process counters for local_fallback policies while the store is down.
         self._fallback = MemoryStore()
