@@ -931,6 +931,62 @@ async def test_a_timed_out_connection_fails_all_its_calls_and_the_next_call_work
         await direct.aclose()
 
 
+class TricklingProxy(StallingProxy):
+    """A TCP proxy to Redis that passes the server's replies on ``chunk`` bytes at a
+    time, ``pause`` seconds apart: a server busy but alive, answering slowly."""
+
+    def __init__(self, port: int, *, chunk: int, pause: float) -> None:
+        super().__init__(port)
+        self.chunk, self.pause = chunk, pause
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+        async def requests() -> None:
+            while data := await reader.read(65536):
+                upstream_writer.write(data)
+
+        async def replies() -> None:
+            while data := await upstream_reader.read(65536):
+                for i in range(0, len(data), self.chunk):
+                    writer.write(data[i : i + self.chunk])
+                    await asyncio.sleep(self.pause)
+
+        try:
+            with contextlib.suppress(OSError):
+                await asyncio.gather(requests(), replies())
+        finally:
+            writer.close()
+            upstream_writer.close()
+
+
+async def test_a_busy_server_that_keeps_answering_is_no_outage() -> None:
+    """Calls wait past their timeout while replies keep coming: Redis is slow, not down.
+    Failing every call on the wire for it would turn one slow moment into 503s."""
+    url = service_url("redis")
+    proxy = TricklingProxy(int(url.rsplit(":", 1)[1].split("/")[0]), chunk=16, pause=0.02)
+    client = Redis(host="127.0.0.1", port=await proxy.start(), retry=NO_RETRY)
+    prefix = f"test:rs:{uuid.uuid4().hex[:12]}:"
+    store = RedisStore(client, prefix=prefix, clock="caller", timeout=0.1, coalesce=False)
+    item = Item("rl:{a}:w", "fixed_window", Limit(100, 3600))
+    try:
+        await store.acquire([item], T0)  # connected, the script loaded
+        # Ten replies of 40 to 60 bytes, 16 bytes every 20 ms: the last comes after
+        # several timeouts, yet Redis is never silent for one.
+        results = await asyncio.gather(*(store.acquire([item], T0) for _ in range(10)))
+        assert sorted(r[1][0].remaining for r in results) == list(range(89, 99))
+    finally:
+        await store.aclose()
+        await client.aclose()
+        await proxy.aclose()
+        direct = Redis.from_url(url)
+        await drop(direct, prefix)
+        await direct.aclose()
+
+
 async def test_a_killed_connection_fails_its_pending_calls_and_the_next_call_reconnects() -> None:
     url = service_url("redis")
     proxy = StallingProxy(int(url.rsplit(":", 1)[1].split("/")[0]), hold_requests=True)

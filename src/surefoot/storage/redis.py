@@ -38,8 +38,11 @@ Rule 6: every call is bounded by ``timeout``. Redis errors, timeouts, refused co
         exception kept as ``__cause__`` for logs and never shown to a client. The store
         never retries a command that was written: a script whose reply was lost may have
         run, and running it again would count a request twice or see its own reservation
-        (stores made by ``from_url`` give redis-py no retries either). A connection with
-        a call past its deadline is closed, never reused with a reply pending. A
+        (stores made by ``from_url`` give redis-py no retries either). On the pipelined
+        connection (Rule 7) ``timeout`` bounds how long Redis may stay silent: a call
+        past its deadline fails, with every call on the wire, when nothing has come back
+        for a whole ``timeout`` (a worker busy reading replies late is not an outage),
+        and in any case after 20 timeouts. A closed connection is never reused. A
         reservation or a concurrency slot that a failed call may still have taken is
         given back in the background (released under its own token, which fences off
         anyone else's). (One exception to the bound: a cluster store's very first call
@@ -72,6 +75,7 @@ import hashlib
 import inspect
 import json
 import math
+import select
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -287,6 +291,10 @@ def _settings(client: Redis) -> _Settings:
     )
 
 
+#: Timeouts a call may wait in all while replies keep coming (see ``_Connection._check``).
+_PATIENCE = 20
+
+
 class _Connection(asyncio.Protocol):
     """One pipelined RESP2 connection to a standalone server (Rules 6 and 7).
 
@@ -312,6 +320,7 @@ class _Connection(asyncio.Protocol):
         self._flushing = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future[None] | None = None
+        self._heard = self.loop.time()  # when Redis last sent us anything
         deadline = self.loop.time() + timeout
         for command in settings.handshake:
             self._pending.append([None, deadline, None, 0, b""])
@@ -363,14 +372,37 @@ class _Connection(asyncio.Protocol):
             self._transport.write(data)
 
     def _check(self) -> None:
+        """Abort when Redis is unresponsive: the oldest call is past its deadline and
+        nothing has come back for a whole ``timeout``. A busy worker, or an event loop
+        starved of CPU, reads replies late; that is no outage, and failing every call
+        on the wire for it would turn one slow moment into a burst of 503s. Past
+        ``_PATIENCE`` timeouts a call fails whatever else is arriving."""
         self._watchdog = None
         if not self._pending:
             return
+        now = self.loop.time()
         deadline = self._pending[0][1]
-        if deadline <= self.loop.time():
-            self._abort(TimeoutError(f"no reply from Redis within {self._timeout} s"))
-        else:
+        if deadline > now:
             self._watchdog = self.loop.call_at(deadline, self._check)
+            return
+        if now < deadline + self._timeout * (_PATIENCE - 1):
+            if now - self._heard < self._timeout:
+                self._watchdog = self.loop.call_at(self._heard + self._timeout, self._check)
+                return
+            if self._readable():  # replies are waiting: let the loop read them first
+                self._watchdog = self.loop.call_later(0.001, self._check)
+                return
+        self._abort(TimeoutError(f"no reply from Redis within {self._timeout} s"))
+
+    def _readable(self) -> bool:
+        """Whether bytes from Redis are waiting in the socket, unread."""
+        sock = None if self._transport is None else self._transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            return bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -381,6 +413,7 @@ class _Connection(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        self._heard = self.loop.time()
         reader, pending = self._reader, self._pending
         reader.feed(data)
         while True:
