@@ -2,8 +2,9 @@
 
 Configuration and URLs; migrations (explicit, idempotent, safe from several processes at
 once, checked on first use); the database's clock; responses kept byte for byte; calls
-bounded by the store's timeout, with abandoned statements undone and the pool left
-healthy; group commit of concurrent acquires; purging in batches. Every test has its own
+bounded by the store's timeout (longer for large responses), with abandoned statements
+and failed batches undone and the pool left healthy; group commit of concurrent
+acquires; purging in batches. Every test has its own
 schema on the shared server, dropped afterwards.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import multiprocessing
 import os
 import time
@@ -336,6 +338,31 @@ async def test_responses_are_kept_byte_for_byte(postgres_dsn: str, schema: str) 
         assert await store.begin("unknown", begin_req("again"), T0 + 3) == Replay(resolved)
 
 
+async def test_large_responses_kept_at_once_each_fit_in_the_default_timeout(
+    postgres_dsn: str, schema: str
+) -> None:
+    # 20 MiB could never be sent in one 50 ms batch: each 1 MiB response goes alone, with
+    # time for its size, on the client and on the server.
+    bodies = {f"k{n}": os.urandom(1 << 20) for n in range(20)}
+    async with opened(postgres_dsn, schema, clock="caller") as store:
+        await store.open()
+        await asyncio.gather(*(store.begin(key, begin_req(key), T0) for key in bodies))
+        await store.begin("unknown", begin_req("u"), T0)
+        await store.finish("unknown", "u", Outcome(Step.MARK_UNKNOWN), T0)
+        large = StoredResponse(200, (), os.urandom(1 << 20))
+        accepted = await asyncio.gather(
+            *(
+                store.finish(key, key, Outcome(Step.COMPLETE, StoredResponse(200, (), body)), T0)
+                for key, body in bodies.items()
+            ),
+            store.resolve("unknown", large, T0),
+        )
+        assert accepted == [True] * 21
+    bodies["unknown"] = large.body or b""
+    kept = await sql(postgres_dsn, f'SELECT key, sha256(body) FROM "{schema}".surefoot_idempotency')
+    assert dict(kept) == {key: hashlib.sha256(body).digest() for key, body in bodies.items()}
+
+
 async def test_completing_without_a_response_is_refused_and_changes_nothing(
     postgres_dsn: str, schema: str
 ) -> None:
@@ -442,6 +469,54 @@ async def test_a_concurrency_slot_its_caller_gave_up_on_is_given_back(
         await settle(store)
         admitted = [(await store.acquire([slot(f"t{n}")], T0 + 1))[0] for n in range(3)]
         assert admitted == [True, True, False]
+
+
+class LosesBatchReplies(psycopg.AsyncConnection[Any]):
+    """A connection on which a batch of begins or an acquire commits, then its reply is
+    lost (as when the connection drops just after the commit)."""
+
+    async def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        cursor = await super().execute(query, *args, **kwargs)
+        if "surefoot_begin_batch(" in str(query) or "surefoot_acquire(" in str(query):
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return cursor
+
+
+async def test_a_batch_whose_reply_was_lost_gives_back_what_it_may_have_taken(
+    postgres_dsn: str, schema: str
+) -> None:
+    slot = Limit(1, 1, algorithm="concurrency", lease=300.0)
+    async with (
+        AsyncConnectionPool(
+            postgres_dsn,
+            min_size=1,
+            max_size=2,
+            open=False,
+            kwargs={"autocommit": True},
+            connection_class=LosesBatchReplies,
+        ) as pool,
+        opened(pool, schema, clock="caller", timeout=5) as store,
+    ):
+        failed = await asyncio.gather(
+            *(store.begin(key, begin_req(f"t-{key}"), T0) for key in ("a", "b", "c")),
+            store.acquire([Item("rl:slot", "concurrency", slot, token="gone")], T0),
+            return_exceptions=True,
+        )
+        errors = [error for error in failed if isinstance(error, StoreUnavailable)]
+        assert len(errors) == 4
+        # The three begins shared a batch; each caller still has a cause of its own to
+        # raise and log (one instance raised in three tasks would tangle tracebacks).
+        causes = [error.__cause__ for error in errors]
+        assert all(isinstance(cause, psycopg.OperationalError) for cause in causes)
+        assert len({id(cause) for cause in causes[:3]}) == 3
+        await settle(store)
+        # The batches committed, but nothing executed under their tokens: all free again.
+        for key in ("a", "b", "c"):
+            assert await store.get(key, T0 + 1) is None
+    async with opened(postgres_dsn, schema, clock="caller", timeout=5) as store:
+        item = Item("rl:slot", "concurrency", slot, token="next")
+        assert (await store.acquire([item], T0 + 1))[0]
+        assert await store.begin("a", begin_req("t2"), T0 + 1) == Reserved("t2", 1, False)
 
 
 async def test_concurrent_requests_over_the_same_keys_in_any_order_never_deadlock(

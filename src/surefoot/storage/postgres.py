@@ -29,11 +29,16 @@ Rule 3: time is the database's (``clock="server"``, the default): ``clock_timest
         Calendar quotas take their period from the database's time zone data in server
         mode and from ``quota_period`` in caller mode.
 Rule 4: every call is bounded by ``timeout`` (pool wait and statement); connections the
-        store opens also carry it as ``statement_timeout``. The statement runs in a task
-        of its own: a caller whose time ran out (or who was cancelled) leaves at once,
-        with ``StoreUnavailable``, while the statement ends on the server by itself and
-        its connection goes back to the pool idle, never mid-query. A reservation or a
-        concurrency slot that such an abandoned statement still took is given back.
+        store opens also carry it as ``statement_timeout``. A call carrying a response
+        of more than 64 KiB (a finish or a resolve) has ``timeout`` plus, at 50 MiB/s,
+        its bytes and those of the other large responses under way with it, on the
+        client and as the ``statement_timeout`` of its transaction.
+        The statement runs in a task of its own: a caller whose time ran out (or who
+        was cancelled) leaves at once, with ``StoreUnavailable``, while the statement
+        ends on the server by itself and its connection goes back to the pool idle,
+        never mid-query. A reservation or a concurrency slot that such an abandoned
+        statement still took is given back, and so is any that a failed batch (Rule 7)
+        may have taken, under its own token.
 Rule 5: psycopg and pool errors, and timeouts, become ``StoreUnavailable`` in one place
         (``_translate``); their text stays on ``__cause__`` for logs, never reaches a
         client.
@@ -41,18 +46,23 @@ Rule 6: expired rows are deleted in batches of ``purge_batch`` at most every
         ``purge_interval`` seconds, in the background after a call; rows other
         transactions hold are skipped (``SKIP LOCKED``), so no request waits on a purge.
 Rule 7: group commit: the begins, the finishes and the acquires that arrive on one turn
-        of the event loop (up to 64 of a kind) go in one call, which decides them one
+        of the event loop (up to 64 of a kind, and up to 256 KiB of responses; a call
+        carrying more than 64 KiB goes alone) go in one call, which decides them one
         after the other, each atomically, in arrival order, with one commit (a batch of
         several keys first takes their advisory locks, in order, as in Rule 2). A hot
         key costs one lock hand-over per batch instead of one per request, and a burst
-        one commit. A batch that fails fails each of its calls. A store is used from one
-        event loop.
+        one commit. A batch that fails fails each of its calls, each with its own copy
+        of the error; it may have committed (a lost reply), so the reservations and
+        concurrency slots its begins and acquires may hold are released in the
+        background under their own tokens, which fence off anyone else's. A store is
+        used from one event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
 import hashlib
 import logging
@@ -105,8 +115,13 @@ _MIGRATIONS_TABLE = (
     "CREATE TABLE IF NOT EXISTS {s}.surefoot_schema_migrations (version integer PRIMARY KEY, "
     "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
 )
-#: Most calls sent together in one batch (Rule 7).
+#: Most calls sent together in one batch, and most bytes of responses (Rule 7).
 _BATCH = 64
+_BATCH_BYTES = 256 << 10
+#: A call carrying a larger response goes alone, with a longer budget (Rules 4 and 7).
+_ALONE = 64 << 10
+#: Bytes per second of response that a call's budget allows for, beyond ``timeout``.
+_THROUGHPUT = 50 << 20
 _OPTIONS = ("schema", "clock", "timeout", "pool_min", "pool_max")
 
 
@@ -220,7 +235,8 @@ def _refuse_newer(done: set[int], schema: str) -> None:
         )
 
 
-#: Every statement the store sends; ``{s}`` is the schema, quoted.
+#: Every statement the store sends; ``{s}`` is the schema, quoted. Responses go as binary
+#: parameters (``%b``): in text, a 1 MiB ``bytea[]`` takes some 70 ms to encode and parse.
 _QUERIES = {
     "begin": (
         "SELECT * FROM {s}.surefoot_begin_batch(%s::text[], %s::float8[], %s::text[], "
@@ -228,9 +244,9 @@ _QUERIES = {
     ),
     "finish": (
         "SELECT * FROM {s}.surefoot_finish_batch(%s::text[], %s::float8[], %s::text[], "
-        "%s::text[], %s::integer[], %s::bytea[], %s::integer[], %s::bytea[])"
+        "%s::text[], %s::integer[], %b::bytea[], %s::integer[], %b::bytea[])"
     ),
-    "resolve": "SELECT * FROM {s}.surefoot_resolve(%s, %s, %s, %s::bytea[], %s::bytea)",
+    "resolve": "SELECT * FROM {s}.surefoot_resolve(%s, %s, %s, %b::bytea[], %b::bytea)",
     "forget": "SELECT * FROM {s}.surefoot_forget(%s, %s)",
     "purge": "SELECT * FROM {s}.surefoot_purge(%s, %s, %s)",
     "release": "SELECT * FROM {s}.surefoot_release(%s, %s, %s)",
@@ -270,10 +286,12 @@ class _Pending(NamedTuple):
     now: float
     future: asyncio.Future[Any]
     deadline: float
+    size: int  # bytes of response the call carries
 
 
 #: Builds a batch's parameters (given the clock mode); reads one result per call; undoes
-#: what a call did if its caller gave up.
+#: what a call did if its caller gave up (or, given None, what it may have done if its
+#: batch failed).
 _Params = Callable[[list[_Pending], str], list[Any]]
 _Results = Callable[[list[_Pending], list[Row]], Sequence[Any]]
 _Undo = Callable[[_Pending, Any], Awaitable[None] | None]
@@ -360,6 +378,8 @@ class PostgresStore:
         self._opened = False
         self._checked = False
         self._next_purge_at = 0.0
+        # Bytes of large responses in calls under way, and ever (Rule 4).
+        self._carried = self._entered = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._checking: asyncio.Task[None] | None = None
         self._queues: dict[str, list[_Pending]] = {"begin": [], "finish": [], "acquire": []}
@@ -531,31 +551,64 @@ class PostgresStore:
         finally:
             await pool.putconn(conn)
 
+    @contextlib.contextmanager
+    def _carrying(self, size: int) -> Iterator[Callable[[], float] | None]:
+        """Rule 4: the budget of a call carrying ``size`` bytes of response, while it is
+        under way: ``timeout``, plus at ``_THROUGHPUT`` its bytes and those of every
+        other large response under way at the same time (they share the link and the
+        server), so it grows while later ones arrive. None: ``timeout``, which the pool's
+        connections already carry."""
+        if size <= _ALONE:
+            yield None
+            return
+        ahead, entered = self._carried, self._entered
+        self._carried += size
+        self._entered += size
+
+        def budget() -> float:
+            return self.timeout + (ahead + self._entered - entered) / _THROUGHPUT
+
+        try:
+            yield budget
+        finally:
+            self._carried -= size
+
     def _track(self, task: asyncio.Task[Any]) -> None:
         """Keep a background task (aclose waits for it)."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _batched(self, kind: str, args: tuple[Any, ...], now: float) -> Any:
+    async def _batched(self, kind: str, args: tuple[Any, ...], now: float, *, size: int = 0) -> Any:
         """Rule 7: queue a call for the next batch of its kind; its result, in time."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        with _translate():
+        start = loop.time()
+        with self._carrying(size) as budget, _translate():
+            deadline = start + (self.timeout if budget is None else budget())
             await self._ready(deadline)
             future = loop.create_future()
             queue = self._queues[kind]
-            queue.append(_Pending(args, now, future, deadline))
+            queue.append(_Pending(args, now, future, deadline, size))
             if len(queue) == 1:
                 loop.call_soon(self._send, kind)
-            return await asyncio.wait_for(future, max(deadline - loop.time(), 0))
+            if budget is None:
+                return await asyncio.wait_for(future, max(deadline - loop.time(), 0))
+            try:
+                while not future.done():
+                    remaining = start + budget() - loop.time()
+                    if remaining <= 0:
+                        raise TimeoutError
+                    await asyncio.wait((future,), timeout=remaining)
+                return future.result()
+            finally:
+                future.cancel()  # given up: its batch undoes what it did (Rule 4)
 
     def _send(self, kind: str) -> None:
         loop = asyncio.get_running_loop()
-        queue = self._queues[kind]
-        batch, self._queues[kind] = queue[:_BATCH], queue[_BATCH:]
+        queue = [pending for pending in self._queues[kind] if not pending.future.done()]
+        taken = _batch_length(queue)
+        batch, self._queues[kind] = queue[:taken], queue[taken:]
         if self._queues[kind]:
             loop.call_soon(self._send, kind)
-        batch = [pending for pending in batch if not pending.future.done()]
         if batch:
             self._track(loop.create_task(self._run_batch(kind, batch)))
 
@@ -569,19 +622,30 @@ class PostgresStore:
             "acquire": (_acquire_params, _acquire_results, self._acquire_undo),
         }
         params, results, undo = kinds[kind]
+        sent = False
         try:
             pool = self._get_pool()
             deadline = max(pending.deadline for pending in batch)
+            size = sum(pending.size for pending in batch)
+            budget = None
+            if size > _ALONE:  # Rule 4: time for every large response now under way
+                budget = self.timeout + max(size, self._carried) / _THROUGHPUT
+                deadline = max(deadline, loop.time() + budget)
             conn = await pool.getconn(timeout=max(deadline - loop.time(), 0.001))
             query = self._sql[kind]
-            rows = await self._execute(pool, conn, query, params(batch, self.clock), None)
+            sent = True
+            rows = await self._execute(pool, conn, query, params(batch, self.clock), budget)
         except BaseException as exc:
-            error = exc if isinstance(exc, Exception) else StoreUnavailable(retry_after=1)
             for pending in batch:
                 if not pending.future.done():
-                    pending.future.set_exception(error)
-            if error is not exc:
+                    pending.future.set_exception(_own(exc))
+            if not isinstance(exc, Exception):
                 raise
+            if sent and undo is not None:
+                # It may have committed (its reply lost): give back what it may have taken.
+                compensations = [c for p in batch if (c := undo(p, None)) is not None]
+                if compensations:
+                    self._spawn(_together(compensations))
             return
         for pending, result in zip(batch, results(batch, rows), strict=True):
             if not pending.future.done():
@@ -637,9 +701,10 @@ class PostgresStore:
             return Mismatch()
         return Unknown(lease_expired_now=verdict == "expired_to_unknown")
 
-    def _begin_undo(self, pending: _Pending, row: Row) -> Awaitable[None] | None:
-        """A reservation nobody will execute: release it, so that a retry can run."""
-        if row[0] not in ("reserved", "took_over"):
+    def _begin_undo(self, pending: _Pending, row: Row | None) -> Awaitable[None] | None:
+        """A reservation nobody will execute (None: that may have been made): release it,
+        so that a retry can run."""
+        if row is not None and row[0] not in ("reserved", "took_over"):
             return None
         key, request = pending.args
         return self._release_reservation(key, request.token, pending.now)
@@ -648,7 +713,8 @@ class PostgresStore:
         await self.finish(key, token, Outcome(Step.RELEASE), now)
 
     async def finish(self, key: str, token: str, outcome: Outcome, now: float) -> bool:
-        accepted = await self._batched("finish", (key, token, outcome), now)
+        size = _size(outcome.response)
+        accepted = await self._batched("finish", (key, token, outcome), now, size=size)
         if accepted is None:
             raise ValueError("completing a record needs the response to keep")
         self._wrote(now)
@@ -656,7 +722,9 @@ class PostgresStore:
 
     async def resolve(self, key: str, response: StoredResponse, now: float) -> bool:
         params = (key, self._now(now), *_response(response))
-        [(accepted,)] = await self._query(self._sql["resolve"], params)
+        with self._carrying(_size(response)) as budget:
+            seconds = None if budget is None else budget()
+            [(accepted,)] = await self._query(self._sql["resolve"], params, budget=seconds)
         self._wrote(now)
         return bool(accepted)
 
@@ -706,16 +774,20 @@ class PostgresStore:
         return result
 
     def _acquire_undo(
-        self, pending: _Pending, result: tuple[bool, list[RateLimitDecision]]
+        self, pending: _Pending, result: tuple[bool, list[RateLimitDecision]] | None
     ) -> Awaitable[None] | None:
-        """Concurrency slots nobody will use: give them back."""
-        admitted, decisions = result
+        """Concurrency slots nobody will use (None: that may have been taken): give them
+        back."""
         items: Sequence[Item] = pending.args[0]
-        held = [
-            item
-            for item, decision in zip(items, decisions, strict=True)
-            if admitted and decision.allowed and item.algorithm == "concurrency"
-        ]
+        if result is None:
+            held = [item for item in items if item.algorithm == "concurrency"]
+        else:
+            admitted, decisions = result
+            held = [
+                item
+                for item, decision in zip(items, decisions, strict=True)
+                if admitted and decision.allowed and item.algorithm == "concurrency"
+            ]
         return self._release_all(held, pending.now) if held else None
 
     async def _release_all(self, items: list[Item], now: float) -> None:
@@ -862,6 +934,50 @@ def _acquire_results(
         out.append((bool(admitted[n]), decisions))
         first = last
     return out
+
+
+def _batch_length(queue: list[_Pending]) -> int:
+    """How many calls from the head of ``queue`` go in the next batch (Rule 7): up to
+    ``_BATCH`` calls and ``_BATCH_BYTES`` of responses; a call carrying more than
+    ``_ALONE`` goes alone."""
+    total = 0
+    for n, pending in enumerate(queue[:_BATCH]):
+        total += pending.size
+        if n and (pending.size > _ALONE or total > _BATCH_BYTES):
+            return n
+        if pending.size > _ALONE:
+            return 1
+    return min(len(queue), _BATCH)
+
+
+def _own(error: BaseException) -> Exception:
+    """One waiter's exception for its failed batch: an instance of its own (one instance
+    raised in several tasks would tangle their tracebacks), with the same text, cause
+    and traceback. A cancelled batch is ``StoreUnavailable``."""
+    if isinstance(error, Exception):
+        with contextlib.suppress(Exception):  # an exception its args cannot rebuild
+            mine = copy.copy(error)
+            mine.__cause__, mine.__context__ = error.__cause__, error.__context__
+            mine.__suppress_context__ = error.__suppress_context__
+            return mine.with_traceback(error.__traceback__)
+    unavailable = StoreUnavailable(retry_after=1)
+    unavailable.__cause__ = error
+    return unavailable
+
+
+async def _together(works: Iterable[Awaitable[None]]) -> None:
+    """Run ``works`` at once; the first failure, if any, once all have ended."""
+    for outcome in await asyncio.gather(*works, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+def _size(response: StoredResponse | None) -> int:
+    """Bytes of ``response`` sent to the database."""
+    if response is None:
+        return 0
+    headers = sum(len(name) + len(value) for name, value in response.headers)
+    return len(response.body or b"") + headers
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
