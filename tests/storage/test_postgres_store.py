@@ -338,17 +338,20 @@ async def test_responses_are_kept_byte_for_byte(postgres_dsn: str, schema: str) 
         assert await store.begin("unknown", begin_req("again"), T0 + 3) == Replay(resolved)
 
 
-async def test_large_responses_kept_at_once_each_fit_in_the_default_timeout(
+async def test_large_responses_kept_at_once_each_get_time_for_their_size(
     postgres_dsn: str, schema: str
 ) -> None:
-    # 20 MiB could never be sent in one 50 ms batch: each 1 MiB response goes alone, with
-    # time for its size, on the client and on the server.
+    # 20 MiB could never be stored within the default 50 ms: each 1 MiB response goes
+    # alone, with time for its size (and for the others under way), on the client and on
+    # the server. (The small begins get a patient store of their own, so that a loaded CI
+    # machine cannot fail them: only the large finishes are under test.)
     bodies = {f"k{n}": os.urandom(1 << 20) for n in range(20)}
+    async with opened(postgres_dsn, schema, clock="caller", timeout=5) as patient:
+        await asyncio.gather(*(patient.begin(key, begin_req(key), T0) for key in bodies))
+        await patient.begin("unknown", begin_req("u"), T0)
+        await patient.finish("unknown", "u", Outcome(Step.MARK_UNKNOWN), T0)
     async with opened(postgres_dsn, schema, clock="caller") as store:
         await store.open()
-        await asyncio.gather(*(store.begin(key, begin_req(key), T0) for key in bodies))
-        await store.begin("unknown", begin_req("u"), T0)
-        await store.finish("unknown", "u", Outcome(Step.MARK_UNKNOWN), T0)
         large = StoredResponse(200, (), os.urandom(1 << 20))
         accepted = await asyncio.gather(
             *(
