@@ -95,11 +95,15 @@ class SurefootError(Exception):
 
     @classmethod
     def _format_detail(cls, fields: dict[str, Any]) -> str:
+        values = dict(fields)
+        if "retry_after" in values:  # "in 1 second", "in 3 seconds": for the text only
+            wait = values["retry_after"]
+            values.setdefault("retry_wait", "1 second" if wait == 1 else f"{wait} seconds")
         names = {name for _, name, _, _ in string.Formatter().parse(cls.detail_template) if name}
-        missing = names - fields.keys()
+        missing = {"retry_after" if n == "retry_wait" else n for n in names - values.keys()}
         if missing:
             raise TypeError(f"{cls.__name__} needs {sorted(missing)} to format its detail")
-        return cls.detail_template.format(**fields)
+        return cls.detail_template.format(**values)
 
     @property
     def extensions(self) -> dict[str, Any]:
@@ -205,7 +209,7 @@ class IdempotencyRequestInProgress(ClientError):
     title = "Request with this idempotency key in progress"
     detail_template = (
         "A request with this idempotency key is still being processed. "
-        "Retry the same request with the same key in {retry_after} seconds to receive its result."
+        "Retry the same request with the same key in {retry_wait} to receive its result."
     )
     retryable = True
 
@@ -283,7 +287,7 @@ class StoreUnavailable(BackendError):
     title = "Service temporarily unavailable"
     detail_template = (
         "The service could not reach its state store, so nothing was executed. "
-        "Retry the same request (with the same idempotency key) in {retry_after} seconds."
+        "Retry the same request (with the same idempotency key) in {retry_wait}."
     )
 
 
@@ -294,7 +298,7 @@ class StoreCapacityExceeded(BackendError):
     title = "Service temporarily overloaded"
     detail_template = (
         "Too many requests are in progress for the service to track another, so nothing was "
-        "executed. Retry the same request in {retry_after} seconds."
+        "executed. Retry the same request in {retry_wait}."
     )
 
 
@@ -342,7 +346,7 @@ class CircuitOpen(UpstreamError):
     title = "Upstream service suspended"
     detail_template = (
         "Calls to '{integration}' are suspended after repeated failures; nothing was sent. "
-        "Retry in {retry_after} seconds."
+        "Retry in {retry_wait}."
     )
 
 
@@ -354,6 +358,6 @@ class UpstreamThrottled(UpstreamError):
     title = "Upstream capacity reached"
     detail_template = (
         "Requests to '{integration}' are at their agreed limit ({limit}); nothing was sent. "
-        "Retry in {retry_after} seconds."
+        "Retry in {retry_wait}."
     )
     private_fields = frozenset({"limit"})
