@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import sqlite3
+
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from surefoot.clock import Clock, SystemClock
 from surefoot.events import Event, LoggingHook
-from surefoot.idempotency import IdempotencyMiddleware, IdempotencyPolicy, KeyReserved
-from surefoot.storage import IdempotencyStore, MemoryStore, SqliteStore, store_from_url
+from surefoot.idempotency import (
+    IdempotencyMiddleware,
+    IdempotencyPolicy,
+    KeyReserved,
+    TransactionalKeys,
+)
+from surefoot.ratelimit import RateLimitMiddleware, RateLimitPolicy
+from surefoot.storage import (
+    IdempotencyStore,
+    MemoryStore,
+    RateLimitStore,
+    SqliteStore,
+    StoreHealth,
+    store_from_url,
+)
+from surefoot.storage.postgres import PostgresStore
+from surefoot.storage.redis import RedisStore
 from surefoot.testing import ManualClock
 
 app = Starlette()
@@ -29,3 +47,33 @@ def on_event(event: Event) -> None:
 wrapped = IdempotencyMiddleware(
     app, store=sqlite_store, hooks=[on_event, LoggingHook()], clock=clock
 )
+
+
+# -- many hosts: Redis, PostgreSQL, outages, the application's own transaction -------------
+
+
+counters: RateLimitStore = RedisStore(Redis(host="cache"), prefix="api:", timeout=0.05)
+records: IdempotencyStore = PostgresStore("postgresql://app@db/app", schema="surefoot")
+by_url: IdempotencyStore = RedisStore.from_url("redis+cluster://10.0.0.5:7000?clock=server")
+health = StoreHealth(initial_backoff=0.5, max_backoff=30.0)
+limited = RateLimitMiddleware(
+    wrapped,
+    store=counters,
+    policies=[RateLimitPolicy("default", limits=["100/minute"], on_store_error="local_fallback")],
+    fallback_workers=8,
+    store_health=health,
+)
+guarded = IdempotencyMiddleware(
+    app,
+    store=records,
+    policy=IdempotencyPolicy(on_store_error="fail_closed"),
+    store_health=health,
+)
+
+keys = TransactionalKeys(ttl=86400)
+with sqlite3.connect("ledger.db", isolation_level=None) as conn:
+    conn.execute("BEGIN IMMEDIATE")
+    claim = keys.claim(conn, principal="cus_42", key="order-1", method="POST", path="/charges")
+    if claim.replay is None:
+        claim.complete(201, {"content-type": "application/json"}, b"{}")
+    conn.execute("COMMIT")
