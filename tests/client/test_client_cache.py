@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from _services import store_url_sync
 from surefoot.client import (
     STALE_HEADER,
     AsyncResilientTransport,
@@ -19,8 +25,14 @@ from surefoot.client import (
     StaleServed,
     Throttle,
 )
-from surefoot.errors import ConfigurationError, UpstreamTimeout, UpstreamUnavailable
+from surefoot.errors import (
+    ConfigurationError,
+    StoreUnavailable,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from surefoot.events import Event
+from surefoot.storage import MemoryStore, SqliteStore, store_from_url
 from surefoot.testing import ManualClock, RecordingSleep
 
 URL = "https://partner.example/v1/prices"
@@ -332,6 +344,7 @@ def test_variants_of_one_url_are_kept_apart() -> None:
         ({"max_bytes": True}, "max_bytes"),
         ({"max_bytes": 10, "max_entry_bytes": 11}, "max_entry_bytes"),
         ({"max_entry_bytes": 0}, "max_entry_bytes"),
+        ({"store": object()}, "store: expected a CacheStore"),
     ],
 )
 def test_bad_configuration_is_refused(kwargs: dict[str, Any], message: str) -> None:
@@ -343,3 +356,190 @@ def test_bad_configuration_is_refused(kwargs: dict[str, Any], message: str) -> N
 def test_transports_refuse_what_is_not_a_cache(cls: Any) -> None:
     with pytest.raises(ConfigurationError, match=r"\.cache: expected a StaleCache"):
         cls(cache={})
+
+
+# -- a cache in a store: shared by processes -------------------------------------------------
+
+
+@contextlib.contextmanager
+def two_caches(kind: str, tmp_path: Path, **kw: Any) -> Iterator[tuple[StaleCache, StaleCache]]:
+    """Two caches, each with a store object of its own on one store: two processes."""
+    with store_url_sync(kind, tmp_path, options="timeout=1" if kind == "redis" else "") as url:
+        caches = (
+            StaleCache(store=store_from_url(url), **kw),
+            StaleCache(store=store_from_url(url), **kw),
+        )
+        try:
+            yield caches
+        finally:
+            for cache in caches:
+                cache.close(close_store=True)
+
+
+def pair(mode: str, first: StaleCache, second: StaleCache) -> tuple[Harness, Harness]:
+    """Two transports, one cache each, on one clock (time passes for both "processes")."""
+    one, two = Harness(mode, first), Harness(mode, second)
+    two.clock = two.transport.clock = two.sleep.clock = one.clock
+    return one, two
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("mode", MODES)
+def test_caches_on_one_store_serve_each_others_answers(
+    mode: str, kind: str, tmp_path: Path
+) -> None:
+    with two_caches(kind, tmp_path, max_staleness=60) as (first, second):
+        one, two = pair(mode, first, second)
+        one.answers = [ok(content_type="application/json", etag='"v1"')]
+        assert one.send().json() == {"price": 10}
+        one.clock.advance(30.0)  # then 0.5 s of backoff
+        two.answers = [httpx.ConnectError, httpx.ConnectError]
+        stale = two.send()
+        assert stale.status_code == 200
+        assert stale.json() == {"price": 10}
+        assert stale.headers["etag"] == '"v1"'
+        assert stale.headers[STALE_HEADER] == "30"
+        assert [e.reason for e in two.stale()] == ["upstream_unavailable"]
+        # Another credential never gets it, from the store either.
+        two.answers = [httpx.ConnectError, httpx.ConnectError]
+        with pytest.raises(UpstreamUnavailable):
+            two.send(headers={"Authorization": "Bearer other"})
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_stored_answer_is_served_at_max_staleness_but_not_after(
+    mode: str, tmp_path: Path
+) -> None:
+    with two_caches("sqlite", tmp_path, max_staleness=60) as (first, second):
+        one, two = pair(mode, first, second)
+        one.answers = [ok()]
+        one.send()
+        one.clock.advance(59.5)  # plus 0.5 s of backoff: exactly max_staleness
+        assert two.send().headers[STALE_HEADER] == "60"
+        one.clock.advance(0.001)
+        last = two.send()
+        assert last.status_code == 503  # the upstream's own answer
+        assert STALE_HEADER not in last.headers
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_request_whose_varied_headers_differ_finds_no_stored_copy(mode: str) -> None:
+    h = Harness(mode, StaleCache(max_staleness=60, store=MemoryStore()))
+    h.answers = [ok(vary="Accept-Language")]
+    h.send(headers={"Accept-Language": "fr"})
+    assert h.send(headers={"Accept-Language": "fr"}).headers[STALE_HEADER] == "0"
+    last = h.send(headers={"Accept-Language": "en"})
+    assert last.status_code == 503
+    h.cache.close()
+
+
+class BrokenStore(MemoryStore):
+    """A store that is down: every cache call fails as a real one would."""
+
+    def __init__(self, *, reads: bool = True, writes: bool = True) -> None:
+        super().__init__()
+        self.reads, self.writes = reads, writes
+
+    async def cache_get(self, key: str, now: float) -> bytes | None:
+        if self.reads:
+            raise StoreUnavailable(retry_after=1)
+        return await super().cache_get(key, now)
+
+    async def cache_put(self, key: str, value: bytes, expires_at: float, now: float) -> None:
+        if self.writes:
+            raise StoreUnavailable(retry_after=1)
+        await super().cache_put(key, value, expires_at, now)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_store_that_fails_to_write_costs_the_caller_nothing(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = Harness(mode, StaleCache(max_staleness=60, store=BrokenStore(reads=False)))
+    h.answers = [ok()]
+    with caplog.at_level(logging.WARNING, logger="surefoot.client.cache"):
+        assert h.send().json() == {"price": 10}  # the answer, though it was not stored
+    assert "writing BrokenStore failed" in caplog.text
+    h.answers = [httpx.ConnectError, httpx.ConnectError]
+    with pytest.raises(UpstreamUnavailable):
+        h.send()  # nothing was stored: the upstream's error, not a stale copy
+    h.cache.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_store_that_fails_to_read_raises_the_upstreams_error(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = BrokenStore(writes=False)
+    h = Harness(mode, StaleCache(max_staleness=60, store=store))
+    h.answers = [ok()]
+    h.send()
+    assert len(store._cache) == 1  # stored, but unreadable now
+    h.answers = [httpx.ConnectTimeout, httpx.ConnectTimeout]
+    with caplog.at_level(logging.WARNING, logger="surefoot.client.cache"):
+        with pytest.raises(UpstreamTimeout):
+            h.send()
+        h.answers = [503, 503]
+        assert h.send().status_code == 503  # a retry status stays the upstream's answer
+    assert "reading BrokenStore failed" in caplog.text
+    assert h.stale() == []
+    h.cache.close()
+
+
+def test_an_unreadable_stored_value_is_no_stale_copy() -> None:
+    store = MemoryStore()
+    cache = StaleCache(max_staleness=60, store=store)
+    assert cache.put(URL, {}, 200, {"a": "b"}, b"body", 100.0)
+    for garbage in (b"not json", b'{"status": 200}\nbody', b"[1, 2]\n", b'{"x":1}'):
+        for key in store._cache:
+            store._cache[key] = (garbage, 1e9)
+        assert cache.get(URL, {}, 101.0) is None
+    cache.close()
+
+
+def test_a_store_backed_cache_describes_itself() -> None:
+    cache = StaleCache(max_staleness=30, store=SqliteStore(":memory:"))
+    assert repr(cache) == "StaleCache(store=SqliteStore, max_staleness=30)"
+    cache.close()
+
+
+class GatedStore(MemoryStore):
+    """A store whose reads wait (on its own loop thread) until the test opens a gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.order: list[str] = []
+
+    async def cache_get(self, key: str, now: float) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        opened = await loop.run_in_executor(None, self.gate.wait, 5.0)  # a failure guard
+        self.order.append("store answered" if opened else "store gave up waiting")
+        return await super().cache_get(key, now)
+
+
+def test_the_async_transport_never_blocks_its_event_loop_on_a_store() -> None:
+    """While the store looks up a stale copy, the caller's event loop keeps running:
+    here it is what opens the store's gate."""
+    store = GatedStore()
+    h = Harness("async", StaleCache(max_staleness=60, store=store))
+    h.answers = [ok()]
+    h.send()  # stored (the gate is open)
+
+    async def go() -> httpx.Response:
+        store.gate.clear()
+        h.answers = [httpx.ConnectError, httpx.ConnectError]
+        async with httpx.AsyncClient(transport=h.transport) as client:
+            request = asyncio.ensure_future(client.get(URL))
+            while not request.done() and not store.gate.is_set():
+                await asyncio.sleep(0)
+                if len(h.seen) == 3:  # both attempts failed: the cache is being read
+                    store.order.append("caller's loop ran")
+                    store.gate.set()
+            return await request
+
+    stale = asyncio.run(go())
+    assert stale.headers[STALE_HEADER] == "0"
+    assert store.order == ["caller's loop ran", "store answered"]
+    h.cache.close()

@@ -20,6 +20,7 @@ from surefoot.client import (
     load_integrations,
 )
 from surefoot.errors import CircuitOpen, ConfigurationError, UpstreamThrottled
+from surefoot.storage import MemoryStore, SqliteStore
 from surefoot.testing import CapturedEvents, ManualClock, RecordingSleep
 
 SHIPPING = """\
@@ -366,6 +367,41 @@ INVALID = [
         "expected a whole number from 1 to max_bytes, got 20",
         5,
     ),
+    (
+        "[integrations.shipping.throttle]\nlimit = '1/second'\nstore = 'ftp://s'",
+        "throttle.store",
+        "expected a store URL (memory://, postgres://, postgresql://, redis://, "
+        "redis+cluster://, rediss://, sqlite://), such as 'redis://127.0.0.1:6379/0' "
+        "or 'sqlite:///cache.db', got 'ftp://s'",
+        5,
+    ),
+    (
+        "[integrations.shipping.throttle]\nlimit = '1/second'\nstore = 6379",
+        "throttle.store",
+        "expected a store URL, such as 'redis://127.0.0.1:6379/0' or 'sqlite:///cache.db', "
+        "got 6379",
+        5,
+    ),
+    (
+        "[integrations.shipping.cache]\nstore = 'postgresql://app:secret@db/app'",
+        "cache.store",
+        "expected a store URL (memory://, redis://, redis+cluster://, rediss://, sqlite://)"
+        ", such as 'redis://127.0.0.1:6379/0' or 'sqlite:///cache.db', "
+        "got 'postgresql://app:***@db/app'",
+        4,
+    ),
+    (
+        "[integrations.shipping.cache]\nstore = 'sqlite:///'",
+        "cache.store",
+        "cannot make the store: store URL: expected a database file",
+        4,
+    ),
+    (
+        "[integrations.shipping.throttle]\nlimit = '1/second'\nstore = 'redis://h?colour=red'",
+        "throttle.store",
+        "cannot make the store: RedisStore URL: unknown options ['colour']",
+        5,
+    ),
 ]
 
 
@@ -480,3 +516,64 @@ def test_surefoot_client_imports_without_pydantic() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert "pip install 'surefoot[client]'" in done.stdout
+
+
+# -- stores named by URL ---------------------------------------------------------------------
+
+
+def test_throttle_and_cache_stores_are_named_by_url(tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    text = f"""\
+[integrations.shipping]
+base_url = "https://api.shipping.example"
+[integrations.shipping.throttle]
+limit = "1/minute"
+max_wait = 0
+store = "sqlite:///{db}"
+[integrations.shipping.cache]
+max_staleness = 60.0
+store = "sqlite:///{db}"
+[integrations.billing]
+base_url = "https://billing.example"
+[integrations.billing.cache]
+store = "memory://"
+"""
+    integrations = load_integrations(write(tmp_path, text), clock=ManualClock())
+    shipping, billing = integrations["shipping"], integrations["billing"]
+    assert shipping.throttle is not None
+    assert shipping.cache is not None
+    assert isinstance(shipping.throttle.store, SqliteStore)
+    assert isinstance(shipping.cache.store, SqliteStore)
+    assert shipping.cache.store.path == shipping.throttle.store.path == str(db)
+    # One store object per table: a cache and a throttle run their stores on different
+    # event loops, and a store object serves one loop.
+    assert shipping.cache.store is not shipping.throttle.store
+    assert billing.cache is not None
+    assert isinstance(billing.cache.store, MemoryStore)
+    assert "store=SqliteStore" in repr(shipping.cache)
+
+
+def test_two_loads_share_a_cached_answer_through_the_store(tmp_path: Path) -> None:
+    text = f"""\
+[integrations.prices]
+base_url = "https://prices.example"
+[integrations.prices.retry]
+max_attempts = 1
+[integrations.prices.cache]
+max_staleness = 60.0
+store = "sqlite:///{tmp_path / "cache.db"}"
+"""
+    file = write(tmp_path, text)
+    clock = ManualClock()
+    worker_1 = load_integrations(file, clock=clock)["prices"]
+    worker_2 = load_integrations(file, clock=clock)["prices"]  # another process
+    with worker_1.client(inner=scripted(200), sleep=RecordingSleep(clock)) as client:
+        assert client.get("/list").status_code == 200
+    clock.advance(10.0)
+    with worker_2.client(inner=scripted(503), sleep=RecordingSleep(clock)) as client:
+        stale = client.get("/list")
+    assert stale.status_code == 200
+    assert stale.headers["X-Surefoot-Stale"] == "10"
+    for worker in (worker_1, worker_2):
+        assert worker.cache is not None
+        worker.cache.close(close_store=True)

@@ -453,6 +453,20 @@ def test_quota_period(
 
 
 @pytest.mark.parametrize("period", ["day", "month"])
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Paris"])
+def test_an_instant_a_hair_before_midnight_is_in_the_day_that_ends_there(
+    period: str, zone: str
+) -> None:
+    # datetime.fromtimestamp rounds to the microsecond: 2**-22 s before midnight would
+    # otherwise be taken for midnight itself, in the next period that has not begun.
+    _, end = quota_period(utc(2026, 1, 15), period, zone)
+    before = end - math.ulp(end)
+    quota_period(utc(2020, 1, 1), period, zone)  # nothing remembered of that period
+    start, following = quota_period(before, period, zone)
+    assert start <= before < following == end
+
+
+@pytest.mark.parametrize("period", ["day", "month"])
 def test_quota_period_in_the_repeated_hour_after_midnight(period: str) -> None:
     # Havana falls back at 01:00 CDT to 00:00 CST on 1 November 2026: 00:00-01:00 happens
     # twice, and both times belong to the day (and month) that began at the first

@@ -25,7 +25,12 @@ Rule 2: each integration logs on its own loggers, ``surefoot.integration.<name>.
 ``surefoot.integration.<name>.breaker``, so one partner's trouble can be filtered or routed.
 Rule 3: an invalid file is refused as a whole with one ``ConfigurationError`` listing every
 problem as ``file:line: field.path: expected ..., got ...``; nothing is half-built.
-Rule 4: pydantic is imported only when a configuration is validated, so ``surefoot.client``
+Rule 4: a ``store`` URL of a throttle or a cache table (``surefoot.storage.store_from_url``)
+makes a store object for that table alone: the sync transport runs a throttle's store on the
+throttle's event loop thread, the async one on the caller's loop, and a cache runs its store
+on a loop thread of its own, while a store object serves one event loop at a time. Several
+objects on one Redis or one SQLite file share their data: that is the point.
+Rule 5: pydantic is imported only when a configuration is validated, so ``surefoot.client``
 works without it (``pip install 'surefoot[client]'`` brings it).
 """
 
@@ -42,6 +47,7 @@ import time
 import tomllib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -57,6 +63,7 @@ from surefoot.clock import Clock, SystemClock
 from surefoot.errors import ConfigurationError
 from surefoot.events import EventHook, LoggingHook
 from surefoot.ratelimit import parse_limit
+from surefoot.storage import STORES, store_from_url
 
 if TYPE_CHECKING:
     import pydantic
@@ -68,6 +75,11 @@ _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 _BUILT_FIELD = re.compile(r"^[A-Z]\w*\.(\w+): (.*)$", re.DOTALL)
 _LIMIT_MESSAGE = re.compile(r"^limit (.+?): (.*)$", re.DOTALL)
 _SECTIONS = ("retry", "budget", "breaker", "throttle", "bulkhead", "cache")
+#: The URL schemes a section's ``store`` may name (PostgresStore keeps no cache entries).
+_STORE_SCHEMES = {
+    "throttle": tuple(sorted(STORES)),
+    "cache": ("memory", "redis", "redis+cluster", "rediss", "sqlite"),
+}
 
 
 class Integration:
@@ -397,6 +409,12 @@ def _build(
             return None
         options = {key: getattr(model, key) for key in model.model_fields_set}
         options.update(kwargs)
+        if options.get("store") is not None:
+            try:
+                options["store"] = store_from_url(options["store"])
+            except ConfigurationError as exc:
+                problems.add((*base, section, "store"), f"cannot make the store: {exc}")
+                return None
         try:
             return factory(*args, **options)
         except ConfigurationError as exc:
@@ -462,6 +480,15 @@ def _url_problem(value: object) -> str | None:
     if url.scheme not in ("http", "https") or not url.host:
         return f"{expected}, got {value!r}"
     return None
+
+
+def _without_password(url: str) -> str:
+    """``url`` with its password (if any) masked, for messages."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return url
+    return url if not password else url.replace(f":{password}@", ":***@", 1)
 
 
 def _key(part: str) -> str:
@@ -661,11 +688,29 @@ def _make_schema() -> _Schema:
         open_wait: Annotated[float, Field(gt=0)] | None = described(seconds)
         half_open_calls: Annotated[int, Field(ge=1)] | None = described(whole)
 
+    def store_url(section: str, value: str) -> str:
+        schemes = _STORE_SCHEMES[section]
+        if value.partition("://")[0] not in schemes or "://" not in value:
+            raise ValueError(
+                f"expected a store URL ({', '.join(f'{s}://' for s in schemes)}), such as "
+                "'redis://127.0.0.1:6379/0' or 'sqlite:///cache.db', "
+                f"got {_shown(_without_password(value))}"
+            )
+        return value
+
+    store_expected = "a store URL, such as 'redis://127.0.0.1:6379/0' or 'sqlite:///cache.db'"
+
     class ThrottleTable(BaseModel):
         model_config = strict
         limit: str = Field(description="a rate such as '100/minute' or '20/5 minutes'")
         burst: Annotated[int, Field(ge=1)] | None = described(whole)
         max_wait: Annotated[float, Field(ge=0)] | None = described(seconds0)
+        store: str | None = described(store_expected)
+
+        @field_validator("store")
+        @classmethod
+        def _store(cls, value: str | None) -> str | None:
+            return None if value is None else store_url("throttle", value)
 
         @field_validator("limit")
         @classmethod
@@ -690,6 +735,12 @@ def _make_schema() -> _Schema:
         max_entries: Annotated[int, Field(ge=1)] | None = described(whole)
         max_bytes: Annotated[int, Field(ge=1)] | None = described(whole)
         max_entry_bytes: Annotated[int, Field(ge=1)] | None = described(whole)
+        store: str | None = described(store_expected)
+
+        @field_validator("store")
+        @classmethod
+        def _store(cls, value: str | None) -> str | None:
+            return None if value is None else store_url("cache", value)
 
     class IntegrationTable(BaseModel):
         model_config = strict

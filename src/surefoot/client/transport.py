@@ -53,7 +53,7 @@ from surefoot.client import _events as ev
 from surefoot.client._breaker_protocol import Breaker
 from surefoot.client._budget import RetryBudget
 from surefoot.client._bulkhead import Bulkhead, Slot
-from surefoot.client._cache import STALE_HEADER, StaleCache
+from surefoot.client._cache import STALE_HEADER, CachedResponse, StaleCache
 from surefoot.client._flow import (
     Attempt,
     ErrorKind,
@@ -281,7 +281,26 @@ class _Resilience:
     ) -> httpx.Response | None:
         """The stored answer to ``request`` as a response, if fresh enough; else None."""
         now = self.clock.now()
-        entry = cache.get(str(request.url), request.headers, now)
+        return self._served(
+            cache.get(str(request.url), request.headers, now), request, call, reason, now
+        )
+
+    async def _astale(
+        self, cache: StaleCache, request: httpx.Request, call: _Call, reason: str
+    ) -> httpx.Response | None:
+        """``_stale`` for the async transport: a store-backed cache never blocks the loop."""
+        now = self.clock.now()
+        entry = await cache.aget(str(request.url), request.headers, now)
+        return self._served(entry, request, call, reason, now)
+
+    def _served(
+        self,
+        entry: CachedResponse | None,
+        request: httpx.Request,
+        call: _Call,
+        reason: str,
+        now: float,
+    ) -> httpx.Response | None:
         if entry is None:
             return None
         age = max(0.0, now - entry.stored_at)
@@ -295,28 +314,39 @@ class _Resilience:
     def _keep(
         self, cache: StaleCache, request: httpx.Request, response: httpx.Response
     ) -> _Tee | None:
-        """Store a good answer now (already read), or a ``_Tee`` to store it once read."""
+        """A ``_Tee`` to store a good answer once it is read; ``tee.ready`` when it was read
+        already (the caller then stores it at once)."""
         if not cache.storable(response.status_code, response.headers):
             return None
-        url, asked = str(request.url), httpx.Headers(request.headers)
+        tee = _Tee(self, cache, str(request.url), httpx.Headers(request.headers), response)
         if response.is_stream_consumed:
             # Read already (httpx.Response(content=...)): its content is decoded.
             body = response.content
-            headers = [
+            tee.headers = [
                 (k, v)
                 for k, v in response.headers.multi_items()
                 if k.lower() not in _DECODED_DROPPED
             ]
-            headers.append(("Content-Length", str(len(body))))
-            cache.put(url, asked, response.status_code, headers, body, self.clock.now())
-            return None
-        return _Tee(self, cache, url, asked, response)
+            tee.headers.append(("Content-Length", str(len(body))))
+            tee.add(body)
+            tee.ready = True
+        return tee
 
 
 class _Tee:
     """Copies a good answer's raw body as the caller reads it; stores it once complete."""
 
-    __slots__ = ("cache", "chunks", "clock", "headers", "request_headers", "size", "status", "url")
+    __slots__ = (
+        "cache",
+        "chunks",
+        "clock",
+        "headers",
+        "ready",
+        "request_headers",
+        "size",
+        "status",
+        "url",
+    )
 
     def __init__(
         self,
@@ -332,6 +362,7 @@ class _Tee:
         self.headers = response.headers.multi_items()
         self.chunks: list[bytes] | None = []
         self.size = 0
+        self.ready = False  # the whole body is here already
 
     def add(self, chunk: bytes) -> None:
         if self.chunks is not None:
@@ -346,6 +377,15 @@ class _Tee:
             body = b"".join(self.chunks)
             self.chunks = None
             self.cache.put(
+                self.url, self.request_headers, self.status, self.headers, body, self.clock.now()
+            )
+
+    async def adone(self) -> None:
+        """``done`` for the async transport: a store's round trip never blocks the loop."""
+        if self.chunks is not None:
+            body = b"".join(self.chunks)
+            self.chunks = None
+            await self.cache.aput(
                 self.url, self.request_headers, self.status, self.headers, body, self.clock.now()
             )
 
@@ -390,7 +430,7 @@ class _AsyncWatched(httpx.AsyncByteStream):
                 tee.add(chunk)
             yield chunk
         if tee is not None:
-            tee.done()
+            await tee.adone()
 
     async def aclose(self) -> None:
         try:
@@ -493,7 +533,9 @@ class ResilientTransport(httpx.BaseTransport, _Resilience):
                 response.close()
                 return stale
         tee = self._keep(cache, request, response)
-        if tee is not None:
+        if tee is not None and tee.ready:
+            tee.done()
+        elif tee is not None:
             assert isinstance(response.stream, httpx.SyncByteStream)
             response.stream = _Watched(response.stream, tee=tee)
         return response
@@ -655,17 +697,19 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _Resilience):
         try:
             response = await self._drive(request, call)
         except UpstreamError as exc:
-            stale = self._stale(cache, request, call, exc.code)
+            stale = await self._astale(cache, request, call, exc.code)
             if stale is None:
                 raise
             return stale
         if response.status_code in self.retry.retry_statuses:
-            stale = self._stale(cache, request, call, str(response.status_code))
+            stale = await self._astale(cache, request, call, str(response.status_code))
             if stale is not None:
                 await response.aclose()
                 return stale
         tee = self._keep(cache, request, response)
-        if tee is not None:
+        if tee is not None and tee.ready:
+            await tee.adone()
+        elif tee is not None:
             assert isinstance(response.stream, httpx.AsyncByteStream)
             response.stream = _AsyncWatched(response.stream, tee=tee)
         return response

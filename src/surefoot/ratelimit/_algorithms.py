@@ -390,7 +390,17 @@ def quota_period(now: float, period: str, timezone: str) -> tuple[float, float]:
     cached = _period_cache.get((period, timezone))
     if cached is not None and cached[0] <= now < cached[1]:
         return cached
-    zone = _zone(timezone)
+    bounds = _period_bounds(now, period, _zone(timezone))
+    if now < bounds[0]:
+        # ``fromtimestamp`` rounds to the microsecond: an instant a hair before midnight
+        # came out as midnight, in the next period. A period lasts 23 hours or more, so a
+        # second before that one's start is in the period that holds ``now``.
+        bounds = _period_bounds(bounds[0] - 1.0, period, _zone(timezone))
+    _period_cache[(period, timezone)] = bounds
+    return bounds
+
+
+def _period_bounds(now: float, period: str, zone: ZoneInfo) -> tuple[float, float]:
     local = datetime.fromtimestamp(now, zone)
     if period == "day":
         first = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
@@ -400,9 +410,7 @@ def quota_period(now: float, period: str, timezone: str) -> tuple[float, float]:
         year, month = (first.year + 1, 1) if first.month == 12 else (first.year, first.month + 1)
         following = first.replace(year=year, month=month, tzinfo=None)
     # Re-attach the zone so each boundary gets its own UTC offset (DST changes).
-    bounds = (
+    return (
         first.replace(tzinfo=None).replace(tzinfo=zone).timestamp(),
         following.replace(tzinfo=zone).timestamp(),
     )
-    _period_cache[(period, timezone)] = bounds
-    return bounds

@@ -12,6 +12,8 @@ Invariants:
    it refuses new keys with ``StoreCapacityExceeded`` (503), executing nothing.
 3. Rate-limit counters are bounded by ``max_counters``: past the bound the least recently
    used key is dropped (its client starts afresh: the price of bounded memory).
+4. Cache entries (``StaleCache``'s ``CacheStore`` contract) are bounded by ``max_records``,
+   least recently used first out, and read as absent once ``expires_at`` has passed.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class MemoryStore:
         self._counters: OrderedDict[str, CounterState] = OrderedDict()
         # Ordered by last write: the front holds the records most likely to have expired.
         self._records: OrderedDict[str, Record] = OrderedDict()
+        # Cache entries (value, expires_at), least recently used first.
+        self._cache: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -185,10 +189,31 @@ class MemoryStore:
             else:
                 self._counters[key] = new
 
+    # -- cache entries -----------------------------------------------------------------------
+
+    async def cache_get(self, key: str, now: float) -> bytes | None:
+        with self._lock:
+            found = self._cache.get(key)
+            if found is None:
+                return None
+            if now > found[1]:
+                del self._cache[key]
+                return None
+            self._cache.move_to_end(key)
+            return found[0]
+
+    async def cache_put(self, key: str, value: bytes, expires_at: float, now: float) -> None:
+        with self._lock:
+            self._cache[key] = (value, expires_at)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.max_records:
+                self._cache.popitem(last=False)
+
     async def aclose(self) -> None:
         with self._lock:
             self._records.clear()
             self._counters.clear()
+            self._cache.clear()
 
     def __repr__(self) -> str:
         return f"MemoryStore(max_records={self.max_records}, max_counters={self.max_counters})"

@@ -65,6 +65,10 @@ Rule 8: in a cluster, redis-py carries every call, each under ``asyncio.timeout`
         ones queue; when it returns, the queue goes in one pipeline, the ``acquire``
         requests of each slot in one script call, every other step in a call of its own.
         A queued call first waits for the call in flight: at most twice ``timeout``.
+Rule 9: cache entries (``StaleCache``'s ``CacheStore`` contract) are plain strings under
+        ``prefix + "cache:" + key``: one ``GET``, or one ``SET ... PX`` (the time left to
+        ``expires_at``, rounded up, at least a millisecond), sent by redis-py's client
+        within ``timeout``, translated as every other call (Rule 6). Redis forgets them.
 """
 
 from __future__ import annotations
@@ -900,6 +904,25 @@ class RedisStore:
         async with asyncio.timeout(bound):
             await asyncio.shield(task)
         self._ready = True
+
+    # -- cache entries -----------------------------------------------------------------------
+
+    async def cache_get(self, key: str, now: float) -> bytes | None:
+        reply = await self._command("GET", self.prefix + "cache:" + key)
+        return None if reply is None else bytes(reply)
+
+    async def cache_put(self, key: str, value: bytes, expires_at: float, now: float) -> None:
+        ttl = max(1, math.ceil((expires_at - now) * 1000))
+        await self._command("SET", self.prefix + "cache:" + key, value, "PX", ttl)
+
+    async def _command(self, *args: Any) -> Any:
+        """One plain command through redis-py's client (Rule 9)."""
+        with _unavailable():
+            if not self._ready:
+                await self._initialize()
+            async with asyncio.timeout(self.timeout):
+                async with self._in_flight:
+                    return await self._client.execute_command(*args)
 
     # -- idempotency -----------------------------------------------------------------------
 

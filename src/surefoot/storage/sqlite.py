@@ -25,7 +25,12 @@ Theory of operation:
 6. Rate-limit counters live in their own table, one row per key with its algorithm's
    state as JSON; a request's limits are read, decided (``ratelimit._core.plan``) and
    written in one transaction, so processes sharing the file never over-admit.
-7. SQLite errors are translated to ``StoreUnavailable`` in one place (``_translate``);
+7. Cache entries (``StaleCache``'s ``CacheStore`` contract) live in a table of their own,
+   one row per key (value, expires_at): a read is a plain ``SELECT`` of a live row, a write
+   one upsert in the group commit; expired rows go with the purge batches.
+8. The schema version is SQLite's ``user_version``; opening an older file creates what
+   it lacks (every statement of the schema is ``IF NOT EXISTS``) and sets the version.
+9. SQLite errors are translated to ``StoreUnavailable`` in one place (``_translate``);
    their text goes to the exception's ``__cause__`` for logs, never to a client.
 """
 
@@ -54,9 +59,10 @@ __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 2: idempotency records, rate-limit counters; 3: cache entries
 _TABLE = "surefoot_idempotency"
 _COUNTERS = "surefoot_ratelimit"
+_CACHE = "surefoot_cache"
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {_TABLE} (
     key TEXT PRIMARY KEY,
@@ -78,6 +84,12 @@ CREATE TABLE IF NOT EXISTS {_COUNTERS} (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS {_COUNTERS}_expires_at ON {_COUNTERS} (expires_at);
+CREATE TABLE IF NOT EXISTS {_CACHE} (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {_CACHE}_expires_at ON {_CACHE} (expires_at);
 """
 _COLUMNS = (
     "state, fingerprint, token, generation, lease_expires_at, expires_at, ttl, "
@@ -104,6 +116,14 @@ _UPSERT_COUNTER = (
     "ON CONFLICT (key) DO UPDATE SET state = excluded.state, expires_at = excluded.expires_at"
 )
 _DELETE_COUNTER = f"DELETE FROM {_COUNTERS} WHERE key = ?"
+_PURGE_CACHE = (
+    f"DELETE FROM {_CACHE} WHERE rowid IN (SELECT rowid FROM {_CACHE} WHERE expires_at < ? LIMIT ?)"
+)
+_SELECT_CACHE = f"SELECT value FROM {_CACHE} WHERE key = ? AND expires_at >= ?"
+_UPSERT_CACHE = (
+    f"INSERT INTO {_CACHE} (key, value, expires_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
+)
 
 Row = tuple[str, str, str, int, float, float, float, int | None, str | None, bytes | None]
 
@@ -267,7 +287,7 @@ class SqliteStore:
             with _translate(), self._lock, self._transaction():
                 deleted = max(
                     self._db.execute(statement, (now, self.purge_batch)).rowcount
-                    for statement in (_PURGE, _PURGE_COUNTERS)
+                    for statement in (_PURGE, _PURGE_COUNTERS, _PURGE_CACHE)
                 )
         except _Busy:
             return  # another process holds the lock; purge next time
@@ -366,6 +386,19 @@ class SqliteStore:
                 db.execute(_DELETE_COUNTER, (key,))
             else:
                 db.execute(_UPSERT_COUNTER, (key, json.dumps(new), Concurrency.expires_at(new)))
+
+        await self._atomic(work, now)
+
+    # -- cache entries -----------------------------------------------------------------------
+
+    async def cache_get(self, key: str, now: float) -> bytes | None:
+        with _translate(), self._lock:
+            row = self._db.execute(_SELECT_CACHE, (key, now)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    async def cache_put(self, key: str, value: bytes, expires_at: float, now: float) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(_UPSERT_CACHE, (key, value, expires_at))
 
         await self._atomic(work, now)
 
