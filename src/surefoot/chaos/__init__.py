@@ -1,0 +1,66 @@
+"""Fault injection: make an httpx client meet resets, lost answers, duplicates and stalls.
+
+A ``FaultPlan`` (``_plan.py``: pure, seeded, reproducible) decides per request which fault
+applies, from ordered ``Rule`` objects or a TOML ``[chaos]`` table
+(``FaultPlan.from_toml``); ``ChaosTransport`` / ``AsyncChaosTransport`` (``transport.py``)
+wrap another httpx transport and apply it. Each injected fault is counted by the plan
+(``plan.counts()``) and emitted as a ``FaultInjected`` event. See ``docs/chaos.md``.
+
+Errors raised (``surefoot.errors``)::
+
+    ConfigurationError   an invalid rule, plan or file (file:line: field: expected ..., got ...)
+
+The faults themselves surface as what a real network gives: ``httpx.ConnectError``,
+``httpx.ReadError``, ``httpx.ReadTimeout`` / ``httpx.PoolTimeout``,
+``httpx.RemoteProtocolError``, or a made-up response (``X-Surefoot-Chaos: <rule>``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+if importlib.util.find_spec("httpx") is None:  # pragma: no cover - only without the extra
+    raise ImportError("surefoot.chaos needs httpx: pip install 'surefoot[client]'")
+
+from surefoot.chaos._events import ChaosEvent, FaultInjected
+from surefoot.chaos._plan import (
+    FAULT_KINDS,
+    Abort,
+    Delay,
+    Duplicate,
+    FailAfter,
+    Fault,
+    FaultPlan,
+    FaultSpec,
+    Hang,
+    Reset,
+    Rule,
+    SlowBody,
+)
+from surefoot.chaos.transport import (
+    CHAOS_HEADER,
+    COPY_EXTENSION,
+    AsyncChaosTransport,
+    ChaosTransport,
+)
+
+__all__ = [
+    "CHAOS_HEADER",
+    "COPY_EXTENSION",
+    "FAULT_KINDS",
+    "Abort",
+    "AsyncChaosTransport",
+    "ChaosEvent",
+    "ChaosTransport",
+    "Delay",
+    "Duplicate",
+    "FailAfter",
+    "Fault",
+    "FaultInjected",
+    "FaultPlan",
+    "FaultSpec",
+    "Hang",
+    "Reset",
+    "Rule",
+    "SlowBody",
+]

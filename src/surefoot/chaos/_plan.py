@@ -1,0 +1,721 @@
+"""The fault plan: which request gets which fault, decided without I/O and without a clock.
+
+A ``FaultPlan`` is an ordered list of ``Rule`` objects and one seeded ``random.Random``.
+``decide(method, path, headers)`` walks the rules in order; for each rule that matches the
+request it draws once from the generator, and the first rule whose draw falls under its
+``probability`` wins: its fault is returned as a ``Fault`` (the rule's name, the fault's
+parameters, and the drawn delay for ``Delay``). The transports (``transport.py``) apply it.
+
+Rule 1: the same seed and the same sequence of ``decide`` calls give the same faults. Every
+matching rule draws exactly once per call (even at probability 1.0), and a ``Delay`` that
+hits draws its jitter once more, so a rule's presence never depends on another's outcome.
+Rule 2: a rule matches when the method is one of its ``methods`` (any when empty), the path
+matches its glob (``fnmatch``, case-sensitive: ``*`` also crosses ``/``), and every one of its
+``headers`` is present with exactly that value (names case-insensitive).
+Rule 3: ``decide``, ``replace``, ``pause``, ``resume`` and ``counts`` are thread-safe (one
+lock). A paused plan decides nothing and draws nothing; ``replace`` keeps the generator and
+the counts going, so a run stays reproducible across a change made at the same point.
+Rule 4: every fault returned by ``decide`` is counted, by rule name and by fault kind.
+Rule 5: a plan from configuration is validated as a whole: one ``ConfigurationError``
+lists every problem as ``file:line: chaos.rules[N].field: expected ..., got ...``.
+Rule 6: this module never imports httpx or asyncio and never reads the clock; pydantic is
+imported only when a configuration is validated.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import math
+import os
+import pathlib
+import random as _random
+import re
+import threading
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from surefoot.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import pydantic
+
+__all__ = [
+    "FAULT_KINDS",
+    "Abort",
+    "Delay",
+    "Duplicate",
+    "FailAfter",
+    "Fault",
+    "FaultPlan",
+    "FaultSpec",
+    "Hang",
+    "Reset",
+    "Rule",
+    "SlowBody",
+]
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_METHOD = re.compile(r"[A-Z]+")
+_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+# -- faults --------------------------------------------------------------------------------
+
+
+def _seconds(owner: str, name: str, value: object, *, positive: bool = False) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= 0 if positive else value < 0):  # type: ignore[operator]
+        bound = "> 0" if positive else ">= 0"
+        raise ConfigurationError(f"{owner}.{name}: expected a finite number {bound}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Delay:
+    """Wait ``seconds`` plus a uniform draw in ``[0, jitter]``, then forward the request."""
+
+    kind: ClassVar[str] = "delay"
+    seconds: float
+    jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        _seconds("Delay", "seconds", self.seconds)
+        _seconds("Delay", "jitter", self.jitter)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Abort:
+    """Answer ``status`` at once (with ``Retry-After`` if set); the upstream is never called."""
+
+    kind: ClassVar[str] = "abort"
+    status: int = 503
+    retry_after: float | None = None
+
+    def __post_init__(self) -> None:
+        status = self.status
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+            raise ConfigurationError(
+                f"Abort.status: expected an HTTP status 100-599, got {status!r}"
+            )
+        if self.retry_after is not None:
+            _seconds("Abort", "retry_after", self.retry_after)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Reset:
+    """Fail with a connection error before forwarding (``httpx.ConnectError``)."""
+
+    kind: ClassVar[str] = "reset"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Hang:
+    """Never answer: wait the request's ``read`` (or ``pool``) timeout, then raise it.
+
+    The upstream is never called. Without that timeout the wait never ends.
+    """
+
+    kind: ClassVar[str] = "hang"
+    phase: Literal["read", "pool"] = "read"
+
+    def __post_init__(self) -> None:
+        if self.phase not in ("read", "pool"):
+            raise ConfigurationError(f"Hang.phase: expected 'read' or 'pool', got {self.phase!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FailAfter:
+    """Forward, let the upstream finish, then lose its answer.
+
+    ``lose``: ``"reset"`` (``httpx.ReadError``), ``"502"`` (a 502 instead of the answer) or
+    ``"truncate"`` (half the body, then ``httpx.RemoteProtocolError``).
+    """
+
+    kind: ClassVar[str] = "fail_after"
+    lose: Literal["reset", "502", "truncate"] = "reset"
+
+    def __post_init__(self) -> None:
+        if self.lose not in ("reset", "502", "truncate"):
+            raise ConfigurationError(
+                f"FailAfter.lose: expected 'reset', '502' or 'truncate', got {self.lose!r}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Duplicate:
+    """Deliver the request to the upstream twice; the caller gets one answer.
+
+    In sequence (default) the copy is sent once the first answer was read, and the caller
+    gets the copy's answer (as if the first was lost and the request sent again).
+    ``concurrent=True`` sends both at once and the caller gets the original's answer.
+    """
+
+    kind: ClassVar[str] = "duplicate"
+    concurrent: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SlowBody:
+    """Deliver the response body at ``bytes_per_second``."""
+
+    kind: ClassVar[str] = "slow_body"
+    bytes_per_second: float
+
+    def __post_init__(self) -> None:
+        _seconds("SlowBody", "bytes_per_second", self.bytes_per_second, positive=True)
+
+
+FaultSpec = Delay | Abort | Reset | Hang | FailAfter | Duplicate | SlowBody
+_SPECS: tuple[type[FaultSpec], ...] = (Delay, Abort, Reset, Hang, FailAfter, Duplicate, SlowBody)
+#: Every fault kind, in the order of the documentation.
+FAULT_KINDS: tuple[str, ...] = tuple(spec.kind for spec in _SPECS)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Fault:
+    """A decision: apply ``spec`` (from rule ``rule``) to this request.
+
+    ``delay`` is the wait drawn for a ``Delay`` (seconds plus jitter), else 0.0.
+    """
+
+    rule: str
+    spec: FaultSpec
+    delay: float = 0.0
+
+    @property
+    def kind(self) -> str:
+        """The fault's kind: ``"delay"``, ``"abort"``..."""
+        return self.spec.kind
+
+
+# -- rules -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Rule:
+    """When to inject ``fault``.
+
+    Example:
+        >>> Rule(name="charges-reset", fault=Reset(), methods=("POST",),
+        ...      path="/v1/charges*", probability=0.2)
+
+    Args:
+        name: unique in its plan (letters, digits, ``_``, ``-``, ``.``); counts and events
+            name it.
+        fault: the fault to apply.
+        methods: the methods it applies to (upper case); empty means every method.
+        path: a glob over the URL path (no query string), ``*`` by default.
+        headers: headers the request must carry with exactly these values.
+        probability: the chance, in [0, 1], that a matching request gets the fault.
+    """
+
+    name: str
+    fault: FaultSpec
+    methods: tuple[str, ...] = ()
+    path: str = "*"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    probability: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ConfigurationError(
+                f"Rule.name: expected letters, digits, '_', '-' and '.', got {self.name!r}"
+            )
+        if not isinstance(self.fault, _SPECS):
+            raise ConfigurationError(
+                f"Rule.fault: expected one of {', '.join(s.__name__ for s in _SPECS)}, "
+                f"got {type(self.fault).__name__}"
+            )
+        methods = tuple(self.methods)
+        for method in methods:
+            if not isinstance(method, str) or not _METHOD.fullmatch(method):
+                raise ConfigurationError(
+                    f"Rule.methods: expected upper-case method names, got {method!r}"
+                )
+        object.__setattr__(self, "methods", methods)
+        if not isinstance(self.path, str) or not self.path:
+            raise ConfigurationError(
+                f"Rule.path: expected a glob such as '/v1/*', got {self.path!r}"
+            )
+        headers = {}
+        for name, value in dict(self.headers).items():
+            if not isinstance(name, str) or not name or not isinstance(value, str):
+                raise ConfigurationError(
+                    f"Rule.headers: expected header names to text values, got {name!r}: {value!r}"
+                )
+            headers[name.lower()] = value
+        object.__setattr__(self, "headers", headers)
+        p = self.probability
+        if (
+            isinstance(p, bool)
+            or not isinstance(p, int | float)
+            or not (0.0 <= p <= 1.0)  # also refuses nan
+        ):
+            raise ConfigurationError(f"Rule.probability: expected a number in [0, 1], got {p!r}")
+
+    def matches(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
+        """Whether a request matches (Rule 2); ``headers`` has lower-case names."""
+        if self.methods and method.upper() not in self.methods:
+            return False
+        if not fnmatch.fnmatchcase(path, self.path):
+            return False
+        return all(headers.get(name) == value for name, value in self.headers.items())
+
+
+def _checked_rules(rules: Iterable[Rule]) -> tuple[Rule, ...]:
+    checked = tuple(rules)
+    seen: set[str] = set()
+    for rule in checked:
+        if not isinstance(rule, Rule):
+            raise ConfigurationError(f"FaultPlan.rules: expected Rule objects, got {rule!r}")
+        if rule.name in seen:
+            raise ConfigurationError(f"FaultPlan.rules: rule name {rule.name!r} is used twice")
+        seen.add(rule.name)
+    return checked
+
+
+# -- the plan --------------------------------------------------------------------------------
+
+
+class FaultPlan:
+    """An ordered list of rules and a seeded generator: the same seed, the same faults.
+
+    Example:
+        >>> plan = FaultPlan(
+        ...     [Rule(name="slow", fault=Delay(seconds=0.5, jitter=0.2), probability=0.1),
+        ...      Rule(name="lost", fault=FailAfter(lose="reset"), methods=("POST",))],
+        ...     seed=42,
+        ... )
+        >>> plan.decide("POST", "/v1/charges", {})
+        Fault(rule='lost', spec=FailAfter(lose='reset'), delay=0.0)
+
+    Args:
+        rules: the rules, first match first.
+        seed: the generator's seed; None for a random one (``seed`` then says which).
+        paused: start paused (decide nothing until ``resume()``).
+
+    Warning:
+        Reproducible means the same sequence of ``decide`` calls. Requests sent
+        concurrently reach ``decide`` in whatever order they arrive, so only a sequential
+        run (or one request at a time per plan) replays exactly.
+    """
+
+    def __init__(
+        self, rules: Iterable[Rule] = (), *, seed: int | None = None, paused: bool = False
+    ) -> None:
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ConfigurationError(f"FaultPlan.seed: expected a whole number, got {seed!r}")
+        self._rules = _checked_rules(rules)
+        #: The seed in use (drawn at random when none was given).
+        self.seed: int = seed if seed is not None else _random.SystemRandom().getrandbits(64)
+        self._random = _random.Random(self.seed)
+        self._paused = bool(paused)
+        self._lock = threading.Lock()
+        self._by_rule: dict[str, int] = {}
+        self._by_kind: dict[str, int] = {}
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> FaultPlan:
+        """The plan in the ``[chaos]`` table of the TOML file at ``path``.
+
+        Example:
+            >>> plan = FaultPlan.from_toml("chaos.toml")
+
+        Raises:
+            ConfigurationError: the file cannot be read, is not TOML, or is invalid; every
+                problem is listed as ``file:line: chaos.rules[N].field: expected ..., got ...``.
+        """
+        source = os.fspath(path)
+        try:
+            raw = pathlib.Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(f"{source}: cannot read the file ({exc.strerror})") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigurationError(
+                f"{source}: expected UTF-8 text (TOML), got byte {raw[exc.start]:#04x} "
+                f"at offset {exc.start}"
+            ) from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            message = str(exc)
+            where = _TOML_POSITION.search(message)
+            prefix = source
+            if where is not None:
+                message = message[: where.start()].rstrip()
+                prefix = f"{source}:{where.group(1)}:{where.group(2)}"
+            raise ConfigurationError(f"{prefix}: invalid TOML: {message}") from None
+        return _from_data(data, source, text.splitlines())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> FaultPlan:
+        """The plan in ``data["chaos"]`` (a parsed TOML document); same checks as ``from_toml``.
+
+        Example:
+            >>> FaultPlan.from_dict({"chaos": {"seed": 1, "rules": [
+            ...     {"name": "down", "fault": "abort", "status": 503}]}})
+        """
+        return _from_data(data, source, None)
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """The rules in use, in order."""
+        with self._lock:
+            return self._rules
+
+    @property
+    def paused(self) -> bool:
+        """True while the plan injects nothing."""
+        return self._paused
+
+    def decide(self, method: str, path: str, headers: Mapping[str, str]) -> Fault | None:
+        """The fault for this request, or None (see Rule 1 and Rule 2)."""
+        lowered = {str(k).lower(): v for k, v in headers.items()}
+        with self._lock:
+            if self._paused:
+                return None
+            draw = self._random.random
+            for rule in self._rules:
+                if not rule.matches(method, path, lowered):
+                    continue
+                if draw() >= rule.probability:
+                    continue
+                spec = rule.fault
+                delay = 0.0
+                if isinstance(spec, Delay):
+                    delay = spec.seconds + (draw() * spec.jitter if spec.jitter else 0.0)
+                self._by_rule[rule.name] = self._by_rule.get(rule.name, 0) + 1
+                self._by_kind[spec.kind] = self._by_kind.get(spec.kind, 0) + 1
+                return Fault(rule=rule.name, spec=spec, delay=delay)
+        return None
+
+    def replace(self, rules: Iterable[Rule]) -> None:
+        """Use ``rules`` from the next ``decide`` on (the generator and counts go on)."""
+        checked = _checked_rules(rules)
+        with self._lock:
+            self._rules = checked
+
+    def pause(self) -> None:
+        """Inject nothing until ``resume()``."""
+        with self._lock:
+            self._paused = True
+
+    def resume(self) -> None:
+        """Inject again after ``pause()``."""
+        with self._lock:
+            self._paused = False
+
+    def counts(self, by: Literal["rule", "kind"] = "rule") -> dict[str, int]:
+        """Faults injected so far, by rule name (default) or by fault kind (``"reset"``...)."""
+        with self._lock:
+            return dict(self._by_rule if by == "rule" else self._by_kind)
+
+    def __repr__(self) -> str:
+        names = ", ".join(rule.name for rule in self.rules)
+        state = ", paused" if self._paused else ""
+        return f"FaultPlan([{names}], seed={self.seed}{state})"
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def _from_data(data: Mapping[str, Any], source: str, lines: Sequence[str] | None) -> FaultPlan:
+    problems = _Problems(source, lines)
+    table = data.get("chaos") if isinstance(data, Mapping) else None
+    if not isinstance(table, Mapping):
+        got = "" if table is None else f", got {_shown(table)}"
+        problems.add(("chaos",), "expected a [chaos] table with [[chaos.rules]] tables" + got)
+        problems.raise_if_any()
+    schema = _schema()
+    try:
+        model: Any = schema.Chaos.model_validate(dict(table))  # type: ignore[arg-type]
+    except _pydantic().ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            loc, message = _explain(schema, error)
+            problems.add(("chaos", *loc), message)
+        problems.raise_if_any()
+    seen: dict[str, int] = {}
+    for index, rule in enumerate(model.rules):
+        if rule.name in seen:
+            problems.add(
+                ("chaos", "rules", index, "name"),
+                f"expected a unique name, got {rule.name!r} (also chaos.rules[{seen[rule.name]}])",
+            )
+        seen.setdefault(rule.name, index)
+    problems.raise_if_any()
+    return FaultPlan([_rule(rule) for rule in model.rules], seed=model.seed, paused=model.paused)
+
+
+def _rule(model: Any) -> Rule:
+    kind = model.fault
+    spec: FaultSpec
+    if kind == "delay":
+        spec = Delay(seconds=model.seconds, jitter=model.jitter)
+    elif kind == "abort":
+        spec = Abort(status=model.status, retry_after=model.retry_after)
+    elif kind == "reset":
+        spec = Reset()
+    elif kind == "hang":
+        spec = Hang(phase=model.phase)
+    elif kind == "fail_after":
+        spec = FailAfter(lose=model.lose)
+    elif kind == "duplicate":
+        spec = Duplicate(concurrent=model.concurrent)
+    else:
+        spec = SlowBody(bytes_per_second=model.bytes_per_second)
+    return Rule(
+        name=model.name,
+        fault=spec,
+        methods=tuple(model.methods),
+        path=model.path,
+        headers=model.headers,
+        probability=model.probability,
+    )
+
+
+def _explain(schema: _Schema, error: Mapping[str, Any]) -> tuple[tuple[str | int, ...], str]:
+    """A pydantic error as (location under ``chaos``, message for the person editing)."""
+    kind = error["type"]
+    loc: tuple[str | int, ...] = tuple(error["loc"])
+    got = _shown(error.get("input"))
+    kinds = ", ".join(FAULT_KINDS)
+    # A rule's location carries the fault tag after its index: drop it, remember the model.
+    model = schema.Chaos
+    if len(loc) >= 3 and loc[0] == "rules" and isinstance(loc[1], int):
+        model = schema.RULES.get(str(loc[2]), schema.Chaos)
+        if str(loc[2]) in schema.RULES:
+            loc = (*loc[:2], *loc[3:])
+    if kind == "union_tag_invalid":
+        tag = _shown(error.get("ctx", {}).get("tag"))
+        return (*loc, "fault"), f"expected one of {kinds}, got {tag}"
+    if kind == "union_tag_not_found":
+        return (*loc, "fault"), f"required, missing (expected one of {kinds})"
+    if kind in ("model_type", "model_attributes_type", "dict_type") and loc[:1] == ("rules",):
+        return loc, f"expected a table, got {got}"
+    name = str(loc[-1]) if loc else ""
+    if kind == "extra_forbidden":
+        allowed = sorted(model.model_fields)
+        close = difflib.get_close_matches(name, allowed, n=1)
+        if close:
+            return loc, f"unknown field (did you mean {close[0]!r}?)"
+        return loc, f"unknown field; expected one of {', '.join(allowed)}"
+    field_name = name if len(loc) <= 3 else str(loc[2])
+    info = model.model_fields.get(field_name)
+    expected = info.description if info is not None and info.description else None
+    if kind == "missing":
+        return loc, f"required, missing (expected {expected})" if expected else "required, missing"
+    if kind == "value_error":
+        return loc, str(error.get("ctx", {}).get("error", error["msg"]))
+    if expected is None:
+        return loc, f"{error['msg'][0].lower()}{error['msg'][1:]}, got {got}"
+    return loc, f"expected {expected}, got {got}"
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Problems:
+    """Every problem found, each ``file:line: path: message``; raised together."""
+
+    def __init__(self, source: str, lines: Sequence[str] | None) -> None:
+        self.source = source
+        self._lines = lines
+        self.items: list[str] = []
+
+    def add(self, loc: Sequence[str | int], message: str) -> None:
+        path = "".join(
+            f"[{part}]" if isinstance(part, int) else ("." if i else "") + part
+            for i, part in enumerate(loc)
+        )
+        line = _locate(self._lines, loc) if self._lines is not None else None
+        where = self.source if line is None else f"{self.source}:{line}"
+        item = f"{where}: {path}: {message}"
+        if item not in self.items:
+            self.items.append(item)
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        if len(self.items) == 1:
+            raise ConfigurationError(self.items[0])
+        listed = "\n".join(f"  {item}" for item in self.items)
+        raise ConfigurationError(f"{self.source}: {len(self.items)} problems in chaos:\n{listed}")
+
+
+_HEADER = re.compile(r"^(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^((?:[A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*'|[\s.])+?)\s*=")
+
+
+def _locate(lines: Sequence[str], loc: Sequence[str | int]) -> int | None:
+    """The line (1-based) that sets ``loc``, else that of its nearest table; best effort.
+
+    Array-of-tables headers (``[[chaos.rules]]``) count up, so ``chaos.rules[2].seconds``
+    is found under the third one. Inline tables and arrays are reported at their key.
+    """
+    best, best_length = None, 0
+    table: tuple[str | int, ...] = ()
+    arrays: dict[tuple[str, ...], int] = {}
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        header = _HEADER.match(stripped)
+        if header is not None:
+            keys = _dotted(header.group(2))
+            if header.group(1) == "[[":
+                arrays[keys] = arrays.get(keys, -1) + 1
+                table = (*keys, arrays[keys])
+            else:
+                table = keys
+            path = table
+        else:
+            key = _KEY.match(stripped)
+            if key is None:
+                continue
+            path = (*table, *_dotted(key.group(1)))
+        if len(path) > best_length and tuple(loc[: len(path)]) == path:
+            best, best_length = number, len(path)
+    return best
+
+
+def _dotted(key: str) -> tuple[str, ...]:
+    parts = re.findall(r"\"([^\"]*)\"|'([^']*)'|([A-Za-z0-9_\-]+)", key)
+    return tuple(next(p for p in groups if p) if any(groups) else "" for groups in parts)
+
+
+# -- the schema (pydantic, imported on first use) ----------------------------------------------
+
+
+class _Schema:
+    Chaos: type[pydantic.BaseModel]
+    RULES: dict[str, type[pydantic.BaseModel]]
+
+
+_SCHEMA: _Schema | None = None
+
+
+def _pydantic() -> Any:
+    try:
+        import pydantic
+    except ModuleNotFoundError as exc:  # pragma: no cover - pydantic comes with the extra
+        raise ConfigurationError(
+            "fault plans from configuration need pydantic: pip install 'surefoot[client]'"
+        ) from exc
+    return pydantic
+
+
+def _schema() -> _Schema:
+    global _SCHEMA
+    if _SCHEMA is None:
+        _SCHEMA = _make_schema()
+    return _SCHEMA
+
+
+def _make_schema() -> _Schema:
+    _pydantic()
+    from typing import Annotated
+
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+    strict = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
+    seconds0 = "a finite number of seconds >= 0"
+
+    def described(expected: str, default: Any = None) -> Any:
+        return Field(default=default, description=expected)
+
+    class Common(BaseModel):
+        model_config = strict
+        name: str = Field(description="a name of letters, digits, '_', '-' and '.'")
+        methods: list[str] = Field(
+            default_factory=list, description="a list of upper-case methods, such as ['POST']"
+        )
+        path: Annotated[str, Field(min_length=1)] = described("a glob such as '/v1/charges*'", "*")
+        headers: dict[str, str] = Field(
+            default_factory=dict, description="a table of header names to text values"
+        )
+        probability: Annotated[float, Field(ge=0, le=1)] = described("a number in [0, 1]", 1.0)
+
+        @field_validator("name")
+        @classmethod
+        def _name(cls, value: str) -> str:
+            if not _NAME.fullmatch(value):
+                raise ValueError(
+                    f"expected a name of letters, digits, '_', '-' and '.', got {value!r}"
+                )
+            return value
+
+        @field_validator("methods")
+        @classmethod
+        def _methods(cls, value: list[str]) -> list[str]:
+            for method in value:
+                if not _METHOD.fullmatch(method):
+                    raise ValueError(
+                        f"expected upper-case method names such as 'POST', got {method!r}"
+                    )
+            return value
+
+    class DelayRule(Common):
+        fault: Literal["delay"]
+        seconds: Annotated[float, Field(ge=0)] = Field(description=seconds0)
+        jitter: Annotated[float, Field(ge=0)] = described(seconds0, 0.0)
+
+    class AbortRule(Common):
+        fault: Literal["abort"]
+        status: Annotated[int, Field(ge=100, le=599)] = described("an HTTP status 100-599", 503)
+        retry_after: Annotated[float, Field(ge=0)] | None = described(seconds0)
+
+    class ResetRule(Common):
+        fault: Literal["reset"]
+
+    class HangRule(Common):
+        fault: Literal["hang"]
+        phase: Literal["read", "pool"] = described("'read' or 'pool'", "read")
+
+    class FailAfterRule(Common):
+        fault: Literal["fail_after"]
+        lose: Literal["reset", "502", "truncate"] = described(
+            "'reset', '502' or 'truncate'", "reset"
+        )
+
+    class DuplicateRule(Common):
+        fault: Literal["duplicate"]
+        concurrent: bool = described("true or false", False)
+
+    class SlowBodyRule(Common):
+        fault: Literal["slow_body"]
+        bytes_per_second: Annotated[float, Field(gt=0)] = Field(
+            description="a finite number of bytes per second > 0"
+        )
+
+    rules: dict[str, type[BaseModel]] = {
+        "delay": DelayRule,
+        "abort": AbortRule,
+        "reset": ResetRule,
+        "hang": HangRule,
+        "fail_after": FailAfterRule,
+        "duplicate": DuplicateRule,
+        "slow_body": SlowBodyRule,
+    }
+    AnyRule = Annotated[
+        DelayRule | AbortRule | ResetRule | HangRule | FailAfterRule | DuplicateRule | SlowBodyRule,
+        Field(discriminator="fault"),
+    ]
+
+    class Chaos(BaseModel):
+        model_config = strict
+        seed: int | None = described("a whole number")
+        paused: bool = described("true or false", False)
+        rules: list[AnyRule] = Field(
+            default_factory=list, description="a list of [[chaos.rules]] tables"
+        )
+
+    schema = _Schema()
+    schema.Chaos = Chaos
+    schema.RULES = dict(rules)
+    return schema

@@ -1,0 +1,447 @@
+"""``ChaosTransport`` and ``AsyncChaosTransport``: apply a ``FaultPlan`` to real requests.
+
+Each wraps another httpx transport (``HTTPTransport``, ``MockTransport``,
+``ResilientTransport``...) and asks the plan about every request it sees. Put it *under*
+``ResilientTransport`` to see how a client survives the faults (every attempt gets its own
+decision), or *over* it to see what a caller sees after the retries.
+
+What each fault does (the upstream is the wrapped transport):
+
+=============  ================================================================  ========
+fault          effect                                                            upstream
+=============  ================================================================  ========
+``delay``      ``sleep(seconds + jitter)``, then forward                          called
+``abort``      answer ``status`` (and ``Retry-After``) at once                    never
+``reset``      raise ``httpx.ConnectError``                                       never
+``hang``       ``sleep`` the request's read (pool) timeout, raise ``ReadTimeout``  never
+               (``PoolTimeout``); without that timeout, sleep forever
+``fail_after`` forward, read the whole answer, then raise ``httpx.ReadError``,     called
+               answer 502, or give half the body and raise
+               ``httpx.RemoteProtocolError``
+``duplicate``  send twice (in sequence or concurrently), answer once              twice
+``slow_body``  deliver the body at ``bytes_per_second`` (``sleep`` per piece)     called
+=============  ================================================================  ========
+
+Rule 1: every wait goes through the injected ``sleep``; the transports never read the
+clock except to stamp events.
+Rule 2: every fault applied is one ``FaultInjected`` event, emitted before it takes effect.
+Rule 3: a fault of ``abort`` or ``reset`` (and ``hang``) never reaches the upstream; one of
+``fail_after`` always did, and its answer was read to the end before it was lost.
+Rule 4: a ``duplicate`` copy is a new request with the same method, URL, headers and body;
+its extensions say ``surefoot.chaos.copy: True`` (nothing on the wire does); its answer
+(or error) is read and dropped, and both have been delivered before the
+transport returns.
+Responses made up here (``abort``, ``fail_after = "502"``) carry ``X-Surefoot-Chaos: <rule>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+import httpx
+
+from surefoot.chaos._events import FaultInjected
+from surefoot.chaos._plan import (
+    Abort,
+    Delay,
+    Duplicate,
+    FailAfter,
+    Fault,
+    FaultPlan,
+    Hang,
+    Reset,
+    SlowBody,
+)
+from surefoot.clock import Clock, SystemClock
+from surefoot.errors import ConfigurationError
+from surefoot.events import EventHook, LoggingHook, emit, wanted
+
+__all__ = ["CHAOS_HEADER", "COPY_EXTENSION", "AsyncChaosTransport", "ChaosTransport"]
+
+#: The header on responses made up by a fault; its value is the rule's name.
+CHAOS_HEADER = "X-Surefoot-Chaos"
+#: The request extension that marks a ``duplicate``'s copy (never sent on the wire).
+COPY_EXTENSION = "surefoot.chaos.copy"
+# A hang without a timeout sleeps this long, again and again.
+_FOREVER_STEP = 3600.0
+
+
+class _Chaos:
+    """What both transports share: the plan, the events, the made-up responses."""
+
+    def __init__(
+        self,
+        plan: FaultPlan,
+        clock: Clock | None,
+        hooks: Sequence[EventHook] | None,
+    ) -> None:
+        name = type(self).__name__
+        if not isinstance(plan, FaultPlan):
+            raise ConfigurationError(
+                f"{name}.plan: expected a FaultPlan, got {type(plan).__name__}"
+            )
+        if clock is not None and not isinstance(clock, Clock):
+            raise ConfigurationError(
+                f"{name}.clock: expected a Clock (with now()), got {type(clock).__name__}"
+            )
+        self.plan = plan
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.hooks: tuple[EventHook, ...] = (LoggingHook(),) if hooks is None else tuple(hooks)
+
+    def _decide(self, request: httpx.Request) -> Fault | None:
+        fault = self.plan.decide(request.method, request.url.path, request.headers)
+        if fault is not None and wanted(self.hooks, FaultInjected):
+            headers = request.headers
+            emit(
+                self.hooks,
+                FaultInjected(
+                    at=self.clock.now(),
+                    request_id=headers.get("x-request-id") or headers.get("idempotency-key") or "-",
+                    method=request.method,
+                    host=request.url.host,
+                    path=request.url.path,
+                    rule=fault.rule,
+                    kind=fault.kind,
+                    detail=_detail(fault),
+                ),
+            )
+        return fault
+
+
+def _detail(fault: Fault) -> str:
+    spec = fault.spec
+    if isinstance(spec, Delay):
+        return f"{fault.delay:.3f}s"
+    if isinstance(spec, Abort):
+        return str(spec.status)
+    if isinstance(spec, Hang):
+        return spec.phase
+    if isinstance(spec, FailAfter):
+        return spec.lose
+    if isinstance(spec, Duplicate):
+        return "concurrent" if spec.concurrent else "sequence"
+    if isinstance(spec, SlowBody):
+        return f"{spec.bytes_per_second:g} B/s"
+    return "connect"
+
+
+def _made_up(status: int, rule: str, retry_after: float | None = None) -> httpx.Response:
+    headers = [("content-type", "text/plain; charset=utf-8"), (CHAOS_HEADER, rule)]
+    if retry_after is not None:
+        headers.append(("retry-after", str(math.ceil(retry_after))))
+    body = f"fault injected by surefoot chaos rule {rule!r}\n".encode()
+    return httpx.Response(status, headers=headers, content=body)
+
+
+def _reset(request: httpx.Request, fault: Fault) -> httpx.ConnectError:
+    return httpx.ConnectError(f"connection reset (chaos rule {fault.rule!r})", request=request)
+
+
+def _hang(request: httpx.Request, spec: Hang) -> tuple[float | None, httpx.TimeoutException]:
+    """How long the hang lasts (None: for ever) and what it raises then."""
+    timeout: dict[str, float | None] = request.extensions.get("timeout", {})
+    seconds = timeout.get(spec.phase)
+    if spec.phase == "pool":
+        return seconds, httpx.PoolTimeout("no connection in time (chaos hang)", request=request)
+    return seconds, httpx.ReadTimeout("no answer in time (chaos hang)", request=request)
+
+
+def _lost(
+    request: httpx.Request, response: httpx.Response, raw: bytes, fault: Fault, lose: str
+) -> httpx.Response:
+    """What the caller gets of an answer that ``fail_after`` loses (or raises)."""
+    if lose == "reset":
+        raise httpx.ReadError(
+            f"connection reset after the upstream answered (chaos rule {fault.rule!r})",
+            request=request,
+        )
+    if lose == "502":
+        return _made_up(502, fault.rule)
+    return httpx.Response(
+        response.status_code, headers=response.headers, stream=_Truncated(raw[: len(raw) // 2])
+    )
+
+
+def _copy(request: httpx.Request) -> httpx.Request:
+    """An independent twin of a request whose body was read (marked in its extensions)."""
+    return httpx.Request(
+        request.method,
+        request.url,
+        headers=request.headers,
+        content=request.content,
+        extensions={**request.extensions, COPY_EXTENSION: True},
+    )
+
+
+def _sync_stream(response: httpx.Response) -> httpx.SyncByteStream:
+    """The raw bytes as the wrapped transport gives them (even if it read them already)."""
+    stream = response.stream
+    assert isinstance(stream, httpx.SyncByteStream)
+    return stream
+
+
+def _async_stream(response: httpx.Response) -> httpx.AsyncByteStream:
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
+    return stream
+
+
+def _pieces(chunk: bytes, rate: float) -> Iterator[bytes]:
+    """``chunk`` in pieces of at most one second's worth of bytes."""
+    size = max(1, int(rate))
+    for start in range(0, len(chunk), size):
+        yield chunk[start : start + size]
+
+
+class _Truncated(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """Half a body, then the error a peer that closed early gives."""
+
+    def __init__(self, part: bytes) -> None:
+        self._part = part
+
+    def _error(self) -> httpx.RemoteProtocolError:
+        return httpx.RemoteProtocolError(
+            "peer closed connection without sending complete message body (chaos truncate)"
+        )
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._part:
+            yield self._part
+        raise self._error()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._part:
+            yield self._part
+        raise self._error()
+
+
+class _SlowStream(httpx.SyncByteStream):
+    def __init__(self, response: httpx.Response, rate: float, sleep: Callable[[float], object]):
+        self._response, self._rate, self._sleep = response, rate, sleep
+
+    def __iter__(self) -> Iterator[bytes]:
+        stream = self._response.stream
+        assert isinstance(stream, httpx.SyncByteStream)
+        for chunk in stream:
+            for piece in _pieces(chunk, self._rate):
+                self._sleep(len(piece) / self._rate)
+                yield piece
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class _AsyncSlowStream(httpx.AsyncByteStream):
+    def __init__(
+        self, response: httpx.Response, rate: float, sleep: Callable[[float], Awaitable[Any]]
+    ):
+        self._response, self._rate, self._sleep = response, rate, sleep
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        stream = self._response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        async for chunk in stream:
+            for piece in _pieces(chunk, self._rate):
+                await self._sleep(len(piece) / self._rate)
+                yield piece
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+def _slowed(
+    response: httpx.Response, stream: httpx.SyncByteStream | httpx.AsyncByteStream
+) -> httpx.Response:
+    return httpx.Response(
+        response.status_code,
+        headers=response.headers,
+        stream=stream,
+        extensions=response.extensions,
+    )
+
+
+class ChaosTransport(httpx.BaseTransport, _Chaos):
+    """An httpx transport that applies a ``FaultPlan`` to each request it forwards.
+
+    Example:
+        >>> plan = FaultPlan([Rule(name="lost", fault=FailAfter(), methods=("POST",),
+        ...                        probability=0.3)], seed=7)
+        >>> transport = ResilientTransport(ChaosTransport(httpx.HTTPTransport(), plan),
+        ...                                auto_idempotency_key=True)
+        >>> client = httpx.Client(transport=transport, base_url="http://127.0.0.1:8000")
+
+    Args:
+        transport: the transport that really sends (the "upstream").
+        plan: the fault plan; it may be shared, changed and paused at run time.
+        sleep: every wait of ``delay``, ``hang`` and ``slow_body``; default ``time.sleep``
+            (a ``surefoot.testing.RecordingSleep`` in tests).
+        clock: stamps events; default ``SystemClock()``.
+        hooks: event hooks; default one ``LoggingHook``.
+
+    Warning:
+        A ``concurrent`` duplicate sends its copy from a second thread: the wrapped
+        transport must be thread-safe (``httpx.HTTPTransport`` is).
+    """
+
+    def __init__(
+        self,
+        transport: httpx.BaseTransport,
+        plan: FaultPlan,
+        *,
+        sleep: Callable[[float], object] = time.sleep,
+        clock: Clock | None = None,
+        hooks: Sequence[EventHook] | None = None,
+    ) -> None:
+        if not isinstance(transport, httpx.BaseTransport):
+            raise ConfigurationError(
+                "ChaosTransport.transport: expected an httpx.BaseTransport, "
+                f"got {type(transport).__name__}"
+            )
+        _Chaos.__init__(self, plan, clock, hooks)
+        self.transport = transport
+        self.sleep = sleep
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        fault = self._decide(request)
+        if fault is None:
+            return self.transport.handle_request(request)
+        spec = fault.spec
+        if isinstance(spec, Delay):
+            self.sleep(fault.delay)
+            return self.transport.handle_request(request)
+        if isinstance(spec, Abort):
+            return _made_up(spec.status, fault.rule, spec.retry_after)
+        if isinstance(spec, Reset):
+            raise _reset(request, fault)
+        if isinstance(spec, Hang):
+            seconds, error = _hang(request, spec)
+            while seconds is None:
+                self.sleep(_FOREVER_STEP)
+            self.sleep(seconds)
+            raise error
+        if isinstance(spec, FailAfter):
+            response = self.transport.handle_request(request)
+            try:
+                raw = b"".join(_sync_stream(response))
+            finally:
+                response.close()
+            return _lost(request, response, raw, fault, spec.lose)
+        if isinstance(spec, Duplicate):
+            request.read()
+            if spec.concurrent:
+                return self._concurrently(request)
+            self._deliver(_copy(request))
+            return self.transport.handle_request(request)
+        response = self.transport.handle_request(request)
+        return _slowed(response, _SlowStream(response, spec.bytes_per_second, self.sleep))
+
+    def _deliver(self, request: httpx.Request) -> httpx.Response:
+        response = self.transport.handle_request(request)
+        response.read()
+        return response
+
+    def _concurrently(self, request: httpx.Request) -> httpx.Response:
+        copy = _copy(request)
+
+        def send_copy() -> None:
+            try:
+                self._deliver(copy)
+            except Exception:  # the caller gets the original's answer, never the copy's
+                return
+
+        thread = threading.Thread(target=send_copy, name="surefoot-chaos-duplicate")
+        thread.start()
+        try:
+            return self._deliver(request)
+        finally:
+            thread.join()
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+class AsyncChaosTransport(httpx.AsyncBaseTransport, _Chaos):
+    """The asyncio twin of ``ChaosTransport`` (same faults, same arguments).
+
+    Example:
+        >>> transport = AsyncChaosTransport(httpx.AsyncHTTPTransport(), plan,
+        ...                                 sleep=asyncio.sleep)
+
+    ``sleep`` is awaited (default ``asyncio.sleep``; ``RecordingSleep().asleep`` in tests);
+    a ``concurrent`` duplicate sends both copies as two tasks.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        plan: FaultPlan,
+        *,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        clock: Clock | None = None,
+        hooks: Sequence[EventHook] | None = None,
+    ) -> None:
+        if not isinstance(transport, httpx.AsyncBaseTransport):
+            raise ConfigurationError(
+                "AsyncChaosTransport.transport: expected an httpx.AsyncBaseTransport, "
+                f"got {type(transport).__name__}"
+            )
+        _Chaos.__init__(self, plan, clock, hooks)
+        self.transport = transport
+        self.sleep = sleep
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        fault = self._decide(request)
+        if fault is None:
+            return await self.transport.handle_async_request(request)
+        spec = fault.spec
+        if isinstance(spec, Delay):
+            await self.sleep(fault.delay)
+            return await self.transport.handle_async_request(request)
+        if isinstance(spec, Abort):
+            return _made_up(spec.status, fault.rule, spec.retry_after)
+        if isinstance(spec, Reset):
+            raise _reset(request, fault)
+        if isinstance(spec, Hang):
+            seconds, error = _hang(request, spec)
+            while seconds is None:
+                await self.sleep(_FOREVER_STEP)
+            await self.sleep(seconds)
+            raise error
+        if isinstance(spec, FailAfter):
+            response = await self.transport.handle_async_request(request)
+            try:
+                raw = b"".join([chunk async for chunk in _async_stream(response)])
+            finally:
+                await response.aclose()
+            return _lost(request, response, raw, fault, spec.lose)
+        if isinstance(spec, Duplicate):
+            await request.aread()
+            if spec.concurrent:
+                return await self._concurrently(request)
+            await self._deliver(_copy(request))
+            return await self.transport.handle_async_request(request)
+        response = await self.transport.handle_async_request(request)
+        return _slowed(response, _AsyncSlowStream(response, spec.bytes_per_second, self.sleep))
+
+    async def _deliver(self, request: httpx.Request) -> httpx.Response:
+        response = await self.transport.handle_async_request(request)
+        await response.aread()
+        return response
+
+    async def _concurrently(self, request: httpx.Request) -> httpx.Response:
+        original, copy = await asyncio.gather(
+            self._deliver(request), self._deliver(_copy(request)), return_exceptions=True
+        )
+        if isinstance(copy, BaseException) and not isinstance(copy, Exception):
+            raise copy  # a cancellation is never swallowed
+        if isinstance(original, BaseException):
+            raise original
+        return original
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
