@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import multiprocessing
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -228,22 +230,33 @@ async def test_migrate_refuses_a_bad_schema_name_and_an_unreachable_database() -
     assert raised.value.__cause__ is not None
 
 
-def _migrate_in_process(dsn: str, schema: str, barrier: Any) -> list[str]:
+def _migrate_in_process(dsn: str, schema: str, barrier: Any, out: Path) -> None:
     barrier.wait(timeout=30)
-    return asyncio.run(migrate(dsn, schema=schema))
+    out.write_text(json.dumps(asyncio.run(migrate(dsn, schema=schema))))
 
 
 @pytest.mark.slow
-def test_processes_migrating_at_once_apply_each_migration_once(postgres_dsn: str) -> None:
+def test_processes_migrating_at_once_apply_each_migration_once(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
     schema = f"surefoot_test_{uuid.uuid4().hex[:12]}"
     ctx = multiprocessing.get_context("spawn")
-    processes = 4
+    count = 4
+    # Plain processes, not a Pool: Pool.terminate can hang on a worker blocked on the
+    # task queue's lock when coverage handles SIGTERM in the workers.
+    barrier = ctx.Barrier(count)
+    outs = [tmp_path / f"applied{i}.json" for i in range(count)]
+    processes = [
+        ctx.Process(target=_migrate_in_process, args=(postgres_dsn, schema, barrier, out))
+        for out in outs
+    ]
     try:
-        with ctx.Manager() as manager, ctx.Pool(processes) as pool:
-            barrier = manager.Barrier(processes)
-            results = pool.starmap(
-                _migrate_in_process, [(postgres_dsn, schema, barrier)] * processes
-            )
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(60)  # a failure guard
+        assert [p.exitcode for p in processes] == [0] * count
+        results = [json.loads(out.read_text()) for out in outs]
         # Each migration applied by exactly one process (not necessarily the same one).
         assert sorted(name for applied in results for name in applied) == ALL
         rows = asyncio.run(
@@ -254,6 +267,10 @@ def test_processes_migrating_at_once_apply_each_migration_once(postgres_dsn: str
         )
         assert rows == [(v,) for v in VERSIONS]
     finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+            process.join(10)
         asyncio.run(sql(postgres_dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
 
 
