@@ -543,3 +543,29 @@ def test_the_async_transport_never_blocks_its_event_loop_on_a_store() -> None:
     assert stale.headers[STALE_HEADER] == "0"
     assert store.order == ["caller's loop ran", "store answered"]
     h.cache.close()
+
+
+class StuckStore(MemoryStore):
+    """A store whose reads never answer (a server that accepted and went silent)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+
+    async def cache_get(self, key: str, now: float) -> bytes | None:
+        self.entered.set()
+        await asyncio.Event().wait()
+        return None
+
+
+def test_closing_the_cache_ends_the_calls_still_running_instead_of_leaving_them_stuck() -> None:
+    store = StuckStore()
+    cache = StaleCache(max_staleness=60, store=store)
+    found: list[object] = ["not yet"]
+    reader = threading.Thread(target=lambda: found.__setitem__(0, cache.get(URL, {}, 0.0)))
+    reader.start()
+    assert store.entered.wait(10)
+    cache.close()
+    reader.join(10)  # a failure guard: without the fix the reader waits forever
+    assert not reader.is_alive()
+    assert found == [None]  # no stale copy: the caller goes on with the upstream's error

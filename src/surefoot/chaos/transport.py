@@ -37,6 +37,7 @@ Responses made up here (``abort``, ``fail_after = "502"``) carry ``X-Surefoot-Ch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import time
@@ -335,7 +336,8 @@ class ChaosTransport(httpx.BaseTransport, _Chaos):
             request.read()
             if spec.concurrent:
                 return self._concurrently(request)
-            self._deliver(_copy(request))
+            with contextlib.suppress(Exception):  # the copy's answer or error is dropped
+                self._deliver(_copy(request))
             return self.transport.handle_request(request)
         response = self.transport.handle_request(request)
         return _slowed(response, _SlowStream(response, spec.bytes_per_second, self.sleep))
@@ -423,7 +425,8 @@ class AsyncChaosTransport(httpx.AsyncBaseTransport, _Chaos):
             await request.aread()
             if spec.concurrent:
                 return await self._concurrently(request)
-            await self._deliver(_copy(request))
+            with contextlib.suppress(Exception):  # the copy's answer or error is dropped
+                await self._deliver(_copy(request))
             return await self.transport.handle_async_request(request)
         response = await self.transport.handle_async_request(request)
         return _slowed(response, _AsyncSlowStream(response, spec.bytes_per_second, self.sleep))

@@ -98,9 +98,9 @@ class StaleCache:
         A stale answer is old data presented as an answer: use it for reads where
         "a few minutes old" beats an error (a catalogue, a price list), not for balances.
 
-        With a store, both transports call it on an event loop thread of this cache's own,
-        waiting for the answer (the async transport blocks its event loop for that round
-        trip, bounded by the store's own timeout). Give the cache a store object of its own,
+        With a store, both transports call it on an event loop thread of this cache's own
+        (the sync transport waits for the answer, the async one awaits it without blocking
+        its event loop). Give the cache a store object of its own,
         used by no other event loop (several on one SQLite file or one Redis are fine: that
         is what sharing is for), and call ``close()`` when done.
     """

@@ -15,6 +15,7 @@ thread, started at the first call and stopped by ``close()``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import concurrent.futures
 import logging
 import threading
@@ -113,6 +114,19 @@ class StoreRunner:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
         if loop is not None and thread is not None:
+            # Calls still running end now (their callers get an error, never a hang),
+            # and nothing is left half-open on a loop that is about to close.
+            cancel = asyncio.run_coroutine_threadsafe(_cancel_all(), loop)
+            with contextlib.suppress(Exception):
+                cancel.result(timeout=5)
             loop.call_soon_threadsafe(loop.stop)
             thread.join()
             loop.close()
+
+
+async def _cancel_all() -> None:
+    """Cancel every other task of the running loop and wait for them to end."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
