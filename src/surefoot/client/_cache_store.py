@@ -15,8 +15,8 @@ thread, started at the first call and stopped by ``close()``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import concurrent.futures
+import contextlib
 import logging
 import threading
 from collections.abc import Coroutine
