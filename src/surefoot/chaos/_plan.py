@@ -28,15 +28,14 @@ import difflib
 import fnmatch
 import math
 import os
-import pathlib
 import random as _random
 import re
 import threading
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from surefoot._toml import Problems, read_toml, require_pydantic, shown
 from surefoot.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -59,7 +58,6 @@ __all__ = [
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _METHOD = re.compile(r"[A-Z]+")
-_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
 # -- faults --------------------------------------------------------------------------------
@@ -327,29 +325,8 @@ class FaultPlan:
             ConfigurationError: the file cannot be read, is not TOML, or is invalid; every
                 problem is listed as ``file:line: chaos.rules[N].field: expected ..., got ...``.
         """
-        source = os.fspath(path)
-        try:
-            raw = pathlib.Path(path).read_bytes()
-        except OSError as exc:
-            raise ConfigurationError(f"{source}: cannot read the file ({exc.strerror})") from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigurationError(
-                f"{source}: expected UTF-8 text (TOML), got byte {raw[exc.start]:#04x} "
-                f"at offset {exc.start}"
-            ) from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            message = str(exc)
-            where = _TOML_POSITION.search(message)
-            prefix = source
-            if where is not None:
-                message = message[: where.start()].rstrip()
-                prefix = f"{source}:{where.group(1)}:{where.group(2)}"
-            raise ConfigurationError(f"{prefix}: invalid TOML: {message}") from None
-        return _from_data(data, source, text.splitlines())
+        data, source, lines = read_toml(path)
+        return _from_data(data, source, lines)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> FaultPlan:
@@ -424,16 +401,16 @@ class FaultPlan:
 
 
 def _from_data(data: Mapping[str, Any], source: str, lines: Sequence[str] | None) -> FaultPlan:
-    problems = _Problems(source, lines)
+    problems = Problems(source, lines, "chaos")
     table = data.get("chaos") if isinstance(data, Mapping) else None
     if not isinstance(table, Mapping):
-        got = "" if table is None else f", got {_shown(table)}"
+        got = "" if table is None else f", got {shown(table)}"
         problems.add(("chaos",), "expected a [chaos] table with [[chaos.rules]] tables" + got)
         problems.raise_if_any()
     schema = _schema()
     try:
         model: Any = schema.Chaos.model_validate(dict(table))  # type: ignore[arg-type]
-    except _pydantic().ValidationError as exc:
+    except require_pydantic("fault plans from configuration").ValidationError as exc:
         for error in exc.errors(include_url=False):
             loc, message = _explain(schema, error)
             problems.add(("chaos", *loc), message)
@@ -481,7 +458,7 @@ def _explain(schema: _Schema, error: Mapping[str, Any]) -> tuple[tuple[str | int
     """A pydantic error as (location under ``chaos``, message for the person editing)."""
     kind = error["type"]
     loc: tuple[str | int, ...] = tuple(error["loc"])
-    got = _shown(error.get("input"))
+    got = shown(error.get("input"))
     kinds = ", ".join(FAULT_KINDS)
     # A rule's location carries the fault tag after its index: drop it, remember the model.
     model = schema.Chaos
@@ -490,7 +467,7 @@ def _explain(schema: _Schema, error: Mapping[str, Any]) -> tuple[tuple[str | int
         if str(loc[2]) in schema.RULES:
             loc = (*loc[:2], *loc[3:])
     if kind == "union_tag_invalid":
-        tag = _shown(error.get("ctx", {}).get("tag"))
+        tag = shown(error.get("ctx", {}).get("tag"))
         return (*loc, "fault"), f"expected one of {kinds}, got {tag}"
     if kind == "union_tag_not_found":
         return (*loc, "fault"), f"required, missing (expected one of {kinds})"
@@ -515,80 +492,6 @@ def _explain(schema: _Schema, error: Mapping[str, Any]) -> tuple[tuple[str | int
     return loc, f"expected {expected}, got {got}"
 
 
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-class _Problems:
-    """Every problem found, each ``file:line: path: message``; raised together."""
-
-    def __init__(self, source: str, lines: Sequence[str] | None) -> None:
-        self.source = source
-        self._lines = lines
-        self.items: list[str] = []
-
-    def add(self, loc: Sequence[str | int], message: str) -> None:
-        path = "".join(
-            f"[{part}]" if isinstance(part, int) else ("." if i else "") + part
-            for i, part in enumerate(loc)
-        )
-        line = _locate(self._lines, loc) if self._lines is not None else None
-        where = self.source if line is None else f"{self.source}:{line}"
-        item = f"{where}: {path}: {message}"
-        if item not in self.items:
-            self.items.append(item)
-
-    def raise_if_any(self) -> None:
-        if not self.items:
-            return
-        if len(self.items) == 1:
-            raise ConfigurationError(self.items[0])
-        listed = "\n".join(f"  {item}" for item in self.items)
-        raise ConfigurationError(f"{self.source}: {len(self.items)} problems in chaos:\n{listed}")
-
-
-_HEADER = re.compile(r"^(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEY = re.compile(r"^((?:[A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*'|[\s.])+?)\s*=")
-
-
-def _locate(lines: Sequence[str], loc: Sequence[str | int]) -> int | None:
-    """The line (1-based) that sets ``loc``, else that of its nearest table; best effort.
-
-    Array-of-tables headers (``[[chaos.rules]]``) count up, so ``chaos.rules[2].seconds``
-    is found under the third one. Inline tables and arrays are reported at their key.
-    """
-    best, best_length = None, 0
-    table: tuple[str | int, ...] = ()
-    arrays: dict[tuple[str, ...], int] = {}
-    for number, line in enumerate(lines, start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        header = _HEADER.match(stripped)
-        if header is not None:
-            keys = _dotted(header.group(2))
-            if header.group(1) == "[[":
-                arrays[keys] = arrays.get(keys, -1) + 1
-                table = (*keys, arrays[keys])
-            else:
-                table = keys
-            path = table
-        else:
-            key = _KEY.match(stripped)
-            if key is None:
-                continue
-            path = (*table, *_dotted(key.group(1)))
-        if len(path) > best_length and tuple(loc[: len(path)]) == path:
-            best, best_length = number, len(path)
-    return best
-
-
-def _dotted(key: str) -> tuple[str, ...]:
-    parts = re.findall(r"\"([^\"]*)\"|'([^']*)'|([A-Za-z0-9_\-]+)", key)
-    return tuple(next(p for p in groups if p) if any(groups) else "" for groups in parts)
-
-
 # -- the schema (pydantic, imported on first use) ----------------------------------------------
 
 
@@ -600,16 +503,6 @@ class _Schema:
 _SCHEMA: _Schema | None = None
 
 
-def _pydantic() -> Any:
-    try:
-        import pydantic
-    except ModuleNotFoundError as exc:  # pragma: no cover - pydantic comes with the extra
-        raise ConfigurationError(
-            "fault plans from configuration need pydantic: pip install 'surefoot[client]'"
-        ) from exc
-    return pydantic
-
-
 def _schema() -> _Schema:
     global _SCHEMA
     if _SCHEMA is None:
@@ -618,7 +511,7 @@ def _schema() -> _Schema:
 
 
 def _make_schema() -> _Schema:
-    _pydantic()
+    require_pydantic("fault plans from configuration")
     from typing import Annotated
 
     from pydantic import BaseModel, ConfigDict, Field, field_validator

@@ -40,17 +40,16 @@ import asyncio
 import difflib
 import math
 import os
-import pathlib
 import random as _random
 import re
 import time
-import tomllib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 
+from surefoot._toml import Problems, read_toml, require_pydantic, shown
 from surefoot.client._breaker import CircuitBreaker
 from surefoot.client._breaker_protocol import Breaker
 from surefoot.client._budget import RetryBudget
@@ -71,7 +70,6 @@ if TYPE_CHECKING:
 __all__ = ["Integration", "integrations_from_dict", "load_integrations"]
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
-_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 _BUILT_FIELD = re.compile(r"^[A-Z]\w*\.(\w+): (.*)$", re.DOTALL)
 _LIMIT_MESSAGE = re.compile(r"^limit (.+?): (.*)$", re.DOTALL)
 _SECTIONS = ("retry", "budget", "breaker", "throttle", "bulkhead", "cache")
@@ -303,30 +301,8 @@ def load_integrations(
             column) or is invalid; the message lists every problem as
             ``file:line: integrations.NAME.section.field: expected ..., got ...``.
     """
-    source = os.fspath(path)
-    try:
-        raw = pathlib.Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigurationError(f"{source}: cannot read the file ({exc.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigurationError(
-            f"{source}: expected UTF-8 text (TOML), got byte {raw[exc.start]:#04x} "
-            f"at offset {exc.start}"
-        ) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        where = _TOML_POSITION.search(message)
-        if where is not None:
-            message = message[: where.start()].rstrip()
-            prefix = f"{source}:{where.group(1)}:{where.group(2)}"
-        else:
-            prefix = source
-        raise ConfigurationError(f"{prefix}: invalid TOML: {message}") from None
-    return _integrations(data, source, text, clock, extra_hooks)
+    data, source, lines = read_toml(path)
+    return _integrations(data, source, lines, clock, extra_hooks)
 
 
 def integrations_from_dict(
@@ -353,14 +329,14 @@ def integrations_from_dict(
 def _integrations(
     data: Mapping[str, Any],
     source: str,
-    text: str | None,
+    lines: Sequence[str] | None,
     clock: Clock | None,
     extra_hooks: Sequence[EventHook],
 ) -> dict[str, Integration]:
-    problems = _Problems(source, text)
+    problems = Problems(source, lines, "integrations")
     tables = data.get("integrations") if isinstance(data, Mapping) else None
     if not isinstance(tables, Mapping):
-        got = "" if tables is None else f", got {_shown(tables)}"
+        got = "" if tables is None else f", got {shown(tables)}"
         problems.add(
             ("integrations",),
             "expected an [integrations] table with one [integrations.NAME] table per API" + got,
@@ -376,7 +352,7 @@ def _integrations(
     schema = _schema()
     try:
         root: Any = schema.Root.model_validate({"integrations": dict(tables)})
-    except _pydantic().ValidationError as exc:
+    except require_pydantic("integrations from configuration").ValidationError as exc:
         for error in exc.errors(include_url=False):
             problems.add(error["loc"], _expected(schema, error))
     problems.raise_if_any()
@@ -396,7 +372,7 @@ def _build(
     source: str,
     clock: Clock | None,
     extra_hooks: Sequence[EventHook],
-    problems: _Problems,
+    problems: Problems,
 ) -> Integration:
     """The ``Integration`` of one validated table; constructor errors become problems."""
     hooks = (LoggingHook(logger_prefix=_logger_prefix(name)), *extra_hooks)
@@ -472,7 +448,7 @@ def _split_built(message: str, fields: Mapping[str, Any]) -> tuple[tuple[str, ..
 def _url_problem(value: object) -> str | None:
     expected = "expected an absolute http:// or https:// URL"
     if not isinstance(value, str):
-        return f"{expected}, got {_shown(value)}"
+        return f"{expected}, got {shown(value)}"
     try:
         url = httpx.URL(value)
     except httpx.InvalidURL:
@@ -491,85 +467,11 @@ def _without_password(url: str) -> str:
     return url if not password else url.replace(f":{password}@", ":***@", 1)
 
 
-def _key(part: str) -> str:
-    """A key as TOML writes it in a dotted path: bare if it can be, else quoted."""
-    return part if _NAME.fullmatch(part) else '"' + part.replace('"', '\\"') + '"'
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-class _Problems:
-    """Every problem found, each ``file:line: path: message``; raised together."""
-
-    def __init__(self, source: str, text: str | None) -> None:
-        self.source = source
-        self._lines = text.splitlines() if text is not None else None
-        self._seen: set[str] = set()
-        self.items: list[str] = []
-
-    def add(self, loc: Sequence[str | int], message: str) -> None:
-        path = "".join(
-            f"[{part}]" if isinstance(part, int) else ("." if i else "") + _key(part)
-            for i, part in enumerate(loc)
-        )
-        line = _locate(self._lines, loc) if self._lines is not None else None
-        where = self.source if line is None else f"{self.source}:{line}"
-        item = f"{where}: {path}: {message}"
-        if item not in self._seen:
-            self._seen.add(item)
-            self.items.append(item)
-
-    def raise_if_any(self) -> None:
-        if not self.items:
-            return
-        if len(self.items) == 1:
-            raise ConfigurationError(self.items[0])
-        listed = "\n".join(f"  {item}" for item in self.items)
-        raise ConfigurationError(
-            f"{self.source}: {len(self.items)} problems in integrations:\n{listed}"
-        )
-
-
-def _locate(lines: Sequence[str], loc: Sequence[str | int]) -> int | None:
-    """The line (1-based) that sets ``loc``, else that of its nearest table; best effort.
-
-    Reads table headers and ``key = value`` lines (dotted and quoted keys included);
-    multi-line values are reported at their first line.
-    """
-    target = tuple(part for part in loc if isinstance(part, str))
-    best, best_length = None, 0
-    table: tuple[str, ...] = ()
-    for number, line in enumerate(lines, start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        header = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$", stripped)
-        if header is not None:
-            table = _dotted(header.group(1))
-            path = table
-        else:
-            key = re.match(r"^((?:[A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*'|[\s.])+?)\s*=", stripped)
-            if key is None:
-                continue
-            path = table + _dotted(key.group(1))
-        if len(path) > best_length and target[: len(path)] == path:
-            best, best_length = number, len(path)
-    return best
-
-
-def _dotted(key: str) -> tuple[str, ...]:
-    parts = re.findall(r"\"([^\"]*)\"|'([^']*)'|([A-Za-z0-9_\-]+)", key)
-    return tuple(next(p for p in groups if p) if any(groups) else "" for groups in parts)
-
-
 def _expected(schema: _Schema, error: Mapping[str, Any]) -> str:
     """What a pydantic error means for the person editing the file."""
     kind = error["type"]
     loc = tuple(error["loc"])
-    got = _shown(error.get("input"))
+    got = shown(error.get("input"))
     if len(loc) == 1:
         return f"expected a table with one table per API, got {got}"
     if kind in ("model_type", "dict_type") and (
@@ -608,16 +510,6 @@ class _Schema:
 _SCHEMA: _Schema | None = None
 
 
-def _pydantic() -> Any:
-    try:
-        import pydantic
-    except ModuleNotFoundError as exc:
-        raise ConfigurationError(
-            "integrations from configuration need pydantic: pip install 'surefoot[client]'"
-        ) from exc
-    return pydantic
-
-
 def _schema() -> _Schema:
     global _SCHEMA
     if _SCHEMA is None:
@@ -626,7 +518,7 @@ def _schema() -> _Schema:
 
 
 def _make_schema() -> _Schema:
-    _pydantic()
+    require_pydantic("integrations from configuration")
     from typing import Annotated
 
     from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -694,7 +586,7 @@ def _make_schema() -> _Schema:
             raise ValueError(
                 f"expected a store URL ({', '.join(f'{s}://' for s in schemes)}), such as "
                 "'redis://127.0.0.1:6379/0' or 'sqlite:///cache.db', "
-                f"got {_shown(_without_password(value))}"
+                f"got {shown(_without_password(value))}"
             )
         return value
 

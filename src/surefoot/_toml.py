@@ -1,0 +1,147 @@
+"""Configuration files: reading TOML and reporting every problem as ``file:line: path: message``.
+
+Shared by the configurations validated with pydantic (``surefoot.client`` integrations,
+``surefoot.chaos`` fault plans). Line numbers are best effort: a problem is reported at the
+line that sets its value, else at its nearest table's header.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import tomllib
+from collections.abc import Sequence
+from typing import Any
+
+from surefoot.errors import ConfigurationError
+
+__all__ = ["Problems", "read_toml", "require_pydantic", "shown"]
+
+_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
+_HEADER = re.compile(r"^(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^((?:[A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*'|[\s.])+?)\s*=")
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def read_toml(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str, list[str]]:
+    """The parsed file, its name for messages, and its lines.
+
+    Raises:
+        ConfigurationError: the file cannot be read, is not UTF-8, or is not TOML (with
+            its line and column).
+    """
+    source = os.fspath(path)
+    try:
+        raw = pathlib.Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"{source}: cannot read the file ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"{source}: expected UTF-8 text (TOML), got byte {raw[exc.start]:#04x} "
+            f"at offset {exc.start}"
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        where = _POSITION.search(message)
+        prefix = source
+        if where is not None:
+            message = message[: where.start()].rstrip()
+            prefix = f"{source}:{where.group(1)}:{where.group(2)}"
+        raise ConfigurationError(f"{prefix}: invalid TOML: {message}") from None
+    return data, source, text.splitlines()
+
+
+def require_pydantic(what: str) -> Any:
+    """The pydantic module, imported on first use; ``what`` names the feature needing it."""
+    try:
+        import pydantic
+    except ModuleNotFoundError as exc:  # pragma: no cover - pydantic comes with the extra
+        raise ConfigurationError(f"{what} need pydantic: pip install 'surefoot[client]'") from exc
+    return pydantic
+
+
+def shown(value: object) -> str:
+    """A value as a message quotes it: its repr, cut at 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Problems:
+    """Every problem found in one configuration, each ``file:line: path: message``;
+    raised together as one ``ConfigurationError``."""
+
+    def __init__(self, source: str, lines: Sequence[str] | None, table: str) -> None:
+        self.source = source
+        self._lines = lines
+        self._table = table  # the top-level table, for the summary line
+        self.items: list[str] = []
+
+    def add(self, loc: Sequence[str | int], message: str) -> None:
+        path = "".join(
+            f"[{part}]" if isinstance(part, int) else ("." if i else "") + _key(part)
+            for i, part in enumerate(loc)
+        )
+        line = _locate(self._lines, loc) if self._lines is not None else None
+        where = self.source if line is None else f"{self.source}:{line}"
+        item = f"{where}: {path}: {message}"
+        if item not in self.items:
+            self.items.append(item)
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        if len(self.items) == 1:
+            raise ConfigurationError(self.items[0])
+        listed = "\n".join(f"  {item}" for item in self.items)
+        raise ConfigurationError(
+            f"{self.source}: {len(self.items)} problems in {self._table}:\n{listed}"
+        )
+
+
+def _key(part: str) -> str:
+    """A key as TOML writes it in a dotted path: bare if it can be, else quoted."""
+    return part if _BARE.fullmatch(part) else '"' + part.replace('"', '\\"') + '"'
+
+
+def _locate(lines: Sequence[str], loc: Sequence[str | int]) -> int | None:
+    """The line (1-based) that sets ``loc``, else that of its nearest table; best effort.
+
+    Reads table headers and ``key = value`` lines (dotted and quoted keys included).
+    Array-of-tables headers (``[[chaos.rules]]``) count up, so ``chaos.rules[2].seconds``
+    is found under the third one. Multi-line values, inline tables and arrays are
+    reported at their key.
+    """
+    best, best_length = None, 0
+    table: tuple[str | int, ...] = ()
+    arrays: dict[tuple[str, ...], int] = {}
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        header = _HEADER.match(stripped)
+        if header is not None:
+            keys = _dotted(header.group(2))
+            if header.group(1) == "[[":
+                arrays[keys] = arrays.get(keys, -1) + 1
+                table = (*keys, arrays[keys])
+            else:
+                table = keys
+            path = table
+        else:
+            key = _KEY.match(stripped)
+            if key is None:
+                continue
+            path = (*table, *_dotted(key.group(1)))
+        if len(path) > best_length and tuple(loc[: len(path)]) == path:
+            best, best_length = number, len(path)
+    return best
+
+
+def _dotted(key: str) -> tuple[str, ...]:
+    parts = re.findall(r"\"([^\"]*)\"|'([^']*)'|([A-Za-z0-9_\-]+)", key)
+    return tuple(next(p for p in groups if p) if any(groups) else "" for groups in parts)
