@@ -16,10 +16,6 @@ finds Redis back; each layer reports one outage and one recovery.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -30,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
+from _services import RedisServer
 from surefoot.idempotency import IdempotencyMiddleware
 from surefoot.ratelimit import RateLimitMiddleware, RateLimitPolicy
 from surefoot.storage import StoreDown, StoreRecovered, store_from_url
@@ -42,45 +39,10 @@ WORKERS = 4  # the fallback share of "8/hour" is 2 per process
 LOAD = 40  # concurrent requests per route and phase
 
 
-class RedisServer:
-    """A redis-server child process on a fixed port, which can be killed and started again."""
-
-    def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:  # a failure guard, not a wait for time to pass
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
-        self.process = None
-
-
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    yield server
-    if server.process is not None:
-        server.kill()
+    with RedisServer() as server:
+        yield server
 
 
 class App:
