@@ -10,6 +10,8 @@ from typing import Any
 from surefoot.errors import PROBLEM_CONTENT_TYPE, SurefootError, problem_body
 
 __all__ = [
+    "IDEMPOTENCY_POLICY",
+    "NOT_EXECUTED",
     "ASGIApp",
     "Message",
     "Receive",
@@ -25,6 +27,14 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Scope key an inner app sets to True when it answered without doing any of the request's
+#: work (the gateway's upstream was never reached): an idempotency reservation is then
+#: released whatever the response's status, so the client's retry can run.
+NOT_EXECUTED = "surefoot.not_executed"
+#: Scope key ``IdempotencyMiddleware`` sets, on a request it executes under a key, to the
+#: route's ``IdempotencyPolicy`` (an inner app can tell the client whether a retry is safe).
+IDEMPOTENCY_POLICY = "surefoot.idempotency_policy"
 
 _REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")

@@ -42,6 +42,15 @@ class RouteTable(Generic[T]):
                 return route.template, route.value
         return None
 
+    def match_params(self, method: str, path: str) -> tuple[str, T, dict[str, str]] | None:
+        """Like ``match``, with the values of the template's ``{name}`` parameters."""
+        for route in self._routes:
+            if route.method is None or route.method == method:
+                found = route.pattern.fullmatch(path)
+                if found is not None:
+                    return route.template, route.value, found.groupdict()
+        return None
+
     def __len__(self) -> int:
         return len(self._routes)
 
@@ -56,7 +65,10 @@ def _compile(template: str, value: T) -> _Route[T]:
     regex, pos = [], 0
     for m in _PARAM.finditer(path):
         regex.append(re.escape(path[pos : m.start()]))
-        regex.append(".*" if m.group(2) else "[^/]+")
+        # Named groups, for ``match_params``; a name used twice keeps its first group.
+        name = m.group(1) if f"(?P<{m.group(1)}>" not in "".join(regex) else None
+        body = ".*" if m.group(2) else "[^/]+"
+        regex.append(f"(?P<{name}>{body})" if name else f"(?:{body})")
         pos = m.end()
     tail = path[pos:]
     if tail.endswith("*"):

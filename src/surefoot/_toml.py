@@ -128,9 +128,10 @@ def _locate(lines: Sequence[str], loc: Sequence[str | int]) -> int | None:
             keys = _dotted(header.group(2))
             if header.group(1) == "[[":
                 arrays[keys] = arrays.get(keys, -1) + 1
-                table = (*keys, arrays[keys])
+                table = (*_indexed(keys[:-1], arrays), keys[-1], arrays[keys])
             else:
-                table = keys
+                # A sub-table of an array element ([routes.lookup] after [[routes]]).
+                table = _indexed(keys, arrays)
             path = table
         else:
             key = _KEY.match(stripped)
@@ -140,6 +141,16 @@ def _locate(lines: Sequence[str], loc: Sequence[str | int]) -> int | None:
         if len(path) > best_length and tuple(loc[: len(path)]) == path:
             best, best_length = number, len(path)
     return best
+
+
+def _indexed(keys: tuple[str, ...], arrays: dict[tuple[str, ...], int]) -> tuple[str | int, ...]:
+    """``keys`` with the current element index after each array-of-tables prefix."""
+    out: list[str | int] = []
+    for i, key in enumerate(keys):
+        out.append(key)
+        if keys[: i + 1] in arrays:
+            out.append(arrays[keys[: i + 1]])
+    return tuple(out)
 
 
 def _dotted(key: str) -> tuple[str, ...]:

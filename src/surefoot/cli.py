@@ -1,8 +1,9 @@
 """The ``surefoot`` command line (also ``python -m surefoot``).
 
-Only commands that work are listed: ``errors`` prints the problem catalogue, ``keys``
-lets an operator inspect and settle idempotency records in a store, and ``migrate``
-creates or upgrades a PostgreSQL store's tables.
+Only commands that work are listed: ``serve`` runs the gateway, ``check-config``
+validates its policy file, ``errors`` prints the problem catalogue, ``keys`` lets an
+operator inspect and settle idempotency records in a store, and ``migrate`` creates or
+upgrades a PostgreSQL store's tables.
 """
 
 from __future__ import annotations
@@ -266,3 +267,68 @@ def migrate_store(store_url: str, schema: str | None, dry_run: bool) -> None:
         click.echo(f"{verb} {name} to schema {target!r}")
     if not applied:
         click.echo(f"schema {target!r} is up to date")
+
+
+def _gateway() -> Any:
+    try:
+        import surefoot.gateway as gateway
+    except ImportError as exc:  # pragma: no cover - the extra is part of the test setup
+        raise click.ClickException(
+            f"the gateway needs its extra: pip install 'surefoot[gateway]' ({exc})"
+        ) from None
+    return gateway
+
+
+@main.command("serve")
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+    help="The policy file (TOML).",
+)  # fmt: skip
+@click.option("--host", help="Address to listen on (default: [server] host).")
+@click.option("--port", type=int, help="Port to listen on (default: [server] port; 0: any).")
+@click.option("--admin-port", type=int, help="Admin API port (default: [admin] port).")
+@click.option("--workers", type=click.IntRange(1, 64), help="Worker processes.")
+def serve_gateway(
+    config_path: str,
+    host: str | None,
+    port: int | None,
+    admin_port: int | None,
+    workers: int | None,
+) -> None:
+    """Run the gateway in front of the upstream the policy file names.
+
+    SIGHUP (or POST /admin/reload) reloads the file without dropping requests;
+    SIGINT or SIGTERM stops after the requests in flight.
+    """
+    gateway = _gateway()
+    try:
+        gateway.serve(
+            config_path,
+            host=host,
+            port=port,
+            admin_port=admin_port,
+            workers=workers,
+            ready=lambda line: click.echo(line, err=True),
+        )
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen: {exc.strerror or exc}") from None
+
+
+@main.command("check-config")
+@click.argument("config_path", type=click.Path(dir_okay=False))
+def check_config(config_path: str) -> None:
+    """Validate a gateway policy file without serving (exit status 1 if invalid)."""
+    gateway = _gateway()
+    try:
+        config = gateway.load_config(config_path)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    root = config.root
+    upstream = root.upstream.url or f"app {root.upstream.app}"
+    click.echo(
+        f"{config_path}: OK: upstream {upstream}, {len(root.routes)} routes, "
+        f"{len(config.rate_limit_policies)} rate-limit policies, {len(root.clients)} clients, "
+        f"{len(config.lookups)} lookups"
+    )

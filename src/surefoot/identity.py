@@ -102,6 +102,11 @@ class Identity:
             address = parsed
         return str(address)
 
+    def is_trusted(self, host: str) -> bool:
+        """Whether ``host`` (an address as text) is one of the trusted proxies."""
+        address = _parse(host)
+        return address is not None and self._trusted(address)
+
     def _trusted(self, address: _Address) -> bool:
         return any(address in network for network in self.trusted)
 

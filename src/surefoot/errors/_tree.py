@@ -16,10 +16,15 @@ class is also an entry of the RFC 9457 problem catalogue: its ``code``, ``status
     │   ├── IdempotencyResponseNotStored   409  idempotency_response_not_stored
     │   ├── RateLimitExceeded              429  rate_limit_exceeded
     │   ├── QuotaExceeded                  429  quota_exceeded
-    │   └── ConcurrencyLimitExceeded       429  concurrency_limit_exceeded
+    │   ├── ConcurrencyLimitExceeded       429  concurrency_limit_exceeded
+    │   ├── AdminBadRequest                400  admin_bad_request
+    │   ├── AdminUnauthorized              401  admin_unauthorized
+    │   ├── AdminNotFound                  404  admin_not_found
+    │   └── ConfigRejected                 422  config_rejected
     ├── BackendError                       503  (a store or an upstream failed; retrying is safe)
     │   ├── StoreUnavailable               503  store_unavailable
     │   ├── StoreCapacityExceeded          503  store_capacity_exceeded
+    │   ├── ServiceOverloaded              503  service_overloaded
     │   └── UpstreamError                  502  (an outbound call failed)
     │       ├── UpstreamUnavailable        502  upstream_unavailable
     │       ├── UpstreamTimeout            504  upstream_timeout
@@ -41,9 +46,13 @@ import string
 from typing import Any, ClassVar
 
 __all__ = [
+    "AdminBadRequest",
+    "AdminNotFound",
+    "AdminUnauthorized",
     "BackendError",
     "ClientError",
     "ConcurrencyLimitExceeded",
+    "ConfigRejected",
     "ConfigurationError",
     "IdempotencyKeyAmbiguous",
     "IdempotencyKeyInvalid",
@@ -55,6 +64,7 @@ __all__ = [
     "QuotaExceeded",
     "RateLimitExceeded",
     "RequestBodyTooLarge",
+    "ServiceOverloaded",
     "CircuitOpen",
     "StoreCapacityExceeded",
     "StoreUnavailable",
@@ -302,6 +312,17 @@ class StoreCapacityExceeded(BackendError):
     )
 
 
+class ServiceOverloaded(BackendError):
+    """The gateway is at its concurrency limit for this kind of request; nothing was sent."""
+
+    code = "service_overloaded"
+    title = "Service temporarily overloaded"
+    detail_template = (
+        "The service is handling as many requests as it can, so this one was not executed. "
+        "Retry the same request in {retry_wait}."
+    )
+
+
 class UpstreamError(BackendError, abstract=True):
     """An outbound call to another service failed (raised by ``surefoot.client``).
 
@@ -361,3 +382,40 @@ class UpstreamThrottled(UpstreamError):
         "Retry in {retry_wait}."
     )
     private_fields = frozenset({"limit"})
+
+
+class AdminBadRequest(ClientError):
+    """An admin API request with missing or malformed parameters."""
+
+    code = "admin_bad_request"
+    title = "Malformed admin request"
+    detail_template = "The admin request is malformed: {reason}."
+
+
+class AdminUnauthorized(ClientError):
+    """An admin API request without the right bearer token."""
+
+    code = "admin_unauthorized"
+    status = 401
+    title = "Admin token required"
+    detail_template = (
+        "The admin API needs the header 'Authorization: Bearer <token>' with the configured token."
+    )
+
+
+class AdminNotFound(ClientError):
+    """The admin API has no such endpoint, or the record asked for does not exist."""
+
+    code = "admin_not_found"
+    status = 404
+    title = "Not found"
+    detail_template = "{what} was not found."
+
+
+class ConfigRejected(ClientError):
+    """A new policy file (a reload) was refused; the configuration in force stays."""
+
+    code = "config_rejected"
+    status = 422
+    title = "Configuration refused"
+    detail_template = "The new configuration was refused and the one in force stays: {problems}"

@@ -40,7 +40,7 @@ from surefoot.idempotency._events import (
     StoreFailed,
 )
 from surefoot.idempotency._policy import IdempotencyPolicy
-from surefoot.idempotency.middleware import IdempotencyMiddleware
+from surefoot.idempotency.middleware import IdempotencyMiddleware, OutcomeResolver, Resolution
 from surefoot.idempotency.transactional import AsyncClaim, Claim, TransactionalKeys
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "Mismatch",
     "NotStored",
     "Outcome",
+    "OutcomeResolver",
     "OutcomeUnknown",
     "Record",
     "Replay",
@@ -68,6 +69,7 @@ __all__ = [
     "ReservationReleased",
     "Reserved",
     "ResponseReplayed",
+    "Resolution",
     "ResponseStored",
     "StaleFinish",
     "State",

@@ -153,12 +153,13 @@ class StoreFailed(IdempotencyEvent):
     ``phase`` ``"begin"``: ``action`` is ``"fail_closed"`` (503, nothing executed) or
     ``"fail_open"`` (executed unprotected). ``phase`` ``"finish"`` (after the handler ran):
     ``action`` is ``"left_to_lease"``: the client got the handler's response and the
-    reservation stays until its lease expires.
+    reservation stays until its lease expires. ``phase`` ``"resolve"`` or ``"remember"``:
+    the ``OutcomeResolver`` failed; ``action`` is ``"unknown"`` (the key stays unknown).
     """
 
     name: ClassVar[str] = "idempotency.store_failed"
     level: ClassVar[int] = logging.ERROR
-    phase: str  # "begin" or "finish"
+    phase: str  # "begin", "finish", "resolve" or "remember"
     action: str  # "fail_closed", "fail_open" or "left_to_lease"
     error: str  # the exception's class name, never its text
 

@@ -14,7 +14,14 @@ Theory of operation, per request on a protected route and method:
    A request cancelled before its response finished is the one exception: its handler
    may still be running (a thread outlives a cancelled task), so its reservation is
    left to the lease, as for a worker that died, and never released early.
-5. Store outages go through a ``StoreHealth``: after a failure the store is down, and
+5. A key left outcome unknown can be settled without an operator by an ``OutcomeResolver``
+   (the gateway's lookup against its upstream): it is told of every key that becomes
+   unknown (``remember``), and a request that finds its key unknown asks it first
+   (``resolve``): a stored result is replayed, a release lets this request execute, and
+   anything else answers ``idempotency_outcome_unknown`` as before. An inner app that
+   answered without doing any work sets ``scope[NOT_EXECUTED]``; its reservation is
+   released whatever the status.
+6. Store outages go through a ``StoreHealth``: after a failure the store is down, and
    until a probe succeeds no request but the probe calls it. A ``begin`` that fails or is
    skipped follows the policy's ``on_store_error``: ``fail_closed`` (default) answers 503
    ``store_unavailable`` with ``Retry-After`` (until the next probe) and executes
@@ -36,9 +43,18 @@ import itertools
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from surefoot._asgi import ASGIApp, Message, Receive, Scope, Send, request_id
+from surefoot._asgi import (
+    IDEMPOTENCY_POLICY,
+    NOT_EXECUTED,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    request_id,
+)
 from surefoot._asgi import send_problem as _send_problem
 from surefoot._routes import RouteTable
 from surefoot.clock import Clock, SystemClock
@@ -89,7 +105,7 @@ from surefoot.storage._health import (
 )
 from surefoot.storage._protocol import IdempotencyStore
 
-__all__ = ["IdempotencyMiddleware"]
+__all__ = ["IdempotencyMiddleware", "OutcomeResolver", "Resolution"]
 
 MiB = 1024 * 1024
 _REPLAYED = (b"idempotent-replayed", b"true")
@@ -101,6 +117,24 @@ _TOKEN_PREFIX = secrets.token_hex(8) + "-"
 _TOKEN_COUNTER = itertools.count()
 # Settle tasks shielded from a cancelled request; referenced here until they finish.
 _settling: set[asyncio.Task[None]] = set()
+
+#: What an ``OutcomeResolver`` found: the stored result to replay (it has already resolved
+#: the key with it), ``"release"`` (the work did not happen; it has released the key), or
+#: None (still unknown).
+Resolution = StoredResponse | Literal["release"] | None
+
+
+@runtime_checkable
+class OutcomeResolver(Protocol):
+    """Settles ``outcome unknown`` keys by asking the system that did (or did not) the work."""
+
+    async def remember(self, scope: Scope, store_key: str, body: bytes) -> None:
+        """``store_key`` just became outcome unknown after this request (``body``) failed."""
+        ...
+
+    async def resolve(self, scope: Scope, store_key: str, body: bytes) -> Resolution:
+        """A retry (``scope``, ``body``) found ``store_key`` unknown: settle it if possible."""
+        ...
 
 
 class IdempotencyMiddleware:
@@ -131,6 +165,7 @@ class IdempotencyMiddleware:
         store_health: tracks the store's outages (default: a ``StoreHealth`` of its own).
             Pass one ``StoreHealth`` to this and to ``RateLimitMiddleware`` when they
             share a store, so that an outage one finds spares the other the wait.
+        resolver: settles outcome-unknown keys on a retry (see ``OutcomeResolver``).
     """
 
     def __init__(
@@ -148,6 +183,7 @@ class IdempotencyMiddleware:
         max_stored_response: int = MiB,
         problem_base: str = DEFAULT_PROBLEM_BASE,
         store_health: StoreHealth | None = None,
+        resolver: OutcomeResolver | None = None,
     ) -> None:
         if not isinstance(store, IdempotencyStore):
             raise ConfigurationError(
@@ -175,6 +211,7 @@ class IdempotencyMiddleware:
         self.max_request_body = max_request_body
         self.max_stored_response = max_stored_response
         self.problem_base = problem_base
+        self.resolver = resolver
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -372,7 +409,32 @@ class _Responder:
                 if decision is None:
                     return
             waited = self.mw.clock.now() - started
+        if isinstance(decision, Unknown) and self.mw.resolver is not None:
+            resolved = await self.resolve_unknown(decision, request)
+            if resolved is not None:
+                decision = resolved
+            else:
+                return
         await self.answer(decision, waited=waited)
+
+    async def resolve_unknown(self, unknown: Unknown, request: Begin) -> Decision | None:
+        """Ask the resolver; None when this request was answered, else what to answer."""
+        assert self.store_key is not None
+        assert self.mw.resolver is not None
+        try:
+            resolution = await self.mw.resolver.resolve(self.scope, self.store_key, self.body)
+        except Exception as exc:
+            self.emit(ev.StoreFailed, phase="resolve", action="unknown", error=failure_name(exc))
+            return unknown
+        if resolution is None:
+            return unknown
+        if resolution == "release":
+            # Another retry may have taken the released key meanwhile: answer what it is now,
+            # never resolving twice (a key unknown again stays unknown).
+            return await self.begin(request, self.mw.clock.now(), first=True)
+        self.emit(ev.ResponseReplayed, status=resolution.status)
+        await self.replay(resolution)
+        return None
 
     async def begin(self, request: Begin, now: float, *, first: bool) -> Decision | None:
         """The store's decision, or None when the request was answered without one."""
@@ -515,6 +577,7 @@ class _Responder:
         await self.send(message)
 
     async def execute(self, token: str) -> None:
+        self.scope[IDEMPOTENCY_POLICY] = self.policy
         try:
             await self.mw.app(self.scope, self.replay_receive(), self.capture_send)
         except Exception:
@@ -540,6 +603,8 @@ class _Responder:
     def outcome(self) -> Outcome:
         """How to settle: by the finished response's status, else by ``on_server_error``."""
         status = self.status
+        if self.scope.get(NOT_EXECUTED):
+            return Outcome(Step.RELEASE)
         if self.complete and status is not None:
             if status in self.policy.release_statuses:
                 return Outcome(Step.RELEASE)
@@ -603,6 +668,13 @@ class _Responder:
             self.emit(ev.ReservationReleased, status=self.status if self.complete else None)
         else:
             self.emit(ev.OutcomeUnknown, reason="server_error")
+            if self.mw.resolver is not None:
+                try:
+                    await self.mw.resolver.remember(self.scope, self.store_key, self.body)
+                except Exception as exc:
+                    self.emit(
+                        ev.StoreFailed, phase="remember", action="unknown", error=failure_name(exc)
+                    )
 
 
 async def _shielded(coro: Awaitable[None]) -> None:

@@ -1,0 +1,45 @@
+"""The gateway: ``surefoot serve`` puts idempotency, rate limits and upstream protection in
+front of any HTTP API, from one policy file.
+
+``Gateway`` is the ASGI app (``RateLimitMiddleware`` -> ``IdempotencyMiddleware`` ->
+``ProxyApp``), ``AdminApp`` its admin API, ``load_config`` reads and validates the policy
+file, ``serve`` runs it all with uvicorn. Needs ``surefoot[gateway]``.
+"""
+
+from __future__ import annotations
+
+from surefoot.gateway._config import GatewayConfig, config_from_dict, load_config
+from surefoot.gateway._events import (
+    ConfigRefused,
+    ConfigReloaded,
+    GatewayEvent,
+    OutcomeResolved,
+    RequestShed,
+    UpstreamFailed,
+)
+from surefoot.gateway._gateway import Gateway
+from surefoot.gateway._lookup import LookupResolver
+from surefoot.gateway._metrics import GatewayMetrics
+from surefoot.gateway._serve import serve
+from surefoot.gateway._shed import LoadShedder
+from surefoot.gateway.admin import AdminApp
+from surefoot.gateway.proxy import ProxyApp
+
+__all__ = [
+    "AdminApp",
+    "ConfigRefused",
+    "ConfigReloaded",
+    "Gateway",
+    "GatewayConfig",
+    "GatewayEvent",
+    "GatewayMetrics",
+    "LoadShedder",
+    "LookupResolver",
+    "OutcomeResolved",
+    "ProxyApp",
+    "RequestShed",
+    "UpstreamFailed",
+    "config_from_dict",
+    "load_config",
+    "serve",
+]

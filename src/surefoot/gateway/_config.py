@@ -1,0 +1,614 @@
+"""The gateway's policy file: TOML, validated with pydantic v2, every problem with its line.
+
+Map of the file (``docs/gateway.md`` documents every field)::
+
+    [server]                     host, port, workers, trusted_proxies, max_request_body,
+                                 access_log, request_id_header
+    [upstream]                   url | app, timeouts, max_connections, forward_idempotency_key
+    [upstream.breaker]           the circuit breaker (resilience4j's fields); optional
+    [upstream.concurrency]       in-flight limit and the share reserved for critical requests
+    [stores]                     name = "store URL"; "default" unless named otherwise
+    [identity]                   credential_headers (who is calling)
+    [[clients]]                  name, api_key | api_key_env | address, tier, critical
+    [idempotency]                store, the default policy of every route, reconciler
+    [rate_limit]                 store, headers
+    [[rate_limit.policies]]      one RateLimitPolicy each (overrides name clients)
+    [[routes]]                   match, critical, timeout, idempotency (table or false)
+    [routes.idempotency.lookup]  how to ask the upstream whether lost work happened
+    [admin]                      host, port, token | token_env
+
+Rule 1: validation is total before anything is built: ``load_config`` returns a
+        ``GatewayConfig`` only if every field of every table is valid; otherwise one
+        ``ConfigurationError`` lists every problem as ``file:line: path: expected ...``.
+Rule 2: checking a file opens nothing: store URLs are checked by scheme and options only,
+        the upstream app is imported only when the gateway is built.
+Rule 3: secrets (API keys, the admin token, store passwords) never appear in messages or in
+        ``effective()``; they are masked.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from surefoot._routes import RouteTable
+from surefoot._toml import Problems, read_toml, shown
+from surefoot.errors import ConfigurationError
+from surefoot.idempotency._policy import IdempotencyPolicy
+from surefoot.identity import hash_credential
+from surefoot.ratelimit._policy import RateLimitPolicy
+from surefoot.storage._registry import STORES
+
+__all__ = ["PLACEHOLDER", "GatewayConfig", "Lookup", "config_from_dict", "load_config"]
+
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_PLACEHOLDER_KINDS = ("key", "body.", "path.", "query.", "header.")
+
+
+def _described(expected: str, default: Any = ..., **kwargs: Any) -> Any:
+    return Field(default, description=expected, **kwargs)
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Server(_Table):
+    host: str = _described("an address to listen on", "127.0.0.1")
+    port: int = _described("a port number 0-65535", 8080, ge=0, le=65535)
+    workers: int = _described("a whole number of processes from 1 to 64", 1, ge=1, le=64)
+    trusted_proxies: list[str] = _described(
+        "addresses or networks whose X-Forwarded-For and X-Request-Id are believed", []
+    )
+    max_request_body: int = _described("bytes > 0", 1024 * 1024, gt=0)
+    access_log: bool = _described("true or false", True)
+    shutdown_timeout: float = _described("seconds >= 0", 30.0, ge=0)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"expected IP addresses or networks such as '10.0.0.0/8', got {item!r}"
+                ) from None
+        return value
+
+
+class Breaker(_Table):
+    failure_rate_threshold: float = _described("a share in (0, 1]", 0.5, gt=0, le=1)
+    slow_call_rate_threshold: float = _described("a share in (0, 1]", 1.0, gt=0, le=1)
+    slow_call_duration: float = _described("seconds > 0", 10.0, gt=0)
+    window: Literal["count", "time"] = _described("'count' or 'time'", "count")
+    window_size: int = _described("a whole number >= 1", 100, ge=1)
+    minimum_calls: int = _described("a whole number >= 1", 20, ge=1)
+    open_wait: float = _described("seconds > 0", 30.0, gt=0)
+    half_open_calls: int = _described("a whole number >= 1", 5, ge=1)
+
+
+class Concurrency(_Table):
+    limit: int = _described("a whole number >= 1 of requests in flight", ge=1)
+    critical_share: float = _described("a share in [0, 1)", 0.2, ge=0, lt=1)
+    retry_after: int = _described("whole seconds >= 1", 1, ge=1)
+
+
+class Upstream(_Table):
+    url: str | None = _described("an absolute http:// or https:// URL", None)
+    app: str | None = _described("an ASGI app as 'module:attribute'", None)
+    connect_timeout: float = _described("seconds > 0", 5.0, gt=0)
+    read_timeout: float = _described("seconds > 0", 30.0, gt=0)
+    total_timeout: float = _described("seconds > 0", 60.0, gt=0)
+    max_connections: int = _described("a whole number >= 1", 100, ge=1)
+    forward_idempotency_key: bool = _described("true or false", True)
+    breaker: Breaker | None = None
+    concurrency: Concurrency | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"expected an absolute http:// or https:// URL, got {value!r}")
+        return value
+
+    @field_validator("app")
+    @classmethod
+    def _app(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:[\w.]+", value):
+            raise ValueError(f"expected an ASGI app as 'module:attribute', got {value!r}")
+        return value
+
+
+class Identity(_Table):
+    credential_headers: list[str] = _described(
+        "header names whose value identifies a client", ["authorization", "x-api-key"]
+    )
+
+
+class Client(_Table):
+    name: str = _described("a name of letters, digits, '_', '-' or '.'")
+    api_key: str | None = _described("the client's API key (X-API-Key or Bearer token)", None)
+    api_key_env: str | None = _described("an environment variable holding the API key", None)
+    address: str | None = _described("the client's IP address", None)
+    tier: str | None = _described("a tier name used by the rate-limit policies", None)
+    critical: bool = _described("true or false", False)
+
+
+class Lookup(_Table):
+    method: Literal["GET", "POST", "HEAD"] = _described("'GET', 'POST' or 'HEAD'", "GET")
+    path: str = _described(
+        "a path on the upstream, with {key}, {body.FIELD}, {path.NAME}, {query.NAME} "
+        "or {header.NAME} placeholders"
+    )
+    found: list[int] = _described("statuses meaning the work happened", [200])
+    not_found: list[int] = _described("statuses meaning it did not", [404])
+    status: int | None = _described(
+        "the status to store for a found result (default: the lookup's own)", None
+    )
+    timeout: float = _described("seconds > 0", 5.0, gt=0)
+    headers: dict[str, str] = _described("header = value, sent with the lookup", {})
+    not_found_after: float | None = _described(
+        "seconds a key must be unknown before not-found releases it", None, ge=0
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"expected a path that starts with '/', got {value!r}")
+        for name in PLACEHOLDER.findall(value):
+            if name != "key" and not name.startswith(_PLACEHOLDER_KINDS[1:]):
+                raise ValueError(
+                    f"unknown placeholder {{{name}}}: expected {{key}}, {{body.FIELD}}, "
+                    "{path.NAME}, {query.NAME} or {header.NAME}"
+                )
+        return value
+
+
+class IdempotencyFields(_Table):
+    """The fields of ``IdempotencyPolicy`` (all optional: unset ones are inherited)."""
+
+    methods: list[str] | None = _described("HTTP methods such as ['POST', 'PATCH']", None)
+    required: bool | None = _described("true or false", None)
+    rollout: bool | None = _described("true or false", None)
+    ttl: float | None = _described("seconds from 60 to 7776000 (90 days)", None)
+    scope: Literal["principal", "principal_route"] | None = _described(
+        "'principal' or 'principal_route'", None
+    )
+    ignore_fields: list[str] | None = _described("dotted JSON body fields", None)
+    lease: float | None = _described("seconds > 0", None)
+    on_lease_expiry: Literal["reexecute", "unknown"] | None = _described(
+        "'reexecute' or 'unknown'", None
+    )
+    on_server_error: Literal["release", "store", "unknown"] | None = _described(
+        "'release', 'store' or 'unknown'", None
+    )
+    release_statuses: list[int] | None = _described("HTTP statuses", None)
+    wait: float | None = _described("seconds >= 0", None)
+    header: str | None = _described("a header name", None)
+    body_field: str | None = _described("a top-level JSON body field", None)
+    on_store_error: Literal["fail_closed", "fail_open"] | None = _described(
+        "'fail_closed' or 'fail_open'", None
+    )
+
+
+class RouteIdempotency(IdempotencyFields):
+    enabled: bool = _described("true or false", True)
+    lookup: Lookup | None = None
+
+
+class IdempotencyDefaults(IdempotencyFields):
+    store: str = _described("a name from [stores]", "default")
+    reconcile_interval: float = _described("seconds > 0 between reconciler passes", 30.0, gt=0)
+
+
+class Policy(_Table):
+    name: str = _described("a name of letters, digits, '-', '_' or '.'")
+    limits: list[str] = _described("limits such as ['100/minute', '10/second']")
+    algorithm: str = _described("an algorithm name such as 'sliding_window'", "sliding_window")
+    routes: list[str] = _described("route templates such as 'POST /charges'", [])
+    exempt: list[str] = _described("route templates", [])
+    costs: dict[str, int] = _described("route template = cost", {})
+    per_route: bool = _described("true or false", False)
+    tiers: dict[str, list[str]] = _described("tier name = limits", {})
+    overrides: dict[str, list[str]] = _described("client name = limits", {})
+    shadow: bool = _described("true or false", False)
+    on_store_error: Literal["fail_open", "fail_closed", "local_fallback"] = _described(
+        "'fail_open', 'fail_closed' or 'local_fallback'", "fail_open"
+    )
+
+
+class RateLimit(_Table):
+    store: str = _described("a name from [stores]", "default")
+    headers: bool = _described("true or false", True)
+    legacy_headers: bool = _described("true or false", False)
+    policies: list[Policy] = []
+
+
+class Route(_Table):
+    match: str = _described("a route template such as 'POST /charges/{id}'")
+    critical: bool = _described("true or false", False)
+    timeout: float | None = _described("seconds > 0", None, gt=0)
+    idempotency: RouteIdempotency | None = _described(
+        "a table of idempotency fields, or false to leave the route unprotected", None
+    )
+
+    @field_validator("idempotency", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        # `idempotency = false` (or true) is short for a table with only `enabled`.
+        return {"enabled": value} if isinstance(value, bool) else value
+
+
+class Admin(_Table):
+    enabled: bool = _described("true or false", True)
+    host: str = _described("an address to listen on", "127.0.0.1")
+    port: int = _described("a port number 0-65535", 8081, ge=0, le=65535)
+    token: str | None = _described("the bearer token", None)
+    token_env: str | None = _described("an environment variable holding the token", None)
+
+
+class Root(_Table):
+    server: Server = Server()
+    upstream: Upstream
+    stores: dict[str, str] = _described(
+        "name = store URL", {"default": "sqlite:///surefoot-gateway.db"}
+    )
+    identity: Identity = Identity()
+    clients: list[Client] = []
+    idempotency: IdempotencyDefaults = IdempotencyDefaults()
+    rate_limit: RateLimit = RateLimit()
+    routes: list[Route] = []
+    admin: Admin = Admin()
+
+
+Root.model_rebuild()
+
+_Loc = tuple[str | int, ...]
+
+
+class GatewayConfig:
+    """A validated policy file, with the objects it describes built (nothing opened).
+
+    Attributes:
+        root: the validated tables.
+        source: the file's name (for messages and the admin API).
+        idempotency_policy: the default policy; ``idempotency_routes`` per route (None:
+            unprotected); ``lookups`` route template -> ``Lookup``.
+        rate_limit_policies: the built ``RateLimitPolicy`` values.
+        principals: principal -> client name; ``tiers`` principal -> tier;
+            ``critical_principals``.
+        admin_token: the admin API's token (None: the admin API is disabled).
+    """
+
+    def __init__(self, root: Root, source: str, problems: Problems) -> None:
+        self.root = root
+        self.source = source
+        self.principals: dict[str, str] = {}
+        self.tiers: dict[str, str] = {}
+        self.critical_principals: set[str] = set()
+        self._clients(problems)
+        self.idempotency_policy = self._policy(root.idempotency, None, ("idempotency",), problems)
+        self.idempotency_routes: dict[str, IdempotencyPolicy | None] = {}
+        self.lookups: dict[str, Lookup] = {}
+        self.route_options: dict[str, Route] = {}
+        for index, route in enumerate(root.routes):
+            loc: _Loc = ("routes", index)
+            try:
+                RouteTable([(route.match, None)])
+            except ConfigurationError as exc:
+                problems.add((*loc, "match"), str(exc))
+                continue
+            self.route_options.setdefault(route.match, route)
+            if route.idempotency is not None and not route.idempotency.enabled:
+                self.idempotency_routes.setdefault(route.match, None)
+            elif route.idempotency is not None:
+                policy = self._policy(
+                    route.idempotency, self.idempotency_policy, (*loc, "idempotency"), problems
+                )
+                self.idempotency_routes.setdefault(route.match, policy)
+                if route.idempotency.lookup is not None:
+                    self.lookups[route.match] = route.idempotency.lookup
+        self.rate_limit_policies = self._rate_limits(problems)
+        self._stores(problems)
+        self.admin_token = self._secret(
+            root.admin.token, root.admin.token_env, ("admin",), problems
+        )
+        if root.admin.enabled and self.admin_token is None:
+            problems.add(("admin", "token"), "required: set token or token_env, or enabled = false")
+        if (root.upstream.url is None) == (root.upstream.app is None):
+            problems.add(("upstream",), "expected exactly one of url and app")
+
+    # -- building -----------------------------------------------------------------------------
+
+    def _clients(self, problems: Problems) -> None:
+        seen: set[str] = set()
+        for index, client in enumerate(self.root.clients):
+            loc: _Loc = ("clients", index)
+            if not _NAME.fullmatch(client.name):
+                problems.add(
+                    (*loc, "name"),
+                    f"expected letters, digits, '_', '-' or '.', got {client.name!r}",
+                )
+            if client.name in seen:
+                problems.add((*loc, "name"), f"{client.name!r} is used by an earlier client")
+            seen.add(client.name)
+            principals: list[str] = []
+            key = self._secret(client.api_key, client.api_key_env, loc, problems, field="api_key")
+            if key is not None:
+                raw = key.encode("latin-1", "replace")
+                principals += [hash_credential(raw), hash_credential(b"Bearer " + raw)]
+            if client.address is not None:
+                principals.append("addr:" + client.address)
+            if not principals and key is None and client.api_key_env is None:
+                problems.add(
+                    loc, "expected api_key, api_key_env or address to recognise the client"
+                )
+            for principal in principals:
+                self.principals[principal] = client.name
+                if client.tier is not None:
+                    self.tiers[principal] = client.tier
+                if client.critical:
+                    self.critical_principals.add(principal)
+
+    @staticmethod
+    def _secret(
+        value: str | None,
+        env: str | None,
+        loc: _Loc,
+        problems: Problems,
+        *,
+        field: str = "token",
+    ) -> str | None:
+        if value is not None and env is not None:
+            problems.add((*loc, f"{field}_env"), f"expected {field} or {field}_env, not both")
+        if env is not None:
+            found = os.environ.get(env)
+            if not found:
+                problems.add((*loc, f"{field}_env"), f"the environment variable {env!r} is not set")
+            return found or None
+        return value
+
+    @staticmethod
+    def _policy(
+        fields: IdempotencyFields, base: IdempotencyPolicy | None, loc: _Loc, problems: Problems
+    ) -> IdempotencyPolicy:
+        options: dict[str, Any] = {}
+        if base is None:
+            # The gateway's defaults: a legacy upstream may have done the work when it fails.
+            options["on_server_error"] = "unknown"
+        for name in IdempotencyFields.model_fields:
+            if name not in _POLICY_FIELDS:
+                continue
+            value = getattr(fields, name)
+            if value is None or name not in fields.model_fields_set:
+                continue
+            options[name] = frozenset(value) if name in ("methods", "release_statuses") else value
+        try:
+            if base is None:
+                return IdempotencyPolicy(**options)
+            from dataclasses import replace
+
+            return replace(base, **options)
+        except (ConfigurationError, TypeError) as exc:
+            field, message = _split(str(exc), IdempotencyFields.model_fields)
+            problems.add((*loc, *field), message)
+            return base if base is not None else IdempotencyPolicy()
+
+    def _rate_limits(self, problems: Problems) -> tuple[RateLimitPolicy, ...]:
+        by_name = {name: principal for principal, name in self.principals.items()}
+        built: list[RateLimitPolicy] = []
+        names: set[str] = set()
+        for index, policy in enumerate(self.root.rate_limit.policies):
+            loc: _Loc = ("rate_limit", "policies", index)
+            if policy.name in names:
+                problems.add((*loc, "name"), f"{policy.name!r} is used by an earlier policy")
+            names.add(policy.name)
+            overrides: dict[str, list[str]] = {}
+            for client, limits in policy.overrides.items():
+                principals = [p for p, n in self.principals.items() if n == client]
+                if client not in by_name:
+                    problems.add(
+                        (*loc, "overrides", client),
+                        f"unknown client {client!r}: expected a name from [[clients]]",
+                    )
+                for principal in principals:
+                    overrides[principal] = limits
+            try:
+                built.append(
+                    RateLimitPolicy(
+                        policy.name,
+                        limits=policy.limits,
+                        algorithm=policy.algorithm,
+                        routes=policy.routes,
+                        exempt=policy.exempt,
+                        costs=policy.costs,
+                        per_route=policy.per_route,
+                        tiers=policy.tiers,
+                        overrides=overrides,
+                        shadow=policy.shadow,
+                        on_store_error=policy.on_store_error,
+                    )
+                )
+            except ConfigurationError as exc:
+                field, message = _split(str(exc), Policy.model_fields)
+                problems.add((*loc, *field), message)
+        return tuple(built)
+
+    def _stores(self, problems: Problems) -> None:
+        for name, url in self.root.stores.items():
+            scheme = urlsplit(url).scheme
+            if scheme not in STORES:
+                problems.add(
+                    ("stores", name),
+                    f"expected a store URL with a scheme in {sorted(STORES)}, got {scheme!r}",
+                )
+        for loc, name in (
+            (("idempotency", "store"), self.root.idempotency.store),
+            (("rate_limit", "store"), self.root.rate_limit.store),
+        ):
+            if name not in self.root.stores:
+                problems.add(
+                    loc,
+                    f"expected a name from [stores] ({', '.join(self.root.stores)}), got {name!r}",
+                )
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def store_url(self, name: str) -> str:
+        return self.root.stores[name]
+
+    @property
+    def critical_routes(self) -> list[str]:
+        return [route.match for route in self.root.routes if route.critical]
+
+    def effective(self) -> dict[str, Any]:
+        """The configuration in force as plain data, secrets masked (for the admin API)."""
+        data = self.root.model_dump(mode="json")
+        data["admin"]["token"] = "***" if data["admin"]["token"] else None
+        for client in data["clients"]:
+            if client["api_key"]:
+                client["api_key"] = "***"
+        data["stores"] = {name: _masked(url) for name, url in data["stores"].items()}
+        return {"source": self.source, **data}
+
+
+def _masked(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
+_POLICY_FIELDS = frozenset(IdempotencyPolicy.__dataclass_fields__) & frozenset(
+    IdempotencyFields.model_fields
+)
+_BUILT_FIELD = re.compile(r"^[A-Za-z]+(?: '[^']*')?\.([a-z_]+)(?:\[[^\]]*\])?: (.*)$", re.S)
+
+
+def _split(message: str, fields: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
+    """A constructor's ``Class.field: expected ...`` as (field path, message)."""
+    match = _BUILT_FIELD.match(message)
+    if match is not None and match.group(1) in fields:
+        return (match.group(1),), match.group(2)
+    return (), message
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    """The gateway configuration in the TOML file at ``path``.
+
+    Example:
+        >>> config = load_config("examples/gateway.toml")
+
+    Raises:
+        ConfigurationError: the file cannot be read, is not TOML, or is invalid; the message
+            lists every problem as ``file:line: field.path: expected ..., got ...``.
+    """
+    data, source, lines = read_toml(path)
+    return _validated(data, source, lines)
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> GatewayConfig:
+    """The gateway configuration in ``data`` (a parsed TOML document); same checks."""
+    return _validated(data, source, None)
+
+
+def _validated(data: Mapping[str, Any], source: str, lines: Sequence[str] | None) -> GatewayConfig:
+    problems = Problems(source, lines, "the gateway configuration")
+    try:
+        root = Root.model_validate(dict(data))
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            problems.add(error["loc"], _expected(error))
+        problems.raise_if_any()
+        raise AssertionError("unreachable") from None  # pragma: no cover
+    config = GatewayConfig(root, source, problems)
+    problems.raise_if_any()
+    return config
+
+
+def _expected(error: Mapping[str, Any]) -> str:
+    """What a pydantic error means for the person editing the file."""
+    kind = error["type"]
+    loc = tuple(error["loc"])
+    got = shown(error.get("input"))
+    model, field = _model_at(loc)
+    if kind == "extra_forbidden" and model is not None:
+        allowed = sorted(model.model_fields)
+        close = difflib.get_close_matches(str(field), allowed, n=1)
+        if close:
+            return f"unknown field (did you mean {close[0]!r}?)"
+        return f"unknown field; expected one of {', '.join(allowed)}"
+    info = model.model_fields.get(str(field)) if model is not None else None
+    expected = info.description if info is not None and info.description else None
+    if kind == "missing":
+        return f"required, missing (expected {expected})" if expected else "required, missing"
+    if kind == "value_error":
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a table, got {got}"
+    if expected is None:
+        return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {got}"
+    return f"expected {expected}, got {got}"
+
+
+def _model_at(loc: _Loc) -> tuple[type[BaseModel] | None, str | int | None]:
+    """The model owning the last named field of ``loc``, and that field."""
+    model: type[BaseModel] | None = Root
+    owner: type[BaseModel] | None = Root
+    field: str | int | None = None
+    for part in loc:
+        if model is None:
+            break
+        if isinstance(part, int) or part not in model.model_fields:
+            if isinstance(part, str) and part not in model.model_fields:
+                # A union's member name (pydantic puts e.g. 'RouteIdempotency' in loc).
+                found = _MODELS.get(part)
+                if found is not None:
+                    model = found
+                    continue
+                owner, field = model, part
+                model = None
+            continue
+        owner, field = model, part
+        model = _FIELD_MODELS.get((model.__name__, part))
+    return owner, field
+
+
+_MODELS: dict[str, type[BaseModel]] = {
+    cls.__name__: cls
+    for cls in (Server, Breaker, Concurrency, Upstream, Identity, Client, Lookup,
+                RouteIdempotency, IdempotencyDefaults, Policy, RateLimit, Route, Admin)
+}  # fmt: skip
+_FIELD_MODELS: dict[tuple[str, str], type[BaseModel]] = {
+    ("Root", "server"): Server,
+    ("Root", "upstream"): Upstream,
+    ("Root", "identity"): Identity,
+    ("Root", "clients"): Client,
+    ("Root", "idempotency"): IdempotencyDefaults,
+    ("Root", "rate_limit"): RateLimit,
+    ("Root", "routes"): Route,
+    ("Root", "admin"): Admin,
+    ("Upstream", "breaker"): Breaker,
+    ("Upstream", "concurrency"): Concurrency,
+    ("RateLimit", "policies"): Policy,
+    ("Route", "idempotency"): RouteIdempotency,
+    ("RouteIdempotency", "lookup"): Lookup,
+}

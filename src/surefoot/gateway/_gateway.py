@@ -1,0 +1,497 @@
+"""``Gateway``: the ASGI app ``surefoot serve`` runs, composed from a policy file.
+
+Per request: ``RateLimitMiddleware`` -> ``IdempotencyMiddleware`` -> ``ProxyApp`` -> the
+upstream, wrapped in the gateway's own request loop (request id, access log, metrics).
+
+Rule 1: a request runs entirely on the *stack* (the composed layers) that was in force
+        when it arrived; a reload builds a new stack and swaps it in one assignment, so
+        no request ever sees half of each.
+Rule 2: a reload keeps what carries state: a store whose URL is unchanged is the same
+        object (its counters and records carry on, in memory too), and so are the
+        upstream's connection pool, circuit breaker and load shedder while their
+        settings are unchanged. Resources the new stack no longer uses are closed once
+        the requests of the old stack have finished (or after ``shutdown_timeout``).
+Rule 3: a new file that does not validate, or whose stack cannot be built, is refused as a
+        whole (``ConfigRefused``); the configuration in force stays.
+Rule 4: ``X-Request-Id`` is believed only from a trusted proxy (``server.trusted_proxies``);
+        anyone else's is replaced, and every response carries the request's id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from surefoot._asgi import ASGIApp, Message, Receive, Scope, Send, request_id
+from surefoot._routes import RouteTable
+from surefoot.client._breaker import CircuitBreaker
+from surefoot.clock import Clock, SystemClock
+from surefoot.errors import ConfigurationError
+from surefoot.events import EventHook, LoggingHook, emit
+from surefoot.gateway._accesslog import AccessLog
+from surefoot.gateway._config import GatewayConfig, Route, load_config
+from surefoot.gateway._events import ConfigRefused, ConfigReloaded
+from surefoot.gateway._lookup import LookupResolver
+from surefoot.gateway._metrics import GatewayMetrics
+from surefoot.gateway._shed import LoadShedder
+from surefoot.gateway.proxy import ProxyApp
+from surefoot.idempotency.middleware import IdempotencyMiddleware
+from surefoot.identity import Identity
+from surefoot.ratelimit.middleware import RateLimitMiddleware
+from surefoot.storage import store_from_url
+from surefoot.storage._health import StoreHealth
+from surefoot.storage._protocol import IdempotencyStore, RateLimitStore
+
+__all__ = ["Gateway"]
+
+_log = logging.getLogger("surefoot.gateway")
+_UPSTREAM_APP_URL = "http://upstream"
+
+
+@dataclass
+class _Stack:
+    """Everything one configuration composes; requests hold the stack they started on."""
+
+    config: GatewayConfig
+    digest: str
+    app: ASGIApp
+    proxy: ProxyApp
+    idempotency_store: IdempotencyStore
+    rate_limit_store: RateLimitStore
+    resolver: LookupResolver | None
+    routes: RouteTable[Route]
+    identity: Identity
+    resources: set[int] = field(default_factory=set)
+    in_flight: int = 0
+
+
+class Gateway:
+    """The gateway as an ASGI app.
+
+    Example:
+        >>> path = "examples/gateway.toml"
+        >>> gateway = Gateway(load_config(path), config_path=path)
+        >>> uvicorn.run(gateway)  # `surefoot serve` adds workers, the admin port and signals
+
+    Args:
+        config: the validated policy file.
+        config_path: where to read it again on ``reload`` (None: reload needs a config).
+        metrics: the Prometheus metrics (default: a private ``GatewayMetrics``).
+        transport: the upstream's httpx transport (tests wrap it in a ``ChaosTransport``);
+            default: a pooled connection to ``upstream.url``, or an ``ASGITransport`` over
+            ``upstream.app``.
+        clock: time for the stores' callers and events (tests inject ``ManualClock``).
+        hooks: event hooks added after the logging hook and the metrics.
+        workers: how many processes share the stores (rate-limit local fallback shares).
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        config_path: str | None = None,
+        metrics: GatewayMetrics | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock | None = None,
+        hooks: Sequence[EventHook] = (),
+        workers: int | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.metrics = metrics if metrics is not None else GatewayMetrics()
+        self.transport = transport
+        self.clock = clock if clock is not None else SystemClock()
+        self.hooks: tuple[EventHook, ...] = (LoggingHook(), self.metrics, *hooks)
+        self.workers = workers if workers is not None else config.root.server.workers
+        self.access = AccessLog(clock=self.clock)
+        self.generation = 0
+        # Shared across reloads (Rule 2), keyed by what makes them equal.
+        self._stores: dict[str, Any] = {}
+        self._health: dict[int, StoreHealth] = {}
+        self._clients: dict[tuple[Any, ...], httpx.AsyncClient] = {}
+        self._breakers: dict[tuple[Any, ...], CircuitBreaker] = {}
+        self._shedders: dict[tuple[Any, ...], LoadShedder] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reconciler: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+        self.stack = self._build(config, _digest_of(config_path))
+
+    # -- ASGI --------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.handle(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        # websockets are not proxied
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stack = self.stack
+        stack.in_flight += 1
+        self.metrics.inflight(1)
+        started = time.perf_counter()
+        if not self._trusted(stack, scope):
+            scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
+        rid = request_id(scope)
+        status = 500
+        sent = 0
+        replayed = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal status, sent, replayed
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = message.get("headers", ())
+                replayed = (b"idempotent-replayed", b"true") in headers
+                if not any(k == b"x-request-id" for k, _ in headers):
+                    message = {**message, "headers": [*headers, (b"x-request-id", rid.encode())]}
+            else:
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await stack.app(scope, receive, tracked)
+        finally:
+            stack.in_flight -= 1
+            self.metrics.inflight(-1)
+            elapsed = time.perf_counter() - started
+            matched = stack.routes.match(scope["method"], scope["path"])
+            route = matched[0] if matched is not None else "other"
+            self.metrics.observe_request(
+                route=route, method=scope["method"], status=status, seconds=elapsed
+            )
+            if stack.config.root.server.access_log and self.access.enabled:
+                client = scope.get("client")
+                self.access.log(
+                    request_id=rid,
+                    method=scope["method"],
+                    path=scope["path"],
+                    route=route,
+                    status=status,
+                    duration=elapsed,
+                    client=client[0] if client else None,
+                    bytes_sent=sent,
+                    replayed=replayed,
+                )
+
+    @staticmethod
+    def _trusted(stack: _Stack, scope: Scope) -> bool:
+        client = scope.get("client")
+        if not client or not stack.identity.trusted:
+            return False
+        return stack.identity.is_trusted(client[0])
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        """Start the reconciler and report the breaker's state."""
+        self.metrics.set_breaker_state("upstream", self.stack.proxy.breaker.state.value
+                                       if self.stack.proxy.breaker else "disabled")  # fmt: skip
+        self._restart_reconciler()
+
+    def _restart_reconciler(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            self._reconciler = None
+        resolver = self.stack.resolver
+        if resolver is not None:
+            interval = self.stack.config.root.idempotency.reconcile_interval
+            self._reconciler = asyncio.ensure_future(resolver.run(interval))
+
+    async def aclose(self) -> None:
+        """Stop the reconciler; close every pool and store."""
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconciler
+            self._reconciler = None
+        for client in self._clients.values():
+            await client.aclose()
+        for store in self._stores.values():
+            await store.aclose()
+        self._clients.clear()
+        self._stores.clear()
+
+    # -- reloading ---------------------------------------------------------------------------
+
+    async def reload(self, config: GatewayConfig | None = None) -> bool:
+        """Put a new configuration in force (default: read ``config_path`` again).
+
+        Returns False when the file is unchanged (nothing to do), True once the new
+        configuration is in force.
+
+        Raises:
+            ConfigurationError: the new configuration is invalid or cannot be built; the
+                one in force stays.
+        """
+        async with self._reload_lock:
+            source = self.config_path or (config.source if config else "<config>")
+            digest = _digest_of(self.config_path) if config is None else ""
+            try:
+                if config is None:
+                    if self.config_path is None:
+                        raise ConfigurationError("reload: this gateway has no config_path")
+                    if digest == self.stack.digest:
+                        return False
+                    config = load_config(self.config_path)
+                stack = self._build(config, digest)
+            except ConfigurationError as exc:
+                emit(
+                    self.hooks,
+                    ConfigRefused(
+                        at=self.clock.now(), request_id="", source=source, error=str(exc)
+                    ),
+                )
+                raise
+            old, self.stack = self.stack, stack
+            self.generation += 1
+            self._restart_reconciler()
+            emit(
+                self.hooks,
+                ConfigReloaded(
+                    at=self.clock.now(), request_id="", source=source, generation=self.generation
+                ),
+            )
+            task = asyncio.ensure_future(self._retire(old))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return True
+
+    async def _retire(self, old: _Stack) -> None:
+        """Close what only ``old`` used, once its requests are done (Rule 2)."""
+        deadline = time.monotonic() + old.config.root.server.shutdown_timeout
+        while old.in_flight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a count
+            await asyncio.sleep(0.05)
+        kept = self.stack.resources
+        for key, client in list(self._clients.items()):
+            if id(client) in old.resources and id(client) not in kept:
+                del self._clients[key]
+                await client.aclose()
+        for url, store in list(self._stores.items()):
+            if id(store) in old.resources and id(store) not in kept:
+                del self._stores[url]
+                await store.aclose()
+
+    # -- building ----------------------------------------------------------------------------
+
+    def _store(self, url: str, resources: set[int]) -> Any:
+        store = self._stores.get(url)
+        if store is None:
+            store = self.metrics.instrument_store(store_from_url(url), name=_store_label(url))
+            self._stores[url] = store
+        resources.add(id(store))
+        return store
+
+    def _build(self, config: GatewayConfig, digest: str) -> _Stack:
+        root = config.root
+        resources: set[int] = set()
+        identity = Identity(
+            credential_headers=root.identity.credential_headers,
+            trusted_proxies=root.server.trusted_proxies,
+        )
+        idem_store = self._store(config.store_url(root.idempotency.store), resources)
+        rl_store = self._store(config.store_url(root.rate_limit.store), resources)
+        client, base_url = self._client(config, resources)
+        upstream = root.upstream
+        breaker = None
+        if upstream.breaker is not None:
+            key = (base_url, *upstream.breaker.model_dump().values())
+            breaker = self._breakers.get(key)
+            if breaker is None:
+                breaker = CircuitBreaker(
+                    name="upstream", clock=self.clock, hooks=self.hooks,
+                    **upstream.breaker.model_dump(),
+                )  # fmt: skip
+                self._breakers = {key: breaker}
+        shedder = None
+        if upstream.concurrency is not None:
+            c = upstream.concurrency
+            key = (c.limit, c.critical_share)
+            shedder = self._shedders.get(key)
+            if shedder is None:
+                shedder = LoadShedder(limit=c.limit, critical_share=c.critical_share)
+                self._shedders = {key: shedder}
+        routes: RouteTable[Route] = RouteTable(config.route_options.items())
+        critical_routes = {r.match for r in root.routes if r.critical}
+        critical_principals = config.critical_principals
+
+        def route_of(scope: Scope) -> str:
+            matched = routes.match(scope["method"], scope["path"])
+            return matched[0] if matched is not None else ""
+
+        def critical(scope: Scope) -> bool:
+            if route_of(scope) in critical_routes:
+                return True
+            return bool(critical_principals) and identity(scope) in critical_principals
+
+        stack_ref: list[_Stack] = []
+        proxy = ProxyApp(
+            client=client,
+            base_url=base_url,
+            name="upstream",
+            breaker=breaker,
+            shedder=shedder,
+            critical=critical,
+            route_of=route_of,
+            timeout=upstream.total_timeout,
+            route_timeouts={r.match: r.timeout for r in root.routes if r.timeout is not None},
+            trusted=lambda scope: self._trusted(stack_ref[0], scope),
+            forward_idempotency_key=upstream.forward_idempotency_key,
+            key_headers={config.idempotency_policy.header_name}
+            | {p.header_name for p in config.idempotency_routes.values() if p is not None},
+            hooks=self.hooks,
+            observe=lambda outcome, seconds: self.metrics.observe_upstream(
+                outcome=outcome, seconds=seconds
+            ),
+        )
+        resolver = None
+        if config.lookups:
+            policies = [config.idempotency_policy] + [
+                p for p in config.idempotency_routes.values() if p is not None
+            ]
+            resolver = LookupResolver(
+                store=idem_store,
+                client=client,
+                base_url=base_url,
+                lookups=config.lookups,
+                key_header=config.idempotency_policy.header,
+                body_field=config.idempotency_policy.body_field,
+                ttl=max(p.ttl for p in policies),
+                not_found_after=upstream.total_timeout,
+                clock=self.clock,
+                hooks=self.hooks,
+                on_pending=self.metrics.set_unknown_keys,
+            )
+        app: ASGIApp = IdempotencyMiddleware(
+            proxy,
+            store=idem_store,
+            policy=config.idempotency_policy,
+            routes=config.idempotency_routes,
+            principal=identity,
+            clock=self.clock,
+            hooks=self.hooks,
+            max_request_body=root.server.max_request_body,
+            store_health=self._health_of(idem_store),
+            resolver=resolver,
+        )
+        if config.rate_limit_policies:
+            tiers = config.tiers
+            app = RateLimitMiddleware(
+                app,
+                store=rl_store,
+                policies=config.rate_limit_policies,
+                principal=identity,
+                tier=(lambda scope, principal: tiers.get(principal)) if tiers else None,
+                headers=root.rate_limit.headers,
+                legacy_headers=root.rate_limit.legacy_headers,
+                clock=self.clock,
+                hooks=self.hooks,
+                fallback_workers=self.workers,
+                store_health=self._health_of(rl_store),
+            )
+        stack = _Stack(
+            config=config,
+            digest=digest,
+            app=app,
+            proxy=proxy,
+            idempotency_store=idem_store,
+            rate_limit_store=rl_store,
+            resolver=resolver,
+            routes=routes,
+            identity=identity,
+            resources=resources,
+        )
+        stack_ref.append(stack)
+        return stack
+
+    def _health_of(self, store: object) -> StoreHealth:
+        health = self._health.get(id(store))
+        if health is None:
+            health = self._health[id(store)] = StoreHealth()
+        return health
+
+    def _client(self, config: GatewayConfig, resources: set[int]) -> tuple[httpx.AsyncClient, str]:
+        upstream = config.root.upstream
+        key = (
+            upstream.url,
+            upstream.app,
+            upstream.connect_timeout,
+            upstream.read_timeout,
+            upstream.max_connections,
+        )
+        base_url = upstream.url if upstream.url is not None else _UPSTREAM_APP_URL
+        client = self._clients.get(key)
+        if client is None:
+            transport = self.transport
+            if transport is None and upstream.app is not None:
+                transport = httpx.ASGITransport(
+                    app=_import_app(upstream.app), raise_app_exceptions=False
+                )
+            client = httpx.AsyncClient(
+                transport=transport,
+                timeout=httpx.Timeout(
+                    upstream.read_timeout,
+                    connect=upstream.connect_timeout,
+                    pool=upstream.connect_timeout,
+                ),
+                limits=httpx.Limits(
+                    max_connections=upstream.max_connections,
+                    max_keepalive_connections=upstream.max_connections,
+                ),
+                follow_redirects=False,
+                trust_env=False,
+            )
+            self._clients[key] = client
+        resources.add(id(client))
+        return client, base_url
+
+
+def _import_app(spec: str) -> Callable[..., Awaitable[None]]:
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        target: Any = module
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"upstream.app: cannot import {spec!r} ({exc})") from None
+    if not callable(target):
+        raise ConfigurationError(f"upstream.app: expected an ASGI app, {spec!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def _digest_of(path: str | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def _store_label(url: str) -> str:
+    return urlsplit(url).scheme or "store"

@@ -1,0 +1,241 @@
+"""``serve``: run the gateway with uvicorn, in one process or several sharing the sockets.
+
+Theory of operation:
+1. The policy file is validated first; an invalid file stops ``serve`` before anything
+   is bound, with every problem listed.
+2. The listening sockets (the proxy's and the admin API's) are bound once, by the first
+   process, and inherited by every worker, so all workers accept on the same ports. Each
+   worker runs one uvicorn server over both sockets; a request is sent to the admin API
+   when it arrived on the admin socket's port, else to the gateway.
+3. ``SIGHUP`` reloads the policy file without dropping a request (``Gateway.reload``).
+   With several workers, the supervisor passes ``SIGHUP`` on to every worker, and a
+   worker that reloaded through ``POST /admin/reload`` signals the supervisor, which
+   does the same (a worker that already has the file skips it: the file is unchanged).
+4. The supervisor restarts a worker that dies (with a growing pause if it keeps dying),
+   and on ``SIGINT`` / ``SIGTERM`` stops them all, each finishing its requests first.
+5. With several workers, Prometheus metrics are shared through a directory
+   (``PROMETHEUS_MULTIPROC_DIR``), so ``/metrics`` on any worker shows the sum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.context import SpawnProcess
+from typing import Any
+
+from surefoot._asgi import Receive, Scope, Send
+from surefoot.gateway._accesslog import JsonFormatter
+from surefoot.gateway._config import load_config
+
+__all__ = ["serve"]
+
+_log = logging.getLogger("surefoot.gateway")
+
+
+def serve(
+    config_path: str,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    admin_port: int | None = None,
+    workers: int | None = None,
+    ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the gateway described by ``config_path`` until SIGINT or SIGTERM.
+
+    Args:
+        config_path: the policy file.
+        host, port, admin_port, workers: override the file's ``[server]`` and ``[admin]``.
+        ready: called with a one-line summary once the sockets are bound.
+
+    Raises:
+        ConfigurationError: the file is invalid (nothing was started).
+    """
+    config = load_config(config_path)
+    root = config.root
+    workers = workers or root.server.workers
+    main = _bind(host or root.server.host, root.server.port if port is None else port)
+    admin = None
+    if root.admin.enabled:
+        admin = _bind(root.admin.host, root.admin.port if admin_port is None else admin_port)
+    upstream = root.upstream.url or f"app {root.upstream.app}"
+    summary = f"surefoot serve: http://{_address(main)} -> {upstream}"
+    if admin is not None:
+        summary += f"; admin http://{_address(admin)}"
+    summary += f"; {workers} worker{'s' if workers > 1 else ''}"
+    if ready is not None:
+        ready(summary)
+    if workers == 1:
+        _worker(config_path, main, admin, workers, None)
+        return
+    metrics_dir = tempfile.mkdtemp(prefix="surefoot-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    _Supervisor(config_path, main, admin, workers, metrics_dir).run()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Supervisor:
+    """Starts ``workers`` processes, restarts those that die, forwards SIGHUP."""
+
+    def __init__(
+        self,
+        config_path: str,
+        main: socket.socket,
+        admin: socket.socket | None,
+        workers: int,
+        metrics_dir: str,
+    ) -> None:
+        self.args = (config_path, main, admin, workers, metrics_dir)
+        self.count = workers
+        self.metrics_dir = metrics_dir
+        self.context = multiprocessing.get_context("spawn")
+        self.processes: list[SpawnProcess] = []
+        self.stopping = False
+        self.failures = 0
+
+    def start_one(self) -> SpawnProcess:
+        process = self.context.Process(target=_worker, args=self.args, daemon=False)
+        process.start()
+        return process
+
+    def run(self) -> None:
+        signal.signal(signal.SIGHUP, self._forward)
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGTERM, self._stop)
+        self.processes = [self.start_one() for _ in range(self.count)]
+        while not self.stopping:
+            time.sleep(0.2)
+            for index, process in enumerate(self.processes):
+                if process.is_alive() or self.stopping:
+                    continue
+                from surefoot.gateway._metrics import mark_worker_dead
+
+                if process.pid is not None:
+                    mark_worker_dead(process.pid, multiprocess_dir=self.metrics_dir)
+                self.failures += 1
+                _log.warning("worker %s exited (%s); starting another", process.pid,
+                             process.exitcode)  # fmt: skip
+                time.sleep(min(5.0, 0.1 * 2 ** min(self.failures, 6)))
+                self.processes[index] = self.start_one()
+        for process in self.processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            process.join()
+
+    def _forward(self, signum: int, frame: Any) -> None:
+        for process in self.processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGHUP)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+
+class _Root:
+    """Sends a request to the admin API or to the gateway, by the port it arrived on."""
+
+    def __init__(self, gateway: Any, admin: Any, admin_port: int | None) -> None:
+        self.gateway = gateway
+        self.admin = admin
+        self.admin_port = admin_port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.admin is not None:
+            server = scope.get("server")
+            if server is not None and server[1] == self.admin_port:
+                await self.admin(scope, receive, send)
+                return
+        await self.gateway(scope, receive, send)
+
+
+def _worker(
+    config_path: str,
+    main: socket.socket,
+    admin: socket.socket | None,
+    workers: int,
+    metrics_dir: str | None,
+) -> None:
+    """One gateway process: uvicorn over both sockets, SIGHUP reloads."""
+    import uvicorn
+
+    from surefoot.gateway._gateway import Gateway
+    from surefoot.gateway._metrics import GatewayMetrics
+    from surefoot.gateway.admin import AdminApp, signal_supervisor
+
+    _configure_logging()
+    config = load_config(config_path)
+    metrics = GatewayMetrics(multiprocess_dir=metrics_dir)
+    gateway = Gateway(config, config_path=config_path, metrics=metrics, workers=workers)
+    on_reload = signal_supervisor if metrics_dir is not None else None
+    admin_app = AdminApp(gateway, on_reload=on_reload) if admin is not None else None
+    admin_port = admin.getsockname()[1] if admin is not None else None
+    root = _Root(gateway, admin_app, admin_port)
+    uv_config = uvicorn.Config(
+        root,
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(config.root.server.shutdown_timeout) or None,
+        server_header=False,
+    )
+    server = uvicorn.Server(uv_config)
+
+    async def main_loop() -> None:
+        loop = asyncio.get_running_loop()
+
+        def reload() -> None:
+            task = loop.create_task(_reload(gateway))
+            _pending.add(task)
+            task.add_done_callback(_pending.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        sockets = [main] if admin is None else [main, admin]
+        await server.serve(sockets=sockets)
+
+    asyncio.run(main_loop())
+
+
+_pending: set[asyncio.Task[None]] = set()
+
+
+async def _reload(gateway: Any) -> None:
+    from surefoot.errors import ConfigurationError
+
+    with contextlib.suppress(ConfigurationError):  # ConfigRefused is logged; the old one stays
+        await gateway.reload()
+
+
+def _configure_logging() -> None:
+    """JSON lines on stderr for surefoot's loggers and uvicorn's."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    for name in ("surefoot", "uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False

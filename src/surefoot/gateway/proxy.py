@@ -1,0 +1,418 @@
+"""``ProxyApp``: the gateway's reverse proxy, a pure ASGI app forwarding to the upstream.
+
+Theory of operation, per request:
+1. Shed or refuse before sending anything: the ``LoadShedder`` (503
+   ``service_overloaded``) and the upstream's ``CircuitBreaker`` (503 ``circuit_open``).
+   Such a request never reached the upstream, so it is marked ``scope[NOT_EXECUTED]`` and
+   an idempotency reservation is released: the client's retry runs.
+2. Forward: the method, the raw path and query, the headers minus hop-by-hop ones (and
+   those the ``Connection`` header names), plus ``X-Forwarded-For`` / ``-Proto`` /
+   ``-Host`` and the request id. The request body is streamed (a body that came in one
+   message is sent as bytes), the ``Idempotency-Key`` is forwarded unless told not to.
+3. Stream the answer back as it comes, minus hop-by-hop headers and the upstream's own
+   ``X-Request-Id`` (the ``Gateway`` adds the request's id to every response it sends).
+4. Failures become problems and never leak the upstream's internals:
+   - could not connect (or no pooled connection in time): 502 ``upstream_unavailable``,
+     marked not executed, retrying is safe;
+   - timed out or the connection broke after the request was sent, or the upstream
+     answered a 5xx: 502 / 504, *reached*: the work may have happened. The problem's
+     ``retry_safe`` member says whether retrying is safe: yes for idempotent methods and
+     for requests protected by an idempotency key (the key never executes twice), no
+     otherwise;
+   - a break in the middle of the response body cannot become a problem any more (the
+     status is sent): the connection is cut, and the idempotency layer sees an
+     unfinished response.
+5. The breaker counts connect errors, timeouts, broken connections and 5xx answers as
+   failures, everything else as success, and times each call up to the response's
+   headers (its slow-call rate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from typing import Any
+
+import httpx
+
+from surefoot._asgi import (
+    IDEMPOTENCY_POLICY,
+    NOT_EXECUTED,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    request_id,
+    send_problem,
+)
+from surefoot.client._breaker import CircuitBreaker
+from surefoot.errors import (
+    DEFAULT_PROBLEM_BASE,
+    CircuitOpen,
+    ServiceOverloaded,
+    SurefootError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from surefoot.events import EventHook, emit, wanted
+from surefoot.gateway._events import RequestShed, UpstreamFailed
+from surefoot.gateway._shed import LoadShedder
+
+__all__ = ["ProxyApp"]
+
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Replaced by the proxy's own values.
+_REPLACED = frozenset({b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_RESPONSE_DROPPED = _HOP_BY_HOP | {b"x-request-id", b"content-length"}
+
+
+class ProxyApp:
+    """Forwards every request to one upstream.
+
+    Args:
+        client: the ``httpx.AsyncClient`` holding the connection pool (its transport may be
+            an ``httpx.ASGITransport`` for an in-process upstream).
+        base_url: the upstream's URL; the request's path is appended to its path.
+        name: names the upstream in problems, events and the breaker.
+        breaker: the upstream's circuit breaker, or None.
+        shedder: the upstream's concurrency limit, or None.
+        critical: ``scope -> bool``: whether a request keeps the shedder's reserved share.
+        route_of: ``scope -> route template or ""`` (for events and per-route timeouts).
+        timeout: total seconds per request (``route_timeouts`` per route template).
+        trusted: ``scope -> bool``: whether the immediate caller is a trusted proxy whose
+            ``X-Forwarded-For`` is extended rather than replaced.
+        forward_idempotency_key: send the client's key on to the upstream.
+        key_header: the idempotency key's header (lower case).
+        hooks: event hooks. ``observe``: ``(outcome, seconds)`` for each upstream call.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: httpx.AsyncClient,
+        base_url: str,
+        name: str = "upstream",
+        breaker: CircuitBreaker | None = None,
+        shedder: LoadShedder | None = None,
+        critical: Callable[[Scope], bool] = lambda scope: False,
+        route_of: Callable[[Scope], str] = lambda scope: "",
+        timeout: float = 60.0,
+        route_timeouts: dict[str, float] | None = None,
+        trusted: Callable[[Scope], bool] = lambda scope: False,
+        forward_idempotency_key: bool = True,
+        key_headers: Collection[bytes] = (b"idempotency-key",),
+        hooks: Iterable[EventHook] = (),
+        observe: Callable[[str, float], None] | None = None,
+        problem_base: str = DEFAULT_PROBLEM_BASE,
+    ) -> None:
+        self.client = client
+        self.base = httpx.URL(base_url)
+        self.base_path = self.base.raw_path.rstrip(b"/")
+        self.name = name
+        self.breaker = breaker
+        self.shedder = shedder
+        self.critical = critical
+        self.route_of = route_of
+        self.timeout = timeout
+        self.route_timeouts = route_timeouts or {}
+        self.trusted = trusted
+        self.dropped = _HOP_BY_HOP | _REPLACED
+        if not forward_idempotency_key:
+            self.dropped = self.dropped | frozenset(key_headers)
+        self.hooks = tuple(hooks)
+        self.observe = observe
+        self.problem_base = problem_base
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "http"
+        shedder = self.shedder
+        if shedder is not None:
+            critical = self.critical(scope)
+            if not shedder.try_acquire(critical=critical):
+                scope[NOT_EXECUTED] = True
+                if wanted(self.hooks, RequestShed):
+                    emit(
+                        self.hooks,
+                        RequestShed(
+                            at=time.time(),
+                            request_id=request_id(scope),
+                            method=scope["method"],
+                            path=scope["path"],
+                            route=self.route_of(scope),
+                            priority="critical" if critical else "normal",
+                            in_flight=shedder.in_flight,
+                            limit=shedder.limit,
+                        ),
+                    )
+                await self._problem(scope, send, ServiceOverloaded(retry_after=1))
+                return
+            try:
+                await self._breaker_then_forward(scope, receive, send)
+            finally:
+                shedder.release()
+        else:
+            await self._breaker_then_forward(scope, receive, send)
+
+    async def _breaker_then_forward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        breaker = self.breaker
+        if breaker is None:
+            await _Forward(self, scope, receive, send, None).run()
+            return
+        try:
+            permit = breaker.acquire()
+        except CircuitOpen as exc:
+            scope[NOT_EXECUTED] = True
+            await self._problem(scope, send, CircuitOpen(integration=self.name, **_retry(exc)))
+            return
+        await _Forward(self, scope, receive, send, permit).run()
+
+    async def _problem(self, scope: Scope, send: Send, error: SurefootError) -> None:
+        await send_problem(send, error, request_id=request_id(scope), base=self.problem_base)
+
+
+def _retry(exc: SurefootError) -> dict[str, Any]:
+    return {"retry_after": exc.fields.get("retry_after", 1)}
+
+
+class _Forward:
+    """One forwarded request."""
+
+    def __init__(
+        self, proxy: ProxyApp, scope: Scope, receive: Receive, send: Send, permit: object | None
+    ) -> None:
+        self.proxy = proxy
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.permit = permit
+        self.started = 0.0
+        self.recorded = False
+
+    async def run(self) -> None:
+        proxy = self.proxy
+        scope = self.scope
+        route = proxy.route_of(scope)
+        timeout = proxy.route_timeouts.get(route, proxy.timeout)
+        self.started = time.monotonic()
+        response: httpx.Response | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                request = await self.build()
+                if request is None:  # the client left before sending its body
+                    self.release()
+                    return
+                try:
+                    response = await proxy.client.send(request, stream=True)
+                except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
+                    await self.failed("connect", reached=False)
+                    return
+                except httpx.TimeoutException:
+                    await self.failed("timeout", reached=True)
+                    return
+                except httpx.TransportError:
+                    await self.failed("reset", reached=True)
+                    return
+                try:
+                    await self.relay(response)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            if response is None or not self.recorded:
+                await self.failed("timeout", reached=True)
+                return
+            raise
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """The call ended without an outcome for the breaker."""
+        if not self.recorded and self.permit is not None and self.proxy.breaker is not None:
+            self.proxy.breaker.release(self.permit)
+        self.recorded = True
+
+    async def build(self) -> httpx.Request | None:
+        proxy = self.proxy
+        scope = self.scope
+        headers: list[tuple[bytes, bytes]] = []
+        connection_tokens: set[bytes] = set()
+        forwarded_for = host = b""
+        for name, value in scope["headers"]:
+            if name == b"connection":
+                connection_tokens.update(t.strip().lower() for t in value.split(b","))
+            elif name == b"host":
+                host = value
+            elif name == b"x-forwarded-for":
+                forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
+            if name not in proxy.dropped:
+                headers.append((name, value))
+        if connection_tokens:
+            headers = [(n, v) for n, v in headers if n not in connection_tokens]
+        client = scope.get("client")
+        address = client[0].encode() if client else b"unknown"
+        if forwarded_for and proxy.trusted(scope):
+            headers.append((b"x-forwarded-for", forwarded_for + b", " + address))
+        else:
+            headers.append((b"x-forwarded-for", address))
+        headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
+        if host:
+            headers.append((b"x-forwarded-host", host))
+        if not any(n == b"x-request-id" for n, _ in headers):
+            headers.append((b"x-request-id", request_id(scope).encode()))
+        query = scope.get("query_string", b"")
+        raw_path = proxy.base_path + (scope.get("raw_path") or scope["path"].encode())
+        url = proxy.base.copy_with(raw_path=raw_path + (b"?" + query if query else b""))
+        first = await self.receive()
+        if first["type"] == "http.disconnect":
+            return None
+        content: bytes | AsyncIterator[bytes] = (
+            self.body(first) if first.get("more_body", False) else first.get("body", b"")
+        )
+        return proxy.client.build_request(scope["method"], url, headers=headers, content=content)
+
+    async def body(self, first: Message) -> AsyncIterator[bytes]:
+        yield first.get("body", b"")
+        more = first.get("more_body", False)
+        while more:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise OSError("the client disconnected while sending its body")
+            yield message.get("body", b"")
+            more = message.get("more_body", False)
+
+    async def relay(self, response: httpx.Response) -> None:
+        proxy = self.proxy
+        status = response.status_code
+        elapsed = time.monotonic() - self.started
+        if status >= 500:
+            await self.failed("status", reached=True, status=status, response=response)
+            return
+        self.record(failed=False, elapsed=elapsed, outcome=f"{status // 100}xx")
+        headers = [
+            (name, value)
+            for name, value in response.headers.raw
+            if name.lower() not in _RESPONSE_DROPPED
+        ]
+        length = response.headers.get("content-length")
+        if length is not None and not response.headers.get("content-encoding"):
+            headers.append((b"content-length", length.encode()))
+        # No X-Request-Id here: a stored response is replayed to other requests, and the
+        # gateway adds each response's own id as it goes out.
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        if self.scope["method"] == "HEAD":
+            await self.send({"type": "http.response.body", "body": b""})
+            return
+        try:
+            async for chunk in response.aiter_raw():
+                if chunk:
+                    await self.send(
+                        {"type": "http.response.body", "body": chunk, "more_body": True}
+                    )
+        except httpx.TransportError:
+            self.event("reset", reached=True, status=status)
+            raise OSError(f"{proxy.name} broke the connection mid-response") from None
+        await self.send({"type": "http.response.body", "body": b""})
+
+    def record(self, *, failed: bool, elapsed: float, outcome: str) -> None:
+        proxy = self.proxy
+        if self.recorded:
+            return
+        self.recorded = True
+        if self.permit is not None and proxy.breaker is not None:
+            proxy.breaker.on_result(self.permit, failed=failed, duration=elapsed)
+        if proxy.observe is not None:
+            proxy.observe(outcome, elapsed)
+
+    def event(self, reason: str, *, reached: bool, status: int | None) -> None:
+        hooks = self.proxy.hooks
+        if wanted(hooks, UpstreamFailed):
+            emit(
+                hooks,
+                UpstreamFailed(
+                    at=time.time(),
+                    request_id=request_id(self.scope),
+                    method=self.scope["method"],
+                    path=self.scope["path"],
+                    route=self.proxy.route_of(self.scope),
+                    reason=reason,
+                    status=status,
+                    reached=reached,
+                ),
+            )
+
+    async def failed(
+        self,
+        reason: str,
+        *,
+        reached: bool,
+        status: int | None = None,
+        response: httpx.Response | None = None,
+    ) -> None:
+        outcome = {"connect": "connect_error", "status": "5xx"}.get(reason, reason)
+        self.record(failed=True, elapsed=time.monotonic() - self.started, outcome=outcome)
+        self.event(reason, reached=reached, status=status)
+        scope = self.scope
+        if not reached:
+            scope[NOT_EXECUTED] = True
+            advice = "Nothing reached the service; retrying is safe."
+            safe = True
+        else:
+            safe, advice = _retry_advice(scope)
+        what = {
+            "connect": "it could not be reached",
+            "timeout": "it did not answer in time",
+            "reset": "the connection broke",
+            "status": f"it answered {status}",
+        }[reason]
+        error: SurefootError
+        if reason == "timeout":
+            error = UpstreamTimeout(reason=what, advice=advice, retry_safe=safe)
+        else:
+            error = UpstreamUnavailable(reason=what, advice=advice, retry_safe=safe)
+        extra: list[tuple[bytes, bytes]] = []
+        if response is not None:
+            retry_after = response.headers.get("retry-after")
+            if retry_after is not None and retry_after.isdigit():
+                extra.append((b"retry-after", retry_after.encode()))
+        await send_problem(
+            self.send,
+            error,
+            request_id=request_id(scope),
+            base=self.proxy.problem_base,
+            headers=extra,
+        )
+
+
+def _retry_advice(scope: Scope) -> tuple[bool, str]:
+    """Whether retrying a request the upstream may have processed is safe, and what to do."""
+    policy = scope.get(IDEMPOTENCY_POLICY)
+    if policy is not None:
+        header = policy.header
+        if policy.on_server_error == "unknown":
+            return True, (
+                "The service may have done the work. Retry with the same "
+                f"{header}: it will never run twice, and a retry gets the outcome once known."
+            )
+        if policy.on_server_error == "store":
+            return True, (
+                f"The service may have done the work; every retry with the same {header} "
+                "gets this answer."
+            )
+        return True, f"Retry with the same {header}; the service honours it."
+    if scope["method"] in _IDEMPOTENT_METHODS:
+        return True, "The method is idempotent; retrying is safe."
+    return False, "The service may have done the work: check before retrying."
