@@ -271,6 +271,12 @@ class Root(_Table):
     stores: dict[str, str] = _described(
         "name = store URL", {"default": "sqlite:///surefoot-gateway.db"}
     )
+
+    @field_validator("stores")
+    @classmethod
+    def _expand(cls, value: dict[str, str]) -> dict[str, str]:
+        return {name: _expand_env(url) for name, url in value.items()}
+
     identity: Identity = Identity()
     clients: list[Client] = []
     idempotency: IdempotencyDefaults = IdempotencyDefaults()
@@ -488,6 +494,26 @@ class GatewayConfig:
                 client["api_key"] = "***"
         data["stores"] = {name: _masked(url) for name, url in data["stores"].items()}
         return {"source": self.source, **data}
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(text: str) -> str:
+    """``text`` with ``${NAME}`` and ``${NAME:-default}`` replaced from the environment."""
+
+    def value(match: re.Match[str]) -> str:
+        found = os.environ.get(match.group(1))
+        if found:
+            return found
+        if match.group(2) is not None:
+            return match.group(2)
+        raise ValueError(
+            f"the environment variable {match.group(1)!r} is not set "
+            f"(write ${{{match.group(1)}:-default}} to give a default)"
+        )
+
+    return _ENV.sub(value, text)
 
 
 def _masked(url: str) -> str:

@@ -24,6 +24,8 @@ import contextlib
 import hashlib
 import importlib
 import logging
+import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -355,6 +357,7 @@ class Gateway:
             name="upstream",
             breaker=breaker,
             shedder=shedder,
+            shed_retry_after=upstream.concurrency.retry_after if upstream.concurrency else 1,
             critical=critical,
             route_of=route_of,
             timeout=upstream.total_timeout,
@@ -472,6 +475,9 @@ class Gateway:
 
 def _import_app(spec: str) -> Callable[..., Awaitable[None]]:
     module_name, _, attribute = spec.partition(":")
+    # Like uvicorn: the app is imported from the working directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
         target: Any = module

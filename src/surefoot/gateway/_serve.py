@@ -85,7 +85,7 @@ def serve(
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio: TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
@@ -202,6 +202,7 @@ def _worker(
         log_config=None,
         timeout_graceful_shutdown=int(config.root.server.shutdown_timeout) or None,
         server_header=False,
+        proxy_headers=False,  # the Gateway believes X-Forwarded-For from trusted_proxies only
     )
     server = uvicorn.Server(uv_config)
 

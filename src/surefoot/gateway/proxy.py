@@ -89,7 +89,8 @@ class ProxyApp:
         base_url: the upstream's URL; the request's path is appended to its path.
         name: names the upstream in problems, events and the breaker.
         breaker: the upstream's circuit breaker, or None.
-        shedder: the upstream's concurrency limit, or None.
+        shedder: the upstream's concurrency limit, or None; ``shed_retry_after`` the
+            seconds a shed request is told to wait.
         critical: ``scope -> bool``: whether a request keeps the shedder's reserved share.
         route_of: ``scope -> route template or ""`` (for events and per-route timeouts).
         timeout: total seconds per request (``route_timeouts`` per route template).
@@ -108,6 +109,7 @@ class ProxyApp:
         name: str = "upstream",
         breaker: CircuitBreaker | None = None,
         shedder: LoadShedder | None = None,
+        shed_retry_after: int = 1,
         critical: Callable[[Scope], bool] = lambda scope: False,
         route_of: Callable[[Scope], str] = lambda scope: "",
         timeout: float = 60.0,
@@ -125,6 +127,7 @@ class ProxyApp:
         self.name = name
         self.breaker = breaker
         self.shedder = shedder
+        self.shed_retry_after = shed_retry_after
         self.critical = critical
         self.route_of = route_of
         self.timeout = timeout
@@ -158,7 +161,9 @@ class ProxyApp:
                             limit=shedder.limit,
                         ),
                     )
-                await self._problem(scope, send, ServiceOverloaded(retry_after=1))
+                await self._problem(
+                    scope, send, ServiceOverloaded(retry_after=self.shed_retry_after)
+                )
                 return
             try:
                 await self._breaker_then_forward(scope, receive, send)

@@ -1,0 +1,1164 @@
+"""Throughput and latency of ``surefoot serve`` beside NGINX and the upstream alone, under wrk.
+
+Usage::
+
+    .venv/bin/python bench/gateway.py                     # 3 rounds x 10 s per run, ~20 min
+    .venv/bin/python bench/gateway.py --quick             # 1 round x 3 s: a smoke run
+    .venv/bin/python bench/gateway.py --json results.json --check
+    .venv/bin/python bench/gateway.py --configs nginx,surefoot-sqlite --workers 1  # + upstream
+
+Theory of operation:
+1. The upstream is ``upstream_app`` below, a raw ASGI app (no framework) answering
+   ``GET /items`` with 200 and ``POST /charges`` with 201, each with a small JSON body
+   (the POST body is read first). uvicorn serves it (``--upstream-workers`` processes,
+   uvloop, httptools, no access log) for the whole benchmark, on 127.0.0.1 and a free port.
+2. The proxies (``CONFIGS``), each started afresh in every round, with 1 and 2 workers
+   (``--workers``), in front of that upstream:
+   ``nginx``, NGINX as a plain reverse proxy (``worker_processes`` N, ``keepalive 64`` to
+   the upstream over HTTP/1.1, no access log, ``keepalive_requests`` raised on both sides
+   so that neither side reconnects every 1,000 requests), from a configuration file
+   written to a temporary directory and run as a child (``daemon off``);
+   ``surefoot``, ``surefoot serve --workers N`` with no policy (idempotency switched off
+   on every route, no rate limit): the gateway's own proxying; ``surefoot-sqlite`` and
+   ``surefoot-redis``, the same with every policy on: a rate-limit policy of two limits
+   (1,000,000/second and 1,000,000,000/hour, sliding window) that no request reaches, so
+   every request is checked and counted and none is refused, and idempotency on
+   ``POST /charges``; both on one SQLite file (a new one per start) or on Redis (a
+   private ``redis-server`` started by the script, see ``bench/redis_decisions.py``, or
+   ``--redis-url``; a new key prefix per start, its keys deleted afterwards). Every
+   gateway runs with ``[server] access_log = false``: the benchmark measures proxying,
+   not writing one log line per request. wrk sends no API key, so all requests come
+   from one principal (its address): one hot rate-limit counter, the worst case for a
+   store.
+3. The workloads, loaded by ``wrk --threads 2`` (the Lua scripts are written to the
+   temporary directory; ``done()`` prints requests, errors and wrk's latency percentiles
+   as one JSON line): ``get``, ``GET /items`` at ``--connections`` (64); ``post``,
+   ``POST /charges`` with a JSON body and a new ``Idempotency-Key`` per request
+   (``<nonce>-<thread>-<counter>``: every request reserves, proxies and stores a record);
+   ``replay`` (the policy configurations only), the same POST with one key, stored once
+   before the run, so every request is answered from the store; ``post-moderate``, the
+   ``post`` workload at ``--moderate-connections`` (4), where latency is not queueing.
+   On the policy configurations ``get`` pays the rate limit only, ``post`` both policies.
+4. Before its runs, each proxy must answer: ``GET`` with the upstream's body (and a
+   ``RateLimit`` field where a policy is on), ``POST`` with 201, and the same ``POST``
+   again with ``Idempotent-Replayed: true`` where idempotency is on (and without it
+   where it is off). Each run is a warm-up of ``--warmup`` seconds, then the timed run.
+5. Runs are interleaved: every round starts every proxy once, in an order rotated by one
+   each round, and runs its workloads; the upstream alone is loaded in every round too.
+   Ratios are taken within a round (a proxy to NGINX with the same workers and workload;
+   latency added: a proxy's percentile minus the upstream's at moderate load) and the
+   tables show medians over rounds.
+6. Nothing is pinned to a CPU: wrk, the upstream, the proxy and Redis share the
+   machine's CPUs (the runs report the machine's idle share: near 0 means the figures
+   are CPU-bound, and each side's CPU time per request says where the time went).
+   Every child runs in a process group of its own, killed at the end whatever happens.
+
+The targets (from the issue): with every policy on (``post`` on ``surefoot-sqlite`` and
+``surefoot-redis``), at least 0.5x NGINX's req/s with the same workers, and under 2 ms of
+p99 added to the upstream's at moderate load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from redis_decisions import BenchError as RedisBenchError
+from redis_decisions import BenchRedis
+
+BENCH_DIR = Path(__file__).resolve().parent
+GET_PATH, POST_PATH = "/items", "/charges"
+GET_ANSWER = b'{"id":"item_1","name":"bench","price":1000}'
+POST_ANSWER = b'{"id":"ch_1","status":"succeeded","amount":1000}'
+POST_BODY = '{"amount":1000,"currency":"eur","customer":"cus_4QFJOjw2pOmAGJ"}'
+TARGET_RATIO = 0.5  # req/s of every policy over NGINX's, post workload
+TARGET_ADDED_P99_MS = 2.0  # at moderate load, over the upstream alone
+INSTALL = {
+    "wrk": "wrk is not installed (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)",
+    "nginx": "nginx is not installed (Debian/Ubuntu: apt-get install nginx-light or nginx)",
+}
+
+
+# -- the upstream (imported by uvicorn in its own processes) --------------------------------
+
+
+async def upstream_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The upstream: 200 and a small JSON body to GET, 201 and another to POST."""
+    if scope["type"] != "http":
+        return
+    if scope["method"] in ("GET", "HEAD"):
+        status, body = 200, GET_ANSWER
+    else:
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        status, body = 201, POST_ANSWER
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# -- what is measured -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    kind: str  # "upstream", "nginx" or "gateway"
+    store: str | None  # the gateway's store with every policy on; None: no policy
+    meaning: str
+
+    @property
+    def policies(self) -> bool:
+        return self.store is not None
+
+
+CONFIGS = (
+    Config("upstream", "upstream", None, "the upstream alone (uvicorn), no proxy"),
+    Config("nginx", "nginx", None, "NGINX, plain reverse proxy, keepalive to the upstream"),
+    Config("surefoot", "gateway", None, "surefoot serve, no policy: its proxying alone"),
+    Config(
+        "surefoot-sqlite",
+        "gateway",
+        "sqlite",
+        "surefoot serve, rate limit on every request and idempotency on POST, one SQLite file",
+    ),
+    Config(
+        "surefoot-redis",
+        "gateway",
+        "redis",
+        "surefoot serve, rate limit on every request and idempotency on POST, Redis",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    method: str
+    mode: str  # "get", "unique" (a new key per request) or "replay" (one stored key)
+    moderate: bool  # --moderate-connections instead of --connections
+    policies_only: bool
+    meaning: str
+
+
+WORKLOADS = (
+    Workload("get", "GET", "get", False, False, f"GET {GET_PATH}"),
+    Workload("post", "POST", "unique", False, False, f"POST {POST_PATH}, a new key each"),
+    Workload("replay", "POST", "replay", False, True, f"POST {POST_PATH}, one stored key"),
+    Workload("post-moderate", "POST", "unique", True, False, f"POST {POST_PATH}, a new key each"),
+)
+
+SUMMARY_LUA = """
+function done(summary, latency, requests)
+   local e = summary.errors
+   io.write(string.format(
+      'SUREFOOT_BENCH {"requests":%d,"duration_us":%d,"errors":{"connect":%d,"read":%d,'
+         .. '"write":%d,"status":%d,"timeout":%d},"latency_us":{"mean":%.1f,"p50":%d,'
+         .. '"p90":%d,"p99":%d,"max":%d}}\\n',
+      summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+      latency.mean, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+      latency.max
+   ))
+end
+"""
+GET_LUA = "-- GET: wrk's own pre-built request, and the summary line.\n" + SUMMARY_LUA
+POST_LUA = (
+    """-- POST a JSON body; args: MODE NONCE. "unique": a new Idempotency-Key per request,
+-- "<NONCE>-<thread>-<counter>"; "replay": the key NONCE on every request.
+local body = '@BODY@'
+local headers = { ["Content-Type"] = "application/json" }
+local threads = {}
+local mode, nonce, fixed
+local counter = 0
+
+function setup(thread)
+   table.insert(threads, thread)
+   thread:set("id", #threads)
+end
+
+function init(args)
+   mode, nonce = args[1], args[2]
+   if mode == "replay" then
+      headers["Idempotency-Key"] = nonce
+      fixed = wrk.format("POST", nil, headers, body)
+   elseif mode ~= "unique" then
+      error("mode: expected unique or replay, got " .. tostring(mode))
+   end
+end
+
+-- Both modes go through request(), so that wrk's own cost per request is alike.
+function request()
+   if fixed then
+      return fixed
+   end
+   counter = counter + 1
+   headers["Idempotency-Key"] = string.format("%s-%d-%d", nonce, id, counter)
+   return wrk.format("POST", nil, headers, body)
+end
+""".replace("@BODY@", POST_BODY)
+    + SUMMARY_LUA
+)
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on (a server that does not start, a wrong answer...)."""
+
+
+# -- setup ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark surefoot serve (no policy, every policy on SQLite and on "
+        "Redis) against NGINX and the upstream alone, loaded by wrk.",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (default: 3)")
+    parser.add_argument(
+        "--duration", type=int, default=10, help="seconds of each timed run (default: 10)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="seconds of untimed load before each timed run, 0 for none (default: 1)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run: --rounds 1 --duration 3")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (default: 64)")
+    parser.add_argument(
+        "--moderate-connections",
+        type=int,
+        default=4,
+        help="wrk connections of the post-moderate workload (default: 4)",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default: 2)")
+    parser.add_argument(
+        "--workers", default="1,2", help="comma-separated proxy worker counts (default: 1,2)"
+    )
+    parser.add_argument(
+        "--upstream-workers",
+        type=int,
+        default=2,
+        help="uvicorn workers of the upstream (default: 2)",
+    )
+    parser.add_argument(
+        "--configs",
+        default=",".join(c.name for c in CONFIGS[1:]),
+        help="comma-separated proxies to run; the upstream alone is always run (default: all)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        help="Redis server of surefoot-redis (default: start a private redis-server; only "
+        "keys under 'sfbench-*' are written, and deleted after each run)",
+    )
+    parser.add_argument(
+        "--redis-server",
+        default="redis-server",
+        help="the redis-server executable to start (default: redis-server)",
+    )
+    parser.add_argument("--nginx", default="/usr/sbin/nginx", help="the nginx executable")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--check", action="store_true", help="exit with status 1 if a target is missed"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration = 1, 3
+    known = {c.name: c for c in CONFIGS[1:]}
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"--configs: unknown {unknown}; expected names from {list(known)}")
+    args.configs = [CONFIGS[0], *(c for c in CONFIGS[1:] if c.name in names)]
+    try:
+        args.workers = sorted({int(w) for w in args.workers.split(",") if w.strip()})
+    except ValueError:
+        parser.error(f"--workers: expected numbers such as 1,2, got {args.workers!r}")
+    if not args.workers or min(args.workers) < 1:
+        parser.error("--workers: expected numbers >= 1")
+    if min(args.rounds, args.duration, args.upstream_workers) < 1 or args.warmup < 0:
+        parser.error("expected --rounds, --duration, --upstream-workers >= 1, --warmup >= 0")
+    if not 1 <= args.threads <= min(args.connections, args.moderate_connections):
+        parser.error("expected 1 <= --threads <= --connections and --moderate-connections")
+    return args
+
+
+def check_tools(args: argparse.Namespace) -> None:
+    if shutil.which("wrk") is None:
+        raise BenchError(INSTALL["wrk"])
+    if any(c.kind == "nginx" for c in args.configs) and shutil.which(args.nginx) is None:
+        raise BenchError(INSTALL["nginx"])
+    missing = []
+    modules = ["uvicorn", "uvloop", "httptools", "surefoot", "rich"]
+    if any(c.store == "redis" for c in args.configs):
+        modules.append("redis")
+    for module in modules:
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise BenchError(
+            f"missing Python packages {missing} in {sys.executable}; "
+            "install them with: pip install -e '.[bench,redis]'"
+        )
+
+
+def first_line(command: list[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError:
+        return "unknown"
+    return (done.stdout or done.stderr).strip().split("\n", 1)[0].split(" Copyright")[0]
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages = {}
+    names = ("surefoot", "uvicorn", "uvloop", "httptools", "httpx", "httpcore", "anyio", "sniffio")
+    for name in (*names, "redis", "hiredis"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = "not installed"
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "wrk": first_line(["wrk", "--version"]),
+        "nginx": first_line([args.nginx, "-v"]),
+        "redis_server": first_line([args.redis_server, "--version"]).split(" sha=")[0],
+        "git": first_line(["git", "-C", str(BENCH_DIR), "describe", "--always", "--dirty"]),
+        **packages,
+    }
+
+
+# -- child processes ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def request(
+    url: str, method: str = "GET", body: bytes | None = None, key: str | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as response:
+            found = {k.lower(): v for k, v in response.headers.items()}
+            return response.status, found, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) of every live process of the process group ``pgid``."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
+        if int(fields[2]) == pgid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(idle, total) CPU ticks of the whole machine so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return values[3] + values[4], sum(values)
+
+
+class Child:
+    """A server in a process group of its own (so that stopping it stops its workers)."""
+
+    def __init__(self, name: str, command: list[str], log: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.log_path = log
+        self._log = log.open("w+b")
+        self.process = subprocess.Popen(
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
+        LIVE.add(self)
+
+    def output(self, chars: int = 3000) -> str:
+        self._log.flush()
+        return self.log_path.read_bytes().decode(errors="replace")[-chars:]
+
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_bytes().decode(errors="replace").splitlines()
+
+    def wait_ready(self, url: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(
+                    f"{self.name} exited ({self.process.returncode}):\n{self.output()}"
+                )
+            try:
+                if request(url)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise BenchError(f"{self.name} did not answer GET {url} in {timeout:g} s:\n{self.output()}")
+
+    def cpu_seconds(self) -> float:
+        return group_cpu_seconds(self.process.pid)
+
+    def stop(self) -> None:
+        pgid = self.process.pid
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=15)
+        # Whatever is left of the group (a worker that did not stop, the process itself).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        self.process.wait()
+        self._log.close()
+        LIVE.discard(self)
+
+
+LIVE: set[Child] = set()  # every child not stopped yet: main() stops them whatever happens
+
+
+def upstream_server(workdir: Path, workers: int) -> tuple[Child, str]:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", "gateway:upstream_app",
+        "--app-dir", str(BENCH_DIR),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(workers),
+        "--loop", "uvloop", "--http", "httptools",
+        "--lifespan", "off", "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    child = Child("upstream", command, workdir / "upstream.log", {"TMPDIR": str(workdir)})
+    base = f"http://127.0.0.1:{port}"
+    child.wait_ready(base + GET_PATH)
+    return child, base
+
+
+NGINX_CONF = """\
+worker_processes {workers};
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    keepalive_requests 1000000;
+    upstream app {{
+        server {upstream};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_server(
+    args: argparse.Namespace, workdir: Path, upstream: str, workers: int
+) -> tuple[Child, str]:
+    prefix = workdir / "nginx"
+    prefix.mkdir()
+    prefix.chmod(0o755)  # workers run as nobody when started by root
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        NGINX_CONF.format(
+            workers=workers, prefix=prefix, port=port, upstream=upstream.split("//", 1)[1]
+        )
+    )
+    command = [
+        args.nginx, "-c", str(conf), "-p", str(prefix), "-e", str(prefix / "error.log"),
+        "-g", "daemon off;",
+    ]  # fmt: skip
+    child = Child(f"nginx x{workers}", command, workdir / "nginx.log", {})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        child.wait_ready(base + GET_PATH)
+    except BenchError as exc:
+        error_log = prefix / "error.log"
+        tail = error_log.read_text()[-2000:] if error_log.exists() else ""
+        raise BenchError(f"{exc}\nerror.log:\n{tail}") from None
+    return child, base
+
+
+GATEWAY_TOML = """\
+[server]
+# The benchmark measures proxying, not writing one access-log line per request.
+access_log = false
+
+[upstream]
+url = "{upstream}"
+
+[stores]
+default = "{store}"
+
+[admin]
+token = "bench"
+"""
+NO_POLICY_TOML = """
+# No policy: idempotency off on every route, no rate limit.
+[[routes]]
+match = "/*"
+idempotency = false
+"""
+POLICIES_TOML = """
+[idempotency]
+store = "default"
+methods = ["POST"]
+
+[rate_limit]
+store = "default"
+
+# Never reached: every request is checked and counted, none refused.
+[[rate_limit.policies]]
+name = "bench"
+limits = ["1000000/second", "1000000000/hour"]
+algorithm = "sliding_window"
+
+[[routes]]
+match = "POST /charges"
+[routes.idempotency]
+ttl = 3600
+"""
+
+
+@dataclass
+class Gateway:
+    child: Child
+    base: str
+    redis_prefix: str | None
+
+
+def gateway_server(
+    config: Config, workdir: Path, upstream: str, workers: int, redis: BenchRedis | None
+) -> Gateway:
+    redis_prefix = None
+    if config.store == "sqlite":
+        store = f"sqlite:///{workdir / 'gateway.db'}"
+    elif config.store == "redis":
+        if redis is None:
+            raise BenchError(f"{config.name}: no Redis server")
+        redis_prefix = f"sfbench-{secrets.token_hex(6)}:"
+        store = f"{redis.url}?prefix={redis_prefix}"
+    else:
+        store = "memory://"  # never used: no policy
+    text = GATEWAY_TOML.format(upstream=upstream, store=store)
+    text += POLICIES_TOML if config.policies else NO_POLICY_TOML
+    path = workdir / "gateway.toml"
+    path.write_text(text)
+    port = free_port()
+    command = [
+        sys.executable, "-m", "surefoot", "serve", "--config", str(path),
+        "--port", str(port), "--admin-port", str(free_port()), "--workers", str(workers),
+    ]  # fmt: skip
+    # TMPDIR: the metrics directory of several workers goes with the rest, deleted at the end.
+    child = Child(f"{config.name} x{workers}", command, workdir / "gateway.log",
+                  {"TMPDIR": str(workdir)})  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    child.wait_ready(base + GET_PATH)
+    return Gateway(child, base, redis_prefix)
+
+
+def post(url: str, key: str) -> tuple[int, dict[str, str], bytes]:
+    """POST with ``key``; while the answer is 409 (the key is in flight), ask again.
+
+    The gateway answers before it stores the response, so a request sent as soon as the
+    previous one with the same key was answered may find the key still in flight.
+    """
+    deadline = time.monotonic() + 5.0
+    while True:
+        status, headers, body = request(url, "POST", POST_BODY.encode(), key)
+        if status != 409 or time.monotonic() > deadline:
+            return status, headers, body
+        time.sleep(0.02)
+
+
+def check_answers(config: Config, base: str, nonce: str) -> None:
+    """The proxy forwards, and its policies are on (or off) as configured."""
+    label = config.name
+    status, headers, body = request(base + GET_PATH)
+    if status != 200 or body != GET_ANSWER:
+        raise BenchError(f"{label}: GET answered {status} {body[:300]!r}")
+    if config.policies and "ratelimit" not in headers:
+        raise BenchError(f"{label}: no RateLimit field in the answer to GET: {headers}")
+    key = f"check-{nonce}"
+    replays = []
+    for _ in range(2):
+        status, headers, body = post(base + POST_PATH, key)
+        if status != 201 or body != POST_ANSWER:
+            raise BenchError(f"{label}: POST answered {status} {body[:300]!r}")
+        replays.append(headers.get("idempotent-replayed") == "true")
+    if replays != [False, config.policies]:
+        raise BenchError(
+            f"{label}: two POSTs with one key were replays {replays}, expected "
+            f"{[False, config.policies]}: idempotency is {'off' if config.policies else 'on'}"
+        )
+
+
+# -- one run --------------------------------------------------------------------------------
+
+
+def wrk(
+    args: argparse.Namespace,
+    scripts: dict[str, Path],
+    url: str,
+    workload: Workload,
+    duration: int,
+    nonce: str,
+) -> dict[str, Any]:
+    connections = args.moderate_connections if workload.moderate else args.connections
+    command = [
+        "wrk", "--threads", str(args.threads), "--connections", str(connections),
+        "--duration", f"{duration}s", "--timeout", "5s",
+        "--script", str(scripts["get" if workload.mode == "get" else "post"]), url,
+    ]  # fmt: skip
+    if workload.mode != "get":
+        command += ["--", workload.mode, nonce]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith("SUREFOOT_BENCH "):
+            result: dict[str, Any] = json.loads(line.removeprefix("SUREFOOT_BENCH "))
+            result["output"] = done.stdout
+            return result
+    raise BenchError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+
+
+@dataclass
+class Target:
+    """What a run loads, and the processes whose CPU time it reads."""
+
+    config: Config
+    workers: int | None  # None: the upstream alone
+    base: str
+    proxy: Child | None
+    upstream: Child
+    redis: BenchRedis | None
+
+    @property
+    def label(self) -> str:
+        return self.config.name if self.workers is None else f"{self.config.name} x{self.workers}"
+
+
+def run_one(
+    args: argparse.Namespace,
+    scripts: dict[str, Path],
+    target: Target,
+    workload: Workload,
+    round_no: int,
+) -> dict[str, Any]:
+    url = target.base + (GET_PATH if workload.method == "GET" else POST_PATH)
+    nonce = secrets.token_hex(4)
+    if workload.mode == "replay":
+        post(url, f"replay-{nonce}")
+        status, headers, _ = post(url, f"replay-{nonce}")
+        if status != 201 or headers.get("idempotent-replayed") != "true":
+            raise BenchError(f"{target.label}: the replay key is not replayed ({status})")
+        nonce = f"replay-{nonce}"
+    if args.warmup > 0:
+        wrk(args, scripts, url, workload, args.warmup, f"warm-{nonce}")
+    log_before = len(target.proxy.log_lines()) if target.proxy else 0
+    proxy_before = target.proxy.cpu_seconds() if target.proxy else 0.0
+    upstream_before = target.upstream.cpu_seconds()
+    redis_before = target.redis.cpu_seconds() if target.redis else 0.0
+    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    idle_before, total_before = machine_ticks()
+    result = wrk(args, scripts, url, workload, args.duration, nonce)
+    idle_after, total_after = machine_ticks()
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    redis_cpu = target.redis.cpu_seconds() - redis_before if target.redis else None
+    upstream_cpu = target.upstream.cpu_seconds() - upstream_before
+    proxy_cpu = target.proxy.cpu_seconds() - proxy_before if target.proxy else None
+    requests = result["requests"]
+    if requests == 0:
+        raise BenchError(f"{target.label} {workload.name}: no request completed")
+    seconds = result["duration_us"] / 1e6
+    errors = result["errors"]
+    error_count = sum(errors.values())
+    new_log = target.proxy.log_lines()[log_before:] if target.proxy else []
+    problems = [line for line in new_log if not quiet(line)]
+
+    def per_request(cpu: float | None) -> float | None:
+        return None if cpu is None else cpu / requests * 1e6
+
+    wrk_cpu = (wrk_after.ru_utime - wrk_before.ru_utime) + (
+        wrk_after.ru_stime - wrk_before.ru_stime
+    )
+    return {
+        "round": round_no,
+        "config": target.config.name,
+        "workers": target.workers,
+        "workload": workload.name,
+        "connections": args.moderate_connections if workload.moderate else args.connections,
+        "requests": requests,
+        "seconds": round(seconds, 3),
+        "rps": requests / seconds,
+        "latency_ms": {k: v / 1000 for k, v in result["latency_us"].items()},
+        "errors": errors,
+        "error_count": error_count,
+        "cpu_us_per_request": {
+            "proxy": per_request(proxy_cpu),
+            "upstream": per_request(upstream_cpu),
+            "redis": per_request(redis_cpu if target.config.store == "redis" else None),
+            "wrk": per_request(wrk_cpu),
+        },
+        "machine_idle": (idle_after - idle_before) / max(1, total_after - total_before),
+        "proxy_log_lines": len(new_log),
+        "proxy_log_tail": "\n".join(problems[-20:]) if error_count or problems else "",
+        "wrk_output": result["output"] if error_count else "",
+    }
+
+
+def quiet(line: str) -> bool:
+    """Whether a line of the gateway's log is a JSON record below WARNING."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False  # a traceback, or anything else not from the JSON formatter
+    return isinstance(record, dict) and record.get("level") in ("DEBUG", "INFO")
+
+
+def round_plan(args: argparse.Namespace, round_no: int) -> list[tuple[Config, int | None]]:
+    """The upstream alone, then every proxy with every worker count, rotated by round."""
+    plan: list[tuple[Config, int | None]] = [(args.configs[0], None)]
+    plan += [(c, w) for c in args.configs[1:] for w in args.workers]
+    shift = (round_no - 1) % len(plan)
+    return plan[shift:] + plan[:shift]
+
+
+def workloads_of(config: Config) -> list[Workload]:
+    return [w for w in WORKLOADS if config.policies or not w.policies_only]
+
+
+def died(proxy: Child | None) -> str:
+    """What became of the proxy: its exit status if it exited, and its log's tail."""
+    if proxy is None:
+        return ""
+    code = proxy.process.poll()
+    state = "still running" if code is None else f"exited with status {code}"
+    return f"\n{proxy.name} {state}; its log ends with:\n{proxy.output()}"
+
+
+def run_server(
+    args: argparse.Namespace,
+    scripts: dict[str, Path],
+    config: Config,
+    workers: int | None,
+    upstream: tuple[Child, str],
+    redis: BenchRedis | None,
+    round_no: int,
+) -> list[dict[str, Any]]:
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="surefoot-bench-gw-") as tmp:
+        workdir = Path(tmp)
+        gateway: Gateway | None = None
+        proxy: Child | None = None
+        try:
+            if config.kind == "upstream":
+                base = upstream[1]
+            elif config.kind == "nginx":
+                proxy, base = nginx_server(args, workdir, upstream[1], workers or 1)
+            else:
+                gateway = gateway_server(config, workdir, upstream[1], workers or 1, redis)
+                proxy, base = gateway.child, gateway.base
+            check_answers(config, base, secrets.token_hex(4))
+            target = Target(config, workers, base, proxy, upstream[0], redis)
+            for workload in workloads_of(config):
+                try:
+                    run = run_one(args, scripts, target, workload, round_no)
+                except BenchError as exc:
+                    raise BenchError(
+                        f"{target.label} {workload.name}: {exc}{died(proxy)}"
+                    ) from None
+                runs.append(run)
+                latency = run["latency_ms"]
+                cpu = run["cpu_us_per_request"]["proxy"]
+                print(
+                    f"  round {round_no} {target.label:<18} {workload.name:<13} "
+                    f"{run['rps']:>8,.0f} req/s  p50 {latency['p50']:6.2f}  "
+                    f"p99 {latency['p99']:6.2f} ms  proxy CPU "
+                    f"{'-' if cpu is None else f'{cpu:,.0f}'} us/req  "
+                    f"idle {run['machine_idle']:.0%}  errors {run['error_count']}",
+                    flush=True,
+                )
+                if run["error_count"] or run["proxy_log_tail"]:
+                    print(f"    errors {run['errors']}; proxy log:\n{run['proxy_log_tail']}")
+                if proxy is not None and proxy.process.poll() is not None:
+                    raise BenchError(f"{target.label} {workload.name}: {died(proxy)}")
+        finally:
+            if proxy is not None:
+                proxy.stop()
+            if gateway is not None and gateway.redis_prefix and redis is not None:
+                redis.delete(gateway.redis_prefix)
+    return runs
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def find(config: str, workers: int | None, workload: str) -> dict[int, dict[str, Any]]:
+        return {
+            r["round"]: r
+            for r in runs
+            if r["config"] == config and r["workers"] == workers and r["workload"] == workload
+        }
+
+    rows = []
+    for config, workers in round_plan(args, 1):
+        for workload in workloads_of(config):
+            mine = find(config.name, workers, workload.name)
+            if not mine:
+                continue
+            nginx = find("nginx", workers, workload.name) if workers is not None else {}
+            upstream = find("upstream", None, workload.name)
+            ratios = [r["rps"] / nginx[n]["rps"] for n, r in mine.items() if n in nginx]
+            added = {
+                p: statistics.median(
+                    r["latency_ms"][p] - upstream[n]["latency_ms"][p]
+                    for n, r in mine.items()
+                    if n in upstream
+                )
+                if config.kind != "upstream" and any(n in upstream for n in mine)
+                else None
+                for p in ("p50", "p99")
+            }
+            ratio = statistics.median(ratios) if ratios else None
+            errors = sum(r["error_count"] for r in mine.values())
+            row: dict[str, Any] = {
+                "config": config.name,
+                "workers": workers,
+                "workload": workload.name,
+                "connections": next(iter(mine.values()))["connections"],
+                "rps": statistics.median(r["rps"] for r in mine.values()),
+                "p50_ms": statistics.median(r["latency_ms"]["p50"] for r in mine.values()),
+                "p99_ms": statistics.median(r["latency_ms"]["p99"] for r in mine.values()),
+                "x_nginx": ratio,
+                "x_nginx_min": min(ratios) if ratios else None,
+                "x_nginx_max": max(ratios) if ratios else None,
+                "added_p50_ms": added["p50"],
+                "added_p99_ms": added["p99"],
+                "errors": errors,
+            }
+            for side in ("proxy", "upstream", "redis", "wrk"):
+                values = [r["cpu_us_per_request"][side] for r in mine.values()]
+                known = [v for v in values if v is not None]
+                row[f"{side}_cpu_us"] = statistics.median(known) if known else None
+            row["machine_idle"] = statistics.median(r["machine_idle"] for r in mine.values())
+            row["target"], row["met"] = None, None
+            if config.policies and workload.name == "post" and ratio is not None:
+                row["target"] = f">= {TARGET_RATIO}x NGINX"
+                row["met"] = ratio >= TARGET_RATIO and not errors
+            if config.policies and workload.moderate and added["p99"] is not None:
+                row["target"] = f"p99 added < {TARGET_ADDED_P99_MS:g} ms"
+                row["met"] = added["p99"] < TARGET_ADDED_P99_MS and not errors
+            rows.append(row)
+    return rows
+
+
+def _num(value: float | None, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def _met(row: dict[str, Any]) -> str:
+    return "-" if row["met"] is None else ("yes" if row["met"] else "NO")
+
+
+LOAD_COLUMNS = (
+    "proxy", "workers", "workload", "req/s", "p50 ms", "p99 ms", "x NGINX",
+    "proxy CPU us/req", "upstream CPU us/req", "errors", "target met",
+)  # fmt: skip
+MODERATE_COLUMNS = (
+    "proxy", "workers", "req/s", "p50 ms", "p99 ms", "p50 added ms", "p99 added ms",
+    "proxy CPU us/req", "errors", "target met",
+)  # fmt: skip
+
+
+def table_cells(rows: list[dict[str, Any]]) -> tuple[list[list[str]], list[list[str]]]:
+    load, moderate = [], []
+    for row in rows:
+        workers = "-" if row["workers"] is None else str(row["workers"])
+        common = [row["config"], workers]
+        proxy_cpu = _num(row["proxy_cpu_us"], ",.0f")
+        if row["workload"] == "post-moderate":
+            moderate.append(
+                [
+                    *common,
+                    f"{row['rps']:,.0f}",
+                    f"{row['p50_ms']:.2f}",
+                    f"{row['p99_ms']:.2f}",
+                    _num(row["added_p50_ms"], "+.2f"),
+                    _num(row["added_p99_ms"], "+.2f"),
+                    proxy_cpu,
+                    str(row["errors"]),
+                    _met(row),
+                ]
+            )
+        else:
+            load.append(
+                [
+                    *common,
+                    row["workload"],
+                    f"{row['rps']:,.0f}",
+                    f"{row['p50_ms']:.2f}",
+                    f"{row['p99_ms']:.2f}",
+                    _num(row["x_nginx"], ".2f"),
+                    proxy_cpu,
+                    _num(row["upstream_cpu_us"], ",.0f"),
+                    str(row["errors"]),
+                    _met(row),
+                ]
+            )
+    return load, moderate
+
+
+def markdown(columns: tuple[str, ...], cells: list[list[str]]) -> str:
+    right = {i for i, c in enumerate(columns) if c not in ("proxy", "workload", "target met")}
+    lines = ["| " + " | ".join(columns) + " |"]
+    lines.append("|" + "|".join("---:" if i in right else "---" for i in range(len(columns))) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def print_report(
+    args: argparse.Namespace,
+    context: dict[str, Any],
+    runs: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    env = context["environment"]
+    console = Console(width=max(160, shutil.get_terminal_size().columns))
+    print()
+    print(f"command:  {context['command']}")
+    print(
+        f"load:     wrk --threads {args.threads}, {args.connections} connections "
+        f"({args.moderate_connections} at moderate load), {args.duration} s per run after "
+        f"{args.warmup} s warm-up, {args.rounds} round(s), proxies interleaved"
+    )
+    print(f"upstream: {context['upstream']}")
+    print(f"redis:    {context['redis']}")
+    print(
+        f"machine:  {env['cpus']} CPUs shared by wrk, the upstream, the proxy and Redis (nothing "
+        f"pinned); load average {context['load_before']:.2f} before, "
+        f"{context['load_after']:.2f} after (1 min)"
+    )
+    print(
+        f"software: Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
+        f"uvicorn {env['uvicorn']} (uvloop {env['uvloop']}, httptools {env['httptools']}), "
+        f"httpx {env['httpx']} (httpcore {env['httpcore']}, anyio {env['anyio']}, sniffio "
+        f"{env['sniffio']}), redis-py {env['redis']}, {env['nginx']}, {env['wrk']}, "
+        f"{env['redis_server']}"
+    )
+    load, moderate = table_cells(rows)
+    for title, columns, cells in (
+        (f"{args.connections} connections", LOAD_COLUMNS, load),
+        (
+            f"moderate load: {args.moderate_connections} connections, POST with a new key each",
+            MODERATE_COLUMNS,
+            moderate,
+        ),
+    ):
+        table = Table(title=title)
+        for column in columns:
+            justify = "left" if column in ("proxy", "workload", "target met") else "right"
+            table.add_column(column, justify=justify)
+        for cell in cells:
+            table.add_row(*cell)
+        console.print(table)
+    print()
+    print("req/s, p50, p99, CPU: medians over rounds (wrk's latency percentiles).")
+    print("x NGINX: median of the per-round ratios of req/s to NGINX's with the same workers")
+    print("         and workload (NGINX x2 is the baseline of the 2-worker rows).")
+    print("added:   median of the per-round differences to the upstream alone at that load.")
+    print("CPU us/req: CPU time per request of the proxy's process group (every worker) and of")
+    print("         the upstream's, during the timed run.")
+    print("errors:  wrk socket errors, timeouts (5 s) and answers >= 400, all rounds.")
+    print("workloads: get = GET (rate limit only where policies are on); post = POST with a")
+    print("         new Idempotency-Key each (rate limit and idempotency); replay = POST with")
+    print("         one stored key (every answer from the store).")
+    print()
+    print("Markdown:")
+    print()
+    print(f"{args.connections} connections:")
+    print()
+    print(markdown(LOAD_COLUMNS, load))
+    print()
+    print(f"Moderate load ({args.moderate_connections} connections, POST with a new key each):")
+    print()
+    print(markdown(MODERATE_COLUMNS, moderate))
+    print()
+    extra = [row for row in rows if row["redis_cpu_us"] is not None or row["workload"] == "post"]
+    print("CPU per request, us (proxy / upstream / Redis / wrk), machine idle share:")
+    for row in extra:
+        workers = "" if row["workers"] is None else f" x{row['workers']}"
+        print(
+            f"  {row['config'] + workers:<20} {row['workload']:<13} "
+            f"{_num(row['proxy_cpu_us'], ',.0f'):>6} / {_num(row['upstream_cpu_us'], ',.0f'):>4} "
+            f"/ {_num(row['redis_cpu_us'], ',.0f'):>4} / {_num(row['wrk_cpu_us'], ',.0f'):>4}  "
+            f"idle {row['machine_idle']:.0%}"
+        )
+    failed = [r for r in runs if r["error_count"] or r["proxy_log_tail"]]
+    if failed:
+        print("\nWARNING: errors or warnings under load:")
+        for r in failed:
+            kinds = ", ".join(f"{n} {k}" for k, n in r["errors"].items() if n)
+            print(f"  round {r['round']} {r['config']} x{r['workers']} {r['workload']}: {kinds}")
+            if r["proxy_log_tail"]:
+                print("    " + r["proxy_log_tail"].replace("\n", "\n    "))
+
+
+@contextlib.contextmanager
+def terminated_on_sigterm() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so that every child is stopped."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join(sys.orig_argv if argv is None else [sys.argv[0], *argv])
+    redis: BenchRedis | None = None
+    upstream: Child | None = None
+    runs: list[dict[str, Any]] = []
+    with terminated_on_sigterm(), tempfile.TemporaryDirectory(prefix="surefoot-bench-") as tmp:
+        workdir = Path(tmp)
+        try:
+            check_tools(args)
+            scripts = {"get": workdir / "get.lua", "post": workdir / "post.lua"}
+            scripts["get"].write_text(GET_LUA)
+            scripts["post"].write_text(POST_LUA)
+            if any(c.store == "redis" for c in args.configs):
+                redis = BenchRedis(args.redis_url, (), args.redis_server)
+            upstream, upstream_base = upstream_server(workdir, args.upstream_workers)
+            context: dict[str, Any] = {
+                "command": command,
+                "upstream": f"bench/gateway.py:upstream_app under uvicorn, "
+                f"{args.upstream_workers} workers, uvloop, httptools, no access log",
+                "redis": "not used" if redis is None else redis.describe(),
+                "environment": environment(args),
+                "load_before": os.getloadavg()[0],
+            }
+            plan = round_plan(args, 1)
+            count = sum(len(workloads_of(c)) for c, _ in plan)
+            print(
+                f"{len(plan)} servers, {count} runs per round x {args.rounds} rounds: about "
+                f"{count * args.rounds * (args.duration + args.warmup + 0.5) / 60:.0f} min of "
+                f"load; {os.cpu_count()} CPUs shared by everything",
+                flush=True,
+            )
+            for round_no in range(1, args.rounds + 1):
+                for config, workers in round_plan(args, round_no):
+                    runs += run_server(
+                        args, scripts, config, workers, (upstream, upstream_base), redis, round_no
+                    )
+            context["load_after"] = os.getloadavg()[0]
+        except (BenchError, RedisBenchError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            for child in list(LIVE):
+                child.stop()
+            if redis is not None:
+                redis.stop()
+    rows = summarize(args, runs)
+    print_report(args, context, runs, rows)
+    if args.json:
+        document = {
+            **context,
+            "settings": {
+                "rounds": args.rounds,
+                "duration": args.duration,
+                "warmup": args.warmup,
+                "connections": args.connections,
+                "moderate_connections": args.moderate_connections,
+                "threads": args.threads,
+                "workers": args.workers,
+                "upstream_workers": args.upstream_workers,
+            },
+            "configs": [asdict(c) for c in args.configs],
+            "workloads": [asdict(w) for w in WORKLOADS],
+            "targets": {"x_nginx": TARGET_RATIO, "added_p99_ms": TARGET_ADDED_P99_MS},
+            "summary": rows,
+            "runs": runs,
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+        print(f"\nJSON written to {args.json}")
+    missed = [row for row in rows if row["met"] is False]
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
