@@ -9,6 +9,7 @@ upgrades a PostgreSQL store's tables.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -332,3 +333,53 @@ def check_config(config_path: str) -> None:
         f"{len(config.rate_limit_policies)} rate-limit policies, {len(root.clients)} clients, "
         f"{len(config.lookups)} lookups"
     )
+
+
+@main.group("chaos", invoke_without_command=True)
+@click.option("--listen", default="127.0.0.1:8474", show_default=True, help="HOST:PORT to serve.")
+@click.option("--upstream", help="The server to put faults in front of (a base URL).")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="A [chaos] TOML file.")
+@click.option("--seed", type=int, help="The fault plan's seed (overrides the file's).")
+@click.pass_context
+def chaos(
+    ctx: click.Context,
+    listen: str,
+    upstream: str | None,
+    plan_path: str | None,
+    seed: int | None,
+) -> None:
+    """A fault-injecting HTTP proxy (or, with a subcommand, a drill).
+
+    With no plan it forwards everything untouched until rules arrive through its control
+    API (PUT /__chaos/plan).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if upstream is None:
+        raise click.UsageError("--upstream is required to run the proxy")
+    from surefoot.chaos import ChaosProxy, FaultPlan
+
+    try:
+        plan = FaultPlan.from_toml(plan_path) if plan_path else FaultPlan(seed=seed)
+        if plan_path and seed is not None:
+            plan = FaultPlan(plan.rules, seed=seed, paused=plan.paused)
+        host, _, port = listen.rpartition(":")
+        proxy = ChaosProxy(upstream=upstream, plan=plan, host=host or "127.0.0.1", port=int(port))
+    except (ConfigurationError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def run() -> None:
+        await proxy.start()
+        rules = len(plan.rules)
+        click.echo(
+            f"surefoot chaos: {proxy.url} -> {upstream}; {rules} rule{'s' * (rules != 1)}, "
+            f"seed {plan.seed}; control API {proxy.url}/__chaos",
+            err=True,
+        )
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await proxy.aclose()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())

@@ -3,7 +3,9 @@
 A ``FaultPlan`` (``_plan.py``: pure, seeded, reproducible) decides per request which fault
 applies, from ordered ``Rule`` objects or a TOML ``[chaos]`` table
 (``FaultPlan.from_toml``); ``ChaosTransport`` / ``AsyncChaosTransport`` (``transport.py``)
-wrap another httpx transport and apply it. Each injected fault is counted by the plan
+wrap another httpx transport and apply it, and ``ChaosProxy`` (``proxy.py``, the
+``surefoot chaos`` command) applies it on the wire in front of any server, driven between
+test steps through its control API (``ChaosControl``). Each injected fault is counted by the plan
 (``plan.counts()``) and emitted as a ``FaultInjected`` event. See ``docs/chaos.md``.
 
 Errors raised (``surefoot.errors``)::
@@ -37,6 +39,7 @@ from surefoot.chaos._plan import (
     Rule,
     SlowBody,
 )
+from surefoot.chaos.proxy import ChaosControl, ChaosProxy
 from surefoot.chaos.transport import (
     CHAOS_HEADER,
     COPY_EXTENSION,
@@ -50,7 +53,9 @@ __all__ = [
     "FAULT_KINDS",
     "Abort",
     "AsyncChaosTransport",
+    "ChaosControl",
     "ChaosEvent",
+    "ChaosProxy",
     "ChaosTransport",
     "Delay",
     "Duplicate",

@@ -24,6 +24,7 @@ imported only when a configuration is validated.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import math
@@ -252,6 +253,19 @@ class Rule:
             or not (0.0 <= p <= 1.0)  # also refuses nan
         ):
             raise ConfigurationError(f"Rule.probability: expected a number in [0, 1], got {p!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule as a ``[[chaos.rules]]`` table (``FaultPlan.from_dict`` reads it back)."""
+        spec = {f.name: getattr(self.fault, f.name) for f in dataclasses.fields(self.fault)}
+        return {
+            "name": self.name,
+            "fault": self.fault.kind,
+            **spec,
+            "methods": list(self.methods),
+            "path": self.path,
+            "headers": dict(self.headers),
+            "probability": self.probability,
+        }
 
     def matches(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
         """Whether a request matches (Rule 2); ``headers`` has lower-case names."""
