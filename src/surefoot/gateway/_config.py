@@ -337,7 +337,7 @@ class GatewayConfig:
         self.admin_token = self._secret(
             root.admin.token, root.admin.token_env, ("admin",), problems
         )
-        if root.admin.enabled and self.admin_token is None:
+        if root.admin.enabled and self.admin_token is None and root.admin.token_env is None:
             problems.add(("admin", "token"), "required: set token or token_env, or enabled = false")
         if (root.upstream.url is None) == (root.upstream.app is None):
             problems.add(("upstream",), "expected exactly one of url and app")
@@ -493,6 +493,10 @@ class GatewayConfig:
             if client["api_key"]:
                 client["api_key"] = "***"
         data["stores"] = {name: _masked(url) for name, url in data["stores"].items()}
+        for route in data["routes"]:
+            lookup = (route.get("idempotency") or {}).get("lookup")
+            if lookup:  # a lookup's headers may carry the upstream's credentials
+                lookup["headers"] = {name: "***" for name in lookup["headers"]}
         return {"source": self.source, **data}
 
 

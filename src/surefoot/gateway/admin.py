@@ -151,7 +151,7 @@ class AdminApp:
                         continue  # in-flight slots are not a rate
                     key = limit_key(policy.name, limit, principal, "")
                     items.append(Item(key, limit.algorithm or "", limit, 0, True, ""))
-                    labels.append((policy.name, str(limit), policy.shadow))
+                    labels.append((policy.name, limit.describe(), policy.shadow))
             decisions = await stack.rate_limit_store.acquire(items, now) if items else (True, [])
             report.append(
                 {

@@ -307,10 +307,12 @@ class _Forward:
             await self.failed("status", reached=True, status=status, response=response)
             return
         self.record(failed=False, elapsed=elapsed, outcome=f"{status // 100}xx")
+        dropped = _RESPONSE_DROPPED
+        named = response.headers.get_list("connection", split_commas=True)
+        if named:  # headers the upstream's Connection header names are hop-by-hop too
+            dropped = dropped | {token.strip().lower().encode("latin-1") for token in named}
         headers = [
-            (name, value)
-            for name, value in response.headers.raw
-            if name.lower() not in _RESPONSE_DROPPED
+            (name, value) for name, value in response.headers.raw if name.lower() not in dropped
         ]
         length = response.headers.get("content-length")
         if length is not None and not response.headers.get("content-encoding"):

@@ -8,9 +8,11 @@ Theory of operation, per request on a protected route and method:
    step that reserves the scoped key or says why not (replay, 409, 422).
 3. If reserved, run the app with the buffered body, streaming its response to the client
    while keeping a copy of at most ``max_stored_response`` bytes.
-4. Settle when the app returns or raises: complete (store the response), release (the
-   status says no work was done), or apply the policy's ``on_server_error`` to a 5xx, an
-   exception or an unfinished response. The settle is shielded from cancellation.
+4. Settle when the response's last chunk is ready (before it is sent, so a client that
+   retries the instant it has the answer finds the key settled), or when the app returns
+   or raises without finishing: complete (store the response), release (the status says
+   no work was done), or apply the policy's ``on_server_error`` to a 5xx, an exception or
+   an unfinished response. The settle is shielded from cancellation.
    A request cancelled before its response finished is the one exception: its handler
    may still be running (a thread outlives a cancelled task), so its reservation is
    left to the lease, as for a worker that died, and never released early.
@@ -264,7 +266,8 @@ class _Responder:
         self.size = 0
         self.overflow = False
         self.complete = False
-        self.body_sent = False
+        self.token = ""
+        self.settled = False
 
     # -- events and answers -------------------------------------------------------------
 
@@ -574,31 +577,41 @@ class _Responder:
                     self.chunks.append(chunk)
             if not message.get("more_body", False):
                 self.complete = True
+                # Settled before the client has the last byte: a retry sent the instant the
+                # answer arrives finds the record settled, never still in flight.
+                await self.settle_once()
         await self.send(message)
 
     async def execute(self, token: str) -> None:
         self.scope[IDEMPOTENCY_POLICY] = self.policy
+        self.token = token
         try:
             await self.mw.app(self.scope, self.replay_receive(), self.capture_send)
         except Exception:
-            await _shielded(self.settle(token))
+            await _shielded(self.settle_once())
             raise
         except BaseException:
             # Cancelled before the response finished: the handler may still be working (in
             # a thread, or a task it started), so releasing the key could run it twice.
             # The reservation is left to its lease, exactly like a worker that died.
             if self.complete:
-                await _shielded(self.settle(token))
+                await _shielded(self.settle_once())
             else:
                 self.emit(ev.ReservationAbandoned)
             raise
         try:
-            await self.settle(token)
+            await self.settle_once()
         except asyncio.CancelledError:
             # Cancelled while the store was busy: a settle with the same token is safe to
             # repeat (a second finish of a settled record is refused), so finish it shielded.
-            await _shielded(self.settle(token))
+            await _shielded(self.settle_once())
             raise
+
+    async def settle_once(self) -> None:
+        """Settle the reservation unless that is done already."""
+        if not self.settled:
+            await self.settle(self.token)
+            self.settled = True
 
     def outcome(self) -> Outcome:
         """How to settle: by the finished response's status, else by ``on_server_error``."""
