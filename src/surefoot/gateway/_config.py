@@ -496,7 +496,7 @@ class GatewayConfig:
         for route in data["routes"]:
             lookup = (route.get("idempotency") or {}).get("lookup")
             if lookup:  # a lookup's headers may carry the upstream's credentials
-                lookup["headers"] = {name: "***" for name in lookup["headers"]}
+                lookup["headers"] = dict.fromkeys(lookup["headers"], "***")
         return {"source": self.source, **data}
 
 
