@@ -183,6 +183,16 @@ def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     return body
 
 
+def rate(response: httpx.Response, header: str = "ratelimit") -> dict[str, dict[str, int]]:
+    """``RateLimit`` (or ``RateLimit-Policy``) as {policy: {parameter: value}}."""
+    out: dict[str, dict[str, int]] = {}
+    for item in response.headers.get(header, "").split(","):
+        if item.strip():
+            name, *params = item.strip().split(";")
+            out[name.strip('"')] = {k: int(v) for k, v in (p.split("=") for p in params)}
+    return out
+
+
 # -- real processes -------------------------------------------------------------------------
 
 

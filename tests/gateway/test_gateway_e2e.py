@@ -24,6 +24,7 @@ from _gateway_helpers import (
     Server,
     charge,
     legacy_upstream,
+    rate,
     settled,
     surefoot_serve,
     toml_config,
@@ -53,16 +54,6 @@ def policy(name: str, limit: str, route: str, algorithm: str = "sliding_window")
         f'\n[[rate_limit.policies]]\nname = "{name}"\nlimits = ["{limit}"]\n'
         f'algorithm = "{algorithm}"\nroutes = ["{route}"]\n'
     )
-
-
-def rate(response: httpx.Response, header: str = "ratelimit") -> dict[str, dict[str, int]]:
-    """``RateLimit`` (or ``RateLimit-Policy``) as {policy: {parameter: value}}."""
-    out: dict[str, dict[str, int]] = {}
-    for item in response.headers.get(header, "").split(","):
-        if item.strip():
-            name, *params = item.strip().split(";")
-            out[name.strip('"')] = {k: int(v) for k, v in (p.split("=") for p in params)}
-    return out
 
 
 def problem_code(response: httpx.Response) -> str:
@@ -348,11 +339,12 @@ timeout = 0.3
         errors = [client.get("/status/500") for _ in range(2)]
         opened = client.get("/health")
         breaker = gateway.admin_get("/readyz")["breaker"]
-        recovered = wait_until(
-            lambda: (r := client.get("/health")).status_code == 200 and r,
-            timeout=10,
-            what="the breaker to close again",
-        )
+
+        def passed() -> httpx.Response | None:  # once open_wait is over, a probe goes through
+            response = client.get("/health")
+            return response if response.status_code == 200 else None
+
+        recovered = wait_until(passed, timeout=10, what="the breaker to let a probe through")
         after = client.get("/health")
         closed = gateway.admin_get("/readyz")["breaker"]
 
