@@ -47,6 +47,7 @@ from surefoot.gateway._events import ConfigRefused, ConfigReloaded
 from surefoot.gateway._lookup import LookupResolver
 from surefoot.gateway._metrics import GatewayMetrics
 from surefoot.gateway._shed import LoadShedder
+from surefoot.gateway._upstream import HttpUpstream, HttpxUpstream, Upstream
 from surefoot.gateway.proxy import ProxyApp
 from surefoot.idempotency.middleware import IdempotencyMiddleware
 from surefoot.identity import Identity
@@ -121,6 +122,7 @@ class Gateway:
         self._stores: dict[str, Any] = {}
         self._health: dict[int, StoreHealth] = {}
         self._clients: dict[tuple[Any, ...], httpx.AsyncClient] = {}
+        self._pools: dict[tuple[Any, ...], HttpUpstream] = {}
         self._breakers: dict[tuple[Any, ...], CircuitBreaker] = {}
         self._shedders: dict[tuple[Any, ...], LoadShedder] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -233,6 +235,9 @@ class Gateway:
             self._reconciler = None
         for client in self._clients.values():
             await client.aclose()
+        for pool in self._pools.values():
+            await pool.aclose()
+        self._pools.clear()
         for store in self._stores.values():
             await store.aclose()
         self._clients.clear()
@@ -293,6 +298,10 @@ class Gateway:
             if id(client) in old.resources and id(client) not in kept:
                 del self._clients[key]
                 await client.aclose()
+        for key, pool in list(self._pools.items()):
+            if id(pool) in old.resources and id(pool) not in kept:
+                del self._pools[key]
+                await pool.aclose()
         for url, store in list(self._stores.items()):
             if id(store) in old.resources and id(store) not in kept:
                 del self._stores[url]
@@ -318,6 +327,7 @@ class Gateway:
         idem_store = self._store(config.store_url(root.idempotency.store), resources)
         rl_store = self._store(config.store_url(root.rate_limit.store), resources)
         client, base_url = self._client(config, resources)
+        upstream_client = self._upstream(config, client, base_url, resources)
         upstream = root.upstream
         breaker = None
         if upstream.breaker is not None:
@@ -352,8 +362,7 @@ class Gateway:
 
         stack_ref: list[_Stack] = []
         proxy = ProxyApp(
-            client=client,
-            base_url=base_url,
+            upstream=upstream_client,
             name="upstream",
             breaker=breaker,
             shedder=shedder,
@@ -437,7 +446,36 @@ class Gateway:
             health = self._health[id(store)] = StoreHealth()
         return health
 
+    def _upstream(
+        self,
+        config: GatewayConfig,
+        client: httpx.AsyncClient,
+        base_url: str,
+        resources: set[int],
+    ) -> Upstream:
+        """The proxy's way to the upstream: the fast pool for a URL, else through httpx."""
+        upstream = config.root.upstream
+        if upstream.url is None or self.transport is not None:
+            return HttpxUpstream(client, base_url)
+        key = (
+            upstream.url,
+            upstream.connect_timeout,
+            upstream.read_timeout,
+            upstream.max_connections,
+        )
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = HttpUpstream(
+                upstream.url,
+                connect_timeout=upstream.connect_timeout,
+                read_timeout=upstream.read_timeout,
+                max_connections=upstream.max_connections,
+            )
+        resources.add(id(pool))
+        return pool
+
     def _client(self, config: GatewayConfig, resources: set[int]) -> tuple[httpx.AsyncClient, str]:
+        """An httpx client to the upstream: lookups, and the proxy for an in-process app."""
         upstream = config.root.upstream
         key = (
             upstream.url,

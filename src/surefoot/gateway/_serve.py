@@ -218,7 +218,18 @@ def _worker(
         sockets = [main] if admin is None else [main, admin]
         await server.serve(sockets=sockets)
 
-    asyncio.run(main_loop())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main_loop())
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (uvicorn[standard] brings it), as uvicorn does."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - part of uvicorn[standard]
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 _pending: set[asyncio.Task[None]] = set()

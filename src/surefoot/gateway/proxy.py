@@ -34,8 +34,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from typing import Any
 
-import httpx
-
 from surefoot._asgi import (
     IDEMPOTENCY_POLICY,
     NOT_EXECUTED,
@@ -58,6 +56,7 @@ from surefoot.errors import (
 from surefoot.events import EventHook, emit, wanted
 from surefoot.gateway._events import RequestShed, UpstreamFailed
 from surefoot.gateway._shed import LoadShedder
+from surefoot.gateway._upstream import Body, Upstream, UpstreamError, UpstreamResponse
 
 __all__ = ["ProxyApp"]
 
@@ -74,19 +73,28 @@ _HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# Replaced by the proxy's own values.
-_REPLACED = frozenset({b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# Replaced by the proxy's own values (the upstream client sets Host and the body's framing;
+# an Expect: 100-continue is the proxy's business, not the upstream's).
+_REPLACED = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"expect",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+    }
+)
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-_RESPONSE_DROPPED = _HOP_BY_HOP | {b"x-request-id", b"content-length"}
+_RESPONSE_DROPPED = _HOP_BY_HOP | {b"x-request-id"}
 
 
 class ProxyApp:
     """Forwards every request to one upstream.
 
     Args:
-        client: the ``httpx.AsyncClient`` holding the connection pool (its transport may be
-            an ``httpx.ASGITransport`` for an in-process upstream).
-        base_url: the upstream's URL; the request's path is appended to its path.
+        upstream: how to reach the upstream (``HttpUpstream``'s connection pool, or an
+            ``HttpxUpstream`` for an in-process app or an injected transport).
         name: names the upstream in problems, events and the breaker.
         breaker: the upstream's circuit breaker, or None.
         shedder: the upstream's concurrency limit, or None; ``shed_retry_after`` the
@@ -104,8 +112,7 @@ class ProxyApp:
     def __init__(
         self,
         *,
-        client: httpx.AsyncClient,
-        base_url: str,
+        upstream: Upstream,
         name: str = "upstream",
         breaker: CircuitBreaker | None = None,
         shedder: LoadShedder | None = None,
@@ -121,9 +128,7 @@ class ProxyApp:
         observe: Callable[[str, float], None] | None = None,
         problem_base: str = DEFAULT_PROBLEM_BASE,
     ) -> None:
-        self.client = client
-        self.base = httpx.URL(base_url)
-        self.base_path = self.base.raw_path.rstrip(b"/")
+        self.upstream = upstream
         self.name = name
         self.breaker = breaker
         self.shedder = shedder
@@ -213,23 +218,18 @@ class _Forward:
         route = proxy.route_of(scope)
         timeout = proxy.route_timeouts.get(route, proxy.timeout)
         self.started = time.monotonic()
-        response: httpx.Response | None = None
+        response: UpstreamResponse | None = None
         try:
             async with asyncio.timeout(timeout):
                 request = await self.build()
                 if request is None:  # the client left before sending its body
                     self.release()
                     return
+                target, headers, content = request
                 try:
-                    response = await proxy.client.send(request, stream=True)
-                except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
-                    await self.failed("connect", reached=False)
-                    return
-                except httpx.TimeoutException:
-                    await self.failed("timeout", reached=True)
-                    return
-                except httpx.TransportError:
-                    await self.failed("reset", reached=True)
+                    response = await proxy.upstream.send(scope["method"], target, headers, content)
+                except UpstreamError as exc:
+                    await self.failed(exc.reason, reached=exc.reached)
                     return
                 try:
                     await self.relay(response)
@@ -250,7 +250,8 @@ class _Forward:
             self.proxy.breaker.release(self.permit)
         self.recorded = True
 
-    async def build(self) -> httpx.Request | None:
+    async def build(self) -> tuple[bytes, list[tuple[bytes, bytes]], Body] | None:
+        """The target, headers and body to forward; None if the client left."""
         proxy = self.proxy
         scope = self.scope
         headers: list[tuple[bytes, bytes]] = []
@@ -279,15 +280,16 @@ class _Forward:
         if not any(n == b"x-request-id" for n, _ in headers):
             headers.append((b"x-request-id", request_id(scope).encode()))
         query = scope.get("query_string", b"")
-        raw_path = proxy.base_path + (scope.get("raw_path") or scope["path"].encode())
-        url = proxy.base.copy_with(raw_path=raw_path + (b"?" + query if query else b""))
+        target = scope.get("raw_path") or scope["path"].encode()
+        if query:
+            target += b"?" + query
         first = await self.receive()
         if first["type"] == "http.disconnect":
             return None
-        content: bytes | AsyncIterator[bytes] = (
+        content: Body = (
             self.body(first) if first.get("more_body", False) else first.get("body", b"")
         )
-        return proxy.client.build_request(scope["method"], url, headers=headers, content=content)
+        return target, headers, content
 
     async def body(self, first: Message) -> AsyncIterator[bytes]:
         yield first.get("body", b"")
@@ -299,24 +301,19 @@ class _Forward:
             yield message.get("body", b"")
             more = message.get("more_body", False)
 
-    async def relay(self, response: httpx.Response) -> None:
+    async def relay(self, response: UpstreamResponse) -> None:
         proxy = self.proxy
-        status = response.status_code
+        status = response.status
         elapsed = time.monotonic() - self.started
         if status >= 500:
             await self.failed("status", reached=True, status=status, response=response)
             return
         self.record(failed=False, elapsed=elapsed, outcome=f"{status // 100}xx")
         dropped = _RESPONSE_DROPPED
-        named = response.headers.get_list("connection", split_commas=True)
+        named = [value for name, value in response.headers if name == b"connection"]
         if named:  # headers the upstream's Connection header names are hop-by-hop too
-            dropped = dropped | {token.strip().lower().encode("latin-1") for token in named}
-        headers = [
-            (name, value) for name, value in response.headers.raw if name.lower() not in dropped
-        ]
-        length = response.headers.get("content-length")
-        if length is not None and not response.headers.get("content-encoding"):
-            headers.append((b"content-length", length.encode()))
+            dropped = dropped | {t.strip().lower() for v in named for t in v.split(b",")}
+        headers = [(name, value) for name, value in response.headers if name not in dropped]
         # No X-Request-Id here: a stored response is replayed to other requests, and the
         # gateway adds each response's own id as it goes out.
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
@@ -324,13 +321,13 @@ class _Forward:
             await self.send({"type": "http.response.body", "body": b""})
             return
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in response.chunks():
                 if chunk:
                     await self.send(
                         {"type": "http.response.body", "body": chunk, "more_body": True}
                     )
-        except httpx.TransportError:
-            self.event("reset", reached=True, status=status)
+        except UpstreamError as exc:
+            self.event(exc.reason, reached=True, status=status)
             raise OSError(f"{proxy.name} broke the connection mid-response") from None
         await self.send({"type": "http.response.body", "body": b""})
 
@@ -367,7 +364,7 @@ class _Forward:
         *,
         reached: bool,
         status: int | None = None,
-        response: httpx.Response | None = None,
+        response: UpstreamResponse | None = None,
     ) -> None:
         outcome = {"connect": "connect_error", "status": "5xx"}.get(reason, reason)
         self.record(failed=True, elapsed=time.monotonic() - self.started, outcome=outcome)
@@ -392,9 +389,9 @@ class _Forward:
             error = UpstreamUnavailable(reason=what, advice=advice, retry_safe=safe)
         extra: list[tuple[bytes, bytes]] = []
         if response is not None:
-            retry_after = response.headers.get("retry-after")
-            if retry_after is not None and retry_after.isdigit():
-                extra.append((b"retry-after", retry_after.encode()))
+            for name, value in response.headers:
+                if name == b"retry-after" and value.isdigit():
+                    extra.append((b"retry-after", value))
         await send_problem(
             self.send,
             error,

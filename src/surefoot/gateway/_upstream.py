@@ -1,0 +1,428 @@
+"""How the proxy talks to its upstream: one interface, a fast HTTP/1.1 pool and an httpx one.
+
+``HttpUpstream`` is the gateway's own HTTP/1.1 client for an upstream given as a URL: a
+pool of keep-alive connections, each an asyncio ``Protocol`` parsing answers with
+httptools (which uvicorn already uses). It does only what a reverse proxy needs, so a
+forwarded request costs a fraction of what a general-purpose client spends.
+``HttpxUpstream`` sends through an ``httpx.AsyncClient`` instead: for an upstream that is
+an in-process ASGI app, and for tests that inject a transport (a ``ChaosTransport``).
+
+Rule 1: every failure is an ``UpstreamError`` whose ``reached`` says whether the request
+        may have been processed: a connect failure or no free connection in time is
+        ``reached=False``; anything after the first byte of the request was written is
+        ``reached=True``, except an idempotent request on a reused keep-alive connection
+        that the upstream had already closed, which is retried once on a new connection.
+Rule 2: a connection goes back to the pool only after a complete answer that allows
+        keep-alive; an answer abandoned half-read closes its connection.
+Rule 3: at most ``max_connections`` connections are open at once; a request waits up to
+        ``connect_timeout`` for one.
+Rule 4: the answer's body streams: at most ``_HIGH_WATER`` bytes are buffered before the
+        connection stops reading until the proxy catches up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, cast
+
+import httptools
+import httpx
+
+__all__ = ["HttpUpstream", "HttpxUpstream", "Upstream", "UpstreamError", "UpstreamResponse"]
+
+_HIGH_WATER = 256 * 1024
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+Headers = list[tuple[bytes, bytes]]
+Body = bytes | AsyncIterator[bytes]
+
+
+class UpstreamError(Exception):
+    """The upstream call failed: ``reason`` is ``connect``, ``timeout`` or ``reset``."""
+
+    def __init__(self, reason: str, *, reached: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.reached = reached
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    headers: Headers
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body; raises ``UpstreamError`` (reset or timeout) if it breaks."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class Upstream(Protocol):
+    async def send(
+        self, method: str, target: bytes, headers: Headers, body: Body
+    ) -> UpstreamResponse:
+        """Send a request (``target``: path and query); the answer's head, body to come."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+# -- the fast pool -----------------------------------------------------------------------------
+
+
+class HttpUpstream:
+    """A pool of HTTP/1.1 keep-alive connections to one ``http://`` or ``https://`` URL.
+
+    Args:
+        url: the upstream's base URL; a request's target is appended to its path.
+        connect_timeout: seconds to connect, or to wait for a free connection.
+        read_timeout: seconds to wait for the answer's head, and between body chunks.
+        max_connections: connections open at once.
+    """
+
+    def __init__(
+        self, url: str, *, connect_timeout: float, read_timeout: float, max_connections: int
+    ) -> None:
+        parsed = httpx.URL(url)
+        self.host = parsed.host
+        self.tls = parsed.scheme == "https"
+        self.port = parsed.port or (443 if self.tls else 80)
+        default = (parsed.scheme == "http" and self.port == 80) or (self.tls and self.port == 443)
+        self.authority = parsed.netloc if not default else parsed.host.encode("ascii")
+        self.base_path = parsed.raw_path.rstrip(b"/")
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.slots = asyncio.Semaphore(max_connections)
+        self.idle: deque[_Connection] = deque()
+        self.ssl = ssl.create_default_context() if self.tls else None
+        self.closed = False
+
+    async def send(self, method: str, target: bytes, headers: Headers, body: Body) -> _Response:
+        verb = method.encode("ascii")
+        head = [verb, b" ", self.base_path, target, b" HTTP/1.1\r\nhost: ", self.authority, b"\r\n"]
+        for name, value in headers:
+            head += [name, b": ", value, b"\r\n"]
+        chunked = False
+        if isinstance(body, bytes):
+            if body or verb not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
+                head += [b"content-length: ", str(len(body)).encode(), b"\r\n"]
+        elif not any(name == b"content-length" for name, _ in headers):
+            head.append(b"transfer-encoding: chunked\r\n")
+            chunked = True
+        head.append(b"\r\n")
+        message = b"".join(head)
+        read_timeout = self.read_timeout
+        for attempt in (0, 1):
+            conn = await self._connection()
+            try:
+                return await conn.exchange(verb, message, body, chunked, read_timeout)
+            except _Stale:
+                # The upstream closed this idle connection as we used it: nothing was read.
+                if attempt == 0 and verb in _IDEMPOTENT and isinstance(body, bytes):
+                    continue
+                raise UpstreamError("reset", reached=True) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _connection(self) -> _Connection:
+        try:
+            await asyncio.wait_for(self.slots.acquire(), self.connect_timeout)
+        except TimeoutError:
+            raise UpstreamError("connect", reached=False) from None
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                return conn
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.host if self.tls else None,
+                ),
+                self.connect_timeout,
+            )
+        except (OSError, TimeoutError, ssl.SSLError):
+            self.slots.release()
+            raise UpstreamError("connect", reached=False) from None
+        return conn
+
+    def _done(self, conn: _Connection, reusable: bool) -> None:
+        """``conn`` finished an exchange: pool it or close it; its slot is free."""
+        if reusable and not self.closed and not conn.closed:
+            self.idle.append(conn)
+        else:
+            conn.close()
+        self.slots.release()
+
+    async def aclose(self) -> None:
+        self.closed = True
+        while self.idle:
+            self.idle.pop().close()
+
+
+class _Stale(Exception):
+    """A reused connection was closed before any byte of the answer arrived."""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; one exchange at a time."""
+
+    def __init__(self, pool: HttpUpstream) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.used = False
+        self.reused = False
+        self.head: asyncio.Future[None] | None = None
+        self.response: _Response | None = None
+        self.parser: Any = None
+        self.got_bytes = False
+        self.head_only = False
+        self.keep_alive = True
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+
+    # -- asyncio callbacks ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not derive from asyncio.Transport; they behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.parser is None:  # bytes while idle: the upstream misbehaves
+            self.close()
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._fail(UpstreamError("reset", reached=True))
+            self.close()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.parser is not None:
+            if self.reused and not self.got_bytes:
+                self._fail(_Stale())
+            else:
+                self._fail(UpstreamError("reset", reached=True))
+        self.can_write.set()
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.response is not None
+        self.response.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        response = self.response
+        assert response is not None
+        response.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.head is not None and not self.head.done():
+            self.head.set_result(None)
+        if self.head_only or response.status in (204, 304):
+            self.on_message_complete()
+
+    def on_body(self, body: bytes) -> None:
+        assert self.response is not None
+        self.response.feed(body)
+
+    def on_message_complete(self) -> None:
+        response = self.response
+        if response is None or response.complete:
+            return
+        self.parser = None
+        response.finish()
+
+    # -- an exchange ---------------------------------------------------------------------------
+
+    async def exchange(
+        self, verb: bytes, head: bytes, body: Body, chunked: bool, read_timeout: float
+    ) -> _Response:
+        assert self.transport is not None
+        self.reused = self.used
+        self.used = True
+        self.got_bytes = False
+        self.head_only = verb == b"HEAD"
+        self.response = response = _Response(self, read_timeout)
+        self.parser = httptools.HttpResponseParser(self)
+        self.head = asyncio.get_running_loop().create_future()
+        try:
+            if isinstance(body, bytes):
+                self.transport.write(head + body if len(body) < 65536 else head)
+                if len(body) >= 65536:
+                    self.transport.write(body)
+            else:
+                self.transport.write(head)
+                async for chunk in body:
+                    if not chunk:
+                        continue
+                    if self.closed:
+                        raise UpstreamError("reset", reached=True)
+                    self.transport.write(
+                        b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
+                    )
+                    await self.can_write.wait()
+                if chunked:
+                    self.transport.write(b"0\r\n\r\n")
+            try:
+                await asyncio.wait_for(asyncio.shield(self.head), read_timeout)
+            except TimeoutError:
+                raise UpstreamError("timeout", reached=True) from None
+        except BaseException:
+            self.close()
+            self.pool._done(self, reusable=False)
+            raise
+        return response
+
+    def _fail(self, error: Exception) -> None:
+        self.parser = None
+        if self.head is not None and not self.head.done():
+            self.head.set_exception(error)
+            self.head.exception()  # retrieved here: the waiter may be gone
+        elif self.response is not None:
+            self.response.fail(error)
+
+    def finished(self, complete: bool) -> None:
+        """The proxy is done with the answer (complete, or abandoned half-read)."""
+        self.response = None
+        self.head = None
+        reusable = complete and self.keep_alive and not self.closed
+        if not reusable:
+            self.close()
+        self.pool._done(self, reusable)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class _Response:
+    """The answer's head, and its body as it arrives."""
+
+    def __init__(self, conn: _Connection, read_timeout: float) -> None:
+        self.conn = conn
+        self.read_timeout = read_timeout
+        self.status = 0
+        self.headers: Headers = []
+        self.buffer: deque[bytes] = deque()
+        self.buffered = 0
+        self.complete = False
+        self.error: Exception | None = None
+        self.wakeup = asyncio.Event()
+        self.paused = False
+        self.released = False
+
+    def feed(self, data: bytes) -> None:
+        self.buffer.append(data)
+        self.buffered += len(data)
+        self.wakeup.set()
+        if self.buffered > _HIGH_WATER and not self.paused and self.conn.transport is not None:
+            self.paused = True
+            self.conn.transport.pause_reading()
+
+    def finish(self) -> None:
+        self.complete = True
+        self.wakeup.set()
+
+    def fail(self, error: Exception) -> None:
+        if not self.complete:
+            self.error = error
+            self.wakeup.set()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            while self.buffer:
+                chunk = self.buffer.popleft()
+                self.buffered -= len(chunk)
+                if self.paused and self.buffered <= _HIGH_WATER // 2:
+                    self.paused = False
+                    if self.conn.transport is not None:
+                        self.conn.transport.resume_reading()
+                yield chunk
+            if self.complete:
+                self._release(complete=True)
+                return
+            if self.error is not None:
+                self._release(complete=False)
+                raise UpstreamError("reset", reached=True)
+            self.wakeup.clear()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), self.read_timeout)
+            except TimeoutError:
+                self._release(complete=False)
+                raise UpstreamError("timeout", reached=True) from None
+
+    def _release(self, *, complete: bool) -> None:
+        if not self.released:
+            self.released = True
+            self.conn.finished(complete)
+
+    async def aclose(self) -> None:
+        self._release(complete=self.complete and not self.buffer)
+
+
+# -- through httpx -----------------------------------------------------------------------------
+
+
+class HttpxUpstream:
+    """Sends through an ``httpx.AsyncClient`` (an ASGI app upstream, or an injected transport)."""
+
+    def __init__(self, client: httpx.AsyncClient, base_url: str) -> None:
+        self.client = client
+        self.base = httpx.URL(base_url)
+        self.base_path = self.base.raw_path.rstrip(b"/")
+
+    async def send(
+        self, method: str, target: bytes, headers: Headers, body: Body
+    ) -> _HttpxResponse:
+        url = self.base.copy_with(raw_path=self.base_path + target)
+        request = self.client.build_request(method, url, headers=headers, content=body)
+        try:
+            response = await self.client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
+            raise UpstreamError("connect", reached=False) from None
+        except httpx.TimeoutException:
+            raise UpstreamError("timeout", reached=True) from None
+        except httpx.TransportError:
+            raise UpstreamError("reset", reached=True) from None
+        return _HttpxResponse(response)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class _HttpxResponse:
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.status = response.status_code
+        self.headers: Headers = [(k.lower(), v) for k, v in response.headers.raw]
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.response.aiter_raw():
+                yield chunk
+        except httpx.TimeoutException:
+            raise UpstreamError("timeout", reached=True) from None
+        except httpx.TransportError:
+            raise UpstreamError("reset", reached=True) from None
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
