@@ -70,6 +70,9 @@ class Server(_Table):
     )
     max_request_body: int = _described("bytes > 0", 1024 * 1024, gt=0)
     access_log: bool = _described("true or false", True)
+    log_level: Literal["debug", "info", "warning", "error"] = _described(
+        "'debug', 'info', 'warning' or 'error'", "warning"
+    )
     shutdown_timeout: float = _described("seconds >= 0", 30.0, ge=0)
 
     @field_validator("trusted_proxies")

@@ -34,7 +34,7 @@ from multiprocessing.context import SpawnProcess
 from typing import Any
 
 from surefoot._asgi import Receive, Scope, Send
-from surefoot.gateway._accesslog import JsonFormatter
+from surefoot.gateway._accesslog import ACCESS_LOGGER, JsonFormatter
 from surefoot.gateway._config import load_config
 
 __all__ = ["serve"]
@@ -187,8 +187,8 @@ def _worker(
     from surefoot.gateway._metrics import GatewayMetrics
     from surefoot.gateway.admin import AdminApp, signal_supervisor
 
-    _configure_logging()
     config = load_config(config_path)
+    _configure_logging(config.root.server.log_level)
     metrics = GatewayMetrics(multiprocess_dir=metrics_dir)
     gateway = Gateway(config, config_path=config_path, metrics=metrics, workers=workers)
     on_reload = signal_supervisor if metrics_dir is not None else None
@@ -242,12 +242,17 @@ async def _reload(gateway: Any) -> None:
         await gateway.reload()
 
 
-def _configure_logging() -> None:
-    """JSON lines on stderr for surefoot's loggers and uvicorn's."""
+def _configure_logging(level: str) -> None:
+    """JSON lines on stderr: surefoot's events from ``level`` up, access lines, uvicorn's."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    for name in ("surefoot", "uvicorn", "uvicorn.error"):
+    for name, threshold in (
+        ("surefoot", level.upper()),
+        (ACCESS_LOGGER, "INFO"),  # switched off by [server] access_log, not by the level
+        ("uvicorn", "INFO"),
+        ("uvicorn.error", "INFO"),
+    ):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
-        logger.setLevel(logging.INFO)
+        logger.setLevel(threshold)
         logger.propagate = False
