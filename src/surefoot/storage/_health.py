@@ -282,16 +282,21 @@ def health_event(
     """The event of ``change``, for the adapter to emit."""
     if change.state is HealthState.DOWN:
         return StoreDown(
-            at=at, request_id=request_id, store=type(store).__name__, layer=layer, error=error
+            at=at, request_id=request_id, store=_store_name(store), layer=layer, error=error
         )
     return StoreRecovered(
         at=at,
         request_id=request_id,
-        store=type(store).__name__,
+        store=_store_name(store),
         layer=layer,
         duration=change.duration,
         failed_probes=change.failed_probes,
     )
+
+
+def _store_name(store: object) -> str:
+    """The store's class name; a wrapper (the gateway's metrics) names what it wraps."""
+    return type(getattr(store, "wrapped", store)).__name__
 
 
 def failure_name(exc: BaseException) -> str:
