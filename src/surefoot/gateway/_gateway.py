@@ -213,8 +213,9 @@ class Gateway:
 
     async def startup(self) -> None:
         """Start the reconciler and report the breaker's state."""
-        self.metrics.set_breaker_state("upstream", self.stack.proxy.breaker.state.value
-                                       if self.stack.proxy.breaker else "disabled")  # fmt: skip
+        breaker = self.stack.proxy.breaker
+        state = breaker.state.value if breaker is not None else "disabled"
+        self.metrics.set_breaker_state("upstream", state)
         self._restart_reconciler()
 
     def _restart_reconciler(self) -> None:
@@ -334,10 +335,10 @@ class Gateway:
             key = (base_url, *upstream.breaker.model_dump().values())
             breaker = self._breakers.get(key)
             if breaker is None:
+                options = upstream.breaker.model_dump()
                 breaker = CircuitBreaker(
-                    name="upstream", clock=self.clock, hooks=self.hooks,
-                    **upstream.breaker.model_dump(),
-                )  # fmt: skip
+                    name="upstream", clock=self.clock, hooks=self.hooks, **options
+                )
                 self._breakers = {key: breaker}
         shedder = None
         if upstream.concurrency is not None:

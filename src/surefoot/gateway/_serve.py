@@ -36,6 +36,7 @@ from typing import Any
 from surefoot._asgi import Receive, Scope, Send
 from surefoot.gateway._accesslog import ACCESS_LOGGER, JsonFormatter
 from surefoot.gateway._config import load_config
+from surefoot.gateway._metrics import mark_worker_dead
 
 __all__ = ["serve"]
 
@@ -132,13 +133,12 @@ class _Supervisor:
             for index, process in enumerate(self.processes):
                 if process.is_alive() or self.stopping:
                     continue
-                from surefoot.gateway._metrics import mark_worker_dead
-
                 if process.pid is not None:
                     mark_worker_dead(process.pid, multiprocess_dir=self.metrics_dir)
                 self.failures += 1
-                _log.warning("worker %s exited (%s); starting another", process.pid,
-                             process.exitcode)  # fmt: skip
+                _log.warning(
+                    "worker %s exited (%s); starting another", process.pid, process.exitcode
+                )
                 time.sleep(min(5.0, 0.1 * 2 ** min(self.failures, 6)))
                 self.processes[index] = self.start_one()
         for process in self.processes:
