@@ -27,9 +27,10 @@ Theory of operation:
    private ``redis-server`` started by the script, see ``bench/redis_decisions.py``, or
    ``--redis-url``; a new key prefix per start, its keys deleted afterwards). Every
    gateway runs with ``[server] access_log = false``: the benchmark measures proxying,
-   not writing one log line per request. wrk sends no API key, so all requests come
-   from one principal (its address): one hot rate-limit counter, the worst case for a
-   store.
+   not writing one log line per request (the events that stay on at INFO, such as
+   idempotency's, are still logged: the report counts the proxy's log lines per
+   request). wrk sends no API key, so all requests come from one principal (its
+   address): one hot rate-limit counter, the worst case for a store.
 3. The workloads, loaded by ``wrk --threads 2`` (the Lua scripts are written to the
    temporary directory; ``done()`` prints requests, errors and wrk's latency percentiles
    as one JSON line): ``get``, ``GET /items`` at ``--connections`` (64); ``post``,
@@ -52,6 +53,9 @@ Theory of operation:
    machine's CPUs (the runs report the machine's idle share: near 0 means the figures
    are CPU-bound, and each side's CPU time per request says where the time went).
    Every child runs in a process group of its own, killed at the end whatever happens.
+7. surefoot's source files are hashed at the start and at the end: a tree edited while
+   the benchmark runs (each server start imports the code of the moment) is reported,
+   with the files that changed.
 
 The targets (from the issue): with every policy on (``post`` on ``surefoot-sqlite`` and
 ``surefoot-redis``), at least 0.5x NGINX's req/s with the same workers, and under 2 ms of
@@ -61,7 +65,10 @@ p99 added to the upstream's at moderate load.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -338,6 +345,24 @@ def first_line(command: list[str]) -> str:
     except OSError:
         return "unknown"
     return (done.stdout or done.stderr).strip().split("\n", 1)[0].split(" Copyright")[0]
+
+
+def source_files() -> dict[str, str]:
+    """surefoot's .py files as imported now (the working tree, edits included): path -> sha256."""
+    spec = importlib.util.find_spec("surefoot")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*.py"))
+    }
+
+
+def digest(files: dict[str, str]) -> str:
+    """One short digest of ``source_files()``."""
+    text = "\n".join(f"{path} {sha}" for path, sha in sorted(files.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:
@@ -623,17 +648,18 @@ def gateway_server(
 
 
 def post(url: str, key: str) -> tuple[int, dict[str, str], bytes]:
-    """POST with ``key``; while the answer is 409 (the key is in flight), ask again.
+    """POST with ``key``, asked again for up to 5 s while the answer says to retry.
 
-    The gateway answers before it stores the response, so a request sent as soon as the
-    previous one with the same key was answered may find the key still in flight.
+    409: the key is still in flight (an earlier request with it may not be settled yet);
+    503: the store was marked down by a failure under the previous load and no probe has
+    succeeded yet.
     """
     deadline = time.monotonic() + 5.0
     while True:
         status, headers, body = request(url, "POST", POST_BODY.encode(), key)
-        if status != 409 or time.monotonic() > deadline:
+        if status not in (409, 503) or time.monotonic() > deadline:
             return status, headers, body
-        time.sleep(0.02)
+        time.sleep(0.1)
 
 
 def check_answers(config: Config, base: str, nonce: str) -> None:
@@ -766,7 +792,8 @@ def run_one(
         },
         "machine_idle": (idle_after - idle_before) / max(1, total_after - total_before),
         "proxy_log_lines": len(new_log),
-        "proxy_log_tail": "\n".join(problems[-20:]) if error_count or problems else "",
+        "proxy_log_problems": log_summary(problems),
+        "proxy_log_tail": [line[:500] for line in problems[-5:]],
         "wrk_output": result["output"] if error_count else "",
     }
 
@@ -778,6 +805,26 @@ def quiet(line: str) -> bool:
     except ValueError:
         return False  # a traceback, or anything else not from the JSON formatter
     return isinstance(record, dict) and record.get("level") in ("DEBUG", "INFO")
+
+
+def log_summary(lines: list[str]) -> dict[str, int]:
+    """Log lines counted by kind: level, event name and the fields that say what happened."""
+    kinds: collections.Counter[str] = collections.Counter()
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            kinds[f"(not JSON) {line[:200]}"] += 1
+            continue
+        fields = record.get("surefoot") or {}
+        said = " ".join(
+            f"{name}={fields[name]}"
+            for name in ("layer", "phase", "action", "error")
+            if fields.get(name) is not None
+        )
+        event = str(record.get("message", "")).split(" ", 1)[0]
+        kinds[f"{record.get('level')} {record.get('logger')} {event} {said}".rstrip()] += 1
+    return dict(kinds.most_common())
 
 
 def round_plan(args: argparse.Namespace, round_no: int) -> list[tuple[Config, int | None]]:
@@ -843,8 +890,11 @@ def run_server(
                     f"idle {run['machine_idle']:.0%}  errors {run['error_count']}",
                     flush=True,
                 )
-                if run["error_count"] or run["proxy_log_tail"]:
-                    print(f"    errors {run['errors']}; proxy log:\n{run['proxy_log_tail']}")
+                if run["error_count"] or run["proxy_log_problems"]:
+                    kinds = ", ".join(f"{n} {k}" for k, n in run["errors"].items() if n)
+                    print(f"    errors: {kinds or 'none'}; proxy log, WARNING and above:")
+                    for kind, count in run["proxy_log_problems"].items():
+                        print(f"      {count:>6} x {kind}")
                 if proxy is not None and proxy.process.poll() is not None:
                     raise BenchError(f"{target.label} {workload.name}: {died(proxy)}")
         finally:
@@ -907,6 +957,9 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> list[dict
                 known = [v for v in values if v is not None]
                 row[f"{side}_cpu_us"] = statistics.median(known) if known else None
             row["machine_idle"] = statistics.median(r["machine_idle"] for r in mine.values())
+            row["log_lines_per_request"] = statistics.median(
+                r["proxy_log_lines"] / r["requests"] for r in mine.values()
+            )
             row["target"], row["met"] = None, None
             if config.policies and workload.name == "post" and ratio is not None:
                 row["target"] = f">= {TARGET_RATIO}x NGINX"
@@ -1014,6 +1067,15 @@ def print_report(
         f"{env['sniffio']}), redis-py {env['redis']}, {env['nginx']}, {env['wrk']}, "
         f"{env['redis_server']}"
     )
+    before, after = context["source_before"], context["source_after"]
+    print(f"source:   digest {digest(before)} of surefoot's {len(before)} .py files at the start")
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        print(
+            f"WARNING:  surefoot's source changed during the run (digest {digest(after)} at "
+            "the end): servers started at different times ran different code; changed: "
+            + ", ".join(changed)
+        )
     load, moderate = table_cells(rows)
     for title, columns, cells in (
         (f"{args.connections} connections", LOAD_COLUMNS, load),
@@ -1025,8 +1087,8 @@ def print_report(
     ):
         table = Table(title=title)
         for column in columns:
-            justify = "left" if column in ("proxy", "workload", "target met") else "right"
-            table.add_column(column, justify=justify)
+            text = column in ("proxy", "workload", "target met")
+            table.add_column(column, justify="left" if text else "right")
         for cell in cells:
             table.add_row(*cell)
         console.print(table)
@@ -1053,23 +1115,26 @@ def print_report(
     print(markdown(MODERATE_COLUMNS, moderate))
     print()
     extra = [row for row in rows if row["redis_cpu_us"] is not None or row["workload"] == "post"]
-    print("CPU per request, us (proxy / upstream / Redis / wrk), machine idle share:")
+    print(
+        "CPU per request, us (proxy / upstream / Redis / wrk), machine idle share, proxy log "
+        "lines per request:"
+    )
     for row in extra:
         workers = "" if row["workers"] is None else f" x{row['workers']}"
         print(
             f"  {row['config'] + workers:<20} {row['workload']:<13} "
             f"{_num(row['proxy_cpu_us'], ',.0f'):>6} / {_num(row['upstream_cpu_us'], ',.0f'):>4} "
             f"/ {_num(row['redis_cpu_us'], ',.0f'):>4} / {_num(row['wrk_cpu_us'], ',.0f'):>4}  "
-            f"idle {row['machine_idle']:.0%}"
+            f"idle {row['machine_idle']:>4.0%}  log {row['log_lines_per_request']:.2f}"
         )
-    failed = [r for r in runs if r["error_count"] or r["proxy_log_tail"]]
+    failed = [r for r in runs if r["error_count"] or r["proxy_log_problems"]]
     if failed:
         print("\nWARNING: errors or warnings under load:")
         for r in failed:
             kinds = ", ".join(f"{n} {k}" for k, n in r["errors"].items() if n)
             print(f"  round {r['round']} {r['config']} x{r['workers']} {r['workload']}: {kinds}")
-            if r["proxy_log_tail"]:
-                print("    " + r["proxy_log_tail"].replace("\n", "\n    "))
+            for kind, count in r["proxy_log_problems"].items():
+                print(f"    {count:>6} x {kind}")
 
 
 @contextlib.contextmanager
@@ -1109,6 +1174,7 @@ def main(argv: list[str] | None = None) -> int:
                 "redis": "not used" if redis is None else redis.describe(),
                 "environment": environment(args),
                 "load_before": os.getloadavg()[0],
+                "source_before": source_files(),
             }
             plan = round_plan(args, 1)
             count = sum(len(workloads_of(c)) for c, _ in plan)
@@ -1124,6 +1190,7 @@ def main(argv: list[str] | None = None) -> int:
                         args, scripts, config, workers, (upstream, upstream_base), redis, round_no
                     )
             context["load_after"] = os.getloadavg()[0]
+            context["source_after"] = source_files()
         except (BenchError, RedisBenchError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
