@@ -1,0 +1,271 @@
+"""The gateway's own HTTP/1.1 pool (``HttpUpstream``) against scripted raw servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from surefoot.gateway._upstream import HttpUpstream, UpstreamError
+
+pytestmark = pytest.mark.anyio
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Server:
+    """A raw server running ``handler`` per connection; ``close`` ends every connection."""
+
+    server: asyncio.Server
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.writers: list[asyncio.StreamWriter] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.append(task)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await self.handler(reader, writer)
+
+    def close(self) -> None:
+        self.server.close()
+        for task in self.tasks:
+            task.cancel()
+        for writer in self.writers:
+            writer.transport.abort()
+
+
+async def start(handler: Handler) -> tuple[Server, str]:
+    server = Server(handler)
+    server.server = await asyncio.start_server(server.serve, "127.0.0.1", 0)
+    port = server.server.sockets[0].getsockname()[1]
+    await asyncio.sleep(0)
+    return server, f"http://127.0.0.1:{port}/base"
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """The head, and the body (by Content-Length or chunked)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    length = next((int(v.split(b":")[1]) for v in lines if v.startswith(b"content-length")), 0)
+    if b"transfer-encoding: chunked" in lines:
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                return head, body
+            body += chunk[:-2]
+    return head, await reader.readexactly(length)
+
+
+def pool(url: str, **options: float) -> HttpUpstream:
+    settings = {"connect_timeout": 1.0, "read_timeout": 1.0, "max_connections": 4.0}
+    settings.update(options)
+    return HttpUpstream(
+        url,
+        connect_timeout=settings["connect_timeout"],
+        read_timeout=settings["read_timeout"],
+        max_connections=int(settings["max_connections"]),
+    )
+
+
+async def body_of(response: object) -> bytes:
+    chunks = [chunk async for chunk in response.chunks()]  # type: ignore[attr-defined]
+    return b"".join(chunks)
+
+
+async def test_keep_alive_reuses_one_connection_and_frames_bodies() -> None:
+    seen: list[tuple[bytes, bytes]] = []
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while not reader.at_eof():
+            try:
+                head, body = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                break
+            seen.append((head, body))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    server, url = await start(handler)
+    upstream = pool(url)
+
+    async def streamed() -> AsyncIterator[bytes]:
+        yield b"ab"
+        yield b""
+        yield b"cd"
+
+    for body in (b"", b"xyz", streamed()):
+        response = await upstream.send("POST", b"/p?q=1", [(b"x-k", b"v")], body)
+        assert (response.status, await body_of(response)) == (200, b"ok")
+        assert (b"x-a", b"1") in response.headers
+        await response.aclose()
+    await upstream.aclose()
+    server.close()
+    assert connections == 1
+    heads = [head for head, _ in seen]
+    assert all(h.startswith(b"POST /base/p?q=1 HTTP/1.1\r\nhost: 127.0.0.1:") for h in heads)
+    assert [body for _, body in seen] == [b"", b"xyz", b"abcd"]
+    assert b"content-length: 0" in heads[0]
+    assert b"transfer-encoding: chunked" in heads[2]
+
+
+async def test_head_and_204_end_at_the_head_and_chunked_answers_stream() -> None:
+    answers = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",  # HEAD: no body follows
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    ]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:
+            await read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+    server, url = await start(handler)
+    upstream = pool(url)
+    for method, expected in (("HEAD", b""), ("GET", b""), ("GET", b"abcde")):
+        response = await upstream.send(method, b"/", [], b"")
+        assert await body_of(response) == expected
+        await response.aclose()
+    await upstream.aclose()
+    server.close()
+
+
+async def test_a_stale_idle_connection_is_retried_for_idempotent_methods_only() -> None:
+    served = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        await read_request(reader)
+        served += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        # Keep-alive promised; the next request on this connection finds it closing.
+        await read_request(reader)
+        writer.close()
+
+    server, url = await start(handler)
+    upstream = pool(url)
+    for method, body in (("GET", b""), ("GET", b"")):
+        response = await upstream.send(method, b"/", [], body)
+        assert await body_of(response) == b"ok"  # the second: retried on a new connection
+        await response.aclose()
+    with pytest.raises(UpstreamError) as lost:
+        await upstream.send("POST", b"/", [], b"x")  # may have been received: not retried
+    assert (lost.value.reason, lost.value.reached) == ("reset", True)
+    await upstream.aclose()
+    server.close()
+    assert served == 2
+
+
+async def test_failures_say_whether_the_request_may_have_been_processed() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    async def cut_mid_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+        await writer.drain()
+        writer.close()
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+
+    server, url = await start(silent)
+    upstream = pool(url, read_timeout=0.1)
+    with pytest.raises(UpstreamError) as timed_out:
+        await upstream.send("GET", b"/", [], b"")
+    assert (timed_out.value.reason, timed_out.value.reached) == ("timeout", True)
+    server.close()
+
+    server, url = await start(cut_mid_body)
+    response = await pool(url).send("GET", b"/", [], b"")
+    with pytest.raises(UpstreamError) as broken:
+        await body_of(response)
+    assert broken.value.reason == "reset"
+    server.close()
+
+    server, url = await start(garbage)
+    with pytest.raises(UpstreamError) as bad:
+        await pool(url).send("GET", b"/", [], b"")
+    assert bad.value.reached
+    server.close()
+    await asyncio.sleep(0.05)  # let the closed connections finish closing
+
+    closed = url.replace(url.split(":")[-1].split("/")[0], "1")  # port 1: nothing listens
+    with pytest.raises(UpstreamError) as refused:
+        await pool(closed).send("POST", b"/", [], b"x")
+    assert (refused.value.reason, refused.value.reached) == ("connect", False)
+
+
+async def test_no_free_connection_in_time_is_not_reached() -> None:
+    release = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await release.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    server, url = await start(slow)
+    upstream = pool(url, max_connections=1, connect_timeout=0.1)
+    pending = asyncio.ensure_future(upstream.send("GET", b"/", [], b""))
+    await asyncio.sleep(0.05)
+    with pytest.raises(UpstreamError) as waited:
+        await upstream.send("GET", b"/", [], b"")
+    assert (waited.value.reason, waited.value.reached) == ("connect", False)
+    release.set()
+    response = await pending
+    await body_of(response)
+    await response.aclose()
+    await upstream.aclose()
+    server.close()
+    await asyncio.sleep(0.05)
+
+
+async def test_a_large_answer_streams_with_back_pressure() -> None:
+    size = 2 * 1024 * 1024
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size // 65536):
+            writer.write(b"x" * 65536)
+            await writer.drain()
+        await read_request(reader)  # until the client closes
+
+    server, url = await start(big)
+    upstream = pool(url)
+    response = await upstream.send("GET", b"/", [], b"")
+    received = 0
+    async for chunk in response.chunks():
+        received += len(chunk)
+        await asyncio.sleep(0)  # a slow reader: the connection pauses and resumes
+    assert received == size
+    await response.aclose()
+    assert len(upstream.idle) == 1  # complete: pooled again
+    await upstream.aclose()
+    server.close()
+    await asyncio.sleep(0.05)
