@@ -17,9 +17,13 @@ Rule 4: the reconciler needs the request that failed, so when a key becomes unkn
         route with a lookup, the rendered lookup is saved beside it in the same store
         (a completed record under ``lookup:`` + the key, with the key's TTL). Settling a
         key forgets its companion.
-Rule 5: settling is one store step (``resolve`` or ``forget``); two settlers racing (a
-        retry's lookup and the reconciler, two workers) are safe: a second ``resolve``
-        of a completed key is refused, a second ``forget`` finds nothing.
+Rule 5: settling is one store step, only from UNKNOWN: ``resolve``, or a release by
+        ``finish`` with the record's own fencing token. Two settlers racing (two retries,
+        a retry and the reconciler, two workers) settle once: a second ``resolve`` of a
+        completed key is refused, and a second release is refused once a retry has
+        reserved the key again (a ``forget`` there would let that retry's twin run too).
+Rule 6: a key whose worker died (its lease ran out) has no saved lookup; its age counts
+        from the end of its lease, so a not-found answer can release it.
 """
 
 from __future__ import annotations
@@ -209,6 +213,9 @@ class LookupResolver:
             return None
 
     async def settle(self, store_key: str, pending: _Pending, *, how: str, rid: str) -> Resolution:
+        record = await self.store.get(store_key, self.clock.now())
+        if record is None or record.state is not State.UNKNOWN:
+            return None  # settled meanwhile (another settler): the next retry sees how
         try:
             response = await self.client.request(
                 pending.method,
@@ -219,19 +226,25 @@ class LookupResolver:
         except httpx.HTTPError:
             return None
         now = self.clock.now()
-        since = pending.since if pending.since >= 0 else now
+        # A key nobody saved a lookup for became unknown when its lease ran out.
+        since = pending.since if pending.since >= 0 else record.lease_expires_at
         age = max(0.0, now - since)
+        outcome: Resolution
         if response.status_code in pending.found:
             result = StoredResponse(
                 pending.status or response.status_code,
                 _stored_headers(response),
                 response.content,
             )
-            await self.store.resolve(store_key, result, now)
-            outcome: Resolution = result
-            name = "found"
+            if not await self.store.resolve(store_key, result, now):
+                return None
+            outcome, name = result, "found"
         elif response.status_code in pending.not_found and age >= pending.not_found_after:
-            await self.store.forget(store_key, now)
+            # Released with the record's own fencing token (Rule 5): if another settler
+            # released it first and a retry holds it now, this release is refused.
+            release = Outcome(Step.RELEASE)
+            if not await self.store.finish(store_key, record.token, release, now):
+                return None
             outcome, name = "release", "not_found"
         else:
             return None
