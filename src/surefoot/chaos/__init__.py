@@ -8,9 +8,14 @@ wrap another httpx transport and apply it, and ``ChaosProxy`` (``proxy.py``, the
 test steps through its control API (``ChaosControl``). Each injected fault is counted by the plan
 (``plan.counts()``) and emitted as a ``FaultInjected`` event. See ``docs/chaos.md``.
 
+The exactly-once drill (``drill.py``, ``surefoot chaos drill``) runs a ``Scenario`` file: clients
+pay through a chaos proxy on each side of ``surefoot serve`` in front of the example payments
+API, then ``run_drill`` audits the ledger into a ``DrillReport``. See ``docs/reliability.md``.
+
 Errors raised (``surefoot.errors``)::
 
     ConfigurationError   an invalid rule, plan or file (file:line: field: expected ..., got ...)
+    DrillError           (not a SurefootError) a drill could not run: a process did not start
 
 The faults themselves surface as what a real network gives: ``httpx.ConnectError``,
 ``httpx.ReadError``, ``httpx.ReadTimeout`` / ``httpx.PoolTimeout``,
@@ -39,6 +44,8 @@ from surefoot.chaos._plan import (
     Rule,
     SlowBody,
 )
+from surefoot.chaos._scenario import DrillAudit, DrillEvent, DrillReport, Scenario
+from surefoot.chaos.drill import DrillError, arun_drill, drill_markdown, drill_table, run_drill
 from surefoot.chaos.proxy import ChaosControl, ChaosProxy
 from surefoot.chaos.transport import (
     CHAOS_HEADER,
@@ -58,6 +65,10 @@ __all__ = [
     "ChaosProxy",
     "ChaosTransport",
     "Delay",
+    "DrillAudit",
+    "DrillError",
+    "DrillEvent",
+    "DrillReport",
     "Duplicate",
     "FailAfter",
     "Fault",
@@ -67,5 +78,10 @@ __all__ = [
     "Hang",
     "Reset",
     "Rule",
+    "Scenario",
     "SlowBody",
+    "arun_drill",
+    "drill_markdown",
+    "drill_table",
+    "run_drill",
 ]

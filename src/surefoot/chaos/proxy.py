@@ -223,6 +223,10 @@ class ChaosProxy:
                 conn.start_next_cycle()
         except (_Cut, ConnectionError, h11.RemoteProtocolError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # aclose cancels open connections: ending normally keeps Python 3.11's
+            # start_server callback from logging each cancellation as an unhandled error.
+            pass
         finally:
             self._connections.discard(task)
             if not writer.transport.is_closing():

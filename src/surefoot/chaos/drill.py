@@ -1,0 +1,877 @@
+"""The exactly-once drill: many clients pay through faults, then the ledger is audited.
+
+``run_drill(scenario)`` (``surefoot chaos drill SCENARIO.toml``) builds this, in a temporary
+directory of its own, and tears it down afterwards whatever happens (Ctrl-C included)::
+
+    clients ──► ChaosProxy ──► surefoot serve ──► ChaosProxy ──► legacy payments API
+    (tasks)     (client side)  (subprocess)       (upstream side)  (subprocess, SQLite ledger)
+                                    │
+                        SQLite file, or a private redis-server (append-only file)
+
+Theory of operation:
+1. Start: the store (a private ``redis-server --appendonly yes --appendfsync always`` for
+   ``store = "redis"``: a Redis that forgets keys on restart forgets which payments ran),
+   the upstream (``python -m examples.legacy_payments``, its own ledger), the upstream-side
+   proxy, the gateway (``python -m surefoot serve`` on a policy written by
+   ``gateway_policy``) and the client-side proxy, each on a free port, each awaited by
+   polling until it answers. Every subprocess runs in a process group of its own.
+2. Pay: ``clients`` tasks, each with its own ``httpx.AsyncClient`` over an
+   ``AsyncResilientTransport`` (retries with full jitter, no retry budget, every attempt
+   capped by ``attempt_timeout``) and its own API key, make ``payments`` payments one after
+   another. A payment is one reference and one ``Idempotency-Key`` (the same string), kept
+   across every attempt; what the transport does not retry (a body cut short, a final
+   status after its attempts) is tried again by the client until the payment's deadline.
+   Attempts are counted on the wire, below the transport.
+3. Meanwhile ``[[events]]`` happen at their time (or share of payments done): chaos plans
+   paused, resumed or flapping; the gateway's process group or redis-server SIGKILLed and
+   started again on the same port after ``down`` seconds.
+4. Settle: the chaos plans are paused, anything an event left down is started again (a
+   gateway or Redis that exited by itself is too, and listed among the events: a finding),
+   and the drill waits for deliveries still in flight (the longest delay rule, at least one
+   second) and then, up to ``settle`` seconds, for the gateway's outcome-unknown keys to be
+   settled by its reconciler.
+5. Audit (``_scenario.audit``): the ledger (read from the upstream's SQLite file, checked
+   against its ``GET /audit``) against every client's final answer, plus the keys the
+   gateway still holds as outcome unknown (``GET /admin/unknown``). Every payment, with
+   what the client was told and what the ledger booked, goes to ``payments.jsonl``; every
+   injected fault to ``faults.jsonl``.
+
+Rule 1: every process the drill starts is killed (its whole process group) and every
+        temporary file removed on every path out of ``arun_drill``; ``keep=True`` keeps
+        the directory (policy, logs, ledger, store) for investigation.
+Rule 2: a drill that cannot run (a process that does not start, or dies) raises
+        ``DrillError`` with the tail of that process's log; a drill that runs returns its
+        ``DrillReport`` whatever it found (``report.ok`` says whether it passed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from surefoot.chaos._events import FaultInjected
+from surefoot.chaos._plan import FaultPlan
+from surefoot.chaos._scenario import (
+    DrillAudit,
+    DrillEvent,
+    DrillReport,
+    Payment,
+    Scenario,
+    audit,
+    drill_markdown,
+    gateway_policy,
+    latency,
+)
+from surefoot.chaos.proxy import ChaosProxy
+from surefoot.client import AsyncResilientTransport, RetryBudget, RetryPolicy
+from surefoot.errors import ConfigurationError, UpstreamError
+from surefoot.events import Event
+
+__all__ = [
+    "DrillAudit",
+    "DrillError",
+    "DrillEvent",
+    "DrillReport",
+    "Scenario",
+    "arun_drill",
+    "drill_markdown",
+    "drill_table",
+    "run_drill",
+]
+
+Progress = Callable[[int, int], None]
+Log = Callable[[str], None]
+
+_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+_READY_TIMEOUT = 60.0
+
+
+class DrillError(Exception):
+    """The drill could not run: a process did not start or died (its log's tail is here)."""
+
+
+def run_drill(
+    scenario: Scenario,
+    *,
+    progress: Progress | None = None,
+    log: Log | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+    keep: bool = False,
+) -> DrillReport:
+    """Run ``scenario`` and audit the ledger (see the module's docstring).
+
+    Example:
+        >>> report = run_drill(Scenario.from_toml("examples/drills/ci-small.toml"))
+        >>> report.ok, report.audit.duplicated, report.audit.missing
+        (True, 0, 0)
+
+    Args:
+        scenario: the drill.
+        progress: called with (payments done, payments in all) as payments finish.
+        log: called with one line per step (started, killed, restarted...).
+        workdir: where to make the drill's temporary directory (default: the system's).
+        keep: keep that directory afterwards (its path is logged).
+
+    Raises:
+        DrillError: a process did not start or died; ConfigurationError: the drill needs
+            what is not here (``redis-server``, the example upstream).
+
+    Warning:
+        It runs the example upstream from the surefoot source tree (``examples/``): run it
+        from a checkout. SIGTERM stops it like Ctrl-C, cleaning up first.
+    """
+    work = arun_drill(scenario, progress=progress, log=log, workdir=workdir, keep=keep)
+    return asyncio.run(_with_sigterm(work))
+
+
+async def _with_sigterm(work: Coroutine[Any, Any, DrillReport]) -> DrillReport:
+    """``work``, stopped by SIGTERM as by Ctrl-C: cancelled (so that every ``finally`` cleans
+    up), then ``KeyboardInterrupt``."""
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        if task is not None:
+            task.cancel()
+
+    installed = False
+    with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+        loop.add_signal_handler(signal.SIGTERM, terminate)  # the main thread only
+        installed = True
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if terminated:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, previous)
+
+
+async def arun_drill(
+    scenario: Scenario,
+    *,
+    progress: Progress | None = None,
+    log: Log | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+    keep: bool = False,
+) -> DrillReport:
+    """``run_drill`` in the running event loop (the proxies and clients run in it)."""
+    drill = _Drill(scenario, progress=progress, log=log or (lambda line: None))
+    directory = Path(tempfile.mkdtemp(prefix="surefoot-drill-", dir=workdir))
+    started = time.monotonic()
+    try:
+        await drill.start(directory)
+        await drill.pay()
+        await drill.settle()
+        return await drill.report(wall=time.monotonic() - started)
+    finally:
+        await drill.aclose()
+        if keep:
+            drill.log(f"kept {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+class _Process:
+    """One subprocess in a process group of its own, its output in a log file."""
+
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        *,
+        log: Path,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.command = list(command)
+        self.log_path = log
+        self.cwd = cwd
+        self.env = dict(env) if env is not None else None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as output:
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: killed as a whole
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a crash would."""
+        self._signal(signal.SIGKILL)
+        self._reap(5.0)
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL it if it is still there after a few seconds."""
+        if self.process is None:
+            return
+        self._signal(signal.SIGTERM)
+        if not self._reap(5.0):
+            self.kill()
+        self.process = None
+
+    def _signal(self, signum: int) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signum)
+
+    def _reap(self, timeout: float) -> bool:
+        assert self.process is not None
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        # The group may outlive its leader (a worker): make sure nothing is left.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        return True
+
+    def exit_status(self) -> str:
+        code = self.process.poll() if self.process is not None else None
+        if code is None:
+            return "running"
+        return f"signal {-code}" if code < 0 else f"exit status {code}"
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def failed(self, what: str) -> DrillError:
+        return DrillError(f"{self.name} {what} (log {self.log_path}):\n{self.tail()}")
+
+
+async def _until_ready(process: _Process, ready: Callable[[], Awaitable[bool]]) -> None:
+    """Poll ``ready`` until it is true; the deadline guards a process that never comes up."""
+    deadline = time.monotonic() + _READY_TIMEOUT
+    while True:
+        if not process.alive:
+            raise process.failed("exited while starting")
+        if await ready():
+            return
+        if time.monotonic() > deadline:
+            raise process.failed(f"did not answer within {_READY_TIMEOUT:g} s")
+        await asyncio.sleep(0.05)
+
+
+async def _answers(url: str, headers: Mapping[str, str] | None = None) -> bool:
+    try:
+        async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
+            return (await client.get(url, headers=headers)).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def _redis_pong(port: int) -> bool:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(b"PING\r\n")
+        await writer.drain()
+        # +PONG once ready; -LOADING while it reads its append-only file back.
+        return (await asyncio.wait_for(reader.readline(), 1.0)).startswith(b"+PONG")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def _examples_root() -> Path:
+    """The directory holding ``examples/legacy_payments`` (the drill's upstream)."""
+    candidates = [Path.cwd(), *Path(__file__).resolve().parents]
+    for root in candidates:
+        if (root / "examples" / "legacy_payments" / "__main__.py").is_file():
+            return root
+    raise ConfigurationError(
+        "the drill runs the example payments API (examples/legacy_payments) from the surefoot "
+        "source tree: run it from a checkout"
+    )
+
+
+def _environment(directory: Path, root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["TMPDIR"] = str(directory)  # the gateway's metrics folder goes there
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    return env
+
+
+# -- the drill ------------------------------------------------------------------------------------
+
+
+class _Counting(httpx.AsyncBaseTransport):
+    """Counts the requests sent per idempotency key, under the resilient transport."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.sent: Counter[str] = Counter()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent[request.headers.get("idempotency-key", "")] += 1
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _FaultLog:
+    """Writes each injected fault as a JSON line (``faults.jsonl``), for investigation: the
+    client side's request id is the idempotency key, the upstream side's the gateway's
+    request id (as in the gateway's log)."""
+
+    def __init__(self, output: IO[str], side: str) -> None:
+        self.output = output
+        self.side = side
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, FaultInjected):
+            record = {"side": self.side, **event.fields()}
+            self.output.write(json.dumps(record) + "\n")
+
+
+class _Drill:
+    """One run: its processes, proxies, clients and what they saw."""
+
+    def __init__(self, scenario: Scenario, *, progress: Progress | None, log: Log) -> None:
+        self.scenario = scenario
+        self.on_progress = progress
+        self.log_line = log
+        self.run_id = secrets.token_hex(3)
+        self.token = secrets.token_urlsafe(16)
+        seeds = scenario.seeds()
+        self.seeds = seeds
+        self.client_plan = FaultPlan(
+            scenario.client_rules, seed=seeds["client"], paused=scenario.client_paused
+        )
+        self.upstream_plan = FaultPlan(
+            scenario.upstream_rules, seed=seeds["upstream"], paused=scenario.upstream_paused
+        )
+        self.redis: _Process | None = None
+        self.upstream: _Process | None = None
+        self.gateway: _Process | None = None
+        self.proxies: list[ChaosProxy] = []
+        self.payments: list[Payment] = []
+        self.done = 0
+        self.t0 = 0.0
+        self.seconds = 0.0
+        self.fired: list[str] = []
+        self.stopped: set[str] = set()  # what an event has taken down and not yet restarted
+        self.ledger_path: Path | None = None
+        self.fault_log: IO[str] | None = None
+        # Every client retries the same way: with the same key, until the payment's deadline.
+        self.retry = RetryPolicy(
+            max_attempts=1_000_000,
+            deadline=None,  # each payment has its own deadline (``payment``)
+            attempt_timeout=scenario.attempt_timeout,
+            backoff_base=0.05,
+            backoff_max=1.0,
+            retry_statuses=_RETRY_STATUSES,
+            max_retry_after=scenario.deadline,
+        )
+
+    def log(self, line: str) -> None:
+        self.log_line(line)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    # -- starting ----------------------------------------------------------------------------
+
+    async def start(self, directory: Path) -> None:
+        """Start, in order: the store, the upstream, its proxy, the gateway, the clients' proxy."""
+        s = self.scenario
+        self.directory = directory
+        root = _examples_root()
+        env = _environment(directory, root)
+        self.log(
+            f"drill {s.name}: {s.clients} clients x {s.payments} payments, store {s.store}, "
+            f"idempotency {'on' if s.idempotency else 'off'}, {s.workers} gateway "
+            f"worker{'s' * (s.workers > 1)}, seed {s.seed}"
+        )
+        if s.store == "redis":
+            store_url = await self.start_redis(directory)
+        else:
+            store_url = f"sqlite:///{directory / 'gateway.db'}"
+        self.ledger_path = directory / "ledger.db"
+        port = _free_port()
+        command = [sys.executable, "-m", "examples.legacy_payments", "--port", str(port)]
+        command += ["--ledger", str(self.ledger_path), "--workers", str(s.upstream_workers)]
+        command += ["--fail-after-commit", repr(s.fail_after_commit)]
+        command += ["--seed", str(self.seeds["legacy"])]
+        upstream = self.upstream = _Process(
+            "the upstream (examples.legacy_payments)",
+            command,
+            log=directory / "upstream.log",
+            cwd=root,
+            env=env,
+        )
+        upstream.start()
+        self.upstream_url = f"http://127.0.0.1:{port}"
+        await _until_ready(upstream, lambda: _answers(self.upstream_url + "/health"))
+        self.fault_log = (directory / "faults.jsonl").open("w")
+        upstream_proxy = await self.proxy(self.upstream_url, self.upstream_plan, "upstream")
+        port, admin_port = _free_port(), _free_port()
+        policy = directory / "gateway.toml"
+        policy.write_text(
+            gateway_policy(
+                s,
+                upstream_url=upstream_proxy.url,
+                store_url=store_url,
+                port=port,
+                admin_port=admin_port,
+                admin_token=self.token,
+            )
+        )
+        self.gateway_url = f"http://127.0.0.1:{port}"
+        self.admin_url = f"http://127.0.0.1:{admin_port}"
+        self.gateway = _Process(
+            "the gateway (surefoot serve)",
+            [sys.executable, "-m", "surefoot", "serve", "--config", str(policy)],
+            log=directory / "gateway.log",
+            cwd=directory,
+            env=env,
+        )
+        await self.start_gateway()
+        client_proxy = await self.proxy(self.gateway_url, self.client_plan, "client")
+        self.client_url = client_proxy.url
+        self.log(
+            f"clients -> {client_proxy.url} (chaos) -> gateway {self.gateway_url} -> "
+            f"{upstream_proxy.url} (chaos) -> upstream {self.upstream_url}"
+        )
+
+    async def proxy(self, upstream: str, plan: FaultPlan, side: str) -> ChaosProxy:
+        """A chaos proxy in this event loop, its faults logged to ``faults.jsonl``."""
+        assert self.fault_log is not None
+        # Its patience with what it forwards to is far above the gateway's and the clients'
+        # timeouts: a request it holds is only ever given up by the side that sent it.
+        proxy = ChaosProxy(
+            upstream=upstream,
+            plan=plan,
+            hooks=[_FaultLog(self.fault_log, side)],
+            timeout=60.0,
+            hang_max=120.0,
+        )
+        await proxy.start()
+        self.proxies.append(proxy)
+        return proxy
+
+    async def start_redis(self, directory: Path) -> str:
+        """A private redis-server; the store URL (a key prefix of this run's own)."""
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise ConfigurationError("store = 'redis' needs redis-server on the PATH")
+        port = _free_port()
+        folder = directory / "redis"
+        folder.mkdir()
+        command = [executable, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
+        # Every write fsynced to the append-only file: a restart keeps every record.
+        command += ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+        self.redis = _Process("redis-server", command, log=directory / "redis.log")
+        self.redis_port = port
+        await self.start_redis_process()
+        timeout = self.scenario.gateway.store_timeout
+        return f"redis://127.0.0.1:{port}/0?prefix=drill:{self.run_id}:&timeout={timeout}"
+
+    async def start_redis_process(self) -> None:
+        assert self.redis is not None
+        self.redis.start()
+        await _until_ready(self.redis, lambda: _redis_pong(self.redis_port))
+
+    async def start_gateway(self) -> None:
+        assert self.gateway is not None
+        self.gateway.start()
+        await _until_ready(self.gateway, lambda: _answers(self.admin_url + "/healthz"))
+
+    # -- paying --------------------------------------------------------------------------------
+
+    async def pay(self) -> None:
+        s = self.scenario
+        self.t0 = time.monotonic()
+        self.progressed = asyncio.Event()
+        self.report_progress()
+        clients = asyncio.ensure_future(self.clients())
+        pending: set[asyncio.Future[None]] = {clients}
+        pending.update(asyncio.ensure_future(self.event(event)) for event in s.events)
+        try:
+            while not clients.done():
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is not clients:
+                        task.result()  # an event that failed (a gateway that did not restart)
+            clients.result()
+        finally:
+            self.seconds = self.elapsed()
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def clients(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for index in range(self.scenario.clients):
+                group.create_task(self.client(index))
+
+    def report_progress(self) -> None:
+        # Wake whoever waits for a share of payments done, with a fresh event for the next.
+        self.progressed.set()
+        self.progressed = asyncio.Event()
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.scenario.total)
+
+    async def client(self, index: int) -> None:
+        s = self.scenario
+        rng = random.Random(self.seeds["jitter"] * 1000 + index)
+        counting = _Counting(httpx.AsyncHTTPTransport(retries=0))
+        transport = AsyncResilientTransport(
+            counting,
+            retry=self.retry,
+            budget=RetryBudget.unlimited(),
+            hooks=[],
+            random=rng,
+        )
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url=self.client_url,
+            timeout=s.attempt_timeout,
+            headers={"X-API-Key": f"drill-client-{index}"},
+            trust_env=False,
+        ) as http:
+            for n in range(s.payments):
+                payment = await self.payment(http, counting, rng, index, n)
+                self.payments.append(payment)
+                self.done += 1
+                self.report_progress()
+
+    async def payment(
+        self, http: httpx.AsyncClient, counting: _Counting, rng: random.Random, index: int, n: int
+    ) -> Payment:
+        """One payment, tried with the same key until a 201, a final answer or the deadline."""
+        s = self.scenario
+        reference = f"drill-{self.run_id}-{index}-{n}"
+        body = {
+            "amount": 100 + n % 900,
+            "currency": "eur",
+            "customer": f"cus_{index}",
+            "reference": reference,
+        }
+        headers = {"Idempotency-Key": reference}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + s.deadline
+        status: int | None = None
+        error: str | None = None
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                async with asyncio.timeout(left):
+                    response = await http.post("/charges", json=body, headers=headers)
+            except TimeoutError:
+                error = "deadline"
+                break
+            except (httpx.HTTPError, UpstreamError) as exc:
+                # A body cut short after the transport handed the response over, or a flow
+                # that gave up: the same key is safe to send again.
+                error = getattr(exc, "code", None) or type(exc).__name__
+                await asyncio.sleep(rng.uniform(0.0, 0.1))
+                continue
+            status = response.status_code
+            charge_id = _charge_id(response) if status == 201 else None
+            if charge_id is not None:
+                return Payment(
+                    reference=reference,
+                    client=index,
+                    status=status,
+                    charge_id=charge_id,
+                    attempts=counting.sent[reference],
+                    seconds=loop.time() - started,
+                    replayed=response.headers.get("idempotent-replayed") == "true",
+                )
+            code = _code(response)
+            error = f"{status} {code}".strip()
+            if status not in _RETRY_STATUSES and code not in self.retry.retry_problem_codes:
+                break  # a final answer that is not a success (a 422...): the client stops
+        return Payment(
+            reference=reference,
+            client=index,
+            status=status,
+            charge_id=None,
+            attempts=counting.sent[reference],
+            seconds=loop.time() - started,
+            error=error,
+        )
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def event(self, event: DrillEvent) -> None:
+        if event.at is not None:
+            await asyncio.sleep(max(0.0, self.t0 + event.at - time.monotonic()))
+        else:
+            assert event.after is not None
+            while self.done < event.after * self.scenario.total:
+                await self.progressed.wait()
+        self.fired.append(f"{self.elapsed():6.1f} s  {event.describe()}")
+        self.log(f"{self.elapsed():.1f} s: {event.describe()}")
+        plans = [
+            self.client_plan if side == "client" else self.upstream_plan for side in event.proxies
+        ]
+        if event.action == "pause_chaos":
+            for plan in plans:
+                plan.pause()
+        elif event.action == "resume_chaos":
+            for plan in plans:
+                plan.resume()
+        elif event.action == "flap":
+            for cycle in range(1, event.times + 1):
+                for plan in plans:
+                    plan.resume()
+                self.fired.append(f"{self.elapsed():6.1f} s    down ({cycle} of {event.times})")
+                await asyncio.sleep(event.down)
+                for plan in plans:
+                    plan.pause()
+                await asyncio.sleep(event.up)
+        elif event.action == "restart_gateway":
+            assert self.gateway is not None
+            self.stopped.add("gateway")
+            self.gateway.kill()
+            await asyncio.sleep(event.down)
+            await self.start_gateway()
+            self.stopped.discard("gateway")
+            self.log(f"{self.elapsed():.1f} s: gateway back")
+        else:
+            assert self.redis is not None
+            self.stopped.add("redis")
+            self.redis.kill()
+            await asyncio.sleep(event.down)
+            await self.start_redis_process()
+            self.stopped.discard("redis")
+            self.log(f"{self.elapsed():.1f} s: redis-server back")
+
+    # -- settling and auditing ---------------------------------------------------------------
+
+    async def settle(self) -> None:
+        """Stop the faults, bring back what an event left down, let the gateway settle."""
+        self.client_plan.pause()
+        self.upstream_plan.pause()
+        assert self.upstream is not None
+        if not self.upstream.alive:
+            raise self.upstream.failed("exited during the run")
+        for name, process, start in (
+            ("redis", self.redis, self.start_redis_process),
+            ("gateway", self.gateway, self.start_gateway),
+        ):
+            if process is None or process.alive:
+                continue
+            if name not in self.stopped:  # not an event's doing: a crash, and a finding
+                line = f"{process.name} exited by itself ({process.exit_status()})"
+                self.fired.append(f"{self.elapsed():6.1f} s  {line}")
+                self.log(f"{line}; started again for the audit")
+            await start()
+        # Requests a delay rule still holds may yet reach the upstream.
+        await asyncio.sleep(max(1.0, self.scenario.longest_delay() + 0.5))
+        deadline = time.monotonic() + self.scenario.settle
+        while (await self.unknown_keys()) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+
+    async def unknown_keys(self) -> int:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with httpx.AsyncClient(timeout=10.0, trust_env=False) as client:
+            response = await client.get(
+                self.admin_url + "/admin/unknown", params={"limit": "100000"}, headers=headers
+            )
+        if response.status_code != 200:
+            assert self.gateway is not None
+            raise self.gateway.failed(f"answered GET /admin/unknown with {response.status_code}")
+        return len(response.json()["unknown"])
+
+    async def report(self, *, wall: float) -> DrillReport:
+        s = self.scenario
+        async with httpx.AsyncClient(timeout=30.0, trust_env=False) as client:
+            upstream_audit = (await client.get(self.upstream_url + "/audit")).json()
+        ledger = await asyncio.to_thread(_read_ledger, self.ledger_path)
+        booked = sum(len(ids) for ids in ledger.values())
+        twice = sorted(ref for ref, ids in ledger.items() if len(ids) > 1)
+        if booked != upstream_audit["charges"] or twice != upstream_audit["duplicated_references"]:
+            raise DrillError(
+                f"the ledger file ({booked} charges, {len(twice)} references booked twice) and "
+                f"the upstream's GET /audit ({upstream_audit}) disagree"
+            )
+        result = audit(self.payments, ledger, unknown_keys=await self.unknown_keys())
+        with (self.directory / "payments.jsonl").open("w") as out:
+            for payment in self.payments:
+                row = dataclasses.asdict(payment)
+                row["booked"] = ledger.get(payment.reference, [])
+                out.write(json.dumps(row) + "\n")
+        report = DrillReport(
+            scenario=s.name,
+            store=s.store,
+            idempotency=s.idempotency,
+            clients=s.clients,
+            payments=s.payments,
+            workers=s.workers,
+            seed=s.seed,
+            audit=result,
+            attempts=sum(p.attempts for p in self.payments),
+            seconds=self.seconds,
+            wall=wall,
+            faults={
+                "client": self.client_plan.counts("kind"),
+                "upstream": self.upstream_plan.counts("kind"),
+            },
+            latency=latency(self.payments),
+            events=tuple(self.fired),
+        )
+        for problem, references in result.examples.items():
+            self.log(f"{problem}: e.g. {', '.join(references)}")
+        return report
+
+    async def aclose(self) -> None:
+        for proxy in reversed(self.proxies):
+            with contextlib.suppress(Exception):
+                await proxy.aclose()
+        if self.fault_log is not None:
+            self.fault_log.close()
+        for process in (self.gateway, self.upstream, self.redis):
+            if process is not None:
+                process.stop()
+
+
+def _charge_id(response: httpx.Response) -> str | None:
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    charge_id = data.get("id") if isinstance(data, dict) else None
+    return charge_id if isinstance(charge_id, str) else None
+
+
+def _code(response: httpx.Response) -> str:
+    if "json" not in response.headers.get("content-type", ""):
+        return ""
+    try:
+        data = response.json()
+    except ValueError:
+        return ""
+    return str(data.get("code", "")) if isinstance(data, dict) else ""
+
+
+def _read_ledger(path: Path | None) -> dict[str, list[str]]:
+    """reference -> the ids of the charges booked for it, in booking order."""
+    assert path is not None
+    ledger: dict[str, list[str]] = {}
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        for reference, charge_id in db.execute("SELECT reference, id FROM charges ORDER BY rowid"):
+            ledger.setdefault(reference, []).append(charge_id)
+    return ledger
+
+
+# -- presenting --------------------------------------------------------------------------------
+
+
+def drill_table(reports: Sequence[DrillReport]) -> Any:
+    """The reports as a ``rich.table.Table``: one column per drill."""
+    from rich.table import Table
+
+    table = Table(title="exactly-once drill", show_lines=False)
+    table.add_column("", style="bold")
+    for r in reports:
+        table.add_column(
+            f"{r.scenario}\n{r.store}, idempotency {'on' if r.idempotency else 'off'}",
+            justify="right",
+        )
+
+    def bad(value: int) -> str:
+        return f"[bold red]{value}[/]" if value else "[green]0[/]"
+
+    def row(name: str, values: Sequence[str]) -> None:
+        table.add_row(name, *values)
+
+    row("payments expected", [f"{r.audit.expected} ({r.clients} x {r.payments})" for r in reports])
+    row("told 201", [str(r.audit.succeeded) for r in reports])
+    row("  of which replays", [str(r.audit.replayed) for r in reports])
+    row("charges recorded", [str(r.audit.recorded) for r in reports])
+    row("duplicated", [bad(r.audit.duplicated) for r in reports])
+    row("  extra charges", [str(r.audit.extra_charges) for r in reports])
+    row("missing", [bad(r.audit.missing) for r in reports])
+    row("  lost (201, not booked)", [str(r.audit.lost) for r in reports])
+    row("  unfinished (no 201)", [str(r.audit.unfinished) for r in reports])
+    row("  unfinished but booked", [str(r.audit.unfinished_booked) for r in reports])
+    row("mismatched charge id", [bad(r.audit.mismatched) for r in reports])
+    row("stray charges", [bad(r.audit.stray) for r in reports])
+    row("unknown keys left", [str(r.audit.unknown_keys) for r in reports])
+    row("requests sent", [str(r.attempts) for r in reports])
+    row("retries per payment", [f"{r.retries_per_payment:.2f}" for r in reports])
+    for side in ("client", "upstream"):
+        row(f"faults, {side} side", [_faults(r.faults.get(side, {})) for r in reports])
+    row("events", ["\n".join(r.events) or "-" for r in reports])
+    row("payments/s", [f"{r.throughput:.1f}" for r in reports])
+    row(
+        "payment time p50 / p99 / max",
+        [
+            " / ".join(f"{r.latency.get(q, 0):.2f}" for q in ("p50", "p99", "max")) + " s"
+            for r in reports
+        ],
+    )
+    row("payment phase", [f"{r.seconds:.1f} s" for r in reports])
+    row("wall time", [f"{r.wall:.1f} s" for r in reports])
+    row("verdict", ["[bold green]PASS[/]" if r.ok else "[bold red]FAIL[/]" for r in reports])
+    return table
+
+
+def _faults(kinds: Mapping[str, int]) -> str:
+    if not kinds:
+        return "0"
+    return f"{sum(kinds.values())}: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
