@@ -224,6 +224,12 @@ def test_without_idempotency_the_route_is_unprotected() -> None:
             "F:13: x: unknown field; expected one of chaos, drill, events, gateway",
         ),
         ("[gateway]\nlease = 1\n", "F: drill: required, missing (expected a [drill] table"),
+        (GOOD.replace("[chaos.client]\n", "[gateway]\nlease = -1\n\n[chaos.client]\n"),
+         "F:7: gateway.lease: expected a finite number of seconds > 0, got -1"),
+        ('[drill]\nclients = 1\npayments = 1\n[chaos]\nclient = 3\n',
+         "F:5: chaos.client: expected a table, got 3"),
+        ('events = 3\n[drill]\nclients = 1\npayments = 1\n',
+         "F:1: events: expected a list of [[events]] tables, got 3"),
         ("drill = 3\n", "F:1: drill: expected a table, got 3"),
         ('[drill]\nclients = 1\npayments = 1\n[[events]]\nat = "soon"\naction = "flap"\n',
          "F:5: events[0].at: expected seconds >= 0 after the first payment, got 'soon'"),
@@ -262,6 +268,12 @@ def test_overrides_are_checked_again() -> None:
     assert (changed.total, changed.idempotency, changed.store) == (6, False, "redis")
     with pytest.raises(ConfigurationError, match=r"drill\.clients: expected a whole number"):
         scenario.overridden(clients=0)
+
+
+def test_a_scenario_built_in_code_is_checked() -> None:
+    with pytest.raises(ConfigurationError, match=r"^<scenario>: drill\.store: expected 'sqlite'"):
+        Scenario(name="x", store="postgres")  # type: ignore[arg-type]
+    assert Scenario(name="x").total == 200
 
 
 def test_from_dict_names_its_source() -> None:
