@@ -221,10 +221,11 @@ async def test_failures_say_whether_the_request_may_have_been_processed() -> Non
 
 
 async def test_no_free_connection_in_time_is_not_reached() -> None:
-    release = asyncio.Event()
+    release, received = asyncio.Event(), asyncio.Event()
 
     async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
+        received.set()
         await release.wait()
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
@@ -232,7 +233,7 @@ async def test_no_free_connection_in_time_is_not_reached() -> None:
     server, url = await start(slow)
     upstream = pool(url, max_connections=1, connect_timeout=0.1)
     pending = asyncio.ensure_future(upstream.send("GET", b"/", [], b""))
-    await asyncio.sleep(0.05)
+    await received.wait()  # the first request holds the only connection
     with pytest.raises(UpstreamError) as waited:
         await upstream.send("GET", b"/", [], b"")
     assert (waited.value.reason, waited.value.reached) == ("connect", False)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -755,17 +756,9 @@ class _Schema:
     EVENTS: dict[str, type[pydantic.BaseModel]]
 
 
-_SCHEMA: _Schema | None = None
-
-
+@functools.cache
 def _schema() -> _Schema:
-    global _SCHEMA
-    if _SCHEMA is None:
-        _SCHEMA = _make_schema()
-    return _SCHEMA
-
-
-def _make_schema() -> _Schema:
+    """The schema, built once on first use (it imports pydantic)."""
     require_pydantic("drill scenarios")
     from typing import Annotated
 

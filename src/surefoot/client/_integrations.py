@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import functools
 import math
 import os
 import random as _random
@@ -507,17 +508,9 @@ class _Schema:
     SECTIONS: dict[str, type[pydantic.BaseModel]]
 
 
-_SCHEMA: _Schema | None = None
-
-
+@functools.cache
 def _schema() -> _Schema:
-    global _SCHEMA
-    if _SCHEMA is None:
-        _SCHEMA = _make_schema()
-    return _SCHEMA
-
-
-def _make_schema() -> _Schema:
+    """The schema, built once on first use (it imports pydantic)."""
     require_pydantic("integrations from configuration")
     from typing import Annotated
 
