@@ -10,6 +10,13 @@ class is also an entry of the RFC 9457 problem catalogue: its ``code``, ``status
     │   ├── IdempotencyKeyInvalid          400  idempotency_key_invalid
     │   ├── IdempotencyKeyAmbiguous        400  idempotency_key_ambiguous
     │   ├── RequestBodyTooLarge            413  request_body_too_large
+    │   ├── BadRequest                     400  bad_request
+    │   ├── InvalidPath                    400  invalid_path
+    │   ├── CredentialsAmbiguous           400  credentials_ambiguous
+    │   ├── UpgradeNotSupported            400  upgrade_not_supported
+    │   ├── RequestTimeout                 408  request_timeout
+    │   ├── RequestHeadersTooLarge         431  request_headers_too_large
+    │   ├── IdempotencyRecordsExceeded     429  idempotency_records_exceeded
     │   ├── IdempotencyKeyReused           422  idempotency_key_reused
     │   ├── IdempotencyRequestInProgress   409  idempotency_request_in_progress
     │   ├── IdempotencyOutcomeUnknown      409  idempotency_outcome_unknown
@@ -47,6 +54,13 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AdminBadRequest",
+    "BadRequest",
+    "CredentialsAmbiguous",
+    "IdempotencyRecordsExceeded",
+    "InvalidPath",
+    "RequestHeadersTooLarge",
+    "RequestTimeout",
+    "UpgradeNotSupported",
     "AdminNotFound",
     "AdminUnauthorized",
     "BackendError",
@@ -198,6 +212,77 @@ class RequestBodyTooLarge(ClientError):
     )
 
 
+class BadRequest(ClientError):
+    """The request is not well-formed HTTP/1.1 (a bad method or target, control characters,
+    a missing or repeated ``Host``); nothing was executed."""
+
+    code = "bad_request"
+    title = "Malformed request"
+    detail_template = "The request is not valid HTTP: {reason}. Nothing was executed."
+
+
+class InvalidPath(ClientError):
+    """The request path has a form the server refuses rather than guess at (an encoded
+    slash, a ``;`` parameter, a dot segment above the root, control characters)."""
+
+    code = "invalid_path"
+    title = "Path not accepted"
+    detail_template = (
+        "The request path is not accepted: {reason}. Nothing was executed; send the path "
+        "in its plain form."
+    )
+
+
+class CredentialsAmbiguous(ClientError):
+    """The request carries a credential header more than once, or a credential that cannot
+    be read; nothing was executed."""
+
+    code = "credentials_ambiguous"
+    title = "Credentials ambiguous"
+    detail_template = (
+        "The request's credentials are ambiguous: {reason}. Nothing was executed; send each "
+        "credential header once."
+    )
+
+
+class UpgradeNotSupported(ClientError):
+    """The request asks to switch protocols (a WebSocket upgrade), which this server does
+    not do; nothing was executed."""
+
+    code = "upgrade_not_supported"
+    title = "Protocol upgrade not supported"
+    detail_template = (
+        "This server does not switch protocols ({protocol}). Nothing was executed; send a "
+        "plain HTTP request."
+    )
+
+
+class RequestTimeout(ClientError):
+    """The client took too long to send its request (headers or body); nothing was
+    executed."""
+
+    code = "request_timeout"
+    status = 408
+    title = "Request not received in time"
+    detail_template = (
+        "The server stopped waiting for the request: {reason}. Nothing was executed; "
+        "send the whole request promptly."
+    )
+    retryable = True
+
+
+class RequestHeadersTooLarge(ClientError):
+    """The request's header fields are too many or too large; nothing was executed."""
+
+    code = "request_headers_too_large"
+    status = 431
+    title = "Request header fields too large"
+    detail_template = (
+        "The request's header fields exceed what the server accepts: {reason}. "
+        "Nothing was executed."
+    )
+
+
 class IdempotencyKeyReused(ClientError):
     """The key was used before with a different method, path, query or body."""
 
@@ -288,6 +373,22 @@ class ConcurrencyLimitExceeded(ClientError):
     )
     retryable = True
     private_fields = frozenset({"limit", "wait"})
+
+
+class IdempotencyRecordsExceeded(ClientError):
+    """The client holds as many stored idempotency records (or records of unknown outcome)
+    as it may; nothing was executed."""
+
+    code = "idempotency_records_exceeded"
+    status = 429
+    title = "Too many idempotency records"
+    detail_template = (
+        "You already hold {limit} live idempotency records ({kind}), the most one client may "
+        "keep. Nothing was executed; retry in {retry_wait}, once older records expire or "
+        "are settled."
+    )
+    retryable = True
+    private_fields = frozenset({"limit", "kind"})
 
 
 class StoreUnavailable(BackendError):
