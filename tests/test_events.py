@@ -50,3 +50,27 @@ def test_a_failing_hook_does_not_stop_the_others(caplog: pytest.LogCaptureFixtur
     emit([broken, seen.append], Sample(at=0.0, request_id="r", limit="x", wait=0.0))
     assert len(seen) == 1
     assert "hook" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("path", "written"),
+    [
+        ("/a\n2024-01-01 INFO forged", '"/a\\n2024-01-01 INFO forged"'),
+        ("/a\r\nx", '"/a\\r\\nx"'),
+        ("/a\x1b[31mred", '"/a\\x1b[31mred"'),
+        ("/a\u2028b\u202ec\x85d\x00", '"/a\\u2028b\\u202ec\\x85d\\x00"'),
+        ('/a\\"\n', '"/a\\\\\\"\\n"'),
+        ("/plain", "/plain"),
+        ("/caf\u00e9", "/caf\u00e9"),  # printable text stays as it is
+    ],
+)
+def test_logging_hook_escapes_what_could_forge_a_line(
+    caplog: pytest.LogCaptureFixture, path: str, written: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="surefoot")
+    LoggingHook()(Sample(at=1.5, request_id="r", limit=path, wait=0.0))
+    [record] = caplog.records
+    message = record.getMessage()
+    assert message == f"sample.happened at=1.500 request_id=r limit={written} wait=0.000"
+    assert message.isprintable()
+    assert record.surefoot["limit"] == path  # type: ignore[attr-defined]

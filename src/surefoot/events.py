@@ -7,6 +7,11 @@ event on the ``surefoot.<area>`` logger with the event's fields in ``extra``.
 
 Rule 1: a hook that raises never breaks the request: ``emit`` logs the failure and goes on.
 Rule 2: events carry hashed principals only, never a credential.
+Rule 3: ``LoggingHook``'s message is always one line of logfmt, whatever a client sent: a
+        value with a character ``str.isprintable`` refuses (control characters, line and
+        paragraph separators, bidi and other format characters, non-ASCII spaces) is
+        quoted and that character written as its backslash escape (``\\n``, ``\\x1b``,
+        ``\\u2028``), so a path with ``%0A`` cannot forge a log line.
 """
 
 from __future__ import annotations
@@ -85,13 +90,22 @@ class LoggingHook:
 
 
 def _logfmt(value: Any) -> str:
-    """A value as logfmt: floats to the millisecond, text with spaces or quotes quoted."""
+    """A value as logfmt: floats to the millisecond; text with spaces, quotes, backslashes
+    or unprintable characters quoted, those escaped (Rule 3)."""
     if isinstance(value, float):
         return f"{value:.3f}"
     text = str(value)
-    if not text or any(c in text for c in ' "=\\'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return text
+    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
+        return text
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else _escaped(c) for c in text)
+    return '"' + text + '"'
+
+
+def _escaped(char: str) -> str:
+    """An unprintable character as a Python literal writes it: ``\\n``, ``\\x1b``..."""
+    return char.encode("unicode_escape").decode("ascii")
 
 
 def wanted(hooks: Sequence[EventHook], event_type: type[Event]) -> bool:

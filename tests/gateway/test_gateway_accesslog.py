@@ -162,6 +162,31 @@ def test_a_path_with_percent_signs_and_quotes_is_kept_verbatim(capture: Any) -> 
     assert captured.objects[0]["path"] == path
 
 
+@pytest.mark.parametrize("formatter", [logging.Formatter("%(message)s"), JsonFormatter()])
+def test_a_path_with_line_breaks_cannot_forge_a_line(
+    capture: Any, formatter: logging.Formatter
+) -> None:
+    captured = capture(ACCESS_LOGGER, formatter)
+    path = '/a\n{"ts":"forged"}\r\u2028\u2029\x85\x1b[2J\x00'
+    AccessLog(clock=ManualClock(T0)).log(**request(path=path))
+    [line] = captured.lines  # splitlines() also splits at \x85, \u2028 and \u2029
+    assert line.isprintable()
+    assert json.loads(line)["path"] == path
+
+
+def test_event_fields_with_line_breaks_stay_on_one_json_line(capture: Any) -> None:
+    captured = capture("surefoot.gateway", JsonFormatter())
+    path = "/a\nforged\u2028line\x1b"
+    event = UpstreamFailed(
+        at=T0, request_id="r\n2", method="GET", path=path, route="/a", reason="reset",
+        status=None, reached=True,
+    )  # fmt: skip
+    emit([LoggingHook()], event)
+    [line] = captured.lines
+    assert line.isprintable()
+    assert json.loads(line)["surefoot"]["path"] == path
+
+
 def test_nothing_is_built_or_written_when_the_logger_is_off(capture: Any) -> None:
     captured = capture("test.access.off")
     captured.logger.setLevel(logging.WARNING)
