@@ -268,10 +268,13 @@ async def test_store_full_is_not_an_outage(
         second = await c.post("/charges", json={}, headers=key("b"))
         backend.gate.set()
         await first
-        third = await c.post("/charges", json={}, headers=key("c"))
+        # The store refuses new keys while full (it never drops a live record), but it
+        # is called: the first request's retry is replayed.
+        third = await c.post("/charges", json={}, headers=key("a"))
     assert second.status_code == 503
     assert second.json()["code"] == "store_capacity_exceeded"
     assert third.status_code == 201  # the store was called, not skipped
+    assert third.headers["idempotent-replayed"] == "true"
     assert of(events, StoreDown) == []
 
 

@@ -6,7 +6,16 @@ from pathlib import Path
 import pytest
 
 from surefoot.errors import ConfigurationError, StoreUnavailable
-from surefoot.idempotency._core import Begin, Outcome, Replay, Reserved, Step, StoredResponse
+from surefoot.idempotency._core import (
+    Begin,
+    Outcome,
+    OverQuota,
+    Replay,
+    Reserved,
+    Step,
+    StoredResponse,
+    scoped_key,
+)
 from surefoot.storage import MemoryStore, SqliteStore, store_from_url
 from surefoot.storage.sqlite import SCHEMA_VERSION
 
@@ -68,6 +77,34 @@ async def test_expired_rows_are_purged_in_batches_on_writes(tmp_path: Path) -> N
     assert store._db.execute(count).fetchone()[0] == 6
     await store.begin("n3", req("x3"), T0 + 201)
     assert store._db.execute(count).fetchone()[0] == 7 - 3
+    await store.aclose()
+
+
+async def test_a_version_3_file_gains_record_owners_and_keeps_its_records(
+    tmp_path: Path,
+) -> None:
+    db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    db.execute(
+        "CREATE TABLE surefoot_idempotency (key TEXT PRIMARY KEY, state TEXT NOT NULL, "
+        "fingerprint TEXT NOT NULL, token TEXT NOT NULL, generation INTEGER NOT NULL, "
+        "lease_expires_at REAL NOT NULL, expires_at REAL NOT NULL, ttl REAL NOT NULL, "
+        "status INTEGER, headers TEXT, body BLOB)"
+    )
+    db.execute(
+        "INSERT INTO surefoot_idempotency VALUES "
+        "('old', 'completed', 'fp', 't0', 1, ?, ?, 600, 200, '[]', x'6f6b')",
+        (T0 + 30, T0 + 600),
+    )
+    db.execute("PRAGMA user_version = 3")
+    db.close()
+    store = SqliteStore(tmp_path / "s.db")
+    assert await store.begin("old", req("t1"), T0 + 1) == Replay(StoredResponse(200, (), b"ok"))
+    owned = [scoped_key("cred:a", f"k{i}") for i in range(3)]
+    quota = req("t")._replace(max_records=2)
+    assert isinstance(await store.begin(owned[0], quota, T0), Reserved)
+    assert isinstance(await store.begin(owned[1], quota, T0), Reserved)
+    assert isinstance(await store.begin(owned[2], quota, T0), OverQuota)
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     await store.aclose()
 
 

@@ -32,12 +32,20 @@ Rule 5: ``UNKNOWN`` is left only by an operator (``resolve``, ``forget``), a lat
         with the current token, or the TTL; a begin never executes it again.
 Rule 6: every step is a total function of (record, now, inputs): ``TRANSITIONS`` lists
         every (state, step) pair, and refused steps leave the record unchanged.
+Rule 7: a store key made by ``scoped_key`` names its *owner* (a tag of the principal;
+        ``key_owner``). A begin that would create a record (its key is ``ABSENT``) and
+        carries a quota is decided on the owner's ``Usage``, which the store reads in the
+        same atomic step: when the owner already holds ``max_unknown`` live records of
+        unknown outcome, or ``max_records`` live records in all, it is ``OverQuota`` and
+        changes nothing. Take-overs, replays and conflicts concern a record the owner
+        already holds and are never refused; expired records count for nothing.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -49,6 +57,7 @@ __all__ = [
     "Mismatch",
     "NotStored",
     "Outcome",
+    "OverQuota",
     "Record",
     "Replay",
     "Reserved",
@@ -56,11 +65,14 @@ __all__ = [
     "Step",
     "StoredResponse",
     "Unknown",
+    "Usage",
     "Verdict",
     "begin",
+    "charges_quota",
     "classify",
     "finish",
     "forget",
+    "key_owner",
     "resolve",
     "scoped_key",
 ]
@@ -171,6 +183,17 @@ class Begin(NamedTuple):
     lease: float
     ttl: float
     on_lease_expiry: Literal["reexecute", "unknown"]
+    max_records: int = 0  # live records the key's owner may hold (Rule 7); 0: no quota
+    max_unknown: int = 0  # of them, of unknown outcome; 0: no quota
+
+
+class Usage(NamedTuple):
+    """What the owner of a key holds at ``now``, as its store counts it (Rule 7)."""
+
+    records: int  # live records, in any state
+    unknown: int  # live records in state UNKNOWN
+    records_free_at: float  # when the first of the live records expires (inf: none)
+    unknown_free_at: float  # when the first of the UNKNOWN ones expires (inf: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +238,16 @@ class Unknown:
     lease_expired_now: bool  # this begin observed the expired lease and recorded UNKNOWN
 
 
-Decision = Reserved | InProgress | Mismatch | Replay | NotStored | Unknown
+@dataclass(frozen=True, slots=True)
+class OverQuota:
+    """The key's owner holds as many records as its quota allows; nothing was reserved."""
+
+    kind: Literal["records", "unknown"]  # which quota: all live records, or unknown ones
+    limit: int
+    retry_after: float  # seconds until the first of the counted records expires
+
+
+Decision = Reserved | InProgress | Mismatch | Replay | NotStored | Unknown | OverQuota
 
 
 class Outcome(NamedTuple):
@@ -228,12 +260,33 @@ class Outcome(NamedTuple):
 def scoped_key(principal: str, key: str, route: str | None = None) -> str:
     """The store key of a client key: scoped by principal and, optionally, route.
 
-    Hashing keeps store keys short and uniform and keeps raw keys of one principal
-    from ever colliding with another's (the parts are length-prefixed).
+    ``idem:<owner>:<digest>``: the owner is a tag of the principal alone, so that a store
+    can count each principal's records (Rule 7) and a Redis Cluster can keep them in one
+    slot; the digest covers principal, route and key. Hashing keeps store keys short and
+    uniform and keeps raw keys of one principal from ever colliding with another's (the
+    parts are length-prefixed).
     """
     route = route or ""
     material = f"{len(principal)}:{principal}{len(route)}:{route}{len(key)}:{key}".encode()
-    return "idem:" + hashlib.blake2b(material, digest_size=20).hexdigest()
+    owner = hashlib.blake2b(principal.encode(), digest_size=10, person=b"surefoot.owner")
+    digest = hashlib.blake2b(material, digest_size=20).hexdigest()
+    return f"idem:{owner.hexdigest()}:{digest}"
+
+
+_OWNED = re.compile(r"idem:([0-9a-f]{20}):[0-9a-f]{40}")
+
+
+def key_owner(key: str) -> str:
+    """The owner tag of a store key made by ``scoped_key``; "" for any other key (whose
+    records belong to no one and count against no quota)."""
+    match = _OWNED.fullmatch(key)
+    return match.group(1) if match else ""
+
+
+def charges_quota(record: Record | None, req: Begin, now: float) -> bool:
+    """Whether ``begin`` needs the owner's ``Usage``: the request carries a quota and
+    would create a record (Rule 7). The store reads the usage only then."""
+    return (req.max_records > 0 or req.max_unknown > 0) and classify(record, now) is State.ABSENT
 
 
 def classify(record: Record | None, now: float) -> State:
@@ -245,8 +298,14 @@ def classify(record: Record | None, now: float) -> State:
     return record.state
 
 
-def begin(record: Record | None, req: Begin, now: float) -> tuple[Decision, Record | None]:
-    """A request with this key arrives: decide, and return the record to store."""
+def begin(
+    record: Record | None, req: Begin, now: float, usage: Usage | None = None
+) -> tuple[Decision, Record | None]:
+    """A request with this key arrives: decide, and return the record to store.
+
+    ``usage`` is what the key's owner holds, read by the store when ``charges_quota``
+    says so (None: the key has no owner, or the request no quota).
+    """
     state = classify(record, now)
     if state is not State.ABSENT:
         assert record is not None
@@ -254,6 +313,10 @@ def begin(record: Record | None, req: Begin, now: float) -> tuple[Decision, Reco
             return Mismatch(), record
     step = Step.BEGIN_REEXECUTE if req.on_lease_expiry == "reexecute" else Step.BEGIN_UNKNOWN
     _, verdict = TRANSITIONS[state, step]
+    if verdict is Verdict.RESERVE and usage is not None:
+        refused = _over_quota(req, usage, now)
+        if refused is not None:
+            return refused, record
     if verdict in (Verdict.RESERVE, Verdict.TAKE_OVER):
         generation = (
             record.generation + 1 if record is not None and state is not State.ABSENT else 1
@@ -279,6 +342,16 @@ def begin(record: Record | None, req: Begin, now: float) -> tuple[Decision, Reco
     if verdict is Verdict.EXPIRE_TO_UNKNOWN:
         return Unknown(lease_expired_now=True), record._replace(state=State.UNKNOWN)
     return Unknown(lease_expired_now=False), record
+
+
+def _over_quota(req: Begin, usage: Usage, now: float) -> OverQuota | None:
+    """Rule 7: the quota this new record would exceed (unknown outcomes first: they are
+    the ones an operator must settle), or None."""
+    if req.max_unknown and usage.unknown >= req.max_unknown:
+        return OverQuota("unknown", req.max_unknown, max(usage.unknown_free_at - now, 0.0))
+    if req.max_records and usage.records >= req.max_records:
+        return OverQuota("records", req.max_records, max(usage.records_free_at - now, 0.0))
+    return None
 
 
 def finish(

@@ -49,6 +49,13 @@ class IdempotencyPolicy:
             ``store_unavailable`` without executing; ``"fail_open"`` executes the request
             without idempotency protection, marks its response
             ``Idempotency-Status: unprotected`` and emits ``ExecutedUnprotected``.
+        max_records_per_principal: live records (any state, until their TTL ends) one
+            principal may hold; a new key beyond it gets 429
+            ``idempotency_records_exceeded`` without executing, so that one client can
+            never fill a store that others share. None: no quota.
+        max_unknown_per_principal: of those, records of unknown outcome (each waits for
+            an operator, a lookup or the TTL); a new key beyond it gets the same 429.
+            None: no quota.
 
     Warning:
         ``on_server_error="release"`` re-executes a request whose handler failed after
@@ -75,6 +82,8 @@ class IdempotencyPolicy:
     header: str = "Idempotency-Key"
     body_field: str | None = None
     on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+    max_records_per_principal: int | None = 10_000
+    max_unknown_per_principal: int | None = 1_000
     ignore_paths: tuple[tuple[str, ...], ...] = field(init=False, repr=False, compare=False)
     header_name: bytes = field(init=False, repr=False, compare=False)
 
@@ -100,6 +109,10 @@ class IdempotencyPolicy:
         object.__setattr__(self, "release_statuses", statuses)
         if self.on_store_error not in ("fail_closed", "fail_open"):
             _fail("on_store_error", "'fail_closed' or 'fail_open'", self.on_store_error)
+        for name in ("max_records_per_principal", "max_unknown_per_principal"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 1):
+                _fail(name, "a whole number >= 1, or None for no quota", value)
         if not 0 <= self.wait <= self.lease:
             _fail("wait", "seconds from 0 up to the lease", self.wait)
         if not self.header or not self.header.isascii() or " " in self.header:

@@ -6,25 +6,44 @@ and each process has its own: use ``SqliteStore`` for several workers on one mac
 Invariants:
 1. Every step runs without awaiting between its read and its write, under a lock, so it
    is atomic for coroutines and threads alike.
-2. The store holds at most ``max_records``. When full, it drops the least recently
-   written record that is expired or completed. It never evicts an in-flight reservation or an
-   unknown outcome (either would let a request execute twice); with nothing evictable
-   it refuses new keys with ``StoreCapacityExceeded`` (503), executing nothing.
+2. The store holds at most ``max_records``. When full, it first drops an expired record.
+   With ``on_full="refuse"`` (the default) that is all: a live record is never dropped
+   inside its TTL (a dropped completed record lets its retry execute twice), and with
+   nothing expired a new key is refused with ``StoreCapacityExceeded`` (503), executing
+   nothing. With ``on_full="evict"`` it drops the least recently written completed record
+   instead of refusing. It never evicts an in-flight reservation or an unknown outcome
+   (either would let a request execute twice).
 3. Rate-limit counters are bounded by ``max_counters``: past the bound the least recently
    used key is dropped (its client starts afresh: the price of bounded memory).
 4. Cache entries (``StaleCache``'s ``CacheStore`` contract) are bounded by ``max_records``,
    least recently used first out, and read as absent once ``expires_at`` has passed.
+5. Per-principal quotas (``_core`` Rule 7): each owner's records are tallied as they are
+   written and dropped (its keys, how many are unknown, a lower bound of their first
+   expiry), so a begin reads its owner's usage in constant time. Only an owner at its
+   quota whose first record may have expired has its records scanned: expired ones are
+   dropped, and the bounds become exact.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Literal
 
 from surefoot.errors import ConfigurationError, StoreCapacityExceeded
 from surefoot.idempotency import _core
-from surefoot.idempotency._core import Begin, Decision, Outcome, Record, State, StoredResponse
+from surefoot.idempotency._core import (
+    Begin,
+    Decision,
+    Outcome,
+    Record,
+    State,
+    StoredResponse,
+    Usage,
+    key_owner,
+)
 from surefoot.ratelimit._algorithms import ALGORITHM_BY_NAME, Concurrency, RateLimitDecision
 from surefoot.ratelimit._algorithms import State as CounterState
 from surefoot.ratelimit._core import Item, plan
@@ -33,21 +52,56 @@ from surefoot.ratelimit._limit import ALGORITHMS
 __all__ = ["MemoryStore"]
 
 
+class _Tally:
+    """One owner's live (or not yet dropped) records (Invariant 5)."""
+
+    __slots__ = ("first_expiry", "first_unknown_expiry", "keys", "unknown")
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+        self.unknown = 0
+        # Lower bounds: no record of the owner (no unknown one) expires before them.
+        self.first_expiry = math.inf
+        self.first_unknown_expiry = math.inf
+
+
 class MemoryStore:
     """In-process idempotency store, bounded by ``max_records``.
 
     Example:
         >>> store = MemoryStore(max_records=50_000)
+
+    Args:
+        max_records: idempotency records (and cache entries) kept at most.
+        max_counters: rate-limit counters kept at most.
+        on_full: when ``max_records`` are live, ``"refuse"`` new keys (503
+            ``store_capacity_exceeded``) or ``"evict"`` the least recently written
+            completed record, inside its TTL.
+
+    Warning:
+        ``on_full="evict"`` lets whoever sends many new keys push other clients' completed
+        records out before their TTL ends; a retry of an evicted request executes again.
     """
 
-    def __init__(self, *, max_records: int = 10_000, max_counters: int = 100_000) -> None:
+    def __init__(
+        self,
+        *,
+        max_records: int = 10_000,
+        max_counters: int = 100_000,
+        on_full: Literal["refuse", "evict"] = "refuse",
+    ) -> None:
         for name, value in (("max_records", max_records), ("max_counters", max_counters)):
             if value < 1:
                 raise ConfigurationError(
                     f"MemoryStore.{name}: expected a positive integer, got {value!r}"
                 )
+        if on_full not in ("refuse", "evict"):
+            raise ConfigurationError(
+                f"MemoryStore.on_full: expected 'refuse' or 'evict', got {on_full!r}"
+            )
         self.max_records = max_records
         self.max_counters = max_counters
+        self.on_full = on_full
         # Rate-limit states and when each may be forgotten, least recently used first.
         # Rate-limit states, least recently used first. An old state needs no expiry check:
         # each algorithm reads a stale state exactly as a fresh key (its Rule 3).
@@ -56,6 +110,7 @@ class MemoryStore:
         self._records: OrderedDict[str, Record] = OrderedDict()
         # Cache entries (value, expires_at), least recently used first.
         self._cache: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._owners: dict[str, _Tally] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -63,26 +118,77 @@ class MemoryStore:
 
     def _put(self, key: str, record: Record | None, now: float) -> None:
         if record is None:
-            self._records.pop(key, None)
+            self._drop(key)
             return
-        if key not in self._records and len(self._records) >= self.max_records:
+        old = self._records.get(key)
+        if old is None and len(self._records) >= self.max_records:
             self._make_room(now)
         self._records[key] = record
         self._records.move_to_end(key)
+        owner = key_owner(key)
+        if owner:
+            tally = self._owners.get(owner)
+            if tally is None:
+                tally = self._owners[owner] = _Tally()
+            tally.keys.add(key)
+            tally.unknown += (record.state is State.UNKNOWN) - (
+                old is not None and old.state is State.UNKNOWN
+            )
+            tally.first_expiry = min(tally.first_expiry, record.expires_at)
+            if record.state is State.UNKNOWN:
+                tally.first_unknown_expiry = min(tally.first_unknown_expiry, record.expires_at)
+
+    def _drop(self, key: str) -> None:
+        """Delete the record under ``key``, and its owner's count of it."""
+        old = self._records.pop(key, None)
+        owner = key_owner(key) if old is not None else ""
+        if owner:
+            tally = self._owners[owner]
+            tally.keys.discard(key)
+            tally.unknown -= old is not None and old.state is State.UNKNOWN
+            if not tally.keys:
+                del self._owners[owner]
 
     def _make_room(self, now: float) -> None:
-        # The front holds the least recently written records; in-flight and unknown ones
-        # are skipped, so this stops at once unless the front is full of them.
+        # The front holds the least recently written records (the likeliest to have
+        # expired); in-flight and unknown ones are skipped, so with on_full="evict" this
+        # stops at once unless the front is full of them.
+        evict = self.on_full == "evict"
         for key, record in self._records.items():
-            if now >= record.expires_at or record.state is State.COMPLETED:
-                del self._records[key]
+            if now >= record.expires_at or (evict and record.state is State.COMPLETED):
+                self._drop(key)
                 return
         raise StoreCapacityExceeded(retry_after=1)
+
+    def _usage(self, owner: str, request: Begin, now: float) -> Usage:
+        """What ``owner`` holds at ``now`` (Invariant 5)."""
+        tally = self._owners.get(owner)
+        if tally is None:
+            return Usage(0, 0, math.inf, math.inf)
+        full = (request.max_records and len(tally.keys) >= request.max_records) or (
+            request.max_unknown and tally.unknown >= request.max_unknown
+        )
+        if full and now >= tally.first_expiry:
+            # Some of the owner's records may have expired: drop them, and learn the
+            # exact first expiries for the answer's retry_after.
+            for key in list(tally.keys):
+                if now >= self._records[key].expires_at:
+                    self._drop(key)
+            live = [self._records[key] for key in tally.keys]
+            tally.first_expiry = min((r.expires_at for r in live), default=math.inf)
+            tally.first_unknown_expiry = min(
+                (r.expires_at for r in live if r.state is State.UNKNOWN), default=math.inf
+            )
+        return Usage(len(tally.keys), tally.unknown, tally.first_expiry, tally.first_unknown_expiry)
 
     async def begin(self, key: str, request: Begin, now: float) -> Decision:
         with self._lock:
             record = self._records.get(key)
-            decision, new = _core.begin(record, request, now)
+            owner = key_owner(key)
+            usage = None
+            if owner and _core.charges_quota(record, request, now):
+                usage = self._usage(owner, request, now)
+            decision, new = _core.begin(record, request, now, usage)
             if new is not record:
                 self._put(key, new, now)
             return decision
@@ -105,7 +211,7 @@ class MemoryStore:
     async def forget(self, key: str, now: float) -> bool:
         with self._lock:
             accepted, _ = _core.forget(self._records.get(key), now)
-            self._records.pop(key, None)
+            self._drop(key)
             return accepted
 
     async def get(self, key: str, now: float) -> Record | None:
@@ -133,7 +239,7 @@ class MemoryStore:
     def _purge(self, now: float, *, limit: int) -> int:
         expired = [k for k, r in self._records.items() if now >= r.expires_at][:limit]
         for key in expired:
-            del self._records[key]
+            self._drop(key)
         return len(expired)
 
     # -- rate limits ---------------------------------------------------------------------
@@ -212,8 +318,12 @@ class MemoryStore:
     async def aclose(self) -> None:
         with self._lock:
             self._records.clear()
+            self._owners.clear()
             self._counters.clear()
             self._cache.clear()
 
     def __repr__(self) -> str:
-        return f"MemoryStore(max_records={self.max_records}, max_counters={self.max_counters})"
+        return (
+            f"MemoryStore(max_records={self.max_records}, max_counters={self.max_counters}, "
+            f"on_full={self.on_full!r})"
+        )

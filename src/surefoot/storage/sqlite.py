@@ -29,15 +29,22 @@ Theory of operation:
    one row per key (value, expires_at): a read is a plain ``SELECT`` of a live row, a write
    one upsert in the group commit; expired rows go with the purge batches.
 8. The schema version is SQLite's ``user_version``; opening an older file creates what
-   it lacks (every statement of the schema is ``IF NOT EXISTS``) and sets the version.
+   it lacks (every statement of the schema is ``IF NOT EXISTS``; a column a table lacks
+   is added) and sets the version.
 9. SQLite errors are translated to ``StoreUnavailable`` in one place (``_translate``);
    their text goes to the exception's ``__cause__`` for logs, never to a client.
+10. Per-principal quotas (``_core`` Rule 7): each record row carries its key's owner, and
+    a begin that needs the owner's usage counts the owner's live rows (an index on
+    owner, expiry and state) inside its own ``BEGIN IMMEDIATE`` transaction, so
+    processes racing at a quota never exceed it. The count reads the owner's live
+    records, so its cost grows with what the owner holds (up to its quota).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import sqlite3
 import threading
@@ -49,7 +56,16 @@ from typing import Any, Literal, TypeVar
 
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency import _core
-from surefoot.idempotency._core import Begin, Decision, Outcome, Record, State, StoredResponse
+from surefoot.idempotency._core import (
+    Begin,
+    Decision,
+    Outcome,
+    Record,
+    State,
+    StoredResponse,
+    Usage,
+    key_owner,
+)
 from surefoot.ratelimit._algorithms import Concurrency, RateLimitDecision
 from surefoot.ratelimit._algorithms import State as CounterState
 from surefoot.ratelimit._core import Item, plan
@@ -59,7 +75,7 @@ __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3  # 2: idempotency records, rate-limit counters; 3: cache entries
+SCHEMA_VERSION = 4  # 2: records, rate-limit counters; 3: cache entries; 4: record owners
 _TABLE = "surefoot_idempotency"
 _COUNTERS = "surefoot_ratelimit"
 _CACHE = "surefoot_cache"
@@ -75,7 +91,8 @@ CREATE TABLE IF NOT EXISTS {_TABLE} (
     ttl REAL NOT NULL,
     status INTEGER,
     headers TEXT,
-    body BLOB
+    body BLOB,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS {_TABLE}_expires_at ON {_TABLE} (expires_at);
 CREATE TABLE IF NOT EXISTS {_COUNTERS} (
@@ -91,15 +108,26 @@ CREATE TABLE IF NOT EXISTS {_CACHE} (
 );
 CREATE INDEX IF NOT EXISTS {_CACHE}_expires_at ON {_CACHE} (expires_at);
 """
+# Created after the tables: a table of schema version 3 gets its owner column first.
+_OWNER_INDEX = (
+    f"CREATE INDEX IF NOT EXISTS {_TABLE}_owner ON {_TABLE} (owner, expires_at, state) "
+    "WHERE owner IS NOT NULL"
+)
 _COLUMNS = (
     "state, fingerprint, token, generation, lease_expires_at, expires_at, ttl, "
     "status, headers, body"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM {_TABLE} WHERE key = ?"
+# The owner is a function of the key (``key_owner``): written once, with the row.
 _UPSERT = (
-    f"INSERT INTO {_TABLE} (key, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    f"INSERT INTO {_TABLE} (key, owner, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (key) DO UPDATE SET "
     + ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in _COLUMNS.split(","))
+)
+_USAGE = (
+    "SELECT count(*), min(expires_at), count(CASE WHEN state = 'unknown' THEN 1 END), "
+    f"min(CASE WHEN state = 'unknown' THEN expires_at END) FROM {_TABLE} "
+    "WHERE owner = ? AND expires_at > ?"
 )
 _DELETE = f"DELETE FROM {_TABLE} WHERE key = ?"
 _PURGE = (
@@ -212,6 +240,10 @@ class SqliteStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._db.execute(statement)
+                columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({_TABLE})")}
+                if "owner" not in columns:
+                    self._db.execute(f"ALTER TABLE {_TABLE} ADD COLUMN owner TEXT")
+                self._db.execute(_OWNER_INDEX)
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
@@ -271,13 +303,15 @@ class SqliteStore:
     ) -> T:
         """Run ``apply`` on the record under ``key`` atomically; write if it says so."""
 
+        owner = key_owner(key) or None
+
         def work(db: sqlite3.Connection) -> T:
             result, new, changed = apply(_decode(db.execute(_SELECT, (key,)).fetchone()))
             if changed:
                 if new is None:
                     db.execute(_DELETE, (key,))
                 else:
-                    db.execute(_UPSERT, (key, *_encode(new)))
+                    db.execute(_UPSERT, (key, owner, *_encode(new)))
             return result
 
         return await self._atomic(work, now)
@@ -301,12 +335,26 @@ class SqliteStore:
         decision, new = _core.begin(seen, request, now)
         if new is seen:
             return decision
+        owner = key_owner(key)
 
-        def apply(record: Record | None) -> tuple[Decision, Record | None, bool]:
-            decision, new = _core.begin(record, request, now)
-            return decision, new, new is not record
+        def work(db: sqlite3.Connection) -> Decision:
+            record = _decode(db.execute(_SELECT, (key,)).fetchone())
+            usage = None
+            if owner and _core.charges_quota(record, request, now):
+                # In this transaction: no other process can add a record meanwhile.
+                count, first, unknown, first_unknown = db.execute(_USAGE, (owner, now)).fetchone()
+                usage = Usage(
+                    records=count,
+                    unknown=unknown,
+                    records_free_at=math.inf if first is None else first,
+                    unknown_free_at=math.inf if first_unknown is None else first_unknown,
+                )
+            decision, new = _core.begin(record, request, now, usage)
+            if new is not record and new is not None:
+                db.execute(_UPSERT, (key, owner or None, *_encode(new)))
+            return decision
 
-        return await self._step(key, apply, now)
+        return await self._atomic(work, now)
 
     async def finish(self, key: str, token: str, outcome: Outcome, now: float) -> bool:
         def apply(record: Record | None) -> tuple[bool, Record | None, bool]:
