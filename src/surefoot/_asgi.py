@@ -1,4 +1,5 @@
-"""ASGI plumbing shared by surefoot's middlewares: types, headers, request ids, problems."""
+"""ASGI plumbing shared by surefoot's middlewares: types, headers, request ids, problems,
+and the one canonical form of a request's path and method (``canonicalize``)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,29 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from surefoot.errors import PROBLEM_CONTENT_TYPE, SurefootError, problem_body
+from surefoot._paths import canonical_path, quote_path
+from surefoot.errors import (
+    PROBLEM_CONTENT_TYPE,
+    BadRequest,
+    InvalidPath,
+    SurefootError,
+    problem_body,
+)
 
 __all__ = [
+    "CANONICAL",
     "IDEMPOTENCY_POLICY",
     "NOT_EXECUTED",
+    "ROUTE_METHOD",
     "ASGIApp",
     "Message",
     "Receive",
     "Scope",
     "Send",
+    "canonicalize",
     "header_values",
     "request_id",
+    "route_method",
     "send_problem",
 ]
 
@@ -35,7 +47,15 @@ NOT_EXECUTED = "surefoot.not_executed"
 #: Scope key ``IdempotencyMiddleware`` sets, on a request it executes under a key, to the
 #: route's ``IdempotencyPolicy`` (an inner app can tell the client whether a retry is safe).
 IDEMPOTENCY_POLICY = "surefoot.idempotency_policy"
+#: Scope key ``canonicalize`` sets to True once the scope's path is canonical and its
+#: method-override headers dealt with: an inner layer does not do the work again.
+CANONICAL = "surefoot.canonical"
+#: Scope key ``canonicalize`` sets, on a POST whose method override is allowed, to the
+#: method routes are matched on (see ``route_method``).
+ROUTE_METHOD = "surefoot.route_method"
 
+_METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-method-override", b"x-http-method"})
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
@@ -43,6 +63,53 @@ _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 def header_values(scope: Scope, name: bytes) -> list[bytes]:
     """Every value of the header ``name`` (ASGI servers give names in lower case)."""
     return [v for k, v in scope["headers"] if k == name]
+
+
+def canonicalize(scope: Scope, *, allow_method_override: bool) -> SurefootError | None:
+    """Put an HTTP scope's path and method in the one form every layer matches routes on.
+
+    The path (``raw_path``, else ``path`` encoded again) becomes its canonical form in
+    both ``path`` and ``raw_path`` (``surefoot._paths``), so the app or the upstream gets
+    exactly what the routes matched. The method-override headers
+    (``X-HTTP-Method-Override``, ``X-Method-Override``, ``X-HTTP-Method``) are removed,
+    so that nothing behind honours a method the routes did not see; when
+    ``allow_method_override``, they are kept instead and a POST is matched on the method
+    they name (``route_method``). Done once per scope: a later call returns at once.
+
+    Returns:
+        None, or the error to answer without calling the app: ``InvalidPath``, or
+        ``BadRequest`` when allowed override headers name no single method.
+    """
+    if scope.get(CANONICAL):
+        return None
+    raw = scope.get("raw_path")
+    try:
+        canonical = canonical_path(raw if raw else quote_path(scope["path"]))
+    except InvalidPath as exc:
+        return exc
+    scope["path"] = canonical.path
+    scope["raw_path"] = canonical.raw
+    headers = scope["headers"]
+    for name, _ in headers:
+        if name in _METHOD_OVERRIDES:
+            if not allow_method_override:
+                scope["headers"] = [(k, v) for k, v in headers if k not in _METHOD_OVERRIDES]
+                break
+            named = {v.strip().upper() for k, v in headers if k in _METHOD_OVERRIDES}
+            method = named.pop()
+            if named or not _TOKEN.fullmatch(method):
+                return BadRequest(reason="the method-override headers do not name one method")
+            if scope["method"] == "POST":
+                scope[ROUTE_METHOD] = method.decode("ascii")
+            break
+    scope[CANONICAL] = True
+    return None
+
+
+def route_method(scope: Scope) -> str:
+    """The method routes are matched on: a POST's allowed override, else the request's."""
+    method: str = scope.get(ROUTE_METHOD) or scope["method"]
+    return method
 
 
 def request_id(scope: Scope) -> str:

@@ -55,10 +55,12 @@ from surefoot._asgi import (
     Receive,
     Scope,
     Send,
+    canonicalize,
     request_id,
+    route_method,
 )
 from surefoot._asgi import send_problem as _send_problem
-from surefoot._routes import RouteTable
+from surefoot._routes import RouteTable, match_form
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import (
     DEFAULT_PROBLEM_BASE,
@@ -168,6 +170,14 @@ class IdempotencyMiddleware:
             Pass one ``StoreHealth`` to this and to ``RateLimitMiddleware`` when they
             share a store, so that an outage one finds spares the other the wait.
         resolver: settles outcome-unknown keys on a retry (see ``OutcomeResolver``).
+        allow_method_override: keep the ``X-HTTP-Method-Override``, ``X-Method-Override``
+            and ``X-HTTP-Method`` headers (the app honours them), and match a POST's routes
+            and methods on the method they name; by default they are removed before the
+            app sees them.
+
+    The path is made canonical before any route is matched, and the app gets that form; a
+    path that cannot be is refused (400 ``invalid_path``) without calling the app
+    (``docs/idempotency.md``, "Paths").
     """
 
     def __init__(
@@ -186,6 +196,7 @@ class IdempotencyMiddleware:
         problem_base: str = DEFAULT_PROBLEM_BASE,
         store_health: StoreHealth | None = None,
         resolver: OutcomeResolver | None = None,
+        allow_method_override: bool = False,
     ) -> None:
         if not isinstance(store, IdempotencyStore):
             raise ConfigurationError(
@@ -214,12 +225,17 @@ class IdempotencyMiddleware:
         self.max_stored_response = max_stored_response
         self.problem_base = problem_base
         self.resolver = resolver
+        self.allow_method_override = allow_method_override
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        method: str = scope["method"]
+        refused = canonicalize(scope, allow_method_override=self.allow_method_override)
+        if refused is not None:
+            await _send_problem(send, refused, request_id=request_id(scope), base=self.problem_base)
+            return
+        method = route_method(scope)
         policy, route = self.policy, None
         if len(self.routes):
             matched = self.routes.match(method, scope["path"])
@@ -253,7 +269,7 @@ class _Responder:
         self.scope = scope
         self.receive = receive
         self.send = send
-        self.method: str = scope["method"]
+        self.method = route_method(scope)
         self.path: str = scope["path"]
         self.principal = mw.principal(scope)
         self.store_key: str | None = None
@@ -320,7 +336,7 @@ class _Responder:
             await self.missing_key()
             return
         route = (
-            f"{self.method} {self.route or self.path}"
+            f"{self.method} {self.route or match_form(self.path)}"
             if self.policy.scope == "principal_route"
             else None
         )

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Literal, TypeVar
 
-from surefoot._asgi import Scope, request_id
+from surefoot._asgi import Scope, request_id, route_method
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import (
     ConcurrencyLimitExceeded,
@@ -206,7 +206,7 @@ class RateLimiter:
     def _checks(
         self, scope: Scope, principal: str, covering: list[tuple[RateLimitPolicy, str]]
     ) -> list[_Check]:
-        method, path = scope["method"], scope["path"]
+        method, path = route_method(scope), scope["path"]
         tier = self.tier(scope, principal) if self.tier is not None else None
         checks: list[_Check] = []
         for policy, route in covering:
@@ -225,7 +225,7 @@ class RateLimiter:
 
     async def check(self, scope: Scope) -> Verdict | None:
         """The verdict on an HTTP request, or None when no policy covers it."""
-        method, path = scope["method"], scope["path"]
+        method, path = route_method(scope), scope["path"]
         covering = []
         for policy in self.policies:
             route = policy.route_for(method, path)

@@ -15,7 +15,16 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
 
-from surefoot._asgi import ASGIApp, Message, Receive, Scope, Send, request_id, send_problem
+from surefoot._asgi import (
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    canonicalize,
+    request_id,
+    send_problem,
+)
 from surefoot.clock import Clock
 from surefoot.errors import DEFAULT_PROBLEM_BASE
 from surefoot.events import EventHook
@@ -68,6 +77,13 @@ class RateLimitMiddleware:
             Pass one ``StoreHealth`` to this and to ``IdempotencyMiddleware`` when they
             share a store, so that an outage one finds spares the other the wait.
         problem_base: base URI of the problem ``type`` members.
+        allow_method_override: keep the ``X-HTTP-Method-Override``, ``X-Method-Override``
+            and ``X-HTTP-Method`` headers (the app honours them), and match a POST's routes
+            on the method they name; by default they are removed before the app sees them.
+
+    The path is made canonical before any policy's routes are matched, and the app gets
+    that form; a path that cannot be is refused (400 ``invalid_path``) without calling the
+    app (``docs/ratelimit.md``, "Paths").
 
     Warning:
         While the store is down, ``fail_open`` policies limit nothing, and
@@ -93,8 +109,10 @@ class RateLimitMiddleware:
         store_timeout: float | None = 1.0,
         store_health: StoreHealth | None = None,
         problem_base: str = DEFAULT_PROBLEM_BASE,
+        allow_method_override: bool = False,
     ) -> None:
         self.app = app
+        self.allow_method_override = allow_method_override
         self.limiter = RateLimiter(
             store=store,
             policies=policies,
@@ -127,6 +145,10 @@ class RateLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        refused = canonicalize(scope, allow_method_override=self.allow_method_override)
+        if refused is not None:
+            await send_problem(send, refused, request_id=request_id(scope), base=self.problem_base)
             return
         verdict = await self.limiter.check(scope)
         if verdict is None:
