@@ -3,7 +3,7 @@
 Map of the file (``docs/gateway.md`` documents every field)::
 
     [server]                     host, port, workers, trusted_proxies, max_request_body,
-                                 access_log, request_id_header
+                                 access_log, request_id_header, allow_method_override
     [upstream]                   url | app, timeouts, max_connections, forward_idempotency_key
     [upstream.breaker]           the circuit breaker (resilience4j's fields); optional
     [upstream.concurrency]       in-flight limit and the share reserved for critical requests
@@ -74,6 +74,7 @@ class Server(_Table):
         "'debug', 'info', 'warning' or 'error'", "warning"
     )
     shutdown_timeout: float = _described("seconds >= 0", 30.0, ge=0)
+    allow_method_override: bool = _described("true or false", False)
 
     @field_validator("trusted_proxies")
     @classmethod

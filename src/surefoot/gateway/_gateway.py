@@ -15,6 +15,10 @@ Rule 3: a new file that does not validate, or whose stack cannot be built, is re
         whole (``ConfigRefused``); the configuration in force stays.
 Rule 4: ``X-Request-Id`` is believed only from a trusted proxy (``server.trusted_proxies``);
         anyone else's is replaced, and every response carries the request's id.
+Rule 5: the path is made canonical (``surefoot._asgi.canonicalize``) before anything
+        matches a route, and that form is what the layers match and the upstream receives;
+        a path that cannot be is answered 400 ``invalid_path`` and goes no further.
+        Method-override headers are removed unless ``server.allow_method_override``.
 """
 
 from __future__ import annotations
@@ -35,11 +39,21 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from surefoot._asgi import ASGIApp, Message, Receive, Scope, Send, request_id
+from surefoot._asgi import (
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    canonicalize,
+    request_id,
+    route_method,
+    send_problem,
+)
 from surefoot._routes import RouteTable
 from surefoot.client._breaker import CircuitBreaker
 from surefoot.clock import Clock, SystemClock
-from surefoot.errors import ConfigurationError
+from surefoot.errors import DEFAULT_PROBLEM_BASE, ConfigurationError
 from surefoot.events import EventHook, LoggingHook, emit
 from surefoot.gateway._accesslog import AccessLog
 from surefoot.gateway._config import GatewayConfig, Route, load_config
@@ -142,6 +156,10 @@ class Gateway:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         stack = self.stack
+        # Before anything matches a route (Rule 5): the path in its one form, or a refusal.
+        refused = canonicalize(
+            scope, allow_method_override=stack.config.root.server.allow_method_override
+        )
         stack.in_flight += 1
         self.metrics.inflight(1)
         started = time.perf_counter()
@@ -165,12 +183,17 @@ class Gateway:
             await send(message)
 
         try:
-            await stack.app(scope, receive, tracked)
+            if refused is None:
+                await stack.app(scope, receive, tracked)
+            else:
+                await send_problem(tracked, refused, request_id=rid, base=DEFAULT_PROBLEM_BASE)
         finally:
             stack.in_flight -= 1
             self.metrics.inflight(-1)
             elapsed = time.perf_counter() - started
-            matched = stack.routes.match(scope["method"], scope["path"])
+            matched = None
+            if refused is None:
+                matched = stack.routes.match(route_method(scope), scope["path"])
             route = matched[0] if matched is not None else "other"
             self.metrics.observe_request(
                 route=route, method=scope["method"], status=status, seconds=elapsed
@@ -353,7 +376,7 @@ class Gateway:
         critical_principals = config.critical_principals
 
         def route_of(scope: Scope) -> str:
-            matched = routes.match(scope["method"], scope["path"])
+            matched = routes.match(route_method(scope), scope["path"])
             return matched[0] if matched is not None else ""
 
         def critical(scope: Scope) -> bool:
@@ -410,6 +433,7 @@ class Gateway:
             max_request_body=root.server.max_request_body,
             store_health=self._health_of(idem_store),
             resolver=resolver,
+            allow_method_override=root.server.allow_method_override,
         )
         if config.rate_limit_policies:
             tiers = config.tiers
@@ -425,6 +449,7 @@ class Gateway:
                 hooks=self.hooks,
                 fallback_workers=self.workers,
                 store_health=self._health_of(rl_store),
+                allow_method_override=root.server.allow_method_override,
             )
         stack = _Stack(
             config=config,

@@ -40,7 +40,7 @@ from urllib.parse import parse_qs, quote
 
 import httpx
 
-from surefoot._asgi import Scope, header_values, request_id
+from surefoot._asgi import Scope, header_values, request_id, route_method
 from surefoot._routes import RouteTable
 from surefoot.clock import Clock
 from surefoot.events import EventHook, emit, wanted
@@ -260,7 +260,7 @@ class LookupResolver:
 
     def render(self, scope: Scope, body: bytes, *, since: float | None) -> _Pending | None:
         """The route's lookup for this request, or None (no lookup, or a value missing)."""
-        matched = self.routes.match_params(scope["method"], scope["path"])
+        matched = self.routes.match_params(route_method(scope), scope["path"])
         if matched is None:
             return None
         _, lookup, params = matched
