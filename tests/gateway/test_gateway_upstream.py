@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+import httpx
 import pytest
 
-from surefoot.gateway._upstream import HttpUpstream, UpstreamError
+from surefoot.gateway._upstream import HttpUpstream, HttpxUpstream, UpstreamError
 
 pytestmark = pytest.mark.anyio
 
@@ -127,27 +129,36 @@ async def test_keep_alive_reuses_one_connection_and_frames_bodies() -> None:
 
 
 async def test_head_and_204_end_at_the_head_and_chunked_answers_stream() -> None:
-    answers = [
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",  # HEAD: no body follows
-        b"HTTP/1.1 204 No Content\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-    ]
+    answers = {
+        b"HEAD /base/ ": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",  # no body follows
+        b"GET /base/204 ": b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"GET /base/chunked ": (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        ),
+    }
+    connections = 0
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for answer in answers:
-            await read_request(reader)
-            writer.write(answer)
+        nonlocal connections
+        connections += 1
+        while True:
+            head, _ = await read_request(reader)
+            writer.write(next(a for start, a in answers.items() if head.startswith(start)))
             await writer.drain()
-        writer.close()
 
     server, url = await start(handler)
     upstream = pool(url)
-    for method, expected in (("HEAD", b""), ("GET", b""), ("GET", b"abcde")):
-        response = await upstream.send(method, b"/", [], b"")
+    for method, target, expected in (
+        ("HEAD", b"/", b""),
+        ("GET", b"/204", b""),
+        ("GET", b"/chunked", b"abcde"),
+    ):
+        response = await upstream.send(method, target, [], b"")
         assert await body_of(response) == expected
         await response.aclose()
     await upstream.aclose()
     server.close()
+    assert connections == 2  # never reused after a HEAD; reused after the 204
 
 
 async def test_a_stale_idle_connection_is_retried_for_idempotent_methods_only() -> None:
@@ -270,3 +281,159 @@ async def test_a_large_answer_streams_with_back_pressure() -> None:
     await upstream.aclose()
     server.close()
     await asyncio.sleep(0.05)
+
+
+# -- what an answer can be, and when a connection is reused (Rules 2 and 5) -----------------
+
+#: What a misbehaving upstream sends where nothing is expected: a whole answer.
+STOLEN = b"HTTP/1.1 201 Created\r\nX-Stolen: 1\r\nContent-Length: 5\r\n\r\nstole"
+
+
+async def test_interim_answers_are_skipped_and_the_final_one_is_the_answer() -> None:
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            await read_request(reader)
+            writer.write(
+                b"HTTP/1.1 100 Continue\r\n\r\n"
+                b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+            )
+            await writer.drain()  # the final answer comes in a later read
+            writer.write(b"HTTP/1.1 201 Created\r\nX-Final: 1\r\nContent-Length: 4\r\n\r\ndone")
+            await writer.drain()
+
+    server, url = await start(handler)
+    upstream = pool(url)
+    for _ in range(2):
+        response = await upstream.send("POST", b"/", [], b"x")
+        assert response.status == 201
+        assert response.headers == [(b"x-final", b"1"), (b"content-length", b"4")]
+        assert await body_of(response) == b"done"
+        await response.aclose()
+    await upstream.aclose()
+    server.close()
+    assert connections == 1  # a well-framed final answer keeps the connection
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        b"HTTP/1.1 600 Beyond\r\nContent-Length: 0\r\n\r\n",
+    ],
+)
+async def test_a_switch_of_protocols_or_an_unknown_status_is_a_broken_connection(
+    answer: bytes,
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+        await read_request(reader)  # until the client closes
+
+    server, url = await start(handler)
+    upstream = pool(url, max_connections=1)
+    with pytest.raises(UpstreamError) as broken:
+        await upstream.send("GET", b"/", [], b"")
+    assert (broken.value.reason, broken.value.reached) == ("reset", True)
+    assert not upstream.slots.locked()  # the connection's slot is free again
+    await upstream.aclose()
+    server.close()
+
+
+async def test_a_head_answer_s_late_body_never_answers_the_next_request() -> None:
+    # The HEAD answer announces STOLEN's length; the upstream sends those bytes only once
+    # the next request arrives on the same connection, where they would be its answer.
+    served: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await read_request(reader)
+            served.append(head.split(b" ")[0])
+            if head.startswith(b"HEAD"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(STOLEN))
+                await writer.drain()
+                await read_request(reader)
+                writer.write(STOLEN)
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+            await writer.drain()
+
+    server, url = await start(handler)
+    upstream = pool(url)
+    response = await upstream.send("HEAD", b"/", [], b"")
+    assert (response.status, await body_of(response)) == (200, b"")
+    await response.aclose()
+    response = await upstream.send("POST", b"/", [], b"charge")
+    assert (response.status, await body_of(response)) == (200, b"fresh")
+    await response.aclose()
+    await upstream.aclose()
+    server.close()
+    assert served == [b"HEAD", b"POST"]  # the HEAD's connection never got the POST
+
+
+async def test_an_unsolicited_answer_is_dropped_with_its_connection() -> None:
+    heads: list[tuple[int, bytes]] = []
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        number = connections
+        while True:
+            head, _ = await read_request(reader)
+            heads.append((number, head.split(b"\r\n")[0]))
+            # The answer, and in the same write one nobody asked for.
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + STOLEN)
+            await writer.drain()
+
+    server, url = await start(handler)
+    upstream = pool(url)
+    for _ in range(2):
+        response = await upstream.send("GET", b"/", [], b"")
+        assert (response.status, await body_of(response)) == (200, b"ok")
+        assert response.headers == [(b"content-length", b"2")]
+        await response.aclose()
+    await upstream.aclose()
+    server.close()
+    assert [number for number, _ in heads] == [1, 2]  # the first connection was not reused
+
+
+async def test_a_body_without_a_length_ends_when_the_upstream_closes() -> None:
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\nuntil ")
+        await writer.drain()
+        writer.write(b"the close")
+        writer.close()
+
+    server, url = await start(handler)
+    upstream = pool(url)
+    for _ in range(2):
+        response = await upstream.send("GET", b"/", [], b"")
+        assert await body_of(response) == b"until the close"
+        await response.aclose()
+    await upstream.aclose()
+    server.close()
+    assert connections == 2
+
+
+async def test_an_in_process_upstream_s_interim_status_is_a_broken_connection() -> None:
+    async def app(scope: dict[str, object], receive: object, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 103, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
+    upstream = HttpxUpstream(client, "http://upstream")
+    with pytest.raises(UpstreamError) as broken:
+        await upstream.send("GET", b"/", [], b"")
+    assert (broken.value.reason, broken.value.reached) == ("reset", True)
+    await upstream.aclose()

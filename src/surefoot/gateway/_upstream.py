@@ -12,12 +12,26 @@ Rule 1: every failure is an ``UpstreamError`` whose ``reached`` says whether the
         ``reached=False``; anything after the first byte of the request was written is
         ``reached=True``, except an idempotent request on a reused keep-alive connection
         that the upstream had already closed, which is retried once on a new connection.
-Rule 2: a connection goes back to the pool only after a complete answer that allows
-        keep-alive; an answer abandoned half-read closes its connection.
+Rule 2: a connection goes back to the pool only after a complete, well-framed answer
+        that allows keep-alive, to a request other than ``HEAD``. Any doubt about where
+        the answer ends closes it instead: an answer abandoned half-read, bytes while
+        idle, a parser error, a body that ends at the close, bytes after a ``HEAD``
+        answer, an unsolicited second answer. (A ``HEAD`` answer announces a length its
+        body does not have; if the upstream sent that body anyway, it would be read as
+        the answer to the next request on the connection, which may be another
+        client's.)
 Rule 3: at most ``max_connections`` connections are open at once; a request waits up to
         ``connect_timeout`` for one.
 Rule 4: the answer's body streams: at most ``_HIGH_WATER`` bytes are buffered before the
         connection stops reading until the proxy catches up.
+Rule 5: the proxy only ever gets a final answer (status 200 to 599). Interim answers
+        (``100 Continue``, ``103 Early Hints``, any 1xx but 101) are skipped while waiting
+        for it, their fields dropped; a ``101 Switching Protocols`` (the gateway never asks
+        for an upgrade) or a status outside 100-599 is a broken connection (``reset``).
+Rule 6: timeouts are ``asyncio.timeout`` blocks, never ``asyncio.wait_for``: on Python
+        3.11, ``wait_for`` can swallow the cancellation of an enclosing timeout (the
+        proxy's ``total_timeout``) when its own awaitable completes at the same moment,
+        which an endless body does all the time.
 """
 
 from __future__ import annotations
@@ -128,7 +142,8 @@ class HttpUpstream:
 
     async def _connection(self) -> _Connection:
         try:
-            await asyncio.wait_for(self.slots.acquire(), self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                await self.slots.acquire()
         except TimeoutError:
             raise UpstreamError("connect", reached=False) from None
         while self.idle:
@@ -137,19 +152,19 @@ class HttpUpstream:
                 return conn
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
                     lambda: _Connection(self),
                     self.host,
                     self.port,
                     ssl=self.ssl,
                     server_hostname=self.host if self.tls else None,
-                ),
-                self.connect_timeout,
-            )
-        except (OSError, TimeoutError, ssl.SSLError):
+                )
+        except BaseException as exc:  # the proxy's own timeout too: the slot is freed
             self.slots.release()
-            raise UpstreamError("connect", reached=False) from None
+            if isinstance(exc, OSError | TimeoutError):  # ssl.SSLError is an OSError
+                raise UpstreamError("connect", reached=False) from None
+            raise
         return conn
 
     def _done(self, conn: _Connection, reusable: bool) -> None:
@@ -170,6 +185,10 @@ class _Stale(Exception):
     """A reused connection was closed before any byte of the answer arrived."""
 
 
+class _Malformed(Exception):
+    """Raised in a parser callback to stop it: the upstream sent what no answer can be."""
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one exchange at a time."""
 
@@ -185,6 +204,7 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = False
         self.head_only = False
         self.keep_alive = True
+        self.until_close = False
         self.can_write = asyncio.Event()
         self.can_write.set()
 
@@ -201,7 +221,8 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            # Includes _Malformed from a callback (as HttpParserCallbackError).
             self._fail(UpstreamError("reset", reached=True))
             self.close()
 
@@ -211,7 +232,13 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.parser is not None:
-            if self.reused and not self.got_bytes:
+            response = self.response
+            if exc is None and self.until_close and response is not None:
+                # A body without a length ends when the upstream closes (RFC 9112, 6.3);
+                # a reset (exc) is a break, not an end.
+                self.parser = None
+                response.finish()
+            elif self.reused and not self.got_bytes:
                 self._fail(_Stale())
             else:
                 self._fail(UpstreamError("reset", reached=True))
@@ -225,6 +252,11 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        response = self.response
+        if response is None or response.complete:
+            raise _Malformed("an answer nobody asked for")  # Rule 2
+
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.response is not None
         self.response.headers.append((name.lower(), value))
@@ -232,21 +264,35 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         response = self.response
         assert response is not None
-        response.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim answer (Rule 5): the final one follows on this connection.
+            response.headers.clear()
+            return
+        if not 200 <= status <= 599:
+            raise _Malformed(f"status {status}")
+        response.status = status
         self.keep_alive = self.parser.should_keep_alive()
+        bodiless = self.head_only or status in (204, 304)
+        self.until_close = not bodiless and not any(
+            name in (b"content-length", b"transfer-encoding") for name, _ in response.headers
+        )
         if self.head is not None and not self.head.done():
             self.head.set_result(None)
-        if self.head_only or response.status in (204, 304):
+        if bodiless:
             self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
-        assert self.response is not None
-        self.response.feed(body)
+        response = self.response
+        assert response is not None
+        if response.complete:  # a body after a HEAD answer, which was complete at its head
+            raise _Malformed("a body after the end of the answer")
+        response.feed(body)
 
     def on_message_complete(self) -> None:
         response = self.response
-        if response is None or response.complete:
-            return
+        if response is None or response.complete or not response.status:
+            return  # an interim answer's end, or the HEAD answer ended at its head
         self.parser = None
         response.finish()
 
@@ -260,6 +306,7 @@ class _Connection(asyncio.Protocol):
         self.used = True
         self.got_bytes = False
         self.head_only = verb == b"HEAD"
+        self.until_close = False
         self.response = response = _Response(self, read_timeout)
         self.parser = httptools.HttpResponseParser(self)
         self.head = asyncio.get_running_loop().create_future()
@@ -282,7 +329,8 @@ class _Connection(asyncio.Protocol):
                 if chunked:
                     self.transport.write(b"0\r\n\r\n")
             try:
-                await asyncio.wait_for(asyncio.shield(self.head), read_timeout)
+                async with asyncio.timeout(read_timeout):  # Rule 6
+                    await asyncio.shield(self.head)
             except TimeoutError:
                 raise UpstreamError("timeout", reached=True) from None
         except BaseException:
@@ -303,7 +351,7 @@ class _Connection(asyncio.Protocol):
         """The proxy is done with the answer (complete, or abandoned half-read)."""
         self.response = None
         self.head = None
-        reusable = complete and self.keep_alive and not self.closed
+        reusable = complete and self.keep_alive and not self.closed and not self.head_only
         if not reusable:
             self.close()
         self.pool._done(self, reusable)
@@ -365,7 +413,8 @@ class _Response:
                 raise UpstreamError("reset", reached=True)
             self.wakeup.clear()
             try:
-                await asyncio.wait_for(self.wakeup.wait(), self.read_timeout)
+                async with asyncio.timeout(self.read_timeout):  # Rule 6
+                    await self.wakeup.wait()
             except TimeoutError:
                 self._release(complete=False)
                 raise UpstreamError("timeout", reached=True) from None
@@ -403,6 +452,11 @@ class HttpxUpstream:
             raise UpstreamError("timeout", reached=True) from None
         except httpx.TransportError:
             raise UpstreamError("reset", reached=True) from None
+        if not 200 <= response.status_code <= 599:
+            # Rule 5: httpcore skips interim answers but returns a 101, and an in-process
+            # app can start any status.
+            await response.aclose()
+            raise UpstreamError("reset", reached=True)
         return _HttpxResponse(response)
 
     async def aclose(self) -> None:
