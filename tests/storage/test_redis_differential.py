@@ -251,40 +251,92 @@ RESPONSES = st.sampled_from(
         StoredResponse(500, (), None),
     ]
 )
-KEY = st.sampled_from([0, 0, 0, 1])  # mostly one key, so that steps meet on it
-OPS = st.lists(
-    st.one_of(
-        st.tuples(st.just("advance"), st.sampled_from([0.0, 1.0, LEASE, TTL])),
-        # Onto the lease's or the record's end: exactly, a float step before or after.
-        st.tuples(
-            st.just("edge"), KEY, st.sampled_from(["lease", "ttl"]), st.sampled_from([-1, 0, 1])
+# (max_records, max_unknown) of a begin: the quotas of the keys' owner (_core Rule 7).
+QUOTAS = st.sampled_from([(0, 0), (0, 0), (1, 0), (2, 0), (2, 1), (0, 1), (3, 2)])
+
+
+def record_ops(
+    key: st.SearchStrategy[int],
+    quotas: st.SearchStrategy[tuple[int, int]],
+    *,
+    begins: int = 1,
+    min_size: int = 1,
+) -> st.SearchStrategy[list[Any]]:
+    """Sequences of steps on the keys ``key`` draws; ``begins``: the weight of begins."""
+    begin = st.tuples(
+        st.just("begin"),
+        key,
+        st.sampled_from(["fp1", "fp1", "fp2"]),
+        st.sampled_from(["reexecute", "unknown"]),
+        quotas,
+    )
+    return st.lists(
+        st.one_of(
+            st.tuples(st.just("advance"), st.sampled_from([0.0, 1.0, LEASE, TTL])),
+            # Onto the lease's or the record's end: exactly, a float step before or after.
+            st.tuples(
+                st.just("edge"),
+                key,
+                st.sampled_from(["lease", "ttl"]),
+                st.sampled_from([-1, 0, 1]),
+            ),
+            *[begin] * begins,
+            st.tuples(
+                st.just("finish"),
+                key,
+                st.integers(0, 3),
+                st.sampled_from([Step.COMPLETE, Step.RELEASE, Step.MARK_UNKNOWN]),
+                st.none() | RESPONSES,
+            ),
+            st.tuples(st.just("resolve"), key, RESPONSES),
+            st.tuples(st.just("forget"), key),
         ),
-        st.tuples(
-            st.just("begin"),
-            KEY,
-            st.sampled_from(["fp1", "fp1", "fp2"]),
-            st.sampled_from(["reexecute", "unknown"]),
-        ),
-        st.tuples(
-            st.just("finish"),
-            KEY,
-            st.integers(0, 3),
-            st.sampled_from([Step.COMPLETE, Step.RELEASE, Step.MARK_UNKNOWN]),
-            st.none() | RESPONSES,
-        ),
-        st.tuples(st.just("resolve"), KEY, RESPONSES),
-        st.tuples(st.just("forget"), KEY),
-    ),
-    min_size=1,
-    max_size=30,
+        min_size=min_size,
+        max_size=30,
+    )
+
+
+OPS = record_ops(st.sampled_from([0, 0, 0, 1, 2]), QUOTAS)  # mostly one key: steps meet on it
+# One owner's new keys under quotas that fill up: the quota decides often.
+QUOTA_OPS = record_ops(
+    st.integers(0, 3),
+    st.sampled_from([(1, 0), (2, 0), (3, 0), (2, 1), (3, 1), (0, 1), (4, 2)]),
+    begins=3,
+    min_size=6,
 )
 
 
+def usage(records: dict[str, Record | None], now: float) -> _core.Usage:
+    """The owner's usage as ``_core`` Rule 7 defines it, from the reference's records."""
+    live = [r for r in records.values() if _core.classify(r, now) is not _core.State.ABSENT]
+    unknown = [r for r in live if r is not None and r.state is _core.State.UNKNOWN]
+    return _core.Usage(
+        len(live),
+        len(unknown),
+        min((r.expires_at for r in live if r is not None), default=math.inf),
+        min((r.expires_at for r in unknown if r is not None), default=math.inf),
+    )
+
+
 @PROPERTY
-@given(ops=OPS, start=st.sampled_from([T0, 1_776_000_000.123456]))
+@given(ops=OPS, start=st.sampled_from([T0, 1_776_000_000.123456]), owned=st.booleans())
 async def test_record_scripts_decide_as_the_python_state_machine(
+    ops: list[Any], start: float, owned: bool
+) -> None:
+    await _against_the_core(ops, start, owned)
+
+
+@PROPERTY
+@given(ops=QUOTA_OPS, start=st.sampled_from([T0, 1_776_000_000.123456]))
+async def test_record_scripts_count_quotas_as_the_python_state_machine(
     ops: list[Any], start: float
 ) -> None:
+    await _against_the_core(ops, start, owned=True)
+
+
+async def _against_the_core(ops: list[Any], start: float, owned: bool) -> None:
+    # Owned keys (one principal's, from scoped_key) count against its quotas; others not.
+    names = [_core.scoped_key("cred:p", f"k{n}") if owned else f"k{n}" for n in range(4)]
     async for store in _fresh(service_url("redis")):
         records: dict[str, Record | None] = {}
         tokens = [f"tok{n}" for n in range(4)]
@@ -292,7 +344,7 @@ async def test_record_scripts_decide_as_the_python_state_machine(
         now = start
         for op in ops:
             kind = op[0]
-            key = f"k{op[1]}" if kind != "advance" else ""
+            key = names[op[1]] if kind != "advance" else ""
             if kind == "advance":
                 now += op[1]
             elif kind == "edge":
@@ -302,9 +354,12 @@ async def test_record_scripts_decide_as_the_python_state_machine(
                     if op[3]:
                         now = math.nextafter(now, math.inf * op[3])
             elif kind == "begin":
-                request = Begin(op[2], tokens[issued % 4], LEASE, TTL, op[3])
+                request = Begin(op[2], tokens[issued % 4], LEASE, TTL, op[3], *op[4])
                 issued += 1
-                decision, records[key] = _core.begin(records.get(key), request, now)
+                seen = records.get(key)
+                counted = owned and _core.charges_quota(seen, request, now)
+                use = usage(records, now) if counted else None
+                decision, records[key] = _core.begin(seen, request, now, use)
                 assert await store.begin(key, request, now) == decision
             elif kind == "finish":
                 outcome = Outcome(op[3], op[4])

@@ -69,6 +69,15 @@ Rule 9: cache entries (``StaleCache``'s ``CacheStore`` contract) are plain strin
         ``prefix + "cache:" + key``: one ``GET``, or one ``SET ... PX`` (the time left to
         ``expires_at``, rounded up, at least a millisecond), sent by redis-py's client
         within ``timeout``, translated as every other call (Rule 6). Redis forgets them.
+Rule 10: per-principal quotas (``_core`` Rule 7). The record of an owned key
+        (``idem:<owner>:<digest>``) lives under ``idem:{<owner>}:<digest>``, beside its
+        owner's two sorted sets, ``own:{<owner>}`` (its live records) and
+        ``own:{<owner>}:u`` (its unknown ones), each member scored by its record's
+        ``expires_at``: one hash tag, one slot, so every step's script updates record and
+        sets together and a reservation counts the owner's records in the same script,
+        atomically on a standalone server and in a cluster alike. Members whose score has
+        passed are dropped when counted; a set expires after its last member. (The price
+        in a cluster: a principal's records all live on one shard, as its counters do.)
 """
 
 from __future__ import annotations
@@ -116,6 +125,7 @@ from surefoot.idempotency._core import (
     Mismatch,
     NotStored,
     Outcome,
+    OverQuota,
     Record,
     Replay,
     Reserved,
@@ -124,6 +134,7 @@ from surefoot.idempotency._core import (
     StoredResponse,
     Unknown,
     classify,
+    key_owner,
 )
 from surefoot.ratelimit._algorithms import RateLimitDecision, quota_period
 from surefoot.ratelimit._core import Item
@@ -926,8 +937,25 @@ class RedisStore:
 
     # -- idempotency -----------------------------------------------------------------------
 
+    def _record_keys(self, key: str) -> list[str]:
+        """The Redis keys of the record under ``key``: the record, and for an owned key
+        its owner's sets of live and of unknown records, all under the owner's hash tag
+        (Rule 10)."""
+        owner = key_owner(key)
+        if not owner:
+            return [self.prefix + key]
+        tagged = self.prefix + "own:{" + owner + "}"
+        return [f"{self.prefix}idem:{{{owner}}}:{key[-40:]}", tagged, tagged + ":u"]
+
+    def _store_key(self, redis_key: str) -> str:
+        """The store key of a record's Redis key (``_record_keys`` read backwards)."""
+        key = redis_key.removeprefix(self.prefix)
+        if len(key) == 68 and key.startswith("idem:{") and key[26:28] == "}:":
+            return f"idem:{key[6:26]}:{key[28:]}"
+        return key
+
     async def begin(self, key: str, request: Begin, now: float) -> Decision:
-        keys = [self.prefix + key]
+        keys = self._record_keys(key)
         args = [
             self._now(now),
             request.fingerprint,
@@ -935,6 +963,8 @@ class RedisStore:
             request.lease,
             request.ttl,
             request.on_lease_expiry,
+            request.max_records,
+            request.max_unknown,
         ]
         try:
             reply = await self._step(_BEGIN, keys, args)
@@ -956,24 +986,27 @@ class RedisStore:
             if response.body is None:
                 return NotStored(response.status)
             return Replay(response)
+        if kind == 6:
+            wait = max(float(reply[3]) - float(reply[4]), 0.0)
+            return OverQuota("unknown" if reply[1] == b"unknown" else "records", reply[2], wait)
         return Unknown(lease_expired_now=reply[1] == 1)
 
     async def finish(self, key: str, token: str, outcome: Outcome, now: float) -> bool:
         args = [self._now(now), token, _STEPS[outcome.step], *_response_args(outcome.response)]
-        accepted = await self._step(_FINISH, [self.prefix + key], args)
+        accepted = await self._step(_FINISH, self._record_keys(key), args)
         if accepted == -1:
             raise ValueError("completing a record needs the response to keep")
         return bool(accepted == 1)
 
     async def resolve(self, key: str, response: StoredResponse, now: float) -> bool:
         args = [self._now(now), *_response_args(response)]
-        return bool(await self._step(_RESOLVE, [self.prefix + key], args) == 1)
+        return bool(await self._step(_RESOLVE, self._record_keys(key), args) == 1)
 
     async def forget(self, key: str, now: float) -> bool:
-        return bool(await self._step(_FORGET, [self.prefix + key], [self._now(now)]) == 1)
+        return bool(await self._step(_FORGET, self._record_keys(key), [self._now(now)]) == 1)
 
     async def get(self, key: str, now: float) -> Record | None:
-        reply = await self._step(_GET, [self.prefix + key], [self._now(now)])
+        reply = await self._step(_GET, self._record_keys(key)[:1], [self._now(now)])
         return self._record(reply, now)
 
     def _record(self, reply: list[Any], now: float) -> Record | None:
@@ -1028,7 +1061,7 @@ class RedisStore:
                 for key, reply in zip(chunk, replies, strict=True):
                     record = self._record(reply, now)
                     if record is not None and state in (None, classify(record, now)):
-                        out.append((key.removeprefix(self.prefix), record))
+                        out.append((self._store_key(key), record))
             if len(out) >= limit:
                 break
         out.sort(key=lambda kr: (kr[1].expires_at - kr[1].ttl, kr[0]))
