@@ -2,28 +2,64 @@
 
 A principal is a short string:
 
-- ``cred:<hash>``: an API key or ``Authorization`` header, hashed before it reaches a
-  store or a log;
+- ``cred:<hash>``: a credential (an API key, a Bearer token, another ``Authorization``
+  credential), hashed before it reaches a store or a log;
 - ``user:<id>``: the authenticated user an auth middleware put in ``scope["user"]``;
 - ``addr:<ip>``: the client address. ``X-Forwarded-For`` and ``Forwarded`` are believed
   only when the peer that sent them is a configured trusted proxy, and then only as far
   back as the chain of trusted proxies goes, so a client cannot choose its own address.
+
+Rule 1: one credential, one spelling. A credential header is parsed before it is hashed.
+        In ``Authorization`` the scheme is compared case-insensitively, the spaces and
+        tabs around the value and between the scheme and the credential are dropped, and
+        the credential itself is kept byte for byte; a Bearer token is the token alone,
+        so ``Authorization: Bearer K``, ``bearer   K`` and ``X-API-Key: K`` are one
+        principal. (A value of one word, ``Authorization: K``, is the key ``K``.) Any
+        other credential header (``X-API-Key``) is its value without surrounding spaces
+        and tabs. An empty value is no credential.
+Rule 2: one value per credential header. A credential header sent twice, or an
+        ``Authorization`` value holding a comma list of credentials (an element after a
+        comma that is not an ``name=value`` auth-param), raises ``CredentialsAmbiguous``
+        (400): which of them the app or the upstream would believe is not ours to guess,
+        and guessing differently from it is how a caller would pick its own bucket.
+Rule 3: precedence is the order of ``credential_headers``: the first header present names
+        the principal. With ``known_credentials`` the first *known* credential present
+        does, wherever it stands, so a real ``X-API-Key`` beside a junk ``Authorization``
+        is still its client.
+Rule 4: two views of one request. ``identity(scope)`` scopes idempotency keys and is the
+        credential itself whenever there is one. ``identity.rate_limit_principal(scope)``
+        is what rate limits count: the same, except that a credential that is not among
+        ``known_credentials`` (when they are given) counts as the authenticated user, else
+        as the address. They differ on purpose: an unknown credential costs nothing to
+        mint, so it must not buy a fresh bucket, but two unknown keys behind one NAT must
+        never share stored responses (one principal never receives another's), so records
+        stay per credential while counters fall back to the address.
+Rule 5: ``address_principal(scope)`` is ``addr:`` and the client address (through trusted
+        proxies only), whatever the credentials: a rate-limit policy counted
+        ``per="address"`` puts a ceiling on one address over all of its credentials.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from collections.abc import Callable, Iterable, Sequence
 
 from surefoot._asgi import Scope, header_values
-from surefoot.errors import ConfigurationError
+from surefoot.errors import ConfigurationError, CredentialsAmbiguous
 
 __all__ = ["Identity", "PrincipalResolver", "default_principal", "hash_credential"]
 
 PrincipalResolver = Callable[[Scope], str]
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_WHITESPACE = b" \t"
+_AUTHORIZATION = b"authorization"
+#: An auth-param's start (RFC 9110 section 11.2): a token, optional whitespace, ``=``.
+_AUTH_PARAM = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+[ \t]*=")
+_SCHEME_END = re.compile(rb"[ \t]+")
 
 
 def hash_credential(value: bytes, *, secret: bytes = b"") -> str:
@@ -41,13 +77,28 @@ class Identity:
 
     Example:
         >>> identity = Identity(trusted_proxies=["10.0.0.0/8", "127.0.0.1"])
+        >>> app = IdempotencyMiddleware(app, store=store, principal=identity)
         >>> app = RateLimitMiddleware(app, store=store, policies=[...], principal=identity)
 
+    ``RateLimitMiddleware`` given an ``Identity`` counts its ``rate_limit_principal``
+    (unknown credentials as their address), and its ``address_principal`` for policies
+    counted ``per="address"``; ``IdempotencyMiddleware`` scopes keys by ``identity(scope)``.
+
     Args:
-        credential_headers: headers whose value identifies a client, first found wins.
+        credential_headers: headers whose value identifies a client, in order of
+            precedence (Rules 1 to 3 of the module).
         use_user: use ``scope["user"]`` when it is authenticated.
         trusted_proxies: addresses or networks of your own proxies and load balancers.
         secret: key for hashing credentials.
+        known_credentials: the API keys you issued (a collection of keys, as sent in
+            ``X-API-Key`` or after ``Bearer``), or a function telling whether a parsed
+            credential is one. Given, a request with an unknown credential is rate
+            limited as its address (or authenticated user); None (the default): every
+            credential is its own principal, as when the app behind verifies keys.
+
+    Raises:
+        CredentialsAmbiguous: (when resolving) a credential header sent twice, or an
+            ``Authorization`` holding several credentials.
     """
 
     def __init__(
@@ -57,8 +108,13 @@ class Identity:
         use_user: bool = True,
         trusted_proxies: Iterable[str] = (),
         secret: bytes = b"",
+        known_credentials: Iterable[str | bytes] | Callable[[bytes], bool] | None = None,
     ) -> None:
-        self.credential_headers = tuple(h.lower().encode("latin-1") for h in credential_headers)
+        if isinstance(credential_headers, str):
+            credential_headers = [credential_headers]
+        self.credential_headers = tuple(
+            dict.fromkeys(h.lower().encode("latin-1") for h in credential_headers)
+        )
         self.use_user = use_user
         self.secret = secret
         try:
@@ -69,18 +125,63 @@ class Identity:
             raise ConfigurationError(
                 f"Identity.trusted_proxies: expected IP addresses or networks, {exc}"
             ) from None
+        self._known, self._known_keys = _known(known_credentials)
 
     def __call__(self, scope: Scope) -> str:
-        for name in self.credential_headers:
-            values = header_values(scope, name)
-            if values:
-                return hash_credential(values[0], secret=self.secret)
+        """The principal that scopes idempotency keys: the credential itself if any."""
+        credential, _ = self._credential(scope)
+        if credential is not None:
+            return credential
+        return self._user(scope) or self.address_principal(scope)
+
+    def rate_limit_principal(self, scope: Scope) -> str:
+        """The principal rate limits count: an unknown credential counts as its address."""
+        credential, known = self._credential(scope)
+        if credential is not None and known:
+            return credential
+        return self._user(scope) or self.address_principal(scope)
+
+    def address_principal(self, scope: Scope) -> str:
+        """``addr:`` and the client's address, whatever its credentials."""
+        return "addr:" + self.client_address(scope)
+
+    def credentials(self, scope: Scope) -> tuple[bytes, ...]:
+        """The request's credentials, parsed (Rule 1), in order of precedence.
+
+        Raises:
+            CredentialsAmbiguous: a credential header sent twice, or an ``Authorization``
+                value holding several credentials.
+        """
+        found: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            if name in self.credential_headers:
+                if name in found:
+                    raise CredentialsAmbiguous(
+                        reason=f"the {name.decode('latin-1')} header was sent more than once"
+                    )
+                found[name] = value
+        parsed = (_parse(name, found[name]) for name in self.credential_headers if name in found)
+        return tuple(credential for credential in parsed if credential)
+
+    def _credential(self, scope: Scope) -> tuple[str | None, bool]:
+        """The credential principal (None: no credential) and whether it is known."""
+        found = self.credentials(scope)
+        if not found:
+            return None, False
+        if self._known is None:
+            return hash_credential(found[0], secret=self.secret), True
+        for credential in found:
+            if self._known(credential):
+                return hash_credential(credential, secret=self.secret), True
+        return hash_credential(found[0], secret=self.secret), False
+
+    def _user(self, scope: Scope) -> str | None:
         if self.use_user:
             user = scope.get("user")
             if user is not None and getattr(user, "is_authenticated", False):
                 ident = getattr(user, "identity", None) or getattr(user, "display_name", "")
                 return f"user:{ident}"
-        return "addr:" + self.client_address(scope)
+        return None
 
     def client_address(self, scope: Scope) -> str:
         """The client's address, through trusted proxies only."""
@@ -89,14 +190,14 @@ class Identity:
             return "unknown"
         if not self.trusted:
             return str(client[0])
-        peer = _parse(client[0])
+        peer = _parse_address(client[0])
         if peer is None or not self._trusted(peer):
             return str(peer or client[0])
         address = peer
         for hop in reversed(self._forwarded_chain(scope)):
             if not self._trusted(address):
                 break
-            parsed = _parse(hop)
+            parsed = _parse_address(hop)
             if parsed is None:
                 break  # a malformed hop: stop at the last trusted proxy
             address = parsed
@@ -104,7 +205,7 @@ class Identity:
 
     def is_trusted(self, host: str) -> bool:
         """Whether ``host`` (an address as text) is one of the trusted proxies."""
-        address = _parse(host)
+        address = _parse_address(host)
         return address is not None and self._trusted(address)
 
     def _trusted(self, address: _Address) -> bool:
@@ -127,10 +228,91 @@ class Identity:
 
     def __repr__(self) -> str:
         proxies = [str(n) for n in self.trusted]
-        return f"Identity(trusted_proxies={proxies})"
+        headers = [h.decode("latin-1") for h in self.credential_headers]
+        if self._known is None:
+            known = "None"
+        elif self._known_keys is not None:
+            known = f"<{self._known_keys} keys>"  # never the keys themselves
+        else:
+            known = "<function>"
+        return (
+            f"Identity(credential_headers={headers}, trusted_proxies={proxies}, "
+            f"known_credentials={known})"
+        )
 
 
-def _parse(text: str) -> _Address | None:
+def _known(
+    known: Iterable[str | bytes] | Callable[[bytes], bool] | None,
+) -> tuple[Callable[[bytes], bool] | None, int | None]:
+    """``known_credentials`` as a predicate on parsed credentials (None: every one is), and
+    how many keys it knows (None: a function decides)."""
+    if known is None or callable(known):
+        return known, None
+    if isinstance(known, str | bytes):
+        raise ConfigurationError(
+            "Identity.known_credentials: expected a collection of API keys or a function, "
+            "got a single string"
+        )
+    keys: set[bytes] = set()
+    for key in known:
+        if not isinstance(key, str | bytes):
+            raise ConfigurationError(
+                "Identity.known_credentials: expected API keys as str or bytes, "
+                f"got {type(key).__name__}"
+            )
+        # Parsed as a request's X-API-Key would be, so that a key always meets itself.
+        raw = _parse(b"x-api-key", key.encode() if isinstance(key, str) else key)
+        if raw:
+            keys.add(raw)
+    return frozenset(keys).__contains__, len(keys)
+
+
+def _parse(name: bytes, value: bytes) -> bytes:
+    """The credential in one header field, in its one spelling (Rule 1); empty: none."""
+    value = value.strip(_WHITESPACE)
+    if name != _AUTHORIZATION or not value:
+        return value
+    if _holds_several(value):
+        raise CredentialsAmbiguous(reason="the authorization header holds more than one credential")
+    parts = _SCHEME_END.split(value, maxsplit=1)
+    if len(parts) == 1:
+        return value  # one word: a bare key, kept as it is
+    scheme, credential = parts[0].lower(), parts[1]
+    if scheme == b"bearer":
+        return credential
+    return scheme + b" " + credential
+
+
+def _holds_several(value: bytes) -> bool:
+    """Whether an ``Authorization`` value is a comma list of credentials (Rule 2).
+
+    A credential is a scheme and then a token68 or ``name=value`` auth-params separated by
+    commas, so after the first comma (outside quoted strings) anything but an auth-param
+    starts another credential.
+    """
+    if b"," not in value:
+        return False
+    elements: list[bytes] = []
+    start, quoted, escaped = 0, False, False
+    for index, byte in enumerate(value):
+        if escaped:
+            escaped = False
+        elif quoted and byte == 0x5C:  # a backslash inside a quoted string
+            escaped = True
+        elif byte == 0x22:  # a double quote
+            quoted = not quoted
+        elif byte == 0x2C and not quoted:  # a comma
+            elements.append(value[start:index])
+            start = index + 1
+    elements.append(value[start:])
+    for element in elements[1:]:
+        element = element.strip(_WHITESPACE)
+        if element and not _AUTH_PARAM.match(element):
+            return True
+    return False
+
+
+def _parse_address(text: str) -> _Address | None:
     """An address from ``1.2.3.4``, ``1.2.3.4:80``, ``[2001:db8::1]:80`` or ``2001:db8::1``."""
     text = text.strip()
     if text.startswith("["):

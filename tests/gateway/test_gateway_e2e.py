@@ -131,7 +131,10 @@ def test_a_keyed_charge_is_replayed_and_the_limit_answers_a_problem(shared: Shar
     assert 0 < retry_after <= 120  # a sliding window: up to its window and a bit
     assert body["retry_after"] == retry_after
     assert body["request_id"] == refused.headers["x-request-id"]
-    assert rate(refused, "ratelimit-policy") == {"charges": {"q": 3, "w": 60}}
+    assert rate(refused, "ratelimit-policy") == {
+        "charges": {"q": 3, "w": 60},
+        "address": {"q": 1000, "w": 60},  # [identity] address_limits, by default
+    }
     assert rate(refused)["charges"]["r"] == 0
     assert never.status_code == 404
 

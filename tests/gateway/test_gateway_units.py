@@ -841,9 +841,13 @@ async def test_a_reload_changes_limits_and_counters_carry_on(
     assert [(x["policy"], x["remaining"]) for x in limits.json()["principals"][0]["limits"]] == [
         ("charges", 2),
         ("reads", 2),
+        ("address", 997),  # [identity] address_limits: 1000/minute by default
     ]
     assert rate(after)["charges"]["r"] == 1
-    assert rate(reads, "ratelimit-policy") == {"reads": {"q": 2, "w": 60}}
+    assert rate(reads, "ratelimit-policy") == {
+        "reads": {"q": 2, "w": 60},
+        "address": {"q": 1000, "w": 60},
+    }
 
     path.write_text(policy_file("charges|8/minute|POST /charges"))
     assert await gw.gateway.reload() is True

@@ -15,6 +15,7 @@ from surefoot.idempotency import (
     KeyReserved,
     TransactionalKeys,
 )
+from surefoot.identity import Identity
 from surefoot.ratelimit import RateLimitMiddleware, RateLimitPolicy
 from surefoot.storage import (
     IdempotencyStore,
@@ -77,3 +78,18 @@ with sqlite3.connect("ledger.db", isolation_level=None) as conn:
     if claim.replay is None:
         claim.complete(201, {"content-type": "application/json"}, b"{}")
     conn.execute("COMMIT")
+
+
+# -- who is calling: known credentials, an address ceiling ----------------------------------
+
+identity = Identity(trusted_proxies=["10.0.0.0/8"], known_credentials=["sk_live_acme"])
+checked = Identity(known_credentials=lambda credential: credential.startswith(b"sk_live_"))
+ceilinged = RateLimitMiddleware(
+    IdempotencyMiddleware(app, store=MemoryStore(), principal=identity),
+    store=MemoryStore(),
+    principal=identity,
+    policies=[
+        RateLimitPolicy("keys", limits=["100/minute"]),
+        RateLimitPolicy("per-address", limits=["1000/minute"], per="address"),
+    ],
+)

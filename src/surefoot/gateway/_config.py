@@ -8,7 +8,7 @@ Map of the file (``docs/gateway.md`` documents every field)::
     [upstream.breaker]           the circuit breaker (resilience4j's fields); optional
     [upstream.concurrency]       in-flight limit and the share reserved for critical requests
     [stores]                     name = "store URL"; "default" unless named otherwise
-    [identity]                   credential_headers (who is calling)
+    [identity]                   credential_headers, address_limits (who is calling)
     [[clients]]                  name, api_key | api_key_env | address, tier, critical
     [idempotency]                store, the default policy of every route, reconciler
     [rate_limit]                 store, headers
@@ -142,13 +142,21 @@ class Upstream(_Table):
 
 class Identity(_Table):
     credential_headers: list[str] = _described(
-        "header names whose value identifies a client", ["authorization", "x-api-key"]
+        "header names whose value identifies a client, in order of precedence",
+        ["authorization", "x-api-key"],
+    )
+    address_limits: list[str] = _described(
+        "limits such as ['1000/minute'] on each client address over all of its "
+        "credentials, or [] for none",
+        ["1000/minute"],
     )
 
 
 class Client(_Table):
     name: str = _described("a name of letters, digits, '_', '-' or '.'")
-    api_key: str | None = _described("the client's API key (X-API-Key or Bearer token)", None)
+    api_key: str | None = _described(
+        "the client's API key (as sent in X-API-Key or after 'Bearer ')", None
+    )
     api_key_env: str | None = _described("an environment variable holding the API key", None)
     address: str | None = _described("the client's IP address", None)
     tier: str | None = _described("a tier name used by the rate-limit policies", None)
@@ -305,6 +313,8 @@ class GatewayConfig:
         rate_limit_policies: the built ``RateLimitPolicy`` values.
         principals: principal -> client name; ``tiers`` principal -> tier;
             ``critical_principals``.
+        api_keys: the API keys of ``[[clients]]``: when there are any, a credential that
+            is not one of them is rate limited as its address.
         admin_token: the admin API's token (None: the admin API is disabled).
     """
 
@@ -314,6 +324,7 @@ class GatewayConfig:
         self.principals: dict[str, str] = {}
         self.tiers: dict[str, str] = {}
         self.critical_principals: set[str] = set()
+        self.api_keys: list[str] = []
         self._clients(problems)
         self.idempotency_policy = self._policy(root.idempotency, None, ("idempotency",), problems)
         self.idempotency_routes: dict[str, IdempotencyPolicy | None] = {}
@@ -336,7 +347,8 @@ class GatewayConfig:
                 self.idempotency_routes.setdefault(route.match, policy)
                 if route.idempotency.lookup is not None:
                     self.lookups[route.match] = route.idempotency.lookup
-        self.rate_limit_policies = self._rate_limits(problems)
+        policies = self._rate_limits(problems)
+        self.rate_limit_policies = policies + self._address_ceiling(policies, problems)
         self._stores(problems)
         self.admin_token = self._secret(
             root.admin.token, root.admin.token_env, ("admin",), problems
@@ -362,9 +374,18 @@ class GatewayConfig:
             seen.add(client.name)
             principals: list[str] = []
             key = self._secret(client.api_key, client.api_key_env, loc, problems, field="api_key")
-            if key is not None:
-                raw = key.encode("latin-1", "replace")
-                principals += [hash_credential(raw), hash_credential(b"Bearer " + raw)]
+            if key is not None and (not key or any(c in key for c in " \t\r\n")):
+                # A request's credential is parsed (``Identity``): such a key would never
+                # be recognised. Never the key itself in a message (Rule 3).
+                problems.add(
+                    (*loc, "api_key_env" if client.api_key_env else "api_key"),
+                    "expected the key alone, as sent in X-API-Key or after 'Bearer ', "
+                    f"got {'an empty value' if not key else 'a value with whitespace'}",
+                )
+            elif key is not None:
+                # ``Identity`` parses `Bearer K` and `X-API-Key: K` to the one credential K.
+                principals.append(hash_credential(key.encode()))
+                self.api_keys.append(key)
             if client.address is not None:
                 principals.append("addr:" + client.address)
             if not principals and key is None and client.api_key_env is None:
@@ -461,6 +482,51 @@ class GatewayConfig:
                 field, message = _split(str(exc), Policy.model_fields)
                 problems.add((*loc, *field), message)
         return tuple(built)
+
+    def _address_ceiling(
+        self, policies: tuple[RateLimitPolicy, ...], problems: Problems
+    ) -> tuple[RateLimitPolicy, ...]:
+        """The ``address`` policy of ``[identity] address_limits``, when it applies.
+
+        It backs per-credential limits when the file lists no API keys (the upstream
+        verifies them, so any credential gets a bucket); with API keys listed, unknown
+        credentials already share their address's buckets and need no ceiling. It covers
+        the routes of the policies (every route when one of them lists none), except the
+        routes every policy exempts.
+        """
+        limits = self.root.identity.address_limits
+        if not limits or self.api_keys or not policies:
+            return ()
+        if len(policies) != len(self.root.rate_limit.policies):
+            return ()  # a policy is invalid (and reported): nothing to put a ceiling on
+        routes: list[str] = []
+        if all(policy.routes for policy in policies):
+            routes = list(dict.fromkeys(r for policy in policies for r in policy.routes))
+        exempt = [r for r in policies[0].exempt if all(r in p.exempt for p in policies)]
+        loc: _Loc = ("identity", "address_limits")
+        for index, policy in enumerate(policies):
+            if policy.name == _ADDRESS_POLICY:
+                problems.add(
+                    ("rate_limit", "policies", index, "name"),
+                    f"{_ADDRESS_POLICY!r} is the [identity] address_limits ceiling's name: "
+                    "rename this policy, or set address_limits = []",
+                )
+        store = self.root.stores.get(self.root.rate_limit.store, "")
+        if urlsplit(store).scheme == "redis+cluster":
+            problems.add(
+                loc,
+                "expected [] with a Redis Cluster rate-limit store (an address's and a "
+                "credential's counters cannot be decided in one step there)",
+            )
+            return ()
+        try:
+            ceiling = RateLimitPolicy(
+                _ADDRESS_POLICY, limits=limits, routes=routes, exempt=exempt, per="address"
+            )
+        except ConfigurationError as exc:
+            problems.add(loc, _split(str(exc), Policy.model_fields)[1])
+            return ()
+        return (ceiling,)
 
     def _stores(self, problems: Problems) -> None:
         for name, url in self.root.stores.items():

@@ -19,6 +19,11 @@ Rule 5: the path is made canonical (``surefoot._asgi.canonicalize``) before anyt
         matches a route, and that form is what the layers match and the upstream receives;
         a path that cannot be is answered 400 ``invalid_path`` and goes no further.
         Method-override headers are removed unless ``server.allow_method_override``.
+Rule 6: a request whose credentials are ambiguous (a credential header twice, several
+        credentials in one ``Authorization``) is answered 400 ``credentials_ambiguous``
+        whatever its route, before any layer: the gateway must never count one client
+        while the upstream authenticates another. With API keys in ``[[clients]]``, any
+        other credential is rate limited as its address (``surefoot.identity``, Rule 4).
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from surefoot._asgi import (
 from surefoot._routes import RouteTable
 from surefoot.client._breaker import CircuitBreaker
 from surefoot.clock import Clock, SystemClock
-from surefoot.errors import DEFAULT_PROBLEM_BASE, ConfigurationError
+from surefoot.errors import DEFAULT_PROBLEM_BASE, ConfigurationError, CredentialsAmbiguous
 from surefoot.events import EventHook, LoggingHook, emit
 from surefoot.gateway._accesslog import AccessLog
 from surefoot.gateway._config import GatewayConfig, Route, load_config
@@ -347,6 +352,8 @@ class Gateway:
         identity = Identity(
             credential_headers=root.identity.credential_headers,
             trusted_proxies=root.server.trusted_proxies,
+            # Listed API keys: any other credential is rate limited as its address.
+            known_credentials=config.api_keys or None,
         )
         idem_store = self._store(config.store_url(root.idempotency.store), resources)
         rl_store = self._store(config.store_url(root.rate_limit.store), resources)
@@ -454,7 +461,7 @@ class Gateway:
         stack = _Stack(
             config=config,
             digest=digest,
-            app=app,
+            app=_unambiguous(app, identity),
             proxy=proxy,
             idempotency_store=idem_store,
             rate_limit_store=rl_store,
@@ -535,6 +542,20 @@ class Gateway:
             self._clients[key] = client
         resources.add(id(client))
         return client, base_url
+
+
+def _unambiguous(app: ASGIApp, identity: Identity) -> ASGIApp:
+    """``app`` behind a refusal of ambiguous credentials (Rule 6)."""
+
+    async def checked(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            identity.credentials(scope)
+        except CredentialsAmbiguous as exc:
+            await send_problem(send, exc, request_id=request_id(scope), base=DEFAULT_PROBLEM_BASE)
+            return
+        await app(scope, receive, send)
+
+    return checked
 
 
 def _import_app(spec: str) -> Callable[..., Awaitable[None]]:

@@ -146,6 +146,8 @@ class AdminApp:
             for policy in config.rate_limit_policies:
                 if principal in policy.allow or policy.per_route:
                     continue
+                if policy.per == "address" and not principal.startswith("addr:"):
+                    continue  # counted per address: not this principal's counter
                 for limit in policy.limits_for(principal, tier):
                     if limit.algorithm == "concurrency":
                         continue  # in-flight slots are not a rate

@@ -64,6 +64,7 @@ from surefoot._routes import RouteTable, match_form
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import (
     DEFAULT_PROBLEM_BASE,
+    ClientError,
     ConfigurationError,
     IdempotencyKeyAmbiguous,
     IdempotencyKeyInvalid,
@@ -160,7 +161,9 @@ class IdempotencyMiddleware:
         routes: route templates (``"POST /v1/charges/{id}"``) mapped to their own policy,
             or to None to leave them unprotected; the first match wins.
         principal: who is calling (scopes keys); defaults to the hashed ``Authorization``
-            or ``X-API-Key`` header, else the client address.
+            or ``X-API-Key`` credential, else the client address. A resolver that raises
+            a ``ClientError`` (``CredentialsAmbiguous`` from ``Identity``) refuses the
+            request with that problem.
         clock: source of ``now``; ``sleep``: how to wait (tests inject ``ManualClock``).
         hooks: event hooks; default: one ``LoggingHook``.
         max_request_body: larger request bodies get 413 without executing.
@@ -271,7 +274,7 @@ class _Responder:
         self.send = send
         self.method = route_method(scope)
         self.path: str = scope["path"]
-        self.principal = mw.principal(scope)
+        self.principal = ""  # resolved in run(), where a refusal can be answered
         self.store_key: str | None = None
         self.body = b""
         self.parsed: Any = NOT_JSON
@@ -310,6 +313,11 @@ class _Responder:
     # -- the request ---------------------------------------------------------------------
 
     async def run(self) -> None:
+        try:
+            self.principal = self.mw.principal(self.scope)
+        except ClientError as exc:  # ambiguous credentials: no key is scoped by a guess
+            await self.problem(exc)
+            return
         # One pass over the headers for everything this request needs.
         key_header = self.policy.header_name
         keys: list[bytes] = []

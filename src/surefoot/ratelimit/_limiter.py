@@ -3,7 +3,10 @@
 The engine behind ``RateLimitMiddleware`` and the FastAPI dependency:
 
 1. Find the policies that cover the request (routes, exemptions, allowlists) and the
-   principal; no policy, no verdict.
+   principal; no policy, no verdict. An ``Identity`` is asked for its rate-limit view
+   (a credential it does not know counts as its address) and, for policies counted
+   ``per="address"``, for the address. A resolver that raises a ``ClientError`` (an
+   ``Identity`` raises ``CredentialsAmbiguous``) refuses the request with that problem.
 2. Build one ``Item`` per limit (its store key is a function of policy, limit, principal
    and route) and ``acquire`` them all at once from the store: one atomic step.
 3. Turn the decisions into a ``Verdict``: admitted or not, the problem to answer with,
@@ -39,6 +42,7 @@ from typing import Any, Literal, TypeVar
 from surefoot._asgi import Scope, request_id, route_method
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import (
+    ClientError,
     ConcurrencyLimitExceeded,
     ConfigurationError,
     QuotaExceeded,
@@ -47,7 +51,7 @@ from surefoot.errors import (
     SurefootError,
 )
 from surefoot.events import EventHook, LoggingHook, emit, wanted
-from surefoot.identity import PrincipalResolver, default_principal
+from surefoot.identity import Identity, PrincipalResolver, default_principal
 from surefoot.ratelimit import _events as ev
 from surefoot.ratelimit._algorithms import RateLimitDecision
 from surefoot.ratelimit._core import Item
@@ -164,7 +168,12 @@ class RateLimiter:
         self.health = store_health if store_health is not None else StoreHealth()
         # Per-process counters for local_fallback policies while the store is down.
         self._fallback = MemoryStore()
-        self.principal = principal
+        self.principal: PrincipalResolver = principal
+        self.address: PrincipalResolver | None = None
+        if isinstance(principal, Identity):
+            # Unknown credentials must not buy fresh buckets (``Identity``, Rule 4).
+            self.principal = principal.rate_limit_principal
+            self.address = principal.address_principal
         self.tier = tier
         self.headers = headers
         self.legacy_headers = legacy_headers
@@ -192,6 +201,12 @@ class RateLimiter:
                     "the rate limiter's fallback_workers (how many worker processes share "
                     "the store, so that each admits its share), got fallback_workers=None"
                 )
+            if policy.per == "address" and self.address is None:
+                raise ConfigurationError(
+                    f"RateLimitPolicy {policy.name!r}.per: 'address' expects the rate "
+                    "limiter's principal to be a surefoot.identity.Identity (it knows the "
+                    "trusted proxies), got a custom principal resolver"
+                )
             for limits in (policy.limits, *policy.tiers.values(), *policy.overrides.values()):
                 for limit in limits:
                     assert isinstance(limit, Limit)
@@ -204,19 +219,24 @@ class RateLimiter:
         self.policies = policies
 
     def _checks(
-        self, scope: Scope, principal: str, covering: list[tuple[RateLimitPolicy, str]]
+        self,
+        scope: Scope,
+        principal: str,
+        address: str,
+        covering: list[tuple[RateLimitPolicy, str]],
     ) -> list[_Check]:
         method, path = route_method(scope), scope["path"]
         tier = self.tier(scope, principal) if self.tier is not None else None
         checks: list[_Check] = []
         for policy, route in covering:
-            if principal in policy.allow:
+            counted = address if policy.per == "address" else principal
+            if counted in policy.allow:
                 continue
             cost = policy.cost_for(method, path)
-            limits = policy.limits_for(principal, tier)
+            limits = policy.limits_for(counted, tier)
             scope_route = route if policy.per_route else ""
             for limit in limits:
-                key = limit_key(policy.name, limit, principal, scope_route)
+                key = limit_key(policy.name, limit, counted, scope_route)
                 token = secrets.token_hex(8) if limit.algorithm == "concurrency" else ""
                 item = Item(key, limit.algorithm or "", limit, cost, not policy.shadow, token)
                 name = policy.name if len(limits) == 1 else f"{policy.name}-{_label(limit)}"
@@ -233,8 +253,14 @@ class RateLimiter:
                 covering.append((policy, route))
         if not covering:
             return None
-        principal = self.principal(scope)
-        checks = self._checks(scope, principal, covering)
+        try:
+            principal = self.principal(scope)
+        except ClientError as exc:  # ambiguous credentials: the request must change
+            return Verdict(False, exc)
+        address = ""
+        if self.address is not None and any(p.per == "address" for p, _ in covering):
+            address = self.address(scope)
+        checks = self._checks(scope, principal, address, covering)
         if not checks:
             return None
         now = self.clock.now()

@@ -6,6 +6,10 @@ limits applied are the principal's ``overrides`` entry, else its tier's limits, 
 policy's own. Each limit is counted under a store key that is an explicit function of
 (policy name, limit window and algorithm, principal, route template when ``per_route``),
 so swapping policies at run time keeps the counters of limits that kept their window.
+A policy counted ``per="address"`` puts the client address (``addr:<ip>``) where the
+principal goes, in the key and in ``allow`` and ``overrides``: one counter for everything
+that comes from one address, whatever its credentials (a ceiling in front of
+per-credential limits).
 """
 
 from __future__ import annotations
@@ -54,6 +58,13 @@ class RateLimitPolicy:
         allow: principals the policy never limits (an allowlist).
         costs: route template -> cost of a request there (default 1).
         per_route: count each route template separately instead of per principal only.
+        per: ``"principal"`` (the default) counts each principal on its own;
+            ``"address"`` counts each client address over all of its principals, so that
+            fresh credentials from one address cannot buy fresh buckets (the rate
+            limiter's principal must then be a ``surefoot.identity.Identity``, which
+            knows the trusted proxies). ``allow`` and ``overrides`` then name addresses
+            (``"addr:10.0.0.5"``). Not beside per-principal policies on Redis Cluster,
+            where the keys of one decision must share a hash slot.
         tiers: tier name -> limits, for principals the middleware's ``tier`` function
             places in that tier.
         overrides: principal -> limits, for single clients (wins over tiers).
@@ -74,6 +85,7 @@ class RateLimitPolicy:
     allow: Iterable[str] = frozenset()
     costs: Mapping[str, int] = field(default_factory=dict)
     per_route: bool = False
+    per: Literal["principal", "address"] = "principal"
     tiers: Mapping[str, Sequence[LimitSpec]] = field(default_factory=dict)
     overrides: Mapping[str, Sequence[LimitSpec]] = field(default_factory=dict)
     shadow: bool = False
@@ -104,6 +116,8 @@ class RateLimitPolicy:
             if not isinstance(cost, int) or cost < 1:
                 _fail(self.name, f"costs[{template!r}]", "a positive whole number", cost)
         set_(self, "costs", dict(self.costs))
+        if self.per not in ("principal", "address"):
+            _fail(self.name, "per", "'principal' or 'address'", self.per)
         if self.on_store_error not in STORE_ERROR_ACTIONS:
             _fail(
                 self.name,
