@@ -570,6 +570,9 @@ class GatewayConfig:
         return {"source": self.source, **data}
 
 
+#: The name of the policy ``[identity] address_limits`` builds (in headers and problems).
+_ADDRESS_POLICY = "address"
+
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
