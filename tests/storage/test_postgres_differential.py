@@ -246,7 +246,7 @@ def idempotency_steps(draw: st.DrawFn) -> list[tuple[Any, ...]]:
         dt = draw(
             st.just(0.0) | st.sampled_from([0.5, 10.0, 30.0, 60.0, 600.0]) | st.floats(0, 100)
         )
-        key = draw(st.sampled_from("xy"))
+        key = draw(st.sampled_from("xyz"))
         kind = draw(st.sampled_from(["begin", "begin", "finish", "resolve", "forget", "get"]))
         if kind == "begin":
             steps.append(
@@ -258,6 +258,8 @@ def idempotency_steps(draw: st.DrawFn) -> list[tuple[Any, ...]]:
                     draw(st.sampled_from([10.0, 30.0])),
                     draw(st.sampled_from([60.0, 600.0])),
                     draw(st.sampled_from(["reexecute", "unknown"])),
+                    # (max_records, max_unknown): the quotas of the keys' owner (Rule 7).
+                    draw(st.sampled_from([(0, 0), (1, 0), (2, 0), (2, 1), (0, 1), (3, 1)])),
                 )
             )
         elif kind == "finish":
@@ -272,12 +274,26 @@ def idempotency_steps(draw: st.DrawFn) -> list[tuple[Any, ...]]:
     return steps
 
 
+def usage(records: dict[str, Record], now: float) -> _core.Usage:
+    """The owner's usage as ``_core`` Rule 7 defines it, from the reference's records."""
+    live = [r for r in records.values() if _core.classify(r, now) is not _core.State.ABSENT]
+    unknown = [r for r in live if r.state is _core.State.UNKNOWN]
+    return _core.Usage(
+        len(live),
+        len(unknown),
+        min((r.expires_at for r in live), default=math.inf),
+        min((r.expires_at for r in unknown), default=math.inf),
+    )
+
+
 @PROPERTY
-@given(steps=idempotency_steps(), start=st.floats(0, 1e6, allow_nan=False))
+@given(steps=idempotency_steps(), start=st.floats(0, 1e6, allow_nan=False), owned=st.booleans())
 async def test_idempotency_steps_follow_the_core_state_machine(
-    pg: tuple[PostgresStore, Any, str], steps: list[tuple[Any, ...]], start: float
+    pg: tuple[PostgresStore, Any, str], steps: list[tuple[Any, ...]], start: float, owned: bool
 ) -> None:
     store = pg[0]
+    # Owned keys (one principal's, from scoped_key) count against its quotas; others not.
+    principal = f"cred:{uuid.uuid4().hex}"
     prefix = f"idem:{uuid.uuid4().hex}:"
     records: dict[str, Record] = {}
     tokens: list[str] = []
@@ -295,14 +311,17 @@ async def test_idempotency_steps_follow_the_core_state_machine(
         if together and (dt or kind != together[-1][0]):
             await send()
         now += dt
-        stored = prefix + key
+        stored = _core.scoped_key(principal, key) if owned else prefix + key
         record = records.get(key)
         call: Any
         if kind == "begin":
             token = f"t{len(tokens)}"
             tokens.append(token)
-            request = Begin(step[3], token, step[4], step[5], step[6])
-            expected, new = _core.begin(record, request, now)
+            request = Begin(step[3], token, step[4], step[5], step[6], *step[7])
+            counted = owned and _core.charges_quota(record, request, now)
+            expected, new = _core.begin(
+                record, request, now, usage(records, now) if counted else None
+            )
             call = functools.partial(store.begin, stored, request, now)
         elif kind == "finish":
             token = tokens[step[3]] if step[3] < len(tokens) else "never-issued"

@@ -21,6 +21,7 @@ __all__ = [
     "KeyReused",
     "LeaseExpired",
     "OutcomeUnknown",
+    "RecordsExceeded",
     "ReservationAbandoned",
     "RequestInProgress",
     "ReservationReleased",
@@ -110,6 +111,20 @@ class OutcomeUnknown(IdempotencyEvent):
     name: ClassVar[str] = "idempotency.unknown"
     level: ClassVar[int] = logging.ERROR
     reason: str  # "server_error", "lease_expired" or "pending"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RecordsExceeded(IdempotencyEvent):
+    """The principal holds as many records as its quota allows: 429, nothing executed.
+
+    ``kind`` is ``"records"`` (``max_records_per_principal``) or ``"unknown"``
+    (``max_unknown_per_principal``).
+    """
+
+    name: ClassVar[str] = "idempotency.records_exceeded"
+    level: ClassVar[int] = logging.WARNING
+    kind: str
+    limit: int
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

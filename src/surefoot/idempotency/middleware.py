@@ -5,7 +5,9 @@ Theory of operation, per request on a protected route and method:
    the policy's body field; malformed or ambiguous: 400; missing: 400, or pass through
    in rollout mode).
 2. ``store.begin`` with the request's fingerprint and a fresh fencing token: one atomic
-   step that reserves the scoped key or says why not (replay, 409, 422).
+   step that reserves the scoped key or says why not (replay, 409, 422, or 429
+   ``idempotency_records_exceeded`` when a new key would take the principal past the
+   policy's ``max_records_per_principal`` or ``max_unknown_per_principal``).
 3. If reserved, run the app with the buffered body, streaming its response to the client
    while keeping a copy of at most ``max_stored_response`` bytes.
 4. Settle when the response's last chunk is ready (before it is sent, so a client that
@@ -71,6 +73,7 @@ from surefoot.errors import (
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
     IdempotencyOutcomeUnknown,
+    IdempotencyRecordsExceeded,
     IdempotencyRequestInProgress,
     IdempotencyResponseNotStored,
     RequestBodyTooLarge,
@@ -88,6 +91,7 @@ from surefoot.idempotency._core import (
     Mismatch,
     NotStored,
     Outcome,
+    OverQuota,
     Replay,
     Reserved,
     Step,
@@ -417,6 +421,8 @@ class _Responder:
             lease=self.policy.lease,
             ttl=self.policy.ttl,
             on_lease_expiry=self.policy.on_lease_expiry,
+            max_records=self.policy.max_records_per_principal or 0,
+            max_unknown=self.policy.max_unknown_per_principal or 0,
         )
         started = self.mw.clock.now()
         decision = await self.begin(request, started, first=True)
@@ -555,6 +561,13 @@ class _Responder:
         elif isinstance(decision, NotStored):
             self.emit(ev.ResponseReplayed, status=decision.status)
             await self.problem(IdempotencyResponseNotStored(original_status=decision.status))
+        elif isinstance(decision, OverQuota):
+            self.emit(ev.RecordsExceeded, kind=decision.kind, limit=decision.limit)
+            kind = "in all" if decision.kind == "records" else "of unknown outcome"
+            wait = max(1, math.ceil(decision.retry_after))
+            await self.problem(
+                IdempotencyRecordsExceeded(limit=decision.limit, kind=kind, retry_after=wait)
+            )
         else:
             assert isinstance(decision, Unknown)
             if decision.lease_expired_now:

@@ -56,6 +56,14 @@ Rule 7: group commit: the begins, the finishes and the acquires that arrive on o
         concurrency slots its begins and acquires may hold are released in the
         background under their own tokens, which fence off anyone else's. A store is
         used from one event loop.
+Rule 8: per-principal quotas (``_core`` Rule 7, migration ``0003_record_owners``): a
+        record row carries its key's owner. A batch of begins first takes an advisory
+        lock per owner among its keys (with its keys' locks, in one ascending order), so
+        one owner's records are counted by one transaction at a time; a begin that would
+        create a record under a quota counts the owner's live rows (an index on owner
+        and expiry) and, over the quota, answers ``OverQuota`` and writes nothing. An
+        owner's begins are serialised by that lock, and the count reads the owner's live
+        records, so its cost grows with what the owner holds (up to its quota).
 """
 
 from __future__ import annotations
@@ -86,6 +94,7 @@ from surefoot.idempotency._core import (
     Mismatch,
     NotStored,
     Outcome,
+    OverQuota,
     Record,
     Replay,
     Reserved,
@@ -93,6 +102,7 @@ from surefoot.idempotency._core import (
     Step,
     StoredResponse,
     Unknown,
+    key_owner,
 )
 from surefoot.ratelimit._algorithms import RateLimitDecision, quota_period
 from surefoot.ratelimit._core import Item
@@ -240,7 +250,8 @@ def _refuse_newer(done: set[int], schema: str) -> None:
 _QUERIES = {
     "begin": (
         "SELECT * FROM {s}.surefoot_begin_batch(%s::text[], %s::float8[], %s::text[], "
-        "%s::text[], %s::float8[], %s::float8[], %s::boolean[])"
+        "%s::text[], %s::float8[], %s::float8[], %s::boolean[], %s::text[], %s::integer[], "
+        "%s::integer[])"
     ),
     "finish": (
         "SELECT * FROM {s}.surefoot_finish_batch(%s::text[], %s::float8[], %s::text[], "
@@ -686,7 +697,12 @@ class PostgresStore:
     async def begin(self, key: str, request: Begin, now: float) -> Decision:
         row = await self._batched("begin", (key, request), now)
         self._wrote(now)
-        verdict, generation, lease_expires_at, status, headers, body, db_now = row
+        verdict, generation, lease_expires_at, status, headers, body, db_now, limit, free_at = row
+        if verdict in ("over_records", "over_unknown"):
+            kind: Literal["records", "unknown"] = (
+                "records" if verdict == "over_records" else "unknown"
+            )
+            return OverQuota(kind, limit, max(free_at - db_now, 0.0))
         if verdict == "reserved":
             return Reserved(request.token, generation, False)
         if verdict == "took_over":
@@ -855,6 +871,9 @@ def _begin_params(batch: list[_Pending], clock: str) -> list[Any]:
         _array(_float(r.lease) for _, r in requests),
         _array(_float(r.ttl) for _, r in requests),
         _array("t" if r.on_lease_expiry == "reexecute" else "f" for _, r in requests),
+        _array(_quote(owner) if (owner := key_owner(key)) else "NULL" for key, _ in requests),
+        _array(str(int(r.max_records)) for _, r in requests),
+        _array(str(int(r.max_unknown)) for _, r in requests),
     ]
 
 
