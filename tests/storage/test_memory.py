@@ -4,7 +4,7 @@ import pytest
 
 from surefoot.errors import ConfigurationError, StoreCapacityExceeded
 from surefoot.idempotency._core import Begin, Outcome, Reserved, Step, StoredResponse
-from surefoot.storage import MemoryStore
+from surefoot.storage import MemoryStore, store_from_url
 
 pytestmark = pytest.mark.anyio
 
@@ -16,8 +16,22 @@ def req(token: str) -> Begin:
     return Begin(fingerprint="fp", token=token, lease=30, ttl=600, on_lease_expiry="unknown")
 
 
+async def test_full_store_refuses_rather_than_drop_a_live_record_by_default() -> None:
+    store = MemoryStore(max_records=2)
+    await store.begin("done", req("t1"), T0)
+    await store.finish("done", "t1", Outcome(Step.COMPLETE, OK), T0)
+    await store.begin("flight", req("t2"), T0)
+    with pytest.raises(StoreCapacityExceeded):
+        await store.begin("new", req("t3"), T0 + 1)
+    # The completed record is still replayed inside its TTL: no second execution.
+    assert await store.get("done", T0 + 1) is not None
+    # Once it has expired, its room is taken.
+    assert isinstance(await store.begin("new", req("t3"), T0 + 600), Reserved)
+    assert await store.get("done", T0 + 600) is None
+
+
 async def test_full_store_evicts_completed_but_never_in_flight_or_unknown() -> None:
-    store = MemoryStore(max_records=3)
+    store = MemoryStore(max_records=3, on_full="evict")
     await store.begin("flight", req("t1"), T0)
     await store.begin("unknown", req("t2"), T0)
     await store.finish("unknown", "t2", Outcome(Step.MARK_UNKNOWN), T0)
@@ -45,3 +59,14 @@ async def test_full_store_drops_an_expired_record_first() -> None:
 def test_max_records_must_be_positive() -> None:
     with pytest.raises(ConfigurationError, match=r"MemoryStore.max_records: expected a positive"):
         MemoryStore(max_records=0)
+
+
+def test_on_full_is_refuse_or_evict_also_by_url() -> None:
+    assert MemoryStore().on_full == "refuse"
+    store = store_from_url("memory://?max_records=5&on_full=evict")
+    assert isinstance(store, MemoryStore)
+    assert store.on_full == "evict"
+    with pytest.raises(ConfigurationError, match=r"MemoryStore.on_full: expected"):
+        MemoryStore(on_full="drop")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"on_full: expected refuse or evict"):
+        store_from_url("memory://?on_full=drop")

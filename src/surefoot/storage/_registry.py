@@ -17,7 +17,13 @@ __all__ = ["STORES", "store_from_url"]
 
 def _memory(url: str) -> IdempotencyStore:
     options = _options(url)
-    store = MemoryStore(max_records=_int(options.pop("max_records", "10000"), "max_records"))
+    on_full = options.pop("on_full", "refuse")
+    if on_full not in ("refuse", "evict"):
+        raise ConfigurationError(f"store URL: on_full: expected refuse or evict, got {on_full!r}")
+    store = MemoryStore(
+        max_records=_int(options.pop("max_records", "10000"), "max_records"),
+        on_full="evict" if on_full == "evict" else "refuse",
+    )
     _no_more(url, options)
     return store
 
