@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from surefoot.cli import main
@@ -115,3 +116,196 @@ def test_keys_list_json(tmp_path: Path) -> None:
     rows = {r["store_key"]: r for r in json.loads(result.output)}
     assert rows[unknown]["state"] == "unknown"
     assert rows[flight]["state"] == "in_flight"
+
+
+# -- what an operator gives is checked before anything is stored -----------------------------
+
+
+def _state(db: Path, key: str) -> str:
+    async def go() -> str:
+        store = SqliteStore(db)
+        record = await store.get(key, SystemClock().now())
+        await store.aclose()
+        assert record is not None
+        return record.state.value
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("options", "option", "message"),
+    [
+        (["--status", "201", "--body", "{x:1}"], "--body", "body: expected JSON"),
+        (["--status", "201", "--body", "NaN"], "--body", "NaN is not JSON"),
+        (["--status", "201", "--content-type", "application/json\r\nX-Evil: 1"],
+         "--content-type", "content_type: expected a media type"),
+        (["--status", "201", "--content-type", "text/plain\x00"],
+         "--content-type", "content_type: expected a media type"),
+        (["--status", "204", "--body", "x", "--content-type", "text/plain"],
+         "--body", "a 204 answer has no body"),
+        (["--status", "99999"], "--status", "99999 is not in the range 200<=x<=599"),
+        (["--status", "100"], "--status", "100 is not in the range 200<=x<=599"),
+    ],
+)  # fmt: skip
+def test_keys_resolve_refuses_what_must_never_be_stored(
+    tmp_path: Path, options: list[str], option: str, message: str
+) -> None:
+    db = tmp_path / "k.db"
+    unknown, _ = _seed(db)
+
+    result = CliRunner().invoke(
+        main, ["keys", "resolve", "--store", f"sqlite:///{db}", unknown, *options]
+    )
+
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for" in result.output
+    assert option in result.output
+    assert message in result.output
+    assert _state(db, unknown) == "unknown"
+
+
+def test_keys_resolve_stores_a_checked_answer(tmp_path: Path) -> None:
+    db = tmp_path / "k.db"
+    unknown, _ = _seed(db)
+    url = f"sqlite:///{db}"
+
+    text = CliRunner().invoke(
+        main,
+        ["keys", "resolve", "--store", url, unknown, "--status", "200", "--body", "done",
+         "--content-type", "text/plain; charset=utf-8"],
+    )  # fmt: skip
+
+    assert text.exit_code == 0, text.output
+
+    async def stored() -> object:
+        store = SqliteStore(db)
+        record = await store.get(unknown, SystemClock().now())
+        await store.aclose()
+        assert record is not None
+        return record.response
+
+    assert asyncio.run(stored()) == (
+        200,
+        ((b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"4")),
+        b"done",
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["keys", "list", "--limit", "0"], "Invalid value for '--limit'"),
+        (["keys", "purge", "--limit", "-1"], "Invalid value for '--limit'"),
+        (["keys", "forget", "idem:a\nb"], "store_key: expected 1 to 1024 printable characters"),
+        (["keys", "forget", "k" * 1025], "store_key: expected 1 to 1024 printable characters"),
+    ],
+)
+def test_keys_commands_refuse_bad_numbers_and_keys(
+    tmp_path: Path, argv: list[str], message: str
+) -> None:
+    db = tmp_path / "k.db"
+    _seed(db)
+    result = CliRunner().invoke(main, [*argv[:2], "--store", f"sqlite:///{db}", *argv[2:]])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_a_store_url_error_names_no_secret() -> None:
+    url = "memory://?password=PW-1&ssl_password=PW-2&token=PW-3"
+    result = CliRunner().invoke(main, ["keys", "list", "--store", url])
+    assert result.exit_code == 2
+    assert "PW-" not in result.output
+    assert "password=***&ssl_password=***&token=***" in result.output
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--listen", "localhost"], "Invalid value for --listen: expected HOST:PORT"),
+        (["--listen", "127.0.0.1:70000"], "Invalid value for --listen: expected HOST:PORT"),
+        (["--upstream", "ftp://x"], "Invalid value for --upstream: expected an absolute"),
+        (["--upstream", "http://[::1"], "Invalid value for --upstream: expected an absolute"),
+    ],
+)
+def test_surefoot_chaos_refuses_a_bad_address(argv: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["chaos", "--upstream", "http://127.0.0.1:9", *argv])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+# -- extras ------------------------------------------------------------------------------------
+
+#: Runs the command line as if the modules named in argv[1] were not installed.
+WITHOUT = """
+import sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None  # "import name" now fails as if it were not installed
+from surefoot.cli import main
+main(sys.argv[2:], prog_name="surefoot")
+"""
+
+
+@pytest.mark.parametrize(
+    ("missing", "argv", "line"),
+    [
+        ("httpx", ["chaos", "--upstream", "http://127.0.0.1:9"],
+         "Error: surefoot chaos needs the 'client' extra: pip install 'surefoot[client]' "
+         "(missing: httpx)"),
+        ("h11,pydantic", ["chaos", "--upstream", "http://127.0.0.1:9"],
+         "Error: surefoot chaos needs the 'client' extra: pip install 'surefoot[client]' "
+         "(missing: h11, pydantic)"),
+        ("httpx", ["chaos", "drill", "scenario.toml"],
+         "Error: surefoot chaos drill needs the 'gateway' and 'examples' extras: "
+         "pip install 'surefoot[gateway,examples]' (missing: httpx)"),
+        ("fastapi", ["chaos", "drill", "scenario.toml"],
+         "Error: surefoot chaos drill needs the 'gateway' and 'examples' extras: "
+         "pip install 'surefoot[gateway,examples]' (missing: fastapi)"),
+        ("uvicorn", ["serve", "--config", "gateway.toml"],
+         "Error: surefoot serve needs the 'gateway' extra: pip install 'surefoot[gateway]' "
+         "(missing: uvicorn)"),
+        ("pydantic,prometheus_client", ["check-config", "gateway.toml"],
+         "Error: surefoot check-config needs the 'gateway' extra: "
+         "pip install 'surefoot[gateway]' (missing: pydantic, prometheus_client)"),
+    ],
+)  # fmt: skip
+def test_a_command_without_its_extra_says_which_in_one_line(
+    missing: str, argv: list[str], line: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT, missing, *argv], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stderr == line + "\n"
+
+
+def test_commands_without_extras_work_without_them(tmp_path: Path) -> None:
+    db = tmp_path / "k.db"
+    _seed(db)
+    gone = "httpx,h11,pydantic,uvicorn,httptools,prometheus_client,fastapi"
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT, gone, "keys", "list", "--store", f"sqlite:///{db}"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "idem:unknown" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("package", "missing", "message"),
+    [
+        ("surefoot.gateway", "httpx",
+         "surefoot.gateway needs the 'gateway' extra: pip install 'surefoot[gateway]'"),
+        ("surefoot.gateway", "prometheus_client",
+         "surefoot.gateway needs the 'gateway' extra: pip install 'surefoot[gateway]'"),
+        ("surefoot.chaos", "h11",
+         "surefoot.chaos needs the 'client' extra: pip install 'surefoot[client]'"),
+    ],
+)  # fmt: skip
+def test_importing_a_package_without_its_extra_names_the_extra(
+    package: str, missing: str, message: str
+) -> None:
+    code = f"import sys\nsys.modules[{missing!r}] = None\nimport {package}\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == f"ImportError: {message}"

@@ -1,8 +1,15 @@
 """Configuration files: reading TOML and reporting every problem as ``file:line: path: message``.
 
 Shared by the configurations validated with pydantic (``surefoot.client`` integrations,
-``surefoot.chaos`` fault plans). Line numbers are best effort: a problem is reported at the
-line that sets its value, else at its nearest table's header.
+``surefoot.chaos`` fault plans, the gateway's policy file). Line numbers are best effort: a
+problem is reported at the line that sets its value, else at its nearest table's header.
+
+Rule 1: a secret is never quoted. ``shown(value, secret=True)`` names only the kind of
+        value (``an integer (hidden)``); ``masked_url`` writes ``***`` for a URL's userinfo
+        password and for the value of every query parameter whose name holds ``pass``,
+        ``pwd``, ``secret``, ``token``, ``key``, ``auth``, ``credential``, ``signature`` or
+        ``cookie`` in any case (``password``, ``ssl_password``, ``sslpassword``,
+        ``passfile``, ``sslkey``, ``api_key``, ``access_token``...).
 """
 
 from __future__ import annotations
@@ -13,10 +20,11 @@ import re
 import tomllib
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import unquote_plus
 
 from surefoot.errors import ConfigurationError
 
-__all__ = ["Problems", "read_toml", "require_pydantic", "shown"]
+__all__ = ["Problems", "masked_url", "read_toml", "require_pydantic", "secret_name", "shown"]
 
 _POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 _HEADER = re.compile(r"^(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
@@ -65,10 +73,50 @@ def require_pydantic(what: str) -> Any:
     return pydantic
 
 
-def shown(value: object) -> str:
-    """A value as a message quotes it: its repr, cut at 60 characters."""
+def shown(value: object, *, secret: bool = False) -> str:
+    """A value as a message quotes it: its repr, cut at 60 characters; a secret only by its
+    kind (Rule 1)."""
+    if secret:
+        return f"{_KINDS.get(type(value), 'a value')} (hidden)"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+_KINDS: dict[type, str] = {
+    str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+    list: "an array", dict: "a table",
+}  # fmt: skip
+_SECRET = re.compile(r"pass|pwd|secret|token|key|auth|credential|signature|cookie", re.I)
+
+
+def secret_name(name: str) -> bool:
+    """Whether a query parameter called ``name`` carries a secret (Rule 1)."""
+    return _SECRET.search(name) is not None
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password and the values of secret query parameters as ``***``.
+
+    Example:
+        >>> masked_url("redis://u:pw@db:6379/0?prefix=gw:&ssl_password=s")
+        'redis://u:***@db:6379/0?prefix=gw:&ssl_password=***'
+    """
+    # Cut by hand rather than with urlsplit: it never raises, and everything but the
+    # secrets comes back exactly as written (urlunsplit turns sqlite:/// into sqlite:/).
+    rest, hash_mark, fragment = url.partition("#")
+    rest, question_mark, query = rest.partition("?")
+    scheme, slashes, remainder = rest.partition("://")
+    if slashes:
+        netloc, slash, path = remainder.partition("/")
+        userinfo, at, host = netloc.rpartition("@")
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        rest = scheme + slashes + userinfo + at + host + slash + path
+    pairs = []
+    for pair in query.split("&"):
+        name, equals, _ = pair.partition("=")
+        pairs.append(f"{name}=***" if equals and secret_name(unquote_plus(name)) else pair)
+    return rest + question_mark + "&".join(pairs) + hash_mark + fragment
 
 
 class Problems:

@@ -4,13 +4,25 @@ Only commands that work are listed: ``serve`` runs the gateway, ``check-config``
 validates its policy file, ``errors`` prints the problem catalogue, ``keys`` lets an
 operator inspect and settle idempotency records in a store, and ``migrate`` creates or
 upgrades a PostgreSQL store's tables.
+
+Rule 1: a command that needs an extra says so in one line before importing anything of it
+        (``surefoot chaos needs the 'client' extra: pip install 'surefoot[client]'
+        (missing: httpx)``), never with a traceback. ``errors``, ``keys`` and ``migrate``
+        need none (a Redis or PostgreSQL store needs its driver's extra); ``serve`` and
+        ``check-config`` need ``gateway``; ``chaos`` needs ``client``; ``chaos drill``
+        needs ``gateway`` and ``examples``.
+Rule 2: every input is checked before anything is stored; an invalid one is a usage error
+        naming the option (``surefoot keys resolve`` stores only what
+        ``surefoot.idempotency._operator`` accepts).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,10 +41,30 @@ from surefoot.errors import (
     catalogue_markdown,
     problem_type_uri,
 )
-from surefoot.idempotency._core import Record, State, StoredResponse
+from surefoot.idempotency._core import Record, State
+from surefoot.idempotency._operator import operator_response, operator_store_key
 from surefoot.storage import IdempotencyStore, store_from_url
 
 __all__ = ["main"]
+
+#: The modules of each extra that the commands import (as ``pyproject.toml`` lists them).
+_EXTRAS = {
+    "client": ("httpx", "h11", "pydantic"),
+    "gateway": ("httpx", "h11", "pydantic", "uvicorn", "httptools", "prometheus_client"),
+    "examples": ("fastapi",),
+}
+
+
+def _need(command: str, *extras: str) -> None:
+    """Stop with one line when an extra ``command`` needs is not installed (Rule 1)."""
+    modules = dict.fromkeys(m for extra in extras for m in _EXTRAS[extra])
+    missing = ", ".join(m for m in modules if importlib.util.find_spec(m) is None)
+    if missing:
+        names = " and ".join(repr(extra) for extra in extras)
+        raise click.ClickException(
+            f"surefoot {command} needs the {names} extra{'s' * (len(extras) > 1)}: "
+            f"pip install 'surefoot[{','.join(extras)}]' (missing: {missing})"
+        )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -117,7 +149,7 @@ def _run(store_url: str, work: Any) -> Any:
     type=click.Choice([s.value for s in State if s is not State.ABSENT]),
     help="Only records in this state.",
 )
-@click.option("--limit", default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
 def list_keys(store_url: str, state: str | None, limit: int, as_json: bool) -> None:
     """List live records, oldest first."""
@@ -164,6 +196,7 @@ def _console() -> Console:
 @click.argument("store_key")
 def forget_key(store_url: str, store_key: str) -> None:
     """Delete a record so that the next request with its key executes again."""
+    _store_key(store_key)
 
     async def work(store: IdempotencyStore, now: float) -> bool:
         return await store.forget(store_key, now)
@@ -186,12 +219,13 @@ def forget_key(store_url: str, store_key: str) -> None:
 @click.option("--content-type", default="application/json", show_default=True)
 def resolve_key(store_url: str, store_key: str, status: int, body: str, content_type: str) -> None:
     """Settle an outcome-unknown (or abandoned) key with the response to replay."""
-    data = body.encode()
-    response = StoredResponse(
-        status,
-        ((b"content-type", content_type.encode()), (b"content-length", str(len(data)).encode())),
-        data,
-    )
+    _store_key(store_key)
+    try:
+        response = operator_response(status, body.encode(), content_type)
+    except ValueError as exc:  # a lone surrogate in --body (UnicodeEncodeError) too
+        field = str(exc).partition(":")[0]
+        hint = {"body": "--body", "content_type": "--content-type"}.get(field, "--status")
+        raise click.BadParameter(str(exc), param_hint=hint) from None
 
     async def work(store: IdempotencyStore, now: float) -> bool:
         return await store.resolve(store_key, response, now)
@@ -205,7 +239,7 @@ def resolve_key(store_url: str, store_key: str, status: int, body: str, content_
 
 @keys.command("purge")
 @_STORE
-@click.option("--limit", default=10_000, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=10_000, show_default=True)
 def purge_keys(store_url: str, limit: int) -> None:
     """Delete expired records now (stores also do this by themselves, in small batches)."""
 
@@ -270,13 +304,17 @@ def migrate_store(store_url: str, schema: str | None, dry_run: bool) -> None:
         click.echo(f"schema {target!r} is up to date")
 
 
-def _gateway() -> Any:
+def _store_key(store_key: str) -> None:
     try:
-        import surefoot.gateway as gateway
-    except ImportError as exc:  # pragma: no cover - the extra is part of the test setup
-        raise click.ClickException(
-            f"the gateway needs its extra: pip install 'surefoot[gateway]' ({exc})"
-        ) from None
+        operator_store_key(store_key)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="STORE_KEY") from None
+
+
+def _gateway(command: str) -> Any:
+    _need(command, "gateway")
+    import surefoot.gateway as gateway
+
     return gateway
 
 
@@ -286,8 +324,13 @@ def _gateway() -> Any:
     help="The policy file (TOML).",
 )  # fmt: skip
 @click.option("--host", help="Address to listen on (default: [server] host).")
-@click.option("--port", type=int, help="Port to listen on (default: [server] port; 0: any).")
-@click.option("--admin-port", type=int, help="Admin API port (default: [admin] port).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535),
+    help="Port to listen on (default: [server] port; 0: any).",
+)  # fmt: skip
+@click.option(
+    "--admin-port", type=click.IntRange(0, 65535), help="Admin API port (default: [admin] port)."
+)
 @click.option("--workers", type=click.IntRange(1, 64), help="Worker processes.")
 def serve_gateway(
     config_path: str,
@@ -301,7 +344,7 @@ def serve_gateway(
     SIGHUP (or POST /admin/reload) reloads the file without dropping requests;
     SIGINT or SIGTERM stops after the requests in flight.
     """
-    gateway = _gateway()
+    gateway = _gateway("serve")
     try:
         gateway.serve(
             config_path,
@@ -320,16 +363,27 @@ def serve_gateway(
 @main.command("check-config")
 @click.argument("config_path", type=click.Path(dir_okay=False))
 def check_config(config_path: str) -> None:
-    """Validate a gateway policy file without serving (exit status 1 if invalid)."""
-    gateway = _gateway()
+    """Validate a gateway policy file, and what serving it needs, without serving.
+
+    Exit status 1 if the file is invalid or the start would fail (an upstream app that
+    cannot be imported, a store URL its driver refuses); a network store that does not
+    answer within 2 seconds is a warning.
+    """
+    gateway = _gateway("check-config")
+    from surefoot.gateway._check import check_start
+
     try:
         config = gateway.load_config(config_path)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
+    found = asyncio.run(check_start(config))
+    for warning in found.warnings:
+        click.echo(f"{config_path}: warning: {warning}", err=True)
+    if found.errors:
+        raise click.ClickException("\n".join(f"{config_path}: {error}" for error in found.errors))
     root = config.root
-    upstream = root.upstream.url or f"app {root.upstream.app}"
     click.echo(
-        f"{config_path}: OK: upstream {upstream}, {len(root.routes)} routes, "
+        f"{config_path}: OK: upstream {config.upstream_label}, {len(root.routes)} routes, "
         f"{len(config.rate_limit_policies)} rate-limit policies, {len(root.clients)} clients, "
         f"{len(config.lookups)} lookups"
     )
@@ -357,16 +411,19 @@ def chaos(
         return
     if upstream is None:
         raise click.UsageError("--upstream is required to run the proxy")
+    host, port = _host_port(listen)
+    _check_upstream(upstream)
+    _need("chaos", "client")
     from surefoot.chaos import ChaosProxy, FaultPlan
 
     try:
         plan = FaultPlan.from_toml(plan_path) if plan_path else FaultPlan(seed=seed)
         if plan_path and seed is not None:
             plan = FaultPlan(plan.rules, seed=seed, paused=plan.paused)
-        host, _, port = listen.rpartition(":")
-        proxy = ChaosProxy(upstream=upstream, plan=plan, host=host or "127.0.0.1", port=int(port))
-    except (ConfigurationError, ValueError) as exc:
+        proxy = ChaosProxy(upstream=upstream, plan=plan, host=host, port=port)
+    except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
+    _log_faults()
 
     async def run() -> None:
         await proxy.start()
@@ -415,6 +472,7 @@ def chaos_drill(
     of the gateway, makes every client's payments through the faults, then audits the
     ledger. Exits 1 if a payment was duplicated, missing or told the wrong charge.
     """
+    _need("chaos drill", "gateway", "examples")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from surefoot.chaos.drill import DrillError, Scenario, drill_table, run_drill
@@ -450,3 +508,36 @@ def chaos_drill(
         Path(json_path).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     if not report.ok:
         raise SystemExit(1)
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6; ``:PORT`` for 127.0.0.1) as (host, port)."""
+    host, colon, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"expected HOST:PORT, got {listen!r}", param_hint="--listen")
+    return host or "127.0.0.1", int(port)
+
+
+def _check_upstream(upstream: str) -> None:
+    try:
+        parts = urlsplit(upstream)
+        _ = parts.port  # raises for a port that is not a number from 0 to 65535
+        absolute = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # a bad IPv6 literal or port
+        absolute = False
+    if not absolute:
+        raise click.BadParameter(
+            f"expected an absolute http:// or https:// URL, got {upstream!r}",
+            param_hint="--upstream",
+        )
+
+
+def _log_faults() -> None:
+    """Each injected fault on stderr, one line at WARNING, as docs/chaos.md says: the
+    library itself adds no handler (``surefoot/__init__.py``), so the command does."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("surefoot.chaos")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)

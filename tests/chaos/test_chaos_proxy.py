@@ -3,8 +3,13 @@ API, and a duplicate that runs twice without surefoot and once through the gatew
 
 from __future__ import annotations
 
+import http.server
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -245,3 +250,87 @@ def test_cli_refuses_a_bad_plan_and_a_missing_upstream(tmp_path: Path) -> None:
     result = runner.invoke(main, ["chaos", "--upstream", "http://x", "--plan", str(plan)])
     assert result.exit_code == 1
     assert f"{plan}:5: chaos.rules[0].fault" in result.output
+
+
+class _Teapot(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with a reason phrase of its own."""
+
+    def do_GET(self) -> None:
+        self.send_response(418, "I Am A Teapot Indeed")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"hi")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def teapot() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Teapot)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def status_line(url: str, path: str) -> bytes:
+    """The status line a raw HTTP/1.1 client reads for ``GET path``."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        received = b""
+        while b"\r\n" not in received:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+    return received.split(b"\r\n", 1)[0]
+
+
+def test_the_proxy_keeps_reason_phrases(teapot: str) -> None:
+    rules = [
+        Rule(name="late", fault=Delay(seconds=0.0), path="/late"),
+        Rule(name="drip", fault=SlowBody(bytes_per_second=1000), path="/drip"),
+        Rule(name="down", fault=Abort(status=503), path="/down"),
+        Rule(name="lost", fault=FailAfter(lose="502"), path="/lost"),
+    ]
+    with proxy_for(teapot, *rules).running() as proxy:
+        lines = {path: status_line(proxy.url, path) for path in ("/", "/late", "/drip")}
+        made_up = {path: status_line(proxy.url, path) for path in ("/down", "/lost")}
+
+    assert set(lines.values()) == {b"HTTP/1.1 418 I Am A Teapot Indeed"}
+    assert made_up == {
+        "/down": b"HTTP/1.1 503 Service Unavailable",
+        "/lost": b"HTTP/1.1 502 Bad Gateway",
+    }
+
+
+def test_surefoot_chaos_logs_each_fault_at_warning(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[chaos]\nseed = 1\n[[chaos.rules]]\nname = "down"\nfault = "abort"\n')
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "surefoot", "chaos", "--listen", f"127.0.0.1:{port}"]
+    command += ["--upstream", "http://127.0.0.1:9", "--plan", str(plan)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30  # a guard against a proxy that never starts
+        while True:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/charges%0Aforged")
+                break
+            except httpx.ConnectError:
+                assert process.poll() is None
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=15)
+
+    assert answer.status_code == 503
+    [line] = [line for line in stderr.splitlines() if "chaos.fault_injected" in line]
+    assert " WARNING surefoot.chaos: chaos.fault_injected " in line
+    assert "path=/charges%0Aforged rule=down kind=abort detail=503" in line

@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import importlib.util
 
-if importlib.util.find_spec("httpx") is None:  # pragma: no cover - only without the extra
-    raise ImportError("surefoot.chaos needs httpx: pip install 'surefoot[client]'")
+if not all(
+    importlib.util.find_spec(name) for name in ("httpx", "h11", "pydantic")
+):  # pragma: no cover
+    # Only without the extra: one line naming it, not the first import that fails.
+    raise ImportError("surefoot.chaos needs the 'client' extra: pip install 'surefoot[client]'")
 
 from surefoot.chaos._events import ChaosEvent, FaultInjected
 from surefoot.chaos._plan import (

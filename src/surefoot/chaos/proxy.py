@@ -27,16 +27,20 @@ Theory of operation, per request (asyncio streams, HTTP/1.1 parsed by h11, keep-
    - ``slow_body``: deliver the answer's body at ``bytes_per_second``.
 
 3. Forwarding keeps the method, target, headers (minus hop-by-hop ones; ``Host`` becomes
-   the upstream's) and body; a proxied answer keeps its status, headers and body. An
-   upstream that cannot be reached gives 502 (not a fault: a broken test setup).
+   the upstream's) and body; a proxied answer keeps its status, reason phrase, headers
+   and body. An answer the proxy makes up (a fault's, or 502 when the upstream cannot be
+   reached: not a fault, a broken test setup) has its status's standard reason phrase.
 
-Every injected fault is counted by the plan and emitted as ``FaultInjected``.
+Every injected fault is counted by the plan and emitted as ``FaultInjected`` (at WARNING:
+with the default ``LoggingHook``, one line on the ``surefoot.chaos`` logger, which
+``surefoot chaos`` prints on stderr).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import http
 import json
 import socket
 import struct
@@ -308,7 +312,7 @@ class ChaosProxy:
             gone = b"the upstream could not be reached\n"
             await _respond(conn, writer, 502, [(b"content-type", b"text/plain")], gone)
             return
-        status, response_headers, content = answer
+        status, reason, response_headers, content = answer
         if isinstance(spec, FailAfter):
             assert fault is not None
             if spec.lose == "reset":
@@ -321,6 +325,7 @@ class ChaosProxy:
             head = h11.Response(
                 status_code=status,
                 headers=[*response_headers, (b"content-length", str(len(content)).encode())],
+                reason=reason,
             )
             writer.write(conn.send(head) or b"")
             writer.write(conn.send(h11.Data(data=content[: len(content) // 2])) or b"")
@@ -329,21 +334,22 @@ class ChaosProxy:
             raise _Cut
         if isinstance(spec, SlowBody):
             await _respond_slowly(
-                conn, writer, status, response_headers, content, spec.bytes_per_second
+                conn, writer, status, response_headers, content, spec.bytes_per_second, reason
             )
             return
-        await _respond(conn, writer, status, response_headers, content)
+        await _respond(conn, writer, status, response_headers, content, reason)
 
     async def _forward(
         self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]], bytes]:
         assert self._client is not None
         request = self._client.build_request(
             method, self.upstream.join(target), headers=headers, content=body
         )
         response = await self._client.send(request)
         kept = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP]
-        return response.status_code, kept, response.content
+        reason = response.extensions.get("reason_phrase", b"")
+        return response.status_code, reason, kept, response.content
 
     def _emit(self, fault: Fault, method: str, path: str, headers: dict[str, str]) -> None:
         if not wanted(self.hooks, FaultInjected):
@@ -422,15 +428,27 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     raise _Cut
 
 
+def _phrase(status: int) -> bytes:
+    """The standard reason phrase of ``status`` (empty for one without)."""
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
 async def _respond(
     conn: h11.Connection,
     writer: asyncio.StreamWriter,
     status: int,
     headers: list[tuple[bytes, bytes]],
     body: bytes,
+    reason: bytes | None = None,
 ) -> None:
+    """Send a whole answer: ``reason`` is the upstream's, else the status's own (None)."""
     head = h11.Response(
-        status_code=status, headers=[*headers, (b"content-length", str(len(body)).encode())]
+        status_code=status,
+        headers=[*headers, (b"content-length", str(len(body)).encode())],
+        reason=_phrase(status) if reason is None else reason,
     )
     writer.write((conn.send(head) or b"") + (conn.send(h11.Data(data=body)) or b""))
     writer.write(conn.send(h11.EndOfMessage()) or b"")
@@ -444,9 +462,12 @@ async def _respond_slowly(
     headers: list[tuple[bytes, bytes]],
     body: bytes,
     rate: float,
+    reason: bytes,
 ) -> None:
     head = h11.Response(
-        status_code=status, headers=[*headers, (b"content-length", str(len(body)).encode())]
+        status_code=status,
+        headers=[*headers, (b"content-length", str(len(body)).encode())],
+        reason=reason,
     )
     writer.write(conn.send(head) or b"")
     await writer.drain()

@@ -8,6 +8,15 @@ file, ``serve`` runs it all with uvicorn. Needs ``surefoot[gateway]``.
 
 from __future__ import annotations
 
+import importlib.util
+
+if not all(
+    importlib.util.find_spec(name)
+    for name in ("httpx", "h11", "pydantic", "uvicorn", "httptools", "prometheus_client")
+):  # pragma: no cover
+    # Only without the extra: one line naming it, not the first import that fails.
+    raise ImportError("surefoot.gateway needs the 'gateway' extra: pip install 'surefoot[gateway]'")
+
 from surefoot.gateway._config import GatewayConfig, config_from_dict, load_config
 from surefoot.gateway._events import (
     ConfigRefused,

@@ -22,8 +22,11 @@ Rule 1: validation is total before anything is built: ``load_config`` returns a
         ``ConfigurationError`` lists every problem as ``file:line: path: expected ...``.
 Rule 2: checking a file opens nothing: store URLs are checked by scheme and options only,
         the upstream app is imported only when the gateway is built.
-Rule 3: secrets (API keys, the admin token, store passwords) never appear in messages or in
-        ``effective()``; they are masked.
+Rule 3: secrets never appear in messages or in ``effective()``: ``clients[].api_key``,
+        ``admin.token`` and every value of a lookup's ``headers`` are shown by their kind
+        only (``got an integer (hidden)``) and as ``***``; the URLs in ``[stores]`` and
+        ``upstream.url`` are shown with their password and secret query parameters
+        masked (``surefoot._toml.masked_url`` says which).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from surefoot._routes import RouteTable
-from surefoot._toml import Problems, read_toml, shown
+from surefoot._toml import Problems, masked_url, read_toml, shown
 from surefoot.errors import ConfigurationError
 from surefoot.idempotency._policy import IdempotencyPolicy
 from surefoot.identity import hash_credential
@@ -129,7 +132,9 @@ class Upstream(_Table):
         except httpx.InvalidURL:
             url = None
         if url is None or url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"expected an absolute http:// or https:// URL, got {value!r}")
+            raise ValueError(
+                f"expected an absolute http:// or https:// URL, got {shown(masked_url(value))}"
+            )
         return value
 
     @field_validator("app")
@@ -349,6 +354,7 @@ class GatewayConfig:
                     self.lookups[route.match] = route.idempotency.lookup
         policies = self._rate_limits(problems)
         self.rate_limit_policies = policies + self._address_ceiling(policies, problems)
+        self._tiers(problems)
         self._stores(problems)
         self.admin_token = self._secret(
             root.admin.token, root.admin.token_env, ("admin",), problems
@@ -483,6 +489,27 @@ class GatewayConfig:
                 problems.add((*loc, *field), message)
         return tuple(built)
 
+    def _tiers(self, problems: Problems) -> None:
+        # A tier no policy defines has no effect at all: the client would silently get the
+        # base limits, so a misspelt tier is refused rather than lost.
+        defined = sorted(
+            {tier for policy in self.root.rate_limit.policies for tier in policy.tiers}
+        )
+        for index, client in enumerate(self.root.clients):
+            if client.tier is None or client.tier in defined:
+                continue
+            close = difflib.get_close_matches(client.tier, defined, n=1)
+            if close:
+                hint = f" (did you mean {close[0]!r}?)"
+            elif defined:
+                hint = f"; they define {', '.join(map(repr, defined))}"
+            else:
+                hint = "; none defines tiers"
+            problems.add(
+                ("clients", index, "tier"),
+                f"no rate-limit policy defines the tier {client.tier!r}{hint}",
+            )
+
     def _address_ceiling(
         self, policies: tuple[RateLimitPolicy, ...], problems: Problems
     ) -> tuple[RateLimitPolicy, ...]:
@@ -555,16 +582,37 @@ class GatewayConfig:
     def critical_routes(self) -> list[str]:
         return [route.match for route in self.root.routes if route.critical]
 
-    def effective(self) -> dict[str, Any]:
-        """The configuration in force as plain data, secrets masked (for the admin API)."""
+    @property
+    def upstream_label(self) -> str:
+        """The upstream as messages name it: its URL (masked, Rule 3) or ``app module:attr``."""
+        url = self.root.upstream.url
+        return masked_url(url) if url is not None else f"app {self.root.upstream.app}"
+
+    def effective(self, running: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+        """The configuration in force as plain data, secrets masked (for the admin API).
+
+        Every default is filled in: ``[idempotency]`` and each route's ``idempotency`` table
+        show the policy in force, inherited fields included (a route without the table
+        uses ``[idempotency]``). ``running`` replaces fields by what the process runs
+        with, e.g. ``{"server": {"port": 8443}}`` after ``surefoot serve --port 8443``.
+        """
         data = self.root.model_dump(mode="json")
+        for table, values in (running or {}).items():
+            data[table].update(values)
         data["admin"]["token"] = "***" if data["admin"]["token"] else None
         for client in data["clients"]:
             if client["api_key"]:
                 client["api_key"] = "***"
-        data["stores"] = {name: _masked(url) for name, url in data["stores"].items()}
+        data["stores"] = {name: masked_url(url) for name, url in data["stores"].items()}
+        if data["upstream"]["url"] is not None:
+            data["upstream"]["url"] = masked_url(data["upstream"]["url"])
+        data["idempotency"].update(_in_force(self.idempotency_policy))
         for route in data["routes"]:
-            lookup = (route.get("idempotency") or {}).get("lookup")
+            table = route.get("idempotency")
+            policy = self.idempotency_routes.get(route["match"])
+            if table and policy is not None:
+                table.update(_in_force(policy))
+            lookup = (table or {}).get("lookup")
             if lookup:  # a lookup's headers may carry the upstream's credentials
                 lookup["headers"] = dict.fromkeys(lookup["headers"], "***")
         return {"source": self.source, **data}
@@ -593,11 +641,17 @@ def _expand_env(text: str) -> str:
     return _ENV.sub(value, text)
 
 
-def _masked(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+def _in_force(policy: IdempotencyPolicy) -> dict[str, Any]:
+    """The policy's values of the fields a policy file can set, as JSON data."""
+    out: dict[str, Any] = {}
+    for name in _POLICY_FIELDS:
+        value = getattr(policy, name)
+        if isinstance(value, frozenset):
+            value = sorted(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[name] = value
+    return out
 
 
 _POLICY_FIELDS = frozenset(IdempotencyPolicy.__dataclass_fields__) & frozenset(
@@ -651,8 +705,8 @@ def _expected(error: Mapping[str, Any]) -> str:
     """What a pydantic error means for the person editing the file."""
     kind = error["type"]
     loc = tuple(error["loc"])
-    got = shown(error.get("input"))
     model, field = _model_at(loc)
+    got = _got(error.get("input"), (model.__name__ if model is not None else "", field))
     if kind == "extra_forbidden" and model is not None:
         allowed = sorted(model.model_fields)
         close = difflib.get_close_matches(str(field), allowed, n=1)
@@ -670,6 +724,18 @@ def _expected(error: Mapping[str, Any]) -> str:
     if expected is None:
         return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {got}"
     return f"expected {expected}, got {got}"
+
+
+def _got(value: Any, where: tuple[str, str | int | None]) -> str:
+    """A value a message quotes, secrets masked (Rule 3)."""
+    if where in _URL_FIELDS and isinstance(value, str):
+        return shown(masked_url(value))
+    return shown(value, secret=where in _SECRET_FIELDS or where in _URL_FIELDS)
+
+
+#: (model, field) holding secrets, or URLs that may carry one (Rule 3).
+_SECRET_FIELDS = frozenset({("Client", "api_key"), ("Admin", "token"), ("Lookup", "headers")})
+_URL_FIELDS = frozenset({("Root", "stores"), ("Upstream", "url")})
 
 
 def _model_at(loc: _Loc) -> tuple[type[BaseModel] | None, str | int | None]:

@@ -568,8 +568,10 @@ def _import_app(spec: str) -> Callable[..., Awaitable[None]]:
         target: Any = module
         for part in attribute.split("."):
             target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigurationError(f"upstream.app: cannot import {spec!r} ({exc})") from None
+    except Exception as exc:  # an app module that fails while it loads too: say how
+        raise ConfigurationError(
+            f"upstream.app: cannot import {spec!r} ({type(exc).__name__}: {exc})"
+        ) from None
     if not callable(target):
         raise ConfigurationError(f"upstream.app: expected an ASGI app, {spec!r} is not callable")
     return target  # type: ignore[no-any-return]

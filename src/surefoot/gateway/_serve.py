@@ -1,8 +1,9 @@
 """``serve``: run the gateway with uvicorn, in one process or several sharing the sockets.
 
 Theory of operation:
-1. The policy file is validated first; an invalid file stops ``serve`` before anything
-   is bound, with every problem listed.
+1. The policy file is validated first, and the upstream app (``upstream.app``) imported;
+   an invalid file or an app that cannot be imported stops ``serve`` before anything is
+   bound, with every problem listed.
 2. The listening sockets (the proxy's and the admin API's) are bound once, by the first
    process, and inherited by every worker, so all workers accept on the same ports. Each
    worker runs one uvicorn server over both sockets; a request is sent to the admin API
@@ -64,13 +65,16 @@ def serve(
     """
     config = load_config(config_path)
     root = config.root
+    if root.upstream.app is not None:
+        from surefoot.gateway._gateway import _import_app
+
+        _import_app(root.upstream.app)  # each worker imports it again; this one says why not
     workers = workers or root.server.workers
     main = _bind(host or root.server.host, root.server.port if port is None else port)
     admin = None
     if root.admin.enabled:
         admin = _bind(root.admin.host, root.admin.port if admin_port is None else admin_port)
-    upstream = root.upstream.url or f"app {root.upstream.app}"
-    summary = f"surefoot serve: http://{_address(main)} -> {upstream}"
+    summary = f"surefoot serve: http://{_address(main)} -> {config.upstream_label}"
     if admin is not None:
         summary += f"; admin http://{_address(admin)}"
     summary += f"; {workers} worker{'s' if workers > 1 else ''}"
@@ -92,6 +96,12 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def _listening(sock: socket.socket) -> dict[str, Any]:
+    """Where ``sock`` listens, as ``[server]`` and ``[admin]`` write it."""
+    host, port = sock.getsockname()[:2]
+    return {"host": host, "port": port}
 
 
 def _address(sock: socket.socket) -> str:
@@ -192,7 +202,10 @@ def _worker(
     metrics = GatewayMetrics(multiprocess_dir=metrics_dir)
     gateway = Gateway(config, config_path=config_path, metrics=metrics, workers=workers)
     on_reload = signal_supervisor if metrics_dir is not None else None
-    admin_app = AdminApp(gateway, on_reload=on_reload) if admin is not None else None
+    admin_app = None
+    if admin is not None:
+        running = {"server": _listening(main) | {"workers": workers}, "admin": _listening(admin)}
+        admin_app = AdminApp(gateway, on_reload=on_reload, running=running)
     admin_port = admin.getsockname()[1] if admin is not None else None
     root = _Root(gateway, admin_app, admin_port)
     uv_config = uvicorn.Config(

@@ -6,7 +6,8 @@ Endpoints (JSON unless said otherwise; every one but the two probes needs
     GET  /healthz                       200 while the process serves (no token)
     GET  /readyz                        200 when the stores answer, else 503 (no token)
     GET  /metrics                       Prometheus exposition
-    GET  /admin/config                  the configuration in force, secrets masked
+    GET  /admin/config                  the configuration in force: running values,
+                                        defaults filled in, secrets masked
     POST /admin/reload                  read the policy file again (422 if refused)
     GET  /admin/limits?client=NAME      current usage per policy and limit
          /admin/limits?principal=P
@@ -17,8 +18,16 @@ Endpoints (JSON unless said otherwise; every one but the two probes needs
     POST /admin/keys/release            {"store_key"}: the request did not happen
 
 Errors are problems from the catalogue: 401 ``admin_unauthorized``, 404
-``admin_not_found``, 422 ``config_rejected``, 400 for a malformed admin request.
-Reading usage decides nothing: each limit is asked with a cost of 0.
+``admin_not_found``, 422 ``config_rejected``, 400 ``admin_bad_request`` for a malformed
+admin request. Reading usage decides nothing: each limit is asked with a cost of 0.
+
+Rule 1: every input is checked before the store is touched, and anything else is a 400
+        ``admin_bad_request`` saying what was expected: query parameters are those the
+        endpoint names, each at most once, 1 to 1024 printable characters; ``limit`` is a
+        whole number from 1 to 10000; a JSON body is one object of the endpoint's fields
+        (at most 4 MiB; no ``NaN``); what ``resolve`` stores passes
+        ``surefoot.idempotency._operator`` (a final status, a clean content type, JSON
+        when it says JSON), so nothing invalid is ever stored.
 """
 
 from __future__ import annotations
@@ -26,12 +35,14 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import re
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qsl
 
 from surefoot._asgi import Receive, Scope, Send, request_id, send_problem
+from surefoot._toml import shown
 from surefoot.errors import (
     DEFAULT_PROBLEM_BASE,
     AdminBadRequest,
@@ -46,12 +57,16 @@ from surefoot.gateway._events import OutcomeResolved
 from surefoot.gateway._gateway import Gateway
 from surefoot.gateway._lookup import LOOKUP_PREFIX
 from surefoot.idempotency._core import Record, State, StoredResponse, scoped_key
+from surefoot.idempotency._operator import MAX_BODY, operator_response, operator_store_key
 from surefoot.ratelimit._core import Item
 from surefoot.ratelimit._policy import limit_key
 
 __all__ = ["AdminApp"]
 
 _JSON = b"application/json"
+#: Room for a stored body of ``MAX_BODY`` bytes written as a JSON string (Rule 1).
+_MAX_REQUEST = 4 * MAX_BODY
+_LIMIT = re.compile(r"[0-9]{1,5}")
 
 
 class AdminApp:
@@ -61,11 +76,21 @@ class AdminApp:
         gateway: the gateway to inspect and steer.
         on_reload: called after a successful ``POST /admin/reload`` (``surefoot serve`` with
             several workers passes a function telling the others to reload too).
+        running: what the process runs with where it differs from the file, shown by
+            ``GET /admin/config`` (``surefoot serve`` passes the addresses it bound and its
+            number of workers: ``{"server": {"port": 8443, ...}, "admin": {...}}``).
     """
 
-    def __init__(self, gateway: Gateway, *, on_reload: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        on_reload: Callable[[], None] | None = None,
+        running: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         self.gateway = gateway
         self.on_reload = on_reload
+        self.running = running
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,7 +139,7 @@ class AdminApp:
         await _send(send, 200, body, content_type.encode())
 
     async def config(self, scope: Scope, receive: Receive, send: Send) -> None:
-        effective = self.gateway.stack.config.effective()
+        effective = self.gateway.stack.config.effective(self.running)
         await _json(send, 200, {"generation": self.gateway.generation, "config": effective})
 
     async def reload(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -127,9 +152,11 @@ class AdminApp:
         await _json(send, 200, {"reloaded": changed, "generation": self.gateway.generation})
 
     async def limits(self, scope: Scope, receive: Receive, send: Send) -> None:
-        query = _query(scope)
+        query = _query(scope, "client", "principal")
         stack = self.gateway.stack
         config = stack.config
+        if len(query) > 1:
+            raise AdminBadRequest(reason="expected ?client=NAME or ?principal=P, not both")
         if "client" in query:
             principals = [p for p, n in config.principals.items() if n == query["client"]]
             if not principals:
@@ -176,42 +203,51 @@ class AdminApp:
         await _json(send, 200, {"principals": report})
 
     async def keys(self, scope: Scope, receive: Receive, send: Send) -> None:
-        query = _query(scope)
-        if "store_key" in query:
+        query = _query(scope, "store_key", "principal", "key", "route")
+        if "store_key" in query and len(query) == 1:
             store_key = query["store_key"]
-        elif "principal" in query and "key" in query:
+        elif "store_key" not in query and "principal" in query and "key" in query:
             store_key = scoped_key(query["principal"], query["key"], query.get("route"))
         else:
-            raise AdminBadRequest(reason="expected ?store_key=S or ?principal=P&key=K")
+            raise AdminBadRequest(reason="expected ?store_key=S or ?principal=P&key=K[&route=R]")
         record = await self.gateway.stack.idempotency_store.get(store_key, self.gateway.clock.now())
         if record is None:
             raise AdminNotFound(what=f"idempotency key {store_key!r}")
         await _json(send, 200, _record(store_key, record, self.gateway.clock.now()))
 
     async def unknown(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = _query(scope, "limit").get("limit", "100")
+        if not _LIMIT.fullmatch(limit) or not 1 <= int(limit) <= 10_000:
+            raise AdminBadRequest(
+                reason=f"limit: expected a whole number from 1 to 10000, got {shown(limit)}"
+            )
         now = self.gateway.clock.now()
         records = await self.gateway.stack.idempotency_store.records(
-            now, state=State.UNKNOWN, limit=int(_query(scope).get("limit", "100"))
+            now, state=State.UNKNOWN, limit=int(limit)
         )
         listed = [_record(k, r, now) for k, r in records if not k.startswith(LOOKUP_PREFIX)]
         await _json(send, 200, {"unknown": listed})
 
     async def resolve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        data = await _body(receive)
-        store_key = _field(data, "store_key", str)
-        status = _field(data, "status", int)
+        data = await _body(receive, "store_key", "status", "body", "content_type")
         body = data.get("body", "")
-        content = (body if isinstance(body, str) else json.dumps(body)).encode()
-        content_type = str(data.get("content_type", "application/json")).encode()
-        response = StoredResponse(
-            status,
-            ((b"content-type", content_type), (b"content-length", str(len(content)).encode())),
-            content,
-        )
+        try:
+            store_key = operator_store_key(data.get("store_key"))
+            # A JSON value is stored as its JSON text; a string as it is.
+            content = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+            response = operator_response(
+                data.get("status"), content, data.get("content_type", "application/json")
+            )
+        except ValueError as exc:  # a lone surrogate in "body" (UnicodeEncodeError) too
+            raise AdminBadRequest(reason=str(exc)) from None
         await self.settle(scope, send, store_key, response)
 
     async def release(self, scope: Scope, receive: Receive, send: Send) -> None:
-        store_key = _field(await _body(receive), "store_key", str)
+        data = await _body(receive, "store_key")
+        try:
+            store_key = operator_store_key(data.get("store_key"))
+        except ValueError as exc:
+            raise AdminBadRequest(reason=str(exc)) from None
         await self.settle(scope, send, store_key, None)
 
     async def settle(
@@ -275,34 +311,60 @@ def _record(store_key: str, record: Record, now: float) -> dict[str, Any]:
     }
 
 
-def _query(scope: Scope) -> dict[str, str]:
-    parsed = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    return {name: values[0] for name, values in parsed.items()}
+def _query(scope: Scope, *allowed: str) -> dict[str, str]:
+    """The query parameters of an endpoint taking ``allowed`` (Rule 1)."""
+    raw: bytes = scope.get("query_string", b"")
+    try:
+        pairs = parse_qsl(
+            raw.decode("ascii"), keep_blank_values=True, strict_parsing=bool(raw), errors="strict"
+        )
+    except ValueError:  # raw non-ASCII, a pair without "=", or escapes that are not UTF-8
+        raise AdminBadRequest(reason="expected a query string of name=value pairs") from None
+    query: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in allowed:
+            expected = ", ".join(allowed) if allowed else "none"
+            raise AdminBadRequest(reason=f"unknown parameter {shown(name)}; expected {expected}")
+        if name in query:
+            raise AdminBadRequest(reason=f"{name}: expected once, got it twice")
+        if not 1 <= len(value) <= 1024 or not value.isprintable():
+            raise AdminBadRequest(
+                reason=f"{name}: expected 1 to 1024 printable characters, got {shown(value)}"
+            )
+        query[name] = value
+    return query
 
 
-async def _body(receive: Receive) -> dict[str, Any]:
-    chunks = []
+async def _body(receive: Receive, *allowed: str) -> dict[str, Any]:
+    """The JSON object of an endpoint taking the fields ``allowed`` (Rule 1)."""
+    chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False) or sum(map(len, chunks)) > 1024 * 1024:
+            raise AdminBadRequest(reason="the request body was cut short")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > _MAX_REQUEST:
+            raise AdminBadRequest(reason=f"expected a body of at most {_MAX_REQUEST} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
             break
     try:
-        data = json.loads(b"".join(chunks) or b"{}")
+        data = json.loads(b"".join(chunks) or b"{}", parse_constant=_not_json)
     except ValueError:
         raise AdminBadRequest(reason="expected a JSON object") from None
     if not isinstance(data, dict):
         raise AdminBadRequest(reason="expected a JSON object")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise AdminBadRequest(
+            reason=f"unknown fields {shown(unknown)}; expected {', '.join(allowed)}"
+        )
     return data
 
 
-def _field(data: dict[str, Any], name: str, kind: type) -> Any:
-    value = data.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise AdminBadRequest(reason=f"expected {name!r} ({kind.__name__})")
-    return value
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 async def _json(send: Send, status: int, data: Any) -> None:

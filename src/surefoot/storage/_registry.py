@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from surefoot._toml import masked_url
 from surefoot.errors import ConfigurationError
 from surefoot.storage._protocol import IdempotencyStore
 from surefoot.storage.memory import MemoryStore
@@ -56,7 +57,7 @@ def _lazy(module: str, cls: str, extra: str) -> Callable[[str], IdempotencyStore
             store_cls: Any = getattr(importlib.import_module(module), cls)
         except ImportError as exc:
             raise ConfigurationError(
-                f"store URL {_safe(url)!r}: {cls} needs its driver: "
+                f"store URL {masked_url(url)!r}: {cls} needs its driver: "
                 f"pip install 'surefoot[{extra}]' ({exc})"
             ) from None
         store: IdempotencyStore = store_cls.from_url(url)
@@ -71,7 +72,9 @@ def _options(url: str) -> dict[str, str]:
 
 def _no_more(url: str, options: dict[str, str]) -> None:
     if options:
-        raise ConfigurationError(f"store URL {_safe(url)!r}: unknown options {sorted(options)}")
+        raise ConfigurationError(
+            f"store URL {masked_url(url)!r}: unknown options {sorted(options)}"
+        )
 
 
 def _int(value: str, name: str) -> int:
@@ -86,15 +89,6 @@ def _float(value: str, name: str) -> float:
         return float(value)
     except ValueError:
         raise ConfigurationError(f"store URL: {name}: expected seconds, got {value!r}") from None
-
-
-def _safe(url: str) -> str:
-    """``url`` without its password, for error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 _redis = _lazy("surefoot.storage.redis", "RedisStore", "redis")
@@ -130,7 +124,7 @@ def store_from_url(url: str) -> IdempotencyStore:
     factory = STORES.get(scheme)
     if factory is None:
         raise ConfigurationError(
-            f"store URL {_safe(url)!r}: expected one of the schemes {sorted(STORES)}, "
+            f"store URL {masked_url(url)!r}: expected one of the schemes {sorted(STORES)}, "
             f"got {scheme!r}"
         )
     return factory(url)

@@ -1,0 +1,118 @@
+"""``check_start``: what ``surefoot check-config`` finds beyond the file itself.
+
+``load_config`` checks the file alone and opens nothing (``_config`` Rule 2). Before a
+deploy, ``check-config`` also wants to know what would stop ``surefoot serve`` at start,
+and what would hurt it once running, without starting it.
+
+Rule 1: an *error* is what would stop the start whatever the network does: an upstream
+        app that cannot be imported, a store URL its driver refuses (a bad option, a
+        missing driver extra, a PostgreSQL schema that is not migrated), an SQLite file
+        in a directory that does not exist.
+Rule 2: a *warning* is what may be different when the gateway starts: a network store
+        (Redis, PostgreSQL) that does not answer within ``store_timeout`` seconds.
+Rule 3: nothing is written. An SQLite store is never opened (opening creates and migrates
+        its file): its options are checked on an in-memory database of the same URL. A
+        network store is connected, asked for one key that does not exist, and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from surefoot._toml import masked_url
+from surefoot.clock import SystemClock
+from surefoot.errors import ConfigurationError, StoreUnavailable
+from surefoot.gateway._config import GatewayConfig
+from surefoot.gateway._gateway import _import_app
+from surefoot.storage import IdempotencyStore, store_from_url
+
+__all__ = ["StartCheck", "check_start"]
+
+_PROBE_KEY = "surefoot-check-config"
+
+
+@dataclass(frozen=True, slots=True)
+class StartCheck:
+    """What ``check_start`` found: ``errors`` stop the start, ``warnings`` may not."""
+
+    errors: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+async def check_start(config: GatewayConfig, *, store_timeout: float = 2.0) -> StartCheck:
+    """What would stop (errors) or may hurt (warnings) ``surefoot serve`` with ``config``.
+
+    Example:
+        >>> found = asyncio.run(check_start(load_config("gateway.toml")))
+        >>> found.errors, found.warnings
+        ((), ())
+
+    Args:
+        config: a validated policy file.
+        store_timeout: seconds each network store has to answer.
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
+    app = config.root.upstream.app
+    if app is not None:
+        try:
+            _import_app(app)
+        except ConfigurationError as exc:
+            errors.append(str(exc))
+    used = dict.fromkeys((config.root.idempotency.store, config.root.rate_limit.store))
+    for name in used:
+        url = config.store_url(name)
+        where = f"stores.{name} ({masked_url(url)})"
+        try:
+            await _probe(url, store_timeout)
+        except ConfigurationError as exc:
+            errors.append(f"{where}: {exc}")
+        except (StoreUnavailable, TimeoutError) as exc:
+            cause = exc.__cause__ or exc
+            reason = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+            warnings.append(f"{where}: did not answer within {store_timeout:g} s ({reason})")
+    return StartCheck(tuple(errors), tuple(warnings))
+
+
+async def _probe(url: str, seconds: float) -> None:
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        # Rule 3: the same options on an in-memory database, and the file's directory.
+        query = f"?{parts.query}" if parts.query else ""
+        store_from_url(f"sqlite:///:memory:{query}")
+        path = Path(parts.path[1:] if parts.path.startswith("/") else parts.path)
+        if not path.parent.is_dir():
+            raise ConfigurationError(f"no directory {str(path.parent)!r} for the database file")
+        return
+    store = store_from_url(url)
+    try:
+        await _answer(store, seconds)
+    finally:
+        with contextlib.suppress(Exception):
+            await store.aclose()
+
+
+async def _answer(store: IdempotencyStore, seconds: float) -> None:
+    last: StoreUnavailable | None = None
+    try:
+        async with asyncio.timeout(seconds):
+            opener = getattr(store, "open", None)
+            if opener is not None:
+                await opener()
+            # A store without open() connects on its first call, which may spend that
+            # call's short timeout connecting: ask again until the check's own timeout.
+            while True:
+                try:
+                    await store.get(_PROBE_KEY, SystemClock().now())
+                    return
+                except StoreUnavailable as exc:
+                    last = exc
+                    await asyncio.sleep(0.1)
+    except TimeoutError:
+        if last is not None:
+            raise last from last.__cause__
+        raise
