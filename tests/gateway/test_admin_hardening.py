@@ -507,3 +507,15 @@ def test_surefoot_serve_refuses_an_app_that_cannot_be_imported_before_it_binds(
         "Error: upstream.app: cannot import 'surefoot_no_such_module:app' "
         "(ModuleNotFoundError: No module named 'surefoot_no_such_module')\n"
     )
+
+
+def test_check_config_refuses_an_unmigrated_postgres_schema(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    separator = "&" if "?" in postgres_dsn else "?"
+    path, result = check(tmp_path, store=f"{postgres_dsn}{separator}schema=surefoot_never_made")
+
+    assert result.exit_code == 1, result.output
+    assert f"Error: {path}: stores.default (" in result.output
+    assert "schema 'surefoot_never_made' lacks migrations" in result.output
+    assert "run `surefoot migrate --store URL`" in result.output
