@@ -7,7 +7,8 @@ implementation's:
 - fixed_window: the cost admitted in the aligned window ``floor(t / W)``;
 - sliding_log: the cost admitted in ``(now - W, now]``;
 - sliding_window: the previous aligned window's cost, weighted by how much of it the
-  last ``W`` still overlaps, plus the current window's;
+  last ``W`` still overlaps, plus the current window's, counting only the admissions
+  since the last pause of a whole ``W`` without any (none while such a pause lasts);
 - token_bucket, leaky_bucket, gcra (one system, seen as tokens, a level or a theoretical
   arrival time): the level as Reich's formula gives it from the history,
   ``max(0, max over admitted s of (cost admitted at or after s) - rate * (now - s))``;
@@ -35,7 +36,12 @@ its own state:
    admitted request is at most A (sliding_log) or 2A (fixed_window, sliding_window); in
    any span ``[s, t]`` at most ``B + A * (t - s) / W`` (buckets, gcra); leaky_queue starts
    requests at least ``W/A`` per unit of cost apart, never after ``max_wait``; a quota's
-   cost in any span shorter than its shortest period is at most 2A; at most A in flight.
+   cost in any span shorter than its shortest period is at most 2A; at most A in flight;
+8. ``available_after`` (``RateLimit``'s ``t``), asked of the reference over the history
+   the decision leaves: 0 exactly when the remaining units can never grow; else they
+   have grown at ``now + available_after`` and not yet at ``now + available_after -
+   EARLY * W``; and it is at most W (a leaky_queue that queued a request costing more
+   than A: that request's cost in intervals; a quota: the period's end).
 
 Float slack, and why it is safe:
 
@@ -122,9 +128,16 @@ def sliding_log(limit: Limit, history: History, now: Q, cost: int) -> tuple[bool
 
 def sliding_window(limit: Limit, history: History, now: Q, cost: int) -> tuple[bool, int, Q]:
     w = Q(limit.window)
+    session: History = []
+    for t, c in history:
+        if session and t - session[-1][0] >= w:
+            session = []  # a whole window without an admission: every count has left
+        session.append((t, c))
+    if session and now - session[-1][0] >= w:
+        session = []
     here = math.floor(now / w)
-    previous = sum(c for t, c in history if math.floor(t / w) == here - 1)
-    current = sum(c for t, c in history if math.floor(t / w) == here)
+    previous = sum(c for t, c in session if math.floor(t / w) == here - 1)
+    current = sum(c for t, c in session if math.floor(t / w) == here)
     overlap = 1 - (now - here * w) / w  # share of the previous window still in (now - W, now]
     return verdict(limit.amount - previous * overlap - current, cost)
 
@@ -314,10 +327,41 @@ def drive(
                 assert (before.allowed, before.remaining) == (after.allowed, after.remaining), (
                     f"{where}: refusal changed the decision at {t}"
                 )
+        # 8. available_after: when the reference has more left, with no request meanwhile.
+        left = [(a.at, a.cost) for a in admitted]
+        check_available(algorithm, limit, left, now_q, decision, reference)
         if check is not None:
             check(decision, now)
         state = new_state
     return admitted
+
+
+def check_available(
+    algorithm: str, limit: Limit, history: History, now_q: Q, decision: Any, reference: Reference
+) -> None:
+    """Property 8, over the history the decision left (this request in it if admitted)."""
+    w, available = limit.window, decision.available_after
+    where = f"{limit}, at {float(now_q)} after {[(float(t), c) for t, c in history]}: {decision}"
+
+    def left_at(seconds: float) -> int:
+        return reference(limit, history, now_q + Q(seconds), 0)[1]
+
+    assert left_at(0) == decision.remaining, where
+    assert available >= 0, where
+    if available == 0:
+        # Nothing used: as many as ever, however long one waits.
+        assert left_at(10 * w if algorithm != "quota" else 40 * 86400) == decision.remaining, where
+        return
+    assert left_at(available + PROBE * w) > decision.remaining, f"{where}: not grown by then"
+    if available > EARLY * w:
+        assert left_at(available - EARLY * w) == decision.remaining, f"{where}: grew sooner"
+    if algorithm == "quota":
+        assert available == decision.reset_after, where  # the period's end
+    elif algorithm == "leaky_queue":
+        biggest = max((c for _, c in history), default=1)
+        assert available <= w * max(1, Fraction(biggest, limit.amount)) + PROBE * w, where
+    else:
+        assert available <= w + PROBE * w, where
 
 
 # --------------------------------------------------------------------------- strategies

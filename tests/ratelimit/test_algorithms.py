@@ -1,9 +1,9 @@
 """The rate-limit algorithms and ``plan``, step by step, against hand-computed decisions.
 
 Each scenario threads one key's state through ``decide`` and compares every field of
-every decision (``allowed, remaining, reset_after, retry_after`` and, for ``leaky_queue``,
-``delay``) with values worked out by hand in the comments. A scenario reports all of its
-mismatching steps at once, so one wrong field does not hide the others.
+every decision (``allowed, remaining, reset_after, retry_after, available_after`` and, for
+``leaky_queue``, ``delay``) with values worked out by hand in the comments. A scenario
+reports all of its mismatching steps at once, so one wrong field does not hide the others.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ INF = math.inf
 T, F = True, False
 HOUR, DAY = 3600.0, 86400.0
 
-# (now, cost, (allowed, remaining, reset_after, retry_after[, delay]))
+# (now, cost, (allowed, remaining, reset_after, retry_after, available_after[, delay]))
 Step = tuple[float, int, tuple[Any, ...]]
 
 
@@ -43,13 +43,15 @@ def same(got: float, want: float) -> bool:
 
 
 def mismatch(decision: RateLimitDecision, want: tuple[Any, ...]) -> bool:
-    got = (decision.allowed, decision.remaining, decision.reset_after, decision.retry_after)
-    allowed, remaining, reset_after, retry_after, *delay = want
-    if (got[0], got[1]) != (allowed, remaining):
+    allowed, remaining, reset_after, retry_after, available_after, *delay = want
+    if (decision.allowed, decision.remaining) != (allowed, remaining):
         return True
-    if not (same(got[2], reset_after) and same(got[3], retry_after)):
-        return True
-    return not same(decision.delay, delay[0] if delay else 0.0)
+    times = zip(
+        (decision.reset_after, decision.retry_after, decision.available_after, decision.delay),
+        (reset_after, retry_after, available_after, delay[0] if delay else 0.0),
+        strict=True,
+    )
+    return not all(same(got, wanted) for got, wanted in times)
 
 
 def run(algorithm: str, limit: Limit, steps: list[Step]) -> None:
@@ -71,15 +73,16 @@ SCENARIOS: list[Any] = [
         "fixed_window",
         Limit(3, 10),
         [
-            (0, 1, (T, 2, 10, 0)),
-            (1, 2, (T, 0, 9, 0)),
-            (2, 1, (F, 0, 8, 8)),  # full until the window ends at 10
-            (9.5, 1, (F, 0, 0.5, 0.5)),
-            (10, 1, (T, 2, 10, 0)),  # a new window starts at exactly 10
-            (15, 3, (F, 2, 5, 5)),  # 1 + 3 > 3: next window
-            (15, 4, (F, 2, 5, INF)),  # 4 > 3: never
-            (15, 2, (T, 0, 5, 0)),
-            (1000, 3, (T, 0, 10, 0)),  # long after: a fresh window, state forgotten
+            # More is available exactly when the window ends: available == reset.
+            (0, 1, (T, 2, 10, 0, 10)),
+            (1, 2, (T, 0, 9, 0, 9)),
+            (2, 1, (F, 0, 8, 8, 8)),  # full until the window ends at 10
+            (9.5, 1, (F, 0, 0.5, 0.5, 0.5)),
+            (10, 1, (T, 2, 10, 0, 10)),  # a new window starts at exactly 10
+            (15, 3, (F, 2, 5, 5, 5)),  # 1 + 3 > 3: next window
+            (15, 4, (F, 2, 5, INF, 5)),  # 4 > 3: never
+            (15, 2, (T, 0, 5, 0, 5)),
+            (1000, 3, (T, 0, 10, 0, 10)),  # long after: a fresh window, state forgotten
         ],
         id="fixed_window",
     ),
@@ -87,27 +90,36 @@ SCENARIOS: list[Any] = [
         "fixed_window",
         Limit(3, 10),
         [
-            (9.9, 3, (T, 0, 0.1, 0)),
-            (9.9, 1, (F, 0, 0.1, 0.1)),
-            (10, 3, (T, 0, 10, 0)),  # the documented edge burst: 2A within 0.1 s
+            (9.9, 3, (T, 0, 0.1, 0, 0.1)),
+            (9.9, 1, (F, 0, 0.1, 0.1, 0.1)),
+            (10, 3, (T, 0, 10, 0, 10)),  # the documented edge burst: 2A within 0.1 s
         ],
         id="fixed_window-edge-burst",
+    ),
+    pytest.param(
+        "fixed_window",
+        Limit(3, 10),
+        [
+            (5, 4, (F, 3, 5, INF, 0)),  # nothing counted: nothing to come back
+        ],
+        id="fixed_window-full",
     ),
     pytest.param(
         "sliding_log",
         Limit(3, 10),
         [
-            (0, 1, (T, 2, 10, 0)),
-            (2, 1, (T, 1, 10, 0)),
-            (4, 1, (T, 0, 10, 0)),
+            # available: the oldest entry leaves; reset: the newest one does.
+            (0, 1, (T, 2, 10, 0, 10)),
+            (2, 1, (T, 1, 10, 0, 8)),
+            (4, 1, (T, 0, 10, 0, 6)),
             # reset: the newest entry (4) leaves at 14; retry: the oldest (0) at 10.
-            (5, 1, (F, 0, 9, 5)),
-            (5, 2, (F, 0, 9, 7)),  # two entries must leave: 0 (at 10) and 2 (at 12)
-            (5, 4, (F, 0, 9, INF)),
-            (10, 1, (T, 0, 10, 0)),  # the entry at 0 leaves the window at exactly 10
-            (10, 1, (F, 0, 10, 2)),
-            (12, 2, (F, 1, 8, 2)),  # live: 4, 10; needs the entry at 4 gone (at 14)
-            (14, 2, (T, 0, 10, 0)),
+            (5, 1, (F, 0, 9, 5, 5)),
+            (5, 2, (F, 0, 9, 7, 5)),  # two entries must leave: 0 (at 10) and 2 (at 12)
+            (5, 4, (F, 0, 9, INF, 5)),
+            (10, 1, (T, 0, 10, 0, 2)),  # the entry at 0 leaves the window at exactly 10
+            (10, 1, (F, 0, 10, 2, 2)),
+            (12, 2, (F, 1, 8, 2, 2)),  # live: 4, 10; needs the entry at 4 gone (at 14)
+            (14, 2, (T, 0, 10, 0, 6)),  # live: 10, 14
         ],
         id="sliding_log",
     ),
@@ -115,9 +127,9 @@ SCENARIOS: list[Any] = [
         "sliding_log",
         Limit(3, 10),
         [
-            (0, 4, (F, 3, 0, INF)),  # nothing counted: already full, never admitted
-            (0, 1, (T, 2, 10, 0)),
-            (20, 4, (F, 3, 0, INF)),  # the entry at 0 has left: the log is empty again
+            (0, 4, (F, 3, 0, INF, 0)),  # nothing counted: already full, never admitted
+            (0, 1, (T, 2, 10, 0, 10)),
+            (20, 4, (F, 3, 0, INF, 0)),  # the entry at 0 has left: the log is empty again
         ],
         id="sliding_log-over-capacity-on-empty-log",
     ),
@@ -125,38 +137,63 @@ SCENARIOS: list[Any] = [
         "sliding_window",
         Limit(10, 10),
         [
-            # The first request of a window stays in the estimate until the end of the
-            # next window, so the limit is back to full at 20 (reset 15), not at 10.
-            (5, 5, (T, 5, 15, 0)),
-            (8, 5, (T, 0, 12, 0)),
+            # Full again a window after the last admission: every request it counted
+            # has left the last 10 s by then, whatever the weighting supposes.
+            # available: the next window weighs the 5 by 1 - (t - 10) / 10; 5 * 0.8 = 4
+            # leaves 6 at 12.
+            (5, 5, (T, 5, 10, 0, 7)),
+            # 10 * (1 - (t - 10) / 10) <= 9 from t = 11.
+            (8, 5, (T, 0, 10, 0, 3)),
             # 10 + 1 > 10; next window: 10 * (1 - (t - 10) / 10) + 1 <= 10 from t = 11.
-            (9, 1, (F, 0, 11, 2)),
-            # At 11: 10 * 0.9 + 0 = 9, + 1 = 10 <= 10. The window [10, 20) now counts 1,
-            # which weighs on [20, 30): full again at 30.
-            (11, 1, (T, 0, 19, 0)),
+            # Full at 18, a window after the last admission (at 8).
+            (9, 1, (F, 0, 9, 2, 2)),
+            # At 11: 10 * 0.9 + 0 = 9, + 1 = 10 <= 10. One more once 10 * (1 - (t-10)/10)
+            # + 1 <= 9: at 12.
+            (11, 1, (T, 0, 10, 0, 1)),
             # At 12: 10 * 0.8 + 1 = 9, + 2 > 10; in this window 10 * (1 - (t-10)/10) + 3
-            # <= 10 from t = 13.
-            (12, 2, (F, 1, 18, 1)),
-            (13, 2, (T, 0, 17, 0)),  # 10 * 0.7 + 1 + 2 = 10
-            (13, 11, (F, 0, 17, INF)),
-            # At 25: previous window [10, 20) counted 3, weight 0.5: 1.5 + 1 <= 10; full
-            # again at 40.
-            (25, 1, (T, 7, 15, 0)),
-            (45, 1, (T, 9, 15, 0)),  # two windows later: a fresh start, full at 60
+            # <= 10 from t = 13, and 2 are left once the estimate is 8, also at 13.
+            (12, 2, (F, 1, 9, 1, 1)),
+            (13, 2, (T, 0, 10, 0, 1)),  # 10 * 0.7 + 1 + 2 = 10; 9 at 14
+            (13, 11, (F, 0, 10, INF, 1)),
+            # At 25: nothing was admitted since 13, a window ago: a fresh start.
+            (25, 1, (T, 9, 10, 0, 10)),
+            # At 34: 1 * 0.6 + 0 + 9 <= 10: left 0 (floor of 0.4). The estimate is 9 (one
+            # more) once the 1 of [20, 30) has slid out, at 40.
+            (34, 9, (T, 0, 10, 0, 6)),
+            (45, 1, (T, 9, 10, 0, 10)),  # a window after the last admission: fresh again
         ],
         id="sliding_window",
     ),
     pytest.param(
-        "token_bucket",
-        Limit(2, 10, burst=4),  # 0.2 tokens/s, holds 4
+        "sliding_window",
+        Limit(5, 10),
         [
-            (0, 1, (T, 3, 5, 0)),
-            (0, 3, (T, 0, 20, 0)),
-            (0, 1, (F, 0, 20, 5)),
-            (5, 2, (F, 1, 15, 5)),  # 1 token, needs 2
-            (10, 2, (T, 0, 20, 0)),
-            (10, 5, (F, 0, 20, INF)),  # more than the bucket holds
-            (100, 4, (T, 0, 20, 0)),  # refilled to 4, not to 18
+            # A burst at the very start of a window: the weighting alone would free one
+            # unit at 12 (5 * (1 - (t - 10) / 10) <= 4), more than a window away; every
+            # one of them has left the last 10 s at 10, and 10 is the answer.
+            (0, 5, (T, 0, 10, 0, 10)),
+            (0, 1, (F, 0, 10, 10, 10)),
+            (9.5, 1, (F, 0, 0.5, 0.5, 0.5)),
+            (10, 5, (T, 0, 10, 0, 10)),
+            (10, 6, (F, 0, 10, INF, 10)),  # 6 > 5: never
+            (30, 6, (F, 5, 0, INF, 0)),  # nothing counts any more: nothing to come back
+        ],
+        id="sliding_window-burst-at-window-start",
+    ),
+    pytest.param(
+        "token_bucket",
+        Limit(2, 10, burst=4),  # 0.2 tokens/s, holds 4: one more token every 5 s
+        [
+            (0, 1, (T, 3, 5, 0, 5)),
+            (0, 3, (T, 0, 20, 0, 5)),
+            (0, 1, (F, 0, 20, 5, 5)),
+            (5, 2, (F, 1, 15, 5, 5)),  # 1 token, needs 2
+            (7.5, 1, (T, 0, 17.5, 0, 2.5)),  # 1.5 tokens, 0.5 left: a whole one at 10
+            (10, 2, (F, 1, 15, 5, 5)),
+            (10, 5, (F, 1, 15, INF, 5)),  # more than the bucket holds
+            (100, 4, (T, 0, 20, 0, 5)),  # refilled to 4, not to 18
+            (100, 5, (F, 0, 20, INF, 5)),
+            (200, 5, (F, 4, 0, INF, 0)),  # full: nothing to come back
         ],
         id="token_bucket",
     ),
@@ -164,24 +201,26 @@ SCENARIOS: list[Any] = [
         "token_bucket",
         Limit(2, 10),  # burst defaults to amount
         [
-            (0, 1, (T, 1, 5, 0)),
-            (0, 1, (T, 0, 10, 0)),
-            (0, 1, (F, 0, 10, 5)),
-            (0, 3, (F, 0, 10, INF)),
+            (0, 1, (T, 1, 5, 0, 5)),
+            (0, 1, (T, 0, 10, 0, 5)),
+            (0, 1, (F, 0, 10, 5, 5)),
+            (0, 3, (F, 0, 10, INF, 5)),
         ],
         id="token_bucket-default-burst",
     ),
     pytest.param(
         "leaky_bucket",
-        Limit(2, 10, burst=4),  # leaks 0.2/s, holds 4
+        Limit(2, 10, burst=4),  # leaks 0.2/s, holds 4: room for one more every 5 s
         [
-            (0, 1, (T, 3, 5, 0)),
-            (0, 3, (T, 0, 20, 0)),
-            (0, 1, (F, 0, 20, 5)),
-            (5, 2, (F, 1, 15, 5)),  # level 3: 3 + 2 > 4 until the level is 2
-            (10, 2, (T, 0, 20, 0)),
-            (10, 5, (F, 0, 20, INF)),
-            (100, 4, (T, 0, 20, 0)),
+            (0, 1, (T, 3, 5, 0, 5)),
+            (0, 3, (T, 0, 20, 0, 5)),
+            (0, 1, (F, 0, 20, 5, 5)),
+            (5, 2, (F, 1, 15, 5, 5)),  # level 3: 3 + 2 > 4 until the level is 2
+            (7.5, 1, (T, 0, 17.5, 0, 2.5)),  # level 3.5: down to 3 at 10
+            (10, 2, (F, 1, 15, 5, 5)),
+            (10, 5, (F, 1, 15, INF, 5)),
+            (100, 4, (T, 0, 20, 0, 5)),
+            (200, 5, (F, 4, 0, INF, 0)),  # empty: nothing to come back
         ],
         id="leaky_bucket",
     ),
@@ -189,13 +228,15 @@ SCENARIOS: list[Any] = [
         "gcra",
         Limit(2, 10, burst=4),  # emission interval 5 s, tolerance 20 s
         [
-            (0, 1, (T, 3, 5, 0)),  # TAT 5
-            (0, 3, (T, 0, 20, 0)),  # TAT 20
-            (0, 1, (F, 0, 20, 5)),  # would make TAT 25: allowed from 25 - 20 = 5
-            (5, 2, (F, 1, 15, 5)),
-            (10, 2, (T, 0, 20, 0)),  # TAT 30
-            (10, 5, (F, 0, 20, INF)),
-            (100, 4, (T, 0, 20, 0)),
+            (0, 1, (T, 3, 5, 0, 5)),  # TAT 5: back to 4 left at 5
+            (0, 3, (T, 0, 20, 0, 5)),  # TAT 20
+            (0, 1, (F, 0, 20, 5, 5)),  # would make TAT 25: allowed from 25 - 20 = 5
+            (5, 2, (F, 1, 15, 5, 5)),
+            (7.5, 1, (T, 0, 17.5, 0, 2.5)),  # TAT 25: one left from 25 - 20 + 5 = 10
+            (10, 2, (F, 1, 15, 5, 5)),
+            (10, 5, (F, 1, 15, INF, 5)),
+            (100, 4, (T, 0, 20, 0, 5)),
+            (200, 5, (F, 4, 0, INF, 0)),  # TAT in the past: nothing to come back
         ],
         id="gcra",
     ),
@@ -203,16 +244,20 @@ SCENARIOS: list[Any] = [
         "leaky_queue",
         Limit(2, 10, max_wait=10),  # one unit every 5 s, waits up to 10 s
         [
-            # remaining: how many more unit requests would be queued now.
-            (0, 1, (T, 2, 5, 0, 0)),
-            (0, 1, (T, 1, 10, 0, 5)),
-            (0, 1, (T, 0, 15, 0, 10)),
-            (0, 1, (F, 0, 15, 5, 0)),  # would wait 15 > 10: retry once it is 10
-            (5, 1, (T, 0, 15, 0, 10)),  # starts at 15, the queue is free at 20
-            (12, 3, (T, 0, 23, 0, 8)),  # starts at 20, takes 15 s: free at 35
-            (40, 1, (T, 2, 5, 0, 0)),  # the queue drained
-            (40, 9, (T, 0, 50, 0, 5)),  # any cost is queued while the wait is short
-            (41, 1, (F, 0, 49, 39, 0)),
+            # remaining: how many more unit requests would be queued now; available: when
+            # the queue has moved on enough for one more.
+            (0, 1, (T, 2, 5, 0, 5, 0)),
+            (0, 1, (T, 1, 10, 0, 5, 5)),
+            (0, 1, (T, 0, 15, 0, 5, 10)),
+            (0, 1, (F, 0, 15, 5, 5, 0)),  # would wait 15 > 10: retry once it is 10
+            (5, 1, (T, 0, 15, 0, 5, 10)),  # starts at 15, the queue is free at 20
+            # Starts at 20, takes 15 s: free at 35. A unit request waits 10 s at most: one
+            # fits from 25, 13 s away (a request costing more than A occupies the queue
+            # for longer than the window).
+            (12, 3, (T, 0, 23, 0, 13, 8)),
+            (40, 1, (T, 2, 5, 0, 5, 0)),  # the queue drained
+            (40, 9, (T, 0, 50, 0, 40, 5)),  # any cost is queued while the wait is short
+            (41, 1, (F, 0, 49, 39, 39, 0)),
         ],
         id="leaky_queue",
     ),
@@ -220,9 +265,9 @@ SCENARIOS: list[Any] = [
         "leaky_queue",
         Limit(2, 10, max_wait=0),
         [
-            (0, 1, (T, 0, 5, 0, 0)),
-            (1, 1, (F, 0, 4, 4, 0)),
-            (5, 1, (T, 0, 5, 0, 0)),
+            (0, 1, (T, 0, 5, 0, 5, 0)),
+            (1, 1, (F, 0, 4, 4, 4, 0)),
+            (5, 1, (T, 0, 5, 0, 5, 0)),
         ],
         id="leaky_queue-no-wait",
     ),
@@ -241,13 +286,13 @@ def test_burst_smaller_than_amount(algorithm: str) -> None:
         algorithm,
         Limit(10, 10, burst=1),
         [
-            (0, 1, (T, 0, 1, 0)),
-            (0, 1, (F, 0, 1, 1)),
-            (0.5, 1, (F, 0, 0.5, 0.5)),
-            (1, 1, (T, 0, 1, 0)),
-            (1, 2, (F, 0, 1, INF)),  # 2 <= amount, but the bucket never holds 2
-            (11, 1, (T, 0, 1, 0)),  # a long pause refills up to burst only
-            (11, 1, (F, 0, 1, 1)),
+            (0, 1, (T, 0, 1, 0, 1)),
+            (0, 1, (F, 0, 1, 1, 1)),
+            (0.5, 1, (F, 0, 0.5, 0.5, 0.5)),
+            (1, 1, (T, 0, 1, 0, 1)),
+            (1, 2, (F, 0, 1, INF, 1)),  # 2 <= amount, but the bucket never holds 2
+            (11, 1, (T, 0, 1, 0, 1)),  # a long pause refills up to burst only
+            (11, 1, (F, 0, 1, 1, 1)),
         ],
     )
 
@@ -259,11 +304,12 @@ def test_burst_larger_than_amount(algorithm: str) -> None:
         algorithm,
         Limit(1, 10, burst=3),
         [
-            (0, 3, (T, 0, 30, 0)),
-            (0, 1, (F, 0, 30, 10)),
-            (10, 1, (T, 0, 30, 0)),
-            (10, 4, (F, 0, 30, INF)),
-            (40, 2, (T, 1, 20, 0)),
+            # One unit more every 10 s: never more than the window, however deep the bucket.
+            (0, 3, (T, 0, 30, 0, 10)),
+            (0, 1, (F, 0, 30, 10, 10)),
+            (10, 1, (T, 0, 30, 0, 10)),
+            (10, 4, (F, 0, 30, INF, 10)),
+            (40, 2, (T, 1, 20, 0, 10)),
         ],
     )
 
@@ -273,7 +319,7 @@ def test_burst_larger_than_amount(algorithm: str) -> None:
     [
         ("fixed_window", Limit(2, 10), 10.0),  # end of the window [0, 10)
         ("sliding_log", Limit(2, 10), 13.0),  # the entry at 3 leaves the log
-        ("sliding_window", Limit(2, 10), 20.0),  # [0, 10) stops weighing at 20
+        ("sliding_window", Limit(2, 10), 13.0),  # a window after the last admission
         ("token_bucket", Limit(2, 10), 8.0),  # 1 token missing, 0.2/s
         ("leaky_bucket", Limit(2, 10), 8.0),  # level 1 leaks out
         ("leaky_queue", Limit(2, 10), 8.0),  # the queue is free again
@@ -291,6 +337,20 @@ def test_expires_at_is_when_the_state_is_forgettable(
     # Right then, the kept state decides exactly like a key never seen.
     at = expires + 1e-6
     assert algo.decide(state, at, 1, limit)[0] == algo.decide(None, at, 1, limit)[0]
+
+
+def test_sliding_window_reads_a_state_kept_by_an_older_surefoot() -> None:
+    # (window start, previous count, current count), without the time of the last
+    # admission: the end of its window stands in for it, so it decides as it always did.
+    sliding = ALGORITHM_BY_NAME["sliding_window"]
+    limit = Limit(10, 10)
+    old = (10.0, 4, 6)
+    decision, state = sliding.decide(old, 15.0, 1, limit)  # 4 * 0.5 + 6 + 1 = 9
+    # Full at 30, as before; two left once 4 * (1 - (t - 10) / 10) + 7 = 8, at 17.5.
+    assert decision == RateLimitDecision(True, 1, 15.0, 0.0, 0.0, 2.5)
+    assert state == (10.0, 4, 7, 20.0)
+    assert sliding.decide(old, 25.0, 1, limit)[0].remaining == 6  # 6 * 0.5 + 1 = 4
+    assert sliding.decide(old, 30.0, 1, limit)[0].remaining == 9  # forgotten
 
 
 # --------------------------------------------------------------------------- concurrency
@@ -365,42 +425,44 @@ def test_concurrency_release_drops_expired_slots() -> None:
 PARIS_DAY = Limit(2, DAY, algorithm="quota", period="day", timezone="Europe/Paris")
 PARIS_MONTH = Limit(2, 30 * DAY, algorithm="quota", period="month", timezone="Europe/Paris")
 
+# A quota has more once its period ends: available == reset in every step.
 QUOTAS: list[Any] = [
     pytest.param(
         PARIS_DAY,
         [
-            (utc(2026, 3, 28, 22, 30), 2, (T, 0, 1800, 0)),  # Sat 23:30 CET
-            (utc(2026, 3, 28, 22, 59, 59), 1, (F, 0, 1, 1)),
+            (utc(2026, 3, 28, 22, 30), 2, (T, 0, 1800, 0, 1800)),  # Sat 23:30 CET
+            (utc(2026, 3, 28, 22, 59, 59), 1, (F, 0, 1, 1, 1)),
             # Sunday 29 March starts at 00:00 CET and lasts 23 hours (02:00 -> 03:00).
-            (utc(2026, 3, 28, 23), 1, (T, 1, 23 * HOUR, 0)),
-            (utc(2026, 3, 29, 1), 1, (T, 0, 21 * HOUR, 0)),  # 03:00 CEST
-            (utc(2026, 3, 29, 21), 1, (F, 0, HOUR, HOUR)),  # 23:00 CEST
-            (utc(2026, 3, 29, 21), 3, (F, 0, HOUR, INF)),
-            (utc(2026, 3, 29, 22), 1, (T, 1, 24 * HOUR, 0)),  # Monday 00:00 CEST
+            (utc(2026, 3, 28, 23), 1, (T, 1, 23 * HOUR, 0, 23 * HOUR)),
+            (utc(2026, 3, 29, 1), 1, (T, 0, 21 * HOUR, 0, 21 * HOUR)),  # 03:00 CEST
+            (utc(2026, 3, 29, 21), 1, (F, 0, HOUR, HOUR, HOUR)),  # 23:00 CEST
+            (utc(2026, 3, 29, 21), 3, (F, 0, HOUR, INF, HOUR)),
+            (utc(2026, 3, 29, 22), 1, (T, 1, 24 * HOUR, 0, 24 * HOUR)),  # Monday 00:00 CEST
         ],
         id="day-spring-forward",
     ),
     pytest.param(
         PARIS_DAY,
         [
-            (utc(2026, 10, 24, 21, 59), 2, (T, 0, 60, 0)),  # Sat 23:59 CEST
+            (utc(2026, 10, 24, 21, 59), 2, (T, 0, 60, 0, 60)),  # Sat 23:59 CEST
             # Sunday 25 October starts at 00:00 CEST and lasts 25 hours (03:00 -> 02:00).
-            (utc(2026, 10, 24, 22), 1, (T, 1, 25 * HOUR, 0)),
-            (utc(2026, 10, 25, 0, 30), 1, (T, 0, 22.5 * HOUR, 0)),  # 02:30 CEST
-            (utc(2026, 10, 25, 1, 30), 1, (F, 0, 21.5 * HOUR, 21.5 * HOUR)),  # 02:30 CET
-            (utc(2026, 10, 25, 23), 1, (T, 1, 24 * HOUR, 0)),  # Monday 00:00 CET
+            (utc(2026, 10, 24, 22), 1, (T, 1, 25 * HOUR, 0, 25 * HOUR)),
+            (utc(2026, 10, 25, 0, 30), 1, (T, 0, 22.5 * HOUR, 0, 22.5 * HOUR)),  # 02:30 CEST
+            # 02:30 CET, the second time:
+            (utc(2026, 10, 25, 1, 30), 1, (F, 0, 21.5 * HOUR, 21.5 * HOUR, 21.5 * HOUR)),
+            (utc(2026, 10, 25, 23), 1, (T, 1, 24 * HOUR, 0, 24 * HOUR)),  # Monday 00:00 CET
         ],
         id="day-fall-back",
     ),
     pytest.param(
         PARIS_MONTH,
         [
-            (utc(2026, 2, 28, 22, 59), 2, (T, 0, 60, 0)),  # 28 Feb 23:59 CET
+            (utc(2026, 2, 28, 22, 59), 2, (T, 0, 60, 0, 60)),  # 28 Feb 23:59 CET
             # March: 31 days less the hour lost on the 29th.
-            (utc(2026, 2, 28, 23), 1, (T, 1, 31 * DAY - HOUR, 0)),
-            (utc(2026, 3, 31, 21, 59, 59), 1, (T, 0, 1, 0)),  # 31 Mar 23:59:59 CEST
-            (utc(2026, 3, 31, 21, 59, 59), 1, (F, 0, 1, 1)),
-            (utc(2026, 3, 31, 22), 1, (T, 1, 30 * DAY, 0)),  # 1 April 00:00 CEST
+            (utc(2026, 2, 28, 23), 1, (T, 1, 31 * DAY - HOUR, 0, 31 * DAY - HOUR)),
+            (utc(2026, 3, 31, 21, 59, 59), 1, (T, 0, 1, 0, 1)),  # 31 Mar 23:59:59 CEST
+            (utc(2026, 3, 31, 21, 59, 59), 1, (F, 0, 1, 1, 1)),
+            (utc(2026, 3, 31, 22), 1, (T, 1, 30 * DAY, 0, 30 * DAY)),  # 1 April 00:00 CEST
         ],
         id="month-spring-forward",
     ),
@@ -408,19 +470,19 @@ QUOTAS: list[Any] = [
         PARIS_MONTH,
         [
             # October: 31 days and the hour gained on the 25th.
-            (utc(2026, 9, 30, 22), 1, (T, 1, 31 * DAY + HOUR, 0)),
-            (utc(2026, 10, 31, 22, 59), 1, (T, 0, 60, 0)),  # 31 Oct 23:59 CET
-            (utc(2026, 10, 31, 22, 59), 3, (F, 0, 60, INF)),
-            (utc(2026, 10, 31, 23), 2, (T, 0, 30 * DAY, 0)),  # 1 November 00:00 CET
+            (utc(2026, 9, 30, 22), 1, (T, 1, 31 * DAY + HOUR, 0, 31 * DAY + HOUR)),
+            (utc(2026, 10, 31, 22, 59), 1, (T, 0, 60, 0, 60)),  # 31 Oct 23:59 CET
+            (utc(2026, 10, 31, 22, 59), 3, (F, 0, 60, INF, 60)),
+            (utc(2026, 10, 31, 23), 2, (T, 0, 30 * DAY, 0, 30 * DAY)),  # 1 November 00:00 CET
         ],
         id="month-fall-back",
     ),
     pytest.param(
         Limit(2, DAY, algorithm="quota"),  # period "day", time zone UTC by default
         [
-            (utc(2026, 1, 1, 23, 59), 2, (T, 0, 60, 0)),
-            (utc(2026, 1, 1, 23, 59), 1, (F, 0, 60, 60)),
-            (utc(2026, 1, 2), 1, (T, 1, DAY, 0)),
+            (utc(2026, 1, 1, 23, 59), 2, (T, 0, 60, 0, 60)),
+            (utc(2026, 1, 1, 23, 59), 1, (F, 0, 60, 60, 60)),
+            (utc(2026, 1, 2), 1, (T, 1, DAY, 0, DAY)),
         ],
         id="day-utc-default",
     ),

@@ -150,6 +150,75 @@ async def test_retry_after_is_honest(
         assert (await c.get("/")).status_code == 200
 
 
+JAN_1_2026 = 1_767_225_600.0  # 00:00 UTC, the start of a 31-day month (and a 10 s window)
+
+# Each limit admits `capacity` requests at one instant, then refuses.
+T_LIMITS = [
+    pytest.param(Limit(5, 10, algorithm="fixed_window"), 5, id="fixed_window"),
+    pytest.param(Limit(5, 10, algorithm="sliding_log"), 5, id="sliding_log"),
+    # The issue's case: a burst at a window's start used to answer t=20 with w=10.
+    pytest.param(Limit(5, 10, algorithm="sliding_window"), 5, id="sliding_window"),
+    pytest.param(Limit(5, 10, algorithm="token_bucket", burst=8), 8, id="token_bucket"),
+    pytest.param(Limit(5, 10, algorithm="leaky_bucket", burst=8), 8, id="leaky_bucket"),
+    pytest.param(Limit(5, 10, algorithm="gcra", burst=8), 8, id="gcra"),
+    pytest.param(Limit(5, 10, algorithm="leaky_queue", max_wait=0), 1, id="leaky_queue"),
+    # A 31-day month is longer than the nominal 30 days: w is the month's own length.
+    pytest.param(Limit(5, 30 * 86400, algorithm="quota", period="month"), 5, id="quota-month"),
+]
+
+
+@pytest.mark.parametrize(("limit", "capacity"), T_LIMITS)
+async def test_t_is_when_more_is_available_and_never_more_than_w(
+    make_client: Callable[..., httpx.AsyncClient],
+    clock: ManualClock,
+    limit: Limit,
+    capacity: int,
+) -> None:
+    # Read as a client would, with an RFC 9651 parser: t is the whole seconds until more
+    # quota is available (draft-10, issue #149), at most w; on the 429 it is Retry-After.
+    clock.set(JAN_1_2026 + 1)
+    async with make_client(RateLimitPolicy("p", limits=[limit])) as c:
+        responses = [await c.get("/") for _ in range(capacity + 1)]
+        assert [r.status_code for r in responses] == [200] * capacity + [429]
+        for r in responses:
+            [(name, policy)] = parse_list(r.headers["ratelimit-policy"]).items()
+            state = parse_list(r.headers["ratelimit"])[name]
+            assert isinstance(state["t"], int)
+            assert 0 < state["t"] <= policy["w"], (r.headers["ratelimit"], policy)
+        if limit.algorithm == "quota":
+            assert policy["w"] == 31 * 86400
+        refused = parse_list(responses[-1].headers["ratelimit"])["p"]
+        assert refused["t"] == int(responses[-1].headers["retry-after"])
+        last = parse_list(responses[capacity - 1].headers["ratelimit"])["p"]
+        assert last["r"] == 0
+        # Waiting t, one more request is admitted; a second sooner, not yet.
+        clock.advance(last["t"] - 1)
+        assert (await c.get("/")).status_code == 429
+        clock.advance(1)
+        assert (await c.get("/")).status_code == 200
+
+
+async def test_t_is_0_for_a_limit_with_nothing_used(
+    make_client: Callable[..., httpx.AsyncClient],
+) -> None:
+    # The minute limit turns the request away (it costs more than it ever admits), so
+    # the hour limit is charged nothing: full, nothing more will come, t=0.
+    policies = [
+        RateLimitPolicy("minute", limits=["2/minute"], costs={"GET /big": 3}),
+        RateLimitPolicy("hour", limits=["100/hour"]),
+    ]
+    async with make_client(*policies) as c:
+        refused = await c.get("/big")
+        ok = await c.get("/")
+    assert refused.status_code == 429
+    assert parse_list(refused.headers["ratelimit"])["hour"] == {"r": 100, "t": 0}
+    # Once something is used, more comes back: the request leaves the last hour.
+    assert parse_list(ok.headers["ratelimit"]) == {
+        "minute": {"r": 1, "t": 60},
+        "hour": {"r": 99, "t": 3600},
+    }
+
+
 async def test_several_limits_all_must_allow_and_are_named(
     make_client: Callable[..., httpx.AsyncClient], clock: ManualClock
 ) -> None:
@@ -330,8 +399,15 @@ async def test_concurrency_slots_are_freed_when_responses_end(
             parse_list(refused.headers["ratelimit-policy"])["inflight"]["qu"]
             == "concurrent-requests"
         )
+        # No t while a slot is free (it comes back when a response ends, not at a time);
+        # the refusal's t is its Retry-After.
+        assert parse_list(refused.headers["ratelimit"])["inflight"] == {"r": 0, "t": 1}
+        assert refused.headers["retry-after"] == "1"
         backend.gate.set()
-        assert [(await t).status_code for t in first] == [200, 200]
+        answered = [await t for t in first]
+        assert [r.status_code for r in answered] == [200, 200]
+        states = [parse_list(r.headers["ratelimit"])["inflight"] for r in answered]
+        assert sorted(states, key=lambda state: state["r"]) == [{"r": 0}, {"r": 1}]
         backend.gate = None
         backend.fail = True
         assert (await c.get("/")).status_code == 500  # the app raised: the slot still comes back

@@ -38,7 +38,7 @@ from surefoot.idempotency._core import (
     Step,
     StoredResponse,
 )
-from surefoot.ratelimit import ALGORITHMS, Item, Limit
+from surefoot.ratelimit import ALGORITHM_BY_NAME, ALGORITHMS, Item, Limit
 from surefoot.ratelimit._algorithms import quota_period
 from surefoot.storage import store_from_url
 from surefoot.storage.postgres import PostgresStore, _migrations, migrate
@@ -274,6 +274,27 @@ def test_processes_migrating_at_once_apply_each_migration_once(
         asyncio.run(sql(postgres_dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
 
 
+async def test_a_sliding_window_kept_by_an_older_surefoot_decides_as_python_does(
+    postgres_dsn: str, schema: str
+) -> None:
+    # Before migration 0004 a state was three numbers: the window [T0, T0 + 10) with 4
+    # before it and 6 in it.
+    limit = Limit(10, 10, algorithm="sliding_window")
+    async with opened(postgres_dsn, schema, clock="caller") as store:
+        for n, at in enumerate((T0 + 5, T0 + 15, T0 + 25)):
+            await sql(
+                postgres_dsn,
+                f'INSERT INTO "{schema}".surefoot_ratelimit VALUES (%s, %s, NULL, %s)',
+                f"rl:old{n}",
+                [T0, 4.0, 6.0],
+                T0 + 20,
+            )
+            _, [got] = await store.acquire([Item(f"rl:old{n}", "sliding_window", limit)], at)
+            want, _ = ALGORITHM_BY_NAME["sliding_window"].decide((T0, 4, 6), at, 1, limit)
+            assert tuple(got) == pytest.approx(tuple(want), abs=1e-9)
+            assert got.remaining == [1, 6, 9][n]
+
+
 # -- the database's clock -----------------------------------------------------------------
 
 
@@ -497,7 +518,7 @@ class LosesBatchReplies(psycopg.AsyncConnection[Any]):
 
     async def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
         cursor = await super().execute(query, *args, **kwargs)
-        if "surefoot_begin_batch(" in str(query) or "surefoot_acquire(" in str(query):
+        if "surefoot_begin_batch(" in str(query) or "surefoot_acquire_v4(" in str(query):
             raise psycopg.OperationalError("server closed the connection unexpectedly")
         return cursor
 

@@ -147,7 +147,53 @@ async def test_a_cost_beyond_what_the_limit_can_ever_admit_waits_forever_and_cha
     case = CASES[algorithm]
     huge = await decide(store, item(algorithm, cost=case.capacity + 1), T0)
     assert (huge.allowed, huge.retry_after) == (False, math.inf)
+    assert huge.available_after == 0.0  # nothing used: nothing to come back
     assert admitted_count(await burst(store, algorithm, case.capacity + 1)) == case.capacity
+
+
+def pure_burst(algorithm: str, n: int) -> list[RateLimitDecision]:
+    """The decisions of ``n`` requests at ``T0``, by the pure algorithm."""
+    states: dict[str, State] = {}
+    out = []
+    for _ in range(n):
+        one = item(algorithm)
+        _, [decision], writes = plan([states.get(one.key)], [one], T0)
+        states.update((write.key, write.state) for write in writes)
+        out.append(decision)
+    return out
+
+
+async def test_available_after_is_the_algorithms_and_then_one_more_unit_is_admitted(
+    store: RateLimitStore, algorithm: str
+) -> None:
+    # RateLimit's t: when more quota is available, as every store computes it.
+    if algorithm == "concurrency":
+        pytest.skip("a slot frees when a response ends, not at a time: no t to wait for")
+    case = CASES[algorithm]
+    decisions = await burst(store, algorithm, case.capacity + 1)
+    expected = pure_burst(algorithm, case.capacity + 1)
+    assert [d.available_after for d in decisions] == pytest.approx(
+        [d.available_after for d in expected], abs=1e-6
+    )
+    last = decisions[case.capacity - 1]  # the last admitted: nothing left
+    assert last.remaining == 0
+    assert 0 < last.available_after <= case.limit.window
+    assert not (await decide(store, item(algorithm), T0 + last.available_after - MARGIN)).allowed
+    assert (await decide(store, item(algorithm), T0 + last.available_after + MARGIN)).allowed
+
+
+async def test_a_sliding_window_forgets_its_counts_a_window_after_the_last_admission(
+    store: RateLimitStore,
+) -> None:
+    # A burst at the start of a minute has left the last minute a minute later, whatever
+    # the weighting of the previous window supposes (it would wait 12 s more).
+    start = T0 + 40  # T0 is 20 s into a minute
+    decisions = await burst(store, "sliding_window", 6, now=start)
+    assert [d.allowed for d in decisions] == [True] * 5 + [False]
+    assert decisions[4].available_after == pytest.approx(60.0)
+    assert decisions[5].retry_after == pytest.approx(60.0)
+    assert not (await decide(store, item("sliding_window"), start + 60 - MARGIN)).allowed
+    assert admitted_count(await burst(store, "sliding_window", 6, now=start + 60)) == 5
 
 
 # -- several keys -------------------------------------------------------------------------

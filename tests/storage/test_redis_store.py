@@ -42,7 +42,7 @@ from surefoot.idempotency._core import (
     Step,
     StoredResponse,
 )
-from surefoot.ratelimit import ALGORITHMS, Item, Limit
+from surefoot.ratelimit import ALGORITHM_BY_NAME, ALGORITHMS, Item, Limit
 from surefoot.storage import store_from_url
 from surefoot.storage.redis import RedisStore, _Connection
 
@@ -482,6 +482,28 @@ async def test_keys_expire_when_their_state_is_spent(make: Make) -> None:
     assert await client.exists(store.prefix + "rl:{a}:s")
     await store.release("rl:{a}:s", "y", T0)
     assert not await client.exists(store.prefix + "rl:{a}:s")
+
+
+async def test_a_sliding_window_kept_by_an_older_surefoot_decides_as_python_does(
+    make: Make,
+) -> None:
+    # Before the time of the last admission was kept, a state was three numbers: the
+    # window [T0, T0 + 10) with 4 before it and 6 in it.
+    store = make(clock="caller")
+    client: Any = store._client
+    limit = Limit(10, 10, algorithm="sliding_window")
+    for n, at in enumerate((T0 + 5, T0 + 15, T0 + 25)):
+        key = f"rl:{{a}}:old{n}"
+        await client.eval(
+            "return redis.call('SET', KEYS[1], cmsgpack.pack({tonumber(ARGV[1]), 4, 6}))",
+            1,
+            store.prefix + key,
+            repr(T0),
+        )
+        _, [got] = await store.acquire([Item(key, "sliding_window", limit)], at)
+        want, _ = ALGORITHM_BY_NAME["sliding_window"].decide((T0, 4, 6), at, 1, limit)
+        assert tuple(got) == pytest.approx(tuple(want), abs=1e-9)
+        assert got.remaining == [1, 6, 9][n]
 
 
 # -- Redis Cluster ------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 No I/O, no clock: ``now`` is a parameter and states are plain tuples that any store can
 keep (JSON in SQLite, a hash in Redis). ``None`` is the state of a key never seen (or
-expired). Every decision says whether the request is allowed, how much is left, when the
-limit is back to full (``reset_after``) and, when refused, when this very request would
-be allowed (``retry_after``; ``inf`` if its cost exceeds what the limit can ever admit).
+expired). Every decision says whether the request is allowed, how much is left, when more
+becomes available (``available_after``: ``RateLimit``'s ``t``), when the limit is back to
+full (``reset_after``) and, when refused, when this very request would be allowed
+(``retry_after``; ``inf`` if its cost exceeds what the limit can ever admit).
 
 Burst at window edges, per algorithm (``A`` = amount, ``W`` = window, ``B`` = burst):
 
@@ -28,6 +29,18 @@ Rule 1: a refused request changes no state (it is not counted), except where tim
 Rule 2: ``remaining`` is never negative and ``retry_after`` is 0 exactly when allowed.
 Rule 3: ``expires_at(state, limit)`` is when the state becomes equivalent to ``None``, so
         stores may forget the key then.
+Rule 4: ``available_after`` is 0 exactly when ``remaining`` cannot grow (nothing is used),
+        else the least wait after which, with no request meanwhile, ``remaining`` is
+        larger: a client that waits it can spend one unit more. It is measured on the
+        state the decision leaves (this request charged if allowed), and is at most the
+        window: a window's end, the oldest entry leaving, one unit refilled or leaked
+        (W/A). The exceptions are a ``leaky_queue`` that queued a request costing more
+        than A (its units drain for longer than W) and a calendar ``quota`` (its period,
+        not the nominal window: a 31-day month). ``concurrency`` says 0: a slot frees when
+        a response ends, which no clock predicts.
+Rule 5: ``sliding_window`` forgets its counts once nothing was admitted for a whole window
+        (every request it counted has left the last W, whatever the weighting supposes),
+        so that a burst at a window's start frees up W later, not up to W + W/A later.
 """
 
 from __future__ import annotations
@@ -47,6 +60,7 @@ __all__ = [
     "Concurrency",
     "RateLimitDecision",
     "quota_period",
+    "uncharged",
 ]
 
 INF = math.inf
@@ -71,6 +85,9 @@ class RateLimitDecision(NamedTuple):
     retry_after: float
     #: ``leaky_queue`` only: how long the request must wait before it proceeds.
     delay: float = 0.0
+    #: Seconds until ``remaining`` grows, with no request meanwhile; 0 when it cannot
+    #: (nothing used). What ``RateLimit``'s ``t`` reports (Rule 4).
+    available_after: float = 0.0
 
 
 State = Any  # a tuple of numbers (and strings for concurrency), or None
@@ -95,9 +112,12 @@ def _count_in(
     count = state[1] if state is not None and state[0] == start else 0
     reset = end - now
     if count + cost <= limit.amount:
-        return RateLimitDecision(True, limit.amount - count - cost, reset, 0.0), count + cost
+        left = limit.amount - count - cost
+        return RateLimitDecision(True, left, reset, 0.0, 0.0, reset), count + cost
     retry = reset if cost <= limit.amount else INF
-    return RateLimitDecision(False, limit.amount - count, reset, retry), count
+    # Nothing counted (only a cost above the amount was refused): nothing to come back.
+    available = reset if count else 0.0
+    return RateLimitDecision(False, limit.amount - count, reset, retry, 0.0, available), count
 
 
 class FixedWindow:
@@ -133,10 +153,14 @@ class SlidingLog:
         used = sum(live[1::2])
         if used + cost <= limit.amount:
             new = (*live, now, cost)
-            return RateLimitDecision(True, limit.amount - used - cost, limit.window, 0.0), new
+            left = limit.amount - used - cost
+            # More is available when the oldest entry leaves the window.
+            available = new[0] + limit.window - now
+            return RateLimitDecision(True, left, limit.window, 0.0, 0.0, available), new
         reset = live[-2] + limit.window - now if live else 0.0
+        available = live[0] + limit.window - now if live else 0.0
         if cost > limit.amount:
-            return RateLimitDecision(False, limit.amount - used, reset, INF), live
+            return RateLimitDecision(False, limit.amount - used, reset, INF, 0.0, available), live
         # Wait until enough of the oldest entries leave the window.
         excess = used + cost - limit.amount
         freed, i = 0, 0
@@ -144,7 +168,7 @@ class SlidingLog:
             freed += live[i + 1]
             i += 2
         retry = live[i - 2] + limit.window - now
-        return RateLimitDecision(False, limit.amount - used, reset, retry), live
+        return RateLimitDecision(False, limit.amount - used, reset, retry, 0.0, available), live
 
     @staticmethod
     def expires_at(state: State, limit: Limit) -> float:
@@ -160,34 +184,68 @@ class SlidingWindow:
     ) -> tuple[RateLimitDecision, State]:
         window, amount = limit.window, limit.amount
         start = now - now % window
+        # state: (window start, previous count, current count, last admission). A state
+        # kept by an older surefoot has no last admission: its window's end bounds it.
         prev = curr = 0
+        last = -INF  # the last admission that still counts (Rule 5)
         if state is not None:
-            if state[0] == start:
-                prev, curr = state[1], state[2]
-            elif state[0] == start - window:
-                prev = state[2]
+            seen = state[3] if len(state) > 3 else state[0] + window
+            if seen + window > now:
+                if state[0] == start:
+                    prev, curr, last = state[1], state[2], seen
+                elif state[0] == start - window:
+                    prev, last = state[2], seen
         weight = 1.0 - (now - start) / window
         estimate = prev * weight + curr
         if estimate + cost <= amount + _EPS:
             left = max(0, math.floor(amount - estimate - cost + _EPS))
-            # This request counts in the current window, which weighs until the next ends.
-            reset = start + 2 * window - now
-            return RateLimitDecision(True, left, reset, 0.0), (start, prev, curr + cost)
-        reset = (start + 2 * window - now) if curr else (start + window - now)
+            last = max(last, now)
+            # Nothing this request joins counts once a window has passed since the last
+            # admission (Rule 5): back to full then.
+            quiet = last + window
+            available = _sliding_available(prev, curr + cost, left, start, quiet, now, limit)
+            decision = RateLimitDecision(True, left, quiet - now, 0.0, 0.0, available)
+            return decision, (start, prev, curr + cost, last)
         left = max(0, math.floor(amount - estimate + _EPS))
+        if last == -INF:
+            # Nothing counts: only a cost above the amount is refused, for good.
+            return RateLimitDecision(False, left, 0.0, INF), None
+        quiet = last + window
         if cost > amount:
             retry = INF
-        elif curr + cost <= amount:
-            # Within this window, once enough of the previous window has slid out.
-            retry = start + window * (1.0 - (amount - curr - cost) / prev) - now
         else:
-            # Next window: the current count becomes the weighted previous one.
-            retry = start + window + window * (1.0 - (amount - cost) / curr) - now
-        return RateLimitDecision(False, left, reset, max(retry, _EPS)), (start, prev, curr)
+            if curr + cost <= amount:
+                # Within this window, once enough of the previous window has slid out.
+                at = start + window * (1.0 - (amount - curr - cost) / prev)
+            else:
+                # Next window: the current count becomes the weighted previous one.
+                at = start + window + window * (1.0 - (amount - cost) / curr)
+            retry = max(min(at, quiet) - now, _EPS)
+        available = _sliding_available(prev, curr, left, start, quiet, now, limit)
+        decision = RateLimitDecision(False, left, quiet - now, retry, 0.0, available)
+        return decision, (start, prev, curr, last)
 
     @staticmethod
     def expires_at(state: State, limit: Limit) -> float:
-        return float(state[0] + 2 * limit.window)
+        return float(state[3] + limit.window)
+
+
+def _sliding_available(
+    prev: int, curr: int, left: int, start: float, quiet: float, now: float, limit: Limit
+) -> float:
+    """When a sliding window leaving ``left`` units has one more: its estimate has dropped
+    to ``amount - left - 1`` (or nothing counts any more, at ``quiet``)."""
+    window, amount = limit.window, limit.amount
+    if left >= amount:
+        return 0.0
+    target = amount - left - 1
+    if curr <= target:
+        # Within this window, once enough of the previous window has slid out.
+        at = start + window * (1.0 - (target - curr) / prev)
+    else:
+        # Next window, as the current count (then the previous one) slides out.
+        at = start + window + window * (1.0 - target / curr)
+    return max(min(at, quiet) - now, _EPS)
 
 
 class TokenBucket:
@@ -205,13 +263,17 @@ class TokenBucket:
             tokens = state[0] + (now - state[1]) * rate
             if tokens >= capacity - rate * _slack(now, 2):
                 tokens = float(capacity)  # full: exactly as a fresh key, whatever the rounding
-        if tokens + _EPS >= cost:
+        allowed = tokens + _EPS >= cost
+        if allowed:
             tokens = max(0.0, tokens - cost)
-            reset = (capacity - tokens) / rate
-            return RateLimitDecision(True, math.floor(tokens + _EPS), reset, 0.0), (tokens, now)
-        retry = (cost - tokens) / rate if cost <= capacity else INF
+            retry = 0.0
+        else:
+            retry = (cost - tokens) / rate if cost <= capacity else INF
+        left = math.floor(tokens + _EPS)
         reset = (capacity - tokens) / rate
-        return RateLimitDecision(False, math.floor(tokens + _EPS), reset, retry), (tokens, now)
+        # One whole token more: the next unit refilled.
+        available = 0.0 if left >= capacity else (left + 1 - tokens) / rate
+        return RateLimitDecision(allowed, left, reset, retry, 0.0, available), (tokens, now)
 
     @staticmethod
     def expires_at(state: State, limit: Limit) -> float:
@@ -231,13 +293,16 @@ class LeakyBucket:
         level = 0.0 if state is None else state[0] - (now - state[1]) * rate
         if level <= rate * _slack(now, 2):
             level = 0.0  # empty: exactly as a fresh key, whatever the rounding
-        if level + cost <= capacity + _EPS:
+        allowed = level + cost <= capacity + _EPS
+        if allowed:
             level = min(float(capacity), level + cost)
-            left = math.floor(capacity - level + _EPS)
-            return RateLimitDecision(True, left, level / rate, 0.0), (level, now)
-        retry = (level + cost - capacity) / rate if cost <= capacity else INF
+            retry = 0.0
+        else:
+            retry = (level + cost - capacity) / rate if cost <= capacity else INF
         left = math.floor(capacity - level + _EPS)
-        return RateLimitDecision(False, left, level / rate, retry), (level, now)
+        # Room for one more: the next unit leaked.
+        available = 0.0 if left >= capacity else (level - (capacity - left - 1)) / rate
+        return RateLimitDecision(allowed, left, level / rate, retry, 0.0, available), (level, now)
 
     @staticmethod
     def expires_at(state: State, limit: Limit) -> float:
@@ -259,9 +324,13 @@ class LeakyQueue:
         if delay <= limit.max_wait + slack:
             free_at = start + cost * interval
             left = max(0, math.floor((limit.max_wait - (free_at - now) + slack) / interval) + 1)
-            return RateLimitDecision(True, left, free_at - now, 0.0, delay), (free_at,)
+            # One more fits once the queue has moved on by one interval past the last that
+            # fits (a queue that just took a request is never empty: never 0).
+            available = free_at - now - limit.max_wait + left * interval
+            decision = RateLimitDecision(True, left, free_at - now, 0.0, delay, available)
+            return decision, (free_at,)
         retry = delay - limit.max_wait
-        return RateLimitDecision(False, 0, start - now, retry), (start,)
+        return RateLimitDecision(False, 0, start - now, retry, 0.0, retry), (start,)
 
     @staticmethod
     def expires_at(state: State, limit: Limit) -> float:
@@ -281,12 +350,15 @@ class Gcra:
         new_tat = tat + cost * interval
         allow_at = new_tat - tolerance
         slack = _slack(now, limit.capacity + cost)
-        if now + slack >= allow_at:
-            left = max(0, math.floor((tolerance - (new_tat - now) + slack) / interval))
-            return RateLimitDecision(True, left, new_tat - now, 0.0), (new_tat,)
+        allowed = now + slack >= allow_at
+        if allowed:
+            tat, retry = new_tat, 0.0
+        else:
+            retry = allow_at - now if cost <= limit.capacity else INF
         left = max(0, math.floor((tolerance - (tat - now) + slack) / interval))
-        retry = allow_at - now if cost <= limit.capacity else INF
-        return RateLimitDecision(False, left, tat - now, retry), (tat,)
+        # One more unit once the theoretical arrival time is an interval closer.
+        available = 0.0 if left >= limit.capacity else tat - tolerance + (left + 1) * interval - now
+        return RateLimitDecision(allowed, left, tat - now, retry, 0.0, available), (tat,)
 
     @staticmethod
     def expires_at(state: State, limit: Limit) -> float:
@@ -370,6 +442,24 @@ ALGORITHM_BY_NAME: dict[str, Any] = {
         Quota,
     )
 }
+
+
+def uncharged(decision: RateLimitDecision, cost: int, limit: Limit) -> RateLimitDecision:
+    """An allowed decision as it reads when another limit refused its request, which then
+    charges nothing: ``cost`` more units remain, and none come back if none are used.
+
+    Its ``available_after`` is otherwise the charged state's, never sooner than the
+    uncharged one's: a client that waits it still finds more.
+    """
+    remaining = decision.remaining + cost
+    if limit.algorithm == "leaky_queue":
+        full = decision.delay == 0.0  # the request found the queue empty
+    else:
+        buckets = ("token_bucket", "leaky_bucket", "gcra")
+        full = remaining >= (limit.capacity if limit.algorithm in buckets else limit.amount)
+    return decision._replace(
+        remaining=remaining, available_after=0.0 if full else decision.available_after
+    )
 
 
 @lru_cache(maxsize=64)

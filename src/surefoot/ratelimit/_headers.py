@@ -3,9 +3,21 @@
 ``RateLimit-Policy`` lists each limit as an RFC 9651 String item with ``q`` (quota) and
 ``w`` (window, whole seconds), plus ``qu="concurrent-requests"`` for concurrency limits;
 ``RateLimit`` lists the same items with ``r`` (remaining) and ``t`` (delta seconds, never
-a timestamp: clients' clocks are not ours). On a 429 the violated limit's ``t`` is the
-``Retry-After`` value, as the draft asks (``Retry-After`` no earlier than ``t``).
-The legacy ``X-RateLimit-*`` trio reports the limit closest to exhaustion.
+a timestamp: clients' clocks are not ours).
+
+Rule 1: ``t`` is the seconds until *additional* quota is available (the draft's resolution
+        of its issue #149: the decision's ``available_after``, rounded up), 0 exactly when
+        nothing is used, and at most ``w`` (see the algorithms' Rule 4 for the
+        exceptions). Whole seconds, rounded up: a client that waits ``t`` finds more.
+Rule 2: on a 429 the violated limit's ``t`` is the ``Retry-After`` value, as the draft asks
+        (``Retry-After`` no earlier than ``t``): waiting it, the request is admitted.
+Rule 3: a concurrency limit has no ``t`` unless it refused: a slot comes back when a
+        response ends, which no clock predicts (the draft makes ``t`` optional).
+Rule 4: a calendar quota's ``w`` is the length of its current period (a 31-day month, a
+        23-hour day), so that ``t``, the time to the period's end, never exceeds it.
+
+The legacy ``X-RateLimit-*`` trio reports the limit closest to exhaustion; its reset is
+when that limit is back to *full* (``reset_after``), as GitHub and most APIs mean it.
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from surefoot.ratelimit._algorithms import RateLimitDecision
+from surefoot.ratelimit._algorithms import RateLimitDecision, quota_period
 from surefoot.ratelimit._limit import Limit
 
 __all__ = ["Reported", "legacy_headers", "ratelimit_headers", "whole_seconds"]
@@ -43,22 +55,34 @@ def _sf_string(value: str) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _policy_item(name: str, limit: Limit) -> str:
-    """One ``RateLimit-Policy`` member: constant for a limit, so built once."""
+def _policy_item(name: str, limit: Limit, window: float) -> str:
+    """One ``RateLimit-Policy`` member: constant for a limit (and a quota's period)."""
     if limit.algorithm == "concurrency":
         return f'{_sf_string(name)};q={limit.amount};qu="concurrent-requests"'
-    return f"{_sf_string(name)};q={limit.capacity};w={whole_seconds(limit.window)}"
+    return f"{_sf_string(name)};q={limit.capacity};w={whole_seconds(window)}"
 
 
-def ratelimit_headers(reported: Sequence[Reported], *, rejected: bool) -> list[tuple[bytes, bytes]]:
-    """``RateLimit-Policy`` and ``RateLimit`` for the reported limits."""
+def ratelimit_headers(
+    reported: Sequence[Reported], *, rejected: bool, now: float
+) -> list[tuple[bytes, bytes]]:
+    """``RateLimit-Policy`` and ``RateLimit`` for the reported limits, decided at ``now``."""
     policies, states = [], []
     for item in reported:
         name, limit, decision = _sf_string(item.name), item.limit, item.decision
-        policies.append(_policy_item(item.name, limit))
-        late = rejected and not decision.allowed
-        t = decision.retry_after if late else decision.reset_after
-        states.append(f"{name};r={max(0, decision.remaining)};t={whole_seconds(t)}")
+        window = limit.window
+        if limit.algorithm == "quota":
+            start, end = quota_period(now, limit.period or "day", limit.timezone)
+            window = end - start  # Rule 4
+        policies.append(_policy_item(item.name, limit, window))
+        state = f"{name};r={max(0, decision.remaining)}"
+        if rejected and not decision.allowed:
+            # Rule 2: the very value of Retry-After (at least 1 second).
+            state += f";t={max(1, whole_seconds(decision.retry_after))}"
+        elif limit.algorithm != "concurrency":
+            # Rule 1: a state with anything used never says 0.
+            available = decision.available_after
+            state += f";t={max(1, whole_seconds(available)) if available > 0 else 0}"
+        states.append(state)
     return [
         (b"ratelimit-policy", ", ".join(policies).encode()),
         (b"ratelimit", ", ".join(states).encode()),
@@ -73,6 +97,7 @@ def legacy_headers(
         reported, key=lambda r: (r.decision.allowed, r.decision.remaining / r.limit.capacity)
     )
     decision = closest.decision
+    # Until full (not until more, as RateLimit's t): what X-RateLimit-Reset means elsewhere.
     after = whole_seconds(decision.reset_after if decision.allowed else decision.retry_after)
     value = after if reset == "seconds" else math.ceil(now) + after
     return [

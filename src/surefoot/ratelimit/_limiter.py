@@ -53,7 +53,7 @@ from surefoot.errors import (
 from surefoot.events import EventHook, LoggingHook, emit, wanted
 from surefoot.identity import Identity, PrincipalResolver, default_principal
 from surefoot.ratelimit import _events as ev
-from surefoot.ratelimit._algorithms import RateLimitDecision
+from surefoot.ratelimit._algorithms import RateLimitDecision, uncharged
 from surefoot.ratelimit._core import Item
 from surefoot.ratelimit._headers import Reported, legacy_headers, ratelimit_headers, whole_seconds
 from surefoot.ratelimit._limit import Limit
@@ -309,7 +309,7 @@ class RateLimiter:
         if not admitted:
             # Nothing was charged: report what is left without this request's cost.
             enforced = [
-                (c, d._replace(remaining=d.remaining + c.item.cost) if d.allowed else d)
+                (c, uncharged(d, c.item.cost, c.item.limit) if d.allowed else d)
                 for c, d in enforced
             ]
         headers = self._headers(enforced, now, rejected=not admitted)
@@ -352,7 +352,7 @@ class RateLimiter:
         if not enforced or not (self.headers or self.legacy_headers):
             return []
         reported = [Reported(c.name, c.item.limit, d) for c, d in enforced]
-        out = ratelimit_headers(reported, rejected=rejected) if self.headers else []
+        out = ratelimit_headers(reported, rejected=rejected, now=now) if self.headers else []
         if self.legacy_headers:
             out += legacy_headers(reported, now=now, reset=self.legacy_reset)
         return out

@@ -262,7 +262,7 @@ _QUERIES = {
     "purge": "SELECT * FROM {s}.surefoot_purge(%s, %s, %s)",
     "release": "SELECT * FROM {s}.surefoot_release(%s, %s, %s)",
     "acquire": (
-        "SELECT * FROM {s}.surefoot_acquire(%s::float8[], %s::integer[], %s::text[], "
+        "SELECT * FROM {s}.surefoot_acquire_v4(%s::float8[], %s::integer[], %s::text[], "
         "%s::text[], %s::bigint[], %s::boolean[], %s::text[], %s::bigint[], %s::float8[], "
         "%s::bigint[], %s::float8[], %s::float8[], %s::text[], %s::text[], %s::float8[], "
         "%s::float8[])"
@@ -940,12 +940,12 @@ def _acquire_params(batch: list[_Pending], clock: str) -> list[Any]:
 def _acquire_results(
     batch: list[_Pending], rows: list[Row]
 ) -> list[tuple[bool, list[RateLimitDecision]]]:
-    [(admitted, _, allowed, remaining, reset_after, retry_after, delay)] = rows
+    [(admitted, _, allowed, remaining, reset_after, retry_after, delay, available)] = rows
     out = []
     first = 0
     for n, pending in enumerate(batch):
         last = first + len(pending.args[0])
-        fields = (allowed, remaining, reset_after, retry_after, delay)
+        fields = (allowed, remaining, reset_after, retry_after, delay, available)
         decisions = [
             RateLimitDecision(*decision)
             for decision in zip(*(column[first:last] for column in fields), strict=True)

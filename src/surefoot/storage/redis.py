@@ -1255,7 +1255,7 @@ class RedisStore:
         for request in requests:
             admitted = reply[at] == 1
             decisions = []
-            for i in range(at + 1, at + 1 + 5 * request.size, 5):
+            for i in range(at + 1, at + 1 + 6 * request.size, 6):
                 decisions.append(
                     RateLimitDecision(
                         reply[i] == 1,
@@ -1263,10 +1263,11 @@ class RedisStore:
                         float(reply[i + 2]),
                         float(reply[i + 3]),
                         float(reply[i + 4]),
+                        float(reply[i + 5]),
                     )
                 )
             results.append((admitted, decisions))
-            at += 1 + 5 * request.size
+            at += 1 + 6 * request.size
         return results
 
     async def release(self, key: str, token: str, now: float) -> None:

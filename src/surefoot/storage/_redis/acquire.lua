@@ -8,7 +8,7 @@
 -- max_wait, lease, cost, enforce (1/0), token, and the number of candidate quota
 -- periods followed by their (start, end) pairs.
 -- Reply, per request: admitted (1/0), then per item: allowed (1/0), remaining,
--- reset_after, retry_after, delay (floats as strings).
+-- reset_after, retry_after, delay, available_after (floats as strings).
 --
 -- States are MessagePack arrays (exact doubles) under keys that expire when the state
 -- becomes equivalent to an absent one (Rule 3 of the algorithms).
@@ -43,6 +43,9 @@ local function pymod(a, b)
   return m
 end
 
+-- Each DECIDE function returns: allowed, remaining, reset_after, retry_after, delay,
+-- available_after, and the new state.
+
 local function count_in(st, start, stop, now, cost, amount)
   local count = 0
   if st ~= nil and st[1] == start then
@@ -50,22 +53,27 @@ local function count_in(st, start, stop, now, cost, amount)
   end
   local reset = stop - now
   if count + cost <= amount then
-    return true, amount - count - cost, reset, 0, 0, count + cost
+    return true, amount - count - cost, reset, 0, 0, reset, count + cost
   end
   local retry = INF
   if cost <= amount then
     retry = reset
   end
-  return false, amount - count, reset, retry, 0, count
+  -- Nothing counted (only a cost above the amount was refused): nothing to come back.
+  local available = 0
+  if count ~= 0 then
+    available = reset
+  end
+  return false, amount - count, reset, retry, 0, available, count
 end
 
 local DECIDE, EXPIRES = {}, {}
 
 DECIDE.fixed_window = function(st, now, cost, lim)
   local start = now - pymod(now, lim.window)
-  local ok, left, reset, retry, delay, count =
+  local ok, left, reset, retry, delay, available, count =
     count_in(st, start, start + lim.window, now, cost, lim.amount)
-  return ok, left, reset, retry, delay, {start, count}
+  return ok, left, reset, retry, delay, available, {start, count}
 end
 EXPIRES.fixed_window = function(st, lim)
   return st[1] + lim.window
@@ -86,8 +94,9 @@ DECIDE.quota = function(st, now, cost, lim)
       end
     end
   end
-  local ok, left, reset, retry, delay, count = count_in(st, start, stop, now, cost, lim.amount)
-  return ok, left, reset, retry, delay, {start, count, stop}
+  local ok, left, reset, retry, delay, available, count =
+    count_in(st, start, stop, now, cost, lim.amount)
+  return ok, left, reset, retry, delay, available, {start, count, stop}
 end
 EXPIRES.quota = function(st, lim)
   return st[3]
@@ -113,14 +122,16 @@ DECIDE.sliding_log = function(st, now, cost, lim)
     end
     new[#new + 1] = now
     new[#new + 1] = cost
-    return true, amount - used - cost, window, 0, 0, new
+    -- More is available when the oldest entry leaves the window.
+    return true, amount - used - cost, window, 0, 0, new[1] + window - now, new
   end
-  local reset = 0
+  local reset, available = 0, 0
   if first <= n then
     reset = log[n - 1] + window - now
+    available = log[first] + window - now
   end
   if cost > amount then
-    return false, amount - used, reset, INF, 0, nil
+    return false, amount - used, reset, INF, 0, available, nil
   end
   -- Wait until enough of the oldest entries leave the window.
   local excess = used + cost - amount
@@ -129,7 +140,7 @@ DECIDE.sliding_log = function(st, now, cost, lim)
     freed = freed + log[i + 1]
     i = i + 2
   end
-  return false, amount - used, reset, log[i - 2] + window - now, 0, nil
+  return false, amount - used, reset, log[i - 2] + window - now, 0, available, nil
 end
 EXPIRES.sliding_log = function(st, lim)
   if #st == 0 then
@@ -138,46 +149,79 @@ EXPIRES.sliding_log = function(st, lim)
   return st[#st - 1] + lim.window
 end
 
+-- When a sliding window leaving `left` units has one more: its estimate has dropped to
+-- amount - left - 1 (or nothing counts any more, at `quiet`).
+local function sliding_available(prev, curr, left, start, quiet, now, lim)
+  local window, amount = lim.window, lim.amount
+  if left >= amount then
+    return 0.0
+  end
+  local target = amount - left - 1
+  local at
+  if curr <= target then
+    -- Within this window, once enough of the previous window has slid out.
+    at = start + window * (1.0 - (target - curr) / prev)
+  else
+    -- Next window, as the current count (then the previous one) slides out.
+    at = start + window + window * (1.0 - target / curr)
+  end
+  return math.max(math.min(at, quiet) - now, EPS)
+end
+
 DECIDE.sliding_window = function(st, now, cost, lim)
   local window, amount = lim.window, lim.amount
   local start = now - pymod(now, window)
+  -- state: {window start, previous count, current count, last admission}; a state kept
+  -- by an older surefoot has no last admission: its window's end bounds it.
   local prev, curr = 0, 0
+  local last = -INF  -- the last admission that still counts
   if st ~= nil then
-    if st[1] == start then
-      prev, curr = st[2], st[3]
-    elseif st[1] == start - window then
-      prev = st[3]
+    local seen = st[4]
+    if seen == nil then
+      seen = st[1] + window
+    end
+    if seen + window > now then
+      if st[1] == start then
+        prev, curr, last = st[2], st[3], seen
+      elseif st[1] == start - window then
+        prev, last = st[3], seen
+      end
     end
   end
   local weight = 1.0 - (now - start) / window
   local estimate = prev * weight + curr
   if estimate + cost <= amount + EPS then
     local left = math.max(0, math.floor(amount - estimate - cost + EPS))
-    -- This request counts in the current window, which weighs until the next ends.
-    local reset = start + 2 * window - now
-    return true, left, reset, 0, 0, {start, prev, curr + cost}
-  end
-  local reset
-  if curr ~= 0 then
-    reset = start + 2 * window - now
-  else
-    reset = start + window - now
+    last = math.max(last, now)
+    -- Nothing this request joins counts once a window has passed since the last
+    -- admission: back to full then.
+    local quiet = last + window
+    local available = sliding_available(prev, curr + cost, left, start, quiet, now, lim)
+    return true, left, quiet - now, 0, 0, available, {start, prev, curr + cost, last}
   end
   local left = math.max(0, math.floor(amount - estimate + EPS))
-  local retry
-  if cost > amount then
-    retry = INF
-  elseif curr + cost <= amount then
-    -- Within this window, once enough of the previous window has slid out.
-    retry = start + window * (1.0 - (amount - curr - cost) / prev) - now
-  else
-    -- Next window: the current count becomes the weighted previous one.
-    retry = start + window + window * (1.0 - (amount - cost) / curr) - now
+  if last == -INF then
+    -- Nothing counts: only a cost above the amount is refused, for good.
+    return false, left, 0.0, INF, 0, 0.0, nil
   end
-  return false, left, reset, math.max(retry, EPS), 0, nil
+  local quiet = last + window
+  local retry = INF
+  if cost <= amount then
+    local at
+    if curr + cost <= amount then
+      -- Within this window, once enough of the previous window has slid out.
+      at = start + window * (1.0 - (amount - curr - cost) / prev)
+    else
+      -- Next window: the current count becomes the weighted previous one.
+      at = start + window + window * (1.0 - (amount - cost) / curr)
+    end
+    retry = math.max(math.min(at, quiet) - now, EPS)
+  end
+  local available = sliding_available(prev, curr, left, start, quiet, now, lim)
+  return false, left, quiet - now, retry, 0, available, nil
 end
 EXPIRES.sliding_window = function(st, lim)
-  return st[1] + 2 * lim.window
+  return st[4] + lim.window
 end
 
 DECIDE.token_bucket = function(st, now, cost, lim)
@@ -192,17 +236,23 @@ DECIDE.token_bucket = function(st, now, cost, lim)
       tokens = capacity  -- full: exactly as a fresh key, whatever the rounding
     end
   end
-  if tokens + EPS >= cost then
+  local allowed = tokens + EPS >= cost
+  local retry = 0
+  if allowed then
     tokens = math.max(0.0, tokens - cost)
-    local reset = (capacity - tokens) / rate
-    return true, math.floor(tokens + EPS), reset, 0, 0, {tokens, now}
-  end
-  local retry = INF
-  if cost <= capacity then
+  elseif cost <= capacity then
     retry = (cost - tokens) / rate
+  else
+    retry = INF
   end
+  local left = math.floor(tokens + EPS)
   local reset = (capacity - tokens) / rate
-  return false, math.floor(tokens + EPS), reset, retry, 0, nil
+  -- One whole token more: the next unit refilled.
+  local available = 0.0
+  if left < capacity then
+    available = (left + 1 - tokens) / rate
+  end
+  return allowed, left, reset, retry, 0, available, {tokens, now}
 end
 EXPIRES.token_bucket = function(st, lim)
   local rate = lim.amount / lim.window
@@ -219,17 +269,22 @@ DECIDE.leaky_bucket = function(st, now, cost, lim)
   if level <= rate * slack(now, 2) then
     level = 0.0  -- empty: exactly as a fresh key, whatever the rounding
   end
-  if level + cost <= capacity + EPS then
+  local allowed = level + cost <= capacity + EPS
+  local retry = 0
+  if allowed then
     level = math.min(capacity, level + cost)
-    local left = math.floor(capacity - level + EPS)
-    return true, left, level / rate, 0, 0, {level, now}
-  end
-  local retry = INF
-  if cost <= capacity then
+  elseif cost <= capacity then
     retry = (level + cost - capacity) / rate
+  else
+    retry = INF
   end
   local left = math.floor(capacity - level + EPS)
-  return false, left, level / rate, retry, 0, nil
+  -- Room for one more: the next unit leaked.
+  local available = 0.0
+  if left < capacity then
+    available = (level - (capacity - left - 1)) / rate
+  end
+  return allowed, left, level / rate, retry, 0, available, {level, now}
 end
 EXPIRES.leaky_bucket = function(st, lim)
   return st[2] + st[1] / (lim.amount / lim.window)
@@ -247,9 +302,12 @@ DECIDE.leaky_queue = function(st, now, cost, lim)
   if delay <= lim.max_wait + sl then
     local free_at = start + cost * interval
     local left = math.max(0, math.floor((lim.max_wait - (free_at - now) + sl) / interval) + 1)
-    return true, left, free_at - now, 0, delay, {free_at}
+    -- One more fits once the queue has moved on by one interval past the last that fits.
+    local available = free_at - now - lim.max_wait + left * interval
+    return true, left, free_at - now, 0, delay, available, {free_at}
   end
-  return false, 0, start - now, delay - lim.max_wait, 0, nil
+  local retry = delay - lim.max_wait
+  return false, 0, start - now, retry, 0, retry, nil
 end
 EXPIRES.leaky_queue = function(st, lim)
   return st[1]
@@ -265,16 +323,22 @@ DECIDE.gcra = function(st, now, cost, lim)
   local new_tat = tat + cost * interval
   local allow_at = new_tat - tolerance
   local sl = slack(now, lim.capacity + cost)
-  if now + sl >= allow_at then
-    local left = math.max(0, math.floor((tolerance - (new_tat - now) + sl) / interval))
-    return true, left, new_tat - now, 0, 0, {new_tat}
+  local allowed = now + sl >= allow_at
+  local retry = 0
+  if allowed then
+    tat = new_tat
+  elseif cost <= lim.capacity then
+    retry = allow_at - now
+  else
+    retry = INF
   end
   local left = math.max(0, math.floor((tolerance - (tat - now) + sl) / interval))
-  local retry = INF
-  if cost <= lim.capacity then
-    retry = allow_at - now
+  -- One more unit once the theoretical arrival time is an interval closer.
+  local available = 0.0
+  if left < lim.capacity then
+    available = tat - tolerance + (left + 1) * interval - now
   end
-  return false, left, tat - now, retry, 0, nil
+  return allowed, left, tat - now, retry, 0, available, {tat}
 end
 EXPIRES.gcra = function(st, lim)
   return st[1]
@@ -297,13 +361,13 @@ DECIDE.concurrency = function(st, now, cost, lim)
     held[#held + 1] = lim.token
     held[#held + 1] = now + lim.lease
     held[#held + 1] = cost
-    return true, lim.amount - used - cost, 0, 0, 0, held
+    return true, lim.amount - used - cost, 0, 0, 0, 0, held
   end
   local retry = INF
   if cost <= lim.amount then
     retry = 1.0  -- the time a slot frees is unknown
   end
-  return false, lim.amount - used, 0, retry, 0, nil
+  return false, lim.amount - used, 0, retry, 0, 0, nil
 end
 EXPIRES.concurrency = function(st, lim)
   local latest = 0
@@ -337,7 +401,7 @@ end
 
 local out = {}
 local arg, k = 2, 1
-local allowed, remaining, reset, retry, delay, new = {}, {}, {}, {}, {}, {}
+local allowed, remaining, reset, retry, delay, available, new = {}, {}, {}, {}, {}, {}, {}
 local items = {}
 for _ = 1, tonumber(ARGV[1]) do
   local now = clock(ARGV[arg])
@@ -368,7 +432,7 @@ for _ = 1, tonumber(ARGV[1]) do
       return redis.error_reply('surefoot: unknown algorithm ' .. algorithm)
     end
     -- Every item decides from the state before this request (plan reads them all first).
-    allowed[j], remaining[j], reset[j], retry[j], delay[j], new[j] =
+    allowed[j], remaining[j], reset[j], retry[j], delay[j], available[j], new[j] =
       decide(load(KEYS[k + j - 1]), now, cost, lim)
     items[j] = {algorithm, lim}
     if enforce and not allowed[j] then
@@ -398,6 +462,7 @@ for _ = 1, tonumber(ARGV[1]) do
     out[#out + 1] = fmt(reset[j])
     out[#out + 1] = fmt(retry[j])
     out[#out + 1] = fmt(delay[j])
+    out[#out + 1] = fmt(available[j])
   end
   k = k + n
 end
