@@ -377,7 +377,7 @@ def check_config(config_path: str) -> None:
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     found = asyncio.run(check_start(config))
-    for warning in found.warnings:
+    for warning in (*found.warnings, *config.store_warnings()):
         click.echo(f"{config_path}: warning: {warning}", err=True)
     if found.errors:
         raise click.ClickException("\n".join(f"{config_path}: {error}" for error in found.errors))

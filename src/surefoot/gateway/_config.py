@@ -36,7 +36,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -224,6 +224,19 @@ class IdempotencyFields(_Table):
     on_store_error: Literal["fail_closed", "fail_open"] | None = _described(
         "'fail_closed' or 'fail_open'", None
     )
+    max_records_per_principal: int | Literal[False] | None = _described(
+        "a whole number >= 1, or false for no quota", None
+    )
+    max_unknown_per_principal: int | Literal[False] | None = _described(
+        "a whole number >= 1, or false for no quota", None
+    )
+
+    @field_validator("max_records_per_principal", "max_unknown_per_principal", mode="before")
+    @classmethod
+    def _quota(cls, value: Any) -> Any:
+        if value is False or value is None or (type(value) is int and value >= 1):
+            return value
+        raise ValueError(f"expected a whole number >= 1, or false for no quota, got {value!r}")
 
 
 class RouteIdempotency(IdempotencyFields):
@@ -437,7 +450,11 @@ class GatewayConfig:
             value = getattr(fields, name)
             if value is None or name not in fields.model_fields_set:
                 continue
-            options[name] = frozenset(value) if name in ("methods", "release_statuses") else value
+            if name in ("methods", "release_statuses"):
+                value = frozenset(value)
+            elif value is False:  # a quota lifted: the policy's None (TOML has no null)
+                value = None
+            options[name] = value
         try:
             if base is None:
                 return IdempotencyPolicy(**options)
@@ -577,6 +594,40 @@ class GatewayConfig:
 
     def store_url(self, name: str) -> str:
         return self.root.stores[name]
+
+    def store_warnings(self, workers: int | None = None) -> list[str]:
+        """What the idempotency store risks when the gateway runs this file with
+        ``workers`` processes (default: ``server.workers``): lines that ``check-config``
+        prints and ``serve`` logs at WARNING when it starts. The file is valid all the same.
+
+        A ``memory://`` store is one process's, shared by every caller: listed clients
+        and, always possible, callers it does not list (each its own principal).
+        """
+        name = self.root.idempotency.store
+        url = self.store_url(name)
+        if urlsplit(url).scheme != "memory":
+            return []
+        options = dict(parse_qsl(urlsplit(url).query))
+        capacity = options.get("max_records", "10000")
+        clients = len(self.root.clients)
+        plural = "s" if clients > 1 else ""
+        callers = f" ({clients} client{plural} and any unlisted one)" if clients else ""
+        line = (
+            f"[idempotency] store {name!r} is memory://: its records live in this process "
+            f"only and are lost on restart, and every caller{callers} shares its "
+            f"{capacity} records, so one caller's new keys can fill it"
+        )
+        if options.get("on_full") == "evict":
+            line += " and push out others' completed records inside their TTL (retries run again)"
+        else:
+            line += " and have every other caller's new keys refused (503 store_capacity_exceeded)"
+        workers = workers or self.root.server.workers
+        if workers > 1:
+            line += (
+                f"; each of the {workers} workers keeps records of its own, so a retry that "
+                "reaches another worker executes again"
+            )
+        return [line + ". Use sqlite:// on one machine, redis:// or postgresql:// beyond it."]
 
     @property
     def critical_routes(self) -> list[str]:

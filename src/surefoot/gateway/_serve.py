@@ -4,6 +4,8 @@ Theory of operation:
 1. The policy file is validated first, and the upstream app (``upstream.app``) imported;
    an invalid file or an app that cannot be imported stops ``serve`` before anything is
    bound, with every problem listed.
+   A store that other callers or workers can be hurt through (``memory://``: see
+   ``GatewayConfig.store_warnings``) is logged at WARNING once the sockets are bound.
 2. The listening sockets (the proxy's and the admin API's) are bound once, by the first
    process, and inherited by every worker, so all workers accept on the same ports. Each
    worker runs one uvicorn server over both sockets; a request is sent to the admin API
@@ -80,6 +82,9 @@ def serve(
     summary += f"; {workers} worker{'s' if workers > 1 else ''}"
     if ready is not None:
         ready(summary)
+    _configure_logging(root.server.log_level)  # this process's lines too (the supervisor's)
+    for warning in config.store_warnings(workers):
+        _log.warning(warning)
     if workers == 1:
         _worker(config_path, main, admin, workers, None)
         return
