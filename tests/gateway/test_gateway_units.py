@@ -591,6 +591,26 @@ async def test_without_a_lookup_a_retry_of_an_unknown_key_is_409(ledger: FastAPI
     assert counts["charges"] == 1
 
 
+@pytest.mark.parametrize(
+    ("lookup", "retry_after"), [(None, "5"), (LOOKUP | {"not_found_after": 60}, "13")]
+)
+async def test_a_409_for_an_unknown_key_says_when_to_retry(
+    ledger: FastAPI, lookup: dict[str, Any] | None, retry_after: str
+) -> None:
+    # An SDK retrying at once spent its three retries within 2.5 s against these 409s.
+    # With a lookup, the reconciler settles unknown keys every reconcile_interval (12.5 s,
+    # rounded up); without, an operator does, and the middleware's default applies.
+    clock = ManualClock()
+    config = legacy_config(lookup, idempotency={"reconcile_interval": 12.5})
+    async with running(config, upstream=ledger, clock=clock) as gw:
+        headers = {"Idempotency-Key": "k-1"}
+        await gw.client.post("/charges", json=charge("r-1"), headers=headers | BEFORE_COMMIT)
+        retry = await gw.client.post("/charges", json=charge("r-1"), headers=headers)
+
+    assert problem(retry, 409, "idempotency_outcome_unknown")["retry_after"] == int(retry_after)
+    assert retry.headers["retry-after"] == retry_after
+
+
 async def test_the_admin_api_resolves_and_releases_unknown_keys(ledger: FastAPI) -> None:
     clock = ManualClock()
     async with running(legacy_config(), upstream=ledger, clock=clock) as gw:

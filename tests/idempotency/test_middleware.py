@@ -534,6 +534,26 @@ async def test_server_error_unknown_holds_the_key_until_resolved(
     assert backend.executions == 2
 
 
+@pytest.mark.parametrize(("given", "header"), [(None, "5"), (30, "30"), (0.2, "1")])
+async def test_outcome_unknown_says_when_to_retry(
+    make_client: Callable[..., httpx.AsyncClient],
+    backend: Backend,
+    given: float | None,
+    header: str,
+) -> None:
+    # An SDK retrying at once spent its three retries within 2.5 s against these 409s:
+    # Retry-After (whole seconds, rounded up) says when asking again can help.
+    backend.status = 502
+    options = {} if given is None else {"outcome_unknown_retry_after": given}
+    policy = IdempotencyPolicy(on_server_error="unknown")
+    async with make_client(policy=policy, **options) as c:
+        assert (await c.post("/charges", json={}, headers=key())).status_code == 502
+        retry = await c.post("/charges", json={}, headers=key())
+    doc = problem(retry, "idempotency_outcome_unknown", 409)
+    assert retry.headers["retry-after"] == header
+    assert doc["retry_after"] == int(header)
+
+
 async def test_large_responses_stream_through_and_replay_as_not_stored(
     make_client: Callable[..., httpx.AsyncClient], backend: Backend
 ) -> None:
@@ -840,3 +860,10 @@ def test_store_must_fulfil_the_protocol() -> None:
         IdempotencyMiddleware(lambda *a: None, store=object())  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="max_request_body"):
         IdempotencyMiddleware(lambda *a: None, store=MemoryStore(), max_request_body=-1)  # type: ignore[arg-type]
+    for wait in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(ConfigurationError, match="outcome_unknown_retry_after"):
+            IdempotencyMiddleware(
+                lambda *a: None,  # type: ignore[arg-type]
+                store=MemoryStore(),
+                outcome_unknown_retry_after=wait,
+            )

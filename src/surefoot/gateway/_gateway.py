@@ -429,6 +429,10 @@ class Gateway:
                 hooks=self.hooks,
                 on_pending=self.metrics.set_unknown_keys,
             )
+        # With lookups, the reconciler settles unknown keys every reconcile_interval: a
+        # retry sooner finds them unknown still. Without, an operator does: the
+        # middleware's default.
+        unknown_retry_after = 5.0 if resolver is None else root.idempotency.reconcile_interval
         app: ASGIApp = IdempotencyMiddleware(
             proxy,
             store=idem_store,
@@ -441,6 +445,7 @@ class Gateway:
             store_health=self._health_of(idem_store),
             resolver=resolver,
             allow_method_override=root.server.allow_method_override,
+            outcome_unknown_retry_after=unknown_retry_after,
         )
         if config.rate_limit_policies:
             tiers = config.tiers

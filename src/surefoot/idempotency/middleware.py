@@ -22,9 +22,11 @@ Theory of operation, per request on a protected route and method:
    (the gateway's lookup against its upstream): it is told of every key that becomes
    unknown (``remember``), and a request that finds its key unknown asks it first
    (``resolve``): a stored result is replayed, a release lets this request execute, and
-   anything else answers ``idempotency_outcome_unknown`` as before. An inner app that
-   answered without doing any work sets ``scope[NOT_EXECUTED]``; its reservation is
-   released whatever the status.
+   anything else answers ``idempotency_outcome_unknown`` as before. That 409 carries
+   ``Retry-After: outcome_unknown_retry_after`` (the gateway passes its reconciler's
+   interval): clients that retry at once (SDKs spend their few retries within seconds)
+   are told when asking again can help. An inner app that answered without doing any
+   work sets ``scope[NOT_EXECUTED]``; its reservation is released whatever the status.
 6. Store outages go through a ``StoreHealth``: after a failure the store is down, and
    until a probe succeeds no request but the probe calls it. A ``begin`` that fails or is
    skipped follows the policy's ``on_store_error``: ``fail_closed`` (default) answers 503
@@ -177,6 +179,10 @@ class IdempotencyMiddleware:
             Pass one ``StoreHealth`` to this and to ``RateLimitMiddleware`` when they
             share a store, so that an outage one finds spares the other the wait.
         resolver: settles outcome-unknown keys on a retry (see ``OutcomeResolver``).
+        outcome_unknown_retry_after: seconds a retry that finds its key's outcome unknown
+            is told to wait (``Retry-After`` of the 409 ``idempotency_outcome_unknown``,
+            rounded up); about how often something settles such keys (a reconciler's
+            interval). Default: 5.
         allow_method_override: keep the ``X-HTTP-Method-Override``, ``X-Method-Override``
             and ``X-HTTP-Method`` headers (the app honours them), and match a POST's routes
             and methods on the method they name; by default they are removed before the
@@ -203,6 +209,7 @@ class IdempotencyMiddleware:
         problem_base: str = DEFAULT_PROBLEM_BASE,
         store_health: StoreHealth | None = None,
         resolver: OutcomeResolver | None = None,
+        outcome_unknown_retry_after: float = 5.0,
         allow_method_override: bool = False,
     ) -> None:
         if not isinstance(store, IdempotencyStore):
@@ -219,6 +226,11 @@ class IdempotencyMiddleware:
                 "IdempotencyMiddleware.store_health: expected a surefoot.storage.StoreHealth, "
                 f"got {type(store_health).__name__}"
             )
+        if not 0 < outcome_unknown_retry_after < math.inf:
+            raise ConfigurationError(
+                "IdempotencyMiddleware.outcome_unknown_retry_after: expected seconds > 0, "
+                f"got {outcome_unknown_retry_after!r}"
+            )
         self.app = app
         self.store = store
         self.health = store_health if store_health is not None else StoreHealth()
@@ -232,6 +244,8 @@ class IdempotencyMiddleware:
         self.max_stored_response = max_stored_response
         self.problem_base = problem_base
         self.resolver = resolver
+        # Retry-After is whole seconds: rounded up, so that a client is never early.
+        self.unknown_retry_after = max(1, math.ceil(outcome_unknown_retry_after))
         self.allow_method_override = allow_method_override
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -574,7 +588,7 @@ class _Responder:
                 self.emit(ev.LeaseExpired, action="unknown")
             reason = "lease_expired" if decision.lease_expired_now else "pending"
             self.emit(ev.OutcomeUnknown, reason=reason)
-            await self.problem(IdempotencyOutcomeUnknown())
+            await self.problem(IdempotencyOutcomeUnknown(retry_after=self.mw.unknown_retry_after))
 
     async def replay(self, response: StoredResponse) -> None:
         headers = [*response.headers, _REPLAYED]
