@@ -3,7 +3,9 @@
 Map of the file (``docs/gateway.md`` documents every field)::
 
     [server]                     host, port, workers, trusted_proxies, max_request_body,
-                                 access_log, request_id_header, allow_method_override
+                                 access_log, request_id_header, allow_method_override,
+                                 max_header_size, max_headers_size, max_header_count,
+                                 header_timeout, body_timeout, keepalive_timeout
     [upstream]                   url | app, timeouts, max_connections, forward_idempotency_key
     [upstream.breaker]           the circuit breaker (resilience4j's fields); optional
     [upstream.concurrency]       in-flight limit and the share reserved for critical requests
@@ -77,6 +79,12 @@ class Server(_Table):
         "'debug', 'info', 'warning' or 'error'", "warning"
     )
     shutdown_timeout: float = _described("seconds >= 0", 30.0, ge=0)
+    max_header_size: int = _described("bytes > 0", 32 * 1024, gt=0)
+    max_headers_size: int = _described("bytes > 0", 64 * 1024, gt=0)
+    max_header_count: int = _described("a whole number >= 1", 100, ge=1)
+    header_timeout: float = _described("seconds > 0", 10.0, gt=0)
+    body_timeout: float = _described("seconds > 0", 30.0, gt=0)
+    keepalive_timeout: float = _described("seconds > 0", 5.0, gt=0)
     allow_method_override: bool = _described("true or false", False)
 
     @field_validator("trusted_proxies")

@@ -37,6 +37,7 @@ from multiprocessing.context import SpawnProcess
 from typing import Any
 
 from surefoot._asgi import Receive, Scope, Send
+from surefoot.errors import ConfigurationError
 from surefoot.gateway._accesslog import ACCESS_LOGGER, JsonFormatter
 from surefoot.gateway._config import load_config
 from surefoot.gateway._metrics import mark_worker_dead
@@ -63,7 +64,8 @@ def serve(
         ready: called with a one-line summary once the sockets are bound.
 
     Raises:
-        ConfigurationError: the file is invalid (nothing was started).
+        ConfigurationError: the file is invalid, or an address cannot be listened on
+            (nothing was started).
     """
     config = load_config(config_path)
     root = config.root
@@ -75,7 +77,11 @@ def serve(
     main = _bind(host or root.server.host, root.server.port if port is None else port)
     admin = None
     if root.admin.enabled:
-        admin = _bind(root.admin.host, root.admin.port if admin_port is None else admin_port)
+        try:
+            admin = _bind(root.admin.host, root.admin.port if admin_port is None else admin_port)
+        except ConfigurationError:
+            main.close()
+            raise
     summary = f"surefoot serve: http://{_address(main)} -> {config.upstream_label}"
     if admin is not None:
         summary += f"; admin http://{_address(admin)}"
@@ -94,11 +100,25 @@ def serve(
 
 
 def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` that workers inherit.
+
+    Raises:
+        ConfigurationError: the address cannot be listened on, named in the message
+            (``cannot listen on 127.0.0.1:8080: address already in use``).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio: TCP_NODELAY
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = exc.strerror or str(exc)
+        raise ConfigurationError(
+            f"cannot listen on {address}: {reason[:1].lower()}{reason[1:]}"
+        ) from exc
     sock.set_inheritable(True)
     return sock
 
@@ -199,7 +219,9 @@ def _worker(
     import uvicorn
 
     from surefoot.gateway._gateway import Gateway
+    from surefoot.gateway._head import ServerLimits
     from surefoot.gateway._metrics import GatewayMetrics
+    from surefoot.gateway._server import bounded_protocol
     from surefoot.gateway.admin import AdminApp, signal_supervisor
 
     config = load_config(config_path)
@@ -213,8 +235,19 @@ def _worker(
         admin_app = AdminApp(gateway, on_reload=on_reload, running=running)
     admin_port = admin.getsockname()[1] if admin is not None else None
     root = _Root(gateway, admin_app, admin_port)
+    server_table = config.root.server
+    limits = ServerLimits(
+        max_header_size=server_table.max_header_size,
+        max_headers_size=server_table.max_headers_size,
+        max_header_count=server_table.max_header_count,
+        header_timeout=server_table.header_timeout,
+        body_timeout=server_table.body_timeout,
+        keepalive_timeout=server_table.keepalive_timeout,
+    )
     uv_config = uvicorn.Config(
         root,
+        http=bounded_protocol(limits),
+        ws="none",  # upgrades are refused by the protocol (surefoot.gateway._head, Rule 3)
         lifespan="on",
         access_log=False,
         log_config=None,
