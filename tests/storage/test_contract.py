@@ -198,6 +198,21 @@ async def test_released_forgotten_and_expired_records_free_the_quota(
     assert isinstance(await store.begin(a("z"), quota_req("tz", records=2), T0 + TTL + 1), Reserved)
 
 
+async def test_purged_records_free_the_quota(store: IdempotencyStore) -> None:
+    for i in range(2):
+        await store.begin(a(f"{i}"), quota_req(f"t{i}", records=2, unknown=1), T0)
+    await store.finish(a("0"), "t0", Outcome(Step.MARK_UNKNOWN), T0)
+    await store.purge(T0 + TTL + 1)
+    # Purged (or, on Redis's server clock, expired by Redis): nothing of them counts.
+    assert isinstance(
+        await store.begin(a("x"), quota_req("tx", records=2, unknown=1), T0 + TTL + 2), Reserved
+    )
+    await store.finish(a("x"), "tx", Outcome(Step.MARK_UNKNOWN), T0 + TTL + 2)
+    assert isinstance(
+        await store.begin(a("y"), quota_req("ty", records=2, unknown=1), T0 + TTL + 3), OverQuota
+    )
+
+
 async def test_unknown_outcomes_have_a_quota_of_their_own(store: IdempotencyStore) -> None:
     def req(token: str) -> Begin:
         return quota_req(token, records=100, unknown=2)

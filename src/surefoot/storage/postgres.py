@@ -57,13 +57,15 @@ Rule 7: group commit: the begins, the finishes and the acquires that arrive on o
         background under their own tokens, which fence off anyone else's. A store is
         used from one event loop.
 Rule 8: per-principal quotas (``_core`` Rule 7, migration ``0003_record_owners``): a
-        record row carries its key's owner. A batch of begins first takes an advisory
-        lock per owner among its keys (with its keys' locks, in one ascending order), so
-        one owner's records are counted by one transaction at a time; a begin that would
-        create a record under a quota counts the owner's live rows (an index on owner
-        and expiry) and, over the quota, answers ``OverQuota`` and writes nothing. An
-        owner's begins are serialised by that lock, and the count reads the owner's live
-        records, so its cost grows with what the owner holds (up to its quota).
+        record row carries its key's owner, and triggers keep each owner's count of rows
+        (and of unknown ones) in ``surefoot_owners``. Every step that writes records
+        first takes an advisory lock per owner among its keys (with its keys' locks, in
+        one ascending order; the purge skips owners whose lock is taken), so an owner's
+        count is written by one transaction at a time and a begin reads it, atomically,
+        in one row. At a quota the begin first deletes the owner's expired rows (the
+        count includes them until they are deleted) and reads again; over it, it answers
+        ``OverQuota`` and writes nothing. The price: one principal's steps are
+        serialised by its lock (a batch takes it once for all of its calls).
 """
 
 from __future__ import annotations
@@ -102,7 +104,6 @@ from surefoot.idempotency._core import (
     Step,
     StoredResponse,
     Unknown,
-    key_owner,
 )
 from surefoot.ratelimit._algorithms import RateLimitDecision, quota_period
 from surefoot.ratelimit._core import Item
@@ -250,8 +251,7 @@ def _refuse_newer(done: set[int], schema: str) -> None:
 _QUERIES = {
     "begin": (
         "SELECT * FROM {s}.surefoot_begin_batch(%s::text[], %s::float8[], %s::text[], "
-        "%s::text[], %s::float8[], %s::float8[], %s::boolean[], %s::text[], %s::integer[], "
-        "%s::integer[])"
+        "%s::text[], %s::float8[], %s::float8[], %s::boolean[], %s::integer[], %s::integer[])"
     ),
     "finish": (
         "SELECT * FROM {s}.surefoot_finish_batch(%s::text[], %s::float8[], %s::text[], "
@@ -871,7 +871,6 @@ def _begin_params(batch: list[_Pending], clock: str) -> list[Any]:
         _array(_float(r.lease) for _, r in requests),
         _array(_float(r.ttl) for _, r in requests),
         _array("t" if r.on_lease_expiry == "reexecute" else "f" for _, r in requests),
-        _array(_quote(owner) if (owner := key_owner(key)) else "NULL" for key, _ in requests),
         _array(str(int(r.max_records)) for _, r in requests),
         _array(str(int(r.max_unknown)) for _, r in requests),
     ]

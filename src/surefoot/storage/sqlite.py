@@ -34,10 +34,12 @@ Theory of operation:
 9. SQLite errors are translated to ``StoreUnavailable`` in one place (``_translate``);
    their text goes to the exception's ``__cause__`` for logs, never to a client.
 10. Per-principal quotas (``_core`` Rule 7): each record row carries its key's owner, and
-    a begin that needs the owner's usage counts the owner's live rows (an index on
-    owner, expiry and state) inside its own ``BEGIN IMMEDIATE`` transaction, so
-    processes racing at a quota never exceed it. The count reads the owner's live
-    records, so its cost grows with what the owner holds (up to its quota).
+    triggers keep each owner's count of rows (and of unknown ones) in
+    ``surefoot_owners``, whichever statement writes them (purges too). A begin that
+    needs its owner's usage reads that one row inside its own ``BEGIN IMMEDIATE``
+    transaction, so processes racing at a quota never exceed it. The count includes
+    expired rows not deleted yet: at a quota, the begin deletes the owner's expired
+    rows (an index on owner and expiry) and reads again.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ SCHEMA_VERSION = 4  # 2: records, rate-limit counters; 3: cache entries; 4: reco
 _TABLE = "surefoot_idempotency"
 _COUNTERS = "surefoot_ratelimit"
 _CACHE = "surefoot_cache"
+_OWNERS = "surefoot_owners"
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {_TABLE} (
     key TEXT PRIMARY KEY,
@@ -108,10 +111,33 @@ CREATE TABLE IF NOT EXISTS {_CACHE} (
 );
 CREATE INDEX IF NOT EXISTS {_CACHE}_expires_at ON {_CACHE} (expires_at);
 """
-# Created after the tables: a table of schema version 3 gets its owner column first.
-_OWNER_INDEX = (
-    f"CREATE INDEX IF NOT EXISTS {_TABLE}_owner ON {_TABLE} (owner, expires_at, state) "
-    "WHERE owner IS NOT NULL"
+# Per-principal quotas (Rule 10), created after the tables: a table of schema version 3
+# gets its owner column first. Triggers keep each owner's count of rows (expired ones not
+# yet deleted included) and of unknown ones, whichever statement writes them.
+_OWNER_SCHEMA = (
+    f"CREATE INDEX IF NOT EXISTS {_TABLE}_owner ON {_TABLE} (owner, expires_at) "
+    "WHERE owner IS NOT NULL",
+    f"CREATE INDEX IF NOT EXISTS {_TABLE}_owner_unknown ON {_TABLE} (owner, expires_at) "
+    "WHERE owner IS NOT NULL AND state = 'unknown'",
+    f"CREATE TABLE IF NOT EXISTS {_OWNERS} "
+    "(owner TEXT PRIMARY KEY, records INTEGER NOT NULL, unknown INTEGER NOT NULL)",
+    f"""CREATE TRIGGER IF NOT EXISTS {_OWNERS}_insert AFTER INSERT ON {_TABLE}
+    WHEN NEW.owner IS NOT NULL BEGIN
+        INSERT OR IGNORE INTO {_OWNERS} VALUES (NEW.owner, 0, 0);
+        UPDATE {_OWNERS} SET records = records + 1, unknown = unknown + (NEW.state = 'unknown')
+        WHERE owner = NEW.owner;
+    END""",
+    f"""CREATE TRIGGER IF NOT EXISTS {_OWNERS}_delete AFTER DELETE ON {_TABLE}
+    WHEN OLD.owner IS NOT NULL BEGIN
+        UPDATE {_OWNERS} SET records = records - 1, unknown = unknown - (OLD.state = 'unknown')
+        WHERE owner = OLD.owner;
+        DELETE FROM {_OWNERS} WHERE owner = OLD.owner AND records <= 0;
+    END""",
+    f"""CREATE TRIGGER IF NOT EXISTS {_OWNERS}_update AFTER UPDATE OF state ON {_TABLE}
+    WHEN NEW.owner IS NOT NULL AND (OLD.state = 'unknown') <> (NEW.state = 'unknown') BEGIN
+        UPDATE {_OWNERS} SET unknown = unknown + (NEW.state = 'unknown') - (OLD.state = 'unknown')
+        WHERE owner = NEW.owner;
+    END""",
 )
 _COLUMNS = (
     "state, fingerprint, token, generation, lease_expires_at, expires_at, ttl, "
@@ -124,10 +150,11 @@ _UPSERT = (
     "ON CONFLICT (key) DO UPDATE SET "
     + ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in _COLUMNS.split(","))
 )
-_USAGE = (
-    "SELECT count(*), min(expires_at), count(CASE WHEN state = 'unknown' THEN 1 END), "
-    f"min(CASE WHEN state = 'unknown' THEN expires_at END) FROM {_TABLE} "
-    "WHERE owner = ? AND expires_at > ?"
+_COUNTS = f"SELECT records, unknown FROM {_OWNERS} WHERE owner = ?"
+_DROP_EXPIRED = f"DELETE FROM {_TABLE} WHERE owner = ? AND expires_at <= ?"
+_FIRST_EXPIRY = (
+    f"SELECT min(expires_at), (SELECT min(expires_at) FROM {_TABLE} "
+    f"WHERE owner = ?1 AND state = 'unknown') FROM {_TABLE} WHERE owner = ?1"
 )
 _DELETE = f"DELETE FROM {_TABLE} WHERE key = ?"
 _PURGE = (
@@ -243,7 +270,8 @@ class SqliteStore:
                 columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({_TABLE})")}
                 if "owner" not in columns:
                     self._db.execute(f"ALTER TABLE {_TABLE} ADD COLUMN owner TEXT")
-                self._db.execute(_OWNER_INDEX)
+                for statement in _OWNER_SCHEMA:
+                    self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
@@ -341,14 +369,7 @@ class SqliteStore:
             record = _decode(db.execute(_SELECT, (key,)).fetchone())
             usage = None
             if owner and _core.charges_quota(record, request, now):
-                # In this transaction: no other process can add a record meanwhile.
-                count, first, unknown, first_unknown = db.execute(_USAGE, (owner, now)).fetchone()
-                usage = Usage(
-                    records=count,
-                    unknown=unknown,
-                    records_free_at=math.inf if first is None else first,
-                    unknown_free_at=math.inf if first_unknown is None else first_unknown,
-                )
+                usage = _usage(db, owner, request, now)
             decision, new = _core.begin(record, request, now, usage)
             if new is not record and new is not None:
                 db.execute(_UPSERT, (key, owner or None, *_encode(new)))
@@ -478,6 +499,22 @@ def _translate() -> Iterator[None]:
         raise StoreUnavailable(retry_after=1) from exc
     except sqlite3.Error as exc:
         raise StoreUnavailable(retry_after=1) from exc
+
+
+def _usage(db: sqlite3.Connection, owner: str, request: Begin, now: float) -> Usage:
+    """What ``owner`` holds at ``now`` (Rule 10), inside the caller's transaction."""
+    records, unknown = db.execute(_COUNTS, (owner,)).fetchone() or (0, 0)
+    first = first_unknown = math.inf
+    if (request.max_records and records >= request.max_records) or (
+        request.max_unknown and unknown >= request.max_unknown
+    ):
+        # The counts include expired rows not deleted yet: delete the owner's, read again.
+        db.execute(_DROP_EXPIRED, (owner, now))
+        records, unknown = db.execute(_COUNTS, (owner,)).fetchone() or (0, 0)
+        found = db.execute(_FIRST_EXPIRY, (owner,)).fetchone()
+        first = math.inf if found[0] is None else found[0]
+        first_unknown = math.inf if found[1] is None else found[1]
+    return Usage(records, unknown, first, first_unknown)
 
 
 def _load_state(row: tuple[str] | None) -> CounterState:
