@@ -593,6 +593,9 @@ POLICIES_TOML = """
 [idempotency]
 store = "default"
 methods = ["POST"]
+# wrk is one client sending every key: without this, its keys past the 10,000th would be
+# refused (429 idempotency_records_exceeded) until the first ones expire.
+max_records_per_principal = false
 
 [rate_limit]
 store = "default"
