@@ -11,6 +11,7 @@ from surefoot.idempotency._core import (
     Mismatch,
     NotStored,
     Outcome,
+    OverQuota,
     Record,
     Replay,
     Reserved,
@@ -18,11 +19,14 @@ from surefoot.idempotency._core import (
     Step,
     StoredResponse,
     Unknown,
+    Usage,
     Verdict,
     begin,
+    charges_quota,
     classify,
     finish,
     forget,
+    key_owner,
     resolve,
     scoped_key,
 )
@@ -215,3 +219,78 @@ def test_scoped_keys_separate_principals_routes_and_keys() -> None:
     assert len(keys) == 5  # route "" equals no route
     assert scoped_key("cred:a", "k") == scoped_key("cred:a", "k")
     assert all(k.startswith("idem:") for k in keys)
+
+
+# -- Rule 7: per-principal quotas ------------------------------------------------------------
+
+INF = float("inf")
+
+
+def quota(records: int = 0, unknown: int = 0, mode: str = "unknown") -> Begin:
+    return req(mode=mode)._replace(max_records=records, max_unknown=unknown)
+
+
+def test_store_keys_name_their_owner_a_hash_of_the_principal_alone() -> None:
+    a1, a2 = scoped_key("cred:a", "k1"), scoped_key("cred:a", "k2", "POST /x")
+    b1 = scoped_key("cred:b", "k1")
+    assert key_owner(a1) == key_owner(a2) != key_owner(b1)
+    assert len(key_owner(a1)) == 20
+    assert a1.startswith(f"idem:{key_owner(a1)}:")
+    # Any other key belongs to no one.
+    for other in ("k", "idem:unknown", "lookup:" + a1, a1 + "0", a1.upper(), "idem:" + "0" * 60):
+        assert key_owner(other) == ""
+
+
+@pytest.mark.parametrize(
+    ("usage", "request_", "expected"),
+    [
+        # Under both quotas: reserved.
+        (Usage(2, 0, T0 + 5, INF), quota(records=3, unknown=1), None),
+        # At the records quota: refused until the first record expires.
+        (Usage(3, 0, T0 + 5, INF), quota(records=3), OverQuota("records", 3, 5.0)),
+        # At the unknown quota, which is reported first.
+        (Usage(3, 1, T0 + 5, T0 + 9), quota(records=3, unknown=1), OverQuota("unknown", 1, 9.0)),
+        # A quota of 0 is none, whatever the usage.
+        (Usage(10**6, 10**6, T0, T0), quota(), None),
+        (Usage(10**6, 0, T0, INF), quota(unknown=1), None),
+    ],
+)
+def test_a_new_record_is_decided_on_the_owners_usage(
+    usage: Usage, request_: Begin, expected: OverQuota | None
+) -> None:
+    decision, new = begin(None, request_, T0, usage)
+    if expected is None:
+        assert isinstance(decision, Reserved)
+        assert new is not None
+    else:
+        assert decision == expected
+        assert new is None  # refused: nothing to store
+
+
+def test_a_quota_refusal_leaves_an_expired_record_as_it_was() -> None:
+    old = record(S.COMPLETED, response=RESPONSE)
+    decision, new = begin(old, quota(records=1), T0 + TTL, Usage(1, 0, T0 + TTL + 3, INF))
+    assert decision == OverQuota("records", 1, 3.0)
+    assert new is old
+
+
+def test_only_a_begin_that_would_create_a_record_needs_the_usage() -> None:
+    assert charges_quota(None, quota(records=1), T0)
+    assert charges_quota(record(S.COMPLETED, response=RESPONSE), quota(unknown=1), T0 + TTL)
+    assert not charges_quota(None, quota(), T0)  # no quota
+    for state in (S.IN_FLIGHT, S.LEASE_EXPIRED, S.COMPLETED, S.UNKNOWN):
+        rec, now = OBSERVED[state]
+        assert not charges_quota(rec, quota(records=1, unknown=1, mode="reexecute"), now)
+
+
+def test_take_overs_replays_and_conflicts_are_never_refused() -> None:
+    full = Usage(5, 5, T0, T0)
+    for state, expected in (
+        (S.LEASE_EXPIRED, Reserved),
+        (S.IN_FLIGHT, InProgress),
+        (S.COMPLETED, Replay),
+        (S.UNKNOWN, Unknown),
+    ):
+        rec, now = OBSERVED[state]
+        decision, _ = begin(rec, quota(records=1, unknown=1, mode="reexecute"), now, full)
+        assert isinstance(decision, expected)
