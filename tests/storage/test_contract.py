@@ -170,6 +170,8 @@ async def test_a_principal_at_its_quota_is_refused_and_another_is_not(
     refused = await store.begin(a("4"), quota_req("t4", records=3), T0 + 10)
     assert refused == OverQuota("records", 3, TTL - 10)
     assert await store.get(a("4"), T0 + 10) is None
+    # Operators list them under the keys the middleware uses.
+    assert {key for key, _ in await store.records(T0 + 10)} == {a("1"), a("2"), a("3")}
     # Its own keys are answered as ever; another principal is not affected.
     assert await store.begin(a("1"), quota_req("t5", records=3), T0 + 11) == InProgress(T0 + LEASE)
     assert await store.begin(a("2"), quota_req("t6", records=3), T0 + 12) == Replay(OK)
