@@ -46,6 +46,8 @@ _log = logging.getLogger("surefoot.gateway")
 
 #: Seconds a refused connection keeps reading (and dropping) before it is closed.
 _LINGER = 2.0
+#: A timer this close to its deadline counts as on time (timers have millisecond steps).
+_EARLY = 0.01
 
 
 class _Section(enum.Enum):
@@ -57,7 +59,7 @@ class _Section(enum.Enum):
 
 
 class _Wait(enum.Enum):
-    """The deadline a connection has (Rule 1)."""
+    """The deadline a connection has (Rule 1); each value names its ``ServerLimits`` field."""
 
     NONE = "none"
     IDLE = "keepalive_timeout"
@@ -94,7 +96,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._deferred: ClientError | None = None  # answered once earlier answers are out
         self._own: RequestResponseCycle | None = None  # the cycle of the request being read
         self._wait = _Wait.NONE
-        self._deadline: asyncio.TimerHandle | None = None
+        self._due = 0.0  # when the deadline of self._wait passes (loop time)
+        self._timer: asyncio.TimerHandle | None = None
         self._draining = False
 
     # -- the connection -----------------------------------------------------------------------
@@ -105,20 +108,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._draining:
             return
         self._unset_keepalive_if_required()
-        if self._section is _Section.IDLE and self._wait is not _Wait.HEAD:
-            self._arm(_Wait.HEAD)
         self._progress = False
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._refuse(self._refusal or _malformed(exc))
             return
+        # Deadlines are set after the read, for what it left unfinished: a whole request in
+        # one read (the common case) sets none.
+        if self._section is _Section.HEAD and self._wait is not _Wait.HEAD:
+            self._arm(_Wait.HEAD)
+        elif self._section is _Section.BODY and self._wait is _Wait.NONE and not self.pipeline:
+            self._arm(_Wait.BODY)
         if self._progress or self._section is _Section.IDLE:
             # A field that is still arriving began in this read: one read of slack (Rule 1).
             self._pending = 0
@@ -152,38 +161,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._section = _Section.HEAD
         self._meter = HeadMeter(self.limits)
         self._own = None
-        if self._wait is not _Wait.HEAD:
-            self._arm(_Wait.HEAD)
 
     def on_url(self, url: bytes) -> None:
         self._progress = True
-        self._check(self._meter.target(url))
+        if (error := self._meter.target(url)) is not None:
+            self._stop(error)
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._progress = True
-        self._check(self._meter.field(name, value))
+        if (error := self._meter.field(name, value)) is not None:
+            self._stop(error)
         if self._section is _Section.BODY:
             return  # a trailer field: measured, never a header (Rule 2 of _head)
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._progress = True
-        self._check(
-            refusal(
-                self.parser.get_method(),
-                self.url,
-                self.parser.get_http_version(),
-                self.headers,
-                upgrade=self.parser.should_upgrade(),
-            )
+        error = refusal(
+            self.parser.get_method(),
+            self.url,
+            self.parser.get_http_version(),
+            self.headers,
+            upgrade=self.parser.should_upgrade(),
         )
+        if error is not None:
+            self._stop(error)
         self._disarm()
         super().on_headers_complete()
         self._section = _Section.BODY
         self._own = self.cycle
-        if not self.pipeline:
-            self._arm(_Wait.BODY)
 
     def on_body(self, body: bytes) -> None:
         self._progress = True
@@ -205,24 +212,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # -- deadlines and refusals ---------------------------------------------------------------
 
     def _arm(self, wait: _Wait) -> None:
-        self._disarm()
-        seconds = {
-            _Wait.IDLE: self.limits.keepalive_timeout,
-            _Wait.HEAD: self.limits.header_timeout,
-            _Wait.BODY: self.limits.body_timeout,
-        }[wait]
         self._wait = wait
-        self._deadline = self.loop.call_later(seconds, self._expired)
+        self._due = self.loop.time() + getattr(self.limits, wait.value)
+        # One timer per connection, moved only when it would fire too late: a timer that
+        # fires early finds a later deadline and waits again, so a request on a busy
+        # kept-alive connection costs no timer calls.
+        if self._timer is None or self._timer.when() > self._due:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(self._due, self._expired)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-        self._wait = _Wait.NONE
+        self._wait = _Wait.NONE  # the timer, when it fires, finds nothing to do
 
     def _expired(self) -> None:
+        self._timer = None
         wait = self._wait
-        self._deadline, self._wait = None, _Wait.NONE
+        if wait is _Wait.NONE or self.transport.is_closing():
+            return
+        if self._due - self.loop.time() > _EARLY:
+            self._timer = self.loop.call_at(self._due, self._expired)
+            return
+        self._wait = _Wait.NONE
         if wait is _Wait.HEAD and self._owed():
             self._arm(_Wait.HEAD)  # the next head may wait behind an earlier answer
         elif wait is _Wait.IDLE or self._section is _Section.IDLE:
@@ -241,10 +252,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         return cycle is not None and cycle is not self._own and not cycle.response_complete
 
-    def _check(self, error: ClientError | None) -> None:
-        if error is not None:
-            self._refusal = error
-            raise _Refused(error.code)
+    def _stop(self, error: ClientError) -> None:
+        """Stop the parser from a callback; ``data_received`` answers ``error``."""
+        self._refusal = error
+        raise _Refused(error.code)
 
     def _refuse(self, error: ClientError) -> None:
         self._disarm()
@@ -270,7 +281,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(problem_response(error, request_id=uuid.uuid4().hex, headers=headers))
         self.transport.write_eof()  # after the answer is flushed: the client reads it, then EOF
         self.flow.resume_reading()
-        self._deadline = self.loop.call_later(_LINGER, self.transport.close)
+        self.loop.call_later(_LINGER, self.transport.close)
 
 
 def _malformed(exc: Exception) -> BadRequest:
