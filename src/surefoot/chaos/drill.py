@@ -730,7 +730,7 @@ class _Drill:
         headers = {"Authorization": f"Bearer {self.token}"}
         async with httpx.AsyncClient(timeout=10.0, trust_env=False) as client:
             response = await client.get(
-                self.admin_url + "/admin/unknown", params={"limit": "100000"}, headers=headers
+                self.admin_url + "/admin/unknown", params={"limit": "10000"}, headers=headers
             )
         if response.status_code != 200:
             assert self.gateway is not None
