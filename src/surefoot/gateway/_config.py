@@ -71,7 +71,7 @@ class Server(_Table):
     port: int = _described("a port number 0-65535", 8080, ge=0, le=65535)
     workers: int = _described("a whole number of processes from 1 to 64", 1, ge=1, le=64)
     trusted_proxies: list[str] = _described(
-        "addresses or networks whose X-Forwarded-For and X-Request-Id are believed", []
+        "addresses or networks whose forwarding headers and X-Request-Id are believed", []
     )
     max_request_body: int = _described("bytes > 0", 1024 * 1024, gt=0)
     access_log: bool = _described("true or false", True)

@@ -173,11 +173,19 @@ class Gateway:
         rid = request_id(scope)
         status = 500
         sent = 0
-        replayed = False
+        replayed = answered = left = False
+
+        async def received() -> Message:
+            nonlocal left
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                left = True
+            return message
 
         async def tracked(message: Message) -> None:
-            nonlocal status, sent, replayed
+            nonlocal status, sent, replayed, answered
             if message["type"] == "http.response.start":
+                answered = True
                 status = message["status"]
                 headers = message.get("headers", ())
                 replayed = (b"idempotent-replayed", b"true") in headers
@@ -189,7 +197,9 @@ class Gateway:
 
         try:
             if refused is None:
-                await stack.app(scope, receive, tracked)
+                await stack.app(scope, received, tracked)
+                if left and not answered:
+                    status = 499  # the client left before any answer (NGINX's code for it)
             else:
                 await send_problem(tracked, refused, request_id=rid, base=DEFAULT_PROBLEM_BASE)
         finally:

@@ -6,11 +6,13 @@ Theory of operation, per request:
    Such a request never reached the upstream, so it is marked ``scope[NOT_EXECUTED]`` and
    an idempotency reservation is released: the client's retry runs.
 2. Forward: the method, the raw path and query, the headers minus hop-by-hop ones (and
-   those the ``Connection`` header names), plus ``X-Forwarded-For`` / ``-Proto`` /
-   ``-Host`` and the request id. The request body is streamed (a body that came in one
-   message is sent as bytes), the ``Idempotency-Key`` is forwarded unless told not to.
+   those the ``Connection`` header names) and minus forwarding headers (below), plus the
+   proxy's own ``X-Forwarded-For`` / ``-Proto`` / ``-Host`` and the request id. The
+   request body is streamed (a body that came in one message is sent as bytes), the
+   ``Idempotency-Key`` is forwarded unless told not to.
 3. Stream the answer back as it comes, minus hop-by-hop headers and the upstream's own
    ``X-Request-Id`` (the ``Gateway`` adds the request's id to every response it sends).
+   The upstream only ever hands over a final answer (never a 1xx): see ``_upstream``.
 4. Failures become problems and never leak the upstream's internals:
    - could not connect (or no pooled connection in time): 502 ``upstream_unavailable``,
      marked not executed, retrying is safe;
@@ -25,6 +27,32 @@ Theory of operation, per request:
 5. The breaker counts connect errors, timeouts, broken connections and 5xx answers as
    failures, everything else as success, and times each call up to the response's
    headers (its slow-call rate).
+
+Rule 1: forwarding headers say who the client is and what it asked for; they are believed
+        only from a trusted proxy (``trusted``). From anyone else every one of them is
+        dropped: ``Forwarded``, every ``X-Forwarded-*`` (``-For``, ``-Host``, ``-Proto``,
+        ``-Port``, ``-Prefix``, ``-Server``, ``-Ssl``...), ``X-Real-IP``,
+        ``True-Client-IP``, ``X-Client-IP``, ``Client-IP``, ``CF-Connecting-IP``,
+        ``Fastly-Client-IP``, ``X-Cluster-Client-IP``, ``X-Original-Forwarded-For``,
+        ``X-Originating-IP``, ``X-Remote-IP``, ``X-Remote-Addr``, and the URL overrides
+        ``X-Original-URL`` / ``X-Rewrite-URL`` (they would let the upstream route a
+        request the gateway limited as another path). The proxy sets its own
+        ``X-Forwarded-For`` (the caller's address), ``X-Forwarded-Proto`` and
+        ``X-Forwarded-Host`` (the request's ``Host``). From a trusted proxy they are all
+        passed on, its ``X-Forwarded-For`` is extended with its address, and its
+        ``X-Forwarded-Proto`` / ``-Host``, when it sent them, replace the proxy's own (it
+        saw the original request; the gateway only saw the trusted proxy's).
+Rule 2: ``total_timeout`` bounds the whole exchange, the response body included. Before
+        the status is sent, running out of time is a 504 problem; after it, the response
+        is cut (the app returns without finishing it: the server closes the connection,
+        and the idempotency layer sees an unfinished response). The same holds for an
+        upstream that breaks mid-body and for a client that stops reading.
+Rule 3: what the client does is never an error of the gateway's: a client that leaves (or
+        sends a broken body) while its body is being forwarded ends the exchange quietly,
+        the upstream connection closed and the breaker's permit given back, no problem
+        and no exception (the ``Gateway`` logs such a request as 499). A client that
+        leaves while the answer streams does not stop it: the upstream's answer is read to
+        its end (within ``total_timeout``) so the idempotency layer can keep it.
 """
 
 from __future__ import annotations
@@ -75,14 +103,24 @@ _HOP_BY_HOP = frozenset(
 )
 # Replaced by the proxy's own values (the upstream client sets Host and the body's framing;
 # an Expect: 100-continue is the proxy's business, not the upstream's).
-_REPLACED = frozenset(
+_REPLACED = frozenset({b"host", b"content-length", b"expect"})
+# Rule 1: believed from trusted proxies only (and every name starting with x-forwarded-).
+_FORWARDING = frozenset(
     {
-        b"host",
-        b"content-length",
-        b"expect",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
+        b"forwarded",
+        b"x-real-ip",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-cluster-client-ip",
+        b"x-original-forwarded-for",
+        b"x-originating-ip",
+        b"x-remote-ip",
+        b"x-remote-addr",
+        b"x-original-url",
+        b"x-rewrite-url",
     }
 )
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -103,7 +141,8 @@ class ProxyApp:
         route_of: ``scope -> route template or ""`` (for events and per-route timeouts).
         timeout: total seconds per request (``route_timeouts`` per route template).
         trusted: ``scope -> bool``: whether the immediate caller is a trusted proxy whose
-            ``X-Forwarded-For`` is extended rather than replaced.
+            forwarding headers are passed on (``X-Forwarded-For`` extended) rather than
+            dropped (Rule 1).
         forward_idempotency_key: send the client's key on to the upstream.
         key_header: the idempotency key's header (lower case).
         hooks: event hooks. ``observe``: ``(outcome, seconds)`` for each upstream call.
@@ -198,6 +237,10 @@ def _retry(exc: SurefootError) -> dict[str, Any]:
     return {"retry_after": exc.fields.get("retry_after", 1)}
 
 
+class _ClientGone(Exception):
+    """The client left (or broke its body) while its body was being forwarded."""
+
+
 class _Forward:
     """One forwarded request."""
 
@@ -211,6 +254,9 @@ class _Forward:
         self.permit = permit
         self.started = 0.0
         self.recorded = False
+        self.status: int | None = None  # set once a status went out: nothing else can follow
+        self.sending = False  # waiting for the client to take a chunk of the body
+        self.client_gone = False
 
     async def run(self) -> None:
         proxy = self.proxy
@@ -218,9 +264,8 @@ class _Forward:
         route = proxy.route_of(scope)
         timeout = proxy.route_timeouts.get(route, proxy.timeout)
         self.started = time.monotonic()
-        response: UpstreamResponse | None = None
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout):  # Rule 2: the body included
                 request = await self.build()
                 if request is None:  # the client left before sending its body
                     self.release()
@@ -231,15 +276,22 @@ class _Forward:
                 except UpstreamError as exc:
                     await self.failed(exc.reason, reached=exc.reached)
                     return
+                except _ClientGone:  # Rule 3
+                    self.release()
+                    return
                 try:
-                    await self.relay(response)
+                    if self.client_gone:  # an in-process upstream answers a broken body
+                        self.release()
+                    else:
+                        await self.relay(response)
                 finally:
                     await response.aclose()
         except TimeoutError:
-            if response is None or not self.recorded:
+            if self.status is None:
                 await self.failed("timeout", reached=True)
-                return
-            raise
+            elif not self.sending:  # the upstream's body did not end in time
+                self.event("timeout", reached=True, status=self.status)
+            # Else the client stopped reading. Either way the response stays unfinished.
         except BaseException:
             self.release()
             raise
@@ -255,27 +307,36 @@ class _Forward:
         proxy = self.proxy
         scope = self.scope
         headers: list[tuple[bytes, bytes]] = []
+        forwarding: list[tuple[bytes, bytes]] = []
         connection_tokens: set[bytes] = set()
-        forwarded_for = host = b""
+        host = b""
         for name, value in scope["headers"]:
-            if name == b"connection":
-                connection_tokens.update(t.strip().lower() for t in value.split(b","))
-            elif name == b"host":
-                host = value
-            elif name == b"x-forwarded-for":
-                forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
-            if name not in proxy.dropped:
+            if name in proxy.dropped:
+                if name == b"connection":
+                    connection_tokens.update(t.strip().lower() for t in value.split(b","))
+                elif name == b"host":
+                    host = value
+            elif name in _FORWARDING or name.startswith(b"x-forwarded-"):
+                forwarding.append((name, value))
+            else:
                 headers.append((name, value))
+        client = scope.get("client")
+        chain = client[0].encode() if client else b"unknown"
+        own_proto = own_host = True
+        if forwarding and proxy.trusted(scope):  # Rule 1
+            earlier = [value for name, value in forwarding if name == b"x-forwarded-for"]
+            if earlier:
+                chain = b", ".join([*earlier, chain])
+            names = {name for name, _ in forwarding}
+            own_proto = b"x-forwarded-proto" not in names
+            own_host = b"x-forwarded-host" not in names
+            headers += [(n, v) for n, v in forwarding if n != b"x-forwarded-for"]
         if connection_tokens:
             headers = [(n, v) for n, v in headers if n not in connection_tokens]
-        client = scope.get("client")
-        address = client[0].encode() if client else b"unknown"
-        if forwarded_for and proxy.trusted(scope):
-            headers.append((b"x-forwarded-for", forwarded_for + b", " + address))
-        else:
-            headers.append((b"x-forwarded-for", address))
-        headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
-        if host:
+        headers.append((b"x-forwarded-for", chain))
+        if own_proto:
+            headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
+        if host and own_host:
             headers.append((b"x-forwarded-host", host))
         if not any(n == b"x-request-id" for n, _ in headers):
             headers.append((b"x-request-id", request_id(scope).encode()))
@@ -297,12 +358,12 @@ class _Forward:
         while more:
             message = await self.receive()
             if message["type"] == "http.disconnect":
-                raise OSError("the client disconnected while sending its body")
+                self.client_gone = True
+                raise _ClientGone
             yield message.get("body", b"")
             more = message.get("more_body", False)
 
     async def relay(self, response: UpstreamResponse) -> None:
-        proxy = self.proxy
         status = response.status
         elapsed = time.monotonic() - self.started
         if status >= 500:
@@ -316,6 +377,7 @@ class _Forward:
         headers = [(name, value) for name, value in response.headers if name not in dropped]
         # No X-Request-Id here: a stored response is replayed to other requests, and the
         # gateway adds each response's own id as it goes out.
+        self.status = status
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         if self.scope["method"] == "HEAD":
             await self.send({"type": "http.response.body", "body": b""})
@@ -323,12 +385,14 @@ class _Forward:
         try:
             async for chunk in response.chunks():
                 if chunk:
+                    self.sending = True
                     await self.send(
                         {"type": "http.response.body", "body": chunk, "more_body": True}
                     )
+                    self.sending = False
         except UpstreamError as exc:
             self.event(exc.reason, reached=True, status=status)
-            raise OSError(f"{proxy.name} broke the connection mid-response") from None
+            return  # Rule 2: cut, never finished
         await self.send({"type": "http.response.body", "body": b""})
 
     def record(self, *, failed: bool, elapsed: float, outcome: str) -> None:
@@ -392,6 +456,7 @@ class _Forward:
             for name, value in response.headers:
                 if name == b"retry-after" and value.isdigit():
                     extra.append((b"retry-after", value))
+        self.status = error.status
         await send_problem(
             self.send,
             error,
