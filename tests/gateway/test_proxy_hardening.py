@@ -306,6 +306,7 @@ class Log:
         text = self.text()
         assert "Traceback" not in text, text
         assert "Exception in ASGI application" not in text, text
+        assert '"level":"ERROR","logger":"uvicorn.error"' not in text, text
 
 
 def requests_with_status(gateway: GatewayProcess, status: int) -> float:

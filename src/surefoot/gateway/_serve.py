@@ -307,3 +307,24 @@ def _configure_logging(level: str) -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(threshold)
         logger.propagate = False
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _CutResponse) for f in uvicorn_errors.filters):
+        uvicorn_errors.addFilter(_CutResponse())
+
+
+class _CutResponse(logging.Filter):
+    """uvicorn's ERROR for an app that returned mid-response, lowered to INFO.
+
+    The gateway returns mid-response on purpose (ASGI has no other way to cut a
+    connection): when ``total_timeout`` runs out while a body streams, when the upstream
+    breaks mid-body, or when the client stops reading. Each of those is already an event of
+    the gateway's own (``UpstreamFailed``) and a line in the access log; none is a server fault.
+    """
+
+    MESSAGE = "ASGI callable returned without completing response."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.getMessage() == self.MESSAGE:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "response cut before its end (the gateway closed it)", ()
+        return True
