@@ -448,8 +448,13 @@ def uncharged(decision: RateLimitDecision, cost: int, limit: Limit) -> RateLimit
     """An allowed decision as it reads when another limit refused its request, which then
     charges nothing: ``cost`` more units remain, and none come back if none are used.
 
-    Its ``available_after`` is otherwise the charged state's, never sooner than the
-    uncharged one's: a client that waits it still finds more.
+    Its ``available_after`` is otherwise the charged state's, which is never sooner than
+    the uncharged one's for a window, a log or a bucket (the charge does not move what frees
+    the next unit), so a client that waits it still finds more. A sliding window is the
+    exception: the more its estimate holds, the sooner one unit frees, so the charged state
+    frees one early. Its honest bound without the uncharged state is the window (Rule 5:
+    nothing counts once a window has passed since the last admission, and this request
+    was not admitted).
     """
     remaining = decision.remaining + cost
     if limit.algorithm == "leaky_queue":
@@ -457,9 +462,13 @@ def uncharged(decision: RateLimitDecision, cost: int, limit: Limit) -> RateLimit
     else:
         buckets = ("token_bucket", "leaky_bucket", "gcra")
         full = remaining >= (limit.capacity if limit.algorithm in buckets else limit.amount)
-    return decision._replace(
-        remaining=remaining, available_after=0.0 if full else decision.available_after
-    )
+    if full:
+        available = 0.0
+    elif limit.algorithm == "sliding_window":
+        available = limit.window
+    else:
+        available = decision.available_after
+    return decision._replace(remaining=remaining, available_after=available)
 
 
 @lru_cache(maxsize=64)
