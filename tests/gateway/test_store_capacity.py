@@ -48,6 +48,24 @@ def test_quotas_are_policy_fields_inherited_by_routes_and_false_lifts_them() -> 
     assert (charges.max_records_per_principal, charges.max_unknown_per_principal) == (50, 5)
 
 
+def test_the_gateway_sets_quotas_though_the_library_sets_none() -> None:
+    # Every caller of a gateway shares its store: quotas are on by default there, while
+    # IdempotencyPolicy() has none (tests/idempotency/test_quotas.py).
+    config = gateway_config(routes=[{"match": "POST /charges", "idempotency": {"ttl": 3600}}])
+    route = config.idempotency_routes["POST /charges"]
+    for policy in (config.idempotency_policy, route):
+        assert policy is not None
+        assert (policy.max_records_per_principal, policy.max_unknown_per_principal) == (
+            10_000,
+            1_000,
+        )
+    shown = config.effective()["idempotency"]
+    assert (shown["max_records_per_principal"], shown["max_unknown_per_principal"]) == (
+        10_000,
+        1_000,
+    )
+
+
 @pytest.mark.parametrize("value", [0, -3, True, 2.5, "10"])
 def test_a_quota_is_a_whole_number_or_false(value: object) -> None:
     with pytest.raises(ConfigurationError) as info:

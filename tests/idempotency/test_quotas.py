@@ -17,6 +17,7 @@ import pytest
 from surefoot._asgi import Receive, Scope, Send
 from surefoot.events import Event
 from surefoot.idempotency import IdempotencyMiddleware, IdempotencyPolicy, RecordsExceeded
+from surefoot.idempotency._core import Begin, Decision
 from surefoot.storage import MemoryStore
 from surefoot.testing import ManualClock
 
@@ -91,7 +92,7 @@ async def test_unknown_outcomes_of_one_client_never_block_another(
     # who knows what). It used to fill the store with 2,000 records nothing may evict,
     # and every other client's first keyed POST was a 503 for the records' TTL.
     store = MemoryStore(max_records=2000)
-    policy = IdempotencyPolicy(on_server_error="unknown")
+    policy = IdempotencyPolicy(on_server_error="unknown", max_unknown_per_principal=1000)
     app = IdempotencyMiddleware(
         ledger, store=store, policy=policy, clock=ManualClock(), hooks=[events.append]
     )
@@ -138,14 +139,31 @@ async def test_a_client_at_its_quota_waits_for_its_first_record_to_expire(
     assert again.status_code == 201
 
 
-async def test_quotas_can_be_lifted() -> None:
+class QuotaSpy(MemoryStore):
+    """A memory store that keeps the quotas each reservation was asked to apply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quotas: set[tuple[int, int]] = set()
+
+    async def begin(self, key: str, request: Begin, now: float) -> Decision:
+        self.quotas.add((request.max_records, request.max_unknown))
+        return await super().begin(key, request, now)
+
+
+async def test_quotas_are_opt_in_in_the_library() -> None:
+    # Many users behind one load balancer, identified by a cookie, are one principal: a
+    # library default of 10,000 records capped them all together, silently. The app
+    # decides; only the gateway (tests/gateway/test_store_capacity.py) sets quotas.
     ledger = Ledger()
-    policy = IdempotencyPolicy(max_records_per_principal=None, max_unknown_per_principal=None)
-    app = IdempotencyMiddleware(ledger, store=MemoryStore(), policy=policy, hooks=[])
+    store = QuotaSpy()
+    app = IdempotencyMiddleware(ledger, store=store, hooks=[])
     async for c in client(app):
-        statuses = {(await charge(c, "bulk", f"k-{n}")).status_code for n in range(50)}
+        statuses = {(await charge(c, "bulk", f"k-{n}")).status_code for n in range(5)}
     assert statuses == {201}
-    assert policy.max_records_per_principal is None
+    assert store.quotas == {(0, 0)}  # 0: no quota (Begin's convention)
+    assert IdempotencyPolicy().max_records_per_principal is None
+    assert IdempotencyPolicy().max_unknown_per_principal is None
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, True, "10"])

@@ -73,6 +73,9 @@ class Server(_Table):
     trusted_proxies: list[str] = _described(
         "addresses or networks whose forwarding headers and X-Request-Id are believed", []
     )
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = _described(
+        "'x-forwarded-for' or 'forwarded': the header trusted proxies write", "x-forwarded-for"
+    )
     max_request_body: int = _described("bytes > 0", 1024 * 1024, gt=0)
     access_log: bool = _described("true or false", True)
     log_level: Literal["debug", "info", "warning", "error"] = _described(
@@ -450,8 +453,11 @@ class GatewayConfig:
     ) -> IdempotencyPolicy:
         options: dict[str, Any] = {}
         if base is None:
-            # The gateway's defaults: a legacy upstream may have done the work when it fails.
+            # The gateway's defaults: a legacy upstream may have done the work when it
+            # fails, and every caller shares one store, so none may fill it.
             options["on_server_error"] = "unknown"
+            options["max_records_per_principal"] = 10_000
+            options["max_unknown_per_principal"] = 1_000
         for name in IdempotencyFields.model_fields:
             if name not in _POLICY_FIELDS:
                 continue

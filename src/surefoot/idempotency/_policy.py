@@ -52,10 +52,13 @@ class IdempotencyPolicy:
         max_records_per_principal: live records (any state, until their TTL ends) one
             principal may hold; a new key beyond it gets 429
             ``idempotency_records_exceeded`` without executing, so that one client can
-            never fill a store that others share. None: no quota.
+            never fill a store that others share. None (the default): no quota, since
+            only the app knows whether its principals are many clients or one (every
+            user behind one load balancer, identified by a cookie, is one address).
+            The gateway sets 10,000.
         max_unknown_per_principal: of those, records of unknown outcome (each waits for
             an operator, a lookup or the TTL); a new key beyond it gets the same 429.
-            None: no quota.
+            None (the default): no quota. The gateway sets 1,000.
 
     Warning:
         ``on_server_error="release"`` re-executes a request whose handler failed after
@@ -66,6 +69,11 @@ class IdempotencyPolicy:
         ``on_store_error="fail_open"`` executes a retry of a request that already ran, as
         often as the client retries during an outage: a retried payment is charged twice.
         Use it only where a duplicate is harmless or caught downstream.
+
+    Warning:
+        Without ``max_records_per_principal``, one client can fill a store that others
+        share: a full ``MemoryStore`` then refuses every client's new keys, a disk store
+        grows. Set the quotas where each principal is one client.
     """
 
     methods: frozenset[str] = frozenset({"POST", "PATCH"})
@@ -82,8 +90,8 @@ class IdempotencyPolicy:
     header: str = "Idempotency-Key"
     body_field: str | None = None
     on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
-    max_records_per_principal: int | None = 10_000
-    max_unknown_per_principal: int | None = 1_000
+    max_records_per_principal: int | None = None
+    max_unknown_per_principal: int | None = None
     ignore_paths: tuple[tuple[str, ...], ...] = field(init=False, repr=False, compare=False)
     header_name: bytes = field(init=False, repr=False, compare=False)
 
