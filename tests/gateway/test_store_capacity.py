@@ -98,10 +98,14 @@ async def test_a_client_at_its_quota_gets_429_and_others_go_through() -> None:
 
 def test_a_memory_store_is_a_warning_and_a_shared_one_says_why() -> None:
     clients = [{"name": "acme", "api_key": "k-acme"}, {"name": "globex", "api_key": "k-glx"}]
-    [line] = gateway_config({"clients": clients}).store_warnings()
+    [line] = gateway_config(
+        {"clients": clients}, stores={"default": "memory://?max_records=50000"}
+    ).store_warnings()
     assert line.startswith("[idempotency] store 'default' is memory://")
-    assert "every caller (2 clients and any unlisted one) shares its 10000 records" in line
+    assert "every caller (2 clients and any unlisted one) shares its 50000 records" in line
+    assert "callers together can fill it" in line
     assert "503 store_capacity_exceeded" in line
+    assert "lock every other client out" not in line  # one holds 10000 at most
     assert "workers" not in line
     [line] = gateway_config(
         stores={"default": "memory://?max_records=50&on_full=evict"}
@@ -109,6 +113,32 @@ def test_a_memory_store_is_a_warning_and_a_shared_one_says_why() -> None:
     assert "shares its 50 records" in line
     assert "completed records inside their TTL" in line
     assert "each of the 3 workers keeps records of its own" in line
+
+
+LOCKOUT = (
+    "so one client can fill the store and lock every other client out "
+    "(503 store_capacity_exceeded) until its records expire"
+)
+
+
+def test_a_memory_store_one_client_can_fill_says_so() -> None:
+    # The default memory:// keeps MemoryStore's 10000 records and a caller may hold
+    # 10000: one client fills it, and every other client's new keys get 503 for the
+    # records' TTL.
+    [line] = gateway_config().store_warnings()
+    assert "shares its 10000 records; one caller may hold 10000 records" in line
+    assert LOCKOUT in line
+    assert "set max_records_per_principal below 10000" in line
+    # A route without a quota lets one caller hold any number.
+    [line] = gateway_config(
+        stores={"default": "memory://?max_records=50000"},
+        routes=[{"match": "POST /bulk", "idempotency": {"max_records_per_principal": False}}],
+    ).store_warnings()
+    assert "one caller may hold any number of them" in line
+    assert LOCKOUT in line
+    # Below the store's capacity, no one client can.
+    [line] = gateway_config(idempotency={"max_records_per_principal": 9999}).store_warnings()
+    assert LOCKOUT not in line
 
 
 def test_a_shared_store_is_no_warning(tmp_path: Path) -> None:
@@ -144,4 +174,5 @@ def test_check_config_prints_the_warning_and_still_accepts_the_file(tmp_path: Pa
     assert result.exit_code == 0, result.output
     assert f"{path}: warning: [idempotency] store 'default' is memory://" in result.output
     assert "shares its 500 records" in result.output
+    assert LOCKOUT in result.output  # 500 records, and a caller may hold 10000
     assert f"{path}: OK" in result.output

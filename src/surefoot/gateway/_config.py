@@ -38,7 +38,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -49,7 +49,8 @@ from surefoot.errors import ConfigurationError
 from surefoot.idempotency._policy import IdempotencyPolicy
 from surefoot.identity import hash_credential
 from surefoot.ratelimit._policy import RateLimitPolicy
-from surefoot.storage._registry import STORES
+from surefoot.storage._registry import STORES, store_from_url
+from surefoot.storage.memory import MemoryStore
 
 __all__ = ["PLACEHOLDER", "GatewayConfig", "Lookup", "config_from_dict", "load_config"]
 
@@ -615,26 +616,54 @@ class GatewayConfig:
         prints and ``serve`` logs at WARNING when it starts. The file is valid all the same.
 
         A ``memory://`` store is one process's, shared by every caller: listed clients
-        and, always possible, callers it does not list (each its own principal).
+        and, always possible, callers it does not list (each its own principal). When one
+        caller may hold as many records as the store keeps (``max_records_per_principal``
+        of some route at least ``max_records``, or none), one client can fill it alone.
         """
         name = self.root.idempotency.store
         url = self.store_url(name)
         if urlsplit(url).scheme != "memory":
             return []
-        options = dict(parse_qsl(urlsplit(url).query))
-        capacity = options.get("max_records", "10000")
+        try:
+            store = store_from_url(url)
+        except ConfigurationError:
+            return []  # not a store at all: check-config and serve report why
+        assert isinstance(store, MemoryStore)
+        capacity = store.max_records
+        policies = [self.idempotency_policy, *self.idempotency_routes.values()]
+        quotas = [p.max_records_per_principal for p in policies if p is not None]
+        held = None if None in quotas else max(q for q in quotas if q is not None)
+        alone = held is None or held >= capacity
         clients = len(self.root.clients)
         plural = "s" if clients > 1 else ""
         callers = f" ({clients} client{plural} and any unlisted one)" if clients else ""
         line = (
             f"[idempotency] store {name!r} is memory://: its records live in this process "
             f"only and are lost on restart, and every caller{callers} shares its "
-            f"{capacity} records, so one caller's new keys can fill it"
+            f"{capacity} records"
         )
-        if options.get("on_full") == "evict":
-            line += " and push out others' completed records inside their TTL (retries run again)"
+        if store.on_full == "evict":
+            whose = "one caller's" if alone else "callers'"
+            line += (
+                f", so {whose} new keys can fill it and push out others' completed records "
+                "inside their TTL (retries run again)"
+            )
+        elif alone:
+            quota = (
+                "any number of them (no max_records_per_principal)"
+                if held is None
+                else f"{held} records (max_records_per_principal)"
+            )
+            line += (
+                f"; one caller may hold {quota}, so one client can fill the store and lock "
+                "every other client out (503 store_capacity_exceeded) until its records "
+                f"expire: set max_records_per_principal below {capacity}"
+            )
         else:
-            line += " and have every other caller's new keys refused (503 store_capacity_exceeded)"
+            line += (
+                ", so callers together can fill it, and then every caller's new keys are "
+                "refused (503 store_capacity_exceeded) until records expire"
+            )
         workers = workers or self.root.server.workers
         if workers > 1:
             line += (

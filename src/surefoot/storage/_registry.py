@@ -21,10 +21,10 @@ def _memory(url: str) -> IdempotencyStore:
     on_full = options.pop("on_full", "refuse")
     if on_full not in ("refuse", "evict"):
         raise ConfigurationError(f"store URL: on_full: expected refuse or evict, got {on_full!r}")
-    store = MemoryStore(
-        max_records=_int(options.pop("max_records", "10000"), "max_records"),
-        on_full="evict" if on_full == "evict" else "refuse",
-    )
+    sized: dict[str, int] = {}  # without max_records, MemoryStore's own default
+    if "max_records" in options:
+        sized["max_records"] = _int(options.pop("max_records"), "max_records")
+    store = MemoryStore(on_full="evict" if on_full == "evict" else "refuse", **sized)
     _no_more(url, options)
     return store
 
