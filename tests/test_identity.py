@@ -81,36 +81,60 @@ def test_secret_keyed_hashes_differ() -> None:
     assert Identity(credential_headers=["x-tenant"])(scope(x_tenant="t")) == hash_credential(b"t")
 
 
+XFF, FWD = "x-forwarded-for", "forwarded"
+
+
 @pytest.mark.parametrize(
-    ("peer", "headers", "expected"),
+    ("via", "peer", "headers", "expected"),
     [
         # Untrusted peers: forwarding headers are ignored.
-        ("203.0.113.9", {"x_forwarded_for": "1.2.3.4"}, "203.0.113.9"),
-        ("203.0.113.9", {"forwarded": "for=1.2.3.4"}, "203.0.113.9"),
+        (XFF, "203.0.113.9", {"x_forwarded_for": "1.2.3.4"}, "203.0.113.9"),
+        (FWD, "203.0.113.9", {"forwarded": "for=1.2.3.4"}, "203.0.113.9"),
         # Trusted proxy: the nearest untrusted hop is the client.
-        ("10.0.0.1", {"x_forwarded_for": "1.2.3.4"}, "1.2.3.4"),
-        ("10.0.0.1", {"x_forwarded_for": "6.6.6.6, 1.2.3.4, 10.0.0.2"}, "1.2.3.4"),
+        (XFF, "10.0.0.1", {"x_forwarded_for": "1.2.3.4"}, "1.2.3.4"),
+        (XFF, "10.0.0.1", {"x_forwarded_for": "6.6.6.6, 1.2.3.4, 10.0.0.2"}, "1.2.3.4"),
         (
+            FWD,
             "10.0.0.1",
             {"forwarded": 'for=6.6.6.6, for="[2001:db8::1]:4711";proto=https'},
             "2001:db8::1",
         ),
-        ("10.0.0.1", {"forwarded": "for=1.2.3.4:8080", "x_forwarded_for": "9.9.9.9"}, "1.2.3.4"),
+        # Only the configured header is read: a proxy that appends to one passes a
+        # client's own copy of the other through untouched.
+        (
+            XFF,
+            "10.0.0.1",
+            {"forwarded": "for=1.2.3.4:8080", "x_forwarded_for": "9.9.9.9"},
+            "9.9.9.9",
+        ),
+        (
+            FWD,
+            "10.0.0.1",
+            {"forwarded": "for=1.2.3.4:8080", "x_forwarded_for": "9.9.9.9"},
+            "1.2.3.4",
+        ),
+        (XFF, "10.0.0.1", {"forwarded": "for=1.2.3.4"}, "10.0.0.1"),
+        (FWD, "10.0.0.1", {"x_forwarded_for": "1.2.3.4"}, "10.0.0.1"),
         # Garbage stops the walk at the last trusted proxy.
-        ("10.0.0.1", {"x_forwarded_for": "not-an-ip"}, "10.0.0.1"),
-        ("10.0.0.1", {"forwarded": "for=_hidden"}, "10.0.0.1"),
+        (XFF, "10.0.0.1", {"x_forwarded_for": "not-an-ip"}, "10.0.0.1"),
+        (FWD, "10.0.0.1", {"forwarded": "for=_hidden"}, "10.0.0.1"),
         # A proxy with nothing to say.
-        ("10.0.0.1", {}, "10.0.0.1"),
-        ("::1", {"x_forwarded_for": "1.2.3.4"}, "1.2.3.4"),
-        ("unix-socket", {"x_forwarded_for": "1.2.3.4"}, "unix-socket"),
+        (XFF, "10.0.0.1", {}, "10.0.0.1"),
+        (XFF, "::1", {"x_forwarded_for": "1.2.3.4"}, "1.2.3.4"),
+        (XFF, "unix-socket", {"x_forwarded_for": "1.2.3.4"}, "unix-socket"),
     ],
 )
 def test_client_address_through_trusted_proxies(
-    peer: str, headers: dict[str, str], expected: str
+    via: Any, peer: str, headers: dict[str, str], expected: str
 ) -> None:
-    identity = Identity(trusted_proxies=["10.0.0.0/8", "::1"])
+    identity = Identity(trusted_proxies=["10.0.0.0/8", "::1"], forwarded_header=via)
     assert identity.client_address(scope(peer, **headers)) == expected
     assert identity(scope(peer, **headers)) == f"addr:{expected}"
+
+
+def test_forwarded_header_must_be_one_of_the_two() -> None:
+    with pytest.raises(ConfigurationError, match=r"forwarded_header: expected"):
+        Identity(forwarded_header="x-real-ip")  # type: ignore[arg-type]
 
 
 def test_bad_trusted_proxy_is_a_configuration_error() -> None:
@@ -204,14 +228,29 @@ def test_a_comma_in_another_credential_header_is_its_value() -> None:
 
 def test_precedence_is_the_order_of_credential_headers() -> None:
     both = fields(("x-api-key", "J"), ("authorization", "Bearer K"))
-    assert default_principal(both) == hash_credential(b"K")
-    reversed_ = Identity(credential_headers=["X-API-Key", "Authorization"])
+    known = Identity(known_credentials=["J", "K"])
+    assert known(both) == hash_credential(b"K")
+    reversed_ = Identity(
+        credential_headers=["X-API-Key", "Authorization"], known_credentials=["J", "K"]
+    )
     assert reversed_(both) == hash_credential(b"J")
     # An empty header is no credential: the next one counts.
     assert default_principal(fields(("authorization", " \t"), ("x-api-key", "J"))) == (
         hash_credential(b"J")
     )
     assert default_principal(fields(("authorization", ""))) == "addr:203.0.113.9"
+
+
+def test_without_known_credentials_different_credentials_in_two_headers_are_refused() -> None:
+    # A junk Authorization beside a real X-API-Key: which one the upstream authenticates is
+    # not ours to guess, and guessing differently is how a caller would pick its bucket.
+    both = fields(("authorization", "Bearer junk-1"), ("x-api-key", "K"))
+    for resolve in (default_principal, default_principal.rate_limit_principal):
+        with pytest.raises(CredentialsAmbiguous, match="carry different credentials"):
+            resolve(both)
+    # The same key in both is one credential.
+    same = fields(("authorization", "Bearer K"), ("x-api-key", " K"))
+    assert default_principal(same) == hash_credential(b"K")
 
 
 # -- unknown credentials ----------------------------------------------------------------------

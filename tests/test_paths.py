@@ -384,6 +384,7 @@ def test_an_allowed_override_is_kept_and_names_a_posts_route_method() -> None:
     scope = scope_of("PUT", b"/charges", OVERRIDES[:1])
     assert canonicalize(scope, allow_method_override=True) is None
     assert ROUTE_METHOD not in scope  # frameworks only honour it on a POST
+    assert scope["headers"] == [(b"host", b"api.test")]  # so nothing behind sees it
 
 
 @pytest.mark.parametrize(
@@ -604,3 +605,55 @@ async def test_a_route_scoped_key_is_one_key_for_every_spelling_of_an_unnamed_ro
     # The same key on another spelling of the same route: never a second execution.
     assert (again.status, again.code) == (422, "idempotency_key_reused")
     assert len(backend.seen) == 1
+
+
+# -- what takes protection away matches only its own spelling (_routes Rule 5) ---------------
+
+
+@pytest.mark.parametrize(
+    ("path", "strict", "loose"),
+    [
+        ("/health", True, True),
+        ("/HEALTH", False, True),
+        ("/health/", False, True),
+        ("/v1/x", True, True),
+    ],
+)
+def test_strict_templates_match_only_their_own_spelling(
+    path: str, strict: bool, loose: bool
+) -> None:
+    template = "GET /v1/*" if path.startswith("/v1") else "GET /health"
+    assert (RouteTable([(template, 1)], strict=bool).match("GET", path) is not None) is strict
+    assert (RouteTable([(template, 1)]).match("GET", path) is not None) is loose
+
+
+@pytest.mark.anyio
+async def test_an_exemption_covers_only_its_own_spelling() -> None:
+    backend = Recorder()
+    policy = RateLimitPolicy("all", limits=["1/minute"], exempt=["GET /users/me"])
+    app = RateLimitMiddleware(
+        backend,
+        store=MemoryStore(),
+        policies=[policy],
+        clock=ManualClock(1_700_000_000.0),
+        hooks=[],
+    )
+    assert [(await call(app, "GET", b"/users/me")).status for _ in range(3)] == [201] * 3
+    # /users/ME may be another user's page on a case-sensitive app: it is limited.
+    assert [(await call(app, "GET", b"/users/ME")).status for _ in range(2)] == [201, 429]
+
+
+@pytest.mark.anyio
+async def test_a_route_left_unprotected_covers_only_its_own_spelling() -> None:
+    backend = Recorder()
+    app = IdempotencyMiddleware(
+        backend,
+        store=MemoryStore(),
+        policy=IdempotencyPolicy(),
+        routes={"POST /charges/preview": None},
+        clock=ManualClock(1_700_000_000.0),
+        hooks=[],
+    )
+    assert (await call(app, "POST", b"/charges/preview")).status == 201
+    other = await call(app, "POST", b"/charges/Preview")
+    assert (other.status, other.code) == (400, "idempotency_key_missing")

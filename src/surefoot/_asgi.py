@@ -73,8 +73,9 @@ def canonicalize(scope: Scope, *, allow_method_override: bool) -> SurefootError 
     exactly what the routes matched. The method-override headers
     (``X-HTTP-Method-Override``, ``X-Method-Override``, ``X-HTTP-Method``) are removed,
     so that nothing behind honours a method the routes did not see; when
-    ``allow_method_override``, they are kept instead and a POST is matched on the method
-    they name (``route_method``). Done once per scope: a later call returns at once.
+    ``allow_method_override``, a POST's are kept instead and the POST is matched on the
+    method they name (``route_method``); on any other method they are removed all the same.
+    Done once per scope: a later call returns at once.
 
     Returns:
         None, or the error to answer without calling the app: ``InvalidPath``, or
@@ -92,15 +93,16 @@ def canonicalize(scope: Scope, *, allow_method_override: bool) -> SurefootError 
     headers = scope["headers"]
     for name, _ in headers:
         if name in _METHOD_OVERRIDES:
-            if not allow_method_override:
+            # Only a POST's override is honoured (as frameworks do); on another method the
+            # headers are dropped, or something behind might honour what no route saw.
+            if not allow_method_override or scope["method"] != "POST":
                 scope["headers"] = [(k, v) for k, v in headers if k not in _METHOD_OVERRIDES]
                 break
             named = {v.strip().upper() for k, v in headers if k in _METHOD_OVERRIDES}
             method = named.pop()
             if named or not _TOKEN.fullmatch(method):
                 return BadRequest(reason="the method-override headers do not name one method")
-            if scope["method"] == "POST":
-                scope[ROUTE_METHOD] = method.decode("ascii")
+            scope[ROUTE_METHOD] = method.decode("ascii")
             break
     scope[CANONICAL] = True
     return None

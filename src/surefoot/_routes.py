@@ -15,12 +15,18 @@ Rule 2: matching ignores one trailing slash, on the path and on the template: ``
 Rule 3: ``HEAD`` matches templates declared for ``GET`` (most frameworks run the ``GET``
         handler for it).
 Rule 4: ``match_params`` returns parameter values as they were sent (case and all).
+Rule 5: a template that takes protection away (a rate-limit exemption, a route left without
+        idempotency) is *strict*: it matches only its own spelling, case and trailing slash
+        included. Rules 1 and 2 widen what a template covers, which is only ever more
+        protective for a limit or a requirement, but would exempt what a case-sensitive
+        upstream serves as another resource (``GET /users/me`` exempt, ``/users/ME``
+        served by ``/users/{id}``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -42,10 +48,21 @@ class _Route(Generic[T]):
 
 
 class RouteTable(Generic[T]):
-    """An ordered list of (template, value) pairs with a first-match lookup."""
+    """An ordered list of (template, value) pairs with a first-match lookup.
 
-    def __init__(self, entries: Iterable[tuple[str, T]]) -> None:
-        self._routes = [_compile(template, value) for template, value in entries]
+    Args:
+        entries: (template, value) pairs, tried in order.
+        strict: ``value -> bool``: whether an entry takes protection away and so matches
+            only its own spelling (Rule 5); default: no entry is strict.
+    """
+
+    def __init__(
+        self, entries: Iterable[tuple[str, T]], *, strict: Callable[[T], bool] | None = None
+    ) -> None:
+        self._routes = [
+            _compile(template, value, strict=strict is not None and strict(value))
+            for template, value in entries
+        ]
 
     def match(self, method: str, path: str) -> tuple[str, T] | None:
         """The first (template, value) whose method and path match, or None."""
@@ -75,14 +92,14 @@ def match_form(path: str) -> str:
     return lowered[:-1] if len(lowered) > 1 and lowered.endswith("/") else lowered
 
 
-def _compile(template: str, value: T) -> _Route[T]:
+def _compile(template: str, value: T, *, strict: bool = False) -> _Route[T]:
     prefix, _, path = template.strip().rpartition(" ")
     method = prefix.strip().upper()
     if not path.startswith("/"):
         raise ConfigurationError(
             f"route {template!r}: expected '[METHOD ]/path', with a path that starts with '/'"
         )
-    if path.endswith("/"):  # Rule 2: "/" becomes "", which the optional slash below matches
+    if path.endswith("/") and not strict:  # Rule 2: "/" becomes "", matched by "/?" below
         path = path[:-1]
     regex: list[str] = []
     pos = 0
@@ -91,24 +108,26 @@ def _compile(template: str, value: T) -> _Route[T]:
         # Named groups, for ``match_params``; a name used twice keeps its first group.
         name = m.group(1) if f"(?P<{m.group(1)}>" not in "".join(regex) else None
         group = f"(?P<{name}>" if name else "(?:"
-        if m.group(2) and m.end() == len(path) and literal.endswith("/"):
+        if m.group(2) and m.end() == len(path) and literal.endswith("/") and not strict:
             # Rule 2: "/files/{rest:path}" matches "/files" too.
             regex.append(re.escape(literal[:-1]) + f"(?:/{group}.*))?")
         else:
             regex.append(re.escape(literal) + group + (".*)" if m.group(2) else "[^/]+)"))
         pos = m.end()
     tail = path[pos:]
-    if tail.endswith("/*"):
+    if tail.endswith("/*") and not strict:
         regex.append(re.escape(tail[:-2]) + "(?:/.*)?")  # Rule 2: "/v1/*" matches "/v1"
     elif tail.endswith("*"):
         regex.append(re.escape(tail[:-1]) + ".*")
     else:
         regex.append(re.escape(tail))
-    regex.append("/?")  # Rule 2
+    if not strict:
+        regex.append("/?")  # Rule 2
     if method in ("", "*"):
         methods = None
     elif method == "GET":
         methods = frozenset({"GET", "HEAD"})  # Rule 3
     else:
         methods = frozenset({method})
-    return _Route(template, methods, re.compile("".join(regex), re.IGNORECASE), value)
+    flags = 0 if strict else re.IGNORECASE  # Rule 1, or Rule 5
+    return _Route(template, methods, re.compile("".join(regex), flags), value)

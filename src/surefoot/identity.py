@@ -5,8 +5,10 @@ A principal is a short string:
 - ``cred:<hash>``: a credential (an API key, a Bearer token, another ``Authorization``
   credential), hashed before it reaches a store or a log;
 - ``user:<id>``: the authenticated user an auth middleware put in ``scope["user"]``;
-- ``addr:<ip>``: the client address. ``X-Forwarded-For`` and ``Forwarded`` are believed
-  only when the peer that sent them is a configured trusted proxy, and then only as far
+- ``addr:<ip>``: the client address. The forwarding header your proxies write
+  (``X-Forwarded-For`` by default, or ``Forwarded``: one, never both, since a proxy that
+  appends to one passes a client's own copy of the other through untouched) is believed
+  only when the peer that sent it is a configured trusted proxy, and then only as far
   back as the chain of trusted proxies goes, so a client cannot choose its own address.
 
 Rule 1: one credential, one spelling. A credential header is parsed before it is hashed.
@@ -22,10 +24,13 @@ Rule 2: one value per credential header. A credential header sent twice, or an
         comma that is not an ``name=value`` auth-param), raises ``CredentialsAmbiguous``
         (400): which of them the app or the upstream would believe is not ours to guess,
         and guessing differently from it is how a caller would pick its own bucket.
-Rule 3: precedence is the order of ``credential_headers``: the first header present names
-        the principal. With ``known_credentials`` the first *known* credential present
-        does, wherever it stands, so a real ``X-API-Key`` beside a junk ``Authorization``
-        is still its client.
+Rule 3: precedence. With ``known_credentials`` the first *known* credential present, in
+        the order of ``credential_headers``, names the principal, wherever it stands, so a
+        real ``X-API-Key`` beside a junk ``Authorization`` is still its client. Without
+        them, credential headers that carry *different* credentials raise
+        ``CredentialsAmbiguous`` (Rule 2's reason: a junk ``Authorization`` beside a real
+        ``X-API-Key`` would otherwise pick the bucket while the upstream authenticates
+        the key); the same credential in several headers is one principal.
 Rule 4: two views of one request. ``identity(scope)`` scopes idempotency keys and is the
         credential itself whenever there is one. ``identity.rate_limit_principal(scope)``
         is what rate limits count: the same, except that a credential that is not among
@@ -45,6 +50,7 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Sequence
+from typing import Literal
 
 from surefoot._asgi import Scope, header_values
 from surefoot.errors import ConfigurationError, CredentialsAmbiguous
@@ -95,10 +101,14 @@ class Identity:
             credential is one. Given, a request with an unknown credential is rate
             limited as its address (or authenticated user); None (the default): every
             credential is its own principal, as when the app behind verifies keys.
+        forwarded_header: the header your trusted proxies write the client's address in,
+            ``"x-forwarded-for"`` (the default) or ``"forwarded"`` (RFC 7239); the other
+            one is never read.
 
     Raises:
-        CredentialsAmbiguous: (when resolving) a credential header sent twice, or an
-            ``Authorization`` holding several credentials.
+        CredentialsAmbiguous: (when resolving) a credential header sent twice, an
+            ``Authorization`` holding several credentials, or, without
+            ``known_credentials``, credential headers carrying different credentials.
     """
 
     def __init__(
@@ -109,7 +119,14 @@ class Identity:
         trusted_proxies: Iterable[str] = (),
         secret: bytes = b"",
         known_credentials: Iterable[str | bytes] | Callable[[bytes], bool] | None = None,
+        forwarded_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for",
     ) -> None:
+        if forwarded_header not in ("x-forwarded-for", "forwarded"):
+            raise ConfigurationError(
+                "Identity.forwarded_header: expected 'x-forwarded-for' or 'forwarded', "
+                f"got {forwarded_header!r}"
+            )
+        self.forwarded_header = forwarded_header
         if isinstance(credential_headers, str):
             credential_headers = [credential_headers]
         self.credential_headers = tuple(
@@ -149,8 +166,9 @@ class Identity:
         """The request's credentials, parsed (Rule 1), in order of precedence.
 
         Raises:
-            CredentialsAmbiguous: a credential header sent twice, or an ``Authorization``
-                value holding several credentials.
+            CredentialsAmbiguous: a credential header sent twice, an ``Authorization``
+                value holding several credentials, or (without ``known_credentials``)
+                headers carrying different credentials.
         """
         found: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
@@ -161,7 +179,13 @@ class Identity:
                     )
                 found[name] = value
         parsed = (_parse(name, found[name]) for name in self.credential_headers if name in found)
-        return tuple(credential for credential in parsed if credential)
+        credentials = tuple(credential for credential in parsed if credential)
+        if self._known is None and any(c != credentials[0] for c in credentials):  # Rule 3
+            names = ", ".join(h.decode("latin-1") for h in self.credential_headers)
+            raise CredentialsAmbiguous(
+                reason=f"the credential headers ({names}) carry different credentials"
+            )
+        return credentials
 
     def _credential(self, scope: Scope) -> tuple[str | None, bool]:
         """The credential principal (None: no credential) and whether it is known."""
@@ -211,11 +235,10 @@ class Identity:
     def _trusted(self, address: _Address) -> bool:
         return any(address in network for network in self.trusted)
 
-    @staticmethod
-    def _forwarded_chain(scope: Scope) -> list[str]:
-        """Client-first list of addresses from ``Forwarded`` (preferred) or ``X-Forwarded-For``."""
-        forwarded = header_values(scope, b"forwarded")
-        if forwarded:
+    def _forwarded_chain(self, scope: Scope) -> list[str]:
+        """Client-first list of addresses from the configured forwarding header."""
+        if self.forwarded_header == "forwarded":
+            forwarded = header_values(scope, b"forwarded")
             chain = []
             for element in b",".join(forwarded).decode("latin-1").split(","):
                 for pair in element.split(";"):

@@ -68,6 +68,25 @@ def test_without_api_keys_an_address_ceiling_covers_the_policies_routes() -> Non
     assert (ceiling.routes, ceiling.exempt) == ((), ("GET /health",))
 
 
+@pytest.mark.anyio
+async def test_a_client_listed_by_address_is_not_held_to_the_ceiling() -> None:
+    batch = {"name": "batch", "address": "127.0.0.1", "tier": "bulk"}
+    tiered = {**CHARGES, "tiers": {"bulk": ["50/minute"]}}
+    config = gateway_config(
+        policies(tiered, identity={"address_limits": ["2/minute"]}),
+        clients=[batch],
+        idempotency={"required": False},
+    )
+    (ceiling,) = config.rate_limit_policies[1:]
+    assert ceiling.allow == frozenset({"addr:127.0.0.1"})
+    async with running(config, upstream=EchoUpstream()) as gw:
+        async with gw.connect(client="127.0.0.1") as listed, gw.connect(client="10.9.9.9") as other:
+            statuses = [(await listed.post("/charges", json={})).status_code for _ in range(6)]
+            unnamed = [(await other.post("/charges", json={})).status_code for _ in range(3)]
+    assert statuses == [200] * 6
+    assert unnamed == [200, 200, 429]  # the ceiling still holds for everyone else
+
+
 @pytest.mark.parametrize(
     "tables",
     [
@@ -128,6 +147,58 @@ async def test_ambiguous_credentials_are_refused_on_any_route() -> None:
         listed = await gw.client.get("/anything", headers={"Authorization": "Bearer a, Basic b"})
     problem(twice, 400, "credentials_ambiguous")
     problem(listed, 400, "credentials_ambiguous")
+    assert upstream.seen == []
+
+
+@pytest.mark.anyio
+async def test_different_credentials_in_two_headers_are_refused_without_a_client_list() -> None:
+    upstream = EchoUpstream()
+    async with running(gateway_config(), upstream=upstream) as gw:
+        both = {"Authorization": "Bearer junk-1", "X-API-Key": "k"}
+        refused = await gw.client.get("/anything", headers=both)
+        same = await gw.client.get(
+            "/anything", headers={"Authorization": "Bearer k", "X-API-Key": "k"}
+        )
+    problem(refused, 400, "credentials_ambiguous")
+    assert same.status_code == 200
+    assert len(upstream.seen) == 1
+
+
+LIMITED = {"policies": [{"name": "charges", "limits": ["3/hour"], "routes": ["POST /charges"]}]}
+
+
+@pytest.mark.anyio
+async def test_a_credential_the_connection_header_names_never_picks_the_bucket() -> None:
+    # The proxy drops what Connection names, so the upstream only ever hears of X-API-Key:
+    # the gateway must count that, not the junk beside it.
+    upstream = EchoUpstream()
+    config = gateway_config(rate_limit=LIMITED, idempotency={"required": False})
+    async with running(config, upstream=upstream) as gw:
+        statuses = []
+        for i in range(8):
+            headers = {
+                "Authorization": f"Bearer junk-{i}",
+                "X-API-Key": "k",
+                "Connection": "authorization",
+            }
+            statuses.append(
+                (await gw.client.post("/charges", json={}, headers=headers)).status_code
+            )
+    assert statuses == [200] * 3 + [429] * 5
+    assert all(seen.header("authorization") == [] for seen in upstream.seen)
+
+
+@pytest.mark.anyio
+async def test_a_method_override_the_connection_header_names_is_never_matched() -> None:
+    upstream = EchoUpstream()
+    config = gateway_config(
+        server={"allow_method_override": True},
+        routes=[{"match": "POST /charges", "idempotency": {"required": True}}],
+    )
+    async with running(config, upstream=upstream) as gw:
+        headers = {"X-HTTP-Method-Override": "GET", "Connection": "x-http-method-override"}
+        keyless = await gw.client.post("/charges", json={}, headers=headers)
+    problem(keyless, 400, "idempotency_key_missing")
     assert upstream.seen == []
 
 

@@ -234,14 +234,14 @@ class InvalidPath(ClientError):
 
 
 class CredentialsAmbiguous(ClientError):
-    """The request carries a credential header more than once, or a credential that cannot
-    be read; nothing was executed."""
+    """The request carries a credential header more than once, several credentials in one
+    ``Authorization``, or different credentials in two headers; nothing was executed."""
 
     code = "credentials_ambiguous"
     title = "Credentials ambiguous"
     detail_template = (
-        "The request's credentials are ambiguous: {reason}. Nothing was executed; send each "
-        "credential header once."
+        "The request's credentials are ambiguous: {reason}. Nothing was executed; send one "
+        "credential, in one header field."
     )
 
 

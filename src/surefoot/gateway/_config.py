@@ -579,8 +579,16 @@ class GatewayConfig:
             )
             return ()
         try:
+            # A client listed by its address has its own limits (tier, overrides): the
+            # ceiling for unnamed callers is not one of them.
+            listed = [p for p in self.principals if p.startswith("addr:")]
             ceiling = RateLimitPolicy(
-                _ADDRESS_POLICY, limits=limits, routes=routes, exempt=exempt, per="address"
+                _ADDRESS_POLICY,
+                limits=limits,
+                routes=routes,
+                exempt=exempt,
+                per="address",
+                allow=listed,
             )
         except ConfigurationError as exc:
             problems.add(loc, _split(str(exc), Policy.model_fields)[1])

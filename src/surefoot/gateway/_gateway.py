@@ -24,6 +24,11 @@ Rule 6: a request whose credentials are ambiguous (a credential header twice, se
         whatever its route, before any layer: the gateway must never count one client
         while the upstream authenticates another. With API keys in ``[[clients]]``, any
         other credential is rate limited as its address (``surefoot.identity``, Rule 4).
+Rule 7: every layer sees the headers the upstream will see. The headers a request's
+        ``Connection`` names are hop-by-hop (RFC 9110 section 7.6.1), and the proxy never
+        forwards them, so they are removed before anything reads the request: a credential
+        or a method override named there would otherwise pick a bucket or a route the
+        upstream never hears of.
 """
 
 from __future__ import annotations
@@ -161,6 +166,7 @@ class Gateway:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         stack = self.stack
+        _drop_connection_options(scope)  # Rule 7
         # Before anything matches a route (Rule 5): the path in its one form, or a refusal.
         refused = canonicalize(
             scope, allow_method_override=stack.config.root.server.allow_method_override
@@ -362,6 +368,7 @@ class Gateway:
         identity = Identity(
             credential_headers=root.identity.credential_headers,
             trusted_proxies=root.server.trusted_proxies,
+            forwarded_header=root.server.forwarded_header,
             # Listed API keys: any other credential is rate limited as its address.
             known_credentials=config.api_keys or None,
         )
@@ -557,6 +564,17 @@ class Gateway:
             self._clients[key] = client
         resources.add(id(client))
         return client, base_url
+
+
+def _drop_connection_options(scope: Scope) -> None:
+    """Remove the headers the request's ``Connection`` names (Rule 7)."""
+    named: set[bytes] = set()
+    for name, value in scope["headers"]:
+        if name == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    named -= {b"connection", b"close", b"keep-alive"}
+    if named:
+        scope["headers"] = [(n, v) for n, v in scope["headers"] if n not in named]
 
 
 def _unambiguous(app: ASGIApp, identity: Identity) -> ASGIApp:

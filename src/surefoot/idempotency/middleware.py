@@ -235,7 +235,8 @@ class IdempotencyMiddleware:
         self.store = store
         self.health = store_health if store_health is not None else StoreHealth()
         self.policy = policy if policy is not None else IdempotencyPolicy()
-        self.routes = RouteTable((routes or {}).items())
+        # A route left unprotected matches only its own spelling (_routes Rule 5).
+        self.routes = RouteTable((routes or {}).items(), strict=lambda policy: policy is None)
         self.principal = principal
         self.clock = clock if clock is not None else SystemClock()
         self.sleep = sleep
@@ -494,13 +495,15 @@ class _Responder:
         failure: Exception | None = None
         try:
             decision = await self.mw.store.begin(self.store_key, request, now)
-        except StoreCapacityExceeded:
-            # The store answered (it is full of in-flight records): not an outage.
+        except StoreCapacityExceeded as exc:
+            # The store answered (it is full of records it must keep): not an outage. Its
+            # retry_after says when a place frees up; nothing else of it reaches the client.
             self.report(health.succeeded(permit, self.mw.clock.now()), None)
             self.emit(
                 ev.StoreFailed, phase="begin", action="fail_closed", error="StoreCapacityExceeded"
             )
-            await self.problem(StoreCapacityExceeded(retry_after=_STORE_RETRY_AFTER))
+            retry_after = exc.fields.get("retry_after", _STORE_RETRY_AFTER)
+            await self.problem(StoreCapacityExceeded(retry_after=retry_after))
             return None
         except Exception as exc:  # StoreUnavailable, or a driver error the store let through
             self.report(health.failed(permit, self.mw.clock.now()), exc)

@@ -127,7 +127,7 @@ class RateLimitPolicy:
             )
         # Route tables, compiled once (their errors name the bad template).
         set_(self, "_route_table", RouteTable((t, True) for t in self.routes))
-        set_(self, "_exempt_table", RouteTable((t, True) for t in self.exempt))
+        set_(self, "_exempt_table", RouteTable(((t, True) for t in self.exempt), strict=bool))
         set_(self, "_cost_table", RouteTable(self.costs.items()))
 
     def _limits(self, specs: Sequence[LimitSpec], where: str) -> tuple[Limit, ...]:
