@@ -30,6 +30,21 @@ async def test_full_store_refuses_rather_than_drop_a_live_record_by_default() ->
     assert await store.get("done", T0 + 600) is None
 
 
+async def test_a_full_store_says_when_its_first_record_expires() -> None:
+    # A store full of completed records living for hours used to say "retry in 1 second".
+    store = MemoryStore(max_records=3)
+    for n, at in enumerate((T0, T0 + 100, T0 + 50)):
+        await store.begin(f"k{n}", req(f"t{n}"), at)
+        await store.finish(f"k{n}", f"t{n}", Outcome(Step.COMPLETE, OK), at)
+    with pytest.raises(StoreCapacityExceeded) as info:
+        await store.begin("new", req("t9"), T0 + 200.5)
+    assert info.value.fields == {"retry_after": 400}  # k0 expires at T0 + 600
+    assert "nothing was executed. Retry the same request in 400 seconds." in str(info.value)
+    with pytest.raises(StoreCapacityExceeded) as info:
+        await store.begin("new", req("t9"), T0 + 599.9)
+    assert info.value.fields == {"retry_after": 1}  # never 0
+
+
 async def test_full_store_evicts_completed_but_never_in_flight_or_unknown() -> None:
     store = MemoryStore(max_records=3, on_full="evict")
     await store.begin("flight", req("t1"), T0)

@@ -403,13 +403,17 @@ class StoreUnavailable(BackendError):
 
 
 class StoreCapacityExceeded(BackendError):
-    """The in-memory store is full of in-flight and unknown records it must not evict."""
+    """The in-memory store is full of records it must keep; nothing was executed.
+
+    They are in flight, of unknown outcome, or completed and inside their TTL (which
+    ``MemoryStore`` keeps by default); ``retry_after`` is the time until the first expires.
+    """
 
     code = "store_capacity_exceeded"
     title = "Service temporarily overloaded"
     detail_template = (
-        "Too many requests are in progress for the service to track another, so nothing was "
-        "executed. Retry the same request in {retry_wait}."
+        "The service is tracking as many requests as it can, so nothing was executed. "
+        "Retry the same request in {retry_wait}."
     )
 
 

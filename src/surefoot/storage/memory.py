@@ -12,7 +12,10 @@ Invariants:
    nothing expired a new key is refused with ``StoreCapacityExceeded`` (503), executing
    nothing. With ``on_full="evict"`` it drops the least recently written completed record
    instead of refusing. It never evicts an in-flight reservation or an unknown outcome
-   (either would let a request execute twice).
+   (either would let a request execute twice). A refusal's ``retry_after`` is the time
+   until the first live record expires (the earliest a place frees up, unless one is
+   released or forgotten first), found by the scan that looked for an expired record:
+   O(``max_records``), paid only by a refused key.
 3. Rate-limit counters are bounded by ``max_counters``: past the bound the least recently
    used key is dropped (its client starts afresh: the price of bounded memory).
 4. Cache entries (``StaleCache``'s ``CacheStore`` contract) are bounded by ``max_records``,
@@ -75,8 +78,9 @@ class MemoryStore:
         max_records: idempotency records (and cache entries) kept at most.
         max_counters: rate-limit counters kept at most.
         on_full: when ``max_records`` are live, ``"refuse"`` new keys (503
-            ``store_capacity_exceeded``) or ``"evict"`` the least recently written
-            completed record, inside its TTL.
+            ``store_capacity_exceeded``, ``retry_after`` until the first record
+            expires) or ``"evict"`` the least recently written completed record, inside
+            its TTL.
 
     Warning:
         ``on_full="evict"`` lets whoever sends many new keys push other clients' completed
@@ -154,11 +158,14 @@ class MemoryStore:
         # expired); in-flight and unknown ones are skipped, so with on_full="evict" this
         # stops at once unless the front is full of them.
         evict = self.on_full == "evict"
+        first_expiry = math.inf
         for key, record in self._records.items():
             if now >= record.expires_at or (evict and record.state is State.COMPLETED):
                 self._drop(key)
                 return
-        raise StoreCapacityExceeded(retry_after=1)
+            first_expiry = min(first_expiry, record.expires_at)
+        # Every record was seen (Invariant 2): the first to expire frees the first place.
+        raise StoreCapacityExceeded(retry_after=max(1, math.ceil(first_expiry - now)))
 
     def _usage(self, owner: str, request: Begin, now: float) -> Usage:
         """What ``owner`` holds at ``now`` (Invariant 5)."""
