@@ -218,6 +218,17 @@ def test_a_store_url_error_names_no_secret() -> None:
     assert "password=***&ssl_password=***&token=***" in result.output
 
 
+@pytest.mark.parametrize("command", [["keys", "list"], ["keys", "purge"], ["migrate"]])
+@pytest.mark.parametrize("url", ["redis://u:PW-1@[::1/0", "postgresql://u:PW-1@[::1/db"])
+def test_a_store_url_that_cannot_be_split_is_a_usage_error(command: list[str], url: str) -> None:
+    # urlsplit's ValueError ("Invalid IPv6 URL") used to escape as a traceback.
+    result = CliRunner().invoke(main, [*command, "--store", url])
+    assert result.exit_code == 2, result.output
+    masked = url.replace("PW-1", "***")
+    assert f"Invalid value for --store: store URL {masked!r} cannot be read" in result.output
+    assert "PW-" not in result.output
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

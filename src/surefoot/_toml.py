@@ -20,11 +20,19 @@ import re
 import tomllib
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import SplitResult, unquote_plus, urlsplit
 
 from surefoot.errors import ConfigurationError
 
-__all__ = ["Problems", "masked_url", "read_toml", "require_pydantic", "secret_name", "shown"]
+__all__ = [
+    "Problems",
+    "masked_url",
+    "read_toml",
+    "require_pydantic",
+    "secret_name",
+    "shown",
+    "split_url",
+]
 
 _POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 _HEADER = re.compile(r"^(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
@@ -117,6 +125,26 @@ def masked_url(url: str) -> str:
         name, equals, _ = pair.partition("=")
         pairs.append(f"{name}=***" if equals and secret_name(unquote_plus(name)) else pair)
     return rest + question_mark + "&".join(pairs) + hash_mark + fragment
+
+
+def split_url(url: str, what: str = "store URL") -> SplitResult:
+    """``urlsplit(url)``, or a ``ConfigurationError`` naming ``url`` masked (Rule 1).
+
+    ``urlsplit`` refuses a ``[`` without ``]``, an invalid IPv6 address between brackets
+    and some non-ASCII hosts with a ``ValueError`` whose message may quote the whole
+    authority, password included: it is never shown.
+
+    Raises:
+        ConfigurationError: ``what`` cannot be split.
+    """
+    try:
+        return urlsplit(url)
+    except ValueError:
+        raise ConfigurationError(
+            f"{what} {masked_url(url)!r} cannot be read: expected a host name, an IPv4 "
+            "address or an IPv6 address in brackets, and '[', ']', '/', '?', '#' and '@' "
+            "percent-encoded in a user name or password"
+        ) from None
 
 
 class Problems:

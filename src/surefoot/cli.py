@@ -26,12 +26,13 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from surefoot._toml import split_url
 from surefoot._version import __version__
 from surefoot.clock import SystemClock
 from surefoot.errors import (
@@ -114,8 +115,16 @@ _STORE = click.option(
 )
 
 
+def _store_parts(store_url: str) -> SplitResult:
+    """``--store`` split, or a usage error quoting it masked."""
+    try:
+        return split_url(store_url)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--store") from None
+
+
 def _run(store_url: str, work: Any) -> Any:
-    parts = urlsplit(store_url)
+    parts = _store_parts(store_url)
     if parts.scheme == "sqlite" and not Path(parts.path[1:]).exists():
         # Opening would create an empty database and hide a typo in the path.
         raise click.BadParameter(f"no database file at {parts.path[1:]!r}", param_hint="--store")
@@ -263,7 +272,8 @@ def migrate_store(store_url: str, schema: str | None, dry_run: bool) -> None:
     lacks, each once, even when several processes run it at the same time. The embedded
     SQLite store migrates itself whenever it opens a file.
     """
-    scheme = urlsplit(store_url).scheme
+    parts = _store_parts(store_url)
+    scheme = parts.scheme
     if scheme == "sqlite":
         if not dry_run:
 
@@ -276,7 +286,7 @@ def migrate_store(store_url: str, schema: str | None, dry_run: bool) -> None:
                 raise click.BadParameter(str(exc), param_hint="--store") from None
         click.echo(
             "SQLite migrates itself when the store opens its file"
-            + (": nothing to do" if dry_run else f": {urlsplit(store_url).path[1:]} is up to date")
+            + (": nothing to do" if dry_run else f": {parts.path[1:]} is up to date")
         )
         return
     if scheme not in ("postgresql", "postgres"):

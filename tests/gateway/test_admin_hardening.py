@@ -28,7 +28,7 @@ from click.testing import CliRunner, Result
 from surefoot._toml import masked_url
 from surefoot.cli import main
 from surefoot.errors import ConfigurationError
-from surefoot.gateway import AdminApp
+from surefoot.gateway import AdminApp, load_config
 from surefoot.idempotency._core import Begin, Outcome, Step
 from surefoot.storage import store_from_url
 
@@ -458,6 +458,32 @@ def test_check_config_refuses_a_store_the_start_would_refuse(
     assert result.exit_code == 1, result.output
     assert f"Error: {path}: {message}" in result.output
     assert "PW-" not in result.output
+
+
+def test_check_config_refuses_a_store_url_that_cannot_be_split(tmp_path: Path) -> None:
+    # urlsplit's ValueError ("Invalid IPv6 URL") used to escape as a traceback.
+    path, result = check(tmp_path, store="redis://u:PW-1@[::1/0")
+
+    assert result.exit_code == 1, result.output
+    assert (
+        f"Error: {path}:5: stores.default: store URL 'redis://u:***@[::1/0' cannot be read: "
+        "expected a host name, an IPv4 address or an IPv6 address in brackets" in result.output
+    )
+    assert "PW-" not in result.output
+    assert not isinstance(result.exception, ValueError)
+
+
+async def test_a_reload_to_a_store_url_that_cannot_be_split_is_a_422(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(toml_config("http://upstream.test", "memory://"))
+    async with running(load_config(path), upstream=EchoUpstream(), config_path=str(path)) as gw:
+        path.write_text(toml_config("http://upstream.test", "redis://u:PW-1@[::1/0"))
+        answer = await gw.admin.post("/admin/reload", headers=ADMIN_HEADERS)
+        assert gw.gateway.generation == 0  # the configuration in force stays
+
+    body = problem(answer, 422, "config_rejected")
+    assert "stores.default: store URL 'redis://u:***@[::1/0' cannot be read" in body["detail"]
+    assert "PW-" not in answer.text
 
 
 def test_check_config_creates_no_database_file(

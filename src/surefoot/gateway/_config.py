@@ -38,13 +38,12 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from surefoot._routes import RouteTable
-from surefoot._toml import Problems, masked_url, read_toml, shown
+from surefoot._toml import Problems, masked_url, read_toml, shown, split_url
 from surefoot.errors import ConfigurationError
 from surefoot.idempotency._policy import IdempotencyPolicy
 from surefoot.identity import hash_credential
@@ -571,7 +570,7 @@ class GatewayConfig:
                     "rename this policy, or set address_limits = []",
                 )
         store = self.root.stores.get(self.root.rate_limit.store, "")
-        if urlsplit(store).scheme == "redis+cluster":
+        if _scheme(store) == "redis+cluster":
             problems.add(
                 loc,
                 "expected [] with a Redis Cluster rate-limit store (an address's and a "
@@ -597,7 +596,11 @@ class GatewayConfig:
 
     def _stores(self, problems: Problems) -> None:
         for name, url in self.root.stores.items():
-            scheme = urlsplit(url).scheme
+            try:
+                scheme = split_url(url).scheme
+            except ConfigurationError as exc:  # the URL masked (Rule 3)
+                problems.add(("stores", name), str(exc))
+                continue
             if scheme not in STORES:
                 problems.add(
                     ("stores", name),
@@ -630,7 +633,7 @@ class GatewayConfig:
         """
         name = self.root.idempotency.store
         url = self.store_url(name)
-        if urlsplit(url).scheme != "memory":
+        if _scheme(url) != "memory":
             return []
         try:
             store = store_from_url(url)
@@ -741,6 +744,14 @@ def _expand_env(text: str) -> str:
         )
 
     return _ENV.sub(value, text)
+
+
+def _scheme(url: str) -> str:
+    """A store URL's scheme, or "" if it cannot be split (``_stores`` says so)."""
+    try:
+        return split_url(url).scheme
+    except ConfigurationError:
+        return ""
 
 
 def _in_force(policy: IdempotencyPolicy) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from surefoot._toml import masked_url
+from surefoot._toml import masked_url, split_url
 from surefoot.errors import ConfigurationError
 from surefoot.storage._protocol import IdempotencyStore
 from surefoot.storage.memory import MemoryStore
@@ -118,9 +118,10 @@ def store_from_url(url: str) -> IdempotencyStore:
         >>> store_from_url("postgresql://app@db/app")  # needs surefoot[postgres]
 
     Raises:
-        ConfigurationError: unknown scheme or bad options, naming what is expected.
+        ConfigurationError: a URL that cannot be split, an unknown scheme or bad options,
+            naming what is expected (the URL masked).
     """
-    scheme = urlsplit(url).scheme
+    scheme = split_url(url).scheme
     factory = STORES.get(scheme)
     if factory is None:
         raise ConfigurationError(
