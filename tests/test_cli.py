@@ -244,6 +244,30 @@ def test_surefoot_chaos_refuses_a_bad_address(argv: list[str], message: str) -> 
     assert message in result.output
 
 
+def test_surefoot_chaos_never_echoes_the_upstreams_password() -> None:
+    result = CliRunner().invoke(main, ["chaos", "--upstream", "ftp://user:TOPSECRET@up.test"])
+    assert result.exit_code == 2, result.output
+    assert "expected an absolute http:// or https:// URL, got 'ftp://user:***@up.test'" in (
+        result.output
+    )
+    assert "TOPSECRET" not in result.output
+
+
+def test_surefoot_chaos_announces_its_upstream_masked() -> None:
+    surefoot = str(Path(sys.executable).with_name("surefoot"))
+    upstream = "http://user:TOPSECRET@127.0.0.1:9"
+    command = [surefoot, "chaos", "--listen", "127.0.0.1:0", "--upstream", upstream]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stderr is not None
+            line = process.stderr.readline()  # the banner, once it listens
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    assert "-> http://user:***@127.0.0.1:9; 0 rules" in line, line
+    assert "TOPSECRET" not in line
+
+
 # -- extras ------------------------------------------------------------------------------------
 
 #: Runs the command line as if the modules named in argv[1] were not installed.

@@ -32,7 +32,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from surefoot._toml import split_url
+from surefoot._toml import masked_text, masked_url, split_url
 from surefoot._version import __version__
 from surefoot.clock import SystemClock
 from surefoot.errors import (
@@ -293,7 +293,7 @@ def migrate_store(store_url: str, schema: str | None, dry_run: bool) -> None:
         click.echo(f"{scheme}:// stores keep no schema: nothing to migrate")
         return
     try:
-        from surefoot.storage.postgres import _scrub, _split_url, migrate
+        from surefoot.storage.postgres import _split_url, migrate
     except ImportError as exc:  # pragma: no cover - the extra is part of the test setup
         raise click.ClickException(
             f"PostgreSQL needs its driver: pip install 'surefoot[postgres]' ({exc})"
@@ -305,7 +305,7 @@ def migrate_store(store_url: str, schema: str | None, dry_run: bool) -> None:
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     except StoreUnavailable as exc:
-        cause = _scrub(str(exc.__cause__), store_url)
+        cause = masked_text(str(exc.__cause__), store_url)
         raise click.ClickException(f"cannot migrate: {cause}") from None
     verb = "would apply" if dry_run else "applied"
     for name in applied:
@@ -439,7 +439,8 @@ def chaos(
         await proxy.start()
         rules = len(plan.rules)
         click.echo(
-            f"surefoot chaos: {proxy.url} -> {upstream}; {rules} rule{'s' * (rules != 1)}, "
+            f"surefoot chaos: {proxy.url} -> {masked_url(upstream)}; "
+            f"{rules} rule{'s' * (rules != 1)}, "
             f"seed {plan.seed}; control API {proxy.url}/__chaos",
             err=True,
         )
@@ -538,7 +539,7 @@ def _check_upstream(upstream: str) -> None:
         absolute = False
     if not absolute:
         raise click.BadParameter(
-            f"expected an absolute http:// or https:// URL, got {upstream!r}",
+            f"expected an absolute http:// or https:// URL, got {masked_url(upstream)!r}",
             param_hint="--upstream",
         )
 

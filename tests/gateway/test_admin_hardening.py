@@ -25,7 +25,7 @@ from _gateway_helpers import (
 )
 from click.testing import CliRunner, Result
 
-from surefoot._toml import masked_url
+from surefoot._toml import masked_text, masked_url
 from surefoot.cli import main
 from surefoot.errors import ConfigurationError
 from surefoot.gateway import AdminApp, load_config
@@ -52,11 +52,30 @@ pytestmark = pytest.mark.anyio
         ("sqlite:///gw.db?synchronous=FULL", "sqlite:///gw.db?synchronous=FULL"),
         ("memory://", "memory://"),
         ("http://[::1", "http://[::1"),
+        # A password with an unencoded '?', '#' or '/': the authority cannot be read, so
+        # everything up to the last '@' is hidden (these used to be shown whole or in part).
+        ("redis://u:pa?S1@host", "redis://***@host"),
+        ("redis://u:pa#S1@host/0?password=S2", "redis://***@host/0?password=***"),
+        ("redis://u:pa/S1@host:6379/0", "redis://***@host:6379/0"),
+        ("postgresql://:9/S1@db/app", "postgresql://***@db/app"),
+        ("sqlite:///backups/x@S1.db", "sqlite:///backups/x@S1.db"),  # no password in it
+        # libpq's key=value form (PostgresStore takes it too).
+        ("host=db password='S1 S1' user=app sslpassword = S1", "host=db password=*** user=app "
+         "sslpassword = ***"),
     ],
 )  # fmt: skip
 def test_a_url_is_shown_without_its_password_and_secret_options(url: str, masked: str) -> None:
     assert masked_url(url) == masked
-    assert "S1" not in masked_url(url)
+    assert "S1" not in masked_url(url) or "S1.db" in url
+
+
+def test_a_drivers_message_about_a_url_is_masked_too() -> None:
+    url = "postgresql://u:p%zzS1@db/app?sslpassword=S%202"
+    message = f'invalid percent-encoded token: "p%zzS1"; sslpassword S 2 in URI: "{url}"'
+    assert masked_text(message, url) == (
+        'invalid percent-encoded token: "***"; sslpassword *** in URI: '
+        '"postgresql://u:***@db/app?sslpassword=***"'
+    )
 
 
 def test_the_admin_config_masks_store_and_upstream_urls() -> None:

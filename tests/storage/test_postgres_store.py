@@ -144,6 +144,43 @@ def test_a_bad_url_option_is_named_without_the_password(query: str, named: str) 
 
 
 @pytest.mark.parametrize(
+    "dsn",
+    [
+        # libpq quotes what it cannot read: the bad escape of a secret option, or the
+        # whole URI (PostgresStore's own masker knew only a password urlsplit could find).
+        "postgresql://app@db/api?sslpassword=S%zz3CRET",
+        "postgresql://app:S3CRET@[::1/api",
+        "postgresql://app:p%zzS3CRET@db/api",
+        "host=db password=S3CRET colour",  # key=value: libpq refuses 'colour'
+    ],
+)
+def test_a_bad_connection_string_is_named_without_its_secrets(dsn: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        PostgresStore(dsn)
+    assert str(raised.value).startswith("PostgresStore: invalid connection string: ")
+    assert "S3CRET" not in str(raised.value)
+    assert "3CRET" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://app:S3CRET@[::1/api", "postgresql://app:pw@db/api?sslpassword=S3CRET&x=1"]
+)
+def test_a_bad_store_url_is_named_masked(url: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        PostgresStore.from_url(url)  # the first used to raise urlsplit's ValueError
+    assert "store URL 'postgresql://app:" in str(raised.value)
+    assert "S3CRET" not in str(raised.value)
+
+
+def test_the_repr_masks_every_secret_of_the_connection_string() -> None:
+    store = PostgresStore("host=db user=app password=S3CRET sslpassword=S3CRET2 dbname=api")
+    assert repr(store) == (
+        "PostgresStore('host=db user=app password=*** sslpassword=*** dbname=api', "
+        "schema='public', clock='server')"
+    )
+
+
+@pytest.mark.parametrize(
     ("options", "named"),
     [
         ({"clock": "local"}, "clock"),

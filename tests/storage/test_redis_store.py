@@ -260,10 +260,16 @@ async def test_a_message_never_shows_the_password() -> None:
         "redis://:hunter2@127.0.0.1:6379/0?colour=red",
         "redis+cluster://admin:hunter2@127.0.0.1:7000/3",
         "redis://:hunter2@127.0.0.1:6379/0?db=first",
+        # A password with an unencoded '/' or '?' (it used to be shown as a port, or as
+        # the name of an unknown option).
+        "redis://u:hun/ter2@127.0.0.1:6379/0",
+        "redis://u:hun?ter2@127.0.0.1:6379/0",
     ):
         with pytest.raises(ConfigurationError) as info:
             store_from_url(url)
         assert "hunter2" not in str(info.value)
+        assert "hun" not in str(info.value)
+        assert "ter2" not in str(info.value)
 
 
 async def test_tls_options_go_with_rediss_and_other_schemes_are_refused() -> None:

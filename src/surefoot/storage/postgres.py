@@ -81,13 +81,14 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from importlib import resources
 from typing import Any, Literal, NamedTuple, NoReturn
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
+from surefoot._toml import masked_text, masked_url, split_url
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency._core import (
     Begin,
@@ -371,7 +372,8 @@ class PostgresStore:
                 conninfo_to_dict(dsn_or_pool)
             except psycopg.Error as exc:
                 raise ConfigurationError(
-                    f"PostgresStore: invalid connection string: {_scrub(str(exc), dsn_or_pool)}"
+                    "PostgresStore: invalid connection string: "
+                    + masked_text(str(exc).strip(), dsn_or_pool)
                 ) from None
             self._dsn: str | None = dsn_or_pool
             self._pool: Pool | None = None
@@ -831,7 +833,7 @@ class PostgresStore:
         self._checking = None
 
     def __repr__(self) -> str:
-        where = _scrub(self._dsn, self._dsn) if self._dsn is not None else self._pool
+        where = masked_url(self._dsn) if self._dsn is not None else self._pool
         return f"PostgresStore({where!r}, schema={self.schema!r}, clock={self.clock!r})"
 
 
@@ -1067,7 +1069,7 @@ def _bad(name: str, expected: str, got: object) -> NoReturn:
 
 def _split_url(url: str) -> tuple[str, dict[str, str]]:
     """(libpq URL, surefoot's options) from a store URL."""
-    parts = urlsplit(url)
+    parts = split_url(url)
     ours: dict[str, str] = {}
     rest: list[tuple[str, str]] = []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -1079,17 +1081,7 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     try:
         conninfo_to_dict(dsn)
     except psycopg.Error as exc:
-        raise ConfigurationError(f"store URL: {_scrub(str(exc), url)}") from None
+        # The driver may quote the URL as rebuilt, or a part of it: both masked.
+        reason = masked_text(masked_text(str(exc).strip(), dsn), url)
+        raise ConfigurationError(f"store URL {masked_url(url)!r}: {reason}") from None
     return dsn, ours
-
-
-def _scrub(text: str, dsn: str) -> str:
-    """``text`` without the password in ``dsn`` (a URL or key=value pairs)."""
-    password: str | None = None
-    with contextlib.suppress(ValueError):
-        password = urlsplit(dsn).password
-    match = re.search(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
-    for secret in (password, match.group(1).strip("'") if match else None):
-        if secret:
-            text = text.replace(secret, "***")
-    return text

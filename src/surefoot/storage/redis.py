@@ -95,7 +95,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any, Literal, NamedTuple, Protocol, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlunsplit
 
 import hiredis
 from redis.asyncio import Redis, RedisCluster
@@ -117,6 +117,7 @@ from redis.exceptions import (
     ResponseError,
 )
 
+from surefoot._toml import masked_text, split_url
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency._core import (
     Begin,
@@ -659,7 +660,7 @@ class RedisStore:
             ConfigurationError: an unknown option or an invalid value, naming the option
                 and what is expected (never the password).
         """
-        parts = urlsplit(url)
+        parts = split_url(url, "RedisStore URL")
         cluster = parts.scheme == "redis+cluster"
         if parts.scheme not in ("redis", "rediss", "redis+cluster"):
             raise ConfigurationError(
@@ -706,7 +707,8 @@ class RedisStore:
             client = client_cls.from_url(target, **defaults)
         except (RedisClusterException, ValueError) as exc:
             raise ConfigurationError(
-                f"RedisStore URL: {type(exc).__name__}: {_without(str(exc), parts.password)}"
+                f"RedisStore URL: {type(exc).__name__}: "
+                + masked_text(masked_text(str(exc), target), url)
             ) from None
         store = cls(
             client,
@@ -1407,7 +1409,3 @@ def _url_bool(name: str, value: str) -> bool:
     if lowered in ("false", "0", "no", "off"):
         return False
     raise ConfigurationError(f"RedisStore URL: {name}: expected true or false, got {value!r}")
-
-
-def _without(text: str, password: str | None) -> str:
-    return text.replace(password, "***") if password else text
