@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
@@ -216,6 +217,18 @@ def test_a_store_url_error_names_no_secret() -> None:
     assert result.exit_code == 2
     assert "PW-" not in result.output
     assert "password=***&ssl_password=***&token=***" in result.output
+
+
+def test_a_postgres_that_refuses_the_login_says_why(postgres_dsn: str) -> None:
+    # The pool used to give up after 5 s saying only that it timed out.
+    parts = urlsplit(postgres_dsn)
+    netloc = f"surefoot_no_such_role:PW-1@{parts.hostname}:{parts.port}"
+    url = parts._replace(netloc=netloc).geturl()
+    result = CliRunner().invoke(main, ["keys", "list", "--store", url])
+    assert result.exit_code == 1, result.output
+    assert "the store is unavailable (connection failed: " in result.output
+    assert 'FATAL: role "surefoot_no_such_role" does not exist' in result.output
+    assert "PW-" not in result.output
 
 
 @pytest.mark.parametrize("command", [["keys", "list"], ["keys", "purge"], ["migrate"]])

@@ -142,7 +142,8 @@ def _run(store_url: str, work: Any) -> Any:
                 await opener()
             return await work(store, SystemClock().now())
         except StoreUnavailable as exc:
-            raise click.ClickException(f"the store is unavailable ({exc.__cause__})") from None
+            cause = masked_text(" ".join(str(exc.__cause__).split()), store_url)
+            raise click.ClickException(f"the store is unavailable ({cause})") from None
         except ConfigurationError as exc:
             raise click.ClickException(str(exc)) from None
         finally:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -552,6 +553,51 @@ def test_surefoot_serve_refuses_an_app_that_cannot_be_imported_before_it_binds(
         "Error: upstream.app: cannot import 'surefoot_no_such_module:app' "
         "(ModuleNotFoundError: No module named 'surefoot_no_such_module')\n"
     )
+
+
+@pytest.mark.parametrize("login", [":PW-1", "surefoot-nobody:PW-1"])
+def test_check_config_refuses_a_redis_that_refuses_its_login(
+    tmp_path: Path, redis_url: str, login: str
+) -> None:
+    # A refused AUTH is the server's answer, the same at every start: it used to be a
+    # warning that the store "did not answer within 2 s".
+    parts = urlsplit(redis_url)
+    url = parts._replace(netloc=f"{login}@{parts.hostname}:{parts.port}").geturl()
+    path, result = check(tmp_path, store=url)
+
+    assert result.exit_code == 1, result.output
+    masked = url.replace("PW-1", "***")
+    assert f"Error: {path}: stores.default ({masked}): refused the connection (" in result.output
+    assert "WRONGPASS" in result.output or "ERR AUTH" in result.output
+    assert "did not answer" not in result.output
+    assert "PW-" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("part", "value", "reason"),
+    [
+        ("user", "surefoot_no_such_role", 'FATAL: role "surefoot_no_such_role" does not exist'),
+        ("dbname", "surefoot_no_such_db", 'FATAL: database "surefoot_no_such_db" does not exist'),
+    ],
+)
+def test_check_config_refuses_a_postgres_that_refuses_the_connection(
+    tmp_path: Path, postgres_dsn: str, part: str, value: str, reason: str
+) -> None:
+    # It used to say "did not answer within 2 s (CancelledError)": the pool kept the
+    # server's reason to itself.
+    parts = urlsplit(postgres_dsn)
+    if part == "user":
+        parts = parts._replace(netloc=f"{value}:PW-1@{parts.hostname}:{parts.port}")
+    else:
+        parts = parts._replace(path=f"/{value}")
+    path, result = check(tmp_path, store=parts.geturl())
+
+    assert result.exit_code == 1, result.output
+    assert f"Error: {path}: stores.default (" in result.output
+    assert "refused the connection (OperationalError: connection failed: " in result.output
+    assert reason in result.output
+    assert "CancelledError" not in result.output
+    assert "PW-" not in result.output
 
 
 def test_check_config_refuses_an_unmigrated_postgres_schema(

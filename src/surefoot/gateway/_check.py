@@ -7,9 +7,12 @@ and what would hurt it once running, without starting it.
 Rule 1: an *error* is what would stop the start whatever the network does: an upstream
         app that cannot be imported, a store URL its driver refuses (a bad option, a
         missing driver extra, a PostgreSQL schema that is not migrated), an SQLite file
-        in a directory that does not exist.
+        in a directory that does not exist, a store whose server answers by refusing the
+        gateway (its login, its database: Redis ``WRONGPASS``, ``ERR AUTH``, ``ERR DB
+        index``; PostgreSQL ``FATAL:``), reported with the server's reason, masked.
 Rule 2: a *warning* is what may be different when the gateway starts: a network store
-        (Redis, PostgreSQL) that does not answer within ``store_timeout`` seconds.
+        (Redis, PostgreSQL) that does not answer within ``store_timeout`` seconds (a
+        refused or reset connection included).
 Rule 3: nothing is written. An SQLite store is never opened (opening creates and migrates
         its file): its options are checked on an in-memory database of the same URL. A
         network store is connected, asked for one key that does not exist, and closed.
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from surefoot._toml import masked_url
+from surefoot._toml import masked_text, masked_url
 from surefoot.clock import SystemClock
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.gateway._config import GatewayConfig
@@ -73,8 +76,14 @@ async def check_start(config: GatewayConfig, *, store_timeout: float = 2.0) -> S
             errors.append(f"{where}: {exc}")
         except (StoreUnavailable, TimeoutError) as exc:
             cause = exc.__cause__ or exc
-            reason = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
-            warnings.append(f"{where}: did not answer within {store_timeout:g} s ({reason})")
+            reason = masked_text(" ".join(f"{type(cause).__name__}: {cause}".split()), url)
+            if _refused(cause):
+                errors.append(f"{where}: refused the connection ({reason})")
+                continue
+            # A cancelled wait has nothing more to say than the timeout.
+            silent = isinstance(cause, TimeoutError | asyncio.CancelledError)
+            detail = "" if silent else f" ({reason})"
+            warnings.append(f"{where}: did not answer within {store_timeout:g} s{detail}")
     return StartCheck(tuple(errors), tuple(warnings))
 
 
@@ -110,9 +119,47 @@ async def _answer(store: IdempotencyStore, seconds: float) -> None:
                     await store.get(_PROBE_KEY, SystemClock().now())
                     return
                 except StoreUnavailable as exc:
+                    if _refused(exc.__cause__):
+                        raise  # the same on every try (Rule 1)
                     last = exc
                     await asyncio.sleep(0.1)
     except TimeoutError:
         if last is not None:
             raise last from last.__cause__
         raise
+
+
+#: How a Redis server refuses a client, as opposed to failing to answer (Rule 1).
+_REDIS_REFUSALS = (
+    "WRONGPASS",
+    "NOAUTH",
+    "NOPERM",
+    "ERR AUTH",
+    "ERR invalid password",
+    "ERR DB index",
+)
+
+
+def _refused(cause: BaseException | None) -> bool:
+    """Whether ``cause`` is a store's server refusing the gateway itself (Rule 1): its
+    answer will be the same at every start. The drivers are optional extras: each is
+    imported only to recognise its own errors."""
+    try:
+        from redis.exceptions import AuthenticationError, RedisError
+    except ImportError:  # pragma: no cover - the extra is part of the test setup
+        pass
+    else:
+        if isinstance(cause, AuthenticationError):
+            return True
+        if isinstance(cause, RedisError):
+            return str(cause).startswith(_REDIS_REFUSALS)
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - the extra is part of the test setup
+        pass
+    else:
+        if isinstance(cause, psycopg.OperationalError):
+            # libpq quotes the server's own answer after "FATAL:" (a refused role,
+            # password or database); a network failure has none.
+            return "FATAL:" in str(cause)
+    return False

@@ -463,11 +463,19 @@ class PostgresStore:
 
         Raises:
             ConfigurationError: the schema is not migrated (or is newer than this surefoot).
-            StoreUnavailable: the database could not be reached in time.
+            StoreUnavailable: the database could not be reached in time, or refused the
+                connection (its ``__cause__`` says why).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         with _translate():
+            if self._dsn is not None and self._pool is None:
+                # One connection of our own first: a pool retries a refused login in the
+                # background and then says only that it timed out; this one fails at once
+                # with the server's reason (FATAL:  role "app" does not exist).
+                async with asyncio.timeout(wait):
+                    conn = await psycopg.AsyncConnection.connect(self._dsn)
+                await conn.close()
             pool = self._get_pool()
             await pool.open(wait=self._dsn is not None, timeout=wait)
             self._opened = True
