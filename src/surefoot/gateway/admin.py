@@ -57,7 +57,12 @@ from surefoot.gateway._events import OutcomeResolved
 from surefoot.gateway._gateway import Gateway
 from surefoot.gateway._lookup import LOOKUP_PREFIX
 from surefoot.idempotency._core import Record, State, StoredResponse, scoped_key
-from surefoot.idempotency._operator import MAX_BODY, operator_response, operator_store_key
+from surefoot.idempotency._operator import (
+    MAX_BODY,
+    operator_response,
+    operator_store_key,
+    refuse_constant,
+)
 from surefoot.ratelimit._core import Item
 from surefoot.ratelimit._policy import limit_key
 
@@ -350,7 +355,7 @@ async def _body(receive: Receive, *allowed: str) -> dict[str, Any]:
         if not message.get("more_body", False):
             break
     try:
-        data = json.loads(b"".join(chunks) or b"{}", parse_constant=_not_json)
+        data = json.loads(b"".join(chunks) or b"{}", parse_constant=refuse_constant)
     except ValueError:
         raise AdminBadRequest(reason="expected a JSON object") from None
     if not isinstance(data, dict):
@@ -361,10 +366,6 @@ async def _body(receive: Receive, *allowed: str) -> dict[str, Any]:
             reason=f"unknown fields {shown(unknown)}; expected {', '.join(allowed)}"
         )
     return data
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 async def _json(send: Send, status: int, data: Any) -> None:

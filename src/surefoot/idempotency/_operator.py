@@ -24,7 +24,7 @@ import re
 from surefoot._toml import shown
 from surefoot.idempotency._core import StoredResponse
 
-__all__ = ["MAX_BODY", "operator_response", "operator_store_key"]
+__all__ = ["MAX_BODY", "operator_response", "operator_store_key", "refuse_constant"]
 
 #: The largest body an operator may store (Rule 3).
 MAX_BODY = 1024 * 1024
@@ -63,7 +63,7 @@ def operator_response(status: object, body: bytes, content_type: object) -> Stor
         return StoredResponse(status, (), b"")
     if body and _is_json(content_type):
         try:
-            json.loads(body, parse_constant=_refuse_constant)
+            json.loads(body, parse_constant=refuse_constant)
         except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
             raise ValueError(
                 f"body: expected JSON, as content_type {content_type!r} says ({exc})"
@@ -90,5 +90,8 @@ def _is_json(content_type: str) -> bool:
     return essence == "application/json" or essence.endswith("+json")
 
 
-def _refuse_constant(name: str) -> object:
+def refuse_constant(name: str) -> object:
+    """``json.loads``'s ``parse_constant``: ``NaN``, ``Infinity`` and ``-Infinity`` are not
+    JSON (RFC 8259), so a text holding one is refused with a ``ValueError`` (Rule 3; the
+    admin API reads its request bodies with it too)."""
     raise ValueError(f"{name} is not JSON")
