@@ -2,19 +2,25 @@
 
 A real ``surefoot serve`` (one worker, short timeouts) in front of a recording upstream;
 clients are raw sockets sending exact bytes. Header limits, deadlines (slowloris, silence,
-a partial body, an idle keep-alive), malformed heads, upgrades, trailers, and the server's
-memory (its peak RSS, read from /proc) while a 32 MB header is sent. Then the pure rules
-of ``surefoot.gateway._head``, the uvicorn hooks ``_server.py`` relies on, and binding.
+a partial body, an idle keep-alive, an early answer), malformed heads, upgrades, trailers,
+and the server's memory (its peak RSS, read from /proc) while a 32 MB header is sent. Then
+the protocol in process, under small apps that read late or answer more than a client
+takes; the pure rules of ``surefoot.gateway._head``, the uvicorn hooks ``_server.py``
+relies on, binding, and what a reload of the policy file
+cannot change.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import re
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,13 +28,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
+import uvicorn
 from _gateway_helpers import GatewayProcess, free_port, surefoot_serve, toml_config, wait_until
 from click.testing import CliRunner
 
 from surefoot.cli import main
 from surefoot.errors import BadRequest, ConfigurationError, RequestHeadersTooLarge
+from surefoot.gateway import Gateway, load_config
 from surefoot.gateway._head import HeadMeter, ServerLimits, problem_response, refusal
-from surefoot.gateway._serve import serve
+from surefoot.gateway._serve import _loop_factory, serve
+from surefoot.gateway._server import bounded_protocol
 
 LIMITS = """
 [server]
@@ -351,6 +360,26 @@ def test_an_idle_keep_alive_connection_is_closed_after_its_requests(served: Serv
     assert served.paths()[-2:] == ["/kept/0", "/kept/1"]
 
 
+@pytest.mark.slow
+def test_an_early_answer_then_the_rest_of_the_body_leaves_the_connection_an_idle_deadline(
+    served: Served,
+) -> None:
+    # The gateway answers a path it refuses without reading the body; the client sends the
+    # rest of that body after the answer, and the connection, idle, must still be closed.
+    with connect(served.port) as sock:
+        sock.sendall(
+            b"POST /../early HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10\r\n\r\n12345"
+        )
+        reader = sock.makefile("rb")
+        answer = parsed(read_response(reader))
+        sock.sendall(b"67890")
+        rest = reader.read()  # the guard's timeout fails the test if it is never closed
+
+    assert answer.status == 400
+    assert "connection" not in answer.headers  # kept alive: the close is the idle deadline's
+    assert rest == b""
+
+
 # -- malformed heads and upgrades -----------------------------------------------------------
 
 
@@ -443,6 +472,173 @@ def test_chunked_trailers_never_become_headers(served: Served) -> None:
     assert dict(seen["headers"])["x-request-id"] != "forged"
 
 
+# -- the protocol in process ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def protocol_server(app: Any, limits: ServerLimits) -> Iterator[int]:
+    """uvicorn with the gateway's bounded protocol over ``app`` (on uvloop, in a thread,
+    as ``surefoot serve`` runs it): the port it listens on."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    config = uvicorn.Config(
+        app, http=bounded_protocol(limits), lifespan="off", log_config=None, access_log=False
+    )
+    server = uvicorn.Server(config)
+
+    def run() -> None:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(server.serve(sockets=[sock]))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, timeout=10, what="the server to start")
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+async def respond(send: Any, body: bytes) -> None:
+    headers = [(b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def late_reader(scope: Any, receive: Any, send: Any) -> None:
+    """Asks for the body only after a while (as the gateway does while it waits for an
+    upstream connection, or streams to an upstream that reads slowly), then answers its size."""
+    await asyncio.sleep(1.0)  # the slow app under test: three times its body_timeout
+    size, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return  # the server refused the request: nothing to answer
+        size += len(message["body"])
+        more = message["more_body"]
+    body = str(size).encode()
+    await respond(send, body)
+
+
+@pytest.mark.slow
+def test_body_timeout_does_not_count_while_the_server_stops_reading() -> None:
+    # The client sends 2 MB at once; uvicorn stops reading once 64 KiB wait for the app,
+    # which asks for them after three body_timeouts: none of that time is the client's.
+    body = b"x" * 2_000_000
+    limits = ServerLimits(body_timeout=0.3)
+    with protocol_server(late_reader, limits) as port, connect(port) as sock:
+        sent = request("PUT /late HTTP/1.1", HOST, b"Content-Length: 2000000\r\n", body=body)
+        sending = threading.Thread(target=sock.sendall, args=(sent,))
+        sending.start()
+        raw = read_all(sock)
+        sending.join()
+
+    answer = parsed(raw)
+    assert (answer.status, answer.body) == (200, b"2000000"), answer
+
+
+@pytest.mark.slow
+def test_a_body_sent_after_100_continue_is_due_from_the_continue() -> None:
+    # The client waits for 100 Continue, which is sent when the app asks for the body.
+    limits = ServerLimits(body_timeout=0.3)
+    with protocol_server(late_reader, limits) as port, connect(port) as sock:
+        sock.sendall(
+            request("PUT /late HTTP/1.1", HOST, b"Expect: 100-continue\r\nContent-Length: 5\r\n")
+        )
+        reader = sock.makefile("rb")
+        interim = reader.readline() + reader.readline()
+        sock.sendall(b"abcde")
+        answer = parsed(reader.read())
+
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert (answer.status, answer.body) == (200, b"5"), answer
+
+
+@pytest.mark.slow
+def test_a_refused_request_that_expects_100_continue_gets_no_continue(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The client sends its body without waiting (as it may): its trailers are refused before
+    # the app asks for the body, and the app asking afterwards must not write 100 Continue.
+    trailer = field("X-Trailer", 33 * 1024)
+    sent = request(
+        "POST /late HTTP/1.1",
+        HOST,
+        b"Expect: 100-continue\r\nTransfer-Encoding: chunked\r\n",
+        body=b"3\r\nabc\r\n0\r\n" + trailer + b"\r\n",
+    )
+    opened: list[socket.socket] = []
+    try:
+        with protocol_server(late_reader, ServerLimits()) as port:
+            opened.append(connect(port))
+            opened[0].sendall(sent)
+            raw = read_all(opened[0])
+    finally:
+        for sock in opened:  # closed once the server stopped: the app asked on an open connection
+            sock.close()
+
+    parsed(raw).problem(431, "request_headers_too_large")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+BIG = b"y" * 8_000_000  # more than the kernel's socket buffers hold: the rest waits in the server
+
+
+async def big_answer(scope: Any, receive: Any, send: Any) -> None:
+    await respond(send, BIG)
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    """The kernel's state of ``sock`` (``tcp_info.tcpi_state``: 1 established, 7 closed)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        b"GET /big HTTP/1.1\r\nHost: a\r\n\r\nGET /refused HTTP/1.1\r\n\r\n",
+    ],
+    ids=["kept alive, then idle", "connection: close", "a refusal's linger"],
+)
+def test_a_client_that_stops_reading_is_reset(sent: bytes) -> None:
+    # The client asks for 8 MB and reads none of it: once the connection is closed, the
+    # server keeps what it could not send for keepalive_timeout, then resets the connection.
+    limits = ServerLimits(keepalive_timeout=0.5)
+    with protocol_server(big_answer, limits) as port, socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(sent)
+        # Closed (7) without a close of its own: the server reset it (a FIN would leave
+        # it in CLOSE_WAIT).
+        wait_until(lambda: _tcp_state(sock) == 7, timeout=10, what="a reset")
+
+
+@pytest.mark.slow
+def test_a_client_that_reads_slowly_gets_its_whole_answer() -> None:
+    # The answer outlasts keepalive_timeout at this client's pace, but each keepalive_timeout
+    # the client takes some of it: the server closes it only once it has all gone out.
+    limits = ServerLimits(keepalive_timeout=0.3)
+    sent = b"GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    with protocol_server(big_answer, limits) as port, socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.settimeout(10)
+        sock.sendall(sent)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+            if len(received) // 2**20 > (len(received) - len(chunk)) // 2**20:
+                time.sleep(0.1)  # the slow client: a pause after each MiB it reads
+
+    assert received.endswith(b"\r\n\r\n" + BIG)
+
+
 # -- the rules, without a server ------------------------------------------------------------
 
 
@@ -510,6 +706,7 @@ def test_the_uvicorn_hooks_the_server_relies_on_are_there() -> None:
     # or drops any of these, this fails before the wire tests do, naming what changed.
     import inspect
 
+    from uvicorn.protocols.http.flow_control import FlowControl
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
     protocol = inspect.getsource(HttpToolsProtocol)
@@ -527,13 +724,58 @@ def test_the_uvicorn_hooks_the_server_relies_on_are_there() -> None:
     assert list(inspect.signature(HttpToolsProtocol.__init__).parameters) == [
         "self", "config", "server_state", "app_state", "_loop",
     ]  # fmt: skip
+    assert "self.flow = FlowControl(transport)" in inspect.getsource(
+        HttpToolsProtocol.connection_made
+    )
+    assert "self.expect_100_continue = True" in inspect.getsource(HttpToolsProtocol.on_header)
     cycle = inspect.getsource(RequestResponseCycle)
-    for attribute in ("disconnected", "response_started", "response_complete", "more_body"):
+    for attribute in (
+        "disconnected", "response_started", "response_complete", "more_body",
+        "waiting_for_100_continue",
+    ):  # fmt: skip
         assert f"self.{attribute} =" in cycle, attribute
     assert "self.message_event = message_event" in cycle
+    # Reading is paused by FlowControl and resumed by a request's receive: _server.py's
+    # deadlines stop and start with it.
+    assert "self.flow.resume_reading()" in inspect.getsource(RequestResponseCycle.receive)
+    assert "self.read_paused = " in inspect.getsource(FlowControl)
+    for method in ("pause_reading", "resume_reading"):
+        assert callable(getattr(FlowControl, method, None)), method
     assert "if self.disconnected:\n            return" in inspect.getsource(
         RequestResponseCycle.send
     )
+
+
+# -- reloading ------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_reload_names_the_server_fields_it_cannot_apply(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "gateway.toml"
+    base = toml_config("http://127.0.0.1:9", "memory://") + "[server]\n"
+    path.write_text(base + "keepalive_timeout = 5\n")
+    gateway = Gateway(load_config(str(path)), config_path=str(path))
+    logger = logging.getLogger("surefoot.gateway")
+    logger.addHandler(caplog.handler)  # whatever an earlier test did to its propagation
+    try:
+        path.write_text(base + "keepalive_timeout = 1\nport = 9999\nmax_request_body = 10\n")
+        assert await gateway.reload() is True
+        # Back to the values the server started with; max_request_body applies on reload.
+        path.write_text(base + "keepalive_timeout = 5\nmax_request_body = 20\n")
+        assert await gateway.reload() is True
+    finally:
+        logger.removeHandler(caplog.handler)
+        await gateway.aclose()
+
+    records = {id(record): record for record in caplog.records}.values()  # each once
+    warnings = [r.getMessage() for r in records if r.getMessage().startswith("reload:")]
+    assert warnings == [
+        "reload: server.port, server.keepalive_timeout changed but take effect at start only: "
+        "not applied until surefoot serve restarts"
+    ]
+    assert gateway.stack.config.root.server.max_request_body == 20
 
 
 # -- binding --------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ Rule 2: a reload keeps what carries state: a store whose URL is unchanged is the
         settings are unchanged. Resources the new stack no longer uses are closed once
         the requests of the old stack have finished (or after ``shutdown_timeout``).
 Rule 3: a new file that does not validate, or whose stack cannot be built, is refused as a
-        whole (``ConfigRefused``); the configuration in force stays.
+        whole (``ConfigRefused``); the configuration in force stays. The ``[server]`` fields
+        ``surefoot serve`` reads once at start (``_STARTUP_ONLY``) are not applied by a
+        reload: one that changes them logs a WARNING naming them.
 Rule 4: ``X-Request-Id`` is believed only from a trusted proxy (``server.trusted_proxies``);
         anyone else's is replaced, and every response carries the request's id.
 Rule 5: the path is made canonical (``surefoot._asgi.canonicalize``) before anything
@@ -42,7 +44,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -68,6 +70,7 @@ from surefoot.events import EventHook, LoggingHook, emit
 from surefoot.gateway._accesslog import AccessLog
 from surefoot.gateway._config import GatewayConfig, Route, load_config
 from surefoot.gateway._events import ConfigRefused, ConfigReloaded
+from surefoot.gateway._head import ServerLimits
 from surefoot.gateway._lookup import LookupResolver
 from surefoot.gateway._metrics import GatewayMetrics
 from surefoot.gateway._shed import LoadShedder
@@ -83,6 +86,9 @@ from surefoot.storage._protocol import IdempotencyStore, RateLimitStore
 __all__ = ["Gateway"]
 
 _log = logging.getLogger("surefoot.gateway")
+#: ``[server]`` fields ``surefoot serve`` reads once, at start: the sockets, the processes,
+#: the logging, and the HTTP server's limits (``ServerLimits``).
+_STARTUP_ONLY = ("host", "port", "workers", "log_level", *(f.name for f in fields(ServerLimits)))
 _UPSTREAM_APP_URL = "http://upstream"
 
 
@@ -109,7 +115,7 @@ class Gateway:
     Example:
         >>> path = "examples/gateway.toml"
         >>> gateway = Gateway(load_config(path), config_path=path)
-        >>> uvicorn.run(gateway)  # `surefoot serve` adds workers, the admin port and signals
+        >>> uvicorn.run(gateway)  # without `surefoot serve`'s server bounds, workers and signals
 
     Args:
         config: the validated policy file.
@@ -152,6 +158,7 @@ class Gateway:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconciler: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        self._started = config.root.server  # what a reload cannot change (Rule 3)
         self.stack = self._build(config, _digest_of(config_path))
 
     # -- ASGI --------------------------------------------------------------------------------
@@ -322,6 +329,18 @@ class Gateway:
             old, self.stack = self.stack, stack
             self.generation += 1
             self._restart_reconciler()
+            server = stack.config.root.server
+            unapplied = [
+                f"server.{name}"
+                for name in _STARTUP_ONLY
+                if getattr(server, name) != getattr(self._started, name)
+            ]
+            if unapplied:
+                _log.warning(
+                    "reload: %s changed but take effect at start only: not applied until "
+                    "surefoot serve restarts",
+                    ", ".join(unapplied),
+                )
             emit(
                 self.hooks,
                 ConfigReloaded(

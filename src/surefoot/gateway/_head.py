@@ -52,7 +52,10 @@ class ServerLimits:
         header_timeout: seconds for the whole head to arrive, from the connection's start
             or, on a kept-alive connection, from the request's first byte.
         body_timeout: seconds for the whole body to arrive, from the end of the head.
-        keepalive_timeout: seconds a connection may stay idle between requests.
+            Both count only the time the server reads (``_server.py``, Rule 2).
+        keepalive_timeout: seconds a connection may stay idle between requests; and, once
+            closed, the seconds its client may take nothing of what is still buffered for
+            it before the connection is reset.
     """
 
     max_header_size: int = 32 * 1024

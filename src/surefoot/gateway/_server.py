@@ -8,33 +8,50 @@ deadline per connection. It relies on uvicorn's private hooks (the parser callba
 ``self.cycle``, ``self.pipeline``...): the versions it was tested with are pinned in the
 ``gateway`` extra, and ``tests/gateway/test_server_limits.py`` fails if the hooks change.
 
-Rule 1: a connection waiting for its client always has one deadline: ``keepalive_timeout``
-        while idle between requests, ``header_timeout`` for a head (from the connection's
-        start, or from the first byte of a later request), ``body_timeout`` for a body
-        (from the end of its head). A connection owing an answer to an earlier request
-        waits for that answer instead (the upstream's timeouts bound it).
-Rule 2: nothing the client sent is answered by anyone but this module until its head is
+Rule 1: a connection always has the one deadline its state calls for, and ``_settle`` gives
+        it that deadline after every event (a read, an answer complete, reading paused or
+        resumed): ``header_timeout`` while a head is incomplete (from the connection's start
+        for its first request, from its first byte for a later one); ``body_timeout`` while a
+        body is incomplete (from the end of its head, whether or not its answer is already
+        out); none while whole requests wait for their answers (the upstream's timeouts bound
+        those); ``keepalive_timeout`` once every request received is answered.
+Rule 2: a deadline runs only while the server reads. While reading is paused (the app has not
+        taken the body buffered so far, a pipelined request waits its turn, a request that
+        expects ``100 Continue`` waits for its app to ask for the body) it is suspended, and
+        on resuming it gets the time it had left: each deadline bounds the client's time to
+        send, and time the server spent not reading is not the client's.
+Rule 3: nothing the client sent is answered by anyone but this module until its head is
         within the limits and passes ``refusal``; a refused head never reaches the app.
-Rule 3: a refusal (431, 400, or 408 for a deadline with part of a request received) is
+Rule 4: a refusal (431, 400, or 408 for a deadline with part of a request received) is
         written once every earlier answer on the connection is out (pipelining), then the
         connection is half-closed and what the client still sends is read and dropped for
         at most ``_LINGER`` seconds, so the client reads the answer instead of a reset.
         When the refused request's own answer has started, or the request waits queued
         behind another, the connection is closed instead. A deadline with nothing of a
         request received closes the connection without an answer.
-Rule 4: what the parser refuses (a bad method, control characters, broken framing) is a 400
+Rule 5: what the parser refuses (a bad method, control characters, broken framing) is a 400
         ``BadRequest`` with a fixed reason, never the parser's message.
+Rule 6: a closed connection keeps what is still buffered for its client only while the client
+        takes it: each ``keepalive_timeout`` in which it takes none of it, the connection is
+        reset (``transport.abort()`` with no linger), so a client that stops reading cannot
+        hold an answer in the server's memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
+import socket
+import struct
+import sys
 import uuid
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httptools
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from surefoot.errors import BadRequest, ClientError, RequestTimeout
@@ -48,6 +65,16 @@ _log = logging.getLogger("surefoot.gateway")
 _LINGER = 2.0
 #: A timer this close to its deadline counts as on time (timers have millisecond steps).
 _EARLY = 0.01
+#: ``SO_LINGER`` on, zero seconds: closing the socket sends a reset and drops what is unsent.
+_NO_LINGER = struct.pack("ii", 1, 0)
+if sys.platform == "linux":
+    import fcntl
+    import termios
+
+    #: The ``ioctl`` that counts a socket's bytes not yet acknowledged (``SIOCOUTQ``).
+    _OUTQ: int | None = termios.TIOCOUTQ
+else:  # pragma: no cover - the transport's buffer alone measures progress there
+    _OUTQ = None
 
 
 class _Section(enum.Enum):
@@ -69,6 +96,28 @@ class _Wait(enum.Enum):
 
 class _Refused(Exception):
     """Raised from a parser callback to stop the parser; the reason is in ``_refusal``."""
+
+
+class _Flow(FlowControl):
+    """uvicorn's flow control, telling the protocol when reading stops and starts (Rule 2).
+
+    uvicorn pauses reading from the protocol and resumes it from the request's
+    ``receive``, which the protocol never sees: this is where both pass.
+    """
+
+    def __init__(self, transport: asyncio.Transport, changed: Callable[[], None]) -> None:
+        super().__init__(transport)
+        self._changed = changed
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            super().pause_reading()
+            self._changed()
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            super().resume_reading()
+            self._changed()
 
 
 def bounded_protocol(limits: ServerLimits) -> type[BoundedHttpToolsProtocol]:
@@ -96,18 +145,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._deferred: ClientError | None = None  # answered once earlier answers are out
         self._own: RequestResponseCycle | None = None  # the cycle of the request being read
         self._wait = _Wait.NONE
-        self._due = 0.0  # when the deadline of self._wait passes (loop time)
+        # When the deadline of self._wait passes (loop time), or while it is suspended
+        # (self._held), the seconds it has left.
+        self._due = 0.0
+        self._held = True
         self._timer: asyncio.TimerHandle | None = None
         self._draining = False
+        self._unsent: int | None = None  # once closed: bytes still buffered at the last look
+        self._lost = False
 
     # -- the connection -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm(_Wait.HEAD)
+        self.flow = _Flow(transport, self._settle)
+        self._settle()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._lost = True
+        self._wait = _Wait.NONE
         if self._timer is not None:
             self._timer.cancel()
         super().connection_lost(exc)
@@ -122,14 +178,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._refuse(self._refusal or _malformed(exc))
             return
-        # Deadlines are set after the read, for what it left unfinished: a whole request in
-        # one read (the common case) sets none.
-        if self._section is _Section.HEAD and self._wait is not _Wait.HEAD:
-            self._arm(_Wait.HEAD)
-        elif self._section is _Section.BODY and self._wait is _Wait.NONE and not self.pipeline:
-            self._arm(_Wait.BODY)
+        self._settle()
         if self._progress or self._section is _Section.IDLE:
-            # A field that is still arriving began in this read: one read of slack (Rule 1).
+            # A field that is still arriving began in this read: one read of slack (Rule 1
+            # of _head).
             self._pending = 0
             return
         self._pending += len(data)
@@ -140,18 +192,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self.transport.is_closing():
+            self._close()  # the answer said Connection: close, and uvicorn closed (Rule 6)
             return
         self._unset_keepalive_if_required()  # uvicorn's idle timer: _Wait.IDLE replaces it
         if self._deferred is not None:
             if not self._owed():
                 self._answer(self._deferred)
             return
-        if self._wait is not _Wait.NONE:
-            return
-        if self._section is _Section.IDLE and not self._owed():
-            self._arm(_Wait.IDLE)
-        elif self._section is _Section.BODY and not self.pipeline and self.cycle is self._own:
-            self._arm(_Wait.BODY)  # a pipelined request started: its body is read from now on
+        self._settle()
 
     # -- parser callbacks -----------------------------------------------------------------------
 
@@ -187,10 +235,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         )
         if error is not None:
             self._stop(error)
-        self._disarm()
         super().on_headers_complete()
         self._section = _Section.BODY
+        self._wait = _Wait.NONE  # the head's deadline is over; the body's starts fresh
         self._own = self.cycle
+        if self.expect_100_continue:
+            # The client waits for 100 Continue, which uvicorn sends when the app first asks
+            # for the body; that ask resumes reading, and the body's deadline with it (Rule 2).
+            self.flow.pause_reading()
 
     def on_body(self, body: bytes) -> None:
         self._progress = True
@@ -200,8 +252,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._progress = True
         super().on_message_complete()
         self._section = _Section.IDLE
-        if self._wait is _Wait.BODY:
-            self._disarm()
+        self._wait = _Wait.NONE  # the body's deadline is over; whatever follows starts fresh
 
     def on_chunk_header(self) -> None:
         self._progress = True
@@ -209,41 +260,70 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_chunk_complete(self) -> None:
         self._progress = True
 
-    # -- deadlines and refusals ---------------------------------------------------------------
+    # -- deadlines ----------------------------------------------------------------------------
 
-    def _arm(self, wait: _Wait) -> None:
-        self._wait = wait
-        self._due = self.loop.time() + getattr(self.limits, wait.value)
-        # One timer per connection, moved only when it would fire too late: a timer that
-        # fires early finds a later deadline and waits again, so a request on a busy
-        # kept-alive connection costs no timer calls.
-        if self._timer is None or self._timer.when() > self._due:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self.loop.call_at(self._due, self._expired)
+    def _settle(self) -> None:
+        """Give the connection the deadline its state calls for (Rules 1-2).
 
-    def _disarm(self) -> None:
-        self._wait = _Wait.NONE  # the timer, when it fires, finds nothing to do
+        A deadline the state still calls for keeps running; one it no longer calls for is
+        dropped (the callbacks that end a head or a body drop theirs, so the next one starts
+        fresh even when it is of the same kind).
+        """
+        cycle: RequestResponseCycle | None = self.cycle
+        if self._draining:
+            wait = _Wait.NONE
+        elif self._section is _Section.HEAD:
+            wait = _Wait.HEAD
+        elif self._section is _Section.BODY:
+            wait = _Wait.BODY
+        elif cycle is None:
+            wait = _Wait.HEAD  # a new connection: its first head is due from its start
+        elif not cycle.response_complete:
+            wait = _Wait.NONE  # whole requests wait for answers, which go out in order
+        else:
+            wait = _Wait.IDLE
+        if wait is not self._wait:
+            self._wait = wait
+            if wait is _Wait.NONE:
+                return
+            self._due = getattr(self.limits, wait.value)
+            self._held = True
+        elif wait is _Wait.NONE:
+            return
+        if self.flow.read_paused:
+            if not self._held:
+                self._due -= self.loop.time()
+                self._held = True
+        elif self._held:
+            self._due += self.loop.time()
+            self._held = False
+            # One timer per connection, moved only when it would fire too late: a timer that
+            # fires early finds a later deadline and waits again, so a request on a busy
+            # kept-alive connection costs no timer calls.
+            if self._timer is None or self._timer.when() > self._due:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = self.loop.call_at(self._due, self._expired)
 
     def _expired(self) -> None:
         self._timer = None
         wait = self._wait
-        if wait is _Wait.NONE or self.transport.is_closing():
-            return
+        if wait is _Wait.NONE or self._held or self.transport.is_closing():
+            return  # resuming sets a timer again
         if self._due - self.loop.time() > _EARLY:
             self._timer = self.loop.call_at(self._due, self._expired)
             return
         self._wait = _Wait.NONE
-        if wait is _Wait.HEAD and self._owed():
-            self._arm(_Wait.HEAD)  # the next head may wait behind an earlier answer
-        elif wait is _Wait.IDLE or self._section is _Section.IDLE:
-            self.transport.close()
+        if self._section is _Section.IDLE:
+            self._close()  # idle, or a new connection that sent nothing
         else:
-            seconds = self.limits.body_timeout if wait is _Wait.BODY else self.limits.header_timeout
+            seconds = getattr(self.limits, wait.value)
             part = "body" if wait is _Wait.BODY else "head"
             self._refuse(
                 RequestTimeout(reason=f"the request {part} did not arrive within {seconds:g} s")
             )
+
+    # -- refusals and closing -------------------------------------------------------------------
 
     def _owed(self) -> bool:
         """An answer to an earlier request is still being made or written."""
@@ -258,17 +338,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         raise _Refused(error.code)
 
     def _refuse(self, error: ClientError) -> None:
-        self._disarm()
         self._draining = True
+        self._wait = _Wait.NONE
         own = self._own
         queued = any(cycle is own for cycle, _ in self.pipeline)
         if own is not None and not own.response_complete:
-            # The app reading this request learns the client is gone; its answer goes nowhere.
+            # The app reading this request learns the client is gone; its answer goes nowhere,
+            # and no 100 Continue follows the refusal when it asks for the body.
             own.disconnected = True
+            own.waiting_for_100_continue = False
             own.message_event.set()
         _log.info("refused a request from %s: %s", self.client, error.code)
         if queued or (own is not None and own.response_started):
-            self.transport.close()
+            self._close()
         elif self._owed():
             self._deferred = error
             self.flow.pause_reading()
@@ -281,7 +363,44 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(problem_response(error, request_id=uuid.uuid4().hex, headers=headers))
         self.transport.write_eof()  # after the answer is flushed: the client reads it, then EOF
         self.flow.resume_reading()
-        self.loop.call_later(_LINGER, self.transport.close)
+        self.loop.call_later(_LINGER, self._close)
+
+    def _close(self) -> None:
+        """Close the connection once what is buffered for the client is out (Rule 6)."""
+        self.transport.close()
+        if self._unsent is None and not self._lost and self.transport.get_write_buffer_size():
+            self._unsent = self._untaken()
+            self.loop.call_later(self.limits.keepalive_timeout, self._flushing)
+
+    def _flushing(self) -> None:
+        if self._lost or not self.transport.get_write_buffer_size():
+            return  # all of it is in the kernel's hands: the close completes by itself
+        untaken = self._untaken()
+        if untaken < (self._unsent or 0):
+            self._unsent = untaken  # the client is taking it: look again later
+            self.loop.call_later(self.limits.keepalive_timeout, self._flushing)
+            return
+        _log.info("reset a connection from %s: it stopped reading its answer", self.client)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
+        self.transport.abort()
+
+    def _untaken(self) -> int:
+        """Bytes written for the client that it has not acknowledged yet.
+
+        The transport's buffer moves to the kernel's only when much of the kernel's is free,
+        so a client reading slowly can leave it unchanged for seconds: the kernel's own
+        count (``SIOCOUTQ``, where the OS has it) moves with every byte the client takes.
+        """
+        untaken = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if _OUTQ is not None and sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                queued = fcntl.ioctl(sock.fileno(), _OUTQ, bytes(4))
+                untaken += int.from_bytes(queued, sys.byteorder, signed=True)
+        return untaken
 
 
 def _malformed(exc: Exception) -> BadRequest:
