@@ -79,10 +79,13 @@ async def test_a_client_listed_by_address_is_not_held_to_the_ceiling() -> None:
     )
     (ceiling,) = config.rate_limit_policies[1:]
     assert ceiling.allow == frozenset({"addr:127.0.0.1"})
-    async with running(config, upstream=EchoUpstream()) as gw:
-        async with gw.connect(client="127.0.0.1") as listed, gw.connect(client="10.9.9.9") as other:
-            statuses = [(await listed.post("/charges", json={})).status_code for _ in range(6)]
-            unnamed = [(await other.post("/charges", json={})).status_code for _ in range(3)]
+    async with (
+        running(config, upstream=EchoUpstream()) as gw,
+        gw.connect(client="127.0.0.1") as listed,
+        gw.connect(client="10.9.9.9") as other,
+    ):
+        statuses = [(await listed.post("/charges", json={})).status_code for _ in range(6)]
+        unnamed = [(await other.post("/charges", json={})).status_code for _ in range(3)]
     assert statuses == [200] * 6
     assert unnamed == [200, 200, 429]  # the ceiling still holds for everyone else
 

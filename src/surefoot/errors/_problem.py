@@ -91,7 +91,9 @@ def catalogue_markdown(base: str = DEFAULT_PROBLEM_BASE) -> str:
         retry = "yes" if cls.retryable else "no"
         lines.append(f"| [`{cls.code}`](#{cls.code}) | {cls.status} | {retry} | {cls.title} |")
     for cls in entries:
-        doc = (cls.__doc__ or "").strip().splitlines()
+        # The docstring's first paragraph, on one line (Markdown: one sentence per line).
+        summary = (cls.__doc__ or "").strip().split("\n\n")[0]
+        doc = [" ".join(line.strip() for line in summary.splitlines())] if summary else []
         lines += [
             "",
             f"## {cls.code}",
