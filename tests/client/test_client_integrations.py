@@ -391,6 +391,22 @@ INVALID = [
         4,
     ),
     (
+        "[integrations.shipping.cache]\nstore = 'postgresql://db/app?password=hunter2'",
+        "cache.store",
+        "expected a store URL (memory://, redis://, redis+cluster://, rediss://, sqlite://)"
+        ", such as 'redis://127.0.0.1:6379/0' or 'sqlite:///cache.db', "
+        "got 'postgresql://db/app?password=***'",
+        4,
+    ),
+    (
+        "[integrations.shipping.cache]\nstore = 'postgresql://app:se?cret@db/app'",
+        "cache.store",
+        "expected a store URL (memory://, redis://, redis+cluster://, rediss://, sqlite://)"
+        ", such as 'redis://127.0.0.1:6379/0' or 'sqlite:///cache.db', "
+        "got 'postgresql://***@db/app'",
+        4,
+    ),
+    (
         "[integrations.shipping.cache]\nstore = 'sqlite:///'",
         "cache.store",
         "cannot make the store: store URL: expected a database file",

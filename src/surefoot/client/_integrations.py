@@ -46,11 +46,10 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
 
 import httpx
 
-from surefoot._toml import Problems, read_toml, require_pydantic, shown
+from surefoot._toml import Problems, masked_url, read_toml, require_pydantic, shown
 from surefoot.client._breaker import CircuitBreaker
 from surefoot.client._breaker_protocol import Breaker
 from surefoot.client._budget import RetryBudget
@@ -459,15 +458,6 @@ def _url_problem(value: object) -> str | None:
     return None
 
 
-def _without_password(url: str) -> str:
-    """``url`` with its password (if any) masked, for messages."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return url
-    return url if not password else url.replace(f":{password}@", ":***@", 1)
-
-
 def _expected(schema: _Schema, error: Mapping[str, Any]) -> str:
     """What a pydantic error means for the person editing the file."""
     kind = error["type"]
@@ -579,7 +569,7 @@ def _schema() -> _Schema:
             raise ValueError(
                 f"expected a store URL ({', '.join(f'{s}://' for s in schemes)}), such as "
                 "'redis://127.0.0.1:6379/0' or 'sqlite:///cache.db', "
-                f"got {shown(_without_password(value))}"
+                f"got {shown(masked_url(value))}"
             )
         return value
 
