@@ -18,6 +18,7 @@ from surefoot._asgi import Receive, Scope, Send
 from surefoot.events import Event
 from surefoot.idempotency import IdempotencyMiddleware, IdempotencyPolicy, RecordsExceeded
 from surefoot.idempotency._core import Begin, Decision
+from surefoot.identity import Identity
 from surefoot.storage import MemoryStore
 from surefoot.testing import ManualClock
 
@@ -177,3 +178,28 @@ def test_quota_fields_are_whole_numbers(value: object) -> None:
         IdempotencyPolicy(max_records_per_principal=value)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="max_unknown_per_principal: expected a whole"):
         IdempotencyPolicy(max_unknown_per_principal=value)  # type: ignore[arg-type]
+
+
+async def test_made_up_credentials_share_their_addresss_quota_but_never_their_records(
+    ledger: Ledger,
+) -> None:
+    # Without this, every made-up API key would bring a fresh quota of its own.
+    identity = Identity(known_credentials=["sk_listed"])
+    app = IdempotencyMiddleware(
+        ledger,
+        store=MemoryStore(),
+        policy=IdempotencyPolicy(max_records_per_principal=2),
+        principal=identity,
+        clock=ManualClock(),
+        hooks=[],
+    )
+    async for c in client(app):
+        made_up = [(await charge(c, f"junk-{n}", f"k-{n}")).status_code for n in range(3)]
+        listed = (await charge(c, "sk_listed", "k-0")).status_code
+        # The same key under two made-up credentials is two requests, never a replay.
+        other = await charge(c, "junk-1", "k-0")
+    assert made_up == [201, 201, 429]
+    assert listed == 201  # a listed key's quota is its own
+    assert other.status_code == 429  # a new record for the address: over its quota
+    assert ledger.executions[("Bearer junk-0", "k-0")] == 1
+    assert ledger.executions[("Bearer junk-1", "k-0")] == 0

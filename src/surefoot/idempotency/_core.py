@@ -32,8 +32,8 @@ Rule 5: ``UNKNOWN`` is left only by an operator (``resolve``, ``forget``), a lat
         with the current token, or the TTL; a begin never executes it again.
 Rule 6: every step is a total function of (record, now, inputs): ``TRANSITIONS`` lists
         every (state, step) pair, and refused steps leave the record unchanged.
-Rule 7: a store key made by ``scoped_key`` names its *owner* (a tag of the principal;
-        ``key_owner``). A begin that would create a record (its key is ``ABSENT``) and
+Rule 7: a store key made by ``scoped_key`` names its *owner* (a tag of the principal, or
+        of whoever the caller says counts for it; ``key_owner``). A begin that would create a record (its key is ``ABSENT``) and
         carries a quota is decided on the owner's ``Usage``, which the store reads in the
         same atomic step: when the owner already holds ``max_unknown`` live records of
         unknown outcome, or ``max_records`` live records in all, it is ``OverQuota`` and
@@ -257,20 +257,23 @@ class Outcome(NamedTuple):
     response: StoredResponse | None = None  # required for COMPLETE
 
 
-def scoped_key(principal: str, key: str, route: str | None = None) -> str:
+def scoped_key(principal: str, key: str, route: str | None = None, owner: str | None = None) -> str:
     """The store key of a client key: scoped by principal and, optionally, route.
 
-    ``idem:<owner>:<digest>``: the owner is a tag of the principal alone, so that a store
-    can count each principal's records (Rule 7) and a Redis Cluster can keep them in one
-    slot; the digest covers principal, route and key. Hashing keeps store keys short and
+    ``idem:<owner>:<digest>``: the owner is a tag of ``owner`` (default: the principal)
+    alone, so that a store can count each owner's records (Rule 7) and a Redis Cluster can
+    keep them in one slot; the digest covers principal, route and key. An owner other than
+    the principal counts several principals' records together (credentials nobody
+    listed, under their address) while their keys stay apart. Hashing keeps store keys short and
     uniform and keeps raw keys of one principal from ever colliding with another's (the
     parts are length-prefixed).
     """
     route = route or ""
     material = f"{len(principal)}:{principal}{len(route)}:{route}{len(key)}:{key}".encode()
-    owner = hashlib.blake2b(principal.encode(), digest_size=10, person=b"surefoot.owner")
+    tag = (principal if owner is None else owner).encode()
+    owner_tag = hashlib.blake2b(tag, digest_size=10, person=b"surefoot.owner")
     digest = hashlib.blake2b(material, digest_size=20).hexdigest()
-    return f"idem:{owner.hexdigest()}:{digest}"
+    return f"idem:{owner_tag.hexdigest()}:{digest}"
 
 
 _OWNED = re.compile(r"idem:([0-9a-f]{20}):[0-9a-f]{40}")

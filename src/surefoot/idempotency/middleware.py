@@ -104,7 +104,7 @@ from surefoot.idempotency._core import (
 from surefoot.idempotency._fingerprint import NOT_JSON, fingerprint, parse_json_body
 from surefoot.idempotency._key import InvalidKey, parse_key
 from surefoot.idempotency._policy import IdempotencyPolicy
-from surefoot.identity import PrincipalResolver, default_principal
+from surefoot.identity import Identity, PrincipalResolver, default_principal
 from surefoot.storage._health import (
     HealthChange,
     HealthState,
@@ -238,6 +238,9 @@ class IdempotencyMiddleware:
         # A route left unprotected matches only its own spelling (_routes Rule 5).
         self.routes = RouteTable((routes or {}).items(), strict=lambda policy: policy is None)
         self.principal = principal
+        # Quotas count an Identity's unknown credentials under their address (each costs
+        # nothing to make up), while their keys stay scoped by the credential itself.
+        self.owner = principal.rate_limit_principal if isinstance(principal, Identity) else None
         self.clock = clock if clock is not None else SystemClock()
         self.sleep = sleep
         self.hooks: tuple[EventHook, ...] = (LoggingHook(),) if hooks is None else tuple(hooks)
@@ -294,6 +297,7 @@ class _Responder:
         self.method = route_method(scope)
         self.path: str = scope["path"]
         self.principal = ""  # resolved in run(), where a refusal can be answered
+        self.owner: str | None = None  # whose quota a new record counts against
         self.store_key: str | None = None
         self.body = b""
         self.parsed: Any = NOT_JSON
@@ -334,6 +338,8 @@ class _Responder:
     async def run(self) -> None:
         try:
             self.principal = self.mw.principal(self.scope)
+            if self.mw.owner is not None:
+                self.owner = self.mw.owner(self.scope)
         except ClientError as exc:  # ambiguous credentials: no key is scoped by a guess
             await self.problem(exc)
             return
@@ -367,7 +373,7 @@ class _Responder:
             if self.policy.scope == "principal_route"
             else None
         )
-        self.store_key = scoped_key(self.principal, key, route)
+        self.store_key = scoped_key(self.principal, key, route, owner=self.owner)
         await self.decide()
 
     async def read_body(self) -> bool:
