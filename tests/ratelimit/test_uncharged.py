@@ -48,3 +48,15 @@ def test_waiting_an_uncharged_limits_t_finds_more(
     if told.available_after > 0:
         later = now + told.available_after + 1e-6 * window
         assert remaining_at(algorithm, state, later, limit) > told.remaining
+
+
+def test_a_leaky_queue_that_was_empty_reads_as_full_once_uncharged() -> None:
+    limit = Limit(4, 1.0, algorithm="leaky_queue", max_wait=1.0)
+    cls = ALGORITHM_BY_NAME["leaky_queue"]
+    first, state = cls.decide(None, 1_700_000_000.0, 1, limit)
+    assert first.delay == 0.0
+    told = uncharged(first, 1, limit)
+    assert (told.remaining, told.available_after) == (first.remaining + 1, 0.0)
+    queued, _ = cls.decide(state, 1_700_000_000.0, 1, limit)
+    assert queued.delay > 0.0  # the queue is not empty: what it frees is the charged state's
+    assert uncharged(queued, 1, limit).available_after == queued.available_after

@@ -33,12 +33,13 @@ Rule 5: ``UNKNOWN`` is left only by an operator (``resolve``, ``forget``), a lat
 Rule 6: every step is a total function of (record, now, inputs): ``TRANSITIONS`` lists
         every (state, step) pair, and refused steps leave the record unchanged.
 Rule 7: a store key made by ``scoped_key`` names its *owner* (a tag of the principal, or
-        of whoever the caller says counts for it; ``key_owner``). A begin that would create a record (its key is ``ABSENT``) and
-        carries a quota is decided on the owner's ``Usage``, which the store reads in the
-        same atomic step: when the owner already holds ``max_unknown`` live records of
-        unknown outcome, or ``max_records`` live records in all, it is ``OverQuota`` and
-        changes nothing. Take-overs, replays and conflicts concern a record the owner
-        already holds and are never refused; expired records count for nothing.
+        of whoever the caller says counts for it; ``key_owner``). A begin that would
+        create a record (its key is ``ABSENT``) and carries a quota is decided on the
+        owner's ``Usage``, which the store reads in the same atomic step: when the owner
+        already holds ``max_unknown`` live records of unknown outcome, or ``max_records``
+        live records in all, it is ``OverQuota`` and changes nothing. Take-overs, replays
+        and conflicts concern a record the owner already holds and are never refused;
+        expired records count for nothing.
 """
 
 from __future__ import annotations
