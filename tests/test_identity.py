@@ -430,3 +430,9 @@ def test_an_address_policy_needs_an_identity() -> None:
         )
     with pytest.raises(ConfigurationError, match=r"\.per: expected 'principal' or 'address'"):
         RateLimitPolicy("p", limits=["1/minute"], per="route")  # type: ignore[arg-type]
+
+
+def test_lists_credentials_says_whether_unknown_ones_can_count_as_their_address() -> None:
+    assert not Identity().lists_credentials
+    assert Identity(known_credentials=["k"]).lists_credentials
+    assert Identity(known_credentials=lambda credential: False).lists_credentials

@@ -151,6 +151,12 @@ class Identity:
             return credential
         return self._user(scope) or self.address_principal(scope)
 
+    @property
+    def lists_credentials(self) -> bool:
+        """Whether ``known_credentials`` were given: only then can an unknown credential
+        count as its address, and ``rate_limit_principal`` differ from ``identity(scope)``."""
+        return self._known is not None
+
     def rate_limit_principal(self, scope: Scope) -> str:
         """The principal rate limits count: an unknown credential counts as its address."""
         credential, known = self._credential(scope)

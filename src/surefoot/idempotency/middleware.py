@@ -240,7 +240,11 @@ class IdempotencyMiddleware:
         self.principal = principal
         # Quotas count an Identity's unknown credentials under their address (each costs
         # nothing to make up), while their keys stay scoped by the credential itself.
-        self.owner = principal.rate_limit_principal if isinstance(principal, Identity) else None
+        self.owner = (
+            principal.rate_limit_principal
+            if isinstance(principal, Identity) and principal.lists_credentials
+            else None
+        )
         self.clock = clock if clock is not None else SystemClock()
         self.sleep = sleep
         self.hooks: tuple[EventHook, ...] = (LoggingHook(),) if hooks is None else tuple(hooks)
