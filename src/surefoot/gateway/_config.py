@@ -37,6 +37,7 @@ import difflib
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from typing import Any, Literal
 
 import httpx
@@ -45,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from surefoot._routes import RouteTable
 from surefoot._toml import Problems, masked_url, read_toml, shown, split_url
 from surefoot.errors import ConfigurationError
+from surefoot.gateway._head import ServerLimits
 from surefoot.idempotency._policy import IdempotencyPolicy
 from surefoot.identity import hash_credential
 from surefoot.ratelimit._policy import RateLimitPolicy
@@ -66,6 +68,9 @@ class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+_LIMITS = ServerLimits()
+
+
 class Server(_Table):
     host: str = _described("an address to listen on", "127.0.0.1")
     port: int = _described("a port number 0-65535", 8080, ge=0, le=65535)
@@ -82,12 +87,18 @@ class Server(_Table):
         "'debug', 'info', 'warning' or 'error'", "warning"
     )
     shutdown_timeout: float = _described("seconds >= 0", 30.0, ge=0)
-    max_header_size: int = _described("bytes > 0", 32 * 1024, gt=0)
-    max_headers_size: int = _described("bytes > 0", 64 * 1024, gt=0)
-    max_header_count: int = _described("a whole number >= 1", 100, ge=1)
-    header_timeout: float = _described("seconds > 0", 10.0, gt=0)
-    body_timeout: float = _described("seconds > 0", 30.0, gt=0)
-    keepalive_timeout: float = _described("seconds > 0", 5.0, gt=0)
+    # The server's bounds: their defaults are ServerLimits' (one source).
+    max_header_size: int = _described("bytes > 0", _LIMITS.max_header_size, gt=0)
+    max_headers_size: int = _described("bytes > 0", _LIMITS.max_headers_size, gt=0)
+    max_header_count: int = _described("a whole number >= 1", _LIMITS.max_header_count, ge=1)
+    header_timeout: float = _described("seconds > 0", _LIMITS.header_timeout, gt=0)
+    body_timeout: float = _described("seconds > 0", _LIMITS.body_timeout, gt=0)
+    keepalive_timeout: float = _described("seconds > 0", _LIMITS.keepalive_timeout, gt=0)
+
+    def limits(self) -> ServerLimits:
+        """The bounds the HTTP server enforces, from these fields."""
+        return ServerLimits(**{f.name: getattr(self, f.name) for f in fields(ServerLimits)})
+
     allow_method_override: bool = _described("true or false", False)
 
     @field_validator("trusted_proxies")

@@ -219,7 +219,6 @@ def _worker(
     import uvicorn
 
     from surefoot.gateway._gateway import Gateway
-    from surefoot.gateway._head import ServerLimits
     from surefoot.gateway._metrics import GatewayMetrics
     from surefoot.gateway._server import bounded_protocol
     from surefoot.gateway.admin import AdminApp, signal_supervisor
@@ -235,18 +234,9 @@ def _worker(
         admin_app = AdminApp(gateway, on_reload=on_reload, running=running)
     admin_port = admin.getsockname()[1] if admin is not None else None
     root = _Root(gateway, admin_app, admin_port)
-    server_table = config.root.server
-    limits = ServerLimits(
-        max_header_size=server_table.max_header_size,
-        max_headers_size=server_table.max_headers_size,
-        max_header_count=server_table.max_header_count,
-        header_timeout=server_table.header_timeout,
-        body_timeout=server_table.body_timeout,
-        keepalive_timeout=server_table.keepalive_timeout,
-    )
     uv_config = uvicorn.Config(
         root,
-        http=bounded_protocol(limits),
+        http=bounded_protocol(config.root.server.limits()),
         ws="none",  # upgrades are refused by the protocol (surefoot.gateway._head, Rule 3)
         lifespan="on",
         access_log=False,
