@@ -3,8 +3,8 @@
 Each wraps another httpx transport (``HTTPTransport``, ``MockTransport``, a fault injector,
 another wrapper) and runs every request through ``_flow.retry_flow``: the flow decides, the
 driver sends, reads, closes, sleeps and tells the time. The two drivers are the same loop,
-once with ``await``; ``tests/client/test_client_drivers.py`` runs one scenario table through
-both so they cannot drift.
+once with ``await``; ``test_drivers_agree`` in ``tests/client/test_client_transport.py`` runs
+one scenario table through both so they cannot drift.
 
 Rule 1: a response the flow may retry is read before the flow sees it (its problem code
 decides) and closed before the next attempt, so its connection goes back to the pool.
