@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from surefoot.gateway._upstream import HttpUpstream, HttpxUpstream, UpstreamError
+from surefoot.gateway._upstream import ForwardFailed, HttpUpstream, HttpxUpstream
 
 pytestmark = pytest.mark.anyio
 
@@ -180,7 +180,7 @@ async def test_a_stale_idle_connection_is_retried_for_idempotent_methods_only() 
         response = await upstream.send(method, b"/", [], body)
         assert await body_of(response) == b"ok"  # the second: retried on a new connection
         await response.aclose()
-    with pytest.raises(UpstreamError) as lost:
+    with pytest.raises(ForwardFailed) as lost:
         await upstream.send("POST", b"/", [], b"x")  # may have been received: not retried
     assert (lost.value.reason, lost.value.reached) == ("reset", True)
     await upstream.aclose()
@@ -206,27 +206,27 @@ async def test_failures_say_whether_the_request_may_have_been_processed() -> Non
 
     server, url = await start(silent)
     upstream = pool(url, read_timeout=0.1)
-    with pytest.raises(UpstreamError) as timed_out:
+    with pytest.raises(ForwardFailed) as timed_out:
         await upstream.send("GET", b"/", [], b"")
     assert (timed_out.value.reason, timed_out.value.reached) == ("timeout", True)
     server.close()
 
     server, url = await start(cut_mid_body)
     response = await pool(url).send("GET", b"/", [], b"")
-    with pytest.raises(UpstreamError) as broken:
+    with pytest.raises(ForwardFailed) as broken:
         await body_of(response)
     assert broken.value.reason == "reset"
     server.close()
 
     server, url = await start(garbage)
-    with pytest.raises(UpstreamError) as bad:
+    with pytest.raises(ForwardFailed) as bad:
         await pool(url).send("GET", b"/", [], b"")
     assert bad.value.reached
     server.close()
     await asyncio.sleep(0.05)  # let the closed connections finish closing
 
     closed = url.replace(url.split(":")[-1].split("/")[0], "1")  # port 1: nothing listens
-    with pytest.raises(UpstreamError) as refused:
+    with pytest.raises(ForwardFailed) as refused:
         await pool(closed).send("POST", b"/", [], b"x")
     assert (refused.value.reason, refused.value.reached) == ("connect", False)
 
@@ -245,7 +245,7 @@ async def test_no_free_connection_in_time_is_not_reached() -> None:
     upstream = pool(url, max_connections=1, connect_timeout=0.1)
     pending = asyncio.ensure_future(upstream.send("GET", b"/", [], b""))
     await received.wait()  # the first request holds the only connection
-    with pytest.raises(UpstreamError) as waited:
+    with pytest.raises(ForwardFailed) as waited:
         await upstream.send("GET", b"/", [], b"")
     assert (waited.value.reason, waited.value.reached) == ("connect", False)
     release.set()
@@ -337,7 +337,7 @@ async def test_a_switch_of_protocols_or_an_unknown_status_is_a_broken_connection
 
     server, url = await start(handler)
     upstream = pool(url, max_connections=1)
-    with pytest.raises(UpstreamError) as broken:
+    with pytest.raises(ForwardFailed) as broken:
         await upstream.send("GET", b"/", [], b"")
     assert (broken.value.reason, broken.value.reached) == ("reset", True)
     assert not upstream.slots.locked()  # the connection's slot is free again
@@ -433,7 +433,7 @@ async def test_an_in_process_upstream_s_interim_status_is_a_broken_connection() 
 
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
     upstream = HttpxUpstream(client, "http://upstream")
-    with pytest.raises(UpstreamError) as broken:
+    with pytest.raises(ForwardFailed) as broken:
         await upstream.send("GET", b"/", [], b"")
     assert (broken.value.reason, broken.value.reached) == ("reset", True)
     await upstream.aclose()

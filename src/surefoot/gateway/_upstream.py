@@ -7,7 +7,7 @@ forwarded request costs a fraction of what a general-purpose client spends.
 ``HttpxUpstream`` sends through an ``httpx.AsyncClient`` instead: for an upstream that is
 an in-process ASGI app, and for tests that inject a transport (a ``ChaosTransport``).
 
-Rule 1: every failure is an ``UpstreamError`` whose ``reached`` says whether the request
+Rule 1: every failure is a ``ForwardFailed`` whose ``reached`` says whether the request
         may have been processed: a connect failure or no free connection in time is
         ``reached=False``; anything after the first byte of the request was written is
         ``reached=True``, except an idempotent request on a reused keep-alive connection
@@ -45,7 +45,7 @@ from typing import Any, Protocol, cast
 import httptools
 import httpx
 
-__all__ = ["HttpUpstream", "HttpxUpstream", "Upstream", "UpstreamError", "UpstreamResponse"]
+__all__ = ["ForwardFailed", "HttpUpstream", "HttpxUpstream", "Upstream", "UpstreamResponse"]
 
 _HIGH_WATER = 256 * 1024
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -54,8 +54,12 @@ Headers = list[tuple[bytes, bytes]]
 Body = bytes | AsyncIterator[bytes]
 
 
-class UpstreamError(Exception):
-    """The upstream call failed: ``reason`` is ``connect``, ``timeout`` or ``reset``."""
+class ForwardFailed(Exception):
+    """Forwarding to the upstream failed: ``reason`` is ``connect``, ``timeout`` or ``reset``.
+
+    The proxy turns it into its own answer (a problem from ``surefoot.errors``); it is not
+    one of the public ``UpstreamError`` family, which the outbound client raises.
+    """
 
     def __init__(self, reason: str, *, reached: bool) -> None:
         super().__init__(reason)
@@ -68,7 +72,7 @@ class UpstreamResponse(Protocol):
     headers: Headers
 
     def chunks(self) -> AsyncIterator[bytes]:
-        """The body; raises ``UpstreamError`` (reset or timeout) if it breaks."""
+        """The body; raises ``ForwardFailed`` (reset or timeout) if it breaks."""
         ...
 
     async def aclose(self) -> None: ...
@@ -137,7 +141,7 @@ class HttpUpstream:
                 # The upstream closed this idle connection as we used it: nothing was read.
                 if attempt == 0 and verb in _IDEMPOTENT and isinstance(body, bytes):
                     continue
-                raise UpstreamError("reset", reached=True) from None
+                raise ForwardFailed("reset", reached=True) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _connection(self) -> _Connection:
@@ -145,7 +149,7 @@ class HttpUpstream:
             async with asyncio.timeout(self.connect_timeout):
                 await self.slots.acquire()
         except TimeoutError:
-            raise UpstreamError("connect", reached=False) from None
+            raise ForwardFailed("connect", reached=False) from None
         while self.idle:
             conn = self.idle.pop()
             if not conn.closed:
@@ -163,7 +167,7 @@ class HttpUpstream:
         except BaseException as exc:  # the proxy's own timeout too: the slot is freed
             self.slots.release()
             if isinstance(exc, OSError | TimeoutError):  # ssl.SSLError is an OSError
-                raise UpstreamError("connect", reached=False) from None
+                raise ForwardFailed("connect", reached=False) from None
             raise
         return conn
 
@@ -223,7 +227,7 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             # Includes _Malformed from a callback (as HttpParserCallbackError).
-            self._fail(UpstreamError("reset", reached=True))
+            self._fail(ForwardFailed("reset", reached=True))
             self.close()
 
     def eof_received(self) -> bool | None:
@@ -241,7 +245,7 @@ class _Connection(asyncio.Protocol):
             elif self.reused and not self.got_bytes:
                 self._fail(_Stale())
             else:
-                self._fail(UpstreamError("reset", reached=True))
+                self._fail(ForwardFailed("reset", reached=True))
         self.can_write.set()
 
     def pause_writing(self) -> None:
@@ -321,7 +325,7 @@ class _Connection(asyncio.Protocol):
                     if not chunk:
                         continue
                     if self.closed:
-                        raise UpstreamError("reset", reached=True)
+                        raise ForwardFailed("reset", reached=True)
                     self.transport.write(
                         b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
                     )
@@ -332,7 +336,7 @@ class _Connection(asyncio.Protocol):
                 async with asyncio.timeout(read_timeout):  # Rule 6
                     await asyncio.shield(self.head)
             except TimeoutError:
-                raise UpstreamError("timeout", reached=True) from None
+                raise ForwardFailed("timeout", reached=True) from None
         except BaseException:
             self.close()
             self.pool._done(self, reusable=False)
@@ -410,14 +414,14 @@ class _Response:
                 return
             if self.error is not None:
                 self._release(complete=False)
-                raise UpstreamError("reset", reached=True)
+                raise ForwardFailed("reset", reached=True)
             self.wakeup.clear()
             try:
                 async with asyncio.timeout(self.read_timeout):  # Rule 6
                     await self.wakeup.wait()
             except TimeoutError:
                 self._release(complete=False)
-                raise UpstreamError("timeout", reached=True) from None
+                raise ForwardFailed("timeout", reached=True) from None
 
     def _release(self, *, complete: bool) -> None:
         if not self.released:
@@ -447,16 +451,16 @@ class HttpxUpstream:
         try:
             response = await self.client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
-            raise UpstreamError("connect", reached=False) from None
+            raise ForwardFailed("connect", reached=False) from None
         except httpx.TimeoutException:
-            raise UpstreamError("timeout", reached=True) from None
+            raise ForwardFailed("timeout", reached=True) from None
         except httpx.TransportError:
-            raise UpstreamError("reset", reached=True) from None
+            raise ForwardFailed("reset", reached=True) from None
         if not 200 <= response.status_code <= 599:
             # Rule 5: httpcore skips interim answers but returns a 101, and an in-process
             # app can start any status.
             await response.aclose()
-            raise UpstreamError("reset", reached=True)
+            raise ForwardFailed("reset", reached=True)
         return _HttpxResponse(response)
 
     async def aclose(self) -> None:
@@ -474,9 +478,9 @@ class _HttpxResponse:
             async for chunk in self.response.aiter_raw():
                 yield chunk
         except httpx.TimeoutException:
-            raise UpstreamError("timeout", reached=True) from None
+            raise ForwardFailed("timeout", reached=True) from None
         except httpx.TransportError:
-            raise UpstreamError("reset", reached=True) from None
+            raise ForwardFailed("reset", reached=True) from None
 
     async def aclose(self) -> None:
         await self.response.aclose()

@@ -84,7 +84,7 @@ from surefoot.errors import (
 from surefoot.events import EventHook, emit, wanted
 from surefoot.gateway._events import RequestShed, UpstreamFailed
 from surefoot.gateway._shed import LoadShedder
-from surefoot.gateway._upstream import Body, Upstream, UpstreamError, UpstreamResponse
+from surefoot.gateway._upstream import Body, ForwardFailed, Upstream, UpstreamResponse
 
 __all__ = ["ProxyApp"]
 
@@ -273,7 +273,7 @@ class _Forward:
                 target, headers, content = request
                 try:
                     response = await proxy.upstream.send(scope["method"], target, headers, content)
-                except UpstreamError as exc:
+                except ForwardFailed as exc:
                     await self.failed(exc.reason, reached=exc.reached)
                     return
                 except _ClientGone:  # Rule 3
@@ -390,7 +390,7 @@ class _Forward:
                         {"type": "http.response.body", "body": chunk, "more_body": True}
                     )
                     self.sending = False
-        except UpstreamError as exc:
+        except ForwardFailed as exc:
             self.event(exc.reason, reached=True, status=status)
             return  # Rule 2: cut, never finished
         await self.send({"type": "http.response.body", "body": b""})
