@@ -15,12 +15,12 @@ from surefoot.idempotency._core import (
     Record,
     Replay,
     Reserved,
+    Ruling,
     State,
     Step,
     StoredResponse,
     Unknown,
     Usage,
-    Verdict,
     begin,
     charges_quota,
     classify,
@@ -34,7 +34,7 @@ from surefoot.idempotency._core import (
 T0 = 1_000.0
 LEASE, TTL = 30.0, 3600.0
 RESPONSE = StoredResponse(201, ((b"content-type", b"application/json"),), b'{"id":1}')
-S, St, V = State, Step, Verdict
+S, St, R = State, Step, Ruling
 
 
 def req(fp: str = "fp", token: str = "t2", mode: str = "unknown") -> Begin:
@@ -54,42 +54,42 @@ OBSERVED: dict[State, tuple[Record | None, float]] = {
     S.UNKNOWN: (record(S.UNKNOWN), T0 + 1),
 }
 
-EXPECTED: dict[tuple[State, Step], tuple[State, Verdict]] = {
-    (S.ABSENT, St.BEGIN_REEXECUTE): (S.IN_FLIGHT, V.RESERVE),
-    (S.ABSENT, St.BEGIN_UNKNOWN): (S.IN_FLIGHT, V.RESERVE),
-    (S.ABSENT, St.COMPLETE): (S.ABSENT, V.REFUSE),
-    (S.ABSENT, St.RELEASE): (S.ABSENT, V.REFUSE),
-    (S.ABSENT, St.MARK_UNKNOWN): (S.ABSENT, V.REFUSE),
-    (S.ABSENT, St.RESOLVE): (S.ABSENT, V.REFUSE),
-    (S.ABSENT, St.FORGET): (S.ABSENT, V.REFUSE),
-    (S.IN_FLIGHT, St.BEGIN_REEXECUTE): (S.IN_FLIGHT, V.IN_PROGRESS),
-    (S.IN_FLIGHT, St.BEGIN_UNKNOWN): (S.IN_FLIGHT, V.IN_PROGRESS),
-    (S.IN_FLIGHT, St.COMPLETE): (S.COMPLETED, V.ACCEPT),
-    (S.IN_FLIGHT, St.RELEASE): (S.ABSENT, V.ACCEPT),
-    (S.IN_FLIGHT, St.MARK_UNKNOWN): (S.UNKNOWN, V.ACCEPT),
-    (S.IN_FLIGHT, St.RESOLVE): (S.IN_FLIGHT, V.REFUSE),
-    (S.IN_FLIGHT, St.FORGET): (S.ABSENT, V.ACCEPT),
-    (S.LEASE_EXPIRED, St.BEGIN_REEXECUTE): (S.IN_FLIGHT, V.TAKE_OVER),
-    (S.LEASE_EXPIRED, St.BEGIN_UNKNOWN): (S.UNKNOWN, V.EXPIRE_TO_UNKNOWN),
-    (S.LEASE_EXPIRED, St.COMPLETE): (S.COMPLETED, V.ACCEPT),
-    (S.LEASE_EXPIRED, St.RELEASE): (S.ABSENT, V.ACCEPT),
-    (S.LEASE_EXPIRED, St.MARK_UNKNOWN): (S.UNKNOWN, V.ACCEPT),
-    (S.LEASE_EXPIRED, St.RESOLVE): (S.COMPLETED, V.ACCEPT),
-    (S.LEASE_EXPIRED, St.FORGET): (S.ABSENT, V.ACCEPT),
-    (S.COMPLETED, St.BEGIN_REEXECUTE): (S.COMPLETED, V.REPLAY),
-    (S.COMPLETED, St.BEGIN_UNKNOWN): (S.COMPLETED, V.REPLAY),
-    (S.COMPLETED, St.COMPLETE): (S.COMPLETED, V.REFUSE),
-    (S.COMPLETED, St.RELEASE): (S.COMPLETED, V.REFUSE),
-    (S.COMPLETED, St.MARK_UNKNOWN): (S.COMPLETED, V.REFUSE),
-    (S.COMPLETED, St.RESOLVE): (S.COMPLETED, V.REFUSE),
-    (S.COMPLETED, St.FORGET): (S.ABSENT, V.ACCEPT),
-    (S.UNKNOWN, St.BEGIN_REEXECUTE): (S.UNKNOWN, V.REPORT_UNKNOWN),
-    (S.UNKNOWN, St.BEGIN_UNKNOWN): (S.UNKNOWN, V.REPORT_UNKNOWN),
-    (S.UNKNOWN, St.COMPLETE): (S.COMPLETED, V.ACCEPT),
-    (S.UNKNOWN, St.RELEASE): (S.ABSENT, V.ACCEPT),
-    (S.UNKNOWN, St.MARK_UNKNOWN): (S.UNKNOWN, V.ACCEPT),
-    (S.UNKNOWN, St.RESOLVE): (S.COMPLETED, V.ACCEPT),
-    (S.UNKNOWN, St.FORGET): (S.ABSENT, V.ACCEPT),
+EXPECTED: dict[tuple[State, Step], tuple[State, Ruling]] = {
+    (S.ABSENT, St.BEGIN_REEXECUTE): (S.IN_FLIGHT, R.RESERVE),
+    (S.ABSENT, St.BEGIN_UNKNOWN): (S.IN_FLIGHT, R.RESERVE),
+    (S.ABSENT, St.COMPLETE): (S.ABSENT, R.REFUSE),
+    (S.ABSENT, St.RELEASE): (S.ABSENT, R.REFUSE),
+    (S.ABSENT, St.MARK_UNKNOWN): (S.ABSENT, R.REFUSE),
+    (S.ABSENT, St.RESOLVE): (S.ABSENT, R.REFUSE),
+    (S.ABSENT, St.FORGET): (S.ABSENT, R.REFUSE),
+    (S.IN_FLIGHT, St.BEGIN_REEXECUTE): (S.IN_FLIGHT, R.IN_PROGRESS),
+    (S.IN_FLIGHT, St.BEGIN_UNKNOWN): (S.IN_FLIGHT, R.IN_PROGRESS),
+    (S.IN_FLIGHT, St.COMPLETE): (S.COMPLETED, R.ACCEPT),
+    (S.IN_FLIGHT, St.RELEASE): (S.ABSENT, R.ACCEPT),
+    (S.IN_FLIGHT, St.MARK_UNKNOWN): (S.UNKNOWN, R.ACCEPT),
+    (S.IN_FLIGHT, St.RESOLVE): (S.IN_FLIGHT, R.REFUSE),
+    (S.IN_FLIGHT, St.FORGET): (S.ABSENT, R.ACCEPT),
+    (S.LEASE_EXPIRED, St.BEGIN_REEXECUTE): (S.IN_FLIGHT, R.TAKE_OVER),
+    (S.LEASE_EXPIRED, St.BEGIN_UNKNOWN): (S.UNKNOWN, R.EXPIRE_TO_UNKNOWN),
+    (S.LEASE_EXPIRED, St.COMPLETE): (S.COMPLETED, R.ACCEPT),
+    (S.LEASE_EXPIRED, St.RELEASE): (S.ABSENT, R.ACCEPT),
+    (S.LEASE_EXPIRED, St.MARK_UNKNOWN): (S.UNKNOWN, R.ACCEPT),
+    (S.LEASE_EXPIRED, St.RESOLVE): (S.COMPLETED, R.ACCEPT),
+    (S.LEASE_EXPIRED, St.FORGET): (S.ABSENT, R.ACCEPT),
+    (S.COMPLETED, St.BEGIN_REEXECUTE): (S.COMPLETED, R.REPLAY),
+    (S.COMPLETED, St.BEGIN_UNKNOWN): (S.COMPLETED, R.REPLAY),
+    (S.COMPLETED, St.COMPLETE): (S.COMPLETED, R.REFUSE),
+    (S.COMPLETED, St.RELEASE): (S.COMPLETED, R.REFUSE),
+    (S.COMPLETED, St.MARK_UNKNOWN): (S.COMPLETED, R.REFUSE),
+    (S.COMPLETED, St.RESOLVE): (S.COMPLETED, R.REFUSE),
+    (S.COMPLETED, St.FORGET): (S.ABSENT, R.ACCEPT),
+    (S.UNKNOWN, St.BEGIN_REEXECUTE): (S.UNKNOWN, R.REPORT_UNKNOWN),
+    (S.UNKNOWN, St.BEGIN_UNKNOWN): (S.UNKNOWN, R.REPORT_UNKNOWN),
+    (S.UNKNOWN, St.COMPLETE): (S.COMPLETED, R.ACCEPT),
+    (S.UNKNOWN, St.RELEASE): (S.ABSENT, R.ACCEPT),
+    (S.UNKNOWN, St.MARK_UNKNOWN): (S.UNKNOWN, R.ACCEPT),
+    (S.UNKNOWN, St.RESOLVE): (S.COMPLETED, R.ACCEPT),
+    (S.UNKNOWN, St.FORGET): (S.ABSENT, R.ACCEPT),
 }
 
 
@@ -123,24 +123,24 @@ def apply(state: State, step: Step) -> tuple[State, bool, object]:
     ("state", "step"), sorted(EXPECTED, key=lambda k: (k[0].value, k[1].value))
 )
 def test_every_transition_through_the_functions(state: State, step: Step) -> None:
-    target, verdict = EXPECTED[state, step]
+    target, ruling = EXPECTED[state, step]
     observed, accepted, result = apply(state, step)
     assert observed is target
-    if verdict in (V.ACCEPT, V.RESERVE, V.TAKE_OVER):
+    if ruling in (R.ACCEPT, R.RESERVE, R.TAKE_OVER):
         assert accepted
-    if verdict is V.REFUSE:
+    if ruling is R.REFUSE:
         assert not accepted
-    if verdict is V.IN_PROGRESS:
+    if ruling is R.IN_PROGRESS:
         assert result == InProgress(T0 + LEASE)
-    if verdict is V.REPLAY:
+    if ruling is R.REPLAY:
         assert result == Replay(RESPONSE)
-    if verdict is V.REPORT_UNKNOWN:
+    if ruling is R.REPORT_UNKNOWN:
         assert result == Unknown(lease_expired_now=False)
-    if verdict is V.EXPIRE_TO_UNKNOWN:
+    if ruling is R.EXPIRE_TO_UNKNOWN:
         assert result == Unknown(lease_expired_now=True)
-    if verdict is V.TAKE_OVER:
+    if ruling is R.TAKE_OVER:
         assert result == Reserved("t2", 2, took_over=True)
-    if verdict is V.RESERVE:
+    if ruling is R.RESERVE:
         assert result == Reserved("t2", 1, took_over=False)
 
 

@@ -62,12 +62,12 @@ __all__ = [
     "Record",
     "Replay",
     "Reserved",
+    "Ruling",
     "State",
     "Step",
     "StoredResponse",
     "Unknown",
     "Usage",
-    "Verdict",
     "begin",
     "charges_quota",
     "classify",
@@ -99,7 +99,9 @@ class Step(enum.Enum):
     FORGET = "forget"  # an operator deletes the record
 
 
-class Verdict(enum.Enum):
+class Ruling(enum.Enum):
+    """What ``TRANSITIONS`` rules for a step, which ``begin``, ``finish`` and the rest act on."""
+
     __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
     RESERVE = "reserve"
     TAKE_OVER = "take_over"
@@ -111,12 +113,12 @@ class Verdict(enum.Enum):
     REFUSE = "refuse"
 
 
-_S, _V = State, Verdict
+_S, _R = State, Ruling
 _BEGIN_SAME = {
-    _S.ABSENT: (_S.IN_FLIGHT, _V.RESERVE),
-    _S.IN_FLIGHT: (_S.IN_FLIGHT, _V.IN_PROGRESS),
-    _S.COMPLETED: (_S.COMPLETED, _V.REPLAY),
-    _S.UNKNOWN: (_S.UNKNOWN, _V.REPORT_UNKNOWN),
+    _S.ABSENT: (_S.IN_FLIGHT, _R.RESERVE),
+    _S.IN_FLIGHT: (_S.IN_FLIGHT, _R.IN_PROGRESS),
+    _S.COMPLETED: (_S.COMPLETED, _R.REPLAY),
+    _S.UNKNOWN: (_S.UNKNOWN, _R.REPORT_UNKNOWN),
 }
 #: States a holder with the current token may settle from (Rule 4).
 _FINISHABLE = frozenset({_S.IN_FLIGHT, _S.LEASE_EXPIRED, _S.UNKNOWN})
@@ -127,28 +129,28 @@ _FINISH_TARGET = {
 }
 
 
-def _table() -> dict[tuple[State, Step], tuple[State, Verdict]]:
-    table: dict[tuple[State, Step], tuple[State, Verdict]] = {}
+def _table() -> dict[tuple[State, Step], tuple[State, Ruling]]:
+    table: dict[tuple[State, Step], tuple[State, Ruling]] = {}
     for state, outcome in _BEGIN_SAME.items():
         table[state, Step.BEGIN_REEXECUTE] = outcome
         table[state, Step.BEGIN_UNKNOWN] = outcome
-    table[_S.LEASE_EXPIRED, Step.BEGIN_REEXECUTE] = (_S.IN_FLIGHT, _V.TAKE_OVER)
-    table[_S.LEASE_EXPIRED, Step.BEGIN_UNKNOWN] = (_S.UNKNOWN, _V.EXPIRE_TO_UNKNOWN)
+    table[_S.LEASE_EXPIRED, Step.BEGIN_REEXECUTE] = (_S.IN_FLIGHT, _R.TAKE_OVER)
+    table[_S.LEASE_EXPIRED, Step.BEGIN_UNKNOWN] = (_S.UNKNOWN, _R.EXPIRE_TO_UNKNOWN)
     for state in State:
         for step, target in _FINISH_TARGET.items():
-            table[state, step] = (target, _V.ACCEPT) if state in _FINISHABLE else (state, _V.REFUSE)
+            table[state, step] = (target, _R.ACCEPT) if state in _FINISHABLE else (state, _R.REFUSE)
     for state in State:
         # An operator may resolve what no live worker holds, and forget anything stored.
         resolvable = state in (_S.LEASE_EXPIRED, _S.UNKNOWN)
-        table[state, Step.RESOLVE] = (_S.COMPLETED, _V.ACCEPT) if resolvable else (state, _V.REFUSE)
+        table[state, Step.RESOLVE] = (_S.COMPLETED, _R.ACCEPT) if resolvable else (state, _R.REFUSE)
         table[state, Step.FORGET] = (
-            (_S.ABSENT, _V.ACCEPT) if state is not _S.ABSENT else (state, _V.REFUSE)
+            (_S.ABSENT, _R.ACCEPT) if state is not _S.ABSENT else (state, _R.REFUSE)
         )
     return table
 
 
-#: Every (observed state, step) pair and its (next state, verdict). Total by construction.
-TRANSITIONS: dict[tuple[State, Step], tuple[State, Verdict]] = _table()
+#: Every (observed state, step) pair and its (next state, ruling). Total by construction.
+TRANSITIONS: dict[tuple[State, Step], tuple[State, Ruling]] = _table()
 
 
 # Values a store keeps or is handed are named tuples: immutable like frozen dataclasses,
@@ -316,12 +318,12 @@ def begin(
         if record.fingerprint != req.fingerprint:
             return Mismatch(), record
     step = Step.BEGIN_REEXECUTE if req.on_lease_expiry == "reexecute" else Step.BEGIN_UNKNOWN
-    _, verdict = TRANSITIONS[state, step]
-    if verdict is Verdict.RESERVE and usage is not None:
+    _, ruling = TRANSITIONS[state, step]
+    if ruling is Ruling.RESERVE and usage is not None:
         refused = _over_quota(req, usage, now)
         if refused is not None:
             return refused, record
-    if verdict in (Verdict.RESERVE, Verdict.TAKE_OVER):
+    if ruling in (Ruling.RESERVE, Ruling.TAKE_OVER):
         generation = (
             record.generation + 1 if record is not None and state is not State.ABSENT else 1
         )
@@ -334,16 +336,16 @@ def begin(
             expires_at=now + req.ttl,
             ttl=req.ttl,
         )
-        return Reserved(req.token, generation, verdict is Verdict.TAKE_OVER), new
+        return Reserved(req.token, generation, ruling is Ruling.TAKE_OVER), new
     assert record is not None
-    if verdict is Verdict.IN_PROGRESS:
+    if ruling is Ruling.IN_PROGRESS:
         return InProgress(record.lease_expires_at), record
-    if verdict is Verdict.REPLAY:
+    if ruling is Ruling.REPLAY:
         assert record.response is not None
         if record.response.body is None:
             return NotStored(record.response.status), record
         return Replay(record.response), record
-    if verdict is Verdict.EXPIRE_TO_UNKNOWN:
+    if ruling is Ruling.EXPIRE_TO_UNKNOWN:
         return Unknown(lease_expired_now=True), record._replace(state=State.UNKNOWN)
     return Unknown(lease_expired_now=False), record
 
@@ -365,8 +367,8 @@ def finish(
     state = classify(record, now)
     if record is None or state is State.ABSENT or record.token != token:
         return False, record if state is not State.ABSENT else None
-    target, verdict = TRANSITIONS[state, outcome.step]
-    if verdict is Verdict.REFUSE:
+    target, ruling = TRANSITIONS[state, outcome.step]
+    if ruling is Ruling.REFUSE:
         return False, record
     return True, _settled(record, target, outcome.response, now)
 
@@ -376,8 +378,8 @@ def resolve(
 ) -> tuple[bool, Record | None]:
     """An operator supplies the outcome of an unknown (or abandoned) execution."""
     state = classify(record, now)
-    target, verdict = TRANSITIONS[state, Step.RESOLVE]
-    if verdict is Verdict.REFUSE:
+    target, ruling = TRANSITIONS[state, Step.RESOLVE]
+    if ruling is Ruling.REFUSE:
         return False, record if state is not State.ABSENT else None
     assert record is not None
     return True, _settled(record, target, response, now)
@@ -386,8 +388,8 @@ def resolve(
 def forget(record: Record | None, now: float) -> tuple[bool, Record | None]:
     """An operator deletes the record so the next request executes."""
     state = classify(record, now)
-    _, verdict = TRANSITIONS[state, Step.FORGET]
-    return verdict is Verdict.ACCEPT, None
+    _, ruling = TRANSITIONS[state, Step.FORGET]
+    return ruling is Ruling.ACCEPT, None
 
 
 def _settled(
