@@ -21,7 +21,7 @@ import pytest
 
 from surefoot.errors import ConfigurationError
 from surefoot.ratelimit import ALGORITHMS, Item, Limit, RateLimitDecision, plan
-from surefoot.ratelimit._algorithms import State
+from surefoot.ratelimit._algorithms import CounterState
 from surefoot.storage import MemoryStore, RateLimitStore, SqliteStore
 
 pytestmark = pytest.mark.anyio
@@ -153,7 +153,7 @@ async def test_a_cost_beyond_what_the_limit_can_ever_admit_waits_forever_and_cha
 
 def pure_burst(algorithm: str, n: int) -> list[RateLimitDecision]:
     """The decisions of ``n`` requests at ``T0``, by the pure algorithm."""
-    states: dict[str, State] = {}
+    states: dict[str, CounterState] = {}
     out = []
     for _ in range(n):
         one = item(algorithm)
@@ -344,7 +344,7 @@ async def test_a_slot_whose_worker_never_released_it_comes_back_when_its_lease_e
 
 def expiry_of(algorithm: str, n: int) -> float:
     """When the state left by ``n`` requests at ``T0`` expires, by the pure algorithm."""
-    states: dict[str, State] = {}
+    states: dict[str, CounterState] = {}
     expires_at = T0
     for _ in range(n):
         one = item(algorithm)

@@ -90,7 +90,7 @@ class RateLimitDecision(NamedTuple):
     available_after: float = 0.0
 
 
-State = Any  # a tuple of numbers (and strings for concurrency), or None
+CounterState = Any  # a tuple of numbers (and strings for concurrency), or None
 
 
 class Algorithm(Protocol):
@@ -98,15 +98,15 @@ class Algorithm(Protocol):
 
     @staticmethod
     def decide(
-        state: State, now: float, cost: int, limit: Limit
-    ) -> tuple[RateLimitDecision, State]: ...
+        state: CounterState, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, CounterState]: ...
 
     @staticmethod
-    def expires_at(state: State, limit: Limit) -> float: ...
+    def expires_at(state: CounterState, limit: Limit) -> float: ...
 
 
 def _count_in(
-    state: State, start: float, end: float, now: float, cost: int, limit: Limit
+    state: CounterState, start: float, end: float, now: float, cost: int, limit: Limit
 ) -> tuple[RateLimitDecision, int]:
     """A counter over the aligned period [start, end): fixed windows and quotas."""
     count = state[1] if state is not None and state[0] == start else 0
@@ -125,14 +125,14 @@ class FixedWindow:
 
     @staticmethod
     def decide(
-        state: State, now: float, cost: int, limit: Limit
-    ) -> tuple[RateLimitDecision, State]:
+        state: CounterState, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, CounterState]:
         start = now - now % limit.window
         decision, count = _count_in(state, start, start + limit.window, now, cost, limit)
         return decision, (start, count)
 
     @staticmethod
-    def expires_at(state: State, limit: Limit) -> float:
+    def expires_at(state: CounterState, limit: Limit) -> float:
         return float(state[0] + limit.window)
 
 
@@ -141,8 +141,8 @@ class SlidingLog:
 
     @staticmethod
     def decide(
-        state: State, now: float, cost: int, limit: Limit
-    ) -> tuple[RateLimitDecision, State]:
+        state: CounterState, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, CounterState]:
         horizon = now - limit.window
         # state: a flat tuple (t1, c1, t2, c2, ...) in time order.
         log = state or ()
@@ -171,7 +171,7 @@ class SlidingLog:
         return RateLimitDecision(False, limit.amount - used, reset, retry, 0.0, available), live
 
     @staticmethod
-    def expires_at(state: State, limit: Limit) -> float:
+    def expires_at(state: CounterState, limit: Limit) -> float:
         return float(state[-2] + limit.window) if state else 0.0
 
 
@@ -180,8 +180,8 @@ class SlidingWindow:
 
     @staticmethod
     def decide(
-        state: State, now: float, cost: int, limit: Limit
-    ) -> tuple[RateLimitDecision, State]:
+        state: CounterState, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, CounterState]:
         window, amount = limit.window, limit.amount
         start = now - now % window
         # state: (window start, previous count, current count, last admission). A state
@@ -226,7 +226,7 @@ class SlidingWindow:
         return decision, (start, prev, curr, last)
 
     @staticmethod
-    def expires_at(state: State, limit: Limit) -> float:
+    def expires_at(state: CounterState, limit: Limit) -> float:
         return float(state[3] + limit.window)
 
 
@@ -253,8 +253,8 @@ class TokenBucket:
 
     @staticmethod
     def decide(
-        state: State, now: float, cost: int, limit: Limit
-    ) -> tuple[RateLimitDecision, State]:
+        state: CounterState, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, CounterState]:
         capacity = limit.capacity
         rate = limit.amount / limit.window
         if state is None:
@@ -276,7 +276,7 @@ class TokenBucket:
         return RateLimitDecision(allowed, left, reset, retry, 0.0, available), (tokens, now)
 
     @staticmethod
-    def expires_at(state: State, limit: Limit) -> float:
+    def expires_at(state: CounterState, limit: Limit) -> float:
         rate = limit.amount / limit.window
         return float(state[1] + (limit.capacity - state[0]) / rate)
 
@@ -286,8 +286,8 @@ class LeakyBucket:
 
     @staticmethod
     def decide(
-        state: State, now: float, cost: int, limit: Limit
-    ) -> tuple[RateLimitDecision, State]:
+        state: CounterState, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, CounterState]:
         capacity = limit.capacity
         rate = limit.amount / limit.window
         level = 0.0 if state is None else state[0] - (now - state[1]) * rate
@@ -305,7 +305,7 @@ class LeakyBucket:
         return RateLimitDecision(allowed, left, level / rate, retry, 0.0, available), (level, now)
 
     @staticmethod
-    def expires_at(state: State, limit: Limit) -> float:
+    def expires_at(state: CounterState, limit: Limit) -> float:
         return float(state[1] + state[0] / (limit.amount / limit.window))
 
 
@@ -314,8 +314,8 @@ class LeakyQueue:
 
     @staticmethod
     def decide(
-        state: State, now: float, cost: int, limit: Limit
-    ) -> tuple[RateLimitDecision, State]:
+        state: CounterState, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, CounterState]:
         interval = limit.window / limit.amount
         # state: (the time the queue is free again,)
         start = now if state is None else max(now, state[0])
@@ -333,7 +333,7 @@ class LeakyQueue:
         return RateLimitDecision(False, 0, start - now, retry, 0.0, retry), (start,)
 
     @staticmethod
-    def expires_at(state: State, limit: Limit) -> float:
+    def expires_at(state: CounterState, limit: Limit) -> float:
         return float(state[0])
 
 
@@ -342,8 +342,8 @@ class Gcra:
 
     @staticmethod
     def decide(
-        state: State, now: float, cost: int, limit: Limit
-    ) -> tuple[RateLimitDecision, State]:
+        state: CounterState, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, CounterState]:
         interval = limit.window / limit.amount
         tolerance = interval * limit.capacity
         tat = now if state is None else max(state[0], now)
@@ -361,7 +361,7 @@ class Gcra:
         return RateLimitDecision(allowed, left, tat - now, retry, 0.0, available), (tat,)
 
     @staticmethod
-    def expires_at(state: State, limit: Limit) -> float:
+    def expires_at(state: CounterState, limit: Limit) -> float:
         return float(state[0])
 
 
@@ -370,21 +370,21 @@ class Quota:
 
     @staticmethod
     def decide(
-        state: State, now: float, cost: int, limit: Limit
-    ) -> tuple[RateLimitDecision, State]:
+        state: CounterState, now: float, cost: int, limit: Limit
+    ) -> tuple[RateLimitDecision, CounterState]:
         start, end = quota_period(now, limit.period or "day", limit.timezone)
         decision, count = _count_in(state, start, end, now, cost, limit)
         return decision, (start, count, end)
 
     @staticmethod
-    def expires_at(state: State, limit: Limit) -> float:
+    def expires_at(state: CounterState, limit: Limit) -> float:
         return float(state[2])
 
 
 class Concurrency:
     """In-flight requests: ``acquire`` takes ``cost`` slots under a token, ``release`` frees them.
 
-    State: a flat tuple ``(token1, expires1, cost1, token2, ...)``; a slot whose lease has
+    CounterState: a flat tuple ``(token1, expires1, cost1, token2, ...)``; a slot whose lease has
     expired (its worker crashed) is free again.
     """
 
@@ -394,8 +394,8 @@ class Concurrency:
 
     @staticmethod
     def decide(
-        state: State, now: float, cost: int, limit: Limit, token: str = ""
-    ) -> tuple[RateLimitDecision, State]:
+        state: CounterState, now: float, cost: int, limit: Limit, token: str = ""
+    ) -> tuple[RateLimitDecision, CounterState]:
         held = Concurrency._live(state, now)
         used = sum(held[2::3])
         if used + cost <= limit.amount:
@@ -405,7 +405,7 @@ class Concurrency:
         return RateLimitDecision(False, limit.amount - used, 0.0, retry), held
 
     @staticmethod
-    def release(state: State, token: str, now: float) -> State:
+    def release(state: CounterState, token: str, now: float) -> CounterState:
         held = Concurrency._live(state, now)
         out: tuple[Any, ...] = ()
         for i in range(0, len(held), 3):
@@ -414,11 +414,11 @@ class Concurrency:
         return out or None
 
     @staticmethod
-    def expires_at(state: State, limit: Limit | None = None) -> float:
+    def expires_at(state: CounterState, limit: Limit | None = None) -> float:
         return float(max(state[1::3])) if state else 0.0
 
     @staticmethod
-    def _live(state: State, now: float) -> tuple[Any, ...]:
+    def _live(state: CounterState, now: float) -> tuple[Any, ...]:
         if not state:
             return ()
         out: tuple[Any, ...] = ()

@@ -19,7 +19,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from surefoot.ratelimit._algorithms import ALGORITHM_BY_NAME, Concurrency, RateLimitDecision, State
+from surefoot.ratelimit._algorithms import (
+    ALGORITHM_BY_NAME,
+    Concurrency,
+    CounterState,
+    RateLimitDecision,
+)
 from surefoot.ratelimit._limit import Limit
 
 __all__ = ["Item", "Write", "plan"]
@@ -41,16 +46,16 @@ class Write(NamedTuple):
     """A state to store (``None``: delete) and when the store may forget it."""
 
     key: str
-    state: State
+    state: CounterState
     expires_at: float
 
 
 def plan(
-    states: Sequence[State], items: Sequence[Item], now: float
+    states: Sequence[CounterState], items: Sequence[Item], now: float
 ) -> tuple[bool, list[RateLimitDecision], list[Write]]:
     """Decide ``items`` (with their current ``states``): (admitted, decisions, writes)."""
     decisions: list[RateLimitDecision] = []
-    new_states: list[State] = []
+    new_states: list[CounterState] = []
     admitted = True
     for state, item in zip(states, items, strict=True):
         algorithm = ALGORITHM_BY_NAME[item.algorithm]

@@ -47,8 +47,12 @@ from surefoot.idempotency._core import (
     Usage,
     key_owner,
 )
-from surefoot.ratelimit._algorithms import ALGORITHM_BY_NAME, Concurrency, RateLimitDecision
-from surefoot.ratelimit._algorithms import State as CounterState
+from surefoot.ratelimit._algorithms import (
+    ALGORITHM_BY_NAME,
+    Concurrency,
+    CounterState,
+    RateLimitDecision,
+)
 from surefoot.ratelimit._core import Item, plan
 from surefoot.ratelimit._limit import ALGORITHMS
 

@@ -68,8 +68,7 @@ from surefoot.idempotency._core import (
     Usage,
     key_owner,
 )
-from surefoot.ratelimit._algorithms import Concurrency, RateLimitDecision
-from surefoot.ratelimit._algorithms import State as CounterState
+from surefoot.ratelimit._algorithms import Concurrency, CounterState, RateLimitDecision
 from surefoot.ratelimit._core import Item, plan
 from surefoot.ratelimit._limit import ALGORITHMS
 
