@@ -1,0 +1,349 @@
+"""The metric table: every Prometheus metric surefoot exposes, written once.
+
+``PrometheusMetrics`` creates its metrics from this table (name, type, labels, help,
+buckets, multiprocess mode) and ``metrics_markdown`` prints it as the table of
+``docs/metrics.md``, so the code and the docs cannot disagree (a test compares them).
+Nothing here imports prometheus_client: ``surefoot metrics --markdown`` needs no extra.
+
+Rule 1: every name carries the ``surefoot_`` prefix and follows Prometheus conventions
+        (``_total`` counters, ``_seconds`` histograms in seconds).
+Rule 2: no label takes a raw path, a key, a principal or an error text: every label value
+        comes from configuration (routes, policies, breakers, stores) or a short fixed
+        set, so the number of series stays bounded. ``error`` is an exception's class
+        name, never its text.
+Rule 3: ``fed_by`` names what moves the metric: an event type (the hook counts it) or a
+        method of the metrics object. A test checks each name against the handlers.
+Rule 4: ``group`` says who exposes the metric: every group but ``gateway`` is
+        ``PrometheusMetrics``'s; ``gateway`` metrics exist only in ``GatewayMetrics``,
+        because only the gateway emits what feeds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "GROUPS",
+    "METRICS",
+    "MetricSpec",
+    "metrics_markdown",
+]
+
+Kind = Literal["counter", "gauge", "histogram"]
+#: How a gauge is added up over worker processes (prometheus_client's ``multiprocess_mode``).
+MultiprocessMode = Literal[
+    "all", "liveall", "min", "livemin", "max", "livemax", "sum", "livesum", "mostrecent",
+    "livemostrecent",
+]  # fmt: skip
+
+#: A proxy's requests: from a cached answer (1 ms) to a slow upstream (30 s).
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+#: A store call: from an in-memory step (0.1 ms) to a timeout (5 s).
+STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                 0.5, 1, 2.5, 5)  # fmt: skip
+#: How long an outcome stayed unknown: from a quick retry (1 s) to a week.
+UNKNOWN_AGE_BUCKETS = (1, 5, 30, 60, 300, 900, 3600, 14400, 86400, 604800)
+
+#: The groups, in the docs' order, with the heading each gets there.
+GROUPS = {
+    "requests": "Requests (your request loop calls `observe_request` and `inflight`)",
+    "ratelimit": "Rate limits (`RateLimitMiddleware` events)",
+    "idempotency": "Idempotency (`IdempotencyMiddleware` events)",
+    "breaker": "Circuit breakers (`surefoot.client` events)",
+    "store": "Stores (`instrument_store` and store health events)",
+    "gateway": "Gateway only (`GatewayMetrics`)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One metric: what Prometheus is told about it and what feeds it.
+
+    Args:
+        name: the full metric name (a counter's includes ``_total``).
+        kind: ``"counter"``, ``"gauge"`` or ``"histogram"``.
+        help: the ``# HELP`` line: one sentence.
+        labels: the label names, in the order the code gives their values.
+        fed_by: event type names and method names that move it (Rule 3).
+        group: who exposes it (Rule 4).
+        values: what the label values are, for the docs (empty: see Rule 2).
+        buckets: a histogram's upper bounds in seconds.
+        multiprocess_mode: how a gauge is added up over worker processes.
+    """
+
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    fed_by: tuple[str, ...] = ()
+    group: str = "requests"
+    values: str = ""
+    buckets: tuple[float, ...] = ()
+    multiprocess_mode: MultiprocessMode = "all"
+
+
+#: The table. Its order is the exposition's order, and the docs' order within a group.
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "surefoot_http_requests_total",
+        "counter",
+        "Requests answered by the gateway.",
+        labels=("route", "method", "status"),
+        fed_by=("observe_request",),
+        values='`route`: the matched route template or `"other"` (never the raw path); '
+        '`method`: an HTTP method or `"other"`; `status`: the status code sent',
+    ),
+    MetricSpec(
+        "surefoot_http_request_duration_seconds",
+        "histogram",
+        "Time from a request's arrival to the end of its response.",
+        labels=("route", "method"),
+        fed_by=("observe_request",),
+        buckets=REQUEST_BUCKETS,
+    ),
+    MetricSpec(
+        "surefoot_inflight_requests",
+        "gauge",
+        "Requests the gateway is handling now.",
+        fed_by=("inflight",),
+        multiprocess_mode="livesum",
+        values="the sum over live worker processes",
+    ),
+    MetricSpec(
+        "surefoot_upstream_requests_total",
+        "counter",
+        "Requests forwarded upstream, by outcome (status class or failure).",
+        labels=("outcome",),
+        fed_by=("observe_upstream",),
+        group="gateway",
+        values='`outcome`: a status class (`"2xx"`...), `"connect_error"`, `"timeout"` '
+        'or `"reset"`',
+    ),
+    MetricSpec(
+        "surefoot_upstream_duration_seconds",
+        "histogram",
+        "Time the upstream took to answer a forwarded request (or to fail).",
+        fed_by=("observe_upstream",),
+        group="gateway",
+        buckets=REQUEST_BUCKETS,
+    ),
+    MetricSpec(
+        "surefoot_upstream_failures_total",
+        "counter",
+        "Forwarded requests the upstream did not answer properly.",
+        labels=("reason",),
+        fed_by=("UpstreamFailed",),
+        group="gateway",
+    ),
+    MetricSpec(
+        "surefoot_shed_total",
+        "counter",
+        "Requests refused with 503 at the upstream's concurrency limit.",
+        labels=("priority",),
+        fed_by=("RequestShed",),
+        group="gateway",
+    ),
+    MetricSpec(
+        "surefoot_config_reloads_total",
+        "counter",
+        "Configuration reloads, applied or refused.",
+        labels=("result",),
+        fed_by=("ConfigReloaded", "ConfigRefused"),
+        group="gateway",
+        values='`result`: `"applied"` or `"refused"`',
+    ),
+    MetricSpec(
+        "surefoot_ratelimit_decisions_total",
+        "counter",
+        "Rate-limit decisions, one per policy that covered the request.",
+        labels=("policy", "outcome"),
+        fed_by=("RateLimitAllowed", "RateLimitRejected", "RateLimitShadowRejected"),
+        group="ratelimit",
+        values='`outcome`: `"allowed"` (once per policy in `RateLimitAllowed.policies`), '
+        '`"rejected"` or `"shadow_rejected"`',
+    ),
+    MetricSpec(
+        "surefoot_ratelimit_store_errors_total",
+        "counter",
+        "Requests whose rate-limit store call failed, by what their policies chose.",
+        labels=("action", "error"),
+        fed_by=("RateLimitStoreFailed",),
+        group="ratelimit",
+    ),
+    MetricSpec(
+        "surefoot_ratelimit_store_bypassed_total",
+        "counter",
+        "Requests decided without the rate-limit store while it was down.",
+        labels=("action",),
+        fed_by=("RateLimitStoreBypassed",),
+        group="ratelimit",
+    ),
+    MetricSpec(
+        "surefoot_idempotency_executions_total",
+        "counter",
+        "Idempotent requests that executed.",
+        fed_by=("KeyReserved",),
+        group="idempotency",
+    ),
+    MetricSpec(
+        "surefoot_idempotency_replays_total",
+        "counter",
+        "Duplicates answered with the stored response.",
+        fed_by=("ResponseReplayed",),
+        group="idempotency",
+    ),
+    MetricSpec(
+        "surefoot_idempotency_conflicts_total",
+        "counter",
+        "Duplicates that arrived while the original was executing.",
+        fed_by=("RequestInProgress",),
+        group="idempotency",
+    ),
+    MetricSpec(
+        "surefoot_idempotency_mismatches_total",
+        "counter",
+        "Keys reused with a different request (422).",
+        fed_by=("KeyReused",),
+        group="idempotency",
+    ),
+    MetricSpec(
+        "surefoot_idempotency_unknown_total",
+        "counter",
+        "Keys whose outcome became unknown.",
+        labels=("reason",),
+        fed_by=("OutcomeUnknown",),
+        group="idempotency",
+    ),
+    MetricSpec(
+        "surefoot_idempotency_resolutions_total",
+        "counter",
+        "Unknown outcomes settled, by how and with what result.",
+        labels=("how", "result"),
+        fed_by=("OutcomeResolved",),
+        group="gateway",
+    ),
+    MetricSpec(
+        "surefoot_idempotency_unknown_age_seconds",
+        "histogram",
+        "How long an outcome had been unknown when it was settled.",
+        fed_by=("OutcomeResolved",),
+        group="gateway",
+        buckets=UNKNOWN_AGE_BUCKETS,
+    ),
+    MetricSpec(
+        "surefoot_idempotency_unknown_keys",
+        "gauge",
+        "Keys whose outcome is unknown, as last counted by the reconciler.",
+        fed_by=("set_unknown_keys",),
+        group="idempotency",
+        multiprocess_mode="livemostrecent",
+        values="the most recent report of any live worker process",
+    ),
+    MetricSpec(
+        "surefoot_idempotency_store_errors_total",
+        "counter",
+        "Requests whose idempotency store call failed, by phase and what followed.",
+        labels=("phase", "action", "error"),
+        fed_by=("StoreFailed",),
+        group="idempotency",
+    ),
+    MetricSpec(
+        "surefoot_idempotency_store_bypassed_total",
+        "counter",
+        "Requests that skipped the idempotency store while it was down.",
+        labels=("phase", "action"),
+        fed_by=("StoreBypassed",),
+        group="idempotency",
+    ),
+    MetricSpec(
+        "surefoot_idempotency_unprotected_total",
+        "counter",
+        "Requests executed without idempotency protection (the store was down).",
+        labels=("reason",),
+        fed_by=("ExecutedUnprotected",),
+        group="idempotency",
+    ),
+    MetricSpec(
+        "surefoot_breaker_transitions_total",
+        "counter",
+        "Circuit breaker state changes.",
+        labels=("breaker", "from_state", "to_state"),
+        fed_by=("BreakerStateChanged",),
+        group="breaker",
+    ),
+    MetricSpec(
+        "surefoot_breaker_state",
+        "gauge",
+        "1 for a circuit breaker's current state, 0 for the others.",
+        labels=("breaker", "state"),
+        fed_by=("BreakerStateChanged", "set_breaker_state"),
+        group="breaker",
+        values="`state`: a `BreakerState` value (`closed`, `open`, `half_open`, `forced_open`, "
+        "`disabled`), one series per state; with several workers, how many live ones see it",
+        multiprocess_mode="livesum",
+    ),
+    MetricSpec(
+        "surefoot_breaker_rejections_total",
+        "counter",
+        "Calls refused because the circuit breaker was open.",
+        labels=("breaker",),
+        fed_by=("CallNotPermitted",),
+        group="breaker",
+    ),
+    MetricSpec(
+        "surefoot_store_outages_total",
+        "counter",
+        "Store outages that began.",
+        labels=("layer",),
+        fed_by=("StoreDown",),
+        group="store",
+    ),
+    MetricSpec(
+        "surefoot_store_operation_duration_seconds",
+        "histogram",
+        "Time a store call took (failed calls included).",
+        labels=("store", "operation"),
+        fed_by=("instrument_store",),
+        group="store",
+        buckets=STORE_BUCKETS,
+        values="`store`: the name given to `instrument_store`; `operation`: the store method "
+        "(`begin`, `finish`, `resolve`, `forget`, `get`, `records`, `purge`, `acquire`, `release`)",
+    ),
+    MetricSpec(
+        "surefoot_store_errors_total",
+        "counter",
+        "Store calls that raised.",
+        labels=("store", "operation"),
+        fed_by=("instrument_store",),
+        group="store",
+    ),
+)
+
+
+def metrics_markdown() -> str:
+    """The generated part of ``docs/metrics.md``: one table per group."""
+    lines = [
+        "<!-- Generated by `surefoot metrics --markdown`; do not edit by hand. -->",
+    ]
+    for group, heading in GROUPS.items():
+        lines += [
+            "",
+            f"### {heading}",
+            "",
+            "| metric | type | labels | fed by | meaning |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for spec in METRICS:
+            if spec.group != group:
+                continue
+            labels = ", ".join(f"`{label}`" for label in spec.labels)
+            fed_by = ", ".join(f"`{name}`" for name in spec.fed_by)
+            meaning = (
+                f"{spec.help} {spec.values[0].upper()}{spec.values[1:]}."
+                if spec.values
+                else spec.help
+            )
+            lines.append(f"| `{spec.name}` | {spec.kind} | {labels} | {fed_by} | {meaning} |")
+    lines += ["", "<!-- End of the generated part. -->"]
+    return "\n".join(lines) + "\n"
