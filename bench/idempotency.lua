@@ -1,9 +1,13 @@
--- wrk script for bench/idempotency.py: POST a small JSON body with an Idempotency-Key.
+-- wrk script for every POST workload of bench/ (idempotency.py, gateway.py): POST a small
+-- JSON body with an Idempotency-Key.
 --
--- Usage: wrk ... -s bench/idempotency.lua URL -- MODE NONCE [KEY]
+-- Usage: wrk ... -s bench/idempotency.lua URL -- MODE NONCE [KEY [BODY]]
 --   MODE "unique": every request carries a new key, "<NONCE>-<thread id>-<counter>".
 --   MODE "replay": every request carries KEY (primed by the caller, so each is a replay).
--- done() prints one line, "SUREFOOT_BENCH {json}", that the Python driver parses.
+--   BODY: the JSON body (default: the one below).
+-- done() (bench/_wrk_summary.lua) prints one line, "SUREFOOT_BENCH {json}".
+
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "_wrk_summary.lua")
 
 local body = '{"amount":1000,"currency":"eur","customer":"cus_4QFJOjw2pOmAGJ","description":"bench"}'
 local headers = { ["Content-Type"] = "application/json" }
@@ -21,6 +25,7 @@ end
 function init(args)
    mode = args[1] or "unique"
    nonce = args[2] or "0"
+   body = args[4] or body
    if mode == "replay" then
       headers["Idempotency-Key"] = args[3] or "bench-replay"
       fixed = wrk.format("POST", nil, headers, body)
@@ -37,16 +42,4 @@ function request()
    counter = counter + 1
    headers["Idempotency-Key"] = string.format("%s-%d-%d", nonce, id, counter)
    return wrk.format("POST", nil, headers, body)
-end
-
-function done(summary, latency, requests)
-   local e = summary.errors
-   io.write(string.format(
-      'SUREFOOT_BENCH {"requests":%d,"duration_us":%d,"errors":{"connect":%d,"read":%d,'
-         .. '"write":%d,"status":%d,"timeout":%d},"latency_us":{"mean":%.1f,"p50":%d,'
-         .. '"p90":%d,"p99":%d,"max":%d}}\n',
-      summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-      latency.mean, latency:percentile(50), latency:percentile(90), latency:percentile(99),
-      latency.max
-   ))
 end
