@@ -4,7 +4,8 @@
 client's retries instantly and records its waits; ``CapturedEvents`` is a hook that keeps
 every event, to assert on attempts and their reasons; ``assert_idempotent`` checks
 that an endpoint really executes a keyed request once, and ``assert_rate_limited`` that
-it admits exactly its limit and then answers a well-formed 429.
+it admits exactly its limit and then answers a well-formed 429; ``FlakyStore`` wraps a
+real store and fails, stalls or comes back when told to, to test outage behaviour.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from surefoot.testing._client import RecordingSleep
 from surefoot.testing._clock import ManualClock
 from surefoot.testing._events import CapturedEvents
 from surefoot.testing._ratelimit import aassert_rate_limited, assert_rate_limited
+from surefoot.testing._store import FlakyStore
 
 __all__ = [
     "CapturedEvents",
+    "FlakyStore",
     "ManualClock",
     "RecordingSleep",
     "aassert_idempotent",
