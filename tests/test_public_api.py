@@ -105,6 +105,7 @@ PUBLIC = {
     ],
     "surefoot.testing": [
         "CapturedEvents",
+        "FlakyStore",
         "ManualClock",
         "RecordingSleep",
         "aassert_idempotent",
