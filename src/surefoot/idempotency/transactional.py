@@ -45,7 +45,9 @@ Rule 7: database errors are translated here, in one context manager per driver: 
 
 The statements of a claim are one generator flow (``_claim_flow``, no I/O, decisions by
 ``_core.begin``) driven by a sync driver (``sqlite3``, ``psycopg.Connection``) and an
-async one (``psycopg.AsyncConnection``).
+async one (``psycopg.AsyncConnection``). ``Claim`` and ``AsyncClaim`` share the claimed
+row (``_Claim``) and the checks of a completion (``TransactionalKeys._completion``): each
+only runs the UPDATE on its own kind of connection.
 """
 
 from __future__ import annotations
@@ -579,7 +581,7 @@ class TransactionalKeys:
 
     def _completion(
         self,
-        claim: Claim | AsyncClaim,
+        claim: _Claim,
         status: int,
         headers: Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]],
         body: bytes,
@@ -657,14 +659,8 @@ class TransactionalKeys:
         raise ValueError(f"dialect: expected 'sqlite' or 'postgresql', got {dialect!r}")
 
 
-class Claim:
-    """A key claimed inside a transaction of a ``sqlite3`` or sync ``psycopg`` connection.
-
-    Attributes:
-        store_key: the scoped key, primary key of the row (what an operator looks up).
-        replay: the response of the earlier request with this key, to send again
-            (add ``Idempotent-Replayed: true``); None when this request executes.
-    """
+class _Claim:
+    """What both claims hold: the claimed row (``complete`` updates it by key and token)."""
 
     __slots__ = ("_completed", "_conn", "_keys", "_token", "replay", "store_key")
 
@@ -682,6 +678,18 @@ class Claim:
         self._completed = False
         self.store_key = store_key
         self.replay = replay
+
+
+class Claim(_Claim):
+    """A key claimed inside a transaction of a ``sqlite3`` or sync ``psycopg`` connection.
+
+    Attributes:
+        store_key: the scoped key, primary key of the row (what an operator looks up).
+        replay: the response of the earlier request with this key, to send again
+            (add ``Idempotent-Replayed: true``); None when this request executes.
+    """
+
+    __slots__ = ()
 
     def complete(
         self,
@@ -714,7 +722,7 @@ class Claim:
         return response
 
 
-class AsyncClaim:
+class AsyncClaim(_Claim):
     """A key claimed inside a transaction of a ``psycopg.AsyncConnection``.
 
     Attributes:
@@ -722,22 +730,7 @@ class AsyncClaim:
         replay: the response to send again, or None when this request executes.
     """
 
-    __slots__ = ("_completed", "_conn", "_keys", "_token", "replay", "store_key")
-
-    def __init__(
-        self,
-        keys: TransactionalKeys,
-        conn: Any,
-        store_key: str,
-        token: str,
-        replay: StoredResponse | None,
-    ) -> None:
-        self._keys = keys
-        self._conn = conn
-        self._token = token
-        self._completed = False
-        self.store_key = store_key
-        self.replay = replay
+    __slots__ = ()
 
     async def acomplete(
         self,
