@@ -9,11 +9,23 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from surefoot.errors import StoreUnavailable
 from surefoot.events import Event
 
 #: The tests' "now": 2023-11-14 22:13:20 UTC, 20 s into a minute, 6400 s before midnight
 #: (``ManualClock``'s default start).
 T0 = 1_700_000_000.0
+
+#: A secret carried by store failures (``leaky_store_error``): no response may show it.
+SECRET = "hunter2@10.0.0.7"
+
+
+def leaky_store_error() -> StoreUnavailable:
+    """A store failure as a careless driver reports it, with ``SECRET`` in its message, its
+    fields and its cause (a ``ConnectionError``): ``FlakyStore(store, error=leaky_store_error)``."""
+    error = StoreUnavailable(f"connect to {SECRET} refused", retry_after=1, host=SECRET)
+    error.__cause__ = ConnectionError(f"connect to {SECRET} refused")
+    return error
 
 
 def of(events: list[Event], cls: type[Any]) -> list[Any]:

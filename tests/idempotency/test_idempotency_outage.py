@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from surefoot.errors import ConfigurationError, StoreUnavailable
+from _support import T0, leaky_store_error, of
+from surefoot.errors import ConfigurationError
 from surefoot.events import Event
 from surefoot.idempotency import (
     ExecutedUnprotected,
@@ -27,54 +28,9 @@ from surefoot.idempotency import (
 from surefoot.ratelimit import RateLimitMiddleware, RateLimitPolicy
 from surefoot.storage import MemoryStore
 from surefoot.storage._health import StoreDown, StoreHealth, StoreRecovered
-from surefoot.testing import ManualClock
+from surefoot.testing import FlakyStore, ManualClock
 
 pytestmark = pytest.mark.anyio
-
-T0 = 1_700_000_000.0
-SECRET = "hunter2@10.0.0.7"
-
-
-class SwitchableStore(MemoryStore):
-    """A MemoryStore whose ``begin``/``finish``/``acquire`` can be switched to fail."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.failing: set[str] = set()
-        self.calls: dict[str, int] = {"begin": 0, "finish": 0, "acquire": 0}
-        #: Fail ``begin`` from this call on (1-based), for failures in the middle of a wait.
-        self.fail_begin_from: int | None = None
-        #: When set, ``begin`` waits for it (after announcing itself on ``begin_entered``).
-        self.begin_gate: asyncio.Event | None = None
-        self.begin_entered = asyncio.Event()
-
-    def _maybe_fail(self, method: str) -> None:
-        self.calls[method] += 1
-        late = (
-            method == "begin"
-            and self.fail_begin_from is not None
-            and self.calls["begin"] >= self.fail_begin_from
-        )
-        if method in self.failing or late:
-            # Secrets in the message, the fields and the cause: none may reach a client.
-            raise StoreUnavailable(f"{method} on {SECRET}", retry_after=1, host=SECRET) from (
-                ConnectionError(f"connect to {SECRET} refused")
-            )
-
-    async def begin(self, *args: Any, **kwargs: Any) -> Any:
-        if self.begin_gate is not None:
-            self.begin_entered.set()
-            await self.begin_gate.wait()
-        self._maybe_fail("begin")
-        return await super().begin(*args, **kwargs)
-
-    async def finish(self, *args: Any, **kwargs: Any) -> Any:
-        self._maybe_fail("finish")
-        return await super().finish(*args, **kwargs)
-
-    async def acquire(self, *args: Any, **kwargs: Any) -> Any:
-        self._maybe_fail("acquire")
-        return await super().acquire(*args, **kwargs)
 
 
 class Backend:
@@ -106,23 +62,13 @@ def backend() -> Backend:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
-
-@pytest.fixture
-def events() -> list[Event]:
-    return []
-
-
-@pytest.fixture
-def store() -> SwitchableStore:
-    return SwitchableStore()
+def store() -> FlakyStore:
+    return FlakyStore(MemoryStore(), error=leaky_store_error)
 
 
 @pytest.fixture
 def make_client(
-    backend: Backend, clock: ManualClock, events: list[Event], store: SwitchableStore
+    backend: Backend, clock: ManualClock, events: list[Event], store: FlakyStore
 ) -> Callable[..., httpx.AsyncClient]:
     def make(app: Any = None, **kwargs: Any) -> httpx.AsyncClient:
         kwargs.setdefault("store", store)
@@ -139,10 +85,6 @@ def make_client(
 
 def key(k: str = "key-1") -> dict[str, str]:
     return {"Idempotency-Key": k}
-
-
-def of(events: list[Event], cls: type[Any]) -> list[Any]:
-    return [e for e in events if isinstance(e, cls)]
 
 
 def assert_store_unavailable(response: httpx.Response, retry_after: int) -> None:
@@ -164,11 +106,11 @@ def assert_store_unavailable(response: httpx.Response, retry_after: int) -> None
 
 async def test_fails_closed_by_default_and_executes_nothing(
     make_client: Callable[..., httpx.AsyncClient],
-    store: SwitchableStore,
+    store: FlakyStore,
     backend: Backend,
     events: list[Event],
 ) -> None:
-    store.failing = {"begin"}
+    store.down("begin")
     async with make_client() as c:
         first = await c.post("/charges", json={"amount": 500}, headers=key())
         again = await c.post("/charges", json={"amount": 500}, headers=key())
@@ -188,15 +130,15 @@ async def test_fails_closed_by_default_and_executes_nothing(
     [down] = of(events, StoreDown)
     assert (down.layer, down.store, down.error) == (
         "idempotency",
-        "SwitchableStore",
+        "MemoryStore",  # the store FlakyStore wraps
         "ConnectionError",
     )
 
 
 async def test_retry_after_tells_when_the_store_is_tried_again(
-    make_client: Callable[..., httpx.AsyncClient], store: SwitchableStore, clock: ManualClock
+    make_client: Callable[..., httpx.AsyncClient], store: FlakyStore, clock: ManualClock
 ) -> None:
-    store.failing = {"begin"}
+    store.down("begin")
     async with make_client(store_health=StoreHealth(jitter=0, initial_backoff=8)) as c:
         assert_store_unavailable(await c.post("/charges", json={}, headers=key()), 8)
         clock.advance(2.5)
@@ -205,18 +147,18 @@ async def test_retry_after_tells_when_the_store_is_tried_again(
 
 async def test_recovers_by_itself_with_one_event_each_way(
     make_client: Callable[..., httpx.AsyncClient],
-    store: SwitchableStore,
+    store: FlakyStore,
     backend: Backend,
     clock: ManualClock,
     events: list[Event],
 ) -> None:
-    store.failing = {"begin"}
+    store.down("begin")
     async with make_client() as c:
         for _ in range(3):
             await c.post("/charges", json={}, headers=key())
         clock.advance(0.5)
         await c.post("/charges", json={}, headers=key())  # a failed probe: the wait doubles
-        store.failing = set()
+        store.up()
         clock.advance(0.75)
         assert (await c.post("/charges", json={}, headers=key())).status_code == 503
         assert store.calls["begin"] == 2
@@ -234,33 +176,32 @@ async def test_recovers_by_itself_with_one_event_each_way(
 
 async def test_a_cancelled_probe_lets_the_next_request_probe_at_once(
     make_client: Callable[..., httpx.AsyncClient],
-    store: SwitchableStore,
+    store: FlakyStore,
     backend: Backend,
     clock: ManualClock,
 ) -> None:
-    store.failing = {"begin"}
+    store.down("begin")
     async with make_client() as c:
         await c.post("/charges", json={}, headers=key())
-        store.failing = set()
+        store.up()
         clock.advance(0.5)
-        store.begin_gate = asyncio.Event()
+        store.stall("begin")
         probe = asyncio.create_task(c.post("/charges", json={}, headers=key("a")))
-        await store.begin_entered.wait()  # the probe is waiting for the store
+        await store.wait_for_calls(2, "begin")  # the probe is waiting for the store
         probe.cancel()
         with pytest.raises(asyncio.CancelledError):
             await probe
-        store.begin_gate = None
+        store.resume()
         r = await c.post("/charges", json={}, headers=key("b"))  # no new wait: it probes
     assert r.status_code == 201
     assert backend.executions == 1
-    assert store.calls["begin"] == 2  # the cancelled probe never got an answer
+    assert store.calls["begin"] == 3  # the failed call, the cancelled probe (no answer), this one
 
 
 async def test_store_full_is_not_an_outage(
     make_client: Callable[..., httpx.AsyncClient], backend: Backend, events: list[Event]
 ) -> None:
-    full = SwitchableStore()
-    full.max_records = 1
+    full = MemoryStore(max_records=1)
     backend.gate = asyncio.Event()  # the first request stays in flight: nothing to evict
     async with make_client(store=full) as c:
         first = asyncio.create_task(c.post("/charges", json={}, headers=key("a")))
@@ -283,11 +224,11 @@ async def test_store_full_is_not_an_outage(
 
 async def test_fail_open_executes_unprotected_marks_the_response_and_reports_every_time(
     make_client: Callable[..., httpx.AsyncClient],
-    store: SwitchableStore,
+    store: FlakyStore,
     backend: Backend,
     events: list[Event],
 ) -> None:
-    store.failing = {"begin"}
+    store.down("begin")
     routes = {"POST /charges": IdempotencyPolicy(on_store_error="fail_open")}
     async with make_client(routes=routes) as c:
         first = await c.post("/charges", json={"amount": 500}, headers=key())
@@ -306,7 +247,7 @@ async def test_fail_open_executes_unprotected_marks_the_response_and_reports_eve
 
 async def test_fail_open_never_runs_beside_an_original_known_to_be_in_flight(
     make_client: Callable[..., httpx.AsyncClient],
-    store: SwitchableStore,
+    store: FlakyStore,
     backend: Backend,
     events: list[Event],
 ) -> None:
@@ -316,7 +257,7 @@ async def test_fail_open_never_runs_beside_an_original_known_to_be_in_flight(
         original = asyncio.create_task(c.post("/charges", json={}, headers=key()))
         await backend.entered.wait()
         # The duplicate is told "in flight" (begin 2), waits, then the store fails (begin 3).
-        store.fail_begin_from = 3
+        store.down("begin", after=1)
         duplicate = await c.post("/charges", json={}, headers=key())
         backend.gate.set()
         await original
@@ -335,7 +276,7 @@ def test_on_store_error_is_validated() -> None:
     assert IdempotencyPolicy().on_store_error == "fail_closed"
 
 
-def test_store_health_is_checked_at_construction(store: SwitchableStore) -> None:
+def test_store_health_is_checked_at_construction(store: FlakyStore) -> None:
     with pytest.raises(
         ConfigurationError, match=re.escape("store_health: expected a surefoot.storage.StoreHealth")
     ):
@@ -348,12 +289,12 @@ def test_store_health_is_checked_at_construction(store: SwitchableStore) -> None
 @pytest.mark.parametrize("status", [201, 500])
 async def test_a_finish_failure_still_returns_the_handlers_response(
     make_client: Callable[..., httpx.AsyncClient],
-    store: SwitchableStore,
+    store: FlakyStore,
     backend: Backend,
     events: list[Event],
     status: int,
 ) -> None:
-    store.failing = {"finish"}
+    store.down("finish")
     backend.status = status
     async with make_client() as c:
         r = await c.post("/charges", json={"amount": 7}, headers=key())
@@ -374,17 +315,17 @@ async def test_a_finish_failure_still_returns_the_handlers_response(
 )
 async def test_after_a_finish_failure_the_reservation_is_left_to_its_lease(
     make_client: Callable[..., httpx.AsyncClient],
-    store: SwitchableStore,
+    store: FlakyStore,
     backend: Backend,
     clock: ManualClock,
     on_lease_expiry: str,
     after_lease: str | None,
 ) -> None:
     policy = IdempotencyPolicy(lease=30, on_lease_expiry=on_lease_expiry)  # type: ignore[arg-type]
-    store.failing = {"finish"}
+    store.down("finish")
     async with make_client(policy=policy) as c:
         assert (await c.post("/charges", json={}, headers=key())).status_code == 201
-        store.failing = set()
+        store.up()
         clock.advance(0.5)  # the next request probes the store, which answers again
         during = await c.post("/charges", json={}, headers=key())
         clock.advance(30)
@@ -402,7 +343,7 @@ async def test_after_a_finish_failure_the_reservation_is_left_to_its_lease(
 
 async def test_a_request_holding_its_key_settles_it_even_after_another_found_an_outage(
     make_client: Callable[..., httpx.AsyncClient],
-    store: SwitchableStore,
+    store: FlakyStore,
     backend: Backend,
     events: list[Event],
 ) -> None:
@@ -430,7 +371,7 @@ async def test_a_request_holding_its_key_settles_it_even_after_another_found_an_
 
 
 async def test_an_outage_found_by_the_rate_limiter_spares_the_idempotency_layer_the_wait(
-    store: SwitchableStore, backend: Backend, clock: ManualClock, events: list[Event]
+    store: FlakyStore, backend: Backend, clock: ManualClock, events: list[Event]
 ) -> None:
     health = StoreHealth(jitter=0)
     app = IdempotencyMiddleware(
@@ -444,12 +385,12 @@ async def test_an_outage_found_by_the_rate_limiter_spares_the_idempotency_layer_
         hooks=[events.append],
         store_health=health,
     )
-    store.failing = {"acquire", "begin"}
+    store.down("acquire", "begin")
     transport = httpx.ASGITransport(app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         r = await c.post("/charges", json={}, headers=key())
     assert_store_unavailable(r, 1)
-    assert store.calls == {"acquire": 1, "begin": 0, "finish": 0}
+    assert store.calls == {"acquire": 1}  # no begin, no finish
     [down] = of(events, StoreDown)
     assert down.layer == "ratelimit"
     assert backend.executions == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from surefoot.errors import ConfigurationError, StoreUnavailable
+from _support import T0, leaky_store_error, of
+from surefoot.errors import ConfigurationError
 from surefoot.events import Event
 from surefoot.ratelimit import (
     Limit,
@@ -26,56 +27,18 @@ from surefoot.ratelimit import (
     RateLimitStoreFailed,
     install_problem_handler,
 )
-from surefoot.ratelimit._algorithms import RateLimitDecision
-from surefoot.ratelimit._core import Item
 from surefoot.storage import MemoryStore
 from surefoot.storage._health import (
     StoreDown,
     StoreHealth,
     StoreRecovered,
 )
-from surefoot.testing import ManualClock
+from surefoot.testing import FlakyStore, ManualClock
 
 pytestmark = pytest.mark.anyio
 
-T0 = 1_700_000_000.0
-SECRET = "hunter2@10.0.0.7"
-
 
 # == the rate limiter through its middleware ====================================================
-
-
-class SwitchableStore(MemoryStore):
-    """A MemoryStore that can be switched to fail (StoreUnavailable) or to hang."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.mode = "ok"
-        self.calls = 0
-        self.gate: asyncio.Event | None = None
-        self.arrived = asyncio.Condition()
-
-    async def acquire(
-        self, items: Sequence[Item], now: float
-    ) -> tuple[bool, list[RateLimitDecision]]:
-        self.calls += 1
-        async with self.arrived:
-            self.arrived.notify_all()
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.mode == "fail":
-            # Secrets in the message, the fields and the cause: none may reach a client.
-            raise StoreUnavailable(f"redis {SECRET} refused", retry_after=1, host=SECRET) from (
-                ConnectionError(f"connect to {SECRET} refused")
-            )
-        if self.mode == "hang":
-            await asyncio.Event().wait()
-        return await super().acquire(items, now)
-
-    async def release(self, key: str, token: str, now: float) -> None:
-        if self.mode == "fail_release":
-            raise StoreUnavailable(retry_after=1) from ConnectionError(SECRET)
-        await super().release(key, token, now)
 
 
 class Backend:
@@ -91,18 +54,8 @@ class Backend:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
-
-@pytest.fixture
-def events() -> list[Event]:
-    return []
-
-
-@pytest.fixture
-def store() -> SwitchableStore:
-    return SwitchableStore()
+def store() -> FlakyStore:
+    return FlakyStore(MemoryStore(), error=leaky_store_error)
 
 
 @pytest.fixture
@@ -112,7 +65,7 @@ def backend() -> Backend:
 
 @pytest.fixture
 def make_client(
-    backend: Backend, clock: ManualClock, events: list[Event], store: SwitchableStore
+    backend: Backend, clock: ManualClock, events: list[Event], store: FlakyStore
 ) -> Callable[..., httpx.AsyncClient]:
     def make(*policies: RateLimitPolicy, **kwargs: Any) -> httpx.AsyncClient:
         kwargs.setdefault("store", store)
@@ -127,10 +80,6 @@ def make_client(
     return make
 
 
-def of(events: list[Event], cls: type[Any]) -> list[Any]:
-    return [e for e in events if isinstance(e, cls)]
-
-
 def assert_no_secret(response: httpx.Response) -> None:
     assert "hunter2" not in response.text
     assert all("hunter2" not in v for v in response.headers.values())
@@ -138,23 +87,23 @@ def assert_no_secret(response: httpx.Response) -> None:
 
 async def test_fail_open_admits_and_reports_each_request(
     make_client: Callable[..., httpx.AsyncClient],
-    store: SwitchableStore,
+    store: FlakyStore,
     backend: Backend,
     events: list[Event],
 ) -> None:
-    store.mode = "fail"
+    store.down("acquire")
     async with make_client(RateLimitPolicy("default", limits=["1/minute"])) as c:
         responses = [await c.get("/") for _ in range(3)]
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert "ratelimit" not in responses[0].headers  # nothing was counted
     assert backend.calls == 3
-    assert store.calls == 1  # the two others skipped the store
+    assert store.calls["acquire"] == 1  # the two others skipped the store
     [failed] = of(events, RateLimitStoreFailed)
     assert (failed.action, failed.error) == ("fail_open", "ConnectionError")
     assert [e.action for e in of(events, RateLimitStoreBypassed)] == ["fail_open", "fail_open"]
     [down] = of(events, StoreDown)
     assert (down.store, down.layer, down.error) == (
-        "SwitchableStore",
+        "MemoryStore",  # the store FlakyStore wraps
         "ratelimit",
         "ConnectionError",
     )
@@ -163,11 +112,11 @@ async def test_fail_open_admits_and_reports_each_request(
 
 async def test_fail_closed_answers_a_503_problem_with_retry_after(
     make_client: Callable[..., httpx.AsyncClient],
-    store: SwitchableStore,
+    store: FlakyStore,
     backend: Backend,
     clock: ManualClock,
 ) -> None:
-    store.mode = "fail"
+    store.down("acquire")
     policy = RateLimitPolicy("strict", limits=["100/minute"], on_store_error="fail_closed")
     async with make_client(policy, store_health=StoreHealth(jitter=0, initial_backoff=4)) as c:
         first = await c.get("/", headers={"X-Request-Id": "req-1"})
@@ -202,14 +151,14 @@ async def test_fail_closed_answers_a_503_problem_with_retry_after(
 )
 async def test_local_fallback_admits_floor_of_limit_over_workers_per_process(
     make_client: Callable[..., httpx.AsyncClient],
-    store: SwitchableStore,
+    store: FlakyStore,
     backend: Backend,
     events: list[Event],
     amount: int,
     workers: int,
     share: int,
 ) -> None:
-    store.mode = "fail"
+    store.down("acquire")
     policy = RateLimitPolicy(
         "default", limits=[f"{amount}/minute"], on_store_error="local_fallback"
     )
@@ -228,9 +177,9 @@ async def test_local_fallback_admits_floor_of_limit_over_workers_per_process(
 
 
 async def test_local_fallback_divides_bursts_and_frees_concurrency_slots_locally(
-    make_client: Callable[..., httpx.AsyncClient], store: SwitchableStore
+    make_client: Callable[..., httpx.AsyncClient], store: FlakyStore
 ) -> None:
-    store.mode = "fail"
+    store.down("acquire")
     policies = [
         RateLimitPolicy(
             "bucket",
@@ -251,9 +200,9 @@ async def test_local_fallback_divides_bursts_and_frees_concurrency_slots_locally
 
 
 async def test_mixed_policies_the_strictest_choice_wins(
-    make_client: Callable[..., httpx.AsyncClient], store: SwitchableStore, backend: Backend
+    make_client: Callable[..., httpx.AsyncClient], store: FlakyStore, backend: Backend
 ) -> None:
-    store.mode = "fail"
+    store.down("acquire")
     open_ = RateLimitPolicy("open", limits=["1/minute"])
     local = RateLimitPolicy("local", limits=["2/minute"], on_store_error="local_fallback")
     closed = RateLimitPolicy("closed", limits=["9/minute"], on_store_error="fail_closed")
@@ -270,31 +219,31 @@ async def test_mixed_policies_the_strictest_choice_wins(
 
 async def test_backoff_then_recovery_by_itself_with_one_event_each(
     make_client: Callable[..., httpx.AsyncClient],
-    store: SwitchableStore,
+    store: FlakyStore,
     clock: ManualClock,
     events: list[Event],
 ) -> None:
     policy = RateLimitPolicy("default", limits=["100/minute"], on_store_error="fail_closed")
     async with make_client(policy) as c:
         assert (await c.get("/")).status_code == 200
-        store.mode = "fail"
+        store.down("acquire")
         statuses = [(await c.get("/")).status_code for _ in range(3)]  # 1 call, 2 skipped
-        assert (statuses, store.calls) == ([503, 503, 503], 2)
+        assert (statuses, store.calls["acquire"]) == ([503, 503, 503], 2)
         clock.advance(0.25)
         assert (await c.get("/")).status_code == 503
-        assert store.calls == 2  # no store call between probes
+        assert store.calls["acquire"] == 2  # no store call between probes
         clock.advance(0.25)
         assert (await c.get("/")).status_code == 503  # the probe, at 0.5 s: it fails
-        assert store.calls == 3
+        assert store.calls["acquire"] == 3
         clock.advance(0.75)  # the wait doubled to 1 s
         await c.get("/")
-        assert store.calls == 3
-        store.mode = "ok"  # the store is back; nobody notices before the next probe
+        assert store.calls["acquire"] == 3
+        store.up()  # the store is back; nobody notices before the next probe
         assert (await c.get("/")).status_code == 503
         clock.advance(0.25)
         assert (await c.get("/")).status_code == 200  # the probe succeeds
         assert [(await c.get("/")).status_code for _ in range(2)] == [200, 200]
-        assert store.calls == 6  # healthy again: every request calls the store
+        assert store.calls["acquire"] == 6  # healthy again: every request calls the store
     [down] = of(events, StoreDown)
     [recovered] = of(events, StoreRecovered)
     assert (down.at, recovered.at) == (T0, T0 + 1.5)
@@ -304,15 +253,14 @@ async def test_backoff_then_recovery_by_itself_with_one_event_each(
 
 
 async def test_requests_in_flight_when_the_store_fails_make_one_outage_event(
-    make_client: Callable[..., httpx.AsyncClient], store: SwitchableStore, events: list[Event]
+    make_client: Callable[..., httpx.AsyncClient], store: FlakyStore, events: list[Event]
 ) -> None:
-    store.gate = asyncio.Event()
-    store.mode = "fail"
+    store.stall("acquire")
+    store.down("acquire")
     async with make_client(RateLimitPolicy("default", limits=["1/minute"])) as c:
         tasks = [asyncio.create_task(c.get("/")) for _ in range(4)]
-        async with store.arrived:
-            await store.arrived.wait_for(lambda: store.calls >= 4)
-        store.gate.set()
+        await store.wait_for_calls(4, "acquire")
+        store.resume()
         responses = await asyncio.gather(*tasks)
     assert [r.status_code for r in responses] == [200] * 4
     assert len(of(events, RateLimitStoreFailed)) == 4
@@ -321,26 +269,26 @@ async def test_requests_in_flight_when_the_store_fails_make_one_outage_event(
 
 async def test_a_hanging_store_is_cut_off_by_the_guard_once_then_skipped(
     make_client: Callable[..., httpx.AsyncClient],
-    store: SwitchableStore,
+    store: FlakyStore,
     events: list[Event],
 ) -> None:
-    store.mode = "hang"
+    store.stall("acquire")
     policy = RateLimitPolicy("default", limits=["1/minute"], on_store_error="fail_closed")
     async with make_client(policy, store_timeout=0.05) as c:
         first = await c.get("/")
         second = await c.get("/")
     assert (first.status_code, second.status_code) == (503, 503)
-    assert store.calls == 1
+    assert store.calls["acquire"] == 1
     [failed] = of(events, RateLimitStoreFailed)
     assert failed.error == "TimeoutError"
     assert of(events, StoreDown)[0].error == "TimeoutError"
 
 
 async def test_one_store_health_shared_by_two_limiters(
-    make_client: Callable[..., httpx.AsyncClient], store: SwitchableStore, events: list[Event]
+    make_client: Callable[..., httpx.AsyncClient], store: FlakyStore, events: list[Event]
 ) -> None:
     health = StoreHealth(jitter=0)
-    store.mode = "fail"
+    store.down("acquire")
     policy = RateLimitPolicy("default", limits=["1/minute"])
     async with (
         make_client(policy, store_health=health) as a,
@@ -348,19 +296,12 @@ async def test_one_store_health_shared_by_two_limiters(
     ):
         await a.get("/")
         await b.get("/")
-    assert store.calls == 1
+    assert store.calls["acquire"] == 1
     assert len(of(events, StoreDown)) == 1
 
 
 async def test_concurrency_slots_are_not_released_into_a_store_that_is_down() -> None:
-    released: list[str] = []
-
-    class Watching(SwitchableStore):
-        async def release(self, key: str, token: str, now: float) -> None:
-            released.append(key)
-            await super().release(key, token, now)
-
-    watching = Watching()
+    watching = FlakyStore(MemoryStore())
     health = StoreHealth(jitter=0)
     policy = RateLimitPolicy("inflight", limits=[Limit(5, 1, algorithm="concurrency")])
 
@@ -372,33 +313,33 @@ async def test_concurrency_slots_are_not_released_into_a_store_that_is_down() ->
     mw = RateLimitMiddleware(app, store=watching, policies=[policy], store_health=health, hooks=[])
     async with httpx.AsyncClient(transport=httpx.ASGITransport(mw), base_url="http://t") as c:
         assert (await c.get("/")).status_code == 200
-    assert released == []  # left to its lease
+    assert watching.calls["release"] == 0  # left to its lease
 
 
 async def test_a_cancelled_probe_lets_the_next_request_probe_at_once(
-    make_client: Callable[..., httpx.AsyncClient], store: SwitchableStore, clock: ManualClock
+    make_client: Callable[..., httpx.AsyncClient], store: FlakyStore, clock: ManualClock
 ) -> None:
     policy = RateLimitPolicy("default", limits=["100/minute"], on_store_error="fail_closed")
     async with make_client(policy) as c:
-        store.mode = "fail"
+        store.down("acquire")
         await c.get("/")
         clock.advance(0.5)
-        store.mode, store.gate = "ok", asyncio.Event()
+        store.up()
+        store.stall("acquire")
         probe = asyncio.create_task(c.get("/"))
-        async with store.arrived:
-            await store.arrived.wait_for(lambda: store.calls == 2)
+        await store.wait_for_calls(2, "acquire")
         probe.cancel()
         with pytest.raises(asyncio.CancelledError):
             await probe
-        store.gate = None
+        store.resume()
         assert (await c.get("/")).status_code == 200  # no new wait: it probed, and it worked
-    assert store.calls == 3
+    assert store.calls["acquire"] == 3
 
 
 async def test_a_failed_release_never_reaches_the_client(
-    make_client: Callable[..., httpx.AsyncClient], store: SwitchableStore
+    make_client: Callable[..., httpx.AsyncClient], store: FlakyStore
 ) -> None:
-    store.mode = "fail_release"
+    store.down("release")
     policy = RateLimitPolicy("inflight", limits=[Limit(1, 1, algorithm="concurrency")])
     async with make_client(policy) as c:
         r = await c.get("/")
@@ -406,8 +347,8 @@ async def test_a_failed_release_never_reaches_the_client(
     assert r.text == "ok"
 
 
-async def test_fastapi_dependency_fails_closed_with_a_problem(store: SwitchableStore) -> None:
-    store.mode = "fail"
+async def test_fastapi_dependency_fails_closed_with_a_problem(store: FlakyStore) -> None:
+    store.down("acquire")
     app = FastAPI()
     install_problem_handler(app)
     limit = RateLimitDependency(
@@ -430,14 +371,14 @@ async def test_fastapi_dependency_fails_closed_with_a_problem(store: SwitchableS
 
 async def test_event_order_of_an_outage_and_its_recovery(
     make_client: Callable[..., httpx.AsyncClient],
-    store: SwitchableStore,
+    store: FlakyStore,
     clock: ManualClock,
     events: list[Event],
 ) -> None:
     async with make_client(RateLimitPolicy("default", limits=["100/minute"])) as c:
-        store.mode = "fail"
+        store.down("acquire")
         await c.get("/")
-        store.mode = "ok"
+        store.up()
         clock.advance(0.5)
         await c.get("/")
     assert [type(e).__name__ for e in events] == [
@@ -451,7 +392,7 @@ async def test_event_order_of_an_outage_and_its_recovery(
 # -- configuration -----------------------------------------------------------------------------
 
 
-def test_local_fallback_needs_the_worker_count(store: SwitchableStore) -> None:
+def test_local_fallback_needs_the_worker_count(store: FlakyStore) -> None:
     policy = RateLimitPolicy("search", limits=["30/minute"], on_store_error="local_fallback")
     with pytest.raises(ConfigurationError) as info:
         RateLimitMiddleware(Backend().app(), store=store, policies=[policy])
@@ -477,7 +418,7 @@ def test_local_fallback_needs_the_worker_count(store: SwitchableStore) -> None:
     ],
 )
 def test_limiter_options_are_validated(
-    store: SwitchableStore, kwargs: dict[str, Any], message: str
+    store: FlakyStore, kwargs: dict[str, Any], message: str
 ) -> None:
     policy = RateLimitPolicy("a", limits=["1/second"])
     with pytest.raises(ConfigurationError, match=re.escape(message)):
