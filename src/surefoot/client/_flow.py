@@ -73,6 +73,7 @@ __all__ = [
     "Stop",
     "Target",
     "Woke",
+    "emit_event",
     "problem_code",
     "retry_flow",
     "wants_body",
@@ -265,7 +266,9 @@ def retry_flow(
                 )
             if label is None:
                 if failures:
-                    _emit(hooks, ev.RetrySucceeded, target, now, attempt=attempt, status=status)
+                    emit_event(
+                        hooks, ev.RetrySucceeded, target, now, attempt=attempt, status=status
+                    )
                 return outcome.response
             if stop is None and not safe:
                 stop = "not_safe"
@@ -285,7 +288,7 @@ def retry_flow(
         if stop is None and not target.replayable:
             stop = "body_not_replayable"
         failures.append(label)
-        _emit(
+        emit_event(
             hooks,
             ev.AttemptFailed,
             target,
@@ -330,7 +333,7 @@ def retry_flow(
             why = _STOP_TEXT[stop].format(method=target.method, code=_code_of(outcome))
         if stop is not None:
             return _give_up(policy, target, hooks, now, outcome, failures, stop, why)
-        _emit(
+        emit_event(
             hooks,
             ev.RetryScheduled,
             target,
@@ -425,7 +428,7 @@ def _exhausted(
     reason: str,
     raised: str | None,
 ) -> None:
-    _emit(
+    emit_event(
         hooks,
         ev.RetriesExhausted,
         target,
@@ -437,13 +440,14 @@ def _exhausted(
     )
 
 
-def _emit(
+def emit_event(
     hooks: Sequence[EventHook],
     cls: type[ev.ClientEvent],
     target: Target,
     now: float,
     **fields: Any,
 ) -> None:
+    """Emit a ``cls`` event about ``target`` if a hook wants it (the drivers' events too)."""
     if hooks and wanted(hooks, cls):
         event = cls(
             at=now,

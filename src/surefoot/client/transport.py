@@ -63,6 +63,7 @@ from surefoot.client._flow import (
     Sleep,
     Target,
     Woke,
+    emit_event,
     problem_code,
     retry_flow,
     wants_body,
@@ -71,7 +72,7 @@ from surefoot.client._policy import RetryPolicy
 from surefoot.client._throttle import Throttle
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import ConfigurationError, UpstreamError, UpstreamThrottled
-from surefoot.events import EventHook, LoggingHook, emit, wanted
+from surefoot.events import EventHook, LoggingHook
 
 __all__ = ["AsyncResilientTransport", "ResilientTransport"]
 
@@ -259,18 +260,7 @@ class _Resilience:
         )
 
     def _emit(self, cls: type[ev.ClientEvent], call: _Call, now: float, **fields: Any) -> None:
-        if self.hooks and wanted(self.hooks, cls):
-            target = call.target
-            event = cls(
-                at=now,
-                request_id=target.request_id,
-                method=target.method,
-                host=target.host,
-                path=target.path,
-                attempt=call.attempts,
-                **fields,
-            )
-            emit(self.hooks, event)
+        emit_event(self.hooks, cls, call.target, now, attempt=call.attempts, **fields)
 
     # -- the stale cache -----------------------------------------------------------------------
 
