@@ -7,6 +7,7 @@ also by the worker modules that tests start in other processes.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from surefoot.errors import StoreUnavailable
@@ -25,6 +26,18 @@ def leaky_store_error() -> StoreUnavailable:
     fields and its cause (a ``ConnectionError``): ``FlakyStore(store, error=leaky_store_error)``."""
     error = StoreUnavailable(f"connect to {SECRET} refused", retry_after=1, host=SECRET)
     error.__cause__ = ConnectionError(f"connect to {SECRET} refused")
+    return error
+
+
+def store_error(cause: BaseException) -> Callable[[], StoreUnavailable]:
+    """What a store raises when its driver fails with ``cause``: ``StoreUnavailable`` (retry
+    in 1 s) from ``cause``, for ``FlakyStore(store, error=store_error(OSError("disk full")))``."""
+
+    def error() -> StoreUnavailable:
+        failure = StoreUnavailable(retry_after=1)
+        failure.__cause__ = cause
+        return failure
+
     return error
 
 

@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from surefoot.errors import ConfigurationError, StoreUnavailable
+from _support import store_error
+from surefoot.errors import ConfigurationError
 from surefoot.events import Event
 from surefoot.idempotency import (
     IdempotencyMiddleware,
@@ -31,7 +32,7 @@ from surefoot.idempotency import (
     StoreFailed,
 )
 from surefoot.storage import MemoryStore
-from surefoot.testing import ManualClock, aassert_idempotent
+from surefoot.testing import FlakyStore, ManualClock, aassert_idempotent
 
 pytestmark = pytest.mark.anyio
 
@@ -80,16 +81,6 @@ class Backend:
 @pytest.fixture
 def backend() -> Backend:
     return Backend()
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def events() -> list[Event]:
-    return []
 
 
 @pytest.fixture
@@ -744,26 +735,17 @@ async def test_abandoned_lease_follows_the_policy(
 # -- stores failing ----------------------------------------------------------------------------
 
 
-class BrokenStore(MemoryStore):
-    def __init__(self, fail_on: str) -> None:
-        super().__init__()
-        self.fail_on = fail_on
-
-    async def begin(self, *args: Any, **kwargs: Any) -> Any:
-        if self.fail_on == "begin":
-            raise StoreUnavailable(retry_after=1) from OSError("redis://:hunter2@db failed")
-        return await super().begin(*args, **kwargs)
-
-    async def finish(self, *args: Any, **kwargs: Any) -> Any:
-        if self.fail_on == "finish":
-            raise StoreUnavailable(retry_after=1) from OSError("disk I/O error")
-        return await super().finish(*args, **kwargs)
+def down_at(operation: str) -> FlakyStore:
+    """A store whose ``operation`` fails, with a password in the driver's error."""
+    store = FlakyStore(MemoryStore(), error=store_error(OSError("redis://:hunter2@db failed")))
+    store.down(operation)
+    return store
 
 
 async def test_store_down_at_begin_is_503_and_executes_nothing(
     make_client: Callable[..., httpx.AsyncClient], backend: Backend, events: list[Event]
 ) -> None:
-    async with make_client(store=BrokenStore("begin")) as c:
+    async with make_client(store=down_at("begin")) as c:
         r = await c.post("/charges", json={}, headers=key())
     doc = problem(r, "store_unavailable", 503)
     assert r.headers["retry-after"] == "1"
@@ -777,7 +759,7 @@ async def test_store_down_at_begin_is_503_and_executes_nothing(
 async def test_store_down_at_finish_still_answers_the_client(
     make_client: Callable[..., httpx.AsyncClient], backend: Backend, events: list[Event]
 ) -> None:
-    async with make_client(store=BrokenStore("finish")) as c:
+    async with make_client(store=down_at("finish")) as c:
         r = await c.post("/charges", json={}, headers=key())
     assert r.status_code == 201
     assert [e.phase for e in events if isinstance(e, StoreFailed)] == ["finish"]

@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from surefoot.errors import ConfigurationError, StoreUnavailable
+from _support import store_error
+from surefoot.errors import ConfigurationError
 from surefoot.events import Event
 from surefoot.idempotency import IdempotencyMiddleware
 from surefoot.identity import Identity
@@ -30,7 +31,7 @@ from surefoot.ratelimit import (
     install_problem_handler,
 )
 from surefoot.storage import MemoryStore
-from surefoot.testing import ManualClock, aassert_rate_limited
+from surefoot.testing import FlakyStore, ManualClock, aassert_rate_limited
 
 pytestmark = pytest.mark.anyio
 
@@ -64,16 +65,6 @@ class Backend:
 @pytest.fixture
 def backend() -> Backend:
     return Backend()
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(1_700_000_000.0)
-
-
-@pytest.fixture
-def events() -> list[Event]:
-    return []
 
 
 @pytest.fixture
@@ -438,12 +429,10 @@ async def test_concurrency_slot_of_a_cancelled_request_comes_back(
 async def test_store_outage(
     make_client: Callable[..., httpx.AsyncClient], events: list[Event], mode: str
 ) -> None:
-    class Down(MemoryStore):
-        async def acquire(self, items: Any, now: float) -> Any:
-            raise StoreUnavailable(retry_after=1) from ConnectionError("redis at 10.0.0.1 refused")
-
+    store = FlakyStore(MemoryStore(), error=store_error(ConnectionError("redis 10.0.0.1 refused")))
+    store.down("acquire")
     policy = RateLimitPolicy("default", limits=["1/minute"], on_store_error=mode)  # type: ignore[arg-type]
-    async with make_client(policy, store=Down()) as c:
+    async with make_client(policy, store=store) as c:
         r = await c.get("/")
     assert "10.0.0.1" not in r.text
     if mode == "fail_open":
