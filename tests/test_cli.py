@@ -302,12 +302,6 @@ main(sys.argv[2:], prog_name="surefoot")
         ("h11,pydantic", ["chaos", "--upstream", "http://127.0.0.1:9"],
          "Error: surefoot chaos needs the 'client' extra: pip install 'surefoot[client]' "
          "(missing: h11, pydantic)"),
-        ("httpx", ["chaos", "drill", "scenario.toml"],
-         "Error: surefoot chaos drill needs the 'gateway' and 'examples' extras: "
-         "pip install 'surefoot[gateway,examples]' (missing: httpx)"),
-        ("fastapi", ["chaos", "drill", "scenario.toml"],
-         "Error: surefoot chaos drill needs the 'gateway' and 'examples' extras: "
-         "pip install 'surefoot[gateway,examples]' (missing: fastapi)"),
         ("uvicorn", ["serve", "--config", "gateway.toml"],
          "Error: surefoot serve needs the 'gateway' extra: pip install 'surefoot[gateway]' "
          "(missing: uvicorn)"),

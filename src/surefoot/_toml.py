@@ -1,8 +1,7 @@
-"""Configuration files: reading TOML and reporting every problem as ``file:line: path: message``.
+"""Values in messages: quoted short, secrets never (configuration problems, store errors).
 
-Shared by the configurations validated with pydantic (``surefoot.client`` integrations,
-``surefoot.chaos`` fault plans, the gateway's policy file). Line numbers are best effort: a
-problem is reported at the line that sets its value, else at its nearest table's header.
+``surefoot._config`` (the configuration toolkit), the stores and the command line quote
+what they refuse with ``shown``, and URLs with ``masked_url`` / ``masked_text``.
 
 Rule 1: a secret is never quoted. ``shown(value, secret=True)`` names only the kind of
         value (``an integer (hidden)``); ``masked_url`` writes ``***`` for a URL's userinfo
@@ -18,72 +17,12 @@ Rule 1: a secret is never quoted. ``shown(value, secret=True)`` names only the k
 
 from __future__ import annotations
 
-import os
-import pathlib
 import re
-import tomllib
-from collections.abc import Sequence
-from typing import Any
 from urllib.parse import SplitResult, unquote, unquote_plus, urlsplit
 
 from surefoot.errors import ConfigurationError
 
-__all__ = [
-    "Problems",
-    "masked_text",
-    "masked_url",
-    "read_toml",
-    "require_pydantic",
-    "secret_name",
-    "shown",
-    "split_url",
-]
-
-_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
-_HEADER = re.compile(r"^(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEY = re.compile(r"^((?:[A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*'|[\s.])+?)\s*=")
-_BARE = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def read_toml(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str, list[str]]:
-    """The parsed file, its name for messages, and its lines.
-
-    Raises:
-        ConfigurationError: the file cannot be read, is not UTF-8, or is not TOML (with
-            its line and column).
-    """
-    source = os.fspath(path)
-    try:
-        raw = pathlib.Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigurationError(f"{source}: cannot read the file ({exc.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigurationError(
-            f"{source}: expected UTF-8 text (TOML), got byte {raw[exc.start]:#04x} "
-            f"at offset {exc.start}"
-        ) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        where = _POSITION.search(message)
-        prefix = source
-        if where is not None:
-            message = message[: where.start()].rstrip()
-            prefix = f"{source}:{where.group(1)}:{where.group(2)}"
-        raise ConfigurationError(f"{prefix}: invalid TOML: {message}") from None
-    return data, source, text.splitlines()
-
-
-def require_pydantic(what: str) -> Any:
-    """The pydantic module, imported on first use; ``what`` names the feature needing it."""
-    try:
-        import pydantic
-    except ModuleNotFoundError as exc:  # pragma: no cover - pydantic comes with the extra
-        raise ConfigurationError(f"{what} need pydantic: pip install 'surefoot[client]'") from exc
-    return pydantic
+__all__ = ["masked_text", "masked_url", "secret_name", "shown", "split_url"]
 
 
 def shown(value: object, *, secret: bool = False) -> str:
@@ -207,90 +146,3 @@ def split_url(url: str, what: str = "store URL") -> SplitResult:
             "'?', '#' and '@' percent-encoded in a user name or password"
         ) from None
     return parts
-
-
-class Problems:
-    """Every problem found in one configuration, each ``file:line: path: message``;
-    raised together as one ``ConfigurationError``."""
-
-    def __init__(self, source: str, lines: Sequence[str] | None, table: str) -> None:
-        self.source = source
-        self._lines = lines
-        self._table = table  # the top-level table, for the summary line
-        self.items: list[str] = []
-
-    def add(self, loc: Sequence[str | int], message: str) -> None:
-        path = "".join(
-            f"[{part}]" if isinstance(part, int) else ("." if i else "") + _key(part)
-            for i, part in enumerate(loc)
-        )
-        line = _locate(self._lines, loc) if self._lines is not None else None
-        where = self.source if line is None else f"{self.source}:{line}"
-        item = f"{where}: {path}: {message}"
-        if item not in self.items:
-            self.items.append(item)
-
-    def raise_if_any(self) -> None:
-        if not self.items:
-            return
-        if len(self.items) == 1:
-            raise ConfigurationError(self.items[0])
-        listed = "\n".join(f"  {item}" for item in self.items)
-        raise ConfigurationError(
-            f"{self.source}: {len(self.items)} problems in {self._table}:\n{listed}"
-        )
-
-
-def _key(part: str) -> str:
-    """A key as TOML writes it in a dotted path: bare if it can be, else quoted."""
-    return part if _BARE.fullmatch(part) else '"' + part.replace('"', '\\"') + '"'
-
-
-def _locate(lines: Sequence[str], loc: Sequence[str | int]) -> int | None:
-    """The line (1-based) that sets ``loc``, else that of its nearest table; best effort.
-
-    Reads table headers and ``key = value`` lines (dotted and quoted keys included).
-    Array-of-tables headers (``[[chaos.rules]]``) count up, so ``chaos.rules[2].seconds``
-    is found under the third one. Multi-line values, inline tables and arrays are
-    reported at their key.
-    """
-    best, best_length = None, 0
-    table: tuple[str | int, ...] = ()
-    arrays: dict[tuple[str, ...], int] = {}
-    for number, line in enumerate(lines, start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        header = _HEADER.match(stripped)
-        if header is not None:
-            keys = _dotted(header.group(2))
-            if header.group(1) == "[[":
-                arrays[keys] = arrays.get(keys, -1) + 1
-                table = (*_indexed(keys[:-1], arrays), keys[-1], arrays[keys])
-            else:
-                # A sub-table of an array element ([routes.lookup] after [[routes]]).
-                table = _indexed(keys, arrays)
-            path = table
-        else:
-            key = _KEY.match(stripped)
-            if key is None:
-                continue
-            path = (*table, *_dotted(key.group(1)))
-        if len(path) > best_length and tuple(loc[: len(path)]) == path:
-            best, best_length = number, len(path)
-    return best
-
-
-def _indexed(keys: tuple[str, ...], arrays: dict[tuple[str, ...], int]) -> tuple[str | int, ...]:
-    """``keys`` with the current element index after each array-of-tables prefix."""
-    out: list[str | int] = []
-    for i, key in enumerate(keys):
-        out.append(key)
-        if keys[: i + 1] in arrays:
-            out.append(arrays[keys[: i + 1]])
-    return tuple(out)
-
-
-def _dotted(key: str) -> tuple[str, ...]:
-    parts = re.findall(r"\"([^\"]*)\"|'([^']*)'|([A-Za-z0-9_\-]+)", key)
-    return tuple(next(p for p in groups if p) if any(groups) else "" for groups in parts)

@@ -400,26 +400,17 @@ def check_config(config_path: str) -> None:
     )
 
 
-@main.group("chaos", invoke_without_command=True)
+@main.command("chaos")
 @click.option("--listen", default="127.0.0.1:8474", show_default=True, help="HOST:PORT to serve.")
 @click.option("--upstream", help="The server to put faults in front of (a base URL).")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="A [chaos] TOML file.")
 @click.option("--seed", type=int, help="The fault plan's seed (overrides the file's).")
-@click.pass_context
-def chaos(
-    ctx: click.Context,
-    listen: str,
-    upstream: str | None,
-    plan_path: str | None,
-    seed: int | None,
-) -> None:
-    """A fault-injecting HTTP proxy (or, with a subcommand, a drill).
+def chaos(listen: str, upstream: str | None, plan_path: str | None, seed: int | None) -> None:
+    """A fault-injecting HTTP proxy.
 
     With no plan it forwards everything untouched until rules arrive through its control
     API (PUT /__chaos/plan).
     """
-    if ctx.invoked_subcommand is not None:
-        return
     if upstream is None:
         raise click.UsageError("--upstream is required to run the proxy")
     host, port = _host_port(listen)
@@ -452,74 +443,6 @@ def chaos(
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
-
-
-@chaos.command("drill")
-@click.argument("scenario_path", type=click.Path(dir_okay=False))
-@click.option("--store", type=click.Choice(["sqlite", "redis"]), help="Override [drill] store.")
-@click.option(
-    "--idempotency/--no-idempotency", default=None,
-    help="Protect POST /charges at the gateway (--no-idempotency: the comparison run).",
-)  # fmt: skip
-@click.option("--clients", type=click.IntRange(1, 1024), help="Override [drill] clients.")
-@click.option("--payments", type=click.IntRange(1), help="Override [drill] payments (per client).")
-@click.option("--workers", type=click.IntRange(1, 16), help="Override [drill] workers.")
-@click.option("--seed", type=int, help="Override [drill] seed.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results.")
-@click.option("--keep", is_flag=True, help="Keep the working directory (logs, ledger, store).")
-def chaos_drill(
-    scenario_path: str,
-    store: str | None,
-    idempotency: bool | None,
-    clients: int | None,
-    payments: int | None,
-    workers: int | None,
-    seed: int | None,
-    json_path: str | None,
-    keep: bool,
-) -> None:
-    """Run the exactly-once drill SCENARIO_PATH (examples/drills/*.toml).
-
-    Starts the example payments API behind `surefoot serve`, with a chaos proxy on each side
-    of the gateway, makes every client's payments through the faults, then audits the
-    ledger. Exits 1 if a payment was duplicated, missing or told the wrong charge.
-    """
-    _need("chaos drill", "gateway", "examples")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from surefoot.chaos.drill import DrillError, Scenario, drill_table, run_drill
-
-    try:
-        scenario = Scenario.from_toml(scenario_path).overridden(
-            store=store,
-            idempotency=idempotency,
-            clients=clients,
-            payments=payments,
-            workers=workers,
-            seed=seed,
-        )
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from None
-    console = _console()
-    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(f"{scenario.name}: payments", total=scenario.total)
-        try:
-            report = run_drill(
-                scenario,
-                progress=lambda done, total: progress.update(task, completed=done),
-                log=lambda line: progress.console.print(f"[dim]{line}[/]", highlight=False),
-                keep=keep,
-            )
-        except (ConfigurationError, DrillError) as exc:
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            raise click.Abort() from None
-    console.print(drill_table([report]))
-    if json_path is not None:
-        Path(json_path).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    if not report.ok:
-        raise SystemExit(1)
 
 
 def _host_port(listen: str) -> tuple[str, int]:

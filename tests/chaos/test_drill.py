@@ -18,7 +18,9 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from surefoot.chaos import (
+from surefoot.errors import ConfigurationError
+from surefoot.gateway import config_from_dict
+from tools.drill import (
     DrillAudit,
     DrillEvent,
     DrillReport,
@@ -27,10 +29,8 @@ from surefoot.chaos import (
     drill_table,
     run_drill,
 )
-from surefoot.chaos._scenario import Payment, audit, gateway_policy, latency
-from surefoot.cli import main
-from surefoot.errors import ConfigurationError
-from surefoot.gateway import config_from_dict
+from tools.drill.__main__ import main
+from tools.drill.scenario import Payment, audit, gateway_policy, latency
 
 ROOT = Path(__file__).resolve().parents[2]
 DRILLS = ROOT / "examples" / "drills"
@@ -556,15 +556,13 @@ def test_the_rich_table_says_pass_or_fail() -> None:
 def test_the_command_reports_an_invalid_scenario_with_its_line(tmp_path: Path) -> None:
     path = tmp_path / "drill.toml"
     path.write_text(GOOD.replace("clients = 2", "clients = 0"))
-    result = CliRunner().invoke(main, ["chaos", "drill", str(path)])
+    result = CliRunner().invoke(main, [str(path)])
     assert result.exit_code == 1
     assert f"{path}:2: drill.clients: expected a whole number" in result.output
 
 
 def test_the_command_refuses_an_inconsistent_override() -> None:
-    result = CliRunner().invoke(
-        main, ["chaos", "drill", str(DRILLS / "redis-restart.toml"), "--store", "sqlite"]
-    )
+    result = CliRunner().invoke(main, [str(DRILLS / "redis-restart.toml"), "--store", "sqlite"])
     assert result.exit_code == 1
     assert "restart_redis needs store = 'redis'" in result.output
 
@@ -572,7 +570,7 @@ def test_the_command_refuses_an_inconsistent_override() -> None:
 @pytest.mark.slow
 def test_the_command_runs_a_drill_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
-    args = ["chaos", "drill", str(DRILLS / "duplicates.toml"), "--clients", "2"]
+    args = [str(DRILLS / "duplicates.toml"), "--clients", "2"]
     args += ["--payments", "5", "--json", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

@@ -1,6 +1,6 @@
 """The exactly-once drill: many clients pay through faults, then the ledger is audited.
 
-``run_drill(scenario)`` (``surefoot chaos drill SCENARIO.toml``) builds this, in a temporary
+``run_drill(scenario)`` (``python -m tools.drill SCENARIO.toml``) builds this, in a temporary
 directory of its own, and tears it down afterwards whatever happens (Ctrl-C included)::
 
     clients ──► ChaosProxy ──► surefoot serve ──► ChaosProxy ──► legacy payments API
@@ -30,7 +30,7 @@ Theory of operation:
    and the drill waits for deliveries still in flight (the longest delay rule, at least one
    second) and then, up to ``settle`` seconds, for the gateway's outcome-unknown keys to be
    settled by its reconciler.
-5. Audit (``_scenario.audit``): the ledger (read from the upstream's SQLite file, checked
+5. Audit (``scenario.audit``): the ledger (read from the upstream's SQLite file, checked
    against its ``GET /audit``) against every client's final answer, plus the keys the
    gateway still holds as outcome unknown (``GET /admin/unknown``). Every payment, with
    what the client was told and what the ledger booked, goes to ``payments.jsonl``; every
@@ -68,39 +68,27 @@ from typing import IO, Any
 
 import httpx
 
-from surefoot.chaos._events import FaultInjected
-from surefoot.chaos._plan import FaultPlan
-from surefoot.chaos._scenario import (
-    DrillAudit,
+from surefoot.chaos import ChaosProxy, FaultInjected, FaultPlan
+from surefoot.client import AsyncResilientTransport, RetryBudget, RetryPolicy
+from surefoot.errors import ConfigurationError, UpstreamError
+from surefoot.events import Event
+from tools.drill.scenario import (
     DrillEvent,
     DrillReport,
     Payment,
     Scenario,
     audit,
-    drill_markdown,
     gateway_policy,
     latency,
 )
-from surefoot.chaos.proxy import ChaosProxy
-from surefoot.client import AsyncResilientTransport, RetryBudget, RetryPolicy
-from surefoot.errors import ConfigurationError, UpstreamError
-from surefoot.events import Event
 
-__all__ = [
-    "DrillAudit",
-    "DrillError",
-    "DrillEvent",
-    "DrillReport",
-    "Scenario",
-    "arun_drill",
-    "drill_markdown",
-    "drill_table",
-    "run_drill",
-]
+__all__ = ["DrillError", "arun_drill", "drill_table", "run_drill"]
 
 Progress = Callable[[int, int], None]
 Log = Callable[[str], None]
 
+#: The checkout the drill runs from: it holds ``examples/legacy_payments``, the upstream.
+ROOT = Path(__file__).resolve().parents[2]
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _READY_TIMEOUT = 60.0
 
@@ -133,11 +121,10 @@ def run_drill(
 
     Raises:
         DrillError: a process did not start or died; ConfigurationError: the drill needs
-            what is not here (``redis-server``, the example upstream).
+            what is not here (``redis-server``).
 
     Warning:
-        It runs the example upstream from the surefoot source tree (``examples/``): run it
-        from a checkout. SIGTERM stops it like Ctrl-C, cleaning up first.
+        SIGTERM stops it like Ctrl-C, cleaning up first.
     """
     work = arun_drill(scenario, progress=progress, log=log, workdir=workdir, keep=keep)
     return asyncio.run(_with_sigterm(work))
@@ -330,18 +317,6 @@ async def _redis_pong(port: int) -> bool:
             await writer.wait_closed()
 
 
-def _examples_root() -> Path:
-    """The directory holding ``examples/legacy_payments`` (the drill's upstream)."""
-    candidates = [Path.cwd(), *Path(__file__).resolve().parents]
-    for root in candidates:
-        if (root / "examples" / "legacy_payments" / "__main__.py").is_file():
-            return root
-    raise ConfigurationError(
-        "the drill runs the example payments API (examples/legacy_payments) from the surefoot "
-        "source tree: run it from a checkout"
-    )
-
-
 def _environment(directory: Path, root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     env["TMPDIR"] = str(directory)  # the gateway's metrics folder goes there
@@ -434,7 +409,7 @@ class _Drill:
         """Start, in order: the store, the upstream, its proxy, the gateway, the clients' proxy."""
         s = self.scenario
         self.directory = directory
-        root = _examples_root()
+        root = ROOT
         env = _environment(directory, root)
         self.log(
             f"drill {s.name}: {s.clients} clients x {s.payments} payments, store {s.store}, "

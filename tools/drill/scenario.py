@@ -1,7 +1,7 @@
 """The exactly-once drill's pure half: what to run (``Scenario``) and what came of it (``audit``).
 
-A scenario file (``examples/drills/*.toml``, run by ``surefoot chaos drill``) describes one
-drill; ``drill.py`` runs it. Map of the file::
+A scenario file (``examples/drills/*.toml``, run by ``python -m tools.drill``) describes one
+drill; ``runner.py`` runs it. Map of the file::
 
     [drill]                  clients, payments (per client), store, workers, seed,
                              idempotency, deadline, attempt_timeout, fail_after_commit, settle
@@ -9,13 +9,13 @@ drill; ``drill.py`` runs it. Map of the file::
                              not_found_after, reconcile_interval, store_timeout, access_log,
                              log_level
     [chaos.client]           a fault plan between the clients and the gateway
-    [[chaos.client.rules]]   (seed, paused, rules: the ``[chaos]`` format of ``_plan.py``)
+    [[chaos.client.rules]]   (seed, paused, rules: a ``surefoot.chaos.FaultPlanTable``)
     [chaos.upstream]         a fault plan between the gateway and the upstream
     [[chaos.upstream.rules]]
     [[events]]               at = seconds | after = share of payments done, action = ...
 
 Rule 1: a scenario from a file is validated as a whole: one ``ConfigurationError`` lists every
-        problem as ``file:line: path: expected ..., got ...`` (``surefoot._toml.Problems``);
+        problem as ``file:line: path: expected ..., got ...`` (``surefoot._config``);
         a scenario changed in code (``Scenario.overridden``) is checked again.
 Rule 2: the audit compares what each client was finally told with the ledger, per reference:
         *duplicated*, a reference booked more than once; *lost*, a 201 whose reference is not
@@ -29,21 +29,15 @@ Rule 3: this module does no I/O, never reads the clock and draws no randomness; 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from surefoot._toml import Problems, read_toml, require_pydantic, shown
-from surefoot.chaos import _plan
-from surefoot.chaos._plan import Delay, Rule
+from surefoot._config import Problems, dotted, read_toml
+from surefoot.chaos import Delay, Rule
 from surefoot.errors import ConfigurationError
-
-if TYPE_CHECKING:
-    import pydantic
 
 __all__ = [
     "ACTIONS",
@@ -216,7 +210,7 @@ class Scenario:
         conflicts = _conflicts({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         if conflicts:
             raise ConfigurationError(
-                "; ".join(f"{self.source}: {_path(loc)}: {message}" for loc, message in conflicts)
+                "; ".join(f"{self.source}: {dotted(loc)}: {message}" for loc, message in conflicts)
             )
 
     @classmethod
@@ -314,13 +308,6 @@ def _conflicts(values: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], s
     return found
 
 
-def _path(loc: Sequence[str | int]) -> str:
-    return "".join(
-        f"[{part}]" if isinstance(part, int) else ("." if i else "") + part
-        for i, part in enumerate(loc)
-    )
-
-
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
@@ -362,7 +349,7 @@ def gateway_policy(
     else:
         route += "idempotency = false\n"
     return (
-        "# Written by surefoot chaos drill for one run; not meant to be edited.\n"
+        "# Written by the drill (python -m tools.drill) for one run; not meant to be edited.\n"
         "[server]\n"
         'host = "127.0.0.1"\n'
         f"port = {port}\n"
@@ -624,25 +611,13 @@ def _from_data(
     data: Mapping[str, Any], source: str, lines: Sequence[str] | None, name: str
 ) -> Scenario:
     problems = Problems(source, lines, "the drill scenario")
-    schema = _schema()
-    try:
-        model: Any = schema.File.model_validate(dict(data))
-    except require_pydantic("drill scenarios").ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            loc, message = _explain(schema, error)
-            problems.add(loc, message)
-        problems.raise_if_any()
-    plans: dict[str, Any] = {side: getattr(model.chaos, side) for side in SIDES}
+    from tools.drill.schema import File
+
+    model = problems.validated(File, data)
+    plans = {side: getattr(model.chaos, side) for side in SIDES}
     for side, plan in plans.items():
-        seen: dict[str, int] = {}
-        for index, rule in enumerate(plan.rules if plan is not None else ()):
-            if rule.name in seen:
-                problems.add(
-                    ("chaos", side, "rules", index, "name"),
-                    f"expected a unique name, got {rule.name!r} "
-                    f"(also chaos.{side}.rules[{seen[rule.name]}])",
-                )
-            seen.setdefault(rule.name, index)
+        for loc, message in plan.duplicate_names(("chaos", side)) if plan is not None else ():
+            problems.add(loc, message)
     problems.raise_if_any()
     drill, gw = model.drill, model.gateway
     options: dict[str, Any] = {
@@ -665,7 +640,7 @@ def _from_data(
     }
     for side, plan in plans.items():
         if plan is not None:
-            options[f"{side}_rules"] = tuple(_plan._rule(rule) for rule in plan.rules)
+            options[f"{side}_rules"] = plan.to_rules()
             options[f"{side}_paused"] = plan.paused
             options[f"{side}_seed"] = plan.seed
     for loc, message in _conflicts({**_defaults(), **options}):
@@ -690,186 +665,3 @@ def _event(model: Any) -> DrillEvent:
     proxies: tuple[Side, ...] = SIDES if proxy == "both" else (proxy,)
     extra = {name: getattr(model, name) for name in ("down", "up", "times") if hasattr(model, name)}
     return DrillEvent(action=model.action, at=model.at, after=model.after, proxies=proxies, **extra)
-
-
-def _explain(schema: _Schema, error: Mapping[str, Any]) -> tuple[tuple[str | int, ...], str]:
-    """A pydantic error as (location in the file, message for the person editing)."""
-    kind = error["type"]
-    loc: tuple[str | int, ...] = tuple(error["loc"])
-    # A fault plan: its own explanations (``_plan.py``), under chaos.<side>.
-    if len(loc) > 2 and loc[0] == "chaos" and loc[1] in SIDES:
-        inner, message = _plan._explain(_plan._schema(), {**error, "loc": loc[2:]})
-        return (*loc[:2], *inner), message
-    got = shown(error.get("input"))
-    model = _owner(schema, loc)
-    if len(loc) >= 3 and loc[0] == "events" and str(loc[2]) in schema.EVENTS:
-        loc = (*loc[:2], *loc[3:])  # drop the action tag pydantic puts in the location
-    if kind == "union_tag_invalid":
-        tag = shown(error.get("ctx", {}).get("tag"))
-        return (*loc, "action"), f"expected one of {', '.join(ACTIONS)}, got {tag}"
-    if kind == "union_tag_not_found":
-        return (*loc, "action"), f"required, missing (expected one of {', '.join(ACTIONS)})"
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return loc, f"expected a table, got {got}"
-    name = str(loc[-1]) if loc else ""
-    if kind == "extra_forbidden":
-        allowed = sorted(model.model_fields)
-        close = difflib.get_close_matches(name, allowed, n=1)
-        if close:
-            return loc, f"unknown field (did you mean {close[0]!r}?)"
-        return loc, f"unknown field; expected one of {', '.join(allowed)}"
-    info = model.model_fields.get(name)
-    expected = info.description if info is not None and info.description else None
-    if kind == "missing":
-        return loc, f"required, missing (expected {expected})" if expected else "required, missing"
-    if kind == "value_error":
-        return loc, str(error.get("ctx", {}).get("error", error["msg"]))
-    if expected is None:
-        return loc, f"{error['msg'][0].lower()}{error['msg'][1:]}, got {got}"
-    return loc, f"expected {expected}, got {got}"
-
-
-def _owner(schema: _Schema, loc: tuple[str | int, ...]) -> type[pydantic.BaseModel]:
-    """The model that owns the last field of ``loc``."""
-    if len(loc) <= 1:
-        return schema.File
-    if loc[0] == "drill":
-        return schema.Drill
-    if loc[0] == "gateway":
-        return schema.Gateway
-    if loc[0] == "chaos":
-        return schema.Chaos
-    if loc[0] == "events" and len(loc) >= 3:
-        return schema.EVENTS.get(str(loc[2]), schema.EventCommon)
-    return schema.File
-
-
-# -- the schema (pydantic, imported on first use) -------------------------------------------------
-
-
-class _Schema:
-    File: type[pydantic.BaseModel]
-    Drill: type[pydantic.BaseModel]
-    Gateway: type[pydantic.BaseModel]
-    Chaos: type[pydantic.BaseModel]
-    EventCommon: type[pydantic.BaseModel]
-    EVENTS: dict[str, type[pydantic.BaseModel]]
-
-
-@functools.cache
-def _schema() -> _Schema:
-    """The schema, built once on first use (it imports pydantic)."""
-    require_pydantic("drill scenarios")
-    from typing import Annotated
-
-    from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-    strict = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
-
-    def described(expected: str, default: Any = ..., **bounds: Any) -> Any:
-        return Field(default, description=expected, **bounds)
-
-    seconds = "a finite number of seconds > 0"
-    whole = "a whole number from 1 to {}"
-
-    class Drill(BaseModel):
-        model_config = strict
-        name: str | None = described("a name for the reports", None, min_length=1)
-        description: str = described("text", "")
-        clients: int = described(whole.format(1024), ge=1, le=1024)
-        payments: int = described(whole.format(1_000_000) + " (per client)", ge=1, le=1_000_000)
-        store: Literal["sqlite", "redis"] = described("'sqlite' or 'redis'", "sqlite")
-        workers: int = described(whole.format(16), 1, ge=1, le=16)
-        upstream_workers: int = described(whole.format(16), 1, ge=1, le=16)
-        seed: int = described("a whole number", 1)
-        idempotency: bool = described("true or false", True)
-        deadline: float = described(seconds, 60.0, gt=0)
-        attempt_timeout: float = described(seconds, 5.0, gt=0)
-        fail_after_commit: float = described("a share in [0, 1]", 0.0, ge=0, le=1)
-        settle: float = described("a finite number of seconds >= 0", 10.0, ge=0)
-
-    class Gateway(BaseModel):
-        model_config = strict
-        lease: float = described(seconds, 5.0, gt=0)
-        read_timeout: float = described(seconds, 2.0, gt=0)
-        total_timeout: float = described(seconds, 3.0, gt=0)
-        not_found_after: float = described("a finite number of seconds >= 0", 3.0, ge=0)
-        reconcile_interval: float = described(seconds, 1.0, gt=0)
-        store_timeout: float = described(seconds, 0.5, gt=0)
-        access_log: bool = described("true or false", False)
-        log_level: Literal["debug", "info", "warning", "error"] = described(
-            "'debug', 'info', 'warning' or 'error'", "warning"
-        )
-
-    plan: Any = _plan._schema().Chaos
-
-    class Chaos(BaseModel):
-        model_config = strict
-        client: plan | None = described("a fault plan table ([chaos.client])", None)
-        upstream: plan | None = described("a fault plan table ([chaos.upstream])", None)
-
-    class EventCommon(BaseModel):
-        model_config = strict
-        at: float | None = described("seconds >= 0 after the first payment", None, ge=0)
-        after: float | None = described("a share of payments done, in [0, 1]", None, ge=0, le=1)
-
-        @model_validator(mode="after")
-        def _when(self) -> EventCommon:
-            if (self.at is None) == (self.after is None):
-                raise ValueError(
-                    "expected exactly one of at (seconds) and after (a share of payments done)"
-                )
-            return self
-
-    proxy_field = "'client', 'upstream' or 'both'"
-
-    class PauseChaos(EventCommon):
-        action: Literal["pause_chaos"]
-        proxy: Literal["client", "upstream", "both"] = described(proxy_field, "both")
-
-    class ResumeChaos(EventCommon):
-        action: Literal["resume_chaos"]
-        proxy: Literal["client", "upstream", "both"] = described(proxy_field, "both")
-
-    class Flap(EventCommon):
-        action: Literal["flap"]
-        proxy: Literal["client", "upstream", "both"] = described(proxy_field, "upstream")
-        down: float = described(seconds, 1.0, gt=0)
-        up: float = described(seconds, 1.0, gt=0)
-        times: int = described(whole.format(1000), 3, ge=1, le=1000)
-
-    class RestartGateway(EventCommon):
-        action: Literal["restart_gateway"]
-        down: float = described("a finite number of seconds >= 0", 1.0, ge=0)
-
-    class RestartRedis(EventCommon):
-        action: Literal["restart_redis"]
-        down: float = described("a finite number of seconds >= 0", 1.0, ge=0)
-
-    events: dict[str, type[BaseModel]] = {
-        "pause_chaos": PauseChaos,
-        "resume_chaos": ResumeChaos,
-        "flap": Flap,
-        "restart_gateway": RestartGateway,
-        "restart_redis": RestartRedis,
-    }
-    AnyEvent = Annotated[
-        PauseChaos | ResumeChaos | Flap | RestartGateway | RestartRedis,
-        Field(discriminator="action"),
-    ]
-
-    class File(BaseModel):
-        model_config = strict
-        drill: Drill = described("a [drill] table with clients and payments")
-        gateway: Gateway = Field(default_factory=Gateway)
-        chaos: Chaos = Field(default_factory=Chaos)
-        events: list[AnyEvent] = described("a list of [[events]] tables", [])
-
-    schema = _Schema()
-    schema.File = File
-    schema.Drill = Drill
-    schema.Gateway = Gateway
-    schema.Chaos = Chaos
-    schema.EventCommon = EventCommon
-    schema.EVENTS = events
-    return schema

@@ -7,15 +7,15 @@ wrap another httpx transport and apply it, and ``ChaosProxy`` (``proxy.py``, the
 ``surefoot chaos`` command) applies it on the wire in front of any server, driven between
 test steps through its control API (``ChaosControl``). Each injected fault is counted by the plan
 (``plan.counts()``) and emitted as a ``FaultInjected`` event. See ``docs/chaos.md``.
+``FaultPlanTable`` (``_schema.py``, imported on first use: it imports pydantic) is the
+``[chaos]`` table's schema, for other files that hold a fault plan.
 
-The exactly-once drill (``drill.py``, ``surefoot chaos drill``) runs a ``Scenario`` file: clients
-pay through a chaos proxy on each side of ``surefoot serve`` in front of the example payments
-API, then ``run_drill`` audits the ledger into a ``DrillReport``. See ``docs/reliability.md``.
+The exactly-once drill that puts this in front of ``surefoot serve`` is a tool of the
+checkout, not of this package: ``python -m tools.drill`` (``docs/reliability.md``).
 
 Errors raised (``surefoot.errors``)::
 
     ConfigurationError   an invalid rule, plan or file (file:line: field: expected ..., got ...)
-    DrillError           (not a SurefootError) a drill could not run: a process did not start
 
 The faults themselves surface as what a real network gives: ``httpx.ConnectError``,
 ``httpx.ReadError``, ``httpx.ReadTimeout`` / ``httpx.PoolTimeout``,
@@ -25,6 +25,7 @@ The faults themselves surface as what a real network gives: ``httpx.ConnectError
 from __future__ import annotations
 
 import importlib.util
+from typing import TYPE_CHECKING
 
 if not all(
     importlib.util.find_spec(name) for name in ("httpx", "h11", "pydantic")
@@ -32,6 +33,7 @@ if not all(
     # Only without the extra: one line naming it, not the first import that fails.
     raise ImportError("surefoot.chaos needs the 'client' extra: pip install 'surefoot[client]'")
 
+from surefoot._lazy import lazy_names
 from surefoot.chaos._events import ChaosEvent, FaultInjected
 from surefoot.chaos._plan import (
     FAULT_KINDS,
@@ -47,8 +49,6 @@ from surefoot.chaos._plan import (
     Rule,
     SlowBody,
 )
-from surefoot.chaos._scenario import DrillAudit, DrillEvent, DrillReport, Scenario
-from surefoot.chaos.drill import DrillError, arun_drill, drill_markdown, drill_table, run_drill
 from surefoot.chaos.proxy import ChaosControl, ChaosProxy
 from surefoot.chaos.transport import (
     CHAOS_HEADER,
@@ -56,6 +56,11 @@ from surefoot.chaos.transport import (
     AsyncChaosTransport,
     ChaosTransport,
 )
+
+if TYPE_CHECKING:
+    from surefoot.chaos._schema import FaultPlanTable
+else:
+    __getattr__ = lazy_names(__name__, {"surefoot.chaos._schema": ("FaultPlanTable",)})
 
 __all__ = [
     "CHAOS_HEADER",
@@ -68,23 +73,15 @@ __all__ = [
     "ChaosProxy",
     "ChaosTransport",
     "Delay",
-    "DrillAudit",
-    "DrillError",
-    "DrillEvent",
-    "DrillReport",
     "Duplicate",
     "FailAfter",
     "Fault",
     "FaultInjected",
     "FaultPlan",
+    "FaultPlanTable",
     "FaultSpec",
     "Hang",
     "Reset",
     "Rule",
-    "Scenario",
     "SlowBody",
-    "arun_drill",
-    "drill_markdown",
-    "drill_table",
-    "run_drill",
 ]

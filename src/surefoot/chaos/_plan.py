@@ -19,15 +19,13 @@ Rule 4: every fault returned by ``decide`` is counted, by rule name and by fault
 Rule 5: a plan from configuration is validated as a whole: one ``ConfigurationError``
 lists every problem as ``file:line: chaos.rules[N].field: expected ..., got ...``.
 Rule 6: this module never imports httpx or asyncio and never reads the clock; pydantic is
-imported only when a configuration is validated.
+imported only when a configuration is validated (the schema is ``_schema.FaultPlanTable``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
-import functools
 import math
 import os
 import random as _random
@@ -35,13 +33,11 @@ import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from surefoot._toml import Problems, read_toml, require_pydantic, shown
+from surefoot._config import Problems, read_toml, require_pydantic
+from surefoot._toml import shown
 from surefoot.errors import ConfigurationError
-
-if TYPE_CHECKING:
-    import pydantic
 
 __all__ = [
     "FAULT_KINDS",
@@ -422,200 +418,11 @@ def _from_data(data: Mapping[str, Any], source: str, lines: Sequence[str] | None
         got = "" if table is None else f", got {shown(table)}"
         problems.add(("chaos",), "expected a [chaos] table with [[chaos.rules]] tables" + got)
         problems.raise_if_any()
-    schema = _schema()
-    try:
-        model: Any = schema.Chaos.model_validate(dict(table))  # type: ignore[arg-type]
-    except require_pydantic("fault plans from configuration").ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            loc, message = _explain(schema, error)
-            problems.add(("chaos", *loc), message)
-        problems.raise_if_any()
-    seen: dict[str, int] = {}
-    for index, rule in enumerate(model.rules):
-        if rule.name in seen:
-            problems.add(
-                ("chaos", "rules", index, "name"),
-                f"expected a unique name, got {rule.name!r} (also chaos.rules[{seen[rule.name]}])",
-            )
-        seen.setdefault(rule.name, index)
-    problems.raise_if_any()
-    return FaultPlan([_rule(rule) for rule in model.rules], seed=model.seed, paused=model.paused)
-
-
-def _rule(model: Any) -> Rule:
-    kind = model.fault
-    spec: FaultSpec
-    if kind == "delay":
-        spec = Delay(seconds=model.seconds, jitter=model.jitter)
-    elif kind == "abort":
-        spec = Abort(status=model.status, retry_after=model.retry_after)
-    elif kind == "reset":
-        spec = Reset()
-    elif kind == "hang":
-        spec = Hang(phase=model.phase)
-    elif kind == "fail_after":
-        spec = FailAfter(lose=model.lose)
-    elif kind == "duplicate":
-        spec = Duplicate(concurrent=model.concurrent)
-    else:
-        spec = SlowBody(bytes_per_second=model.bytes_per_second)
-    return Rule(
-        name=model.name,
-        fault=spec,
-        methods=tuple(model.methods),
-        path=model.path,
-        headers=model.headers,
-        probability=model.probability,
-    )
-
-
-def _explain(schema: _Schema, error: Mapping[str, Any]) -> tuple[tuple[str | int, ...], str]:
-    """A pydantic error as (location under ``chaos``, message for the person editing)."""
-    kind = error["type"]
-    loc: tuple[str | int, ...] = tuple(error["loc"])
-    got = shown(error.get("input"))
-    kinds = ", ".join(FAULT_KINDS)
-    # A rule's location carries the fault tag after its index: drop it, remember the model.
-    model = schema.Chaos
-    if len(loc) >= 3 and loc[0] == "rules" and isinstance(loc[1], int):
-        model = schema.RULES.get(str(loc[2]), schema.Chaos)
-        if str(loc[2]) in schema.RULES:
-            loc = (*loc[:2], *loc[3:])
-    if kind == "union_tag_invalid":
-        tag = shown(error.get("ctx", {}).get("tag"))
-        return (*loc, "fault"), f"expected one of {kinds}, got {tag}"
-    if kind == "union_tag_not_found":
-        return (*loc, "fault"), f"required, missing (expected one of {kinds})"
-    if kind in ("model_type", "model_attributes_type", "dict_type") and loc[:1] == ("rules",):
-        return loc, f"expected a table, got {got}"
-    name = str(loc[-1]) if loc else ""
-    if kind == "extra_forbidden":
-        allowed = sorted(model.model_fields)
-        close = difflib.get_close_matches(name, allowed, n=1)
-        if close:
-            return loc, f"unknown field (did you mean {close[0]!r}?)"
-        return loc, f"unknown field; expected one of {', '.join(allowed)}"
-    field_name = name if len(loc) <= 3 else str(loc[2])
-    info = model.model_fields.get(field_name)
-    expected = info.description if info is not None and info.description else None
-    if kind == "missing":
-        return loc, f"required, missing (expected {expected})" if expected else "required, missing"
-    if kind == "value_error":
-        return loc, str(error.get("ctx", {}).get("error", error["msg"]))
-    if expected is None:
-        return loc, f"{error['msg'][0].lower()}{error['msg'][1:]}, got {got}"
-    return loc, f"expected {expected}, got {got}"
-
-
-# -- the schema (pydantic, imported on first use) ----------------------------------------------
-
-
-class _Schema:
-    Chaos: type[pydantic.BaseModel]
-    RULES: dict[str, type[pydantic.BaseModel]]
-
-
-@functools.cache
-def _schema() -> _Schema:
-    """The schema, built once on first use (it imports pydantic)."""
     require_pydantic("fault plans from configuration")
-    from typing import Annotated
+    from surefoot.chaos._schema import FaultPlanTable
 
-    from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-    strict = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
-    seconds0 = "a finite number of seconds >= 0"
-
-    def described(expected: str, default: Any = None) -> Any:
-        return Field(default=default, description=expected)
-
-    class Common(BaseModel):
-        model_config = strict
-        name: str = Field(description="a name of letters, digits, '_', '-' and '.'")
-        methods: list[str] = Field(
-            default_factory=list, description="a list of upper-case methods, such as ['POST']"
-        )
-        path: Annotated[str, Field(min_length=1)] = described("a glob such as '/v1/charges*'", "*")
-        headers: dict[str, str] = Field(
-            default_factory=dict, description="a table of header names to text values"
-        )
-        probability: Annotated[float, Field(ge=0, le=1)] = described("a number in [0, 1]", 1.0)
-
-        @field_validator("name")
-        @classmethod
-        def _name(cls, value: str) -> str:
-            if not _NAME.fullmatch(value):
-                raise ValueError(
-                    f"expected a name of letters, digits, '_', '-' and '.', got {value!r}"
-                )
-            return value
-
-        @field_validator("methods")
-        @classmethod
-        def _methods(cls, value: list[str]) -> list[str]:
-            for method in value:
-                if not _METHOD.fullmatch(method):
-                    raise ValueError(
-                        f"expected upper-case method names such as 'POST', got {method!r}"
-                    )
-            return value
-
-    class DelayRule(Common):
-        fault: Literal["delay"]
-        seconds: Annotated[float, Field(ge=0)] = Field(description=seconds0)
-        jitter: Annotated[float, Field(ge=0)] = described(seconds0, 0.0)
-
-    class AbortRule(Common):
-        fault: Literal["abort"]
-        status: Annotated[int, Field(ge=100, le=599)] = described("an HTTP status 100-599", 503)
-        retry_after: Annotated[float, Field(ge=0)] | None = described(seconds0)
-
-    class ResetRule(Common):
-        fault: Literal["reset"]
-
-    class HangRule(Common):
-        fault: Literal["hang"]
-        phase: Literal["read", "pool"] = described("'read' or 'pool'", "read")
-
-    class FailAfterRule(Common):
-        fault: Literal["fail_after"]
-        lose: Literal["reset", "502", "truncate"] = described(
-            "'reset', '502' or 'truncate'", "reset"
-        )
-
-    class DuplicateRule(Common):
-        fault: Literal["duplicate"]
-        concurrent: bool = described("true or false", False)
-
-    class SlowBodyRule(Common):
-        fault: Literal["slow_body"]
-        bytes_per_second: Annotated[float, Field(gt=0)] = Field(
-            description="a finite number of bytes per second > 0"
-        )
-
-    rules: dict[str, type[BaseModel]] = {
-        "delay": DelayRule,
-        "abort": AbortRule,
-        "reset": ResetRule,
-        "hang": HangRule,
-        "fail_after": FailAfterRule,
-        "duplicate": DuplicateRule,
-        "slow_body": SlowBodyRule,
-    }
-    AnyRule = Annotated[
-        DelayRule | AbortRule | ResetRule | HangRule | FailAfterRule | DuplicateRule | SlowBodyRule,
-        Field(discriminator="fault"),
-    ]
-
-    class Chaos(BaseModel):
-        model_config = strict
-        seed: int | None = described("a whole number")
-        paused: bool = described("true or false", False)
-        rules: list[AnyRule] = Field(
-            default_factory=list, description="a list of [[chaos.rules]] tables"
-        )
-
-    schema = _Schema()
-    schema.Chaos = Chaos
-    schema.RULES = dict(rules)
-    return schema
+    model = problems.validated(FaultPlanTable, table, at=("chaos",))  # type: ignore[arg-type]
+    for loc, message in model.duplicate_names(("chaos",)):
+        problems.add(loc, message)
+    problems.raise_if_any()
+    return model.plan()

@@ -30,26 +30,25 @@ makes a store object for that table alone: the sync transport runs a throttle's 
 throttle's event loop thread, the async one on the caller's loop, and a cache runs its store
 on a loop thread of its own, while a store object serves one event loop at a time. Several
 objects on one Redis or one SQLite file share their data: that is the point.
-Rule 5: pydantic is imported only when a configuration is validated, so ``surefoot.client``
-works without it (``pip install 'surefoot[client]'`` brings it).
+Rule 5: pydantic is imported only when a configuration is validated (the schema is
+``_schema.py``), so ``surefoot.client`` works without it (``pip install 'surefoot[client]'``
+brings it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import difflib
-import functools
-import math
 import os
 import random as _random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import httpx
 
-from surefoot._toml import Problems, masked_url, read_toml, require_pydantic, shown
+from surefoot._config import Problems, read_toml, require_pydantic
+from surefoot._toml import shown
 from surefoot.client._breaker import CircuitBreaker
 from surefoot.client._breaker_protocol import Breaker
 from surefoot.client._budget import RetryBudget
@@ -61,23 +60,11 @@ from surefoot.client.transport import AsyncResilientTransport, ResilientTranspor
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import ConfigurationError
 from surefoot.events import EventHook, LoggingHook
-from surefoot.ratelimit import parse_limit
-from surefoot.storage import STORES, store_from_url
-
-if TYPE_CHECKING:
-    import pydantic
+from surefoot.storage import store_from_url
 
 __all__ = ["Integration", "integrations_from_dict", "load_integrations"]
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
-_BUILT_FIELD = re.compile(r"^[A-Z]\w*\.(\w+): (.*)$", re.DOTALL)
-_LIMIT_MESSAGE = re.compile(r"^limit (.+?): (.*)$", re.DOTALL)
-_SECTIONS = ("retry", "budget", "breaker", "throttle", "bulkhead", "cache")
-#: The URL schemes a section's ``store`` may name (PostgresStore keeps no cache entries).
-_STORE_SCHEMES = {
-    "throttle": tuple(sorted(STORES)),
-    "cache": ("memory", "redis", "redis+cluster", "rediss", "sqlite"),
-}
 
 
 class Integration:
@@ -349,12 +336,10 @@ def _integrations(
                 ("integrations", str(name)),
                 "expected a name of letters, digits, '_' and '-' (it names loggers)",
             )
-    schema = _schema()
-    try:
-        root: Any = schema.Root.model_validate({"integrations": dict(tables)})
-    except require_pydantic("integrations from configuration").ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            problems.add(error["loc"], _expected(schema, error))
+    require_pydantic("integrations from configuration")
+    from surefoot.client._schema import Root
+
+    root = problems.validated(Root, {"integrations": dict(tables)})
     problems.raise_if_any()
     # Constructors check what spans fields (backoff_max >= backoff_base...): their errors
     # join the others, and nothing built is returned unless every table is valid.
@@ -394,8 +379,7 @@ def _build(
         try:
             return factory(*args, **options)
         except ConfigurationError as exc:
-            field, message = _split_built(str(exc), type(model).model_fields)
-            problems.add((*base, section, *field), message)
+            problems.refused((*base, section), exc, type(model).model_fields)
             return None
 
     timeout = httpx.Timeout(
@@ -434,17 +418,6 @@ def _or(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
-def _split_built(message: str, fields: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
-    """A constructor's ``Class.field: expected ...`` as (field path, message)."""
-    match = _BUILT_FIELD.match(message)
-    if match is not None and match.group(1) in fields:
-        return (match.group(1),), match.group(2)
-    limit = _LIMIT_MESSAGE.match(message)
-    if limit is not None:
-        return ("limit",), f"{limit.group(2)}, got {limit.group(1)}"
-    return (), message
-
-
 def _url_problem(value: object) -> str | None:
     expected = "expected an absolute http:// or https:// URL"
     if not isinstance(value, str):
@@ -456,210 +429,3 @@ def _url_problem(value: object) -> str | None:
     if url.scheme not in ("http", "https") or not url.host:
         return f"{expected}, got {value!r}"
     return None
-
-
-def _expected(schema: _Schema, error: Mapping[str, Any]) -> str:
-    """What a pydantic error means for the person editing the file."""
-    kind = error["type"]
-    loc = tuple(error["loc"])
-    got = shown(error.get("input"))
-    if len(loc) == 1:
-        return f"expected a table with one table per API, got {got}"
-    if kind in ("model_type", "dict_type") and (
-        len(loc) == 2 or (len(loc) == 3 and loc[2] in _SECTIONS)
-    ):
-        return f"expected a table, got {got}"
-    model, field = schema.Integration, loc[2]
-    if len(loc) > 3 and loc[2] in _SECTIONS:
-        model, field = schema.SECTIONS[str(loc[2])], loc[3]
-    if kind == "extra_forbidden":
-        allowed = sorted(model.model_fields)
-        close = difflib.get_close_matches(str(field), allowed, n=1)
-        if close:
-            return f"unknown field (did you mean {close[0]!r}?)"
-        return f"unknown field; expected one of {', '.join(allowed)}"
-    info = model.model_fields.get(str(field))
-    expected = info.description if info is not None and info.description else None
-    if kind == "missing":
-        return f"required, missing (expected {expected})" if expected else "required, missing"
-    if kind == "value_error":
-        return str(error.get("ctx", {}).get("error", error["msg"]))
-    if expected is None:
-        return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {got}"
-    return f"expected {expected}, got {got}"
-
-
-# -- the schema (pydantic, imported on first use) -----------------------------------------------
-
-
-class _Schema:
-    Root: type[pydantic.BaseModel]
-    Integration: type[pydantic.BaseModel]
-    SECTIONS: dict[str, type[pydantic.BaseModel]]
-
-
-@functools.cache
-def _schema() -> _Schema:
-    """The schema, built once on first use (it imports pydantic)."""
-    require_pydantic("integrations from configuration")
-    from typing import Annotated
-
-    from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-    strict = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
-    seconds = "a finite number of seconds > 0"
-    seconds0 = "a finite number of seconds >= 0"
-    whole = "a whole number >= 1"
-    share = "a share in (0, 1], such as 0.5"
-
-    def described(expected: str) -> Any:
-        return Field(default=None, description=expected)
-
-    class Retry(BaseModel):
-        model_config = strict
-        max_attempts: Annotated[int, Field(ge=1)] | None = described(whole)
-        deadline: Annotated[float, Field(gt=0)] | None = described(seconds)
-        attempt_timeout: Annotated[float, Field(gt=0)] | None = described(seconds)
-        backoff_base: Annotated[float, Field(ge=0)] | None = described(seconds0)
-        backoff_max: Annotated[float, Field(ge=0)] | None = described(seconds0)
-        jitter: Literal["full", "equal", "decorrelated", "none"] | None = described(
-            "one of 'full', 'equal', 'decorrelated', 'none'"
-        )
-        retry_statuses: list[Annotated[int, Field(ge=100, le=599)]] | None = described(
-            "a list of HTTP statuses (whole numbers 100-599)"
-        )
-        idempotent_methods: list[Annotated[str, Field(min_length=1)]] | None = described(
-            "a list of method names, such as ['GET', 'PUT']"
-        )
-        retry_problem_codes: list[Annotated[str, Field(min_length=1)]] | None = described(
-            "a list of problem codes (strings)"
-        )
-        max_retry_after: Annotated[float, Field(ge=0)] | None = described(seconds0)
-        raise_on_exhausted: bool | None = described("true or false")
-
-    class Budget(BaseModel):
-        model_config = strict
-        ratio: Annotated[float, Field(ge=0)] | None = described("a finite number >= 0")
-        min_retries_per_second: Annotated[float, Field(ge=0, allow_inf_nan=True)] | None = (
-            described("a number >= 0 (inf: unlimited)")
-        )
-        window: Annotated[float, Field(gt=0)] | None = described(seconds)
-
-        @field_validator("min_retries_per_second")
-        @classmethod
-        def _not_nan(cls, value: float | None) -> float | None:
-            if value is not None and math.isnan(value):
-                raise ValueError("expected a number >= 0 (inf: unlimited), got nan")
-            return value
-
-    class Breaker(BaseModel):
-        model_config = strict
-        failure_rate_threshold: Annotated[float, Field(gt=0, le=1)] | None = described(share)
-        slow_call_rate_threshold: Annotated[float, Field(gt=0, le=1)] | None = described(share)
-        slow_call_duration: Annotated[float, Field(gt=0)] | None = described(seconds)
-        window: Literal["count", "time"] | None = described("'count' or 'time'")
-        window_size: Annotated[int, Field(ge=1)] | None = described(whole)
-        minimum_calls: Annotated[int, Field(ge=1)] | None = described(whole)
-        open_wait: Annotated[float, Field(gt=0)] | None = described(seconds)
-        half_open_calls: Annotated[int, Field(ge=1)] | None = described(whole)
-
-    def store_url(section: str, value: str) -> str:
-        schemes = _STORE_SCHEMES[section]
-        if value.partition("://")[0] not in schemes or "://" not in value:
-            raise ValueError(
-                f"expected a store URL ({', '.join(f'{s}://' for s in schemes)}), such as "
-                "'redis://127.0.0.1:6379/0' or 'sqlite:///cache.db', "
-                f"got {shown(masked_url(value))}"
-            )
-        return value
-
-    store_expected = "a store URL, such as 'redis://127.0.0.1:6379/0' or 'sqlite:///cache.db'"
-
-    class ThrottleTable(BaseModel):
-        model_config = strict
-        limit: str = Field(description="a rate such as '100/minute' or '20/5 minutes'")
-        burst: Annotated[int, Field(ge=1)] | None = described(whole)
-        max_wait: Annotated[float, Field(ge=0)] | None = described(seconds0)
-        store: str | None = described(store_expected)
-
-        @field_validator("store")
-        @classmethod
-        def _store(cls, value: str | None) -> str | None:
-            return None if value is None else store_url("throttle", value)
-
-        @field_validator("limit")
-        @classmethod
-        def _limit(cls, value: str) -> str:
-            try:
-                parse_limit(value)
-            except ConfigurationError as exc:
-                field, message = _split_built(str(exc), {"limit": None})
-                if not field:  # "Limit.amount: expected ..., got 0"
-                    message = f"{str(exc).partition('.')[2]} (in {value!r})"
-                raise ValueError(message) from None
-            return value
-
-    class BulkheadTable(BaseModel):
-        model_config = strict
-        max_concurrent: Annotated[int, Field(ge=1)] = Field(description=whole)
-        max_wait: Annotated[float, Field(ge=0)] | None = described(seconds0)
-
-    class Cache(BaseModel):
-        model_config = strict
-        max_staleness: Annotated[float, Field(gt=0)] | None = described(seconds)
-        max_entries: Annotated[int, Field(ge=1)] | None = described(whole)
-        max_bytes: Annotated[int, Field(ge=1)] | None = described(whole)
-        max_entry_bytes: Annotated[int, Field(ge=1)] | None = described(whole)
-        store: str | None = described(store_expected)
-
-        @field_validator("store")
-        @classmethod
-        def _store(cls, value: str | None) -> str | None:
-            return None if value is None else store_url("cache", value)
-
-    class IntegrationTable(BaseModel):
-        model_config = strict
-        base_url: str = Field(description="an absolute http:// or https:// URL")
-        timeout: Annotated[float, Field(gt=0)] = Field(default=5.0, description=seconds)
-        connect_timeout: Annotated[float, Field(gt=0)] | None = described(seconds)
-        read_timeout: Annotated[float, Field(gt=0)] | None = described(seconds)
-        write_timeout: Annotated[float, Field(gt=0)] | None = described(seconds)
-        pool_timeout: Annotated[float, Field(gt=0)] | None = described(seconds)
-        headers: dict[str, str] = Field(
-            default_factory=dict, description="a table of header names to text values"
-        )
-        auto_idempotency_key: bool = Field(default=False, description="true or false")
-        idempotency_header: Annotated[str, Field(min_length=1)] = Field(
-            default="Idempotency-Key", description="a header name"
-        )
-        retry: Retry | None = None
-        budget: Budget | None = None
-        breaker: Breaker | None = None
-        throttle: ThrottleTable | None = None
-        bulkhead: BulkheadTable | None = None
-        cache: Cache | None = None
-
-        @field_validator("base_url")
-        @classmethod
-        def _url(cls, value: str) -> str:
-            problem = _url_problem(value)
-            if problem is not None:
-                raise ValueError(problem)
-            return value
-
-    class Root(BaseModel):
-        model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
-        integrations: dict[str, IntegrationTable]
-
-    schema = _Schema()
-    schema.Root = Root
-    schema.Integration = IntegrationTable
-    schema.SECTIONS = {
-        "retry": Retry,
-        "budget": Budget,
-        "breaker": Breaker,
-        "throttle": ThrottleTable,
-        "bulkhead": BulkheadTable,
-        "cache": Cache,
-    }
-    return schema

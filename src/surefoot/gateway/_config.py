@@ -44,7 +44,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from surefoot._routes import RouteTable
-from surefoot._toml import Problems, masked_url, read_toml, shown, split_url
+from surefoot._config import Problems, read_toml
+from surefoot._toml import masked_url, shown, split_url
 from surefoot.errors import ConfigurationError
 from surefoot.gateway._head import ServerLimits
 from surefoot.idempotency._policy import IdempotencyPolicy

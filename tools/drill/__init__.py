@@ -1,0 +1,30 @@
+"""The exactly-once drill: a tool of the checkout, not part of the installed library.
+
+It runs the example payments API (``examples/legacy_payments``) behind ``surefoot serve``,
+with a chaos proxy on each side, pays through the faults from many clients, and audits the
+ledger (see ``docs/reliability.md``)::
+
+    .venv/bin/python -m tools.drill examples/drills/ci-small.toml [--store redis] [--json F]
+
+Map: ``scenario.py`` (pure: the scenario file, the audit, the reports), ``schema.py`` (the
+scenario file's pydantic models), ``runner.py`` (processes, proxies, clients: ``run_drill``),
+``__main__.py`` (the command). It uses surefoot's public names only, and the configuration
+toolkit ``surefoot._config`` that every configuration file of the project shares.
+"""
+
+from __future__ import annotations
+
+from tools.drill.runner import DrillError, arun_drill, drill_table, run_drill
+from tools.drill.scenario import DrillAudit, DrillEvent, DrillReport, Scenario, drill_markdown
+
+__all__ = [
+    "DrillAudit",
+    "DrillError",
+    "DrillEvent",
+    "DrillReport",
+    "Scenario",
+    "arun_drill",
+    "drill_markdown",
+    "drill_table",
+    "run_drill",
+]

@@ -1,0 +1,115 @@
+"""The schema of a drill scenario file: plain pydantic models (``surefoot._config``).
+
+``scenario.py`` validates a file with ``File`` and builds the ``Scenario`` from it; the
+fault plans of ``[chaos.client]`` and ``[chaos.upstream]`` are ``surefoot.chaos``'s own
+``FaultPlanTable``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from surefoot._config import described
+from surefoot.chaos import FaultPlanTable
+
+__all__ = ["File"]
+
+_SECONDS = "a finite number of seconds > 0"
+_SECONDS0 = "a finite number of seconds >= 0"
+_WHOLE = "a whole number from 1 to {}"
+_PROXY = "'client', 'upstream' or 'both'"
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+class Drill(_Table):
+    name: str | None = described("a name for the reports", None, min_length=1)
+    description: str = described("text", "")
+    clients: int = described(_WHOLE.format(1024), ge=1, le=1024)
+    payments: int = described(_WHOLE.format(1_000_000) + " (per client)", ge=1, le=1_000_000)
+    store: Literal["sqlite", "redis"] = described("'sqlite' or 'redis'", "sqlite")
+    workers: int = described(_WHOLE.format(16), 1, ge=1, le=16)
+    upstream_workers: int = described(_WHOLE.format(16), 1, ge=1, le=16)
+    seed: int = described("a whole number", 1)
+    idempotency: bool = described("true or false", True)
+    deadline: float = described(_SECONDS, 60.0, gt=0)
+    attempt_timeout: float = described(_SECONDS, 5.0, gt=0)
+    fail_after_commit: float = described("a share in [0, 1]", 0.0, ge=0, le=1)
+    settle: float = described(_SECONDS0, 10.0, ge=0)
+
+
+class Gateway(_Table):
+    lease: float = described(_SECONDS, 5.0, gt=0)
+    read_timeout: float = described(_SECONDS, 2.0, gt=0)
+    total_timeout: float = described(_SECONDS, 3.0, gt=0)
+    not_found_after: float = described(_SECONDS0, 3.0, ge=0)
+    reconcile_interval: float = described(_SECONDS, 1.0, gt=0)
+    store_timeout: float = described(_SECONDS, 0.5, gt=0)
+    access_log: bool = described("true or false", False)
+    log_level: Literal["debug", "info", "warning", "error"] = described(
+        "'debug', 'info', 'warning' or 'error'", "warning"
+    )
+
+
+class Chaos(_Table):
+    client: FaultPlanTable | None = described("a fault plan table ([chaos.client])", None)
+    upstream: FaultPlanTable | None = described("a fault plan table ([chaos.upstream])", None)
+
+
+class _Event(_Table):
+    at: float | None = described("seconds >= 0 after the first payment", None, ge=0)
+    after: float | None = described("a share of payments done, in [0, 1]", None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _when(self) -> _Event:
+        if (self.at is None) == (self.after is None):
+            raise ValueError(
+                "expected exactly one of at (seconds) and after (a share of payments done)"
+            )
+        return self
+
+
+class PauseChaos(_Event):
+    action: Literal["pause_chaos"]
+    proxy: Literal["client", "upstream", "both"] = described(_PROXY, "both")
+
+
+class ResumeChaos(_Event):
+    action: Literal["resume_chaos"]
+    proxy: Literal["client", "upstream", "both"] = described(_PROXY, "both")
+
+
+class Flap(_Event):
+    action: Literal["flap"]
+    proxy: Literal["client", "upstream", "both"] = described(_PROXY, "upstream")
+    down: float = described(_SECONDS, 1.0, gt=0)
+    up: float = described(_SECONDS, 1.0, gt=0)
+    times: int = described(_WHOLE.format(1000), 3, ge=1, le=1000)
+
+
+class RestartGateway(_Event):
+    action: Literal["restart_gateway"]
+    down: float = described(_SECONDS0, 1.0, ge=0)
+
+
+class RestartRedis(_Event):
+    action: Literal["restart_redis"]
+    down: float = described(_SECONDS0, 1.0, ge=0)
+
+
+# In the order of scenario.ACTIONS: a message lists the actions in this order.
+_AnyEvent = Annotated[
+    PauseChaos | ResumeChaos | Flap | RestartGateway | RestartRedis,
+    Field(discriminator="action"),
+]
+
+
+class File(_Table):
+    drill: Drill = described("a [drill] table with clients and payments")
+    gateway: Gateway = described("a [gateway] table", default_factory=Gateway)
+    chaos: Chaos = described("a [chaos] table", default_factory=Chaos)
+    events: list[_AnyEvent] = described("a list of [[events]] tables", default_factory=list)
