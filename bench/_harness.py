@@ -21,8 +21,9 @@ else lives here, once:
 - rounds: runs are interleaved (every round runs every configuration once, ``rotated``
   to vary the order), ratios are taken within a round (``by_round``, ``paired``) and
   summed up over rounds (``Spread``: the median and the min-max or interquartile range).
-- report: ``text_table`` (fixed-width columns), ``markdown_table``, ``target_text`` and
-  ``met_text``, ``machine_line``, ``write_json``.
+- report: ``print_header`` (the command, the machine...), ``text_table`` (fixed-width
+  columns), ``markdown_table``, ``target_text`` and ``met_text``; ``finish`` writes
+  ``--json`` and turns ``--check`` into the exit status.
 
 Errors: ``BenchError`` is the one exception a benchmark raises when it cannot go on (a
 missing tool, a server that does not start, a wrong answer); ``run`` prints it and
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -90,7 +92,27 @@ def add_quick(parser: argparse.ArgumentParser, **settings: Any) -> None:
     parser.set_defaults(_quick=settings)
 
 
-def add_wrk_options(parser: argparse.ArgumentParser, *, duration: int) -> None:
+def add_selection(
+    parser: argparse.ArgumentParser, option: str, items: Iterable[Any], *always: str
+) -> None:
+    """``option``: a comma-separated selection of ``items`` (which have a ``name``).
+
+    The items named ``always`` run whatever it says (the baselines).
+    """
+    what = option.removeprefix("--")
+    baselines = f"; {' and '.join(always)} always run" if always else ""
+    parser.add_argument(
+        option, default="", help=f"comma-separated {what} to run{baselines} (default: all)"
+    )
+    parser.set_defaults(_selection=(option, tuple(items), always))
+
+
+def add_wrk_options(
+    parser: argparse.ArgumentParser, *, rounds: int, duration: int, quick: Mapping[str, Any]
+) -> None:
+    """``--rounds``, ``--quick`` (``quick``: its settings) and the options of wrk's load."""
+    add_rounds(parser, rounds)
+    add_quick(parser, **quick)
     parser.add_argument(
         "--duration",
         type=int,
@@ -114,7 +136,10 @@ def check_wrk_options(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error("expected 1 <= --threads <= --connections")
 
 
-def add_redis_options(parser: argparse.ArgumentParser, *, used_by: str) -> None:
+def add_redis_options(
+    parser: argparse.ArgumentParser, *, used_by: str, store_options: bool = False
+) -> None:
+    """``--redis-url``, ``--redis-server``; with ``store_options``, ``--redis-options``."""
     parser.add_argument(
         "--redis-url",
         help=f"Redis server of {used_by} (default: start a private redis-server; only keys "
@@ -125,6 +150,13 @@ def add_redis_options(parser: argparse.ArgumentParser, *, used_by: str) -> None:
         default="redis-server",
         help="the redis-server executable to start (default: redis-server)",
     )
+    if store_options:
+        parser.add_argument(
+            "--redis-options",
+            default="",
+            help="query options added to surefoot's store URL, as in "
+            "'timeout=0.5&coalesce=false' (default: none, the store's defaults)",
+        )
 
 
 def add_pin_options(parser: argparse.ArgumentParser, *, what: str, cpu: str = "") -> None:
@@ -143,13 +175,28 @@ def add_output_options(parser: argparse.ArgumentParser, *, check: bool = True) -
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse ``argv``; with ``--quick``, its settings are the defaults of this parse."""
+    """Parse ``argv``; with ``--quick``, its settings are the defaults of this parse.
+
+    ``args.command`` is the command line, as the report shows it; the option of
+    ``add_selection`` becomes the list of the items it selects.
+    """
     first, _ = parser.parse_known_args(argv)
     if getattr(first, "quick", False):
         parser.set_defaults(**first._quick)
     args = parser.parse_args(argv)
     with contextlib.suppress(AttributeError):
         del args._quick
+    args.command = command_line(argv)
+    selection = vars(args).pop("_selection", None)
+    if selection is not None:
+        option, items, always = selection
+        attribute = option.removeprefix("--").replace("-", "_")
+        chosen = names(parser, option, getattr(args, attribute), (i.name for i in items))
+        setattr(
+            args,
+            attribute,
+            [i for i in items if not chosen or i.name in chosen or i.name in always],
+        )
     return args
 
 
@@ -231,16 +278,14 @@ def environment(
     }
 
 
-def machine_line(context: Mapping[str, Any], shared: str = "") -> str:
-    """``machine:`` and the load average before and after the runs."""
+def machine(context: Mapping[str, Any], shared: str = "") -> str:
+    """The machine's CPUs, and the load average before and after the runs."""
     cpus = context["environment"]["cpus"]
     load = (
         f"load average {context['load_before']:.2f} before, "
         f"{context['load_after']:.2f} after (1 min)"
     )
-    if shared:
-        return f"machine:  {cpus} CPUs shared by {shared}; {load}"
-    return f"machine:  {cpus} CPUs, {load}"
+    return f"{cpus} CPUs shared by {shared}; {load}" if shared else f"{cpus} CPUs, {load}"
 
 
 def load_average() -> float:
@@ -640,6 +685,125 @@ def wrk_figures(result: Mapping[str, Any], what: str) -> Run:
     }
 
 
+def timed_wrk(
+    server: Child, redis: BenchRedis | None, load: Callable[[], dict[str, Any]], what: str
+) -> Run:
+    """One timed wrk run against one server: wrk's figures, the server's CPU and memory.
+
+    The Redis server's CPU is read whenever there is one: what a configuration that does
+    not use it costs it (nothing) shows too.
+    """
+    cpu_before = server.cpu_seconds()
+    redis_before = redis.cpu_seconds() if redis else 0.0
+    result = load()
+    cpu = server.cpu_seconds() - cpu_before
+    redis_cpu = redis.cpu_seconds() - redis_before if redis else None
+    memory = server.memory()
+    figures = wrk_figures(result, what)
+    requests = figures["requests"]
+    return {
+        **figures,
+        "cpu_seconds": round(cpu, 3),
+        "cpu_us_per_request": cpu / requests * 1e6,
+        "redis_cpu_us_per_request": None if redis_cpu is None else redis_cpu / requests * 1e6,
+        "rss_mib": memory.get("VmRSS"),
+        "peak_rss_mib": memory.get("VmHWM"),
+    }
+
+
+def server_rounds(
+    configs: Sequence[Configuration],
+    rounds: int,
+    run_one: Callable[[Any, int], Run],
+    width: int,
+) -> list[Run]:
+    """``run_one(config, round)`` for every configuration in every round, saying each run."""
+    runs = []
+    for round_no in range(1, rounds + 1):
+        for config in configs:
+            run = run_one(config, round_no)
+            runs.append(run)
+            print(
+                f"  round {round_no} {config.name:<{width}} {run['rps']:>9,.0f} req/s"
+                f"  {run['cpu_us_per_request']:>6,.0f} CPU us/req"
+                f"  p99 {run['latency_ms']['p99']:.1f} ms  errors {run['error_count']}",
+                flush=True,
+            )
+    return runs
+
+
+def start_redis(args: argparse.Namespace, needed: bool, cpus: CpuPlan) -> BenchRedis | None:
+    """The Redis server of ``--redis-url``, or a private one on the load's CPU, if needed.
+
+    On the load's CPU: the server measured keeps its core, as with an in-process store.
+    """
+    return BenchRedis(args.redis_url, cpus.load, args.redis_server) if needed else None
+
+
+def compare_servers(
+    args: argparse.Namespace,
+    configs: Sequence[Configuration],
+    cpus: CpuPlan,
+    redis: BenchRedis | None,
+    *,
+    run_one: Callable[[Any, int], Run],
+    width: int,
+    environment: dict[str, Any],
+    software: str,
+    request: str = "",
+    lines: Sequence[tuple[str, str]] = (),
+    checked: Mapping[str, str] | None = None,
+    said: str = "",
+    settings: Mapping[str, Any],
+) -> int:
+    """Every configuration against ``bare`` in interleaved rounds of ``run_one``, reported.
+
+    The report's head says the load (``request``: what wrk sends, if it is one thing),
+    ``lines``, Redis, the CPUs, the machine, and ``software`` after Python and surefoot.
+    ``checked``: what was checked before the rounds (context key: sentence), kept in the
+    JSON; ``said``: added to the first line.
+    """
+    context: dict[str, Any] = {
+        "command": args.command,
+        "cpus": cpus.sentence,
+        "redis": ("not used" if redis is None else redis.where(cpus.load))
+        + f"; store options: {args.redis_options or 'the defaults'}",
+        "environment": environment,
+        "load_before": load_average(),
+        **(checked or {}),
+    }
+    total = args.rounds * len(configs) * (args.duration + args.warmup)
+    print(
+        f"{len(configs)} configurations x {args.rounds} rounds, about {total} s of load; "
+        + "; ".join(filter(None, [cpus.sentence, said])),
+        flush=True,
+    )
+    runs = server_rounds(configs, args.rounds, run_one, width)
+    context["load_after"] = load_average()
+    if redis is not None:
+        redis.stop()
+    rows = server_rows(configs, runs, "bare")
+    load = (
+        f"wrk {args.threads} threads, {args.connections} connections, {request}"
+        f"{args.duration} s per run after {args.warmup} s warm-up, {args.rounds} round(s), "
+        "configurations interleaved"
+    )
+    ours = f"Python {environment['python']}, surefoot {environment['surefoot']}"
+    head = [
+        ("load", load),
+        *lines,
+        ("redis", context["redis"]),
+        ("cpus", context["cpus"]),
+        ("machine", machine(context)),
+        ("software", f"{ours} ({environment['git']}), {software}"),
+    ]
+    print_header(context, head)
+    print()
+    print_server_rows(runs, rows, args.rounds, "bare", width)
+    configs_json = [dataclasses.asdict(c) for c in configs]  # type: ignore[call-overload]
+    return finish(args, context, settings, rows, runs, configs=configs_json)
+
+
 # -- rounds ---------------------------------------------------------------------------------
 
 
@@ -692,6 +856,58 @@ def median_known(values: Iterable[float | None]) -> float | None:
     return statistics.median(known) if known else None
 
 
+class Configuration(Protocol):
+    """What ``server_rows`` needs of a configuration."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def meaning(self) -> str: ...
+    @property
+    def target(self) -> float | None: ...
+
+
+def server_rows(configs: Iterable[Configuration], runs: list[Run], baseline: str) -> list[Run]:
+    """``timed_wrk`` runs summed up: medians over rounds, ratios to ``baseline`` per round.
+
+    A configuration meets its target (a least ratio of req/s) only if every answer was a
+    2xx: a failed request is cheap.
+    """
+    base = by_round(runs, config=baseline)
+    rows = []
+    for config in configs:
+        mine = by_round(runs, config=config.name)
+        ratio = Spread.range(paired(mine, base, lambda r, b: r["rps"] / b["rps"]))
+        cpu_ratio = median(
+            paired(mine, base, lambda r, b: b["cpu_us_per_request"] / r["cpu_us_per_request"])
+        )
+        errors = sum(r["error_count"] for r in mine.values())
+        rows.append(
+            {
+                "config": config.name,
+                "meaning": config.meaning,
+                "rps": median(r["rps"] for r in mine.values()),
+                "ratio": ratio.median,
+                "ratio_min": ratio.low,
+                "ratio_max": ratio.high,
+                "target": config.target,
+                "met": None
+                if config.target is None
+                else ratio.median >= config.target and not errors,
+                "cpu_us_per_request": median(r["cpu_us_per_request"] for r in mine.values()),
+                "cpu_ratio": cpu_ratio,
+                "redis_cpu_us_per_request": median_known(
+                    r["redis_cpu_us_per_request"] for r in mine.values()
+                ),
+                "server_cpu_share": median(r["cpu_seconds"] / r["seconds"] for r in mine.values()),
+                "p99_ms": median(r["latency_ms"]["p99"] for r in mine.values()),
+                "rss_mib": median_known(r["rss_mib"] for r in mine.values()),
+                "errors": errors,
+            }
+        )
+    return rows
+
+
 # -- report ---------------------------------------------------------------------------------
 
 
@@ -740,14 +956,56 @@ def met_text(met: bool | None) -> str:
     return "-" if met is None else ("yes" if met else "NO")
 
 
-def print_wrk_rounds(runs: Sequence[Run], names: Sequence[str], rounds: int, width: int) -> None:
-    """Per round, each configuration's req/s and server CPU share; then the runs with errors."""
+def print_server_rows(
+    runs: Sequence[Run], rows: Sequence[Run], rounds: int, baseline: str, width: int
+) -> None:
+    """``server_rows`` as a table, what its columns mean, and the figures of every round."""
+    columns = (
+        Column("configuration", f"<{width}"), Column("req/s", ">7"), Column("ratio", ">5"),
+        Column("(min-max)", ">9"), Column("target", ">6"), Column("met", ">3"),
+        Column("CPU us/req", ">10"), Column("CPU ratio", ">9"), Column("Redis us", ">8"),
+        Column("p99 ms", ">7"), Column("RSS MiB", ">7"), Column("errors", ">6"),
+    )  # fmt: skip
+    cells = [
+        [
+            row["config"],
+            f"{row['rps']:,.0f}",
+            f"{row['ratio']:.2f}",
+            f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f}",
+            target_text(row["target"], ">="),
+            met_text(row["met"]),
+            f"{row['cpu_us_per_request']:,.0f}",
+            f"{row['cpu_ratio']:.2f}",
+            num(row["redis_cpu_us_per_request"], ",.1f"),
+            f"{row['p99_ms']:.1f}",
+            num(row["rss_mib"], ".1f", "?"),
+            str(row["errors"]),
+        ]
+        for row in rows
+    ]
+    print("\n".join(text_table(columns, cells)))
+    print()
+    print("req/s, CPU us/req, p99, RSS: median over rounds.")
+    print(f"ratio: median of the per-round req/s ratios to {baseline} (min-max: their spread);")
+    print("       this is the figure the targets apply to.")
+    print("CPU us/req: server CPU time (user + system) per request during the timed run;")
+    print(f"CPU ratio: {baseline}'s CPU us/req over this one's, the median per round: the req/s")
+    print("       ratio to expect with a whole idle core, less sensitive to other load on the")
+    print("       machine.")
+    print("Redis us: Redis server CPU time per request during the timed run (all configurations")
+    print("       run while it is up: near 0 for those that do not use it).")
+    print("RSS: server resident memory after the timed run (VmRSS).")
+    print("errors: wrk socket errors, timeouts (over 5 s) and non-2xx answers, all rounds;")
+    print("       a configuration with errors does not meet its target.")
+    print()
+    names = [row["config"] for row in rows]
+    cell = max(16, width)
     print("per round, req/s (server CPU share of the wall time):")
-    print("  round " + " ".join(f"{n:>{width}}" for n in names))
+    print("  round " + " ".join(f"{n:>{cell}}" for n in names))
     for round_no in range(1, rounds + 1):
         by_name = {r["config"]: r for r in runs if r["round"] == round_no}
         cells = " ".join(
-            f"{by_name[n]['rps']:>{width - 7},.0f} "
+            f"{by_name[n]['rps']:>{cell - 7},.0f} "
             f"({by_name[n]['cpu_seconds'] / by_name[n]['seconds']:.2f})"
             for n in names
         )
@@ -758,6 +1016,65 @@ def print_wrk_rounds(runs: Sequence[Run], names: Sequence[str], rounds: int, wid
         for r in failed:
             kinds = ", ".join(f"{n} {k}" for k, n in r["errors"].items() if n)
             print(f"  round {r['round']} {r['config']}: {kinds}")
+
+
+def print_header(context: Mapping[str, Any], lines: Iterable[tuple[str, str]]) -> None:
+    """The head of a report: the command, then one ``label: text`` line each.
+
+    A line with no label goes on the one before.
+    """
+    print()
+    print(f"command:  {context['command']}")
+    for label, text in lines:
+        print(f"{label + ':' if label else '':<10}{text}")
+
+
+def finish(
+    args: argparse.Namespace,
+    context: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    rows: list[Run],
+    runs: list[Run],
+    **more: Any,
+) -> int:
+    """Write ``--json`` if asked; the exit status: 1 if ``--check`` and a target is missed."""
+    if args.json:
+        write_json(
+            args.json, {**context, "settings": settings, **more, "summary": rows, "runs": runs}
+        )
+    missed = any(row["met"] is False for row in rows)
+    return 1 if getattr(args, "check", False) and missed else 0
+
+
+def settings(args: argparse.Namespace, *names: str, **more: Any) -> dict[str, Any]:
+    """The options ``names`` as they were for this run, and ``more``."""
+    return {**{name: getattr(args, name) for name in names}, **more}
+
+
+def print_per_round(
+    runs: Sequence[Run],
+    key: str,
+    groups: Sequence[str],
+    cell: Callable[[Run], str],
+    width: int,
+    rounds: int,
+    what: str,
+    group: str = "mode",
+) -> None:
+    """Per ``group`` (a mode, a workload), a line per ``key`` with its figure of each round.
+
+    Over ten rounds, only a pointer to the JSON (where every run is).
+    """
+    if rounds > 10:
+        print("per round figures: in the --json output (runs).")
+        return
+    print(f"per round, {what}:")
+    for name in groups:
+        print(f"  [{name}]")
+        mine = [r for r in runs if r[group] == name]
+        for item in dict.fromkeys(r[key] for r in mine):
+            ordered = sorted((r for r in mine if r[key] == item), key=lambda r: r["round"])
+            print(f"  {item:<{width}} " + " ".join(cell(r) for r in ordered))
 
 
 def command_line(argv: list[str] | None) -> str:

@@ -43,7 +43,7 @@ import argparse
 import secrets
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Benchmark IdempotencyMiddleware (memory and SQLite stores) against the "
         "bare Starlette app under uvicorn, loaded by wrk.",
     )
-    h.add_rounds(parser, 3)
-    h.add_wrk_options(parser, duration=8)
-    h.add_quick(parser, rounds=1, duration=2, warmup=1)
+    h.add_wrk_options(parser, rounds=3, duration=8, quick={"rounds": 1, "duration": 2})
     parser.add_argument(
         "--prefill",
         type=int,
@@ -91,26 +89,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="completed records written to each store before it serves, so that a run "
         "measures a long-running server: memory:// holds at most 10,000 (default: 10000)",
     )
-    parser.add_argument(
-        "--configs",
-        default=",".join(c.name for c in CONFIGS),
-        help="comma-separated configurations to run; bare is always run (default: all)",
-    )
+    h.add_selection(parser, "--configs", CONFIGS, "bare")
     h.add_pin_options(parser, what="the server and wrk")
-    h.add_redis_options(parser, used_by="the redis- configurations")
-    parser.add_argument(
-        "--redis-options",
-        default="",
-        help="query options added to surefoot's store URL, as in 'timeout=0.5&coalesce=false' "
-        "(default: none, the store's defaults)",
-    )
+    h.add_redis_options(parser, used_by="the redis- configurations", store_options=True)
     h.add_output_options(parser)
     args = h.parse(parser, argv)
-    names = h.names(parser, "--configs", args.configs, (c.name for c in CONFIGS))
     h.check_wrk_options(parser, args)
     if args.prefill < 0:
         parser.error("expected --prefill >= 0")
-    args.configs = [c for c in CONFIGS if c.name == "bare" or c.name in names]
     return args
 
 
@@ -178,7 +164,6 @@ def run_one(
             prefix=cpus.load,
         )
 
-    # Redis CPU is read for every configuration: what the others cost it (nothing) shows.
     redis_prefix = f"sfbench-{secrets.token_hex(6)}"  # this server's keys on Redis
     with tempfile.TemporaryDirectory(prefix="surefoot-bench-") as tmp:
         server = start_server(
@@ -197,30 +182,19 @@ def run_one(
                 check_replay(config, url, replay_key, prime=True)
             if args.warmup > 0:
                 load(url, args.warmup, [config.mode, f"w{nonce}", replay_key])
-            cpu_before = server.cpu_seconds()
-            redis_before = redis.cpu_seconds() if redis else 0.0
-            result = load(url, args.duration, [config.mode, nonce, replay_key])
-            cpu = server.cpu_seconds() - cpu_before
-            redis_cpu = redis.cpu_seconds() - redis_before if redis else None
-            memory = server.memory()
+            run = h.timed_wrk(
+                server,
+                redis,
+                lambda: load(url, args.duration, [config.mode, nonce, replay_key]),
+                f"{config.name} in {args.duration} s",
+            )
             if config.mode == "replay":
                 check_replay(config, url, replay_key, prime=False)
         finally:
             server.stop()
             if config.store == "redis" and redis is not None:
                 redis.delete(redis_prefix)
-    figures = h.wrk_figures(result, f"{config.name} in {args.duration} s")
-    requests = figures["requests"]
-    return {
-        "round": round_no,
-        "config": config.name,
-        **figures,
-        "cpu_seconds": round(cpu, 3),
-        "cpu_us_per_request": cpu / requests * 1e6,
-        "redis_cpu_us_per_request": None if redis_cpu is None else redis_cpu / requests * 1e6,
-        "rss_mib": memory.get("VmRSS"),
-        "peak_rss_mib": memory.get("VmHWM"),
-    }
+    return {"round": round_no, "config": config.name, **run}
 
 
 def check_replay(config: Config, url: str, key: str, *, prime: bool) -> None:
@@ -237,167 +211,30 @@ def check_replay(config: Config, url: str, key: str, *, prime: bool) -> None:
         )
 
 
-# -- report ---------------------------------------------------------------------------------
-
-
-def summarize(configs: list[Config], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    bare = h.by_round(runs, config="bare")
-    rows = []
-    for config in configs:
-        mine = h.by_round(runs, config=config.name)
-        ratio = h.Spread.range(h.paired(mine, bare, lambda r, b: r["rps"] / b["rps"]))
-        cpu_ratio = h.median(
-            h.paired(mine, bare, lambda r, b: b["cpu_us_per_request"] / r["cpu_us_per_request"])
-        )
-        errors = sum(r["error_count"] for r in mine.values())
-        rows.append(
-            {
-                "config": config.name,
-                "meaning": config.meaning,
-                "rps": h.median(r["rps"] for r in mine.values()),
-                "ratio": ratio.median,
-                "ratio_min": ratio.low,
-                "ratio_max": ratio.high,
-                "target": config.target,
-                # A failed request is cheap: a target is met only if every answer was 2xx.
-                "met": None
-                if config.target is None
-                else ratio.median >= config.target and not errors,
-                "cpu_us_per_request": h.median(r["cpu_us_per_request"] for r in mine.values()),
-                "cpu_ratio": cpu_ratio,
-                "redis_cpu_us_per_request": h.median_known(
-                    r["redis_cpu_us_per_request"] for r in mine.values()
-                ),
-                "server_cpu_share": h.median(
-                    r["cpu_seconds"] / r["seconds"] for r in mine.values()
-                ),
-                "p99_ms": h.median(r["latency_ms"]["p99"] for r in mine.values()),
-                "rss_mib": h.median_known(r["rss_mib"] for r in mine.values()),
-                "errors": errors,
-            }
-        )
-    return rows
-
-
-COLUMNS = (
-    h.Column("configuration", "<14"), h.Column("req/s", ">7"), h.Column("ratio", ">5"),
-    h.Column("(min-max)", ">9"), h.Column("target", ">6"), h.Column("met", ">3"),
-    h.Column("CPU us/req", ">10"), h.Column("CPU ratio", ">9"), h.Column("Redis us", ">8"),
-    h.Column("p99 ms", ">7"), h.Column("RSS MiB", ">7"), h.Column("errors", ">6"),
-)  # fmt: skip
-
-
-def print_report(
-    args: argparse.Namespace,
-    context: dict[str, Any],
-    runs: list[dict[str, Any]],
-    rows: list[dict[str, Any]],
-) -> None:
-    env = context["environment"]
-    print()
-    print(f"command:  {context['command']}")
-    print(
-        f"load:     wrk {args.threads} threads, {args.connections} connections, "
-        f"{args.duration} s per run after {args.warmup} s warm-up, {args.rounds} round(s), "
-        "configurations interleaved"
-    )
-    print(f"stores:   a fresh store per run, prefilled with {args.prefill:,} completed records")
-    print(f"redis:    {context['redis']}")
-    print(f"cpus:     {context['cpus']}")
-    print(h.machine_line(context))
-    print(
-        f"software: Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
-        f"uvicorn {env['uvicorn']} (uvloop {env['uvloop']}, httptools {env['httptools']}), "
-        f"starlette {env['starlette']}, {env['wrk']}"
-    )
-    print()
-    cells = [
-        [
-            row["config"],
-            f"{row['rps']:,.0f}",
-            f"{row['ratio']:.2f}",
-            f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f}",
-            h.target_text(row["target"], ">="),
-            h.met_text(row["met"]),
-            f"{row['cpu_us_per_request']:,.0f}",
-            f"{row['cpu_ratio']:.2f}",
-            h.num(row["redis_cpu_us_per_request"], ",.1f"),
-            f"{row['p99_ms']:.1f}",
-            h.num(row["rss_mib"], ".1f", "?"),
-            str(row["errors"]),
-        ]
-        for row in rows
-    ]
-    print("\n".join(h.text_table(COLUMNS, cells)))
-    print()
-    print("req/s, CPU us/req, p99, RSS: median over rounds.")
-    print("ratio: median of the per-round req/s ratios to bare (min-max: their spread);")
-    print("       this is the figure the targets apply to.")
-    print("CPU us/req: server CPU time (user + system) per request during the timed run;")
-    print("CPU ratio: bare's CPU us/req over this one's, the median per round: the req/s ratio")
-    print("       to expect with a whole idle core, less sensitive to other load on the machine.")
-    print("Redis us: Redis server CPU time per request during the timed run (all configurations")
-    print("       run while it is up: near 0 for those that do not use it).")
-    print("RSS: server resident memory after the timed run (VmRSS).")
-    print("errors: wrk socket errors, timeouts (over 5 s) and non-2xx answers, all rounds;")
-    print("       a configuration with errors does not meet its target.")
-    print()
-    h.print_wrk_rounds(runs, [row["config"] for row in rows], args.rounds, 16)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configs: list[Config] = args.configs
     check_tools(configs)
     cpus = h.split_cpus(args.no_pin)
-    redis: h.BenchRedis | None = None
-    if any(c.store == "redis" for c in configs):
-        # On wrk's CPU: the uvicorn process keeps its core, as with an in-process store.
-        redis = h.BenchRedis(args.redis_url, cpus.load, args.redis_server)
-    context: dict[str, Any] = {
-        "command": h.command_line(argv),
-        "cpus": cpus.sentence,
-        "redis": ("not used" if redis is None else redis.where(cpus.load))
-        + f"; store options: {args.redis_options or 'the defaults'}",
-        "environment": environment(),
-        "load_before": h.load_average(),
-    }
-    total = args.rounds * len(configs) * (args.duration + args.warmup)
-    print(
-        f"{len(configs)} configurations x {args.rounds} rounds, about {total} s of load; "
-        f"{cpus.sentence}",
-        flush=True,
+    redis = h.start_redis(args, any(c.store == "redis" for c in configs), cpus)
+    env = environment()
+    return h.compare_servers(
+        args,
+        configs,
+        cpus,
+        redis,
+        run_one=lambda config, round_no: run_one(args, config, cpus, round_no, redis),
+        width=14,
+        environment=env,
+        software=f"uvicorn {env['uvicorn']} (uvloop {env['uvloop']}, httptools "
+        f"{env['httptools']}), starlette {env['starlette']}, {env['wrk']}",
+        lines=[
+            ("stores", f"a fresh store per run, prefilled with {args.prefill:,} completed records")
+        ],
+        settings=h.settings(
+            args, "rounds", "duration", "warmup", "connections", "threads", "prefill"
+        ),
     )
-    runs = []
-    for round_no in range(1, args.rounds + 1):
-        for config in configs:
-            run = run_one(args, config, cpus, round_no, redis)
-            runs.append(run)
-            print(
-                f"  round {round_no} {config.name:<14} {run['rps']:>9,.0f} req/s"
-                f"  {run['cpu_us_per_request']:>6,.0f} CPU us/req"
-                f"  p99 {run['latency_ms']['p99']:.1f} ms  errors {run['error_count']}",
-                flush=True,
-            )
-    context["load_after"] = h.load_average()
-    if redis is not None:
-        redis.stop()
-    rows = summarize(configs, runs)
-    print_report(args, context, runs, rows)
-    if args.json:
-        settings = ("rounds", "duration", "warmup", "connections", "threads", "prefill")
-        h.write_json(
-            args.json,
-            {
-                **context,
-                "settings": {name: getattr(args, name) for name in settings},
-                "configs": [asdict(c) for c in configs],
-                "summary": rows,
-                "runs": runs,
-            },
-        )
-    missed = [row["config"] for row in rows if row["met"] is False]
-    return 1 if args.check and missed else 0
 
 
 if __name__ == "__main__":

@@ -3,15 +3,16 @@
 Usage::
 
     .venv/bin/python bench/redis_decisions.py                  # 7 rounds x 5,000 calls, ~6 min
+    .venv/bin/python bench/redis_decisions.py --quick          # 1 round x 1,000 calls
     .venv/bin/python bench/redis_decisions.py --rounds 1 --calls 1000   # quick look
     .venv/bin/python bench/redis_decisions.py --json results.json --check
     .venv/bin/python bench/redis_decisions.py --redis-url redis://10.0.0.5:6379/0  # your server
 
 Theory of operation:
 1. The server. Unless ``--redis-url`` names one, the script starts its own ``redis-server``
-   (``RedisServer``: a child process on a free port of 127.0.0.1, ``--save ""
-   --appendonly no``, its files in a temporary directory, stopped at the end), so that
-   nobody else's commands share it and nothing of it outlives the run. Every run writes
+   (``bench/_harness.py``'s ``RedisServer``: a child process on a free port of 127.0.0.1,
+   ``--save "" --appendonly no``, its files in a temporary directory, stopped at the end),
+   so that nobody else's commands share it and nothing of it outlives the run. Every run writes
    under a prefix of its own and deletes its keys afterwards (``SCAN MATCH prefix*`` then
    ``UNLINK``, untimed), so a shared server keeps nothing either; nothing is ever flushed.
 2. The contenders (``CONTENDERS``) answer "may this key go on?" for the same keys in the
@@ -60,26 +61,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
-import json
 import os
-import platform
 import secrets
-import shlex
 import shutil
-import socket
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
-BENCH_DIR = Path(__file__).resolve().parent
+import _harness as h
+
 MODES = ("sequential", "concurrent")
 AMOUNT, WINDOW = 1_000_000, 60.0  # per minute; quota: per day
 #: at --tasks 64: minimum decisions/s as a multiple of the floor's, by coalescing.
@@ -100,169 +93,6 @@ FLOOR_SCRIPT = (
     "local n = redis.call('INCR', KEYS[1])\nredis.call('PEXPIRE', KEYS[1], ARGV[1])\nreturn n"
 )
 KEY_PREFIX = "sfbench"
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on (a missing package, a wrong decision, no server...)."""
-
-
-# -- the private server ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A private ``redis-server``: a child process on a free port, nothing saved to disk."""
-
-    def __init__(self, prefix: Sequence[str] = (), executable: str = "redis-server") -> None:
-        if shutil.which(executable) is None:
-            raise BenchError(
-                f"{executable} not found: install it (Debian/Ubuntu: apt-get install "
-                "redis-server) or name a server with --redis-url"
-            )
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._dir = tempfile.TemporaryDirectory(prefix="surefoot-redis-")
-        command = [
-            *prefix,
-            executable,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            self._dir.name,
-            "--logfile",
-            "",
-        ]
-        self._log = (Path(self._dir.name) / "redis.log").open("w+b")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self._log.seek(0)
-                output = self._log.read().decode(errors="replace")[-2000:]
-                raise BenchError(f"redis-server exited:\n{output}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise BenchError(f"redis-server did not answer PING on port {self.port} in {timeout:g} s")
-
-    def cpu_ns(self) -> int:
-        """CPU time used so far by every thread of the server (ns, from schedstat)."""
-        total = 0
-        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread ended
-                total += int((task / "schedstat").read_text().split()[0])
-        return total
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        self._dir.cleanup()
-
-    def __enter__(self) -> RedisServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class BenchRedis:
-    """The Redis server a benchmark writes to: a private one it starts, or ``--redis-url``'s.
-
-    Also used by ``bench/ratelimit_http.py`` and ``bench/idempotency.py``. Each run writes
-    under a prefix of its own and ``delete`` removes its keys afterwards.
-    """
-
-    def __init__(
-        self, url: str | None, prefix: Sequence[str] = (), executable: str = "redis-server"
-    ) -> None:
-        self.server: RedisServer | None = None
-        if url is None:
-            self.server = RedisServer(prefix, executable)
-            url = self.server.url
-        self.url = url
-
-    def describe(self) -> str:
-        if self.server is None:
-            return f"{self.url} (--redis-url; CPU from INFO cpu, every client of it counted)"
-        return (
-            f"private redis-server on port {self.server.port} (--save '' --appendonly no; "
-            "CPU from /proc/PID/task/*/schedstat)"
-        )
-
-    def info(self) -> dict[str, Any]:
-        """``INFO server`` (the version...)."""
-        import redis
-
-        with redis.Redis.from_url(self.url) as admin:
-            return dict(admin.info("server"))
-
-    def cpu_seconds(self) -> float:
-        """CPU time of the server so far: /proc for the private one, else ``INFO cpu``."""
-        if self.server is not None:
-            return self.server.cpu_ns() / 1e9
-        import redis
-
-        with redis.Redis.from_url(self.url) as admin:
-            info = admin.info("cpu")
-        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-    def delete(self, prefix: str) -> int:
-        """Delete the keys under ``prefix`` (never a FLUSH)."""
-        import redis
-
-        deleted, batch = 0, []
-        with redis.Redis.from_url(self.url) as admin:
-            for key in admin.scan_iter(match=f"{prefix}*", count=1000):
-                batch.append(key)
-                if len(batch) >= 1000:
-                    deleted += admin.unlink(*batch)
-                    batch = []
-            if batch:
-                deleted += admin.unlink(*batch)
-        return deleted
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-
-
-def with_query(url: str, *queries: str) -> str:
-    """``url`` with ``queries`` (``"a=1&b=2"``, empty ones skipped) added to its query."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return parts._replace(query="&".join(q for q in (parts.query, *queries) if q)).geturl()
 
 
 # -- the contenders -------------------------------------------------------------------------
@@ -533,7 +363,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Rate-limit decisions per second on Redis: surefoot's RedisStore, limits, "
         "throttled-py and a raw EVALSHA floor, sequential and concurrent, interleaved.",
     )
-    parser.add_argument("--rounds", type=int, default=7, help="rounds (default: 7)")
+    h.add_rounds(parser, 7)
+    h.add_quick(parser, rounds=1, calls=1000)
     parser.add_argument(
         "--calls", type=int, default=5_000, help="timed decisions per run (default: 5000)"
     )
@@ -546,21 +377,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(MODES),
         help="comma-separated modes: sequential, concurrent (default: both)",
     )
-    parser.add_argument(
-        "--contenders",
-        default="",
-        help="comma-separated contenders to run; floor always runs (default: all)",
-    )
-    parser.add_argument(
-        "--redis-url",
-        help="use this Redis server instead of starting a private one (only keys under "
-        f"'{KEY_PREFIX}-*' are written, and deleted after each run)",
-    )
-    parser.add_argument(
-        "--redis-server",
-        default="redis-server",
-        help="the redis-server executable to start (default: redis-server)",
-    )
+    h.add_selection(parser, "--contenders", CONTENDERS, "floor")
+    h.add_redis_options(parser, used_by="every contender")
     parser.add_argument(
         "--max-connections",
         type=int,
@@ -580,29 +398,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="uvloop",
         help="event loop, as a server worker runs it (default: uvloop)",
     )
-    parser.add_argument(
-        "--cpu", type=int, default=None, help="CPU to pin the client to (default: the last one)"
+    h.add_pin_options(
+        parser, what="client and server", cpu="CPU to pin the client to (default: the last one)"
     )
-    parser.add_argument("--no-pin", action="store_true", help="do not pin client and server")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    parser.add_argument(
-        "--check", action="store_true", help="exit with status 1 if a target is missed"
+    h.add_output_options(parser)
+    args = h.parse(parser, argv)
+    args.modes = h.names(parser, "--modes", args.modes, MODES) or parser.error(
+        f"--modes: expected names from {list(MODES)}"
     )
-    args = parser.parse_args(argv)
-    known = {c.name: c for c in CONTENDERS}
-    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        parser.error(f"--contenders: unknown {unknown}; expected names from {list(known)}")
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not modes or any(m not in MODES for m in modes):
-        parser.error(f"--modes: expected names from {list(MODES)}")
     if min(args.rounds, args.calls, args.keys, args.tasks) < 1:
         parser.error("expected --rounds, --calls, --keys and --tasks >= 1")
     if args.max_connections is not None and args.max_connections < 1:
         parser.error("expected --max-connections >= 1")
-    args.contenders = [c for c in CONTENDERS if not names or c.name in ("floor", *names)]
-    args.modes = modes
     return args
 
 
@@ -619,7 +426,7 @@ def available(specs: list[Spec]) -> tuple[list[Spec], dict[str, str]]:
     """The contenders whose library imports, and why the others were left out."""
     for module in ("redis", "hiredis"):
         if importable(module):
-            raise BenchError(
+            raise h.BenchError(
                 f"missing Python package {module!r} in {sys.executable}: "
                 "pip install 'redis[hiredis]'"
             )
@@ -638,10 +445,7 @@ def pin_plan(args: argparse.Namespace) -> tuple[list[str], str]:
     cpus = sorted(os.sched_getaffinity(0))
     if args.no_pin:
         return [], f"not pinned (--no-pin); {len(cpus)} CPUs available"
-    cpu = cpus[-1] if args.cpu is None else args.cpu
-    if cpu not in cpus:
-        raise BenchError(f"--cpu {cpu}: not one of the allowed CPUs {cpus}")
-    os.sched_setaffinity(0, {cpu})
+    cpu = h.pin_self(args.cpu)
     client = f"client pinned to CPU {cpu} (sched_setaffinity)"
     if args.redis_url:
         return [], f"{client}; server given by --redis-url, not pinned"
@@ -657,28 +461,11 @@ def pin_plan(args: argparse.Namespace) -> tuple[list[str], str]:
 
 
 def environment(server_info: dict[str, Any], loop: str) -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    git = subprocess.run(
-        ["git", "-C", str(BENCH_DIR), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    packages = {}
-    for name in ("surefoot", "redis", "hiredis", "limits", "throttled-py", "uvloop"):
-        try:
-            packages[name] = version(name)
-        except PackageNotFoundError:
-            packages[name] = "absent"
+    packages = ("surefoot", "redis", "hiredis", "limits", "throttled-py", "uvloop")
     return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "git": git.stdout.strip() or "unknown",
+        **h.environment(packages, missing="absent"),
         "redis_server": server_info.get("redis_version", "?"),
         "loop": loop,
-        **packages,
     }
 
 
@@ -697,7 +484,7 @@ async def run_one(
     mode: str,
     round_no: int,
     keys: list[str],
-    redis: BenchRedis,
+    redis: h.BenchRedis,
 ) -> dict[str, Any]:
     pool = {} if args.max_connections is None else {"max_connections": args.max_connections}
     prefix = f"{KEY_PREFIX}-{args.nonce}-{round_no}-{secrets.token_hex(3)}"
@@ -711,7 +498,7 @@ async def run_one(
         sequence = [per_key[i % len(per_key)] for i in range(args.calls)]
         shares = [sequence[i::tasks] for i in range(tasks)]
         if await drive(contender, warm) != len(per_key) - contender.failed:
-            raise BenchError(f"{spec.name} ({mode}): the warm-up pass was not all admitted")
+            raise h.BenchError(f"{spec.name} ({mode}): the warm-up pass was not all admitted")
         contender.failed = 0
         gc.collect()
         server_before = redis.cpu_seconds()
@@ -724,7 +511,7 @@ async def run_one(
     redis.delete(setup.prefix)
     failed = contender.failed
     if admitted + failed != args.calls:
-        raise BenchError(
+        raise h.BenchError(
             f"{spec.name} ({mode}): {admitted:,} of {args.calls:,} calls admitted "
             f"({failed:,} failed), expected all of them: the workload is not what it claims"
         )
@@ -749,36 +536,25 @@ async def run_one(
 # -- report ---------------------------------------------------------------------------------
 
 
-def quartiles(values: list[float]) -> tuple[float, float, float]:
-    middle = statistics.median(values)
-    if len(values) < 2:
-        return middle, middle, middle
-    low, _, high = statistics.quantiles(values, n=4)
-    return low, middle, high
-
-
 def summarize(
     specs: list[Spec], modes: list[str], runs: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    def by(name: str, mode: str) -> dict[int, dict[str, Any]]:
-        return {r["round"]: r for r in runs if r["contender"] == name and r["mode"] == mode}
-
     rows = []
     for mode in modes:
-        floor = by("floor", mode)
+        floor = h.by_round(runs, contender="floor", mode=mode)
         for spec in specs:
-            mine = by(spec.name, mode)
+            mine = h.by_round(runs, contender=spec.name, mode=mode)
             if not mine:
                 continue
-            low, ratio, high = quartiles(
-                [floor[n]["wall_ns"] / r["wall_ns"] for n, r in mine.items()]
+            ratio = h.Spread.quartiles(
+                h.paired(mine, floor, lambda r, f: f["wall_ns"] / r["wall_ns"])
             )
-            cpu_ratio = statistics.median(
-                floor[n]["client_cpu_ns"] / r["client_cpu_ns"] for n, r in mine.items()
+            cpu_ratio = h.median(
+                h.paired(mine, floor, lambda r, f: f["client_cpu_ns"] / r["client_cpu_ns"])
             )
-            wall = statistics.median(r["wall_ns"] for r in mine.values())
-            client = statistics.median(r["client_cpu_ns"] for r in mine.values())
-            server = statistics.median(r["server_cpu_ns"] for r in mine.values())
+            wall = h.median(r["wall_ns"] for r in mine.values())
+            client = h.median(r["client_cpu_ns"] for r in mine.values())
+            server = h.median(r["server_cpu_ns"] for r in mine.values())
             target = spec.target(mode)
             failed = sum(r["failed"] for r in mine.values())
             rows.append(
@@ -791,84 +567,95 @@ def summarize(
                     "note": spec.note,
                     "per_second": 1e9 / wall,
                     "wall_us": wall / 1000,
-                    "ratio": ratio,
-                    "ratio_p25": low,
-                    "ratio_p75": high,
+                    "ratio": ratio.median,
+                    "ratio_p25": ratio.low,
+                    "ratio_p75": ratio.high,
                     "client_cpu_us": client / 1000,
                     "cpu_ratio": cpu_ratio,
                     "server_cpu_us": server / 1000,
-                    "client_busy": statistics.median(
+                    "client_busy": h.median(
                         r["client_cpu_ns"] / r["wall_ns"] for r in mine.values()
                     ),
-                    "server_busy": statistics.median(
+                    "server_busy": h.median(
                         r["server_cpu_ns"] / r["wall_ns"] for r in mine.values()
                     ),
                     "failed": failed,
                     "target": target,
-                    "met": None if target is None else ratio >= target and not failed,
+                    "met": None if target is None else ratio.median >= target and not failed,
                 }
             )
     return rows
 
 
+COLUMNS = (
+    h.Column("contender", "<33"), h.Column("dec/s", ">7"), h.Column("x floor", ">7"),
+    h.Column("(IQR)", ">9"), h.Column("target", ">6"), h.Column("met", ">3"),
+    h.Column("wall us", ">7"), h.Column("cli us", ">6"), h.Column("cpu x", ">5"),
+    h.Column("srv us", ">6"), h.Column("cli%", ">4"), h.Column("srv%", ">4"),
+    h.Column("fail", ">4"), h.Column("note", gap=2),
+)  # fmt: skip
+
+
 def print_report(
-    args: argparse.Namespace,
-    context: dict[str, Any],
-    runs: list[dict[str, Any]],
-    rows: list[dict[str, Any]],
+    args: argparse.Namespace, context: dict[str, Any], runs: list[dict[str, Any]], rows: list[Any]
 ) -> None:
     env = context["environment"]
-    print()
-    print(f"command:  {context['command']}")
-    print(
-        f"workload: {args.keys:,} keys cycled, {args.calls:,} timed calls per run, "
-        f"{args.rounds} round(s), contenders interleaved (order rotated each round);"
-    )
-    print(
-        f"          {AMOUNT:,}/minute (quota: per day), every call admitted; sequential: one "
-        f"coroutine; concurrent: {args.tasks} tasks on one client"
-    )
-    print(f"server:   {context['server']}")
-    print(
-        f"clients:  redis.asyncio, hiredis parser, pool {context['pool']}; {env['loop']} loop; "
-        f"RedisStore timeout {context['surefoot_timeout']}"
-    )
-    print(f"cpus:     {context['cpus']}")
-    print(
-        f"machine:  {env['cpus']} CPUs, load average {context['load_before']:.2f} before, "
-        f"{context['load_after']:.2f} after (1 min)"
-    )
-    print(
-        f"software: Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
-        f"redis-server {env['redis_server']}, redis-py {env['redis']}, hiredis "
-        f"{env['hiredis']}, limits {env['limits']}, throttled-py {env['throttled-py']}, "
-        f"uvloop {env['uvloop']}"
-    )
-    for library, why in context["skipped"].items():
-        print(f"skipped:  {library}: {why}")
-    header = (
-        f"{'contender':<33} {'dec/s':>7} {'x floor':>7} {'(IQR)':>9} {'target':>6} {'met':>3} "
-        f"{'wall us':>7} {'cli us':>6} {'cpu x':>5} {'srv us':>6} {'cli%':>4} {'srv%':>4} "
-        f"{'fail':>4}  note"
+    h.print_header(
+        context,
+        [
+            (
+                "workload",
+                f"{args.keys:,} keys cycled, {args.calls:,} timed calls per run, "
+                f"{args.rounds} round(s), contenders interleaved (order rotated each round);",
+            ),
+            (
+                "",
+                f"{AMOUNT:,}/minute (quota: per day), every call admitted; sequential: one "
+                f"coroutine; concurrent: {args.tasks} tasks on one client",
+            ),
+            ("server", context["server"]),
+            (
+                "clients",
+                f"redis.asyncio, hiredis parser, pool {context['pool']}; {env['loop']} loop; "
+                f"RedisStore timeout {context['surefoot_timeout']}",
+            ),
+            ("cpus", context["cpus"]),
+            ("machine", h.machine(context)),
+            (
+                "software",
+                f"Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
+                f"redis-server {env['redis_server']}, redis-py {env['redis']}, hiredis "
+                f"{env['hiredis']}, limits {env['limits']}, throttled-py {env['throttled-py']}, "
+                f"uvloop {env['uvloop']}",
+            ),
+            *(("skipped", f"{library}: {why}") for library, why in context["skipped"].items()),
+        ],
     )
     for mode in args.modes:
         print()
         tasks = "one coroutine" if mode == "sequential" else f"{args.tasks} tasks"
         print(f"[{mode}: {tasks}]")
-        print(header)
-        print("-" * len(header))
-        for row in (r for r in rows if r["mode"] == mode):
-            target = "-" if row["target"] is None else f">={row['target']:.1f}"
-            met = "-" if row["met"] is None else ("yes" if row["met"] else "NO")
-            spread = f"{row['ratio_p25']:.2f}-{row['ratio_p75']:.2f}"
-            print(
-                f"{row['contender']:<33} {row['per_second']:>7,.0f} {row['ratio']:>7.2f} "
-                f"{spread:>9} {target:>6} {met:>3} {row['wall_us']:>7.1f} "
-                f"{row['client_cpu_us']:>6.1f} {row['cpu_ratio']:>5.2f} "
-                f"{row['server_cpu_us']:>6.1f} "
-                f"{row['client_busy'] * 100:>4.0f} {row['server_busy'] * 100:>4.0f} "
-                f"{row['failed']:>4}  {row['note']}".rstrip()
-            )
+        cells = [
+            [
+                row["contender"],
+                f"{row['per_second']:,.0f}",
+                f"{row['ratio']:.2f}",
+                f"{row['ratio_p25']:.2f}-{row['ratio_p75']:.2f}",
+                h.target_text(row["target"], ">="),
+                h.met_text(row["met"]),
+                f"{row['wall_us']:.1f}",
+                f"{row['client_cpu_us']:.1f}",
+                f"{row['cpu_ratio']:.2f}",
+                f"{row['server_cpu_us']:.1f}",
+                f"{row['client_busy'] * 100:.0f}",
+                f"{row['server_busy'] * 100:.0f}",
+                str(row["failed"]),
+                row["note"],
+            ]
+            for row in rows
+            if row["mode"] == mode
+        ]
+        print("\n".join(h.text_table(COLUMNS, cells)))
     print()
     print("dec/s:   decisions per second, from the median wall time per decision over rounds;")
     print("         wall us is that time (sequential: the latency of one decision).")
@@ -882,33 +669,20 @@ def print_report(
     print("fail:    calls that raised StoreUnavailable (surefoot's timeout), all rounds; a")
     print("         target is not met by a contender that failed calls.")
     print()
-    if args.rounds > 10:
-        print("per round figures: in the --json output (runs).")
-        return
-    print("per round, decisions/s (wall):")
-    for mode in args.modes:
-        print(f"  [{mode}]")
-        for name in dict.fromkeys(r["contender"] for r in runs if r["mode"] == mode):
-            cells = " ".join(
-                f"{1e9 / r['wall_ns']:>8,.0f}"
-                for r in sorted(
-                    (r for r in runs if r["contender"] == name and r["mode"] == mode),
-                    key=lambda r: r["round"],
-                )
-            )
-            print(f"  {name:<33} {cells}")
+    h.print_per_round(
+        runs, "contender", args.modes, lambda r: f"{1e9 / r['wall_ns']:>8,.0f}", 33,
+        args.rounds, "decisions/s (wall)",
+    )  # fmt: skip
 
 
 async def bench(
-    args: argparse.Namespace, specs: list[Spec], redis: BenchRedis
+    args: argparse.Namespace, specs: list[Spec], redis: h.BenchRedis
 ) -> list[dict[str, Any]]:
     keys = [f"user-{i:06d}" for i in range(args.keys)]
     runs: list[dict[str, Any]] = []
     for round_no in range(1, args.rounds + 1):
-        shift = (round_no - 1) % len(specs)
-        order = specs[shift:] + specs[:shift]
         for mode in args.modes:
-            for spec in order:
+            for spec in h.rotated(specs, round_no):
                 runs.append(await run_one(args, spec, mode, round_no, keys, redis))
         floor = {r["mode"]: r for r in runs if r["round"] == round_no and r["contender"] == "floor"}
         print(
@@ -930,65 +704,44 @@ def run_loop(args: argparse.Namespace, coroutine: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join(sys.orig_argv if argv is None else [sys.argv[0], *argv])
-    redis: BenchRedis | None = None
-    try:
-        if args.loop == "uvloop" and importable("uvloop"):
-            raise BenchError("uvloop is not installed: pip install uvloop, or --loop asyncio")
-        specs, skipped = available(args.contenders)
-        server_prefix, pinning = pin_plan(args)
-        redis = BenchRedis(args.redis_url, server_prefix, args.redis_server)
-        args.url, where, server_info = redis.url, redis.describe(), redis.info()
-        args.nonce = secrets.token_hex(4)
-        load_before = os.getloadavg()[0]
-        print(
-            f"{len(specs)} contenders x {len(args.modes)} modes x {args.rounds} rounds x "
-            f"{args.calls:,} calls; {where}; {pinning}",
-            flush=True,
-        )
-        for library, why in skipped.items():
-            print(f"  skipped {library}: {why}", flush=True)
-        runs = run_loop(args, bench(args, specs, redis))
-        context: dict[str, Any] = {
-            "command": command,
-            "server": where,
-            "pool": "max_connections="
-            + ("unbounded" if args.max_connections is None else str(args.max_connections)),
-            "cpus": pinning,
-            "surefoot_timeout": "default (0.05 s)"
-            if args.surefoot_timeout is None
-            else f"{args.surefoot_timeout:g} s",
-            "environment": environment(server_info, args.loop),
-            "load_before": load_before,
-            "load_after": os.getloadavg()[0],
-            "skipped": skipped,
-        }
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if redis is not None:
-            redis.stop()
+    if args.loop == "uvloop" and importable("uvloop"):
+        raise h.BenchError("uvloop is not installed: pip install uvloop, or --loop asyncio")
+    specs, skipped = available(args.contenders)
+    server_prefix, pinning = pin_plan(args)
+    redis = h.BenchRedis(args.redis_url, server_prefix, args.redis_server)
+    args.url, where, server_info = redis.url, redis.describe(), redis.info()
+    args.nonce = secrets.token_hex(4)
+    load_before = h.load_average()
+    print(
+        f"{len(specs)} contenders x {len(args.modes)} modes x {args.rounds} rounds x "
+        f"{args.calls:,} calls; {where}; {pinning}",
+        flush=True,
+    )
+    for library, why in skipped.items():
+        print(f"  skipped {library}: {why}", flush=True)
+    runs = run_loop(args, bench(args, specs, redis))
+    redis.stop()
+    context: dict[str, Any] = {
+        "command": args.command,
+        "server": where,
+        "pool": "max_connections="
+        + ("unbounded" if args.max_connections is None else str(args.max_connections)),
+        "cpus": pinning,
+        "surefoot_timeout": "default (0.05 s)"
+        if args.surefoot_timeout is None
+        else f"{args.surefoot_timeout:g} s",
+        "environment": environment(server_info, args.loop),
+        "load_before": load_before,
+        "load_after": h.load_average(),
+        "skipped": skipped,
+    }
     rows = summarize(specs, args.modes, runs)
     print_report(args, context, runs, rows)
-    if args.json:
-        document = {
-            **context,
-            "settings": {
-                "rounds": args.rounds,
-                "calls": args.calls,
-                "keys": args.keys,
-                "tasks": args.tasks,
-                "modes": args.modes,
-                "max_connections": args.max_connections,
-                "surefoot_timeout": args.surefoot_timeout,
-                "limit": [AMOUNT, WINDOW],
-            },
-            "summary": rows,
-            "runs": runs,
-        }
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
-        print(f"\nJSON written to {args.json}")
+    settings = h.settings(
+        args, "rounds", "calls", "keys", "tasks", "modes", "max_connections", "surefoot_timeout",
+        limit=[AMOUNT, WINDOW],
+    )  # fmt: skip
+    status = h.finish(args, context, settings, rows, runs)
     if not args.check:
         return 0
     judged = [r for r in rows if r["met"] is not None]
@@ -996,8 +749,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(judged) < expected:
         print(f"check: {expected - len(judged)} targeted figure(s) not measured", file=sys.stderr)
         return 1
-    return 1 if any(r["met"] is False for r in judged) else 0
+    return status
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(h.run(main))
