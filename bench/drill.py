@@ -11,7 +11,7 @@ Theory of operation:
    make 300 payments each (``--clients``, ``--payments``) through ``surefoot serve`` with 2
    workers (``--workers``), about 30% of the requests faulted at each of the two chaos
    proxies with a mix of every kind of fault, and the upstream booking then failing 5% of
-   its charges (``surefoot.chaos.run_drill``; ``docs/reliability.md`` explains it all).
+   its charges (``tools.drill.run_drill``; ``docs/reliability.md`` explains it all).
 2. It runs once per store (``--stores``: ``sqlite``, ``redis``; the drill starts a private
    ``redis-server`` with an append-only file) and per mode (``--modes``: ``on``, the
    gateway protects ``POST /charges``; ``off``, it passes it through unprotected), one after
@@ -44,9 +44,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from surefoot.chaos import DrillReport, Scenario, drill_markdown, run_drill
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the drill is a tool of the checkout: tools/drill
+
+from tools.drill import DrillReport, Scenario, drill_markdown, run_drill  # noqa: E402
+
 SIDES = ("client", "upstream")
 
 

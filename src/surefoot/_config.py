@@ -171,14 +171,16 @@ class Problems:
         self.raise_if_any()
         raise AssertionError("unreachable")  # pragma: no cover - errors were added
 
-    def refused(self, loc: Loc, exc: ConfigurationError, fields: Collection[str]) -> None:
+    def refused(
+        self, loc: Loc, exc: Exception, fields: Collection[str], *, here: bool = False
+    ) -> None:
         """A constructor's refusal of a validated table at ``loc``: its message
-        ``Class.field: expected ...`` is reported at ``loc.field`` when ``field`` is one of
-        ``fields`` (the table's), else whole at ``loc``."""
+        ``Class.field: expected ...`` is reported at ``loc.field`` (``here``: at ``loc``)
+        when ``field`` is one of ``fields`` (the table's), else whole at ``loc``."""
         message = str(exc)
         match = _REFUSAL.match(message)
         if match is not None and match.group(1) in fields:
-            self.add((*loc, match.group(1)), match.group(2))
+            self.add(loc if here else (*loc, match.group(1)), match.group(2))
         else:
             self.add(loc, message)
 

@@ -1,6 +1,8 @@
 """The gateway's policy file: TOML, validated with pydantic v2, every problem with its line.
 
-Map of the file (``docs/gateway.md`` documents every field)::
+Its tables are the models of ``_schema.py`` (validated by ``surefoot._config``, the toolkit of
+every configuration file); this module builds what they describe (``GatewayConfig``) and
+checks what spans tables. Map of the file (``docs/gateway.md`` documents every field)::
 
     [server]                     host, port, workers, trusted_proxies, max_request_body,
                                  access_log, request_id_header, allow_method_override,
@@ -35,310 +37,36 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
-from typing import Any, Literal
+from typing import Any
 
-import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from surefoot._routes import RouteTable
 from surefoot._config import Problems, read_toml
-from surefoot._toml import masked_url, shown, split_url
+from surefoot._routes import RouteTable
+from surefoot._toml import masked_url, split_url
 from surefoot.errors import ConfigurationError
-from surefoot.gateway._head import ServerLimits
-from surefoot.idempotency._policy import IdempotencyPolicy
+from surefoot.gateway._schema import (
+    NAME,
+    PLACEHOLDER,
+    IdempotencyFields,
+    Lookup,
+    Policy,
+    Root,
+    Route,
+)
+from surefoot.idempotency import IdempotencyPolicy
 from surefoot.identity import hash_credential
-from surefoot.ratelimit._policy import RateLimitPolicy
-from surefoot.storage._registry import STORES, store_from_url
-from surefoot.storage.memory import MemoryStore
+from surefoot.ratelimit import RateLimitPolicy
+from surefoot.storage import STORES, MemoryStore, store_from_url
 
-__all__ = ["PLACEHOLDER", "GatewayConfig", "Lookup", "config_from_dict", "load_config"]
-
-_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-_PLACEHOLDER_KINDS = ("key", "body.", "path.", "query.", "header.")
-
-
-def _described(expected: str, default: Any = ..., **kwargs: Any) -> Any:
-    return Field(default, description=expected, **kwargs)
-
-
-class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-_LIMITS = ServerLimits()
-
-
-class Server(_Table):
-    host: str = _described("an address to listen on", "127.0.0.1")
-    port: int = _described("a port number 0-65535", 8080, ge=0, le=65535)
-    workers: int = _described("a whole number of processes from 1 to 64", 1, ge=1, le=64)
-    trusted_proxies: list[str] = _described(
-        "addresses or networks whose forwarding headers and X-Request-Id are believed", []
-    )
-    forwarded_header: Literal["x-forwarded-for", "forwarded"] = _described(
-        "'x-forwarded-for' or 'forwarded': the header trusted proxies write", "x-forwarded-for"
-    )
-    max_request_body: int = _described("bytes > 0", 1024 * 1024, gt=0)
-    access_log: bool = _described("true or false", True)
-    log_level: Literal["debug", "info", "warning", "error"] = _described(
-        "'debug', 'info', 'warning' or 'error'", "warning"
-    )
-    shutdown_timeout: float = _described("seconds >= 0", 30.0, ge=0)
-    # The server's bounds: their defaults are ServerLimits' (one source).
-    max_header_size: int = _described("bytes > 0", _LIMITS.max_header_size, gt=0)
-    max_headers_size: int = _described("bytes > 0", _LIMITS.max_headers_size, gt=0)
-    max_header_count: int = _described("a whole number >= 1", _LIMITS.max_header_count, ge=1)
-    header_timeout: float = _described("seconds > 0", _LIMITS.header_timeout, gt=0)
-    body_timeout: float = _described("seconds > 0", _LIMITS.body_timeout, gt=0)
-    keepalive_timeout: float = _described("seconds > 0", _LIMITS.keepalive_timeout, gt=0)
-
-    def limits(self) -> ServerLimits:
-        """The bounds the HTTP server enforces, from these fields."""
-        return ServerLimits(**{f.name: getattr(self, f.name) for f in fields(ServerLimits)})
-
-    allow_method_override: bool = _described("true or false", False)
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        import ipaddress
-
-        for item in value:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(
-                    f"expected IP addresses or networks such as '10.0.0.0/8', got {item!r}"
-                ) from None
-        return value
-
-
-class Breaker(_Table):
-    failure_rate_threshold: float = _described("a share in (0, 1]", 0.5, gt=0, le=1)
-    slow_call_rate_threshold: float = _described("a share in (0, 1]", 1.0, gt=0, le=1)
-    slow_call_duration: float = _described("seconds > 0", 10.0, gt=0)
-    window: Literal["count", "time"] = _described("'count' or 'time'", "count")
-    window_size: int = _described("a whole number >= 1", 100, ge=1)
-    minimum_calls: int = _described("a whole number >= 1", 20, ge=1)
-    open_wait: float = _described("seconds > 0", 30.0, gt=0)
-    half_open_calls: int = _described("a whole number >= 1", 5, ge=1)
-
-
-class Concurrency(_Table):
-    limit: int = _described("a whole number >= 1 of requests in flight", ge=1)
-    critical_share: float = _described("a share in [0, 1)", 0.2, ge=0, lt=1)
-    retry_after: int = _described("whole seconds >= 1", 1, ge=1)
-
-
-class Upstream(_Table):
-    url: str | None = _described("an absolute http:// or https:// URL", None)
-    app: str | None = _described("an ASGI app as 'module:attribute'", None)
-    connect_timeout: float = _described("seconds > 0", 5.0, gt=0)
-    read_timeout: float = _described("seconds > 0", 30.0, gt=0)
-    total_timeout: float = _described("seconds > 0", 60.0, gt=0)
-    max_connections: int = _described("a whole number >= 1", 100, ge=1)
-    forward_idempotency_key: bool = _described("true or false", True)
-    breaker: Breaker | None = None
-    concurrency: Concurrency | None = None
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            url = httpx.URL(value)
-        except httpx.InvalidURL:
-            url = None
-        if url is None or url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(
-                f"expected an absolute http:// or https:// URL, got {shown(masked_url(value))}"
-            )
-        return value
-
-    @field_validator("app")
-    @classmethod
-    def _app(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[\w.]+:[\w.]+", value):
-            raise ValueError(f"expected an ASGI app as 'module:attribute', got {value!r}")
-        return value
-
-
-class Identity(_Table):
-    credential_headers: list[str] = _described(
-        "header names whose value identifies a client, in order of precedence",
-        ["authorization", "x-api-key"],
-    )
-    address_limits: list[str] = _described(
-        "limits such as ['1000/minute'] on each client address over all of its "
-        "credentials, or [] for none",
-        ["1000/minute"],
-    )
-
-
-class Client(_Table):
-    name: str = _described("a name of letters, digits, '_', '-' or '.'")
-    api_key: str | None = _described(
-        "the client's API key (as sent in X-API-Key or after 'Bearer ')", None
-    )
-    api_key_env: str | None = _described("an environment variable holding the API key", None)
-    address: str | None = _described("the client's IP address", None)
-    tier: str | None = _described("a tier name used by the rate-limit policies", None)
-    critical: bool = _described("true or false", False)
-
-
-class Lookup(_Table):
-    method: Literal["GET", "POST", "HEAD"] = _described("'GET', 'POST' or 'HEAD'", "GET")
-    path: str = _described(
-        "a path on the upstream, with {key}, {body.FIELD}, {path.NAME}, {query.NAME} "
-        "or {header.NAME} placeholders"
-    )
-    found: list[int] = _described("statuses meaning the work happened", [200])
-    not_found: list[int] = _described("statuses meaning it did not", [404])
-    status: int | None = _described(
-        "the status to store for a found result (default: the lookup's own)", None
-    )
-    timeout: float = _described("seconds > 0", 5.0, gt=0)
-    headers: dict[str, str] = _described("header = value, sent with the lookup", {})
-    not_found_after: float | None = _described(
-        "seconds a key must be unknown before not-found releases it", None, ge=0
-    )
-
-    @field_validator("path")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"expected a path that starts with '/', got {value!r}")
-        for name in PLACEHOLDER.findall(value):
-            if name != "key" and not name.startswith(_PLACEHOLDER_KINDS[1:]):
-                raise ValueError(
-                    f"unknown placeholder {{{name}}}: expected {{key}}, {{body.FIELD}}, "
-                    "{path.NAME}, {query.NAME} or {header.NAME}"
-                )
-        return value
-
-
-class IdempotencyFields(_Table):
-    """The fields of ``IdempotencyPolicy`` (all optional: unset ones are inherited)."""
-
-    methods: list[str] | None = _described("HTTP methods such as ['POST', 'PATCH']", None)
-    required: bool | None = _described("true or false", None)
-    rollout: bool | None = _described("true or false", None)
-    ttl: float | None = _described("seconds from 60 to 7776000 (90 days)", None)
-    scope: Literal["principal", "principal_route"] | None = _described(
-        "'principal' or 'principal_route'", None
-    )
-    ignore_fields: list[str] | None = _described("dotted JSON body fields", None)
-    lease: float | None = _described("seconds > 0", None)
-    on_lease_expiry: Literal["reexecute", "unknown"] | None = _described(
-        "'reexecute' or 'unknown'", None
-    )
-    on_server_error: Literal["release", "store", "unknown"] | None = _described(
-        "'release', 'store' or 'unknown'", None
-    )
-    release_statuses: list[int] | None = _described("HTTP statuses", None)
-    wait: float | None = _described("seconds >= 0", None)
-    header: str | None = _described("a header name", None)
-    body_field: str | None = _described("a top-level JSON body field", None)
-    on_store_error: Literal["fail_closed", "fail_open"] | None = _described(
-        "'fail_closed' or 'fail_open'", None
-    )
-    max_records_per_principal: int | Literal[False] | None = _described(
-        "a whole number >= 1, or false for no quota", None
-    )
-    max_unknown_per_principal: int | Literal[False] | None = _described(
-        "a whole number >= 1, or false for no quota", None
-    )
-
-    @field_validator("max_records_per_principal", "max_unknown_per_principal", mode="before")
-    @classmethod
-    def _quota(cls, value: Any) -> Any:
-        if value is False or value is None or (type(value) is int and value >= 1):
-            return value
-        raise ValueError(f"expected a whole number >= 1, or false for no quota, got {value!r}")
-
-
-class RouteIdempotency(IdempotencyFields):
-    enabled: bool = _described("true or false", True)
-    lookup: Lookup | None = None
-
-
-class IdempotencyDefaults(IdempotencyFields):
-    store: str = _described("a name from [stores]", "default")
-    reconcile_interval: float = _described("seconds > 0 between reconciler passes", 30.0, gt=0)
-
-
-class Policy(_Table):
-    name: str = _described("a name of letters, digits, '-', '_' or '.'")
-    limits: list[str] = _described("limits such as ['100/minute', '10/second']")
-    algorithm: str = _described("an algorithm name such as 'sliding_window'", "sliding_window")
-    routes: list[str] = _described("route templates such as 'POST /charges'", [])
-    exempt: list[str] = _described("route templates", [])
-    costs: dict[str, int] = _described("route template = cost", {})
-    per_route: bool = _described("true or false", False)
-    tiers: dict[str, list[str]] = _described("tier name = limits", {})
-    overrides: dict[str, list[str]] = _described("client name = limits", {})
-    shadow: bool = _described("true or false", False)
-    on_store_error: Literal["fail_open", "fail_closed", "local_fallback"] = _described(
-        "'fail_open', 'fail_closed' or 'local_fallback'", "fail_open"
-    )
-
-
-class RateLimit(_Table):
-    store: str = _described("a name from [stores]", "default")
-    headers: bool = _described("true or false", True)
-    legacy_headers: bool = _described("true or false", False)
-    policies: list[Policy] = []
-
-
-class Route(_Table):
-    match: str = _described("a route template such as 'POST /charges/{id}'")
-    critical: bool = _described("true or false", False)
-    timeout: float | None = _described("seconds > 0", None, gt=0)
-    idempotency: RouteIdempotency | None = _described(
-        "a table of idempotency fields, or false to leave the route unprotected", None
-    )
-
-    @field_validator("idempotency", mode="before")
-    @classmethod
-    def _switch(cls, value: Any) -> Any:
-        # `idempotency = false` (or true) is short for a table with only `enabled`.
-        return {"enabled": value} if isinstance(value, bool) else value
-
-
-class Admin(_Table):
-    enabled: bool = _described("true or false", True)
-    host: str = _described("an address to listen on", "127.0.0.1")
-    port: int = _described("a port number 0-65535", 8081, ge=0, le=65535)
-    token: str | None = _described("the bearer token", None)
-    token_env: str | None = _described("an environment variable holding the token", None)
-
-
-class Root(_Table):
-    server: Server = Server()
-    upstream: Upstream
-    stores: dict[str, str] = _described(
-        "name = store URL", {"default": "sqlite:///surefoot-gateway.db"}
-    )
-
-    @field_validator("stores")
-    @classmethod
-    def _expand(cls, value: dict[str, str]) -> dict[str, str]:
-        return {name: _expand_env(url) for name, url in value.items()}
-
-    identity: Identity = Identity()
-    clients: list[Client] = []
-    idempotency: IdempotencyDefaults = IdempotencyDefaults()
-    rate_limit: RateLimit = RateLimit()
-    routes: list[Route] = []
-    admin: Admin = Admin()
-
-
-Root.model_rebuild()
+# PLACEHOLDER, Lookup and Route are the schema's, named here for the gateway's other modules.
+__all__ = [
+    "PLACEHOLDER",
+    "GatewayConfig",
+    "Lookup",
+    "Route",
+    "config_from_dict",
+    "load_config",
+]
 
 _Loc = tuple[str | int, ...]
 
@@ -406,7 +134,7 @@ class GatewayConfig:
         seen: set[str] = set()
         for index, client in enumerate(self.root.clients):
             loc: _Loc = ("clients", index)
-            if not _NAME.fullmatch(client.name):
+            if not NAME.fullmatch(client.name):
                 problems.add(
                     (*loc, "name"),
                     f"expected letters, digits, '_', '-' or '.', got {client.name!r}",
@@ -488,8 +216,7 @@ class GatewayConfig:
 
             return replace(base, **options)
         except (ConfigurationError, TypeError) as exc:
-            field, message = _split(str(exc), IdempotencyFields.model_fields)
-            problems.add((*loc, *field), message)
+            problems.refused(loc, exc, IdempotencyFields.model_fields)
             return base if base is not None else IdempotencyPolicy()
 
     def _rate_limits(self, problems: Problems) -> tuple[RateLimitPolicy, ...]:
@@ -528,8 +255,7 @@ class GatewayConfig:
                     )
                 )
             except ConfigurationError as exc:
-                field, message = _split(str(exc), Policy.model_fields)
-                problems.add((*loc, *field), message)
+                problems.refused(loc, exc, Policy.model_fields)
         return tuple(built)
 
     def _tiers(self, problems: Problems) -> None:
@@ -602,7 +328,7 @@ class GatewayConfig:
                 allow=listed,
             )
         except ConfigurationError as exc:
-            problems.add(loc, _split(str(exc), Policy.model_fields)[1])
+            problems.refused(loc, exc, Policy.model_fields, here=True)
             return ()
         return (ceiling,)
 
@@ -738,25 +464,6 @@ class GatewayConfig:
 #: The name of the policy ``[identity] address_limits`` builds (in headers and problems).
 _ADDRESS_POLICY = "address"
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _expand_env(text: str) -> str:
-    """``text`` with ``${NAME}`` and ``${NAME:-default}`` replaced from the environment."""
-
-    def value(match: re.Match[str]) -> str:
-        found = os.environ.get(match.group(1))
-        if found:
-            return found
-        if match.group(2) is not None:
-            return match.group(2)
-        raise ValueError(
-            f"the environment variable {match.group(1)!r} is not set "
-            f"(write ${{{match.group(1)}:-default}} to give a default)"
-        )
-
-    return _ENV.sub(value, text)
-
 
 def _scheme(url: str) -> str:
     """A store URL's scheme, or "" if it cannot be split (``_stores`` says so)."""
@@ -782,15 +489,6 @@ def _in_force(policy: IdempotencyPolicy) -> dict[str, Any]:
 _POLICY_FIELDS = frozenset(IdempotencyPolicy.__dataclass_fields__) & frozenset(
     IdempotencyFields.model_fields
 )
-_BUILT_FIELD = re.compile(r"^[A-Za-z]+(?: '[^']*')?\.([a-z_]+)(?:\[[^\]]*\])?: (.*)$", re.S)
-
-
-def _split(message: str, fields: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
-    """A constructor's ``Class.field: expected ...`` as (field path, message)."""
-    match = _BUILT_FIELD.match(message)
-    if match is not None and match.group(1) in fields:
-        return (match.group(1),), match.group(2)
-    return (), message
 
 
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
@@ -814,95 +512,6 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Gateway
 
 def _validated(data: Mapping[str, Any], source: str, lines: Sequence[str] | None) -> GatewayConfig:
     problems = Problems(source, lines, "the gateway configuration")
-    try:
-        root = Root.model_validate(dict(data))
-    except ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            problems.add(error["loc"], _expected(error))
-        problems.raise_if_any()
-        raise AssertionError("unreachable") from None  # pragma: no cover
-    config = GatewayConfig(root, source, problems)
+    config = GatewayConfig(problems.validated(Root, data), source, problems)
     problems.raise_if_any()
     return config
-
-
-def _expected(error: Mapping[str, Any]) -> str:
-    """What a pydantic error means for the person editing the file."""
-    kind = error["type"]
-    loc = tuple(error["loc"])
-    model, field = _model_at(loc)
-    got = _got(error.get("input"), (model.__name__ if model is not None else "", field))
-    if kind == "extra_forbidden" and model is not None:
-        allowed = sorted(model.model_fields)
-        close = difflib.get_close_matches(str(field), allowed, n=1)
-        if close:
-            return f"unknown field (did you mean {close[0]!r}?)"
-        return f"unknown field; expected one of {', '.join(allowed)}"
-    info = model.model_fields.get(str(field)) if model is not None else None
-    expected = info.description if info is not None and info.description else None
-    if kind == "missing":
-        return f"required, missing (expected {expected})" if expected else "required, missing"
-    if kind == "value_error":
-        return str(error.get("ctx", {}).get("error", error["msg"]))
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"expected a table, got {got}"
-    if expected is None:
-        return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {got}"
-    return f"expected {expected}, got {got}"
-
-
-def _got(value: Any, where: tuple[str, str | int | None]) -> str:
-    """A value a message quotes, secrets masked (Rule 3)."""
-    if where in _URL_FIELDS and isinstance(value, str):
-        return shown(masked_url(value))
-    return shown(value, secret=where in _SECRET_FIELDS or where in _URL_FIELDS)
-
-
-#: (model, field) holding secrets, or URLs that may carry one (Rule 3).
-_SECRET_FIELDS = frozenset({("Client", "api_key"), ("Admin", "token"), ("Lookup", "headers")})
-_URL_FIELDS = frozenset({("Root", "stores"), ("Upstream", "url")})
-
-
-def _model_at(loc: _Loc) -> tuple[type[BaseModel] | None, str | int | None]:
-    """The model owning the last named field of ``loc``, and that field."""
-    model: type[BaseModel] | None = Root
-    owner: type[BaseModel] | None = Root
-    field: str | int | None = None
-    for part in loc:
-        if model is None:
-            break
-        if isinstance(part, int) or part not in model.model_fields:
-            if isinstance(part, str) and part not in model.model_fields:
-                # A union's member name (pydantic puts e.g. 'RouteIdempotency' in loc).
-                found = _MODELS.get(part)
-                if found is not None:
-                    model = found
-                    continue
-                owner, field = model, part
-                model = None
-            continue
-        owner, field = model, part
-        model = _FIELD_MODELS.get((model.__name__, part))
-    return owner, field
-
-
-_MODELS: dict[str, type[BaseModel]] = {
-    cls.__name__: cls
-    for cls in (Server, Breaker, Concurrency, Upstream, Identity, Client, Lookup,
-                RouteIdempotency, IdempotencyDefaults, Policy, RateLimit, Route, Admin)
-}  # fmt: skip
-_FIELD_MODELS: dict[tuple[str, str], type[BaseModel]] = {
-    ("Root", "server"): Server,
-    ("Root", "upstream"): Upstream,
-    ("Root", "identity"): Identity,
-    ("Root", "clients"): Client,
-    ("Root", "idempotency"): IdempotencyDefaults,
-    ("Root", "rate_limit"): RateLimit,
-    ("Root", "routes"): Route,
-    ("Root", "admin"): Admin,
-    ("Upstream", "breaker"): Breaker,
-    ("Upstream", "concurrency"): Concurrency,
-    ("RateLimit", "policies"): Policy,
-    ("Route", "idempotency"): RouteIdempotency,
-    ("RouteIdempotency", "lookup"): Lookup,
-}

@@ -1,0 +1,346 @@
+"""The schema of the gateway's policy file: plain pydantic models (``surefoot._config``).
+
+One model per table of the file (``_config.py`` has the map, ``docs/gateway.md`` every field);
+``Root`` is the file. ``_config.py`` validates a file with ``Root`` and builds the objects it
+describes (``GatewayConfig``). Secrets are marked ``mask="secret"`` and URLs that may hold
+one ``mask="url"``: a message never quotes them (``_config.py`` Rule 3).
+
+Shared tables come from the package of the class they configure: ``[upstream.breaker]`` is
+``surefoot.client.BreakerTable`` (``CircuitBreaker``'s defaults), with one override.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import fields
+from typing import Annotated, Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from surefoot._config import described
+from surefoot._toml import masked_url, shown
+from surefoot.client import BreakerTable
+from surefoot.gateway._head import ServerLimits
+
+__all__ = [
+    "NAME",
+    "PLACEHOLDER",
+    "Admin",
+    "Breaker",
+    "Client",
+    "Concurrency",
+    "IdempotencyDefaults",
+    "IdempotencyFields",
+    "Identity",
+    "Lookup",
+    "Policy",
+    "RateLimit",
+    "Root",
+    "Route",
+    "RouteIdempotency",
+    "Server",
+    "Upstream",
+]
+
+#: A client's name: letters, digits, '_', '-' or '.'.
+NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_PLACEHOLDER_KINDS = ("key", "body.", "path.", "query.", "header.")
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+_LIMITS = ServerLimits()
+
+
+class Server(_Table):
+    host: str = described("an address to listen on", "127.0.0.1")
+    port: int = described("a port number 0-65535", 8080, ge=0, le=65535)
+    workers: int = described("a whole number of processes from 1 to 64", 1, ge=1, le=64)
+    trusted_proxies: list[str] = described(
+        "addresses or networks whose forwarding headers and X-Request-Id are believed", []
+    )
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = described(
+        "'x-forwarded-for' or 'forwarded': the header trusted proxies write", "x-forwarded-for"
+    )
+    max_request_body: int = described("bytes > 0", 1024 * 1024, gt=0)
+    access_log: bool = described("true or false", True)
+    log_level: Literal["debug", "info", "warning", "error"] = described(
+        "'debug', 'info', 'warning' or 'error'", "warning"
+    )
+    shutdown_timeout: float = described("seconds >= 0", 30.0, ge=0)
+    # The server's bounds: their defaults are ServerLimits' (one source).
+    max_header_size: int = described("bytes > 0", _LIMITS.max_header_size, gt=0)
+    max_headers_size: int = described("bytes > 0", _LIMITS.max_headers_size, gt=0)
+    max_header_count: int = described("a whole number >= 1", _LIMITS.max_header_count, ge=1)
+    header_timeout: float = described("seconds > 0", _LIMITS.header_timeout, gt=0)
+    body_timeout: float = described("seconds > 0", _LIMITS.body_timeout, gt=0)
+    keepalive_timeout: float = described("seconds > 0", _LIMITS.keepalive_timeout, gt=0)
+
+    def limits(self) -> ServerLimits:
+        """The bounds the HTTP server enforces, from these fields."""
+        return ServerLimits(**{f.name: getattr(self, f.name) for f in fields(ServerLimits)})
+
+    allow_method_override: bool = described("true or false", False)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"expected IP addresses or networks such as '10.0.0.0/8', got {item!r}"
+                ) from None
+        return value
+
+
+class Breaker(BreakerTable):
+    """``[upstream.breaker]``: ``CircuitBreaker``'s table, with one default of the gateway's."""
+
+    # The gateway's own default (docs/gateway.md), unchanged: with
+    # CircuitBreaker's 60 s, the default [upstream] total_timeout (60 s) would end a call
+    # before it could ever count as slow.
+    slow_call_duration: Annotated[float, Field(gt=0)] = described(
+        "a finite number of seconds > 0", 10.0
+    )
+
+
+class Concurrency(_Table):
+    limit: int = described("a whole number >= 1 of requests in flight", ge=1)
+    critical_share: float = described("a share in [0, 1)", 0.2, ge=0, lt=1)
+    retry_after: int = described("whole seconds >= 1", 1, ge=1)
+
+
+class Upstream(_Table):
+    url: str | None = described("an absolute http:// or https:// URL", None, mask="url")
+    app: str | None = described("an ASGI app as 'module:attribute'", None)
+    connect_timeout: float = described("seconds > 0", 5.0, gt=0)
+    read_timeout: float = described("seconds > 0", 30.0, gt=0)
+    total_timeout: float = described("seconds > 0", 60.0, gt=0)
+    max_connections: int = described("a whole number >= 1", 100, ge=1)
+    forward_idempotency_key: bool = described("true or false", True)
+    breaker: Breaker | None = None
+    concurrency: Concurrency | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(
+                f"expected an absolute http:// or https:// URL, got {shown(masked_url(value))}"
+            )
+        return value
+
+    @field_validator("app")
+    @classmethod
+    def _app(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:[\w.]+", value):
+            raise ValueError(f"expected an ASGI app as 'module:attribute', got {value!r}")
+        return value
+
+
+class Identity(_Table):
+    credential_headers: list[str] = described(
+        "header names whose value identifies a client, in order of precedence",
+        ["authorization", "x-api-key"],
+    )
+    address_limits: list[str] = described(
+        "limits such as ['1000/minute'] on each client address over all of its "
+        "credentials, or [] for none",
+        ["1000/minute"],
+    )
+
+
+class Client(_Table):
+    name: str = described("a name of letters, digits, '_', '-' or '.'")
+    api_key: str | None = described(
+        "the client's API key (as sent in X-API-Key or after 'Bearer ')", None, mask="secret"
+    )
+    api_key_env: str | None = described("an environment variable holding the API key", None)
+    address: str | None = described("the client's IP address", None)
+    tier: str | None = described("a tier name used by the rate-limit policies", None)
+    critical: bool = described("true or false", False)
+
+
+class Lookup(_Table):
+    method: Literal["GET", "POST", "HEAD"] = described("'GET', 'POST' or 'HEAD'", "GET")
+    path: str = described(
+        "a path on the upstream, with {key}, {body.FIELD}, {path.NAME}, {query.NAME} "
+        "or {header.NAME} placeholders"
+    )
+    found: list[int] = described("statuses meaning the work happened", [200])
+    not_found: list[int] = described("statuses meaning it did not", [404])
+    status: int | None = described(
+        "the status to store for a found result (default: the lookup's own)", None
+    )
+    timeout: float = described("seconds > 0", 5.0, gt=0)
+    headers: dict[str, str] = described("header = value, sent with the lookup", {}, mask="secret")
+    not_found_after: float | None = described(
+        "seconds a key must be unknown before not-found releases it", None, ge=0
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"expected a path that starts with '/', got {value!r}")
+        for name in PLACEHOLDER.findall(value):
+            if name != "key" and not name.startswith(_PLACEHOLDER_KINDS[1:]):
+                raise ValueError(
+                    f"unknown placeholder {{{name}}}: expected {{key}}, {{body.FIELD}}, "
+                    "{path.NAME}, {query.NAME} or {header.NAME}"
+                )
+        return value
+
+
+class IdempotencyFields(_Table):
+    """The fields of ``IdempotencyPolicy`` (all optional: unset ones are inherited)."""
+
+    methods: list[str] | None = described("HTTP methods such as ['POST', 'PATCH']", None)
+    required: bool | None = described("true or false", None)
+    rollout: bool | None = described("true or false", None)
+    ttl: float | None = described("seconds from 60 to 7776000 (90 days)", None)
+    scope: Literal["principal", "principal_route"] | None = described(
+        "'principal' or 'principal_route'", None
+    )
+    ignore_fields: list[str] | None = described("dotted JSON body fields", None)
+    lease: float | None = described("seconds > 0", None)
+    on_lease_expiry: Literal["reexecute", "unknown"] | None = described(
+        "'reexecute' or 'unknown'", None
+    )
+    on_server_error: Literal["release", "store", "unknown"] | None = described(
+        "'release', 'store' or 'unknown'", None
+    )
+    release_statuses: list[int] | None = described("HTTP statuses", None)
+    wait: float | None = described("seconds >= 0", None)
+    header: str | None = described("a header name", None)
+    body_field: str | None = described("a top-level JSON body field", None)
+    on_store_error: Literal["fail_closed", "fail_open"] | None = described(
+        "'fail_closed' or 'fail_open'", None
+    )
+    max_records_per_principal: int | Literal[False] | None = described(
+        "a whole number >= 1, or false for no quota", None
+    )
+    max_unknown_per_principal: int | Literal[False] | None = described(
+        "a whole number >= 1, or false for no quota", None
+    )
+
+    @field_validator("max_records_per_principal", "max_unknown_per_principal", mode="before")
+    @classmethod
+    def _quota(cls, value: Any) -> Any:
+        if value is False or value is None or (type(value) is int and value >= 1):
+            return value
+        raise ValueError(f"expected a whole number >= 1, or false for no quota, got {value!r}")
+
+
+class RouteIdempotency(IdempotencyFields):
+    enabled: bool = described("true or false", True)
+    lookup: Lookup | None = None
+
+
+class IdempotencyDefaults(IdempotencyFields):
+    store: str = described("a name from [stores]", "default")
+    reconcile_interval: float = described("seconds > 0 between reconciler passes", 30.0, gt=0)
+
+
+class Policy(_Table):
+    name: str = described("a name of letters, digits, '-', '_' or '.'")
+    limits: list[str] = described("limits such as ['100/minute', '10/second']")
+    algorithm: str = described("an algorithm name such as 'sliding_window'", "sliding_window")
+    routes: list[str] = described("route templates such as 'POST /charges'", [])
+    exempt: list[str] = described("route templates", [])
+    costs: dict[str, int] = described("route template = cost", {})
+    per_route: bool = described("true or false", False)
+    tiers: dict[str, list[str]] = described("tier name = limits", {})
+    overrides: dict[str, list[str]] = described("client name = limits", {})
+    shadow: bool = described("true or false", False)
+    on_store_error: Literal["fail_open", "fail_closed", "local_fallback"] = described(
+        "'fail_open', 'fail_closed' or 'local_fallback'", "fail_open"
+    )
+
+
+class RateLimit(_Table):
+    store: str = described("a name from [stores]", "default")
+    headers: bool = described("true or false", True)
+    legacy_headers: bool = described("true or false", False)
+    policies: list[Policy] = []
+
+
+class Route(_Table):
+    match: str = described("a route template such as 'POST /charges/{id}'")
+    critical: bool = described("true or false", False)
+    timeout: float | None = described("seconds > 0", None, gt=0)
+    idempotency: RouteIdempotency | None = described(
+        "a table of idempotency fields, or false to leave the route unprotected", None
+    )
+
+    @field_validator("idempotency", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        # `idempotency = false` (or true) is short for a table with only `enabled`.
+        return {"enabled": value} if isinstance(value, bool) else value
+
+
+class Admin(_Table):
+    enabled: bool = described("true or false", True)
+    host: str = described("an address to listen on", "127.0.0.1")
+    port: int = described("a port number 0-65535", 8081, ge=0, le=65535)
+    token: str | None = described("the bearer token", None, mask="secret")
+    token_env: str | None = described("an environment variable holding the token", None)
+
+
+class Root(_Table):
+    server: Server = Server()
+    upstream: Upstream
+    stores: dict[str, str] = described(
+        "name = store URL", {"default": "sqlite:///surefoot-gateway.db"}, mask="url"
+    )
+
+    @field_validator("stores")
+    @classmethod
+    def _expand(cls, value: dict[str, str]) -> dict[str, str]:
+        return {name: _expand_env(url) for name, url in value.items()}
+
+    identity: Identity = Identity()
+    clients: list[Client] = []
+    idempotency: IdempotencyDefaults = IdempotencyDefaults()
+    rate_limit: RateLimit = RateLimit()
+    routes: list[Route] = []
+    admin: Admin = Admin()
+
+
+Root.model_rebuild()
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(text: str) -> str:
+    """``text`` with ``${NAME}`` and ``${NAME:-default}`` replaced from the environment."""
+
+    def value(match: re.Match[str]) -> str:
+        found = os.environ.get(match.group(1))
+        if found:
+            return found
+        if match.group(2) is not None:
+            return match.group(2)
+        raise ValueError(
+            f"the environment variable {match.group(1)!r} is not set "
+            f"(write ${{{match.group(1)}:-default}} to give a default)"
+        )
+
+    return _ENV.sub(value, text)
