@@ -15,45 +15,53 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from surefoot.client._breaker import BreakerState, CircuitBreaker
+from _support import T0
+from surefoot.client import BreakerState, CircuitBreaker
 from surefoot.errors import CircuitOpen, ConfigurationError, StoreCapacityExceeded
 from surefoot.events import Event, LoggingHook, emit, wanted
-from surefoot.gateway._events import (
+from surefoot.gateway import (
     ConfigRefused,
     ConfigReloaded,
     GatewayEvent,
+    GatewayMetrics,
     OutcomeResolved,
     RequestShed,
     UpstreamFailed,
 )
-from surefoot.gateway._metrics import (
-    REQUEST_BUCKETS,
-    GatewayMetrics,
-    InstrumentedStore,
-    clear_multiprocess_dir,
-    mark_worker_dead,
-)
-from surefoot.idempotency import IdempotencyMiddleware
-from surefoot.idempotency._core import Begin, Outcome, Step, StoredResponse
-from surefoot.idempotency._events import (
+from surefoot.idempotency import (
+    Begin,
     ExecutedUnprotected,
+    IdempotencyMiddleware,
     KeyReserved,
     KeyReused,
     LeaseExpired,
+    Outcome,
     OutcomeUnknown,
     RequestInProgress,
     ResponseReplayed,
     ResponseStored,
+    Step,
     StoreBypassed,
+    StoredResponse,
     StoreFailed,
 )
-from surefoot.ratelimit import Item, RateLimitMiddleware, RateLimitPolicy, parse_limit
-from surefoot.ratelimit._events import (
+from surefoot.metrics import (
+    METRICS,
+    InstrumentedStore,
+    PrometheusMetrics,
+    clear_multiprocess_dir,
+    mark_worker_dead,
+)
+from surefoot.ratelimit import (
+    Item,
     RateLimitAllowed,
+    RateLimitMiddleware,
+    RateLimitPolicy,
     RateLimitRejected,
     RateLimitShadowRejected,
     RateLimitStoreBypassed,
     RateLimitStoreFailed,
+    parse_limit,
 )
 from surefoot.storage import (
     IdempotencyStore,
@@ -65,7 +73,7 @@ from surefoot.storage import (
 )
 from surefoot.testing import ManualClock
 
-T0 = 1_700_000_000.0
+SPECS = {spec.name: spec for spec in METRICS}
 
 
 class Scrape:
@@ -108,6 +116,25 @@ def test_render_gives_text_exposition_of_surefoot_metrics_only() -> None:
     assert scraped.value("surefoot_inflight_requests") == 0
 
 
+def test_the_gateway_exposes_the_whole_table_and_counts_what_feeds_it() -> None:
+    gateway = GatewayMetrics()
+    families = [family.name for family in gateway.registry.collect()]
+    # In the table's order; prometheus_client names a counter's family without its _total.
+    assert families == [spec.name.removesuffix("_total") for spec in METRICS]
+    fed_by = {name for spec in METRICS for name in spec.fed_by}
+    counted = {event_type.__name__ for event_type in gateway._handlers}
+    assert {name for name in fed_by if name[0].isupper()} == counted
+    assert all(callable(getattr(gateway, name)) for name in fed_by if name[0].islower())
+
+
+def test_the_gateway_events_are_the_gateway_s_own() -> None:
+    plain = PrometheusMetrics()
+    gateway_events = (UpstreamFailed, RequestShed, ConfigReloaded, ConfigRefused, OutcomeResolved)
+    for event_type in gateway_events:
+        assert GatewayMetrics().wants(event_type)
+        assert not plain.wants(event_type)
+
+
 def test_instances_have_their_own_registries_and_never_the_global_one() -> None:
     one, two = GatewayMetrics(), GatewayMetrics()
     one.observe_request(route="/a", method="GET", status=200, seconds=0.01)
@@ -145,7 +172,8 @@ def test_requests_are_counted_and_timed_by_route_method_and_status() -> None:
         for labels in scraped.series(f"{hist}_bucket")
         if dict(labels)["method"] == "GET"
     }
-    assert bounds == {*map(float, REQUEST_BUCKETS), float("inf")}
+    buckets = SPECS[hist].buckets
+    assert bounds == {*map(float, buckets), float("inf")}
     assert min(bounds) == 0.001
 
 
@@ -624,8 +652,7 @@ async def test_middlewares_over_a_wrapped_store_feed_the_metrics() -> None:
 
 WORKER = """
 import os, sys
-from surefoot.gateway._events import RequestShed
-from surefoot.gateway._metrics import GatewayMetrics
+from surefoot.gateway import GatewayMetrics, RequestShed
 
 metrics = GatewayMetrics(multiprocess_dir=sys.argv[1])
 for seconds in (0.002, 0.02, 2.0):
@@ -640,7 +667,7 @@ print(os.getpid())
 
 RENDERER = """
 import sys
-from surefoot.gateway._metrics import GatewayMetrics
+from surefoot.gateway import GatewayMetrics
 
 metrics = GatewayMetrics(multiprocess_dir=sys.argv[1])
 metrics.set_unknown_keys(int(sys.argv[2]))

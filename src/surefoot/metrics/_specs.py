@@ -45,13 +45,13 @@ STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 #: How long an outcome stayed unknown: from a quick retry (1 s) to a week.
 UNKNOWN_AGE_BUCKETS = (1, 5, 30, 60, 300, 900, 3600, 14400, 86400, 604800)
 
-#: The groups, in the docs' order, with the heading each gets there.
+#: The groups (Rule 4), in the docs' order, with the heading each gets there.
 GROUPS = {
-    "requests": "Requests (your request loop calls `observe_request` and `inflight`)",
-    "ratelimit": "Rate limits (`RateLimitMiddleware` events)",
-    "idempotency": "Idempotency (`IdempotencyMiddleware` events)",
-    "breaker": "Circuit breakers (`surefoot.client` events)",
-    "store": "Stores (`instrument_store` and store health events)",
+    "requests": "Requests",
+    "ratelimit": "Rate limits",
+    "idempotency": "Idempotency",
+    "breaker": "Circuit breakers",
+    "store": "Stores",
     "gateway": "Gateway only (`GatewayMetrics`)",
 }
 
@@ -108,7 +108,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "Requests the gateway is handling now.",
         fed_by=("inflight",),
         multiprocess_mode="livesum",
-        values="the sum over live worker processes",
+        values="with several worker processes, the sum over the live ones",
     ),
     MetricSpec(
         "surefoot_upstream_requests_total",
@@ -238,7 +238,7 @@ METRICS: tuple[MetricSpec, ...] = (
         fed_by=("set_unknown_keys",),
         group="idempotency",
         multiprocess_mode="livemostrecent",
-        values="the most recent report of any live worker process",
+        values="with several worker processes, the most recent report of a live one",
     ),
     MetricSpec(
         "surefoot_idempotency_store_errors_total",
@@ -339,11 +339,11 @@ def metrics_markdown() -> str:
                 continue
             labels = ", ".join(f"`{label}`" for label in spec.labels)
             fed_by = ", ".join(f"`{name}`" for name in spec.fed_by)
-            meaning = (
-                f"{spec.help} {spec.values[0].upper()}{spec.values[1:]}."
-                if spec.values
-                else spec.help
-            )
+            meaning = spec.help
+            if spec.values:
+                meaning += f" {spec.values[0].upper()}{spec.values[1:]}."
+            if spec.buckets:
+                meaning += f" Buckets: {', '.join(map(str, spec.buckets))}."
             lines.append(f"| `{spec.name}` | {spec.kind} | {labels} | {fed_by} | {meaning} |")
     lines += ["", "<!-- End of the generated part. -->"]
     return "\n".join(lines) + "\n"
