@@ -1,16 +1,16 @@
 """The ``surefoot`` command line (also ``python -m surefoot``).
 
 Only commands that work are listed: ``serve`` runs the gateway, ``check-config``
-validates its policy file, ``errors`` prints the problem catalogue, ``keys`` lets an
-operator inspect and settle idempotency records in a store, and ``migrate`` creates or
-upgrades a PostgreSQL store's tables.
+validates its policy file, ``errors`` prints the problem catalogue, ``metrics`` the
+Prometheus metrics, ``keys`` lets an operator inspect and settle idempotency records in a
+store, and ``migrate`` creates or upgrades a PostgreSQL store's tables.
 
 Rule 1: a command that needs an extra says so in one line before importing anything of it
         (``surefoot chaos needs the 'client' extra: pip install 'surefoot[client]'
-        (missing: httpx)``), never with a traceback. ``errors``, ``keys`` and ``migrate``
-        need none (a Redis or PostgreSQL store needs its driver's extra); ``serve`` and
-        ``check-config`` need ``gateway``; ``chaos`` needs ``client``; ``chaos drill``
-        needs ``gateway`` and ``examples``.
+        (missing: httpx)``), never with a traceback. ``errors``, ``metrics``, ``keys`` and
+        ``migrate`` need none (a Redis or PostgreSQL store needs its driver's extra);
+        ``serve`` and ``check-config`` need ``gateway``; ``chaos`` needs ``client``;
+        ``chaos drill`` needs ``gateway`` and ``examples``.
 Rule 2: every input is checked before anything is stored; an invalid one is a usage error
         naming the option (``surefoot keys resolve`` stores only what
         ``surefoot.idempotency._operator`` accepts).
@@ -44,6 +44,7 @@ from surefoot.errors import (
 )
 from surefoot.idempotency._core import Record, State
 from surefoot.idempotency._operator import operator_response, operator_store_key
+from surefoot.metrics import METRICS, metrics_markdown
 from surefoot.storage import IdempotencyStore, store_from_url
 
 __all__ = ["main"]
@@ -98,6 +99,19 @@ def errors(fmt: str | None) -> None:
     table = Table("code", "status", "retry?", "title")
     for c in catalogue():
         table.add_row(c.code, str(c.status), "yes" if c.retryable else "no", c.title)
+    _console().print(table)
+
+
+@main.command()
+@click.option("--markdown", "fmt", flag_value="markdown", help="Print docs/metrics.md's table.")
+def metrics(fmt: str | None) -> None:
+    """List every Prometheus metric surefoot exposes."""
+    if fmt == "markdown":
+        click.echo(metrics_markdown(), nl=False)
+        return
+    table = Table("metric", "type", "labels", "group")
+    for spec in METRICS:
+        table.add_row(spec.name, spec.kind, ", ".join(spec.labels), spec.group)
     _console().print(table)
 
 
