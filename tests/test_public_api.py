@@ -31,6 +31,16 @@ PUBLIC = {
         "serve",
     ],
     "surefoot.identity": ["Identity", "PrincipalResolver", "default_principal", "hash_credential"],
+    "surefoot.metrics": [
+        "GROUPS",
+        "METRICS",
+        "InstrumentedStore",
+        "MetricSpec",
+        "PrometheusMetrics",
+        "clear_multiprocess_dir",
+        "mark_worker_dead",
+        "metrics_markdown",
+    ],
     "surefoot.storage": [
         "STORES",
         "HealthState",
