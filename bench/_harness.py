@@ -1042,7 +1042,7 @@ def finish(
         write_json(
             args.json, {**context, "settings": settings, **more, "summary": rows, "runs": runs}
         )
-    missed = any(row["met"] is False for row in rows)
+    missed = any(row.get("met") is False for row in rows)
     return 1 if getattr(args, "check", False) and missed else 0
 
 

@@ -3,7 +3,8 @@
 Usage::
 
     .venv/bin/python bench/client_overhead.py                        # 5 rounds x 3,000 requests
-    .venv/bin/python bench/client_overhead.py --rounds 1 --requests 500  # quick look
+    .venv/bin/python bench/client_overhead.py --quick                    # 1 round x 480 requests
+    .venv/bin/python bench/client_overhead.py --rounds 1 --requests 480  # quick look
     .venv/bin/python bench/client_overhead.py --json results.json --check
 
 Theory of operation:
@@ -42,15 +43,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
-import shlex
-import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,7 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
+import _harness as h
+
 APP = "client_overhead:app"
 PATH = "/hello"
 BODY = b"hello, world"
@@ -150,7 +143,7 @@ def sync_client(name: str) -> tuple[Any, SyncGet]:
     if name in ("surefoot", "surefoot-nohooks"):
         from surefoot.client import ResilientTransport
 
-        hooks = None if name == "surefoot" else []
+        hooks: list[Any] | None = None if name == "surefoot" else []
         client = httpx.Client(transport=ResilientTransport(httpx.HTTPTransport(), hooks=hooks))
         return client, client.get
     if name == "httpx-retries":
@@ -164,7 +157,7 @@ def sync_client(name: str) -> tuple[Any, SyncGet]:
 
         client = httpx.Client(transport=httpx.HTTPTransport())
 
-        @tenacity.retry(**_tenacity_kwargs())
+        @tenacity.retry(**_tenacity_kwargs())  # type: ignore[untyped-decorator]
         def get(url: str) -> Any:
             return client.get(url)
 
@@ -182,7 +175,7 @@ def async_client(name: str) -> tuple[Any, AsyncGet]:
     if name in ("surefoot", "surefoot-nohooks"):
         from surefoot.client import AsyncResilientTransport
 
-        hooks = None if name == "surefoot" else []
+        hooks: list[Any] | None = None if name == "surefoot" else []
         transport = AsyncResilientTransport(httpx.AsyncHTTPTransport(), hooks=hooks)
         client = httpx.AsyncClient(transport=transport)
         return client, client.get
@@ -199,16 +192,12 @@ def async_client(name: str) -> tuple[Any, AsyncGet]:
 
         client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport())
 
-        @tenacity.retry(**_tenacity_kwargs())
+        @tenacity.retry(**_tenacity_kwargs())  # type: ignore[untyped-decorator]
         async def get(url: str) -> Any:
             return await client.get(url)
 
         return client, get
     raise ValueError(name)
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on (a server that does not start, a wrong answer...)."""
 
 
 # -- setup ----------------------------------------------------------------------------------
@@ -219,7 +208,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Benchmark the time per request of surefoot's ResilientTransport, "
         "httpx-retries and tenacity against plain httpx, on a local uvicorn server.",
     )
-    parser.add_argument("--rounds", type=int, default=5, help="rounds (default: 5)")
+    h.add_rounds(parser, 5)
+    h.add_quick(parser, rounds=1, requests=480)
     parser.add_argument(
         "--requests", type=int, default=3000, help="timed GETs per run (default: 3000)"
     )
@@ -232,154 +222,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=16,
         help="tasks of the concurrent async mode, 0 to skip it (default: 16)",
     )
-    parser.add_argument(
-        "--libraries",
-        default=",".join(lib.name for lib in LIBRARIES),
-        help="comma-separated libraries; httpx is always run (default: all)",
-    )
-    parser.add_argument(
-        "--no-pin", action="store_true", help="do not pin the server and the client to CPUs"
-    )
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    parser.add_argument(
-        "--check", action="store_true", help="exit with status 1 if a target is missed"
-    )
-    args = parser.parse_args(argv)
-    known = {lib.name: lib for lib in LIBRARIES}
-    names = [n.strip() for n in args.libraries.split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        parser.error(f"--libraries: unknown {unknown}; expected names from {list(known)}")
+    h.add_selection(parser, "--libraries", LIBRARIES, "httpx")
+    h.add_pin_options(parser, what="the server and the client")
+    h.add_output_options(parser)
+    args = h.parse(parser, argv)
     if min(args.rounds, args.requests) < 1 or args.warmup < 1 or args.concurrency < 0:
         parser.error("expected --rounds, --requests, --warmup >= 1 and --concurrency >= 0")
     if args.concurrency and args.requests % args.concurrency:
         parser.error("--requests must be a multiple of --concurrency")
-    args.libraries = [lib for lib in LIBRARIES if lib.name == "httpx" or lib.name in names]
     args.modes = ["sync", "async"] + ([f"async-c{args.concurrency}"] if args.concurrency else [])
     return args
 
 
-def check_tools() -> None:
-    missing = []
-    modules = ("uvicorn", "uvloop", "httptools", "httpx", "surefoot", "httpx_retries", "tenacity")
-    for module in modules:
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
-    if missing:
-        raise BenchError(
-            f"missing Python packages {missing} in {sys.executable}; "
-            "install them with: pip install -e '.[bench]'"
-        )
-
-
-def cpu_plan(no_pin: bool) -> tuple[list[str], str]:
-    """The server's command prefix (this process is pinned here), and what was done."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if no_pin:
-        return [], f"not pinned (--no-pin); {len(cpus)} CPUs available"
-    if len(cpus) < 2:
-        return [], "not pinned: only one CPU available; server and client share it"
-    if shutil.which("taskset") is None:
-        return [], "not pinned: taskset not found (Debian package util-linux)"
-    server, client = cpus[0], cpus[1]
-    os.sched_setaffinity(0, {client})
-    return (
-        ["taskset", "-c", str(server)],
-        f"server pinned to CPU {server}, client to CPU {client}, of {len(cpus)} CPUs",
-    )
-
-
 def environment() -> dict[str, Any]:
-    from importlib.metadata import version
-
-    git = subprocess.run(
-        ["git", "-C", str(BENCH_DIR), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
     packages = (
-        "surefoot",
-        "httpx",
-        "httpcore",
-        "httpx-retries",
-        "tenacity",
-        "uvicorn",
-        "uvloop",
+        "surefoot", "httpx", "httpcore", "httpx-retries", "tenacity", "uvicorn", "uvloop",
         "httptools",
-    )
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "git": git.stdout.strip() or "unknown",
-        **{p: version(p) for p in packages},
-    }
-
-
-class Server:
-    """One uvicorn process serving ``app``."""
-
-    def __init__(self, workdir: Path, prefix: list[str]) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        self.base = f"http://127.0.0.1:{self.port}"
-        command = [
-            *prefix,
-            sys.executable,
-            "-m",
-            "uvicorn",
-            APP,
-            "--app-dir",
-            str(BENCH_DIR),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--workers",
-            "1",
-            "--lifespan",
-            "off",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
-        self.log = (workdir / "server.log").open("w+b")
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-2000:]
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError(f"server exited:\n{self.output()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise BenchError(f"server did not listen in {timeout:g} s")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+    )  # fmt: skip
+    return h.environment(packages)
 
 
 # -- checks and runs ------------------------------------------------------------------------
@@ -403,7 +263,7 @@ def check_retries(libraries: list[Library], base: str) -> str:
         got_async = asyncio.run(once())
         for mode, got in (("sync", got_sync), ("async", got_async)):
             if got != expected:
-                raise BenchError(
+                raise h.BenchError(
                     f"{lib.name} ({mode}): /flaky answered {got}, expected {expected}: "
                     + ("it did not retry" if lib.retries else "it retried")
                 )
@@ -518,31 +378,42 @@ def in_process(calls: int, repeats: int) -> dict[str, float]:
 def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for mode in args.modes:
-        floor = {r["round"]: r for r in runs if r["mode"] == mode and r["library"] == "httpx"}
+        floor = h.by_round(runs, mode=mode, library="httpx")
         for lib in args.libraries:
-            mine = [r for r in runs if r["mode"] == mode and r["library"] == lib.name]
-            ratios = [r["us_per_request"] / floor[r["round"]]["us_per_request"] for r in mine]
-            cpu_ratios = [
-                r["cpu_us_per_request"] / floor[r["round"]]["cpu_us_per_request"] for r in mine
-            ]
-            ratio = statistics.median(ratios)
+            mine = h.by_round(runs, mode=mode, library=lib.name)
+            ratio = h.Spread.range(
+                h.paired(mine, floor, lambda r, f: r["us_per_request"] / f["us_per_request"])
+            )
+            cpu_ratio = h.median(
+                h.paired(
+                    mine, floor, lambda r, f: r["cpu_us_per_request"] / f["cpu_us_per_request"]
+                )
+            )
             rows.append(
                 {
                     "mode": mode,
                     "library": lib.name,
                     "meaning": lib.meaning,
-                    "us_per_request": statistics.median(r["us_per_request"] for r in mine),
-                    "ratio": ratio,
-                    "ratio_min": min(ratios),
-                    "ratio_max": max(ratios),
+                    "us_per_request": h.median(r["us_per_request"] for r in mine.values()),
+                    "ratio": ratio.median,
+                    "ratio_min": ratio.low,
+                    "ratio_max": ratio.high,
                     "target": lib.target,
-                    "met": None if lib.target is None else ratio <= lib.target,
-                    "cpu_us_per_request": statistics.median(r["cpu_us_per_request"] for r in mine),
-                    "cpu_ratio": statistics.median(cpu_ratios),
-                    "errors": sum(r["errors"] for r in mine),
+                    "met": None if lib.target is None else ratio.median <= lib.target,
+                    "cpu_us_per_request": h.median(r["cpu_us_per_request"] for r in mine.values()),
+                    "cpu_ratio": cpu_ratio,
+                    "errors": sum(r["errors"] for r in mine.values()),
                 }
             )
     return rows
+
+
+COLUMNS = (
+    h.Column("mode", "<9"), h.Column("library", "<16"), h.Column("us/req", ">7"),
+    h.Column("ratio", ">5"), h.Column("(min-max)", ">9"), h.Column("target", ">6"),
+    h.Column("met", ">3"), h.Column("CPU us/req", ">10"), h.Column("CPU ratio", ">9"),
+    h.Column("errors", ">6"),
+)  # fmt: skip
 
 
 def print_report(
@@ -552,41 +423,44 @@ def print_report(
     rows: list[dict[str, Any]],
 ) -> None:
     env = context["environment"]
+    h.print_header(
+        context,
+        [
+            (
+                "load",
+                f"{args.requests} sequential GET {PATH} per run (async-cN: split over N "
+                f"tasks) after {args.warmup} warm-up GETs, {args.rounds} round(s), "
+                "libraries interleaved",
+            ),
+            ("retrying", context["retry_check"]),
+            ("cpus", context["cpus"]),
+            ("machine", h.machine(context)),
+            (
+                "software",
+                f"Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
+                f"httpx {env['httpx']} (httpcore {env['httpcore']}), httpx-retries "
+                f"{env['httpx-retries']}, tenacity {env['tenacity']}, uvicorn {env['uvicorn']} "
+                f"(uvloop {env['uvloop']}, httptools {env['httptools']})",
+            ),
+        ],
+    )
+    cells = [
+        [
+            row["mode"],
+            row["library"],
+            f"{row['us_per_request']:.1f}",
+            f"{row['ratio']:.2f}",
+            f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f}",
+            h.target_text(row["target"], "<="),
+            h.met_text(row["met"]),
+            f"{row['cpu_us_per_request']:.1f}",
+            f"{row['cpu_ratio']:.2f}",
+            str(row["errors"]),
+        ]
+        for row in rows
+    ]
     print()
-    print(f"command:  {context['command']}")
-    print(
-        f"load:     {args.requests} sequential GET {PATH} per run (async-cN: split over N "
-        f"tasks) after {args.warmup} warm-up GETs, {args.rounds} round(s), "
-        "libraries interleaved"
-    )
-    print(f"retrying: {context['retry_check']}")
-    print(f"cpus:     {context['cpus']}")
-    print(
-        f"machine:  {env['cpus']} CPUs, load average {context['load_before']:.2f} before, "
-        f"{context['load_after']:.2f} after (1 min)"
-    )
-    print(
-        f"software: Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
-        f"httpx {env['httpx']} (httpcore {env['httpcore']}), httpx-retries "
-        f"{env['httpx-retries']}, tenacity {env['tenacity']}, uvicorn {env['uvicorn']} "
-        f"(uvloop {env['uvloop']}, httptools {env['httptools']})"
-    )
-    header = (
-        f"{'mode':<9} {'library':<16} {'us/req':>7} {'ratio':>5} {'(min-max)':>9} "
-        f"{'target':>6} {'met':>3} {'CPU us/req':>10} {'CPU ratio':>9} {'errors':>6}"
-    )
-    print()
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        target = "-" if row["target"] is None else f"<={row['target']:.1f}"
-        met = "-" if row["met"] is None else ("yes" if row["met"] else "NO")
-        spread = f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f}"
-        print(
-            f"{row['mode']:<9} {row['library']:<16} {row['us_per_request']:>7.1f} "
-            f"{row['ratio']:>5.2f} {spread:>9} {target:>6} {met:>3} "
-            f"{row['cpu_us_per_request']:>10.1f} {row['cpu_ratio']:>9.2f} {row['errors']:>6}"
-        )
+    print("\n".join(h.text_table(COLUMNS, cells)))
     print()
     print("us/req, CPU us/req: medians over rounds. us/req: wall time per request as the")
     print("       caller sees it (async-cN: wall time of the batch over its requests);")
@@ -604,55 +478,52 @@ def print_report(
             by_name = {
                 r["library"]: r for r in runs if r["round"] == round_no and r["mode"] == mode
             }
-            cells = " ".join(f"{by_name[n]['us_per_request']:>16.1f}" for n in names)
-            print(f"  {mode:<9} {round_no:>5} {cells}")
+            cells_text = " ".join(f"{by_name[n]['us_per_request']:>16.1f}" for n in names)
+            print(f"  {mode:<9} {round_no:>5} {cells_text}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join(sys.orig_argv if argv is None else [sys.argv[0], *argv])
-    try:
-        check_tools()
-        server_prefix, pinning = cpu_plan(args.no_pin)
-        context: dict[str, Any] = {
-            "command": command,
-            "cpus": pinning,
-            "environment": environment(),
-            "load_before": os.getloadavg()[0],
-        }
-        libraries: list[Library] = args.libraries
-        runs = []
-        with tempfile.TemporaryDirectory(prefix="surefoot-bench-") as tmp:
-            server = Server(Path(tmp), server_prefix)
-            try:
-                server.wait_ready()
-                url = server.base + PATH
-                context["retry_check"] = check_retries(libraries, server.base)
-                print(
-                    f"{len(libraries)} libraries x {len(args.modes)} modes x {args.rounds} "
-                    f"rounds x {args.requests} requests; {pinning}",
-                    flush=True,
-                )
-                for round_no in range(1, args.rounds + 1):
-                    shift = (round_no - 1) % len(libraries)
-                    order = libraries[shift:] + libraries[:shift]
-                    for mode in args.modes:
-                        for lib in order:
-                            run = run_one(args, lib, mode, url, round_no)
-                            runs.append(run)
-                            print(
-                                f"  round {round_no} {mode:<9} {lib.name:<16} "
-                                f"{run['us_per_request']:>7.1f} us/req "
-                                f"{run['cpu_us_per_request']:>7.1f} CPU us/req "
-                                f"errors {run['errors']}",
-                                flush=True,
-                            )
-            finally:
-                server.stop()
-        context["load_after"] = os.getloadavg()[0]
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    h.require_modules(
+        ("uvicorn", "uvloop", "httptools", "httpx", "surefoot", "httpx_retries", "tenacity"),
+        "bench",
+    )
+    cpus = h.split_cpus(args.no_pin, "client", this_process=True)
+    context: dict[str, Any] = {
+        "command": args.command,
+        "cpus": cpus.sentence,
+        "environment": environment(),
+        "load_before": h.load_average(),
+    }
+    libraries: list[Library] = args.libraries
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="surefoot-bench-") as tmp:
+        server = h.start_uvicorn("server", APP, Path(tmp), lifespan=False, prefix=cpus.server)
+        try:
+            server.wait_listening()
+            url = server.base + PATH
+            context["retry_check"] = check_retries(libraries, server.base)
+            print(
+                f"{len(libraries)} libraries x {len(args.modes)} modes x {args.rounds} "
+                f"rounds x {args.requests} requests; {cpus.sentence}",
+                flush=True,
+            )
+            for round_no in range(1, args.rounds + 1):
+                order = h.rotated(libraries, round_no)
+                for mode in args.modes:
+                    for lib in order:
+                        run = run_one(args, lib, mode, url, round_no)
+                        runs.append(run)
+                        print(
+                            f"  round {round_no} {mode:<9} {lib.name:<16} "
+                            f"{run['us_per_request']:>7.1f} us/req "
+                            f"{run['cpu_us_per_request']:>7.1f} CPU us/req "
+                            f"errors {run['errors']}",
+                            flush=True,
+                        )
+        finally:
+            server.stop()
+    context["load_after"] = h.load_average()
     rows = summarize(args, runs)
     print_report(args, context, runs, rows)
     inner = in_process(20_000, 7)
@@ -661,26 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     print("(20,000 calls, best of 7), us per request:")
     for name, us in inner.items():
         print(f"  {name:<16} {us:>6.1f}   (+{us - inner['httpx']:.1f} over the inner transport)")
-    if args.json:
-        document = {
-            **context,
-            "settings": {
-                "rounds": args.rounds,
-                "requests": args.requests,
-                "warmup": args.warmup,
-                "concurrency": args.concurrency,
-                "modes": args.modes,
-                "target": TARGET,
-            },
-            "results": rows,
-            "runs": runs,
-        }
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
-    if args.check and any(row["met"] is False for row in rows):
-        return 1
-    return 0
+    settings = h.settings(
+        args, "rounds", "requests", "warmup", "concurrency", "modes", target=TARGET
+    )
+    return h.finish(args, context, settings, rows, runs)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(h.run(main))

@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/client_storm.py                    # 5 seeds, the default scenario
-    .venv/bin/python bench/client_storm.py --seeds 1          # one seed: a quick look
+    .venv/bin/python bench/client_storm.py --seeds 1          # one seed: a quick look (= --quick)
     .venv/bin/python bench/client_storm.py --requests-per-client 20 --think 1 --outage 20
     .venv/bin/python bench/client_storm.py --json storm.json
 
@@ -49,18 +49,16 @@ import argparse
 import asyncio
 import heapq
 import itertools
-import json
 import math
 import random
-import shlex
 import statistics
 import sys
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
+import _harness as h
 import httpx
 
 from surefoot.client import (
@@ -216,23 +214,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--slot", type=float, default=0.1, help="seconds of a time step (default: 0.1)"
     )
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default: 5)")
-    parser.add_argument(
-        "--configs",
-        default=",".join(c.name for c in CONFIGS),
-        help="comma-separated configurations (default: all)",
-    )
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    args = parser.parse_args(argv)
-    known = {c.name: c for c in CONFIGS}
-    names = [n.strip() for n in args.configs.split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        parser.error(f"--configs: unknown {unknown}; expected names from {list(known)}")
+    h.add_quick(parser, seeds=1)
+    h.add_selection(parser, "--configs", CONFIGS)
+    h.add_output_options(parser, check=False)
+    args = h.parse(parser, argv)
     if min(args.clients, args.requests_per_client, args.seeds) < 1:
         parser.error("expected --clients, --requests-per-client and --seeds >= 1")
     if args.slot <= 0 or args.outage < 0 or args.capacity < 0 or args.think < 0:
         parser.error("expected --slot > 0 and --outage, --capacity, --think >= 0")
-    args.configs = [known[n] for n in names]
     return args
 
 
@@ -306,10 +295,8 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> list[dict
     rows = []
     for config in args.configs:
         mine = [r for r in runs if r["config"] == config.name]
-
-        def med(key: str, mine: list[dict[str, Any]] = mine) -> float:
-            return float(statistics.median(r[key] for r in mine))
-
+        calls = h.Spread.range([r["calls"] for r in mine])
+        drain = h.Spread.range([r["drain_s"] for r in mine])
         stopped: Counter[str] = Counter()
         for r in mine:
             stopped.update(r["stopped"])
@@ -317,22 +304,36 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> list[dict
             {
                 "config": config.name,
                 "meaning": config.meaning,
-                "calls": med("calls"),
-                "calls_min": min(r["calls"] for r in mine),
-                "calls_max": max(r["calls"] for r in mine),
-                "calls_per_request": med("calls_per_request"),
-                "succeeded": med("succeeded"),
-                "drain_s": med("drain_s"),
-                "drain_min": min(r["drain_s"] for r in mine),
-                "drain_max": max(r["drain_s"] for r in mine),
-                "median_done_s": med("median_done_s"),
-                "outage_calls": med("outage_calls"),
-                "overloaded": med("overloaded"),
-                "peak_per_slot": med("peak_per_slot"),
+                "calls": calls.median,
+                "calls_min": calls.low,
+                "calls_max": calls.high,
+                "succeeded": h.median(r["succeeded"] for r in mine),
+                "drain_s": drain.median,
+                "drain_min": drain.low,
+                "drain_max": drain.high,
+                **{
+                    key: h.median(r[key] for r in mine)
+                    for key in (
+                        "calls_per_request",
+                        "median_done_s",
+                        "outage_calls",
+                        "overloaded",
+                        "peak_per_slot",
+                    )
+                },
                 "stopped_total": dict(stopped),
             }
         )
     return rows
+
+
+COLUMNS = (
+    h.Column("configuration", "<16"), h.Column("calls", ">6"), h.Column("(min-max)", ">11"),
+    h.Column("calls/req", ">9"), h.Column("ok", ">5"), h.Column("drain s", ">7"),
+    h.Column("(min-max)", ">11"), h.Column("p50 done", ">8"), h.Column("in outage", ">9"),
+    h.Column("overload", ">8"), h.Column("peak/step", ">9"),
+    h.Column("given up (all seeds)", gap=2),
+)  # fmt: skip
 
 
 def print_report(args: argparse.Namespace, command: str, rows: list[dict[str, Any]]) -> None:
@@ -352,23 +353,24 @@ def print_report(args: argparse.Namespace, command: str, rows: list[dict[str, An
         f"seeds 0-{args.seeds - 1}, medians over seeds"
     )
     print()
-    header = (
-        f"{'configuration':<16} {'calls':>6} {'(min-max)':>11} {'calls/req':>9} {'ok':>5} "
-        f"{'drain s':>7} {'(min-max)':>11} {'p50 done':>8} {'in outage':>9} "
-        f"{'overload':>8} {'peak/step':>9}  given up (all seeds)"
-    )
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        calls = f"{row['calls_min']}-{row['calls_max']}"
-        drain = f"{row['drain_min']:.1f}-{row['drain_max']:.1f}"
-        stopped = ", ".join(f"{k} {v}" for k, v in sorted(row["stopped_total"].items())) or "-"
-        print(
-            f"{row['config']:<16} {row['calls']:>6.0f} {calls:>11} "
-            f"{row['calls_per_request']:>9.2f} {row['succeeded']:>5.0f} {row['drain_s']:>7.1f} "
-            f"{drain:>11} {row['median_done_s']:>8.1f} {row['outage_calls']:>9.0f} "
-            f"{row['overloaded']:>8.0f} {row['peak_per_slot']:>9.0f}  {stopped}"
-        )
+    cells = [
+        [
+            row["config"],
+            f"{row['calls']:.0f}",
+            f"{row['calls_min']}-{row['calls_max']}",
+            f"{row['calls_per_request']:.2f}",
+            f"{row['succeeded']:.0f}",
+            f"{row['drain_s']:.1f}",
+            f"{row['drain_min']:.1f}-{row['drain_max']:.1f}",
+            f"{row['median_done_s']:.1f}",
+            f"{row['outage_calls']:.0f}",
+            f"{row['overloaded']:.0f}",
+            f"{row['peak_per_slot']:.0f}",
+            ", ".join(f"{k} {v}" for k, v in sorted(row["stopped_total"].items())) or "-",
+        ]
+        for row in rows
+    ]
+    print("\n".join(h.text_table(COLUMNS, cells)))
     print()
     print("calls: calls the server received (every attempt); calls/req: over logical GETs;")
     print("ok: GETs that got a 200; drain: virtual time when the last client finished;")
@@ -379,25 +381,18 @@ def print_report(args: argparse.Namespace, command: str, rows: list[dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join(sys.orig_argv if argv is None else [sys.argv[0], *argv])
     runs = []
     for seed in range(args.seeds):
         for config in args.configs:
             runs.append(asyncio.run(simulate(args, config, seed)))
     rows = summarize(args, runs)
-    print_report(args, command, rows)
-    if args.json:
-        document = {
-            "command": command,
-            "settings": {k: v for k, v in vars(args).items() if k not in ("configs", "json")},
-            "policy": repr(policy("full")),
-            "results": rows,
-            "runs": runs,
-        }
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
-    return 0
+    print_report(args, args.command, rows)
+    settings = h.settings(
+        args, "clients", "requests_per_client", "think", "outage", "capacity", "slot", "seeds"
+    )
+    context = {"command": args.command}
+    return h.finish(args, context, settings, rows, runs, policy=repr(policy("full")))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(h.run(main))

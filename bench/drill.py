@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/drill.py                           # 32 x 300, SQLite, Redis, on, off
-    .venv/bin/python bench/drill.py --clients 8 --payments 50 # a quick look
+    .venv/bin/python bench/drill.py --clients 8 --payments 50 # a quick look (= --quick)
     .venv/bin/python bench/drill.py --stores sqlite --modes on --json drill.json
 
 Theory of operation:
@@ -35,17 +35,18 @@ bounded by the machine, not by any one component, and it includes the time fault
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import _harness as h
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the drill is a tool of the checkout: tools/drill
+if str(ROOT) not in sys.path:  # the drill is a tool of the checkout, not of the package
+    sys.path.insert(0, str(ROOT))
 
 from tools.drill import DrillReport, Scenario, drill_markdown, run_drill  # noqa: E402
 
@@ -61,13 +62,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--clients", type=int, help="override the scenario's clients")
     parser.add_argument("--payments", type=int, help="override the payments per client")
+    h.add_quick(parser, clients=8, payments=50)
     parser.add_argument("--workers", type=int, help="override the gateway's workers")
     parser.add_argument("--seed", type=int, help="override the scenario's seed")
     parser.add_argument("--stores", default="sqlite,redis", help="comma-separated (sqlite,redis)")
     parser.add_argument("--modes", default="on,off", help="idempotency: comma-separated (on,off)")
     parser.add_argument("--json", metavar="PATH", help="write every report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    return parser.parse_args(argv)
+    return h.parse(parser, argv)
 
 
 def progress_printer(label: str, quiet: bool) -> Any:
@@ -85,22 +87,26 @@ def progress_printer(label: str, quiet: bool) -> Any:
     return progress
 
 
+DETAILS = (
+    "store", "idempotency", "extra charges", "lost", "unfinished", "unknown keys left",
+    "replayed answers", "payment time p50 / p99 / max", "faults (client / upstream)",
+)  # fmt: skip
+
+
 def details(reports: list[DrillReport]) -> str:
-    head = (
-        "| store | idempotency | extra charges | lost | unfinished | unknown keys left | "
-        "replayed answers | payment time p50 / p99 / max | faults (client / upstream) |\n"
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |\n"
-    )
     rows = []
     for r in reports:
         a = r.audit
         lat = " / ".join(f"{r.latency.get(q, 0.0):.2f}" for q in ("p50", "p99", "max"))
         faults = " / ".join(str(sum(r.faults.get(side, {}).values())) for side in SIDES)
         rows.append(
-            f"| {r.store} | {'on' if r.idempotency else 'off'} | {a.extra_charges} | {a.lost} | "
-            f"{a.unfinished} | {a.unknown_keys} | {a.replayed} | {lat} s | {faults} |"
-        )
-    return head + "\n".join(rows) + "\n"
+            [
+                r.store, "on" if r.idempotency else "off", str(a.extra_charges), str(a.lost),
+                str(a.unfinished), str(a.unknown_keys), str(a.replayed), f"{lat} s", faults,
+            ]
+        )  # fmt: skip
+    left = ("store", "idempotency", "payment time p50 / p99 / max", "faults (client / upstream)")
+    return h.markdown_table(DETAILS, rows, left) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-    command = "python bench/drill.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    print(f"command: {command.strip()}")
+    print(f"command: {args.command}")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}, {platform.system()} {platform.release()}"
@@ -133,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     print(drill_markdown(reports))
     print(details(reports))
     if args.json:
-        Path(args.json).write_text(json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
+        h.write_json(args.json, [r.to_dict() for r in reports])
     failed = [r for r in reports if r.idempotency and not r.ok]
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(h.run(main))

@@ -24,18 +24,19 @@ Theory of operation:
    (1,000,000/second and 1,000,000,000/hour, sliding window) that no request reaches, so
    every request is checked and counted and none is refused, and idempotency on
    ``POST /charges``; both on one SQLite file (a new one per start) or on Redis (a
-   private ``redis-server`` started by the script, see ``bench/redis_decisions.py``, or
+   private ``redis-server`` started by the script, see ``bench/_harness.py``, or
    ``--redis-url``; a new key prefix per start, its keys deleted afterwards). Every
    gateway runs with ``[server] access_log = false``: the benchmark measures proxying,
    not writing one log line per request (the events that stay on at INFO, such as
    idempotency's, are still logged: the report counts the proxy's log lines per
    request). wrk sends no API key, so all requests come from one principal (its
    address): one hot rate-limit counter, the worst case for a store.
-3. The workloads, loaded by ``wrk --threads 2`` (the Lua scripts are written to the
-   temporary directory; ``done()`` prints requests, errors and wrk's latency percentiles
-   as one JSON line): ``get``, ``GET /items`` at ``--connections`` (64); ``post``,
-   ``POST /charges`` with a JSON body and a new ``Idempotency-Key`` per request
-   (``<nonce>-<thread>-<counter>``: every request reserves, proxies and stores a record);
+3. The workloads, loaded by ``wrk --threads 2`` (the Lua scripts of ``bench/``:
+   ``ratelimit.lua`` for GET, ``idempotency.lua`` for POST; ``done()`` prints requests,
+   errors and wrk's latency percentiles as one JSON line): ``get``, ``GET /items`` at
+   ``--connections`` (64); ``post``, ``POST /charges`` with a JSON body and a new
+   ``Idempotency-Key`` per request (``<nonce>-<thread>-<counter>``: every request
+   reserves, proxies and stores a record);
    ``replay`` (the policy configurations only), the same POST with one key, stored once
    before the run, so every request is answered from the store; ``post-moderate``, the
    ``post`` workload at ``--moderate-connections`` (4), where latency is not queueing.
@@ -66,44 +67,28 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import hashlib
 import importlib.util
 import json
 import os
-import platform
 import resource
 import secrets
-import shlex
 import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from redis_decisions import BenchError as RedisBenchError
-from redis_decisions import BenchRedis
+import _harness as h
 
-BENCH_DIR = Path(__file__).resolve().parent
 GET_PATH, POST_PATH = "/items", "/charges"
 GET_ANSWER = b'{"id":"item_1","name":"bench","price":1000}'
 POST_ANSWER = b'{"id":"ch_1","status":"succeeded","amount":1000}'
 POST_BODY = '{"amount":1000,"currency":"eur","customer":"cus_4QFJOjw2pOmAGJ"}'
 TARGET_RATIO = 0.5  # req/s of every policy over NGINX's, post workload
 TARGET_ADDED_P99_MS = 2.0  # at moderate load, over the upstream alone
-INSTALL = {
-    "wrk": "wrk is not installed (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)",
-    "nginx": "nginx is not installed (Debian/Ubuntu: apt-get install nginx-light or nginx)",
-}
 
 
 # -- the upstream (imported by uvicorn in its own processes) --------------------------------
@@ -184,62 +169,6 @@ WORKLOADS = (
     Workload("post-moderate", "POST", "unique", True, False, f"POST {POST_PATH}, a new key each"),
 )
 
-SUMMARY_LUA = """
-function done(summary, latency, requests)
-   local e = summary.errors
-   io.write(string.format(
-      'SUREFOOT_BENCH {"requests":%d,"duration_us":%d,"errors":{"connect":%d,"read":%d,'
-         .. '"write":%d,"status":%d,"timeout":%d},"latency_us":{"mean":%.1f,"p50":%d,'
-         .. '"p90":%d,"p99":%d,"max":%d}}\\n',
-      summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-      latency.mean, latency:percentile(50), latency:percentile(90), latency:percentile(99),
-      latency.max
-   ))
-end
-"""
-GET_LUA = "-- GET: wrk's own pre-built request, and the summary line.\n" + SUMMARY_LUA
-POST_LUA = (
-    """-- POST a JSON body; args: MODE NONCE. "unique": a new Idempotency-Key per request,
--- "<NONCE>-<thread>-<counter>"; "replay": the key NONCE on every request.
-local body = '@BODY@'
-local headers = { ["Content-Type"] = "application/json" }
-local threads = {}
-local mode, nonce, fixed
-local counter = 0
-
-function setup(thread)
-   table.insert(threads, thread)
-   thread:set("id", #threads)
-end
-
-function init(args)
-   mode, nonce = args[1], args[2]
-   if mode == "replay" then
-      headers["Idempotency-Key"] = nonce
-      fixed = wrk.format("POST", nil, headers, body)
-   elseif mode ~= "unique" then
-      error("mode: expected unique or replay, got " .. tostring(mode))
-   end
-end
-
--- Both modes go through request(), so that wrk's own cost per request is alike.
-function request()
-   if fixed then
-      return fixed
-   end
-   counter = counter + 1
-   headers["Idempotency-Key"] = string.format("%s-%d-%d", nonce, id, counter)
-   return wrk.format("POST", nil, headers, body)
-end
-""".replace("@BODY@", POST_BODY)
-    + SUMMARY_LUA
-)
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on (a server that does not start, a wrong answer...)."""
-
-
 # -- setup ----------------------------------------------------------------------------------
 
 
@@ -248,25 +177,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Benchmark surefoot serve (no policy, every policy on SQLite and on "
         "Redis) against NGINX and the upstream alone, loaded by wrk.",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (default: 3)")
-    parser.add_argument(
-        "--duration", type=int, default=10, help="seconds of each timed run (default: 10)"
-    )
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=1,
-        help="seconds of untimed load before each timed run, 0 for none (default: 1)",
-    )
-    parser.add_argument("--quick", action="store_true", help="a smoke run: --rounds 1 --duration 3")
-    parser.add_argument("--connections", type=int, default=64, help="wrk connections (default: 64)")
+    h.add_wrk_options(parser, rounds=3, duration=10, quick={"rounds": 1, "duration": 3})
     parser.add_argument(
         "--moderate-connections",
         type=int,
         default=4,
         help="wrk connections of the post-moderate workload (default: 4)",
     )
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default: 2)")
     parser.add_argument(
         "--workers", default="1,2", help="comma-separated proxy worker counts (default: 1,2)"
     )
@@ -276,75 +193,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2,
         help="uvicorn workers of the upstream (default: 2)",
     )
-    parser.add_argument(
-        "--configs",
-        default=",".join(c.name for c in CONFIGS[1:]),
-        help="comma-separated proxies to run; the upstream alone is always run (default: all)",
-    )
-    parser.add_argument(
-        "--redis-url",
-        help="Redis server of surefoot-redis (default: start a private redis-server; only "
-        "keys under 'sfbench-*' are written, and deleted after each run)",
-    )
-    parser.add_argument(
-        "--redis-server",
-        default="redis-server",
-        help="the redis-server executable to start (default: redis-server)",
-    )
+    h.add_selection(parser, "--configs", CONFIGS, "upstream")
+    h.add_redis_options(parser, used_by="surefoot-redis")
     parser.add_argument("--nginx", default="/usr/sbin/nginx", help="the nginx executable")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    parser.add_argument(
-        "--check", action="store_true", help="exit with status 1 if a target is missed"
-    )
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.rounds, args.duration = 1, 3
-    known = {c.name: c for c in CONFIGS[1:]}
-    names = [n.strip() for n in args.configs.split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        parser.error(f"--configs: unknown {unknown}; expected names from {list(known)}")
-    args.configs = [CONFIGS[0], *(c for c in CONFIGS[1:] if c.name in names)]
+    h.add_output_options(parser)
+    args = h.parse(parser, argv)
     try:
         args.workers = sorted({int(w) for w in args.workers.split(",") if w.strip()})
     except ValueError:
         parser.error(f"--workers: expected numbers such as 1,2, got {args.workers!r}")
     if not args.workers or min(args.workers) < 1:
         parser.error("--workers: expected numbers >= 1")
-    if min(args.rounds, args.duration, args.upstream_workers) < 1 or args.warmup < 0:
-        parser.error("expected --rounds, --duration, --upstream-workers >= 1, --warmup >= 0")
-    if not 1 <= args.threads <= min(args.connections, args.moderate_connections):
+    h.check_wrk_options(parser, args)
+    if args.upstream_workers < 1:
+        parser.error("expected --upstream-workers >= 1")
+    if args.threads > args.moderate_connections:
         parser.error("expected 1 <= --threads <= --connections and --moderate-connections")
     return args
 
 
 def check_tools(args: argparse.Namespace) -> None:
-    if shutil.which("wrk") is None:
-        raise BenchError(INSTALL["wrk"])
-    if any(c.kind == "nginx" for c in args.configs) and shutil.which(args.nginx) is None:
-        raise BenchError(INSTALL["nginx"])
-    missing = []
+    h.require_executable("wrk")
+    if any(c.kind == "nginx" for c in args.configs):
+        h.require_executable("nginx", args.nginx)
     modules = ["uvicorn", "uvloop", "httptools", "surefoot", "rich"]
     if any(c.store == "redis" for c in args.configs):
         modules.append("redis")
-    for module in modules:
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
-    if missing:
-        raise BenchError(
-            f"missing Python packages {missing} in {sys.executable}; "
-            "install them with: pip install -e '.[bench,redis]'"
-        )
-
-
-def first_line(command: list[str]) -> str:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-    except OSError:
-        return "unknown"
-    return (done.stdout or done.stderr).strip().split("\n", 1)[0].split(" Copyright")[0]
+    h.require_modules(modules, "bench,redis")
 
 
 def source_files() -> dict[str, str]:
@@ -366,146 +241,31 @@ def digest(files: dict[str, str]) -> str:
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    packages = {}
     names = ("surefoot", "uvicorn", "uvloop", "httptools", "httpx", "httpcore", "anyio", "sniffio")
-    for name in (*names, "redis", "hiredis"):
-        try:
-            packages[name] = version(name)
-        except PackageNotFoundError:
-            packages[name] = "not installed"
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "wrk": first_line(["wrk", "--version"]),
-        "nginx": first_line([args.nginx, "-v"]),
-        "redis_server": first_line([args.redis_server, "--version"]).split(" sha=")[0],
-        "git": first_line(["git", "-C", str(BENCH_DIR), "describe", "--always", "--dirty"]),
-        **packages,
+    tools = {
+        "wrk": ["wrk", "--version"],
+        "nginx": [args.nginx, "-v"],
+        "redis_server": [args.redis_server, "--version"],
     }
+    env = h.environment((*names, "redis", "hiredis"), tools)
+    env["redis_server"] = env["redis_server"].split(" sha=")[0]
+    return env
 
 
 # -- child processes ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def request(
-    url: str, method: str = "GET", body: bytes | None = None, key: str | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    req = urllib.request.Request(url, data=body, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=5) as response:
-            found = {k.lower(): v for k, v in response.headers.items()}
-            return response.status, found, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU time (user + system) of every live process of the process group ``pgid``."""
-    ticks = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
-        if int(fields[2]) == pgid:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(idle, total) CPU ticks of the whole machine so far, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return values[3] + values[4], sum(values)
-
-
-class Child:
-    """A server in a process group of its own (so that stopping it stops its workers)."""
-
-    def __init__(self, name: str, command: list[str], log: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.log_path = log
-        self._log = log.open("w+b")
-        self.process = subprocess.Popen(
-            command,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-            start_new_session=True,
-        )
-        LIVE.add(self)
-
-    def output(self, chars: int = 3000) -> str:
-        self._log.flush()
-        return self.log_path.read_bytes().decode(errors="replace")[-chars:]
-
-    def log_lines(self) -> list[str]:
-        return self.log_path.read_bytes().decode(errors="replace").splitlines()
-
-    def wait_ready(self, url: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError(
-                    f"{self.name} exited ({self.process.returncode}):\n{self.output()}"
-                )
-            try:
-                if request(url)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise BenchError(f"{self.name} did not answer GET {url} in {timeout:g} s:\n{self.output()}")
-
-    def cpu_seconds(self) -> float:
-        return group_cpu_seconds(self.process.pid)
-
-    def stop(self) -> None:
-        pgid = self.process.pid
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=15)
-        # Whatever is left of the group (a worker that did not stop, the process itself).
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        self.process.wait()
-        self._log.close()
-        LIVE.discard(self)
-
-
-LIVE: set[Child] = set()  # every child not stopped yet: main() stops them whatever happens
-
-
-def upstream_server(workdir: Path, workers: int) -> tuple[Child, str]:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "uvicorn", "gateway:upstream_app",
-        "--app-dir", str(BENCH_DIR),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--workers", str(workers),
-        "--loop", "uvloop", "--http", "httptools",
-        "--lifespan", "off", "--no-access-log", "--log-level", "warning",
-    ]  # fmt: skip
-    child = Child("upstream", command, workdir / "upstream.log", {"TMPDIR": str(workdir)})
-    base = f"http://127.0.0.1:{port}"
-    child.wait_ready(base + GET_PATH)
-    return child, base
+def upstream_server(workdir: Path, workers: int) -> tuple[h.Child, str]:
+    child = h.start_uvicorn(
+        "upstream",
+        "gateway:upstream_app",
+        workdir,
+        env={"TMPDIR": str(workdir)},
+        workers=workers,
+        lifespan=False,
+    )
+    child.wait_http(child.base + GET_PATH)
+    return child, child.base
 
 
 NGINX_CONF = """\
@@ -543,11 +303,11 @@ http {{
 
 def nginx_server(
     args: argparse.Namespace, workdir: Path, upstream: str, workers: int
-) -> tuple[Child, str]:
+) -> tuple[h.Child, str]:
     prefix = workdir / "nginx"
     prefix.mkdir()
     prefix.chmod(0o755)  # workers run as nobody when started by root
-    port = free_port()
+    port = h.free_port()
     conf = prefix / "nginx.conf"
     conf.write_text(
         NGINX_CONF.format(
@@ -558,14 +318,14 @@ def nginx_server(
         args.nginx, "-c", str(conf), "-p", str(prefix), "-e", str(prefix / "error.log"),
         "-g", "daemon off;",
     ]  # fmt: skip
-    child = Child(f"nginx x{workers}", command, workdir / "nginx.log", {})
-    base = f"http://127.0.0.1:{port}"
+    child = h.Child(f"nginx x{workers}", command, workdir / "nginx.log", port=port)
+    base = child.base
     try:
-        child.wait_ready(base + GET_PATH)
-    except BenchError as exc:
+        child.wait_http(base + GET_PATH)
+    except h.BenchError as exc:
         error_log = prefix / "error.log"
         tail = error_log.read_text()[-2000:] if error_log.exists() else ""
-        raise BenchError(f"{exc}\nerror.log:\n{tail}") from None
+        raise h.BenchError(f"{exc}\nerror.log:\n{tail}") from None
     return child, base
 
 
@@ -619,20 +379,20 @@ ttl = 3600
 
 @dataclass
 class Gateway:
-    child: Child
+    child: h.Child
     base: str
     redis_prefix: str | None
 
 
 def gateway_server(
-    config: Config, workdir: Path, upstream: str, workers: int, redis: BenchRedis | None
+    config: Config, workdir: Path, upstream: str, workers: int, redis: h.BenchRedis | None
 ) -> Gateway:
     redis_prefix = None
     if config.store == "sqlite":
         store = f"sqlite:///{workdir / 'gateway.db'}"
     elif config.store == "redis":
         if redis is None:
-            raise BenchError(f"{config.name}: no Redis server")
+            raise h.BenchError(f"{config.name}: no Redis server")
         redis_prefix = f"sfbench-{secrets.token_hex(6)}:"
         store = f"{redis.url}?prefix={redis_prefix}"
     else:
@@ -641,17 +401,16 @@ def gateway_server(
     text += POLICIES_TOML if config.policies else NO_POLICY_TOML
     path = workdir / "gateway.toml"
     path.write_text(text)
-    port = free_port()
+    port = h.free_port()
     command = [
         sys.executable, "-m", "surefoot", "serve", "--config", str(path),
-        "--port", str(port), "--admin-port", str(free_port()), "--workers", str(workers),
+        "--port", str(port), "--admin-port", str(h.free_port()), "--workers", str(workers),
     ]  # fmt: skip
     # TMPDIR: the metrics directory of several workers goes with the rest, deleted at the end.
-    child = Child(f"{config.name} x{workers}", command, workdir / "gateway.log",
-                  {"TMPDIR": str(workdir)})  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    child.wait_ready(base + GET_PATH)
-    return Gateway(child, base, redis_prefix)
+    env = {"TMPDIR": str(workdir)}
+    child = h.Child(f"{config.name} x{workers}", command, workdir / "gateway.log", env, port)
+    child.wait_http(child.base + GET_PATH)
+    return Gateway(child, child.base, redis_prefix)
 
 
 def post(url: str, key: str) -> tuple[int, dict[str, str], bytes]:
@@ -663,7 +422,8 @@ def post(url: str, key: str) -> tuple[int, dict[str, str], bytes]:
     """
     deadline = time.monotonic() + 5.0
     while True:
-        status, headers, body = request(url, "POST", POST_BODY.encode(), key)
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        status, headers, body = h.http(url, "POST", POST_BODY.encode(), headers)
         if status not in (409, 503) or time.monotonic() > deadline:
             return status, headers, body
         time.sleep(0.1)
@@ -672,20 +432,20 @@ def post(url: str, key: str) -> tuple[int, dict[str, str], bytes]:
 def check_answers(config: Config, base: str, nonce: str) -> None:
     """The proxy forwards, and its policies are on (or off) as configured."""
     label = config.name
-    status, headers, body = request(base + GET_PATH)
+    status, headers, body = h.http(base + GET_PATH)
     if status != 200 or body != GET_ANSWER:
-        raise BenchError(f"{label}: GET answered {status} {body[:300]!r}")
+        raise h.BenchError(f"{label}: GET answered {status} {body[:300]!r}")
     if config.policies and "ratelimit" not in headers:
-        raise BenchError(f"{label}: no RateLimit field in the answer to GET: {headers}")
+        raise h.BenchError(f"{label}: no RateLimit field in the answer to GET: {headers}")
     key = f"check-{nonce}"
     replays = []
     for _ in range(2):
         status, headers, body = post(base + POST_PATH, key)
         if status != 201 or body != POST_ANSWER:
-            raise BenchError(f"{label}: POST answered {status} {body[:300]!r}")
+            raise h.BenchError(f"{label}: POST answered {status} {body[:300]!r}")
         replays.append(headers.get("idempotent-replayed") == "true")
     if replays != [False, config.policies]:
-        raise BenchError(
+        raise h.BenchError(
             f"{label}: two POSTs with one key were replays {replays}, expected "
             f"{[False, config.policies]}: idempotency is {'off' if config.policies else 'on'}"
         )
@@ -695,28 +455,16 @@ def check_answers(config: Config, base: str, nonce: str) -> None:
 
 
 def wrk(
-    args: argparse.Namespace,
-    scripts: dict[str, Path],
-    url: str,
-    workload: Workload,
-    duration: int,
-    nonce: str,
+    args: argparse.Namespace, url: str, workload: Workload, duration: int, nonce: str
 ) -> dict[str, Any]:
     connections = args.moderate_connections if workload.moderate else args.connections
-    command = [
-        "wrk", "--threads", str(args.threads), "--connections", str(connections),
-        "--duration", f"{duration}s", "--timeout", "5s",
-        "--script", str(scripts["get" if workload.mode == "get" else "post"]), url,
-    ]  # fmt: skip
-    if workload.mode != "get":
-        command += ["--", workload.mode, nonce]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    for line in done.stdout.splitlines():
-        if line.startswith("SUREFOOT_BENCH "):
-            result: dict[str, Any] = json.loads(line.removeprefix("SUREFOOT_BENCH "))
-            result["output"] = done.stdout
-            return result
-    raise BenchError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    if workload.mode == "get":
+        script, lua = h.GET_LUA, []
+    else:  # "unique": keys "<nonce>-<thread>-<counter>"; "replay": the key nonce
+        script, lua = h.POST_LUA, [workload.mode, nonce, nonce, POST_BODY]
+    return h.wrk(
+        script, url, threads=args.threads, connections=connections, duration=duration, args=lua
+    )
 
 
 @dataclass
@@ -726,9 +474,9 @@ class Target:
     config: Config
     workers: int | None  # None: the upstream alone
     base: str
-    proxy: Child | None
-    upstream: Child
-    redis: BenchRedis | None
+    proxy: h.Child | None
+    upstream: h.Child
+    redis: h.BenchRedis | None
 
     @property
     def label(self) -> str:
@@ -737,7 +485,6 @@ class Target:
 
 def run_one(
     args: argparse.Namespace,
-    scripts: dict[str, Path],
     target: Target,
     workload: Workload,
     round_no: int,
@@ -748,28 +495,24 @@ def run_one(
         post(url, f"replay-{nonce}")
         status, headers, _ = post(url, f"replay-{nonce}")
         if status != 201 or headers.get("idempotent-replayed") != "true":
-            raise BenchError(f"{target.label}: the replay key is not replayed ({status})")
+            raise h.BenchError(f"{target.label}: the replay key is not replayed ({status})")
         nonce = f"replay-{nonce}"
     if args.warmup > 0:
-        wrk(args, scripts, url, workload, args.warmup, f"warm-{nonce}")
+        wrk(args, url, workload, args.warmup, f"warm-{nonce}")
     log_before = len(target.proxy.log_lines()) if target.proxy else 0
     proxy_before = target.proxy.cpu_seconds() if target.proxy else 0.0
     upstream_before = target.upstream.cpu_seconds()
     redis_before = target.redis.cpu_seconds() if target.redis else 0.0
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    idle_before, total_before = machine_ticks()
-    result = wrk(args, scripts, url, workload, args.duration, nonce)
-    idle_after, total_after = machine_ticks()
+    idle_before, total_before = h.machine_ticks()
+    result = wrk(args, url, workload, args.duration, nonce)
+    idle_after, total_after = h.machine_ticks()
     wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     redis_cpu = target.redis.cpu_seconds() - redis_before if target.redis else None
     upstream_cpu = target.upstream.cpu_seconds() - upstream_before
     proxy_cpu = target.proxy.cpu_seconds() - proxy_before if target.proxy else None
-    requests = result["requests"]
-    if requests == 0:
-        raise BenchError(f"{target.label} {workload.name}: no request completed")
-    seconds = result["duration_us"] / 1e6
-    errors = result["errors"]
-    error_count = sum(errors.values())
+    figures = h.wrk_figures(result, f"{target.label} {workload.name}")
+    requests = figures["requests"]
     new_log = target.proxy.log_lines()[log_before:] if target.proxy else []
     problems = [line for line in new_log if not quiet(line)]
 
@@ -785,12 +528,7 @@ def run_one(
         "workers": target.workers,
         "workload": workload.name,
         "connections": args.moderate_connections if workload.moderate else args.connections,
-        "requests": requests,
-        "seconds": round(seconds, 3),
-        "rps": requests / seconds,
-        "latency_ms": {k: v / 1000 for k, v in result["latency_us"].items()},
-        "errors": errors,
-        "error_count": error_count,
+        **figures,
         "cpu_us_per_request": {
             "proxy": per_request(proxy_cpu),
             "upstream": per_request(upstream_cpu),
@@ -801,7 +539,7 @@ def run_one(
         "proxy_log_lines": len(new_log),
         "proxy_log_problems": log_summary(problems),
         "proxy_log_tail": [line[:500] for line in problems[-5:]],
-        "wrk_output": result["output"] if error_count else "",
+        "wrk_output": result["output"] if figures["error_count"] else "",
     }
 
 
@@ -838,37 +576,31 @@ def round_plan(args: argparse.Namespace, round_no: int) -> list[tuple[Config, in
     """The upstream alone, then every proxy with every worker count, rotated by round."""
     plan: list[tuple[Config, int | None]] = [(args.configs[0], None)]
     plan += [(c, w) for c in args.configs[1:] for w in args.workers]
-    shift = (round_no - 1) % len(plan)
-    return plan[shift:] + plan[:shift]
+    return h.rotated(plan, round_no)
 
 
 def workloads_of(config: Config) -> list[Workload]:
     return [w for w in WORKLOADS if config.policies or not w.policies_only]
 
 
-def died(proxy: Child | None) -> str:
+def died(proxy: h.Child | None) -> str:
     """What became of the proxy: its exit status if it exited, and its log's tail."""
-    if proxy is None:
-        return ""
-    code = proxy.process.poll()
-    state = "still running" if code is None else f"exited with status {code}"
-    return f"\n{proxy.name} {state}; its log ends with:\n{proxy.output()}"
+    return "" if proxy is None else proxy.died()
 
 
 def run_server(
     args: argparse.Namespace,
-    scripts: dict[str, Path],
     config: Config,
     workers: int | None,
-    upstream: tuple[Child, str],
-    redis: BenchRedis | None,
+    upstream: tuple[h.Child, str],
+    redis: h.BenchRedis | None,
     round_no: int,
 ) -> list[dict[str, Any]]:
     runs = []
     with tempfile.TemporaryDirectory(prefix="surefoot-bench-gw-") as tmp:
         workdir = Path(tmp)
         gateway: Gateway | None = None
-        proxy: Child | None = None
+        proxy: h.Child | None = None
         try:
             if config.kind == "upstream":
                 base = upstream[1]
@@ -881,9 +613,9 @@ def run_server(
             target = Target(config, workers, base, proxy, upstream[0], redis)
             for workload in workloads_of(config):
                 try:
-                    run = run_one(args, scripts, target, workload, round_no)
-                except BenchError as exc:
-                    raise BenchError(
+                    run = run_one(args, target, workload, round_no)
+                except h.BenchError as exc:
+                    raise h.BenchError(
                         f"{target.label} {workload.name}: {exc}{died(proxy)}"
                     ) from None
                 runs.append(run)
@@ -903,7 +635,7 @@ def run_server(
                     for kind, count in run["proxy_log_problems"].items():
                         print(f"      {count:>6} x {kind}")
                 if proxy is not None and proxy.process.poll() is not None:
-                    raise BenchError(f"{target.label} {workload.name}: {died(proxy)}")
+                    raise h.BenchError(f"{target.label} {workload.name}: {died(proxy)}")
         finally:
             if proxy is not None:
                 proxy.stop()
@@ -917,11 +649,7 @@ def run_server(
 
 def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def find(config: str, workers: int | None, workload: str) -> dict[int, dict[str, Any]]:
-        return {
-            r["round"]: r
-            for r in runs
-            if r["config"] == config and r["workers"] == workers and r["workload"] == workload
-        }
+        return h.by_round(runs, config=config, workers=workers, workload=workload)
 
     rows = []
     for config, workers in round_plan(args, 1):
@@ -931,27 +659,27 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> list[dict
                 continue
             nginx = find("nginx", workers, workload.name) if workers is not None else {}
             upstream = find("upstream", None, workload.name)
-            ratios = [r["rps"] / nginx[n]["rps"] for n, r in mine.items() if n in nginx]
+            ratios = h.paired(mine, nginx, lambda r, b: r["rps"] / b["rps"])
             added = {
-                p: statistics.median(
-                    r["latency_ms"][p] - upstream[n]["latency_ms"][p]
-                    for n, r in mine.items()
-                    if n in upstream
+                p: h.median(
+                    h.paired(
+                        mine, upstream, lambda r, u, p=p: r["latency_ms"][p] - u["latency_ms"][p]
+                    )
                 )
                 if config.kind != "upstream" and any(n in upstream for n in mine)
                 else None
                 for p in ("p50", "p99")
             }
-            ratio = statistics.median(ratios) if ratios else None
+            ratio = h.median(ratios) if ratios else None
             errors = sum(r["error_count"] for r in mine.values())
             row: dict[str, Any] = {
                 "config": config.name,
                 "workers": workers,
                 "workload": workload.name,
                 "connections": next(iter(mine.values()))["connections"],
-                "rps": statistics.median(r["rps"] for r in mine.values()),
-                "p50_ms": statistics.median(r["latency_ms"]["p50"] for r in mine.values()),
-                "p99_ms": statistics.median(r["latency_ms"]["p99"] for r in mine.values()),
+                "rps": h.median(r["rps"] for r in mine.values()),
+                "p50_ms": h.median(r["latency_ms"]["p50"] for r in mine.values()),
+                "p99_ms": h.median(r["latency_ms"]["p99"] for r in mine.values()),
                 "x_nginx": ratio,
                 "x_nginx_min": min(ratios) if ratios else None,
                 "x_nginx_max": max(ratios) if ratios else None,
@@ -962,9 +690,9 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> list[dict
             for side in ("proxy", "upstream", "redis", "wrk"):
                 values = [r["cpu_us_per_request"][side] for r in mine.values()]
                 known = [v for v in values if v is not None]
-                row[f"{side}_cpu_us"] = statistics.median(known) if known else None
-            row["machine_idle"] = statistics.median(r["machine_idle"] for r in mine.values())
-            row["log_lines_per_request"] = statistics.median(
+                row[f"{side}_cpu_us"] = h.median(known) if known else None
+            row["machine_idle"] = h.median(r["machine_idle"] for r in mine.values())
+            row["log_lines_per_request"] = h.median(
                 r["proxy_log_lines"] / r["requests"] for r in mine.values()
             )
             row["target"], row["met"] = None, None
@@ -978,14 +706,7 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> list[dict
     return rows
 
 
-def _num(value: float | None, spec: str, missing: str = "-") -> str:
-    return missing if value is None else format(value, spec)
-
-
-def _met(row: dict[str, Any]) -> str:
-    return "-" if row["met"] is None else ("yes" if row["met"] else "NO")
-
-
+TEXT_COLUMNS = ("proxy", "workload", "target met")
 LOAD_COLUMNS = (
     "proxy", "workers", "workload", "req/s", "p50 ms", "p99 ms", "x NGINX",
     "proxy CPU us/req", "upstream CPU us/req", "errors", "target met",
@@ -1001,7 +722,7 @@ def table_cells(rows: list[dict[str, Any]]) -> tuple[list[list[str]], list[list[
     for row in rows:
         workers = "-" if row["workers"] is None else str(row["workers"])
         common = [row["config"], workers]
-        proxy_cpu = _num(row["proxy_cpu_us"], ",.0f")
+        proxy_cpu = h.num(row["proxy_cpu_us"], ",.0f")
         if row["workload"] == "post-moderate":
             moderate.append(
                 [
@@ -1009,11 +730,11 @@ def table_cells(rows: list[dict[str, Any]]) -> tuple[list[list[str]], list[list[
                     f"{row['rps']:,.0f}",
                     f"{row['p50_ms']:.2f}",
                     f"{row['p99_ms']:.2f}",
-                    _num(row["added_p50_ms"], "+.2f"),
-                    _num(row["added_p99_ms"], "+.2f"),
+                    h.num(row["added_p50_ms"], "+.2f"),
+                    h.num(row["added_p99_ms"], "+.2f"),
                     proxy_cpu,
                     str(row["errors"]),
-                    _met(row),
+                    h.met_text(row["met"]),
                 ]
             )
         else:
@@ -1024,22 +745,14 @@ def table_cells(rows: list[dict[str, Any]]) -> tuple[list[list[str]], list[list[
                     f"{row['rps']:,.0f}",
                     f"{row['p50_ms']:.2f}",
                     f"{row['p99_ms']:.2f}",
-                    _num(row["x_nginx"], ".2f"),
+                    h.num(row["x_nginx"], ".2f"),
                     proxy_cpu,
-                    _num(row["upstream_cpu_us"], ",.0f"),
+                    h.num(row["upstream_cpu_us"], ",.0f"),
                     str(row["errors"]),
-                    _met(row),
+                    h.met_text(row["met"]),
                 ]
             )
     return load, moderate
-
-
-def markdown(columns: tuple[str, ...], cells: list[list[str]]) -> str:
-    right = {i for i, c in enumerate(columns) if c not in ("proxy", "workload", "target met")}
-    lines = ["| " + " | ".join(columns) + " |"]
-    lines.append("|" + "|".join("---:" if i in right else "---" for i in range(len(columns))) + "|")
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(lines)
 
 
 def print_report(
@@ -1053,26 +766,30 @@ def print_report(
 
     env = context["environment"]
     console = Console(width=max(160, shutil.get_terminal_size().columns))
-    print()
-    print(f"command:  {context['command']}")
-    print(
-        f"load:     wrk --threads {args.threads}, {args.connections} connections "
-        f"({args.moderate_connections} at moderate load), {args.duration} s per run after "
-        f"{args.warmup} s warm-up, {args.rounds} round(s), proxies interleaved"
-    )
-    print(f"upstream: {context['upstream']}")
-    print(f"redis:    {context['redis']}")
-    print(
-        f"machine:  {env['cpus']} CPUs shared by wrk, the upstream, the proxy and Redis (nothing "
-        f"pinned); load average {context['load_before']:.2f} before, "
-        f"{context['load_after']:.2f} after (1 min)"
-    )
-    print(
-        f"software: Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
-        f"uvicorn {env['uvicorn']} (uvloop {env['uvloop']}, httptools {env['httptools']}), "
-        f"httpx {env['httpx']} (httpcore {env['httpcore']}, anyio {env['anyio']}, sniffio "
-        f"{env['sniffio']}), redis-py {env['redis']}, {env['nginx']}, {env['wrk']}, "
-        f"{env['redis_server']}"
+    h.print_header(
+        context,
+        [
+            (
+                "load",
+                f"wrk --threads {args.threads}, {args.connections} connections "
+                f"({args.moderate_connections} at moderate load), {args.duration} s per run "
+                f"after {args.warmup} s warm-up, {args.rounds} round(s), proxies interleaved",
+            ),
+            ("upstream", context["upstream"]),
+            ("redis", context["redis"]),
+            (
+                "machine",
+                h.machine(context, "wrk, the upstream, the proxy and Redis (nothing pinned)"),
+            ),
+            (
+                "software",
+                f"Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
+                f"uvicorn {env['uvicorn']} (uvloop {env['uvloop']}, httptools "
+                f"{env['httptools']}), httpx {env['httpx']} (httpcore {env['httpcore']}, anyio "
+                f"{env['anyio']}, sniffio {env['sniffio']}), redis-py {env['redis']}, "
+                f"{env['nginx']}, {env['wrk']}, {env['redis_server']}",
+            ),
+        ],
     )
     before, after = context["source_before"], context["source_after"]
     print(f"source:   digest {digest(before)} of surefoot's {len(before)} .py files at the start")
@@ -1115,11 +832,11 @@ def print_report(
     print()
     print(f"{args.connections} connections:")
     print()
-    print(markdown(LOAD_COLUMNS, load))
+    print(h.markdown_table(LOAD_COLUMNS, load, TEXT_COLUMNS))
     print()
     print(f"Moderate load ({args.moderate_connections} connections, POST with a new key each):")
     print()
-    print(markdown(MODERATE_COLUMNS, moderate))
+    print(h.markdown_table(MODERATE_COLUMNS, moderate, TEXT_COLUMNS))
     print()
     extra = [row for row in rows if row["redis_cpu_us"] is not None or row["workload"] == "post"]
     print(
@@ -1130,8 +847,8 @@ def print_report(
         workers = "" if row["workers"] is None else f" x{row['workers']}"
         print(
             f"  {row['config'] + workers:<20} {row['workload']:<13} "
-            f"{_num(row['proxy_cpu_us'], ',.0f'):>6} / {_num(row['upstream_cpu_us'], ',.0f'):>4} "
-            f"/ {_num(row['redis_cpu_us'], ',.0f'):>4} / {_num(row['wrk_cpu_us'], ',.0f'):>4}  "
+            f"{h.num(row['proxy_cpu_us'], ',.0f'):>6} / {h.num(row['upstream_cpu_us'], ',.0f'):>4} "
+            f"/ {h.num(row['redis_cpu_us'], ',.0f'):>4} / {h.num(row['wrk_cpu_us'], ',.0f'):>4}  "
             f"idle {row['machine_idle']:>4.0%}  log {row['log_lines_per_request']:.2f}"
         )
     failed = [r for r in runs if r["error_count"] or r["proxy_log_problems"]]
@@ -1144,43 +861,24 @@ def print_report(
                 print(f"    {count:>6} x {kind}")
 
 
-@contextlib.contextmanager
-def terminated_on_sigterm() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so that every child is stopped."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join(sys.orig_argv if argv is None else [sys.argv[0], *argv])
-    redis: BenchRedis | None = None
-    upstream: Child | None = None
+    check_tools(args)
+    redis: h.BenchRedis | None = None
+    if any(c.store == "redis" for c in args.configs):
+        redis = h.BenchRedis(args.redis_url, (), args.redis_server)
     runs: list[dict[str, Any]] = []
-    with terminated_on_sigterm(), tempfile.TemporaryDirectory(prefix="surefoot-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="surefoot-bench-") as tmp:
         workdir = Path(tmp)
+        upstream, upstream_base = upstream_server(workdir, args.upstream_workers)
         try:
-            check_tools(args)
-            scripts = {"get": workdir / "get.lua", "post": workdir / "post.lua"}
-            scripts["get"].write_text(GET_LUA)
-            scripts["post"].write_text(POST_LUA)
-            if any(c.store == "redis" for c in args.configs):
-                redis = BenchRedis(args.redis_url, (), args.redis_server)
-            upstream, upstream_base = upstream_server(workdir, args.upstream_workers)
             context: dict[str, Any] = {
-                "command": command,
+                "command": args.command,
                 "upstream": f"bench/gateway.py:upstream_app under uvicorn, "
                 f"{args.upstream_workers} workers, uvloop, httptools, no access log",
                 "redis": "not used" if redis is None else redis.describe(),
                 "environment": environment(args),
-                "load_before": os.getloadavg()[0],
+                "load_before": h.load_average(),
                 "source_before": source_files(),
             }
             plan = round_plan(args, 1)
@@ -1194,45 +892,31 @@ def main(argv: list[str] | None = None) -> int:
             for round_no in range(1, args.rounds + 1):
                 for config, workers in round_plan(args, round_no):
                     runs += run_server(
-                        args, scripts, config, workers, (upstream, upstream_base), redis, round_no
+                        args, config, workers, (upstream, upstream_base), redis, round_no
                     )
-            context["load_after"] = os.getloadavg()[0]
+            context["load_after"] = h.load_average()
             context["source_after"] = source_files()
-        except (BenchError, RedisBenchError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
         finally:
-            for child in list(LIVE):
-                child.stop()
+            upstream.stop()
             if redis is not None:
                 redis.stop()
     rows = summarize(args, runs)
     print_report(args, context, runs, rows)
-    if args.json:
-        document = {
-            **context,
-            "settings": {
-                "rounds": args.rounds,
-                "duration": args.duration,
-                "warmup": args.warmup,
-                "connections": args.connections,
-                "moderate_connections": args.moderate_connections,
-                "threads": args.threads,
-                "workers": args.workers,
-                "upstream_workers": args.upstream_workers,
-            },
-            "configs": [asdict(c) for c in args.configs],
-            "workloads": [asdict(w) for w in WORKLOADS],
-            "targets": {"x_nginx": TARGET_RATIO, "added_p99_ms": TARGET_ADDED_P99_MS},
-            "summary": rows,
-            "runs": runs,
-        }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
-        print(f"\nJSON written to {args.json}")
-    missed = [row for row in rows if row["met"] is False]
-    return 1 if args.check and missed else 0
+    settings = h.settings(
+        args, "rounds", "duration", "warmup", "connections", "moderate_connections", "threads",
+        "workers", "upstream_workers",
+    )  # fmt: skip
+    return h.finish(
+        args,
+        context,
+        settings,
+        rows,
+        runs,
+        configs=[asdict(c) for c in args.configs],
+        workloads=[asdict(w) for w in WORKLOADS],
+        targets={"x_nginx": TARGET_RATIO, "added_p99_ms": TARGET_ADDED_P99_MS},
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(h.run(main))

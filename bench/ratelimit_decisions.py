@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python bench/ratelimit_decisions.py              # 25 rounds x 10,000 calls, ~4 min
+    .venv/bin/python bench/ratelimit_decisions.py --quick      # 3 rounds x 2,000 calls, no memory
     .venv/bin/python bench/ratelimit_decisions.py --rounds 5 --memory-keys 0   # quick look
     .venv/bin/python bench/ratelimit_decisions.py --json results.json --check
 
@@ -52,30 +53,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
-import platform
-import shlex
-import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
-BENCH_DIR = Path(__file__).resolve().parent
+import _harness as h
+
 TARGET = 2.0  # at most this multiple of the floor's ns per decision
 VARIANTS = ("allowed", "over")
 # (amount, window seconds) per workload; quota counts per calendar day instead.
 LIMITS = {"allowed": (1_000_000, 60.0), "over": (5, 3600.0)}
 WARM_PASSES = {"allowed": 1, "over": 6}
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on (a missing package, a wrong decision...)."""
 
 
 # -- the contenders -------------------------------------------------------------------------
@@ -318,7 +310,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Rate-limit decisions per second in one process: surefoot's MemoryStore, "
         "limits, throttled-py and a hand-written token bucket, interleaved.",
     )
-    parser.add_argument("--rounds", type=int, default=25, help="rounds (default: 25)")
+    h.add_rounds(parser, 25)
+    h.add_quick(parser, rounds=3, calls=2000, memory_keys=0)
     parser.add_argument(
         "--calls", type=int, default=10_000, help="timed decisions per run (default: 10000)"
     )
@@ -328,82 +321,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(VARIANTS),
         help="comma-separated workloads: allowed, over (default: both)",
     )
-    parser.add_argument(
-        "--impls",
-        default="",
-        help="comma-separated implementations to run; floor and loop always run (default: all)",
-    )
+    h.add_selection(parser, "--impls", IMPLS, "floor", "loop")
     parser.add_argument(
         "--memory-keys",
         type=int,
         default=100_000,
         help="keys for the memory-per-key measurement, 0 to skip (default: 100000)",
     )
-    parser.add_argument(
-        "--cpu", type=int, default=None, help="CPU to pin to (default: the last allowed one)"
+    h.add_pin_options(
+        parser, what="this process", cpu="CPU to pin to (default: the last allowed one)"
     )
-    parser.add_argument("--no-pin", action="store_true", help="do not pin to a CPU")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    parser.add_argument(
-        "--check", action="store_true", help="exit with status 1 if a target is missed"
+    h.add_output_options(parser)
+    args = h.parse(parser, argv)
+    args.variants = h.names(parser, "--variants", args.variants, VARIANTS) or parser.error(
+        f"--variants: expected names from {list(VARIANTS)}"
     )
-    args = parser.parse_args(argv)
-    known = {i.name: i for i in IMPLS}
-    names = [n.strip() for n in args.impls.split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        parser.error(f"--impls: unknown {unknown}; expected names from {list(known)}")
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if not variants or any(v not in VARIANTS for v in variants):
-        parser.error(f"--variants: expected names from {list(VARIANTS)}")
     if min(args.rounds, args.calls, args.keys) < 1 or args.memory_keys < 0:
         parser.error("expected --rounds, --calls and --keys >= 1, --memory-keys >= 0")
-    args.impls = [i for i in IMPLS if not names or i.name in ("floor", "loop", *names)]
-    args.variants = variants
     return args
 
 
-def check_packages() -> None:
-    missing = []
-    for module in ("surefoot", "limits", "throttled"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
-    if missing:
-        raise BenchError(
-            f"missing Python packages {missing} in {sys.executable}; "
-            "install them with: pip install -e '.[bench]'"
-        )
-
-
 def pin(args: argparse.Namespace) -> str:
-    cpus = sorted(os.sched_getaffinity(0))
+    count = len(os.sched_getaffinity(0))
     if args.no_pin:
-        return f"not pinned (--no-pin); {len(cpus)} CPUs available"
-    cpu = cpus[-1] if args.cpu is None else args.cpu
-    if cpu not in cpus:
-        raise BenchError(f"--cpu {cpu}: not one of the allowed CPUs {cpus}")
-    os.sched_setaffinity(0, {cpu})
-    return f"pinned to CPU {cpu} of {len(cpus)} (sched_setaffinity, as taskset -c {cpu})"
-
-
-def environment() -> dict[str, Any]:
-    from importlib.metadata import version
-
-    git = subprocess.run(
-        ["git", "-C", str(BENCH_DIR), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "git": git.stdout.strip() or "unknown",
-        **{p: version(p) for p in ("surefoot", "limits", "throttled-py")},
-    }
+        return f"not pinned (--no-pin); {count} CPUs available"
+    cpu = h.pin_self(args.cpu)
+    return f"pinned to CPU {cpu} of {count} (sched_setaffinity, as taskset -c {cpu})"
 
 
 # -- one run --------------------------------------------------------------------------------
@@ -428,7 +371,7 @@ def run_one(
     cpu, wall = time.process_time_ns() - cpu, time.perf_counter_ns() - wall
     expected = args.calls if variant == "allowed" or impl.library == "harness" else 0
     if allowed != expected:
-        raise BenchError(
+        raise h.BenchError(
             f"{impl.name} ({variant}): {allowed:,} of {args.calls:,} calls allowed, "
             f"expected {expected:,}: the workload is not what it claims to be"
         )
@@ -465,27 +408,20 @@ def memory_per_key(impl: Impl, count: int) -> float:
 def summarize(
     impls: list[Impl], variants: list[str], runs: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    def by(impl: str, variant: str) -> dict[int, dict[str, Any]]:
-        return {r["round"]: r for r in runs if r["impl"] == impl and r["variant"] == variant}
-
     rows = []
     for variant in variants:
-        floor, loop = by("floor", variant), by("loop", variant)
+        floor = h.by_round(runs, impl="floor", variant=variant)
+        loop = h.by_round(runs, impl="loop", variant=variant)
         for impl in impls:
             if variant not in impl.variants:
                 continue
-            mine = by(impl.name, variant)
-            ratios = [r["ns"] / floor[n]["ns"] for n, r in mine.items()]
+            mine = h.by_round(runs, impl=impl.name, variant=variant)
+            ratio = h.Spread.quartiles(h.paired(mine, floor, lambda r, f: r["ns"] / f["ns"]))
             net = [
                 (r["ns"] - loop[n]["ns"]) / (floor[n]["ns"] - loop[n]["ns"])
                 for n, r in mine.items()
             ]
-            ratio = statistics.median(ratios)
-            low, _, high = (
-                statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratio, ratio, ratio)
-            )
-            ns = statistics.median(r["ns"] for r in mine.values())
-            wall = statistics.median(r["wall_ns"] for r in mine.values())
+            ns = h.median(r["ns"] for r in mine.values())
             rows.append(
                 {
                     "impl": impl.name,
@@ -494,16 +430,24 @@ def summarize(
                     "note": impl.note,
                     "ns": ns,
                     "per_second": 1e9 / ns,
-                    "wall_ns": wall,
-                    "ratio": ratio,
-                    "ratio_p25": low,
-                    "ratio_p75": high,
-                    "net_ratio": statistics.median(net),
+                    "wall_ns": h.median(r["wall_ns"] for r in mine.values()),
+                    "ratio": ratio.median,
+                    "ratio_p25": ratio.low,
+                    "ratio_p75": ratio.high,
+                    "net_ratio": h.median(net),
                     "target": TARGET if impl.target else None,
-                    "met": ratio <= TARGET if impl.target else None,
+                    "met": ratio.median <= TARGET if impl.target else None,
                 }
             )
     return rows
+
+
+COLUMNS = (
+    h.Column("implementation", "<24"), h.Column("ns/call", ">7"), h.Column("calls/s", ">9"),
+    h.Column("x floor", ">7"), h.Column("(IQR)", ">9"), h.Column("net x", ">5"),
+    h.Column("target", ">6"), h.Column("met", ">3"), h.Column("wall ns", ">7"),
+    h.Column("B/key", ">5"), h.Column("note", gap=2),
+)  # fmt: skip
 
 
 def print_report(
@@ -514,45 +458,47 @@ def print_report(
     memory: dict[str, float],
 ) -> None:
     env = context["environment"]
-    print()
-    print(f"command:  {context['command']}")
-    print(
-        f"workload: {args.keys:,} keys cycled, {args.calls:,} timed calls per run, "
-        f"{args.rounds} round(s), implementations interleaved (order rotated each round)"
-    )
-    print("          allowed: 1,000,000/minute (quota: per day), every call admitted;")
-    print("          over: 5/hour (quota: per day), exhausted before timing, every call refused")
-    print(f"cpus:     {context['cpus']}")
-    print(
-        f"machine:  {env['cpus']} CPUs, load average {context['load_before']:.2f} before, "
-        f"{context['load_after']:.2f} after (1 min)"
-    )
-    print(
-        f"software: Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
-        f"limits {env['limits']}, throttled-py {env['throttled-py']}"
-    )
-    header = (
-        f"{'implementation':<24} {'ns/call':>7} {'calls/s':>9} {'x floor':>7} "
-        f"{'(IQR)':>9} {'net x':>5} {'target':>6} {'met':>3} {'wall ns':>7} "
-        f"{'B/key':>5}  note"
+    h.print_header(
+        context,
+        [
+            (
+                "workload",
+                f"{args.keys:,} keys cycled, {args.calls:,} timed calls per run, "
+                f"{args.rounds} round(s), implementations interleaved (order rotated each round)",
+            ),
+            ("", "allowed: 1,000,000/minute (quota: per day), every call admitted;"),
+            ("", "over: 5/hour (quota: per day), exhausted before timing, every call refused"),
+            ("cpus", context["cpus"]),
+            ("machine", h.machine(context)),
+            (
+                "software",
+                f"Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
+                f"limits {env['limits']}, throttled-py {env['throttled-py']}",
+            ),
+        ],
     )
     for variant in args.variants:
         print()
         print(f"[{variant}]")
-        print(header)
-        print("-" * len(header))
+        cells = []
         for row in (r for r in rows if r["variant"] == variant):
-            target = "-" if row["target"] is None else f"<={row['target']:.1f}"
-            met = "-" if row["met"] is None else ("yes" if row["met"] else "NO")
-            spread = f"{row['ratio_p25']:.1f}-{row['ratio_p75']:.1f}"
-            net = "-" if row["impl"] == "loop" else f"{row['net_ratio']:.1f}"
             mem = memory.get(row["impl"])
-            mem_text = "-" if mem is None or variant != "allowed" else f"{mem:.0f}"
-            print(
-                f"{row['impl']:<24} {row['ns']:>7,.0f} {row['per_second']:>9,.0f} "
-                f"{row['ratio']:>7.2f} {spread:>9} {net:>5} {target:>6} {met:>3} "
-                f"{row['wall_ns']:>7,.0f} {mem_text:>5}  {row['note']}".rstrip()
+            cells.append(
+                [
+                    row["impl"],
+                    f"{row['ns']:,.0f}",
+                    f"{row['per_second']:,.0f}",
+                    f"{row['ratio']:.2f}",
+                    f"{row['ratio_p25']:.1f}-{row['ratio_p75']:.1f}",
+                    "-" if row["impl"] == "loop" else f"{row['net_ratio']:.1f}",
+                    h.target_text(row["target"], "<="),
+                    h.met_text(row["met"]),
+                    f"{row['wall_ns']:,.0f}",
+                    "-" if mem is None or variant != "allowed" else f"{mem:.0f}",
+                    row["note"],
+                ]
             )
+        print("\n".join(h.text_table(COLUMNS, cells)))
     print()
     print("ns/call: median over rounds of the process CPU time of a run (all threads: limits")
     print("         expires keys in timer threads) over its calls, loop included; CPU time")
@@ -569,92 +515,54 @@ def print_report(
             "new keys (tracemalloc; key strings included)."
         )
     print()
-    if args.rounds > 10:
-        print("per round figures: in the --json output (runs).")
-        return
-    print("per round, ns/call (CPU):")
-    names = [i.name for i in args.impls]
-    for variant in args.variants:
-        shown = [n for n in names if any(r["impl"] == n and r["variant"] == variant for r in runs)]
-        print(f"  [{variant}]")
-        for n in shown:
-            cells = " ".join(
-                f"{r['ns']:>8,.0f}"
-                for r in sorted(
-                    (r for r in runs if r["impl"] == n and r["variant"] == variant),
-                    key=lambda r: r["round"],
-                )
-            )
-            print(f"  {n:<24} {cells}")
+    h.print_per_round(
+        runs, "impl", args.variants, lambda r: f"{r['ns']:>8,.0f}", 24, args.rounds,
+        "ns/call (CPU)", group="variant",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join(sys.orig_argv if argv is None else [sys.argv[0], *argv])
-    try:
-        check_packages()
-        pinning = pin(args)
-        context: dict[str, Any] = {
-            "command": command,
-            "cpus": pinning,
-            "environment": environment(),
-            "load_before": os.getloadavg()[0],
-        }
-        impls: list[Impl] = args.impls
-        keys = key_names(args.keys)
+    h.require_modules(("surefoot", "limits", "throttled"), "bench")
+    pinning = pin(args)
+    context: dict[str, Any] = {
+        "command": args.command,
+        "cpus": pinning,
+        "environment": h.environment(("surefoot", "limits", "throttled-py")),
+        "load_before": h.load_average(),
+    }
+    impls: list[Impl] = args.impls
+    keys = key_names(args.keys)
+    print(
+        f"{len(impls)} implementations x {len(args.variants)} workloads x {args.rounds} "
+        f"rounds x {args.calls:,} calls; {pinning}",
+        flush=True,
+    )
+    runs = []
+    for round_no in range(1, args.rounds + 1):
+        for variant in args.variants:
+            for impl in h.rotated(impls, round_no):
+                if variant in impl.variants:
+                    runs.append(run_one(args, impl, variant, round_no, keys))
+        done = [r for r in runs if r["round"] == round_no]
         print(
-            f"{len(impls)} implementations x {len(args.variants)} workloads x {args.rounds} "
-            f"rounds x {args.calls:,} calls; {pinning}",
+            f"  round {round_no}: "
+            + ", ".join(f"{r['impl']} ({r['variant']}) {r['ns']:,.0f} ns" for r in done[:3])
+            + ", ...",
             flush=True,
         )
-        runs = []
-        for round_no in range(1, args.rounds + 1):
-            shift = (round_no - 1) % len(impls)
-            order = impls[shift:] + impls[:shift]
-            for variant in args.variants:
-                for impl in order:
-                    if variant not in impl.variants:
-                        continue
-                    runs.append(run_one(args, impl, variant, round_no, keys))
-            done = [r for r in runs if r["round"] == round_no]
-            print(
-                f"  round {round_no}: "
-                + ", ".join(f"{r['impl']} ({r['variant']}) {r['ns']:,.0f} ns" for r in done[:3])
-                + ", ...",
-                flush=True,
-            )
-        memory: dict[str, float] = {}
-        if args.memory_keys:
-            print(f"  memory: {args.memory_keys:,} keys per implementation", flush=True)
-            for impl in impls:
-                if impl.memory and impl.library != "harness":
-                    memory[impl.name] = memory_per_key(impl, args.memory_keys)
-        context["load_after"] = os.getloadavg()[0]
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    memory: dict[str, float] = {}
+    if args.memory_keys:
+        print(f"  memory: {args.memory_keys:,} keys per implementation", flush=True)
+        for impl in impls:
+            if impl.memory and impl.library != "harness":
+                memory[impl.name] = memory_per_key(impl, args.memory_keys)
+    context["load_after"] = h.load_average()
     rows = summarize(impls, args.variants, runs)
     print_report(args, context, runs, rows, memory)
-    if args.json:
-        document = {
-            **context,
-            "settings": {
-                "rounds": args.rounds,
-                "calls": args.calls,
-                "keys": args.keys,
-                "variants": args.variants,
-                "memory_keys": args.memory_keys,
-                "limits": LIMITS,
-            },
-            "summary": rows,
-            "memory_bytes_per_key": memory,
-            "runs": runs,
-        }
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
-        print(f"\nJSON written to {args.json}")
-    missed = [row["impl"] for row in rows if row["met"] is False]
-    return 1 if args.check and missed else 0
+    settings = h.settings(args, "rounds", "calls", "keys", "variants", "memory_keys", limits=LIMITS)
+    return h.finish(args, context, settings, rows, runs, memory_bytes_per_key=memory)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(h.run(main))
