@@ -353,6 +353,25 @@ def test_sliding_window_reads_a_state_kept_by_an_older_surefoot() -> None:
     assert sliding.decide(old, 30.0, 1, limit)[0].remaining == 9  # forgotten
 
 
+@pytest.mark.parametrize(
+    ("algorithm", "kept"),
+    [
+        ("fixed_window", (20.0, 2)),
+        ("sliding_window", (20.0, 1, 1, 21.0)),  # its last admission is within W of now
+        ("sliding_window", (20.0, 1, 1)),  # kept by an older surefoot
+    ],
+)
+def test_a_state_from_a_window_not_yet_begun_counts_nothing(
+    algorithm: str, kept: tuple[Any, ...]
+) -> None:
+    # The clock stepped back (or a host whose clock runs ahead wrote the state): a state
+    # neither of now's window nor of the one before decides like a key never seen.
+    algo = ALGORITHM_BY_NAME[algorithm]
+    limit = Limit(2, 10)
+    assert algo.decide(kept, 15.0, 1, limit) == algo.decide(None, 15.0, 1, limit)
+    assert algo.decide(kept, 15.0, 1, limit)[0].remaining == 1
+
+
 # --------------------------------------------------------------------------- concurrency
 
 
