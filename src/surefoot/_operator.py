@@ -22,7 +22,7 @@ import json
 import re
 
 from surefoot._toml import shown
-from surefoot.idempotency._core import StoredResponse
+from surefoot.idempotency import StoredResponse
 
 __all__ = ["MAX_BODY", "operator_response", "operator_store_key", "refuse_constant"]
 

@@ -9,11 +9,10 @@ Rule 1: a command that needs an extra says so in one line before importing anyth
         (``surefoot chaos needs the 'client' extra: pip install 'surefoot[client]'
         (missing: httpx)``), never with a traceback. ``errors``, ``metrics``, ``keys`` and
         ``migrate`` need none (a Redis or PostgreSQL store needs its driver's extra);
-        ``serve`` and ``check-config`` need ``gateway``; ``chaos`` needs ``client``;
-        ``chaos drill`` needs ``gateway`` and ``examples``.
+        ``serve`` and ``check-config`` need ``gateway``; ``chaos`` needs ``client``.
 Rule 2: every input is checked before anything is stored; an invalid one is a usage error
         naming the option (``surefoot keys resolve`` stores only what
-        ``surefoot.idempotency._operator`` accepts).
+        ``surefoot._operator`` accepts).
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from surefoot._operator import operator_response, operator_store_key
 from surefoot._toml import masked_text, masked_url, split_url
 from surefoot._version import __version__
 from surefoot.clock import SystemClock
@@ -42,8 +42,7 @@ from surefoot.errors import (
     catalogue_markdown,
     problem_type_uri,
 )
-from surefoot.idempotency._core import Record, State
-from surefoot.idempotency._operator import operator_response, operator_store_key
+from surefoot.idempotency import Record, State
 from surefoot.metrics import METRICS, metrics_markdown
 from surefoot.storage import IdempotencyStore, store_from_url
 
@@ -395,13 +394,11 @@ def check_config(config_path: str) -> None:
     answer within 2 seconds is a warning.
     """
     gateway = _gateway("check-config")
-    from surefoot.gateway._check import check_start
-
     try:
         config = gateway.load_config(config_path)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
-    found = asyncio.run(check_start(config))
+    found = asyncio.run(gateway.check_start(config))
     for warning in (*found.warnings, *config.store_warnings()):
         click.echo(f"{config_path}: warning: {warning}", err=True)
     if found.errors:

@@ -35,7 +35,7 @@ from surefoot.idempotency._core import (
     scoped_key,
 )
 from surefoot.storage import MemoryStore, SqliteStore
-from surefoot.storage._protocol import IdempotencyStore
+from surefoot.idempotency import IdempotencyStore
 
 T = TypeVar("T")
 LEASE, TTL = 10.0, 100.0

@@ -27,7 +27,7 @@ from surefoot.idempotency import (
 )
 from surefoot.ratelimit import RateLimitMiddleware, RateLimitPolicy
 from surefoot.storage import MemoryStore
-from surefoot.storage._health import StoreDown, StoreHealth, StoreRecovered
+from surefoot._health import StoreDown, StoreHealth, StoreRecovered
 from surefoot.testing import FlakyStore, ManualClock
 
 pytestmark = pytest.mark.anyio

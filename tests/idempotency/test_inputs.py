@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from surefoot._json import NOT_JSON, parse_json_body
 from surefoot.errors import ConfigurationError
 from surefoot.idempotency import IdempotencyPolicy
-from surefoot.idempotency._fingerprint import NOT_JSON, fingerprint, parse_json_body
+from surefoot.idempotency._fingerprint import fingerprint
 from surefoot.idempotency._key import InvalidKey, parse_key
 
 

@@ -28,7 +28,7 @@ from surefoot.ratelimit import (
     install_problem_handler,
 )
 from surefoot.storage import MemoryStore
-from surefoot.storage._health import (
+from surefoot._health import (
     StoreDown,
     StoreHealth,
     StoreRecovered,

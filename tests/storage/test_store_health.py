@@ -12,10 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _support import T0
 from surefoot.errors import ConfigurationError
-from surefoot.storage._health import HealthChange, HealthState, Permit, StoreHealth
-
-T0 = 1_700_000_000.0
+from surefoot._health import HealthChange, HealthState, Permit, StoreHealth
 
 
 def tracker(state: HealthState, **options: Any) -> tuple[StoreHealth, Permit]:

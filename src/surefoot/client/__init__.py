@@ -27,6 +27,9 @@ import importlib.util
 if importlib.util.find_spec("httpx") is None:  # pragma: no cover - only without the extra
     raise ImportError("surefoot.client needs httpx: pip install 'surefoot[client]'")
 
+from typing import TYPE_CHECKING
+
+from surefoot._lazy import lazy_names
 from surefoot.client._breaker import (
     BreakerState,
     BreakerStateChanged,
@@ -35,8 +38,6 @@ from surefoot.client._breaker import (
 )
 from surefoot.client._breaker_protocol import Breaker
 from surefoot.client._budget import RetryBudget
-from surefoot.client._bulkhead import Bulkhead
-from surefoot.client._cache import STALE_HEADER, StaleCache
 from surefoot.client._events import (
     AttemptFailed,
     BulkheadFull,
@@ -48,14 +49,35 @@ from surefoot.client._events import (
     ThrottleRefused,
     ThrottleWaited,
 )
-from surefoot.client._integrations import (
-    Integration,
-    integrations_from_dict,
-    load_integrations,
-)
 from surefoot.client._policy import DEFAULT_RETRY_STATUSES, IDEMPOTENT_METHODS, RetryPolicy
-from surefoot.client._throttle import Throttle
-from surefoot.client.transport import AsyncResilientTransport, ResilientTransport
+
+if TYPE_CHECKING:
+    from surefoot.client._bulkhead import Bulkhead
+    from surefoot.client._cache import STALE_HEADER, StaleCache
+    from surefoot.client._integrations import (
+        Integration,
+        integrations_from_dict,
+        load_integrations,
+    )
+    from surefoot.client._schema import BreakerTable
+    from surefoot.client._throttle import Throttle
+    from surefoot.client.transport import AsyncResilientTransport, ResilientTransport
+else:
+    __getattr__ = lazy_names(
+        __name__,
+        {
+            "surefoot.client._bulkhead": ("Bulkhead",),
+            "surefoot.client._cache": ("STALE_HEADER", "StaleCache"),
+            "surefoot.client._integrations": (
+                "Integration",
+                "integrations_from_dict",
+                "load_integrations",
+            ),
+            "surefoot.client._schema": ("BreakerTable",),  # imports pydantic
+            "surefoot.client._throttle": ("Throttle",),
+            "surefoot.client.transport": ("AsyncResilientTransport", "ResilientTransport"),
+        },
+    )
 
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
@@ -66,6 +88,7 @@ __all__ = [
     "Breaker",
     "BreakerState",
     "BreakerStateChanged",
+    "BreakerTable",
     "Bulkhead",
     "BulkheadFull",
     "CallNotPermitted",

@@ -30,7 +30,7 @@ from typing import Any
 
 from surefoot.errors import ConfigurationError, UpstreamThrottled
 from surefoot.ratelimit import ALGORITHM_BY_NAME, Item, Limit, parse_limit
-from surefoot.storage import RateLimitStore
+from surefoot.ratelimit import RateLimitStore
 
 __all__ = ["Throttle"]
 

@@ -17,6 +17,7 @@ if not all(
     # Only without the extra: one line naming it, not the first import that fails.
     raise ImportError("surefoot.gateway needs the 'gateway' extra: pip install 'surefoot[gateway]'")
 
+from surefoot.gateway._check import StartCheck, check_start
 from surefoot.gateway._config import GatewayConfig, config_from_dict, load_config
 from surefoot.gateway._events import (
     ConfigRefused,
@@ -47,7 +48,9 @@ __all__ = [
     "OutcomeResolved",
     "ProxyApp",
     "RequestShed",
+    "StartCheck",
     "UpstreamFailed",
+    "check_start",
     "config_from_dict",
     "load_config",
     "serve",

@@ -63,7 +63,7 @@ from surefoot._asgi import (
     send_problem,
 )
 from surefoot._routes import RouteTable
-from surefoot.client._breaker import CircuitBreaker
+from surefoot.client import CircuitBreaker
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import DEFAULT_PROBLEM_BASE, ConfigurationError, CredentialsAmbiguous
 from surefoot.events import EventHook, LoggingHook, emit
@@ -76,12 +76,10 @@ from surefoot.gateway._metrics import GatewayMetrics
 from surefoot.gateway._shed import LoadShedder
 from surefoot.gateway._upstream import HttpUpstream, HttpxUpstream, Upstream
 from surefoot.gateway.proxy import ProxyApp
-from surefoot.idempotency.middleware import IdempotencyMiddleware
+from surefoot.idempotency import IdempotencyMiddleware
 from surefoot.identity import Identity
-from surefoot.ratelimit.middleware import RateLimitMiddleware
-from surefoot.storage import store_from_url
-from surefoot.storage._health import StoreHealth
-from surefoot.storage._protocol import IdempotencyStore, RateLimitStore
+from surefoot.ratelimit import RateLimitMiddleware
+from surefoot.storage import IdempotencyStore, RateLimitStore, StoreHealth, store_from_url
 
 __all__ = ["Gateway"]
 

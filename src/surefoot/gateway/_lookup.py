@@ -41,15 +41,22 @@ from urllib.parse import parse_qs, quote
 import httpx
 
 from surefoot._asgi import Scope, header_values, request_id, route_method
+from surefoot._json import NOT_JSON, parse_json_body
 from surefoot._routes import RouteTable
 from surefoot.clock import Clock
 from surefoot.events import EventHook, emit, wanted
 from surefoot.gateway._config import PLACEHOLDER, Lookup
 from surefoot.gateway._events import OutcomeResolved
-from surefoot.idempotency._core import Begin, Outcome, Reserved, State, Step, StoredResponse
-from surefoot.idempotency._fingerprint import NOT_JSON, parse_json_body
-from surefoot.idempotency.middleware import Resolution
-from surefoot.storage._protocol import IdempotencyStore
+from surefoot.idempotency import (
+    Begin,
+    IdempotencyStore,
+    Outcome,
+    Reserved,
+    Resolution,
+    State,
+    Step,
+    StoredResponse,
+)
 
 __all__ = ["LOOKUP_PREFIX", "LookupResolver"]
 

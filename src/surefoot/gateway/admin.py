@@ -26,7 +26,7 @@ Rule 1: every input is checked before the store is touched, and anything else is
         endpoint names, each at most once, 1 to 1024 printable characters; ``limit`` is a
         whole number from 1 to 10000; a JSON body is one object of the endpoint's fields
         (at most 4 MiB; no ``NaN``); what ``resolve`` stores passes
-        ``surefoot.idempotency._operator`` (a final status, a clean content type, JSON
+        ``surefoot._operator`` (a final status, a clean content type, JSON
         when it says JSON), so nothing invalid is ever stored.
 """
 
@@ -42,6 +42,12 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from surefoot._asgi import Receive, Scope, Send, request_id, send_problem
+from surefoot._operator import (
+    MAX_BODY,
+    operator_response,
+    operator_store_key,
+    refuse_constant,
+)
 from surefoot._toml import shown
 from surefoot.errors import (
     DEFAULT_PROBLEM_BASE,
@@ -56,15 +62,8 @@ from surefoot.events import emit
 from surefoot.gateway._events import OutcomeResolved
 from surefoot.gateway._gateway import Gateway
 from surefoot.gateway._lookup import LOOKUP_PREFIX
-from surefoot.idempotency._core import Record, State, StoredResponse, scoped_key
-from surefoot.idempotency._operator import (
-    MAX_BODY,
-    operator_response,
-    operator_store_key,
-    refuse_constant,
-)
-from surefoot.ratelimit._core import Item
-from surefoot.ratelimit._policy import limit_key
+from surefoot.idempotency import Record, State, StoredResponse, scoped_key
+from surefoot.ratelimit import Item, limit_key
 
 __all__ = ["AdminApp"]
 

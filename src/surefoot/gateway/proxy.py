@@ -72,7 +72,7 @@ from surefoot._asgi import (
     request_id,
     send_problem,
 )
-from surefoot.client._breaker import CircuitBreaker
+from surefoot.client import CircuitBreaker
 from surefoot.errors import (
     DEFAULT_PROBLEM_BASE,
     CircuitOpen,

@@ -64,6 +64,16 @@ from surefoot._asgi import (
     route_method,
 )
 from surefoot._asgi import send_problem as _send_problem
+from surefoot._health import (
+    HealthChange,
+    HealthState,
+    StoreDown,
+    StoreHealth,
+    StoreRecovered,
+    failure_name,
+    health_event,
+)
+from surefoot._json import NOT_JSON, parse_json_body
 from surefoot._routes import RouteTable, match_form
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import (
@@ -101,20 +111,11 @@ from surefoot.idempotency._core import (
     Unknown,
     scoped_key,
 )
-from surefoot.idempotency._fingerprint import NOT_JSON, fingerprint, parse_json_body
+from surefoot.idempotency._fingerprint import fingerprint
 from surefoot.idempotency._key import InvalidKey, parse_key
 from surefoot.idempotency._policy import IdempotencyPolicy
+from surefoot.idempotency._store import IdempotencyStore
 from surefoot.identity import Identity, PrincipalResolver, default_principal
-from surefoot.storage._health import (
-    HealthChange,
-    HealthState,
-    StoreDown,
-    StoreHealth,
-    StoreRecovered,
-    failure_name,
-    health_event,
-)
-from surefoot.storage._protocol import IdempotencyStore
 
 __all__ = ["IdempotencyMiddleware", "OutcomeResolver", "Resolution"]
 

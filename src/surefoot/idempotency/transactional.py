@@ -60,6 +60,7 @@ from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, 
 from contextlib import closing, contextmanager
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn, Protocol
 
+from surefoot._json import NOT_JSON, parse_json_body
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import (
     ConfigurationError,
@@ -85,7 +86,7 @@ from surefoot.idempotency._core import (
     StoredResponse,
     scoped_key,
 )
-from surefoot.idempotency._fingerprint import NOT_JSON, fingerprint, parse_json_body
+from surefoot.idempotency._fingerprint import fingerprint
 from surefoot.idempotency._key import InvalidKey, parse_key
 from surefoot.idempotency._policy import _MAX_TTL, _MIN_TTL
 

@@ -2,14 +2,24 @@
 
 Algorithms are pure functions in ``_algorithms`` (``(state, now, cost, limit) ->
 (decision, state)``); ``_core.plan`` decides one request against several limits, all or
-nothing; stores run it atomically; ``RateLimitMiddleware`` (ASGI) and
-``RateLimitDependency`` (FastAPI) are the adapters. While the store is down, each policy
-fails open, fails closed or falls back to per-process counters (``on_store_error``).
+nothing; stores (``_store`` is their contract) run it atomically; ``RateLimitMiddleware``
+(ASGI) and ``RateLimitDependency`` (FastAPI) are the adapters, imported on first use so
+that importing a core loads no I/O module. While the store is down, each policy fails
+open, fails closed or falls back to per-process counters (``on_store_error``).
 """
 
 from __future__ import annotations
 
-from surefoot.ratelimit._algorithms import ALGORITHM_BY_NAME, RateLimitDecision
+from typing import TYPE_CHECKING
+
+from surefoot._lazy import lazy_names
+from surefoot.ratelimit._algorithms import (
+    ALGORITHM_BY_NAME,
+    Concurrency,
+    CounterState,
+    RateLimitDecision,
+    quota_period,
+)
 from surefoot.ratelimit._core import Item, plan
 from surefoot.ratelimit._events import (
     RateLimitAllowed,
@@ -20,14 +30,36 @@ from surefoot.ratelimit._events import (
     RateLimitStoreFailed,
 )
 from surefoot.ratelimit._limit import ALGORITHMS, Limit, parse_limit
-from surefoot.ratelimit._limiter import RateLimiter, Verdict
 from surefoot.ratelimit._policy import RateLimitPolicy, limit_key
-from surefoot.ratelimit.dependency import RateLimitDependency, RateLimited, install_problem_handler
-from surefoot.ratelimit.middleware import RateLimitMiddleware
+from surefoot.ratelimit._store import RateLimitStore
+
+if TYPE_CHECKING:
+    from surefoot.ratelimit._limiter import RateLimiter, Verdict
+    from surefoot.ratelimit.dependency import (
+        RateLimitDependency,
+        RateLimited,
+        install_problem_handler,
+    )
+    from surefoot.ratelimit.middleware import RateLimitMiddleware
+else:
+    __getattr__ = lazy_names(
+        __name__,
+        {
+            "surefoot.ratelimit._limiter": ("RateLimiter", "Verdict"),
+            "surefoot.ratelimit.dependency": (
+                "RateLimitDependency",
+                "RateLimited",
+                "install_problem_handler",
+            ),
+            "surefoot.ratelimit.middleware": ("RateLimitMiddleware",),
+        },
+    )
 
 __all__ = [
     "ALGORITHMS",
     "ALGORITHM_BY_NAME",
+    "Concurrency",
+    "CounterState",
     "Item",
     "Limit",
     "RateLimitAllowed",
@@ -38,6 +70,7 @@ __all__ = [
     "RateLimitPolicy",
     "RateLimitRejected",
     "RateLimitShadowRejected",
+    "RateLimitStore",
     "RateLimitStoreBypassed",
     "RateLimitStoreFailed",
     "RateLimited",
@@ -47,4 +80,5 @@ __all__ = [
     "limit_key",
     "parse_limit",
     "plan",
+    "quota_period",
 ]

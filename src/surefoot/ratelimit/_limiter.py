@@ -58,7 +58,7 @@ from surefoot.ratelimit._core import Item
 from surefoot.ratelimit._headers import Reported, legacy_headers, ratelimit_headers, whole_seconds
 from surefoot.ratelimit._limit import Limit
 from surefoot.ratelimit._policy import RateLimitPolicy, limit_key
-from surefoot.storage._health import (
+from surefoot._health import (
     HealthChange,
     HealthState,
     StoreDown,
@@ -67,7 +67,7 @@ from surefoot.storage._health import (
     failure_name,
     health_event,
 )
-from surefoot.storage._protocol import RateLimitStore
+from surefoot.ratelimit._store import RateLimitStore
 
 __all__ = ["RateLimiter", "TierResolver", "Verdict"]
 

@@ -29,8 +29,8 @@ from surefoot.events import EventHook
 from surefoot.identity import PrincipalResolver, default_principal
 from surefoot.ratelimit._limiter import RateLimiter, TierResolver
 from surefoot.ratelimit._policy import RateLimitPolicy
-from surefoot.storage._health import StoreHealth
-from surefoot.storage._protocol import RateLimitStore
+from surefoot._health import StoreHealth
+from surefoot.ratelimit._store import RateLimitStore
 
 try:  # FastAPI reads the parameter annotations to inject the request and response.
     from starlette.requests import Request

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
 from surefoot._toml import masked_url, split_url
 from surefoot.errors import ConfigurationError
-from surefoot.storage._protocol import IdempotencyStore
+from surefoot.idempotency import IdempotencyStore
+from surefoot.ratelimit import RateLimitStore
 from surefoot.storage.memory import MemoryStore
 from surefoot.storage.sqlite import SqliteStore
 
-__all__ = ["STORES", "store_from_url"]
+__all__ = ["STORES", "Store", "store_from_url"]
 
 
-def _memory(url: str) -> IdempotencyStore:
+@runtime_checkable
+class Store(IdempotencyStore, RateLimitStore, Protocol):
+    """What every store in this package is: a home for idempotency records and for
+    rate-limit counters at once (one store can serve both middlewares)."""
+
+
+def _memory(url: str) -> Store:
     options = _options(url)
     on_full = options.pop("on_full", "refuse")
     if on_full not in ("refuse", "evict"):
@@ -29,7 +36,7 @@ def _memory(url: str) -> IdempotencyStore:
     return store
 
 
-def _sqlite(url: str) -> IdempotencyStore:
+def _sqlite(url: str) -> Store:
     path = urlsplit(url).path
     path = path[1:] if path.startswith("/") else path
     if not path:
@@ -49,10 +56,10 @@ def _sqlite(url: str) -> IdempotencyStore:
     )
 
 
-def _lazy(module: str, cls: str, extra: str) -> Callable[[str], IdempotencyStore]:
+def _lazy(module: str, cls: str, extra: str) -> Callable[[str], Store]:
     """A factory for a store whose driver comes with an optional extra."""
 
-    def factory(url: str) -> IdempotencyStore:
+    def factory(url: str) -> Store:
         try:
             store_cls: Any = getattr(importlib.import_module(module), cls)
         except ImportError as exc:
@@ -60,7 +67,7 @@ def _lazy(module: str, cls: str, extra: str) -> Callable[[str], IdempotencyStore
                 f"store URL {masked_url(url)!r}: {cls} needs its driver: "
                 f"pip install 'surefoot[{extra}]' ({exc})"
             ) from None
-        store: IdempotencyStore = store_cls.from_url(url)
+        store: Store = store_cls.from_url(url)
         return store
 
     return factory
@@ -95,7 +102,7 @@ _redis = _lazy("surefoot.storage.redis", "RedisStore", "redis")
 _postgres = _lazy("surefoot.storage.postgres", "PostgresStore", "postgres")
 
 #: URL scheme -> factory(url). Each factory validates its own options.
-STORES: dict[str, Callable[[str], IdempotencyStore]] = {
+STORES: dict[str, Callable[[str], Store]] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "redis": _redis,
@@ -106,7 +113,7 @@ STORES: dict[str, Callable[[str], IdempotencyStore]] = {
 }
 
 
-def store_from_url(url: str) -> IdempotencyStore:
+def store_from_url(url: str) -> Store:
     """A store described by ``url``.
 
     Example:

@@ -35,9 +35,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal
 
+from surefoot import idempotency
 from surefoot.errors import ConfigurationError, StoreCapacityExceeded
-from surefoot.idempotency import _core
-from surefoot.idempotency._core import (
+from surefoot.idempotency import (
     Begin,
     Decision,
     Outcome,
@@ -47,14 +47,15 @@ from surefoot.idempotency._core import (
     Usage,
     key_owner,
 )
-from surefoot.ratelimit._algorithms import (
+from surefoot.ratelimit import (
     ALGORITHM_BY_NAME,
+    ALGORITHMS,
     Concurrency,
     CounterState,
+    Item,
     RateLimitDecision,
+    plan,
 )
-from surefoot.ratelimit._core import Item, plan
-from surefoot.ratelimit._limit import ALGORITHMS
 
 __all__ = ["MemoryStore"]
 
@@ -197,9 +198,9 @@ class MemoryStore:
             record = self._records.get(key)
             owner = key_owner(key)
             usage = None
-            if owner and _core.charges_quota(record, request, now):
+            if owner and idempotency.charges_quota(record, request, now):
                 usage = self._usage(owner, request, now)
-            decision, new = _core.begin(record, request, now, usage)
+            decision, new = idempotency.begin(record, request, now, usage)
             if new is not record:
                 self._put(key, new, now)
             return decision
@@ -207,27 +208,27 @@ class MemoryStore:
     async def finish(self, key: str, token: str, outcome: Outcome, now: float) -> bool:
         with self._lock:
             record = self._records.get(key)
-            accepted, new = _core.finish(record, token, outcome, now)
+            accepted, new = idempotency.finish(record, token, outcome, now)
             if new is not record:
                 self._put(key, new, now)
             return accepted
 
     async def resolve(self, key: str, response: StoredResponse, now: float) -> bool:
         with self._lock:
-            accepted, new = _core.resolve(self._records.get(key), response, now)
+            accepted, new = idempotency.resolve(self._records.get(key), response, now)
             if accepted:
                 self._put(key, new, now)
             return accepted
 
     async def forget(self, key: str, now: float) -> bool:
         with self._lock:
-            accepted, _ = _core.forget(self._records.get(key), now)
+            accepted, _ = idempotency.forget(self._records.get(key), now)
             self._drop(key)
             return accepted
 
     async def get(self, key: str, now: float) -> Record | None:
         record = self._records.get(key)
-        return None if _core.classify(record, now) is State.ABSENT else record
+        return None if idempotency.classify(record, now) is State.ABSENT else record
 
     async def records(
         self, now: float, *, state: State | None = None, limit: int = 100
@@ -236,7 +237,7 @@ class MemoryStore:
             items = list(self._records.items())
         out: list[tuple[str, Record]] = []
         for key, record in items:
-            observed = _core.classify(record, now)
+            observed = idempotency.classify(record, now)
             if observed is not State.ABSENT and state in (None, observed):
                 out.append((key, record))
                 if len(out) >= limit:

@@ -90,7 +90,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from surefoot._toml import masked_text, masked_url, split_url
 from surefoot.errors import ConfigurationError, StoreUnavailable
-from surefoot.idempotency._core import (
+from surefoot.idempotency import (
     Begin,
     Decision,
     InProgress,
@@ -106,9 +106,7 @@ from surefoot.idempotency._core import (
     StoredResponse,
     Unknown,
 )
-from surefoot.ratelimit._algorithms import RateLimitDecision, quota_period
-from surefoot.ratelimit._core import Item
-from surefoot.ratelimit._limit import ALGORITHMS, Limit
+from surefoot.ratelimit import ALGORITHMS, Item, Limit, RateLimitDecision, quota_period
 
 __all__ = ["PostgresStore", "migrate"]
 

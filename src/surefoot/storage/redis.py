@@ -119,7 +119,7 @@ from redis.exceptions import (
 
 from surefoot._toml import masked_text, split_url
 from surefoot.errors import ConfigurationError, StoreUnavailable
-from surefoot.idempotency._core import (
+from surefoot.idempotency import (
     Begin,
     Decision,
     InProgress,
@@ -137,9 +137,7 @@ from surefoot.idempotency._core import (
     classify,
     key_owner,
 )
-from surefoot.ratelimit._algorithms import RateLimitDecision, quota_period
-from surefoot.ratelimit._core import Item
-from surefoot.ratelimit._limit import ALGORITHMS, Limit
+from surefoot.ratelimit import ALGORITHMS, Item, Limit, RateLimitDecision, quota_period
 
 __all__ = ["RedisStore"]
 

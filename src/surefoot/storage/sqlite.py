@@ -56,9 +56,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from surefoot import idempotency
 from surefoot.errors import ConfigurationError, StoreUnavailable
-from surefoot.idempotency import _core
-from surefoot.idempotency._core import (
+from surefoot.idempotency import (
     Begin,
     Decision,
     Outcome,
@@ -68,9 +68,7 @@ from surefoot.idempotency._core import (
     Usage,
     key_owner,
 )
-from surefoot.ratelimit._algorithms import Concurrency, CounterState, RateLimitDecision
-from surefoot.ratelimit._core import Item, plan
-from surefoot.ratelimit._limit import ALGORITHMS
+from surefoot.ratelimit import ALGORITHMS, Concurrency, CounterState, Item, RateLimitDecision, plan
 
 __all__ = ["SqliteStore"]
 
@@ -359,7 +357,7 @@ class SqliteStore:
         # Most answers (replay, conflict, mismatch) need no write: decide from a plain read.
         with _translate(), self._lock:
             seen = _decode(self._db.execute(_SELECT, (key,)).fetchone())
-        decision, new = _core.begin(seen, request, now)
+        decision, new = idempotency.begin(seen, request, now)
         if new is seen:
             return decision
         owner = key_owner(key)
@@ -367,9 +365,9 @@ class SqliteStore:
         def work(db: sqlite3.Connection) -> Decision:
             record = _decode(db.execute(_SELECT, (key,)).fetchone())
             usage = None
-            if owner and _core.charges_quota(record, request, now):
+            if owner and idempotency.charges_quota(record, request, now):
                 usage = _usage(db, owner, request, now)
-            decision, new = _core.begin(record, request, now, usage)
+            decision, new = idempotency.begin(record, request, now, usage)
             if new is not record and new is not None:
                 db.execute(_UPSERT, (key, owner or None, *_encode(new)))
             return decision
@@ -378,21 +376,21 @@ class SqliteStore:
 
     async def finish(self, key: str, token: str, outcome: Outcome, now: float) -> bool:
         def apply(record: Record | None) -> tuple[bool, Record | None, bool]:
-            accepted, new = _core.finish(record, token, outcome, now)
+            accepted, new = idempotency.finish(record, token, outcome, now)
             return accepted, new, new is not record
 
         return await self._step(key, apply, now)
 
     async def resolve(self, key: str, response: StoredResponse, now: float) -> bool:
         def apply(record: Record | None) -> tuple[bool, Record | None, bool]:
-            accepted, new = _core.resolve(record, response, now)
+            accepted, new = idempotency.resolve(record, response, now)
             return accepted, new, accepted
 
         return await self._step(key, apply, now)
 
     async def forget(self, key: str, now: float) -> bool:
         def apply(record: Record | None) -> tuple[bool, Record | None, bool]:
-            accepted, new = _core.forget(record, now)
+            accepted, new = idempotency.forget(record, now)
             return accepted, new, record is not None
 
         return await self._step(key, apply, now)
@@ -400,7 +398,7 @@ class SqliteStore:
     async def get(self, key: str, now: float) -> Record | None:
         with _translate(), self._lock:
             record = _decode(self._db.execute(_SELECT, (key,)).fetchone())
-        return None if _core.classify(record, now) is State.ABSENT else record
+        return None if idempotency.classify(record, now) is State.ABSENT else record
 
     async def records(
         self, now: float, *, state: State | None = None, limit: int = 100
@@ -416,7 +414,7 @@ class SqliteStore:
             cursor = self._db.execute(query + " ORDER BY rowid", params)
             for key, *row in cursor:
                 record = _decode(tuple(row))
-                if record is not None and state in (None, _core.classify(record, now)):
+                if record is not None and state in (None, idempotency.classify(record, now)):
                     out.append((key, record))
                     if len(out) >= limit:
                         break

@@ -1,0 +1,31 @@
+"""``lazy_names``: a public door that imports an adapter only when one of its names is used.
+
+A package's ``__init__`` imports its pure modules (cores, events, policies, store
+interfaces) at once and hands the names of its adapters (middlewares, transports: the
+modules that import asyncio or a driver) to ``lazy_names``, under ``if TYPE_CHECKING``
+for the type checker. So ``import surefoot.idempotency._core`` loads no I/O module, while
+``from surefoot.idempotency import IdempotencyMiddleware`` works as before (PEP 562).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Mapping, Sequence
+
+__all__ = ["lazy_names"]
+
+
+def lazy_names(package: str, modules: Mapping[str, Sequence[str]]) -> Callable[[str], object]:
+    """A module ``__getattr__`` for ``package``: ``{module: names}`` imported on first use."""
+    home = {name: module for module, names in modules.items() for name in names}
+
+    def __getattr__(name: str) -> object:
+        module = home.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        setattr(sys.modules[package], name, value)  # the next use is a plain attribute
+        return value
+
+    return __getattr__

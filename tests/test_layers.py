@@ -1,0 +1,75 @@
+"""The layers hold at run time: importing a core loads no I/O module and no adapter.
+
+``scripts/check`` runs the static contracts (``lint-imports``, see ``.importlinter``);
+this test checks what Python really loads, package ``__init__`` modules included, which
+a static import graph cannot see.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+#: The pure modules: cores, policies, events and store interfaces.
+CORES = [
+    "surefoot.idempotency._core",
+    "surefoot.idempotency._policy",
+    "surefoot.idempotency._store",
+    "surefoot.ratelimit._algorithms",
+    "surefoot.ratelimit._core",
+    "surefoot.ratelimit._policy",
+    "surefoot.ratelimit._store",
+    "surefoot.client._flow",
+    "surefoot.chaos._plan",
+    "surefoot._health",
+]
+
+#: What a core must never load: I/O, drivers, and the layers above it.
+FORBIDDEN = (
+    "asyncio",
+    "sqlite3",
+    "httpx",
+    "redis",
+    "psycopg",
+    "surefoot.storage",
+    "surefoot.idempotency.middleware",
+    "surefoot.idempotency.transactional",
+    "surefoot.ratelimit.middleware",
+    "surefoot.ratelimit.dependency",
+    "surefoot.gateway",
+)
+
+
+def _loaded(statement: str) -> set[str]:
+    code = f"import json, sys; {statement}; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return set(json.loads(out.stdout))
+
+
+@pytest.mark.parametrize("module", CORES)
+def test_a_core_loads_no_io_module(module: str) -> None:
+    loaded = _loaded(f"import {module}")
+    assert module in loaded
+    bad = sorted(m for m in loaded if any(m == f or m.startswith(f + ".") for f in FORBIDDEN))
+    assert bad == [], f"importing {module} loads {bad}"
+
+
+@pytest.mark.parametrize(
+    "first", ["surefoot.storage", "surefoot.idempotency", "surefoot.ratelimit", "surefoot.cli"]
+)
+def test_public_doors_import_in_any_order(first: str) -> None:
+    loaded = _loaded(
+        f"import {first}; from surefoot.idempotency import IdempotencyMiddleware; "
+        "from surefoot.ratelimit import RateLimitMiddleware; import surefoot.storage"
+    )
+    assert {"surefoot.idempotency.middleware", "surefoot.ratelimit.middleware"} <= loaded
+
+
+def test_a_lazy_name_that_does_not_exist_is_an_attribute_error() -> None:
+    import surefoot.idempotency
+
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        _ = surefoot.idempotency.Nope  # type: ignore[attr-defined]
