@@ -371,3 +371,34 @@ def test_unreadable_and_non_utf8(tmp_path: Path) -> None:
 def test_from_dict_names_its_source() -> None:
     with pytest.raises(ConfigurationError, match=r"^policy: chaos\.rules\[0\]\.seconds: required"):
         FaultPlan.from_dict({"chaos": {"rules": [{"name": "d", "fault": "delay"}]}}, "policy")
+
+
+ROUND_TRIP = [
+    Rule(name="slow", fault=Delay(seconds=0.5, jitter=0.25), probability=0.5),
+    Rule(name="down", fault=Abort(status=429, retry_after=3), methods=("POST", "PUT")),
+    Rule(name="reset", fault=Reset(), path="/v1/charges*"),
+    Rule(name="hang", fault=Hang(phase="pool"), headers={"X-Tenant": "acme"}),
+    Rule(name="lost", fault=FailAfter(lose="502"), probability=0.0),
+    Rule(name="twice", fault=Duplicate(concurrent=True), methods=("POST",)),
+    Rule(name="drip", fault=SlowBody(bytes_per_second=1000)),
+]
+
+
+@pytest.mark.parametrize("rule", ROUND_TRIP, ids=[r.fault.kind for r in ROUND_TRIP])
+def test_to_dict_is_a_table_that_reads_back_as_the_same_rule(rule: Rule) -> None:
+    plan = FaultPlan.from_dict({"chaos": {"rules": [rule.to_dict()]}})
+    assert plan.rules == (rule,)
+
+
+def test_to_dict_spells_every_field() -> None:
+    rule = Rule(name="down", fault=Abort(status=429, retry_after=3), headers={"X-Tenant": "a"})
+    assert rule.to_dict() == {
+        "name": "down",
+        "fault": "abort",
+        "status": 429,
+        "retry_after": 3,
+        "methods": [],
+        "path": "*",
+        "headers": {"x-tenant": "a"},
+        "probability": 1.0,
+    }
