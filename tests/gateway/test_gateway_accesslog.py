@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from _support import T0
 from surefoot.events import LoggingHook, emit
 from surefoot.gateway._accesslog import (
     ACCESS_LOGGER,
@@ -23,7 +24,6 @@ from surefoot.gateway._events import UpstreamFailed
 from surefoot.idempotency._events import ResponseReplayed
 from surefoot.testing import ManualClock
 
-T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 KEYS = [
     "ts", "request_id", "method", "path", "route", "status", "duration_ms", "client",

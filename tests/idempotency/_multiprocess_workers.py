@@ -28,12 +28,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from _support import T0
 from surefoot.errors import SurefootError
 from surefoot.idempotency import Begin, IdempotencyMiddleware, IdempotencyPolicy, scoped_key
 from surefoot.storage import SqliteStore, store_from_url
 from surefoot.testing import ManualClock
 
-T0 = 1_700_000_000.0
 LEASE = 30.0
 KEY = "charge-7f3a9c"
 BODY = b'{"amount": 1250, "currency": "eur"}'

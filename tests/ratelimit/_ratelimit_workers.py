@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _support import T0
 from surefoot.errors import SurefootError
 from surefoot.ratelimit import Item, Limit
 from surefoot.storage import store_from_url
 
-T0 = 1_700_000_000.0
 PER_WORKER = 64
 GUARD = 30.0  # seconds a wait may last before the test fails instead of hanging
 

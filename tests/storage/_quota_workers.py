@@ -9,10 +9,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from _support import T0
 from surefoot.idempotency import Begin, OverQuota, Reserved, scoped_key
 from surefoot.storage import store_from_url
 
-T0 = 1_700_000_000.0
 PRINCIPAL = "cred:racer"
 QUOTA = 25
 GUARD = 30.0  # seconds a wait may last before the test fails instead of hanging

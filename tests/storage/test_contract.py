@@ -10,6 +10,7 @@ import asyncio
 
 import pytest
 
+from _support import T0
 from surefoot.idempotency._core import (
     Begin,
     InProgress,
@@ -29,7 +30,6 @@ from surefoot.storage import IdempotencyStore
 
 pytestmark = pytest.mark.anyio
 
-T0 = 1_700_000_000.0
 LEASE, TTL = 30.0, 3600.0
 OK = StoredResponse(201, ((b"content-type", b"application/json"), (b"x-a", b"\xe9")), b'{"id":1}')
 

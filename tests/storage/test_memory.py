@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import pytest
 
+from _support import T0
 from surefoot.errors import ConfigurationError, StoreCapacityExceeded
 from surefoot.idempotency._core import Begin, Outcome, Reserved, Step, StoredResponse
 from surefoot.storage import MemoryStore, store_from_url
 
 pytestmark = pytest.mark.anyio
 
-T0 = 1_700_000_000.0
 OK = StoredResponse(200, (), b"ok")
 
 

@@ -26,6 +26,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from _support import T0
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency._core import (
     Begin,
@@ -45,7 +46,6 @@ from surefoot.storage.postgres import PostgresStore, _migrations, migrate
 
 pytestmark = pytest.mark.anyio
 
-T0 = 1_700_000_000.0
 LEASE, TTL = 30.0, 3600.0
 OK = StoredResponse(201, ((b"content-type", b"application/json"),), b'{"id":1}')
 UNREACHABLE = "postgresql://postgres:s3cret@127.0.0.1:1/test"

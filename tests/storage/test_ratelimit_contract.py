@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from _support import T0
 from surefoot.errors import ConfigurationError
 from surefoot.ratelimit import ALGORITHMS, Item, Limit, RateLimitDecision, plan
 from surefoot.ratelimit._algorithms import CounterState
@@ -26,7 +27,6 @@ from surefoot.storage import MemoryStore, RateLimitStore, SqliteStore
 
 pytestmark = pytest.mark.anyio
 
-T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC: 20 s into a minute, 6400 s before midnight
 MARGIN = 0.01  # seconds either side of a retry_after when checking it is the exact wait
 
 

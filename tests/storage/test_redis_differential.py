@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from _services import service_url
+from _support import T0
 from surefoot.idempotency import _core
 from surefoot.idempotency._core import Begin, Outcome, Record, Step, StoredResponse
 from surefoot.ratelimit import Item, Limit, RateLimitDecision, plan
@@ -38,7 +39,6 @@ from surefoot.storage.redis import RedisStore
 
 pytestmark = pytest.mark.anyio
 
-T0 = 1_700_000_000.0
 PROPERTY = settings(
     max_examples=300,
     deadline=None,

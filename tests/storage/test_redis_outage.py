@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from _services import RedisServer
+from _support import T0
 from surefoot.idempotency import IdempotencyMiddleware
 from surefoot.ratelimit import RateLimitMiddleware, RateLimitPolicy
 from surefoot.storage import StoreDown, StoreRecovered, store_from_url
@@ -34,7 +35,6 @@ from surefoot.testing import CapturedEvents, ManualClock
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-T0 = 1_700_000_000.0
 WORKERS = 4  # the fallback share of "8/hour" is 2 per process
 LOAD = 40  # concurrent requests per route and phase
 

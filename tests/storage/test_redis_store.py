@@ -31,6 +31,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from _services import RedisServer, service_url
+from _support import T0
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency._core import (
     Begin,
@@ -48,7 +49,6 @@ from surefoot.storage.redis import RedisStore, _Connection
 
 pytestmark = pytest.mark.anyio
 
-T0 = 1_700_000_000.0
 LEASE, TTL = 30.0, 3600.0
 OK = StoredResponse(201, ((b"content-type", b"application/json"),), b'{"id":1}')
 KINDS = ["redis", "redis_cluster"]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from _support import T0
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency._core import (
     Begin,
@@ -21,7 +22,6 @@ from surefoot.storage.sqlite import SCHEMA_VERSION
 
 pytestmark = pytest.mark.anyio
 
-T0 = 1_700_000_000.0
 OK = StoredResponse(200, ((b"a", b"b"),), b"ok")
 
 
