@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from _support import T0
 from surefoot.client import CircuitBreaker
 from surefoot.errors import CircuitOpen
 from surefoot.events import EventHook, LoggingHook
@@ -17,8 +18,6 @@ from surefoot.metrics import InstrumentedStore, PrometheusMetrics
 from surefoot.ratelimit import RateLimitMiddleware, RateLimitPolicy, RateLimitStore
 from surefoot.storage import MemoryStore
 from surefoot.testing import ManualClock
-
-T0 = 1_700_000_000.0
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
