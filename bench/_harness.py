@@ -4,10 +4,12 @@ A benchmark script owns what it measures: its configurations, its workload, its 
 that the thing measured behaves, its figures and the columns of its report. Everything
 else lives here, once:
 
-- options: ``--rounds``, ``--quick`` (a smoke run; options given explicitly win), the wrk
-  options (``--duration``, ``--warmup``, ``--connections``, ``--threads``), the Redis
-  options (``--redis-url``, ``--redis-server``), pinning (``--no-pin``, ``--cpu``), and
-  ``--json`` / ``--check``; ``names`` turns a comma-separated selection into names.
+- options: ``new_parser`` with ``--rounds`` and ``--quick`` (a smoke run; options given
+  explicitly win), the wrk options (``--duration``, ``--warmup``, ``--connections``,
+  ``--threads``), the Redis options (``--redis-url``, ``--redis-server``), pinning
+  (``--no-pin``, ``--cpu``), ``--json`` / ``--check``; ``add_selection`` (which
+  configurations run), ``option`` (one option whose help says its default); ``parse``
+  applies ``--quick`` and the selection.
 - the machine: ``require_modules`` and ``require_executable`` (say what to install),
   ``environment`` (Python, platform, CPUs, git, tools' and packages' versions),
   ``pin_self`` and ``split_cpus`` (which CPU each side runs on, and a sentence saying so).
@@ -59,6 +61,18 @@ BENCH_DIR = Path(__file__).resolve().parent
 GET_LUA = BENCH_DIR / "ratelimit.lua"
 #: a JSON POST with an Idempotency-Key, new per request or one replayed.
 POST_LUA = BENCH_DIR / "idempotency.lua"
+#: surefoot's rate-limit algorithms, and the peers' that the decision benchmarks set beside
+#: them (limits: its strategy classes by the algorithm's name).
+ALGORITHMS = (
+    "token_bucket", "gcra", "fixed_window", "sliding_window", "leaky_bucket", "leaky_queue",
+    "quota", "sliding_log", "concurrency",
+)  # fmt: skip
+LIMITS_STRATEGIES = {
+    "fixed_window": "FixedWindowRateLimiter",
+    "sliding_window": "SlidingWindowCounterRateLimiter",
+    "moving_window": "MovingWindowRateLimiter",
+}
+THROTTLED_ALGORITHMS = ("token_bucket", "gcra", "fixed_window", "sliding_window", "leaking_bucket")
 SUMMARY_PREFIX = "SUREFOOT_BENCH "
 INSTALL = {
     "wrk": "wrk is not installed. On Debian/Ubuntu: sudo apt-get install wrk; "
@@ -79,8 +93,35 @@ class BenchError(Exception):
 # -- options --------------------------------------------------------------------------------
 
 
+def new_parser(
+    doc: str | None, *, rounds: int | None = None, quick: Mapping[str, Any] | None = None
+) -> argparse.ArgumentParser:
+    """A parser described by the first line of ``doc`` (the script's docstring), with
+    ``--rounds`` (if ``rounds``) and ``--quick`` (if ``quick``: its settings)."""
+    description = (doc or "").strip().split("\n", 1)[0].replace("``", "")
+    parser = argparse.ArgumentParser(description=description)
+    if rounds is not None:
+        add_rounds(parser, rounds)
+    if quick:
+        add_quick(parser, **quick)
+    return parser
+
+
+def option(
+    parser: argparse.ArgumentParser,
+    name: str,
+    default: float | str | None,
+    help: str,
+    kind: type = str,
+) -> None:
+    """``name`` of the type of its ``default`` (else ``kind``), its default said in its help."""
+    kind = kind if default is None else type(default)
+    said = "none" if default is None else f"{default:g}" if isinstance(default, float) else default
+    parser.add_argument(name, type=kind, default=default, help=f"{help} (default: {said})")
+
+
 def add_rounds(parser: argparse.ArgumentParser, default: int) -> None:
-    parser.add_argument("--rounds", type=int, default=default, help=f"rounds (default: {default})")
+    option(parser, "--rounds", default, "rounds")
 
 
 def add_quick(parser: argparse.ArgumentParser, **settings: Any) -> None:
@@ -107,26 +148,12 @@ def add_selection(
     parser.set_defaults(_selection=(option, tuple(items), always))
 
 
-def add_wrk_options(
-    parser: argparse.ArgumentParser, *, rounds: int, duration: int, quick: Mapping[str, Any]
-) -> None:
-    """``--rounds``, ``--quick`` (``quick``: its settings) and the options of wrk's load."""
-    add_rounds(parser, rounds)
-    add_quick(parser, **quick)
-    parser.add_argument(
-        "--duration",
-        type=int,
-        default=duration,
-        help=f"seconds of each timed run (default: {duration})",
-    )
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=1,
-        help="seconds of untimed load before each timed run, 0 for none (default: 1)",
-    )
-    parser.add_argument("--connections", type=int, default=64, help="wrk connections (default: 64)")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default: 2)")
+def add_wrk_options(parser: argparse.ArgumentParser, *, duration: int) -> None:
+    """The options of wrk's load."""
+    option(parser, "--duration", duration, "seconds of each timed run")
+    option(parser, "--warmup", 1, "seconds of untimed load before each timed run, 0 for none")
+    option(parser, "--connections", 64, "wrk connections")
+    option(parser, "--threads", 2, "wrk threads")
 
 
 def check_wrk_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -670,6 +697,26 @@ def wrk(
     raise BenchError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
 
 
+def wrk_load(
+    args: argparse.Namespace,
+    cpus: CpuPlan,
+    script: Path,
+    url: str,
+    duration: int,
+    lua: Sequence[str] = (),
+) -> dict[str, Any]:
+    """``wrk`` with the options of ``add_wrk_options``, on the load's CPU of ``cpus``."""
+    return wrk(
+        script,
+        url,
+        threads=args.threads,
+        connections=args.connections,
+        duration=duration,
+        args=lua,
+        prefix=cpus.load,
+    )
+
+
 def wrk_figures(result: Mapping[str, Any], what: str) -> Run:
     """A wrk run's figures: requests, seconds, req/s, latency in ms, errors by kind."""
     if result["requests"] == 0:
@@ -732,53 +779,80 @@ def server_rounds(
     return runs
 
 
-def start_redis(args: argparse.Namespace, needed: bool, cpus: CpuPlan) -> BenchRedis | None:
-    """The Redis server of ``--redis-url``, or a private one on the load's CPU, if needed.
+@dataclass(frozen=True)
+class ServerRound:
+    """What ``compare_servers`` gives each run: the options, the round, the CPUs, Redis."""
 
-    On the load's CPU: the server measured keeps its core, as with an in-process store.
+    args: argparse.Namespace
+    number: int
+    cpus: CpuPlan
+    redis: BenchRedis | None
+
+
+@dataclass(frozen=True)
+class Check:
+    """What a benchmark checks once before its rounds: ``run(cpus, redis)`` says how it went.
+
+    The sentence is shown as ``label`` in the report's head, and kept as ``key`` in the JSON.
     """
-    return BenchRedis(args.redis_url, cpus.load, args.redis_server) if needed else None
+
+    label: str
+    key: str
+    run: Callable[[CpuPlan, BenchRedis | None], str]
 
 
 def compare_servers(
     args: argparse.Namespace,
     configs: Sequence[Configuration],
-    cpus: CpuPlan,
-    redis: BenchRedis | None,
+    run_one: Callable[[Any, ServerRound], Run],
     *,
-    run_one: Callable[[Any, int], Run],
     width: int,
-    environment: dict[str, Any],
+    uses_redis: bool,
+    packages: Sequence[str],
     software: str,
     request: str = "",
     lines: Sequence[tuple[str, str]] = (),
-    checked: Mapping[str, str] | None = None,
-    said: str = "",
-    settings: Mapping[str, Any],
+    check: Check | None = None,
+    also: Sequence[str] = (),
 ) -> int:
-    """Every configuration against ``bare`` in interleaved rounds of ``run_one``, reported.
+    """Every configuration against ``bare`` under wrk, in interleaved rounds, reported.
 
-    The report's head says the load (``request``: what wrk sends, if it is one thing),
-    ``lines``, Redis, the CPUs, the machine, and ``software`` after Python and surefoot.
-    ``checked``: what was checked before the rounds (context key: sentence), kept in the
-    JSON; ``said``: added to the first line.
+    The server is pinned to one CPU, wrk (and a private Redis server, if ``uses_redis``)
+    to another. ``run_one(config, ServerRound)`` is one timed run. The
+    report's head says the load (``request``: what wrk sends, if it is one thing),
+    ``lines``, the check, Redis, the CPUs, the machine, and ``software`` (a format of the
+    environment: the versions of ``packages`` and ``wrk``) after Python and surefoot.
     """
+    cpus = split_cpus(args.no_pin)
+    # On wrk's CPU: the server measured keeps its core, as with an in-process store.
+    redis = BenchRedis(args.redis_url, cpus.load, args.redis_server) if uses_redis else None
+    environment_ = environment(packages, {"wrk": ["wrk", "--version"]})
     context: dict[str, Any] = {
         "command": args.command,
         "cpus": cpus.sentence,
         "redis": ("not used" if redis is None else redis.where(cpus.load))
         + f"; store options: {args.redis_options or 'the defaults'}",
-        "environment": environment,
+        "environment": environment_,
         "load_before": load_average(),
-        **(checked or {}),
     }
+    head = list(lines)
+    said = ""
+    if check is not None:
+        context[check.key] = check.run(cpus, redis)
+        head.append((check.label, context[check.key]))
+        said = f"; {check.label} {context[check.key]}"
     total = args.rounds * len(configs) * (args.duration + args.warmup)
     print(
         f"{len(configs)} configurations x {args.rounds} rounds, about {total} s of load; "
-        + "; ".join(filter(None, [cpus.sentence, said])),
+        f"{cpus.sentence}{said}",
         flush=True,
     )
-    runs = server_rounds(configs, args.rounds, run_one, width)
+    runs = server_rounds(
+        configs,
+        args.rounds,
+        lambda config, n: run_one(config, ServerRound(args, n, cpus, redis)),
+        width,
+    )
     context["load_after"] = load_average()
     if redis is not None:
         redis.stop()
@@ -788,20 +862,27 @@ def compare_servers(
         f"{args.duration} s per run after {args.warmup} s warm-up, {args.rounds} round(s), "
         "configurations interleaved"
     )
-    ours = f"Python {environment['python']}, surefoot {environment['surefoot']}"
-    head = [
-        ("load", load),
-        *lines,
-        ("redis", context["redis"]),
-        ("cpus", context["cpus"]),
-        ("machine", machine(context)),
-        ("software", f"{ours} ({environment['git']}), {software}"),
-    ]
-    print_header(context, head)
+    env = environment_
+    print_header(
+        context,
+        [
+            ("load", load),
+            *head,
+            ("redis", context["redis"]),
+            ("cpus", context["cpus"]),
+            ("machine", machine(context)),
+            (
+                "software",
+                f"Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
+                + software.format(**env),
+            ),
+        ],
+    )
     print()
     print_server_rows(runs, rows, args.rounds, "bare", width)
     configs_json = [dataclasses.asdict(c) for c in configs]  # type: ignore[call-overload]
-    return finish(args, context, settings, rows, runs, configs=configs_json)
+    used = settings(args, "rounds", "duration", "warmup", "connections", "threads", *also)
+    return finish(args, context, used, rows, runs, configs=configs_json)
 
 
 # -- rounds ---------------------------------------------------------------------------------
@@ -948,6 +1029,32 @@ def num(value: float | None, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 
 
+def ratio_columns(title: str, width: int, spread: str = "(min-max)") -> list[Column]:
+    """The columns of ``ratio_cells``: the ratio, its spread, the target, whether met."""
+    return [
+        Column(title, f">{width}"),
+        Column(spread, ">9"),
+        Column("target", ">6"),
+        Column("met", ">3"),
+    ]
+
+
+def ratio_cells(
+    row: Mapping[str, Any],
+    sign: str,
+    spread: tuple[str, str] = ("ratio_min", "ratio_max"),
+    spec: str = ".2f",
+) -> list[str]:
+    """A row's ratio, its spread over rounds (``spread``: the row's keys), target and met."""
+    low, high = row[spread[0]], row[spread[1]]
+    return [
+        f"{row['ratio']:.2f}",
+        f"{low:{spec}}-{high:{spec}}",
+        target_text(row["target"], sign),
+        met_text(row["met"]),
+    ]
+
+
 def target_text(target: float | None, sign: str, spec: str = ".1f") -> str:
     return "-" if target is None else f"{sign}{target:{spec}}"
 
@@ -961,8 +1068,7 @@ def print_server_rows(
 ) -> None:
     """``server_rows`` as a table, what its columns mean, and the figures of every round."""
     columns = (
-        Column("configuration", f"<{width}"), Column("req/s", ">7"), Column("ratio", ">5"),
-        Column("(min-max)", ">9"), Column("target", ">6"), Column("met", ">3"),
+        Column("configuration", f"<{width}"), Column("req/s", ">7"), *ratio_columns("ratio", 5),
         Column("CPU us/req", ">10"), Column("CPU ratio", ">9"), Column("Redis us", ">8"),
         Column("p99 ms", ">7"), Column("RSS MiB", ">7"), Column("errors", ">6"),
     )  # fmt: skip
@@ -970,10 +1076,7 @@ def print_server_rows(
         [
             row["config"],
             f"{row['rps']:,.0f}",
-            f"{row['ratio']:.2f}",
-            f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f}",
-            target_text(row["target"], ">="),
-            met_text(row["met"]),
+            *ratio_cells(row, ">="),
             f"{row['cpu_us_per_request']:,.0f}",
             f"{row['cpu_ratio']:.2f}",
             num(row["redis_cpu_us_per_request"], ",.1f"),
@@ -1004,12 +1107,12 @@ def print_server_rows(
     print("  round " + " ".join(f"{n:>{cell}}" for n in names))
     for round_no in range(1, rounds + 1):
         by_name = {r["config"]: r for r in runs if r["round"] == round_no}
-        cells = " ".join(
+        line = " ".join(
             f"{by_name[n]['rps']:>{cell - 7},.0f} "
             f"({by_name[n]['cpu_seconds'] / by_name[n]['seconds']:.2f})"
             for n in names
         )
-        print(f"  {round_no:>5} {cells}")
+        print(f"  {round_no:>5} {line}")
     failed = [r for r in runs if r["error_count"]]
     if failed:
         print("\nWARNING: some requests did not get a 2xx answer in time (wrk --timeout 5s):")

@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from surefoot.idempotency import (
     Begin,
@@ -69,6 +70,7 @@ async def prefill(store: IdempotencyStore, count: int) -> None:
             await store.finish(key, token, done, now)
 
 
+app: ASGIApp
 bare = Starlette(
     routes=[Route("/charges", create_charge, methods=["POST"]), Route("/health", health)]
 )

@@ -133,95 +133,65 @@ def _tenacity_kwargs() -> dict[str, Any]:
     }
 
 
-def sync_client(name: str) -> tuple[Any, SyncGet]:
-    """A new ``httpx.Client`` for library ``name`` and the function that GETs with it."""
+def new_client(name: str, *, asynchronous: bool) -> Any:
+    """A new ``httpx.Client`` (or ``AsyncClient``) whose transport is library ``name``'s.
+
+    tenacity wraps the call, not the transport: its client is plain httpx's.
+    """
     import httpx
 
-    if name == "httpx":
-        client = httpx.Client(transport=httpx.HTTPTransport())
-        return client, client.get
+    transport: Any = httpx.AsyncHTTPTransport() if asynchronous else httpx.HTTPTransport()
     if name in ("surefoot", "surefoot-nohooks"):
-        from surefoot.client import ResilientTransport
+        from surefoot.client import AsyncResilientTransport, ResilientTransport
 
         hooks: list[Any] | None = None if name == "surefoot" else []
-        client = httpx.Client(transport=ResilientTransport(httpx.HTTPTransport(), hooks=hooks))
-        return client, client.get
-    if name == "httpx-retries":
+        resilient = AsyncResilientTransport if asynchronous else ResilientTransport
+        transport = resilient(transport, hooks=hooks)
+    elif name == "httpx-retries":
         from httpx_retries import Retry, RetryTransport
 
-        retry = Retry(total=2, backoff_factor=0.5)
-        client = httpx.Client(transport=RetryTransport(httpx.HTTPTransport(), retry=retry))
+        transport = RetryTransport(transport, retry=Retry(total=2, backoff_factor=0.5))
+    elif name not in ("httpx", "tenacity"):
+        raise ValueError(name)
+    return (httpx.AsyncClient if asynchronous else httpx.Client)(transport=transport)
+
+
+def sync_client(name: str) -> tuple[Any, SyncGet]:
+    """A new ``httpx.Client`` for library ``name`` and the function that GETs with it."""
+    client = new_client(name, asynchronous=False)
+    if name != "tenacity":
         return client, client.get
-    if name == "tenacity":
-        import tenacity
+    import tenacity
 
-        client = httpx.Client(transport=httpx.HTTPTransport())
+    @tenacity.retry(**_tenacity_kwargs())  # type: ignore[untyped-decorator]
+    def get(url: str) -> Any:
+        return client.get(url)
 
-        @tenacity.retry(**_tenacity_kwargs())  # type: ignore[untyped-decorator]
-        def get(url: str) -> Any:
-            return client.get(url)
-
-        return client, get
-    raise ValueError(name)
+    return client, get
 
 
 def async_client(name: str) -> tuple[Any, AsyncGet]:
     """A new ``httpx.AsyncClient`` for library ``name`` and the coroutine function that GETs."""
-    import httpx
-
-    if name == "httpx":
-        client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport())
+    client = new_client(name, asynchronous=True)
+    if name != "tenacity":
         return client, client.get
-    if name in ("surefoot", "surefoot-nohooks"):
-        from surefoot.client import AsyncResilientTransport
+    import tenacity
 
-        hooks: list[Any] | None = None if name == "surefoot" else []
-        transport = AsyncResilientTransport(httpx.AsyncHTTPTransport(), hooks=hooks)
-        client = httpx.AsyncClient(transport=transport)
-        return client, client.get
-    if name == "httpx-retries":
-        from httpx_retries import Retry, RetryTransport
+    @tenacity.retry(**_tenacity_kwargs())  # type: ignore[untyped-decorator]
+    async def get(url: str) -> Any:
+        return await client.get(url)
 
-        retry = Retry(total=2, backoff_factor=0.5)
-        client = httpx.AsyncClient(
-            transport=RetryTransport(httpx.AsyncHTTPTransport(), retry=retry)
-        )
-        return client, client.get
-    if name == "tenacity":
-        import tenacity
-
-        client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport())
-
-        @tenacity.retry(**_tenacity_kwargs())  # type: ignore[untyped-decorator]
-        async def get(url: str) -> Any:
-            return await client.get(url)
-
-        return client, get
-    raise ValueError(name)
+    return client, get
 
 
 # -- setup ----------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Benchmark the time per request of surefoot's ResilientTransport, "
-        "httpx-retries and tenacity against plain httpx, on a local uvicorn server.",
-    )
-    h.add_rounds(parser, 5)
-    h.add_quick(parser, rounds=1, requests=480)
-    parser.add_argument(
-        "--requests", type=int, default=3000, help="timed GETs per run (default: 3000)"
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=200, help="untimed GETs before each run (default: 200)"
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=16,
-        help="tasks of the concurrent async mode, 0 to skip it (default: 16)",
-    )
+    parser = h.new_parser(__doc__, rounds=5, quick={"rounds": 1, "requests": 480})
+    h.option(parser, "--requests", 3000, "timed GETs per run")
+    h.option(parser, "--warmup", 200, "untimed GETs before each run")
+    h.option(parser, "--concurrency", 16, "tasks of the concurrent async mode, 0 to skip it")
     h.add_selection(parser, "--libraries", LIBRARIES, "httpx")
     h.add_pin_options(parser, what="the server and the client")
     h.add_output_options(parser)
@@ -410,17 +380,13 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> list[dict
 
 COLUMNS = (
     h.Column("mode", "<9"), h.Column("library", "<16"), h.Column("us/req", ">7"),
-    h.Column("ratio", ">5"), h.Column("(min-max)", ">9"), h.Column("target", ">6"),
-    h.Column("met", ">3"), h.Column("CPU us/req", ">10"), h.Column("CPU ratio", ">9"),
+    *h.ratio_columns("ratio", 5), h.Column("CPU us/req", ">10"), h.Column("CPU ratio", ">9"),
     h.Column("errors", ">6"),
 )  # fmt: skip
 
 
 def print_report(
-    args: argparse.Namespace,
-    context: dict[str, Any],
-    runs: list[dict[str, Any]],
-    rows: list[dict[str, Any]],
+    args: argparse.Namespace, context: h.Run, runs: list[h.Run], rows: list[h.Run]
 ) -> None:
     env = context["environment"]
     h.print_header(
@@ -449,10 +415,7 @@ def print_report(
             row["mode"],
             row["library"],
             f"{row['us_per_request']:.1f}",
-            f"{row['ratio']:.2f}",
-            f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f}",
-            h.target_text(row["target"], "<="),
-            h.met_text(row["met"]),
+            *h.ratio_cells(row, "<="),
             f"{row['cpu_us_per_request']:.1f}",
             f"{row['cpu_ratio']:.2f}",
             str(row["errors"]),

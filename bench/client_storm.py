@@ -184,37 +184,14 @@ class GaveUp:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Simulate clients retrying against a failing-then-recovering server "
-        "in virtual time: calls made and time to drain, with and without jitter and budget.",
-    )
-    parser.add_argument("--clients", type=int, default=100, help="clients (default: 100)")
-    parser.add_argument(
-        "--requests-per-client",
-        type=int,
-        default=1,
-        help="logical GETs per client, one after another (default: 1)",
-    )
-    parser.add_argument(
-        "--think",
-        type=float,
-        default=1.0,
-        help="virtual seconds between a client's GETs (default: 1)",
-    )
-    parser.add_argument(
-        "--outage", type=float, default=5.0, help="seconds every call fails (default: 5)"
-    )
-    parser.add_argument(
-        "--capacity",
-        type=int,
-        default=20,
-        help="calls served per time step after the outage, 0: no limit (default: 20)",
-    )
-    parser.add_argument(
-        "--slot", type=float, default=0.1, help="seconds of a time step (default: 0.1)"
-    )
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default: 5)")
-    h.add_quick(parser, seeds=1)
+    parser = h.new_parser(__doc__, quick={"seeds": 1})
+    h.option(parser, "--clients", 100, "clients")
+    h.option(parser, "--requests-per-client", 1, "logical GETs per client, one after another")
+    h.option(parser, "--think", 1.0, "virtual seconds between a client's GETs")
+    h.option(parser, "--outage", 5.0, "seconds every call fails")
+    h.option(parser, "--capacity", 20, "calls served per time step after the outage, 0: no limit")
+    h.option(parser, "--slot", 0.1, "seconds of a time step")
+    h.option(parser, "--seeds", 5, "seeds 0..N-1")
     h.add_selection(parser, "--configs", CONFIGS)
     h.add_output_options(parser, check=False)
     args = h.parse(parser, argv)

@@ -54,15 +54,12 @@ SIDES = ("client", "upstream")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="bench/drill.py", description="The exactly-once drill at scale."
-    )
+    parser = h.new_parser(__doc__, quick={"clients": 8, "payments": 50})
     parser.add_argument(
         "--scenario", default=str(ROOT / "examples" / "drills" / "large.toml"), metavar="TOML"
     )
     parser.add_argument("--clients", type=int, help="override the scenario's clients")
     parser.add_argument("--payments", type=int, help="override the payments per client")
-    h.add_quick(parser, clients=8, payments=50)
     parser.add_argument("--workers", type=int, help="override the gateway's workers")
     parser.add_argument("--seed", type=int, help="override the scenario's seed")
     parser.add_argument("--stores", default="sqlite,redis", help="comma-separated (sqlite,redis)")

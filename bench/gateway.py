@@ -77,6 +77,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -173,26 +174,11 @@ WORKLOADS = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Benchmark surefoot serve (no policy, every policy on SQLite and on "
-        "Redis) against NGINX and the upstream alone, loaded by wrk.",
-    )
-    h.add_wrk_options(parser, rounds=3, duration=10, quick={"rounds": 1, "duration": 3})
-    parser.add_argument(
-        "--moderate-connections",
-        type=int,
-        default=4,
-        help="wrk connections of the post-moderate workload (default: 4)",
-    )
-    parser.add_argument(
-        "--workers", default="1,2", help="comma-separated proxy worker counts (default: 1,2)"
-    )
-    parser.add_argument(
-        "--upstream-workers",
-        type=int,
-        default=2,
-        help="uvicorn workers of the upstream (default: 2)",
-    )
+    parser = h.new_parser(__doc__, rounds=3, quick={"rounds": 1, "duration": 3})
+    h.add_wrk_options(parser, duration=10)
+    h.option(parser, "--moderate-connections", 4, "wrk connections of the post-moderate workload")
+    h.option(parser, "--workers", "1,2", "comma-separated proxy worker counts")
+    h.option(parser, "--upstream-workers", 2, "uvicorn workers of the upstream")
     h.add_selection(parser, "--configs", CONFIGS, "upstream")
     h.add_redis_options(parser, used_by="surefoot-redis")
     parser.add_argument("--nginx", default="/usr/sbin/nginx", help="the nginx executable")
@@ -647,6 +633,11 @@ def run_server(
 # -- report ---------------------------------------------------------------------------------
 
 
+def added_latency(percentile: str) -> Callable[[h.Run, h.Run], float]:
+    """A run's latency ``percentile`` less the upstream's alone in the same round."""
+    return lambda run, upstream: run["latency_ms"][percentile] - upstream["latency_ms"][percentile]
+
+
 def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def find(config: str, workers: int | None, workload: str) -> dict[int, dict[str, Any]]:
         return h.by_round(runs, config=config, workers=workers, workload=workload)
@@ -661,11 +652,7 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> list[dict
             upstream = find("upstream", None, workload.name)
             ratios = h.paired(mine, nginx, lambda r, b: r["rps"] / b["rps"])
             added = {
-                p: h.median(
-                    h.paired(
-                        mine, upstream, lambda r, u, p=p: r["latency_ms"][p] - u["latency_ms"][p]
-                    )
-                )
+                p: h.median(h.paired(mine, upstream, added_latency(p)))
                 if config.kind != "upstream" and any(n in upstream for n in mine)
                 else None
                 for p in ("p50", "p99")
@@ -756,10 +743,7 @@ def table_cells(rows: list[dict[str, Any]]) -> tuple[list[list[str]], list[list[
 
 
 def print_report(
-    args: argparse.Namespace,
-    context: dict[str, Any],
-    runs: list[dict[str, Any]],
-    rows: list[dict[str, Any]],
+    args: argparse.Namespace, context: h.Run, runs: list[h.Run], rows: list[h.Run]
 ) -> None:
     from rich.console import Console
     from rich.table import Table

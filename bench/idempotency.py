@@ -77,17 +77,14 @@ CONFIGS = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Benchmark IdempotencyMiddleware (memory and SQLite stores) against the "
-        "bare Starlette app under uvicorn, loaded by wrk.",
-    )
-    h.add_wrk_options(parser, rounds=3, duration=8, quick={"rounds": 1, "duration": 2})
-    parser.add_argument(
+    parser = h.new_parser(__doc__, rounds=3, quick={"rounds": 1, "duration": 2})
+    h.add_wrk_options(parser, duration=8)
+    h.option(
+        parser,
         "--prefill",
-        type=int,
-        default=10_000,
-        help="completed records written to each store before it serves, so that a run "
-        "measures a long-running server: memory:// holds at most 10,000 (default: 10000)",
+        10_000,
+        "completed records written to each store before it serves, so that a run "
+        "measures a long-running server: memory:// holds at most 10,000",
     )
     h.add_selection(parser, "--configs", CONFIGS, "bare")
     h.add_pin_options(parser, what="the server and wrk")
@@ -106,12 +103,6 @@ def check_tools(configs: list[Config]) -> None:
     if any(c.store == "redis" for c in configs):
         modules.append("redis")
     h.require_modules(modules, "test")
-
-
-def environment() -> dict[str, Any]:
-    return h.environment(
-        ("surefoot", "uvicorn", "uvloop", "httptools", "starlette"), {"wrk": ["wrk", "--version"]}
-    )
 
 
 # -- one run --------------------------------------------------------------------------------
@@ -146,23 +137,11 @@ def start_server(
     return h.start_uvicorn(config.name, APP, workdir, env=env, prefix=prefix)
 
 
-def run_one(
-    args: argparse.Namespace,
-    config: Config,
-    cpus: h.CpuPlan,
-    round_no: int,
-    redis: h.BenchRedis | None,
-) -> dict[str, Any]:
+def run_one(config: Config, at: h.ServerRound) -> h.Run:
+    args, cpus, redis = at.args, at.cpus, at.redis
+
     def load(url: str, duration: int, lua: list[str]) -> dict[str, Any]:
-        return h.wrk(
-            h.POST_LUA,
-            url,
-            threads=args.threads,
-            connections=args.connections,
-            duration=duration,
-            args=lua,
-            prefix=cpus.load,
-        )
+        return h.wrk_load(args, cpus, h.POST_LUA, url, duration, lua)
 
     redis_prefix = f"sfbench-{secrets.token_hex(6)}"  # this server's keys on Redis
     with tempfile.TemporaryDirectory(prefix="surefoot-bench-") as tmp:
@@ -194,7 +173,7 @@ def run_one(
             server.stop()
             if config.store == "redis" and redis is not None:
                 redis.delete(redis_prefix)
-    return {"round": round_no, "config": config.name, **run}
+    return {"round": at.number, "config": config.name, **run}
 
 
 def check_replay(config: Config, url: str, key: str, *, prime: bool) -> None:
@@ -215,25 +194,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configs: list[Config] = args.configs
     check_tools(configs)
-    cpus = h.split_cpus(args.no_pin)
-    redis = h.start_redis(args, any(c.store == "redis" for c in configs), cpus)
-    env = environment()
     return h.compare_servers(
         args,
         configs,
-        cpus,
-        redis,
-        run_one=lambda config, round_no: run_one(args, config, cpus, round_no, redis),
+        run_one,
         width=14,
-        environment=env,
-        software=f"uvicorn {env['uvicorn']} (uvloop {env['uvloop']}, httptools "
-        f"{env['httptools']}), starlette {env['starlette']}, {env['wrk']}",
+        uses_redis=any(c.store == "redis" for c in configs),
+        packages=("surefoot", "uvicorn", "uvloop", "httptools", "starlette"),
+        software="uvicorn {uvicorn} (uvloop {uvloop}, httptools {httptools}), "
+        "starlette {starlette}, {wrk}",
         lines=[
             ("stores", f"a fresh store per run, prefilled with {args.prefill:,} completed records")
         ],
-        settings=h.settings(
-            args, "rounds", "duration", "warmup", "connections", "threads", "prefill"
-        ),
+        also=["prefill"],
     )
 
 

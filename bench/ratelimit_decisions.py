@@ -262,43 +262,21 @@ def _surefoot(algorithm: str) -> Impl:
     )
 
 
+def _limits(algorithm: str, strategy: str) -> Impl:
+    note = "log grows with use" if algorithm == "moving_window" else ""
+    return Impl(f"limits {algorithm}", "limits", lambda a, w: Limits(strategy, a, w), note=note)
+
+
+def _throttled(algorithm: str) -> Impl:
+    return Impl(f"throttled {algorithm}", "throttled-py", lambda a, w: Throttled(algorithm, a, w))
+
+
 IMPLS = (
     Impl("floor", "floor", Floor, note="15-line token bucket"),
     Impl("loop", "harness", LoopOnly, note="the timed loop alone"),
-    *(
-        _surefoot(a)
-        for a in (
-            "token_bucket",
-            "gcra",
-            "fixed_window",
-            "sliding_window",
-            "leaky_bucket",
-            "leaky_queue",
-            "quota",
-            "sliding_log",
-            "concurrency",
-        )
-    ),
-    Impl(
-        "limits fixed_window",
-        "limits",
-        lambda a, w: Limits("FixedWindowRateLimiter", a, w),
-    ),
-    Impl(
-        "limits sliding_window",
-        "limits",
-        lambda a, w: Limits("SlidingWindowCounterRateLimiter", a, w),
-    ),
-    Impl(
-        "limits moving_window",
-        "limits",
-        lambda a, w: Limits("MovingWindowRateLimiter", a, w),
-        note="log grows with use",
-    ),
-    *(
-        Impl(f"throttled {a}", "throttled-py", lambda amount, w, a=a: Throttled(a, amount, w))
-        for a in ("token_bucket", "gcra", "fixed_window", "sliding_window", "leaking_bucket")
-    ),
+    *(_surefoot(a) for a in h.ALGORITHMS),
+    *(_limits(a, strategy) for a, strategy in h.LIMITS_STRATEGIES.items()),
+    *(_throttled(a) for a in h.THROTTLED_ALGORITHMS),
 )
 
 
@@ -306,28 +284,12 @@ IMPLS = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Rate-limit decisions per second in one process: surefoot's MemoryStore, "
-        "limits, throttled-py and a hand-written token bucket, interleaved.",
-    )
-    h.add_rounds(parser, 25)
-    h.add_quick(parser, rounds=3, calls=2000, memory_keys=0)
-    parser.add_argument(
-        "--calls", type=int, default=10_000, help="timed decisions per run (default: 10000)"
-    )
-    parser.add_argument("--keys", type=int, default=1_000, help="keys cycled (default: 1000)")
-    parser.add_argument(
-        "--variants",
-        default=",".join(VARIANTS),
-        help="comma-separated workloads: allowed, over (default: both)",
-    )
+    parser = h.new_parser(__doc__, rounds=25, quick={"rounds": 3, "calls": 2000, "memory_keys": 0})
+    h.option(parser, "--calls", 10_000, "timed decisions per run")
+    h.option(parser, "--keys", 1_000, "keys cycled")
+    h.option(parser, "--variants", ",".join(VARIANTS), "comma-separated workloads")
     h.add_selection(parser, "--impls", IMPLS, "floor", "loop")
-    parser.add_argument(
-        "--memory-keys",
-        type=int,
-        default=100_000,
-        help="keys for the memory-per-key measurement, 0 to skip (default: 100000)",
-    )
+    h.option(parser, "--memory-keys", 100_000, "keys for the memory-per-key measurement, 0 to skip")
     h.add_pin_options(
         parser, what="this process", cpu="CPU to pin to (default: the last allowed one)"
     )

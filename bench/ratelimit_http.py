@@ -116,11 +116,8 @@ CONFIGS = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Benchmark RateLimitMiddleware and slowapi against the bare Starlette app "
-        "under uvicorn, loaded by wrk.",
-    )
-    h.add_wrk_options(parser, rounds=3, duration=8, quick={"rounds": 1, "duration": 2})
+    parser = h.new_parser(__doc__, rounds=3, quick={"rounds": 1, "duration": 2})
+    h.add_wrk_options(parser, duration=8)
     h.add_selection(parser, "--configs", CONFIGS, "bare")
     h.add_pin_options(parser, what="the server and wrk")
     parser.add_argument(
@@ -141,11 +138,6 @@ def check_tools(configs: list[Config]) -> None:
     if any(c.redis for c in configs):
         modules.append("redis")
     h.require_modules(modules, "bench")
-
-
-def environment() -> dict[str, Any]:
-    packages = ("surefoot", "slowapi", "limits", "uvicorn", "uvloop", "httptools", "starlette")
-    return h.environment(packages, {"wrk": ["wrk", "--version"]})
 
 
 # -- one run --------------------------------------------------------------------------------
@@ -210,22 +202,11 @@ def check_answer(config: Config, url: str) -> None:
         raise h.BenchError(f"{config.name}: no RateLimit field in the answer: {headers}")
 
 
-def run_one(
-    args: argparse.Namespace,
-    config: Config,
-    cpus: h.CpuPlan,
-    round_no: int,
-    redis: h.BenchRedis | None,
-) -> dict[str, Any]:
+def run_one(config: Config, at: h.ServerRound) -> h.Run:
+    args, cpus, redis = at.args, at.cpus, at.redis
+
     def load(url: str, duration: int) -> dict[str, Any]:
-        return h.wrk(
-            h.GET_LUA,
-            url,
-            threads=args.threads,
-            connections=args.connections,
-            duration=duration,
-            prefix=cpus.load,
-        )
+        return h.wrk_load(args, cpus, h.GET_LUA, url, duration)
 
     redis_prefix = f"sfbench-{secrets.token_hex(6)}"  # this server's keys on Redis
     with tempfile.TemporaryDirectory(prefix="surefoot-bench-") as tmp:
@@ -248,42 +229,35 @@ def run_one(
             server.stop()
             if config.redis and redis is not None:
                 redis.delete(redis_prefix)
-    return {"round": round_no, "config": config.name, **run}
+    return {"round": at.number, "config": config.name, **run}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configs: list[Config] = args.configs
     check_tools(configs)
-    cpus = h.split_cpus(args.no_pin)
-    redis = h.start_redis(args, any(c.redis for c in configs), cpus)
-    limited = [c for c in configs if c.mode != "bare"]
-    if args.no_limit_check:
-        checked = "not checked (--no-limit-check)"
-    else:
+
+    def check_all(cpus: h.CpuPlan, redis: h.BenchRedis | None) -> str:
+        if args.no_limit_check:
+            return "not checked (--no-limit-check)"
+        limited = [c for c in configs if c.mode != "bare"]
         for config in limited:
             check_limiting(config, cpus.server, redis, args.redis_options)
-        checked = (
-            f"checked: with {CHECK_LIMIT}, {', '.join(c.name for c in limited)} "
-            "answered 200, 200, 200, 429"
-        )
-    env = environment()
+        names = ", ".join(c.name for c in limited)
+        return f"checked: with {CHECK_LIMIT}, {names} answered 200, 200, 200, 429"
+
+    packages = ("surefoot", "slowapi", "limits", "uvicorn", "uvloop", "httptools", "starlette")
     return h.compare_servers(
         args,
         configs,
-        cpus,
-        redis,
-        run_one=lambda config, round_no: run_one(args, config, cpus, round_no, redis),
+        run_one,
         width=18,
-        environment=env,
-        software=f"slowapi {env['slowapi']} (limits {env['limits']}), uvicorn {env['uvicorn']} "
-        f"(uvloop {env['uvloop']}, httptools {env['httptools']}), starlette {env['starlette']}, "
-        f"{env['wrk']}",
+        uses_redis=any(c.redis for c in configs),
+        packages=packages,
+        software="slowapi {slowapi} (limits {limits}), uvicorn {uvicorn} (uvloop {uvloop}, "
+        "httptools {httptools}), starlette {starlette}, {wrk}",
         request=f"GET {PATH}, ",
-        lines=[("limiting", checked)],
-        checked={"limit_check": checked},
-        said=f"limiting {checked}",
-        settings=h.settings(args, "rounds", "duration", "warmup", "connections", "threads"),
+        check=h.Check("limiting", "limit_check", check_all),
     )
 
 

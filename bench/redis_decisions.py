@@ -78,17 +78,7 @@ AMOUNT, WINDOW = 1_000_000, 60.0  # per minute; quota: per day
 #: at --tasks 64: minimum decisions/s as a multiple of the floor's, by coalescing.
 TARGETS = {False: 1.0, True: 2.0}
 TARGET_ALGORITHMS = ("token_bucket", "gcra", "fixed_window", "sliding_window")
-ALGORITHMS = (
-    "token_bucket",
-    "gcra",
-    "fixed_window",
-    "sliding_window",
-    "leaky_bucket",
-    "leaky_queue",
-    "quota",
-    "sliding_log",
-    "concurrency",
-)
+ALGORITHMS = h.ALGORITHMS
 FLOOR_SCRIPT = (
     "local n = redis.call('INCR', KEYS[1])\nredis.call('PEXPIRE', KEYS[1], ARGV[1])\nreturn n"
 )
@@ -181,7 +171,9 @@ class Surefoot:
         from surefoot.storage.redis import RedisStore
 
         self.client = make_client(self.setup)
-        timeout = {} if self.setup.timeout is None else {"timeout": self.setup.timeout}
+        timeout: dict[str, Any] = {}
+        if self.setup.timeout is not None:
+            timeout["timeout"] = self.setup.timeout
         self.store = RedisStore(
             self.client, prefix=f"{self.setup.prefix}:", coalesce=self.coalesce, **timeout
         )
@@ -244,7 +236,7 @@ class Limits:
             "async+" + self.setup.url,
             implementation="redispy",
             key_prefix=self.setup.prefix,
-            connection_pool=self.pool,
+            connection_pool=self.pool,  # type: ignore[arg-type]  # passed to redis-py as is
         )
         self.limiter = getattr(strategies, self.strategy)(self.storage)
         self.item = RateLimitItemPerMinute(AMOUNT)
@@ -293,7 +285,7 @@ class Throttled:
         return admitted
 
     async def aclose(self) -> None:
-        await self.store._backend.get_client().aclose()
+        await self.store._backend.get_client().aclose()  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -325,33 +317,28 @@ def _surefoot(algorithm: str, coalesce: bool) -> Spec:
     )
 
 
+def _limits(algorithm: str, strategy: str) -> Spec:
+    note = "log grows with use" if algorithm == "moving_window" else ""
+    return Spec(
+        f"limits {algorithm}", "limits", lambda setup: Limits(setup, strategy), algorithm, note=note
+    )
+
+
+def _throttled(algorithm: str) -> Spec:
+    return Spec(
+        f"throttled {algorithm}",
+        "throttled-py",
+        lambda setup: Throttled(setup, algorithm),
+        algorithm,
+    )
+
+
 CONTENDERS = (
     Spec("floor", "floor", Floor, note="EVALSHA of INCR + PEXPIRE"),
     *(_surefoot(a, False) for a in ALGORITHMS),
     *(_surefoot(a, True) for a in ALGORITHMS),
-    Spec(
-        "limits fixed_window",
-        "limits",
-        lambda setup: Limits(setup, "FixedWindowRateLimiter"),
-        "fixed_window",
-    ),
-    Spec(
-        "limits sliding_window",
-        "limits",
-        lambda setup: Limits(setup, "SlidingWindowCounterRateLimiter"),
-        "sliding_window",
-    ),
-    Spec(
-        "limits moving_window",
-        "limits",
-        lambda setup: Limits(setup, "MovingWindowRateLimiter"),
-        "moving_window",
-        note="log grows with use",
-    ),
-    *(
-        Spec(f"throttled {a}", "throttled-py", lambda setup, a=a: Throttled(setup, a), a)
-        for a in ("token_bucket", "gcra", "fixed_window", "sliding_window", "leaking_bucket")
-    ),
+    *(_limits(a, strategy) for a, strategy in h.LIMITS_STRATEGIES.items()),
+    *(_throttled(a) for a in h.THROTTLED_ALGORITHMS),
 )
 
 
@@ -359,36 +346,21 @@ CONTENDERS = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Rate-limit decisions per second on Redis: surefoot's RedisStore, limits, "
-        "throttled-py and a raw EVALSHA floor, sequential and concurrent, interleaved.",
-    )
-    h.add_rounds(parser, 7)
-    h.add_quick(parser, rounds=1, calls=1000)
-    parser.add_argument(
-        "--calls", type=int, default=5_000, help="timed decisions per run (default: 5000)"
-    )
-    parser.add_argument("--keys", type=int, default=1_000, help="keys cycled (default: 1000)")
-    parser.add_argument(
-        "--tasks", type=int, default=64, help="asyncio tasks in concurrent mode (default: 64)"
-    )
-    parser.add_argument(
-        "--modes",
-        default=",".join(MODES),
-        help="comma-separated modes: sequential, concurrent (default: both)",
-    )
+    parser = h.new_parser(__doc__, rounds=7, quick={"rounds": 1, "calls": 1000})
+    h.option(parser, "--calls", 5_000, "timed decisions per run")
+    h.option(parser, "--keys", 1_000, "keys cycled")
+    h.option(parser, "--tasks", 64, "asyncio tasks in concurrent mode")
+    h.option(parser, "--modes", ",".join(MODES), "comma-separated modes")
     h.add_selection(parser, "--contenders", CONTENDERS, "floor")
     h.add_redis_options(parser, used_by="every contender")
     parser.add_argument(
         "--max-connections",
         type=int,
-        default=None,
         help="max_connections of every client's pool (default: redis-py's, unbounded)",
     )
     parser.add_argument(
         "--surefoot-timeout",
         type=float,
-        default=None,
         help="RedisStore(timeout=...) in seconds (default: the store's own, 0.05); a call "
         "that times out is counted in 'fail', never retried",
     )
@@ -588,8 +560,7 @@ def summarize(
 
 
 COLUMNS = (
-    h.Column("contender", "<33"), h.Column("dec/s", ">7"), h.Column("x floor", ">7"),
-    h.Column("(IQR)", ">9"), h.Column("target", ">6"), h.Column("met", ">3"),
+    h.Column("contender", "<33"), h.Column("dec/s", ">7"), *h.ratio_columns("x floor", 7, "(IQR)"),
     h.Column("wall us", ">7"), h.Column("cli us", ">6"), h.Column("cpu x", ">5"),
     h.Column("srv us", ">6"), h.Column("cli%", ">4"), h.Column("srv%", ">4"),
     h.Column("fail", ">4"), h.Column("note", gap=2),
@@ -597,7 +568,7 @@ COLUMNS = (
 
 
 def print_report(
-    args: argparse.Namespace, context: dict[str, Any], runs: list[dict[str, Any]], rows: list[Any]
+    args: argparse.Namespace, context: h.Run, runs: list[h.Run], rows: list[h.Run]
 ) -> None:
     env = context["environment"]
     h.print_header(
@@ -639,10 +610,7 @@ def print_report(
             [
                 row["contender"],
                 f"{row['per_second']:,.0f}",
-                f"{row['ratio']:.2f}",
-                f"{row['ratio_p25']:.2f}-{row['ratio_p75']:.2f}",
-                h.target_text(row["target"], ">="),
-                h.met_text(row["met"]),
+                *h.ratio_cells(row, ">=", ("ratio_p25", "ratio_p75")),
                 f"{row['wall_us']:.1f}",
                 f"{row['client_cpu_us']:.1f}",
                 f"{row['cpu_ratio']:.2f}",
