@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import pytest
 from examples.legacy_payments import __main__ as legacy_main
 from examples.legacy_payments import app as legacy_app
 from examples.legacy_payments.app import create_app
+
+from _support import free_port
 
 CHARGE = {"amount": 1999, "currency": "eur", "customer": "cus_42", "reference": "order-1"}
 FIELDS = {"id", "amount", "currency", "customer", "reference", "created"}
@@ -415,13 +416,6 @@ def test_main_refuses_a_probability_outside_0_to_1(
 
 
 # -- a real server ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.mark.slow

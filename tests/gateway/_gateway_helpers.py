@@ -14,7 +14,6 @@ import copy
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from _support import free_port
 from surefoot._asgi import Receive, Scope, Send
 from surefoot.gateway import AdminApp, Gateway, GatewayConfig, config_from_dict
 
@@ -194,13 +194,6 @@ def rate(response: httpx.Response, header: str = "ratelimit") -> dict[str, dict[
 
 
 # -- real processes -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def wait_until(check: Callable[[], T | None], *, timeout: float, what: str) -> T:

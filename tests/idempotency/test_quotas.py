@@ -49,11 +49,6 @@ def ledger() -> Ledger:
     return Ledger()
 
 
-@pytest.fixture
-def events() -> list[Event]:
-    return []
-
-
 async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app), base_url="http://api.test"

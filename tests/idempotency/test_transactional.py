@@ -118,11 +118,6 @@ def conn(conns: Callable[..., Connection]) -> Connection:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
 def keys(clock: ManualClock) -> TransactionalKeys:
     return TransactionalKeys(ttl=TTL, clock=clock, lock_timeout=GUARD)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 import uuid
 from collections import Counter
@@ -31,7 +30,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from _services import RedisServer, service_url
-from _support import T0
+from _support import T0, free_port
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency._core import (
     Begin,
@@ -550,13 +549,6 @@ async def test_records_and_purge_cover_every_primary_of_a_cluster(make: Make) ->
 
 
 # -- failures -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def every_step_fails_as_store_unavailable(store: RedisStore) -> None:
