@@ -7,8 +7,9 @@ wrap another httpx transport and apply it, and ``ChaosProxy`` (``proxy.py``, the
 ``surefoot chaos`` command) applies it on the wire in front of any server, driven between
 test steps through its control API (``ChaosControl``). Each injected fault is counted by the plan
 (``plan.counts()``) and emitted as a ``FaultInjected`` event. See ``docs/chaos.md``.
-``FaultPlanTable`` (``_schema.py``, imported on first use: it imports pydantic) is the
-``[chaos]`` table's schema, for other files that hold a fault plan.
+``FaultPlanTable`` (``_schema.py``) is the ``[chaos]`` table's schema, for other files that
+hold a fault plan. The transports, the proxy and the schema are imported on first use, so
+importing the plan loads neither asyncio, httpx nor pydantic.
 
 The exactly-once drill that puts this in front of ``surefoot serve`` is a tool of the
 checkout, not of this package: ``python -m tools.drill`` (``docs/reliability.md``).
@@ -49,18 +50,30 @@ from surefoot.chaos._plan import (
     Rule,
     SlowBody,
 )
-from surefoot.chaos.proxy import ChaosControl, ChaosProxy
-from surefoot.chaos.transport import (
-    CHAOS_HEADER,
-    COPY_EXTENSION,
-    AsyncChaosTransport,
-    ChaosTransport,
-)
 
 if TYPE_CHECKING:
     from surefoot.chaos._schema import FaultPlanTable
+    from surefoot.chaos.proxy import ChaosControl, ChaosProxy
+    from surefoot.chaos.transport import (
+        CHAOS_HEADER,
+        COPY_EXTENSION,
+        AsyncChaosTransport,
+        ChaosTransport,
+    )
 else:
-    __getattr__ = lazy_names(__name__, {"surefoot.chaos._schema": ("FaultPlanTable",)})
+    __getattr__ = lazy_names(
+        __name__,
+        {
+            "surefoot.chaos._schema": ("FaultPlanTable",),
+            "surefoot.chaos.proxy": ("ChaosControl", "ChaosProxy"),
+            "surefoot.chaos.transport": (
+                "CHAOS_HEADER",
+                "COPY_EXTENSION",
+                "AsyncChaosTransport",
+                "ChaosTransport",
+            ),
+        },
+    )
 
 __all__ = [
     "CHAOS_HEADER",
