@@ -228,13 +228,19 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
 
 
 def names(
-    parser: argparse.ArgumentParser, option: str, text: str, known: Iterable[str]
+    parser: argparse.ArgumentParser,
+    option: str,
+    text: str,
+    known: Iterable[str],
+    *,
+    required: bool = False,
 ) -> list[str]:
-    """The names of a comma-separated ``option``, each one of ``known``."""
+    """The names of a comma-separated ``option``, each one of ``known`` (one at least if
+    ``required``)."""
     known = list(known)
     chosen = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in chosen if n not in known]
-    if unknown:
+    if unknown or (required and not chosen):
         parser.error(f"{option}: unknown {unknown}; expected names from {known}")
     return chosen
 
@@ -826,13 +832,13 @@ def compare_servers(
     cpus = split_cpus(args.no_pin)
     # On wrk's CPU: the server measured keeps its core, as with an in-process store.
     redis = BenchRedis(args.redis_url, cpus.load, args.redis_server) if uses_redis else None
-    environment_ = environment(packages, {"wrk": ["wrk", "--version"]})
+
     context: dict[str, Any] = {
         "command": args.command,
         "cpus": cpus.sentence,
         "redis": ("not used" if redis is None else redis.where(cpus.load))
         + f"; store options: {args.redis_options or 'the defaults'}",
-        "environment": environment_,
+        "environment": environment(packages, {"wrk": ["wrk", "--version"]}),
         "load_before": load_average(),
     }
     head = list(lines)
@@ -862,21 +868,10 @@ def compare_servers(
         f"{args.duration} s per run after {args.warmup} s warm-up, {args.rounds} round(s), "
         "configurations interleaved"
     )
-    env = environment_
     print_header(
         context,
-        [
-            ("load", load),
-            *head,
-            ("redis", context["redis"]),
-            ("cpus", context["cpus"]),
-            ("machine", machine(context)),
-            (
-                "software",
-                f"Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
-                + software.format(**env),
-            ),
-        ],
+        [("load", load), *head, ("redis", context["redis"]), ("cpus", context["cpus"])],
+        software,
     )
     print()
     print_server_rows(runs, rows, args.rounds, "bare", width)
@@ -904,6 +899,25 @@ def paired(
 ) -> list[float]:
     """``figure(run, baseline's run)`` for every round that both have."""
     return [figure(run, base[n]) for n, run in mine.items() if n in base]
+
+
+def against_baseline(
+    runs: list[Run],
+    key: str,
+    names: Iterable[str],
+    baseline: str,
+    group: str,
+    groups: Iterable[str],
+) -> Iterator[tuple[str, str, dict[int, Run], dict[int, Run]]]:
+    """Per group (a mode...), per name that has runs in it: the group, the name, its runs
+    and the ``baseline``'s in the group, by round. ``key``, ``group``: the runs' fields."""
+    names = list(names)
+    for where in groups:
+        base = by_round(runs, **{key: baseline, group: where})
+        for name in names:
+            mine = by_round(runs, **{key: name, group: where})
+            if mine:
+                yield where, name, mine, base
 
 
 @dataclass(frozen=True)
@@ -1121,14 +1135,30 @@ def print_server_rows(
             print(f"  round {r['round']} {r['config']}: {kinds}")
 
 
-def print_header(context: Mapping[str, Any], lines: Iterable[tuple[str, str]]) -> None:
-    """The head of a report: the command, then one ``label: text`` line each.
+def print_header(
+    context: Mapping[str, Any],
+    lines: Iterable[tuple[str, str]],
+    software: str,
+    *,
+    shared: str = "",
+    after: Iterable[tuple[str, str]] = (),
+) -> None:
+    """The head of a report: the command, one ``label: text`` line each of ``lines``, the
+    machine (``shared``: by whom its CPUs are), the software (Python, surefoot and the
+    ``software`` format of the environment), then ``after``.
 
     A line with no label goes on the one before.
     """
+    env = context["environment"]
+    ours = f"Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
     print()
     print(f"command:  {context['command']}")
-    for label, text in lines:
+    for label, text in [
+        *lines,
+        ("machine", machine(context, shared)),
+        ("software", ours + software.format_map(env)),
+        *after,
+    ]:
         print(f"{label + ':' if label else '':<10}{text}")
 
 

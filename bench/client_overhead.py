@@ -388,7 +388,6 @@ COLUMNS = (
 def print_report(
     args: argparse.Namespace, context: h.Run, runs: list[h.Run], rows: list[h.Run]
 ) -> None:
-    env = context["environment"]
     h.print_header(
         context,
         [
@@ -400,15 +399,9 @@ def print_report(
             ),
             ("retrying", context["retry_check"]),
             ("cpus", context["cpus"]),
-            ("machine", h.machine(context)),
-            (
-                "software",
-                f"Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
-                f"httpx {env['httpx']} (httpcore {env['httpcore']}), httpx-retries "
-                f"{env['httpx-retries']}, tenacity {env['tenacity']}, uvicorn {env['uvicorn']} "
-                f"(uvloop {env['uvloop']}, httptools {env['httptools']})",
-            ),
         ],
+        "httpx {httpx} (httpcore {httpcore}), httpx-retries {httpx-retries}, tenacity "
+        "{tenacity}, uvicorn {uvicorn} (uvloop {uvloop}, httptools {httptools})",
     )
     cells = [
         [

@@ -748,7 +748,6 @@ def print_report(
     from rich.console import Console
     from rich.table import Table
 
-    env = context["environment"]
     console = Console(width=max(160, shutil.get_terminal_size().columns))
     h.print_header(
         context,
@@ -761,19 +760,11 @@ def print_report(
             ),
             ("upstream", context["upstream"]),
             ("redis", context["redis"]),
-            (
-                "machine",
-                h.machine(context, "wrk, the upstream, the proxy and Redis (nothing pinned)"),
-            ),
-            (
-                "software",
-                f"Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
-                f"uvicorn {env['uvicorn']} (uvloop {env['uvloop']}, httptools "
-                f"{env['httptools']}), httpx {env['httpx']} (httpcore {env['httpcore']}, anyio "
-                f"{env['anyio']}, sniffio {env['sniffio']}), redis-py {env['redis']}, "
-                f"{env['nginx']}, {env['wrk']}, {env['redis_server']}",
-            ),
         ],
+        "uvicorn {uvicorn} (uvloop {uvloop}, httptools {httptools}), httpx {httpx} (httpcore "
+        "{httpcore}, anyio {anyio}, sniffio {sniffio}), redis-py {redis}, {nginx}, {wrk}, "
+        "{redis_server}",
+        shared="wrk, the upstream, the proxy and Redis (nothing pinned)",
     )
     before, after = context["source_before"], context["source_after"]
     print(f"source:   digest {digest(before)} of surefoot's {len(before)} .py files at the start")

@@ -295,9 +295,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     h.add_output_options(parser)
     args = h.parse(parser, argv)
-    args.variants = h.names(parser, "--variants", args.variants, VARIANTS) or parser.error(
-        f"--variants: expected names from {list(VARIANTS)}"
-    )
+    args.variants = h.names(parser, "--variants", args.variants, VARIANTS, required=True)
     if min(args.rounds, args.calls, args.keys) < 1 or args.memory_keys < 0:
         parser.error("expected --rounds, --calls and --keys >= 1, --memory-keys >= 0")
     return args
@@ -367,40 +365,36 @@ def memory_per_key(impl: Impl, count: int) -> float:
 # -- report ---------------------------------------------------------------------------------
 
 
-def summarize(
-    impls: list[Impl], variants: list[str], runs: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+def summarize(impls: list[Impl], variants: list[str], runs: list[h.Run]) -> list[h.Run]:
+    by_name = {impl.name: impl for impl in impls}
     rows = []
-    for variant in variants:
-        floor = h.by_round(runs, impl="floor", variant=variant)
+    for variant, name, mine, floor in h.against_baseline(
+        runs, "impl", by_name, "floor", "variant", variants
+    ):
+        impl = by_name[name]
         loop = h.by_round(runs, impl="loop", variant=variant)
-        for impl in impls:
-            if variant not in impl.variants:
-                continue
-            mine = h.by_round(runs, impl=impl.name, variant=variant)
-            ratio = h.Spread.quartiles(h.paired(mine, floor, lambda r, f: r["ns"] / f["ns"]))
-            net = [
-                (r["ns"] - loop[n]["ns"]) / (floor[n]["ns"] - loop[n]["ns"])
-                for n, r in mine.items()
-            ]
-            ns = h.median(r["ns"] for r in mine.values())
-            rows.append(
-                {
-                    "impl": impl.name,
-                    "library": impl.library,
-                    "variant": variant,
-                    "note": impl.note,
-                    "ns": ns,
-                    "per_second": 1e9 / ns,
-                    "wall_ns": h.median(r["wall_ns"] for r in mine.values()),
-                    "ratio": ratio.median,
-                    "ratio_p25": ratio.low,
-                    "ratio_p75": ratio.high,
-                    "net_ratio": h.median(net),
-                    "target": TARGET if impl.target else None,
-                    "met": ratio.median <= TARGET if impl.target else None,
-                }
-            )
+        ratio = h.Spread.quartiles(h.paired(mine, floor, lambda r, f: r["ns"] / f["ns"]))
+        net = [
+            (r["ns"] - loop[n]["ns"]) / (floor[n]["ns"] - loop[n]["ns"]) for n, r in mine.items()
+        ]
+        ns = h.median(r["ns"] for r in mine.values())
+        rows.append(
+            {
+                "impl": impl.name,
+                "library": impl.library,
+                "variant": variant,
+                "note": impl.note,
+                "ns": ns,
+                "per_second": 1e9 / ns,
+                "wall_ns": h.median(r["wall_ns"] for r in mine.values()),
+                "ratio": ratio.median,
+                "ratio_p25": ratio.low,
+                "ratio_p75": ratio.high,
+                "net_ratio": h.median(net),
+                "target": TARGET if impl.target else None,
+                "met": ratio.median <= TARGET if impl.target else None,
+            }
+        )
     return rows
 
 
@@ -419,7 +413,6 @@ def print_report(
     rows: list[dict[str, Any]],
     memory: dict[str, float],
 ) -> None:
-    env = context["environment"]
     h.print_header(
         context,
         [
@@ -431,13 +424,8 @@ def print_report(
             ("", "allowed: 1,000,000/minute (quota: per day), every call admitted;"),
             ("", "over: 5/hour (quota: per day), exhausted before timing, every call refused"),
             ("cpus", context["cpus"]),
-            ("machine", h.machine(context)),
-            (
-                "software",
-                f"Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
-                f"limits {env['limits']}, throttled-py {env['throttled-py']}",
-            ),
         ],
+        "limits {limits}, throttled-py {throttled-py}",
     )
     for variant in args.variants:
         print()

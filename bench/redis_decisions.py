@@ -375,9 +375,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     h.add_output_options(parser)
     args = h.parse(parser, argv)
-    args.modes = h.names(parser, "--modes", args.modes, MODES) or parser.error(
-        f"--modes: expected names from {list(MODES)}"
-    )
+    args.modes = h.names(parser, "--modes", args.modes, MODES, required=True)
     if min(args.rounds, args.calls, args.keys, args.tasks) < 1:
         parser.error("expected --rounds, --calls, --keys and --tasks >= 1")
     if args.max_connections is not None and args.max_connections < 1:
@@ -508,54 +506,45 @@ async def run_one(
 # -- report ---------------------------------------------------------------------------------
 
 
-def summarize(
-    specs: list[Spec], modes: list[str], runs: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+def summarize(specs: list[Spec], modes: list[str], runs: list[h.Run]) -> list[h.Run]:
+    by_name = {spec.name: spec for spec in specs}
     rows = []
-    for mode in modes:
-        floor = h.by_round(runs, contender="floor", mode=mode)
-        for spec in specs:
-            mine = h.by_round(runs, contender=spec.name, mode=mode)
-            if not mine:
-                continue
-            ratio = h.Spread.quartiles(
-                h.paired(mine, floor, lambda r, f: f["wall_ns"] / r["wall_ns"])
-            )
-            cpu_ratio = h.median(
-                h.paired(mine, floor, lambda r, f: f["client_cpu_ns"] / r["client_cpu_ns"])
-            )
-            wall = h.median(r["wall_ns"] for r in mine.values())
-            client = h.median(r["client_cpu_ns"] for r in mine.values())
-            server = h.median(r["server_cpu_ns"] for r in mine.values())
-            target = spec.target(mode)
-            failed = sum(r["failed"] for r in mine.values())
-            rows.append(
-                {
-                    "contender": spec.name,
-                    "library": spec.library,
-                    "algorithm": spec.algorithm,
-                    "coalesce": spec.coalesce,
-                    "mode": mode,
-                    "note": spec.note,
-                    "per_second": 1e9 / wall,
-                    "wall_us": wall / 1000,
-                    "ratio": ratio.median,
-                    "ratio_p25": ratio.low,
-                    "ratio_p75": ratio.high,
-                    "client_cpu_us": client / 1000,
-                    "cpu_ratio": cpu_ratio,
-                    "server_cpu_us": server / 1000,
-                    "client_busy": h.median(
-                        r["client_cpu_ns"] / r["wall_ns"] for r in mine.values()
-                    ),
-                    "server_busy": h.median(
-                        r["server_cpu_ns"] / r["wall_ns"] for r in mine.values()
-                    ),
-                    "failed": failed,
-                    "target": target,
-                    "met": None if target is None else ratio.median >= target and not failed,
-                }
-            )
+    for mode, name, mine, floor in h.against_baseline(
+        runs, "contender", by_name, "floor", "mode", modes
+    ):
+        spec = by_name[name]
+        ratio = h.Spread.quartiles(h.paired(mine, floor, lambda r, f: f["wall_ns"] / r["wall_ns"]))
+        cpu_ratio = h.median(
+            h.paired(mine, floor, lambda r, f: f["client_cpu_ns"] / r["client_cpu_ns"])
+        )
+        wall = h.median(r["wall_ns"] for r in mine.values())
+        client = h.median(r["client_cpu_ns"] for r in mine.values())
+        server = h.median(r["server_cpu_ns"] for r in mine.values())
+        target = spec.target(mode)
+        failed = sum(r["failed"] for r in mine.values())
+        rows.append(
+            {
+                "contender": spec.name,
+                "library": spec.library,
+                "algorithm": spec.algorithm,
+                "coalesce": spec.coalesce,
+                "mode": mode,
+                "note": spec.note,
+                "per_second": 1e9 / wall,
+                "wall_us": wall / 1000,
+                "ratio": ratio.median,
+                "ratio_p25": ratio.low,
+                "ratio_p75": ratio.high,
+                "client_cpu_us": client / 1000,
+                "cpu_ratio": cpu_ratio,
+                "server_cpu_us": server / 1000,
+                "client_busy": h.median(r["client_cpu_ns"] / r["wall_ns"] for r in mine.values()),
+                "server_busy": h.median(r["server_cpu_ns"] / r["wall_ns"] for r in mine.values()),
+                "failed": failed,
+                "target": target,
+                "met": None if target is None else ratio.median >= target and not failed,
+            }
+        )
     return rows
 
 
@@ -570,7 +559,6 @@ COLUMNS = (
 def print_report(
     args: argparse.Namespace, context: h.Run, runs: list[h.Run], rows: list[h.Run]
 ) -> None:
-    env = context["environment"]
     h.print_header(
         context,
         [
@@ -587,20 +575,15 @@ def print_report(
             ("server", context["server"]),
             (
                 "clients",
-                f"redis.asyncio, hiredis parser, pool {context['pool']}; {env['loop']} loop; "
+                f"redis.asyncio, hiredis parser, pool {context['pool']}; "
+                f"{context['environment']['loop']} loop; "
                 f"RedisStore timeout {context['surefoot_timeout']}",
             ),
             ("cpus", context["cpus"]),
-            ("machine", h.machine(context)),
-            (
-                "software",
-                f"Python {env['python']}, surefoot {env['surefoot']} ({env['git']}), "
-                f"redis-server {env['redis_server']}, redis-py {env['redis']}, hiredis "
-                f"{env['hiredis']}, limits {env['limits']}, throttled-py {env['throttled-py']}, "
-                f"uvloop {env['uvloop']}",
-            ),
-            *(("skipped", f"{library}: {why}") for library, why in context["skipped"].items()),
         ],
+        "redis-server {redis_server}, redis-py {redis}, hiredis {hiredis}, limits {limits}, "
+        "throttled-py {throttled-py}, uvloop {uvloop}",
+        after=[("skipped", f"{library}: {why}") for library, why in context["skipped"].items()],
     )
     for mode in args.modes:
         print()
