@@ -73,3 +73,17 @@ def test_a_lazy_name_that_does_not_exist_is_an_attribute_error() -> None:
 
     with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
         _ = surefoot.idempotency.Nope  # type: ignore[attr-defined]
+
+
+def test_the_documented_layers_are_the_enforced_ones() -> None:
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (layers,) = [c["layers"] for c in config["contracts"] if c["id"] == "layers"]
+    page = (root / "docs" / "architecture.md").read_text()
+    table = page.split("## The layers", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    documented = [re.split(r"\s{2,}", line, maxsplit=1)[0] for line in table.splitlines()]
+    assert documented == layers
