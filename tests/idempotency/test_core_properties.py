@@ -22,6 +22,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from surefoot.idempotency import IdempotencyStore
 from surefoot.idempotency._core import (
     Begin,
     InProgress,
@@ -35,7 +36,6 @@ from surefoot.idempotency._core import (
     scoped_key,
 )
 from surefoot.storage import MemoryStore, SqliteStore
-from surefoot.idempotency import IdempotencyStore
 
 T = TypeVar("T")
 LEASE, TTL = 10.0, 100.0

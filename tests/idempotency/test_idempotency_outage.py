@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from _support import T0, leaky_store_error, of
+from surefoot._health import StoreDown, StoreHealth, StoreRecovered
 from surefoot.errors import ConfigurationError
 from surefoot.events import Event
 from surefoot.idempotency import (
@@ -27,7 +28,6 @@ from surefoot.idempotency import (
 )
 from surefoot.ratelimit import RateLimitMiddleware, RateLimitPolicy
 from surefoot.storage import MemoryStore
-from surefoot._health import StoreDown, StoreHealth, StoreRecovered
 from surefoot.testing import FlakyStore, ManualClock
 
 pytestmark = pytest.mark.anyio

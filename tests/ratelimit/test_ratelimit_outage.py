@@ -16,6 +16,11 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from _support import T0, leaky_store_error, of
+from surefoot._health import (
+    StoreDown,
+    StoreHealth,
+    StoreRecovered,
+)
 from surefoot.errors import ConfigurationError
 from surefoot.events import Event
 from surefoot.ratelimit import (
@@ -28,11 +33,6 @@ from surefoot.ratelimit import (
     install_problem_handler,
 )
 from surefoot.storage import MemoryStore
-from surefoot._health import (
-    StoreDown,
-    StoreHealth,
-    StoreRecovered,
-)
 from surefoot.testing import FlakyStore, ManualClock
 
 pytestmark = pytest.mark.anyio

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _support import T0
-from surefoot.errors import ConfigurationError
 from surefoot._health import HealthChange, HealthState, Permit, StoreHealth
+from surefoot.errors import ConfigurationError
 
 
 def tracker(state: HealthState, **options: Any) -> tuple[StoreHealth, Permit]:

@@ -29,8 +29,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from surefoot.errors import ConfigurationError, UpstreamThrottled
-from surefoot.ratelimit import ALGORITHM_BY_NAME, Item, Limit, parse_limit
-from surefoot.ratelimit import RateLimitStore
+from surefoot.ratelimit import ALGORITHM_BY_NAME, Item, Limit, RateLimitStore, parse_limit
 
 __all__ = ["Throttle"]
 

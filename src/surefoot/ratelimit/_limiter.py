@@ -40,6 +40,15 @@ from functools import lru_cache
 from typing import Any, Literal, TypeVar
 
 from surefoot._asgi import Scope, request_id, route_method
+from surefoot._health import (
+    HealthChange,
+    HealthState,
+    StoreDown,
+    StoreHealth,
+    StoreRecovered,
+    failure_name,
+    health_event,
+)
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import (
     ClientError,
@@ -58,15 +67,6 @@ from surefoot.ratelimit._core import Item
 from surefoot.ratelimit._headers import Reported, legacy_headers, ratelimit_headers, whole_seconds
 from surefoot.ratelimit._limit import Limit
 from surefoot.ratelimit._policy import RateLimitPolicy, limit_key
-from surefoot._health import (
-    HealthChange,
-    HealthState,
-    StoreDown,
-    StoreHealth,
-    StoreRecovered,
-    failure_name,
-    health_event,
-)
 from surefoot.ratelimit._store import RateLimitStore
 
 __all__ = ["RateLimiter", "TierResolver", "Verdict"]

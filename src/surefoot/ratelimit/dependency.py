@@ -23,13 +23,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 from surefoot._asgi import request_id
+from surefoot._health import StoreHealth
 from surefoot.clock import Clock
 from surefoot.errors import DEFAULT_PROBLEM_BASE, PROBLEM_CONTENT_TYPE, SurefootError, problem_body
 from surefoot.events import EventHook
 from surefoot.identity import PrincipalResolver, default_principal
 from surefoot.ratelimit._limiter import RateLimiter, TierResolver
 from surefoot.ratelimit._policy import RateLimitPolicy
-from surefoot._health import StoreHealth
 from surefoot.ratelimit._store import RateLimitStore
 
 try:  # FastAPI reads the parameter annotations to inject the request and response.

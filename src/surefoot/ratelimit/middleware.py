@@ -25,13 +25,13 @@ from surefoot._asgi import (
     request_id,
     send_problem,
 )
+from surefoot._health import StoreHealth
 from surefoot.clock import Clock
 from surefoot.errors import DEFAULT_PROBLEM_BASE
 from surefoot.events import EventHook
 from surefoot.identity import PrincipalResolver, default_principal
 from surefoot.ratelimit._limiter import RateLimiter, TierResolver
 from surefoot.ratelimit._policy import RateLimitPolicy
-from surefoot._health import StoreHealth
 from surefoot.ratelimit._store import RateLimitStore
 
 __all__ = ["RateLimitMiddleware"]
