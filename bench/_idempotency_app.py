@@ -5,10 +5,11 @@ The environment picks the configuration when uvicorn imports ``app``:
   (``memory://``, ``sqlite:////tmp/x.db``, ``redis://127.0.0.1:6390/0?prefix=run-1:``)
   wraps it in ``IdempotencyMiddleware`` with that store and the default policy.
 - ``SUREFOOT_BENCH_PREFILL``: completed records written to the store before serving, so a
-  run measures the steady state of a long-running server (a ``memory://`` store is full
-  at 10,000 records) rather than an empty store. A Redis client belongs to the event loop
-  that opened its connections, so a Redis store is prefilled through a second store on the
-  same URL, closed before uvicorn's loop starts.
+  run measures the steady state of a long-running server (the ``memory://?on_full=evict``
+  store of ``bench/idempotency.py`` is full at 10,000 records, and evicts) rather than an
+  empty store. A Redis client belongs to the event loop that opened its connections, so a
+  Redis store is prefilled through a second store on the same URL, closed before uvicorn's
+  loop starts.
 """
 
 from __future__ import annotations

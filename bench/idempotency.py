@@ -127,7 +127,9 @@ def start_server(
         raise h.BenchError(f"{config.name}: no Redis server")
     store = {
         "bare": "",
-        "memory": "memory://",
+        # A long-running server's full store makes room by evicting its oldest completed
+        # records; refusing (the default since issue 12) would answer every new key 503.
+        "memory": "memory://?on_full=evict",
         "sqlite": f"sqlite:///{workdir / 'idempotency.db'}",
         "redis": ""
         if redis is None
