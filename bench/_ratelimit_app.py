@@ -76,7 +76,7 @@ def make_app(mode: str, limit: str) -> ASGIApp:
         app = Starlette(
             routes=routes,
             middleware=[Middleware(middleware)],
-            exception_handlers={RateLimitExceeded: _rate_limit_exceeded_handler},  # type: ignore[dict-item]
+            exception_handlers={RateLimitExceeded: _rate_limit_exceeded_handler},
         )
         storage: dict[str, Any] = {}
         if mode == "slowapi-asgi-redis":

@@ -236,7 +236,7 @@ class Limits:
             "async+" + self.setup.url,
             implementation="redispy",
             key_prefix=self.setup.prefix,
-            connection_pool=self.pool,  # type: ignore[arg-type]  # passed to redis-py as is
+            connection_pool=self.pool,  # passed to redis-py as is
         )
         self.limiter = getattr(strategies, self.strategy)(self.storage)
         self.item = RateLimitItemPerMinute(AMOUNT)
@@ -285,7 +285,7 @@ class Throttled:
         return admitted
 
     async def aclose(self) -> None:
-        await self.store._backend.get_client().aclose()  # type: ignore[attr-defined]
+        await self.store._backend.get_client().aclose()
 
 
 @dataclass(frozen=True)
