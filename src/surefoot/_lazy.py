@@ -10,20 +10,31 @@ for the type checker. So ``import surefoot.idempotency._core`` loads no I/O modu
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
 __all__ = ["lazy_names"]
 
 
-def lazy_names(package: str, modules: Mapping[str, Sequence[str]]) -> Callable[[str], object]:
-    """A module ``__getattr__`` for ``package``: ``{module: names}`` imported on first use."""
+def lazy_names(
+    package: str, modules: Mapping[str, Sequence[str]], *, extra: tuple[str, str] | None = None
+) -> Callable[[str], object]:
+    """A module ``__getattr__`` for ``package``: ``{module: names}`` imported on first use.
+
+    With ``extra=(distribution_module, extra_name)``, a name used while that module is not
+    installed raises one ``ImportError`` line naming the extra to install.
+    """
     home = {name: module for module, names in modules.items() for name in names}
 
     def __getattr__(name: str) -> object:
         module = home.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        if extra is not None and importlib.util.find_spec(extra[0]) is None:
+            raise ImportError(
+                f"{package}.{name} needs the {extra[1]!r} extra: pip install 'surefoot[{extra[1]}]'"
+            )
         value = getattr(importlib.import_module(module), name)
         setattr(sys.modules[package], name, value)  # the next use is a plain attribute
         return value

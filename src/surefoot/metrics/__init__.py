@@ -18,10 +18,9 @@ Errors raised (``surefoot.errors``)::
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import TYPE_CHECKING
 
+from surefoot._lazy import lazy_names
 from surefoot.metrics._specs import GROUPS, METRICS, MetricSpec, metrics_markdown
 
 if TYPE_CHECKING:
@@ -31,6 +30,19 @@ if TYPE_CHECKING:
         mark_worker_dead,
     )
     from surefoot.metrics._store import InstrumentedStore
+else:
+    __getattr__ = lazy_names(
+        __name__,
+        {
+            "surefoot.metrics._prometheus": (
+                "PrometheusMetrics",
+                "clear_multiprocess_dir",
+                "mark_worker_dead",
+            ),
+            "surefoot.metrics._store": ("InstrumentedStore",),
+        },
+        extra=("prometheus_client", "metrics"),
+    )
 
 __all__ = [
     "GROUPS",
@@ -42,25 +54,3 @@ __all__ = [
     "mark_worker_dead",
     "metrics_markdown",
 ]
-
-#: The names that need prometheus_client, and the private module of each.
-_NEED_PROMETHEUS = {
-    "InstrumentedStore": "surefoot.metrics._store",
-    "PrometheusMetrics": "surefoot.metrics._prometheus",
-    "clear_multiprocess_dir": "surefoot.metrics._prometheus",
-    "mark_worker_dead": "surefoot.metrics._prometheus",
-}
-
-
-def __getattr__(name: str) -> object:
-    module = _NEED_PROMETHEUS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if importlib.util.find_spec("prometheus_client") is None:
-        # One line naming the extra, not the first import that fails.
-        raise ImportError(
-            f"surefoot.metrics.{name} needs the 'metrics' extra: pip install 'surefoot[metrics]'"
-        )
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
