@@ -1,8 +1,8 @@
 """The layers hold at run time: importing a core loads no I/O module and no adapter.
 
-``scripts/check`` runs the static contracts (``lint-imports``, see ``.importlinter``);
-this test checks what Python really loads, package ``__init__`` modules included, which
-a static import graph cannot see.
+``scripts/check`` runs the static contracts (``lint-imports``, configured under
+``[tool.importlinter]`` in ``pyproject.toml``); this test checks what Python really loads,
+package ``__init__`` modules included, which a static import graph cannot see.
 """
 
 from __future__ import annotations

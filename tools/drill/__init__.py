@@ -14,6 +14,20 @@ toolkit ``surefoot._config`` that every configuration file of the project shares
 
 from __future__ import annotations
 
+import importlib.util
+
+# What the drill runs: the gateway (``surefoot[gateway]``) and the example API (``[examples]``).
+if _missing := [
+    name
+    for name in ("httpx", "h11", "pydantic", "uvicorn", "httptools", "prometheus_client", "fastapi")
+    if importlib.util.find_spec(name) is None
+]:
+    # One line naming the extras, not the first import that fails.
+    raise ImportError(
+        "tools.drill needs the 'gateway' and 'examples' extras: "
+        f"pip install -e '.[gateway,examples]' (missing: {', '.join(_missing)})"
+    )
+
 from tools.drill.runner import DrillError, arun_drill, drill_table, run_drill
 from tools.drill.scenario import DrillAudit, DrillEvent, DrillReport, Scenario, drill_markdown
 

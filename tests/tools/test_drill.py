@@ -578,3 +578,23 @@ def test_the_command_runs_a_drill_and_writes_json(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert (data["clients"], data["payments"], data["ok"]) == (2, 5, True)
     assert data["audit"]["recorded"] == 10
+
+
+@pytest.mark.parametrize(
+    ("missing", "named"), [("httpx", "httpx"), ("fastapi,uvicorn", "uvicorn, fastapi")]
+)
+def test_without_its_extras_the_drill_says_which_in_one_line(missing: str, named: str) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        f"for name in {missing!r}.split(','): sys.modules[name] = None\n"
+        "import tools.drill\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "ImportError: tools.drill needs the 'gateway' and 'examples' extras: "
+        f"pip install -e '.[gateway,examples]' (missing: {named})"
+    )
