@@ -151,7 +151,36 @@ BAD_FILES = [
         11, "routes[1].match", "expected '[METHOD ]/path'",
         id="bad-route-template",
     ),
+    pytest.param(
+        VALID + "\n[upstream.breaker]\nopen_wait = inf\n",
+        8, "upstream.breaker.open_wait", "expected a finite number of seconds > 0, got inf",
+        id="breaker-infinite-wait",
+    ),
+    pytest.param(
+        VALID + "\n[upstream.breaker]\nfailure_rate_threshold = nan\n",
+        8, "upstream.breaker.failure_rate_threshold", "expected a share in (0, 1], such as 0.5",
+        id="breaker-nan-share",
+    ),
 ]  # fmt: skip
+
+
+def test_the_breaker_table_takes_circuit_breakers_defaults_but_the_gateways_slow_call_duration(
+    tmp_path: Path,
+) -> None:
+    import inspect
+
+    from surefoot.client import CircuitBreaker
+
+    table = load_config(write(tmp_path, VALID + "\n[upstream.breaker]\nminimum_calls = 3\n"))
+    breaker = table.root.upstream.breaker
+    assert breaker is not None
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(CircuitBreaker).parameters.items()
+        if name in type(breaker).model_fields
+    }
+    assert breaker.model_dump() == {**defaults, "minimum_calls": 3, "slow_call_duration": 10.0}
+    assert defaults["slow_call_duration"] == 60.0  # the gateway's 10 s is its own, on purpose
 
 
 @pytest.mark.parametrize(("text", "line", "field", "expected"), BAD_FILES)
