@@ -66,6 +66,7 @@ PUBLIC = {
         "BreakerTable",
         "Bulkhead",
         "BulkheadFull",
+        "CacheStore",
         "CallNotPermitted",
         "CircuitBreaker",
         "ClientEvent",

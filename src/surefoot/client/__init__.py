@@ -54,6 +54,7 @@ from surefoot.client._policy import DEFAULT_RETRY_STATUSES, IDEMPOTENT_METHODS, 
 if TYPE_CHECKING:
     from surefoot.client._bulkhead import Bulkhead
     from surefoot.client._cache import STALE_HEADER, StaleCache
+    from surefoot.client._cache_store import CacheStore
     from surefoot.client._integrations import (
         Integration,
         integrations_from_dict,
@@ -68,6 +69,7 @@ else:
         {
             "surefoot.client._bulkhead": ("Bulkhead",),
             "surefoot.client._cache": ("STALE_HEADER", "StaleCache"),
+            "surefoot.client._cache_store": ("CacheStore",),
             "surefoot.client._integrations": (
                 "Integration",
                 "integrations_from_dict",
@@ -91,6 +93,7 @@ __all__ = [
     "BreakerTable",
     "Bulkhead",
     "BulkheadFull",
+    "CacheStore",
     "CallNotPermitted",
     "CircuitBreaker",
     "ClientEvent",
