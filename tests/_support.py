@@ -52,3 +52,17 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def public_event_types() -> list[type[Event]]:
+    """Every event class a public package exports (for a hook's ``wants``)."""
+    import importlib
+
+    found: dict[str, type[Event]] = {}
+    for package in ("idempotency", "ratelimit", "storage", "client", "gateway", "chaos"):
+        module = importlib.import_module(f"surefoot.{package}")
+        for name in module.__all__:
+            value = getattr(module, name)
+            if isinstance(value, type) and issubclass(value, Event):
+                found[value.__name__] = value
+    return list(found.values())

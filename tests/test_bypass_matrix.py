@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from _support import T0
 from surefoot.idempotency import IdempotencyMiddleware, IdempotencyPolicy
 from surefoot.ratelimit import RateLimitMiddleware, RateLimitPolicy
 from surefoot.storage import MemoryStore
@@ -114,7 +115,7 @@ async def test_no_spelling_of_path_or_credential_buys_a_second_bucket(
         policies=[
             RateLimitPolicy("route", limits=[f"{LIMIT}/hour"], routes=[f"{method} {template}"])
         ],
-        clock=ManualClock(1_700_000_000.0),
+        clock=ManualClock(T0),
         hooks=[],
     )
     outcomes: list[tuple[bytes, int, str | None]] = []
@@ -144,7 +145,7 @@ async def test_no_spelling_skips_the_key_requirement_or_runs_a_key_twice(
         store=MemoryStore(),
         policy=IdempotencyPolicy(required=False),
         routes={f"POST {template}": IdempotencyPolicy()},
-        clock=ManualClock(1_700_000_000.0),
+        clock=ManualClock(T0),
         hooks=[],
     )
     for raw, same, creds in combinations(path):

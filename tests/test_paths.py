@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from _support import T0
 from surefoot._asgi import CANONICAL, ROUTE_METHOD, ASGIApp, Message, Scope, canonicalize
 from surefoot._paths import CanonicalPath, canonical_path, quote_path
 from surefoot._routes import RouteTable, match_form
@@ -474,7 +475,7 @@ def limited(app: ASGIApp, **options: Any) -> RateLimitMiddleware:
         app,
         store=MemoryStore(),
         policies=policies,
-        clock=ManualClock(1_700_000_000.0),
+        clock=ManualClock(T0),
         hooks=[],
         **options,
     )
@@ -486,7 +487,7 @@ def keyed(app: ASGIApp, **options: Any) -> IdempotencyMiddleware:
         store=MemoryStore(),
         policy=IdempotencyPolicy(required=False),
         routes={"POST /charges": IdempotencyPolicy()},
-        clock=ManualClock(1_700_000_000.0),
+        clock=ManualClock(T0),
         hooks=[],
         **options,
     )
@@ -596,7 +597,7 @@ async def test_a_route_scoped_key_is_one_key_for_every_spelling_of_an_unnamed_ro
         backend,
         store=MemoryStore(),
         policy=IdempotencyPolicy(scope="principal_route"),
-        clock=ManualClock(1_700_000_000.0),
+        clock=ManualClock(T0),
         hooks=[],
     )
     key = [(b"idempotency-key", b"k-1")]
@@ -635,7 +636,7 @@ async def test_an_exemption_covers_only_its_own_spelling() -> None:
         backend,
         store=MemoryStore(),
         policies=[policy],
-        clock=ManualClock(1_700_000_000.0),
+        clock=ManualClock(T0),
         hooks=[],
     )
     assert [(await call(app, "GET", b"/users/me")).status for _ in range(3)] == [201] * 3
@@ -651,7 +652,7 @@ async def test_a_route_left_unprotected_covers_only_its_own_spelling() -> None:
         store=MemoryStore(),
         policy=IdempotencyPolicy(),
         routes={"POST /charges/preview": None},
-        clock=ManualClock(1_700_000_000.0),
+        clock=ManualClock(T0),
         hooks=[],
     )
     assert (await call(app, "POST", b"/charges/preview")).status == 201

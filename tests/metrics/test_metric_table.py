@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from _support import public_event_types
 from surefoot.cli import main
 from surefoot.client import BreakerState
 from surefoot.metrics import GROUPS, METRICS, PrometheusMetrics, metrics_markdown
@@ -72,7 +73,7 @@ def test_prometheus_metrics_exposes_the_table_but_the_gateway_group() -> None:
 
 def test_what_feeds_each_metric_is_counted_or_a_method() -> None:
     metrics = PrometheusMetrics()
-    counted = {event_type.__name__ for event_type in metrics._handlers}
+    counted = {event.__name__ for event in public_event_types() if metrics.wants(event)}
     fed_by = {name for spec in METRICS if spec.group != "gateway" for name in spec.fed_by}
     methods = {name for name in fed_by if name[0].islower()}
     assert fed_by - methods == counted

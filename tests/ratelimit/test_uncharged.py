@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _support import T0
 from surefoot.ratelimit._algorithms import ALGORITHM_BY_NAME, uncharged
 from surefoot.ratelimit._limit import Limit
 
@@ -34,7 +35,7 @@ def test_waiting_an_uncharged_limits_t_finds_more(
 ) -> None:
     limit = Limit(amount, window, algorithm=algorithm)
     cls = ALGORITHM_BY_NAME[algorithm]
-    state, now = None, 1_700_000_000.0
+    state, now = None, T0
     for gap in gaps:  # some history, admitted or not
         now += gap * window
         _, state = cls.decide(state, now, 1, limit)
@@ -53,10 +54,10 @@ def test_waiting_an_uncharged_limits_t_finds_more(
 def test_a_leaky_queue_that_was_empty_reads_as_full_once_uncharged() -> None:
     limit = Limit(4, 1.0, algorithm="leaky_queue", max_wait=1.0)
     cls = ALGORITHM_BY_NAME["leaky_queue"]
-    first, state = cls.decide(None, 1_700_000_000.0, 1, limit)
+    first, state = cls.decide(None, T0, 1, limit)
     assert first.delay == 0.0
     told = uncharged(first, 1, limit)
     assert (told.remaining, told.available_after) == (first.remaining + 1, 0.0)
-    queued, _ = cls.decide(state, 1_700_000_000.0, 1, limit)
+    queued, _ = cls.decide(state, T0, 1, limit)
     assert queued.delay > 0.0  # the queue is not empty: what it frees is the charged state's
     assert uncharged(queued, 1, limit).available_after == queued.available_after
