@@ -19,13 +19,20 @@ else lives here, once:
   ``start_uvicorn`` serves an ASGI app of ``bench/`` on a ``free_port``; ``BenchRedis`` is
   the Redis server a benchmark writes to (a private ``RedisServer``, or ``--redis-url``'s).
 - load: ``wrk`` runs wrk with a script of ``bench/`` and parses the one JSON line that
-  ``bench/_wrk_summary.lua`` prints; ``wrk_figures`` turns it into the run's figures.
+  ``bench/_wrk_summary.lua`` prints; ``wrk_figures`` turns it into the run's figures;
+  ``timed_wrk`` adds the server's CPU time and memory (and Redis's CPU time) over one run.
 - rounds: runs are interleaved (every round runs every configuration once, ``rotated``
-  to vary the order), ratios are taken within a round (``by_round``, ``paired``) and
+  to vary the order), ratios are taken within a round (``by_round``, ``paired``;
+  ``against_baseline`` pairs each name's runs with the baseline's, group by group) and
   summed up over rounds (``Spread``: the median and the min-max or interquartile range).
 - report: ``print_header`` (the command, the machine...), ``text_table`` (fixed-width
-  columns), ``markdown_table``, ``target_text`` and ``met_text``; ``finish`` writes
-  ``--json`` and turns ``--check`` into the exit status.
+  columns), ``markdown_table``, ``target_text`` and ``met_text``, ``print_per_round``
+  (each round's figure, group by group); ``finish`` writes ``--json`` and turns
+  ``--check`` into the exit status.
+- servers under wrk: ``compare_servers`` is a whole benchmark but its configurations
+  and its timed run: every configuration against ``bare`` in interleaved rounds, then the
+  report; it gives each run a ``ServerRound`` (the options, the round, the CPUs, Redis),
+  and its ``Check``, if any, runs once before the rounds and is said in the report's head.
 
 Errors: ``BenchError`` is the one exception a benchmark raises when it cannot go on (a
 missing tool, a server that does not start, a wrong answer); ``run`` prints it and
@@ -107,17 +114,10 @@ def new_parser(
     return parser
 
 
-def option(
-    parser: argparse.ArgumentParser,
-    name: str,
-    default: float | str | None,
-    help: str,
-    kind: type = str,
-) -> None:
-    """``name`` of the type of its ``default`` (else ``kind``), its default said in its help."""
-    kind = kind if default is None else type(default)
-    said = "none" if default is None else f"{default:g}" if isinstance(default, float) else default
-    parser.add_argument(name, type=kind, default=default, help=f"{help} (default: {said})")
+def option(parser: argparse.ArgumentParser, name: str, default: float | str, help: str) -> None:
+    """``name`` of the type of its ``default``, its default said in its help."""
+    said = f"{default:g}" if isinstance(default, float) else default
+    parser.add_argument(name, type=type(default), default=default, help=f"{help} (default: {said})")
 
 
 def add_rounds(parser: argparse.ArgumentParser, default: int) -> None:
@@ -241,7 +241,8 @@ def names(
     chosen = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in chosen if n not in known]
     if unknown or (required and not chosen):
-        parser.error(f"{option}: unknown {unknown}; expected names from {known}")
+        wrong = f"unknown {unknown}" if unknown else "no name given"
+        parser.error(f"{option}: {wrong}; expected names from {known}")
     return chosen
 
 
@@ -1057,20 +1058,19 @@ def ratio_cells(
     row: Mapping[str, Any],
     sign: str,
     spread: tuple[str, str] = ("ratio_min", "ratio_max"),
-    spec: str = ".2f",
 ) -> list[str]:
     """A row's ratio, its spread over rounds (``spread``: the row's keys), target and met."""
     low, high = row[spread[0]], row[spread[1]]
     return [
         f"{row['ratio']:.2f}",
-        f"{low:{spec}}-{high:{spec}}",
+        f"{low:.2f}-{high:.2f}",
         target_text(row["target"], sign),
         met_text(row["met"]),
     ]
 
 
-def target_text(target: float | None, sign: str, spec: str = ".1f") -> str:
-    return "-" if target is None else f"{sign}{target:{spec}}"
+def target_text(target: float | None, sign: str) -> str:
+    return "-" if target is None else f"{sign}{target:.1f}"
 
 
 def met_text(met: bool | None) -> str:

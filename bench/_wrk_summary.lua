@@ -1,7 +1,9 @@
 -- The summary every wrk script of bench/ ends with (bench/_harness.py's wrk() parses it):
 -- done() prints one line, "SUREFOOT_BENCH {json}": requests, duration, errors by kind and
 -- latency percentiles in microseconds.
--- A script loads it with: dofile(bench_dir .. "_wrk_summary.lua")
+-- A script of bench/ loads it from its own directory (the directory of the path wrk was
+-- given, "./" if none), whatever the working directory:
+--   dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "_wrk_summary.lua")
 
 function done(summary, latency, requests)
    local e = summary.errors

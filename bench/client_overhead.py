@@ -2,9 +2,8 @@
 
 Usage::
 
-    .venv/bin/python bench/client_overhead.py                        # 5 rounds x 3,000 requests
-    .venv/bin/python bench/client_overhead.py --quick                    # 1 round x 500 requests
-    .venv/bin/python bench/client_overhead.py --rounds 1 --requests 500  # quick look
+    .venv/bin/python bench/client_overhead.py                # 5 rounds x 3,000 requests
+    .venv/bin/python bench/client_overhead.py --quick        # 1 round x 500 requests
     .venv/bin/python bench/client_overhead.py --json results.json --check
 
 Theory of operation:

@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/client_storm.py                    # 5 seeds, the default scenario
-    .venv/bin/python bench/client_storm.py --seeds 1          # one seed: a quick look (= --quick)
+    .venv/bin/python bench/client_storm.py --quick            # one seed: a smoke run
     .venv/bin/python bench/client_storm.py --requests-per-client 20 --think 1 --outage 20
     .venv/bin/python bench/client_storm.py --json storm.json
 

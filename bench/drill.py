@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/drill.py                           # 32 x 300, SQLite, Redis, on, off
-    .venv/bin/python bench/drill.py --clients 8 --payments 50 # a quick look (= --quick)
+    .venv/bin/python bench/drill.py --quick                   # 8 x 50: a smoke run
     .venv/bin/python bench/drill.py --stores sqlite --modes on --json drill.json
 
 Theory of operation:
@@ -35,8 +35,6 @@ bounded by the machine, not by any one component, and it includes the time fault
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -51,6 +49,8 @@ if str(ROOT) not in sys.path:  # the drill is a tool of the checkout, not of the
 from tools.drill import DrillReport, Scenario, drill_markdown, run_drill  # noqa: E402
 
 SIDES = ("client", "upstream")
+STORES = ("sqlite", "redis")
+MODES = ("on", "off")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,11 +62,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--payments", type=int, help="override the payments per client")
     parser.add_argument("--workers", type=int, help="override the gateway's workers")
     parser.add_argument("--seed", type=int, help="override the scenario's seed")
-    parser.add_argument("--stores", default="sqlite,redis", help="comma-separated (sqlite,redis)")
-    parser.add_argument("--modes", default="on,off", help="idempotency: comma-separated (on,off)")
-    parser.add_argument("--json", metavar="PATH", help="write every report as JSON")
+    h.option(parser, "--stores", ",".join(STORES), "comma-separated stores")
+    h.option(parser, "--modes", ",".join(MODES), "idempotency: comma-separated, on and/or off")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    return h.parse(parser, argv)
+    h.add_output_options(parser, check=False)
+    args = h.parse(parser, argv)
+    args.stores = h.names(parser, "--stores", args.stores, STORES, required=True)
+    args.modes = h.names(parser, "--modes", args.modes, MODES, required=True)
+    return args
 
 
 def progress_printer(label: str, quiet: bool) -> Any:
@@ -111,9 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     base = Scenario.from_toml(args.scenario).overridden(
         clients=args.clients, payments=args.payments, workers=args.workers, seed=args.seed
     )
+    context: dict[str, Any] = {
+        "command": args.command,
+        "environment": h.environment(("surefoot", "uvicorn", "httpx")),
+        "load_before": h.load_average(),
+    }
     reports: list[DrillReport] = []
-    for store in args.stores.split(","):
-        for mode in args.modes.split(","):
+    for store in args.stores:
+        for mode in args.modes:
             scenario = base.overridden(store=store, idempotency=mode == "on")
             label = f"{store}, idempotency {mode}"
             print(f"{label}: {scenario.clients} x {scenario.payments}", file=sys.stderr)
@@ -126,10 +134,13 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-    print(f"command: {args.command}")
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}, {platform.system()} {platform.release()}"
+    context["load_after"] = h.load_average()
+    h.print_header(
+        context,
+        [],
+        "uvicorn {uvicorn}, httpx {httpx}",
+        shared="every process of the drill",
+        after=[("platform", context["environment"]["platform"])],
     )
     print()
     print(drill_markdown(reports))

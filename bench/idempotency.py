@@ -4,7 +4,6 @@ Usage::
 
     .venv/bin/python bench/idempotency.py                   # 3 rounds x 8 s per run
     .venv/bin/python bench/idempotency.py --quick           # 1 round x 2 s: a smoke run
-    .venv/bin/python bench/idempotency.py --rounds 1 --duration 2 --warmup 1   # quick look
     .venv/bin/python bench/idempotency.py --json results.json --check
     .venv/bin/python bench/idempotency.py --configs redis-unique,redis-replay   # and bare
 
@@ -123,18 +122,18 @@ def start_server(
     redis_options: str = "",
 ) -> h.Child:
     """One uvicorn process serving the bench app with one store configuration."""
-    if config.store == "redis" and redis is None:
-        raise h.BenchError(f"{config.name}: no Redis server")
-    store = {
-        "bare": "",
-        # A long-running server's full store makes room by evicting its oldest completed
-        # records; refusing (the default since issue 12) would answer every new key 503.
-        "memory": "memory://?on_full=evict",
-        "sqlite": f"sqlite:///{workdir / 'idempotency.db'}",
-        "redis": ""
-        if redis is None
-        else h.with_query(redis.url, f"prefix={redis_prefix}:", redis_options),
-    }[config.store]
+    if config.store == "redis":
+        if redis is None:
+            raise h.BenchError(f"{config.name}: no Redis server")
+        store = h.with_query(redis.url, f"prefix={redis_prefix}:", redis_options)
+    else:
+        store = {
+            "bare": "",
+            # A long-running server's full store makes room by evicting its oldest completed
+            # records; refusing (the default since issue 12) would answer every new key 503.
+            "memory": "memory://?on_full=evict",
+            "sqlite": f"sqlite:///{workdir / 'idempotency.db'}",
+        }[config.store]
     env = {"SUREFOOT_BENCH_STORE": store, "SUREFOOT_BENCH_PREFILL": str(prefill)}
     return h.start_uvicorn(config.name, APP, workdir, env=env, prefix=prefix)
 

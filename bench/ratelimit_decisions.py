@@ -4,7 +4,6 @@ Usage::
 
     .venv/bin/python bench/ratelimit_decisions.py              # 25 rounds x 10,000 calls, ~4 min
     .venv/bin/python bench/ratelimit_decisions.py --quick      # 3 rounds x 2,000 calls, no memory
-    .venv/bin/python bench/ratelimit_decisions.py --rounds 5 --memory-keys 0   # quick look
     .venv/bin/python bench/ratelimit_decisions.py --json results.json --check
 
 Theory of operation:

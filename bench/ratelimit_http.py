@@ -3,8 +3,7 @@
 Usage::
 
     .venv/bin/python bench/ratelimit_http.py                  # 3 rounds x 8 s per run, ~3 min
-    .venv/bin/python bench/ratelimit_http.py --quick        # 1 round x 2 s: a smoke run
-    .venv/bin/python bench/ratelimit_http.py --rounds 1 --duration 2 --warmup 1   # quick look
+    .venv/bin/python bench/ratelimit_http.py --quick          # 1 round x 2 s: a smoke run
     .venv/bin/python bench/ratelimit_http.py --json results.json --check
     .venv/bin/python bench/ratelimit_http.py --configs surefoot,surefoot-redis   # and bare
 

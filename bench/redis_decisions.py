@@ -4,7 +4,6 @@ Usage::
 
     .venv/bin/python bench/redis_decisions.py                  # 7 rounds x 5,000 calls, ~6 min
     .venv/bin/python bench/redis_decisions.py --quick          # 1 round x 1,000 calls
-    .venv/bin/python bench/redis_decisions.py --rounds 1 --calls 1000   # quick look
     .venv/bin/python bench/redis_decisions.py --json results.json --check
     .venv/bin/python bench/redis_decisions.py --redis-url redis://10.0.0.5:6379/0  # your server
 
