@@ -92,3 +92,11 @@ def test_the_documented_layers_are_the_enforced_ones() -> None:
     table = page.split("## The layers", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
     documented = [re.split(r"\s{2,}", line, maxsplit=1)[0] for line in table.splitlines()]
     assert documented == layers
+
+
+def test_a_lazy_name_is_listed_before_it_is_loaded() -> None:
+    loaded = _loaded(
+        "import surefoot.idempotency as i; assert 'IdempotencyMiddleware' in dir(i); "
+        "assert 'Record' in dir(i)"
+    )
+    assert "surefoot.idempotency.middleware" not in loaded

@@ -2,8 +2,9 @@
 
 A package's ``__init__`` imports its pure modules (cores, events, policies, store
 interfaces) at once and hands the names of its adapters (middlewares, transports: the
-modules that import asyncio or a driver) to ``lazy_names``, under ``if TYPE_CHECKING``
-for the type checker. So ``import surefoot.idempotency._core`` loads no I/O module, while
+modules that import asyncio or a driver) to ``__getattr__, __dir__ = lazy_names(...)``,
+importing the same names under ``if TYPE_CHECKING`` for the type checker. So
+``import surefoot.idempotency._core`` loads no I/O module, while
 ``from surefoot.idempotency import IdempotencyMiddleware`` works as before (PEP 562).
 """
 
@@ -19,8 +20,9 @@ __all__ = ["lazy_names"]
 
 def lazy_names(
     package: str, modules: Mapping[str, Sequence[str]], *, extra: tuple[str, str] | None = None
-) -> Callable[[str], object]:
-    """A module ``__getattr__`` for ``package``: ``{module: names}`` imported on first use.
+) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
+    """A module's ``__getattr__`` and ``__dir__`` for ``package``: ``{module: names}`` imported
+    on first use, and listed by ``dir()`` (and so by completion) from the start.
 
     With ``extra=(distribution_module, extra_name)``, a name used while that module is not
     installed raises one ``ImportError`` line naming the extra to install.
@@ -39,4 +41,7 @@ def lazy_names(
         setattr(sys.modules[package], name, value)  # the next use is a plain attribute
         return value
 
-    return __getattr__
+    def __dir__() -> list[str]:
+        return sorted({*vars(sys.modules[package]), *home})
+
+    return __getattr__, __dir__

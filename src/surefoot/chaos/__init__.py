@@ -61,7 +61,7 @@ if TYPE_CHECKING:
         ChaosTransport,
     )
 else:
-    __getattr__ = lazy_names(
+    __getattr__, __dir__ = lazy_names(
         __name__,
         {
             "surefoot.chaos._schema": ("FaultPlanTable",),

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from surefoot.client._throttle import Throttle
     from surefoot.client.transport import AsyncResilientTransport, ResilientTransport
 else:
-    __getattr__ = lazy_names(
+    __getattr__, __dir__ = lazy_names(
         __name__,
         {
             "surefoot.client._bulkhead": ("Bulkhead",),

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from surefoot.idempotency.middleware import IdempotencyMiddleware, OutcomeResolver, Resolution
     from surefoot.idempotency.transactional import AsyncClaim, Claim, TransactionalKeys
 else:
-    __getattr__ = lazy_names(
+    __getattr__, __dir__ = lazy_names(
         __name__,
         {
             "surefoot.idempotency.middleware": (

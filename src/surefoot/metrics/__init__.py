@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     )
     from surefoot.metrics._store import InstrumentedStore
 else:
-    __getattr__ = lazy_names(
+    __getattr__, __dir__ = lazy_names(
         __name__,
         {
             "surefoot.metrics._prometheus": (

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     )
     from surefoot.ratelimit.middleware import RateLimitMiddleware
 else:
-    __getattr__ = lazy_names(
+    __getattr__, __dir__ = lazy_names(
         __name__,
         {
             "surefoot.ratelimit._limiter": ("RateLimiter", "Verdict"),
