@@ -17,6 +17,7 @@ import difflib
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +27,7 @@ SOURCE = "# ---- async source of the generated code above (scripts/unasync.py) -
 END = "# ---- end ----"
 # Async-only names of the project (the style: "async-only methods get the `a` prefix").
 A_PREFIXED = ("aclose", "aread", "aacquire", "atake", "adone", "_astale", "_aconcurrently", "_araw")
-SUBS = [
+SUBS: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
     (r"\basync (def|for|with)\b", r"\1"),
     (r"\bawait ", ""),
     (r"\bAwaitable\[Any\]", "object"),
