@@ -5,8 +5,8 @@ Each page's ```python blocks are read in order as the body of one ``async def`` 
 snippet may ``await``), as a reader would type them into one session; ``app`` (the user's
 own ASGI app) is the only name given in advance.
 A block that is not meant to run alone starts with a ``# not checked: <why>`` line.
-A name used before the block that imports or defines it is an error too (mypy does not
-see it for imports, but a reader typing the blocks in order gets a NameError).
+A name used before the block that imports it is an error too (mypy does not see it, but a
+reader typing the blocks in order gets a NameError).
 Errors are reported as page:line.
 """
 
@@ -40,52 +40,33 @@ def module(page: Path) -> tuple[str, list[int]]:
     return "\n".join(lines) + "\n", where
 
 
-def _bound(node: ast.AST) -> set[str]:
-    """The names a statement of ``page`` binds in its scope (not inside nested scopes)."""
-    names: set[str] = set()
-    if isinstance(node, ast.Import | ast.ImportFrom):
-        names.update((a.asname or a.name).split(".")[0] for a in node.names)
-    elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-        return {node.name}
-    elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
-        names.add(node.id)
-    elif isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and node.name:
-        names.add(node.name)
-    if isinstance(node, ast.Lambda | ast.comprehension):
-        return names
-    for child in ast.iter_child_nodes(node):
-        names |= _bound(child)
-    return names
-
-
 def _loaded(node: ast.AST) -> list[ast.Name]:
-    """The names a statement reads when it runs (a nested function's body runs later)."""
+    """The names a statement reads when it runs (a function's body runs later)."""
     if isinstance(node, ast.Name):
         return [node] if isinstance(node.ctx, ast.Load) else []
-    if isinstance(node, ast.Lambda):
-        return [n for d in node.args.defaults + node.args.kw_defaults if d for n in _loaded(d)]
-    children: list[ast.AST] = list(ast.iter_child_nodes(node))
+    later: list[ast.AST] = []
     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-        children = [c for c in children if c not in node.body]
-    own: set[str] = set()  # a comprehension's own variables
-    if isinstance(node, ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp):
-        own = {n.id for g in node.generators for n in ast.walk(g.target) if isinstance(n, ast.Name)}
-    return [name for child in children for name in _loaded(child) if name.id not in own]
+        later = list(node.body)
+    elif isinstance(node, ast.Lambda):
+        later = [node.body]
+    return [n for child in ast.iter_child_nodes(node) if child not in later for n in _loaded(child)]
 
 
-def used_too_early(source: str) -> list[tuple[int, str]]:
-    """(module line, name) of each name read before the statement that first binds it."""
+def used_before_import(source: str) -> list[tuple[int, str]]:
+    """(module line, name) of each name read before the block that imports it: mypy reports
+    a variable or function used before its definition, but not an import."""
     page = ast.parse(source).body[-1]
     assert isinstance(page, ast.AsyncFunctionDef)
-    first: dict[str, int] = {}
+    imported: dict[str, int] = {}
     for i, statement in enumerate(page.body):
-        for name in _bound(statement):
-            first.setdefault(name, i)
+        if isinstance(statement, ast.Import | ast.ImportFrom):
+            for alias in statement.names:
+                imported.setdefault((alias.asname or alias.name).split(".")[0], i)
     return [
         (name.lineno, name.id)
         for i, statement in enumerate(page.body)
         for name in _loaded(statement)
-        if first.get(name.id, i) > i
+        if imported.get(name.id, i) > i
     ]
 
 
@@ -103,8 +84,8 @@ def main() -> int:
             maps[name] = (page, where)
             early += [
                 f"{page.relative_to(ROOT)}:{where[line - 1]}: Name {used!r} is used before "
-                "the block that imports or defines it"
-                for line, used in used_too_early(source)
+                "the block that imports it"
+                for line, used in used_before_import(source)
             ]
         result = subprocess.run(
             [
