@@ -49,6 +49,7 @@ import httpx
 
 from surefoot._config import Problems, read_toml, require_pydantic
 from surefoot._toml import shown
+from surefoot.client._base_url import url_problem
 from surefoot.client._breaker import CircuitBreaker
 from surefoot.client._breaker_protocol import Breaker
 from surefoot.client._budget import RetryBudget
@@ -143,7 +144,7 @@ class Integration:
             raise ConfigurationError(
                 f"Integration.name: expected letters, digits, '_' and '-', got {name!r}"
             )
-        problem = _url_problem(base_url)
+        problem = url_problem(base_url)
         if problem is not None:
             raise ConfigurationError(f"Integration.base_url: {problem}")
         self.name = name
@@ -416,16 +417,3 @@ def _build(
 
 def _or(value: float | None, default: float) -> float:
     return default if value is None else value
-
-
-def _url_problem(value: object) -> str | None:
-    expected = "expected an absolute http:// or https:// URL"
-    if not isinstance(value, str):
-        return f"{expected}, got {shown(value)}"
-    try:
-        url = httpx.URL(value)
-    except httpx.InvalidURL:
-        return f"{expected}, got {value!r}"
-    if url.scheme not in ("http", "https") or not url.host:
-        return f"{expected}, got {value!r}"
-    return None

@@ -21,11 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from surefoot._config import described
 from surefoot._toml import masked_url, shown
+from surefoot.client._base_url import url_problem
 from surefoot.client._breaker import CircuitBreaker
-from surefoot.client._integrations import _url_problem
 from surefoot.errors import ConfigurationError
 from surefoot.ratelimit import parse_limit
-from surefoot.storage import STORES
 
 __all__ = ["BreakerTable", "Root", "Table"]
 
@@ -34,11 +33,9 @@ _SECONDS0 = "a finite number of seconds >= 0"
 _WHOLE = "a whole number >= 1"
 _SHARE = "a share in (0, 1], such as 0.5"
 _STORE = "a store URL, such as 'redis://127.0.0.1:6379/0' or 'sqlite:///cache.db'"
-#: The URL schemes a section's ``store`` may name (PostgresStore keeps no cache entries).
-_STORE_SCHEMES = {
-    "throttle": tuple(sorted(STORES)),
-    "cache": ("memory", "redis", "redis+cluster", "rediss", "sqlite"),
-}
+#: The URL schemes a cache's ``store`` may name (PostgresStore keeps no cache entries); a
+#: throttle's may name any of ``surefoot.storage.STORES``.
+_CACHE_SCHEMES = ("memory", "redis", "redis+cluster", "rediss", "sqlite")
 
 
 def _defaults(cls: Callable[..., Any]) -> dict[str, Any]:
@@ -123,7 +120,14 @@ class _Budget(Table):
 def _store_url(section: str, value: str | None) -> str | None:
     if value is None:
         return None
-    schemes = _STORE_SCHEMES[section]
+    if section == "cache":
+        schemes = _CACHE_SCHEMES
+    else:
+        # Imported here: the registry loads every store (and sqlite3), which the schema's
+        # other users (the gateway's ``BreakerTable``) do not need.
+        from surefoot.storage import STORES
+
+        schemes = tuple(sorted(STORES))
     if value.partition("://")[0] not in schemes or "://" not in value:
         raise ValueError(
             f"expected a store URL ({', '.join(f'{s}://' for s in schemes)}), such as "
@@ -201,7 +205,7 @@ class _Integration(Table):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        problem = _url_problem(value)
+        problem = url_problem(value)
         if problem is not None:
             raise ValueError(problem)
         return value
