@@ -1,8 +1,11 @@
 """surefoot makes HTTP APIs survive the real world.
 
-Subpackages are the public doors: ``surefoot.idempotency``, ``surefoot.storage``,
-``surefoot.errors``, ``surefoot.events``, ``surefoot.testing``, ``surefoot.clock``,
-``surefoot.identity``.
+Each subpackage's ``__init__`` is its public door: ``surefoot.idempotency``,
+``surefoot.ratelimit``, ``surefoot.storage``, ``surefoot.client``, ``surefoot.chaos``,
+``surefoot.metrics``, ``surefoot.gateway``, ``surefoot.testing``, and the modules
+``surefoot.errors``, ``surefoot.events``, ``surefoot.clock``, ``surefoot.identity``. A private
+module (``_name``) is used only inside its own package; ``docs/architecture.md`` draws the
+layers that ``scripts/check`` enforces.
 """
 
 from __future__ import annotations

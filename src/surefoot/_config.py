@@ -25,8 +25,9 @@ Rule 2: a field ``described(..., mask="secret")`` is never quoted, only its kind
 Rule 3: line numbers are best effort: a problem is reported at the line that sets its value,
         else at its nearest table's header (``[[chaos.rules]]`` headers count up, so
         ``chaos.rules[2].seconds`` is found under the third).
-Rule 4: pydantic is imported by the schemas, never by this module: a package whose
-        configuration is optional imports its schema when a file is read.
+Rule 4: pydantic is imported by the schemas, and by this module only when it validates,
+        never at import time: a package whose configuration is optional imports its schema
+        when a file is read.
 """
 
 from __future__ import annotations

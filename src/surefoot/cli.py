@@ -25,7 +25,7 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import click
 from rich.console import Console
@@ -52,19 +52,16 @@ __all__ = ["main"]
 _EXTRAS = {
     "client": ("httpx", "h11", "pydantic"),
     "gateway": ("httpx", "h11", "pydantic", "uvicorn", "httptools", "prometheus_client"),
-    "examples": ("fastapi",),
 }
 
 
-def _need(command: str, *extras: str) -> None:
-    """Stop with one line when an extra ``command`` needs is not installed (Rule 1)."""
-    modules = dict.fromkeys(m for extra in extras for m in _EXTRAS[extra])
-    missing = ", ".join(m for m in modules if importlib.util.find_spec(m) is None)
+def _need(command: str, extra: str) -> None:
+    """Stop with one line when the extra ``command`` needs is not installed (Rule 1)."""
+    missing = ", ".join(m for m in _EXTRAS[extra] if importlib.util.find_spec(m) is None)
     if missing:
-        names = " and ".join(repr(extra) for extra in extras)
         raise click.ClickException(
-            f"surefoot {command} needs the {names} extra{'s' * (len(extras) > 1)}: "
-            f"pip install 'surefoot[{','.join(extras)}]' (missing: {missing})"
+            f"surefoot {command} needs the {extra!r} extra: "
+            f"pip install 'surefoot[{extra}]' (missing: {missing})"
         )
 
 
@@ -307,15 +304,15 @@ def migrate_store(store_url: str, schema: str | None, dry_run: bool) -> None:
         click.echo(f"{scheme}:// stores keep no schema: nothing to migrate")
         return
     try:
-        from surefoot.storage.postgres import _split_url, migrate
+        from surefoot.storage.postgres import migrate
     except ImportError as exc:  # pragma: no cover - the extra is part of the test setup
         raise click.ClickException(
             f"PostgreSQL needs its driver: pip install 'surefoot[postgres]' ({exc})"
         ) from None
     try:
-        dsn, options = _split_url(store_url)
+        options = dict(parse_qsl(split_url(store_url).query))
         target = schema or options.get("schema") or "public"
-        applied = asyncio.run(migrate(dsn, schema=target, dry_run=dry_run))
+        applied = asyncio.run(migrate(store_url, schema=target, dry_run=dry_run))
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     except StoreUnavailable as exc:

@@ -3,7 +3,8 @@ front of any HTTP API, from one policy file.
 
 ``Gateway`` is the ASGI app (``RateLimitMiddleware`` -> ``IdempotencyMiddleware`` ->
 ``ProxyApp``), ``AdminApp`` its admin API, ``load_config`` reads and validates the policy
-file, ``serve`` runs it all with uvicorn. Needs ``surefoot[gateway]``.
+file, ``check_start`` checks what serving it needs (``surefoot check-config``; a
+``StartCheck``), ``serve`` runs it all with uvicorn. Needs ``surefoot[gateway]``.
 """
 
 from __future__ import annotations

@@ -384,7 +384,7 @@ class Quota:
 class Concurrency:
     """In-flight requests: ``acquire`` takes ``cost`` slots under a token, ``release`` frees them.
 
-    CounterState: a flat tuple ``(token1, expires1, cost1, token2, ...)``; a slot whose lease has
+    Its state: a flat tuple ``(token1, expires1, cost1, token2, ...)``; a slot whose lease has
     expired (its worker crashed) is free again.
     """
 

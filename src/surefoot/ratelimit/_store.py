@@ -1,7 +1,7 @@
 """``RateLimitStore``: the contract every rate-limit store fulfils.
 
-The contract test suite (``tests/storage/test_contract.py``) runs over every store in
-``surefoot.storage``.
+The contract test suite (``tests/storage/test_ratelimit_contract.py``) runs over every
+store in ``surefoot.storage``.
 """
 
 from __future__ import annotations

@@ -173,8 +173,8 @@ async def migrate(dsn: str, *, schema: str = "public", dry_run: bool = False) ->
         []
 
     Args:
-        dsn: a libpq connection string or ``postgresql://`` URL (without surefoot's
-            store options).
+        dsn: a libpq connection string, or a ``postgresql://`` URL: a store URL's own
+            options (``?schema=``, ``timeout``...) are left out of the connection.
         schema: the schema that holds surefoot's tables.
         dry_run: only say which migrations would be applied.
 
@@ -188,6 +188,8 @@ async def migrate(dsn: str, *, schema: str = "public", dry_run: bool = False) ->
             (its message is on ``__cause__``).
     """
     _check_schema(schema, "migrate(schema)")
+    if dsn.startswith(("postgresql://", "postgres://")):
+        dsn, _ = _split_url(dsn)
     ident = _ident(schema)
     lock = int.from_bytes(
         hashlib.blake2b(f"surefoot.migrate:{schema}".encode(), digest_size=8).digest(),
