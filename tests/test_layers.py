@@ -66,6 +66,32 @@ def test_a_core_loads_no_io_module(module: str) -> None:
     assert bad == [], f"importing {module} loads {bad}"
 
 
+#: The stores, and what they load: a door that needs only their interfaces leaves them out.
+STORES = (
+    "sqlite3",
+    "surefoot.storage._registry",
+    "surefoot.storage.memory",
+    "surefoot.storage.sqlite",
+    "surefoot.storage.redis",
+    "surefoot.storage.postgres",
+)
+
+
+@pytest.mark.parametrize(
+    ("statement", "forbidden"),
+    [
+        ("import surefoot.storage", (*STORES, "asyncio")),
+        ("import surefoot.testing", STORES),
+        ("import surefoot.client._schema", (*STORES, "asyncio", "httpx")),
+        ("from surefoot.client import BreakerTable", (*STORES, "asyncio", "httpx")),
+    ],
+)
+def test_a_door_loads_no_store_it_does_not_need(statement: str, forbidden: tuple[str, ...]) -> None:
+    loaded = _loaded(statement)
+    bad = sorted(m for m in loaded if any(m == f or m.startswith(f + ".") for f in forbidden))
+    assert bad == [], f"{statement} loads {bad}"
+
+
 @pytest.mark.parametrize(
     "first", ["surefoot.storage", "surefoot.idempotency", "surefoot.ratelimit", "surefoot.cli"]
 )

@@ -120,6 +120,7 @@ class _Budget(Table):
 def _store_url(section: str, value: str | None) -> str | None:
     if value is None:
         return None
+    schemes: tuple[str, ...]
     if section == "cache":
         schemes = _CACHE_SCHEMES
     else:

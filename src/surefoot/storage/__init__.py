@@ -9,23 +9,42 @@ contract test suites. Store health (``StoreHealth``) is shared by both middlewar
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from surefoot._health import HealthState, StoreDown, StoreHealth, StoreRecovered
+from surefoot._lazy import lazy_names
 from surefoot.idempotency import IdempotencyStore
 from surefoot.ratelimit import RateLimitStore
-from surefoot.storage._registry import STORES, Store, store_from_url
-from surefoot.storage.memory import MemoryStore
-from surefoot.storage.sqlite import SqliteStore
+from surefoot.storage._wrapper import IdempotencyStoreWrapper, RateLimitStoreWrapper, StoreWrapper
+
+# The stores load asyncio and sqlite3 on first use, not for the interfaces and the wrappers.
+if TYPE_CHECKING:
+    from surefoot.storage._registry import STORES, Store, store_from_url
+    from surefoot.storage.memory import MemoryStore
+    from surefoot.storage.sqlite import SqliteStore
+else:
+    __getattr__, __dir__ = lazy_names(
+        __name__,
+        {
+            "surefoot.storage._registry": ("STORES", "Store", "store_from_url"),
+            "surefoot.storage.memory": ("MemoryStore",),
+            "surefoot.storage.sqlite": ("SqliteStore",),
+        },
+    )
 
 __all__ = [
     "STORES",
     "HealthState",
     "IdempotencyStore",
+    "IdempotencyStoreWrapper",
     "MemoryStore",
     "RateLimitStore",
+    "RateLimitStoreWrapper",
     "SqliteStore",
     "Store",
     "StoreDown",
     "StoreHealth",
     "StoreRecovered",
+    "StoreWrapper",
     "store_from_url",
 ]

@@ -16,16 +16,17 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from surefoot.errors import StoreUnavailable
-from surefoot.storage import IdempotencyStore, RateLimitStore
+from surefoot.idempotency import IdempotencyStore
+from surefoot.ratelimit import RateLimitStore
+from surefoot.storage import StoreWrapper
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
-    from surefoot.idempotency import Begin, Decision, Outcome, Record, State, StoredResponse
-    from surefoot.ratelimit import Item, RateLimitDecision
+    from surefoot.storage import Store
 
 __all__ = ["FlakyStore"]
 
@@ -34,13 +35,7 @@ T = TypeVar("T")
 #: What a failing call raises: an exception, or a function (an exception class) making one.
 ErrorSpec = BaseException | Callable[[], BaseException]
 
-IDEMPOTENCY_OPERATIONS = ("begin", "finish", "resolve", "forget", "get", "records", "purge")
-RATE_LIMIT_OPERATIONS = ("acquire", "release")
-OPERATIONS = IDEMPOTENCY_OPERATIONS + RATE_LIMIT_OPERATIONS
-
-
-class _Store(IdempotencyStore, RateLimitStore, Protocol):
-    """Both halves of the store contract, as every store of ``surefoot.storage`` has."""
+OPERATIONS = StoreWrapper.OPERATIONS
 
 
 def store_down() -> StoreUnavailable:
@@ -61,7 +56,7 @@ class _Fault:
     left: int | None = None
 
 
-class FlakyStore:
+class FlakyStore(StoreWrapper):
     """A store that fails on demand: wraps a real one, to test outage behaviour.
 
     Example:
@@ -77,9 +72,10 @@ class FlakyStore:
     While up, it is the wrapped store (it passes the same contract suites); ``wrapped``
     is that store, and events (``StoreDown``) name it. A failing call raises ``error``:
     by default ``StoreUnavailable`` from a ``ConnectionError``, as the network stores do.
-    The operations are the protocols' methods: ``begin``, ``finish``, ``resolve``,
-    ``forget``, ``get``, ``records``, ``purge`` (``IdempotencyStore``), ``acquire`` and
-    ``release`` (``RateLimitStore``).
+    The operations are the protocols' methods (``StoreWrapper.OPERATIONS``): ``begin``,
+    ``finish``, ``resolve``, ``forget``, ``get``, ``records``, ``purge``
+    (``IdempotencyStore``), ``acquire`` and ``release`` (``RateLimitStore``); its
+    ``around`` is where they are counted, stalled and failed.
 
     Warning:
         A stalled call waits until ``resume()`` or ``up()``, however long: it is what a
@@ -89,13 +85,13 @@ class FlakyStore:
         ``begin`` must resume it or cancel the request.
     """
 
-    def __init__(self, store: _Store, *, error: ErrorSpec = store_down) -> None:
+    def __init__(self, store: Store, *, error: ErrorSpec = store_down) -> None:
         if not isinstance(store, IdempotencyStore) or not isinstance(store, RateLimitStore):
             raise TypeError(
                 "FlakyStore: expected a store that is both an IdempotencyStore and a "
                 f"RateLimitStore (as every surefoot.storage store is), got {type(store).__name__}"
             )
-        self._store = store
+        super().__init__(store)
         self._error = error
         self._faults: dict[str, _Fault] = {}
         self._stalled: set[str] = set()
@@ -105,9 +101,10 @@ class FlakyStore:
         self.calls: Counter[str] = Counter()
 
     @property
-    def wrapped(self) -> _Store:
+    def wrapped(self) -> Store:
         """The real store behind the faults."""
-        return self._store
+        store: Store = self._store
+        return store
 
     # -- making it fail ----------------------------------------------------------------------
 
@@ -177,7 +174,7 @@ class FlakyStore:
             )
         return operations or OPERATIONS
 
-    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def around(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         self.calls[operation] += 1
         if self._arrived is not None:
             self._arrived.set()
@@ -196,54 +193,3 @@ class FlakyStore:
                 error = fault.error
                 raise error if isinstance(error, BaseException) else error()
         return await call()
-
-    # -- IdempotencyStore ----------------------------------------------------------------------
-
-    async def begin(self, key: str, request: Begin, now: float) -> Decision:
-        return await self._call("begin", lambda: self._store.begin(key, request, now))
-
-    async def finish(self, key: str, token: str, outcome: Outcome, now: float) -> bool:
-        return await self._call("finish", lambda: self._store.finish(key, token, outcome, now))
-
-    async def resolve(self, key: str, response: StoredResponse, now: float) -> bool:
-        return await self._call("resolve", lambda: self._store.resolve(key, response, now))
-
-    async def forget(self, key: str, now: float) -> bool:
-        return await self._call("forget", lambda: self._store.forget(key, now))
-
-    async def get(self, key: str, now: float) -> Record | None:
-        return await self._call("get", lambda: self._store.get(key, now))
-
-    async def records(
-        self, now: float, *, state: State | None = None, limit: int = 100
-    ) -> list[tuple[str, Record]]:
-        return await self._call(
-            "records", lambda: self._store.records(now, state=state, limit=limit)
-        )
-
-    async def purge(self, now: float, *, limit: int = 500) -> int:
-        return await self._call("purge", lambda: self._store.purge(now, limit=limit))
-
-    # -- RateLimitStore ------------------------------------------------------------------------
-
-    @property
-    def rate_limit_algorithms(self) -> frozenset[str]:
-        return self._store.rate_limit_algorithms
-
-    @rate_limit_algorithms.setter
-    def rate_limit_algorithms(self, algorithms: frozenset[str]) -> None:
-        self._store.rate_limit_algorithms = algorithms
-
-    async def acquire(
-        self, items: Sequence[Item], now: float
-    ) -> tuple[bool, list[RateLimitDecision]]:
-        return await self._call("acquire", lambda: self._store.acquire(items, now))
-
-    async def release(self, key: str, token: str, now: float) -> None:
-        await self._call("release", lambda: self._store.release(key, token, now))
-
-    async def aclose(self) -> None:
-        await self._store.aclose()
-
-    def __repr__(self) -> str:
-        return f"FlakyStore({self._store!r})"
