@@ -295,7 +295,9 @@ def health_event(
 
 
 def _store_name(store: object) -> str:
-    """The store's class name; a wrapper (the gateway's metrics) names what it wraps."""
+    """The store's class name; a wrapper (a ``surefoot.storage.StoreWrapper``, such as
+    ``surefoot.metrics.InstrumentedStore`` or ``surefoot.testing.FlakyStore``) names what it
+    wraps."""
     return type(getattr(store, "wrapped", store)).__name__
 
 

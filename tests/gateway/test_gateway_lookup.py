@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from surefoot.gateway._config import Lookup
 from surefoot.gateway._lookup import LookupResolver, _Pending
+from surefoot.gateway._schema import Lookup
 from surefoot.idempotency import Begin, Outcome, Reserved, State, Step
 from surefoot.storage import MemoryStore
 from surefoot.testing import ManualClock

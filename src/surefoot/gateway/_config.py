@@ -40,35 +40,17 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from surefoot._config import Problems, read_toml
+from surefoot._config import Loc, Problems, read_toml
 from surefoot._routes import RouteTable
 from surefoot._toml import masked_url, split_url
 from surefoot.errors import ConfigurationError
-from surefoot.gateway._schema import (
-    NAME,
-    PLACEHOLDER,
-    IdempotencyFields,
-    Lookup,
-    Policy,
-    Root,
-    Route,
-)
+from surefoot.gateway._schema import NAME, IdempotencyFields, Lookup, Policy, Root, Route
 from surefoot.idempotency import IdempotencyPolicy
 from surefoot.identity import hash_credential
 from surefoot.ratelimit import RateLimitPolicy
 from surefoot.storage import STORES, MemoryStore, store_from_url
 
-# PLACEHOLDER, Lookup and Route are the schema's, named here for the gateway's other modules.
-__all__ = [
-    "PLACEHOLDER",
-    "GatewayConfig",
-    "Lookup",
-    "Route",
-    "config_from_dict",
-    "load_config",
-]
-
-_Loc = tuple[str | int, ...]
+__all__ = ["GatewayConfig", "config_from_dict", "load_config"]
 
 
 class GatewayConfig:
@@ -100,7 +82,7 @@ class GatewayConfig:
         self.lookups: dict[str, Lookup] = {}
         self.route_options: dict[str, Route] = {}
         for index, route in enumerate(root.routes):
-            loc: _Loc = ("routes", index)
+            loc: Loc = ("routes", index)
             try:
                 RouteTable([(route.match, None)])
             except ConfigurationError as exc:
@@ -133,7 +115,7 @@ class GatewayConfig:
     def _clients(self, problems: Problems) -> None:
         seen: set[str] = set()
         for index, client in enumerate(self.root.clients):
-            loc: _Loc = ("clients", index)
+            loc: Loc = ("clients", index)
             if not NAME.fullmatch(client.name):
                 problems.add(
                     (*loc, "name"),
@@ -173,7 +155,7 @@ class GatewayConfig:
     def _secret(
         value: str | None,
         env: str | None,
-        loc: _Loc,
+        loc: Loc,
         problems: Problems,
         *,
         field: str = "token",
@@ -189,7 +171,7 @@ class GatewayConfig:
 
     @staticmethod
     def _policy(
-        fields: IdempotencyFields, base: IdempotencyPolicy | None, loc: _Loc, problems: Problems
+        fields: IdempotencyFields, base: IdempotencyPolicy | None, loc: Loc, problems: Problems
     ) -> IdempotencyPolicy:
         options: dict[str, Any] = {}
         if base is None:
@@ -224,7 +206,7 @@ class GatewayConfig:
         built: list[RateLimitPolicy] = []
         names: set[str] = set()
         for index, policy in enumerate(self.root.rate_limit.policies):
-            loc: _Loc = ("rate_limit", "policies", index)
+            loc: Loc = ("rate_limit", "policies", index)
             if policy.name in names:
                 problems.add((*loc, "name"), f"{policy.name!r} is used by an earlier policy")
             names.add(policy.name)
@@ -299,7 +281,7 @@ class GatewayConfig:
         if all(policy.routes for policy in policies):
             routes = list(dict.fromkeys(r for policy in policies for r in policy.routes))
         exempt = [r for r in policies[0].exempt if all(r in p.exempt for p in policies)]
-        loc: _Loc = ("identity", "address_limits")
+        loc: Loc = ("identity", "address_limits")
         for index, policy in enumerate(policies):
             if policy.name == _ADDRESS_POLICY:
                 problems.add(

@@ -68,11 +68,12 @@ from surefoot.clock import Clock, SystemClock
 from surefoot.errors import DEFAULT_PROBLEM_BASE, ConfigurationError, CredentialsAmbiguous
 from surefoot.events import EventHook, LoggingHook, emit
 from surefoot.gateway._accesslog import AccessLog
-from surefoot.gateway._config import GatewayConfig, Route, load_config
+from surefoot.gateway._config import GatewayConfig, load_config
 from surefoot.gateway._events import ConfigRefused, ConfigReloaded
 from surefoot.gateway._head import ServerLimits
 from surefoot.gateway._lookup import LookupResolver
 from surefoot.gateway._metrics import GatewayMetrics
+from surefoot.gateway._schema import Route
 from surefoot.gateway._shed import LoadShedder
 from surefoot.gateway._upstream import HttpUpstream, HttpxUpstream, Upstream
 from surefoot.gateway.proxy import ProxyApp

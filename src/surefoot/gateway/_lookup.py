@@ -45,8 +45,8 @@ from surefoot._json import NOT_JSON, parse_json_body
 from surefoot._routes import RouteTable
 from surefoot.clock import Clock
 from surefoot.events import EventHook, emit, wanted
-from surefoot.gateway._config import PLACEHOLDER, Lookup
 from surefoot.gateway._events import OutcomeResolved
+from surefoot.gateway._schema import PLACEHOLDER, Lookup
 from surefoot.idempotency import (
     Begin,
     IdempotencyStore,

@@ -4,8 +4,9 @@ Every metric is described once, in ``surefoot.metrics.METRICS``; the gateway's o
 its ``gateway`` group (see ``docs/metrics.md``). On top of ``PrometheusMetrics``, the
 request loop calls ``observe_upstream``, and the hook counts the gateway's events
 (``UpstreamFailed``, ``RequestShed``, ``ConfigReloaded``, ``ConfigRefused``,
-``OutcomeResolved``). ``surefoot serve``'s supervisor uses ``clear_multiprocess_dir`` and
-``mark_worker_dead`` (re-exported here) to share the values of its worker processes.
+``OutcomeResolved``). ``surefoot serve``'s supervisor shares its workers' values through a
+fresh directory (``tempfile.mkdtemp``, so there is nothing to clear) and calls
+``surefoot.metrics.mark_worker_dead`` for each worker that exits (``_serve.py``).
 """
 
 from __future__ import annotations
@@ -21,13 +22,9 @@ from surefoot.gateway._events import (
     RequestShed,
     UpstreamFailed,
 )
-from surefoot.metrics import (
-    PrometheusMetrics,
-    clear_multiprocess_dir,
-    mark_worker_dead,
-)
+from surefoot.metrics import PrometheusMetrics
 
-__all__ = ["GatewayMetrics", "clear_multiprocess_dir", "mark_worker_dead"]
+__all__ = ["GatewayMetrics"]
 
 
 class GatewayMetrics(PrometheusMetrics):

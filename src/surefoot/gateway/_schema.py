@@ -1,9 +1,10 @@
 """The schema of the gateway's policy file: plain pydantic models (``surefoot._config``).
 
-One model per table of the file (``_config.py`` has the map, ``docs/gateway.md`` every field);
-``Root`` is the file. ``_config.py`` validates a file with ``Root`` and builds the objects it
-describes (``GatewayConfig``). Secrets are marked ``mask="secret"`` and URLs that may hold
-one ``mask="url"``: a message never quotes them (``_config.py`` Rule 3).
+One model per table of the file (``gateway/_config.py`` has the map, ``docs/gateway.md`` every
+field); ``Root`` is the file. ``gateway/_config.py`` validates a file with ``Root`` and builds
+the objects it describes (``GatewayConfig``). Secrets are marked ``mask="secret"`` and URLs
+that may hold one ``mask="url"``: a message never quotes them (``surefoot._config`` Rule 2),
+as ``gateway/_config.py`` Rule 3 promises.
 
 Shared tables come from the package of the class they configure: ``[upstream.breaker]`` is
 ``surefoot.client.BreakerTable`` (``CircuitBreaker``'s defaults), with one override.

@@ -40,7 +40,7 @@ from surefoot._asgi import Receive, Scope, Send
 from surefoot.errors import ConfigurationError
 from surefoot.gateway._accesslog import ACCESS_LOGGER, JsonFormatter
 from surefoot.gateway._config import load_config
-from surefoot.gateway._metrics import mark_worker_dead
+from surefoot.metrics import mark_worker_dead
 
 __all__ = ["serve"]
 
