@@ -350,9 +350,13 @@ async def _against_the_core(ops: list[Any], start: float, owned: bool) -> None:
             elif kind == "edge":
                 record = records.get(key)
                 if record is not None:
-                    now = record.lease_expires_at if op[2] == "lease" else record.expires_at
+                    edge = record.lease_expires_at if op[2] == "lease" else record.expires_at
                     if op[3]:
-                        now = math.nextafter(now, math.inf * op[3])
+                        edge = math.nextafter(edge, math.inf * op[3])
+                    # Owned records' time never steps back: counting an owner's records drops
+                    # those it finds expired (Rule 7), and a clock stepped back past their end
+                    # would have the reference count them again, not the store.
+                    now = max(now, edge) if owned else edge
             elif kind == "begin":
                 request = Begin(op[2], tokens[issued % 4], LEASE, TTL, op[3], *op[4])
                 issued += 1
