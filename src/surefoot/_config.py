@@ -21,7 +21,7 @@ Rule 1: every pydantic error is explained here, from the schema alone: the messa
         table ("a table of header names to text values").
 Rule 2: a field ``described(..., mask="secret")`` is never quoted, only its kind
         (``got an integer (hidden)``); one ``mask="url"`` is quoted with its password and
-        secret query parameters masked (``surefoot._toml``, Rule 1).
+        secret query parameters masked (``surefoot._masking``, Rule 1).
 Rule 3: line numbers are best effort: a problem is reported at the line that sets its value,
         else at its nearest table's header (``[[chaos.rules]]`` headers count up, so
         ``chaos.rules[2].seconds`` is found under the third).
@@ -42,7 +42,7 @@ import typing
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from surefoot._toml import masked_url, shown
+from surefoot._masking import masked_url, shown
 from surefoot.errors import ConfigurationError
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 
-from surefoot._toml import shown
+from surefoot._masking import shown
 from surefoot.idempotency import StoredResponse
 
 __all__ = ["MAX_BODY", "operator_response", "operator_store_key", "refuse_constant"]

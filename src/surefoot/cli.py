@@ -31,8 +31,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from surefoot._masking import masked_text, masked_url, split_url
 from surefoot._operator import operator_response, operator_store_key
-from surefoot._toml import masked_text, masked_url, split_url
 from surefoot._version import __version__
 from surefoot.clock import SystemClock
 from surefoot.errors import (

@@ -26,7 +26,7 @@ from _gateway_helpers import (
 )
 from click.testing import CliRunner, Result
 
-from surefoot._toml import masked_text, masked_url
+from surefoot._masking import masked_text, masked_url
 from surefoot.cli import main
 from surefoot.errors import ConfigurationError
 from surefoot.gateway import AdminApp, load_config

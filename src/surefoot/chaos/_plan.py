@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from surefoot._config import Problems, read_toml, require_pydantic
-from surefoot._toml import shown
+from surefoot._masking import shown
 from surefoot.errors import ConfigurationError
 
 __all__ = [

@@ -7,7 +7,7 @@ way), imported only when a URL is checked, so importing this module loads no I/O
 
 from __future__ import annotations
 
-from surefoot._toml import shown
+from surefoot._masking import shown
 
 __all__ = ["url_problem"]
 

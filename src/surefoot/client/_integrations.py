@@ -48,7 +48,7 @@ from typing import Any
 import httpx
 
 from surefoot._config import Problems, read_toml, require_pydantic
-from surefoot._toml import shown
+from surefoot._masking import shown
 from surefoot.client._base_url import url_problem
 from surefoot.client._breaker import CircuitBreaker
 from surefoot.client._breaker_protocol import Breaker

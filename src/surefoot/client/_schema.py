@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from surefoot._config import described
-from surefoot._toml import masked_url, shown
+from surefoot._masking import masked_url, shown
 from surefoot.client._base_url import url_problem
 from surefoot.client._breaker import CircuitBreaker
 from surefoot.errors import ConfigurationError

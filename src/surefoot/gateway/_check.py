@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from surefoot._toml import masked_text, masked_url
+from surefoot._masking import masked_text, masked_url
 from surefoot.clock import SystemClock
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.gateway._config import GatewayConfig

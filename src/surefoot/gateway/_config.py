@@ -30,7 +30,7 @@ Rule 3: secrets never appear in messages or in ``effective()``: ``clients[].api_
         ``admin.token`` and every value of a lookup's ``headers`` are shown by their kind
         only (``got an integer (hidden)``) and as ``***``; the URLs in ``[stores]`` and
         ``upstream.url`` are shown with their password and secret query parameters
-        masked (``surefoot._toml.masked_url`` says which).
+        masked (``surefoot._masking.masked_url`` says which).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from surefoot._config import Loc, Problems, read_toml
+from surefoot._masking import masked_url, split_url
 from surefoot._routes import RouteTable
-from surefoot._toml import masked_url, split_url
 from surefoot.errors import ConfigurationError
 from surefoot.gateway._schema import NAME, IdempotencyFields, Lookup, Policy, Root, Route
 from surefoot.idempotency import IdempotencyPolicy

@@ -21,7 +21,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from surefoot._config import described
-from surefoot._toml import masked_url, shown
+from surefoot._masking import masked_url, shown
 from surefoot.client import BreakerTable
 from surefoot.gateway._head import ServerLimits
 

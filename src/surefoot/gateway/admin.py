@@ -42,13 +42,13 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from surefoot._asgi import Receive, Scope, Send, request_id, send_problem
+from surefoot._masking import shown
 from surefoot._operator import (
     MAX_BODY,
     operator_response,
     operator_store_key,
     refuse_constant,
 )
-from surefoot._toml import shown
 from surefoot.errors import (
     DEFAULT_PROBLEM_BASE,
     AdminBadRequest,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
-from surefoot._toml import masked_url, split_url
+from surefoot._masking import masked_url, split_url
 from surefoot.errors import ConfigurationError
 from surefoot.idempotency import IdempotencyStore
 from surefoot.ratelimit import RateLimitStore

@@ -88,7 +88,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from surefoot._toml import masked_text, masked_url, split_url
+from surefoot._masking import masked_text, masked_url, split_url
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency import (
     Begin,

@@ -117,7 +117,7 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from surefoot._toml import masked_text, split_url
+from surefoot._masking import masked_text, split_url
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency import (
     Begin,
