@@ -5,6 +5,9 @@ processes); ``store_from_url`` picks one from a URL such as ``sqlite:///idempote
 Every store is a ``Store``: it implements ``IdempotencyStore`` (whose home is
 ``surefoot.idempotency``) and ``RateLimitStore`` (``surefoot.ratelimit``) and passes the same
 contract test suites. Store health (``StoreHealth``) is shared by both middlewares.
+``StoreWrapper`` (and its halves) forwards every call of another store through one hook,
+``around``: ``surefoot.metrics.InstrumentedStore`` and ``surefoot.testing.FlakyStore`` are
+built on it.
 """
 
 from __future__ import annotations
