@@ -352,7 +352,14 @@ def instructions(config: Config, requests: int, warmup: int, workdir: Path) -> i
         sys.executable, __file__, "--child", config.name, "--requests", str(requests),
         "--warmup", str(warmup), "--workdir", str(run_dir),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+    # A fixed environment, not this process's: its size moves every heap address of the
+    # child, and with them the layout of dicts and sets of objects hashed by identity.
+    env = {
+        "PATH": os.defpath,
+        "LC_ALL": "C.UTF-8",
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise h.BenchError(
