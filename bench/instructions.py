@@ -22,8 +22,10 @@ Theory of operation:
    stack and the warm-up are the same in both runs and cancel out.
 4. Deterministic by construction: ``PYTHONHASHSEED=0``; every clock is a
    ``surefoot.testing.ManualClock`` advanced by a fixed step per request; keys and bodies
-   are built from the request's number. One configuration (``--stability``) is measured
-   a second time and the report says by how much the two figures differ.
+   are built from the request's number; the child's environment is fixed. One
+   configuration (``--stability``) is measured a second time and the report says by how
+   much the two figures differ (nothing, so far); separate runs of the script have
+   differed by up to about 1%.
 5. The rows: ``bare``, a minimal ASGI app answering 200 with a small JSON body at once;
    ``floor``, a minimal pure-ASGI pass-through middleware around it (the least a layer
    can cost); ``RateLimitMiddleware`` (one policy whose limit no request reaches, GET)
@@ -46,6 +48,7 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -348,12 +351,12 @@ def instructions(config: Config, requests: int, warmup: int, workdir: Path) -> i
     run_dir = Path(tempfile.mkdtemp(prefix=f"{config.name}-{requests}-", dir=workdir))
     out = run_dir / "callgrind.out"
     command = [
-        VALGRIND, "--tool=callgrind", f"--callgrind-out-file={out}",
+        shutil.which(VALGRIND) or VALGRIND, "--tool=callgrind", f"--callgrind-out-file={out}",
         sys.executable, __file__, "--child", config.name, "--requests", str(requests),
         "--warmup", str(warmup), "--workdir", str(run_dir),
     ]  # fmt: skip
-    # A fixed environment, not this process's: its size moves every heap address of the
-    # child, and with them the layout of dicts and sets of objects hashed by identity.
+    # A fixed environment, not the caller's, so that what the child allocates at start
+    # (os.environ...) does not depend on who runs it.
     env = {
         "PATH": os.defpath,
         "LC_ALL": "C.UTF-8",
