@@ -20,7 +20,7 @@ Theory of operation:
    that callgrind prints as ``Collected``). The figure per request is
    (Ir(large) - Ir(small)) / (large - small): interpreter start, imports, building the
    stack and the warm-up are the same in both runs and cancel out.
-4. Deterministic by construction: ``PYTHONHASHSEED=0``; every clock is a
+4. As repeatable as the method allows: ``PYTHONHASHSEED=0``; every clock is a
    ``surefoot.testing.ManualClock`` advanced by a fixed step per request; keys and bodies
    are built from the request's number; the child's environment is fixed. One
    configuration (``--stability``) is measured a second time and the report says by how
