@@ -437,3 +437,55 @@ async def test_an_in_process_upstream_s_interim_status_is_a_broken_connection() 
         await upstream.send("GET", b"/", [], b"")
     assert (broken.value.reason, broken.value.reached) == ("reset", True)
     await upstream.aclose()
+
+
+#: Counts the modules a request through an in-process upstream app makes Python look for.
+IMPORTS_PER_REQUEST = """
+import asyncio, sys
+from surefoot.gateway import Gateway, config_from_dict
+
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+async def one(gateway):
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "GET", "scheme": "http", "path": "/x", "raw_path": b"/x",
+             "query_string": b"", "root_path": "", "headers": [(b"host", b"t")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+    statuses = []
+    async def send(message):
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+    await gateway(scope, receive, send)
+    assert statuses == [200], statuses
+
+async def main():
+    config = {"upstream": {"app": "__main__:app"}, "admin": {"enabled": False},
+              "routes": [{"match": "/*", "idempotency": False}]}
+    gateway = Gateway(config_from_dict(config))
+    for _ in range(3):
+        await one(gateway)
+    looked_for = []
+    sys.addaudithook(lambda event, args: event == "import" and looked_for.append(args[0]))
+    for _ in range(20):
+        await one(gateway)
+    await gateway.aclose()
+    print(",".join(looked_for))
+
+asyncio.run(main())
+"""
+
+
+def test_a_request_to_an_in_process_app_looks_for_no_module() -> None:
+    # httpx's ASGITransport imports sniffio on every request: without it installed, each
+    # request made Python search the path for it (a quarter of the gateway's instructions).
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS_PER_REQUEST], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
