@@ -48,13 +48,15 @@ class EventHook(Protocol):
     """Receives every event; must be quick and must not block.
 
     A hook may also have ``wants(event_type) -> bool``: when every hook says no, the
-    event is never built, which keeps instrumentation free on the hot path.
+    event is never built, which keeps instrumentation free on the hot path. surefoot's own
+    hooks name it as their base, so a list of them is a ``list[EventHook]`` to the type
+    checker; any callable with this signature is a hook too.
     """
 
     def __call__(self, event: Event, /) -> None: ...
 
 
-class LoggingHook:
+class LoggingHook(EventHook):
     """Logs each event on ``surefoot.<area>`` (``surefoot.idempotency``...).
 
     The message is ``name key=value ...``; the same fields are in the record's

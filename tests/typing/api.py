@@ -16,6 +16,7 @@ from surefoot.idempotency import (
     TransactionalKeys,
 )
 from surefoot.identity import Identity
+from surefoot.metrics import PrometheusMetrics
 from surefoot.ratelimit import RateLimitMiddleware, RateLimitPolicy
 from surefoot.storage import (
     IdempotencyStore,
@@ -27,7 +28,7 @@ from surefoot.storage import (
 )
 from surefoot.storage.postgres import PostgresStore
 from surefoot.storage.redis import RedisStore
-from surefoot.testing import ManualClock
+from surefoot.testing import CapturedEvents, ManualClock
 
 app = Starlette()
 store: IdempotencyStore = store_from_url("sqlite:///idempotency.db")
@@ -48,6 +49,9 @@ def on_event(event: Event) -> None:
 wrapped = IdempotencyMiddleware(
     app, store=sqlite_store, hooks=[on_event, LoggingHook()], clock=clock
 )
+# surefoot's hooks share EventHook as their base: a list of them needs no annotation.
+own_hooks = [LoggingHook(), PrometheusMetrics(), CapturedEvents()]
+wrapped = IdempotencyMiddleware(app, store=sqlite_store, hooks=own_hooks)
 
 
 # -- many hosts: Redis, PostgreSQL, outages, the application's own transaction -------------

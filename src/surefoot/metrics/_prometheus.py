@@ -49,7 +49,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from surefoot.errors import ConfigurationError
-from surefoot.events import Event
+from surefoot.events import Event, EventHook
 from surefoot.idempotency import (
     ExecutedUnprotected,
     KeyReserved,
@@ -118,7 +118,7 @@ def _new(metric: MetricSpec, registry: CollectorRegistry) -> MetricWrapperBase:
     )
 
 
-class PrometheusMetrics:
+class PrometheusMetrics(EventHook):
     """surefoot's Prometheus metrics, and the event hook that counts what its layers decide.
 
     Example:

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator
 from typing import TypeVar
 
-from surefoot.events import Event
+from surefoot.events import Event, EventHook
 
 __all__ = ["CapturedEvents"]
 
@@ -20,7 +20,7 @@ _ATTEMPT_FAILED = "client.attempt_failed"
 _REFUSED = ("client.throttle_refused", "client.bulkhead_full")
 
 
-class CapturedEvents:
+class CapturedEvents(EventHook):
     """An event hook that stores every event it receives, in order.
 
     Example:
