@@ -18,6 +18,8 @@ from surefoot.errors import ConfigurationError
 from surefoot.ratelimit._algorithms import (
     ALGORITHM_BY_NAME,
     Concurrency,
+    ListLog,
+    LogEntry,
     RateLimitDecision,
     quota_period,
 )
@@ -607,11 +609,16 @@ def hour(key: str = "h", **kwargs: Any) -> Item:
 FULL_SECOND = (0.0, 2)  # fixed window [0, 1) with 2 of 2 used
 
 
+def log(*times: float) -> ListLog:
+    """A sliding log of unit requests at ``times``."""
+    return ListLog([LogEntry(t, n, 1) for n, t in enumerate(times, 1)])
+
+
 def test_plan_admits_and_commits_every_item() -> None:
     admitted, decisions, writes = plan([None, None], [second(), hour()], 0.5)
     assert admitted
     assert [d.allowed for d in decisions] == [True, True]
-    assert writes == [Write("s", (0.0, 1), 1.0), Write("h", (0.5, 1), 3600.5)]
+    assert writes == [Write("s", (0.0, 1), 1.0), Write("h", log(0.5), 3600.5)]
 
 
 def test_plan_refused_request_commits_nothing() -> None:
@@ -635,7 +642,7 @@ def test_plan_shadow_refusal_neither_blocks_nor_commits() -> None:
     admitted, decisions, writes = plan([FULL_SECOND, None], items, 0.5)
     assert admitted
     assert [d.allowed for d in decisions] == [False, True]
-    assert writes == [Write("h", (0.5, 1), 3600.5)]
+    assert writes == [Write("h", log(0.5), 3600.5)]
 
 
 def test_plan_shadow_that_allows_is_committed_with_the_request() -> None:
@@ -646,7 +653,7 @@ def test_plan_shadow_that_allows_is_committed_with_the_request() -> None:
 
 def test_plan_shadow_that_allows_is_not_committed_when_refused() -> None:
     items = [second(enforce=False), hour()]
-    full_hour = (0.0, 3)
+    full_hour = log(0.0, 0.0, 0.0)
     admitted, decisions, writes = plan([None, full_hour], items, 0.5)
     assert not admitted
     assert [d.allowed for d in decisions] == [True, False]
@@ -655,7 +662,7 @@ def test_plan_shadow_that_allows_is_not_committed_when_refused() -> None:
 
 def test_plan_only_shadow_items_never_refuse() -> None:
     items = [second(enforce=False), hour(enforce=False)]
-    admitted, decisions, writes = plan([FULL_SECOND, (0.0, 3)], items, 0.5)
+    admitted, decisions, writes = plan([FULL_SECOND, log(0.0, 0.0, 0.0)], items, 0.5)
     assert admitted
     assert [d.allowed for d in decisions] == [False, False]
     assert writes == []
@@ -685,5 +692,5 @@ def test_plan_over_a_store_charges_only_admitted_requests() -> None:
 
     assert [request(0.0) for _ in range(5)] == [True, True, False, False, False]
     assert [request(1.0) for _ in range(3)] == [True, False, False]
-    assert store["h"] == (0.0, 1, 0.0, 1, 1.0, 1)
+    assert store["h"] == log(0.0, 0.0, 1.0)
     assert request(2.0) is False  # now the hour is used up

@@ -11,7 +11,7 @@ Burst at window edges, per algorithm (``A`` = amount, ``W`` = window, ``B`` = bu
 
 =============== ===========================================================================
 fixed_window    counts per aligned window; up to 2A in any W straddling a boundary
-sliding_log     exact: at most A in any W; memory grows with A
+sliding_log     exact: at most A in any W; a log of at most A entries, O(log A) a decision
 sliding_window  weighted previous + current window; at most 2A in any W in the worst
                 case (all of the previous window's traffic at its very end), close to A
                 for smooth traffic
@@ -46,8 +46,11 @@ Rule 5: ``sliding_window`` forgets its counts once nothing was admitted for a wh
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any, ClassVar, NamedTuple, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -58,6 +61,9 @@ __all__ = [
     "ALGORITHM_BY_NAME",
     "Algorithm",
     "Concurrency",
+    "ListLog",
+    "Log",
+    "LogEntry",
     "RateLimitDecision",
     "quota_period",
     "uncharged",
@@ -136,43 +142,163 @@ class FixedWindow:
         return float(state[0] + limit.window)
 
 
+class LogEntry(NamedTuple):
+    """One admission of a sliding log: its time, the running total of cost admitted
+    under the key up to and including it, and its own cost."""
+
+    time: float
+    total: int
+    cost: int
+
+
+class Log(Protocol):
+    """A sliding log as a store keeps it: entries oldest first, times never decreasing,
+    totals strictly increasing (every cost is at least 1). Each lookup costs O(log n)
+    or less, so a decision never walks or copies the whole log."""
+
+    def oldest_after(self, horizon: float) -> LogEntry | None:
+        """The oldest entry later than ``horizon``, if any."""
+
+    def newest(self) -> LogEntry | None:
+        """The newest entry, live or not."""
+
+    def reaching(self, total: int) -> LogEntry:
+        """The oldest entry whose running total is at least ``total`` (there is one)."""
+
+    def appended(self, entry: LogEntry, oldest: LogEntry | None) -> Log:
+        """The log with ``entry`` added: a new state, which a store commits or drops.
+        Entries older than ``oldest`` (all of them if ``None``) may be forgotten."""
+
+
+class ListLog:
+    """The in-memory ``Log``: ``entries[start:end]``, then ``pending`` if any.
+
+    Successive states of one key share one list. ``appended`` touches no list: it
+    returns a state holding the new entry as ``pending``, so a state a store drops
+    (its request was refused by another limit) leaves nothing behind. Reading a
+    state first moves its pending entry into the list: at the list's end when that
+    is where the state ends (the usual case: it is the state the store kept), a
+    no-op when another reading of the same state did it already, and into a copy
+    of the live entries when the list has grown another way (a state decided from
+    twice, as tests do). The entries before ``start`` are dropped once they
+    outnumber the rest, so a key holds at most about twice its live entries (at
+    most ``amount``, every cost being at least 1) plus 32.
+    """
+
+    __slots__ = ("_end", "_entries", "_pending", "_start")
+
+    def __init__(
+        self,
+        entries: list[LogEntry] | None = None,
+        start: int = 0,
+        end: int | None = None,
+        pending: LogEntry | None = None,
+    ) -> None:
+        self._entries = [] if entries is None else entries
+        self._start = start
+        self._end = len(self._entries) if end is None else end
+        self._pending = pending
+
+    def _settle(self) -> list[LogEntry]:
+        entries, end, pending = self._entries, self._end, self._pending
+        if pending is not None:
+            if len(entries) == end:
+                entries.append(pending)
+            elif entries[end] != pending:
+                entries = self._entries = [*entries[self._start : end], pending]
+                self._start, end = 0, end - self._start
+            self._end, self._pending = end + 1, None
+        if self._start > 32 and 2 * self._start > self._end:
+            entries = self._entries = entries[self._start : self._end]
+            self._start, self._end = 0, len(entries)
+        return entries
+
+    def oldest_after(self, horizon: float) -> LogEntry | None:
+        entries = self._settle()
+        i = bisect_right(entries, horizon, self._start, self._end, key=_time)
+        return entries[i] if i < self._end else None
+
+    def newest(self) -> LogEntry | None:
+        if self._pending is not None:
+            return self._pending
+        return self._entries[self._end - 1] if self._end else None
+
+    def reaching(self, total: int) -> LogEntry:
+        entries = self._settle()
+        return entries[bisect_left(entries, total, self._start, self._end, key=_total)]
+
+    def appended(self, entry: LogEntry, oldest: LogEntry | None) -> ListLog:
+        entries = self._settle()
+        if oldest is None:
+            start = self._end
+        else:
+            start = bisect_left(entries, oldest.total, self._start, self._end, key=_total)
+        return ListLog(entries, start, self._end, entry)
+
+    def __iter__(self) -> Iterator[LogEntry]:
+        entries = self._settle()
+        return iter(entries[self._start : self._end])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ListLog) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ListLog({list(self)!r})"
+
+
+_time = attrgetter("time")
+_total = attrgetter("total")
+
+
 class SlidingLog:
+    """Exact: the cost admitted in ``(now - W, now]``, from a log of admissions.
+
+    An admission is logged at ``now``, or at the newest entry's time if that is later
+    (a caller's clock that stepped back), so times never decrease and every lookup is
+    a binary search (``Log``). The state is a ``Log`` (``ListLog`` in memory; the SQL
+    stores keep a table of entries, Redis a sorted set).
+    """
+
     name = "sliding_log"
 
     @staticmethod
     def decide(
         state: CounterState, now: float, cost: int, limit: Limit
     ) -> tuple[RateLimitDecision, CounterState]:
-        horizon = now - limit.window
-        # state: a flat tuple (t1, c1, t2, c2, ...) in time order.
-        log = state or ()
-        first = 0
-        while first < len(log) and log[first] <= horizon:
-            first += 2
-        live = log[first:]
-        used = sum(live[1::2])
+        log: Log = ListLog() if state is None else state
+        window = limit.window
+        oldest = log.oldest_after(now - window)
+        newest = log.newest()
+        used = 0 if oldest is None or newest is None else newest.total - oldest.total + oldest.cost
         if used + cost <= limit.amount:
-            new = (*live, now, cost)
-            left = limit.amount - used - cost
+            at = now if newest is None or newest.time < now else newest.time
+            entry = LogEntry(at, (0 if newest is None else newest.total) + cost, cost)
             # More is available when the oldest entry leaves the window.
-            available = new[0] + limit.window - now
-            return RateLimitDecision(True, left, limit.window, 0.0, 0.0, available), new
-        reset = live[-2] + limit.window - now if live else 0.0
-        available = live[0] + limit.window - now if live else 0.0
+            first = entry if oldest is None else oldest
+            reset = window if at == now else at + window - now
+            available = first.time + window - now
+            decision = RateLimitDecision(
+                True, limit.amount - used - cost, reset, 0.0, 0.0, available
+            )
+            return decision, log.appended(entry, oldest)
+        if oldest is None or newest is None:  # nothing live: the cost exceeds the amount
+            return RateLimitDecision(False, limit.amount, 0.0, INF, 0.0, 0.0), log
+        reset = newest.time + window - now
+        available = oldest.time + window - now
         if cost > limit.amount:
-            return RateLimitDecision(False, limit.amount - used, reset, INF, 0.0, available), live
-        # Wait until enough of the oldest entries leave the window.
-        excess = used + cost - limit.amount
-        freed, i = 0, 0
-        while freed < excess:
-            freed += live[i + 1]
-            i += 2
-        retry = live[i - 2] + limit.window - now
-        return RateLimitDecision(False, limit.amount - used, reset, retry, 0.0, available), live
+            retry = INF
+        else:
+            # Wait until enough of the oldest entries leave the window.
+            excess = used + cost - limit.amount
+            retry = log.reaching(oldest.total - oldest.cost + excess).time + window - now
+        return RateLimitDecision(False, limit.amount - used, reset, retry, 0.0, available), log
 
     @staticmethod
     def expires_at(state: CounterState, limit: Limit) -> float:
-        return float(state[-2] + limit.window) if state else 0.0
+        newest = None if state is None else state.newest()
+        return 0.0 if newest is None else float(newest.time + limit.window)
 
 
 class SlidingWindow:
