@@ -49,7 +49,7 @@ import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from functools import lru_cache
+from functools import lru_cache, partial
 from operator import attrgetter
 from typing import Any, ClassVar, NamedTuple, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -96,6 +96,11 @@ class RateLimitDecision(NamedTuple):
     available_after: float = 0.0
 
 
+# RateLimitDecision((allowed, remaining, reset_after, retry_after, delay, available_after)),
+# every field given: a named tuple's own __new__ is a Python call, and a decision is the
+# hot path of every request (one in ten of its instructions went there).
+_decision = partial(tuple.__new__, RateLimitDecision)
+
 CounterState = Any  # a tuple of numbers (and strings for concurrency), or None
 
 
@@ -119,11 +124,11 @@ def _count_in(
     reset = end - now
     if count + cost <= limit.amount:
         left = limit.amount - count - cost
-        return RateLimitDecision(True, left, reset, 0.0, 0.0, reset), count + cost
+        return _decision((True, left, reset, 0.0, 0.0, reset)), count + cost
     retry = reset if cost <= limit.amount else INF
     # Nothing counted (only a cost above the amount was refused): nothing to come back.
     available = reset if count else 0.0
-    return RateLimitDecision(False, limit.amount - count, reset, retry, 0.0, available), count
+    return _decision((False, limit.amount - count, reset, retry, 0.0, available)), count
 
 
 class FixedWindow:
@@ -279,12 +284,10 @@ class SlidingLog:
             first = entry if oldest is None else oldest
             reset = window if at == now else at + window - now
             available = first.time + window - now
-            decision = RateLimitDecision(
-                True, limit.amount - used - cost, reset, 0.0, 0.0, available
-            )
+            decision = _decision((True, limit.amount - used - cost, reset, 0.0, 0.0, available))
             return decision, log.appended(entry, oldest)
         if oldest is None or newest is None:  # nothing live: the cost exceeds the amount
-            return RateLimitDecision(False, limit.amount, 0.0, INF, 0.0, 0.0), log
+            return _decision((False, limit.amount, 0.0, INF, 0.0, 0.0)), log
         reset = newest.time + window - now
         available = oldest.time + window - now
         if cost > limit.amount:
@@ -293,7 +296,7 @@ class SlidingLog:
             # Wait until enough of the oldest entries leave the window.
             excess = used + cost - limit.amount
             retry = log.reaching(oldest.total - oldest.cost + excess).time + window - now
-        return RateLimitDecision(False, limit.amount - used, reset, retry, 0.0, available), log
+        return _decision((False, limit.amount - used, reset, retry, 0.0, available)), log
 
     @staticmethod
     def expires_at(state: CounterState, limit: Limit) -> float:
@@ -330,12 +333,12 @@ class SlidingWindow:
             # admission (Rule 5): back to full then.
             quiet = last + window
             available = _sliding_available(prev, curr + cost, left, start, quiet, now, limit)
-            decision = RateLimitDecision(True, left, quiet - now, 0.0, 0.0, available)
+            decision = _decision((True, left, quiet - now, 0.0, 0.0, available))
             return decision, (start, prev, curr + cost, last)
         left = max(0, math.floor(amount - estimate + _EPS))
         if last == -INF:
             # Nothing counts: only a cost above the amount is refused, for good.
-            return RateLimitDecision(False, left, 0.0, INF), None
+            return _decision((False, left, 0.0, INF, 0.0, 0.0)), None
         quiet = last + window
         if cost > amount:
             retry = INF
@@ -348,7 +351,7 @@ class SlidingWindow:
                 at = start + window + window * (1.0 - (amount - cost) / curr)
             retry = max(min(at, quiet) - now, _EPS)
         available = _sliding_available(prev, curr, left, start, quiet, now, limit)
-        decision = RateLimitDecision(False, left, quiet - now, retry, 0.0, available)
+        decision = _decision((False, left, quiet - now, retry, 0.0, available))
         return decision, (start, prev, curr, last)
 
     @staticmethod
@@ -399,7 +402,7 @@ class TokenBucket:
         reset = (capacity - tokens) / rate
         # One whole token more: the next unit refilled.
         available = 0.0 if left >= capacity else (left + 1 - tokens) / rate
-        return RateLimitDecision(allowed, left, reset, retry, 0.0, available), (tokens, now)
+        return _decision((allowed, left, reset, retry, 0.0, available)), (tokens, now)
 
     @staticmethod
     def expires_at(state: CounterState, limit: Limit) -> float:
@@ -428,7 +431,7 @@ class LeakyBucket:
         left = math.floor(capacity - level + _EPS)
         # Room for one more: the next unit leaked.
         available = 0.0 if left >= capacity else (level - (capacity - left - 1)) / rate
-        return RateLimitDecision(allowed, left, level / rate, retry, 0.0, available), (level, now)
+        return _decision((allowed, left, level / rate, retry, 0.0, available)), (level, now)
 
     @staticmethod
     def expires_at(state: CounterState, limit: Limit) -> float:
@@ -453,10 +456,10 @@ class LeakyQueue:
             # One more fits once the queue has moved on by one interval past the last that
             # fits (a queue that just took a request is never empty: never 0).
             available = free_at - now - limit.max_wait + left * interval
-            decision = RateLimitDecision(True, left, free_at - now, 0.0, delay, available)
+            decision = _decision((True, left, free_at - now, 0.0, delay, available))
             return decision, (free_at,)
         retry = delay - limit.max_wait
-        return RateLimitDecision(False, 0, start - now, retry, 0.0, retry), (start,)
+        return _decision((False, 0, start - now, retry, 0.0, retry)), (start,)
 
     @staticmethod
     def expires_at(state: CounterState, limit: Limit) -> float:
@@ -484,7 +487,7 @@ class Gcra:
         left = max(0, math.floor((tolerance - (tat - now) + slack) / interval))
         # One more unit once the theoretical arrival time is an interval closer.
         available = 0.0 if left >= limit.capacity else tat - tolerance + (left + 1) * interval - now
-        return RateLimitDecision(allowed, left, tat - now, retry, 0.0, available), (tat,)
+        return _decision((allowed, left, tat - now, retry, 0.0, available)), (tat,)
 
     @staticmethod
     def expires_at(state: CounterState, limit: Limit) -> float:
@@ -526,9 +529,9 @@ class Concurrency:
         used = sum(held[2::3])
         if used + cost <= limit.amount:
             new = (*held, token, now + limit.lease, cost)
-            return RateLimitDecision(True, limit.amount - used - cost, 0.0, 0.0), new
+            return _decision((True, limit.amount - used - cost, 0.0, 0.0, 0.0, 0.0)), new
         retry = Concurrency.RETRY_AFTER if cost <= limit.amount else INF
-        return RateLimitDecision(False, limit.amount - used, 0.0, retry), held
+        return _decision((False, limit.amount - used, 0.0, retry, 0.0, 0.0)), held
 
     @staticmethod
     def release(state: CounterState, token: str, now: float) -> CounterState:

@@ -8,7 +8,7 @@ built with explicit fields.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, NoReturn
 
 from surefoot.errors import ConfigurationError
@@ -72,6 +72,8 @@ class Limit:
     lease: float = 60.0
     period: Literal["day", "month"] | None = None
     timezone: str = "UTC"
+    #: The most a bucket holds: ``burst``, or ``amount`` (kept, as every decision reads it).
+    capacity: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.amount, int) or self.amount < 1:
@@ -88,11 +90,7 @@ class Limit:
             _fail("lease", "a positive number of seconds", self.lease)
         if self.period not in (None, "day", "month"):
             _fail("period", "'day' or 'month'", self.period)
-
-    @property
-    def capacity(self) -> int:
-        """The most a bucket holds: ``burst``, or ``amount``."""
-        return self.burst if self.burst is not None else self.amount
+        object.__setattr__(self, "capacity", self.amount if self.burst is None else self.burst)
 
     def describe(self) -> str:
         """``"100 requests per minute"``, ``"5 requests in flight"``, for messages."""

@@ -111,7 +111,6 @@ class MemoryStore:
         self.max_records = max_records
         self.max_counters = max_counters
         self.on_full = on_full
-        # Rate-limit states and when each may be forgotten, least recently used first.
         # Rate-limit states, least recently used first. An old state needs no expiry check:
         # each algorithm reads a stale state exactly as a fresh key (its Rule 3).
         self._counters: OrderedDict[str, CounterState] = OrderedDict()
@@ -268,19 +267,21 @@ class MemoryStore:
     ) -> tuple[bool, list[RateLimitDecision]]:
         """``acquire`` without the coroutine, for synchronous callers."""
         counters = self._counters
-        if len(items) == 1 and items[0].algorithm != "concurrency":
+        if len(items) == 1:
             # The common case, without the bookkeeping of plan(): one limit decides alone.
             key, algorithm, limit, cost, enforce, _ = items[0]
-            with self._lock:
-                state = counters.get(key)
-                decision, new = ALGORITHM_BY_NAME[algorithm].decide(state, now, cost, limit)
-                if decision.allowed:
-                    counters[key] = new
-                if state is not None:
-                    counters.move_to_end(key)  # used, even if refused: keep it
-                elif len(counters) > self.max_counters:
-                    counters.popitem(last=False)
-            return decision.allowed or not enforce, [decision]
+            if algorithm != "concurrency":
+                decide = ALGORITHM_BY_NAME[algorithm].decide
+                with self._lock:
+                    state = counters.get(key)
+                    decision, new = decide(state, now, cost, limit)
+                    if decision.allowed:
+                        counters[key] = new
+                    if state is not None:
+                        counters.move_to_end(key)  # used, even if refused: keep it
+                    elif len(counters) > self.max_counters:
+                        counters.popitem(last=False)
+                return decision.allowed or not enforce, [decision]
         with self._lock:
             states = []
             for item in items:
