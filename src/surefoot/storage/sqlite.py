@@ -24,13 +24,26 @@ Theory of operation:
    a full batch schedules the next one a second later instead of looping.
 6. Rate-limit counters live in their own table, one row per key with its algorithm's
    state as JSON; a request's limits are read, decided (``ratelimit._core.plan``) and
-   written in one transaction, so processes sharing the file never over-admit.
+   written in one transaction, so processes sharing the file never over-admit. A sliding
+   log is the exception: its entries are rows of a table of their own (``_TableLog``,
+   the core's ``Log``), primary key (key, running total), indexed on (key, time), so
+   each lookup of a decision is one index seek, never a walk of the log. An admission
+   inserts its entry and deletes the key's entries older than the oldest live one, so
+   a key keeps its live entries (at most ``amount``: every cost is at least 1) and
+   those that left the window since its last admission. Each entry carries its expiry
+   (time + window): the purge batches delete those of idle keys, a few at a time.
 7. Cache entries (``StaleCache``'s ``CacheStore`` contract) live in a table of their own,
    one row per key (value, expires_at): a read is a plain ``SELECT`` of a live row, a write
    one upsert in the group commit; expired rows go with the purge batches.
 8. The schema version is SQLite's ``user_version``; opening an older file creates what
    it lacks (every statement of the schema is ``IF NOT EXISTS``; a column a table lacks
-   is added) and sets the version.
+   is added) and sets the version. Upgrading from version 4 or older copies the sliding
+   logs kept as JSON (a flat ``[t1, c1, t2, c2, ...]``) into the log table, so no limit
+   starts afresh. A row alone does not say its algorithm (a one-entry log reads as a
+   fixed window's ``[start, count]``), so every row of that shape is copied under its
+   own key and every row stays: a key names its algorithm (``ratelimit.limit_key``), so
+   the copies of other algorithms' rows and the old rows of sliding logs are never
+   read, and the purge deletes them when they would have expired.
 9. SQLite errors are translated to ``StoreUnavailable`` in one place (``_translate``);
    their text goes to the exception's ``__cause__`` for logs, never to a client.
 10. Per-principal quotas (``_core`` Rule 7): each record row carries its key's owner, and
@@ -68,15 +81,25 @@ from surefoot.idempotency import (
     Usage,
     key_owner,
 )
-from surefoot.ratelimit import ALGORITHMS, Concurrency, CounterState, Item, RateLimitDecision, plan
+from surefoot.ratelimit import (
+    ALGORITHMS,
+    Concurrency,
+    CounterState,
+    Item,
+    LogEntry,
+    RateLimitDecision,
+    plan,
+)
 
 __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4  # 2: records, rate-limit counters; 3: cache entries; 4: record owners
+# 2: records, rate-limit counters; 3: cache entries; 4: record owners; 5: sliding log entries
+SCHEMA_VERSION = 5
 _TABLE = "surefoot_idempotency"
 _COUNTERS = "surefoot_ratelimit"
+_LOG = "surefoot_ratelimit_log"
 _CACHE = "surefoot_cache"
 _OWNERS = "surefoot_owners"
 _SCHEMA = f"""
@@ -101,6 +124,16 @@ CREATE TABLE IF NOT EXISTS {_COUNTERS} (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS {_COUNTERS}_expires_at ON {_COUNTERS} (expires_at);
+CREATE TABLE IF NOT EXISTS {_LOG} (
+    key TEXT NOT NULL,
+    total INTEGER NOT NULL,
+    time REAL NOT NULL,
+    cost INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (key, total)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {_LOG}_time ON {_LOG} (key, time);
+CREATE INDEX IF NOT EXISTS {_LOG}_expires_at ON {_LOG} (expires_at);
 CREATE TABLE IF NOT EXISTS {_CACHE} (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL,
@@ -168,6 +201,22 @@ _UPSERT_COUNTER = (
     "ON CONFLICT (key) DO UPDATE SET state = excluded.state, expires_at = excluded.expires_at"
 )
 _DELETE_COUNTER = f"DELETE FROM {_COUNTERS} WHERE key = ?"
+# A sliding log's lookups (Rule 6), each one index seek. Times never decrease and totals
+# increase, so (time, total) order is the log's order.
+_SELECT_LOG = f"SELECT time, total, cost FROM {_LOG} WHERE key = ?"
+_LOG_OLDEST_AFTER = f"{_SELECT_LOG} AND time > ? ORDER BY time, total LIMIT 1"
+_LOG_NEWEST = f"{_SELECT_LOG} ORDER BY total DESC LIMIT 1"
+_LOG_REACHING = f"{_SELECT_LOG} AND total >= ? ORDER BY total LIMIT 1"
+# An entry whose total is logged already is the same entry: two limits under one key,
+# decided from one state.
+_LOG_INSERT = (
+    f"INSERT OR IGNORE INTO {_LOG} (key, total, time, cost, expires_at) VALUES (?, ?, ?, ?, ?)"
+)
+_LOG_FORGET = f"DELETE FROM {_LOG} WHERE key = ? AND total < ?"
+_PURGE_LOG = (
+    f"DELETE FROM {_LOG} WHERE (key, total) IN "
+    f"(SELECT key, total FROM {_LOG} WHERE expires_at <= ? LIMIT ?)"
+)
 _PURGE_CACHE = (
     f"DELETE FROM {_CACHE} WHERE rowid IN (SELECT rowid FROM {_CACHE} WHERE expires_at < ? LIMIT ?)"
 )
@@ -269,6 +318,8 @@ class SqliteStore:
                     self._db.execute(f"ALTER TABLE {_TABLE} ADD COLUMN owner TEXT")
                 for statement in _OWNER_SCHEMA:
                     self._db.execute(statement)
+                if version < 5:
+                    _copy_flat_logs(self._db)
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
@@ -346,7 +397,7 @@ class SqliteStore:
             with _translate(), self._lock, self._transaction():
                 deleted = max(
                     self._db.execute(statement, (now, self.purge_batch)).rowcount
-                    for statement in (_PURGE, _PURGE_COUNTERS, _PURGE_CACHE)
+                    for statement in (_PURGE, _PURGE_COUNTERS, _PURGE_LOG, _PURGE_CACHE)
                 )
         except _Busy:
             return  # another process holds the lock; purge next time
@@ -433,11 +484,17 @@ class SqliteStore:
     ) -> tuple[bool, list[RateLimitDecision]]:
         def work(db: sqlite3.Connection) -> tuple[bool, list[RateLimitDecision]]:
             states = [
-                _load_state(db.execute(_SELECT_COUNTER, (i.key, now)).fetchone()) for i in items
+                _TableLog(db, i.key, i.limit.window)
+                if i.algorithm == "sliding_log"
+                else _load_state(db.execute(_SELECT_COUNTER, (i.key, now)).fetchone())
+                for i in items
             ]
             admitted, decisions, writes = plan(states, items, now)
             for w in writes:
-                db.execute(_UPSERT_COUNTER, (w.key, json.dumps(w.state), w.expires_at))
+                if isinstance(w.state, _TableLog):
+                    w.state.save()
+                else:
+                    db.execute(_UPSERT_COUNTER, (w.key, json.dumps(w.state), w.expires_at))
             return admitted, decisions
 
         return await self._atomic(work, now)
@@ -516,6 +573,87 @@ def _usage(db: sqlite3.Connection, owner: str, request: Begin, now: float) -> Us
 
 def _load_state(row: tuple[str] | None) -> CounterState:
     return None if row is None else tuple(json.loads(row[0]))
+
+
+class _TableLog:
+    """The sliding log of one key in the log table (Rule 6): the core's ``Log``, read
+    inside the caller's transaction, one index seek a lookup.
+
+    As ``ratelimit.ListLog``, ``appended`` writes nothing: the state it returns holds the
+    new entry as pending, and ``save`` (the store keeping that state) or reading it
+    writes the entry and forgets the entries before ``keep_from``. A state the store
+    drops (another limit refused the request) leaves nothing behind.
+    """
+
+    __slots__ = ("_db", "_keep_from", "_key", "_pending", "_window")
+
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        key: str,
+        window: float,
+        pending: LogEntry | None = None,
+        keep_from: int = 0,
+    ) -> None:
+        self._db, self._key, self._window = db, key, window
+        self._pending, self._keep_from = pending, keep_from
+
+    def save(self) -> None:
+        """Write the pending entry, expiring a window after its time, and forget the
+        entries before ``keep_from``."""
+        entry, self._pending = self._pending, None
+        if entry is not None:
+            time, total, cost = entry
+            if cost:  # cost 0 (the admin API's look at a principal's limits) counts nothing
+                self._db.execute(_LOG_INSERT, (self._key, total, time, cost, time + self._window))
+            self._db.execute(_LOG_FORGET, (self._key, self._keep_from))
+
+    def _first(self, query: str, *args: object) -> LogEntry | None:
+        self.save()
+        row = self._db.execute(query, (self._key, *args)).fetchone()
+        return None if row is None else LogEntry(*row)
+
+    def oldest_after(self, horizon: float) -> LogEntry | None:
+        return self._first(_LOG_OLDEST_AFTER, horizon)
+
+    def newest(self) -> LogEntry | None:
+        return self._first(_LOG_NEWEST) if self._pending is None else self._pending
+
+    def reaching(self, total: int) -> LogEntry:
+        self.save()
+        return LogEntry(*self._db.execute(_LOG_REACHING, (self._key, total)).fetchone())
+
+    def appended(self, entry: LogEntry, oldest: LogEntry | None) -> _TableLog:
+        self.save()
+        keep_from = (entry if oldest is None else oldest).total
+        return _TableLog(self._db, self._key, self._window, entry, keep_from)
+
+
+def _copy_flat_logs(db: sqlite3.Connection) -> None:
+    """Copy the sliding logs of schema version 4 and older (JSON ``[t1, c1, t2, c2, ...]``
+    in the counters table) into the log table (Rule 8)."""
+    entries = []
+    for key, state, expires_at in db.execute(f"SELECT key, state, expires_at FROM {_COUNTERS}"):
+        flat = json.loads(state)
+        if not (
+            isinstance(flat, list)
+            and flat
+            and len(flat) % 2 == 0
+            and all(type(t) in (int, float) and type(c) is int for t, c in _pairs(flat))
+        ):
+            continue
+        window = expires_at - flat[-2]  # such a state expired a window after its newest entry
+        at, total = -math.inf, 0
+        for t, cost in _pairs(flat):
+            at = max(at, t)  # an old log's times could step back; a log's never do now
+            if cost > 0:  # an entry of cost 0 counted nothing
+                total += cost
+                entries.append((key, total, at, cost, at + window))
+    db.executemany(_LOG_INSERT, entries)
+
+
+def _pairs(flat: list[Any]) -> Iterator[tuple[Any, Any]]:
+    return zip(flat[::2], flat[1::2], strict=True)
 
 
 def _encode(record: Record) -> tuple[object, ...]:
