@@ -240,6 +240,11 @@ class ListLog:
             start = bisect_left(entries, oldest.total, self._start, self._end, key=_total)
         return ListLog(entries, start, self._end, entry)
 
+    @property
+    def held(self) -> int:
+        """Entries this state keeps in memory, live or not (its pending one included)."""
+        return len(self._settle()) - self._start
+
     def __iter__(self) -> Iterator[LogEntry]:
         entries = self._settle()
         return iter(entries[self._start : self._end])
