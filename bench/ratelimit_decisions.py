@@ -5,6 +5,8 @@ Usage::
     .venv/bin/python bench/ratelimit_decisions.py              # 25 rounds x 10,000 calls, ~4 min
     .venv/bin/python bench/ratelimit_decisions.py --quick      # 3 rounds x 2,000 calls, no memory
     .venv/bin/python bench/ratelimit_decisions.py --json results.json --check
+    .venv/bin/python bench/ratelimit_decisions.py --log-entries 60000 --keys 10 \
+        --impls 'surefoot sliding_log,limits moving_window' --memory-keys 0   # long logs
 
 Theory of operation:
 1. Every implementation (``IMPLS``) answers the same question, "may this key go on?", for
@@ -36,15 +38,19 @@ Theory of operation:
    entry per admitted call, so in "allowed" a key's log holds 2 to ``calls / keys + 1``
    entries during a run (2 to 11 by default), and their cost per call depends on
    ``--calls`` and ``--keys``.
+   ``--log-entries N`` measures long logs instead: per hour, every key is given N
+   admissions before timing (untimed), so that each holds N live entries; "allowed" has
+   room for the timed calls on top, "over" has none (amount N). Use few ``--keys``.
+   Issue 14's target: at 60,000 entries, within 2x of the cost at 1,000.
 6. Memory per key (``--memory-keys``, 0 to skip): with ``tracemalloc``, a fresh instance
    decides once for each of N new keys (the key string built per call, as a server
    does); the figure is the traced memory still held afterwards, over N. It counts what
    the store keeps (key strings included), not transient objects. Not for
    ``concurrency``, whose slots are released at once.
 
-The target (from the issue): surefoot at most 2x the floor's ns per decision, for every
-algorithm whose state has a fixed size (all but ``sliding_log``, whose work grows with
-its log, and ``concurrency``, measured as an acquire plus a release).
+The target (issue 14): surefoot at most 3x the floor's ns per decision, for every
+algorithm (``concurrency`` measured as an acquire plus a release; the goal after that is
+1.5x).
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ from typing import Any, Protocol
 
 import _harness as h
 
-TARGET = 2.0  # at most this multiple of the floor's ns per decision
+TARGET = 3.0  # at most this multiple of the floor's ns per decision (issue 14)
 VARIANTS = ("allowed", "over")
 # (amount, window seconds) per workload; quota counts per calendar day instead.
 LIMITS = {"allowed": (1_000_000, 60.0), "over": (5, 3600.0)}
@@ -232,7 +238,7 @@ class Impl:
     name: str
     library: str
     make: Callable[[int, float], Decider]
-    #: whether the 2x-floor target applies (surefoot, fixed-size state).
+    #: whether the target applies (surefoot).
     target: bool = False
     variants: tuple[str, ...] = VARIANTS
     note: str = ""
@@ -241,12 +247,12 @@ class Impl:
 
 
 def _surefoot(algorithm: str) -> Impl:
-    target = algorithm not in ("sliding_log", "concurrency")
     if algorithm == "concurrency":
         return Impl(
             "surefoot concurrency",
             "surefoot",
             lambda a, w: SurefootConcurrency("concurrency", a, w),
+            target=True,
             variants=("allowed",),
             note="acquire + awaited release",
             memory=False,
@@ -256,7 +262,7 @@ def _surefoot(algorithm: str) -> Impl:
         f"surefoot {algorithm}",
         "surefoot",
         lambda a, w: Surefoot(algorithm, a, w),
-        target=target,
+        target=True,
         note=note,
     )
 
@@ -288,6 +294,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     h.option(parser, "--keys", 1_000, "keys cycled")
     h.option(parser, "--variants", ",".join(VARIANTS), "comma-separated workloads")
     h.add_selection(parser, "--impls", IMPLS, "floor", "loop")
+    h.option(parser, "--log-entries", 0, "admissions logged per key before timing, per hour")
     h.option(parser, "--memory-keys", 100_000, "keys for the memory-per-key measurement, 0 to skip")
     h.add_pin_options(
         parser, what="this process", cpu="CPU to pin to (default: the last allowed one)"
@@ -295,8 +302,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     h.add_output_options(parser)
     args = h.parse(parser, argv)
     args.variants = h.names(parser, "--variants", args.variants, VARIANTS, required=True)
-    if min(args.rounds, args.calls, args.keys) < 1 or args.memory_keys < 0:
-        parser.error("expected --rounds, --calls and --keys >= 1, --memory-keys >= 0")
+    if min(args.rounds, args.calls, args.keys) < 1 or min(args.memory_keys, args.log_entries) < 0:
+        parser.error(
+            "expected --rounds, --calls and --keys >= 1, --memory-keys and --log-entries >= 0"
+        )
     return args
 
 
@@ -315,13 +324,22 @@ def key_names(count: int) -> list[str]:
     return [f"user-{i:06d}" for i in range(count)]
 
 
+def workload(args: argparse.Namespace, variant: str) -> tuple[int, float, int]:
+    """(amount, window, warm-up passes over the keys) of ``variant``."""
+    entries = args.log_entries
+    if not entries:
+        return (*LIMITS[variant], WARM_PASSES[variant])
+    room = args.calls // args.keys + 1 if variant == "allowed" else 0
+    return entries + room, 3600.0, entries
+
+
 def run_one(
     args: argparse.Namespace, impl: Impl, variant: str, round_no: int, keys: list[str]
 ) -> dict[str, Any]:
-    amount, window = LIMITS[variant]
+    amount, window, warm = workload(args, variant)
     decider = impl.make(amount, window)
     per_key = [decider.arg(k) for k in keys]
-    for _ in range(WARM_PASSES[variant]):
+    for _ in range(warm):
         decider.loop(per_key)
     sequence = [per_key[i % len(per_key)] for i in range(args.calls)]
     gc.collect()
@@ -329,7 +347,8 @@ def run_one(
     allowed = decider.loop(sequence)
     cpu, wall = time.process_time_ns() - cpu, time.perf_counter_ns() - wall
     expected = args.calls if variant == "allowed" or impl.library == "harness" else 0
-    if allowed != expected:
+    # With long logs the floor's bucket refills while it is timed: it stays a cost baseline.
+    if allowed != expected and not (args.log_entries and impl.library == "floor"):
         raise h.BenchError(
             f"{impl.name} ({variant}): {allowed:,} of {args.calls:,} calls allowed, "
             f"expected {expected:,}: the workload is not what it claims to be"
@@ -420,8 +439,17 @@ def print_report(
                 f"{args.keys:,} keys cycled, {args.calls:,} timed calls per run, "
                 f"{args.rounds} round(s), implementations interleaved (order rotated each round)",
             ),
-            ("", "allowed: 1,000,000/minute (quota: per day), every call admitted;"),
-            ("", "over: 5/hour (quota: per day), exhausted before timing, every call refused"),
+            *(
+                [
+                    ("", f"every key first logs {args.log_entries:,} admissions, per hour;"),
+                    ("", "allowed: room for the timed calls on top; over: none, all refused"),
+                ]
+                if args.log_entries
+                else [
+                    ("", "allowed: 1,000,000/minute (quota: per day), every call admitted;"),
+                    ("", "over: 5/hour (quota: per day), exhausted before timing, all refused"),
+                ]
+            ),
             ("cpus", context["cpus"]),
         ],
         "limits {limits}, throttled-py {throttled-py}",
@@ -509,7 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     context["load_after"] = h.load_average()
     rows = summarize(impls, args.variants, runs)
     print_report(args, context, runs, rows, memory)
-    settings = h.settings(args, "rounds", "calls", "keys", "variants", "memory_keys", limits=LIMITS)
+    settings = h.settings(
+        args, "rounds", "calls", "keys", "variants", "memory_keys", "log_entries", limits=LIMITS
+    )
     return h.finish(args, context, settings, rows, runs, memory_bytes_per_key=memory)
 
 
