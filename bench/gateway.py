@@ -6,6 +6,7 @@ Usage::
     .venv/bin/python bench/gateway.py --quick             # 1 round x 3 s: a smoke run
     .venv/bin/python bench/gateway.py --json results.json --check
     .venv/bin/python bench/gateway.py --configs nginx,surefoot-sqlite --workers 1  # + upstream
+    .venv/bin/python bench/gateway.py --servers uvicorn,granian --configs nginx,bare,surefoot
 
 Theory of operation:
 1. The upstream is ``upstream_app`` below, a raw ASGI app (no framework) answering
@@ -30,7 +31,14 @@ Theory of operation:
    not writing one log line per request (the events that stay on at INFO, such as
    idempotency's, are still logged: the report counts the proxy's log lines per
    request). wrk sends no API key, so all requests come from one principal (its
-   address): one hot rate-limit counter, the worst case for a store.
+   address): one hot rate-limit counter, the worst case for a store. ``bare`` is no
+   proxy: the upstream's app served as the proxies are (N workers), to compare servers.
+   ``--servers`` (``SERVERS``): ``uvicorn`` runs the gateways as ``surefoot serve`` does
+   (uvicorn with the gateway's bounded httptools protocol) and ``bare`` under plain
+   uvicorn; ``granian`` runs both under granian instead (ASGI, HTTP/1.1, uvloop; the
+   gateway built by ``bench/_granian_gateway.py``, without the admin API, and without the
+   bounds of ``surefoot.gateway._server``, which granian cannot take). Their rows are
+   named ``config@granian``. granian is in no extra: ``pip install granian``.
 3. The workloads, loaded by ``wrk --threads 2`` (the Lua scripts of ``bench/``:
    ``ratelimit.lua`` for GET, ``idempotency.lua`` for POST; ``done()`` prints requests,
    errors and wrk's latency percentiles as one JSON line): ``get``, ``GET /items`` at
@@ -78,7 +86,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +133,10 @@ async def upstream_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 @dataclass(frozen=True)
 class Config:
     name: str
-    kind: str  # "upstream", "nginx" or "gateway"
+    kind: str  # "upstream", "nginx", "gateway" or "bare"
     store: str | None  # the gateway's store with every policy on; None: no policy
     meaning: str
+    server: str = "uvicorn"  # what serves a gateway or bare config: one of SERVERS
 
     @property
     def policies(self) -> bool:
@@ -137,6 +146,7 @@ class Config:
 CONFIGS = (
     Config("upstream", "upstream", None, "the upstream alone (uvicorn), no proxy"),
     Config("nginx", "nginx", None, "NGINX, plain reverse proxy, keepalive to the upstream"),
+    Config("bare", "bare", None, "the upstream's app alone, served as the proxies are (no proxy)"),
     Config("surefoot", "gateway", None, "surefoot serve, no policy: its proxying alone"),
     Config(
         "surefoot-sqlite",
@@ -170,6 +180,25 @@ WORKLOADS = (
     Workload("post-moderate", "POST", "unique", True, False, f"POST {POST_PATH}, a new key each"),
 )
 
+#: The servers of ``--servers``: "uvicorn" runs ``surefoot serve`` (uvicorn with the
+#: gateway's bounded httptools protocol) and serves ``bare`` with plain uvicorn; "granian"
+#: serves both with granian (``bench/_granian_gateway.py`` builds the gateway, no admin API).
+SERVERS = ("uvicorn", "granian")
+
+
+def with_servers(configs: list[Config], servers: list[str]) -> list[Config]:
+    """Each gateway and bare config once per server; those not on uvicorn named ``name@server``."""
+    out = []
+    for config in configs:
+        if config.kind not in ("gateway", "bare"):
+            out.append(config)
+            continue
+        for server in servers:
+            name = config.name if server == "uvicorn" else f"{config.name}@{server}"
+            out.append(replace(config, name=name, server=server))
+    return out
+
+
 # -- setup ----------------------------------------------------------------------------------
 
 
@@ -179,6 +208,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     h.option(parser, "--moderate-connections", 4, "wrk connections of the post-moderate workload")
     h.option(parser, "--workers", "1,2", "comma-separated proxy worker counts")
     h.option(parser, "--upstream-workers", 2, "uvicorn workers of the upstream")
+    h.option(parser, "--servers", "uvicorn", f"comma-separated servers of the gateway: {SERVERS}")
     h.add_selection(parser, "--configs", CONFIGS, "upstream")
     h.add_redis_options(parser, used_by="surefoot-redis")
     parser.add_argument("--nginx", default="/usr/sbin/nginx", help="the nginx executable")
@@ -190,6 +220,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--workers: expected numbers such as 1,2, got {args.workers!r}")
     if not args.workers or min(args.workers) < 1:
         parser.error("--workers: expected numbers >= 1")
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if not servers or not set(servers) <= set(SERVERS):
+        parser.error(f"--servers: expected some of {','.join(SERVERS)}, got {args.servers!r}")
+    args.configs = with_servers(args.configs, servers)
     h.check_wrk_options(parser, args)
     if args.upstream_workers < 1:
         parser.error("expected --upstream-workers >= 1")
@@ -206,6 +240,14 @@ def check_tools(args: argparse.Namespace) -> None:
     if any(c.store == "redis" for c in args.configs):
         modules.append("redis")
     h.require_modules(modules, "bench,redis")
+    if any(c.server == "granian" for c in args.configs):
+        require_granian()
+
+
+def require_granian() -> None:
+    """granian imports (it is in no extra of surefoot's), or say how to install it."""
+    if importlib.util.find_spec("granian") is None:
+        raise h.BenchError(f"granian is not installed in {sys.executable}: pip install granian")
 
 
 def source_files() -> dict[str, str]:
@@ -227,7 +269,10 @@ def digest(files: dict[str, str]) -> str:
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("surefoot", "uvicorn", "uvloop", "httptools", "httpx", "httpcore", "anyio", "sniffio")
+    names = (
+        "surefoot", "uvicorn", "uvloop", "httptools", "granian", "httpx", "httpcore", "anyio",
+        "sniffio",
+    )  # fmt: skip
     tools = {
         "wrk": ["wrk", "--version"],
         "nginx": [args.nginx, "-v"],
@@ -239,6 +284,34 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- child processes ------------------------------------------------------------------------
+
+
+def granian_command(app: str, port: int, workers: int, *, factory: bool = False) -> list[str]:
+    """granian serving ``app`` (``module:name`` of ``bench/``) as uvicorn serves the others:
+    ASGI over HTTP/1.1, uvloop, no access log, the backlog of ``surefoot serve``."""
+    return [
+        sys.executable, "-m", "granian", app,
+        "--working-dir", str(h.BENCH_DIR),
+        "--interface", "asgi", *(["--factory"] if factory else []),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        "--loop", "uvloop", "--http", "1", "--no-ws", "--backlog", "2048",
+        "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+
+
+def bare_server(config: Config, workdir: Path, workers: int) -> tuple[h.Child, str]:
+    """The upstream's app alone, served by ``config.server`` with ``workers`` processes."""
+    if config.server == "granian":
+        port = h.free_port()
+        command = granian_command("gateway:upstream_app", port, workers)
+        child = h.Child(f"{config.name} x{workers}", command, workdir / "bare.log", None, port)
+    else:
+        child = h.start_uvicorn(
+            f"{config.name} x{workers}", "gateway:upstream_app", workdir, workers=workers,
+            lifespan=False,
+        )  # fmt: skip
+    child.wait_http(child.base + GET_PATH)
+    return child, child.base
 
 
 def upstream_server(workdir: Path, workers: int) -> tuple[h.Child, str]:
@@ -388,12 +461,19 @@ def gateway_server(
     path = workdir / "gateway.toml"
     path.write_text(text)
     port = h.free_port()
-    command = [
-        sys.executable, "-m", "surefoot", "serve", "--config", str(path),
-        "--port", str(port), "--admin-port", str(h.free_port()), "--workers", str(workers),
-    ]  # fmt: skip
     # TMPDIR: the metrics directory of several workers goes with the rest, deleted at the end.
     env = {"TMPDIR": str(workdir)}
+    if config.server == "granian":
+        command = granian_command("_granian_gateway:app", port, workers, factory=True)
+        env |= {"SUREFOOT_BENCH_CONFIG": str(path), "SUREFOOT_BENCH_WORKERS": str(workers)}
+        if workers > 1:
+            (workdir / "metrics").mkdir()
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(workdir / "metrics")
+    else:
+        command = [
+            sys.executable, "-m", "surefoot", "serve", "--config", str(path),
+            "--port", str(port), "--admin-port", str(h.free_port()), "--workers", str(workers),
+        ]  # fmt: skip
     child = h.Child(f"{config.name} x{workers}", command, workdir / "gateway.log", env, port)
     child.wait_http(child.base + GET_PATH)
     return Gateway(child, child.base, redis_prefix)
@@ -592,6 +672,8 @@ def run_server(
                 base = upstream[1]
             elif config.kind == "nginx":
                 proxy, base = nginx_server(args, workdir, upstream[1], workers or 1)
+            elif config.kind == "bare":
+                proxy, base = bare_server(config, workdir, workers or 1)
             else:
                 gateway = gateway_server(config, workdir, upstream[1], workers or 1, redis)
                 proxy, base = gateway.child, gateway.base
@@ -761,9 +843,9 @@ def print_report(
             ("upstream", context["upstream"]),
             ("redis", context["redis"]),
         ],
-        "uvicorn {uvicorn} (uvloop {uvloop}, httptools {httptools}), httpx {httpx} (httpcore "
-        "{httpcore}, anyio {anyio}, sniffio {sniffio}), redis-py {redis}, {nginx}, {wrk}, "
-        "{redis_server}",
+        "uvicorn {uvicorn} (uvloop {uvloop}, httptools {httptools}), granian {granian}, "
+        "httpx {httpx} (httpcore {httpcore}, anyio {anyio}, sniffio {sniffio}), redis-py "
+        "{redis}, {nginx}, {wrk}, {redis_server}",
         shared="wrk, the upstream, the proxy and Redis (nothing pinned)",
     )
     before, after = context["source_before"], context["source_after"]
