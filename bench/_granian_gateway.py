@@ -1,4 +1,4 @@
-"""The gateway's ASGI app built for granian (``bench/gateway.py --server granian``).
+"""The gateway's ASGI app built for granian (``bench/gateway.py --servers granian``).
 
 granian imports this module in each of its workers and calls ``app()`` (``--factory``):
 the policy file is ``SUREFOOT_BENCH_CONFIG``, logging is ``surefoot serve``'s JSON lines.
