@@ -32,7 +32,9 @@ else lives here, once:
 - servers under wrk: ``compare_servers`` is a whole benchmark but its configurations
   and its timed run: every configuration against ``bare`` in interleaved rounds, then the
   report; it gives each run a ``ServerRound`` (the options, the round, the CPUs, Redis),
-  and its ``Check``, if any, runs once before the rounds and is said in the report's head.
+  and its ``Check``, if any, runs once before the rounds and is said in the report's head;
+  ``peer_rows`` (printed by ``print_peer_rows``) adds a checked target per contest: ahead
+  of every peer, round by round.
 
 Errors: ``BenchError`` is the one exception a benchmark raises when it cannot go on (a
 missing tool, a server that does not start, a wrong answer); ``run`` prints it and
@@ -821,6 +823,7 @@ def compare_servers(
     lines: Sequence[tuple[str, str]] = (),
     check: Check | None = None,
     also: Sequence[str] = (),
+    peers: Mapping[str, Sequence[str]] | None = None,
 ) -> int:
     """Every configuration against ``bare`` under wrk, in interleaved rounds, reported.
 
@@ -829,6 +832,7 @@ def compare_servers(
     report's head says the load (``request``: what wrk sends, if it is one thing),
     ``lines``, the check, Redis, the CPUs, the machine, and ``software`` (a format of the
     environment: the versions of ``packages`` and ``wrk``) after Python and surefoot.
+    ``peers``: each configuration's peers, which it must be ahead of (``peer_rows``).
     """
     cpus = split_cpus(args.no_pin)
     # On wrk's CPU: the server measured keeps its core, as with an in-process store.
@@ -876,6 +880,11 @@ def compare_servers(
     )
     print()
     print_server_rows(runs, rows, args.rounds, "bare", width)
+    contests = peer_rows(runs, peers or {})
+    if contests:
+        print()
+        print_peer_rows(contests, width)
+    rows += contests
     configs_json = [dataclasses.asdict(c) for c in configs]  # type: ignore[call-overload]
     used = settings(args, "rounds", "duration", "warmup", "connections", "threads", *also)
     return finish(args, context, used, rows, runs, configs=configs_json)
@@ -1004,6 +1013,41 @@ def server_rows(configs: Iterable[Configuration], runs: list[Run], baseline: str
     return rows
 
 
+def peer_rows(runs: list[Run], peers: Mapping[str, Sequence[str]]) -> list[Run]:
+    """Per configuration of ``peers`` that ran with one of its peers at least: its req/s
+    over the best of its peers' in each round, and the target, above 1 (ahead of every
+    peer). A configuration with errors does not meet it: a failed request is cheap."""
+    rows = []
+    for name, rivals in peers.items():
+        mine = by_round(runs, config=name)
+        theirs = {p: by_round(runs, config=p) for p in rivals}
+        theirs = {p: r for p, r in theirs.items() if r}
+        if not mine or not theirs:
+            continue
+        ratios = [
+            run["rps"] / max(r[n]["rps"] for r in theirs.values())
+            for n, run in mine.items()
+            if all(n in r for r in theirs.values())
+        ]
+        ratio = Spread.range(ratios)
+        best = max(theirs, key=lambda p: median(r["rps"] for r in theirs[p].values()))
+        errors = sum(r["error_count"] for r in mine.values())
+        rows.append(
+            {
+                "config": f"{name} vs peers",
+                "meaning": f"{name}'s req/s over the best of {', '.join(theirs)} per round",
+                "versus": list(theirs),
+                "best_peer": best,
+                "ratio": ratio.median,
+                "ratio_min": ratio.low,
+                "ratio_max": ratio.high,
+                "target": 1.0,
+                "met": ratio.median > 1.0 and not errors,
+            }
+        )
+    return rows
+
+
 # -- report ---------------------------------------------------------------------------------
 
 
@@ -1070,7 +1114,11 @@ def ratio_cells(
 
 
 def target_text(target: float | None, sign: str) -> str:
-    return "-" if target is None else f"{sign}{target:.1f}"
+    """``sign`` and ``target`` with one or two decimals: 0.8 as 0.8, 0.85 as 0.85."""
+    if target is None:
+        return "-"
+    text = f"{target:.2f}"
+    return sign + (text[:-1] if text.endswith("0") else text)
 
 
 def met_text(met: bool | None) -> str:
@@ -1133,6 +1181,19 @@ def print_server_rows(
         for r in failed:
             kinds = ", ".join(f"{n} {k}" for k, n in r["errors"].items() if n)
             print(f"  round {r['round']} {r['config']}: {kinds}")
+
+
+def print_peer_rows(rows: Sequence[Run], width: int) -> None:
+    """``peer_rows`` as a table."""
+    columns = (
+        Column("ahead of its peers", f"<{width + 9}"), Column("best peer", f"<{width}", 2),
+        *ratio_columns("ratio", 5),
+    )  # fmt: skip
+    cells = [[row["config"], row["best_peer"], *ratio_cells(row, ">")] for row in rows]
+    print("\n".join(text_table(columns, cells)))
+    print()
+    print("ratio: median of the per-round ratios of req/s to the best of its peers in that")
+    print("       round (min-max: their spread); best peer: the highest median req/s.")
 
 
 def print_header(
