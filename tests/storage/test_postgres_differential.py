@@ -12,7 +12,9 @@ Inputs are chosen where floats bite: times near today's epoch seconds with rando
 fractions (where a float is 2.4e-7 s coarse), windows that are not binary fractions
 (0.1 s, 2.5 s), bursts above and below the amount, costs beyond what a limit can ever
 admit (``inf``), time standing still, and time going backwards a little (hosts' clocks
-disagree). Several acquires sent at once are decided in one batch, in order.
+disagree). Several acquires sent at once are decided in one batch, in order. Sliding logs
+are also played long: bursts of up to 1,500 requests on logs of up to 4,000 entries,
+after which the log's table must hold the reference's entries and no others.
 
 The helpers the SQL needs beyond PostgreSQL's own (Python's float ``%``, ``math.ulp``,
 calendar periods read as ``zoneinfo`` reads them) are checked against Python directly,
@@ -39,7 +41,7 @@ from surefoot.idempotency import _core
 from surefoot.idempotency._core import Begin, Outcome, Record, Step, StoredResponse
 from surefoot.ratelimit import Item, Limit, RateLimitDecision, plan
 from surefoot.ratelimit._algorithms import Concurrency, quota_period
-from surefoot.storage.postgres import PostgresStore, migrate
+from surefoot.storage.postgres import _BATCH, PostgresStore, migrate
 
 pytestmark = pytest.mark.anyio
 
@@ -228,6 +230,90 @@ async def test_acquire_and_release_decide_as_plan_does(
         for (admitted, decisions), (ours_admitted, ours) in zip(expected, got, strict=True):
             assert ours_admitted == admitted
             assert all(map(same, ours, decisions)), (ours, decisions)
+
+
+# -- long sliding logs --------------------------------------------------------------------
+
+# Bursts of up to 1,500 requests on one log (in batches of 64), the clock moving
+# by fractions of the window (entries leave one by one, by the dozen or all at once) or
+# stepping back a little, costs that make a refusal look far into the log for the entry
+# that frees enough (a third of the amount) or can never pass; some requests also meet a
+# fixed window that refuses them, so that the log's admission is not written.
+LOG_STEPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("advance"),
+            st.sampled_from([-0.01, 0.0, 1e-6, 0.1, 0.37, 0.5, 0.999, 1.0, 1.5]),  # windows
+        ),
+        st.tuples(
+            st.just("burst"),
+            st.sampled_from([1, 40, 300, 1500]),  # requests
+            st.sampled_from([1, 1, 2, 3, -3, -1]),  # cost of each: -3 is amount // 3, -1 amount + 1
+            st.sampled_from([0.0, 1e-7, 1e-4, 1e-3]),  # windows between two requests
+            st.booleans(),  # through a fixed window too
+        ),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(PROPERTY, max_examples=25)
+@given(
+    amount=st.sampled_from([60, 900, 4000]),
+    window=st.sampled_from([2.5, 60.0, 3600.0]),
+    steps=LOG_STEPS,
+    start=st.sampled_from([EPOCH, EPOCH + 0.123456]),
+)
+async def test_long_sliding_logs_decide_as_the_reference_and_keep_only_its_entries(
+    pg: tuple[PostgresStore, Any, str], amount: int, window: float, steps: list[Any], start: float
+) -> None:
+    store, conn, schema = pg
+    log = Limit(amount, window, algorithm="sliding_log")
+    cap = Limit(amount // 2, window)
+    key = f"rl:{uuid.uuid4().hex}:log"
+    states: dict[str, tuple[Any, float]] = {}  # key -> (state, expires_at)
+
+    def state_of(key: str, at: float) -> Any:
+        state, expires_at = states.get(key, (None, 0.0))
+        return state if expires_at > at else None
+
+    now = start
+    for step in steps:
+        if step[0] == "advance":
+            now += step[1] * window
+            continue
+        _, count, cost, spacing, capped = step
+        cost = {-3: amount // 3, -1: amount + 1}.get(cost, cost)
+        calls, expected = [], []
+        for i in range(count):
+            at = now + i * spacing * window
+            items = [Item(key, "sliding_log", log, cost)]
+            if capped:
+                items.append(Item(key + ":cap", "fixed_window", cap))
+            admitted, decisions, writes = plan([state_of(it.key, at) for it in items], items, at)
+            for write in writes:
+                states[write.key] = (write.state, write.expires_at)
+            expected.append((admitted, decisions))
+            calls.append((items, at))
+        now += (count - 1) * spacing * window
+        # A batch at a time: batches sent at once may take the key's lock in any order.
+        got = []
+        for first in range(0, count, _BATCH):
+            got += await asyncio.gather(*(store.acquire(*c) for c in calls[first : first + _BATCH]))
+        for (admitted, decisions), (ours_admitted, ours) in zip(expected, got, strict=True):
+            assert ours_admitted == admitted
+            assert all(map(same, ours, decisions)), (ours, decisions)
+    # The table holds the reference's entries, no more: at most the amount of them.
+    cursor = await conn.execute(
+        f'SELECT time, cost FROM "{schema}".surefoot_ratelimit_log WHERE key = %s ORDER BY total',
+        (key,),
+    )
+    kept = await cursor.fetchall()
+    assert len(kept) <= amount
+    state = state_of(key, now)
+    if state is not None:
+        assert kept == [(entry.time, entry.cost) for entry in state]
 
 
 # -- idempotency --------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """What ``PostgresStore`` promises beyond the shared contract suites.
 
 Configuration and URLs; migrations (explicit, idempotent, safe from several processes at
-once, checked on first use); the database's clock; responses kept byte for byte; calls
+once, checked on first use), and the states of earlier versions read on (sliding logs
+converted into entries); the database's clock; responses kept byte for byte; calls
 bounded by the store's timeout (longer for large responses), with abandoned statements
 and failed batches undone and the pool left healthy; group commit of concurrent
-acquires; purging in batches. Every test has its own
-schema on the shared server, dropped afterwards.
+acquires; purging in batches. Every test has its own schema on the shared server,
+dropped afterwards.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from surefoot.idempotency._core import (
     StoredResponse,
 )
 from surefoot.ratelimit import ALGORITHM_BY_NAME, ALGORITHMS, Item, Limit
-from surefoot.ratelimit._algorithms import quota_period
-from surefoot.storage import store_from_url
+from surefoot.ratelimit._algorithms import ListLog, LogEntry, SlidingLog, quota_period
+from surefoot.storage import postgres, store_from_url
 from surefoot.storage.postgres import PostgresStore, _migrations, migrate
 
 pytestmark = pytest.mark.anyio
@@ -330,6 +331,89 @@ async def test_a_sliding_window_kept_by_an_older_surefoot_decides_as_python_does
             want, _ = ALGORITHM_BY_NAME["sliding_window"].decide((T0, 4, 6), at, 1, limit)
             assert tuple(got) == pytest.approx(tuple(want), abs=1e-9)
             assert got.remaining == [1, 6, 9][n]
+
+
+async def test_a_sliding_log_kept_by_the_previous_schema_decides_on_after_the_upgrade(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limit = Limit(5, 10, algorithm="sliding_log")
+    fixed = Item("rl:fixed", "fixed_window", Limit(3, 60))
+
+    def log_item(key: str, cost: int = 1) -> Item:
+        return Item(key, "sliding_log", limit, cost)
+
+    async with new_schema(postgres_dsn, migrated=False) as name:
+        monkeypatch.setattr(postgres, "_migrations", lambda: _migrations()[:4])
+        await migrate(postgres_dsn, schema=name)
+        async with opened(postgres_dsn, name, clock="caller", timeout=5) as old:
+            # 2 at T0, a look of cost 0 (the admin API's), 1 at T0 + 3, then 1 at T0 + 2.5:
+            # a clock that stepped back. Another log, stepped back too, expires at T0 + 2
+            # (its last entry's time + 10), its first entry still in the window.
+            for at, cost in ((T0, 2), (T0 + 1, 0), (T0 + 3, 1), (T0 + 2.5, 1)):
+                await old.acquire([log_item("rl:log", cost)], at)
+            for at, cost in ((T0 - 5, 1), (T0 - 8, 3)):
+                await old.acquire([log_item("rl:stale", cost)], at)
+            await old.acquire([log_item("rl:look", 0)], T0)  # a log of nothing but a look
+            await old.acquire([fixed], T0)
+        rows = await sql(postgres_dsn, f'SELECT key, numbers FROM "{name}".surefoot_ratelimit')
+        assert sorted(rows) == [
+            ("rl:fixed", [T0 - T0 % 60, 1.0]),
+            ("rl:log", [T0, 2.0, T0 + 1, 0.0, T0 + 3, 1.0, T0 + 2.5, 1.0]),
+            ("rl:look", [T0, 0.0]),
+            ("rl:stale", [T0 - 5, 1.0, T0 - 8, 3.0]),
+        ]
+        monkeypatch.undo()
+        assert await migrate(postgres_dsn, schema=name) == [ALL[4]]
+
+        async with opened(postgres_dsn, name, clock="caller", timeout=5) as store:
+            # An expired log counts nothing (the first call: no purge has run yet).
+            _, [stale] = await store.acquire([log_item("rl:stale")], T0 + 3)
+            assert stale.remaining == 4
+            _, [look] = await store.acquire([log_item("rl:look")], T0 + 3)
+            assert look.remaining == 4
+            # Met first by a decision, converted: times never decreasing (the entry at
+            # T0 + 2.5 counted until T0 + 13, as the flat array's prefix did), the look of
+            # cost 0 dropped.
+            state: Any = ListLog(
+                [LogEntry(T0, 2, 2), LogEntry(T0 + 3, 3, 1), LogEntry(T0 + 3, 4, 1)]
+            )
+            got = []
+            for at, cost in (
+                (T0 + 5, 1),
+                (T0 + 6, 1),
+                (T0 + 10.5, 2),
+                (T0 + 12.9, 2),
+                (T0 + 13, 2),
+            ):
+                want, new = SlidingLog.decide(state, at, cost, limit)
+                _, [decision] = await store.acquire([log_item("rl:log", cost)], at)
+                assert tuple(decision) == pytest.approx(tuple(want), abs=1e-9)
+                got.append((decision.allowed, decision.remaining))
+                state = new if want.allowed else state
+            assert got == [(True, 0), (False, 0), (True, 0), (False, 0), (True, 0)]
+            # The other algorithms' rows are as they were.
+            _, [counted] = await store.acquire([fixed], T0 + 1)
+            assert counted.remaining == 1
+        rows = await sql(postgres_dsn, f'SELECT key FROM "{name}".surefoot_ratelimit')
+        assert rows == [("rl:fixed",)]
+
+
+async def test_the_acquire_of_a_surefoot_before_version_4_logs_in_the_same_entries(
+    postgres_dsn: str, schema: str
+) -> None:
+    # A process of an older surefoot, still running during a deploy, calls surefoot_acquire.
+    limit = Limit(2, 10, algorithm="sliding_log")
+    item = Item("rl:log", "sliding_log", limit)
+    async with opened(postgres_dsn, schema, clock="caller", timeout=5) as store:
+        assert (await store.acquire([item], T0))[0]
+        literals = [postgres._item_literals(item, T0 + 1, "caller")]
+        pending = postgres._Pending(([item], literals), T0 + 1, None, 0, 0)  # type: ignore[arg-type]
+        query = store._sql["acquire"].replace("surefoot_acquire_v4", "surefoot_acquire")
+        [row] = await sql(postgres_dsn, query, *postgres._acquire_params([pending], "caller"))
+        admitted, _, allowed, *_ = row
+        assert (admitted, allowed) == ([True], [True])
+        admitted, [refused] = await store.acquire([item], T0 + 2)
+        assert (admitted, refused.retry_after) == (False, 8.0)
 
 
 # -- the database's clock -----------------------------------------------------------------
@@ -700,3 +784,45 @@ async def test_expired_rows_are_purged_in_batches_after_writes(
         assert await count("surefoot_ratelimit") == [(1,)]
         # The operator's purge takes what is left, up to its limit.
         assert await store.purge(later + 2, limit=10) == 1
+
+
+async def test_sliding_log_entries_are_purged_a_second_after_they_leave_their_window(
+    postgres_dsn: str, schema: str
+) -> None:
+    log = Limit(10, 10, algorithm="sliding_log")
+    other = Item("rl:other", "fixed_window", Limit(100, 3600))
+
+    async def entries() -> Any:
+        return await sql(
+            postgres_dsn,
+            f'SELECT key, time FROM "{schema}".surefoot_ratelimit_log ORDER BY key, total',
+        )
+
+    async with (
+        opened(
+            postgres_dsn, schema, clock="caller", purge_interval=10, purge_batch=2, timeout=5
+        ) as store,
+        await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as holder,
+    ):
+        for key, at in (("rl:a", T0), ("rl:b", T0), ("rl:a", T0 + 1), ("rl:b", T0 + 9)):
+            assert (await store.acquire([Item(key, "sliding_log", log)], at))[0]
+        await settle(store)  # the first write purged (nothing yet) and set the next purge
+        # A decision on rl:a under way (its advisory lock held): its entries are skipped.
+        lock = f'SELECT "{schema}".surefoot_lock_id(%s)'
+        [(lock_id,)] = await (await holder.execute(lock, ("rl:a",))).fetchall()
+        await holder.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
+        await store.acquire([other], T0 + 11.5)  # a write: a purge is due
+        await settle(store)
+        # rl:b is live, but its entry of T0 left the window (expired at T0 + 10) over a
+        # second ago: it goes; rl:a's wait.
+        assert await entries() == [("rl:a", T0), ("rl:a", T0 + 1), ("rl:b", T0 + 9)]
+        await holder.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
+        await store.acquire([other], T0 + 21.5)
+        await settle(store)
+        assert await entries() == [("rl:b", T0 + 9)]  # a batch: 2 of the 3
+        await store.acquire([other], T0 + 22.5)  # a full batch brings the next one forward
+        await settle(store)
+        assert await entries() == []
+        # The logs start afresh.
+        _, [decision] = await store.acquire([Item("rl:b", "sliding_log", log)], T0 + 23)
+        assert decision.remaining == 9

@@ -21,6 +21,9 @@ Rule 2: every step is one call of one PL/pgSQL function (or one statement), whic
         lock per key, in ascending lock id order, so concurrent calls over overlapping
         keys never deadlock. Counters commit with ``synchronous_commit`` off (a database
         crash may forget the last fraction of a second of counts); records are durable.
+        A sliding log keeps a row per admission (``surefoot_ratelimit_log``, migration
+        0005), so that a decision costs a few index lookups, and an admission one insert
+        and the deletion of the entries that left the window, however long the log.
 Rule 3: time is the database's (``clock="server"``, the default): ``clock_timestamp()``,
         read once the rows are locked, so no host's clock skew can over-admit or take
         over a live lease. Absolute times handed back (``InProgress.lease_expires_at``,
@@ -45,6 +48,9 @@ Rule 5: psycopg and pool errors, and timeouts, become ``StoreUnavailable`` in on
 Rule 6: expired rows are deleted in batches of ``purge_batch`` at most every
         ``purge_interval`` seconds, in the background after a call; rows other
         transactions hold are skipped (``SKIP LOCKED``), so no request waits on a purge.
+        Sliding log entries go a second after they leave their window, from the keys
+        whose advisory lock is free, taken for the batch (a decision on one of them
+        meanwhile waits for the batch to commit).
 Rule 7: group commit: the begins, the finishes and the acquires that arrive on one turn
         of the event loop (up to 64 of a kind, and up to 256 KiB of responses; a call
         carrying more than 64 KiB goes alone) go in one call, which decides them one
