@@ -105,3 +105,12 @@ def test_a_log_equals_a_log_of_the_same_entries_only() -> None:
     assert ListLog(list(entries)) == ListLog(list(entries))
     assert ListLog(list(entries)) != entries
     assert repr(ListLog(list(entries))) == f"ListLog({entries!r})"
+
+
+def test_a_request_that_costs_nothing_leaves_no_entry() -> None:
+    limit = Limit(3, 10)
+    state = admit(None, T0, limit)
+    decision, same = SlidingLog.decide(state, T0 + 1, 0, limit)
+    assert (decision.allowed, decision.remaining) == (True, 2)
+    assert same is state
+    assert list(same) == [LogEntry(T0, 1, 1)]

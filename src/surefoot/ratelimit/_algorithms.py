@@ -290,7 +290,8 @@ class SlidingLog:
             reset = window if at == now else at + window - now
             available = first.time + window - now
             decision = _decision((True, limit.amount - used - cost, reset, 0.0, 0.0, available))
-            return decision, log.appended(entry, oldest)
+            # A request that costs nothing (a read of the limit) leaves no entry.
+            return decision, log.appended(entry, oldest) if cost else log
         if oldest is None or newest is None:  # nothing live: the cost exceeds the amount
             return _decision((False, limit.amount, 0.0, INF, 0.0, 0.0)), log
         reset = newest.time + window - now
