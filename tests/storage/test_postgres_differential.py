@@ -551,3 +551,17 @@ async def test_quota_periods_around_every_day_boundary_of_difficult_zones(
         ours = await _periods(conn, schema, times, "day", zone)
         theirs = [quota_period(t, "day", zone) for t in times]
         assert ours == theirs, zone
+
+
+async def test_an_instant_just_before_midnight_is_in_the_day_it_ends(
+    pg: tuple[PostgresStore, Any, str],
+) -> None:
+    # to_timestamp rounds to the microsecond: half a microsecond before midnight it
+    # reached the next day, where quota_period (which corrects the same rounding) does not.
+    _, conn, schema = pg
+    midnight = 2145916800.0  # 2038-01-01 00:00 UTC
+    times = [math.nextafter(midnight, 0.0), midnight]
+    assert await _periods(conn, schema, times, "day", "UTC") == [
+        (midnight - 86400.0, midnight),
+        (midnight, midnight + 86400.0),
+    ]

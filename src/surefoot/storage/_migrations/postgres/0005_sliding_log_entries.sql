@@ -321,3 +321,25 @@ BEGIN
     o_counters := o_counters + entries;
 END
 $$;
+
+-- A calendar quota's period, as quota_period computes it: to_timestamp rounds to the
+-- microsecond, so an instant less than half a microsecond before midnight came out in
+-- the next period; a period lasts 23 hours or more, so a second before that period's
+-- start is in the one that holds p_now.
+CREATE OR REPLACE FUNCTION surefoot_quota_period(
+    p_now float8, p_period text, p_zone text,
+    OUT period_start float8, OUT period_end float8
+)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path FROM CURRENT AS $$
+DECLARE
+    unit text := CASE p_period WHEN 'month' THEN 'month' ELSE 'day' END;
+    first timestamp := date_trunc(unit, to_timestamp(p_now) AT TIME ZONE p_zone);
+BEGIN
+    period_start := surefoot_local_epoch(first, p_zone);
+    IF p_now < period_start THEN
+        first := date_trunc(unit, to_timestamp(period_start - 1) AT TIME ZONE p_zone);
+        period_start := surefoot_local_epoch(first, p_zone);
+    END IF;
+    period_end := surefoot_local_epoch(first + ('1 ' || unit)::interval, p_zone);
+END
+$$;
