@@ -114,3 +114,13 @@ def test_a_request_that_costs_nothing_leaves_no_entry() -> None:
     assert (decision.allowed, decision.remaining) == (True, 2)
     assert same is state
     assert list(same) == [LogEntry(T0, 1, 1)]
+
+
+def test_appending_after_an_entry_found_elsewhere_lets_go_of_what_came_before() -> None:
+    log = ListLog([LogEntry(T0, 1, 1), LogEntry(T0 + 1, 2, 1), LogEntry(T0 + 2, 3, 1)])
+    appended = log.appended(LogEntry(T0 + 3, 4, 1), LogEntry(T0 + 1, 2, 1))  # an equal copy
+    assert list(appended) == [
+        LogEntry(T0 + 1, 2, 1),
+        LogEntry(T0 + 2, 3, 1),
+        LogEntry(T0 + 3, 4, 1),
+    ]

@@ -190,7 +190,7 @@ class ListLog:
     most ``amount``, every cost being at least 1) plus 32.
     """
 
-    __slots__ = ("_end", "_entries", "_pending", "_start")
+    __slots__ = ("_end", "_entries", "_found", "_pending", "_start")
 
     def __init__(
         self,
@@ -203,6 +203,7 @@ class ListLog:
         self._start = start
         self._end = len(self._entries) if end is None else end
         self._pending = pending
+        self._found = -1  # where oldest_after found its entry last
 
     def _settle(self) -> list[LogEntry]:
         entries, end, pending = self._entries, self._end, self._pending
@@ -220,7 +221,7 @@ class ListLog:
 
     def oldest_after(self, horizon: float) -> LogEntry | None:
         entries = self._settle()
-        i = bisect_right(entries, horizon, self._start, self._end, key=_time)
+        i = self._found = bisect_right(entries, horizon, self._start, self._end, key=_time)
         return entries[i] if i < self._end else None
 
     def newest(self) -> LogEntry | None:
@@ -236,6 +237,8 @@ class ListLog:
         entries = self._settle()
         if oldest is None:
             start = self._end
+        elif 0 <= self._found < self._end and entries[self._found] is oldest:
+            start = self._found  # decide's case: no second search
         else:
             start = bisect_left(entries, oldest.total, self._start, self._end, key=_total)
         return ListLog(entries, start, self._end, entry)
@@ -258,6 +261,7 @@ class ListLog:
         return f"ListLog({list(self)!r})"
 
 
+_entry = partial(tuple.__new__, LogEntry)  # as _decision: LogEntry((time, total, cost))
 _time = attrgetter("time")
 _total = attrgetter("total")
 
@@ -284,7 +288,7 @@ class SlidingLog:
         used = 0 if oldest is None or newest is None else newest.total - oldest.total + oldest.cost
         if used + cost <= limit.amount:
             at = now if newest is None or newest.time < now else newest.time
-            entry = LogEntry(at, (0 if newest is None else newest.total) + cost, cost)
+            entry = _entry((at, (0 if newest is None else newest.total) + cost, cost))
             # More is available when the oldest entry leaves the window.
             first = entry if oldest is None else oldest
             reset = window if at == now else at + window - now
