@@ -6,6 +6,8 @@ Usage::
     .venv/bin/python bench/redis_decisions.py --quick          # 1 round x 1,000 calls
     .venv/bin/python bench/redis_decisions.py --json results.json --check
     .venv/bin/python bench/redis_decisions.py --redis-url redis://10.0.0.5:6379/0  # your server
+    .venv/bin/python bench/redis_decisions.py --contenders 'surefoot sliding_log' \
+        --log-entries 60000 --keys 4 --calls 1000 --rounds 3   # a sliding log of 60,000
 
 Theory of operation:
 1. The server. Unless ``--redis-url`` names one, the script starts its own ``redis-server``
@@ -35,6 +37,10 @@ Theory of operation:
    call must be admitted, except those that surefoot's store fails with
    ``StoreUnavailable`` when its ``timeout`` (50 ms by default, ``--surefoot-timeout``)
    runs out: those are counted (``fail``) and void a target; anything else is an error.
+   ``--log-entries N`` gives each ``surefoot sliding_log`` key a log of N live entries
+   before the warm pass (untimed, through a coalescing store of its own, per hour so
+   that none leaves during the run): what a decision costs as the log grows (issue 14:
+   at 60,000 entries within 2x of its cost at 1,000). Use few ``--keys`` (N each).
 4. Two modes: ``sequential``, one coroutine awaiting each call in turn (the latency of a
    decision), and ``concurrent``, ``--tasks`` asyncio tasks on the one client, each
    awaiting its share of the calls in turn, as the requests of one server worker do (the
@@ -113,6 +119,7 @@ class Setup:
     prefix: str  # unique per run, no braces, no trailing ':'
     pool: dict[str, Any]  # redis.asyncio.ConnectionPool keyword arguments
     timeout: float | None = None  # surefoot's RedisStore(timeout=...); None: its default
+    log_entries: int = 0  # surefoot sliding_log: live entries per key before the run
 
 
 def make_client(setup: Setup) -> Any:
@@ -163,6 +170,8 @@ class Surefoot:
         self.setup, self.algorithm, self.coalesce = setup, algorithm, coalesce
         if algorithm == "quota":
             self.limit = Limit(AMOUNT, 86400.0, algorithm="quota", period="day")
+        elif algorithm == "sliding_log" and setup.log_entries:
+            self.limit = Limit(AMOUNT, 3600.0, algorithm=algorithm)  # nothing leaves the log
         else:
             self.limit = Limit(AMOUNT, WINDOW, algorithm=algorithm)
 
@@ -182,6 +191,22 @@ class Surefoot:
 
         token = f"token-{key}" if self.algorithm == "concurrency" else ""
         return (Item(tagged(key), self.algorithm, self.limit, 1, True, token),)
+
+    async def fill(self, args: Sequence[Any]) -> None:
+        """Log ``setup.log_entries`` admissions under each key (sliding_log; untimed), in
+        batches through a coalescing store with a timeout long enough for a slow script."""
+        from surefoot.storage.redis import MAX_BATCH, RedisStore
+
+        filler = RedisStore(self.client, prefix=f"{self.setup.prefix}:", timeout=60.0)
+        try:
+            for items in args:
+                for start in range(0, self.setup.log_entries, 10 * MAX_BATCH):
+                    n = min(10 * MAX_BATCH, self.setup.log_entries - start)
+                    calls = [filler.acquire(items, time.time()) for _ in range(n)]
+                    if not all(ok for ok, _ in await asyncio.gather(*calls)):
+                        raise h.BenchError("the sliding log's fill was not all admitted")
+        finally:
+            await filler.aclose()
 
     async def run(self, args: Sequence[Any]) -> int:
         from surefoot.errors import StoreUnavailable
@@ -350,6 +375,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     h.option(parser, "--keys", 1_000, "keys cycled")
     h.option(parser, "--tasks", 64, "asyncio tasks in concurrent mode")
     h.option(parser, "--modes", ",".join(MODES), "comma-separated modes")
+    h.option(parser, "--log-entries", 0, "live entries in each surefoot sliding_log key's log")
     h.add_selection(parser, "--contenders", CONTENDERS, "floor")
     h.add_redis_options(parser, used_by="every contender")
     parser.add_argument(
@@ -377,6 +403,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.modes = h.names(parser, "--modes", args.modes, MODES, required=True)
     if min(args.rounds, args.calls, args.keys, args.tasks) < 1:
         parser.error("expected --rounds, --calls, --keys and --tasks >= 1")
+    if not 0 <= args.log_entries <= AMOUNT - args.calls - 1:
+        parser.error(f"expected 0 <= --log-entries <= {AMOUNT - args.calls - 1:,}")
     if args.max_connections is not None and args.max_connections < 1:
         parser.error("expected --max-connections >= 1")
     return args
@@ -457,12 +485,14 @@ async def run_one(
 ) -> dict[str, Any]:
     pool = {} if args.max_connections is None else {"max_connections": args.max_connections}
     prefix = f"{KEY_PREFIX}-{args.nonce}-{round_no}-{secrets.token_hex(3)}"
-    setup = Setup(args.url, prefix, pool, args.surefoot_timeout)
+    setup = Setup(args.url, prefix, pool, args.surefoot_timeout, args.log_entries)
     contender = spec.make(setup)
     tasks = 1 if mode == "sequential" else args.tasks
     try:
         await contender.open()
         per_key = [contender.arg(k) for k in keys]
+        if args.log_entries and isinstance(contender, Surefoot) and spec.algorithm == "sliding_log":
+            await contender.fill(per_key)
         warm = [per_key[i::tasks] for i in range(tasks)]
         sequence = [per_key[i % len(per_key)] for i in range(args.calls)]
         shares = [sequence[i::tasks] for i in range(tasks)]
@@ -570,6 +600,11 @@ def print_report(
                 "",
                 f"{AMOUNT:,}/minute (quota: per day), every call admitted; sequential: one "
                 f"coroutine; concurrent: {args.tasks} tasks on one client",
+            ),
+            *(
+                [("", f"surefoot sliding_log: {args.log_entries:,} entries per key, per hour")]
+                if args.log_entries
+                else []
             ),
             ("server", context["server"]),
             (
@@ -689,6 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     print_report(args, context, runs, rows)
     settings = h.settings(
         args, "rounds", "calls", "keys", "tasks", "modes", "max_connections", "surefoot_timeout",
+        "log_entries",
         limit=[AMOUNT, WINDOW],
     )  # fmt: skip
     status = h.finish(args, context, settings, rows, runs)

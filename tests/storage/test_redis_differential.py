@@ -241,6 +241,76 @@ async def test_coalesced_requests_decide_as_one_call_each_in_order(
         await run_rate_limits(store, keyed, steps, start, concurrently=True)
 
 
+# Long sliding logs: bursts of up to thousands of requests on one log (each its own call,
+# sent at once through a coalescing store), with time moving by fractions of the window,
+# so that entries leave the window by the dozen (popped 32 at a time) or all at once,
+# and refusals look far into the log for the entry that frees enough. Some requests also
+# pass a fixed window that refuses them, so that the log's admission is not written.
+LOG_STEPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("advance"),
+            st.sampled_from([0.0, 1e-6, 0.1, 0.37, 0.5, 0.999, 1.0, 1.5, 3.0]),  # windows
+        ),
+        st.tuples(
+            st.just("burst"),
+            st.sampled_from([1, 33, 300, 1500]),  # requests
+            st.sampled_from([0, 1, 1, 2, 3, 12]),  # cost of each
+            st.sampled_from([0.0, 1e-7, 1e-4, 1e-3]),  # windows between two requests
+            st.booleans(),  # through a fixed window too
+        ),
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+@settings(PROPERTY, max_examples=40)
+@given(
+    amount=st.sampled_from([40, 700, 3000]),
+    window=st.sampled_from([30.0, 37.7, 3600.0]),
+    steps=LOG_STEPS,
+    start=st.sampled_from([T0, 1_776_000_000.123456, 0.0]),
+)
+@pytest.mark.parametrize("kind", ["redis", "redis_cluster"])
+async def test_long_sliding_logs_decide_as_the_python_reference(
+    kind: str, amount: int, window: float, steps: list[Any], start: float
+) -> None:
+    log = Limit(amount, window, algorithm="sliding_log")
+    cap = Limit(amount // 2, window)
+    states: dict[str, Any] = {}
+    now = start
+    async for store in _fresh(service_url(kind)):
+        client: Any = store._client
+        for step in steps:
+            if step[0] == "advance":
+                now += step[1] * window
+                continue
+            _, count, cost, spacing, capped = step
+            calls, expected = [], []
+            for i in range(count):
+                at = now + i * spacing * window
+                items = [Item("rl:{p}:log", "sliding_log", log, cost)]
+                if capped:
+                    items.append(Item("rl:{p}:cap", "fixed_window", cap))
+                admitted, decisions, writes = plan([states.get(x.key) for x in items], items, at)
+                for write in writes:
+                    states[write.key] = write.state
+                expected.append((admitted, decisions))
+                calls.append(store.acquire(items, at))
+            now += (count - 1) * spacing * window
+            results = await asyncio.gather(*calls)
+            for (admitted, decisions), got in zip(expected, results, strict=True):
+                assert got[0] == admitted, (got, admitted, decisions)
+                assert all(same(g, r) for g, r in zip(got[1], decisions, strict=True)), (
+                    got[1],
+                    decisions,
+                )
+            # The sorted set holds the entries still in the window at the last step, no more.
+            live = [e for e in states.get("rl:{p}:log") or () if e.time > now - window]
+            assert await client.zcard(store.prefix + "rl:{p}:log") == len(live) <= amount
+
+
 # -- idempotency ----------------------------------------------------------------------------
 
 LEASE, TTL = 30.0, 3600.0

@@ -3,8 +3,9 @@
 Construction and URLs; one script call per step, and the scripts coming back after a real
 ``SCRIPT FLUSH``; the server's clock; keys expiring by themselves; Redis Cluster slots;
 failures (nothing listening, a server that never answers, a reply that comes too late,
-a script error) as ``StoreUnavailable``; coalescing. The Lua scripts' decisions are
-compared with the Python references in ``test_redis_differential.py``.
+a script error) as ``StoreUnavailable``; coalescing; sliding logs kept as sorted sets (and
+an older surefoot's converted on first touch). The Lua scripts' decisions are compared
+with the Python references in ``test_redis_differential.py``.
 
 Round trips are counted (commands a counting client sends, and pipelines), never timed.
 Every test writes under a prefix of its own and deletes its keys afterwards.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections import Counter
@@ -42,7 +44,15 @@ from surefoot.idempotency._core import (
     Step,
     StoredResponse,
 )
-from surefoot.ratelimit import ALGORITHM_BY_NAME, ALGORITHMS, Item, Limit
+from surefoot.ratelimit import (
+    ALGORITHM_BY_NAME,
+    ALGORITHMS,
+    Item,
+    Limit,
+    ListLog,
+    LogEntry,
+    RateLimitDecision,
+)
 from surefoot.storage import store_from_url
 from surefoot.storage.redis import RedisStore, _Connection
 
@@ -52,6 +62,7 @@ LEASE, TTL = 30.0, 3600.0
 OK = StoredResponse(201, ((b"content-type", b"application/json"),), b'{"id":1}')
 KINDS = ["redis", "redis_cluster"]
 NO_RETRY = Retry(NoBackoff(), 0)
+SLIDING_LOG = ALGORITHM_BY_NAME["sliding_log"]
 
 
 def begin_req(token: str, mode: str = "unknown") -> Begin:
@@ -509,6 +520,115 @@ async def test_a_sliding_window_kept_by_an_older_surefoot_decides_as_python_does
         want, _ = ALGORITHM_BY_NAME["sliding_window"].decide((T0, 4, 6), at, 1, limit)
         assert tuple(got) == pytest.approx(tuple(want), abs=1e-9)
         assert got.remaining == [1, 6, 9][n]
+
+
+# -- sliding logs -------------------------------------------------------------------------
+
+
+def entries(members: list[tuple[bytes, float]]) -> list[LogEntry]:
+    """A sliding log's sorted set (members with their scores) as its entries."""
+    out = []
+    for member, score in members:
+        time_, total, cost = (float(part) for part in member.split(b":"))
+        assert score == total
+        out.append(LogEntry(time_, int(total), int(cost)))
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_sliding_log_is_a_sorted_set_of_its_live_entries(kind: str, make: Make) -> None:
+    store = make(kind)
+    client: Any = store._client
+    limit = Limit(5, 10, algorithm="sliding_log")
+    item = Item("rl:{a}:log", "sliding_log", limit)
+    key = store.prefix + item.key
+    state = None
+
+    async def step(now: float, cost: int) -> RateLimitDecision:
+        nonlocal state
+        _, [got] = await store.acquire([item._replace(cost=cost)], now)
+        want, new = SLIDING_LOG.decide(state, now, cost, limit)
+        if want.allowed:
+            state = new
+        assert tuple(got) == pytest.approx(tuple(want), abs=1e-9)
+        return got
+
+    for now, cost in ((T0, 1), (T0, 2), (T0 + 4, 1), (T0 + 4.5, 1)):
+        assert (await step(now, cost)).allowed
+    assert await client.type(key) == b"zset"
+    logged = entries(await client.zrange(key, 0, -1, withscores=True))
+    assert logged == [(T0, 1, 1), (T0, 3, 2), (T0 + 4, 4, 1), (T0 + 4.5, 5, 1)]
+    # It expires when its newest entry leaves the window: a window after the last step.
+    assert 9_000 < await client.pttl(key) <= 10_001
+
+    # A refusal counts nothing, but the entries that left the window go.
+    assert not (await step(T0 + 10, 4)).allowed
+    assert entries(await client.zrange(key, 0, -1, withscores=True)) == logged[2:]
+    assert not (await step(T0 + 10, 4)).allowed
+    # Once all of it has left the window, an admission starts a log of one entry.
+    assert (await step(T0 + 30, 5)).allowed
+    assert [e.cost for e in entries(await client.zrange(key, 0, -1, withscores=True))] == [5]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_clock_that_steps_back_logs_at_the_newest_entrys_time(
+    kind: str, make: Make
+) -> None:
+    store = make(kind)
+    client: Any = store._client
+    limit = Limit(3, 10, algorithm="sliding_log")
+    item = Item("rl:{a}:log", "sliding_log", limit)
+    state = None
+    for now in (T0 + 10, T0 + 5, T0 + 7, T0 + 14.5):
+        _, [got] = await store.acquire([item], now)
+        want, state = SLIDING_LOG.decide(state, now, 1, limit)
+        assert tuple(got) == pytest.approx(tuple(want), abs=1e-9)
+    # Logged at T0 + 10, not earlier: its reset is from there, and it refuses at T0 + 14.5.
+    assert [got.allowed, got.reset_after] == [False, pytest.approx(5.5)]
+    members = await client.zrange(store.prefix + item.key, 0, -1, withscores=True)
+    assert [e.time for e in entries(members)] == [T0 + 10] * 3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("cost", [1, 12])
+async def test_a_sliding_log_kept_by_an_older_surefoot_is_converted_on_first_touch(
+    kind: str, cost: int, make: Make
+) -> None:
+    # Before, a log was a MessagePack list (t1, c1, t2, c2...) under a string key, its
+    # times as the caller's clock gave them (here one stepped back), costs of 0 logged too.
+    store = make(kind)
+    client: Any = store._client
+    limit = Limit(6, 10, algorithm="sliding_log")
+    item = Item("rl:{a}:old", "sliding_log", limit, cost)
+    key = store.prefix + item.key
+    old = [T0, 1, T0 + 2, 2, T0 + 1, 1, T0 + 3, 0]
+    pack = "return redis.call('SET', KEYS[1], cmsgpack.pack(cjson.decode(ARGV[1])), 'PX', 60000)"
+    await client.eval(pack, 1, key, json.dumps(old))
+
+    _, [got] = await store.acquire([item], T0 + 5)
+
+    log = ListLog([LogEntry(T0, 1, 1), LogEntry(T0 + 2, 3, 2), LogEntry(T0 + 2, 4, 1)])
+    want, _ = SLIDING_LOG.decide(log, T0 + 5, cost, limit)
+    assert tuple(got) == pytest.approx(tuple(want), abs=1e-9)
+    assert got.allowed is (cost == 1)
+    assert await client.type(key) == b"zset"
+    kept = [*log, LogEntry(T0 + 5, 5, 1)] if got.allowed else list(log)
+    assert entries(await client.zrange(key, 0, -1, withscores=True)) == kept
+    assert 0 < await client.pttl(key) <= 15_001
+
+
+async def test_a_request_of_no_cost_leaves_no_entry(make: Make) -> None:
+    # The gateway's admin API reads a limit with a cost of 0: it must leave no trace.
+    store = make()
+    client: Any = store._client
+    limit = Limit(5, 10, algorithm="sliding_log")
+    item = Item("rl:{a}:log", "sliding_log", limit)
+    await store.acquire([item], T0)
+    _, [peek] = await store.acquire([item._replace(cost=0)], T0 + 3)
+    assert (peek.allowed, peek.remaining, peek.available_after) == (True, 4, pytest.approx(7))
+    assert await client.zcard(store.prefix + item.key) == 1
+    await store.acquire([item._replace(key="rl:{a}:never", cost=0)], T0)
+    assert await client.exists(store.prefix + "rl:{a}:never") == 0
 
 
 # -- Redis Cluster ------------------------------------------------------------------------

@@ -11,8 +11,9 @@ Rule 2: the scripts decide exactly as the Python references
         (``surefoot.ratelimit._algorithms`` with ``_core.plan``, ``surefoot.idempotency._core``):
         the same formulas in the same order of operations on the same IEEE doubles, floats
         exchanged as ``'%.17g'`` strings (a Lua number in a reply would be truncated to an
-        integer) and states kept as MessagePack (exact doubles). Differential property
-        tests compare both on random request sequences.
+        integer) and states kept as MessagePack (exact doubles) or, for sliding logs, in
+        sorted sets (Rule 11). Differential property tests compare both on random request
+        sequences.
 Rule 3: time comes from one source. With ``clock="server"`` (the default) a script reads
         ``TIME`` on the Redis server, so the clocks of application hosts cannot disagree
         about a limit or take over a live lease. Redis 7 replicates a script's effects,
@@ -78,6 +79,17 @@ Rule 10: per-principal quotas (``_core`` Rule 7). The record of an owned key
         atomically on a standalone server and in a cluster alike. Members whose score has
         passed are dropped when counted; a set expires after its last member. (The price
         in a cluster: a principal's records all live on one shard, as its counters do.)
+Rule 11: a ``sliding_log`` counter is a sorted set, one member per admission,
+        ``'<time>:<total>:<cost>'`` (each ``'%.17g'``), scored by its running total. A
+        step pops the entries that have left the window from its front (each entry once),
+        then reads the oldest and newest members and, when it refuses, the one reaching a
+        total (``ZRANGE ... BYSCORE LIMIT 0 1``): O(log n) a step, however long the log,
+        and after a step the set holds only live entries, at most ``amount`` (a request
+        that costs nothing, a read of the limit, leaves no entry). A refusal that pops
+        entries changes no decision (time alone moved the log on; the references' Rule 1)
+        unless a later step's clock is earlier. A log kept by an older surefoot (a
+        MessagePack list ``t1, c1, t2, c2...`` under a string key) is rewritten as a
+        sorted set by the first step that touches it.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@
 -- Reply, per request: admitted (1/0), then per item: allowed (1/0), remaining,
 -- reset_after, retry_after, delay, available_after (floats as strings).
 --
--- States are MessagePack arrays (exact doubles) under keys that expire when the state
--- becomes equivalent to an absent one (Rule 3 of the algorithms).
+-- States are MessagePack arrays (exact doubles), and sliding logs sorted sets, under keys
+-- that expire when the state becomes equivalent to an absent one (Rule 3 of the
+-- algorithms).
 
 local function ulp(x)
   -- math.ulp of Python, for Lua 5.1 which has none.
@@ -102,51 +103,156 @@ EXPIRES.quota = function(st, lim)
   return st[3]
 end
 
-DECIDE.sliding_log = function(st, now, cost, lim)
-  local window, amount = lim.window, lim.amount
-  local horizon = now - window
-  local log = st or {}
-  local n = #log
-  local first = 1
-  while first <= n and log[first] <= horizon do
-    first = first + 2
+-- A sliding log is a sorted set, read and written in place (not through `load`): one
+-- member per admission, '<time>:<total>:<cost>' (each '%.17g', so it reads back
+-- exactly), scored by its running total, which strictly increases. Times never
+-- decrease, so the entries that left the window are the first members: a step pops
+-- them (each entry once: amortised O(1)), and then reads the oldest and newest members
+-- and, when refused, the entry `reaching` a total with one ZRANGE BYSCORE: O(log n) a
+-- step, however long the log. After a step the log holds only live entries, at most
+-- `amount` of them (a request that costs nothing leaves no entry).
+local logs = {}  -- key -> {oldest = entry, newest = entry} read in this call (false: none)
+
+local function entry(member)
+  if member == nil then
+    return false
   end
+  local time, total, cost = string.match(member, '^([^:]*):([^:]*):(.*)$')
+  return {tonumber(time), tonumber(total), tonumber(cost)}
+end
+
+local function time_of(member)
+  return tonumber(string.match(member, '^[^:]*'))
+end
+
+local function add(key, entries)
+  -- ZADD of `entries` ({time, total, cost} each), in chunks that Lua can unpack.
+  local args = {}
+  for i, e in ipairs(entries) do
+    args[#args + 1] = fmt(e[2])
+    args[#args + 1] = fmt(e[1]) .. ':' .. fmt(e[2]) .. ':' .. fmt(e[3])
+    if #args == 1000 or i == #entries then
+      redis.call('ZADD', key, unpack(args))
+      args = {}
+    end
+  end
+end
+
+local function convert(key, window, now)
+  -- An older surefoot kept a log as a MessagePack list {t1, c1, t2, c2, ...} under a
+  -- string key: rewrite it as a sorted set on first touch, its times made non-decreasing
+  -- (a clock that stepped back) as the log keeps them now, entries of no cost left out.
+  local old = cmsgpack.unpack(redis.call('GET', key))
+  redis.call('DEL', key)
+  local entries, time, total = {}, -INF, 0
+  for i = 1, #old - 1, 2 do
+    if old[i + 1] > 0 then
+      time, total = math.max(time, old[i]), total + old[i + 1]
+      entries[#entries + 1] = {time, total, old[i + 1]}
+    end
+  end
+  if #entries > 0 then
+    add(key, entries)
+    redis.call('PEXPIRE', key, millis(time + window - now))
+  end
+end
+
+local function live(key, horizon, window, now)
+  -- The log's oldest entry later than `horizon` and its newest, once the entries at or
+  -- before `horizon` are gone (false: none).
+  local log = logs[key]
+  if log == nil then
+    local first = redis.pcall('ZRANGE', key, 0, 0)
+    if first.err then  -- WRONGTYPE: a string, as an older surefoot kept the log
+      convert(key, window, now)
+      first = redis.call('ZRANGE', key, 0, 0)
+    end
+    log = {oldest = entry(first[1])}
+    if not log.oldest then
+      log.newest = false  -- empty
+    end
+    logs[key] = log
+  end
+  if log.oldest and log.oldest[1] <= horizon then
+    if log.newest == nil then
+      log.newest = entry(redis.call('ZRANGE', key, -1, -1)[1])
+    end
+    if log.newest[1] <= horizon then
+      redis.call('DEL', key)  -- all of it
+      log.oldest, log.newest = false, false
+    else
+      -- Some of it: count the members that left, 32 at a time, then pop them at once.
+      local gone, oldest = 0, false
+      repeat
+        local chunk = redis.call('ZRANGE', key, gone, gone + 31)
+        for _, member in ipairs(chunk) do
+          if time_of(member) > horizon then
+            oldest = entry(member)
+            break
+          end
+          gone = gone + 1
+        end
+      until oldest
+      redis.call('ZREMRANGEBYRANK', key, 0, gone - 1)
+      log.oldest = oldest
+    end
+  end
+  if log.newest == nil then
+    log.newest = entry(redis.call('ZRANGE', key, -1, -1)[1])
+  end
+  return log.oldest, log.newest
+end
+
+local function append(key, e)
+  add(key, {e})
+  local log = logs[key]
+  log.newest = e
+  if not log.oldest then
+    log.oldest = e
+  end
+end
+
+DECIDE.sliding_log = function(key, now, cost, lim)
+  local window, amount = lim.window, lim.amount
+  local oldest, newest = live(key, now - window, window, now)
   local used = 0
-  for i = first + 1, n, 2 do
-    used = used + log[i]
+  if oldest then
+    used = newest[2] - oldest[2] + oldest[3]
   end
   if used + cost <= amount then
-    local new = {}
-    for i = first, n do
-      new[#new + 1] = log[i]
+    -- Logged at now, or at the newest entry's time if that is later (a clock that
+    -- stepped back), so that times never decrease.
+    local at, total = now, cost
+    if newest then
+      if newest[1] >= now then
+        at = newest[1]
+      end
+      total = newest[2] + cost
     end
-    new[#new + 1] = now
-    new[#new + 1] = cost
+    local new = {at, total, cost}
+    local reset = window
+    if at ~= now then
+      reset = at + window - now
+    end
     -- More is available when the oldest entry leaves the window.
-    return true, amount - used - cost, window, 0, 0, new[1] + window - now, new
+    local first = oldest or new
+    return true, amount - used - cost, reset, 0, 0, first[1] + window - now, new
   end
-  local reset, available = 0, 0
-  if first <= n then
-    reset = log[n - 1] + window - now
-    available = log[first] + window - now
+  if not oldest then  -- nothing live: the cost exceeds the amount
+    return false, amount, 0, INF, 0, 0, nil
   end
-  if cost > amount then
-    return false, amount - used, reset, INF, 0, available, nil
+  local reset = newest[1] + window - now
+  local available = oldest[1] + window - now
+  local retry = INF
+  if cost <= amount then
+    -- Wait until enough of the oldest entries leave the window: up to the first whose
+    -- running total is `excess` past the total before the oldest.
+    local excess = used + cost - amount
+    local reaching = redis.call(
+      'ZRANGE', key, fmt(oldest[2] - oldest[3] + excess), '+inf', 'BYSCORE', 'LIMIT', 0, 1)
+    retry = entry(reaching[1])[1] + window - now
   end
-  -- Wait until enough of the oldest entries leave the window.
-  local excess = used + cost - amount
-  local freed, i = 0, first
-  while freed < excess do
-    freed = freed + log[i + 1]
-    i = i + 2
-  end
-  return false, amount - used, reset, log[i - 2] + window - now, 0, available, nil
-end
-EXPIRES.sliding_log = function(st, lim)
-  if #st == 0 then
-    return 0
-  end
-  return st[#st - 1] + lim.window
+  return false, amount - used, reset, retry, 0, available, nil
 end
 
 -- When a sliding window leaving `left` units has one more: its estimate has dropped to
@@ -379,8 +485,10 @@ EXPIRES.concurrency = function(st, lim)
   return latest
 end
 
--- States read in this call (false: absent) and the keys to write back at the end.
+-- States read in this call (false: absent) and the keys to write back at the end; the
+-- sliding logs written, each with its lifetime (their newest entry's time + window - now).
 local cache, ttl, dirty = {}, {}, {}
+local logs_written, expiry = {}, {}
 
 local function load(key)
   local st = cache[key]
@@ -432,8 +540,13 @@ for _ = 1, tonumber(ARGV[1]) do
       return redis.error_reply('surefoot: unknown algorithm ' .. algorithm)
     end
     -- Every item decides from the state before this request (plan reads them all first).
+    local key = KEYS[k + j - 1]
+    local state = key  -- a sliding log is read in place
+    if algorithm ~= 'sliding_log' then
+      state = load(key)
+    end
     allowed[j], remaining[j], reset[j], retry[j], delay[j], available[j], new[j] =
-      decide(load(KEYS[k + j - 1]), now, cost, lim)
+      decide(state, now, cost, lim)
     items[j] = {algorithm, lim}
     if enforce and not allowed[j] then
       admitted = false
@@ -444,14 +557,24 @@ for _ = 1, tonumber(ARGV[1]) do
   else
     out[#out + 1] = 0
   end
+  local logged = {}  -- sliding log key -> the item whose admission it logs
   for j = 1, n do
     local key = KEYS[k + j - 1]
     if admitted and allowed[j] then
-      cache[key] = new[j]
-      if ttl[key] == nil then
-        dirty[#dirty + 1] = key
+      if items[j][1] == 'sliding_log' then
+        -- A request that costs nothing (a read of the limit) leaves no entry.
+        if new[j][3] > 0 then
+          logged[key] = j
+        else
+          logged[key] = nil
+        end
+      else
+        cache[key] = new[j]
+        if ttl[key] == nil then
+          dirty[#dirty + 1] = key
+        end
+        ttl[key] = EXPIRES[items[j][1]](new[j], items[j][2]) - now
       end
-      ttl[key] = EXPIRES[items[j][1]](new[j], items[j][2]) - now
     end
     if allowed[j] then
       out[#out + 1] = 1
@@ -464,9 +587,24 @@ for _ = 1, tonumber(ARGV[1]) do
     out[#out + 1] = fmt(delay[j])
     out[#out + 1] = fmt(available[j])
   end
+  -- Logged once every item has read its log; a key named twice keeps what the last item
+  -- left (its entry, or none), as plan's last write wins.
+  for j = 1, n do
+    local key = KEYS[k + j - 1]
+    if logged[key] == j then
+      append(key, new[j])
+      if expiry[key] == nil then
+        logs_written[#logs_written + 1] = key
+      end
+      expiry[key] = new[j][1] + items[j][2].window - now
+    end
+  end
   k = k + n
 end
 
+for _, key in ipairs(logs_written) do
+  redis.call('PEXPIRE', key, millis(expiry[key]))
+end
 for _, key in ipairs(dirty) do
   if ttl[key] > 0 then
     redis.call('SET', key, cmsgpack.pack(cache[key]), 'PX', millis(ttl[key]))
