@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
 
@@ -36,18 +36,34 @@ __all__ = ["Reported", "legacy_headers", "ratelimit_headers", "whole_seconds"]
 
 @dataclass(frozen=True, slots=True)
 class Reported:
-    """One limit as the headers name it, with its decision for this request."""
+    """One limit as the headers name it, with what of its fields never changes, made once."""
 
     name: str
     limit: Limit
-    decision: RateLimitDecision
+    #: Its ``RateLimit-Policy`` member; None for a quota, whose window is its period (Rule 4).
+    member: str | None = field(init=False, repr=False, compare=False)
+    #: The start of its ``RateLimit`` item: the name and ``;r=``.
+    prefix: str = field(init=False, repr=False, compare=False)
+    concurrent: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        quota = self.limit.algorithm == "quota"
+        member = None if quota else _policy_item(self.name, self.limit, self.limit.window)
+        object.__setattr__(self, "member", member)
+        object.__setattr__(self, "prefix", f"{_sf_string(self.name)};r=")
+        object.__setattr__(self, "concurrent", self.limit.algorithm == "concurrency")
+
+
+_INF = math.inf
+_FOREVER = 2**31 - 1
+_ceil = math.ceil
 
 
 def whole_seconds(seconds: float) -> int:
     """Seconds rounded up (a client that waits this long is never early), at least 0."""
-    if seconds == math.inf:
-        return 2**31 - 1
-    return max(0, math.ceil(seconds - 1e-9))
+    if seconds == _INF:
+        return _FOREVER
+    return max(0, _ceil(seconds - 1e-9))
 
 
 def _sf_string(value: str) -> str:
@@ -63,26 +79,43 @@ def _policy_item(name: str, limit: Limit, window: float) -> str:
 
 
 def ratelimit_headers(
-    reported: Sequence[Reported], *, rejected: bool, now: float
+    reported: Sequence[Reported],
+    decisions: Sequence[RateLimitDecision],
+    *,
+    rejected: bool,
+    now: float,
 ) -> list[tuple[bytes, bytes]]:
     """``RateLimit-Policy`` and ``RateLimit`` for the reported limits, decided at ``now``."""
     policies, states = [], []
-    for item in reported:
-        name, limit, decision = _sf_string(item.name), item.limit, item.decision
-        window = limit.window
-        if limit.algorithm == "quota":
+    # Not zip(strict=True): its keyword argument costs as much as the rest of one item.
+    for i, item in enumerate(reported):
+        decision = decisions[i]
+        member = item.member
+        if member is None:
+            limit = item.limit
             start, end = quota_period(now, limit.period or "day", limit.timezone)
-            window = end - start  # Rule 4
-        policies.append(_policy_item(item.name, limit, window))
-        state = f"{name};r={max(0, decision.remaining)}"
+            member = _policy_item(item.name, limit, end - start)  # Rule 4
+        policies.append(member)
+        remaining = decision.remaining if decision.remaining > 0 else 0
         if rejected and not decision.allowed:
             # Rule 2: the very value of Retry-After (at least 1 second).
-            state += f";t={max(1, whole_seconds(decision.retry_after))}"
-        elif limit.algorithm != "concurrency":
-            # Rule 1: a state with anything used never says 0.
+            t = max(1, whole_seconds(decision.retry_after))
+        elif item.concurrent:
+            states.append(f"{item.prefix}{remaining}")  # Rule 3
+            continue
+        else:
+            # Rule 1: a state with anything used never says 0. (whole_seconds, written
+            # out: this runs for every limit of every request.)
             available = decision.available_after
-            state += f";t={max(1, whole_seconds(available)) if available > 0 else 0}"
-        states.append(state)
+            if available <= 0:
+                t = 0
+            elif available == _INF:
+                t = _FOREVER
+            else:
+                t = _ceil(available - 1e-9)
+                if t < 1:
+                    t = 1
+        states.append(f"{item.prefix}{remaining};t={t}")
     return [
         (b"ratelimit-policy", ", ".join(policies).encode()),
         (b"ratelimit", ", ".join(states).encode()),
@@ -90,18 +123,22 @@ def ratelimit_headers(
 
 
 def legacy_headers(
-    reported: Sequence[Reported], *, now: float, reset: Literal["seconds", "epoch"]
+    reported: Sequence[Reported],
+    decisions: Sequence[RateLimitDecision],
+    *,
+    now: float,
+    reset: Literal["seconds", "epoch"],
 ) -> list[tuple[bytes, bytes]]:
     """``X-RateLimit-Limit/Remaining/Reset`` of a refusing limit, else the closest to exhaustion."""
-    closest = min(
-        reported, key=lambda r: (r.decision.allowed, r.decision.remaining / r.limit.capacity)
+    limit, decision = min(
+        zip((r.limit for r in reported), decisions, strict=True),
+        key=lambda ld: (ld[1].allowed, ld[1].remaining / ld[0].capacity),
     )
-    decision = closest.decision
     # Until full (not until more, as RateLimit's t): what X-RateLimit-Reset means elsewhere.
     after = whole_seconds(decision.reset_after if decision.allowed else decision.retry_after)
     value = after if reset == "seconds" else math.ceil(now) + after
     return [
-        (b"x-ratelimit-limit", str(closest.limit.capacity).encode()),
+        (b"x-ratelimit-limit", str(limit.capacity).encode()),
         (b"x-ratelimit-remaining", str(max(0, decision.remaining)).encode()),
         (b"x-ratelimit-reset", str(value).encode()),
     ]

@@ -3,12 +3,15 @@
 The engine behind ``RateLimitMiddleware`` and the FastAPI dependency:
 
 1. Find the policies that cover the request (routes, exemptions, allowlists) and the
-   principal; no policy, no verdict. An ``Identity`` is asked for its rate-limit view
+   principal; no policy, no verdict. The policies are compiled once into a ``Plan``
+   (``_plan.py``): which cover every route, each limit's header fields, and each
+   principal's store items, cached. An ``Identity`` is asked for its rate-limit view
    (a credential it does not know counts as its address) and, for policies counted
    ``per="address"``, for the address. A resolver that raises a ``ClientError`` (an
    ``Identity`` raises ``CredentialsAmbiguous``) refuses the request with that problem.
-2. Build one ``Item`` per limit (its store key is a function of policy, limit, principal
-   and route) and ``acquire`` them all at once from the store: one atomic step.
+2. Take one ``Item`` per limit (its store key is a function of policy, limit, principal
+   and route) and ``acquire`` them all at once from the store: one atomic step. A plain
+   ``MemoryStore`` is asked without a coroutine (``acquire_now``): it never waits.
 3. Turn the decisions into a ``Verdict``: admitted or not, the problem to answer with,
    the ``RateLimit`` header fields, how long to wait first (``leaky_queue``), and the
    concurrency slots to free when the response ends.
@@ -33,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -64,9 +66,10 @@ from surefoot.identity import Identity, PrincipalResolver, default_principal
 from surefoot.ratelimit import _events as ev
 from surefoot.ratelimit._algorithms import RateLimitDecision, uncharged
 from surefoot.ratelimit._core import Item
-from surefoot.ratelimit._headers import Reported, legacy_headers, ratelimit_headers, whole_seconds
+from surefoot.ratelimit._headers import legacy_headers, ratelimit_headers, whole_seconds
 from surefoot.ratelimit._limit import Limit
-from surefoot.ratelimit._policy import RateLimitPolicy, limit_key
+from surefoot.ratelimit._plan import Covering, Plan, Slot
+from surefoot.ratelimit._policy import RateLimitPolicy
 from surefoot.ratelimit._store import RateLimitStore
 
 __all__ = ["RateLimiter", "TierResolver", "Verdict"]
@@ -79,15 +82,6 @@ _PROBLEMS: dict[str, type[SurefootError]] = {
     "quota": QuotaExceeded,
     "concurrency": ConcurrencyLimitExceeded,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class _Check:
-    """One limit of one policy, for one request."""
-
-    policy: RateLimitPolicy
-    name: str  # as the headers name it
-    item: Item
 
 
 @dataclass(slots=True)
@@ -164,7 +158,8 @@ class RateLimiter:
         # as a whole in-memory decision).
         own = getattr(store, "timeout", None)
         bounded = isinstance(own, int | float) and store_timeout is not None and own < store_timeout
-        self._guard = None if type(store) is MemoryStore or bounded else store_timeout
+        self._memory = store if type(store) is MemoryStore else None
+        self._guard = None if self._memory is not None or bounded else store_timeout
         self.health = store_health if store_health is not None else StoreHealth()
         # Per-process counters for local_fallback policies while the store is down.
         self._fallback = MemoryStore()
@@ -181,6 +176,7 @@ class RateLimiter:
         self.clock = clock if clock is not None else SystemClock()
         self.hooks: tuple[EventHook, ...] = (LoggingHook(),) if hooks is None else tuple(hooks)
         self.policies: tuple[RateLimitPolicy, ...] = ()
+        self._plan = Plan(())
         self.update_policies(policies)
 
     def update_policies(self, policies: Sequence[RateLimitPolicy]) -> None:
@@ -216,41 +212,41 @@ class RateLimiter:
                             f"not supported by {type(self.store).__name__}, which supports "
                             f"{sorted(supported)}"
                         )
+        # One assignment: a request sees the old plan or the new, never a mix.
+        self._plan = Plan(policies)
         self.policies = policies
 
     def _checks(
         self,
         scope: Scope,
+        method: str,
+        path: str,
         principal: str,
         address: str,
-        covering: list[tuple[RateLimitPolicy, str]],
-    ) -> list[_Check]:
-        method, path = route_method(scope), scope["path"]
+        covering: Covering,
+    ) -> tuple[tuple[Slot, ...], tuple[Item, ...]]:
+        """The request's limits (``Slot``) and their store items, in the same order."""
         tier = self.tier(scope, principal) if self.tier is not None else None
-        checks: list[_Check] = []
-        for policy, route in covering:
-            counted = address if policy.per == "address" else principal
-            if counted in policy.allow:
+        slots: tuple[Slot, ...] = ()
+        items: tuple[Item, ...] = ()
+        for plan, route in covering:
+            counted = address if plan.per_address else principal
+            if counted in plan.allow:
                 continue
-            cost = policy.cost_for(method, path)
-            limits = policy.limits_for(counted, tier)
-            scope_route = route if policy.per_route else ""
-            for limit in limits:
-                key = limit_key(policy.name, limit, counted, scope_route)
-                token = secrets.token_hex(8) if limit.algorithm == "concurrency" else ""
-                item = Item(key, limit.algorithm or "", limit, cost, not policy.shadow, token)
-                name = policy.name if len(limits) == 1 else f"{policy.name}-{_label(limit)}"
-                checks.append(_Check(policy, name, item))
-        return checks
+            limits = plan.limits_for(counted, tier)
+            found = limits.items(counted, route if plan.per_route else "")
+            cost = plan.cost_for(method, path)
+            if cost != 1 or limits.concurrency:
+                found = limits.fresh(found, cost)
+            slots += limits.slots
+            items += found
+        return slots, items
 
     async def check(self, scope: Scope) -> Verdict | None:
         """The verdict on an HTTP request, or None when no policy covers it."""
+        plan = self._plan
         method, path = route_method(scope), scope["path"]
-        covering = []
-        for policy in self.policies:
-            route = policy.route_for(method, path)
-            if route is not None:
-                covering.append((policy, route))
+        covering = plan.covering(method, path)
         if not covering:
             return None
         try:
@@ -258,68 +254,80 @@ class RateLimiter:
         except ClientError as exc:  # ambiguous credentials: the request must change
             return Verdict(False, exc)
         address = ""
-        if self.address is not None and any(p.per == "address" for p, _ in covering):
+        if plan.per_address and any(p.per_address for p, _ in covering):
+            assert self.address is not None  # update_policies made sure of it
             address = self.address(scope)
-        checks = self._checks(scope, principal, address, covering)
-        if not checks:
+        slots, items = self._checks(scope, method, path, principal, address, covering)
+        if not items:
             return None
         now = self.clock.now()
         health = self.health
         permit = health.permit(now)
         if not permit.call:
-            return self._outage(scope, principal, checks, now, None)
+            return self._outage(scope, principal, slots, items, now, None)
         try:
-            admitted, decisions = await self._guarded(
-                self.store.acquire([c.item for c in checks], now)
-            )
+            if self._memory is not None:
+                admitted, decisions = self._memory.acquire_now(items, now)
+            elif self._guard is None:
+                admitted, decisions = await self.store.acquire(items, now)
+            else:
+                admitted, decisions = await self._guarded(self.store.acquire(items, now))
         except Exception as exc:  # StoreUnavailable, the guard's TimeoutError, a driver error
             self._report(scope, health.failed(permit, self.clock.now()), exc)
-            return self._outage(scope, principal, checks, self.clock.now(), exc)
+            return self._outage(scope, principal, slots, items, self.clock.now(), exc)
         except BaseException:
             health.abandoned(permit, self.clock.now())
             raise
         if permit.probe:
             self._report(scope, health.succeeded(permit, self.clock.now()), None)
-        return self._verdict(scope, principal, checks, admitted, decisions, now)
+        return self._verdict(scope, principal, slots, items, admitted, decisions, now)
 
     def _verdict(
         self,
         scope: Scope,
         principal: str,
-        checks: list[_Check],
+        slots: Sequence[Slot],
+        items: Sequence[Item],
         admitted: bool,
-        decisions: list[RateLimitDecision],
+        decisions: Sequence[RateLimitDecision],
         now: float,
         *,
         local: bool = False,
     ) -> Verdict:
-        enforced = []
-        for check, decision in zip(checks, decisions, strict=True):
-            if check.item.enforce:
-                enforced.append((check, decision))
-            elif not decision.allowed:
-                self._emit(
-                    ev.RateLimitShadowRejected,
-                    scope,
-                    principal,
-                    policy=check.policy.name,
-                    limit=check.item.limit.describe(),
-                    retry_after=decision.retry_after,
-                )
+        plan = self._plan
+        # The enforced limits: only they refuse, and the headers show only them.
+        shown_slots, shown_items, shown = slots, items, decisions
+        if plan.shadow:
+            shown_slots, shown_items, shown = [], [], []
+            for slot, item, decision in zip(slots, items, decisions, strict=True):
+                if item.enforce:
+                    shown_slots.append(slot)
+                    shown_items.append(item)
+                    shown.append(decision)
+                elif not decision.allowed:
+                    self._emit(
+                        ev.RateLimitShadowRejected,
+                        scope,
+                        principal,
+                        policy=slot.policy.name,
+                        limit=item.limit.describe(),
+                        retry_after=decision.retry_after,
+                    )
         if not admitted:
             # Nothing was charged: report what is left without this request's cost.
-            enforced = [
-                (c, uncharged(d, c.item.cost, c.item.limit) if d.allowed else d)
-                for c, d in enforced
+            shown = [
+                uncharged(d, i.cost, i.limit) if d.allowed else d
+                for i, d in zip(shown_items, shown, strict=True)
             ]
-        headers = self._headers(enforced, now, rejected=not admitted)
-        if not admitted:
-            return Verdict(False, self._rejection(scope, principal, enforced), headers)
-        delay = max(d.delay for d in decisions)
+            headers = self._headers(shown_slots, shown, now, rejected=True)
+            error = self._rejection(scope, principal, shown_slots, shown_items, shown)
+            return Verdict(False, error, headers)
+        headers = self._headers(shown_slots, shown, now, rejected=False)
+        delay = max(d.delay for d in decisions) if plan.queued else 0.0
         if wanted(self.hooks, ev.RateLimitAllowed):
-            policies = tuple(dict.fromkeys(c.policy.name for c in checks))
+            policies = tuple(dict.fromkeys(s.policy.name for s in slots))
             self._emit(ev.RateLimitAllowed, scope, principal, policies=policies, delay=delay)
-        held = [c.item for c in checks if c.item.token]
+        held = [item for item in items if item.token] if plan.concurrency else []
         return Verdict(True, None, headers, delay, held, local)
 
     async def release(self, verdict: Verdict) -> None:
@@ -347,38 +355,49 @@ class RateLimiter:
             return await call
 
     def _headers(
-        self, enforced: list[tuple[_Check, RateLimitDecision]], now: float, *, rejected: bool
+        self,
+        slots: Sequence[Slot],
+        decisions: Sequence[RateLimitDecision],
+        now: float,
+        *,
+        rejected: bool,
     ) -> list[tuple[bytes, bytes]]:
-        if not enforced or not (self.headers or self.legacy_headers):
+        if not slots or not (self.headers or self.legacy_headers):
             return []
-        reported = [Reported(c.name, c.item.limit, d) for c, d in enforced]
-        out = ratelimit_headers(reported, rejected=rejected, now=now) if self.headers else []
+        out = (
+            ratelimit_headers(slots, decisions, rejected=rejected, now=now) if self.headers else []
+        )
         if self.legacy_headers:
-            out += legacy_headers(reported, now=now, reset=self.legacy_reset)
+            out += legacy_headers(slots, decisions, now=now, reset=self.legacy_reset)
         return out
 
     def _rejection(
-        self, scope: Scope, principal: str, enforced: list[tuple[_Check, RateLimitDecision]]
+        self,
+        scope: Scope,
+        principal: str,
+        slots: Sequence[Slot],
+        items: Sequence[Item],
+        decisions: Sequence[RateLimitDecision],
     ) -> SurefootError:
-        refused = [(c, d) for c, d in enforced if not d.allowed]
-        check, decision = max(refused, key=lambda cd: cd[1].retry_after)
+        refused = [r for r in zip(slots, items, decisions, strict=True) if not r[2].allowed]
+        slot, item, decision = max(refused, key=lambda r: r[2].retry_after)
         self._emit(
             ev.RateLimitRejected,
             scope,
             principal,
-            policy=check.policy.name,
-            limit=check.item.limit.describe(),
+            policy=slot.policy.name,
+            limit=item.limit.describe(),
             retry_after=decision.retry_after,
         )
-        problem = _PROBLEMS.get(check.item.algorithm, RateLimitExceeded)
+        problem = _PROBLEMS.get(item.algorithm, RateLimitExceeded)
         retry_after = max(1, whole_seconds(decision.retry_after))
         fields: dict[str, Any] = {
-            "limit": check.item.limit.describe(),
+            "limit": item.limit.describe(),
             "wait": "1 second" if retry_after == 1 else f"{retry_after} seconds",
-            "policy": check.policy.name,
+            "policy": slot.policy.name,
             "retry_after": retry_after,
             # The draft's member naming the violated limits.
-            "violated-policies": list(dict.fromkeys(c.name for c, _ in refused)),
+            "violated-policies": list(dict.fromkeys(s.name for s, _, _ in refused)),
         }
         return problem(**fields)
 
@@ -386,14 +405,16 @@ class RateLimiter:
         self,
         scope: Scope,
         principal: str,
-        checks: list[_Check],
+        slots: Sequence[Slot],
+        items: Sequence[Item],
         now: float,
         exc: Exception | None,
     ) -> Verdict:
         """Decide without the store: ``exc`` is this request's failure, None if skipped."""
-        if any(c.policy.on_store_error == "fail_closed" for c in checks if c.item.enforce):
+        checks = list(zip(slots, items, strict=True))
+        if any(s.policy.on_store_error == "fail_closed" for s, i in checks if i.enforce):
             action = "fail_closed"
-        elif any(c.policy.on_store_error == "local_fallback" for c in checks):
+        elif any(s.policy.on_store_error == "local_fallback" for s, _ in checks):
             action = "local_fallback"
         else:
             action = "fail_open"
@@ -411,13 +432,16 @@ class RateLimiter:
             return Verdict(False, StoreUnavailable(retry_after=retry_after))
         assert self.fallback_workers is not None  # update_policies made sure of it
         workers = self.fallback_workers
-        local = [
-            _Check(c.policy, c.name, c.item._replace(limit=_share(c.item.limit, workers)))
-            for c in checks
-            if c.policy.on_store_error == "local_fallback"
-        ]
-        admitted, decisions = self._fallback.acquire_now([c.item for c in local], now)
-        return self._verdict(scope, principal, local, admitted, decisions, now, local=True)
+        local_slots, local_items = [], []
+        for slot, item in checks:
+            if slot.policy.on_store_error == "local_fallback":
+                share = _share(item.limit, workers)
+                local_slots.append(Slot(slot.name, share, slot.policy))
+                local_items.append(item._replace(limit=share))
+        admitted, decisions = self._fallback.acquire_now(local_items, now)
+        return self._verdict(
+            scope, principal, local_slots, local_items, admitted, decisions, now, local=True
+        )
 
     def _report(self, scope: Scope, change: HealthChange | None, exc: Exception | None) -> None:
         """Emit the one event of an outage's start or end."""
@@ -455,12 +479,3 @@ def _share(limit: Limit, workers: int) -> Limit:
     """One process's share of ``limit``: amount and burst divided, rounded down, at least 1."""
     burst = None if limit.burst is None else max(1, limit.burst // workers)
     return replace(limit, amount=max(1, limit.amount // workers), burst=burst)
-
-
-def _label(limit: Limit) -> str:
-    """A short, stable name for one of several limits of a policy: ``60s``, ``day``."""
-    if limit.algorithm == "concurrency":
-        return "concurrency"
-    if limit.period is not None:
-        return limit.period
-    return f"{limit.window:g}s"

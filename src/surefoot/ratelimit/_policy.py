@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field, replace
-from functools import lru_cache
 from typing import Literal, NoReturn
 
 from surefoot._routes import RouteTable
@@ -170,7 +169,6 @@ class RateLimitPolicy:
         return tuple(self.limits)  # type: ignore[arg-type]
 
 
-@lru_cache(maxsize=65536)  # the same clients come back: skip the hashing
 def limit_key(policy: str, limit: Limit, principal: str, route: str) -> str:
     """The store key of one limit for one principal (and route): stable across reloads.
 
@@ -181,12 +179,8 @@ def limit_key(policy: str, limit: Limit, principal: str, route: str) -> str:
     identity = f"{limit.algorithm}|{limit.window:g}|{limit.period or ''}|{limit.timezone}"
     material = "\x1f".join((policy, identity, principal, route)).encode()
     digest = hashlib.blake2b(material, digest_size=16).hexdigest()
-    return f"rl:{{{_principal_tag(principal)}}}:{policy}:{digest}"
-
-
-@lru_cache(maxsize=65536)
-def _principal_tag(principal: str) -> str:
-    return hashlib.blake2b(principal.encode(), digest_size=6).hexdigest()
+    tag = hashlib.blake2b(principal.encode(), digest_size=6).hexdigest()
+    return f"rl:{{{tag}}}:{policy}:{digest}"
 
 
 def _fail(policy: str, name: str, expected: str, got: object) -> NoReturn:
