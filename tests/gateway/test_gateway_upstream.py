@@ -1,4 +1,5 @@
-"""The gateway's own HTTP/1.1 pool (``HttpUpstream``) against scripted raw servers."""
+"""The gateway's ways to its upstream: its own HTTP/1.1 pool (``HttpUpstream``) against scripted
+raw servers, an in-process app (``AppUpstream``) and httpx (``HttpxUpstream``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from surefoot.gateway._upstream import ForwardFailed, HttpUpstream, HttpxUpstream
+from surefoot.gateway._upstream import AppUpstream, ForwardFailed, HttpUpstream, HttpxUpstream
 
 pytestmark = pytest.mark.anyio
 
@@ -489,3 +490,122 @@ def test_a_request_to_an_in_process_app_looks_for_no_module() -> None:
         [sys.executable, "-c", IMPORTS_PER_REQUEST], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+# -- an in-process app (AppUpstream) --------------------------------------------------------
+
+
+async def body_chunks(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def test_an_in_process_app_gets_the_request_as_a_url_upstream_would() -> None:
+    seen: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        messages = [await receive()]
+        while messages[-1].get("more_body"):
+            messages.append(await receive())
+        seen.append((scope, messages))
+        headers = [(b"Content-Type", b"text/plain"), (b"X-Mixed-Case", b"Kept")]
+        await send({"type": "http.response.start", "status": 201, "headers": headers})
+        await send({"type": "http.response.body", "body": b"one ", "more_body": True})
+        await send({"type": "http.response.body", "body": b"two"})
+
+    upstream = AppUpstream(app)
+    response = await upstream.send(
+        "POST", b"/a%20b/c?x=1", [(b"x-forwarded-for", b"203.0.113.9")], b"{}"
+    )
+    assert (response.status, response.headers) == (
+        201,
+        [(b"content-type", b"text/plain"), (b"x-mixed-case", b"Kept")],
+    )
+    assert await body_of(response) == b"one two"
+    scope, messages = seen[0]
+    assert (scope["method"], scope["path"], scope["raw_path"], scope["query_string"]) == (
+        "POST",
+        "/a b/c",
+        b"/a%20b/c",
+        b"x=1",
+    )
+    assert scope["headers"] == [
+        (b"host", b"upstream"),
+        (b"x-forwarded-for", b"203.0.113.9"),
+        (b"content-length", b"2"),
+    ]
+    assert (scope["client"], scope["server"]) == (("127.0.0.1", 123), ("upstream", None))
+    assert messages == [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+    seen.clear()
+    response = await upstream.send("PUT", b"/s", [], body_chunks(b"ab", b"cd"))
+    scope, messages = seen[0]
+    assert scope["headers"] == [(b"host", b"upstream"), (b"transfer-encoding", b"chunked")]
+    assert [(m["body"], m["more_body"]) for m in messages] == [
+        (b"ab", True),
+        (b"cd", True),
+        (b"", False),
+    ]
+
+    seen.clear()
+    response = await upstream.send("HEAD", b"/", [], b"")
+    assert seen[0][0]["headers"] == [(b"host", b"upstream")]
+    assert await body_of(response) == b""  # a HEAD answer's body is not passed on
+
+
+async def test_an_in_process_app_that_breaks_its_answer_is_a_broken_connection() -> None:
+    async def fails_at_once(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise RuntimeError("the app's own bug")
+
+    async def fails_mid_body(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"half", "more_body": True})
+        raise RuntimeError("the app's own bug")
+
+    async def returns_unfinished(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def never_answers(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        return None
+
+    async def interim(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 103, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    response = await AppUpstream(fails_at_once).send("GET", b"/", [], b"")
+    assert (response.status, await body_of(response)) == (500, b"")  # as ASGITransport
+    for app in (fails_mid_body, returns_unfinished):
+        response = await AppUpstream(app).send("GET", b"/", [], b"")
+        assert response.status == 200
+        chunks = response.chunks()
+        assert await anext(chunks) in (b"half", b"")
+        with pytest.raises(ForwardFailed) as cut:
+            await anext(chunks)
+        assert (cut.value.reason, cut.value.reached) == ("reset", True)
+    for app in (never_answers, interim):
+        with pytest.raises(ForwardFailed) as broken:
+            await AppUpstream(app).send("GET", b"/", [], b"")
+        assert (broken.value.reason, broken.value.reached) == ("reset", True)
+
+
+async def test_an_in_process_app_hears_of_a_disconnect_once_its_answer_is_done() -> None:
+    heard: list[tuple[str, bool]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        done = False
+
+        async def listen() -> None:  # as Starlette's StreamingResponse does
+            message = await receive()
+            heard.append((message["type"], done))
+
+        listener = asyncio.ensure_future(listen())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(0)
+        done = True
+        await send({"type": "http.response.body", "body": b"ok"})
+        await listener
+
+    response = await AppUpstream(app).send("GET", b"/", [], b"")
+    assert await body_of(response) == b"ok"
+    assert heard == [("http.disconnect", True)]

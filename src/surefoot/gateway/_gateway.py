@@ -75,7 +75,7 @@ from surefoot.gateway._lookup import LookupResolver
 from surefoot.gateway._metrics import GatewayMetrics
 from surefoot.gateway._schema import Route
 from surefoot.gateway._shed import LoadShedder
-from surefoot.gateway._upstream import HttpUpstream, HttpxUpstream, Upstream
+from surefoot.gateway._upstream import AppUpstream, HttpUpstream, HttpxUpstream, Upstream
 from surefoot.gateway.proxy import ProxyApp
 from surefoot.idempotency import IdempotencyMiddleware
 from surefoot.identity import Identity
@@ -121,8 +121,8 @@ class Gateway:
         config_path: where to read it again on ``reload`` (None: reload needs a config).
         metrics: the Prometheus metrics (default: a private ``GatewayMetrics``).
         transport: the upstream's httpx transport (tests wrap it in a ``ChaosTransport``);
-            default: a pooled connection to ``upstream.url``, or an ``ASGITransport`` over
-            ``upstream.app``.
+            default: a pooled connection to ``upstream.url``, or ``upstream.app`` called
+            directly (lookups reach it through an ``ASGITransport``).
         clock: time for the stores' callers and events (tests inject ``ManualClock``).
         hooks: event hooks added after the logging hook and the metrics.
         workers: how many processes share the stores (rate-limit local fallback shares).
@@ -526,10 +526,13 @@ class Gateway:
         base_url: str,
         resources: set[int],
     ) -> Upstream:
-        """The proxy's way to the upstream: the fast pool for a URL, else through httpx."""
+        """The proxy's way to the upstream: an injected transport, the app, or the URL's pool."""
         upstream = config.root.upstream
-        if upstream.url is None or self.transport is not None:
+        if self.transport is not None:
             return HttpxUpstream(client, base_url)
+        if upstream.app is not None:
+            return AppUpstream(_import_app(upstream.app))
+        assert upstream.url is not None  # the schema wants exactly one of url and app
         key = (
             upstream.url,
             upstream.connect_timeout,
@@ -548,7 +551,7 @@ class Gateway:
         return pool
 
     def _client(self, config: GatewayConfig, resources: set[int]) -> tuple[httpx.AsyncClient, str]:
-        """An httpx client to the upstream: lookups, and the proxy for an in-process app."""
+        """An httpx client to the upstream: lookups, and the proxy for an injected transport."""
         upstream = config.root.upstream
         key = (
             upstream.url,

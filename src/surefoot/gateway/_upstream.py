@@ -1,11 +1,14 @@
-"""How the proxy talks to its upstream: one interface, a fast HTTP/1.1 pool and an httpx one.
+"""How the proxy talks to its upstream: one interface, a fast HTTP/1.1 pool, an in-process
+app, and httpx.
 
 ``HttpUpstream`` is the gateway's own HTTP/1.1 client for an upstream given as a URL: a
 pool of keep-alive connections, each an asyncio ``Protocol`` parsing answers with
 httptools (which uvicorn already uses). It does only what a reverse proxy needs, so a
 forwarded request costs a fraction of what a general-purpose client spends.
-``HttpxUpstream`` sends through an ``httpx.AsyncClient`` instead: for an upstream that is
-an in-process ASGI app, and for tests that inject a transport (a ``ChaosTransport``).
+``AppUpstream`` calls an in-process ASGI app (``[upstream] app``) directly, as httpx's
+``ASGITransport`` would, without building httpx's request and response objects.
+``HttpxUpstream`` sends through an ``httpx.AsyncClient`` instead: for tests that inject a
+transport (a ``ChaosTransport``).
 
 Rule 1: every failure is a ``ForwardFailed`` whose ``reached`` says whether the request
         may have been processed: a connect failure or no free connection in time is
@@ -41,11 +44,21 @@ import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, cast
+from urllib.parse import unquote
 
 import httptools
 import httpx
 
-__all__ = ["ForwardFailed", "HttpUpstream", "HttpxUpstream", "Upstream", "UpstreamResponse"]
+from surefoot._asgi import ASGIApp, Message
+
+__all__ = [
+    "AppUpstream",
+    "ForwardFailed",
+    "HttpUpstream",
+    "HttpxUpstream",
+    "Upstream",
+    "UpstreamResponse",
+]
 
 _HIGH_WATER = 256 * 1024
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -432,11 +445,132 @@ class _Response:
         self._release(complete=self.complete and not self.buffer)
 
 
+# -- an in-process app --------------------------------------------------------------------------
+
+
+class AppUpstream:
+    """Calls an in-process ASGI app (``[upstream] app``) directly.
+
+    The app gets the scope httpx's ``ASGITransport`` gave it (host ``upstream``, client
+    ``127.0.0.1:123``) and the request's header fields as ``HttpUpstream`` would send
+    them: ``Host``, the proxy's fields, and the body's framing. The app runs to its end
+    before the answer is handed over, its body kept whole (as ``ASGITransport`` does).
+    An app that raises before starting its answer answered 500; one that returns or
+    raises before the end of its answer broke it: ``ForwardFailed("reset")``, before the
+    head or after the body it sent (Rule 2 of the proxy: never passed on as complete).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def send(self, method: str, target: bytes, headers: Headers, body: Body) -> _AppResponse:
+        raw_path, _, query = target.partition(b"?")
+        fields = [(b"host", b"upstream"), *headers]
+        if isinstance(body, bytes):
+            if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+                fields.append((b"content-length", b"%d" % len(body)))
+        elif not any(name == b"content-length" for name, _ in headers):
+            fields.append((b"transfer-encoding", b"chunked"))
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "headers": fields,
+            "scheme": "http",
+            "path": unquote(raw_path.decode("ascii")),
+            "raw_path": raw_path,
+            "query_string": query,
+            "server": ("upstream", None),
+            "client": ("127.0.0.1", 123),
+            "root_path": "",
+        }
+        exchange = _AppExchange(method, body)
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+        except Exception:
+            if exchange.status is None:
+                exchange.status = 500
+                exchange.complete = True
+        finally:
+            exchange.end()
+        status = exchange.status
+        if status is None or not 200 <= status <= 599:
+            # Rule 5: the app returned without an answer, or started an interim one.
+            raise ForwardFailed("reset", reached=True)
+        return _AppResponse(status, exchange)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _AppExchange:
+    """The receive and send of one call to the app, and what it answered."""
+
+    def __init__(self, method: str, body: Body) -> None:
+        self.head = method == "HEAD"
+        self.request: Body | None = body  # None once the app read all of it
+        self.status: int | None = None
+        self.headers: Headers = []
+        self.body: list[bytes] = []
+        self.complete = False  # the app sent the end of its answer
+        self.ended: asyncio.Event | None = None  # made when the app waits for the end
+
+    async def receive(self) -> Message:
+        request = self.request
+        if request is None:  # a disconnect, once the answer is done (as ASGITransport)
+            if not self.complete:
+                if self.ended is None:
+                    self.ended = asyncio.Event()
+                await self.ended.wait()
+            return {"type": "http.disconnect"}
+        if isinstance(request, bytes):
+            self.request = None
+            return {"type": "http.request", "body": request, "more_body": False}
+        try:
+            chunk = await anext(request)
+        except StopAsyncIteration:
+            self.request = None
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())]
+        elif message["type"] == "http.response.body":
+            chunk = message.get("body", b"")
+            if chunk and not self.head:
+                self.body.append(chunk)
+            if not message.get("more_body", False):
+                self.complete = True
+                self.end()
+
+    def end(self) -> None:
+        if self.ended is not None:
+            self.ended.set()
+
+
+class _AppResponse:
+    def __init__(self, status: int, exchange: _AppExchange) -> None:
+        self.status = status
+        self.headers = exchange.headers
+        self.exchange = exchange
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield b"".join(self.exchange.body)
+        if not self.exchange.complete:
+            raise ForwardFailed("reset", reached=True)
+
+    async def aclose(self) -> None:
+        return None
+
+
 # -- through httpx -----------------------------------------------------------------------------
 
 
 class HttpxUpstream:
-    """Sends through an ``httpx.AsyncClient`` (an ASGI app upstream, or an injected transport)."""
+    """Sends through an ``httpx.AsyncClient`` (an injected transport)."""
 
     def __init__(self, client: httpx.AsyncClient, base_url: str) -> None:
         self.client = client
