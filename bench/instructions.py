@@ -33,8 +33,9 @@ Theory of operation:
    the same key and body every time so that every counted request is a replay) on
    ``MemoryStore`` and ``SqliteStore`` (a file in a temporary directory); the gateway
    (``surefoot.gateway.Gateway`` built from a config dict whose ``[upstream] app`` is
-   ``bare``, reached through httpx's ``ASGITransport`` as the gateway does for an
-   in-process app) without policies (GET) and with every policy on SQLite (POST, new key).
+   ``bare``, called directly as the gateway does for an in-process app, not through its
+   HTTP/1.1 pool to a URL upstream) without policies (GET) and with every policy on
+   SQLite (POST, new key).
    Each row gives its instructions per request, its ratio to ``bare`` and the
    instructions it adds to ``bare``'s.
 6. Callgrind counts user-space instructions only: system calls (SQLite's writes, fsync)
