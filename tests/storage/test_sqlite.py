@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from _support import T0
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency._core import (
     Begin,
+    InProgress,
     Outcome,
     OverQuota,
     Replay,
@@ -17,6 +19,7 @@ from surefoot.idempotency._core import (
     StoredResponse,
     scoped_key,
 )
+from surefoot.ratelimit import Item, Limit
 from surefoot.storage import MemoryStore, SqliteStore, store_from_url
 from surefoot.storage.sqlite import SCHEMA_VERSION
 
@@ -51,6 +54,79 @@ async def test_a_held_write_lock_times_out_as_store_unavailable(tmp_path: Path) 
         other.execute("ROLLBACK")
         other.close()
     assert isinstance(await store.begin("k", req("t1"), T0), Reserved)
+    await store.aclose()
+
+
+async def test_the_steps_of_one_loop_turn_share_one_transaction_in_arrival_order(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    await store.begin("done", req("t0"), T0)  # the first write also purges: done before
+    await store.finish("done", "t0", Outcome(Step.COMPLETE, OK), T0)
+    ran: list[str] = []
+    store._db.set_trace_callback(ran.append)
+    decisions = await asyncio.gather(
+        store.begin("k", req("a"), T0 + 1),  # alone on its turn: a plain read, then queued
+        store.begin("k", req("b"), T0 + 1),  # queued behind it: sees its reservation
+        store.begin("done", req("c"), T0 + 1),  # a replay, read in the same transaction
+        store.finish("done", "t0", Outcome(Step.COMPLETE, OK), T0 + 1),  # settled already
+        store.begin("other", req("d"), T0 + 1),
+    )
+    assert decisions == [
+        Reserved("a", 1, False),
+        InProgress(T0 + 31),
+        Replay(OK),
+        False,
+        Reserved("d", 1, False),
+    ]
+    assert (ran.count("BEGIN IMMEDIATE"), ran.count("COMMIT")) == (1, 1)
+    # One read per step in the transaction, and the first begin's plain read before it.
+    assert sum(sql.startswith("SELECT") for sql in ran) == 1 + 5
+    await store.aclose()
+
+
+async def test_a_begin_alone_on_its_turn_replays_without_the_write_lock(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db", lock_timeout=0.05)
+    await store.begin("k", req("t1"), T0)
+    await store.finish("k", "t1", Outcome(Step.COMPLETE, OK), T0)
+    other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        assert await store.begin("k", req("t2"), T0 + 1) == Replay(OK)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await store.aclose()
+
+
+@pytest.mark.parametrize("failure", ["held write lock", "broken database"])
+async def test_a_failed_batch_fails_each_of_its_steps_with_an_error_of_its_own(
+    tmp_path: Path, failure: str
+) -> None:
+    store = SqliteStore(tmp_path / "s.db", lock_timeout=0.05)
+    await store.begin("k", req("t1"), T0)
+    other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    if failure == "held write lock":
+        other.execute("BEGIN IMMEDIATE")
+    else:
+        store._db.execute("DROP TABLE surefoot_ratelimit")
+    minute = Item("rl:{alice}", "fixed_window", Limit(5, 60, algorithm="fixed_window"))
+    try:
+        errors = await asyncio.gather(
+            store.acquire([minute], T0),
+            store.finish("k", "t1", Outcome(Step.COMPLETE, OK), T0),  # fails with its batch
+            store.acquire([minute], T0),
+            return_exceptions=True,
+        )
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+    assert all(isinstance(error, StoreUnavailable) for error in errors)
+    assert len({id(error) for error in errors}) == 3
+    causes = {id(error.__cause__) for error in errors}
+    assert len(causes) == 1  # the one SQLite error, kept for logs
+    assert isinstance(errors[0].__cause__, sqlite3.OperationalError)
     await store.aclose()
 
 

@@ -4,17 +4,21 @@ The embedded default: durable across restarts and correct for several worker pro
 on one machine (the file must be on a local disk; SQLite locking is unreliable on NFS).
 
 Theory of operation:
-1. Each step is one ``BEGIN IMMEDIATE`` transaction (select the record, apply the pure
-   state machine, write the result). ``BEGIN IMMEDIATE`` takes SQLite's single write lock
-   up front, so two processes can never both read "absent" and both reserve.
+1. Each step that writes runs in a ``BEGIN IMMEDIATE`` transaction (select the record,
+   apply the pure state machine, write the result). ``BEGIN IMMEDIATE`` takes SQLite's
+   single write lock up front, so two processes can never both read "absent" and both
+   reserve.
 2. The database runs in WAL mode: readers never block the writer. ``synchronous=NORMAL``
    (the default here) survives any process crash; set ``synchronous="FULL"`` to survive
    power loss as well, at a cost per write.
-3. Group commit: writes are queued and run together, in arrival order, in one
-   transaction on the next turn of the event loop, so concurrent requests share one
-   commit (SQLite's cost is the commit, not the statement). Each step is still atomic
-   and sees the steps before it. Reads that need no write (a replay, a conflict) skip the
-   queue and the write lock altogether. A store is used from one event loop.
+3. Group commit: the steps that write (or may write) are queued and run together, in
+   arrival order, in one transaction on the next turn of the event loop, so concurrent
+   requests share one commit (SQLite's cost is the commit, not the statement). Each step
+   is still atomic and sees the steps before it. A batch that fails fails each of its
+   steps, each with a ``StoreUnavailable`` of its own (the SQLite error as its cause);
+   nothing of it was committed. Plain reads (``get``, ``records``, ``cache_get``) skip
+   the queue and the write lock, and so may a ``begin`` (Rule 11). A store is used from
+   one event loop.
 4. Once open, the connection never sleeps inside SQLite (``busy_timeout=0``): when another
    process holds the write lock, the batch waits on the event loop with a short jittered
    backoff and tries again, up to ``lock_timeout`` seconds, then fails with
@@ -53,6 +57,15 @@ Theory of operation:
     transaction, so processes racing at a quota never exceed it. The count includes
     expired rows not deleted yet: at a quota, the begin deletes the owner's expired
     rows (an index on owner and expiry) and reads again.
+11. Coalescing ``begin``s: a ``begin`` that finds steps queued for the next group commit
+    joins them without reading first. It is decided in their transaction, after the
+    steps before it, whatever its answer (a reservation, or a replay, a conflict or a
+    mismatch from the row read there), so a burst of requests costs one read a key and
+    one commit. A ``begin`` that finds the queue empty first decides from a plain read,
+    at once: a replay, a conflict or a mismatch then waits for no turn and no write lock
+    (another process's included); only a ``begin`` that writes is queued, and read again
+    in the transaction. The price: a ``begin`` in a batch waits with it while another
+    process holds the write lock.
 """
 
 from __future__ import annotations
@@ -334,7 +347,7 @@ class SqliteStore:
             raise
 
     async def _atomic(self, work: Callable[[sqlite3.Connection], T], now: float) -> T:
-        """Run ``work`` atomically, in the next group commit (see the module docstring)."""
+        """Run ``work`` atomically, in the next group commit (Rule 3)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append((work, future))
@@ -358,15 +371,15 @@ class SqliteStore:
                         raise
                     except Exception as exc:  # a step raises before it writes: fail it alone
                         outcomes.append((False, exc))
-        except _Busy:
+        except _Busy as busy:
             if waited < self.lock_timeout:
                 self._pending[:0] = batch
                 pause = delay * (0.5 + random.random())
                 loop.call_later(pause, self._flush, loop, min(delay * 2, 0.05), waited + pause)
                 return
-            outcomes = [(False, StoreUnavailable(retry_after=1))] * len(batch)
+            outcomes = [(False, _unavailable(busy.__cause__)) for _ in batch]
         except StoreUnavailable as exc:
-            outcomes = [(False, exc)] * len(batch)
+            outcomes = [(False, _unavailable(exc.__cause__)) for _ in batch]
         for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
             if not future.done():  # its caller may have been cancelled
                 if ok:
@@ -405,12 +418,14 @@ class SqliteStore:
         self._next_purge_at = now + (1.0 if full else self.purge_interval)
 
     async def begin(self, key: str, request: Begin, now: float) -> Decision:
-        # Most answers (replay, conflict, mismatch) need no write: decide from a plain read.
-        with _translate(), self._lock:
-            seen = _decode(self._db.execute(_SELECT, (key,)).fetchone())
-        decision, new = idempotency.begin(seen, request, now)
-        if new is seen:
-            return decision
+        if not self._pending:
+            # Alone on this turn (Rule 11): most answers (replay, conflict, mismatch) need
+            # no write, so a plain read may settle it without the write lock.
+            with _translate(), self._lock:
+                seen = _decode(self._db.execute(_SELECT, (key,)).fetchone())
+            decision, new = idempotency.begin(seen, request, now)
+            if new is seen:
+                return decision
         owner = key_owner(key)
 
         def work(db: sqlite3.Connection) -> Decision:
@@ -535,6 +550,14 @@ class SqliteStore:
 
 class _Busy(Exception):
     """Another connection holds the write lock."""
+
+
+def _unavailable(cause: BaseException | None) -> StoreUnavailable:
+    """A failed batch's exception for one of its steps: an instance of its own (one
+    instance raised in several tasks would tangle their tracebacks), with the cause."""
+    error = StoreUnavailable(retry_after=1)
+    error.__cause__ = cause
+    return error
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
