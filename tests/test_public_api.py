@@ -9,7 +9,7 @@ import pytest
 PUBLIC = {
     "surefoot": ["__version__"],
     "surefoot.clock": ["Clock", "SystemClock"],
-    "surefoot.events": ["Event", "EventHook", "LoggingHook", "emit", "wanted"],
+    "surefoot.events": ["Event", "EventHook", "LoggingHook", "emit", "wanted", "wanting"],
     "surefoot.gateway": [
         "AdminApp",
         "ConfigRefused",
@@ -171,6 +171,9 @@ PUBLIC = {
         "CounterState",
         "Item",
         "Limit",
+        "ListLog",
+        "Log",
+        "LogEntry",
         "RateLimitAllowed",
         "RateLimitDecision",
         "RateLimitDependency",
