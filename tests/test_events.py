@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import pytest
 
-from surefoot.events import Event, LoggingHook, emit, wanted
+from surefoot.events import Event, EventHook, LoggingHook, emit, wanted, wanting
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -39,6 +39,28 @@ def test_wanted_follows_logger_levels() -> None:
         assert wanted([hook], Sample)
     finally:
         logger.setLevel(logging.NOTSET)
+
+
+def test_wanting_answers_as_wanted_does() -> None:
+    quiet, loud = LoggingHook(), LoggingHook(logger_prefix="loud")
+    logging.getLogger("surefoot.sample").setLevel(logging.ERROR)
+    try:
+        everyone: list[EventHook] = [lambda event: None]
+        cases: list[list[EventHook]] = [
+            [],
+            [quiet],
+            [quiet, quiet],
+            [quiet, loud],
+            [quiet, *everyone],
+        ]
+        for hooks in cases:
+            assert wanting(hooks)(Sample) == wanted(hooks, Sample), hooks
+        assert not wanting([quiet])(Sample)
+        assert wanting([quiet, *everyone])(Sample)
+        logging.getLogger("surefoot.sample").setLevel(logging.DEBUG)
+        assert wanting([quiet])(Sample)  # asked each time, not decided once
+    finally:
+        logging.getLogger("surefoot.sample").setLevel(logging.NOTSET)
 
 
 def test_a_failing_hook_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:

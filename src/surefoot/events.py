@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-__all__ = ["Event", "EventHook", "LoggingHook", "emit", "wanted"]
+__all__ = ["Event", "EventHook", "LoggingHook", "emit", "wanted", "wanting"]
 
 _log = logging.getLogger("surefoot.events")
 
@@ -48,7 +48,8 @@ class EventHook(Protocol):
     """Receives every event; must be quick and must not block.
 
     A hook may also have ``wants(event_type) -> bool``: when every hook says no, the
-    event is never built, which keeps instrumentation free on the hot path. surefoot's own
+    event is never built, which keeps instrumentation free on the hot path (``wanted``,
+    or ``wanting`` where the same hooks are asked on every request). surefoot's own
     hooks name it as their base, so a list of them is a ``list[EventHook]`` to the type
     checker; any callable with this signature is a hook too.
     """
@@ -117,6 +118,27 @@ def wanted(hooks: Sequence[EventHook], event_type: type[Event]) -> bool:
         if wants is None or wants(event_type):
             return True
     return False
+
+
+def wanting(hooks: Sequence[EventHook]) -> Callable[[type[Event]], bool]:
+    """``wanted`` for a fixed sequence of hooks, asked as ``wanting(hooks)(event_type)``.
+
+    Each hook's ``wants`` is looked up once, here: a hot path that asks on every request
+    keeps the function (with one hook, it is that hook's own ``wants``).
+    """
+    wants: list[Callable[[type[Event]], bool]] = []
+    for hook in hooks:
+        method = getattr(hook, "wants", None)
+        if method is None:
+            return _always
+        wants.append(method)
+    if len(wants) == 1:
+        return wants[0]
+    return lambda event_type: any(w(event_type) for w in wants)
+
+
+def _always(event_type: type[Event]) -> bool:
+    return True
 
 
 def emit(hooks: Sequence[EventHook] | Iterable[EventHook], event: Event) -> None:

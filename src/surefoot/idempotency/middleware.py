@@ -49,6 +49,7 @@ import itertools
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from surefoot._asgi import (
@@ -94,7 +95,7 @@ from surefoot.errors import (
     SurefootError,
     problem_body,
 )
-from surefoot.events import EventHook, LoggingHook, emit, wanted
+from surefoot.events import EventHook, LoggingHook, emit, wanting
 from surefoot.idempotency import _events as ev
 from surefoot.idempotency._core import (
     Begin,
@@ -127,6 +128,12 @@ _STORE_RETRY_AFTER = 1
 # Fencing tokens only need to be unique: a random per-process prefix and a counter.
 _TOKEN_PREFIX = secrets.token_hex(8) + "-"
 _TOKEN_COUNTER = itertools.count()
+# The named tuples of every request, built without their own __new__ (a Python call that
+# costs twice the building): _begin((fingerprint, token, lease, ttl, on_lease_expiry,
+# max_records, max_unknown)), _stored((status, headers, body)), _outcome((step, response)).
+_begin = partial(tuple.__new__, Begin)
+_stored = partial(tuple.__new__, StoredResponse)
+_outcome = partial(tuple.__new__, Outcome)
 # Settle tasks shielded from a cancelled request; referenced here until they finish.
 _settling: set[asyncio.Task[None]] = set()
 
@@ -249,6 +256,7 @@ class IdempotencyMiddleware:
         self.clock = clock if clock is not None else SystemClock()
         self.sleep = sleep
         self.hooks: tuple[EventHook, ...] = (LoggingHook(),) if hooks is None else tuple(hooks)
+        self.wants = wanting(self.hooks)
         self.max_request_body = max_request_body
         self.max_stored_response = max_stored_response
         self.problem_base = problem_base
@@ -278,17 +286,42 @@ class IdempotencyMiddleware:
         if method not in policy.methods:
             await self.app(scope, receive, send)
             return
-        await _Responder(self, policy, route, scope, receive, send).run()
+        await _Responder(self, policy, route, method, scope, receive, send).run()
 
 
 class _Responder:
     """The per-request state of one protected request."""
+
+    __slots__ = (
+        "body",
+        "chunks",
+        "complete",
+        "headers",
+        "method",
+        "mw",
+        "overflow",
+        "owner",
+        "parsed",
+        "path",
+        "policy",
+        "principal",
+        "receive",
+        "route",
+        "scope",
+        "send",
+        "settled",
+        "size",
+        "status",
+        "store_key",
+        "token",
+    )
 
     def __init__(
         self,
         mw: IdempotencyMiddleware,
         policy: IdempotencyPolicy,
         route: str | None,
+        method: str,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -299,7 +332,7 @@ class _Responder:
         self.scope = scope
         self.receive = receive
         self.send = send
-        self.method = route_method(scope)
+        self.method = method
         self.path: str = scope["path"]
         self.principal = ""  # resolved in run(), where a refusal can be answered
         self.owner: str | None = None  # whose quota a new record counts against
@@ -323,7 +356,7 @@ class _Responder:
         return request_id(self.scope)
 
     def emit(self, cls: type[ev.IdempotencyEvent], **fields: Any) -> None:
-        if wanted(self.mw.hooks, cls):
+        if self.mw.wants(cls):
             event = cls(
                 at=self.mw.clock.now(),
                 request_id=self.request_id,
@@ -439,16 +472,17 @@ class _Responder:
         target = self.scope.get("raw_path") or self.path.encode()
         if query:
             target += b"?" + query
-        request = Begin(
-            fingerprint=fingerprint(
-                self.method, target, self.body, self.parsed, self.policy.ignore_paths
-            ),
-            token=f"{_TOKEN_PREFIX}{next(_TOKEN_COUNTER):x}",
-            lease=self.policy.lease,
-            ttl=self.policy.ttl,
-            on_lease_expiry=self.policy.on_lease_expiry,
-            max_records=self.policy.max_records_per_principal or 0,
-            max_unknown=self.policy.max_unknown_per_principal or 0,
+        policy = self.policy
+        request = _begin(
+            (
+                fingerprint(self.method, target, self.body, self.parsed, policy.ignore_paths),
+                f"{_TOKEN_PREFIX}{next(_TOKEN_COUNTER):x}",  # token
+                policy.lease,
+                policy.ttl,
+                policy.on_lease_expiry,
+                policy.max_records_per_principal or 0,  # max_records
+                policy.max_unknown_per_principal or 0,  # max_unknown
+            )
         )
         started = self.mw.clock.now()
         decision = await self.begin(request, started, first=True)
@@ -560,7 +594,7 @@ class _Responder:
         if change is None:
             return
         cls = StoreDown if change.state is HealthState.DOWN else StoreRecovered
-        if wanted(self.mw.hooks, cls):
+        if self.mw.wants(cls):
             event = health_event(
                 change,
                 at=self.mw.clock.now(),
@@ -644,7 +678,7 @@ class _Responder:
                 self.complete = True
                 # Settled before the client has the last byte: a retry sent the instant the
                 # answer arrives finds the record settled, never still in flight.
-                await self.settle_once()
+                await self.settle()
         await self.send(message)
 
     async def execute(self, token: str) -> None:
@@ -653,30 +687,26 @@ class _Responder:
         try:
             await self.mw.app(self.scope, self.replay_receive(), self.capture_send)
         except Exception:
-            await _shielded(self.settle_once())
+            await _shielded(self.settle())
             raise
         except BaseException:
             # Cancelled before the response finished: the handler may still be working (in
             # a thread, or a task it started), so releasing the key could run it twice.
             # The reservation is left to its lease, exactly like a worker that died.
             if self.complete:
-                await _shielded(self.settle_once())
+                await _shielded(self.settle())
             else:
                 self.emit(ev.ReservationAbandoned)
             raise
+        if self.settled:  # by capture_send, before the last chunk went out
+            return
         try:
-            await self.settle_once()
+            await self.settle()
         except asyncio.CancelledError:
             # Cancelled while the store was busy: a settle with the same token is safe to
             # repeat (a second finish of a settled record is refused), so finish it shielded.
-            await _shielded(self.settle_once())
+            await _shielded(self.settle())
             raise
-
-    async def settle_once(self) -> None:
-        """Settle the reservation unless that is done already."""
-        if not self.settled:
-            await self.settle(self.token)
-            self.settled = True
 
     def outcome(self) -> Outcome:
         """How to settle: by the finished response's status, else by ``on_server_error``."""
@@ -688,7 +718,7 @@ class _Responder:
                 return Outcome(Step.RELEASE)
             if status < 500:
                 body = None if self.overflow else b"".join(self.chunks)
-                return Outcome(Step.COMPLETE, StoredResponse(status, self.headers, body))
+                return _outcome((Step.COMPLETE, _stored((status, self.headers, body))))
         mode = self.policy.on_server_error
         if mode == "release":
             return Outcome(Step.RELEASE)
@@ -705,7 +735,10 @@ class _Responder:
         )
         return Outcome(Step.COMPLETE, StoredResponse(error.status, headers, stored_body))
 
-    async def settle(self, token: str) -> None:
+    async def settle(self) -> None:
+        """Settle the reservation, unless that is done already."""
+        if self.settled:
+            return
         assert self.store_key is not None
         outcome = self.outcome()
         health = self.mw.health
@@ -716,7 +749,7 @@ class _Responder:
         # that other requests saw. Only a call the tracker permitted reports to it.
         permit = health.permit(now)
         try:
-            accepted = await self.mw.store.finish(self.store_key, token, outcome, now)
+            accepted = await self.mw.store.finish(self.store_key, self.token, outcome, now)
         except Exception as exc:
             # The client has the handler's response (or its exception) already: the
             # reservation is left to its lease, and on_lease_expiry decides what a retry
@@ -726,6 +759,7 @@ class _Responder:
             self.emit(
                 ev.StoreFailed, phase="finish", action="left_to_lease", error=failure_name(exc)
             )
+            self.settled = True
             return
         except BaseException:
             if permit.call:
@@ -753,6 +787,7 @@ class _Responder:
                     self.emit(
                         ev.StoreFailed, phase="remember", action="unknown", error=failure_name(exc)
                     )
+        self.settled = True
 
 
 async def _shielded(coro: Awaitable[None]) -> None:

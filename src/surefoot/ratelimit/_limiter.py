@@ -61,7 +61,7 @@ from surefoot.errors import (
     StoreUnavailable,
     SurefootError,
 )
-from surefoot.events import EventHook, LoggingHook, emit, wanted
+from surefoot.events import EventHook, LoggingHook, emit, wanting
 from surefoot.identity import Identity, PrincipalResolver, default_principal
 from surefoot.ratelimit import _events as ev
 from surefoot.ratelimit._algorithms import RateLimitDecision, uncharged
@@ -175,6 +175,7 @@ class RateLimiter:
         self.legacy_reset = legacy_reset
         self.clock = clock if clock is not None else SystemClock()
         self.hooks: tuple[EventHook, ...] = (LoggingHook(),) if hooks is None else tuple(hooks)
+        self._wants = wanting(self.hooks)
         self.policies: tuple[RateLimitPolicy, ...] = ()
         self._plan = Plan(())
         self.update_policies(policies)
@@ -324,7 +325,7 @@ class RateLimiter:
             return Verdict(False, error, headers)
         headers = self._headers(shown_slots, shown, now, rejected=False)
         delay = max(d.delay for d in decisions) if plan.queued else 0.0
-        if wanted(self.hooks, ev.RateLimitAllowed):
+        if self._wants(ev.RateLimitAllowed):
             policies = tuple(dict.fromkeys(s.policy.name for s in slots))
             self._emit(ev.RateLimitAllowed, scope, principal, policies=policies, delay=delay)
         held = [item for item in items if item.token] if plan.concurrency else []
@@ -448,7 +449,7 @@ class RateLimiter:
         if change is None:
             return
         cls = StoreDown if change.state is HealthState.DOWN else StoreRecovered
-        if wanted(self.hooks, cls):
+        if self._wants(cls):
             event = health_event(
                 change,
                 at=self.clock.now(),
@@ -462,7 +463,7 @@ class RateLimiter:
     def _emit(
         self, cls: type[ev.RateLimitEvent], scope: Scope, principal: str, **fields: object
     ) -> None:
-        if wanted(self.hooks, cls):
+        if self._wants(cls):
             event = cls(
                 at=self.clock.now(),
                 request_id=request_id(scope),
