@@ -48,6 +48,7 @@ import enum
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache, partial
 from typing import Literal, NamedTuple
 
 __all__ = [
@@ -190,6 +191,11 @@ class Begin(NamedTuple):
     max_unknown: int = 0  # of them, of unknown outcome; 0: no quota
 
 
+# Records are built with tuple.__new__, every field given: a named tuple's own __new__ is a
+# Python call that costs as much again, twice per request.
+_record = partial(tuple.__new__, Record)
+
+
 class Usage(NamedTuple):
     """What the owner of a key holds at ``now``, as its store counts it (Rule 7)."""
 
@@ -273,15 +279,19 @@ def scoped_key(principal: str, key: str, route: str | None = None, owner: str | 
     """
     route = route or ""
     material = f"{len(principal)}:{principal}{len(route)}:{route}{len(key)}:{key}".encode()
-    tag = (principal if owner is None else owner).encode()
-    owner_tag = hashlib.blake2b(tag, digest_size=10, person=b"surefoot.owner")
     digest = hashlib.blake2b(material, digest_size=20).hexdigest()
-    return f"idem:{owner_tag.hexdigest()}:{digest}"
+    return f"idem:{_owner_tag(principal if owner is None else owner)}:{digest}"
+
+
+@lru_cache(maxsize=4096)  # the same principals come back: skip a hash per request
+def _owner_tag(owner: str) -> str:
+    return hashlib.blake2b(owner.encode(), digest_size=10, person=b"surefoot.owner").hexdigest()
 
 
 _OWNED = re.compile(r"idem:([0-9a-f]{20}):[0-9a-f]{40}")
 
 
+@lru_cache(maxsize=1024)  # a store asks it of one key several times in one request
 def key_owner(key: str) -> str:
     """The owner tag of a store key made by ``scoped_key``; "" for any other key (whose
     records belong to no one and count against no quota)."""
@@ -327,14 +337,17 @@ def begin(
         generation = (
             record.generation + 1 if record is not None and state is not State.ABSENT else 1
         )
-        new = Record(
-            state=State.IN_FLIGHT,
-            fingerprint=req.fingerprint,
-            token=req.token,
-            generation=generation,
-            lease_expires_at=now + req.lease,
-            expires_at=now + req.ttl,
-            ttl=req.ttl,
+        new = _record(
+            (
+                State.IN_FLIGHT,  # state
+                req.fingerprint,
+                req.token,
+                generation,
+                now + req.lease,  # lease_expires_at
+                now + req.ttl,  # expires_at
+                req.ttl,
+                None,  # response
+            )
         )
         return Reserved(req.token, generation, ruling is Ruling.TAKE_OVER), new
     assert record is not None
@@ -400,13 +413,15 @@ def _settled(
     if target is State.COMPLETED and response is None:
         raise ValueError("completing a record needs the response to keep")
     # Built field by field: dataclasses.replace costs several microseconds per request.
-    return Record(
-        target,
-        record.fingerprint,
-        record.token,
-        record.generation,
-        record.lease_expires_at,
-        now + record.ttl,
-        record.ttl,
-        response,
+    return _record(
+        (
+            target,
+            record.fingerprint,
+            record.token,
+            record.generation,
+            record.lease_expires_at,
+            now + record.ttl,
+            record.ttl,
+            response,
+        )
     )
