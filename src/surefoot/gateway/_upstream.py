@@ -84,8 +84,10 @@ class UpstreamResponse(Protocol):
     status: int
     headers: Headers
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        """The body; raises ``ForwardFailed`` (reset or timeout) if it breaks."""
+    async def read(self) -> tuple[bytes, bool]:
+        """The next piece of the body (maybe empty) and whether more follows, so that the
+        last piece goes out as the end of the answer; raises ``ForwardFailed`` (reset or
+        timeout) if the body breaks."""
         ...
 
     async def aclose(self) -> None: ...
@@ -412,19 +414,23 @@ class _Response:
             self.error = error
             self.wakeup.set()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def read(self) -> tuple[bytes, bool]:
         while True:
-            while self.buffer:
-                chunk = self.buffer.popleft()
+            buffer = self.buffer
+            if buffer:
+                chunk = buffer.popleft()
                 self.buffered -= len(chunk)
                 if self.paused and self.buffered <= _HIGH_WATER // 2:
                     self.paused = False
                     if self.conn.transport is not None:
                         self.conn.transport.resume_reading()
-                yield chunk
+                if self.complete and not buffer:
+                    self._release(complete=True)
+                    return chunk, False
+                return chunk, True
             if self.complete:
                 self._release(complete=True)
-                return
+                return b"", False
             if self.error is not None:
                 self._release(complete=False)
                 raise ForwardFailed("reset", reached=True)
@@ -555,12 +561,15 @@ class _AppResponse:
     def __init__(self, status: int, exchange: _AppExchange) -> None:
         self.status = status
         self.headers = exchange.headers
-        self.exchange = exchange
+        self.body: list[bytes] | None = exchange.body  # None once read
+        self.complete = exchange.complete
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        yield b"".join(self.exchange.body)
-        if not self.exchange.complete:
+    async def read(self) -> tuple[bytes, bool]:
+        body = self.body
+        if body is None:  # read, and the app did not end its answer
             raise ForwardFailed("reset", reached=True)
+        self.body = None
+        return body[0] if len(body) == 1 else b"".join(body), not self.complete
 
     async def aclose(self) -> None:
         return None
@@ -606,11 +615,13 @@ class _HttpxResponse:
         self.response = response
         self.status = response.status_code
         self.headers: Headers = [(k.lower(), v) for k, v in response.headers.raw]
+        self.stream = response.aiter_raw()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def read(self) -> tuple[bytes, bool]:
         try:
-            async for chunk in self.response.aiter_raw():
-                yield chunk
+            return await anext(self.stream), True
+        except StopAsyncIteration:
+            return b"", False
         except httpx.TimeoutException:
             raise ForwardFailed("timeout", reached=True) from None
         except httpx.TransportError:

@@ -12,6 +12,9 @@ Theory of operation, per request:
    ``Idempotency-Key`` is forwarded unless told not to.
 3. Stream the answer back as it comes, minus hop-by-hop headers and the upstream's own
    ``X-Request-Id`` (the ``Gateway`` adds the request's id to every response it sends).
+   The last piece of the body goes out as the end of the answer (``more_body`` false),
+   not before an empty end, so the idempotency layer settles the record before the
+   client has the last byte, and a one-piece body is one message.
    The upstream only ever hands over a final answer (never a 1xx): see ``_upstream``.
 4. Failures become problems and never leak the upstream's internals:
    - could not connect (or no pooled connection in time): 502 ``upstream_unavailable``,
@@ -378,22 +381,22 @@ class _Forward:
         # No X-Request-Id here: a stored response is replayed to other requests, and the
         # gateway adds each response's own id as it goes out.
         self.status = status
-        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        send = self.send
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         if self.scope["method"] == "HEAD":
-            await self.send({"type": "http.response.body", "body": b""})
+            await send({"type": "http.response.body", "body": b""})
             return
-        try:
-            async for chunk in response.chunks():
-                if chunk:
-                    self.sending = True
-                    await self.send(
-                        {"type": "http.response.body", "body": chunk, "more_body": True}
-                    )
-                    self.sending = False
-        except ForwardFailed as exc:
-            self.event(exc.reason, reached=True, status=status)
-            return  # Rule 2: cut, never finished
-        await self.send({"type": "http.response.body", "body": b""})
+        more = True
+        while more:
+            try:
+                chunk, more = await response.read()
+            except ForwardFailed as exc:
+                self.event(exc.reason, reached=True, status=status)
+                return  # Rule 2: cut, never finished
+            if chunk or not more:  # the last piece ends the answer: one message, not two
+                self.sending = True
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+                self.sending = False
 
     def record(self, *, failed: bool, elapsed: float, outcome: str) -> None:
         proxy = self.proxy
