@@ -42,6 +42,10 @@ Rule 4: two views of one request. ``identity(scope)`` scopes idempotency keys an
 Rule 5: ``address_principal(scope)`` is ``addr:`` and the client address (through trusted
         proxies only), whatever the credentials: a rate-limit policy counted
         ``per="address"`` puts a ceiling on one address over all of its credentials.
+Rule 6: a request's credentials are parsed once per ``Identity``, however many layers ask
+        (the gateway's check, the rate limiter, the idempotency layer): the result is kept
+        in the scope beside the header list it came from, and parsed again if that list
+        was replaced or changed length. An ambiguity is never kept: it is raised each time.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from typing import Literal
 
 from surefoot._asgi import Scope, header_values
@@ -66,6 +70,8 @@ _AUTHORIZATION = b"authorization"
 #: An auth-param's start (RFC 9110 section 11.2): a token, optional whitespace, ``=``.
 _AUTH_PARAM = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+[ \t]*=")
 _SCHEME_END = re.compile(rb"[ \t]+")
+#: Scope key of a request's ``_Parsed`` credentials (Rule 6).
+_PARSED = "surefoot.identity.parsed"
 
 
 def hash_credential(value: bytes, *, secret: bytes = b"") -> str:
@@ -176,26 +182,49 @@ class Identity:
                 value holding several credentials, or (without ``known_credentials``)
                 headers carrying different credentials.
         """
+        return self._parsed(scope).credentials
+
+    def _parsed(self, scope: Scope) -> _Parsed:
+        """The request's credentials, parsed once (Rule 6)."""
+        headers = scope["headers"]
+        parsed: _Parsed | None = scope.get(_PARSED)
+        if (
+            parsed is not None
+            and parsed.identity is self
+            and parsed.headers is headers
+            and parsed.count == len(headers)
+        ):
+            return parsed
         found: dict[bytes, bytes] = {}
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name in self.credential_headers:
                 if name in found:
                     raise CredentialsAmbiguous(
                         reason=f"the {name.decode('latin-1')} header was sent more than once"
                     )
                 found[name] = value
-        parsed = (_parse(name, found[name]) for name in self.credential_headers if name in found)
-        credentials = tuple(credential for credential in parsed if credential)
-        if self._known is None and any(c != credentials[0] for c in credentials):  # Rule 3
-            names = ", ".join(h.decode("latin-1") for h in self.credential_headers)
-            raise CredentialsAmbiguous(
-                reason=f"the credential headers ({names}) carry different credentials"
+        credentials: tuple[bytes, ...] = ()
+        if found:
+            values = (
+                _parse(name, found[name]) for name in self.credential_headers if name in found
             )
-        return credentials
+            credentials = tuple(credential for credential in values if credential)
+            if self._known is None and any(c != credentials[0] for c in credentials):  # Rule 3
+                names = ", ".join(h.decode("latin-1") for h in self.credential_headers)
+                raise CredentialsAmbiguous(
+                    reason=f"the credential headers ({names}) carry different credentials"
+                )
+        parsed = scope[_PARSED] = _Parsed(self, headers, credentials)
+        return parsed
 
     def _credential(self, scope: Scope) -> tuple[str | None, bool]:
         """The credential principal (None: no credential) and whether it is known."""
-        found = self.credentials(scope)
+        parsed = self._parsed(scope)
+        if parsed.principal is None:
+            parsed.principal = self._principal_of(parsed.credentials)
+        return parsed.principal
+
+    def _principal_of(self, found: tuple[bytes, ...]) -> tuple[str | None, bool]:
         if not found:
             return None, False
         if self._known is None:
@@ -268,6 +297,22 @@ class Identity:
             f"Identity(credential_headers={headers}, trusted_proxies={proxies}, "
             f"known_credentials={known})"
         )
+
+
+class _Parsed:
+    """A request's parsed credentials, kept in its scope (Rule 6); never shows them."""
+
+    __slots__ = ("count", "credentials", "headers", "identity", "principal")
+
+    def __init__(self, identity: Identity, headers: Sized, credentials: tuple[bytes, ...]) -> None:
+        self.identity = identity
+        self.headers = headers
+        self.count = len(headers)
+        self.credentials = credentials
+        self.principal: tuple[str | None, bool] | None = None  # made when first asked
+
+    def __repr__(self) -> str:
+        return f"<{len(self.credentials)} parsed credentials>"
 
 
 def _known(

@@ -57,15 +57,20 @@ from surefoot._asgi import (
     Receive,
     Scope,
     Send,
+    adopt_request_id,
     canonicalize,
-    request_id,
     route_method,
     send_problem,
 )
 from surefoot._routes import RouteTable
 from surefoot.client import CircuitBreaker
 from surefoot.clock import Clock, SystemClock
-from surefoot.errors import DEFAULT_PROBLEM_BASE, ConfigurationError, CredentialsAmbiguous
+from surefoot.errors import (
+    DEFAULT_PROBLEM_BASE,
+    ConfigurationError,
+    CredentialsAmbiguous,
+    SurefootError,
+)
 from surefoot.events import EventHook, LoggingHook, emit
 from surefoot.gateway._accesslog import AccessLog
 from surefoot.gateway._config import GatewayConfig, load_config
@@ -89,6 +94,10 @@ _log = logging.getLogger("surefoot.gateway")
 #: the logging, and the HTTP server's limits (``ServerLimits``).
 _STARTUP_ONLY = ("host", "port", "workers", "log_level", *(f.name for f in fields(ServerLimits)))
 _UPSTREAM_APP_URL = "http://upstream"
+#: The ``Connection`` options that name no other header.
+_CONNECTION_OWN = frozenset({b"connection", b"close", b"keep-alive"})
+#: Scope key: the template of the gateway's route the request matched ("" for none).
+_ROUTE = "surefoot.gateway.route"
 
 
 @dataclass
@@ -104,6 +113,8 @@ class _Stack:
     resolver: LookupResolver | None
     routes: RouteTable[Route]
     identity: Identity
+    allow_method_override: bool
+    access_log: bool
     resources: set[int] = field(default_factory=set)
     in_flight: int = 0
 
@@ -172,17 +183,27 @@ class Gateway:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         stack = self.stack
-        _drop_connection_options(scope)  # Rule 7
+        rid = _clean_headers(scope, trusted=self._trusted(stack, scope))  # Rules 7 and 4
         # Before anything matches a route (Rule 5): the path in its one form, or a refusal.
-        refused = canonicalize(
-            scope, allow_method_override=stack.config.root.server.allow_method_override
+        refused: SurefootError | None = canonicalize(
+            scope, allow_method_override=stack.allow_method_override
         )
+        route = ""
+        if refused is None:
+            # The one route match of the gateway's own: the metrics' label and the proxy's.
+            matched = stack.routes.match(route_method(scope), scope["path"])
+            if matched is not None:
+                route = matched[0]
+            scope[_ROUTE] = route
+            try:
+                stack.identity.credentials(scope)  # Rule 6, before any layer
+            except CredentialsAmbiguous as exc:
+                refused = exc
         stack.in_flight += 1
-        self.metrics.inflight(1)
+        metrics = self.metrics
+        metrics.inflight(1)
         started = time.perf_counter()
-        if not self._trusted(stack, scope):
-            scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
-        rid = request_id(scope)
+        rid_field = (b"x-request-id", rid.encode())
         status = 500
         sent = 0
         replayed = answered = left = False
@@ -201,8 +222,11 @@ class Gateway:
                 status = message["status"]
                 headers = message.get("headers", ())
                 replayed = (b"idempotent-replayed", b"true") in headers
-                if not any(k == b"x-request-id" for k, _ in headers):
-                    message = {**message, "headers": [*headers, (b"x-request-id", rid.encode())]}
+                for name, _ in headers:
+                    if name == b"x-request-id":
+                        break
+                else:
+                    message = {**message, "headers": [*headers, rid_field]}
             else:
                 sent += len(message.get("body", b""))
             await send(message)
@@ -216,22 +240,19 @@ class Gateway:
                 await send_problem(tracked, refused, request_id=rid, base=DEFAULT_PROBLEM_BASE)
         finally:
             stack.in_flight -= 1
-            self.metrics.inflight(-1)
+            metrics.inflight(-1)
             elapsed = time.perf_counter() - started
-            matched = None
-            if refused is None:
-                matched = stack.routes.match(route_method(scope), scope["path"])
-            route = matched[0] if matched is not None else "other"
-            self.metrics.observe_request(
-                route=route, method=scope["method"], status=status, seconds=elapsed
+            label = route or "other"
+            metrics.observe_request(
+                route=label, method=scope["method"], status=status, seconds=elapsed
             )
-            if stack.config.root.server.access_log and self.access.enabled:
+            if stack.access_log and self.access.enabled:
                 client = scope.get("client")
                 self.access.log(
                     request_id=rid,
                     method=scope["method"],
                     path=scope["path"],
-                    route=route,
+                    route=label,
                     status=status,
                     duration=elapsed,
                     client=client[0] if client else None,
@@ -418,8 +439,11 @@ class Gateway:
         critical_principals = config.critical_principals
 
         def route_of(scope: Scope) -> str:
-            matched = routes.match(route_method(scope), scope["path"])
-            return matched[0] if matched is not None else ""
+            route: str | None = scope.get(_ROUTE)  # matched once in handle
+            if route is None:
+                matched = routes.match(route_method(scope), scope["path"])
+                route = matched[0] if matched is not None else ""
+            return route
 
         def critical(scope: Scope) -> bool:
             if route_of(scope) in critical_routes:
@@ -501,13 +525,15 @@ class Gateway:
         stack = _Stack(
             config=config,
             digest=digest,
-            app=_unambiguous(app, identity),
+            app=app,
             proxy=proxy,
             idempotency_store=idem_store,
             rate_limit_store=rl_store,
             resolver=resolver,
             routes=routes,
             identity=identity,
+            allow_method_override=root.server.allow_method_override,
+            access_log=root.server.access_log,
             resources=resources,
         )
         stack_ref.append(stack)
@@ -587,29 +613,25 @@ class Gateway:
         return client, base_url
 
 
-def _drop_connection_options(scope: Scope) -> None:
-    """Remove the headers the request's ``Connection`` names (Rule 7)."""
+def _clean_headers(scope: Scope, *, trusted: bool) -> str:
+    """Remove the headers the request's ``Connection`` names (Rule 7) and, from a caller
+    that is not a trusted proxy, ``X-Request-Id`` (Rule 4), in one pass over the headers;
+    the request's id (``surefoot._asgi.request_id``) is set and returned."""
+    headers = scope["headers"]
     named: set[bytes] = set()
-    for name, value in scope["headers"]:
+    given: bytes | None = None
+    for name, value in headers:
         if name == b"connection":
             named.update(token.strip().lower() for token in value.split(b","))
-    named -= {b"connection", b"close", b"keep-alive"}
+        elif name == b"x-request-id" and given is None:
+            given = value
+    named -= _CONNECTION_OWN
+    if given is not None and (not trusted or b"x-request-id" in named):
+        named.add(b"x-request-id")
+        given = None
     if named:
-        scope["headers"] = [(n, v) for n, v in scope["headers"] if n not in named]
-
-
-def _unambiguous(app: ASGIApp, identity: Identity) -> ASGIApp:
-    """``app`` behind a refusal of ambiguous credentials (Rule 6)."""
-
-    async def checked(scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            identity.credentials(scope)
-        except CredentialsAmbiguous as exc:
-            await send_problem(send, exc, request_id=request_id(scope), base=DEFAULT_PROBLEM_BASE)
-            return
-        await app(scope, receive, send)
-
-    return checked
+        scope["headers"] = [(n, v) for n, v in headers if n not in named]
+    return adopt_request_id(scope, given)
 
 
 def _import_app(spec: str) -> Callable[..., Awaitable[None]]:
