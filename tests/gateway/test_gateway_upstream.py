@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from surefoot.gateway import Gateway, config_from_dict
+from surefoot.gateway import Gateway, ProxyApp, config_from_dict
 from surefoot.gateway._upstream import (
     AppUpstream,
     ForwardFailed,
@@ -454,7 +454,7 @@ async def test_an_in_process_upstream_s_interim_status_is_a_broken_connection() 
 #: Counts the modules a request through an in-process upstream app makes Python look for.
 IMPORTS_PER_REQUEST = """
 import asyncio, sys
-from surefoot.gateway import Gateway, config_from_dict
+from surefoot.gateway import Gateway, ProxyApp, config_from_dict
 
 async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -677,3 +677,34 @@ async def test_a_retry_sent_the_instant_the_last_byte_arrives_is_a_replay() -> N
     assert retry[1]["body"] == b'{"id":"c1"}'
     # The body is the end of the answer: one message.
     assert [(m.get("body"), m.get("more_body")) for m in first[1:]] == [(b'{"id":"c1"}', False)]
+
+
+async def test_the_total_timeout_is_a_504_and_another_cancellation_stays_one() -> None:
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await asyncio.sleep(10)
+
+    def scope() -> dict[str, Any]:
+        return {"type": "http", "method": "GET", "path": "/", "raw_path": b"/", "headers": []}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    proxy = ProxyApp(upstream=AppUpstream(slow), timeout=0.05)
+    await proxy(scope(), receive, send)
+    assert sent[0]["status"] == 504
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0  # the timeout's own cancellation was taken back
+
+    sent.clear()
+    cancelled = asyncio.ensure_future(ProxyApp(upstream=AppUpstream(slow))(scope(), receive, send))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert sent == []

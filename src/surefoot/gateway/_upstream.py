@@ -31,10 +31,12 @@ Rule 5: the proxy only ever gets a final answer (status 200 to 599). Interim ans
         (``100 Continue``, ``103 Early Hints``, any 1xx but 101) are skipped while waiting
         for it, their fields dropped; a ``101 Switching Protocols`` (the gateway never asks
         for an upgrade) or a status outside 100-599 is a broken connection (``reset``).
-Rule 6: timeouts are ``asyncio.timeout`` blocks, never ``asyncio.wait_for``: on Python
-        3.11, ``wait_for`` can swallow the cancellation of an enclosing timeout (the
-        proxy's ``total_timeout``) when its own awaitable completes at the same moment,
-        which an endless body does all the time.
+Rule 6: timeouts are ``asyncio.timeout`` blocks, or a timer that fails the future awaited
+        (the answer's head: no cancellation to undo, and no timer at all when a connection
+        is free at once), never ``asyncio.wait_for``: on Python 3.11, ``wait_for`` can
+        swallow the cancellation of an enclosing timeout (the proxy's ``total_timeout``)
+        when its own awaitable completes at the same moment, which an endless body does
+        all the time.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ class HttpUpstream:
         default = (parsed.scheme == "http" and self.port == 80) or (self.tls and self.port == 443)
         self.authority = parsed.netloc if not default else parsed.host.encode("ascii")
         self.base_path = parsed.raw_path.rstrip(b"/")
+        self.version_and_host = b" HTTP/1.1\r\nhost: " + self.authority + b"\r\n"
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.slots = asyncio.Semaphore(max_connections)
@@ -135,7 +138,7 @@ class HttpUpstream:
 
     async def send(self, method: str, target: bytes, headers: Headers, body: Body) -> _Response:
         verb = method.encode("ascii")
-        head = [verb, b" ", self.base_path, target, b" HTTP/1.1\r\nhost: ", self.authority, b"\r\n"]
+        head = [verb, b" ", self.base_path, target, self.version_and_host]
         for name, value in headers:
             head += [name, b": ", value, b"\r\n"]
         chunked = False
@@ -160,11 +163,15 @@ class HttpUpstream:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _connection(self) -> _Connection:
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                await self.slots.acquire()
-        except TimeoutError:
-            raise ForwardFailed("connect", reached=False) from None
+        slots = self.slots
+        if slots.locked():  # every connection is busy: wait for one (Rule 3)
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    await slots.acquire()
+            except TimeoutError:
+                raise ForwardFailed("connect", reached=False) from None
+        else:
+            await slots.acquire()  # a free slot is taken at once: nothing to time
         while self.idle:
             conn = self.idle.pop()
             if not conn.closed:
@@ -213,6 +220,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, pool: HttpUpstream) -> None:
         self.pool = pool
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.used = False
@@ -328,7 +336,7 @@ class _Connection(asyncio.Protocol):
         self.until_close = False
         self.response = response = _Response(self, read_timeout)
         self.parser = httptools.HttpResponseParser(self)
-        self.head = asyncio.get_running_loop().create_future()
+        self.head = answered = self.loop.create_future()
         try:
             if isinstance(body, bytes):
                 self.transport.write(head + body if len(body) < 65536 else head)
@@ -347,16 +355,21 @@ class _Connection(asyncio.Protocol):
                     await self.can_write.wait()
                 if chunked:
                     self.transport.write(b"0\r\n\r\n")
+            late = self.loop.call_later(read_timeout, self._head_late)  # Rule 6
             try:
-                async with asyncio.timeout(read_timeout):  # Rule 6
-                    await asyncio.shield(self.head)
-            except TimeoutError:
-                raise ForwardFailed("timeout", reached=True) from None
+                await answered
+            finally:
+                late.cancel()
         except BaseException:
             self.close()
             self.pool._done(self, reusable=False)
             raise
         return response
+
+    def _head_late(self) -> None:
+        head = self.head
+        if head is not None and not head.done():
+            head.set_exception(ForwardFailed("timeout", reached=True))
 
     def _fail(self, error: Exception) -> None:
         self.parser = None
@@ -393,26 +406,29 @@ class _Response:
         self.buffered = 0
         self.complete = False
         self.error: Exception | None = None
-        self.wakeup = asyncio.Event()
+        self.wakeup: asyncio.Event | None = None  # made when the proxy waits for more
         self.paused = False
         self.released = False
 
     def feed(self, data: bytes) -> None:
         self.buffer.append(data)
         self.buffered += len(data)
-        self.wakeup.set()
+        if self.wakeup is not None:
+            self.wakeup.set()
         if self.buffered > _HIGH_WATER and not self.paused and self.conn.transport is not None:
             self.paused = True
             self.conn.transport.pause_reading()
 
     def finish(self) -> None:
         self.complete = True
-        self.wakeup.set()
+        if self.wakeup is not None:
+            self.wakeup.set()
 
     def fail(self, error: Exception) -> None:
         if not self.complete:
             self.error = error
-            self.wakeup.set()
+            if self.wakeup is not None:
+                self.wakeup.set()
 
     async def read(self) -> tuple[bytes, bool]:
         while True:
@@ -434,6 +450,8 @@ class _Response:
             if self.error is not None:
                 self._release(complete=False)
                 raise ForwardFailed("reset", reached=True)
+            if self.wakeup is None:
+                self.wakeup = asyncio.Event()
             self.wakeup.clear()
             try:
                 async with asyncio.timeout(self.read_timeout):  # Rule 6
