@@ -306,6 +306,7 @@ class _Responder:
         "policy",
         "principal",
         "receive",
+        "replayed_body",
         "route",
         "scope",
         "send",
@@ -338,6 +339,7 @@ class _Responder:
         self.owner: str | None = None  # whose quota a new record counts against
         self.store_key: str | None = None
         self.body = b""
+        self.replayed_body = False
         self.parsed: Any = NOT_JSON
         # What the app sent, for the settle.
         self.status: int | None = None
@@ -357,16 +359,21 @@ class _Responder:
 
     def emit(self, cls: type[ev.IdempotencyEvent], **fields: Any) -> None:
         if self.mw.wants(cls):
-            event = cls(
-                at=self.mw.clock.now(),
-                request_id=self.request_id,
-                method=self.method,
-                path=self.path,
-                principal=self.principal,
-                store_key=self.store_key,
-                **fields,
-            )
-            emit(self.mw.hooks, event)
+            self.event(cls, **fields)
+
+    def event(self, cls: type[ev.IdempotencyEvent], **fields: Any) -> None:
+        """Build and emit the event; on the hot path, after asking ``wants`` (which
+        ``emit`` does) without building the fields first."""
+        event = cls(
+            at=self.mw.clock.now(),
+            request_id=self.request_id,
+            method=self.method,
+            path=self.path,
+            principal=self.principal,
+            store_key=self.store_key,
+            **fields,
+        )
+        emit(self.mw.hooks, event)
 
     async def problem(self, error: SurefootError) -> None:
         await _send_problem(self.send, error, request_id=self.request_id, base=self.mw.problem_base)
@@ -456,11 +463,11 @@ class _Responder:
 
     async def missing_key(self) -> None:
         if not self.policy.required:
-            await self.mw.app(self.scope, self.replay_receive(), self.send)
+            await self.mw.app(self.scope, self.replay_receive, self.send)
             return
         self.emit(ev.KeyMissing, rejected=not self.policy.rollout)
         if self.policy.rollout:
-            await self.mw.app(self.scope, self.replay_receive(), self.send)
+            await self.mw.app(self.scope, self.replay_receive, self.send)
             return
         await self.problem(
             IdempotencyKeyMissing(method=self.method, path=self.path, header=self.policy.header)
@@ -578,7 +585,7 @@ class _Responder:
         if action == "fail_open":
             reason = "store_down" if failure is None else "store_failed"
             self.emit(ev.ExecutedUnprotected, reason=reason)
-            await self.mw.app(self.scope, self.replay_receive(), self.unprotected_send)
+            await self.mw.app(self.scope, self.replay_receive, self.unprotected_send)
             return
         # A fresh error: what the store raised, and its text, stay in the logs.
         wait = self.mw.health.retry_after(self.mw.clock.now())
@@ -607,12 +614,16 @@ class _Responder:
 
     async def answer(self, decision: Decision, *, waited: float) -> None:
         if isinstance(decision, Reserved):
-            self.emit(ev.KeyReserved, generation=decision.generation, took_over=decision.took_over)
+            if self.mw.wants(ev.KeyReserved):
+                self.event(
+                    ev.KeyReserved, generation=decision.generation, took_over=decision.took_over
+                )
             if decision.took_over:
                 self.emit(ev.LeaseExpired, action="reexecute")
             await self.execute(decision.token)
         elif isinstance(decision, Replay):
-            self.emit(ev.ResponseReplayed, status=decision.response.status)
+            if self.mw.wants(ev.ResponseReplayed):
+                self.event(ev.ResponseReplayed, status=decision.response.status)
             await self.replay(decision.response)
         elif isinstance(decision, InProgress):
             self.emit(ev.RequestInProgress, waited=waited)
@@ -647,18 +658,12 @@ class _Responder:
 
     # -- executing and settling ------------------------------------------------------------
 
-    def replay_receive(self) -> Receive:
-        body: bytes | None = self.body
-
-        async def receive() -> Message:
-            nonlocal body
-            if body is not None:
-                message = {"type": "http.request", "body": body, "more_body": False}
-                body = None
-                return message
-            return await self.receive()
-
-        return receive
+    async def replay_receive(self) -> Message:
+        """The app's receive: the buffered body once, then what the client sends."""
+        if not self.replayed_body:
+            self.replayed_body = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        return await self.receive()
 
     async def capture_send(self, message: Message) -> None:
         kind = message["type"]
@@ -685,7 +690,7 @@ class _Responder:
         self.scope[IDEMPOTENCY_POLICY] = self.policy
         self.token = token
         try:
-            await self.mw.app(self.scope, self.replay_receive(), self.capture_send)
+            await self.mw.app(self.scope, self.replay_receive, self.capture_send)
         except Exception:
             await _shielded(self.settle())
             raise
@@ -771,11 +776,12 @@ class _Responder:
             self.emit(ev.StaleFinish, status=self.status)
         elif outcome.step is Step.COMPLETE:
             assert outcome.response is not None
-            self.emit(
-                ev.ResponseStored,
-                status=outcome.response.status,
-                body_stored=outcome.response.body is not None,
-            )
+            if self.mw.wants(ev.ResponseStored):
+                self.event(
+                    ev.ResponseStored,
+                    status=outcome.response.status,
+                    body_stored=outcome.response.body is not None,
+                )
         elif outcome.step is Step.RELEASE:
             self.emit(ev.ReservationReleased, status=self.status if self.complete else None)
         else:
