@@ -301,6 +301,39 @@ def test_releasing_a_slot_never_held_is_an_error() -> None:
         shedder.release()
 
 
+# -- the stack ------------------------------------------------------------------------------
+
+
+OFF = {"idempotency": False}
+
+
+@pytest.mark.parametrize(
+    ("routes", "protected"),
+    [
+        ([{"match": "/*"} | OFF], False),
+        ([{"match": "* /{rest:path}"} | OFF], False),
+        ([{"match": "/a"} | OFF, {"match": "/*"} | OFF], False),
+        ([{"match": "POST /a", "idempotency": {"ttl": 3600}}, {"match": "/*"} | OFF], True),
+        ([{"match": "GET /*"} | OFF], True),
+        ([{"match": "/v1/*"} | OFF], True),
+        ([], True),
+    ],
+)
+async def test_the_idempotency_layer_is_left_out_only_where_it_would_protect_nothing(
+    routes: list[dict[str, Any]], protected: bool
+) -> None:
+    upstream = EchoUpstream()
+    async with running(gateway_config(routes=routes), upstream=upstream) as gw:
+        keyed = {"Idempotency-Key": "k-1"}
+        responses = [await gw.client.post("/a", json={}, headers=keyed) for _ in range(2)]
+        layers = type(gw.gateway.stack.app).__name__
+
+    replayed = [r.headers.get("idempotent-replayed") for r in responses]
+    assert replayed == ([None, "true"] if protected else [None, None])
+    assert len(upstream.seen) == (1 if protected else 2)
+    assert (layers == "IdempotencyMiddleware") is protected
+
+
 # -- the proxy ------------------------------------------------------------------------------
 
 

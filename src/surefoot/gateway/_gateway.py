@@ -1,7 +1,10 @@
 """``Gateway``: the ASGI app ``surefoot serve`` runs, composed from a policy file.
 
 Per request: ``RateLimitMiddleware`` -> ``IdempotencyMiddleware`` -> ``ProxyApp`` -> the
-upstream, wrapped in the gateway's own request loop (request id, access log, metrics).
+upstream, wrapped in the gateway's own request loop (request id, access log, metrics). What
+the configuration decides is decided when the stack is built: a layer with nothing to do
+(no rate-limit policy; no route or method idempotency protects) is left out of it, and the
+request loop matches the request's route once, for its metrics and the proxy.
 
 Rule 1: a request runs entirely on the *stack* (the composed layers) that was in force
         when it arrived; a reload builds a new stack and swaps it in one assignment, so
@@ -41,6 +44,7 @@ import hashlib
 import importlib
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -96,6 +100,8 @@ _STARTUP_ONLY = ("host", "port", "workers", "log_level", *(f.name for f in field
 _UPSTREAM_APP_URL = "http://upstream"
 #: The ``Connection`` options that name no other header.
 _CONNECTION_OWN = frozenset({b"connection", b"close", b"keep-alive"})
+#: A route template that matches every request: any method, any path.
+_EVERY_REQUEST = re.compile(r"(?:\*\s+)?/(?:\*|\{[A-Za-z_][A-Za-z0-9_]*:path\})")
 #: Scope key: the template of the gateway's route the request matched ("" for none).
 _ROUTE = "surefoot.gateway.route"
 
@@ -492,20 +498,22 @@ class Gateway:
         # retry sooner finds them unknown still. Without, an operator does: the
         # middleware's default.
         unknown_retry_after = 5.0 if resolver is None else root.idempotency.reconcile_interval
-        app: ASGIApp = IdempotencyMiddleware(
-            proxy,
-            store=idem_store,
-            policy=config.idempotency_policy,
-            routes=config.idempotency_routes,
-            principal=identity,
-            clock=self.clock,
-            hooks=self.hooks,
-            max_request_body=root.server.max_request_body,
-            store_health=self._health_of(idem_store),
-            resolver=resolver,
-            allow_method_override=root.server.allow_method_override,
-            outcome_unknown_retry_after=unknown_retry_after,
-        )
+        app: ASGIApp = proxy
+        if not _protects_nothing(config):  # else every request would pass it untouched
+            app = IdempotencyMiddleware(
+                proxy,
+                store=idem_store,
+                policy=config.idempotency_policy,
+                routes=config.idempotency_routes,
+                principal=identity,
+                clock=self.clock,
+                hooks=self.hooks,
+                max_request_body=root.server.max_request_body,
+                store_health=self._health_of(idem_store),
+                resolver=resolver,
+                allow_method_override=root.server.allow_method_override,
+                outcome_unknown_retry_after=unknown_retry_after,
+            )
         if config.rate_limit_policies:
             tiers = config.tiers
             app = RateLimitMiddleware(
@@ -611,6 +619,22 @@ class Gateway:
             self._clients[key] = client
         resources.add(id(client))
         return client, base_url
+
+
+def _protects_nothing(config: GatewayConfig) -> bool:
+    """Whether the idempotency layer would pass every request through untouched: no policy
+    names a method, or a route matching every request leaves it unprotected before any
+    route protects one (the layer is then left out of the stack)."""
+    routes = config.idempotency_routes
+    policies = [config.idempotency_policy, *(p for p in routes.values() if p is not None)]
+    if not any(policy.methods for policy in policies):
+        return True
+    for template, policy in routes.items():
+        if policy is not None:
+            return False
+        if _EVERY_REQUEST.fullmatch(template.strip()):
+            return True
+    return False
 
 
 def _clean_headers(scope: Scope, *, trusted: bool) -> str:

@@ -56,6 +56,11 @@ class GatewayMetrics(PrometheusMetrics):
         self._reloads = self._children("surefoot_config_reloads_total", Counter)
         self._resolutions = self._children("surefoot_idempotency_resolutions_total", Counter)
         self._unknown_age = self._metric("surefoot_idempotency_unknown_age_seconds", Histogram)
+        # In one process the in-flight gauge reads this count when scraped, so a request
+        # updates no gauge; workers share their values through files, updated as they go.
+        self._in_flight = 0
+        if multiprocess_dir is None:
+            self._inflight.set_function(lambda: self._in_flight)
         self._handlers.update(
             {
                 UpstreamFailed: self._on_upstream_failed,
@@ -65,6 +70,13 @@ class GatewayMetrics(PrometheusMetrics):
                 OutcomeResolved: self._on_resolved,
             }
         )
+
+    def inflight(self, delta: int) -> None:
+        """Requests started (``+1``) or finished (``-1``)."""
+        if self.multiprocess_dir is None:
+            self._in_flight += delta
+        else:
+            super().inflight(delta)
 
     def observe_upstream(self, *, outcome: str, seconds: float) -> None:
         """Count one forwarded request: ``outcome`` is ``"2xx"``... or a failure's name."""

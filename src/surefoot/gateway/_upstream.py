@@ -561,7 +561,7 @@ class _AppExchange:
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
-            self.headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())]
+            self.headers = [(k.lower(), v) for k, v in message.get("headers", ())]
         elif message["type"] == "http.response.body":
             chunk = message.get("body", b"")
             if chunk and not self.head:

@@ -126,6 +126,7 @@ _FORWARDING = frozenset(
         b"x-rewrite-url",
     }
 )
+_SCHEMES = {"http": b"http", "https": b"https"}
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _RESPONSE_DROPPED = _HOP_BY_HOP | {b"x-request-id"}
 
@@ -190,7 +191,9 @@ class ProxyApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "http"
         shedder = self.shedder
-        if shedder is not None:
+        if shedder is None and self.breaker is None:
+            await _Forward(self, scope, receive, send, None).run()
+        elif shedder is not None:
             critical = self.critical(scope)
             if not shedder.try_acquire(critical=critical):
                 scope[NOT_EXECUTED] = True
@@ -339,8 +342,10 @@ class _Forward:
         forwarding: list[tuple[bytes, bytes]] = []
         connection_tokens: set[bytes] = set()
         host = b""
+        has_id = False
+        dropped = proxy.dropped
         for name, value in scope["headers"]:
-            if name in proxy.dropped:
+            if name in dropped:
                 if name == b"connection":
                     connection_tokens.update(t.strip().lower() for t in value.split(b","))
                 elif name == b"host":
@@ -348,6 +353,8 @@ class _Forward:
             elif name in _FORWARDING or name.startswith(b"x-forwarded-"):
                 forwarding.append((name, value))
             else:
+                if name == b"x-request-id":
+                    has_id = True
                 headers.append((name, value))
         client = scope.get("client")
         chain = client[0].encode() if client else b"unknown"
@@ -362,12 +369,14 @@ class _Forward:
             headers += [(n, v) for n, v in forwarding if n != b"x-forwarded-for"]
         if connection_tokens:
             headers = [(n, v) for n, v in headers if n not in connection_tokens]
+            has_id = has_id and b"x-request-id" not in connection_tokens
         headers.append((b"x-forwarded-for", chain))
         if own_proto:
-            headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
+            scheme = scope.get("scheme", "http")
+            headers.append((b"x-forwarded-proto", _SCHEMES.get(scheme) or scheme.encode()))
         if host and own_host:
             headers.append((b"x-forwarded-host", host))
-        if not any(n == b"x-request-id" for n, _ in headers):
+        if not has_id:
             headers.append((b"x-request-id", request_id(scope).encode()))
         query = scope.get("query_string", b"")
         target = scope.get("raw_path") or scope["path"].encode()
