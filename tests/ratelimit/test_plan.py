@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from surefoot.ratelimit import Limit, RateLimitPolicy, limit_key
+from surefoot.ratelimit._headers import policy_field
 from surefoot.ratelimit._plan import Plan
 
 POLICIES = (
@@ -62,6 +63,8 @@ def test_the_plan_decides_what_the_policies_decide(
         ]
         assert [i.limit for i in items] == list(limits.limits)
         assert all(i.enforce is not policy.shadow for i in items)
+        quota = any(limit.algorithm == "quota" for limit in limits.limits)
+        assert limits.policy_field == (None if quota else policy_field(limits.slots, now=0.0))
         fresh = limits.fresh(items, 3)
         assert [i.key for i in fresh] == [i.key for i in items]
         assert all(i.cost == 3 for i in fresh)

@@ -31,7 +31,14 @@ from typing import Literal
 from surefoot.ratelimit._algorithms import RateLimitDecision, quota_period
 from surefoot.ratelimit._limit import Limit
 
-__all__ = ["Reported", "legacy_headers", "ratelimit_headers", "whole_seconds"]
+__all__ = [
+    "Reported",
+    "fixed_policy_field",
+    "legacy_headers",
+    "policy_field",
+    "state_field",
+    "whole_seconds",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,24 +85,34 @@ def _policy_item(name: str, limit: Limit, window: float) -> str:
     return f"{_sf_string(name)};q={limit.capacity};w={whole_seconds(window)}"
 
 
-def ratelimit_headers(
-    reported: Sequence[Reported],
-    decisions: Sequence[RateLimitDecision],
-    *,
-    rejected: bool,
-    now: float,
-) -> list[tuple[bytes, bytes]]:
-    """``RateLimit-Policy`` and ``RateLimit`` for the reported limits, decided at ``now``."""
-    policies, states = [], []
-    # Not zip(strict=True): its keyword argument costs as much as the rest of one item.
-    for i, item in enumerate(reported):
-        decision = decisions[i]
+def policy_field(reported: Sequence[Reported], *, now: float) -> bytes:
+    """``RateLimit-Policy``'s value for the reported limits at ``now``."""
+    members = []
+    for item in reported:
         member = item.member
         if member is None:
             limit = item.limit
             start, end = quota_period(now, limit.period or "day", limit.timezone)
             member = _policy_item(item.name, limit, end - start)  # Rule 4
-        policies.append(member)
+        members.append(member)
+    return ", ".join(members).encode()
+
+
+def fixed_policy_field(reported: Sequence[Reported]) -> bytes | None:
+    """``RateLimit-Policy``'s value if it never changes (no quota among the limits)."""
+    if any(item.member is None for item in reported):
+        return None
+    return policy_field(reported, now=0.0)
+
+
+def state_field(
+    reported: Sequence[Reported], decisions: Sequence[RateLimitDecision], *, rejected: bool
+) -> bytes:
+    """``RateLimit``'s value for the reported limits and their decisions."""
+    states = []
+    # Not zip(strict=True): its keyword argument costs as much as the rest of one item.
+    for i, item in enumerate(reported):
+        decision = decisions[i]
         remaining = decision.remaining if decision.remaining > 0 else 0
         if rejected and not decision.allowed:
             # Rule 2: the very value of Retry-After (at least 1 second).
@@ -116,10 +133,7 @@ def ratelimit_headers(
                 if t < 1:
                     t = 1
         states.append(f"{item.prefix}{remaining};t={t}")
-    return [
-        (b"ratelimit-policy", ", ".join(policies).encode()),
-        (b"ratelimit", ", ".join(states).encode()),
-    ]
+    return ", ".join(states).encode()
 
 
 def legacy_headers(

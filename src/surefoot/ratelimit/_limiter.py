@@ -66,7 +66,7 @@ from surefoot.identity import Identity, PrincipalResolver, default_principal
 from surefoot.ratelimit import _events as ev
 from surefoot.ratelimit._algorithms import RateLimitDecision, uncharged
 from surefoot.ratelimit._core import Item
-from surefoot.ratelimit._headers import legacy_headers, ratelimit_headers, whole_seconds
+from surefoot.ratelimit._headers import legacy_headers, policy_field, state_field, whole_seconds
 from surefoot.ratelimit._limit import Limit
 from surefoot.ratelimit._plan import Covering, Plan, Slot
 from surefoot.ratelimit._policy import RateLimitPolicy
@@ -225,11 +225,13 @@ class RateLimiter:
         principal: str,
         address: str,
         covering: Covering,
-    ) -> tuple[tuple[Slot, ...], tuple[Item, ...]]:
-        """The request's limits (``Slot``) and their store items, in the same order."""
+    ) -> tuple[tuple[Slot, ...], tuple[Item, ...], bytes | None]:
+        """The request's limits (``Slot``) and their store items, in the same order, and
+        their ``RateLimit-Policy`` value when it is known in advance (one set of limits)."""
         tier = self.tier(scope, principal) if self.tier is not None else None
         slots: tuple[Slot, ...] = ()
         items: tuple[Item, ...] = ()
+        fixed: bytes | None = None
         for plan, route in covering:
             counted = address if plan.per_address else principal
             if counted in plan.allow:
@@ -239,9 +241,10 @@ class RateLimiter:
             cost = plan.cost_for(method, path)
             if cost != 1 or limits.concurrency:
                 found = limits.fresh(found, cost)
+            fixed = None if slots else limits.policy_field
             slots += limits.slots
             items += found
-        return slots, items
+        return slots, items, fixed
 
     async def check(self, scope: Scope) -> Verdict | None:
         """The verdict on an HTTP request, or None when no policy covers it."""
@@ -258,7 +261,7 @@ class RateLimiter:
         if plan.per_address and any(p.per_address for p, _ in covering):
             assert self.address is not None  # update_policies made sure of it
             address = self.address(scope)
-        slots, items = self._checks(scope, method, path, principal, address, covering)
+        slots, items, fixed = self._checks(scope, method, path, principal, address, covering)
         if not items:
             return None
         now = self.clock.now()
@@ -281,7 +284,7 @@ class RateLimiter:
             raise
         if permit.probe:
             self._report(scope, health.succeeded(permit, self.clock.now()), None)
-        return self._verdict(scope, principal, slots, items, admitted, decisions, now)
+        return self._verdict(scope, principal, slots, items, admitted, decisions, now, fixed)
 
     def _verdict(
         self,
@@ -292,13 +295,16 @@ class RateLimiter:
         admitted: bool,
         decisions: Sequence[RateLimitDecision],
         now: float,
+        fixed: bytes | None = None,
         *,
         local: bool = False,
     ) -> Verdict:
+        """``fixed``: the ``RateLimit-Policy`` value of ``slots``, when known in advance."""
         plan = self._plan
         # The enforced limits: only they refuse, and the headers show only them.
         shown_slots, shown_items, shown = slots, items, decisions
         if plan.shadow:
+            fixed = None
             shown_slots, shown_items, shown = [], [], []
             for slot, item, decision in zip(slots, items, decisions, strict=True):
                 if item.enforce:
@@ -320,10 +326,10 @@ class RateLimiter:
                 uncharged(d, i.cost, i.limit) if d.allowed else d
                 for i, d in zip(shown_items, shown, strict=True)
             ]
-            headers = self._headers(shown_slots, shown, now, rejected=True)
+            headers = self._headers(shown_slots, shown, now, fixed, rejected=True)
             error = self._rejection(scope, principal, shown_slots, shown_items, shown)
             return Verdict(False, error, headers)
-        headers = self._headers(shown_slots, shown, now, rejected=False)
+        headers = self._headers(shown_slots, shown, now, fixed, rejected=False)
         delay = max(d.delay for d in decisions) if plan.queued else 0.0
         if self._wants(ev.RateLimitAllowed):
             policies = tuple(dict.fromkeys(s.policy.name for s in slots))
@@ -360,14 +366,19 @@ class RateLimiter:
         slots: Sequence[Slot],
         decisions: Sequence[RateLimitDecision],
         now: float,
+        fixed: bytes | None,
         *,
         rejected: bool,
     ) -> list[tuple[bytes, bytes]]:
         if not slots or not (self.headers or self.legacy_headers):
             return []
-        out = (
-            ratelimit_headers(slots, decisions, rejected=rejected, now=now) if self.headers else []
-        )
+        out: list[tuple[bytes, bytes]] = []
+        if self.headers:
+            policy = policy_field(slots, now=now) if fixed is None else fixed
+            out = [
+                (b"ratelimit-policy", policy),
+                (b"ratelimit", state_field(slots, decisions, rejected=rejected)),
+            ]
         if self.legacy_headers:
             out += legacy_headers(slots, decisions, now=now, reset=self.legacy_reset)
         return out

@@ -8,9 +8,10 @@
    only the policies with routes match the request's.
 2. ``PolicyPlan.limits_for(counted, tier)``: the ``LimitSet`` that applies (the counted
    principal's override, its tier's limits, or the policy's own), compiled in advance:
-   each limit's ``Slot`` (its policy and its header fields, ``_headers.Reported``) and
-   the store ``Item`` of each limit for one (principal, route), cached per set (the same
-   clients come back: the key's hashing is skipped).
+   each limit's ``Slot`` (its policy and its header fields, ``_headers.Reported``), the
+   whole ``RateLimit-Policy`` value of the set, and the store ``Item`` of each limit for
+   one (principal, route), cached per set (the same clients come back: the key's hashing
+   is skipped).
 3. ``LimitSet.fresh``: the items of a request whose route has a cost, or that holds a
    concurrency slot (its token is new for every request), made from the cached ones.
 
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from surefoot.ratelimit._core import Item
-from surefoot.ratelimit._headers import Reported
+from surefoot.ratelimit._headers import Reported, fixed_policy_field
 from surefoot.ratelimit._limit import Limit
 from surefoot.ratelimit._policy import RateLimitPolicy, limit_key
 
@@ -48,7 +49,7 @@ class Slot(Reported):
 class LimitSet:
     """The limits one policy applies to a principal, compiled."""
 
-    __slots__ = ("concurrency", "items", "limits", "policy", "slots")
+    __slots__ = ("concurrency", "items", "limits", "policy", "policy_field", "slots")
 
     def __init__(self, policy: RateLimitPolicy, limits: Sequence[Limit]) -> None:
         self.policy = policy
@@ -58,6 +59,8 @@ class LimitSet:
             Slot(policy.name if single else f"{policy.name}-{_label(limit)}", limit, policy)
             for limit in self.limits
         )
+        #: ``RateLimit-Policy``'s value for these limits alone, unless a quota's changes.
+        self.policy_field = fixed_policy_field(self.slots)
         self.concurrency = any(limit.algorithm == "concurrency" for limit in self.limits)
         self.items = lru_cache(maxsize=KEYS_PER_SET)(self._items)
 
