@@ -27,7 +27,17 @@ class is also an entry of the RFC 9457 problem catalogue: its ``code``, ``status
     │   ├── AdminBadRequest                400  admin_bad_request
     │   ├── AdminUnauthorized              401  admin_unauthorized
     │   ├── AdminNotFound                  404  admin_not_found
-    │   └── ConfigRejected                 422  config_rejected
+    │   ├── ConfigRejected                 422  config_rejected
+    │   └── WebhookRejected                400  (an inbound webhook failed verification)
+    │       ├── WebhookSignatureMissing    400  webhook_signature_missing
+    │       ├── WebhookSignatureMalformed  400  webhook_signature_malformed
+    │       ├── WebhookSignatureUnsupported 400 webhook_signature_unsupported
+    │       ├── WebhookSignatureMismatch   401  webhook_signature_mismatch
+    │       ├── WebhookTimestampExpired    401  webhook_timestamp_expired
+    │       ├── WebhookTimestampInFuture   401  webhook_timestamp_in_future
+    │       ├── WebhookBodyNotJson         400  webhook_body_not_json
+    │       ├── WebhookEventIdInvalid      400  webhook_event_id_invalid
+    │       └── WebhookEventFieldInvalid   400  webhook_event_field_invalid
     ├── BackendError                       503  (a store or an upstream failed; retrying is safe)
     │   ├── StoreUnavailable               503  store_unavailable
     │   ├── StoreCapacityExceeded          503  store_capacity_exceeded
@@ -87,6 +97,16 @@ __all__ = [
     "UpstreamThrottled",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "WebhookRejected",
+    "WebhookSignatureMissing",
+    "WebhookSignatureMalformed",
+    "WebhookSignatureUnsupported",
+    "WebhookSignatureMismatch",
+    "WebhookTimestampExpired",
+    "WebhookTimestampInFuture",
+    "WebhookBodyNotJson",
+    "WebhookEventIdInvalid",
+    "WebhookEventFieldInvalid",
 ]
 
 
@@ -524,3 +544,104 @@ class ConfigRejected(ClientError):
     status = 422
     title = "Configuration refused"
     detail_template = "The new configuration was refused and the one in force stays: {problems}"
+
+
+class WebhookRejected(ClientError, abstract=True):
+    """An inbound webhook failed verification; nothing was stored or handed to the app.
+
+    The detail names the header or field at fault, never the body or a secret. A sender
+    retries any non-2xx answer, so a rejection caused by a wrong secret here shows up as
+    retries in the sender's dashboard until the secret is fixed.
+    """
+
+
+class WebhookSignatureMissing(WebhookRejected):
+    """A header the endpoint's signature scheme needs is absent (or sent twice)."""
+
+    code = "webhook_signature_missing"
+    title = "Webhook signature missing"
+    detail_template = "The webhook has no usable {header} header, which the {scheme} scheme needs."
+
+
+class WebhookSignatureMalformed(WebhookRejected):
+    """A signature or timestamp header cannot be parsed."""
+
+    code = "webhook_signature_malformed"
+    title = "Webhook signature malformed"
+    detail_template = "The {header} header is malformed: {reason}."
+
+
+class WebhookSignatureUnsupported(WebhookRejected):
+    """The signature header carries only signature versions this endpoint does not check."""
+
+    code = "webhook_signature_unsupported"
+    title = "Webhook signature version not supported"
+    detail_template = (
+        "The {header} header carries no signature of a version this endpoint checks "
+        "({expected}); it has {found}."
+    )
+
+
+class WebhookSignatureMismatch(WebhookRejected):
+    """No signature of the header matches the body under any of the endpoint's secrets."""
+
+    code = "webhook_signature_mismatch"
+    status = 401
+    title = "Webhook signature does not match"
+    detail_template = (
+        "No signature in the {header} header matches the body with this endpoint's secrets. "
+        "Check the signing secret, and that nothing between sender and receiver changed the body."
+    )
+
+
+class WebhookTimestampExpired(WebhookRejected):
+    """The signed timestamp is older than the scheme's tolerance: a replayed delivery."""
+
+    code = "webhook_timestamp_expired"
+    status = 401
+    title = "Webhook timestamp too old"
+    detail_template = (
+        "The webhook was signed {age} seconds ago, more than the {tolerance} seconds "
+        "this endpoint accepts."
+    )
+
+
+class WebhookTimestampInFuture(WebhookRejected):
+    """The signed timestamp is further in the future than the scheme's tolerance."""
+
+    code = "webhook_timestamp_in_future"
+    status = 401
+    title = "Webhook timestamp in the future"
+    detail_template = (
+        "The webhook's timestamp is {ahead} seconds ahead of this server's clock, more than "
+        "the {tolerance} seconds this endpoint accepts. Check the sender's clock."
+    )
+
+
+class WebhookBodyNotJson(WebhookRejected):
+    """The endpoint reads the event id or an ordering field from the body, which is not JSON."""
+
+    code = "webhook_body_not_json"
+    title = "Webhook body is not JSON"
+    detail_template = (
+        "The webhook body is not a JSON object, and this endpoint reads {field} from it."
+    )
+
+
+class WebhookEventIdInvalid(WebhookRejected):
+    """The event id is missing, empty, longer than 255 bytes or not printable ASCII."""
+
+    code = "webhook_event_id_invalid"
+    title = "Webhook event id invalid"
+    detail_template = (
+        "The webhook's event id ({source}) is {reason}; it must be 1 to 255 printable "
+        "ASCII characters."
+    )
+
+
+class WebhookEventFieldInvalid(WebhookRejected):
+    """An ordering field (object id, version) is missing or of the wrong type."""
+
+    code = "webhook_event_field_invalid"
+    title = "Webhook event field invalid"
+    detail_template = "The webhook's field {field} is {reason}; expected {expected}."
