@@ -25,6 +25,8 @@ CORES = [
     "surefoot.ratelimit._store",
     "surefoot.client._flow",
     "surefoot.chaos._plan",
+    "surefoot.webhooks._order",
+    "surefoot.webhooks._store",
     "surefoot._health",
 ]
 
