@@ -13,10 +13,12 @@ from surefoot.ratelimit import Item, Limit, RateLimitStore
 from surefoot.storage import (
     IdempotencyStoreWrapper,
     MemoryStore,
+    OrderingStoreWrapper,
     RateLimitStoreWrapper,
     Store,
     StoreWrapper,
 )
+from surefoot.webhooks._store import OrderingStore
 
 T = TypeVar("T")
 
@@ -79,8 +81,14 @@ def test_each_half_is_the_protocol_its_methods_make() -> None:
     assert [isinstance(h, IdempotencyStore) for h in halves] == [True, False]
     assert [isinstance(h, RateLimitStore) for h in halves] == [False, True]
     assert StoreWrapper.OPERATIONS == (
-        IdempotencyStoreWrapper.OPERATIONS + RateLimitStoreWrapper.OPERATIONS
+        IdempotencyStoreWrapper.OPERATIONS
+        + RateLimitStoreWrapper.OPERATIONS
+        + OrderingStoreWrapper.OPERATIONS
     )
+    ordering = OrderingStoreWrapper(MemoryStore())
+    assert isinstance(ordering, OrderingStore)
+    assert not isinstance(ordering, IdempotencyStore)
+    assert not any(isinstance(h, OrderingStore) for h in halves)
     assert {*StoreWrapper.OPERATIONS} == {
         name for name in dir(StoreWrapper) if not name.startswith("_")
     } - {"OPERATIONS", "around", "aclose", "rate_limit_algorithms", "wrapped"}

@@ -1,14 +1,16 @@
 """``InstrumentedStore``: a store seen through ``PrometheusMetrics.instrument_store``.
 
 Each store call is timed and each failure counted; every other attribute is the wrapped
-store's own. The protocol methods come from ``surefoot.storage``'s wrapper halves
-(``IdempotencyStoreWrapper``, ``RateLimitStoreWrapper``), mixed only into the wrapper classes
-of stores that have them, so that the ``runtime_checkable`` checks of ``IdempotencyStore`` and
-``RateLimitStore`` give the wrapped store's answer; ``around`` times each call.
+store's own. The protocol methods come from ``surefoot.storage``'s wrapper parts
+(``IdempotencyStoreWrapper``, ``RateLimitStoreWrapper``, ``OrderingStoreWrapper``), mixed only
+into the wrapper classes of stores that have them, so that the ``runtime_checkable`` checks of
+``IdempotencyStore``, ``RateLimitStore`` and ``surefoot.webhooks``' ``OrderingStore`` give the
+wrapped store's answer; ``around`` times each call.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -17,7 +19,12 @@ from prometheus_client import Counter, Histogram
 
 from surefoot.idempotency import IdempotencyStore
 from surefoot.ratelimit import RateLimitStore
-from surefoot.storage import IdempotencyStoreWrapper, RateLimitStoreWrapper
+from surefoot.storage import (
+    IdempotencyStoreWrapper,
+    OrderingStoreWrapper,
+    RateLimitStoreWrapper,
+)
+from surefoot.webhooks._store import OrderingStore
 
 __all__ = ["InstrumentedStore", "instrumented"]
 
@@ -29,12 +36,9 @@ _Timer = tuple[Histogram, Counter]
 
 def instrumented(store: object, timer: Callable[[str], _Timer]) -> InstrumentedStore:
     """Wrap ``store``; ``timer(operation)`` gives each operation's metrics."""
-    idempotency = isinstance(store, IdempotencyStore)
-    rate_limit = isinstance(store, RateLimitStore)
-    cls = _WRAPPERS[idempotency, rate_limit]
-    operations = (IdempotencyStoreWrapper.OPERATIONS if idempotency else ()) + (
-        RateLimitStoreWrapper.OPERATIONS if rate_limit else ()
-    )
+    parts = tuple(part for part, protocol in _PARTS if isinstance(store, protocol))
+    cls = _wrapper_class(parts)
+    operations = tuple(operation for part in parts for operation in part.OPERATIONS)
     # Made now, so that every series exists (at 0) before the first call.
     return cls(store, {operation: timer(operation) for operation in operations})
 
@@ -77,22 +81,20 @@ class InstrumentedStore:
         return f"InstrumentedStore({self._store!r})"
 
 
-class _InstrumentedIdempotencyStore(InstrumentedStore, IdempotencyStoreWrapper):
-    pass
+_Part = type[IdempotencyStoreWrapper] | type[RateLimitStoreWrapper] | type[OrderingStoreWrapper]
+
+#: Each wrapper part, and the protocol a store has when the part's methods apply to it.
+_PARTS: tuple[tuple[_Part, type], ...] = (
+    (IdempotencyStoreWrapper, IdempotencyStore),
+    (RateLimitStoreWrapper, RateLimitStore),
+    (OrderingStoreWrapper, OrderingStore),
+)
 
 
-class _InstrumentedRateLimitStore(InstrumentedStore, RateLimitStoreWrapper):
-    pass
-
-
-class _InstrumentedFullStore(InstrumentedStore, IdempotencyStoreWrapper, RateLimitStoreWrapper):
-    pass
-
-
-#: (is an IdempotencyStore, is a RateLimitStore) -> the wrapper class.
-_WRAPPERS: dict[tuple[bool, bool], type[InstrumentedStore]] = {
-    (False, False): InstrumentedStore,
-    (True, False): _InstrumentedIdempotencyStore,
-    (False, True): _InstrumentedRateLimitStore,
-    (True, True): _InstrumentedFullStore,
-}
+@functools.cache
+def _wrapper_class(parts: tuple[_Part, ...]) -> type[InstrumentedStore]:
+    """The wrapper class of a store that is the protocols of ``parts``, made once."""
+    if not parts:
+        return InstrumentedStore
+    name = "_Instrumented" + "".join(part.__name__.removesuffix("Wrapper") for part in parts)
+    return type(name, (InstrumentedStore, *parts), {})

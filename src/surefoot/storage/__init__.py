@@ -5,7 +5,7 @@ processes); ``store_from_url`` picks one from a URL such as ``sqlite:///idempote
 Every store is a ``Store``: it implements ``IdempotencyStore`` (whose home is
 ``surefoot.idempotency``) and ``RateLimitStore`` (``surefoot.ratelimit``) and passes the same
 contract test suites. Store health (``StoreHealth``) is shared by both middlewares.
-``StoreWrapper`` (and its halves) forwards every call of another store through one hook,
+``StoreWrapper`` (and its parts) forwards every call of another store through one hook,
 ``around``: ``surefoot.metrics.InstrumentedStore`` and ``surefoot.testing.FlakyStore`` are
 built on it.
 """
@@ -18,7 +18,12 @@ from surefoot._health import HealthState, StoreDown, StoreHealth, StoreRecovered
 from surefoot._lazy import lazy_names
 from surefoot.idempotency import IdempotencyStore
 from surefoot.ratelimit import RateLimitStore
-from surefoot.storage._wrapper import IdempotencyStoreWrapper, RateLimitStoreWrapper, StoreWrapper
+from surefoot.storage._wrapper import (
+    IdempotencyStoreWrapper,
+    OrderingStoreWrapper,
+    RateLimitStoreWrapper,
+    StoreWrapper,
+)
 
 # The stores load asyncio and sqlite3 on first use, not for the interfaces and the wrappers.
 if TYPE_CHECKING:
@@ -41,6 +46,7 @@ __all__ = [
     "IdempotencyStore",
     "IdempotencyStoreWrapper",
     "MemoryStore",
+    "OrderingStoreWrapper",
     "RateLimitStore",
     "RateLimitStoreWrapper",
     "SqliteStore",

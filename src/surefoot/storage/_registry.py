@@ -13,14 +13,16 @@ from surefoot.idempotency import IdempotencyStore
 from surefoot.ratelimit import RateLimitStore
 from surefoot.storage.memory import MemoryStore
 from surefoot.storage.sqlite import SqliteStore
+from surefoot.webhooks._store import OrderingStore
 
 __all__ = ["STORES", "Store", "store_from_url"]
 
 
 @runtime_checkable
-class Store(IdempotencyStore, RateLimitStore, Protocol):
-    """What every store in this package is: a home for idempotency records and for
-    rate-limit counters at once (one store can serve both middlewares)."""
+class Store(IdempotencyStore, RateLimitStore, OrderingStore, Protocol):
+    """What every store in this package is: a home for idempotency records, for
+    rate-limit counters and for the webhook ordering guard's records at once (one store
+    can serve both middlewares and the webhook receiver)."""
 
 
 def _memory(url: str) -> Store:

@@ -1,14 +1,16 @@
 """Store wrappers: a store that wraps another and passes each of its calls through one hook.
 
-``StoreWrapper`` is a ``Store`` built on another: each method of ``IdempotencyStore`` and
-``RateLimitStore`` forwards to the wrapped store through ``around(operation, call)``, the one
-method a subclass overrides to time, count, trace or fail the calls (``surefoot.metrics``'s
-``InstrumentedStore`` and ``surefoot.testing``'s ``FlakyStore`` are such subclasses). Its two
-halves, ``IdempotencyStoreWrapper`` and ``RateLimitStoreWrapper``, serve a wrapper that must
-be an ``IdempotencyStore`` or a ``RateLimitStore`` exactly when its store is: the protocols are
-``runtime_checkable``, so what a wrapper passes is decided by which methods its class has.
+``StoreWrapper`` is a ``Store`` built on another: each method of ``IdempotencyStore``,
+``RateLimitStore`` and ``OrderingStore`` (``surefoot.webhooks``) forwards to the wrapped store
+through ``around(operation, call)``, the one method a subclass overrides to time, count, trace
+or fail the calls (``surefoot.metrics``'s ``InstrumentedStore`` and ``surefoot.testing``'s
+``FlakyStore`` are such subclasses). Its parts, ``IdempotencyStoreWrapper``,
+``RateLimitStoreWrapper`` and ``OrderingStoreWrapper``, serve a wrapper that must be an
+``IdempotencyStore``, a ``RateLimitStore`` or an ``OrderingStore`` exactly when its store is:
+the protocols are ``runtime_checkable``, so what a wrapper passes is decided by which methods
+its class has.
 
-Rule 1: ``operation`` is the store method's name (a half's ``OPERATIONS``); ``call()`` makes
+Rule 1: ``operation`` is the store method's name (a part's ``OPERATIONS``); ``call()`` makes
 the wrapped store's call, so a hook that refuses a call never starts it.
 Rule 2: ``aclose`` and ``rate_limit_algorithms`` go to the wrapped store without the hook.
 """
@@ -21,8 +23,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 if TYPE_CHECKING:
     from surefoot.idempotency import Begin, Decision, Outcome, Record, State, StoredResponse
     from surefoot.ratelimit import Item, RateLimitDecision
+    from surefoot.webhooks._order import Claim, OrderRecord
 
-__all__ = ["IdempotencyStoreWrapper", "RateLimitStoreWrapper", "StoreWrapper"]
+__all__ = [
+    "IdempotencyStoreWrapper",
+    "OrderingStoreWrapper",
+    "RateLimitStoreWrapper",
+    "StoreWrapper",
+]
 
 T = TypeVar("T")
 
@@ -111,7 +119,36 @@ class RateLimitStoreWrapper(_Wrapper):
         await self.around("release", lambda: self._store.release(key, token, now))
 
 
-class StoreWrapper(IdempotencyStoreWrapper, RateLimitStoreWrapper):
+class OrderingStoreWrapper(_Wrapper):
+    """An ``OrderingStore`` whose calls go to another through ``around``."""
+
+    OPERATIONS: ClassVar[tuple[str, ...]] = ("order_claim", "order_settle", "order_get")
+
+    async def order_claim(
+        self, key: str, *, version: float, token: str, now: float, lease: float, retention: float
+    ) -> Claim:
+        return await self.around(
+            "order_claim",
+            lambda: self._store.order_claim(
+                key, version=version, token=token, now=now, lease=lease, retention=retention
+            ),
+        )
+
+    async def order_settle(
+        self, key: str, *, token: str, version: float, ok: bool, now: float, retention: float
+    ) -> None:
+        await self.around(
+            "order_settle",
+            lambda: self._store.order_settle(
+                key, token=token, version=version, ok=ok, now=now, retention=retention
+            ),
+        )
+
+    async def order_get(self, key: str, now: float) -> OrderRecord | None:
+        return await self.around("order_get", lambda: self._store.order_get(key, now))
+
+
+class StoreWrapper(IdempotencyStoreWrapper, RateLimitStoreWrapper, OrderingStoreWrapper):
     """A ``Store`` whose calls go to another through ``around``.
 
     Example:
@@ -131,5 +168,7 @@ class StoreWrapper(IdempotencyStoreWrapper, RateLimitStoreWrapper):
     """
 
     OPERATIONS: ClassVar[tuple[str, ...]] = (
-        IdempotencyStoreWrapper.OPERATIONS + RateLimitStoreWrapper.OPERATIONS
+        IdempotencyStoreWrapper.OPERATIONS
+        + RateLimitStoreWrapper.OPERATIONS
+        + OrderingStoreWrapper.OPERATIONS
     )

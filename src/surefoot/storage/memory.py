@@ -25,6 +25,12 @@ Invariants:
    expiry), so a begin reads its owner's usage in constant time. Only an owner at its
    quota whose first record may have expired has its records scanned: expired ones are
    dropped, and the bounds become exact.
+6. Ordering records (``surefoot.webhooks``' ``OrderingStore``) apply ``_order``'s
+   ``claim`` and ``settle`` under the lock, and are bounded by ``max_records`` apart from
+   the idempotency records: when full, an expired one is dropped first; then with
+   ``on_full="evict"`` the least recently written one that no lease holds, else a new
+   key is refused with ``StoreCapacityExceeded`` (as Invariant 2). ``purge`` drops the
+   expired ones too.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ from surefoot.ratelimit import (
     RateLimitDecision,
     plan,
 )
+from surefoot.webhooks import _order
+from surefoot.webhooks._order import Claim, OrderRecord, OrderState
 
 __all__ = ["MemoryStore"]
 
@@ -119,6 +127,8 @@ class MemoryStore:
         # Cache entries (value, expires_at), least recently used first.
         self._cache: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._owners: dict[str, _Tally] = {}
+        # Ordering records (Invariant 6), least recently written first.
+        self._orders: OrderedDict[str, OrderRecord] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -251,7 +261,59 @@ class MemoryStore:
         expired = [k for k, r in self._records.items() if now >= r.expires_at][:limit]
         for key in expired:
             self._drop(key)
-        return len(expired)
+        orders = [k for k, r in self._orders.items() if now >= r.expires][: limit - len(expired)]
+        for key in orders:
+            del self._orders[key]
+        return len(expired) + len(orders)
+
+    # -- ordering records ----------------------------------------------------------------
+
+    async def order_claim(
+        self, key: str, *, version: float, token: str, now: float, lease: float, retention: float
+    ) -> Claim:
+        with self._lock:
+            record = self._orders.get(key)
+            new, answer = _order.claim(
+                record, version=version, token=token, now=now, lease=lease, retention=retention
+            )
+            if new is not record:
+                self._put_order(key, new, now)
+            return answer
+
+    async def order_settle(
+        self, key: str, *, token: str, version: float, ok: bool, now: float, retention: float
+    ) -> None:
+        with self._lock:
+            record = self._orders.get(key)
+            new = _order.settle(
+                record, token=token, version=version, ok=ok, now=now, retention=retention
+            )
+            if new is not record:
+                self._put_order(key, new, now)
+
+    async def order_get(self, key: str, now: float) -> OrderRecord | None:
+        record = self._orders.get(key)
+        return None if _order.classify(record, now) is OrderState.ABSENT else record
+
+    def _put_order(self, key: str, record: OrderRecord | None, now: float) -> None:
+        orders = self._orders
+        if record is None:
+            orders.pop(key, None)
+            return
+        if key not in orders and len(orders) >= self.max_records:
+            first_expiry = math.inf
+            for old_key, old in orders.items():
+                state = _order.classify(old, now)
+                if state is OrderState.ABSENT or (
+                    self.on_full == "evict" and state is OrderState.FREE
+                ):
+                    del orders[old_key]
+                    break
+                first_expiry = min(first_expiry, old.expires)
+            else:
+                raise StoreCapacityExceeded(retry_after=max(1, math.ceil(first_expiry - now)))
+        orders[key] = record
+        orders.move_to_end(key)
 
     # -- rate limits ---------------------------------------------------------------------
 
@@ -332,6 +394,7 @@ class MemoryStore:
         with self._lock:
             self._records.clear()
             self._owners.clear()
+            self._orders.clear()
             self._counters.clear()
             self._cache.clear()
 

@@ -90,6 +90,16 @@ Rule 11: a ``sliding_log`` counter is a sorted set, one member per admission,
         unless a later step's clock is earlier. A log kept by an older surefoot (a
         MessagePack list ``t1, c1, t2, c2...`` under a string key) is rewritten as a
         sorted set by the first step that touches it.
+Rule 12: the webhook ordering guard's records (``surefoot.webhooks``' ``OrderingStore``)
+        are hashes, one key per record (``prefix + key``: no hash tag needed, so any
+        cluster serves them), with fields ``n`` (newest), ``k`` (holder), ``v``
+        (holding), ``u`` (until) and ``e`` (expires). ``order_claim``, ``order_settle`` and
+        ``order_get`` are one script each (``_redis/order*.lua``), which re-state the rules
+        of ``surefoot.webhooks._order`` in Lua (Rule 2: the differential tests hold them
+        to it). A record's key expires with it (Rule 4); on the caller's clock ``purge``
+        deletes it by its ``e`` as it does an idempotency record. A claim whose reply is
+        lost is given back as a failed settle under its own token (which frees the
+        record only if that claim took it).
 """
 
 from __future__ import annotations
@@ -150,6 +160,8 @@ from surefoot.idempotency import (
     key_owner,
 )
 from surefoot.ratelimit import ALGORITHMS, Item, Limit, RateLimitDecision, quota_period
+from surefoot.webhooks import _order
+from surefoot.webhooks._order import Claim, OrderRecord, OrderState, Verdict
 
 __all__ = ["RedisStore"]
 
@@ -220,6 +232,10 @@ _RESOLVE = _script("resolve", "common", "record")
 _FORGET = _script("forget", "common", "record")
 _GET = _script("get", "common")
 _PURGE = _script("purge", "common")
+_ORDER_CLAIM = _script("order_claim", "common", "order")
+_ORDER_SETTLE = _script("order_settle", "common", "order")
+_ORDER_GET = _script("order_get", "common", "order")
+_VERDICTS = {v.value.encode(): v for v in Verdict}
 
 _STEPS = {Step.COMPLETE: "complete", Step.RELEASE: "release", Step.MARK_UNKNOWN: "mark_unknown"}
 _STATES = {s.value.encode(): s for s in (State.IN_FLIGHT, State.COMPLETED, State.UNKNOWN)}
@@ -1123,6 +1139,51 @@ class RedisStore:
                 if cursor == 0:
                     break
 
+    # -- ordering records (Rule 12) ---------------------------------------------------------
+
+    async def order_claim(
+        self, key: str, *, version: float, token: str, now: float, lease: float, retention: float
+    ) -> Claim:
+        keys = [self.prefix + key]
+        at = self._now(now)
+        try:
+            reply = await self._step(
+                _ORDER_CLAIM, keys, [at, token, float(version), float(lease), float(retention)]
+            )
+        except StoreUnavailable:
+            # The script may have run, holding the object for an event nobody processes:
+            # free it (our token leaves anyone else's claim alone).
+            args = [at, token, float(version), 0, float(retention)]
+            self._give_back(_Call(_ORDER_SETTLE, keys, args))
+            raise
+        verdict, newest, until, server_now = reply
+        return Claim(
+            _VERDICTS[verdict],
+            _number(newest),
+            self._caller_time(float(until), float(server_now), now),
+        )
+
+    async def order_settle(
+        self, key: str, *, token: str, version: float, ok: bool, now: float, retention: float
+    ) -> None:
+        args = [self._now(now), token, float(version), 1 if ok else 0, float(retention)]
+        await self._step(_ORDER_SETTLE, [self.prefix + key], args)
+
+    async def order_get(self, key: str, now: float) -> OrderRecord | None:
+        reply = await self._step(_ORDER_GET, [self.prefix + key], [self._now(now)])
+        at, newest, holder, holding, until, expires = reply
+        if expires in (None, False):
+            return None
+        at = float(at)
+        record = OrderRecord(
+            _number(newest),
+            None if holder in (None, False) else holder.decode(),
+            _number(holding),
+            self._caller_time(float(until), at, now),
+            self._caller_time(float(expires), at, now),
+        )
+        return None if _order.classify(record, now) is OrderState.ABSENT else record
+
     # -- rate limits -----------------------------------------------------------------------
 
     async def acquire(self, items: Sequence[Item], now: float) -> Result:
@@ -1372,6 +1433,12 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
     """Mark a background task's failure as seen (the next call retries it)."""
     if not task.cancelled():
         task.exception()
+
+
+def _number(raw: Any) -> float | None:
+    """A '%.17g' field of a script's reply; None for a missing one (None, or False when a
+    RESP3 client reads a Lua false)."""
+    return None if raw is None or raw is False else float(raw)
 
 
 def _response_args(response: StoredResponse | None) -> list[Any]:

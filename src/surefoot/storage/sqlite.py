@@ -66,6 +66,12 @@ Theory of operation:
     (another process's included); only a ``begin`` that writes is queued, and read again
     in the transaction. The price: a ``begin`` in a batch waits with it while another
     process holds the write lock.
+12. Ordering records (``surefoot.webhooks``' ``OrderingStore``, schema version 6) are rows
+    of a table of their own, one per key: ``order_claim`` and ``order_settle`` apply
+    ``_order``'s ``claim`` and ``settle`` in the group commit, as every step that writes
+    (a claim that finds the queue empty first decides from a plain read, as a ``begin``
+    does: a stale or busy answer writes nothing and waits for no lock). Expired rows go
+    with the purge batches and ``purge``.
 """
 
 from __future__ import annotations
@@ -103,18 +109,22 @@ from surefoot.ratelimit import (
     RateLimitDecision,
     plan,
 )
+from surefoot.webhooks import _order
+from surefoot.webhooks._order import Claim, OrderRecord, OrderState
 
 __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 
-# 2: records, rate-limit counters; 3: cache entries; 4: record owners; 5: sliding log entries
-SCHEMA_VERSION = 5
+# 2: records, rate-limit counters; 3: cache entries; 4: record owners; 5: sliding log entries;
+# 6: ordering records
+SCHEMA_VERSION = 6
 _TABLE = "surefoot_idempotency"
 _COUNTERS = "surefoot_ratelimit"
 _LOG = "surefoot_ratelimit_log"
 _CACHE = "surefoot_cache"
 _OWNERS = "surefoot_owners"
+_ORDERS = "surefoot_webhook_order"
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {_TABLE} (
     key TEXT PRIMARY KEY,
@@ -153,6 +163,15 @@ CREATE TABLE IF NOT EXISTS {_CACHE} (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS {_CACHE}_expires_at ON {_CACHE} (expires_at);
+CREATE TABLE IF NOT EXISTS {_ORDERS} (
+    key TEXT PRIMARY KEY,
+    newest REAL,
+    holder TEXT,
+    holding REAL,
+    until REAL NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {_ORDERS}_expires ON {_ORDERS} (expires);
 """
 # Per-principal quotas (Rule 10), created after the tables: a table of schema version 3
 # gets its owner column first. Triggers keep each owner's count of rows (expired ones not
@@ -234,6 +253,16 @@ _PURGE_CACHE = (
     f"DELETE FROM {_CACHE} WHERE rowid IN (SELECT rowid FROM {_CACHE} WHERE expires_at < ? LIMIT ?)"
 )
 _SELECT_CACHE = f"SELECT value FROM {_CACHE} WHERE key = ? AND expires_at >= ?"
+_SELECT_ORDER = f"SELECT newest, holder, holding, until, expires FROM {_ORDERS} WHERE key = ?"
+_UPSERT_ORDER = (
+    f"INSERT INTO {_ORDERS} (key, newest, holder, holding, until, expires) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET newest = excluded.newest, "
+    "holder = excluded.holder, holding = excluded.holding, until = excluded.until, "
+    "expires = excluded.expires"
+)
+_PURGE_ORDERS = (
+    f"DELETE FROM {_ORDERS} WHERE rowid IN (SELECT rowid FROM {_ORDERS} WHERE expires <= ? LIMIT ?)"
+)
 _UPSERT_CACHE = (
     f"INSERT INTO {_CACHE} (key, value, expires_at) VALUES (?, ?, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
@@ -410,7 +439,13 @@ class SqliteStore:
             with _translate(), self._lock, self._transaction():
                 deleted = max(
                     self._db.execute(statement, (now, self.purge_batch)).rowcount
-                    for statement in (_PURGE, _PURGE_COUNTERS, _PURGE_LOG, _PURGE_CACHE)
+                    for statement in (
+                        _PURGE,
+                        _PURGE_COUNTERS,
+                        _PURGE_LOG,
+                        _PURGE_CACHE,
+                        _PURGE_ORDERS,
+                    )
                 )
         except _Busy:
             return  # another process holds the lock; purge next time
@@ -488,7 +523,54 @@ class SqliteStore:
 
     async def purge(self, now: float, *, limit: int = 500) -> int:
         with _translate(), self._lock, self._transaction():
-            return int(self._db.execute(_PURGE, (now, limit)).rowcount)
+            deleted = int(self._db.execute(_PURGE, (now, limit)).rowcount)
+            if deleted < limit:
+                deleted += self._db.execute(_PURGE_ORDERS, (now, limit - deleted)).rowcount
+            return deleted
+
+    # -- ordering records (Rule 12) ------------------------------------------------------
+
+    async def order_claim(
+        self, key: str, *, version: float, token: str, now: float, lease: float, retention: float
+    ) -> Claim:
+        def decide(record: OrderRecord | None) -> tuple[OrderRecord | None, Claim]:
+            return _order.claim(
+                record, version=version, token=token, now=now, lease=lease, retention=retention
+            )
+
+        if not self._pending:
+            with _translate(), self._lock:
+                seen = _order_row(self._db.execute(_SELECT_ORDER, (key,)).fetchone())
+            new, answer = decide(seen)
+            if new is seen:
+                return answer
+
+        def work(db: sqlite3.Connection) -> Claim:
+            record = _order_row(db.execute(_SELECT_ORDER, (key,)).fetchone())
+            new, answer = decide(record)
+            if new is not record and new is not None:
+                db.execute(_UPSERT_ORDER, (key, *new))
+            return answer
+
+        return await self._atomic(work, now)
+
+    async def order_settle(
+        self, key: str, *, token: str, version: float, ok: bool, now: float, retention: float
+    ) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            record = _order_row(db.execute(_SELECT_ORDER, (key,)).fetchone())
+            new = _order.settle(
+                record, token=token, version=version, ok=ok, now=now, retention=retention
+            )
+            if new is not record and new is not None:
+                db.execute(_UPSERT_ORDER, (key, *new))
+
+        await self._atomic(work, now)
+
+    async def order_get(self, key: str, now: float) -> OrderRecord | None:
+        with _translate(), self._lock:
+            record = _order_row(self._db.execute(_SELECT_ORDER, (key,)).fetchone())
+        return None if _order.classify(record, now) is OrderState.ABSENT else record
 
     # -- rate limits ---------------------------------------------------------------------
 
@@ -592,6 +674,10 @@ def _usage(db: sqlite3.Connection, owner: str, request: Begin, now: float) -> Us
         first = math.inf if found[0] is None else found[0]
         first_unknown = math.inf if found[1] is None else found[1]
     return Usage(records, unknown, first, first_unknown)
+
+
+def _order_row(row: tuple[Any, ...] | None) -> OrderRecord | None:
+    return None if row is None else OrderRecord(*row)
 
 
 def _load_state(row: tuple[str] | None) -> CounterState:

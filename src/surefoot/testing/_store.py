@@ -74,7 +74,8 @@ class FlakyStore(StoreWrapper):
     by default ``StoreUnavailable`` from a ``ConnectionError``, as the network stores do.
     The operations are the protocols' methods (``StoreWrapper.OPERATIONS``): ``begin``,
     ``finish``, ``resolve``, ``forget``, ``get``, ``records``, ``purge``
-    (``IdempotencyStore``), ``acquire`` and ``release`` (``RateLimitStore``); its
+    (``IdempotencyStore``), ``acquire`` and ``release`` (``RateLimitStore``),
+    ``order_claim``, ``order_settle`` and ``order_get`` (``OrderingStore``); its
     ``around`` is where they are counted, stalled and failed.
 
     Warning:
