@@ -16,6 +16,7 @@ from surefoot.chaos import (
     Fault,
     FaultPlan,
     Hang,
+    Reorder,
     Reset,
     Rule,
     SlowBody,
@@ -194,6 +195,16 @@ def test_thread_safe_counts() -> None:
             lambda: SlowBody(bytes_per_second=0),
             "SlowBody.bytes_per_second: expected a finite number > 0",
         ),
+        (lambda: Reorder(window=1), "Reorder.window: expected a whole number of requests 2-1000"),
+        (lambda: Reorder(window=1001), "Reorder.window"),
+        (lambda: Reorder(window=True), "Reorder.window"),
+        (lambda: Reorder(window=2.0), "Reorder.window"),  # type: ignore[arg-type]
+        (lambda: Reorder(window=2, hold=0), "Reorder.hold: expected a finite number > 0"),
+        (lambda: Reorder(window=2, hold=float("inf")), "Reorder.hold"),
+        (lambda: Reorder(window=2, hold=3601), "Reorder.hold: expected at most 3600 seconds"),
+        (lambda: FaultPlan().release_order(-1), "FaultPlan.release_order.n"),
+        (lambda: FaultPlan().release_order(1001), "FaultPlan.release_order.n"),
+        (lambda: FaultPlan().release_order(True), "FaultPlan.release_order.n"),
         (lambda: Rule(name="a b", fault=Reset()), "Rule.name"),
         (lambda: Rule(name="r", fault="reset"), "Rule.fault"),  # type: ignore[arg-type]
         (lambda: Rule(name="r", fault=Reset(), methods=("post",)), "Rule.methods"),
@@ -265,7 +276,11 @@ def test_from_toml(tmp_path: Path) -> None:
 
 
 def test_every_kind_loads() -> None:
-    extra = {"delay": {"seconds": 1}, "slow_body": {"bytes_per_second": 5}}
+    extra = {
+        "delay": {"seconds": 1},
+        "slow_body": {"bytes_per_second": 5},
+        "reorder": {"window": 2},
+    }
     rules = [{"name": kind, "fault": kind, **extra.get(kind, {})} for kind in FAULT_KINDS]
     plan = FaultPlan.from_dict({"chaos": {"rules": rules, "paused": True}})
     assert [r.fault.kind for r in plan.rules] == list(FAULT_KINDS)
@@ -303,7 +318,7 @@ def problems(tmp_path: Path, text: str) -> str:
         (
             GOOD.replace('fault = "delay"', 'fault = "explode"'),
             "F:15: chaos.rules[1].fault: expected one of "
-            "delay, abort, reset, hang, fail_after, duplicate, slow_body, got 'explode'",
+            "delay, abort, reset, hang, fail_after, duplicate, slow_body, reorder, got 'explode'",
         ),
         (
             GOOD.replace('fault = "abort"\n', ""),
@@ -381,6 +396,7 @@ ROUND_TRIP = [
     Rule(name="lost", fault=FailAfter(lose="502"), probability=0.0),
     Rule(name="twice", fault=Duplicate(concurrent=True), methods=("POST",)),
     Rule(name="drip", fault=SlowBody(bytes_per_second=1000)),
+    Rule(name="shuffle", fault=Reorder(window=20, hold=0.5), methods=("POST",)),
 ]
 
 
@@ -402,3 +418,93 @@ def test_to_dict_spells_every_field() -> None:
         "headers": {"x-tenant": "a"},
         "probability": 1.0,
     }
+
+
+# -- reorder: the release order ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 20, 100, 1000])
+def test_release_order_is_a_permutation_of_the_arrivals(n: int) -> None:
+    order = FaultPlan(seed=5).release_order(n)
+    assert sorted(order) == list(range(n))
+
+
+def test_release_order_is_seeded_and_reproducible() -> None:
+    def batches(seed: int) -> list[tuple[int, ...]]:
+        plan = FaultPlan(mixed_rules(), seed=seed)
+        found = []
+        for n in (20, 7, 100):
+            run(plan)  # decisions between batches draw from the same generator
+            found.append(plan.release_order(n))
+        return found
+
+    first = batches(7)
+    assert first == batches(7)
+    assert first != batches(8)
+    assert first[0] != tuple(range(20))
+    # Python's own shuffle is not promised to stay the same across versions: this is.
+    assert FaultPlan(seed=1).release_order(4) == (3, 1, 2, 0)
+
+
+def test_release_order_draws_n_minus_one_and_is_fair() -> None:
+    # A batch of 1 (or 0) draws nothing: the generator goes on as if it never came.
+    plan, twin = FaultPlan(mixed_rules(), seed=3), FaultPlan(mixed_rules(), seed=3)
+    assert plan.release_order(1) == (0,)
+    assert plan.release_order(0) == ()
+    assert run(plan) == run(twin)
+    # Every position of 3 is first about a third of the time.
+    plan = FaultPlan(seed=11)
+    firsts = [plan.release_order(3)[0] for _ in range(3000)]
+    assert all(900 <= firsts.count(p) <= 1100 for p in range(3))
+
+
+def test_a_paused_plan_keeps_the_arrival_order_and_draws_nothing() -> None:
+    plan = FaultPlan(mixed_rules(), seed=4, paused=True)
+    assert plan.release_order(5) == (0, 1, 2, 3, 4)
+    plan.resume()
+    assert run(plan) == run(FaultPlan(mixed_rules(), seed=4))
+
+
+def test_reorder_is_decided_and_counted_like_any_fault() -> None:
+    rule = Rule(name="shuffle", fault=Reorder(window=3), path="/v1/objects/*")
+    plan = FaultPlan([rule], seed=2)
+    assert plan.decide("POST", "/v1/other", {}) is None
+    fault = plan.decide("POST", "/v1/objects/1", {})
+    assert fault == Fault(rule="shuffle", spec=Reorder(window=3, hold=5.0))
+    assert fault.kind == "reorder"
+    assert plan.counts(by="kind") == {"reorder": 1}
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({}, "chaos.rules[0].window: required, missing"),
+        ({"window": 1}, "chaos.rules[0].window: expected a whole number of requests 2-1000, got 1"),
+        ({"window": 1001}, "chaos.rules[0].window: expected a whole number of requests 2-1000"),
+        ({"window": 2.5}, "chaos.rules[0].window: expected a whole number of requests 2-1000"),
+        ({"window": 2, "hold": 0}, "chaos.rules[0].hold: expected a finite number of seconds > 0"),
+        ({"window": 2, "hold": 3601}, "chaos.rules[0].hold: expected a finite number of seconds"),
+        ({"window": 2, "hold": "1s"}, "chaos.rules[0].hold: expected a finite number of seconds"),
+        ({"window": 2, "size": 3}, "chaos.rules[0].size: unknown field"),
+    ],
+)
+def test_reorder_table_is_validated(fields: dict[str, object], expected: str) -> None:
+    data = {"chaos": {"rules": [{"name": "shuffle", "fault": "reorder", **fields}]}}
+    with pytest.raises(ConfigurationError) as info:
+        FaultPlan.from_dict(data)
+    assert expected in str(info.value), str(info.value)
+
+
+def test_reorder_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "chaos.toml"
+    path.write_text(
+        '[chaos]\nseed = 9\n[[chaos.rules]]\nname = "out-of-order"\nmethods = ["POST"]\n'
+        'path = "/webhooks/*"\nfault = "reorder"\nwindow = 100\nhold = 2.5\n'
+    )
+    [rule] = FaultPlan.from_toml(path).rules
+    assert rule == Rule(
+        name="out-of-order",
+        fault=Reorder(window=100, hold=2.5),
+        methods=("POST",),
+        path="/webhooks/*",
+    )

@@ -1,4 +1,5 @@
-"""Fault injection: make an httpx client meet resets, lost answers, duplicates and stalls.
+"""Fault injection: make an httpx client meet resets, lost answers, duplicates, stalls and
+requests that arrive out of order.
 
 A ``FaultPlan`` (``_plan.py``: pure, seeded, reproducible) decides per request which fault
 applies, from ordered ``Rule`` objects or a TOML ``[chaos]`` table
@@ -46,6 +47,7 @@ from surefoot.chaos._plan import (
     FaultPlan,
     FaultSpec,
     Hang,
+    Reorder,
     Reset,
     Rule,
     SlowBody,
@@ -94,6 +96,7 @@ __all__ = [
     "FaultPlanTable",
     "FaultSpec",
     "Hang",
+    "Reorder",
     "Reset",
     "Rule",
     "SlowBody",

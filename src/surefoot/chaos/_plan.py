@@ -20,6 +20,12 @@ Rule 5: a plan from configuration is validated as a whole: one ``ConfigurationEr
 lists every problem as ``file:line: chaos.rules[N].field: expected ..., got ...``.
 Rule 6: this module never imports httpx or asyncio and never reads the clock; pydantic is
 imported only when a configuration is validated (the schema is ``_schema.FaultPlanTable``).
+Rule 7: ``release_order(n)`` is the order in which a ``Reorder`` batch of ``n`` held
+requests goes through: a permutation of ``range(n)`` (positions in arrival order), drawn by
+a Fisher-Yates shuffle with ``n - 1`` draws of ``random()`` (stable across Python versions,
+unlike ``random.shuffle``). A paused plan draws nothing and keeps the arrival order. The
+holding and the waiting are the adapters' (``transport.py``, ``proxy.py``); the plan only
+decides which requests are held (``decide``) and in which order they go (``release_order``).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ __all__ = [
     "FaultPlan",
     "FaultSpec",
     "Hang",
+    "Reorder",
     "Reset",
     "Rule",
     "SlowBody",
@@ -56,6 +63,10 @@ __all__ = [
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _METHOD = re.compile(r"[A-Z]+")
+#: The largest ``Reorder.window``: a batch is held in memory, one waiting request each.
+MAX_WINDOW = 1000
+#: The longest ``Reorder.hold``, in seconds.
+MAX_HOLD = 3600.0
 
 
 # -- faults --------------------------------------------------------------------------------
@@ -163,8 +174,46 @@ class SlowBody:
         _seconds("SlowBody", "bytes_per_second", self.bytes_per_second, positive=True)
 
 
-FaultSpec = Delay | Abort | Reset | Hang | FailAfter | Duplicate | SlowBody
-_SPECS: tuple[type[FaultSpec], ...] = (Delay, Abort, Reset, Hang, FailAfter, Duplicate, SlowBody)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Reorder:
+    """Hold matching requests, then let them through one at a time in a shuffled order.
+
+    A batch opens with the first held request and closes when ``window`` requests are
+    held or ``hold`` seconds after it opened, whichever comes first; its requests then go
+    through in ``FaultPlan.release_order`` order, each once the one before it was answered
+    (or failed, or its caller gave up). Only adapters that can hold one request while
+    another arrives apply it (``AsyncChaosTransport``, ``ChaosProxy``).
+    """
+
+    kind: ClassVar[str] = "reorder"
+    window: int
+    hold: float = 5.0
+
+    def __post_init__(self) -> None:
+        window = self.window
+        if isinstance(window, bool) or not isinstance(window, int) or not 2 <= window <= MAX_WINDOW:
+            raise ConfigurationError(
+                f"Reorder.window: expected a whole number of requests 2-{MAX_WINDOW}, "
+                f"got {window!r}"
+            )
+        _seconds("Reorder", "hold", self.hold, positive=True)
+        if self.hold > MAX_HOLD:
+            raise ConfigurationError(
+                f"Reorder.hold: expected at most {MAX_HOLD:g} seconds, got {self.hold!r}"
+            )
+
+
+FaultSpec = Delay | Abort | Reset | Hang | FailAfter | Duplicate | SlowBody | Reorder
+_SPECS: tuple[type[FaultSpec], ...] = (
+    Delay,
+    Abort,
+    Reset,
+    Hang,
+    FailAfter,
+    Duplicate,
+    SlowBody,
+    Reorder,
+)
 #: Every fault kind, in the order of the documentation.
 FAULT_KINDS: tuple[str, ...] = tuple(spec.kind for spec in _SPECS)
 
@@ -306,9 +355,10 @@ class FaultPlan:
         paused: start paused (decide nothing until ``resume()``).
 
     Warning:
-        Reproducible means the same sequence of ``decide`` calls. Requests sent
-        concurrently reach ``decide`` in whatever order they arrive, so only a sequential
-        run (or one request at a time per plan) replays exactly.
+        Reproducible means the same sequence of ``decide`` and ``release_order`` calls.
+        Requests sent concurrently reach ``decide`` in whatever order they arrive, so only a
+        sequential run (or one request at a time per plan) replays exactly; a ``Reorder``
+        batch closed by its ``hold`` draws its order whenever the hold ends.
     """
 
     def __init__(
@@ -380,6 +430,31 @@ class FaultPlan:
                 self._by_kind[spec.kind] = self._by_kind.get(spec.kind, 0) + 1
                 return Fault(rule=rule.name, spec=spec, delay=delay)
         return None
+
+    def release_order(self, n: int) -> tuple[int, ...]:
+        """The order in which a ``Reorder`` batch of ``n`` held requests goes (Rule 7).
+
+        Example:
+            >>> FaultPlan(seed=1).release_order(4)
+            (3, 1, 2, 0)
+
+        Returns:
+            A permutation of ``range(n)``: first the position (in arrival order) of the
+            request that goes first. The arrival order itself while the plan is paused.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_WINDOW:
+            raise ConfigurationError(
+                f"FaultPlan.release_order.n: expected a whole number 0-{MAX_WINDOW}, got {n!r}"
+            )
+        order = list(range(n))
+        with self._lock:
+            if self._paused:
+                return tuple(order)
+            draw = self._random.random
+            for i in range(n - 1, 0, -1):
+                j = int(draw() * (i + 1))
+                order[i], order[j] = order[j], order[i]
+        return tuple(order)
 
     def replace(self, rules: Iterable[Rule]) -> None:
         """Use ``rules`` from the next ``decide`` on (the generator and counts go on)."""

@@ -15,6 +15,8 @@ from surefoot._config import Loc, described, dotted
 from surefoot.chaos._plan import (
     _METHOD,
     _NAME,
+    MAX_HOLD,
+    MAX_WINDOW,
     Abort,
     Delay,
     Duplicate,
@@ -22,6 +24,7 @@ from surefoot.chaos._plan import (
     FaultPlan,
     FaultSpec,
     Hang,
+    Reorder,
     Reset,
     Rule,
     SlowBody,
@@ -135,6 +138,19 @@ class _SlowBodyRule(_Common):
         return SlowBody(bytes_per_second=self.bytes_per_second)
 
 
+class _ReorderRule(_Common):
+    fault: Literal["reorder"]
+    window: Annotated[int, Field(ge=2, le=MAX_WINDOW)] = described(
+        f"a whole number of requests 2-{MAX_WINDOW}"
+    )
+    hold: Annotated[float, Field(gt=0, le=MAX_HOLD)] = described(
+        f"a finite number of seconds > 0 and <= {MAX_HOLD:g}", 5.0
+    )
+
+    def spec(self) -> FaultSpec:
+        return Reorder(window=self.window, hold=self.hold)
+
+
 # In the order of FAULT_KINDS: a message lists the kinds in this order.
 _AnyRule = Annotated[
     _DelayRule
@@ -143,7 +159,8 @@ _AnyRule = Annotated[
     | _HangRule
     | _FailAfterRule
     | _DuplicateRule
-    | _SlowBodyRule,
+    | _SlowBodyRule
+    | _ReorderRule,
     Field(discriminator="fault"),
 ]
 

@@ -24,7 +24,11 @@ Theory of operation, per request (asyncio streams, HTTP/1.1 parsed by h11, keep-
      connection closes: a client sees a body shorter than its ``Content-Length``);
    - ``duplicate``: deliver the request twice (in sequence: the client gets the second
      answer; concurrently: the first);
-   - ``slow_body``: deliver the answer's body at ``bytes_per_second``.
+   - ``slow_body``: deliver the answer's body at ``bytes_per_second``;
+   - ``reorder``: hold the request until ``window`` requests of the rule are held (or
+     ``hold`` seconds passed), then forward them one at a time in the plan's
+     ``release_order``, each once the one before has been answered by the upstream (or
+     failed): the upstream receives them in that order.
 
 3. Forwarding keeps the method, target, headers (minus hop-by-hop ones; ``Host`` becomes
    the upstream's) and body; a proxied answer keeps its status, reason phrase, headers
@@ -61,11 +65,12 @@ from surefoot.chaos._plan import (
     Fault,
     FaultPlan,
     Hang,
+    Reorder,
     Reset,
     Rule,
     SlowBody,
 )
-from surefoot.chaos.transport import CHAOS_HEADER, _detail
+from surefoot.chaos.transport import CHAOS_HEADER, _AsyncPens, _detail
 from surefoot.errors import (
     DEFAULT_PROBLEM_BASE,
     AdminBadRequest,
@@ -142,6 +147,7 @@ class ChaosProxy:
         self._server: asyncio.Server | None = None
         self._client: httpx.AsyncClient | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._pens = _AsyncPens(plan, asyncio.sleep)
 
     @property
     def url(self) -> str:
@@ -166,6 +172,7 @@ class ChaosProxy:
         """Stop accepting, cut open connections, close the upstream pool."""
         if self._server is not None:
             self._server.close()
+        self._pens.close()
         for task in list(self._connections):
             task.cancel()
         for task in list(self._connections):
@@ -297,7 +304,12 @@ class ChaosProxy:
             await asyncio.sleep(fault.delay)
         forwarded = [(k, v) for k, v in request.headers if k.lower() not in _HOP_BY_HOP]
         try:
-            if isinstance(spec, Duplicate) and spec.concurrent:
+            if isinstance(spec, Reorder):
+                assert fault is not None
+                # Entered with nothing awaited since decide(): held in the order decided.
+                async with self._pens.turn(fault):
+                    answer = await self._forward(method, target, forwarded, body)
+            elif isinstance(spec, Duplicate) and spec.concurrent:
                 first, _ = await asyncio.gather(
                     self._forward(method, target, forwarded, body),
                     self._forward(method, target, forwarded, body),

@@ -20,6 +20,9 @@ fault          effect                                                           
                ``httpx.RemoteProtocolError``
 ``duplicate``  send twice (in sequence or concurrently), answer once              twice
 ``slow_body``  deliver the body at ``bytes_per_second`` (``sleep`` per piece)     called
+``reorder``    hold until ``window`` requests are held or ``hold`` (``sleep``)    called
+               passed, then forward one at a time in ``plan.release_order``
+               order (async only: ``ChaosTransport`` refuses it)
 =============  ================================================================  ========
 
 Rule 1: every wait goes through the injected ``sleep``; the transports never read the
@@ -31,12 +34,18 @@ Rule 4: a ``duplicate`` copy is a new request with the same method, URL, headers
 its extensions say ``surefoot.chaos.copy: True`` (nothing on the wire does); its answer
 (or error) is read and dropped, and both have been delivered before the
 transport returns.
+Rule 5: a ``reorder`` batch (per rule and per transport) goes through in the plan's order,
+one request at a time: the next is forwarded once the one before has its answer's head (or
+failed, or was cancelled). A held request whose caller gives up keeps its place in the
+window and its turn is skipped; a batch that never fills goes after ``hold`` seconds.
 Responses made up here (``abort``, ``fail_after = "502"``) carry ``X-Surefoot-Chaos: <rule>``.
 
 The async transport is the source: ``scripts/unasync.py`` writes ``ChaosTransport`` from it
 (``scripts/check`` fails when they differ). What is not the same with ``await`` stays
-written twice, side by side: reading a raw body (``_raw``) and sending a ``concurrent``
-duplicate (``_concurrently``: a thread, or two tasks).
+written twice, side by side: reading a raw body (``_raw``), sending a ``concurrent``
+duplicate (``_concurrently``: a thread, or two tasks) and holding a ``reorder`` batch
+(``_AsyncPens``; its sync twin ``_Pens`` refuses: a sync transport sends one request at a
+time per thread, so it cannot hold one request while another arrives).
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ from surefoot.chaos._plan import (
     Fault,
     FaultPlan,
     Hang,
+    Reorder,
     Reset,
     SlowBody,
 )
@@ -133,6 +143,8 @@ def _detail(fault: Fault) -> str:
         return "concurrent" if spec.concurrent else "sequence"
     if isinstance(spec, SlowBody):
         return f"{spec.bytes_per_second:g} B/s"
+    if isinstance(spec, Reorder):
+        return f"window {spec.window}, hold {spec.hold:g}s"
     return "connect"
 
 
@@ -271,6 +283,115 @@ def _slowed(
     )
 
 
+class _Batch:
+    """One batch of held requests of a ``reorder`` rule (positions in arrival order)."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.turns: list[asyncio.Event] = []
+        self.finished: list[bool] = []
+        self.order: tuple[int, ...] | None = None
+        self.cursor = 0
+        self.timer: asyncio.Task[None] | None = None
+
+    def join(self) -> int:
+        self.turns.append(asyncio.Event())
+        self.finished.append(False)
+        return len(self.turns) - 1
+
+    def go(self, order: tuple[int, ...]) -> None:
+        self.order = order
+        self._next()
+
+    def done(self, position: int) -> None:
+        """``position`` went through, failed or gave up: the next one's turn, if it was its."""
+        self.finished[position] = True
+        order = self.order
+        if order is not None and self.cursor < len(order) and order[self.cursor] == position:
+            self._next()
+
+    def _next(self) -> None:
+        order = self.order
+        assert order is not None
+        while self.cursor < len(order) and self.finished[order[self.cursor]]:
+            self.cursor += 1  # its caller gave up before its turn
+        if self.cursor < len(order):
+            self.turns[order[self.cursor]].set()
+
+
+class _AsyncPens:
+    """The open ``reorder`` batch of each rule, on one event loop (Rule 5)."""
+
+    def __init__(self, plan: FaultPlan, sleep: Callable[[float], Awaitable[Any]]) -> None:
+        self._plan = plan
+        self._sleep = sleep
+        self._open: dict[str, _Batch] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, fault: Fault) -> AsyncIterator[None]:
+        """Hold the request until its turn; leaving the block passes the turn on."""
+        spec = fault.spec
+        assert isinstance(spec, Reorder)
+        batch = self._open.get(fault.rule)
+        if batch is None:
+            batch = self._open[fault.rule] = _Batch(spec.window)
+            batch.timer = asyncio.create_task(self._expire(fault.rule, batch, spec.hold))
+        # Nothing awaited since decide(): positions follow the order of decisions.
+        position = batch.join()
+        if len(batch.turns) >= batch.window:
+            self._release(fault.rule, batch)
+        try:
+            await batch.turns[position].wait()
+            yield
+        finally:
+            batch.done(position)
+
+    async def _expire(self, rule: str, batch: _Batch, hold: float) -> None:
+        try:
+            await self._sleep(hold)
+        finally:  # also when the sleep fails: a held request is never left behind
+            batch.timer = None
+            self._release(rule, batch)
+
+    def close(self) -> None:
+        """Release every open batch now (its hold is cut short): nothing is left waiting."""
+        for rule, batch in list(self._open.items()):
+            self._release(rule, batch)
+
+    def _release(self, rule: str, batch: _Batch) -> None:
+        if self._open.get(rule) is batch:
+            del self._open[rule]
+        if batch.order is not None:
+            return
+        if batch.timer is not None:
+            batch.timer.cancel()
+            batch.timer = None
+        batch.go(self._plan.release_order(len(batch.turns)))
+
+
+class _Pens:
+    """The sync twin of ``_AsyncPens``: refuses ``reorder``, at construction and per request."""
+
+    def __init__(self, plan: FaultPlan, sleep: Callable[[float], object]) -> None:
+        for rule in plan.rules:
+            if isinstance(rule.fault, Reorder):
+                raise _refused(rule.name)
+
+    def turn(self, fault: Fault) -> contextlib.AbstractContextManager[None]:
+        raise _refused(fault.rule)
+
+    def close(self) -> None:
+        pass
+
+
+def _refused(rule: str) -> ConfigurationError:
+    return ConfigurationError(
+        "ChaosTransport.plan: expected no reorder rule (a sync transport sends one request "
+        "at a time, so it cannot hold one while another arrives: use AsyncChaosTransport or "
+        f"ChaosProxy), got rule {rule!r}"
+    )
+
+
 # ---- generated by scripts/unasync.py from the async source below: do not edit ----
 
 
@@ -305,15 +426,17 @@ class ChaosTransport(httpx.BaseTransport, _Chaos):
     Args:
         transport: the transport that really sends (the "upstream").
         plan: the fault plan; it may be shared, changed and paused at run time.
-        sleep: every wait of ``delay``, ``hang`` and ``slow_body``; default ``time.sleep``
-            (in tests, a ``surefoot.testing.RecordingSleep``, or its ``asleep`` when async).
+        sleep: every wait of ``delay``, ``hang``, ``slow_body`` and a ``reorder`` hold;
+            default ``time.sleep`` (in tests, a ``surefoot.testing.RecordingSleep``, or
+            its ``asleep`` when async).
         clock: stamps events; default ``SystemClock()``.
         hooks: event hooks; default one ``LoggingHook``.
 
     Warning:
         A ``concurrent`` duplicate sends its copy beside the original, as a second task
         (async) or from a second thread (sync): a sync wrapped transport must then be
-        thread-safe (``httpx.HTTPTransport`` is).
+        thread-safe (``httpx.HTTPTransport`` is). ``reorder`` needs the async transport:
+        the sync one refuses a plan with a reorder rule (``ConfigurationError``).
     """
 
     def __init__(
@@ -333,6 +456,7 @@ class ChaosTransport(httpx.BaseTransport, _Chaos):
         _Chaos.__init__(self, plan, clock, hooks)
         self.transport = transport
         self.sleep = sleep
+        self._pens = _Pens(plan, sleep)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         fault = self._decide(request)
@@ -359,6 +483,9 @@ class ChaosTransport(httpx.BaseTransport, _Chaos):
             finally:
                 response.close()
             return _lost(request, response, raw, fault, spec.lose)
+        if isinstance(spec, Reorder):
+            with self._pens.turn(fault):
+                return self.transport.handle_request(request)
         if isinstance(spec, Duplicate):
             request.read()
             if spec.concurrent:
@@ -375,6 +502,7 @@ class ChaosTransport(httpx.BaseTransport, _Chaos):
         return response
 
     def close(self) -> None:
+        self._pens.close()
         self.transport.close()
 
 
@@ -417,15 +545,17 @@ class AsyncChaosTransport(httpx.AsyncBaseTransport, _Chaos):
     Args:
         transport: the transport that really sends (the "upstream").
         plan: the fault plan; it may be shared, changed and paused at run time.
-        sleep: every wait of ``delay``, ``hang`` and ``slow_body``; default ``asyncio.sleep``
-            (in tests, a ``surefoot.testing.RecordingSleep``, or its ``asleep`` when async).
+        sleep: every wait of ``delay``, ``hang``, ``slow_body`` and a ``reorder`` hold;
+            default ``asyncio.sleep`` (in tests, a ``surefoot.testing.RecordingSleep``, or
+            its ``asleep`` when async).
         clock: stamps events; default ``SystemClock()``.
         hooks: event hooks; default one ``LoggingHook``.
 
     Warning:
         A ``concurrent`` duplicate sends its copy beside the original, as a second task
         (async) or from a second thread (sync): a sync wrapped transport must then be
-        thread-safe (``httpx.HTTPTransport`` is).
+        thread-safe (``httpx.HTTPTransport`` is). ``reorder`` needs the async transport:
+        the sync one refuses a plan with a reorder rule (``ConfigurationError``).
     """
 
     def __init__(
@@ -445,6 +575,7 @@ class AsyncChaosTransport(httpx.AsyncBaseTransport, _Chaos):
         _Chaos.__init__(self, plan, clock, hooks)
         self.transport = transport
         self.sleep = sleep
+        self._pens = _AsyncPens(plan, sleep)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         fault = self._decide(request)
@@ -471,6 +602,9 @@ class AsyncChaosTransport(httpx.AsyncBaseTransport, _Chaos):
             finally:
                 await response.aclose()
             return _lost(request, response, raw, fault, spec.lose)
+        if isinstance(spec, Reorder):
+            async with self._pens.turn(fault):
+                return await self.transport.handle_async_request(request)
         if isinstance(spec, Duplicate):
             await request.aread()
             if spec.concurrent:
@@ -487,6 +621,7 @@ class AsyncChaosTransport(httpx.AsyncBaseTransport, _Chaos):
         return response
 
     async def aclose(self) -> None:
+        self._pens.close()
         await self.transport.aclose()
 
 
