@@ -59,7 +59,15 @@ def public_event_types() -> list[type[Event]]:
     import importlib
 
     found: dict[str, type[Event]] = {}
-    for package in ("idempotency", "ratelimit", "storage", "client", "gateway", "chaos"):
+    for package in (
+        "idempotency",
+        "ratelimit",
+        "storage",
+        "client",
+        "gateway",
+        "chaos",
+        "webhooks",
+    ):
         module = importlib.import_module(f"surefoot.{package}")
         for name in module.__all__:
             value = getattr(module, name)

@@ -25,8 +25,10 @@ CORES = [
     "surefoot.ratelimit._store",
     "surefoot.client._flow",
     "surefoot.chaos._plan",
+    "surefoot.webhooks._event",
     "surefoot.webhooks._order",
     "surefoot.webhooks._store",
+    "surefoot.webhooks._verify",
     "surefoot._health",
 ]
 

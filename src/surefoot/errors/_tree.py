@@ -28,6 +28,7 @@ class is also an entry of the RFC 9457 problem catalogue: its ``code``, ``status
     │   ├── AdminUnauthorized              401  admin_unauthorized
     │   ├── AdminNotFound                  404  admin_not_found
     │   ├── ConfigRejected                 422  config_rejected
+    │   ├── WebhookObjectBusy              409  webhook_object_busy
     │   └── WebhookRejected                400  (an inbound webhook failed verification)
     │       ├── WebhookSignatureMissing    400  webhook_signature_missing
     │       ├── WebhookSignatureMalformed  400  webhook_signature_malformed
@@ -97,6 +98,7 @@ __all__ = [
     "UpstreamThrottled",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "WebhookObjectBusy",
     "WebhookRejected",
     "WebhookSignatureMissing",
     "WebhookSignatureMalformed",
@@ -544,6 +546,20 @@ class ConfigRejected(ClientError):
     status = 422
     title = "Configuration refused"
     detail_template = "The new configuration was refused and the one in force stays: {problems}"
+
+
+class WebhookObjectBusy(ClientError):
+    """Another event about the same object is being processed; this one waits its turn."""
+
+    code = "webhook_object_busy"
+    status = 409
+    title = "Another event about this object is in progress"
+    detail_template = (
+        "Another event about the same object is being processed, and events about one object "
+        "are handled one at a time so that an older one never overwrites a newer one. "
+        "Nothing was executed; retry in {retry_wait}."
+    )
+    retryable = True
 
 
 class WebhookRejected(ClientError, abstract=True):

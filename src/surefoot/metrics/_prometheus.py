@@ -34,6 +34,7 @@ import glob
 import importlib.util
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any, ClassVar, Generic, TypeVar
 
 from prometheus_client import (
@@ -70,6 +71,15 @@ from surefoot.ratelimit import (
     RateLimitStoreFailed,
 )
 from surefoot.storage import StoreDown
+from surefoot.webhooks import (
+    WebhookBusy,
+    WebhookDuplicate,
+    WebhookFailed,
+    WebhookProcessed,
+    WebhookReceiverEvent,
+    WebhookRefused,
+    WebhookStale,
+)
 
 _HAS_CLIENT = importlib.util.find_spec("httpx") is not None
 if _HAS_CLIENT:
@@ -147,7 +157,7 @@ class PrometheusMetrics(EventHook):
 
     #: The groups of the metric table this class exposes (``GatewayMetrics`` adds one).
     groups: ClassVar[frozenset[str]] = frozenset(
-        ("requests", "ratelimit", "idempotency", "breaker", "store")
+        ("requests", "ratelimit", "idempotency", "webhooks", "breaker", "store")
     )
 
     def __init__(
@@ -198,6 +208,8 @@ class PrometheusMetrics(EventHook):
         self._outages = self._children("surefoot_store_outages_total", Counter)
         self._store_seconds = self._metric("surefoot_store_operation_duration_seconds", Histogram)
         self._store_errors = self._metric("surefoot_store_errors_total", Counter)
+        self._webhooks = self._children("surefoot_webhooks_received_total", Counter)
+        self._webhooks_refused = self._children("surefoot_webhooks_refused_total", Counter)
 
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
             RateLimitAllowed: self._on_allowed,
@@ -214,6 +226,12 @@ class PrometheusMetrics(EventHook):
             StoreBypassed: self._on_idempotency_store_bypassed,
             ExecutedUnprotected: self._on_unprotected,
             StoreDown: self._on_store_down,
+            WebhookProcessed: partial(self._on_webhook, "processed"),
+            WebhookStale: partial(self._on_webhook, "stale"),
+            WebhookBusy: partial(self._on_webhook, "busy"),
+            WebhookFailed: partial(self._on_webhook, "failed"),
+            WebhookDuplicate: self._on_webhook_duplicate,
+            WebhookRefused: self._on_webhook_refused,
         }
         if _HAS_CLIENT:
             self._handlers[BreakerStateChanged] = self._on_breaker_changed
@@ -355,6 +373,16 @@ class PrometheusMetrics(EventHook):
 
     def _on_store_down(self, event: StoreDown) -> None:
         self._outages(event.layer).inc()
+
+    def _on_webhook(self, outcome: str, event: WebhookReceiverEvent) -> None:
+        self._webhooks(event.endpoint, outcome).inc()
+
+    def _on_webhook_duplicate(self, event: WebhookDuplicate) -> None:
+        self._webhooks(event.endpoint, "in_progress" if event.in_progress else "duplicate").inc()
+
+    def _on_webhook_refused(self, event: WebhookRefused) -> None:
+        self._webhooks(event.endpoint, "refused").inc()
+        self._webhooks_refused(event.endpoint, event.code).inc()
 
 
 def _check_multiprocess(path: str, owner: str) -> None:

@@ -50,6 +50,7 @@ GROUPS = {
     "requests": "Requests",
     "ratelimit": "Rate limits",
     "idempotency": "Idempotency",
+    "webhooks": "Receiving webhooks",
     "breaker": "Circuit breakers",
     "store": "Stores",
     "gateway": "Gateway only (`GatewayMetrics`)",
@@ -263,6 +264,34 @@ METRICS: tuple[MetricSpec, ...] = (
         labels=("reason",),
         fed_by=("ExecutedUnprotected",),
         group="idempotency",
+    ),
+    MetricSpec(
+        "surefoot_webhooks_received_total",
+        "counter",
+        "Verified and refused webhook deliveries, by what became of them.",
+        labels=("endpoint", "outcome"),
+        fed_by=(
+            "WebhookProcessed",
+            "WebhookDuplicate",
+            "WebhookStale",
+            "WebhookBusy",
+            "WebhookFailed",
+            "WebhookRefused",
+        ),
+        group="webhooks",
+        values='`endpoint`: a configured endpoint name; `outcome`: `"processed"`, '
+        '`"duplicate"` (the stored answer replayed), `"in_progress"` (a duplicate while '
+        'the first runs), `"stale"` (older than its object\'s newest), `"busy"` (its object '
+        'was being processed), `"failed"` (the app failed; released) or `"refused"`',
+    ),
+    MetricSpec(
+        "surefoot_webhooks_refused_total",
+        "counter",
+        "Webhook deliveries refused before anything was stored, by problem code.",
+        labels=("endpoint", "reason"),
+        fed_by=("WebhookRefused",),
+        group="webhooks",
+        values='`reason`: a code of the catalogue (`"webhook_signature_mismatch"`...)',
     ),
     MetricSpec(
         "surefoot_breaker_transitions_total",

@@ -16,3 +16,98 @@ The pieces, from the pure ones up:
 
 See ``docs/webhooks.md``.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from surefoot._lazy import lazy_names
+from surefoot.webhooks._event import EventId, Ordering
+from surefoot.webhooks._events import (
+    WebhookBusy,
+    WebhookDuplicate,
+    WebhookFailed,
+    WebhookProcessed,
+    WebhookReceiverEvent,
+    WebhookRefused,
+    WebhookStale,
+)
+from surefoot.webhooks._order import (
+    Claim,
+    OrderRecord,
+    OrderState,
+    Verdict,
+    claim,
+    ordering_key,
+    settle,
+)
+from surefoot.webhooks._store import OrderingStore
+from surefoot.webhooks._verify import (
+    GitHub,
+    Headers,
+    Hmac,
+    Scheme,
+    StandardWebhooks,
+    Stripe,
+    Verified,
+)
+
+if TYPE_CHECKING:
+    from surefoot.webhooks.dependency import webhook_event
+    from surefoot.webhooks.receiver import (
+        EVENT_ID_HEADER,
+        WEBHOOK,
+        ReceivedWebhook,
+        WebhookEndpoint,
+        WebhookReceiver,
+        webhook_store_key,
+    )
+else:
+    __getattr__, __dir__ = lazy_names(
+        __name__,
+        {
+            "surefoot.webhooks.receiver": (
+                "EVENT_ID_HEADER",
+                "WEBHOOK",
+                "ReceivedWebhook",
+                "WebhookEndpoint",
+                "WebhookReceiver",
+                "webhook_store_key",
+            ),
+            "surefoot.webhooks.dependency": ("webhook_event",),
+        },
+    )
+
+__all__ = [
+    "EVENT_ID_HEADER",
+    "WEBHOOK",
+    "Claim",
+    "EventId",
+    "GitHub",
+    "Headers",
+    "Hmac",
+    "OrderRecord",
+    "OrderState",
+    "Ordering",
+    "OrderingStore",
+    "ReceivedWebhook",
+    "Scheme",
+    "StandardWebhooks",
+    "Stripe",
+    "Verdict",
+    "Verified",
+    "WebhookBusy",
+    "WebhookDuplicate",
+    "WebhookEndpoint",
+    "WebhookFailed",
+    "WebhookProcessed",
+    "WebhookReceiver",
+    "WebhookReceiverEvent",
+    "WebhookRefused",
+    "WebhookStale",
+    "claim",
+    "ordering_key",
+    "settle",
+    "webhook_event",
+    "webhook_store_key",
+]
