@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from _services import store_url
 from _support import T0
 from surefoot.errors import StoreCapacityExceeded
-from surefoot.storage import MemoryStore, SqliteStore
+from surefoot.storage import MemoryStore, SqliteStore, store_from_url
 from surefoot.storage.sqlite import SCHEMA_VERSION
 from surefoot.webhooks._order import Claim, OrderRecord, Verdict, claim, classify, settle
 from surefoot.webhooks._order import OrderState as O
@@ -194,3 +195,31 @@ async def test_sqlite_upgrades_a_version_5_file_with_an_ordering_table(tmp_path:
         await upgraded.aclose()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis_cluster", "postgres"])
+async def test_network_stores_on_their_own_clock_answer_on_the_caller_s(
+    kind: str, tmp_path: Path
+) -> None:
+    # On the server's clock the lease runs from the server's now; the answers are moved
+    # onto the caller's clock (whose "now" is T0 here, long ago).
+    async with store_url(kind, tmp_path, clock="server", options="timeout=1") as url:
+        store: Any = store_from_url(url)
+        try:
+            got = await _claim(store, 1, "t1", T0)
+            assert got.verdict is P
+            assert got.until == pytest.approx(T0 + LEASE, abs=1e-5)
+            # Later on the server's clock, at the same "now" of the caller's: less is left.
+            busy = await _claim(store, 2, "t2", T0)
+            assert busy.verdict is B
+            assert T0 + LEASE - 10 < busy.until <= got.until
+            record = await store.order_get(K, T0)
+            assert record is not None
+            assert (record.holder, record.holding) == ("t1", 1)
+            assert T0 + RETENTION - 10 < record.expires <= T0 + RETENTION + 1e-5
+            await _settle(store, 1, "t1", True, T0)
+            stale = await _claim(store, 0, "t3", T0)
+            assert stale[:2] == (S, 1)
+            assert T0 - 10 < stale.until <= T0
+        finally:
+            await store.aclose()

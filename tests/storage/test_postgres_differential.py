@@ -565,3 +565,88 @@ async def test_an_instant_just_before_midnight_is_in_the_day_it_ends(
         (midnight - 86400.0, midnight),
         (midnight, midnight + 86400.0),
     ]
+
+
+# -- webhook ordering records ---------------------------------------------------------------
+
+ORDER_VERSIONS = st.sampled_from([0.0, 1.0, 1.5, 2.0, 1_700_000_000.123456]) | st.floats(
+    -1e12, 1e12, allow_nan=False
+)
+ORDER_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("advance"), st.sampled_from([0.0, 0.5, 10.0, 30.0, 600.0])),
+        # Onto a record's lease end or expiry: exactly, a float step before or after.
+        st.tuples(
+            st.just("edge"),
+            st.integers(0, 2),
+            st.sampled_from(["until", "expires"]),
+            st.sampled_from([-1, 0, 1]),
+        ),
+        st.tuples(
+            st.just("claim"),
+            st.integers(0, 2),
+            st.sampled_from("abc"),
+            ORDER_VERSIONS,
+            st.sampled_from([10.0, 30.0]),
+            st.sampled_from([20.0, 600.0]),
+        ),
+        st.tuples(
+            st.just("settle"),
+            st.integers(0, 2),
+            st.sampled_from("abc"),
+            ORDER_VERSIONS,
+            st.booleans(),
+            st.sampled_from([20.0, 600.0]),
+        ),
+    ),
+    max_size=30,
+)
+
+
+@PROPERTY
+@given(steps=ORDER_STEPS, start=st.floats(0, 1e6, allow_nan=False))
+async def test_ordering_steps_follow_the_core_state_machine(
+    pg: tuple[PostgresStore, Any, str], steps: list[Any], start: float
+) -> None:
+    from surefoot.webhooks import _order
+
+    store = pg[0]
+    # Examples share the schema: keys of their own.
+    example = uuid.uuid4().hex
+    keys = [_order.ordering_key(example, str(n)) for n in range(3)]
+    model: dict[str, _order.OrderRecord | None] = dict.fromkeys(keys)
+    now = EPOCH + start
+    for step in steps:
+        if step[0] == "advance":
+            now += step[1]
+            continue
+        key = keys[step[1]]
+        record = model[key]
+        if step[0] == "edge":
+            if record is not None:
+                at = record.until if step[2] == "until" else record.expires
+                for _ in range(abs(step[3])):
+                    at = math.nextafter(at, math.copysign(math.inf, step[3]))
+                now = max(now, at)
+        elif step[0] == "claim":
+            _, _, token, version, lease, retention = step
+            model[key], want = _order.claim(
+                record, version=version, token=token, now=now, lease=lease, retention=retention
+            )
+            got = await store.order_claim(
+                key, version=version, token=token, now=now, lease=lease, retention=retention
+            )
+            assert got == want
+        else:
+            _, _, token, version, ok, retention = step
+            model[key] = _order.settle(
+                record, token=token, version=version, ok=ok, now=now, retention=retention
+            )
+            await store.order_settle(
+                key, token=token, version=version, ok=ok, now=now, retention=retention
+            )
+        for k in keys:
+            live = model[k]
+            if _order.classify(live, now) is _order.OrderState.ABSENT:
+                live = None
+            assert await store.order_get(k, now) == live

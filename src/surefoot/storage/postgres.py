@@ -72,6 +72,14 @@ Rule 8: per-principal quotas (``_core`` Rule 7, migration ``0003_record_owners``
         count includes them until they are deleted) and reads again; over it, it answers
         ``OverQuota`` and writes nothing. The price: one principal's steps are
         serialised by its lock (a batch takes it once for all of its calls).
+Rule 9: the webhook ordering guard's records (``surefoot.webhooks``' ``OrderingStore``,
+        migration ``0006_webhook_order``) are rows of ``surefoot_webhook_order``, one per
+        key. ``order_claim`` and ``order_settle`` are one call each of a PL/pgSQL function
+        that takes the key's advisory lock, reads the time (Rule 3), and re-states the
+        rules of ``surefoot.webhooks._order`` (the differential tests hold it to the
+        Python reference); ``order_get`` is one statement. A claim whose caller gave up
+        is given back as a failed settle under its own token (which frees the row only
+        if that claim took it). Expired rows go with the purge (Rule 6).
 """
 
 from __future__ import annotations
@@ -113,6 +121,7 @@ from surefoot.idempotency import (
     Unknown,
 )
 from surefoot.ratelimit import ALGORITHMS, Item, Limit, RateLimitDecision, quota_period
+from surefoot.webhooks._order import Claim, OrderRecord, Verdict
 
 __all__ = ["PostgresStore", "migrate"]
 
@@ -290,6 +299,13 @@ _QUERIES = {
         "ORDER BY r.seq LIMIT %(limit)s"
     ),
     "versions": "SELECT version FROM {s}.surefoot_schema_migrations",
+    "order_claim": "SELECT * FROM {s}.surefoot_order_claim(%s, %s, %s, %s, %s, %s)",
+    "order_settle": "SELECT * FROM {s}.surefoot_order_settle(%s, %s, %s, %s, %s, %s)",
+    "order_get": (
+        "WITH c AS (SELECT coalesce(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)"
+        " AS now) SELECT r.newest, r.holder, r.holding, r.until, r.expires, c.now "
+        "FROM {s}.surefoot_webhook_order AS r, c WHERE r.key = %(key)s AND r.expires > c.now"
+    ),
 }
 
 
@@ -790,6 +806,40 @@ class PostgresStore:
             self._sql["purge"], (self._now(now), limit, 0), budget=_PURGE_TIMEOUT
         )
         return int(records)
+
+    # -- ordering records (Rule 9) ---------------------------------------------------------
+
+    async def order_claim(
+        self, key: str, *, version: float, token: str, now: float, lease: float, retention: float
+    ) -> Claim:
+        params = (key, self._now(now), token, float(version), float(lease), float(retention))
+        try:
+            [(verdict, newest, until, db_now)] = await self._query(self._sql["order_claim"], params)
+        except StoreUnavailable:
+            # The claim may have been made (its reply lost, or its caller gone): free it.
+            self._spawn(
+                self.order_settle(
+                    key, token=token, version=version, ok=False, now=now, retention=retention
+                )
+            )
+            raise
+        self._wrote(now)
+        return Claim(Verdict(verdict), newest, until + (now - db_now))
+
+    async def order_settle(
+        self, key: str, *, token: str, version: float, ok: bool, now: float, retention: float
+    ) -> None:
+        params = (key, self._now(now), token, float(version), ok, float(retention))
+        await self._query(self._sql["order_settle"], params)
+        self._wrote(now)
+
+    async def order_get(self, key: str, now: float) -> OrderRecord | None:
+        rows = await self._query(self._sql["order_get"], {"key": key, "now": self._now(now)})
+        if not rows:
+            return None
+        newest, holder, holding, until, expires, db_now = rows[0]
+        shift = now - db_now
+        return OrderRecord(newest, holder, holding, until + shift, expires + shift)
 
     # -- rate limits ---------------------------------------------------------------------
 
