@@ -32,6 +32,7 @@ from surefoot.webhooks import (
     EVENT_ID_HEADER,
     WEBHOOK,
     EventId,
+    Hmac,
     Ordering,
     ReceivedWebhook,
     StandardWebhooks,
@@ -529,3 +530,245 @@ def test_a_retention_shorter_than_the_senders_horizon_is_warned_about(
         WebhookEndpoint(name="stripe", scheme=scheme, retention=3600)
     assert "less than" in caplog.text
     assert STRIPE_SECRET not in caplog.text
+
+
+# -- the edges of the adapter -----------------------------------------------------------
+
+
+class FailingOrders(MemoryStore):
+    """A store whose ordering records fail on demand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_claim = False
+        self.fail_settle = False
+
+    async def order_claim(self, key: str, **kwargs: Any) -> Any:
+        if self.fail_claim:
+            raise OSError("disk on fire")
+        return await super().order_claim(key, **kwargs)
+
+    async def order_settle(self, key: str, **kwargs: Any) -> None:
+        if self.fail_settle:
+            raise OSError("disk on fire")
+        await super().order_settle(key, **kwargs)
+
+
+async def test_an_ordering_store_failure_answers_503_and_releases_the_event(
+    recorder: Recorder, clock: ManualClock, events: list[Event]
+) -> None:
+    store = FailingOrders()
+    app = receiver_for(recorder, store, clock, events, ordering=ORDERING)
+    async with client_for(app) as client:
+        store.fail_claim = True
+        down = await deliver(client, "msg_1", update(1), T0)
+        store.fail_claim, store.fail_settle = False, True
+        unsettled = await deliver(client, "msg_1", update(1), T0)
+        store.fail_settle = False
+        busy = await deliver(client, "msg_2", update(2), T0)  # the guard's lease still holds
+        clock.advance(ORDERING.lease)
+        later = await deliver(client, "msg_2", update(2), clock.now())
+    assert (down.status_code, down.json()["code"]) == (503, "store_unavailable")
+    assert unsettled.status_code == 200
+    assert busy.status_code == 409
+    assert later.status_code == 200
+    assert recorder.state == {"cus_1": 2}
+
+
+async def test_an_app_that_fails_midway_leaves_its_object_free_and_newest_unchanged(
+    recorder: Recorder, store: MemoryStore, clock: ManualClock, events: list[Event]
+) -> None:
+    calls = 0
+
+    async def streaming(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        if calls == 1:
+            raise RuntimeError("died mid-answer")
+        await send({"type": "http.response.body", "body": b"rest"})
+
+    app = WebhookReceiver(
+        streaming,
+        endpoints={
+            PATH: WebhookEndpoint(
+                name="p", scheme=StandardWebhooks(secrets=(WHSEC,)), ordering=ORDERING
+            )
+        },
+        store=store,
+        clock=clock,
+        hooks=[events.append],
+    )
+    async with client_for(app) as client:
+        with pytest.raises(RuntimeError):
+            await deliver(client, "msg_1", update(1), T0)
+        retry = await deliver(client, "msg_1", update(1), T0)
+    assert retry.text == "partrest"
+    assert [e.status for e in of(events, WebhookFailed)] == [None]
+
+
+async def test_the_same_event_id_with_another_body_is_refused_and_not_handed(
+    recorder: Recorder, store: MemoryStore, clock: ManualClock
+) -> None:
+    events: list[Event] = []
+    async with client_for(receiver_for(recorder, store, clock, events)) as client:
+        await deliver(client, "msg_1", BODY, T0)
+        other = await deliver(client, "msg_1", b'{"type":"other"}', T0)
+    assert (other.status_code, other.json()["code"]) == (422, "idempotency_key_reused")
+    assert len(recorder.handled) == 1
+    assert of(events, WebhookDuplicate) == []
+
+
+async def test_a_repeated_event_id_header_is_refused(
+    recorder: Recorder, store: MemoryStore, clock: ManualClock, events: list[Event]
+) -> None:
+    app = receiver_for(recorder, store, clock, events, event_id=EventId(header="x-delivery"))
+    headers = [
+        *standard_headers("msg_1", BODY, T0).items(),
+        ("x-delivery", "a"),
+        ("x-delivery", "b"),
+    ]
+    async with client_for(app) as client:
+        response = await client.post(PATH, content=BODY, headers=headers)
+    assert (response.status_code, response.json()["code"]) == (400, "webhook_event_id_invalid")
+
+
+async def test_a_path_the_server_refuses_is_answered_before_any_endpoint_is_matched(
+    recorder: Recorder, store: MemoryStore, clock: ManualClock, events: list[Event]
+) -> None:
+    async with client_for(receiver_for(recorder, store, clock, events)) as client:
+        response = await client.post("/webhooks/%2e%2e/%2e%2e/%2e%2e/x", content=BODY)
+    assert (response.status_code, response.json()["code"]) == (400, "invalid_path")
+
+
+async def test_without_hooks_that_want_them_no_event_is_built(
+    recorder: Recorder, store: MemoryStore, clock: ManualClock
+) -> None:
+    app = WebhookReceiver(
+        recorder,
+        endpoints={PATH: WebhookEndpoint(name="p", scheme=StandardWebhooks(secrets=(WHSEC,)))},
+        store=store,
+        clock=clock,
+        hooks=[],
+    )
+    async with client_for(app) as client:
+        assert (await deliver(client, "msg_1", BODY, T0)).status_code == 200
+
+
+async def call(
+    app: Any, messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]]
+) -> list[Any]:
+    """Drive ``app`` as a server would, with the request's ``messages``; what it sent."""
+    sent: list[Any] = []
+    queue = list(messages)
+
+    async def receive() -> dict[str, Any]:
+        return queue.pop(0) if queue else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": "POST", "path": PATH, "raw_path": PATH.encode(),
+        "query_string": b"", "headers": headers, "client": ("127.0.0.1", 1),
+    }  # fmt: skip
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_a_sender_gone_before_its_body_leaves_nothing_and_chunks_count_to_the_limit(
+    recorder: Recorder, store: MemoryStore, clock: ManualClock, events: list[Event]
+) -> None:
+    app = receiver_for(recorder, store, clock, events, max_body=1024)
+    assert await call(app, [], []) == []
+    chunks = [{"type": "http.request", "body": b"x" * 600, "more_body": True}] * 2
+    [start, _] = await call(app, chunks, [])
+    assert start["status"] == 413
+    assert recorder.handled == []
+
+
+async def test_an_app_reading_past_the_body_gets_the_servers_messages(
+    store: MemoryStore, clock: ManualClock, events: list[Event]
+) -> None:
+    seen: list[Any] = []
+
+    async def listener(scope: Any, receive: Any, send: Any) -> None:
+        seen.extend([await receive(), await receive()])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = WebhookReceiver(
+        listener,
+        endpoints={PATH: WebhookEndpoint(name="p", scheme=StandardWebhooks(secrets=(WHSEC,)))},
+        store=store,
+        clock=clock,
+        hooks=[events.append],
+    )
+    headers = [(k.encode(), v.encode()) for k, v in standard_headers("msg_1", BODY, T0).items()]
+    [start, _] = await call(app, [{"type": "http.request", "body": BODY}], headers)
+    assert start["status"] == 204
+    assert [m["type"] for m in seen] == ["http.request", "http.disconnect"]
+    assert seen[0]["body"] == BODY
+
+
+class NoOrders:
+    """An idempotency store that keeps no ordering records."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("order_"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def standard() -> StandardWebhooks:
+    return StandardWebhooks(secrets=(WHSEC,))
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: WebhookEndpoint(name="p", scheme=object()), "WebhookEndpoint.scheme"),  # type: ignore[arg-type]
+        (
+            lambda: WebhookEndpoint(name="p", scheme=Hmac(secrets=("s",), header="x-sig")),
+            "WebhookEndpoint.event_id",
+        ),
+        (
+            lambda: WebhookEndpoint(name="p", scheme=standard(), max_stored_response=-1),
+            "max_stored_response",
+        ),
+        (
+            lambda: WebhookReceiver(
+                Recorder(),
+                endpoints={
+                    "/a": WebhookEndpoint(name="p", scheme=standard()),
+                    "/b": WebhookEndpoint(name="p", scheme=standard()),
+                },
+                store=MemoryStore(),
+            ),
+            "distinct names",
+        ),
+        (
+            lambda: WebhookReceiver(
+                Recorder(),
+                endpoints={"/a": WebhookEndpoint(name="p", scheme=standard(), ordering=ORDERING)},
+                store=NoOrders(),
+            ),
+            "ordering records",
+        ),
+        (
+            lambda: WebhookReceiver(
+                Recorder(),
+                endpoints={"/a%2Fb": WebhookEndpoint(name="p", scheme=standard())},
+                store=MemoryStore(),
+            ),
+            "canonical form",
+        ),
+    ],
+)
+def test_more_configuration_errors(build: Callable[[], object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        build()

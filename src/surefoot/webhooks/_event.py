@@ -168,11 +168,8 @@ def read_event_id(
     elif field is not None:
         where = f"body field {field}"
         value = body.lookup(tuple(field.split(".")), where)
-    else:
-        raise ConfigurationError(
-            "WebhookEndpoint.event_id: expected EventId(header=...) or EventId(field=...): "
-            "this scheme carries no event id of its own"
-        )
+    else:  # the scheme's id header is absent (WebhookEndpoint checks that one exists)
+        where, value = "signature headers", None
     if value is None or value == "":
         raise WebhookEventIdInvalid(source=where, reason="missing")
     if isinstance(value, int) and not isinstance(value, bool):

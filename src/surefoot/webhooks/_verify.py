@@ -114,6 +114,8 @@ class Scheme(Protocol):
     ``name`` is the scheme's name in ``Verified.scheme``; ``header_names`` every lower-case
     header it may read (the adapter refuses a repeated one); ``event_id_field`` the dotted
     body field holding the event id when the headers carry none (Stripe: ``"id"``);
+    ``carries_id`` whether ``Verified.event_id`` comes from the headers (Hmac: with an
+    ``id_header``);
     ``tolerance`` the accepted clock distance in seconds, both directions, None when the
     scheme signs no timestamp; ``horizon`` how long, in seconds, the sender may deliver one
     event again (automatic retries plus manual replays, from its docs), None when unknown.
@@ -125,6 +127,8 @@ class Scheme(Protocol):
     def header_names(self) -> frozenset[str]: ...
     @property
     def event_id_field(self) -> str | None: ...
+    @property
+    def carries_id(self) -> bool: ...
     @property
     def tolerance(self) -> float | None: ...
     @property
@@ -328,6 +332,7 @@ class StandardWebhooks:
         for part in ("id", "timestamp", "signature")
     )
     event_id_field: ClassVar[None] = None
+    carries_id: ClassVar[bool] = True
     # Svix retries for 27 h 35 min (docs.svix.com/retries); the spec's example schedule
     # (github.com/standard-webhooks/standard-webhooks, spec/standard-webhooks.md,
     # "Deliverability and reliability") spans 75 h 35 min 5 s. Manual replays are left
@@ -443,6 +448,7 @@ class Stripe:
     name: ClassVar[str] = "stripe"
     header_names: ClassVar[frozenset[str]] = frozenset({"stripe-signature"})
     event_id_field: ClassVar[str] = "id"
+    carries_id: ClassVar[bool] = False
     # Stripe resends an undelivered event for up to 3 days in live mode, and lists events
     # for manual resending for 30 days (docs.stripe.com/webhooks#automatic-retries and
     # docs.stripe.com/webhooks/process-undelivered-events): 3 + 30 days.
@@ -510,6 +516,7 @@ class GitHub:
     name: ClassVar[str] = "github"
     header_names: ClassVar[frozenset[str]] = frozenset({"x-hub-signature-256", "x-github-delivery"})
     event_id_field: ClassVar[None] = None
+    carries_id: ClassVar[bool] = True
     tolerance: ClassVar[None] = None
     # GitHub never redelivers by itself; a person may redeliver deliveries of the past
     # 3 days on github.com, 7 on GitHub Enterprise Server
@@ -582,6 +589,10 @@ class Hmac:
     name: ClassVar[str] = "hmac"
     event_id_field: ClassVar[None] = None
     horizon: ClassVar[None] = None
+
+    @property
+    def carries_id(self) -> bool:
+        return self.id_header is not None
 
     header_names: frozenset[str] = field(init=False, repr=False, compare=False)
     _keys: tuple[bytes, ...] = field(init=False, repr=False, compare=False)

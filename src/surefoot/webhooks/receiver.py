@@ -145,7 +145,7 @@ class WebhookEndpoint:
         if (
             self.event_id is None
             and self.scheme.event_id_field is None
-            and not _carries_id(self.scheme)
+            and not self.scheme.carries_id
         ):
             _fail(
                 "event_id", "EventId(header=...) or EventId(field=...): the scheme has no id", None
@@ -171,14 +171,6 @@ class WebhookEndpoint:
                 self.retention,
                 horizon,
             )
-
-
-def _carries_id(scheme: Scheme) -> bool:
-    """Whether the scheme reads an event id from its headers (it says so by name)."""
-    return bool(getattr(scheme, "id_header", None)) or scheme.name in (
-        "standard_webhooks",
-        "github",
-    )
 
 
 def _fail(name: str, expected: str, got: object) -> None:
