@@ -21,10 +21,9 @@ from _support import T0
 from surefoot.errors import StoreCapacityExceeded
 from surefoot.storage import MemoryStore, SqliteStore, store_from_url
 from surefoot.storage.sqlite import SCHEMA_VERSION
-from surefoot.webhooks._order import Claim, OrderRecord, Verdict, claim, classify, settle
-from surefoot.webhooks._order import OrderState as O
-from surefoot.webhooks._order import ordering_key as key_of
-from surefoot.webhooks._store import OrderingStore
+from surefoot.webhooks import Claim, OrderingStore, OrderRecord, Verdict, claim, order_state, settle
+from surefoot.webhooks import OrderState as O
+from surefoot.webhooks import ordering_key as key_of
 
 pytestmark = pytest.mark.anyio
 
@@ -152,7 +151,7 @@ async def test_decisions_equal_the_core_s(store: Any) -> None:
             await store.order_settle(
                 key, token=token, version=version, ok=ok, now=now, retention=retention
             )
-        live = model[key] if classify(model[key], now) is not O.ABSENT else None
+        live = model[key] if order_state(model[key], now) is not O.ABSENT else None
         assert await store.order_get(key, now) == live
 
 

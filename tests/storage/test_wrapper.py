@@ -18,7 +18,7 @@ from surefoot.storage import (
     Store,
     StoreWrapper,
 )
-from surefoot.webhooks._store import OrderingStore
+from surefoot.webhooks import OrderingStore
 
 T = TypeVar("T")
 

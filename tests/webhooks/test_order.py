@@ -8,14 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from surefoot.webhooks._order import (
+from surefoot.webhooks import (
     KEY_PREFIX,
     Claim,
     OrderRecord,
     OrderState,
     Verdict,
     claim,
-    classify,
+    order_state,
     ordering_key,
     settle,
 )
@@ -73,7 +73,7 @@ for _state, _until in (("free", T0 - 100), ("lapsed", T0 - 1), ("held", T0 + 20)
 @pytest.mark.parametrize(("state", "token", "version"), sorted(CLAIMS))
 def test_claim(state: str, token: str, version: float) -> None:
     record = RECORDS[state]
-    assert classify(record, T0) is STATES[state]
+    assert order_state(record, T0) is STATES[state]
     want_record, want_claim = CLAIMS[state, token, version]
     new, got = claim(record, version=version, token=token, now=T0, lease=LEASE, retention=RETENTION)
     assert got == want_claim
@@ -81,7 +81,7 @@ def test_claim(state: str, token: str, version: float) -> None:
         assert new is record
     else:
         assert new == want_record
-        assert classify(new, T0) is OrderState.HELD
+        assert order_state(new, T0) is OrderState.HELD
 
 
 # (state, settler's token, version, ok) -> the record stored, or UNCHANGED
@@ -124,8 +124,8 @@ def test_a_record_never_expires_while_its_holder_s_lease_runs() -> None:
     new, got = claim(None, version=1, token="t", now=T0, lease=100, retention=10)
     assert got == Claim(P, None, T0 + 100)
     assert new == OrderRecord(None, "t", 1, T0 + 100, T0 + 100)
-    assert classify(new, T0 + 99) is OrderState.HELD
-    assert classify(new, T0 + 100) is OrderState.ABSENT
+    assert order_state(new, T0 + 99) is OrderState.HELD
+    assert order_state(new, T0 + 100) is OrderState.ABSENT
     # A fenced-out settle that raises newest keeps the holder's lease inside the expiry.
     late = settle(new, token="other", version=2, ok=True, now=T0 + 1, retention=10)
     assert late == OrderRecord(2, "t", 1, T0 + 100, T0 + 100)
@@ -170,7 +170,7 @@ steps = st.lists(
 
 
 def _newest(record: OrderRecord | None, now: float) -> float:
-    if classify(record, now) is OrderState.ABSENT:
+    if order_state(record, now) is OrderState.ABSENT:
         return -1.0
     assert record is not None
     return -1.0 if record.newest is None else record.newest
@@ -195,7 +195,7 @@ def test_properties(script: list[tuple[str, str, float, bool, float, float, floa
                 # At most one live holder: nobody else's lease runs when one is granted.
                 assert all(until <= now for t, until in leases.items() if t != token)
                 leases[token] = got.until
-                assert classify(new, now) is OrderState.HELD
+                assert order_state(new, now) is OrderState.HELD
             assert (got.verdict is S) == (version < before)
             if got.verdict is B:
                 assert got.until > now

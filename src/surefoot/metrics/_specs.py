@@ -337,7 +337,8 @@ METRICS: tuple[MetricSpec, ...] = (
         group="store",
         buckets=STORE_BUCKETS,
         values="`store`: the name given to `instrument_store`; `operation`: the store method "
-        "(`begin`, `finish`, `resolve`, `forget`, `get`, `records`, `purge`, `acquire`, `release`)",
+        "(`begin`, `finish`, `resolve`, `forget`, `get`, `records`, `purge`, `acquire`, `release`, "
+        "`order_claim`, `order_settle`, `order_get`)",
     ),
     MetricSpec(
         "surefoot_store_errors_total",

@@ -24,7 +24,7 @@ from surefoot.storage import (
     OrderingStoreWrapper,
     RateLimitStoreWrapper,
 )
-from surefoot.webhooks._store import OrderingStore
+from surefoot.webhooks import OrderingStore
 
 __all__ = ["InstrumentedStore", "instrumented"]
 

@@ -13,7 +13,7 @@ from surefoot.idempotency import IdempotencyStore
 from surefoot.ratelimit import RateLimitStore
 from surefoot.storage.memory import MemoryStore
 from surefoot.storage.sqlite import SqliteStore
-from surefoot.webhooks._store import OrderingStore
+from surefoot.webhooks import OrderingStore
 
 __all__ = ["STORES", "Store", "store_from_url"]
 

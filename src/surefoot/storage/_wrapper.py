@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 if TYPE_CHECKING:
     from surefoot.idempotency import Begin, Decision, Outcome, Record, State, StoredResponse
     from surefoot.ratelimit import Item, RateLimitDecision
-    from surefoot.webhooks._order import Claim, OrderRecord
+    from surefoot.webhooks import Claim, OrderRecord
 
 __all__ = [
     "IdempotencyStoreWrapper",

@@ -41,7 +41,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal
 
-from surefoot import idempotency
+from surefoot import idempotency, webhooks
 from surefoot.errors import ConfigurationError, StoreCapacityExceeded
 from surefoot.idempotency import (
     Begin,
@@ -62,8 +62,7 @@ from surefoot.ratelimit import (
     RateLimitDecision,
     plan,
 )
-from surefoot.webhooks import _order
-from surefoot.webhooks._order import Claim, OrderRecord, OrderState
+from surefoot.webhooks import Claim, OrderRecord, OrderState
 
 __all__ = ["MemoryStore"]
 
@@ -273,7 +272,7 @@ class MemoryStore:
     ) -> Claim:
         with self._lock:
             record = self._orders.get(key)
-            new, answer = _order.claim(
+            new, answer = webhooks.claim(
                 record, version=version, token=token, now=now, lease=lease, retention=retention
             )
             if new is not record:
@@ -285,7 +284,7 @@ class MemoryStore:
     ) -> None:
         with self._lock:
             record = self._orders.get(key)
-            new = _order.settle(
+            new = webhooks.settle(
                 record, token=token, version=version, ok=ok, now=now, retention=retention
             )
             if new is not record:
@@ -293,7 +292,7 @@ class MemoryStore:
 
     async def order_get(self, key: str, now: float) -> OrderRecord | None:
         record = self._orders.get(key)
-        return None if _order.classify(record, now) is OrderState.ABSENT else record
+        return None if webhooks.order_state(record, now) is OrderState.ABSENT else record
 
     def _put_order(self, key: str, record: OrderRecord | None, now: float) -> None:
         orders = self._orders
@@ -303,7 +302,7 @@ class MemoryStore:
         if key not in orders and len(orders) >= self.max_records:
             first_expiry = math.inf
             for old_key, old in orders.items():
-                state = _order.classify(old, now)
+                state = webhooks.order_state(old, now)
                 if state is OrderState.ABSENT or (
                     self.on_full == "evict" and state is OrderState.FREE
                 ):

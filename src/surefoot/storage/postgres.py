@@ -121,7 +121,7 @@ from surefoot.idempotency import (
     Unknown,
 )
 from surefoot.ratelimit import ALGORITHMS, Item, Limit, RateLimitDecision, quota_period
-from surefoot.webhooks._order import Claim, OrderRecord, Verdict
+from surefoot.webhooks import Claim, OrderRecord, Verdict
 
 __all__ = ["PostgresStore", "migrate"]
 

@@ -139,6 +139,7 @@ from redis.exceptions import (
     ResponseError,
 )
 
+from surefoot import webhooks
 from surefoot._masking import masked_text, split_url
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency import (
@@ -160,8 +161,7 @@ from surefoot.idempotency import (
     key_owner,
 )
 from surefoot.ratelimit import ALGORITHMS, Item, Limit, RateLimitDecision, quota_period
-from surefoot.webhooks import _order
-from surefoot.webhooks._order import Claim, OrderRecord, OrderState, Verdict
+from surefoot.webhooks import Claim, OrderRecord, OrderState, Verdict
 
 __all__ = ["RedisStore"]
 
@@ -1182,7 +1182,7 @@ class RedisStore:
             self._caller_time(float(until), at, now),
             self._caller_time(float(expires), at, now),
         )
-        return None if _order.classify(record, now) is OrderState.ABSENT else record
+        return None if webhooks.order_state(record, now) is OrderState.ABSENT else record
 
     # -- rate limits -----------------------------------------------------------------------
 

@@ -88,7 +88,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from surefoot import idempotency
+from surefoot import idempotency, webhooks
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency import (
     Begin,
@@ -109,8 +109,7 @@ from surefoot.ratelimit import (
     RateLimitDecision,
     plan,
 )
-from surefoot.webhooks import _order
-from surefoot.webhooks._order import Claim, OrderRecord, OrderState
+from surefoot.webhooks import Claim, OrderRecord, OrderState
 
 __all__ = ["SqliteStore"]
 
@@ -534,7 +533,7 @@ class SqliteStore:
         self, key: str, *, version: float, token: str, now: float, lease: float, retention: float
     ) -> Claim:
         def decide(record: OrderRecord | None) -> tuple[OrderRecord | None, Claim]:
-            return _order.claim(
+            return webhooks.claim(
                 record, version=version, token=token, now=now, lease=lease, retention=retention
             )
 
@@ -559,7 +558,7 @@ class SqliteStore:
     ) -> None:
         def work(db: sqlite3.Connection) -> None:
             record = _order_row(db.execute(_SELECT_ORDER, (key,)).fetchone())
-            new = _order.settle(
+            new = webhooks.settle(
                 record, token=token, version=version, ok=ok, now=now, retention=retention
             )
             if new is not record and new is not None:
@@ -570,7 +569,7 @@ class SqliteStore:
     async def order_get(self, key: str, now: float) -> OrderRecord | None:
         with _translate(), self._lock:
             record = _order_row(self._db.execute(_SELECT_ORDER, (key,)).fetchone())
-        return None if _order.classify(record, now) is OrderState.ABSENT else record
+        return None if webhooks.order_state(record, now) is OrderState.ABSENT else record
 
     # -- rate limits ---------------------------------------------------------------------
 

@@ -33,11 +33,13 @@ from surefoot.webhooks._events import (
     WebhookStale,
 )
 from surefoot.webhooks._order import (
+    KEY_PREFIX,
     Claim,
     OrderRecord,
     OrderState,
     Verdict,
     claim,
+    order_state,
     ordering_key,
     settle,
 )
@@ -79,6 +81,7 @@ else:
     )
 
 __all__ = [
+    "KEY_PREFIX",
     "EVENT_ID_HEADER",
     "WEBHOOK",
     "Claim",
@@ -106,6 +109,7 @@ __all__ = [
     "WebhookRefused",
     "WebhookStale",
     "claim",
+    "order_state",
     "ordering_key",
     "settle",
     "webhook_event",

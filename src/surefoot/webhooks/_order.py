@@ -51,7 +51,7 @@ __all__ = [
     "OrderState",
     "Verdict",
     "claim",
-    "classify",
+    "order_state",
     "ordering_key",
     "settle",
 ]
@@ -101,7 +101,7 @@ class Claim(NamedTuple):
     until: float
 
 
-def classify(record: OrderRecord | None, now: float) -> OrderState:
+def order_state(record: OrderRecord | None, now: float) -> OrderState:
     """The state ``record`` is in at ``now``."""
     if record is None or now >= record.expires:
         return OrderState.ABSENT
@@ -120,7 +120,7 @@ def claim(
     retention: float,
 ) -> tuple[OrderRecord | None, Claim]:
     """Claim the object for an event of ``version``; the record to store and the answer."""
-    state = classify(record, now)
+    state = order_state(record, now)
     newest = None
     if state is not OrderState.ABSENT:
         assert record is not None
@@ -144,7 +144,7 @@ def settle(
     retention: float,
 ) -> OrderRecord | None:
     """The holder of ``token`` is done with its event of ``version`` (``ok``: processed)."""
-    if classify(record, now) is OrderState.ABSENT:
+    if order_state(record, now) is OrderState.ABSENT:
         if not ok:
             return record
         # The record expired while the event was processed (Rule 5): its work counts.
