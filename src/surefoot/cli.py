@@ -3,13 +3,15 @@
 Only commands that work are listed: ``serve`` runs the gateway, ``check-config``
 validates its policy file, ``errors`` prints the problem catalogue, ``metrics`` the
 Prometheus metrics, ``keys`` lets an operator inspect and settle idempotency records in a
-store, and ``migrate`` creates or upgrades a PostgreSQL store's tables.
+store, ``webhooks`` look up and forget the events a gateway's ``[[webhooks.receive]]``
+endpoint received, and ``migrate`` creates or upgrades a PostgreSQL store's tables.
 
 Rule 1: a command that needs an extra says so in one line before importing anything of it
         (``surefoot chaos needs the 'client' extra: pip install 'surefoot[client]'
         (missing: httpx)``), never with a traceback. ``errors``, ``metrics``, ``keys`` and
         ``migrate`` need none (a Redis or PostgreSQL store needs its driver's extra);
-        ``serve`` and ``check-config`` need ``gateway``; ``chaos`` needs ``client``.
+        ``serve``, ``check-config`` and ``webhooks`` need ``gateway``; ``chaos`` needs
+        ``client``.
 Rule 2: every input is checked before anything is stored; an invalid one is a usage error
         naming the option (``surefoot keys resolve`` stores only what
         ``surefoot._operator`` accepts).
@@ -22,6 +24,8 @@ import contextlib
 import importlib.util
 import json
 import logging
+import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,7 +46,7 @@ from surefoot.errors import (
     catalogue_markdown,
     problem_type_uri,
 )
-from surefoot.idempotency import Record, State
+from surefoot.idempotency import Record, State, classify
 from surefoot.metrics import METRICS, metrics_markdown
 from surefoot.storage import IdempotencyStore, store_from_url
 
@@ -125,25 +129,27 @@ _STORE = click.option(
 )
 
 
-def _store_parts(store_url: str) -> SplitResult:
+def _store_parts(store_url: str, hint: str = "--store") -> SplitResult:
     """``--store`` split, or a usage error quoting it masked."""
     try:
         return split_url(store_url)
     except ConfigurationError as exc:
-        raise click.BadParameter(str(exc), param_hint="--store") from None
+        raise click.BadParameter(str(exc), param_hint=hint) from None
 
 
-def _run(store_url: str, work: Any) -> Any:
-    parts = _store_parts(store_url)
+def _run(store_url: str, work: Any, *, hint: str = "--store", where: str = "") -> Any:
+    """``work(store, now)`` on the store at ``store_url``, closed after; ``hint`` names
+    the option the URL came from in a usage error, ``where`` prefixes its message."""
+    parts = _store_parts(store_url, hint)
     if parts.scheme == "sqlite" and not Path(parts.path[1:]).exists():
         # Opening would create an empty database and hide a typo in the path.
-        raise click.BadParameter(f"no database file at {parts.path[1:]!r}", param_hint="--store")
+        raise click.BadParameter(f"{where}no database file at {parts.path[1:]!r}", param_hint=hint)
 
     async def go() -> Any:
         try:
             store = store_from_url(store_url)
         except ConfigurationError as exc:
-            raise click.BadParameter(str(exc), param_hint="--store") from None
+            raise click.BadParameter(f"{where}{exc}", param_hint=hint) from None
         try:
             opener = getattr(store, "open", None)
             if opener is not None:
@@ -267,6 +273,120 @@ def purge_keys(store_url: str, limit: int) -> None:
         return await store.purge(now, limit=limit)
 
     click.echo(f"purged {_run(store_url, work)} expired records")
+
+
+@main.group()
+def webhooks() -> None:
+    """Look up and forget the events a gateway's webhook endpoints received."""
+
+
+_CONFIG = click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The gateway's policy file (TOML), whose [[webhooks.receive]] names the endpoint.",
+)
+#: An event id, as ``surefoot.webhooks`` bounds it.
+_EVENT_ID = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def _webhook_event(command: str, config_path: str, name: str, event_id: str) -> Any:
+    """The store URL of endpoint ``name``, the event's store key and ``stores.NAME: ``."""
+    gateway = _gateway(f"webhooks {command}")
+    try:
+        config = gateway.load_config(config_path)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    webhook = config.webhooks.get(name)
+    if webhook is None:
+        known = ", ".join(config.webhooks) or "none"
+        raise click.BadParameter(
+            f"expected the name of a [[webhooks.receive]] table of {config_path} ({known}), "
+            f"got {name!r}",
+            param_hint="NAME",
+        )
+    if not _EVENT_ID.fullmatch(event_id):
+        raise click.BadParameter(
+            "expected 1 to 255 printable ASCII characters, as event ids are",
+            param_hint="EVENT_ID",
+        )
+    from surefoot.webhooks import webhook_store_key
+
+    store_key = webhook_store_key(name, event_id)
+    return config.store_url(webhook.store), store_key, f"stores.{webhook.store}: "
+
+
+@webhooks.command("inspect")
+@_CONFIG
+@click.argument("name")
+@click.argument("event_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+def inspect_webhook(config_path: str, name: str, event_id: str, as_json: bool) -> None:
+    """Show what became of event EVENT_ID at endpoint NAME: its state (absent,
+    in_flight, lease_expired, completed) and the status of the answer stored for it."""
+    store_url, store_key, where = _webhook_event("inspect", config_path, name, event_id)
+    from surefoot.gateway.admin import webhook_record
+
+    async def work(store: IdempotencyStore, now: float) -> dict[str, Any]:
+        record = await store.get(store_key, now)
+        found: dict[str, Any] = webhook_record(store_key, record, now)
+        return found
+
+    found = _run(store_url, work, hint="--config", where=where)
+    found = {"endpoint": name, "event_id": event_id, **found}
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    table = Table("endpoint", "event id", "state", "status", "expires in")
+    status = found["status"]
+    expires = found.get("expires_in")
+    table.add_row(
+        name,
+        event_id,
+        found["state"],
+        "-" if status is None else str(status),
+        "-" if expires is None else f"{expires:.0f}s",
+    )
+    _console().print(table)
+
+
+@webhooks.command("forget")
+@_CONFIG
+@click.argument("name")
+@click.argument("event_id")
+def forget_webhook(config_path: str, name: str, event_id: str) -> None:
+    """Forget event EVENT_ID at endpoint NAME, so that the sender's next delivery of it
+    (a retry, or a resend from its dashboard) runs it again.
+
+    An event whose delivery is still running (in flight, its lease not run out) is not
+    forgotten: a delivery meanwhile would run it twice.
+    """
+    store_url, store_key, where = _webhook_event("forget", config_path, name, event_id)
+
+    async def work(store: IdempotencyStore, now: float) -> tuple[State, Record | None, bool]:
+        record = await store.get(store_key, now)
+        state = classify(record, now)
+        if state in (State.ABSENT, State.IN_FLIGHT):
+            return state, record, False
+        return state, record, await store.forget(store_key, now)
+
+    state, record, forgotten = _run(store_url, work, hint="--config", where=where)
+    if state is State.IN_FLIGHT:
+        assert record is not None
+        left = max(1, math.ceil(record.lease_expires_at - SystemClock().now()))
+        raise click.ClickException(
+            f"event {event_id} of {name} is being processed (its lease runs out in {left} s): "
+            "nothing forgotten; try again once its delivery has ended"
+        )
+    if not forgotten:
+        raise click.ClickException(f"no live record of event {event_id} at {name}")
+    status = record.response.status if record is not None and record.response else None
+    click.echo(
+        f"forgot event {event_id} of {name} (it was {state.value}"
+        + (f", status {status}" if status is not None else "")
+        + "): the sender's next delivery runs it again"
+    )
 
 
 @main.command("migrate")

@@ -12,7 +12,10 @@ Rule 1: an *error* is what would stop the start whatever the network does: an up
         index``; PostgreSQL ``FATAL:``), reported with the server's reason, masked.
 Rule 2: a *warning* is what may be different when the gateway starts: a network store
         (Redis, PostgreSQL) that does not answer within ``store_timeout`` seconds (a
-        refused or reset connection included).
+        refused or reset connection included); or what the gateway would do although it
+        is valid: a webhook endpoint that forgets its event ids (``retention``) before its
+        sender stops delivering them (the scheme's ``horizon``: retries and manual
+        resends), so a late delivery would run its event again.
 Rule 3: nothing is written. An SQLite store is never opened (opening creates and migrates
         its file): its options are checked on an in-memory database of the same URL. A
         network store is connected, asked for one key that does not exist, and closed.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -66,7 +70,14 @@ async def check_start(config: GatewayConfig, *, store_timeout: float = 2.0) -> S
             _import_app(app)
         except ConfigurationError as exc:
             errors.append(str(exc))
-    used = dict.fromkeys((config.root.idempotency.store, config.root.rate_limit.store))
+    warnings.extend(_retention_warnings(config))
+    used = dict.fromkeys(
+        (
+            config.root.idempotency.store,
+            config.root.rate_limit.store,
+            *(webhook.store for webhook in config.webhooks.values()),
+        )
+    )
     for name in used:
         url = config.store_url(name)
         where = f"stores.{name} ({masked_url(url)})"
@@ -85,6 +96,32 @@ async def check_start(config: GatewayConfig, *, store_timeout: float = 2.0) -> S
             detail = "" if silent else f" ({reason})"
             warnings.append(f"{where}: did not answer within {store_timeout:g} s{detail}")
     return StartCheck(tuple(errors), tuple(warnings))
+
+
+def _retention_warnings(config: GatewayConfig) -> list[str]:
+    """Rule 2: each endpoint whose retention is shorter than its scheme's horizon."""
+    found = []
+    for index, table in enumerate(config.root.webhooks.receive):
+        webhook = config.webhooks.get(table.name)
+        if webhook is None or webhook.path != table.path:
+            continue  # not built (a problem of the file): nothing to warn about
+        endpoint = webhook.endpoint
+        horizon = endpoint.scheme.horizon
+        if horizon is None or endpoint.retention >= horizon:
+            continue
+        found.append(
+            f"webhooks.receive[{index}] ({endpoint.name}): retention = "
+            f"{_seconds(endpoint.retention)} is shorter than the {_seconds(horizon)} over "
+            f"which a {table.scheme} sender may deliver an event again (retries and manual "
+            "resends): such a late delivery would run its event a second time; set "
+            f"retention = {math.ceil(horizon)} or more"
+        )
+    return found
+
+
+def _seconds(value: float) -> str:
+    """``2851200 s (33 days)``, ``3600 s (0.0417 days)``."""
+    return f"{value:.0f} s ({value / 86400:.3g} days)"
 
 
 async def _probe(url: str, seconds: float) -> None:

@@ -20,6 +20,9 @@ checks what spans tables. Map of the file (``docs/gateway.md`` documents every f
     [[routes]]                   match, critical, timeout, idempotency (table or false)
     [routes.idempotency.lookup]  how to ask the upstream whether lost work happened
     [admin]                      host, port, token | token_env
+    [[webhooks.receive]]         path, name, scheme, secrets_env, tolerance, event id,
+                                 retention, lease, max_body, store; for "hmac" its fields
+    [webhooks.receive.ordering]  object_field, version_field, lease (the ordering guard)
 
 Rule 1: validation is total before anything is built: ``load_config`` returns a
         ``GatewayConfig`` only if every field of every table is valid; otherwise one
@@ -30,27 +33,59 @@ Rule 3: secrets never appear in messages or in ``effective()``: ``clients[].api_
         ``admin.token`` and every value of a lookup's ``headers`` are shown by their kind
         only (``got an integer (hidden)``) and as ``***``; the URLs in ``[stores]`` and
         ``upstream.url`` are shown with their password and secret query parameters
-        masked (``surefoot._masking.masked_url`` says which).
+        masked (``surefoot._masking.masked_url`` says which). A webhook endpoint's secrets
+        are never in the file: ``secrets_env`` names the variables holding them, and a
+        problem with one names its variable, never its value.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from surefoot._config import Loc, Problems, read_toml
 from surefoot._masking import masked_url, split_url
+from surefoot._paths import canonical_path
 from surefoot._routes import RouteTable
-from surefoot.errors import ConfigurationError
-from surefoot.gateway._schema import NAME, IdempotencyFields, Lookup, Policy, Root, Route
+from surefoot.errors import ConfigurationError, InvalidPath
+from surefoot.gateway._schema import (
+    HMAC_FIELDS,
+    NAME,
+    IdempotencyFields,
+    Lookup,
+    Policy,
+    Root,
+    Route,
+    WebhookOrdering,
+    WebhookReceive,
+)
 from surefoot.idempotency import IdempotencyPolicy
 from surefoot.identity import hash_credential
 from surefoot.ratelimit import RateLimitPolicy
 from surefoot.storage import STORES, MemoryStore, store_from_url
+from surefoot.webhooks import (
+    EventId,
+    GitHub,
+    Hmac,
+    Ordering,
+    Scheme,
+    StandardWebhooks,
+    Stripe,
+    WebhookEndpoint,
+)
 
-__all__ = ["GatewayConfig", "config_from_dict", "load_config"]
+__all__ = ["GatewayConfig", "Webhook", "config_from_dict", "load_config"]
+
+
+class Webhook(NamedTuple):
+    """One ``[[webhooks.receive]]`` table, built: where it receives, what, and its store."""
+
+    path: str
+    endpoint: WebhookEndpoint
+    store: str
 
 
 class GatewayConfig:
@@ -67,6 +102,8 @@ class GatewayConfig:
         api_keys: the API keys of ``[[clients]]``: when there are any, a credential that
             is not one of them is rate limited as its address.
         admin_token: the admin API's token (None: the admin API is disabled).
+        webhooks: endpoint name -> ``Webhook``, in the file's order (secrets read from
+            the environment).
     """
 
     def __init__(self, root: Root, source: str, problems: Problems) -> None:
@@ -101,6 +138,8 @@ class GatewayConfig:
         policies = self._rate_limits(problems)
         self.rate_limit_policies = policies + self._address_ceiling(policies, problems)
         self._tiers(problems)
+        self.webhooks: dict[str, Webhook] = {}
+        self._webhooks(problems)
         self._stores(problems)
         self.admin_token = self._secret(
             root.admin.token, root.admin.token_env, ("admin",), problems
@@ -329,12 +368,47 @@ class GatewayConfig:
         for loc, name in (
             (("idempotency", "store"), self.root.idempotency.store),
             (("rate_limit", "store"), self.root.rate_limit.store),
+            *(
+                (("webhooks", "receive", index, "store"), table.store)
+                for index, table in enumerate(self.root.webhooks.receive)
+            ),
         ):
             if name not in self.root.stores:
                 problems.add(
                     loc,
                     f"expected a name from [stores] ({', '.join(self.root.stores)}), got {name!r}",
                 )
+
+    def _webhooks(self, problems: Problems) -> None:
+        paths: set[str] = set()
+        names: set[str] = set()
+        for index, table in enumerate(self.root.webhooks.receive):
+            loc: Loc = ("webhooks", "receive", index)
+            try:
+                canonical = canonical_path(table.path.encode("utf-8")).path
+            except InvalidPath:
+                canonical = ""
+            # A template's "{id}" would match only itself: a path of one sender is exact.
+            template = "{" in table.path or "}" in table.path
+            if not table.path.startswith("/") or canonical != table.path or template:
+                hint = ""
+                if canonical.startswith("/") and canonical != table.path:
+                    hint = f" (it is {canonical!r})"
+                problems.add(
+                    (*loc, "path"),
+                    "expected an exact path in canonical form (no template, no '//', '.' "
+                    f"or '..' segment), such as '/webhooks/stripe', got {table.path!r}{hint}",
+                )
+            elif table.path in paths:
+                problems.add((*loc, "path"), f"{table.path!r} is received by an earlier table")
+            paths.add(table.path)
+            if table.name in names:
+                problems.add((*loc, "name"), f"{table.name!r} is used by an earlier table")
+                continue
+            names.add(table.name)
+            endpoint = _webhook_endpoint(table, loc, problems)
+            if endpoint is not None:
+                self.webhooks[table.name] = Webhook(table.path, endpoint, table.store)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -453,6 +527,106 @@ def _scheme(url: str) -> str:
         return split_url(url).scheme
     except ConfigurationError:
         return ""
+
+
+_SCHEMES: dict[str, type[Any]] = {
+    "standard_webhooks": StandardWebhooks,
+    "stripe": Stripe,
+    "github": GitHub,
+    "hmac": Hmac,
+}
+#: A scheme's refusal of one of its secrets: ``Stripe.secrets[1]: expected ...``.
+_SECRET_REFUSED = re.compile(r"^[A-Za-z]+\.secrets\[(\d+)\]: (.*)$", re.S)
+
+
+def _webhook_endpoint(
+    table: WebhookReceive, loc: Loc, problems: Problems
+) -> WebhookEndpoint | None:
+    """The endpoint ``table`` describes, or None with its problems added."""
+    fields = WebhookReceive.model_fields
+    before = len(problems.items)
+    secrets: list[str] = []
+    for i, env in enumerate(table.secrets_env):
+        value = os.environ.get(env)
+        if value is None:
+            problems.add((*loc, "secrets_env", i), f"the environment variable {env!r} is not set")
+        elif not value:
+            problems.add((*loc, "secrets_env", i), f"the environment variable {env!r} is empty")
+        secrets.append(value or "")
+    options: dict[str, Any] = {}
+    if table.scheme == "hmac":
+        if table.header is None:
+            problems.add(
+                (*loc, "header"), 'required with scheme = "hmac" (the signature\'s header)'
+            )
+        options = {n: getattr(table, n) for n in HMAC_FIELDS if getattr(table, n) is not None}
+        if table.tolerance is not None and table.timestamp_header is None:
+            problems.add(
+                (*loc, "tolerance"),
+                "only with timestamp_header: without a signed timestamp nothing expires",
+            )
+        if table.id_header is None and table.event_id_header is None and not table.event_id_field:
+            problems.add(
+                loc,
+                "expected id_header, event_id_header or event_id_field: the hmac scheme "
+                "carries no event id of its own",
+            )
+    else:
+        for name in HMAC_FIELDS:
+            if getattr(table, name) is not None:
+                problems.add((*loc, name), f'only with scheme = "hmac", not {table.scheme!r}')
+        if table.scheme == "github" and table.tolerance is not None:
+            problems.add((*loc, "tolerance"), "GitHub signs no timestamp: remove tolerance")
+    if table.tolerance is not None:
+        options["tolerance"] = table.tolerance
+    event_id = None
+    if table.event_id_header is not None and table.event_id_field is not None:
+        problems.add(
+            (*loc, "event_id_field"), "expected event_id_header or event_id_field, not both"
+        )
+    else:
+        try:
+            if table.event_id_header is not None:
+                event_id = EventId(header=table.event_id_header)
+            elif table.event_id_field is not None:
+                event_id = EventId(field=table.event_id_field)
+        except ConfigurationError as exc:
+            name = "event_id_header" if table.event_id_header is not None else "event_id_field"
+            problems.add((*loc, name), str(exc).partition(": ")[2])
+    ordering = None
+    if table.ordering is not None:
+        try:
+            ordering = Ordering(**table.ordering.model_dump())
+        except ConfigurationError as exc:
+            problems.refused((*loc, "ordering"), exc, WebhookOrdering.model_fields)
+    if len(problems.items) > before:
+        return None  # a secret missing or a field refused: the scheme cannot be built
+    try:
+        scheme: Scheme = _SCHEMES[table.scheme](secrets=tuple(secrets), **options)
+    except ConfigurationError as exc:
+        secret = _SECRET_REFUSED.match(str(exc))
+        if secret is not None:  # the scheme never quotes a secret; nor does this
+            i = int(secret.group(1))
+            problems.add(
+                (*loc, "secrets_env", i),
+                f"the value of {table.secrets_env[i]!r}: {secret.group(2)}",
+            )
+        else:
+            problems.refused(loc, exc, fields)
+        return None
+    try:
+        return WebhookEndpoint(
+            name=table.name,
+            scheme=scheme,
+            event_id=event_id,
+            retention=table.retention,
+            lease=table.lease,
+            ordering=ordering,
+            max_body=table.max_body,
+        )
+    except ConfigurationError as exc:
+        problems.refused(loc, exc, fields)
+        return None
 
 
 def _in_force(policy: IdempotencyPolicy) -> dict[str, Any]:

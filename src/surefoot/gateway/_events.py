@@ -1,4 +1,5 @@
-"""Events of the gateway: upstream failures, load shedding, unknown outcomes, reloads.
+"""Events of the gateway: upstream failures, load shedding, unknown outcomes, reloads, and
+webhook events an operator made the gateway forget.
 
 The layers the gateway composes emit their own events too: ``ratelimit.*``,
 ``idempotency.*``, ``storage.down`` / ``storage.recovered`` and, for the upstream's
@@ -20,6 +21,7 @@ __all__ = [
     "OutcomeResolved",
     "RequestShed",
     "UpstreamFailed",
+    "WebhookForgotten",
 ]
 
 
@@ -100,3 +102,20 @@ class ConfigRefused(GatewayEvent):
     level: ClassVar[int] = logging.ERROR
     source: str
     error: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WebhookForgotten(GatewayEvent):
+    """An operator made the gateway forget a received webhook event (``DELETE
+    /admin/webhooks/NAME/events/ID``): the sender's next delivery of it runs it again.
+
+    ``was`` is the state it had (``completed``, ``lease_expired``...), ``status`` the
+    stored answer's status, if any.
+    """
+
+    name: ClassVar[str] = "gateway.webhook_forgotten"
+    level: ClassVar[int] = logging.WARNING
+    endpoint: str
+    event_id: str
+    was: str
+    status: int | None

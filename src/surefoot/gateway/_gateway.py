@@ -1,10 +1,16 @@
 """``Gateway``: the ASGI app ``surefoot serve`` runs, composed from a policy file.
 
 Per request: ``RateLimitMiddleware`` -> ``IdempotencyMiddleware`` -> ``ProxyApp`` -> the
-upstream, wrapped in the gateway's own request loop (request id, access log, metrics). What
-the configuration decides is decided when the stack is built: a layer with nothing to do
-(no rate-limit policy; no route or method idempotency protects) is left out of it, and the
-request loop matches the request's route once, for its metrics and the proxy.
+upstream, wrapped in the gateway's own request loop (request id, access log, metrics). A
+``POST`` on a ``[[webhooks.receive]]`` path takes another way after the rate limiter::
+
+    RateLimitMiddleware ─┬─► IdempotencyMiddleware ─► ProxyApp ─► upstream
+                         └─► WebhookReceiver ───────► ProxyApp     (a POST on a webhook path)
+
+What the configuration decides is decided when the stack is built: a layer with nothing to
+do (no rate-limit policy; no route or method idempotency protects; no webhook endpoint) is
+left out of it, and the request loop matches the request's route once, for its metrics and
+the proxy.
 
 Rule 1: a request runs entirely on the *stack* (the composed layers) that was in force
         when it arrived; a reload builds a new stack and swaps it in one assignment, so
@@ -34,6 +40,10 @@ Rule 7: every layer sees the headers the upstream will see. The headers a reques
         forwards them, so they are removed before anything reads the request: a credential
         or a method override named there would otherwise pick a bucket or a route the
         upstream never hears of.
+Rule 8: a verified webhook event reaches the upstream once per event id (``_Webhooks``
+        says why the receiver sits where it does): a delivery that fails verification
+        never reaches it, a duplicate is answered from the store, and the upstream gets
+        the body's bytes as they were signed and the event id in ``Surefoot-Webhook-Id``.
 """
 
 from __future__ import annotations
@@ -90,6 +100,7 @@ from surefoot.idempotency import IdempotencyMiddleware
 from surefoot.identity import Identity
 from surefoot.ratelimit import RateLimitMiddleware
 from surefoot.storage import IdempotencyStore, RateLimitStore, StoreHealth, store_from_url
+from surefoot.webhooks import WebhookEndpoint, WebhookReceiver
 
 __all__ = ["Gateway"]
 
@@ -123,6 +134,8 @@ class _Stack:
     access_log: bool
     resources: set[int] = field(default_factory=set)
     in_flight: int = 0
+    #: Webhook endpoint name -> the store keeping its event ids (the admin API's).
+    webhook_stores: dict[str, IdempotencyStore] = field(default_factory=dict)
 
 
 class Gateway:
@@ -514,6 +527,9 @@ class Gateway:
                 allow_method_override=root.server.allow_method_override,
                 outcome_unknown_retry_after=unknown_retry_after,
             )
+        receivers, webhook_stores = self._receivers(config, proxy, resources)
+        if receivers:
+            app = _Webhooks(app, receivers)
         if config.rate_limit_policies:
             tiers = config.tiers
             app = RateLimitMiddleware(
@@ -543,9 +559,36 @@ class Gateway:
             allow_method_override=root.server.allow_method_override,
             access_log=root.server.access_log,
             resources=resources,
+            webhook_stores=webhook_stores,
         )
         stack_ref.append(stack)
         return stack
+
+    def _receivers(
+        self, config: GatewayConfig, proxy: ProxyApp, resources: set[int]
+    ) -> tuple[dict[str, WebhookReceiver], dict[str, IdempotencyStore]]:
+        """One ``WebhookReceiver`` per store the endpoints use, in front of the proxy (see
+        ``_Webhooks``): webhook path -> its receiver, and endpoint name -> its store."""
+        by_store: dict[str, dict[str, WebhookEndpoint]] = {}
+        for webhook in config.webhooks.values():
+            by_store.setdefault(webhook.store, {})[webhook.path] = webhook.endpoint
+        receivers: dict[str, WebhookReceiver] = {}
+        stores: dict[str, IdempotencyStore] = {}
+        for name, endpoints in by_store.items():
+            store = self._store(config.store_url(name), resources)
+            receiver = WebhookReceiver(
+                proxy,
+                endpoints=endpoints,
+                store=store,
+                clock=self.clock,
+                hooks=self.hooks,  # the gateway's: logged, and counted by its metrics
+                problem_base=DEFAULT_PROBLEM_BASE,
+                store_health=self._health_of(store),
+            )
+            for path, endpoint in endpoints.items():
+                receivers[path] = receiver
+                stores[endpoint.name] = store
+        return receivers, stores
 
     def _health_of(self, store: object) -> StoreHealth:
         health = self._health.get(id(store))
@@ -619,6 +662,46 @@ class Gateway:
             self._clients[key] = client
         resources.add(id(client))
         return client, base_url
+
+
+class _Webhooks:
+    """Sends a ``POST`` on a webhook path to its ``WebhookReceiver``, anything else on.
+
+    Where the receiver sits, so that a verified event reaches the upstream exactly once:
+
+    - *Behind the rate limiter*, as every route is: a flood of deliveries, forged or a
+      sender's burst, is limited before any signature is checked or anything stored, by
+      the policies whose ``routes`` match the webhook path (``exempt`` it to let a sender
+      through unlimited). A 429 stores nothing, and the sender delivers again later.
+    - *Beside the gateway's idempotency layer, not behind it*: the receiver runs each
+      event once by its own idempotency layer, keyed by the event id and kept for the
+      endpoint's retention. Behind the gateway's, a delivery would need an
+      ``Idempotency-Key`` no sender sends (400 for every event), or be stored twice under
+      rules that disagree (``on_server_error = "unknown"`` would hold an event the
+      receiver releases for the sender's retry).
+    - *In front of the proxy*, the only way to the upstream: what the receiver refuses
+      (a bad signature, an expired timestamp, a duplicate) is answered without reaching
+      it; what the proxy could not deliver (upstream unreachable, breaker open, shed) is
+      marked not executed, and the receiver releases the event for the sender's retry.
+
+    The path was made canonical before (``Gateway.handle``, Rule 5), so an exact match
+    is the receiver's own; a ``POST`` whose allowed method override names another method
+    is not a delivery and goes on with the rest.
+    """
+
+    __slots__ = ("app", "receivers")
+
+    def __init__(self, app: ASGIApp, receivers: dict[str, WebhookReceiver]) -> None:
+        self.app = app
+        self.receivers = receivers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if route_method(scope) == "POST":
+            receiver = self.receivers.get(scope["path"])
+            if receiver is not None:
+                await receiver(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _protects_nothing(config: GatewayConfig) -> bool:

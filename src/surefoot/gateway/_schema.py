@@ -7,14 +7,16 @@ that may hold one ``mask="url"``: a message never quotes them (``surefoot._confi
 as ``gateway/_config.py`` Rule 3 promises.
 
 Shared tables come from the package of the class they configure: ``[upstream.breaker]`` is
-``surefoot.client.BreakerTable`` (``CircuitBreaker``'s defaults), with one override.
+``surefoot.client.BreakerTable`` (``CircuitBreaker``'s defaults), with one override; the
+defaults of ``[[webhooks.receive]]`` are ``WebhookEndpoint``'s and ``Ordering``'s, and an
+unset ``tolerance`` or HMAC field is left to the scheme's class.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -24,8 +26,11 @@ from surefoot._config import described
 from surefoot._masking import masked_url, shown
 from surefoot.client import BreakerTable
 from surefoot.gateway._head import ServerLimits
+from surefoot.webhooks import Ordering, WebhookEndpoint
 
 __all__ = [
+    "ENV_NAME",
+    "HMAC_FIELDS",
     "NAME",
     "PLACEHOLDER",
     "Admin",
@@ -43,6 +48,9 @@ __all__ = [
     "RouteIdempotency",
     "Server",
     "Upstream",
+    "WebhookOrdering",
+    "WebhookReceive",
+    "Webhooks",
 ]
 
 #: A client's name: letters, digits, '_', '-' or '.'.
@@ -304,6 +312,111 @@ class Admin(_Table):
     token_env: str | None = described("an environment variable holding the token", None)
 
 
+def _default(cls: Any, name: str) -> Any:
+    """The default of the dataclass field ``name`` of ``cls`` (one source for both)."""
+    default = next(f.default for f in fields(cls) if f.name == name)
+    assert default is not MISSING
+    return default
+
+
+#: The fields of ``[[webhooks.receive]]`` that configure a generic ``Hmac`` scheme only.
+HMAC_FIELDS = (
+    "header",
+    "algorithm",
+    "encoding",
+    "prefix",
+    "content",
+    "timestamp_header",
+    "id_header",
+)
+#: An environment variable's name (what ``secrets_env`` lists).
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+#: What a pasted secret starts with (Standard Webhooks, Svix and Stripe secrets and keys).
+_SECRET_PREFIXES = ("whsec_", "whpk_", "whsk_")
+
+
+class WebhookOrdering(_Table):
+    object_field: str = described(
+        "a dotted JSON body field naming the object, such as 'data.object.id'"
+    )
+    version_field: str = described(
+        "a dotted JSON body field holding the object's version (a number or an RFC 3339 "
+        "timestamp), such as 'data.object.updated'"
+    )
+    lease: float = described("seconds above 0 and at most 3600", _default(Ordering, "lease"))
+
+
+class WebhookReceive(_Table):
+    path: str = described("an exact path in canonical form, such as '/webhooks/stripe'")
+    name: str = described("a name of a-z, 0-9, '_', '.' or '-' (at most 64)")
+    scheme: Literal["standard_webhooks", "stripe", "github", "hmac"] = described(
+        "'standard_webhooks', 'stripe', 'github' or 'hmac'"
+    )
+    # Names only: a secret is read from the environment, never from the file. Masked all
+    # the same, in case a secret was pasted here by mistake.
+    secrets_env: list[str] = described(
+        "1 to 16 names of environment variables holding the secrets, such as "
+        "['STRIPE_WEBHOOK_SECRET']",
+        mask="secret",
+        min_length=1,
+        max_length=16,
+    )
+    tolerance: float | None = described(
+        "seconds > 0 of clock difference accepted both ways (default: the scheme's, 300)",
+        None,
+        gt=0,
+    )
+    event_id_header: str | None = described(
+        "a header carrying the event id (default: where the scheme keeps it)", None
+    )
+    event_id_field: str | None = described(
+        "a dotted JSON body field holding the event id (default: where the scheme keeps it)",
+        None,
+    )
+    retention: float = described(
+        "seconds from 60 to 7776000 (90 days)", _default(WebhookEndpoint, "retention")
+    )
+    lease: float = described(
+        "seconds above 0 and below the retention", _default(WebhookEndpoint, "lease")
+    )
+    ordering: WebhookOrdering | None = None
+    max_body: int = described("bytes from 1 to 16777216", _default(WebhookEndpoint, "max_body"))
+    store: str = described("a name from [stores]", "default")
+    # The generic HMAC scheme's fields (scheme = "hmac" only; unset: Hmac's defaults).
+    header: str | None = described("the header carrying the signature", None)
+    algorithm: Literal["sha1", "sha256", "sha512"] | None = described(
+        "'sha1', 'sha256' or 'sha512'", None
+    )
+    encoding: Literal["hex", "base64"] | None = described("'hex' or 'base64'", None)
+    prefix: str | None = described("text before each signature, such as 'sha256='", None)
+    content: str | None = described(
+        "the signed content: a template over {body}, {timestamp} and {id}", None
+    )
+    timestamp_header: str | None = described("the header carrying the signed timestamp", None)
+    id_header: str | None = described("the header carrying the event id", None)
+
+    @field_validator("secrets_env")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name.lower().startswith(_SECRET_PREFIXES):
+                raise ValueError(
+                    "expected names of environment variables, got what looks like a secret "
+                    "(hidden): put the secret in the environment and its variable's name here"
+                )
+            if not ENV_NAME.fullmatch(name):
+                # Not quoted: what is not a variable's name may well be a pasted secret.
+                raise ValueError(
+                    "expected names of environment variables (letters, digits and '_', not "
+                    f"starting with a digit), got {shown(name, secret=True)}"
+                )
+        return value
+
+
+class Webhooks(_Table):
+    receive: list[WebhookReceive] = []
+
+
 class Root(_Table):
     server: Server = Server()
     upstream: Upstream
@@ -322,6 +435,7 @@ class Root(_Table):
     rate_limit: RateLimit = RateLimit()
     routes: list[Route] = []
     admin: Admin = Admin()
+    webhooks: Webhooks = Webhooks()
 
 
 Root.model_rebuild()

@@ -16,6 +16,8 @@ Endpoints (JSON unless said otherwise; every one but the two probes needs
     GET  /admin/unknown                 keys whose outcome is unknown, with their age
     POST /admin/keys/resolve            {"store_key", "status", "body", "content_type"}
     POST /admin/keys/release            {"store_key"}: the request did not happen
+    GET  /admin/webhooks/NAME/events/ID     a received event's state and stored status
+    DELETE /admin/webhooks/NAME/events/ID   forget it: the sender's next delivery runs it
 
 Errors are problems from the catalogue: 401 ``admin_unauthorized``, 404
 ``admin_not_found``, 422 ``config_rejected``, 400 ``admin_bad_request`` for a malformed
@@ -28,18 +30,25 @@ Rule 1: every input is checked before the store is touched, and anything else is
         (at most 4 MiB; no ``NaN``); what ``resolve`` stores passes
         ``surefoot._operator`` (a final status, a clean content type, JSON
         when it says JSON), so nothing invalid is ever stored.
+Rule 2: a webhook event's path has exactly the parts it names, each percent-decoded from
+        the raw path (an event id may hold an encoded ``/``): ``NAME`` is the name of a
+        ``[[webhooks.receive]]`` table (else 404 ``admin_not_found``), ``ID`` 1 to 255
+        printable ASCII characters, as an event id is (else 400 ``admin_bad_request``).
+        An event whose delivery is running (in flight, its lease not run out) is never
+        forgotten: its sender's next delivery would run it beside the first.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import math
 import os
 import re
 import signal
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
 from surefoot._asgi import Receive, Scope, Send, request_id, send_problem
 from surefoot._masking import shown
@@ -59,11 +68,12 @@ from surefoot.errors import (
     SurefootError,
 )
 from surefoot.events import emit
-from surefoot.gateway._events import OutcomeResolved
+from surefoot.gateway._events import OutcomeResolved, WebhookForgotten
 from surefoot.gateway._gateway import Gateway
 from surefoot.gateway._lookup import LOOKUP_PREFIX
-from surefoot.idempotency import Record, State, StoredResponse, scoped_key
+from surefoot.idempotency import Record, State, StoredResponse, classify, scoped_key
 from surefoot.ratelimit import Item, limit_key
+from surefoot.webhooks import webhook_store_key
 
 __all__ = ["AdminApp"]
 
@@ -71,6 +81,9 @@ _JSON = b"application/json"
 #: Room for a stored body of ``MAX_BODY`` bytes written as a JSON string (Rule 1).
 _MAX_REQUEST = 4 * MAX_BODY
 _LIMIT = re.compile(r"[0-9]{1,5}")
+_WEBHOOKS = "/admin/webhooks/"
+#: An event id (Rule 2), as ``surefoot.webhooks`` bounds it.
+_EVENT_ID = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 class AdminApp:
@@ -109,6 +122,9 @@ class AdminApp:
                 return
             self.authorize(scope)
             handler = _ROUTES.get((method, path))
+            if handler is None and path.startswith(_WEBHOOKS) and method in ("GET", "DELETE"):
+                await self.webhook_event(scope, send)
+                return
             if handler is None:
                 raise AdminNotFound(what=f"{method} {path}")
             await handler(self, scope, receive, send)
@@ -280,6 +296,80 @@ class AdminApp:
             ),
         )
         await _json(send, 200, {"store_key": store_key, "result": result, "changed": done})
+
+    async def webhook_event(self, scope: Scope, send: Send) -> None:
+        """``GET`` or ``DELETE /admin/webhooks/NAME/events/ID`` (Rule 2)."""
+        name, event_id = _webhook_event_path(scope)
+        stack = self.gateway.stack
+        webhook = stack.config.webhooks.get(name)
+        store = stack.webhook_stores.get(name)
+        if webhook is None or store is None:
+            raise AdminNotFound(what=f"webhook endpoint {name!r}")
+        store_key = webhook_store_key(name, event_id)
+        now = self.gateway.clock.now()
+        record = await store.get(store_key, now)
+        state = classify(record, now)
+        found = {"endpoint": name, "event_id": event_id, **webhook_record(store_key, record, now)}
+        if scope["method"] == "GET":
+            await _json(send, 200, found)
+            return
+        if record is None:
+            raise AdminNotFound(what=f"event {event_id!r} of webhook endpoint {name!r}")
+        if state is State.IN_FLIGHT:
+            raise AdminBadRequest(
+                reason=f"event {event_id!r} is being processed (its lease runs out in "
+                f"{math.ceil(record.lease_expires_at - now)} s): forget it once its delivery "
+                "has ended or its lease has run out, or a delivery now would run it twice"
+            )
+        forgotten = await store.forget(store_key, now)
+        emit(
+            self.gateway.hooks,
+            WebhookForgotten(
+                at=now,
+                request_id=request_id(scope),
+                endpoint=name,
+                event_id=event_id,
+                was=state.value,
+                status=found["status"],
+            ),
+        )
+        await _json(send, 200, {**found, "forgotten": forgotten})
+
+
+def webhook_record(store_key: str, record: Record | None, now: float) -> dict[str, Any]:
+    """What ``GET /admin/webhooks/NAME/events/ID`` and ``surefoot webhooks inspect`` show
+    of an event's record: its state as of ``now`` (``absent`` when none)."""
+    if record is None:
+        return {"store_key": store_key, "state": State.ABSENT.value, "status": None}
+    out = _record(store_key, record, now)
+    out["state"] = classify(record, now).value
+    out["lease_expires_in"] = (
+        round(max(0.0, record.lease_expires_at - now), 3)
+        if record.state is State.IN_FLIGHT
+        else None
+    )
+    return out
+
+
+def _webhook_event_path(scope: Scope) -> tuple[str, str]:
+    """NAME and ID of ``/admin/webhooks/NAME/events/ID``, percent-decoded (Rule 2)."""
+    raw: bytes = scope.get("raw_path") or quote(scope["path"]).encode("ascii")
+    parts = raw.split(b"/")
+    if len(parts) != 6 or parts[4] != b"events" or len(raw) > 2048:
+        raise AdminNotFound(what=f"{scope['method']} {scope['path']}")
+    decoded: list[str] = []
+    for what, part in (("endpoint name", parts[3]), ("event id", parts[5])):
+        try:
+            text = unquote_to_bytes(part).decode("ascii")
+        except UnicodeDecodeError:
+            text = ""
+        if not _EVENT_ID.fullmatch(text):
+            raise AdminBadRequest(
+                reason=f"{what}: expected 1 to 255 printable ASCII characters "
+                f"(percent-encoded in the path), got {shown(text or part.decode('latin-1'))}"
+            )
+        decoded.append(text)
+    return decoded[0], decoded[1]
 
 
 _ROUTES: dict[tuple[str, str], Callable[..., Any]] = {
