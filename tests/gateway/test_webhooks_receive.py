@@ -13,6 +13,7 @@ import asyncio
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,8 +27,11 @@ from _gateway_helpers import (
     Running,
     Seen,
     gateway_config,
+    legacy_upstream,
     problem,
     running,
+    surefoot_serve,
+    toml_config,
 )
 from click.testing import CliRunner
 from examples.legacy_payments.app import create_app
@@ -293,6 +297,47 @@ async def test_the_receivers_events_are_counted_by_the_gateways_metrics(
         and sample.labels["endpoint"] == "stripe"
     }
     assert received == {"processed": 1, "duplicate": 1, "refused": 1}
+
+
+@pytest.mark.slow
+def test_surefoot_serve_books_each_stripe_event_once_for_the_legacy_api_in_its_process(
+    tmp_path: Path,
+) -> None:
+    # Real sockets both sides: the events reach the legacy API through the proxy's pool.
+    up_dir, gw_dir = tmp_path / "upstream", tmp_path / "gateway"
+    up_dir.mkdir()
+    gw_dir.mkdir()
+    upstream, url = legacy_upstream(up_dir)
+    table = (
+        f'[[webhooks.receive]]\npath = "{PATH}"\nname = "stripe"\nscheme = "stripe"\n'
+        f'secrets_env = ["{SECRET_ENV}"]\nretention = 2851200\n'
+    )
+    gateway = surefoot_serve(gw_dir, toml_config(url, f"sqlite:///{gw_dir}/store.db", table))
+    try:
+        upstream.wait_ready(url + "/health")
+        gateway.wait_ready()
+        with httpx.Client(base_url=gateway.url, timeout=10) as client:
+
+            def post(body: bytes, scheme: Stripe = STRIPE) -> httpx.Response:
+                return client.post(PATH, content=body, headers=signed(body, time.time(), scheme))
+
+            first = post(event("evt_1"))
+            again = post(event("evt_1"))
+            with ThreadPoolExecutor(4) as pool:
+                burst = list(pool.map(lambda _: post(event("evt_2")), range(4)))
+            forged = post(event("evt_3"), Stripe(secrets=("whsec_someone_else",)))
+        counts = httpx.get(url + "/audit").json()
+        shown = gateway.admin_get("/admin/webhooks/stripe/events/evt_1")
+    finally:
+        gateway.server.stop()
+        upstream.stop()
+
+    assert first.status_code == 201, gateway.server.tail()
+    assert (again.status_code, again.content) == (201, first.content)
+    assert {r.status_code for r in burst} <= {201, 409}
+    assert forged.status_code == 401
+    assert counts == {"charges": 2, "references": 2, "duplicated_references": []}
+    assert (shown["state"], shown["status"]) == ("completed", 201)
 
 
 # -- the admin API ----------------------------------------------------------------------------
