@@ -91,6 +91,9 @@ def test_a_good_file_loads(tmp_path: Path) -> None:
 def test_every_shipped_scenario_loads_and_its_policy_validates(path: Path) -> None:
     scenario = Scenario.from_toml(path)
     assert scenario.description
+    if scenario.target == "webhooks":  # no gateway: tests/tools/test_drill_webhooks.py
+        assert scenario.upstream_rules == ()
+        return
     policy = gateway_policy(
         scenario,
         upstream_url="http://127.0.0.1:9",

@@ -8,6 +8,7 @@ ledger (see ``docs/reliability.md``)::
 
 Map: ``scenario.py`` (pure: the scenario file, the audit, the reports), ``schema.py`` (the
 scenario file's pydantic models), ``runner.py`` (processes, proxies, clients: ``run_drill``),
+``receiver.py`` (the webhook drill's receiver process: ``target = "webhooks"``),
 ``__main__.py`` (the command). It uses surefoot's public names only, and the configuration
 toolkit ``surefoot._config`` that every configuration file of the project shares.
 """

@@ -18,6 +18,10 @@ from tools.drill import DrillError, Scenario, drill_table, run_drill
 @click.argument("scenario_path", type=click.Path(dir_okay=False))
 @click.option("--store", type=click.Choice(["sqlite", "redis"]), help="Override [drill] store.")
 @click.option(
+    "--target", type=click.Choice(["gateway", "webhooks"]),
+    help="Override [drill] target (webhooks: senders deliver signed events to a WebhookReceiver).",
+)  # fmt: skip
+@click.option(
     "--idempotency/--no-idempotency", default=None,
     help="Protect POST /charges at the gateway (--no-idempotency: the comparison run).",
 )  # fmt: skip
@@ -30,6 +34,7 @@ from tools.drill import DrillError, Scenario, drill_table, run_drill
 def main(
     scenario_path: str,
     store: str | None,
+    target: str | None,
     idempotency: bool | None,
     clients: int | None,
     payments: int | None,
@@ -41,12 +46,15 @@ def main(
     """Run the exactly-once drill SCENARIO_PATH (examples/drills/*.toml).
 
     Starts the example payments API behind `surefoot serve`, with a chaos proxy on each side
-    of the gateway, makes every client's payments through the faults, then audits the
-    ledger. Exits 1 if a payment was duplicated, missing or told the wrong charge.
+    of the gateway (or, with target = "webhooks", behind a WebhookReceiver in its own
+    process, the senders' chaos proxy in front), makes every client's payments through the
+    faults, then audits the ledger. Exits 1 if a payment was duplicated, missing or told
+    the wrong charge.
     """
     try:
         scenario = Scenario.from_toml(scenario_path).overridden(
             store=store,
+            target=target,
             idempotency=idempotency,
             clients=clients,
             payments=payments,

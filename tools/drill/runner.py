@@ -42,11 +42,24 @@ Rule 1: every process the drill starts is killed (its whole process group) and e
 Rule 2: a drill that cannot run (a process that does not start, or dies) raises
         ``DrillError`` with the tail of that process's log; a drill that runs returns its
         ``DrillReport`` whatever it found (``report.ok`` says whether it passed).
+
+With ``target = "webhooks"`` the gateway, the upstream and the upstream-side proxy give way
+to one process, the webhook receiver (``python -m tools.drill.receiver``: the same payments
+app behind a ``WebhookReceiver``, on the same store)::
+
+    senders ──► ChaosProxy ──► WebhookReceiver ──► legacy payments app
+    (tasks)     (client side)  └──────── one process (receiver.py) ────┘
+
+Each payment is then one Standard Webhooks event (its ``webhook-id`` the reference), signed
+with a secret of the run's own, delivered and retried like a payment (the resilient
+transport keys its retries on ``webhook-id``); ``restart_gateway`` kills and restarts the
+receiver, and no key is ever outcome unknown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
@@ -72,6 +85,7 @@ from surefoot.chaos import ChaosProxy, FaultInjected, FaultPlan
 from surefoot.client import AsyncResilientTransport, RetryBudget, RetryPolicy
 from surefoot.errors import ConfigurationError, UpstreamError
 from surefoot.events import Event
+from surefoot.webhooks import StandardWebhooks
 from tools.drill.scenario import (
     DrillEvent,
     DrillReport,
@@ -335,7 +349,8 @@ class _Counting(httpx.AsyncBaseTransport):
         self.sent: Counter[str] = Counter()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.sent[request.headers.get("idempotency-key", "")] += 1
+        headers = request.headers
+        self.sent[headers.get("idempotency-key") or headers.get("webhook-id", "")] += 1
         return await self.inner.handle_async_request(request)
 
     async def aclose(self) -> None:
@@ -386,6 +401,10 @@ class _Drill:
         self.stopped: set[str] = set()  # what an event has taken down and not yet restarted
         self.ledger_path: Path | None = None
         self.fault_log: IO[str] | None = None
+        self.webhooks = scenario.target == "webhooks"
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        self.webhook_secret = secret
+        self.scheme = StandardWebhooks(secrets=(secret,))
         # Every client retries the same way: with the same key, until the payment's deadline.
         self.retry = RetryPolicy(
             max_attempts=1_000_000,
@@ -413,14 +432,18 @@ class _Drill:
         env = _environment(directory, root)
         self.log(
             f"drill {s.name}: {s.clients} clients x {s.payments} payments, store {s.store}, "
-            f"idempotency {'on' if s.idempotency else 'off'}, {s.workers} gateway "
-            f"worker{'s' * (s.workers > 1)}, seed {s.seed}"
+            f"idempotency {'on' if s.idempotency else 'off'}, {s.workers} "
+            f"{'receiver' if self.webhooks else 'gateway'} worker{'s' * (s.workers > 1)}, "
+            f"seed {s.seed}"
         )
         if s.store == "redis":
             store_url = await self.start_redis(directory)
         else:
             store_url = f"sqlite:///{directory / 'gateway.db'}"
         self.ledger_path = directory / "ledger.db"
+        if self.webhooks:
+            await self.start_receiver(directory, env, store_url)
+            return
         port = _free_port()
         command = [sys.executable, "-m", "examples.legacy_payments", "--port", str(port)]
         command += ["--ledger", str(self.ledger_path), "--workers", str(s.upstream_workers)]
@@ -434,7 +457,7 @@ class _Drill:
             env=env,
         )
         upstream.start()
-        self.upstream_url = f"http://127.0.0.1:{port}"
+        self.upstream_url = self.ledger_url = f"http://127.0.0.1:{port}"
         await _until_ready(upstream, lambda: _answers(self.upstream_url + "/health"))
         self.fault_log = (directory / "faults.jsonl").open("w")
         upstream_proxy = await self.proxy(self.upstream_url, self.upstream_plan, "upstream")
@@ -452,6 +475,7 @@ class _Drill:
         )
         self.gateway_url = f"http://127.0.0.1:{port}"
         self.admin_url = f"http://127.0.0.1:{admin_port}"
+        self.ready_url = self.admin_url + "/healthz"
         self.gateway = _Process(
             "the gateway (surefoot serve)",
             [sys.executable, "-m", "surefoot", "serve", "--config", str(policy)],
@@ -466,6 +490,37 @@ class _Drill:
             f"clients -> {client_proxy.url} (chaos) -> gateway {self.gateway_url} -> "
             f"{upstream_proxy.url} (chaos) -> upstream {self.upstream_url}"
         )
+
+    async def start_receiver(self, directory: Path, env: dict[str, str], store_url: str) -> None:
+        """The webhook receiver (the ledger app behind a ``WebhookReceiver``), then the
+        clients' proxy in front of it (``target = "webhooks"``)."""
+        # Imported here: ``python -m tools.drill.receiver`` imports this package first.
+        from tools.drill.receiver import SECRET_VARIABLE
+
+        s = self.scenario
+        assert self.ledger_path is not None
+        port = _free_port()
+        command = [sys.executable, "-m", "tools.drill.receiver", "--port", str(port)]
+        command += ["--ledger", str(self.ledger_path), "--store", store_url]
+        command += ["--lease", repr(s.gateway.lease), "--workers", str(s.workers)]
+        command += ["--seed", str(self.seeds["legacy"])]
+        if not s.idempotency:
+            command.append("--bare")
+        self.fault_log = (directory / "faults.jsonl").open("w")
+        # The gateway's slot: restart_gateway and the settling restart the receiver.
+        self.gateway = _Process(
+            "the webhook receiver (tools.drill.receiver)",
+            command,
+            log=directory / "receiver.log",
+            cwd=ROOT,
+            env={**env, SECRET_VARIABLE: self.webhook_secret},
+        )
+        self.gateway_url = self.ledger_url = f"http://127.0.0.1:{port}"
+        self.ready_url = self.ledger_url + "/health"
+        await self.start_gateway()
+        client_proxy = await self.proxy(self.gateway_url, self.client_plan, "client")
+        self.client_url = client_proxy.url
+        self.log(f"senders -> {client_proxy.url} (chaos) -> receiver {self.gateway_url}")
 
     async def proxy(self, upstream: str, plan: FaultPlan, side: str) -> ChaosProxy:
         """A chaos proxy in this event loop, its faults logged to ``faults.jsonl``."""
@@ -508,7 +563,7 @@ class _Drill:
     async def start_gateway(self) -> None:
         assert self.gateway is not None
         self.gateway.start()
-        await _until_ready(self.gateway, lambda: _answers(self.admin_url + "/healthz"))
+        await _until_ready(self.gateway, lambda: _answers(self.ready_url))
 
     # -- paying --------------------------------------------------------------------------------
 
@@ -555,6 +610,8 @@ class _Drill:
             budget=RetryBudget.unlimited(),
             hooks=[],
             random=rng,
+            # A sender's retries of one event carry its webhook-id: safe to send again.
+            idempotency_header="webhook-id" if self.webhooks else "Idempotency-Key",
         )
         async with httpx.AsyncClient(
             transport=transport,
@@ -582,6 +639,7 @@ class _Drill:
             "reference": reference,
         }
         headers = {"Idempotency-Key": reference}
+        raw = json.dumps(body).encode()
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + s.deadline
@@ -593,7 +651,12 @@ class _Drill:
                 break
             try:
                 async with asyncio.timeout(left):
-                    response = await http.post("/charges", json=body, headers=headers)
+                    if self.webhooks:
+                        response = await http.post(
+                            "/charges", content=raw, headers=self.signed(raw, reference)
+                        )
+                    else:
+                        response = await http.post("/charges", json=body, headers=headers)
             except TimeoutError:
                 error = "deadline"
                 break
@@ -628,6 +691,13 @@ class _Drill:
             seconds=loop.time() - started,
             error=error,
         )
+
+    def signed(self, raw: bytes, reference: str) -> dict[str, str]:
+        """The headers of one delivery of the event ``reference``: a webhook sender signs
+        each delivery when it sends it (``target = "webhooks"``)."""
+        headers = self.scheme.sign(raw, event_id=reference, timestamp=int(time.time()))
+        headers["Content-Type"] = "application/json"
+        return headers
 
     # -- events --------------------------------------------------------------------------------
 
@@ -681,8 +751,7 @@ class _Drill:
         """Stop the faults, bring back what an event left down, let the gateway settle."""
         self.client_plan.pause()
         self.upstream_plan.pause()
-        assert self.upstream is not None
-        if not self.upstream.alive:
+        if self.upstream is not None and not self.upstream.alive:
             raise self.upstream.failed("exited during the run")
         for name, process, start in (
             ("redis", self.redis, self.start_redis_process),
@@ -702,6 +771,8 @@ class _Drill:
             await asyncio.sleep(0.2)
 
     async def unknown_keys(self) -> int:
+        if self.webhooks:
+            return 0  # a receiver releases or reruns an event: never outcome unknown
         headers = {"Authorization": f"Bearer {self.token}"}
         async with httpx.AsyncClient(timeout=10.0, trust_env=False) as client:
             response = await client.get(
@@ -715,7 +786,7 @@ class _Drill:
     async def report(self, *, wall: float) -> DrillReport:
         s = self.scenario
         async with httpx.AsyncClient(timeout=30.0, trust_env=False) as client:
-            upstream_audit = (await client.get(self.upstream_url + "/audit")).json()
+            upstream_audit = (await client.get(self.ledger_url + "/audit")).json()
         ledger = await asyncio.to_thread(_read_ledger, self.ledger_path)
         booked = sum(len(ids) for ids in ledger.values())
         twice = sorted(ref for ref, ids in ledger.items() if len(ids) > 1)
@@ -748,6 +819,7 @@ class _Drill:
             },
             latency=latency(self.payments),
             events=tuple(self.fired),
+            target=s.target,
         )
         for problem, references in result.examples.items():
             self.log(f"{problem}: e.g. {', '.join(references)}")
@@ -804,7 +876,8 @@ def drill_table(reports: Sequence[DrillReport]) -> Any:
     table.add_column("", style="bold")
     for r in reports:
         table.add_column(
-            f"{r.scenario}\n{r.store}, idempotency {'on' if r.idempotency else 'off'}",
+            f"{r.scenario}\n{'webhooks, ' * (r.target == 'webhooks')}{r.store}, "
+            f"idempotency {'on' if r.idempotency else 'off'}",
             justify="right",
         )
 

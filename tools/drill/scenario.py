@@ -3,7 +3,7 @@
 A scenario file (``examples/drills/*.toml``, run by ``python -m tools.drill``) describes one
 drill; ``runner.py`` runs it. Map of the file::
 
-    [drill]                  clients, payments (per client), store, workers, seed,
+    [drill]                  clients, payments (per client), target, store, workers, seed,
                              idempotency, deadline, attempt_timeout, fail_after_commit, settle
     [gateway]                the generated policy's knobs: lease, read_timeout, total_timeout,
                              not_found_after, reconcile_interval, store_timeout, access_log,
@@ -24,6 +24,13 @@ Rule 2: the audit compares what each client was finally told with the ledger, pe
         a booking for a reference no client sent. A drill passes when all five are zero.
 Rule 3: this module does no I/O, never reads the clock and draws no randomness; pydantic is
         imported only when a file is validated.
+Rule 4: ``target = "webhooks"`` drills a ``WebhookReceiver`` instead of the gateway: the
+        clients are webhook senders, each payment one signed event delivered to the ledger
+        app through the receiver, in one process (``tools.drill.receiver``). There is no
+        upstream side (no ``[chaos.upstream]`` rules), and the app never fails after
+        committing (``fail_after_commit = 0``): the receiver releases an event whose
+        handler failed so that the sender's retry runs it, which books a handler that
+        committed anyway twice, by design (a handler must be transactional).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ __all__ = [
 ]
 
 Store = Literal["sqlite", "redis"]
+Target = Literal["gateway", "webhooks"]
 Side = Literal["client", "upstream"]
 Action = Literal["pause_chaos", "resume_chaos", "flap", "restart_gateway", "restart_redis"]
 #: What an ``[[events]]`` entry can do, in the order of the documentation.
@@ -169,6 +177,9 @@ class Scenario:
     Args:
         name: names the drill in reports.
         clients: concurrent clients; each makes ``payments`` payments one after another.
+        target: what the clients pay through: ``"gateway"`` (``surefoot serve`` in front of
+            the upstream) or ``"webhooks"`` (the clients are webhook senders, and a
+            ``WebhookReceiver`` in the ledger app's process runs each event once; Rule 4).
         store: the gateway's idempotency store: ``"sqlite"`` (a file) or ``"redis"`` (a
             private redis-server with an append-only file).
         workers: the gateway's worker processes; ``upstream_workers`` the upstream's.
@@ -187,6 +198,7 @@ class Scenario:
     description: str = ""
     clients: int = 4
     payments: int = 50
+    target: Target = "gateway"
     store: Store = "sqlite"
     workers: int = 1
     upstream_workers: int = 1
@@ -277,6 +289,28 @@ def _conflicts(values: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], s
     store = values["store"]
     if store not in ("sqlite", "redis"):
         found.append((("drill", "store"), f"expected 'sqlite' or 'redis', got {store!r}"))
+    target = values["target"]
+    if target not in ("gateway", "webhooks"):
+        found.append((("drill", "target"), f"expected 'gateway' or 'webhooks', got {target!r}"))
+    if target == "webhooks":
+        if values["upstream_rules"]:
+            found.append(
+                (
+                    ("chaos", "upstream"),
+                    "expected no [[chaos.upstream.rules]] with target = 'webhooks' (the receiver "
+                    "runs in the ledger app's process: there is no upstream side), got "
+                    f"{len(values['upstream_rules'])}",
+                )
+            )
+        if values["fail_after_commit"]:
+            found.append(
+                (
+                    ("drill", "fail_after_commit"),
+                    "expected 0 with target = 'webhooks' (a receiver releases an event "
+                    "whose handler failed: the sender's retry books a handler that "
+                    f"committed anyway again), got {_num(values['fail_after_commit'])}",
+                )
+            )
     deadline, attempt_timeout = values["deadline"], values["attempt_timeout"]
     if not 0 < attempt_timeout <= deadline:
         found.append(
@@ -511,7 +545,8 @@ class DrillReport:
     ``seconds`` is the payment phase (first payment started to last one done), ``wall`` the
     whole drill (start-up and audit included); ``latency`` how long payments took, first
     attempt to final answer (``p50``, ``p99``, ``max``, in seconds); ``faults`` the faults
-    injected per proxy and kind; ``events`` what was done to the system, with its time.
+    injected per proxy and kind; ``events`` what was done to the system, with its time;
+    ``target`` what the clients paid through (``"gateway"`` or ``"webhooks"``).
     """
 
     scenario: str
@@ -528,6 +563,7 @@ class DrillReport:
     faults: Mapping[str, Mapping[str, int]]
     latency: Mapping[str, float] = field(default_factory=dict)
     events: tuple[str, ...] = ()
+    target: str = "gateway"
 
     @property
     def ok(self) -> bool:
@@ -625,6 +661,7 @@ def _from_data(
         "description": drill.description,
         "clients": drill.clients,
         "payments": drill.payments,
+        "target": drill.target,
         "store": drill.store,
         "workers": drill.workers,
         "upstream_workers": drill.upstream_workers,

@@ -31,6 +31,7 @@ class Drill(_Table):
     description: str = described("text", "")
     clients: int = described(_WHOLE.format(1024), ge=1, le=1024)
     payments: int = described(_WHOLE.format(1_000_000) + " (per client)", ge=1, le=1_000_000)
+    target: Literal["gateway", "webhooks"] = described("'gateway' or 'webhooks'", "gateway")
     store: Literal["sqlite", "redis"] = described("'sqlite' or 'redis'", "sqlite")
     workers: int = described(_WHOLE.format(16), 1, ge=1, le=16)
     upstream_workers: int = described(_WHOLE.format(16), 1, ge=1, le=16)
