@@ -4,11 +4,11 @@ fault, leave the application with the newest state, never an older one after a n
 Four senders deliver 25 updates each, all at once; each sender's ``AsyncChaosTransport``
 holds its 25 and lets them through one at a time in its plan's shuffled order, and the
 four streams reach one ``WebhookReceiver`` (with an ``Ordering``) at the same time, on
-SQLite and on Redis. An event about the object while another is being processed gets 409
-``webhook_object_busy``; the sender sends it again once another delivery was answered
-(retries are not held again: the ``reorder`` rule matches first attempts only). The first
-event the application processes is held until some delivery was told busy, so that path
-is taken on every run.
+SQLite, Redis, Redis Cluster and PostgreSQL. An event about the object while another is
+being processed gets 409 ``webhook_object_busy``; the sender sends it again once another
+delivery was answered (retries are not held again: the ``reorder`` rule matches first
+attempts only). The first event the application processes is held until some delivery
+was told busy, so that path is taken on every run.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ MAX_ATTEMPTS = 200  # per update: a sender's retries are bounded
 GUARD = 30.0  # seconds a wait may last before the test fails instead of hanging
 
 
-@pytest.fixture(params=["sqlite", "redis", "redis_cluster"])
+@pytest.fixture(params=["sqlite", "redis", "redis_cluster", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     options = "timeout=5" if request.param != "sqlite" else ""
     async with store_url(request.param, tmp_path, options=options) as url:
