@@ -25,6 +25,7 @@ PUBLIC = {
         "RequestShed",
         "StartCheck",
         "UpstreamFailed",
+        "WebhookForgotten",
         "check_start",
         "config_from_dict",
         "load_config",

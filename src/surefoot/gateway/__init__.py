@@ -27,6 +27,7 @@ from surefoot.gateway._events import (
     OutcomeResolved,
     RequestShed,
     UpstreamFailed,
+    WebhookForgotten,
 )
 from surefoot.gateway._gateway import Gateway
 from surefoot.gateway._lookup import LookupResolver
@@ -51,6 +52,7 @@ __all__ = [
     "RequestShed",
     "StartCheck",
     "UpstreamFailed",
+    "WebhookForgotten",
     "check_start",
     "config_from_dict",
     "load_config",
