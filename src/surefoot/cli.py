@@ -524,7 +524,7 @@ def check_config(config_path: str) -> None:
     click.echo(
         f"{config_path}: OK: upstream {config.upstream_label}, {len(root.routes)} routes, "
         f"{len(config.rate_limit_policies)} rate-limit policies, {len(root.clients)} clients, "
-        f"{len(config.lookups)} lookups"
+        f"{len(config.lookups)} lookups, {len(config.webhooks)} webhook endpoints"
     )
 
 
