@@ -13,28 +13,32 @@ import hmac
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from _services import store_url
 from _support import T0, of
 from surefoot.errors import ConfigurationError
 from surefoot.events import Event
 from surefoot.metrics import PrometheusMetrics
-from surefoot.storage import MemoryStore, SqliteStore
+from surefoot.storage import MemoryStore, SqliteStore, store_from_url
 from surefoot.testing import ManualClock
 from surefoot.webhooks import (
     EVENT_ID_HEADER,
+    REPLAY_HEADER,
     WEBHOOK,
     EventId,
     Hmac,
     Ordering,
     ReceivedWebhook,
+    ReplayOutcome,
     StandardWebhooks,
     Stripe,
     WebhookBusy,
@@ -44,10 +48,12 @@ from surefoot.webhooks import (
     WebhookProcessed,
     WebhookReceiver,
     WebhookRefused,
+    WebhookReplayed,
     WebhookStale,
     webhook_event,
     webhook_store_key,
 )
+from surefoot.webhooks.receiver import archive_key
 
 pytestmark = pytest.mark.anyio
 
@@ -772,3 +778,263 @@ def standard() -> StandardWebhooks:
 def test_more_configuration_errors(build: Callable[[], object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         build()
+
+
+# -- archive and replay -----------------------------------------------------------------
+
+
+class Witness(Recorder):
+    """A ``Recorder`` that also notes whether each event it is handed came as a replay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replays: list[str | None] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get(WEBHOOK) is not None:
+            headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+            self.replays.append(headers.get(REPLAY_HEADER.lower()))
+        await super().__call__(scope, receive, send)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def archive_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    options = "timeout=5" if request.param == "redis" else ""
+    async with store_url(request.param, tmp_path, options=options) as url:
+        s: Any = store_from_url(url)
+        try:
+            yield s
+        finally:
+            await s.aclose()
+
+
+async def test_a_replay_runs_the_archived_delivery_once_more_then_duplicates_are_answered(
+    archive_store: Any, clock: ManualClock, events: list[Event]
+) -> None:
+    witness, metrics = Witness(), PrometheusMetrics()
+    app = WebhookReceiver(
+        witness,
+        endpoints={PATH: WebhookEndpoint(name="partner", scheme=standard(), archive=True)},
+        store=archive_store,
+        clock=clock,
+        hooks=[events.append, metrics],
+    )
+    async with client_for(app) as client:
+        first = await deliver(
+            client, "msg_r", BODY, T0, authorization="Bearer app-secret", **{REPLAY_HEADER: "true"}
+        )
+        clock.advance(3600)  # far past the signature's tolerance: replay does not re-verify
+        replay = await app.replay("partner", "msg_r")
+        again = await deliver(client, "msg_r", BODY, clock.now())
+    assert first.status_code == 200
+    assert replay.result == "replayed"
+    assert (replay.status, json.loads(replay.body)) == (200, {"handled": "msg_r"})
+    assert ("content-type", "application/json") in replay.headers
+    assert [r.body for r in witness.handled] == [BODY, BODY]
+    assert witness.replays == [None, "true"]  # a sender cannot pass for a replay
+    assert again.headers["idempotent-replayed"] == "true"  # the replay's answer, kept
+    assert len(witness.handled) == 2
+    [replayed] = of(events, WebhookReplayed)
+    assert (replayed.endpoint, replayed.event_id, replayed.status) == ("partner", "msg_r", 200)
+    kept = json.loads(await archive_store.cache_get(archive_key("partner", "msg_r"), clock.now()))
+    assert {name for name, _ in kept["headers"]} == {
+        "webhook-id", "webhook-timestamp", "webhook-signature", "content-type"
+    }  # fmt: skip
+    assert base64.b64decode(kept["body"]) == BODY
+    text = metrics.render()[0].decode()
+    assert 'surefoot_webhooks_received_total{endpoint="partner",outcome="replayed"} 1.0' in text
+
+
+async def test_a_senders_delivery_during_a_replay_waits_and_is_not_run_twice(
+    recorder: Recorder, store: MemoryStore, clock: ManualClock, events: list[Event]
+) -> None:
+    app = receiver_for(recorder, store, clock, events, archive=True)
+    async with client_for(app) as client:
+        await deliver(client, "msg_d", BODY, T0)
+        recorder.gate, recorder.entered = asyncio.Event(), asyncio.Event()
+        replay = asyncio.create_task(app.replay("partner", "msg_d"))
+        await recorder.entered.wait()
+        during = await deliver(client, "msg_d", BODY, T0)
+        busy = await app.replay("partner", "msg_d")
+        recorder.gate.set()
+        assert (await replay).result == "replayed"
+        after = await deliver(client, "msg_d", BODY, T0)
+    assert (during.status_code, during.json()["code"]) == (409, "idempotency_request_in_progress")
+    assert busy == ReplayOutcome("in_flight", retry_after=60.0)
+    assert after.headers["idempotent-replayed"] == "true"
+    assert len(recorder.handled) == 2
+
+
+class Sneaky(MemoryStore):
+    """A store where the sender's delivery lands right after the replay forgot the event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meanwhile: Callable[[], Any] | None = None
+
+    async def forget(self, key: str, now: float) -> bool:
+        done = await super().forget(key, now)
+        if self.meanwhile is not None:
+            await self.meanwhile()
+        return done
+
+
+async def test_a_delivery_that_gets_in_before_the_replay_is_the_one_that_runs(
+    recorder: Recorder, clock: ManualClock, events: list[Event]
+) -> None:
+    store = Sneaky()
+    app = receiver_for(recorder, store, clock, events, archive=True)
+    async with client_for(app) as client:
+        await deliver(client, "msg_s", BODY, T0)
+
+        async def sender() -> None:
+            await deliver(client, "msg_s", BODY, T0)
+
+        store.meanwhile = sender
+        replay = await app.replay("partner", "msg_s")
+    assert (replay.result, replay.status) == ("duplicate", 200)
+    assert len(recorder.handled) == 2  # the first delivery, then the sender's; never a third
+    assert of(events, WebhookReplayed)[0].result == "duplicate"
+
+
+async def test_what_cannot_be_replayed(
+    recorder: Recorder, store: MemoryStore, clock: ManualClock, events: list[Event]
+) -> None:
+    plain = receiver_for(recorder, store, clock, events)
+    async with client_for(plain) as client:
+        await deliver(client, "msg_p", BODY, T0)
+    assert await plain.replay("partner", "msg_p") == ReplayOutcome("not_archived")
+    assert await store.cache_get(archive_key("partner", "msg_p"), T0) is None  # off by default
+    archiving = receiver_for(recorder, MemoryStore(), clock, events, archive=True)
+    assert await archiving.replay("partner", "msg_never") == ReplayOutcome("not_archived")
+    with pytest.raises(LookupError, match="'nobody'"):
+        await archiving.replay("nobody", "msg_p")
+    assert len(recorder.handled) == 1
+    assert of(events, WebhookReplayed) == []
+
+
+async def test_an_event_forgotten_meanwhile_and_one_read_by_its_own_header_replay(
+    recorder: Recorder, store: MemoryStore, clock: ManualClock, events: list[Event]
+) -> None:
+    app = receiver_for(
+        recorder, store, clock, events, archive=True, event_id=EventId(header="X-Delivery")
+    )
+    async with client_for(app) as client:
+        await deliver(client, "msg_x", BODY, T0, **{"x-delivery": "d-1"})
+    await store.forget(webhook_store_key("partner", "d-1"), T0)
+    assert (await app.replay("partner", "d-1")).result == "replayed"
+    assert [r.id for r in recorder.handled] == ["d-1", "d-1"]
+
+
+@pytest.mark.parametrize("failure", ["status", "raise"])
+async def test_a_replay_the_app_fails_is_reported_and_released(
+    recorder: Recorder, store: MemoryStore, clock: ManualClock, events: list[Event], failure: str
+) -> None:
+    app = receiver_for(recorder, store, clock, events, archive=True)
+    async with client_for(app) as client:
+        await deliver(client, "msg_f", BODY, T0)
+        if failure == "status":
+            recorder.status = 500
+        else:
+            recorder.fail = RuntimeError("boom")
+        replay = await app.replay("partner", "msg_f")
+        recorder.status, recorder.fail = 200, None
+        retry = await deliver(client, "msg_f", BODY, T0)
+    assert replay.result == "failed"
+    assert replay.status == (500 if failure == "status" else None)
+    assert retry.status_code == 200
+    assert "idempotent-replayed" not in retry.headers
+    assert [e.result for e in of(events, WebhookReplayed)] == ["failed"]
+
+
+async def test_a_replay_meets_the_ordering_guard(
+    recorder: Recorder, store: MemoryStore, clock: ManualClock, events: list[Event]
+) -> None:
+    app = receiver_for(recorder, store, clock, events, archive=True, ordering=ORDERING)
+    async with client_for(app) as client:
+        await deliver(client, "msg_v1", update(1), T0)
+        await deliver(client, "msg_v2", update(2), T0)
+        stale = await app.replay("partner", "msg_v1")
+        recorder.gate, recorder.entered = asyncio.Event(), asyncio.Event()
+        v3 = asyncio.create_task(deliver(client, "msg_v3", update(3), T0))
+        await recorder.entered.wait()
+        busy = await app.replay("partner", "msg_v2")  # the newest processed: not stale
+        recorder.gate.set()
+        await v3
+        newest = await app.replay("partner", "msg_v3")
+    assert (stale.result, json.loads(stale.body)["status"]) == ("stale", "stale")
+    assert (busy.result, busy.status) == ("busy", 409)
+    assert newest.result == "replayed"
+    assert [r.version for r in recorder.handled] == [1, 2, 3, 3]
+    assert recorder.state == {"cus_1": 3}
+
+
+class BrokenArchive(MemoryStore):
+    async def cache_put(self, key: str, value: bytes, expires_at: float, now: float) -> None:
+        raise OSError(f"disk on fire {value[:4]!r}")
+
+
+async def test_a_failing_archive_does_not_fail_the_delivery(
+    recorder: Recorder, clock: ManualClock, events: list[Event], caplog: pytest.LogCaptureFixture
+) -> None:
+    app = receiver_for(recorder, BrokenArchive(), clock, events, archive=True)
+    with caplog.at_level(logging.WARNING, logger="surefoot.webhooks"):
+        async with client_for(app) as client:
+            response = await deliver(client, "msg_b", BODY, T0)
+    assert response.status_code == 200
+    assert len(recorder.handled) == 1
+    [record] = [r for r in caplog.records if "not archived" in r.getMessage()]
+    assert "msg_b" in record.getMessage()
+    assert "OSError" in record.getMessage()
+    assert "invoice" not in caplog.text  # no body
+    assert "disk on fire" not in caplog.text  # nor what the store said
+    assert await app.replay("partner", "msg_b") == ReplayOutcome("not_archived")
+
+
+class NoCache:
+    """An idempotency store that keeps nothing else (as ``PostgresStore`` does)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("cache_"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def test_archiving_on_a_store_that_cannot_keep_events_is_refused() -> None:
+    endpoint = WebhookEndpoint(name="p", scheme=standard(), archive=True)
+    with pytest.raises(
+        ConfigurationError, match=r"WebhookEndpoint\.archive: endpoint 'p'.*NoCache"
+    ):
+        WebhookReceiver(Recorder(), endpoints={"/a": endpoint}, store=NoCache())
+    WebhookReceiver(Recorder(), endpoints={"/a": WebhookEndpoint(name="p", scheme=standard())},
+                    store=NoCache())  # fmt: skip
+
+
+async def test_a_streamed_answer_to_a_replay_is_captured_whole(
+    store: MemoryStore, clock: ManualClock, events: list[Event]
+) -> None:
+    async def streamer(scope: Any, receive: Any, send: Any) -> None:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"first,"
+            yield b"second"
+
+        # Starlette's StreamingResponse listens for the client going away meanwhile.
+        await StreamingResponse(chunks(), media_type="text/plain")(scope, receive, send)
+
+    app = WebhookReceiver(
+        streamer,
+        endpoints={PATH: WebhookEndpoint(name="partner", scheme=standard(), archive=True)},
+        store=store,
+        clock=clock,
+        hooks=[events.append],
+    )
+    async with client_for(app) as client:
+        assert (await deliver(client, "msg_st", BODY, T0)).content == b"first,second"
+    replay = await app.replay("partner", "msg_st")
+    assert (replay.result, replay.body) == ("replayed", b"first,second")

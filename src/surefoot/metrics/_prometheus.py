@@ -78,6 +78,7 @@ from surefoot.webhooks import (
     WebhookProcessed,
     WebhookReceiverEvent,
     WebhookRefused,
+    WebhookReplayed,
     WebhookStale,
 )
 
@@ -232,6 +233,7 @@ class PrometheusMetrics(EventHook):
             WebhookFailed: partial(self._on_webhook, "failed"),
             WebhookDuplicate: self._on_webhook_duplicate,
             WebhookRefused: self._on_webhook_refused,
+            WebhookReplayed: partial(self._on_webhook, "replayed"),
         }
         if _HAS_CLIENT:
             self._handlers[BreakerStateChanged] = self._on_breaker_changed

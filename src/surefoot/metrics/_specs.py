@@ -277,12 +277,14 @@ METRICS: tuple[MetricSpec, ...] = (
             "WebhookBusy",
             "WebhookFailed",
             "WebhookRefused",
+            "WebhookReplayed",
         ),
         group="webhooks",
         values='`endpoint`: a configured endpoint name; `outcome`: `"processed"`, '
         '`"duplicate"` (the stored answer replayed), `"in_progress"` (a duplicate while '
         'the first runs), `"stale"` (older than its object\'s newest), `"busy"` (its object '
-        'was being processed), `"failed"` (the app failed; released) or `"refused"`',
+        'was being processed), `"failed"` (the app failed; released), `"refused"` or '
+        '`"replayed"` (an operator replayed an archived event, whatever became of it)',
     ),
     MetricSpec(
         "surefoot_webhooks_refused_total",

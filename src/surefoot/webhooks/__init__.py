@@ -11,7 +11,8 @@ The pieces, from the pure ones up:
 - ``_order`` (pure): the ordering guard's state machine, one record per object, which
   stores apply atomically (``OrderingStore`` in ``_store``).
 - ``receiver`` (adapter): ``WebhookReceiver``, pure ASGI, which verifies, then runs each
-  event once through an ``IdempotencyMiddleware`` keyed by the event id, and
+  event once through an ``IdempotencyMiddleware`` keyed by the event id (and, with
+  ``archive=True``, keeps each delivery in an ``EventArchive`` for ``replay``), and
   ``webhook_event`` for a FastAPI dependency.
 
 See ``docs/webhooks.md``.
@@ -30,6 +31,7 @@ from surefoot.webhooks._events import (
     WebhookProcessed,
     WebhookReceiverEvent,
     WebhookRefused,
+    WebhookReplayed,
     WebhookStale,
 )
 from surefoot.webhooks._order import (
@@ -43,7 +45,7 @@ from surefoot.webhooks._order import (
     ordering_key,
     settle,
 )
-from surefoot.webhooks._store import OrderingStore
+from surefoot.webhooks._store import EventArchive, OrderingStore
 from surefoot.webhooks._verify import (
     GitHub,
     Headers,
@@ -58,8 +60,10 @@ if TYPE_CHECKING:
     from surefoot.webhooks.dependency import webhook_event
     from surefoot.webhooks.receiver import (
         EVENT_ID_HEADER,
+        REPLAY_HEADER,
         WEBHOOK,
         ReceivedWebhook,
+        ReplayOutcome,
         WebhookEndpoint,
         WebhookReceiver,
         webhook_store_key,
@@ -70,8 +74,10 @@ else:
         {
             "surefoot.webhooks.receiver": (
                 "EVENT_ID_HEADER",
+                "REPLAY_HEADER",
                 "WEBHOOK",
                 "ReceivedWebhook",
+                "ReplayOutcome",
                 "WebhookEndpoint",
                 "WebhookReceiver",
                 "webhook_store_key",
@@ -83,8 +89,10 @@ else:
 __all__ = [
     "KEY_PREFIX",
     "EVENT_ID_HEADER",
+    "REPLAY_HEADER",
     "WEBHOOK",
     "Claim",
+    "EventArchive",
     "EventId",
     "GitHub",
     "Headers",
@@ -94,6 +102,7 @@ __all__ = [
     "Ordering",
     "OrderingStore",
     "ReceivedWebhook",
+    "ReplayOutcome",
     "Scheme",
     "StandardWebhooks",
     "Stripe",
@@ -107,6 +116,7 @@ __all__ = [
     "WebhookReceiver",
     "WebhookReceiverEvent",
     "WebhookRefused",
+    "WebhookReplayed",
     "WebhookStale",
     "claim",
     "order_state",

@@ -19,6 +19,7 @@ __all__ = [
     "WebhookProcessed",
     "WebhookReceiverEvent",
     "WebhookRefused",
+    "WebhookReplayed",
     "WebhookStale",
 ]
 
@@ -85,3 +86,16 @@ class WebhookFailed(WebhookReceiverEvent):
     name: ClassVar[str] = "webhooks.failed"
     level: ClassVar[int] = logging.WARNING
     status: int | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WebhookReplayed(WebhookReceiverEvent):
+    """An operator replayed an archived event (``WebhookReceiver.replay``): ``result`` is
+    what became of it (``replayed``: the app ran it and answered ``status``; ``stale``,
+    ``busy`` or ``duplicate``: the ordering guard or a sender's concurrent delivery
+    answered instead)."""
+
+    name: ClassVar[str] = "webhooks.replayed"
+    level: ClassVar[int] = logging.WARNING
+    status: int | None
+    result: str

@@ -21,11 +21,24 @@ Theory of operation, per POST on an endpoint's path (other requests pass through
    the object free.
 5. The app finds the verified event in ``scope["surefoot.webhook"]`` (a ``ReceivedWebhook``;
    ``webhook_event`` gives it to a FastAPI route) and its id in the
-   ``Surefoot-Webhook-Id`` header, which the receiver sets after removing any sent copy.
+   ``Surefoot-Webhook-Id`` header, which the receiver sets after removing any sent copy
+   (and of ``Surefoot-Webhook-Replay``, which only ``replay`` sets).
+6. With ``archive=True``, each delivery the idempotency layer lets through to the handler
+   is kept before the app sees it (best effort: a failed write is logged, the delivery
+   goes on): the body, the headers the endpoint reads and ``content-type``, and what
+   verification found, under ``archive_key`` until the retention ends (an ``EventArchive``).
+   ``replay`` loads it, refuses while a delivery of the event runs (its lease not run
+   out), forgets the event's idempotency record and runs the stored delivery through the
+   endpoint's idempotency layer and ordering guard again, not its verification (it was
+   verified when kept; its timestamp may be past the tolerance now): a sender's delivery
+   meanwhile is a duplicate, and a replayed old version is stale.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
 import json
 import logging
 import math
@@ -33,7 +46,7 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from surefoot._asgi import (
     NOT_EXECUTED,
@@ -65,18 +78,22 @@ from surefoot.idempotency import (
     IdempotencyMiddleware,
     IdempotencyPolicy,
     IdempotencyStore,
+    State,
+    classify,
     scoped_key,
 )
 from surefoot.webhooks import _events as ev
 from surefoot.webhooks._event import Body, EventId, Ordering, read_event_id, read_ordering
 from surefoot.webhooks._order import Verdict, ordering_key
-from surefoot.webhooks._store import OrderingStore
+from surefoot.webhooks._store import EventArchive, OrderingStore
 from surefoot.webhooks._verify import Scheme
 
 __all__ = [
     "EVENT_ID_HEADER",
+    "REPLAY_HEADER",
     "WEBHOOK",
     "ReceivedWebhook",
+    "ReplayOutcome",
     "WebhookEndpoint",
     "WebhookReceiver",
     "webhook_store_key",
@@ -89,6 +106,11 @@ WEBHOOK = "surefoot.webhook"
 #: The request header carrying the event id to the app (and to the idempotency layer).
 EVENT_ID_HEADER = "Surefoot-Webhook-Id"
 _EVENT_ID_NAME = EVENT_ID_HEADER.lower().encode("ascii")
+#: The request header (``true``) that tells the app a delivery is an operator's replay.
+REPLAY_HEADER = "Surefoot-Webhook-Replay"
+_REPLAY_NAME = REPLAY_HEADER.lower().encode("ascii")
+#: What every archive key starts with (store keys of other kinds never do).
+ARCHIVE_PREFIX = "whevt:"
 _STATE = "surefoot.webhook_state"
 _REPLAYED = b"idempotent-replayed"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
@@ -120,6 +142,16 @@ class WebhookEndpoint:
         max_body: the largest body accepted (413 beyond).
         max_stored_response: the largest answer kept for duplicates (larger ones are
             sent but a duplicate then gets 409 ``idempotency_response_not_stored``).
+        archive: keep each delivery handed to the app (its body, the headers the
+            endpoint reads and ``content-type``) for ``retention`` seconds, so that
+            ``WebhookReceiver.replay`` can run it again; the store must be an
+            ``EventArchive``.
+
+    Warning:
+        An archived body is the sender's payload as it came, kept in the store for the
+        retention: turn ``archive`` on only where the store may hold it. A
+        ``MemoryStore`` drops its least recently used entries beyond its bound, and an
+        entry dropped cannot be replayed.
     """
 
     name: str
@@ -130,6 +162,7 @@ class WebhookEndpoint:
     ordering: Ordering | None = None
     max_body: int = _MiB
     max_stored_response: int = 64 * 1024
+    archive: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -203,13 +236,50 @@ def _principal(endpoint: str) -> str:
     return f"webhook:{endpoint}"
 
 
+def archive_key(endpoint: str, event_id: str) -> str:
+    """The store key of an endpoint's archived event (``EventArchive.cache_get``)."""
+    digest = hashlib.sha256(f"{endpoint}\n{event_id}".encode()).hexdigest()
+    return ARCHIVE_PREFIX + digest
+
+
+ReplayResult = Literal[
+    "replayed", "failed", "stale", "busy", "duplicate", "not_archived", "in_flight"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOutcome:
+    """What ``WebhookReceiver.replay`` did.
+
+    ``result``:
+
+    - ``replayed``: the app ran the event again and answered ``status``, ``headers``,
+      ``body``; ``failed``: it ran and answered a 5xx or raised (``status`` None), and
+      the event was released as a failed delivery is;
+    - ``stale``, ``busy``: the ordering guard answered (a newer version of the object was
+      processed; another event about it is running), the app was not called;
+    - ``duplicate``: a sender's delivery of the event got in first, its answer is here;
+    - ``not_archived``: nothing is kept for the event (never archived, or past its
+      retention, or dropped by a bounded store);
+    - ``in_flight``: a delivery of the event is running; ``retry_after`` is when its
+      lease runs out. Nothing was done.
+    """
+
+    result: ReplayResult
+    status: int | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    retry_after: float | None = None
+
+
 class _State:
     """What one delivery did, shared by the receiver and the handler behind its
     idempotency layer (through the scope)."""
 
-    __slots__ = ("busy", "executed", "replayed", "stale", "status")
+    __slots__ = ("busy", "executed", "replay", "replayed", "stale", "status")
 
-    def __init__(self) -> None:
+    def __init__(self, replay: bool = False) -> None:
+        self.replay = replay  # an operator's replay: not archived again
         self.executed = False
         self.status: int | None = None
         self.replayed = False
@@ -263,13 +333,23 @@ class WebhookReceiver:
                 "WebhookReceiver.store: an endpoint has an ordering guard, so the store must keep "
                 f"ordering records (an OrderingStore), and {type(store).__name__} does not"
             )
+        archived = [e.name for e in endpoints.values() if e.archive]
+        if archived and not isinstance(store, EventArchive):
+            raise ConfigurationError(
+                f"WebhookEndpoint.archive: endpoint {archived[0]!r} archives its events, so the "
+                "store must keep them (an EventArchive, with cache_get and cache_put), and "
+                f"{type(store).__name__} does not"
+            )
         self.app = app
+        self.store = store
         self.clock = clock if clock is not None else SystemClock()
         self.hooks: tuple[EventHook, ...] = (LoggingHook(),) if hooks is None else tuple(hooks)
         self.wants = wanting(self.hooks)
         self.problem_base = problem_base
         health = store_health if store_health is not None else StoreHealth()
         self.endpoints: dict[str, tuple[WebhookEndpoint, IdempotencyMiddleware]] = {}
+        #: Endpoint name -> its path, for ``replay``.
+        self.paths: dict[str, str] = {}
         for path, endpoint in endpoints.items():
             try:
                 canonical = canonical_path(path.encode("utf-8")).path
@@ -302,6 +382,7 @@ class WebhookReceiver:
                 store_health=health,
             )
             self.endpoints[path] = (endpoint, inner)
+            self.paths[endpoint.name] = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -340,7 +421,7 @@ class WebhookReceiver:
             return
         scope[WEBHOOK] = received
         scope["headers"] = [
-            *(h for h in scope["headers"] if h[0] != _EVENT_ID_NAME),
+            *(h for h in scope["headers"] if h[0] != _EVENT_ID_NAME and h[0] != _REPLAY_NAME),
             (_EVENT_ID_NAME, received.id.encode("ascii")),
         ]
         state = scope[_STATE] = _State()
@@ -367,6 +448,149 @@ class WebhookReceiver:
             )
             raise
         self.report(endpoint.name, received.id, state, scope)
+
+    async def archive(self, endpoint: WebhookEndpoint, scope: Scope) -> None:
+        """Keep the delivery in ``scope`` for ``replay`` (step 6), best effort."""
+        received: ReceivedWebhook = scope[WEBHOOK]
+        wanted = {name.lower().encode("latin-1") for name in endpoint.scheme.header_names}
+        wanted.add(b"content-type")
+        if endpoint.event_id is not None and endpoint.event_id.header is not None:
+            wanted.add(endpoint.event_id.header.lower().encode("latin-1"))
+        document = {
+            "scheme": received.scheme,
+            "timestamp": received.timestamp,
+            "object_id": received.object_id,
+            "version": received.version,
+            "headers": [
+                [k.decode("latin-1"), v.decode("latin-1")]
+                for k, v in scope["headers"]
+                if k.lower() in wanted
+            ],
+            "body": base64.b64encode(received.body).decode("ascii"),
+        }
+        value = json.dumps(document, separators=(",", ":")).encode("ascii")
+        now = self.clock.now()
+        store: EventArchive = self.store  # type: ignore[assignment]
+        try:
+            await store.cache_put(
+                archive_key(endpoint.name, received.id), value, now + endpoint.retention, now
+            )
+        except Exception as exc:  # the delivery goes on; only its replay is lost
+            _log.warning(
+                "webhook event %s of %s not archived (%s): it cannot be replayed",
+                received.id,
+                endpoint.name,
+                type(exc).__name__,
+            )
+
+    async def replay(self, name: str, event_id: str) -> ReplayOutcome:
+        """Run the archived event ``event_id`` of endpoint ``name`` through the app again.
+
+        The app gets the archived body and headers with ``Surefoot-Webhook-Replay: true``
+        beside ``Surefoot-Webhook-Id``, behind the endpoint's idempotency layer and
+        ordering guard, without a new signature check (step 6).
+
+        Raises:
+            LookupError: no endpoint of this receiver is called ``name``.
+
+        Warning:
+            A replay runs the app as a new delivery would: an event whose effect was
+            booked is booked again. Replay events whose first processing was wrong or
+            lost.
+        """
+        path = self.paths.get(name)
+        if path is None:
+            raise LookupError(f"no webhook endpoint named {name!r}")
+        endpoint, inner = self.endpoints[path]
+        now = self.clock.now()
+        kept = None
+        if endpoint.archive:
+            store: EventArchive = self.store  # type: ignore[assignment]
+            kept = await store.cache_get(archive_key(name, event_id), now)
+        if kept is None:
+            return ReplayOutcome("not_archived")
+        store_key = webhook_store_key(name, event_id)
+        record = await self.store.get(store_key, now)
+        if record is not None and classify(record, now) is State.IN_FLIGHT:
+            return ReplayOutcome("in_flight", retry_after=record.lease_expires_at - now)
+        if record is not None:
+            await self.store.forget(store_key, now)
+        document = json.loads(kept)
+        body = base64.b64decode(document["body"])
+        scope: Scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode("ascii"),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [
+                *((k.encode("latin-1"), v.encode("latin-1")) for k, v in document["headers"]),
+                (_EVENT_ID_NAME, event_id.encode("ascii")),
+                (_REPLAY_NAME, b"true"),
+            ],
+            "client": None,
+            "server": None,
+            "state": {},
+            WEBHOOK: ReceivedWebhook(
+                endpoint=name,
+                scheme=document["scheme"],
+                id=event_id,
+                timestamp=document["timestamp"],
+                body=body,
+                object_id=document["object_id"],
+                version=document["version"],
+            ),
+        }
+        state = scope[_STATE] = _State(replay=True)
+        answered = asyncio.Event()
+        sent_body = False
+        headers: list[tuple[str, str]] = []
+        chunks: list[bytes] = []
+
+        async def receive() -> Message:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await answered.wait()  # as a server: the client is there until answered
+            return {"type": "http.disconnect"}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state.status = message["status"]
+                headers.extend(
+                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in message["headers"]
+                )
+            else:
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    answered.set()
+
+        try:
+            await inner(scope, receive, capture)
+        except Exception:
+            _log.warning("replay of webhook event %s of %s: the app raised", event_id, name,
+                         exc_info=True)  # fmt: skip
+            state.status = None
+        status = state.status
+        result: ReplayResult
+        if state.stale is not None:
+            result = "stale"
+        elif state.busy:
+            result = "busy"
+        elif state.executed:
+            result = "replayed" if status is not None and 200 <= status < 300 else "failed"
+        else:
+            result = "duplicate"
+        self.emit(
+            ev.WebhookReplayed, scope, endpoint=name, event_id=event_id, status=status,
+            result=result,
+        )  # fmt: skip
+        return ReplayOutcome(result, status, tuple(headers), b"".join(chunks))
 
     def report(self, name: str, event_id: str, state: _State, scope: Scope) -> None:
         status = state.status
@@ -497,6 +721,8 @@ class _Handler:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state: _State = scope[_STATE]
         state.executed = True
+        if self.endpoint.archive and not state.replay:
+            await self.receiver.archive(self.endpoint, scope)
         if self.ordering is None or self.store is None:
             await self.app(scope, receive, send)
             return
