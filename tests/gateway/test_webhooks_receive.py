@@ -760,3 +760,124 @@ def test_surefoot_webhooks_reports_an_invalid_policy_file_in_one_line(
         f"Error: {path}:11: webhooks.receive[0].secrets_env[0]: the environment variable "
         "'SUREFOOT_TEST_UNSET' is not set\n"
     )
+
+
+# -- replaying an archived event ----------------------------------------------------------
+
+
+def replay_url(event_id: str, name: str = "stripe") -> str:
+    return event_url(event_id, name) + "/replay"
+
+
+async def test_the_admin_api_replays_an_archived_event_and_the_legacy_api_books_it_again(
+    witness: Witness, clock: ManualClock
+) -> None:
+    async with running(stripe_config(archive=True), upstream=witness, clock=clock) as gw:
+        first = await deliver(gw, event("evt_1"), T0)
+        clock.advance(3600)  # the signature's timestamp is long past its tolerance
+        replayed = await gw.admin.post(replay_url("evt_1"), headers=ADMIN_HEADERS)
+        redelivered = await deliver(gw, event("evt_1"), clock.now())  # the sender's retry
+        shown = await gw.admin.get(event_url("evt_1"), headers=ADMIN_HEADERS)
+        counts = await audit(gw)
+        metrics = (await gw.admin.get("/metrics", headers=ADMIN_HEADERS)).text
+
+    assert first.status_code == 201
+    answer = replayed.json()
+    assert (replayed.status_code, answer["result"], answer["status"]) == (200, "replayed", 201)
+    assert (answer["endpoint"], answer["event_id"], answer["body_encoding"]) == (
+        "stripe",
+        "evt_1",
+        "utf-8",
+    )
+    assert json.loads(answer["body"])["reference"] == "evt_1"
+    assert ["content-type", "application/json"] in answer["headers"]
+    original, again = witness.deliveries
+    assert again.body == original.body == event("evt_1")
+    assert again.header("surefoot-webhook-replay") == ["true"]
+    assert original.header("surefoot-webhook-replay") == []
+    assert again.header("stripe-signature") == original.header("stripe-signature")
+    # Replay means run it again: the legacy API books the charge a second time.
+    assert counts == {"charges": 2, "references": 1, "duplicated_references": ["evt_1"]}
+    assert redelivered.headers["idempotent-replayed"] == "true"  # and once more is not run
+    assert len(witness.deliveries) == 2
+    assert (shown.json()["state"], shown.json()["status"]) == ("completed", 201)
+    assert 'surefoot_webhooks_received_total{endpoint="stripe",outcome="replayed"} 1.0' in metrics
+
+
+async def test_the_admin_api_replays_nothing_it_does_not_hold_nor_an_event_being_processed(
+    witness: Witness, clock: ManualClock
+) -> None:
+    async with running(stripe_config(archive=True), upstream=witness, clock=clock) as gw:
+        unknown = await gw.admin.post(replay_url("evt_none"), headers=ADMIN_HEADERS)
+        store = gw.gateway.stack.webhook_stores["stripe"]
+        await deliver(gw, event("evt_2"), T0)
+        # A delivery of it running now (its lease not run out):
+        begun = Begin(fingerprint="f", token="t", lease=60, ttl=600, on_lease_expiry="reexecute")
+        await store.forget(webhook_store_key("stripe", "evt_2"), clock.now())
+        await store.begin(webhook_store_key("stripe", "evt_2"), begun, clock.now())
+        in_flight = await gw.admin.post(replay_url("evt_2"), headers=ADMIN_HEADERS)
+        counts = await audit(gw)
+    async with running(stripe_config(), upstream=witness, clock=clock) as gw:
+        await deliver(gw, event("evt_3"), T0)
+        not_kept = await gw.admin.post(replay_url("evt_3"), headers=ADMIN_HEADERS)
+
+    assert "archived delivery" in problem(unknown, 404, "admin_not_found")["detail"]
+    assert "being processed" in problem(in_flight, 400, "admin_bad_request")["detail"]
+    assert counts["charges"] == 1
+    problem(not_kept, 404, "admin_not_found")
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "status", "code"),
+    [
+        ("POST", replay_url("evt_1", name="nope"), b"", 404, "admin_not_found"),
+        ("GET", replay_url("evt_1"), b"", 404, "admin_not_found"),
+        ("DELETE", replay_url("evt_1"), b"", 404, "admin_not_found"),
+        ("POST", event_url("evt_1") + "/again", b"", 404, "admin_not_found"),
+        ("POST", replay_url("e" * 256), b"", 400, "admin_bad_request"),
+        ("POST", replay_url("evt_1"), b'{"force": true}', 400, "admin_bad_request"),
+    ],
+)
+async def test_admin_replay_requests_out_of_bounds_are_problems(
+    witness: Witness, method: str, url: str, body: bytes, status: int, code: str
+) -> None:
+    async with running(stripe_config(archive=True), upstream=witness) as gw:
+        response = await gw.admin.request(method, url, content=body, headers=ADMIN_HEADERS)
+        unauthorized = await gw.admin.post(replay_url("evt_1"))
+
+    problem(response, status, code)
+    problem(unauthorized, 401, "admin_unauthorized")
+    assert witness.deliveries == []
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "expected"),
+    [
+        pytest.param(
+            VALID + "archive = true\n" + '\n[stores]\ndefault = "postgresql://db.test/app"\n',
+            12, "webhooks.receive[0].archive",
+            "store 'default' is PostgreSQL, which does not archive webhook events yet",
+            id="archive-on-postgres",
+        ),
+        pytest.param(
+            VALID + 'archive = "yes"\n', 12, "webhooks.receive[0].archive", "true or false",
+            id="archive-not-a-bool",
+        ),
+    ],
+)  # fmt: skip
+def test_an_archive_the_store_cannot_keep_is_refused_with_its_line(
+    tmp_path: Path, text: str, line: int, field: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+
+    with pytest.raises(ConfigurationError) as raised:
+        load_config(path)
+
+    assert f"{path}:{line}: {field}: " in str(raised.value)
+    assert expected in str(raised.value)
+
+
+def test_archive_is_off_unless_the_table_turns_it_on(tmp_path: Path) -> None:
+    assert not load_config(write(tmp_path, VALID)).webhooks["stripe"].endpoint.archive
+    archived = load_config(write(tmp_path, VALID + "archive = true\n"))
+    assert archived.webhooks["stripe"].endpoint.archive

@@ -21,7 +21,8 @@ checks what spans tables. Map of the file (``docs/gateway.md`` documents every f
     [routes.idempotency.lookup]  how to ask the upstream whether lost work happened
     [admin]                      host, port, token | token_env
     [[webhooks.receive]]         path, name, scheme, secrets_env, tolerance, event id,
-                                 retention, lease, max_body, store; for "hmac" its fields
+                                 retention, lease, max_body, archive, store; for "hmac"
+                                 its fields
     [webhooks.receive.ordering]  object_field, version_field, lease (the ordering guard)
 
 Rule 1: validation is total before anything is built: ``load_config`` returns a
@@ -406,6 +407,13 @@ class GatewayConfig:
                 problems.add((*loc, "name"), f"{table.name!r} is used by an earlier table")
                 continue
             names.add(table.name)
+            url = self.root.stores.get(table.store)
+            if table.archive and url is not None and _scheme_of(url) in _NO_ARCHIVE:
+                problems.add(
+                    (*loc, "archive"),
+                    f"store {table.store!r} is PostgreSQL, which does not archive webhook "
+                    "events yet: archive them in a SQLite or Redis store, or set archive = false",
+                )
             endpoint = _webhook_endpoint(table, loc, problems)
             if endpoint is not None:
                 self.webhooks[table.name] = Webhook(table.path, endpoint, table.store)
@@ -539,6 +547,18 @@ _SCHEMES: dict[str, type[Any]] = {
 _SECRET_REFUSED = re.compile(r"^[A-Za-z]+\.secrets\[(\d+)\]: (.*)$", re.S)
 
 
+#: Store URL schemes whose stores keep no archived webhook events (no ``EventArchive``).
+_NO_ARCHIVE = frozenset({"postgres", "postgresql"})
+
+
+def _scheme_of(url: str) -> str | None:
+    """A store URL's scheme, or None when it is malformed (``_stores`` says so)."""
+    try:
+        return split_url(url).scheme
+    except ConfigurationError:
+        return None
+
+
 def _webhook_endpoint(
     table: WebhookReceive, loc: Loc, problems: Problems
 ) -> WebhookEndpoint | None:
@@ -623,6 +643,7 @@ def _webhook_endpoint(
             lease=table.lease,
             ordering=ordering,
             max_body=table.max_body,
+            archive=table.archive,
         )
     except ConfigurationError as exc:
         problems.refused(loc, exc, fields)

@@ -136,6 +136,8 @@ class _Stack:
     in_flight: int = 0
     #: Webhook endpoint name -> the store keeping its event ids (the admin API's).
     webhook_stores: dict[str, IdempotencyStore] = field(default_factory=dict)
+    #: Webhook endpoint name -> its receiver (the admin API replays through it).
+    webhook_receivers: dict[str, WebhookReceiver] = field(default_factory=dict)
 
 
 class Gateway:
@@ -527,7 +529,7 @@ class Gateway:
                 allow_method_override=root.server.allow_method_override,
                 outcome_unknown_retry_after=unknown_retry_after,
             )
-        receivers, webhook_stores = self._receivers(config, proxy, resources)
+        receivers, webhook_stores, by_name = self._receivers(config, proxy, resources)
         if receivers:
             app = _Webhooks(app, receivers)
         if config.rate_limit_policies:
@@ -560,20 +562,23 @@ class Gateway:
             access_log=root.server.access_log,
             resources=resources,
             webhook_stores=webhook_stores,
+            webhook_receivers=by_name,
         )
         stack_ref.append(stack)
         return stack
 
     def _receivers(
         self, config: GatewayConfig, proxy: ProxyApp, resources: set[int]
-    ) -> tuple[dict[str, WebhookReceiver], dict[str, IdempotencyStore]]:
+    ) -> tuple[dict[str, WebhookReceiver], dict[str, IdempotencyStore], dict[str, WebhookReceiver]]:
         """One ``WebhookReceiver`` per store the endpoints use, in front of the proxy (see
-        ``_Webhooks``): webhook path -> its receiver, and endpoint name -> its store."""
+        ``_Webhooks``): webhook path -> its receiver, endpoint name -> its store, and
+        endpoint name -> its receiver."""
         by_store: dict[str, dict[str, WebhookEndpoint]] = {}
         for webhook in config.webhooks.values():
             by_store.setdefault(webhook.store, {})[webhook.path] = webhook.endpoint
         receivers: dict[str, WebhookReceiver] = {}
         stores: dict[str, IdempotencyStore] = {}
+        by_name: dict[str, WebhookReceiver] = {}
         for name, endpoints in by_store.items():
             store = self._store(config.store_url(name), resources)
             receiver = WebhookReceiver(
@@ -588,7 +593,8 @@ class Gateway:
             for path, endpoint in endpoints.items():
                 receivers[path] = receiver
                 stores[endpoint.name] = store
-        return receivers, stores
+                by_name[endpoint.name] = receiver
+        return receivers, stores, by_name
 
     def _health_of(self, store: object) -> StoreHealth:
         health = self._health.get(id(store))

@@ -381,6 +381,7 @@ class WebhookReceive(_Table):
     )
     ordering: WebhookOrdering | None = None
     max_body: int = described("bytes from 1 to 16777216", _default(WebhookEndpoint, "max_body"))
+    archive: bool = described("true or false", _default(WebhookEndpoint, "archive"))
     store: str = described("a name from [stores]", "default")
     # The generic HMAC scheme's fields (scheme = "hmac" only; unset: Hmac's defaults).
     header: str | None = described("the header carrying the signature", None)

@@ -18,6 +18,8 @@ Endpoints (JSON unless said otherwise; every one but the two probes needs
     POST /admin/keys/release            {"store_key"}: the request did not happen
     GET  /admin/webhooks/NAME/events/ID     a received event's state and stored status
     DELETE /admin/webhooks/NAME/events/ID   forget it: the sender's next delivery runs it
+    POST /admin/webhooks/NAME/events/ID/replay  run its archived delivery through the
+                                        upstream again (``archive = true``), its answer
 
 Errors are problems from the catalogue: 401 ``admin_unauthorized``, 404
 ``admin_not_found``, 422 ``config_rejected``, 400 ``admin_bad_request`` for a malformed
@@ -35,11 +37,13 @@ Rule 2: a webhook event's path has exactly the parts it names, each percent-deco
         ``[[webhooks.receive]]`` table (else 404 ``admin_not_found``), ``ID`` 1 to 255
         printable ASCII characters, as an event id is (else 400 ``admin_bad_request``).
         An event whose delivery is running (in flight, its lease not run out) is never
-        forgotten: its sender's next delivery would run it beside the first.
+        forgotten nor replayed: its sender's next delivery would run it beside the first.
+        A replay's path ends in ``/replay`` and its body, if any, is an empty JSON object.
 """
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import math
@@ -73,7 +77,7 @@ from surefoot.gateway._gateway import Gateway
 from surefoot.gateway._lookup import LOOKUP_PREFIX
 from surefoot.idempotency import Record, State, StoredResponse, classify, scoped_key
 from surefoot.ratelimit import Item, limit_key
-from surefoot.webhooks import webhook_store_key
+from surefoot.webhooks import WebhookReceiver, webhook_store_key
 
 __all__ = ["AdminApp"]
 
@@ -84,6 +88,7 @@ _LIMIT = re.compile(r"[0-9]{1,5}")
 _WEBHOOKS = "/admin/webhooks/"
 #: An event id (Rule 2), as ``surefoot.webhooks`` bounds it.
 _EVENT_ID = re.compile(r"[\x21-\x7e]{1,255}")
+_EVENT_METHODS = frozenset({"GET", "DELETE", "POST"})
 
 
 class AdminApp:
@@ -122,8 +127,8 @@ class AdminApp:
                 return
             self.authorize(scope)
             handler = _ROUTES.get((method, path))
-            if handler is None and path.startswith(_WEBHOOKS) and method in ("GET", "DELETE"):
-                await self.webhook_event(scope, send)
+            if handler is None and path.startswith(_WEBHOOKS) and method in _EVENT_METHODS:
+                await self.webhook_event(scope, receive, send)
                 return
             if handler is None:
                 raise AdminNotFound(what=f"{method} {path}")
@@ -297,14 +302,22 @@ class AdminApp:
         )
         await _json(send, 200, {"store_key": store_key, "result": result, "changed": done})
 
-    async def webhook_event(self, scope: Scope, send: Send) -> None:
-        """``GET`` or ``DELETE /admin/webhooks/NAME/events/ID`` (Rule 2)."""
-        name, event_id = _webhook_event_path(scope)
+    async def webhook_event(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET`` or ``DELETE /admin/webhooks/NAME/events/ID``, ``POST .../replay``
+        (Rule 2)."""
+        name, event_id, replay = _webhook_event_path(scope)
+        if (scope["method"], replay) not in (("GET", False), ("DELETE", False), ("POST", True)):
+            raise AdminNotFound(what=f"{scope['method']} {scope['path']}")
         stack = self.gateway.stack
         webhook = stack.config.webhooks.get(name)
         store = stack.webhook_stores.get(name)
-        if webhook is None or store is None:
+        receiver = stack.webhook_receivers.get(name)
+        if webhook is None or store is None or receiver is None:
             raise AdminNotFound(what=f"webhook endpoint {name!r}")
+        if replay:
+            await _body(receive)  # nothing to say but an empty object (Rule 1)
+            await self.replay(scope, send, receiver, name, event_id)
+            return
         store_key = webhook_store_key(name, event_id)
         now = self.gateway.clock.now()
         record = await store.get(store_key, now)
@@ -335,6 +348,41 @@ class AdminApp:
         )
         await _json(send, 200, {**found, "forgotten": forgotten})
 
+    async def replay(
+        self, scope: Scope, send: Send, receiver: WebhookReceiver, name: str, event_id: str
+    ) -> None:
+        """``POST /admin/webhooks/NAME/events/ID/replay``: the upstream's answer."""
+        outcome = await receiver.replay(name, event_id)
+        if outcome.result == "not_archived":
+            raise AdminNotFound(
+                what=f"an archived delivery of event {event_id!r} of webhook endpoint {name!r} "
+                "(archive = true keeps each for the endpoint's retention)"
+            )
+        if outcome.result == "in_flight":
+            assert outcome.retry_after is not None
+            raise AdminBadRequest(
+                reason=f"event {event_id!r} is being processed (its lease runs out in "
+                f"{math.ceil(outcome.retry_after)} s): replay it once its delivery has ended "
+                "or its lease has run out, or it would run twice at once"
+            )
+        try:
+            body, encoding = outcome.body.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            body, encoding = base64.b64encode(outcome.body).decode("ascii"), "base64"
+        await _json(
+            send,
+            200,
+            {
+                "endpoint": name,
+                "event_id": event_id,
+                "result": outcome.result,
+                "status": outcome.status,
+                "headers": [list(pair) for pair in outcome.headers],
+                "body": body,
+                "body_encoding": encoding,
+            },
+        )
+
 
 def webhook_record(store_key: str, record: Record | None, now: float) -> dict[str, Any]:
     """What ``GET /admin/webhooks/NAME/events/ID`` and ``surefoot webhooks inspect`` show
@@ -351,11 +399,13 @@ def webhook_record(store_key: str, record: Record | None, now: float) -> dict[st
     return out
 
 
-def _webhook_event_path(scope: Scope) -> tuple[str, str]:
-    """NAME and ID of ``/admin/webhooks/NAME/events/ID``, percent-decoded (Rule 2)."""
+def _webhook_event_path(scope: Scope) -> tuple[str, str, bool]:
+    """NAME and ID of ``/admin/webhooks/NAME/events/ID[/replay]``, percent-decoded, and
+    whether the path ends in ``/replay`` (Rule 2)."""
     raw: bytes = scope.get("raw_path") or quote(scope["path"]).encode("ascii")
     parts = raw.split(b"/")
-    if len(parts) != 6 or parts[4] != b"events" or len(raw) > 2048:
+    replay = len(parts) == 7 and parts[6] == b"replay"
+    if len(parts) != 6 + replay or parts[4] != b"events" or len(raw) > 2048:
         raise AdminNotFound(what=f"{scope['method']} {scope['path']}")
     decoded: list[str] = []
     for what, part in (("endpoint name", parts[3]), ("event id", parts[5])):
@@ -369,7 +419,7 @@ def _webhook_event_path(scope: Scope) -> tuple[str, str]:
                 f"(percent-encoded in the path), got {shown(text or part.decode('latin-1'))}"
             )
         decoded.append(text)
-    return decoded[0], decoded[1]
+    return decoded[0], decoded[1], replay
 
 
 _ROUTES: dict[tuple[str, str], Callable[..., Any]] = {
