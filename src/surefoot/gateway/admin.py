@@ -355,8 +355,7 @@ class AdminApp:
         outcome = await receiver.replay(name, event_id)
         if outcome.result == "not_archived":
             raise AdminNotFound(
-                what=f"an archived delivery of event {event_id!r} of webhook endpoint {name!r} "
-                "(archive = true keeps each for the endpoint's retention)"
+                what=f"an archived delivery of event {event_id!r} of webhook endpoint {name!r}"
             )
         if outcome.result == "in_flight":
             assert outcome.retry_after is not None
