@@ -925,8 +925,9 @@ async def test_an_event_forgotten_meanwhile_and_one_read_by_its_own_header_repla
     async with client_for(app) as client:
         await deliver(client, "msg_x", BODY, T0, **{"x-delivery": "d-1"})
     await store.forget(webhook_store_key("partner", "d-1"), T0)
-    assert (await app.replay("partner", "d-1")).result == "replayed"
+    assert (await app.replay("partner", "d-1", request_id="op-1")).result == "replayed"
     assert [r.id for r in recorder.handled] == ["d-1", "d-1"]
+    assert of(events, WebhookReplayed)[0].request_id == "op-1"
 
 
 @pytest.mark.parametrize("failure", ["status", "raise"])

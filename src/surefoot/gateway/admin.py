@@ -352,7 +352,7 @@ class AdminApp:
         self, scope: Scope, send: Send, receiver: WebhookReceiver, name: str, event_id: str
     ) -> None:
         """``POST /admin/webhooks/NAME/events/ID/replay``: the upstream's answer."""
-        outcome = await receiver.replay(name, event_id)
+        outcome = await receiver.replay(name, event_id, request_id=request_id(scope))
         if outcome.result == "not_archived":
             raise AdminNotFound(
                 what=f"an archived delivery of event {event_id!r} of webhook endpoint {name!r}"

@@ -483,12 +483,16 @@ class WebhookReceiver:
                 type(exc).__name__,
             )
 
-    async def replay(self, name: str, event_id: str) -> ReplayOutcome:
+    async def replay(
+        self, name: str, event_id: str, *, request_id: str | None = None
+    ) -> ReplayOutcome:
         """Run the archived event ``event_id`` of endpoint ``name`` through the app again.
 
         The app gets the archived body and headers with ``Surefoot-Webhook-Replay: true``
         beside ``Surefoot-Webhook-Id``, behind the endpoint's idempotency layer and
-        ordering guard, without a new signature check (step 6).
+        ordering guard, without a new signature check (step 6). ``request_id`` (default:
+        a new one) is the replay's in its events and for the app (``X-Request-Id`` where
+        the app's layers read it), such as the id of the operator's request.
 
         Raises:
             LookupError: no endpoint of this receiver is called ``name``.
@@ -534,7 +538,7 @@ class WebhookReceiver:
             ],
             "client": None,
             "server": None,
-            "state": {},
+            "state": {} if request_id is None else {"request_id": request_id},
             WEBHOOK: ReceivedWebhook(
                 endpoint=name,
                 scheme=document["scheme"],
