@@ -29,6 +29,18 @@ from surefoot.storage import (
 from surefoot.storage.postgres import PostgresStore
 from surefoot.storage.redis import RedisStore
 from surefoot.testing import CapturedEvents, ManualClock
+from surefoot.webhooks import (
+    GitHub,
+    Hmac,
+    Ordering,
+    ReceivedWebhook,
+    StandardWebhooks,
+    Stripe,
+    WebhookEndpoint,
+    WebhookReceiver,
+    WebhookRefused,
+    webhook_store_key,
+)
 
 app = Starlette()
 store: IdempotencyStore = store_from_url("sqlite:///idempotency.db")
@@ -97,3 +109,36 @@ ceilinged = RateLimitMiddleware(
         RateLimitPolicy("per-address", limits=["1000/minute"], per="address"),
     ],
 )
+
+
+# -- receiving webhooks: several senders, ordering, the event in a route ----------------------
+
+receiving = WebhookReceiver(
+    app,
+    endpoints={
+        "/webhooks/stripe": WebhookEndpoint(name="stripe", scheme=Stripe(secrets=("whsec_1",))),
+        "/webhooks/github": WebhookEndpoint(name="github", scheme=GitHub(secrets=("s",))),
+        "/webhooks/partner": WebhookEndpoint(
+            name="partner",
+            scheme=StandardWebhooks(secrets=("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",)),
+            ordering=Ordering(object_field="data.id", version_field="data.version"),
+            retention=30 * 86400,
+            archive=True,
+        ),
+        "/webhooks/other": WebhookEndpoint(
+            name="other",
+            scheme=Hmac(secrets=("k",), header="X-Signature", prefix="sha256=", id_header="X-Id"),
+        ),
+    },
+    store=sqlite_store,
+    hooks=[LoggingHook(), PrometheusMetrics()],
+)
+
+
+def on_refused(event: Event) -> None:
+    if isinstance(event, WebhookRefused):
+        print(event.endpoint, event.code)
+
+
+def handle(event: ReceivedWebhook) -> str:
+    return f"{event.endpoint}:{event.id}:{webhook_store_key(event.endpoint, event.id)}"
