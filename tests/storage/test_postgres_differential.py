@@ -647,6 +647,6 @@ async def test_ordering_steps_follow_the_core_state_machine(
             )
         for k in keys:
             live = model[k]
-            if _order.classify(live, now) is _order.OrderState.ABSENT:
+            if _order.order_state(live, now) is _order.OrderState.ABSENT:
                 live = None
             assert await store.order_get(k, now) == live
