@@ -1050,3 +1050,49 @@ def test_memory_sqlite_and_redis_stores_archive_and_postgresql_does_not_yet() ->
     # docs/webhooks.md ("Replaying an event") says so: update it with this line.
     kept = [archives(c) for c in (MemoryStore, SqliteStore, RedisStore, PostgresStore)]
     assert kept == [True, True, True, False]
+
+
+class RacingSender(MemoryStore):
+    """A store where a sender's delivery takes over an abandoned event right after the
+    replay read its record, and which counts the forgets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meanwhile: Callable[[], Any] | None = None
+        self.forgets = 0
+
+    async def get(self, key: str, now: float) -> Any:
+        record = await super().get(key, now)
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            await meanwhile()
+        return record
+
+    async def forget(self, key: str, now: float) -> bool:
+        self.forgets += 1
+        return await super().forget(key, now)
+
+
+async def test_an_abandoned_event_is_taken_over_by_the_replay_never_forgotten_under_a_sender(
+    recorder: Recorder, clock: ManualClock, events: list[Event]
+) -> None:
+    store = RacingSender()
+    app = receiver_for(recorder, store, clock, events, archive=True, lease=30)
+    recorder.gate = asyncio.Event()  # never set: the first worker "dies" in the handler
+    async with client_for(app) as client:
+        first = asyncio.create_task(deliver(client, "msg_a", BODY, T0))
+        await recorder.entered.wait()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        recorder.gate = None
+        clock.advance(31)  # its lease ran out
+
+        async def sender() -> None:
+            assert (await deliver(client, "msg_a", BODY, clock.now())).status_code == 200
+
+        store.meanwhile = sender
+        replay = await app.replay("partner", "msg_a")
+    assert store.forgets == 0
+    assert (replay.result, replay.status) == ("duplicate", 200)
+    assert [r.id for r in recorder.handled] == ["msg_a"]  # the sender's delivery, once

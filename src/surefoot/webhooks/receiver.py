@@ -28,7 +28,8 @@ Theory of operation, per POST on an endpoint's path (other requests pass through
    goes on): the body, the headers the endpoint reads and ``content-type``, and what
    verification found, under ``archive_key`` until the retention ends (an ``EventArchive``).
    ``replay`` loads it, refuses while a delivery of the event runs (its lease not run
-   out), forgets the event's idempotency record and runs the stored delivery through the
+   out), forgets the event's completed idempotency record (an abandoned one is taken
+   over as any delivery takes it over) and runs the stored delivery through the
    endpoint's idempotency layer and ordering guard again, not its verification (it was
    verified when kept; its timestamp may be past the tolerance now): a sender's delivery
    meanwhile is a duplicate, and a replayed old version is stale.
@@ -515,9 +516,14 @@ class WebhookReceiver:
             return ReplayOutcome("not_archived")
         store_key = webhook_store_key(name, event_id)
         record = await self.store.get(store_key, now)
-        if record is not None and classify(record, now) is State.IN_FLIGHT:
+        found = classify(record, now)
+        if record is not None and found is State.IN_FLIGHT:
             return ReplayOutcome("in_flight", retry_after=record.lease_expires_at - now)
-        if record is not None:
+        if found is State.COMPLETED:
+            # Only a completed record is forgotten: nothing but an operator or its TTL
+            # changes it. An abandoned one (its lease ran out) is taken over by the
+            # replay's own reservation, so a sender's delivery that took it over first
+            # is never forgotten under it (the replay is then its duplicate).
             await self.store.forget(store_key, now)
         document = json.loads(kept)
         body = base64.b64decode(document["body"])
