@@ -605,22 +605,14 @@ class WebhookReceiver:
     def report(self, name: str, event_id: str, state: _State, scope: Scope) -> None:
         status = state.status
         if not state.executed:
-            if state.replayed and status is not None:
+            # Answered by the idempotency layer: the stored answer, or 409 while the first runs.
+            if status is not None and (state.replayed or status == 409):
                 self.emit(
                     ev.WebhookDuplicate,
                     scope,
                     endpoint=name,
                     event_id=event_id,
-                    in_progress=False,
-                    status=status,
-                )
-            elif status == 409:
-                self.emit(
-                    ev.WebhookDuplicate,
-                    scope,
-                    endpoint=name,
-                    event_id=event_id,
-                    in_progress=True,
+                    in_progress=not state.replayed,
                     status=status,
                 )
         elif state.stale is not None:
