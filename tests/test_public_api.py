@@ -291,6 +291,8 @@ PUBLIC = {
         "WebhookReplayed",
         "WebhookStale",
         "claim",
+        "is_event_id",
+        "live_order",
         "order_state",
         "ordering_key",
         "settle",

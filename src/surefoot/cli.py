@@ -25,7 +25,6 @@ import importlib.util
 import json
 import logging
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -287,8 +286,6 @@ _CONFIG = click.option(
     type=click.Path(dir_okay=False),
     help="The gateway's policy file (TOML), whose [[webhooks.receive]] names the endpoint.",
 )
-#: An event id, as ``surefoot.webhooks`` bounds it.
-_EVENT_ID = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def _webhook_event(command: str, config_path: str, name: str, event_id: str) -> Any:
@@ -306,13 +303,13 @@ def _webhook_event(command: str, config_path: str, name: str, event_id: str) -> 
             f"got {name!r}",
             param_hint="NAME",
         )
-    if not _EVENT_ID.fullmatch(event_id):
+    from surefoot.webhooks import is_event_id, webhook_store_key
+
+    if not is_event_id(event_id):
         raise click.BadParameter(
             "expected 1 to 255 printable ASCII characters, as event ids are",
             param_hint="EVENT_ID",
         )
-    from surefoot.webhooks import webhook_store_key
-
     store_key = webhook_store_key(name, event_id)
     return config.store_url(webhook.store), store_key, f"stores.{webhook.store}: "
 

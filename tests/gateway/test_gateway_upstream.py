@@ -680,8 +680,11 @@ async def test_a_retry_sent_the_instant_the_last_byte_arrives_is_a_replay() -> N
 
 
 async def test_the_total_timeout_is_a_504_and_another_cancellation_stays_one() -> None:
+    entered = asyncio.Event()
+
     async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await asyncio.sleep(10)
+        entered.set()
+        await asyncio.Event().wait()  # never answers
 
     def scope() -> dict[str, Any]:
         return {"type": "http", "method": "GET", "path": "/", "raw_path": b"/", "headers": []}
@@ -702,8 +705,9 @@ async def test_the_total_timeout_is_a_504_and_another_cancellation_stays_one() -
     assert task.cancelling() == 0  # the timeout's own cancellation was taken back
 
     sent.clear()
+    entered.clear()
     cancelled = asyncio.ensure_future(ProxyApp(upstream=AppUpstream(slow))(scope(), receive, send))
-    await asyncio.sleep(0.01)
+    await entered.wait()  # the upstream is being waited for
     cancelled.cancel()
     with pytest.raises(asyncio.CancelledError):
         await cancelled

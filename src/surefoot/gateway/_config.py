@@ -408,7 +408,7 @@ class GatewayConfig:
                 continue
             names.add(table.name)
             url = self.root.stores.get(table.store)
-            if table.archive and url is not None and _scheme_of(url) in _NO_ARCHIVE:
+            if table.archive and url is not None and _scheme(url) in _NO_ARCHIVE:
                 problems.add(
                     (*loc, "archive"),
                     f"store {table.store!r} is PostgreSQL, which does not archive webhook "
@@ -549,14 +549,6 @@ _SECRET_REFUSED = re.compile(r"^[A-Za-z]+\.secrets\[(\d+)\]: (.*)$", re.S)
 
 #: Store URL schemes whose stores keep no archived webhook events (no ``EventArchive``).
 _NO_ARCHIVE = frozenset({"postgres", "postgresql"})
-
-
-def _scheme_of(url: str) -> str | None:
-    """A store URL's scheme, or None when it is malformed (``_stores`` says so)."""
-    try:
-        return split_url(url).scheme
-    except ConfigurationError:
-        return None
 
 
 def _webhook_endpoint(

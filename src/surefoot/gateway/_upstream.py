@@ -587,7 +587,7 @@ class _AppResponse:
         if body is None:  # read, and the app did not end its answer
             raise ForwardFailed("reset", reached=True)
         self.body = None
-        return body[0] if len(body) == 1 else b"".join(body), not self.complete
+        return b"".join(body), not self.complete
 
     async def aclose(self) -> None:
         return None

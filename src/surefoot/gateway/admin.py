@@ -77,7 +77,7 @@ from surefoot.gateway._gateway import Gateway
 from surefoot.gateway._lookup import LOOKUP_PREFIX
 from surefoot.idempotency import Record, State, StoredResponse, classify, scoped_key
 from surefoot.ratelimit import Item, limit_key
-from surefoot.webhooks import WebhookReceiver, webhook_store_key
+from surefoot.webhooks import WebhookReceiver, is_event_id, webhook_store_key
 
 __all__ = ["AdminApp"]
 
@@ -86,8 +86,6 @@ _JSON = b"application/json"
 _MAX_REQUEST = 4 * MAX_BODY
 _LIMIT = re.compile(r"[0-9]{1,5}")
 _WEBHOOKS = "/admin/webhooks/"
-#: An event id (Rule 2), as ``surefoot.webhooks`` bounds it.
-_EVENT_ID = re.compile(r"[\x21-\x7e]{1,255}")
 _EVENT_METHODS = frozenset({"GET", "DELETE", "POST"})
 
 
@@ -321,13 +319,13 @@ class AdminApp:
         store_key = webhook_store_key(name, event_id)
         now = self.gateway.clock.now()
         record = await store.get(store_key, now)
-        state = classify(record, now)
         found = {"endpoint": name, "event_id": event_id, **webhook_record(store_key, record, now)}
         if scope["method"] == "GET":
             await _json(send, 200, found)
             return
         if record is None:
             raise AdminNotFound(what=f"event {event_id!r} of webhook endpoint {name!r}")
+        state = classify(record, now)
         if state is State.IN_FLIGHT:
             raise AdminBadRequest(
                 reason=f"event {event_id!r} is being processed (its lease runs out in "
@@ -412,7 +410,7 @@ def _webhook_event_path(scope: Scope) -> tuple[str, str, bool]:
             text = unquote_to_bytes(part).decode("ascii")
         except UnicodeDecodeError:
             text = ""
-        if not _EVENT_ID.fullmatch(text):
+        if not is_event_id(text):
             raise AdminBadRequest(
                 reason=f"{what}: expected 1 to 255 printable ASCII characters "
                 f"(percent-encoded in the path), got {shown(text or part.decode('latin-1'))}"

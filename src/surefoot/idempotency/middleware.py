@@ -703,10 +703,8 @@ class _Responder:
             else:
                 self.emit(ev.ReservationAbandoned)
             raise
-        if self.settled:  # by capture_send, before the last chunk went out
-            return
         try:
-            await self.settle()
+            await self.settle()  # at once if capture_send settled before the last chunk
         except asyncio.CancelledError:
             # Cancelled while the store was busy: a settle with the same token is safe to
             # repeat (a second finish of a settled record is refused), so finish it shielded.

@@ -292,7 +292,7 @@ class MemoryStore:
 
     async def order_get(self, key: str, now: float) -> OrderRecord | None:
         record = self._orders.get(key)
-        return None if webhooks.order_state(record, now) is OrderState.ABSENT else record
+        return webhooks.live_order(record, now)
 
     def _put_order(self, key: str, record: OrderRecord | None, now: float) -> None:
         orders = self._orders

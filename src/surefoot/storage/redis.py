@@ -161,7 +161,7 @@ from surefoot.idempotency import (
     key_owner,
 )
 from surefoot.ratelimit import ALGORITHMS, Item, Limit, RateLimitDecision, quota_period
-from surefoot.webhooks import Claim, OrderRecord, OrderState, Verdict
+from surefoot.webhooks import Claim, OrderRecord, Verdict
 
 __all__ = ["RedisStore"]
 
@@ -1182,7 +1182,7 @@ class RedisStore:
             self._caller_time(float(until), at, now),
             self._caller_time(float(expires), at, now),
         )
-        return None if webhooks.order_state(record, now) is OrderState.ABSENT else record
+        return webhooks.live_order(record, now)
 
     # -- rate limits -----------------------------------------------------------------------
 

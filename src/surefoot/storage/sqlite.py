@@ -109,7 +109,7 @@ from surefoot.ratelimit import (
     RateLimitDecision,
     plan,
 )
-from surefoot.webhooks import Claim, OrderRecord, OrderState
+from surefoot.webhooks import Claim, OrderRecord
 
 __all__ = ["SqliteStore"]
 
@@ -569,7 +569,7 @@ class SqliteStore:
     async def order_get(self, key: str, now: float) -> OrderRecord | None:
         with _translate(), self._lock:
             record = _order_row(self._db.execute(_SELECT_ORDER, (key,)).fetchone())
-        return None if webhooks.order_state(record, now) is OrderState.ABSENT else record
+        return webhooks.live_order(record, now)
 
     # -- rate limits ---------------------------------------------------------------------
 

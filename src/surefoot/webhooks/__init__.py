@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from surefoot._lazy import lazy_names
-from surefoot.webhooks._event import EventId, Ordering
+from surefoot.webhooks._event import EventId, Ordering, is_event_id
 from surefoot.webhooks._events import (
     WebhookBusy,
     WebhookDuplicate,
@@ -41,6 +41,7 @@ from surefoot.webhooks._order import (
     OrderState,
     Verdict,
     claim,
+    live_order,
     order_state,
     ordering_key,
     settle,
@@ -119,6 +120,8 @@ __all__ = [
     "WebhookReplayed",
     "WebhookStale",
     "claim",
+    "is_event_id",
+    "live_order",
     "order_state",
     "ordering_key",
     "settle",

@@ -28,7 +28,7 @@ from surefoot.errors import (
     WebhookEventIdInvalid,
 )
 
-__all__ = ["Body", "EventId", "Ordering", "read_event_id", "read_ordering"]
+__all__ = ["Body", "EventId", "Ordering", "is_event_id", "read_event_id", "read_ordering"]
 
 _EVENT_ID = re.compile(r"[\x21-\x7e]{1,255}")
 _PATH = re.compile(r"[A-Za-z0-9_$-]{1,64}(?:\.[A-Za-z0-9_$-]{1,64}){0,15}")
@@ -144,6 +144,11 @@ class Body:
         return value
 
 
+def is_event_id(text: str) -> bool:
+    """Whether ``text`` is within an event id's bounds (Rule 1)."""
+    return _EVENT_ID.fullmatch(text) is not None
+
+
 def read_event_id(
     headers: dict[str, str],
     body: Body,
@@ -176,7 +181,7 @@ def read_event_id(
         value = str(value)
     if not isinstance(value, str):
         raise WebhookEventIdInvalid(source=where, reason="not a string")
-    if not _EVENT_ID.fullmatch(value):
+    if not is_event_id(value):
         reason = "longer than 255 characters" if len(value) > 255 else "not printable ASCII"
         raise WebhookEventIdInvalid(source=where, reason=reason)
     return value

@@ -51,6 +51,7 @@ __all__ = [
     "OrderState",
     "Verdict",
     "claim",
+    "live_order",
     "order_state",
     "ordering_key",
     "settle",
@@ -118,7 +119,7 @@ def claim(
     now: float,
     lease: float,
     retention: float,
-) -> tuple[OrderRecord | None, Claim]:
+) -> tuple[OrderRecord, Claim]:
     """Claim the object for an event of ``version``; the record to store and the answer."""
     state = order_state(record, now)
     newest = None
@@ -158,6 +159,11 @@ def settle(
     if newest == record.newest:
         return record  # fenced out and nothing to add (Rule 5)
     return record._replace(newest=newest, expires=max(now + retention, record.until))
+
+
+def live_order(record: OrderRecord | None, now: float) -> OrderRecord | None:
+    """``record`` as a store answers ``order_get`` at ``now``: None once it has expired."""
+    return None if order_state(record, now) is OrderState.ABSENT else record
 
 
 def ordering_key(endpoint: str, object_id: str) -> str:
