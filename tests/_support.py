@@ -6,12 +6,20 @@ also by the worker modules that tests start in other processes.
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from surefoot.errors import StoreUnavailable
 from surefoot.events import Event
+
+if TYPE_CHECKING:
+    import httpx
 
 #: The tests' "now": 2023-11-14 22:13:20 UTC, 20 s into a minute, 6400 s before midnight
 #: (``ManualClock``'s default start).
@@ -74,3 +82,50 @@ def public_event_types() -> list[type[Event]]:
             if isinstance(value, type) and issubclass(value, Event):
                 found[value.__name__] = value
     return list(found.values())
+
+
+# -- worker processes (tests/*/_*_workers.py) and their parents --------------------------
+
+#: Seconds a wait on another process may last before the test fails instead of hanging.
+GUARD = 30.0
+#: Worker processes start with "spawn": a fresh interpreter, as a real deployment's.
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def record_execution(ledger: Path, who: str, key: str) -> None:
+    """Append one execution to ``ledger``: one short ``O_APPEND`` write, so lines from
+    several processes never interleave and a line survives its writer being killed."""
+    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{who} {key} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def read_ledger(ledger: Path) -> list[tuple[str, str]]:
+    """The (who, key) of each execution ``record_execution`` wrote, in order."""
+    if not ledger.exists():
+        return []
+    return [(who, key) for who, key, _ in map(str.split, ledger.read_text().splitlines())]
+
+
+def problem_code(response: httpx.Response) -> str | None:
+    """The catalogue code of a problem answer, else None."""
+    if response.headers.get("content-type") != "application/problem+json":
+        return None
+    code: str = response.json()["code"]
+    return code
+
+
+def write_result(path: Path, result: object) -> None:
+    """Write ``result`` as JSON, whole or not at all (for the parent to read)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
+
+
+def join_all(processes: list[BaseProcess]) -> None:
+    """Wait for every process (at most ``GUARD`` each); each must have exited with 0."""
+    for process in processes:
+        process.join(GUARD)
+    assert [p.exitcode for p in processes] == [0] * len(processes)

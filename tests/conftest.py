@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from multiprocessing.process import BaseProcess
+
 import pytest
 
 from _services import service_url
-from _support import T0
+from _support import GUARD, SPAWN, T0
 from surefoot.events import Event
 from surefoot.testing import ManualClock
 
@@ -38,3 +41,21 @@ def redis_cluster_url() -> str:
 @pytest.fixture(scope="session")
 def postgres_dsn() -> str:
     return service_url("postgres")
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., BaseProcess]]:
+    """Start spawned worker processes; kill whatever is still alive at the end."""
+    started: list[BaseProcess] = []
+
+    def start(target: Callable[..., None], *args: object) -> BaseProcess:
+        process = SPAWN.Process(target=target, args=args, daemon=True)
+        process.start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.is_alive():
+            process.kill()
+        process.join(GUARD)

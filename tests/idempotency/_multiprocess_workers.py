@@ -15,8 +15,6 @@ a condition) only order processes; their timeouts are failure guards.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,7 +26,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from _support import T0
+from _support import (
+    GUARD,
+    T0,
+    record_execution,
+    write_result,
+)
 from surefoot.errors import SurefootError
 from surefoot.idempotency import Begin, IdempotencyMiddleware, IdempotencyPolicy, scoped_key
 from surefoot.storage import SqliteStore, store_from_url
@@ -39,26 +42,11 @@ KEY = "charge-7f3a9c"
 BODY = b'{"amount": 1250, "currency": "eur"}'
 # httpx.ASGITransport reports the client as ("127.0.0.1", 123).
 PRINCIPAL = "addr:127.0.0.1"
-GUARD = 30.0  # seconds a wait may last before the test fails instead of hanging
 
 AfterRecord = Callable[[], Awaitable[None]]
 
 
 # -- shared by the parent and the workers ----------------------------------------------
-
-
-def record_execution(ledger: Path, who: str, key: str) -> None:
-    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{who} {key} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-
-
-def read_ledger(ledger: Path) -> list[tuple[str, str]]:
-    if not ledger.exists():
-        return []
-    return [(who, key) for who, key, _ in map(str.split, ledger.read_text().splitlines())]
 
 
 def build_app(
@@ -107,19 +95,6 @@ def summary(response: httpx.Response) -> dict[str, Any]:
         "replayed": response.headers.get("idempotent-replayed"),
         "body": response.text,
     }
-
-
-def problem_code(response: httpx.Response) -> str | None:
-    if response.headers.get("content-type") != "application/problem+json":
-        return None
-    code: str = response.json()["code"]
-    return code
-
-
-def write_result(path: Path, result: object) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(path)
 
 
 # -- worker processes ----------------------------------------------------------------------

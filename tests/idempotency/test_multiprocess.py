@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -25,30 +24,26 @@ from typing import Any, Literal
 import httpx
 import pytest
 from _multiprocess_workers import (
-    GUARD,
     KEY,
     LEASE,
     PRINCIPAL,
-    T0,
     build_app,
     client_for,
     doomed_worker,
     late_worker,
     post,
-    problem_code,
-    read_ledger,
     startup_worker,
     storm_worker,
 )
 
 from _services import store_url_sync
+from _support import GUARD, SPAWN, T0, join_all, problem_code, read_ledger
 from surefoot.idempotency import State, StoredResponse, scoped_key
 from surefoot.storage import SqliteStore, store_from_url
 from surefoot.testing import ManualClock
 
 pytestmark = pytest.mark.slow
 
-CTX = multiprocessing.get_context("spawn")
 WORKERS = 4
 PER_WORKER = 50
 
@@ -58,24 +53,6 @@ needs_sigkill = pytest.mark.skipif(
 
 
 # -- fixtures and helpers of the parent --------------------------------------------------
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., BaseProcess]]:
-    """Start spawned worker processes; kill whatever is still alive at the end."""
-    started: list[BaseProcess] = []
-
-    def start(target: Callable[..., None], *args: object) -> BaseProcess:
-        process = CTX.Process(target=target, args=args, daemon=True)
-        process.start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.is_alive():
-            process.kill()
-        process.join(GUARD)
 
 
 @pytest.fixture
@@ -90,12 +67,6 @@ def db(tmp_path: Path) -> Iterator[Path]:
     keeper = SqliteStore(path)
     yield path
     asyncio.run(keeper.aclose())
-
-
-def join_all(processes: list[BaseProcess]) -> None:
-    for process in processes:
-        process.join(GUARD)
-    assert [p.exitcode for p in processes] == [0] * len(processes)
 
 
 @pytest.fixture(params=["sqlite", "redis", "redis_cluster", "postgres"])
@@ -117,9 +88,9 @@ def run_storm(
     *,
     hold_until: int,
 ) -> list[dict[str, Any]]:
-    barrier = CTX.Barrier(WORKERS)
-    cond = CTX.Condition()
-    answered = CTX.Value("i", 0, lock=False)
+    barrier = SPAWN.Barrier(WORKERS)
+    cond = SPAWN.Condition()
+    answered = SPAWN.Value("i", 0, lock=False)
     ledger = tmp_path / "ledger"
     outs = [tmp_path / f"worker{i}.json" for i in range(WORKERS)]
     workers = [
@@ -204,7 +175,7 @@ def test_workers_starting_together_all_open_the_store(
 ) -> None:
     rounds = 10
     paths = [tmp_path / f"fresh{n}.db" for n in range(rounds)]
-    barrier = CTX.Barrier(WORKERS)
+    barrier = SPAWN.Barrier(WORKERS)
     outs = [tmp_path / f"worker{i}.json" for i in range(WORKERS)]
     join_all([spawn(startup_worker, paths, barrier, outs[i]) for i in range(WORKERS)])
 
@@ -220,7 +191,7 @@ def kill_while_holding(
     on_lease_expiry: Literal["reexecute", "unknown"],
 ) -> None:
     """A worker reserves ``KEY`` at ``T0``, starts its handler and is killed with SIGKILL."""
-    started = CTX.Event()
+    started = SPAWN.Event()
     doomed = spawn(doomed_worker, db, ledger, on_lease_expiry, started)
     assert started.wait(GUARD), "the worker never reached its handler"
     assert doomed.pid is not None
@@ -344,7 +315,7 @@ def test_late_finisher_from_an_expired_lease_cannot_overwrite_the_takeover(
 ) -> None:
     ledger = tmp_path / "ledger"
     out = tmp_path / "late.json"
-    started, release = CTX.Event(), CTX.Event()
+    started, release = SPAWN.Event(), SPAWN.Event()
     late = spawn(late_worker, db, ledger, out, started, release)
     assert started.wait(GUARD), "the late worker never reached its handler"
 

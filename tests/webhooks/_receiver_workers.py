@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from _support import GUARD, problem_code, record_execution, write_result
 from surefoot.storage import store_from_url
 from surefoot.webhooks import (
     WEBHOOK,
@@ -42,7 +42,6 @@ SCHEME = StandardWebhooks(secrets=(WHSEC,))
 LEASE = 30.0
 EVENT_ID = "msg_2Zq9storm"
 BODY = b'{"type":"invoice.paid","data":{"id":"in_1","amount":1250}}'
-GUARD = 30.0  # seconds a wait may last before the test fails instead of hanging
 #: How often a sender sends one delivery that was answered 409 again (a sender's retries).
 MAX_RETRIES = 3
 
@@ -66,20 +65,6 @@ class SharedClock:
         if now < self.value.value:
             raise ValueError("time only moves forward")
         self.value.value = now
-
-
-def record_execution(ledger: Path, who: str, event_id: str) -> None:
-    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{who} {event_id} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-
-
-def read_ledger(ledger: Path) -> list[tuple[str, str]]:
-    if not ledger.exists():
-        return []
-    return [(who, key) for who, key, _ in map(str.split, ledger.read_text().splitlines())]
 
 
 def build_receiver(
@@ -125,19 +110,6 @@ def summary(response: httpx.Response) -> dict[str, Any]:
         "code": problem_code(response),
         "body": response.text,
     }
-
-
-def problem_code(response: httpx.Response) -> str | None:
-    if response.headers.get("content-type") != "application/problem+json":
-        return None
-    code: str = response.json()["code"]
-    return code
-
-
-def write_result(path: Path, result: object) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(path)
 
 
 # -- worker processes ----------------------------------------------------------------------

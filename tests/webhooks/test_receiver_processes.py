@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -25,7 +24,6 @@ import httpx
 import pytest
 from _receiver_workers import (
     EVENT_ID,
-    GUARD,
     LEASE,
     MAX_RETRIES,
     SharedClock,
@@ -33,44 +31,24 @@ from _receiver_workers import (
     client_for,
     deliver,
     doomed_worker,
-    read_ledger,
     sender_worker,
     storm_worker,
 )
 
 from _services import store_url_sync
-from _support import T0
+from _support import GUARD, SPAWN, T0, join_all, read_ledger
 from surefoot.idempotency import State
 from surefoot.storage import store_from_url
 from surefoot.webhooks import webhook_store_key
 
 pytestmark = pytest.mark.slow
 
-CTX = multiprocessing.get_context("spawn")
 WORKERS = 4
 PER_WORKER = 50
 
 needs_sigkill = pytest.mark.skipif(
     not hasattr(signal, "SIGKILL"), reason="needs POSIX signals to kill a worker"
 )
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., BaseProcess]]:
-    """Start spawned worker processes; kill whatever is still alive at the end."""
-    started: list[BaseProcess] = []
-
-    def start(target: Callable[..., None], *args: object) -> BaseProcess:
-        process = CTX.Process(target=target, args=args, daemon=True)
-        process.start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.is_alive():
-            process.kill()
-        process.join(GUARD)
 
 
 def store_fixture(name: str, kinds: list[str]) -> Any:
@@ -92,12 +70,6 @@ shared_url = store_fixture("shared_url", ["sqlite", "redis", "redis_cluster", "p
 crash_url = store_fixture("crash_url", ["sqlite", "redis"])
 
 
-def join_all(processes: list[BaseProcess]) -> None:
-    for process in processes:
-        process.join(GUARD)
-    assert [p.exitcode for p in processes] == [0] * len(processes)
-
-
 async def deliver_from_parent(url: str, clock: SharedClock, ledger: Path) -> httpx.Response:
     store: Any = store_from_url(url)
     app = build_receiver(store=store, clock=clock, ledger=ledger, who="parent")
@@ -113,9 +85,9 @@ def test_one_event_delivered_200_times_by_four_processes_runs_once(
 ) -> None:
     total = WORKERS * PER_WORKER
     ledger = tmp_path / "ledger"
-    now = CTX.Value("d", T0)
-    barrier, cond, settled = CTX.Barrier(WORKERS), CTX.Condition(), CTX.Event()
-    answered = CTX.Value("i", 0, lock=False)
+    now = SPAWN.Value("d", T0)
+    barrier, cond, settled = SPAWN.Barrier(WORKERS), SPAWN.Condition(), SPAWN.Event()
+    answered = SPAWN.Value("i", 0, lock=False)
     outs = [tmp_path / f"worker{i}.json" for i in range(WORKERS)]
     join_all(
         [
@@ -169,9 +141,9 @@ def test_a_worker_killed_while_processing_leaves_the_event_to_the_senders_retry(
     spawn: Callable[..., BaseProcess], tmp_path: Path, crash_url: str
 ) -> None:
     ledger = tmp_path / "ledger"
-    now = CTX.Value("d", T0)
+    now = SPAWN.Value("d", T0)
     clock = SharedClock(now)
-    started = CTX.Event()
+    started = SPAWN.Event()
     doomed = spawn(doomed_worker, crash_url, now, ledger, started)
     assert started.wait(GUARD), "the worker never reached its handler"
     assert doomed.pid is not None
