@@ -29,6 +29,8 @@ CORES = [
     "surefoot.webhooks._order",
     "surefoot.webhooks._store",
     "surefoot.webhooks._verify",
+    "surefoot.outbox._core",
+    "surefoot.outbox._signing",
     "surefoot._health",
 ]
 

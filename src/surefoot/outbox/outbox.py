@@ -1,0 +1,1101 @@
+"""``Outbox``: webhooks recorded in the application's own transaction, and the tables a
+worker delivers them from (SQLite or PostgreSQL, the application's own database).
+
+Theory of operation::
+
+    BEGIN IMMEDIATE                (the application; BEGIN on PostgreSQL)
+    ...business writes...
+    outbox.enqueue(conn, "invoice.paid", {...})
+                                   one message row, one delivery row per matching
+                                   enabled endpoint of the tenant
+    COMMIT                         (the application): the change and its webhooks, or neither
+
+    worker: claim (one short transaction) ─► POST, no transaction open ─► record (one short
+    transaction, only where the claim's token still holds)
+
+The tables (``{prefix}_endpoints``, ``_messages``, ``_deliveries``, ``_attempts``) are
+created by ``create_tables`` or by running ``ddl(...)`` in a migration of the application.
+The delivery state machine and its rules are in ``_core``; this module holds the SQL.
+
+Rule 1: ``enqueue`` never commits, never rolls back and opens no transaction of its own:
+        a rolled-back transaction leaves no message, a committed one leaves its message
+        and deliveries, even if the process dies just after the COMMIT.
+Rule 2: a message's id is stable (``msg_`` and 26 random characters, or the caller's
+        ``event_id``); enqueueing an ``event_id`` already recorded changes nothing and
+        returns the same id, so an application retrying its own transaction sends once.
+Rule 3: the worker's statements run on its own connection, in transactions that hold
+        no network call; on SQLite a claim or a record holds the write lock for a few
+        statements only. On PostgreSQL the endpoints being claimed are locked
+        ``FOR UPDATE SKIP LOCKED``, so workers on many hosts claim different endpoints
+        at once and an endpoint's in-flight count never exceeds its ``concurrency``.
+Rule 4: secrets are stored for signing and never returned: ``Endpoint`` shows how many
+        there are, ``repr`` and the admin API show none.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets as _secrets
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn, Protocol
+
+from surefoot.clock import Clock, SystemClock
+from surefoot.errors import ConfigurationError, StoreUnavailable
+from surefoot.outbox._core import (
+    DeliveryState,
+    RetrySchedule,
+    check_url,
+    is_event_type,
+    is_name,
+    matches,
+)
+from surefoot.webhooks import is_event_id
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = [
+    "Attempt",
+    "Claimed",
+    "Delivery",
+    "Endpoint",
+    "EndpointStats",
+    "Outbox",
+    "Outcome",
+]
+
+DEFAULT_PREFIX = "surefoot_webhook"
+MAX_PAYLOAD = 256 * 1024
+_PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,39}")
+_ORDERING_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+_MIN_SECRET_BYTES = 24
+_MAX_SECRETS = 5
+_SECRET_PREFIXES = ("whsec_", "whsk_")
+
+Dialect = Literal["sqlite", "postgresql"]
+
+
+def _fail(name: str, expected: str, got: object) -> NoReturn:
+    raise ConfigurationError(f"{name}: expected {expected}, got {got!r}")
+
+
+def _secret_bytes(text: str) -> int:
+    import base64
+    import binascii
+
+    body = text.split("_", 1)[1] if text.startswith(_SECRET_PREFIXES) else text
+    try:
+        return len(base64.b64decode(body, validate=True))
+    except (binascii.Error, ValueError):
+        return -1
+
+
+def check_secret(secret: object, field: str) -> str:
+    """``secret`` if it can sign: ``whsec_`` (v1, HMAC) or ``whsk_`` (v1a, Ed25519) and
+    the base64 of at least 24 bytes. The message never shows the secret."""
+    if not isinstance(secret, str) or not secret.startswith(_SECRET_PREFIXES):
+        raise ConfigurationError(
+            f"{field}: expected a 'whsec_...' or 'whsk_...' secret (the value is not shown)"
+        )
+    size = _secret_bytes(secret)
+    if size < _MIN_SECRET_BYTES:
+        shown = "not base64" if size < 0 else f"{size} bytes"
+        raise ConfigurationError(
+            f"{field}: expected the base64 of at least {_MIN_SECRET_BYTES} random bytes "
+            f"after the prefix, got {shown} (the secret is not shown)"
+        )
+    return secret
+
+
+# -- values ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A consumer's URL and what it accepts (its secrets are never part of this value)."""
+
+    name: str
+    tenant: str
+    url: str
+    event_types: tuple[str, ...] | None
+    rate_limit: str | None
+    concurrency: int
+    enabled: bool
+    disabled_reason: str | None
+    failing_since: float | None
+    secrets: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "tenant": self.tenant,
+            "url": self.url,
+            "event_types": None if self.event_types is None else list(self.event_types),
+            "rate_limit": self.rate_limit,
+            "concurrency": self.concurrency,
+            "enabled": self.enabled,
+            "disabled_reason": self.disabled_reason,
+            "failing_since": self.failing_since,
+            "secrets": self.secrets,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message to one endpoint."""
+
+    message_id: str
+    endpoint: str
+    event_type: str
+    state: DeliveryState
+    attempts: int
+    next_at: float | None
+    last_status: int | None
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "message_id": self.message_id,
+            "endpoint": self.endpoint,
+            "event_type": self.event_type,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "next_at": self.next_at,
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One HTTP attempt of a delivery: its status or error, and how long it took."""
+
+    message_id: str
+    endpoint: str
+    attempt: int
+    at: float
+    status: int | None
+    error: str | None
+    latency: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "message_id": self.message_id,
+            "endpoint": self.endpoint,
+            "attempt": self.attempt,
+            "at": self.at,
+            "status": self.status,
+            "error": self.error,
+            "latency": self.latency,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStats:
+    """An endpoint's backlog: deliveries waiting, in flight, failed, and the age of the
+    oldest undelivered message (None: nothing waits)."""
+
+    endpoint: str
+    enabled: bool
+    pending: int
+    sending: int
+    failed: int
+    oldest_undelivered: float | None
+
+
+class Claimed(NamedTuple):
+    """A delivery a worker holds under ``token`` until ``lease_until``."""
+
+    endpoint: str
+    seq: int
+    message_id: str
+    event_type: str
+    body: bytes
+    attempt: int
+    token: str
+    url: str
+    secrets: tuple[str, ...]
+    rate_limit: str | None
+    failing_since: float | None
+
+
+class Outcome(NamedTuple):
+    """What to record for a claimed delivery: ``attempted`` False puts it back untouched
+    (Rule 5 of ``_core``) with ``next_at``; otherwise the judged state and the attempt."""
+
+    claimed: Claimed
+    state: DeliveryState
+    next_at: float | None
+    attempted: bool
+    at: float
+    status: int | None = None
+    error: str | None = None
+    latency: float = 0.0
+    paused_until: float | None = None
+    disable: str | None = None
+
+
+# -- SQL ---------------------------------------------------------------------------------------
+
+
+def _ddl(p: str, dialect: Dialect) -> str:
+    seq = (
+        "INTEGER PRIMARY KEY"
+        if dialect == "sqlite"
+        else "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+    )
+    real = "REAL" if dialect == "sqlite" else "DOUBLE PRECISION"
+    blob = "BLOB" if dialect == "sqlite" else "BYTEA"
+    big = "INTEGER" if dialect == "sqlite" else "BIGINT"
+    return f"""
+CREATE TABLE IF NOT EXISTS {p}_endpoints (
+    name TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    url TEXT NOT NULL,
+    secrets TEXT NOT NULL,
+    event_types TEXT,
+    rate_limit TEXT,
+    concurrency INTEGER NOT NULL,
+    enabled INTEGER NOT NULL,
+    disabled_reason TEXT,
+    failing_since {real},
+    paused_until {real} NOT NULL DEFAULT 0,
+    claimed_at {real} NOT NULL DEFAULT 0,
+    created_at {real} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {p}_endpoints_tenant ON {p}_endpoints (tenant);
+CREATE TABLE IF NOT EXISTS {p}_messages (
+    seq {seq},
+    id TEXT NOT NULL UNIQUE,
+    tenant TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    body {blob} NOT NULL,
+    created_at {real} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {p}_deliveries (
+    endpoint TEXT NOT NULL,
+    seq {big} NOT NULL,
+    ordering_key TEXT,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at {real} NOT NULL,
+    token TEXT,
+    lease_until {real},
+    last_status INTEGER,
+    last_error TEXT,
+    created_at {real} NOT NULL,
+    updated_at {real} NOT NULL,
+    PRIMARY KEY (endpoint, seq)
+);
+CREATE INDEX IF NOT EXISTS {p}_deliveries_due ON {p}_deliveries (endpoint, state, next_at);
+CREATE INDEX IF NOT EXISTS {p}_deliveries_order
+    ON {p}_deliveries (endpoint, ordering_key, seq) WHERE ordering_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS {p}_deliveries_message ON {p}_deliveries (seq);
+CREATE TABLE IF NOT EXISTS {p}_attempts (
+    endpoint TEXT NOT NULL,
+    seq {big} NOT NULL,
+    attempt INTEGER NOT NULL,
+    at {real} NOT NULL,
+    status INTEGER,
+    error TEXT,
+    latency {real} NOT NULL,
+    PRIMARY KEY (endpoint, seq, attempt, at)
+);
+"""
+
+
+_DUE = "((d.state = 'pending' AND d.next_at <= ?) OR (d.state = 'sending' AND d.lease_until <= ?))"
+
+
+class _Sql:
+    """Every statement of one table prefix in one dialect (values are always parameters)."""
+
+    def __init__(self, p: str, dialect: Dialect) -> None:
+        lock = " FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
+        self.dialect = dialect
+        self.insert_message = (
+            f"INSERT INTO {p}_messages (id, tenant, event_type, body, created_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING RETURNING seq"
+        )
+        self.matching = (
+            f"SELECT name, event_types FROM {p}_endpoints WHERE tenant = ? AND enabled = 1"
+        )
+        self.insert_delivery = (
+            f"INSERT INTO {p}_deliveries (endpoint, seq, ordering_key, state, next_at, "
+            "created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)"
+        )
+        self.claim_endpoints = (
+            f"SELECT e.name, e.url, e.secrets, e.rate_limit, e.concurrency, e.failing_since "
+            f"FROM {p}_endpoints e WHERE e.enabled = 1 AND e.paused_until <= ? AND EXISTS "
+            f"(SELECT 1 FROM {p}_deliveries d WHERE d.endpoint = e.name AND {_DUE}) "
+            f"ORDER BY e.claimed_at LIMIT ?{lock}"
+        )
+        self.in_flight = (
+            f"SELECT count(*) FROM {p}_deliveries "
+            "WHERE endpoint = ? AND state = 'sending' AND lease_until > ?"
+        )
+        self.claim = (
+            f"UPDATE {p}_deliveries SET state = 'sending', token = ?, lease_until = ?, "
+            "attempts = attempts + 1, updated_at = ? WHERE endpoint = ? AND seq IN "
+            f"(SELECT d.seq FROM {p}_deliveries d WHERE d.endpoint = ? AND {_DUE} AND "
+            "(d.ordering_key IS NULL OR NOT EXISTS ("
+            f"SELECT 1 FROM {p}_deliveries o WHERE o.endpoint = d.endpoint "
+            "AND o.ordering_key = d.ordering_key AND o.seq < d.seq "
+            "AND o.state IN ('pending', 'sending'))) "
+            "ORDER BY d.next_at, d.seq LIMIT ?) RETURNING seq, attempts"
+        )
+        self.touch_endpoint = f"UPDATE {p}_endpoints SET claimed_at = ? WHERE name = ?"
+        self.record = (
+            f"UPDATE {p}_deliveries SET state = ?, next_at = ?, token = NULL, "
+            "lease_until = NULL, attempts = attempts - ?, last_status = COALESCE(?, last_status), "
+            "last_error = CASE WHEN ? THEN ? ELSE last_error END, updated_at = ? "
+            "WHERE endpoint = ? AND seq = ? AND token = ?"
+        )
+        self.insert_attempt = (
+            f"INSERT INTO {p}_attempts (endpoint, seq, attempt, at, status, error, latency) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+        )
+        self.endpoint_ok = f"UPDATE {p}_endpoints SET failing_since = NULL WHERE name = ?"
+        self.endpoint_failed = (
+            f"UPDATE {p}_endpoints SET failing_since = COALESCE(failing_since, ?), "
+            "paused_until = CASE WHEN paused_until < ? THEN ? ELSE paused_until END WHERE name = ?"
+        )
+        self.endpoint_disable = (
+            f"UPDATE {p}_endpoints SET enabled = 0, disabled_reason = ? "
+            "WHERE name = ? AND enabled = 1"
+        )
+        self.endpoint_enable = (
+            f"UPDATE {p}_endpoints SET enabled = 1, disabled_reason = NULL, "
+            "failing_since = NULL, paused_until = 0 WHERE name = ?"
+        )
+        self.insert_endpoint = (
+            f"INSERT INTO {p}_endpoints (name, tenant, url, secrets, event_types, rate_limit, "
+            "concurrency, enabled, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (name) DO NOTHING"
+        )
+        self.endpoint_columns = (
+            "name, tenant, url, event_types, rate_limit, concurrency, enabled, "
+            "disabled_reason, failing_since, secrets"
+        )
+        self.endpoints = f"SELECT {self.endpoint_columns} FROM {p}_endpoints"
+        self.secrets = f"SELECT secrets FROM {p}_endpoints WHERE name = ?"
+        self.set_secrets = f"UPDATE {p}_endpoints SET secrets = ? WHERE name = ?"
+        self.delete_endpoint = [
+            f"DELETE FROM {p}_attempts WHERE endpoint = ?",
+            f"DELETE FROM {p}_deliveries WHERE endpoint = ?",
+            f"DELETE FROM {p}_endpoints WHERE name = ?",
+        ]
+        self.deliveries = (
+            "SELECT m.id, d.endpoint, m.event_type, d.state, d.attempts, d.next_at, "
+            "d.last_status, d.last_error, d.created_at, d.updated_at "
+            f"FROM {p}_deliveries d JOIN {p}_messages m ON m.seq = d.seq"
+        )
+        self.attempts = (
+            "SELECT m.id, a.endpoint, a.attempt, a.at, a.status, a.error, a.latency "
+            f"FROM {p}_attempts a JOIN {p}_messages m ON m.seq = a.seq WHERE m.id = ?"
+        )
+        self.message_seq = f"SELECT seq FROM {p}_messages WHERE id = ?"
+        self.resend = (
+            f"UPDATE {p}_deliveries SET state = 'pending', attempts = 0, next_at = ?, "
+            "token = NULL, lease_until = NULL, updated_at = ? "
+            "WHERE seq = ? AND endpoint = ? AND state IN ('delivered', 'failed')"
+        )
+        self.recover = (
+            f"UPDATE {p}_deliveries SET state = 'pending', attempts = 0, next_at = ?, "
+            "updated_at = ? WHERE endpoint = ? AND state = 'failed' AND created_at >= ?"
+        )
+        self.stats = (
+            "SELECT e.name, e.enabled, "
+            "coalesce(sum(CASE WHEN d.state = 'pending' THEN 1 ELSE 0 END), 0), "
+            "coalesce(sum(CASE WHEN d.state = 'sending' THEN 1 ELSE 0 END), 0), "
+            "coalesce(sum(CASE WHEN d.state = 'failed' THEN 1 ELSE 0 END), 0), "
+            "min(CASE WHEN d.state IN ('pending', 'sending') THEN d.created_at END) "
+            f"FROM {p}_endpoints e LEFT JOIN {p}_deliveries d ON d.endpoint = e.name "
+            "GROUP BY e.name, e.enabled ORDER BY e.name"
+        )
+        self.messages_of = f"SELECT seq, id, event_type, body FROM {p}_messages WHERE seq IN "
+        if dialect == "postgresql":
+            for name, value in vars(self).items():
+                if isinstance(value, str):
+                    setattr(self, name, value.replace("?", "%s"))
+            self.delete_endpoint = [s.replace("?", "%s") for s in self.delete_endpoint]
+
+    def placeholders(self, n: int) -> str:
+        mark = "?" if self.dialect == "sqlite" else "%s"
+        return "(" + ", ".join([mark] * n) + ")"
+
+
+# -- connections -------------------------------------------------------------------------------
+
+
+class _Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, query: str, params: Sequence[object] = (), /) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+def _sqlite_path(url: str) -> str:
+    path = url.removeprefix("sqlite://")
+    if path.startswith("/"):
+        path = path[1:]
+    return path or ":memory:"
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(retry_after=1) from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("psycopg"):
+            raise StoreUnavailable(retry_after=1) from exc
+        raise
+
+
+class _Connection:
+    """The outbox's own connection (for a worker or the admin side), one transaction at a
+    time; thread-safe, so a worker can run it in a thread beside its event loop."""
+
+    def __init__(self, url: str, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self._lock = threading.Lock()
+        self._conn: Any
+        if dialect == "sqlite":
+            conn = sqlite3.connect(
+                _sqlite_path(url), isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn = conn
+        else:
+            import psycopg
+
+            self._conn = psycopg.connect(url, autocommit=True)
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Cursor]:
+        with self._lock, _translated():
+            cursor = self._conn.cursor()
+            if self.dialect == "sqlite":
+                cursor.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cursor
+                except BaseException:
+                    self._conn.rollback()
+                    raise
+                cursor.execute("COMMIT")
+            else:
+                with self._conn.transaction():
+                    yield cursor
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _dialect_of(url: str) -> Dialect:
+    if url.startswith("sqlite://"):
+        return "sqlite"
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql"
+    _fail("database", "a sqlite:///path or postgresql:// URL", url.split("@")[-1])
+
+
+# -- the public API ----------------------------------------------------------------------------
+
+
+class Outbox:
+    """Webhooks recorded with the change that causes them, delivered from the same database.
+
+    Example:
+        >>> outbox = Outbox("sqlite:///app.db", event_types=["invoice.paid"])
+        >>> outbox.create_tables()
+        >>> outbox.add_endpoint("acme", url="https://acme.example/hooks", secrets=[secret])
+        >>> db.execute("BEGIN IMMEDIATE")  # the application's sqlite3 connection
+        >>> db.execute("UPDATE invoices SET paid = 1 WHERE id = ?", (42,))
+        >>> outbox.enqueue(db, "invoice.paid", {"invoice": 42})
+        'msg_...'
+        >>> db.execute("COMMIT")  # the invoice and its webhook, together
+
+    Args:
+        database: where the tables are, as the worker and the admin side reach it
+            (``sqlite:///path`` or ``postgresql://...``); the application's own database.
+        event_types: the types the application sends (``invoice.*`` covers a family);
+            None accepts any well-formed type.
+        prefix: the tables' name prefix.
+        max_payload: bytes of a message's JSON body at most.
+        schedule: when deliveries are attempted (default: Standard Webhooks' example).
+        disable_after: seconds an endpoint may keep failing before it is disabled (5 days).
+        clock: source of ``now`` (tests inject ``ManualClock``).
+
+    Warning:
+        On SQLite, open the application's transaction with ``BEGIN IMMEDIATE``: the
+        worker writes to the same file, and a deferred transaction that reads first
+        may fail with "database is locked" when it writes.
+    """
+
+    def __init__(
+        self,
+        database: str,
+        *,
+        event_types: Iterable[str] | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        max_payload: int = MAX_PAYLOAD,
+        schedule: RetrySchedule | Sequence[float] | None = None,
+        disable_after: float = 5 * 86400.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(database, str):
+            _fail("database", "a sqlite:///path or postgresql:// URL", database)
+        self.dialect = _dialect_of(database)
+        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+            _fail("prefix", "a lower-case SQL name (letters, digits, _)", prefix)
+        if event_types is not None:
+            types = tuple(event_types) if not isinstance(event_types, str) else (event_types,)
+            for index, t in enumerate(types):
+                name = t[:-2] if isinstance(t, str) and t.endswith(".*") else t
+                if not is_event_type(name):
+                    _fail(f"event_types[{index}]", "an event type such as 'invoice.paid'", t)
+            event_types = types
+        if not isinstance(max_payload, int) or not 1024 <= max_payload <= 16 * 1024 * 1024:
+            _fail("max_payload", "bytes between 1024 and 16777216", max_payload)
+        if not isinstance(schedule, RetrySchedule):
+            schedule = RetrySchedule() if schedule is None else RetrySchedule(tuple(schedule))
+        if not isinstance(disable_after, int | float) or not 60 <= disable_after <= 90 * 86400:
+            _fail("disable_after", "seconds between 60 and 7776000 (90 days)", disable_after)
+        self.database = database
+        self.event_types: tuple[str, ...] | None = event_types
+        self.prefix = prefix
+        self.max_payload = max_payload
+        self.schedule = schedule
+        self.disable_after = float(disable_after)
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.sql = _Sql(prefix, self.dialect)
+        self._sqlite = _Sql(prefix, "sqlite")
+        self._postgres = _Sql(prefix, "postgresql")
+        self._admin: _Connection | None = None
+        self._admin_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Outbox({self.database.split('@')[-1]!r}, prefix={self.prefix!r})"
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def ddl(self, dialect: Dialect | None = None) -> str:
+        """The ``CREATE TABLE IF NOT EXISTS`` script of the outbox's tables."""
+        return _ddl(self.prefix, dialect or self.dialect)
+
+    def create_tables(self) -> None:
+        """Create the tables in ``database`` if they do not exist."""
+        with self._connection().transaction() as cursor:
+            for statement in self.ddl().split(";"):
+                if statement.strip():
+                    cursor.execute(statement)
+
+    # -- recording (in the application's transaction) ----------------------------------------
+
+    def enqueue(
+        self,
+        conn: sqlite3.Connection | psycopg.Connection[Any],
+        event_type: str,
+        payload: object,
+        *,
+        tenant: str = "default",
+        event_id: str | None = None,
+        ordering_key: str | None = None,
+    ) -> str:
+        """Record a message in ``conn``'s open transaction; returns its id.
+
+        ``payload`` is the event's ``data`` (anything JSON can hold). Deliveries of one
+        ``ordering_key`` to one endpoint are attempted one at a time, in order.
+
+        Raises:
+            ConfigurationError: an unknown or malformed event type, a payload over
+                ``max_payload``, a malformed tenant, id or ordering key.
+            RuntimeError: ``conn`` has no transaction open.
+        """
+        message_id, row, now = self._message(event_type, payload, tenant, event_id, ordering_key)
+        sql = self._sql_of(conn)
+        if isinstance(conn, sqlite3.Connection):
+            if not conn.in_transaction:
+                raise RuntimeError(_NO_TRANSACTION)
+            cursor: Any = conn.cursor()
+            cursor.row_factory = None
+        else:
+            _require_psycopg_transaction(conn)
+            cursor = conn.cursor()
+        with _translated():
+            cursor.execute(sql.insert_message, row)
+            inserted = cursor.fetchone()
+            if inserted is None:
+                return message_id  # Rule 2: already recorded
+            cursor.execute(sql.matching, (tenant,))
+            targets = self._targets(event_type, cursor.fetchall())
+            for name in targets:
+                cursor.execute(
+                    sql.insert_delivery, (name, inserted[0], ordering_key, now, now, now)
+                )
+        return message_id
+
+    async def aenqueue(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        event_type: str,
+        payload: object,
+        *,
+        tenant: str = "default",
+        event_id: str | None = None,
+        ordering_key: str | None = None,
+    ) -> str:
+        """``enqueue`` on a ``psycopg.AsyncConnection``."""
+        import psycopg
+
+        if not isinstance(conn, psycopg.AsyncConnection):
+            raise TypeError(
+                f"Outbox.aenqueue: expected a psycopg.AsyncConnection, got {type(conn)!r}"
+            )
+        message_id, row, now = self._message(event_type, payload, tenant, event_id, ordering_key)
+        _require_psycopg_transaction(conn)
+        sql = self._postgres
+        with _translated():
+            async with conn.cursor() as cursor:
+                await cursor.execute(sql.insert_message, row)
+                inserted = await cursor.fetchone()
+                if inserted is None:
+                    return message_id
+                await cursor.execute(sql.matching, (tenant,))
+                for name in self._targets(event_type, await cursor.fetchall()):
+                    await cursor.execute(
+                        sql.insert_delivery, (name, inserted[0], ordering_key, now, now, now)
+                    )
+        return message_id
+
+    def _sql_of(self, conn: object) -> _Sql:
+        if isinstance(conn, sqlite3.Connection):
+            return self._sqlite
+        try:
+            import psycopg
+        except ImportError:  # pragma: no cover - then no psycopg connection exists either
+            psycopg = None  # type: ignore[assignment]
+        if psycopg is None or not isinstance(conn, psycopg.Connection):
+            raise TypeError(
+                "Outbox.enqueue: expected a sqlite3.Connection or a psycopg.Connection "
+                f"(with a psycopg.AsyncConnection, use aenqueue), got {type(conn)!r}"
+            )
+        return self._postgres
+
+    def _message(
+        self,
+        event_type: str,
+        payload: object,
+        tenant: str,
+        event_id: str | None,
+        ordering_key: str | None,
+    ) -> tuple[str, tuple[object, ...], float]:
+        if not is_event_type(event_type):
+            _fail("event_type", "an event type such as 'invoice.paid'", event_type)
+        if self.event_types is not None and not matches(event_type, self.event_types):
+            _fail("event_type", f"one of {list(self.event_types)}", event_type)
+        if not is_name(tenant):
+            _fail("tenant", "1 to 64 of A-Z a-z 0-9 _ . : -", tenant)
+        if event_id is None:
+            event_id = "msg_" + _secrets.token_hex(13)
+        elif not is_event_id(event_id):
+            _fail("event_id", "1 to 200 printable ASCII characters", event_id)
+        if ordering_key is not None and not (
+            isinstance(ordering_key, str) and _ORDERING_KEY.fullmatch(ordering_key)
+        ):
+            _fail("ordering_key", "1 to 200 printable ASCII characters", ordering_key)
+        now = self.clock.now()
+        try:
+            document = {"type": event_type, "timestamp": _iso(now), "data": payload}
+            body = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"payload: expected JSON data, got {exc}") from None
+        if len(body) > self.max_payload:
+            _fail("payload", f"at most {self.max_payload} bytes as JSON", f"{len(body)} bytes")
+        return event_id, (event_id, tenant, event_type, body, now), now
+
+    @staticmethod
+    def _targets(event_type: str, rows: Iterable[tuple[Any, ...]]) -> list[str]:
+        return [
+            name
+            for name, types in rows
+            if matches(event_type, None if types is None else tuple(json.loads(types)))
+        ]
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    def add_endpoint(
+        self,
+        name: str,
+        *,
+        url: str,
+        secrets: Sequence[str],
+        tenant: str = "default",
+        event_types: Iterable[str] | None = None,
+        rate_limit: str | None = None,
+        concurrency: int = 10,
+        enabled: bool = True,
+    ) -> Endpoint:
+        """Register a consumer's endpoint (messages recorded from now on reach it).
+
+        ``secrets``: ``whsec_`` (v1 signatures) or ``whsk_`` (v1a, Ed25519) secrets; every
+        one signs each delivery. ``rate_limit``: at most this many deliveries
+        (``"10/second"``, shared by every worker). ``concurrency``: requests in flight.
+
+        Raises:
+            ConfigurationError: naming the field; nothing is created.
+        """
+        from surefoot.ratelimit import parse_limit
+
+        if not is_name(name):
+            _fail("name", "1 to 64 of A-Z a-z 0-9 _ . : -", name)
+        if not is_name(tenant):
+            _fail("tenant", "1 to 64 of A-Z a-z 0-9 _ . : -", tenant)
+        check_url(url)
+        if isinstance(secrets, str) or not isinstance(secrets, Sequence) or not secrets:
+            _fail("secrets", "a list of 1 to 5 secrets", "<hidden>")
+        if len(secrets) > _MAX_SECRETS:
+            _fail("secrets", "at most 5 secrets", f"{len(secrets)} secrets")
+        stored = [[check_secret(s, f"secrets[{i}]"), None] for i, s in enumerate(secrets)]
+        types = self._accepted(event_types)
+        if rate_limit is not None:
+            parse_limit(rate_limit)
+        if (
+            not isinstance(concurrency, int)
+            or isinstance(concurrency, bool)
+            or not 1 <= concurrency <= 1000
+        ):
+            _fail("concurrency", "requests in flight between 1 and 1000", concurrency)
+        row = (
+            name,
+            tenant,
+            url,
+            json.dumps(stored),
+            None if types is None else json.dumps(types),
+            rate_limit,
+            concurrency,
+            1 if enabled else 0,
+            self.clock.now(),
+        )
+        with self._connection().transaction() as cursor:
+            cursor.execute(self.sql.insert_endpoint, row)
+            if cursor.rowcount != 1:
+                _fail("name", "a name no other endpoint has", name)
+        return self.endpoint(name)
+
+    def _accepted(self, event_types: Iterable[str] | None) -> list[str] | None:
+        if event_types is None:
+            return None
+        types = [event_types] if isinstance(event_types, str) else list(event_types)
+        if not types:
+            _fail("event_types", "at least one type, or None for every type", types)
+        for index, t in enumerate(types):
+            bare = t[:-2] if isinstance(t, str) and t.endswith(".*") else t
+            if not is_event_type(bare):
+                _fail(f"event_types[{index}]", "an event type such as 'invoice.paid'", t)
+            if self.event_types is not None and not (
+                matches(bare, self.event_types) or t in self.event_types
+            ):
+                _fail(f"event_types[{index}]", f"one of {list(self.event_types)}", t)
+        return types
+
+    def endpoint(self, name: str) -> Endpoint:
+        """The endpoint called ``name``; ``KeyError`` when there is none."""
+        found = self.endpoints(name=name)
+        if not found:
+            raise KeyError(name)
+        return found[0]
+
+    def endpoints(self, *, tenant: str | None = None, name: str | None = None) -> list[Endpoint]:
+        """Every endpoint (of ``tenant``), by name."""
+        query, params = self.sql.endpoints, []
+        if tenant is not None or name is not None:
+            column, value = ("tenant", tenant) if tenant is not None else ("name", name)
+            query += f" WHERE {column} = " + ("?" if self.dialect == "sqlite" else "%s")
+            params.append(value)
+        with self._connection().transaction() as cursor:
+            cursor.execute(query + " ORDER BY name", params)
+            rows = cursor.fetchall()
+        return [
+            Endpoint(
+                n,
+                t,
+                u,
+                None if et is None else tuple(json.loads(et)),
+                rl,
+                c,
+                bool(en),
+                dr,
+                fs,
+                len(json.loads(s)),
+            )
+            for n, t, u, et, rl, c, en, dr, fs, s in rows
+        ]
+
+    def enable(self, name: str) -> Endpoint:
+        """Enable ``name``: its undelivered messages go out again, from now."""
+        with self._connection().transaction() as cursor:
+            cursor.execute(self.sql.endpoint_enable, (name,))
+            if cursor.rowcount != 1:
+                raise KeyError(name)
+        return self.endpoint(name)
+
+    def disable(self, name: str, reason: str = "manual") -> Endpoint:
+        """Stop delivering to ``name``; its messages wait until it is enabled."""
+        with self._connection().transaction() as cursor:
+            cursor.execute(self.sql.endpoint_disable, (reason, name))
+        return self.endpoint(name)
+
+    def rotate_secret(self, name: str, secret: str, *, keep_old_for: float = 86400.0) -> Endpoint:
+        """Sign with ``secret`` from now on, and with the current ones for ``keep_old_for``
+        seconds more, so consumers can switch without dropping a delivery."""
+        check_secret(secret, "secret")
+        if not isinstance(keep_old_for, int | float) or not 0 <= keep_old_for <= 30 * 86400:
+            _fail("keep_old_for", "seconds between 0 and 2592000 (30 days)", keep_old_for)
+        now = self.clock.now()
+        with self._connection().transaction() as cursor:
+            cursor.execute(self.sql.secrets, (name,))
+            row = cursor.fetchone()
+            if row is None:
+                raise KeyError(name)
+            current = [
+                [s, min(e, now + keep_old_for) if e is not None else now + keep_old_for]
+                for s, e in json.loads(row[0])
+                if e is None or e > now
+            ]
+            kept = [[secret, None], *current][:_MAX_SECRETS]
+            cursor.execute(self.sql.set_secrets, (json.dumps(kept), name))
+        return self.endpoint(name)
+
+    def remove_endpoint(self, name: str) -> None:
+        """Delete ``name`` with its deliveries and attempts."""
+        with self._connection().transaction() as cursor:
+            for statement in self.sql.delete_endpoint:
+                cursor.execute(statement, (name,))
+            if cursor.rowcount != 1:
+                raise KeyError(name)
+
+    # -- deliveries ------------------------------------------------------------------------
+
+    def deliveries(
+        self,
+        *,
+        endpoint: str | None = None,
+        state: DeliveryState | str | None = None,
+        message_id: str | None = None,
+        limit: int = 100,
+    ) -> list[Delivery]:
+        """Deliveries, newest first, filtered by endpoint, state and message."""
+        mark = "?" if self.dialect == "sqlite" else "%s"
+        where: list[str] = []
+        params: list[object] = []
+        for column, value in (("d.endpoint", endpoint), ("m.id", message_id)):
+            if value is not None:
+                where.append(f"{column} = {mark}")
+                params.append(value)
+        if state is not None:
+            where.append(f"d.state = {mark}")
+            params.append(DeliveryState(state).value)
+        query = self.sql.deliveries + (" WHERE " + " AND ".join(where) if where else "")
+        query += f" ORDER BY d.seq DESC LIMIT {mark}"
+        params.append(max(1, min(int(limit), 10000)))
+        with self._connection().transaction() as cursor:
+            cursor.execute(query, params)
+            rows = cursor.fetchall()
+        return [
+            Delivery(i, e, t, DeliveryState(s), a, n if s == "pending" else None, ls, le, c, u)
+            for i, e, t, s, a, n, ls, le, c, u in rows
+        ]
+
+    def attempts(self, message_id: str, *, endpoint: str | None = None) -> list[Attempt]:
+        """Every attempt to deliver ``message_id``, oldest first."""
+        with self._connection().transaction() as cursor:
+            cursor.execute(self.sql.attempts, (message_id,))
+            rows = cursor.fetchall()
+        found = [Attempt(*row) for row in rows if endpoint is None or row[1] == endpoint]
+        return sorted(found, key=lambda a: (a.endpoint, a.at, a.attempt))
+
+    def resend(self, message_id: str, endpoint: str) -> bool:
+        """Deliver a delivered or failed message to ``endpoint`` again, now, with a fresh
+        schedule; False when it is still pending or in flight. ``KeyError``: no such one."""
+        now = self.clock.now()
+        with self._connection().transaction() as cursor:
+            cursor.execute(self.sql.message_seq, (message_id,))
+            row = cursor.fetchone()
+            if row is None:
+                raise KeyError(message_id)
+            cursor.execute(self.sql.resend, (now, now, row[0], endpoint))
+            return bool(cursor.rowcount == 1)
+
+    def recover(self, endpoint: str, since: float) -> int:
+        """Deliver again every failed message to ``endpoint`` recorded at or after ``since``
+        (a timestamp); returns how many were queued."""
+        self.endpoint(endpoint)
+        now = self.clock.now()
+        with self._connection().transaction() as cursor:
+            cursor.execute(self.sql.recover, (now, now, endpoint, since))
+            return int(cursor.rowcount)
+
+    def stats(self) -> list[EndpointStats]:
+        """Every endpoint's backlog (what the metrics export)."""
+        now = self.clock.now()
+        with self._connection().transaction() as cursor:
+            cursor.execute(self.sql.stats)
+            rows = cursor.fetchall()
+        return [
+            EndpointStats(
+                n, bool(e), int(p), int(s), int(f), None if o is None else max(0.0, now - o)
+            )
+            for n, e, p, s, f, o in rows
+        ]
+
+    # -- what a worker does (on its own connection) ------------------------------------------
+
+    def connect(self) -> _Connection:
+        """A new connection to ``database`` for a worker (one per worker)."""
+        return _Connection(self.database, self.dialect)
+
+    def claim(
+        self, conn: _Connection, *, limit: int, lease: float, endpoints: int = 50
+    ) -> list[Claimed]:
+        """Take up to ``limit`` due deliveries, each endpoint's under its concurrency."""
+        sql, now = self.sql, self.clock.now()
+        token = _secrets.token_hex(8)
+        taken: list[tuple[tuple[Any, ...], int, int]] = []
+        with conn.transaction() as cursor:
+            cursor.execute(sql.claim_endpoints, (now, now, now, endpoints))
+            for row in cursor.fetchall():
+                if len(taken) >= limit:
+                    break
+                name, concurrency = row[0], row[4]
+                cursor.execute(sql.in_flight, (name, now))
+                room = min(concurrency - cursor.fetchone()[0], limit - len(taken))
+                if room <= 0:
+                    continue
+                cursor.execute(sql.claim, (token, now + lease, now, name, name, now, now, room))
+                taken.extend((row, seq, attempts) for seq, attempts in cursor.fetchall())
+                cursor.execute(sql.touch_endpoint, (now, name))
+            if not taken:
+                return []
+            seqs = sorted({seq for _, seq, _ in taken})
+            cursor.execute(sql.messages_of + sql.placeholders(len(seqs)), seqs)
+            messages = {seq: (i, t, bytes(b)) for seq, i, t, b in cursor.fetchall()}
+        live: dict[str, tuple[str, ...]] = {}
+        claimed = []
+        for row, seq, attempts in taken:
+            name, url, secrets_json, rate_limit, _, failing_since = row
+            if name not in live:
+                live[name] = tuple(s for s, e in json.loads(secrets_json) if e is None or e > now)
+            message_id, event_type, body = messages[seq]
+            claimed.append(
+                Claimed(
+                    name,
+                    seq,
+                    message_id,
+                    event_type,
+                    body,
+                    attempts,
+                    token,
+                    url,
+                    live[name],
+                    rate_limit,
+                    failing_since,
+                )
+            )
+        return claimed
+
+    def record(self, conn: _Connection, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Record ``outcomes``; returns those whose claim still held (Rule 2 of ``_core``)."""
+        sql, now = self.sql, self.clock.now()
+        kept = []
+        with conn.transaction() as cursor:
+            for o in outcomes:
+                c = o.claimed
+                cursor.execute(
+                    sql.record,
+                    (
+                        o.state.value,
+                        o.next_at if o.next_at is not None else now,
+                        0 if o.attempted else 1,
+                        o.status,
+                        o.attempted,
+                        o.error,
+                        now,
+                        c.endpoint,
+                        c.seq,
+                        c.token,
+                    ),
+                )
+                if cursor.rowcount != 1:
+                    continue  # the lease ran out and another worker holds it now
+                kept.append(o)
+                if not o.attempted:
+                    continue
+                cursor.execute(
+                    sql.insert_attempt,
+                    (c.endpoint, c.seq, c.attempt, o.at, o.status, o.error, o.latency),
+                )
+                if o.state is DeliveryState.DELIVERED:
+                    cursor.execute(sql.endpoint_ok, (c.endpoint,))
+                else:
+                    pause = o.paused_until or 0.0
+                    cursor.execute(sql.endpoint_failed, (o.at, pause, pause, c.endpoint))
+                if o.disable is not None:
+                    cursor.execute(sql.endpoint_disable, (o.disable, c.endpoint))
+        return kept
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _connection(self) -> _Connection:
+        with self._admin_lock:
+            if self._admin is None:
+                self._admin = self.connect()
+            return self._admin
+
+    def close(self) -> None:
+        """Close the admin side's connection (a worker closes its own)."""
+        with self._admin_lock:
+            if self._admin is not None:
+                self._admin.close()
+                self._admin = None
+
+
+_NO_TRANSACTION = (
+    "Outbox.enqueue runs inside the caller's transaction, and this connection has none "
+    "open: BEGIN (BEGIN IMMEDIATE on SQLite) first"
+)
+
+
+def _require_psycopg_transaction(conn: Any) -> None:
+    from psycopg.pq import TransactionStatus
+
+    status = conn.info.transaction_status
+    if status == TransactionStatus.INTRANS or (
+        status == TransactionStatus.IDLE and not conn.autocommit
+    ):
+        return
+    raise RuntimeError(_NO_TRANSACTION)
+
+
+def _iso(now: float) -> str:
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,454 @@
+"""``OutboxWorker``: claims due deliveries, signs and POSTs them, records what happened.
+
+One worker is one asyncio task with its own database connection; run as many as you
+like, in as many processes and hosts as share the database. A pass::
+
+    claim (Outbox.claim: a short transaction, Rule 3 of outbox)
+      └─ per delivery, concurrently: rate limit ─► breaker ─► resolve and check the
+         address (SSRF) ─► POST with Standard Webhooks headers ─► judge (_core.judge)
+    record (Outbox.record: only where the claim's token still holds)
+
+Rule 1: no transaction is open while a request is in flight; a worker killed between
+        the POST and the record leaves its deliveries ``sending`` until their lease runs
+        out, then another worker sends them again under the same message id.
+Rule 2: the per-endpoint rate limit is a sliding log in a shared store (by default the
+        outbox's own database), checked before each attempt, so it holds across every
+        worker; a refused delivery goes back unsent, due when the limit has room.
+Rule 3: the circuit breaker is per endpoint and per worker (surefoot's ``CircuitBreaker``):
+        while it is open, deliveries go back unsent, due when it half-opens.
+Rule 4: the destination's host is resolved before each attempt and every address it
+        resolves to must be public (``ipaddress``' ``is_global``) unless ``allow_private``
+        says otherwise; the request then goes to the checked address (TLS still checks
+        the host name), so a DNS answer that changes in between cannot redirect it.
+        Redirects are never followed (a 3xx is a failed attempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import httpx
+
+from surefoot._version import __version__
+from surefoot.client import CircuitBreaker
+from surefoot.errors import CircuitOpen, ConfigurationError
+from surefoot.events import EventHook, LoggingHook, emit, wanted
+from surefoot.outbox._core import DeliveryState, Result, judge
+from surefoot.outbox._events import (
+    OutboxBacklog,
+    WebhookAttempted,
+    WebhookDeferred,
+    WebhookEndpointDisabled,
+)
+from surefoot.outbox._signing import sign
+from surefoot.outbox.outbox import Claimed, Outbox, Outcome
+from surefoot.ratelimit import Item, RateLimitStore, parse_limit
+
+__all__ = ["OutboxWorker"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+
+_RATE_KEY = "surefoot:outbox:{}"
+_MAX_ERROR = 200
+
+
+class _Refused(Exception):
+    """The destination resolved to an address the worker may not call."""
+
+
+async def _resolve(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Seconds a ``Retry-After`` value asks for (a number, or an HTTP date), None if unusable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - now)
+
+
+class OutboxWorker:
+    """Delivers an ``Outbox``'s messages until stopped.
+
+    Example:
+        >>> worker = OutboxWorker(Outbox("sqlite:///app.db"))
+        >>> await worker.run()  # until worker.stop() or cancellation
+
+    Args:
+        outbox: the outbox (its database, schedule and clock).
+        rate_store: where the per-endpoint rate limits count (any surefoot store that
+            runs ``sliding_log``); None: the outbox's own database, opened on first use.
+        timeout: seconds an attempt may take, connecting included (default 15).
+        lease: seconds a claimed delivery stays with this worker before another may
+            take it over (default: twice the timeout plus 30 s; at least the timeout).
+        max_in_flight: requests this worker has in flight at most, across endpoints.
+        batch: deliveries claimed per claim at most.
+        poll_interval: seconds between claims when nothing was due.
+        allow_private: True, or networks (``"10.0.0.0/8"``) endpoints may resolve to
+            besides public addresses (Rule 4).
+        breaker: open a per-endpoint circuit breaker after repeated failures.
+        transport: the httpx transport (tests hand in one; default: a plain one).
+        resolver: ``async (host, port) -> addresses`` (default: the system's resolver).
+        hooks: event hooks (``WebhookAttempted``...); default: logging.
+        report_every: seconds between ``OutboxBacklog`` events.
+        rng: the jitter's source of uniform draws in [0, 1).
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        rate_store: RateLimitStore | None = None,
+        timeout: float = 15.0,
+        lease: float | None = None,
+        max_in_flight: int = 100,
+        batch: int = 100,
+        poll_interval: float = 0.25,
+        allow_private: bool | Iterable[str] = False,
+        breaker: bool = True,
+        transport: httpx.AsyncBaseTransport | None = None,
+        resolver: Resolver | None = None,
+        hooks: Sequence[EventHook] | None = None,
+        report_every: float = 15.0,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if not isinstance(outbox, Outbox):
+            raise ConfigurationError(f"outbox: expected an Outbox, got {outbox!r}")
+        for name, value, low, high in (
+            ("timeout", timeout, 0.1, 300.0),
+            ("poll_interval", poll_interval, 0.001, 60.0),
+            ("report_every", report_every, 0.1, 3600.0),
+        ):
+            if not isinstance(value, int | float) or not low <= value <= high:
+                raise ConfigurationError(
+                    f"{name}: expected seconds between {low} and {high}, got {value!r}"
+                )
+        for name, count in (("max_in_flight", max_in_flight), ("batch", batch)):
+            if not isinstance(count, int) or not 1 <= count <= 10000:
+                raise ConfigurationError(
+                    f"{name}: expected a number between 1 and 10000, got {count!r}"
+                )
+        self.outbox = outbox
+        self.timeout = float(timeout)
+        if lease is not None and (
+            not isinstance(lease, int | float) or not timeout < lease <= 3600
+        ):
+            raise ConfigurationError(
+                f"lease: expected seconds longer than the timeout ({timeout:g}) and at most 3600, "
+                f"got {lease!r}"
+            )
+        self.lease = 2 * self.timeout + 30.0 if lease is None else float(lease)
+        self.max_in_flight = max_in_flight
+        self.batch = batch
+        self.poll_interval = float(poll_interval)
+        self.report_every = float(report_every)
+        self.allow_all, self.allowed = _allowed_networks(allow_private)
+        self.hooks: tuple[EventHook, ...] = (LoggingHook(),) if hooks is None else tuple(hooks)
+        self._rate_store = rate_store
+        self._owns_rate_store = rate_store is None
+        self._breakers: dict[str, CircuitBreaker] | None = {} if breaker else None
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            timeout=self.timeout,
+            follow_redirects=False,
+            trust_env=False,
+            headers={"user-agent": f"surefoot-webhooks/{__version__}"},
+        )
+        self._resolve: Resolver = resolver or _resolve
+        self._rng = rng
+        self._conn = outbox.connect()
+        self._stopping = asyncio.Event()
+        self._next_report = 0.0
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """One claim, every claimed delivery attempted, every outcome recorded; returns how
+        many deliveries were claimed (0: nothing was due)."""
+        claimed = await self._claim(self.max_in_flight)
+        if claimed:
+            outcomes = await asyncio.gather(*(self._deliver(c) for c in claimed))
+            await self._record(outcomes)
+        await self._report()
+        return len(claimed)
+
+    async def run(self) -> None:
+        """Deliver until ``stop()``: claims whenever a request slot is free, so one slow
+        endpoint never holds back the others (each holds at most its ``concurrency``)."""
+        in_flight: set[asyncio.Task[Outcome]] = set()
+        done: list[Outcome] = []
+        try:
+            while not self._stopping.is_set():
+                room = self.max_in_flight - len(in_flight)
+                claimed = await self._claim(room) if room > 0 else []
+                for c in claimed:
+                    in_flight.add(asyncio.create_task(self._deliver(c)))
+                if in_flight:
+                    finished, _ = await asyncio.wait(
+                        in_flight,
+                        timeout=0 if len(claimed) == self.batch else self.poll_interval,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    in_flight -= finished
+                    done.extend(t.result() for t in finished)
+                elif not claimed:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), self.poll_interval)
+                if done:
+                    await self._record(done)
+                    done = []
+                await self._report()
+        finally:
+            if in_flight:
+                # Let what is in flight end (each is bounded by the timeout) and record it.
+                results = await asyncio.gather(*in_flight, return_exceptions=True)
+                await self._record([r for r in results if isinstance(r, Outcome)])
+
+    def stop(self) -> None:
+        """Ask ``run`` to return once what is in flight has been recorded."""
+        self._stopping.set()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client, the database connection and an owned rate-limit store."""
+        await self._client.aclose()
+        if self._owns_rate_store and self._rate_store is not None:
+            await self._rate_store.aclose()
+        await asyncio.to_thread(self._conn.close)
+
+    # -- one delivery --------------------------------------------------------------------
+
+    async def _claim(self, room: int) -> list[Claimed]:
+        limit = min(room, self.batch)
+        return await asyncio.to_thread(self.outbox.claim, self._conn, limit=limit, lease=self.lease)
+
+    async def _record(self, outcomes: Sequence[Outcome]) -> None:
+        kept = await asyncio.to_thread(self.outbox.record, self._conn, outcomes)
+        for o in kept:
+            c = o.claimed
+            if not o.attempted:
+                emit(
+                    self.hooks,
+                    WebhookDeferred(
+                        at=o.at,
+                        request_id="",
+                        endpoint=c.endpoint,
+                        message_id=c.message_id,
+                        reason=o.error or "",
+                        retry_after=(o.next_at or o.at) - o.at,
+                    ),
+                )
+                continue
+            outcome = {
+                DeliveryState.DELIVERED: "delivered",
+                DeliveryState.PENDING: "retrying",
+            }.get(o.state, "failed")
+            emit(
+                self.hooks,
+                WebhookAttempted(
+                    at=o.at,
+                    request_id="",
+                    endpoint=c.endpoint,
+                    message_id=c.message_id,
+                    event_type=c.event_type,
+                    attempt=c.attempt,
+                    outcome=outcome,
+                    status=o.status,
+                    error=o.error,
+                    latency=o.latency,
+                ),
+            )
+            if o.disable is not None:
+                emit(
+                    self.hooks,
+                    WebhookEndpointDisabled(
+                        at=o.at, request_id="", endpoint=c.endpoint, reason=o.disable
+                    ),
+                )
+
+    async def _deliver(self, c: Claimed) -> Outcome:
+        now = self.outbox.clock.now()
+        wait = await self._rate_limited(c, now)
+        if wait is not None:
+            return _deferred(c, now, wait, "rate_limited")
+        breaker = self._breaker(c.endpoint)
+        permit: object = None
+        if breaker is not None:
+            try:
+                permit = breaker.acquire()
+            except CircuitOpen as exc:
+                return _deferred(c, now, float(exc.fields.get("retry_after", 1)), "breaker_open")
+        started = time.perf_counter()
+        result = await self._attempt(c, now)
+        latency = time.perf_counter() - started
+        if breaker is not None:
+            breaker.on_result(
+                permit,
+                failed=not result.delivered,
+                duration=latency,
+                status=result.status,
+                error=None,
+            )
+        j = judge(
+            result,
+            attempts=c.attempt,
+            now=now,
+            schedule=self.outbox.schedule,
+            rnd=self._rng(),
+            failing_since=c.failing_since,
+            disable_after=self.outbox.disable_after,
+        )
+        return Outcome(
+            c,
+            j.state,
+            j.next_at,
+            True,
+            now,
+            result.status,
+            result.error,
+            latency,
+            j.paused_until,
+            j.disable,
+        )
+
+    async def _attempt(self, c: Claimed, now: float) -> Result:
+        timestamp = int(now)
+        headers = sign(c.secrets, c.body, message_id=c.message_id, timestamp=timestamp)
+        headers["content-type"] = "application/json"
+        try:
+            url, extra, extensions = await self._checked(httpx.URL(c.url))
+            response = await self._client.post(
+                url, content=c.body, headers={**headers, **extra}, extensions=extensions
+            )
+            await response.aclose()
+        except _Refused as exc:
+            return Result(None, str(exc))
+        except httpx.TimeoutException:
+            return Result(None, f"timed out after {self.timeout:g} s")
+        except (httpx.HTTPError, OSError) as exc:
+            return Result(None, _short(f"{type(exc).__name__}: {exc}"))
+        return Result(
+            response.status_code, None, _retry_after(response.headers.get("retry-after"), now)
+        )
+
+    async def _checked(self, url: httpx.URL) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
+        """``url`` pointed at a checked address of its host (Rule 4), with the headers and
+        extensions that keep the host name for HTTP and TLS."""
+        host = url.host
+        try:
+            literal: Address | None = ipaddress.ip_address(host)
+        except ValueError:
+            literal = None
+        if literal is not None:
+            self._check(host, literal)
+            return url, {}, {}
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            addresses = await self._resolve(host, port)
+        except OSError as exc:
+            raise _Refused(f"cannot resolve {host}: {exc.strerror or exc}") from None
+        if not addresses:
+            raise _Refused(f"cannot resolve {host}")
+        checked = [ipaddress.ip_address(a.split("%")[0]) for a in addresses]
+        for address in checked:
+            self._check(host, address)
+        netloc = host if url.port is None else f"{host}:{url.port}"
+        extensions = {"sni_hostname": host} if url.scheme == "https" else {}
+        return url.copy_with(host=str(checked[0])), {"host": netloc}, extensions
+
+    def _check(self, host: str, address: Address) -> None:
+        if self.allow_all:
+            return
+        mapped = getattr(address, "ipv4_mapped", None)
+        target = mapped if mapped is not None else address
+        if target.is_global and not target.is_multicast:
+            return
+        if any(target in network for network in self.allowed):
+            return
+        raise _Refused(
+            f"{host} resolves to {target}, a private or reserved address "
+            "(allow it with allow_private)"
+        )
+
+    async def _rate_limited(self, c: Claimed, now: float) -> float | None:
+        if c.rate_limit is None:
+            return None
+        store = self._rate_store
+        if store is None:
+            from surefoot.storage import store_from_url
+
+            store = self._rate_store = store_from_url(self.outbox.database)
+        limit = parse_limit(c.rate_limit)
+        item = Item(_RATE_KEY.format(c.endpoint), "sliding_log", limit)
+        admitted, decisions = await store.acquire([item], now)
+        return None if admitted else max(decisions[0].retry_after, 0.001)
+
+    def _breaker(self, endpoint: str) -> CircuitBreaker | None:
+        if self._breakers is None:
+            return None
+        breaker = self._breakers.get(endpoint)
+        if breaker is None:
+            breaker = self._breakers[endpoint] = CircuitBreaker(
+                name=f"webhook:{endpoint}",
+                minimum_calls=10,
+                window_size=20,
+                open_wait=30.0,
+                half_open_calls=1,
+                clock=self.outbox.clock,
+                hooks=self.hooks,
+            )
+        return breaker
+
+    async def _report(self) -> None:
+        now = self.outbox.clock.now()
+        if now < self._next_report or not wanted(self.hooks, OutboxBacklog):
+            return
+        self._next_report = now + self.report_every
+        stats = await asyncio.to_thread(self.outbox.stats)
+        rows = tuple(
+            (s.endpoint, s.enabled, s.pending, s.sending, s.failed, s.oldest_undelivered)
+            for s in stats
+        )
+        emit(self.hooks, OutboxBacklog(at=now, request_id="", endpoints=rows))
+
+
+def _deferred(c: Claimed, now: float, wait: float, reason: str) -> Outcome:
+    return Outcome(c, DeliveryState.PENDING, now + wait, False, now, error=reason)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 1] + "…"
+
+
+def _allowed_networks(allow: bool | Iterable[str]) -> tuple[bool, tuple[Network, ...]]:
+    if isinstance(allow, bool):
+        return allow, ()
+    if isinstance(allow, str):
+        allow = [allow]
+    networks = []
+    for index, text in enumerate(allow):
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except (TypeError, ValueError):
+            raise ConfigurationError(
+                f"allow_private[{index}]: expected a network such as '10.0.0.0/8', got {text!r}"
+            ) from None
+    return False, tuple(networks)
