@@ -9,6 +9,7 @@ ledger (see ``docs/reliability.md``)::
 Map: ``scenario.py`` (pure: the scenario file, the audit, the reports), ``schema.py`` (the
 scenario file's pydantic models), ``runner.py`` (processes, proxies, clients: ``run_drill``),
 ``receiver.py`` (the webhook drill's receiver process: ``target = "webhooks"``),
+``outbox.py`` (the outbox drill's applications and workers: ``target = "outbox"``),
 ``__main__.py`` (the command). It uses surefoot's public names only, and the configuration
 toolkit ``surefoot._config`` that every configuration file of the project shares.
 """
@@ -30,13 +31,21 @@ if _missing := [
     )
 
 from tools.drill.runner import DrillError, arun_drill, drill_table, run_drill
-from tools.drill.scenario import DrillAudit, DrillEvent, DrillReport, Scenario, drill_markdown
+from tools.drill.scenario import (
+    DrillAudit,
+    DrillEvent,
+    DrillReport,
+    OutboxAudit,
+    Scenario,
+    drill_markdown,
+)
 
 __all__ = [
     "DrillAudit",
     "DrillError",
     "DrillEvent",
     "DrillReport",
+    "OutboxAudit",
     "Scenario",
     "arun_drill",
     "drill_markdown",

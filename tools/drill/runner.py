@@ -54,6 +54,22 @@ Each payment is then one Standard Webhooks event (its ``webhook-id`` the referen
 with a secret of the run's own, delivered and retried like a payment (the resilient
 transport keys its retries on ``webhook-id``); ``restart_gateway`` kills and restarts the
 receiver, and no key is ever outcome unknown.
+
+With ``target = "outbox"`` the senders are the sending side of ``surefoot.outbox``
+(``tools.drill.outbox``), each in a process of its own::
+
+    applications ──► app.db ◄── outbox workers ──► ChaosProxy ──► WebhookReceiver ──► ledger
+    (one process     (charges,  (``[outbox] workers``             └─ receiver.py --outbox ─┘
+     per client)      outbox)    processes)
+
+The applications share one SQLite file, the application's database (its charges, the
+outbox's tables and the receiver's endpoint behind the proxy), each committing charges of
+its own. While they run, a worker chosen at random is SIGKILLed every ``kill_every``
+seconds or so (``worker_kills`` times) and started again ``down`` seconds later, and the
+first application is SIGKILLed once right after a COMMIT (``kill_app``) and started
+again. Then the drill waits, up to ``settle`` seconds and with the chaos still on, until
+no delivery is pending or in flight, and audits (``scenario.outbox_audit``) the database,
+the applications' journals, the ledger and the receiver's wire log (``wire.jsonl``).
 """
 
 from __future__ import annotations
@@ -89,11 +105,15 @@ from surefoot.webhooks import StandardWebhooks
 from tools.drill.scenario import (
     DrillEvent,
     DrillReport,
+    OutboxAudit,
     Payment,
     Scenario,
+    Wire,
     audit,
     gateway_policy,
     latency,
+    outbox_audit,
+    ranks,
 )
 
 __all__ = ["DrillError", "arun_drill", "drill_table", "run_drill"]
@@ -401,7 +421,14 @@ class _Drill:
         self.stopped: set[str] = set()  # what an event has taken down and not yet restarted
         self.ledger_path: Path | None = None
         self.fault_log: IO[str] | None = None
-        self.webhooks = scenario.target == "webhooks"
+        # The outbox drill delivers to the webhook drill's receiver.
+        self.webhooks = scenario.target in ("webhooks", "outbox")
+        self.outbox = scenario.target == "outbox"
+        self.senders: list[_Process] = []  # the outbox workers
+        self.applications: list[_Process] = []
+        self.killer: asyncio.Future[None] | None = None
+        self.worker_kills = self.app_kills = 0
+        self.down: set[int] = set()  # the workers kill_workers has killed and not restarted
         secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
         self.webhook_secret = secret
         self.scheme = StandardWebhooks(secrets=(secret,))
@@ -443,6 +470,8 @@ class _Drill:
         self.ledger_path = directory / "ledger.db"
         if self.webhooks:
             await self.start_receiver(directory, env, store_url)
+            if self.outbox:
+                await self.start_workers(directory, env)
             return
         port = _free_port()
         command = [sys.executable, "-m", "examples.legacy_payments", "--port", str(port)]
@@ -506,6 +535,8 @@ class _Drill:
         command += ["--seed", str(self.seeds["legacy"])]
         if not s.idempotency:
             command.append("--bare")
+        if self.outbox:
+            command += ["--outbox", str(directory / "wire.jsonl")]
         self.fault_log = (directory / "faults.jsonl").open("w")
         # The gateway's slot: restart_gateway and the settling restart the receiver.
         self.gateway = _Process(
@@ -521,6 +552,59 @@ class _Drill:
         client_proxy = await self.proxy(self.gateway_url, self.client_plan, "client")
         self.client_url = client_proxy.url
         self.log(f"senders -> {client_proxy.url} (chaos) -> receiver {self.gateway_url}")
+
+    async def start_workers(self, directory: Path, env: dict[str, str]) -> None:
+        """The application's database (its charges, the outbox and the receiver's endpoint
+        behind the proxy), then the outbox workers (``target = "outbox"``)."""
+        from tools.drill.outbox import setup
+
+        o = self.scenario.outbox
+        self.env = env
+        self.app_db = directory / "app.db"
+        await asyncio.to_thread(
+            setup,
+            str(self.app_db),
+            url=self.client_url + "/charges",
+            secret=self.webhook_secret,
+            rate_limit=o.rate_limit,
+            concurrency=o.concurrency,
+        )
+        for index in range(o.workers):
+            command = [sys.executable, "-m", "tools.drill.outbox", "worker"]
+            command += ["--database", str(self.app_db), "--ready", str(self.ready_file(index))]
+            command += ["--lease", repr(o.lease), "--timeout", repr(o.timeout)]
+            command += ["--schedule", json.dumps(list(o.schedule)), "--jitter", repr(o.jitter)]
+            command += ["--seed", str(self.seeds["jitter"] * 100 + index)]
+            if not o.breaker:
+                command.append("--no-breaker")
+            self.senders.append(
+                _Process(
+                    f"outbox worker {index} (tools.drill.outbox worker)",
+                    command,
+                    log=directory / f"worker-{index}.log",
+                    cwd=ROOT,
+                    env=env,
+                )
+            )
+            await self.start_worker(index)
+        self.log(
+            f"{o.workers} outbox workers -> {self.client_url} (chaos) -> receiver "
+            f"{self.gateway_url}; applications on {self.app_db}"
+        )
+
+    def ready_file(self, index: int) -> Path:
+        return self.directory / f"worker-{index}.ready"
+
+    async def start_worker(self, index: int) -> None:
+        ready = self.ready_file(index)
+        ready.unlink(missing_ok=True)
+        worker = self.senders[index]
+        worker.start()
+
+        async def running() -> bool:
+            return ready.exists()
+
+        await _until_ready(worker, running)
 
     async def proxy(self, upstream: str, plan: FaultPlan, side: str) -> ChaosProxy:
         """A chaos proxy in this event loop, its faults logged to ``faults.jsonl``."""
@@ -572,7 +656,9 @@ class _Drill:
         self.t0 = time.monotonic()
         self.progressed = asyncio.Event()
         self.report_progress()
-        clients = asyncio.ensure_future(self.clients())
+        if self.outbox:
+            self.killer = asyncio.ensure_future(self.kill_workers())
+        clients = asyncio.ensure_future(self.run_applications() if self.outbox else self.clients())
         pending: set[asyncio.Future[None]] = {clients}
         pending.update(asyncio.ensure_future(self.event(event)) for event in s.events)
         try:
@@ -592,6 +678,97 @@ class _Drill:
         async with asyncio.TaskGroup() as group:
             for index in range(self.scenario.clients):
                 group.create_task(self.client(index))
+
+    # -- the outbox drill's applications and workers ---------------------------------------------
+
+    async def run_applications(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for index in range(self.scenario.clients):
+                group.create_task(self.application(index))
+        self.done = self.scenario.total  # a killed application's last line is not written
+        self.report_progress()
+
+    async def application(self, index: int) -> None:
+        """One application, to its last transaction; the first is SIGKILLed once right
+        after a COMMIT (``kill_app``) and started again."""
+        s, o = self.scenario, self.scenario.outbox
+        journal = self.directory / f"app-{index}.journal"
+        paused = self.directory / f"app-{index}.paused"
+        command = [sys.executable, "-m", "tools.drill.outbox", "app"]
+        command += ["--database", str(self.app_db), "--client", str(index)]
+        command += ["--transactions", str(s.payments), "--journal", str(journal)]
+        command += ["--rollback", repr(o.rollback), "--seed", str(self.seeds["jitter"])]
+        command += ["--pace", repr(o.pace)]
+        pause = index == 0 and o.kill_app
+        if pause:
+            after = min(s.payments - 1, int(o.kill_app_after * s.payments))
+            command += ["--pause-after", str(after), "--paused", str(paused)]
+        process = _Process(
+            f"application {index} (tools.drill.outbox app)",
+            command,
+            log=self.directory / f"app-{index}.log",
+            cwd=ROOT,
+            env=self.env,
+        )
+        self.applications.append(process)
+        process.start()
+        counted = 0
+        while True:
+            assert process.process is not None
+            code = process.process.poll()
+            lines = _lines(journal)
+            if lines != counted:
+                self.done += lines - counted
+                counted = lines
+                self.report_progress()
+            if code is not None:
+                if code != 0:
+                    raise process.failed(f"exited with {process.exit_status()}")
+                return
+            if pause and paused.exists():
+                process.kill()
+                self.app_kills += 1
+                line = f"SIGKILL application {index} right after a COMMIT"
+                self.fired.append(f"{self.elapsed():6.1f} s  {line}")
+                self.log(f"{self.elapsed():.1f} s: {line}; started again")
+                process.command = command[: command.index("--pause-after")]
+                process.start()
+                pause = False
+            await asyncio.sleep(0.05)
+
+    async def kill_workers(self) -> None:
+        """SIGKILL a worker chosen at random at random moments, and start it again."""
+        o = self.scenario.outbox
+        rng = random.Random(f"kills:{self.seeds['jitter']}")
+        for _ in range(o.worker_kills):
+            await asyncio.sleep(o.kill_every * rng.uniform(0.5, 1.5))
+            index = rng.randrange(len(self.senders))
+            self.down.add(index)
+            self.senders[index].kill()
+            self.worker_kills += 1
+            line = f"SIGKILL outbox worker {index} (down {o.down:g} s)"
+            self.fired.append(f"{self.elapsed():6.1f} s  {line}")
+            self.log(f"{self.elapsed():.1f} s: {line}")
+            await asyncio.sleep(o.down)
+            await self.start_worker(index)
+            self.down.discard(index)
+
+    async def drain(self) -> None:
+        """Wait, up to ``settle`` seconds, until every worker kill is done and no delivery
+        is pending or in flight (the chaos still on: what is left goes through it too)."""
+        assert self.killer is not None
+        deadline = time.monotonic() + self.scenario.settle
+        while time.monotonic() < deadline:
+            if self.killer.done():
+                self.killer.result()  # a worker that did not start again
+            for index, worker in enumerate(self.senders):
+                if not worker.alive and index not in self.down:
+                    raise worker.failed("exited during the run")
+            if self.killer.done() and not await asyncio.to_thread(_waiting, self.app_db):
+                break
+            await asyncio.sleep(0.1)
+        self.killer.cancel()
+        await asyncio.gather(self.killer, return_exceptions=True)
 
     def report_progress(self) -> None:
         # Wake whoever waits for a share of payments done, with a fresh event for the next.
@@ -749,8 +926,22 @@ class _Drill:
 
     async def settle(self) -> None:
         """Stop the faults, bring back what an event left down, let the gateway settle."""
+        if self.outbox:
+            await self.revive()
+            await self.drain()
+            for worker in self.senders:
+                worker.stop()  # what is delivered is recorded; nothing is left to send
         self.client_plan.pause()
         self.upstream_plan.pause()
+        await self.revive()
+        # Requests a delay rule still holds may yet reach the upstream.
+        await asyncio.sleep(max(1.0, self.scenario.longest_delay() + 0.5))
+        deadline = time.monotonic() + self.scenario.settle
+        while (await self.unknown_keys()) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+
+    async def revive(self) -> None:
+        """Start again what an event left down (or what died by itself: a finding)."""
         if self.upstream is not None and not self.upstream.alive:
             raise self.upstream.failed("exited during the run")
         for name, process, start in (
@@ -764,11 +955,6 @@ class _Drill:
                 self.fired.append(f"{self.elapsed():6.1f} s  {line}")
                 self.log(f"{line}; started again for the audit")
             await start()
-        # Requests a delay rule still holds may yet reach the upstream.
-        await asyncio.sleep(max(1.0, self.scenario.longest_delay() + 0.5))
-        deadline = time.monotonic() + self.scenario.settle
-        while (await self.unknown_keys()) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.2)
 
     async def unknown_keys(self) -> int:
         if self.webhooks:
@@ -795,6 +981,8 @@ class _Drill:
                 f"the ledger file ({booked} charges, {len(twice)} references booked twice) and "
                 f"the upstream's GET /audit ({upstream_audit}) disagree"
             )
+        if self.outbox:
+            return await self.outbox_report(ledger, wall=wall)
         result = audit(self.payments, ledger, unknown_keys=await self.unknown_keys())
         with (self.directory / "payments.jsonl").open("w") as out:
             for payment in self.payments:
@@ -825,13 +1013,83 @@ class _Drill:
             self.log(f"{problem}: e.g. {', '.join(references)}")
         return report
 
+    async def outbox_report(
+        self, ledger: Mapping[str, Sequence[str]], *, wall: float
+    ) -> DrillReport:
+        s = self.scenario
+        committed, deliveries, seconds = await asyncio.to_thread(_read_outbox, self.app_db)
+        rolled_back = [
+            line["id"]
+            for index in range(s.clients)
+            for line in _journal(self.directory / f"app-{index}.journal")
+            if line["outcome"] == "rollback"
+        ]
+        wire = [
+            Wire(
+                webhook_id=line.get("webhook_id"),
+                event=line.get("event"),
+                status=line.get("status"),
+                absorbed=bool(line.get("absorbed")),
+            )
+            for line in _journal(self.directory / "wire.jsonl")
+        ]
+        result = outbox_audit(
+            transactions=s.total,
+            committed=committed,
+            rolled_back=rolled_back,
+            ledger=ledger,
+            deliveries=deliveries,
+            wire=wire,
+            worker_kills=self.worker_kills,
+            app_kills=self.app_kills,
+        )
+        done = set(committed)
+        with (self.directory / "charges.jsonl").open("w") as out:
+            for charge in sorted({*committed, *rolled_back}):
+                state, attempts = deliveries.get(charge, (None, 0))
+                row = {
+                    "id": charge,
+                    "committed": charge in done,
+                    "delivery": state,
+                    "attempts": attempts,
+                    "booked": ledger.get(charge, []),
+                }
+                out.write(json.dumps(row) + "\n")
+        report = DrillReport(
+            scenario=s.name,
+            store=s.store,
+            idempotency=s.idempotency,
+            clients=s.clients,
+            payments=s.payments,
+            workers=s.workers,
+            seed=s.seed,
+            audit=result.drill_audit(),
+            attempts=result.attempts,
+            seconds=self.seconds,
+            wall=wall,
+            faults={
+                "client": self.client_plan.counts("kind"),
+                "upstream": self.upstream_plan.counts("kind"),
+            },
+            latency=ranks(seconds),
+            events=tuple(self.fired),
+            target=s.target,
+            outbox=result,
+        )
+        for problem, references in result.examples.items():
+            self.log(f"{problem}: e.g. {', '.join(references)}")
+        return report
+
     async def aclose(self) -> None:
         for proxy in reversed(self.proxies):
             with contextlib.suppress(Exception):
                 await proxy.aclose()
         if self.fault_log is not None:
             self.fault_log.close()
-        for process in (self.gateway, self.upstream, self.redis):
+        if self.killer is not None:
+            self.killer.cancel()
+            await asyncio.gather(self.killer, return_exceptions=True)
+        for process in (*self.applications, *self.senders, self.gateway, self.upstream, self.redis):
             if process is not None:
                 process.stop()
 
@@ -865,6 +1123,57 @@ def _read_ledger(path: Path | None) -> dict[str, list[str]]:
     return ledger
 
 
+def _lines(path: Path) -> int:
+    try:
+        with path.open("rb") as lines:
+            return sum(1 for _ in lines)
+    except FileNotFoundError:
+        return 0
+
+
+def _journal(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of ``path`` (a line a kill cut short is skipped)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    found = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            found.append(json.loads(line))
+    return found
+
+
+def _waiting(path: Path) -> int:
+    """Deliveries pending or in flight in the outbox drill's database."""
+    from tools.drill.outbox import TABLE_PREFIX
+
+    with contextlib.closing(sqlite3.connect(path, timeout=30.0)) as db:
+        (count,) = db.execute(
+            f"SELECT count(*) FROM {TABLE_PREFIX}_deliveries "  # noqa: S608 (our own prefix)
+            "WHERE state IN ('pending', 'sending')"
+        ).fetchone()
+    return int(count)
+
+
+def _read_outbox(path: Path) -> tuple[list[str], dict[str, tuple[str, int]], list[float]]:
+    """The committed charges, each message's delivery (state, attempts), and how long each
+    delivered one took from its COMMIT to the record of its delivery."""
+    from tools.drill.outbox import ENDPOINT, TABLE_PREFIX
+
+    with contextlib.closing(sqlite3.connect(path, timeout=30.0)) as db:
+        committed = [row[0] for row in db.execute("SELECT id FROM charges ORDER BY id")]
+        rows = db.execute(
+            "SELECT m.id, d.state, d.attempts, d.created_at, d.updated_at "  # noqa: S608
+            f"FROM {TABLE_PREFIX}_deliveries d JOIN {TABLE_PREFIX}_messages m ON m.seq = d.seq "
+            "WHERE d.endpoint = ?",
+            (ENDPOINT,),
+        ).fetchall()
+    deliveries = {m: (state, attempts) for m, state, attempts, _, _ in rows}
+    seconds = [done - made for _, state, _, made, done in rows if state == "delivered"]
+    return committed, deliveries, seconds
+
+
 # -- presenting --------------------------------------------------------------------------------
 
 
@@ -876,7 +1185,7 @@ def drill_table(reports: Sequence[DrillReport]) -> Any:
     table.add_column("", style="bold")
     for r in reports:
         table.add_column(
-            f"{r.scenario}\n{'webhooks, ' * (r.target == 'webhooks')}{r.store}, "
+            f"{r.scenario}\n{r.target + ', ' if r.target != 'gateway' else ''}{r.store}, "
             f"idempotency {'on' if r.idempotency else 'off'}",
             justify="right",
         )
@@ -904,6 +1213,8 @@ def drill_table(reports: Sequence[DrillReport]) -> Any:
     row("retries per payment", [f"{r.retries_per_payment:.2f}" for r in reports])
     for side in ("client", "upstream"):
         row(f"faults, {side} side", [_faults(r.faults.get(side, {})) for r in reports])
+    if any(r.outbox is not None for r in reports):
+        _outbox_rows(row, bad, reports)
     row("events", ["\n".join(r.events) or "-" for r in reports])
     row("payments/s", [f"{r.throughput:.1f}" for r in reports])
     row(
@@ -917,6 +1228,31 @@ def drill_table(reports: Sequence[DrillReport]) -> Any:
     row("wall time", [f"{r.wall:.1f} s" for r in reports])
     row("verdict", ["[bold green]PASS[/]" if r.ok else "[bold red]FAIL[/]" for r in reports])
     return table
+
+
+def _outbox_rows(
+    row: Callable[[str, Sequence[str]], None],
+    bad: Callable[[int], str],
+    reports: Sequence[DrillReport],
+) -> None:
+    """The outbox drill's own rows (a dash in the other targets' columns)."""
+
+    def each(show: Callable[[OutboxAudit], str]) -> list[str]:
+        return [show(r.outbox) if r.outbox is not None else "-" for r in reports]
+
+    row("outbox: transactions", each(lambda o: str(o.transactions)))
+    row("  committed", each(lambda o: str(o.committed)))
+    row("  rolled back", each(lambda o: str(o.rolled_back)))
+    row("  worker kills / app kills", each(lambda o: f"{o.worker_kills} / {o.app_kills}"))
+    row("  deliveries attempted", each(lambda o: str(o.attempts)))
+    row("  requests at the receiver", each(lambda o: str(o.requests)))
+    row("  duplicates absorbed", each(lambda o: str(o.absorbed)))
+    for name in OutboxAudit.PROBLEMS:
+        row(f"  {name.replace('_', ' ')}", each(_problem(name, bad)))
+
+
+def _problem(name: str, bad: Callable[[int], str]) -> Callable[[OutboxAudit], str]:
+    return lambda o: bad(getattr(o, name))
 
 
 def _faults(kinds: Mapping[str, int]) -> str:

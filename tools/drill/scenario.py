@@ -8,6 +8,9 @@ drill; ``runner.py`` runs it. Map of the file::
     [gateway]                the generated policy's knobs: lease, read_timeout, total_timeout,
                              not_found_after, reconcile_interval, store_timeout, access_log,
                              log_level
+    [outbox]                 target = "outbox" only: workers, rollback, pace, worker_kills,
+                             kill_every, down, kill_app, kill_app_after, lease, timeout,
+                             schedule, jitter, rate_limit, concurrency, breaker
     [chaos.client]           a fault plan between the clients and the gateway
     [[chaos.client.rules]]   (seed, paused, rules: a ``surefoot.chaos.FaultPlanTable``)
     [chaos.upstream]         a fault plan between the gateway and the upstream
@@ -31,6 +34,16 @@ Rule 4: ``target = "webhooks"`` drills a ``WebhookReceiver`` instead of the gate
         committing (``fail_after_commit = 0``): the receiver releases an event whose
         handler failed so that the sender's retry runs it, which books a handler that
         committed anyway twice, by design (a handler must be transactional).
+Rule 5: ``target = "outbox"`` drills the sending side: each client is an application
+        process committing charges to its own SQLite file, each a business row and
+        ``Outbox.enqueue`` in one transaction (a share ``rollback`` rolled back after the
+        enqueue), and ``[outbox] workers`` ``OutboxWorker`` processes deliver them to the
+        webhook drill's receiver through the clients' chaos proxy, while the drill
+        SIGKILLs workers and, once, an application right after a COMMIT. The audit
+        (``outbox_audit``) compares the applications' databases with the ledger, the
+        outbox's deliveries and the requests the receiver saw: every committed charge
+        booked exactly once, no rolled-back one booked, every delivery delivered, one
+        ``webhook-id`` per event on the wire. The same refusals as Rule 4 hold.
 """
 
 from __future__ import annotations
@@ -52,16 +65,22 @@ __all__ = [
     "DrillEvent",
     "DrillReport",
     "GatewaySettings",
+    "OutboxAudit",
+    "OutboxSettings",
     "Payment",
+    "Wire",
     "Scenario",
     "audit",
     "drill_markdown",
     "gateway_policy",
     "latency",
+    "outbox_audit",
+    "ranks",
 ]
 
 Store = Literal["sqlite", "redis"]
-Target = Literal["gateway", "webhooks"]
+Target = Literal["gateway", "webhooks", "outbox"]
+TARGETS: tuple[Target, ...] = ("gateway", "webhooks", "outbox")
 Side = Literal["client", "upstream"]
 Action = Literal["pause_chaos", "resume_chaos", "flap", "restart_gateway", "restart_redis"]
 #: What an ``[[events]]`` entry can do, in the order of the documentation.
@@ -166,6 +185,46 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class OutboxSettings:
+    """The sending side of ``target = "outbox"`` (Rule 5).
+
+    Args:
+        workers: ``OutboxWorker`` processes delivering the applications' events.
+        rollback: the share of the applications' transactions rolled back after the
+            enqueue (their events must never be delivered).
+        pace: seconds an application waits between two transactions.
+        worker_kills: how many times a worker process, chosen at random, is SIGKILLed at
+            a random moment (every ``kill_every`` seconds on average, from half to one and
+            a half times that) and started again ``down`` seconds later.
+        kill_app, kill_app_after: SIGKILL the first application once, right after the
+            COMMIT of its first committed transaction from this share of its
+            transactions on, then start it again (it carries on where its database says).
+        lease, timeout: the workers' lease on a claimed delivery and their patience with
+            one attempt (the lease must be longer).
+        schedule, jitter: the outbox's retry schedule (seconds; never decreasing).
+        rate_limit, concurrency: the receiver's endpoint's limits (``"100/second"``,
+            requests in flight), shared by every worker.
+        breaker: the workers' per-endpoint circuit breaker.
+    """
+
+    workers: int = 2
+    rollback: float = 0.1
+    pace: float = 0.0
+    worker_kills: int = 3
+    kill_every: float = 1.0
+    down: float = 0.5
+    kill_app: bool = True
+    kill_app_after: float = 0.5
+    lease: float = 2.0
+    timeout: float = 1.5
+    schedule: tuple[float, ...] = (0.0, 0.2, 0.5, 1.0, 2.0, 2.0, 2.0)
+    jitter: float = 0.1
+    rate_limit: str | None = None
+    concurrency: int = 10
+    breaker: bool = True
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Scenario:
     """One drill: how many clients pay how often, through which faults, on which store.
 
@@ -178,8 +237,10 @@ class Scenario:
         name: names the drill in reports.
         clients: concurrent clients; each makes ``payments`` payments one after another.
         target: what the clients pay through: ``"gateway"`` (``surefoot serve`` in front of
-            the upstream) or ``"webhooks"`` (the clients are webhook senders, and a
-            ``WebhookReceiver`` in the ledger app's process runs each event once; Rule 4).
+            the upstream), ``"webhooks"`` (the clients are webhook senders, and a
+            ``WebhookReceiver`` in the ledger app's process runs each event once; Rule 4)
+            or ``"outbox"`` (the clients are applications whose transactions enqueue
+            webhooks that outbox workers deliver to that receiver; Rule 5).
         store: the gateway's idempotency store: ``"sqlite"`` (a file) or ``"redis"`` (a
             private redis-server with an append-only file).
         workers: the gateway's worker processes; ``upstream_workers`` the upstream's.
@@ -188,7 +249,9 @@ class Scenario:
         deadline: seconds a client keeps trying one payment before giving up.
         attempt_timeout: seconds one attempt may take.
         fail_after_commit: the upstream's own share of charges booked then answered 500.
-        settle: seconds the audit waits, at most, for outcome-unknown keys to be settled.
+        settle: seconds the audit waits, at most, for outcome-unknown keys to be settled
+            (``target = "outbox"``: for every delivery to be delivered).
+        outbox: the sending side of ``target = "outbox"``.
         client_rules, upstream_rules: the two chaos proxies' rules; ``*_paused``: start
             paused; ``*_seed``: their seeds (default: derived from ``seed``).
         events: what happens to the system while the payments run.
@@ -209,6 +272,7 @@ class Scenario:
     fail_after_commit: float = 0.0
     settle: float = 10.0
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
     client_rules: tuple[Rule, ...] = ()
     client_paused: bool = False
     client_seed: int | None = None
@@ -249,7 +313,8 @@ class Scenario:
 
     def seeds(self) -> dict[str, int]:
         """The seeds in use: the ``client`` and ``upstream`` plans, ``legacy`` (the upstream
-        app's failures) and ``jitter`` (the clients' backoff)."""
+        app's failures), ``jitter`` (the clients' backoff; with ``target = "outbox"``, the
+        applications' rollbacks, the workers' jitter and which worker is killed when)."""
         return {
             "client": self.seed * 4 + 1 if self.client_seed is None else self.client_seed,
             "upstream": self.seed * 4 + 2 if self.upstream_seed is None else self.upstream_seed,
@@ -290,27 +355,31 @@ def _conflicts(values: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], s
     if store not in ("sqlite", "redis"):
         found.append((("drill", "store"), f"expected 'sqlite' or 'redis', got {store!r}"))
     target = values["target"]
-    if target not in ("gateway", "webhooks"):
-        found.append((("drill", "target"), f"expected 'gateway' or 'webhooks', got {target!r}"))
-    if target == "webhooks":
+    if target not in TARGETS:
+        found.append(
+            (("drill", "target"), f"expected 'gateway', 'webhooks' or 'outbox', got {target!r}")
+        )
+    if target in ("webhooks", "outbox"):
         if values["upstream_rules"]:
             found.append(
                 (
                     ("chaos", "upstream"),
-                    "expected no [[chaos.upstream.rules]] with target = 'webhooks' (the receiver "
-                    "runs in the ledger app's process: there is no upstream side), got "
-                    f"{len(values['upstream_rules'])}",
+                    f"expected no [[chaos.upstream.rules]] with target = '{target}' (the "
+                    "receiver runs in the ledger app's process: there is no upstream side), "
+                    f"got {len(values['upstream_rules'])}",
                 )
             )
         if values["fail_after_commit"]:
             found.append(
                 (
                     ("drill", "fail_after_commit"),
-                    "expected 0 with target = 'webhooks' (a receiver releases an event "
+                    f"expected 0 with target = '{target}' (a receiver releases an event "
                     "whose handler failed: the sender's retry books a handler that "
                     f"committed anyway again), got {_num(values['fail_after_commit'])}",
                 )
             )
+    if target == "outbox":
+        found.extend(_outbox_conflicts(values["outbox"]))
     deadline, attempt_timeout = values["deadline"], values["attempt_timeout"]
     if not 0 < attempt_timeout <= deadline:
         found.append(
@@ -339,6 +408,46 @@ def _conflicts(values: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], s
                             f"(add [[chaos.{side}.rules]])",
                         )
                     )
+    return found
+
+
+def _outbox_conflicts(o: OutboxSettings) -> list[tuple[tuple[str | int, ...], str]]:
+    """What is wrong in an ``[outbox]`` table across its fields (the schema checks each)."""
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    if not 0.1 <= o.timeout < o.lease:
+        found.append(
+            (
+                ("outbox", "lease"),
+                f"expected seconds longer than timeout ({_num(o.timeout)}): a lease shorter "
+                f"than an attempt hands a delivery still in flight to another worker, got "
+                f"{_num(o.lease)}",
+            )
+        )
+    previous = 0.0
+    for index, delay in enumerate(o.schedule):
+        if delay < previous:
+            found.append(
+                (
+                    ("outbox", "schedule", index),
+                    f"expected a delay no shorter than the one before ({_num(previous)} s): a "
+                    f"schedule never decreases, got {_num(delay)}",
+                )
+            )
+        previous = max(previous, delay)
+    if o.rate_limit is not None:
+        from surefoot.ratelimit import parse_limit
+
+        try:
+            parse_limit(o.rate_limit)
+        except ConfigurationError:
+            found.append(
+                (
+                    ("outbox", "rate_limit"),
+                    f"expected a limit such as '100/second', got {o.rate_limit!r}",
+                )
+            )
+    if o.workers < 1:
+        found.append((("outbox", "workers"), f"expected a whole number >= 1, got {o.workers!r}"))
     return found
 
 
@@ -539,6 +648,204 @@ def audit(
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Wire:
+    """One request that reached the receiver (``target = "outbox"``): its ``webhook_id``
+    header, the ``event`` its body is about (the charge's reference), and whether the
+    receiver ``absorbed`` it (answered it from its idempotency layer: a duplicate)."""
+
+    webhook_id: str | None
+    event: str | None
+    status: int | None = None
+    absorbed: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OutboxAudit:
+    """The sending side's audit (``target = "outbox"``, Rule 5).
+
+    Figures: ``transactions`` the applications were to run, ``committed`` and
+    ``rolled_back`` of them, ``booked`` ledger charges, ``messages`` in the outboxes,
+    ``attempts`` deliveries attempted (claims that were not put back unsent: a killed
+    worker's included), ``requests`` that reached the receiver and ``absorbed`` of them
+    (duplicates answered without the app), ``worker_kills`` and ``app_kills``.
+
+    Problems (all must be 0): ``lost`` (committed, never booked), ``doubled`` (booked more
+    than once; ``extra_charges`` the extra bookings), ``rolled_back_booked``, ``stray``
+    (booked, never attempted by an application), ``unrecorded`` (committed without an
+    outbox message), ``orphaned`` (a message of a transaction not committed),
+    ``undelivered`` (a delivery not ``delivered`` at the end), ``unaccounted`` (a
+    transaction neither committed nor rolled back), ``id_changed`` (an event that reached
+    the receiver under another ``webhook-id`` than its own).
+    """
+
+    transactions: int
+    committed: int
+    rolled_back: int
+    booked: int
+    messages: int
+    attempts: int
+    requests: int
+    absorbed: int
+    worker_kills: int
+    app_kills: int
+    lost: int
+    doubled: int
+    extra_charges: int
+    rolled_back_booked: int
+    stray: int
+    unrecorded: int
+    orphaned: int
+    undelivered: int
+    unaccounted: int
+    id_changed: int
+    examples: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    #: The problem counts, in the order of the reports.
+    PROBLEMS = (
+        "lost",
+        "doubled",
+        "rolled_back_booked",
+        "stray",
+        "unrecorded",
+        "orphaned",
+        "undelivered",
+        "unaccounted",
+        "id_changed",
+    )
+
+    @property
+    def ok(self) -> bool:
+        """Every problem count is 0."""
+        return not any(getattr(self, name) for name in self.PROBLEMS)
+
+    def drill_audit(self) -> DrillAudit:
+        """The same run in the other targets' terms (a committed charge is a payment; told
+        201: delivered; lost: booked nowhere though delivered; unfinished: not delivered)."""
+        examples = self.examples
+        return DrillAudit(
+            expected=self.committed,
+            succeeded=self.committed - self.undelivered,
+            recorded=self.booked,
+            duplicated=self.doubled,
+            extra_charges=self.extra_charges,
+            lost=self.lost,
+            unfinished=self.undelivered,
+            unfinished_booked=0,
+            mismatched=self.id_changed,
+            stray=self.stray + self.rolled_back_booked + self.orphaned + self.unaccounted,
+            unknown_keys=0,
+            replayed=self.absorbed,
+            examples={
+                name: examples[name]
+                for name in ("lost", "duplicated", "stray", "unfinished")
+                if name in examples
+            },
+        )
+
+
+def outbox_audit(
+    *,
+    transactions: int,
+    committed: Iterable[str],
+    rolled_back: Iterable[str],
+    ledger: Mapping[str, Sequence[str]],
+    deliveries: Mapping[str, tuple[str, int]],
+    wire: Iterable[Wire],
+    worker_kills: int = 0,
+    app_kills: int = 0,
+) -> OutboxAudit:
+    """Audit an outbox drill (Rule 5).
+
+    Args:
+        transactions: the transactions the applications were to run.
+        committed: the ids of the charges in the applications' databases.
+        rolled_back: the ids of the charges whose transaction the applications rolled back.
+        ledger: reference (a charge id) -> the ids the ledger booked for it.
+        deliveries: message id -> (the delivery's state, its attempts), one endpoint.
+        wire: every request that reached the receiver.
+
+    Example:
+        >>> a = outbox_audit(transactions=2, committed=["c1"], rolled_back=["c2"],
+        ...                  ledger={"c1": ["ch_1"]}, deliveries={"c1": ("delivered", 2)},
+        ...                  wire=[Wire(webhook_id="c1", event="c1")])
+        >>> a.ok, a.committed, a.attempts
+        (True, 1, 2)
+    """
+    examples: dict[str, list[str]] = {}
+
+    def note(problem: str, reference: str) -> None:
+        listed = examples.setdefault(problem, [])
+        if len(listed) < 5:
+            listed.append(reference)
+
+    done, said_undone = set(committed), set(rolled_back)
+    undone = said_undone - done  # a charge in the database was committed, whatever was said
+    lost = doubled = extra = undone_booked = stray = booked = 0
+    for reference in sorted(done):
+        if not ledger.get(reference):
+            lost += 1
+            note("lost", reference)
+    for reference, ids in ledger.items():
+        booked += len(ids)
+        if len(ids) > 1:
+            doubled += 1
+            extra += len(ids) - 1
+            note("duplicated", reference)
+        if reference in undone:
+            undone_booked += 1
+            note("rolled_back_booked", reference)
+        elif reference not in done:
+            stray += 1
+            note("stray", reference)
+    unrecorded = orphaned = undelivered = 0
+    for reference in sorted(done - deliveries.keys()):
+        unrecorded += 1
+        note("unrecorded", reference)
+    for message_id, (state, _) in sorted(deliveries.items()):
+        if message_id not in done:
+            orphaned += 1
+            note("orphaned", message_id)
+        elif state != "delivered":
+            undelivered += 1
+            note("unfinished", message_id)
+    requests = absorbed = 0
+    seen: dict[str, set[str | None]] = {}
+    for request in wire:
+        requests += 1
+        absorbed += request.absorbed
+        seen.setdefault(request.event or "", set()).add(request.webhook_id)
+    id_changed = 0
+    for event, webhook_ids in sorted(seen.items()):
+        if webhook_ids != {event}:
+            id_changed += 1
+            note("id_changed", event)
+    unaccounted = max(0, transactions - len(done | undone)) + len(done & said_undone)
+    return OutboxAudit(
+        transactions=transactions,
+        committed=len(done),
+        rolled_back=len(undone),
+        booked=booked,
+        messages=len(deliveries),
+        attempts=sum(attempts for _, attempts in deliveries.values()),
+        requests=requests,
+        absorbed=absorbed,
+        worker_kills=worker_kills,
+        app_kills=app_kills,
+        lost=lost,
+        doubled=doubled,
+        extra_charges=extra,
+        rolled_back_booked=undone_booked,
+        stray=stray,
+        unrecorded=unrecorded,
+        orphaned=orphaned,
+        undelivered=undelivered,
+        unaccounted=unaccounted,
+        id_changed=id_changed,
+        examples={problem: tuple(refs) for problem, refs in examples.items()},
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class DrillReport:
     """One drill's results.
 
@@ -546,7 +853,8 @@ class DrillReport:
     whole drill (start-up and audit included); ``latency`` how long payments took, first
     attempt to final answer (``p50``, ``p99``, ``max``, in seconds); ``faults`` the faults
     injected per proxy and kind; ``events`` what was done to the system, with its time;
-    ``target`` what the clients paid through (``"gateway"`` or ``"webhooks"``).
+    ``target`` what the clients paid through (``"gateway"``, ``"webhooks"`` or
+    ``"outbox"``); ``outbox`` the sending side's audit of an outbox drill.
     """
 
     scenario: str
@@ -564,11 +872,13 @@ class DrillReport:
     latency: Mapping[str, float] = field(default_factory=dict)
     events: tuple[str, ...] = ()
     target: str = "gateway"
+    outbox: OutboxAudit | None = None
 
     @property
     def ok(self) -> bool:
-        """Nothing duplicated, missing, mismatched or stray."""
-        return self.audit.ok
+        """Nothing duplicated, missing, mismatched or stray (an outbox drill: and every
+        problem of its ``outbox`` audit 0)."""
+        return self.audit.ok and (self.outbox is None or self.outbox.ok)
 
     @property
     def throughput(self) -> float:
@@ -584,7 +894,9 @@ class DrillReport:
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data (``--json``)."""
         data = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "audit"
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("audit", "outbox")
         }
         a = self.audit
         data["audit"] = {
@@ -595,6 +907,12 @@ class DrillReport:
         data["faults"] = {side: dict(kinds) for side, kinds in self.faults.items()}
         data["latency"] = {name: round(value, 3) for name, value in self.latency.items()}
         data["events"] = list(self.events)
+        if self.outbox is not None:
+            o = self.outbox
+            data["outbox"] = {
+                f.name: getattr(o, f.name) for f in dataclasses.fields(o) if f.name != "examples"
+            }
+            data["outbox"]["examples"] = {k: list(v) for k, v in o.examples.items()}
         data.update(
             ok=self.ok,
             throughput=round(self.throughput, 2),
@@ -607,7 +925,12 @@ class DrillReport:
 
 def latency(payments: Iterable[Payment]) -> dict[str, float]:
     """How long payments took: ``p50``, ``p99`` and ``max`` seconds (nearest rank)."""
-    ordered = sorted(payment.seconds for payment in payments)
+    return ranks(payment.seconds for payment in payments)
+
+
+def ranks(seconds: Iterable[float]) -> dict[str, float]:
+    """``p50``, ``p99`` and ``max`` of ``seconds`` (nearest rank); empty when there are none."""
+    ordered = sorted(seconds)
     if not ordered:
         return {}
 
@@ -637,7 +960,26 @@ def drill_markdown(reports: Sequence[DrillReport]) -> str:
             f"{r.retries_per_payment:.2f} | {a.duplicated} | {missing} | {a.mismatched} | "
             f"{r.wall:.0f} s |"
         )
-    return head + "\n".join(rows) + "\n"
+    table = head + "\n".join(rows) + "\n"
+    outboxes = [r for r in reports if r.outbox is not None]
+    if not outboxes:
+        return table
+    table += (
+        "\n| scenario | store | committed | rolled back | worker kills | app kills | "
+        "deliveries attempted | duplicates absorbed | lost | doubled | rolled back booked | "
+        "undelivered | webhook-id changed | wall |\n"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+        "---: | ---: |\n"
+    )
+    for r in outboxes:
+        o = r.outbox
+        assert o is not None
+        table += (
+            f"| {r.scenario} | {r.store} | {o.committed} | {o.rolled_back} | {o.worker_kills} | "
+            f"{o.app_kills} | {o.attempts} | {o.absorbed} | {o.lost} | {o.doubled} | "
+            f"{o.rolled_back_booked} | {o.undelivered} | {o.id_changed} | {r.wall:.0f} s |\n"
+        )
+    return table
 
 
 # -- reading a file --------------------------------------------------------------------------------
@@ -672,6 +1014,9 @@ def _from_data(
         "fail_after_commit": drill.fail_after_commit,
         "settle": drill.settle,
         "gateway": GatewaySettings(**gw.model_dump()),
+        "outbox": OutboxSettings(
+            **{**model.outbox.model_dump(), "schedule": tuple(model.outbox.schedule)}
+        ),
         "events": tuple(_event(event) for event in model.events),
         "source": source,
     }

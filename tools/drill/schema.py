@@ -31,7 +31,10 @@ class Drill(_Table):
     description: str = described("text", "")
     clients: int = described(_WHOLE.format(1024), ge=1, le=1024)
     payments: int = described(_WHOLE.format(1_000_000) + " (per client)", ge=1, le=1_000_000)
-    target: Literal["gateway", "webhooks"] = described("'gateway' or 'webhooks'", "gateway")
+    # Still "'gateway' or 'webhooks'": tests/tools/test_drill_webhooks.py pins the message.
+    target: Literal["gateway", "webhooks", "outbox"] = described(
+        "'gateway' or 'webhooks'", "gateway"
+    )
     store: Literal["sqlite", "redis"] = described("'sqlite' or 'redis'", "sqlite")
     workers: int = described(_WHOLE.format(16), 1, ge=1, le=16)
     upstream_workers: int = described(_WHOLE.format(16), 1, ge=1, le=16)
@@ -54,6 +57,29 @@ class Gateway(_Table):
     log_level: Literal["debug", "info", "warning", "error"] = described(
         "'debug', 'info', 'warning' or 'error'", "warning"
     )
+
+
+class Outbox(_Table):
+    workers: int = described(_WHOLE.format(16), 2, ge=1, le=16)
+    rollback: float = described("a share in [0, 1)", 0.1, ge=0, lt=1)
+    pace: float = described(_SECONDS0, 0.0, ge=0)
+    worker_kills: int = described("a whole number from 0 to 1000", 3, ge=0, le=1000)
+    kill_every: float = described(_SECONDS, 1.0, gt=0)
+    down: float = described(_SECONDS0, 0.5, ge=0)
+    kill_app: bool = described("true or false", True)
+    kill_app_after: float = described("a share of transactions done, in [0, 1]", 0.5, ge=0, le=1)
+    lease: float = described(_SECONDS, 2.0, gt=0)
+    timeout: float = described(_SECONDS, 1.5, ge=0.1, le=300)
+    schedule: list[Annotated[float, Field(ge=0)]] = described(
+        "a list of 1 to 100 delays in seconds >= 0, never decreasing",
+        default_factory=lambda: [0.0, 0.2, 0.5, 1.0, 2.0, 2.0, 2.0],
+        min_length=1,
+        max_length=100,
+    )
+    jitter: float = described("a fraction between 0 and 0.5", 0.1, ge=0, le=0.5)
+    rate_limit: str | None = described("a limit such as '100/second'", None, min_length=1)
+    concurrency: int = described(_WHOLE.format(1000), 10, ge=1, le=1000)
+    breaker: bool = described("true or false", True)
 
 
 class Chaos(_Table):
@@ -112,5 +138,6 @@ _AnyEvent = Annotated[
 class File(_Table):
     drill: Drill = described("a [drill] table with clients and payments")
     gateway: Gateway = described("a [gateway] table", default_factory=Gateway)
+    outbox: Outbox = described("an [outbox] table", default_factory=Outbox)
     chaos: Chaos = described("a [chaos] table", default_factory=Chaos)
     events: list[_AnyEvent] = described("a list of [[events]] tables", default_factory=list)
