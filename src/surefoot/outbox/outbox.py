@@ -508,6 +508,18 @@ class _Connection:
             self._conn.close()
 
 
+def _listed(event_types: object) -> tuple[Any, ...]:
+    if not isinstance(event_types, Iterable) or isinstance(event_types, bytes | dict):
+        _fail("event_types", "a list of event types such as 'invoice.paid'", event_types)
+    return tuple(event_types)
+
+
+def _delays(schedule: object) -> tuple[Any, ...]:
+    if not isinstance(schedule, Sequence) or isinstance(schedule, str | bytes):
+        _fail("schedule", "a list of delays in seconds", schedule)
+    return tuple(schedule)
+
+
 def _dialect_of(url: str) -> Dialect:
     if url.startswith("sqlite://"):
         return "sqlite"
@@ -566,7 +578,7 @@ class Outbox:
         if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
             _fail("prefix", "a lower-case SQL name (letters, digits, _)", prefix)
         if event_types is not None:
-            types = tuple(event_types) if not isinstance(event_types, str) else (event_types,)
+            types = (event_types,) if isinstance(event_types, str) else _listed(event_types)
             for index, t in enumerate(types):
                 name = t[:-2] if isinstance(t, str) and t.endswith(".*") else t
                 if not is_event_type(name):
@@ -575,7 +587,7 @@ class Outbox:
         if not isinstance(max_payload, int) or not 1024 <= max_payload <= 16 * 1024 * 1024:
             _fail("max_payload", "bytes between 1024 and 16777216", max_payload)
         if not isinstance(schedule, RetrySchedule):
-            schedule = RetrySchedule() if schedule is None else RetrySchedule(tuple(schedule))
+            schedule = RetrySchedule() if schedule is None else RetrySchedule(_delays(schedule))
         if not isinstance(disable_after, int | float) or not 60 <= disable_after <= 90 * 86400:
             _fail("disable_after", "seconds between 60 and 7776000 (90 days)", disable_after)
         self.database = database
@@ -637,8 +649,10 @@ class Outbox:
             cursor: Any = conn.cursor()
             cursor.row_factory = None
         else:
+            from psycopg.rows import tuple_row
+
             _require_psycopg_transaction(conn)
-            cursor = conn.cursor()
+            cursor = conn.cursor(row_factory=tuple_row)  # whatever the application's is
         with _translated():
             cursor.execute(sql.insert_message, row)
             inserted = cursor.fetchone()
@@ -664,6 +678,7 @@ class Outbox:
     ) -> str:
         """``enqueue`` on a ``psycopg.AsyncConnection``."""
         import psycopg
+        from psycopg.rows import tuple_row
 
         if not isinstance(conn, psycopg.AsyncConnection):
             raise TypeError(
@@ -673,7 +688,7 @@ class Outbox:
         _require_psycopg_transaction(conn)
         sql = self._postgres
         with _translated():
-            async with conn.cursor() as cursor:
+            async with conn.cursor(row_factory=tuple_row) as cursor:
                 await cursor.execute(sql.insert_message, row)
                 inserted = await cursor.fetchone()
                 if inserted is None:
@@ -715,8 +730,8 @@ class Outbox:
             _fail("tenant", "1 to 64 of A-Z a-z 0-9 _ . : -", tenant)
         if event_id is None:
             event_id = "msg_" + _secrets.token_hex(13)
-        elif not is_event_id(event_id):
-            _fail("event_id", "1 to 200 printable ASCII characters", event_id)
+        elif not isinstance(event_id, str) or not is_event_id(event_id):
+            _fail("event_id", "1 to 255 printable ASCII characters", event_id)
         if ordering_key is not None and not (
             isinstance(ordering_key, str) and _ORDERING_KEY.fullmatch(ordering_key)
         ):
@@ -776,7 +791,10 @@ class Outbox:
         stored = [[check_secret(s, f"secrets[{i}]"), None] for i, s in enumerate(secrets)]
         types = self._accepted(event_types)
         if rate_limit is not None:
-            parse_limit(rate_limit)
+            try:
+                parse_limit(rate_limit)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"rate_limit: {exc}") from None
         if (
             not isinstance(concurrency, int)
             or isinstance(concurrency, bool)
@@ -803,15 +821,19 @@ class Outbox:
     def _accepted(self, event_types: Iterable[str] | None) -> list[str] | None:
         if event_types is None:
             return None
-        types = [event_types] if isinstance(event_types, str) else list(event_types)
+        types = [event_types] if isinstance(event_types, str) else list(_listed(event_types))
         if not types:
             _fail("event_types", "at least one type, or None for every type", types)
         for index, t in enumerate(types):
             bare = t[:-2] if isinstance(t, str) and t.endswith(".*") else t
             if not is_event_type(bare):
                 _fail(f"event_types[{index}]", "an event type such as 'invoice.paid'", t)
+            # Accepted: a declared type, a type or family within a declared family, or a
+            # family that holds a declared type ("invoice.*" when "invoice.paid" is sent).
             if self.event_types is not None and not (
-                matches(bare, self.event_types) or t in self.event_types
+                matches(bare, self.event_types)
+                or t in self.event_types
+                or any(matches(declared, (t,)) for declared in self.event_types)
             ):
                 _fail(f"event_types[{index}]", f"one of {list(self.event_types)}", t)
         return types
@@ -825,14 +847,17 @@ class Outbox:
 
     def endpoints(self, *, tenant: str | None = None, name: str | None = None) -> list[Endpoint]:
         """Every endpoint (of ``tenant``), by name."""
-        query, params = self.sql.endpoints, []
-        if tenant is not None or name is not None:
-            column, value = ("tenant", tenant) if tenant is not None else ("name", name)
-            query += f" WHERE {column} = " + ("?" if self.dialect == "sqlite" else "%s")
-            params.append(value)
+        mark = "?" if self.dialect == "sqlite" else "%s"
+        where, params = [], []
+        for column, value in (("tenant", tenant), ("name", name)):
+            if value is not None:
+                where.append(f"{column} = {mark}")
+                params.append(value)
+        query = self.sql.endpoints + (" WHERE " + " AND ".join(where) if where else "")
         with self._connection().transaction() as cursor:
             cursor.execute(query + " ORDER BY name", params)
             rows = cursor.fetchall()
+        now = self.clock.now()
         return [
             Endpoint(
                 n,
@@ -844,7 +869,7 @@ class Outbox:
                 bool(en),
                 dr,
                 fs,
-                len(json.loads(s)),
+                sum(1 for _, e in json.loads(s) if e is None or e > now),  # those that still sign
             )
             for n, t, u, et, rl, c, en, dr, fs, s in rows
         ]
