@@ -69,7 +69,7 @@ def test_the_ci_scenario_loads() -> None:
     [
         (
             WEBHOOKS.replace('target = "webhooks"', 'target = "queue"'),
-            "F:2: drill.target: expected 'gateway' or 'webhooks', got 'queue'",
+            "F:2: drill.target: expected 'gateway', 'webhooks' or 'outbox', got 'queue'",
         ),
         (
             WEBHOOKS

@@ -31,9 +31,8 @@ class Drill(_Table):
     description: str = described("text", "")
     clients: int = described(_WHOLE.format(1024), ge=1, le=1024)
     payments: int = described(_WHOLE.format(1_000_000) + " (per client)", ge=1, le=1_000_000)
-    # Still "'gateway' or 'webhooks'": tests/tools/test_drill_webhooks.py pins the message.
     target: Literal["gateway", "webhooks", "outbox"] = described(
-        "'gateway' or 'webhooks'", "gateway"
+        "'gateway', 'webhooks' or 'outbox'", "gateway"
     )
     store: Literal["sqlite", "redis"] = described("'sqlite' or 'redis'", "sqlite")
     workers: int = described(_WHOLE.format(16), 1, ge=1, le=16)
