@@ -13,14 +13,17 @@ Rule 1: no transaction is open while a request is in flight; a worker killed bet
         out, then another worker sends them again under the same message id.
 Rule 2: the per-endpoint rate limit is a sliding log in a shared store (by default the
         outbox's own database), checked before each attempt, so it holds across every
-        worker; a refused delivery goes back unsent, due when the limit has room.
+        worker; a refused delivery goes back unsent, due when the limit has room, and
+        so does one whose limit cannot be checked (the store is down): never sent unchecked.
 Rule 3: the circuit breaker is per endpoint and per worker (surefoot's ``CircuitBreaker``):
         while it is open, deliveries go back unsent, due when it half-opens.
 Rule 4: the destination's host is resolved before each attempt and every address it
-        resolves to must be public (``ipaddress``' ``is_global``) unless ``allow_private``
-        says otherwise; the request then goes to the checked address (TLS still checks
-        the host name), so a DNS answer that changes in between cannot redirect it.
-        Redirects are never followed (a 3xx is a failed attempt).
+        resolves to (or the IPv4 address an IPv6 one embeds) must be public (``ipaddress``'
+        ``is_global``, not multicast) unless ``allow_private`` says otherwise; the request
+        then goes to the checked address (TLS still checks the host name), so a DNS answer
+        that changes in between cannot redirect it. Redirects are never followed (a 3xx is
+        a failed attempt). The timeout bounds the whole attempt, resolving included, and
+        the response's body is never read.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import httpx
 
 from surefoot._version import __version__
 from surefoot.client import CircuitBreaker
-from surefoot.errors import CircuitOpen, ConfigurationError
+from surefoot.errors import CircuitOpen, ConfigurationError, SurefootError
 from surefoot.events import EventHook, LoggingHook, emit, wanted
 from surefoot.outbox._core import DeliveryState, Result, judge
 from surefoot.outbox._events import (
@@ -59,6 +62,7 @@ Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
 _RATE_KEY = "surefoot:outbox:{}"
 _MAX_ERROR = 200
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 class _Refused(Exception):
@@ -138,20 +142,18 @@ class OutboxWorker:
             ("poll_interval", poll_interval, 0.001, 60.0),
             ("report_every", report_every, 0.1, 3600.0),
         ):
-            if not isinstance(value, int | float) or not low <= value <= high:
+            if not _is_number(value) or not low <= value <= high:
                 raise ConfigurationError(
                     f"{name}: expected seconds between {low} and {high}, got {value!r}"
                 )
         for name, count in (("max_in_flight", max_in_flight), ("batch", batch)):
-            if not isinstance(count, int) or not 1 <= count <= 10000:
+            if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 10000:
                 raise ConfigurationError(
                     f"{name}: expected a number between 1 and 10000, got {count!r}"
                 )
         self.outbox = outbox
         self.timeout = float(timeout)
-        if lease is not None and (
-            not isinstance(lease, int | float) or not timeout < lease <= 3600
-        ):
+        if lease is not None and (not _is_number(lease) or not timeout < lease <= 3600):
             raise ConfigurationError(
                 f"lease: expected seconds longer than the timeout ({timeout:g}) and at most 3600, "
                 f"got {lease!r}"
@@ -210,7 +212,7 @@ class OutboxWorker:
                     )
                     in_flight -= finished
                     done.extend(t.result() for t in finished)
-                elif not claimed:
+                else:  # nothing claimed, nothing in flight
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), self.poll_interval)
                 if done:
@@ -242,6 +244,7 @@ class OutboxWorker:
 
     async def _record(self, outcomes: Sequence[Outcome]) -> None:
         kept = await asyncio.to_thread(self.outbox.record, self._conn, outcomes)
+        disabled: set[str] = set()
         for o in kept:
             c = o.claimed
             if not o.attempted:
@@ -276,7 +279,9 @@ class OutboxWorker:
                     latency=o.latency,
                 ),
             )
-            if o.disable is not None:
+            if o.disable is not None and c.endpoint not in disabled:
+                # The first disable of a pass is the one the database keeps (Outbox.record).
+                disabled.add(c.endpoint)
                 emit(
                     self.hooks,
                     WebhookEndpointDisabled(
@@ -286,7 +291,12 @@ class OutboxWorker:
 
     async def _deliver(self, c: Claimed) -> Outcome:
         now = self.outbox.clock.now()
-        wait = await self._rate_limited(c, now)
+        try:
+            wait = await self._rate_limited(c, now)
+        except SurefootError as exc:
+            # Never sent unchecked (the limit is the consumer's), never failing the pass.
+            back = float(exc.fields.get("retry_after") or 1)
+            return _deferred(c, now, back, "rate_limit_unavailable")
         if wait is not None:
             return _deferred(c, now, wait, "rate_limited")
         breaker = self._breaker(c.endpoint)
@@ -334,14 +344,20 @@ class OutboxWorker:
         headers = sign(c.secrets, c.body, message_id=c.message_id, timestamp=timestamp)
         headers["content-type"] = "application/json"
         try:
-            url, extra, extensions = await self._checked(httpx.URL(c.url))
-            response = await self._client.post(
-                url, content=c.body, headers={**headers, **extra}, extensions=extensions
-            )
-            await response.aclose()
+            # The timeout bounds the whole attempt (resolving included), so the lease,
+            # longer than the timeout, outlives it (Rule 2 of _core).
+            async with asyncio.timeout(self.timeout):
+                url, extra, extensions = await self._checked(httpx.URL(c.url))
+                request = self._client.build_request(
+                    "POST", url, content=c.body, headers={**headers, **extra}, extensions=extensions
+                )
+                # Only the status line and headers count: the body is never read, so a
+                # consumer cannot hold the worker (or its memory) with an endless answer.
+                response = await self._client.send(request, stream=True)
+                await response.aclose()
         except _Refused as exc:
             return Result(None, str(exc))
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError):
             return Result(None, f"timed out after {self.timeout:g} s")
         except (httpx.HTTPError, OSError) as exc:
             return Result(None, _short(f"{type(exc).__name__}: {exc}"))
@@ -352,7 +368,7 @@ class OutboxWorker:
     async def _checked(self, url: httpx.URL) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
         """``url`` pointed at a checked address of its host (Rule 4), with the headers and
         extensions that keep the host name for HTTP and TLS."""
-        host = url.host
+        host = url.raw_host.decode("ascii")  # url.host is the Unicode form of an IDN
         try:
             literal: Address | None = ipaddress.ip_address(host)
         except ValueError:
@@ -363,11 +379,13 @@ class OutboxWorker:
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
             addresses = await self._resolve(host, port)
+            checked = [ipaddress.ip_address(a.split("%")[0]) for a in addresses]
         except OSError as exc:
             raise _Refused(f"cannot resolve {host}: {exc.strerror or exc}") from None
-        if not addresses:
+        except ValueError as exc:  # UnicodeError (a label too long), or not an address
+            raise _Refused(_short(f"cannot resolve {host}: {exc}")) from None
+        if not checked:
             raise _Refused(f"cannot resolve {host}")
-        checked = [ipaddress.ip_address(a.split("%")[0]) for a in addresses]
         for address in checked:
             self._check(host, address)
         netloc = host if url.port is None else f"{host}:{url.port}"
@@ -377,8 +395,7 @@ class OutboxWorker:
     def _check(self, host: str, address: Address) -> None:
         if self.allow_all:
             return
-        mapped = getattr(address, "ipv4_mapped", None)
-        target = mapped if mapped is not None else address
+        target = _embedded(address)
         if target.is_global and not target.is_multicast:
             return
         if any(target in network for network in self.allowed):
@@ -428,6 +445,25 @@ class OutboxWorker:
             for s in stats
         )
         emit(self.hooks, OutboxBacklog(at=now, request_id="", endpoints=rows))
+
+
+def _embedded(address: Address) -> Address:
+    """The IPv4 address an IPv6 one stands for (mapped ``::ffff:a.b.c.d``, 6to4, NAT64's
+    ``64:ff9b::/96``, the old compatible ``::a.b.c.d``), which is the one to check:
+    ``ipaddress`` calls ``::127.0.0.1`` and ``2002:7f00:1::`` global; else ``address``."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return address
+    embedded = address.ipv4_mapped or address.sixtofour
+    if embedded is not None:
+        return embedded
+    value = int(address)
+    if address in _NAT64 or (value >> 32 == 0 and value > 1):  # not "::" nor "::1"
+        return ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    return address
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _deferred(c: Claimed, now: float, wait: float, reason: str) -> Outcome:
