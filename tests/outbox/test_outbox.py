@@ -462,6 +462,10 @@ def test_the_payload_bound_counts_the_json_body(db: Db) -> None:
         ({"url": 5}, "url", None),
         ({"url": "https://user:hunter2pass@hooks.example/in"}, "url", "hunter2pass"),
         ({"url": "https://hunter2token@hooks.example/in"}, "url", "hunter2token"),
+        ({"url": "ftp://u:hunter2ftp@hooks.example/in"}, "url", "hunter2ftp"),
+        ({"url": "https://u:hunter2nohost@/in"}, "url", "hunter2nohost"),
+        ({"secrets": [secret("ed", 24, "whsk_")]}, "secrets[0]", secret("ed", 24, "whsk_")),
+        ({"secrets": [secret("ed", 48, "whsk_")]}, "secrets[0]", secret("ed", 48, "whsk_")),
         ({"secrets": [secret("short", 23)]}, "secrets[0]", secret("short", 23)),
         ({"secrets": [S1, secret("short", 16)]}, "secrets[1]", secret("short", 16)),
         ({"secrets": [secret("pfx", prefix="sk_")]}, "secrets[0]", secret("pfx", prefix="sk_")),
@@ -637,6 +641,24 @@ def test_a_claim_respects_each_endpoints_concurrency(
     }
     assert outbox.claim(worker, limit=1, lease=60) == []
     assert {s.endpoint: s.sending for s in outbox.stats()} == {"narrow": 2, "wide": 5}
+
+
+def test_endpoints_at_their_concurrency_never_crowd_out_the_others(db: Db, outbox: Outbox) -> None:
+    add(outbox, "busy", concurrency=1)
+    add(outbox, "idle", concurrency=1)
+    for _ in range(2):
+        enqueue(db, outbox)
+    worker = db.worker(outbox)
+    (held,) = outbox.claim(worker, limit=1, lease=60, endpoints=1)
+    busy, idle = ("busy", "idle") if held.endpoint == "busy" else ("idle", "busy")
+    conn = db.app()
+    with transaction(conn):  # the full endpoint comes first in the claims' rotation
+        conn.execute(f"UPDATE {db.prefix}_endpoints SET claimed_at = 0 WHERE name = '{busy}'")
+        conn.execute(f"UPDATE {db.prefix}_endpoints SET claimed_at = 1 WHERE name = '{idle}'")
+    conn.close()
+    # "busy" still has a due delivery but no room: the one endpoint a claim may look at is "idle".
+    again = outbox.claim(worker, limit=100, lease=60, endpoints=1)
+    assert {c.endpoint for c in again} == {idle}
 
 
 def test_a_claim_takes_at_most_limit(db: Db, outbox: Outbox) -> None:

@@ -104,16 +104,18 @@ def check_url(url: object, field: str = "url") -> str:
     """``url`` if it can be an endpoint (http or https, a host, no credentials), else raise."""
     if not isinstance(url, str) or not 0 < len(url) <= 2048 or not url.isascii():
         _fail(field, "an http:// or https:// URL of at most 2048 ASCII characters", url)
+    # A URL that may carry credentials is never shown in a message (messages reach logs).
+    shown = "<hidden>" if "@" in url else url
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
-        _fail(field, "an http:// or https:// URL", url)
+        _fail(field, "an http:// or https:// URL", shown)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        _fail(field, "an http:// or https:// URL with a host", url)
+        _fail(field, "an http:// or https:// URL with a host", shown)
     if parts.username is not None or parts.password is not None:
-        # Credentials in a URL end up in logs; a consumer authenticates us by the signature.
-        _fail(field, "a URL without user:password@ (deliveries are signed instead)", "<hidden>")
+        # A consumer authenticates us by the signature, not by credentials in the URL.
+        _fail(field, "a URL without user:password@ (deliveries are signed instead)", shown)
     if any(c in url for c in " \t\r\n#"):
         _fail(field, "a URL without spaces or a #fragment", url)
     return url

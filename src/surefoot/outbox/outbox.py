@@ -103,6 +103,12 @@ def check_secret(secret: object, field: str) -> str:
             f"{field}: expected a 'whsec_...' or 'whsk_...' secret (the value is not shown)"
         )
     size = _secret_bytes(secret)
+    if secret.startswith("whsk_") and size not in (32, 64):
+        raise ConfigurationError(
+            f"{field}: expected a whsk_ Ed25519 signing key: the base64 of its 32-byte seed "
+            f"(or of the seed and the public key, 64 bytes), got {max(size, 0)} bytes "
+            "(the secret is not shown)"
+        )
     if size < _MIN_SECRET_BYTES:
         shown = "not base64" if size < 0 else f"{size} bytes"
         raise ConfigurationError(
@@ -337,6 +343,10 @@ class _Sql:
             f"SELECT e.name, e.url, e.secrets, e.rate_limit, e.concurrency, e.failing_since "
             f"FROM {p}_endpoints e WHERE e.enabled = 1 AND e.paused_until <= ? AND EXISTS "
             f"(SELECT 1 FROM {p}_deliveries d WHERE d.endpoint = e.name AND {_DUE}) "
+            # An endpoint at its concurrency is left out, so it never fills the LIMIT while
+            # others wait (claim counts again, under the lock, before taking any).
+            f"AND (SELECT count(*) FROM {p}_deliveries f WHERE f.endpoint = e.name "
+            "AND f.state = 'sending' AND f.lease_until > ?) < e.concurrency "
             f"ORDER BY e.claimed_at LIMIT ?{lock}"
         )
         self.in_flight = (
@@ -1005,7 +1015,7 @@ class Outbox:
         token = _secrets.token_hex(8)
         taken: list[tuple[tuple[Any, ...], int, int]] = []
         with conn.transaction() as cursor:
-            cursor.execute(sql.claim_endpoints, (now, now, now, endpoints))
+            cursor.execute(sql.claim_endpoints, (now, now, now, now, endpoints))
             for row in cursor.fetchall():
                 if len(taken) >= limit:
                     break
