@@ -46,7 +46,8 @@ class WebhookAttempted(WebhookSenderEvent):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class WebhookDeferred(WebhookSenderEvent):
     """A claimed delivery went back unsent (``reason``: ``rate_limited``,
-    ``breaker_open``); its attempt count is unchanged."""
+    ``rate_limit_unavailable`` while the rate-limit store fails, ``breaker_open``); its
+    attempt count is unchanged."""
 
     name: ClassVar[str] = "outbox.deferred"
     level: ClassVar[int] = logging.DEBUG
