@@ -19,6 +19,10 @@ Rule 2: a *warning* is what may be different when the gateway starts: a network 
 Rule 3: nothing is written. An SQLite store is never opened (opening creates and migrates
         its file): its options are checked on an in-memory database of the same URL. A
         network store is connected, asked for one key that does not exist, and closed.
+Rule 4: ``[webhooks.send]``'s database is checked like a store: an SQLite file needs its
+        directory (an error), a PostgreSQL server must let the gateway in (refused: an
+        error) and answer within ``store_timeout`` (else a warning). Its tables are not
+        checked: ``surefoot serve`` creates them at start if they are missing.
 """
 
 from __future__ import annotations
@@ -95,7 +99,39 @@ async def check_start(config: GatewayConfig, *, store_timeout: float = 2.0) -> S
             silent = isinstance(cause, TimeoutError | asyncio.CancelledError)
             detail = "" if silent else f" ({reason})"
             warnings.append(f"{where}: did not answer within {store_timeout:g} s{detail}")
+    if config.sender is not None:
+        await _check_outbox(config.sender.database, store_timeout, errors, warnings)
     return StartCheck(tuple(errors), tuple(warnings))
+
+
+async def _check_outbox(url: str, seconds: float, errors: list[str], warnings: list[str]) -> None:
+    """Rule 4: the outbox's database, reachable without writing anything."""
+    where = f"webhooks.send.database ({masked_url(url)})"
+    if url.startswith("sqlite:"):
+        path = url.removeprefix("sqlite://")
+        path = path[1:] if path.startswith("/") else path
+        parent = Path(path).parent
+        if path and path != ":memory:" and not parent.is_dir():
+            errors.append(f"{where}: no directory {str(parent)!r} for the database file")
+        return
+    try:
+        import psycopg
+    except ImportError:
+        errors.append(f"{where}: PostgreSQL needs psycopg: pip install 'surefoot[postgres]'")
+        return
+
+    def connect() -> None:
+        psycopg.connect(url, connect_timeout=max(1, math.ceil(seconds))).close()
+
+    try:
+        await asyncio.wait_for(asyncio.to_thread(connect), seconds + 1)
+    except (psycopg.Error, TimeoutError) as exc:
+        reason = masked_text(" ".join(f"{type(exc).__name__}: {exc}".split()), url)
+        if _refused(exc):
+            errors.append(f"{where}: refused the connection ({reason})")
+        else:
+            detail = "" if isinstance(exc, TimeoutError) else f" ({reason})"
+            warnings.append(f"{where}: did not answer within {seconds:g} s{detail}")
 
 
 def _retention_warnings(config: GatewayConfig) -> list[str]:

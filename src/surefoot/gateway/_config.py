@@ -24,6 +24,9 @@ checks what spans tables. Map of the file (``docs/gateway.md`` documents every f
                                  retention, lease, max_body, archive, store; for "hmac"
                                  its fields
     [webhooks.receive.ordering]  object_field, version_field, lease (the ordering guard)
+    [webhooks.send]              database, prefix, event_types, schedule, disable_after,
+                                 timeout, workers, max_in_flight, allow_private,
+                                 allow_networks (the outbox serve delivers: ``Sender``)
 
 Rule 1: validation is total before anything is built: ``load_config`` returns a
         ``GatewayConfig`` only if every field of every table is valid; otherwise one
@@ -36,7 +39,8 @@ Rule 3: secrets never appear in messages or in ``effective()``: ``clients[].api_
         ``upstream.url`` are shown with their password and secret query parameters
         masked (``surefoot._masking.masked_url`` says which). A webhook endpoint's secrets
         are never in the file: ``secrets_env`` names the variables holding them, and a
-        problem with one names its variable, never its value.
+        problem with one names its variable, never its value. ``webhooks.send.database``
+        is masked as a store URL is, in messages, ``effective()`` and ``Sender``'s repr.
 """
 
 from __future__ import annotations
@@ -45,10 +49,10 @@ import difflib
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from surefoot._config import Loc, Problems, read_toml
-from surefoot._masking import masked_url, split_url
+from surefoot._masking import masked_text, masked_url, split_url
 from surefoot._paths import canonical_path
 from surefoot._routes import RouteTable
 from surefoot.errors import ConfigurationError, InvalidPath
@@ -78,7 +82,11 @@ from surefoot.webhooks import (
     WebhookEndpoint,
 )
 
-__all__ = ["GatewayConfig", "Webhook", "config_from_dict", "load_config"]
+if TYPE_CHECKING:
+    from surefoot.clock import Clock
+    from surefoot.outbox import Outbox
+
+__all__ = ["GatewayConfig", "Sender", "Webhook", "config_from_dict", "load_config"]
 
 
 class Webhook(NamedTuple):
@@ -87,6 +95,37 @@ class Webhook(NamedTuple):
     path: str
     endpoint: WebhookEndpoint
     store: str
+
+
+class Sender(NamedTuple):
+    """``[webhooks.send]``, checked: what ``Outbox`` and each ``OutboxWorker`` are built
+    with (the gateway builds them; nothing is opened here)."""
+
+    database: str
+    prefix: str
+    event_types: tuple[str, ...] | None
+    schedule: tuple[float, ...] | None
+    disable_after: float
+    timeout: float
+    workers: int
+    max_in_flight: int
+    allow_private: bool | tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return f"Sender({masked_url(self.database)!r}, prefix={self.prefix!r})"
+
+    def outbox(self, clock: Clock | None = None) -> Outbox:
+        """A new ``Outbox`` of these settings (it connects on first use)."""
+        from surefoot.outbox import Outbox
+
+        return Outbox(
+            self.database,
+            event_types=self.event_types,
+            prefix=self.prefix,
+            schedule=self.schedule,
+            disable_after=self.disable_after,
+            clock=clock,
+        )
 
 
 class GatewayConfig:
@@ -105,6 +144,7 @@ class GatewayConfig:
         admin_token: the admin API's token (None: the admin API is disabled).
         webhooks: endpoint name -> ``Webhook``, in the file's order (secrets read from
             the environment).
+        sender: ``[webhooks.send]`` checked (None: the gateway sends no webhooks).
     """
 
     def __init__(self, root: Root, source: str, problems: Problems) -> None:
@@ -141,6 +181,7 @@ class GatewayConfig:
         self._tiers(problems)
         self.webhooks: dict[str, Webhook] = {}
         self._webhooks(problems)
+        self.sender = self._sender(problems)
         self._stores(problems)
         self.admin_token = self._secret(
             root.admin.token, root.admin.token_env, ("admin",), problems
@@ -418,6 +459,43 @@ class GatewayConfig:
             if endpoint is not None:
                 self.webhooks[table.name] = Webhook(table.path, endpoint, table.store)
 
+    def _sender(self, problems: Problems) -> Sender | None:
+        table = self.root.webhooks.send
+        if table is None:
+            return None
+        loc: Loc = ("webhooks", "send")
+        schedule = None if table.schedule is None else tuple(table.schedule)
+        sender = Sender(
+            table.database,
+            table.prefix,
+            None if table.event_types is None else tuple(table.event_types),
+            schedule,
+            table.disable_after,
+            table.timeout,
+            table.workers,
+            table.max_in_flight,
+            tuple(table.allow_networks) if table.allow_networks else table.allow_private,
+        )
+        if table.allow_private and table.allow_networks:
+            problems.add(
+                (*loc, "allow_networks"),
+                "expected allow_private = true or allow_networks, not both "
+                "(allow_private = true allows every network)",
+            )
+        try:
+            sender.outbox()  # its checks; nothing is opened (Rule 2)
+        except ConfigurationError as exc:
+            # Outbox names the field, and an item's index: "schedule[2]: expected ...".
+            found = _OUTBOX_REFUSAL.match(str(exc))
+            if found is None:
+                problems.add(loc, masked_text(str(exc), table.database))
+                return None
+            name, index, message = found.groups()
+            where: Loc = (*loc, name) if index is None else (*loc, name, int(index))
+            problems.add(where, masked_text(message, table.database))
+            return None
+        return sender
+
     # -- reading ------------------------------------------------------------------------------
 
     def store_url(self, name: str) -> str:
@@ -511,6 +589,9 @@ class GatewayConfig:
             if client["api_key"]:
                 client["api_key"] = "***"
         data["stores"] = {name: masked_url(url) for name, url in data["stores"].items()}
+        send = data["webhooks"].get("send")
+        if send is not None:
+            send["database"] = masked_url(send["database"])
         if data["upstream"]["url"] is not None:
             data["upstream"]["url"] = masked_url(data["upstream"]["url"])
         data["idempotency"].update(_in_force(self.idempotency_policy))
@@ -524,6 +605,9 @@ class GatewayConfig:
                 lookup["headers"] = dict.fromkeys(lookup["headers"], "***")
         return {"source": self.source, **data}
 
+
+#: ``Outbox``'s refusal of a field (or of one item of a list field).
+_OUTBOX_REFUSAL = re.compile(r"^([a-z_]+)(?:\[(\d+)\])?: (.*)$", re.S)
 
 #: The name of the policy ``[identity] address_limits`` builds (in headers and problems).
 _ADDRESS_POLICY = "address"

@@ -23,7 +23,8 @@ Rule 2: a reload keeps what carries state: a store whose URL is unchanged is the
 Rule 3: a new file that does not validate, or whose stack cannot be built, is refused as a
         whole (``ConfigRefused``); the configuration in force stays. The ``[server]`` fields
         ``surefoot serve`` reads once at start (``_STARTUP_ONLY``) are not applied by a
-        reload: one that changes them logs a WARNING naming them.
+        reload: one that changes them logs a WARNING naming them. So is ``[webhooks.send]``:
+        its outbox and delivery tasks (``_outbox.OutboxRunner``) run from start to shutdown.
 Rule 4: ``X-Request-Id`` is believed only from a trusted proxy (``server.trusted_proxies``);
         anyone else's is replaced, and every response carries the request's id.
 Rule 5: the path is made canonical (``surefoot._asgi.canonicalize``) before anything
@@ -92,6 +93,7 @@ from surefoot.gateway._events import ConfigRefused, ConfigReloaded
 from surefoot.gateway._head import ServerLimits
 from surefoot.gateway._lookup import LookupResolver
 from surefoot.gateway._metrics import GatewayMetrics
+from surefoot.gateway._outbox import OutboxRunner
 from surefoot.gateway._schema import Route
 from surefoot.gateway._shed import LoadShedder
 from surefoot.gateway._upstream import AppUpstream, HttpUpstream, HttpxUpstream, Upstream
@@ -191,6 +193,10 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self._started = config.root.server  # what a reload cannot change (Rule 3)
         self.stack = self._build(config, _digest_of(config_path))
+        # [webhooks.send]: read once, like the [server] fields a reload cannot change.
+        self.sender: OutboxRunner | None = None
+        if config.sender is not None:
+            self.sender = OutboxRunner(config.sender, clock=self.clock, hooks=self.hooks)
 
     # -- ASGI --------------------------------------------------------------------------------
 
@@ -304,10 +310,16 @@ class Gateway:
                 return
 
     async def startup(self) -> None:
-        """Start the reconciler and report the breaker's state."""
+        """Start the reconciler and the outbox's workers, and report the breaker's state.
+
+        Raises:
+            ConfigurationError: ``[webhooks.send]``'s database cannot be reached.
+        """
         breaker = self.stack.proxy.breaker
         state = breaker.state.value if breaker is not None else "disabled"
         self.metrics.set_breaker_state("upstream", state)
+        if self.sender is not None:
+            await self.sender.start()
         self._restart_reconciler()
 
     def _restart_reconciler(self) -> None:
@@ -320,7 +332,9 @@ class Gateway:
             self._reconciler = asyncio.ensure_future(resolver.run(interval))
 
     async def aclose(self) -> None:
-        """Stop the reconciler; close every pool and store."""
+        """Stop the reconciler and the outbox's workers; close every pool and store."""
+        if self.sender is not None:
+            await self.sender.aclose()
         if self._reconciler is not None:
             self._reconciler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -376,6 +390,8 @@ class Gateway:
                 for name in _STARTUP_ONLY
                 if getattr(server, name) != getattr(self._started, name)
             ]
+            if config.sender != (self.sender.sender if self.sender is not None else None):
+                unapplied.append("webhooks.send")
             if unapplied:
                 _log.warning(
                     "reload: %s changed but take effect at start only: not applied until "

@@ -50,6 +50,7 @@ __all__ = [
     "Upstream",
     "WebhookOrdering",
     "WebhookReceive",
+    "WebhookSend",
     "Webhooks",
 ]
 
@@ -414,8 +415,92 @@ class WebhookReceive(_Table):
         return value
 
 
+def _outbox_default(name: str) -> Any:
+    """The default of ``Outbox``'s or ``OutboxWorker``'s keyword ``name`` (one source)."""
+    import inspect
+
+    from surefoot.outbox import Outbox, OutboxWorker
+
+    for cls in (Outbox, OutboxWorker):
+        parameter = inspect.signature(cls.__init__).parameters.get(name)
+        if parameter is not None:
+            return parameter.default
+    raise AssertionError(name)  # pragma: no cover - a schema field without its default
+
+
+class WebhookSend(_Table):
+    """``[webhooks.send]``: the outbox ``surefoot serve`` delivers (``surefoot.outbox``)."""
+
+    database: str = described(
+        "a sqlite:///path or postgresql:// URL of the application's database "
+        "(${NAME} takes a part from the environment)",
+        mask="url",
+    )
+    prefix: str = described(
+        "a lower-case SQL name of letters, digits and '_' (the tables' prefix)",
+        _outbox_default("prefix"),
+    )
+    event_types: list[str] | None = described(
+        "event types such as ['invoice.paid', 'customer.*']", None, min_length=1
+    )
+    schedule: list[float] | None = described(
+        "delays in seconds that never decrease, such as [0, 5, 300]", None
+    )
+    disable_after: float = described(
+        "seconds between 60 and 7776000 (90 days)", _outbox_default("disable_after")
+    )
+    timeout: float = described(
+        "seconds between 0.1 and 300", _outbox_default("timeout"), ge=0.1, le=300
+    )
+    workers: int = described(
+        "a whole number of delivery tasks from 0 to 64 (0: only the admin API)", 1, ge=0, le=64
+    )
+    max_in_flight: int = described(
+        "a whole number of requests from 1 to 10000",
+        _outbox_default("max_in_flight"),
+        ge=1,
+        le=10000,
+    )
+    allow_private: bool = described("true or false", False)
+    allow_networks: list[str] = described(
+        "networks endpoints may resolve to besides public addresses, such as ['10.0.0.0/8']",
+        [],
+    )
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        value = _expand_env(value)
+        scheme = value.partition("://")[0]
+        if scheme not in ("sqlite", "postgresql", "postgres") or "://" not in value:
+            raise ValueError(
+                f"expected a sqlite:///path or postgresql:// URL, got {shown(masked_url(value))}"
+            )
+        if scheme == "sqlite" and ("?" in value or "#" in value):
+            raise ValueError(
+                "expected a sqlite:///path without ?options (the outbox takes none), "
+                f"got {shown(masked_url(value))}"
+            )
+        return value
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _allowed(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"expected networks such as '10.0.0.0/8', got {shown(item)}"
+                ) from None
+        return value
+
+
 class Webhooks(_Table):
     receive: list[WebhookReceive] = []
+    send: WebhookSend | None = None
 
 
 class Root(_Table):

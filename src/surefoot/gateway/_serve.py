@@ -4,6 +4,9 @@ Theory of operation:
 1. The policy file is validated first, and the upstream app (``upstream.app``) imported;
    an invalid file or an app that cannot be imported stops ``serve`` before anything is
    bound, with every problem listed.
+   With ``[webhooks.send]``, each worker creates the outbox's tables if they are missing
+   and runs its delivery tasks from its start to its shutdown (``_outbox.OutboxRunner``);
+   a database it cannot reach fails the worker's start (uvicorn's lifespan).
    A store that other callers or workers can be hurt through (``memory://``: see
    ``GatewayConfig.store_warnings``) is logged at WARNING once the sockets are bound.
 2. The listening sockets (the proxy's and the admin API's) are bound once, by the first
@@ -86,6 +89,13 @@ def serve(
     if admin is not None:
         summary += f"; admin http://{_address(admin)}"
     summary += f"; {workers} worker{'s' if workers > 1 else ''}"
+    if config.sender is not None:
+        tasks = config.sender.workers
+        summary += (
+            f"; webhooks sent by {tasks} task{'s' if tasks != 1 else ''} per worker"
+            if tasks
+            else "; webhooks sent by `surefoot webhooks worker` (workers = 0)"
+        )
     if ready is not None:
         ready(summary)
     _configure_logging(root.server.log_level)  # this process's lines too (the supervisor's)

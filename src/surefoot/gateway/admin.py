@@ -20,6 +20,17 @@ Endpoints (JSON unless said otherwise; every one but the two probes needs
     DELETE /admin/webhooks/NAME/events/ID   forget it: the sender's next delivery runs it
     POST /admin/webhooks/NAME/events/ID/replay  run its archived delivery through the
                                         upstream again (``archive = true``), its answer
+    GET  /admin/outbox/endpoints        the outbox's endpoints (``[webhooks.send]``), no secret
+    GET  /admin/outbox/endpoints/NAME   one endpoint
+    POST /admin/outbox/endpoints/NAME/enable    deliver to it again (its waiting messages too)
+    POST /admin/outbox/endpoints/NAME/disable   stop delivering to it: its queued messages
+                                        wait; those recorded meanwhile are not queued for it
+    POST /admin/outbox/endpoints/NAME/recover?since=T   its failed messages recorded at or
+                                        after T (unix seconds or ISO-8601) queued again
+    GET  /admin/outbox/deliveries?endpoint=&state=&message=&limit=   newest first
+    GET  /admin/outbox/messages/ID/attempts     every attempt to deliver a message
+    POST /admin/outbox/messages/ID/resend?endpoint=NAME   deliver it to NAME again
+    GET  /admin/outbox/stats            every endpoint's backlog
 
 Errors are problems from the catalogue: 401 ``admin_unauthorized``, 404
 ``admin_not_found``, 422 ``config_rejected``, 400 ``admin_bad_request`` for a malformed
@@ -39,23 +50,32 @@ Rule 2: a webhook event's path has exactly the parts it names, each percent-deco
         An event whose delivery is running (in flight, its lease not run out) is never
         forgotten nor replayed: its sender's next delivery would run it beside the first.
         A replay's path ends in ``/replay`` and its body, if any, is an empty JSON object.
+Rule 3: the outbox's endpoints answer 404 ``admin_not_found`` when the gateway has no
+        ``[webhooks.send]``, as for an unknown endpoint or message. Their path parts are
+        percent-decoded from the raw path like an event's (Rule 2); a POST's body, if any,
+        is an empty JSON object. The outbox is synchronous: each call runs in a thread.
+        An endpoint is shown without its secrets (``Endpoint`` holds only their count),
+        its URL masked like a store URL; a database failure is 503 ``store_unavailable``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hmac
 import json
 import math
 import os
 import re
 import signal
+import sqlite3
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
 from surefoot._asgi import Receive, Scope, Send, request_id, send_problem
-from surefoot._masking import shown
+from surefoot._masking import masked_url, shown
 from surefoot._operator import (
     MAX_BODY,
     operator_response,
@@ -69,6 +89,7 @@ from surefoot.errors import (
     AdminUnauthorized,
     ConfigRejected,
     ConfigurationError,
+    StoreUnavailable,
     SurefootError,
 )
 from surefoot.events import emit
@@ -79,13 +100,19 @@ from surefoot.idempotency import Record, State, StoredResponse, classify, scoped
 from surefoot.ratelimit import Item, limit_key
 from surefoot.webhooks import WebhookReceiver, is_event_id, webhook_store_key
 
+if TYPE_CHECKING:
+    from surefoot.outbox import Endpoint, EndpointStats, Outbox
+
 __all__ = ["AdminApp"]
+
+_T = TypeVar("_T")
 
 _JSON = b"application/json"
 #: Room for a stored body of ``MAX_BODY`` bytes written as a JSON string (Rule 1).
 _MAX_REQUEST = 4 * MAX_BODY
 _LIMIT = re.compile(r"[0-9]{1,5}")
 _WEBHOOKS = "/admin/webhooks/"
+_OUTBOX = "/admin/outbox/"
 _EVENT_METHODS = frozenset({"GET", "DELETE", "POST"})
 
 
@@ -127,6 +154,9 @@ class AdminApp:
             handler = _ROUTES.get((method, path))
             if handler is None and path.startswith(_WEBHOOKS) and method in _EVENT_METHODS:
                 await self.webhook_event(scope, receive, send)
+                return
+            if handler is None and path.startswith(_OUTBOX):
+                await self.outbox(scope, receive, send)
                 return
             if handler is None:
                 raise AdminNotFound(what=f"{method} {path}")
@@ -379,6 +409,236 @@ class AdminApp:
                 "body_encoding": encoding,
             },
         )
+
+    async def outbox(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/admin/outbox/...`` (Rule 3)."""
+        method = scope["method"]
+        parts = _outbox_path(scope)
+        runner = self.gateway.sender
+        known = _OUTBOX_SHAPES.get((method, len(parts), parts[0], parts[-1]))
+        if known is None and (method, len(parts), parts[0]) == ("GET", 2, "endpoints"):
+            known = "endpoint"
+        if known is None:
+            raise AdminNotFound(what=f"{method} {scope['path']}")
+        if runner is None:
+            raise AdminNotFound(what="the outbox: this gateway has no [webhooks.send] table")
+        try:
+            await self._outbox_action(scope, receive, send, known, parts)
+        except StoreUnavailable:
+            # The outbox keeps its admin connection: one the database dropped would fail
+            # every later call, so the next one opens another.
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(runner.outbox.close)
+            raise
+
+    async def _outbox_action(
+        self, scope: Scope, receive: Receive, send: Send, known: str, parts: list[str]
+    ) -> None:
+        outbox = self._outbox()
+        method = scope["method"]
+        if method == "POST":
+            await _body(receive)  # nothing to say but an empty object (Rule 3)
+        if known == "endpoints":
+            _query(scope)
+            found = await _blocking(outbox.endpoints)
+            await _json(send, 200, {"endpoints": [_endpoint(e) for e in found]})
+        elif known == "stats":
+            _query(scope)
+            stats = await _blocking(outbox.stats)
+            await _json(send, 200, {"endpoints": [_stats(s) for s in stats]})
+        elif known == "deliveries":
+            await self.outbox_deliveries(scope, send)
+        elif known in ("endpoint", "enable", "disable", "recover"):
+            await self.outbox_endpoint(scope, send, known, _outbox_name(parts[1], "endpoint"))
+        else:
+            message_id = _outbox_name(parts[1], "message id")
+            if known == "attempts":
+                await self.outbox_attempts(scope, send, message_id)
+            else:
+                await self.outbox_resend(scope, send, message_id)
+
+    async def outbox_endpoint(self, scope: Scope, send: Send, action: str, name: str) -> None:
+        """One endpoint: shown, enabled, disabled, or its failed messages recovered."""
+        outbox = self._outbox()
+        since = None
+        if action == "recover":
+            given = _query(scope, "since").get("since")
+            if given is None:
+                raise AdminBadRequest(reason="since: expected unix seconds or an ISO-8601 time")
+            since = _moment(given)
+        else:
+            _query(scope)
+        call: Callable[[], Any] = {
+            "endpoint": lambda: outbox.endpoint(name),
+            "enable": lambda: outbox.enable(name),
+            "disable": lambda: outbox.disable(name),
+            "recover": lambda: outbox.recover(name, since or 0.0),
+        }[action]
+        try:
+            result = await _blocking(call)
+        except KeyError:
+            raise AdminNotFound(what=f"outbox endpoint {name!r}") from None
+        if action == "recover":
+            await _json(send, 200, {"endpoint": name, "since": since, "requeued": result})
+            return
+        await _json(send, 200, _endpoint(result))
+
+    async def outbox_deliveries(self, scope: Scope, send: Send) -> None:
+        """``GET /admin/outbox/deliveries``: newest first, filtered, at most ``limit``."""
+        from surefoot.outbox import DeliveryState
+
+        outbox = self._outbox()
+        query = _query(scope, "endpoint", "state", "message", "limit")
+        limit = query.get("limit", "100")
+        if not _LIMIT.fullmatch(limit) or not 1 <= int(limit) <= 10_000:
+            raise AdminBadRequest(
+                reason=f"limit: expected a whole number from 1 to 10000, got {shown(limit)}"
+            )
+        states = [s.value for s in DeliveryState]
+        state = query.get("state")
+        if state is not None and state not in states:
+            raise AdminBadRequest(
+                reason=f"state: expected one of {', '.join(states)}, got {shown(state)}"
+            )
+        found = await _blocking(
+            lambda: outbox.deliveries(
+                endpoint=query.get("endpoint"),
+                state=state,
+                message_id=query.get("message"),
+                limit=int(limit),
+            )
+        )
+        await _json(send, 200, {"deliveries": [d.as_dict() for d in found]})
+
+    async def outbox_attempts(self, scope: Scope, send: Send, message_id: str) -> None:
+        """``GET /admin/outbox/messages/ID/attempts``: oldest first (404: no delivery)."""
+        outbox = self._outbox()
+        _query(scope)
+        deliveries = await _blocking(lambda: outbox.deliveries(message_id=message_id))
+        if not deliveries:
+            raise AdminNotFound(what=f"outbox message {message_id!r}")
+        attempts = await _blocking(outbox.attempts, message_id)
+        await _json(
+            send, 200, {"message_id": message_id, "attempts": [a.as_dict() for a in attempts]}
+        )
+
+    async def outbox_resend(self, scope: Scope, send: Send, message_id: str) -> None:
+        """``POST /admin/outbox/messages/ID/resend?endpoint=NAME``: a delivered or failed
+        delivery sent again now, on a fresh schedule (400 while it is pending or in flight)."""
+        outbox = self._outbox()
+        endpoint = _query(scope, "endpoint").get("endpoint")
+        if endpoint is None:
+            raise AdminBadRequest(reason="endpoint: expected ?endpoint=NAME")
+        found = await _blocking(
+            lambda: outbox.deliveries(endpoint=endpoint, message_id=message_id, limit=1)
+        )
+        if not found:
+            raise AdminNotFound(
+                what=f"a delivery of outbox message {message_id!r} to endpoint {endpoint!r}"
+            )
+        resent = await _blocking(outbox.resend, message_id, endpoint)
+        if not resent:
+            raise AdminBadRequest(
+                reason=f"the delivery of {message_id!r} to {endpoint!r} is "
+                f"{found[0].state.value}: it is still on its schedule; resend it once it "
+                "is delivered or has failed"
+            )
+        await _json(send, 200, {"message_id": message_id, "endpoint": endpoint, "resent": True})
+
+    def _outbox(self) -> Outbox:
+        runner = self.gateway.sender
+        assert runner is not None  # checked by ``outbox``
+        return runner.outbox
+
+
+#: (method, number of path parts after /admin/outbox/, first part, last part) -> action.
+_OUTBOX_SHAPES: dict[tuple[str, int, str, str], str] = {
+    ("GET", 1, "endpoints", "endpoints"): "endpoints",
+    ("GET", 1, "stats", "stats"): "stats",
+    ("GET", 1, "deliveries", "deliveries"): "deliveries",
+    ("POST", 3, "endpoints", "enable"): "enable",
+    ("POST", 3, "endpoints", "disable"): "disable",
+    ("POST", 3, "endpoints", "recover"): "recover",
+    ("GET", 3, "messages", "attempts"): "attempts",
+    ("POST", 3, "messages", "resend"): "resend",
+}
+
+
+async def _blocking(call: Callable[..., _T], *args: Any) -> _T:
+    """An outbox call, in a thread (Rule 3). Its database's failures are 503
+    ``store_unavailable``, opening its connection included (``Outbox`` translates those
+    of its statements only), and a driver's message never reaches the client."""
+    try:
+        return await asyncio.to_thread(call, *args)
+    except (SurefootError, KeyError):
+        raise
+    except Exception as exc:
+        if isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg"):
+            raise StoreUnavailable(retry_after=1) from exc
+        raise
+
+
+def _outbox_path(scope: Scope) -> list[str]:
+    """The raw path's parts after ``/admin/outbox/`` (still percent-encoded)."""
+    raw: bytes = scope.get("raw_path") or quote(scope["path"]).encode("ascii")
+    if len(raw) > 2048:
+        raise AdminNotFound(what=f"{scope['method']} {scope['path']}")
+    return raw.decode("latin-1").split("?")[0].split("/")[3:]
+
+
+def _outbox_name(part: str, what: str) -> str:
+    """An endpoint's name or a message id, percent-decoded from the path (Rule 3)."""
+    try:
+        text = unquote_to_bytes(part).decode("ascii")
+    except UnicodeDecodeError:
+        text = ""
+    if not is_event_id(text):
+        raise AdminBadRequest(
+            reason=f"{what}: expected 1 to 255 printable ASCII characters "
+            f"(percent-encoded in the path), got {shown(text or part)}"
+        )
+    return text
+
+
+def _moment(text: str) -> float:
+    """``since``: unix seconds, or an ISO-8601 time (UTC when it names no offset)."""
+    import datetime
+
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            moment = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            raise AdminBadRequest(
+                reason="since: expected unix seconds or an ISO-8601 time such as "
+                f"'2026-12-06T14:00:00Z', got {shown(text)}"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.UTC)
+        return moment.timestamp()
+    if not math.isfinite(value) or value < 0:
+        raise AdminBadRequest(reason=f"since: expected unix seconds >= 0, got {shown(text)}")
+    return value
+
+
+def _endpoint(endpoint: Endpoint) -> dict[str, Any]:
+    """An outbox endpoint as the admin API shows it: no secret, only how many; its URL
+    masked like a store URL (a query parameter may carry a token)."""
+    out = endpoint.as_dict()
+    out["url"] = masked_url(endpoint.url)
+    return out
+
+
+def _stats(stats: EndpointStats) -> dict[str, Any]:
+    return {
+        "endpoint": stats.endpoint,
+        "enabled": stats.enabled,
+        "pending": stats.pending,
+        "sending": stats.sending,
+        "failed": stats.failed,
+        "oldest_undelivered": stats.oldest_undelivered,
+    }
 
 
 def webhook_record(store_key: str, record: Record | None, now: float) -> dict[str, Any]:
