@@ -75,6 +75,8 @@ _PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 _ORDERING_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 _MIN_SECRET_BYTES = 24
 _MAX_SECRETS = 5
+#: Claims checked per statement when recording (3 parameters each, well under SQLite's 32766).
+_CHUNK = 500
 _SECRET_PREFIXES = ("whsec_", "whsk_")
 
 Dialect = Literal["sqlite", "postgresql"]
@@ -374,9 +376,12 @@ class _Sql:
             f"INSERT INTO {p}_attempts (endpoint, seq, attempt, at, status, error, latency) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
         )
-        self.endpoint_ok = f"UPDATE {p}_endpoints SET failing_since = NULL WHERE name = ?"
-        self.endpoint_failed = (
-            f"UPDATE {p}_endpoints SET failing_since = COALESCE(failing_since, ?), "
+        # One per endpoint and batch (_endpoint_results): ``failing_since`` is cleared
+        # (reset, NULL), set anew (reset, the first failure after the last success) or kept
+        # (the first failure if there was none); a pause only ever grows.
+        self.endpoint_result = (
+            f"UPDATE {p}_endpoints SET failing_since = CASE WHEN ? THEN ? "
+            "ELSE COALESCE(failing_since, ?) END, "
             "paused_until = CASE WHEN paused_until < ? THEN ? ELSE paused_until END WHERE name = ?"
         )
         self.endpoint_disable = (
@@ -432,12 +437,22 @@ class _Sql:
             f"FROM {p}_endpoints e LEFT JOIN {p}_deliveries d ON d.endpoint = e.name "
             "GROUP BY e.name, e.enabled ORDER BY e.name"
         )
+        self._held = (
+            f"SELECT endpoint, seq FROM {p}_deliveries WHERE token IS NOT NULL "
+            "AND (endpoint, seq, token) IN (VALUES {rows})" + lock.replace(" SKIP LOCKED", "")
+        )
         self.messages_of = f"SELECT seq, id, event_type, body FROM {p}_messages WHERE seq IN "
         if dialect == "postgresql":
             for name, value in vars(self).items():
                 if isinstance(value, str):
                     setattr(self, name, value.replace("?", "%s"))
             self.delete_endpoint = [s.replace("?", "%s") for s in self.delete_endpoint]
+
+    def held(self, n: int) -> str:
+        """Which of ``n`` (endpoint, seq, token) claims still hold."""
+        mark = "?" if self.dialect == "sqlite" else "%s"
+        row = f"({mark}, {mark}, {mark})"
+        return self._held.replace("{rows}", ", ".join([row] * n))
 
     def placeholders(self, n: int) -> str:
         mark = "?" if self.dialect == "sqlite" else "%s"
@@ -452,6 +467,8 @@ class _Cursor(Protocol):
     def rowcount(self) -> int: ...
 
     def execute(self, query: str, params: Sequence[object] = (), /) -> Any: ...
+
+    def executemany(self, query: str, params: Iterable[Sequence[object]], /) -> Any: ...
 
     def fetchone(self) -> Any: ...
 
@@ -1057,14 +1074,27 @@ class Outbox:
         return claimed
 
     def record(self, conn: _Connection, outcomes: Sequence[Outcome]) -> list[Outcome]:
-        """Record ``outcomes``; returns those whose claim still held (Rule 2 of ``_core``)."""
+        """Record ``outcomes``; returns those whose claim still held (Rule 2 of ``_core``).
+
+        A handful of statements whatever the number of outcomes: which claims still hold
+        (locked on PostgreSQL until the COMMIT), then one batch per table.
+        """
         sql, now = self.sql, self.clock.now()
-        kept = []
+        held: set[tuple[str, int]] = set()
         with conn.transaction() as cursor:
-            for o in outcomes:
-                c = o.claimed
-                cursor.execute(
-                    sql.record,
+            for start in range(0, len(outcomes), _CHUNK):
+                chunk = outcomes[start : start + _CHUNK]
+                keys = [
+                    v for o in chunk for v in (o.claimed.endpoint, o.claimed.seq, o.claimed.token)
+                ]
+                cursor.execute(sql.held(len(chunk)), keys)
+                held.update((endpoint, seq) for endpoint, seq in cursor.fetchall())
+            kept = [o for o in outcomes if (o.claimed.endpoint, o.claimed.seq) in held]
+            if not kept:
+                return []  # every lease ran out and other workers hold them now
+            cursor.executemany(
+                sql.record,
+                [
                     (
                         o.state.value,
                         o.next_at if o.next_at is not None else now,
@@ -1073,27 +1103,30 @@ class Outbox:
                         o.attempted,
                         o.error,
                         now,
-                        c.endpoint,
-                        c.seq,
-                        c.token,
-                    ),
-                )
-                if cursor.rowcount != 1:
-                    continue  # the lease ran out and another worker holds it now
-                kept.append(o)
-                if not o.attempted:
-                    continue
-                cursor.execute(
+                        o.claimed.endpoint,
+                        o.claimed.seq,
+                        o.claimed.token,
+                    )
+                    for o in kept
+                ],
+            )
+            attempted = [o for o in kept if o.attempted]
+            if attempted:
+                cursor.executemany(
                     sql.insert_attempt,
-                    (c.endpoint, c.seq, c.attempt, o.at, o.status, o.error, o.latency),
+                    [
+                        (c.endpoint, c.seq, c.attempt, o.at, o.status, o.error, o.latency)
+                        for o in attempted
+                        for c in (o.claimed,)
+                    ],
                 )
-                if o.state is DeliveryState.DELIVERED:
-                    cursor.execute(sql.endpoint_ok, (c.endpoint,))
-                else:
-                    pause = o.paused_until or 0.0
-                    cursor.execute(sql.endpoint_failed, (o.at, pause, pause, c.endpoint))
-                if o.disable is not None:
-                    cursor.execute(sql.endpoint_disable, (o.disable, c.endpoint))
+                cursor.executemany(sql.endpoint_result, _endpoint_results(attempted))
+                disabled: dict[str, str] = {}
+                for o in attempted:
+                    if o.disable is not None:
+                        disabled.setdefault(o.claimed.endpoint, o.disable)
+                if disabled:
+                    cursor.executemany(sql.endpoint_disable, [(r, e) for e, r in disabled.items()])
         return kept
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -1116,6 +1149,23 @@ _NO_TRANSACTION = (
     "Outbox.enqueue runs inside the caller's transaction, and this connection has none "
     "open: BEGIN (BEGIN IMMEDIATE on SQLite) first"
 )
+
+
+def _endpoint_results(attempted: Sequence[Outcome]) -> list[tuple[object, ...]]:
+    """The parameters of ``endpoint_result``: what a batch of attempts, in order, does to
+    each endpoint's ``failing_since`` and pause (Rule 4 of ``_core``)."""
+    found: dict[str, list[Any]] = {}  # endpoint: [reset, since, pause]
+    for o in attempted:
+        entry = found.setdefault(o.claimed.endpoint, [False, None, 0.0])
+        if o.state is DeliveryState.DELIVERED:
+            entry[0], entry[1] = True, None
+        elif entry[1] is None:
+            entry[1] = o.at
+        entry[2] = max(entry[2], o.paused_until or 0.0)
+    return [
+        (reset, since, since, pause, pause, endpoint)
+        for endpoint, (reset, since, pause) in found.items()
+    ]
 
 
 def _require_psycopg_transaction(conn: Any) -> None:
