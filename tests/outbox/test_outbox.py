@@ -514,6 +514,7 @@ def test_add_endpoint_refuses_bad_input(
     [
         ({"database": "mysql://app:hunter2pw@db.example/app"}, "database", "hunter2pw"),
         ({"database": "/var/app.db"}, "database", None),
+        ({"database": "sqlite:///app.db?mode=ro"}, "database", None),
         ({"database": 5}, "database", None),
         ({"prefix": "Outbox"}, "prefix", None),
         ({"prefix": "1outbox"}, "prefix", None),
@@ -1244,3 +1245,33 @@ def test_stats_count_each_endpoints_backlog(db: Db, outbox: Outbox, clock: Manua
     (d,) = outbox.claim(worker, limit=3, lease=60)
     outbox.record(worker, [delivered(d, clock.now())])
     assert outbox.stats()[0].oldest_undelivered is None
+
+
+def test_recover_queues_what_an_endpoint_missed_while_disabled(
+    db: Db, outbox: Outbox, clock: ManualClock
+) -> None:
+    early = enqueue(db, outbox, "invoice.paid")  # before the endpoint existed: never its own
+    clock.advance(10)
+    add(outbox, "acme", event_types=["invoice.*"])
+    outbox.disable("acme")
+    clock.advance(10)
+    missed = [enqueue(db, outbox, "invoice.paid"), enqueue(db, outbox, "invoice.voided")]
+    enqueue(db, outbox, "refund.created")  # not a type it accepts
+    enqueue(db, outbox, "invoice.paid", tenant="other")  # not its tenant
+    assert outbox.deliveries(endpoint="acme") == []
+    outbox.enable("acme")
+    assert outbox.recover("acme", since=T0) == 2
+    assert {d.message_id for d in outbox.deliveries(endpoint="acme")} == set(missed)
+    assert early not in {c.message_id for c in outbox.claim(db.worker(outbox), limit=10, lease=60)}
+    assert outbox.recover("acme", since=T0) == 0  # queued once
+
+
+def test_a_resent_delivery_keeps_every_attempt(db: Db, outbox: Outbox) -> None:
+    add(outbox, "acme")
+    message_id = enqueue(db, outbox)
+    worker = db.worker(outbox)
+    for _ in range(2):  # the same attempt number at the same time, twice
+        (c,) = outbox.claim(worker, limit=1, lease=60)
+        outbox.record(worker, [delivered(c, T0)])
+        assert outbox.resend(message_id, "acme")
+    assert [a.attempt for a in outbox.attempts(message_id)] == [1, 1]

@@ -356,9 +356,10 @@ def test_a_rate_limit_of_10_per_second_holds_across_four_worker_processes(
     t0 = min(arrived.values())
     timeline = sorted((arrived[m] - t0, attempted[m] - t0) for m in ids)
     shown = "\n".join(f"arrived {a:7.3f}  attempt at {b:7.3f}" for a, b in timeline)
-    assert most_in_one_second(list(attempted.values())) <= 10, shown  # as the workers decided
-    # As the consumer saw them, it can be more: a send leaves as long after its admission
-    # as the wait for the rate store took (see the xfail test below).
+    # The moments the requests left: each within the worker's margin of its admission,
+    # which the sliding log counts over a window longer by that margin. (The consumer's
+    # arrival times add its own queueing, so they are not the measure of the sender.)
+    assert most_in_one_second(list(attempted.values())) <= 10, shown
     outbox.close()
 
 
@@ -396,12 +397,6 @@ def test_an_endpoint_that_hangs_never_delays_another_one(
     outbox.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker.py:288-289,401: the rate limit admits a send at the `now` read before "
-    "the wait for the rate store (opening it, its lock), so a send can leave that much "
-    "later than its admission and a consumer sees more than the limit in one second",
-)
 @pytest.mark.anyio
 async def test_a_slow_rate_store_never_lets_two_sends_through_within_one_period(
     tmp_path: Path,
@@ -450,9 +445,15 @@ async def test_a_slow_rate_store_never_lets_two_sends_through_within_one_period(
     try:
         db = Db(outbox.database, outbox.prefix, "sqlite")
         db.enqueue(outbox, range(2))
-        assert await worker.run_once() == 2  # the first is sent at +0.9 s, the second deferred
-        clock.advance(0.1)
-        await worker.run_once()
+        # The first admission is 0.9 s old when its request would leave: it goes back
+        # unsent (its slot stays used), as does the second, refused.
+        assert await worker.run_once() == 2
+        assert sent == []
+        for _ in range(50):
+            clock.advance(0.1)
+            await worker.run_once()
+            if len(sent) == 2:
+                break
     finally:
         await worker.aclose()
         await store.aclose()

@@ -286,9 +286,11 @@ CREATE TABLE IF NOT EXISTS {p}_messages (
     id TEXT NOT NULL UNIQUE,
     tenant TEXT NOT NULL,
     event_type TEXT NOT NULL,
+    ordering_key TEXT,
     body {blob} NOT NULL,
     created_at {real} NOT NULL
 );
+CREATE INDEX IF NOT EXISTS {p}_messages_tenant ON {p}_messages (tenant, created_at);
 CREATE TABLE IF NOT EXISTS {p}_deliveries (
     endpoint TEXT NOT NULL,
     seq {big} NOT NULL,
@@ -309,15 +311,16 @@ CREATE INDEX IF NOT EXISTS {p}_deliveries_order
     ON {p}_deliveries (endpoint, ordering_key, seq) WHERE ordering_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS {p}_deliveries_message ON {p}_deliveries (seq);
 CREATE TABLE IF NOT EXISTS {p}_attempts (
+    id {seq},
     endpoint TEXT NOT NULL,
     seq {big} NOT NULL,
     attempt INTEGER NOT NULL,
     at {real} NOT NULL,
     status INTEGER,
     error TEXT,
-    latency {real} NOT NULL,
-    PRIMARY KEY (endpoint, seq, attempt, at)
+    latency {real} NOT NULL
 );
+CREATE INDEX IF NOT EXISTS {p}_attempts_delivery ON {p}_attempts (seq, endpoint);
 """
 
 
@@ -331,8 +334,8 @@ class _Sql:
         lock = " FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
         self.dialect = dialect
         self.insert_message = (
-            f"INSERT INTO {p}_messages (id, tenant, event_type, body, created_at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING RETURNING seq"
+            f"INSERT INTO {p}_messages (id, tenant, event_type, ordering_key, body, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING RETURNING seq"
         )
         self.matching = (
             f"SELECT name, event_types FROM {p}_endpoints WHERE tenant = ? AND enabled = 1"
@@ -374,7 +377,7 @@ class _Sql:
         )
         self.insert_attempt = (
             f"INSERT INTO {p}_attempts (endpoint, seq, attempt, at, status, error, latency) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+            "VALUES (?, ?, ?, ?, ?, ?, ?)"
         )
         # One per endpoint and batch (_endpoint_results): ``failing_since`` is cleared
         # (reset, NULL), set anew (reset, the first failure after the last success) or kept
@@ -427,6 +430,18 @@ class _Sql:
         self.recover = (
             f"UPDATE {p}_deliveries SET state = 'pending', attempts = 0, next_at = ?, "
             "updated_at = ? WHERE endpoint = ? AND state = 'failed' AND created_at >= ?"
+        )
+        # The messages of the endpoint's tenant it never got (recorded while it was
+        # disabled), for recover to queue; their types are matched in Python.
+        self.missed = (
+            f"SELECT m.seq, m.event_type, m.ordering_key FROM {p}_messages m "
+            "WHERE m.tenant = ? AND m.created_at >= ? AND NOT EXISTS "
+            f"(SELECT 1 FROM {p}_deliveries d WHERE d.seq = m.seq AND d.endpoint = ?) "
+            f"AND m.created_at >= (SELECT created_at FROM {p}_endpoints WHERE name = ?)"
+        )
+        self.insert_missed = (
+            f"INSERT INTO {p}_deliveries (endpoint, seq, ordering_key, state, next_at, "
+            "created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)"
         )
         self.stats = (
             "SELECT e.name, e.enabled, "
@@ -496,27 +511,33 @@ def _translated() -> Iterator[None]:
 
 class _Connection:
     """The outbox's own connection (for a worker or the admin side), one transaction at a
-    time; thread-safe, so a worker can run it in a thread beside its event loop."""
+    time; thread-safe, so a worker can run it in a thread beside its event loop. It opens
+    on first use, and again after the server dropped it; failures are ``StoreUnavailable``.
+    """
 
     def __init__(self, url: str, dialect: Dialect) -> None:
+        self.url = url
         self.dialect = dialect
         self._lock = threading.Lock()
-        self._conn: Any
-        if dialect == "sqlite":
+        self._conn: Any = None
+
+    def _open(self) -> Any:
+        if self.dialect == "sqlite":
             conn = sqlite3.connect(
-                _sqlite_path(url), isolation_level=None, check_same_thread=False, timeout=30.0
+                _sqlite_path(self.url), isolation_level=None, check_same_thread=False, timeout=30.0
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn = conn
-        else:
-            import psycopg
+            return conn
+        import psycopg
 
-            self._conn = psycopg.connect(url, autocommit=True)
+        return psycopg.connect(self.url, autocommit=True)
 
     @contextmanager
     def transaction(self) -> Iterator[_Cursor]:
         with self._lock, _translated():
+            if self._conn is None or getattr(self._conn, "closed", False):
+                self._conn = self._open()
             cursor = self._conn.cursor()
             if self.dialect == "sqlite":
                 cursor.execute("BEGIN IMMEDIATE")
@@ -532,7 +553,9 @@ class _Connection:
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 def _listed(event_types: object) -> tuple[Any, ...]:
@@ -549,6 +572,8 @@ def _delays(schedule: object) -> tuple[Any, ...]:
 
 def _dialect_of(url: str) -> Dialect:
     if url.startswith("sqlite://"):
+        if "?" in url or "#" in url:
+            _fail("database", "a sqlite:///path without ?options", url)
         return "sqlite"
     if url.startswith(("postgresql://", "postgres://")):
         return "postgresql"
@@ -771,7 +796,7 @@ class Outbox:
             raise ConfigurationError(f"payload: expected JSON data, got {exc}") from None
         if len(body) > self.max_payload:
             _fail("payload", f"at most {self.max_payload} bytes as JSON", f"{len(body)} bytes")
-        return event_id, (event_id, tenant, event_type, body, now), now
+        return event_id, (event_id, tenant, event_type, ordering_key, body, now), now
 
     @staticmethod
     def _targets(event_type: str, rows: Iterable[tuple[Any, ...]]) -> list[str]:
@@ -910,7 +935,8 @@ class Outbox:
         return self.endpoint(name)
 
     def disable(self, name: str, reason: str = "manual") -> Endpoint:
-        """Stop delivering to ``name``; its messages wait until it is enabled."""
+        """Stop delivering to ``name``: its undelivered messages wait until it is enabled;
+        messages recorded meanwhile are not queued for it (``recover`` queues them)."""
         with self._connection().transaction() as cursor:
             cursor.execute(self.sql.endpoint_disable, (reason, name))
         return self.endpoint(name)
@@ -997,13 +1023,23 @@ class Outbox:
             return bool(cursor.rowcount == 1)
 
     def recover(self, endpoint: str, since: float) -> int:
-        """Deliver again every failed message to ``endpoint`` recorded at or after ``since``
-        (a timestamp); returns how many were queued."""
-        self.endpoint(endpoint)
+        """Deliver every message for ``endpoint`` recorded at or after ``since`` (a
+        timestamp) that it has not received: the failed ones again, and those recorded
+        while it was disabled (which it never got); returns how many were queued."""
+        found = self.endpoint(endpoint)
         now = self.clock.now()
         with self._connection().transaction() as cursor:
             cursor.execute(self.sql.recover, (now, now, endpoint, since))
-            return int(cursor.rowcount)
+            queued = int(cursor.rowcount)
+            cursor.execute(self.sql.missed, (found.tenant, since, endpoint, endpoint))
+            missed = [
+                (endpoint, seq, ordering_key, now, now, now)
+                for seq, event_type, ordering_key in cursor.fetchall()
+                if matches(event_type, found.event_types)
+            ]
+            if missed:
+                cursor.executemany(self.sql.insert_missed, missed)
+        return queued + len(missed)
 
     def stats(self) -> list[EndpointStats]:
         """Every endpoint's backlog (what the metrics export)."""

@@ -4,19 +4,23 @@ One worker is one asyncio task with its own database connection; run as many as 
 like, in as many processes and hosts as share the database. A pass::
 
     claim (Outbox.claim: a short transaction, Rule 3 of outbox)
-      └─ per delivery, concurrently: rate limit ─► breaker ─► resolve and check the
-         address (SSRF) ─► POST with Standard Webhooks headers ─► judge (_core.judge)
+      └─ per delivery, concurrently: resolve and check the address (SSRF) ─► breaker
+         ─► rate limit ─► POST with Standard Webhooks headers ─► judge (_core.judge)
     record (Outbox.record: only where the claim's token still holds)
 
 Rule 1: no transaction is open while a request is in flight; a worker killed between
         the POST and the record leaves its deliveries ``sending`` until their lease runs
         out, then another worker sends them again under the same message id.
 Rule 2: the per-endpoint rate limit is a sliding log in a shared store (by default the
-        outbox's own database), checked before each attempt, so it holds across every
-        worker; a refused delivery goes back unsent, due when the limit has room, and
-        so does one whose limit cannot be checked (the store is down): never sent unchecked.
-Rule 3: the circuit breaker is per endpoint and per worker (surefoot's ``CircuitBreaker``):
-        while it is open, deliveries go back unsent, due when it half-opens.
+        outbox's own database), checked just before each request, so it holds across
+        every worker. It counts the moments requests leave: an admission older than a
+        margin (2% of the window, at most 50 ms) when its request would leave goes back
+        unsent, and the log's window is longer by that margin. A refused delivery goes
+        back unsent, due when the limit has room, and so does one whose limit cannot be
+        checked (the store is down): never sent unchecked.
+Rule 3: the circuit breaker is per endpoint and per worker (surefoot's ``CircuitBreaker``,
+        or what ``breaker`` makes): while it is open, deliveries go back unsent, due when
+        it half-opens.
 Rule 4: the destination's host is resolved before each attempt and every address it
         resolves to (or the IPv4 address an IPv6 one embeds) must be public (``ipaddress``'
         ``is_global``, not multicast) unless ``allow_private`` says otherwise; the request
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import random
 import socket
@@ -40,7 +45,7 @@ from typing import Any
 import httpx
 
 from surefoot._version import __version__
-from surefoot.client import CircuitBreaker
+from surefoot.client import Breaker, CircuitBreaker
 from surefoot.errors import CircuitOpen, ConfigurationError, SurefootError
 from surefoot.events import EventHook, LoggingHook, emit, wanted
 from surefoot.outbox._core import DeliveryState, Result, judge
@@ -52,7 +57,7 @@ from surefoot.outbox._events import (
 )
 from surefoot.outbox._signing import sign
 from surefoot.outbox.outbox import Claimed, Outbox, Outcome
-from surefoot.ratelimit import Item, RateLimitStore, parse_limit
+from surefoot.ratelimit import Item, Limit, RateLimitStore, parse_limit
 
 __all__ = ["OutboxWorker"]
 
@@ -61,6 +66,10 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
 _RATE_KEY = "surefoot:outbox:{}"
+#: How long an admission may age before its request leaves: a fraction of the limit's
+#: window, at most 50 ms; the window counted is longer by as much (Rule 2).
+_MARGIN = 0.02
+_MAX_MARGIN = 0.05
 _MAX_ERROR = 200
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
@@ -109,7 +118,9 @@ class OutboxWorker:
         poll_interval: seconds between claims when nothing was due.
         allow_private: True, or networks (``"10.0.0.0/8"``) endpoints may resolve to
             besides public addresses (Rule 4).
-        breaker: open a per-endpoint circuit breaker after repeated failures.
+        breaker: True: a ``CircuitBreaker`` per endpoint (open after 10 calls with half
+            of the last 20 failed, probe after 30 s); False: none; or a function of the
+            endpoint's name that makes one (any ``surefoot.client.Breaker``).
         transport: the httpx transport (tests hand in one; default: a plain one).
         resolver: ``async (host, port) -> addresses`` (default: the system's resolver).
         hooks: event hooks (``WebhookAttempted``...); default: logging.
@@ -128,7 +139,7 @@ class OutboxWorker:
         batch: int = 100,
         poll_interval: float = 0.25,
         allow_private: bool | Iterable[str] = False,
-        breaker: bool = True,
+        breaker: bool | Callable[[str], Breaker] = True,
         transport: httpx.AsyncBaseTransport | None = None,
         resolver: Resolver | None = None,
         hooks: Sequence[EventHook] | None = None,
@@ -167,14 +178,23 @@ class OutboxWorker:
         self.hooks: tuple[EventHook, ...] = (LoggingHook(),) if hooks is None else tuple(hooks)
         self._rate_store = rate_store
         self._owns_rate_store = rate_store is None
-        self._breakers: dict[str, CircuitBreaker] | None = {} if breaker else None
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            timeout=self.timeout,
-            follow_redirects=False,
-            trust_env=False,
-            headers={"user-agent": f"surefoot-webhooks/{__version__}"},
+        if not (isinstance(breaker, bool) or callable(breaker)):
+            raise ConfigurationError(
+                "breaker: expected True, False or a function of the endpoint's name, "
+                f"got {breaker!r}"
+            )
+        self._make_breaker = self._default_breaker if breaker is True else breaker or None
+        self._breakers: dict[str, Breaker] = {}
+        self._transport = transport or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=max_in_flight), trust_env=False
         )
+        self._timeouts = httpx.Timeout(self.timeout).as_dict()
+        self._timed_out = f"timed out after {self.timeout:g} s"
+        self._headers = {
+            "user-agent": f"surefoot-webhooks/{__version__}",
+            "content-type": "application/json",
+        }
+        self._limits: dict[str, tuple[Limit, float]] = {}
         self._resolve: Resolver = resolver or _resolve
         self._rng = rng
         self._conn = outbox.connect()
@@ -231,7 +251,7 @@ class OutboxWorker:
 
     async def aclose(self) -> None:
         """Close the HTTP client, the database connection and an owned rate-limit store."""
-        await self._client.aclose()
+        await self._transport.aclose()
         if self._owns_rate_store and self._rate_store is not None:
             await self._rate_store.aclose()
         await asyncio.to_thread(self._conn.close)
@@ -290,33 +310,42 @@ class OutboxWorker:
                 )
 
     async def _deliver(self, c: Claimed) -> Outcome:
-        now = self.outbox.clock.now()
+        clock = self.outbox.clock
+        # One deadline for the whole attempt, resolving included (Rule 4), so the lease,
+        # longer than the timeout, outlives it (Rule 2 of _core).
+        deadline = asyncio.get_running_loop().time() + self.timeout
         try:
-            wait = await self._rate_limited(c, now)
-        except SurefootError as exc:
-            # Never sent unchecked (the limit is the consumer's), never failing the pass.
-            back = float(exc.fields.get("retry_after") or 1)
-            return _deferred(c, now, back, "rate_limit_unavailable")
-        if wait is not None:
-            return _deferred(c, now, wait, "rate_limited")
+            async with asyncio.timeout_at(deadline):
+                url, extra, extensions = await self._checked(httpx.URL(c.url))
+        except _Refused as exc:
+            return self._judged(c, clock.now(), Result(None, str(exc)), 0.0)
+        except TimeoutError:
+            return self._judged(c, clock.now(), Result(None, self._timed_out), 0.0)
         breaker = self._breaker(c.endpoint)
         permit: object = None
         if breaker is not None:
             try:
                 permit = breaker.acquire()
             except CircuitOpen as exc:
-                return _deferred(c, now, float(exc.fields.get("retry_after", 1)), "breaker_open")
+                wait = float(exc.fields.get("retry_after", 1))
+                return _deferred(c, clock.now(), wait, "breaker_open")
+        deferred = await self._rate_limited(c)
+        if deferred is not None:
+            if breaker is not None:
+                breaker.release(permit)
+            return deferred
+        now = clock.now()
         started = time.perf_counter()
-        result = await self._attempt(c, now)
+        result = await self._send(c, now, deadline, url, {**extra, **extensions})
         latency = time.perf_counter() - started
         if breaker is not None:
+            failed = not result.delivered
             breaker.on_result(
-                permit,
-                failed=not result.delivered,
-                duration=latency,
-                status=result.status,
-                error=None,
+                permit, failed=failed, duration=latency, status=result.status, error=None
             )
+        return self._judged(c, now, result, latency)
+
+    def _judged(self, c: Claimed, now: float, result: Result, latency: float) -> Outcome:
         j = judge(
             result,
             attempts=c.attempt,
@@ -327,38 +356,33 @@ class OutboxWorker:
             disable_after=self.outbox.disable_after,
         )
         return Outcome(
-            c,
-            j.state,
-            j.next_at,
-            True,
-            now,
-            result.status,
-            result.error,
-            latency,
-            j.paused_until,
-            j.disable,
-        )
+            c, j.state, j.next_at, True, now, result.status, result.error, latency,
+            j.paused_until, j.disable,
+        )  # fmt: skip
 
-    async def _attempt(self, c: Claimed, now: float) -> Result:
-        timestamp = int(now)
-        headers = sign(c.secrets, c.body, message_id=c.message_id, timestamp=timestamp)
-        headers["content-type"] = "application/json"
+    async def _send(
+        self, c: Claimed, now: float, deadline: float, url: httpx.URL, extra: dict[str, Any]
+    ) -> Result:
+        headers = sign(c.secrets, c.body, message_id=c.message_id, timestamp=int(now))
+        host = extra.pop("host", None)
+        if host is not None:
+            headers["host"] = host
         try:
-            # The timeout bounds the whole attempt (resolving included), so the lease,
-            # longer than the timeout, outlives it (Rule 2 of _core).
-            async with asyncio.timeout(self.timeout):
-                url, extra, extensions = await self._checked(httpx.URL(c.url))
-                request = self._client.build_request(
-                    "POST", url, content=c.body, headers={**headers, **extra}, extensions=extensions
+            async with asyncio.timeout_at(deadline):
+                # The transport itself: no redirects, cookies or proxies from the
+                # environment; only the status line and headers count, so a consumer cannot
+                # hold the worker (or its memory) with an endless answer.
+                request = httpx.Request(
+                    "POST",
+                    url,
+                    content=c.body,
+                    headers={**self._headers, **headers},
+                    extensions={**extra, "timeout": self._timeouts},
                 )
-                # Only the status line and headers count: the body is never read, so a
-                # consumer cannot hold the worker (or its memory) with an endless answer.
-                response = await self._client.send(request, stream=True)
+                response = await self._transport.handle_async_request(request)
                 await response.aclose()
-        except _Refused as exc:
-            return Result(None, str(exc))
         except (httpx.TimeoutException, TimeoutError):
-            return Result(None, f"timed out after {self.timeout:g} s")
+            return Result(None, self._timed_out)
         except (httpx.HTTPError, OSError) as exc:
             return Result(None, _short(f"{type(exc).__name__}: {exc}"))
         return Result(
@@ -405,7 +429,8 @@ class OutboxWorker:
             "(allow it with allow_private)"
         )
 
-    async def _rate_limited(self, c: Claimed, now: float) -> float | None:
+    async def _rate_limited(self, c: Claimed) -> Outcome | None:
+        """None when ``c`` may leave now; else the deferral (Rule 2)."""
         if c.rate_limit is None:
             return None
         store = self._rate_store
@@ -413,26 +438,54 @@ class OutboxWorker:
             from surefoot.storage import store_from_url
 
             store = self._rate_store = store_from_url(self.outbox.database)
-        limit = parse_limit(c.rate_limit)
-        item = Item(_RATE_KEY.format(c.endpoint), "sliding_log", limit)
-        admitted, decisions = await store.acquire([item], now)
-        return None if admitted else max(decisions[0].retry_after, 0.001)
+        limit, margin = self._limit(c.rate_limit)
+        clock = self.outbox.clock
+        now = clock.now()
+        try:
+            item = Item(_RATE_KEY.format(c.endpoint), "sliding_log", limit)
+            admitted, decisions = await store.acquire([item], now)
+        except SurefootError as exc:
+            # Never sent unchecked (the limit is the consumer's), never failing the pass.
+            back = float(exc.fields.get("retry_after") or 1)
+            return _deferred(c, now, back, "rate_limit_unavailable")
+        if not admitted:
+            return _deferred(c, now, max(decisions[0].retry_after, 0.001), "rate_limited")
+        late = clock.now() - now
+        if late > margin:  # admitted too long ago to leave now: its slot stays used
+            return _deferred(c, now + late, late, "rate_limited")
+        return None
 
-    def _breaker(self, endpoint: str) -> CircuitBreaker | None:
-        if self._breakers is None:
+    def _limit(self, spec: str) -> tuple[Limit, float]:
+        """The sliding log's limit for an endpoint's ``rate_limit``: its window grown by
+        the margin an admission may age before the request leaves (Rule 2)."""
+        found = self._limits.get(spec)
+        if found is None:
+            limit = parse_limit(spec)
+            margin = min(_MAX_MARGIN, limit.window * _MARGIN)
+            found = self._limits[spec] = (
+                dataclasses.replace(limit, window=limit.window + margin),
+                margin,
+            )
+        return found
+
+    def _breaker(self, endpoint: str) -> Breaker | None:
+        if self._make_breaker is None:
             return None
         breaker = self._breakers.get(endpoint)
         if breaker is None:
-            breaker = self._breakers[endpoint] = CircuitBreaker(
-                name=f"webhook:{endpoint}",
-                minimum_calls=10,
-                window_size=20,
-                open_wait=30.0,
-                half_open_calls=1,
-                clock=self.outbox.clock,
-                hooks=self.hooks,
-            )
+            breaker = self._breakers[endpoint] = self._make_breaker(endpoint)
         return breaker
+
+    def _default_breaker(self, endpoint: str) -> Breaker:
+        return CircuitBreaker(
+            name=f"webhook:{endpoint}",
+            minimum_calls=10,
+            window_size=20,
+            open_wait=30.0,
+            half_open_calls=1,
+            clock=self.outbox.clock,
+            hooks=self.hooks,
+        )
 
     async def _report(self) -> None:
         now = self.outbox.clock.now()
