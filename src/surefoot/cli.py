@@ -3,29 +3,43 @@
 Only commands that work are listed: ``serve`` runs the gateway, ``check-config``
 validates its policy file, ``errors`` prints the problem catalogue, ``metrics`` the
 Prometheus metrics, ``keys`` lets an operator inspect and settle idempotency records in a
-store, ``webhooks`` look up and forget the events a gateway's ``[[webhooks.receive]]``
-endpoint received, and ``migrate`` creates or upgrades a PostgreSQL store's tables.
+store, ``webhooks`` manages the sending side (``surefoot.outbox``: its tables, endpoints,
+deliveries and ``worker``) and looks up and forgets the events a gateway's
+``[[webhooks.receive]]`` endpoint received (``inspect``, ``forget``), and ``migrate``
+creates or upgrades a PostgreSQL store's tables.
 
 Rule 1: a command that needs an extra says so in one line before importing anything of it
         (``surefoot chaos needs the 'client' extra: pip install 'surefoot[client]'
-        (missing: httpx)``), never with a traceback. ``errors``, ``metrics``, ``keys`` and
-        ``migrate`` need none (a Redis or PostgreSQL store needs its driver's extra);
-        ``serve``, ``check-config`` and ``webhooks`` need ``gateway``; ``chaos`` needs
-        ``client``.
+        (missing: httpx)``), never with a traceback. ``errors``, ``metrics``, ``keys``,
+        ``migrate`` and the outbox's ``webhooks`` commands need none (a Redis or
+        PostgreSQL database needs its driver's extra); ``serve``, ``check-config``,
+        ``webhooks inspect`` and ``webhooks forget`` need ``gateway``; ``chaos`` and
+        ``webhooks worker`` need ``client`` (and ``metrics`` for ``--metrics-port``).
 Rule 2: every input is checked before anything is stored; an invalid one is a usage error
         naming the option (``surefoot keys resolve`` stores only what
         ``surefoot._operator`` accepts).
+Rule 3: a webhook signing secret is never a command-line value (shell history and ``ps``
+        keep those): ``--secret-env VAR`` reads it from the environment, and
+        ``--generate-secret`` prints the one it makes once. No command shows a stored one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import datetime
 import importlib.util
 import json
 import logging
 import math
+import os
+import re
+import secrets
+import signal
+import sqlite3
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, urlsplit
@@ -47,6 +61,7 @@ from surefoot.errors import (
 )
 from surefoot.idempotency import Record, State, classify
 from surefoot.metrics import METRICS, metrics_markdown
+from surefoot.outbox import DeliveryState
 from surefoot.storage import IdempotencyStore, store_from_url
 
 __all__ = ["main"]
@@ -55,6 +70,7 @@ __all__ = ["main"]
 _EXTRAS = {
     "client": ("httpx", "h11", "pydantic"),
     "gateway": ("httpx", "h11", "pydantic", "uvicorn", "httptools", "prometheus_client"),
+    "metrics": ("prometheus_client",),
 }
 
 
@@ -276,7 +292,8 @@ def purge_keys(store_url: str, limit: int) -> None:
 
 @main.group()
 def webhooks() -> None:
-    """Look up and forget the events a gateway's webhook endpoints received."""
+    """Send webhooks from an outbox (init, endpoints, deliveries, worker...), and look up
+    and forget the events a gateway's webhook endpoints received (inspect, forget)."""
 
 
 _CONFIG = click.option(
@@ -384,6 +401,572 @@ def forget_webhook(config_path: str, name: str, event_id: str) -> None:
         + (f", status {status}" if status is not None else "")
         + "): the sender's next delivery runs it again"
     )
+
+
+# -- sending: the outbox (surefoot.outbox) ---------------------------------------------------
+
+_DATABASE = click.option(
+    "--database",
+    envvar="SUREFOOT_OUTBOX_DATABASE",
+    help="The outbox's database: sqlite:///path or postgresql://... "
+    "(or $SUREFOOT_OUTBOX_DATABASE).",
+)
+_PREFIX = click.option(
+    "--prefix",
+    default="surefoot_webhook",
+    show_default=True,
+    help="The outbox tables' name prefix.",
+)
+_AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_REASON = re.compile(r"[\x20-\x7e]{1,200}")
+_DELIVERY_TIMES = ("next_at", "created_at", "updated_at")
+
+
+def _utc(moment: float | None, *, precise: bool = False) -> str | None:
+    """``moment`` (a timestamp) as UTC ISO 8601 (``2026-12-06T14:56:36Z``), None as None."""
+    if moment is None:
+        return None
+    when = datetime.datetime.fromtimestamp(moment, datetime.UTC)
+    return when.isoformat(timespec="milliseconds" if precise else "seconds").replace("+00:00", "Z")
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _hinted(exc: ConfigurationError, hints: dict[str, str]) -> click.ClickException:
+    """``exc`` as a usage error naming the option its field came from (Rule 2), or as a
+    plain error when no option gave it."""
+    field = str(exc).partition(":")[0].partition("[")[0]
+    hint = hints.get(field)
+    if hint is None:
+        return click.ClickException(str(exc))
+    return click.BadParameter(str(exc), param_hint=hint)
+
+
+def _driver_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the database driver (opening a connection is not
+    translated into ``StoreUnavailable`` by ``Outbox``)."""
+    return isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg")
+
+
+@contextlib.contextmanager
+def _outbox(
+    database: str | None,
+    prefix: str,
+    *,
+    hints: dict[str, str] | None = None,
+    create: bool = False,
+    names_endpoints: bool = True,
+) -> Iterator[Any]:
+    """The ``Outbox`` at ``database``, closed after; every error it raises becomes one
+    line: a ``ConfigurationError`` naming an option is a usage error (exit 2), an unknown
+    endpoint (a ``KeyError``, where ``names_endpoints``) or an unavailable database an
+    error (exit 1)."""
+    if database is None:
+        raise click.UsageError(
+            "expected --database URL or $SUREFOOT_OUTBOX_DATABASE: the outbox's database "
+            "(sqlite:///path or postgresql://...)"
+        )
+    if not create and database.startswith("sqlite://"):
+        path = database.removeprefix("sqlite://").removeprefix("/")
+        if path and path != ":memory:" and not Path(path).exists():
+            # Opening would create an empty database and hide a typo in the path.
+            raise click.BadParameter(
+                f"no database file at {path!r} (surefoot webhooks init creates one)",
+                param_hint="--database",
+            )
+    from surefoot.outbox import Outbox
+
+    try:
+        outbox = Outbox(database, prefix=prefix)
+    except ConfigurationError as exc:
+        raise _hinted(exc, {"database": "--database", "prefix": "--prefix"}) from None
+    try:
+        yield outbox
+    except ConfigurationError as exc:
+        raise _hinted(exc, hints or {}) from None
+    except KeyError as exc:
+        if not names_endpoints:
+            raise
+        raise click.ClickException(f"no endpoint named {exc.args[0]!r}") from None
+    except Exception as exc:
+        if not isinstance(exc, StoreUnavailable) and not _driver_error(exc):
+            raise
+        cause = exc.__cause__ if isinstance(exc, StoreUnavailable) else exc
+        # The driver's first line says what failed; the rest quotes SQL or gives advice.
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        text = masked_text(" ".join(first.split()), database)
+        missing = "no such table" in text or "does not exist" in text
+        advice = ": create the tables with surefoot webhooks init" if missing else ""
+        raise click.ClickException(f"the outbox database is unavailable ({text}){advice}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            outbox.close()
+
+
+def _secrets_of(env_vars: tuple[str, ...], generate: bool, *, one: bool = False) -> list[str]:
+    """The secrets named by ``--secret-env`` (read from the environment, never from the
+    command line, which shell history keeps) or one made by ``--generate-secret``."""
+    if bool(env_vars) == generate:
+        raise click.UsageError("expected either --secret-env VAR or --generate-secret")
+    if one and len(env_vars) > 1:
+        raise click.BadParameter("expected one variable", param_hint="--secret-env")
+    if generate:
+        return ["whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")]
+    found = []
+    for var in env_vars:
+        value = os.environ.get(var)
+        if not value:
+            raise click.BadParameter(
+                f"the environment variable {var} is not set or empty", param_hint="--secret-env"
+            )
+        found.append(value)
+    return found
+
+
+def _show_generated(secret: str) -> None:
+    click.echo(f"signing secret (shown once, keep it now and give it to the consumer): {secret}")
+
+
+_ENDPOINT_HINTS = {
+    "name": "NAME",
+    "tenant": "--tenant",
+    "url": "--url",
+    "secrets": "--secret-env",
+    "secret": "--secret-env",
+    "event_types": "--event-type",
+    "concurrency": "--concurrency",
+    "keep_old_for": "--keep-old-for",
+}
+
+
+@webhooks.command("init")
+@_DATABASE
+@_PREFIX
+def init_outbox(database: str | None, prefix: str) -> None:
+    """Create the outbox's tables (those that do not exist yet)."""
+    with _outbox(database, prefix, create=True, names_endpoints=False) as outbox:
+        outbox.create_tables()
+    tables = ", ".join(f"{prefix}_{t}" for t in ("endpoints", "messages", "deliveries", "attempts"))
+    click.echo(f"the outbox tables are ready in {masked_url(outbox.database)}: {tables}")
+
+
+@webhooks.command("endpoints")
+@_DATABASE
+@_PREFIX
+@click.option("--tenant", help="Only this tenant's endpoints.")
+@_AS_JSON
+def list_endpoints(database: str | None, prefix: str, tenant: str | None, as_json: bool) -> None:
+    """List the endpoints webhooks are sent to (their secrets are never shown)."""
+    with _outbox(database, prefix) as outbox:
+        found = outbox.endpoints(tenant=tenant)
+    if as_json:
+        rows = [
+            {**e.as_dict(), "failing_since": _utc(e.failing_since, precise=True)} for e in found
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(
+        "name", "tenant", "url", "event types", "rate limit", "concurrency", "enabled",
+        "disabled reason", "failing since", "secrets",
+    )  # fmt: skip
+    for e in found:
+        table.add_row(
+            e.name,
+            e.tenant,
+            e.url,
+            "all" if e.event_types is None else ", ".join(e.event_types),
+            _cell(e.rate_limit),
+            str(e.concurrency),
+            "yes" if e.enabled else "no",
+            _cell(e.disabled_reason),
+            _cell(_utc(e.failing_since)),
+            str(e.secrets),
+        )
+    _console().print(table)
+
+
+@webhooks.command("add-endpoint")
+@_DATABASE
+@_PREFIX
+@click.argument("name")
+@click.option("--url", required=True, help="Where deliveries are POSTed (http:// or https://).")
+@click.option("--tenant", default="default", show_default=True)
+@click.option(
+    "--event-type",
+    "event_types",
+    multiple=True,
+    help="An event type it receives (invoice.* for a family); repeat it; default: all.",
+)
+@click.option("--rate-limit", help="At most this many deliveries, e.g. 10/second.")
+@click.option("--concurrency", type=int, default=10, show_default=True, help="Requests in flight.")
+@click.option(
+    "--secret-env",
+    "secret_env",
+    multiple=True,
+    metavar="VAR",
+    help="An environment variable holding a whsec_/whsk_ secret; repeat it for several.",
+)
+@click.option("--generate-secret", is_flag=True, help="Make a whsec_ secret and print it once.")
+def add_endpoint(
+    database: str | None,
+    prefix: str,
+    name: str,
+    url: str,
+    tenant: str,
+    event_types: tuple[str, ...],
+    rate_limit: str | None,
+    concurrency: int,
+    secret_env: tuple[str, ...],
+    generate_secret: bool,
+) -> None:
+    """Register endpoint NAME: messages recorded from now on are sent to it."""
+    if rate_limit is not None:
+        from surefoot.ratelimit import parse_limit
+
+        try:
+            parse_limit(rate_limit)
+        except ConfigurationError as exc:
+            raise click.BadParameter(str(exc), param_hint="--rate-limit") from None
+    signing = _secrets_of(secret_env, generate_secret)
+    with _outbox(database, prefix, hints=_ENDPOINT_HINTS) as outbox:
+        endpoint = outbox.add_endpoint(
+            name,
+            url=url,
+            secrets=signing,
+            tenant=tenant,
+            event_types=event_types or None,
+            rate_limit=rate_limit,
+            concurrency=concurrency,
+        )
+    click.echo(f"added endpoint {endpoint.name} ({endpoint.url}) of tenant {endpoint.tenant}")
+    if generate_secret:
+        _show_generated(signing[0])
+
+
+@webhooks.command("enable")
+@_DATABASE
+@_PREFIX
+@click.argument("name")
+def enable_endpoint(database: str | None, prefix: str, name: str) -> None:
+    """Enable endpoint NAME: its undelivered messages go out again, from now."""
+    with _outbox(database, prefix) as outbox:
+        outbox.enable(name)
+    click.echo(f"enabled {name}")
+
+
+@webhooks.command("disable")
+@_DATABASE
+@_PREFIX
+@click.argument("name")
+@click.option("--reason", default="manual", show_default=True, help="Why (shown by endpoints).")
+def disable_endpoint(database: str | None, prefix: str, name: str, reason: str) -> None:
+    """Stop sending to endpoint NAME; its messages wait until it is enabled."""
+    if not _REASON.fullmatch(reason):
+        raise click.BadParameter(
+            "expected 1 to 200 printable ASCII characters", param_hint="--reason"
+        )
+    with _outbox(database, prefix) as outbox:
+        endpoint = outbox.disable(name, reason)
+    if endpoint.disabled_reason != reason:
+        click.echo(f"{name} was already disabled ({endpoint.disabled_reason})")
+        return
+    click.echo(f"disabled {name} ({reason})")
+
+
+@webhooks.command("rotate-secret")
+@_DATABASE
+@_PREFIX
+@click.argument("name")
+@click.option("--secret-env", "secret_env", multiple=True, metavar="VAR",
+              help="An environment variable holding the new whsec_/whsk_ secret.")  # fmt: skip
+@click.option("--generate-secret", is_flag=True, help="Make a whsec_ secret and print it once.")
+@click.option(
+    "--keep-old-for",
+    type=click.FloatRange(0, 30 * 86400),
+    default=86400.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Keep signing with the current secrets this long, so consumers can switch.",
+)
+def rotate_secret(
+    database: str | None,
+    prefix: str,
+    name: str,
+    secret_env: tuple[str, ...],
+    generate_secret: bool,
+    keep_old_for: float,
+) -> None:
+    """Sign NAME's deliveries with a new secret, and with the current ones for a while."""
+    (secret,) = _secrets_of(secret_env, generate_secret, one=True)
+    with _outbox(database, prefix, hints=_ENDPOINT_HINTS) as outbox:
+        endpoint = outbox.rotate_secret(name, secret, keep_old_for=keep_old_for)
+    old = endpoint.secrets - 1
+    kept = f"the {old} older ones" if old > 1 else "the older one"
+    click.echo(
+        f"{name} signs with the new secret"
+        + (f" and, for {keep_old_for:g} s more, with {kept}" if old else "")
+    )
+    if generate_secret:
+        _show_generated(secret)
+
+
+@webhooks.command("deliveries")
+@_DATABASE
+@_PREFIX
+@click.option("--endpoint", help="Only deliveries to this endpoint.")
+@click.option("--state", type=click.Choice([s.value for s in DeliveryState]))
+@click.option("--message", "message_id", help="Only deliveries of this message id.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@_AS_JSON
+def list_deliveries(
+    database: str | None,
+    prefix: str,
+    endpoint: str | None,
+    state: str | None,
+    message_id: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List deliveries (one message to one endpoint), newest first."""
+    with _outbox(database, prefix) as outbox:
+        if endpoint is not None:
+            outbox.endpoint(endpoint)
+        found = outbox.deliveries(
+            endpoint=endpoint, state=state, message_id=message_id, limit=limit
+        )
+    if as_json:
+        rows = [
+            {
+                **d.as_dict(),
+                **{k: _utc(getattr(d, k), precise=True) for k in _DELIVERY_TIMES},
+            }
+            for d in found
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(
+        "message id", "endpoint", "event type", "state", "attempts", "next attempt",
+        "last status", "last error", "created", "updated",
+    )  # fmt: skip
+    for d in found:
+        table.add_row(
+            d.message_id,
+            d.endpoint,
+            d.event_type,
+            d.state.value,
+            str(d.attempts),
+            _cell(_utc(d.next_at)),
+            _cell(d.last_status),
+            _cell(d.last_error),
+            _cell(_utc(d.created_at)),
+            _cell(_utc(d.updated_at)),
+        )
+    _console().print(table)
+
+
+@webhooks.command("attempts")
+@_DATABASE
+@_PREFIX
+@click.argument("message_id")
+@click.option("--endpoint", help="Only attempts to this endpoint.")
+@_AS_JSON
+def list_attempts(
+    database: str | None, prefix: str, message_id: str, endpoint: str | None, as_json: bool
+) -> None:
+    """List every attempt to deliver MESSAGE_ID, oldest first."""
+    with _outbox(database, prefix) as outbox:
+        if endpoint is not None:
+            outbox.endpoint(endpoint)
+        found = outbox.attempts(message_id, endpoint=endpoint)
+        if not found and not outbox.deliveries(message_id=message_id, endpoint=endpoint, limit=1):
+            to = f" to {endpoint}" if endpoint is not None else ""
+            raise click.ClickException(f"no delivery of message {message_id}{to}")
+    if as_json:
+        rows = [{**a.as_dict(), "at": _utc(a.at, precise=True)} for a in found]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("endpoint", "attempt", "at", "status", "error", "latency")
+    for a in found:
+        table.add_row(
+            a.endpoint,
+            str(a.attempt),
+            _cell(_utc(a.at, precise=True)),
+            _cell(a.status),
+            _cell(a.error),
+            f"{a.latency * 1000:.0f} ms",
+        )
+    _console().print(table)
+
+
+@webhooks.command("resend")
+@_DATABASE
+@_PREFIX
+@click.argument("message_id")
+@click.option("--endpoint", required=True, help="The endpoint to send it to again.")
+def resend_message(database: str | None, prefix: str, message_id: str, endpoint: str) -> None:
+    """Send a delivered or failed message to an endpoint again, now, on a fresh schedule."""
+    with _outbox(database, prefix) as outbox:
+        outbox.endpoint(endpoint)
+        try:
+            queued = outbox.resend(message_id, endpoint)
+        except KeyError:
+            raise click.ClickException(f"no message {message_id}") from None
+        if not queued:
+            found = outbox.deliveries(message_id=message_id, endpoint=endpoint, limit=1)
+            if not found:
+                raise click.ClickException(f"message {message_id} was never sent to {endpoint}")
+            raise click.ClickException(
+                f"message {message_id} to {endpoint} is {found[0].state.value}: "
+                "nothing resent (it goes out anyway)"
+            )
+    click.echo(f"queued message {message_id} for {endpoint} again")
+
+
+def _since(text: str, now: float) -> float:
+    """``--since``: an ISO 8601 time (UTC when it names no offset) or a duration back
+    from ``now`` (``30m``, ``2h``, ``3d``)."""
+    duration = _DURATION.fullmatch(text.strip())
+    if duration is not None:
+        return now - float(duration[1]) * _UNITS[duration[2]]
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"expected an ISO 8601 time (2026-05-01T12:00:00Z) or a duration back from now "
+            f"(30m, 2h, 3d), got {text!r}",
+            param_hint="--since",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+@webhooks.command("recover")
+@_DATABASE
+@_PREFIX
+@click.argument("name")
+@click.option("--since", "since_text", required=True, metavar="WHEN",
+              help="ISO 8601 time or a duration back from now (2h, 30m, 3d).")  # fmt: skip
+def recover_endpoint(database: str | None, prefix: str, name: str, since_text: str) -> None:
+    """Send again every failed message to endpoint NAME recorded since WHEN."""
+    since = _since(since_text, SystemClock().now())
+    with _outbox(database, prefix) as outbox:
+        count = outbox.recover(name, since)
+    plural = "y" if count == 1 else "ies"
+    click.echo(f"queued {count} failed deliver{plural} to {name} since {_utc(since)} again")
+
+
+@webhooks.command("worker")
+@_DATABASE
+@_PREFIX
+@click.option("--timeout", type=float, default=15.0, show_default=True,
+              help="Seconds an attempt may take.")  # fmt: skip
+@click.option("--max-in-flight", type=int, default=100, show_default=True,
+              help="Requests in flight at most, over every endpoint.")  # fmt: skip
+@click.option("--allow-private", is_flag=True,
+              help="Let endpoints resolve to private and reserved addresses.")  # fmt: skip
+@click.option("--allow-network", "networks", multiple=True, metavar="CIDR",
+              help="A private network endpoints may resolve to (repeat it).")  # fmt: skip
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              help="Serve Prometheus metrics on this port.")  # fmt: skip
+def run_worker(
+    database: str | None,
+    prefix: str,
+    timeout: float,
+    max_in_flight: int,
+    allow_private: bool,
+    networks: tuple[str, ...],
+    metrics_port: int | None,
+) -> None:
+    """Deliver the outbox's messages until SIGINT or SIGTERM.
+
+    On either signal it claims nothing more, waits for the requests in flight (each at
+    most --timeout) and records them, then exits with status 0.
+    """
+    _need("webhooks worker", "client")
+    if metrics_port is not None:
+        _need("webhooks worker --metrics-port", "metrics")
+    if allow_private and networks:
+        raise click.UsageError("--allow-private allows every network: drop --allow-network")
+    from surefoot.events import EventHook, LoggingHook
+    from surefoot.outbox import OutboxWorker
+
+    hooks: list[EventHook] = [LoggingHook()]
+    metrics = None
+    if metrics_port is not None:
+        from surefoot.metrics import PrometheusMetrics
+
+        metrics = PrometheusMetrics()
+        hooks.append(metrics)
+    hints = {
+        "timeout": "--timeout",
+        "max_in_flight": "--max-in-flight",
+        "allow_private": "--allow-network",
+    }
+    with _outbox(database, prefix, hints=hints, names_endpoints=False) as outbox:
+        outbox.stats()  # the tables exist and the database answers, before anything starts
+
+        async def run() -> None:
+            worker = OutboxWorker(
+                outbox,
+                timeout=timeout,
+                max_in_flight=max_in_flight,
+                allow_private=allow_private or list(networks),
+                hooks=hooks,
+            )
+            server = None
+            try:
+                if metrics is not None and metrics_port is not None:
+                    server = _serve_metrics(metrics_port, metrics.registry)
+                # Only once every option was accepted: the library itself adds no handler.
+                _log_to_stderr("surefoot", logging.INFO)
+                loop = asyncio.get_running_loop()
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(signum, worker.stop)
+                click.echo(
+                    f"surefoot webhooks worker: delivering from {masked_url(outbox.database)} "
+                    f"(tables {prefix}_*)"
+                    + (f"; metrics on port {metrics_port}" if server is not None else ""),
+                    err=True,
+                )
+                try:
+                    await worker.run()
+                finally:
+                    for signum in (signal.SIGINT, signal.SIGTERM):
+                        loop.remove_signal_handler(signum)
+            finally:
+                await worker.aclose()
+                if server is not None:
+                    server.shutdown()
+            click.echo("surefoot webhooks worker: stopped", err=True)
+
+        asyncio.run(run())
+
+
+def _serve_metrics(port: int, registry: Any) -> Any:
+    """prometheus_client's HTTP server of ``registry`` on ``port`` (to shut down after)."""
+    from prometheus_client import start_http_server
+
+    try:
+        server, _ = start_http_server(port, registry=registry)
+    except OSError as exc:
+        raise click.ClickException(
+            f"--metrics-port: cannot listen: {exc.strerror or exc}"
+        ) from None
+    return server
+
+
+def _log_to_stderr(name: str, level: int) -> None:
+    """Log ``name``'s records at ``level`` and above on stderr (the library adds no handler)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    logger.setLevel(level)
 
 
 @main.command("migrate")
@@ -596,8 +1179,4 @@ def _check_upstream(upstream: str) -> None:
 def _log_faults() -> None:
     """Each injected fault on stderr, one line at WARNING, as docs/chaos.md says: the
     library itself adds no handler (``surefoot/__init__.py``), so the command does."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("surefoot.chaos")
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
+    _log_to_stderr("surefoot.chaos", logging.WARNING)

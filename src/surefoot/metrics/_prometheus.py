@@ -26,6 +26,12 @@ Rule 5: in multiprocess mode, counters and histograms are summed over workers, i
         "Live" needs the supervisor to call ``mark_worker_dead`` when a worker exits.
 Rule 6: the circuit breaker's events live in ``surefoot.client`` (the ``client`` extra);
         without it no breaker exists to emit them, and they are not counted.
+Rule 7: the outbox's ``endpoint`` label is bounded (Rule 2 of ``_specs``): an instance
+        gives its first ``MAX_OUTBOX_ENDPOINTS`` endpoint names their own series and labels
+        every later one ``"other"``, whose backlog gauges add up (the oldest age: the
+        largest) over the endpoints it stands for. An ``OutboxBacklog`` is the whole
+        backlog: the gauges of a label it no longer holds (a removed endpoint) are removed,
+        or set to 0 in multiprocess mode, where prometheus_client cannot remove a series.
 """
 
 from __future__ import annotations
@@ -61,8 +67,14 @@ from surefoot.idempotency import (
     StoreBypassed,
     StoreFailed,
 )
-from surefoot.metrics._specs import METRICS, MetricSpec
+from surefoot.metrics._specs import MAX_OUTBOX_ENDPOINTS, METRICS, MetricSpec
 from surefoot.metrics._store import InstrumentedStore, instrumented
+from surefoot.outbox import (
+    OutboxBacklog,
+    WebhookAttempted,
+    WebhookDeferred,
+    WebhookEndpointDisabled,
+)
 from surefoot.ratelimit import (
     RateLimitAllowed,
     RateLimitRejected,
@@ -111,6 +123,11 @@ class _Children(Generic[M]):
             child = self._cache[label_values] = self._metric.labels(*label_values)
         return child
 
+    def remove(self, *label_values: object) -> None:
+        """Drop the series of ``label_values`` (it comes back, from 0, on its next use)."""
+        self._cache.pop(label_values, None)
+        self._metric.remove(*label_values)
+
 
 def _new(metric: MetricSpec, registry: CollectorRegistry) -> MetricWrapperBase:
     """The prometheus_client metric ``metric`` describes, registered in ``registry``."""
@@ -158,7 +175,7 @@ class PrometheusMetrics(EventHook):
 
     #: The groups of the metric table this class exposes (``GatewayMetrics`` adds one).
     groups: ClassVar[frozenset[str]] = frozenset(
-        ("requests", "ratelimit", "idempotency", "webhooks", "breaker", "store")
+        ("requests", "ratelimit", "idempotency", "webhooks", "outbox", "breaker", "store")
     )
 
     def __init__(
@@ -211,6 +228,18 @@ class PrometheusMetrics(EventHook):
         self._store_errors = self._metric("surefoot_store_errors_total", Counter)
         self._webhooks = self._children("surefoot_webhooks_received_total", Counter)
         self._webhooks_refused = self._children("surefoot_webhooks_refused_total", Counter)
+        self._sent = self._children("surefoot_webhooks_sent_total", Counter)
+        self._send_seconds = self._children("surefoot_webhooks_send_duration_seconds", Histogram)
+        self._deferred = self._children("surefoot_webhooks_deferred_total", Counter)
+        self._disabled = self._children("surefoot_webhooks_endpoint_disabled_total", Counter)
+        self._queued = self._children("surefoot_webhooks_queued", Gauge)
+        self._oldest = self._children("surefoot_webhooks_oldest_undelivered_seconds", Gauge)
+        self._failed = self._children("surefoot_webhooks_failed", Gauge)
+        self._endpoints_disabled = self._metric("surefoot_webhooks_endpoints_disabled", Gauge)
+        # Rule 7: the endpoint names with series of their own, and the labels the last
+        # backlog report set.
+        self._outbox_names: set[str] = set()
+        self._backlog_labels: set[str] = set()
 
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
             RateLimitAllowed: self._on_allowed,
@@ -234,6 +263,10 @@ class PrometheusMetrics(EventHook):
             WebhookDuplicate: self._on_webhook_duplicate,
             WebhookRefused: self._on_webhook_refused,
             WebhookReplayed: partial(self._on_webhook, "replayed"),
+            WebhookAttempted: self._on_webhook_attempted,
+            WebhookDeferred: self._on_webhook_deferred,
+            WebhookEndpointDisabled: self._on_webhook_endpoint_disabled,
+            OutboxBacklog: self._on_outbox_backlog,
         }
         if _HAS_CLIENT:
             self._handlers[BreakerStateChanged] = self._on_breaker_changed
@@ -385,6 +418,58 @@ class PrometheusMetrics(EventHook):
     def _on_webhook_refused(self, event: WebhookRefused) -> None:
         self._webhooks(event.endpoint, "refused").inc()
         self._webhooks_refused(event.endpoint, event.code).inc()
+
+    def _outbox_endpoint(self, name: str) -> str:
+        """``name``, or ``"other"`` once ``MAX_OUTBOX_ENDPOINTS`` others have a series (Rule 7)."""
+        if name in self._outbox_names:
+            return name
+        if len(self._outbox_names) >= MAX_OUTBOX_ENDPOINTS:
+            return "other"
+        self._outbox_names.add(name)
+        return name
+
+    def _on_webhook_attempted(self, event: WebhookAttempted) -> None:
+        endpoint = self._outbox_endpoint(event.endpoint)
+        self._sent(endpoint, event.outcome).inc()
+        self._send_seconds(endpoint).observe(event.latency)
+
+    def _on_webhook_deferred(self, event: WebhookDeferred) -> None:
+        self._deferred(self._outbox_endpoint(event.endpoint), event.reason).inc()
+
+    def _on_webhook_endpoint_disabled(self, event: WebhookEndpointDisabled) -> None:
+        self._disabled(self._outbox_endpoint(event.endpoint), event.reason).inc()
+
+    def _on_outbox_backlog(self, event: OutboxBacklog) -> None:
+        queued: dict[str, int] = {}
+        failed: dict[str, int] = {}
+        oldest: dict[str, float] = {}
+        disabled = 0
+        for name, enabled, pending, sending, failures, age in event.endpoints:
+            label = self._outbox_endpoint(name)
+            queued[label] = queued.get(label, 0) + pending + sending
+            failed[label] = failed.get(label, 0) + failures
+            oldest[label] = max(oldest.get(label, 0.0), age or 0.0)
+            disabled += not enabled
+        for label in queued:
+            self._queued(label).set(queued[label])
+            self._failed(label).set(failed[label])
+            self._oldest(label).set(oldest[label])
+        self._endpoints_disabled.set(disabled)
+        for label in self._backlog_labels - queued.keys():
+            for gauge in (self._queued, self._failed, self._oldest):
+                if _can_remove_series():
+                    gauge.remove(label)
+                else:
+                    gauge(label).set(0)
+        self._backlog_labels = set(queued)
+
+
+def _can_remove_series() -> bool:
+    """Whether prometheus_client removes a series here (it warns and leaves it in the
+    files when its multiprocess variable is set, as it checks)."""
+    return not any(
+        v in os.environ for v in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+    )
 
 
 def _check_multiprocess(path: str, owner: str) -> None:

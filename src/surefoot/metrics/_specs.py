@@ -10,7 +10,10 @@ Rule 1: every name carries the ``surefoot_`` prefix and follows Prometheus conve
 Rule 2: no label takes a raw path, a key, a principal or an error text: every label value
         comes from configuration (routes, policies, breakers, stores) or a short fixed
         set, so the number of series stays bounded. ``error`` is an exception's class
-        name, never its text.
+        name, never its text. The outbox's endpoints are rows of a database, which an
+        application may add by the thousand (one per customer): their ``endpoint`` label
+        is the name for the first ``MAX_OUTBOX_ENDPOINTS`` names an instance sees, and
+        ``"other"`` for the rest, as an unknown method is ``"other"``.
 Rule 3: ``fed_by`` names what moves the metric: an event type (the hook counts it) or a
         method of the metrics object. A test checks each name against the handlers.
 Rule 4: ``group`` says who exposes the metric: every group but ``gateway`` is
@@ -25,6 +28,7 @@ from typing import Literal
 
 __all__ = [
     "GROUPS",
+    "MAX_OUTBOX_ENDPOINTS",
     "METRICS",
     "MetricSpec",
     "metrics_markdown",
@@ -42,8 +46,14 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 #: A store call: from an in-memory step (0.1 ms) to a timeout (5 s).
 STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                  0.5, 1, 2.5, 5)  # fmt: skip
+#: Past this many endpoint names, the outbox's metrics label an endpoint ``"other"`` (Rule 2).
+MAX_OUTBOX_ENDPOINTS = 1000
 #: How long an outcome stayed unknown: from a quick retry (1 s) to a week.
 UNKNOWN_AGE_BUCKETS = (1, 5, 30, 60, 300, 900, 3600, 14400, 86400, 604800)
+
+
+#: What the help of a metric with an outbox ``endpoint`` label says of its bound (Rule 2).
+_BOUND = f' (endpoint: the first {MAX_OUTBOX_ENDPOINTS} names seen, then "other")'
 
 #: The groups (Rule 4), in the docs' order, with the heading each gets there.
 GROUPS = {
@@ -51,6 +61,7 @@ GROUPS = {
     "ratelimit": "Rate limits",
     "idempotency": "Idempotency",
     "webhooks": "Receiving webhooks",
+    "outbox": "Sending webhooks",
     "breaker": "Circuit breakers",
     "store": "Stores",
     "gateway": "Gateway only (`GatewayMetrics`)",
@@ -294,6 +305,84 @@ METRICS: tuple[MetricSpec, ...] = (
         fed_by=("WebhookRefused",),
         group="webhooks",
         values='`reason`: a code of the catalogue (`"webhook_signature_mismatch"`...)',
+    ),
+    MetricSpec(
+        "surefoot_webhooks_sent_total",
+        "counter",
+        "Attempts to deliver an outbox message, by what became of the delivery" + _BOUND + ".",
+        labels=("endpoint", "outcome"),
+        fed_by=("WebhookAttempted",),
+        group="outbox",
+        values='`outcome`: `"delivered"` (a 2xx), `"retrying"` (a later '
+        'attempt is scheduled) or `"failed"` (the schedule is exhausted, or a 410)',
+    ),
+    MetricSpec(
+        "surefoot_webhooks_send_duration_seconds",
+        "histogram",
+        "Time each attempt to deliver an outbox message took, failed ones included" + _BOUND + ".",
+        labels=("endpoint",),
+        fed_by=("WebhookAttempted",),
+        group="outbox",
+        buckets=REQUEST_BUCKETS,
+    ),
+    MetricSpec(
+        "surefoot_webhooks_deferred_total",
+        "counter",
+        "Claimed deliveries put back unsent, their attempt count unchanged" + _BOUND + ".",
+        labels=("endpoint", "reason"),
+        fed_by=("WebhookDeferred",),
+        group="outbox",
+        values='`reason`: `"rate_limited"` (the endpoint\'s rate limit) or `"breaker_open"`',
+    ),
+    MetricSpec(
+        "surefoot_webhooks_endpoint_disabled_total",
+        "counter",
+        "Endpoints the outbox worker disabled" + _BOUND + ".",
+        labels=("endpoint", "reason"),
+        fed_by=("WebhookEndpointDisabled",),
+        group="outbox",
+        values='`reason`: `"gone"` (it answered 410) or `"failing"` (it kept failing for '
+        "`disable_after`)",
+    ),
+    MetricSpec(
+        "surefoot_webhooks_queued",
+        "gauge",
+        "Deliveries waiting or in flight, as the last backlog report counted them" + _BOUND + ".",
+        labels=("endpoint",),
+        fed_by=("OutboxBacklog",),
+        group="outbox",
+        multiprocess_mode="livemostrecent",
+        values="the series of an endpoint missing from the latest report is removed (set to 0 "
+        'with several worker processes); `"other"` adds up the endpoints past the bound',
+    ),
+    MetricSpec(
+        "surefoot_webhooks_oldest_undelivered_seconds",
+        "gauge",
+        "Age of an endpoint's oldest message waiting or in flight (0 when nothing waits)"
+        + _BOUND
+        + ".",
+        labels=("endpoint",),
+        fed_by=("OutboxBacklog",),
+        group="outbox",
+        multiprocess_mode="livemostrecent",
+        values='`"other"`: the oldest of the endpoints past the bound',
+    ),
+    MetricSpec(
+        "surefoot_webhooks_failed",
+        "gauge",
+        "Deliveries that failed for good and wait for a resend or a recover" + _BOUND + ".",
+        labels=("endpoint",),
+        fed_by=("OutboxBacklog",),
+        group="outbox",
+        multiprocess_mode="livemostrecent",
+    ),
+    MetricSpec(
+        "surefoot_webhooks_endpoints_disabled",
+        "gauge",
+        "Outbox endpoints that are disabled, as the last backlog report counted them.",
+        fed_by=("OutboxBacklog",),
+        group="outbox",
+        multiprocess_mode="livemostrecent",
     ),
     MetricSpec(
         "surefoot_breaker_transitions_total",
