@@ -290,10 +290,10 @@ def test_deliveries_attempts_resend_and_recover(url: str) -> None:
     future = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)).isoformat()
     none = cli(url, "recover", "acme", "--since", future)
     assert none.exit_code == 0
-    assert "queued 0 failed deliveries" in none.output
+    assert "queued 0 deliveries to acme" in none.output
     recovered = cli(url, "recover", "acme", "--since", "2h")
     assert recovered.exit_code == 0, recovered.output
-    assert "queued 1 failed delivery to acme" in recovered.output
+    assert "queued 1 delivery to acme" in recovered.output
     assert as_json(cli(url, "deliveries", "--json"))[0]["state"] == "pending"
     bad = cli(url, "recover", "acme", "--since", "last tuesday")
     assert bad.exit_code == 2
@@ -396,3 +396,15 @@ def test_the_worker_refuses_bad_options_in_one_line(url: str) -> None:
         assert f"Invalid value for {option}" in result.output
     both = cli(url, "worker", "--allow-private", "--allow-network", "10.0.0.0/8")
     assert both.exit_code == 2
+
+
+def test_recover_queues_what_an_endpoint_missed_while_disabled(url: str) -> None:
+    add(url)
+    assert cli(url, "disable", "acme").exit_code == 0
+    enqueue(url)
+    assert as_json(cli(url, "deliveries", "--json")) == []
+    assert cli(url, "enable", "acme").exit_code == 0
+    recovered = cli(url, "recover", "acme", "--since", "30m")
+    assert recovered.exit_code == 0, recovered.output
+    assert "queued 1 delivery to acme" in recovered.output
+    assert [d["state"] for d in as_json(cli(url, "deliveries", "--json"))] == ["pending"]

@@ -852,12 +852,16 @@ def _since(text: str, now: float) -> float:
 @click.option("--since", "since_text", required=True, metavar="WHEN",
               help="ISO 8601 time or a duration back from now (2h, 30m, 3d).")  # fmt: skip
 def recover_endpoint(database: str | None, prefix: str, name: str, since_text: str) -> None:
-    """Send again every failed message to endpoint NAME recorded since WHEN."""
+    """Send endpoint NAME every message recorded since WHEN that it has not received:
+    the failed ones again, and those recorded while it was disabled."""
     since = _since(since_text, SystemClock().now())
     with _outbox(database, prefix) as outbox:
         count = outbox.recover(name, since)
     plural = "y" if count == 1 else "ies"
-    click.echo(f"queued {count} failed deliver{plural} to {name} since {_utc(since)} again")
+    click.echo(
+        f"queued {count} deliver{plural} to {name} of messages recorded since {_utc(since)} "
+        "(failed, or missed while it was disabled)"
+    )
 
 
 @webhooks.command("worker")

@@ -332,7 +332,8 @@ METRICS: tuple[MetricSpec, ...] = (
         labels=("endpoint", "reason"),
         fed_by=("WebhookDeferred",),
         group="outbox",
-        values='`reason`: `"rate_limited"` (the endpoint\'s rate limit) or `"breaker_open"`',
+        values='`reason`: `"rate_limited"` (the endpoint\'s rate limit), '
+        '`"rate_limit_unavailable"` (its store failed) or `"breaker_open"`',
     ),
     MetricSpec(
         "surefoot_webhooks_endpoint_disabled_total",
