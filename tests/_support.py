@@ -75,6 +75,7 @@ def public_event_types() -> list[type[Event]]:
         "gateway",
         "chaos",
         "webhooks",
+        "outbox",
     ):
         module = importlib.import_module(f"surefoot.{package}")
         for name in module.__all__:
