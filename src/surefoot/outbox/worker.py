@@ -55,6 +55,7 @@ from surefoot.outbox._events import (
     WebhookDeferred,
     WebhookEndpointDisabled,
 )
+from surefoot.outbox._senders import HttpxSender, Sender, SendError, default_sender
 from surefoot.outbox._signing import sign
 from surefoot.outbox.outbox import Claimed, Outbox, Outcome
 from surefoot.ratelimit import Item, Limit, RateLimitStore, parse_limit
@@ -185,10 +186,11 @@ class OutboxWorker:
             )
         self._make_breaker = self._default_breaker if breaker is True else breaker or None
         self._breakers: dict[str, Breaker] = {}
-        self._transport = transport or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=max_in_flight), trust_env=False
+        self._sender: Sender = (
+            default_sender(max_in_flight, self.timeout)
+            if transport is None
+            else HttpxSender(transport, self.timeout)
         )
-        self._timeouts = httpx.Timeout(self.timeout).as_dict()
         self._timed_out = f"timed out after {self.timeout:g} s"
         self._headers = {
             "user-agent": f"surefoot-webhooks/{__version__}",
@@ -251,7 +253,7 @@ class OutboxWorker:
 
     async def aclose(self) -> None:
         """Close the HTTP client, the database connection and an owned rate-limit store."""
-        await self._transport.aclose()
+        await self._sender.aclose()
         if self._owns_rate_store and self._rate_store is not None:
             await self._rate_store.aclose()
         await asyncio.to_thread(self._conn.close)
@@ -364,30 +366,19 @@ class OutboxWorker:
         self, c: Claimed, now: float, deadline: float, url: httpx.URL, extra: dict[str, Any]
     ) -> Result:
         headers = sign(c.secrets, c.body, message_id=c.message_id, timestamp=int(now))
-        host = extra.pop("host", None)
+        host = extra.get("host")
         if host is not None:
             headers["host"] = host
         try:
             async with asyncio.timeout_at(deadline):
-                # The transport itself: no redirects, cookies or proxies from the
-                # environment; only the status line and headers count, so a consumer cannot
-                # hold the worker (or its memory) with an endless answer.
-                request = httpx.Request(
-                    "POST",
-                    url,
-                    content=c.body,
-                    headers={**self._headers, **headers},
-                    extensions={**extra, "timeout": self._timeouts},
+                status, retry_after = await self._sender.post(
+                    url, {**self._headers, **headers}, c.body, extra.get("sni_hostname")
                 )
-                response = await self._transport.handle_async_request(request)
-                await response.aclose()
-        except (httpx.TimeoutException, TimeoutError):
+        except TimeoutError:
             return Result(None, self._timed_out)
-        except (httpx.HTTPError, OSError) as exc:
-            return Result(None, _short(f"{type(exc).__name__}: {exc}"))
-        return Result(
-            response.status_code, None, _retry_after(response.headers.get("retry-after"), now)
-        )
+        except SendError as exc:
+            return Result(None, _short(str(exc)))
+        return Result(status, None, _retry_after(retry_after, now))
 
     async def _checked(self, url: httpx.URL) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
         """``url`` pointed at a checked address of its host (Rule 4), with the headers and
