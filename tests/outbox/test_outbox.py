@@ -1173,7 +1173,8 @@ def test_resend_only_a_delivered_or_failed_message(
     clock.advance(10)
     assert outbox.resend(waiting, "acme") is False
     assert outbox.resend(flying, "acme") is False
-    assert outbox.resend(done, "nobody") is False
+    with pytest.raises(KeyError, match="nobody"):  # no delivery of it to that endpoint
+        outbox.resend(done, "nobody")
     assert outbox.resend(done, "acme") is True
     assert outbox.resend(gone, "acme") is True
     with pytest.raises(KeyError):
@@ -1275,3 +1276,32 @@ def test_a_resent_delivery_keeps_every_attempt(db: Db, outbox: Outbox) -> None:
         outbox.record(worker, [delivered(c, T0)])
         assert outbox.resend(message_id, "acme")
     assert [a.attempt for a in outbox.attempts(message_id)] == [1, 1]
+
+
+def test_purge_deletes_only_what_is_past_retention_and_waits_for_nothing(
+    db: Db, clock: ManualClock
+) -> None:
+    outbox = db.outbox(schedule=[0, 60], retention=3600)
+    add(outbox, "acme")
+    old_done, old_waiting = enqueue(db, outbox), enqueue(db, outbox)
+    worker = db.worker(outbox)
+    claimed = {c.message_id: c for c in outbox.claim(worker, limit=10, lease=60)}
+    outbox.record(worker, [delivered(claimed[old_done], T0)])
+    clock.advance(3600)
+    young = enqueue(db, outbox)
+    (c,) = [c for c in outbox.claim(worker, limit=10, lease=60) if c.message_id == young]
+    outbox.record(worker, [delivered(c, clock.now())])
+    clock.advance(1)
+    assert outbox.purge() == 1  # the old delivered one; the old one in flight waits
+    assert outbox.attempts(old_done) == []
+    assert {d.message_id for d in outbox.deliveries()} == {old_waiting, young}
+    assert outbox.purge() == 0
+
+
+def test_disable_takes_a_reason_of_printable_text(db: Db, outbox: Outbox) -> None:
+    add(outbox, "acme")
+    for reason in ("", "x" * 201, "line\nbreak", 5):
+        with pytest.raises(ConfigurationError, match=r"^reason: "):
+            outbox.disable("acme", reason)  # type: ignore[arg-type]
+    assert outbox.disable("acme", "moved to v2").disabled_reason == "moved to v2"
+    assert outbox.disable("acme", "again").disabled_reason == "moved to v2"

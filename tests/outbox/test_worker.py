@@ -28,7 +28,7 @@ import standardwebhooks
 
 from _support import GUARD, of
 from surefoot.client import BreakerStateChanged
-from surefoot.errors import ConfigurationError
+from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.events import Event, LoggingHook
 from surefoot.outbox import (
     DeliveryState,
@@ -1090,6 +1090,45 @@ async def test_run_with_nothing_to_do_stops_on_stop(outbox: Outbox, workers: Fac
         worker.stop()
         await task
     assert task.exception() is None
+
+
+async def test_run_waits_out_a_database_outage_and_records_what_it_kept(
+    outbox: Outbox,
+    db: Path,
+    workers: Factory,
+    consumer: Consumer,
+    events: list[Event],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    add(outbox)
+    ids = [enqueue(outbox, db) for _ in range(3)]
+    worker = workers(outbox, poll_interval=0.01)
+    record = outbox.record
+    failing = {"record": 1}
+
+    def flaky_record(conn: Any, outcomes: Any) -> Any:
+        if failing["record"]:
+            failing["record"] -= 1
+            raise StoreUnavailable(retry_after=1)
+        return record(conn, outcomes)
+
+    monkeypatch.setattr(outbox, "record", flaky_record)
+    recorded = asyncio.Event()
+    worker.hooks = (
+        lambda e: (events.append(e), isinstance(e, WebhookAttempted) and recorded.set()),
+    )
+
+    with anyio.fail_after(GUARD):
+        task = asyncio.create_task(worker.run())
+        await recorded.wait()  # after the outage, from the outcomes it kept
+        worker.stop()
+        await task
+
+    assert task.exception() is None
+    assert "the database failed" in caplog.text
+    assert sorted(consumer.ids()) == sorted(ids)  # each sent once: nothing went out again
+    assert [state(outbox, m) for m in ids] == [(DeliveryState.DELIVERED, 1)] * 3
 
 
 # -- the backlog report ---------------------------------------------------------------------------

@@ -75,6 +75,7 @@ _PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 _ORDERING_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 _MIN_SECRET_BYTES = 24
 _MAX_SECRETS = 5
+_REASON = re.compile(r"[\x20-\x7e]{1,200}")
 #: Claims checked per statement when recording (3 parameters each, well under SQLite's 32766).
 _CHUNK = 500
 _SECRET_PREFIXES = ("whsec_", "whsk_")
@@ -450,8 +451,20 @@ class _Sql:
             "coalesce(sum(CASE WHEN d.state = 'failed' THEN 1 ELSE 0 END), 0), "
             "min(CASE WHEN d.state IN ('pending', 'sending') THEN d.created_at END) "
             f"FROM {p}_endpoints e LEFT JOIN {p}_deliveries d ON d.endpoint = e.name "
+            # Delivered rows (nearly all of them, in time) are never read: the index holds.
+            "AND d.state IN ('pending', 'sending', 'failed') "
             "GROUP BY e.name, e.enabled ORDER BY e.name"
         )
+        self.purgeable = (
+            f"SELECT m.seq FROM {p}_messages m WHERE m.created_at < ? AND NOT EXISTS "
+            f"(SELECT 1 FROM {p}_deliveries d WHERE d.seq = m.seq "
+            "AND d.state IN ('pending', 'sending')) LIMIT ?"
+        )
+        self.purge = [
+            f"DELETE FROM {p}_attempts WHERE seq IN ",
+            f"DELETE FROM {p}_deliveries WHERE seq IN ",
+            f"DELETE FROM {p}_messages WHERE seq IN ",
+        ]
         self._held = (
             f"SELECT endpoint, seq FROM {p}_deliveries WHERE token IS NOT NULL "
             "AND (endpoint, seq, token) IN (VALUES {rows})" + lock.replace(" SKIP LOCKED", "")
@@ -605,6 +618,8 @@ class Outbox:
         max_payload: bytes of a message's JSON body at most.
         schedule: when deliveries are attempted (default: Standard Webhooks' example).
         disable_after: seconds an endpoint may keep failing before it is disabled (5 days).
+        retention: seconds a message is kept once nothing waits to deliver it (30 days;
+            at least the schedule's span), for ``attempts``, ``resend`` and ``recover``.
         clock: source of ``now`` (tests inject ``ManualClock``).
 
     Warning:
@@ -622,6 +637,7 @@ class Outbox:
         max_payload: int = MAX_PAYLOAD,
         schedule: RetrySchedule | Sequence[float] | None = None,
         disable_after: float = 5 * 86400.0,
+        retention: float = 30 * 86400.0,
         clock: Clock | None = None,
     ) -> None:
         if not isinstance(database, str):
@@ -648,6 +664,14 @@ class Outbox:
         self.max_payload = max_payload
         self.schedule = schedule
         self.disable_after = float(disable_after)
+        if not _is_seconds(retention) or not schedule.span < retention <= 3650 * 86400:
+            _fail(
+                "retention",
+                f"seconds longer than the schedule's span ({schedule.span:g}) and at most "
+                "315360000 (10 years)",
+                retention,
+            )
+        self.retention = float(retention)
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.sql = _Sql(prefix, self.dialect)
         self._sqlite = _Sql(prefix, "sqlite")
@@ -936,7 +960,10 @@ class Outbox:
 
     def disable(self, name: str, reason: str = "manual") -> Endpoint:
         """Stop delivering to ``name``: its undelivered messages wait until it is enabled;
-        messages recorded meanwhile are not queued for it (``recover`` queues them)."""
+        messages recorded meanwhile are not queued for it (``recover`` queues them).
+        An endpoint already disabled keeps its first reason."""
+        if not isinstance(reason, str) or not _REASON.fullmatch(reason):
+            _fail("reason", "1 to 200 printable characters", reason)
         with self._connection().transaction() as cursor:
             cursor.execute(self.sql.endpoint_disable, (reason, name))
         return self.endpoint(name)
@@ -1020,7 +1047,11 @@ class Outbox:
             if row is None:
                 raise KeyError(message_id)
             cursor.execute(self.sql.resend, (now, now, row[0], endpoint))
-            return bool(cursor.rowcount == 1)
+            if cursor.rowcount == 1:
+                return True
+        if not self.deliveries(message_id=message_id, endpoint=endpoint, limit=1):
+            raise KeyError(endpoint)
+        return False
 
     def recover(self, endpoint: str, since: float) -> int:
         """Deliver every message for ``endpoint`` recorded at or after ``since`` (a
@@ -1040,6 +1071,19 @@ class Outbox:
             if missed:
                 cursor.executemany(self.sql.insert_missed, missed)
         return queued + len(missed)
+
+    def purge(self, *, batch: int = 1000) -> int:
+        """Delete up to ``batch`` messages older than ``retention`` that nothing waits to
+        deliver, with their deliveries and attempts; returns how many (workers call it)."""
+        before = self.clock.now() - self.retention
+        with self._connection().transaction() as cursor:
+            cursor.execute(self.sql.purgeable, (before, batch))
+            seqs = [row[0] for row in cursor.fetchall()]
+            if seqs:
+                marks = self.sql.placeholders(len(seqs))
+                for statement in self.sql.purge:
+                    cursor.execute(statement + marks, seqs)
+        return len(seqs)
 
     def stats(self) -> list[EndpointStats]:
         """Every endpoint's backlog (what the metrics export)."""
@@ -1185,6 +1229,10 @@ _NO_TRANSACTION = (
     "Outbox.enqueue runs inside the caller's transaction, and this connection has none "
     "open: BEGIN (BEGIN IMMEDIATE on SQLite) first"
 )
+
+
+def _is_seconds(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
 
 
 def _endpoint_results(attempted: Sequence[Outcome]) -> list[tuple[object, ...]]:

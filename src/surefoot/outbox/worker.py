@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
+import logging
 import random
 import socket
 import time
@@ -46,7 +47,7 @@ import httpx
 
 from surefoot._version import __version__
 from surefoot.client import Breaker, CircuitBreaker
-from surefoot.errors import CircuitOpen, ConfigurationError, SurefootError
+from surefoot.errors import CircuitOpen, ConfigurationError, StoreUnavailable, SurefootError
 from surefoot.events import EventHook, LoggingHook, emit, wanted
 from surefoot.outbox._core import DeliveryState, Result, judge
 from surefoot.outbox._events import (
@@ -67,6 +68,8 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
 _RATE_KEY = "surefoot:outbox:{}"
+_MAX_BACKOFF = 30.0
+_log = logging.getLogger("surefoot.outbox")
 #: How long an admission may age before its request leaves: a fraction of the limit's
 #: window, at most 50 ms; the window counted is longer by as much (Rule 2).
 _MARGIN = 0.02
@@ -125,7 +128,8 @@ class OutboxWorker:
         transport: the httpx transport (tests hand in one; default: a plain one).
         resolver: ``async (host, port) -> addresses`` (default: the system's resolver).
         hooks: event hooks (``WebhookAttempted``...); default: logging.
-        report_every: seconds between ``OutboxBacklog`` events.
+        report_every: seconds between ``OutboxBacklog`` events, and between purges of
+            what is past the outbox's ``retention``.
         rng: the jitter's source of uniform draws in [0, 1).
     """
 
@@ -217,35 +221,67 @@ class OutboxWorker:
 
     async def run(self) -> None:
         """Deliver until ``stop()``: claims whenever a request slot is free, so one slow
-        endpoint never holds back the others (each holds at most its ``concurrency``)."""
+        endpoint never holds back the others (each holds at most its ``concurrency``).
+
+        While the database fails, the worker waits (0.5 s, doubling up to 30 s) and tries
+        again, keeping the outcomes it could not record yet; deliveries it never records
+        go to another worker when their lease runs out.
+        """
         in_flight: set[asyncio.Task[Outcome]] = set()
         done: list[Outcome] = []
+        failures = 0
         try:
             while not self._stopping.is_set():
-                room = self.max_in_flight - len(in_flight)
-                claimed = await self._claim(room) if room > 0 else []
-                for c in claimed:
-                    in_flight.add(asyncio.create_task(self._deliver(c)))
-                if in_flight:
-                    finished, _ = await asyncio.wait(
-                        in_flight,
-                        timeout=0 if len(claimed) == self.batch else self.poll_interval,
-                        return_when=asyncio.FIRST_COMPLETED,
+                try:
+                    await self._turn(in_flight, done)
+                    failures = 0
+                except StoreUnavailable as exc:
+                    failures += 1
+                    wait = min(_MAX_BACKOFF, 0.25 * 2**failures)
+                    _log.warning(
+                        "outbox worker: the database failed (%s); trying again in %.1f s",
+                        _cause(exc),
+                        wait,
                     )
-                    in_flight -= finished
-                    done.extend(t.result() for t in finished)
-                else:  # nothing claimed, nothing in flight
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), self.poll_interval)
-                if done:
-                    await self._record(done)
-                    done = []
-                await self._report()
+                        await asyncio.wait_for(self._stopping.wait(), wait)
         finally:
             if in_flight:
                 # Let what is in flight end (each is bounded by the timeout) and record it.
                 results = await asyncio.gather(*in_flight, return_exceptions=True)
-                await self._record([r for r in results if isinstance(r, Outcome)])
+                done.extend(r for r in results if isinstance(r, Outcome))
+            if done:
+                try:
+                    await self._record(done)
+                except StoreUnavailable as exc:
+                    _log.warning(
+                        "outbox worker: %d outcomes not recorded (%s); their deliveries go "
+                        "out again when their lease runs out",
+                        len(done),
+                        _cause(exc),
+                    )
+
+    async def _turn(self, in_flight: set[asyncio.Task[Outcome]], done: list[Outcome]) -> None:
+        """Claim what fits, wait for a request to end (or poll), record what ended."""
+        room = self.max_in_flight - len(in_flight)
+        claimed = await self._claim(room) if room > 0 else []
+        for c in claimed:
+            in_flight.add(asyncio.create_task(self._deliver(c)))
+        if in_flight:
+            finished, _ = await asyncio.wait(
+                in_flight,
+                timeout=0 if len(claimed) == self.batch else self.poll_interval,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            in_flight -= finished
+            done.extend(t.result() for t in finished)
+        else:  # nothing claimed, nothing in flight
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.poll_interval)
+        if done:
+            await self._record(done)
+            done.clear()
+        await self._report()
 
     def stop(self) -> None:
         """Ask ``run`` to return once what is in flight has been recorded."""
@@ -480,9 +516,12 @@ class OutboxWorker:
 
     async def _report(self) -> None:
         now = self.outbox.clock.now()
-        if now < self._next_report or not wanted(self.hooks, OutboxBacklog):
+        if now < self._next_report:
             return
         self._next_report = now + self.report_every
+        await asyncio.to_thread(self.outbox.purge)  # what is past its retention
+        if not wanted(self.hooks, OutboxBacklog):
+            return
         stats = await asyncio.to_thread(self.outbox.stats)
         rows = tuple(
             (s.endpoint, s.enabled, s.pending, s.sending, s.failed, s.oldest_undelivered)
@@ -504,6 +543,12 @@ def _embedded(address: Address) -> Address:
     if address in _NAT64 or (value >> 32 == 0 and value > 1):  # not "::" nor "::1"
         return ipaddress.IPv4Address(value & 0xFFFFFFFF)
     return address
+
+
+def _cause(exc: BaseException) -> str:
+    """The first line of what the driver said (``StoreUnavailable`` keeps it as its cause)."""
+    cause = exc.__cause__ or exc
+    return str(cause).split("\n", 1)[0] or type(cause).__name__
 
 
 def _is_number(value: object) -> bool:
