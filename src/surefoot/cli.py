@@ -948,7 +948,14 @@ def run_worker(
                     server.shutdown()
             click.echo("surefoot webhooks worker: stopped", err=True)
 
-        asyncio.run(run())
+        # uvloop when it is there (uvicorn[standard] brings it): a cheaper loop per request.
+        factory = None
+        if importlib.util.find_spec("uvloop") is not None:
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(run())
 
 
 def _serve_metrics(port: int, registry: Any) -> Any:

@@ -82,6 +82,15 @@ _SECRET_PREFIXES = ("whsec_", "whsk_")
 
 Dialect = Literal["sqlite", "postgresql"]
 
+# PostgreSQL's batches of rows, as arrays (one parameter per column).
+_UNNEST_RECORD = (
+    "unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::float8[], %s::int[], "
+    "%s::int[], %s::int[], %s::text[], %s::float8[])"
+)
+_UNNEST_ATTEMPTS = (
+    "unnest(%s::text[], %s::bigint[], %s::int[], %s::float8[], %s::int[], %s::text[], %s::float8[])"
+)
+
 
 def _fail(name: str, expected: str, got: object) -> NoReturn:
     raise ConfigurationError(f"{name}: expected {expected}, got {got!r}")
@@ -369,16 +378,26 @@ class _Sql:
             "AND o.state IN ('pending', 'sending'))) "
             "ORDER BY d.next_at, d.seq LIMIT ?) RETURNING seq, attempts"
         )
-        self.touch_endpoint = f"UPDATE {p}_endpoints SET claimed_at = ? WHERE name = ?"
-        self.record = (
-            f"UPDATE {p}_deliveries SET state = ?, next_at = ?, token = NULL, "
-            "lease_until = NULL, attempts = attempts - ?, last_status = COALESCE(?, last_status), "
-            "last_error = CASE WHEN ? THEN ? ELSE last_error END, updated_at = ? "
-            "WHERE endpoint = ? AND seq = ? AND token = ?"
+        self.touch_endpoints = f"UPDATE {p}_endpoints SET claimed_at = ? WHERE name IN "
+        # One statement for a batch of outcomes (the rows are "{rows}"), applied only
+        # where the claim's token still holds; it returns those rows. CASTs give the
+        # VALUES' columns their types on PostgreSQL (a column of NULLs would be text).
+        self._record = (
+            "WITH v (k_endpoint, k_seq, k_token, k_state, k_next_at, k_back, k_status, "
+            "k_attempted, k_error, k_now) AS (VALUES {rows}) "
+            f"UPDATE {p}_deliveries AS d SET state = CAST(v.k_state AS TEXT), "
+            "next_at = CAST(v.k_next_at AS DOUBLE PRECISION), token = NULL, "
+            "lease_until = NULL, attempts = d.attempts - CAST(v.k_back AS INTEGER), "
+            "last_status = COALESCE(CAST(v.k_status AS INTEGER), d.last_status), "
+            "last_error = CASE WHEN CAST(v.k_attempted AS INTEGER) = 1 "
+            "THEN CAST(v.k_error AS TEXT) ELSE d.last_error END, "
+            "updated_at = CAST(v.k_now AS DOUBLE PRECISION) FROM v "
+            "WHERE d.endpoint = CAST(v.k_endpoint AS TEXT) AND d.seq = CAST(v.k_seq AS BIGINT) "
+            "AND d.token = CAST(v.k_token AS TEXT) RETURNING endpoint, seq"
         )
-        self.insert_attempt = (
+        self._insert_attempts = (
             f"INSERT INTO {p}_attempts (endpoint, seq, attempt, at, status, error, latency) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)"
+            "VALUES {rows}"
         )
         # One per endpoint and batch (_endpoint_results): ``failing_since`` is cleared
         # (reset, NULL), set anew (reset, the first failure after the last success) or kept
@@ -465,10 +484,6 @@ class _Sql:
             f"DELETE FROM {p}_deliveries WHERE seq IN ",
             f"DELETE FROM {p}_messages WHERE seq IN ",
         ]
-        self._held = (
-            f"SELECT endpoint, seq FROM {p}_deliveries WHERE token IS NOT NULL "
-            "AND (endpoint, seq, token) IN (VALUES {rows})" + lock.replace(" SKIP LOCKED", "")
-        )
         self.messages_of = f"SELECT seq, id, event_type, body FROM {p}_messages WHERE seq IN "
         if dialect == "postgresql":
             for name, value in vars(self).items():
@@ -476,11 +491,30 @@ class _Sql:
                     setattr(self, name, value.replace("?", "%s"))
             self.delete_endpoint = [s.replace("?", "%s") for s in self.delete_endpoint]
 
-    def held(self, n: int) -> str:
-        """Which of ``n`` (endpoint, seq, token) claims still hold."""
+    def record(self, n: int) -> str:
+        """``_record`` for ``n`` outcomes (on PostgreSQL: one array per column)."""
+        if self.dialect == "postgresql":
+            return self._record.replace("(VALUES {rows})", f"(SELECT * FROM {_UNNEST_RECORD})")
+        return self._record.replace("{rows}", self.rows(n, 10))
+
+    def insert_attempts(self, n: int) -> str:
+        if self.dialect == "postgresql":
+            return self._insert_attempts.replace(
+                "VALUES {rows}", f"SELECT * FROM {_UNNEST_ATTEMPTS}"
+            )
+        return self._insert_attempts.replace("{rows}", self.rows(n, 7))
+
+    def columns(self, rows: Sequence[tuple[object, ...]]) -> list[object]:
+        """The parameters of ``record``/``insert_attempts``: on PostgreSQL one array per
+        column (a few parameters to convert instead of thousands), on SQLite the rows'."""
+        if self.dialect == "postgresql":
+            return [list(column) for column in zip(*rows, strict=True)]
+        return [value for row in rows for value in row]
+
+    def rows(self, n: int, width: int) -> str:
         mark = "?" if self.dialect == "sqlite" else "%s"
-        row = f"({mark}, {mark}, {mark})"
-        return self._held.replace("{rows}", ", ".join([row] * n))
+        row = "(" + ", ".join([mark] * width) + ")"
+        return ", ".join([row] * n)
 
     def placeholders(self, n: int) -> str:
         mark = "?" if self.dialect == "sqlite" else "%s"
@@ -528,9 +562,10 @@ class _Connection:
     on first use, and again after the server dropped it; failures are ``StoreUnavailable``.
     """
 
-    def __init__(self, url: str, dialect: Dialect) -> None:
+    def __init__(self, url: str, dialect: Dialect, *, durable: bool = True) -> None:
         self.url = url
         self.dialect = dialect
+        self.durable = durable
         self._lock = threading.Lock()
         self._conn: Any = None
 
@@ -544,7 +579,10 @@ class _Connection:
             return conn
         import psycopg
 
-        return psycopg.connect(self.url, autocommit=True)
+        pg = psycopg.connect(self.url, autocommit=True)
+        if not self.durable:
+            pg.execute("SET synchronous_commit = off")
+        return pg
 
     @contextmanager
     def transaction(self) -> Iterator[_Cursor]:
@@ -1101,8 +1139,13 @@ class Outbox:
     # -- what a worker does (on its own connection) ------------------------------------------
 
     def connect(self) -> _Connection:
-        """A new connection to ``database`` for a worker (one per worker)."""
-        return _Connection(self.database, self.dialect)
+        """A new connection to ``database`` for a worker (one per worker).
+
+        On PostgreSQL its commits do not wait for the disk (``synchronous_commit`` off):
+        a claim or a record lost in a server crash only sends a delivery once more, which
+        at least once allows; the application's own commits are untouched.
+        """
+        return _Connection(self.database, self.dialect, durable=False)
 
     def claim(
         self, conn: _Connection, *, limit: int, lease: float, endpoints: int = 50
@@ -1123,11 +1166,16 @@ class Outbox:
                     continue
                 cursor.execute(sql.claim, (token, now + lease, now, name, name, now, now, room))
                 taken.extend((row, seq, attempts) for seq, attempts in cursor.fetchall())
-                cursor.execute(sql.touch_endpoint, (now, name))
             if not taken:
                 return []
+            # Each endpoint claimed for goes to the back of the next claims' rotation.
+            names = sorted({row[0] for row, _, _ in taken})
+            cursor.execute(sql.touch_endpoints + sql.placeholders(len(names)), [now, *names])
             seqs = sorted({seq for _, seq, _ in taken})
-            cursor.execute(sql.messages_of + sql.placeholders(len(seqs)), seqs)
+            if self.dialect == "postgresql":
+                cursor.execute(sql.messages_of + "(SELECT unnest(%s::bigint[]))", [seqs])
+            else:
+                cursor.execute(sql.messages_of + sql.placeholders(len(seqs)), seqs)
             messages = {seq: (i, t, bytes(b)) for seq, i, t, b in cursor.fetchall()}
         live: dict[str, tuple[str, ...]] = {}
         claimed = []
@@ -1156,50 +1204,43 @@ class Outbox:
     def record(self, conn: _Connection, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """Record ``outcomes``; returns those whose claim still held (Rule 2 of ``_core``).
 
-        A handful of statements whatever the number of outcomes: which claims still hold
-        (locked on PostgreSQL until the COMMIT), then one batch per table.
+        A handful of statements whatever the number of outcomes: one UPDATE of the
+        deliveries whose claims still hold (it returns them), one INSERT of their attempts,
+        one UPDATE per endpoint.
         """
         sql, now = self.sql, self.clock.now()
         held: set[tuple[str, int]] = set()
         with conn.transaction() as cursor:
             for start in range(0, len(outcomes), _CHUNK):
                 chunk = outcomes[start : start + _CHUNK]
-                keys = [
-                    v for o in chunk for v in (o.claimed.endpoint, o.claimed.seq, o.claimed.token)
-                ]
-                cursor.execute(sql.held(len(chunk)), keys)
-                held.update((endpoint, seq) for endpoint, seq in cursor.fetchall())
-            kept = [o for o in outcomes if (o.claimed.endpoint, o.claimed.seq) in held]
-            if not kept:
-                return []  # every lease ran out and other workers hold them now
-            cursor.executemany(
-                sql.record,
-                [
+                rows = [
                     (
+                        o.claimed.endpoint,
+                        o.claimed.seq,
+                        o.claimed.token,
                         o.state.value,
                         o.next_at if o.next_at is not None else now,
                         0 if o.attempted else 1,
                         o.status,
-                        o.attempted,
+                        1 if o.attempted else 0,
                         o.error,
                         now,
-                        o.claimed.endpoint,
-                        o.claimed.seq,
-                        o.claimed.token,
                     )
-                    for o in kept
-                ],
-            )
+                    for o in chunk
+                ]
+                cursor.execute(sql.record(len(chunk)), sql.columns(rows))
+                held.update((endpoint, seq) for endpoint, seq in cursor.fetchall())
+            kept = [o for o in outcomes if (o.claimed.endpoint, o.claimed.seq) in held]
             attempted = [o for o in kept if o.attempted]
+            for start in range(0, len(attempted), _CHUNK):
+                chunk = attempted[start : start + _CHUNK]
+                attempts = [
+                    (c.endpoint, c.seq, c.attempt, o.at, o.status, o.error, o.latency)
+                    for o in chunk
+                    for c in (o.claimed,)
+                ]
+                cursor.execute(sql.insert_attempts(len(chunk)), sql.columns(attempts))
             if attempted:
-                cursor.executemany(
-                    sql.insert_attempt,
-                    [
-                        (c.endpoint, c.seq, c.attempt, o.at, o.status, o.error, o.latency)
-                        for o in attempted
-                        for c in (o.claimed,)
-                    ],
-                )
                 cursor.executemany(sql.endpoint_result, _endpoint_results(attempted))
                 disabled: dict[str, str] = {}
                 for o in attempted:
@@ -1214,7 +1255,7 @@ class Outbox:
     def _connection(self) -> _Connection:
         with self._admin_lock:
             if self._admin is None:
-                self._admin = self.connect()
+                self._admin = _Connection(self.database, self.dialect)
             return self._admin
 
     def close(self) -> None:
