@@ -103,11 +103,14 @@ class Db:
         self.outbox = Outbox(self.url, prefix=self.prefix, schedule=[0, 1, 5, 30])
         self.outbox.create_tables()
 
-    def commit(self, types: list[str]) -> None:
+    def commit(self, types: list[str]) -> float:
+        """Enqueue one message per type in one transaction; returns when COMMIT began."""
         self.conn.execute(self.begin)
         for t in types:
             self.outbox.enqueue(self.conn, t, {"bench": True, "type": t})
+        committing = time.time()
         self.conn.execute("COMMIT")
+        return committing
 
     def delivered(self) -> list[tuple[float, float, int]]:
         sql = (
@@ -184,8 +187,7 @@ def one_run(
                 raise h.BenchError(child.died())
         before = receiver_count(receiver.base)
         types = [f"bench.{names[i % len(names)]}" for i in range(args.messages)]
-        started = time.time()
-        db.commit(types)
+        started = db.commit(types)
         wait_for(db, args.messages, timeout=120)
         rows = db.delivered()
         rate = args.messages / (max(r[1] for r in rows) - started)

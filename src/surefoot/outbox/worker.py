@@ -69,6 +69,8 @@ Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
 _RATE_KEY = "surefoot:outbox:{}"
 _MAX_BACKOFF = 30.0
+#: Seconds a worker waits after a request ends for others to end, to record them together.
+_COALESCE = 0.005
 _log = logging.getLogger("surefoot.outbox")
 #: How long an admission may age before its request leaves: a fraction of the limit's
 #: window, at most 50 ms; the window counted is longer by as much (Rule 2).
@@ -206,6 +208,8 @@ class OutboxWorker:
         self._conn = outbox.connect()
         self._stopping = asyncio.Event()
         self._next_report = 0.0
+        self._next_claim = 0.0  # the loop's time of the next claim after one that found nothing
+        self._found = False
 
     # -- running ---------------------------------------------------------------------------
 
@@ -262,22 +266,42 @@ class OutboxWorker:
                     )
 
     async def _turn(self, in_flight: set[asyncio.Task[Outcome]], done: list[Outcome]) -> None:
-        """Claim what fits, wait for a request to end (or poll), record what ended."""
+        """Claim what fits, wait for requests to end (or poll), record what ended.
+
+        A claim that filled its batch is followed by another at once (a backlog); one that
+        found something, by another when a request ends; one that found nothing, by
+        another after the poll interval. Requests that end within a few milliseconds of
+        each other are recorded together, and their slots claimed for together.
+        """
+        loop = asyncio.get_running_loop()
         room = self.max_in_flight - len(in_flight)
-        claimed = await self._claim(room) if room > 0 else []
-        for c in claimed:
-            in_flight.add(asyncio.create_task(self._deliver(c)))
+        if room > 0 and (self._found or loop.time() >= self._next_claim):
+            claimed = await self._claim(room)
+            self._found = bool(claimed)
+            self._next_claim = loop.time() + self.poll_interval
+            for c in claimed:
+                in_flight.add(asyncio.create_task(self._deliver(c)))
+            full = len(claimed) == min(room, self.batch)
+        else:
+            full = False
+        if full and len(in_flight) < self.max_in_flight:
+            wait = 0.0  # a backlog: claim again at once
+        elif self._found:
+            wait = self.poll_interval  # until a request ends
+        else:
+            wait = max(0.0, self._next_claim - loop.time())
         if in_flight:
             finished, _ = await asyncio.wait(
-                in_flight,
-                timeout=0 if len(claimed) == self.batch else self.poll_interval,
-                return_when=asyncio.FIRST_COMPLETED,
+                in_flight, timeout=wait, return_when=asyncio.FIRST_COMPLETED
             )
+            if finished and wait > 0:
+                await asyncio.sleep(_COALESCE)
+                finished = {t for t in in_flight if t.done()}
             in_flight -= finished
             done.extend(t.result() for t in finished)
         else:  # nothing claimed, nothing in flight
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.poll_interval)
+                await asyncio.wait_for(self._stopping.wait(), wait)
         if done:
             await self._record(done)
             done.clear()
