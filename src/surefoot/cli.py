@@ -852,8 +852,9 @@ def _since(text: str, now: float) -> float:
 @click.option("--since", "since_text", required=True, metavar="WHEN",
               help="ISO 8601 time or a duration back from now (2h, 30m, 3d).")  # fmt: skip
 def recover_endpoint(database: str | None, prefix: str, name: str, since_text: str) -> None:
-    """Send endpoint NAME every message recorded since WHEN that it has not received:
-    the failed ones again, and those recorded while it was disabled."""
+    """Send endpoint NAME every message recorded since WHEN that it has not received,
+    now: the failed ones again, those waiting for their next attempt, and those recorded
+    while it was disabled."""
     since = _since(since_text, SystemClock().now())
     with _outbox(database, prefix) as outbox:
         count = outbox.recover(name, since)

@@ -1305,3 +1305,19 @@ def test_disable_takes_a_reason_of_printable_text(db: Db, outbox: Outbox) -> Non
             outbox.disable("acme", reason)  # type: ignore[arg-type]
     assert outbox.disable("acme", "moved to v2").disabled_reason == "moved to v2"
     assert outbox.disable("acme", "again").disabled_reason == "moved to v2"
+
+
+def test_recover_sends_what_waits_for_its_next_attempt_now(
+    db: Db, outbox: Outbox, clock: ManualClock
+) -> None:
+    add(outbox, "acme")
+    message_id = enqueue(db, outbox)
+    worker = db.worker(outbox)
+    (c,) = outbox.claim(worker, limit=1, lease=60)
+    outbox.record(worker, [failed(c, T0, next_at=T0 + 300)])
+    clock.advance(1)
+    assert outbox.claim(worker, limit=1, lease=60) == []  # 5 minutes to go
+    assert outbox.recover("acme", since=T0) == 1
+    (again,) = outbox.claim(worker, limit=1, lease=60)
+    assert (again.message_id, again.attempt) == (message_id, 2)  # its count goes on
+    assert outbox.recover("acme", since=T0) == 0  # in flight: nothing to hurry

@@ -451,6 +451,10 @@ class _Sql:
             f"UPDATE {p}_deliveries SET state = 'pending', attempts = 0, next_at = ?, "
             "updated_at = ? WHERE endpoint = ? AND state = 'failed' AND created_at >= ?"
         )
+        self.hurry = (
+            f"UPDATE {p}_deliveries SET next_at = ?, updated_at = ? WHERE endpoint = ? "
+            "AND state = 'pending' AND created_at >= ? AND next_at > ?"
+        )
         # The messages of the endpoint's tenant it never got (recorded while it was
         # disabled), for recover to queue; their types are matched in Python.
         self.missed = (
@@ -1093,13 +1097,16 @@ class Outbox:
 
     def recover(self, endpoint: str, since: float) -> int:
         """Deliver every message for ``endpoint`` recorded at or after ``since`` (a
-        timestamp) that it has not received: the failed ones again, and those recorded
-        while it was disabled (which it never got); returns how many were queued."""
+        timestamp) that it has not received, now: the failed ones again (with a fresh
+        schedule), those waiting for their next attempt at once, and those recorded while
+        it was disabled (which it never got); returns how many were queued."""
         found = self.endpoint(endpoint)
         now = self.clock.now()
         with self._connection().transaction() as cursor:
             cursor.execute(self.sql.recover, (now, now, endpoint, since))
             queued = int(cursor.rowcount)
+            cursor.execute(self.sql.hurry, (now, now, endpoint, since, now))
+            queued += int(cursor.rowcount)
             cursor.execute(self.sql.missed, (found.tenant, since, endpoint, endpoint))
             missed = [
                 (endpoint, seq, ordering_key, now, now, now)
