@@ -861,7 +861,7 @@ def recover_endpoint(database: str | None, prefix: str, name: str, since_text: s
     plural = "y" if count == 1 else "ies"
     click.echo(
         f"queued {count} deliver{plural} to {name} of messages recorded since {_utc(since)} "
-        "(failed, or missed while it was disabled)"
+        "(failed, waiting for their next attempt, or missed while it was disabled)"
     )
 
 
