@@ -549,6 +549,10 @@ BAD_FIELDS = [
         12, "webhooks.send.disable_after", "seconds between 60 and 7776000", id="disable-after",
     ),
     pytest.param(
+        HEAD + "retention = 3600\n",
+        12, "webhooks.send.retention", "longer than the schedule's span", id="retention",
+    ),
+    pytest.param(
         HEAD + "timeout = 0\n",
         12, "webhooks.send.timeout", "seconds between 0.1 and 300", id="timeout",
     ),

@@ -24,7 +24,7 @@ checks what spans tables. Map of the file (``docs/gateway.md`` documents every f
                                  retention, lease, max_body, archive, store; for "hmac"
                                  its fields
     [webhooks.receive.ordering]  object_field, version_field, lease (the ordering guard)
-    [webhooks.send]              database, prefix, event_types, schedule, disable_after,
+    [webhooks.send]              database, prefix, event_types, schedule, disable_after, retention,
                                  timeout, workers, max_in_flight, allow_private,
                                  allow_networks (the outbox serve delivers: ``Sender``)
 
@@ -106,6 +106,7 @@ class Sender(NamedTuple):
     event_types: tuple[str, ...] | None
     schedule: tuple[float, ...] | None
     disable_after: float
+    retention: float
     timeout: float
     workers: int
     max_in_flight: int
@@ -124,6 +125,7 @@ class Sender(NamedTuple):
             prefix=self.prefix,
             schedule=self.schedule,
             disable_after=self.disable_after,
+            retention=self.retention,
             clock=clock,
         )
 
@@ -471,6 +473,7 @@ class GatewayConfig:
             None if table.event_types is None else tuple(table.event_types),
             schedule,
             table.disable_after,
+            table.retention,
             table.timeout,
             table.workers,
             table.max_in_flight,

@@ -449,6 +449,10 @@ class WebhookSend(_Table):
     disable_after: float = described(
         "seconds between 60 and 7776000 (90 days)", _outbox_default("disable_after")
     )
+    retention: float = described(
+        "seconds longer than the schedule's span, at most 315360000 (10 years)",
+        _outbox_default("retention"),
+    )
     timeout: float = described(
         "seconds between 0.1 and 300", _outbox_default("timeout"), ge=0.1, le=300
     )
