@@ -29,6 +29,10 @@ Theory of operation:
    p99 and max. Both are wall-clock times of this machine.
 5. Checks: every message was delivered once to the receiver (its count equals the
    deliveries), none failed, and every delivery took one attempt.
+6. Senders, first: the worker's two ways of putting a POST on the wire (``_senders``:
+   aiohttp's and an httpx transport's), each sending ``--posts`` POSTs of a webhook's
+   size, 64 at a time, to the same receiver, interleaved over the rounds (uvloop): the
+   ratio is why the worker sends with aiohttp when it is installed.
 """
 
 from __future__ import annotations
@@ -147,6 +151,43 @@ def receiver_count(base: str) -> int:
         return int(response.read())
 
 
+def sender_rate(kind: str, base: str, posts: int) -> float:
+    """POSTs per second through one of the worker's senders, 64 at a time."""
+    import asyncio
+
+    import httpx
+    import uvloop
+
+    from surefoot.outbox._senders import AiohttpSender, HttpxSender
+
+    body = b'{"type":"bench.e0","timestamp":"2026-12-06T00:00:00.000Z","data":{"bench":true}}'
+    headers = {"content-type": "application/json", "webhook-id": "msg_bench"}
+
+    async def go() -> float:
+        sender = (
+            AiohttpSender(64)
+            if kind == "aiohttp"
+            else HttpxSender(httpx.AsyncHTTPTransport(trust_env=False), 15.0)
+        )
+        gate = asyncio.Semaphore(64)
+        url = httpx.URL(base + "/e0")
+
+        async def one() -> None:
+            async with gate:
+                status, _ = await sender.post(url, headers, body, None)
+                if status != 204:
+                    raise h.BenchError(f"{kind}: the receiver answered {status}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(posts)))
+        elapsed = time.perf_counter() - started
+        await sender.aclose()
+        return posts / elapsed
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(go())
+
+
 def one_run(
     args: argparse.Namespace, store: str, workers: int, receiver: h.Child
 ) -> dict[str, Any]:
@@ -238,12 +279,13 @@ def one_run(
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
-    parser = h.new_parser(__doc__, rounds=1, quick={"messages": 500, "duration": 2})
+    parser = h.new_parser(__doc__, rounds=1, quick={"messages": 500, "duration": 2, "posts": 500})
     h.option(parser, "--stores", ",".join(STORES), "comma-separated stores")
     h.option(parser, "--workers", "1,4", "comma-separated worker process counts")
     h.option(parser, "--messages", 5000, "messages committed at once for the throughput")
     h.option(parser, "--duration", 5.0, "seconds of paced commits at half load")
     h.option(parser, "--endpoints", 8, "endpoints (one event type each)")
+    h.option(parser, "--posts", 3000, "POSTs per sender in the senders' comparison")
     h.option(
         parser,
         "--postgres",
@@ -262,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="surefoot-outbox-receiver-"))
     receiver = h.start_uvicorn("receiver", "outbox:receiver_app", workdir, lifespan=False)
     receiver.wait_http(receiver.base + "/count")
+    senders: dict[str, list[float]] = {"aiohttp": [], "httpx": []}
+    for round_no in range(args.rounds):
+        for kind in h.rotated(list(senders), round_no):
+            senders[kind].append(sender_rate(kind, receiver.base, args.posts))
     runs = []
     for round_no in range(args.rounds):
         for store in h.rotated(stores, round_no):
@@ -312,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
             summary.append(
                 {"store": store, "workers": workers, "rate": rate, "p99": p99, "met": met}
             )
+    aiohttp, httpx_rate = h.median(senders["aiohttp"]), h.median(senders["httpx"])
+    print(
+        f"\nsenders: aiohttp {aiohttp:.0f} POST/s, httpx transport {httpx_rate:.0f} POST/s "
+        f"({aiohttp / httpx_rate:.2f}x; {args.posts} POSTs, 64 at a time, median of "
+        f"{args.rounds} round(s))"
+    )
     print()
     for line in h.text_table(columns, rows):
         print(line)
@@ -322,9 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in runs if not all(r["checks"].values())]
     for r in failed:
         print(f"checks failed: {r['store']} {r['workers']}: {json.dumps(r['checks'])}")
-    status = h.finish(
-        args, context, h.settings(args, "messages", "duration", "endpoints"), summary, runs
-    )
+    settings = h.settings(args, "messages", "duration", "endpoints", "posts")
+    status = h.finish(args, context, settings, summary, runs, senders=senders)
     return 2 if failed else status
 
 

@@ -28,12 +28,19 @@ Rule 3: the worker's statements run on its own connection, in transactions that 
         statements only. On PostgreSQL the endpoints being claimed are locked
         ``FOR UPDATE SKIP LOCKED``, so workers on many hosts claim different endpoints
         at once and an endpoint's in-flight count never exceeds its ``concurrency``.
+        A record is one UPDATE (only where the claim's token still holds; it returns
+        those rows) and one INSERT of their attempts, whatever the batch's size. A
+        worker's own commits do not wait for the disk on PostgreSQL: one lost in a crash
+        only sends a delivery once more, which at least once allows.
 Rule 4: secrets are stored for signing and never returned: ``Endpoint`` shows how many
         there are, ``repr`` and the admin API show none.
+Rule 5: a message is kept ``retention`` seconds once nothing waits to deliver it
+        (``purge``, which workers call, deletes it with its deliveries and attempts).
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 import secrets as _secrets
@@ -41,7 +48,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn, Protocol
 
 from surefoot.clock import Clock, SystemClock
@@ -133,8 +140,26 @@ def check_secret(secret: object, field: str) -> str:
 # -- values ------------------------------------------------------------------------------------
 
 
+class _Row:
+    """A value read from the tables, shown as JSON by the CLI and the admin API."""
+
+    __slots__ = ()
+
+    def as_dict(self) -> dict[str, object]:
+        """The fields as JSON values (a state as its name, a tuple as a list)."""
+        shown: dict[str, object] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, enum.Enum):
+                value = value.value
+            elif isinstance(value, tuple):
+                value = list(value)
+            shown[f.name] = value
+        return shown
+
+
 @dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(_Row):
     """A consumer's URL and what it accepts (its secrets are never part of this value)."""
 
     name: str
@@ -148,23 +173,9 @@ class Endpoint:
     failing_since: float | None
     secrets: int
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "tenant": self.tenant,
-            "url": self.url,
-            "event_types": None if self.event_types is None else list(self.event_types),
-            "rate_limit": self.rate_limit,
-            "concurrency": self.concurrency,
-            "enabled": self.enabled,
-            "disabled_reason": self.disabled_reason,
-            "failing_since": self.failing_since,
-            "secrets": self.secrets,
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(_Row):
     """One message to one endpoint."""
 
     message_id: str
@@ -178,23 +189,9 @@ class Delivery:
     created_at: float
     updated_at: float
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "message_id": self.message_id,
-            "endpoint": self.endpoint,
-            "event_type": self.event_type,
-            "state": self.state.value,
-            "attempts": self.attempts,
-            "next_at": self.next_at,
-            "last_status": self.last_status,
-            "last_error": self.last_error,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
+class Attempt(_Row):
     """One HTTP attempt of a delivery: its status or error, and how long it took."""
 
     message_id: str
@@ -204,17 +201,6 @@ class Attempt:
     status: int | None
     error: str | None
     latency: float
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "message_id": self.message_id,
-            "endpoint": self.endpoint,
-            "attempt": self.attempt,
-            "at": self.at,
-            "status": self.status,
-            "error": self.error,
-            "latency": self.latency,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,8 +507,8 @@ class _Sql:
         return ", ".join([row] * n)
 
     def placeholders(self, n: int) -> str:
-        mark = "?" if self.dialect == "sqlite" else "%s"
-        return "(" + ", ".join([mark] * n) + ")"
+        """One row of ``n`` parameters: ``(?, ?, ...)``."""
+        return self.rows(1, n)
 
 
 # -- connections -------------------------------------------------------------------------------
