@@ -41,7 +41,7 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import NamedTuple
 
 import httpx
 
@@ -78,6 +78,15 @@ _MARGIN = 0.02
 _MAX_MARGIN = 0.05
 _MAX_ERROR = 200
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+class _Target(NamedTuple):
+    """Where an attempt goes: the checked address's URL, and the host name it stands for
+    (the ``Host`` header and TLS's server name; None when the URL names an address)."""
+
+    url: httpx.URL
+    host: str | None
+    server_hostname: str | None
 
 
 class _Refused(Exception):
@@ -312,7 +321,7 @@ class OutboxWorker:
         self._stopping.set()
 
     async def aclose(self) -> None:
-        """Close the HTTP client, the database connection and an owned rate-limit store."""
+        """Close the sender, the database connection and an owned rate-limit store."""
         await self._sender.aclose()
         if self._owns_rate_store and self._rate_store is not None:
             await self._rate_store.aclose()
@@ -378,7 +387,7 @@ class OutboxWorker:
         deadline = asyncio.get_running_loop().time() + self.timeout
         try:
             async with asyncio.timeout_at(deadline):
-                url, extra, extensions = await self._checked(httpx.URL(c.url))
+                target = await self._checked(httpx.URL(c.url))
         except _Refused as exc:
             return self._judged(c, clock.now(), Result(None, str(exc)), 0.0)
         except TimeoutError:
@@ -398,7 +407,7 @@ class OutboxWorker:
             return deferred
         now = clock.now()
         started = time.perf_counter()
-        result = await self._send(c, now, deadline, url, {**extra, **extensions})
+        result = await self._send(c, now, deadline, target)
         latency = time.perf_counter() - started
         if breaker is not None:
             failed = not result.delivered
@@ -422,17 +431,17 @@ class OutboxWorker:
             j.paused_until, j.disable,
         )  # fmt: skip
 
-    async def _send(
-        self, c: Claimed, now: float, deadline: float, url: httpx.URL, extra: dict[str, Any]
-    ) -> Result:
-        headers = sign(c.secrets, c.body, message_id=c.message_id, timestamp=int(now))
-        host = extra.get("host")
-        if host is not None:
-            headers["host"] = host
+    async def _send(self, c: Claimed, now: float, deadline: float, target: _Target) -> Result:
+        headers = {
+            **self._headers,
+            **sign(c.secrets, c.body, message_id=c.message_id, timestamp=int(now)),
+        }
+        if target.host is not None:
+            headers["host"] = target.host
         try:
             async with asyncio.timeout_at(deadline):
                 status, retry_after = await self._sender.post(
-                    url, {**self._headers, **headers}, c.body, extra.get("sni_hostname")
+                    target.url, headers, c.body, target.server_hostname
                 )
         except TimeoutError:
             return Result(None, self._timed_out)
@@ -440,9 +449,9 @@ class OutboxWorker:
             return Result(None, _short(str(exc)))
         return Result(status, None, _retry_after(retry_after, now))
 
-    async def _checked(self, url: httpx.URL) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
-        """``url`` pointed at a checked address of its host (Rule 4), with the headers and
-        extensions that keep the host name for HTTP and TLS."""
+    async def _checked(self, url: httpx.URL) -> _Target:
+        """``url`` pointed at a checked address of its host (Rule 4), with the host name
+        kept for HTTP and TLS."""
         host = url.raw_host.decode("ascii")  # url.host is the Unicode form of an IDN
         try:
             literal: Address | None = ipaddress.ip_address(host)
@@ -450,7 +459,7 @@ class OutboxWorker:
             literal = None
         if literal is not None:
             self._check(host, literal)
-            return url, {}, {}
+            return _Target(url, None, None)
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
             addresses = await self._resolve(host, port)
@@ -464,8 +473,8 @@ class OutboxWorker:
         for address in checked:
             self._check(host, address)
         netloc = host if url.port is None else f"{host}:{url.port}"
-        extensions = {"sni_hostname": host} if url.scheme == "https" else {}
-        return url.copy_with(host=str(checked[0])), {"host": netloc}, extensions
+        sni = host if url.scheme == "https" else None
+        return _Target(url.copy_with(host=str(checked[0])), netloc, sni)
 
     def _check(self, host: str, address: Address) -> None:
         if self.allow_all:
