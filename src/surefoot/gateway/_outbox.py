@@ -10,9 +10,10 @@ Rule 1: ``start`` creates the tables if they are missing before any worker claim
         database that cannot be reached stops the start with a ``ConfigurationError``
         naming ``webhooks.send.database`` masked (``surefoot._masking``), never the URL
         with its password.
-Rule 2: a worker whose database fails (``StoreUnavailable``) is not lost: it is logged
-        at WARNING and replaced by a new one, with a new connection, after a pause that
-        grows to ``_MAX_PAUSE``; every other worker carries on meanwhile.
+Rule 2: a worker waits out its database's failures itself; one that fails anyway (any
+        exception out of ``run``) is not lost: it is logged at WARNING and replaced by a
+        new one, with a new connection, after a pause that grows to ``_MAX_PAUSE``; every
+        other worker carries on meanwhile.
 Rule 3: ``aclose`` asks every worker to stop, waits for what they have in flight to be
         recorded (each request is bounded by ``timeout``), then closes their clients and
         connections and the admin side's connection. It may be called without ``start``.
@@ -53,7 +54,8 @@ class OutboxRunner:
         sender: the checked ``[webhooks.send]`` table.
         clock: the gateway's clock (the outbox's ``now``).
         hooks: the gateway's event hooks, handed to every worker.
-        transport: the workers' httpx transport (tests); default: a plain one each.
+        transport: the workers' httpx transport (tests); default: each worker's own
+            sender (aiohttp when it is installed).
     """
 
     def __init__(
