@@ -194,3 +194,27 @@ async def test_a_worker_s_delivery_and_backlog_reach_the_scrape(tmp_path: Path) 
     assert value(found, "surefoot_webhooks_queued", endpoint="acme") == 0
     assert value(found, "surefoot_webhooks_queued", endpoint="beta") == 0
     assert value(found, "surefoot_webhooks_endpoints_disabled") == 1
+
+
+def test_the_outbox_breakers_share_the_endpoint_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    from surefoot.client import BreakerStateChanged, CallNotPermitted
+
+    monkeypatch.setattr(prometheus, "MAX_OUTBOX_ENDPOINTS", 1)
+    metrics = PrometheusMetrics()
+    for name in ("webhook:a", "webhook:b", "webhook:c", "payments"):
+        metrics(
+            BreakerStateChanged(
+                at=T0, request_id="", breaker=name, from_state="closed", to_state="open",
+                failure_rate=1.0, slow_call_rate=0.0,
+            )
+        )  # fmt: skip
+        metrics(
+            CallNotPermitted(at=T0, request_id="", breaker=name, state="open", retry_after=30.0)
+        )
+    found = samples(metrics)
+    rejected = {
+        dict(key[1])["breaker"]: n
+        for key, n in found.items()
+        if key[0] == "surefoot_breaker_rejections_total"
+    }
+    assert rejected == {"webhook:a": 1, "webhook:other": 2, "payments": 1}

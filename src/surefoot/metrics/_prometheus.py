@@ -32,6 +32,8 @@ Rule 7: the outbox's ``endpoint`` label is bounded (Rule 2 of ``_specs``): an in
         largest) over the endpoints it stands for. An ``OutboxBacklog`` is the whole
         backlog: the gauges of a label it no longer holds (a removed endpoint) are removed,
         or set to 0 in multiprocess mode, where prometheus_client cannot remove a series.
+        The outbox worker's per-endpoint breakers (``webhook:NAME``) share the bound:
+        a breaker of an endpoint beyond it is counted as ``webhook:other``.
 """
 
 from __future__ import annotations
@@ -102,6 +104,8 @@ __all__ = ["PrometheusMetrics", "clear_multiprocess_dir", "mark_worker_dead"]
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
+#: How ``OutboxWorker`` names an endpoint's circuit breaker.
+_OUTBOX_BREAKER = "webhook:"
 _METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 )
@@ -400,11 +404,18 @@ class PrometheusMetrics(EventHook):
         self._unprotected(event.reason).inc()
 
     def _on_breaker_changed(self, event: BreakerStateChanged) -> None:
-        self._transitions(event.breaker, event.from_state, event.to_state).inc()
-        self.set_breaker_state(event.breaker, event.to_state)
+        breaker = self._breaker_label(event.breaker)
+        self._transitions(breaker, event.from_state, event.to_state).inc()
+        self.set_breaker_state(breaker, event.to_state)
 
     def _on_not_permitted(self, event: CallNotPermitted) -> None:
-        self._rejections(event.breaker).inc()
+        self._rejections(self._breaker_label(event.breaker)).inc()
+
+    def _breaker_label(self, name: str) -> str:
+        """An outbox worker's per-endpoint breaker (``webhook:NAME``) under the outbox's
+        bound on endpoint names (Rule 7); any other breaker by its name."""
+        endpoint = name.removeprefix(_OUTBOX_BREAKER)
+        return name if endpoint == name else _OUTBOX_BREAKER + self._outbox_endpoint(endpoint)
 
     def _on_store_down(self, event: StoreDown) -> None:
         self._outages(event.layer).inc()
