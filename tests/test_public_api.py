@@ -260,6 +260,7 @@ PUBLIC = {
     ],
     "surefoot.outbox": [
         "DEFAULT_SCHEDULE",
+        "SINCE",
         "Attempt",
         "Delivery",
         "DeliveryState",
@@ -276,6 +277,7 @@ PUBLIC = {
         "WebhookEndpointDisabled",
         "WebhookSenderEvent",
         "judge",
+        "parse_since",
         "sign",
     ],
     "surefoot.webhooks": [

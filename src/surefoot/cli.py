@@ -418,8 +418,6 @@ _PREFIX = click.option(
     help="The outbox tables' name prefix.",
 )
 _AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _REASON = re.compile(r"[\x20-\x7e]{1,200}")
 _DELIVERY_TIMES = ("next_at", "created_at", "updated_at")
 
@@ -827,22 +825,13 @@ def resend_message(database: str | None, prefix: str, message_id: str, endpoint:
 
 
 def _since(text: str, now: float) -> float:
-    """``--since``: an ISO 8601 time (UTC when it names no offset) or a duration back
-    from ``now`` (``30m``, ``2h``, ``3d``)."""
-    duration = _DURATION.fullmatch(text.strip())
-    if duration is not None:
-        return now - float(duration[1]) * _UNITS[duration[2]]
+    """``--since`` (``surefoot.outbox.parse_since``)."""
+    from surefoot.outbox import SINCE, parse_since
+
     try:
-        moment = datetime.datetime.fromisoformat(text.strip())
+        return parse_since(text, now)
     except ValueError:
-        raise click.BadParameter(
-            f"expected an ISO 8601 time (2026-05-01T12:00:00Z) or a duration back from now "
-            f"(30m, 2h, 3d), got {text!r}",
-            param_hint="--since",
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return moment.timestamp()
+        raise click.BadParameter(f"expected {SINCE}, got {text!r}", param_hint="--since") from None
 
 
 @webhooks.command("recover")
@@ -850,7 +839,7 @@ def _since(text: str, now: float) -> float:
 @_PREFIX
 @click.argument("name")
 @click.option("--since", "since_text", required=True, metavar="WHEN",
-              help="ISO 8601 time or a duration back from now (2h, 30m, 3d).")  # fmt: skip
+              help="Unix seconds, an ISO 8601 time or a duration back (2h, 30m, 3d).")  # fmt: skip
 def recover_endpoint(database: str | None, prefix: str, name: str, since_text: str) -> None:
     """Send endpoint NAME every message recorded since WHEN that it has not received,
     now: the failed ones again, those waiting for their next attempt, and those recorded

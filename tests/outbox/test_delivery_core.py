@@ -27,6 +27,7 @@ from surefoot.outbox._core import (
     is_name,
     judge,
     matches,
+    parse_since,
 )
 
 PENDING, FAILED, DELIVERED = DeliveryState.PENDING, DeliveryState.FAILED, DeliveryState.DELIVERED
@@ -630,3 +631,29 @@ def test_judge_follows_the_model(
         assert got.next_at is None or got.next_at >= now + wait
     else:
         assert got.paused_until is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1700000000", 1_700_000_000.0),
+        (" 1700000000.5 ", 1_700_000_000.5),
+        ("0", 0.0),
+        ("2023-11-14T22:13:20Z", 1_700_000_000.0),
+        ("2023-11-14T22:13:20", 1_700_000_000.0),  # no offset: UTC
+        ("2023-11-14T23:13:20+01:00", 1_700_000_000.0),
+        ("30m", 1_700_000_000.0 - 1800),
+        ("2h", 1_700_000_000.0 - 7200),
+        ("1.5d", 1_700_000_000.0 - 1.5 * 86400),
+        ("1w", 1_700_000_000.0 - 7 * 86400),
+        ("10s", 1_700_000_000.0 - 10),
+    ],
+)
+def test_since_is_unix_seconds_an_iso_time_or_a_duration_back(text: str, expected: float) -> None:
+    assert parse_since(text, now=1_700_000_000.0) == expected
+
+
+@pytest.mark.parametrize("text", ["", "yesterday", "-5", "nan", "inf", "2h30m", "3 days"])
+def test_since_refuses_anything_else(text: str) -> None:
+    with pytest.raises(ValueError, match="unix seconds, an ISO-8601 time"):
+        parse_since(text, now=1_700_000_000.0)

@@ -464,8 +464,8 @@ class AdminApp:
         if action == "recover":
             given = _query(scope, "since").get("since")
             if given is None:
-                raise AdminBadRequest(reason="since: expected unix seconds or an ISO-8601 time")
-            since = _moment(given)
+                raise AdminBadRequest(reason="since: expected a time (see surefoot.outbox.SINCE)")
+            since = _moment(given, outbox.clock.now())
         else:
             _query(scope)
         call: Callable[[], Any] = {
@@ -600,26 +600,14 @@ def _outbox_name(part: str, what: str) -> str:
     return text
 
 
-def _moment(text: str) -> float:
-    """``since``: unix seconds, or an ISO-8601 time (UTC when it names no offset)."""
-    import datetime
+def _moment(text: str, now: float) -> float:
+    """``since`` (``surefoot.outbox.parse_since``)."""
+    from surefoot.outbox import SINCE, parse_since
 
     try:
-        value = float(text)
+        return parse_since(text, now)
     except ValueError:
-        try:
-            moment = datetime.datetime.fromisoformat(text)
-        except ValueError:
-            raise AdminBadRequest(
-                reason="since: expected unix seconds or an ISO-8601 time such as "
-                f"'2026-12-06T14:00:00Z', got {shown(text)}"
-            ) from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=datetime.UTC)
-        return moment.timestamp()
-    if not math.isfinite(value) or value < 0:
-        raise AdminBadRequest(reason=f"since: expected unix seconds >= 0, got {shown(text)}")
-    return value
+        raise AdminBadRequest(reason=f"since: expected {SINCE}, got {shown(text)}") from None
 
 
 def _endpoint(endpoint: Endpoint) -> dict[str, Any]:

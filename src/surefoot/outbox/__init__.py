@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING
 from surefoot._lazy import lazy_names
 from surefoot.outbox._core import (
     DEFAULT_SCHEDULE,
+    SINCE,
     DeliveryState,
     Judgement,
     Result,
     RetrySchedule,
     judge,
+    parse_since,
 )
 from surefoot.outbox._events import (
     OutboxBacklog,
@@ -62,6 +64,7 @@ else:
 
 __all__ = [
     "DEFAULT_SCHEDULE",
+    "SINCE",
     "Attempt",
     "Delivery",
     "DeliveryState",
@@ -78,5 +81,6 @@ __all__ = [
     "WebhookEndpointDisabled",
     "WebhookSenderEvent",
     "judge",
+    "parse_since",
     "sign",
 ]

@@ -34,6 +34,7 @@ Rule 6: the schedule's delays never decrease; the jitter moves each delay by at 
 
 from __future__ import annotations
 
+import datetime
 import enum
 import math
 import re
@@ -45,6 +46,7 @@ from surefoot.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_SCHEDULE",
+    "SINCE",
     "DeliveryState",
     "Judgement",
     "Result",
@@ -53,6 +55,7 @@ __all__ = [
     "is_name",
     "judge",
     "matches",
+    "parse_since",
 ]
 
 #: The Standard Webhooks specification's example: immediately, then 5 s, 5 min, 30 min,
@@ -64,6 +67,13 @@ DEFAULT_SCHEDULE: tuple[float, ...] = (
 MAX_RETRY_AFTER = 86400.0
 _MAX_DELAY = 7 * 86400.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: What ``parse_since`` accepts, for error messages.
+SINCE = (
+    "unix seconds, an ISO-8601 time (2026-12-06T14:00:00Z; UTC when it names no offset) "
+    "or a duration back from now (30m, 2h, 3d, 1w)"
+)
 _EVENT_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
 
@@ -119,6 +129,33 @@ def check_url(url: object, field: str = "url") -> str:
     if any(c in url for c in " \t\r\n#"):
         _fail(field, "a URL without spaces or a #fragment", url)
     return url
+
+
+def parse_since(text: str, now: float) -> float:
+    """The moment ``text`` names, as ``recover``'s ``since`` (the CLI's ``--since``, the
+    admin API's ``?since=``): unix seconds, an ISO-8601 time (UTC when it names no
+    offset) or a duration back from ``now``.
+
+    Raises:
+        ValueError: none of those (the message is ``SINCE``).
+    """
+    text = text.strip()
+    duration = _DURATION.fullmatch(text)
+    if duration is not None:
+        return now - float(duration[1]) * _DURATION_UNITS[duration[2]]
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            moment = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(SINCE) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.UTC)
+        return moment.timestamp()
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(SINCE)
+    return seconds
 
 
 @dataclass(frozen=True, slots=True)
