@@ -51,6 +51,7 @@ __all__ = [
     "Judgement",
     "Result",
     "RetrySchedule",
+    "is_event_pattern",
     "is_event_type",
     "is_name",
     "judge",
@@ -96,6 +97,11 @@ def is_name(value: object) -> bool:
 def is_event_type(value: object) -> bool:
     """Whether ``value`` can be an event type (``invoice.paid``: up to 128 characters)."""
     return isinstance(value, str) and _EVENT_TYPE.fullmatch(value) is not None
+
+
+def is_event_pattern(value: object) -> bool:
+    """Whether ``value`` is an event type or a family of them (``invoice.*``)."""
+    return isinstance(value, str) and is_event_type(value.removesuffix(".*"))
 
 
 def matches(event_type: str, accepted: tuple[str, ...] | None) -> bool:

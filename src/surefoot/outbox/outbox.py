@@ -46,7 +46,7 @@ import re
 import secrets as _secrets
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn, Protocol
@@ -57,6 +57,7 @@ from surefoot.outbox._core import (
     DeliveryState,
     RetrySchedule,
     check_url,
+    is_event_pattern,
     is_event_type,
     is_name,
     matches,
@@ -329,6 +330,8 @@ class _Sql:
     def __init__(self, p: str, dialect: Dialect) -> None:
         lock = " FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
         self.dialect = dialect
+        #: The dialect's parameter mark (the statements are written with ``?``).
+        self.mark = "?" if dialect == "sqlite" else "%s"
         self.insert_message = (
             f"INSERT INTO {p}_messages (id, tenant, event_type, ordering_key, body, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING RETURNING seq"
@@ -502,9 +505,15 @@ class _Sql:
         return [value for row in rows for value in row]
 
     def rows(self, n: int, width: int) -> str:
-        mark = "?" if self.dialect == "sqlite" else "%s"
-        row = "(" + ", ".join([mark] * width) + ")"
+        row = "(" + ", ".join([self.mark] * width) + ")"
         return ", ".join([row] * n)
+
+    def messages(self, seqs: Sequence[int]) -> tuple[str, list[object]]:
+        """The query and parameters that read the messages ``seqs`` (an array on
+        PostgreSQL, one parameter each on SQLite)."""
+        if self.dialect == "postgresql":
+            return self.messages_of + "(SELECT unnest(%s::bigint[]))", [list(seqs)]
+        return self.messages_of + self.placeholders(len(seqs)), list(seqs)
 
     def placeholders(self, n: int) -> str:
         """One row of ``n`` parameters: ``(?, ?, ...)``."""
@@ -676,8 +685,7 @@ class Outbox:
         if event_types is not None:
             types = (event_types,) if isinstance(event_types, str) else _listed(event_types)
             for index, t in enumerate(types):
-                name = t[:-2] if isinstance(t, str) and t.endswith(".*") else t
-                if not is_event_type(name):
+                if not is_event_pattern(t):
                     _fail(f"event_types[{index}]", "an event type such as 'invoice.paid'", t)
             event_types = types
         if not isinstance(max_payload, int) or not 1024 <= max_payload <= 16 * 1024 * 1024:
@@ -757,17 +765,12 @@ class Outbox:
 
             _require_psycopg_transaction(conn)
             cursor = conn.cursor(row_factory=tuple_row)  # whatever the application's is
+        steps = _enqueue_steps(sql, row, tenant, event_type, ordering_key, now)
         with _translated():
-            cursor.execute(sql.insert_message, row)
-            inserted = cursor.fetchone()
-            if inserted is None:
-                return message_id  # Rule 2: already recorded
-            cursor.execute(sql.matching, (tenant,))
-            targets = self._targets(event_type, cursor.fetchall())
-            for name in targets:
-                cursor.execute(
-                    sql.insert_delivery, (name, inserted[0], ordering_key, now, now, now)
-                )
+            statement = next(steps, None)
+            while statement is not None:
+                cursor.execute(*statement)
+                statement = _next(steps, cursor.fetchall() if cursor.description else [])
         return message_id
 
     async def aenqueue(
@@ -790,18 +793,14 @@ class Outbox:
             )
         message_id, row, now = self._message(event_type, payload, tenant, event_id, ordering_key)
         _require_psycopg_transaction(conn)
-        sql = self._postgres
+        steps = _enqueue_steps(self._postgres, row, tenant, event_type, ordering_key, now)
         with _translated():
             async with conn.cursor(row_factory=tuple_row) as cursor:
-                await cursor.execute(sql.insert_message, row)
-                inserted = await cursor.fetchone()
-                if inserted is None:
-                    return message_id
-                await cursor.execute(sql.matching, (tenant,))
-                for name in self._targets(event_type, await cursor.fetchall()):
-                    await cursor.execute(
-                        sql.insert_delivery, (name, inserted[0], ordering_key, now, now, now)
-                    )
+                statement = next(steps, None)
+                while statement is not None:
+                    await cursor.execute(*statement)
+                    rows = await cursor.fetchall() if cursor.description else []
+                    statement = _next(steps, rows)
         return message_id
 
     def _sql_of(self, conn: object) -> _Sql:
@@ -849,14 +848,6 @@ class Outbox:
         if len(body) > self.max_payload:
             _fail("payload", f"at most {self.max_payload} bytes as JSON", f"{len(body)} bytes")
         return event_id, (event_id, tenant, event_type, ordering_key, body, now), now
-
-    @staticmethod
-    def _targets(event_type: str, rows: Iterable[tuple[Any, ...]]) -> list[str]:
-        return [
-            name
-            for name, types in rows
-            if matches(event_type, None if types is None else tuple(json.loads(types)))
-        ]
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -929,9 +920,9 @@ class Outbox:
         if not types:
             _fail("event_types", "at least one type, or None for every type", types)
         for index, t in enumerate(types):
-            bare = t[:-2] if isinstance(t, str) and t.endswith(".*") else t
-            if not is_event_type(bare):
+            if not is_event_pattern(t):
                 _fail(f"event_types[{index}]", "an event type such as 'invoice.paid'", t)
+            bare = t.removesuffix(".*")
             # Accepted: a declared type, a type or family within a declared family, or a
             # family that holds a declared type ("invoice.*" when "invoice.paid" is sent).
             if self.event_types is not None and not (
@@ -951,7 +942,7 @@ class Outbox:
 
     def endpoints(self, *, tenant: str | None = None, name: str | None = None) -> list[Endpoint]:
         """Every endpoint (of ``tenant``), by name."""
-        mark = "?" if self.dialect == "sqlite" else "%s"
+        mark = self.sql.mark
         where, params = [], []
         for column, value in (("tenant", tenant), ("name", name)):
             if value is not None:
@@ -973,7 +964,7 @@ class Outbox:
                 bool(en),
                 dr,
                 fs,
-                sum(1 for _, e in json.loads(s) if e is None or e > now),  # those that still sign
+                len(_live_secrets(s, now)),
             )
             for n, t, u, et, rl, c, en, dr, fs, s in rows
         ]
@@ -1008,11 +999,8 @@ class Outbox:
             row = cursor.fetchone()
             if row is None:
                 raise KeyError(name)
-            current = [
-                [s, min(e, now + keep_old_for) if e is not None else now + keep_old_for]
-                for s, e in json.loads(row[0])
-                if e is None or e > now
-            ]
+            until = now + keep_old_for
+            current = [[s, until if e is None else min(e, until)] for s, e in _stored(row[0], now)]
             kept = [[secret, None], *current][:_MAX_SECRETS]
             cursor.execute(self.sql.set_secrets, (json.dumps(kept), name))
         return self.endpoint(name)
@@ -1036,7 +1024,7 @@ class Outbox:
         limit: int = 100,
     ) -> list[Delivery]:
         """Deliveries, newest first, filtered by endpoint, state and message."""
-        mark = "?" if self.dialect == "sqlite" else "%s"
+        mark = self.sql.mark
         where: list[str] = []
         params: list[object] = []
         for column, value in (("d.endpoint", endpoint), ("m.id", message_id)):
@@ -1164,18 +1152,14 @@ class Outbox:
             # Each endpoint claimed for goes to the back of the next claims' rotation.
             names = sorted({row[0] for row, _, _ in taken})
             cursor.execute(sql.touch_endpoints + sql.placeholders(len(names)), [now, *names])
-            seqs = sorted({seq for _, seq, _ in taken})
-            if self.dialect == "postgresql":
-                cursor.execute(sql.messages_of + "(SELECT unnest(%s::bigint[]))", [seqs])
-            else:
-                cursor.execute(sql.messages_of + sql.placeholders(len(seqs)), seqs)
+            cursor.execute(*sql.messages(sorted({seq for _, seq, _ in taken})))
             messages = {seq: (i, t, bytes(b)) for seq, i, t, b in cursor.fetchall()}
         live: dict[str, tuple[str, ...]] = {}
         claimed = []
         for row, seq, attempts in taken:
             name, url, secrets_json, rate_limit, _, failing_since = row
             if name not in live:
-                live[name] = tuple(s for s, e in json.loads(secrets_json) if e is None or e > now)
+                live[name] = _live_secrets(secrets_json, now)
             message_id, event_type, body = messages[seq]
             claimed.append(
                 Claimed(
@@ -1263,6 +1247,47 @@ _NO_TRANSACTION = (
     "Outbox.enqueue runs inside the caller's transaction, and this connection has none "
     "open: BEGIN (BEGIN IMMEDIATE on SQLite) first"
 )
+
+
+_Step = tuple[str, tuple[object, ...]]
+
+
+def _enqueue_steps(
+    sql: _Sql,
+    row: tuple[object, ...],
+    tenant: str,
+    event_type: str,
+    ordering_key: str | None,
+    now: float,
+) -> Generator[_Step, list[tuple[Any, ...]], None]:
+    """The statements of one ``enqueue`` (no I/O): the driver runs each and sends back its
+    rows. The message first; if its id was recorded already, nothing more (Rule 2);
+    else one delivery per enabled endpoint of the tenant that takes the type."""
+    inserted = yield sql.insert_message, row
+    if not inserted:
+        return
+    endpoints = yield sql.matching, (tenant,)
+    for name, types in endpoints:
+        if matches(event_type, None if types is None else tuple(json.loads(types))):
+            yield sql.insert_delivery, (name, inserted[0][0], ordering_key, now, now, now)
+
+
+def _next(steps: Generator[_Step, list[tuple[Any, ...]], None], rows: list[Any]) -> _Step | None:
+    """The statement after the one that returned ``rows``; None when there is none."""
+    try:
+        return steps.send(rows)
+    except StopIteration:
+        return None
+
+
+def _stored(secrets_json: str, now: float) -> list[tuple[str, float | None]]:
+    """An endpoint's stored secrets that still sign at ``now``, with their expiry (None:
+    until rotated out)."""
+    return [(s, e) for s, e in json.loads(secrets_json) if e is None or e > now]
+
+
+def _live_secrets(secrets_json: str, now: float) -> tuple[str, ...]:
+    return tuple(s for s, _ in _stored(secrets_json, now))
 
 
 def _is_seconds(value: object) -> bool:
