@@ -374,7 +374,8 @@ def test_an_endpoint_that_hangs_never_delays_another_one(
     outbox.add_endpoint("dead", url=consuming.base + HANG_PATH, secrets=[WHSEC], concurrency=5)
     outbox.add_endpoint("healthy", url=consuming.url, secrets=[WHSEC], concurrency=5)
     ids = db.enqueue(outbox, range(30))  # each message goes to both endpoints
-    timeout = 5  # every first attempt to the dead endpoint hangs this long
+    # Every attempt to the dead endpoint hangs longer than the test may take: none ends.
+    timeout = 4 * GUARD
     workers = start_workers(spawn, db, 2, timeout=timeout, lease=3 * timeout)
 
     def dead_attempts() -> int:

@@ -7,9 +7,11 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import anyio
 import httpx
 import pytest
 
+from _support import GUARD
 from surefoot.outbox._senders import (
     MAX_ANSWER,
     AiohttpSender,
@@ -22,6 +24,12 @@ from surefoot.outbox._senders import (
 pytestmark = pytest.mark.anyio
 
 seen: list[dict[str, str]] = []
+#: Set when the server shuts down: what a hung request waits for.
+stopping = threading.Event()
+#: 64 KiB chunks the endless answer got written before the sender hung up, and when
+#: its writer stopped.
+written: list[int] = []
+hung_up = threading.Event()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -38,16 +46,21 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/busy":
             self._answer(429, {"retry-after": "7"})
         elif self.path == "/endless":
+            # No length: the answer ends when the connection does, and it never does
+            # unless the sender hangs up (or 64 MiB later, to bound a failing test).
             self.send_response(200)
-            self.send_header("content-length", str(10 * MAX_ANSWER))
+            self.send_header("connection", "close")
             self.end_headers()
+            written.clear()
+            hung_up.clear()
             try:
-                for _ in range(10):
+                for _ in range(1024):
                     self.wfile.write(b"x" * MAX_ANSWER)
+                    written.append(1)
             except OSError:
-                pass  # the sender hung up after its 64 KiB: what this checks
+                hung_up.set()  # the sender hung up: what this checks
         elif self.path == "/hang":
-            threading.Event().wait(2)
+            stopping.wait(GUARD)
             self._answer(204, {})
         else:
             self._answer(204, {})
@@ -68,6 +81,7 @@ def server() -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}"
     finally:
+        stopping.set()
         httpd.shutdown()
         httpd.server_close()
 
@@ -112,10 +126,13 @@ async def test_retry_after_is_returned(server: str, sender: Sender) -> None:
 async def test_an_endless_answer_is_read_no_further_than_64_kib(
     server: str, sender: Sender
 ) -> None:
-    status, _ = await asyncio.wait_for(
-        sender.post(httpx.URL(server + "/endless"), {}, b"{}", None), 5
-    )
+    with anyio.fail_after(GUARD):
+        status, _ = await sender.post(httpx.URL(server + "/endless"), {}, b"{}", None)
     assert status == 200
+    # The sender hung up: the writer failed long before its 64 MiB (only what the
+    # sockets' buffers took got written after the 64 KiB read).
+    assert await asyncio.to_thread(hung_up.wait, GUARD)
+    assert len(written) < 1024
 
 
 async def test_no_listener_is_a_send_error(sender: Sender) -> None:

@@ -565,7 +565,6 @@ async def _rate_limited(
     assert all(0 < e.retry_after <= 1.02 for e in deferred)
     held = [m for m in ids if m not in consumer.ids()]
     assert [state(outbox, m) for m in held] == [(DeliveryState.PENDING, 0)] * 3
-    assert of(events, WebhookAttempted) == [e for e in events if isinstance(e, WebhookAttempted)]
     assert len(of(events, WebhookAttempted)) == 2
 
     assert await worker.run_once() == 0  # not due before the limit has room
@@ -1082,14 +1081,25 @@ async def test_run_delivers_full_batches_back_to_back_then_stops_when_idle(
     assert [state(outbox, m) for m in ids] == [(DeliveryState.DELIVERED, 1)] * 5
 
 
-async def test_run_with_nothing_to_do_stops_on_stop(outbox: Outbox, workers: Factory) -> None:
+async def test_run_with_nothing_to_do_stops_on_stop(
+    outbox: Outbox, workers: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     worker = workers(outbox, poll_interval=60)  # stop() does not wait for the next poll
+    claimed, loop = asyncio.Event(), asyncio.get_running_loop()
+    claim = outbox.claim
+
+    def claiming(*args: Any, **kwargs: Any) -> Any:  # run in the worker's thread
+        try:
+            return claim(*args, **kwargs)
+        finally:
+            loop.call_soon_threadsafe(claimed.set)
+
+    monkeypatch.setattr(outbox, "claim", claiming)
     with anyio.fail_after(GUARD):
         task = asyncio.create_task(worker.run())
-        await asyncio.sleep(0)  # let it start its first claim
+        await claimed.wait()  # it found nothing and now waits for its next poll
         worker.stop()
         await task
-    assert task.exception() is None
 
 
 async def test_run_waits_out_a_database_outage_and_records_what_it_kept(
@@ -1125,7 +1135,6 @@ async def test_run_waits_out_a_database_outage_and_records_what_it_kept(
         worker.stop()
         await task
 
-    assert task.exception() is None
     assert "the database failed" in caplog.text
     assert sorted(consumer.ids()) == sorted(ids)  # each sent once: nothing went out again
     assert [state(outbox, m) for m in ids] == [(DeliveryState.DELIVERED, 1)] * 3
