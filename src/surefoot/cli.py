@@ -37,7 +37,6 @@ import os
 import re
 import secrets
 import signal
-import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -444,12 +443,6 @@ def _hinted(exc: ConfigurationError, hints: dict[str, str]) -> click.ClickExcept
     return click.BadParameter(str(exc), param_hint=hint)
 
 
-def _driver_error(exc: BaseException) -> bool:
-    """Whether ``exc`` comes from the database driver (opening a connection is not
-    translated into ``StoreUnavailable`` by ``Outbox``)."""
-    return isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg")
-
-
 @contextlib.contextmanager
 def _outbox(
     database: str | None,
@@ -490,10 +483,8 @@ def _outbox(
         if not names_endpoints:
             raise
         raise click.ClickException(f"no endpoint named {exc.args[0]!r}") from None
-    except Exception as exc:
-        if not isinstance(exc, StoreUnavailable) and not _driver_error(exc):
-            raise
-        cause = exc.__cause__ if isinstance(exc, StoreUnavailable) else exc
+    except StoreUnavailable as exc:
+        cause = exc.__cause__ or exc
         # The driver's first line says what failed; the rest quotes SQL or gives advice.
         first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         text = masked_text(" ".join(first.split()), database)
@@ -811,12 +802,14 @@ def resend_message(database: str | None, prefix: str, message_id: str, endpoint:
         outbox.endpoint(endpoint)
         try:
             queued = outbox.resend(message_id, endpoint)
-        except KeyError:
-            raise click.ClickException(f"no message {message_id}") from None
+        except KeyError as exc:  # no such message, or no delivery of it to the endpoint
+            if exc.args[0] == message_id:
+                raise click.ClickException(f"no message {message_id}") from None
+            raise click.ClickException(
+                f"message {message_id} was never sent to {endpoint}"
+            ) from None
         if not queued:
             found = outbox.deliveries(message_id=message_id, endpoint=endpoint, limit=1)
-            if not found:
-                raise click.ClickException(f"message {message_id} was never sent to {endpoint}")
             raise click.ClickException(
                 f"message {message_id} to {endpoint} is {found[0].state.value}: "
                 "nothing resent (it goes out anyway)"

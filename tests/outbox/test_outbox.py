@@ -26,7 +26,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from _support import GUARD, T0
-from surefoot.errors import ConfigurationError
+from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.outbox import DeliveryState, Endpoint, Outbox, RetrySchedule
 from surefoot.outbox.outbox import Claimed, Outcome
 from surefoot.testing import ManualClock
@@ -1321,3 +1321,21 @@ def test_recover_sends_what_waits_for_its_next_attempt_now(
     (again,) = outbox.claim(worker, limit=1, lease=60)
     assert (again.message_id, again.attempt) == (message_id, 2)  # its count goes on
     assert outbox.recover("acme", since=T0) == 0  # in flight: nothing to hurry
+
+
+def test_a_connection_the_server_dropped_is_opened_again(db: Db, outbox: Outbox) -> None:
+    if db.kind != "postgres":
+        pytest.skip("a SQLite file is never dropped by a server")
+    add(outbox, "acme")
+    (pid,) = [row[0] for row in _backend_pids(outbox)]
+    with psycopg.connect(db.url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(StoreUnavailable):
+        outbox.endpoints()  # the call that finds it dropped fails...
+    assert [e.name for e in outbox.endpoints()] == ["acme"]  # ...and the next one reconnects
+
+
+def _backend_pids(outbox: Outbox) -> list[tuple[Any, ...]]:
+    with outbox._connection().transaction() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return list(cursor.fetchall())

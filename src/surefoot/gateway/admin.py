@@ -62,14 +62,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hmac
 import json
 import math
 import os
 import re
 import signal
-import sqlite3
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
@@ -89,7 +87,6 @@ from surefoot.errors import (
     AdminUnauthorized,
     ConfigRejected,
     ConfigurationError,
-    StoreUnavailable,
     SurefootError,
 )
 from surefoot.events import emit
@@ -101,7 +98,7 @@ from surefoot.ratelimit import Item, limit_key
 from surefoot.webhooks import WebhookReceiver, is_event_id, webhook_store_key
 
 if TYPE_CHECKING:
-    from surefoot.outbox import Endpoint, EndpointStats, Outbox
+    from surefoot.outbox import Endpoint, Outbox
 
 __all__ = ["AdminApp"]
 
@@ -422,14 +419,7 @@ class AdminApp:
             raise AdminNotFound(what=f"{method} {scope['path']}")
         if runner is None:
             raise AdminNotFound(what="the outbox: this gateway has no [webhooks.send] table")
-        try:
-            await self._outbox_action(scope, receive, send, known, parts)
-        except StoreUnavailable:
-            # The outbox keeps its admin connection: one the database dropped would fail
-            # every later call, so the next one opens another.
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(runner.outbox.close)
-            raise
+        await self._outbox_action(scope, receive, send, known, parts)
 
     async def _outbox_action(
         self, scope: Scope, receive: Receive, send: Send, known: str, parts: list[str]
@@ -445,7 +435,7 @@ class AdminApp:
         elif known == "stats":
             _query(scope)
             stats = await _blocking(outbox.stats)
-            await _json(send, 200, {"endpoints": [_stats(s) for s in stats]})
+            await _json(send, 200, {"endpoints": [s.as_dict() for s in stats]})
         elif known == "deliveries":
             await self.outbox_deliveries(scope, send)
         elif known in ("endpoint", "enable", "disable", "recover"):
@@ -514,10 +504,12 @@ class AdminApp:
         """``GET /admin/outbox/messages/ID/attempts``: oldest first (404: no delivery)."""
         outbox = self._outbox()
         _query(scope)
-        deliveries = await _blocking(lambda: outbox.deliveries(message_id=message_id))
-        if not deliveries:
-            raise AdminNotFound(what=f"outbox message {message_id!r}")
         attempts = await _blocking(outbox.attempts, message_id)
+        # No attempt yet: a message with a delivery waiting, or no such message.
+        if not attempts and not await _blocking(
+            lambda: outbox.deliveries(message_id=message_id, limit=1)
+        ):
+            raise AdminNotFound(what=f"outbox message {message_id!r}")
         await _json(
             send, 200, {"message_id": message_id, "attempts": [a.as_dict() for a in attempts]}
         )
@@ -529,15 +521,16 @@ class AdminApp:
         endpoint = _query(scope, "endpoint").get("endpoint")
         if endpoint is None:
             raise AdminBadRequest(reason="endpoint: expected ?endpoint=NAME")
-        found = await _blocking(
-            lambda: outbox.deliveries(endpoint=endpoint, message_id=message_id, limit=1)
-        )
-        if not found:
+        try:
+            resent = await _blocking(outbox.resend, message_id, endpoint)
+        except KeyError:  # no such message, or no delivery of it to the endpoint
             raise AdminNotFound(
                 what=f"a delivery of outbox message {message_id!r} to endpoint {endpoint!r}"
-            )
-        resent = await _blocking(outbox.resend, message_id, endpoint)
+            ) from None
         if not resent:
+            found = await _blocking(
+                lambda: outbox.deliveries(endpoint=endpoint, message_id=message_id, limit=1)
+            )
             raise AdminBadRequest(
                 reason=f"the delivery of {message_id!r} to {endpoint!r} is "
                 f"{found[0].state.value}: it is still on its schedule; resend it once it "
@@ -565,17 +558,9 @@ _OUTBOX_SHAPES: dict[tuple[str, int, str, str], str] = {
 
 
 async def _blocking(call: Callable[..., _T], *args: Any) -> _T:
-    """An outbox call, in a thread (Rule 3). Its database's failures are 503
-    ``store_unavailable``, opening its connection included (``Outbox`` translates those
-    of its statements only), and a driver's message never reaches the client."""
-    try:
-        return await asyncio.to_thread(call, *args)
-    except (SurefootError, KeyError):
-        raise
-    except Exception as exc:
-        if isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg"):
-            raise StoreUnavailable(retry_after=1) from exc
-        raise
+    """An outbox call, in a thread (Rule 3); ``Outbox`` translates its database's
+    failures, opening a connection included, into ``StoreUnavailable`` (503)."""
+    return await asyncio.to_thread(call, *args)
 
 
 def _outbox_path(scope: Scope) -> list[str]:
@@ -616,17 +601,6 @@ def _endpoint(endpoint: Endpoint) -> dict[str, Any]:
     out = endpoint.as_dict()
     out["url"] = masked_url(endpoint.url)
     return out
-
-
-def _stats(stats: EndpointStats) -> dict[str, Any]:
-    return {
-        "endpoint": stats.endpoint,
-        "enabled": stats.enabled,
-        "pending": stats.pending,
-        "sending": stats.sending,
-        "failed": stats.failed,
-        "oldest_undelivered": stats.oldest_undelivered,
-    }
 
 
 def webhook_record(store_key: str, record: Record | None, now: float) -> dict[str, Any]:

@@ -40,6 +40,7 @@ Rule 5: a message is kept ``retention`` seconds once nothing waits to deliver it
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import re
@@ -47,7 +48,6 @@ import secrets as _secrets
 import sqlite3
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn, Protocol
 
@@ -205,7 +205,7 @@ class Attempt(_Row):
 
 
 @dataclass(frozen=True, slots=True)
-class EndpointStats:
+class EndpointStats(_Row):
     """An endpoint's backlog: deliveries waiting, in flight, failed, and the age of the
     oldest undelivered message (None: nothing waits)."""
 
@@ -543,7 +543,7 @@ def _sqlite_path(url: str) -> str:
     return path or ":memory:"
 
 
-@contextmanager
+@contextlib.contextmanager
 def _translated() -> Iterator[None]:
     try:
         yield
@@ -583,9 +583,11 @@ class _Connection:
             pg.execute("SET synchronous_commit = off")
         return pg
 
-    @contextmanager
+    @contextlib.contextmanager
     def transaction(self) -> Iterator[_Cursor]:
         with self._lock, _translated():
+            # Opened on first use, and again after the server dropped it (psycopg then
+            # reports it closed), so one outage does not fail every later call.
             if self._conn is None or getattr(self._conn, "closed", False):
                 self._conn = self._open()
             cursor = self._conn.cursor()
