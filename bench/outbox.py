@@ -45,7 +45,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -150,8 +149,7 @@ def wait_for(db: Db, total: int, timeout: float) -> None:
 
 
 def receiver_count(base: str) -> int:
-    with urllib.request.urlopen(base + "/count", timeout=5) as response:
-        return int(response.read())
+    return int(h.http(base + "/count")[2])
 
 
 def sender_rate(kind: str, base: str, posts: int) -> float:
@@ -225,10 +223,11 @@ def one_run(
         for i in range(workers)
     ]
     try:
-        time.sleep(1.5)  # let the workers import and connect (not timed)
-        for child in children:
-            if child.process.poll() is not None:
-                raise h.BenchError(child.died())
+        for child in children:  # started (not timed): the CLI says so once it delivers
+            child.wait_until(
+                lambda c=child: any("delivering from" in line for line in c.log_lines()),
+                "start delivering",
+            )
         before = receiver_count(receiver.base)
         types = [f"bench.{names[i % len(names)]}" for i in range(args.messages)]
         started = db.commit(types)

@@ -131,7 +131,7 @@ def run_application(args: argparse.Namespace) -> None:
         if not undo and args.pause_after is not None and n >= args.pause_after:
             Path(args.paused).touch()
             while True:  # the drill's SIGKILL ends this process here
-                time.sleep(1.0)
+                signal.pause()
         line = {"id": charge, "outcome": "rollback" if undo else "commit"}
         os.write(out, (json.dumps(line) + "\n").encode())
         if args.pace:

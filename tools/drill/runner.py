@@ -103,6 +103,7 @@ from surefoot.errors import ConfigurationError, UpstreamError
 from surefoot.events import Event
 from surefoot.webhooks import StandardWebhooks
 from tools.drill.scenario import (
+    DrillAudit,
     DrillEvent,
     DrillReport,
     OutboxAudit,
@@ -970,7 +971,6 @@ class _Drill:
         return len(response.json()["unknown"])
 
     async def report(self, *, wall: float) -> DrillReport:
-        s = self.scenario
         async with httpx.AsyncClient(timeout=30.0, trust_env=False) as client:
             upstream_audit = (await client.get(self.ledger_url + "/audit")).json()
         ledger = await asyncio.to_thread(_read_ledger, self.ledger_path)
@@ -989,29 +989,13 @@ class _Drill:
                 row = dataclasses.asdict(payment)
                 row["booked"] = ledger.get(payment.reference, [])
                 out.write(json.dumps(row) + "\n")
-        report = DrillReport(
-            scenario=s.name,
-            store=s.store,
-            idempotency=s.idempotency,
-            clients=s.clients,
-            payments=s.payments,
-            workers=s.workers,
-            seed=s.seed,
-            audit=result,
+        return self._report(
+            result,
             attempts=sum(p.attempts for p in self.payments),
-            seconds=self.seconds,
-            wall=wall,
-            faults={
-                "client": self.client_plan.counts("kind"),
-                "upstream": self.upstream_plan.counts("kind"),
-            },
             latency=latency(self.payments),
-            events=tuple(self.fired),
-            target=s.target,
+            wall=wall,
+            examples=result.examples,
         )
-        for problem, references in result.examples.items():
-            self.log(f"{problem}: e.g. {', '.join(references)}")
-        return report
 
     async def outbox_report(
         self, ledger: Mapping[str, Sequence[str]], *, wall: float
@@ -1055,6 +1039,27 @@ class _Drill:
                     "booked": ledger.get(charge, []),
                 }
                 out.write(json.dumps(row) + "\n")
+        return self._report(
+            result.drill_audit(),
+            attempts=result.attempts,
+            latency=ranks(seconds),
+            wall=wall,
+            examples=result.examples,
+            outbox=result,
+        )
+
+    def _report(
+        self,
+        audit: DrillAudit,
+        *,
+        attempts: int,
+        latency: Mapping[str, float],
+        wall: float,
+        examples: Mapping[str, Sequence[str]],
+        outbox: OutboxAudit | None = None,
+    ) -> DrillReport:
+        """The report of this run (either target's), its problems' examples logged."""
+        s = self.scenario
         report = DrillReport(
             scenario=s.name,
             store=s.store,
@@ -1063,20 +1068,20 @@ class _Drill:
             payments=s.payments,
             workers=s.workers,
             seed=s.seed,
-            audit=result.drill_audit(),
-            attempts=result.attempts,
+            audit=audit,
+            attempts=attempts,
             seconds=self.seconds,
             wall=wall,
             faults={
                 "client": self.client_plan.counts("kind"),
                 "upstream": self.upstream_plan.counts("kind"),
             },
-            latency=ranks(seconds),
+            latency=latency,
             events=tuple(self.fired),
             target=s.target,
-            outbox=result,
+            outbox=outbox,
         )
-        for problem, references in result.examples.items():
+        for problem, references in examples.items():
             self.log(f"{problem}: e.g. {', '.join(references)}")
         return report
 
