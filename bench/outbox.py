@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,10 @@ def wait_for(db: Db, total: int, timeout: float) -> None:
         time.sleep(0.05)
 
 
+def _delivering(worker: h.Child) -> bool:
+    return any("delivering from" in line for line in worker.log_lines())
+
+
 def receiver_count(base: str) -> int:
     return int(h.http(base + "/count")[2])
 
@@ -224,10 +229,7 @@ def one_run(
     ]
     try:
         for child in children:  # started (not timed): the CLI says so once it delivers
-            child.wait_until(
-                lambda c=child: any("delivering from" in line for line in c.log_lines()),
-                "start delivering",
-            )
+            child.wait_until(partial(_delivering, child), "start delivering")
         before = receiver_count(receiver.base)
         types = [f"bench.{names[i % len(names)]}" for i in range(args.messages)]
         started = db.commit(types)
