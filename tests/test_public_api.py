@@ -87,6 +87,7 @@ PUBLIC = {
         "Throttle",
         "ThrottleRefused",
         "ThrottleWaited",
+        "idempotency_scope",
         "integrations_from_dict",
         "load_integrations",
     ],

@@ -9,7 +9,9 @@ slot (a concurrency cap) and a ``Throttle`` token (a rate cap from the rate-limi
 token bucket, local or shared through a store); around the whole request a ``StaleCache``
 serves the last good GET answer when the upstream fails. ``load_integrations`` builds
 one ``Integration`` (its own breaker, throttle, bulkhead, cache and loggers) per API
-declared in a TOML file. See ``docs/client.md``.
+declared in a TOML file. Inside ``with idempotency_scope(prefix):`` keyless POST/PATCH
+requests get the keys ``prefix:1``, ``prefix:2``... in order, the same on a re-run.
+See ``docs/client.md``.
 
 Errors raised (``surefoot.errors``)::
 
@@ -50,6 +52,7 @@ from surefoot.client._events import (
     ThrottleWaited,
 )
 from surefoot.client._policy import DEFAULT_RETRY_STATUSES, IDEMPOTENT_METHODS, RetryPolicy
+from surefoot.client._scope import idempotency_scope
 
 if TYPE_CHECKING:
     from surefoot.client._bulkhead import Bulkhead
@@ -109,6 +112,7 @@ __all__ = [
     "Throttle",
     "ThrottleRefused",
     "ThrottleWaited",
+    "idempotency_scope",
     "integrations_from_dict",
     "load_integrations",
 ]

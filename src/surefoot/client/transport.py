@@ -14,7 +14,8 @@ still streaming unless Rule 1 read it.
 Rule 3: a transport error that says nothing about the upstream (an unsupported URL scheme,
 a malformed request, a bug, a cancellation) is not retried and propagates unchanged.
 Rule 4: the caller's request is left as it came, except for the ``Idempotency-Key`` header
-that ``auto_idempotency_key`` adds (one key per logical request, reused on every attempt).
+that an ``idempotency_scope`` or else ``auto_idempotency_key`` adds to a non-idempotent
+request without one (one key per logical request, reused on every attempt).
 
 Around each attempt the flow asks for (after the breaker's permit, inside the flow), the
 driver takes, in this order (``_enter``):
@@ -69,6 +70,7 @@ from surefoot.client._flow import (
     wants_body,
 )
 from surefoot.client._policy import RetryPolicy
+from surefoot.client._scope import next_scoped_key
 from surefoot.client._throttle import Throttle
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import ConfigurationError, UpstreamError, UpstreamThrottled
@@ -162,12 +164,13 @@ class _Resilience:
     def _start(self, request: httpx.Request) -> _Call:
         headers = request.headers
         key = headers.get(self.idempotency_header)
-        if (
-            key is None
-            and self.auto_idempotency_key
-            and request.method not in self.retry.idempotent_methods
-        ):
-            key = headers[self.idempotency_header] = str(uuid.uuid4())
+        if key is None and request.method not in self.retry.idempotent_methods:
+            # An explicit opt-in: a scope's key wins over auto's, and needs no auto.
+            key = next_scoped_key()
+            if key is None and self.auto_idempotency_key:
+                key = str(uuid.uuid4())
+            if key is not None:
+                headers[self.idempotency_header] = key
         request_id = headers.get("x-request-id") or key or f"{_ID_PREFIX}{next(_ID_COUNTER)}"
         target = Target(
             method=request.method,
@@ -438,6 +441,8 @@ class ResilientTransport(httpx.BaseTransport, _Resilience):
             default none.
         auto_idempotency_key: add an ``Idempotency-Key`` (a UUID4) to every request of a
             non-idempotent method that has none, so that POST and PATCH can be retried.
+            Inside an ``idempotency_scope`` the scope's key is added instead, with or
+            without this.
         idempotency_header: the header that carries the key.
         clock: tells the time for the deadline, ``Retry-After`` dates and the budget.
         sleep: waits between attempts and for throttle tokens; default ``time.sleep``.
@@ -664,6 +669,8 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _Resilience):
             default none.
         auto_idempotency_key: add an ``Idempotency-Key`` (a UUID4) to every request of a
             non-idempotent method that has none, so that POST and PATCH can be retried.
+            Inside an ``idempotency_scope`` the scope's key is added instead, with or
+            without this.
         idempotency_header: the header that carries the key.
         clock: tells the time for the deadline, ``Retry-After`` dates and the budget.
         sleep: waits between attempts and for throttle tokens; default ``asyncio.sleep``.
