@@ -40,19 +40,19 @@ Rule 5: a message is kept ``retention`` seconds once nothing waits to deliver it
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
 import re
 import secrets as _secrets
 import sqlite3
 import threading
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
+from surefoot._sql import Connection, Dialect, dialect_of, translated
 from surefoot.clock import Clock, SystemClock
-from surefoot.errors import ConfigurationError, StoreUnavailable
+from surefoot.errors import ConfigurationError
 from surefoot.outbox._core import (
     DeliveryState,
     RetrySchedule,
@@ -87,8 +87,6 @@ _REASON = re.compile(r"[\x20-\x7e]{1,200}")
 #: Claims checked per statement when recording (3 parameters each, well under SQLite's 32766).
 _CHUNK = 500
 _SECRET_PREFIXES = ("whsec_", "whsk_")
-
-Dialect = Literal["sqlite", "postgresql"]
 
 # PostgreSQL's batches of rows, as arrays (one parameter per column).
 _UNNEST_RECORD = (
@@ -523,93 +521,6 @@ class _Sql:
 # -- connections -------------------------------------------------------------------------------
 
 
-class _Cursor(Protocol):
-    @property
-    def rowcount(self) -> int: ...
-
-    def execute(self, query: str, params: Sequence[object] = (), /) -> Any: ...
-
-    def executemany(self, query: str, params: Iterable[Sequence[object]], /) -> Any: ...
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
-
-
-def _sqlite_path(url: str) -> str:
-    path = url.removeprefix("sqlite://")
-    if path.startswith("/"):
-        path = path[1:]
-    return path or ":memory:"
-
-
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise StoreUnavailable(retry_after=1) from exc
-    except Exception as exc:
-        if type(exc).__module__.startswith("psycopg"):
-            raise StoreUnavailable(retry_after=1) from exc
-        raise
-
-
-class _Connection:
-    """The outbox's own connection (for a worker or the admin side), one transaction at a
-    time; thread-safe, so a worker can run it in a thread beside its event loop. It opens
-    on first use, and again after the server dropped it; failures are ``StoreUnavailable``.
-    """
-
-    def __init__(self, url: str, dialect: Dialect, *, durable: bool = True) -> None:
-        self.url = url
-        self.dialect = dialect
-        self.durable = durable
-        self._lock = threading.Lock()
-        self._conn: Any = None
-
-    def _open(self) -> Any:
-        if self.dialect == "sqlite":
-            conn = sqlite3.connect(
-                _sqlite_path(self.url), isolation_level=None, check_same_thread=False, timeout=30.0
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            return conn
-        import psycopg
-
-        pg = psycopg.connect(self.url, autocommit=True)
-        if not self.durable:
-            pg.execute("SET synchronous_commit = off")
-        return pg
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[_Cursor]:
-        with self._lock, _translated():
-            # Opened on first use, and again after the server dropped it (psycopg then
-            # reports it closed), so one outage does not fail every later call.
-            if self._conn is None or getattr(self._conn, "closed", False):
-                self._conn = self._open()
-            cursor = self._conn.cursor()
-            if self.dialect == "sqlite":
-                cursor.execute("BEGIN IMMEDIATE")
-                try:
-                    yield cursor
-                except BaseException:
-                    self._conn.rollback()
-                    raise
-                cursor.execute("COMMIT")
-            else:
-                with self._conn.transaction():
-                    yield cursor
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-
 def _listed(event_types: object) -> tuple[Any, ...]:
     if not isinstance(event_types, Iterable) or isinstance(event_types, bytes | dict):
         _fail("event_types", "a list of event types such as 'invoice.paid'", event_types)
@@ -623,13 +534,12 @@ def _delays(schedule: object) -> tuple[Any, ...]:
 
 
 def _dialect_of(url: str) -> Dialect:
-    if url.startswith("sqlite://"):
-        if "?" in url or "#" in url:
-            _fail("database", "a sqlite:///path without ?options", url)
-        return "sqlite"
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql"
-    _fail("database", "a sqlite:///path or postgresql:// URL", url.split("@")[-1])
+    dialect = dialect_of(url)
+    if dialect is None:
+        _fail("database", "a sqlite:///path or postgresql:// URL", url.split("@")[-1])
+    if dialect == "sqlite" and ("?" in url or "#" in url):
+        _fail("database", "a sqlite:///path without ?options", url)
+    return dialect
 
 
 # -- the public API ----------------------------------------------------------------------------
@@ -714,7 +624,7 @@ class Outbox:
         self.sql = _Sql(prefix, self.dialect)
         self._sqlite = _Sql(prefix, "sqlite")
         self._postgres = _Sql(prefix, "postgresql")
-        self._admin: _Connection | None = None
+        self._admin: Connection | None = None
         self._admin_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -768,7 +678,7 @@ class Outbox:
             _require_psycopg_transaction(conn)
             cursor = conn.cursor(row_factory=tuple_row)  # whatever the application's is
         steps = _enqueue_steps(sql, row, tenant, event_type, ordering_key, now)
-        with _translated():
+        with translated():
             statement = next(steps, None)
             while statement is not None:
                 cursor.execute(*statement)
@@ -796,7 +706,7 @@ class Outbox:
         message_id, row, now = self._message(event_type, payload, tenant, event_id, ordering_key)
         _require_psycopg_transaction(conn)
         steps = _enqueue_steps(self._postgres, row, tenant, event_type, ordering_key, now)
-        with _translated():
+        with translated():
             async with conn.cursor(row_factory=tuple_row) as cursor:
                 statement = next(steps, None)
                 while statement is not None:
@@ -1121,17 +1031,17 @@ class Outbox:
 
     # -- what a worker does (on its own connection) ------------------------------------------
 
-    def connect(self) -> _Connection:
+    def connect(self) -> Connection:
         """A new connection to ``database`` for a worker (one per worker).
 
         On PostgreSQL its commits do not wait for the disk (``synchronous_commit`` off):
         a claim or a record lost in a server crash only sends a delivery once more, which
         at least once allows; the application's own commits are untouched.
         """
-        return _Connection(self.database, self.dialect, durable=False)
+        return Connection(self.database, self.dialect, durable=False)
 
     def claim(
-        self, conn: _Connection, *, limit: int, lease: float, endpoints: int = 50
+        self, conn: Connection, *, limit: int, lease: float, endpoints: int = 50
     ) -> list[Claimed]:
         """Take up to ``limit`` due deliveries, each endpoint's under its concurrency."""
         sql, now = self.sql, self.clock.now()
@@ -1180,7 +1090,7 @@ class Outbox:
             )
         return claimed
 
-    def record(self, conn: _Connection, outcomes: Sequence[Outcome]) -> list[Outcome]:
+    def record(self, conn: Connection, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """Record ``outcomes``; returns those whose claim still held (Rule 2 of ``_core``).
 
         A handful of statements whatever the number of outcomes: one UPDATE of the
@@ -1231,10 +1141,10 @@ class Outbox:
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _connection(self) -> _Connection:
+    def _connection(self) -> Connection:
         with self._admin_lock:
             if self._admin is None:
-                self._admin = _Connection(self.database, self.dialect)
+                self._admin = Connection(self.database, self.dialect)
             return self._admin
 
     def close(self) -> None:

@@ -1,0 +1,120 @@
+"""The SQL databases surefoot keeps its own tables in (the outbox, sagas): a SQLite file
+or a PostgreSQL server, named by URL, and one connection per user that opens on first use
+and again after the server dropped it.
+
+Rule 1: every failure of the database is ``StoreUnavailable`` (``translated``), so that a
+        worker waits an outage out instead of dying.
+Rule 2: a transaction holds no network call and no lock of ours longer than its
+        statements; on SQLite it is ``BEGIN IMMEDIATE`` (the write lock up front: no
+        deadlock between two upgrading readers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Literal, Protocol
+
+from surefoot.errors import StoreUnavailable
+
+__all__ = ["Connection", "Cursor", "Dialect", "dialect_of", "sqlite_path", "translated"]
+
+Dialect = Literal["sqlite", "postgresql"]
+
+
+def dialect_of(url: str) -> Dialect | None:
+    """``sqlite`` for ``sqlite:///path``, ``postgresql`` for a PostgreSQL URL, else None."""
+    if url.startswith("sqlite://"):
+        return "sqlite"
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql"
+    return None
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, query: str, params: Sequence[object] = (), /) -> Any: ...
+
+    def executemany(self, query: str, params: Iterable[Sequence[object]], /) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+def sqlite_path(url: str) -> str:
+    path = url.removeprefix("sqlite://")
+    if path.startswith("/"):
+        path = path[1:]
+    return path or ":memory:"
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(retry_after=1) from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("psycopg"):
+            raise StoreUnavailable(retry_after=1) from exc
+        raise
+
+
+class Connection:
+    """A connection of surefoot's own (a worker's or the admin side's), one transaction at a
+    time; thread-safe, so a worker can run it in a thread beside its event loop. It opens
+    on first use, and again after the server dropped it; failures are ``StoreUnavailable``.
+    """
+
+    def __init__(self, url: str, dialect: Dialect, *, durable: bool = True) -> None:
+        self.url = url
+        self.dialect = dialect
+        self.durable = durable
+        self._lock = threading.Lock()
+        self._conn: Any = None
+
+    def _open(self) -> Any:
+        if self.dialect == "sqlite":
+            conn = sqlite3.connect(
+                sqlite_path(self.url), isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            return conn
+        import psycopg
+
+        pg = psycopg.connect(self.url, autocommit=True)
+        if not self.durable:
+            pg.execute("SET synchronous_commit = off")
+        return pg
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        with self._lock, translated():
+            # Opened on first use, and again after the server dropped it (psycopg then
+            # reports it closed), so one outage does not fail every later call.
+            if self._conn is None or getattr(self._conn, "closed", False):
+                self._conn = self._open()
+            cursor = self._conn.cursor()
+            if self.dialect == "sqlite":
+                cursor.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cursor
+                except BaseException:
+                    self._conn.rollback()
+                    raise
+                cursor.execute("COMMIT")
+            else:
+                with self._conn.transaction():
+                    yield cursor
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
