@@ -31,6 +31,7 @@ CORES = [
     "surefoot.webhooks._verify",
     "surefoot.outbox._core",
     "surefoot.outbox._signing",
+    "surefoot.saga._core",
     "surefoot._health",
 ]
 

@@ -153,6 +153,7 @@ PUBLIC = {
         "RequestBodyTooLarge",
         "RequestHeadersTooLarge",
         "RequestTimeout",
+        "SagaActionRefused",
         "ServiceOverloaded",
         "StoreCapacityExceeded",
         "StoreUnavailable",

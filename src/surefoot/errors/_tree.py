@@ -29,6 +29,7 @@ class is also an entry of the RFC 9457 problem catalogue: its ``code``, ``status
     │   ├── AdminNotFound                  404  admin_not_found
     │   ├── ConfigRejected                 422  config_rejected
     │   ├── WebhookObjectBusy              409  webhook_object_busy
+    │   ├── SagaActionRefused              409  saga_action_refused
     │   └── WebhookRejected                400  (an inbound webhook failed verification)
     │       ├── WebhookSignatureMissing    400  webhook_signature_missing
     │       ├── WebhookSignatureMalformed  400  webhook_signature_malformed
@@ -560,6 +561,16 @@ class WebhookObjectBusy(ClientError):
         "Nothing was executed; retry in {retry_wait}."
     )
     retryable = True
+
+
+class SagaActionRefused(ClientError):
+    """A person's action on a saga (retry, compensate, resolve) does not apply to the
+    state it is in; nothing was changed."""
+
+    code = "saga_action_refused"
+    status = 409
+    title = "Action not possible in the saga's state"
+    detail_template = "Nothing was changed: {reason}."
 
 
 class WebhookRejected(ClientError, abstract=True):

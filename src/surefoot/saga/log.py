@@ -1,0 +1,678 @@
+"""``SagaLog``: sagas' durable progress in two tables of a SQLite or PostgreSQL database,
+and what support staff do with them (list, show a timeline, retry, compensate, resolve).
+
+Tables (``{prefix}_runs``, ``{prefix}_log``), created by ``create_tables`` or by running
+``ddl(...)`` in a migration: one row per saga with its state and its steps' records
+(JSON), and one timeline row per transition, written in the same transaction.
+
+Theory of operation::
+
+    start ──INSERT (nothing if the id exists: the first run is returned)──► RUNNING, due now
+    worker: claim (due, lease expired: fence + 1, lease) ─► step ─► commit (only where the
+            fence still holds: the step's result and the next step's start, one write)
+    person: retry / compensate / resolve (fence + 1: a worker still running it is cut off,
+            its next commit changes nothing)
+
+Rule 1: at most one worker owns a saga: a claim takes only rows whose lease has run out
+        and bumps the row's fence; every later write of that worker names the fence, so a
+        worker whose lease ran out (paused, partitioned) writes nothing once another one
+        (or a person) took the saga. On PostgreSQL claimed rows are locked
+        ``FOR UPDATE SKIP LOCKED``, so workers on many hosts claim different sagas.
+Rule 2: a commit is durable before the next step's action runs (PostgreSQL commits wait
+        for the disk; SQLite runs in WAL mode with ``synchronous=NORMAL``, durable across
+        a process crash).
+Rule 3: a person's action is checked against the saga's state in the same transaction
+        that changes it, and logged with who did it and why; an action that does not
+        apply is ``SagaActionRefused`` and changes nothing.
+Rule 4: a finished saga is kept ``retention`` seconds after it finished (``purge``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+from surefoot._sql import Connection, Cursor, Dialect, dialect_of
+from surefoot.clock import Clock, SystemClock
+from surefoot.errors import AdminNotFound, ConfigurationError, SagaActionRefused
+from surefoot.saga._core import (
+    OPEN,
+    Entry,
+    Plan,
+    PlanStep,
+    Record,
+    Retry,
+    SagaState,
+    StepRecord,
+    StepState,
+    abandon,
+    start,
+    take_over,
+)
+from surefoot.saga._define import Saga
+
+__all__ = ["Claimed", "SagaLog", "SagaRun", "TimelineEntry"]
+
+DEFAULT_PREFIX = "surefoot_saga"
+MAX_INPUT = 256 * 1024
+_PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,39}")
+_REASON = re.compile(r"[\x20-\x7e]{1,500}")
+_ACTOR = re.compile(r"[\x21-\x7e]{1,64}")
+_ID = re.compile(r"[\x21-\x7e]{1,200}")
+_COLUMNS = "id, name, input, state, forward, steps, due_at, deadline_at, error, fence"
+_ACTIVE = "('running', 'compensating')"
+
+
+@dataclass(frozen=True, slots=True)
+class SagaRun:
+    """One saga as stored: what ``get``, ``runs`` and the admin API show."""
+
+    id: str
+    name: str
+    state: str
+    input: Any
+    steps: list[dict[str, Any]]
+    error: str | None
+    created_at: float
+    updated_at: float
+    due_at: float
+    deadline_at: float | None
+    owner: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    """One line of a saga's timeline (``SagaLog.timeline``)."""
+
+    seq: int
+    at: float
+    kind: str
+    step: str | None
+    attempt: int | None
+    detail: str | None
+    actor: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Claimed(NamedTuple):
+    """A saga a worker owns until its lease runs out, under ``fence``."""
+
+    id: str
+    name: str
+    input: Any
+    names: tuple[str, ...]
+    record: Record
+    fence: int
+
+
+def _ddl(p: str, dialect: Dialect) -> str:
+    real = "DOUBLE PRECISION" if dialect == "postgresql" else "REAL"
+    big = "BIGINT" if dialect == "postgresql" else "INTEGER"
+    return f"""
+CREATE TABLE IF NOT EXISTS {p}_runs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    input TEXT NOT NULL,
+    state TEXT NOT NULL,
+    forward INTEGER NOT NULL,
+    steps TEXT NOT NULL,
+    due_at {real} NOT NULL,
+    deadline_at {real},
+    error TEXT,
+    created_at {real} NOT NULL,
+    updated_at {real} NOT NULL,
+    owner TEXT,
+    lease_until {real} NOT NULL DEFAULT 0,
+    fence {big} NOT NULL DEFAULT 0,
+    seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS {p}_runs_due ON {p}_runs (due_at) WHERE state IN {_ACTIVE};
+CREATE INDEX IF NOT EXISTS {p}_runs_state ON {p}_runs (state, updated_at);
+CREATE TABLE IF NOT EXISTS {p}_log (
+    saga_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at {real} NOT NULL,
+    kind TEXT NOT NULL,
+    step TEXT,
+    attempt INTEGER,
+    detail TEXT,
+    actor TEXT NOT NULL,
+    PRIMARY KEY (saga_id, seq)
+);
+"""
+
+
+def _steps_json(plan: Plan, record: Record) -> str:
+    return json.dumps(
+        [
+            {
+                "name": spec.name,
+                "undo": spec.undo,
+                "lookup": spec.lookup,
+                "state": step.state.value,
+                "attempts": step.attempts,
+                "lookups": step.lookups,
+                "undo_attempts": step.undo_attempts,
+                "result": step.result,
+                "error": step.error,
+            }
+            for spec, step in zip(plan.steps, record.steps, strict=True)
+        ],
+        separators=(",", ":"),
+    )
+
+
+def _plan(steps: str) -> Plan:
+    """The plan as recorded at the saga's start: what a person's action needs to know of
+    the steps (names, which have an undo and a lookup), without the application's code."""
+    return Plan(
+        tuple(
+            PlanStep(s["name"], s["undo"], s["lookup"], Retry(), Retry()) for s in json.loads(steps)
+        )
+    )
+
+
+def _record(state: str, forward: int, steps: str, due: float, deadline: Any, error: Any) -> Record:
+    return Record(
+        SagaState(state),
+        bool(forward),
+        tuple(
+            StepRecord(
+                StepState(s["state"]),
+                s["attempts"],
+                s["lookups"],
+                s["undo_attempts"],
+                s["result"],
+                s["error"],
+            )
+            for s in json.loads(steps)
+        ),
+        due,
+        deadline,
+        error,
+    )
+
+
+def _check(pattern: re.Pattern[str], value: object, field: str, expected: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        shown = value if not isinstance(value, str) else value[:80]
+        raise ValueError(f"{field}: expected {expected}, got {shown!r}")
+    return value
+
+
+class SagaLog:
+    """Sagas' progress, in the application's SQLite or PostgreSQL database.
+
+    Example::
+
+        log = SagaLog("sqlite:///shop.db")
+        log.create_tables()
+        run, created = log.start(checkout, "order-1042", {"sku": "A1", "amount": 1200})
+
+    Args:
+        database: ``sqlite:///path`` or ``postgresql://...``.
+        prefix: the tables' name prefix.
+        retention: seconds a finished saga is kept (``purge``).
+        clock: time source (tests inject one).
+    """
+
+    def __init__(
+        self,
+        database: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        retention: float = 30 * 86400.0,
+        clock: Clock | None = None,
+    ) -> None:
+        dialect = dialect_of(database) if isinstance(database, str) else None
+        if dialect is None:
+            shown = database.split("@")[-1] if isinstance(database, str) else database
+            raise ConfigurationError(
+                f"SagaLog.database: expected a sqlite:///path or postgresql:// URL, got {shown!r}"
+            )
+        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+            raise ConfigurationError(
+                f"SagaLog.prefix: expected lowercase letters, digits and _ (at most 40), "
+                f"got {prefix!r}"
+            )
+        if not isinstance(retention, int | float) or not 0 < retention < math.inf:
+            raise ConfigurationError(f"SagaLog.retention: expected seconds, got {retention!r}")
+        self.database = database
+        self.dialect: Dialect = dialect
+        self.prefix = prefix
+        self.retention = float(retention)
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._admin: Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"SagaLog({self.database.split('@')[-1]!r}, prefix={self.prefix!r})"
+
+    def ddl(self, dialect: Dialect | None = None) -> str:
+        """The tables' ``CREATE`` statements, for a migration."""
+        return _ddl(self.prefix, dialect or self.dialect)
+
+    def create_tables(self) -> None:
+        with self._connection().transaction() as cur:
+            for statement in self.ddl().split(";"):
+                if statement.strip():
+                    cur.execute(statement)
+
+    def connect(self) -> Connection:
+        """A connection of its own, for a worker."""
+        return Connection(self.database, self.dialect)
+
+    def close(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+
+    def _connection(self) -> Connection:
+        if self._admin is None:
+            self._admin = Connection(self.database, self.dialect)
+        return self._admin
+
+    def _q(self, query: str) -> str:
+        return query.replace("?", "%s") if self.dialect == "postgresql" else query
+
+    # -- starting ----------------------------------------------------------------------------
+
+    def start(
+        self, saga: Saga, saga_id: str, input: Any = None, *, actor: str = "app"
+    ) -> tuple[SagaRun, bool]:
+        """Record a new saga, due now; ``(run, True)``. If ``saga_id`` exists, nothing
+        changes and the first run is returned: ``(run, False)``.
+
+        Raises:
+            ValueError: ``saga_id`` is not 1-200 printable ASCII characters, or ``input``
+                is not JSON-serialisable or is larger than 256 KiB. Nothing is recorded.
+            ConfigurationError: ``saga`` is not a ``Saga`` with at least one step.
+        """
+        if not isinstance(saga, Saga):
+            raise ConfigurationError(f"SagaLog.start: expected a Saga, got {saga!r}")
+        plan = saga.plan()
+        _check(_ID, saga_id, "saga_id", "1-200 printable ASCII characters without spaces")
+        _check(_ACTOR, actor, "actor", "1-64 printable ASCII characters without spaces")
+        try:
+            text = json.dumps(input, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"input: expected JSON-serialisable data (dict, list, str, number, bool, "
+                f"None): {exc}"
+            ) from None
+        if len(text) > MAX_INPUT:
+            raise ValueError(f"input: expected at most {MAX_INPUT} bytes of JSON, got {len(text)}")
+        now = self.clock.now()
+        deadline = None if saga.deadline is None else now + saga.deadline
+        record, entries = start(plan, now, deadline)
+        with self._connection().transaction() as cur:
+            cur.execute(
+                self._q(
+                    f"INSERT INTO {self.prefix}_runs (id, name, input, state, forward, steps, "
+                    "due_at, deadline_at, error, created_at, updated_at, seq) "
+                    "VALUES (?, ?, ?, ?, 1, ?, ?, ?, NULL, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+                ),
+                (
+                    saga_id,
+                    saga.name,
+                    text,
+                    record.state.value,
+                    _steps_json(plan, record),
+                    now,
+                    deadline,
+                    now,
+                    now,
+                    len(entries),
+                ),
+            )
+            created = cur.rowcount == 1
+            if created:
+                self._insert_log(cur, saga_id, 0, now, entries, actor)
+            run = self._get(cur, saga_id)
+        assert run is not None
+        return run, created
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def claim(
+        self,
+        conn: Connection,
+        owner: str,
+        *,
+        names: Iterable[str],
+        limit: int,
+        lease: float,
+        saga_id: str | None = None,
+    ) -> list[Claimed]:
+        """Take up to ``limit`` due sagas of ``names`` whose lease ran out (or the one
+        ``saga_id``, if due and free), for ``lease`` seconds."""
+        names = list(names)
+        now = self.clock.now()
+        marks = ", ".join("?" * len(names))
+        where = f"state IN {_ACTIVE} AND due_at <= ? AND lease_until < ? AND name IN ({marks})"
+        params: list[object] = [now, now, *names]
+        if saga_id is not None:
+            where += " AND id = ?"
+            params.append(saga_id)
+        lock = " FOR UPDATE SKIP LOCKED" if self.dialect == "postgresql" else ""
+        query = self._q(
+            f"UPDATE {self.prefix}_runs SET owner = ?, lease_until = ?, fence = fence + 1 "
+            f"WHERE id IN (SELECT id FROM {self.prefix}_runs WHERE {where} "
+            f"ORDER BY due_at LIMIT ?{lock}) RETURNING {_COLUMNS}"
+        )
+        with conn.transaction() as cur:
+            cur.execute(query, (owner, now + lease, *params, limit))
+            rows = cur.fetchall()
+        return [
+            Claimed(
+                row[0],
+                row[1],
+                json.loads(row[2]),
+                tuple(step["name"] for step in json.loads(row[5])),
+                _record(row[3], row[4], row[5], row[6], row[7], row[8]),
+                row[9],
+            )
+            for row in rows
+        ]
+
+    def commit(
+        self,
+        conn: Connection,
+        claimed: Claimed,
+        plan: Plan,
+        record: Record,
+        entries: Sequence[Entry],
+        *,
+        lease_until: float,
+        actor: str,
+    ) -> bool:
+        """Write ``record`` and its timeline ``entries`` where the claim's fence still
+        holds (Rule 1); ``lease_until`` 0 hands the saga back. False: the saga is no
+        longer this worker's, and nothing was written."""
+        now = self.clock.now()
+        with conn.transaction() as cur:
+            cur.execute(
+                self._q(
+                    f"UPDATE {self.prefix}_runs SET state = ?, forward = ?, steps = ?, "
+                    "due_at = ?, deadline_at = ?, error = ?, updated_at = ?, lease_until = ?, "
+                    "owner = CASE WHEN ? > 0 THEN owner END, seq = seq + ? "
+                    "WHERE id = ? AND fence = ? RETURNING seq"
+                ),
+                (
+                    record.state.value,
+                    int(record.forward),
+                    _steps_json(plan, record),
+                    record.due_at,
+                    record.deadline_at,
+                    record.error,
+                    now,
+                    lease_until,
+                    lease_until,
+                    len(entries),
+                    claimed.id,
+                    claimed.fence,
+                ),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return False
+            self._insert_log(cur, claimed.id, row[0] - len(entries), now, entries, actor)
+        return True
+
+    def renew(self, conn: Connection, fences: Mapping[str, int], lease_until: float) -> None:
+        """Extend the leases of the sagas a worker is running (where its fences hold)."""
+        if not fences:
+            return
+        with conn.transaction() as cur:
+            cur.executemany(
+                self._q(
+                    f"UPDATE {self.prefix}_runs SET lease_until = ? WHERE id = ? AND fence = ?"
+                ),
+                [(lease_until, saga_id, fence) for saga_id, fence in fences.items()],
+            )
+
+    def _insert_log(
+        self,
+        cur: Cursor,
+        saga_id: str,
+        seq: int,
+        now: float,
+        entries: Sequence[Entry],
+        actor: str,
+    ) -> None:
+        cur.executemany(
+            self._q(
+                f"INSERT INTO {self.prefix}_log (saga_id, seq, at, kind, step, attempt, detail, "
+                "actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            ),
+            [
+                (saga_id, seq + n, now, e.kind, e.step, e.attempt, e.detail, actor)
+                for n, e in enumerate(entries, 1)
+            ],
+        )
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get(self, saga_id: str) -> SagaRun | None:
+        """The saga ``saga_id``, or None."""
+        with self._connection().transaction() as cur:
+            return self._get(cur, saga_id)
+
+    def _get(self, cur: Cursor, saga_id: str) -> SagaRun | None:
+        cur.execute(self._q(f"{self._select()} WHERE id = ?"), (self.clock.now(), saga_id))
+        row = cur.fetchone()
+        return None if row is None else self._run(row)
+
+    def _select(self) -> str:
+        return (
+            "SELECT id, name, state, input, steps, error, created_at, updated_at, due_at, "
+            f"deadline_at, CASE WHEN lease_until > ? THEN owner END FROM {self.prefix}_runs"
+        )
+
+    @staticmethod
+    def _run(row: Sequence[Any]) -> SagaRun:
+        return SagaRun(
+            row[0],
+            row[1],
+            row[2],
+            json.loads(row[3]),
+            json.loads(row[4]),
+            row[5],
+            row[6],
+            row[7],
+            row[8],
+            row[9],
+            row[10],
+        )
+
+    def runs(
+        self,
+        *,
+        state: str | None = None,
+        name: str | None = None,
+        older_than: float | None = None,
+        limit: int = 100,
+    ) -> list[SagaRun]:
+        """Sagas, the least recently changed first: only those in ``state``, of ``name``,
+        or unchanged for ``older_than`` seconds or more."""
+        where: list[str] = []
+        params: list[object] = []
+        if state is not None:
+            if state not in {s.value for s in SagaState}:
+                raise ValueError(
+                    f"state: expected one of {', '.join(s.value for s in SagaState)}, got {state!r}"
+                )
+            where.append("state = ?")
+            params.append(state)
+        if name is not None:
+            where.append("name = ?")
+            params.append(name)
+        if older_than is not None:
+            where.append("updated_at <= ?")
+            params.append(self.clock.now() - older_than)
+        if not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ValueError(f"limit: expected 1 to 1000, got {limit!r}")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        with self._connection().transaction() as cur:
+            cur.execute(
+                self._q(f"{self._select()}{clause} ORDER BY updated_at LIMIT ?"),
+                (self.clock.now(), *params, limit),
+            )
+            return [self._run(row) for row in cur.fetchall()]
+
+    def timeline(self, saga_id: str) -> list[TimelineEntry]:
+        """Every transition of the saga, in order (``AdminNotFound`` for an unknown id)."""
+        with self._connection().transaction() as cur:
+            if self._get(cur, saga_id) is None:
+                raise AdminNotFound(what=f"saga {saga_id!r}")
+            cur.execute(
+                self._q(
+                    f"SELECT seq, at, kind, step, attempt, detail, actor FROM {self.prefix}_log "
+                    "WHERE saga_id = ? ORDER BY seq"
+                ),
+                (saga_id,),
+            )
+            return [TimelineEntry(*row) for row in cur.fetchall()]
+
+    def counts(self) -> list[tuple[str, str, int, float]]:
+        """``(name, state, how many, oldest updated_at)`` for every name and state."""
+        with self._connection().transaction() as cur:
+            cur.execute(
+                f"SELECT name, state, COUNT(*), MIN(updated_at) FROM {self.prefix}_runs "
+                "GROUP BY name, state ORDER BY name, state"
+            )
+            return [(r[0], r[1], r[2], r[3]) for r in cur.fetchall()]
+
+    def purge(self, *, batch: int = 1000) -> int:
+        """Delete up to ``batch`` sagas finished more than ``retention`` seconds ago."""
+        cutoff = self.clock.now() - self.retention
+        finished = "('completed', 'compensated', 'resolved')"
+        with self._connection().transaction() as cur:
+            cur.execute(
+                self._q(
+                    f"SELECT id FROM {self.prefix}_runs WHERE state IN {finished} "
+                    "AND updated_at < ? LIMIT ?"
+                ),
+                (cutoff, batch),
+            )
+            ids = [(row[0],) for row in cur.fetchall()]
+            cur.executemany(self._q(f"DELETE FROM {self.prefix}_log WHERE saga_id = ?"), ids)
+            cur.executemany(self._q(f"DELETE FROM {self.prefix}_runs WHERE id = ?"), ids)
+        return len(ids)
+
+    # -- a person's actions (Rule 3) ---------------------------------------------------------
+
+    def retry(self, saga_id: str, *, reason: str, actor: str) -> SagaRun:
+        """Go on now, in the saga's direction, with fresh attempts for the step at hand
+        (a waiting saga runs now; a ``needs_attention`` one gets another chance)."""
+
+        def act(plan: Plan, record: Record) -> tuple[Record, list[Entry]]:
+            if record.state not in OPEN:
+                raise SagaActionRefused(reason=f"the saga is {record.state.value}")
+            new, entries = take_over(plan, record)
+            if new.state is SagaState.NEEDS_ATTENTION:
+                raise SagaActionRefused(
+                    reason="nothing is left to retry: the saga waits for a person to accept "
+                    f"what it could not settle ({record.error}); resolve it"
+                )
+            return new, entries
+
+        return self._act(saga_id, "retry", reason, actor, act)
+
+    def compensate(self, saga_id: str, *, reason: str, actor: str) -> SagaRun:
+        """Turn a running (or ``needs_attention``) saga back now: undo what it did."""
+
+        def act(plan: Plan, record: Record) -> tuple[Record, list[Entry]]:
+            if record.state not in OPEN:
+                raise SagaActionRefused(reason=f"the saga is {record.state.value}")
+            if not record.forward:
+                raise SagaActionRefused(reason="the saga is already compensating; retry it")
+            back = Record(
+                SagaState.RUNNING, True, record.steps, 0.0, record.deadline_at, record.error
+            )
+            return abandon(plan, back, f"compensate ({actor}): {reason}")
+
+        return self._act(saga_id, "compensate", reason, actor, act)
+
+    def resolve(self, saga_id: str, *, reason: str, actor: str) -> SagaRun:
+        """Close an open saga by hand: a person settled it outside (kept in the timeline)."""
+
+        def act(plan: Plan, record: Record) -> tuple[Record, list[Entry]]:
+            if record.state not in OPEN:
+                raise SagaActionRefused(reason=f"the saga is {record.state.value}")
+            return Record(
+                SagaState.RESOLVED,
+                record.forward,
+                record.steps,
+                record.due_at,
+                record.deadline_at,
+                record.error,
+            ), []
+
+        return self._act(saga_id, "resolve", reason, actor, act)
+
+    def _act(
+        self,
+        saga_id: str,
+        kind: str,
+        reason: str,
+        actor: str,
+        act: Callable[[Plan, Record], tuple[Record, list[Entry]]],
+    ) -> SagaRun:
+        _check(_REASON, reason, "reason", "1-500 printable ASCII characters")
+        _check(_ACTOR, actor, "actor", "1-64 printable ASCII characters without spaces")
+        lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
+        now = self.clock.now()
+        with self._connection().transaction() as cur:
+            cur.execute(
+                self._q(
+                    f"SELECT name, state, forward, steps, due_at, deadline_at, error, seq "
+                    f"FROM {self.prefix}_runs WHERE id = ?{lock}"
+                ),
+                (saga_id,),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise AdminNotFound(what=f"saga {saga_id!r}")
+            record = _record(row[1], row[2], row[3], row[4], row[5], row[6])
+            plan = _plan(row[3])
+            new, entries = act(plan, record)
+            new = Record(
+                new.state,
+                new.forward,
+                new.steps,
+                now if new.due_at <= now else new.due_at,
+                new.deadline_at,
+                new.error,
+            )
+            entries = [Entry(kind, None, None, reason), *entries]
+            cur.execute(
+                self._q(
+                    f"UPDATE {self.prefix}_runs SET state = ?, forward = ?, steps = ?, "
+                    "due_at = ?, deadline_at = ?, error = ?, updated_at = ?, owner = NULL, "
+                    "lease_until = 0, fence = fence + 1, seq = seq + ? WHERE id = ?"
+                ),
+                (
+                    new.state.value,
+                    int(new.forward),
+                    _steps_json(plan, new),
+                    new.due_at,
+                    new.deadline_at,
+                    new.error,
+                    now,
+                    len(entries),
+                    saga_id,
+                ),
+            )
+            self._insert_log(cur, saga_id, row[7], now, entries, actor)
+            run = self._get(cur, saga_id)
+        assert run is not None
+        return run

@@ -1,0 +1,413 @@
+"""``SagaWorker``: claims due sagas from a ``SagaLog`` and runs their steps.
+
+One worker is one asyncio task loop in one process; run as many processes (and hosts, on
+PostgreSQL) as you like: the log's claims and fences keep each saga with one worker at a
+time (``_log`` Rule 1).
+
+Theory of operation, for one claimed saga::
+
+    next_move ─► Run / Compensate: recorded STARTED (with the previous result, one commit)
+             ─► the function runs, inside ``idempotency_scope("saga:<id>:<step>")``
+             ─► settle ─► next_move ...
+             ─► Wait (a backoff): committed with the lease handed back; the worker wakes
+                when it is due (any worker may take it then)
+             ─► Done: committed; ``SagaFinished`` or ``SagaNeedsAttention``
+
+Rule 1: a commit refused (the fence moved: a person acted, or the lease ran out and
+        another worker took the saga) ends this worker's run of it at once, whatever
+        it was about to do.
+Rule 2: the leases of the sagas in flight are renewed every third of ``lease``, so a
+        step longer than the lease keeps its saga; a worker that stops renewing (killed,
+        frozen) loses them when the lease runs out.
+Rule 3: a step function that runs longer than ``step_timeout`` fails transiently (its
+        outcome is unknown: looked up or re-run under the same keys). A sync function's
+        thread cannot be stopped; it runs on, and its result is ignored.
+Rule 4: ``stop`` lets each saga in flight finish its current step, commits it and hands
+        the saga back; nothing is left half-recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random as _random
+import socket
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from surefoot._sql import Connection
+from surefoot.clock import Clock
+from surefoot.errors import ConfigurationError, StoreUnavailable
+from surefoot.events import EventHook, LoggingHook, emit
+from surefoot.saga._core import (
+    Abandon,
+    Compensate,
+    Entry,
+    Failed,
+    Found,
+    LookUp,
+    NotFound,
+    Outcome,
+    Record,
+    Run,
+    SagaState,
+    StepState,
+    Succeeded,
+    Wait,
+    abandon,
+    next_move,
+    settle,
+    started,
+)
+from surefoot.saga._define import Saga, StepContext, call, describe
+from surefoot.saga._events import SagaFinished, SagaNeedsAttention, SagaStepFailed
+from surefoot.saga.log import Claimed, SagaLog, SagaRun
+
+try:  # the client (and httpx) is optional: without it there are no keys to derive
+    from surefoot.client import idempotency_scope
+except ImportError:  # pragma: no cover - only without the client extra
+    idempotency_scope = None  # type: ignore[assignment]
+
+__all__ = ["SagaWorker"]
+
+_log = logging.getLogger("surefoot.saga")
+_WITH_RESULT = (StepState.DONE, StepState.COMPENSATING, StepState.COMPENSATED)
+
+
+class SagaWorker:
+    """Runs sagas: those it is asked to (``start``, ``execute``) and those due in the log
+    (``run``, ``run_once``).
+
+    Example::
+
+        worker = SagaWorker(log, [checkout])
+        run = await worker.start(checkout, "order-1042", {"sku": "A1", "amount": 1200})
+        run.state            # "completed", "compensated", "needs_attention", or "running"
+                             # (waiting for a retry: a worker's run() will go on with it)
+
+    Args:
+        log: the ``SagaLog``.
+        sagas: the definitions this worker can run (it claims only sagas of these names).
+        concurrency: sagas run at once by this worker.
+        lease: seconds a claim lasts without renewal (renewed every third of it).
+        poll_interval: seconds between claims when nothing is due.
+        step_timeout: seconds a step function may run (Rule 3).
+        worker_id: recorded in the timeline (default: host, pid and a random suffix).
+        hooks: event hooks (default: ``LoggingHook``).
+        random: the jitter's random source.
+    """
+
+    def __init__(
+        self,
+        log: SagaLog,
+        sagas: Iterable[Saga],
+        *,
+        concurrency: int = 16,
+        lease: float = 60.0,
+        poll_interval: float = 1.0,
+        step_timeout: float = 300.0,
+        worker_id: str | None = None,
+        hooks: Sequence[EventHook] | None = None,
+        random: _random.Random | None = None,
+    ) -> None:
+        if not isinstance(log, SagaLog):
+            raise ConfigurationError(f"SagaWorker.log: expected a SagaLog, got {log!r}")
+        self._sagas: dict[str, Saga] = {}
+        for saga in sagas:
+            if not isinstance(saga, Saga):
+                raise ConfigurationError(f"SagaWorker.sagas: expected Saga objects, got {saga!r}")
+            if saga.name in self._sagas:
+                raise ConfigurationError(f"SagaWorker.sagas: {saga.name!r} is given twice")
+            saga.plan()  # a saga without steps fails here, not in the loop
+            self._sagas[saga.name] = saga
+        if not self._sagas:
+            raise ConfigurationError("SagaWorker.sagas: expected at least one Saga")
+        for field, value, low, high in (
+            ("concurrency", concurrency, 1, 10_000),
+            ("lease", lease, 1.0, 86400.0),
+            ("poll_interval", poll_interval, 0.001, 3600.0),
+            ("step_timeout", step_timeout, 0.001, 86400.0),
+        ):
+            if not isinstance(value, int | float) or not low <= value <= high:
+                raise ConfigurationError(
+                    f"SagaWorker.{field}: expected a number from {low} to {high}, got {value!r}"
+                )
+        self.log = log
+        self.clock: Clock = log.clock
+        self.concurrency = int(concurrency)
+        self.lease = float(lease)
+        self.poll_interval = float(poll_interval)
+        self.step_timeout = float(step_timeout)
+        self.worker_id = worker_id or (
+            f"{socket.gethostname()[:32]}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+        )
+        self.hooks: tuple[EventHook, ...] = (LoggingHook(),) if hooks is None else tuple(hooks)
+        self.random = random if random is not None else _random.Random()
+        self._conn: Connection | None = None
+        self._fences: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def __repr__(self) -> str:
+        return f"SagaWorker({self.log!r}, sagas={sorted(self._sagas)!r})"
+
+    @property
+    def conn(self) -> Connection:
+        if self._conn is None:
+            self._conn = self.log.connect()
+        return self._conn
+
+    # -- running one saga now ----------------------------------------------------------------
+
+    async def start(self, saga: Saga, saga_id: str, input: Any = None) -> SagaRun:
+        """Record the saga (or find the first run of ``saga_id``) and run it here, now, as
+        far as it goes without waiting; the run as it then stands."""
+        if self._sagas.get(getattr(saga, "name", None)) is not saga:  # type: ignore[arg-type]
+            raise ConfigurationError(
+                f"SagaWorker.start: {getattr(saga, 'name', saga)!r} is not one of this "
+                "worker's sagas"
+            )
+        await asyncio.to_thread(self.log.start, saga, saga_id, input)
+        return await self.execute(saga_id)
+
+    async def execute(self, saga_id: str) -> SagaRun:
+        """Run ``saga_id`` here now if it is due and no worker holds it; the run as it
+        then stands (``AdminNotFound`` for an unknown id)."""
+        claimed = await asyncio.to_thread(
+            self.log.claim,
+            self.conn,
+            self.worker_id,
+            names=self._sagas,
+            limit=1,
+            lease=self.lease,
+            saga_id=saga_id,
+        )
+        for one in claimed:
+            await self._drive(one)
+        run = await asyncio.to_thread(self.log.get, saga_id)
+        if run is None:
+            from surefoot.errors import AdminNotFound
+
+            raise AdminNotFound(what=f"saga {saga_id!r}")
+        return run
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """Claim what is due (up to ``concurrency``) and run it as far as it goes; how
+        many sagas were claimed."""
+        claimed = await self._claim(self.concurrency)
+        await asyncio.gather(*(self._drive(one) for one in claimed))
+        return len(claimed)
+
+    async def run(self) -> None:
+        """Claim and run due sagas until ``stop`` (store outages are waited out)."""
+        self._stopping = False
+        renewer = asyncio.ensure_future(self._renew())
+        try:
+            while not self._stopping:
+                free = self.concurrency - len(self._tasks)
+                claimed: list[Claimed] = []
+                if free > 0:
+                    try:
+                        claimed = await self._claim(free)
+                    except StoreUnavailable:
+                        _log.warning("saga claim failed; the database is unavailable")
+                for one in claimed:
+                    task = asyncio.ensure_future(self._drive(one))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._finished)
+                if claimed and len(claimed) == free:
+                    await asyncio.sleep(0)
+                    continue
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+        finally:
+            self._stopping = True
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    def stop(self) -> None:
+        """Ask ``run`` to return once the sagas in flight finished their current step."""
+        self._stopping = True
+        self._wake.set()
+
+    async def aclose(self) -> None:
+        self.stop()
+        if self._conn is not None:
+            await asyncio.to_thread(self._conn.close)
+            self._conn = None
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("saga run failed", exc_info=task.exception())
+
+    async def _claim(self, limit: int) -> list[Claimed]:
+        return await asyncio.to_thread(
+            self.log.claim,
+            self.conn,
+            self.worker_id,
+            names=self._sagas,
+            limit=limit,
+            lease=self.lease,
+        )
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                fences = dict(self._fences)
+                until = self.clock.now() + self.lease
+                await asyncio.to_thread(self.log.renew, self.conn, fences, until)
+            except StoreUnavailable:
+                _log.warning("saga lease renewal failed; the database is unavailable")
+
+    def _wake_at(self, when: float) -> None:
+        delay = max(0.0, when - self.clock.now())
+        asyncio.get_running_loop().call_later(delay, self._wake.set)
+
+    # -- one saga ----------------------------------------------------------------------------
+
+    async def _drive(self, claimed: Claimed) -> None:
+        saga = self._sagas[claimed.name]
+        plan = saga.plan()
+        record = claimed.record
+        pending: list[Entry] = []
+        if claimed.names != saga.names:
+            reason = (
+                f"the definition changed: stored steps {', '.join(claimed.names)}, "
+                f"defined {', '.join(saga.names)}"
+            )
+            record = replace(record, state=SagaState.NEEDS_ATTENTION, error=reason)
+            pending.append(Entry("needs_attention", None, None, reason))
+        self._fences[claimed.id] = claimed.fence
+        try:
+            while True:
+                now = self.clock.now()
+                move = next_move(plan, record, now)
+                if isinstance(move, Abandon):
+                    record, entries = abandon(plan, record, "deadline passed")
+                    pending += entries
+                    continue
+                if isinstance(move, Run | Compensate) and not self._stopping:
+                    record, entries = started(plan, record, move)
+                    pending += entries
+                acting = isinstance(move, Run | Compensate | LookUp) and not self._stopping
+                if pending or not acting:
+                    lease_until = now + self.lease if acting else 0.0
+                    committed = await asyncio.to_thread(
+                        self.log.commit,
+                        self.conn,
+                        claimed,
+                        plan,
+                        record,
+                        pending,
+                        lease_until=lease_until,
+                        actor=self.worker_id,
+                    )
+                    if not committed:
+                        _log.info("saga %s was taken from this worker", claimed.id)
+                        return
+                    self._report(claimed, record, pending)
+                    pending = []
+                if not acting:
+                    if isinstance(move, Wait) and not self._stopping:
+                        self._wake_at(move.until)
+                    return
+                assert isinstance(move, Run | Compensate | LookUp)
+                outcome = await self._perform(saga, claimed, record, move)
+                record, entries = settle(
+                    plan, record, move, outcome, self.clock.now(), self.random.random()
+                )
+                pending += entries
+        finally:
+            self._fences.pop(claimed.id, None)
+
+    async def _perform(
+        self, saga: Saga, claimed: Claimed, record: Record, move: Run | Compensate | LookUp
+    ) -> Outcome:
+        step = saga.steps[move.index]
+        state = record.steps[move.index]
+        if isinstance(move, Compensate):
+            function, kind, attempt, key = (
+                step.compensate,
+                "compensation",
+                state.undo_attempts,
+                f"saga:{claimed.id}:{step.name}:undo",
+            )
+        elif isinstance(move, LookUp):
+            function, kind, attempt, key = step.lookup, "lookup", state.attempts, ""
+        else:
+            function, kind, attempt, key = (
+                step.action,
+                "action",
+                state.attempts,
+                f"saga:{claimed.id}:{step.name}",
+            )
+        assert function is not None
+        results = {
+            s.name: r.result
+            for s, r in zip(saga.steps, record.steps, strict=True)
+            if r.state in _WITH_RESULT
+        }
+        context = StepContext(
+            claimed.id, saga.name, step.name, attempt, claimed.input, results, key or step.name
+        )
+        scope = (
+            idempotency_scope(key)
+            if key and idempotency_scope is not None
+            else contextlib.nullcontext()
+        )
+        try:
+            with scope:
+                result = await asyncio.wait_for(call(function, context), self.step_timeout)
+        except Exception as exc:
+            failed = step.judge(exc) if isinstance(move, Run) else Failed(describe(exc))
+            emit(
+                self.hooks,
+                SagaStepFailed(
+                    at=self.clock.now(),
+                    request_id=claimed.id,
+                    saga=saga.name,
+                    step=step.name,
+                    function=kind,
+                    attempt=attempt,
+                    final=failed.final,
+                    error=failed.error,
+                ),
+            )
+            return failed
+        if isinstance(move, LookUp):
+            return NotFound() if result is None else Found(_storable(result))
+        return Succeeded(_storable(result))
+
+    def _report(self, claimed: Claimed, record: Record, entries: list[Entry]) -> None:
+        if not any(entry.kind in ("finished", "needs_attention") for entry in entries):
+            return
+        now = self.clock.now()
+        if record.state is SagaState.NEEDS_ATTENTION:
+            event: SagaFinished | SagaNeedsAttention = SagaNeedsAttention(
+                at=now, request_id=claimed.id, saga=claimed.name, error=record.error or ""
+            )
+        else:
+            event = SagaFinished(
+                at=now, request_id=claimed.id, saga=claimed.name, state=record.state.value
+            )
+        emit(self.hooks, event)
+
+
+def _storable(result: Any) -> Any:
+    """The result as JSON will give it back (what is not JSON becomes its ``str``)."""
+    return json.loads(json.dumps(result, default=str))
