@@ -76,6 +76,7 @@ def public_event_types() -> list[type[Event]]:
         "chaos",
         "webhooks",
         "outbox",
+        "saga",
     ):
         module = importlib.import_module(f"surefoot.{package}")
         for name in module.__all__:

@@ -15,8 +15,6 @@ not; raising means "cannot tell yet".
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -264,14 +262,3 @@ class Saga:
 def describe(exc: BaseException) -> str:
     """An exception as a timeline shows it: its type and message, cut at 500 characters."""
     return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]
-
-
-async def call(function: StepFunction, context: StepContext) -> Any:
-    """Run a step function: awaited when async, in a worker thread when not (the thread
-    sees the caller's context variables, such as the idempotency scope)."""
-    if inspect.iscoroutinefunction(function):
-        return await function(context)
-    result = await asyncio.to_thread(function, context)
-    if inspect.isawaitable(result):
-        return await result
-    return result

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -64,7 +65,7 @@ from surefoot.saga._core import (
     settle,
     started,
 )
-from surefoot.saga._define import Saga, StepContext, call, describe
+from surefoot.saga._define import Saga, StepContext, StepFunction, describe
 from surefoot.saga._events import SagaFinished, SagaNeedsAttention, SagaStepFailed
 from surefoot.saga.log import Claimed, SagaLog, SagaRun
 
@@ -372,7 +373,7 @@ class SagaWorker:
         )
         try:
             with scope:
-                result = await asyncio.wait_for(call(function, context), self.step_timeout)
+                result = await asyncio.wait_for(_call(function, context), self.step_timeout)
         except Exception as exc:
             failed = step.judge(exc) if isinstance(move, Run) else Failed(describe(exc))
             emit(
@@ -406,6 +407,17 @@ class SagaWorker:
                 at=now, request_id=claimed.id, saga=claimed.name, state=record.state.value
             )
         emit(self.hooks, event)
+
+
+async def _call(function: StepFunction, context: StepContext) -> Any:
+    """Run a step function: awaited when async, in a worker thread when not (the thread
+    sees the caller's context variables, such as the idempotency scope)."""
+    if inspect.iscoroutinefunction(function):
+        return await function(context)
+    result = await asyncio.to_thread(function, context)
+    if inspect.isawaitable(result):
+        return await result
+    return result
 
 
 def _storable(result: Any) -> Any:
