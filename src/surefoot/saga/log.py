@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -427,17 +427,16 @@ class SagaLog:
             self._insert_log(cur, claimed.id, row[0] - len(entries), now, entries, actor)
         return True
 
-    def renew(self, conn: Connection, fences: Mapping[str, int], lease_until: float) -> None:
-        """Extend the leases of the sagas a worker is running (where its fences hold)."""
-        if not fences:
-            return
+    def renew(self, conn: Connection, claimed: Claimed, lease_until: float) -> bool:
+        """Extend a claim's lease, where its fence still holds (False: it no longer does)."""
         with conn.transaction() as cur:
-            cur.executemany(
+            cur.execute(
                 self._q(
                     f"UPDATE {self.prefix}_runs SET lease_until = ? WHERE id = ? AND fence = ?"
                 ),
-                [(lease_until, saga_id, fence) for saga_id, fence in fences.items()],
+                (lease_until, claimed.id, claimed.fence),
             )
+            return cur.rowcount == 1
 
     def _insert_log(
         self,

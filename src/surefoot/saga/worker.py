@@ -16,7 +16,7 @@ Theory of operation, for one claimed saga::
 Rule 1: a commit refused (the fence moved: a person acted, or the lease ran out and
         another worker took the saga) ends this worker's run of it at once, whatever
         it was about to do.
-Rule 2: the leases of the sagas in flight are renewed every third of ``lease``, so a
+Rule 2: the lease of a saga whose step is running is renewed every third of ``lease``, so a
         step longer than the lease keeps its saga; a worker that stops renewing (killed,
         frozen) loses them when the lease runs out.
 Rule 3: a step function that runs longer than ``step_timeout`` fails transiently (its
@@ -150,7 +150,6 @@ class SagaWorker:
         self.hooks: tuple[EventHook, ...] = (LoggingHook(),) if hooks is None else tuple(hooks)
         self.random = random if random is not None else _random.Random()
         self._conn: Connection | None = None
-        self._fences: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -210,7 +209,6 @@ class SagaWorker:
     async def run(self) -> None:
         """Claim and run due sagas until ``stop`` (store outages are waited out)."""
         self._stopping = False
-        renewer = asyncio.ensure_future(self._renew())
         try:
             while not self._stopping:
                 free = self.concurrency - len(self._tasks)
@@ -234,9 +232,6 @@ class SagaWorker:
             self._stopping = True
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
 
     def stop(self) -> None:
         """Ask ``run`` to return once the sagas in flight finished their current step."""
@@ -265,13 +260,13 @@ class SagaWorker:
             lease=self.lease,
         )
 
-    async def _renew(self) -> None:
+    async def _keep(self, claimed: Claimed) -> None:
+        """Renew the lease of a saga whose step is running (Rule 2)."""
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
-                fences = dict(self._fences)
                 until = self.clock.now() + self.lease
-                await asyncio.to_thread(self.log.renew, self.conn, fences, until)
+                await asyncio.to_thread(self.log.renew, self.conn, claimed, until)
             except StoreUnavailable:
                 _log.warning("saga lease renewal failed; the database is unavailable")
 
@@ -293,48 +288,48 @@ class SagaWorker:
             )
             record = replace(record, state=SagaState.NEEDS_ATTENTION, error=reason)
             pending.append(Entry("needs_attention", None, None, reason))
-        self._fences[claimed.id] = claimed.fence
-        try:
-            while True:
-                now = self.clock.now()
-                move = next_move(plan, record, now)
-                if isinstance(move, Abandon):
-                    record, entries = abandon(plan, record, "deadline passed")
-                    pending += entries
-                    continue
-                if isinstance(move, Run | Compensate) and not self._stopping:
-                    record, entries = started(plan, record, move)
-                    pending += entries
-                acting = isinstance(move, Run | Compensate | LookUp) and not self._stopping
-                if pending or not acting:
-                    lease_until = now + self.lease if acting else 0.0
-                    committed = await asyncio.to_thread(
-                        self.log.commit,
-                        self.conn,
-                        claimed,
-                        plan,
-                        record,
-                        pending,
-                        lease_until=lease_until,
-                        actor=self.worker_id,
-                    )
-                    if not committed:
-                        _log.info("saga %s was taken from this worker", claimed.id)
-                        return
-                    self._report(claimed, record, pending)
-                    pending = []
-                if not acting:
-                    if isinstance(move, Wait) and not self._stopping:
-                        self._wake_at(move.until)
-                    return
-                assert isinstance(move, Run | Compensate | LookUp)
-                outcome = await self._perform(saga, claimed, record, move)
-                record, entries = settle(
-                    plan, record, move, outcome, self.clock.now(), self.random.random()
-                )
+        while True:
+            now = self.clock.now()
+            move = next_move(plan, record, now)
+            if isinstance(move, Abandon):
+                record, entries = abandon(plan, record, "deadline passed")
                 pending += entries
-        finally:
-            self._fences.pop(claimed.id, None)
+                continue
+            if isinstance(move, Run | Compensate) and not self._stopping:
+                record, entries = started(plan, record, move)
+                pending += entries
+            acting = isinstance(move, Run | Compensate | LookUp) and not self._stopping
+            if pending or not acting:
+                lease_until = now + self.lease if acting else 0.0
+                committed = await asyncio.to_thread(
+                    self.log.commit,
+                    self.conn,
+                    claimed,
+                    plan,
+                    record,
+                    pending,
+                    lease_until=lease_until,
+                    actor=self.worker_id,
+                )
+                if not committed:
+                    _log.info("saga %s was taken from this worker", claimed.id)
+                    return
+                self._report(claimed, record, pending)
+                pending = []
+            if not acting:
+                if isinstance(move, Wait) and not self._stopping:
+                    self._wake_at(move.until)
+                return
+            assert isinstance(move, Run | Compensate | LookUp)
+            keeper = asyncio.ensure_future(self._keep(claimed))
+            try:
+                outcome = await self._perform(saga, claimed, record, move)
+            finally:
+                keeper.cancel()
+            record, entries = settle(
+                plan, record, move, outcome, self.clock.now(), self.random.random()
+            )
+            pending += entries
 
     async def _perform(
         self, saga: Saga, claimed: Claimed, record: Record, move: Run | Compensate | LookUp
