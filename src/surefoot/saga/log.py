@@ -29,14 +29,16 @@ Rule 4: a finished saga is kept ``retention`` seconds after it finished (``purge
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
-from surefoot._sql import Connection, Cursor, Dialect, dialect_of
+from surefoot._sql import Connection, Cursor, Dialect, dialect_of, translated
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import AdminNotFound, ConfigurationError, SagaActionRefused
 from surefoot.saga._core import (
@@ -65,6 +67,10 @@ _ACTOR = re.compile(r"[\x21-\x7e]{1,64}")
 _ID = re.compile(r"[\x21-\x7e]{1,200}")
 _COLUMNS = "id, name, input, state, forward, steps, due_at, deadline_at, error, fence"
 _ACTIVE = "('running', 'compensating')"
+_NO_TRANSACTION = (
+    "SagaLog.start(conn=...): expected a connection inside a transaction the application "
+    "opened (BEGIN IMMEDIATE on SQLite), so that the saga starts only if it commits"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,15 +292,27 @@ class SagaLog:
     # -- starting ----------------------------------------------------------------------------
 
     def start(
-        self, saga: Saga, saga_id: str, input: Any = None, *, actor: str = "app"
+        self,
+        saga: Saga,
+        saga_id: str,
+        input: Any = None,
+        *,
+        conn: Any = None,
+        actor: str = "app",
     ) -> tuple[SagaRun, bool]:
         """Record a new saga, due now; ``(run, True)``. If ``saga_id`` exists, nothing
         changes and the first run is returned: ``(run, False)``.
+
+        With ``conn`` (the application's own ``sqlite3`` or ``psycopg`` connection, inside
+        a transaction it opened on the same database), the saga is recorded in that
+        transaction: it starts if and only if the application commits (an order and its
+        checkout saga, or neither). Nothing is committed or rolled back here.
 
         Raises:
             ValueError: ``saga_id`` is not 1-200 printable ASCII characters, or ``input``
                 is not JSON-serialisable or is larger than 256 KiB. Nothing is recorded.
             ConfigurationError: ``saga`` is not a ``Saga`` with at least one step.
+            RuntimeError: ``conn`` is given outside a transaction.
         """
         if not isinstance(saga, Saga):
             raise ConfigurationError(f"SagaLog.start: expected a Saga, got {saga!r}")
@@ -313,7 +331,7 @@ class SagaLog:
         now = self.clock.now()
         deadline = None if saga.deadline is None else now + saga.deadline
         record, entries = start(plan, now, deadline)
-        with self._connection().transaction() as cur:
+        with self._starting(conn) as cur:
             cur.execute(
                 self._q(
                     f"INSERT INTO {self.prefix}_runs (id, name, input, state, forward, steps, "
@@ -339,6 +357,28 @@ class SagaLog:
             run = self._get(cur, saga_id)
         assert run is not None
         return run, created
+
+    @contextlib.contextmanager
+    def _starting(self, conn: Any) -> Iterator[Cursor]:
+        if conn is None:
+            with self._connection().transaction() as cur:
+                yield cur
+            return
+        if isinstance(conn, sqlite3.Connection):
+            if not conn.in_transaction:
+                raise RuntimeError(_NO_TRANSACTION)
+            yield conn.cursor()
+            return
+        from psycopg.pq import TransactionStatus
+        from psycopg.rows import tuple_row
+
+        status = conn.info.transaction_status
+        if status != TransactionStatus.INTRANS and (
+            status != TransactionStatus.IDLE or conn.autocommit
+        ):
+            raise RuntimeError(_NO_TRANSACTION)
+        with translated():
+            yield conn.cursor(row_factory=tuple_row)
 
     # -- workers -----------------------------------------------------------------------------
 
