@@ -29,6 +29,7 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import importlib
 import importlib.util
 import json
 import logging
@@ -961,6 +962,391 @@ def _log_to_stderr(name: str, level: int) -> None:
     logger = logging.getLogger(name)
     logger.addHandler(handler)
     logger.setLevel(level)
+
+
+# -- sagas (surefoot.saga) -------------------------------------------------------------------
+
+_SAGA_DATABASE = click.option(
+    "--database",
+    envvar="SUREFOOT_SAGA_DATABASE",
+    help="The sagas' database: sqlite:///path or postgresql://... (or $SUREFOOT_SAGA_DATABASE).",
+)
+_SAGA_PREFIX = click.option(
+    "--prefix",
+    default="surefoot_saga",
+    show_default=True,
+    help="The saga tables' name prefix.",
+)
+_SAGA_HINTS = {
+    "state": "--state",
+    "limit": "--limit",
+    "reason": "--reason",
+    "actor": "--actor",
+    "SagaLog.database": "--database",
+    "SagaLog.prefix": "--prefix",
+}
+
+
+@main.group()
+def sagas() -> None:
+    """List, inspect and settle sagas (``surefoot.saga``), and run a worker."""
+
+
+def _unavailable(
+    exc: StoreUnavailable, database: str, what: str, init: str
+) -> click.ClickException:
+    """A database failure as one line (the driver's first line, the URL's password masked)."""
+    cause = exc.__cause__ or exc
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    text = masked_text(" ".join(first.split()), database)
+    missing = "no such table" in text or "does not exist" in text
+    advice = f": create the tables with {init}" if missing else ""
+    return click.ClickException(f"the {what} database is unavailable ({text}){advice}")
+
+
+@contextlib.contextmanager
+def _saga_log(database: str | None, prefix: str, *, create: bool = False) -> Iterator[Any]:
+    """The ``SagaLog`` at ``database``, closed after; every error it raises is one line:
+    an invalid value a usage error naming its option (exit 2), an unknown saga, a refused
+    action or an unavailable database an error (exit 1)."""
+    from surefoot.errors import AdminNotFound, SagaActionRefused
+    from surefoot.saga import SagaLog
+
+    if database is None:
+        raise click.UsageError(
+            "expected --database URL or $SUREFOOT_SAGA_DATABASE: the sagas' database "
+            "(sqlite:///path or postgresql://...)"
+        )
+    if not create and database.startswith("sqlite://"):
+        path = database.removeprefix("sqlite://").removeprefix("/")
+        if path and path != ":memory:" and not Path(path).exists():
+            raise click.BadParameter(
+                f"no database file at {path!r} (surefoot sagas init creates one)",
+                param_hint="--database",
+            )
+    try:
+        log = SagaLog(database, prefix=prefix)
+    except ConfigurationError as exc:
+        raise _hinted(exc, _SAGA_HINTS) from None
+    try:
+        yield log
+    except ValueError as exc:
+        raise _hinted(ConfigurationError(str(exc)), _SAGA_HINTS) from None
+    except AdminNotFound as exc:
+        raise click.ClickException(f"no {exc.detail[: -len(' was not found.')]}") from None
+    except SagaActionRefused as exc:
+        raise click.ClickException(exc.detail) from None
+    except StoreUnavailable as exc:
+        raise _unavailable(exc, database, "sagas'", "surefoot sagas init") from None
+    finally:
+        with contextlib.suppress(Exception):
+            log.close()
+
+
+def _duration(text: str, option: str) -> float:
+    """A duration back from now (``10m``, ``2h``; ``surefoot.outbox.parse_since``) in seconds."""
+    from surefoot.outbox import parse_since
+
+    now = SystemClock().now()
+    try:
+        seconds = now - parse_since(text, now)
+    except ValueError:
+        seconds = -1.0
+    if not text[:1].isdigit() or text.isdigit() or seconds < 0 or "-" in text or ":" in text:
+        raise click.BadParameter(
+            f"expected a duration (30s, 10m, 2h, 3d, 1w), got {text!r}", param_hint=option
+        ) from None
+    return seconds
+
+
+def _age(seconds: float) -> str:
+    """``seconds`` as a short age: ``42s``, ``17m``, ``5h``, ``3d``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{max(int(seconds), 0)}s"
+
+
+def _current_step(run: Any) -> str | None:
+    """The step an open saga is at: the one running or being undone, else the one that
+    failed, else the first pending one; None for a finished saga."""
+    if run.state in ("completed", "compensated", "resolved"):
+        return None
+    for states in (("started", "unknown", "compensating"), ("failed",), ("pending",)):
+        for step in reversed(run.steps) if states[0] != "pending" else run.steps:
+            if step["state"] in states:
+                return str(step["name"])
+    return None
+
+
+def _run_json(run: Any) -> dict[str, Any]:
+    return {
+        **run.as_dict(),
+        **{k: _utc(getattr(run, k), precise=True) for k in ("created_at", "updated_at", "due_at")},
+        "deadline_at": _utc(run.deadline_at, precise=True),
+        "current_step": _current_step(run),
+    }
+
+
+_ACTOR_OPTION = click.option(
+    "--actor",
+    default=None,
+    help="Who acts, recorded in the timeline (default: your user name).",
+)
+_SAGA_REASON = click.option(
+    "--reason", required=True, help="Why, recorded in the timeline (printable ASCII)."
+)
+
+
+def _actor(actor: str | None) -> str:
+    if actor is not None:
+        return actor
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in this environment (a container without one)
+        return "operator"
+
+
+@sagas.command("init")
+@_SAGA_DATABASE
+@_SAGA_PREFIX
+def init_sagas(database: str | None, prefix: str) -> None:
+    """Create the sagas' tables (those that do not exist yet)."""
+    with _saga_log(database, prefix, create=True) as log:
+        log.create_tables()
+    click.echo(
+        f"the saga tables are ready in {masked_url(log.database)}: {prefix}_runs, {prefix}_log"
+    )
+
+
+@sagas.command("list")
+@_SAGA_DATABASE
+@_SAGA_PREFIX
+@click.option("--state", help="Only sagas in this state (running, compensating, completed, "
+              "compensated, needs_attention, resolved).")  # fmt: skip
+@click.option("--name", help="Only sagas of this name.")
+@click.option("--older-than", "older_than", metavar="DURATION",
+              help="Only sagas unchanged for this long (30s, 10m, 2h, 3d).")  # fmt: skip
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@_AS_JSON
+def list_sagas(
+    database: str | None,
+    prefix: str,
+    state: str | None,
+    name: str | None,
+    older_than: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List sagas, the least recently changed first."""
+    older = None if older_than is None else _duration(older_than, "--older-than")
+    with _saga_log(database, prefix) as log:
+        found = log.runs(state=state, name=name, older_than=older, limit=limit)
+        now = log.clock.now()
+    if as_json:
+        click.echo(json.dumps([_run_json(run) for run in found], indent=2))
+        return
+    table = Table("id", "name", "state", "age", "current step", "error")
+    for run in found:
+        table.add_row(
+            run.id,
+            run.name,
+            run.state,
+            _age(now - run.created_at),
+            _cell(_current_step(run)),
+            _cell(run.error),
+        )
+    _console().print(table)
+
+
+@sagas.command("show")
+@_SAGA_DATABASE
+@_SAGA_PREFIX
+@click.argument("saga_id", metavar="ID")
+@_AS_JSON
+def show_saga(database: str | None, prefix: str, saga_id: str, as_json: bool) -> None:
+    """Show saga ID: its steps and its timeline (each transition, and who made it)."""
+    with _saga_log(database, prefix) as log:
+        timeline = log.timeline(saga_id)
+        run = log.get(saga_id)
+    if run is None:  # deleted between the two reads
+        raise click.ClickException(f"no saga {saga_id!r}")
+    if as_json:
+        entries = [{**e.as_dict(), "at": _utc(e.at, precise=True)} for e in timeline]
+        click.echo(json.dumps({**_run_json(run), "timeline": entries}, indent=2))
+        return
+    console = _console()
+    console.print(
+        f"saga {run.id} ({run.name}): {run.state}"
+        + (f", error: {run.error}" if run.error else "")
+        + f"\ncreated {_utc(run.created_at)}, updated {_utc(run.updated_at)}"
+        + (f", deadline {_utc(run.deadline_at)}" if run.deadline_at is not None else "")
+        + (f", held by {run.owner}" if run.owner else ""),
+        markup=False,
+        highlight=False,
+    )
+    steps = Table("step", "state", "attempts", "undo attempts", "error")
+    for step in run.steps:
+        steps.add_row(
+            step["name"],
+            step["state"],
+            str(step["attempts"]),
+            str(step["undo_attempts"]) if step["undo"] else "-",
+            _cell(step["error"]),
+        )
+    console.print(steps)
+    table = Table("#", "at", "event", "step", "attempt", "detail", "by")
+    for e in timeline:
+        table.add_row(
+            str(e.seq),
+            _cell(_utc(e.at, precise=True)),
+            e.kind,
+            _cell(e.step),
+            _cell(e.attempt),
+            _cell(e.detail),
+            e.actor,
+        )
+    console.print(table)
+
+
+def _act(
+    kind: str, database: str | None, prefix: str, saga_id: str, reason: str, actor: str | None
+) -> None:
+    who = _actor(actor)
+    with _saga_log(database, prefix) as log:
+        run = getattr(log, kind)(saga_id, reason=reason, actor=who)
+    click.echo(f"saga {run.id} ({run.name}): {kind} recorded by {who}; it is now {run.state}")
+
+
+@sagas.command("retry")
+@_SAGA_DATABASE
+@_SAGA_PREFIX
+@click.argument("saga_id", metavar="ID")
+@_SAGA_REASON
+@_ACTOR_OPTION
+def retry_saga(
+    database: str | None, prefix: str, saga_id: str, reason: str, actor: str | None
+) -> None:
+    """Go on with saga ID now, in its direction, with fresh attempts for the step at hand."""
+    _act("retry", database, prefix, saga_id, reason, actor)
+
+
+@sagas.command("compensate")
+@_SAGA_DATABASE
+@_SAGA_PREFIX
+@click.argument("saga_id", metavar="ID")
+@_SAGA_REASON
+@_ACTOR_OPTION
+def compensate_saga(
+    database: str | None, prefix: str, saga_id: str, reason: str, actor: str | None
+) -> None:
+    """Turn saga ID back now: a worker undoes what it did, in reverse order."""
+    _act("compensate", database, prefix, saga_id, reason, actor)
+
+
+@sagas.command("resolve")
+@_SAGA_DATABASE
+@_SAGA_PREFIX
+@click.argument("saga_id", metavar="ID")
+@_SAGA_REASON
+@_ACTOR_OPTION
+def resolve_saga(
+    database: str | None, prefix: str, saga_id: str, reason: str, actor: str | None
+) -> None:
+    """Close saga ID by hand: you settled it outside (no worker touches it again)."""
+    _act("resolve", database, prefix, saga_id, reason, actor)
+
+
+def _load_sagas(spec: str) -> list[Any]:
+    """The sagas ``module:attribute`` names (a ``Saga`` or a list of them), imported from
+    the current directory too, as ``uvicorn`` does."""
+    from surefoot.saga import Saga
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter(f"expected module:attribute, got {spec!r}", param_hint="--app")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(
+            f"cannot import {module_name!r}: {exc}", param_hint="--app"
+        ) from None
+    value: Any = module
+    for part in attribute.split("."):
+        if not hasattr(value, part):
+            raise click.BadParameter(
+                f"{module_name!r} has no attribute {attribute!r}", param_hint="--app"
+            )
+        value = getattr(value, part)
+    found = [value] if isinstance(value, Saga) else value
+    if (
+        not isinstance(found, list | tuple)
+        or not found
+        or not all(isinstance(s, Saga) for s in found)
+    ):
+        raise click.BadParameter(
+            f"expected {spec} to be a Saga or a list of Sagas, got {type(value).__name__}",
+            param_hint="--app",
+        )
+    return list(found)
+
+
+@sagas.command("worker")
+@_SAGA_DATABASE
+@_SAGA_PREFIX
+@click.option("--app", "app", required=True, metavar="MODULE:ATTRIBUTE",
+              help="The application's sagas: a Saga or a list of Sagas.")  # fmt: skip
+@click.option("--concurrency", type=click.IntRange(1, 10_000), default=16, show_default=True,
+              help="Sagas run at once.")  # fmt: skip
+@click.option("--lease", type=click.FloatRange(1.0, 86400.0), default=60.0, show_default=True,
+              help="Seconds a claim lasts without renewal.")  # fmt: skip
+@click.option("--poll-interval", type=click.FloatRange(0.001, 3600.0), default=1.0,
+              show_default=True, help="Seconds between claims when nothing is due.")  # fmt: skip
+def run_saga_worker(
+    database: str | None,
+    prefix: str,
+    app: str,
+    concurrency: int,
+    lease: float,
+    poll_interval: float,
+) -> None:
+    """Run the application's due sagas until SIGINT or SIGTERM.
+
+    On either signal it claims nothing more, lets each saga in flight finish its current
+    step and records it, then exits with status 0.
+    """
+    found = _load_sagas(app)
+    from surefoot.saga import SagaWorker
+
+    with _saga_log(database, prefix) as log:
+        log.runs(limit=1)  # the tables exist and the database answers, before anything starts
+
+        async def run() -> None:
+            worker = SagaWorker(
+                log, found, concurrency=concurrency, lease=lease, poll_interval=poll_interval
+            )
+            _log_to_stderr("surefoot", logging.INFO)
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, worker.stop)
+            click.echo(
+                f"surefoot sagas worker: running {', '.join(s.name for s in found)} from "
+                f"{masked_url(log.database)} (tables {prefix}_*)",
+                err=True,
+            )
+            try:
+                await worker.run()
+            finally:
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(signum)
+                await worker.aclose()
+            click.echo("surefoot sagas worker: stopped", err=True)
+
+        asyncio.run(run())
 
 
 @main.command("migrate")
