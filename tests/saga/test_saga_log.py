@@ -59,7 +59,9 @@ def two_steps(name: str = "order") -> Saga:
 
 async def drive(log: SagaLog, saga: Saga, saga_id: str, events: list[Event] | None = None) -> str:
     """Run ``saga_id`` as far as it goes now; its state."""
-    worker = SagaWorker(log, [saga], worker_id="w1", hooks=[] if events is None else [events.append])
+    worker = SagaWorker(
+        log, [saga], worker_id="w1", hooks=[] if events is None else [events.append]
+    )
     try:
         return (await worker.execute(saga_id)).state
     finally:
@@ -229,7 +231,12 @@ async def test_start_records_once_and_returns_the_first_run(log: SagaLog) -> Non
     saga = two_steps()
     run, created = log.start(saga, "order-1", {"sku": "A1"})
     assert created
-    assert (run.id, run.name, run.state, run.input) == ("order-1", "order", "running", {"sku": "A1"})
+    assert (run.id, run.name, run.state, run.input) == (
+        "order-1",
+        "order",
+        "running",
+        {"sku": "A1"},
+    )
     assert [s["name"] for s in run.steps] == ["reserve", "charge"]
     assert [s["state"] for s in run.steps] == ["pending", "pending"]
     assert run.created_at == run.due_at == log.clock.now()
@@ -537,3 +544,49 @@ async def test_retry_of_a_stuck_forward_saga_runs_the_step_again(log: SagaLog) -
     assert log.retry("o1", reason="again", actor="ann").state == "running"
     assert await drive(log, saga, "o1") == "needs_attention"  # the lookup still fails
     assert log.compensate("o1", reason="give up", actor="ann").state == "compensating"
+
+
+# -- claims and leases -------------------------------------------------------------------------
+
+
+async def test_a_lease_handed_back_is_not_renewed(log: SagaLog, clock: ManualClock) -> None:
+    saga = two_steps()
+    log.start(saga, "o1")
+    conn = log.connect()
+    try:
+        (claimed,) = log.claim(conn, "w1", names=["order"], limit=5, lease=60)
+        assert log.claim(conn, "w2", names=["order"], limit=5, lease=60) == []
+        assert log.renew(conn, claimed, clock.now() + 60)
+        # w1 hands the saga back (a backoff); a renewal still in flight lands afterwards.
+        plan = saga.plan()
+        assert log.commit(conn, claimed, plan, claimed.record, [], lease_until=0.0, actor="w1")
+        assert not log.renew(conn, claimed, clock.now() + 60)
+        assert log.get("o1").owner is None  # type: ignore[union-attr]
+        (again,) = log.claim(conn, "w2", names=["order"], limit=5, lease=60)
+        assert again.fence == claimed.fence + 1
+        assert not log.renew(conn, claimed, clock.now() + 60)
+        assert not log.commit(conn, claimed, plan, claimed.record, [], lease_until=0, actor="w1")
+    finally:
+        conn.close()
+
+
+async def test_claim_takes_only_due_sagas_of_the_names_given(
+    log: SagaLog, clock: ManualClock
+) -> None:
+    log.start(two_steps("order"), "o1")
+    log.start(two_steps("refund"), "r1")
+    conn = log.connect()
+    try:
+        assert log.claim(conn, "w1", names=["nothing"], limit=5, lease=60) == []
+        assert log.claim(conn, "w1", names=["order"], limit=5, lease=60, saga_id="r1") == []
+        (claimed,) = log.claim(
+            conn, "w1", names=["order", "refund"], limit=5, lease=60, saga_id="r1"
+        )
+        assert (claimed.id, claimed.name, claimed.names) == ("r1", "refund", ("reserve", "charge"))
+        assert log.get("r1").owner == "w1"  # type: ignore[union-attr]
+        clock.advance(61)
+        assert log.get("r1").owner is None  # type: ignore[union-attr]
+        taken = log.claim(conn, "w2", names=["order", "refund"], limit=5, lease=60)
+        assert sorted(c.id for c in taken) == ["o1", "r1"]
+    finally:
+        conn.close()

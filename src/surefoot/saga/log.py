@@ -468,11 +468,15 @@ class SagaLog:
         return True
 
     def renew(self, conn: Connection, claimed: Claimed, lease_until: float) -> bool:
-        """Extend a claim's lease, where its fence still holds (False: it no longer does)."""
+        """Extend a claim's lease, where its fence still holds and the lease was not handed
+        back (False: the saga is no longer this worker's). A renewal still in flight when
+        the step's commit hands the saga back (a backoff) must not take it again, or no
+        worker could claim it until that lease ran out."""
         with conn.transaction() as cur:
             cur.execute(
                 self._q(
-                    f"UPDATE {self.prefix}_runs SET lease_until = ? WHERE id = ? AND fence = ?"
+                    f"UPDATE {self.prefix}_runs SET lease_until = ? "
+                    "WHERE id = ? AND fence = ? AND lease_until > 0"
                 ),
                 (lease_until, claimed.id, claimed.fence),
             )
