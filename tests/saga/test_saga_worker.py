@@ -24,7 +24,7 @@ import pytest
 
 from _support import GUARD, of
 from surefoot.client import AsyncResilientTransport
-from surefoot.errors import AdminNotFound, ConfigurationError
+from surefoot.errors import AdminNotFound, ConfigurationError, StoreUnavailable
 from surefoot.events import Event
 from surefoot.saga import (
     Retry,
@@ -455,7 +455,8 @@ async def test_outbound_calls_carry_keys_that_a_rerun_repeats(
         await workers(saga).start(saga, "o1")
     assert states(log, "o1") == ["started", "pending"]
     run = log.get("o1")
-    assert run is not None and run.owner == "w1"
+    assert run is not None
+    assert run.owner == "w1"
     second = workers(saga)
     assert await second.run_once() == 0  # w1's lease still holds
     clock.advance(LEASE + 1)
@@ -613,6 +614,7 @@ async def test_bad_worker_configuration_is_refused(log: SagaLog) -> None:
     worker = SagaWorker(log, [saga])
     assert worker.worker_id.count(".") >= 1
     assert "'s'" in repr(worker)
+    await worker.aclose()  # never connected: nothing to close
 
 
 async def test_start_and_execute_refuse_what_the_worker_cannot_run(
@@ -663,12 +665,24 @@ async def test_run_works_through_due_sagas_until_stopped(
     assert failures["o2"] == 1
 
 
-async def test_run_renews_the_leases_of_long_steps(
-    log: SagaLog, workers: Callable[..., SagaWorker], clock: ManualClock
+@pytest.mark.parametrize("mode", ["execute", "run"])
+async def test_a_long_step_keeps_its_lease(
+    log: SagaLog, workers: Callable[..., SagaWorker], clock: ManualClock, mode: str
 ) -> None:
     entered, release = asyncio.Event(), asyncio.Event()
+    calls: list[str] = []
+    renewals: list[tuple[float, bool]] = []
+    renew = log.renew
+
+    def spy(conn: Any, claimed: Any, lease_until: float) -> bool:
+        renewed = renew(conn, claimed, lease_until)
+        renewals.append((lease_until, renewed))
+        return renewed
+
+    log.renew = spy  # type: ignore[method-assign]
 
     async def long(ctx: StepContext) -> str:
+        calls.append(ctx.saga_id)
         entered.set()
         await release.wait()
         return "done"
@@ -676,20 +690,22 @@ async def test_run_renews_the_leases_of_long_steps(
     saga = Saga("s", [Step("a", long)])
     worker = workers(saga, lease=1.0, poll_interval=0.01)
     log.start(saga, "o1")
-    task = asyncio.ensure_future(worker.run())
+    if mode == "run":
+        task = asyncio.ensure_future(worker.run())
+    else:
+        task = asyncio.ensure_future(worker.execute("o1"))
     await asyncio.wait_for(entered.wait(), GUARD)
-    clock.advance(1.5)  # past the first lease: only a renewal gives it back to w1
-
-    def owned() -> bool:
-        run = log.get("o1")
-        return run is not None and run.owner == "w1"
-
-    await wait_for(owned)
+    start = clock.now()
+    clock.advance(0.9)  # within the first lease; renewed from here it runs to start + 1.9
+    await wait_for(lambda: (start + 1.9, True) in renewals)
+    clock.advance(0.5)  # past the first lease
     assert await workers(saga).run_once() == 0
+    assert log.get("o1").owner == "w1"  # type: ignore[union-attr]
     release.set()
     await wait_for(lambda: log.get("o1").state == "completed")  # type: ignore[union-attr]
     worker.stop()
     await asyncio.wait_for(task, GUARD)
+    assert calls == ["o1"]
 
 
 async def test_stop_lets_the_step_in_flight_finish_and_hands_the_saga_back(
@@ -715,3 +731,65 @@ async def test_stop_lets_the_step_in_flight_finish_and_hands_the_saga_back(
     assert (run.state, run.owner) == ("running", None)
     assert [s["state"] for s in run.steps] == ["done", "pending"]
     assert (await workers(saga).execute("o1")).state == "completed"
+
+
+async def test_run_waits_out_an_unavailable_database(
+    log: SagaLog,
+    workers: Callable[..., SagaWorker],
+    clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outages = Counter[str]()
+    claim, commit = log.claim, log.commit
+
+    def failing_claim(*args: Any, **kwargs: Any) -> Any:
+        if not outages["claim"]:
+            outages["claim"] += 1
+            raise StoreUnavailable(retry_after=1)
+        return claim(*args, **kwargs)
+
+    def failing_commit(*args: Any, **kwargs: Any) -> Any:
+        if not outages["commit"]:
+            outages["commit"] += 1
+            raise StoreUnavailable(retry_after=1)
+        return commit(*args, **kwargs)
+
+    log.claim = failing_claim  # type: ignore[method-assign]
+    log.commit = failing_commit  # type: ignore[method-assign]
+    calls: list[str] = []
+    saga = Saga("s", [Step("a", lambda ctx: calls.append(ctx.step))])
+    worker = workers(saga, poll_interval=0.01)
+    log.start(saga, "o1")
+    task = asyncio.ensure_future(worker.run())
+    await wait_for(lambda: any(r.getMessage() == "saga run failed" for r in caplog.records))
+    run = log.get("o1")
+    assert run is not None
+    assert (run.state, run.owner) == ("running", "w1")  # its claim stands until the lease ends
+    clock.advance(LEASE + 1)
+    await wait_for(lambda: log.get("o1").state == "completed")  # type: ignore[union-attr]
+    worker.stop()
+    await asyncio.wait_for(task, GUARD)
+    assert calls == ["a"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert "saga claim failed; the database is unavailable" in messages
+
+
+async def test_a_failed_renewal_is_logged_and_the_step_goes_on(
+    log: SagaLog, workers: Callable[..., SagaWorker], caplog: pytest.LogCaptureFixture
+) -> None:
+    tried: list[float] = []
+
+    def down(conn: Any, claimed: Any, lease_until: float) -> bool:
+        tried.append(lease_until)
+        raise StoreUnavailable(retry_after=1)
+
+    log.renew = down  # type: ignore[method-assign]
+
+    async def long(ctx: StepContext) -> str:
+        await wait_for(lambda: len(tried) >= 2)
+        return "done"
+
+    saga = Saga("s", [Step("a", long)])
+    assert (await workers(saga, lease=1.0).start(saga, "o1")).state == "completed"
+    messages = [r.getMessage() for r in caplog.records]
+    assert "saga lease renewal failed; the database is unavailable" in messages
