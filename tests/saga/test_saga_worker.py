@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from _support import GUARD, of
-from surefoot.client import AsyncResilientTransport
+from surefoot.client import AsyncResilientTransport, ResilientTransport
 from surefoot.errors import AdminNotFound, ConfigurationError, StoreUnavailable
 from surefoot.events import Event
 from surefoot.saga import (
@@ -312,8 +312,12 @@ async def test_a_lookup_decides_a_step_whose_retries_ran_out(
     def down(ctx: StepContext) -> None:
         raise TimeoutError("partner silent")
 
+    partner = Partner()
+
     async def look(ctx: StepContext) -> Any:
         asked.append(ctx.key)
+        async with partner.client() as client:  # a search: read-only, so it takes no key
+            await client.post("/charges/search", json={"key": f"{ctx.key}:1"})
         return {"charge": "ch_1"} if found else None
 
     saga = Saga(
@@ -325,7 +329,8 @@ async def test_a_lookup_decides_a_step_whose_retries_ran_out(
         ],
     )
     run = await workers(saga).start(saga, "o1")
-    assert asked == ["b"]
+    assert asked == ["saga:o1:b"]  # the action's stem, to ask the partner what it got
+    assert partner.keys == [None]
     if found:
         assert run.state == "completed"
         assert run.steps[1]["result"] == {"charge": "ch_1"}
@@ -473,6 +478,23 @@ async def test_outbound_calls_carry_keys_that_a_rerun_repeats(
     assert log.get("o1").steps[0]["attempts"] == 2  # type: ignore[union-attr]
     actors = {e.actor for e in log.timeline("o1") if e.kind == "compensated"}
     assert actors == {"w2"}
+
+
+async def test_a_sync_step_sends_keys_through_the_sync_client(
+    log: SagaLog, workers: Callable[..., SagaWorker]
+) -> None:
+    partner = Partner()
+
+    def book(ctx: StepContext) -> int:
+        transport = ResilientTransport(httpx.MockTransport(partner), hooks=[])
+        with httpx.Client(transport=transport, base_url="https://partner.example") as client:
+            client.post("/holds", json={})
+            return int(client.post("/bookings", json={}).json()["id"])
+
+    saga = Saga("s", [Step("book", book)])
+    run = await workers(saga).start(saga, "o1")
+    assert run.steps[0]["result"] == 2
+    assert partner.keys == ["saga:o1:book:1", "saga:o1:book:2"]
 
 
 async def test_a_crashed_step_with_a_lookup_is_looked_up_not_rerun(

@@ -336,22 +336,16 @@ class SagaWorker:
     ) -> Outcome:
         step = saga.steps[move.index]
         state = record.steps[move.index]
+        # A lookup is read-only: its calls take no keys, but it is given the action's stem
+        # (it may ask the partner for what was sent under saga:<id>:<step>:1...).
+        key = f"saga:{claimed.id}:{step.name}"
         if isinstance(move, Compensate):
-            function, kind, attempt, key = (
-                step.compensate,
-                "compensation",
-                state.undo_attempts,
-                f"saga:{claimed.id}:{step.name}:undo",
-            )
+            function, kind, attempt = step.compensate, "compensation", state.undo_attempts
+            key += ":undo"
         elif isinstance(move, LookUp):
-            function, kind, attempt, key = step.lookup, "lookup", state.attempts, ""
+            function, kind, attempt = step.lookup, "lookup", state.attempts
         else:
-            function, kind, attempt, key = (
-                step.action,
-                "action",
-                state.attempts,
-                f"saga:{claimed.id}:{step.name}",
-            )
+            function, kind, attempt = step.action, "action", state.attempts
         assert function is not None
         results = {
             s.name: r.result
@@ -359,11 +353,11 @@ class SagaWorker:
             if r.state in _WITH_RESULT
         }
         context = StepContext(
-            claimed.id, saga.name, step.name, attempt, claimed.input, results, key or step.name
+            claimed.id, saga.name, step.name, attempt, claimed.input, results, key
         )
         scope = (
             idempotency_scope(key)
-            if key and idempotency_scope is not None
+            if not isinstance(move, LookUp) and idempotency_scope is not None
             else contextlib.nullcontext()
         )
         try:
