@@ -815,3 +815,22 @@ async def test_a_failed_renewal_is_logged_and_the_step_goes_on(
     assert (await workers(saga, lease=1.0).start(saga, "o1")).state == "completed"
     messages = [r.getMessage() for r in caplog.records]
     assert "saga lease renewal failed; the database is unavailable" in messages
+
+
+async def test_a_stop_before_run_started_is_kept_and_the_worker_runs_again(
+    log: SagaLog, workers: Callable[..., SagaWorker]
+) -> None:
+    calls: list[str] = []
+    saga = Saga("s", [Step("a", lambda ctx: calls.append(ctx.saga_id))])
+    worker = workers(saga, poll_interval=0.01)
+    task = asyncio.ensure_future(worker.run())
+    worker.stop()  # before the task ran a line
+    await asyncio.wait_for(task, GUARD)
+    log.start(saga, "o1")
+    assert (await worker.execute("o1")).state == "completed"  # the stop was spent
+    task = asyncio.ensure_future(worker.run())
+    log.start(saga, "o2")
+    await wait_for(lambda: log.get("o2").state == "completed")  # type: ignore[union-attr]
+    worker.stop()
+    await asyncio.wait_for(task, GUARD)
+    assert calls == ["o1", "o2"]

@@ -51,6 +51,7 @@ from surefoot.saga._core import (
     Entry,
     Failed,
     Found,
+    Halt,
     LookUp,
     NotFound,
     Outcome,
@@ -61,6 +62,7 @@ from surefoot.saga._core import (
     Succeeded,
     Wait,
     abandon,
+    halt,
     next_move,
     settle,
     started,
@@ -207,8 +209,8 @@ class SagaWorker:
         return len(claimed)
 
     async def run(self) -> None:
-        """Claim and run due sagas until ``stop`` (store outages are waited out)."""
-        self._stopping = False
+        """Claim and run due sagas until ``stop`` (store outages are waited out). A ``stop``
+        made before this task got to run counts: it returns at once."""
         try:
             while not self._stopping:
                 free = self.concurrency - len(self._tasks)
@@ -232,6 +234,7 @@ class SagaWorker:
             self._stopping = True
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._stopping = False  # the stop is spent: the worker may run (or execute) again
 
     def stop(self) -> None:
         """Ask ``run`` to return once the sagas in flight finished their current step."""
@@ -291,8 +294,9 @@ class SagaWorker:
         while True:
             now = self.clock.now()
             move = next_move(plan, record, now)
-            if isinstance(move, Abandon):
-                record, entries = abandon(plan, record, "deadline passed")
+            if isinstance(move, Abandon | Halt):
+                change = abandon(plan, record, move.reason) if isinstance(move, Abandon) else None
+                record, entries = change or halt(record, move.reason)
                 pending += entries
                 continue
             if isinstance(move, Run | Compensate) and not self._stopping:
