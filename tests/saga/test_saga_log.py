@@ -321,6 +321,9 @@ async def test_runs_filter_by_state_name_age_and_limit(log: SagaLog, clock: Manu
     assert log.runs(name="nothing") == []
     with pytest.raises(ValueError, match="state: expected one of running"):
         log.runs(state="done")
+    for older_than in (-1, math.nan, "1h"):
+        with pytest.raises(ValueError, match="older_than"):
+            log.runs(older_than=older_than)  # type: ignore[arg-type]
     for limit in (0, 1001, 1.5):
         with pytest.raises(ValueError, match="limit"):
             log.runs(limit=limit)  # type: ignore[arg-type]
@@ -390,6 +393,9 @@ async def test_purge_removes_finished_sagas_past_retention_only(
         assert cur.fetchone()[0] == 0
     conn.close()
     clock.advance(86400 * 10)
+    for batch in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="batch"):
+            log.purge(batch=batch)  # type: ignore[arg-type]
     assert log.purge(batch=10) == 1
     assert [r.id for r in log.runs()] == ["open"]
     assert log.timeline("open")

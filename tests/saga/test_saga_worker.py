@@ -834,3 +834,46 @@ async def test_a_stop_before_run_started_is_kept_and_the_worker_runs_again(
     worker.stop()
     await asyncio.wait_for(task, GUARD)
     assert calls == ["o1", "o2"]
+
+
+@pytest.mark.parametrize("found", [True, False])
+async def test_past_the_deadline_a_step_in_doubt_is_looked_up_then_undone(
+    log: SagaLog, workers: Callable[..., SagaWorker], clock: ManualClock, found: bool
+) -> None:
+    undone: list[tuple[str, Any]] = []
+    ran: list[str] = []
+
+    def charge(ctx: StepContext) -> None:
+        ran.append(ctx.step)
+        raise TimeoutError("bank silent")
+
+    saga = Saga(
+        "s",
+        [
+            Step(
+                "reserve", lambda ctx: "R1", compensate=lambda c: undone.append((c.step, c.result))
+            ),
+            Step(
+                "charge",
+                charge,
+                compensate=lambda c: undone.append((c.step, c.result)),
+                lookup=lambda ctx: "ch_1" if found else None,
+                retry=Retry(attempts=5, initial=30, maximum=30),
+            ),
+            Step("ship", ran.append),
+        ],
+        deadline=60,
+    )
+    worker = workers(saga)
+    assert (await worker.start(saga, "o1")).state == "running"
+    clock.advance(61)
+    run = await worker.execute("o1")
+    assert run.state == "compensated"
+    assert run.error == "deadline passed"
+    assert ran == ["charge"]  # not run again past the deadline
+    if found:
+        assert undone == [("charge", "ch_1"), ("reserve", "R1")]
+        assert [s["state"] for s in run.steps] == ["compensated", "compensated", "pending"]
+    else:
+        assert undone == [("reserve", "R1")]
+        assert [s["state"] for s in run.steps] == ["compensated", "failed", "pending"]

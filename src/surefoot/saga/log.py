@@ -559,6 +559,8 @@ class SagaLog:
             where.append("name = ?")
             params.append(name)
         if older_than is not None:
+            if not isinstance(older_than, int | float) or not 0 <= older_than < math.inf:
+                raise ValueError(f"older_than: expected seconds, got {older_than!r}")
             where.append("updated_at <= ?")
             params.append(self.clock.now() - older_than)
         if not isinstance(limit, int) or not 1 <= limit <= 1000:
@@ -596,6 +598,9 @@ class SagaLog:
 
     def purge(self, *, batch: int = 1000) -> int:
         """Delete up to ``batch`` sagas finished more than ``retention`` seconds ago."""
+        if not isinstance(batch, int) or not 1 <= batch <= 100_000:
+            # (SQLite reads LIMIT -1 as no limit at all; PostgreSQL refuses it)
+            raise ValueError(f"batch: expected 1 to 100000, got {batch!r}")
         cutoff = self.clock.now() - self.retention
         finished = "('completed', 'compensated', 'resolved')"
         with self._connection().transaction() as cur:
