@@ -27,6 +27,8 @@ checks what spans tables. Map of the file (``docs/gateway.md`` documents every f
     [webhooks.send]              database, prefix, event_types, schedule, disable_after, retention,
                                  timeout, workers, max_in_flight, allow_private,
                                  allow_networks (the outbox serve delivers: ``Sender``)
+    [sagas]                      database, prefix, stuck_after, reconcile_interval (the saga
+                                 log serve watches: admin endpoints and the sweeper)
 
 Rule 1: validation is total before anything is built: ``load_config`` returns a
         ``GatewayConfig`` only if every field of every table is valid; otherwise one
@@ -40,7 +42,8 @@ Rule 3: secrets never appear in messages or in ``effective()``: ``clients[].api_
         masked (``surefoot._masking.masked_url`` says which). A webhook endpoint's secrets
         are never in the file: ``secrets_env`` names the variables holding them, and a
         problem with one names its variable, never its value. ``webhooks.send.database``
-        is masked as a store URL is, in messages, ``effective()`` and ``Sender``'s repr.
+        is masked as a store URL is, in messages, ``effective()`` and ``Sender``'s repr;
+        so is ``sagas.database``.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from surefoot.gateway._schema import (
     Policy,
     Root,
     Route,
+    Sagas,
     WebhookOrdering,
     WebhookReceive,
 )
@@ -147,6 +151,7 @@ class GatewayConfig:
         webhooks: endpoint name -> ``Webhook``, in the file's order (secrets read from
             the environment).
         sender: ``[webhooks.send]`` checked (None: the gateway sends no webhooks).
+        sagas: ``[sagas]`` checked (None: the gateway watches no sagas).
     """
 
     def __init__(self, root: Root, source: str, problems: Problems) -> None:
@@ -184,6 +189,7 @@ class GatewayConfig:
         self.webhooks: dict[str, Webhook] = {}
         self._webhooks(problems)
         self.sender = self._sender(problems)
+        self.sagas = self._sagas(problems)
         self._stores(problems)
         self.admin_token = self._secret(
             root.admin.token, root.admin.token_env, ("admin",), problems
@@ -499,6 +505,22 @@ class GatewayConfig:
             return None
         return sender
 
+    def _sagas(self, problems: Problems) -> Sagas | None:
+        table = self.root.sagas
+        if table is None:
+            return None
+        from surefoot.saga import SagaLog
+
+        try:
+            SagaLog(table.database, prefix=table.prefix)  # its checks; nothing is opened
+        except ConfigurationError as exc:
+            field, _, message = str(exc).partition(": ")
+            name = field.rpartition(".")[2]
+            where: Loc = ("sagas", name) if name in ("database", "prefix") else ("sagas",)
+            problems.add(where, masked_text(message or str(exc), table.database))
+            return None
+        return table
+
     # -- reading ------------------------------------------------------------------------------
 
     def store_url(self, name: str) -> str:
@@ -595,6 +617,8 @@ class GatewayConfig:
         send = data["webhooks"].get("send")
         if send is not None:
             send["database"] = masked_url(send["database"])
+        if data.get("sagas") is not None:
+            data["sagas"]["database"] = masked_url(data["sagas"]["database"])
         if data["upstream"]["url"] is not None:
             data["upstream"]["url"] = masked_url(data["upstream"]["url"])
         data["idempotency"].update(_in_force(self.idempotency_policy))

@@ -24,7 +24,9 @@ Rule 3: a new file that does not validate, or whose stack cannot be built, is re
         whole (``ConfigRefused``); the configuration in force stays. The ``[server]`` fields
         ``surefoot serve`` reads once at start (``_STARTUP_ONLY``) are not applied by a
         reload: one that changes them logs a WARNING naming them. So is ``[webhooks.send]``:
-        its outbox and delivery tasks (``_outbox.OutboxRunner``) run from start to shutdown.
+        its outbox and delivery tasks (``_outbox.OutboxRunner``) run from start to shutdown;
+        and so is ``[sagas]``: its saga log and sweeper (``_reconcile.Sweeper``, report
+        only: the gateway has no application code to drive a saga with).
 Rule 4: ``X-Request-Id`` is believed only from a trusted proxy (``server.trusted_proxies``);
         anyone else's is replaced, and every response carries the request's id.
 Rule 5: the path is made canonical (``surefoot._asgi.canonicalize``) before anything
@@ -61,7 +63,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -94,6 +96,7 @@ from surefoot.gateway._head import ServerLimits
 from surefoot.gateway._lookup import LookupResolver
 from surefoot.gateway._metrics import GatewayMetrics
 from surefoot.gateway._outbox import OutboxRunner
+from surefoot.gateway._reconcile import Report, Sweeper, describe
 from surefoot.gateway._schema import Route
 from surefoot.gateway._shed import LoadShedder
 from surefoot.gateway._upstream import AppUpstream, HttpUpstream, HttpxUpstream, Upstream
@@ -103,6 +106,9 @@ from surefoot.identity import Identity
 from surefoot.ratelimit import RateLimitMiddleware
 from surefoot.storage import IdempotencyStore, RateLimitStore, StoreHealth, store_from_url
 from surefoot.webhooks import WebhookEndpoint, WebhookReceiver
+
+if TYPE_CHECKING:
+    from surefoot.saga import SagaLog
 
 __all__ = ["Gateway"]
 
@@ -197,6 +203,25 @@ class Gateway:
         self.sender: OutboxRunner | None = None
         if config.sender is not None:
             self.sender = OutboxRunner(config.sender, clock=self.clock, hooks=self.hooks)
+        # [sagas]: read once too; the admin API's saga endpoints and the sweeper use it.
+        self.saga_log: SagaLog | None = None
+        self.sweeper: Sweeper | None = None
+        self._sweeping: asyncio.Task[None] | None = None
+        self._started_sagas = config.root.sagas
+        if config.sagas is not None:
+            from surefoot.saga import SagaLog
+
+            self.saga_log = SagaLog(
+                config.sagas.database, prefix=config.sagas.prefix, clock=self.clock
+            )
+            self.sweeper = Sweeper(
+                saga_log=self.saga_log,
+                store=self.stack.idempotency_store,
+                outbox=self.sender.outbox if self.sender is not None else None,
+                stuck_after=config.sagas.stuck_after,
+                clock=self.clock,
+                on_report=self._on_sweep,
+            )
 
     # -- ASGI --------------------------------------------------------------------------------
 
@@ -321,6 +346,27 @@ class Gateway:
         if self.sender is not None:
             await self.sender.start()
         self._restart_reconciler()
+        if self.sweeper is not None and self._sweeping is None:
+            assert self._started_sagas is not None
+            interval = self._started_sagas.reconcile_interval
+            self._sweeping = asyncio.ensure_future(self._sweep(interval))
+
+    async def _sweep(self, interval: float) -> None:
+        """Sweep every ``interval`` seconds (``[sagas]``), one WARNING line per finding;
+        a sweep that fails is logged and the next one runs."""
+        assert self.sweeper is not None
+        while True:
+            try:
+                await self.sweeper.sweep_once()
+            except Exception:  # pragma: no cover - sweep_once reports its parts' failures
+                _log.warning("sweep failed; retrying later", exc_info=True)
+            await asyncio.sleep(interval)
+
+    def _on_sweep(self, report: Report) -> None:
+        for line in describe(report):
+            _log.warning("%s", line)
+        if "sagas" in report.parts and not any(e.startswith("sagas:") for e in report.errors):
+            self.metrics.set_saga_counts(report.saga_counts, now=report.at)
 
     def _restart_reconciler(self) -> None:
         if self._reconciler is not None:
@@ -335,6 +381,13 @@ class Gateway:
         """Stop the reconciler and the outbox's workers; close every pool and store."""
         if self.sender is not None:
             await self.sender.aclose()
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeping
+            self._sweeping = None
+        if self.saga_log is not None:
+            await asyncio.to_thread(self.saga_log.close)
         if self._reconciler is not None:
             self._reconciler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -392,6 +445,10 @@ class Gateway:
             ]
             if config.sender != (self.sender.sender if self.sender is not None else None):
                 unapplied.append("webhooks.send")
+            if config.root.sagas != self._started_sagas:
+                unapplied.append("sagas")
+            if self.sweeper is not None:
+                self.sweeper.store = stack.idempotency_store
             if unapplied:
                 _log.warning(
                     "reload: %s changed but take effect at start only: not applied until "

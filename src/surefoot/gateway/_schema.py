@@ -46,6 +46,7 @@ __all__ = [
     "Root",
     "Route",
     "RouteIdempotency",
+    "Sagas",
     "Server",
     "Upstream",
     "WebhookOrdering",
@@ -507,6 +508,42 @@ class Webhooks(_Table):
     send: WebhookSend | None = None
 
 
+class Sagas(_Table):
+    """``[sagas]``: the saga log ``surefoot serve`` watches (``surefoot.saga``): its admin
+    endpoints and the sweeper that reports sagas needing a person."""
+
+    database: str = described(
+        "a sqlite:///path or postgresql:// URL of the application's database "
+        "(${NAME} takes a part from the environment)",
+        mask="url",
+    )
+    prefix: str = described(
+        "a lower-case SQL name of letters, digits and '_' (the tables' prefix)", "surefoot_saga"
+    )
+    stuck_after: float = described(
+        "seconds from 1 to 31536000 a running saga may stay unchanged", 900.0, ge=1, le=31536000
+    )
+    reconcile_interval: float = described(
+        "seconds from 1 to 86400 between sweeps", 30.0, ge=1, le=86400
+    )
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        value = _expand_env(value)
+        scheme = value.partition("://")[0]
+        if scheme not in ("sqlite", "postgresql", "postgres") or "://" not in value:
+            raise ValueError(
+                f"expected a sqlite:///path or postgresql:// URL, got {shown(masked_url(value))}"
+            )
+        if scheme == "sqlite" and ("?" in value or "#" in value):
+            raise ValueError(
+                "expected a sqlite:///path without ?options (the saga log takes none), "
+                f"got {shown(masked_url(value))}"
+            )
+        return value
+
+
 class Root(_Table):
     server: Server = Server()
     upstream: Upstream
@@ -526,6 +563,7 @@ class Root(_Table):
     routes: list[Route] = []
     admin: Admin = Admin()
     webhooks: Webhooks = Webhooks()
+    sagas: Sagas | None = None
 
 
 Root.model_rebuild()

@@ -31,10 +31,18 @@ Endpoints (JSON unless said otherwise; every one but the two probes needs
     GET  /admin/outbox/messages/ID/attempts     every attempt to deliver a message
     POST /admin/outbox/messages/ID/resend?endpoint=NAME   deliver it to NAME again
     GET  /admin/outbox/stats            every endpoint's backlog
+    GET  /admin/sagas?state=&name=&older_than=&limit=   sagas (``[sagas]``), the least
+                                        recently changed first
+    GET  /admin/sagas/ID                one saga and its timeline
+    POST /admin/sagas/ID/retry          {"reason", "actor"}: go on now, fresh attempts
+    POST /admin/sagas/ID/compensate     {"reason", "actor"}: turn it back now
+    POST /admin/sagas/ID/resolve        {"reason", "actor"}: a person settled it outside
+    GET  /admin/reconcile               the last sweep's report (one now if none yet)
 
 Errors are problems from the catalogue: 401 ``admin_unauthorized``, 404
 ``admin_not_found``, 422 ``config_rejected``, 400 ``admin_bad_request`` for a malformed
-admin request. Reading usage decides nothing: each limit is asked with a cost of 0.
+admin request, 409 ``saga_action_refused`` for a saga action its state does not allow.
+Reading usage decides nothing: each limit is asked with a cost of 0.
 
 Rule 1: every input is checked before the store is touched, and anything else is a 400
         ``admin_bad_request`` saying what was expected: query parameters are those the
@@ -56,6 +64,12 @@ Rule 3: the outbox's endpoints answer 404 ``admin_not_found`` when the gateway h
         is an empty JSON object. The outbox is synchronous: each call runs in a thread.
         An endpoint is shown without its secrets (``Endpoint`` holds only their count),
         its URL masked like a store URL; a database failure is 503 ``store_unavailable``.
+Rule 4: the saga endpoints and ``/admin/reconcile`` answer 404 ``admin_not_found`` when
+        the gateway has no ``[sagas]`` table. A saga's id is percent-decoded from the raw
+        path like an event id (Rule 2); ``older_than`` is seconds or a duration (``30s``,
+        ``10m``, ``2h``, ``3d``, ``1w``); an action's body is ``{"reason": ...}`` with an
+        optional ``"actor"`` (default ``"admin"``), both checked by ``SagaLog`` (printable
+        ASCII; an actor without spaces), and recorded in the saga's timeline.
 """
 
 from __future__ import annotations
@@ -99,6 +113,7 @@ from surefoot.webhooks import WebhookReceiver, is_event_id, webhook_store_key
 
 if TYPE_CHECKING:
     from surefoot.outbox import Endpoint, Outbox
+    from surefoot.saga import SagaLog
 
 __all__ = ["AdminApp"]
 
@@ -110,6 +125,10 @@ _MAX_REQUEST = 4 * MAX_BODY
 _LIMIT = re.compile(r"[0-9]{1,5}")
 _WEBHOOKS = "/admin/webhooks/"
 _OUTBOX = "/admin/outbox/"
+_SAGAS = "/admin/sagas/"
+_SAGA_ACTIONS = frozenset({"retry", "compensate", "resolve"})
+_DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)([smhdw]?)")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _EVENT_METHODS = frozenset({"GET", "DELETE", "POST"})
 
 
@@ -154,6 +173,9 @@ class AdminApp:
                 return
             if handler is None and path.startswith(_OUTBOX):
                 await self.outbox(scope, receive, send)
+                return
+            if handler is None and path.startswith(_SAGAS):
+                await self.saga(scope, receive, send)
                 return
             if handler is None:
                 raise AdminNotFound(what=f"{method} {path}")
@@ -538,6 +560,88 @@ class AdminApp:
             )
         await _json(send, 200, {"message_id": message_id, "endpoint": endpoint, "resent": True})
 
+    # -- sagas (Rule 4) -----------------------------------------------------------------------
+
+    def _saga_log(self) -> SagaLog:
+        log = self.gateway.saga_log
+        if log is None:
+            raise AdminNotFound(what="the sagas: this gateway has no [sagas] table")
+        return log
+
+    async def sagas(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /admin/sagas``: the least recently changed first, filtered."""
+        log = self._saga_log()
+        query = _query(scope, "state", "name", "older_than", "limit")
+        limit = query.get("limit", "100")
+        if not _LIMIT.fullmatch(limit) or not 1 <= int(limit) <= 1000:
+            raise AdminBadRequest(
+                reason=f"limit: expected a whole number from 1 to 1000, got {shown(limit)}"
+            )
+        older_than = None
+        if "older_than" in query:
+            found = _DURATION.fullmatch(query["older_than"])
+            if found is None:
+                raise AdminBadRequest(
+                    reason="older_than: expected seconds or a duration (30s, 10m, 2h, 3d, 1w), "
+                    f"got {shown(query['older_than'])}"
+                )
+            older_than = float(found.group(1)) * _UNITS[found.group(2)]
+        try:
+            runs = await _blocking(
+                lambda: log.runs(
+                    state=query.get("state"),
+                    name=query.get("name"),
+                    older_than=older_than,
+                    limit=int(limit),
+                )
+            )
+        except ValueError as exc:
+            raise AdminBadRequest(reason=str(exc)) from None
+        await _json(send, 200, {"sagas": [run.as_dict() for run in runs]})
+
+    async def saga(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/admin/sagas/ID`` and ``/admin/sagas/ID/ACTION`` (Rule 4)."""
+        method = scope["method"]
+        parts = _outbox_path(scope)  # after /admin/sagas/ (the same depth)
+        shape = (method, len(parts))
+        if shape == ("GET", 1) and parts[0]:
+            action = "show"
+        elif shape == ("POST", 2) and parts[1] in _SAGA_ACTIONS:
+            action = parts[1]
+        else:
+            raise AdminNotFound(what=f"{method} {scope['path']}")
+        log = self._saga_log()
+        saga_id = _outbox_name(parts[0], "saga id")
+        if action == "show":
+            _query(scope)
+            timeline = await _blocking(log.timeline, saga_id)  # AdminNotFound: 404
+            found = await _blocking(log.get, saga_id)
+            if found is None:  # deleted between the two reads
+                raise AdminNotFound(what=f"saga {saga_id!r}")
+            entries = [entry.as_dict() for entry in timeline]
+            await _json(send, 200, {**found.as_dict(), "timeline": entries})
+            return
+        _query(scope)
+        data = await _body(receive, "reason", "actor")
+        reason, actor = data.get("reason"), data.get("actor", "admin")
+        if not isinstance(reason, str):
+            raise AdminBadRequest(reason="reason: expected a string saying why")
+        act = getattr(log, action)
+        try:
+            run = await _blocking(lambda: act(saga_id, reason=reason, actor=actor))
+        except ValueError as exc:
+            raise AdminBadRequest(reason=str(exc)) from None
+        await _json(send, 200, run.as_dict())
+
+    async def reconcile(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /admin/reconcile``: the last sweep's report (a sweep now if none ran)."""
+        _query(scope)
+        sweeper = self.gateway.sweeper
+        if sweeper is None:
+            raise AdminNotFound(what="the sweeper: this gateway has no [sagas] table")
+        report = sweeper.last if sweeper.last is not None else await sweeper.sweep_once()
+        await _json(send, 200, report.as_dict())
+
     def _outbox(self) -> Outbox:
         runner = self.gateway.sender
         assert runner is not None  # checked by ``outbox``
@@ -650,6 +754,8 @@ _ROUTES: dict[tuple[str, str], Callable[..., Any]] = {
     ("GET", "/admin/unknown"): AdminApp.unknown,
     ("POST", "/admin/keys/resolve"): AdminApp.resolve,
     ("POST", "/admin/keys/release"): AdminApp.release,
+    ("GET", "/admin/sagas"): AdminApp.sagas,
+    ("GET", "/admin/reconcile"): AdminApp.reconcile,
 }
 
 

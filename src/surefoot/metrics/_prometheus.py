@@ -34,6 +34,9 @@ Rule 7: the outbox's ``endpoint`` label is bounded (Rule 2 of ``_specs``): an in
         or set to 0 in multiprocess mode, where prometheus_client cannot remove a series.
         The outbox worker's per-endpoint breakers (``webhook:NAME``) share the bound:
         a breaker of an endpoint beyond it is counted as ``webhook:other``.
+Rule 8: the saga gauges are set whole by ``set_saga_counts`` (the sweeper calls it with
+        ``SagaLog.counts()``); their ``saga`` label is bounded the same way, by
+        ``MAX_SAGA_NAMES``, and a (state, saga) pair no longer counted is set to 0.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -69,7 +72,7 @@ from surefoot.idempotency import (
     StoreBypassed,
     StoreFailed,
 )
-from surefoot.metrics._specs import MAX_OUTBOX_ENDPOINTS, METRICS, MetricSpec
+from surefoot.metrics._specs import MAX_OUTBOX_ENDPOINTS, MAX_SAGA_NAMES, METRICS, MetricSpec
 from surefoot.metrics._store import InstrumentedStore, instrumented
 from surefoot.outbox import (
     OutboxBacklog,
@@ -179,7 +182,7 @@ class PrometheusMetrics(EventHook):
 
     #: The groups of the metric table this class exposes (``GatewayMetrics`` adds one).
     groups: ClassVar[frozenset[str]] = frozenset(
-        ("requests", "ratelimit", "idempotency", "webhooks", "outbox", "breaker", "store")
+        ("requests", "ratelimit", "idempotency", "webhooks", "outbox", "breaker", "store", "saga")
     )
 
     def __init__(
@@ -244,6 +247,12 @@ class PrometheusMetrics(EventHook):
         # backlog report set.
         self._outbox_names: set[str] = set()
         self._backlog_labels: set[str] = set()
+        # The saga names with series of their own (bounded like the outbox's endpoints),
+        # and the (state, saga) labels the last count set.
+        self._sagas = self._children("surefoot_sagas", Gauge)
+        self._saga_oldest = self._children("surefoot_saga_oldest_seconds", Gauge)
+        self._saga_names: set[str] = set()
+        self._saga_labels: set[tuple[str, str]] = set()
 
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
             RateLimitAllowed: self._on_allowed,
@@ -473,6 +482,28 @@ class PrometheusMetrics(EventHook):
                 else:
                     gauge(label).set(0)
         self._backlog_labels = set(queued)
+
+    def set_saga_counts(self, counts: Iterable[tuple[str, str, int, float]], *, now: float) -> None:
+        """Set the saga gauges from ``SagaLog.counts()`` (``(name, state, how many, oldest
+        updated_at)``) as of ``now``; a saga name past the first ``MAX_SAGA_NAMES`` is
+        ``"other"``, and a label no longer counted goes back to 0."""
+        from surefoot.saga import SagaState
+
+        totals: dict[tuple[str, str], int] = {}
+        oldest: dict[str, float] = {state.value: 0.0 for state in SagaState}
+        for name, state, count, updated_at in counts:
+            if name not in self._saga_names and len(self._saga_names) < MAX_SAGA_NAMES:
+                self._saga_names.add(name)
+            label = (state, name if name in self._saga_names else "other")
+            totals[label] = totals.get(label, 0) + count
+            oldest[state] = max(oldest.get(state, 0.0), max(0.0, now - updated_at))
+        for label, total in totals.items():
+            self._sagas(*label).set(total)
+        for label in self._saga_labels - totals.keys():
+            self._sagas(*label).set(0)
+        self._saga_labels |= set(totals)
+        for state, age in oldest.items():
+            self._saga_oldest(state).set(age)
 
 
 def _can_remove_series() -> bool:

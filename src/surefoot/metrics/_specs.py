@@ -48,6 +48,8 @@ STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
                  0.5, 1, 2.5, 5)  # fmt: skip
 #: Past this many endpoint names, the outbox's metrics label an endpoint ``"other"`` (Rule 2).
 MAX_OUTBOX_ENDPOINTS = 1000
+#: Past this many saga names, the saga metrics label a saga ``"other"`` (Rule 2).
+MAX_SAGA_NAMES = 100
 #: How long an outcome stayed unknown: from a quick retry (1 s) to a week.
 UNKNOWN_AGE_BUCKETS = (1, 5, 30, 60, 300, 900, 3600, 14400, 86400, 604800)
 
@@ -64,6 +66,7 @@ GROUPS = {
     "outbox": "Sending webhooks",
     "breaker": "Circuit breakers",
     "store": "Stores",
+    "saga": "Sagas",
     "gateway": "Gateway only (`GatewayMetrics`)",
 }
 
@@ -383,6 +386,28 @@ METRICS: tuple[MetricSpec, ...] = (
         "Outbox endpoints that are disabled, as the last backlog report counted them.",
         fed_by=("OutboxBacklog",),
         group="outbox",
+        multiprocess_mode="livemostrecent",
+    ),
+    MetricSpec(
+        "surefoot_sagas",
+        "gauge",
+        "Sagas in the log by state and name, as the last sweep counted them "
+        f'(saga: the first {MAX_SAGA_NAMES} names seen, then "other").',
+        labels=("state", "saga"),
+        fed_by=("set_saga_counts",),
+        group="saga",
+        multiprocess_mode="livemostrecent",
+        values="`state`: `running`, `compensating`, `completed`, `compensated`, "
+        '`needs_attention`, `resolved`; `saga`: a saga\'s name or `"other"`',
+    ),
+    MetricSpec(
+        "surefoot_saga_oldest_seconds",
+        "gauge",
+        "Time since the least recently changed saga in a state last changed, as the last "
+        "sweep saw it (0 when none is in the state).",
+        labels=("state",),
+        fed_by=("set_saga_counts",),
+        group="saga",
         multiprocess_mode="livemostrecent",
     ),
     MetricSpec(
