@@ -31,7 +31,8 @@ PARTNERS = os.environ.get("CHECKOUT_PARTNERS", "http://127.0.0.1:8700")
 
 
 class _Partners:
-    """An HTTP client per call, through the resilient transport."""
+    """One HTTP client for the partners, through the resilient transport, made on first use
+    (in the worker's event loop) and kept for the worker's life."""
 
     def __init__(
         self,
@@ -42,25 +43,27 @@ class _Partners:
         self.base_url = base_url
         self.transport = transport
         self.retry = retry
+        self._client: httpx.AsyncClient | None = None
 
+    @property
     def client(self) -> httpx.AsyncClient:
-        inner = self.transport or httpx.AsyncHTTPTransport()
-        transport = AsyncResilientTransport(inner, retry=self.retry, hooks=())
-        return httpx.AsyncClient(transport=transport, base_url=self.base_url)
+        if self._client is None:
+            inner = self.transport or httpx.AsyncHTTPTransport()
+            transport = AsyncResilientTransport(inner, retry=self.retry, hooks=())
+            self._client = httpx.AsyncClient(transport=transport, base_url=self.base_url)
+        return self._client
 
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        async with self.client() as client:
-            response = await client.post(path, json=body)
-            response.raise_for_status()  # 402, 422: final (the steps say so); others: retried
-            answer: dict[str, Any] = response.json()
-            return answer
+        response = await self.client.post(path, json=body)
+        response.raise_for_status()  # 402, 422: final (the steps say so); others: retried
+        answer: dict[str, Any] = response.json()
+        return answer
 
     async def get(self, path: str, **params: str) -> dict[str, Any]:
-        async with self.client() as client:
-            response = await client.get(path, params=params)
-            response.raise_for_status()
-            answer: dict[str, Any] = response.json()
-            return answer
+        response = await self.client.get(path, params=params)
+        response.raise_for_status()
+        answer: dict[str, Any] = response.json()
+        return answer
 
 
 def build(
@@ -74,8 +77,8 @@ def build(
 
     Args:
         base_url: where ``examples.checkout.partners`` listens.
-        transport: the transport under the resilient one (default: a new
-            ``httpx.AsyncHTTPTransport`` per call).
+        transport: the transport under the resilient one (default:
+            ``httpx.AsyncHTTPTransport``).
         retry: the HTTP retries of one call (default: 3 attempts of at most 2 s each).
         step_retry: the retries of a step that failed all the same (default: 5 runs,
             backoff from 0.5 s).

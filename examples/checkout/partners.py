@@ -22,7 +22,8 @@ A repeated request with the same key can meet a fault again: only its effect is 
 
 Run them with ``uvicorn --factory examples.checkout.partners:from_env --port 8700``;
 ``CHECKOUT_PARTNERS_DB`` names the ledger (default ``partners.db``) and
-``CHECKOUT_FAULTS`` the faults (e.g. ``timeout=0.1,unavailable=0.1,lost=0.05,seed=7``).
+``CHECKOUT_FAULTS`` the faults (e.g. ``timeout=0.1,unavailable=0.1,lost=0.05,seed=7``)
+and ``CHECKOUT_FAULT_LOG`` a file where each fault met is appended, one JSON line each.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class Faults:
         lost: charged, then answered 502.
         references: only charges with these references meet faults (None: all).
         seed: the random draws' seed (None: unseeded).
+        journal: a file to append each fault to (``{"fault", "reference"}`` lines).
     """
 
     unavailable: float = 0.0
@@ -79,6 +81,7 @@ class Faults:
     lost: float = 0.0
     references: frozenset[str] | None = None
     seed: int | None = None
+    journal: str | None = None
     _random: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -104,6 +107,9 @@ class Faults:
         for name in ("unavailable", "timeout", "lost"):
             share: float = getattr(self, name)
             if x < share:
+                if self.journal is not None:
+                    with open(self.journal, "a") as out:
+                        out.write(json.dumps({"fault": name, "reference": reference}) + "\n")
                 return name
             x -= share
         return None
@@ -138,6 +144,7 @@ class _Partners:
     def _db(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.database, timeout=30.0, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across a process crash
         return db
 
     def _once(
@@ -304,11 +311,11 @@ def create_app(database: str, faults: Faults | None = None) -> Starlette:
 
 
 def from_env() -> Starlette:
-    """The app for ``uvicorn --factory``: ``CHECKOUT_PARTNERS_DB``, ``CHECKOUT_FAULTS``."""
-    return create_app(
-        os.environ.get("CHECKOUT_PARTNERS_DB", "partners.db"),
-        Faults.parse(os.environ.get("CHECKOUT_FAULTS", "")),
-    )
+    """The app for ``uvicorn --factory``: ``CHECKOUT_PARTNERS_DB``, ``CHECKOUT_FAULTS``,
+    ``CHECKOUT_FAULT_LOG``."""
+    faults = Faults.parse(os.environ.get("CHECKOUT_FAULTS", ""))
+    faults.journal = os.environ.get("CHECKOUT_FAULT_LOG")
+    return create_app(os.environ.get("CHECKOUT_PARTNERS_DB", "partners.db"), faults)
 
 
 @dataclass(frozen=True)

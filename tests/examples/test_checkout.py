@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 from examples.checkout.checkout import build
@@ -49,15 +50,30 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
         thread.join(GUARD)
 
 
-def _saga(url: str) -> Saga:
-    # One short attempt per call: a timed-out charge is left to the saga's lookup.
-    return build(url, retry=RetryPolicy(max_attempts=2, attempt_timeout=0.3, backoff_base=0.01))
+@pytest.fixture
+async def transport() -> AsyncIterator[httpx.AsyncHTTPTransport]:
+    """The connections of the saga's client, closed at the end of the test."""
+    async with httpx.AsyncHTTPTransport() as transport:
+        yield transport
+
+
+Build = Callable[[str], Saga]
+
+
+@pytest.fixture
+def make_saga(transport: httpx.AsyncHTTPTransport) -> Build:
+    def make(url: str) -> Saga:
+        # Two short attempts per call: a charge that timed out is left to the saga's lookup.
+        policy = RetryPolicy(max_attempts=2, attempt_timeout=0.3, backoff_base=0.01)
+        return build(url, transport=transport, retry=policy)
+
+    return make
 
 
 async def test_an_order_is_reserved_charged_and_shipped(
-    serve: Serve, tmp_path: Path, clock: ManualClock
+    serve: Serve, make_saga: Build, tmp_path: Path, clock: ManualClock
 ) -> None:
-    saga = _saga(serve(Faults()))
+    saga = make_saga(serve(Faults()))
     log = SagaLog(f"sqlite:///{tmp_path / 'checkout.db'}", clock=clock)
     log.create_tables()
     worker = SagaWorker(log, [saga], hooks=())
@@ -73,9 +89,9 @@ async def test_an_order_is_reserved_charged_and_shipped(
 
 
 async def test_a_refused_shipment_refunds_the_charge_and_releases_the_stock(
-    serve: Serve, tmp_path: Path, clock: ManualClock
+    serve: Serve, make_saga: Build, tmp_path: Path, clock: ManualClock
 ) -> None:
-    saga = _saga(serve(Faults()))
+    saga = make_saga(serve(Faults()))
     log = SagaLog(f"sqlite:///{tmp_path / 'checkout.db'}", clock=clock)
     log.create_tables()
     worker = SagaWorker(log, [saga], hooks=())
@@ -93,9 +109,9 @@ async def test_a_refused_shipment_refunds_the_charge_and_releases_the_stock(
 
 
 async def test_a_declined_card_releases_the_stock_and_refunds_nothing(
-    serve: Serve, tmp_path: Path, clock: ManualClock
+    serve: Serve, make_saga: Build, tmp_path: Path, clock: ManualClock
 ) -> None:
-    saga = _saga(serve(Faults()))
+    saga = make_saga(serve(Faults()))
     log = SagaLog(f"sqlite:///{tmp_path / 'checkout.db'}", clock=clock)
     log.create_tables()
     worker = SagaWorker(log, [saga], hooks=())
@@ -110,10 +126,10 @@ async def test_a_declined_card_releases_the_stock_and_refunds_nothing(
 
 
 async def test_a_charge_that_timed_out_is_found_by_the_lookup_not_charged_again(
-    serve: Serve, tmp_path: Path, clock: ManualClock
+    serve: Serve, make_saga: Build, tmp_path: Path, clock: ManualClock
 ) -> None:
     # Every charge request of order-2 is charged, then never answered.
-    saga = _saga(serve(Faults(timeout=1.0, references=frozenset({"order-2"}))))
+    saga = make_saga(serve(Faults(timeout=1.0, references=frozenset({"order-2"}))))
     log = SagaLog(f"sqlite:///{tmp_path / 'checkout.db'}", clock=clock)
     log.create_tables()
     worker = SagaWorker(log, [saga], hooks=())
@@ -136,11 +152,11 @@ async def test_a_charge_that_timed_out_is_found_by_the_lookup_not_charged_again(
 
 
 async def test_a_lost_answer_is_retried_under_the_same_key_and_charged_once(
-    serve: Serve, tmp_path: Path, clock: ManualClock
+    serve: Serve, make_saga: Build, tmp_path: Path, clock: ManualClock
 ) -> None:
     # Each answer to order-1's charge is lost (502): the client's second attempt carries
     # the first one's key (no second charge), then the saga's lookup finds the charge.
-    saga = _saga(serve(Faults(lost=1.0, references=frozenset({"order-1"}))))
+    saga = make_saga(serve(Faults(lost=1.0, references=frozenset({"order-1"}))))
     log = SagaLog(f"sqlite:///{tmp_path / 'checkout.db'}", clock=clock)
     log.create_tables()
     worker = SagaWorker(log, [saga], hooks=())
