@@ -18,9 +18,10 @@ from tools.drill import DrillError, Scenario, drill_table, run_drill
 @click.argument("scenario_path", type=click.Path(dir_okay=False))
 @click.option("--store", type=click.Choice(["sqlite", "redis"]), help="Override [drill] store.")
 @click.option(
-    "--target", type=click.Choice(["gateway", "webhooks", "outbox"]),
+    "--target", type=click.Choice(["gateway", "webhooks", "outbox", "saga"]),
     help="Override [drill] target (webhooks: senders deliver signed events to a WebhookReceiver; "
-    "outbox: applications' transactions enqueue them, killed outbox workers deliver them).",
+    "outbox: applications' transactions enqueue them, killed outbox workers deliver them; "
+    "saga: killed saga workers run checkouts against failing partners).",
 )  # fmt: skip
 @click.option(
     "--idempotency/--no-idempotency", default=None,
@@ -49,7 +50,8 @@ def main(
     Starts the example payments API behind `surefoot serve`, with a chaos proxy on each side
     of the gateway (or, with target = "webhooks", behind a WebhookReceiver in its own
     process, the senders' chaos proxy in front; with target = "outbox", the same receiver
-    fed by outbox workers that are killed and restarted), makes every client's payments
+    fed by outbox workers that are killed and restarted; with target = "saga", checkout
+    sagas run by killed saga workers against failing partners), makes every client's payments
     through the faults, then audits the ledger. Exits 1 if a payment was duplicated, missing or told
     the wrong charge.
     """

@@ -70,6 +70,10 @@ first application is SIGKILLed once right after a COMMIT (``kill_app``) and star
 again. Then the drill waits, up to ``settle`` seconds and with the chaos still on, until
 no delivery is pending or in flight, and audits (``scenario.outbox_audit``) the database,
 the applications' journals, the ledger and the receiver's wire log (``wire.jsonl``).
+
+With ``target = "saga"`` none of the above runs: ``tools.drill.saga`` starts the checkout
+example's partners and ``SagaWorker`` processes, starts the orders, kills workers, and
+audits the partners' ledger and the saga log (``scenario.saga_audit``).
 """
 
 from __future__ import annotations
@@ -108,6 +112,7 @@ from tools.drill.scenario import (
     DrillReport,
     OutboxAudit,
     Payment,
+    SagaAudit,
     Scenario,
     Wire,
     audit,
@@ -204,6 +209,8 @@ async def arun_drill(
     keep: bool = False,
 ) -> DrillReport:
     """``run_drill`` in the running event loop (the proxies and clients run in it)."""
+    if scenario.target == "saga":
+        return await _saga_drill(scenario, progress=progress, log=log, workdir=workdir, keep=keep)
     drill = _Drill(scenario, progress=progress, log=log or (lambda line: None))
     directory = Path(tempfile.mkdtemp(prefix="surefoot-drill-", dir=workdir))
     started = time.monotonic()
@@ -216,6 +223,32 @@ async def arun_drill(
         await drill.aclose()
         if keep:
             drill.log(f"kept {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+async def _saga_drill(
+    scenario: Scenario,
+    *,
+    progress: Progress | None,
+    log: Log | None,
+    workdir: str | os.PathLike[str] | None,
+    keep: bool,
+) -> DrillReport:
+    """The saga drill (``target = "saga"``): its own processes, in ``tools.drill.saga``."""
+    from tools.drill.saga import arun_saga_drill
+
+    say = log or (lambda line: None)
+    directory = Path(tempfile.mkdtemp(prefix="surefoot-drill-", dir=workdir))
+    started = time.monotonic()
+    try:
+        report: DrillReport = await arun_saga_drill(
+            scenario, directory=directory, progress=progress, log=say, started=started
+        )
+        return report
+    finally:
+        if keep:
+            say(f"kept {directory}")
         else:
             shutil.rmtree(directory, ignore_errors=True)
 
@@ -1220,6 +1253,8 @@ def drill_table(reports: Sequence[DrillReport]) -> Any:
         row(f"faults, {side} side", [_faults(r.faults.get(side, {})) for r in reports])
     if any(r.outbox is not None for r in reports):
         _outbox_rows(row, bad, reports)
+    if any(r.saga is not None for r in reports):
+        _saga_rows(row, bad, reports)
     row("events", ["\n".join(r.events) or "-" for r in reports])
     row("payments/s", [f"{r.throughput:.1f}" for r in reports])
     row(
@@ -1254,6 +1289,33 @@ def _outbox_rows(
     row("  duplicates absorbed", each(lambda o: str(o.absorbed)))
     for name in OutboxAudit.PROBLEMS:
         row(f"  {name.replace('_', ' ')}", each(_problem(name, bad)))
+
+
+def _saga_rows(
+    row: Callable[[str, Sequence[str]], None],
+    bad: Callable[[int], str],
+    reports: Sequence[DrillReport],
+) -> None:
+    """The saga drill's own rows (a dash in the other targets' columns)."""
+
+    def each(show: Callable[[SagaAudit], str]) -> list[str]:
+        return [show(r.saga) if r.saga is not None else "-" for r in reports]
+
+    row("sagas: orders", each(lambda g: str(g.orders)))
+    row("  completed / compensated", each(lambda g: f"{g.completed} / {g.compensated}"))
+    row(
+        "  charges / refunds / shipments",
+        each(lambda g: f"{g.charges} / {g.refunds} / {g.shipments}"),
+    )
+    row("  worker kills", each(lambda g: str(g.worker_kills)))
+    row("  payments faults", [_faults(r.faults.get("payments", {})) for r in reports])
+    row("  needs attention", each(lambda g: str(g.needs_attention)))
+    for name in SagaAudit.PROBLEMS:
+        row(f"  {name.replace('_', ' ')}", each(_saga_problem(name, bad)))
+
+
+def _saga_problem(name: str, bad: Callable[[int], str]) -> Callable[[SagaAudit], str]:
+    return lambda g: bad(getattr(g, name))
 
 
 def _problem(name: str, bad: Callable[[int], str]) -> Callable[[OutboxAudit], str]:

@@ -11,6 +11,9 @@ drill; ``runner.py`` runs it. Map of the file::
     [outbox]                 target = "outbox" only: workers, rollback, pace, worker_kills,
                              kill_every, down, kill_app, kill_app_after, lease, timeout,
                              schedule, jitter, rate_limit, concurrency, breaker
+    [saga]                   target = "saga" only: workers, concurrency, pace, worker_kills,
+                             kill_every, down, lease, attempt_timeout, step_attempts,
+                             backoff, refused, declined, unavailable, timeout, lost
     [chaos.client]           a fault plan between the clients and the gateway
     [[chaos.client.rules]]   (seed, paused, rules: a ``surefoot.chaos.FaultPlanTable``)
     [chaos.upstream]         a fault plan between the gateway and the upstream
@@ -44,6 +47,18 @@ Rule 5: ``target = "outbox"`` drills the sending side: each client is an applica
         outbox's deliveries and the requests the receiver saw: every committed charge
         booked exactly once, no rolled-back one booked, every delivery delivered, one
         ``webhook-id`` per event on the wire. The same refusals as Rule 4 hold.
+Rule 6: ``target = "saga"`` drills sagas (``tools.drill.saga``): ``clients x payments``
+        orders, each a ``checkout`` saga (``examples/checkout``: reserve stock, charge,
+        ship), run by ``[saga] workers`` ``SagaWorker`` processes against the example's
+        partners, whose payments partner fails on its own (503 before the work, no
+        answer or a 502 after it); the drill SIGKILLs workers as it goes. The audit
+        (``saga_audit``) reads the partners' ledger and the saga log: no reservation
+        left reserved without a shipment (*orphaned*), no order charged twice
+        (*double_charged*), no charge standing without a shipment (*charged_unshipped*),
+        no shipment without a charge standing (*shipped_unpaid*), no order reserved or
+        shipped twice, and every saga finished (*unfinished*); sagas that need a person
+        are counted and listed apart (*needs_attention*). There is no chaos proxy
+        (no ``[chaos.*]`` rules) and no ``[[events]]``.
 """
 
 from __future__ import annotations
@@ -68,6 +83,8 @@ __all__ = [
     "OutboxAudit",
     "OutboxSettings",
     "Payment",
+    "SagaAudit",
+    "SagaSettings",
     "Wire",
     "Scenario",
     "audit",
@@ -76,11 +93,12 @@ __all__ = [
     "latency",
     "outbox_audit",
     "ranks",
+    "saga_audit",
 ]
 
 Store = Literal["sqlite", "redis"]
-Target = Literal["gateway", "webhooks", "outbox"]
-TARGETS: tuple[Target, ...] = ("gateway", "webhooks", "outbox")
+Target = Literal["gateway", "webhooks", "outbox", "saga"]
+TARGETS: tuple[Target, ...] = ("gateway", "webhooks", "outbox", "saga")
 Side = Literal["client", "upstream"]
 Action = Literal["pause_chaos", "resume_chaos", "flap", "restart_gateway", "restart_redis"]
 #: What an ``[[events]]`` entry can do, in the order of the documentation.
@@ -225,6 +243,42 @@ class OutboxSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SagaSettings:
+    """The saga drill's knobs (``target = "saga"``, Rule 6).
+
+    Args:
+        workers, concurrency: ``SagaWorker`` processes, and sagas each runs at once.
+        pace: seconds between two orders started (0: all at once).
+        worker_kills, kill_every, down: how many times a worker process, chosen at random,
+            is SIGKILLed (every ``kill_every`` seconds on average) and started again
+            ``down`` seconds later.
+        lease: the workers' lease on a claimed saga.
+        attempt_timeout: seconds one HTTP attempt to a partner may take.
+        step_attempts, backoff: each step's runs and its first backoff (seconds).
+        refused, declined: the shares of orders whose address shipping refuses, and
+            whose card payments declines.
+        unavailable, timeout, lost: the payments partner's shares of charge requests
+            answered 503 before the work, never answered after it, answered 502 after it.
+    """
+
+    workers: int = 2
+    concurrency: int = 8
+    pace: float = 0.0
+    worker_kills: int = 4
+    kill_every: float = 2.0
+    down: float = 0.3
+    lease: float = 3.0
+    attempt_timeout: float = 0.5
+    step_attempts: int = 8
+    backoff: float = 0.1
+    refused: float = 0.1
+    declined: float = 0.0
+    unavailable: float = 0.1
+    timeout: float = 0.05
+    lost: float = 0.05
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Scenario:
     """One drill: how many clients pay how often, through which faults, on which store.
 
@@ -252,6 +306,7 @@ class Scenario:
         settle: seconds the audit waits, at most, for outcome-unknown keys to be settled
             (``target = "outbox"``: for every delivery to be delivered).
         outbox: the sending side of ``target = "outbox"``.
+        saga: the saga drill's knobs (``target = "saga"``; ``clients x payments`` orders).
         client_rules, upstream_rules: the two chaos proxies' rules; ``*_paused``: start
             paused; ``*_seed``: their seeds (default: derived from ``seed``).
         events: what happens to the system while the payments run.
@@ -273,6 +328,7 @@ class Scenario:
     settle: float = 10.0
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    saga: SagaSettings = field(default_factory=SagaSettings)
     client_rules: tuple[Rule, ...] = ()
     client_paused: bool = False
     client_seed: int | None = None
@@ -357,7 +413,10 @@ def _conflicts(values: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], s
     target = values["target"]
     if target not in TARGETS:
         found.append(
-            (("drill", "target"), f"expected 'gateway', 'webhooks' or 'outbox', got {target!r}")
+            (
+                ("drill", "target"),
+                f"expected 'gateway', 'webhooks', 'outbox' or 'saga', got {target!r}",
+            )
         )
     if target in ("webhooks", "outbox"):
         if values["upstream_rules"]:
@@ -380,6 +439,8 @@ def _conflicts(values: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], s
             )
     if target == "outbox":
         found.extend(_outbox_conflicts(values["outbox"]))
+    if target == "saga":
+        found.extend(_saga_conflicts(values))
     deadline, attempt_timeout = values["deadline"], values["attempt_timeout"]
     if not 0 < attempt_timeout <= deadline:
         found.append(
@@ -408,6 +469,38 @@ def _conflicts(values: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], s
                             f"(add [[chaos.{side}.rules]])",
                         )
                     )
+    return found
+
+
+def _saga_conflicts(values: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """What is wrong with a saga drill (Rule 6) across its fields."""
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    for side in SIDES:
+        if values[f"{side}_rules"]:
+            found.append(
+                (
+                    ("chaos", side),
+                    "expected no [[chaos.*.rules]] with target = 'saga' (the payments partner "
+                    f"fails on its own: [saga] unavailable, timeout, lost), got "
+                    f"{len(values[f'{side}_rules'])}",
+                )
+            )
+    if values["events"]:
+        found.append(
+            (
+                ("events",),
+                f"expected no [[events]] with target = 'saga', got {len(values['events'])}",
+            )
+        )
+    g: SagaSettings = values["saga"]
+    faults = g.unavailable + g.timeout + g.lost
+    if faults > 1:
+        found.append(
+            (
+                ("saga", "unavailable"),
+                f"expected unavailable + timeout + lost <= 1, got {_num(faults)}",
+            )
+        )
     return found
 
 
@@ -846,6 +939,168 @@ def outbox_audit(
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SagaAudit:
+    """The saga drill's audit (``target = "saga"``, Rule 6).
+
+    Figures: ``orders`` started, and by final state ``completed``, ``compensated``,
+    ``resolved``; ``charges``, ``refunds`` and ``shipments`` in the partners' ledger;
+    ``worker_kills``. ``needs_attention`` (sagas waiting for a person) is counted and its
+    sagas listed in ``attention``, apart from the problems.
+
+    Problems (all must be 0): ``orphaned`` (an order with a reservation still reserved and
+    no shipment), ``double_charged`` (an order charged more than once; ``extra_charges``
+    the extra ones), ``charged_unshipped`` (a charge neither shipped nor refunded),
+    ``shipped_unpaid`` (a shipment without a charge that stands), ``double_reserved``,
+    ``double_shipped``, ``unfinished`` (a saga still running or compensating), ``stray``
+    (an entry in the ledger for an order never started), ``wrong_state`` (a completed saga
+    without its shipment, or a compensated one with it). ``orphaned``, ``charged_unshipped``
+    and ``shipped_unpaid`` are not counted for a saga in ``needs_attention`` or
+    ``resolved``: a person has it in hand.
+    """
+
+    orders: int
+    completed: int
+    compensated: int
+    resolved: int
+    needs_attention: int
+    charges: int
+    refunds: int
+    shipments: int
+    worker_kills: int
+    orphaned: int
+    double_charged: int
+    extra_charges: int
+    charged_unshipped: int
+    shipped_unpaid: int
+    double_reserved: int
+    double_shipped: int
+    unfinished: int
+    stray: int
+    wrong_state: int
+    attention: tuple[str, ...] = ()
+    examples: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    #: The problem counts, in the order of the reports.
+    PROBLEMS = (
+        "orphaned",
+        "double_charged",
+        "charged_unshipped",
+        "shipped_unpaid",
+        "double_reserved",
+        "double_shipped",
+        "unfinished",
+        "stray",
+        "wrong_state",
+    )
+
+    @property
+    def ok(self) -> bool:
+        """Every problem count is 0."""
+        return not any(getattr(self, name) for name in self.PROBLEMS)
+
+    def drill_audit(self) -> DrillAudit:
+        """The same run in the other targets' terms (an order is a payment; finished:
+        told 201; a charge twice: duplicated; a charge or a reservation left standing, or
+        a shipment unpaid: stray)."""
+        examples = self.examples
+        return DrillAudit(
+            expected=self.orders,
+            succeeded=self.orders - self.unfinished,
+            recorded=self.charges,
+            duplicated=self.double_charged + self.double_reserved + self.double_shipped,
+            extra_charges=self.extra_charges,
+            lost=0,
+            unfinished=self.unfinished,
+            unfinished_booked=0,
+            mismatched=self.wrong_state,
+            stray=self.orphaned + self.charged_unshipped + self.shipped_unpaid + self.stray,
+            unknown_keys=self.needs_attention,
+            replayed=0,
+            examples=dict(examples),
+        )
+
+
+def saga_audit(
+    *,
+    states: Mapping[str, str],
+    reservations: Mapping[str, Sequence[tuple[str, str]]],
+    charges: Mapping[str, Sequence[str]],
+    refunds: Mapping[str, str],
+    shipments: Mapping[str, Sequence[str]],
+    worker_kills: int = 0,
+) -> SagaAudit:
+    """Audit a saga drill (Rule 6).
+
+    Args:
+        states: each order's saga state, by order id (every order started).
+        reservations: order -> its reservations' (id, state), state ``reserved`` or
+            ``released``.
+        charges: order -> its charge ids.
+        refunds: charge id -> refund id.
+        shipments: order -> its shipment ids.
+        worker_kills: how many workers the drill killed.
+
+    Example:
+        >>> a = saga_audit(states={"o1": "completed"}, reservations={"o1": [("r1", "reserved")]},
+        ...                charges={"o1": ["c1", "c2"]}, refunds={}, shipments={"o1": ["s1"]})
+        >>> a.double_charged, a.extra_charges, a.ok
+        (1, 1, False)
+    """
+    examples: dict[str, list[str]] = {}
+    counts = dict.fromkeys(SagaAudit.PROBLEMS, 0)
+
+    def note(problem: str, order: str, n: int = 1) -> None:
+        counts[problem] += n
+        listed = examples.setdefault(problem, [])
+        if len(listed) < 5:
+            listed.append(order)
+
+    extra = 0
+    for order in sorted({*reservations, *charges, *shipments} - set(states)):
+        note("stray", order)
+    for order, state in sorted(states.items()):
+        held = [r for r, s in reservations.get(order, ()) if s == "reserved"]
+        paid = [c for c in charges.get(order, ()) if c not in refunds]
+        shipped = list(shipments.get(order, ()))
+        # A saga a person has (or will have) in hand is listed, not counted as a loss; a
+        # second charge, reservation or shipment is counted whatever the state.
+        settled = state not in ("needs_attention", "resolved")
+        if settled and held and not shipped:
+            note("orphaned", order)
+        if len(charges.get(order, ())) > 1:
+            note("double_charged", order)
+            extra += len(charges[order]) - 1
+        if settled and paid and not shipped:
+            note("charged_unshipped", order)
+        if settled and shipped and not paid:
+            note("shipped_unpaid", order)
+        if len(reservations.get(order, ())) > 1:
+            note("double_reserved", order)
+        if len(shipped) > 1:
+            note("double_shipped", order)
+        if state in ("running", "compensating"):
+            note("unfinished", order)
+        if (state == "completed") != bool(shipped) and state in ("completed", "compensated"):
+            note("wrong_state", order)
+    by_state = {s: sum(1 for v in states.values() if v == s) for s in set(states.values())}
+    return SagaAudit(
+        orders=len(states),
+        completed=by_state.get("completed", 0),
+        compensated=by_state.get("compensated", 0),
+        resolved=by_state.get("resolved", 0),
+        needs_attention=by_state.get("needs_attention", 0),
+        charges=sum(len(v) for v in charges.values()),
+        refunds=len(refunds),
+        shipments=sum(len(v) for v in shipments.values()),
+        worker_kills=worker_kills,
+        extra_charges=extra,
+        attention=tuple(sorted(o for o, s in states.items() if s == "needs_attention")),
+        examples={k: tuple(v) for k, v in examples.items()},
+        **counts,
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class DrillReport:
     """One drill's results.
 
@@ -854,7 +1109,8 @@ class DrillReport:
     attempt to final answer (``p50``, ``p99``, ``max``, in seconds); ``faults`` the faults
     injected per proxy and kind; ``events`` what was done to the system, with its time;
     ``target`` what the clients paid through (``"gateway"``, ``"webhooks"`` or
-    ``"outbox"``); ``outbox`` the sending side's audit of an outbox drill.
+    ``"outbox"`` or ``"saga"``); ``outbox`` the sending side's audit of an outbox drill;
+    ``saga`` the saga drill's audit.
     """
 
     scenario: str
@@ -873,12 +1129,17 @@ class DrillReport:
     events: tuple[str, ...] = ()
     target: str = "gateway"
     outbox: OutboxAudit | None = None
+    saga: SagaAudit | None = None
 
     @property
     def ok(self) -> bool:
-        """Nothing duplicated, missing, mismatched or stray (an outbox drill: and every
-        problem of its ``outbox`` audit 0)."""
-        return self.audit.ok and (self.outbox is None or self.outbox.ok)
+        """Nothing duplicated, missing, mismatched or stray (an outbox or a saga drill: and
+        every problem of its own audit 0)."""
+        return (
+            self.audit.ok
+            and (self.outbox is None or self.outbox.ok)
+            and (self.saga is None or self.saga.ok)
+        )
 
     @property
     def throughput(self) -> float:
@@ -896,7 +1157,7 @@ class DrillReport:
         data = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("audit", "outbox")
+            if f.name not in ("audit", "outbox", "saga")
         }
         a = self.audit
         data["audit"] = {
@@ -913,6 +1174,13 @@ class DrillReport:
                 f.name: getattr(o, f.name) for f in dataclasses.fields(o) if f.name != "examples"
             }
             data["outbox"]["examples"] = {k: list(v) for k, v in o.examples.items()}
+        if self.saga is not None:
+            g = self.saga
+            data["saga"] = {
+                f.name: getattr(g, f.name) for f in dataclasses.fields(g) if f.name != "examples"
+            }
+            data["saga"]["attention"] = list(g.attention)
+            data["saga"]["examples"] = {k: list(v) for k, v in g.examples.items()}
         data.update(
             ok=self.ok,
             throughput=round(self.throughput, 2),
@@ -1017,6 +1285,7 @@ def _from_data(
         "outbox": OutboxSettings(
             **{**model.outbox.model_dump(), "schedule": tuple(model.outbox.schedule)}
         ),
+        "saga": SagaSettings(**model.saga.model_dump()),
         "events": tuple(_event(event) for event in model.events),
         "source": source,
     }

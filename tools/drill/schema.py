@@ -31,8 +31,8 @@ class Drill(_Table):
     description: str = described("text", "")
     clients: int = described(_WHOLE.format(1024), ge=1, le=1024)
     payments: int = described(_WHOLE.format(1_000_000) + " (per client)", ge=1, le=1_000_000)
-    target: Literal["gateway", "webhooks", "outbox"] = described(
-        "'gateway', 'webhooks' or 'outbox'", "gateway"
+    target: Literal["gateway", "webhooks", "outbox", "saga"] = described(
+        "'gateway', 'webhooks', 'outbox' or 'saga'", "gateway"
     )
     store: Literal["sqlite", "redis"] = described("'sqlite' or 'redis'", "sqlite")
     workers: int = described(_WHOLE.format(16), 1, ge=1, le=16)
@@ -79,6 +79,24 @@ class Outbox(_Table):
     rate_limit: str | None = described("a limit such as '100/second'", None, min_length=1)
     concurrency: int = described(_WHOLE.format(1000), 10, ge=1, le=1000)
     breaker: bool = described("true or false", True)
+
+
+class Saga(_Table):
+    workers: int = described(_WHOLE.format(16), 2, ge=1, le=16)
+    concurrency: int = described(_WHOLE.format(1000), 8, ge=1, le=1000)
+    pace: float = described(_SECONDS0, 0.0, ge=0)
+    worker_kills: int = described("a whole number from 0 to 1000", 4, ge=0, le=1000)
+    kill_every: float = described(_SECONDS, 2.0, gt=0)
+    down: float = described(_SECONDS0, 0.3, ge=0)
+    lease: float = described(_SECONDS, 3.0, gt=0)
+    attempt_timeout: float = described(_SECONDS, 0.5, gt=0)
+    step_attempts: int = described(_WHOLE.format(1000), 8, ge=1, le=1000)
+    backoff: float = described(_SECONDS0, 0.1, ge=0)
+    refused: float = described("a share of shipments refused, in [0, 1]", 0.1, ge=0, le=1)
+    declined: float = described("a share of cards declined, in [0, 1]", 0.0, ge=0, le=1)
+    unavailable: float = described("a share of charges answered 503, in [0, 1]", 0.1, ge=0, le=1)
+    timeout: float = described("a share of charges never answered, in [0, 1]", 0.05, ge=0, le=1)
+    lost: float = described("a share of charges answered 502, in [0, 1]", 0.05, ge=0, le=1)
 
 
 class Chaos(_Table):
@@ -138,5 +156,6 @@ class File(_Table):
     drill: Drill = described("a [drill] table with clients and payments")
     gateway: Gateway = described("a [gateway] table", default_factory=Gateway)
     outbox: Outbox = described("an [outbox] table", default_factory=Outbox)
+    saga: Saga = described("a [saga] table", default_factory=Saga)
     chaos: Chaos = described("a [chaos] table", default_factory=Chaos)
     events: list[_AnyEvent] = described("a list of [[events]] tables", default_factory=list)
