@@ -25,6 +25,7 @@ from surefoot.saga._core import (
     Entry,
     Failed,
     Found,
+    Halt,
     LookUp,
     Move,
     NotFound,
@@ -39,6 +40,7 @@ from surefoot.saga._core import (
     Succeeded,
     Wait,
     abandon,
+    halt,
     next_move,
     settle,
     start,
@@ -757,10 +759,16 @@ def drive(plan: Plan, data: st.DataObject, deadline: float | None) -> tuple[Reco
             assert move.until > now
             now = move.until
             continue
+        if isinstance(move, Halt):
+            record, entries = halt(record, move.reason)
+            stored = record
+            trace.entries += entries
+            continue
         if isinstance(move, Abandon):
-            assert record.deadline_at is not None
-            assert now >= record.deadline_at
-            record, entries = abandon(plan, record, "deadline")
+            assert (record.deadline_at is not None and now >= record.deadline_at) or (
+                "attempts spent" in move.reason
+            )
+            record, entries = abandon(plan, record, move.reason)
             stored = record
             trace.entries += entries
             continue
@@ -877,3 +885,32 @@ def test_a_person_taking_over_a_flagged_saga_never_reruns_a_done_step(
         assert all(step.state is DONE for step in new.steps[: move.index])
     if isinstance(move, Compensate):
         assert move.index not in trace.undone
+
+
+def test_rule_7_a_step_whose_runs_never_finish_turns_the_saga_back_once_spent() -> None:
+    spec = PlanStep("charge", undo=True, lookup=False, retry=Retry(2), undo_retry=Retry(2))
+    plan = _plan(spec)
+    running = _record(StepRecord(STARTED, attempts=1))
+    assert next_move(plan, running, NOW) == Run(0)
+    spent = _record(StepRecord(STARTED, attempts=2))
+    move = next_move(plan, spent, NOW)
+    assert move == Abandon("charge: attempts spent, the last one never finished")
+    back, _ = abandon(plan, spent, move.reason)
+    assert back.steps[0].state is UNKNOWN
+    assert next_move(plan, back, NOW) == Compensate(0)
+
+
+def test_rule_7_an_undo_whose_runs_never_finish_stops_for_a_person_once_spent() -> None:
+    spec = PlanStep("charge", undo=True, lookup=False, retry=Retry(2), undo_retry=Retry(2))
+    plan = _plan(spec)
+    undoing = _record(
+        StepRecord(StepState.COMPENSATING, attempts=1, undo_attempts=1), forward=False
+    )
+    assert next_move(plan, undoing, NOW) == Compensate(0)
+    spent = _record(StepRecord(StepState.COMPENSATING, attempts=1, undo_attempts=2), forward=False)
+    move = next_move(plan, spent, NOW)
+    assert move == Halt("charge: compensation attempts spent, the last one never finished")
+    stopped, entries = halt(spent, move.reason)
+    assert stopped.state is SagaState.NEEDS_ATTENTION
+    assert stopped.error == move.reason
+    assert entries[-1].kind == "needs_attention"

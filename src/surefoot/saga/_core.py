@@ -45,6 +45,10 @@ Rule 4: an undo is retried with backoff up to ``undo_attempts``; then the saga i
 Rule 5: past its deadline a running saga starts no new step: it turns back (a STARTED
         step is looked up first when it can be, else it is UNKNOWN).
 Rule 6: a saga's steps never change order, and a DONE step is never run again.
+Rule 7: runs that never finish (the worker dies inside the step each time) count as
+        attempts: a step without a lookup whose attempts are spent so turns the saga back
+        (the step is UNKNOWN), and an undo whose attempts are spent so stops it for a
+        person, so that a step that kills its worker cannot loop forever.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ __all__ = [
     "Entry",
     "Failed",
     "Found",
+    "Halt",
     "LookUp",
     "Move",
     "NotFound",
@@ -77,6 +82,7 @@ __all__ = [
     "Wait",
     "OPEN",
     "abandon",
+    "halt",
     "next_move",
     "settle",
     "start",
@@ -230,7 +236,18 @@ class Wait:
 
 @dataclass(frozen=True, slots=True)
 class Abandon:
-    """The deadline passed: turn back (``abandon``)."""
+    """Turn back (``abandon``): the deadline passed, or a step's attempts are spent by
+    runs that never finished (Rule 7)."""
+
+    reason: str = "deadline passed"
+
+
+@dataclass(frozen=True, slots=True)
+class Halt:
+    """Stop for a person (``halt``): an undo's attempts are spent by runs that never
+    finished (Rule 7)."""
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +255,7 @@ class Done:
     """The saga is finished, or waits for a person."""
 
 
-Move = Run | LookUp | Compensate | Wait | Abandon | Done
+Move = Run | LookUp | Compensate | Wait | Abandon | Halt | Done
 
 
 # -- outcomes: what the runner saw -----------------------------------------------------------
@@ -291,14 +308,26 @@ def next_move(plan: Plan, record: Record, now: float) -> Move:
         if record.deadline_at is not None and now >= record.deadline_at:
             return Abandon()
         index = next(i for i, step in enumerate(steps) if step.state is not StepState.DONE)
-        if steps[index].state is StepState.STARTED and plan.steps[index].lookup:
-            return LookUp(index)
+        spec = plan.steps[index]
+        if steps[index].state is StepState.STARTED:
+            if spec.lookup:
+                return LookUp(index)
+            if steps[index].attempts >= spec.retry.attempts:
+                return Abandon(f"{spec.name}: attempts spent, the last one never finished")
         return Run(index)
     for index, step in enumerate(steps):
         if step.state is StepState.STARTED:  # only with a lookup: see _turn_back
             return LookUp(index)
     for index in range(len(steps) - 1, -1, -1):
-        if steps[index].state in _UNDOABLE and plan.steps[index].undo:
+        spec = plan.steps[index]
+        if steps[index].state in _UNDOABLE and spec.undo:
+            if (
+                steps[index].state is StepState.COMPENSATING
+                and steps[index].undo_attempts >= spec.undo_retry.attempts
+            ):
+                return Halt(
+                    f"{spec.name}: compensation attempts spent, the last one never finished"
+                )
             return Compensate(index)
     raise AssertionError("a compensating saga with nothing left to undo is finished")
 
@@ -393,6 +422,11 @@ def _after_run(
 def abandon(plan: Plan, record: Record, reason: str) -> tuple[Record, list[Entry]]:
     """Turn a running saga back now (Rule 5, and a person's "compensate")."""
     return _turn_back(plan, record, [], reason)
+
+
+def halt(record: Record, reason: str) -> tuple[Record, list[Entry]]:
+    """Stop for a person (Rule 7)."""
+    return _attention(record, [], reason)
 
 
 def _turn_back(

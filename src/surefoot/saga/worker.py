@@ -295,8 +295,10 @@ class SagaWorker:
             now = self.clock.now()
             move = next_move(plan, record, now)
             if isinstance(move, Abandon | Halt):
-                change = abandon(plan, record, move.reason) if isinstance(move, Abandon) else None
-                record, entries = change or halt(record, move.reason)
+                if isinstance(move, Abandon):
+                    record, entries = abandon(plan, record, move.reason)
+                else:
+                    record, entries = halt(record, move.reason)
                 pending += entries
                 continue
             if isinstance(move, Run | Compensate) and not self._stopping:
