@@ -540,25 +540,55 @@ async def test_retry_after_a_failed_compensation_finishes_it(
     assert await drive(log, saga, "o1") == "compensated"
 
 
-async def test_retry_of_a_stuck_forward_saga_runs_the_step_again(log: SagaLog) -> None:
-    calls: list[int] = []
+async def test_retry_of_a_saga_whose_lookup_failed_asks_the_lookup_again(log: SagaLog) -> None:
+    calls: list[str] = []
+    lookup_up = [False]
 
     def down(ctx: StepContext) -> str:
-        calls.append(ctx.attempt)
-        if len(calls) < 3:
-            raise TimeoutError("partner silent")
-        return "ok"
+        calls.append("action")
+        raise TimeoutError("partner silent")
 
-    def never(ctx: StepContext) -> None:
-        raise TimeoutError("lookup down")
+    def look(ctx: StepContext) -> str:
+        calls.append("lookup")
+        if not lookup_up[0]:
+            raise TimeoutError("lookup down")
+        return "found it"
 
-    saga = Saga("s", [Step("a", down, lookup=never, retry=Retry(attempts=1))])
+    saga = Saga("s", [Step("a", down, lookup=look, retry=Retry(attempts=1))])
     log.start(saga, "o1")
     assert await drive(log, saga, "o1") == "needs_attention"
-    assert "lookup failed" in log.get("o1").error  # type: ignore[operator, union-attr]
-    assert log.retry("o1", reason="again", actor="ann").state == "running"
-    assert await drive(log, saga, "o1") == "needs_attention"  # the lookup still fails
+    assert log.get("o1").error == "a: lookup failed: TimeoutError: lookup down"  # type: ignore[union-attr]
+    assert calls == ["action", "lookup"]
+    assert log.retry("o1", reason="lookup API back", actor="ann").state == "running"
+    lookup_up[0] = True
+    assert await drive(log, saga, "o1") == "completed"
+    assert calls == ["action", "lookup", "lookup"]  # looked up, never run again
+    assert log.get("o1").steps[0]["result"] == "found it"  # type: ignore[union-attr]
+
+
+async def test_compensate_a_saga_whose_lookup_failed(log: SagaLog) -> None:
+    def look(ctx: StepContext) -> None:
+        raise TimeoutError("lookup down")
+
+    saga = Saga(
+        "s",
+        [
+            Step("a", noop, compensate=noop),
+            Step("b", look, lookup=look, retry=Retry(attempts=1)),
+        ],
+    )
+    log.start(saga, "o1")
+    assert await drive(log, saga, "o1") == "needs_attention"
     assert log.compensate("o1", reason="give up", actor="ann").state == "compensating"
+    # Going back, b (in doubt, with a lookup) is looked up first; it still fails.
+    assert await drive(log, saga, "o1") == "needs_attention"
+    assert states_of(log, "o1") == ["done", "started"]
+
+
+def states_of(log: SagaLog, saga_id: str) -> list[str]:
+    run = log.get(saga_id)
+    assert run is not None
+    return [step["state"] for step in run.steps]
 
 
 # -- claims and leases -------------------------------------------------------------------------
