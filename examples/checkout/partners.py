@@ -22,7 +22,8 @@ A repeated request with the same key can meet a fault again: only its effect is 
 
 Run them with ``uvicorn --factory examples.checkout.partners:from_env --port 8700``;
 ``CHECKOUT_PARTNERS_DB`` names the ledger (default ``partners.db``) and
-``CHECKOUT_FAULTS`` the faults (e.g. ``timeout=0.1,unavailable=0.1,lost=0.05,seed=7``)
+``CHECKOUT_FAULTS`` the faults (e.g. ``timeout=0.1,unavailable=0.1,lost=0.05,seed=7``,
+or ``timeout=1,only=order-2`` for every charge of order-2 and no other)
 and ``CHECKOUT_FAULT_LOG`` a file where each fault met is appended, one JSON line each.
 """
 
@@ -89,10 +90,14 @@ class Faults:
 
     @classmethod
     def parse(cls, text: str) -> Faults:
-        """``"timeout=0.1,unavailable=0.1,lost=0.05,seed=7"`` (empty: no faults)."""
+        """``"timeout=0.1,unavailable=0.1,lost=0.05,seed=7"`` (empty: no faults);
+        ``only=order-2+order-5`` limits them to those references."""
         values = {k.strip(): v for k, v in (i.split("=", 1) for i in text.split(",") if i.strip())}
-        seed = values.pop("seed", None)
-        faults = cls(seed=None if seed is None else int(seed))
+        seed, only = values.pop("seed", None), values.pop("only", None)
+        faults = cls(
+            seed=None if seed is None else int(seed),
+            references=None if only is None else frozenset(only.split("+")),
+        )
         for name, value in values.items():
             if name not in ("unavailable", "timeout", "lost"):
                 raise ValueError(f"CHECKOUT_FAULTS: unknown fault {name!r}")
@@ -347,3 +352,22 @@ def read_ledger(database: str) -> Ledger:
     finally:
         db.close()
     return ledger
+
+
+def main() -> None:
+    """``python -m examples.checkout.partners [partners.db]``: the ledger, one line per order."""
+    import sys
+
+    ledger = read_ledger(sys.argv[1] if len(sys.argv) > 1 else "partners.db")
+    orders = sorted({*ledger.reservations, *ledger.charges, *ledger.shipments})
+    print(f"{'order':<10} {'stock':<10} {'charged':<8} {'refunded':<9} shipped")
+    for order in orders:
+        stock = ",".join(state for _, state in ledger.reservations.get(order, [])) or "-"
+        charges = ledger.charges.get(order, [])
+        refunded = sum(1 for c in charges if c in ledger.refunds)
+        shipped = len(ledger.shipments.get(order, []))
+        print(f"{order:<10} {stock:<10} {len(charges):<8} {refunded:<9} {shipped}")
+
+
+if __name__ == "__main__":
+    main()
