@@ -5,8 +5,10 @@ validates its policy file, ``errors`` prints the problem catalogue, ``metrics`` 
 Prometheus metrics, ``keys`` lets an operator inspect and settle idempotency records in a
 store, ``webhooks`` manages the sending side (``surefoot.outbox``: its tables, endpoints,
 deliveries and ``worker``) and looks up and forgets the events a gateway's
-``[[webhooks.receive]]`` endpoint received (``inspect``, ``forget``), and ``migrate``
-creates or upgrades a PostgreSQL store's tables.
+``[[webhooks.receive]]`` endpoint received (``inspect``, ``forget``), ``sagas`` lists,
+shows and settles sagas (``surefoot.saga``) and runs a ``worker``, ``reconcile`` sweeps
+what may need a person (``surefoot.gateway._reconcile``; exit status 3 when something
+does), and ``migrate`` creates or upgrades a PostgreSQL store's tables.
 
 Rule 1: a command that needs an extra says so in one line before importing anything of it
         (``surefoot chaos needs the 'client' extra: pip install 'surefoot[client]'
@@ -1347,6 +1349,185 @@ def run_saga_worker(
             click.echo("surefoot sagas worker: stopped", err=True)
 
         asyncio.run(run())
+
+
+# -- reconcile: one sweep across the project (surefoot.gateway._reconcile) --------------------
+
+#: ``surefoot reconcile``'s exit status when something needs a person.
+NEEDS_PERSON = 3
+
+
+@main.command("reconcile")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The gateway's policy file: its unknown idempotency keys are settled by "
+              "lookups, and its [sagas] and [webhooks.send] tables are swept.")  # fmt: skip
+@click.option("--saga-database", envvar="SUREFOOT_SAGA_DATABASE",
+              help="The sagas' database (default: the config's [sagas]; or "
+              "$SUREFOOT_SAGA_DATABASE).")  # fmt: skip
+@click.option("--saga-prefix", default=None, help="The saga tables' name prefix.")
+@click.option("--outbox-database", help="The outbox's database (default: the config's "
+              "[webhooks.send]).")  # fmt: skip
+@click.option("--outbox-prefix", default=None, help="The outbox tables' name prefix.")
+@click.option("--app", "app", metavar="MODULE:ATTRIBUTE",
+              help="The application's sagas (a Saga or a list): due sagas whose lease ran "
+              "out are driven before the report.")  # fmt: skip
+@click.option("--stuck-after", default="15m", show_default=True, metavar="DURATION",
+              help="A running or compensating saga unchanged this long is reported.")  # fmt: skip
+@click.option("--once", "once", is_flag=True, help="One sweep (the default).")
+@click.option("--interval", type=click.FloatRange(1, 86400), default=None, metavar="SECONDS",
+              help="Sweep every SECONDS until SIGINT or SIGTERM.")  # fmt: skip
+@_AS_JSON
+def reconcile(
+    config_path: str | None,
+    saga_database: str | None,
+    saga_prefix: str | None,
+    outbox_database: str | None,
+    outbox_prefix: str | None,
+    app: str | None,
+    stuck_after: str,
+    once: bool,
+    interval: float | None,
+    as_json: bool,
+) -> None:
+    """Sweep what may need a person: idempotency keys in outcome unknown, sagas, webhooks.
+
+    Exit status: 0 when nothing needs a person, 3 when something does (a finding, or a
+    part that could not be swept), 1 or 2 for an error of the command itself. With
+    --interval it sweeps until SIGINT or SIGTERM and exits 0.
+    """
+    if once and interval is not None:
+        raise click.UsageError("expected --once or --interval, not both")
+    stuck = _duration(stuck_after, "--stuck-after")
+    config = None
+    if config_path is not None:
+        _need("reconcile --config", "gateway")
+        from surefoot.gateway import load_config
+
+        try:
+            config = load_config(config_path)
+        except ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from None
+        if config.sagas is not None:
+            saga_database = saga_database or config.sagas.database
+            saga_prefix = saga_prefix or config.sagas.prefix
+        if config.sender is not None:
+            outbox_database = outbox_database or config.sender.database
+            outbox_prefix = outbox_prefix or config.sender.prefix
+    if app is not None and saga_database is None:
+        raise click.UsageError("--app needs the sagas' database: --saga-database URL or --config")
+    if config is None and saga_database is None and outbox_database is None:
+        raise click.UsageError(
+            "nothing to sweep: expected --config FILE, --saga-database URL or --outbox-database URL"
+        )
+    found = _load_sagas(app) if app is not None else None
+    with contextlib.ExitStack() as stack:
+        log = None
+        if saga_database is not None:
+            log = stack.enter_context(_saga_log(saga_database, saga_prefix or "surefoot_saga"))
+        outbox = None
+        if outbox_database is not None:
+            outbox = stack.enter_context(
+                _outbox(outbox_database, outbox_prefix or "surefoot_webhook", names_endpoints=False)
+            )
+        code = asyncio.run(_sweep(config, log, outbox, found, stuck, interval, as_json))
+    sys.exit(code)
+
+
+async def _sweep(
+    config: Any,
+    log: Any,
+    outbox: Any,
+    found: list[Any] | None,
+    stuck_after: float,
+    interval: float | None,
+    as_json: bool,
+) -> int:
+    """Sweep once (or every ``interval``); the exit status."""
+    from surefoot.gateway._reconcile import Sweeper
+
+    gateway = None
+    worker = None
+    try:
+        resolver = store = None
+        if config is not None:
+            from surefoot.gateway import Gateway
+
+            gateway = Gateway(config, hooks=[])
+            resolver, store = gateway.stack.resolver, gateway.stack.idempotency_store
+        if found is not None:
+            from surefoot.saga import SagaWorker
+
+            worker = SagaWorker(log, found)
+        sweeper = Sweeper(
+            resolver=resolver,
+            store=store,
+            saga_log=log,
+            saga_worker=worker,
+            outbox=outbox,
+            stuck_after=stuck_after,
+        )
+        if interval is None:
+            report = await sweeper.sweep_once()
+            _print_report(report, as_json)
+            return NEEDS_PERSON if report.needs_person else 0
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        while not stop.is_set():
+            _print_report(await sweeper.sweep_once(), as_json)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+        return 0
+    finally:
+        if worker is not None:
+            await worker.aclose()
+        if gateway is not None:
+            await gateway.aclose()
+
+
+def _print_report(report: Any, as_json: bool) -> None:
+    """The report as JSON (one document per sweep) or as text for a person."""
+    if as_json:
+        click.echo(json.dumps({**report.as_dict(), "at": _utc(report.at, precise=True)}, indent=2))
+        return
+    console = _console()
+    swept = ", ".join(report.parts) or "nothing"
+    summary = f"sweep at {_utc(report.at)} ({swept})"
+    if "keys" in report.parts:
+        summary += f": {report.settled_keys} unknown key(s) settled by lookups"
+    if "sagas" in report.parts:
+        summary += f"; {report.driven_sagas} saga(s) driven"
+    console.print(summary, markup=False, highlight=False)
+    if report.saga_counts:
+        counts: dict[str, int] = {}
+        for _name, state, count, _oldest in report.saga_counts:
+            counts[state] = counts.get(state, 0) + count
+        console.print(
+            "sagas: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
+            markup=False,
+            highlight=False,
+        )
+    if report.findings:
+        table = Table("needs a person", "subject", "saga", "age", "detail")
+        for f in report.findings:
+            table.add_row(
+                f.kind,
+                f.subject,
+                _cell(f.name),
+                _cell(None if f.age is None else _age(f.age)),
+                f.detail,
+            )
+        console.print(table)
+    for error in report.errors:
+        console.print(f"could not sweep {error}", markup=False, highlight=False)
+    console.print(
+        "something needs a person (exit status 3)"
+        if report.needs_person
+        else "nothing needs a person",
+        markup=False,
+        highlight=False,
+    )
 
 
 @main.command("migrate")
