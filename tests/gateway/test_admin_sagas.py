@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -240,3 +241,24 @@ def test_the_config_masks_the_sagas_database() -> None:
     shown = config.effective()["sagas"]
     assert "hunter2-saga" not in shown["database"]
     assert shown["stuck_after"] == 900.0
+
+
+async def test_the_gateway_sweeps_at_start_and_logs_each_finding(
+    log: SagaLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = gateway_config(sagas={"database": log.database, "reconcile_interval": 3600})
+    caplog.set_level("WARNING", logger="surefoot.gateway")
+    async with running(config, upstream=EchoUpstream()) as r:
+        await r.gateway.startup()
+        sweeper = r.gateway.sweeper
+        assert sweeper is not None
+        while sweeper.last is None:  # noqa: ASYNC110 - waits for the first sweep, not for time
+            await asyncio.sleep(0)
+        exposed = r.gateway.metrics.render()[0].decode()
+    lines = [rec.getMessage() for rec in caplog.records if rec.name.startswith("surefoot.gateway")]
+    (line,) = [line for line in lines if "order-2" in line]
+    assert line.startswith(
+        "reconcile: saga_needs_attention order-2 (checkout): charge: compensation failed: "
+        "RuntimeError: the payment provider answered 503 [age "
+    )
+    assert 'surefoot_sagas{saga="checkout",state="needs_attention"} 1.0' in exposed
