@@ -10,6 +10,9 @@ the worker's idempotency key (``saga:<id>:<step>:1``, ``saga:<id>:<step>:undo:1`
 The saga's input says what goes wrong with it:
 
 - ``fail``: the step whose action the partner refuses for good (402), or None.
+- ``broken``: the undo (``release``, ``refund``, ``cancel``) the partner always answers
+  with a 500 (no effect, nothing kept under the key), or None: its retries run out and
+  the saga needs attention.
 - ``crash``: crash points ``"<function>:<where>"`` (function: ``reserve``, ``charge``,
   ``ship``, ``release``, ``refund``, ``cancel``; where: ``before`` the function runs,
   ``inside`` it, once the partner answered and before the function returns, ``after`` it
@@ -63,8 +66,10 @@ def build_saga(client: Any = None, crash_dir: Path | None = None) -> Any:
         async def post(context: StepContext) -> Any:
             _maybe_crash(crash_dir, context, function, "before")
             try:
-                fail = not undo and (context.input or {}).get("fail") == context.step
-                body = {"saga": context.saga_id, "fail": fail, "of": context.result}
+                given = context.input or {}
+                fail = not undo and given.get("fail") == context.step
+                broken = undo and given.get("broken") == function
+                body = {"saga": context.saga_id, "fail": fail, "broken": broken}
                 response = await client.post(f"/{function}", json=body)
                 _maybe_crash(crash_dir, context, function, "inside")
                 response.raise_for_status()
@@ -110,7 +115,9 @@ def saga_worker(
     async def main() -> None:
         transport = AsyncResilientTransport(
             httpx.AsyncHTTPTransport(),
-            retry=RetryPolicy(max_attempts=2, deadline=10.0, attempt_timeout=5.0),
+            retry=RetryPolicy(
+                max_attempts=2, deadline=10.0, attempt_timeout=5.0, retry_statuses={503}
+            ),
             hooks=[],
         )
         async with httpx.AsyncClient(transport=transport, base_url=partner) as client:
