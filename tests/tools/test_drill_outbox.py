@@ -98,7 +98,7 @@ def test_a_small_file_loads_with_the_defaults(tmp_path: Path) -> None:
     [
         (
             OUTBOX.replace('target = "outbox"', 'target = "queue"'),
-            "F:2: drill.target: expected 'gateway', 'webhooks' or 'outbox', got 'queue'",
+            "F:2: drill.target: expected 'gateway', 'webhooks', 'outbox' or 'saga', got 'queue'",
         ),
         (
             OUTBOX + '\n[chaos.upstream]\n[[chaos.upstream.rules]]\nname = "x"\nfault = "reset"\n',

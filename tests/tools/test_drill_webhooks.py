@@ -69,7 +69,7 @@ def test_the_ci_scenario_loads() -> None:
     [
         (
             WEBHOOKS.replace('target = "webhooks"', 'target = "queue"'),
-            "F:2: drill.target: expected 'gateway', 'webhooks' or 'outbox', got 'queue'",
+            "F:2: drill.target: expected 'gateway', 'webhooks', 'outbox' or 'saga', got 'queue'",
         ),
         (
             WEBHOOKS

@@ -92,7 +92,7 @@ class Step:
     retry: Retry = field(default_factory=Retry)
     undo_retry: Retry = DEFAULT_UNDO_RETRY
     fails_on: tuple[type[BaseException], ...] = ()
-    final_statuses: frozenset[int] = frozenset()
+    final_statuses: Iterable[int] = frozenset()
 
     def __post_init__(self) -> None:
         where = f"Step {self.name!r}"
@@ -108,12 +108,14 @@ class Step:
         for attr in ("retry", "undo_retry"):
             if not isinstance(getattr(self, attr), Retry):
                 raise ConfigurationError(f"{where}.{attr}: expected a Retry")
-        fails_on = tuple(self.fails_on) if isinstance(self.fails_on, Iterable) else ()
-        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in fails_on):
+        fails_on = self.fails_on
+        if not isinstance(fails_on, tuple | list) or not all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in fails_on
+        ):
             raise ConfigurationError(
-                f"{where}.fails_on: expected exception classes, got {self.fails_on!r}"
+                f"{where}.fails_on: expected a tuple of exception classes, got {fails_on!r}"
             )
-        object.__setattr__(self, "fails_on", fails_on)
+        object.__setattr__(self, "fails_on", tuple(fails_on))
         statuses = self.final_statuses
         if not isinstance(statuses, Iterable) or not all(
             isinstance(s, int) and 400 <= s <= 599 for s in statuses
@@ -129,7 +131,7 @@ class Step:
         if isinstance(exc, (StepFailed, *self.fails_on)):
             return Failed(error, final=True)
         status = getattr(getattr(exc, "response", None), "status_code", None)
-        return Failed(error, final=status in self.final_statuses)
+        return Failed(error, final=status in frozenset(self.final_statuses))
 
 
 class Saga:
@@ -260,5 +262,7 @@ class Saga:
 
 
 def describe(exc: BaseException) -> str:
-    """An exception as a timeline shows it: its type and message, cut at 500 characters."""
-    return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]
+    """An exception as a timeline shows it: its type and the first line of its message,
+    cut at 500 characters."""
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:_MAX_ERROR]

@@ -35,7 +35,7 @@ import math
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, NamedTuple
 
 from surefoot._sql import Connection, Cursor, Dialect, dialect_of, translated
@@ -643,9 +643,9 @@ class SagaLog:
                 raise SagaActionRefused(reason=f"the saga is {record.state.value}")
             if not record.forward:
                 raise SagaActionRefused(reason="the saga is already compensating; retry it")
-            back = Record(
-                SagaState.RUNNING, True, record.steps, 0.0, record.deadline_at, record.error
-            )
+            # A step in doubt is looked up again going back, with fresh attempts.
+            steps = tuple(replace(step, lookups=0) for step in record.steps)
+            back = Record(SagaState.RUNNING, True, steps, 0.0, record.deadline_at, record.error)
             return abandon(plan, back, f"compensate ({actor}): {reason}")
 
         return self._act(saga_id, "compensate", reason, actor, act)
