@@ -93,14 +93,17 @@ class Connection:
             pg.execute("SET synchronous_commit = off")
         return pg
 
+    def _opened(self) -> Any:
+        # Opened on first use, and again after the server dropped it (psycopg then
+        # reports it closed), so one outage does not fail every later call.
+        if self._conn is None or getattr(self._conn, "closed", False):
+            self._conn = self._open()
+        return self._conn
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Cursor]:
         with self._lock, translated():
-            # Opened on first use, and again after the server dropped it (psycopg then
-            # reports it closed), so one outage does not fail every later call.
-            if self._conn is None or getattr(self._conn, "closed", False):
-                self._conn = self._open()
-            cursor = self._conn.cursor()
+            cursor = self._opened().cursor()
             if self.dialect == "sqlite":
                 cursor.execute("BEGIN IMMEDIATE")
                 try:
@@ -112,6 +115,16 @@ class Connection:
             else:
                 with self._conn.transaction():
                     yield cursor
+
+    def statement(self, query: str, params: Sequence[object]) -> list[Any]:
+        """Run one statement in a transaction of its own, its rows returned: on PostgreSQL
+        an autocommitted statement (one round trip, no BEGIN and COMMIT of its own)."""
+        if self.dialect == "sqlite":
+            with self.transaction() as cur:
+                cur.execute(query, params)
+                return cur.fetchall()
+        with self._lock, translated():
+            return list(self._opened().execute(query, params).fetchall())
 
     def close(self) -> None:
         with self._lock:

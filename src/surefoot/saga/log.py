@@ -438,29 +438,49 @@ class SagaLog:
         holds (Rule 1); ``lease_until`` 0 hands the saga back. False: the saga is no
         longer this worker's, and nothing was written."""
         now = self.clock.now()
-        with conn.transaction() as cur:
-            cur.execute(
-                self._q(
-                    f"UPDATE {self.prefix}_runs SET state = ?, forward = ?, steps = ?, "
-                    "due_at = ?, deadline_at = ?, error = ?, updated_at = ?, lease_until = ?, "
-                    "owner = CASE WHEN ? > 0 THEN owner END, seq = seq + ? "
-                    "WHERE id = ? AND fence = ? RETURNING seq"
-                ),
-                (
-                    record.state.value,
-                    int(record.forward),
-                    _steps_json(plan, record),
-                    record.due_at,
-                    record.deadline_at,
-                    record.error,
-                    now,
-                    lease_until,
-                    lease_until,
-                    len(entries),
+        update = (
+            f"UPDATE {self.prefix}_runs SET state = ?, forward = ?, steps = ?, "
+            "due_at = ?, deadline_at = ?, error = ?, updated_at = ?, lease_until = ?, "
+            "owner = CASE WHEN ? > 0 THEN owner END, seq = seq + ? "
+            "WHERE id = ? AND fence = ? RETURNING seq"
+        )
+        params: list[object] = [
+            record.state.value,
+            int(record.forward),
+            _steps_json(plan, record),
+            record.due_at,
+            record.deadline_at,
+            record.error,
+            now,
+            lease_until,
+            lease_until,
+            len(entries),
+            claimed.id,
+            claimed.fence,
+        ]
+        if self.dialect == "postgresql" and entries:
+            # One statement, committed on its own: a round trip and a disk wait per step.
+            written = conn.statement(
+                f"WITH u AS ({self._q(update)}) INSERT INTO {self.prefix}_log "
+                "(saga_id, seq, at, kind, step, attempt, detail, actor) "
+                "SELECT %s, u.seq - %s + e.n, %s, e.kind, e.step, e.attempt, e.detail, %s "
+                "FROM u, unnest(%s::text[], %s::text[], %s::int[], %s::text[]) "
+                "WITH ORDINALITY AS e(kind, step, attempt, detail, n) RETURNING 1",
+                [
+                    *params,
                     claimed.id,
-                    claimed.fence,
-                ),
+                    len(entries),
+                    now,
+                    actor,
+                    [e.kind for e in entries],
+                    [e.step for e in entries],
+                    [e.attempt for e in entries],
+                    [e.detail for e in entries],
+                ],
             )
+            return len(written) == len(entries)
+        with conn.transaction() as cur:
+            cur.execute(self._q(update), params)
             row = cur.fetchone()
             if row is None:
                 return False
