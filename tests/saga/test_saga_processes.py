@@ -6,7 +6,9 @@ The partner is an HTTP server in the test process (``Partner``) that honours
 keeps a ledger of its effects, plus a count of each saga's requests in flight: two at
 once would mean two workers running the same saga. Workers are spawned processes running
 ``SagaWorker.run()`` (``_saga_workers``); the saga's input names its crash points, each
-of which kills the first worker that reaches it. A ``Pool`` keeps a number of workers
+of which kills the first worker that reaches it, the step the partner refuses for good
+(402: the saga turns back) and the undo it cannot do (500 every time: the saga needs
+attention). A ``Pool`` keeps a number of workers
 alive, replacing each one that dies, so a killed worker's saga is taken over by another
 once its lease runs out. Time is real here, so leases are short and every wait is a
 bounded poll on the saga's state.
