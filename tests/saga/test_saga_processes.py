@@ -55,7 +55,7 @@ pytestmark = [
 SOAK = os.environ.get("SUREFOOT_SAGA_SOAK") == "1"
 soak = pytest.mark.skipif(not SOAK, reason="a soak run: set SUREFOOT_SAGA_SOAK=1")
 
-LEASE = 1.5
+LEASE = 2.5
 WORKER = {"lease": LEASE, "poll_interval": 0.05, "step_timeout": 10.0}
 FINISHED = ("completed", "compensated", "needs_attention", "resolved")
 HOLD = 0.01  # how long the partner holds each request: a window in which overlaps show
