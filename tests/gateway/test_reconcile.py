@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -404,3 +406,29 @@ async def test_a_sweep_does_not_outlive_the_run_loop(tmp_path: Path) -> None:
         await task
     assert not sweeper.last.needs_person
     log.close()
+
+
+@pytest.mark.slow
+def test_with_an_interval_it_sweeps_until_sigterm_and_exits_0(shop: Path) -> None:
+    url = f"sqlite:///{shop / 'shop.db'}"
+    SagaLog(url).create_tables()
+    sweeper = subprocess.Popen(
+        [sys.executable, "-m", "surefoot", "reconcile", "--saga-database", url,
+         "--interval", "3600"],
+        cwd=shop, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # each report as it is printed
+    )  # fmt: skip
+    try:
+        assert sweeper.stdout is not None
+        first = [sweeper.stdout.readline()]  # each readline blocks until a line is printed
+        while "needs a person" not in first[-1] and first[-1]:
+            first.append(sweeper.stdout.readline())
+        sweeper.send_signal(signal.SIGTERM)
+        _out, err = sweeper.communicate(timeout=GUARD)
+    finally:
+        if sweeper.poll() is None:
+            sweeper.kill()
+            sweeper.communicate()
+    assert sweeper.returncode == 0, err
+    assert first[-1] == "nothing needs a person\n"
+    assert "Traceback" not in err
