@@ -378,14 +378,15 @@ class Gateway:
             self._reconciler = asyncio.ensure_future(resolver.run(interval))
 
     async def aclose(self) -> None:
-        """Stop the reconciler and the outbox's workers; close every pool and store."""
-        if self.sender is not None:
-            await self.sender.aclose()
-        if self._sweeping is not None:
+        """Stop the sweeper, the reconciler and the outbox's workers; close every pool and
+        store."""
+        if self._sweeping is not None:  # first: a sweep reads the outbox
             self._sweeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeping
             self._sweeping = None
+        if self.sender is not None:
+            await self.sender.aclose()
         if self.saga_log is not None:
             await asyncio.to_thread(self.saga_log.close)
         if self._reconciler is not None:
