@@ -1035,7 +1035,7 @@ def _saga_log(database: str | None, prefix: str, *, create: bool = False) -> Ite
     except ValueError as exc:
         raise _hinted(ConfigurationError(str(exc)), _SAGA_HINTS) from None
     except AdminNotFound as exc:
-        raise click.ClickException(f"no {exc.detail[: -len(' was not found.')]}") from None
+        raise click.ClickException(f"no {exc.fields.get('what', 'such saga')}") from None
     except SagaActionRefused as exc:
         raise click.ClickException(exc.detail) from None
     except StoreUnavailable as exc:
