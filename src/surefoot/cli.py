@@ -7,7 +7,7 @@ store, ``webhooks`` manages the sending side (``surefoot.outbox``: its tables, e
 deliveries and ``worker``) and looks up and forgets the events a gateway's
 ``[[webhooks.receive]]`` endpoint received (``inspect``, ``forget``), ``sagas`` lists,
 shows and settles sagas (``surefoot.saga``) and runs a ``worker``, ``reconcile`` sweeps
-what may need a person (``surefoot.gateway._reconcile``; exit status 3 when something
+what may need a person (``surefoot.gateway.Sweeper``; exit status 3 when something
 does), and ``migrate`` creates or upgrades a PostgreSQL store's tables.
 
 Rule 1: a command that needs an extra says so in one line before importing anything of it
@@ -1351,7 +1351,7 @@ def run_saga_worker(
         asyncio.run(run())
 
 
-# -- reconcile: one sweep across the project (surefoot.gateway._reconcile) --------------------
+# -- reconcile: one sweep across the project (surefoot.gateway.Sweeper) ------------------------
 
 #: ``surefoot reconcile``'s exit status when something needs a person.
 NEEDS_PERSON = 3
@@ -1443,7 +1443,7 @@ async def _sweep(
     as_json: bool,
 ) -> int:
     """Sweep once (or every ``interval``); the exit status."""
-    from surefoot.gateway._reconcile import Sweeper
+    from surefoot.gateway import Sweeper
 
     gateway = None
     worker = None

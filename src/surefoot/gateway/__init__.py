@@ -32,6 +32,7 @@ from surefoot.gateway._events import (
 from surefoot.gateway._gateway import Gateway
 from surefoot.gateway._lookup import LookupResolver
 from surefoot.gateway._metrics import GatewayMetrics
+from surefoot.gateway._reconcile import Finding, Report, Sweeper
 from surefoot.gateway._serve import serve
 from surefoot.gateway._shed import LoadShedder
 from surefoot.gateway.admin import AdminApp
@@ -41,6 +42,7 @@ __all__ = [
     "AdminApp",
     "ConfigRefused",
     "ConfigReloaded",
+    "Finding",
     "Gateway",
     "GatewayConfig",
     "GatewayEvent",
@@ -49,8 +51,10 @@ __all__ = [
     "LookupResolver",
     "OutcomeResolved",
     "ProxyApp",
+    "Report",
     "RequestShed",
     "StartCheck",
+    "Sweeper",
     "UpstreamFailed",
     "WebhookForgotten",
     "check_start",
