@@ -108,10 +108,12 @@ class Connection:
                 cursor.execute("BEGIN IMMEDIATE")
                 try:
                     yield cursor
+                    cursor.execute("COMMIT")
                 except BaseException:
+                    # Also when COMMIT itself failed: the transaction must not stay open,
+                    # or every later BEGIN on this connection would fail.
                     self._conn.rollback()
                     raise
-                cursor.execute("COMMIT")
             else:
                 with self._conn.transaction():
                     yield cursor

@@ -877,3 +877,119 @@ async def test_past_the_deadline_a_step_in_doubt_is_looked_up_then_undone(
     else:
         assert undone == [("reserve", "R1")]
         assert [s["state"] for s in run.steps] == ["compensated", "failed", "pending"]
+
+
+async def test_a_persons_action_keeps_a_live_lease_and_the_running_step_is_cancelled(
+    log: SagaLog, workers: Callable[..., SagaWorker], clock: ManualClock
+) -> None:
+    """Turning a saga back while its charge runs: no worker may undo (or look up) the
+    charge while the worker running it may still make it; that worker learns at its
+    next renewal that the saga is no longer its own and stops the step."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def charge(ctx: StepContext) -> str:
+        started.set()
+        try:
+            await asyncio.sleep(GUARD)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "late"
+
+    undone: list[str] = []
+    saga = Saga("s", [Step("charge", charge, compensate=lambda ctx: undone.append("refund"))])
+    first, second = workers(saga, lease=1.0), workers(saga, lease=1.0)
+    log.start(saga, "o1")
+    running = asyncio.ensure_future(first.execute("o1"))
+    await asyncio.wait_for(started.wait(), GUARD)
+    assert log.compensate("o1", reason="customer cancelled", actor="ann").state == "compensating"
+    assert await second.run_once() == 0  # the first worker's lease still holds
+    await asyncio.wait_for(cancelled.wait(), GUARD)  # its next renewal was refused
+    await asyncio.wait_for(running, GUARD)
+    assert undone == []
+    clock.advance(1.5)  # the lease runs out
+    assert (await second.execute("o1")).state == "compensated"
+    assert undone == ["refund"]
+    assert "succeeded" not in [e.kind for e in log.timeline("o1")]
+
+
+async def test_blocking_sync_steps_run_in_threads_of_the_worker_as_many_as_its_concurrency(
+    log: SagaLog, workers: Callable[..., SagaWorker]
+) -> None:
+    """Eight sync steps that each wait for all eight: asyncio's default pool has fewer
+    threads on a small machine, so this passes only with the worker's own threads."""
+    import threading
+
+    barrier = threading.Barrier(8, timeout=GUARD)
+
+    def wait_for_all(ctx: StepContext) -> str:
+        barrier.wait()
+        return "together"
+
+    saga = Saga("s", [Step("a", wait_for_all, retry=Retry(attempts=1))])
+    for n in range(8):
+        log.start(saga, f"o{n}")
+    worker = workers(saga, concurrency=8)
+    assert await worker.run_once() == 8
+    assert {run.state for run in log.runs()} == {"completed"}
+
+
+async def test_a_saga_id_leaves_room_for_its_keys(
+    log: SagaLog, workers: Callable[..., SagaWorker]
+) -> None:
+    partner = Partner()
+    client = partner.client()
+
+    async def post(ctx: StepContext) -> None:
+        await client.post("/charges")
+
+    name = "s" * 64
+    saga = Saga("s", [Step(name, post, compensate=post), Step("b", lambda ctx: None)])
+    longest = "o" * 120
+    with pytest.raises(ValueError, match="saga_id: expected 1-120 printable"):
+        log.start(saga, longest + "o")
+    assert (await workers(saga).start(saga, longest)).state == "completed"
+    assert partner.keys == [f"saga:{longest}:{name}:1"]
+    assert len(f"saga:{longest}:{name}:undo:1") <= 200
+    await client.aclose()
+
+
+async def test_an_id_of_another_saga_is_refused(
+    log: SagaLog, workers: Callable[..., SagaWorker]
+) -> None:
+    first = Saga("first", [Step("a", lambda ctx: None)])
+    other = Saga("other", [Step("a", lambda ctx: None)])
+    log.start(first, "o1")
+    with pytest.raises(ValueError, match="'o1' is a 'first' saga, not a 'other'"):
+        log.start(other, "o1")
+
+
+async def test_a_connection_of_the_wrong_kind_is_refused(log: SagaLog) -> None:
+    import sqlite3
+
+    saga = Saga("s", [Step("a", lambda ctx: None)])
+    wrong: object = object() if log.dialect == "sqlite" else sqlite3.connect(":memory:")
+    expected = "sqlite3.Connection" if log.dialect == "sqlite" else "psycopg.Connection"
+    with pytest.raises(ConfigurationError, match=f"expected a .*{expected}"):
+        log.start(saga, "o1", conn=wrong)
+    assert log.runs() == []
+
+
+async def test_an_error_with_control_characters_is_recorded_escaped(
+    log: SagaLog, workers: Callable[..., SagaWorker]
+) -> None:
+    def refuse(ctx: StepContext) -> None:
+        raise StepFailed("bad\x00byte\x1b[31m")
+
+    saga = Saga("s", [Step("a", refuse)])
+    assert (await workers(saga).start(saga, "o1")).state == "compensated"
+    failed = [e.detail for e in log.timeline("o1") if e.kind == "failed"]
+    assert failed == ["StepFailed: bad\\x00byte\\x1b[31m"]
+
+
+def test_a_logs_repr_and_errors_show_no_password() -> None:
+    url = "postgresql://bob:s3cret@db.example/shop?password=s3cret"
+    assert "s3cret" not in repr(SagaLog(url))
+    with pytest.raises(ConfigurationError) as raised:
+        SagaLog("mysql://bob:s3cret@db.example/shop")
+    assert "s3cret" not in str(raised.value)

@@ -263,6 +263,8 @@ class Saga:
 
 def describe(exc: BaseException) -> str:
     """An exception as a timeline shows it: its type and the first line of its message,
-    cut at 500 characters."""
+    cut at 500 characters, with unprintable characters escaped."""
     lines = str(exc).splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:_MAX_ERROR]
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"[:_MAX_ERROR]
+    # Control characters (a NUL above all: PostgreSQL's text refuses it) as escapes.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -23,7 +23,11 @@ Rule 2: a commit is durable before the next step's action runs (PostgreSQL commi
         a process crash).
 Rule 3: a person's action is checked against the saga's state in the same transaction
         that changes it, and logged with who did it and why; an action that does not
-        apply is ``SagaActionRefused`` and changes nothing.
+        apply is ``SagaActionRefused`` and changes nothing. It bumps the fence but keeps
+        the lease: a worker running a step of the saga learns at its next renewal that
+        the saga is no longer its own and stops the step, and only when that lease has
+        run out can a worker take the saga (so a step is not looked up or undone while
+        its worker may still be running it).
 Rule 4: a finished saga is kept ``retention`` seconds after it finished (``purge``).
 """
 
@@ -38,6 +42,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, NamedTuple
 
+from surefoot._masking import masked_url
 from surefoot._sql import Connection, Cursor, Dialect, dialect_of, translated
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import AdminNotFound, ConfigurationError, SagaActionRefused
@@ -64,7 +69,8 @@ MAX_INPUT = 256 * 1024
 _PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 _REASON = re.compile(r"[\x20-\x7e]{1,500}")
 _ACTOR = re.compile(r"[\x21-\x7e]{1,64}")
-_ID = re.compile(r"[\x21-\x7e]{1,200}")
+#: Saga ids: short enough for ``saga:<id>:<step>:undo`` to be an idempotency key (200).
+_ID = re.compile(r"[\x21-\x7e]{1,120}")
 _COLUMNS = "id, name, input, state, forward, steps, due_at, deadline_at, error, fence"
 _ACTIVE = "('running', 'compensating')"
 _NO_TRANSACTION = (
@@ -241,7 +247,7 @@ class SagaLog:
     ) -> None:
         dialect = dialect_of(database) if isinstance(database, str) else None
         if dialect is None:
-            shown = database.split("@")[-1] if isinstance(database, str) else database
+            shown = masked_url(database) if isinstance(database, str) else database
             raise ConfigurationError(
                 f"SagaLog.database: expected a sqlite:///path or postgresql:// URL, got {shown!r}"
             )
@@ -260,7 +266,7 @@ class SagaLog:
         self._admin: Connection | None = None
 
     def __repr__(self) -> str:
-        return f"SagaLog({self.database.split('@')[-1]!r}, prefix={self.prefix!r})"
+        return f"SagaLog({masked_url(self.database)!r}, prefix={self.prefix!r})"
 
     def ddl(self, dialect: Dialect | None = None) -> str:
         """The tables' ``CREATE`` statements, for a migration."""
@@ -309,15 +315,16 @@ class SagaLog:
         checkout saga, or neither). Nothing is committed or rolled back here.
 
         Raises:
-            ValueError: ``saga_id`` is not 1-200 printable ASCII characters, or ``input``
-                is not JSON-serialisable or is larger than 256 KiB. Nothing is recorded.
+            ValueError: ``saga_id`` is not 1-120 printable ASCII characters, or names a
+                saga of another name, or ``input`` is not JSON-serialisable or is larger
+                than 256 KiB. Nothing is recorded.
             ConfigurationError: ``saga`` is not a ``Saga`` with at least one step.
             RuntimeError: ``conn`` is given outside a transaction.
         """
         if not isinstance(saga, Saga):
             raise ConfigurationError(f"SagaLog.start: expected a Saga, got {saga!r}")
         plan = saga.plan()
-        _check(_ID, saga_id, "saga_id", "1-200 printable ASCII characters without spaces")
+        _check(_ID, saga_id, "saga_id", "1-120 printable ASCII characters without spaces")
         _check(_ACTOR, actor, "actor", "1-64 printable ASCII characters without spaces")
         try:
             text = json.dumps(input, separators=(",", ":"), allow_nan=False)
@@ -356,6 +363,8 @@ class SagaLog:
                 self._insert_log(cur, saga_id, 0, now, entries, actor)
             run = self._get(cur, saga_id)
         assert run is not None
+        if run.name != saga.name:
+            raise ValueError(f"saga_id: {saga_id!r} is a {run.name!r} saga, not a {saga.name!r}")
         return run, created
 
     @contextlib.contextmanager
@@ -364,14 +373,26 @@ class SagaLog:
             with self._connection().transaction() as cur:
                 yield cur
             return
-        if isinstance(conn, sqlite3.Connection):
+        if self.dialect == "sqlite":
+            if not isinstance(conn, sqlite3.Connection):
+                raise ConfigurationError(
+                    f"SagaLog.start(conn=...): expected a sqlite3.Connection to the log's "
+                    f"database, got {type(conn).__name__}"
+                )
             if not conn.in_transaction:
                 raise RuntimeError(_NO_TRANSACTION)
-            yield conn.cursor()
+            with translated():
+                yield conn.cursor()
             return
+        import psycopg
         from psycopg.pq import TransactionStatus
         from psycopg.rows import tuple_row
 
+        if not isinstance(conn, psycopg.Connection):
+            raise ConfigurationError(
+                f"SagaLog.start(conn=...): expected a (sync) psycopg.Connection to the log's "
+                f"database, got {type(conn).__name__}"
+            )
         status = conn.info.transaction_status
         if status != TransactionStatus.INTRANS and (
             status != TransactionStatus.IDLE or conn.autocommit
@@ -725,8 +746,8 @@ class SagaLog:
             cur.execute(
                 self._q(
                     f"UPDATE {self.prefix}_runs SET state = ?, forward = ?, steps = ?, "
-                    "due_at = ?, deadline_at = ?, error = ?, updated_at = ?, owner = NULL, "
-                    "lease_until = 0, fence = fence + 1, seq = seq + ? WHERE id = ?"
+                    "due_at = ?, deadline_at = ?, error = ?, updated_at = ?, "
+                    "fence = fence + 1, seq = seq + ? WHERE id = ?"
                 ),
                 (
                     new.state.value,

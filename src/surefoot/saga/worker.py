@@ -13,12 +13,15 @@ Theory of operation, for one claimed saga::
                 when it is due (any worker may take it then)
              ─► Done: committed; ``SagaFinished`` or ``SagaNeedsAttention``
 
-Rule 1: a commit refused (the fence moved: a person acted, or the lease ran out and
-        another worker took the saga) ends this worker's run of it at once, whatever
-        it was about to do.
+Rule 1: a commit or a lease renewal refused (the fence moved: a person acted, or the
+        lease ran out and another worker took the saga) ends this worker's run of it at
+        once: a step still running is cancelled (an async one at its next ``await``; a
+        sync one's thread cannot be stopped, it runs on and its result is ignored).
 Rule 2: the lease of a saga whose step is running is renewed every third of ``lease``, so a
         step longer than the lease keeps its saga; a worker that stops renewing (killed,
-        frozen) loses them when the lease runs out.
+        frozen) loses it when the lease runs out. The worker's database calls run one at
+        a time in a thread of their own and sync steps in threads of theirs, so blocking
+        steps cannot hold up a commit or a renewal.
 Rule 3: a step function that runs longer than ``step_timeout`` fails transiently (its
         outcome is unknown: looked up or re-run under the same keys). A sync function's
         thread cannot be stopped; it runs on, and its result is ignored.
@@ -30,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import inspect
 import json
 import logging
@@ -37,9 +42,10 @@ import os
 import random as _random
 import socket
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from surefoot._sql import Connection
 from surefoot.clock import Clock
@@ -79,6 +85,7 @@ except ImportError:  # pragma: no cover - only without the client extra
 __all__ = ["SagaWorker"]
 
 _log = logging.getLogger("surefoot.saga")
+_T = TypeVar("_T")
 _WITH_RESULT = (StepState.DONE, StepState.COMPENSATING, StepState.COMPENSATED)
 
 
@@ -152,6 +159,13 @@ class SagaWorker:
         self.hooks: tuple[EventHook, ...] = (LoggingHook(),) if hooks is None else tuple(hooks)
         self.random = random if random is not None else _random.Random()
         self._conn: Connection | None = None
+        # Threads of its own (Rule 2): the database's calls one at a time in one thread,
+        # sync step functions in as many as run at once; so steps that block cannot
+        # starve the commits and lease renewals.
+        self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="surefoot-saga-db")
+        self._step_threads = ThreadPoolExecutor(
+            self.concurrency, thread_name_prefix="surefoot-saga-step"
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -175,13 +189,13 @@ class SagaWorker:
                 f"SagaWorker.start: {getattr(saga, 'name', saga)!r} is not one of this "
                 "worker's sagas"
             )
-        await asyncio.to_thread(self.log.start, saga, saga_id, input)
+        await self._db(self.log.start, saga, saga_id, input)
         return await self.execute(saga_id)
 
     async def execute(self, saga_id: str) -> SagaRun:
         """Run ``saga_id`` here now if it is due and no worker holds it; the run as it
         then stands (``AdminNotFound`` for an unknown id)."""
-        claimed = await asyncio.to_thread(
+        claimed = await self._db(
             self.log.claim,
             self.conn,
             self.worker_id,
@@ -192,7 +206,7 @@ class SagaWorker:
         )
         for one in claimed:
             await self._drive(one)
-        run = await asyncio.to_thread(self.log.get, saga_id)
+        run = await self._db(self.log.get, saga_id)
         if run is None:
             from surefoot.errors import AdminNotFound
 
@@ -205,7 +219,12 @@ class SagaWorker:
         """Claim what is due (up to ``concurrency``) and run it as far as it goes; how
         many sagas were claimed."""
         claimed = await self._claim(self.concurrency)
-        await asyncio.gather(*(self._drive(one) for one in claimed))
+        results = await asyncio.gather(
+            *(self._drive(one) for one in claimed), return_exceptions=True
+        )
+        for one, result in zip(claimed, results, strict=True):
+            if isinstance(result, BaseException):  # the others went on (Rule 1 of the log)
+                _log.error("saga %s: its run failed", one.id, exc_info=result)
         return len(claimed)
 
     async def run(self) -> None:
@@ -244,8 +263,14 @@ class SagaWorker:
     async def aclose(self) -> None:
         self.stop()
         if self._conn is not None:
-            await asyncio.to_thread(self._conn.close)
+            await self._db(self._conn.close)
             self._conn = None
+        self._db_thread.shutdown(wait=False)
+        self._step_threads.shutdown(wait=False)
+
+    async def _db(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_thread, functools.partial(call, *args, **kwargs))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -254,7 +279,7 @@ class SagaWorker:
             _log.error("saga run failed", exc_info=task.exception())
 
     async def _claim(self, limit: int) -> list[Claimed]:
-        return await asyncio.to_thread(
+        return await self._db(
             self.log.claim,
             self.conn,
             self.worker_id,
@@ -263,13 +288,16 @@ class SagaWorker:
             lease=self.lease,
         )
 
-    async def _keep(self, claimed: Claimed) -> None:
-        """Renew the lease of a saga whose step is running (Rule 2)."""
+    async def _keep(self, claimed: Claimed, step: asyncio.Future[Outcome]) -> None:
+        """Renew the lease of a saga whose step is running (Rule 2); return once the claim
+        is lost, having cancelled the step (Rule 1)."""
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
                 until = self.clock.now() + self.lease
-                await asyncio.to_thread(self.log.renew, self.conn, claimed, until)
+                if not await self._db(self.log.renew, self.conn, claimed, until):
+                    step.cancel()
+                    return
             except StoreUnavailable:
                 _log.warning("saga lease renewal failed; the database is unavailable")
 
@@ -307,7 +335,7 @@ class SagaWorker:
             acting = isinstance(move, Run | Compensate | LookUp) and not self._stopping
             if pending or not acting:
                 lease_until = now + self.lease if acting else 0.0
-                committed = await asyncio.to_thread(
+                committed = await self._db(
                     self.log.commit,
                     self.conn,
                     claimed,
@@ -327,9 +355,15 @@ class SagaWorker:
                     self._wake_at(move.until)
                 return
             assert isinstance(move, Run | Compensate | LookUp)
-            keeper = asyncio.ensure_future(self._keep(claimed))
+            step = asyncio.ensure_future(self._perform(saga, claimed, record, move))
+            keeper = asyncio.ensure_future(self._keep(claimed, step))
             try:
-                outcome = await self._perform(saga, claimed, record, move)
+                outcome = await step
+            except asyncio.CancelledError:
+                if keeper.done() and not keeper.cancelled():
+                    _log.info("saga %s was taken from this worker mid-step", claimed.id)
+                    return
+                raise
             finally:
                 keeper.cancel()
             record, entries = settle(
@@ -361,14 +395,14 @@ class SagaWorker:
         context = StepContext(
             claimed.id, saga.name, step.name, attempt, claimed.input, results, key
         )
-        scope = (
-            idempotency_scope(key)
-            if not isinstance(move, LookUp) and idempotency_scope is not None
-            else contextlib.nullcontext()
-        )
         try:
+            scope = (
+                idempotency_scope(key)
+                if not isinstance(move, LookUp) and idempotency_scope is not None
+                else contextlib.nullcontext()
+            )
             with scope:
-                result = await asyncio.wait_for(_call(function, context), self.step_timeout)
+                result = await asyncio.wait_for(self._call(function, context), self.step_timeout)
         except Exception as exc:
             failed = step.judge(exc) if isinstance(move, Run) else Failed(describe(exc))
             emit(
@@ -389,6 +423,19 @@ class SagaWorker:
             return NotFound() if result is None else Found(_storable(result))
         return Succeeded(_storable(result))
 
+    async def _call(self, function: StepFunction, context: StepContext) -> Any:
+        """Run a step function: awaited when async, in one of the worker's step threads
+        when not (the thread sees the caller's context variables, such as the idempotency
+        scope)."""
+        if inspect.iscoroutinefunction(function):
+            return await function(context)
+        loop = asyncio.get_running_loop()
+        run = contextvars.copy_context().run
+        result = await loop.run_in_executor(self._step_threads, run, function, context)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
     def _report(self, claimed: Claimed, record: Record, entries: list[Entry]) -> None:
         if not any(entry.kind in ("finished", "needs_attention") for entry in entries):
             return
@@ -402,17 +449,6 @@ class SagaWorker:
                 at=now, request_id=claimed.id, saga=claimed.name, state=record.state.value
             )
         emit(self.hooks, event)
-
-
-async def _call(function: StepFunction, context: StepContext) -> Any:
-    """Run a step function: awaited when async, in a worker thread when not (the thread
-    sees the caller's context variables, such as the idempotency scope)."""
-    if inspect.iscoroutinefunction(function):
-        return await function(context)
-    result = await asyncio.to_thread(function, context)
-    if inspect.isawaitable(result):
-        return await result
-    return result
 
 
 def _storable(result: Any) -> Any:
