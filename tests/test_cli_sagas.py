@@ -46,6 +46,7 @@ checkout = Saga("checkout", [
     Step("ship", ship),
 ])
 sagas = [checkout]
+twice = [checkout, Saga("checkout", [Step("other", lambda ctx: None)])]
 not_a_saga = 42
 """
 
@@ -54,6 +55,8 @@ not_a_saga = 42
 def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The tiny application module ``shop_sagas`` (importable from ``tmp_path``)."""
     (tmp_path / "shop_sagas.py").write_text(SHOP)
+    (tmp_path / "bad_syntax_sagas.py").write_text("def broken(:\n")
+    (tmp_path / "raising_sagas.py").write_text("raise RuntimeError('no config: x\\ny')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     import importlib
@@ -268,6 +271,9 @@ def test_a_bad_reason_or_actor_names_its_option(stocked: str) -> None:
         ("no_such_module:x", "cannot import 'no_such_module'"),
         ("shop_sagas:missing", "has no attribute 'missing'"),
         ("shop_sagas:not_a_saga", "a Saga or a list of Sagas, got int"),
+        ("bad_syntax_sagas:sagas", "cannot import 'bad_syntax_sagas': SyntaxError: "),
+        ("raising_sagas:sagas", "cannot import 'raising_sagas': RuntimeError: no config: x\n"),
+        ("shop_sagas:twice", "'checkout' is given twice"),
     ],
 )
 def test_the_worker_refuses_a_bad_app(url: str, app: Any, spec: str, text: str) -> None:

@@ -446,6 +446,37 @@ def _hinted(exc: ConfigurationError, hints: dict[str, str]) -> click.ClickExcept
     return click.BadParameter(str(exc), param_hint=hint)
 
 
+def _database_given(database: str | None, env: str, whose: str, init: str, create: bool) -> str:
+    """The ``--database`` URL of a command, checked before it is opened: given (or ``$env``),
+    and, for SQLite unless the command creates the tables (``create``), an existing file."""
+    if database is None:
+        raise click.UsageError(
+            f"expected --database URL or ${env}: the {whose} database "
+            "(sqlite:///path or postgresql://...)"
+        )
+    if not create and database.startswith("sqlite://"):
+        path = database.removeprefix("sqlite://").removeprefix("/")
+        if path and path != ":memory:" and not Path(path).exists():
+            # Opening would create an empty database and hide a typo in the path.
+            raise click.BadParameter(
+                f"no database file at {path!r} ({init} creates one)", param_hint="--database"
+            )
+    return database
+
+
+def _unavailable(
+    exc: StoreUnavailable, database: str, what: str, init: str
+) -> click.ClickException:
+    """A database failure as one line (the driver's first line, the URL's password masked)."""
+    cause = exc.__cause__ or exc
+    # The driver's first line says what failed; the rest quotes SQL or gives advice.
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    text = masked_text(" ".join(first.split()), database)
+    missing = "no such table" in text or "does not exist" in text
+    advice = f": create the tables with {init}" if missing else ""
+    return click.ClickException(f"the {what} database is unavailable ({text}){advice}")
+
+
 @contextlib.contextmanager
 def _outbox(
     database: str | None,
@@ -459,19 +490,9 @@ def _outbox(
     line: a ``ConfigurationError`` naming an option is a usage error (exit 2), an unknown
     endpoint (a ``KeyError``, where ``names_endpoints``) or an unavailable database an
     error (exit 1)."""
-    if database is None:
-        raise click.UsageError(
-            "expected --database URL or $SUREFOOT_OUTBOX_DATABASE: the outbox's database "
-            "(sqlite:///path or postgresql://...)"
-        )
-    if not create and database.startswith("sqlite://"):
-        path = database.removeprefix("sqlite://").removeprefix("/")
-        if path and path != ":memory:" and not Path(path).exists():
-            # Opening would create an empty database and hide a typo in the path.
-            raise click.BadParameter(
-                f"no database file at {path!r} (surefoot webhooks init creates one)",
-                param_hint="--database",
-            )
+    database = _database_given(
+        database, "SUREFOOT_OUTBOX_DATABASE", "outbox's", "surefoot webhooks init", create
+    )
     from surefoot.outbox import Outbox
 
     try:
@@ -487,13 +508,7 @@ def _outbox(
             raise
         raise click.ClickException(f"no endpoint named {exc.args[0]!r}") from None
     except StoreUnavailable as exc:
-        cause = exc.__cause__ or exc
-        # The driver's first line says what failed; the rest quotes SQL or gives advice.
-        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        text = masked_text(" ".join(first.split()), database)
-        missing = "no such table" in text or "does not exist" in text
-        advice = ": create the tables with surefoot webhooks init" if missing else ""
-        raise click.ClickException(f"the outbox database is unavailable ({text}){advice}") from None
+        raise _unavailable(exc, database, "outbox", "surefoot webhooks init") from None
     finally:
         with contextlib.suppress(Exception):
             outbox.close()
@@ -994,18 +1009,6 @@ def sagas() -> None:
     """List, inspect and settle sagas (``surefoot.saga``), and run a worker."""
 
 
-def _unavailable(
-    exc: StoreUnavailable, database: str, what: str, init: str
-) -> click.ClickException:
-    """A database failure as one line (the driver's first line, the URL's password masked)."""
-    cause = exc.__cause__ or exc
-    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-    text = masked_text(" ".join(first.split()), database)
-    missing = "no such table" in text or "does not exist" in text
-    advice = f": create the tables with {init}" if missing else ""
-    return click.ClickException(f"the {what} database is unavailable ({text}){advice}")
-
-
 @contextlib.contextmanager
 def _saga_log(database: str | None, prefix: str, *, create: bool = False) -> Iterator[Any]:
     """The ``SagaLog`` at ``database``, closed after; every error it raises is one line:
@@ -1014,18 +1017,9 @@ def _saga_log(database: str | None, prefix: str, *, create: bool = False) -> Ite
     from surefoot.errors import AdminNotFound, SagaActionRefused
     from surefoot.saga import SagaLog
 
-    if database is None:
-        raise click.UsageError(
-            "expected --database URL or $SUREFOOT_SAGA_DATABASE: the sagas' database "
-            "(sqlite:///path or postgresql://...)"
-        )
-    if not create and database.startswith("sqlite://"):
-        path = database.removeprefix("sqlite://").removeprefix("/")
-        if path and path != ":memory:" and not Path(path).exists():
-            raise click.BadParameter(
-                f"no database file at {path!r} (surefoot sagas init creates one)",
-                param_hint="--database",
-            )
+    database = _database_given(
+        database, "SUREFOOT_SAGA_DATABASE", "sagas'", "surefoot sagas init", create
+    )
     try:
         log = SagaLog(database, prefix=prefix)
     except ConfigurationError as exc:
@@ -1273,9 +1267,12 @@ def _load_sagas(spec: str) -> list[Any]:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except Exception as exc:  # a SyntaxError or whatever its code raises, in one line
+        first = (str(exc).strip().splitlines() or [""])[0]
+        if not isinstance(exc, ImportError) or not first:
+            first = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
         raise click.BadParameter(
-            f"cannot import {module_name!r}: {exc}", param_hint="--app"
+            f"cannot import {module_name!r}: {first}", param_hint="--app"
         ) from None
     value: Any = module
     for part in attribute.split("."):
@@ -1295,6 +1292,18 @@ def _load_sagas(spec: str) -> list[Any]:
             param_hint="--app",
         )
     return list(found)
+
+
+def _saga_worker(log: Any, found: list[Any], **options: Any) -> Any:
+    """A ``SagaWorker`` of the ``--app`` sagas; a list it refuses (two sagas of one name) is
+    a usage error naming ``--app``."""
+    from surefoot.saga import SagaWorker
+
+    try:
+        return SagaWorker(log, found, **options)
+    except ConfigurationError as exc:
+        detail = str(exc).removeprefix("SagaWorker.sagas: ")
+        raise click.BadParameter(detail, param_hint="--app") from None
 
 
 @sagas.command("worker")
@@ -1322,13 +1331,11 @@ def run_saga_worker(
     step and records it, then exits with status 0.
     """
     found = _load_sagas(app)
-    from surefoot.saga import SagaWorker
-
     with _saga_log(database, prefix) as log:
         log.runs(limit=1)  # the tables exist and the database answers, before anything starts
 
         async def run() -> None:
-            worker = SagaWorker(
+            worker = _saga_worker(
                 log, found, concurrency=concurrency, lease=lease, poll_interval=poll_interval
             )
             _log_to_stderr("surefoot", logging.INFO)
@@ -1392,8 +1399,9 @@ def reconcile(
     """Sweep what may need a person: idempotency keys in outcome unknown, sagas, webhooks.
 
     Exit status: 0 when nothing needs a person, 3 when something does (a finding, or a
-    part that could not be swept), 1 or 2 for an error of the command itself. With
-    --interval it sweeps until SIGINT or SIGTERM and exits 0.
+    part that could not be swept), 1 when a database is unavailable or has no tables (the
+    other parts are still swept and reported), 2 for a usage error. With --interval it
+    sweeps until SIGINT or SIGTERM and exits 0.
     """
     if once and interval is not None:
         raise click.UsageError("expected --once or --interval, not both")
@@ -1455,20 +1463,23 @@ async def _sweep(
             gateway = Gateway(config, hooks=[])
             resolver, store = gateway.stack.resolver, gateway.stack.idempotency_store
         if found is not None:
-            from surefoot.saga import SagaWorker
-
-            worker = SagaWorker(log, found)
-        sweeper = Sweeper(
-            resolver=resolver,
-            store=store,
-            saga_log=log,
-            saga_worker=worker,
-            outbox=outbox,
-            stuck_after=stuck_after,
-        )
+            worker = _saga_worker(log, found)
+        try:
+            sweeper = Sweeper(
+                resolver=resolver,
+                store=store,
+                saga_log=log,
+                saga_worker=worker,
+                outbox=outbox,
+                stuck_after=stuck_after,
+            )
+        except ConfigurationError as exc:
+            raise _hinted(exc, {"Sweeper.stuck_after": "--stuck-after"}) from None
         if interval is None:
             report = await sweeper.sweep_once()
             _print_report(report, as_json)
+            if report.unavailable:
+                return 1
             return NEEDS_PERSON if report.needs_person else 0
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -1521,13 +1532,13 @@ def _print_report(report: Any, as_json: bool) -> None:
         console.print(table)
     for error in report.errors:
         console.print(f"could not sweep {error}", markup=False, highlight=False)
-    console.print(
-        "something needs a person (exit status 3)"
-        if report.needs_person
-        else "nothing needs a person",
-        markup=False,
-        highlight=False,
-    )
+    if report.unavailable:
+        verdict = "a database could not be used: the sweep is incomplete (exit status 1)"
+    elif report.needs_person:
+        verdict = "something needs a person (exit status 3)"
+    else:
+        verdict = "nothing needs a person"
+    console.print(verdict, markup=False, highlight=False)
 
 
 @main.command("migrate")

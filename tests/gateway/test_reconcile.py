@@ -4,7 +4,6 @@ of what needs a person, with its exit status."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -18,8 +17,9 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from _support import GUARD
+from _support import GUARD, free_port
 from surefoot.cli import main
+from surefoot.errors import ConfigurationError
 from surefoot.gateway._lookup import LOOKUP_PREFIX, LookupResolver, _Pending
 from surefoot.gateway._reconcile import Sweeper, describe
 from surefoot.gateway._schema import Lookup
@@ -59,6 +59,7 @@ checkout = Saga("checkout", [
     Step("ship", ship),
 ])
 sagas = [checkout]
+twice = [checkout, Saga("checkout", [Step("other", lambda ctx: None)])]
 """
 
 
@@ -244,8 +245,11 @@ async def test_a_part_that_fails_is_reported_and_the_others_go_on(tmp_path: Path
     report = await Sweeper(saga_log=log, outbox=outbox).sweep_once()
 
     assert report.parts == ("sagas", "webhooks")
-    assert len(report.errors) == 1
-    assert report.errors[0].startswith("sagas: StoreUnavailable")
+    assert report.unavailable == ("sagas",)
+    (error,) = report.errors
+    assert error.startswith("sagas: the database is unavailable (no such table: surefoot_saga_")
+    assert error.endswith("): create the tables with surefoot sagas init")
+    assert "Retry the same request" not in error
     assert [(f.kind, f.subject, f.detail) for f in report.findings] == [
         ("endpoint_disabled", "acme", "asked by the customer")
     ]
@@ -314,6 +318,9 @@ def test_reconcile_drives_due_sagas_and_exits_3_for_what_remains(shop: Path) -> 
         (("--once", "--interval", "5", "--saga-database", "sqlite:///x.db"), "not both", 2),
         (("--app", "reconcile_shop:sagas"), "--app needs the sagas' database", 2),
         (("--saga-database", "sqlite:///x.db", "--stuck-after", "soon"), "--stuck-after", 2),
+        (("--saga-database", "sqlite:///x.db", "--stuck-after", "0s"), "--stuck-after", 2),
+        (("--saga-database", "sqlite:///x.db", "--app", "bad_syntax:sagas"), "SyntaxError", 2),
+        (("--saga-database", "sqlite:///x.db", "--app", "reconcile_shop:twice"), "twice", 2),
         (("--saga-database", "sqlite:///missing.db"), "no database file", 2),
         (("--config", "missing.toml"), "missing.toml", 1),
     ],
@@ -323,6 +330,7 @@ def test_reconcile_refuses_bad_options_in_one_line(
 ) -> None:
     if "sqlite:///x.db" in args:
         SagaLog("sqlite:///x.db").create_tables()
+    (shop / "bad_syntax.py").write_text("def broken(:\n")
     result = CliRunner().invoke(main, ["reconcile", *args], env={"SUREFOOT_SAGA_DATABASE": None})
     assert result.exit_code == code, result.output
     assert says in result.output
@@ -394,18 +402,68 @@ def test_two_sweeping_processes_drive_each_stuck_saga_once(shop: Path) -> None:
     log.close()
 
 
-async def test_a_sweep_does_not_outlive_the_run_loop(tmp_path: Path) -> None:
-    log = SagaLog(f"sqlite:///{tmp_path / 'shop.db'}")
-    log.create_tables()
-    sweeper = Sweeper(saga_log=log)
-    task = asyncio.ensure_future(sweeper.run(3600))
-    while sweeper.last is None:  # noqa: ASYNC110 - waits for the first sweep, not for time
-        await asyncio.sleep(0)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert not sweeper.last.needs_person
-    log.close()
+async def test_an_unreachable_database_is_reported_with_its_password_masked(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(f"postgresql://app:hunter2-outbox@127.0.0.1:{free_port()}/shop")
+    report = await Sweeper(outbox=outbox).sweep_once()
+    assert report.unavailable == ("webhooks",)
+    (error,) = report.errors
+    assert error.startswith("webhooks: the database is unavailable (")
+    assert "hunter2-outbox" not in error
+    assert "create the tables" not in error
+    outbox.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"stuck_after": 0}, "Sweeper.stuck_after: expected seconds above 0, got 0"),
+        ({"stuck_after": float("nan")}, "Sweeper.stuck_after: expected seconds above 0"),
+        ({"stuck_after": True}, "Sweeper.stuck_after: expected seconds above 0"),
+        ({"limit": 0}, "Sweeper.limit: expected a whole number from 1 to 1000, got 0"),
+        ({"limit": 1001}, "Sweeper.limit: expected a whole number from 1 to 1000, got 1001"),
+        ({"limit": 2.5}, "Sweeper.limit: expected a whole number from 1 to 1000, got 2.5"),
+    ],
+)
+def test_the_sweeper_refuses_a_bad_stuck_after_or_limit(options: dict[str, Any], says: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Sweeper(**options)
+    assert says in str(raised.value)
+
+
+def test_reconcile_exits_1_when_a_database_has_no_tables_and_sweeps_the_rest(
+    shop: Path,
+) -> None:
+    (shop / "empty.db").touch()
+    outbox = Outbox(f"sqlite:///{shop / 'outbox.db'}")
+    outbox.create_tables()
+    outbox.add_endpoint("acme", url="https://acme.example/hooks", secrets=["whsec_" + "A" * 44])
+    outbox.disable("acme", reason="asked by the customer")
+    outbox.close()
+    args = ["reconcile", "--saga-database", "sqlite:///empty.db"]
+    args += ["--outbox-database", "sqlite:///outbox.db"]
+
+    result = CliRunner().invoke(main, args)
+
+    assert result.exit_code == 1, result.output
+    assert "could not sweep sagas: the database is unavailable (no such table: " in result.output
+    assert "create the tables with surefoot sagas init" in result.output
+    assert "endpoint_disabled" in result.output  # the other part was swept
+    assert "StoreUnavailable" not in result.output
+    assert "Retry the same request" not in result.output
+    assert "(exit status 1)" in result.output
+    report = json.loads(CliRunner().invoke(main, [*args, "--json"]).output)
+    assert report["unavailable"] == ["sagas"]
+
+
+def test_reconcile_masks_the_password_of_a_database_that_does_not_answer(shop: Path) -> None:
+    url = f"postgresql://app:hunter2-saga@127.0.0.1:{free_port()}/shop"
+    result = CliRunner().invoke(main, ["reconcile", "--saga-database", url])
+    assert result.exit_code == 1, result.output
+    assert "could not sweep sagas: the database is unavailable (" in result.output
+    assert "hunter2-saga" not in result.output
+    assert "Traceback" not in result.output
 
 
 @pytest.mark.slow

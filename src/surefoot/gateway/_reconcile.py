@@ -14,22 +14,32 @@ A sweep looks at three places, each only when it is given:
 Rule 1: a sweep changes nothing a person has not asked for: it settles keys only as the
         gateway's reconciler does (a lookup's answer), and drives sagas only through
         ``SagaWorker.run_once``, whose claims (leases and fences, ``surefoot.saga.log``
-        Rule 1) let sweepers on many hosts run at once, each saga taken by one of them.
+        Rule 1) let sweepers on many hosts run at once, each saga claimed by one of them
+        at a time.
 Rule 2: a part that fails (its database down, the upstream unreachable) does not stop
         the others: its failure is in the report (``errors``), and the report says a
-        person is needed.
+        person is needed. The error is in an operator's words: a database failure is the
+        driver's first line, the database URL's secrets masked (``surefoot._masking``),
+        with the command that creates missing tables; such a part is also listed in
+        ``unavailable`` (``surefoot reconcile`` exits 1 for it).
 Rule 3: the report is a frozen value; ``needs_person`` is True when it lists anything.
+Rule 4: ``sweep_once`` sweeps; it never loops. The gateway runs it every
+        ``reconcile_interval`` (``Gateway._sweep``), ``surefoot reconcile`` once or every
+        ``--interval``, each logging or printing the report once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from surefoot._masking import masked_text
 from surefoot.clock import Clock, SystemClock
+from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency import State
 
 if TYPE_CHECKING:
@@ -53,6 +63,8 @@ KINDS = (
     "endpoint_failing",
     "deliveries_failed",
 )
+#: The command that creates a part's missing tables (Rule 2).
+_INIT = {"sagas": "surefoot sagas init", "webhooks": "surefoot webhooks init"}
 #: How many times ``run_once`` is called at most in one sweep (a saga that keeps
 #: failing with no backoff would otherwise keep the sweep going).
 MAX_ROUNDS = 1000
@@ -92,6 +104,8 @@ class Report:
         saga_counts: ``(name, state, how many, oldest updated_at)`` (``SagaLog.counts``).
         errors: the parts that failed, one line each (Rule 2).
         parts: the parts swept (``keys``, ``sagas``, ``webhooks``).
+        unavailable: the parts that failed because their database is unavailable or has
+            no tables (each also has its line in ``errors``).
     """
 
     at: float
@@ -101,6 +115,7 @@ class Report:
     saga_counts: tuple[tuple[str, str, int, float], ...] = ()
     errors: tuple[str, ...] = ()
     parts: tuple[str, ...] = ()
+    unavailable: tuple[str, ...] = ()
 
     @property
     def needs_person(self) -> bool:
@@ -120,6 +135,7 @@ class Report:
                 for n, s, c, o in self.saga_counts
             ],
             "errors": list(self.errors),
+            "unavailable": list(self.unavailable),
         }
 
 
@@ -131,6 +147,7 @@ class _Sweep:
     findings: list[Finding] = field(default_factory=list)
     counts: list[tuple[str, str, int, float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)
 
 
 class Sweeper:
@@ -153,7 +170,12 @@ class Sweeper:
         stuck_after: seconds a running or compensating saga may stay unchanged.
         limit: at most this many items of each kind are listed.
         clock: time source (default: the system's).
-        on_report: called with each report (the gateway sets its metrics there).
+        on_report: called with each report (the gateway logs it and sets its metrics
+            there).
+
+    Raises:
+        ConfigurationError: ``stuck_after`` is not a number of seconds above 0, or
+            ``limit`` not a whole number from 1 to 1000.
     """
 
     def __init__(
@@ -174,6 +196,19 @@ class Sweeper:
         self.saga_log = saga_log
         self.saga_worker = saga_worker
         self.outbox = outbox
+        if (
+            isinstance(stuck_after, bool)
+            or not isinstance(stuck_after, int | float)
+            or not math.isfinite(stuck_after)
+            or stuck_after <= 0
+        ):
+            raise ConfigurationError(
+                f"Sweeper.stuck_after: expected seconds above 0, got {stuck_after!r}"
+            )
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ConfigurationError(
+                f"Sweeper.limit: expected a whole number from 1 to 1000, got {limit!r}"
+            )
         self.stuck_after = float(stuck_after)
         self.limit = limit
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -206,8 +241,9 @@ class Sweeper:
             try:
                 await run(sweep)
             except Exception as exc:
-                first = (str(exc).strip().splitlines() or [""])[0]
-                sweep.errors.append(f"{part}: {type(exc).__name__}: {first}"[:300])
+                sweep.errors.append(f"{part}: {self._failure(part, exc)}"[:300])
+                if isinstance(exc, StoreUnavailable):
+                    sweep.unavailable.append(part)
                 _log.warning("sweep: the %s part failed", part, exc_info=True)
         order = {kind: n for n, kind in enumerate(KINDS)}
         report = Report(
@@ -218,20 +254,28 @@ class Sweeper:
             saga_counts=tuple(sweep.counts),
             errors=tuple(sweep.errors),
             parts=self.parts,
+            unavailable=tuple(sweep.unavailable),
         )
         self.last = report
         if self.on_report is not None:
             self.on_report(report)
         return report
 
-    async def run(self, interval: float) -> None:
-        """Sweep every ``interval`` seconds until cancelled, logging one WARNING line per
-        finding."""
-        while True:
-            report = await self.sweep_once()
-            for line in describe(report):
-                _log.warning("%s", line)
-            await asyncio.sleep(interval)
+    def _failure(self, part: str, exc: Exception) -> str:
+        """What failed, in one line an operator can act on (Rule 2)."""
+        cause = exc.__cause__ if isinstance(exc, StoreUnavailable) and exc.__cause__ else exc
+        # The driver's first line says what failed; the rest quotes SQL or gives advice.
+        first = " ".join((str(cause).strip().splitlines() or [""])[0].split())
+        source = {"sagas": self.saga_log, "webhooks": self.outbox}.get(part)
+        database = getattr(source, "database", None)
+        if isinstance(database, str) and database:
+            first = masked_text(first, database)
+        if not isinstance(exc, StoreUnavailable):
+            return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        text = first or type(cause).__name__
+        missing = "no such table" in text or "does not exist" in text
+        advice = f": create the tables with {_INIT[part]}" if missing and part in _INIT else ""
+        return f"the database is unavailable ({text}){advice}"
 
     # -- the parts ---------------------------------------------------------------------------
 

@@ -475,18 +475,7 @@ class WebhookSend(_Table):
     @field_validator("database")
     @classmethod
     def _database(cls, value: str) -> str:
-        value = _expand_env(value)
-        scheme = value.partition("://")[0]
-        if scheme not in ("sqlite", "postgresql", "postgres") or "://" not in value:
-            raise ValueError(
-                f"expected a sqlite:///path or postgresql:// URL, got {shown(masked_url(value))}"
-            )
-        if scheme == "sqlite" and ("?" in value or "#" in value):
-            raise ValueError(
-                "expected a sqlite:///path without ?options (the outbox takes none), "
-                f"got {shown(masked_url(value))}"
-            )
-        return value
+        return _database_url(value, "the outbox")
 
     @field_validator("allow_networks")
     @classmethod
@@ -530,18 +519,7 @@ class Sagas(_Table):
     @field_validator("database")
     @classmethod
     def _database(cls, value: str) -> str:
-        value = _expand_env(value)
-        scheme = value.partition("://")[0]
-        if scheme not in ("sqlite", "postgresql", "postgres") or "://" not in value:
-            raise ValueError(
-                f"expected a sqlite:///path or postgresql:// URL, got {shown(masked_url(value))}"
-            )
-        if scheme == "sqlite" and ("?" in value or "#" in value):
-            raise ValueError(
-                "expected a sqlite:///path without ?options (the saga log takes none), "
-                f"got {shown(masked_url(value))}"
-            )
-        return value
+        return _database_url(value, "the saga log")
 
 
 class Root(_Table):
@@ -570,6 +548,23 @@ Root.model_rebuild()
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _database_url(value: str, whose: str) -> str:
+    """A ``database`` field (``[webhooks.send]``, ``[sagas]``): ``${NAME}`` expanded, a
+    SQLite or PostgreSQL URL, a SQLite one without options (``whose`` takes none)."""
+    value = _expand_env(value)
+    scheme = value.partition("://")[0]
+    if scheme not in ("sqlite", "postgresql", "postgres") or "://" not in value:
+        raise ValueError(
+            f"expected a sqlite:///path or postgresql:// URL, got {shown(masked_url(value))}"
+        )
+    if scheme == "sqlite" and ("?" in value or "#" in value):
+        raise ValueError(
+            f"expected a sqlite:///path without ?options ({whose} takes none), "
+            f"got {shown(masked_url(value))}"
+        )
+    return value
 
 
 def _expand_env(text: str) -> str:

@@ -37,7 +37,8 @@ Endpoints (JSON unless said otherwise; every one but the two probes needs
     POST /admin/sagas/ID/retry          {"reason", "actor"}: go on now, fresh attempts
     POST /admin/sagas/ID/compensate     {"reason", "actor"}: turn it back now
     POST /admin/sagas/ID/resolve        {"reason", "actor"}: a person settled it outside
-    GET  /admin/reconcile               the last sweep's report (one now if none yet)
+    GET  /admin/reconcile               {"report": ...}: the last sweep's report (null
+                                        before the first sweep ended)
 
 Errors are problems from the catalogue: 401 ``admin_unauthorized``, 404
 ``admin_not_found``, 422 ``config_rejected``, 400 ``admin_bad_request`` for a malformed
@@ -634,13 +635,14 @@ class AdminApp:
         await _json(send, 200, run.as_dict())
 
     async def reconcile(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``GET /admin/reconcile``: the last sweep's report (a sweep now if none ran)."""
+        """``GET /admin/reconcile``: ``{"report": ...}``, the last sweep's report, null
+        before the first sweep ended (a request never sweeps: a sweep may take long)."""
         _query(scope)
         sweeper = self.gateway.sweeper
         if sweeper is None:
             raise AdminNotFound(what="the sweeper: this gateway has no [sagas] table")
-        report = sweeper.last if sweeper.last is not None else await sweeper.sweep_once()
-        await _json(send, 200, report.as_dict())
+        report = sweeper.last
+        await _json(send, 200, {"report": None if report is None else report.as_dict()})
 
     def _outbox(self) -> Outbox:
         runner = self.gateway.sender
