@@ -8,14 +8,15 @@ deliveries and ``worker``) and looks up and forgets the events a gateway's
 ``[[webhooks.receive]]`` endpoint received (``inspect``, ``forget``), ``sagas`` lists,
 shows and settles sagas (``surefoot.saga``) and runs a ``worker``, ``reconcile`` sweeps
 what may need a person (``surefoot.gateway.Sweeper``; exit status 3 when something
-does), and ``migrate`` creates or upgrades a PostgreSQL store's tables.
+does), ``alerts --prometheus`` writes alerting rules built from a policy file, and
+``migrate`` creates or upgrades a PostgreSQL store's tables.
 
 Rule 1: a command that needs an extra says so in one line before importing anything of it
         (``surefoot chaos needs the 'client' extra: pip install 'surefoot[client]'
         (missing: httpx)``), never with a traceback. ``errors``, ``metrics``, ``keys``,
         ``migrate`` and the outbox's ``webhooks`` commands need none (a Redis or
         PostgreSQL database needs its driver's extra); ``serve``, ``check-config``,
-        ``webhooks inspect`` and ``webhooks forget`` need ``gateway``; ``chaos`` and
+        ``webhooks inspect``, ``webhooks forget`` and ``alerts`` need ``gateway``; ``chaos`` and
         ``webhooks worker`` need ``client`` (and ``metrics`` for ``--metrics-port``).
 Rule 2: every input is checked before anything is stored; an invalid one is a usage error
         naming the option (``surefoot keys resolve`` stores only what
@@ -1678,6 +1679,47 @@ def check_config(config_path: str) -> None:
         f"{len(config.rate_limit_policies)} rate-limit policies, {len(root.clients)} clients, "
         f"{len(config.lookups)} lookups, {len(config.webhooks)} webhook endpoints"
     )
+
+
+@main.command("alerts")
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+    help="The policy file (TOML); its [alerts] table sets the thresholds.",
+)  # fmt: skip
+@click.option(
+    "--prometheus", "prometheus", is_flag=True, required=True,
+    help="Write a Prometheus rules file (the only format so far).",
+)  # fmt: skip
+@click.option(
+    "--output", "-o", "output", type=click.Path(dir_okay=False),
+    help="Write the rules to this file (default: standard output).",
+)  # fmt: skip
+def alerts(config_path: str, prometheus: bool, output: str | None) -> None:
+    """Alerting rules built from a gateway policy file: refusal spikes per rate-limit
+    policy, duplicate and reused keys, unknown outcomes, open breakers, failing stores,
+    shedding, and sagas and webhooks when configured (docs/observability.md).
+
+    Check the file with `promtool check rules FILE`; Prometheus loads it from
+    `rule_files`.
+    """
+    gateway = _gateway("alerts")
+    if not prometheus:
+        raise click.UsageError("choose a format: --prometheus")
+    try:
+        config = gateway.load_config(config_path)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    text = gateway.rules_yaml(config)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as file:
+            file.write(text)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
+    count = len(gateway.alert_rules(config))
+    click.echo(f"{output}: {count} alerting rules from {config_path}", err=True)
 
 
 @main.command("chaos")

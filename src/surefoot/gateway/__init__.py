@@ -18,6 +18,7 @@ if not all(
     # Only without the extra: one line naming it, not the first import that fails.
     raise ImportError("surefoot.gateway needs the 'gateway' extra: pip install 'surefoot[gateway]'")
 
+from surefoot.gateway._alerts import AlertRule, alert_rules, rules_yaml
 from surefoot.gateway._check import StartCheck, check_start
 from surefoot.gateway._config import GatewayConfig, config_from_dict, load_config
 from surefoot.gateway._events import (
@@ -40,6 +41,7 @@ from surefoot.gateway.proxy import ProxyApp
 
 __all__ = [
     "AdminApp",
+    "AlertRule",
     "ConfigRefused",
     "ConfigReloaded",
     "Finding",
@@ -57,8 +59,10 @@ __all__ = [
     "Sweeper",
     "UpstreamFailed",
     "WebhookForgotten",
+    "alert_rules",
     "check_start",
     "config_from_dict",
     "load_config",
+    "rules_yaml",
     "serve",
 ]

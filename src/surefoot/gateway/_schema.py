@@ -522,6 +522,53 @@ class Sagas(_Table):
         return _database_url(value, "the saga log")
 
 
+class Alerts(_Table):
+    """``[alerts]``: the thresholds of the rules ``surefoot alerts --prometheus`` writes."""
+
+    window: float = described(
+        "seconds from 60 to 3600: the window of a rate", 300.0, ge=60, le=3600
+    )
+    baseline: float = described(
+        "seconds from 3600 to 2419200: the window of a rate's usual level",
+        86400.0,
+        ge=3600,
+        le=2419200,
+    )
+    spike_factor: float = described(
+        "a number from 1.5 to 1000: how many times its usual rate makes a spike",
+        4.0,
+        ge=1.5,
+        le=1000,
+    )
+    min_rate: float = described("events per second >= 0 below which no spike fires", 0.1, ge=0)
+    hold: float = described(
+        "seconds from 0 to 86400 a spike or a backlog lasts before it fires",
+        600.0,
+        ge=0,
+        le=86400,
+    )
+    unknown_for: float = described(
+        "seconds from 0 to 86400 keys may stay of unknown outcome", 600.0, ge=0, le=86400
+    )
+    breaker_open_for: float = described(
+        "seconds from 0 to 86400 a breaker may stay open", 300.0, ge=0, le=86400
+    )
+    store_failing_for: float = described(
+        "seconds from 0 to 86400 a store may fail", 120.0, ge=0, le=86400
+    )
+    shed_ratio: float = described("a fraction from 0 to 1 of requests shed", 0.05, ge=0, le=1)
+    saga_attention_for: float = described(
+        "seconds from 0 to 86400 a saga may wait for a person", 300.0, ge=0, le=86400
+    )
+    webhook_backlog_age: float = described(
+        "seconds > 0 a webhook may wait undelivered", 1800.0, gt=0
+    )
+    runbook_base: str = described(
+        "the URL of docs/observability.md as your team reads it",
+        "https://surefoot.dev/docs/observability.md",
+    )
+
+
 class Root(_Table):
     server: Server = Server()
     upstream: Upstream
@@ -542,6 +589,7 @@ class Root(_Table):
     admin: Admin = Admin()
     webhooks: Webhooks = Webhooks()
     sagas: Sagas | None = None
+    alerts: Alerts = Alerts()
 
 
 Root.model_rebuild()

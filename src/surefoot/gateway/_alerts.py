@@ -1,0 +1,200 @@
+"""Prometheus alerting rules built from the policy file (``surefoot alerts --prometheus``).
+
+The rules read the metrics the gateway exports (``docs/metrics.md``) and follow the
+policy file: one refusal rule per rate-limit policy, and the saga and outbox rules only
+when ``[sagas]`` and ``[webhooks.send]`` are there. Thresholds come from ``[alerts]``.
+
+Rule 1: trends, not single events. A spike rule compares a rate over ``window`` with the
+        same series' own mean over ``baseline`` (a subquery), and fires only above a
+        floor of events per second, so a quiet series does not page on three events;
+        every rule holds its condition for a ``for:`` duration before it fires.
+Rule 2: every rule has a ``severity`` label (``critical`` where money or data may be at
+        stake: outcomes unknown, a store failing; ``warning`` otherwise), a summary, a
+        description and a ``runbook_url`` to its section of ``docs/observability.md``
+        (the anchor is the rule's name in lower case).
+Rule 3: the output is a Prometheus rules file; ``promtool check rules`` and ``promtool
+        test rules`` accept it (the tests run both).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from surefoot.gateway._config import GatewayConfig
+
+__all__ = ["AlertRule", "alert_rules", "rules_yaml"]
+
+GROUP = "surefoot"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRule:
+    """One Prometheus alerting rule."""
+
+    alert: str
+    expr: str
+    duration: str
+    severity: str
+    summary: str
+    description: str
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def as_dict(self, runbook_base: str) -> dict[str, Any]:
+        return {
+            "alert": self.alert,
+            "expr": self.expr,
+            "for": self.duration,
+            "labels": {"severity": self.severity, **dict(self.labels)},
+            "annotations": {
+                "summary": self.summary,
+                "description": self.description,
+                "runbook_url": f"{runbook_base}#{self.alert.lower()}",
+            },
+        }
+
+
+def _seconds(value: float) -> str:
+    """A Prometheus duration (``90s``, ``10m``, ``1h``, ``1d``)."""
+    value = int(value)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if value % size == 0:
+            return f"{value // size}{unit}"
+    return f"{value}s"
+
+
+def _spike(metric: str, matcher: str, by: str, settings: Any) -> str:
+    """``metric``'s rate over the window, above ``spike_factor`` times its own mean over
+    the baseline and above the floor (Rule 1)."""
+    window, baseline = _seconds(settings.window), _seconds(settings.baseline)
+    step = _seconds(settings.window)
+    grouping = f" by ({by})" if by else ""
+    now = f"sum{grouping} (rate({metric}{matcher}[{window}]))"
+    usual = f"sum{grouping} (avg_over_time(rate({metric}{matcher}[{window}])[{baseline}:{step}]))"
+    return f"{now} > {settings.spike_factor:g} * {usual} and {now} > {settings.min_rate:g}"
+
+
+def _rules(config: GatewayConfig) -> Iterator[AlertRule]:
+    root = config.root
+    settings = root.alerts
+    hold = _seconds(settings.hold)
+    for policy in root.rate_limit.policies:
+        matcher = f'{{policy="{policy.name}",outcome="rejected"}}'
+        yield AlertRule(
+            "SurefootRateLimitRefusalsSpike",
+            _spike("surefoot_ratelimit_decisions_total", matcher, "policy", settings),
+            hold,
+            "warning",
+            f"Rate limit {policy.name!r} refuses {settings.spike_factor:g}x its usual rate",
+            "Requests refused by the policy {{ $labels.policy }}: {{ $value | humanize }}/s, "
+            f"more than {settings.spike_factor:g} times its mean over the last "
+            f"{_seconds(settings.baseline)}.",
+            (("policy", policy.name),),
+        )
+    yield AlertRule(
+        "SurefootDuplicateKeysSpike",
+        _spike("surefoot_idempotency_replays_total", "", "", settings),
+        hold,
+        "warning",
+        "Requests repeating an idempotency key: far above the usual rate",
+        "Duplicates answered from stored responses: {{ $value | humanize }}/s, more than "
+        f"{settings.spike_factor:g} times the mean over the last {_seconds(settings.baseline)}.",
+    )
+    yield AlertRule(
+        "SurefootKeysReusedSpike",
+        _spike("surefoot_idempotency_mismatches_total", "", "", settings),
+        hold,
+        "warning",
+        "Idempotency keys reused with a different request: far above the usual rate",
+        "Keys reused with another body, path or method (answered 422): {{ $value | humanize }}/s.",
+    )
+    yield AlertRule(
+        "SurefootOutcomesUnknown",
+        "max(surefoot_idempotency_unknown_keys) > 0",
+        _seconds(settings.unknown_for),
+        "critical",
+        "Idempotency keys have stayed of unknown outcome",
+        "{{ $value }} keys have had an unknown outcome (the upstream may or may not have done "
+        f"the work) for {_seconds(settings.unknown_for)} or more.",
+    )
+    yield AlertRule(
+        "SurefootBreakerOpen",
+        'max by (breaker) (surefoot_breaker_state{state=~"open|forced_open"}) > 0',
+        _seconds(settings.breaker_open_for),
+        "warning",
+        "Circuit breaker {{ $labels.breaker }} is open",
+        "Calls through {{ $labels.breaker }} have been refused without being sent for "
+        f"{_seconds(settings.breaker_open_for)}.",
+    )
+    yield AlertRule(
+        "SurefootStoreFailing",
+        f"sum by (store) (rate(surefoot_store_errors_total[{_seconds(settings.window)}])) > 0",
+        _seconds(settings.store_failing_for),
+        "critical",
+        "Store {{ $labels.store }} is failing",
+        "Operations on the store {{ $labels.store }} have failed for "
+        f"{_seconds(settings.store_failing_for)}: {{{{ $value | humanize }}}} errors/s.",
+    )
+    window = _seconds(settings.window)
+    yield AlertRule(
+        "SurefootLoadShedding",
+        f"sum(rate(surefoot_shed_total[{window}])) "
+        f"/ clamp_min(sum(rate(surefoot_http_requests_total[{window}])), 1e-9) "
+        f"> {settings.shed_ratio:g}",
+        hold,
+        "warning",
+        "The gateway sheds requests at the upstream's concurrency limit",
+        "{{ $value | humanizePercentage }} of the requests are refused with 503 "
+        f"(more than {settings.shed_ratio:.0%}).",
+    )
+    if root.sagas is not None:
+        yield AlertRule(
+            "SurefootSagasNeedAttention",
+            'sum by (saga) (surefoot_sagas{state="needs_attention"}) > 0',
+            _seconds(settings.saga_attention_for),
+            "warning",
+            "Sagas {{ $labels.saga }} wait for a person",
+            "{{ $value }} sagas have stopped where only a person can settle them "
+            "(surefoot sagas list --state needs_attention).",
+        )
+    if root.webhooks.send is not None:
+        yield AlertRule(
+            "SurefootWebhooksBacklog",
+            "max by (endpoint) (surefoot_webhooks_oldest_undelivered_seconds) "
+            f"> {settings.webhook_backlog_age:g}",
+            hold,
+            "warning",
+            "Webhooks to {{ $labels.endpoint }} wait undelivered",
+            "The oldest message to {{ $labels.endpoint }} has waited "
+            "{{ $value | humanizeDuration }}.",
+        )
+
+
+def alert_rules(config: GatewayConfig) -> list[AlertRule]:
+    """The rules for ``config`` (Rules 1 and 2)."""
+    return list(_rules(config))
+
+
+def rules_yaml(config: GatewayConfig) -> str:
+    """A Prometheus rules file for ``config``: one group ``surefoot``, YAML with every
+    string JSON-quoted (a valid YAML scalar), so nothing in a name can break it."""
+    base = config.root.alerts.runbook_base
+    lines = [
+        f"# Written by `surefoot alerts --prometheus` from {config.source}.",
+        "# Runbooks: docs/observability.md. Check with: promtool check rules FILE",
+        "groups:",
+        f"  - name: {json.dumps(GROUP)}",
+        "    rules:",
+    ]
+    for rule in alert_rules(config):
+        data = rule.as_dict(base)
+        lines.append(f"      - alert: {json.dumps(data['alert'])}")
+        lines.append(f"        expr: {json.dumps(data['expr'])}")
+        lines.append(f"        for: {json.dumps(data['for'])}")
+        for mapping in ("labels", "annotations"):
+            lines.append(f"        {mapping}:")
+            for key, value in data[mapping].items():
+                lines.append(f"          {key}: {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
