@@ -43,6 +43,19 @@ def service_url(name: str) -> str:
     return url
 
 
+def promtool() -> str:
+    """The path of Prometheus's ``promtool`` (Debian package ``prometheus``; .ci/run
+    installs it): skipped when it is not installed, a failure instead when
+    ``SUREFOOT_REQUIRE_SERVICES=1`` (as in CI)."""
+    path = shutil.which("promtool")
+    if path is None:
+        message = "promtool is not installed (Debian package prometheus)"
+        if os.environ.get("SUREFOOT_REQUIRE_SERVICES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 #: Store kinds the suites run over; the network ones need their server.
 STORE_KINDS = ["memory", "sqlite", "redis", "redis_cluster", "postgres"]
 

@@ -128,10 +128,13 @@ def _rules(config: GatewayConfig) -> Iterator[AlertRule]:
         "Calls through {{ $labels.breaker }} have been refused without being sent for "
         f"{_seconds(settings.breaker_open_for)}.",
     )
+    # One failed call keeps the rate above 0 for a whole window: held for the window
+    # plus store_failing_for, the rule fires only when errors have gone on for
+    # store_failing_for, never on a single error (Rule 1).
     yield AlertRule(
         "SurefootStoreFailing",
         f"sum by (store) (rate(surefoot_store_errors_total[{_seconds(settings.window)}])) > 0",
-        _seconds(settings.store_failing_for),
+        _seconds(settings.window + settings.store_failing_for),
         "critical",
         "Store {{ $labels.store }} is failing",
         "Operations on the store {{ $labels.store }} have failed for "
