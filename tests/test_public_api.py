@@ -45,8 +45,10 @@ PUBLIC = {
         "MetricSpec",
         "PrometheusMetrics",
         "clear_multiprocess_dir",
+        "counted",
         "mark_worker_dead",
         "metrics_markdown",
+        "uncounted",
     ],
     "surefoot.storage": [
         "STORES",

@@ -145,7 +145,7 @@ def test_the_alerts_table_sets_thresholds_and_holds(tmp_path: Path) -> None:
     assert "> 0.25" in spike.expr
     assert spike.duration == "7m"
     assert by_name["SurefootOutcomesUnknown"].duration == "30m"
-    assert by_name["SurefootBreakerOpen"].duration == "0d"  # promtool accepts it
+    assert by_name["SurefootBreakerOpen"].duration == "0s"
     assert by_name["SurefootStoreFailing"].duration == "135s"  # window + store_failing_for
     assert "> 0.125" in by_name["SurefootLoadShedding"].expr
     assert by_name["SurefootLoadShedding"].duration == "7m"

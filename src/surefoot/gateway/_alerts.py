@@ -59,6 +59,8 @@ class AlertRule:
 def _seconds(value: float) -> str:
     """A Prometheus duration (``90s``, ``10m``, ``1h``, ``1d``)."""
     value = int(value)
+    if value == 0:
+        return "0s"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if value % size == 0:
             return f"{value // size}{unit}"

@@ -62,6 +62,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -103,6 +104,7 @@ from surefoot.gateway._upstream import AppUpstream, HttpUpstream, HttpxUpstream,
 from surefoot.gateway.proxy import ProxyApp
 from surefoot.idempotency import IdempotencyMiddleware
 from surefoot.identity import Identity
+from surefoot.metrics import uncounted
 from surefoot.ratelimit import RateLimitMiddleware
 from surefoot.storage import IdempotencyStore, RateLimitStore, StoreHealth, store_from_url
 from surefoot.webhooks import WebhookEndpoint, WebhookReceiver
@@ -140,6 +142,10 @@ class _Stack:
     identity: Identity
     allow_method_override: bool
     access_log: bool
+    #: ``[server] test_traffic_header`` and ``test_traffic_from``: requests left out of
+    #: the metrics (None: no test traffic).
+    test_header: bytes | None = None
+    test_networks: tuple[IPv4Network | IPv6Network, ...] = ()
     resources: set[int] = field(default_factory=set)
     in_flight: int = 0
     #: Webhook endpoint name -> the store keeping its event ids (the admin API's).
@@ -253,7 +259,9 @@ class Gateway:
                 refused = exc
         stack.in_flight += 1
         metrics = self.metrics
-        metrics.inflight(1)
+        test = stack.test_header is not None and _is_test(stack, scope)
+        if not test:
+            metrics.inflight(1)
         started = time.perf_counter()
         rid_field = (b"x-request-id", rid.encode())
         status = 500
@@ -285,19 +293,21 @@ class Gateway:
 
         try:
             if refused is None:
-                await stack.app(scope, received, tracked)
+                with uncounted() if test else contextlib.nullcontext():
+                    await stack.app(scope, received, tracked)
                 if left and not answered:
                     status = 499  # the client left before any answer (NGINX's code for it)
             else:
                 await send_problem(tracked, refused, request_id=rid, base=DEFAULT_PROBLEM_BASE)
         finally:
             stack.in_flight -= 1
-            metrics.inflight(-1)
             elapsed = time.perf_counter() - started
             label = route or "other"
-            metrics.observe_request(
-                route=label, method=scope["method"], status=status, seconds=elapsed
-            )
+            if not test:
+                metrics.inflight(-1)
+                metrics.observe_request(
+                    route=label, method=scope["method"], status=status, seconds=elapsed
+                )
             if stack.access_log and self.access.enabled:
                 client = scope.get("client")
                 self.access.log(
@@ -634,6 +644,14 @@ class Gateway:
             identity=identity,
             allow_method_override=root.server.allow_method_override,
             access_log=root.server.access_log,
+            test_header=(
+                None
+                if root.server.test_traffic_header is None
+                else root.server.test_traffic_header.encode()
+            ),
+            test_networks=tuple(
+                ip_network(net, strict=False) for net in root.server.test_traffic_from
+            ),
             resources=resources,
             webhook_stores=webhook_stores,
             webhook_receivers=by_name,
@@ -798,6 +816,18 @@ def _protects_nothing(config: GatewayConfig) -> bool:
         if _EVERY_REQUEST.fullmatch(template.strip()):
             return True
     return False
+
+
+def _is_test(stack: _Stack, scope: Scope) -> bool:
+    """A test request: it carries the test header and comes from a test address (through
+    trusted proxies only)."""
+    if not any(name == stack.test_header for name, _ in scope["headers"]):
+        return False
+    try:
+        address = ip_address(stack.identity.client_address(scope))
+    except ValueError:
+        return False
+    return any(address in network for network in stack.test_networks)
 
 
 def _clean_headers(scope: Scope, *, trusted: bool) -> str:

@@ -22,7 +22,7 @@ from surefoot.gateway._events import (
     RequestShed,
     UpstreamFailed,
 )
-from surefoot.metrics import PrometheusMetrics
+from surefoot.metrics import PrometheusMetrics, counted
 
 __all__ = ["GatewayMetrics"]
 
@@ -80,6 +80,8 @@ class GatewayMetrics(PrometheusMetrics):
 
     def observe_upstream(self, *, outcome: str, seconds: float) -> None:
         """Count one forwarded request: ``outcome`` is ``"2xx"``... or a failure's name."""
+        if not counted():
+            return
         self._upstream(outcome).inc()
         self._upstream_seconds.observe(seconds)
 

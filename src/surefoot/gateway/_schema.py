@@ -20,7 +20,7 @@ from dataclasses import MISSING, fields
 from typing import Annotated, Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from surefoot._config import described
 from surefoot._masking import masked_url, shown
@@ -59,6 +59,7 @@ __all__ = [
 NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _PLACEHOLDER_KINDS = ("key", "body.", "path.", "query.", "header.")
+_HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]{1,64}")
 
 
 class _Table(BaseModel):
@@ -97,8 +98,28 @@ class Server(_Table):
         return ServerLimits(**{f.name: getattr(self, f.name) for f in fields(ServerLimits)})
 
     allow_method_override: bool = described("true or false", False)
+    test_traffic_from: list[str] = described("addresses or networks test requests come from", [])
+    test_traffic_header: str | None = described(
+        "a header name (lower case) that marks a test request", None
+    )
 
-    @field_validator("trusted_proxies")
+    @field_validator("test_traffic_header")
+    @classmethod
+    def _test_header(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not _HEADER_NAME.fullmatch(value):
+            raise ValueError(
+                f"expected a lower-case header name such as 'x-test-run', got {value!r}"
+            )
+        if not info.data.get("test_traffic_from"):
+            raise ValueError(
+                "expected test_traffic_from too: the addresses or networks test requests "
+                "come from (anyone else could mark their traffic as test traffic)"
+            )
+        return value
+
+    @field_validator("trusted_proxies", "test_traffic_from")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         import ipaddress

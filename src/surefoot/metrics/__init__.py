@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from surefoot._lazy import lazy_names
 from surefoot.metrics._specs import GROUPS, METRICS, MetricSpec, metrics_markdown
+from surefoot.metrics._uncounted import counted, uncounted
 
 if TYPE_CHECKING:
     from surefoot.metrics._prometheus import (
@@ -51,6 +52,8 @@ __all__ = [
     "MetricSpec",
     "PrometheusMetrics",
     "clear_multiprocess_dir",
+    "counted",
     "mark_worker_dead",
     "metrics_markdown",
+    "uncounted",
 ]

@@ -74,6 +74,7 @@ from surefoot.idempotency import (
 )
 from surefoot.metrics._specs import MAX_OUTBOX_ENDPOINTS, MAX_SAGA_NAMES, METRICS, MetricSpec
 from surefoot.metrics._store import InstrumentedStore, instrumented
+from surefoot.metrics._uncounted import counted
 from surefoot.outbox import (
     OutboxBacklog,
     WebhookAttempted,
@@ -303,6 +304,8 @@ class PrometheusMetrics(EventHook):
 
         ``route`` must be the matched route template or ``"other"``, never the raw path.
         """
+        if not counted():
+            return
         if method not in _METHODS:
             method = "other"
         self._requests(route, method, status).inc()
@@ -369,7 +372,7 @@ class PrometheusMetrics(EventHook):
 
     def __call__(self, event: Event, /) -> None:
         handler = self._handlers.get(type(event))
-        if handler is not None:
+        if handler is not None and counted():
             handler(event)
 
     def _on_allowed(self, event: RateLimitAllowed) -> None:
