@@ -322,7 +322,15 @@ async def test_runs_filter_by_state_name_age_and_limit(log: SagaLog, clock: Manu
         with pytest.raises(ValueError, match="limit"):
             log.runs(limit=limit)  # type: ignore[arg-type]
     assert log.get("nothing") is None
-    assert log.get("o2") == log.runs(state="completed")[0]
+    whole, (summary,) = log.get("o2"), log.runs(state="completed")
+    assert whole is not None
+    assert all("result" in step for step in whole.steps)
+    # A listing gives summaries: no input, no step results, the rest as get() has it.
+    assert summary.input is None
+    assert all("result" not in step for step in summary.steps)
+    assert summary.state == whole.state
+    assert summary.updated_at == whole.updated_at
+    assert [s["state"] for s in summary.steps] == [s["state"] for s in whole.steps]
     assert log.get("o2").as_dict()["state"] == "completed"  # type: ignore[union-attr]
 
 

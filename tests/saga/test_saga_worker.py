@@ -993,3 +993,36 @@ def test_a_logs_repr_and_errors_show_no_password() -> None:
     with pytest.raises(ConfigurationError) as raised:
         SagaLog("mysql://bob:s3cret@db.example/shop")
     assert "s3cret" not in str(raised.value)
+
+
+async def test_a_result_too_large_to_keep_is_retried_then_compensated_never_cut(
+    log: SagaLog, workers: Callable[..., SagaWorker], clock: ManualClock
+) -> None:
+    from surefoot.saga.worker import MAX_RESULT
+
+    undone: list[object] = []
+
+    def big(ctx: StepContext) -> str:
+        return "x" * MAX_RESULT  # with its quotes, two bytes over
+
+    saga = Saga(
+        "s",
+        [
+            Step(
+                "a",
+                big,
+                compensate=lambda ctx: undone.append(ctx.result),
+                retry=Retry(attempts=2, initial=0, maximum=0),
+                fails_on=(Exception,),  # even so: the effect may stand, so never final
+            )
+        ],
+    )
+    worker = workers(saga)
+    run = await worker.start(saga, "o1")
+    while run.state == "running" or run.state == "compensating":
+        run = await worker.execute("o1")
+    assert run.state == "compensated"
+    assert undone == [None]  # undone as of unknown outcome: no result was kept
+    failures = [e.detail for e in log.timeline("o1") if e.kind == "failed"]
+    assert len(failures) == 2
+    assert all(f"more than {MAX_RESULT}" in (detail or "") for detail in failures)

@@ -555,20 +555,25 @@ class SagaLog:
         row = cur.fetchone()
         return None if row is None else self._run(row)
 
-    def _select(self) -> str:
+    def _select(self, *, summary: bool = False) -> str:
+        # A summary leaves the input out (up to MAX_INPUT each), and _run the results.
         return (
-            "SELECT id, name, state, input, steps, error, created_at, updated_at, due_at, "
-            f"deadline_at, CASE WHEN lease_until > ? THEN owner END FROM {self.prefix}_runs"
+            f"SELECT id, name, state, {'NULL' if summary else 'input'}, steps, error, "
+            "created_at, updated_at, due_at, deadline_at, "
+            f"CASE WHEN lease_until > ? THEN owner END FROM {self.prefix}_runs"
         )
 
     @staticmethod
-    def _run(row: Sequence[Any]) -> SagaRun:
+    def _run(row: Sequence[Any], *, summary: bool = False) -> SagaRun:
+        steps = json.loads(row[4])
+        if summary:
+            steps = [{k: v for k, v in step.items() if k != "result"} for step in steps]
         return SagaRun(
             row[0],
             row[1],
             row[2],
-            json.loads(row[3]),
-            json.loads(row[4]),
+            None if summary else json.loads(row[3]),
+            steps,
             row[5],
             row[6],
             row[7],
@@ -586,7 +591,8 @@ class SagaLog:
         limit: int = 100,
     ) -> list[SagaRun]:
         """Sagas, the least recently changed first: only those in ``state``, of ``name``,
-        or unchanged for ``older_than`` seconds or more."""
+        or unchanged for ``older_than`` seconds or more. Summaries: without their input
+        (``None``) and their steps' results; ``get`` gives a whole run."""
         where: list[str] = []
         params: list[object] = []
         if state is not None:
@@ -609,10 +615,10 @@ class SagaLog:
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         with self._connection().transaction() as cur:
             cur.execute(
-                self._q(f"{self._select()}{clause} ORDER BY updated_at LIMIT ?"),
+                self._q(f"{self._select(summary=True)}{clause} ORDER BY updated_at LIMIT ?"),
                 (self.clock.now(), *params, limit),
             )
-            return [self._run(row) for row in cur.fetchall()]
+            return [self._run(row, summary=True) for row in cur.fetchall()]
 
     def timeline(self, saga_id: str) -> list[TimelineEntry]:
         """Every transition of the saga, in order (``AdminNotFound`` for an unknown id)."""

@@ -27,6 +27,9 @@ Rule 3: a step function that runs longer than ``step_timeout`` fails transiently
         thread cannot be stopped; it runs on, and its result is ignored.
 Rule 4: ``stop`` lets each saga in flight finish its current step, commits it and hands
         the saga back; nothing is left half-recorded.
+Rule 5: a step's result is kept as JSON of at most ``MAX_RESULT`` bytes; a larger one
+        fails the attempt transiently (the action may have had its effect: retried under
+        the same keys, then compensated as of unknown outcome), never silently cut.
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ except ImportError:  # pragma: no cover - only without the client extra
 __all__ = ["SagaWorker"]
 
 _log = logging.getLogger("surefoot.saga")
+#: The largest result (or lookup answer) a step may return, as JSON (Rule 5).
+MAX_RESULT = 64 * 1024
 _T = TypeVar("_T")
 _WITH_RESULT = (StepState.DONE, StepState.COMPENSATING, StepState.COMPENSATED)
 
@@ -403,8 +408,12 @@ class SagaWorker:
             )
             with scope:
                 result = await asyncio.wait_for(self._call(function, context), self.step_timeout)
+            stored = _storable(result)
         except Exception as exc:
-            failed = step.judge(exc) if isinstance(move, Run) else Failed(describe(exc))
+            # A result too large to keep is never final: the action may have had its
+            # effect, so it is retried, then compensated as of unknown outcome.
+            final = isinstance(move, Run) and not isinstance(exc, _ResultTooLarge)
+            failed = step.judge(exc) if final else Failed(describe(exc))
             emit(
                 self.hooks,
                 SagaStepFailed(
@@ -420,8 +429,8 @@ class SagaWorker:
             )
             return failed
         if isinstance(move, LookUp):
-            return NotFound() if result is None else Found(_storable(result))
-        return Succeeded(_storable(result))
+            return NotFound() if stored is None else Found(stored)
+        return Succeeded(stored)
 
     async def _call(self, function: StepFunction, context: StepContext) -> Any:
         """Run a step function: awaited when async, in one of the worker's step threads
@@ -451,6 +460,17 @@ class SagaWorker:
         emit(self.hooks, event)
 
 
+class _ResultTooLarge(Exception):
+    pass
+
+
 def _storable(result: Any) -> Any:
-    """The result as JSON will give it back (what is not JSON becomes its ``str``)."""
-    return json.loads(json.dumps(result, default=str))
+    """The result as JSON will give it back (what is not JSON becomes its ``str``);
+    ``_ResultTooLarge`` past ``MAX_RESULT`` bytes (Rule 5)."""
+    text = json.dumps(result, default=str)
+    if len(text) > MAX_RESULT:
+        raise _ResultTooLarge(
+            f"the result is {len(text)} bytes of JSON, more than {MAX_RESULT}: return an id "
+            "and look the rest up"
+        )
+    return json.loads(text)
