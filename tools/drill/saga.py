@@ -1,14 +1,19 @@
 """The saga drill (``target = "saga"``, ``scenario`` Rule 6): checkouts run by workers that
 are killed, against partners that fail.
 
-    drill ──SagaLog.start──► sagas.db ◄── SagaWorker processes ──► partners (uvicorn:
-    (clients x payments      (the log)    (``[saga] workers``,      stock, payments,
-     orders)                              SIGKILLed as it goes)     shipping; partners.db)
+    drill ──SagaLog.start──► saga log ◄── SagaWorker processes ──► partners (uvicorn:
+    (clients x payments      (sagas.db or (``[saga] workers``,      stock, payments,
+     orders)                 PostgreSQL)  SIGKILLed as it goes)     shipping; partners.db)
 
-``python -m tools.drill.saga worker --database D --partners URL --ready F ...`` is one worker
-process: it runs the ``checkout`` saga of ``examples/checkout`` (its HTTP attempts and its
-steps' retries sized by the scenario), creates ``--ready`` once it runs, and stops cleanly
-on SIGTERM (the drill SIGKILLs it).
+The saga log is ``sagas.db`` in the drill's directory (``[saga] database = "sqlite"``) or
+tables of a fresh prefix (``drill`` and 8 hex digits) on ``$SUREFOOT_POSTGRES_DSN``
+(``"postgresql"``), dropped at the end of the run, whichever way it ends. The drill reads
+the log only through ``SagaLog``'s public API, the same on both databases.
+
+``python -m tools.drill.saga worker --database D --prefix P --partners URL --ready F ...`` is
+one worker process: it runs the ``checkout`` saga of ``examples/checkout`` (its HTTP
+attempts and its steps' retries sized by the scenario), creates ``--ready`` once it runs,
+and stops cleanly on SIGTERM (the drill SIGKILLs it).
 
 ``arun_saga_drill`` starts the partners (``examples.checkout.partners``, the payments
 partner failing as ``[saga]`` says, each fault appended to ``faults.jsonl``), the workers
@@ -22,17 +27,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import json
+import os
 import random
 import signal
-import sqlite3
 import sys
 import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from surefoot.saga import SagaLog, SagaRun
 
 __all__ = ["arun_saga_drill", "main", "order_input"]
+
+#: The PostgreSQL server of a ``database = "postgresql"`` drill, unless
+#: ``$SUREFOOT_POSTGRES_DSN`` names another.
+POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+#: ``SagaLog.runs`` lists at most this many sagas at once.
+_RUNS_LIMIT = 1000
+_ACTIVE = ("running", "compensating")
 
 
 def order_input(seed: int, n: int, *, refused: float, declined: float) -> dict[str, Any]:
@@ -68,7 +83,7 @@ def _saga(partners: str, attempt_timeout: float, step_attempts: int, backoff: fl
 async def _work(args: argparse.Namespace) -> None:
     from surefoot.saga import SagaLog, SagaWorker
 
-    log = SagaLog(args.database)
+    log = SagaLog(args.database, prefix=args.prefix)
     worker = SagaWorker(
         log,
         [_saga(args.partners, args.attempt_timeout, args.step_attempts, args.backoff)],
@@ -92,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     worker = commands.add_parser("worker", help="one saga worker")
     worker.add_argument("--database", required=True)
+    worker.add_argument("--prefix", default="surefoot_saga")
     worker.add_argument("--partners", required=True)
     worker.add_argument("--ready", required=True)
     worker.add_argument("--concurrency", type=int, default=8)
@@ -106,26 +122,35 @@ def main(argv: list[str] | None = None) -> None:
 # -- the drill -----------------------------------------------------------------------------------
 
 
-def _states(database: Path) -> dict[str, str]:
-    with contextlib.closing(sqlite3.connect(database)) as db:
-        return dict(db.execute("SELECT id, state FROM surefoot_saga_runs").fetchall())
+def _finished(saga_log: SagaLog) -> int:
+    """How many sagas are finished (neither running nor compensating)."""
+    return sum(n for _, state, n, _ in saga_log.counts() if state not in _ACTIVE)
 
 
-def _durations(database: Path) -> list[float]:
-    with contextlib.closing(sqlite3.connect(database)) as db:
-        rows = db.execute(
-            "SELECT updated_at - created_at FROM surefoot_saga_runs "
-            "WHERE state NOT IN ('running', 'compensating')"
-        ).fetchall()
-    return [r[0] for r in rows]
+def _runs(saga_log: SagaLog, total: int) -> list[SagaRun]:
+    """The orders' sagas (``order-0`` ... ``order-{total - 1}``), as summaries when they fit
+    in one ``runs`` listing."""
+    if total <= _RUNS_LIMIT:
+        return saga_log.runs(limit=_RUNS_LIMIT)
+    found = (saga_log.get(f"order-{n}") for n in range(total))
+    return [run for run in found if run is not None]
 
 
-def _step_runs(database: Path) -> int:
-    with contextlib.closing(sqlite3.connect(database)) as db:
-        (n,) = db.execute(
-            "SELECT COUNT(*) FROM surefoot_saga_log WHERE kind IN ('started', 'compensating')"
-        ).fetchone()
-    return int(n)
+def _step_runs(saga_log: SagaLog, runs: list[SagaRun]) -> int:
+    """Steps run and undone, all attempts (the timelines' ``started`` and ``compensating``)."""
+    kinds = ("started", "compensating")
+    return sum(sum(1 for entry in saga_log.timeline(run.id) if entry.kind in kinds) for run in runs)
+
+
+def _drop_tables(saga_log: SagaLog) -> None:
+    """Drop a PostgreSQL drill's tables (their prefix is the run's own)."""
+    saga_log.close()
+    conn = saga_log.connect()
+    try:
+        with conn.transaction() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {saga_log.prefix}_log, {saga_log.prefix}_runs")
+    finally:
+        conn.close()
 
 
 async def arun_saga_drill(
@@ -149,6 +174,11 @@ async def arun_saga_drill(
     s, g = scenario, scenario.saga
     env = _environment(directory, ROOT)
     database = directory / "sagas.db"
+    if g.database == "postgresql":
+        log_url = os.environ.get("SUREFOOT_POSTGRES_DSN", POSTGRES_DSN)
+        prefix = f"drill{uuid.uuid4().hex[:8]}"
+    else:
+        log_url, prefix = f"sqlite:///{database}", "surefoot_saga"
     ledger_db = directory / "partners.db"
     fault_log = directory / "faults.jsonl"
     port = _free_port()
@@ -204,102 +234,106 @@ async def arun_saga_drill(
             await start_worker(index)
             down.discard(index)
 
-    saga_log = SagaLog(f"sqlite:///{database}")
-    killer: asyncio.Task[None] | None = None
+    saga_log = SagaLog(log_url, prefix=prefix)
     try:
-        await asyncio.to_thread(saga_log.create_tables)
-        partners.start()
-        await _until_ready(partners, lambda: _answers(url + "/payments/charges?reference=-"))
-        for index in range(g.workers):
-            command = [sys.executable, "-m", "tools.drill.saga", "worker"]
-            command += ["--database", f"sqlite:///{database}", "--partners", url]
-            command += ["--ready", str(directory / f"worker-{index}.ready")]
-            command += ["--concurrency", str(g.concurrency), "--lease", repr(g.lease)]
-            command += ["--attempt-timeout", repr(g.attempt_timeout)]
-            command += ["--step-attempts", str(g.step_attempts), "--backoff", repr(g.backoff)]
-            workers.append(
-                _Process(
-                    f"saga worker {index} (tools.drill.saga worker)",
-                    command,
-                    log=directory / f"worker-{index}.log",
-                    cwd=ROOT,
-                    env=env,
+        killer: asyncio.Task[None] | None = None
+        try:
+            await asyncio.to_thread(saga_log.create_tables)
+            partners.start()
+            await _until_ready(partners, lambda: _answers(url + "/payments/charges?reference=-"))
+            for index in range(g.workers):
+                command = [sys.executable, "-m", "tools.drill.saga", "worker"]
+                command += ["--database", log_url, "--prefix", prefix, "--partners", url]
+                command += ["--ready", str(directory / f"worker-{index}.ready")]
+                command += ["--concurrency", str(g.concurrency), "--lease", repr(g.lease)]
+                command += ["--attempt-timeout", repr(g.attempt_timeout)]
+                command += ["--step-attempts", str(g.step_attempts), "--backoff", repr(g.backoff)]
+                workers.append(
+                    _Process(
+                        f"saga worker {index} (tools.drill.saga worker)",
+                        command,
+                        log=directory / f"worker-{index}.log",
+                        cwd=ROOT,
+                        env=env,
+                    )
                 )
-            )
-            await start_worker(index)
-        log(f"{g.workers} saga workers -> partners {url}; log {database}")
+                await start_worker(index)
+            log(f"{g.workers} saga workers -> partners {url}; log {saga_log!r}")
 
-        saga = _saga(url, g.attempt_timeout, g.step_attempts, g.backoff)
-        killer = asyncio.ensure_future(kill_workers())
-        begun = time.monotonic()
-        for n in range(s.total):
-            data = order_input(s.seed, n, refused=g.refused, declined=g.declined)
-            await asyncio.to_thread(saga_log.start, saga, f"order-{n}", data)
-            if g.pace:
-                await asyncio.sleep(g.pace)
-        deadline = time.monotonic() + s.deadline
-        while True:
-            states = await asyncio.to_thread(_states, database)
-            done = sum(1 for v in states.values() if v not in ("running", "compensating"))
-            if progress is not None:
-                progress(done, s.total)
-            if killer.done():
-                killer.result()  # a worker that did not start again
-            for index, worker in enumerate(workers):
-                if not worker.alive and index not in down:
-                    raise worker.failed("exited during the run")
-            if done == s.total or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.1)
-        seconds = time.monotonic() - begun
-        if done < s.total:
-            log(f"{s.total - done} sagas not finished after {s.deadline:g} s")
+            saga = _saga(url, g.attempt_timeout, g.step_attempts, g.backoff)
+            killer = asyncio.ensure_future(kill_workers())
+            begun = time.monotonic()
+            for n in range(s.total):
+                data = order_input(s.seed, n, refused=g.refused, declined=g.declined)
+                await asyncio.to_thread(saga_log.start, saga, f"order-{n}", data)
+                if g.pace:
+                    await asyncio.sleep(g.pace)
+            deadline = time.monotonic() + s.deadline
+            while True:
+                done = await asyncio.to_thread(_finished, saga_log)
+                if progress is not None:
+                    progress(done, s.total)
+                if killer.done():
+                    killer.result()  # a worker that did not start again
+                for index, worker in enumerate(workers):
+                    if not worker.alive and index not in down:
+                        raise worker.failed("exited during the run")
+                if done == s.total or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            seconds = time.monotonic() - begun
+            if done < s.total:
+                log(f"{s.total - done} sagas not finished after {s.deadline:g} s")
+        finally:
+            if killer is not None:
+                killer.cancel()
+                await asyncio.gather(killer, return_exceptions=True)
+            for worker in workers:
+                await asyncio.to_thread(worker.stop)
+            await asyncio.to_thread(partners.stop)
+
+        if not ledger_db.exists():
+            raise DrillError(f"the partners left no ledger ({ledger_db})")
+        ledger = await asyncio.to_thread(read_ledger, str(ledger_db))
+        runs = await asyncio.to_thread(_runs, saga_log, s.total)
+        states = {run.id: run.state for run in runs}
+        result = saga_audit(
+            states=states,
+            reservations=ledger.reservations,
+            charges=ledger.charges,
+            refunds=ledger.refunds,
+            shipments=ledger.shipments,
+            worker_kills=kills,
+        )
+        faults = collections.Counter(
+            json.loads(line)["fault"] for line in _lines(fault_log) if line.strip()
+        )
+        for problem, orders in result.examples.items():
+            log(f"{problem}: e.g. {', '.join(orders)}")
+        if result.attention:
+            log(f"needs_attention: {', '.join(result.attention)}")
+        return DrillReport(
+            scenario=s.name,
+            store=g.database,  # where the saga log lives
+            idempotency=s.idempotency,
+            clients=s.clients,
+            payments=s.payments,
+            workers=g.workers,
+            seed=s.seed,
+            audit=result.drill_audit(),
+            attempts=await asyncio.to_thread(_step_runs, saga_log, runs),
+            seconds=seconds,
+            wall=time.monotonic() - started,
+            faults={"payments": dict(faults)},
+            latency=ranks([r.updated_at - r.created_at for r in runs if r.state not in _ACTIVE]),
+            events=tuple(fired),
+            target=s.target,
+            saga=result,
+        )
     finally:
-        if killer is not None:
-            killer.cancel()
-            await asyncio.gather(killer, return_exceptions=True)
-        for worker in workers:
-            await asyncio.to_thread(worker.stop)
-        await asyncio.to_thread(partners.stop)
+        if g.database == "postgresql":
+            await asyncio.to_thread(_drop_tables, saga_log)
         saga_log.close()
-
-    if not ledger_db.exists():
-        raise DrillError(f"the partners left no ledger ({ledger_db})")
-    ledger = await asyncio.to_thread(read_ledger, str(ledger_db))
-    states = await asyncio.to_thread(_states, database)
-    result = saga_audit(
-        states=states,
-        reservations=ledger.reservations,
-        charges=ledger.charges,
-        refunds=ledger.refunds,
-        shipments=ledger.shipments,
-        worker_kills=kills,
-    )
-    faults = collections.Counter(
-        json.loads(line)["fault"] for line in _lines(fault_log) if line.strip()
-    )
-    for problem, orders in result.examples.items():
-        log(f"{problem}: e.g. {', '.join(orders)}")
-    if result.attention:
-        log(f"needs_attention: {', '.join(result.attention)}")
-    return DrillReport(
-        scenario=s.name,
-        store=s.store,
-        idempotency=s.idempotency,
-        clients=s.clients,
-        payments=s.payments,
-        workers=g.workers,
-        seed=s.seed,
-        audit=result.drill_audit(),
-        attempts=await asyncio.to_thread(_step_runs, database),
-        seconds=seconds,
-        wall=time.monotonic() - started,
-        faults={"payments": dict(faults)},
-        latency=ranks(await asyncio.to_thread(_durations, database)),
-        events=tuple(fired),
-        target=s.target,
-        saga=result,
-    )
 
 
 def _lines(path: Path) -> list[str]:

@@ -11,9 +11,10 @@ drill; ``runner.py`` runs it. Map of the file::
     [outbox]                 target = "outbox" only: workers, rollback, pace, worker_kills,
                              kill_every, down, kill_app, kill_app_after, lease, timeout,
                              schedule, jitter, rate_limit, concurrency, breaker
-    [saga]                   target = "saga" only: workers, concurrency, pace, worker_kills,
-                             kill_every, down, lease, attempt_timeout, step_attempts,
-                             backoff, refused, declined, unavailable, timeout, lost
+    [saga]                   target = "saga" only: database, workers, concurrency, pace,
+                             worker_kills, kill_every, down, lease, attempt_timeout,
+                             step_attempts, backoff, refused, declined, unavailable,
+                             timeout, lost
     [chaos.client]           a fault plan between the clients and the gateway
     [[chaos.client.rules]]   (seed, paused, rules: a ``surefoot.chaos.FaultPlanTable``)
     [chaos.upstream]         a fault plan between the gateway and the upstream
@@ -247,6 +248,9 @@ class SagaSettings:
     """The saga drill's knobs (``target = "saga"``, Rule 6).
 
     Args:
+        database: where the saga log lives: ``"sqlite"`` (a file in the drill's directory)
+            or ``"postgresql"`` (``$SUREFOOT_POSTGRES_DSN``, in tables of a fresh prefix
+            dropped at the end).
         workers, concurrency: ``SagaWorker`` processes, and sagas each runs at once.
         pace: seconds between two orders started (0: all at once).
         worker_kills, kill_every, down: how many times a worker process, chosen at random,
@@ -261,6 +265,7 @@ class SagaSettings:
             answered 503 before the work, never answered after it, answered 502 after it.
     """
 
+    database: Literal["sqlite", "postgresql"] = "sqlite"
     workers: int = 2
     concurrency: int = 8
     pace: float = 0.0

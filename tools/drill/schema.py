@@ -82,6 +82,7 @@ class Outbox(_Table):
 
 
 class Saga(_Table):
+    database: Literal["sqlite", "postgresql"] = described("'sqlite' or 'postgresql'", "sqlite")
     workers: int = described(_WHOLE.format(16), 2, ge=1, le=16)
     concurrency: int = described(_WHOLE.format(1000), 8, ge=1, le=1000)
     pace: float = described(_SECONDS0, 0.0, ge=0)
