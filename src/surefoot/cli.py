@@ -1217,43 +1217,28 @@ def _act(
     click.echo(f"saga {run.id} ({run.name}): {kind} recorded by {who}; it is now {run.state}")
 
 
-@sagas.command("retry")
-@_SAGA_DATABASE
-@_SAGA_PREFIX
-@click.argument("saga_id", metavar="ID")
-@_SAGA_REASON
-@_ACTOR_OPTION
-def retry_saga(
-    database: str | None, prefix: str, saga_id: str, reason: str, actor: str | None
-) -> None:
-    """Go on with saga ID now, in its direction, with fresh attempts for the step at hand."""
-    _act("retry", database, prefix, saga_id, reason, actor)
+def _saga_action(kind: str, doc: str) -> None:
+    """``surefoot sagas KIND ID --reason R [--actor A]``: one of a person's actions."""
+
+    @sagas.command(kind, help=doc)
+    @_SAGA_DATABASE
+    @_SAGA_PREFIX
+    @click.argument("saga_id", metavar="ID")
+    @_SAGA_REASON
+    @_ACTOR_OPTION
+    def command(
+        database: str | None, prefix: str, saga_id: str, reason: str, actor: str | None
+    ) -> None:
+        _act(kind, database, prefix, saga_id, reason, actor)
 
 
-@sagas.command("compensate")
-@_SAGA_DATABASE
-@_SAGA_PREFIX
-@click.argument("saga_id", metavar="ID")
-@_SAGA_REASON
-@_ACTOR_OPTION
-def compensate_saga(
-    database: str | None, prefix: str, saga_id: str, reason: str, actor: str | None
-) -> None:
-    """Turn saga ID back now: a worker undoes what it did, in reverse order."""
-    _act("compensate", database, prefix, saga_id, reason, actor)
-
-
-@sagas.command("resolve")
-@_SAGA_DATABASE
-@_SAGA_PREFIX
-@click.argument("saga_id", metavar="ID")
-@_SAGA_REASON
-@_ACTOR_OPTION
-def resolve_saga(
-    database: str | None, prefix: str, saga_id: str, reason: str, actor: str | None
-) -> None:
-    """Close saga ID by hand: you settled it outside (no worker touches it again)."""
-    _act("resolve", database, prefix, saga_id, reason, actor)
+_saga_action(
+    "retry", "Go on with saga ID now, in its direction, with fresh attempts for the step at hand."
+)
+_saga_action("compensate", "Turn saga ID back now: a worker undoes what it did, in reverse order.")
+_saga_action(
+    "resolve", "Close saga ID by hand: you settled it outside (no worker touches it again)."
+)
 
 
 def _load_sagas(spec: str) -> list[Any]:
