@@ -16,7 +16,7 @@ Rule 1: a command that needs an extra says so in one line before importing anyth
         (missing: httpx)``), never with a traceback. ``errors``, ``metrics``, ``keys``,
         ``migrate`` and the outbox's ``webhooks`` commands need none (a Redis or
         PostgreSQL database needs its driver's extra); ``serve``, ``check-config``,
-        ``webhooks inspect``, ``webhooks forget`` and ``alerts`` need ``gateway``; ``chaos`` and
+        ``webhooks inspect``, ``webhooks forget``, ``reconcile`` and ``alerts`` need ``gateway``; ``chaos`` and
         ``webhooks worker`` need ``client`` (and ``metrics`` for ``--metrics-port``).
 Rule 2: every input is checked before anything is stored; an invalid one is a usage error
         naming the option (``surefoot keys resolve`` stores only what
@@ -1392,9 +1392,9 @@ def reconcile(
     if once and interval is not None:
         raise click.UsageError("expected --once or --interval, not both")
     stuck = _duration(stuck_after, "--stuck-after")
+    _need("reconcile", "gateway")  # the sweeper is the gateway's, with or without --config
     config = None
     if config_path is not None:
-        _need("reconcile --config", "gateway")
         from surefoot.gateway import load_config
 
         try:

@@ -241,6 +241,13 @@ class Gateway:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         stack = self.stack
+        if stack.test_header is not None and _is_test(stack, scope):
+            with uncounted():  # test traffic: served, left out of the metrics
+                await self._handle(stack, scope, receive, send)
+        else:
+            await self._handle(stack, scope, receive, send)
+
+    async def _handle(self, stack: _Stack, scope: Scope, receive: Receive, send: Send) -> None:
         rid = _clean_headers(scope, trusted=self._trusted(stack, scope))  # Rules 7 and 4
         # Before anything matches a route (Rule 5): the path in its one form, or a refusal.
         refused: SurefootError | None = canonicalize(
@@ -259,9 +266,7 @@ class Gateway:
                 refused = exc
         stack.in_flight += 1
         metrics = self.metrics
-        test = stack.test_header is not None and _is_test(stack, scope)
-        if not test:
-            metrics.inflight(1)
+        metrics.inflight(1)
         started = time.perf_counter()
         rid_field = (b"x-request-id", rid.encode())
         status = 500
@@ -293,8 +298,7 @@ class Gateway:
 
         try:
             if refused is None:
-                with uncounted() if test else contextlib.nullcontext():
-                    await stack.app(scope, received, tracked)
+                await stack.app(scope, received, tracked)
                 if left and not answered:
                     status = 499  # the client left before any answer (NGINX's code for it)
             else:
@@ -303,11 +307,10 @@ class Gateway:
             stack.in_flight -= 1
             elapsed = time.perf_counter() - started
             label = route or "other"
-            if not test:
-                metrics.inflight(-1)
-                metrics.observe_request(
-                    route=label, method=scope["method"], status=status, seconds=elapsed
-                )
+            metrics.inflight(-1)
+            metrics.observe_request(
+                route=label, method=scope["method"], status=status, seconds=elapsed
+            )
             if stack.access_log and self.access.enabled:
                 client = scope.get("client")
                 self.access.log(

@@ -74,7 +74,8 @@ class GatewayMetrics(PrometheusMetrics):
     def inflight(self, delta: int) -> None:
         """Requests started (``+1``) or finished (``-1``)."""
         if self.multiprocess_dir is None:
-            self._in_flight += delta
+            if counted():
+                self._in_flight += delta
         else:
             super().inflight(delta)
 

@@ -313,7 +313,8 @@ class PrometheusMetrics(EventHook):
 
     def inflight(self, delta: int) -> None:
         """Requests started (``+1``) or finished (``-1``)."""
-        self._inflight.inc(delta)
+        if counted():
+            self._inflight.inc(delta)
 
     def set_unknown_keys(self, count: int) -> None:
         """The reconciler's latest count of keys whose outcome is unknown."""
