@@ -1026,3 +1026,17 @@ async def test_a_result_too_large_to_keep_is_retried_then_compensated_never_cut(
     failures = [e.detail for e in log.timeline("o1") if e.kind == "failed"]
     assert len(failures) == 2
     assert all(f"more than {MAX_RESULT}" in (detail or "") for detail in failures)
+
+
+@pytest.mark.parametrize("defined", [["a", "b", "c"], ["a"]])
+async def test_a_definition_with_more_or_fewer_steps_needs_attention_too(
+    log: SagaLog, workers: Callable[..., SagaWorker], defined: list[str]
+) -> None:
+    ran: list[str] = []
+    log.start(Saga("s", [Step("a", ran.append), Step("b", ran.append)]), "o1")
+    new = Saga("s", [Step(name, ran.append) for name in defined])
+    run = await workers(new).execute("o1")
+    assert run.state == "needs_attention"
+    assert run.error == f"the definition changed: stored steps a, b, defined {', '.join(defined)}"
+    assert [step["name"] for step in run.steps] == ["a", "b"]  # written back as stored
+    assert ran == []

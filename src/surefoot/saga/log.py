@@ -116,14 +116,19 @@ class TimelineEntry:
 
 
 class Claimed(NamedTuple):
-    """A saga a worker owns until its lease runs out, under ``fence``."""
+    """A saga a worker owns until its lease runs out, under ``fence``; ``plan`` is its
+    steps as recorded at its start."""
 
     id: str
     name: str
     input: Any
-    names: tuple[str, ...]
+    plan: Plan
     record: Record
     fence: int
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(step.name for step in self.plan.steps)
 
 
 def _ddl(p: str, dialect: Dialect) -> str:
@@ -183,18 +188,16 @@ def _steps_json(plan: Plan, record: Record) -> str:
     )
 
 
-def _plan(steps: str) -> Plan:
-    """The plan as recorded at the saga's start: what a person's action needs to know of
-    the steps (names, which have an undo and a lookup), without the application's code."""
-    return Plan(
-        tuple(
-            PlanStep(s["name"], s["undo"], s["lookup"], Retry(), Retry()) for s in json.loads(steps)
-        )
+def _stored(
+    state: str, forward: int, steps: str, due: float, deadline: Any, error: Any
+) -> tuple[Plan, Record]:
+    """A stored run's plan (what a person's action and a changed definition need to know
+    of its steps, without the application's code) and record, from one parse."""
+    parsed = json.loads(steps)
+    plan = Plan(
+        tuple(PlanStep(s["name"], s["undo"], s["lookup"], Retry(), Retry()) for s in parsed)
     )
-
-
-def _record(state: str, forward: int, steps: str, due: float, deadline: Any, error: Any) -> Record:
-    return Record(
+    record = Record(
         SagaState(state),
         bool(forward),
         tuple(
@@ -206,12 +209,13 @@ def _record(state: str, forward: int, steps: str, due: float, deadline: Any, err
                 s["result"],
                 s["error"],
             )
-            for s in json.loads(steps)
+            for s in parsed
         ),
         due,
         deadline,
         error,
     )
+    return plan, record
 
 
 def _check(pattern: re.Pattern[str], value: object, field: str, expected: str) -> str:
@@ -437,8 +441,7 @@ class SagaLog:
                 row[0],
                 row[1],
                 json.loads(row[2]),
-                tuple(step["name"] for step in json.loads(row[5])),
-                _record(row[3], row[4], row[5], row[6], row[7], row[8]),
+                *_stored(row[3], row[4], row[5], row[6], row[7], row[8]),
                 row[9],
             )
             for row in rows
@@ -737,8 +740,7 @@ class SagaLog:
             row = cur.fetchone()
             if row is None:
                 raise AdminNotFound(what=f"saga {saga_id!r}")
-            record = _record(row[1], row[2], row[3], row[4], row[5], row[6])
-            plan = _plan(row[3])
+            plan, record = _stored(row[1], row[2], row[3], row[4], row[5], row[6])
             new, entries = act(plan, record)
             new = Record(
                 new.state,

@@ -324,6 +324,7 @@ class SagaWorker:
             )
             record = replace(record, state=SagaState.NEEDS_ATTENTION, error=reason)
             pending.append(Entry("needs_attention", None, None, reason))
+            plan = claimed.plan  # its steps as stored: the record is written back with them
         while True:
             now = self.clock.now()
             move = next_move(plan, record, now)
