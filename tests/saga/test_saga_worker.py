@@ -1040,3 +1040,21 @@ async def test_a_definition_with_more_or_fewer_steps_needs_attention_too(
     assert run.error == f"the definition changed: stored steps a, b, defined {', '.join(defined)}"
     assert [step["name"] for step in run.steps] == ["a", "b"]  # written back as stored
     assert ran == []
+
+
+async def test_run_purges_the_sagas_finished_past_the_retention(
+    log: SagaLog, workers: Callable[..., SagaWorker], clock: ManualClock
+) -> None:
+    saga = Saga("s", [Step("a", lambda ctx: None)])
+    worker = workers(saga, poll_interval=0.01)
+    assert (await worker.start(saga, "old")).state == "completed"
+    clock.advance(log.retention + 1)
+    assert (await worker.start(saga, "recent")).state == "completed"
+    running = asyncio.ensure_future(worker.run())
+    deadline = time.monotonic() + GUARD
+    while log.get("old") is not None:
+        assert time.monotonic() < deadline, "run() never purged the old saga"
+        await asyncio.sleep(0.01)
+    worker.stop()
+    await asyncio.wait_for(running, GUARD)
+    assert log.get("recent") is not None

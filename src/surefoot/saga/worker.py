@@ -30,6 +30,8 @@ Rule 4: ``stop`` lets each saga in flight finish its current step, commits it an
 Rule 5: a step's result is kept as JSON of at most ``MAX_RESULT`` bytes; a larger one
         fails the attempt transiently (the action may have had its effect: retried under
         the same keys, then compensated as of unknown outcome), never silently cut.
+Rule 6: ``run`` deletes the sagas finished more than the log's ``retention`` ago, at
+        start and every ``PURGE_EVERY`` seconds, in batches (``SagaLog.purge``).
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ except ImportError:  # pragma: no cover - only without the client extra
 __all__ = ["SagaWorker"]
 
 _log = logging.getLogger("surefoot.saga")
+#: Seconds between two purges of finished sagas by ``run`` (Rule 6).
+PURGE_EVERY = 300.0
 #: The largest result (or lookup answer) a step may return, as JSON (Rule 5).
 MAX_RESULT = 64 * 1024
 _T = TypeVar("_T")
@@ -236,7 +240,11 @@ class SagaWorker:
         """Claim and run due sagas until ``stop`` (store outages are waited out). A ``stop``
         made before this task got to run counts: it returns at once."""
         try:
+            purge_at = self.clock.now()
             while not self._stopping:
+                if self.clock.now() >= purge_at:
+                    purge_at = self.clock.now() + PURGE_EVERY
+                    await self._purge()
                 free = self.concurrency - len(self._tasks)
                 claimed: list[Claimed] = []
                 if free > 0:
@@ -259,6 +267,14 @@ class SagaWorker:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             self._stopping = False  # the stop is spent: the worker may run (or execute) again
+
+    async def _purge(self) -> None:
+        """Delete the sagas finished past the log's retention (Rule 6)."""
+        try:
+            while await self._db(self.log.purge) > 0:
+                pass
+        except StoreUnavailable:
+            _log.warning("saga purge failed; the database is unavailable")
 
     def stop(self) -> None:
         """Ask ``run`` to return once the sagas in flight finished their current step."""
