@@ -16,8 +16,9 @@ Rule 1: a command that needs an extra says so in one line before importing anyth
         (missing: httpx)``), never with a traceback. ``errors``, ``metrics``, ``keys``,
         ``migrate`` and the outbox's ``webhooks`` commands need none (a Redis or
         PostgreSQL database needs its driver's extra); ``serve``, ``check-config``,
-        ``webhooks inspect``, ``webhooks forget``, ``reconcile`` and ``alerts`` need ``gateway``; ``chaos`` and
-        ``webhooks worker`` need ``client`` (and ``metrics`` for ``--metrics-port``).
+        ``webhooks inspect``, ``webhooks forget``, ``reconcile`` and ``alerts`` need
+        ``gateway``; ``chaos`` and ``webhooks worker`` need ``client`` (and ``metrics``
+        for ``--metrics-port``).
 Rule 2: every input is checked before anything is stored; an invalid one is a usage error
         naming the option (``surefoot keys resolve`` stores only what
         ``surefoot._operator`` accepts).
