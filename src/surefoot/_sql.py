@@ -19,7 +19,15 @@ from typing import Any, Literal, Protocol
 
 from surefoot.errors import StoreUnavailable
 
-__all__ = ["Connection", "Cursor", "Dialect", "dialect_of", "sqlite_path", "translated"]
+__all__ = [
+    "Connection",
+    "Cursor",
+    "Dialect",
+    "dialect_of",
+    "in_transaction",
+    "sqlite_path",
+    "translated",
+]
 
 Dialect = Literal["sqlite", "postgresql"]
 
@@ -44,6 +52,21 @@ class Cursor(Protocol):
     def fetchone(self) -> Any: ...
 
     def fetchall(self) -> list[Any]: ...
+
+
+def in_transaction(conn: Any, *, starting: bool) -> bool:
+    """Whether statements on the application's ``conn`` (sqlite3, or psycopg sync or
+    async) now run inside one open transaction. ``starting``: a psycopg connection that
+    is not in autocommit mode opens its transaction with the next statement, which is as
+    good for a first statement."""
+    if isinstance(conn, sqlite3.Connection):
+        return conn.in_transaction
+    from psycopg.pq import TransactionStatus
+
+    status = conn.info.transaction_status
+    if status == TransactionStatus.INTRANS:
+        return True
+    return starting and status == TransactionStatus.IDLE and not conn.autocommit
 
 
 def sqlite_path(url: str) -> str:

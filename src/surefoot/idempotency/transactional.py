@@ -61,6 +61,7 @@ from contextlib import closing, contextmanager
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn, Protocol
 
 from surefoot._json import NOT_JSON, parse_json_body
+from surefoot._sql import in_transaction
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import (
     ConfigurationError,
@@ -313,24 +314,8 @@ def _check_psycopg(conn: object, method: str, *, async_: bool) -> None:
         raise TypeError(f"TransactionalKeys.{method}: expected {expected}, got {type(conn)!r}")
 
 
-def _in_transaction(conn: sqlite3.Connection | Any, *, starting: bool) -> bool:
-    """Whether statements on ``conn`` now run inside one open transaction.
-
-    ``starting``: a psycopg connection that is not in autocommit mode opens its
-    transaction with the next statement, which is as good when claiming.
-    """
-    if isinstance(conn, sqlite3.Connection):
-        return conn.in_transaction
-    from psycopg.pq import TransactionStatus
-
-    status = conn.info.transaction_status
-    if status == TransactionStatus.INTRANS:
-        return True
-    return starting and status == TransactionStatus.IDLE and not conn.autocommit
-
-
 def _require_transaction(conn: sqlite3.Connection | Any) -> None:
-    if not _in_transaction(conn, starting=True):
+    if not in_transaction(conn, starting=True):
         raise RuntimeError(
             "TransactionalKeys.claim runs inside the caller's transaction, and this "
             "connection has none open: BEGIN (BEGIN IMMEDIATE on SQLite) first"
@@ -591,7 +576,7 @@ class TransactionalKeys:
             raise RuntimeError(
                 "this claim replays an earlier response: there is nothing to complete"
             )
-        if not _in_transaction(claim._conn, starting=False):
+        if not in_transaction(claim._conn, starting=False):
             raise RuntimeError(
                 "the claim's transaction has ended: complete it before COMMIT, on the "
                 "connection that claimed it"

@@ -50,7 +50,7 @@ from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
-from surefoot._sql import Connection, Dialect, dialect_of, translated
+from surefoot._sql import Connection, Dialect, dialect_of, in_transaction, translated
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import ConfigurationError
 from surefoot.outbox._core import (
@@ -667,15 +667,14 @@ class Outbox:
         """
         message_id, row, now = self._message(event_type, payload, tenant, event_id, ordering_key)
         sql = self._sql_of(conn)
+        if not in_transaction(conn, starting=True):
+            raise RuntimeError(_NO_TRANSACTION)
         if isinstance(conn, sqlite3.Connection):
-            if not conn.in_transaction:
-                raise RuntimeError(_NO_TRANSACTION)
             cursor: Any = conn.cursor()
             cursor.row_factory = None
         else:
             from psycopg.rows import tuple_row
 
-            _require_psycopg_transaction(conn)
             cursor = conn.cursor(row_factory=tuple_row)  # whatever the application's is
         steps = _enqueue_steps(sql, row, tenant, event_type, ordering_key, now)
         with translated():
@@ -704,7 +703,8 @@ class Outbox:
                 f"Outbox.aenqueue: expected a psycopg.AsyncConnection, got {type(conn)!r}"
             )
         message_id, row, now = self._message(event_type, payload, tenant, event_id, ordering_key)
-        _require_psycopg_transaction(conn)
+        if not in_transaction(conn, starting=True):
+            raise RuntimeError(_NO_TRANSACTION)
         steps = _enqueue_steps(self._postgres, row, tenant, event_type, ordering_key, now)
         with translated():
             async with conn.cursor(row_factory=tuple_row) as cursor:
@@ -1221,17 +1221,6 @@ def _endpoint_results(attempted: Sequence[Outcome]) -> list[tuple[object, ...]]:
         (reset, since, since, pause, pause, endpoint)
         for endpoint, (reset, since, pause) in found.items()
     ]
-
-
-def _require_psycopg_transaction(conn: Any) -> None:
-    from psycopg.pq import TransactionStatus
-
-    status = conn.info.transaction_status
-    if status == TransactionStatus.INTRANS or (
-        status == TransactionStatus.IDLE and not conn.autocommit
-    ):
-        return
-    raise RuntimeError(_NO_TRANSACTION)
 
 
 def _iso(now: float) -> str:

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, NamedTuple
 
 from surefoot._masking import masked_url
-from surefoot._sql import Connection, Cursor, Dialect, dialect_of, translated
+from surefoot._sql import Connection, Cursor, Dialect, dialect_of, in_transaction, translated
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import AdminNotFound, ConfigurationError, SagaActionRefused
 from surefoot.saga._core import (
@@ -383,13 +383,12 @@ class SagaLog:
                     f"SagaLog.start(conn=...): expected a sqlite3.Connection to the log's "
                     f"database, got {type(conn).__name__}"
                 )
-            if not conn.in_transaction:
+            if not in_transaction(conn, starting=True):
                 raise RuntimeError(_NO_TRANSACTION)
             with translated():
                 yield conn.cursor()
             return
         import psycopg
-        from psycopg.pq import TransactionStatus
         from psycopg.rows import tuple_row
 
         if not isinstance(conn, psycopg.Connection):
@@ -397,10 +396,7 @@ class SagaLog:
                 f"SagaLog.start(conn=...): expected a (sync) psycopg.Connection to the log's "
                 f"database, got {type(conn).__name__}"
             )
-        status = conn.info.transaction_status
-        if status != TransactionStatus.INTRANS and (
-            status != TransactionStatus.IDLE or conn.autocommit
-        ):
+        if not in_transaction(conn, starting=True):
             raise RuntimeError(_NO_TRANSACTION)
         with translated():
             yield conn.cursor(row_factory=tuple_row)
