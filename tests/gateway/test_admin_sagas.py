@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from _gateway_helpers import ADMIN_HEADERS, EchoUpstream, Running, gateway_config, problem, running
 
+from _support import GUARD
 from surefoot.errors import ConfigurationError
 from surefoot.gateway import load_config
 from surefoot.saga import Retry, Saga, SagaLog, SagaWorker, Step, StepContext, StepFailed
@@ -259,8 +261,9 @@ async def test_the_gateway_sweeps_at_start_and_logs_each_finding(
         await r.gateway.startup()
         sweeper = r.gateway.sweeper
         assert sweeper is not None
-        while sweeper.last is None:  # noqa: ASYNC110 - waits for the first sweep, not for time
-            await asyncio.sleep(0)
+        with anyio.fail_after(GUARD):  # the first sweep, or the test fails
+            while sweeper.last is None:  # noqa: ASYNC110 - waits for the sweep, not for time
+                await asyncio.sleep(0)
         exposed = r.gateway.metrics.render()[0].decode()
     lines = [rec.getMessage() for rec in caplog.records if rec.name.startswith("surefoot.gateway")]
     (line,) = [line for line in lines if "order-2" in line]

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import psycopg
 import pytest
@@ -25,31 +23,6 @@ from surefoot.saga import Retry, Saga, SagaLog, SagaWorker, Step, StepContext, S
 from surefoot.testing import ManualClock
 
 pytestmark = pytest.mark.anyio
-
-DATABASES = ["sqlite", "postgres"]
-
-
-@pytest.fixture(params=DATABASES)
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/sagas.db"
-    dsn: str = request.getfixturevalue("postgres_dsn")
-    return dsn
-
-
-@pytest.fixture
-def log(database: str, clock: ManualClock) -> Iterator[SagaLog]:
-    """A log in fresh tables (a prefix of its own), dropped afterwards on PostgreSQL."""
-    prefix = f"t{uuid4().hex[:10]}"
-    saga_log = SagaLog(database, prefix=prefix, clock=clock, retention=3600)
-    saga_log.create_tables()
-    yield saga_log
-    saga_log.close()
-    if saga_log.dialect == "postgresql":
-        conn = saga_log.connect()
-        with conn.transaction() as cur:
-            cur.execute(f"DROP TABLE IF EXISTS {prefix}_runs, {prefix}_log")
-        conn.close()
 
 
 def noop(ctx: StepContext) -> str:

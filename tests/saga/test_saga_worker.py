@@ -14,10 +14,9 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import httpx
 import pytest
@@ -47,29 +46,6 @@ LEASE = 60.0
 
 class Crash(BaseException):
     """The process dies here (a ``BaseException``: nothing in the worker catches it)."""
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/sagas.db"
-    dsn: str = request.getfixturevalue("postgres_dsn")
-    return dsn
-
-
-@pytest.fixture
-def log(database: str, clock: ManualClock) -> Iterator[SagaLog]:
-    """A log in fresh tables (a prefix of its own), dropped afterwards on PostgreSQL."""
-    prefix = f"t{uuid4().hex[:10]}"
-    saga_log = SagaLog(database, prefix=prefix, clock=clock)
-    saga_log.create_tables()
-    yield saga_log
-    saga_log.close()
-    if saga_log.dialect == "postgresql":
-        conn = saga_log.connect()
-        with conn.transaction() as cur:
-            cur.execute(f"DROP TABLE IF EXISTS {prefix}_runs, {prefix}_log")
-        conn.close()
 
 
 @pytest.fixture
