@@ -122,6 +122,36 @@ def option(parser: argparse.ArgumentParser, name: str, default: float | str, hel
     parser.add_argument(name, type=type(default), default=default, help=f"{help} (default: {said})")
 
 
+#: The databases of the benchmarks that run workers over SQLite and PostgreSQL.
+DATABASES = ("sqlite", "postgres")
+
+
+def add_database_options(parser: argparse.ArgumentParser) -> None:
+    """``--stores``, ``--workers`` and ``--postgres``, for benchmarks of worker processes
+    over SQLite and PostgreSQL (read back with ``databases``)."""
+    option(parser, "--stores", ",".join(DATABASES), "comma-separated stores")
+    option(parser, "--workers", "1,4", "comma-separated worker process counts")
+    option(
+        parser,
+        "--postgres",
+        os.environ.get("SUREFOOT_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"),
+        "PostgreSQL DSN",
+    )
+
+
+def databases(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[list[str], list[int]]:
+    """The stores (each one of ``DATABASES``) and worker counts ``add_database_options``
+    read."""
+    stores = names(parser, "--stores", args.stores, DATABASES, required=True)
+    try:
+        counts = [int(w) for w in args.workers.split(",") if w]
+    except ValueError:
+        parser.error(f"--workers: expected whole numbers such as 1,4, got {args.workers!r}")
+    return stores, counts
+
+
 def add_rounds(parser: argparse.ArgumentParser, default: int) -> None:
     option(parser, "--rounds", default, "rounds")
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import statistics
 import sys
@@ -53,7 +52,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h
 
-STORES = ("sqlite", "postgres")
 TARGET_RATE = 1000.0  # deliveries/s, 4 workers, PostgreSQL
 TARGET_P99 = 1.0  # seconds, at half load
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -284,22 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     parser = h.new_parser(__doc__, rounds=1, quick={"messages": 500, "duration": 2, "posts": 500})
-    h.option(parser, "--stores", ",".join(STORES), "comma-separated stores")
-    h.option(parser, "--workers", "1,4", "comma-separated worker process counts")
+    h.add_database_options(parser)
     h.option(parser, "--messages", 5000, "messages committed at once for the throughput")
     h.option(parser, "--duration", 5.0, "seconds of paced commits at half load")
     h.option(parser, "--endpoints", 8, "endpoints (one event type each)")
     h.option(parser, "--posts", 3000, "POSTs per sender in the senders' comparison")
-    h.option(
-        parser,
-        "--postgres",
-        os.environ.get("SUREFOOT_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"),
-        "PostgreSQL DSN",
-    )
     h.add_output_options(parser)
     args = h.parse(parser, argv)
-    stores = [s for s in args.stores.split(",") if s]
-    counts = [int(w) for w in args.workers.split(",") if w]
+    stores, counts = h.databases(parser, args)
     context: dict[str, Any] = {
         "command": h.command_line(argv),
         "environment": h.environment(["surefoot", "httpx", "psycopg", "uvicorn"]),

@@ -44,7 +44,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import sqlite3
 import statistics
 import sys
@@ -66,7 +65,6 @@ import _harness as h
 from surefoot.client import AsyncResilientTransport, idempotency_scope
 from surefoot.saga import Saga, SagaLog, SagaWorker, Step, StepContext
 
-STORES = ("sqlite", "postgres")
 STEPS = ("reserve", "charge", "ship")
 TARGET_OVERHEAD = 0.002  # seconds per step, p50, PostgreSQL
 
@@ -438,21 +436,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     parser = h.new_parser(__doc__, rounds=1, quick={"sagas": 200, "sequential": 50, "warmup": 5})
-    h.option(parser, "--stores", ",".join(STORES), "comma-separated stores")
-    h.option(parser, "--workers", "1,4", "comma-separated worker process counts")
+    h.add_database_options(parser)
     h.option(parser, "--sagas", 1000, "sagas recorded beforehand for the throughput")
     h.option(parser, "--sequential", 500, "sagas (and direct triples) run one by one")
     h.option(parser, "--warmup", 20, "untimed sagas (and direct triples) before those")
-    h.option(
-        parser,
-        "--postgres",
-        os.environ.get("SUREFOOT_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"),
-        "PostgreSQL DSN",
-    )
     h.add_output_options(parser)
     args = h.parse(parser, argv)
-    stores = [s for s in args.stores.split(",") if s]
-    counts = [int(w) for w in args.workers.split(",") if w]
+    stores, counts = h.databases(parser, args)
     context: dict[str, Any] = {
         "command": h.command_line(argv),
         "environment": h.environment(["surefoot", "httpx", "psycopg", "uvicorn", "uvloop"]),
