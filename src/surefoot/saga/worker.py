@@ -66,6 +66,7 @@ from surefoot.saga._core import (
     LookUp,
     NotFound,
     Outcome,
+    Plan,
     Record,
     Run,
     SagaState,
@@ -137,12 +138,14 @@ class SagaWorker:
         if not isinstance(log, SagaLog):
             raise ConfigurationError(f"SagaWorker.log: expected a SagaLog, got {log!r}")
         self._sagas: dict[str, Saga] = {}
+        #: Each saga's plan, made once (a saga without steps fails here, not in the loop).
+        self._plans: dict[str, Plan] = {}
         for saga in sagas:
             if not isinstance(saga, Saga):
                 raise ConfigurationError(f"SagaWorker.sagas: expected Saga objects, got {saga!r}")
             if saga.name in self._sagas:
                 raise ConfigurationError(f"SagaWorker.sagas: {saga.name!r} is given twice")
-            saga.plan()  # a saga without steps fails here, not in the loop
+            self._plans[saga.name] = saga.plan()
             self._sagas[saga.name] = saga
         if not self._sagas:
             raise ConfigurationError("SagaWorker.sagas: expected at least one Saga")
@@ -330,7 +333,7 @@ class SagaWorker:
 
     async def _drive(self, claimed: Claimed) -> None:
         saga = self._sagas[claimed.name]
-        plan = saga.plan()
+        plan = self._plans[claimed.name]
         record = claimed.record
         pending: list[Entry] = []
         if claimed.names != saga.names:
@@ -396,7 +399,8 @@ class SagaWorker:
     async def _perform(
         self, saga: Saga, claimed: Claimed, record: Record, move: Run | Compensate | LookUp
     ) -> Outcome:
-        step = saga.steps[move.index]
+        steps = saga.steps
+        step = steps[move.index]
         state = record.steps[move.index]
         # A lookup is read-only: its calls take no keys, but it is given the action's stem
         # (it may ask the partner for what was sent under saga:<id>:<step>:1...).
@@ -411,7 +415,7 @@ class SagaWorker:
         assert function is not None
         results = {
             s.name: r.result
-            for s, r in zip(saga.steps, record.steps, strict=True)
+            for s, r in zip(steps, record.steps, strict=True)
             if r.state in _WITH_RESULT
         }
         context = StepContext(
