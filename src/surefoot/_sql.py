@@ -17,12 +17,14 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal, Protocol
 
+from surefoot._masking import masked_url
 from surefoot.errors import StoreUnavailable
 
 __all__ = [
     "Connection",
     "Cursor",
     "Dialect",
+    "database_dialect",
     "dialect_of",
     "in_transaction",
     "sqlite_path",
@@ -52,6 +54,23 @@ class Cursor(Protocol):
     def fetchone(self) -> Any: ...
 
     def fetchall(self) -> list[Any]: ...
+
+
+def database_dialect(url: object) -> Dialect:
+    """The dialect of a database URL surefoot keeps tables in: ``sqlite:///path`` (without
+    ``?options``: the path would be taken to include them) or ``postgresql://``.
+
+    Raises:
+        ValueError: ``expected ..., got ...``, the URL shown masked.
+    """
+    if not isinstance(url, str):
+        raise ValueError(f"expected a sqlite:///path or postgresql:// URL, got {url!r}")
+    dialect = dialect_of(url)
+    if dialect is None:
+        raise ValueError(f"expected a sqlite:///path or postgresql:// URL, got {masked_url(url)!r}")
+    if dialect == "sqlite" and ("?" in url or "#" in url):
+        raise ValueError(f"expected a sqlite:///path without ?options, got {masked_url(url)!r}")
+    return dialect
 
 
 def in_transaction(conn: Any, *, starting: bool) -> bool:

@@ -1034,3 +1034,10 @@ async def test_run_purges_the_sagas_finished_past_the_retention(
     worker.stop()
     await asyncio.wait_for(running, GUARD)
     assert log.get("recent") is not None
+
+
+def test_a_sqlite_url_with_options_is_refused_as_the_outbox_does() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"^SagaLog.database: expected a sqlite:///path without \?options"
+    ):
+        SagaLog("sqlite:///app.db?mode=ro")

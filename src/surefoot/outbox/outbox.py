@@ -50,7 +50,7 @@ from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
-from surefoot._sql import Connection, Dialect, dialect_of, in_transaction, translated
+from surefoot._sql import Connection, Dialect, database_dialect, in_transaction, translated
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import ConfigurationError
 from surefoot.outbox._core import (
@@ -533,15 +533,6 @@ def _delays(schedule: object) -> tuple[Any, ...]:
     return tuple(schedule)
 
 
-def _dialect_of(url: str) -> Dialect:
-    dialect = dialect_of(url)
-    if dialect is None:
-        _fail("database", "a sqlite:///path or postgresql:// URL", url.split("@")[-1])
-    if dialect == "sqlite" and ("?" in url or "#" in url):
-        _fail("database", "a sqlite:///path without ?options", url)
-    return dialect
-
-
 # -- the public API ----------------------------------------------------------------------------
 
 
@@ -589,9 +580,10 @@ class Outbox:
         retention: float = 30 * 86400.0,
         clock: Clock | None = None,
     ) -> None:
-        if not isinstance(database, str):
-            _fail("database", "a sqlite:///path or postgresql:// URL", database)
-        self.dialect = _dialect_of(database)
+        try:
+            self.dialect: Dialect = database_dialect(database)
+        except ValueError as exc:
+            raise ConfigurationError(f"database: {exc}") from None
         if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
             _fail("prefix", "a lower-case SQL name (letters, digits, _)", prefix)
         if event_types is not None:

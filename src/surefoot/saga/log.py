@@ -43,7 +43,14 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, NamedTuple
 
 from surefoot._masking import masked_url
-from surefoot._sql import Connection, Cursor, Dialect, dialect_of, in_transaction, translated
+from surefoot._sql import (
+    Connection,
+    Cursor,
+    Dialect,
+    database_dialect,
+    in_transaction,
+    translated,
+)
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import AdminNotFound, ConfigurationError, SagaActionRefused
 from surefoot.saga._core import (
@@ -249,12 +256,10 @@ class SagaLog:
         retention: float = 30 * 86400.0,
         clock: Clock | None = None,
     ) -> None:
-        dialect = dialect_of(database) if isinstance(database, str) else None
-        if dialect is None:
-            shown = masked_url(database) if isinstance(database, str) else database
-            raise ConfigurationError(
-                f"SagaLog.database: expected a sqlite:///path or postgresql:// URL, got {shown!r}"
-            )
+        try:
+            dialect = database_dialect(database)
+        except ValueError as exc:
+            raise ConfigurationError(f"SagaLog.database: {exc}") from None
         if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
             raise ConfigurationError(
                 f"SagaLog.prefix: expected lowercase letters, digits and _ (at most 40), "
