@@ -286,6 +286,7 @@ CREATE TABLE IF NOT EXISTS {p}_messages (
     created_at {real} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS {p}_messages_tenant ON {p}_messages (tenant, created_at);
+CREATE INDEX IF NOT EXISTS {p}_messages_created ON {p}_messages (created_at);
 CREATE TABLE IF NOT EXISTS {p}_deliveries (
     endpoint TEXT NOT NULL,
     seq {big} NOT NULL,
