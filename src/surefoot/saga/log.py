@@ -272,7 +272,8 @@ class SagaLog:
         self.prefix = prefix
         self.retention = float(retention)
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self._admin: Connection | None = None
+        # Opened on first use (and again after close): threads share it, one at a time.
+        self._admin = Connection(database, dialect)
 
     def __repr__(self) -> str:
         return f"SagaLog({masked_url(self.database)!r}, prefix={self.prefix!r})"
@@ -282,7 +283,7 @@ class SagaLog:
         return _ddl(self.prefix, dialect or self.dialect)
 
     def create_tables(self) -> None:
-        with self._connection().transaction() as cur:
+        with self._admin.transaction() as cur:
             for statement in self.ddl().split(";"):
                 if statement.strip():
                     cur.execute(statement)
@@ -292,14 +293,7 @@ class SagaLog:
         return Connection(self.database, self.dialect)
 
     def close(self) -> None:
-        if self._admin is not None:
-            self._admin.close()
-            self._admin = None
-
-    def _connection(self) -> Connection:
-        if self._admin is None:
-            self._admin = Connection(self.database, self.dialect)
-        return self._admin
+        self._admin.close()
 
     def _q(self, query: str) -> str:
         return query.replace("?", "%s") if self.dialect == "postgresql" else query
@@ -379,7 +373,7 @@ class SagaLog:
     @contextlib.contextmanager
     def _starting(self, conn: Any) -> Iterator[Cursor]:
         if conn is None:
-            with self._connection().transaction() as cur:
+            with self._admin.transaction() as cur:
                 yield cur
             return
         if self.dialect == "sqlite":
@@ -551,7 +545,7 @@ class SagaLog:
 
     def get(self, saga_id: str) -> SagaRun | None:
         """The saga ``saga_id``, or None."""
-        with self._connection().transaction() as cur:
+        with self._admin.transaction() as cur:
             return self._get(cur, saga_id)
 
     def _get(self, cur: Cursor, saga_id: str) -> SagaRun | None:
@@ -617,7 +611,7 @@ class SagaLog:
         if not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ValueError(f"limit: expected 1 to 1000, got {limit!r}")
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        with self._connection().transaction() as cur:
+        with self._admin.transaction() as cur:
             cur.execute(
                 self._q(f"{self._select(summary=True)}{clause} ORDER BY updated_at LIMIT ?"),
                 (self.clock.now(), *params, limit),
@@ -626,7 +620,7 @@ class SagaLog:
 
     def timeline(self, saga_id: str) -> list[TimelineEntry]:
         """Every transition of the saga, in order (``AdminNotFound`` for an unknown id)."""
-        with self._connection().transaction() as cur:
+        with self._admin.transaction() as cur:
             if self._get(cur, saga_id) is None:
                 raise AdminNotFound(what=f"saga {saga_id!r}")
             cur.execute(
@@ -640,7 +634,7 @@ class SagaLog:
 
     def counts(self) -> list[tuple[str, str, int, float]]:
         """``(name, state, how many, oldest updated_at)`` for every name and state."""
-        with self._connection().transaction() as cur:
+        with self._admin.transaction() as cur:
             cur.execute(
                 f"SELECT name, state, COUNT(*), MIN(updated_at) FROM {self.prefix}_runs "
                 "GROUP BY name, state ORDER BY name, state"
@@ -654,7 +648,7 @@ class SagaLog:
             raise ValueError(f"batch: expected 1 to 100000, got {batch!r}")
         cutoff = self.clock.now() - self.retention
         finished = "('completed', 'compensated', 'resolved')"
-        with self._connection().transaction() as cur:
+        with self._admin.transaction() as cur:
             cur.execute(
                 self._q(
                     f"SELECT id FROM {self.prefix}_runs WHERE state IN {finished} "
@@ -730,7 +724,7 @@ class SagaLog:
         _check(_ACTOR, actor, "actor", "1-64 printable ASCII characters without spaces")
         lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
         now = self.clock.now()
-        with self._connection().transaction() as cur:
+        with self._admin.transaction() as cur:
             cur.execute(
                 self._q(
                     f"SELECT name, state, forward, steps, due_at, deadline_at, error, seq "
