@@ -148,6 +148,8 @@ class GatewayConfig:
         api_keys: the API keys of ``[[clients]]``: when there are any, a credential that
             is not one of them is rate limited as its address.
         admin_token: the admin API's token (None: the admin API is disabled).
+        alert_webhook: where the gateway's own alerts are sent (``[alerts]``'s
+            ``webhook_url`` or ``webhook_url_env``; None: they are only listed).
         webhooks: endpoint name -> ``Webhook``, in the file's order (secrets read from
             the environment).
         sender: ``[webhooks.send]`` checked (None: the gateway sends no webhooks).
@@ -193,6 +195,13 @@ class GatewayConfig:
         self._stores(problems)
         self.admin_token = self._secret(
             root.admin.token, root.admin.token_env, ("admin",), problems
+        )
+        self.alert_webhook = self._secret(
+            root.alerts.webhook_url,
+            root.alerts.webhook_url_env,
+            ("alerts",),
+            problems,
+            field="webhook_url",
         )
         if root.admin.enabled and self.admin_token is None and root.admin.token_env is None:
             problems.add(("admin", "token"), "required: set token or token_env, or enabled = false")
@@ -418,6 +427,8 @@ class GatewayConfig:
         for loc, name in (
             (("idempotency", "store"), self.root.idempotency.store),
             (("rate_limit", "store"), self.root.rate_limit.store),
+            (("top", "store"), self.root.top.store),
+            (("alerts", "store"), self.root.alerts.store),
             *(
                 (("webhooks", "receive", index, "store"), table.store)
                 for index, table in enumerate(self.root.webhooks.receive)

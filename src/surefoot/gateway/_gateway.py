@@ -56,6 +56,7 @@ import contextlib
 import hashlib
 import importlib
 import logging
+import math
 import os
 import re
 import sys
@@ -100,7 +101,9 @@ from surefoot.gateway._outbox import OutboxRunner
 from surefoot.gateway._reconcile import Report, Sweeper, describe
 from surefoot.gateway._schema import Route
 from surefoot.gateway._shed import LoadShedder
+from surefoot.gateway._top import TopTracker, top_lists
 from surefoot.gateway._upstream import AppUpstream, HttpUpstream, HttpxUpstream, Upstream
+from surefoot.gateway._watch import AlertWatcher
 from surefoot.gateway.proxy import ProxyApp
 from surefoot.idempotency import IdempotencyMiddleware
 from surefoot.identity import Identity
@@ -189,7 +192,6 @@ class Gateway:
         self.metrics = metrics if metrics is not None else GatewayMetrics()
         self.transport = transport
         self.clock = clock if clock is not None else SystemClock()
-        self.hooks: tuple[EventHook, ...] = (LoggingHook(), self.metrics, *hooks)
         self.workers = workers if workers is not None else config.root.server.workers
         self.access = AccessLog(clock=self.clock)
         self.generation = 0
@@ -204,7 +206,22 @@ class Gateway:
         self._reconciler: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._started = config.root.server  # what a reload cannot change (Rule 3)
+        # [top] and [alerts]' stores: read once, kept in every stack's resources.
+        root = config.root
+        self._observed = (config.store_url(root.top.store), config.store_url(root.alerts.store))
+        self.top: TopTracker | None = None
+        if root.top.enabled:
+            board = self._store(self._observed[0], set())
+            self.top = TopTracker(board, k=root.top.k, clock=self.clock)
+        self._top = root.top
+        self._top_read = -math.inf
+        tracking = (self.top,) if self.top is not None else ()
+        self.hooks: tuple[EventHook, ...] = (LoggingHook(), self.metrics, *tracking, *hooks)
         self.stack = self._build(config, _digest_of(config_path))
+        self.watcher = AlertWatcher(
+            self.metrics, self._store(self._observed[1], set()), config, clock=self.clock
+        )
+        self._watching: asyncio.Task[None] | None = None
         # [webhooks.send]: read once, like the [server] fields a reload cannot change.
         self.sender: OutboxRunner | None = None
         if config.sender is not None:
@@ -213,6 +230,7 @@ class Gateway:
         self.saga_log: SagaLog | None = None
         self.sweeper: Sweeper | None = None
         self._sweeping: asyncio.Task[None] | None = None
+        self._flushing: asyncio.Task[None] | None = None
         self._started_sagas = config.root.sagas
         if config.sagas is not None:
             from surefoot.saga import SagaLog
@@ -359,6 +377,11 @@ class Gateway:
         if self.sender is not None:
             await self.sender.start()
         self._restart_reconciler()
+        if self._watching is None:
+            every = self.stack.config.root.alerts.evaluate_every
+            self._watching = asyncio.ensure_future(self.watcher.run(every))
+        if self.top is not None and self._flushing is None:
+            self._flushing = asyncio.ensure_future(self.top.run(self._top.flush_every))
         if self.sweeper is not None and self._sweeping is None:
             assert self._started_sagas is not None
             interval = self._started_sagas.reconcile_interval
@@ -398,6 +421,13 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeping
             self._sweeping = None
+        for task in (self._flushing, self._watching):  # before the stores close
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._flushing = self._watching = None
+        await self.watcher.aclose()
         if self.sender is not None:
             await self.sender.aclose()
         if self.saga_log is not None:
@@ -416,6 +446,28 @@ class Gateway:
             await store.aclose()
         self._clients.clear()
         self._stores.clear()
+
+    async def refresh_top(self) -> None:
+        """Read the top lists over the last 5 minutes into the ``surefoot_top_requests``
+        series, at most once every ``[top] flush_every`` (a scrape calls it); a store
+        that fails leaves the last lists in place."""
+        now = self.clock.now()
+        if self.top is None or now - self._top_read < self._top.flush_every:
+            return
+        self._top_read = now
+        config = self.stack.config
+        policies = [policy.name for policy in config.rate_limit_policies]
+        rows = []
+        try:
+            for name, policy in top_lists(policies):
+                merged = await self.top.read(name, policy, "5m")
+                for found in merged.top(self._top.exported):
+                    client = config.principals.get(found.item.partition(" ")[0], "")
+                    rows.append(((name, policy, found.item, client), found.count))
+        except Exception as exc:
+            _log.warning("top offenders: reading the store failed: %s", type(exc).__name__)
+            return
+        self.metrics.set_top(rows)
 
     # -- reloading ---------------------------------------------------------------------------
 
@@ -461,6 +513,11 @@ class Gateway:
                 unapplied.append("webhooks.send")
             if config.root.sagas != self._started_sagas:
                 unapplied.append("sagas")
+            if config.root.top != self._top:
+                unapplied.append("top")
+            if _started_alerts(config) != _started_alerts(old.config):
+                unapplied.append("alerts")
+            self.watcher.reconfigure(config)
             if self.sweeper is not None:
                 self.sweeper.store = stack.idempotency_store
             if unapplied:
@@ -521,6 +578,8 @@ class Gateway:
         )
         idem_store = self._store(config.store_url(root.idempotency.store), resources)
         rl_store = self._store(config.store_url(root.rate_limit.store), resources)
+        for url in self._observed:
+            self._store(url, resources)
         client, base_url = self._client(config, resources)
         upstream_client = self._upstream(config, client, base_url, resources)
         upstream = root.upstream
@@ -803,6 +862,25 @@ class _Webhooks:
                 await receiver(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _started_alerts(config: GatewayConfig) -> dict[str, Any]:
+    """What of ``[alerts]`` takes effect at start only (its thresholds are reloaded)."""
+    return config.root.alerts.model_dump(include=_ALERTS_AT_START) | {
+        "webhook": config.alert_webhook
+    }
+
+
+_ALERTS_AT_START = {
+    "evaluate",
+    "evaluate_every",
+    "group_by",
+    "group_wait",
+    "group_interval",
+    "repeat_interval",
+    "send_resolved",
+    "store",
+}
 
 
 def _protects_nothing(config: GatewayConfig) -> bool:

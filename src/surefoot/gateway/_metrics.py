@@ -11,9 +11,11 @@ fresh directory (``tempfile.mkdtemp``, so there is nothing to clear) and calls
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from typing import ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from surefoot.gateway._events import (
     ConfigRefused,
@@ -22,9 +24,11 @@ from surefoot.gateway._events import (
     RequestShed,
     UpstreamFailed,
 )
-from surefoot.metrics import PrometheusMetrics, counted
+from surefoot.metrics import METRICS, PrometheusMetrics, counted
 
 __all__ = ["GatewayMetrics"]
+
+_TOP = next(spec for spec in METRICS if spec.name == "surefoot_top_requests")
 
 
 class GatewayMetrics(PrometheusMetrics):
@@ -61,6 +65,8 @@ class GatewayMetrics(PrometheusMetrics):
         self._in_flight = 0
         if multiprocess_dir is None:
             self._inflight.set_function(lambda: self._in_flight)
+        self._top = _TopCollector()
+        self._exposed.register(self._top)
         self._handlers.update(
             {
                 UpstreamFailed: self._on_upstream_failed,
@@ -70,6 +76,16 @@ class GatewayMetrics(PrometheusMetrics):
                 OutcomeResolved: self._on_resolved,
             }
         )
+
+    def set_top(self, rows: Sequence[tuple[tuple[str, str, str, str], float]]) -> None:
+        """Set the top lists whole: ``((list, policy, item, client), count)`` rows; the
+        rows of the last call are forgotten (a collector of this process, not a file
+        of the workers': each worker answers with what it read from the store)."""
+        self._top.rows = tuple(rows)
+
+    def collect(self) -> Iterable[Metric]:
+        """Every exposed metric now (every worker's sum in multiprocess mode)."""
+        return self._exposed.collect()
 
     def inflight(self, delta: int) -> None:
         """Requests started (``+1``) or finished (``-1``)."""
@@ -101,3 +117,16 @@ class GatewayMetrics(PrometheusMetrics):
     def _on_resolved(self, event: OutcomeResolved) -> None:
         self._resolutions(event.how, event.result).inc()
         self._unknown_age.observe(event.age)
+
+
+class _TopCollector:
+    """``surefoot_top_requests``, from the rows ``set_top`` last gave."""
+
+    def __init__(self) -> None:
+        self.rows: tuple[tuple[tuple[str, str, str, str], float], ...] = ()
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(_TOP.name, _TOP.help, labels=_TOP.labels)
+        for labels, value in self.rows:
+            family.add_metric(labels, value)
+        yield family

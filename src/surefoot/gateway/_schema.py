@@ -59,6 +59,7 @@ __all__ = [
 NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _PLACEHOLDER_KINDS = ("key", "body.", "path.", "query.", "header.")
+_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,63}")
 _HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]{1,64}")
 
 
@@ -543,8 +544,35 @@ class Sagas(_Table):
         return _database_url(value, "the saga log")
 
 
+class Top(_Table):
+    """``[top]``: who is refused most, and who uses their quota most, per policy
+    (``/admin/top``, the dashboard and the ``surefoot_top_requests`` series)."""
+
+    enabled: bool = described("true or false", True)
+    k: int = described(
+        "a whole number of counters per list from 10 to 10000 (the memory is fixed by it)",
+        100,
+        ge=10,
+        le=10000,
+    )
+    exported: int = described(
+        "a whole number from 0 to 100 of clients per list in the Prometheus series",
+        10,
+        ge=0,
+        le=100,
+    )
+    flush_every: float = described(
+        "seconds from 1 to 60 between two writes of a worker's counts to the store",
+        5.0,
+        ge=1,
+        le=60,
+    )
+    store: str = described("a name from [stores]", "default")
+
+
 class Alerts(_Table):
-    """``[alerts]``: the thresholds of the rules ``surefoot alerts --prometheus`` writes."""
+    """``[alerts]``: the thresholds of the rules ``surefoot alerts --prometheus`` writes, and
+    the gateway's own evaluation of the same rules (``evaluate``) with its notifications."""
 
     window: float = described(
         "seconds from 60 to 3600: the window of a rate", 300.0, ge=60, le=3600
@@ -588,6 +616,49 @@ class Alerts(_Table):
         "the URL of docs/observability.md as your team reads it",
         "https://surefoot.dev/docs/observability.md",
     )
+    evaluate: bool = described("true or false: evaluate the rules in the gateway", True)
+    evaluate_every: float = described(
+        "seconds from 1 to 300 between two evaluations", 15.0, ge=1, le=300
+    )
+    webhook_url: str | None = described(
+        "an http(s) URL taking Slack-compatible JSON", None, mask="secret"
+    )
+    webhook_url_env: str | None = described("an environment variable holding the webhook URL", None)
+    group_by: list[str] = described(
+        "label names (alertname, severity, policy...)", ["alertname"], max_length=16
+    )
+    group_wait: float = described(
+        "seconds from 0 to 3600 before a new group's first notification", 30.0, ge=0, le=3600
+    )
+    group_interval: float = described(
+        "seconds from 1 to 86400 between two notifications of a changed group",
+        300.0,
+        ge=1,
+        le=86400,
+    )
+    repeat_interval: float = described(
+        "seconds from 60 to 604800 before an unchanged group is notified again",
+        14400.0,
+        ge=60,
+        le=604800,
+    )
+    send_resolved: bool = described("true or false", True)
+    store: str = described("a name from [stores] (silences and notifications)", "default")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    @field_validator("group_by")
+    @classmethod
+    def _group_by(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _LABEL.fullmatch(name):
+                raise ValueError(f"expected label names, got {shown(name)}")
+        return value
 
 
 class Root(_Table):
@@ -610,6 +681,7 @@ class Root(_Table):
     admin: Admin = Admin()
     webhooks: Webhooks = Webhooks()
     sagas: Sagas | None = None
+    top: Top = Top()
     alerts: Alerts = Alerts()
 
 

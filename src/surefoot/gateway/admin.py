@@ -39,6 +39,19 @@ Endpoints (JSON unless said otherwise; every one but the two probes needs
     POST /admin/sagas/ID/resolve        {"reason", "actor"}: a person settled it outside
     GET  /admin/reconcile               {"report": ...}: the last sweep's report (null
                                         before the first sweep ended)
+    GET  /admin/top?list=&policy=&window=&limit=   the clients refused most (``refused``),
+                                        admitted most (``admitted``), the keys reused
+                                        with another request (``reused``), the clients
+                                        with unknown outcomes (``unknown``), merged across
+                                        workers and hosts (``[top]``)
+    GET  /admin/series?range=15m|1h|6h|24h   the dashboard's charts: rates and gauges
+    GET  /admin/alerts                  the gateway's own alerts and the silences muting them
+    GET  /admin/silences                every silence, expired ones for a day
+    POST /admin/silences                {"matchers": [{"name", "op", "value"}], "duration"
+                                        | "ends_at", "starts_at", "comment", "created_by"}
+    DELETE /admin/silences/ID           expire a silence now
+    GET  /admin/dashboard               the dashboard page and its files (no token: they
+                                        hold no data; the page asks for the token)
 
 Errors are problems from the catalogue: 401 ``admin_unauthorized``, 404
 ``admin_not_found``, 422 ``config_rejected``, 400 ``admin_bad_request`` for a malformed
@@ -71,6 +84,14 @@ Rule 4: the saga endpoints and ``/admin/reconcile`` answer 404 ``admin_not_found
         ``10m``, ``2h``, ``3d``, ``1w``); an action's body is ``{"reason": ...}`` with an
         optional ``"actor"`` (default ``"admin"``), both checked by ``SagaLog`` (printable
         ASCII; an actor without spaces), and recorded in the saga's timeline.
+Rule 5: ``/admin/top`` takes a ``list`` (default ``refused``), a ``policy`` of the file for
+        the lists per policy (none for the others), a ``window`` (``1m``, ``5m``,
+        ``15m``, ``1h``, ``6h``, ``24h``; default ``5m``) and a ``limit`` (default 20).
+        Each count is an estimate at most its ``error`` above the true count; every
+        client above ``error_bound`` is listed. A silence's fields are checked by
+        ``surefoot.metrics.Silence`` (a 400 names the field), its ``duration`` at most
+        a year. The dashboard's files are sent with a Content-Security-Policy that lets
+        the page load only its own files and talk only to this API.
 """
 
 from __future__ import annotations
@@ -84,6 +105,7 @@ import os
 import re
 import signal
 from collections.abc import Callable, Mapping
+from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
@@ -108,7 +130,10 @@ from surefoot.events import emit
 from surefoot.gateway._events import OutcomeResolved, WebhookForgotten
 from surefoot.gateway._gateway import Gateway
 from surefoot.gateway._lookup import LOOKUP_PREFIX
+from surefoot.gateway._top import LISTS, WINDOWS
+from surefoot.gateway._watch import RANGES, charts
 from surefoot.idempotency import Record, State, StoredResponse, classify, scoped_key
+from surefoot.metrics import Matcher
 from surefoot.ratelimit import Item, limit_key
 from surefoot.webhooks import WebhookReceiver, is_event_id, webhook_store_key
 
@@ -127,6 +152,21 @@ _LIMIT = re.compile(r"[0-9]{1,5}")
 _WEBHOOKS = "/admin/webhooks/"
 _OUTBOX = "/admin/outbox/"
 _SAGAS = "/admin/sagas/"
+_SILENCES = "/admin/silences/"
+_SILENCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_DASHBOARD = "/admin/dashboard"
+_DASHBOARD_FILES = {
+    "index.html": b"text/html; charset=utf-8",
+    "dashboard.js": b"text/javascript; charset=utf-8",
+    "dashboard.css": b"text/css; charset=utf-8",
+    "uplot.min.js": b"text/javascript; charset=utf-8",
+    "uplot.min.css": b"text/css; charset=utf-8",
+}
+#: The page loads its own files and talks to the admin API only.
+_CSP = (
+    b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
 _SAGA_ACTIONS = frozenset({"retry", "compensate", "resolve"})
 _DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)([smhdw]?)")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -167,6 +207,9 @@ class AdminApp:
             if path == "/readyz":
                 await self.ready(send)
                 return
+            if path == _DASHBOARD or path.startswith(_DASHBOARD + "/"):
+                await self.dashboard(scope, send)
+                return
             self.authorize(scope)
             handler = _ROUTES.get((method, path))
             if handler is None and path.startswith(_WEBHOOKS) and method in _EVENT_METHODS:
@@ -174,6 +217,9 @@ class AdminApp:
                 return
             if handler is None and path.startswith(_OUTBOX):
                 await self.outbox(scope, receive, send)
+                return
+            if handler is None and path.startswith(_SILENCES):
+                await self.silence(scope, receive, send)
                 return
             if handler is None and path.startswith(_SAGAS):
                 await self.saga(scope, receive, send)
@@ -208,6 +254,7 @@ class AdminApp:
     # -- endpoints ---------------------------------------------------------------------------
 
     async def metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.gateway.refresh_top()
         body, content_type = self.gateway.metrics.render()
         await _send(send, 200, body, content_type.encode())
 
@@ -275,6 +322,130 @@ class AdminApp:
             )
         await _json(send, 200, {"principals": report})
 
+    async def top(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = _query(scope, "list", "policy", "window", "limit")
+        tracker = self.gateway.top
+        if tracker is None:
+            raise AdminNotFound(what="top offenders ([top] enabled = false)")
+        config = self.gateway.stack.config
+        name, window = query.get("list", "refused"), query.get("window", "5m")
+        if name not in LISTS:
+            raise AdminBadRequest(
+                reason=f"list: expected one of {', '.join(LISTS)}, got {shown(name)}"
+            )
+        if window not in WINDOWS:
+            raise AdminBadRequest(
+                reason=f"window: expected one of {', '.join(WINDOWS)}, got {shown(window)}"
+            )
+        policies = [policy.name for policy in config.rate_limit_policies]
+        policy = query.get("policy", "")
+        if LISTS[name] and policy not in policies:
+            known = ", ".join(policies) or "(none)"
+            raise AdminBadRequest(reason=f"policy: expected one of {known}, got {shown(policy)}")
+        if not LISTS[name] and policy:
+            raise AdminBadRequest(reason=f"policy: the list {name} is not per policy")
+        limit = _limit(query.get("limit", "20"))
+        merged = await tracker.read(name, policy, window)
+        items = []
+        for found in merged.top(limit):
+            principal, _, store_key = found.item.partition(" ")
+            item = {
+                "principal": principal,
+                "client": config.principals.get(principal),
+                "count": found.count,
+                "error": found.error,
+            }
+            if name == "reused":
+                item["store_key"] = store_key
+            items.append(item)
+        await _json(
+            send,
+            200,
+            {
+                "list": name,
+                "policy": policy or None,
+                "window": window,
+                "k": tracker.k,
+                "total": merged.total,
+                "error_bound": merged.total / tracker.k,
+                "items": items,
+            },
+        )
+
+    async def series(self, scope: Scope, receive: Receive, send: Send) -> None:
+        span = _query(scope, "range").get("range", "1h")
+        if span not in RANGES:
+            raise AdminBadRequest(
+                reason=f"range: expected one of {', '.join(RANGES)}, got {shown(span)}"
+            )
+        watcher = self.gateway.watcher
+        every = self.gateway.stack.config.root.alerts.evaluate_every
+        data = charts(watcher.samples, RANGES[span], self.gateway.clock.now(), every)
+        await _json(send, 200, data)
+
+    async def alerts(self, scope: Scope, receive: Receive, send: Send) -> None:
+        _query(scope)
+        watcher = self.gateway.watcher
+        await watcher.read_silences()
+        await _json(send, 200, {"evaluated": watcher.evaluate, "alerts": watcher.listed()})
+
+    async def silences(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = self.gateway.watcher
+        now = self.gateway.clock.now()
+        if scope["method"] == "GET":
+            _query(scope)
+            listed = [
+                {**silence.as_dict(), "active": silence.active(now)}
+                for silence in await watcher.read_silences()
+            ]
+            await _json(send, 200, {"silences": listed})
+            return
+        body = await _body(
+            receive, "matchers", "duration", "ends_at", "starts_at", "comment", "created_by"
+        )
+        try:
+            matchers = [Matcher.from_dict(item) for item in _list(body, "matchers")]
+            starts_at = body.get("starts_at", now)
+            ends_at = _ends_at(body, starts_at)
+            silence = await watcher.add_silence(
+                matchers,
+                starts_at=starts_at,
+                ends_at=ends_at,
+                comment=body.get("comment", ""),
+                created_by=body.get("created_by", "admin"),
+            )
+        except ValueError as exc:
+            raise AdminBadRequest(reason=str(exc)) from None
+        await _json(send, 201, {"id": silence.id, "silence": silence.as_dict()})
+
+    async def silence(self, scope: Scope, receive: Receive, send: Send) -> None:
+        silence_id = unquote_to_bytes(scope["path"][len(_SILENCES) :]).decode("utf-8", "replace")
+        if scope["method"] != "DELETE" or not _SILENCE_ID.fullmatch(silence_id):
+            raise AdminNotFound(what=f"{scope['method']} {scope['path']}")
+        _query(scope)
+        silence = await self.gateway.watcher.expire_silence(silence_id)
+        if silence is None:
+            raise AdminNotFound(what=f"silence {silence_id!r}")
+        await _json(send, 200, {"id": silence_id, "expired": True, "silence": silence.as_dict()})
+
+    async def dashboard(self, scope: Scope, send: Send) -> None:
+        """The dashboard's page and files: static, no data in them, so no token (the
+        page asks for it and sends it with each request for data)."""
+        name = scope["path"][len(_DASHBOARD) :].lstrip("/") or "index.html"
+        content_type = _DASHBOARD_FILES.get(name)
+        if scope["method"] != "GET" or content_type is None:
+            raise AdminNotFound(what=f"{scope['method']} {scope['path']}")
+        body = resources.files("surefoot.gateway").joinpath("_dashboard", name).read_bytes()
+        headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-cache"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"content-security-policy", _CSP),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
     async def keys(self, scope: Scope, receive: Receive, send: Send) -> None:
         query = _query(scope, "store_key", "principal", "key", "route")
         if "store_key" in query and len(query) == 1:
@@ -289,14 +460,10 @@ class AdminApp:
         await _json(send, 200, _record(store_key, record, self.gateway.clock.now()))
 
     async def unknown(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = _query(scope, "limit").get("limit", "100")
-        if not _LIMIT.fullmatch(limit) or not 1 <= int(limit) <= 10_000:
-            raise AdminBadRequest(
-                reason=f"limit: expected a whole number from 1 to 10000, got {shown(limit)}"
-            )
+        limit = _limit(_query(scope, "limit").get("limit", "100"))
         now = self.gateway.clock.now()
         records = await self.gateway.stack.idempotency_store.records(
-            now, state=State.UNKNOWN, limit=int(limit)
+            now, state=State.UNKNOWN, limit=limit
         )
         listed = [_record(k, r, now) for k, r in records if not k.startswith(LOOKUP_PREFIX)]
         await _json(send, 200, {"unknown": listed})
@@ -502,11 +669,7 @@ class AdminApp:
 
         outbox = self._outbox()
         query = _query(scope, "endpoint", "state", "message", "limit")
-        limit = query.get("limit", "100")
-        if not _LIMIT.fullmatch(limit) or not 1 <= int(limit) <= 10_000:
-            raise AdminBadRequest(
-                reason=f"limit: expected a whole number from 1 to 10000, got {shown(limit)}"
-            )
+        limit = _limit(query.get("limit", "100"))
         states = [s.value for s in DeliveryState]
         state = query.get("state")
         if state is not None and state not in states:
@@ -518,7 +681,7 @@ class AdminApp:
                 endpoint=query.get("endpoint"),
                 state=state,
                 message_id=query.get("message"),
-                limit=int(limit),
+                limit=limit,
             )
         )
         await _json(send, 200, {"deliveries": [d.as_dict() for d in found]})
@@ -573,11 +736,7 @@ class AdminApp:
         """``GET /admin/sagas``: the least recently changed first, filtered."""
         log = self._saga_log()
         query = _query(scope, "state", "name", "older_than", "limit")
-        limit = query.get("limit", "100")
-        if not _LIMIT.fullmatch(limit) or not 1 <= int(limit) <= 1000:
-            raise AdminBadRequest(
-                reason=f"limit: expected a whole number from 1 to 1000, got {shown(limit)}"
-            )
+        limit = _limit(query.get("limit", "100"), most=1000)
         older_than = None
         if "older_than" in query:
             found = _DURATION.fullmatch(query["older_than"])
@@ -593,7 +752,7 @@ class AdminApp:
                     state=query.get("state"),
                     name=query.get("name"),
                     older_than=older_than,
-                    limit=int(limit),
+                    limit=limit,
                 )
             )
         except ValueError as exc:
@@ -752,6 +911,11 @@ _ROUTES: dict[tuple[str, str], Callable[..., Any]] = {
     ("GET", "/admin/config"): AdminApp.config,
     ("POST", "/admin/reload"): AdminApp.reload,
     ("GET", "/admin/limits"): AdminApp.limits,
+    ("GET", "/admin/top"): AdminApp.top,
+    ("GET", "/admin/series"): AdminApp.series,
+    ("GET", "/admin/alerts"): AdminApp.alerts,
+    ("GET", "/admin/silences"): AdminApp.silences,
+    ("POST", "/admin/silences"): AdminApp.silences,
     ("GET", "/admin/keys"): AdminApp.keys,
     ("GET", "/admin/unknown"): AdminApp.unknown,
     ("POST", "/admin/keys/resolve"): AdminApp.resolve,
@@ -780,6 +944,40 @@ def _record(store_key: str, record: Record, now: float) -> dict[str, Any]:
         "generation": record.generation,
         "status": response.status if response is not None else None,
     }
+
+
+def _list(body: Mapping[str, Any], name: str) -> list[Any]:
+    value = body.get(name)
+    if not isinstance(value, list):
+        raise ValueError(f"{name}: expected a list")
+    return value
+
+
+def _ends_at(body: Mapping[str, Any], starts_at: float) -> float:
+    """A silence's end: ``ends_at`` (unix seconds) or ``duration`` (seconds or ``2h``)."""
+    if ("ends_at" in body) == ("duration" in body):
+        raise ValueError("expected one of ends_at (unix seconds) and duration (e.g. 2h)")
+    if "ends_at" in body:
+        ends_at = body["ends_at"]
+        if isinstance(ends_at, bool) or not isinstance(ends_at, int | float):
+            raise ValueError("ends_at: expected unix seconds")
+        return float(ends_at)
+    duration = body["duration"]
+    found = _DURATION.fullmatch(duration) if isinstance(duration, str) else None
+    if found is None or not 0 < float(found.group(1)) * _UNITS[found.group(2)] <= 365 * 86400:
+        raise ValueError("duration: expected seconds or a duration (30m, 2h, 3d) up to a year")
+    if not isinstance(starts_at, int | float) or isinstance(starts_at, bool):
+        raise ValueError("starts_at: expected unix seconds")
+    return float(starts_at) + float(found.group(1)) * _UNITS[found.group(2)]
+
+
+def _limit(text: str, *, most: int = 10_000) -> int:
+    """A ``limit`` parameter: a whole number from 1 to ``most`` (Rule 1)."""
+    if not _LIMIT.fullmatch(text) or not 1 <= int(text) <= most:
+        raise AdminBadRequest(
+            reason=f"limit: expected a whole number from 1 to {most}, got {shown(text)}"
+        )
+    return int(text)
 
 
 def _query(scope: Scope, *allowed: str) -> dict[str, str]:

@@ -21,7 +21,29 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from surefoot._lazy import lazy_names
+from surefoot.metrics._alert import Alert, Labels, labels_of
+from surefoot.metrics._board import BoardStore
+from surefoot.metrics._notify import (
+    Dispatcher,
+    Matcher,
+    Notification,
+    Route,
+    Silence,
+    silenced_by,
+    slack_payload,
+)
+from surefoot.metrics._rules import (
+    Evaluator,
+    GaugeAbove,
+    Ratio,
+    RateAbove,
+    RuleSpec,
+    Samples,
+    Series,
+    Spike,
+)
 from surefoot.metrics._specs import GROUPS, METRICS, MetricSpec, metrics_markdown
+from surefoot.metrics._topk import Counted, SpaceSaving, merge
 from surefoot.metrics._uncounted import counted, uncounted
 
 if TYPE_CHECKING:
@@ -48,12 +70,34 @@ else:
 __all__ = [
     "GROUPS",
     "METRICS",
+    "Alert",
+    "BoardStore",
+    "Counted",
+    "Dispatcher",
+    "Evaluator",
+    "GaugeAbove",
     "InstrumentedStore",
+    "Labels",
+    "Matcher",
     "MetricSpec",
+    "Notification",
     "PrometheusMetrics",
+    "RateAbove",
+    "Ratio",
+    "Route",
+    "RuleSpec",
+    "Samples",
+    "Series",
+    "Silence",
+    "SpaceSaving",
+    "Spike",
     "clear_multiprocess_dir",
     "counted",
+    "labels_of",
     "mark_worker_dead",
+    "merge",
     "metrics_markdown",
+    "silenced_by",
+    "slack_payload",
     "uncounted",
 ]

@@ -16,9 +16,14 @@ Rule 2: no label takes a raw path, a key, a principal or an error text: every la
         ``"other"`` for the rest, as an unknown method is ``"other"``.
 Rule 3: ``fed_by`` names what moves the metric: an event type (the hook counts it) or a
         method of the metrics object. A test checks each name against the handlers.
-Rule 4: ``group`` says who exposes the metric: every group but ``gateway`` is
+        The one exception is ``surefoot_top_requests``: its ``item`` is a principal (a
+        hashed credential, an address) or an idempotency key's store key, at most
+        ``[top] exported`` of them per list and policy, so its series stay bounded too.
+Rule 4: ``group`` says who exposes the metric: every group but ``gateway`` and ``top`` is
         ``PrometheusMetrics``'s; ``gateway`` metrics exist only in ``GatewayMetrics``,
-        because only the gateway emits what feeds them.
+        because only the gateway emits what feeds them; ``top`` is a collector of
+        ``GatewayMetrics`` (``set_top``): the lists merged across workers and hosts, read
+        from the store, not counted in this process.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ GROUPS = {
     "store": "Stores",
     "saga": "Sagas",
     "gateway": "Gateway only (`GatewayMetrics`)",
+    "top": "Top offenders (`GatewayMetrics.set_top`)",
 }
 
 
@@ -464,6 +470,19 @@ METRICS: tuple[MetricSpec, ...] = (
         labels=("store", "operation"),
         fed_by=("instrument_store",),
         group="store",
+    ),
+    MetricSpec(
+        "surefoot_top_requests",
+        "gauge",
+        "Requests over the last 5 minutes of the clients at the top of each list, merged "
+        "across workers and hosts (an estimate from Space-Saving summaries: at most the "
+        "summary's error above the true count).",
+        labels=("list", "policy", "item", "client"),
+        fed_by=("set_top",),
+        group="top",
+        values="`list`: `refused`, `admitted`, `reused` or `unknown`; `policy`: a "
+        'rate-limit policy or `""`; `item`: a principal, or for `reused` a principal and '
+        'a store key; `client`: its name in `[[clients]]` or `""`',
     ),
 )
 

@@ -1,0 +1,211 @@
+"""``TopTracker``: who is refused most, who uses their quota most, per policy, merged
+across workers and hosts through a store's board (``[top]``).
+
+Each worker counts into Space-Saving summaries (``surefoot.metrics.SpaceSaving``: ``k``
+counters, whatever the number of clients) and writes them to the store every
+``flush_every`` seconds; a read merges every worker's summaries of the window.
+
+Lists: ``refused`` (per policy: the principals refused with 429), ``admitted`` (per
+policy: the principals admitted, so the heaviest users of their quota), ``reused`` (the
+idempotency keys sent again with another request, as ``principal store_key``) and
+``unknown`` (the principals whose requests ended with an unknown outcome).
+
+Rule 1: a worker's summary of one list, policy and minute (and one of the hour) is one
+        slot of the board ``top:LIST:POLICY:mMINUTE`` (``...:hHOUR``), the slot named by
+        the worker. A flush overwrites the worker's own slots, so writing the same counts
+        twice never counts them twice, and a worker that dies leaves what it counted.
+Rule 2: a window of minutes (``1m`` to ``1h``) merges the boards of its last minutes,
+        the current one included; a window of hours (``6h``, ``24h``) merges whole hours,
+        the current one included. Minute boards expire after 2 hours, hour boards after
+        25 hours.
+Rule 3: a merged list keeps the summaries' guarantee: each count is at most ``error``
+        above the true count, and ``error`` is at most ``total / k``; every principal
+        with more than ``total / k`` is listed.
+Rule 4: test traffic (``surefoot.metrics.uncounted``) is not counted; a summary that
+        cannot be written stays to be written at the next flush (a failing store loses
+        nothing a worker has counted, except when the worker dies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from surefoot.clock import Clock
+from surefoot.events import Event
+from surefoot.idempotency import KeyReused, OutcomeUnknown
+from surefoot.metrics import BoardStore, SpaceSaving, counted, merge
+from surefoot.ratelimit import RateLimitAllowed, RateLimitRejected
+
+__all__ = ["LISTS", "WINDOWS", "TopTracker", "top_lists"]
+
+_log = logging.getLogger("surefoot.gateway")
+
+#: The lists, and whether each is per policy.
+LISTS: dict[str, bool] = {"refused": True, "admitted": True, "reused": False, "unknown": False}
+#: The windows a read may ask for, in seconds.
+WINDOWS: dict[str, int] = {
+    "1m": 60,
+    "5m": 300,
+    "15m": 900,
+    "1h": 3600,
+    "6h": 6 * 3600,
+    "24h": 24 * 3600,
+}
+_MINUTE_TTL = 2 * 3600
+_HOUR_TTL = 25 * 3600
+
+
+def top_lists(policies: Iterable[str]) -> list[tuple[str, str]]:
+    """Every (list, policy) pair: the lists per policy for each of ``policies``, the
+    others with the policy ``""``."""
+    policies = list(policies)
+    return [
+        (name, policy)
+        for name, per_policy in LISTS.items()
+        for policy in (policies if per_policy else [""])
+    ]
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One summary a worker counts into, and whether it changed since it was written."""
+
+    board: str
+    expires_at: float
+    summary: SpaceSaving
+    dirty: bool = True
+
+
+class TopTracker:
+    """The event hook that counts, the flush that writes, the read that merges.
+
+    Args:
+        board: the store holding the boards (``[top]``'s ``store``).
+        k: counters per summary.
+        clock: when each event is counted.
+        worker: this worker's name in the boards (default: host, process and a random part).
+    """
+
+    def __init__(
+        self, board: BoardStore, *, k: int, clock: Clock, worker: str | None = None
+    ) -> None:
+        self.board = board
+        self.k = k
+        self.clock = clock
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._slots: dict[str, _Slot] = {}
+        self._handlers: dict[type[Event], Any] = {
+            RateLimitRejected: self._on_rejected,
+            RateLimitAllowed: self._on_allowed,
+            KeyReused: self._on_reused,
+            OutcomeUnknown: self._on_unknown,
+        }
+
+    # -- counting ----------------------------------------------------------------------------
+
+    def wants(self, event_type: type[Event]) -> bool:
+        return event_type in self._handlers
+
+    def __call__(self, event: Event, /) -> None:
+        handler = self._handlers.get(type(event))
+        if handler is not None and counted():
+            handler(event)
+
+    def _on_rejected(self, event: RateLimitRejected) -> None:
+        self.count("refused", event.policy, event.principal)
+
+    def _on_allowed(self, event: RateLimitAllowed) -> None:
+        for policy in event.policies:
+            self.count("admitted", policy, event.principal)
+
+    def _on_reused(self, event: KeyReused) -> None:
+        self.count("reused", "", f"{event.principal} {event.store_key or ''}".rstrip())
+
+    def _on_unknown(self, event: OutcomeUnknown) -> None:
+        self.count("unknown", "", event.principal)
+
+    def count(self, name: str, policy: str, item: str, weight: float = 1.0) -> None:
+        """Count ``item`` once in the list ``name`` of ``policy`` (``""``: not per policy)."""
+        now = self.clock.now()
+        minute, hour = int(now // 60), int(now // 3600)
+        for board, expires_at in (
+            (f"top:{name}:{policy}:m{minute}", (minute + 1) * 60 + _MINUTE_TTL),
+            (f"top:{name}:{policy}:h{hour}", (hour + 1) * 3600 + _HOUR_TTL),
+        ):
+            slot = self._slots.get(board)
+            if slot is None:
+                slot = self._slots[board] = _Slot(board, expires_at, SpaceSaving(self.k))
+            slot.summary.add(item, weight)
+            slot.dirty = True
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Write every summary changed since it was last written (Rule 1); forget those
+        whose minute or hour is over once written."""
+        now = self.clock.now()
+        minute, hour = int(now // 60), int(now // 3600)
+        for key, slot in list(self._slots.items()):
+            if slot.dirty:
+                try:
+                    await self.board.board_put(
+                        slot.board, self.worker, slot.summary.encode(), slot.expires_at, now
+                    )
+                except Exception as exc:  # Rule 4: written at the next flush
+                    _log.warning(
+                        "top offenders: writing to the store failed: %s", type(exc).__name__
+                    )
+                    return
+                slot.dirty = False
+            if not _current(key, minute, hour):
+                del self._slots[key]
+
+    async def run(self, every: float) -> None:
+        """Flush every ``every`` seconds, until cancelled (a last flush then)."""
+        try:
+            while True:
+                await asyncio.sleep(every)
+                await self.flush()
+        finally:
+            await asyncio.shield(self.flush())
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def read(self, name: str, policy: str, window: str) -> SpaceSaving:
+        """Every worker's counts of the list over ``window`` (a key of ``WINDOWS``), merged
+        (Rules 2 and 3)."""
+        now = self.clock.now()
+        seconds = WINDOWS[window]
+        if seconds <= 3600:
+            last, unit, prefix = int(now // 60), 60, "m"
+        else:
+            last, unit, prefix = int(now // 3600), 3600, "h"
+        boards = [
+            f"top:{name}:{policy}:{prefix}{at}"
+            for at in range(last - seconds // unit + 1, last + 1)
+        ]
+        slots = await asyncio.gather(*(self.board.board_read(board, now) for board in boards))
+        return merge(_decoded(value for found in slots for value in found.values()), self.k)
+
+
+def _current(board: str, minute: int, hour: int) -> bool:
+    """Whether ``board``'s minute or hour is the current one."""
+    at = board.rpartition(":")[2]
+    return int(at[1:]) >= (minute if at[0] == "m" else hour)
+
+
+def _decoded(values: Iterable[bytes]) -> Iterable[SpaceSaving]:
+    """The summaries among ``values``; one another program wrote wrong is logged and
+    skipped."""
+    for value in values:
+        try:
+            yield SpaceSaving.decode(value)
+        except ValueError as exc:
+            _log.warning("top offenders: a summary in the store is unreadable: %s", exc)
