@@ -453,10 +453,10 @@ class Dispatcher:
         return _notification(group_labels, firing.values(), resolved)
 
 
-# Slack's limits: https://api.slack.com/reference/block-kit/blocks
+# Slack's limits (https://api.slack.com/reference/block-kit/blocks): 50 blocks, a header
+# of 150 characters, a section's text of 3,000 (``_alert_text`` stays under it).
 MAX_BLOCKS = 50
 HEADER_LIMIT = 150
-SECTION_LIMIT = 3000
 _MRKDWN_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 _RUNBOOK_URL = re.compile(r"https?://[^\s<>|]+")
 
