@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 
@@ -54,6 +56,98 @@ def promtool() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def prometheus() -> str:
+    """The path of the Prometheus server (Debian package ``prometheus``, as ``promtool``;
+    .ci/run installs it): skipped when it is not installed, a failure instead when
+    ``SUREFOOT_REQUIRE_SERVICES=1`` (as in CI)."""
+    path = shutil.which("prometheus")
+    if path is None:
+        message = "prometheus is not installed (Debian package prometheus)"
+        if os.environ.get("SUREFOOT_REQUIRE_SERVICES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+class PrometheusServer:
+    """A Prometheus server of a test's own, on a free port of 127.0.0.1 with its storage in
+    a temporary folder, scraping every target and evaluating every rule each second;
+    killed, and its folder removed, on exit.
+
+    ``scrape_configs`` are Prometheus's own (``job_name``, ``static_configs``...);
+    ``rule_files`` are paths of rules files.
+    """
+
+    def __init__(
+        self, scrape_configs: Sequence[Mapping[str, Any]], rule_files: Sequence[Path] = ()
+    ) -> None:
+        self.executable = prometheus()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port: int = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.folder = Path(tempfile.mkdtemp(prefix="surefoot-prometheus-"))
+        self.log = self.folder / "prometheus.log"
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(path) for path in rule_files],
+            "scrape_configs": list(scrape_configs),
+        }
+        # JSON is YAML: nothing in a path or a label can break the file.
+        (self.folder / "prometheus.yml").write_text(json.dumps(config), encoding="utf-8")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [self.executable, f"--config.file={self.folder / 'prometheus.yml'}"]
+        command += [f"--storage.tsdb.path={self.folder / 'data'}"]
+        command += [f"--web.listen-address=127.0.0.1:{self.port}"]
+        with self.log.open("wb") as output:
+            process = self.process = subprocess.Popen(
+                command, stdout=output, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 30
+        while True:  # until it is ready; a failure guard, not a wait for time
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"prometheus did not start:\n{self.tail()}")
+            time.sleep(0.05)
+
+    def api(self, path: str, **params: str) -> Any:
+        """The ``data`` of ``GET /api/v1/PATH?params``, checked to be a success."""
+        query = f"?{urlencode(params)}" if params else ""
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}{query}", timeout=5) as response:
+            answer = json.load(response)
+        assert answer["status"] == "success", answer
+        return answer["data"]
+
+    def tail(self, lines: int = 40) -> str:
+        """The end of the server's log."""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+    def __enter__(self) -> PrometheusServer:
+        try:
+            self.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 #: Store kinds the suites run over; the network ones need their server.
