@@ -14,6 +14,10 @@ Rule 2: every rule has a ``severity`` label (``critical`` where money or data ma
         (the anchor is the rule's name in lower case).
 Rule 3: the output is a Prometheus rules file; ``promtool check rules`` and ``promtool
         test rules`` accept it (the tests run both).
+Rule 4: one rule, two evaluators. Each rule is a condition of ``surefoot.metrics``
+        (``Spike``, ``RateAbove``, ``GaugeAbove``, ``Ratio``): its ``expr`` is the
+        condition's PromQL, and ``rule_specs`` gives the same rules to the gateway's own
+        evaluation (``Evaluator``), which fires on the same trends.
 """
 
 from __future__ import annotations
@@ -24,23 +28,56 @@ from dataclasses import dataclass
 from typing import Any
 
 from surefoot.gateway._config import GatewayConfig
+from surefoot.metrics._rules import (
+    Condition,
+    GaugeAbove,
+    LabelMatcher,
+    RateAbove,
+    Ratio,
+    RuleSpec,
+    Spike,
+    promql_duration,
+)
 
-__all__ = ["AlertRule", "alert_rules", "rules_yaml"]
+__all__ = ["AlertRule", "alert_rules", "rule_specs", "rules_yaml"]
 
 GROUP = "surefoot"
 
 
 @dataclass(frozen=True, slots=True)
 class AlertRule:
-    """One Prometheus alerting rule."""
+    """One alerting rule: its condition, held ``hold`` seconds (Prometheus's ``for:``)."""
 
     alert: str
-    expr: str
-    duration: str
+    condition: Condition
+    hold: float
     severity: str
     summary: str
     description: str
     labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def expr(self) -> str:
+        """The condition in PromQL."""
+        return self.condition.promql()
+
+    @property
+    def duration(self) -> str:
+        """The ``for:`` of the rule, a Prometheus duration."""
+        return promql_duration(self.hold)
+
+    def spec(self, runbook_base: str) -> RuleSpec:
+        """The rule for the gateway's own evaluation (``surefoot.metrics``'s ``Evaluator``)."""
+        return RuleSpec(
+            self.alert,
+            self.condition,
+            self.hold,
+            self.severity,
+            self.summary,
+            self.description,
+            self.labels,
+            _runbook(runbook_base, self.alert),
+        )
 
     def as_dict(self, runbook_base: str) -> dict[str, Any]:
         return {
@@ -51,104 +88,107 @@ class AlertRule:
             "annotations": {
                 "summary": self.summary,
                 "description": self.description,
-                "runbook_url": f"{runbook_base}#{self.alert.lower()}",
+                "runbook_url": _runbook(runbook_base, self.alert),
             },
         }
 
 
-def _seconds(value: float) -> str:
-    """A Prometheus duration (``90s``, ``10m``, ``1h``, ``1d``)."""
-    value = int(value)
-    if value == 0:
-        return "0s"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if value % size == 0:
-            return f"{value // size}{unit}"
-    return f"{value}s"
+def _runbook(base: str, alert: str) -> str:
+    return f"{base}#{alert.lower()}"
 
 
-def _spike(metric: str, matcher: str, by: str, settings: Any) -> str:
+def _spike(metric: str, match: tuple[LabelMatcher, ...], by: str, settings: Any) -> Spike:
     """``metric``'s rate over the window, above ``spike_factor`` times its own mean over
     the baseline and above the floor (Rule 1)."""
-    window, baseline = _seconds(settings.window), _seconds(settings.baseline)
-    step = _seconds(settings.window)
-    grouping = f" by ({by})" if by else ""
-    now = f"sum{grouping} (rate({metric}{matcher}[{window}]))"
-    usual = f"sum{grouping} (avg_over_time(rate({metric}{matcher}[{window}])[{baseline}:{step}]))"
-    return f"{now} > {settings.spike_factor:g} * {usual} and {now} > {settings.min_rate:g}"
+    return Spike(
+        metric,
+        match,
+        (by,) if by else (),
+        settings.window,
+        settings.baseline,
+        settings.spike_factor,
+        settings.min_rate,
+    )
 
 
 def _rules(config: GatewayConfig) -> Iterator[AlertRule]:
     root = config.root
     settings = root.alerts
-    hold = _seconds(settings.hold)
     for policy in root.rate_limit.policies:
-        matcher = f'{{policy="{policy.name}",outcome="rejected"}}'
+        match = (LabelMatcher("policy", "=", policy.name), LabelMatcher("outcome", "=", "rejected"))
         yield AlertRule(
             "SurefootRateLimitRefusalsSpike",
-            _spike("surefoot_ratelimit_decisions_total", matcher, "policy", settings),
-            hold,
+            _spike("surefoot_ratelimit_decisions_total", match, "policy", settings),
+            settings.hold,
             "warning",
             f"Rate limit {policy.name!r} refuses {settings.spike_factor:g}x its usual rate",
             "Requests refused by the policy {{ $labels.policy }}: {{ $value | humanize }}/s, "
             f"more than {settings.spike_factor:g} times its mean over the last "
-            f"{_seconds(settings.baseline)}.",
+            f"{promql_duration(settings.baseline)}.",
             (("policy", policy.name),),
         )
     yield AlertRule(
         "SurefootDuplicateKeysSpike",
-        _spike("surefoot_idempotency_replays_total", "", "", settings),
-        hold,
+        _spike("surefoot_idempotency_replays_total", (), "", settings),
+        settings.hold,
         "warning",
         "Requests repeating an idempotency key: far above the usual rate",
         "Duplicates answered from stored responses: {{ $value | humanize }}/s, more than "
-        f"{settings.spike_factor:g} times the mean over the last {_seconds(settings.baseline)}.",
+        f"{settings.spike_factor:g} times the mean over the last "
+        f"{promql_duration(settings.baseline)}.",
     )
     yield AlertRule(
         "SurefootKeysReusedSpike",
-        _spike("surefoot_idempotency_mismatches_total", "", "", settings),
-        hold,
+        _spike("surefoot_idempotency_mismatches_total", (), "", settings),
+        settings.hold,
         "warning",
         "Idempotency keys reused with a different request: far above the usual rate",
         "Keys reused with another body, path or method (answered 422): {{ $value | humanize }}/s.",
     )
     yield AlertRule(
         "SurefootOutcomesUnknown",
-        "max(surefoot_idempotency_unknown_keys) > 0",
-        _seconds(settings.unknown_for),
+        GaugeAbove("surefoot_idempotency_unknown_keys", (), (), 0),
+        settings.unknown_for,
         "critical",
         "Idempotency keys have stayed of unknown outcome",
         "{{ $value }} keys have had an unknown outcome (the upstream may or may not have done "
-        f"the work) for {_seconds(settings.unknown_for)} or more.",
+        f"the work) for {promql_duration(settings.unknown_for)} or more.",
     )
     yield AlertRule(
         "SurefootBreakerOpen",
-        'max by (breaker) (surefoot_breaker_state{state=~"open|forced_open"}) > 0',
-        _seconds(settings.breaker_open_for),
+        GaugeAbove(
+            "surefoot_breaker_state",
+            (LabelMatcher("state", "=~", "open|forced_open"),),
+            ("breaker",),
+            0,
+        ),
+        settings.breaker_open_for,
         "warning",
         "Circuit breaker {{ $labels.breaker }} is open",
         "Calls through {{ $labels.breaker }} have been refused without being sent for "
-        f"{_seconds(settings.breaker_open_for)}.",
+        f"{promql_duration(settings.breaker_open_for)}.",
     )
     # One failed call keeps the rate above 0 for a whole window: held for the window
     # plus store_failing_for, the rule fires only when errors have gone on for
     # store_failing_for, never on a single error (Rule 1).
     yield AlertRule(
         "SurefootStoreFailing",
-        f"sum by (store) (rate(surefoot_store_errors_total[{_seconds(settings.window)}])) > 0",
-        _seconds(settings.window + settings.store_failing_for),
+        RateAbove("surefoot_store_errors_total", (), ("store",), settings.window, 0),
+        settings.window + settings.store_failing_for,
         "critical",
         "Store {{ $labels.store }} is failing",
         "Operations on the store {{ $labels.store }} have failed for "
-        f"{_seconds(settings.store_failing_for)}: {{{{ $value | humanize }}}} errors/s.",
+        f"{promql_duration(settings.store_failing_for)}: {{{{ $value | humanize }}}} errors/s.",
     )
-    window = _seconds(settings.window)
     yield AlertRule(
         "SurefootLoadShedding",
-        f"sum(rate(surefoot_shed_total[{window}])) "
-        f"/ clamp_min(sum(rate(surefoot_http_requests_total[{window}])), 1e-9) "
-        f"> {settings.shed_ratio:g}",
-        hold,
+        Ratio(
+            "surefoot_shed_total",
+            "surefoot_http_requests_total",
+            settings.window,
+            settings.shed_ratio,
+        ),
+        settings.hold,
         "warning",
         "The gateway sheds requests at the upstream's concurrency limit",
         "{{ $value | humanizePercentage }} of the requests are refused with 503 "
@@ -157,8 +197,14 @@ def _rules(config: GatewayConfig) -> Iterator[AlertRule]:
     if root.sagas is not None:
         yield AlertRule(
             "SurefootSagasNeedAttention",
-            'sum by (saga) (surefoot_sagas{state="needs_attention"}) > 0',
-            _seconds(settings.saga_attention_for),
+            GaugeAbove(
+                "surefoot_sagas",
+                (LabelMatcher("state", "=", "needs_attention"),),
+                ("saga",),
+                0,
+                aggregate="sum",
+            ),
+            settings.saga_attention_for,
             "warning",
             "Sagas {{ $labels.saga }} wait for a person",
             "{{ $value }} sagas have stopped where only a person can settle them "
@@ -167,9 +213,13 @@ def _rules(config: GatewayConfig) -> Iterator[AlertRule]:
     if root.webhooks.send is not None:
         yield AlertRule(
             "SurefootWebhooksBacklog",
-            "max by (endpoint) (surefoot_webhooks_oldest_undelivered_seconds) "
-            f"> {settings.webhook_backlog_age:g}",
-            hold,
+            GaugeAbove(
+                "surefoot_webhooks_oldest_undelivered_seconds",
+                (),
+                ("endpoint",),
+                settings.webhook_backlog_age,
+            ),
+            settings.hold,
             "warning",
             "Webhooks to {{ $labels.endpoint }} wait undelivered",
             "The oldest message to {{ $labels.endpoint }} has waited "
@@ -180,6 +230,12 @@ def _rules(config: GatewayConfig) -> Iterator[AlertRule]:
 def alert_rules(config: GatewayConfig) -> list[AlertRule]:
     """The rules for ``config`` (Rules 1 and 2)."""
     return list(_rules(config))
+
+
+def rule_specs(config: GatewayConfig) -> list[RuleSpec]:
+    """The same rules for the gateway's own evaluation, each with its runbook URL."""
+    base = config.root.alerts.runbook_base
+    return [rule.spec(base) for rule in alert_rules(config)]
 
 
 def rules_yaml(config: GatewayConfig) -> str:
