@@ -31,6 +31,13 @@ Invariants:
    ``on_full="evict"`` the least recently written one that no lease holds, else a new
    key is refused with ``StoreCapacityExceeded`` (as Invariant 2). ``purge`` drops the
    expired ones too.
+7. Boards (``surefoot.metrics``' ``BoardStore``) are dicts of slots (value, expires_at),
+   bounded by ``surefoot._board`` (checked before anything changes). A read drops the
+   board's expired slots (and the board once empty); a put or a claim sweeps every board,
+   at most once every ``BOARD_SWEEP`` seconds (of its ``now``), and ``purge`` drops
+   expired slots too, so boards nobody reads again (one per minute of top-k summaries)
+   do not pile up. A new slot on a board of ``MAX_SLOTS`` slots first drops that board's
+   expired ones: O(``MAX_SLOTS``), paid only at the bound.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from surefoot import idempotency, webhooks
+from surefoot._board import MAX_SLOTS, board_full, check_board, check_slot, check_slot_name
 from surefoot.errors import ConfigurationError, StoreCapacityExceeded
 from surefoot.idempotency import (
     Begin,
@@ -65,6 +73,9 @@ from surefoot.ratelimit import (
 from surefoot.webhooks import Claim, OrderRecord, OrderState
 
 __all__ = ["MemoryStore"]
+
+#: Seconds between two sweeps of every board for expired slots (Invariant 7).
+BOARD_SWEEP = 60.0
 
 
 class _Tally:
@@ -128,6 +139,9 @@ class MemoryStore:
         self._owners: dict[str, _Tally] = {}
         # Ordering records (Invariant 6), least recently written first.
         self._orders: OrderedDict[str, OrderRecord] = OrderedDict()
+        # Boards (Invariant 7): board -> slot -> (value, expires_at).
+        self._boards: dict[str, dict[str, tuple[bytes, float]]] = {}
+        self._next_board_sweep = -math.inf
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -263,7 +277,78 @@ class MemoryStore:
         orders = [k for k, r in self._orders.items() if now >= r.expires][: limit - len(expired)]
         for key in orders:
             del self._orders[key]
-        return len(expired) + len(orders)
+        deleted = len(expired) + len(orders)
+        return deleted + self._sweep_boards(now, limit=limit - deleted)
+
+    # -- boards (Invariant 7) -------------------------------------------------------------
+
+    async def board_put(
+        self, board: str, slot: str, value: bytes, expires_at: float, now: float
+    ) -> None:
+        check_slot(board, slot, value, expires_at, now)
+        with self._lock:
+            self._board_write(board, slot, value, expires_at, now, claim=False)
+
+    async def board_claim(
+        self, board: str, slot: str, value: bytes, expires_at: float, now: float
+    ) -> bool:
+        check_slot(board, slot, value, expires_at, now)
+        with self._lock:
+            return self._board_write(board, slot, value, expires_at, now, claim=True)
+
+    async def board_read(self, board: str, now: float) -> dict[str, bytes]:
+        check_board(board)
+        with self._lock:
+            slots = self._boards.get(board)
+            if slots is None:
+                return {}
+            _drop_expired(slots, now)
+            if not slots:
+                del self._boards[board]
+            return {slot: value for slot, (value, _) in slots.items()}
+
+    async def board_delete(self, board: str, slot: str, now: float) -> bool:
+        check_slot_name(board, slot)
+        with self._lock:
+            slots = self._boards.get(board)
+            found = None if slots is None else slots.pop(slot, None)
+            if slots is not None and not slots:
+                del self._boards[board]
+            return found is not None and now < found[1]
+
+    def _board_write(
+        self, board: str, slot: str, value: bytes, expires_at: float, now: float, *, claim: bool
+    ) -> bool:
+        if now >= self._next_board_sweep:
+            self._next_board_sweep = now + BOARD_SWEEP
+            self._sweep_boards(now, limit=None)
+        slots = self._boards.setdefault(board, {})
+        old = slots.get(slot)
+        if old is not None and now < old[1]:
+            if claim:
+                return False
+        elif len(slots) >= MAX_SLOTS:
+            _drop_expired(slots, now)
+            if len(slots) >= MAX_SLOTS:
+                raise board_full(board)
+        slots[slot] = (value, expires_at)
+        return True
+
+    def _sweep_boards(self, now: float, *, limit: int | None) -> int:
+        """Drop expired slots (up to ``limit``) and the boards left empty; how many went."""
+        deleted = 0
+        for board, slots in list(self._boards.items()):
+            if limit is not None and deleted >= limit:
+                break
+            gone = [slot for slot, (_, expires_at) in slots.items() if now >= expires_at]
+            if limit is not None:
+                gone = gone[: limit - deleted]
+            for slot in gone:
+                del slots[slot]
+            deleted += len(gone)
+            if not slots:
+                del self._boards[board]
+        return deleted
 
     # -- ordering records ----------------------------------------------------------------
 
@@ -394,6 +479,7 @@ class MemoryStore:
             self._records.clear()
             self._owners.clear()
             self._orders.clear()
+            self._boards.clear()
             self._counters.clear()
             self._cache.clear()
 
@@ -402,3 +488,8 @@ class MemoryStore:
             f"MemoryStore(max_records={self.max_records}, max_counters={self.max_counters}, "
             f"on_full={self.on_full!r})"
         )
+
+
+def _drop_expired(slots: dict[str, tuple[bytes, float]], now: float) -> None:
+    for slot in [slot for slot, (_, expires_at) in slots.items() if now >= expires_at]:
+        del slots[slot]

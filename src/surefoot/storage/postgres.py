@@ -80,6 +80,16 @@ Rule 9: the webhook ordering guard's records (``surefoot.webhooks``' ``OrderingS
         Python reference); ``order_get`` is one statement. A claim whose caller gave up
         is given back as a failed settle under its own token (which frees the row only
         if that claim took it). Expired rows go with the purge (Rule 6).
+Rule 10: boards (``surefoot.metrics``' ``BoardStore``, migration ``0007_board``) are rows
+        of ``surefoot_board``, one per (board, slot), bounded by ``surefoot._board``
+        (checked before anything is sent). ``board_put`` and ``board_claim`` are one call
+        each of ``surefoot_board_write``, which takes the board's advisory lock, reads the
+        time (Rule 3: on the database's clock a slot lives ``expires_at - now`` of it),
+        counts the board's live slots and writes, so concurrent claims of one slot set
+        it once and no board passes its bound. ``board_read`` and ``board_delete`` are
+        one statement each. A value of more than 64 KiB gets Rule 4's longer budget. A
+        claim whose caller gave up may have been made: nothing is given back. Expired
+        rows go with the purge (Rule 6).
 """
 
 from __future__ import annotations
@@ -102,6 +112,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
+from surefoot._board import MAX_SLOTS, board_full, check_board, check_slot, check_slot_name
 from surefoot._masking import masked_text, masked_url, split_url
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency import (
@@ -305,6 +316,20 @@ _QUERIES = {
         "WITH c AS (SELECT coalesce(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)"
         " AS now) SELECT r.newest, r.holder, r.holding, r.until, r.expires, c.now "
         "FROM {s}.surefoot_webhook_order AS r, c WHERE r.key = %(key)s AND r.expires > c.now"
+    ),
+    "board_write": (
+        "SELECT * FROM {s}.surefoot_board_write(%s, %s, %b, %s::float8, %s::float8, %s::float8, "
+        "%s, %s)"
+    ),
+    "board_read": (
+        "WITH c AS (SELECT coalesce(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)"
+        " AS now) SELECT b.slot, b.value FROM {s}.surefoot_board AS b, c "
+        "WHERE b.board = %(board)s AND b.expires_at > c.now"
+    ),
+    "board_delete": (
+        "WITH c AS (SELECT coalesce(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)"
+        " AS now) DELETE FROM {s}.surefoot_board AS b USING c "
+        "WHERE b.board = %(board)s AND b.slot = %(slot)s RETURNING b.expires_at > c.now"
     ),
 }
 
@@ -840,6 +865,46 @@ class PostgresStore:
         newest, holder, holding, until, expires, db_now = rows[0]
         shift = now - db_now
         return OrderRecord(newest, holder, holding, until + shift, expires + shift)
+
+    # -- boards (Rule 10) ----------------------------------------------------------------
+
+    async def board_put(
+        self, board: str, slot: str, value: bytes, expires_at: float, now: float
+    ) -> None:
+        check_slot(board, slot, value, expires_at, now)
+        await self._board_write(board, slot, value, expires_at, now, claim=False)
+
+    async def board_claim(
+        self, board: str, slot: str, value: bytes, expires_at: float, now: float
+    ) -> bool:
+        check_slot(board, slot, value, expires_at, now)
+        return await self._board_write(board, slot, value, expires_at, now, claim=True)
+
+    async def _board_write(
+        self, board: str, slot: str, value: bytes, expires_at: float, now: float, *, claim: bool
+    ) -> bool:
+        params = (board, slot, value, self._now(now), float(now), float(expires_at), claim)
+        with self._carrying(len(value)) as budget:
+            seconds = None if budget is None else budget()
+            [(verdict,)] = await self._query(
+                self._sql["board_write"], (*params, MAX_SLOTS), budget=seconds
+            )
+        self._wrote(now)
+        if verdict == "full":
+            raise board_full(board)
+        return bool(verdict == "set")
+
+    async def board_read(self, board: str, now: float) -> dict[str, bytes]:
+        check_board(board)
+        rows = await self._query(self._sql["board_read"], {"board": board, "now": self._now(now)})
+        return {slot: bytes(value) for slot, value in rows}
+
+    async def board_delete(self, board: str, slot: str, now: float) -> bool:
+        check_slot_name(board, slot)
+        params = {"board": board, "slot": slot, "now": self._now(now)}
+        rows = await self._query(self._sql["board_delete"], params)
+        self._wrote(now)
+        return bool(rows and rows[0][0])
 
     # -- rate limits ---------------------------------------------------------------------
 

@@ -100,6 +100,17 @@ Rule 12: the webhook ordering guard's records (``surefoot.webhooks``' ``Ordering
         deletes it by its ``e`` as it does an idempotency record. A claim whose reply is
         lost is given back as a failed settle under its own token (which frees the
         record only if that claim took it).
+Rule 13: boards (``surefoot.metrics``' ``BoardStore``) are hashes, one key per board
+        (``prefix + "board:" + board``: one key, so any cluster serves it), slot ``name``
+        in field ``s:name`` (never a one-letter field that ``get.lua`` or ``purge.lua``
+        reads), its value ``'<expires_at>|<bytes>'``. ``board_put``, ``board_claim``,
+        ``board_read`` and ``board_delete`` are one script each (``_redis/board*.lua``),
+        bounded by ``surefoot._board`` (checked before anything is sent). On the server's
+        clock a slot expires ``expires_at - now`` seconds after the script's ``TIME``
+        (Rule 3). The key expires with its latest slot (relative, as Rule 4), a read
+        drops the expired slots it finds, and a new slot on a full board first drops that
+        board's expired slots. A claim whose reply is lost may have been made (the
+        protocol's Rule 3): nothing is given back.
 """
 
 from __future__ import annotations
@@ -140,6 +151,7 @@ from redis.exceptions import (
 )
 
 from surefoot import webhooks
+from surefoot._board import MAX_SLOTS, board_full, check_board, check_slot, check_slot_name
 from surefoot._masking import masked_text, split_url
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency import (
@@ -235,6 +247,10 @@ _PURGE = _script("purge", "common")
 _ORDER_CLAIM = _script("order_claim", "common", "order")
 _ORDER_SETTLE = _script("order_settle", "common", "order")
 _ORDER_GET = _script("order_get", "common", "order")
+_BOARD_PUT = _script("board_put", "common", "board")
+_BOARD_CLAIM = _script("board_claim", "common", "board")
+_BOARD_READ = _script("board_read", "common", "board")
+_BOARD_DELETE = _script("board_delete", "common", "board")
 _VERDICTS = {v.value.encode(): v for v in Verdict}
 
 _STEPS = {Step.COMPLETE: "complete", Step.RELEASE: "release", Step.MARK_UNKNOWN: "mark_unknown"}
@@ -1183,6 +1199,39 @@ class RedisStore:
             self._caller_time(float(expires), at, now),
         )
         return webhooks.live_order(record, now)
+
+    # -- boards (Rule 13) -------------------------------------------------------------------
+
+    async def board_put(
+        self, board: str, slot: str, value: bytes, expires_at: float, now: float
+    ) -> None:
+        check_slot(board, slot, value, expires_at, now)
+        await self._board_write(_BOARD_PUT, board, slot, value, expires_at, now)
+
+    async def board_claim(
+        self, board: str, slot: str, value: bytes, expires_at: float, now: float
+    ) -> bool:
+        check_slot(board, slot, value, expires_at, now)
+        return await self._board_write(_BOARD_CLAIM, board, slot, value, expires_at, now)
+
+    async def _board_write(
+        self, script: _Script, board: str, slot: str, value: bytes, expires_at: float, now: float
+    ) -> bool:
+        args = [self._now(now), float(now), float(expires_at), slot, value, MAX_SLOTS]
+        reply = await self._step(script, [self.prefix + "board:" + board], args)
+        if reply == -1:
+            raise board_full(board)
+        return bool(reply == 1)
+
+    async def board_read(self, board: str, now: float) -> dict[str, bytes]:
+        check_board(board)
+        reply = await self._step(_BOARD_READ, [self.prefix + "board:" + board], [self._now(now)])
+        return {bytes(reply[i]).decode(): bytes(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+    async def board_delete(self, board: str, slot: str, now: float) -> bool:
+        check_slot_name(board, slot)
+        keys = [self.prefix + "board:" + board]
+        return bool(await self._step(_BOARD_DELETE, keys, [self._now(now), slot]) == 1)
 
     # -- rate limits -----------------------------------------------------------------------
 

@@ -72,6 +72,15 @@ Theory of operation:
     (a claim that finds the queue empty first decides from a plain read, as a ``begin``
     does: a stale or busy answer writes nothing and waits for no lock). Expired rows go
     with the purge batches and ``purge``.
+13. Boards (``surefoot.metrics``' ``BoardStore``, schema version 7) are rows of a table of
+    their own, one per (board, slot), bounded by ``surefoot._board`` (checked before the
+    step is queued). ``board_put``, ``board_claim`` and ``board_delete`` run in the group
+    commit, so a claim's read, count and write are one ``BEGIN IMMEDIATE`` transaction:
+    of processes claiming one slot at once, exactly one sets it (a claim that finds the
+    queue empty first reads the slot, as a ``begin`` does: a live slot answers False at
+    once, without the write lock). A read is a plain ``SELECT`` of the live rows. Expired
+    rows go with the purge batches and ``purge``; an expired row left in place counts
+    for nothing and is overwritten by the next put of its slot.
 """
 
 from __future__ import annotations
@@ -89,6 +98,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from surefoot import idempotency, webhooks
+from surefoot._board import MAX_SLOTS, board_full, check_board, check_slot, check_slot_name
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency import (
     Begin,
@@ -116,14 +126,15 @@ __all__ = ["SqliteStore"]
 T = TypeVar("T")
 
 # 2: records, rate-limit counters; 3: cache entries; 4: record owners; 5: sliding log entries;
-# 6: ordering records
-SCHEMA_VERSION = 6
+# 6: ordering records; 7: boards
+SCHEMA_VERSION = 7
 _TABLE = "surefoot_idempotency"
 _COUNTERS = "surefoot_ratelimit"
 _LOG = "surefoot_ratelimit_log"
 _CACHE = "surefoot_cache"
 _OWNERS = "surefoot_owners"
 _ORDERS = "surefoot_webhook_order"
+_BOARD = "surefoot_board"
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {_TABLE} (
     key TEXT PRIMARY KEY,
@@ -171,6 +182,15 @@ CREATE TABLE IF NOT EXISTS {_ORDERS} (
     expires REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS {_ORDERS}_expires ON {_ORDERS} (expires);
+CREATE TABLE IF NOT EXISTS {_BOARD} (
+    board TEXT NOT NULL,
+    slot TEXT NOT NULL,
+    value BLOB NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (board, slot)
+);
+CREATE INDEX IF NOT EXISTS {_BOARD}_expires_at ON {_BOARD} (expires_at);
+CREATE INDEX IF NOT EXISTS {_BOARD}_live ON {_BOARD} (board, expires_at);
 """
 # Per-principal quotas (Rule 10), created after the tables: a table of schema version 3
 # gets its owner column first. Triggers keep each owner's count of rows (expired ones not
@@ -261,6 +281,19 @@ _UPSERT_ORDER = (
 )
 _PURGE_ORDERS = (
     f"DELETE FROM {_ORDERS} WHERE rowid IN (SELECT rowid FROM {_ORDERS} WHERE expires <= ? LIMIT ?)"
+)
+_SELECT_SLOT = f"SELECT expires_at FROM {_BOARD} WHERE board = ? AND slot = ?"
+_COUNT_SLOTS = f"SELECT count(*) FROM {_BOARD} WHERE board = ? AND expires_at > ?"
+_READ_BOARD = f"SELECT slot, value FROM {_BOARD} WHERE board = ? AND expires_at > ?"
+_UPSERT_SLOT = (
+    f"INSERT INTO {_BOARD} (board, slot, value, expires_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (board, slot) DO UPDATE SET value = excluded.value, "
+    "expires_at = excluded.expires_at"
+)
+_DELETE_SLOT = f"DELETE FROM {_BOARD} WHERE board = ? AND slot = ?"
+_PURGE_BOARD = (
+    f"DELETE FROM {_BOARD} WHERE rowid IN "
+    f"(SELECT rowid FROM {_BOARD} WHERE expires_at <= ? LIMIT ?)"
 )
 _UPSERT_CACHE = (
     f"INSERT INTO {_CACHE} (key, value, expires_at) VALUES (?, ?, ?) "
@@ -444,6 +477,7 @@ class SqliteStore:
                         _PURGE_LOG,
                         _PURGE_CACHE,
                         _PURGE_ORDERS,
+                        _PURGE_BOARD,
                     )
                 )
         except _Busy:
@@ -523,9 +557,55 @@ class SqliteStore:
     async def purge(self, now: float, *, limit: int = 500) -> int:
         with _translate(), self._lock, self._transaction():
             deleted = int(self._db.execute(_PURGE, (now, limit)).rowcount)
-            if deleted < limit:
-                deleted += self._db.execute(_PURGE_ORDERS, (now, limit - deleted)).rowcount
+            for statement in (_PURGE_ORDERS, _PURGE_BOARD):
+                if deleted < limit:
+                    deleted += self._db.execute(statement, (now, limit - deleted)).rowcount
             return deleted
+
+    # -- boards (Rule 13) ------------------------------------------------------------------
+
+    async def board_put(
+        self, board: str, slot: str, value: bytes, expires_at: float, now: float
+    ) -> None:
+        check_slot(board, slot, value, expires_at, now)
+
+        def work(db: sqlite3.Connection) -> None:
+            _write_slot(db, board, slot, value, expires_at, now, claim=False)
+
+        await self._atomic(work, now)
+
+    async def board_claim(
+        self, board: str, slot: str, value: bytes, expires_at: float, now: float
+    ) -> bool:
+        check_slot(board, slot, value, expires_at, now)
+        if not self._pending:
+            with _translate(), self._lock:
+                row = self._db.execute(_SELECT_SLOT, (board, slot)).fetchone()
+            if row is not None and now < row[0]:
+                return False
+
+        def work(db: sqlite3.Connection) -> bool:
+            return _write_slot(db, board, slot, value, expires_at, now, claim=True)
+
+        return await self._atomic(work, now)
+
+    async def board_read(self, board: str, now: float) -> dict[str, bytes]:
+        check_board(board)
+        with _translate(), self._lock:
+            rows = self._db.execute(_READ_BOARD, (board, now)).fetchall()
+        return {slot: bytes(value) for slot, value in rows}
+
+    async def board_delete(self, board: str, slot: str, now: float) -> bool:
+        check_slot_name(board, slot)
+
+        def work(db: sqlite3.Connection) -> bool:
+            row = db.execute(_SELECT_SLOT, (board, slot)).fetchone()
+            if row is None:
+                return False
+            db.execute(_DELETE_SLOT, (board, slot))
+            return bool(now < row[0])
+
+        return await self._atomic(work, now)
 
     # -- ordering records (Rule 12) ------------------------------------------------------
 
@@ -673,6 +753,28 @@ def _usage(db: sqlite3.Connection, owner: str, request: Begin, now: float) -> Us
         first = math.inf if found[0] is None else found[0]
         first_unknown = math.inf if found[1] is None else found[1]
     return Usage(records, unknown, first, first_unknown)
+
+
+def _write_slot(
+    db: sqlite3.Connection,
+    board: str,
+    slot: str,
+    value: bytes,
+    expires_at: float,
+    now: float,
+    *,
+    claim: bool,
+) -> bool:
+    """Set the slot (only if it is not live, when ``claim``), inside the caller's
+    transaction; whether it was set. A full board raises before anything is written."""
+    row = db.execute(_SELECT_SLOT, (board, slot)).fetchone()
+    if row is not None and now < row[0]:
+        if claim:
+            return False
+    elif db.execute(_COUNT_SLOTS, (board, now)).fetchone()[0] >= MAX_SLOTS:
+        raise board_full(board)
+    db.execute(_UPSERT_SLOT, (board, slot, value, expires_at))
+    return True
 
 
 def _order_row(row: tuple[Any, ...] | None) -> OrderRecord | None:
