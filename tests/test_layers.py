@@ -32,6 +32,11 @@ CORES = [
     "surefoot.outbox._core",
     "surefoot.outbox._signing",
     "surefoot.saga._core",
+    "surefoot.metrics._alert",
+    "surefoot.metrics._board",
+    "surefoot.metrics._notify",
+    "surefoot.metrics._rules",
+    "surefoot.metrics._topk",
     "surefoot._health",
 ]
 

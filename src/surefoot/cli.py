@@ -1708,6 +1708,117 @@ def alerts(config_path: str, prometheus: bool, output: str | None) -> None:
     click.echo(f"{output}: {count} alerting rules from {config_path}", err=True)
 
 
+@main.group()
+def silences() -> None:
+    """Silences of the gateway's own alerts (docs/observability.md#silences): shared by
+    every worker through the store of the policy file's [alerts] table."""
+
+
+_ALERTS_CONFIG = click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The gateway's policy file (TOML); its [alerts] store holds the silences.",
+)
+
+
+def _silences(command: str, config_path: str, work: Any) -> Any:
+    """``work(silences, now)`` on the silences of ``config_path``'s [alerts] store."""
+    gateway = _gateway(f"silences {command}")
+    try:
+        config = gateway.load_config(config_path)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    name = config.root.alerts.store
+    return _run(
+        config.store_url(name),
+        lambda store, now: work(gateway.Silences(store), now),
+        hint="--config",
+        where=f"stores.{name}: ",
+    )
+
+
+@silences.command("list")
+@_ALERTS_CONFIG
+@_AS_JSON
+def list_silences(config_path: str, as_json: bool) -> None:
+    """Every silence: active, pending, and expired in the last day."""
+
+    async def work(board: Any, now: float) -> list[tuple[Any, float]]:
+        return [(silence, now) for silence in await board.read(now)]
+
+    found = _silences("list", config_path, work)
+    if as_json:
+        listed = [{**s.as_dict(), "active": s.active(now)} for s, now in found]
+        click.echo(json.dumps(listed, indent=2))
+        return
+    if not found:
+        click.echo("no silences")
+        return
+    table = Table("id", "state", "matchers", "until", "by", "comment")
+    for silence, now in found:
+        state = (
+            "active" if silence.active(now) else "pending" if silence.starts_at > now else "expired"
+        )
+        matchers = " ".join(f"{m.name}{m.op}{m.value}" for m in silence.matchers)
+        table.add_row(
+            silence.id,
+            state,
+            _cell(matchers),
+            _utc(silence.ends_at),
+            _cell(silence.created_by),
+            _cell(silence.comment),
+        )
+    _console().print(table)
+
+
+@silences.command("add")
+@_ALERTS_CONFIG
+@click.option(
+    "--match", "matches", multiple=True, required=True,
+    help="name=value, name!=value, name=~regex or name!~regex (repeatable; all must match).",
+)  # fmt: skip
+@click.option("--for", "duration", required=True, help="How long: 30m, 2h, 3d...")
+@click.option("--comment", required=True, help="Why (shown with the silence).")
+@click.option("--by", "created_by", default=lambda: os.environ.get("USER", "cli"), help="Who.")
+def add_silence(
+    config_path: str, matches: tuple[str, ...], duration: str, comment: str, created_by: str
+) -> None:
+    """Silence the alerts every --match matches, from now for --for."""
+    gateway = _gateway("silences add")
+    seconds = _duration(duration, "--for")
+    try:
+        matchers = [gateway.parse_matcher(text) for text in matches]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--match") from None
+
+    async def work(board: Any, now: float) -> Any:
+        return await board.add(
+            matchers, now=now, ends_at=now + seconds, comment=comment, created_by=created_by
+        )
+
+    try:
+        silence = _silences("add", config_path, work)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"{silence.id}: silenced until {_utc(silence.ends_at)}")
+
+
+@silences.command("expire")
+@_ALERTS_CONFIG
+@click.argument("silence_id")
+def expire_silence(config_path: str, silence_id: str) -> None:
+    """End a silence now."""
+
+    async def work(board: Any, now: float) -> Any:
+        return await board.expire(silence_id, now)
+
+    if _silences("expire", config_path, work) is None:
+        raise click.ClickException(f"no silence {silence_id!r}")
+    click.echo(f"{silence_id}: expired")
+
+
 @main.command("chaos")
 @click.option("--listen", default="127.0.0.1:8474", show_default=True, help="HOST:PORT to serve.")
 @click.option("--upstream", help="The server to put faults in front of (a base URL).")

@@ -114,4 +114,4 @@ async def test_sqlite_upgrades_a_version_2_file_in_place(tmp_path: Path) -> None
     finally:
         await upgraded.aclose()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (7,)

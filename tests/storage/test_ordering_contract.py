@@ -193,7 +193,7 @@ async def test_sqlite_upgrades_a_version_5_file_with_an_ordering_table(tmp_path:
     finally:
         await upgraded.aclose()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (7,)
 
 
 @pytest.mark.parametrize("kind", ["redis", "redis_cluster", "postgres"])

@@ -36,12 +36,15 @@ from surefoot.gateway._metrics import GatewayMetrics
 from surefoot.gateway._reconcile import Finding, Report, Sweeper
 from surefoot.gateway._serve import serve
 from surefoot.gateway._shed import LoadShedder
+from surefoot.gateway._top import TopTracker
+from surefoot.gateway._watch import AlertWatcher, Silences, parse_matcher
 from surefoot.gateway.admin import AdminApp
 from surefoot.gateway.proxy import ProxyApp
 
 __all__ = [
     "AdminApp",
     "AlertRule",
+    "AlertWatcher",
     "ConfigRefused",
     "ConfigReloaded",
     "Finding",
@@ -55,14 +58,17 @@ __all__ = [
     "ProxyApp",
     "Report",
     "RequestShed",
+    "Silences",
     "StartCheck",
     "Sweeper",
+    "TopTracker",
     "UpstreamFailed",
     "WebhookForgotten",
     "alert_rules",
     "check_start",
     "config_from_dict",
     "load_config",
+    "parse_matcher",
     "rules_yaml",
     "serve",
 ]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from surefoot.gateway._config import GatewayConfig
-from surefoot.metrics._rules import (
+from surefoot.metrics import (
     Condition,
     GaugeAbove,
     LabelMatcher,

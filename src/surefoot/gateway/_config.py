@@ -621,6 +621,7 @@ class GatewayConfig:
         for table, values in (running or {}).items():
             data[table].update(values)
         data["admin"]["token"] = "***" if data["admin"]["token"] else None
+        data["alerts"]["webhook_url"] = "***" if data["alerts"]["webhook_url"] else None
         for client in data["clients"]:
             if client["api_key"]:
                 client["api_key"] = "***"

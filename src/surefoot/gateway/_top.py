@@ -21,7 +21,10 @@ Rule 2: a window of minutes (``1m`` to ``1h``) merges the boards of its last min
 Rule 3: a merged list keeps the summaries' guarantee: each count is at most ``error``
         above the true count, and ``error`` is at most ``total / k``; every principal
         with more than ``total / k`` is listed.
-Rule 4: test traffic (``surefoot.metrics.uncounted``) is not counted; a summary that
+Rule 4: an item is cut to ``MAX_ITEM`` characters. A read merges at the smallest ``k``
+        of the summaries it finds (workers started with another ``k``), which keeps the
+        guarantee of Rule 3 for that ``k``.
+Rule 5: test traffic (``surefoot.metrics.uncounted``) is not counted; a summary that
         cannot be written stays to be written at the next flush (a failing store loses
         nothing a worker has counted, except when the worker dies).
 """
@@ -40,7 +43,7 @@ from typing import Any
 from surefoot.clock import Clock
 from surefoot.events import Event
 from surefoot.idempotency import KeyReused, OutcomeUnknown
-from surefoot.metrics import BoardStore, SpaceSaving, counted, merge
+from surefoot.metrics import MAX_ITEM, BoardStore, SpaceSaving, counted, merge
 from surefoot.ratelimit import RateLimitAllowed, RateLimitRejected
 
 __all__ = ["LISTS", "WINDOWS", "TopTracker", "top_lists"]
@@ -142,7 +145,7 @@ class TopTracker:
             slot = self._slots.get(board)
             if slot is None:
                 slot = self._slots[board] = _Slot(board, expires_at, SpaceSaving(self.k))
-            slot.summary.add(item, weight)
+            slot.summary.add(item[:MAX_ITEM], weight)
             slot.dirty = True
 
     # -- writing -----------------------------------------------------------------------------
@@ -158,7 +161,7 @@ class TopTracker:
                     await self.board.board_put(
                         slot.board, self.worker, slot.summary.encode(), slot.expires_at, now
                     )
-                except Exception as exc:  # Rule 4: written at the next flush
+                except Exception as exc:  # Rule 5: written at the next flush
                     _log.warning(
                         "top offenders: writing to the store failed: %s", type(exc).__name__
                     )
@@ -192,7 +195,9 @@ class TopTracker:
             for at in range(last - seconds // unit + 1, last + 1)
         ]
         slots = await asyncio.gather(*(self.board.board_read(board, now) for board in boards))
-        return merge(_decoded(value for found in slots for value in found.values()), self.k)
+        summaries = list(_decoded(value for found in slots for value in found.values()))
+        # A worker started with a smaller k (a rolling restart): merged at its k.
+        return merge(summaries, min([self.k, *(summary.k for summary in summaries)]))
 
 
 def _current(board: str, minute: int, hour: int) -> bool:

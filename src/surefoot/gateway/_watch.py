@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import socket
 import uuid
 from collections.abc import Iterable
@@ -54,7 +55,7 @@ from surefoot.metrics import (
     slack_payload,
 )
 
-__all__ = ["KEPT", "AlertWatcher"]
+__all__ = ["KEPT", "AlertWatcher", "Silences", "charts", "parse_matcher"]
 
 _log = logging.getLogger("surefoot.gateway")
 
@@ -123,8 +124,10 @@ class AlertWatcher:
         self.source = socket.gethostname()
         self.rules = rule_specs(config)
         self.alerts: list[Alert] = []
+        self.board_silences = Silences(board)
         self.silences: list[Silence] = []
-        self._client = httpx.AsyncClient(timeout=_TIMEOUT, transport=transport)
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None  # made at the first notification
 
     def reconfigure(self, config: GatewayConfig) -> None:
         """The rules of a reloaded file (their thresholds and policies); the rest of
@@ -179,6 +182,8 @@ class AlertWatcher:
 
     async def _post(self, payload: dict[str, Any]) -> None:
         assert self.webhook is not None
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=_TIMEOUT, transport=self._transport)
         try:
             response = await self._client.post(self.webhook, json=payload)
         except httpx.HTTPError as exc:
@@ -190,7 +195,8 @@ class AlertWatcher:
             )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
     # -- alerts and silences -------------------------------------------------------------------
 
@@ -216,27 +222,38 @@ class AlertWatcher:
         return out
 
     async def read_silences(self) -> list[Silence]:
-        """Every silence in the board, active or not (Rule 2)."""
-        now = self.clock.now()
+        """Every silence in the board, active or not; the last ones read when the store
+        fails (Rule 2)."""
         try:
-            slots = await self.board.board_read(SILENCES, now)
+            self.silences = await self.board_silences.read(self.clock.now())
         except Exception as exc:
             _log.warning("silences not read (store: %s); the last ones stay", type(exc).__name__)
-            return self.silences
-        self.silences = sorted(_decoded(slots.values()), key=lambda s: (s.starts_at, s.id))
         return self.silences
 
-    async def add_silence(
+
+class Silences:
+    """The silences of a board (Rule 2): what the admin API, the CLI and every worker's
+    ``AlertWatcher`` read and write."""
+
+    def __init__(self, board: BoardStore) -> None:
+        self.board = board
+
+    async def read(self, now: float) -> list[Silence]:
+        """Every silence, active, pending or expired (for a day), oldest first."""
+        slots = await self.board.board_read(SILENCES, now)
+        return sorted(_decoded(slots.values()), key=lambda s: (s.starts_at, s.id))
+
+    async def add(
         self,
         matchers: Iterable[Matcher],
         *,
+        now: float,
         ends_at: float,
         comment: str,
         created_by: str,
         starts_at: float | None = None,
     ) -> Silence:
-        """A new silence, shared through the board; ``ValueError`` when a field is wrong."""
-        now = self.clock.now()
+        """A new silence; ``ValueError`` naming the field when one is wrong."""
         silence = Silence(
             uuid.uuid4().hex,
             tuple(matchers),
@@ -248,14 +265,12 @@ class AlertWatcher:
         await self.board.board_put(
             SILENCES, silence.id, silence.encode(), silence.ends_at + KEEP_EXPIRED, now
         )
-        await self.read_silences()
         return silence
 
-    async def expire_silence(self, silence_id: str) -> Silence | None:
+    async def expire(self, silence_id: str, now: float) -> Silence | None:
         """End a silence now (None: no such silence); one not started yet is removed."""
-        now = self.clock.now()
-        silences = {silence.id: silence for silence in await self.read_silences()}
-        silence = silences.get(silence_id)
+        found = {silence.id: silence for silence in await self.read(now)}
+        silence = found.get(silence_id)
         if silence is None:
             return None
         if silence.starts_at >= now:
@@ -265,8 +280,22 @@ class AlertWatcher:
             await self.board.board_put(
                 SILENCES, silence.id, silence.encode(), now + KEEP_EXPIRED, now
             )
-        await self.read_silences()
         return silence
+
+
+def parse_matcher(text: str) -> Matcher:
+    """``name=value``, ``name!=value``, ``name=~regex`` or ``name!~regex`` as a matcher;
+    ``ValueError`` when it is none of them."""
+    found = _MATCHER.fullmatch(text)
+    if found is None:
+        raise ValueError(
+            f"expected name=value, name!=value, name=~regex or name!~regex, got {text!r:.80}"
+        )
+    name, op, value = found.groups()
+    return Matcher(name, op, value)  # type: ignore[arg-type] # one of the four by the pattern
+
+
+_MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)(=~|!~|!=|=)(.*)", re.DOTALL)
 
 
 def _decoded(values: Iterable[bytes]) -> Iterable[Silence]:

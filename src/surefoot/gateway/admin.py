@@ -407,8 +407,9 @@ class AdminApp:
             matchers = [Matcher.from_dict(item) for item in _list(body, "matchers")]
             starts_at = body.get("starts_at", now)
             ends_at = _ends_at(body, starts_at)
-            silence = await watcher.add_silence(
+            silence = await watcher.board_silences.add(
                 matchers,
+                now=now,
                 starts_at=starts_at,
                 ends_at=ends_at,
                 comment=body.get("comment", ""),
@@ -423,7 +424,8 @@ class AdminApp:
         if scope["method"] != "DELETE" or not _SILENCE_ID.fullmatch(silence_id):
             raise AdminNotFound(what=f"{scope['method']} {scope['path']}")
         _query(scope)
-        silence = await self.gateway.watcher.expire_silence(silence_id)
+        watcher = self.gateway.watcher
+        silence = await watcher.board_silences.expire(silence_id, self.gateway.clock.now())
         if silence is None:
             raise AdminNotFound(what=f"silence {silence_id!r}")
         await _json(send, 200, {"id": silence_id, "expired": True, "silence": silence.as_dict()})

@@ -33,17 +33,21 @@ from surefoot.metrics._notify import (
     slack_payload,
 )
 from surefoot.metrics._rules import (
+    Condition,
     Evaluator,
     GaugeAbove,
-    Ratio,
+    LabelMatcher,
     RateAbove,
+    Ratio,
     RuleSpec,
     Samples,
     Series,
     Spike,
+    promql_duration,
+    render,
 )
 from surefoot.metrics._specs import GROUPS, METRICS, MetricSpec, metrics_markdown
-from surefoot.metrics._topk import Counted, SpaceSaving, merge
+from surefoot.metrics._topk import MAX_ITEM, Counted, SpaceSaving, merge
 from surefoot.metrics._uncounted import counted, uncounted
 
 if TYPE_CHECKING:
@@ -69,14 +73,17 @@ else:
 
 __all__ = [
     "GROUPS",
+    "MAX_ITEM",
     "METRICS",
     "Alert",
     "BoardStore",
+    "Condition",
     "Counted",
     "Dispatcher",
     "Evaluator",
     "GaugeAbove",
     "InstrumentedStore",
+    "LabelMatcher",
     "Labels",
     "Matcher",
     "MetricSpec",
@@ -96,6 +103,8 @@ __all__ = [
     "labels_of",
     "mark_worker_dead",
     "merge",
+    "promql_duration",
+    "render",
     "metrics_markdown",
     "silenced_by",
     "slack_payload",
