@@ -316,8 +316,10 @@
     }
   }
 
+  /** An alert's labels but its name (shown beside them). */
   function labelText(labels) {
-    return Object.keys(labels || {}).sort().map((k) => k + "=" + labels[k]).join(", ");
+    return Object.keys(labels || {}).filter((k) => k !== "alertname").sort()
+      .map((k) => k + "=" + labels[k]).join(", ");
   }
 
   // -- the admin API -----------------------------------------------------------------------
@@ -443,6 +445,7 @@
       await Promise.all([
         api("/admin/series?range=" + encodeURIComponent(range))
           .then(renderSeries)
+          .then((unknown) => loadOldest(unknown).catch(note("unknown")))
           .catch((err) => {
             for (const panel of panels) panel.failed(err.message);
             note("series")(err);
@@ -489,8 +492,10 @@
     if ((identity.address_limits || []).length && names.length && !keys) names.push("address");
     state.policies = names;
     const source = document.getElementById("source");
-    source.textContent = (config.source || "") + (body && body.generation !== undefined ?
+    const file = String(config.source || "");
+    source.textContent = file.split("/").pop() + (body && body.generation !== undefined ?
       " · generation " + body.generation : "");
+    source.title = file;
   }
 
   function renderSeries(body) {
@@ -500,6 +505,29 @@
       if (!state.policies.includes(policy)) state.policies.push(policy);
     }
     for (const panel of panels) panel.render(times, groups[panel.spec.group] || {});
+    return groups.unknown || {};
+  }
+
+  /** The oldest unknown outcome's age from /admin/unknown, when the series do not have it
+   * (``oldest`` in the group ``unknown``) and there are unknown keys. */
+  async function loadOldest(unknown) {
+    const stat = document.getElementById("unknown-oldest");
+    const keys = unknown.keys || [];
+    const at = lastIndex(keys);
+    if (unknown.oldest || at < 0 || !(keys[at] > 0)) {
+      stat.textContent = "";
+      return;
+    }
+    const limit = 1000;
+    const body = await api("/admin/unknown?limit=" + limit);
+    const listed = (body && body.unknown) || [];
+    const ages = listed.map((r) => r.age).filter((a) => typeof a === "number");
+    if (!ages.length) {
+      stat.textContent = "";
+      return;
+    }
+    const more = listed.length >= limit ? " of the first " + limit + " listed" : "";
+    stat.textContent = "Oldest now: " + age(Math.max(...ages)) + more + ".";
   }
 
   // -- top offenders -----------------------------------------------------------------------
@@ -533,7 +561,7 @@
     bars.dataset.list = list;
     for (const item of shown) {
       const who = item.client || item.principal;
-      const name = String(list === "reused" && item.store_key ? item.store_key : who);
+      const name = String(list === "reused" && item.store_key ? who + " " + item.store_key : who);
       const bar = el("span", { className: "bar" });
       bar.style.width = Math.max(0, Math.min(100, (100 * item.count) / max)) + "%";
       let value = num(item.count);
@@ -606,7 +634,9 @@
         runbook.append(el("a", { href: url, target: "_blank", rel: "noopener noreferrer", text: "runbook" }));
       }
       row.append(runbook);
-      row.append(cell(silenced.join(", "), "silenced-by"));
+      const by = cell(silenced.map((id) => id.slice(0, 8)).join(", "), "silenced-by");
+      by.title = silenced.join(", ");
+      row.append(by);
       const button = el("button", { type: "button", className: "silence", text: "Silence" });
       button.addEventListener("click", () => openSilence(alert));
       row.append(el("td", {}, [button]));
@@ -640,7 +670,9 @@
       starts.title = iso(silence.starts_at);
       const ends = cell(clock(silence.ends_at) + (live ? " (" + ago(silence.ends_at) + ")" : ""));
       ends.title = iso(silence.ends_at);
-      row.append(starts, ends, cell(String(silence.comment || "")), cell(String(silence.created_by || "")), cell(id, "labels"));
+      const shortId = cell(id.slice(0, 8), "labels");
+      shortId.title = id;
+      row.append(starts, ends, cell(String(silence.comment || "")), cell(String(silence.created_by || "")), shortId);
       const action = el("td");
       if (live) {
         const button = el("button", { type: "button", className: "expire", text: "Expire" });
