@@ -54,7 +54,6 @@ PUBLIC = {
         "InstrumentedStore",
         "LabelMatcher",
         "Labels",
-        "MAX_ITEM",
         "METRICS",
         "Matcher",
         "MetricSpec",

@@ -1731,6 +1731,12 @@ def _silences(command: str, config_path: str, work: Any) -> Any:
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     name = config.root.alerts.store
+    if config.store_url(name).startswith("memory:"):
+        raise click.BadParameter(
+            f"stores.{name} is a memory:// store, whose silences live in the gateway's "
+            "process only: use the admin API, or a sqlite, redis or postgresql store",
+            param_hint="--config",
+        )
     return _run(
         config.store_url(name),
         lambda store, now: work(gateway.Silences(store), now),

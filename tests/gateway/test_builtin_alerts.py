@@ -283,3 +283,61 @@ async def test_the_webhook_url_is_a_secret_in_the_admin_api() -> None:
     async with running(gateway_config(alerts=ALERTS), upstream=EchoUpstream()) as gw:
         shown = (await gw.admin.get("/admin/config", headers=ADMIN_HEADERS)).text
         assert "secret-part" not in shown
+
+
+async def test_a_worker_started_while_an_alert_fires_does_not_send_it_again() -> None:
+    clock = ManualClock(T0)
+    hook = Hook()
+    async with running(gateway_config(alerts=ALERTS), upstream=EchoUpstream(), clock=clock) as gw:
+        first = watcher_of(gw.gateway, hook, clock)
+        gw.gateway.metrics.set_breaker_state("upstream", "open")
+        await first.step()
+        assert len(hook.posted) == 1
+        clock.advance(600)  # past group_interval: the claim has expired, the log has not
+        late = watcher_of(gw.gateway, hook, clock)
+        await late.step()
+        await first.step()
+        assert len(hook.posted) == 1
+        clock.advance(3600)  # repeat_interval: sent again, once
+        await late.step()
+        await first.step()
+        assert len(hook.posted) == 2
+        for watcher in (first, late):
+            await watcher.aclose()
+
+
+@pytest.mark.parametrize(
+    ("times", "reason"),
+    [
+        ({"ends_at": 10**400}, "ends_at: expected a finite number"),
+        ({"duration": "2h", "starts_at": 10**400}, "starts_at: expected a finite number"),
+        ({"ends_at": 1e300}, "ends_at: expected at most a year after starts_at"),
+        ({"duration": "400d"}, "ends_at: expected at most a year"),
+        ({"duration": "1h", "starts_at": 0}, "starts_at: expected a time within a year of now"),
+        ({"duration": "soon"}, "duration: expected seconds or a duration"),
+    ],
+)
+async def test_a_silence_lasts_at_most_a_year(times: dict[str, Any], reason: str) -> None:
+    body = {"matchers": [{"name": "a", "op": "=", "value": "b"}], "comment": "c", **times}
+    async with running(gateway_config(), upstream=EchoUpstream()) as gw:
+        response = await gw.admin.post("/admin/silences", headers=ADMIN_HEADERS, json=body)
+        assert reason in problem(response, 400, "admin_bad_request")["detail"]
+
+
+def test_a_repeat_sooner_than_the_group_interval_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"alerts\.repeat_interval") as raised:
+        gateway_config(alerts={"group_interval": 7200, "repeat_interval": 3600})
+    assert "at least group_interval" in str(raised.value)
+    with pytest.raises(ConfigurationError, match="each label name once"):
+        gateway_config(alerts={"group_by": ["alertname", "alertname"]})
+
+
+def test_the_cli_refuses_a_memory_store_for_silences(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        '[upstream]\nurl = "http://127.0.0.1:9"\n\n[stores]\ndefault = "memory://"\n\n'
+        '[admin]\ntoken = "t"\n'
+    )
+    result = CliRunner().invoke(main, ["silences", "list", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "memory:// store" in result.output

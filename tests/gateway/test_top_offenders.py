@@ -265,3 +265,43 @@ def test_two_serve_workers_merge_their_counts_through_sqlite(tmp_path: Path) -> 
         assert [(i["client"], i["count"]) for i in data["items"]] == [("acme", 35.0)]
     finally:
         gateway.server.stop()
+
+
+async def test_a_count_made_while_its_summary_is_written_is_written_next_time() -> None:
+    clock = ManualClock(T0)
+    async with running(
+        gateway_config(rate_limit=POLICY), upstream=EchoUpstream(), clock=clock
+    ) as gw:
+        tracker = gw.gateway.top
+        assert tracker is not None
+        board = tracker.board
+
+        class Racing:
+            async def board_put(self, *args: Any) -> None:
+                tracker.count("refused", "reads", "addr:192.0.2.9")  # during the write
+                await board.board_put(*args)
+
+        tracker.count("refused", "reads", "addr:192.0.2.9")
+        tracker.board = Racing()  # type: ignore[assignment]
+        await tracker.flush()
+        tracker.board = board
+        await tracker.flush()
+        data = await top(gw.admin, "list=refused&policy=reads&window=1m")
+        assert counts(data) == {"addr:192.0.2.9": 3}  # one per slot write, the last one kept
+
+
+async def test_summaries_not_written_before_their_board_expired_are_dropped() -> None:
+    clock = ManualClock(T0)
+    async with running(
+        gateway_config(rate_limit=POLICY), upstream=EchoUpstream(), clock=clock
+    ) as gw:
+        tracker = gw.gateway.top
+        assert tracker is not None
+        tracker.count("refused", "reads", "addr:192.0.2.9")
+        clock.advance(3 * 3600)  # a store down for three hours: the minute board expired
+        tracker.count("refused", "reads", "addr:192.0.2.10")
+        await tracker.flush()
+        assert counts(await top(gw.admin, "list=refused&policy=reads&window=1m")) == {
+            "addr:192.0.2.10": 1
+        }
+        assert len(tracker._slots) == 2  # the current minute and hour

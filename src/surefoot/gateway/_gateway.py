@@ -212,8 +212,9 @@ class Gateway:
         self.top: TopTracker | None = None
         if root.top.enabled:
             board = self._store(self._observed[0], set())
-            self.top = TopTracker(board, k=root.top.k, clock=self.clock)
+            self.top = TopTracker(board, k=root.top.k, clock=self.clock, fresh=root.top.flush_every)
         self._top = root.top
+        self._alerts_at_start = _started_alerts(config)
         self._top_read = -math.inf
         tracking = (self.top,) if self.top is not None else ()
         self.hooks: tuple[EventHook, ...] = (LoggingHook(), self.metrics, *tracking, *hooks)
@@ -515,7 +516,7 @@ class Gateway:
                 unapplied.append("sagas")
             if config.root.top != self._top:
                 unapplied.append("top")
-            if _started_alerts(config) != _started_alerts(old.config):
+            if _started_alerts(config) != self._alerts_at_start:
                 unapplied.append("alerts")
             self.watcher.reconfigure(config)
             if self.sweeper is not None:

@@ -550,10 +550,10 @@ class Top(_Table):
 
     enabled: bool = described("true or false", True)
     k: int = described(
-        "a whole number of counters per list from 10 to 10000 (the memory is fixed by it)",
+        "a whole number of counters per list from 10 to 2000 (the memory is fixed by it)",
         100,
         ge=10,
-        le=10000,
+        le=2000,
     )
     exported: int = described(
         "a whole number from 0 to 100 of clients per list in the Prometheus series",
@@ -658,6 +658,16 @@ class Alerts(_Table):
         for name in value:
             if not _LABEL.fullmatch(name):
                 raise ValueError(f"expected label names, got {shown(name)}")
+        if len(set(value)) < len(value):
+            raise ValueError("expected each label name once")
+        return value
+
+    @field_validator("repeat_interval")
+    @classmethod
+    def _repeat_interval(cls, value: float, info: ValidationInfo) -> float:
+        group_interval = info.data.get("group_interval")
+        if group_interval is not None and value < group_interval:
+            raise ValueError(f"expected at least group_interval ({group_interval:g})")
         return value
 
 

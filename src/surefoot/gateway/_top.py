@@ -21,12 +21,15 @@ Rule 2: a window of minutes (``1m`` to ``1h``) merges the boards of its last min
 Rule 3: a merged list keeps the summaries' guarantee: each count is at most ``error``
         above the true count, and ``error`` is at most ``total / k``; every principal
         with more than ``total / k`` is listed.
-Rule 4: an item is cut to ``MAX_ITEM`` characters. A read merges at the smallest ``k``
+Rule 4: an item is cut to ``MAX_ITEM_KEPT`` characters, and ``k`` is at most ``MAX_K``, so
+        every summary fits in a board's slot. A read merges at the smallest ``k``
         of the summaries it finds (workers started with another ``k``), which keeps the
         guarantee of Rule 3 for that ``k``.
 Rule 5: test traffic (``surefoot.metrics.uncounted``) is not counted; a summary that
         cannot be written stays to be written at the next flush (a failing store loses
-        nothing a worker has counted, except when the worker dies).
+        nothing a worker has counted, except when the worker dies), until its board
+        has expired: then it is dropped (its counts are in the hour's summary, for 25
+        hours). A count made while its summary is being written is written next time.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from typing import Any
 from surefoot.clock import Clock
 from surefoot.events import Event
 from surefoot.idempotency import KeyReused, OutcomeUnknown
-from surefoot.metrics import MAX_ITEM, BoardStore, SpaceSaving, counted, merge
+from surefoot.metrics import BoardStore, SpaceSaving, counted, merge
 from surefoot.ratelimit import RateLimitAllowed, RateLimitRejected
 
 __all__ = ["LISTS", "WINDOWS", "TopTracker", "top_lists"]
@@ -61,6 +64,10 @@ WINDOWS: dict[str, int] = {
     "6h": 6 * 3600,
     "24h": 24 * 3600,
 }
+#: Items are cut to this length, so that a summary of at most ``MAX_K`` items stays under
+#: the board's ``MAX_VALUE`` (Rule 4).
+MAX_ITEM_KEPT = 256
+MAX_K = 2000
 _MINUTE_TTL = 2 * 3600
 _HOUR_TTL = 25 * 3600
 
@@ -94,16 +101,27 @@ class TopTracker:
         k: counters per summary.
         clock: when each event is counted.
         worker: this worker's name in the boards (default: host, process and a random part).
+        fresh: seconds a read's merged list is kept and answered again (the dashboard and
+            every scrape ask often; the store is read once per ``fresh`` seconds).
     """
 
     def __init__(
-        self, board: BoardStore, *, k: int, clock: Clock, worker: str | None = None
+        self,
+        board: BoardStore,
+        *,
+        k: int,
+        clock: Clock,
+        worker: str | None = None,
+        fresh: float = 0.0,
     ) -> None:
         self.board = board
         self.k = k
         self.clock = clock
-        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        host = socket.gethostname()[:64]
+        self.worker = worker or f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.fresh = fresh
         self._slots: dict[str, _Slot] = {}
+        self._read: dict[tuple[str, str, str], tuple[float, SpaceSaving]] = {}
         self._handlers: dict[type[Event], Any] = {
             RateLimitRejected: self._on_rejected,
             RateLimitAllowed: self._on_allowed,
@@ -145,29 +163,37 @@ class TopTracker:
             slot = self._slots.get(board)
             if slot is None:
                 slot = self._slots[board] = _Slot(board, expires_at, SpaceSaving(self.k))
-            slot.summary.add(item[:MAX_ITEM], weight)
+            slot.summary.add(item[:MAX_ITEM_KEPT], weight)
             slot.dirty = True
 
     # -- writing -----------------------------------------------------------------------------
 
     async def flush(self) -> None:
         """Write every summary changed since it was last written (Rule 1); forget those
-        whose minute or hour is over once written."""
+        whose minute or hour is over once written, or once their board has expired
+        (Rule 5)."""
         now = self.clock.now()
         minute, hour = int(now // 60), int(now // 3600)
+        failing = False
         for key, slot in list(self._slots.items()):
-            if slot.dirty:
+            if slot.expires_at <= now:  # unwritten through a long outage: too late
+                del self._slots[key]
+                continue
+            if slot.dirty and not failing:
+                # Marked clean before the write: a count made while it is in flight
+                # marks it again, for the next flush.
+                slot.dirty = False
                 try:
                     await self.board.board_put(
                         slot.board, self.worker, slot.summary.encode(), slot.expires_at, now
                     )
                 except Exception as exc:  # Rule 5: written at the next flush
+                    slot.dirty = True
+                    failing = True
                     _log.warning(
                         "top offenders: writing to the store failed: %s", type(exc).__name__
                     )
-                    return
-                slot.dirty = False
-            if not _current(key, minute, hour):
+            if not slot.dirty and not _current(key, minute, hour):
                 del self._slots[key]
 
     async def run(self, every: float) -> None:
@@ -194,10 +220,15 @@ class TopTracker:
             f"top:{name}:{policy}:{prefix}{at}"
             for at in range(last - seconds // unit + 1, last + 1)
         ]
+        cached = self._read.get((name, policy, window))
+        if cached is not None and now - cached[0] < self.fresh:
+            return cached[1]
         slots = await asyncio.gather(*(self.board.board_read(board, now) for board in boards))
         summaries = list(_decoded(value for found in slots for value in found.values()))
         # A worker started with a smaller k (a rolling restart): merged at its k.
-        return merge(summaries, min([self.k, *(summary.k for summary in summaries)]))
+        merged = merge(summaries, min([self.k, *(summary.k for summary in summaries)]))
+        self._read[name, policy, window] = (now, merged)
+        return merged
 
 
 def _current(board: str, minute: int, hour: int) -> bool:

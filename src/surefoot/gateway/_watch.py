@@ -9,16 +9,22 @@ Alertmanager-like ``Dispatcher``.
 
 Rule 1: the history keeps what the rules and the dashboard read, summed over the labels
         neither needs (``KEPT``), so its size depends on the policies, stores and breakers
-        of the file, never on routes or clients.
+        of the file, never on routes or clients. It spans a day, or the rules' baseline
+        if longer, in at most ``SNAPSHOTS`` snapshots: evaluated more often than every
+        15 seconds, it spans less, and a spike's baseline is the history there is.
 Rule 2: silences live in the board ``silences`` of ``[alerts]``' store, one slot each,
         so every worker and host applies the same ones. An expired silence stays listed
         for a day (``KEEP_EXPIRED``). A store that cannot be read leaves the last
-        silences read in force.
+        silences read in force. A silence lasts at most a year, and starts within a
+        year of now.
 Rule 3: every worker evaluates the same rules on the same values, so each decides the
         same notifications: a notification is sent by the worker that claims its
         fingerprint in the board ``alerts:sent`` first; the claim expires after
-        ``group_interval``. A notification that cannot be sent is logged; its group is
-        sent again at its next change or repeat.
+        ``group_interval``. What was sent is logged in the board ``alerts:log`` (per
+        group: the fingerprint and when, for ``repeat_interval``), so a worker that starts
+        while a group fires, whose dispatcher sees the group as new, does not send what
+        another worker sent less than ``repeat_interval`` ago. A notification that
+        cannot be sent is logged; its group is sent again at its next change or repeat.
 Rule 4: without ``webhook_url`` nothing is sent: the alerts are listed in the admin API
         and the dashboard only. With ``evaluate = false`` the rules are not evaluated
         (the history is still kept for the dashboard).
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import re
 import socket
@@ -76,10 +83,15 @@ KEPT: dict[str, tuple[str, ...]] = {
 }
 SILENCES = "silences"
 SENT = "alerts:sent"
+SENT_LOG = "alerts:log"
+#: The longest silence, and how far from now it may start (Rule 2).
+MAX_SILENCE = 365 * 86400.0
 #: How long an expired silence stays listed (Rule 2).
 KEEP_EXPIRED = 86400.0
-#: The history: long enough for the dashboard's longest range and the rules' baseline.
+#: The history: long enough for the dashboard's longest range and the rules' baseline, in
+#: at most ``SNAPSHOTS`` snapshots (Rule 1).
 HISTORY = 86400.0
+SNAPSHOTS = 5760
 _TIMEOUT = 10.0
 
 
@@ -107,7 +119,8 @@ class AlertWatcher:
         self.board = board
         self.clock = clock
         settings = config.root.alerts
-        self.samples = Samples(retention=max(HISTORY, settings.baseline + settings.window))
+        wanted = max(HISTORY, settings.baseline + settings.window)
+        self.samples = Samples(retention=min(wanted, SNAPSHOTS * settings.evaluate_every))
         self.evaluator = Evaluator()
         self.dispatcher = Dispatcher(
             Route(
@@ -119,6 +132,7 @@ class AlertWatcher:
             )
         )
         self.group_interval = settings.group_interval
+        self.repeat_interval = settings.repeat_interval
         self.evaluate = settings.evaluate
         self.webhook = config.alert_webhook
         self.source = socket.gethostname()
@@ -154,18 +168,28 @@ class AlertWatcher:
             return
         self.alerts = self.evaluator.evaluate(self.rules, self.samples, now)
         silences = await self.read_silences()
-        for notification in self.dispatcher.step(self.alerts, silences, now):
-            if self.webhook is None:
-                continue
-            try:
-                claimed = await self.board.board_claim(
+        notifications = self.dispatcher.step(self.alerts, silences, now)
+        if self.webhook is None or not notifications:
+            return
+        try:
+            sent = await self.board.board_read(SENT_LOG, now)
+            for notification in notifications:
+                group = hashlib.sha256(notification.group_key.encode()).hexdigest()
+                if sent.get(group) == notification.fingerprint.encode():
+                    continue  # another worker sent it less than repeat_interval ago
+                if await self.board.board_claim(
                     SENT, notification.fingerprint, b"1", now + self.group_interval, now
-                )
-            except Exception as exc:
-                _log.warning("alert notification not claimed (store: %s)", type(exc).__name__)
-                continue
-            if claimed:
-                await self._post(slack_payload(notification, source=self.source))
+                ):
+                    await self._post(slack_payload(notification, source=self.source))
+                    await self.board.board_put(
+                        SENT_LOG,
+                        group,
+                        notification.fingerprint.encode(),
+                        now + self.repeat_interval,
+                        now,
+                    )
+        except Exception as exc:
+            _log.warning("alert notifications not sent (store: %s)", type(exc).__name__)
 
     def sample(self) -> dict[Series, float]:
         """The metrics now, summed over the labels ``KEPT`` leaves out (Rule 1)."""
@@ -253,11 +277,16 @@ class Silences:
         created_by: str,
         starts_at: float | None = None,
     ) -> Silence:
-        """A new silence; ``ValueError`` naming the field when one is wrong."""
+        """A new silence; ``ValueError`` naming the field when one is wrong (Rule 2)."""
+        starts_at = now if starts_at is None else starts_at
+        if not now - MAX_SILENCE <= starts_at <= now + MAX_SILENCE:
+            raise ValueError("starts_at: expected a time within a year of now")
+        if ends_at - starts_at > MAX_SILENCE:
+            raise ValueError("ends_at: expected at most a year after starts_at")
         silence = Silence(
             uuid.uuid4().hex,
             tuple(matchers),
-            now if starts_at is None else starts_at,
+            starts_at,
             ends_at,
             comment,
             created_by,
@@ -369,11 +398,11 @@ def _point(
 ) -> None:
     """Write one step's values into ``groups``."""
 
-    def put(group: str, label: str, value: float) -> None:
+    def put(group: str, label: str, value: float, combine: Any = float.__add__) -> None:
         line = groups[group].get(label)
         if line is None:
             line = groups[group][label] = [None] * size
-        line[index] = (line[index] or 0.0) + value
+        line[index] = value if line[index] is None else combine(line[index], value)
 
     buckets: dict[str, list[tuple[float, float]]] = {}
     for (name, labels), value in increase.items():
@@ -404,7 +433,8 @@ def _point(
         if name == "surefoot_idempotency_unknown_keys":
             put("unknown", "keys", value)
         elif name == "surefoot_breaker_state" and value > 0:
-            put("breakers", label["breaker"], _BREAKER.get(label["state"], 0.0))
+            # Workers may disagree for a moment: the worst state shows.
+            put("breakers", label["breaker"], _BREAKER.get(label["state"], 0.0), max)
         elif name == "surefoot_webhooks_oldest_undelivered_seconds":
             put("webhooks", label["endpoint"], value)
         elif name == "surefoot_sagas" and label["state"] == "needs_attention":

@@ -365,9 +365,9 @@ class AdminApp:
                 "list": name,
                 "policy": policy or None,
                 "window": window,
-                "k": tracker.k,
+                "k": merged.k,
                 "total": merged.total,
-                "error_bound": merged.total / tracker.k,
+                "error_bound": merged.total / merged.k,
                 "items": items,
             },
         )
@@ -405,8 +405,7 @@ class AdminApp:
         )
         try:
             matchers = [Matcher.from_dict(item) for item in _list(body, "matchers")]
-            starts_at = body.get("starts_at", now)
-            ends_at = _ends_at(body, starts_at)
+            starts_at, ends_at = _silence_times(body, now)
             silence = await watcher.board_silences.add(
                 matchers,
                 now=now,
@@ -955,22 +954,32 @@ def _list(body: Mapping[str, Any], name: str) -> list[Any]:
     return value
 
 
-def _ends_at(body: Mapping[str, Any], starts_at: float) -> float:
-    """A silence's end: ``ends_at`` (unix seconds) or ``duration`` (seconds or ``2h``)."""
+def _silence_times(body: Mapping[str, Any], now: float) -> tuple[float, float]:
+    """A silence's start (``starts_at``, default now) and end: ``ends_at`` or
+    ``duration`` (seconds or ``2h``) after the start; ``Silences.add`` bounds both."""
     if ("ends_at" in body) == ("duration" in body):
         raise ValueError("expected one of ends_at (unix seconds) and duration (e.g. 2h)")
+    starts_at = _unix(body, "starts_at") if "starts_at" in body else now
     if "ends_at" in body:
-        ends_at = body["ends_at"]
-        if isinstance(ends_at, bool) or not isinstance(ends_at, int | float):
-            raise ValueError("ends_at: expected unix seconds")
-        return float(ends_at)
+        return starts_at, _unix(body, "ends_at")
     duration = body["duration"]
     found = _DURATION.fullmatch(duration) if isinstance(duration, str) else None
-    if found is None or not 0 < float(found.group(1)) * _UNITS[found.group(2)] <= 365 * 86400:
-        raise ValueError("duration: expected seconds or a duration (30m, 2h, 3d) up to a year")
-    if not isinstance(starts_at, int | float) or isinstance(starts_at, bool):
-        raise ValueError("starts_at: expected unix seconds")
-    return float(starts_at) + float(found.group(1)) * _UNITS[found.group(2)]
+    if found is None:
+        raise ValueError("duration: expected seconds or a duration (30m, 2h, 3d)")
+    return starts_at, starts_at + float(found.group(1)) * _UNITS[found.group(2)]
+
+
+def _unix(body: Mapping[str, Any], name: str) -> float:
+    value = body[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name}: expected unix seconds")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise ValueError(f"{name}: expected a finite number of unix seconds")
+    return seconds
 
 
 def _limit(text: str, *, most: int = 10_000) -> int:

@@ -47,7 +47,7 @@ from surefoot.metrics._rules import (
     render,
 )
 from surefoot.metrics._specs import GROUPS, METRICS, MetricSpec, metrics_markdown
-from surefoot.metrics._topk import MAX_ITEM, Counted, SpaceSaving, merge
+from surefoot.metrics._topk import Counted, SpaceSaving, merge
 from surefoot.metrics._uncounted import counted, uncounted
 
 if TYPE_CHECKING:
@@ -73,7 +73,6 @@ else:
 
 __all__ = [
     "GROUPS",
-    "MAX_ITEM",
     "METRICS",
     "Alert",
     "BoardStore",
