@@ -220,7 +220,11 @@ class Gateway:
         self.hooks: tuple[EventHook, ...] = (LoggingHook(), self.metrics, *tracking, *hooks)
         self.stack = self._build(config, _digest_of(config_path))
         self.watcher = AlertWatcher(
-            self.metrics, self._store(self._observed[1], set()), config, clock=self.clock
+            self.metrics,
+            self._store(self._observed[1], set()),
+            config,
+            clock=self.clock,
+            refresh=self.refresh_top,
         )
         self._watching: asyncio.Task[None] | None = None
         # [webhooks.send]: read once, like the [server] fields a reload cannot change.
@@ -450,8 +454,10 @@ class Gateway:
 
     async def refresh_top(self) -> None:
         """Read the top lists over the last 5 minutes into the ``surefoot_top_requests``
-        series, at most once every ``[top] flush_every`` (a scrape calls it); a store
-        that fails leaves the last lists in place."""
+        series, and for each client refused, its refusals over the day (the baseline of
+        ``SurefootClientRefusalsSpike``), at most once every ``[top] flush_every`` (a
+        scrape and each evaluation of the alerts call it); a store that fails leaves the
+        last lists in place."""
         now = self.clock.now()
         if self.top is None or now - self._top_read < self._top.flush_every:
             return
@@ -462,9 +468,18 @@ class Gateway:
         try:
             for name, policy in top_lists(policies):
                 merged = await self.top.read(name, policy, "5m")
-                for found in merged.top(self._top.exported):
-                    client = config.principals.get(found.item.partition(" ")[0], "")
-                    rows.append(((name, policy, found.item, client), found.count))
+                found = merged.top(self._top.exported)
+                day: dict[str, float] = {}
+                if name == "refused" and found:
+                    day = {
+                        c.item: c.count for c in (await self.top.read(name, policy, "24h")).top()
+                    }
+                for counted in found:
+                    client = config.principals.get(counted.item.partition(" ")[0], "")
+                    labels = (name, policy, counted.item, client)
+                    rows.append(((*labels, "5m"), counted.count))
+                    if name == "refused":
+                        rows.append(((*labels, "24h"), day.get(counted.item, 0.0)))
         except Exception as exc:
             _log.warning("top offenders: reading the store failed: %s", type(exc).__name__)
             return

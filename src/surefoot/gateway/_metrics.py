@@ -77,8 +77,8 @@ class GatewayMetrics(PrometheusMetrics):
             }
         )
 
-    def set_top(self, rows: Sequence[tuple[tuple[str, str, str, str], float]]) -> None:
-        """Set the top lists whole: ``((list, policy, item, client), count)`` rows; the
+    def set_top(self, rows: Sequence[tuple[tuple[str, str, str, str, str], float]]) -> None:
+        """Set the top lists whole: ``((list, policy, item, client, window), count)`` rows; the
         rows of the last call are forgotten (a collector of this process, not a file
         of the workers': each worker answers with what it read from the store)."""
         self._top.rows = tuple(rows)
@@ -123,7 +123,7 @@ class _TopCollector:
     """``surefoot_top_requests``, from the rows ``set_top`` last gave."""
 
     def __init__(self) -> None:
-        self.rows: tuple[tuple[tuple[str, str, str, str], float], ...] = ()
+        self.rows: tuple[tuple[tuple[str, str, str, str, str], float], ...] = ()
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(_TOP.name, _TOP.help, labels=_TOP.labels)

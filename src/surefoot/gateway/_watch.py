@@ -39,7 +39,7 @@ import logging
 import re
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import httpx
@@ -80,6 +80,7 @@ KEPT: dict[str, tuple[str, ...]] = {
     "surefoot_store_operation_duration_seconds_bucket": ("store", "le"),
     "surefoot_webhooks_oldest_undelivered_seconds": ("endpoint",),
     "surefoot_sagas": ("saga", "state"),
+    "surefoot_top_requests": ("list", "policy", "item", "client", "window"),
 }
 SILENCES = "silences"
 SENT = "alerts:sent"
@@ -104,6 +105,8 @@ class AlertWatcher:
         config: the policy file (its rules and ``[alerts]``).
         clock: the time of samples, alerts and silences.
         transport: for tests: the transport of the webhook's client.
+        refresh: awaited before each sample (the gateway reads the top lists into the
+            metrics then, for ``SurefootClientRefusalsSpike``).
     """
 
     def __init__(
@@ -114,8 +117,10 @@ class AlertWatcher:
         *,
         clock: Clock,
         transport: httpx.AsyncBaseTransport | None = None,
+        refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.metrics = metrics
+        self.refresh = refresh
         self.board = board
         self.clock = clock
         settings = config.root.alerts
@@ -161,6 +166,8 @@ class AlertWatcher:
 
     async def step(self) -> None:
         """Sample, evaluate, notify (Rules 1, 3 and 4)."""
+        if self.refresh is not None:
+            await self.refresh()
         values = await asyncio.to_thread(self.sample)
         now = self.clock.now()
         self.samples.add(now, values)

@@ -474,15 +474,16 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "surefoot_top_requests",
         "gauge",
-        "Requests over the last 5 minutes of the clients at the top of each list, merged "
+        "Requests of the clients at the top of each list over the last 5 minutes, merged "
         "across workers and hosts (an estimate from Space-Saving summaries: at most the "
-        "summary's error above the true count).",
-        labels=("list", "policy", "item", "client"),
+        "summary's error above the true count); the clients refused also over the day.",
+        labels=("list", "policy", "item", "client", "window"),
         fed_by=("set_top",),
         group="top",
         values="`list`: `refused`, `admitted`, `reused` or `unknown`; `policy`: a "
         'rate-limit policy or `""`; `item`: a principal, or for `reused` a principal and '
-        'a store key; `client`: its name in `[[clients]]` or `""`',
+        'a store key; `client`: its name in `[[clients]]` or `""`; `window`: `5m`, or `24h` for '
+        "each client of a `refused` list",
     ),
 )
 
