@@ -5,6 +5,7 @@ annotation templates, and the gateway's rules evaluated natively on promtool's c
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
 import re
 from pathlib import Path
@@ -141,6 +142,14 @@ def test_samples_snapshots_latest_and_span() -> None:
     assert Samples(60).span(T0) == 0
 
 
+def test_snapshots_hold_the_series_present_in_each() -> None:
+    early, late = series(kind="early"), series(kind="late")
+    samples = history({early: [1, None, 3], late: [None, None, None, 9]})
+    assert samples.snapshots(T0, at(2)) == [(T0, {early: 1}), (at(1), {}), (at(2), {early: 3})]
+    assert samples.snapshots(at(3), at(3)) == [(at(3), {late: 9})]
+    assert samples.snapshots(at(2), at(1)) == []
+
+
 def test_samples_copy_what_they_are_given() -> None:
     values = {series(): 1.0}
     samples = Samples(60)
@@ -149,14 +158,28 @@ def test_samples_copy_what_they_are_given() -> None:
     assert samples.latest(T0) == {series(): 1.0}
 
 
-def test_labels_that_go_away_are_forgotten_and_the_rest_still_counts() -> None:
-    samples = Samples(DAY)
+def test_series_that_go_away_are_forgotten_once_their_last_value_expired() -> None:
+    samples = Samples(retention=90)
     many = {series(client=str(n)): 1.0 for n in range(200)}
-    samples.add(T0, many | {series(): 0.0})
-    samples.add(at(1), {series(): 10.0})  # the 200 labels are gone
-    samples.add(at(2), {series(): 25.0})
-    assert samples._labels == {labels_of(): labels_of()}
-    assert samples.increase(CALLS, (), (), T0, at(2)) == {(): 25.0}
+    samples.add(T0, many | {series(): 0.0, series("other_total"): 1.0})
+    samples.add(at(1), {series(): 10.0})  # the 200 clients and other_total are gone
+    assert len(samples._columns[CALLS]) == 201  # their values at T0 are still kept
+    assert samples.increase(CALLS, (), (), T0, at(1)) == {(): 10.0}
+    samples.add(at(2), {series(): 25.0, series(client="new"): 2.0})  # T0 expired
+    assert list(samples._columns) == [CALLS]
+    assert list(samples._columns[CALLS]) == [labels_of(), labels_of(client="new")]
+    assert samples.increase(CALLS, (), ("client",), T0, at(2)) == {
+        (): 15.0,
+        labels_of(client="new"): 2.0,
+    }
+
+
+def test_a_nan_value_is_an_absent_one() -> None:
+    samples = history({series(): [0, 10, math.nan, 4]})
+    assert samples.latest(at(2)) == {}
+    assert samples.snapshots(at(2), at(2)) == [(at(2), {})]
+    assert samples.increase(CALLS, (), (), T0, at(3)) == {(): 14}
+    assert samples.increase(CALLS, (), (), at(1), at(2)) == {}
 
 
 # --- increase ---------------------------------------------------------------------------
@@ -180,6 +203,16 @@ Column = list[float | None]
 def test_increase_sums_deltas_and_counts_resets(values: Column, expected: float) -> None:
     samples = history({series(): values})
     assert samples.increase(CALLS, (), (), T0, at(len(values))) == {(): expected}
+
+
+def test_increase_inside_a_gap_and_across_it() -> None:
+    samples = history({series(): [0, 10, None, None, None, 20, None, 25]})
+    assert samples.increase(CALLS, (), (), at(1), at(4)) == {}  # absent after the first
+    assert samples.increase(CALLS, (), (), at(3), at(4)) == {}
+    assert samples.increase(CALLS, (), (), at(1), at(5)) == {(): 20}  # back: from 0
+    assert samples.increase(CALLS, (), (), at(5), at(7)) == {(): 25}
+    assert samples.increase(CALLS, (), (), at(6), at(7)) == {(): 25}
+    assert samples.increase(CALLS, (), (), T0, at(9)) == {(): 55}
 
 
 def test_increase_needs_two_snapshots_in_the_span() -> None:
@@ -270,6 +303,100 @@ def test_increase_adds_up_over_adjacent_spans(steps: list[int], data: st.DataObj
     parts = samples.increase(CALLS, (), (), T0, middle).get((), 0.0)
     parts += samples.increase(CALLS, (), (), middle, end).get((), 0.0)
     assert whole == parts == values[-1] - values[0]
+
+
+class Reference:
+    """Rules 1 and 2 as written: every kept snapshot as a dict, the increase summed over
+    each two consecutive snapshots of the span."""
+
+    def __init__(self, retention: float) -> None:
+        self.retention = retention
+        self.kept: list[tuple[float, dict[Series, float]]] = []
+
+    def add(self, t: float, values: dict[Series, float]) -> None:
+        self.kept = [(u, v) for u, v in [*self.kept, (t, values)] if u >= t - self.retention]
+
+    def increase(
+        self,
+        metric: str,
+        match: tuple[LabelMatcher, ...],
+        by: tuple[str, ...],
+        start: float,
+        end: float,
+    ) -> dict[Labels, float]:
+        span = [values for t, values in self.kept if start <= t <= end]
+        totals: dict[Labels, float] = {}
+        for before, after in itertools.pairwise(span):
+            for (name, labels), value in after.items():
+                if name != metric or not all(m.matches(dict(labels)) for m in match):
+                    continue
+                group = tuple(sorted((k, v) for k, v in labels if k in by and v))
+                previous = before.get((name, labels))
+                delta = value if previous is None or value < previous else value - previous
+                totals[group] = totals.get(group, 0.0) + delta
+        return totals
+
+
+KEYS = (
+    series(kind="a"),
+    series(kind="a", worker="2"),
+    series(kind="b"),
+    series("other_total", kind="a"),
+)
+QUERIES = [
+    (CALLS, (), ()),
+    (CALLS, (), ("kind",)),
+    (CALLS, (LabelMatcher("kind", "=", "a"),), ("worker",)),
+    ("other_total", (), ("kind",)),
+]
+
+
+@st.composite
+def snapshot_runs(draw: st.DrawFn) -> tuple[int, list[tuple[int, dict[Series, float]]]]:
+    """A retention and snapshots (seconds since the last one, values): each series is
+    absent, or counts up from its last value, or restarts from 0."""
+    retention = draw(st.integers(1, 240))
+    last = dict.fromkeys(KEYS, 0.0)
+    runs = []
+    for _ in range(draw(st.integers(1, 40))):
+        values = {}
+        for key in KEYS:
+            cell = draw(st.none() | st.tuples(st.booleans(), st.integers(0, 30)))
+            if cell is not None:
+                restart, events = cell
+                values[key] = last[key] = (0.0 if restart else last[key]) + events
+        runs.append((draw(st.integers(1, 60)), values))
+    return retention, runs
+
+
+@given(snapshot_runs(), st.data())
+def test_samples_agree_with_the_snapshots_as_written(
+    run: tuple[int, list[tuple[int, dict[Series, float]]]], data: st.DataObject
+) -> None:
+    """After every add (expiry and compaction included): the same snapshots, and every
+    increase equal to the one summed over them (gaps, resets, spans at and between
+    snapshots, empty and reversed spans)."""
+    retention, steps = run
+    samples, reference = Samples(retention), Reference(retention)
+    t = T0
+    for interval, values in steps:
+        t += interval
+        samples.add(t, values)
+        reference.add(t, values)
+        assert samples.snapshots(-math.inf, math.inf) == reference.kept
+        assert len(samples) == len(reference.kept)
+        assert samples.span(t) == t - reference.kept[0][0]
+        when = t - data.draw(st.integers(-5, retention + 60))
+        before = [values for u, values in reference.kept if u <= when]
+        assert samples.latest(when) == (before[-1] if before else {})
+        start = t - data.draw(st.integers(-5, retention + 60))
+        end = start + data.draw(st.integers(-10, retention + 60))
+        assert samples.snapshots(start, end) == [
+            (u, values) for u, values in reference.kept if start <= u <= end
+        ]
+        for metric, match, by in QUERIES:
+            expected = reference.increase(metric, match, by, start, end)
+            assert samples.increase(metric, match, by, start, end) == expected
 
 
 # --- conditions -------------------------------------------------------------------------

@@ -6,16 +6,26 @@ Pure: no I/O, no clock (every time is passed in, in unix seconds).
 
 Rule 1: history. ``Samples`` keeps snapshots ``(t, {series: value})`` with ``t`` strictly
         increasing; adding one at ``t`` drops those older than ``t - retention``. It holds
-        at most ``retention / (smallest interval between adds) + 1`` snapshots, each a copy
-        of what was added (equal labels share one object): feed it only the metrics the
-        rules read (each condition's ``metrics``) and a retention of at least their
-        longest ``history``.
+        at most ``retention / (smallest interval between adds) + 1`` snapshots, in arrays
+        of floats: the times, and per series, from its first kept value to its last, its
+        values (NaN where it is absent: a NaN value is an absent one) and its running
+        increase (Rule 2). That is 16 bytes per series per snapshot (and 16 per run of
+        snapshots a series is absent from), plus at most 1/16 for expired snapshots not
+        yet compacted (the arrays are copied once more than 1/16 of them is expired, so
+        no add walks the history) and 1/16 of growth margin. A series costs its arrays
+        until its last value expires: feed it only the metrics the rules read (each
+        condition's ``metrics``), a set of series that seldom changes, and a retention of
+        at least their longest ``history``.
 Rule 2: increase. A counter's increase over ``[start, end]`` sums, over each two
         consecutive snapshots in that span, ``later - earlier`` when it is >= 0, else
         ``later`` (a drop is a reset: the counter started again from 0); a series missing
         from the earlier snapshot counts from 0 (a labelled counter appears at its first
         increment), one missing from the later adds nothing. A group exists once one of
         its series is in a snapshot after the span's first. ``rate = increase / window``.
+        Each series keeps that sum from its first value on (its running increase), so a
+        span's increase is the difference of two of its entries, found by bisection:
+        O(log n) per series. It is exact while the values are integers and each running
+        increase is below 2**53.
 Rule 3: selection. A series is selected by its metric name and every label matcher:
         ``=`` (equal) or ``=~`` (regex, fully anchored, as Prometheus's); a label the
         series lacks is the empty string. Groups are the ``by`` labels; a label a series
@@ -44,12 +54,11 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
+from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from itertools import pairwise
 from typing import Literal
 
 from surefoot.metrics._alert import Alert, Labels
@@ -74,6 +83,8 @@ Series = tuple[str, Labels]
 
 #: The divisor of a ratio is never below this (PromQL's ``clamp_min(..., 1e-9)``).
 _SMALLEST_DIVISOR = 1e-9
+#: ``Samples`` compacts its arrays once more than one entry in this many is expired (Rule 1).
+_COMPACT = 16
 
 
 def promql_duration(seconds: float) -> str:
@@ -137,6 +148,66 @@ def _grouping(by: tuple[str, ...]) -> str:
     return f" by ({', '.join(by)})" if by else ""
 
 
+class _Column:
+    """One series' values in the snapshots from the absolute index ``begin`` to its last
+    value (Rules 1 and 2)."""
+
+    __slots__ = ("begin", "gap_ends", "gap_starts", "running", "values")
+
+    def __init__(self, begin: int, value: float) -> None:
+        self.begin = begin
+        self.values = array("d", (value,))
+        # The running increase: the first value counts whole (from 0, Rule 2).
+        self.running = array("d", (value,))
+        # The runs of snapshots the series is absent from (absolute indices, both
+        # included, oldest first), so presence in a span is a bisect, not a walk.
+        self.gap_starts = array("q")
+        self.gap_ends = array("q")
+
+    @property
+    def end(self) -> int:
+        """The absolute index after the last value, which is never absent."""
+        return self.begin + len(self.values)
+
+    def add(self, index: int, value: float) -> None:
+        """The series' value in the snapshot at the absolute ``index`` (>= ``end``)."""
+        end, previous, total = self.end, self.values[-1], self.running[-1]
+        if index > end:
+            # Absent from end to index - 1: a gap, after which the value counts whole.
+            missing = index - end
+            self.values.extend(array("d", (math.nan,)) * missing)
+            self.running.extend(array("d", (total,)) * missing)
+            self.gap_starts.append(end)
+            self.gap_ends.append(index - 1)
+            delta = value
+        else:
+            delta = value if value < previous else value - previous
+        self.values.append(value)
+        self.running.append(total + delta)
+
+    def total(self, index: int) -> float:
+        """The running increase at the absolute ``index`` (0 before the first value)."""
+        if index < self.begin:
+            return 0.0
+        return self.running[min(index, self.end - 1) - self.begin]
+
+    def present(self, first: int, last: int) -> bool:
+        """Whether the series has a value in a snapshot from ``first`` to ``last``."""
+        first, last = max(first, self.begin), min(last, self.end - 1)
+        if first > last:
+            return False
+        run = bisect_left(self.gap_ends, last)  # the first gap that ends at last or later
+        return run == len(self.gap_ends) or self.gap_starts[run] > first
+
+    def drop(self, index: int) -> None:
+        """Forget the snapshots before the absolute ``index`` (``begin < index < end``)."""
+        cut = index - self.begin
+        del self.values[:cut], self.running[:cut]
+        self.begin = index
+        runs = bisect_left(self.gap_ends, index)
+        del self.gap_starts[:runs], self.gap_ends[:runs]
+
+
 class Samples:
     """Snapshots of metric values over the last ``retention`` seconds (Rules 1 and 2)."""
 
@@ -144,14 +215,17 @@ class Samples:
         if not retention > 0:
             raise ValueError(f"Samples: retention must be > 0 seconds, not {retention!r}")
         self.retention = retention
-        self._times: list[float] = []
-        # Per snapshot, each metric's values by labels: a rule reads only its metric.
-        self._values: list[dict[str, dict[Labels, float]]] = []
-        # One object for equal labels in every snapshot (Rule 1's memory).
-        self._labels: dict[Labels, Labels] = {}
+        # Snapshots are numbered from 0 as they are added (absolute indices):
+        # _times[i] is the time of snapshot _base + i, and the snapshots before
+        # _start are expired, kept until the next compaction.
+        self._times = array("d")
+        self._base = 0
+        self._start = 0
+        # Each metric's columns by labels: a rule reads only its metric.
+        self._columns: dict[str, dict[Labels, _Column]] = {}
 
     def __len__(self) -> int:
-        return len(self._times)
+        return self._base + len(self._times) - self._start
 
     def add(self, t: float, values: Mapping[Series, float]) -> None:
         """Add the snapshot taken at ``t`` (after the last one) and drop the expired ones."""
@@ -159,62 +233,92 @@ class Samples:
             raise ValueError(
                 f"Samples: snapshot at {t} is not after the last one ({self._times[-1]})"
             )
-        snapshot: dict[str, dict[Labels, float]] = {}
-        for (name, labels), value in values.items():
-            labels = self._labels.setdefault(labels, labels)
-            snapshot.setdefault(sys.intern(name), {})[labels] = value
-        if len(self._labels) > 2 * len(values) + 64:
-            # Labels gone from the metrics: keep only the ones still there.
-            self._labels = {labels: labels for series in snapshot.values() for labels in series}
+        index = self._base + len(self._times)
         self._times.append(t)
-        self._values.append(snapshot)
-        expired = bisect_left(self._times, t - self.retention)
-        del self._times[:expired], self._values[:expired]
+        for (name, labels), value in values.items():
+            if math.isnan(value):
+                continue  # no value: absent (Rule 1)
+            series = self._columns.setdefault(name, {})
+            column = series.get(labels)
+            if column is None:
+                series[labels] = _Column(index, value)
+            else:
+                column.add(index, value)
+        expired = bisect_left(self._times, t - self.retention, self._start - self._base)
+        self._start = self._base + expired
+        if expired * _COMPACT > len(self._times):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Forget the expired snapshots, and the series with no value after them."""
+        start = self._start
+        del self._times[: start - self._base]
+        self._base = start
+        for name, series in list(self._columns.items()):
+            for labels, column in list(series.items()):
+                if column.end <= start:
+                    del series[labels]
+                elif column.begin < start:
+                    column.drop(start)
+            if not series:
+                del self._columns[name]
 
     def span(self, now: float) -> float:
         """Seconds of history at ``now``: from the first snapshot to ``now`` (0 without any)."""
-        return max(now - self._times[0], 0.0) if self._times else 0.0
+        if not self._times:
+            return 0.0
+        return max(now - self._times[self._start - self._base], 0.0)
 
     def snapshots(self, start: float, end: float) -> list[tuple[float, dict[Series, float]]]:
         """The snapshots taken from ``start`` to ``end``, both included, oldest first."""
         first, last = self._range(start, end)
-        return [(self._times[i], _flat(self._values[i])) for i in range(first, last)]
+        times = self._times[first - self._base : last - self._base]
+        found: list[dict[Series, float]] = [{} for _ in times]
+        for name, series in self._columns.items():
+            for labels, column in series.items():
+                lo, hi = max(first, column.begin), min(last, column.end)
+                if lo >= hi:
+                    continue
+                key = (name, labels)
+                values = column.values[lo - column.begin : hi - column.begin]
+                for snapshot, value in zip(found[lo - first : hi - first], values, strict=True):
+                    if value == value:  # not NaN: present
+                        snapshot[key] = value
+        return list(zip(times, found, strict=True))
 
     def latest(self, now: float) -> dict[Series, float]:
         """The last snapshot taken at or before ``now`` (empty without any)."""
-        index = bisect_right(self._times, now)
-        return _flat(self._values[index - 1]) if index else {}
+        index = self._base + bisect_right(self._times, now, self._start - self._base) - 1
+        if index < self._start:
+            return {}
+        return {
+            (name, labels): value
+            for name, series in self._columns.items()
+            for labels, column in series.items()
+            if column.begin <= index < column.end
+            and (value := column.values[index - column.begin]) == value
+        }
 
     def increase(
         self, metric: str, match: Match, by: tuple[str, ...], start: float, end: float
     ) -> dict[Labels, float]:
         """Each group's increase from ``start`` to ``end`` (Rule 2)."""
         first, last = self._range(start, end)
-        values = [snapshot.get(metric, {}) for snapshot in self._values[first:last]]
-        groups: dict[Labels, Labels | None] = {}  # None: not selected
         totals: dict[Labels, float] = {}
-        for before, after in pairwise(values):
-            for labels, value in after.items():
-                if labels not in groups:
-                    groups[labels] = _group(labels, by) if _selected(labels, match) else None
-                group = groups[labels]
-                if group is None:
-                    continue
-                previous = before.get(labels)
-                delta = value if previous is None or value < previous else value - previous
-                totals[group] = totals.get(group, 0.0) + delta
+        for labels, column in self._columns.get(metric, {}).items():
+            if column.present(first + 1, last - 1) and _selected(labels, match):
+                group = _group(labels, by)
+                increase = column.total(last - 1) - column.total(first)
+                totals[group] = totals.get(group, 0.0) + increase
         return totals
 
     def _range(self, start: float, end: float) -> tuple[int, int]:
-        return bisect_left(self._times, start), bisect_right(self._times, end)
-
-
-def _flat(snapshot: dict[str, dict[Labels, float]]) -> dict[Series, float]:
-    return {
-        (name, labels): value
-        for name, series in snapshot.items()
-        for labels, value in series.items()
-    }
+        """The absolute indices of the first snapshot at or after ``start`` and of the
+        first after ``end``, among the kept ones."""
+        kept = self._start - self._base
+        first = bisect_left(self._times, start, kept)
+        last = bisect_right(self._times, end, kept)
+        return self._base + first, self._base + last
 
 
 @dataclass(frozen=True, slots=True)
