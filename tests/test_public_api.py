@@ -47,6 +47,7 @@ PUBLIC = {
         "BoardStore",
         "Condition",
         "Counted",
+        "CountsAbove",
         "Dispatcher",
         "Evaluator",
         "GROUPS",

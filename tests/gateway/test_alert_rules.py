@@ -31,6 +31,13 @@ name = "reads"
 limits = ["50/second"]
 routes = ["GET /*"]
 """
+#: A client's refusals in ``surefoot_top_requests`` (the item is its principal).
+_TOP = (
+    'surefoot_top_requests{{list="refused",policy="charges",item="cred:{client}",'
+    'client="{client}",window="{window}"}}'
+)
+_ACME = {"policy": "charges", "item": "cred:acme", "client": "acme"}
+
 #: Small thresholds keep the input series short.
 ALERTS = """
 [alerts]
@@ -57,6 +64,7 @@ database = "sqlite:///{folder}/outbox.db"
 
 ALL_RULES = {
     "SurefootRateLimitRefusalsSpike",
+    "SurefootClientRefusalsSpike",
     "SurefootDuplicateKeysSpike",
     "SurefootKeysReusedSpike",
     "SurefootOutcomesUnknown",
@@ -102,7 +110,7 @@ def _names(path: Path) -> list[str]:
 
 def test_the_example_policy_file_gives_a_valid_rules_file(tmp_path: Path) -> None:
     rules = _rules_file(tmp_path, ROOT / "examples" / "gateway.toml")
-    assert _check(rules) == 8
+    assert _check(rules) == 9
     names = _names(rules)
     assert names.count("SurefootRateLimitRefusalsSpike") == 2  # charges and reads
     assert "SurefootSagasNeedAttention" not in names
@@ -114,6 +122,7 @@ def test_no_rate_limit_policy_no_refusal_rule(tmp_path: Path) -> None:
     assert _check(rules) == 6
     assert set(_names(rules)) == ALL_RULES - {
         "SurefootRateLimitRefusalsSpike",
+        "SurefootClientRefusalsSpike",
         "SurefootSagasNeedAttention",
         "SurefootWebhooksBacklog",
     }
@@ -121,7 +130,7 @@ def test_no_rate_limit_policy_no_refusal_rule(tmp_path: Path) -> None:
 
 def test_sagas_and_outbox_add_their_rules(tmp_path: Path) -> None:
     rules = _rules_file(tmp_path, _config_file(tmp_path, UPSTREAM + POLICIES + EVERYTHING_ELSE))
-    assert _check(rules) == 10
+    assert _check(rules) == 11
     assert set(_names(rules)) == ALL_RULES
 
 
@@ -136,7 +145,7 @@ def test_the_alerts_table_sets_thresholds_and_holds(tmp_path: Path) -> None:
         "shed_ratio = 0.125\nsaga_attention_for = 3600\nwebhook_backlog_age = 999\n",
     )
     rules = _rules_file(tmp_path, config)
-    assert _check(rules) == 10
+    assert _check(rules) == 11
     by_name = {rule.alert: rule for rule in alert_rules(load_config(str(config)))}
     spike = by_name["SurefootRateLimitRefusalsSpike"]
     assert "[90s]" in spike.expr
@@ -213,6 +222,33 @@ RULE_CASES: dict[str, dict[str, Case]] = {
                 ),
             },
             [(minute, [], "") for minute in (121, 123, 125, 130, 140, 150)],
+        ),
+    },
+    "SurefootClientRefusalsSpike": {
+        # acme: refused 0.2/s all day (its 5m and 24h counts agree), then 2/s; globex
+        # steady at 0.2/s all along; initech new today but under the floor (0.05/s).
+        "fires after the hold": (
+            {
+                _TOP.format(client="acme", window="5m"): "60x30 600x20",
+                _TOP.format(client="acme", window="24h"): "17280x30 17820x20",
+                _TOP.format(client="globex", window="5m"): "60x50",
+                _TOP.format(client="globex", window="24h"): "17280x50",
+                _TOP.format(client="initech", window="5m"): "15x50",
+                _TOP.format(client="initech", window="24h"): "15x50",
+            },
+            [
+                (30, [], ""),
+                (31, [], ""),  # pending: the hold has not passed
+                (33, [_ACME], "2"),
+                (40, [_ACME], "2"),
+            ],
+        ),
+        "steady refusals never fire": (
+            {
+                _TOP.format(client="acme", window="5m"): "60x60",
+                _TOP.format(client="acme", window="24h"): "17280x60",
+            },
+            [(minute, [], "") for minute in (10, 30, 60)],
         ),
     },
     "SurefootDuplicateKeysSpike": {
@@ -465,7 +501,7 @@ def test_cli_prints_the_rules(tmp_path: Path) -> None:
     assert result.stdout == rules_yaml(load_config(str(config)))
     printed = tmp_path / "printed.yml"
     printed.write_text(result.stdout, encoding="utf-8")
-    assert _check(printed) == 8
+    assert _check(printed) == 9
 
 
 def test_cli_writes_the_rules_to_a_file(tmp_path: Path) -> None:

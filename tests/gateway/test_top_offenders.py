@@ -194,6 +194,7 @@ async def test_the_prometheus_series_hold_at_most_exported_clients_per_list() ->
         recent = [line for line in lines if 'window="5m"' in line]
         assert len(recent) == 2
         assert all('list="refused"' in line and line.endswith(" 7.0") for line in recent)
+        assert all('client="addr:192.0.2.' in line for line in recent)  # no name: principal
         # Each client refused is also given over the day: the baseline of its spike rule.
         assert len([line for line in lines if 'window="24h"' in line]) == 2
 

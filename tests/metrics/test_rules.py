@@ -20,6 +20,7 @@ from surefoot.gateway import load_config
 from surefoot.gateway._alerts import rule_specs
 from surefoot.metrics._alert import Labels, labels_of
 from surefoot.metrics._rules import (
+    CountsAbove,
     Evaluator,
     GaugeAbove,
     LabelMatcher,
@@ -836,3 +837,45 @@ def _spec(rules: list[RuleSpec], name: str, labels: dict[str, str]) -> RuleSpec:
         if rule.alert == name and all(labels.get(k, v) == v for k, v in rule.labels)
     ]
     return spec
+
+
+def _counts(**overrides: float) -> CountsAbove:
+    settings = {"window": 300.0, "baseline": 86400.0, "factor": 4.0, "min_rate": 0.1}
+    return CountsAbove(
+        "top",
+        (LabelMatcher("list", "=", "refused"),),
+        ("client",),
+        LabelMatcher("window", "=", "5m"),
+        LabelMatcher("window", "=", "24h"),
+        **(settings | overrides),
+    )
+
+
+def _top(client: str, window: str, list_: str = "refused") -> Series:
+    return series("top", list=list_, client=client, window=window)
+
+
+def test_counts_above_compares_a_recent_count_with_the_usual_one() -> None:
+    condition = _counts()
+    samples = history(
+        {
+            _top("acme", "5m"): [600.0],  # 2/s against 0.2/s over the day
+            _top("acme", "24h"): [17280.0],
+            _top("globex", "5m"): [60.0],  # 0.2/s: its usual rate
+            _top("globex", "24h"): [17280.0],
+            _top("initech", "5m"): [15.0],  # new today, but 0.05/s: under the floor
+            _top("initech", "24h"): [15.0],
+            _top("hooli", "5m"): [900.0],  # no usual series: left out
+            _top("umbrella", "5m", "admitted"): [9000.0],
+            _top("umbrella", "24h", "admitted"): [9.0],
+        }
+    )
+    assert condition.evaluate(samples, T0) == {labels_of(client="acme"): 2.0}
+    assert (condition.metrics, condition.history) == (("top",), 0)
+    assert condition.promql() == (
+        'max by (client) (top{list="refused",window="5m"}) / 300 > 4 * '
+        'max by (client) (top{list="refused",window="24h"}) / 86400 and '
+        'max by (client) (top{list="refused",window="5m"}) / 300 > 0.1'
+    )
+    with pytest.raises(ValueError, match="window and baseline must be > 0"):
+        _counts(baseline=0)

@@ -30,6 +30,7 @@ from typing import Any
 from surefoot.gateway._config import GatewayConfig
 from surefoot.metrics import (
     Condition,
+    CountsAbove,
     GaugeAbove,
     LabelMatcher,
     RateAbove,
@@ -126,6 +127,30 @@ def _rules(config: GatewayConfig) -> Iterator[AlertRule]:
             f"more than {settings.spike_factor:g} times its mean over the last "
             f"{promql_duration(settings.baseline)}.",
             (("policy", policy.name),),
+        )
+    if root.top.enabled and root.rate_limit.policies:
+        # Per client, from the top offenders: its refusals over the last 5 minutes against
+        # its own over the day (both counted by the gateway: surefoot_top_requests).
+        yield AlertRule(
+            "SurefootClientRefusalsSpike",
+            CountsAbove(
+                "surefoot_top_requests",
+                (LabelMatcher("list", "=", "refused"),),
+                ("policy", "item", "client"),
+                LabelMatcher("window", "=", "5m"),
+                LabelMatcher("window", "=", "24h"),
+                300.0,
+                86400.0,
+                settings.spike_factor,
+                settings.min_rate,
+            ),
+            settings.hold,
+            "warning",
+            "Client {{ $labels.client }} refused "
+            f"{settings.spike_factor:g}x its usual rate by {{{{ $labels.policy }}}}",
+            "Requests of {{ $labels.client }} refused by the policy {{ $labels.policy }}: "
+            "{{ $value | humanize }}/s over the last 5 minutes, more than "
+            f"{settings.spike_factor:g} times its own rate over the last day.",
         )
     yield AlertRule(
         "SurefootDuplicateKeysSpike",

@@ -475,7 +475,8 @@ class Gateway:
                         c.item: c.count for c in (await self.top.read(name, policy, "24h")).top()
                     }
                 for counted in found:
-                    client = config.principals.get(counted.item.partition(" ")[0], "")
+                    principal = counted.item.partition(" ")[0]
+                    client = config.principals.get(principal, principal)
                     labels = (name, policy, counted.item, client)
                     rows.append(((*labels, "5m"), counted.count))
                     if name == "refused":

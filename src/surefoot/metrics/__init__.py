@@ -34,6 +34,7 @@ from surefoot.metrics._notify import (
 )
 from surefoot.metrics._rules import (
     Condition,
+    CountsAbove,
     Evaluator,
     GaugeAbove,
     LabelMatcher,
@@ -78,6 +79,7 @@ __all__ = [
     "BoardStore",
     "Condition",
     "Counted",
+    "CountsAbove",
     "Dispatcher",
     "Evaluator",
     "GaugeAbove",

@@ -38,8 +38,3 @@ class Alert:
     @property
     def name(self) -> str:
         return dict(self.labels)["alertname"]
-
-    @property
-    def fingerprint(self) -> str:
-        """The alert's identity: its labels, written out."""
-        return ",".join(f"{key}={value}" for key, value in self.labels)

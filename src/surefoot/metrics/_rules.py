@@ -37,9 +37,12 @@ Rule 4: conditions. ``evaluate(samples, now)`` gives each active group and its v
         baseline)`` before it may fire) and above ``min_rate``; ``GaugeAbove``, the max
         (or sum) of the latest snapshot's values above ``threshold``; ``Ratio``, one rate
         over another (the divisor at least 1e-9) above ``threshold``, when both metrics
-        have series.
+        have series; ``CountsAbove``, a gauge of counts over a recent window above
+        ``factor`` times its counts over a usual period (both as rates) and above
+        ``min_rate``, group by group.
         ``promql()`` is the same condition for Prometheus.
-Rule 5: state. ``Evaluator`` keeps, per (rule, group), when the condition started to hold:
+Rule 5: state. ``Evaluator`` keeps, per (rule's name and labels, group), when the
+        condition started to hold (so a reload that changes a rule's threshold keeps its state):
         an alert is ``pending`` until it has held for the rule's ``hold``, then ``firing``
         (Prometheus's ``for:``), and gone at the first evaluation where its condition does
         not hold; rules not passed to ``evaluate`` lose their state.
@@ -490,7 +493,66 @@ class Ratio:
         return {(): ratio} if ratio > self.threshold else {}
 
 
-Condition = Spike | RateAbove | GaugeAbove | Ratio
+@dataclass(frozen=True, slots=True)
+class CountsAbove:
+    """A gauge of counts: its ``recent`` series (counts over ``window`` seconds) against its
+    ``usual`` ones (counts over ``baseline`` seconds), group by group: the recent rate
+    above ``factor`` times the usual rate and above ``min_rate`` (Rule 4). The groups
+    without a usual series are left out, as Prometheus's vector matching leaves them."""
+
+    metric: str
+    match: Match
+    by: tuple[str, ...]
+    recent: LabelMatcher
+    usual: LabelMatcher
+    window: float
+    baseline: float
+    factor: float
+    min_rate: float
+
+    def __post_init__(self) -> None:
+        if not (self.window > 0 and self.baseline > 0):
+            raise ValueError("CountsAbove: window and baseline must be > 0")
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return (self.metric,)
+
+    @property
+    def history(self) -> float:
+        return 0.0
+
+    def promql(self) -> str:
+        grouping = _grouping(self.by)
+        recent = f"max{grouping} ({_selector(self.metric, (*self.match, self.recent))})"
+        usual = f"max{grouping} ({_selector(self.metric, (*self.match, self.usual))})"
+        rate = f"{recent} / {self.window:g}"
+        return (
+            f"{rate} > {self.factor:g} * {usual} / {self.baseline:g} and {rate} > {self.min_rate:g}"
+        )
+
+    def evaluate(self, samples: Samples, now: float) -> dict[Labels, float]:
+        recent: dict[Labels, float] = {}
+        usual: dict[Labels, float] = {}
+        for (name, labels), value in samples.latest(now).items():
+            if name != self.metric or not _selected(labels, self.match):
+                continue
+            pairs = dict(labels)
+            for matcher, found in ((self.recent, recent), (self.usual, usual)):
+                if matcher.matches(pairs):
+                    group = _group(labels, self.by)
+                    found[group] = max(found.get(group, value), value)
+        rates = {group: count / self.window for group, count in recent.items()}
+        return {
+            group: rate
+            for group, rate in rates.items()
+            if group in usual
+            and rate > self.factor * usual[group] / self.baseline
+            and rate > self.min_rate
+        }
+
+
+Condition = Spike | RateAbove | GaugeAbove | Ratio | CountsAbove
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,17 +574,19 @@ class Evaluator:
     """Pending and firing state of rules over successive evaluations (Rule 5)."""
 
     def __init__(self) -> None:
-        self._since: dict[tuple[RuleSpec, Labels], float] = {}
+        self._since: dict[tuple[str, Labels], float] = {}
 
     def evaluate(self, rules: Sequence[RuleSpec], samples: Samples, now: float) -> list[Alert]:
         """The alerts at ``now``: rule by rule, each rule's groups in label order."""
-        since: dict[tuple[RuleSpec, Labels], float] = {}
+        since: dict[tuple[str, Labels], float] = {}
         alerts: list[Alert] = []
         for rule in rules:
             active = rule.condition.evaluate(samples, now)
             for group in sorted(active):
                 value = active[group]
-                started = since[rule, group] = self._since.get((rule, group), now)
+                # By name: a reload that changes a rule's thresholds keeps its alerts.
+                key = (rule.alert, (*group, *rule.labels))
+                started = since[key] = self._since.get(key, now)
                 labels = {**dict(group), **dict(rule.labels)}
                 labels.update(severity=rule.severity, alertname=rule.alert)
                 annotations = (

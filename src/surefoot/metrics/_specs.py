@@ -482,8 +482,8 @@ METRICS: tuple[MetricSpec, ...] = (
         group="top",
         values="`list`: `refused`, `admitted`, `reused` or `unknown`; `policy`: a "
         'rate-limit policy or `""`; `item`: a principal, or for `reused` a principal and '
-        'a store key; `client`: its name in `[[clients]]` or `""`; `window`: `5m`, or `24h` for '
-        "each client of a `refused` list",
+        "a store key; `client`: its name in `[[clients]]`, else its principal; "
+        "`window`: `5m`, or `24h` for each client of a `refused` list",
     ),
 )
 
