@@ -4,7 +4,8 @@
 The run is the one of tests/gateway/test_dashboard_browser.py (its upstream, its policy
 file, ``surefoot serve`` with three workers on SQLite, its traffic), kept going for
 ``--seconds`` (default 600) so that the charts have some history, with a round of bursts
-(429s, replays, reused keys, unknown outcomes, shed requests) every ``--every`` seconds.
+(429s, replays, reused keys, unknown outcomes, shed requests) every ``--every`` seconds,
+and a second client refused by the tight policy.
 Needs what the test needs: Playwright for Python and the system's Chromium
 (/usr/bin/chromium, Debian package ``chromium``).
 
@@ -47,8 +48,13 @@ def main() -> int:
             gateway.wait_ready()
             with test.Load(gateway.url) as load:
                 end = time.monotonic() + args.seconds
+                rounds = 0
                 while True:
                     load.bursts()
+                    # a second client over the tight limit, less often refused than the first
+                    for n in range(8):
+                        load.post("/orders", "carol", f"c-{rounds}-{n}", {"n": n})
+                    rounds += 1
                     left = end - time.monotonic()
                     if left <= 0:
                         break

@@ -93,7 +93,7 @@
       colors: { replayed: "#1f77b4", mismatched: "#d62728" } },
     { id: "unknown", group: "unknown", format: count, order: ["keys", "oldest"],
       colors: { keys: "#d08a1e", oldest: "#5a4fcf" },
-      names: { keys: "keys", oldest: "oldest" }, scales: { oldest: "age" } },
+      names: { keys: "unknown keys", oldest: "oldest" }, scales: { oldest: "age" } },
     { id: "breakers", group: "breakers", format: breakerState, state: true },
     { id: "store-latency", group: "store_latency", format: latency },
     { id: "store-errors", group: "store_errors", format: rate },
