@@ -142,6 +142,9 @@ class AlertWatcher:
         self.webhook = config.alert_webhook
         self.source = socket.gethostname()
         self.rules = rule_specs(config)
+        self.every = settings.evaluate_every
+        self.sampled_at: float | None = None
+        self._charts: dict[str, tuple[float | None, dict[str, Any]]] = {}
         self.alerts: list[Alert] = []
         self.board_silences = Silences(board)
         self.silences: list[Silence] = []
@@ -171,6 +174,7 @@ class AlertWatcher:
         values = await asyncio.to_thread(self.sample)
         now = self.clock.now()
         self.samples.add(now, values)
+        self.sampled_at = now
         if not self.evaluate:
             return
         self.alerts = self.evaluator.evaluate(self.rules, self.samples, now)
@@ -230,6 +234,18 @@ class AlertWatcher:
             await self._client.aclose()
 
     # -- alerts and silences -------------------------------------------------------------------
+
+    def charts(self, span: str) -> dict[str, Any]:
+        """The dashboard's series over ``span`` (a key of ``RANGES``), up to the last
+        sample: computed once per sample, however many pages ask."""
+        cached = self._charts.get(span)
+        if cached is None or cached[0] != self.sampled_at:
+            now = self.sampled_at if self.sampled_at is not None else self.clock.now()
+            cached = self._charts[span] = (
+                self.sampled_at,
+                charts(self.samples, RANGES[span], now, self.every),
+            )
+        return cached[1]
 
     def listed(self) -> list[dict[str, Any]]:
         """The alerts of the last evaluation, each with the silences muting it."""

@@ -131,7 +131,7 @@ from surefoot.gateway._events import OutcomeResolved, WebhookForgotten
 from surefoot.gateway._gateway import Gateway
 from surefoot.gateway._lookup import LOOKUP_PREFIX
 from surefoot.gateway._top import LISTS, WINDOWS
-from surefoot.gateway._watch import RANGES, charts
+from surefoot.gateway._watch import RANGES
 from surefoot.idempotency import Record, State, StoredResponse, classify, scoped_key
 from surefoot.metrics import Matcher
 from surefoot.ratelimit import Item, limit_key
@@ -378,10 +378,7 @@ class AdminApp:
             raise AdminBadRequest(
                 reason=f"range: expected one of {', '.join(RANGES)}, got {shown(span)}"
             )
-        watcher = self.gateway.watcher
-        every = self.gateway.stack.config.root.alerts.evaluate_every
-        data = charts(watcher.samples, RANGES[span], self.gateway.clock.now(), every)
-        await _json(send, 200, data)
+        await _json(send, 200, self.gateway.watcher.charts(span))
 
     async def alerts(self, scope: Scope, receive: Receive, send: Send) -> None:
         _query(scope)
