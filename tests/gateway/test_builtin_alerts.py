@@ -341,3 +341,28 @@ def test_the_cli_refuses_a_memory_store_for_silences(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["silences", "list", "--config", str(path)])
     assert result.exit_code == 2
     assert "memory:// store" in result.output
+
+
+async def test_unknown_keys_are_counted_without_lookups() -> None:
+    """The gateway's default for a 5xx is ``unknown``; without a lookup nothing settles
+    it, and the count that ``SurefootOutcomesUnknown`` reads is kept all the same."""
+    config = gateway_config(idempotency={"reconcile_interval": 0.05})
+    async with running(config, upstream=EchoUpstream()) as gw:
+        await gw.gateway.startup()
+        response = await gw.client.post(
+            "/charges/status/500", headers={"Idempotency-Key": "k-1"}, json={"amount": 1}
+        )
+        assert response.status_code == 502  # the upstream's 5xx, hidden
+
+        async def unknown_keys() -> float:
+            body = (await gw.admin.get("/metrics", headers=ADMIN_HEADERS)).text
+            line = next(
+                x for x in body.splitlines() if x.startswith("surefoot_idempotency_unknown_keys ")
+            )
+            return float(line.split()[-1])
+
+        for _ in range(200):
+            if await unknown_keys() == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert await unknown_keys() == 1

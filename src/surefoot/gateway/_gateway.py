@@ -58,6 +58,7 @@ import importlib
 import logging
 import math
 import os
+import random
 import re
 import sys
 import time
@@ -105,7 +106,7 @@ from surefoot.gateway._top import TopTracker, top_lists
 from surefoot.gateway._upstream import AppUpstream, HttpUpstream, HttpxUpstream, Upstream
 from surefoot.gateway._watch import AlertWatcher
 from surefoot.gateway.proxy import ProxyApp
-from surefoot.idempotency import IdempotencyMiddleware
+from surefoot.idempotency import IdempotencyMiddleware, State
 from surefoot.identity import Identity
 from surefoot.metrics import uncounted
 from surefoot.ratelimit import RateLimitMiddleware
@@ -117,6 +118,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Gateway"]
 
+#: The most unknown keys a gateway without lookups counts in one pass.
+UNKNOWN_COUNTED = 1000
 _log = logging.getLogger("surefoot.gateway")
 #: ``[server]`` fields ``surefoot serve`` reads once, at start: the sockets, the processes,
 #: the logging, and the HTTP server's limits (``ServerLimits``).
@@ -414,9 +417,26 @@ class Gateway:
             self._reconciler.cancel()
             self._reconciler = None
         resolver = self.stack.resolver
+        interval = self.stack.config.root.idempotency.reconcile_interval
         if resolver is not None:
-            interval = self.stack.config.root.idempotency.reconcile_interval
             self._reconciler = asyncio.ensure_future(resolver.run(interval))
+        elif not _protects_nothing(self.stack.config):
+            self._reconciler = asyncio.ensure_future(self._count_unknown(interval))
+
+    async def _count_unknown(self, interval: float) -> None:
+        """Without lookups nothing settles unknown keys but an operator: count them every
+        ``interval`` seconds all the same (``surefoot_idempotency_unknown_keys``, which
+        ``SurefootOutcomesUnknown`` reads), at most ``UNKNOWN_COUNTED``."""
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.5, 1.5))
+            try:
+                found = await self.stack.idempotency_store.records(
+                    self.clock.now(), state=State.UNKNOWN, limit=UNKNOWN_COUNTED
+                )
+            except Exception as exc:  # the store is down: counted next time
+                _log.warning("counting unknown keys failed: %s", type(exc).__name__)
+                continue
+            self.metrics.set_unknown_keys(len(found))
 
     async def aclose(self) -> None:
         """Stop the sweeper, the reconciler and the outbox's workers; close every pool and
