@@ -121,6 +121,8 @@ class TopTracker:
         self.worker = worker or f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.fresh = fresh
         self._slots: dict[str, _Slot] = {}
+        # Per list and policy: the minute, and its minute's and hour's summaries.
+        self._current: dict[tuple[str, str], tuple[int, _Slot, _Slot]] = {}
         self._read: dict[tuple[str, str, str], tuple[float, SpaceSaving]] = {}
         self._handlers: dict[type[Event], Any] = {
             RateLimitRejected: self._on_rejected,
@@ -154,17 +156,25 @@ class TopTracker:
 
     def count(self, name: str, policy: str, item: str, weight: float = 1.0) -> None:
         """Count ``item`` once in the list ``name`` of ``policy`` (``""``: not per policy)."""
-        now = self.clock.now()
-        minute, hour = int(now // 60), int(now // 3600)
-        for board, expires_at in (
-            (f"top:{name}:{policy}:m{minute}", (minute + 1) * 60 + _MINUTE_TTL),
-            (f"top:{name}:{policy}:h{hour}", (hour + 1) * 3600 + _HOUR_TTL),
-        ):
-            slot = self._slots.get(board)
-            if slot is None:
-                slot = self._slots[board] = _Slot(board, expires_at, SpaceSaving(self.k))
-            slot.summary.add(item[:MAX_ITEM_KEPT], weight)
+        minute = int(self.clock.now() // 60)
+        current = self._current.get((name, policy))
+        if current is None or current[0] != minute:  # once a minute: find the summaries
+            hour = minute // 60
+            current = self._current[name, policy] = (
+                minute,
+                self._slot(f"top:{name}:{policy}:m{minute}", (minute + 1) * 60 + _MINUTE_TTL),
+                self._slot(f"top:{name}:{policy}:h{hour}", (hour + 1) * 3600 + _HOUR_TTL),
+            )
+        item = item[:MAX_ITEM_KEPT]
+        for slot in (current[1], current[2]):
+            slot.summary.add(item, weight)
             slot.dirty = True
+
+    def _slot(self, board: str, expires_at: float) -> _Slot:
+        slot = self._slots.get(board)
+        if slot is None:
+            slot = self._slots[board] = _Slot(board, expires_at, SpaceSaving(self.k))
+        return slot
 
     # -- writing -----------------------------------------------------------------------------
 
