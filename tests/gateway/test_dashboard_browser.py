@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,8 @@ from _gateway_helpers import (
     surefoot_serve,
     toml_config,
 )
+
+from _support import http_server
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -152,17 +154,9 @@ class _Upstream(BaseHTTPRequestHandler):
         pass
 
 
-@contextlib.contextmanager
-def running_upstream() -> Iterator[str]:
+def running_upstream() -> contextlib.AbstractContextManager[str]:
     """The upstream on a free port of 127.0.0.1, in a thread: its URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return http_server(_Upstream)
 
 
 def serve(tmp: Path, upstream: str) -> GatewayProcess:

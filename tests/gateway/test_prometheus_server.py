@@ -17,10 +17,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from _gateway_helpers import ADMIN_TOKEN, settled, surefoot_serve, toml_config, 
 
 from _services import PrometheusServer
 from _services import prometheus as prometheus_path
+from _support import http_server
 
 pytestmark = pytest.mark.slow
 
@@ -71,14 +71,8 @@ class _Upstream(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def upstream() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(_Upstream) as url:
+        yield url
 
 
 def _post(url: str, key: str) -> httpx.Response:

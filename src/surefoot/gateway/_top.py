@@ -14,6 +14,8 @@ Rule 1: a worker's summary of one list, policy and minute (and one of the hour) 
         slot of the board ``top:LIST:POLICY:mMINUTE`` (``...:hHOUR``), the slot named by
         the worker. A flush overwrites the worker's own slots, so writing the same counts
         twice never counts them twice, and a worker that dies leaves what it counted.
+        A count goes to the minute's summary only; the hour's is the merge of its minutes
+        (each merged in when it is over, the current one when the hour is written).
 Rule 2: a window of minutes (``1m`` to ``1h``) merges the boards of its last minutes,
         the current one included; a window of hours (``6h``, ``24h``) merges whole hours,
         the current one included. Minute boards expire after 2 hours, hour boards after
@@ -85,12 +87,22 @@ def top_lists(policies: Iterable[str]) -> list[tuple[str, str]]:
 
 @dataclass(slots=True)
 class _Slot:
-    """One summary a worker counts into, and whether it changed since it was written."""
+    """One summary a worker counts into, and whether it changed since it was written.
+
+    An hour's slot holds the minutes that are over, and ``minute``: the slot of its last
+    minute, merged in when written (so that a count is one addition, not two).
+    """
 
     board: str
     expires_at: float
     summary: SpaceSaving
     dirty: bool = True
+    minute: _Slot | None = None
+
+    def value(self) -> bytes:
+        if self.minute is None:
+            return self.summary.encode()
+        return merge([self.summary, self.minute.summary], self.summary.k).encode()
 
 
 class TopTracker:
@@ -159,16 +171,19 @@ class TopTracker:
         minute = int(self.clock.now() // 60)
         current = self._current.get((name, policy))
         if current is None or current[0] != minute:  # once a minute: find the summaries
+            if current is not None:  # the minute that is over joins its hour's summary
+                _, last, its_hour = current
+                its_hour.summary = merge([its_hour.summary, last.summary], self.k)
+                its_hour.minute = None
             hour = minute // 60
             current = self._current[name, policy] = (
                 minute,
                 self._slot(f"top:{name}:{policy}:m{minute}", (minute + 1) * 60 + _MINUTE_TTL),
                 self._slot(f"top:{name}:{policy}:h{hour}", (hour + 1) * 3600 + _HOUR_TTL),
             )
-        item = item[:MAX_ITEM_KEPT]
-        for slot in (current[1], current[2]):
-            slot.summary.add(item, weight)
-            slot.dirty = True
+            current[2].minute = current[1]
+        current[1].summary.add(item[:MAX_ITEM_KEPT], weight)
+        current[1].dirty = current[2].dirty = True
 
     def _slot(self, board: str, expires_at: float) -> _Slot:
         slot = self._slots.get(board)
@@ -195,7 +210,7 @@ class TopTracker:
                 slot.dirty = False
                 try:
                     await self.board.board_put(
-                        slot.board, self.worker, slot.summary.encode(), slot.expires_at, now
+                        slot.board, self.worker, slot.value(), slot.expires_at, now
                     )
                 except Exception as exc:  # Rule 5: written at the next flush
                     slot.dirty = True
