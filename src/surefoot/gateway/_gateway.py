@@ -26,7 +26,10 @@ Rule 3: a new file that does not validate, or whose stack cannot be built, is re
         reload: one that changes them logs a WARNING naming them. So is ``[webhooks.send]``:
         its outbox and delivery tasks (``_outbox.OutboxRunner``) run from start to shutdown;
         and so is ``[sagas]``: its saga log and sweeper (``_reconcile.Sweeper``, report
-        only: the gateway has no application code to drive a saga with).
+        only: the gateway has no application code to drive a saga with); and so are
+        ``[top]`` (``_top.TopTracker``, an event hook and its flush task) and ``[alerts]``
+        but its thresholds (``_watch.AlertWatcher``: samples, rules, notifications),
+        whose tasks run from start to shutdown, the rules rebuilt at each reload.
 Rule 4: ``X-Request-Id`` is believed only from a trusted proxy (``server.trusted_proxies``);
         anyone else's is replaced, and every response carries the request's id.
 Rule 5: the path is made canonical (``surefoot._asgi.canonicalize``) before anything
