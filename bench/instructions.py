@@ -203,7 +203,7 @@ GATEWAY_POLICIES: dict[str, Any] = {
 }
 
 
-def gateway(policies: bool) -> Callable[[Path, Any], Stack]:
+def gateway(policies: bool, tracked: bool = True) -> Callable[[Path, Any], Stack]:
     def build(workdir: Path, clock: Any) -> Stack:
         from surefoot.gateway import Gateway, config_from_dict
 
@@ -213,6 +213,8 @@ def gateway(policies: bool) -> Callable[[Path, Any], Stack]:
             "stores": {"default": f"sqlite:///{workdir / 'gateway.db'}"},
             "admin": {"token": "bench"},
         }
+        if not tracked:  # issue 18's top offenders and alert evaluation off
+            config |= {"top": {"enabled": False}, "alerts": {"evaluate": False}}
         if policies:
             config |= GATEWAY_POLICIES
         else:
@@ -253,6 +255,9 @@ CONFIGS = (
            gateway(policies=False)),
     Config("gateway-sqlite-post-new", "Gateway, every policy on SQLite, POST, new key",
            gateway(policies=True)),
+    Config("gateway-sqlite-post-untracked",
+           "the same, [top] and [alerts] evaluate off (issue 18's tracking)",
+           gateway(policies=True, tracked=False)),
 )  # fmt: skip
 BY_NAME = {c.name: c for c in CONFIGS}
 
