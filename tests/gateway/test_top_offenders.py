@@ -4,6 +4,7 @@ worker, merged across workers and hosts through the store, exact while the clien
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,14 @@ from _gateway_helpers import (
     toml_config,
     wait_until,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from _support import T0
 from surefoot.errors import ConfigurationError
+from surefoot.gateway import TopTracker
 from surefoot.metrics import uncounted
+from surefoot.storage import MemoryStore
 from surefoot.testing import ManualClock
 
 pytestmark = pytest.mark.anyio
@@ -311,3 +316,45 @@ async def test_summaries_not_written_before_their_board_expired_are_dropped() ->
             "addr:192.0.2.10": 1
         }
         assert len(tracker._slots) == 2  # the current minute and hour
+
+
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["count", "flush", "advance"]),
+            st.integers(min_value=0, max_value=5),  # a client, or minutes to advance
+        ),
+        max_size=60,
+    )
+)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_windows_hold_exactly_what_was_counted_whatever_the_order(
+    steps: list[tuple[str, int]],
+) -> None:
+    """Counts, flushes and the clock moving by minutes in any order: once flushed, the
+    last hour (by minute) and the last 6 hours (by hour) hold every count exactly once
+    while the clients fit in k."""
+
+    async def run() -> None:
+        clock = ManualClock(T0 - T0 % 3600)
+        tracker = TopTracker(MemoryStore(), k=100, clock=clock)
+        counted: list[tuple[float, str]] = []
+        for action, value in steps:
+            if action == "count":
+                tracker.count("refused", "p", f"c{value}")
+                counted.append((clock.now(), f"c{value}"))
+            elif action == "flush":
+                await tracker.flush()
+            else:
+                clock.advance(60 * value)
+        await tracker.flush()
+        now = clock.now()
+        for window, since in (("1h", (now // 60 - 59) * 60), ("6h", (now // 3600 - 5) * 3600)):
+            exact: dict[str, float] = {}
+            for at, item in counted:
+                if at >= since:
+                    exact[item] = exact.get(item, 0) + 1
+            merged = await tracker.read("refused", "p", window)
+            assert {c.item: c.count for c in merged.top()} == exact, window
+
+    asyncio.run(run())
