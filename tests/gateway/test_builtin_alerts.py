@@ -366,3 +366,47 @@ async def test_unknown_keys_are_counted_without_lookups() -> None:
                 break
             await asyncio.sleep(0.01)
         assert await unknown_keys() == 1
+
+
+async def test_an_alert_that_fires_again_after_it_resolved_is_sent_again() -> None:
+    """Without send_resolved nothing marks the end of the first firing; the second is a
+    new group all the same, and the log of what was sent must not swallow it."""
+    clock = ManualClock(T0)
+    hook = Hook()
+    config = gateway_config(alerts={**ALERTS, "send_resolved": False})
+    async with running(config, upstream=EchoUpstream(), clock=clock) as gw:
+        watcher = watcher_of(gw.gateway, hook, clock)
+        clock.advance(1)
+        gw.gateway.metrics.set_breaker_state("upstream", "open")
+        await watcher.step()
+        gw.gateway.metrics.set_breaker_state("upstream", "closed")
+        clock.advance(120)
+        await watcher.step()
+        gw.gateway.metrics.set_breaker_state("upstream", "open")
+        clock.advance(600)
+        await watcher.step()
+        assert len(hook.posted) == 2
+        await watcher.aclose()
+
+
+async def test_the_top_lists_are_evaluated_on_their_latest_values_only() -> None:
+    """A series per client would grow the day-long history with every client that ever
+    reached a top list: they are kept for their latest value."""
+    clock = ManualClock(T0)
+    config = gateway_config(rate_limit={"policies": [{"name": "p", "limits": ["1/minute"]}]})
+    async with running(config, upstream=EchoUpstream(), clock=clock) as gw:
+        watcher = gw.gateway.watcher
+        assert [rule.alert for rule in watcher.rules_latest] == ["SurefootClientRefusalsSpike"]
+        for minute in range(3):
+            for _ in range(2):
+                await gw.connect(client=f"198.51.100.{minute}").get("/a")
+            assert gw.gateway.top is not None
+            await gw.gateway.top.flush()
+            clock.advance(60)
+            await watcher.step()
+        names = {
+            name for _, values in watcher.samples.snapshots(T0, clock.now()) for name, _ in values
+        }
+        assert "surefoot_top_requests" not in names
+        latest = {labels for (name, labels) in watcher.latest.latest(clock.now())}
+        assert len(latest) <= 2 * 3 * 2  # at most 2 snapshots of the 3 clients' two windows

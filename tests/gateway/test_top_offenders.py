@@ -358,3 +358,21 @@ def test_windows_hold_exactly_what_was_counted_whatever_the_order(
             assert {c.item: c.count for c in merged.top()} == exact, window
 
     asyncio.run(run())
+
+
+async def test_a_clock_stepping_back_counts_in_the_latest_minute_once() -> None:
+    class WallClock:  # time.time() may step back (NTP); ManualClock may not
+        at = T0 - T0 % 3600 + 1800
+
+        def now(self) -> float:
+            return self.at
+
+    clock = WallClock()
+    tracker = TopTracker(MemoryStore(), k=10, clock=clock)
+    for step in (0, 61, -2, 120):  # the step back crosses a minute
+        clock.at += step
+        tracker.count("refused", "reads", "addr:192.0.2.1")
+    await tracker.flush()
+    for window in ("1h", "24h"):
+        merged = await tracker.read("refused", "reads", window)
+        assert [(c.item, c.count) for c in merged.top()] == [("addr:192.0.2.1", 4.0)]

@@ -94,10 +94,10 @@ from surefoot.errors import (
     CredentialsAmbiguous,
     SurefootError,
 )
-from surefoot.events import EventHook, LoggingHook, emit
+from surefoot.events import Event, EventHook, LoggingHook, emit
 from surefoot.gateway._accesslog import AccessLog
 from surefoot.gateway._config import GatewayConfig, load_config
-from surefoot.gateway._events import ConfigRefused, ConfigReloaded
+from surefoot.gateway._events import ConfigRefused, ConfigReloaded, OutcomeResolved
 from surefoot.gateway._head import ServerLimits
 from surefoot.gateway._lookup import LookupResolver
 from surefoot.gateway._metrics import GatewayMetrics
@@ -109,7 +109,7 @@ from surefoot.gateway._top import TopTracker, top_lists
 from surefoot.gateway._upstream import AppUpstream, HttpUpstream, HttpxUpstream, Upstream
 from surefoot.gateway._watch import AlertWatcher
 from surefoot.gateway.proxy import ProxyApp
-from surefoot.idempotency import IdempotencyMiddleware, State
+from surefoot.idempotency import IdempotencyMiddleware, LeaseExpired, OutcomeUnknown, State
 from surefoot.identity import Identity
 from surefoot.metrics import uncounted
 from surefoot.ratelimit import RateLimitMiddleware
@@ -223,7 +223,14 @@ class Gateway:
         self._alerts_at_start = _started_alerts(config)
         self._top_read = -math.inf
         tracking = (self.top,) if self.top is not None else ()
-        self.hooks: tuple[EventHook, ...] = (LoggingHook(), self.metrics, *tracking, *hooks)
+        self._unknown_changed = _Seen((OutcomeUnknown, LeaseExpired, OutcomeResolved))
+        self.hooks: tuple[EventHook, ...] = (
+            LoggingHook(),
+            self.metrics,
+            *tracking,
+            self._unknown_changed,
+            *hooks,
+        )
         self.stack = self._build(config, _digest_of(config_path))
         self.watcher = AlertWatcher(
             self.metrics,
@@ -429,17 +436,25 @@ class Gateway:
     async def _count_unknown(self, interval: float) -> None:
         """Without lookups nothing settles unknown keys but an operator: count them every
         ``interval`` seconds all the same (``surefoot_idempotency_unknown_keys``, which
-        ``SurefootOutcomesUnknown`` reads), at most ``UNKNOWN_COUNTED``."""
+        ``SurefootOutcomesUnknown`` reads), at most ``UNKNOWN_COUNTED``: after this process
+        saw an outcome become unknown or be settled, and while the last count was not 0
+        (the count scans the store's records)."""
+        counted = 0
         while True:
             await asyncio.sleep(interval * random.uniform(0.5, 1.5))
+            if not (self._unknown_changed.seen or counted):
+                continue  # a scan of the store only while there is something to count
+            self._unknown_changed.seen = False
             try:
                 found = await self.stack.idempotency_store.records(
                     self.clock.now(), state=State.UNKNOWN, limit=UNKNOWN_COUNTED
                 )
             except Exception as exc:  # the store is down: counted next time
+                self._unknown_changed.seen = True
                 _log.warning("counting unknown keys failed: %s", type(exc).__name__)
                 continue
-            self.metrics.set_unknown_keys(len(found))
+            counted = len(found)
+            self.metrics.set_unknown_keys(counted)
 
     async def aclose(self) -> None:
         """Stop the sweeper, the reconciler and the outbox's workers; close every pool and
@@ -493,17 +508,18 @@ class Gateway:
                 merged = await self.top.read(name, policy, "5m")
                 found = merged.top(self._top.exported)
                 day: dict[str, float] = {}
+                floor = 0.0
                 if name == "refused" and found:
-                    day = {
-                        c.item: c.count for c in (await self.top.read(name, policy, "24h")).top()
-                    }
+                    summary = await self.top.read(name, policy, "24h")
+                    day, floor = {c.item: c.count for c in summary.top()}, summary.floor()
                 for counted in found:
                     principal = counted.item.partition(" ")[0]
                     client = config.principals.get(principal, principal)
                     labels = (name, policy, counted.item, client)
                     rows.append(((*labels, "5m"), counted.count))
-                    if name == "refused":
-                        rows.append(((*labels, "24h"), day.get(counted.item, 0.0)))
+                    if name == "refused":  # a client not held has at most the floor
+                        usual = max(counted.count, day.get(counted.item, floor))
+                        rows.append(((*labels, "24h"), usual))
         except Exception as exc:
             _log.warning("top offenders: reading the store failed: %s", type(exc).__name__)
             return
@@ -902,6 +918,20 @@ class _Webhooks:
                 await receiver(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class _Seen:
+    """An event hook that notes that an event of ``kinds`` happened (``seen``)."""
+
+    def __init__(self, kinds: tuple[type[Event], ...]) -> None:
+        self.kinds = kinds
+        self.seen = False
+
+    def wants(self, event_type: type[Event]) -> bool:
+        return event_type in self.kinds
+
+    def __call__(self, event: Event, /) -> None:
+        self.seen = True
 
 
 def _started_alerts(config: GatewayConfig) -> dict[str, Any]:

@@ -170,6 +170,8 @@ class TopTracker:
         """Count ``item`` once in the list ``name`` of ``policy`` (``""``: not per policy)."""
         minute = int(self.clock.now() // 60)
         current = self._current.get((name, policy))
+        if current is not None and minute < current[0]:
+            minute = current[0]  # the clock stepped back: counted in the latest minute
         if current is None or current[0] != minute:  # once a minute: find the summaries
             if current is not None:  # the minute that is over joins its hour's summary
                 _, last, its_hour = current

@@ -9,9 +9,11 @@ Alertmanager-like ``Dispatcher``.
 
 Rule 1: the history keeps what the rules and the dashboard read, summed over the labels
         neither needs (``KEPT``), so its size depends on the policies, stores and breakers
-        of the file, never on routes or clients. It spans a day, or the rules' baseline
-        if longer, in at most ``SNAPSHOTS`` snapshots: evaluated more often than every
-        15 seconds, it spans less, and a spike's baseline is the history there is.
+        of the file, never on routes or clients (the top lists, whose series are
+        clients, are kept for their latest values only: ``LATEST``). It spans a day, or
+        the rules' baseline if longer, in at most ``SNAPSHOTS`` snapshots: evaluated
+        more often than every 15 seconds, it spans less, and a spike's baseline is the
+        history there is.
 Rule 2: silences live in the board ``silences`` of ``[alerts]``' store, one slot each,
         so every worker and host applies the same ones. An expired silence stays listed
         for a day (``KEEP_EXPIRED``). A store that cannot be read leaves the last
@@ -23,8 +25,10 @@ Rule 3: every worker evaluates the same rules on the same values, so each decide
         ``group_interval``. What was sent is logged in the board ``alerts:log`` (per
         group: the fingerprint and when, for ``repeat_interval``), so a worker that starts
         while a group fires, whose dispatcher sees the group as new, does not send what
-        another worker sent less than ``repeat_interval`` ago. A notification that
-        cannot be sent is logged; its group is sent again at its next change or repeat.
+        another worker sent before it started, less than ``repeat_interval`` ago (a
+        worker running then saw the group: a group that fires again after it resolved
+        is sent). A notification that cannot be sent is logged, not logged as sent; its
+        group is sent again at its next change or repeat.
 Rule 4: without ``webhook_url`` nothing is sent: the alerts are listed in the admin API
         and the dashboard only. With ``evaluate = false`` the rules are not evaluated
         (the history is still kept for the dashboard).
@@ -55,6 +59,7 @@ from surefoot.metrics import (
     Evaluator,
     Matcher,
     Route,
+    RuleSpec,
     Samples,
     Series,
     Silence,
@@ -82,6 +87,8 @@ KEPT: dict[str, tuple[str, ...]] = {
     "surefoot_sagas": ("saga", "state"),
     "surefoot_top_requests": ("list", "policy", "item", "client", "window"),
 }
+#: Sampled, but kept for the latest value only: a series per client (Rule 1).
+LATEST = frozenset({"surefoot_top_requests"})
 SILENCES = "silences"
 SENT = "alerts:sent"
 SENT_LOG = "alerts:log"
@@ -127,6 +134,9 @@ class AlertWatcher:
         wanted = max(HISTORY, settings.baseline + settings.window)
         self.samples = Samples(retention=min(wanted, SNAPSHOTS * settings.evaluate_every))
         self.evaluator = Evaluator()
+        # The top lists change clients all the time: only their latest values are kept.
+        self.latest = Samples(retention=2 * settings.evaluate_every)
+        self.evaluator_latest = Evaluator()
         self.dispatcher = Dispatcher(
             Route(
                 group_by=tuple(settings.group_by),
@@ -141,8 +151,9 @@ class AlertWatcher:
         self.evaluate = settings.evaluate
         self.webhook = config.alert_webhook
         self.source = socket.gethostname()
-        self.rules = rule_specs(config)
+        self.rules, self.rules_latest = _split(rule_specs(config))
         self.every = settings.evaluate_every
+        self.started = clock.now()
         self.sampled_at: float | None = None
         self._charts: dict[str, tuple[float | None, dict[str, Any]]] = {}
         self.alerts: list[Alert] = []
@@ -154,7 +165,7 @@ class AlertWatcher:
     def reconfigure(self, config: GatewayConfig) -> None:
         """The rules of a reloaded file (their thresholds and policies); the rest of
         ``[alerts]`` is read once, like ``[server]``."""
-        self.rules = rule_specs(config)
+        self.rules, self.rules_latest = _split(rule_specs(config))
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -173,11 +184,16 @@ class AlertWatcher:
             await self.refresh()
         values = await asyncio.to_thread(self.sample)
         now = self.clock.now()
+        latest = {series: values.pop(series) for series in list(values) if series[0] in LATEST}
         self.samples.add(now, values)
+        self.latest.add(now, latest)
         self.sampled_at = now
         if not self.evaluate:
             return
-        self.alerts = self.evaluator.evaluate(self.rules, self.samples, now)
+        self.alerts = [
+            *self.evaluator.evaluate(self.rules, self.samples, now),
+            *self.evaluator_latest.evaluate(self.rules_latest, self.latest, now),
+        ]
         silences = await self.read_silences()
         notifications = self.dispatcher.step(self.alerts, silences, now)
         if self.webhook is None or not notifications:
@@ -186,16 +202,18 @@ class AlertWatcher:
             sent = await self.board.board_read(SENT_LOG, now)
             for notification in notifications:
                 group = hashlib.sha256(notification.group_key.encode()).hexdigest()
-                if sent.get(group) == notification.fingerprint.encode():
-                    continue  # another worker sent it less than repeat_interval ago
+                fingerprint, _, at = sent.get(group, b"").decode(errors="replace").partition(" ")
+                if fingerprint == notification.fingerprint and _before(at, self.started):
+                    # Sent before this worker started, less than repeat_interval ago: a
+                    # worker that ran meanwhile saw the group, this one sees it as new.
+                    continue
                 if await self.board.board_claim(
                     SENT, notification.fingerprint, b"1", now + self.group_interval, now
-                ):
-                    await self._post(slack_payload(notification, source=self.source))
+                ) and await self._post(slack_payload(notification, source=self.source)):
                     await self.board.board_put(
                         SENT_LOG,
                         group,
-                        notification.fingerprint.encode(),
+                        f"{notification.fingerprint} {now!r}".encode(),
                         now + self.repeat_interval,
                         now,
                     )
@@ -215,7 +233,8 @@ class AlertWatcher:
                 values[series] = values.get(series, 0.0) + sample.value
         return values
 
-    async def _post(self, payload: dict[str, Any]) -> None:
+    async def _post(self, payload: dict[str, Any]) -> bool:
+        """Send one notification; whether the webhook took it."""
         assert self.webhook is not None
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=_TIMEOUT, transport=self._transport)
@@ -223,11 +242,13 @@ class AlertWatcher:
             response = await self._client.post(self.webhook, json=payload)
         except httpx.HTTPError as exc:
             _log.warning("alert notification failed: %s", type(exc).__name__)
-            return
+            return False
         if response.status_code >= 300:
             _log.warning(
                 "alert notification refused: the webhook answered %d", response.status_code
             )
+            return False
+        return True
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -348,6 +369,20 @@ def parse_matcher(text: str) -> Matcher:
 
 
 _MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)(=~|!~|!=|=)(.*)", re.DOTALL)
+
+
+def _before(text: str, moment: float) -> bool:
+    """Whether ``text`` is a time before ``moment`` (False when it is no time)."""
+    try:
+        return float(text) < moment
+    except ValueError:
+        return False
+
+
+def _split(rules: list[RuleSpec]) -> tuple[list[RuleSpec], list[RuleSpec]]:
+    """The rules that read the history, and those that read only ``LATEST`` metrics."""
+    history = [rule for rule in rules if not set(rule.condition.metrics) <= LATEST]
+    return history, [rule for rule in rules if set(rule.condition.metrics) <= LATEST]
 
 
 def _decoded(values: Iterable[bytes]) -> Iterable[Silence]:
