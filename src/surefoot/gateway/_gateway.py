@@ -59,7 +59,6 @@ import contextlib
 import hashlib
 import importlib
 import logging
-import math
 import os
 import random
 import re
@@ -221,9 +220,9 @@ class Gateway:
             self.top = TopTracker(board, k=root.top.k, clock=self.clock, fresh=root.top.flush_every)
         self._top = root.top
         self._alerts_at_start = _started_alerts(config)
-        self._top_read = -math.inf
         tracking = (self.top,) if self.top is not None else ()
         self._unknown_changed = _Seen((OutcomeUnknown, LeaseExpired, OutcomeResolved))
+        self._unknown_counted = 0
         self.hooks: tuple[EventHook, ...] = (
             LoggingHook(),
             self.metrics,
@@ -434,27 +433,30 @@ class Gateway:
             self._reconciler = asyncio.ensure_future(self._count_unknown(interval))
 
     async def _count_unknown(self, interval: float) -> None:
-        """Without lookups nothing settles unknown keys but an operator: count them every
-        ``interval`` seconds all the same (``surefoot_idempotency_unknown_keys``, which
-        ``SurefootOutcomesUnknown`` reads), at most ``UNKNOWN_COUNTED``: after this process
-        saw an outcome become unknown or be settled, and while the last count was not 0
-        (the count scans the store's records)."""
-        counted = 0
+        """``count_unknown`` every ``interval`` seconds (jittered) until cancelled."""
         while True:
             await asyncio.sleep(interval * random.uniform(0.5, 1.5))
-            if not (self._unknown_changed.seen or counted):
-                continue  # a scan of the store only while there is something to count
-            self._unknown_changed.seen = False
-            try:
-                found = await self.stack.idempotency_store.records(
-                    self.clock.now(), state=State.UNKNOWN, limit=UNKNOWN_COUNTED
-                )
-            except Exception as exc:  # the store is down: counted next time
-                self._unknown_changed.seen = True
-                _log.warning("counting unknown keys failed: %s", type(exc).__name__)
-                continue
-            counted = len(found)
-            self.metrics.set_unknown_keys(counted)
+            await self.count_unknown()
+
+    async def count_unknown(self) -> None:
+        """Without lookups nothing settles unknown keys but an operator: count them all the
+        same (``surefoot_idempotency_unknown_keys``, which ``SurefootOutcomesUnknown``
+        reads), at most ``UNKNOWN_COUNTED``, after this process saw an outcome become
+        unknown or be settled, and while the last count was not 0 (the count scans the
+        store's records)."""
+        if not (self._unknown_changed.seen or self._unknown_counted):
+            return  # a scan of the store only while there is something to count
+        self._unknown_changed.seen = False
+        try:
+            found = await self.stack.idempotency_store.records(
+                self.clock.now(), state=State.UNKNOWN, limit=UNKNOWN_COUNTED
+            )
+        except Exception as exc:  # the store is down: counted next time
+            self._unknown_changed.seen = True
+            _log.warning("counting unknown keys failed: %s", type(exc).__name__)
+            return
+        self._unknown_counted = len(found)
+        self.metrics.set_unknown_keys(self._unknown_counted)
 
     async def aclose(self) -> None:
         """Stop the sweeper, the reconciler and the outbox's workers; close every pool and
@@ -493,13 +495,11 @@ class Gateway:
     async def refresh_top(self) -> None:
         """Read the top lists over the last 5 minutes into the ``surefoot_top_requests``
         series, and for each client refused, its refusals over the day (the baseline of
-        ``SurefootClientRefusalsSpike``), at most once every ``[top] flush_every`` (a
-        scrape and each evaluation of the alerts call it); a store that fails leaves the
-        last lists in place."""
-        now = self.clock.now()
-        if self.top is None or now - self._top_read < self._top.flush_every:
+        ``SurefootClientRefusalsSpike``) (a scrape and each evaluation of the alerts call
+        it; the store is read at most once every ``[top] flush_every``, the tracker's
+        reads being kept that long); a store that fails leaves the last lists in place."""
+        if self.top is None:
             return
-        self._top_read = now
         config = self.stack.config
         policies = [policy.name for policy in config.rate_limit_policies]
         rows = []
