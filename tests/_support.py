@@ -80,6 +80,7 @@ def public_event_types() -> list[type[Event]]:
         "webhooks",
         "outbox",
         "saga",
+        "abuse",
     ):
         module = importlib.import_module(f"surefoot.{package}")
         for name in module.__all__:

@@ -37,6 +37,9 @@ CORES = [
     "surefoot.metrics._notify",
     "surefoot.metrics._rules",
     "surefoot.metrics._topk",
+    "surefoot.abuse._anomaly",
+    "surefoot.abuse._bans",
+    "surefoot.abuse._failures",
     "surefoot._health",
 ]
 

@@ -1825,6 +1825,219 @@ def expire_silence(config_path: str, silence_id: str) -> None:
     click.echo(f"{silence_id}: expired")
 
 
+@main.group()
+def bans() -> None:
+    """Bans, allows, temporary limits and challenges (docs/abuse.md): shared by every
+    worker and host through the store of the policy file's [abuse] table."""
+
+
+_ABUSE_CONFIG = click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The gateway's policy file (TOML); its [abuse] store holds the entries.",
+)
+_ACTION = click.option(
+    "--action",
+    type=click.Choice(["ban", "allow", "limit", "challenge"]),
+    default="ban",
+    show_default=True,
+    help="What the entry does.",
+)
+
+
+def _subject_options(command: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--address", help="An IP address."),
+            click.option("--network", help="A network (CIDR), e.g. 198.51.100.0/24."),
+            click.option("--principal", help="A [[clients]] name, or cred:/user:/addr:..."),
+            click.option(
+                "--key-env", help="An environment variable holding an API key (hashed at once)."
+            ),
+            click.option("--account", help="An account name, as a login form sends it."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _subject(
+    address: str | None,
+    network: str | None,
+    principal: str | None,
+    key_env: str | None,
+    account: str | None,
+) -> dict[str, str]:
+    fields = {
+        name: value
+        for name, value in (
+            ("address", address),
+            ("network", network),
+            ("principal", principal),
+            ("account", account),
+        )
+        if value is not None
+    }
+    if key_env is not None:
+        key = os.environ.get(key_env)
+        if not key:
+            raise click.BadParameter(
+                f"the environment variable {key_env!r} is not set", param_hint="--key-env"
+            )
+        fields["key"] = key
+    return fields
+
+
+def _bans(command: str, config_path: str, work: Any) -> Any:
+    """``work(control, now)`` on the entries of ``config_path``'s [abuse] store, read first."""
+    gateway = _gateway(f"bans {command}")
+    try:
+        config = gateway.load_config(config_path)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    name = config.root.abuse.store
+    if config.store_url(name).startswith("memory:"):
+        raise click.BadParameter(
+            f"stores.{name} is a memory:// store, whose entries live in the gateway's "
+            "process only: use the admin API, or a sqlite, redis or postgresql store",
+            param_hint="--config",
+        )
+    from surefoot.abuse import AbuseLog, SharedBans
+
+    log = config.root.abuse.log
+    hooks = [AbuseLog(log)] if log else []
+
+    async def run(store: Any, now: float) -> Any:
+        shared = SharedBans(store)
+        shared.configure(config.abuse.entries)
+        await shared.sync()
+        return await work(gateway.AbuseControl(shared, config, hooks), now)
+
+    try:
+        return _run(config.store_url(name), run, hint="--config", where=f"stores.{name}: ")
+    finally:
+        for hook in hooks:
+            hook.close()
+
+
+@bans.command("list")
+@_ABUSE_CONFIG
+@click.option("--action", type=click.Choice(["ban", "allow", "limit", "challenge"]))
+@click.option("--kind", type=click.Choice(["address", "network", "principal", "account"]))
+@_AS_JSON
+def list_bans(config_path: str, action: str | None, kind: str | None, as_json: bool) -> None:
+    """The entries in force, the policy file's included."""
+    from surefoot.abuse import Action, Kind
+
+    async def work(control: Any, now: float) -> list[dict[str, Any]]:
+        return control.listing(  # type: ignore[no-any-return]
+            now, action=Action(action) if action else None, kind=Kind(kind) if kind else None
+        )
+
+    found = _bans("list", config_path, work)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    if not found:
+        click.echo("no entries")
+        return
+    table = Table("action", "kind", "value", "until", "source", "reason")
+    for entry in found:
+        until = "never" if entry["until"] is None else _utc(entry["until"])
+        table.add_row(
+            entry["action"],
+            entry["kind"],
+            _cell(entry["value"]),
+            until,
+            _cell(entry["source"]),
+            _cell(entry["reason"]),
+        )
+    _console().print(table)
+
+
+@bans.command("add")
+@_ABUSE_CONFIG
+@_ACTION
+@_subject_options
+@click.option("--for", "duration", help="How long: 30m, 2h, 7d (default: no expiry).")
+@click.option("--reason", default="", help="Why (in the abuse log and the listing).")
+@click.option("--rate", type=float, help="A limit's requests per second.")
+@click.option("--by", default=lambda: os.environ.get("USER", "cli"), help="Who.")
+def add_ban(
+    config_path: str,
+    action: str,
+    address: str | None,
+    network: str | None,
+    principal: str | None,
+    key_env: str | None,
+    account: str | None,
+    duration: str | None,
+    reason: str,
+    rate: float | None,
+    by: str,
+) -> None:
+    """Put an entry in force on every worker (within [abuse] sync_every)."""
+    fields: dict[str, Any] = {
+        "action": action,
+        **_subject(address, network, principal, key_env, account),
+        "reason": reason,
+    }
+    if duration is not None:
+        fields["duration"] = duration
+    if rate is not None:
+        fields["rate"] = rate
+
+    async def work(control: Any, now: float) -> Any:
+        return await control.add(fields, now, by=by)
+
+    try:
+        added = _bans("add", config_path, work)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    for entry in added:
+        until = "never" if math.isinf(entry.until) else _utc(entry.until)
+        click.echo(f"{entry.action.value} {entry.kind.value} {entry.value}: until {until}")
+
+
+@bans.command("remove")
+@_ABUSE_CONFIG
+@_ACTION
+@_subject_options
+@click.option("--reason", default="", help="Why (in the abuse log).")
+@click.option("--by", default=lambda: os.environ.get("USER", "cli"), help="Who.")
+def remove_ban(
+    config_path: str,
+    action: str,
+    address: str | None,
+    network: str | None,
+    principal: str | None,
+    key_env: str | None,
+    account: str | None,
+    reason: str,
+    by: str,
+) -> None:
+    """Lift an entry on every worker (within [abuse] sync_every)."""
+    fields = {
+        "action": action,
+        **_subject(address, network, principal, key_env, account),
+        "reason": reason,
+    }
+
+    async def work(control: Any, now: float) -> Any:
+        return await control.remove(fields, now, by=by)
+
+    try:
+        removed = _bans("remove", config_path, work)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not removed:
+        raise click.ClickException("no such entry in force")
+    for entry in removed:
+        click.echo(f"{entry.action.value} {entry.kind.value} {entry.value}: removed")
+
+
 @main.command("chaos")
 @click.option("--listen", default="127.0.0.1:8474", show_default=True, help="HOST:PORT to serve.")
 @click.option("--upstream", help="The server to put faults in front of (a base URL).")

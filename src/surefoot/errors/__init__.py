@@ -16,11 +16,14 @@ from surefoot.errors._problem import (
     problem_type_uri,
 )
 from surefoot.errors._tree import (
+    AbuseLimitExceeded,
+    AccessDenied,
     AdminBadRequest,
     AdminNotFound,
     AdminUnauthorized,
     BackendError,
     BadRequest,
+    ChallengeRequired,
     CircuitOpen,
     ClientError,
     ConcurrencyLimitExceeded,
@@ -67,6 +70,8 @@ from surefoot.errors._tree import (
 __all__ = [
     "DEFAULT_PROBLEM_BASE",
     "PROBLEM_CONTENT_TYPE",
+    "AbuseLimitExceeded",
+    "AccessDenied",
     "AdminBadRequest",
     "AdminNotFound",
     "AdminUnauthorized",
@@ -78,6 +83,7 @@ __all__ = [
     "CredentialsAmbiguous",
     "BadRequest",
     "BackendError",
+    "ChallengeRequired",
     "CircuitOpen",
     "ClientError",
     "ConcurrencyLimitExceeded",

@@ -24,6 +24,9 @@ class is also an entry of the RFC 9457 problem catalogue: its ``code``, ``status
     │   ├── RateLimitExceeded              429  rate_limit_exceeded
     │   ├── QuotaExceeded                  429  quota_exceeded
     │   ├── ConcurrencyLimitExceeded       429  concurrency_limit_exceeded
+    │   ├── AccessDenied                   403  access_denied
+    │   ├── ChallengeRequired              429  challenge_required
+    │   ├── AbuseLimitExceeded             429  abuse_limit_exceeded
     │   ├── AdminBadRequest                400  admin_bad_request
     │   ├── AdminUnauthorized              401  admin_unauthorized
     │   ├── AdminNotFound                  404  admin_not_found
@@ -65,6 +68,9 @@ import string
 from typing import Any, ClassVar
 
 __all__ = [
+    "AbuseLimitExceeded",
+    "AccessDenied",
+    "ChallengeRequired",
     "AdminBadRequest",
     "BadRequest",
     "CredentialsAmbiguous",
@@ -396,6 +402,48 @@ class ConcurrencyLimitExceeded(ClientError):
     )
     retryable = True
     private_fields = frozenset({"limit", "wait"})
+
+
+class AccessDenied(ClientError):
+    """The request was refused by a ban (its address, network, credential or account);
+    nothing was executed. Deliberately says nothing of why or for how long: that would
+    tell an attacker what to rotate and when to come back."""
+
+    code = "access_denied"
+    status = 403
+    title = "Access denied"
+    detail_template = (
+        "This request was refused. Nothing was executed; if you think this is a mistake, "
+        "contact the API's operator and quote the request_id."
+    )
+
+
+class ChallengeRequired(ClientError):
+    """The client's traffic looks suspicious (failed attempts, a sudden surge): it must pass
+    the operator's challenge before it goes on; nothing was executed."""
+
+    code = "challenge_required"
+    status = 429
+    title = "Challenge required"
+    detail_template = (
+        "Complete the challenge at {challenge}, then try again in {retry_wait}. "
+        "Nothing was executed."
+    )
+    retryable = True
+
+
+class AbuseLimitExceeded(ClientError):
+    """The client's traffic rose far above its usual rate and it is held to a temporary
+    lower limit; nothing was executed."""
+
+    code = "abuse_limit_exceeded"
+    status = 429
+    title = "Temporarily limited"
+    detail_template = (
+        "Your request rate is far above its usual level, so it is temporarily limited. "
+        "Nothing was executed; slow down and try again in {retry_wait}."
+    )
+    retryable = True
 
 
 class IdempotencyRecordsExceeded(ClientError):

@@ -18,6 +18,7 @@ if not all(
     # Only without the extra: one line naming it, not the first import that fails.
     raise ImportError("surefoot.gateway needs the 'gateway' extra: pip install 'surefoot[gateway]'")
 
+from surefoot.gateway._abuse import AbuseControl
 from surefoot.gateway._alerts import AlertRule, alert_rules, rules_yaml
 from surefoot.gateway._check import StartCheck, check_start
 from surefoot.gateway._config import GatewayConfig, config_from_dict, load_config
@@ -42,6 +43,7 @@ from surefoot.gateway.admin import AdminApp
 from surefoot.gateway.proxy import ProxyApp
 
 __all__ = [
+    "AbuseControl",
     "AdminApp",
     "AlertRule",
     "AlertWatcher",

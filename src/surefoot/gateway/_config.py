@@ -29,6 +29,13 @@ checks what spans tables. Map of the file (``docs/gateway.md`` documents every f
                                  allow_networks (the outbox serve delivers: ``Sender``)
     [sagas]                      database, prefix, stuck_after, reconcile_interval (the saga
                                  log serve watches: admin endpoints and the sweeper)
+    [abuse]                      enabled, store, sync_every, log, addresses, require_expiry,
+                                 max_ban (abuse protection: ``surefoot.abuse``)
+    [[abuse.ban]], [[abuse.allow]]   address | network | principal | account, expires, reason
+    [[abuse.failures]]           name, routes, by, statuses, threshold, window, ban growth,
+                                 challenge_after, account (fail2ban's jails, per route)
+    [abuse.anomaly]              factor, sustain, window, step, half_life... action
+    [abuse.challenge]            action (refuse | header), url, header, retry_after
 
 Rule 1: validation is total before anything is built: ``load_config`` returns a
         ``GatewayConfig`` only if every field of every table is valid; otherwise one
@@ -49,6 +56,7 @@ Rule 3: secrets never appear in messages or in ``effective()``: ``clients[].api_
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -58,10 +66,24 @@ from surefoot._config import Loc, Problems, read_toml
 from surefoot._masking import masked_text, masked_url, split_url
 from surefoot._paths import canonical_path
 from surefoot._routes import RouteTable
+from surefoot.abuse import (
+    AccountSource,
+    Action,
+    AnomalyResponse,
+    AnomalySettings,
+    Challenge,
+    Entry,
+    FailureRule,
+    Kind,
+    account_hash,
+    overlaps,
+    subject,
+)
 from surefoot.errors import ConfigurationError, InvalidPath
 from surefoot.gateway._schema import (
     HMAC_FIELDS,
     NAME,
+    AbuseEntry,
     IdempotencyFields,
     Lookup,
     Policy,
@@ -90,7 +112,25 @@ if TYPE_CHECKING:
     from surefoot.clock import Clock
     from surefoot.outbox import Outbox
 
-__all__ = ["GatewayConfig", "Sender", "Webhook", "config_from_dict", "load_config"]
+__all__ = [
+    "AbuseSetup",
+    "GatewayConfig",
+    "Sender",
+    "Webhook",
+    "config_from_dict",
+    "load_config",
+]
+
+
+class AbuseSetup(NamedTuple):
+    """``[abuse]``, checked and built: the policy file's entries, the failure rules, the
+    anomaly detector's settings (None: off) and what an anomaly or suspicion leads to."""
+
+    entries: tuple[Entry, ...]
+    rules: tuple[FailureRule, ...]
+    anomaly: AnomalySettings | None
+    response: AnomalyResponse
+    challenge: Challenge | None
 
 
 class Webhook(NamedTuple):
@@ -192,6 +232,7 @@ class GatewayConfig:
         self._webhooks(problems)
         self.sender = self._sender(problems)
         self.sagas = self._sagas(problems)
+        self.abuse = self._abuse(problems)
         self._stores(problems)
         self.admin_token = self._secret(
             root.admin.token, root.admin.token_env, ("admin",), problems
@@ -412,6 +453,175 @@ class GatewayConfig:
             return ()
         return (ceiling,)
 
+    def _abuse(self, problems: Problems) -> AbuseSetup:
+        """``[abuse]``: entries canonical, overlaps between bans and allows refused, failure
+        rules built with their routes and account sources, the challenge that rules and
+        anomalies may lead to present."""
+        abuse = self.root.abuse
+        entries: list[tuple[Loc, Entry]] = []
+        for action, tables in ((Action.BAN, abuse.ban), (Action.ALLOW, abuse.allow)):
+            for index, entry_table in enumerate(tables):
+                loc: Loc = ("abuse", action.value, index)
+                for entry in self._abuse_entries(action, entry_table, loc, problems):
+                    entries.append((loc, entry))
+        allows = [(loc, e) for loc, e in entries if e.action is Action.ALLOW]
+        for loc, ban in entries:
+            if ban.action is not Action.BAN:
+                continue
+            for other, allow in allows:
+                if overlaps(ban, allow):
+                    problems.add(
+                        loc,
+                        f"overlaps [[abuse.allow]] number {int(other[2]) + 1} ({allow.value}): an "
+                        "allow always wins, so this ban would not hold there; narrow one of them",
+                    )
+        rules: list[FailureRule] = []
+        names: set[str] = set()
+        for index, table in enumerate(abuse.failures):
+            loc = ("abuse", "failures", index)
+            if not NAME.fullmatch(table.name):
+                problems.add(
+                    (*loc, "name"), f"expected letters, digits, '_', '-' or '.', got {table.name!r}"
+                )
+            elif table.name in names:
+                problems.add((*loc, "name"), f"{table.name!r} is used by an earlier rule")
+            names.add(table.name)
+            for position, template in enumerate(table.routes):
+                try:
+                    RouteTable([(template, None)])
+                except ConfigurationError as exc:
+                    problems.add((*loc, "routes", position), str(exc))
+            source = None
+            if table.account is not None:
+                try:
+                    source = AccountSource.parse(table.account)
+                except ValueError as exc:
+                    problems.add((*loc, "account"), str(exc))
+            elif table.by == "account":
+                problems.add(
+                    (*loc, "account"),
+                    "required with by = 'account': where the account tried is "
+                    "('json:FIELD', 'form:FIELD', 'header:NAME', 'query:NAME' or 'basic')",
+                )
+            if table.challenge_after is not None and abuse.challenge is None:
+                problems.add(
+                    (*loc, "challenge_after"),
+                    "expected an [abuse.challenge] table: what a suspicious client gets",
+                )
+            rules.append(
+                FailureRule(
+                    name=table.name,
+                    routes=tuple(table.routes),
+                    by=Kind(table.by),
+                    statuses=table.status_codes(),
+                    threshold=table.threshold,
+                    window=table.window,
+                    ban=table.ban,
+                    ban_factor=table.ban_factor,
+                    ban_max=table.ban_max,
+                    forget_after=table.forget_after,
+                    challenge_after=table.challenge_after,
+                    account=source,
+                    ipv4_prefix=table.ipv4_prefix,
+                    ipv6_prefix=table.ipv6_prefix,
+                )
+            )
+        anomaly = None
+        response = AnomalyResponse()
+        table_a = abuse.anomaly
+        if table_a is not None and table_a.enabled:
+            anomaly = AnomalySettings(
+                factor=table_a.factor,
+                sustain=table_a.sustain,
+                window=table_a.window,
+                step=table_a.step,
+                half_life=table_a.half_life,
+                min_rate=table_a.min_rate,
+                warmup=table_a.warmup,
+                seasonal=table_a.seasonal,
+                adapt_after=table_a.adapt_after,
+                max_clients=table_a.max_clients,
+            )
+            response = AnomalyResponse(
+                action=table_a.action,
+                tighten_to=table_a.tighten_to,
+                tighten_for=table_a.tighten_for,
+            )
+            if table_a.action == "challenge" and abuse.challenge is None:
+                problems.add(
+                    ("abuse", "anomaly", "action"),
+                    "expected an [abuse.challenge] table: what a suspicious client gets",
+                )
+        challenge = None
+        if abuse.challenge is not None:
+            table_c = abuse.challenge
+            if table_c.action == "refuse" and table_c.url is None:
+                problems.add(
+                    ("abuse", "challenge", "url"),
+                    "required with action = 'refuse': the page where a client passes the challenge",
+                )
+            challenge = Challenge(
+                action=table_c.action,
+                url=table_c.url or "",
+                header=table_c.header,
+                retry_after=table_c.retry_after,
+            )
+        return AbuseSetup(
+            entries=tuple(entry for _, entry in entries),
+            rules=tuple(rules),
+            anomaly=anomaly,
+            response=response,
+            challenge=challenge,
+        )
+
+    def _abuse_entries(
+        self, action: Action, table: AbuseEntry, loc: Loc, problems: Problems
+    ) -> list[Entry]:
+        given = [
+            (name, value)
+            for name in ("address", "network", "principal", "account")
+            if (value := getattr(table, name)) is not None
+        ]
+        if len(given) != 1:
+            problems.add(loc, "expected exactly one of address, network, principal and account")
+            return []
+        name, value = given[0]
+        if table.expires is None and action is Action.BAN and self.root.abuse.require_expiry:
+            problems.add(
+                (*loc, "expires"), "required: [abuse] require_expiry says every ban must expire"
+            )
+        until = table.expires.timestamp() if table.expires is not None else math.inf
+        values: list[tuple[Kind, str]] = []
+        owned = [p for p, client in self.principals.items() if client == value]
+        if name == "account":
+            values.append((Kind.ACCOUNT, account_hash(value)))
+        elif name == "principal" and owned:  # a client's name: each of its principals
+            values.extend((Kind.PRINCIPAL, p) for p in owned)
+        elif name == "principal" and not value.startswith(("cred:", "user:", "addr:")):
+            problems.add(
+                (*loc, "principal"),
+                f"expected a [[clients]] name or a principal ('cred:...', 'user:...', "
+                f"'addr:...'), got {value!r}",
+            )
+            return []
+        else:
+            try:
+                values.append((Kind(name), subject(name, value)))
+            except ValueError as exc:
+                problems.add((*loc, name), str(exc))
+                return []
+        return [
+            Entry(
+                action=action,
+                kind=kind,
+                value=canonical,
+                until=until,
+                reason=table.reason,
+                source="config",
+            )
+            for kind, canonical in values
+        ]
+
     def _stores(self, problems: Problems) -> None:
         for name, url in self.root.stores.items():
             try:
@@ -429,6 +639,7 @@ class GatewayConfig:
             (("rate_limit", "store"), self.root.rate_limit.store),
             (("top", "store"), self.root.top.store),
             (("alerts", "store"), self.root.alerts.store),
+            (("abuse", "store"), self.root.abuse.store),
             *(
                 (("webhooks", "receive", index, "store"), table.store)
                 for index, table in enumerate(self.root.webhooks.receive)

@@ -59,6 +59,7 @@ import contextlib
 import hashlib
 import importlib
 import logging
+import math
 import os
 import random
 import re
@@ -85,6 +86,7 @@ from surefoot._asgi import (
     send_problem,
 )
 from surefoot._routes import RouteTable
+from surefoot.abuse import AbuseGuard, AbuseLog, AnomalyDetector, SharedBans
 from surefoot.client import CircuitBreaker
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import (
@@ -94,6 +96,7 @@ from surefoot.errors import (
     SurefootError,
 )
 from surefoot.events import Event, EventHook, LoggingHook, emit
+from surefoot.gateway._abuse import AbuseControl
 from surefoot.gateway._accesslog import AccessLog
 from surefoot.gateway._config import GatewayConfig, load_config
 from surefoot.gateway._events import ConfigRefused, ConfigReloaded, OutcomeResolved
@@ -154,6 +157,8 @@ class _Stack:
     #: the metrics (None: no test traffic).
     test_header: bytes | None = None
     test_networks: tuple[IPv4Network | IPv6Network, ...] = ()
+    #: Abuse protection (None: ``[abuse] enabled = false``).
+    guard: AbuseGuard | None = None
     resources: set[int] = field(default_factory=set)
     in_flight: int = 0
     #: Webhook endpoint name -> the store keeping its event ids (the admin API's).
@@ -213,7 +218,11 @@ class Gateway:
         self._started = config.root.server  # what a reload cannot change (Rule 3)
         # [top] and [alerts]' stores: read once, kept in every stack's resources.
         root = config.root
-        self._observed = (config.store_url(root.top.store), config.store_url(root.alerts.store))
+        self._observed = (
+            config.store_url(root.top.store),
+            config.store_url(root.alerts.store),
+            config.store_url(root.abuse.store),
+        )
         self.top: TopTracker | None = None
         if root.top.enabled:
             board = self._store(self._observed[0], set())
@@ -221,6 +230,18 @@ class Gateway:
         self._top = root.top
         self._alerts_at_start = _started_alerts(config)
         tracking = (self.top,) if self.top is not None else ()
+        # [abuse]: the entries in force and the anomaly detector are kept across reloads
+        # (Rule 2); the store, the log and the sync interval are read once (Rule 3).
+        self._abuse = root.abuse.model_dump(include=_ABUSE_AT_START)
+        self.shared_bans: SharedBans | None = None
+        self.detector: AnomalyDetector | None = None
+        self.abuse_log = AbuseLog(root.abuse.log) if root.abuse.log else None
+        if root.abuse.enabled:
+            store = self._store(self._observed[2], set())
+            self.shared_bans = SharedBans(store, clock=self.clock)
+            self.shared_bans.configure(config.abuse.entries)
+        if self.abuse_log is not None:
+            tracking = (*tracking, self.abuse_log)
         self._unknown_changed = _Seen((OutcomeUnknown, LeaseExpired, OutcomeResolved))
         self._unknown_counted = 0
         self.hooks: tuple[EventHook, ...] = (
@@ -231,6 +252,8 @@ class Gateway:
             *hooks,
         )
         self.stack = self._build(config, _digest_of(config_path))
+        if self.stack.guard is not None:
+            self.detector = self.stack.guard.detector
         self.watcher = AlertWatcher(
             self.metrics,
             self._store(self._observed[1], set()),
@@ -239,6 +262,8 @@ class Gateway:
             refresh=self.refresh_top,
         )
         self._watching: asyncio.Task[None] | None = None
+        self._guarding: asyncio.Task[None] | None = None
+        self._abuse_counted = -math.inf
         # [webhooks.send]: read once, like the [server] fields a reload cannot change.
         self.sender: OutboxRunner | None = None
         if config.sender is not None:
@@ -397,6 +422,9 @@ class Gateway:
         if self._watching is None:
             every = self.stack.config.root.alerts.evaluate_every
             self._watching = asyncio.ensure_future(self.watcher.run(every))
+        if self.shared_bans is not None and self._guarding is None:
+            await self.sync_abuse()  # the entries in force before the first request
+            self._guarding = asyncio.ensure_future(self._guard(self._abuse["sync_every"]))
         if self.top is not None and self._flushing is None:
             self._flushing = asyncio.ensure_future(self.top.run(self._top.flush_every))
         if self.sweeper is not None and self._sweeping is None:
@@ -414,6 +442,52 @@ class Gateway:
             except Exception:  # pragma: no cover - sweep_once reports its parts' failures
                 _log.warning("sweep failed; retrying later", exc_info=True)
             await asyncio.sleep(interval)
+
+    async def _guard(self, every: float) -> None:
+        """``sync_abuse`` every ``every`` seconds, and the anomaly detector's evaluation
+        as soon as one of its steps ended, until cancelled."""
+        evaluated = -1
+        while True:
+            await asyncio.sleep(every)
+            await self.sync_abuse()
+            guard = self.stack.guard
+            if guard is not None and guard.detector is not None:
+                bucket = int(self.clock.now() // guard.detector.settings.step)
+                if bucket != evaluated:  # a step ended: evaluate it now, not a step late
+                    evaluated = bucket
+                    await self.evaluate_anomalies()
+
+    async def sync_abuse(self) -> None:
+        """Read the entries other workers and hosts changed (``SharedBans.sync``) and
+        count the entries in force (``surefoot_abuse_entries``); a store that fails keeps
+        the entries this worker has."""
+        if self.shared_bans is None:
+            return
+        changed = False
+        try:
+            changed = await self.shared_bans.sync()
+        except Exception as exc:
+            _log.warning("abuse: reading the entries failed: %s", type(exc).__name__)
+        now = self.clock.now()
+        # The count visits every entry: when something changed, else every 15 seconds
+        # (for expiries).
+        if changed or now >= self._abuse_counted + 15:
+            self._abuse_counted = now
+            self.metrics.set_abuse_entries(self.shared_bans.bans.counts(now))
+
+    async def evaluate_anomalies(self) -> None:
+        """Close the anomaly detector's steps up to now and act on what changed."""
+        guard = self.stack.guard
+        if guard is None or guard.detector is None:
+            return
+        await guard.evaluate()
+        self.metrics.set_anomalous(len(guard.detector.anomalous()))
+
+    def abuse_control(self) -> AbuseControl | None:
+        """Bans and allows for an operator (the admin API), None if ``[abuse]`` is off."""
+        if self.shared_bans is None:
+            return None
+        return AbuseControl(self.shared_bans, self.stack.config, self.hooks)
 
     def _on_sweep(self, report: Report) -> None:
         for line in describe(report):
@@ -466,12 +540,14 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeping
             self._sweeping = None
-        for task in (self._flushing, self._watching):  # before the stores close
+        for task in (self._flushing, self._watching, self._guarding):  # before the stores close
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._flushing = self._watching = None
+        self._flushing = self._watching = self._guarding = None
+        if self.abuse_log is not None:
+            self.abuse_log.close()
         await self.watcher.aclose()
         if self.sender is not None:
             await self.sender.aclose()
@@ -558,6 +634,10 @@ class Gateway:
                 raise
             old, self.stack = self.stack, stack
             self.generation += 1
+            if self.shared_bans is not None:
+                self.shared_bans.configure(config.abuse.entries)
+            if stack.guard is not None:
+                self.detector = stack.guard.detector
             self._restart_reconciler()
             server = stack.config.root.server
             unapplied = [
@@ -573,6 +653,8 @@ class Gateway:
                 unapplied.append("top")
             if _started_alerts(config) != self._alerts_at_start:
                 unapplied.append("alerts")
+            if config.root.abuse.model_dump(include=_ABUSE_AT_START) != self._abuse:
+                unapplied.append("abuse")
             self.watcher.reconfigure(config)
             if self.sweeper is not None:
                 self.sweeper.store = stack.idempotency_store
@@ -750,10 +832,36 @@ class Gateway:
                 store_health=self._health_of(rl_store),
                 allow_method_override=root.server.allow_method_override,
             )
+        guard = None
+        if self.shared_bans is not None:
+            abuse = config.abuse
+            detector = self.detector
+            if abuse.anomaly is None:
+                detector = None
+            elif detector is None or detector.settings != abuse.anomaly:
+                detector = AnomalyDetector(abuse.anomaly)  # new settings: learned anew
+            abuse_store = self._store(self._observed[2], resources)
+            app = guard = AbuseGuard(
+                app,
+                shared=self.shared_bans,
+                identity=identity,
+                rules=abuse.rules,
+                counters=abuse_store,
+                detector=detector,
+                anomaly=abuse.response,
+                challenge=abuse.challenge,
+                clock=self.clock,
+                hooks=self.hooks,
+                workers=self.workers,
+                privacy=root.abuse.addresses,
+                max_body=min(root.server.max_request_body, _ACCOUNT_BODY),
+                problem_base=DEFAULT_PROBLEM_BASE,
+            )
         stack = _Stack(
             config=config,
             digest=digest,
             app=app,
+            guard=guard,
             proxy=proxy,
             idempotency_store=idem_store,
             rate_limit_store=rl_store,
@@ -940,6 +1048,11 @@ def _started_alerts(config: GatewayConfig) -> dict[str, Any]:
         "webhook": config.alert_webhook
     }
 
+
+#: What of ``[abuse]`` takes effect at start only (entries, rules and anomalies reload).
+_ABUSE_AT_START = {"enabled", "store", "log", "sync_every"}
+#: The most bytes of a body read for the account a login names.
+_ACCOUNT_BODY = 64 * 1024
 
 _ALERTS_AT_START = {
     "evaluate",

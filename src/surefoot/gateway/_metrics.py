@@ -11,12 +11,19 @@ fresh directory (``tempfile.mkdtemp``, so there is nothing to clear) and calls
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import ClassVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
+from surefoot.abuse import (
+    AbuseRefused,
+    AnomalyStarted,
+    EntryAdded,
+    EntryRemoved,
+    FailuresCrossed,
+)
 from surefoot.gateway._events import (
     ConfigRefused,
     ConfigReloaded,
@@ -65,6 +72,13 @@ class GatewayMetrics(PrometheusMetrics):
         self._in_flight = 0
         if multiprocess_dir is None:
             self._inflight.set_function(lambda: self._in_flight)
+        self._abuse_refused = self._children("surefoot_abuse_refused_total", Counter)
+        self._abuse_added = self._children("surefoot_abuse_entries_added_total", Counter)
+        self._abuse_removed = self._children("surefoot_abuse_entries_removed_total", Counter)
+        self._abuse_thresholds = self._children("surefoot_abuse_thresholds_total", Counter)
+        self._anomalies = self._metric("surefoot_abuse_anomalies_total", Counter)
+        self._anomalous = self._metric("surefoot_abuse_anomalous_clients", Gauge)
+        self._abuse_entries = self._children("surefoot_abuse_entries", Gauge)
         self._top = _TopCollector()
         self._exposed.register(self._top)
         self._handlers.update(
@@ -74,6 +88,11 @@ class GatewayMetrics(PrometheusMetrics):
                 ConfigReloaded: self._on_reloaded,
                 ConfigRefused: self._on_refused,
                 OutcomeResolved: self._on_resolved,
+                AbuseRefused: lambda e: self._abuse_refused(e.action).inc(),
+                EntryAdded: lambda e: self._abuse_added(e.action, e.source).inc(),
+                EntryRemoved: lambda e: self._abuse_removed(e.action).inc(),
+                FailuresCrossed: lambda e: self._abuse_thresholds(e.rule, e.step).inc(),
+                AnomalyStarted: lambda e: self._anomalies.inc(),
             }
         )
 
@@ -82,6 +101,16 @@ class GatewayMetrics(PrometheusMetrics):
         rows of the last call are forgotten (a collector of this process, not a file
         of the workers': each worker answers with what it read from the store)."""
         self._top.rows = tuple(rows)
+
+    def set_abuse_entries(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """The entries in force per (action, kind); a pair missing from ``counts`` is 0."""
+        for action in ("ban", "allow", "limit", "challenge"):
+            for kind in ("address", "network", "principal", "account"):
+                self._abuse_entries(action, kind).set(counts.get((action, kind), 0))
+
+    def set_anomalous(self, count: int) -> None:
+        """How many clients this worker sees in anomaly now."""
+        self._anomalous.set(count)
 
     def collect(self) -> Iterable[Metric]:
         """Every exposed metric now (every worker's sum in multiprocess mode)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import MISSING, fields
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -30,6 +31,11 @@ from surefoot.webhooks import Ordering, WebhookEndpoint
 
 __all__ = [
     "ENV_NAME",
+    "Abuse",
+    "AbuseEntry",
+    "AnomalyTable",
+    "ChallengeTable",
+    "FailureRuleTable",
     "HMAC_FIELDS",
     "NAME",
     "PLACEHOLDER",
@@ -671,6 +677,181 @@ class Alerts(_Table):
         return value
 
 
+class AbuseEntry(_Table):
+    """``[[abuse.ban]]`` and ``[[abuse.allow]]``: one subject, named by exactly one field."""
+
+    address: str | None = described("an IP address", None)
+    network: str | None = described("a network such as '198.51.100.0/24'", None)
+    principal: str | None = described(
+        "a [[clients]] name, or a principal ('cred:...', 'user:...', 'addr:...')", None
+    )
+    account: str | None = described("an account name as a login form sends it", None)
+    expires: datetime | None = described("a date and time with its offset (TOML)", None)
+    reason: str = described("text of at most 200 characters", "", max_length=200)
+
+    @field_validator("expires")
+    @classmethod
+    def _expires(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("expected a date and time with its offset, e.g. 2027-01-01T00:00:00Z")
+        return value
+
+
+class FailureRuleTable(_Table):
+    """``[[abuse.failures]]``: count the upstream's failures on routes, ban past a threshold."""
+
+    name: str = described("a name of letters, digits, '_', '-' or '.'")
+    routes: list[str] = described("route templates such as 'POST /login'", min_length=1)
+    by: Literal["address", "network", "account", "principal"] = described(
+        "'address', 'network', 'account' or 'principal'"
+    )
+    statuses: list[int | str] = described(
+        "HTTP status codes from 100 to 599, or classes such as '4xx'",
+        [401, 403],
+        min_length=1,
+        max_length=50,
+    )
+    threshold: int = described("a whole number of failures from 1 to 1000", 5, ge=1, le=1000)
+    window: float = described("seconds from 1 to 86400", 600.0, ge=1, le=86400)
+    ban: float = described("seconds from 1 to 31536000", 600.0, ge=1, le=31536000)
+    ban_factor: float = described("a number from 1 to 100", 2.0, ge=1, le=100)
+    ban_max: float = described("seconds from 1 to 31536000", 604800.0, ge=1, le=31536000)
+    forget_after: float = described("seconds from window to 31536000", 86400.0, ge=1, le=31536000)
+    challenge_after: int | None = described(
+        "a whole number of failures >= 1, below threshold", None, ge=1
+    )
+    account: str | None = described(
+        "where the account tried is: 'json:FIELD', 'form:FIELD', 'header:NAME', "
+        "'query:NAME' or 'basic'",
+        None,
+    )
+    ipv4_prefix: int = described("a prefix length from 8 to 32", 24, ge=8, le=32)
+    ipv6_prefix: int = described("a prefix length from 16 to 128", 64, ge=16, le=128)
+
+    @field_validator("statuses")
+    @classmethod
+    def _statuses(cls, value: list[int | str]) -> list[int | str]:
+        for status in value:
+            if isinstance(status, str):
+                if not re.fullmatch(r"[1-5]xx", status):
+                    raise ValueError(f"expected a status class such as '4xx', got {shown(status)}")
+            elif not 100 <= status <= 599:
+                raise ValueError(f"expected HTTP status codes from 100 to 599, got {status}")
+        return value
+
+    def status_codes(self) -> frozenset[int]:
+        """``statuses`` with each class spelled out."""
+        codes: set[int] = set()
+        for status in self.statuses:
+            if isinstance(status, str):
+                first = int(status[0]) * 100
+                codes.update(range(first, first + 100))
+            else:
+                codes.add(status)
+        return frozenset(codes)
+
+    @field_validator("challenge_after")
+    @classmethod
+    def _challenge_after(cls, value: int | None, info: ValidationInfo) -> int | None:
+        threshold = info.data.get("threshold")
+        if value is not None and threshold is not None and value >= threshold:
+            raise ValueError(f"expected fewer failures than threshold ({threshold})")
+        return value
+
+    @field_validator("forget_after")
+    @classmethod
+    def _forget_after(cls, value: float, info: ValidationInfo) -> float:
+        window = info.data.get("window")
+        if window is not None and value < window:
+            # Failures from before a forgotten ban would count again (abuse._failures Rule 5).
+            raise ValueError(f"expected at least window ({window:g})")
+        return value
+
+    @field_validator("ban_max")
+    @classmethod
+    def _ban_max(cls, value: float, info: ValidationInfo) -> float:
+        ban = info.data.get("ban")
+        if ban is not None and value < ban:
+            raise ValueError(f"expected at least ban ({ban:g})")
+        return value
+
+
+class AnomalyTable(_Table):
+    """``[abuse.anomaly]``: per client, its request rate against its usual rate."""
+
+    enabled: bool = described("true or false", True)
+    factor: float = described("a number from 1.5 to 1000", 5.0, ge=1.5, le=1000)
+    sustain: float = described("seconds from 0 to 3600", 10.0, ge=0, le=3600)
+    window: float = described("seconds from 10 to 3600, a multiple of step", 60.0, ge=10, le=3600)
+    step: float = described("seconds from 1 to 60", 10.0, ge=1, le=60)
+    half_life: float = described("seconds from 60 to 604800", 3600.0, ge=60, le=604800)
+    min_rate: float = described("requests per second >= 0", 1.0, ge=0)
+    warmup: float = described("seconds from 0 to 604800", 600.0, ge=0, le=604800)
+    seasonal: bool = described("true or false", True)
+    adapt_after: float = described("seconds from 60 to 604800", 3600.0, ge=60, le=604800)
+    max_clients: int = described("a whole number from 1 to 1000000", 10000, ge=1, le=1_000_000)
+    action: Literal["report", "tighten", "challenge"] = described(
+        "'report', 'tighten' or 'challenge'", "report"
+    )
+    tighten_to: float = described("a number from 0.1 to 100", 2.0, ge=0.1, le=100)
+    tighten_for: float = described("seconds from 10 to 86400", 600.0, ge=10, le=86400)
+
+    @field_validator("step")
+    @classmethod
+    def _step(cls, value: float, info: ValidationInfo) -> float:
+        window = info.data.get("window")
+        if window is not None and (window / value) != int(window / value):
+            raise ValueError(f"expected a divisor of window ({window:g})")
+        return value
+
+
+class ChallengeTable(_Table):
+    """``[abuse.challenge]``: what suspicious but not banned traffic gets."""
+
+    action: Literal["refuse", "header"] = described("'refuse' or 'header'", "refuse")
+    url: str | None = described("an http(s) URL of your challenge page", None)
+    header: str = described("a lower-case header name", "surefoot-suspicion")
+    retry_after: int = described("seconds from 1 to 3600", 30, ge=1, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        if not _HEADER_NAME.fullmatch(value):
+            raise ValueError(f"expected a lower-case header name, got {shown(value)}")
+        return value
+
+
+class Abuse(_Table):
+    """``[abuse]``: bans and allows, failure rules, anomaly detection and the abuse log."""
+
+    enabled: bool = described("true or false", True)
+    store: str = described("a name from [stores] (entries and failure counts)", "default")
+    sync_every: float = described("seconds from 0.1 to 60", 1.0, ge=0.1, le=60)
+    log: str | None = described("a file path for the JSON-lines abuse log", None)
+    addresses: Literal["full", "truncate", "hash"] = described(
+        "'full', 'truncate' or 'hash': how addresses appear in the log and events", "full"
+    )
+    require_expiry: bool = described("true or false: every ban must expire", False)
+    max_ban: float = described(
+        "seconds from 60 to 315360000: the longest ban the admin API or CLI may set",
+        31536000.0,
+        ge=60,
+        le=315360000,
+    )
+    ban: list[AbuseEntry] = described("tables of bans", [], max_length=10000)
+    allow: list[AbuseEntry] = described("tables of allows", [], max_length=10000)
+    failures: list[FailureRuleTable] = described("tables of failure rules", [], max_length=32)
+    anomaly: AnomalyTable | None = None
+    challenge: ChallengeTable | None = None
+
+
 class Root(_Table):
     server: Server = Server()
     upstream: Upstream
@@ -693,6 +874,7 @@ class Root(_Table):
     sagas: Sagas | None = None
     top: Top = Top()
     alerts: Alerts = Alerts()
+    abuse: Abuse = Abuse()
 
 
 Root.model_rebuild()

@@ -50,6 +50,13 @@ Endpoints (JSON unless said otherwise; every one but the two probes needs
     POST /admin/silences                {"matchers": [{"name", "op", "value"}], "duration"
                                         | "ends_at", "starts_at", "comment", "created_by"}
     DELETE /admin/silences/ID           expire a silence now
+    GET  /admin/bans?action=&kind=&limit=   bans, allows, temporary limits and challenges
+                                        in force (``[abuse]``), the policy file's included
+    POST /admin/bans                    {"action", one of "address" | "network" | "principal"
+                                        | "key" | "account", "duration" | "until", "reason",
+                                        "rate", "by"}: in force on every worker within a
+                                        second (``gateway/_abuse.py`` has the rules)
+    POST /admin/bans/remove             {"action", the subject, "reason", "by"}: lift it
     GET  /admin/dashboard               the dashboard page and its files (no token: they
                                         hold no data; the page asks for the token)
 
@@ -117,6 +124,7 @@ from surefoot._operator import (
     operator_store_key,
     refuse_constant,
 )
+from surefoot.abuse import Action, Kind
 from surefoot.errors import (
     DEFAULT_PROBLEM_BASE,
     AdminBadRequest,
@@ -127,6 +135,7 @@ from surefoot.errors import (
     SurefootError,
 )
 from surefoot.events import emit
+from surefoot.gateway._abuse import FIELDS, duration_seconds, listed
 from surefoot.gateway._events import OutcomeResolved, WebhookForgotten
 from surefoot.gateway._gateway import Gateway
 from surefoot.gateway._lookup import LOOKUP_PREFIX
@@ -425,6 +434,45 @@ class AdminApp:
         if silence is None:
             raise AdminNotFound(what=f"silence {silence_id!r}")
         await _json(send, 200, {"id": silence_id, "expired": True, "silence": silence.as_dict()})
+
+    async def bans(self, scope: Scope, receive: Receive, send: Send) -> None:
+        control = self.gateway.abuse_control()
+        if control is None:
+            raise AdminNotFound(what="[abuse] (enabled = false)")
+        now = self.gateway.clock.now()
+        if scope["method"] == "GET":
+            query = _query(scope, "action", "kind", "limit")
+            try:
+                action = Action(query["action"]) if "action" in query else None
+                kind = Kind(query["kind"]) if "kind" in query else None
+            except ValueError:
+                raise AdminBadRequest(
+                    reason="action: expected ban, allow, limit or challenge; kind: expected "
+                    "address, network, principal or account"
+                ) from None
+            limit = _limit(query.get("limit", "1000"), most=100_000)
+            found = control.listing(now, action=action, kind=kind)
+            await _json(send, 200, {"entries": found[:limit], "total": len(found)})
+            return
+        remove = scope["path"].endswith("/remove")
+        fields = await _body(receive, *FIELDS)
+        by = fields.pop("by", "admin")
+        if not isinstance(by, str) or not 1 <= len(by) <= 64 or not by.isprintable():
+            raise AdminBadRequest(reason="by: expected 1 to 64 printable characters")
+        try:
+            if remove:
+                removed = await control.remove(fields, now, by=by)
+            else:
+                added = await control.add(fields, now, by=by)
+        except ValueError as exc:
+            raise AdminBadRequest(reason=str(exc)) from None
+        if remove:
+            if not removed:
+                raise AdminNotFound(what="no such entry in force")
+            body = {"removed": [listed(entry, now, False) for entry in removed]}
+            await _json(send, 200, body)
+            return
+        await _json(send, 201, {"added": [listed(entry, now, False) for entry in added]})
 
     async def dashboard(self, scope: Scope, send: Send) -> None:
         """The dashboard's page and files: static, no data in them, so no token (the
@@ -912,6 +960,9 @@ _ROUTES: dict[tuple[str, str], Callable[..., Any]] = {
     ("GET", "/admin/top"): AdminApp.top,
     ("GET", "/admin/series"): AdminApp.series,
     ("GET", "/admin/alerts"): AdminApp.alerts,
+    ("GET", "/admin/bans"): AdminApp.bans,
+    ("POST", "/admin/bans"): AdminApp.bans,
+    ("POST", "/admin/bans/remove"): AdminApp.bans,
     ("GET", "/admin/silences"): AdminApp.silences,
     ("POST", "/admin/silences"): AdminApp.silences,
     ("GET", "/admin/keys"): AdminApp.keys,
@@ -959,11 +1010,7 @@ def _silence_times(body: Mapping[str, Any], now: float) -> tuple[float, float]:
     starts_at = _unix(body, "starts_at") if "starts_at" in body else now
     if "ends_at" in body:
         return starts_at, _unix(body, "ends_at")
-    duration = body["duration"]
-    found = _DURATION.fullmatch(duration) if isinstance(duration, str) else None
-    if found is None:
-        raise ValueError("duration: expected seconds or a duration (30m, 2h, 3d)")
-    return starts_at, starts_at + float(found.group(1)) * _UNITS[found.group(2)]
+    return starts_at, starts_at + duration_seconds(body["duration"])
 
 
 def _unix(body: Mapping[str, Any], name: str) -> float:

@@ -1,0 +1,167 @@
+"""``SharedBans`` over every store: two workers' sets kept in step through the store."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _services import STORE_KINDS, store_url
+from _support import T0
+from surefoot.abuse import Action, Entry, Kind, SharedBans
+from surefoot.abuse._shared import SHARDS, shard_of
+from surefoot.storage import MemoryStore, store_from_url
+from surefoot.testing import ManualClock
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=STORE_KINDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    kind: str = request.param
+    options = "timeout=5" if kind in ("redis", "redis_cluster", "postgres") else ""
+    async with store_url(kind, tmp_path, options=options) as url:
+        s: Any = store_from_url(url)
+        try:
+            yield s
+        finally:
+            await s.aclose()
+
+
+def ban(value: str, *, until: float = T0 + 600, offence: int = 1, **options: Any) -> Entry:
+    return Entry(
+        action=Action.BAN,
+        kind=Kind.ADDRESS,
+        value=value,
+        until=until,
+        at=T0,
+        offence=offence,
+        **options,
+    )
+
+
+async def test_a_ban_on_one_worker_holds_on_another_after_its_sync(store: Any) -> None:
+    clock = ManualClock(T0)
+    one, two = SharedBans(store, clock=clock), SharedBans(store, clock=clock)
+    await two.sync()
+    await one.put(ban("203.0.113.7", reason="tests"))
+    assert one.bans.match(T0, "203.0.113.7") is not None  # at once where it was made
+    assert two.bans.match(T0, "203.0.113.7") is None  # elsewhere: at the next sync
+    await two.sync()
+    found = two.bans.match(T0, "203.0.113.7")
+    assert found is not None
+    assert found.reason == "tests"
+    # Lifted on one, gone from the other after its sync.
+    assert await one.remove(found.slot) == found
+    await two.sync()
+    assert two.bans.match(T0, "203.0.113.7") is None
+    assert await one.remove(found.slot) is None
+
+
+async def test_a_ban_without_expiry_and_an_allow_are_shared(store: Any) -> None:
+    clock = ManualClock(T0)
+    one, two = SharedBans(store, clock=clock), SharedBans(store, clock=clock)
+    await one.put(
+        Entry(action=Action.BAN, kind=Kind.NETWORK, value="198.51.100.0/24", until=math.inf)
+    )
+    await one.put(
+        Entry(action=Action.ALLOW, kind=Kind.ADDRESS, value="198.51.100.9", until=math.inf)
+    )
+    await two.sync()
+    clock.advance(365 * 86400)
+    await two.sync()
+    assert two.bans.match(clock.now(), "198.51.100.7").action is Action.BAN  # type: ignore[union-attr]
+    assert two.bans.match(clock.now(), "198.51.100.9").action is Action.ALLOW  # type: ignore[union-attr]
+
+
+async def test_an_expired_ban_is_kept_as_history_until_forgotten(store: Any) -> None:
+    clock = ManualClock(T0)
+    one, two = SharedBans(store, clock=clock), SharedBans(store, clock=clock)
+    entry = ban("203.0.113.7", until=T0 + 60, forget_at=T0 + 3600)
+    await one.put(entry)
+    clock.advance(120)
+    await two.sync()
+    assert two.bans.match(clock.now(), "203.0.113.7") is None  # no longer in force
+    assert two.bans.get(entry.slot) == entry  # but its offence is remembered
+    clock.advance(3600)
+    await two.sync()
+    assert two.bans.get(entry.slot) is None
+
+
+async def test_one_offence_is_claimed_by_one_worker(store: Any) -> None:
+    clock = ManualClock(T0)
+    one, two = SharedBans(store, clock=clock), SharedBans(store, clock=clock)
+    entry = ban("203.0.113.7")
+    assert await one.claim(entry) is True
+    assert await two.claim(entry) is False  # the same offence: made once
+    assert two.bans.match(T0, "203.0.113.7") is None
+    assert await two.claim(ban("203.0.113.7", offence=2)) is True  # the next one
+    assert await one.claim(entry, token="another") is True
+
+
+async def test_the_policy_file_s_entries_are_the_worker_s_own(store: Any) -> None:
+    clock = ManualClock(T0)
+    one, two = SharedBans(store, clock=clock), SharedBans(store, clock=clock)
+    stored = ban("203.0.113.7", reason="from the store")
+    await one.put(stored)
+    configured = ban("203.0.113.7", until=math.inf, reason="from the file", source="config")
+    two.configure([configured])
+    await two.sync()
+    assert two.bans.get(stored.slot) == configured  # the store never overwrites it
+    assert two.is_configured(stored.slot)
+    with pytest.raises(ValueError, match="in the policy file"):
+        await two.put(stored)
+    with pytest.raises(ValueError, match="in the policy file"):
+        await two.remove(stored.slot)
+    two.configure([])  # the file no longer has it: the store's comes back
+    assert two.bans.get(stored.slot) == stored
+    two.configure([ban("192.0.2.1", source="config")])
+    two.configure([])
+    assert two.bans.get(ban("192.0.2.1").slot) is None
+
+
+class Counting(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    async def board_read(self, board: str, now: float) -> dict[str, bytes]:
+        self.reads.append(board)
+        return await super().board_read(board, now)
+
+
+async def test_a_sync_reads_only_the_shards_that_changed() -> None:
+    store = Counting()
+    clock = ManualClock(T0)
+    one, two = SharedBans(store, clock=clock), SharedBans(store, clock=clock)
+    await two.sync()
+    assert len(store.reads) == 1 + SHARDS  # the first time: every shard
+    store.reads.clear()
+    await two.sync()
+    assert store.reads == ["abuse:stamps"]  # nothing changed: the stamps only
+    entry = ban("203.0.113.7")
+    await one.put(entry)
+    store.reads.clear()
+    await two.sync()
+    assert store.reads == ["abuse:stamps", f"abuse:bans:{shard_of(entry.slot):02d}"]
+
+
+async def test_a_slot_that_does_not_decode_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryStore()
+    clock = ManualClock(T0)
+    one, two = SharedBans(store, clock=clock), SharedBans(store, clock=clock)
+    entry = ban("203.0.113.7")
+    await one.put(entry)
+    shard = f"abuse:bans:{shard_of(entry.slot):02d}"
+    await store.board_put(shard, "ban address 192.0.2.1", b"{not json", T0 + 60, T0)
+    await store.board_put(shard, "ban address 192.0.2.2", ban("192.0.2.3").encode(), T0 + 60, T0)
+    await one.put(ban("192.0.2.9"))  # a new stamp for the shards written
+    await store.board_put("abuse:stamps", shard[-2:], b"new", T0 + 60, T0)
+    await two.sync()
+    assert two.bans.get(entry.slot) == entry
+    assert two.bans.match(T0, "192.0.2.1") is None
+    assert two.bans.match(T0, "192.0.2.3") is None  # filed under another slot's name
+    assert "does not decode" in caplog.text
