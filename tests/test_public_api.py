@@ -198,6 +198,7 @@ PUBLIC = {
     "surefoot.errors": [
         "AbuseLimitExceeded",
         "AccessDenied",
+        "AccountAmbiguous",
         "ChallengeRequired",
         "AdminBadRequest",
         "AdminNotFound",

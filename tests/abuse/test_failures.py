@@ -71,40 +71,39 @@ def _basic(user: str, password: str = "pw") -> bytes:
 @pytest.mark.parametrize(
     ("source", "headers", "query", "body", "expected"),
     [
-        ("json:username", [], b"", json.dumps({"username": " alice "}).encode(), "alice"),
-        ("json:username", [], b"", b'{"username": 7}', None),  # not a string
-        ("json:username", [], b"", b"[1]", None),  # not an object
-        ("json:username", [], b"", b"{nope", None),
-        ("json:username", [], b"", b"\xff\xfe", None),
-        ("json:username", [], b"", b'{"username": ""}', None),
-        (
-            "json:username",
-            [],
-            b"",
-            json.dumps({"username": "a" * (MAX_ACCOUNT + 1)}).encode(),
-            None,
-        ),
-        ("form:login", [], b"", b"login=bob&password=x", "bob"),
-        ("form:login", [], b"", b"password=x", None),
-        ("form:login", [], b"", b"login=%ff", "\ufffd"),  # replaced, still one account
-        ("form:login", [], b"", b"\xff=1", None),
-        ("query:user", [], b"user=carol", b"", "carol"),
-        ("header:X-User", [(b"x-user", b"dave")], b"", b"", "dave"),
-        ("header:x-user", [(b"x-other", b"dave")], b"", b"", None),
-        ("basic", [(b"authorization", _basic("erin"))], b"", b"", "erin"),
-        ("basic", [(b"authorization", b"Bearer abc")], b"", b"", None),
-        ("basic", [(b"authorization", b"Basic !!!")], b"", b"", None),
-        ("basic", [(b"authorization", b"Basic " + base64.b64encode(b"nocolon"))], b"", b"", None),
-        ("basic", [(b"authorization", b"Basic " + base64.b64encode(b"\xff:x"))], b"", b"", None),
-        ("basic", [(b"x-api-key", b"k")], b"", b"", None),
+        ("json:username", [], b"", json.dumps({"username": " alice "}).encode(), ("alice",)),
+        ("json:username", [], b"", b'{"username": 7}', ()),  # not a string
+        ("json:username", [], b"", b"[1]", ()),  # not an object
+        ("json:username", [], b"", b'{"user": {"username": "x"}}', ()),  # nested: not it
+        ("json:username", [], b"", b"{nope", ()),
+        ("json:username", [], b"", b"\xff\xfe", ()),
+        ("json:username", [], b"", b'{"username": ""}', ()),
+        ("json:username", [], b"", json.dumps({"username": "a" * (MAX_ACCOUNT + 1)}).encode(), ()),
+        ("json:username", [], b"", b'{"username": "a", "username": "b"}', ("a", "b")),
+        ("json:username", [], b"", b'{"username": "a", "username": " a"}', ("a",)),
+        ("form:login", [], b"", b"login=bob&password=x", ("bob",)),
+        ("form:login", [], b"", b"password=x", ()),
+        ("form:login", [], b"", b"login=%ff", ("\ufffd",)),  # replaced, still one account
+        ("form:login", [], b"", b"\xff=1", ()),
+        ("form:login", [], b"", b"login=decoy&login=victim", ("decoy", "victim")),
+        ("query:user", [], b"user=carol", b"", ("carol",)),
+        ("header:X-User", [(b"x-user", b"dave")], b"", b"", ("dave",)),
+        ("header:X-User", [(b"x-user", b"dave"), (b"x-user", b"erin")], b"", b"", ("dave", "erin")),
+        ("header:x-user", [(b"x-other", b"dave")], b"", b"", ()),
+        ("basic", [(b"authorization", _basic("erin"))], b"", b"", ("erin",)),
+        ("basic", [(b"authorization", b"Bearer abc")], b"", b"", ()),
+        ("basic", [(b"authorization", b"Basic !!!")], b"", b"", ()),
+        ("basic", [(b"authorization", b"Basic " + base64.b64encode(b"nocolon"))], b"", b"", ()),
+        ("basic", [(b"authorization", b"Basic " + base64.b64encode(b"\xff:x"))], b"", b"", ()),
+        ("basic", [(b"x-api-key", b"k")], b"", b"", ()),
     ],
 )
-def test_the_account_tried_is_read_where_the_source_says(
+def test_every_account_named_is_read_where_the_source_says(
     source: str,
     headers: list[tuple[bytes, bytes]],
     query: bytes,
     body: bytes,
-    expected: str | None,
+    expected: tuple[str, ...],
 ) -> None:
     assert AccountSource.parse(source).extract(headers, query, body) == expected
 

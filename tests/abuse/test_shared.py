@@ -165,3 +165,18 @@ async def test_a_slot_that_does_not_decode_is_skipped(caplog: pytest.LogCaptureF
     assert two.bans.match(T0, "192.0.2.1") is None
     assert two.bans.match(T0, "192.0.2.3") is None  # filed under another slot's name
     assert "does not decode" in caplog.text
+
+
+async def test_a_lifted_ban_stays_as_history_on_every_worker(store: Any) -> None:
+    clock = ManualClock(T0)
+    one, two = SharedBans(store, clock=clock), SharedBans(store, clock=clock)
+    entry = ban("203.0.113.7", until=T0 + 600, forget_at=T0 + 4000, offence=2)
+    await one.put(entry)
+    clock.advance(10)
+    assert await one.remove(entry.slot) == entry
+    await two.sync()
+    kept = two.bans.get(entry.slot)
+    assert kept is not None
+    assert (kept.until, kept.offence, kept.active(clock.now())) == (T0 + 10, 2, False)
+    assert two.bans.match(clock.now(), "203.0.113.7") is None
+    assert await one.remove(entry.slot) is None  # nothing in force to lift

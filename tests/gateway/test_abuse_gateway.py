@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from examples.login.app import LoginApp
 
 from _support import T0, of
-from surefoot.abuse import AnomalyStarted, EntryAdded, FailuresCrossed
+from surefoot.abuse import AnomalyStarted, EntryAdded, FailuresCrossed, account_hash, shown
 from surefoot.cli import main
 from surefoot.errors import ConfigurationError
 from surefoot.gateway import GatewayConfig, load_config
@@ -206,7 +206,7 @@ async def test_the_challenge_can_be_a_header_for_the_upstream_to_act_on() -> Non
         ({"reason": "nothing named"}, "expected exactly one of"),
         ({"action": "nuke", "address": "10.0.0.1"}, "action: expected 'ban'"),
         ({"address": "10.0.0.1", "duration": "soon"}, "duration: expected seconds"),
-        ({"address": "10.0.0.1", "duration": -5}, "duration: expected a duration > 0"),
+        ({"address": "10.0.0.1", "duration": -5}, "duration: expected a finite duration > 0"),
         ({"address": "10.0.0.1", "duration": "400w"}, "at most [abuse] max_ban"),
         ({"address": "10.0.0.1", "until": 1}, "until: expected a time in the future"),
         ({"address": "10.0.0.1", "until": "x"}, "until: expected unix seconds"),
@@ -494,3 +494,99 @@ def _create(url: str) -> None:
         await store.aclose()
 
     asyncio.run(create())
+
+
+async def test_a_lifted_ban_is_kept_as_history_and_the_next_offence_bans_longer() -> None:
+    login, clock = LoginApp(), ManualClock(T0)
+    rule = {**BY_ADDRESS, "threshold": 3, "ban": 60}
+    async with running(config(failures=[rule]), upstream=login, clock=clock) as r:
+        statuses = [(await attempt(r, "127.0.0.66", "x")).status_code for _ in range(4)]
+        assert statuses == [401, 401, 401, 403]
+        lifted = await r.admin.post(
+            "/admin/bans/remove", headers=ADMIN_HEADERS, json={"address": "127.0.0.66"}
+        )
+        assert lifted.status_code == 200
+        clock.advance(1)
+        before = login.attempts
+        statuses = [(await attempt(r, "127.0.0.66", "x")).status_code for _ in range(50)]
+        # The failures before the ban do not count again, and the next ban comes.
+        assert statuses == [401] * 3 + [403] * 47
+        assert login.attempts - before == 3
+        [entry] = (await r.admin.get("/admin/bans", headers=ADMIN_HEADERS)).json()["entries"]
+        assert (entry["offence"], entry["until"] - entry["at"]) == (2, 120)
+
+
+async def test_a_login_padded_past_the_bound_or_naming_two_accounts_is_refused() -> None:
+    login = LoginApp()
+    rules = [
+        {**BY_ACCOUNT, "threshold": 3},
+        {**BY_ACCOUNT, "name": "form", "account": "form:login"},
+    ]
+    async with running(config(failures=rules), upstream=login) as r:
+        for i in range(4):
+            await attempt(r, f"127.0.1.{i + 1}", "alice")
+        padded = {"username": "alice", "password": "x", "pad": " " * 70_000}
+        async with r.connect(client="127.0.2.1") as client:
+            too_large = await client.post("/login", json=padded)
+            problem(too_large, 413, "request_body_too_large")
+            twice = await client.post(
+                "/login", content=b'{"username": "decoy", "username": "alice", "password": "x"}'
+            )
+            assert "json:username" in problem(twice, 400, "account_ambiguous")["detail"]
+            form = await client.post(
+                "/login",
+                content=b"login=decoy&login=victim",
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            )
+            problem(form, 400, "account_ambiguous")
+        assert login.attempts == 3
+
+
+@pytest.mark.parametrize("field", ["duration", "until"])
+async def test_a_huge_number_is_a_400(field: str) -> None:
+    async with running(config(), upstream=LoginApp()) as r:
+        body = b'{"address": "10.1.2.3", "' + field.encode() + b'": 1' + b"0" * 400 + b"}"
+        response = await r.admin.post(
+            "/admin/bans",
+            headers={**ADMIN_HEADERS, "content-type": "application/json"},
+            content=body,
+        )
+        assert field in problem(response, 400, "admin_bad_request")["detail"]
+
+
+async def test_with_a_secret_accounts_and_addresses_are_hashed_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ABUSE_HASH_KEY", "k" * 32)
+    log = tmp_path / "abuse.jsonl"
+    abuse = config(
+        hash_key_env="ABUSE_HASH_KEY",
+        addresses="hash",
+        log=str(log),
+        failures=[{**BY_ACCOUNT, "threshold": 1}],
+        ban=[{"account": "bob"}],
+    )
+    async with running(abuse, upstream=LoginApp()) as r:
+        await attempt(r, "127.0.0.40", "alice")
+        assert (await attempt(r, "127.0.0.41", "bob", "hunter2-but-longer")).status_code == 403
+    text = log.read_text()
+    assert account_hash("alice", b"k" * 32) in text
+    assert account_hash("alice") not in text
+    assert "127.0.0.40" not in text
+    assert shown("address", "127.0.0.40", "hash") not in text  # keyed, not the bare hash
+    with pytest.raises(ConfigurationError, match=r"abuse\.hash_key_env: the environment variable"):
+        config(hash_key_env="NOT_SET_ANYWHERE")
+
+
+async def test_a_client_s_own_suspicion_header_never_reaches_the_upstream() -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+    login = LoginApp()
+
+    async def upstream(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(list(scope["headers"]))
+        await login(scope, receive, send)
+
+    challenge = {"action": "header"}
+    async with running(config(challenge=challenge), upstream=upstream) as r:
+        await r.client.get("/orders", headers={"surefoot-suspicion": "none, trust me"})
+    assert not any(name == b"surefoot-suspicion" for name, _ in seen[0])

@@ -27,6 +27,10 @@ Rule 5: a ban starts the count again, as fail2ban does: the failures that led to
         are counted under a key naming that ban; once it is forgotten (``forget_after``
         after the ban ended, at least ``window``), under the rule's plain key again, whose
         failures are all older than the window by then.
+Rule 6: a request naming the account more than once (a form field, a query parameter, a
+        JSON key or a header repeated with different values) names them all: frameworks
+        disagree on which one counts (Starlette the last, Werkzeug the first), so the
+        guard refuses it rather than count one account while the app logs into another.
 """
 
 from __future__ import annotations
@@ -100,34 +104,31 @@ class AccountSource:
 
     def extract(
         self, headers: list[tuple[bytes, bytes]], query: bytes = b"", body: bytes = b""
-    ) -> str | None:
-        """The account named by the request, or None (Rule 4)."""
-        found: object = None
+    ) -> tuple[str, ...]:
+        """Every account the request names, in order, each once (Rule 4: what cannot be
+        read is left out; Rule 6: more than one is for the caller to refuse)."""
+        found: list[object] = []
         if self.kind == "json":
             try:
-                document = json.loads(body)
+                document = json.loads(body, object_pairs_hook=_Pairs)
             except (ValueError, UnicodeDecodeError):
-                return None
-            if isinstance(document, dict):
-                found = document.get(self.name)
+                return ()
+            if isinstance(document, _Pairs):
+                found = [value for key, value in document if key == self.name]
         elif self.kind in ("form", "query"):
             text = body if self.kind == "form" else query
             try:
                 pairs = parse_qsl(text.decode(), keep_blank_values=False, max_num_fields=1000)
             except (ValueError, UnicodeDecodeError):
-                return None
-            found = next((value for key, value in pairs if key == self.name), None)
+                return ()
+            found = [value for key, value in pairs if key == self.name]
         elif self.kind == "header":
             wanted = self.name.encode()
-            found = next((value.decode("latin-1") for key, value in headers if key == wanted), None)
+            found = [value.decode("latin-1") for key, value in headers if key == wanted]
         else:
-            found = _basic_user(headers)
-        if not isinstance(found, str):
-            return None
-        found = found.strip()
-        if not found or len(found) > MAX_ACCOUNT:
-            return None
-        return found
+            found = [_basic_user(headers)]
+        names = (item.strip() for item in found if isinstance(item, str))
+        return tuple(dict.fromkeys(name for name in names if 0 < len(name) <= MAX_ACCOUNT))
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}" if self.name else self.kind
@@ -191,6 +192,10 @@ class FailureRule:
     def ban_for(self, offence: int) -> float:
         """How long this rule bans a subject for its ``offence``-th time (Rule 2)."""
         return ban_time(self.ban, offence, self.ban_factor, self.ban_max)
+
+
+class _Pairs(list[tuple[str, object]]):
+    """A JSON object as its (key, value) pairs, duplicates kept (Rule 6)."""
 
 
 def _basic_user(headers: list[tuple[bytes, bytes]]) -> str | None:

@@ -35,11 +35,18 @@ def shown(kind: str, value: str, privacy: Privacy, secret: bytes = b"") -> str:
     """How a subject appears in events and the abuse log.
 
     Addresses and networks are kept (``full``), cut to their /24 or /48 (``truncate``), or
-    hashed (``hash``: ``addr:`` and 64 bits of BLAKE2b, keyed with ``secret``, which is
-    enough to follow one address through the log, not to read it back). Principals and
-    accounts are hashes already and shown as they are.
+    hashed (``hash``: ``addr:`` and 64 bits of BLAKE2b keyed with ``secret``: enough to
+    follow one address through the log; without a secret an IPv4 address can be found back
+    by trying them all). An ``addr:`` principal is its address shown so; a ``user:`` one is
+    hashed unless ``full``; credentials and accounts are hashes already, shown as they are.
     """
-    if kind not in ("address", "network") or privacy == "full":
+    if privacy == "full":
+        return value
+    if kind == "principal" and value.startswith("addr:"):
+        return "addr:" + shown("address", value[5:], privacy, secret)
+    if kind == "principal" and value.startswith("user:"):  # a user id, as the app named it
+        return "user:" + hashlib.blake2b(value.encode(), digest_size=8, key=secret).hexdigest()
+    if kind not in ("address", "network"):
         return value
     if privacy == "hash":
         digest = hashlib.blake2b(value.encode(), digest_size=8, key=secret).hexdigest()

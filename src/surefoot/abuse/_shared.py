@@ -32,9 +32,10 @@ import logging
 import math
 import secrets
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from surefoot.abuse._bans import BanSet, Entry
+from surefoot.abuse._bans import Action, BanSet, Entry
 from surefoot.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
@@ -145,19 +146,33 @@ class SharedBans:
         return won
 
     async def remove(self, slot: str) -> Entry | None:
-        """Take ``slot`` out of force everywhere; the entry removed, or None if there was
-        none in the store.
+        """Take ``slot`` out of force everywhere; the entry lifted, or None if none was in
+        force. A ban is kept as its subject's history (Rule 2: inactive from now, its
+        offence remembered until its ``forget_at``), so lifting a ban neither resets the
+        growth of the next one nor lets the failures that led to it count again.
 
         Raises:
             ValueError: the slot is the policy file's.
         """
         self._refuse_configured(slot)
         now = self.clock.now()
+        entry = self.bans.get(slot)
+        if entry is None or not entry.active(now):
+            return None
         shard = shard_of(slot)
-        await self.store.board_delete(f"{self.prefix}:bans:{shard:02d}", slot, now)
+        if entry.action is Action.BAN and now < entry.forget_at:
+            lifted = replace(entry, until=now)
+            value = lifted.encode()
+            board = f"{self.prefix}:bans:{shard:02d}"
+            await self.store.board_put(board, slot, value, _kept_until(lifted, now), now)
+            self._raw[shard][slot] = value
+            self.bans.put(lifted)
+        else:
+            await self.store.board_delete(f"{self.prefix}:bans:{shard:02d}", slot, now)
+            self._raw[shard].pop(slot, None)
+            self.bans.remove(slot)
         await self._stamp(shard, now)
-        self._raw[shard].pop(slot, None)
-        return self.bans.remove(slot)
+        return entry
 
     async def _stamp(self, shard: int, now: float) -> None:
         await self.store.board_put(

@@ -25,9 +25,13 @@ Rule 4: a failure is counted after the app answered, from the status it sent: th
         request that crosses a threshold is answered as the app answered it, and the ban
         holds from the next request (on every worker after their next sync).
 Rule 5: a body read for its account is bounded by ``max_body`` and given to the app
-        unchanged, chunk for chunk; a body larger than that is passed on without an account.
+        unchanged, chunk for chunk; a larger one is answered 413 ``request_body_too_large``
+        on the routes whose rules read it (padding a login is no way around an account's
+        ban), and a login naming the account twice 400 ``account_ambiguous``.
 Rule 6: a store that fails while counting or banning never fails the request: the
         failure is logged (once a minute at most) and nothing is counted.
+Rule 7: with a challenge sent as a header, a client's own copy of that header is removed
+        from every request: the upstream acts on the guard's word only.
 """
 
 from __future__ import annotations
@@ -67,8 +71,11 @@ from surefoot.errors import (
     DEFAULT_PROBLEM_BASE,
     AbuseLimitExceeded,
     AccessDenied,
+    AccountAmbiguous,
     ChallengeRequired,
     CredentialsAmbiguous,
+    RequestBodyTooLarge,
+    SurefootError,
 )
 from surefoot.events import EventHook, emit, wanted
 from surefoot.identity import Identity
@@ -170,12 +177,17 @@ class AbuseGuard:
         self.problem_base = problem_base
         self._sources = tuple(dict.fromkeys(r.account for r in rules if r.account is not None))
         self._refused_wanted = wanted(self.hooks, AbuseRefused)
+        self._suspicion: bytes | None = None
+        if challenge is not None and challenge.action == "header":
+            self._suspicion = challenge.header.encode()
         self._quiet_until = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self._suspicion is not None:  # only the guard says who is suspicious (Rule 7)
+            scope["headers"] = [h for h in scope["headers"] if h[0] != self._suspicion]
         bans = self.shared.bans
         detector = self.detector
         if not (len(bans) or detector is not None or self._tables):
@@ -229,11 +241,7 @@ class AbuseGuard:
             return False
         if challenge.action == "header":
             why = entry.source.replace("failures:", "failures;rule=")
-            name = challenge.header.encode()
-            scope["headers"] = [
-                *(h for h in scope["headers"] if h[0] != name),
-                (name, why.encode()),
-            ]
+            scope["headers"] = [*scope["headers"], (challenge.header.encode(), why.encode())]
             return False
         self._refused(entry, rid, now)
         challenged = ChallengeRequired(challenge=challenge.url, retry_after=challenge.retry_after)
@@ -287,11 +295,23 @@ class AbuseGuard:
         if wanted_sources:
             body = b""
             if any(source.reads_body for source in wanted_sources):
-                body, receive = await _peek_body(receive, self.max_body)
+                body, receive, whole = await _peek_body(receive, self.max_body)
+                if not whole:  # Rule 5: an account behind the bound is no way around a ban
+                    error: SurefootError = RequestBodyTooLarge(limit=self.max_body)
+                    await send_problem(
+                        send, error, request_id=request_id(scope), base=self.problem_base
+                    )
+                    return
             for source in wanted_sources:
-                name = source.extract(scope["headers"], scope.get("query_string", b""), body)
-                if name is not None:
-                    accounts[source] = account_hash(name, self.secret)
+                names = source.extract(scope["headers"], scope.get("query_string", b""), body)
+                if len(names) > 1:  # _failures Rule 6
+                    error = AccountAmbiguous(source=str(source))
+                    await send_problem(
+                        send, error, request_id=request_id(scope), base=self.problem_base
+                    )
+                    return
+                if names:
+                    accounts[source] = account_hash(names[0], self.secret)
             bans = self.shared.bans
             if accounts and len(bans):
                 hit = bans.match(now, accounts=accounts.values())
@@ -358,8 +378,12 @@ class AbuseGuard:
             offence=offence,
             forget_at=now + duration + rule.forget_after,
         )
-        # A ban is claimed per offence; a challenge once per window.
-        token = None if action is Action.BAN else f"{now // rule.window:.0f}"
+        # A ban is claimed once per offence after the last one (two workers crossing one
+        # threshold make one ban); a challenge once per window.
+        if action is Action.BAN:
+            token = f"{offence}@{since:.0f}" if since is not None else f"{offence}"
+        else:
+            token = f"{now // rule.window:.0f}"
         if entry is None or not await self._claim(entry, token=token):
             return
         emit(
@@ -386,12 +410,7 @@ class AbuseGuard:
         try:
             return Entry(**fields)
         except ValueError as exc:
-            now = time.monotonic()
-            if now >= self._quiet_until:
-                self._quiet_until = now + _QUIET
-                _log.warning(
-                    "abuse: cannot act on %s %s: %s", fields["kind"], fields["action"], exc
-                )
+            self._quietly("abuse: cannot act on a %s: %s", fields["kind"].value, exc)
             return None
 
     async def _claim(self, entry: Entry, token: str | None = None) -> bool:
@@ -424,10 +443,14 @@ class AbuseGuard:
         return shown(kind.value, value, self.privacy, self.secret)
 
     def _store_failed(self, exc: Exception) -> None:
+        self._quietly("abuse: the store failed (%s); nothing counted", type(exc).__name__)
+
+    def _quietly(self, message: str, *args: object) -> None:
+        """A WARNING line, at most once a minute (Rule 6)."""
         now = time.monotonic()
         if now >= self._quiet_until:
             self._quiet_until = now + _QUIET
-            _log.warning("abuse: the store failed (%s); nothing counted", type(exc).__name__)
+            _log.warning(message, *args)
 
     # -- anomalies ------------------------------------------------------------------------------
 
@@ -441,7 +464,7 @@ class AbuseGuard:
         settings = self.detector.settings
         response = self.anomaly
         for change in changes:
-            client = self._shown_client(change.client)
+            client = self._shown(Kind.PRINCIPAL, change.client)
             if not change.started:
                 emit(
                     self.hooks,
@@ -494,15 +517,11 @@ class AbuseGuard:
         if entry is not None and await self._claim(entry, token=f"{change.since:.0f}"):
             self._added(entry, response.tighten_for, "")
 
-    def _shown_client(self, client: str) -> str:
-        if client.startswith("addr:"):
-            return "addr:" + shown("address", client[5:], self.privacy, self.secret)
-        return client
 
-
-async def _peek_body(receive: Receive, limit: int) -> tuple[bytes, Receive]:
-    """Read the body up to ``limit`` bytes; (the body, or b"" if it is larger, and a
-    receive that gives the app every message read, then the rest) (Rule 5)."""
+async def _peek_body(receive: Receive, limit: int) -> tuple[bytes, Receive, bool]:
+    """Read the body up to ``limit`` bytes: (the body, a receive that gives the app every
+    message read and then the rest, and whether the body is whole within ``limit``: False
+    when it is larger) (Rule 5). A client that left gives a whole empty body."""
     messages: list[Message] = []
     size = 0
     while True:
@@ -513,12 +532,12 @@ async def _peek_body(receive: Receive, limit: int) -> tuple[bytes, Receive]:
         size += len(message.get("body", b""))
         if size > limit or not message.get("more_body", False):
             break
-    complete = size <= limit and messages[-1]["type"] == "http.request"
-    body = b"".join(m.get("body", b"") for m in messages) if complete else b""
+    whole = size <= limit
+    body = b"".join(m.get("body", b"") for m in messages) if whole else b""
 
     async def replay() -> Message:
         if messages:
             return messages.pop(0)
         return await receive()
 
-    return body, replay
+    return body, replay, whole

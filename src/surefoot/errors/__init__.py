@@ -18,6 +18,7 @@ from surefoot.errors._problem import (
 from surefoot.errors._tree import (
     AbuseLimitExceeded,
     AccessDenied,
+    AccountAmbiguous,
     AdminBadRequest,
     AdminNotFound,
     AdminUnauthorized,
@@ -72,6 +73,7 @@ __all__ = [
     "PROBLEM_CONTENT_TYPE",
     "AbuseLimitExceeded",
     "AccessDenied",
+    "AccountAmbiguous",
     "AdminBadRequest",
     "AdminNotFound",
     "AdminUnauthorized",

@@ -27,6 +27,7 @@ class is also an entry of the RFC 9457 problem catalogue: its ``code``, ``status
     │   ├── AccessDenied                   403  access_denied
     │   ├── ChallengeRequired              429  challenge_required
     │   ├── AbuseLimitExceeded             429  abuse_limit_exceeded
+    │   ├── AccountAmbiguous               400  account_ambiguous
     │   ├── AdminBadRequest                400  admin_bad_request
     │   ├── AdminUnauthorized              401  admin_unauthorized
     │   ├── AdminNotFound                  404  admin_not_found
@@ -70,6 +71,7 @@ from typing import Any, ClassVar
 __all__ = [
     "AbuseLimitExceeded",
     "AccessDenied",
+    "AccountAmbiguous",
     "ChallengeRequired",
     "AdminBadRequest",
     "BadRequest",
@@ -444,6 +446,20 @@ class AbuseLimitExceeded(ClientError):
         "Nothing was executed; slow down and try again in {retry_wait}."
     )
     retryable = True
+
+
+class AccountAmbiguous(ClientError):
+    """A login names the account it tries more than once (a form field, a query parameter,
+    a JSON key or a header repeated with different values); nothing was executed. Which
+    one the app would log into is not ours to guess, and guessing differently from it is
+    how an attacker would try one account while another is counted."""
+
+    code = "account_ambiguous"
+    title = "Account ambiguous"
+    detail_template = (
+        "The request names the account it tries more than once ({source}). Nothing was "
+        "executed; name it once."
+    )
 
 
 class IdempotencyRecordsExceeded(ClientError):

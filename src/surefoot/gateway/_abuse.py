@@ -65,14 +65,14 @@ def duration_seconds(value: object, name: str = "duration") -> float:
         ValueError: naming ``name`` and what is expected.
     """
     if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+        seconds = float(value) if abs(value) < 1e300 else math.inf
     else:
         found = _DURATION.fullmatch(value) if isinstance(value, str) else None
         if found is None:
             raise ValueError(f"{name}: expected seconds or a duration (30m, 2h, 3d)")
         seconds = float(found.group(1)) * _UNITS[found.group(2)]
     if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"{name}: expected a duration > 0")
+        raise ValueError(f"{name}: expected a finite duration > 0")
     return seconds
 
 
@@ -113,7 +113,7 @@ class AbuseControl:
         if name == "key":
             return action, [(Kind.PRINCIPAL, hash_credential(value.strip().encode()))]
         if name == "account":
-            return action, [(Kind.ACCOUNT, account_hash(value))]
+            return action, [(Kind.ACCOUNT, account_hash(value, self.config.abuse_secret))]
         if name == "principal":
             owned = [p for p, client in self.config.principals.items() if client == value]
             if owned:
@@ -145,7 +145,7 @@ class AbuseControl:
             value = fields["until"]
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError("until: expected unix seconds")
-            until = float(value)
+            until = float(value) if abs(value) < 1e300 else math.inf
             if not (math.isfinite(until) and until > now):
                 raise ValueError("until: expected a time in the future")
         if action is Action.BAN:
@@ -256,7 +256,8 @@ class AbuseControl:
         return [listed(entry, now, self.shared.is_configured(entry.slot)) for entry in found]
 
     def _shown(self, entry: Entry) -> str:
-        return shown(entry.kind.value, entry.value, self.config.root.abuse.addresses)
+        abuse = self.config.root.abuse
+        return shown(entry.kind.value, entry.value, abuse.addresses, self.config.abuse_secret)
 
 
 def listed(entry: Entry, now: float, configured: bool) -> dict[str, Any]:

@@ -232,6 +232,9 @@ class GatewayConfig:
         self._webhooks(problems)
         self.sender = self._sender(problems)
         self.sagas = self._sagas(problems)
+        secret = self._secret(None, root.abuse.hash_key_env, ("abuse",), problems, field="hash_key")
+        #: The key hashing accounts and addresses (``[abuse] hash_key_env``; b"": none).
+        self.abuse_secret = secret.encode() if secret else b""
         self.abuse = self._abuse(problems)
         self._stores(problems)
         self.admin_token = self._secret(
@@ -594,7 +597,7 @@ class GatewayConfig:
         values: list[tuple[Kind, str]] = []
         owned = [p for p, client in self.principals.items() if client == value]
         if name == "account":
-            values.append((Kind.ACCOUNT, account_hash(value)))
+            values.append((Kind.ACCOUNT, account_hash(value, self.abuse_secret)))
         elif name == "principal" and owned:  # a client's name: each of its principals
             values.extend((Kind.PRINCIPAL, p) for p in owned)
         elif name == "principal" and not value.startswith(("cred:", "user:", "addr:")):

@@ -854,6 +854,7 @@ class Gateway:
                 hooks=self.hooks,
                 workers=self.workers,
                 privacy=root.abuse.addresses,
+                secret=config.abuse_secret,
                 max_body=min(root.server.max_request_body, _ACCOUNT_BODY),
                 problem_base=DEFAULT_PROBLEM_BASE,
             )

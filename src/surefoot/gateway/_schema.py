@@ -838,6 +838,9 @@ class Abuse(_Table):
     addresses: Literal["full", "truncate", "hash"] = described(
         "'full', 'truncate' or 'hash': how addresses appear in the log and events", "full"
     )
+    hash_key_env: str | None = described(
+        "an environment variable holding the key that hashes accounts and addresses", None
+    )
     require_expiry: bool = described("true or false: every ban must expire", False)
     max_ban: float = described(
         "seconds from 60 to 315360000: the longest ban the admin API or CLI may set",
