@@ -196,6 +196,7 @@ PUBLIC = {
         "assert_rate_limited",
     ],
     "surefoot.errors": [
+        "AbuseEntriesFull",
         "AbuseLimitExceeded",
         "AccessDenied",
         "AccountAmbiguous",

@@ -59,6 +59,7 @@ from surefoot.clock import SystemClock
 from surefoot.errors import (
     ConfigurationError,
     StoreUnavailable,
+    SurefootError,
     catalogue,
     catalogue_markdown,
     problem_type_uri,
@@ -1996,6 +1997,8 @@ def add_ban(
         added = _bans("add", config_path, work)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    except SurefootError as exc:  # AbuseEntriesFull
+        raise click.ClickException(exc.detail) from None
     for entry in added:
         until = "never" if math.isinf(entry.until) else _utc(entry.until)
         click.echo(f"{entry.action.value} {entry.kind.value} {entry.value}: until {until}")

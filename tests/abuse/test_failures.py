@@ -134,6 +134,7 @@ def _rule(by: Kind, **options: object) -> FailureRule:
         (Kind.NETWORK, "203.0.113.7", "203.0.113.0/24"),
         (Kind.NETWORK, "2001:db8::1", "2001:db8::/64"),
         (Kind.NETWORK, "not-an-address", None),
+        (Kind.NETWORK, "fe80::1%eth0", None),
         (Kind.PRINCIPAL, "203.0.113.7", "cred:abc"),
         (Kind.ACCOUNT, "203.0.113.7", "acct:x"),
     ],

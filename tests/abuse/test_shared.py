@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from _services import STORE_KINDS, store_url
 from _support import T0
 from surefoot.abuse import Action, Entry, Kind, SharedBans
-from surefoot.abuse._shared import SHARDS, shard_of
+from surefoot.abuse._shared import FULL_SYNC_EVERY, SHARDS, shard_of
 from surefoot.storage import MemoryStore, store_from_url
 from surefoot.testing import ManualClock
 
@@ -180,3 +181,138 @@ async def test_a_lifted_ban_stays_as_history_on_every_worker(store: Any) -> None
     assert (kept.until, kept.offence, kept.active(clock.now())) == (T0 + 10, 2, False)
     assert two.bans.match(clock.now(), "203.0.113.7") is None
     assert await one.remove(entry.slot) is None  # nothing in force to lift
+
+
+class Failing(MemoryStore):
+    """Fails the next ``fail`` writes to boards whose name starts with ``board``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = 0
+        self.board = ""
+
+    async def board_put(
+        self, board: str, slot: str, value: bytes, expires_at: float, now: float
+    ) -> None:
+        if self.fail and board.startswith(self.board):
+            self.fail -= 1
+            raise ConnectionError("the store went away")
+        await super().board_put(board, slot, value, expires_at, now)
+
+
+async def test_a_claim_whose_entry_was_not_written_is_given_back() -> None:
+    store, clock = Failing(), ManualClock(T0)
+    shared = SharedBans(store, clock=clock)
+    entry = ban("203.0.113.7")
+    store.fail, store.board = 1, "abuse:bans:"
+    with pytest.raises(ConnectionError):
+        await shared.claim(entry)
+    assert shared.bans.get(entry.slot) is None
+    assert await shared.claim(entry) is True  # the next crossing bans
+    assert await SharedBans(store, clock=clock).claim(entry) is False
+
+
+async def test_a_stamp_that_failed_is_written_by_the_next_sync() -> None:
+    store, clock = Failing(), ManualClock(T0)
+    one, two = SharedBans(store, clock=clock), SharedBans(store, clock=clock)
+    await two.sync()
+    store.fail, store.board = 1, "abuse:stamps"
+    with pytest.raises(ConnectionError):
+        await one.put(ban("203.0.113.7"))
+    assert one.bans.match(T0, "203.0.113.7") is not None  # written, so in force here
+    await two.sync()
+    assert two.bans.match(T0, "203.0.113.7") is None  # no stamp yet
+    await one.sync()  # stamps it
+    await two.sync()
+    assert two.bans.match(T0, "203.0.113.7") is not None
+
+
+async def test_every_shard_is_read_again_now_and_then_whatever_the_stamps() -> None:
+    store, clock = MemoryStore(), ManualClock(T0)
+    one, two = SharedBans(store, clock=clock), SharedBans(store, clock=clock)
+    await two.sync()
+    entry = ban("203.0.113.7", until=T0 + 3600)
+    # Written behind the stamps' back (a stamp lost for good).
+    shard = f"abuse:bans:{shard_of(entry.slot):02d}"
+    await store.board_put(shard, entry.slot, entry.encode(), T0 + 3600, T0)
+    await two.sync()
+    assert two.bans.get(entry.slot) is None
+    clock.advance(FULL_SYNC_EVERY)
+    await two.sync()
+    assert two.bans.get(entry.slot) == entry
+    assert one.bans.get(entry.slot) is None
+
+
+async def test_a_sync_in_flight_never_undoes_a_write_of_the_same_worker() -> None:
+    gate = asyncio.Event()
+
+    class Slow(MemoryStore):
+        async def board_read(self, board: str, now: float) -> dict[str, bytes]:
+            found = await super().board_read(board, now)
+            if board.startswith("abuse:bans:"):
+                await gate.wait()
+            return found
+
+    store, clock = Slow(), ManualClock(T0)
+    shared = SharedBans(store, clock=clock)
+    syncing = asyncio.ensure_future(shared.sync())
+    await asyncio.sleep(0)
+    putting = asyncio.ensure_future(shared.put(ban("203.0.113.7")))
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(syncing, putting)
+    assert shared.bans.match(T0, "203.0.113.7") is not None
+
+
+async def test_remove_lifts_what_the_store_holds_not_what_this_worker_saw() -> None:
+    store, clock = MemoryStore(), ManualClock(T0)
+    one, two = SharedBans(store, clock=clock), SharedBans(store, clock=clock)
+    await two.sync()
+    entry = ban("203.0.113.7", offence=4, forget_at=T0 + 90_000)
+    await one.put(entry)
+    assert await two.remove(entry.slot) == entry  # two never synced, and lifts it all the same
+    await one.sync()
+    kept = one.bans.get(entry.slot)
+    assert kept is not None
+    assert (kept.offence, kept.active(T0)) == (4, False)
+
+
+async def test_an_expired_entry_of_the_policy_file_stands_in_no_one_s_way() -> None:
+    store, clock = MemoryStore(), ManualClock(T0)
+    shared = SharedBans(store, clock=clock)
+    shared.configure([ban("198.51.100.9", until=T0 + 60, source="config")])
+    with pytest.raises(ValueError, match="in the policy file"):
+        await shared.put(ban("198.51.100.9", until=T0 + 600))
+    clock.advance(120)
+    later = ban("198.51.100.9", until=T0 + 600)
+    await shared.put(later)
+    assert shared.bans.match(clock.now(), "198.51.100.9") == later
+
+
+async def test_a_subject_too_long_for_a_board_s_names_is_stored_under_a_hash() -> None:
+    store, clock = MemoryStore(), ManualClock(T0)
+    one, two = SharedBans(store, clock=clock), SharedBans(store, clock=clock)
+    long = Entry(
+        action=Action.CHALLENGE, kind=Kind.PRINCIPAL, value="user:" + "a" * 250, until=T0 + 60
+    )
+    assert await one.claim(long, token="1@1800000000") is True
+    await two.sync()
+    assert two.bans.match(T0, principals=[long.value]) == long
+    assert await two.remove(long.slot) == long
+
+
+async def test_a_full_board_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import surefoot.storage.memory as memory
+
+    monkeypatch.setattr(memory, "MAX_SLOTS", 1)
+    store, clock = MemoryStore(), ManualClock(T0)
+    shared = SharedBans(store, clock=clock)
+    first = ban("203.0.113.7")
+    await shared.put(first)
+    other = next(
+        ban(f"198.51.{i // 256}.{i % 256}")
+        for i in range(1, 60_000)
+        if shard_of(ban(f"198.51.{i // 256}.{i % 256}").slot) == shard_of(first.slot)
+    )
+    with pytest.raises(ValueError, match="is full"):
+        await shared.put(other)

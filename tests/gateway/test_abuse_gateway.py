@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -590,3 +591,50 @@ async def test_a_client_s_own_suspicion_header_never_reaches_the_upstream() -> N
     async with running(config(challenge=challenge), upstream=upstream) as r:
         await r.client.get("/orders", headers={"surefoot-suspicion": "none, trust me"})
     assert not any(name == b"surefoot-suspicion" for name, _ in seen[0])
+
+
+async def test_an_anomaly_never_replaces_an_operator_s_entry() -> None:
+    clock, events = ManualClock(T0), []
+    anomaly = {"warmup": 0, "sustain": 0, "min_rate": 0.1, "seasonal": False, "action": "tighten"}
+    headers = {"X-API-Key": "partner-key-0002"}
+    async with running(
+        config(anomaly=anomaly), upstream=LoginApp(), clock=clock, hooks=[events.append]
+    ) as r:
+        limit = {"action": "limit", "key": "partner-key-0002", "rate": 100, "reason": "contract"}
+        assert (
+            await r.admin.post("/admin/bans", headers=ADMIN_HEADERS, json=limit)
+        ).status_code == 201
+        for _ in range(12):  # two minutes at one request every ten seconds
+            await r.client.get("/orders", headers=headers)
+            clock.advance(10)
+            await r.gateway.evaluate_anomalies()
+        for _ in range(60):
+            await r.client.get("/orders", headers=headers)
+        clock.advance(10)
+        await r.gateway.evaluate_anomalies()
+        assert of(events, AnomalyStarted)  # seen and reported...
+        [entry] = (await r.admin.get("/admin/bans", headers=ADMIN_HEADERS)).json()["entries"]
+        assert (entry["source"], entry["rate"], entry["until"]) == ("admin", 100, None)  # ...kept
+
+
+async def test_a_full_store_is_a_507_naming_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    import surefoot.storage.memory as memory
+    from surefoot.abuse import Action, Entry, Kind
+    from surefoot.abuse._shared import shard_of
+
+    monkeypatch.setattr(memory, "MAX_SLOTS", 1)
+
+    def slot(address: str) -> str:
+        return Entry(action=Action.BAN, kind=Kind.ADDRESS, value=address, until=math.inf).slot
+
+    first = "203.0.113.7"
+    second = next(
+        address
+        for address in (f"198.51.{i // 256}.{i % 256}" for i in range(1, 60_000))
+        if shard_of(slot(address)) == shard_of(slot(first))
+    )
+    async with running(config(), upstream=LoginApp()) as r:
+        ok = await r.admin.post("/admin/bans", headers=ADMIN_HEADERS, json={"address": first})
+        assert ok.status_code == 201
+        full = await r.admin.post("/admin/bans", headers=ADMIN_HEADERS, json={"address": second})
+        assert "forget_after" in problem(full, 507, "abuse_entries_full")["detail"]

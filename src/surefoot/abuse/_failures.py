@@ -170,7 +170,10 @@ class FailureRule:
         if self.by is Kind.ADDRESS:
             mapped = getattr(parsed, "ipv4_mapped", None)
             return str(mapped or parsed)
-        return network_of(address, self.ipv4_prefix, self.ipv6_prefix)
+        try:
+            return network_of(address, self.ipv4_prefix, self.ipv6_prefix)
+        except ValueError:  # an address with a zone id (fe80::1%eth0): no network of it
+            return None
 
     def counter(self, subject: str, since: float | None = None) -> str:
         """The store key counting this rule's failures of ``subject`` made after its last

@@ -163,7 +163,14 @@ class AbuseGuard:
         self.shared = shared
         self.identity = identity
         self.rules = tuple(rules)
-        self._tables = [(rule, RouteTable((t, rule) for t in rule.routes)) for rule in rules]
+        # One table per list of routes: the rules of one login route are matched once.
+        grouped: dict[tuple[str, ...], list[FailureRule]] = {}
+        for rule in rules:
+            grouped.setdefault(rule.routes, []).append(rule)
+        self._tables = [
+            (tuple(group), RouteTable((template, None) for template in routes))
+            for routes, group in grouped.items()
+        ]
         self.counters = counters
         self.detector = detector
         self.anomaly = anomaly
@@ -211,8 +218,9 @@ class AbuseGuard:
                 return
         if detector is not None:
             detector.observe(client, now)
+        method, path = route_method(scope), scope["path"]
         rules = [
-            rule for rule, table in self._tables if table.match(route_method(scope), scope["path"])
+            rule for group, table in self._tables if table.match(method, path) for rule in group
         ]
         if not rules:
             await self.app(scope, receive, send)
@@ -253,9 +261,11 @@ class AbuseGuard:
         (a store that fails lets it on: Rule 6)."""
         if self.counters is None:
             return None
-        amount = max(1, round(entry.rate * 60))
+        # At least a minute, and long enough to hold one request at a slow rate.
+        window = max(60.0, 1.0 / entry.rate)
+        amount = max(1, round(entry.rate * window))
         burst = max(1, math.ceil(entry.rate * 10))
-        item = Item(f"abuse:limit:{entry.slot}", "gcra", Limit(amount, 60.0, burst=burst))
+        item = Item(f"abuse:limit:{entry.slot}", "gcra", Limit(amount, window, burst=burst))
         try:
             admitted, decisions = await self.counters.acquire([item], now)
         except Exception as exc:
@@ -363,8 +373,8 @@ class AbuseGuard:
                 return
             slot = f"{action.value} {rule.by.value} {subject}"
         existing = self.shared.bans.get(slot)
-        if existing is not None and existing.active(now):
-            return  # in force already (a request that was in flight, or a late sync)
+        if (existing is not None and existing.active(now)) or self.shared.is_configured(slot):
+            return  # in force already (a request that was in flight, a late sync, the file)
         offence = last.offence + 1 if last is not None and action is Action.BAN else 1
         duration = rule.ban_for(offence) if action is Action.BAN else rule.window
         entry = self._entry(
@@ -416,9 +426,13 @@ class AbuseGuard:
     async def _claim(self, entry: Entry, token: str | None = None) -> bool:
         try:
             return await self.shared.claim(entry, token=token)
+        except ValueError as exc:  # a full board: the operator must act
+            self._quietly(
+                "abuse: cannot write the %s of a %s: %s", entry.action.value, entry.kind.value, exc
+            )
         except Exception as exc:
             self._store_failed(exc)
-            return False
+        return False
 
     def _added(self, entry: Entry, duration: float, rid: str, by: str = "") -> None:
         emit(
@@ -502,10 +516,17 @@ class AbuseGuard:
         if value.startswith("addr:"):
             kind, value = Kind.ADDRESS, value[5:]
         tighten = response.action == "tighten"
+        action = Action.LIMIT if tighten else Action.CHALLENGE
+        slot = f"{action.value} {kind.value} {value}"
+        existing = self.shared.bans.get(slot)
+        if self.shared.is_configured(slot) or (
+            existing is not None and existing.active(now) and existing.source != "anomaly"
+        ):
+            return  # an operator's or the file's entry stands: never replaced by a guess
         # Never 0 (that would be a ban): at least one request a minute.
         rate = max(change.baseline * response.tighten_to * self.workers, 1 / 60) if tighten else 0.0
         entry = self._entry(
-            action=Action.LIMIT if tighten else Action.CHALLENGE,
+            action=action,
             kind=kind,
             value=value,
             until=now + response.tighten_for,

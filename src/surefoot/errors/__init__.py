@@ -16,6 +16,7 @@ from surefoot.errors._problem import (
     problem_type_uri,
 )
 from surefoot.errors._tree import (
+    AbuseEntriesFull,
     AbuseLimitExceeded,
     AccessDenied,
     AccountAmbiguous,
@@ -71,6 +72,7 @@ from surefoot.errors._tree import (
 __all__ = [
     "DEFAULT_PROBLEM_BASE",
     "PROBLEM_CONTENT_TYPE",
+    "AbuseEntriesFull",
     "AbuseLimitExceeded",
     "AccessDenied",
     "AccountAmbiguous",

@@ -47,6 +47,7 @@ class is also an entry of the RFC 9457 problem catalogue: its ``code``, ``status
     ├── BackendError                       503  (a store or an upstream failed; retrying is safe)
     │   ├── StoreUnavailable               503  store_unavailable
     │   ├── StoreCapacityExceeded          503  store_capacity_exceeded
+    │   ├── AbuseEntriesFull               507  abuse_entries_full
     │   ├── ServiceOverloaded              503  service_overloaded
     │   └── UpstreamError                  502  (an outbound call failed)
     │       ├── UpstreamUnavailable        502  upstream_unavailable
@@ -69,6 +70,7 @@ import string
 from typing import Any, ClassVar
 
 __all__ = [
+    "AbuseEntriesFull",
     "AbuseLimitExceeded",
     "AccessDenied",
     "AccountAmbiguous",
@@ -487,6 +489,21 @@ class StoreUnavailable(BackendError):
         "The service could not reach its state store, so nothing was executed. "
         "Retry the same request (with the same idempotency key) in {retry_wait}."
     )
+
+
+class AbuseEntriesFull(BackendError):
+    """The store holds as many bans, allows, limits and challenges as it may in the shard
+    of this subject (10,000 live slots per board, 64 boards); nothing was changed."""
+
+    code = "abuse_entries_full"
+    status = 507
+    title = "Abuse entries full"
+    detail_template = (
+        "The store holds as many abuse entries as it may next to this one, so nothing was "
+        "changed. Remove entries that are no longer needed, or shorten the failure rules' "
+        "forget_after (lifted and expired bans are kept that long as history)."
+    )
+    retryable = False
 
 
 class StoreCapacityExceeded(BackendError):

@@ -33,6 +33,7 @@ from surefoot.abuse import (
     shown,
     subject,
 )
+from surefoot.errors import AbuseEntriesFull
 from surefoot.events import EventHook, emit
 from surefoot.gateway._config import GatewayConfig
 from surefoot.identity import hash_credential
@@ -194,10 +195,18 @@ class AbuseControl:
         return entries
 
     async def add(self, fields: Mapping[str, Any], now: float, *, by: str) -> list[Entry]:
-        """Put the entries ``fields`` ask for in force everywhere (Rule 4)."""
+        """Put the entries ``fields`` ask for in force everywhere (Rule 4).
+
+        Raises:
+            ValueError: naming the field and what is expected.
+            AbuseEntriesFull: the store's board for the subject is full.
+        """
         entries = self.entries_of(fields, now)
         for entry in entries:
-            await self.shared.put(entry)
+            try:
+                await self.shared.put(entry)
+            except ValueError as exc:  # checked before: only a full board is left
+                raise AbuseEntriesFull() from exc
             emit(
                 self.hooks,
                 EntryAdded(

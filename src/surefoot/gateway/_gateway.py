@@ -455,7 +455,10 @@ class Gateway:
                 bucket = int(self.clock.now() // guard.detector.settings.step)
                 if bucket != evaluated:  # a step ended: evaluate it now, not a step late
                     evaluated = bucket
-                    await self.evaluate_anomalies()
+                    try:
+                        await self.evaluate_anomalies()
+                    except Exception:  # pragma: no cover - evaluate logs its store's failures
+                        _log.warning("abuse: evaluating anomalies failed", exc_info=True)
 
     async def sync_abuse(self) -> None:
         """Read the entries other workers and hosts changed (``SharedBans.sync``) and

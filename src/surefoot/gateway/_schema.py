@@ -789,7 +789,7 @@ class AnomalyTable(_Table):
     warmup: float = described("seconds from 0 to 604800", 600.0, ge=0, le=604800)
     seasonal: bool = described("true or false", True)
     adapt_after: float = described("seconds from 60 to 604800", 3600.0, ge=60, le=604800)
-    max_clients: int = described("a whole number from 1 to 1000000", 10000, ge=1, le=1_000_000)
+    max_clients: int = described("a whole number from 1 to 100000", 10000, ge=1, le=100_000)
     action: Literal["report", "tighten", "challenge"] = described(
         "'report', 'tighten' or 'challenge'", "report"
     )
@@ -802,6 +802,9 @@ class AnomalyTable(_Table):
         window = info.data.get("window")
         if window is not None and (window / value) != int(window / value):
             raise ValueError(f"expected a divisor of window ({window:g})")
+        if window is not None and window / value > 60:
+            # A client's memory holds window / step counts (and evaluate visits them).
+            raise ValueError(f"expected at least window / 60 ({window / 60:g})")
         return value
 
 
