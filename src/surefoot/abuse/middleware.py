@@ -325,8 +325,11 @@ class AbuseGuard:
             bans = self.shared.bans
             if accounts and len(bans):
                 hit = bans.match(now, accounts=accounts.values())
-                answered = hit is not None and hit.action is not Action.ALLOW
-                if answered and hit is not None and await self._act(hit, scope, send, now):
+                if (
+                    hit is not None
+                    and hit.action is not Action.ALLOW
+                    and await self._act(hit, scope, send, now)
+                ):
                     return
         status = 0
 
@@ -337,10 +340,11 @@ class AbuseGuard:
             await send(message)
 
         await self.app(scope, receive, tracked)
+        failed = [rule for rule in rules if rule.counts(status)]
+        if not failed:
+            return
         route = route_method(scope) + " " + scope["path"]
-        for rule in rules:
-            if not rule.counts(status):
-                continue
+        for rule in failed:
             account = accounts.get(rule.account) if rule.account is not None else None
             subject = rule.subject(address, principal, account)
             if subject is not None:
