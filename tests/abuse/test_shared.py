@@ -231,10 +231,10 @@ async def test_every_shard_is_read_again_now_and_then_whatever_the_stamps() -> N
     store, clock = MemoryStore(), ManualClock(T0)
     one, two = SharedBans(store, clock=clock), SharedBans(store, clock=clock)
     await two.sync()
-    entry = ban("203.0.113.7", until=T0 + 3600)
+    entry = ban("203.0.113.7", until=T0 + 2 * FULL_SYNC_EVERY)
     # Written behind the stamps' back (a stamp lost for good).
     shard = f"abuse:bans:{shard_of(entry.slot):02d}"
-    await store.board_put(shard, entry.slot, entry.encode(), T0 + 3600, T0)
+    await store.board_put(shard, entry.slot, entry.encode(), entry.until, T0)
     await two.sync()
     assert two.bans.get(entry.slot) is None
     clock.advance(FULL_SYNC_EVERY)
@@ -316,3 +316,16 @@ async def test_a_full_board_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
     )
     with pytest.raises(ValueError, match="is full"):
         await shared.put(other)
+
+
+async def test_counts_follow_changes_and_expiries() -> None:
+    store, clock = MemoryStore(), ManualClock(T0)
+    one, two = SharedBans(store, clock=clock), SharedBans(store, clock=clock)
+    assert two.counts(T0)["ban", "address"] == 0
+    await one.put(ban("203.0.113.7", until=T0 + 60))
+    await one.put(ban("203.0.113.8", until=T0 + 120))
+    assert two.counts(T0)["ban", "address"] == 0  # not synced yet
+    await two.sync()
+    assert two.counts(T0)["ban", "address"] == 2
+    assert two.counts(T0 + 60)["ban", "address"] == 1  # one expired
+    assert two.counts(T0 + 120)["ban", "address"] == 0

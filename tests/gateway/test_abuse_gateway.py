@@ -638,3 +638,12 @@ async def test_a_full_store_is_a_507_naming_what_to_do(monkeypatch: pytest.Monke
         assert ok.status_code == 201
         full = await r.admin.post("/admin/bans", headers=ADMIN_HEADERS, json={"address": second})
         assert "forget_after" in problem(full, 507, "abuse_entries_full")["detail"]
+
+
+async def test_the_entries_in_force_are_counted_when_scraped() -> None:
+    async with running(config(allow=[{"network": "10.0.0.0/8"}]), upstream=LoginApp()) as r:
+        await r.admin.post("/admin/bans", headers=ADMIN_HEADERS, json={"address": "192.0.2.1"})
+        scraped = (await r.admin.get("/metrics", headers=ADMIN_HEADERS)).text
+        assert 'surefoot_abuse_entries{action="ban",kind="address"} 1.0' in scraped
+        assert 'surefoot_abuse_entries{action="allow",kind="network"} 1.0' in scraped
+        assert 'surefoot_abuse_entries_added_total{action="ban",source="admin"} 1.0' in scraped

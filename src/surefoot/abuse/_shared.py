@@ -10,11 +10,11 @@ so every worker and every host sees every ban::
 
 Rule 1: a write puts the entry, then a new stamp for its shard; ``sync`` reads the stamps,
         then each shard whose stamp changed (all of them the first time, and again every
-        ``FULL_SYNC_EVERY`` seconds whatever the stamps say). So a sync that sees a stamp
-        sees at least every write made before it: a ban made on one worker is in force on
-        every other after their next ``sync`` (``[abuse] sync_every``, 1 second by
-        default), and at once on the worker that made it. A stamp that could not be
-        written is written again by the next sync.
+        ``FULL_SYNC_EVERY`` seconds whatever the stamps say, decoding only what changed).
+        So a sync that sees a stamp sees at least every write made before it: a ban made
+        on one worker is in force on every other after their next ``sync`` (``[abuse]
+        sync_every``, 1 second by default), and at once on the worker that made it. A
+        stamp that could not be written is written again by the next sync.
 Rule 2: an entry's slot is kept until ``max(until, forget_at)``: an expired ban stays as
         the subject's history (its ``offence``) for the growth of its next ban, and so
         does a lifted one (``remove``). A slot that expires, or is deleted, leaves every
@@ -59,10 +59,11 @@ __all__ = ["SharedBans"]
 SHARDS = 64
 #: How long an entry without expiry, or a shard's stamp, is kept by the store (10 years).
 FOREVER = 10 * 365 * 86400.0
-#: Seconds between two purges of the entries a worker no longer needs.
-PURGE_EVERY = 60.0
+#: Seconds between two purges of the entries a worker no longer needs (a purge visits
+#: every entry: 30 ms for 100,000).
+PURGE_EVERY = 600.0
 #: Seconds between two reads of every shard, whatever the stamps say (Rule 1).
-FULL_SYNC_EVERY = 300.0
+FULL_SYNC_EVERY = 3600.0
 #: The longest slot name written as it is (Rule 7): a claim adds ``#<offence>@<time>``.
 _NAME = 200
 _log = logging.getLogger("surefoot.abuse")
@@ -103,6 +104,9 @@ class SharedBans:
         self._purged_at = -math.inf
         self._read_all_at = -math.inf
         self._lock = asyncio.Lock()
+        # counts(): the last answer, the changes it saw, and until when it holds.
+        self._changes = 0
+        self._counted: tuple[int, float, dict[tuple[str, str], int]] | None = None
 
     def configure(self, entries: Iterable[Entry]) -> None:
         """Put the policy file's entries in force, in place of the last ones (Rule 4)."""
@@ -115,6 +119,18 @@ class SharedBans:
                 self._decode_into(raw)
         for entry in new.values():
             self.bans.put(entry)
+        self._changes += 1
+
+    def counts(self, now: float) -> dict[tuple[str, str], int]:
+        """``BanSet.counts``, computed again only when an entry changed or expired since
+        the last call (a count visits every entry: 60 ms for 100,000)."""
+        cached = self._counted
+        if cached is not None and cached[0] == self._changes and now < cached[1]:
+            return cached[2]
+        counts = self.bans.counts(now)
+        active = (e.until for e in self.bans.entries(now))
+        self._counted = (self._changes, min(active, default=math.inf), counts)
+        return counts
 
     def is_configured(self, slot: str) -> bool:
         """Whether ``slot`` is the policy file's, in force (Rule 4)."""
@@ -140,11 +156,11 @@ class SharedBans:
                 if not whole and last is not None and stamps.get(key) == last.get(key):
                     continue
                 slots = await self.store.board_read(self._board(shard), now)
-                changed = self._apply(shard, slots, fresh=whole) or changed
+                changed = self._apply(shard, slots, whole=whole) or changed
             self._stamps = stamps
             if now >= self._purged_at + PURGE_EVERY:
                 self._purged_at = now
-                self.bans.purge(now)
+                self._changes += bool(self.bans.purge(now))
             return changed
 
     async def put(self, entry: Entry) -> None:
@@ -208,6 +224,7 @@ class SharedBans:
                 await self.store.board_delete(self._board(shard), name, now)
                 self._raw[shard].pop(name, None)
                 self.bans.remove(slot)
+                self._changes += 1
                 await self._stamp(shard, now)
             return entry
 
@@ -222,6 +239,7 @@ class SharedBans:
         await self.store.board_put(self._board(shard), name, value, _kept_until(entry, now), now)
         self._raw[shard][name] = value
         self.bans.put(entry)
+        self._changes += 1
         await self._stamp(shard, now)
 
     async def _stamp(self, shard: int, now: float) -> None:
@@ -239,10 +257,10 @@ class SharedBans:
         if self.is_configured(slot):
             raise ValueError(f"{slot!r} is in the policy file: change it there")
 
-    def _apply(self, shard: int, slots: dict[str, bytes], *, fresh: bool = False) -> bool:
+    def _apply(self, shard: int, slots: dict[str, bytes], *, whole: bool = False) -> bool:
         """Make the shard's entries those of ``slots`` (its stored names -> values),
-        decoding only what changed unless ``fresh`` (a policy file's entry may have
-        expired over one meanwhile); True if anything changed."""
+        decoding only what changed, and on a ``whole`` read what a policy file's entry
+        that expired meanwhile stood over (Rule 4); True if anything changed."""
         old = self._raw[shard]
         changed = False
         for name in old.keys() - slots.keys():
@@ -251,10 +269,17 @@ class SharedBans:
                 self.bans.remove(entry.slot)
                 changed = True
         for name, raw in slots.items():
-            if fresh or old.get(name) != raw:
+            if old.get(name) != raw or (whole and self._overshadowed(name)):
                 changed = self._decode_into(raw, name) or changed
         self._raw[shard] = slots
+        self._changes += changed
         return changed
+
+    def _overshadowed(self, name: str) -> bool:
+        """Whether the stored entry ``name`` was hidden by a policy file's entry that has
+        expired since (so it was never put in force)."""
+        entry = self._config.get(name)
+        return entry is not None and not entry.active(self.clock.now())
 
     def _decode_into(self, raw: bytes, name: str | None = None) -> bool:
         entry = _decoded(raw)

@@ -59,7 +59,6 @@ import contextlib
 import hashlib
 import importlib
 import logging
-import math
 import os
 import random
 import re
@@ -263,7 +262,6 @@ class Gateway:
         )
         self._watching: asyncio.Task[None] | None = None
         self._guarding: asyncio.Task[None] | None = None
-        self._abuse_counted = -math.inf
         # [webhooks.send]: read once, like the [server] fields a reload cannot change.
         self.sender: OutboxRunner | None = None
         if config.sender is not None:
@@ -461,22 +459,24 @@ class Gateway:
                         _log.warning("abuse: evaluating anomalies failed", exc_info=True)
 
     async def sync_abuse(self) -> None:
-        """Read the entries other workers and hosts changed (``SharedBans.sync``) and
-        count the entries in force (``surefoot_abuse_entries``); a store that fails keeps
-        the entries this worker has."""
+        """Read the entries other workers and hosts changed (``SharedBans.sync``); a store
+        that fails keeps the entries this worker has."""
         if self.shared_bans is None:
             return
-        changed = False
         try:
-            changed = await self.shared_bans.sync()
+            await self.shared_bans.sync()
         except Exception as exc:
             _log.warning("abuse: reading the entries failed: %s", type(exc).__name__)
-        now = self.clock.now()
-        # The count visits every entry: when something changed, else every 15 seconds
-        # (for expiries).
-        if changed or now >= self._abuse_counted + 15:
-            self._abuse_counted = now
-            self.metrics.set_abuse_entries(self.shared_bans.bans.counts(now))
+
+    def refresh_abuse(self) -> None:
+        """Count the entries in force (``surefoot_abuse_entries``) and the clients in
+        anomaly (a scrape calls it: the counts are computed then, and kept until an
+        entry changes or expires)."""
+        if self.shared_bans is not None:
+            self.metrics.set_abuse_entries(self.shared_bans.counts(self.clock.now()))
+        guard = self.stack.guard
+        if guard is not None and guard.detector is not None:
+            self.metrics.set_anomalous(len(guard.detector.anomalous()))
 
     async def evaluate_anomalies(self) -> None:
         """Close the anomaly detector's steps up to now and act on what changed."""
@@ -484,7 +484,6 @@ class Gateway:
         if guard is None or guard.detector is None:
             return
         await guard.evaluate()
-        self.metrics.set_anomalous(len(guard.detector.anomalous()))
 
     def abuse_control(self) -> AbuseControl | None:
         """Bans and allows for an operator (the admin API), None if ``[abuse]`` is off."""

@@ -264,6 +264,7 @@ class AdminApp:
 
     async def metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.gateway.refresh_top()
+        self.gateway.refresh_abuse()
         body, content_type = self.gateway.metrics.render()
         await _send(send, 200, body, content_type.encode())
 
