@@ -1,11 +1,12 @@
 """``Gateway``: the ASGI app ``surefoot serve`` runs, composed from a policy file.
 
-Per request: ``RateLimitMiddleware`` -> ``IdempotencyMiddleware`` -> ``ProxyApp`` -> the
-upstream, wrapped in the gateway's own request loop (request id, access log, metrics). A
-``POST`` on a ``[[webhooks.receive]]`` path takes another way after the rate limiter::
+Per request: ``AbuseGuard`` (bans, allows, failure rules, anomalies: ``surefoot.abuse``)
+-> ``RateLimitMiddleware`` -> ``IdempotencyMiddleware`` -> ``ProxyApp`` -> the upstream,
+wrapped in the gateway's own request loop (request id, access log, metrics). A ``POST`` on
+a ``[[webhooks.receive]]`` path takes another way after the rate limiter::
 
-    RateLimitMiddleware ─┬─► IdempotencyMiddleware ─► ProxyApp ─► upstream
-                         └─► WebhookReceiver ───────► ProxyApp     (a POST on a webhook path)
+    AbuseGuard ─► RateLimitMiddleware ─┬─► IdempotencyMiddleware ─► ProxyApp ─► upstream
+                                       └─► WebhookReceiver ───────► ProxyApp   (a webhook)
 
 What the configuration decides is decided when the stack is built: a layer with nothing to
 do (no rate-limit policy; no route or method idempotency protects; no webhook endpoint) is
@@ -29,7 +30,10 @@ Rule 3: a new file that does not validate, or whose stack cannot be built, is re
         only: the gateway has no application code to drive a saga with); and so are
         ``[top]`` (``_top.TopTracker``, an event hook and its flush task) and ``[alerts]``
         but its thresholds (``_watch.AlertWatcher``: samples, rules, notifications),
-        whose tasks run from start to shutdown, the rules rebuilt at each reload.
+        whose tasks run from start to shutdown, the rules rebuilt at each reload; and so
+        are ``[abuse]``'s ``enabled``, ``store``, ``log`` and ``sync_every``: its shared
+        entries (``SharedBans``, the file's entries applied again at each reload), its
+        anomaly detector (kept while ``[abuse.anomaly]`` is unchanged) and its sync task.
 Rule 4: ``X-Request-Id`` is believed only from a trusted proxy (``server.trusted_proxies``);
         anyone else's is replaced, and every response carries the request's id.
 Rule 5: the path is made canonical (``surefoot._asgi.canonicalize``) before anything
