@@ -1724,20 +1724,28 @@ _ALERTS_CONFIG = click.option(
 )
 
 
-def _silences(command: str, config_path: str, work: Any) -> Any:
-    """``work(silences, now)`` on the silences of ``config_path``'s [alerts] store."""
-    gateway = _gateway(f"silences {command}")
+def _board_of(command: str, config_path: str, table: str, what: str) -> tuple[Any, Any, str]:
+    """The gateway's package, the policy file at ``config_path``, and the name of its
+    ``[table]``'s store, which the gateway's workers share (``what`` live there); a
+    ``memory://`` store, held in the gateway's process only, is refused."""
+    gateway = _gateway(command)
     try:
         config = gateway.load_config(config_path)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
-    name = config.root.alerts.store
+    name: str = getattr(config.root, table).store
     if config.store_url(name).startswith("memory:"):
         raise click.BadParameter(
-            f"stores.{name} is a memory:// store, whose silences live in the gateway's "
+            f"stores.{name} is a memory:// store, whose {what} live in the gateway's "
             "process only: use the admin API, or a sqlite, redis or postgresql store",
             param_hint="--config",
         )
+    return gateway, config, name
+
+
+def _silences(command: str, config_path: str, work: Any) -> Any:
+    """``work(silences, now)`` on the silences of ``config_path``'s [alerts] store."""
+    gateway, config, name = _board_of(f"silences {command}", config_path, "alerts", "silences")
     return _run(
         config.store_url(name),
         lambda store, now: work(gateway.Silences(store), now),
@@ -1893,18 +1901,7 @@ def _subject(
 
 def _bans(command: str, config_path: str, work: Any) -> Any:
     """``work(control, now)`` on the entries of ``config_path``'s [abuse] store, read first."""
-    gateway = _gateway(f"bans {command}")
-    try:
-        config = gateway.load_config(config_path)
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from None
-    name = config.root.abuse.store
-    if config.store_url(name).startswith("memory:"):
-        raise click.BadParameter(
-            f"stores.{name} is a memory:// store, whose entries live in the gateway's "
-            "process only: use the admin API, or a sqlite, redis or postgresql store",
-            param_hint="--config",
-        )
+    gateway, config, name = _board_of(f"bans {command}", config_path, "abuse", "entries")
     from surefoot.abuse import AbuseLog, SharedBans
 
     log = config.root.abuse.log

@@ -511,45 +511,23 @@ class GatewayConfig:
                     (*loc, "challenge_after"),
                     "expected an [abuse.challenge] table: what a suspicious client gets",
                 )
+            fields = table.model_dump(exclude={"routes", "by", "statuses", "account"})
             rules.append(
                 FailureRule(
-                    name=table.name,
                     routes=tuple(table.routes),
                     by=Kind(table.by),
                     statuses=table.status_codes(),
-                    threshold=table.threshold,
-                    window=table.window,
-                    ban=table.ban,
-                    ban_factor=table.ban_factor,
-                    ban_max=table.ban_max,
-                    forget_after=table.forget_after,
-                    challenge_after=table.challenge_after,
                     account=source,
-                    ipv4_prefix=table.ipv4_prefix,
-                    ipv6_prefix=table.ipv6_prefix,
+                    **fields,
                 )
             )
         anomaly = None
         response = AnomalyResponse()
         table_a = abuse.anomaly
         if table_a is not None and table_a.enabled:
-            anomaly = AnomalySettings(
-                factor=table_a.factor,
-                sustain=table_a.sustain,
-                window=table_a.window,
-                step=table_a.step,
-                half_life=table_a.half_life,
-                min_rate=table_a.min_rate,
-                warmup=table_a.warmup,
-                seasonal=table_a.seasonal,
-                adapt_after=table_a.adapt_after,
-                max_clients=table_a.max_clients,
-            )
-            response = AnomalyResponse(
-                action=table_a.action,
-                tighten_to=table_a.tighten_to,
-                tighten_for=table_a.tighten_for,
-            )
+            response_fields = {"action", "tighten_to", "tighten_for"}
+            anomaly = AnomalySettings(**table_a.model_dump(exclude={"enabled", *response_fields}))
+            response = AnomalyResponse(**table_a.model_dump(include=response_fields))
             if table_a.action == "challenge" and abuse.challenge is None:
                 problems.add(
                     ("abuse", "anomaly", "action"),
