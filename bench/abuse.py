@@ -77,9 +77,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import http.client
-import json
 import os
 import random
 import shutil
@@ -94,12 +92,8 @@ from pathlib import Path
 from typing import Any
 
 import _harness as h
+import observe as o
 
-PATH = "/items"
-ANSWER = b'{"id":"item_1","name":"bench","price":1000}'
-TOKEN = "bench"
-TARGET = 0.95
-STATUS_PREFIX = "SUREFOOT_STATUSES "
 #: Banned for the checks: an address, and an address in a banned network.
 BANNED_ADDRESS = "127.0.0.2"
 BANNED_NETWORK = "127.0.1.0/24"
@@ -137,7 +131,7 @@ CONFIGS = (
         "bans",
         True,
         False,
-        TARGET,
+        o.TARGET,
         "[abuse] on: the bans in force, one failure rule by address on POST /login "
         "(not the route under load)",
     ),
@@ -151,90 +145,8 @@ CONFIGS = (
     ),
 )
 
-GATEWAY_TOML = """\
-[server]
-# The benchmark measures the gateway, not writing one access-log line per request.
-access_log = false
-workers = {workers}
-
-[upstream]
-url = "{upstream}"
-
-[stores]
-default = "sqlite:///{database}"
-
-[admin]
-token = "{token}"
-
-# wrk is one address: no cap over all of its credentials.
-[identity]
-address_limits = []
-
-[[rate_limit.policies]]
-name = "bench"
-limits = ["{limit}"]
-algorithm = "sliding_window"
-
-[[routes]]
-match = "/*"
-idempotency = false
-
-{abuse}"""
-
-#: The wrk script (bench/observe.py's): a random API key per request, answers by status.
-LUA = """\
--- written by bench/abuse.py: GET with an X-API-Key drawn at random per request.
--- Arguments: HOT_KEYS COLD_KEYS HOT_SHARE SEED.
-dofile("{summary}")
-local summary_done = done
-local threads = {{}}
-local headers = {{}}
-local hot_keys, cold_keys, hot_share
-
-function setup(thread)
-   table.insert(threads, thread)
-   thread:set("id", #threads)
-end
-
-function init(args)
-   hot_keys = tonumber(args[1])
-   cold_keys = tonumber(args[2])
-   hot_share = tonumber(args[3])
-   math.randomseed(tonumber(args[4]) * 64 + id)
-   ok, refused, other = 0, 0, 0
-end
-
-function request()
-   if math.random() < hot_share then
-      headers["X-API-Key"] = "hot-" .. math.random(hot_keys)
-   else
-      headers["X-API-Key"] = "cold-" .. math.random(cold_keys)
-   end
-   return wrk.format("GET", nil, headers)
-end
-
-function response(status, response_headers, body)
-   if status == 429 then
-      refused = refused + 1
-   elseif status < 300 then
-      ok = ok + 1
-   else
-      other = other + 1
-   end
-end
-
-function done(summary, latency, requests)
-   summary_done(summary, latency, requests)
-   local counts = {{ok = 0, refused = 0, other = 0}}
-   for _, thread in ipairs(threads) do
-      for name, _ in pairs(counts) do
-         counts[name] = counts[name] + thread:get(name)
-      end
-   end
-   io.write(string.format('{prefix}{{"ok":%d,"refused":%d,"other":%d}}\\n',
-      counts.ok, counts.refused, counts.other))
-end
-"""
+#: bench/observe.py's file, its [top] and [alerts] tables replaced by [abuse]'s.
+GATEWAY_TOML = o.GATEWAY_TOML.replace("{observe}", "{abuse}")
 
 
 # -- setup ----------------------------------------------------------------------------------
@@ -267,18 +179,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.addresses < 10 or args.networks < 32:
         parser.error("expected --addresses >= 10 and --networks >= 32")
     return args
-
-
-def check_tools() -> None:
-    h.require_executable("wrk")
-    h.require_modules(["uvicorn", "uvloop", "httptools", "surefoot"], "bench")
-
-
-def write_lua(workdir: Path) -> Path:
-    path = workdir / "abuse.lua"
-    summary = h.BENCH_DIR / "_wrk_summary.lua"
-    path.write_text(LUA.format(summary=summary, prefix=STATUS_PREFIX))
-    return path
 
 
 # -- the entries ----------------------------------------------------------------------------
@@ -448,16 +348,8 @@ def print_micro(figures: dict[str, Any], repeat: int) -> None:
 
 
 @dataclass
-class Gateway:
-    child: h.Child
-    admin: str  # the admin API's base URL
+class Gateway(o.Gateway):
     ready_s: float  # from the start of the process to /readyz's 200
-
-    def admin_get(self, path: str) -> tuple[int, Any]:
-        status, _, body = h.http(
-            self.admin + path, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
-        )
-        return status, json.loads(body) if body else None
 
 
 def start_gateway(
@@ -476,7 +368,7 @@ def start_gateway(
             workers=args.workers,
             upstream=upstream,
             database=database,
-            token=TOKEN,
+            token=o.TOKEN,
             limit=args.limit,
             abuse=config.abuse(args.sync_every),
         )
@@ -504,7 +396,7 @@ def get_from(source: str, url: str) -> int:
     host, _, port = url.removeprefix("http://").partition("/")[0].partition(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=10, source_address=(source, 0))
     try:
-        connection.request("GET", PATH, headers={"X-API-Key": f"check-{source}"})
+        connection.request("GET", o.PATH, headers={"X-API-Key": f"check-{source}"})
         response = connection.getresponse()
         response.read()
         return response.status
@@ -515,9 +407,9 @@ def get_from(source: str, url: str) -> int:
 def check_answers(config: Config, gateway: Gateway, entries: int) -> int | None:
     """The gateway forwards, its policy limits, and its bans are those of its config; the
     entries ``/admin/bans`` lists (None where ``[abuse]`` is off)."""
-    url = gateway.child.base + PATH
+    url = gateway.child.base + o.PATH
     status, headers, body = h.http(url, headers={"X-API-Key": "check-first"})
-    if status != 200 or body != ANSWER:
+    if status != 200 or body != o.ANSWER:
         raise h.BenchError(f"{config.name}: GET answered {status} {body[:300]!r}")
     if "ratelimit" not in headers:
         raise h.BenchError(f"{config.name}: no RateLimit field in the answer to GET: {headers}")
@@ -545,33 +437,7 @@ def check_answers(config: Config, gateway: Gateway, entries: int) -> int | None:
     return int(listing["total"])
 
 
-def group_memory(pgid: int) -> tuple[float, float]:
-    """VmRSS and VmHWM in MiB, each summed over the live processes of the group ``pgid``."""
-    rss = peak = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if os.getpgid(int(entry.name)) != pgid:
-                continue
-            for line in Path(entry.path, "status").read_text().splitlines():
-                name, _, value = line.partition(":")
-                if name == "VmRSS":
-                    rss += int(value.split()[0])
-                elif name == "VmHWM":
-                    peak += int(value.split()[0])
-    return rss / 1024, peak / 1024
-
-
 # -- one run --------------------------------------------------------------------------------
-
-
-def statuses(output: str) -> dict[str, int]:
-    for line in output.splitlines():
-        if line.startswith(STATUS_PREFIX):
-            counts: dict[str, int] = json.loads(line.removeprefix(STATUS_PREFIX))
-            return counts
-    raise h.BenchError(f"wrk printed no status counts:\n{output}")
 
 
 def run_one(
@@ -587,7 +453,7 @@ def run_one(
     def load(duration: int) -> dict[str, Any]:
         seed = str(random.randrange(1 << 20))
         keys = [str(args.hot_keys), str(args.cold_keys), str(args.hot_share), seed]
-        return h.wrk_load(args, cpus, lua, gateway.child.base + PATH, duration, keys)
+        return h.wrk_load(args, cpus, lua, gateway.child.base + o.PATH, duration, keys)
 
     with tempfile.TemporaryDirectory(prefix="surefoot-bench-abuse-") as tmp:
         gateway = start_gateway(config, args, Path(tmp), upstream, cpus.server, template)
@@ -602,14 +468,14 @@ def run_one(
                 return result
 
             run = h.timed_wrk(gateway.child, None, timed, f"{config.name} in {args.duration} s")
-            rss, peak = group_memory(gateway.child.process.pid)
+            rss, peak = o.group_memory(gateway.child.process.pid)
             if gateway.child.process.poll() is not None:
                 raise h.BenchError(f"{config.name}: {gateway.child.died()}")
         except h.BenchError as exc:
             raise h.BenchError(f"round {round_no} {config.name}: {exc}") from None
         finally:
             gateway.child.stop()
-    counts = statuses(result["output"])
+    counts = o.statuses(result["output"])
     # wrk counts every answer >= 400 as an error: a 429 is the policy at work.
     errors = {**run["errors"], "status": counts["other"]}
     return {
@@ -660,27 +526,16 @@ COLUMNS = (
 
 
 def cells(row: h.Run) -> list[str]:
-    return [
-        row["config"],
-        f"{row['rps']:,.0f}",
-        *h.ratio_cells(row, ">="),
-        f"{row['cpu_us_per_request']:,.0f}",
-        f"{row['cpu_ratio']:.2f}",
-        f"{row['server_cpu_share']:.2f}",
-        f"{row['refused_share']:.0%}",
-        f"{row['p99_ms']:.1f}",
-        f"{row['rss_mib']:.1f}",
-        f"{row['peak_rss_mib']:.1f}",
-        f"{row['ready_s']:.1f}",
-        str(row["errors"]),
-    ]
+    """bench/observe.py's cells, and ``ready s`` before ``errors``."""
+    *figures, errors = o.cells(row)
+    return [*figures, f"{row['ready_s']:.1f}", errors]
 
 
 def print_report(
     args: argparse.Namespace, context: h.Run, runs: list[h.Run], rows: list[h.Run]
 ) -> None:
     load = (
-        f"wrk {args.threads} threads, {args.connections} connections, GET {PATH} with an "
+        f"wrk {args.threads} threads, {args.connections} connections, GET {o.PATH} with an "
         f"X-API-Key each: {args.hot_share:.0%} from {args.hot_keys} hot keys, the rest from "
         f"{args.cold_keys:,} cold ones; {args.duration} s per run after {args.warmup} s "
         f"warm-up, {args.rounds} round(s), configurations interleaved"
@@ -771,13 +626,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             h.write_json(args.json, {"command": args.command, "micro": figures})
         return 0
-    check_tools()
+    o.check_tools()
     cpus = h.split_cpus(args.no_pin, "wrk and the upstream")
     width = max(len(c.name) for c in configs)
     runs: list[h.Run] = []
     with tempfile.TemporaryDirectory(prefix="surefoot-bench-abuse-") as tmp:
         workdir = Path(tmp)
-        lua = write_lua(workdir)
+        lua = o.write_lua(workdir)
         template = workdir / "template.db"
         loaded = asyncio.run(write_entries(template, entries, now))
         del entries  # the gateways read them from the file
@@ -802,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
             "micro": figures,
         }
         try:
-            upstream.wait_http(upstream.base + PATH)
+            upstream.wait_http(upstream.base + o.PATH)
             total = args.rounds * len(configs) * (args.duration + args.warmup + 6)
             print(
                 f"{len(configs)} configurations x {args.rounds} rounds, about {total / 60:.0f} "
