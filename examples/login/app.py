@@ -54,7 +54,7 @@ class LoginApp:
         try:
             form = json.loads(body)
             user, password = str(form["username"]), str(form["password"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             return 400, {"error": 'expected {"username", "password"}'}
         known = USERS.get(user)
         if known is not None and hmac.compare_digest(known.encode(), password.encode()):

@@ -647,3 +647,83 @@ async def test_the_entries_in_force_are_counted_when_scraped() -> None:
         assert 'surefoot_abuse_entries{action="ban",kind="address"} 1.0' in scraped
         assert 'surefoot_abuse_entries{action="allow",kind="network"} 1.0' in scraped
         assert 'surefoot_abuse_entries_added_total{action="ban",source="admin"} 1.0' in scraped
+
+
+async def test_odd_logins_never_answer_500_and_a_banned_account_stays_refused() -> None:
+    form = {**BY_ACCOUNT, "name": "form", "account": "form:username", "threshold": 50}
+    abuse = config(failures=[BY_ACCOUNT, form], ban=[{"account": "alice"}])
+    async with running(abuse, upstream=LoginApp()) as r, r.connect(client="127.0.3.1") as client:
+        deep = await client.post("/login", content=b"[" * 60_000)
+        assert deep.status_code == 400  # the upstream's: the guard read no account
+        lone = await client.post("/login", content=b'{"username": "\\ud800", "password": "x"}')
+        assert lone.status_code in (400, 401)
+        for padding in (b"&" * 1000, b"&z=\xff"):
+            padded = await client.post(
+                "/login",
+                content=b"username=alice&password=x" + padding,
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            )
+            problem(padded, 403, "access_denied")
+
+
+async def test_a_rule_holds_for_the_method_a_request_overrides_too() -> None:
+    abuse = gateway_config(
+        routes=LOGIN,
+        server={"allow_method_override": True},
+        abuse={"ban": [{"account": "alice"}], "failures": [BY_ACCOUNT]},
+    )
+    async with running(abuse, upstream=LoginApp()) as r:
+        overridden = await r.client.post(
+            "/login", json=RIGHT_ALICE, headers={"X-HTTP-Method-Override": "PUT"}
+        )
+        problem(overridden, 403, "access_denied")
+
+
+RIGHT_ALICE = {"username": "alice", "password": "correct horse battery staple"}
+
+
+async def test_an_allowed_account_is_never_counted() -> None:
+    rules = [{**BY_ADDRESS, "threshold": 2}, {**BY_ACCOUNT, "threshold": 2}]
+    abuse = config(failures=rules, allow=[{"account": "alice"}])
+    async with running(abuse, upstream=LoginApp()) as r:
+        statuses = [(await attempt(r, "127.0.3.2", "alice")).status_code for _ in range(5)]
+        assert statuses == [401] * 5
+
+
+async def test_a_challenge_holds_beside_a_limit_on_the_same_subject() -> None:
+    challenge = {"url": "https://example.com/verify"}
+    async with running(config(challenge=challenge), upstream=LoginApp()) as r:
+        for body in (
+            {"action": "challenge", "address": "127.0.3.3"},
+            {"action": "limit", "address": "127.0.3.3", "rate": 100},
+        ):
+            assert (
+                await r.admin.post("/admin/bans", headers=ADMIN_HEADERS, json=body)
+            ).status_code == 201
+        async with r.connect(client="127.0.3.3") as client:
+            problem(await client.get("/orders"), 429, "challenge_required")
+
+
+async def test_removing_a_client_s_entries_is_all_or_nothing() -> None:
+    clients = [{"name": "acme", "api_key": "acme-key-0001", "address": "127.0.3.4"}]
+    abuse = gateway_config(
+        routes=LOGIN, clients=clients, abuse={"ban": [{"principal": "addr:127.0.3.4"}]}
+    )
+    async with running(abuse, upstream=LoginApp()) as r:
+        added = await r.admin.post(
+            "/admin/bans", headers=ADMIN_HEADERS, json={"key": "acme-key-0001"}
+        )
+        assert added.status_code == 201
+        refused = await r.admin.post(
+            "/admin/bans/remove", headers=ADMIN_HEADERS, json={"principal": "acme"}
+        )
+        problem(refused, 400, "admin_bad_request")
+        still = await r.client.get("/orders", headers={"X-API-Key": "acme-key-0001"})
+        problem(still, 403, "access_denied")  # nothing was lifted
+
+
+async def test_a_challenge_needs_somewhere_to_send_the_client() -> None:
+    async with running(config(), upstream=LoginApp()) as r:
+        body = {"action": "challenge", "address": "127.0.3.5"}
+        response = await r.admin.post("/admin/bans", headers=ADMIN_HEADERS, json=body)
+        assert "[abuse.challenge]" in problem(response, 400, "admin_bad_request")["detail"]

@@ -218,9 +218,15 @@ class AbuseGuard:
                 return
         if detector is not None:
             detector.observe(client, now)
-        method, path = route_method(scope), scope["path"]
+        # The method the request names and, with an allowed override, the one it asks
+        # for: the upstream may act on either, so a rule of either applies.
+        path = scope["path"]
+        methods = {route_method(scope), "GET" if scope["method"] == "HEAD" else scope["method"]}
         rules = [
-            rule for group, table in self._tables if table.match(method, path) for rule in group
+            rule
+            for group, table in self._tables
+            if any(table.match(method, path) for method in methods)
+            for rule in group
         ]
         if not rules:
             await self.app(scope, receive, send)
@@ -238,7 +244,10 @@ class AbuseGuard:
             return True
         if entry.action is Action.LIMIT:
             wait = await self._limited(entry, now)
-            if wait is None:
+            if wait is None:  # within the limit: a challenge of the subject still applies
+                also = self.shared.bans.get(f"challenge {entry.kind.value} {entry.value}")
+                if also is not None and also.active(now):
+                    return await self._act(also, scope, send, now)
                 return False
             self._refused(entry, rid, now)
             error = AbuseLimitExceeded(retry_after=wait)
@@ -325,11 +334,10 @@ class AbuseGuard:
             bans = self.shared.bans
             if accounts and len(bans):
                 hit = bans.match(now, accounts=accounts.values())
-                if (
-                    hit is not None
-                    and hit.action is not Action.ALLOW
-                    and await self._act(hit, scope, send, now)
-                ):
+                if hit is not None and hit.action is Action.ALLOW:  # Rule 1: never counted
+                    await self.app(scope, receive, send)
+                    return
+                if hit is not None and await self._act(hit, scope, send, now):
                     return
         status = 0
 

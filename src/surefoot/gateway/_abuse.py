@@ -137,6 +137,8 @@ class AbuseControl:
         """
         action, subjects = self.subject_of(fields)
         abuse = self.config.root.abuse
+        if action is Action.CHALLENGE and self.config.abuse.challenge is None:
+            raise ValueError("action: a challenge needs an [abuse.challenge] table")
         if "duration" in fields and "until" in fields:
             raise ValueError("expected at most one of duration and until")
         until = math.inf
@@ -230,14 +232,12 @@ class AbuseControl:
         reason = fields.get("reason", "")
         if not isinstance(reason, str) or len(reason) > 200 or not reason.isprintable():
             raise ValueError("reason: expected at most 200 printable characters")
-        removed: list[Entry] = []
-        for kind, value in subjects:
-            slot = f"{action.value} {kind.value} {value}"
+        slots = [f"{action.value} {kind.value} {value}" for kind, value in subjects]
+        for slot in slots:  # all checked before any is lifted
             if self.shared.is_configured(slot):
-                raise ValueError(
-                    f"{kind.value} {value}: this {action.value} is in the policy file; "
-                    "change it there (Rule 3)"
-                )
+                raise ValueError(f"{slot}: it is in the policy file; change it there (Rule 3)")
+        removed: list[Entry] = []
+        for slot in slots:
             entry = await self.shared.remove(slot)
             if entry is None:
                 continue
