@@ -420,7 +420,7 @@ class AbuseGuard:
                 count=count,
                 threshold=rule.threshold,
                 window=rule.window,
-                address=shown("address", address, self.privacy, self.secret),
+                address=self._shown(Kind.ADDRESS, address),
                 route=route,
             ),
         )

@@ -172,9 +172,7 @@ class AbuseControl:
             rate = float(rate_value)
         elif fields.get("rate") is not None:
             raise ValueError("rate: only a limit takes a rate")
-        reason = fields.get("reason", "")
-        if not isinstance(reason, str) or len(reason) > 200 or not reason.isprintable():
-            raise ValueError("reason: expected at most 200 printable characters")
+        reason = _reason(fields)
         entries = [
             Entry(
                 action=action,
@@ -229,9 +227,7 @@ class AbuseControl:
     async def remove(self, fields: Mapping[str, Any], now: float, *, by: str) -> list[Entry]:
         """Lift the entries ``fields`` name (action and subject; Rule 4); those removed."""
         action, subjects = self.subject_of(fields)
-        reason = fields.get("reason", "")
-        if not isinstance(reason, str) or len(reason) > 200 or not reason.isprintable():
-            raise ValueError("reason: expected at most 200 printable characters")
+        reason = _reason(fields)
         slots = [f"{action.value} {kind.value} {value}" for kind, value in subjects]
         for slot in slots:  # all checked before any is lifted
             if self.shared.is_configured(slot):
@@ -283,3 +279,11 @@ def listed(entry: Entry, now: float, configured: bool) -> dict[str, Any]:
         "rate": entry.rate,
         "at": round(entry.at, 3) if entry.at else None,  # None: the policy file's
     }
+
+
+def _reason(fields: Mapping[str, Any]) -> str:
+    """The ``reason`` of an operator's change: at most 200 printable characters."""
+    reason = fields.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 200 or not reason.isprintable():
+        raise ValueError("reason: expected at most 200 printable characters")
+    return reason
