@@ -33,7 +33,7 @@ from surefoot.ratelimit._events import (
     RateLimitStoreFailed,
 )
 from surefoot.ratelimit._limit import ALGORITHMS, Limit, parse_limit
-from surefoot.ratelimit._policy import RateLimitPolicy, limit_key
+from surefoot.ratelimit._policy import RateLimitPolicy, Rollout, limit_key
 from surefoot.ratelimit._store import RateLimitStore
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ __all__ = [
     "RateLimitStoreFailed",
     "RateLimited",
     "RateLimiter",
+    "Rollout",
     "Verdict",
     "install_problem_handler",
     "limit_key",

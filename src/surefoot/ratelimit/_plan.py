@@ -16,8 +16,12 @@
    concurrency slot (its token is new for every request), made from the cached ones.
 
 Rule 1: a plan decides what the policies' own methods decide (``route_for``, ``cost_for``,
-        ``limits_for``, ``limit_key``); it only decides it once.
+        ``limits_for``, ``limit_key``, ``enforced_for``: an item's ``enforce``); it only
+        decides it once.
 Rule 2: the caches are bounded: at most ``KEYS_PER_SET`` (principal, route) pairs per set.
+Rule 3: ``Plan.shadow`` is true when some policy may not be enforced for some principal
+        (``shadow`` or a ``rollout``): the rate limiter then reports the shadow items that
+        would refuse and shows only the enforced ones in the headers.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ class LimitSet:
 
     def _items(self, counted: str, route: str) -> tuple[Item, ...]:
         """The items of ``counted`` on ``route``, at cost 1 and without a token."""
-        name, enforce = self.policy.name, not self.policy.shadow
+        name, enforce = self.policy.name, self.policy.enforced_for(counted)
         return tuple(
             Item(limit_key(name, limit, counted, route), limit.algorithm or "", limit, 1, enforce)
             for limit in self.limits
@@ -133,7 +137,7 @@ class Plan:
         everywhere = all(p.everywhere for p in self.policies)
         self._everywhere = tuple((p, "") for p in self.policies) if everywhere else None
         self.per_address = any(p.per_address for p in self.policies)
-        self.shadow = any(p.policy.shadow for p in self.policies)
+        self.shadow = any(p.policy.shadow or p.policy.rollout is not None for p in self.policies)
         sets = [
             s for p in self.policies for s in (p.default, *p.tiers.values(), *p.overrides.values())
         ]

@@ -10,11 +10,27 @@ A policy counted ``per="address"`` puts the client address (``addr:<ip>``) where
 principal goes, in the key and in ``allow`` and ``overrides``: one counter for everything
 that comes from one address, whatever its credentials (a ceiling in front of
 per-credential limits).
+
+A new or tighter policy is staged: ``shadow=True`` (decided and reported for everyone,
+enforced for no one), then a ``Rollout`` (enforced for a share of the principals and a
+named list, shadowed for the others), then neither (enforced for everyone).
+
+Rule 1: a policy is enforced for a principal (``enforced_for``) when it has no rollout and
+        is not ``shadow``, or when it has a rollout that lists the principal or whose
+        ``percent`` is above the principal's bucket ``100 * h / 2**64``, where ``h`` is
+        the first 8 bytes of ``sha256(policy name + NUL + principal)`` read big-endian.
+        The bucket is the same in every process, host and restart (never Python's salted
+        ``hash()``), so a client is enforced everywhere or nowhere, and raising
+        ``percent`` only adds principals: 10 to 50 keeps the first 10 %. The comparison
+        is exact (``100 * h < percent * 2**64``: an integer against a float times a power
+        of two), so 0 enforces only the listed principals and 100 every principal.
+Rule 2: a rollout is never beside ``shadow=True``: the policy is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Literal, NoReturn
@@ -23,12 +39,89 @@ from surefoot._routes import RouteTable
 from surefoot.errors import ConfigurationError
 from surefoot.ratelimit._limit import ALGORITHMS, Limit, parse_limit
 
-__all__ = ["RateLimitPolicy", "limit_key"]
+__all__ = ["RateLimitPolicy", "Rollout", "limit_key"]
 
 LimitSpec = str | Limit
 
 #: What a policy may do while the store is down.
 STORE_ERROR_ACTIONS = ("fail_open", "fail_closed", "local_fallback")
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Who a policy is enforced for while it is rolled out; it shadows everyone else.
+
+    Example:
+        >>> Rollout(percent=10)  # one principal in ten, the same ten everywhere
+        >>> Rollout(principals={"cred:3a1f..."})  # these principals only
+        >>> RateLimitPolicy(
+        ...     "search",
+        ...     limits=["30/minute"],
+        ...     rollout=Rollout(percent=25, principals={"cred:3a1f..."}),
+        ... )
+
+    Args:
+        percent: the share of principals enforced, from 0 to 100, chosen by a stable hash
+            of the policy's name and the principal (``_policy`` Rule 1); raising it keeps
+            every principal enforced before.
+        principals: principals always enforced, whatever ``percent``.
+
+    Warning:
+        The share is of principals, not of requests: with 10 % a heavy client is either
+        wholly enforced or wholly shadowed.
+    """
+
+    _: KW_ONLY
+    percent: float = 0.0
+    principals: Iterable[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        percent = self.percent
+        if (
+            isinstance(percent, bool)
+            or not isinstance(percent, int | float)
+            or not math.isfinite(percent)
+            or not 0 <= percent <= 100
+        ):
+            raise ConfigurationError(
+                f"Rollout.percent: expected a number from 0 to 100, got {percent!r}"
+            )
+        if isinstance(self.principals, str | bytes):
+            raise ConfigurationError(
+                "Rollout.principals: expected a collection of principals, got one string "
+                f"{self.principals!r}"
+            )
+        principals = frozenset(self.principals)
+        for principal in principals:
+            if not isinstance(principal, str) or not principal:
+                raise ConfigurationError(
+                    "Rollout.principals: expected principals (non-empty strings), "
+                    f"got {principal!r}"
+                )
+        object.__setattr__(self, "percent", float(percent))
+        object.__setattr__(self, "principals", principals)
+
+    def enforces(self, policy: str, principal: str) -> bool:
+        """Whether the policy named ``policy`` is enforced for ``principal`` (Rule 1)."""
+        if principal in self.principals:
+            return True
+        return _bucket(policy, principal) * 100 < self.percent * _SPAN
+
+    @staticmethod
+    def bucket(policy: str, principal: str) -> float:
+        """The principal's place from 0 to 100 for the policy named ``policy``: enforced
+        when below ``percent`` (Rule 1; rounded to a float, where ``enforces`` compares
+        exactly)."""
+        return _bucket(policy, principal) * 100 / _SPAN
+
+
+#: The buckets: the first 8 bytes of a SHA-256 (Rule 1).
+_SPAN = 2**64
+
+
+def _bucket(policy: str, principal: str) -> int:
+    material = f"{policy}\0{principal}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.sha256(material).digest()[:8], "big")
 
 
 @dataclass(frozen=True)
@@ -68,6 +161,8 @@ class RateLimitPolicy:
             places in that tier.
         overrides: principal -> limits, for single clients (wins over tiers).
         shadow: decide, count and report what would be rejected, but never reject.
+        rollout: enforce the policy only for the principals a ``Rollout`` chooses, and
+            shadow it for the others (not beside ``shadow=True``).
         on_store_error: what to do while the store is down (see ``docs/ratelimit.md``):
             ``"fail_open"`` lets requests through unlimited, ``"fail_closed"`` answers 503
             ``store_unavailable``, ``"local_fallback"`` limits with this process's own
@@ -88,6 +183,7 @@ class RateLimitPolicy:
     tiers: Mapping[str, Sequence[LimitSpec]] = field(default_factory=dict)
     overrides: Mapping[str, Sequence[LimitSpec]] = field(default_factory=dict)
     shadow: bool = False
+    rollout: Rollout | None = None
     on_store_error: Literal["fail_open", "fail_closed", "local_fallback"] = "fail_open"
     _route_table: RouteTable[bool] = field(init=False, repr=False, compare=False)
     _exempt_table: RouteTable[bool] = field(init=False, repr=False, compare=False)
@@ -124,6 +220,16 @@ class RateLimitPolicy:
                 "'fail_open', 'fail_closed' or 'local_fallback'",
                 self.on_store_error,
             )
+        if self.rollout is not None and not isinstance(self.rollout, Rollout):
+            _fail(self.name, "rollout", "a surefoot.ratelimit.Rollout or None", self.rollout)
+        if self.rollout is not None and self.shadow:
+            _fail(
+                self.name,
+                "rollout",
+                "no rollout beside shadow=True (a rollout shadows the principals it does "
+                "not enforce: drop shadow=True)",
+                self.rollout,
+            )
         # Route tables, compiled once (their errors name the bad template).
         set_(self, "_route_table", RouteTable((t, True) for t in self.routes))
         set_(self, "_exempt_table", RouteTable(((t, True) for t in self.exempt), strict=bool))
@@ -159,6 +265,13 @@ class RateLimitPolicy:
     def cost_for(self, method: str, path: str) -> int:
         matched = self._cost_table.match(method, path)
         return 1 if matched is None else matched[1]
+
+    def enforced_for(self, principal: str) -> bool:
+        """Whether the policy refuses ``principal`` (the counted one: its address when
+        ``per="address"``) over its limits, or only reports it (Rule 1)."""
+        if self.rollout is None:
+            return not self.shadow
+        return self.rollout.enforces(self.name, principal)
 
     def limits_for(self, principal: str, tier: str | None) -> tuple[Limit, ...]:
         override = self.overrides.get(principal)
