@@ -35,7 +35,8 @@ Theory of operation:
    (``surefoot.gateway.Gateway`` built from a config dict whose ``[upstream] app`` is
    ``bare``, called directly as the gateway does for an in-process app, not through its
    HTTP/1.1 pool to a URL upstream) without policies (GET) and with every policy on
-   SQLite (POST, new key).
+   SQLite (POST, new key); and a named client's GET with its API key, without and with a
+   deprecated route and ``[versions]`` (issue 20).
    Each row gives its instructions per request, its ratio to ``bare`` and the
    instructions it adds to ``bare``'s.
 6. Callgrind counts user-space instructions only: system calls (SQLite's writes, fsync)
@@ -227,6 +228,45 @@ def gateway(policies: bool, tracked: bool = True) -> Callable[[Path, Any], Stack
     return build
 
 
+def gateway_keyed(contracts: bool) -> Callable[[Path, Any], Stack]:
+    """The gateway without policies, a named client's GET with its API key; with
+    ``contracts``, on a deprecated route and with ``[versions]`` (issue 20): announced,
+    pinned, and its version forwarded."""
+
+    def build(workdir: Path, clock: Any) -> Stack:
+        from datetime import UTC, datetime
+
+        from surefoot.gateway import Gateway, config_from_dict
+
+        route: dict[str, Any] = {"match": "GET /hello", "idempotency": False}
+        config: dict[str, Any] = {
+            "server": {"access_log": False},
+            "upstream": {"app": "__main__:bare"},
+            "stores": {"default": f"sqlite:///{workdir / 'gateway.db'}"},
+            "admin": {"token": "bench"},
+            "clients": [{"name": "acme", "api_key": "k-bench-acme"}],
+            # As gateway-no-policy: no idempotency layer.
+            "routes": [route, {"match": "/*", "idempotency": False}],
+        }
+        if contracts:
+            route["deprecation"] = {
+                "deprecated": datetime(2020, 1, 1, tzinfo=UTC),
+                "sunset": datetime(2100, 1, 1, tzinfo=UTC),
+                "link": "https://example.com/migrate",
+            }
+            config["versions"] = {"dates": ["2024-01-15", "2025-03-10"]}
+        app = Gateway(config_from_dict(config), clock=clock)
+        headers = [(b"host", b"bench.test"), (b"x-api-key", b"k-bench-acme")]
+
+        def keyed(i: int) -> Request:
+            return Request("GET", "/hello", headers, b"")
+
+        shows = b"deprecation" if contracts else None
+        return Stack(app, keyed, header=shows, close=app.aclose)
+
+    return build
+
+
 @dataclass(frozen=True)
 class Config:
     name: str
@@ -253,6 +293,10 @@ CONFIGS = (
            idempotency("sqlite", replay=True)),
     Config("gateway-no-policy", "Gateway over bare (app upstream), no policy, GET",
            gateway(policies=False)),
+    Config("gateway-keyed", "gateway-no-policy, a [[clients]] client's GET with its API key",
+           gateway_keyed(contracts=False)),
+    Config("gateway-contracts", "gateway-keyed on a deprecated route, with [versions]",
+           gateway_keyed(contracts=True)),
     Config("gateway-sqlite-post-new", "Gateway, every policy on SQLite, POST, new key",
            gateway(policies=True)),
     Config("gateway-sqlite-post-untracked",

@@ -81,6 +81,7 @@ def public_event_types() -> list[type[Event]]:
         "outbox",
         "saga",
         "abuse",
+        "contracts",
     ):
         module = importlib.import_module(f"surefoot.{package}")
         for name in module.__all__:

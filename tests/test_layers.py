@@ -40,6 +40,9 @@ CORES = [
     "surefoot.abuse._anomaly",
     "surefoot.abuse._bans",
     "surefoot.abuse._failures",
+    "surefoot.openapi._enrich",
+    "surefoot.contracts._lifecycle",
+    "surefoot.contracts._versions",
     "surefoot._health",
 ]
 

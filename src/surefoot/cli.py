@@ -8,7 +8,8 @@ deliveries and ``worker``) and looks up and forgets the events a gateway's
 ``[[webhooks.receive]]`` endpoint received (``inspect``, ``forget``), ``sagas`` lists,
 shows and settles sagas (``surefoot.saga``) and runs a ``worker``, ``reconcile`` sweeps
 what may need a person (``surefoot.gateway.Sweeper``; exit status 3 when something
-does), ``alerts --prometheus`` writes alerting rules built from a policy file, and
+does), ``alerts --prometheus`` writes alerting rules built from a policy file, ``docs``
+the page its API's consumers read (limits, errors, retries), and
 ``migrate`` creates or upgrades a PostgreSQL store's tables.
 
 Rule 1: a command that needs an extra says so in one line before importing anything of it
@@ -16,8 +17,8 @@ Rule 1: a command that needs an extra says so in one line before importing anyth
         (missing: httpx)``), never with a traceback. ``errors``, ``metrics``, ``keys``,
         ``migrate`` and the outbox's ``webhooks`` commands need none (a Redis or
         PostgreSQL database needs its driver's extra); ``serve``, ``check-config``,
-        ``webhooks inspect``, ``webhooks forget``, ``reconcile`` and ``alerts`` need
-        ``gateway``; ``chaos`` and ``webhooks worker`` need ``client`` (and ``metrics``
+        ``webhooks inspect``, ``webhooks forget``, ``reconcile``, ``alerts`` and ``docs``
+        need ``gateway``; ``chaos`` and ``webhooks worker`` need ``client`` (and ``metrics``
         for ``--metrics-port``).
 Rule 2: every input is checked before anything is stored; an invalid one is a usage error
         naming the option (``surefoot keys resolve`` stores only what
@@ -1709,6 +1710,72 @@ def alerts(config_path: str, prometheus: bool, output: str | None) -> None:
     click.echo(f"{output}: {count} alerting rules from {config_path}", err=True)
 
 
+@main.command("docs")
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+    help="The policy file (TOML).",
+)  # fmt: skip
+@click.option(
+    "--format", "fmt", type=click.Choice(["markdown", "html"]), default="markdown",
+    show_default=True, help="Markdown, or one self-contained HTML page.",
+)  # fmt: skip
+@click.option(
+    "--output", "-o", "output", type=click.Path(dir_okay=False),
+    help="Write the page to this file (default: standard output).",
+)  # fmt: skip
+@click.option("--title", help="The page's title.")
+@click.option(
+    "--now", "now_text", metavar="WHEN",
+    help="A date and time such as 2027-01-01T00:00:00Z: states each deprecation as of then "
+    "(default: no state and no date, so the page depends on the file alone).",
+)  # fmt: skip
+@click.option(
+    "--client", "client", metavar="NAME",
+    help="A [[clients]] name: that client's own page, with its own limits, sunset, version "
+    "and rollout state (default: the page every consumer reads, which names no client).",
+)  # fmt: skip
+def consumer_docs(
+    config_path: str,
+    fmt: str,
+    output: str | None,
+    title: str | None,
+    now_text: str | None,
+    client: str | None,
+) -> None:
+    """A page for the API's consumers, from a gateway policy file: each route's
+    idempotency key, rate limits per tier and their headers, deprecation, and every error it
+    can answer with, with what to do next and whether a retry is safe (docs/cli.md#docs)."""
+    gateway = _gateway("docs")
+    now = None
+    if now_text is not None:
+        try:
+            moment = datetime.datetime.fromisoformat(now_text)
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            raise click.BadParameter(
+                "expected a date and time with its offset, such as 2027-01-01T00:00:00Z",
+                param_hint="--now",
+            )
+        now = moment.timestamp()
+    try:
+        config = gateway.load_config(config_path)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    if client is not None and all(c.name != client for c in config.root.clients):
+        raise click.UsageError(f"--client: no [[clients]] named {client!r}")
+    text = gateway.consumer_docs(config, format=fmt, now=now, title=title, client=client)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as file:
+            file.write(text)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
+    click.echo(f"{output}: the {fmt} page of {config_path}", err=True)
+
+
 @main.group()
 def silences() -> None:
     """Silences of the gateway's own alerts (docs/observability.md#silences): shared by
@@ -2036,6 +2103,153 @@ def remove_ban(
         raise click.ClickException("no such entry in force")
     for entry in removed:
         click.echo(f"{entry.action.value} {entry.kind.value} {entry.value}: removed")
+
+
+@main.group()
+def overrides() -> None:
+    """Temporary rate-limit overrides (docs/gateway.md#temporary-overrides): shared by every
+    worker and host through the store of the policy file's [rate_limit] table, each
+    reverting by itself at its expiry."""
+
+
+_RATE_LIMIT_CONFIG = click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The gateway's policy file (TOML); its [rate_limit] store holds the overrides.",
+)
+_OVERRIDE_TARGET = [
+    click.option("--policy", required=True, help="A [[rate_limit.policies]] name."),
+    click.option("--client", help="A [[clients]] name (default: every client of the policy)."),
+]
+
+
+def _target_options(command: Any) -> Any:
+    for option in reversed(_OVERRIDE_TARGET):
+        command = option(command)
+    return command
+
+
+def _overrides(command: str, config_path: str, work: Any) -> Any:
+    """``work(control)`` on the overrides of ``config_path``'s [rate_limit] store."""
+    gateway, config, name = _board_of(
+        f"overrides {command}", config_path, "rate_limit", "overrides"
+    )
+
+    async def run(store: Any, now: float) -> Any:
+        return await work(gateway.OverrideControl(gateway.SharedOverrides(store), config))
+
+    return _run(config.store_url(name), run, hint="--config", where=f"stores.{name}: ")
+
+
+@overrides.command("list")
+@_RATE_LIMIT_CONFIG
+@click.option("--audit", is_flag=True, help="The audit trail (90 days) instead: who, what, why.")
+@_AS_JSON
+def list_overrides(config_path: str, audit: bool, as_json: bool) -> None:
+    """The overrides in force, or with --audit every change of the last 90 days."""
+
+    async def work(control: Any) -> list[dict[str, Any]]:
+        return await (control.audit() if audit else control.listing())  # type: ignore[no-any-return]
+
+    found = _overrides("list", config_path, work)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    if not found:
+        click.echo("no changes" if audit else "no overrides in force")
+        return
+    if audit:
+        table = Table("at", "change", "policy", "client", "limits", "by", "reason")
+        for row in found:
+            override = row["override"]
+            table.add_row(
+                _utc(row["at"]),
+                row["change"],
+                _cell(override["policy"]),
+                _cell(override["client"] or "*"),
+                _cell(", ".join(override["limits"])),
+                _cell(row["by"]),
+                _cell(row["reason"]),
+            )
+    else:
+        table = Table("policy", "client", "limits", "until", "by", "reason")
+        for row in found:
+            table.add_row(
+                _cell(row["policy"]),
+                _cell(row["client"] or "*"),
+                _cell(", ".join(row["limits"])),
+                _utc(row["expires_at"]),
+                _cell(row["by"]),
+                _cell(row["reason"]),
+            )
+    _console().print(table)
+
+
+@overrides.command("add")
+@_RATE_LIMIT_CONFIG
+@_target_options
+@click.option(
+    "--limit", "limits", multiple=True, required=True,
+    help="A limit such as 1000/minute (repeatable; all apply).",
+)  # fmt: skip
+@click.option("--for", "duration", help="How long: 30m, 2h, 7d.")
+@click.option("--until", type=float, help="Until when (unix seconds).")
+@click.option("--reason", required=True, help="Why (in the audit trail).")
+@click.option("--by", default=lambda: os.environ.get("USER", "cli"), help="Who.")
+def add_override(
+    config_path: str,
+    policy: str,
+    client: str | None,
+    limits: tuple[str, ...],
+    duration: str | None,
+    until: float | None,
+    reason: str,
+    by: str,
+) -> None:
+    """Put an override in force on every worker (within a second) until it expires."""
+    fields: dict[str, Any] = {"policy": policy, "limits": list(limits), "reason": reason, "by": by}
+    if client is not None:
+        fields["client"] = client
+    if duration is not None:
+        fields["for"] = duration
+    if until is not None:
+        fields["until"] = until
+
+    async def work(control: Any) -> Any:
+        return await control.add(fields)
+
+    try:
+        override, replaced = _overrides("add", config_path, work)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if replaced is not None:
+        click.echo(f"{replaced.target}: replaced ({', '.join(replaced.limits)})")
+    click.echo(f"{override.target}: {', '.join(override.limits)} until {_utc(override.expires_at)}")
+
+
+@overrides.command("remove")
+@_RATE_LIMIT_CONFIG
+@_target_options
+@click.option("--reason", required=True, help="Why (in the audit trail).")
+@click.option("--by", default=lambda: os.environ.get("USER", "cli"), help="Who.")
+def remove_override(
+    config_path: str, policy: str, client: str | None, reason: str, by: str
+) -> None:
+    """End an override now, on every worker (within a second)."""
+    fields = {"policy": policy, "client": client, "reason": reason, "by": by}
+
+    async def work(control: Any) -> Any:
+        return await control.remove(fields)
+
+    try:
+        removed = _overrides("remove", config_path, work)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if removed is None:
+        raise click.ClickException(f"no override of {policy} {client or '*'} in force")
+    click.echo(f"{removed.target}: removed")
 
 
 @main.command("chaos")

@@ -28,6 +28,8 @@ class is also an entry of the RFC 9457 problem catalogue: its ``code``, ``status
     │   ├── ChallengeRequired              429  challenge_required
     │   ├── AbuseLimitExceeded             429  abuse_limit_exceeded
     │   ├── AccountAmbiguous               400  account_ambiguous
+    │   ├── RouteRetired                   410  route_retired
+    │   ├── VersionUnknown                 400  version_unknown
     │   ├── AdminBadRequest                400  admin_bad_request
     │   ├── AdminUnauthorized              401  admin_unauthorized
     │   ├── AdminNotFound                  404  admin_not_found
@@ -75,6 +77,8 @@ __all__ = [
     "AccessDenied",
     "AccountAmbiguous",
     "ChallengeRequired",
+    "RouteRetired",
+    "VersionUnknown",
     "AdminBadRequest",
     "BadRequest",
     "CredentialsAmbiguous",
@@ -462,6 +466,31 @@ class AccountAmbiguous(ClientError):
         "The request names the account it tries more than once ({source}). Nothing was "
         "executed; name it once."
     )
+
+
+class RouteRetired(ClientError):
+    """The route is past its sunset (RFC 8594), or in a brownout before it: a scheduled
+    window in which it answers as it will after the sunset, so that integrations still
+    calling it notice in time. Nothing was executed."""
+
+    code = "route_retired"
+    status = 410
+    title = "Route retired"
+    detail_template = "{method} {route} {state}. Nothing was executed; {advice}"
+    private_fields = frozenset({"state", "advice"})
+
+
+class VersionUnknown(ClientError):
+    """The request asks for an API version the service does not have; nothing was
+    executed."""
+
+    code = "version_unknown"
+    title = "API version unknown"
+    detail_template = (
+        "{header}: {version!r} is not a version of this API. Nothing was executed; send one "
+        "of {versions}, or no {header} to use your account's pinned version."
+    )
+    private_fields = frozenset({"versions"})
 
 
 class IdempotencyRecordsExceeded(ClientError):

@@ -4,7 +4,8 @@ front of any HTTP API, from one policy file.
 ``Gateway`` is the ASGI app (``RateLimitMiddleware`` -> ``IdempotencyMiddleware`` ->
 ``ProxyApp``), ``AdminApp`` its admin API, ``load_config`` reads and validates the policy
 file, ``check_start`` checks what serving it needs (``surefoot check-config``; a
-``StartCheck``), ``serve`` runs it all with uvicorn. Needs ``surefoot[gateway]``.
+``StartCheck``), ``consumer_docs`` writes the page an API's consumers read
+(``surefoot docs``), ``serve`` runs it all with uvicorn. Needs ``surefoot[gateway]``.
 """
 
 from __future__ import annotations
@@ -22,11 +23,16 @@ from surefoot.gateway._abuse import AbuseControl
 from surefoot.gateway._alerts import AlertRule, alert_rules, rules_yaml
 from surefoot.gateway._check import StartCheck, check_start
 from surefoot.gateway._config import GatewayConfig, config_from_dict, load_config
+from surefoot.gateway._consumer_docs import consumer_docs
 from surefoot.gateway._events import (
     ConfigRefused,
     ConfigReloaded,
     GatewayEvent,
     OutcomeResolved,
+    OverrideAdded,
+    OverrideEvent,
+    OverrideExpired,
+    OverrideRemoved,
     RequestShed,
     UpstreamFailed,
     WebhookForgotten,
@@ -34,6 +40,8 @@ from surefoot.gateway._events import (
 from surefoot.gateway._gateway import Gateway
 from surefoot.gateway._lookup import LookupResolver
 from surefoot.gateway._metrics import GatewayMetrics
+from surefoot.gateway._override_board import OverrideControl, SharedOverrides
+from surefoot.gateway._overrides import TemporaryOverride, apply_overrides
 from surefoot.gateway._reconcile import Finding, Report, Sweeper
 from surefoot.gateway._serve import serve
 from surefoot.gateway._shed import LoadShedder
@@ -57,18 +65,27 @@ __all__ = [
     "LoadShedder",
     "LookupResolver",
     "OutcomeResolved",
+    "OverrideAdded",
+    "OverrideControl",
+    "OverrideEvent",
+    "OverrideExpired",
+    "OverrideRemoved",
     "ProxyApp",
     "Report",
     "RequestShed",
+    "SharedOverrides",
     "Silences",
     "StartCheck",
     "Sweeper",
+    "TemporaryOverride",
     "TopTracker",
     "UpstreamFailed",
     "WebhookForgotten",
     "alert_rules",
+    "apply_overrides",
     "check_start",
     "config_from_dict",
+    "consumer_docs",
     "load_config",
     "parse_matcher",
     "rules_yaml",

@@ -38,7 +38,7 @@ from surefoot.events import EventHook, emit
 from surefoot.gateway._config import GatewayConfig
 from surefoot.identity import hash_credential
 
-__all__ = ["FIELDS", "AbuseControl", "duration_seconds", "listed"]
+__all__ = ["FIELDS", "AbuseControl", "by_of", "duration_seconds", "listed"]
 
 #: What an entry is made of (the admin API's body, the CLI's options).
 FIELDS = (
@@ -279,6 +279,17 @@ def listed(entry: Entry, now: float, configured: bool) -> dict[str, Any]:
         "rate": entry.rate,
         "at": round(entry.at, 3) if entry.at else None,  # None: the policy file's
     }
+
+
+def by_of(value: object) -> str:
+    """Who asked for an operator's change (``by``): 1 to 64 printable characters.
+
+    Raises:
+        ValueError: naming ``by``.
+    """
+    if not isinstance(value, str) or not 1 <= len(value) <= 64 or not value.isprintable():
+        raise ValueError("by: expected 1 to 64 printable characters")
+    return value
 
 
 def _reason(fields: Mapping[str, Any]) -> str:

@@ -79,6 +79,7 @@ from surefoot.abuse import (
     overlaps,
     subject,
 )
+from surefoot.contracts import Lifecycle, Schedule, VersionSet, Window
 from surefoot.errors import ConfigurationError, InvalidPath
 from surefoot.gateway._schema import (
     HMAC_FIELDS,
@@ -95,7 +96,7 @@ from surefoot.gateway._schema import (
 )
 from surefoot.idempotency import IdempotencyPolicy
 from surefoot.identity import hash_credential
-from surefoot.ratelimit import RateLimitPolicy
+from surefoot.ratelimit import RateLimitPolicy, Rollout
 from surefoot.storage import STORES, MemoryStore, store_from_url
 from surefoot.webhooks import (
     EventId,
@@ -236,6 +237,11 @@ class GatewayConfig:
         #: The key hashing accounts and addresses (``[abuse] hash_key_env``; b"": none).
         self.abuse_secret = secret.encode() if secret else b""
         self.abuse = self._abuse(problems)
+        #: Route template -> its ``Lifecycle`` (``[routes.deprecation]``).
+        self.lifecycles: dict[str, Lifecycle] = self._lifecycles(problems)
+        #: ``[versions]`` as a ``VersionSet`` (None: the API has no versions), and
+        #: client name -> its version from ``[[clients]] version``.
+        self.versions, self.client_versions = self._versions(problems)
         self._stores(problems)
         self.admin_token = self._secret(
             root.admin.token, root.admin.token_env, ("admin",), problems
@@ -362,6 +368,7 @@ class GatewayConfig:
                     )
                 for principal in principals:
                     overrides[principal] = limits
+            rollout = self._rollout(policy, loc, problems)
             try:
                 built.append(
                     RateLimitPolicy(
@@ -374,13 +381,39 @@ class GatewayConfig:
                         per_route=policy.per_route,
                         tiers=policy.tiers,
                         overrides=overrides,
-                        shadow=policy.shadow,
+                        shadow=policy.shadow and rollout is None,
+                        rollout=rollout,
                         on_store_error=policy.on_store_error,
                     )
                 )
             except ConfigurationError as exc:
                 problems.refused(loc, exc, Policy.model_fields)
         return tuple(built)
+
+    def _rollout(self, policy: Policy, loc: Loc, problems: Problems) -> Rollout | None:
+        """A policy's ``rollout`` table as a ``Rollout``: its ``[[clients]]`` names as their
+        principals (API key and address); never beside ``shadow = true``."""
+        table = policy.rollout
+        if table is None:
+            return None
+        if policy.shadow:
+            problems.add(
+                (*loc, "shadow"),
+                "expected false beside a rollout (the rollout shadows the clients it does "
+                "not enforce): remove shadow = true to start the rollout",
+            )
+        known = {client.name for client in self.root.clients}
+        for position, name in enumerate(table.clients):
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.add(
+                    (*loc, "rollout", "clients", position),
+                    f"unknown client {name!r}: expected a name from [[clients]]{hint}",
+                )
+        names = set(table.clients)
+        principals = [p for p, name in self.principals.items() if name in names]
+        return Rollout(percent=table.percent, principals=principals)
 
     def _tiers(self, problems: Problems) -> None:
         # A tier no policy defines has no effect at all: the client would silently get the
@@ -603,6 +636,117 @@ class GatewayConfig:
             for kind, canonical in values
         ]
 
+    def _lifecycles(self, problems: Problems) -> dict[str, Lifecycle]:
+        names = {client.name for client in self.root.clients}
+        out: dict[str, Lifecycle] = {}
+        for index, route in enumerate(self.root.routes):
+            table = route.deprecation
+            if table is None or route.match in out:
+                continue
+            loc: Loc = ("routes", index, "deprecation")
+            found = len(problems.items)
+            sunset = table.sunset.timestamp() if table.sunset is not None else None
+            for name in [*(table.clients or ()), *table.extensions]:
+                if name not in names:
+                    where = "clients" if name in (table.clients or ()) else "extensions"
+                    problems.add((*loc, where), _unknown_client(name, names))
+            extensions = {name: when.timestamp() for name, when in table.extensions.items()}
+            deprecated = table.deprecated.timestamp()
+            for name in table.extensions:
+                if table.clients is not None and name not in table.clients:
+                    problems.add(
+                        (*loc, "extensions", name),
+                        f"{name!r} is not in clients: the deprecation does not apply to it",
+                    )
+            for name, when in extensions.items():
+                if sunset is None:
+                    problems.add((*loc, "extensions"), "an extension needs a sunset to extend")
+                    break
+                if when <= sunset:
+                    problems.add(
+                        (*loc, "extensions", name),
+                        f"expected a moment after the sunset ({table.sunset}), "
+                        f"got {table.extensions[name]}",
+                    )
+            windows = []
+            for number, brownout in enumerate(table.brownouts):
+                start = brownout.start.timestamp()
+                if start < deprecated:
+                    problems.add(
+                        (*loc, "brownouts", number, "start"),
+                        f"expected a moment from deprecated ({table.deprecated}) on: a route "
+                        "is browned out only once deprecated",
+                    )
+                if sunset is not None and start >= sunset:
+                    problems.add(
+                        (*loc, "brownouts", number, "start"),
+                        f"expected a moment before the sunset ({table.sunset}): after it, "
+                        "the route is retired anyway",
+                    )
+                windows.append(Window(start, start + brownout.duration))
+            schedule = None
+            if table.brownout_schedule is not None:
+                weekly = table.brownout_schedule
+                hours, minutes = weekly.at.split(":")
+                starts = weekly.starts or table.deprecated
+                if starts < table.deprecated:
+                    problems.add(
+                        (*loc, "brownout_schedule", "starts"),
+                        f"expected a moment from deprecated ({table.deprecated}) on: a route "
+                        "is browned out only once deprecated",
+                    )
+                if sunset is not None and starts.timestamp() >= sunset:
+                    problems.add(
+                        (*loc, "brownout_schedule", "starts"),
+                        f"expected a moment before the sunset ({table.sunset})",
+                    )
+                schedule = Schedule(
+                    days=frozenset(_WEEKDAYS.index(day) for day in weekly.days),
+                    at=int(hours) * 3600.0 + int(minutes) * 60.0,
+                    duration=weekly.duration,
+                    final_duration=weekly.final_duration,
+                    starts=starts.timestamp(),
+                )
+            if len(problems.items) > found:
+                continue
+            out[route.match] = Lifecycle(
+                deprecated=deprecated,
+                sunset=sunset,
+                link=table.link,
+                sunset_link=table.sunset_link,
+                replacement=table.replacement,
+                clients=frozenset(table.clients) if table.clients is not None else None,
+                extensions=extensions,
+                windows=tuple(windows),
+                schedule=schedule,
+                brownout_critical=table.brownout_critical,
+            )
+        return out
+
+    def _versions(self, problems: Problems) -> tuple[VersionSet | None, dict[str, str]]:
+        table = self.root.versions
+        pinned = {c.name: c.version for c in self.root.clients if c.version is not None}
+        for index, client in enumerate(self.root.clients):
+            if client.version is None:
+                continue
+            if table is None:
+                problems.add(
+                    ("clients", index, "version"),
+                    "a client's version needs [versions] with its dates",
+                )
+            elif client.version not in table.dates:
+                problems.add(
+                    ("clients", index, "version"),
+                    f"expected one of [versions] dates ({', '.join(table.dates)}), "
+                    f"got {client.version!r}",
+                )
+        if table is None:
+            return None, {}
+        versions = VersionSet(
+            tuple(table.dates), initial=table.initial, pin=table.pin, header=table.header
+        )
+        return versions, pinned
+
     def _stores(self, problems: Problems) -> None:
         for name, url in self.root.stores.items():
             try:
@@ -621,6 +765,7 @@ class GatewayConfig:
             (("top", "store"), self.root.top.store),
             (("alerts", "store"), self.root.alerts.store),
             (("abuse", "store"), self.root.abuse.store),
+            *((("versions", "store"), v.store) for v in (self.root.versions,) if v is not None),
             *(
                 (("webhooks", "receive", index, "store"), table.store)
                 for index, table in enumerate(self.root.webhooks.receive)
@@ -999,3 +1144,14 @@ def _validated(data: Mapping[str, Any], source: str, lines: Sequence[str] | None
     config = GatewayConfig(problems.validated(Root, data), source, problems)
     problems.raise_if_any()
     return config
+
+
+#: ``[routes.deprecation.brownout_schedule] days``, Monday first.
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _unknown_client(name: str, known: set[str]) -> str:
+    """The message for a client name that no ``[[clients]]`` table has."""
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown client {name!r}: expected a name from [[clients]]{hint}"

@@ -1,5 +1,5 @@
-"""Events of the gateway: upstream failures, load shedding, unknown outcomes, reloads, and
-webhook events an operator made the gateway forget.
+"""Events of the gateway: upstream failures, load shedding, unknown outcomes, reloads,
+webhook events an operator made the gateway forget, and temporary rate-limit overrides.
 
 The layers the gateway composes emit their own events too: ``ratelimit.*``,
 ``idempotency.*``, ``storage.down`` / ``storage.recovered`` and, for the upstream's
@@ -19,6 +19,10 @@ __all__ = [
     "ConfigReloaded",
     "GatewayEvent",
     "OutcomeResolved",
+    "OverrideAdded",
+    "OverrideEvent",
+    "OverrideExpired",
+    "OverrideRemoved",
     "RequestShed",
     "UpstreamFailed",
     "WebhookForgotten",
@@ -119,3 +123,48 @@ class WebhookForgotten(GatewayEvent):
     event_id: str
     was: str
     status: int | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OverrideEvent(GatewayEvent):
+    """A temporary rate-limit override changed (``_overrides.py``): its ``override_id``,
+    ``policy``, ``client`` (None: every client of the policy), ``limits`` and
+    ``expires_at``, and who changed it (``by``) and why (``reason``)."""
+
+    name: ClassVar[str] = "ratelimit.override"
+    level: ClassVar[int] = logging.WARNING
+    override_id: str
+    policy: str
+    client: str | None
+    limits: tuple[str, ...]
+    expires_at: float
+    by: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OverrideAdded(OverrideEvent):
+    """An operator put an override in force on every worker (``replaced``: the id of the
+    override of the same target it took the place of, if any); emitted once, by the
+    worker that made it or, for the CLI's, the first worker to see it."""
+
+    name: ClassVar[str] = "ratelimit.override_added"
+    replaced: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OverrideRemoved(OverrideEvent):
+    """An operator ended an override before its expiry (``by`` and ``reason`` are the
+    remover's), or a newer override of its target replaced it; emitted once, by the
+    worker that ended it or, for the CLI's, the first worker to see it gone."""
+
+    name: ClassVar[str] = "ratelimit.override_removed"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OverrideExpired(OverrideEvent):
+    """An override reached its ``expires_at`` and reverted by itself (``by`` and
+    ``reason`` are its maker's); logged once whatever the number of workers."""
+
+    name: ClassVar[str] = "ratelimit.override_expired"
+    level: ClassVar[int] = logging.INFO

@@ -1,12 +1,13 @@
 """``Gateway``: the ASGI app ``surefoot serve`` runs, composed from a policy file.
 
 Per request: ``AbuseGuard`` (bans, allows, failure rules, anomalies: ``surefoot.abuse``)
+-> ``ContractGuard`` (deprecations, brownouts, versions: ``surefoot.contracts``)
 -> ``RateLimitMiddleware`` -> ``IdempotencyMiddleware`` -> ``ProxyApp`` -> the upstream,
 wrapped in the gateway's own request loop (request id, access log, metrics). A ``POST`` on
 a ``[[webhooks.receive]]`` path takes another way after the rate limiter::
 
-    AbuseGuard ─► RateLimitMiddleware ─┬─► IdempotencyMiddleware ─► ProxyApp ─► upstream
-                                       └─► WebhookReceiver ───────► ProxyApp   (a webhook)
+    AbuseGuard ─► ContractGuard ─► RateLimitMiddleware ─┬─► IdempotencyMiddleware ─► ProxyApp
+                                                        └─► WebhookReceiver ───────► ProxyApp
 
 What the configuration decides is decided when the stack is built: a layer with nothing to
 do (no rate-limit policy; no route or method idempotency protects; no webhook endpoint) is
@@ -54,6 +55,10 @@ Rule 8: a verified webhook event reaches the upstream once per event id (``_Webh
         says why the receiver sits where it does): a delivery that fails verification
         never reaches it, a duplicate is answered from the store, and the upstream gets
         the body's bytes as they were signed and the event id in ``Surefoot-Webhook-Id``.
+Rule 9: temporary rate-limit overrides (``_override_board.SharedOverrides``) are applied to
+        the stack's rate limiter in place (``update_policies``, nothing rebuilt) when a
+        sync, every second, finds the set in force changed, and on the request path the
+        moment one expires; a stack built by a reload starts with those in force.
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ from surefoot._routes import RouteTable
 from surefoot.abuse import AbuseGuard, AbuseLog, AnomalyDetector, SharedBans
 from surefoot.client import CircuitBreaker
 from surefoot.clock import Clock, SystemClock
+from surefoot.contracts import ContractGuard, Versioning, VersionPins
 from surefoot.errors import (
     DEFAULT_PROBLEM_BASE,
     ConfigurationError,
@@ -107,6 +113,8 @@ from surefoot.gateway._head import ServerLimits
 from surefoot.gateway._lookup import LookupResolver
 from surefoot.gateway._metrics import GatewayMetrics
 from surefoot.gateway._outbox import OutboxRunner
+from surefoot.gateway._override_board import SYNC_EVERY, SharedOverrides, principals_of_client
+from surefoot.gateway._overrides import apply_overrides
 from surefoot.gateway._reconcile import Report, Sweeper, describe
 from surefoot.gateway._schema import Route
 from surefoot.gateway._shed import LoadShedder
@@ -117,7 +125,7 @@ from surefoot.gateway.proxy import ProxyApp
 from surefoot.idempotency import IdempotencyMiddleware, LeaseExpired, OutcomeUnknown, State
 from surefoot.identity import Identity
 from surefoot.metrics import uncounted
-from surefoot.ratelimit import RateLimitMiddleware
+from surefoot.ratelimit import RateLimitMiddleware, RateLimitPolicy
 from surefoot.storage import IdempotencyStore, RateLimitStore, StoreHealth, store_from_url
 from surefoot.webhooks import WebhookEndpoint, WebhookReceiver
 
@@ -162,12 +170,16 @@ class _Stack:
     test_networks: tuple[IPv4Network | IPv6Network, ...] = ()
     #: Abuse protection (None: ``[abuse] enabled = false``).
     guard: AbuseGuard | None = None
+    #: Deprecations and versions (None: no ``[routes.deprecation]`` and no ``[versions]``).
+    contracts: ContractGuard | None = None
     resources: set[int] = field(default_factory=set)
     in_flight: int = 0
     #: Webhook endpoint name -> the store keeping its event ids (the admin API's).
     webhook_stores: dict[str, IdempotencyStore] = field(default_factory=dict)
     #: Webhook endpoint name -> its receiver (the admin API replays through it).
     webhook_receivers: dict[str, WebhookReceiver] = field(default_factory=dict)
+    #: The rate limiter, which temporary overrides update in place (None: no policy).
+    rate_limiter: RateLimitMiddleware | None = None
 
 
 class Gateway:
@@ -215,6 +227,7 @@ class Gateway:
         self._pools: dict[tuple[Any, ...], HttpUpstream] = {}
         self._breakers: dict[tuple[Any, ...], CircuitBreaker] = {}
         self._shedders: dict[tuple[Any, ...], LoadShedder] = {}
+        self._pins: dict[int, VersionPins] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconciler: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
@@ -254,6 +267,12 @@ class Gateway:
             self._unknown_changed,
             *hooks,
         )
+        # Temporary rate-limit overrides (Rule 9), applied by every stack built from now on.
+        rl_url = config.store_url(root.rate_limit.store)
+        self.overrides = SharedOverrides(
+            self._store(rl_url, set()), clock=self.clock, hooks=self.hooks
+        )
+        self._overriding: asyncio.Task[None] | None = None
         self.stack = self._build(config, _digest_of(config_path))
         if self.stack.guard is not None:
             self.detector = self.stack.guard.detector
@@ -302,6 +321,9 @@ class Gateway:
         # websockets are not proxied
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.overrides.next_expiry <= self.clock.now():  # an override ended (Rule 9)
+            self.overrides.expire(self.clock.now())
+            self.apply_overrides()
         stack = self.stack
         if stack.test_header is not None and _is_test(stack, scope):
             with uncounted():  # test traffic: served, left out of the metrics
@@ -429,6 +451,9 @@ class Gateway:
             self._guarding = asyncio.ensure_future(self._guard(self._abuse["sync_every"]))
         if self.top is not None and self._flushing is None:
             self._flushing = asyncio.ensure_future(self.top.run(self._top.flush_every))
+        if self._overriding is None:
+            await self.sync_overrides()  # the overrides in force before the first request
+            self._overriding = asyncio.ensure_future(self._sync_overrides_every(SYNC_EVERY))
         if self.sweeper is not None and self._sweeping is None:
             assert self._started_sagas is not None
             interval = self._started_sagas.reconcile_interval
@@ -471,6 +496,41 @@ class Gateway:
             await self.shared_bans.sync()
         except Exception as exc:
             _log.warning("abuse: reading the entries failed: %s", type(exc).__name__)
+
+    async def _sync_overrides_every(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            await self.sync_overrides()
+
+    async def sync_overrides(self) -> None:
+        """Read the temporary overrides (``SharedOverrides.sync``) and apply them if the set
+        in force changed (Rule 9); a store that fails keeps those in force here."""
+        try:
+            changed = await self.overrides.sync()
+        except Exception as exc:
+            _log.warning("overrides: reading them failed: %s", type(exc).__name__)
+            return
+        if changed:
+            self.apply_overrides()
+
+    def apply_overrides(self) -> None:
+        """Put the overrides in force on the stack's rate limiter, in place (Rule 9)."""
+        limiter = self.stack.rate_limiter
+        if limiter is None:
+            return
+        try:
+            limiter.update_policies(self._overridden(self.stack.config))
+        except ConfigurationError as exc:  # never expected: each override was checked
+            _log.error("overrides: not applied, the file's limits stay: %s", exc)
+            limiter.update_policies(self.stack.config.rate_limit_policies)
+
+    def _overridden(self, config: GatewayConfig) -> list[RateLimitPolicy]:
+        """The file's policies with the overrides in force applied (``_overrides``)."""
+        live = self.overrides.live.values()
+        if not live:
+            return list(config.rate_limit_policies)
+        principals = principals_of_client(config)
+        return apply_overrides(config.rate_limit_policies, live, principals, now=self.clock.now())
 
     def refresh_abuse(self) -> None:
         """Count the entries in force (``surefoot_abuse_entries``) and the clients in
@@ -546,12 +606,13 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeping
             self._sweeping = None
-        for task in (self._flushing, self._watching, self._guarding):  # before the stores close
+        tasks = (self._flushing, self._watching, self._guarding, self._overriding)
+        for task in tasks:  # before the stores close
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._flushing = self._watching = self._guarding = None
+        self._flushing = self._watching = self._guarding = self._overriding = None
         if self.abuse_log is not None:
             self.abuse_log.close()
         await self.watcher.aclose()
@@ -639,6 +700,8 @@ class Gateway:
                 )
                 raise
             old, self.stack = self.stack, stack
+            rl_url = config.store_url(config.root.rate_limit.store)
+            self.overrides.store = self._store(rl_url, stack.resources)
             self.generation += 1
             if self.shared_bans is not None:
                 self.shared_bans.configure(config.abuse.entries)
@@ -822,12 +885,13 @@ class Gateway:
         receivers, webhook_stores, by_name = self._receivers(config, proxy, resources)
         if receivers:
             app = _Webhooks(app, receivers)
+        rate_limiter = None
         if config.rate_limit_policies:
             tiers = config.tiers
-            app = RateLimitMiddleware(
+            app = rate_limiter = RateLimitMiddleware(
                 app,
                 store=rl_store,
-                policies=config.rate_limit_policies,
+                policies=self._overridden(config),
                 principal=identity,
                 tier=(lambda scope, principal: tiers.get(principal)) if tiers else None,
                 headers=root.rate_limit.headers,
@@ -838,6 +902,9 @@ class Gateway:
                 store_health=self._health_of(rl_store),
                 allow_method_override=root.server.allow_method_override,
             )
+        contracts = None
+        if config.lifecycles or config.versions is not None:
+            app = contracts = self._contracts(app, config, identity, route_of, resources)
         guard = None
         if self.shared_bans is not None:
             abuse = config.abuse
@@ -869,6 +936,7 @@ class Gateway:
             digest=digest,
             app=app,
             guard=guard,
+            contracts=contracts,
             proxy=proxy,
             idempotency_store=idem_store,
             rate_limit_store=rl_store,
@@ -888,9 +956,51 @@ class Gateway:
             resources=resources,
             webhook_stores=webhook_stores,
             webhook_receivers=by_name,
+            rate_limiter=rate_limiter,
         )
         stack_ref.append(stack)
         return stack
+
+    def _contracts(
+        self,
+        app: ASGIApp,
+        config: GatewayConfig,
+        identity: Identity,
+        route_of: Callable[[Scope], str],
+        resources: set[int],
+    ) -> ContractGuard:
+        """The ``ContractGuard`` of ``[routes.deprecation]`` and ``[versions]``, in front of
+        the rate limiter: nothing is counted for a request it answers."""
+        principals = config.principals
+        critical = config.critical_principals
+        versioning = None
+        table = config.root.versions
+        if config.versions is not None and table is not None:
+            pins = None
+            if table.pin == "first_used":
+                store = self._store(config.store_url(table.store), resources)
+                pins = self._pins.get(id(store))
+                if pins is None:  # kept across reloads: a pin read is a pin known
+                    pins = self._pins[id(store)] = VersionPins(store)
+            versioning = Versioning(
+                config.versions,
+                header=table.header,
+                forward_header=table.forward_header,
+                pins=pins,
+                file_pins=config.client_versions,
+            )
+        return ContractGuard(
+            app,
+            lifecycles=config.lifecycles,
+            route_of=route_of,
+            client_of=lambda scope: principals.get(identity(scope)),
+            principal_of=identity.rate_limit_principal,
+            critical_of=lambda scope: bool(critical) and identity(scope) in critical,
+            versioning=versioning,
+            clock=self.clock,
+            hooks=self.hooks,
+            problem_base=DEFAULT_PROBLEM_BASE,
+        )
 
     def _receivers(
         self, config: GatewayConfig, proxy: ProxyApp, resources: set[int]

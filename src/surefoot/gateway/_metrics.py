@@ -24,6 +24,7 @@ from surefoot.abuse import (
     EntryRemoved,
     FailuresCrossed,
 )
+from surefoot.contracts import DeprecatedCalled, VersionPinned
 from surefoot.gateway._events import (
     ConfigRefused,
     ConfigReloaded,
@@ -79,6 +80,8 @@ class GatewayMetrics(PrometheusMetrics):
         self._anomalies = self._metric("surefoot_abuse_anomalies_total", Counter)
         self._anomalous = self._metric("surefoot_abuse_anomalous_clients", Gauge)
         self._abuse_entries = self._children("surefoot_abuse_entries", Gauge)
+        self._deprecated = self._children("surefoot_deprecated_requests_total", Counter)
+        self._pins = self._children("surefoot_version_pins_total", Counter)
         self._top = _TopCollector()
         self._exposed.register(self._top)
         self._handlers.update(
@@ -93,6 +96,10 @@ class GatewayMetrics(PrometheusMetrics):
                 EntryRemoved: lambda e: self._abuse_removed(e.action).inc(),
                 FailuresCrossed: lambda e: self._abuse_thresholds(e.rule, e.step).inc(),
                 AnomalyStarted: lambda e: self._anomalies.inc(),
+                DeprecatedCalled: lambda e: self._deprecated(
+                    e.route, e.client or "other", e.phase
+                ).inc(),
+                VersionPinned: lambda e: self._pins(e.version).inc(),
             }
         )
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import MISSING, fields
-from datetime import datetime
+from datetime import UTC, date, datetime
+from itertools import pairwise
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -41,20 +42,25 @@ __all__ = [
     "PLACEHOLDER",
     "Admin",
     "Breaker",
+    "Brownout",
+    "BrownoutSchedule",
     "Client",
     "Concurrency",
+    "Deprecation",
     "IdempotencyDefaults",
     "IdempotencyFields",
     "Identity",
     "Lookup",
     "Policy",
     "RateLimit",
+    "Rollout",
     "Root",
     "Route",
     "RouteIdempotency",
     "Sagas",
     "Server",
     "Upstream",
+    "Versions",
     "WebhookOrdering",
     "WebhookReceive",
     "WebhookSend",
@@ -213,6 +219,7 @@ class Client(_Table):
     address: str | None = described("the client's IP address", None)
     tier: str | None = described("a tier name used by the rate-limit policies", None)
     critical: bool = described("true or false", False)
+    version: str | None = described("an API version from [versions] dates", None)
 
 
 class Lookup(_Table):
@@ -296,6 +303,14 @@ class IdempotencyDefaults(IdempotencyFields):
     reconcile_interval: float = described("seconds > 0 between reconciler passes", 30.0, gt=0)
 
 
+class Rollout(_Table):
+    """``[rate_limit.policies.rollout]``: the policy is enforced for these clients and
+    shadows everyone else's requests (``surefoot.ratelimit.Rollout``)."""
+
+    percent: float = described("a share of clients from 0 to 100", 0.0, ge=0, le=100)
+    clients: list[str] = described("[[clients]] names", [], max_length=10000)
+
+
 class Policy(_Table):
     name: str = described("a name of letters, digits, '-', '_' or '.'")
     limits: list[str] = described("limits such as ['100/minute', '10/second']")
@@ -307,6 +322,7 @@ class Policy(_Table):
     tiers: dict[str, list[str]] = described("tier name = limits", {})
     overrides: dict[str, list[str]] = described("client name = limits", {})
     shadow: bool = described("true or false", False)
+    rollout: Rollout | None = None
     on_store_error: Literal["fail_open", "fail_closed", "local_fallback"] = described(
         "'fail_open', 'fail_closed' or 'local_fallback'", "fail_open"
     )
@@ -316,13 +332,201 @@ class RateLimit(_Table):
     store: str = described("a name from [stores]", "default")
     headers: bool = described("true or false", True)
     legacy_headers: bool = described("true or false", False)
+    max_override: float = described(
+        "seconds from 60 to 31536000: the longest temporary override the admin API or CLI may set",
+        2592000.0,
+        ge=60,
+        le=31536000,
+    )
     policies: list[Policy] = []
+
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_TIME_OF_DAY = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
+_VERSION = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _moment(value: Any) -> Any:
+    """A TOML date (midnight UTC) or a date and time with its offset; other values are left
+    to the field's type, which refuses them."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if isinstance(value, datetime) and value.tzinfo is None:
+        raise ValueError(
+            "expected a date, or a date and time with its offset, e.g. 2027-01-01T00:00:00Z"
+        )
+    return value
+
+
+def _https(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"https?://[^\s<>\"]{1,2000}", value):
+        raise ValueError(f"expected an absolute http:// or https:// URL, got {shown(value)}")
+    return value
+
+
+class Brownout(_Table):
+    """``[[routes.deprecation.brownouts]]``: one window of the post-sunset answer."""
+
+    start: datetime = described("a date and time with its offset (TOML)")
+    duration: float = described("seconds from 1 to 86400", 600.0, ge=1, le=86400)
+
+    _start = field_validator("start", mode="before")(_moment)
+
+
+class BrownoutSchedule(_Table):
+    """``[routes.deprecation.brownout_schedule]``: windows on given days each week, each
+    longer than the last, from ``duration`` on ``starts`` to ``final_duration`` at the sunset."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = described(
+        "days such as ['tue', 'thu']", min_length=1, max_length=7
+    )
+    at: str = described("a time of day 'HH:MM' in UTC", "14:00")
+    duration: float = described("seconds from 60 to 86400", 600.0, ge=60, le=86400)
+    final_duration: float | None = described(
+        "seconds from duration to 86400: the last window's length", None, le=86400
+    )
+    starts: datetime | None = described(
+        "a date, or a date and time with its offset (default: the deprecation date)", None
+    )
+
+    _starts = field_validator("starts", mode="before")(_moment)
+
+    @field_validator("at")
+    @classmethod
+    def _at(cls, value: str) -> str:
+        if not _TIME_OF_DAY.fullmatch(value):
+            raise ValueError(f"expected a time of day 'HH:MM' (UTC), got {shown(value)}")
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, value: list[str]) -> list[str]:
+        if len(set(value)) < len(value):
+            raise ValueError("expected each day once")
+        return value
+
+    @field_validator("final_duration")
+    @classmethod
+    def _final(cls, value: float | None, info: ValidationInfo) -> float | None:
+        first = info.data.get("duration")
+        if value is not None and first is not None and value < first:
+            raise ValueError(f"expected at least duration ({first:g})")
+        return value
+
+
+class Deprecation(_Table):
+    """``[routes.deprecation]``: RFC 9745 ``Deprecation``, RFC 8594 ``Sunset``, brownouts."""
+
+    deprecated: datetime = described(
+        "a date, or a date and time with its offset: when the route is (or was) deprecated"
+    )
+    sunset: datetime | None = described(
+        "a date, or a date and time with its offset, after deprecated: when it stops answering",
+        None,
+    )
+    link: str | None = described("an http(s) URL of the migration notes", None)
+    sunset_link: str | None = described("an http(s) URL about the sunset (default: link)", None)
+    replacement: str | None = described(
+        "text of at most 200 characters naming what replaces the route, e.g. 'GET /v2/orders'",
+        None,
+        max_length=200,
+    )
+    clients: list[str] | None = described(
+        "[[clients]] names the deprecation applies to (default: every client)",
+        None,
+        min_length=1,
+        max_length=10000,
+    )
+    extensions: dict[str, datetime] = described("client name = a later sunset for that client", {})
+    brownouts: list[Brownout] = described("tables of brownout windows", [], max_length=1000)
+    brownout_schedule: BrownoutSchedule | None = None
+    brownout_critical: bool = described(
+        "true or false: brownouts apply to clients marked critical too", False
+    )
+
+    _dates = field_validator("deprecated", "sunset", mode="before")(_moment)
+    _links = field_validator("link", "sunset_link")(_https)
+
+    @field_validator("extensions", mode="before")
+    @classmethod
+    def _extensions(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {name: _moment(when) for name, when in value.items()}
+        return value
+
+    @field_validator("sunset")
+    @classmethod
+    def _sunset(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        deprecated = info.data.get("deprecated")
+        if value is not None and deprecated is not None and value <= deprecated:
+            raise ValueError(
+                f"expected a moment after deprecated ({deprecated.isoformat()}), "
+                f"got {value.isoformat()}"
+            )
+        return value
+
+
+class Versions(_Table):
+    """``[versions]``: date-based API versions, pinned per client (``surefoot.contracts``)."""
+
+    dates: list[str] = described(
+        "versions 'YYYY-MM-DD' in increasing order", min_length=1, max_length=1000
+    )
+    header: str = described("a header name clients send to choose a version", "surefoot-version")
+    forward_header: str = described(
+        "a header name carrying the effective version to the upstream", "surefoot-version"
+    )
+    pin: Literal["first_used", "latest"] = described(
+        "'first_used' (a new client is pinned to the version of its first request) "
+        "or 'latest' (clients without a version in [[clients]] follow the latest)",
+        "first_used",
+    )
+    initial: str | None = described(
+        "a version from dates a new client is pinned to (default: the latest)", None
+    )
+    store: str = described("a name from [stores]", "default")
+
+    @field_validator("dates")
+    @classmethod
+    def _dates(cls, value: list[str]) -> list[str]:
+        for index, version in enumerate(value):
+            try:
+                if not _VERSION.fullmatch(version):
+                    raise ValueError
+                date.fromisoformat(version)
+            except ValueError:
+                raise ValueError(
+                    f"expected dates 'YYYY-MM-DD', got {shown(version)} at index {index}"
+                ) from None
+        for index, (a, b) in enumerate(pairwise(value)):
+            if b <= a:
+                raise ValueError(
+                    f"expected dates in increasing order, each once: {b!r} at index "
+                    f"{index + 1} comes after {a!r}"
+                )
+        return value
+
+    @field_validator("header", "forward_header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        if not _HEADER_NAME.fullmatch(value.lower()):
+            raise ValueError(f"expected a header name, got {shown(value)}")
+        return value.lower()
+
+    @field_validator("initial")
+    @classmethod
+    def _initial(cls, value: str | None, info: ValidationInfo) -> str | None:
+        dates = info.data.get("dates")
+        if value is not None and dates is not None and value not in dates:
+            raise ValueError(f"expected one of dates {dates}, got {shown(value)}")
+        return value
 
 
 class Route(_Table):
     match: str = described("a route template such as 'POST /charges/{id}'")
     critical: bool = described("true or false", False)
     timeout: float | None = described("seconds > 0", None, gt=0)
+    deprecation: Deprecation | None = None
     idempotency: RouteIdempotency | None = described(
         "a table of idempotency fields, or false to leave the route unprotected", None
     )
@@ -881,6 +1085,7 @@ class Root(_Table):
     top: Top = Top()
     alerts: Alerts = Alerts()
     abuse: Abuse = Abuse()
+    versions: Versions | None = None
 
 
 Root.model_rebuild()

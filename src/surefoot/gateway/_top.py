@@ -6,9 +6,12 @@ counters, whatever the number of clients) and writes them to the store every
 ``flush_every`` seconds; a read merges every worker's summaries of the window.
 
 Lists: ``refused`` (per policy: the principals refused with 429), ``admitted`` (per
-policy: the principals admitted, so the heaviest users of their quota), ``reused`` (the
-idempotency keys sent again with another request, as ``principal store_key``) and
-``unknown`` (the principals whose requests ended with an unknown outcome).
+policy: the principals admitted, so the heaviest users of their quota), ``shadow`` (per
+policy: the principals a policy in shadow or rolled out would have refused, once per
+request, so those a stricter stage would break), ``reused`` (the idempotency keys sent
+again with another request, as ``principal store_key``), ``unknown`` (the principals
+whose requests ended with an unknown outcome) and ``deprecated`` (per route: the
+principals still calling a route deprecated for them, ``surefoot.contracts``).
 
 Rule 1: a worker's summary of one list, policy and minute (and one of the hour) is one
         slot of the board ``top:LIST:POLICY:mMINUTE`` (``...:hHOUR``), the slot named by
@@ -37,6 +40,8 @@ Rule 5: test traffic (``surefoot.metrics.uncounted``) is not counted; a summary 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import logging
 import os
 import socket
@@ -46,17 +51,36 @@ from dataclasses import dataclass
 from typing import Any
 
 from surefoot.clock import Clock
+from surefoot.contracts import DeprecatedCalled
 from surefoot.events import Event
 from surefoot.idempotency import KeyReused, OutcomeUnknown
 from surefoot.metrics import BoardStore, SpaceSaving, counted, merge
-from surefoot.ratelimit import RateLimitAllowed, RateLimitRejected
+from surefoot.ratelimit import RateLimitAllowed, RateLimitRejected, RateLimitShadowRejected
 
-__all__ = ["LISTS", "WINDOWS", "TopTracker", "top_lists"]
+__all__ = ["DEPRECATED", "LISTS", "WINDOWS", "TopTracker", "deprecated_key", "top_lists"]
 
 _log = logging.getLogger("surefoot.gateway")
 
 #: The lists, and whether each is per policy.
-LISTS: dict[str, bool] = {"refused": True, "admitted": True, "reused": False, "unknown": False}
+LISTS: dict[str, bool] = {
+    "refused": True,
+    "admitted": True,
+    "shadow": True,
+    "reused": False,
+    "unknown": False,
+}
+#: The list of who calls each deprecated route (per route, not per policy: read by
+#: ``/admin/deprecations``, not one of ``LISTS``).
+DEPRECATED = "deprecated"
+
+
+@functools.lru_cache(maxsize=1024)
+def deprecated_key(route: str) -> str:
+    """The ``deprecated`` list's key of ``route``: a short hash, since a route template may
+    be long or hold characters a board's name may not (``surefoot._board`` Rule 1)."""
+    return hashlib.blake2b(route.encode(), digest_size=8).hexdigest()
+
+
 #: The windows a read may ask for, in seconds.
 WINDOWS: dict[str, int] = {
     "1m": 60,
@@ -136,11 +160,16 @@ class TopTracker:
         # Per list and policy: the minute, and its minute's and hour's summaries.
         self._current: dict[tuple[str, str], tuple[int, _Slot, _Slot]] = {}
         self._read: dict[tuple[str, str, str], tuple[float, SpaceSaving]] = {}
+        # The request, policy and limits of the last shadow refusal: a request refused by
+        # several limits of one policy is counted once (its events come one after another).
+        self._shadowed: tuple[str, str, set[str]] = ("", "", set())
         self._handlers: dict[type[Event], Any] = {
             RateLimitRejected: self._on_rejected,
+            RateLimitShadowRejected: self._on_shadow,
             RateLimitAllowed: self._on_allowed,
             KeyReused: self._on_reused,
             OutcomeUnknown: self._on_unknown,
+            DeprecatedCalled: self._on_deprecated,
         }
 
     # -- counting ----------------------------------------------------------------------------
@@ -156,6 +185,14 @@ class TopTracker:
     def _on_rejected(self, event: RateLimitRejected) -> None:
         self.count("refused", event.policy, event.principal)
 
+    def _on_shadow(self, event: RateLimitShadowRejected) -> None:
+        request, policy, limits = self._shadowed
+        if (request, policy) == (event.request_id, event.policy) and event.limit not in limits:
+            limits.add(event.limit)  # another limit of the same request and policy
+            return
+        self._shadowed = (event.request_id, event.policy, {event.limit})
+        self.count("shadow", event.policy, event.principal)
+
     def _on_allowed(self, event: RateLimitAllowed) -> None:
         for policy in event.policies:
             self.count("admitted", policy, event.principal)
@@ -165,6 +202,9 @@ class TopTracker:
 
     def _on_unknown(self, event: OutcomeUnknown) -> None:
         self.count("unknown", "", event.principal)
+
+    def _on_deprecated(self, event: DeprecatedCalled) -> None:
+        self.count(DEPRECATED, deprecated_key(event.route), event.principal)
 
     def count(self, name: str, policy: str, item: str, weight: float = 1.0) -> None:
         """Count ``item`` once in the list ``name`` of ``policy`` (``""``: not per policy)."""

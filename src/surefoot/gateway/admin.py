@@ -43,7 +43,16 @@ Endpoints (JSON unless said otherwise; every one but the two probes needs
                                         admitted most (``admitted``), the keys reused
                                         with another request (``reused``), the clients
                                         with unknown outcomes (``unknown``), merged across
-                                        workers and hosts (``[top]``)
+                                        workers and hosts (``[top]``); those a policy in
+                                        shadow or rolled out would refuse (``shadow``)
+    GET  /admin/rollouts?window=&limit=   each policy in shadow or rolled out: its stage,
+                                        the clients it is enforced for, and who it would
+                                        refuse (``would_break``, the ``shadow`` top list)
+    GET  /admin/deprecations?window=&days=&limit=   each deprecated route: its dates, its
+                                        phase now, its brownout windows of the next
+                                        ``days`` (default 30), and who still calls it
+                                        (``callers``, over ``window``, default 24h)
+    GET  /admin/versions                the API's versions and the clients pinned to each
     GET  /admin/series?range=15m|1h|6h|24h   the dashboard's charts: rates and gauges
     GET  /admin/alerts                  the gateway's own alerts and the silences muting them
     GET  /admin/silences                every silence, expired ones for a day
@@ -57,6 +66,13 @@ Endpoints (JSON unless said otherwise; every one but the two probes needs
                                         "rate", "by"}: in force on every worker within a
                                         second (``gateway/_abuse.py`` has the rules)
     POST /admin/bans/remove             {"action", the subject, "reason", "by"}: lift it
+    GET  /admin/overrides?audit=1       temporary rate-limit overrides in force (and, with
+                                        audit=1, their audit trail: who changed what, why)
+    POST /admin/overrides               {"policy", "client" (none: every client), "limits",
+                                        "for" | "until", "reason", "by"}: in force on every
+                                        worker within a second, until it expires by itself
+                                        (``gateway/_overrides.py`` has the rules)
+    POST /admin/overrides/remove        {"policy", "client", "reason", "by"}: end it now
     GET  /admin/dashboard               the dashboard page and its files (no token: they
                                         hold no data; the page asks for the token)
 
@@ -112,6 +128,7 @@ import os
 import re
 import signal
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
@@ -135,11 +152,13 @@ from surefoot.errors import (
     SurefootError,
 )
 from surefoot.events import emit
-from surefoot.gateway._abuse import FIELDS, duration_seconds, listed
+from surefoot.gateway._abuse import FIELDS, by_of, duration_seconds, listed
 from surefoot.gateway._events import OutcomeResolved, WebhookForgotten
 from surefoot.gateway._gateway import Gateway
 from surefoot.gateway._lookup import LOOKUP_PREFIX
-from surefoot.gateway._top import LISTS, WINDOWS
+from surefoot.gateway._override_board import FIELDS as OVERRIDE_FIELDS
+from surefoot.gateway._override_board import OverrideControl
+from surefoot.gateway._top import DEPRECATED, LISTS, WINDOWS, deprecated_key
 from surefoot.gateway._watch import RANGES
 from surefoot.idempotency import Record, State, StoredResponse, classify, scoped_key
 from surefoot.metrics import Matcher
@@ -180,6 +199,7 @@ _SAGA_ACTIONS = frozenset({"retry", "compensate", "resolve"})
 _DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)([smhdw]?)")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _EVENT_METHODS = frozenset({"GET", "DELETE", "POST"})
+_REMOVAL = ("policy", "client", "reason", "by")
 
 
 class AdminApp:
@@ -300,7 +320,10 @@ class AdminApp:
         for principal in principals:
             tier = config.tiers.get(principal)
             items, labels = [], []
-            for policy in config.rate_limit_policies:
+            # The policies in force: the file's, with the temporary overrides applied.
+            limiter = stack.rate_limiter
+            in_force = limiter.policies if limiter is not None else config.rate_limit_policies
+            for policy in in_force:
                 if principal in policy.allow or policy.per_route:
                     continue
                 if policy.per == "address" and not principal.startswith("addr:"):
@@ -310,7 +333,9 @@ class AdminApp:
                         continue  # in-flight slots are not a rate
                     key = limit_key(policy.name, limit, principal, "")
                     items.append(Item(key, limit.algorithm or "", limit, 0, True, ""))
-                    labels.append((policy.name, limit.describe(), policy.shadow))
+                    labels.append(
+                        (policy.name, limit.describe(), not policy.enforced_for(principal))
+                    )
             decisions = await stack.rate_limit_store.acquire(items, now) if items else (True, [])
             report.append(
                 {
@@ -382,6 +407,60 @@ class AdminApp:
             },
         )
 
+    async def rollouts(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Each policy in shadow or rolled out: its stage, who it is enforced for, and
+        who a stricter stage would break (its ``shadow`` top list over ``window``)."""
+        query = _query(scope, "window", "limit")
+        window = query.get("window", "1h")
+        if window not in WINDOWS:
+            raise AdminBadRequest(
+                reason=f"window: expected one of {', '.join(WINDOWS)}, got {shown(window)}"
+            )
+        limit = _limit(query.get("limit", "20"))
+        config = self.gateway.stack.config
+        tracker = self.gateway.top
+        staged = []
+        for policy in config.rate_limit_policies:
+            rollout = policy.rollout
+            if rollout is None and not policy.shadow:
+                continue
+            percent = 0.0 if rollout is None else rollout.percent
+            listed: frozenset[str] = frozenset(() if rollout is None else rollout.principals)
+            if percent >= 100:
+                stage = "enforced"
+            elif percent > 0 or listed:
+                stage = "partial"
+            else:
+                stage = "shadow"
+            would_break: dict[str, Any] | None = None
+            if tracker is not None:  # [top] enabled = false: nothing is counted
+                merged = await tracker.read("shadow", policy.name, window)
+                would_break = {
+                    "total": merged.total,
+                    "k": merged.k,
+                    "error_bound": merged.total / merged.k,
+                    "items": [
+                        {
+                            "principal": found.item,
+                            "client": config.principals.get(found.item),
+                            "enforced": policy.enforced_for(found.item),
+                            "count": found.count,
+                            "error": found.error,
+                        }
+                        for found in merged.top(limit)
+                    ],
+                }
+            staged.append(
+                {
+                    "name": policy.name,
+                    "stage": stage,
+                    "percent": percent,
+                    "clients": sorted({config.principals.get(p, p) for p in listed}),
+                    "would_break": would_break,
+                }
+            )
+        await _json(send, 200, {"window": window, "policies": staged})
+
     async def series(self, scope: Scope, receive: Receive, send: Send) -> None:
         span = _query(scope, "range").get("range", "1h")
         if span not in RANGES:
@@ -436,6 +515,96 @@ class AdminApp:
             raise AdminNotFound(what=f"silence {silence_id!r}")
         await _json(send, 200, {"id": silence_id, "expired": True, "silence": silence.as_dict()})
 
+    async def deprecations(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = _query(scope, "window", "days", "limit")
+        window = query.get("window", "24h")
+        if window not in WINDOWS:
+            raise AdminBadRequest(
+                reason=f"window: expected one of {', '.join(WINDOWS)}, got {shown(window)}"
+            )
+        days = _limit(query.get("days", "30"), most=366, name="days")
+        limit = _limit(query.get("limit", "20"))
+        config = self.gateway.stack.config
+        now = self.gateway.clock.now()
+        tracker = self.gateway.top
+        routes = []
+        for route, life in config.lifecycles.items():
+            callers = None
+            if tracker is not None:
+                merged = await tracker.read(DEPRECATED, deprecated_key(route), window)
+                callers = [
+                    {
+                        "principal": found.item,
+                        "client": config.principals.get(found.item),
+                        "count": found.count,
+                        "error": found.error,
+                    }
+                    for found in merged.top(limit)
+                ]
+            windows = life.windows_between(now, now + days * 86400.0)
+            routes.append(
+                {
+                    "route": route,
+                    "phase": life.phase(now).value if life.clients is None else None,
+                    "deprecated": _iso(life.deprecated),
+                    "sunset": _iso(life.sunset),
+                    "extensions": {name: _iso(at) for name, at in life.extensions.items()},
+                    "clients": sorted(life.clients) if life.clients is not None else None,
+                    "replacement": life.replacement,
+                    "link": life.link,
+                    "brownout_critical": life.brownout_critical,
+                    "brownouts": [
+                        {
+                            "start": _iso(w.start),
+                            "end": _iso(w.end),
+                            "seconds": round(w.end - w.start),
+                        }
+                        for w in windows[:_LISTED]
+                    ],
+                    "callers": callers,
+                    "window": window,
+                }
+            )
+        await _json(send, 200, {"now": _iso(now), "routes": routes})
+
+    async def versions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        _query(scope)
+        stack = self.gateway.stack
+        config, table = stack.config, stack.config.root.versions
+        if config.versions is None or table is None:
+            raise AdminNotFound(what="versions (the policy file has no [versions])")
+        pinned: dict[str, list[dict[str, str]]] = {v: [] for v in config.versions.dates}
+        for name, version in config.client_versions.items():
+            pinned[version].append({"client": name, "source": "config"})
+        pins = (
+            stack.contracts.versioning.pins
+            if stack.contracts and stack.contracts.versioning
+            else None
+        )
+        if pins is not None:
+            now = self.gateway.clock.now()
+            for who, version in sorted((await pins.read(now)).items()):
+                client = who.removeprefix("client:") if who.startswith("client:") else None
+                if client is not None and client in config.client_versions:
+                    continue  # the file's version wins over the recorded one
+                entry = {"client": client} if client is not None else {"principal": who}
+                pinned[config.versions.current(version)].append(
+                    {**entry, "source": "recorded", "recorded": version}
+                )
+        await _json(
+            send,
+            200,
+            {
+                "versions": list(config.versions.dates),
+                "latest": config.versions.latest,
+                "header": table.header,
+                "forward_header": table.forward_header,
+                "pin": table.pin,
+                "initial": table.initial or config.versions.latest,
+                "clients": pinned,
+            },
+        )
+
     async def bans(self, scope: Scope, receive: Receive, send: Send) -> None:
         control = self.gateway.abuse_control()
         if control is None:
@@ -457,10 +626,8 @@ class AdminApp:
             return
         remove = scope["path"].endswith("/remove")
         fields = await _body(receive, *FIELDS)
-        by = fields.pop("by", "admin")
-        if not isinstance(by, str) or not 1 <= len(by) <= 64 or not by.isprintable():
-            raise AdminBadRequest(reason="by: expected 1 to 64 printable characters")
         try:
+            by = by_of(fields.pop("by", "admin"))
             if remove:
                 removed = await control.remove(fields, now, by=by)
             else:
@@ -474,6 +641,42 @@ class AdminApp:
             await _json(send, 200, body)
             return
         await _json(send, 201, {"added": [listed(entry, now, False) for entry in added]})
+
+    async def overrides(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gateway = self.gateway
+        control = OverrideControl(gateway.overrides, gateway.stack.config)
+        now = gateway.clock.now()
+        if scope["method"] == "GET":
+            audit = _query(scope, "audit").get("audit", "0")
+            if audit not in ("0", "1"):
+                raise AdminBadRequest(reason=f"audit: expected 1 or 0, got {shown(audit)}")
+            found: dict[str, Any] = {"overrides": await control.listing()}
+            if audit == "1":
+                found["audit"] = await control.audit()
+            await _json(send, 200, found)
+            return
+        if scope["path"].endswith("/remove"):
+            body = await _body(receive, *_REMOVAL)
+            try:
+                removed = await control.remove(body)
+            except ValueError as exc:
+                raise AdminBadRequest(reason=str(exc)) from None
+            if removed is None:
+                raise AdminNotFound(what="no such override in force")
+            gateway.apply_overrides()
+            await _json(send, 200, {"removed": removed.listed(now)})
+            return
+        body = await _body(receive, *OVERRIDE_FIELDS)
+        try:
+            override, replaced = await control.add(body)
+        except ValueError as exc:
+            raise AdminBadRequest(reason=str(exc)) from None
+        gateway.apply_overrides()
+        answer = {
+            "added": override.listed(now),
+            "replaced": replaced.listed(now) if replaced is not None else None,
+        }
+        await _json(send, 201, answer)
 
     async def dashboard(self, scope: Scope, send: Send) -> None:
         """The dashboard's page and files: static, no data in them, so no token (the
@@ -959,11 +1162,17 @@ _ROUTES: dict[tuple[str, str], Callable[..., Any]] = {
     ("POST", "/admin/reload"): AdminApp.reload,
     ("GET", "/admin/limits"): AdminApp.limits,
     ("GET", "/admin/top"): AdminApp.top,
+    ("GET", "/admin/rollouts"): AdminApp.rollouts,
     ("GET", "/admin/series"): AdminApp.series,
     ("GET", "/admin/alerts"): AdminApp.alerts,
+    ("GET", "/admin/deprecations"): AdminApp.deprecations,
+    ("GET", "/admin/versions"): AdminApp.versions,
     ("GET", "/admin/bans"): AdminApp.bans,
     ("POST", "/admin/bans"): AdminApp.bans,
     ("POST", "/admin/bans/remove"): AdminApp.bans,
+    ("GET", "/admin/overrides"): AdminApp.overrides,
+    ("POST", "/admin/overrides"): AdminApp.overrides,
+    ("POST", "/admin/overrides/remove"): AdminApp.overrides,
     ("GET", "/admin/silences"): AdminApp.silences,
     ("POST", "/admin/silences"): AdminApp.silences,
     ("GET", "/admin/keys"): AdminApp.keys,
@@ -1027,11 +1236,11 @@ def _unix(body: Mapping[str, Any], name: str) -> float:
     return seconds
 
 
-def _limit(text: str, *, most: int = 10_000) -> int:
-    """A ``limit`` parameter: a whole number from 1 to ``most`` (Rule 1)."""
+def _limit(text: str, *, most: int = 10_000, name: str = "limit") -> int:
+    """A ``limit`` parameter (or ``name``): a whole number from 1 to ``most`` (Rule 1)."""
     if not _LIMIT.fullmatch(text) or not 1 <= int(text) <= most:
         raise AdminBadRequest(
-            reason=f"limit: expected a whole number from 1 to {most}, got {shown(text)}"
+            reason=f"{name}: expected a whole number from 1 to {most}, got {shown(text)}"
         )
     return int(text)
 
@@ -1096,3 +1305,14 @@ async def _send(send: Send, status: int, body: bytes, content_type: bytes) -> No
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+#: Brownout windows listed per route, at most.
+_LISTED = 100
+
+
+def _iso(moment: float | None) -> str | None:
+    """``moment`` as RFC 3339 in UTC, to the second (None stays None)."""
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -231,6 +231,25 @@ METRICS: tuple[MetricSpec, ...] = (
         values='`kind`: `"address"`, `"network"`, `"principal"` or `"account"`',
     ),
     MetricSpec(
+        "surefoot_deprecated_requests_total",
+        "counter",
+        "Requests to a route deprecated for their client: who still calls it before the sunset.",
+        labels=("route", "client", "phase"),
+        fed_by=("DeprecatedCalled",),
+        group="gateway",
+        values='`client`: a `[[clients]]` name, or `"other"`; `phase`: `"announced"`, '
+        '`"deprecated"`, `"brownout"` or `"retired"` (the last two were answered 410)',
+    ),
+    MetricSpec(
+        "surefoot_version_pins_total",
+        "counter",
+        "Clients pinned to an API version at their first request (`[versions] pin = "
+        '"first_used"`).',
+        labels=("version",),
+        fed_by=("VersionPinned",),
+        group="gateway",
+    ),
+    MetricSpec(
         "surefoot_config_reloads_total",
         "counter",
         "Configuration reloads, applied or refused.",
@@ -545,7 +564,7 @@ METRICS: tuple[MetricSpec, ...] = (
         labels=("list", "policy", "item", "client", "window"),
         fed_by=("set_top",),
         group="top",
-        values="`list`: `refused`, `admitted`, `reused` or `unknown`; `policy`: a "
+        values="`list`: `refused`, `admitted`, `shadow`, `reused` or `unknown`; `policy`: a "
         'rate-limit policy or `""`; `item`: a principal, or for `reused` a principal and '
         "a store key; `client`: its name in `[[clients]]`, else its principal; "
         "`window`: `5m`, or `24h` for each client of a `refused` list",
