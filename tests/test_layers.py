@@ -43,6 +43,7 @@ CORES = [
     "surefoot.openapi._enrich",
     "surefoot.contracts._lifecycle",
     "surefoot.contracts._versions",
+    "surefoot.probe._plan",
     "surefoot._health",
 ]
 

@@ -8,7 +8,9 @@ deliveries and ``worker``) and looks up and forgets the events a gateway's
 ``[[webhooks.receive]]`` endpoint received (``inspect``, ``forget``), ``sagas`` lists,
 shows and settles sagas (``surefoot.saga``) and runs a ``worker``, ``reconcile`` sweeps
 what may need a person (``surefoot.gateway.Sweeper``; exit status 3 when something
-does), ``alerts --prometheus`` writes alerting rules built from a policy file, ``docs``
+does), ``probe`` checks whether a partner's API honours idempotency keys and its rate
+limits (exit status 1 when a required check fails, 2 for an invalid file), ``alerts
+--prometheus`` writes alerting rules built from a policy file, ``docs``
 the page its API's consumers read (limits, errors, retries), and
 ``migrate`` creates or upgrades a PostgreSQL store's tables.
 
@@ -18,8 +20,8 @@ Rule 1: a command that needs an extra says so in one line before importing anyth
         ``migrate`` and the outbox's ``webhooks`` commands need none (a Redis or
         PostgreSQL database needs its driver's extra); ``serve``, ``check-config``,
         ``webhooks inspect``, ``webhooks forget``, ``reconcile``, ``alerts`` and ``docs``
-        need ``gateway``; ``chaos`` and ``webhooks worker`` need ``client`` (and ``metrics``
-        for ``--metrics-port``).
+        need ``gateway``; ``chaos``, ``probe`` and ``webhooks worker`` need ``client`` (and
+        ``metrics`` for ``--metrics-port``).
 Rule 2: every input is checked before anything is stored; an invalid one is a usage error
         naming the option (``surefoot keys resolve`` stores only what
         ``surefoot._operator`` accepts).
@@ -77,6 +79,7 @@ _EXTRAS = {
     "client": ("httpx", "h11", "pydantic"),
     "gateway": ("httpx", "h11", "pydantic", "uvicorn", "httptools", "prometheus_client"),
     "metrics": ("prometheus_client",),
+    "probe": ("httpx", "h11", "pydantic", "http_sf"),
 }
 
 
@@ -2295,6 +2298,106 @@ def chaos(listen: str, upstream: str | None, plan_path: str | None, seed: int | 
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
+
+
+class _ConfigProblem(click.ClickException):
+    """An invalid input file: exit status 2, like a usage error, without the usage text."""
+
+    exit_code = 2
+
+
+@main.command("probe")
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+    help="The probe file (TOML): hosts, budget, targets and their checks.",
+)  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Print what would be sent; send nothing.")
+@click.option(
+    "--accept-side-effects", is_flag=True,
+    help="Run write checks on targets without an effect check.",
+)  # fmt: skip
+@click.option(
+    "--markdown", "markdown_path", type=click.Path(dir_okay=False),
+    help="Write the report as Markdown to this file.",
+)  # fmt: skip
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False),
+    help="Write the report as JSON to this file.",
+)  # fmt: skip
+@click.option(
+    "--policy", "policy_path", type=click.Path(dir_okay=False),
+    help="Write the [integrations.NAME] table of surefoot.client the findings justify.",
+)  # fmt: skip
+@click.option(
+    "--name", default="partner", show_default=True,
+    help="The integration's name in the --policy file.",
+)  # fmt: skip
+def probe(
+    config_path: str,
+    dry_run: bool,
+    accept_side_effects: bool,
+    markdown_path: str | None,
+    json_path: str | None,
+    policy_path: str | None,
+    name: str,
+) -> None:
+    """Check whether a partner's API honours idempotency keys and its own rate limits.
+
+    Runs the checks of the file against the hosts it lists, within its request cap and
+    deadline (docs/probe.md). Exit status 1 when a required check fails, 2 when the file
+    is invalid.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise click.BadParameter(
+            f"expected letters, digits, '_' and '-', got {name!r}", param_hint="--name"
+        )
+    _need("probe", "probe")
+    from rich.progress import Progress
+
+    from surefoot.probe import (
+        describe,
+        integration_toml,
+        load_plan,
+        run_probe,
+        to_json,
+        to_markdown,
+        to_table,
+    )
+
+    try:
+        plan = load_plan(config_path, accept_side_effects=accept_side_effects)
+    except ConfigurationError as exc:
+        raise _ConfigProblem(str(exc)) from None
+    if dry_run:
+        click.echo(describe(plan))
+        return
+    errors = Console(stderr=True)
+    with Progress(console=errors, transient=True) as bar:
+        task = bar.add_task("probing", total=plan.checks)
+
+        def progress(finding: Any) -> None:
+            bar.advance(task)
+            bar.console.print(f"{finding.target}: {finding.check}: {finding.verdict.value}")
+
+        report = asyncio.run(
+            run_probe(plan, accept_side_effects=accept_side_effects, progress=progress)
+        )
+    _console().print(to_table(report))
+    if markdown_path is not None:
+        Path(markdown_path).write_text(to_markdown(report), encoding="utf-8")
+    if json_path is not None:
+        Path(json_path).write_text(to_json(report), encoding="utf-8")
+    if policy_path is not None:
+        Path(policy_path).write_text(integration_toml(report, name), encoding="utf-8")
+    click.echo(
+        f"{report.requests_sent} requests in {report.duration:.1f} s; "
+        + ", ".join(f"{n} {v}" for v, n in report.counts().items()),
+        err=True,
+    )
+    if report.exit_status:
+        failed = ", ".join(f"{f.target}: {f.check}" for f in report.failed)
+        click.echo(f"required checks failed: {failed}", err=True)
+        sys.exit(report.exit_status)
 
 
 def _host_port(listen: str) -> tuple[str, int]:
