@@ -2344,8 +2344,9 @@ def probe(
     """Check whether a partner's API honours idempotency keys and its own rate limits.
 
     Runs the checks of the file against the hosts it lists, within its request cap and
-    deadline (docs/probe.md). Exit status 1 when a required check fails, 2 when the file
-    is invalid.
+    deadline (docs/probe.md). Exit status 1 when a required check fails, 3 when none
+    failed but a required check did not pass (inconclusive or skipped), 2 when the file is
+    invalid or an output file cannot be written.
     """
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise click.BadParameter(
@@ -2371,33 +2372,54 @@ def probe(
     if dry_run:
         click.echo(describe(plan))
         return
+    outputs = {"--markdown": markdown_path, "--json": json_path, "--policy": policy_path}
+    for option, path in outputs.items():
+        if path is not None:
+            _check_writable(option, path)
     errors = Console(stderr=True)
     with Progress(console=errors, transient=True) as bar:
         task = bar.add_task("probing", total=plan.checks)
 
         def progress(finding: Any) -> None:
             bar.advance(task)
-            bar.console.print(f"{finding.target}: {finding.check}: {finding.verdict.value}")
+            line = f"{finding.target}: {finding.check}: {finding.verdict.value}"
+            bar.console.print(line, markup=False)
 
         report = asyncio.run(
             run_probe(plan, accept_side_effects=accept_side_effects, progress=progress)
         )
+    # The files first: a table the terminal cannot print must not lose them.
+    writers = {"--markdown": to_markdown, "--json": to_json}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        writer = writers.get(option)
+        text = writer(report) if writer is not None else integration_toml(report, name)
+        try:
+            Path(path).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise _ConfigProblem(f"{option}: cannot write {path}: {exc.strerror or exc}") from None
     _console().print(to_table(report))
-    if markdown_path is not None:
-        Path(markdown_path).write_text(to_markdown(report), encoding="utf-8")
-    if json_path is not None:
-        Path(json_path).write_text(to_json(report), encoding="utf-8")
-    if policy_path is not None:
-        Path(policy_path).write_text(integration_toml(report, name), encoding="utf-8")
     click.echo(
         f"{report.requests_sent} requests in {report.duration:.1f} s; "
         + ", ".join(f"{n} {v}" for v, n in report.counts().items()),
         err=True,
     )
     if report.exit_status:
-        failed = ", ".join(f"{f.target}: {f.check}" for f in report.failed)
-        click.echo(f"required checks failed: {failed}", err=True)
+        click.echo(report.verdict_line(), err=True)
         sys.exit(report.exit_status)
+
+
+def _check_writable(option: str, path: str) -> None:
+    """Exit 2 before the run when ``path`` (the file of ``option``) cannot be written."""
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise _ConfigProblem(f"{option}: cannot write {path}: {exc.strerror or exc}") from None
+    if not existed:
+        os.remove(path)
 
 
 def _host_port(listen: str) -> tuple[str, int]:

@@ -3,7 +3,7 @@ driven through a test double of ``ProbeClient`` against apps in process.
 
 ``FakeProbeClient`` talks to any httpx transport (an ``ASGITransport`` here; a real socket in
 ``test_idempotency_targets.py``); ``cut=True`` forwards the request, reads the whole answer
-and then returns no status, as the probe's chaos transport does.
+and then returns no status but the one it read (``cut_status``), as the probe's client does.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from targets import aih, fik, ledger
 
 from surefoot.idempotency import IdempotencyMiddleware, IdempotencyPolicy
 from surefoot.probe import BudgetExhausted, Effect, Exchange, Target, Verdict
+from surefoot.probe._client import CUT_ERROR, HttpProbeClient
 from surefoot.probe._idempotency import (
     IDEMPOTENCY_CHECKS,
+    KEY_REFUSALS,
     count_from,
     effect_count,
     judge_concurrent,
@@ -80,8 +82,21 @@ class FakeProbeClient:
             return Exchange(method, url, sent_headers, body or "", None, (), "", 0.0, repr(error))
         if cut:
             return Exchange(
-                method, url, sent_headers, body or "", None, (), "", 0.0, "cut by the probe"
+                method,
+                url,
+                sent_headers,
+                body or "",
+                None,
+                (),
+                "",
+                0.0,
+                CUT_ERROR,
+                cut_status=response.status_code,
             )
+        try:
+            seconds = response.elapsed.total_seconds()
+        except RuntimeError:  # an httpx.MockTransport answer built with its content
+            seconds = 0.0
         return Exchange(
             method,
             url,
@@ -90,7 +105,7 @@ class FakeProbeClient:
             response.status_code,
             tuple(response.headers.items()),
             response.text,
-            response.elapsed.total_seconds(),
+            seconds,
         )
 
     async def wait(self, seconds: float) -> None:
@@ -141,17 +156,17 @@ def ex(
     body: Any = None,
     headers: Mapping[str, str] | None = None,
     error: str | None = None,
+    cut_status: int | None = None,
 ) -> Exchange:
     text = body if isinstance(body, str) else json.dumps(body) if body is not None else ""
-    return Exchange(
-        "POST", "/charges", (), "", status, tuple((headers or {}).items()), text, 0.0, error
-    )
+    items = tuple((headers or {}).items())
+    return Exchange("POST", "/charges", (), "", status, items, text, 0.0, error, cut_status)
 
 
 CH1 = {"id": "ch_1", "amount": 1999}
 CH2 = {"id": "ch_2", "amount": 1999}
 REPLAYED = {"Idempotent-Replayed": "true"}
-CUT = ex(None, error="cut by the probe")
+CUT = ex(None, error=CUT_ERROR, cut_status=201)
 
 
 def test_count_from_reads_json_paths_headers_and_statuses() -> None:
@@ -234,16 +249,43 @@ def test_judge_lost_response() -> None:
             ((CUT, ex(201, CH1), None), (Verdict.INCONCLUSIVE, "only the effect")),
             ((CUT, ex(201, CH1), 0), (Verdict.INCONCLUSIVE, "no new effect")),
             ((CUT, ex(None, error="reset"), 1), (Verdict.INCONCLUSIVE, "reset")),
-            # the probe could not cut it: an answer came, and it was a refusal
+            # the probe could not cut it: an answer came, a refusal or a success
             ((ex(400, {"e": 1}), ex(400, {"e": 1}), 0), (Verdict.INCONCLUSIVE, "not a 2xx")),
-            ((ex(201, CH1), ex(201, CH1), 1), (Verdict.PASS, "one effect")),
+            ((ex(201, CH1), ex(201, CH1), 1), (Verdict.INCONCLUSIVE, "could not cut")),
+            # the first request never reached the partner: no answer was lost (p4)
+            (
+                (ex(None, error="ConnectError: refused"), ex(201, CH1), 1),
+                (Verdict.INCONCLUSIVE, "was not cut: it got no answer (ConnectError"),
+            ),
+            ((ex(None, error="ReadTimeout"), ex(201, CH1), 1), (Verdict.INCONCLUSIVE, "not cut")),
+            # the partner answered the cut request 500 and created nothing: the retry is a
+            # first execution, whatever the partner does with keys (p4)
+            (
+                (ex(None, error=CUT_ERROR, cut_status=500), ex(201, CH1), 1),
+                (Verdict.INCONCLUSIVE, "answered the first request 500"),
+            ),
+            (
+                (ex(None, error=CUT_ERROR, cut_status=409), ex(201, CH1), 1),
+                (Verdict.INCONCLUSIVE, "answered the first request 409"),
+            ),
+            ((ex(None, error=CUT_ERROR), ex(201, CH1), 1), (Verdict.INCONCLUSIVE, "its status")),
+            # a cut 2xx that the retry duplicates is still a failure
+            (
+                (ex(None, error=CUT_ERROR, cut_status=200), ex(201, CH2), 2),
+                (Verdict.FAIL, "executed again"),
+            ),
         ],
         judge_lost_response,
     )
 
 
+TIMEOUT = ex(None, error="ReadTimeout: no answer within 1 s")
+
+
 def test_judge_concurrent() -> None:
     one_and_409s = [ex(201, CH1)] + [ex(409, {"e": 1})] * 4
+    one_and_timeouts = [ex(201, CH1)] + [TIMEOUT] * 4
+    one_and_429s = [ex(201, CH1)] + [ex(429, {"e": 1})] * 4
     check_table(
         [
             ((one_and_409s, 1), (Verdict.PASS, "1 x 201, 4 x 409")),
@@ -256,6 +298,28 @@ def test_judge_concurrent() -> None:
             (([ex(201, CH1), ex(500, {})], None), (Verdict.INCONCLUSIVE, "only the effect")),
             (([ex(503, {})] * 3, 0), (Verdict.INCONCLUSIVE, "none succeeded")),
             ((one_and_409s, 0), (Verdict.INCONCLUSIVE, "no new effect")),
+            # copies without an answer may still be running: not counted yet (p5)
+            ((one_and_timeouts, 1), (Verdict.INCONCLUSIVE, "4 got no answer and may still")),
+            ((one_and_timeouts, 1), (Verdict.INCONCLUSIVE, "cannot be counted yet (1 so far)")),
+            ((one_and_timeouts, None), (Verdict.INCONCLUSIVE, "may still be running")),
+            (([ex(201, CH1), *[ex(409, {})] * 3, TIMEOUT], 1), (Verdict.INCONCLUSIVE, "1 got no")),
+            # more than one effect is a failure whatever is still running
+            ((one_and_timeouts, 2), (Verdict.FAIL, "made 2 effects")),
+            # copies refused for another reason never reached the key's handling (p11)
+            ((one_and_429s, 1), (Verdict.INCONCLUSIVE, "another reason than the key (rate")),
+            ((one_and_429s, None), (Verdict.INCONCLUSIVE, "no duplicate reached")),
+            (([ex(201, CH1), ex(401, {}), ex(403, {})], 1), (Verdict.INCONCLUSIVE, "credentials")),
+            # ...but those that did reach it still count
+            (([ex(201, CH1), ex(409, {}), ex(429, {})], 1), (Verdict.PASS, "made one effect")),
+            (([ex(201, CH1), ex(409, {}), ex(429, {})], None), (Verdict.PASS, "refused or")),
+            (
+                ([ex(201, CH1), ex(201, CH1, REPLAYED), ex(429, {})], None),
+                (Verdict.PASS, "answers only"),
+            ),
+            (
+                ([ex(201, CH1), ex(201, CH1), ex(429, {})], None),
+                (Verdict.INCONCLUSIVE, "only the effect"),
+            ),
         ],
         judge_concurrent,
     )
@@ -276,6 +340,16 @@ def test_judge_mismatch() -> None:
             ((ex(201, CH1), ex(500, {}), 1, 0), (Verdict.INCONCLUSIVE, "got 500")),
             ((ex(201, CH1), ex(None, error="reset"), 1, 0), (Verdict.INCONCLUSIVE, "reset")),
             ((ex(400, {}), ex(400, {}), 0, 0), (Verdict.INCONCLUSIVE, "not a 2xx")),
+            ((ex(201, CH1), ex(400, {"e": 1}), 1, 0), (Verdict.PASS, "refused (400)")),
+            ((ex(201, CH1), ex(428, {"e": 1}), 1, 0), (Verdict.PASS, "refused (428)")),
+            # a 4xx for another reason than the key says nothing about it (p11)
+            ((ex(201, CH1), ex(429, {}), 1, 0), (Verdict.INCONCLUSIVE, "got 429 (rate limited)")),
+            ((ex(201, CH1), ex(401, {}), 1, None), (Verdict.INCONCLUSIVE, "401 (credentials")),
+            ((ex(201, CH1), ex(403, {}), 1, 0), (Verdict.INCONCLUSIVE, "403 (credentials")),
+            ((ex(201, CH1), ex(404, {}), 1, 0), (Verdict.INCONCLUSIVE, "404 (refused for")),
+            # ...unless the other body was executed anyway
+            ((ex(201, CH1), ex(429, {}), 1, 1), (Verdict.FAIL, "made 1 effect(s) anyway")),
+            ((ex(201, CH1), ex(302, {}), 1, 0), (Verdict.INCONCLUSIVE, "got 302")),
         ],
         judge_mismatch,
     )
@@ -290,9 +364,26 @@ def test_judge_no_key() -> None:
             ((ex(201, CH1), 1), (Verdict.INCONCLUSIVE, "accepted (201, 1 effect(s))")),
             ((ex(201, CH1), None), (Verdict.INCONCLUSIVE, "accepted (201)")),
             ((ex(502, {}), None), (Verdict.INCONCLUSIVE, "got 502")),
+            ((ex(409, {"e": 1}), 0), (Verdict.PASS, "refused (409)")),
+            ((ex(422, {"e": 1}), 0), (Verdict.PASS, "refused (422)")),
+            # a 4xx for another reason than the key says nothing about it (p11)
+            ((ex(429, {}), 0), (Verdict.INCONCLUSIVE, "got 429 (rate limited)")),
+            ((ex(401, {}), 0), (Verdict.INCONCLUSIVE, "got 401 (credentials refused)")),
+            ((ex(403, {}), None), (Verdict.INCONCLUSIVE, "got 403 (credentials refused)")),
+            ((ex(429, {}), 1), (Verdict.FAIL, "refused (429), yet made 1 effect(s)")),
         ],
         judge_no_key,
     )
+
+
+def test_only_400_409_422_and_428_refuse_for_the_key() -> None:
+    assert frozenset({400, 409, 422, 428}) == KEY_REFUSALS
+    for status in range(400, 452):
+        verdict, _, _ = judge_no_key(ex(status, {}), 0)
+        expected = Verdict.PASS if status in KEY_REFUSALS else Verdict.INCONCLUSIVE
+        assert verdict is expected, status
+        verdict, _, _ = judge_mismatch(ex(201, CH1), ex(status, {}), 1, 0)
+        assert verdict is expected, status
 
 
 def test_judge_key_lifetime_rewords_the_replay() -> None:
@@ -369,6 +460,7 @@ async def test_surefoot_middleware_passes_and_refuses_a_keyless_write() -> None:
         "effects": 1,
         "statuses": [None, 201],
         "cut": True,
+        "cut_status": 201,
         "replayed_header": True,
         "effect_check": "json:data",
     }
@@ -493,3 +585,119 @@ async def test_effect_count_renders_the_url_and_reads_the_count() -> None:
         assert await effect_count(client, Effect("GET", "/nowhere", "json:data"), 3) is None
     finally:
         await client.aclose()
+
+
+# -- regressions: a lost answer that was not lost, copies still running, other refusals -----
+
+
+def counting_partner(first: str) -> tuple[Callable[[httpx.Request], httpx.Response], list[int]]:
+    """A partner that never deduplicates: every POST it executes creates a charge, counted by
+    ``GET`` (``{"n": N}``). Its first POST ``first``: ``"connect"`` never reaches it, ``"500"``
+    fails and creates nothing, ``"normal"`` is executed like the others."""
+    created: list[int] = []
+    posts: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"n": len(created)})
+        posts.append(1)
+        if len(posts) == 1 and first == "connect":
+            raise httpx.ConnectError("connection refused", request=request)
+        if len(posts) == 1 and first == "500":
+            return httpx.Response(500, json={"error": "boom"})
+        created.append(1)
+        return httpx.Response(201, json={"id": len(created)})
+
+    return handler, created
+
+
+COUNT = Effect(method="GET", url="http://partner.test/count", count="json:n")
+
+
+@pytest.mark.parametrize(
+    ("first", "verdict", "words"),
+    [
+        ("connect", Verdict.INCONCLUSIVE, "the first request was not cut"),
+        ("500", Verdict.INCONCLUSIVE, "answered the first request 500 before the probe dropped"),
+        ("normal", Verdict.FAIL, "executed again: 2 effects"),
+    ],
+)
+async def test_lost_response_passes_no_partner_whose_first_request_did_nothing(
+    first: str, verdict: Verdict, words: str
+) -> None:
+    """p4: through the probe's own client, a partner that does not deduplicate is never
+    passed because its first request never arrived or failed (one effect, from the retry)."""
+    handler, created = counting_partner(first)
+    client = HttpProbeClient(
+        hosts=["partner.test:80"],
+        max_requests=20,
+        max_duration=60,
+        transport=httpx.MockTransport(handler),
+    )
+    goal = target(url="http://partner.test/charges", effect=COUNT)
+    async with client:
+        finding = await IDEMPOTENCY_CHECKS["lost_response"](client, goal, "run1")
+    assert (finding.verdict, words in finding.summary) == (verdict, True), finding.summary
+    cut = first != "connect"
+    assert (finding.facts["cut"], finding.facts["cut_status"]) == (
+        cut,
+        {"connect": None, "500": 500, "normal": 201}[first],
+    )
+    assert finding.facts["effects"] == len(created) == (2 if first == "normal" else 1)
+
+
+async def test_concurrent_does_not_count_effects_while_copies_are_unanswered() -> None:
+    """p5: duplicates the partner queues past the probe's read timeout run after the count;
+    one effect counted so far is no pass."""
+    created: list[str] = []
+    queued: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"n": len(created)})
+        if not created:
+            created.append("first")
+            return httpx.Response(201, json={"id": 1})
+        queued.append("duplicate")  # executed once the first releases the key: too late
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    client = FakeProbeClient(httpx.MockTransport(handler))
+    try:
+        goal = target(url="/charges", effect=Effect("GET", "/count", "json:n"))
+        finding = await run(client, "concurrent", goal)
+    finally:
+        await client.aclose()
+    assert finding.verdict is Verdict.INCONCLUSIVE, finding.summary
+    assert "4 got no answer and may still be running" in finding.summary
+    assert finding.facts["effects"] == 1
+    assert finding.facts["statuses"] == [201, None, None, None, None]
+    assert len(queued) == 4
+
+
+@pytest.mark.parametrize("status", [401, 403, 429])
+async def test_a_refusal_for_another_reason_is_no_refusal_for_the_key(status: int) -> None:
+    """p11: a partner that refuses every keyless write with 429/401/403, and every copy but the
+    first, is not said to require or deduplicate keys."""
+    created: list[str] = []  # the customer of each charge
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            customer = request.url.params["customer"]
+            return httpx.Response(200, json={"data": [c for c in created if c == customer]})
+        if created or "Idempotency-Key" not in request.headers:
+            return httpx.Response(status, json={"error": "no"})
+        created.append(json.loads(request.content)["customer"])
+        return httpx.Response(201, json={"id": 1})
+
+    found = {}
+    for check in ("no_key", "concurrent", "mismatch"):
+        created.clear()
+        client = FakeProbeClient(httpx.MockTransport(handler))
+        try:
+            found[check] = await run(client, check, target(effect=EFFECT))
+        finally:
+            await client.aclose()
+    assert {c: f.verdict for c, f in found.items()} == dict.fromkeys(found, Verdict.INCONCLUSIVE)
+    assert f"got {status} (" in found["no_key"].summary
+    assert "for another reason than the key" in found["concurrent"].summary
+    assert f"got {status} (" in found["mismatch"].summary

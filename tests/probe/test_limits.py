@@ -7,6 +7,8 @@ the ``ManualClock`` the apps' limiters read: no test waits for time to pass.
 
 from __future__ import annotations
 
+import dataclasses
+import email.utils
 import json
 import uuid
 from collections.abc import Mapping
@@ -20,7 +22,15 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from surefoot._asgi import Receive, Scope, Send
-from surefoot.probe import BudgetExhausted, Exchange, Finding, Target, Verdict
+from surefoot.probe import (
+    BudgetExhausted,
+    Exchange,
+    Finding,
+    Report,
+    Target,
+    Verdict,
+    integration_policy,
+)
 from surefoot.probe._limits import (
     LIMIT_CHECKS,
     MALFORMED_BODY,
@@ -157,6 +167,39 @@ class CrudeLimiter:
             headers.append((b"retry-after", self.retry_after.encode()))
         await send({"type": "http.response.start", "status": 429, "headers": headers})
         await send({"type": "http.response.body", "body": b"Too Many Requests"})
+
+
+class XRateLimiter:
+    """slowapi's way: a fixed window of 3 requests per 10 s opened by its first request,
+    only ``X-RateLimit-*`` fields, the reset a Unix time (a second late, as slowapi's), and
+    a ``Date`` from the clock."""
+
+    def __init__(self, app: Any, clock: ManualClock) -> None:
+        self.app, self.clock = app, clock
+        self.ends, self.count = -1.0, 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        now = self.clock.now()
+        if now >= self.ends:
+            self.ends, self.count = now + 10, 0
+        self.count += 1
+        fields = [
+            (b"x-ratelimit-limit", b"3"),
+            (b"x-ratelimit-remaining", str(max(0, 3 - self.count)).encode()),
+            (b"x-ratelimit-reset", str(1 + self.ends).encode()),
+            (b"date", email.utils.formatdate(now, usegmt=True).encode()),
+        ]
+        if self.count > 3:
+            await send({"type": "http.response.start", "status": 429, "headers": fields})
+            await send({"type": "http.response.body", "body": b"Too Many Requests"})
+            return
+
+        async def with_fields(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *fields]}
+            await send(message)
+
+        await self.app(scope, receive, with_fields)
 
 
 TRACEBACK = (
@@ -399,6 +442,108 @@ def test_judge_headers_facts_say_the_limit_and_the_reset_kind() -> None:
     assert facts["admitted_before_429"] == 0
 
 
+T = 1_796_613_100  # a Unix time
+DATE = {"Date": email.utils.formatdate(T, usegmt=True)}
+
+
+def legacy(limit: int, remaining: int, reset: float | str, **more: str) -> dict[str, str]:
+    fields = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(remaining)}
+    return {**fields, "X-RateLimit-Reset": str(reset), **more}
+
+
+def slowapi_like(reset: float | str, *, date: bool = True) -> list[Exchange]:
+    """5 per window, the reset a Unix time, as slowapi sends (without draft-10 fields)."""
+    more = DATE if date else {}
+    return [
+        *[ex(200, legacy(5, 4 - i, reset, **more)) for i in range(5)],
+        ex(429, legacy(5, 0, reset, **more)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("exchanges", "expected"),
+    [
+        # RateLimit-Policy's first member with q and w
+        (
+            [ex(200, draft(2)), ex(200, draft(1)), ex(200, draft(0)), ex(429, draft(0))],
+            (3, 10.0, "ratelimit-policy"),
+        ),
+        (
+            [ex(200, {**draft(0), **legacy(9, 0, 1)}), ex(429, {**draft(0), **legacy(9, 0, 1)})],
+            (3, 10.0, "ratelimit-policy"),
+        ),
+        # X-RateLimit-*: the reset of the answer that opened the window, in seconds...
+        (
+            [
+                ex(200, legacy(3, 2, 10)),
+                ex(200, legacy(3, 1, 9)),
+                ex(200, legacy(3, 0, 9)),
+                ex(429, legacy(3, 0, 8)),
+            ],
+            (3, 10.0, "x-ratelimit"),
+        ),
+        # ...or as a Unix time, less the answer's Date, rounded up (slowapi)
+        (slowapi_like(T + 3), (5, 3.0, "x-ratelimit")),
+        (slowapi_like(T + 2.4), (5, 3.0, "x-ratelimit")),
+        # no throttle when the window cannot be known: an epoch without Date...
+        (slowapi_like(T + 3, date=False), (5, None, "x-ratelimit")),
+        # ...no answer that opened a window (the run began within one)...
+        (
+            [ex(200, legacy(3, 1, 9)), ex(200, legacy(3, 0, 8)), ex(429, legacy(3, 0, 8))],
+            (3, None, "x-ratelimit"),
+        ),
+        # ...a reset that moves later (a bucket refilling, not a fixed window)
+        (
+            [
+                ex(200, legacy(3, 2, T + 1, **DATE)),
+                ex(200, legacy(3, 1, T + 5, **DATE)),
+                ex(429, legacy(3, 0, T + 9, **DATE)),
+            ],
+            (3, None, "x-ratelimit"),
+        ),
+        (
+            [ex(200, legacy(3, 2, 1)), ex(200, legacy(3, 1, 3)), ex(429, legacy(3, 0, 5))],
+            (3, None, "x-ratelimit"),
+        ),
+        # a limit seen without a 429 is still the advertised limit
+        ([ex(200, legacy(3, 2, 10)), ex(200, legacy(3, 1, 9))], (3, 10.0, "x-ratelimit")),
+        # nothing to throttle at
+        ([ex(200, {"RateLimit-Policy": '"p";q=3'}), ex(429)], None),
+        ([ex(200, {"X-RateLimit-Remaining": "1"}), ex(429)], None),
+        ([ex(200), ex(429)], None),
+        ([ex(200, legacy(3, 2, "soon")), ex(429)], None),  # malformed: do not pace from it
+        ([ex(200, legacy(3, 2, "inf")), ex(429, legacy(3, 0, "inf"))], (3, None, "x-ratelimit")),
+    ],
+)
+def test_judge_headers_states_the_limit_a_client_may_throttle_at(
+    exchanges: list[Exchange], expected: tuple[int, float | None, str] | None
+) -> None:
+    facts = judge_headers(exchanges, bound=50).facts
+    if expected is None:
+        assert not {"limit", "window"} & set(facts), facts
+    else:
+        assert (facts["limit"], facts["window"], facts["limit_from"]) == expected
+
+
+def test_a_partner_with_only_x_ratelimit_fields_gets_a_throttle_in_the_policy() -> None:
+    """The facts are those the report's policy reads: slowapi's fields give a throttle."""
+    judgement = judge_headers(slowapi_like(T + 3), bound=50)
+    finding = Finding(
+        "rate_limit_headers",
+        "t",
+        judgement.verdict,
+        judgement.summary,
+        judgement.advice,
+        facts=judgement.facts,
+    )
+    table = integration_policy(Report(findings=(finding,)), "partner", base_url=BASE)
+    assert table["throttle"] == {"limit": "5/3 seconds"}
+    # without a window, no throttle
+    judgement = judge_headers(slowapi_like(T + 3, date=False), bound=50)
+    finding = dataclasses.replace(finding, facts=judgement.facts)
+    assert "throttle" not in integration_policy(Report(findings=(finding,)), "p", base_url=BASE)
+
+
 @pytest.mark.parametrize(
     ("limited", "after", "verdict", "in_summary"),
     [
@@ -529,6 +674,17 @@ async def test_a_limiter_without_fields_fails_rate_limit_headers(clock: ManualCl
     assert finding.verdict is Verdict.FAIL
     assert finding.facts["admitted_before_429"] == 3
     assert "at 3 requests per window" in finding.advice
+
+
+async def test_x_ratelimit_fields_alone_give_the_policy_a_throttle(clock: ManualClock) -> None:
+    clock.advance(0.5)  # within a second, as a real clock is
+    finding = await run("rate_limit_headers", XRateLimiter(starlette(clock), clock), clock)
+    assert finding.verdict is Verdict.PASS, finding.summary
+    assert finding.facts["fields"] == ["x-ratelimit"]
+    # 1 + 10 s from the first answer, whose Date says half a second earlier: 12 s at most
+    assert (finding.facts["limit"], finding.facts["window"]) == (3, 12.0)
+    table = integration_policy(Report(findings=(finding,)), "p", base_url=BASE)
+    assert table["throttle"] == {"limit": "3/12 seconds"}
 
 
 async def test_no_429_within_the_bound_is_inconclusive(clock: ManualClock) -> None:

@@ -131,6 +131,10 @@ async def test_slowapi_with_headers_enabled_sends_x_ratelimit_and_an_honest_retr
     assert (headers["admitted_before_429"], headers["fields"]) == (5, ["x-ratelimit"])
     assert headers["x_ratelimit"]["x-ratelimit-limit"] == "5"
     assert headers["x_ratelimit_reset"] == "epoch"  # X-RateLimit-Reset is a Unix time
+    # the window: the first answer's reset less its Date; slowapi's reset is a second late
+    # and Date whole seconds, so it reads 3 or 4 s for 2 s: never shorter than the truth
+    assert (headers["limit"], headers["limit_from"]) == (5, "x-ratelimit")
+    assert 2 <= headers["window"] <= 5, headers
     first = found["rate_limit_headers"].evidence[0]
     assert first.status == 200
     assert first.header("retry-after") is not None  # slowapi sends it on every answer

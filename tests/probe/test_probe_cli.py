@@ -28,14 +28,16 @@ from surefoot.probe import CHECKS, Finding, ProbeClient, Target, Verdict
 SECRET = "sk_test_cli_0123456789"
 
 
-def _probe_file(tmp_path: Path, port: int, checks: str = '["replay", "no_key"]') -> Path:
+def _probe_file(
+    tmp_path: Path, port: int, checks: str = '["replay", "no_key"]', required: str = '["replay"]'
+) -> Path:
     path = tmp_path / "probe.toml"
     path.write_text(
         textwrap.dedent(f"""\
         [probe]
         hosts = ["127.0.0.1:{port}"]
         max_requests = 20
-        required = ["replay"]
+        required = {required}
 
         [[targets]]
         name = "charge"
@@ -160,7 +162,7 @@ def test_a_run_without_a_required_failure_exits_0(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(CHECKS, "no_key", _passing)
-    path = _probe_file(tmp_path, 9, checks='["no_key"]')
+    path = _probe_file(tmp_path, 9, checks='["no_key"]', required='["no_key"]')
     result = CliRunner().invoke(main, ["probe", "--config", str(path)], env={"PARTNER_KEY": SECRET})
     assert result.exit_code == 0, result.output
     assert "0 requests in" in result.output
@@ -190,3 +192,92 @@ def test_without_the_probe_extra_it_says_so_in_one_line(tmp_path: Path) -> None:
         "Error: surefoot probe needs the 'probe' extra: pip install 'surefoot[probe]' "
         "(missing: httpx)\n"
     )
+
+
+# -- review fixes: exit status 3, output files, markup ----------------------------------------
+
+
+async def _unsure(client: ProbeClient, target: Target, run: str) -> Finding:
+    return Finding("replay", target.name, Verdict.INCONCLUSIVE, "no effect seen", "probe again")
+
+
+def test_a_required_check_that_did_not_pass_exits_3_and_says_which(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(CHECKS, "replay", _unsure)
+    path = _probe_file(tmp_path, 9, checks='["replay"]')
+    result = CliRunner().invoke(main, ["probe", "--config", str(path)], env={"PARTNER_KEY": SECRET})
+    assert result.exit_code == 3, result.output
+    assert (
+        "required checks did not pass (none failed): charge: replay (inconclusive)\n"
+        in result.output
+    )
+
+
+def test_a_required_check_no_target_runs_is_exit_status_2(tmp_path: Path) -> None:
+    path = _probe_file(tmp_path, 9, checks='["no_key"]', required='["replay"]')
+    result = CliRunner().invoke(main, ["probe", "--config", str(path)], env={"PARTNER_KEY": SECRET})
+    assert result.exit_code == 2
+    assert f"{path}:4: probe.required: expected checks some target runs" in result.output
+
+
+@pytest.mark.parametrize("option", ["--markdown", "--json", "--policy"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str
+) -> None:
+    ran: list[str] = []
+
+    async def recorded(client: ProbeClient, target: Target, run: str) -> Finding:
+        ran.append(target.name)
+        return await _passing(client, target, run)
+
+    monkeypatch.setitem(CHECKS, "no_key", recorded)
+    path = _probe_file(tmp_path, 9, checks='["no_key"]', required='["no_key"]')
+    missing = tmp_path / "no" / "such" / "dir" / "out"
+    result = CliRunner().invoke(
+        main, ["probe", "--config", str(path), option, str(missing)], env={"PARTNER_KEY": SECRET}
+    )
+    assert result.exit_code == 2
+    assert result.output == (
+        f"Error: {option}: cannot write {missing}: No such file or directory\n"
+    )
+    assert ran == []
+    writable = tmp_path / "out.txt"
+    result = CliRunner().invoke(
+        main, ["probe", "--config", str(path), option, str(writable)], env={"PARTNER_KEY": SECRET}
+    )
+    assert result.exit_code == 0, result.output
+    assert writable.read_text()
+
+
+def test_the_files_are_written_before_the_table_is_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import surefoot.probe
+
+    def broken(report: object) -> object:
+        raise RuntimeError("the terminal failed")
+
+    monkeypatch.setitem(CHECKS, "no_key", _passing)
+    monkeypatch.setattr(surefoot.probe, "to_table", broken)
+    path = _probe_file(tmp_path, 9, checks='["no_key"]', required='["no_key"]')
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(
+        main, ["probe", "--config", str(path), "--json", str(out)], env={"PARTNER_KEY": SECRET}
+    )
+    assert isinstance(result.exception, RuntimeError)
+    assert json.loads(out.read_text())["counts"]["pass"] == 1
+
+
+def test_partner_markup_is_printed_as_it_came(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def echoing(client: ProbeClient, target: Target, run: str) -> Finding:
+        return Finding("no_key", target.name, Verdict.PASS, "Retry-After: [/bold]", "[red]x[/]")
+
+    monkeypatch.setitem(CHECKS, "no_key", echoing)
+    path = _probe_file(tmp_path, 9, checks='["no_key"]', required='["no_key"]')
+    result = CliRunner().invoke(main, ["probe", "--config", str(path)], env={"PARTNER_KEY": SECRET})
+    assert result.exit_code == 0, result.output
+    assert "Retry-After: [/bold]" in result.output
+    assert "[red]x[/]" in result.output

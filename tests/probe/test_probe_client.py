@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -14,7 +15,7 @@ from starlette.routing import Route
 
 from surefoot.errors import ConfigurationError
 from surefoot.probe import BudgetExhausted, HostRefused, HttpProbeClient, Plan, Target
-from surefoot.probe._client import CUT_ERROR
+from surefoot.probe._client import BODY_CUT, CUT_ERROR, MAX_BODY
 from surefoot.probe._model import MAX_EVIDENCE
 from surefoot.testing import ManualClock
 
@@ -216,3 +217,93 @@ def test_bad_bounds_are_refused(option: str, value: object) -> None:
     settings: dict[str, Any] = {"hosts": [], "max_requests": 1, "max_duration": 1.0}
     with pytest.raises(ConfigurationError, match=f"HttpProbeClient.{option}: expected"):
         HttpProbeClient(**(settings | {option: value}))
+
+
+# -- review fixes: the cut status, slow answers, bounded bodies, echoed tokens --------------
+
+
+async def test_a_cut_answer_keeps_the_status_the_partner_gave(clock: ManualClock) -> None:
+    async with _client(Partner(), clock) as client:
+        lost = await client.send("POST", f"{BASE}/echo", body="first", cut=True)
+        kept = await client.send("POST", f"{BASE}/echo", body="second")
+    assert (lost.status, lost.cut_status, lost.error) == (None, 201, CUT_ERROR)
+    assert kept.cut_status is None
+
+
+async def test_a_request_that_never_reached_the_partner_is_no_cut(clock: ManualClock) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    transport = httpx.MockTransport(handler)
+    async with _client(Partner(), clock, transport=transport) as client:
+        exchange = await client.send("POST", f"{BASE}/echo", body="x", cut=True)
+    assert exchange.cut_status is None
+    assert exchange.error == (
+        "not cut: the request never reached the partner (ConnectError: refused)"
+    )
+
+
+class _Trickle(httpx.AsyncByteStream):
+    """A body that sends one chunk, then nothing more (until ``chunks`` run out)."""
+
+    def __init__(self, chunk: bytes = b"x", chunks: int = 1, then_wait: bool = True) -> None:
+        self.chunk, self.chunks, self.then_wait, self.sent = chunk, chunks, then_wait, 0
+
+    async def __aiter__(self) -> Any:
+        for _ in range(self.chunks):
+            self.sent += 1
+            yield self.chunk
+        if self.then_wait:
+            await asyncio.Event().wait()  # never set: only the client's bound ends it
+
+
+class _Streaming(httpx.AsyncBaseTransport):
+    def __init__(self, stream: _Trickle) -> None:
+        self.stream = stream
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=self.stream)
+
+
+@pytest.mark.parametrize("bound", [{"timeout": 0.05}, {"timeout": 10.0, "max_duration": 0.05}])
+async def test_a_slowly_streamed_answer_is_bounded_in_all(
+    clock: ManualClock, bound: dict[str, float]
+) -> None:
+    transport = _Streaming(_Trickle())
+    async with _client(Partner(), clock, transport=transport, **bound) as client:
+        exchange = await client.send("GET", f"{BASE}/echo")
+    assert exchange.status is None
+    assert exchange.error == "TimeoutError: no whole answer within 0.05 s"
+
+
+async def test_at_most_max_body_bytes_are_read(clock: ManualClock) -> None:
+    stream = _Trickle(b"x" * 1000, chunks=10_000, then_wait=False)
+    async with _client(Partner(), clock, transport=_Streaming(stream)) as client:
+        exchange = await client.send("GET", f"{BASE}/echo")
+    assert stream.sent <= MAX_BODY // 1000 + 1
+    assert exchange.status == 200
+    assert exchange.response_body == "x" * MAX_EVIDENCE + "\n" + BODY_CUT
+
+
+async def test_the_bare_token_of_a_credential_sent_is_redacted(clock: ManualClock) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        token = request.headers["authorization"].split()[-1]
+        return httpx.Response(401, text=f"invalid api key {token}", headers={"X-Key": token})
+
+    transport = httpx.MockTransport(handler)
+    async with _client(Partner(), clock, transport=transport) as client:
+        exchange = await client.send(
+            "GET", f"{BASE}/echo", headers={"Authorization": "Bearer tok_bare_42"}
+        )
+    assert exchange.response_body == "invalid api key ***"
+    assert exchange.header("X-Key") == "***"
+
+
+async def test_an_escaped_secret_in_an_error_is_redacted(clock: ManualClock) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:  # as h11 refuses such a value
+        raise httpx.LocalProtocolError(f"Illegal header value {request.headers.raw[-1][1]!r}")
+
+    transport = httpx.MockTransport(handler)
+    async with _client(Partner(), clock, secrets=["tok_nl\n"], transport=transport) as client:
+        exchange = await client.send("GET", f"{BASE}/echo", headers={"X-Custom": "tok_nl\n"})
+    assert exchange.error == "LocalProtocolError: Illegal header value b'***'"

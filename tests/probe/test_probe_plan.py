@@ -59,7 +59,7 @@ def test_a_file_becomes_targets_with_secrets_resolved(tmp_path: Path) -> None:
     assert target.effect.headers == {"Authorization": f"Bearer {SECRET}"}
     assert target.checks == ("replay", "lost_response")
     assert (plan.max_requests, plan.max_duration, plan.timeout) == (200, 120.0, 10.0)
-    assert plan.secrets == (f"Bearer {SECRET}",)
+    assert plan.secrets == (f"Bearer {SECRET}", SECRET)
     assert "authorization" in plan.credential_headers
     assert plan.checks == 2
     assert plan.base_url == "http://127.0.0.1:8000"
@@ -316,3 +316,101 @@ def test_a_plan_made_in_code() -> None:
     plan = Plan(targets=(), hosts=("127.0.0.1:1",))
     assert (plan.checks, plan.base_url) == (0, "")
     assert describe(plan).startswith("probe plan from <dict>: 0 targets, 0 checks")
+
+
+# -- review fixes: secrets wherever they are, header values, bounds, required ----------------
+
+
+def test_every_environment_value_is_a_secret_wherever_it_was_put() -> None:
+    data = _data(
+        method="POST",
+        url="http://127.0.0.1:8000/x?token=${TOKEN}",
+        headers={"Authorization": "Bearer ${API}", "X-Trace": "t-${TRACE}"},
+        body='{"secret": "${BODY}"}',
+        checks=["no_key"],
+    )
+    data["probe"]["accept_side_effects"] = True
+    env = {"TOKEN": "tok_url_1", "API": "sk_test_api_2", "TRACE": "trace_3", "BODY": "body_4"}
+    plan = plan_from_dict(data, env=env)
+    for value in env.values():
+        assert value in plan.secrets
+    assert "Bearer sk_test_api_2" in plan.secrets
+    text = describe(plan)
+    for value in env.values():
+        assert value not in text
+    assert '  body: {"secret": "***"}' in text
+
+
+def test_the_bare_token_of_a_credential_header_is_a_secret() -> None:
+    plan = plan_from_dict(_data(headers={"Authorization": "Bearer written-in-file"}), env={})
+    assert "written-in-file" in plan.secrets
+    assert redacted("invalid key written-in-file", plan.secrets) == "invalid key ***"
+
+
+def test_a_url_with_a_user_and_password_is_refused_without_them() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        plan_from_dict(_data(url="http://user:pa55word@127.0.0.1:8000/x"), env={})
+    message = str(caught.value)
+    assert message.startswith("<dict>: targets[0].url: expected a URL without a user or password")
+    assert "pa55word" not in message
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"url": "http://127.0.0.1:8000/x?k=sk_live_abc123"}, "targets[0].url"),
+        ({"method": "POST", "body": '{"k": "${K}"}', "checks": ["no_key"]}, "targets[0].body"),
+    ],
+)
+def test_live_key_patterns_apply_to_urls_and_bodies(change: dict[str, Any], where: str) -> None:
+    data = _data(**change)
+    data["probe"]["accept_side_effects"] = True
+    with pytest.raises(ConfigurationError) as caught:
+        plan_from_dict(data, env={"K": "rk_live_xyz789"})
+    message = str(caught.value)
+    assert message.startswith(f"<dict>: {where}: expected a test-mode credential")
+    assert "abc123" not in message
+    assert "xyz789" not in message
+
+
+@pytest.mark.parametrize("value", ["sk_test_secret\n", "Bearer sk_test_se\rcret", "tök_é"])
+def test_a_header_value_with_a_control_or_non_ascii_character_is_refused(value: str) -> None:
+    data = _data(headers={"Authorization": "Bearer ${KEY}"})
+    with pytest.raises(ConfigurationError) as caught:
+        plan_from_dict(data, env={"KEY": value})
+    message = str(caught.value)
+    assert message.startswith(
+        "<dict>: targets[0].headers.Authorization: expected a header value of printable ASCII"
+    )
+    assert "secret" not in message.replace("secret file", "")
+    assert "tök" not in message
+
+
+def test_redacted_hides_the_escaped_and_stripped_forms_of_a_secret() -> None:
+    secrets = ["tok_abc\n"]
+    assert redacted("Illegal header value b'tok_abc\\n'", secrets) == "Illegal header value b'***'"
+    assert redacted('{"k": "tok_abc\\n"}', secrets) == '{"k": "***"}'
+    assert redacted("echo tok_abc.", secrets) == "echo ***."
+
+
+def test_a_key_lifetime_not_below_max_duration_is_refused() -> None:
+    data = _data(key_lifetime=120, checks=["key_lifetime"])
+    with pytest.raises(ConfigurationError) as caught:
+        plan_from_dict(data, env={})
+    assert str(caught.value) == (
+        "<dict>: targets[0].key_lifetime: expected seconds below probe.max_duration (120): the "
+        "re-send must fit in the run, got 120"
+    )
+    data["probe"]["max_duration"] = 121
+    assert plan_from_dict(data, env={}).targets[0].key_lifetime == 120
+
+
+def test_a_required_check_no_target_runs_is_refused() -> None:
+    data = _data(checks=["timeouts"])
+    data["probe"]["required"] = ["timeouts", "retry_after"]
+    with pytest.raises(ConfigurationError) as caught:
+        plan_from_dict(data, env={})
+    assert str(caught.value) == (
+        "<dict>: probe.required: expected checks some target runs, got retry_after (no "
+        "target's checks list them)"
+    )

@@ -132,7 +132,7 @@ async def test_a_spent_budget_ends_the_check_inconclusive_then_skips_the_rest(
     assert "cap of 4 requests" in report.findings[1].summary
     assert "budget was spent" in report.findings[2].summary
     assert report.requests_sent == 4
-    assert report.exit_status == 0
+    assert report.exit_status == 3  # nothing failed, but a check could not tell
 
 
 async def test_unsafe_unknown_and_broken_checks(clock: ManualClock) -> None:
@@ -232,7 +232,7 @@ def _report(*findings: tuple[str, Verdict], **options: Any) -> Report:
 
 @pytest.mark.parametrize(
     ("required", "expected"),
-    [(None, 1), (("replay",), 1), (("mismatch",), 0), ((), 0)],
+    [(None, 1), (("replay",), 1), (("mismatch",), 3), (("no_key",), 3), ((), 0)],
 )
 def test_the_exit_status_follows_the_required_checks(
     required: tuple[str, ...] | None, expected: int
@@ -247,9 +247,23 @@ def test_the_exit_status_follows_the_required_checks(
     assert report.counts() == {"pass": 0, "fail": 1, "inconclusive": 1, "skipped": 1}
 
 
-def test_an_inconclusive_or_skipped_run_passes() -> None:
+def test_an_unproven_required_check_exits_3_and_says_which() -> None:
     report = _report(("replay", Verdict.INCONCLUSIVE), ("mismatch", Verdict.SKIPPED))
-    assert (report.failed, report.exit_status) == ((), 0)
+    assert (report.failed, report.exit_status) == ((), 3)
+    assert report.verdict_line() == (
+        "required checks did not pass (none failed): pay: replay (inconclusive)"
+    )
+    named = _report(("replay", Verdict.PASS), ("mismatch", Verdict.SKIPPED),
+                    required=("mismatch", "concurrent"))  # fmt: skip
+    assert named.exit_status == 3
+    assert named.verdict_line() == (
+        "required checks did not pass (none failed): pay: mismatch (skipped), concurrent (not run)"
+    )
+    assert "Result: NOT PROVEN" in to_markdown(named)
+    skipped_only = _report(("replay", Verdict.PASS), ("mismatch", Verdict.SKIPPED))
+    assert (skipped_only.exit_status, skipped_only.verdict_line()) == (0, "")
+    failed = _report(("replay", Verdict.FAIL), ("mismatch", Verdict.INCONCLUSIVE))
+    assert failed.verdict_line() == "required checks failed: pay: replay"
 
 
 def test_finding_looks_a_check_up() -> None:
@@ -360,9 +374,10 @@ def test_post_is_never_retried_unless_every_check_passed(
 ) -> None:
     table = integration_policy(_report(*findings, ("retry_after", Verdict.PASS)), "pay")
     assert table["auto_idempotency_key"] is False
-    assert table["retry"] == {
-        "idempotent_methods": ["DELETE", "GET", "HEAD", "OPTIONS", "PUT", "TRACE"]
-    }
+    assert table["retry"]["idempotent_methods"] == ["DELETE", "GET", "HEAD", "OPTIONS", "PUT",
+                                                    "TRACE"]  # fmt: skip
+    failed = any(verdict is Verdict.FAIL for _, verdict in findings)
+    assert table["retry"].get("max_attempts") == (1 if failed else None)
 
 
 @pytest.mark.parametrize("verdict", [Verdict.FAIL, Verdict.INCONCLUSIVE, None])
@@ -420,3 +435,94 @@ def test_the_policy_file_is_loaded_by_the_client(tmp_path: Path) -> None:
     assert trusted.throttle is None
     with pytest.raises(ConfigurationError, match=r"integration_toml\.name: expected letters"):
         integration_toml(unsafe, "pay.v2")
+
+
+# -- review fixes ------------------------------------------------------------------------------
+
+
+def _attempts(policy: str, tmp_path: Path, method: str, headers: dict[str, str]) -> int:
+    """Attempts the client of the ``policy`` file makes against a partner answering 503."""
+    path = tmp_path / "integrations.toml"
+    path.write_text(policy)
+    (integration,) = load_integrations(path).values()
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.method)
+        return httpx.Response(503)
+
+    with integration.client(inner=httpx.MockTransport(handler), sleep=lambda s: None) as client:
+        client.request(method, "/charges", headers=headers, content=b"{}")
+    return len(calls)
+
+
+def _on(target: str, *findings: tuple[str, Verdict]) -> tuple[Finding, ...]:
+    return tuple(Finding(check, target, verdict, "s", "a") for check, verdict in findings)
+
+
+@pytest.mark.parametrize(
+    ("method", "headers"),
+    [("POST", {"Idempotency-Key": "k1"}), ("PUT", {}), ("DELETE", {}), ("PATCH", {"X": "1"})],
+)
+def test_no_request_is_retried_when_a_key_check_failed(
+    tmp_path: Path, method: str, headers: dict[str, str]
+) -> None:
+    checks = ("replay", "lost_response", "concurrent", "no_key")
+    report = Report(findings=_on("charges", *((c, Verdict.FAIL) for c in checks)), base_url=BASE)
+    policy = integration_toml(report, "partner")
+    assert "max_attempts = 1" in policy
+    assert _attempts(policy, tmp_path, method, headers) == 1
+
+
+def test_a_keyed_post_to_a_proven_partner_is_retried(tmp_path: Path) -> None:
+    report = Report(findings=_on("charges", *SAFE), base_url=BASE, writes=("charges",))
+    policy = integration_toml(report, "partner")
+    assert _attempts(policy, tmp_path, "POST", {"Idempotency-Key": "k1"}) == 3
+
+
+def test_a_write_target_never_key_checked_keeps_automatic_keys_off() -> None:
+    proven = _on("charges", *SAFE)
+    untested = _on("refunds", ("no_key", Verdict.INCONCLUSIVE))
+    assert integration_policy(Report(findings=proven + untested), "p")["auto_idempotency_key"] is (
+        False
+    )
+    listed = Report(findings=proven, writes=("charges", "refunds"))
+    assert integration_policy(listed, "p")["auto_idempotency_key"] is False
+    assert integration_policy(Report(findings=proven), "p")["auto_idempotency_key"] is True
+
+
+def test_markdown_facts_cannot_break_out_of_their_code() -> None:
+    facts = {"retry_after": "`[/bold]` | **x**", "plain": "ok", "ticks": "``a"}
+    finding = Finding("retry_after", "list", Verdict.FAIL, "s", "a", facts=facts)
+    text = to_markdown(Report(findings=(finding,)))
+    assert "- retry_after: `` `[/bold]` | **x** ``" in text
+    assert "- plain: `ok`" in text
+    assert "- ticks: ``` ``a ```" in text
+
+
+def test_partner_text_in_the_table_is_not_markup() -> None:
+    finding = Finding("retry_after", "list", Verdict.FAIL, "Retry-After: [/bold] [red]x[/red]",
+                      "[link=http://evil]click[/link]")  # fmt: skip
+    console = Console(width=200, record=True, color_system=None)
+    console.print(to_table(Report(findings=(finding,))))
+    text = console.export_text()
+    assert "Retry-After: [/bold] [red]x[/red]" in text
+    assert "[link=http://evil]click[/link]" in text
+
+
+def test_json_evidence_holds_the_cut_status() -> None:
+    cut = Exchange("POST", f"{BASE}/c", (), "", None, (), "", 0.0, "cut by the probe", 201)
+    finding = Finding("lost_response", "pay", Verdict.PASS, "s", "a", (cut,))
+    (found,) = json.loads(to_json(Report(findings=(finding,))))["findings"]
+    assert found["evidence"][0]["cut_status"] == 201
+
+
+async def test_the_report_base_url_holds_no_secret(clock: ManualClock) -> None:
+    target = Target(name="list", method="GET", url="http://127.0.0.1:8000/x", checks=("a",))
+    report = await run_probe(
+        _plan(target, secrets=("127.0.0.1",)),
+        checks={"a": _sender(Verdict.PASS, sends=0)},
+        transport=httpx.ASGITransport(app=_app()),
+        clock=clock,
+    )
+    assert report.base_url == "http://***:8000"

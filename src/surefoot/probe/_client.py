@@ -3,21 +3,26 @@
 It sends over an ``httpx.AsyncClient`` and keeps the probe's promises (``_model`` Rules 1
 and 2): a request to a host the plan does not list raises ``HostRefused`` before anything
 is sent; one beyond ``max_requests``, or once ``max_duration`` has passed since the client
-was made, raises ``BudgetExhausted``; each answer is awaited at most ``timeout`` seconds,
-and never past the deadline. Each ``Exchange`` is redacted before a check sees it.
+was made, raises ``BudgetExhausted``; each answer (status line, headers and the whole body)
+is awaited at most ``timeout`` seconds in all, and never past the deadline: a partner that
+streams its answer slowly is cut off too. Of a body, at most ``MAX_BODY`` bytes are read
+(the evidence says when it was cut). Each ``Exchange`` is redacted before a check sees it.
 
-A lost response (``send(..., cut=True)``) is the chaos transport's ``FailAfter`` fault
-(``surefoot.chaos``): the request reaches the partner, its whole answer is read, then it is
-dropped and the exchange says ``"cut by the probe"``. Only requests marked with the
-``surefoot.probe.cut`` extension go through the chaos transport.
+A lost response (``send(..., cut=True)``) is what the chaos transport's ``FailAfter``
+fault does (``surefoot.chaos``), done here to keep the status: the request reaches the
+partner, its answer is read (its status recorded as ``Exchange.cut_status``), then it is
+dropped and the exchange says ``"cut by the probe"``. A request that never reached the
+partner (a connect error) is no cut: its error says so and ``cut_status`` is None. Only
+requests marked with the ``surefoot.probe.cut`` extension are cut.
 
 Rule 1: every wait (``wait``) goes through the injected ``sleep`` and is refused when it
         would end past the deadline; the clock is the injected ``clock``.
 Rule 2: credential headers (``_plan.CREDENTIAL_HEADERS``, the plan's own, and those whose
         value came from the environment) read ``***`` in the evidence, requests and
         responses alike; every secret value, and every credential header's value sent
-        (4 characters or more), is ``***`` wherever it appears (URL, bodies, errors); a
-        body is cut to ``MAX_EVIDENCE`` characters.
+        and its last word (4 characters or more), is ``***`` wherever it appears (URL,
+        bodies, errors), stripped or escaped forms too; a body is cut to
+        ``MAX_EVIDENCE`` characters.
 """
 
 from __future__ import annotations
@@ -30,16 +35,19 @@ from typing import Any
 
 import httpx
 
-from surefoot.chaos import AsyncChaosTransport, FailAfter, FaultPlan, Rule
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import ConfigurationError
 from surefoot.probe._model import MAX_EVIDENCE, BudgetExhausted, Exchange
 from surefoot.probe._plan import CREDENTIAL_HEADERS, Plan, host_port, redacted
 
-__all__ = ["CUT_ERROR", "HostRefused", "HttpProbeClient"]
+__all__ = ["CUT_ERROR", "MAX_BODY", "HostRefused", "HttpProbeClient"]
 
 #: The ``error`` of an exchange whose answer the probe cut on purpose.
 CUT_ERROR = "cut by the probe"
+#: Bytes of an answer's body the client reads at most (the rest is never read).
+MAX_BODY = MAX_EVIDENCE * 4
+#: What the evidence says of a body longer than ``MAX_BODY``.
+BODY_CUT = f"[body cut by the probe after {MAX_BODY} bytes]"
 _CUT = "surefoot.probe.cut"
 _TEMPLATE = re.compile(r"\{\{(run|n|uuid)\}\}")
 #: The shortest credential value ``send`` learns as a secret (Rule 2).
@@ -50,18 +58,34 @@ class HostRefused(Exception):
     """A request to a host the probe file does not list (never sent)."""
 
 
+class _Cut(httpx.ReadError):
+    """The answer the probe dropped on purpose; ``status`` is what the partner answered."""
+
+    def __init__(self, status: int, request: httpx.Request) -> None:
+        super().__init__(CUT_ERROR, request=request)
+        self.status = status
+
+
 class _Cutting(httpx.AsyncBaseTransport):
-    """Sends a request marked ``surefoot.probe.cut`` through a ``FailAfter`` fault."""
+    """Forwards a request marked ``surefoot.probe.cut``, reads its answer (``MAX_BODY``
+    bytes at most), then drops it (``surefoot.chaos``'s ``FailAfter``, status recorded)."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self._inner = inner
-        plan = FaultPlan([Rule(name="probe-cut", fault=FailAfter(lose="reset"))], seed=0)
-        self._chaos = AsyncChaosTransport(inner, plan, hooks=())
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.extensions.get(_CUT):
-            return await self._chaos.handle_async_request(request)
-        return await self._inner.handle_async_request(request)
+        response = await self._inner.handle_async_request(request)
+        if not request.extensions.get(_CUT):
+            return response
+        try:
+            read = 0
+            async for chunk in response.stream:  # type: ignore[union-attr]
+                read += len(chunk)
+                if read >= MAX_BODY:
+                    break
+        finally:
+            await response.aclose()
+        raise _Cut(response.status_code, request)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -121,6 +145,7 @@ class HttpProbeClient:
         self.timeout = float(timeout)
         self.credential_headers = CREDENTIAL_HEADERS | {h.lower() for h in credential_headers}
         self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+        # The secrets the client was given: kept also when a header echoes one (Rule 2).
         self.run = run if run is not None else uuid.uuid4().hex[:12]
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._sleep = sleep
@@ -233,21 +258,24 @@ class HttpProbeClient:
             extensions={_CUT: True} if cut else None,
         )
         status: int | None = None
+        cut_status: int | None = None
         response_headers: tuple[tuple[str, str], ...] = ()
         response_body = ""
         error: str | None = None
         try:
-            response = await self._client.send(request)
-        except httpx.ReadError as exc:
-            error = CUT_ERROR if cut else f"ReadError: {exc}"
+            async with asyncio.timeout(wait):
+                status, response_headers, response_body = await self._exchange(request)
+        except _Cut as exc:
+            error, cut_status = CUT_ERROR, exc.status
+        except TimeoutError:
+            status, response_headers, response_body = None, (), ""
+            error = f"TimeoutError: no whole answer within {wait:g} s"
         except httpx.TimeoutException as exc:
             error = f"{type(exc).__name__}: no answer within {wait:g} s"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"
-        else:
-            status = response.status_code
-            response_headers = tuple(response.headers.multi_items())
-            response_body = response.text
+            if cut and isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+                error = f"not cut: the request never reached the partner ({error})"
         return Exchange(
             method=method,
             url=self._scrub(url),
@@ -258,16 +286,36 @@ class HttpProbeClient:
             response_body=self._body(response_body),
             seconds=max(0.0, self.clock.now() - started),
             error=None if error is None else self._scrub(error),
+            cut_status=cut_status,
         )
+
+    async def _exchange(
+        self, request: httpx.Request
+    ) -> tuple[int, tuple[tuple[str, str], ...], str]:
+        """The answer's status, headers and body (``MAX_BODY`` bytes at most, the cut noted)."""
+        response = await self._client.send(request, stream=True)
+        try:
+            body = bytearray()
+            cut = False
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    cut = True
+                    break
+        finally:
+            await response.aclose()
+        encoding = response.encoding or "utf-8"
+        text = bytes(body[:MAX_BODY]).decode(encoding, errors="replace")
+        if cut:
+            text = f"{text}\n{BODY_CUT}"
+        return response.status_code, tuple(response.headers.multi_items()), text
 
     def _learn(self, headers: Mapping[str, str]) -> None:
         """Keep the value of each credential header sent as a secret (an echo of it in a
         body is redacted too); a value shorter than ``_SHORTEST`` would hide too much."""
-        found = {
-            value
-            for name, value in headers.items()
-            if name.lower() in self.credential_headers and len(value) >= _SHORTEST
-        }
+        values = [v for name, v in headers.items() if name.lower() in self.credential_headers]
+        words = [value.split()[-1] for value in values if value.split()]
+        found = {value for value in (*values, *words) if len(value) >= _SHORTEST}
         if not found.issubset(self._secrets):
             merged = {*self._secrets, *found}
             self._secrets = tuple(sorted(merged, key=len, reverse=True))
@@ -285,4 +333,4 @@ class HttpProbeClient:
         text = self._scrub(text)
         if len(text) <= MAX_EVIDENCE:
             return text
-        return text[:MAX_EVIDENCE]
+        return text[:MAX_EVIDENCE] + ("\n" + BODY_CUT if BODY_CUT in text else "")

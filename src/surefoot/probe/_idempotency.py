@@ -13,8 +13,8 @@ check              what is sent                                                 
 ``lost_response``  one body, one key: the first answer cut by the probe, then      one effect,
                    the same request again                                          a 2xx answer
 ``concurrent``     ``target.concurrency`` copies, one key, all at once             one effect
-``mismatch``       one key, then another body with the same key                    refused (4xx)
-``no_key``         one write without the key header                                refused (4xx)
+``mismatch``       one key, then another body with the same key                    refused
+``no_key``         one write without the key header                                refused
 ``key_lifetime``   one key, then ``client.wait(target.key_lifetime)``, then again  as ``replay``
 =================  ==============================================================  ===========
 
@@ -39,7 +39,19 @@ Rule 4: every loop is bounded. A sequential re-send that meets ``409`` (the firs
         cannot cover its worst case, so it never leaves half its writes behind.
 Rule 5: a first answer that is not 2xx (the body or headers of the target are wrong, the
         partner fails) makes a check ``inconclusive``: nothing can be said about a replay
-        of a request that did not succeed.
+        of a request that did not succeed. For ``lost_response`` the first answer must be
+        a real cut (``_client.CUT_ERROR``) of a 2xx (``Exchange.cut_status``): a request
+        that never reached the partner, a cut 500, or an answer the probe could not cut
+        tests no lost answer.
+Rule 6: "refused" means refused for the key: ``400``, ``409``, ``422`` or ``428``
+        (``KEY_REFUSALS``). Another 4xx (``429`` rate limited, ``401``/``403``
+        credentials, ``404``...) refused the request for another reason and says nothing
+        about the key: ``mismatch`` and ``no_key`` end ``inconclusive`` (``fail`` if an
+        effect was counted anyway), and ``concurrent`` does not count such copies as
+        deduplicated.
+Rule 7: effects are counted only once every copy has answered: a ``concurrent`` copy
+        without an answer (a timeout, a reset) may still be running, so unless more than
+        one effect is counted already the check ends ``inconclusive``.
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from surefoot.probe._client import CUT_ERROR
 from surefoot.probe._model import (
     BudgetExhausted,
     Effect,
@@ -62,6 +75,7 @@ from surefoot.probe._model import (
 
 __all__ = [
     "IDEMPOTENCY_CHECKS",
+    "KEY_REFUSALS",
     "SETTLE_ATTEMPTS",
     "SETTLE_WAIT",
     "Check",
@@ -85,6 +99,10 @@ Judgement = tuple[Verdict, str, str]
 SETTLE_ATTEMPTS = 3
 #: Seconds waited before each of those re-sends.
 SETTLE_WAIT = 0.5
+
+#: The statuses that refuse a request for its key (Rule 6): malformed or missing (400,
+#: 428), in flight or reused (409), reused for another request (422).
+KEY_REFUSALS = frozenset({400, 409, 422, 428})
 
 #: Request numbers (``{{n}}``) of each check, so the bodies of two checks differ.
 _N = {
@@ -175,7 +193,33 @@ def _ok(exchange: Exchange) -> bool:
 
 
 def _refused(exchange: Exchange) -> bool:
-    return exchange.status is not None and 400 <= exchange.status < 500
+    """Refused for its key (Rule 6)."""
+    return exchange.status in KEY_REFUSALS
+
+
+def _refused_otherwise(exchange: Exchange) -> bool:
+    """A 4xx that is no refusal for the key: rate limited, credentials, not found (Rule 6)."""
+    status = exchange.status
+    return status is not None and 400 <= status < 500 and status not in KEY_REFUSALS
+
+
+def _other_reason(status: int | None) -> str:
+    if status == 429:
+        return "rate limited"
+    if status in (401, 403):
+        return "credentials refused"
+    return "refused for another reason than the key"
+
+
+def _not_for_the_key(what: str, exchange: Exchange) -> Judgement:
+    """Rule 6: a 4xx that says nothing about the key."""
+    return (
+        Verdict.INCONCLUSIVE,
+        f"{what} got {exchange.status} ({_other_reason(exchange.status)}): not a refusal "
+        "for the key (400, 409, 422 or 428), so it says nothing about the key.",
+        "run the probe again once the partner admits the request (mind its rate limit, "
+        "check the target's credentials and URL).",
+    )
 
 
 def _shown(exchange: Exchange) -> str:
@@ -191,6 +235,41 @@ def _unusable_first(first: Exchange) -> Judgement | None:
     return (
         Verdict.INCONCLUSIVE,
         f"the first request got {_shown(first)}, not a 2xx: nothing to replay.",
+        "fix the target (its body, headers or credentials) so that one request succeeds, "
+        "then run the probe again.",
+    )
+
+
+def _not_lost(first: Exchange) -> Judgement | None:
+    """Rule 5: only a real cut of a 2xx answer is a lost answer."""
+    cut = first.error == CUT_ERROR
+    if cut and first.cut_status is not None and 200 <= first.cut_status < 300:
+        return None
+    if first.status is not None:
+        return _unusable_first(first) or (
+            Verdict.INCONCLUSIVE,
+            f"the probe could not cut the first answer ({first.status} came through): "
+            "nothing was lost, so the retry tests a replay, not a lost answer.",
+            "run the probe again; the replay check judges what this run saw.",
+        )
+    if not cut:
+        return (
+            Verdict.INCONCLUSIVE,
+            f"the first request was not cut: it got {_shown(first)}, so the retry tests "
+            "no lost answer.",
+            "run the probe again; if it persists, check the partner's health.",
+        )
+    if first.cut_status is None:
+        return (
+            Verdict.INCONCLUSIVE,
+            "the probe cut the first answer without its status: nothing tells that the "
+            "partner executed the first request.",
+            "run the probe again.",
+        )
+    return (
+        Verdict.INCONCLUSIVE,
+        f"the partner answered the first request {first.cut_status} before the probe "
+        "dropped it, not a 2xx: there is no success to replay.",
         "fix the target (its body, headers or credentials) so that one request succeeds, "
         "then run the probe again.",
     )
@@ -262,8 +341,10 @@ def judge_replay(first: Exchange, second: Exchange, effects: int | None) -> Judg
 
 
 def judge_lost_response(first: Exchange, second: Exchange, effects: int | None) -> Judgement:
-    """Same key after the first answer was lost: one effect, and the retry gets an outcome."""
-    unusable = None if first.status is None else _unusable_first(first)
+    """Same key after the first answer was lost: one effect, and the retry gets an outcome.
+
+    ``first`` must be a real cut of a 2xx answer, else ``inconclusive`` (Rule 5)."""
+    unusable = _not_lost(first)
     if unusable is not None:
         return unusable
     if second.status is None:
@@ -318,7 +399,11 @@ def _statuses(exchanges: Sequence[Exchange]) -> str:
 
 
 def judge_concurrent(exchanges: Sequence[Exchange], effects: int | None) -> Judgement:
-    """``len(exchanges)`` copies with one key at once: one effect."""
+    """``len(exchanges)`` copies with one key at once: one effect.
+
+    A copy without an answer may still be running: unless more than one effect is counted
+    already, that is ``inconclusive`` (Rule 7). Copies refused for another reason than the
+    key (Rule 6) are no duplicates that reached the key's handling."""
     answered = f"{len(exchanges)} concurrent requests with one key got {_statuses(exchanges)}"
     successes = [e for e in exchanges if _ok(e)]
     if effects is not None and effects > 1:
@@ -329,6 +414,16 @@ def judge_concurrent(exchanges: Sequence[Exchange], effects: int | None) -> Judg
             "or parallel retries), and serialise requests per key on your side; "
             "reconcile via the list endpoint.",
         )
+    unanswered = sum(1 for e in exchanges if e.status is None)
+    if unanswered:
+        counted = "" if effects is None else f" ({effects} so far)"
+        return (
+            Verdict.INCONCLUSIVE,
+            f"{answered}: {unanswered} got no answer and may still be running, so the "
+            f"effects cannot be counted yet{counted}.",
+            "give the probe a timeout longer than the partner holds a duplicate, then run it "
+            "again; meanwhile treat a request without an answer as possibly executed.",
+        )
     if not successes:
         return (
             Verdict.INCONCLUSIVE,
@@ -337,6 +432,16 @@ def judge_concurrent(exchanges: Sequence[Exchange], effects: int | None) -> Judg
         )
     if effects == 0:
         return _zero_effects(answered)
+    untested = [e for e in exchanges if _refused_otherwise(e)]
+    if len(exchanges) - len(untested) < 2:
+        why = ", ".join(sorted({_other_reason(e.status) for e in untested}))
+        return (
+            Verdict.INCONCLUSIVE,
+            f"{answered}: the others were refused for another reason than the key ({why}), "
+            "so no duplicate reached the key's handling.",
+            "lower concurrency below the partner's rate limit (or check the target's "
+            "credentials), then run the probe again.",
+        )
     others = len(exchanges) - len(successes)
     what_others_get = (
         f"the others got {_statuses([e for e in exchanges if not _ok(e)])}: retry those "
@@ -360,7 +465,9 @@ def judge_concurrent(exchanges: Sequence[Exchange], effects: int | None) -> Judg
             "the answers only: no effect count).",
             "never send a second attempt while the first may still be running; " + _NO_EFFECT,
         )
-    if all(_refused(e) or _says_replayed(e) for e in exchanges if e is not successes[0]):
+    first = next(i for i, e in enumerate(exchanges) if _ok(e))
+    rest = [e for i, e in enumerate(exchanges) if i != first and not _refused_otherwise(e)]
+    if all(_refused(e) or _says_replayed(e) for e in rest):
         return (
             Verdict.PASS,
             f"{answered}: one succeeded, the others were refused or replayed (judged from "
@@ -378,17 +485,19 @@ def judge_concurrent(exchanges: Sequence[Exchange], effects: int | None) -> Judg
 def judge_mismatch(
     first: Exchange, second: Exchange, first_effects: int | None, second_effects: int | None
 ) -> Judgement:
-    """One key, then another body with it: refused (4xx) and nothing done for it."""
+    """One key, then another body with it: refused for the key (Rule 6) and nothing done
+    for it."""
     unusable = _unusable_first(first)
     if unusable is not None:
         return unusable
-    if second.status is None or second.status >= 500 or second.status < 200:
+    refused = _refused(second) or _refused_otherwise(second)
+    if not refused and not _ok(second):
         return (
             Verdict.INCONCLUSIVE,
             f"the other body with the same key got {_shown(second)}.",
             "run the probe again; if it persists, check the partner's health.",
         )
-    if _refused(second):
+    if refused:
         if second_effects:
             return (
                 Verdict.FAIL,
@@ -397,6 +506,8 @@ def judge_mismatch(
                 "a refusal is not to be trusted here: never reuse a key for another "
                 "request; reconcile via the list endpoint.",
             )
+        if _refused_otherwise(second):
+            return _not_for_the_key("the other body with the same key", second)
         return (
             Verdict.PASS,
             f"the other body with the same key was refused ({second.status}).",
@@ -432,14 +543,22 @@ def judge_mismatch(
 
 
 def judge_no_key(exchange: Exchange, effects: int | None) -> Judgement:
-    """A write without a key: refused is ``pass``; accepted is a fact, not a failure of
-    the key's handling (``inconclusive``, with the advice to always send a key)."""
-    if _refused(exchange):
-        leaked = f", yet made {effects} effect(s)" if effects else ""
-        verdict = Verdict.FAIL if effects else Verdict.PASS
+    """A write without a key: refused for the key (Rule 6) is ``pass``; accepted is a fact,
+    not a failure of the key's handling (``inconclusive``, with the advice to always send a
+    key)."""
+    if (_refused(exchange) or _refused_otherwise(exchange)) and effects:
         return (
-            verdict,
-            f"a write without a key was refused ({exchange.status}){leaked}.",
+            Verdict.FAIL,
+            f"a write without a key was refused ({exchange.status}), yet made {effects} effect(s).",
+            "a refusal is not to be trusted here: send a key with every write, and after a "
+            "refused write read the outcome back (the effect check) before sending it again.",
+        )
+    if _refused_otherwise(exchange):
+        return _not_for_the_key("a write without a key", exchange)
+    if _refused(exchange):
+        return (
+            Verdict.PASS,
+            f"a write without a key was refused ({exchange.status}).",
             "the partner requires a key: send one with every write.",
         )
     if _ok(exchange):
@@ -655,7 +774,8 @@ async def lost_response(client: ProbeClient, target: Target, run: str) -> Findin
         judge_lost_response(first, second, effects),
         effects=effects,
         statuses=[first.status, second.status],
-        cut=first.status is None,
+        cut=first.error == CUT_ERROR,
+        cut_status=first.cut_status,
         replayed_header=_says_replayed(second),
     )
 

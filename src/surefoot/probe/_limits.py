@@ -30,12 +30,24 @@ Rule 4: ``limit_scope`` is a fact, not a grade: per credential or global both ``
         between its requests (the first credential admitted again).
 Rule 5: ``error_format`` fails on any leak (a stack trace, an exception, SQL, a source
         path) and on errors without a machine-readable code; facts say which.
+Rule 6: ``rate_limit_headers`` states the limit a client may throttle at as the facts
+        ``limit`` (requests) and ``window`` (seconds), which the report's policy reads, and
+        ``limit_from`` (where they come from); none when a field is malformed. From
+        ``RateLimit-Policy``: its first member with a quota ``q`` and a window ``w``.
+        Else from ``X-RateLimit-Limit``, the window read off the answer that opened one
+        (its ``X-RateLimit-Remaining`` is the limit less one): its ``X-RateLimit-Reset``
+        as seconds from now, or as a Unix time less the answer's own ``Date`` (rounded
+        up to a whole second: the window read is never shorter than the partner's
+        reset says). The window stays unknown (``window`` None, so no throttle) when
+        no answer opened a window, an epoch comes without ``Date``, or the reset moves
+        later within the window (not a fixed window: a bucket refilling).
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
+import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -306,6 +318,64 @@ def _members_facts(members: Members | None) -> dict[str, dict[str, Any]] | None:
     return {name: dict(params) for name, params in members}
 
 
+def _whole(value: Any) -> int | None:
+    """``value`` if it is a whole number above 0 (a structured field's Integer), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _epoch(reset: str) -> bool:
+    return float(reset) > 1e9
+
+
+def _advertised_limit(
+    answered: Sequence[Exchange], fields: Sequence[LimitFields], last: LimitFields
+) -> dict[str, Any]:
+    """The ``limit``, ``window`` and ``limit_from`` facts (Rule 6); {} when no limit is sent."""
+    for _, params in last.policy or ():
+        q, w = _whole(params.get("q")), _whole(params.get("w"))
+        if q is not None and w is not None:
+            return {"limit": q, "window": float(w), "limit_from": "ratelimit-policy"}
+    for i, f in enumerate(fields):
+        limit, remaining = f.legacy.get("x-ratelimit-limit"), f.legacy.get("x-ratelimit-remaining")
+        if limit is None or remaining is None or int(limit) < 1:
+            continue
+        if int(remaining) != int(limit) - 1:
+            continue  # not the first answer of a window
+        window = _window(answered[i], f, fields[i + 1 :])
+        if window is not None:
+            return {"limit": int(limit), "window": window, "limit_from": "x-ratelimit"}
+        break
+    limit = last.legacy.get("x-ratelimit-limit")
+    if limit is None or int(limit) < 1:
+        return {}
+    return {"limit": int(limit), "window": None, "limit_from": "x-ratelimit"}
+
+
+def _window(opening: Exchange, fields: LimitFields, later: Sequence[LimitFields]) -> float | None:
+    """The window's length, from the ``X-RateLimit-Reset`` of the answer that opened it
+    (Rule 6), or None: no reset, an epoch without ``Date``, or a reset that moves."""
+    reset = fields.legacy.get("x-ratelimit-reset")
+    if reset is None or not math.isfinite(float(reset)):
+        return None
+    others = [f.legacy["x-ratelimit-reset"] for f in later if "x-ratelimit-reset" in f.legacy]
+    if not _epoch(reset):  # seconds from now: they only count down in a fixed window
+        if any(_epoch(o) or float(o) > float(reset) for o in others):
+            return None
+        return float(reset) if float(reset) > 0 else None
+    if any(not _epoch(o) or abs(float(o) - float(reset)) > 1 for o in others):
+        return None  # a window that moves (a bucket refilling) has no fixed length
+    date = opening.header("date")
+    try:
+        now = email.utils.parsedate_to_datetime(date) if date else None
+    except (TypeError, ValueError, IndexError):
+        now = None
+    if now is None:
+        return None
+    now = now if now.tzinfo else now.replace(tzinfo=UTC)
+    seconds = math.ceil(float(reset) - now.timestamp())  # Date is whole seconds
+    return float(seconds) if seconds > 0 else None
+
+
 def judge_headers(exchanges: Sequence[Exchange], *, bound: int) -> Judgement:
     """What ``rate_limit_headers`` concludes from its requests, in order (a 429 last, if any)."""
     if not exchanges or exchanges[-1].status is None:
@@ -333,6 +403,8 @@ def judge_headers(exchanges: Sequence[Exchange], *, bound: int) -> Judgement:
     resets = [f.legacy["x-ratelimit-reset"] for f in fields if "x-ratelimit-reset" in f.legacy]
     if resets and not malformed:  # an epoch (slowapi, GitHub) or seconds from now
         facts["x_ratelimit_reset"] = "epoch" if float(resets[-1]) > 1e9 else "seconds"
+    if not malformed:  # Rule 6: the limit a client may throttle at
+        facts.update(_advertised_limit(answered, fields, last))
     if malformed:
         return Judgement(
             Verdict.FAIL,

@@ -69,6 +69,10 @@ class Exchange:
     response_body: str
     seconds: float
     error: str | None = None
+    #: For an answer the probe cut on purpose (``error`` is ``"cut by the probe"``): the
+    #: status the partner really answered before it was dropped; else None (a request that
+    #: never reached the partner is no cut).
+    cut_status: int | None = None
 
     def header(self, name: str) -> str | None:
         """The response's first ``name`` field (case-insensitive), or None."""

@@ -11,17 +11,25 @@ Rule 2: a target that writes (not GET, HEAD, OPTIONS) and has checks needs an ef
         or ``accept_side_effects`` (the file's, or the caller's: ``--accept-side-effects``).
 Rule 3: ``${NAME}`` in a URL, a header value or a body is taken from the environment; a
         missing variable is a problem naming the field and the variable, never a value.
-        A header value that came from the environment is a secret: the plan keeps it in
-        ``secrets`` so evidence and ``describe`` show it as ``***``.
-Rule 4: a credential (a header value) that looks live (``sk_live_``, ``rk_live_``, or one
+        Every value taken from the environment is a secret wherever it was written (URL,
+        query, body, headers), and so is a header value holding one and the last word of
+        every credential header's value (the bare token of ``Bearer TOKEN``): the plan
+        keeps them in ``secrets`` so evidence and ``describe`` show them as ``***``.
+Rule 4: a value (URL, body, header) that looks live (``sk_live_``, ``rk_live_``, or one
         of ``live_key_patterns``) is refused unless ``allow_live_keys = true``; the
-        message names the field and the pattern, never the value.
+        message names the field and the pattern, never the value. A URL with a user and
+        password (``user:pass@``) is refused (put the credential in a header).
+Rule 6: a header value with a control character or a non-ASCII character (a newline
+        kept from a secret file...) is a problem naming the field, never the value.
+Rule 7: ``key_lifetime`` is below ``max_duration`` (its re-send must fit in the run), and
+        every check ``required`` names is one some target runs.
 Rule 5: every problem of a file is reported at once as ``file:line: field: message``
         (``surefoot._config.Problems``); nothing is half-planned.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -60,6 +68,10 @@ CREDENTIAL_HEADERS: frozenset[str] = frozenset(
 LIVE_KEY_PATTERNS: tuple[str, ...] = ("sk_live_", "rk_live_")
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: A header value the probe sends: printable ASCII and tabs (Rule 6).
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+#: The shortest last word of a credential header kept as a secret (shorter hides too much).
+SHORTEST_SECRET = 4
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -178,8 +190,23 @@ def plan_from_dict(
     credentials_found: set[str] = set()
     targets = []
 
+    def live(loc: Loc, value: str) -> None:
+        if probe.allow_live_keys:
+            return
+        for pattern, compiled in patterns:
+            if compiled.search(value):
+                problems.add(
+                    loc,
+                    f"expected a test-mode credential, got one that looks live "
+                    f"(matches {pattern!r}; hidden): use a test key, or set "
+                    "probe.allow_live_keys = true",
+                )
+                return
+
     def text(loc: Loc, value: str) -> str:
-        return _expanded(value, env, lambda message: problems.add(loc, message))
+        expanded = _expanded(value, env, lambda message: problems.add(loc, message), secrets)
+        live(loc, expanded)
+        return expanded
 
     def url(loc: Loc, value: str) -> str:
         before = len(problems.items)
@@ -187,7 +214,13 @@ def plan_from_dict(
         found = host_port(expanded)
         if len(problems.items) > before:  # a variable is missing: that problem is enough
             return expanded
-        if found is None:
+        if _userinfo(expanded):
+            problems.add(
+                loc,
+                "expected a URL without a user or password (user:pass@; hidden): send the "
+                "credential in a header, from the environment",
+            )
+        elif found is None:
             problems.add(loc, "expected an absolute http:// or https:// URL with a host")
         elif found.lower() not in hosts:
             problems.add(
@@ -204,16 +237,17 @@ def plan_from_dict(
             if _ENV.search(value):
                 secrets.append(out[name])
                 credentials_found.add(name.lower())
-            if not probe.allow_live_keys:
-                for pattern, compiled in patterns:
-                    if compiled.search(out[name]):
-                        problems.add(
-                            where,
-                            f"expected a test-mode credential, got one that looks live "
-                            f"(matches {pattern!r}; hidden): use a test key, or set "
-                            "probe.allow_live_keys = true",
-                        )
-                        break
+            if name.lower() in credentials or _ENV.search(value):
+                words = out[name].split()
+                if words and len(words[-1]) >= SHORTEST_SECRET:
+                    secrets.append(words[-1])
+            if not _HEADER_VALUE.fullmatch(out[name]):
+                problems.add(
+                    where,
+                    "expected a header value of printable ASCII characters, got one with a "
+                    "control or non-ASCII character (hidden; a newline kept from a secret "
+                    "file?)",
+                )
         return out
 
     for index, table in enumerate(root.targets):
@@ -249,6 +283,12 @@ def plan_from_dict(
             slow_url=None if table.slow_url is None else url((*at, "slow_url"), table.slow_url),
             slow_timeout=table.slow_timeout,
         )
+        if target.key_lifetime is not None and target.key_lifetime >= probe.max_duration:
+            problems.add(
+                (*at, "key_lifetime"),
+                f"expected seconds below probe.max_duration ({probe.max_duration:g}): the "
+                f"re-send must fit in the run, got {target.key_lifetime:g}",
+            )
         if target.writes and effect is None and not accept:
             problems.add(
                 (*at, "effect"),
@@ -257,6 +297,15 @@ def plan_from_dict(
                 "--accept-side-effects)",
             )
         targets.append(target)
+    if probe.required is not None:
+        run = {check for target in targets for check in target.checks}
+        missing = [check for check in probe.required if check not in run]
+        if missing:
+            problems.add(
+                ("probe", "required"),
+                f"expected checks some target runs, got {', '.join(missing)} (no target's "
+                "checks list them)",
+            )
     problems.raise_if_any()
     return Plan(
         targets=tuple(targets),
@@ -272,24 +321,44 @@ def plan_from_dict(
     )
 
 
-def _expanded(value: str, env: Mapping[str, str], problem: Any) -> str:
-    """``value`` with ``${NAME}`` from ``env``; a missing variable is a problem (Rule 3)."""
+def _expanded(value: str, env: Mapping[str, str], problem: Any, secrets: list[str]) -> str:
+    """``value`` with ``${NAME}`` from ``env``, each value kept in ``secrets``; a missing
+    variable is a problem (Rule 3)."""
 
     def one(match: re.Match[str]) -> str:
         found = env.get(match.group(1))
         if found is None:
             problem(f"the environment variable {match.group(1)!r} is not set")
             return ""
+        secrets.append(found)
+        if found.strip() != found:
+            secrets.append(found.strip())
         return found
 
     return _ENV.sub(one, value)
 
 
+def _userinfo(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return "@" in parts.netloc
+
+
+def _forms(secret: str) -> set[str]:
+    """``secret`` as it may appear in a text: itself, stripped, escaped (``repr``, JSON)."""
+    forms = {secret, secret.strip(), repr(secret)[1:-1], json.dumps(secret)[1:-1]}
+    forms.add(secret.encode("unicode_escape").decode("ascii"))
+    return {form for form in forms if form}
+
+
 def redacted(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret value as ``***`` (longest first)."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
+    """``text`` with every secret value as ``***`` (longest first), its stripped and
+    escaped forms too (an error text quoting it with ``repr``)."""
+    forms = {form for secret in secrets if secret for form in _forms(secret)}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
     return text
 
 

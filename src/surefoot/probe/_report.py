@@ -6,15 +6,21 @@ table it prints; ``integration_policy`` and ``integration_toml`` the ``[integrat
 table of ``surefoot.client`` that the findings justify (``--policy``).
 
 Rule 1: ``exit_status`` is 1 when a required check (the file's ``required``, default every
-        check run) ends ``fail``; an ``inconclusive`` or ``skipped`` check never fails a run.
+        check run) ends ``fail``; else 3 when a required check did not pass (it ended
+        ``inconclusive``, or, named in ``required``, ``skipped`` or never ran): a gate
+        never passes on what the probe could not tell; else 0.
 Rule 2: a report holds only redacted evidence (``_model`` Rule 2): every output is safe to
         publish as it is.
 Rule 3: the policy trusts the partner only where a check proved it may:
         - a POST (any method not idempotent by RFC 9110) is retried with an automatic key
           (``auto_idempotency_key = true``) only if ``replay``, ``lost_response`` and
-          ``concurrent`` all passed on every target that ran them, with one key header;
-          else ``auto_idempotency_key = false`` and ``retry.idempotent_methods`` without
-          POST and PATCH, so such a request is retried only when it provably never left;
+          ``concurrent`` all ran and passed on every target that writes (``writes``, and
+          every target a key check ran on); else ``auto_idempotency_key = false`` and
+          ``retry.idempotent_methods`` without POST and PATCH;
+        - when one of those checks failed on any target, ``retry.max_attempts = 1``: the
+          client retries every request that carries a key, whatever its method
+          (``surefoot.client``'s retry flow), and PUT or DELETE on that partner are not
+          safe either, so nothing is retried;
         - ``Retry-After`` is honoured (429 stays in ``retry.retry_statuses``) only if the
           ``retry_after`` check passed; else 429 is not retried at all (a throttle keeps
           the client under the limit instead);
@@ -37,6 +43,7 @@ from surefoot.probe._model import Exchange, Finding, Verdict
 
 if TYPE_CHECKING:
     from rich.table import Table
+    from rich.text import Text
 
 __all__ = [
     "Report",
@@ -51,6 +58,8 @@ __all__ = [
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 #: The checks that together make a keyed POST safe to retry.
 RETRY_SAFE = ("replay", "lost_response", "concurrent")
+#: The checks that send keyed writes: a target one of them ran on writes.
+KEY_CHECKS = ("replay", "lost_response", "concurrent", "mismatch", "no_key", "key_lifetime")
 _MARK = {
     Verdict.PASS: "pass",
     Verdict.FAIL: "FAIL",
@@ -74,6 +83,7 @@ class Report:
         max_requests: the plan's cap.
         duration: seconds the run took.
         key_header: the idempotency header of the first target that writes.
+        writes: the targets that write (not GET, HEAD, OPTIONS).
     """
 
     findings: tuple[Finding, ...]
@@ -86,6 +96,7 @@ class Report:
     max_requests: int = 0
     duration: float = 0.0
     key_header: str = "Idempotency-Key"
+    writes: tuple[str, ...] = ()
 
     @property
     def failed(self) -> tuple[Finding, ...]:
@@ -97,9 +108,42 @@ class Report:
         )
 
     @property
+    def unproven(self) -> tuple[Finding, ...]:
+        """The required checks that neither passed nor failed (Rule 1): ``inconclusive``,
+        or, named in ``required``, ``skipped``."""
+        if self.required is None:
+            return tuple(f for f in self.findings if f.verdict is Verdict.INCONCLUSIVE)
+        return tuple(
+            f
+            for f in self.findings
+            if f.check in self.required and f.verdict in (Verdict.INCONCLUSIVE, Verdict.SKIPPED)
+        )
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The checks ``required`` names that no finding holds (Rule 1)."""
+        ran = {f.check for f in self.findings}
+        return tuple(c for c in self.required or () if c not in ran)
+
+    @property
     def exit_status(self) -> int:
-        """1 when a required check failed, else 0 (Rule 1)."""
-        return 1 if self.failed else 0
+        """1 when a required check failed, 3 when none failed but one did not pass, else
+        0 (Rule 1)."""
+        if self.failed:
+            return 1
+        return 3 if self.unproven or self.missing else 0
+
+    def verdict_line(self) -> str:
+        """One line saying which required checks failed or did not pass ("" if none)."""
+        if self.failed:
+            return "required checks failed: " + ", ".join(
+                f"{f.target}: {f.check}" for f in self.failed
+            )
+        names = [f"{f.target}: {f.check} ({f.verdict.value})" for f in self.unproven]
+        names += [f"{check} (not run)" for check in self.missing]
+        if names:
+            return "required checks did not pass (none failed): " + ", ".join(names)
+        return ""
 
     def counts(self) -> dict[str, int]:
         """Findings by verdict (``{"pass": 3, "fail": 1, ...}``), every verdict listed."""
@@ -130,6 +174,7 @@ def _exchange_json(exchange: Exchange) -> dict[str, Any]:
         "response_body": exchange.response_body,
         "seconds": round(exchange.seconds, 6),
         "error": exchange.error,
+        "cut_status": exchange.cut_status,
     }
 
 
@@ -178,6 +223,16 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _code(value: Any) -> str:
+    """``value`` as Markdown inline code that its own backticks cannot end."""
+    text = " ".join(str(_jsonable(value)).splitlines())
+    if "`" not in text:
+        return f"`{text}`"
+    longest = max(len(run) for run in re.findall("`+", text))
+    ticks = "`" * (longest + 1)
+    return f"{ticks} {text} {ticks}"
+
+
 def _fence(text: str) -> str:
     ticks = "```"
     while ticks in text:
@@ -206,7 +261,7 @@ def to_markdown(report: Report, *, evidence: bool = True) -> str:
     """The report as Markdown: a summary, a table of findings, then each finding's
     advice and evidence (``evidence=False``: without the exchanges)."""
     counts = report.counts()
-    verdict = "FAILED" if report.exit_status else "passed"
+    verdict = {0: "passed", 1: "FAILED"}.get(report.exit_status, "NOT PROVEN")
     lines = [
         f"# Probe report: {', '.join(report.targets) or 'no target'}",
         "",
@@ -226,7 +281,7 @@ def to_markdown(report: Report, *, evidence: bool = True) -> str:
         lines += ["", f"## {f.target}: {f.check} ({_MARK[f.verdict]})", "", f.summary, ""]
         lines += [f"What to do: {f.advice}", ""]
         if f.facts:
-            lines += [f"- {key}: `{_jsonable(value)}`" for key, value in f.facts.items()]
+            lines += [f"- {_cell(str(key))}: {_code(value)}" for key, value in f.facts.items()]
             lines.append("")
         if evidence and f.evidence:
             lines += ["Evidence:", ""]
@@ -236,8 +291,10 @@ def to_markdown(report: Report, *, evidence: bool = True) -> str:
 
 
 def to_table(report: Report) -> Table:
-    """The findings as a ``rich`` table, for the terminal."""
+    """The findings as a ``rich`` table, for the terminal: every text is ``rich.text.Text``,
+    so a partner's text (``[/bold]`` in a header it sent) is never read as markup."""
     from rich.table import Table
+    from rich.text import Text
 
     styles = {
         Verdict.PASS: "green",
@@ -247,8 +304,9 @@ def to_table(report: Report) -> Table:
     }
     table = Table("target", "check", "verdict", "summary", "what to do", title="surefoot probe")
     for f in report.findings:
-        verdict = f"[{styles[f.verdict]}]{_MARK[f.verdict]}[/]"
-        table.add_row(f.target, f.check, verdict, f.summary, f.advice)
+        cells: list[Text] = [Text(f.target), Text(f.check)]
+        cells.append(Text(_MARK[f.verdict], style=styles[f.verdict]))
+        table.add_row(*cells, Text(f.summary), Text(f.advice))
     return table
 
 
@@ -259,12 +317,28 @@ def _verdicts(report: Report, check: str) -> list[Verdict]:
     return [f.verdict for f in report.findings if f.check == check]
 
 
+def _writes(report: Report) -> set[str]:
+    """The targets that write: the report's, and every target a key check ran on."""
+    return {*report.writes, *(f.target for f in report.findings if f.check in KEY_CHECKS)}
+
+
 def _retry_safe(report: Report) -> bool:
-    for check in RETRY_SAFE:
-        verdicts = _verdicts(report, check)
-        if not verdicts or any(v is not Verdict.PASS for v in verdicts):
-            return False
-    return True
+    """Every check of ``RETRY_SAFE`` ran and passed on every target that writes."""
+    writes = _writes(report)
+    if not writes:
+        return False
+    passed = {(f.target, f.check) for f in report.findings if f.verdict is Verdict.PASS}
+    failed = {(f.target, f.check) for f in report.findings if f.verdict is not Verdict.PASS}
+    return all(
+        (target, check) in passed and (target, check) not in failed
+        for target in writes
+        for check in RETRY_SAFE
+    )
+
+
+def _unsafe(report: Report) -> bool:
+    """A check of ``RETRY_SAFE`` failed on some target: a retried write may execute twice."""
+    return any(f.check in RETRY_SAFE and f.verdict is Verdict.FAIL for f in report.findings)
 
 
 def _positive(value: object, *, whole: bool) -> bool:
@@ -319,6 +393,10 @@ def integration_policy(report: Report, name: str, *, base_url: str | None = None
     else:
         table["auto_idempotency_key"] = False
         retry["idempotent_methods"] = sorted(IDEMPOTENT_METHODS - {"POST", "PATCH"})
+    if _unsafe(report):
+        # The client retries any request that carries a key, whatever its method, and has
+        # no setting that stops that for one method: only one attempt stops it (Rule 3).
+        retry["max_attempts"] = 1
     honest = _verdicts(report, "retry_after")
     if not honest or any(v is not Verdict.PASS for v in honest):
         retry["retry_statuses"] = sorted(DEFAULT_RETRY_STATUSES - {429})
@@ -359,6 +437,16 @@ def integration_toml(report: Report, name: str, *, base_url: str | None = None) 
         f"# Written by surefoot probe from run {report.run} of {report.source}.",
         "# " + _because(report, RETRY_SAFE, safe, "POST is retried with an automatic key"),
         "# " + _because(report, ("retry_after",), honest, "Retry-After is honoured"),
+    ]
+    writes = sorted(_writes(report))
+    if writes:
+        lines.append(f"# Targets that write: {', '.join(writes)}.")
+    if table.get("retry", {}).get("max_attempts") == 1:
+        lines += [
+            "# NOT retried at all (max_attempts = 1): a key check failed, and the client",
+            "# retries every request that carries an idempotency key whatever its method.",
+        ]
+    lines += [
         f"[integrations.{name}]",
     ]
     sections = {k: v for k, v in table.items() if isinstance(v, dict)}

@@ -13,6 +13,8 @@ Rule 3: a check on a target that writes without an effect check is ``skipped`` u
         does not hold is ``skipped``; a check that raises anything else ends
         ``inconclusive`` with the error, and the run goes on.
 Rule 4: a client made here (none given) is closed here; one given is the caller's.
+Rule 5: the report's ``base_url`` is the plan's with its secrets as ``***`` (a host taken
+        from the environment is a secret), and its ``writes`` the targets that write.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from surefoot.clock import Clock, SystemClock
 from surefoot.probe._model import BudgetExhausted, Finding, ProbeClient, Target, Verdict
-from surefoot.probe._plan import Plan
+from surefoot.probe._plan import Plan, redacted
 from surefoot.probe._report import Report
 
 if TYPE_CHECKING:
@@ -116,13 +118,14 @@ async def run_probe(
         findings=tuple(findings),
         run=run,
         source=plan.source,
-        base_url=plan.base_url,
+        base_url=redacted(plan.base_url, plan.secrets),
         targets=tuple(target.name for target in plan.targets),
         required=plan.required,
         requests_sent=sent,
         max_requests=plan.max_requests,
         duration=max(0.0, clock.now() - started),
         key_header=next((t.key_header for t in plan.targets if t.writes), "Idempotency-Key"),
+        writes=tuple(target.name for target in plan.targets if target.writes),
     )
 
 
