@@ -39,6 +39,13 @@ PUBLIC = {
         "subject",
     ],
     "surefoot.clock": ["Clock", "SystemClock"],
+    "surefoot.edge": [
+        "DecisionApp",
+        "EnvoyRateLimitService",
+        "EnvoyServer",
+        "decide",
+        "serve_envoy",
+    ],
     "surefoot.events": ["Event", "EventHook", "LoggingHook", "emit", "wanted", "wanting"],
     "surefoot.gateway": [
         "AbuseControl",

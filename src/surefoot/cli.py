@@ -1,6 +1,7 @@
 """The ``surefoot`` command line (also ``python -m surefoot``).
 
-Only commands that work are listed: ``serve`` runs the gateway, ``check-config``
+Only commands that work are listed: ``serve`` runs the gateway, ``decide`` the decision
+service an edge proxy asks (``surefoot.edge``), ``check-config``
 validates its policy file, ``errors`` prints the problem catalogue, ``metrics`` the
 Prometheus metrics, ``keys`` lets an operator inspect and settle idempotency records in a
 store, ``webhooks`` manages the sending side (``surefoot.outbox``: its tables, endpoints,
@@ -18,7 +19,7 @@ Rule 1: a command that needs an extra says so in one line before importing anyth
         (``surefoot chaos needs the 'client' extra: pip install 'surefoot[client]'
         (missing: httpx)``), never with a traceback. ``errors``, ``metrics``, ``keys``,
         ``migrate`` and the outbox's ``webhooks`` commands need none (a Redis or
-        PostgreSQL database needs its driver's extra); ``serve``, ``check-config``,
+        PostgreSQL database needs its driver's extra); ``serve``, ``decide``, ``check-config``,
         ``webhooks inspect``, ``webhooks forget``, ``reconcile``, ``alerts`` and ``docs``
         need ``gateway``; ``chaos``, ``probe`` and ``webhooks worker`` need ``client`` (and
         ``metrics`` for ``--metrics-port``).
@@ -80,6 +81,7 @@ _EXTRAS = {
     "gateway": ("httpx", "h11", "pydantic", "uvicorn", "httptools", "prometheus_client"),
     "metrics": ("prometheus_client",),
     "probe": ("httpx", "h11", "pydantic", "http_sf"),
+    "edge": ("httpx", "pydantic", "uvicorn", "grpc", "envoy"),
 }
 
 
@@ -1643,6 +1645,83 @@ def serve_gateway(
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen: {exc.strerror or exc}") from None
+
+
+@main.command("decide")
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+    help="The gateway's policy file (TOML).",
+)  # fmt: skip
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8090, show_default=True,
+    help="Port to listen on (0: any).",
+)  # fmt: skip
+@click.option(
+    "--workers", type=click.IntRange(1, 64), help="Worker processes (default: [server] workers)."
+)
+def decide(config_path: str, host: str, port: int, workers: int | None) -> None:
+    """Run the decision service NGINX, HAProxy and Envoy ask (docs/edge.md).
+
+    The same rate-limit policies, identity rules and store as `surefoot serve`, without
+    the upstream: GET /decide answers 200 (allowed) or the problem (429...).
+    SIGHUP reloads the file; SIGINT or SIGTERM stops after the requests in flight.
+    """
+    _need("decide", "gateway")
+    from surefoot.edge import decide as serve_decisions
+
+    try:
+        serve_decisions(
+            config_path,
+            host=host,
+            port=port,
+            workers=workers,
+            ready=lambda line: click.echo(line, err=True),
+        )
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+    help="The gateway's policy file (TOML).",
+)  # fmt: skip
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8081, show_default=True,
+    help="Port to listen on (0: any).",
+)  # fmt: skip
+def envoy(config_path: str, host: str, port: int) -> None:
+    """Run Envoy's rate-limit service (gRPC ShouldRateLimit) with the policy file's limits.
+
+    The same policies, identity rules and store as `surefoot serve` and `surefoot decide`:
+    a client limited through all three is counted once (docs/edge.md#envoy).
+    SIGINT or SIGTERM stops it.
+    """
+    _need("envoy", "edge")
+    from surefoot.edge import serve_envoy
+    from surefoot.gateway import load_config
+
+    try:
+        config = load_config(config_path)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def run() -> None:
+        try:
+            served = await serve_envoy(config, host=host, port=port)
+        except RuntimeError as exc:  # grpc could not bind the address
+            raise click.ClickException(f"--port: cannot listen on {host}:{port}: {exc}") from None
+        click.echo(f"Envoy rate-limit service on {host}:{served.port}", err=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await served.stop(5)
+
+    asyncio.run(run())
 
 
 @main.command("check-config")

@@ -1,0 +1,155 @@
+"""``decide``: run the decision service with uvicorn (``surefoot decide``), in one process
+or several sharing one socket.
+
+Theory of operation:
+1. The policy file is validated first; an invalid file stops ``decide`` before anything is
+   bound, with every problem listed. A rate-limit store that workers cannot share
+   (``memory://``) is logged at WARNING. surefoot's events are logged on stderr from
+   ``[server] log_level`` up, beside uvicorn's lines.
+2. One process: a uvicorn server, and ``SIGHUP`` reloads the policy file in place
+   (``DecisionApp.reload``; an invalid file is logged and the one in force stays).
+3. Several: uvicorn's supervisor binds the socket once and starts the workers, each
+   building its ``DecisionApp`` from the file (``_app``, told the file by
+   ``SUREFOOT_DECIDE_CONFIG``); it restarts a worker that dies, and on ``SIGHUP`` replaces
+   the workers one by one, each new one reading the file again, so counters (in the
+   shared store) carry on. ``SIGINT`` / ``SIGTERM`` stop every process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from surefoot.errors import ConfigurationError
+from surefoot.gateway import load_config
+
+__all__ = ["decide"]
+
+_log = logging.getLogger("surefoot.edge")
+#: The port ``surefoot decide`` listens on by default.
+DEFAULT_PORT = 8090
+#: How a worker process learns the policy file (set by ``decide`` before it starts them).
+CONFIG_VARIABLE = "SUREFOOT_DECIDE_CONFIG"
+#: How a worker process learns how many processes share the store.
+WORKERS_VARIABLE = "SUREFOOT_DECIDE_WORKERS"
+
+
+def decide(
+    config_path: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    workers: int | None = None,
+    ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the decision service for the policy file ``config_path`` until SIGINT or SIGTERM.
+
+    Args:
+        config_path: the gateway's policy file.
+        host, port: where to listen (port 0: any free port).
+        workers: worker processes (default: ``[server] workers``).
+        ready: called with a one-line summary once the file is valid and the socket bound.
+
+    Raises:
+        ConfigurationError: the file is invalid, or the address cannot be listened on
+            (nothing was started).
+    """
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = load_config(config_path)
+    root = config.root
+    workers = workers or root.server.workers
+    os.environ[CONFIG_VARIABLE] = os.path.abspath(config_path)
+    os.environ[WORKERS_VARIABLE] = str(workers)
+    uv_config = uvicorn.Config(
+        "surefoot.edge._serve:_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        lifespan="on",
+        access_log=False,
+        log_config=_log_config(root.server.log_level),
+        timeout_graceful_shutdown=int(root.server.shutdown_timeout) or None,
+        server_header=False,
+        proxy_headers=False,  # forwarding headers are believed from trusted_proxies only
+    )
+    try:
+        sock = uv_config.bind_socket()
+    except SystemExit:  # uvicorn's way to say it cannot bind; it logged why
+        raise ConfigurationError(f"cannot listen on {host}:{port}") from None
+    host, port = sock.getsockname()[:2]
+    policies = len(config.rate_limit_policies)
+    if ready is not None:
+        ready(
+            f"surefoot decide: http://{host}:{port}/decide; {policies} rate-limit "
+            f"polic{'ies' if policies != 1 else 'y'}; {workers} worker{'s' if workers > 1 else ''}"
+        )
+    url = config.store_url(root.rate_limit.store)
+    if workers > 1 and url.partition(":")[0] == "memory":
+        _log.warning(
+            "rate_limit.store is memory://: each of the %d workers counts alone, so together "
+            "they admit up to %d times each limit; use sqlite:/// or redis://",
+            workers,
+            workers,
+        )
+    if workers > 1:
+        Multiprocess(uv_config, sockets=[sock]).run()
+        return
+    uvicorn.Server(uv_config).run(sockets=[sock])
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, and surefoot's events from ``level`` up on stderr (each worker
+    applies it as it starts)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["surefoot"] = {
+        "()": "uvicorn.logging.DefaultFormatter",
+        "fmt": "%(levelprefix)s %(name)s: %(message)s",
+    }
+    config["handlers"]["surefoot"] = {
+        "formatter": "surefoot",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["surefoot"] = {
+        "handlers": ["surefoot"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    return config
+
+
+def _app() -> object:
+    """A worker's app (uvicorn's factory): the ``DecisionApp`` of the file ``decide`` named;
+    in a single process, ``SIGHUP`` reloads it."""
+    from surefoot.edge._decide import DecisionApp
+
+    path = os.environ[CONFIG_VARIABLE]
+    workers = int(os.environ.get(WORKERS_VARIABLE, "1"))
+    app = DecisionApp(load_config(path), config_path=path, workers=workers)
+    if workers == 1:
+        loop = asyncio.get_running_loop()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def reload() -> None:
+            try:
+                await app.reload()
+            except ConfigurationError as exc:
+                _log.error("reload refused, the configuration in force stays: %s", exc)
+
+        def on_hangup() -> None:
+            task = loop.create_task(reload())
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    return app

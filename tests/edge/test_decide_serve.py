@@ -1,0 +1,153 @@
+"""``surefoot decide`` as real processes: two decision services of two workers each, on one
+SQLite or Redis store, admit exactly the limit together; one process reloads its file on
+``SIGHUP``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from _services import _drop_redis_prefix
+from _support import free_port
+
+pytestmark = pytest.mark.slow
+
+SUREFOOT = str(Path(sys.executable).with_name("surefoot"))
+LIMIT = 12
+KEY = "Bearer k-edge-0123456789"
+
+
+def policy_file(folder: Path, store: str, limit: int = LIMIT) -> Path:
+    path = folder / "policy.toml"
+    path.write_text(
+        '[upstream]\nurl = "http://127.0.0.1:9"\n\n'
+        f'[stores]\ndefault = "{store}"\n\n'
+        "[admin]\nenabled = false\n\n"
+        '[server]\ntrusted_proxies = ["127.0.0.1"]\n\n'
+        f'[[rate_limit.policies]]\nname = "reads"\nlimits = ["{limit}/hour"]\n'
+    )
+    return path
+
+
+class Decide:
+    """One ``surefoot decide`` process on a free port, its output in a log file."""
+
+    def __init__(self, config: Path, *options: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = config.parent / f"decide-{self.port}.log"
+        self.output = self.log.open("wb")
+        command = [SUREFOOT, "decide", "--config", str(config), "--port", str(self.port)]
+        self.process = subprocess.Popen(
+            [*command, *options], stdout=self.output, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"surefoot decide exited:\n{self.log.read_text()}")
+            try:
+                return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, what=f"{self.url}/readyz")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.output.close()
+
+
+def wait_until(check: Callable[[], bool], *, what: str, timeout: float = 30) -> None:
+    """Poll ``check`` until true; the deadline guards against a process that never comes
+    up, it is not a wait for time to pass."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def started() -> Iterator[list[Decide]]:
+    processes: list[Decide] = []
+    yield processes
+    for process in processes:
+        process.stop()
+
+
+async def answers(urls: list[str], count: int, key: str = KEY) -> list[httpx.Response]:
+    """``count`` decisions for one client, spread over ``urls`` and sent concurrently."""
+    headers = {"X-Original-Method": "GET", "X-Original-URI": "/orders?page=2", "Authorization": key}
+    async with httpx.AsyncClient(timeout=20) as client:
+        return await asyncio.gather(
+            *(client.get(urls[i % len(urls)] + "/decide", headers=headers) for i in range(count))
+        )
+
+
+def decisions(urls: list[str], count: int, key: str = KEY) -> list[int]:
+    return [answer.status_code for answer in asyncio.run(answers(urls, count, key))]
+
+
+def two_services_admit_exactly_the_limit(config: Path, started: list[Decide]) -> None:
+    started += [Decide(config, "--workers", "2"), Decide(config, "--workers", "2")]
+    for process in started:
+        process.wait_ready()
+    codes = decisions([p.url for p in started], 3 * LIMIT)
+    assert codes.count(200) == LIMIT, codes
+    assert codes.count(429) == 2 * LIMIT, codes
+
+
+def test_two_services_on_sqlite_admit_exactly_the_limit_together(
+    tmp_path: Path, started: list[Decide]
+) -> None:
+    config = policy_file(tmp_path, f"sqlite:///{tmp_path / 'counters.db'}")
+    two_services_admit_exactly_the_limit(config, started)
+
+
+def test_two_services_on_redis_admit_exactly_the_limit_together(
+    tmp_path: Path, started: list[Decide], redis_url: str
+) -> None:
+    prefix = f"surefoot-test-{uuid.uuid4().hex}:"
+    separator = "&" if "?" in redis_url else "?"
+    config = policy_file(tmp_path, f"{redis_url}{separator}prefix={prefix}")
+    try:
+        two_services_admit_exactly_the_limit(config, started)
+    finally:
+        asyncio.run(_drop_redis_prefix(redis_url, prefix))
+
+
+def test_sighup_reloads_the_policy_file_and_the_counters_carry_on(
+    tmp_path: Path, started: list[Decide]
+) -> None:
+    config = policy_file(tmp_path, f"sqlite:///{tmp_path / 'counters.db'}", limit=4)
+    started.append(Decide(config, "--workers", "1"))
+    service = started[0]
+    service.wait_ready()
+    assert decisions([service.url], 2) == [200, 200]
+    policy_file(tmp_path, f"sqlite:///{tmp_path / 'counters.db'}", limit=2)
+    os.kill(service.process.pid, signal.SIGHUP)
+
+    def reloaded() -> bool:  # asked for other clients, so that KEY's count stays at 2
+        (answer,) = asyncio.run(answers([service.url], 1, key=f"Bearer {uuid.uuid4()}"))
+        return answer.headers["ratelimit-policy"].startswith('"reads";q=2;')
+
+    wait_until(reloaded, what="the reloaded limit")
+    assert decisions([service.url], 1) == [429]  # the 2 counted before fill the new limit
+    assert service.process.poll() is None
