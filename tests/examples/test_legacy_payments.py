@@ -388,7 +388,11 @@ def test_main_passes_its_options_to_the_workers_through_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     for name in ["LEGACY_LEDGER", "LEGACY_FAIL_AFTER_COMMIT", "LEGACY_SEED"]:
-        monkeypatch.delenv(name, raising=False)
+        # setenv first: delenv of an absent name records nothing, and main() sets these in
+        # os.environ, which then leaked (a fail_after_commit of 0.3) into every later
+        # legacy server a test started.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
     monkeypatch.setattr(legacy_main.uvicorn, "run", lambda *a, **kw: calls.append((a, kw)))
