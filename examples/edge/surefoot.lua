@@ -22,6 +22,9 @@
 --                       the decision service adopts it from a trusted proxy
 --   each credential header, every occurrence as the client sent it (the decision service
 --                       refuses ambiguous credentials as the gateway does)
+--   X-HTTP-Method-Override, X-Method-Override, X-HTTP-Method, as the client sent them:
+--                       the decision service refuses them (400) unless
+--                       `[server] allow_method_override`
 -- The client's body never leaves HAProxy.
 --
 -- It records the answer in transaction variables, and the frontend's rules act on them
@@ -99,6 +102,9 @@ local function header(headers, name)
     return table.concat(found, ", ")
 end
 
+-- The method-override headers, always forwarded: the decision must see them.
+local OVERRIDES = { "x-http-method-override", "x-method-override", "x-http-method" }
+
 local credential_lists = {}
 
 -- "authorization,x-api-key" -> { "authorization", "x-api-key" }, parsed once per list.
@@ -130,10 +136,12 @@ local function request_headers(txn, credentials)
     if id ~= nil and id ~= "" then
         headers["x-request-id"] = { id }
     end
-    for _, name in ipairs(credential_names(credentials)) do
-        local given = values(original[name])
-        if #given > 0 then
-            headers[name] = given
+    for _, list in ipairs({ credential_names(credentials), OVERRIDES }) do
+        for _, name in ipairs(list) do
+            local given = values(original[name])
+            if #given > 0 then
+                headers[name] = given
+            end
         end
     end
     return headers

@@ -133,14 +133,23 @@ class RecordingUpstream:
 # -- the decision service ----------------------------------------------------------------
 
 
-def decide_config(store: str, policies: str, *, trusted: str = EDGE_ADDRESS) -> str:
+def decide_config(
+    store: str,
+    policies: str,
+    *,
+    trusted: str = EDGE_ADDRESS,
+    allow_method_override: bool = False,
+    forwarded_header: str = "x-forwarded-for",
+) -> str:
     """A policy file for ``surefoot decide``: the edges at ``trusted`` are trusted proxies;
     no per-address ceiling, so the only limits are ``policies``'.
 
     Its [upstream] is required by the file's schema and never called by the service.
     """
+    override = "true" if allow_method_override else "false"
     return (
-        f'[server]\ntrusted_proxies = ["{trusted}"]\naccess_log = false\n\n'
+        f'[server]\ntrusted_proxies = ["{trusted}"]\naccess_log = false\n'
+        f'allow_method_override = {override}\nforwarded_header = "{forwarded_header}"\n\n'
         '[upstream]\nurl = "http://127.0.0.1:9"\n\n'
         f'[stores]\ndefault = "{store}"\n\n'
         "[identity]\naddress_limits = []\n\n"

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from surefoot.cli import main
 from surefoot.edge import DecisionApp
+from surefoot.errors import ConfigurationError
 from surefoot.gateway import GatewayConfig, SharedOverrides, TemporaryOverride, config_from_dict
 from surefoot.storage import MemoryStore
 from surefoot.testing import FlakyStore, ManualClock
@@ -222,11 +223,13 @@ async def test_a_path_that_cannot_be_made_canonical_is_400(
     assert json.loads(nginx.headers["surefoot-problem"])["code"] == reason
 
 
-async def test_one_resource_one_spelling_one_bucket(clock: ManualClock) -> None:
+async def test_one_resource_one_bucket_whatever_the_method_query_or_target_form(
+    clock: ManualClock,
+) -> None:
     app = DecisionApp(config(reads(2, routes=["GET /orders/{id}"])), clock=clock)
     async with service(app) as client:
-        spelled = [("GET", "/orders/7"), ("HEAD", "/orders//7?x=1")]
-        spelled += [("GET", "http://api.example/orders/%37")]
+        spelled = [("GET", "/orders/7"), ("HEAD", "/orders/7?x=1")]
+        spelled += [("GET", "http://api.example/orders/7")]
         answers = [
             await client.get("/decide", headers=described(method=m, uri=u)) for m, u in spelled
         ]
@@ -234,6 +237,99 @@ async def test_one_resource_one_spelling_one_bucket(clock: ManualClock) -> None:
     assert [a.status_code for a in answers] == [200, 200, 429]
     assert other.status_code == 200
     assert "ratelimit" not in other.headers  # no policy covers it
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "/v1/files/../a",
+        "/v1/files/%2e%2e/a",
+        "/v1/files/./a",
+        "/v1//files/a",
+        "/v1/files/%61",
+        "http://api.example/v1/files/../a?x=1",
+    ],
+)
+async def test_a_path_not_already_canonical_is_refused_in_every_mode_and_never_counted(
+    clock: ManualClock, uri: str
+) -> None:
+    # The edge forwards the path as sent: an upstream that resolves it otherwise would
+    # serve another route than the one counted, so the decision refuses it instead.
+    policies = [reads(1, routes=["GET /v1/files/*"]), {"name": "all", "limits": ["1/minute"]}]
+    app = DecisionApp(config(*policies), clock=clock)
+    async with service(app) as client:
+        plain = [await client.get("/decide", headers=described(uri=uri)) for _ in range(3)]
+        nginx = await client.get("/decide?edge=nginx", headers=described(uri=uri))
+        canonical = await client.get("/decide", headers=described(uri="/v1/files/a"))
+    assert [r.status_code for r in plain] == [400, 400, 400]
+    assert {r.json()["code"] for r in plain} == {"invalid_path"}
+    assert nginx.status_code == 403
+    assert nginx.headers["surefoot-status"] == "400"
+    assert json.loads(nginx.headers["surefoot-problem"])["code"] == "invalid_path"
+    assert canonical.status_code == 200  # the refusals counted nothing, in no policy
+
+
+@pytest.mark.parametrize("header", ["X-HTTP-Method-Override", "X-Method-Override", "X-HTTP-Method"])
+async def test_a_method_override_header_is_refused_naming_it_unless_overrides_are_allowed(
+    clock: ManualClock, header: str
+) -> None:
+    deletes = {"name": "deletes", "limits": ["1/minute"], "routes": ["DELETE /items/*"]}
+    app = DecisionApp(config(deletes), clock=clock)
+    override = described(method="POST", uri="/items/1", **{header: "DELETE"})
+    async with service(app) as client:
+        first = await client.get("/decide", headers=described(method="DELETE", uri="/items/1"))
+        refused = [await client.get("/decide", headers=override) for _ in range(2)]
+        nginx = await client.get("/decide?edge=nginx", headers=override)
+        get = await client.get("/decide", headers=described(uri="/items/1", **{header: "GET"}))
+    assert first.status_code == 200
+    for answer in refused:
+        assert answer.status_code == 400
+        assert answer.json()["code"] == "bad_request"
+        assert header in answer.json()["detail"]
+    assert nginx.status_code == 403
+    assert nginx.headers["surefoot-status"] == "400"
+    assert get.status_code == 400  # on any method: the upstream would never see it
+
+    allowed = DecisionApp(
+        config(deletes, server={"trusted_proxies": ["10.0.0.0/8"], "allow_method_override": True}),
+        clock=clock,
+    )
+    async with service(allowed) as client:
+        counted = [await client.get("/decide", headers=override) for _ in range(2)]
+    assert [r.status_code for r in counted] == [200, 429]  # counted as the DELETE it names
+
+
+async def test_forwarded_configured_but_absent_reads_x_forwarded_for(
+    clock: ManualClock,
+) -> None:
+    # HAProxy's Lua action writes X-Forwarded-For only: with forwarded_header = "forwarded"
+    # every client would otherwise be the edge's address, one bucket for all.
+    server = {"trusted_proxies": ["10.0.0.0/8"], "forwarded_header": "forwarded"}
+    app = DecisionApp(config(reads(1), server=server), clock=clock)
+    async with service(app) as client:
+        answers = [
+            await client.get("/decide", headers=described(**{"X-Forwarded-For": address}))
+            for address in ("203.0.113.7", "198.51.100.9", "203.0.113.7")
+        ]
+        forwarded = await client.get(
+            "/decide",
+            headers=described(**{"Forwarded": "for=192.0.2.1", "X-Forwarded-For": "203.0.113.7"}),
+        )
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert forwarded.status_code == 200  # Forwarded, when present, is the one read
+
+
+async def test_a_leaky_queue_policy_is_a_configuration_error_naming_it(
+    clock: ManualClock,
+) -> None:
+    # Its delay would run inside the decision, past the edge's subrequest timeout.
+    queued = {"name": "queued", "limits": ["1/minute"], "algorithm": "leaky_queue"}
+    with pytest.raises(ConfigurationError, match=r"'queued'.*leaky_queue"):
+        DecisionApp(config(reads(1), queued), clock=clock)
+    app = DecisionApp(config(reads(1)), clock=clock)
+    with pytest.raises(ConfigurationError, match=r"'queued'.*leaky_queue"):
+        await app.reload(config(reads(1), queued))
+    assert [p.name for p in app.decider.config.rate_limit_policies] == ["reads", "address"]  # kept
 
 
 @pytest.mark.parametrize("missing", ["X-Original-Method", "X-Original-URI"])

@@ -31,7 +31,7 @@ from surefoot.edge._envoy import (
     serve_envoy,
 )
 from surefoot.errors import StoreUnavailable
-from surefoot.gateway import GatewayConfig, config_from_dict
+from surefoot.gateway import GatewayConfig, SharedOverrides, TemporaryOverride, config_from_dict
 from surefoot.identity import hash_credential
 from surefoot.ratelimit import Item, limit_key
 from surefoot.storage import MemoryStore
@@ -316,10 +316,13 @@ async def test_hits_addend_is_the_cost(running: Client) -> None:
         ),
         (
             request(
-                "edge",
-                [[("policy", "charges"), ("remote_address", CLIENT), ("path", "/a/%2F/b")]],
+                "edge", [[("generic_key", "api"), ("remote_address", CLIENT), ("k" * 4097, "v")]]
             ),
-            "path",
+            "keys of at most 4096 characters",
+        ),
+        (
+            request("edge", [[("generic_key", "api"), ("remote_address", "1" * 4097)]]),
+            "IP address",
         ),
     ],
 )
@@ -566,10 +569,146 @@ async def test_the_address_ceiling_counts_addresses_and_spares_listed_ones(
         await service.decide(one(("policy", "address"), ("api_key", "k-1")))
 
 
-async def test_overlong_entries_are_refused(clock: ManualClock) -> None:
+async def test_overlong_keys_are_refused(clock: ManualClock) -> None:
     service = EnvoyRateLimitService(config(), store=MemoryStore(), clock=clock)
-    with pytest.raises(Exception, match="at most 4096 characters"):
-        await service.decide(one(("generic_key", "api"), ("remote_address", "1" * 4097)))
+    with pytest.raises(ValueError, match="keys of at most 4096 characters"):
+        await service.decide(
+            one(("generic_key", "api"), ("remote_address", CLIENT), ("x" * 4097, ""))
+        )
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [
+        ("api_key", "k" * 4097),  # a padded X-API-Key
+        ("authorization", "Bearer " + "k" * 4097),
+        ("x-api-key", "k-acme" + " " * 4096),  # a known key, padded
+    ],
+)
+async def test_an_oversize_credential_counts_as_the_address(
+    running: Client, credential: tuple[str, str]
+) -> None:
+    # Before the fix: INVALID_ARGUMENT, which Envoy (failure_mode_deny: false) lets through.
+    asked = request("edge", [[("generic_key", "api"), ("remote_address", CLIENT), credential]])
+    codes = [(await running.ask(asked)).overall_code for _ in range(3)]
+    assert codes == [OK, OK, OK]
+    assert (await running.ask(envoy("by_address"))).overall_code == OVER  # one counter
+
+
+async def test_the_query_is_not_measured_and_never_chooses_a_route(running: Client) -> None:
+    base = [("generic_key", "charges"), ("remote_address", CLIENT), ("method", "POST")]
+    padded = request("edge", [[*base, ("path", "/v1/charges?pad=" + "a" * 4100)]])
+    answers = [await running.ask(padded) for _ in range(3)]
+    assert [a.overall_code for a in answers] == [OK, OK, OVER]  # 4/minute, cost 2
+    assert answers[0].statuses[0].limit_remaining == 2
+
+
+@pytest.mark.parametrize("path", ["/v1/charges;v=1", "/a/%2F/b", "/v1/" + "a" * 4097 + "?q"])
+async def test_a_path_surefoot_refuses_is_over_limit_with_invalid_path(
+    running: Client, path: str
+) -> None:
+    charges = [("generic_key", "charges"), ("remote_address", CLIENT), ("method", "POST")]
+    by_address = ENVOY_REQUESTS["by_address"][1][0]
+    answer = await running.ask(request("edge", [by_address, [*charges, ("path", path)]]))
+    assert answer.overall_code == OVER
+    assert [s.code for s in answer.statuses] == [OK, OVER]
+    document = json.loads(answer.raw_body)
+    assert (document["code"], document["status"]) == ("invalid_path", 429)
+    assert headers(answer) == {"content-type": "application/problem+json"}  # no Retry-After
+    # Nothing was counted, on either descriptor.
+    assert (await running.ask(envoy("by_address"))).statuses[0].limit_remaining == 2
+    fine = await running.ask(request("edge", [[*charges, ("path", "/v1/charges")]]))
+    assert fine.statuses[0].limit_remaining == 2
+
+
+def header_config(headers: Sequence[str]) -> GatewayConfig:
+    return config_from_dict(
+        {
+            "upstream": {"url": "http://upstream.test"},
+            "stores": {"default": "memory://"},
+            "admin": {"enabled": False},
+            "identity": {"credential_headers": list(headers)},
+            "clients": [{"name": "acme", "api_key": "k-acme", "tier": "pro"}],
+            "rate_limit": {
+                "policies": [
+                    {"name": "api", "limits": ["3/minute"], "tiers": {"pro": ["5/minute"]}}
+                ]
+            },
+        }
+    )
+
+
+async def test_credentials_come_from_the_files_credential_headers(clock: ManualClock) -> None:
+    service = EnvoyRateLimitService(header_config(["X-Token"]), store=MemoryStore(), clock=clock)
+
+    async def remaining(*entries: tuple[str, str]) -> int:
+        asked = one(("policy", "api"), ("remote_address", CLIENT), *entries)
+        return int((await service.decide(asked)).statuses[0].limit_remaining)
+
+    assert await remaining(("x-token", "k-acme")) == 4  # acme's counter: tier pro, 5/minute
+    # Headers the file does not list are ignored: the address's own counter, 3/minute.
+    assert await remaining(("api_key", "k-acme")) == 2
+    assert await remaining(("authorization", "Bearer k-acme")) == 1
+    assert await remaining(("x-api-key", "k-acme")) == 0
+    assert await remaining(("x-token", "k-acme")) == 3
+
+
+async def test_api_key_stands_for_x_api_key_when_it_is_listed(clock: ManualClock) -> None:
+    service = EnvoyRateLimitService(header_config(["x-api-key"]), store=MemoryStore(), clock=clock)
+    for entry in (("api_key", "k-acme"), ("x-api-key", "k-acme")):
+        await service.decide(one(("policy", "api"), ("remote_address", CLIENT), entry))
+    left = await service.decide(one(("policy", "api"), ("remote_address", CLIENT)))
+    assert left.statuses[0].limit_remaining == 2  # both counted as acme, not the address
+    acme = await service.decide(one(("policy", "api"), ("x-api-key", "k-acme")))
+    assert acme.statuses[0].limit_remaining == 2  # 5/minute (tier pro), 3 used
+
+
+def override(clock: ManualClock, limits: tuple[str, ...] = ("1/minute",)) -> TemporaryOverride:
+    return TemporaryOverride(
+        id=uuid.uuid4().hex,
+        policy="api",
+        client=None,
+        limits=limits,
+        starts_at=clock.now(),
+        expires_at=clock.now() + 600,
+        by="ops",
+        reason="incident 12",
+    )
+
+
+async def test_a_temporary_override_applies_after_a_sync_until_it_expires(
+    clock: ManualClock,
+) -> None:
+    store = MemoryStore()
+    service = EnvoyRateLimitService(config(), store=store, clock=clock)
+    await SharedOverrides(store, clock=clock).add(override(clock))  # the admin API's write
+    assert (await service.decide(envoy("by_address"))).statuses[0].limit_remaining == 2
+    await service.sync_overrides()
+    codes = [(await service.decide(envoy("by_other_address"))).overall_code for _ in range(2)]
+    assert codes == [OK, OVER]
+    clock.advance(600)  # it expires on the request path: the file's limit again
+    codes = [(await service.decide(envoy("by_other_address"))).overall_code for _ in range(4)]
+    assert codes == [OK, OK, OK, OVER]
+
+
+async def test_serve_envoy_reads_the_overrides_at_start_and_stops_reading(
+    clock: ManualClock,
+) -> None:
+    store = MemoryStore()
+    await SharedOverrides(store, clock=clock).add(override(clock))
+    served = await serve_envoy(config(), port=0, store=store, clock=clock)
+    client = Client(served.port)
+    try:
+        codes = [(await client.ask(envoy("by_address"))).overall_code for _ in range(2)]
+        assert codes == [OK, OVER]
+        syncing = served.syncing
+        assert syncing is not None
+        assert not syncing.done()
+    finally:
+        await client.channel.close()
+        await served.stop(None)
+    assert syncing.cancelled()
+    assert served.syncing is None
 
 
 async def test_a_reloaded_file_keeps_the_counters_of_kept_limits(clock: ManualClock) -> None:

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +99,11 @@ def haproxy_edge(
 
 @contextlib.contextmanager
 def deciding(
-    tmp: Path, store: str, policies: str, *, name: str = "decide"
+    tmp: Path, store: str, policies: str, *, name: str = "decide", **server: Any
 ) -> Iterator[DecideProcess]:
-    """``surefoot decide`` on ``store``, ready, stopped on exit."""
-    process = surefoot_decide(tmp, decide_config(store, policies), name=name)
+    """``surefoot decide`` on ``store``, ready, stopped on exit (``server``: the
+    ``decide_config`` options of its ``[server]`` table)."""
+    process = surefoot_decide(tmp, decide_config(store, policies, **server), name=name)
     try:
         process.wait_ready()
         yield process
@@ -327,6 +329,98 @@ def test_decision_service_down_fail_open_forwards_unlimited(
         assert json.loads(response.content)["path"] == "/orders"
         assert "ratelimit" not in response.headers
     assert len(upstream.requests("GET", "/orders")) == 4
+
+
+OVERRIDES = ("X-HTTP-Method-Override", "X-Method-Override", "X-HTTP-Method")
+
+
+def test_a_method_override_header_is_refused_and_never_reaches_the_upstream(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    # The Lua action forwards the override headers: the decision refuses them (overrides
+    # are not allowed) rather than count a method the upstream would not run.
+    (address,) = loopback_addresses(1)
+    policies = policy("deletes", "1/hour", "DELETE /items/*")
+    with (
+        deciding(tmp_path, f"sqlite:///{tmp_path}/d.db", policies) as decide,
+        haproxy_edge(
+            tmp_path, decide=decide.address, upstream=upstream.address, when_unavailable="closed"
+        ) as edge,
+        client(edge.url, address=address) as http,
+    ):
+        refused = {name: http.post("/items/1", headers={name: "DELETE"}) for name in OVERRIDES}
+    for name, response in refused.items():
+        assert name in problem(response, 400, "bad_request")["detail"]
+    assert upstream.seen == []
+
+
+def test_with_overrides_allowed_haproxy_strips_the_headers_before_the_upstream(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    (address,) = loopback_addresses(1)
+    policies = policy("deletes", "1/hour", "DELETE /items/*")
+    with (
+        deciding(
+            tmp_path, f"sqlite:///{tmp_path}/d.db", policies, allow_method_override=True
+        ) as decide,
+        haproxy_edge(
+            tmp_path, decide=decide.address, upstream=upstream.address, when_unavailable="closed"
+        ) as edge,
+        client(edge.url, address=address) as http,
+    ):
+        first = http.post("/items/1", headers=dict.fromkeys(OVERRIDES, "DELETE"))
+        second = http.post("/items/1", headers={"X-HTTP-Method-Override": "DELETE"})
+    # Counted as the DELETE it names (so the Lua forwarded the headers)...
+    assert first.status_code == 201, first.text
+    problem(second, 429, "rate_limit_exceeded")
+    # ...and never seen by the upstream.
+    (seen,) = upstream.requests("POST", "/items/1")
+    assert [seen.header(name) for name in OVERRIDES] == [[], [], []]
+
+
+def test_a_path_not_in_canonical_form_is_refused_400_and_never_reaches_the_upstream(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    (address,) = loopback_addresses(1)
+    with (
+        deciding(tmp_path, f"sqlite:///{tmp_path}/d.db", policy("o", "1/hour", "GET /o")) as decide,
+        haproxy_edge(
+            tmp_path, decide=decide.address, upstream=upstream.address, when_unavailable="closed"
+        ) as edge,
+    ):
+        connection = HTTPConnection("127.0.0.1", edge.port, timeout=10, source_address=(address, 0))
+        try:
+            connection.request("GET", "/x/../o")
+            answer = connection.getresponse()
+            status, body = answer.status, json.loads(answer.read())
+        finally:
+            connection.close()
+    assert (status, body["code"]) == (400, "invalid_path")
+    assert upstream.seen == []
+
+
+def test_with_forwarded_configured_haproxy_clients_are_still_counted_apart(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    # The Lua action writes X-Forwarded-For only; with forwarded_header = "forwarded" the
+    # decision reads it when Forwarded is absent, or every client would share one bucket.
+    one, two = loopback_addresses(2)
+    with (
+        deciding(
+            tmp_path,
+            f"sqlite:///{tmp_path}/d.db",
+            policy("o", "1/hour", "GET /o"),
+            forwarded_header="forwarded",
+        ) as decide,
+        haproxy_edge(
+            tmp_path, decide=decide.address, upstream=upstream.address, when_unavailable="closed"
+        ) as edge,
+    ):
+        answers = []
+        for address in (one, two, one):
+            with client(edge.url, address=address) as http:
+                answers.append(http.get("/o"))
+    assert [a.status_code for a in answers] == [200, 200, 429]
 
 
 def test_the_docs_show_the_configuration_and_the_script_as_they_are_tested() -> None:

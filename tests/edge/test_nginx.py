@@ -11,13 +11,16 @@ involved in what is asserted.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http.client import HTTPConnection
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -62,6 +65,8 @@ limits = ["100/hour"]
 algorithm = "gcra"
 routes = ["POST /charges", "POST /refunds"]
 """
+
+OVERRIDES = ("X-HTTP-Method-Override", "X-Method-Override", "X-HTTP-Method")
 
 
 def admitted(response: httpx.Response) -> None:
@@ -283,6 +288,94 @@ def test_decision_service_down_fails_closed_when_the_template_says_fail_closed(
     request_id = after.headers["x-request-id"]
     assert after.json() == problem_document(StoreUnavailable(retry_after=1), request_id=request_id)
     assert len(running.upstream.requests("GET", "/charges")) == 1  # only the one before
+
+
+def raw_request(
+    url: str, method: str, target: str, *, address: str, headers: Mapping[str, str] = {}
+) -> tuple[int, dict[str, Any]]:
+    """One request with ``target`` sent byte for byte (httpx would resolve ``..``): the
+    status and the JSON body."""
+    parts = urlsplit(url)
+    connection = HTTPConnection(parts.hostname, parts.port, timeout=10, source_address=(address, 0))
+    try:
+        connection.request(method, target, headers=dict(headers))
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("target", ["/x/../charges", "/charges/./", "//charges", "/%63harges"])
+def test_a_path_not_in_canonical_form_is_refused_400_and_never_reaches_the_upstream(
+    edge: Edge, target: str
+) -> None:
+    # NGINX forwards the path as sent (proxy_pass without a URI): an upstream that does not
+    # resolve it as surefoot does would serve another route than the one counted.
+    (address,) = loopback_addresses(1)
+    status, problem = raw_request(edge.nginx.url, "GET", target, address=address)
+    assert status == 400
+    assert problem["code"] == "invalid_path"
+    assert edge.upstream.seen == []
+
+
+def test_a_method_override_header_is_refused_and_never_reaches_the_upstream(
+    edge: Edge,
+) -> None:
+    # NGINX passes the client's headers to the subrequest: the decision sees the header
+    # and refuses it (overrides are not allowed in POLICIES' file).
+    (address,) = loopback_addresses(1)
+    with client(edge.nginx.url, address=address) as http:
+        refused = {
+            name: http.post("/refunds", json={}, headers={name: "DELETE"}) for name in OVERRIDES
+        }
+    for name, response in refused.items():
+        assert response.status_code == 400
+        assert response.json()["code"] == "bad_request"
+        assert name in response.json()["detail"]
+    assert edge.upstream.seen == []
+
+
+def test_with_overrides_allowed_the_edge_strips_the_headers_before_the_upstream(
+    tmp_path: Path,
+) -> None:
+    (address,) = loopback_addresses(1)
+    config = decide_config(store_url("sqlite", tmp_path), POLICIES, allow_method_override=True)
+    decide = surefoot_decide(tmp_path, config)
+    with (
+        decide_running(decide),
+        RecordingUpstream().running() as upstream,
+        nginx_edge(tmp_path, decide=decide.address, upstream=upstream.address) as nginx,
+        client(nginx.url, address=address) as http,
+    ):
+        answer = http.post("/refunds", json={}, headers=dict.fromkeys(OVERRIDES, "PUT"))
+    assert answer.status_code == 201, answer.text
+    (seen,) = upstream.requests("POST", "/refunds")
+    assert [seen.header(name) for name in OVERRIDES] == [[], [], []]
+
+
+def test_the_idempotency_split_matches_charges_as_routes_do(tmp_path: Path) -> None:
+    # Routes match ignoring case and a trailing slash: so does the split, or a POST to
+    # /Charges/ would be counted as "POST /charges" and skip the idempotency layer.
+    (address,) = loopback_addresses(1)
+    decide = surefoot_decide(tmp_path, decide_config(store_url("sqlite", tmp_path), POLICIES))
+    with (
+        decide_running(decide),
+        RecordingUpstream().running() as api,
+        RecordingUpstream().running() as gateway,
+        nginx_edge(
+            tmp_path, decide=decide.address, upstream=api.address, gateway=gateway.address
+        ) as nginx,
+        client(nginx.url, address=address) as http,
+    ):
+        posts = [http.post(path, json={}) for path in ("/charges", "/Charges/", "/CHARGES")]
+        others = [http.post("/charges/x", json={}), http.get("/Charges/")]
+    assert [r.status_code for r in posts + others] == [201, 201, 201, 201, 200]
+    assert [(s.method, s.path) for s in gateway.seen] == [
+        ("POST", "/charges"),
+        ("POST", "/Charges/"),
+        ("POST", "/CHARGES"),
+    ]
+    assert [(s.method, s.path) for s in api.seen] == [("POST", "/charges/x"), ("GET", "/Charges/")]
 
 
 # -- the idempotency split ------------------------------------------------------------------

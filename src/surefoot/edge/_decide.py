@@ -13,8 +13,9 @@ credential headers, forwarded by the edge as the client sent them. ``/healthz`` 
 
 Rule 1: the client's address is the TCP peer, unless the peer is one of
         ``[server] trusted_proxies`` (the edge): then it is the last address of the
-        configured forwarding header (``X-Forwarded-For`` by default: what the edge wrote),
-        else of ``X-Real-IP``, else the peer. From any other peer the forwarding headers
+        configured forwarding header (``X-Forwarded-For`` by default: what the edge wrote;
+        with ``Forwarded`` configured and absent, ``X-Forwarded-For``, which HAProxy
+        writes), else of ``X-Real-IP``, else the peer. From any other peer the forwarding headers
         are ignored, so a client cannot choose the address it is counted as.
 Rule 2: the decision is the gateway's, from the same configuration: the same ``Identity``
         (credential headers, trusted proxies, known API keys), the same
@@ -22,6 +23,15 @@ Rule 2: the decision is the gateway's, from the same configuration: the same ``I
         behaviour), one store round trip; no idempotency, no upstream, no abuse or
         contract layer. A path that cannot be made canonical is 400 ``invalid_path``
         and ambiguous credentials are 400 ``credentials_ambiguous``, before any counting.
+        A path not already in its canonical form (``/a/../b``, ``/a//b``, ``/%61``) is 400
+        ``invalid_path`` too: the edge forwards the path as the client sent it, and an
+        upstream could resolve it to another route than the one counted.
+        A method-override header (``X-HTTP-Method-Override``, ``X-Method-Override``,
+        ``X-HTTP-Method``) is 400 ``bad_request`` naming it unless ``[server]
+        allow_method_override``: the edge strips them before the upstream, so the decision
+        must not count a method the upstream will not run. A ``leaky_queue`` policy is a
+        ``ConfigurationError`` (at start and on reload): its delay would run inside the
+        decision, beyond the edge's subrequest timeout.
 Rule 3: every answer but an allowed decision and the health checks is an RFC 9457 problem
         of the catalogue: a missing, repeated or malformed ``X-Original-Method``, or a
         missing or repeated ``X-Original-URI``, is 400 ``bad_request`` naming the header;
@@ -96,6 +106,12 @@ _EDGE_ONLY = frozenset(
     {_ORIGINAL_METHOD, _ORIGINAL_URI, _EDGE_HEADER, _REAL_IP, b"x-forwarded-for", b"forwarded"}
 )
 _EDGES = frozenset({"nginx"})
+#: Method-override headers, by their lower-case name: their spelling in errors.
+_OVERRIDES = {
+    b"x-http-method-override": "X-HTTP-Method-Override",
+    b"x-method-override": "X-Method-Override",
+    b"x-http-method": "X-HTTP-Method",
+}
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*")
 
@@ -129,6 +145,9 @@ class DecisionApp:
             to close).
         workers: how many processes share the store (``local_fallback`` shares; default:
             ``[server] workers``).
+
+    Raises:
+        ConfigurationError: a policy uses ``leaky_queue`` (Rule 2).
 
     Warning:
         The edge answers the client after the decision, so a concurrency limit's slot is
@@ -170,6 +189,14 @@ class DecisionApp:
         """The ``Identity`` and ``RateLimitMiddleware`` the gateway builds from ``config``
         (``surefoot.gateway.Gateway``), over an app that allows."""
         root = config.root
+        for policy in config.rate_limit_policies:
+            sets = (policy.limits, *policy.tiers.values(), *policy.overrides.values())
+            if any(getattr(lim, "algorithm", None) == "leaky_queue" for s in sets for lim in s):
+                raise ConfigurationError(
+                    f"rate_limit policy {policy.name!r}: leaky_queue is not supported by the"
+                    " decision service (its delay would run inside the decision, beyond the"
+                    " edge's subrequest timeout); use token_bucket, leaky_bucket or gcra"
+                )
         identity = Identity(
             credential_headers=root.identity.credential_headers,
             trusted_proxies=root.server.trusted_proxies,
@@ -287,9 +314,19 @@ class DecisionApp:
         except SurefootError as exc:
             await send_problem(send, exc, request_id=rid, base=DEFAULT_PROBLEM_BASE)
             return
-        refused = canonicalize(
-            original, allow_method_override=decider.config.root.server.allow_method_override
-        )
+        allow_override = decider.config.root.server.allow_method_override
+        raw_path = original["raw_path"]
+        refused = canonicalize(original, allow_method_override=allow_override)
+        if refused is None and original["raw_path"] != raw_path:
+            refused = InvalidPath(
+                reason="the path is not in canonical form: the edge forwards it as sent"
+            )
+        if refused is None and not allow_override:
+            named = next((_OVERRIDES[k] for k, _ in scope["headers"] if k in _OVERRIDES), None)
+            if named is not None:
+                refused = BadRequest(
+                    reason=f"the {named} header is not allowed: the upstream never sees it"
+                )
         if refused is None:
             try:
                 decider.identity.credentials(original)  # as the gateway, before counting
@@ -427,9 +464,8 @@ def _client_address(scope: Scope, identity: Identity, *, trusted: bool) -> str:
     if not peer:
         return "unknown"
     if trusted:
-        if identity.forwarded_header == "forwarded":
-            chain = _forwarded_for(scope)
-        else:
+        chain = _forwarded_for(scope) if identity.forwarded_header == "forwarded" else []
+        if not chain:  # X-Forwarded-For, or Forwarded absent: what HAProxy writes
             xff = b",".join(v for k, v in scope["headers"] if k == b"x-forwarded-for")
             chain = [h.strip() for h in xff.decode("latin-1").split(",") if h.strip()]
         real = [v.decode("latin-1").strip() for k, v in scope["headers"] if k == _REAL_IP]

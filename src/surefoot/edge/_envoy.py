@@ -14,20 +14,26 @@ Rule 1: a descriptor names its policy with a ``policy`` entry, else a ``generic_
         ``OK`` with no ``current_limit`` (unlimited), as Envoy's own service answers a
         descriptor its configuration does not know; so is a descriptor whose policy does
         not cover its route, or whose counted principal the policy allows.
-Rule 2: the principal is the gateway's (``Identity.rate_limit_principal``): an
-        ``api_key`` entry (the value of ``X-API-Key``) or an ``authorization`` entry (the
-        value of ``Authorization``) is the credential, parsed and hashed as the gateway
-        does; ``remote_address`` (Envoy's ``remote_address`` action: the client address
-        through Envoy's trusted hops) is ``addr:<ip>``, counted when there is no
+Rule 2: the principal is the gateway's (``Identity.rate_limit_principal``): an entry
+        keyed by a header of ``[identity] credential_headers``, lower-case (``api_key``
+        also stands for ``x-api-key``), is that header's credential, parsed and hashed as
+        the gateway does; entries of headers the file does not list are ignored. A
+        credential over ``MAX_VALUE`` characters or one the gateway cannot parse counts
+        as unknown: the address. ``remote_address`` (Envoy's ``remote_address`` action:
+        the client address through Envoy's trusted hops) is ``addr:<ip>``, counted when
+        there is no
         credential, when the credential is not one of ``[[clients]]``' keys (if the file
         lists any), or when the credentials are ambiguous (never a fresh bucket). A policy
         counted ``per = "address"`` counts ``remote_address``. A known policy with nothing to
         count (neither entry) is ``INVALID_ARGUMENT``: Envoy's configuration is wrong.
 Rule 3: the route: with ``path`` (the ``:path`` pseudo-header, query ignored) and
-        ``method`` (``:method``, default GET) entries, the path is canonicalised as the
-        gateway does (a path it refuses is ``INVALID_ARGUMENT``), and the policy's
+        ``method`` (``:method``, default GET) entries, the path without its query is
+        measured and canonicalised as the gateway does, and the policy's
         ``routes``, ``exempt``, ``costs`` and ``per_route`` apply; without ``path``, Envoy's
-        own route matching chose where the descriptor is sent: route "" and cost 1.
+        own route matching chose where the descriptor is sent: route "" and cost 1. A
+        path the gateway refuses (or longer than ``MAX_VALUE``) makes the request
+        ``OVER_LIMIT`` with the ``invalid_path`` problem as its body, counting nothing:
+        a client never turns its request into an error Envoy lets through.
 Rule 4: every other entry (``header_match``, ``destination_cluster``, ``request_headers`` of
         other headers...) is a condition Envoy already checked by sending the descriptor:
         it never chooses a counter, so a value a client controls never buys a fresh
@@ -51,14 +57,20 @@ Rule 8: ``response_headers_to_add`` carries draft-10 ``RateLimit-Policy`` and ``
         the limit ``Retry-After``, ``Content-Type`` and ``raw_body``: the gateway's 429
         problem document (``store_unavailable`` under Rule 10, with status 429: the
         status Envoy answers with).
-Rule 9: bounds: a domain (non-empty, at most ``MAX_VALUE``), at most ``MAX_DESCRIPTORS``
-        descriptors of at most ``MAX_ENTRIES`` entries, keys and values of at most
-        ``MAX_VALUE`` characters, each entry surefoot reads at most once per descriptor;
-        else ``INVALID_ARGUMENT`` and nothing is counted.
+Rule 9: bounds on what Envoy's configuration makes: a domain (non-empty, at most
+        ``MAX_VALUE``), at most ``MAX_DESCRIPTORS`` descriptors of at most ``MAX_ENTRIES``
+        entries, keys of at most ``MAX_VALUE`` characters, each entry surefoot reads at
+        most once per descriptor; else ``INVALID_ARGUMENT`` and nothing is counted. Values
+        a client controls (credentials, path, other headers) are never a reason for
+        ``INVALID_ARGUMENT`` (Rules 2 and 3): Envoy lets such a request through.
 Rule 10: a store that fails or does not answer within ``store_timeout``: the descriptors
         of an enforced ``fail_closed`` policy are ``OVER_LIMIT`` (``Retry-After: 1``);
         every other descriptor is ``OK`` (``fail_open``; ``local_fallback`` fails open
         here). Envoy's ``failure_mode_deny`` covers only this service being unreachable.
+Rule 11: temporary overrides (``surefoot.gateway.SharedOverrides``, in the store) apply as
+        in the gateway: ``sync_overrides`` reads them (``serve_envoy``: at start and
+        every ``SYNC_EVERY`` seconds while it serves), and one that expires is dropped on
+        the request path.
 
 Concurrency limits are skipped (the protocol has no release), and a ``leaky_queue`` delay
 cannot be applied by Envoy: such a request is admitted at once.
@@ -67,13 +79,14 @@ cannot be applied by Envoy: such a request is admitted at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -83,6 +96,7 @@ from surefoot._asgi import new_request_id
 from surefoot._paths import canonical_path
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import (
+    ConfigurationError,
     CredentialsAmbiguous,
     InvalidPath,
     QuotaExceeded,
@@ -91,7 +105,7 @@ from surefoot.errors import (
     SurefootError,
     problem_document,
 )
-from surefoot.gateway import GatewayConfig
+from surefoot.gateway import GatewayConfig, SharedOverrides, apply_overrides
 from surefoot.identity import Identity
 from surefoot.ratelimit import (
     Item,
@@ -108,6 +122,7 @@ __all__ = [
     "MAX_ENTRIES",
     "MAX_HITS_ADDEND",
     "MAX_VALUE",
+    "SYNC_EVERY",
     "EnvoyRateLimitService",
     "EnvoyServer",
     "serve_envoy",
@@ -117,13 +132,17 @@ MAX_DESCRIPTORS = 32
 MAX_ENTRIES = 16
 MAX_VALUE = 4096
 MAX_HITS_ADDEND = 10_000
+#: Seconds between two reads of the temporary overrides (as the gateway's workers).
+SYNC_EVERY = 1.0
 
 _OK = rls_pb2.RateLimitResponse.OK
 _OVER = rls_pb2.RateLimitResponse.OVER_LIMIT
 _Unit = rls_pb2.RateLimitResponse.RateLimit
 _UNITS = {1.0: _Unit.SECOND, 60.0: _Unit.MINUTE, 3600.0: _Unit.HOUR, 86400.0: _Unit.DAY}
 _PERIODS = {"day": _Unit.DAY, "month": _Unit.MONTH}
-_READ = ("policy", "generic_key", "remote_address", "api_key", "authorization", "path", "method")
+_READ = ("policy", "generic_key", "remote_address", "path", "method")
+#: Entry keys standing for another credential header (the documented ``descriptor_key``).
+_ALIASES = {"api_key": "x-api-key"}
 _FOREVER = 2**31 - 1
 _log = logging.getLogger(__name__)
 
@@ -138,6 +157,8 @@ class _Check:
 
     policy: RateLimitPolicy | None = None
     limits: list[tuple[str, Limit, int]] = field(default_factory=list)  # name, limit, item
+    #: The path the gateway refuses (Rule 3): the request is refused, nothing counted.
+    refused: InvalidPath | None = None
 
 
 def _whole(seconds: float) -> int:
@@ -187,6 +208,10 @@ class EnvoyRateLimitService:
         self.policies: Mapping[str, RateLimitPolicy] = {}
         self.tiers: Mapping[str, str] = {}
         self.identity = Identity()
+        self.credentials: Mapping[str, str] = {}  # entry key -> credential header
+        self.config = config
+        # Every store a URL names is also the overrides' board store (as the gateway's).
+        self.overrides = SharedOverrides(cast(Any, store), clock=self.clock)
         self.update(config)
 
     def update(self, config: GatewayConfig) -> None:
@@ -196,13 +221,55 @@ class EnvoyRateLimitService:
         Between two requests: a request's descriptors are decided without a pause, so
         they all see one file.
         """
-        self.policies = {p.name: p for p in config.rate_limit_policies}
+        self.config = config
+        self.policies = {p.name: p for p in self._overridden(config)}
         self.tiers = dict(config.tiers)
+        headers = tuple(h.lower() for h in config.root.identity.credential_headers)
         self.identity = Identity(
-            credential_headers=("authorization", "x-api-key"),
+            credential_headers=headers,
             use_user=False,
             known_credentials=config.api_keys or None,
         )
+        self.credentials = {h: h for h in headers} | {
+            alias: h for alias, h in _ALIASES.items() if h in headers and alias not in headers
+        }
+
+    def _overridden(self, config: GatewayConfig) -> list[RateLimitPolicy]:
+        """The file's policies with the overrides in force applied (Rule 11)."""
+        live = self.overrides.live.values()
+        if not live:
+            return list(config.rate_limit_policies)
+        principals: dict[str, list[str]] = {client.name: [] for client in config.root.clients}
+        for principal, name in config.principals.items():
+            principals.setdefault(name, []).append(principal)
+        try:
+            return apply_overrides(
+                config.rate_limit_policies, live, principals, now=self.clock.now()
+            )
+        except ConfigurationError as exc:  # never expected: each override was checked
+            _log.error("overrides: not applied, the file's limits stay: %s", exc)
+            return list(config.rate_limit_policies)
+
+    def apply_overrides(self) -> None:
+        """Put the overrides in force on the policies (Rule 11)."""
+        self.policies = {p.name: p for p in self._overridden(self.config)}
+
+    async def sync_overrides(self) -> None:
+        """Read the temporary overrides and apply them if the set in force changed; a
+        store that fails keeps those in force here."""
+        try:
+            changed = await self.overrides.sync()
+        except Exception as exc:
+            _log.warning("overrides: reading them failed: %s", type(exc).__name__)
+            return
+        if changed:
+            self.apply_overrides()
+
+    async def sync_every(self, every: float = SYNC_EVERY) -> None:
+        """``sync_overrides`` every ``every`` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(every)
+            await self.sync_overrides()
 
     def add_to(self, server: Any) -> None:
         """Register the service on a ``grpc.aio.Server``."""
@@ -221,6 +288,9 @@ class EnvoyRateLimitService:
         Raises:
             ValueError: a malformed request (``ShouldRateLimit``: ``INVALID_ARGUMENT``).
         """
+        if self.overrides.next_expiry <= self.clock.now():  # an override ended (Rule 11)
+            self.overrides.expire(self.clock.now())
+            self.apply_overrides()
         domain = request.domain
         if not domain or len(domain) > MAX_VALUE:
             raise _Invalid(f"domain: expected 1 to {MAX_VALUE} characters, got {len(domain)}")
@@ -237,6 +307,14 @@ class EnvoyRateLimitService:
         response = rls_pb2.RateLimitResponse(overall_code=_OK)
         if self.domain is not None and domain != self.domain:
             items, checks = [], [_Check() for _ in checks]
+        refused = next((c.refused for c in checks if c.refused is not None), None)
+        if refused is not None:  # Rule 3: nothing is counted
+            for check in checks:
+                code = _OK if check.refused is None else _OVER
+                response.statuses.append(rls_pb2.RateLimitResponse.DescriptorStatus(code=code))
+            response.overall_code = _OVER
+            self._refusal(response, refused, None)
+            return response
         now = self.clock.now()
         if not items:
             response.statuses.extend(
@@ -268,12 +346,11 @@ class EnvoyRateLimitService:
         found: dict[str, str] = {}
         for entry in entries:
             key, value = entry.key, entry.value
-            if len(key) > MAX_VALUE or len(value) > MAX_VALUE:
+            if len(key) > MAX_VALUE:
                 raise _Invalid(
-                    f"descriptors[{index}]: expected keys and values of at most "
-                    f"{MAX_VALUE} characters"
+                    f"descriptors[{index}]: expected keys of at most {MAX_VALUE} characters"
                 )
-            if key in _READ:
+            if key in _READ or key in self.credentials:
                 if key in found:
                     raise _Invalid(f"descriptors[{index}]: the entry {key!r} appears twice")
                 found[key] = value
@@ -302,15 +379,18 @@ class EnvoyRateLimitService:
                 f"descriptors[{index}]: policy {policy.name!r} counts "
                 f"{'addresses' if policy.per == 'address' else 'principals'}: expected a "
                 "remote_address entry"
-                + ("" if policy.per == "address" else ", api_key or authorization")
+                + ("" if policy.per == "address" else " or a credential header's")
             )
         route, cost = "", hits
         if "path" in found:
             method = found.get("method", "GET").upper()
+            raw = found["path"].partition("?")[0]  # the query never chooses a route
             try:
-                path = canonical_path(found["path"].partition("?")[0].encode()).path
+                if len(raw) > MAX_VALUE:
+                    raise InvalidPath(reason=f"it is longer than {MAX_VALUE} characters")
+                path = canonical_path(raw.encode()).path
             except InvalidPath as exc:
-                raise _Invalid(f"descriptors[{index}]: path: {exc.detail}") from None
+                return _Check(policy, refused=exc)
             matched = policy.route_for(method, path)
             if matched is None:
                 return _Check()
@@ -345,28 +425,29 @@ class EnvoyRateLimitService:
         raw = found.get("remote_address")
         if raw is not None:
             try:
+                if len(raw) > MAX_VALUE:
+                    raise ValueError(raw)
                 address = str(ipaddress.ip_address(raw.strip()))
             except ValueError:
                 raise _Invalid(
                     f"descriptors[{index}]: remote_address: expected an IP address"
                 ) from None
-        headers = [
-            (name, found[key].encode())
-            for key, name in (("authorization", b"authorization"), ("api_key", b"x-api-key"))
-            if key in found
-        ]
+        credentials = [(self.credentials[k], v) for k, v in found.items() if k in self.credentials]
         addr = None if address is None else "addr:" + address
-        if not headers:
+        if not credentials:
             return addr, addr
         scope = {
             "type": "http",
-            "headers": headers,
+            "headers": [(name.encode(), value.encode()) for name, value in credentials],
             "client": None if address is None else (address, 0),
         }
+        if any(len(value) > MAX_VALUE for _, value in credentials):
+            return addr, addr  # an oversize credential is unknown: the address (Rule 2)
+        principal: str | None
         try:
             principal = self.identity.rate_limit_principal(scope)
-        except CredentialsAmbiguous:
-            principal = self.identity.address_principal(scope)
+        except (CredentialsAmbiguous, SurefootError, ValueError):  # ambiguous or malformed
+            principal = addr
         return principal, addr
 
     def _answer(
@@ -465,17 +546,18 @@ class EnvoyRateLimitService:
         return response
 
     @staticmethod
-    def _refusal(response: Any, error: SurefootError, retry_after: int) -> None:
+    def _refusal(response: Any, error: SurefootError, retry_after: int | None) -> None:
         """Envoy answers every ``OVER_LIMIT`` with its ``rate_limited_status`` (429): the
         document says so (RFC 9457: its ``status`` is the response's), whatever the problem."""
         document = problem_document(error, request_id=new_request_id())
         document["status"] = 429
         response.raw_body = json.dumps(document, separators=(",", ":")).encode()
-        response.response_headers_to_add.extend(
-            [
-                base_pb2.HeaderValue(key="retry-after", value=str(retry_after)),
-                base_pb2.HeaderValue(key="content-type", value="application/problem+json"),
-            ]
+        if retry_after is not None:
+            response.response_headers_to_add.append(
+                base_pb2.HeaderValue(key="retry-after", value=str(retry_after))
+            )
+        response.response_headers_to_add.append(
+            base_pb2.HeaderValue(key="content-type", value="application/problem+json")
         )
 
 
@@ -534,9 +616,17 @@ class EnvoyServer:
     service: EnvoyRateLimitService
     #: Whether ``stop`` closes the store (``serve_envoy`` opened it).
     owns_store: bool
+    #: The task reading the temporary overrides every ``SYNC_EVERY`` seconds (Rule 11).
+    syncing: asyncio.Task[None] | None = None
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop serving (in-flight calls get ``grace`` seconds), then close an owned store."""
+        """Stop serving (in-flight calls get ``grace`` seconds) and reading the overrides,
+        then close an owned store."""
+        if self.syncing is not None:
+            self.syncing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.syncing
+            self.syncing = None
         await self.server.stop(grace)
         if self.owns_store:
             await self.service.store.aclose()
@@ -574,9 +664,11 @@ async def serve_envoy(
     service.add_to(server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
+        await service.sync_overrides()  # the overrides in force before the first request
         await server.start()
     except BaseException:
         if owns:
             await store.aclose()
         raise
-    return EnvoyServer(server, bound, service, owns)
+    syncing = asyncio.ensure_future(service.sync_every(SYNC_EVERY))
+    return EnvoyServer(server, bound, service, owns, syncing)
