@@ -337,6 +337,8 @@ def _check_panels(page: Page, load: Load) -> None:
     for name in HIDDEN:
         assert page.locator(f"#panel-{name}").is_hidden()
     assert "tight" in page.locator("#panel-refusals .legend .name").all_text_contents()
+    # The age comes from a second request (/admin/unknown), after the charts are drawn.
+    page.locator("#unknown-oldest", has_text="Oldest now: ").wait_for()
     assert page.text_content("#unknown-oldest").startswith("Oldest now: ")
 
     # Top offenders: the refused client under the tight policy, the admitted one, the
