@@ -414,3 +414,11 @@ def test_a_required_check_no_target_runs_is_refused() -> None:
         "<dict>: probe.required: expected checks some target runs, got retry_after (no "
         "target's checks list them)"
     )
+
+
+def test_a_url_urlsplit_cannot_read_has_no_userinfo_to_refuse() -> None:
+    # The host check refuses such a URL, naming it; the userinfo check must not crash first.
+    from surefoot.probe._plan import _userinfo
+
+    assert _userinfo("http://[::1/charges") is False
+    assert _userinfo("http://user:pw@127.0.0.1/charges") is True
