@@ -58,7 +58,7 @@ from surefoot.idempotency._events import (
     StoreFailed,
 )
 from surefoot.idempotency._policy import IdempotencyPolicy
-from surefoot.idempotency._store import IdempotencyStore
+from surefoot.idempotency._store import IdempotencyStore, SyncIdempotencyStore
 
 if TYPE_CHECKING:
     from surefoot.idempotency.middleware import IdempotencyMiddleware, OutcomeResolver, Resolution
@@ -114,6 +114,7 @@ __all__ = [
     "StoreBypassed",
     "StoreFailed",
     "StoredResponse",
+    "SyncIdempotencyStore",
     "TransactionalKeys",
     "Unknown",
     "Usage",

@@ -34,7 +34,7 @@ from surefoot.ratelimit._events import (
 )
 from surefoot.ratelimit._limit import ALGORITHMS, Limit, parse_limit
 from surefoot.ratelimit._policy import RateLimitPolicy, Rollout, limit_key
-from surefoot.ratelimit._store import RateLimitStore
+from surefoot.ratelimit._store import RateLimitStore, SyncRateLimitStore
 
 if TYPE_CHECKING:
     from surefoot.ratelimit._limiter import RateLimiter, Verdict
@@ -82,6 +82,7 @@ __all__ = [
     "RateLimited",
     "RateLimiter",
     "Rollout",
+    "SyncRateLimitStore",
     "Verdict",
     "install_problem_handler",
     "limit_key",
