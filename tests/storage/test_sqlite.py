@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+import surefoot.storage.sqlite as sqlite_module
 from _support import T0
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency._core import (
@@ -54,6 +57,39 @@ async def test_a_held_write_lock_times_out_as_store_unavailable(tmp_path: Path) 
         other.execute("ROLLBACK")
         other.close()
     assert isinstance(await store.begin("k", req("t1"), T0), Reserved)
+    await store.aclose()
+
+
+async def test_purge_under_a_held_write_lock_waits_then_is_store_unavailable(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "s.db", lock_timeout=0.05)
+    await store.begin("k", req("t1", ttl=120), T0)
+    other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreUnavailable) as info:
+            await store.purge(T0 + 200)
+        assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert await store.purge(T0 + 200) == 1
+    await store.aclose()
+
+
+async def test_a_failing_purge_never_fails_the_step_it_follows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    # Stands for SQLITE_FULL or SQLITE_IOERR during the purge, after the step committed.
+    monkeypatch.setattr(sqlite_module, "_PURGE_BOARD", "DELETE FROM no_such_table WHERE ? AND ?")
+    with caplog.at_level(logging.WARNING, logger="surefoot.storage"):
+        assert await store.begin("k", req("t1"), T0) == Reserved("t1", 1, False)
+        assert await store.finish("k", "t1", Outcome(Step.COMPLETE, OK), T0 + 1)
+    assert await store.begin("k", req("t2"), T0 + 2) == Replay(OK)
+    [warning] = caplog.records  # once: the next batch waits its interval
+    assert "expired rows" in warning.getMessage()
     await store.aclose()
 
 
@@ -192,6 +228,27 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         SqliteStore(tmp_path / "s.db")
 
 
+def test_a_refused_file_leaves_no_connection_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    opened: list[sqlite3.Connection] = []
+    connect = sqlite3.connect
+
+    def recording(*args: object, **kwargs: object) -> sqlite3.Connection:
+        opened.append(connect(*args, **kwargs))  # type: ignore[arg-type]
+        return opened[-1]
+
+    monkeypatch.setattr(sqlite3, "connect", recording)
+    with pytest.raises(ConfigurationError, match="newer than this surefoot"):
+        SqliteStore(tmp_path / "s.db")
+    [refused] = opened
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        refused.execute("SELECT 1")
+
+
 def test_unopenable_path_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="cannot open database"):
         SqliteStore(tmp_path / "missing-dir" / "s.db")
@@ -202,6 +259,9 @@ def test_unopenable_path_names_the_file(tmp_path: Path) -> None:
     [
         ({"synchronous": "OFF"}, "synchronous: expected 'NORMAL' or 'FULL'"),
         ({"lock_timeout": 0}, "expected lock_timeout > 0"),
+        ({"lock_timeout": math.nan}, r"expected lock_timeout > 0 \(finite\)"),
+        ({"lock_timeout": math.inf}, r"expected lock_timeout > 0 \(finite\)"),
+        ({"purge_interval": math.nan}, "purge_interval > 0"),
         ({"purge_batch": 0}, "purge_batch >= 1"),
     ],
 )
@@ -231,6 +291,8 @@ def test_store_from_url(tmp_path: Path) -> None:
         ("memory://?max_records=lots", "max_records: expected an integer, got 'lots'"),
         ("memory://?colour=blue", r"unknown options \['colour'\]"),
         ("sqlite:///x.db?synchronous=off", "synchronous: expected NORMAL or FULL"),
+        ("sqlite:///x.db?lock_timeout=nan", "lock_timeout: expected a finite number of seconds"),
+        ("sqlite:///x.db?lock_timeout=inf", "lock_timeout: expected a finite number of seconds"),
     ],
 )
 def test_bad_store_urls_say_what_is_expected(url: str, message: str) -> None:

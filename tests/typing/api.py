@@ -13,21 +13,25 @@ from surefoot.idempotency import (
     IdempotencyMiddleware,
     IdempotencyPolicy,
     KeyReserved,
+    SyncIdempotencyStore,
     TransactionalKeys,
 )
 from surefoot.identity import Identity
 from surefoot.metrics import PrometheusMetrics
-from surefoot.ratelimit import RateLimitMiddleware, RateLimitPolicy
+from surefoot.ratelimit import RateLimitMiddleware, RateLimitPolicy, SyncRateLimitStore
 from surefoot.storage import (
     IdempotencyStore,
     MemoryStore,
     RateLimitStore,
     SqliteStore,
     StoreHealth,
+    SyncMemoryStore,
+    SyncSqliteStore,
     store_from_url,
+    sync_store_from_url,
 )
-from surefoot.storage.postgres import PostgresStore
-from surefoot.storage.redis import RedisStore
+from surefoot.storage.postgres import PostgresStore, SyncPostgresStore
+from surefoot.storage.redis import RedisStore, SyncRedisStore
 from surefoot.testing import CapturedEvents, ManualClock
 from surefoot.webhooks import (
     GitHub,
@@ -142,3 +146,13 @@ def on_refused(event: Event) -> None:
 
 def handle(event: ReceivedWebhook) -> str:
     return f"{event.endpoint}:{event.id}:{webhook_store_key(event.endpoint, event.id)}"
+
+
+# -- synchronous stores (WSGI workers, Django, Flask) ---------------------------------------
+
+sync_records: SyncIdempotencyStore = sync_store_from_url("sqlite:///idempotency.db")
+sync_counters: SyncRateLimitStore = SyncRedisStore.from_url("redis://cache:6379/0?prefix=api:")
+sync_shared: SyncIdempotencyStore = SyncPostgresStore.from_url("postgresql://app@db/app")
+sync_local: SyncRateLimitStore = SyncMemoryStore(max_counters=10_000)
+sync_file: SyncIdempotencyStore = SyncSqliteStore("x.db", synchronous="FULL")
+sync_records.close()

@@ -8,6 +8,10 @@ contract test suites. Store health (``StoreHealth``) is shared by both middlewar
 ``StoreWrapper`` (and its parts) forwards every call of another store through one hook,
 ``around``: ``surefoot.metrics.InstrumentedStore`` and ``surefoot.testing.FlakyStore`` are
 built on it.
+``SyncMemoryStore`` and ``SyncSqliteStore`` (and ``SyncRedisStore``, ``SyncPostgresStore``
+in their modules) are the same stores with blocking methods, for WSGI servers (Django,
+Flask): each is a ``SyncStore`` (``SyncIdempotencyStore`` and ``SyncRateLimitStore``), and
+``sync_store_from_url`` picks one from the same URLs.
 """
 
 from __future__ import annotations
@@ -27,21 +31,36 @@ from surefoot.storage._wrapper import (
 
 # The stores load asyncio and sqlite3 on first use, not for the interfaces and the wrappers.
 if TYPE_CHECKING:
-    from surefoot.storage._registry import STORES, Store, store_from_url
-    from surefoot.storage.memory import MemoryStore
-    from surefoot.storage.sqlite import SqliteStore
+    from surefoot.storage._registry import (
+        STORES,
+        SYNC_STORES,
+        Store,
+        SyncStore,
+        store_from_url,
+        sync_store_from_url,
+    )
+    from surefoot.storage.memory import MemoryStore, SyncMemoryStore
+    from surefoot.storage.sqlite import SqliteStore, SyncSqliteStore
 else:
     __getattr__, __dir__ = lazy_names(
         __name__,
         {
-            "surefoot.storage._registry": ("STORES", "Store", "store_from_url"),
-            "surefoot.storage.memory": ("MemoryStore",),
-            "surefoot.storage.sqlite": ("SqliteStore",),
+            "surefoot.storage._registry": (
+                "STORES",
+                "SYNC_STORES",
+                "Store",
+                "SyncStore",
+                "store_from_url",
+                "sync_store_from_url",
+            ),
+            "surefoot.storage.memory": ("MemoryStore", "SyncMemoryStore"),
+            "surefoot.storage.sqlite": ("SqliteStore", "SyncSqliteStore"),
         },
     )
 
 __all__ = [
     "STORES",
+    "SYNC_STORES",
     "HealthState",
     "IdempotencyStore",
     "IdempotencyStoreWrapper",
@@ -55,5 +74,9 @@ __all__ = [
     "StoreHealth",
     "StoreRecovered",
     "StoreWrapper",
+    "SyncMemoryStore",
+    "SyncSqliteStore",
+    "SyncStore",
     "store_from_url",
+    "sync_store_from_url",
 ]

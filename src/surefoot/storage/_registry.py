@@ -1,21 +1,23 @@
-"""``store_from_url``: stores chosen by URL scheme through an explicit registry."""
+"""``store_from_url`` and ``sync_store_from_url``: stores chosen by URL scheme through
+explicit registries (``STORES`` and ``SYNC_STORES``), one URL grammar for both."""
 
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
 from surefoot._masking import masked_url, split_url
 from surefoot.errors import ConfigurationError
-from surefoot.idempotency import IdempotencyStore
-from surefoot.ratelimit import RateLimitStore
-from surefoot.storage.memory import MemoryStore
-from surefoot.storage.sqlite import SqliteStore
+from surefoot.idempotency import IdempotencyStore, SyncIdempotencyStore
+from surefoot.ratelimit import RateLimitStore, SyncRateLimitStore
+from surefoot.storage.memory import MemoryStore, SyncMemoryStore
+from surefoot.storage.sqlite import SqliteStore, SyncSqliteStore
 from surefoot.webhooks import OrderingStore
 
-__all__ = ["STORES", "Store", "store_from_url"]
+__all__ = ["STORES", "SYNC_STORES", "Store", "SyncStore", "store_from_url", "sync_store_from_url"]
 
 
 @runtime_checkable
@@ -25,20 +27,43 @@ class Store(IdempotencyStore, RateLimitStore, OrderingStore, Protocol):
     can serve both middlewares and the webhook receiver)."""
 
 
+@runtime_checkable
+class SyncStore(SyncIdempotencyStore, SyncRateLimitStore, Protocol):
+    """What every synchronous store is (for WSGI servers, Django, Flask): a home for
+    idempotency records and rate-limit counters at once, with blocking methods."""
+
+
 def _memory(url: str) -> Store:
+    return MemoryStore(**_memory_options(url))
+
+
+def _sync_memory(url: str) -> SyncStore:
+    return SyncMemoryStore(**_memory_options(url))
+
+
+def _memory_options(url: str) -> dict[str, Any]:
     options = _options(url)
     on_full = options.pop("on_full", "refuse")
     if on_full not in ("refuse", "evict"):
         raise ConfigurationError(f"store URL: on_full: expected refuse or evict, got {on_full!r}")
-    sized: dict[str, int] = {}  # without max_records, MemoryStore's own default
-    if "max_records" in options:
-        sized["max_records"] = _int(options.pop("max_records"), "max_records")
-    store = MemoryStore(on_full="evict" if on_full == "evict" else "refuse", **sized)
+    chosen: dict[str, Any] = {"on_full": "evict" if on_full == "evict" else "refuse"}
+    if "max_records" in options:  # without it, the store's own default
+        chosen["max_records"] = _int(options.pop("max_records"), "max_records")
     _no_more(url, options)
-    return store
+    return chosen
 
 
 def _sqlite(url: str) -> Store:
+    path, options = _sqlite_options(url)
+    return SqliteStore(path, **options)
+
+
+def _sync_sqlite(url: str) -> SyncStore:
+    path, options = _sqlite_options(url)
+    return SyncSqliteStore(path, **options)
+
+
+def _sqlite_options(url: str) -> tuple[str, dict[str, Any]]:
     path = urlsplit(url).path
     path = path[1:] if path.startswith("/") else path
     if not path:
@@ -52,16 +77,20 @@ def _sqlite(url: str) -> Store:
             f"store URL: synchronous: expected NORMAL or FULL, got {synchronous!r}"
         )
     lock_timeout = _float(options.pop("lock_timeout", "5"), "lock_timeout")
+    if not (lock_timeout > 0 and math.isfinite(lock_timeout)):  # NaN and inf wait for ever
+        raise ConfigurationError(
+            "store URL: lock_timeout: expected a finite number of seconds > 0, "
+            f"got {lock_timeout!r}"
+        )
     _no_more(url, options)
-    return SqliteStore(
-        path, synchronous="FULL" if synchronous == "FULL" else "NORMAL", lock_timeout=lock_timeout
-    )
+    return path, {"synchronous": synchronous, "lock_timeout": lock_timeout}
 
 
-def _lazy(module: str, cls: str, extra: str) -> Callable[[str], Store]:
-    """A factory for a store whose driver comes with an optional extra."""
+def _lazy(module: str, cls: str, extra: str) -> Callable[[str], Any]:
+    """A factory for a store whose driver comes with an optional extra: the module and
+    the class are looked up when a URL asks for them."""
 
-    def factory(url: str) -> Store:
+    def factory(url: str) -> Any:
         try:
             store_cls: Any = getattr(importlib.import_module(module), cls)
         except ImportError as exc:
@@ -69,8 +98,11 @@ def _lazy(module: str, cls: str, extra: str) -> Callable[[str], Store]:
                 f"store URL {masked_url(url)!r}: {cls} needs its driver: "
                 f"pip install 'surefoot[{extra}]' ({exc})"
             ) from None
-        store: Store = store_cls.from_url(url)
-        return store
+        except AttributeError:
+            raise ConfigurationError(
+                f"store URL {masked_url(url)!r}: this surefoot has no {cls} ({module})"
+            ) from None
+        return store_cls.from_url(url)
 
     return factory
 
@@ -102,6 +134,8 @@ def _float(value: str, name: str) -> float:
 
 _redis = _lazy("surefoot.storage.redis", "RedisStore", "redis")
 _postgres = _lazy("surefoot.storage.postgres", "PostgresStore", "postgres")
+_sync_redis = _lazy("surefoot.storage.redis", "SyncRedisStore", "redis")
+_sync_postgres = _lazy("surefoot.storage.postgres", "SyncPostgresStore", "postgres")
 
 #: URL scheme -> factory(url). Each factory validates its own options.
 STORES: dict[str, Callable[[str], Store]] = {
@@ -112,6 +146,17 @@ STORES: dict[str, Callable[[str], Store]] = {
     "redis+cluster": _redis,
     "postgresql": _postgres,
     "postgres": _postgres,
+}
+
+#: URL scheme -> factory(url) of the synchronous twin (the same schemes and options).
+SYNC_STORES: dict[str, Callable[[str], SyncStore]] = {
+    "memory": _sync_memory,
+    "sqlite": _sync_sqlite,
+    "redis": _sync_redis,
+    "rediss": _sync_redis,
+    "redis+cluster": _sync_redis,
+    "postgresql": _sync_postgres,
+    "postgres": _sync_postgres,
 }
 
 
@@ -135,6 +180,31 @@ def store_from_url(url: str) -> Store:
     if factory is None:
         raise ConfigurationError(
             f"store URL {masked_url(url)!r}: expected one of the schemes {sorted(STORES)}, "
+            f"got {scheme!r}"
+        )
+    return factory(url)
+
+
+def sync_store_from_url(url: str) -> SyncStore:
+    """A synchronous store described by ``url``, for WSGI servers (Django, Flask): the
+    blocking twin of what ``store_from_url(url)`` makes, from the same URLs.
+
+    Example:
+        >>> sync_store_from_url("memory://")
+        SyncMemoryStore(max_records=10000, max_counters=100000, on_full='refuse')
+        >>> sync_store_from_url("sqlite:///idempotency.db")  # shared by every worker process
+        SyncSqliteStore('idempotency.db')
+        >>> sync_store_from_url("redis://127.0.0.1:6379/0")  # SyncRedisStore, needs surefoot[redis]
+        >>> sync_store_from_url("postgresql://app@db/app")  # SyncPostgresStore, surefoot[postgres]
+
+    Raises:
+        ConfigurationError: as ``store_from_url``.
+    """
+    scheme = split_url(url).scheme
+    factory = SYNC_STORES.get(scheme)
+    if factory is None:
+        raise ConfigurationError(
+            f"store URL {masked_url(url)!r}: expected one of the schemes {sorted(SYNC_STORES)}, "
             f"got {scheme!r}"
         )
     return factory(url)

@@ -90,6 +90,25 @@ Rule 10: boards (``surefoot.metrics``' ``BoardStore``, migration ``0007_board``)
         one statement each. A value of more than 64 KiB gets Rule 4's longer budget. A
         claim whose caller gave up may have been made: nothing is given back. Expired
         rows go with the purge (Rule 6).
+Rule 11: ``SyncPostgresStore`` is this store for threads (WSGI workers, Django, Flask).
+        Both stores are ``_Steps``: the same options, URL grammar, statements, migrations
+        check, and for each step one plan (statement, parameters, reading of the rows);
+        they differ only in how a plan runs. The sync store runs each begin, finish and
+        acquire as a batch of one of Rule 7's functions, blocking, on a connection of its
+        own from a ``psycopg_pool.ConnectionPool`` (so threads share a store safely), and
+        never batches calls together. Rule 4 without the task: ``timeout`` bounds the
+        wait for a connection and, as ``statement_timeout``, the statement on the server
+        (a large response's longer budget included); a thread cannot leave a statement
+        under way. A call that fails once its statement is sent gives back, before it
+        raises, the reservation, concurrency slots or ordering claim it may have taken,
+        under its own token, unless the server's error proves that nothing committed (a
+        cancelled statement, a refusal); a lost reply may hide a commit. An acquire's
+        slots go back in one statement (one connection, one ``timeout``), which takes
+        their locks in the acquire functions' order. The purge (Rule 6) runs in a daemon
+        thread, one batch at a time; ``close`` waits for it briefly. ``pool_min`` is
+        ``pool_max`` by default (a burst of threads finds its connections open). In a
+        forked child the pool the store made in the parent is forgotten, never used nor
+        closed (its sockets are the parent's), and the child makes its own.
 """
 
 from __future__ import annotations
@@ -101,16 +120,20 @@ import functools
 import hashlib
 import logging
 import math
+import os
 import re
+import threading
+import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from importlib import resources
-from typing import Any, Literal, NamedTuple, NoReturn
+from typing import Any, Generic, Literal, NamedTuple, NoReturn, Protocol, Self, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from surefoot._board import MAX_SLOTS, board_full, check_board, check_slot, check_slot_name
 from surefoot._masking import masked_text, masked_url, split_url
@@ -134,11 +157,12 @@ from surefoot.idempotency import (
 from surefoot.ratelimit import ALGORITHMS, Item, Limit, RateLimitDecision, quota_period
 from surefoot.webhooks import Claim, OrderRecord, Verdict
 
-__all__ = ["PostgresStore", "migrate"]
+__all__ = ["PostgresStore", "SyncPostgresStore", "migrate"]
 
 _log = logging.getLogger("surefoot.storage")
 
 Pool = AsyncConnectionPool[Any]
+SyncPool = ConnectionPool[Any]
 Row = tuple[Any, ...]
 
 #: How long an abandoned statement may run on after its caller gave up, before the
@@ -288,6 +312,12 @@ _QUERIES = {
     "forget": "SELECT * FROM {s}.surefoot_forget(%s, %s)",
     "purge": "SELECT * FROM {s}.surefoot_purge(%s, %s, %s)",
     "release": "SELECT * FROM {s}.surefoot_release(%s, %s, %s)",
+    # Several keys' slots in one statement (Rule 11's give-back), their locks taken in
+    # the order the acquire functions take them (by lock id): no deadlock with them.
+    "release_all": (
+        "SELECT count(*) FROM (SELECT u.k, u.t FROM unnest(%s::text[], %s::text[]) AS u(k, t) "
+        "ORDER BY {s}.surefoot_lock_id(u.k)) AS o, LATERAL {s}.surefoot_release(o.k, o.t, %s) AS r"
+    ),
     "acquire": (
         "SELECT * FROM {s}.surefoot_acquire_v4(%s::float8[], %s::integer[], %s::text[], "
         "%s::text[], %s::bigint[], %s::boolean[], %s::text[], %s::bigint[], %s::float8[], "
@@ -338,6 +368,27 @@ def _render(template: str, schema: str) -> str:
     return sql.SQL(template).format(s=sql.Identifier(schema)).as_string(None)
 
 
+#: The ``statement_timeout`` of the connections a store opens, and of one transaction
+#: that needs longer (Rule 4).
+_SET_TIMEOUT = "SELECT set_config('statement_timeout', %s, false)"
+_SET_LOCAL_TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
+
+
+def _milliseconds(seconds: float) -> str:
+    return f"{max(1, math.ceil(seconds * 1000))}ms"
+
+
+class _Entry(Protocol):
+    """A begin, finish or acquire as a batch's parameters read it: a ``_Pending`` of
+    ``PostgresStore`` or a ``_Call`` of ``SyncPostgresStore``."""
+
+    @property
+    def args(self) -> tuple[Any, ...]: ...
+
+    @property
+    def now(self) -> float: ...
+
+
 class _Pending(NamedTuple):
     """A begin, finish or acquire waiting for its batch (Rule 7)."""
 
@@ -348,86 +399,89 @@ class _Pending(NamedTuple):
     size: int  # bytes of response the call carries
 
 
+class _Call(NamedTuple):
+    """A begin, finish or acquire of ``SyncPostgresStore``: a batch of one (Rule 11)."""
+
+    args: tuple[Any, ...]
+    now: float
+
+
 #: Builds a batch's parameters (given the clock mode); reads one result per call; undoes
 #: what a call did if its caller gave up (or, given None, what it may have done if its
 #: batch failed).
-_Params = Callable[[list[_Pending], str], list[Any]]
-_Results = Callable[[list[_Pending], list[Row]], Sequence[Any]]
+_Params = Callable[[Sequence[_Entry], str], list[Any]]
+_Results = Callable[[Sequence[_Entry], list[Row]], Sequence[Any]]
 _Undo = Callable[[_Pending, Any], Awaitable[None] | None]
 
+_T = TypeVar("_T")
 
-# -- the store ---------------------------------------------------------------------------
+
+class _Plan(NamedTuple, Generic[_T]):
+    """One step as one statement (Rule 2), whichever store runs it: the statement, its
+    parameters and how its rows read; the bytes of response it carries (Rule 4's longer
+    budget); a budget of its own (a purge's); whether it writes (Rule 6)."""
+
+    query: str
+    params: Sequence[Any] | dict[str, Any]
+    read: Callable[[list[Row]], _T]
+    size: int = 0
+    budget: float | None = None
+    wrote: bool = True
 
 
-class PostgresStore:
-    """Idempotency and rate-limit store in PostgreSQL (11 or later).
+# -- what both stores share --------------------------------------------------------------
 
-    Example:
-        >>> await migrate("postgresql://app@db/app", schema="surefoot")  # once, at deploy
-        >>> store = PostgresStore("postgresql://app@db/app", schema="surefoot")
-        >>> store = store_from_url("postgresql://app@db/app?schema=surefoot&timeout=0.1")
 
-    Args:
-        dsn_or_pool: a libpq connection string or URL, or an ``AsyncConnectionPool`` to
-            share (the store then neither configures nor closes it).
-        schema: where ``migrate`` put surefoot's tables.
-        clock: ``"server"``: decide on the database's clock; ``"caller"``: on the ``now``
-            each call is given.
-        timeout: seconds a call may take, waiting for a connection included.
-        pool_min: connections kept open (from the first call on).
-        pool_max: connections at most.
-        purge_interval: seconds between two batches of expired-row deletion.
-        purge_batch: rows deleted per batch.
-
-    Warning:
-        Nothing connects until the first call (or ``open``), which also checks that the
-        schema is migrated. A shared pool should give its connections a
-        ``statement_timeout`` and autocommit; the store commits each step itself if not.
-    """
+class _Steps:
+    """What ``PostgresStore`` and ``SyncPostgresStore`` share: their options, checked
+    once; their statements; the plan of every step and the reading of its rows (Rule 2);
+    the migrations check (Rule 1); the budgets of large responses (Rule 4). The two
+    differ only in how a plan is run."""
 
     rate_limit_algorithms = ALGORITHMS
 
     def __init__(
         self,
-        dsn_or_pool: str | Pool,
+        dsn_or_pool: object,
+        pool_class: type[Any],
         *,
-        schema: str = "public",
-        clock: Literal["server", "caller"] = "server",
-        timeout: float = 0.05,
-        pool_min: int = 1,
-        pool_max: int = 10,
-        purge_interval: float = 60.0,
-        purge_batch: int = 500,
+        schema: str,
+        clock: Literal["server", "caller"],
+        timeout: float,
+        pool_min: int,
+        pool_max: int,
+        purge_interval: float,
+        purge_batch: int,
     ) -> None:
-        _check_schema(schema, "PostgresStore.schema")
+        name = type(self).__name__
+        _check_schema(schema, f"{name}.schema")
         if clock not in ("server", "caller"):
-            _bad("PostgresStore.clock", "'server' or 'caller'", clock)
+            _bad(f"{name}.clock", "'server' or 'caller'", clock)
         if not (isinstance(timeout, int | float) and 0 < timeout < math.inf):
-            _bad("PostgresStore.timeout", "a positive number of seconds", timeout)
+            _bad(f"{name}.timeout", "a positive number of seconds", timeout)
         if not (isinstance(pool_min, int) and pool_min >= 0):
-            _bad("PostgresStore.pool_min", "a whole number >= 0", pool_min)
+            _bad(f"{name}.pool_min", "a whole number >= 0", pool_min)
         if not (isinstance(pool_max, int) and pool_max >= max(1, pool_min)):
-            _bad(
-                "PostgresStore.pool_max", f"a whole number >= max(1, pool_min={pool_min})", pool_max
-            )
+            _bad(f"{name}.pool_max", f"a whole number >= max(1, pool_min={pool_min})", pool_max)
         if not purge_interval > 0:
-            _bad("PostgresStore.purge_interval", "a positive number of seconds", purge_interval)
+            _bad(f"{name}.purge_interval", "a positive number of seconds", purge_interval)
         if not (isinstance(purge_batch, int) and purge_batch >= 1):
-            _bad("PostgresStore.purge_batch", "a whole number >= 1", purge_batch)
+            _bad(f"{name}.purge_batch", "a whole number >= 1", purge_batch)
         if isinstance(dsn_or_pool, str):
             try:
                 conninfo_to_dict(dsn_or_pool)
             except psycopg.Error as exc:
                 raise ConfigurationError(
-                    "PostgresStore: invalid connection string: "
+                    f"{name}: invalid connection string: "
                     + masked_text(str(exc).strip(), dsn_or_pool)
                 ) from None
             self._dsn: str | None = dsn_or_pool
-            self._pool: Pool | None = None
-        elif isinstance(dsn_or_pool, AsyncConnectionPool):
-            self._dsn, self._pool = None, dsn_or_pool
+        elif isinstance(dsn_or_pool, pool_class):
+            self._dsn = None
         else:
-            _bad("PostgresStore", "a connection string or an AsyncConnectionPool", dsn_or_pool)
+            pool = pool_class.__name__
+            article = "an" if pool[0] in "AEIOU" else "a"
+            _bad(name, f"a connection string or {article} {pool}", dsn_or_pool)
         self.schema = schema
         self.clock = clock
         self.timeout = float(timeout)
@@ -435,18 +489,15 @@ class PostgresStore:
         self.pool_max = pool_max
         self.purge_interval = float(purge_interval)
         self.purge_batch = purge_batch
-        self._opened = False
-        self._checked = False
         self._next_purge_at = 0.0
-        # Bytes of large responses in calls under way, and ever (Rule 4).
+        # Bytes of large responses in calls under way, and ever (Rule 4); threads of a
+        # SyncPostgresStore update them together.
         self._carried = self._entered = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._checking: asyncio.Task[None] | None = None
-        self._queues: dict[str, list[_Pending]] = {"begin": [], "finish": [], "acquire": []}
+        self._carry_lock = threading.Lock()
         self._sql = {name: _render(template, schema) for name, template in _QUERIES.items()}
 
     @classmethod
-    def from_url(cls, url: str) -> PostgresStore:
+    def from_url(cls, url: str) -> Self:
         """A store from ``postgresql://user:password@host:port/db?schema=surefoot&...``.
 
         Options: ``schema``, ``clock`` (``server`` or ``caller``), ``timeout`` (seconds),
@@ -479,6 +530,210 @@ class PostgresStore:
                     _bad(f"store URL: {name}", "a whole number", options[name])
         return cls(dsn, **kwargs)
 
+    def _verify(self, rows: list[Row]) -> None:
+        """Rule 1: every known migration applied, none unknown (``rows``: the versions
+        applied, none if the table is missing)."""
+        done = {version for (version,) in rows}
+        _refuse_newer(done, self.schema)
+        missing = [m.name for m in _migrations() if m.version not in done]
+        if missing:
+            raise ConfigurationError(
+                f"{type(self).__name__}: schema {self.schema!r} lacks migrations {missing}: "
+                f"run `surefoot migrate --store URL` (with --schema {self.schema} or the URL's "
+                "schema option) before using the store"
+            )
+
+    @contextlib.contextmanager
+    def _carrying(self, size: int) -> Iterator[Callable[[], float] | None]:
+        """Rule 4: the budget of a call carrying ``size`` bytes of response, while it is
+        under way: ``timeout``, plus at ``_THROUGHPUT`` its bytes and those of every
+        other large response under way at the same time (they share the link and the
+        server), so it grows while later ones arrive. None: ``timeout``, which the pool's
+        connections already carry."""
+        if size <= _ALONE:
+            yield None
+            return
+        with self._carry_lock:
+            ahead, entered = self._carried, self._entered
+            self._carried += size
+            self._entered += size
+
+        def budget() -> float:
+            return self.timeout + (ahead + self._entered - entered) / _THROUGHPUT
+
+        try:
+            yield budget
+        finally:
+            with self._carry_lock:
+                self._carried -= size
+
+    def _now(self, now: float) -> float | None:
+        return float(now) if self.clock == "caller" else None
+
+    def _purge_due(self, now: float) -> bool:
+        """Rule 6: whether a purge batch is due (then the next is scheduled)."""
+        if now < self._next_purge_at:
+            return False
+        self._next_purge_at = now + self.purge_interval
+        return True
+
+    def _purged(self, now: float, row: Row) -> None:
+        """After a purge batch: a full one calls for the next a second later."""
+        records, counters = row
+        if max(records, counters) >= self.purge_batch:
+            self._next_purge_at = min(self._next_purge_at, now + 1.0)
+
+    # -- plans: one per step, whichever store runs it ------------------------------------
+
+    def _alone(
+        self, kind: str, call: _Call, read: Callable[[Any], _T], *, size: int = 0
+    ) -> _Plan[_T]:
+        """A begin, finish or acquire as a batch of one of Rule 7's functions."""
+        params, results = _KINDS[kind]
+        calls = [call]
+
+        def read_rows(rows: list[Row]) -> _T:
+            [result] = results(calls, rows)
+            return read(result)
+
+        return _Plan(self._sql[kind], params(calls, self.clock), read_rows, size=size)
+
+    def _resolve_plan(self, key: str, response: StoredResponse, now: float) -> _Plan[bool]:
+        params = (key, self._now(now), *_response(response))
+        return _Plan(self._sql["resolve"], params, _flag, size=_size(response))
+
+    def _forget_plan(self, key: str, now: float) -> _Plan[bool]:
+        return _Plan(self._sql["forget"], (key, self._now(now)), _flag)
+
+    def _get_plan(self, key: str, now: float) -> _Plan[Record | None]:
+        params = {"key": key, "now": self._now(now)}
+        return _Plan(
+            self._sql["get"], params, functools.partial(_first_record, now=now), wrote=False
+        )
+
+    def _records_plan(
+        self, now: float, state: State | None, limit: int
+    ) -> _Plan[list[tuple[str, Record]]] | None:
+        """None: no stored row is in ``state`` (``ABSENT``)."""
+        if state is State.ABSENT:
+            return None
+        stored, live = {
+            None: (None, None),
+            State.IN_FLIGHT: ("in_flight", True),
+            State.LEASE_EXPIRED: ("in_flight", False),
+            State.COMPLETED: ("completed", None),
+            State.UNKNOWN: ("unknown", None),
+        }[state]
+        params = {"now": self._now(now), "state": stored, "live": live, "limit": limit}
+        read = functools.partial(_keyed_records, now=now)
+        return _Plan(self._sql["records"], params, read, wrote=False)
+
+    def _purge_plan(self, now: float, records: int, counters: int) -> _Plan[Row]:
+        params = (self._now(now), records, counters)
+        return _Plan(self._sql["purge"], params, _only, budget=_PURGE_TIMEOUT, wrote=False)
+
+    def _release_plan(self, key: str, token: str, now: float) -> _Plan[None]:
+        return _Plan(self._sql["release"], (key, token, self._now(now)), _nothing)
+
+    def _order_claim_plan(
+        self, key: str, version: float, token: str, now: float, lease: float, retention: float
+    ) -> _Plan[Claim]:
+        params = (key, self._now(now), token, float(version), float(lease), float(retention))
+        return _Plan(self._sql["order_claim"], params, functools.partial(_claim, now=now))
+
+    def _order_settle_plan(
+        self, key: str, token: str, version: float, ok: bool, now: float, retention: float
+    ) -> _Plan[None]:
+        params = (key, self._now(now), token, float(version), ok, float(retention))
+        return _Plan(self._sql["order_settle"], params, _nothing)
+
+    def _order_get_plan(self, key: str, now: float) -> _Plan[OrderRecord | None]:
+        params = {"key": key, "now": self._now(now)}
+        read = functools.partial(_order_record, now=now)
+        return _Plan(self._sql["order_get"], params, read, wrote=False)
+
+    def _board_write_plan(
+        self, board: str, slot: str, value: bytes, expires_at: float, now: float, *, claim: bool
+    ) -> _Plan[bool]:
+        check_slot(board, slot, value, expires_at, now)
+        params = (board, slot, value, self._now(now), float(now), float(expires_at), claim)
+        read = functools.partial(_board_written, board=board)
+        return _Plan(self._sql["board_write"], (*params, MAX_SLOTS), read, size=len(value))
+
+    def _board_read_plan(self, board: str, now: float) -> _Plan[dict[str, bytes]]:
+        check_board(board)
+        params = {"board": board, "now": self._now(now)}
+        return _Plan(self._sql["board_read"], params, _board_slots, wrote=False)
+
+    def _board_delete_plan(self, board: str, slot: str, now: float) -> _Plan[bool]:
+        check_slot_name(board, slot)
+        params = {"board": board, "slot": slot, "now": self._now(now)}
+        return _Plan(self._sql["board_delete"], params, _deleted)
+
+    def __repr__(self) -> str:
+        where = masked_url(self._dsn) if self._dsn is not None else getattr(self, "_pool", None)
+        return f"{type(self).__name__}({where!r}, schema={self.schema!r}, clock={self.clock!r})"
+
+
+# -- the store ---------------------------------------------------------------------------
+
+
+class PostgresStore(_Steps):
+    """Idempotency and rate-limit store in PostgreSQL (11 or later).
+
+    Example:
+        >>> await migrate("postgresql://app@db/app", schema="surefoot")  # once, at deploy
+        >>> store = PostgresStore("postgresql://app@db/app", schema="surefoot")
+        >>> store = store_from_url("postgresql://app@db/app?schema=surefoot&timeout=0.1")
+
+    Args:
+        dsn_or_pool: a libpq connection string or URL, or an ``AsyncConnectionPool`` to
+            share (the store then neither configures nor closes it).
+        schema: where ``migrate`` put surefoot's tables.
+        clock: ``"server"``: decide on the database's clock; ``"caller"``: on the ``now``
+            each call is given.
+        timeout: seconds a call may take, waiting for a connection included.
+        pool_min: connections kept open (from the first call on).
+        pool_max: connections at most.
+        purge_interval: seconds between two batches of expired-row deletion.
+        purge_batch: rows deleted per batch.
+
+    Warning:
+        Nothing connects until the first call (or ``open``), which also checks that the
+        schema is migrated. A shared pool should give its connections a
+        ``statement_timeout`` and autocommit; the store commits each step itself if not.
+    """
+
+    def __init__(
+        self,
+        dsn_or_pool: str | Pool,
+        *,
+        schema: str = "public",
+        clock: Literal["server", "caller"] = "server",
+        timeout: float = 0.05,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        purge_interval: float = 60.0,
+        purge_batch: int = 500,
+    ) -> None:
+        super().__init__(
+            dsn_or_pool,
+            AsyncConnectionPool,
+            schema=schema,
+            clock=clock,
+            timeout=timeout,
+            pool_min=pool_min,
+            pool_max=pool_max,
+            purge_interval=purge_interval,
+            purge_batch=purge_batch,
+        )
+        self._pool: Pool | None = None if isinstance(dsn_or_pool, str) else dsn_or_pool
+        self._opened = False
+        self._checked = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._checking: asyncio.Task[None] | None = None
+        self._queues: dict[str, list[_Pending]] = {"begin": [], "finish": [], "acquire": []}
+
     # -- connections ---------------------------------------------------------------------
 
     def _get_pool(self) -> Pool:
@@ -496,10 +751,7 @@ class PostgresStore:
         return self._pool
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        milliseconds = max(1, math.ceil(self.timeout * 1000))
-        await conn.execute(
-            "SELECT set_config('statement_timeout', %s, false)", (f"{milliseconds}ms",)
-        )
+        await conn.execute(_SET_TIMEOUT, (_milliseconds(self.timeout),))
 
     async def open(self, *, wait: float = 5.0) -> None:
         """Connect and check the schema now, rather than on the first call.
@@ -549,16 +801,17 @@ class PostgresStore:
             rows = await self._roundtrip(pool, self._sql["versions"], (), deadline)
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
             rows = []
-        done = {version for (version,) in rows}
-        _refuse_newer(done, self.schema)
-        missing = [m.name for m in _migrations() if m.version not in done]
-        if missing:
-            raise ConfigurationError(
-                f"PostgresStore: schema {self.schema!r} lacks migrations {missing}: run "
-                f"`surefoot migrate --store URL` (with --schema {self.schema} or the URL's "
-                "schema option) before using the store"
-            )
+        self._verify(rows)
         self._checked = True
+
+    async def _run(self, plan: _Plan[_T], now: float) -> _T:
+        """One step's statement, within its budget; its rows read."""
+        with self._carrying(plan.size) as budget:
+            seconds = plan.budget if budget is None else budget()
+            rows = await self._query(plan.query, plan.params, budget=seconds)
+        if plan.wrote:
+            self._wrote(now)
+        return plan.read(rows)
 
     async def _query(
         self,
@@ -605,10 +858,7 @@ class PostgresStore:
             async with asyncio.timeout((budget or self.timeout) + _GRACE):
                 if budget is not None:  # a longer statement than the pool's timeout allows
                     async with conn.transaction():
-                        await conn.execute(
-                            "SELECT set_config('statement_timeout', %s, true)",
-                            (f"{math.ceil(budget * 1000)}ms",),
-                        )
+                        await conn.execute(_SET_LOCAL_TIMEOUT, (_milliseconds(budget),))
                         cursor = await conn.execute(query, params)
                         return await cursor.fetchall()
                 cursor = await conn.execute(query, params)
@@ -618,28 +868,6 @@ class PostgresStore:
                 return rows
         finally:
             await pool.putconn(conn)
-
-    @contextlib.contextmanager
-    def _carrying(self, size: int) -> Iterator[Callable[[], float] | None]:
-        """Rule 4: the budget of a call carrying ``size`` bytes of response, while it is
-        under way: ``timeout``, plus at ``_THROUGHPUT`` its bytes and those of every
-        other large response under way at the same time (they share the link and the
-        server), so it grows while later ones arrive. None: ``timeout``, which the pool's
-        connections already carry."""
-        if size <= _ALONE:
-            yield None
-            return
-        ahead, entered = self._carried, self._entered
-        self._carried += size
-        self._entered += size
-
-        def budget() -> float:
-            return self.timeout + (ahead + self._entered - entered) / _THROUGHPUT
-
-        try:
-            yield budget
-        finally:
-            self._carried -= size
 
     def _track(self, task: asyncio.Task[Any]) -> None:
         """Keep a background task (aclose waits for it)."""
@@ -684,12 +912,8 @@ class PostgresStore:
         """One call for the batch; each caller gets its answer, or its abandoned call is
         undone (Rule 4)."""
         loop = asyncio.get_running_loop()
-        kinds: dict[str, tuple[_Params, _Results, _Undo | None]] = {
-            "begin": (_begin_params, _begin_results, self._begin_undo),
-            "finish": (_finish_params, _finish_results, None),
-            "acquire": (_acquire_params, _acquire_results, self._acquire_undo),
-        }
-        params, results, undo = kinds[kind]
+        params, results = _KINDS[kind]
+        undo: _Undo | None = {"begin": self._begin_undo, "acquire": self._acquire_undo}.get(kind)
         sent = False
         try:
             pool = self._get_pool()
@@ -732,52 +956,26 @@ class PostgresStore:
 
         self._track(asyncio.get_running_loop().create_task(run()))
 
-    def _now(self, now: float) -> float | None:
-        return float(now) if self.clock == "caller" else None
-
     def _wrote(self, now: float) -> None:
         """Rule 6: schedule a purge batch when one is due."""
-        if now >= self._next_purge_at:
-            self._next_purge_at = now + self.purge_interval
+        if self._purge_due(now):
             self._spawn(self._purge_batch(now))
 
     async def _purge_batch(self, now: float) -> None:
         batch = self.purge_batch
-        [(records, counters)] = await self._query(
-            self._sql["purge"], (self._now(now), batch, batch), budget=_PURGE_TIMEOUT
-        )
-        if max(records, counters) >= batch:
-            self._next_purge_at = min(self._next_purge_at, now + 1.0)
+        self._purged(now, await self._run(self._purge_plan(now, batch, batch), now))
 
     # -- idempotency ---------------------------------------------------------------------
 
     async def begin(self, key: str, request: Begin, now: float) -> Decision:
         row = await self._batched("begin", (key, request), now)
         self._wrote(now)
-        verdict, generation, lease_expires_at, status, headers, body, db_now, limit, free_at = row
-        if verdict in ("over_records", "over_unknown"):
-            kind: Literal["records", "unknown"] = (
-                "records" if verdict == "over_records" else "unknown"
-            )
-            return OverQuota(kind, limit, max(free_at - db_now, 0.0))
-        if verdict == "reserved":
-            return Reserved(request.token, generation, False)
-        if verdict == "took_over":
-            return Reserved(request.token, generation, True)
-        if verdict == "in_progress":
-            return InProgress(lease_expires_at + (now - db_now))
-        if verdict == "replay":
-            if body is None:
-                return NotStored(status)
-            return Replay(StoredResponse(status, _pairs(headers), body))
-        if verdict == "mismatch":
-            return Mismatch()
-        return Unknown(lease_expired_now=verdict == "expired_to_unknown")
+        return _decision(row, request, now)
 
     def _begin_undo(self, pending: _Pending, row: Row | None) -> Awaitable[None] | None:
         """A reservation nobody will execute (None: that may have been made): release it,
         so that a retry can run."""
-        if row is not None and row[0] not in ("reserved", "took_over"):
+        if not _may_hold_reservation(row):
             return None
         key, request = pending.args
         return self._release_reservation(key, request.token, pending.now)
@@ -788,48 +986,27 @@ class PostgresStore:
     async def finish(self, key: str, token: str, outcome: Outcome, now: float) -> bool:
         size = _size(outcome.response)
         accepted = await self._batched("finish", (key, token, outcome), now, size=size)
-        if accepted is None:
-            raise ValueError("completing a record needs the response to keep")
+        result = _accepted(accepted)
         self._wrote(now)
-        return bool(accepted)
+        return result
 
     async def resolve(self, key: str, response: StoredResponse, now: float) -> bool:
-        params = (key, self._now(now), *_response(response))
-        with self._carrying(_size(response)) as budget:
-            seconds = None if budget is None else budget()
-            [(accepted,)] = await self._query(self._sql["resolve"], params, budget=seconds)
-        self._wrote(now)
-        return bool(accepted)
+        return await self._run(self._resolve_plan(key, response, now), now)
 
     async def forget(self, key: str, now: float) -> bool:
-        [(accepted,)] = await self._query(self._sql["forget"], (key, self._now(now)))
-        self._wrote(now)
-        return bool(accepted)
+        return await self._run(self._forget_plan(key, now), now)
 
     async def get(self, key: str, now: float) -> Record | None:
-        rows = await self._query(self._sql["get"], {"key": key, "now": self._now(now)})
-        return _record(rows[0], now) if rows else None
+        return await self._run(self._get_plan(key, now), now)
 
     async def records(
         self, now: float, *, state: State | None = None, limit: int = 100
     ) -> list[tuple[str, Record]]:
-        if state is State.ABSENT:
-            return []
-        stored, live = {
-            None: (None, None),
-            State.IN_FLIGHT: ("in_flight", True),
-            State.LEASE_EXPIRED: ("in_flight", False),
-            State.COMPLETED: ("completed", None),
-            State.UNKNOWN: ("unknown", None),
-        }[state]
-        params = {"now": self._now(now), "state": stored, "live": live, "limit": limit}
-        rows = await self._query(self._sql["records"], params)
-        return [(row[0], _record(row[1:], now)) for row in rows]
+        plan = self._records_plan(now, state, limit)
+        return [] if plan is None else await self._run(plan, now)
 
     async def purge(self, now: float, *, limit: int = 500) -> int:
-        [(records, _)] = await self._query(
-            self._sql["purge"], (self._now(now), limit, 0), budget=_PURGE_TIMEOUT
-        )
+        records, _ = await self._run(self._purge_plan(now, limit, 0), now)
         return int(records)
 
     # -- ordering records (Rule 9) ---------------------------------------------------------
@@ -837,9 +1014,9 @@ class PostgresStore:
     async def order_claim(
         self, key: str, *, version: float, token: str, now: float, lease: float, retention: float
     ) -> Claim:
-        params = (key, self._now(now), token, float(version), float(lease), float(retention))
+        plan = self._order_claim_plan(key, version, token, now, lease, retention)
         try:
-            [(verdict, newest, until, db_now)] = await self._query(self._sql["order_claim"], params)
+            return await self._run(plan, now)
         except StoreUnavailable:
             # The claim may have been made (its reply lost, or its caller gone): free it.
             self._spawn(
@@ -848,63 +1025,34 @@ class PostgresStore:
                 )
             )
             raise
-        self._wrote(now)
-        return Claim(Verdict(verdict), newest, until + (now - db_now))
 
     async def order_settle(
         self, key: str, *, token: str, version: float, ok: bool, now: float, retention: float
     ) -> None:
-        params = (key, self._now(now), token, float(version), ok, float(retention))
-        await self._query(self._sql["order_settle"], params)
-        self._wrote(now)
+        await self._run(self._order_settle_plan(key, token, version, ok, now, retention), now)
 
     async def order_get(self, key: str, now: float) -> OrderRecord | None:
-        rows = await self._query(self._sql["order_get"], {"key": key, "now": self._now(now)})
-        if not rows:
-            return None
-        newest, holder, holding, until, expires, db_now = rows[0]
-        shift = now - db_now
-        return OrderRecord(newest, holder, holding, until + shift, expires + shift)
+        return await self._run(self._order_get_plan(key, now), now)
 
     # -- boards (Rule 10) ----------------------------------------------------------------
 
     async def board_put(
         self, board: str, slot: str, value: bytes, expires_at: float, now: float
     ) -> None:
-        check_slot(board, slot, value, expires_at, now)
-        await self._board_write(board, slot, value, expires_at, now, claim=False)
+        plan = self._board_write_plan(board, slot, value, expires_at, now, claim=False)
+        await self._run(plan, now)
 
     async def board_claim(
         self, board: str, slot: str, value: bytes, expires_at: float, now: float
     ) -> bool:
-        check_slot(board, slot, value, expires_at, now)
-        return await self._board_write(board, slot, value, expires_at, now, claim=True)
-
-    async def _board_write(
-        self, board: str, slot: str, value: bytes, expires_at: float, now: float, *, claim: bool
-    ) -> bool:
-        params = (board, slot, value, self._now(now), float(now), float(expires_at), claim)
-        with self._carrying(len(value)) as budget:
-            seconds = None if budget is None else budget()
-            [(verdict,)] = await self._query(
-                self._sql["board_write"], (*params, MAX_SLOTS), budget=seconds
-            )
-        self._wrote(now)
-        if verdict == "full":
-            raise board_full(board)
-        return bool(verdict == "set")
+        plan = self._board_write_plan(board, slot, value, expires_at, now, claim=True)
+        return await self._run(plan, now)
 
     async def board_read(self, board: str, now: float) -> dict[str, bytes]:
-        check_board(board)
-        rows = await self._query(self._sql["board_read"], {"board": board, "now": self._now(now)})
-        return {slot: bytes(value) for slot, value in rows}
+        return await self._run(self._board_read_plan(board, now), now)
 
     async def board_delete(self, board: str, slot: str, now: float) -> bool:
-        check_slot_name(board, slot)
-        params = {"board": board, "slot": slot, "now": self._now(now)}
-        rows = await self._query(self._sql["board_delete"], params)
-        self._wrote(now)
-        return bool(rows and rows[0][0])
+        return await self._run(self._board_delete_plan(board, slot, now), now)
 
     # -- rate limits ---------------------------------------------------------------------
 
@@ -925,16 +1073,7 @@ class PostgresStore:
     ) -> Awaitable[None] | None:
         """Concurrency slots nobody will use (None: that may have been taken): give them
         back."""
-        items: Sequence[Item] = pending.args[0]
-        if result is None:
-            held = [item for item in items if item.algorithm == "concurrency"]
-        else:
-            admitted, decisions = result
-            held = [
-                item
-                for item, decision in zip(items, decisions, strict=True)
-                if admitted and decision.allowed and item.algorithm == "concurrency"
-            ]
+        held = _held_slots(pending.args[0], result)
         return self._release_all(held, pending.now) if held else None
 
     async def _release_all(self, items: list[Item], now: float) -> None:
@@ -942,8 +1081,7 @@ class PostgresStore:
             await self.release(item.key, item.token, now)
 
     async def release(self, key: str, token: str, now: float) -> None:
-        await self._query(self._sql["release"], (key, token, self._now(now)))
-        self._wrote(now)
+        await self._run(self._release_plan(key, token, now), now)
 
     async def aclose(self) -> None:
         """Let background work finish (briefly), then close the pool if the store made it."""
@@ -961,12 +1099,370 @@ class PostgresStore:
         self._opened = self._checked = False
         self._checking = None
 
-    def __repr__(self) -> str:
-        where = masked_url(self._dsn) if self._dsn is not None else self._pool
-        return f"PostgresStore({where!r}, schema={self.schema!r}, clock={self.clock!r})"
+
+# -- the synchronous store (Rule 11) -----------------------------------------------------
+
+
+class SyncPostgresStore(_Steps):
+    """``PostgresStore`` for threads: WSGI workers, Django, Flask.
+
+    The same options, URL, schema, statements and answers as ``PostgresStore``; each
+    method blocks, and ``close`` replaces ``aclose``. Safe to share between threads:
+    every call takes a connection of its own from the pool.
+
+    Example:
+        >>> asyncio.run(migrate("postgresql://app@db/app", schema="surefoot"))  # at deploy
+        >>> store = SyncPostgresStore("postgresql://app@db/app", schema="surefoot")
+        >>> store = SyncPostgresStore.from_url("postgresql://app@db/app?schema=surefoot")
+
+    Args:
+        dsn_or_pool: a libpq connection string or URL, or a ``psycopg_pool.ConnectionPool``
+            to share (the store then neither configures nor closes it).
+        schema: where ``migrate`` put surefoot's tables.
+        clock: ``"server"``: decide on the database's clock; ``"caller"``: on the ``now``
+            each call is given.
+        timeout: seconds a call may take waiting for a connection, and its statement on
+            the server (``statement_timeout``).
+        pool_min: connections kept open (from ``open`` or the first call on); by
+            default ``pool_max``: a burst of threads that finds fewer open waits for
+            new ones, which a short ``timeout`` does not allow.
+        pool_max: connections at most: at least the threads that call at once.
+        purge_interval: seconds between two batches of expired-row deletion.
+        purge_batch: rows deleted per batch.
+
+    After a fork (gunicorn's workers, ``preload_app`` or not), the child leaves the pool
+    the store made in its parent alone (its connections are the parent's) and opens its
+    own at its first call. A pool you pass in is yours to open in each process.
+
+    Warning:
+        A thread cannot leave a statement under way: ``timeout`` bounds the wait for a
+        connection and the statement's time on the server, not a network that goes
+        silent; for that, give libpq ``keepalives_idle`` or ``tcp_user_timeout`` in the
+        URL. Nothing connects until the first call (or ``open``), which also checks that
+        the schema is migrated.
+    """
+
+    def __init__(
+        self,
+        dsn_or_pool: str | SyncPool,
+        *,
+        schema: str = "public",
+        clock: Literal["server", "caller"] = "server",
+        timeout: float = 0.05,
+        pool_min: int | None = None,
+        pool_max: int = 10,
+        purge_interval: float = 60.0,
+        purge_batch: int = 500,
+    ) -> None:
+        if pool_min is None:
+            pool_min = pool_max if isinstance(pool_max, int) and pool_max >= 1 else 1
+        super().__init__(
+            dsn_or_pool,
+            ConnectionPool,
+            schema=schema,
+            clock=clock,
+            timeout=timeout,
+            pool_min=pool_min,
+            pool_max=pool_max,
+            purge_interval=purge_interval,
+            purge_batch=purge_batch,
+        )
+        self._pool: SyncPool | None = None if isinstance(dsn_or_pool, str) else dsn_or_pool
+        self._opened = False
+        self._checked = False
+        self._lock = threading.Lock()  # the pool's creation and the schema check
+        self._purge_lock = threading.Lock()
+        self._purging: threading.Thread | None = None
+        # Pools made in a parent process, kept (never used, closed or collected: that
+        # would end the parent's sessions) in a forked child.
+        self._inherited: list[SyncPool] = []
+        if self._dsn is not None:
+            os.register_at_fork(after_in_child=functools.partial(_after_fork, weakref.ref(self)))
+
+    def _forked(self) -> None:
+        """In a forked child: forget the parent's pool (its sockets are the parent's),
+        and the locks and purge thread of the parent's threads."""
+        if self._pool is not None:
+            self._inherited.append(self._pool)
+        self._pool = None
+        self._opened = self._checked = False
+        self._lock = threading.Lock()
+        self._purge_lock = threading.Lock()
+        self._purging = None
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _get_pool(self) -> SyncPool:
+        if self._pool is None:
+            assert self._dsn is not None
+            self._pool = ConnectionPool(
+                self._dsn,
+                min_size=self.pool_min,
+                max_size=self.pool_max,
+                open=False,
+                kwargs={"autocommit": True},
+                configure=self._configure,
+                name="surefoot",
+            )
+        return self._pool
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(_SET_TIMEOUT, (_milliseconds(self.timeout),))
+
+    def open(self, *, wait: float = 5.0) -> None:
+        """Connect and check the schema now, rather than on the first call.
+
+        Waits up to ``wait`` seconds for ``pool_min`` connections: for application
+        start-up and command-line tools, where the first call's short ``timeout`` would
+        be spent connecting.
+
+        Raises:
+            ConfigurationError: the schema is not migrated (or is newer than this surefoot).
+            StoreUnavailable: the database could not be reached in time, or refused the
+                connection (its ``__cause__`` says why).
+        """
+        deadline = time.monotonic() + wait
+        with _translate():
+            if self._dsn is not None and self._pool is None:
+                # One connection of our own first, for the server's reason (as PostgresStore).
+                limit: dict[str, Any] = {}
+                if "connect_timeout" not in conninfo_to_dict(self._dsn):
+                    limit["connect_timeout"] = max(2, math.ceil(wait))  # libpq's least is 2
+                psycopg.Connection.connect(self._dsn, **limit).close()
+            with self._lock:
+                pool = self._get_pool()
+                pool.open(wait=self._dsn is not None, timeout=wait)
+                self._opened = True
+                self._check(pool, deadline)
+
+    def _ready(self, deadline: float) -> SyncPool:
+        pool = self._pool
+        if pool is not None and self._checked:
+            return pool
+        # One check at a time: the calls that arrive meanwhile wait for it, in their time.
+        if not self._lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
+            raise TimeoutError("the schema check under way took the call's time")
+        try:
+            pool = self._get_pool()
+            if not self._opened:
+                pool.open(wait=False)
+                self._opened = True
+            if not self._checked:
+                self._check(pool, deadline)
+            return pool
+        finally:
+            self._lock.release()
+
+    def _check(self, pool: SyncPool, deadline: float) -> None:
+        """Rule 1: every known migration applied, none unknown."""
+        try:
+            conn = pool.getconn(timeout=max(deadline - time.monotonic(), 0.001))
+            rows = self._execute(pool, conn, self._sql["versions"], (), None)
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+            rows = []
+        self._verify(rows)
+        self._checked = True
+
+    def _run(self, plan: _Plan[_T], now: float, *, undo: Callable[[], None] | None = None) -> _T:
+        """One step's statement, within its budget; its rows read. ``undo`` gives back
+        what the step may have taken if it failed after its statement was sent, unless
+        the error proves that nothing was committed."""
+        with self._carrying(plan.size) as budget:
+            seconds = plan.budget if budget is None else budget()
+            rows = self._query(plan.query, plan.params, budget=seconds, undo=undo)
+        if plan.wrote:
+            self._wrote(now)
+        return plan.read(rows)
+
+    def _query(
+        self,
+        query: str,
+        params: Sequence[Any] | dict[str, Any],
+        *,
+        budget: float | None = None,
+        undo: Callable[[], None] | None = None,
+    ) -> list[Row]:
+        """Run one statement within the call's budget (Rules 4, 5 and 11)."""
+        deadline = time.monotonic() + (self.timeout if budget is None else budget)
+        sent = False
+        try:
+            with _translate():
+                pool = self._ready(deadline)
+                conn = pool.getconn(timeout=max(deadline - time.monotonic(), 0.001))
+                sent = True
+                return self._execute(pool, conn, query, params, budget)
+        except StoreUnavailable as exc:
+            if sent and undo is not None and _may_have_committed(exc.__cause__):
+                try:
+                    undo()
+                except Exception:
+                    _log.warning("surefoot SyncPostgresStore could not give back", exc_info=True)
+            raise
+
+    def _execute(
+        self,
+        pool: SyncPool,
+        conn: psycopg.Connection[Any],
+        query: str,
+        params: Sequence[Any] | dict[str, Any],
+        budget: float | None,
+    ) -> list[Row]:
+        try:
+            if budget is not None:  # a longer statement than the pool's timeout allows
+                with conn.transaction():
+                    conn.execute(_SET_LOCAL_TIMEOUT, (_milliseconds(budget),))
+                    return conn.execute(query, params).fetchall()
+            rows = conn.execute(query, params).fetchall()
+            if not conn.autocommit:
+                conn.commit()
+            return rows
+        finally:
+            pool.putconn(conn)
+
+    def _wrote(self, now: float) -> None:
+        """Rule 6: start a purge batch in a thread of its own when one is due (and none
+        is under way)."""
+        if now < self._next_purge_at:
+            return
+        with self._purge_lock:
+            running = self._purging is not None and self._purging.is_alive()
+            if not self._purge_due(now) or running:
+                return
+            thread = self._purging = threading.Thread(
+                target=self._purge_batch, args=(now,), name="surefoot-purge", daemon=True
+            )
+        thread.start()
+
+    def _purge_batch(self, now: float) -> None:
+        batch = self.purge_batch
+        try:
+            row = self._run(self._purge_plan(now, batch, batch), now)
+        except Exception:
+            _log.warning("surefoot SyncPostgresStore background purge failed", exc_info=True)
+            return
+        with self._purge_lock:
+            self._purged(now, row)
+
+    # -- idempotency ---------------------------------------------------------------------
+
+    def begin(self, key: str, request: Begin, now: float) -> Decision:
+        call = _Call((key, request), now)
+        read = functools.partial(_decision, request=request, now=now)
+        # Rule 11: a reservation the failed call may have made is released under its token.
+        undo = functools.partial(self._release_reservation, key, request.token, now)
+        return self._run(self._alone("begin", call, read), now, undo=undo)
+
+    def _release_reservation(self, key: str, token: str, now: float) -> None:
+        self.finish(key, token, Outcome(Step.RELEASE), now)
+
+    def finish(self, key: str, token: str, outcome: Outcome, now: float) -> bool:
+        call = _Call((key, token, outcome), now)
+        size = _size(outcome.response)
+        return self._run(self._alone("finish", call, _accepted, size=size), now)
+
+    def resolve(self, key: str, response: StoredResponse, now: float) -> bool:
+        return self._run(self._resolve_plan(key, response, now), now)
+
+    def forget(self, key: str, now: float) -> bool:
+        return self._run(self._forget_plan(key, now), now)
+
+    def get(self, key: str, now: float) -> Record | None:
+        return self._run(self._get_plan(key, now), now)
+
+    def records(
+        self, now: float, *, state: State | None = None, limit: int = 100
+    ) -> list[tuple[str, Record]]:
+        plan = self._records_plan(now, state, limit)
+        return [] if plan is None else self._run(plan, now)
+
+    def purge(self, now: float, *, limit: int = 500) -> int:
+        records, _ = self._run(self._purge_plan(now, limit, 0), now)
+        return int(records)
+
+    # -- ordering records (Rule 9) ---------------------------------------------------------
+
+    def order_claim(
+        self, key: str, *, version: float, token: str, now: float, lease: float, retention: float
+    ) -> Claim:
+        plan = self._order_claim_plan(key, version, token, now, lease, retention)
+        undo = functools.partial(
+            self.order_settle,
+            key,
+            token=token,
+            version=version,
+            ok=False,
+            now=now,
+            retention=retention,
+        )
+        return self._run(plan, now, undo=undo)
+
+    def order_settle(
+        self, key: str, *, token: str, version: float, ok: bool, now: float, retention: float
+    ) -> None:
+        self._run(self._order_settle_plan(key, token, version, ok, now, retention), now)
+
+    def order_get(self, key: str, now: float) -> OrderRecord | None:
+        return self._run(self._order_get_plan(key, now), now)
+
+    # -- boards (Rule 10) ----------------------------------------------------------------
+
+    def board_put(self, board: str, slot: str, value: bytes, expires_at: float, now: float) -> None:
+        self._run(self._board_write_plan(board, slot, value, expires_at, now, claim=False), now)
+
+    def board_claim(
+        self, board: str, slot: str, value: bytes, expires_at: float, now: float
+    ) -> bool:
+        plan = self._board_write_plan(board, slot, value, expires_at, now, claim=True)
+        return self._run(plan, now)
+
+    def board_read(self, board: str, now: float) -> dict[str, bytes]:
+        return self._run(self._board_read_plan(board, now), now)
+
+    def board_delete(self, board: str, slot: str, now: float) -> bool:
+        return self._run(self._board_delete_plan(board, slot, now), now)
+
+    # -- rate limits ---------------------------------------------------------------------
+
+    def acquire(self, items: Sequence[Item], now: float) -> tuple[bool, list[RateLimitDecision]]:
+        if not items:
+            return True, []
+        literals = [_item_literals(item, now, self.clock) for item in items]
+        plan = self._alone("acquire", _Call((items, literals), now), _same_decisions)
+        held = _held_slots(items, None)
+        # Rule 11: concurrency slots the failed call may have taken are given back.
+        undo = functools.partial(self._release_all, held, now) if held else None
+        return self._run(plan, now, undo=undo)
+
+    def _release_all(self, items: list[Item], now: float) -> None:
+        """Every slot in one statement: one connection and one ``timeout`` for them all."""
+        keys = [item.key for item in items]
+        tokens = [item.token for item in items]
+        params = (keys, tokens, self._now(now))
+        self._run(_Plan(self._sql["release_all"], params, _nothing), now)
+
+    def release(self, key: str, token: str, now: float) -> None:
+        self._run(self._release_plan(key, token, now), now)
+
+    def close(self) -> None:
+        """Let a purge under way finish (briefly), then close the pool if the store made it."""
+        purging = self._purging
+        if purging is not None:
+            purging.join(self.timeout + _GRACE)
+        with self._lock:
+            if self._dsn is not None and self._pool is not None:
+                self._pool.close()
+                self._pool = None
+            self._opened = self._checked = False
 
 
 # -- helpers -----------------------------------------------------------------------------
+
+
+def _after_fork(ref: weakref.ref[SyncPostgresStore]) -> None:
+    """``os.register_at_fork``'s hook of a store (which it does not keep alive)."""
+    store = ref()
+    if store is not None:
+        store._forked()
 
 
 @contextlib.contextmanager
@@ -988,11 +1484,11 @@ def _float(value: float | None) -> str:
     return "NULL" if value is None else repr(float(value))
 
 
-def _nows(batch: list[_Pending], clock: str) -> str:
+def _nows(batch: Sequence[_Entry], clock: str) -> str:
     return _array(_float(p.now) if clock == "caller" else "NULL" for p in batch)
 
 
-def _begin_params(batch: list[_Pending], clock: str) -> list[Any]:
+def _begin_params(batch: Sequence[_Entry], clock: str) -> list[Any]:
     requests: list[tuple[str, Begin]] = [p.args for p in batch]
     return [
         _array(_quote(key) for key, _ in requests),
@@ -1007,11 +1503,11 @@ def _begin_params(batch: list[_Pending], clock: str) -> list[Any]:
     ]
 
 
-def _begin_results(batch: list[_Pending], rows: list[Row]) -> list[Row]:
+def _begin_results(batch: Sequence[_Entry], rows: list[Row]) -> list[Row]:
     return rows
 
 
-def _finish_params(batch: list[_Pending], clock: str) -> list[Any]:
+def _finish_params(batch: Sequence[_Entry], clock: str) -> list[Any]:
     calls: list[tuple[str, str, Outcome]] = [p.args for p in batch]
     headers: list[bytes] = []
     counts, bodies, statuses = [], [], []
@@ -1034,7 +1530,7 @@ def _finish_params(batch: list[_Pending], clock: str) -> list[Any]:
     ]
 
 
-def _finish_results(batch: list[_Pending], rows: list[Row]) -> list[bool | None]:
+def _finish_results(batch: Sequence[_Entry], rows: list[Row]) -> list[bool | None]:
     return [accepted for (accepted,) in rows]
 
 
@@ -1057,7 +1553,7 @@ def _item_literals(item: Item, now: float, clock: str) -> tuple[str, ...]:
     )
 
 
-def _acquire_params(batch: list[_Pending], clock: str) -> list[Any]:
+def _acquire_params(batch: Sequence[_Entry], clock: str) -> list[Any]:
     columns: list[list[str]] = [[] for _ in range(14)]
     for pending in batch:
         for literals in pending.args[1]:
@@ -1068,7 +1564,7 @@ def _acquire_params(batch: list[_Pending], clock: str) -> list[Any]:
 
 
 def _acquire_results(
-    batch: list[_Pending], rows: list[Row]
+    batch: Sequence[_Entry], rows: list[Row]
 ) -> list[tuple[bool, list[RateLimitDecision]]]:
     [(admitted, _, allowed, remaining, reset_after, retry_after, delay, available)] = rows
     out = []
@@ -1083,6 +1579,130 @@ def _acquire_results(
         out.append((bool(admitted[n]), decisions))
         first = last
     return out
+
+
+#: A batch's parameters, and its results one per call, by kind (Rule 7): the same
+#: for a batch of ``PostgresStore``'s and a ``SyncPostgresStore``'s batch of one.
+_KINDS: dict[str, tuple[_Params, _Results]] = {
+    "begin": (_begin_params, _begin_results),
+    "finish": (_finish_params, _finish_results),
+    "acquire": (_acquire_params, _acquire_results),
+}
+
+
+def _decision(row: Row, request: Begin, now: float) -> Decision:
+    """A begin's answer from its row of ``surefoot_begin_batch``."""
+    verdict, generation, lease_expires_at, status, headers, body, db_now, limit, free_at = row
+    if verdict in ("over_records", "over_unknown"):
+        kind: Literal["records", "unknown"] = "records" if verdict == "over_records" else "unknown"
+        return OverQuota(kind, limit, max(free_at - db_now, 0.0))
+    if verdict == "reserved":
+        return Reserved(request.token, generation, False)
+    if verdict == "took_over":
+        return Reserved(request.token, generation, True)
+    if verdict == "in_progress":
+        return InProgress(lease_expires_at + (now - db_now))
+    if verdict == "replay":
+        if body is None:
+            return NotStored(status)
+        return Replay(StoredResponse(status, _pairs(headers), body))
+    if verdict == "mismatch":
+        return Mismatch()
+    return Unknown(lease_expired_now=verdict == "expired_to_unknown")
+
+
+def _may_hold_reservation(row: Row | None) -> bool:
+    """Whether a begin (its row; None: lost) may have left a reservation under its token."""
+    return row is None or row[0] in ("reserved", "took_over")
+
+
+def _held_slots(
+    items: Sequence[Item], result: tuple[bool, list[RateLimitDecision]] | None
+) -> list[Item]:
+    """The concurrency slots an acquire (its result; None: lost) may hold."""
+    if result is None:
+        return [item for item in items if item.algorithm == "concurrency"]
+    admitted, decisions = result
+    return [
+        item
+        for item, decision in zip(items, decisions, strict=True)
+        if admitted and decision.allowed and item.algorithm == "concurrency"
+    ]
+
+
+def _accepted(accepted: bool | None) -> bool:
+    """A finish's answer; None: a completion without a response, refused by the SQL."""
+    if accepted is None:
+        raise ValueError("completing a record needs the response to keep")
+    return bool(accepted)
+
+
+def _may_have_committed(error: BaseException | None) -> bool:
+    """Whether a statement that failed with ``error`` once sent may still have committed
+    (Rule 11): unless the server answered with an error of its own (which rolled it
+    back), the reply may be what was lost. Class 08 (connection) and 57 (operator
+    intervention, a shutdown) may come after a commit; a cancelled statement
+    (``statement_timeout``, 57014) did not commit."""
+    sqlstate = getattr(error, "sqlstate", None)
+    if not isinstance(sqlstate, str):
+        return True
+    return sqlstate[:2] in ("08", "57") and sqlstate != "57014"
+
+
+def _same_decisions(
+    result: tuple[bool, list[RateLimitDecision]],
+) -> tuple[bool, list[RateLimitDecision]]:
+    return result
+
+
+def _flag(rows: list[Row]) -> bool:
+    [(accepted,)] = rows
+    return bool(accepted)
+
+
+def _only(rows: list[Row]) -> Row:
+    [row] = rows
+    return row
+
+
+def _nothing(rows: list[Row]) -> None:
+    return None
+
+
+def _first_record(rows: list[Row], now: float) -> Record | None:
+    return _record(rows[0], now) if rows else None
+
+
+def _keyed_records(rows: list[Row], now: float) -> list[tuple[str, Record]]:
+    return [(row[0], _record(row[1:], now)) for row in rows]
+
+
+def _claim(rows: list[Row], now: float) -> Claim:
+    [(verdict, newest, until, db_now)] = rows
+    return Claim(Verdict(verdict), newest, until + (now - db_now))
+
+
+def _order_record(rows: list[Row], now: float) -> OrderRecord | None:
+    if not rows:
+        return None
+    newest, holder, holding, until, expires, db_now = rows[0]
+    shift = now - db_now
+    return OrderRecord(newest, holder, holding, until + shift, expires + shift)
+
+
+def _board_written(rows: list[Row], board: str) -> bool:
+    [(verdict,)] = rows
+    if verdict == "full":
+        raise board_full(board)
+    return bool(verdict == "set")
+
+
+def _board_slots(rows: list[Row]) -> dict[str, bytes]:
+    return {slot: bytes(value) for slot, value in rows}
+
+
+def _deleted(rows: list[Row]) -> bool:
+    return bool(rows and rows[0][0])
 
 
 def _batch_length(queue: list[_Pending]) -> int:

@@ -111,18 +111,40 @@ Rule 13: boards (``surefoot.metrics``' ``BoardStore``) are hashes, one key per b
         drops the expired slots it finds, and a new slot on a full board first drops that
         board's expired slots. A claim whose reply is lost may have been made (the
         protocol's Rule 3): nothing is given back.
+Rule 14: ``SyncRedisStore`` is the same store for threads and processes that block (WSGI,
+        Django, Flask): every rule above but the pipelining and coalescing (Rules 7 and
+        8) holds for it. Both stores are one sans-I/O half (``_Steps``: each step's
+        script, keys and arguments, and the reading of its reply into a ``Decision``, a
+        ``Record``...) and a driver that makes the round trip: ``RedisStore``'s on its
+        pipelined connection or redis-py's asyncio client, ``SyncRedisStore``'s on
+        redis-py's blocking ``Redis`` or ``RedisCluster`` (thread-safe: each call takes
+        a connection from the client's pool). Its ``timeout`` is the client's socket
+        timeout (``from_url`` sets it): it bounds the connection and each read of a
+        reply. A reservation or a concurrency slot that a failed call may have taken is
+        given back at once, before the failure is raised: one attempt, all of the call's
+        slots in one pipelined round trip (they share a slot), its own failure ignored;
+        none if the call failed while redis-py connected (nothing was sent). A cluster
+        store made by ``from_url`` learns the topology at its first call (a cluster that
+        is down is ``StoreUnavailable`` then, never at construction); calls that arrive
+        meanwhile wait ``timeout`` at most, and for ``timeout`` after a failed attempt
+        calls fail at once. After a fork, redis-py opens new connections in the child.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
 import math
+import os
 import select
 import ssl
+import threading
+import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -131,6 +153,8 @@ from typing import Any, Literal, NamedTuple, Protocol, cast
 from urllib.parse import parse_qsl, urlencode, urlunsplit
 
 import hiredis
+import redis as sync_redis
+import redis.retry as sync_retry
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import (
@@ -140,6 +164,7 @@ from redis.asyncio.connection import (
 )
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.connection import parse_url
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
@@ -175,9 +200,10 @@ from surefoot.idempotency import (
 from surefoot.ratelimit import ALGORITHMS, Item, Limit, RateLimitDecision, quota_period
 from surefoot.webhooks import Claim, OrderRecord, Verdict
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "SyncRedisStore"]
 
 Client = Redis | RedisCluster
+SyncClient = sync_redis.Redis | sync_redis.RedisCluster
 Result = tuple[bool, list[RateLimitDecision]]
 
 #: Requests per script call when coalescing (a longer queue goes in several calls).
@@ -273,12 +299,8 @@ _PASSED_ON = (set(URL_QUERY_ARGUMENT_PARSERS) - {"timeout"}) | {
 _EXPECTED: dict[object, str] = {int: "an integer", float: "a number"}
 
 
-class _Call(NamedTuple):
-    """One script call."""
-
-    script: _Script
-    keys: list[str]
-    args: list[Any]
+#: One script call: (script, keys, arguments). A plain tuple, as every step makes one.
+_Call = tuple[_Script, list[str], list[Any]]
 
 
 class _Request(NamedTuple):
@@ -583,7 +605,312 @@ class _Batch:
                 future.set_exception(_copy(exception))
 
 
-class RedisStore:
+class _Steps:
+    """Each step's script call and the reading of its reply: the sans-I/O half that
+    ``RedisStore`` and ``SyncRedisStore`` share (Rule 14). Nothing here sends, waits or
+    reads a clock; the stores' drivers make the round trips."""
+
+    prefix: str
+    _server_clock: bool
+    _cluster: bool
+    _periods: dict[tuple[str, str], tuple[float, float, tuple[float, ...]]]
+
+    def _now(self, now: float) -> str | float:
+        return _SERVER if self._server_clock else now
+
+    def _caller_time(self, t: float, server_now: float, now: float) -> float:
+        """``t`` of the store's clock, on the caller's (Rule 3)."""
+        return t + (now - server_now) if self._server_clock else t
+
+    # -- idempotency -----------------------------------------------------------------------
+
+    def _record_keys(self, key: str) -> list[str]:
+        """The Redis keys of the record under ``key``: the record, and for an owned key
+        its owner's sets of live and of unknown records, all under the owner's hash tag
+        (Rule 10)."""
+        owner = key_owner(key)
+        if not owner:
+            return [self.prefix + key]
+        tagged = self.prefix + "own:{" + owner + "}"
+        return [f"{self.prefix}idem:{{{owner}}}:{key[-40:]}", tagged, tagged + ":u"]
+
+    def _store_key(self, redis_key: str) -> str:
+        """The store key of a record's Redis key (``_record_keys`` read backwards)."""
+        key = redis_key.removeprefix(self.prefix)
+        if len(key) == 68 and key.startswith("idem:{") and key[26:28] == "}:":
+            return f"idem:{key[6:26]}:{key[28:]}"
+        return key
+
+    def _begin_call(self, key: str, request: Begin, now: float) -> _Call:
+        args = [
+            self._now(now),
+            request.fingerprint,
+            request.token,
+            request.lease,
+            request.ttl,
+            request.on_lease_expiry,
+            request.max_records,
+            request.max_unknown,
+        ]
+        return (_BEGIN, self._record_keys(key), args)
+
+    def _begin_give_back(self, call: _Call, request: Begin, now: float) -> _Call:
+        """What releases the reservation a failed ``begin`` may have made for a request
+        that will never execute (its token fences off anyone else's reservation)."""
+        args = [self._now(now), request.token, "release", *_response_args(None)]
+        return (_FINISH, call[1], args)
+
+    def _decision(self, reply: list[Any], request: Begin, now: float) -> Decision:
+        """The ``Decision`` of a ``begin`` script's reply."""
+        kind = reply[0]
+        if kind == 1:
+            return Reserved(request.token, reply[1], took_over=reply[2] == 1)
+        if kind == 2:
+            return InProgress(self._caller_time(float(reply[1]), float(reply[2]), now))
+        if kind == 3:
+            return Mismatch()
+        if kind == 4:
+            response = StoredResponse(int(reply[1]), _decode_headers(reply[2]), _body(reply[3]))
+            if response.body is None:
+                return NotStored(response.status)
+            return Replay(response)
+        if kind == 6:
+            wait = max(float(reply[3]) - float(reply[4]), 0.0)
+            return OverQuota("unknown" if reply[1] == b"unknown" else "records", reply[2], wait)
+        return Unknown(lease_expired_now=reply[1] == 1)
+
+    def _finish_call(self, key: str, token: str, outcome: Outcome, now: float) -> _Call:
+        args = [self._now(now), token, _STEPS[outcome.step], *_response_args(outcome.response)]
+        return (_FINISH, self._record_keys(key), args)
+
+    def _resolve_call(self, key: str, response: StoredResponse, now: float) -> _Call:
+        return (_RESOLVE, self._record_keys(key), [self._now(now), *_response_args(response)])
+
+    def _forget_call(self, key: str, now: float) -> _Call:
+        return (_FORGET, self._record_keys(key), [self._now(now)])
+
+    def _get_call(self, key: str, now: float) -> _Call:
+        return (_GET, self._record_keys(key)[:1], [self._now(now)])
+
+    def _read_call(self, redis_key: str, now: float) -> _Call:
+        """``get`` of a record found by a scan, under its Redis key."""
+        return (_GET, [redis_key], [self._now(now)])
+
+    def _record(self, reply: list[Any], now: float) -> Record | None:
+        """The live record of a ``get`` script's reply, on the caller's clock."""
+        # A missing field is None, or False when a RESP3 client reads a Lua false.
+        fields: list[Any] = [None if field is False else field for field in reply]
+        at, state, fp, token, generation, lease_at, expires_at, ttl, status, headers, body = fields
+        if state not in _STATES:
+            return None
+        response = None
+        if status is not None:
+            response = StoredResponse(int(status), _decode_headers(headers), _body(body))
+        record = Record(
+            _STATES[state],
+            fp.decode(),
+            token.decode(),
+            int(generation),
+            float(lease_at),
+            float(expires_at),
+            float(ttl),
+            response,
+        )
+        at = float(at)
+        if classify(record, at) is State.ABSENT:
+            return None
+        if self._server_clock:
+            record = record._replace(
+                lease_expires_at=self._caller_time(record.lease_expires_at, at, now),
+                expires_at=self._caller_time(record.expires_at, at, now),
+            )
+        return record
+
+    def _listed(
+        self, redis_keys: list[str], replies: list[Any], now: float, state: State | None
+    ) -> list[tuple[str, Record]]:
+        """The live records (in ``state``, if given) of ``get`` replies for scanned keys."""
+        out: list[tuple[str, Record]] = []
+        for key, reply in zip(redis_keys, replies, strict=True):
+            record = self._record(reply, now)
+            if record is not None and state in (None, classify(record, now)):
+                out.append((self._store_key(key), record))
+        return out
+
+    def _match(self) -> str:
+        """The ``SCAN`` pattern of every key under the prefix."""
+        return _glob_escape(self.prefix) + "*"
+
+    # -- ordering records (Rule 12) ---------------------------------------------------------
+
+    def _order_claim_call(
+        self, key: str, version: float, token: str, now: float, lease: float, retention: float
+    ) -> _Call:
+        args = [self._now(now), token, float(version), float(lease), float(retention)]
+        return (_ORDER_CLAIM, [self.prefix + key], args)
+
+    def _order_claim_give_back(self, call: _Call, retention: float) -> _Call:
+        """A failed settle under the claim's token: frees the object a failed claim may
+        hold for an event nobody processes (and leaves anyone else's claim alone)."""
+        _, keys, (at, token, version, *_) = call
+        return (_ORDER_SETTLE, keys, [at, token, version, 0, float(retention)])
+
+    def _claim(self, reply: list[Any], now: float) -> Claim:
+        verdict, newest, until, server_now = reply
+        return Claim(
+            _VERDICTS[verdict],
+            _number(newest),
+            self._caller_time(float(until), float(server_now), now),
+        )
+
+    def _order_settle_call(
+        self, key: str, token: str, version: float, ok: bool, now: float, retention: float
+    ) -> _Call:
+        args = [self._now(now), token, float(version), 1 if ok else 0, float(retention)]
+        return (_ORDER_SETTLE, [self.prefix + key], args)
+
+    def _order_get_call(self, key: str, now: float) -> _Call:
+        return (_ORDER_GET, [self.prefix + key], [self._now(now)])
+
+    def _order_record(self, reply: list[Any], now: float) -> OrderRecord | None:
+        at, newest, holder, holding, until, expires = reply
+        if expires in (None, False):
+            return None
+        at = float(at)
+        record = OrderRecord(
+            _number(newest),
+            None if holder in (None, False) else holder.decode(),
+            _number(holding),
+            self._caller_time(float(until), at, now),
+            self._caller_time(float(expires), at, now),
+        )
+        return webhooks.live_order(record, now)
+
+    # -- boards (Rule 13) -------------------------------------------------------------------
+
+    def _board_write_call(
+        self, script: _Script, board: str, slot: str, value: bytes, expires_at: float, now: float
+    ) -> _Call:
+        check_slot(board, slot, value, expires_at, now)
+        args = [self._now(now), float(now), float(expires_at), slot, value, MAX_SLOTS]
+        return (script, [self.prefix + "board:" + board], args)
+
+    def _board_read_call(self, board: str, now: float) -> _Call:
+        check_board(board)
+        return (_BOARD_READ, [self.prefix + "board:" + board], [self._now(now)])
+
+    def _board_delete_call(self, board: str, slot: str, now: float) -> _Call:
+        check_slot_name(board, slot)
+        return (_BOARD_DELETE, [self.prefix + "board:" + board], [self._now(now), slot])
+
+    # -- cache entries (Rule 9) -------------------------------------------------------------
+
+    def _cache_get_command(self, key: str) -> tuple[Any, ...]:
+        return ("GET", self.prefix + "cache:" + key)
+
+    def _cache_put_command(
+        self, key: str, value: bytes, expires_at: float, now: float
+    ) -> tuple[Any, ...]:
+        ttl = max(1, math.ceil((expires_at - now) * 1000))
+        return ("SET", self.prefix + "cache:" + key, value, "PX", ttl)
+
+    # -- rate limits -----------------------------------------------------------------------
+
+    def _request(self, items: Sequence[Item], now: float) -> _Request:
+        """``items`` as arguments of the acquire script (in a cluster, refused before
+        anything is sent when their keys span slots: Rule 5)."""
+        prefix = self.prefix
+        keys: list[str] = []
+        args: list[str | int | float] = [self._now(now), len(items)]
+        for item in items:
+            algorithm, limit = item.algorithm, item.limit
+            if algorithm not in ALGORITHMS:
+                raise ConfigurationError(
+                    f"rate limit item {item.key!r}: expected an algorithm among "
+                    f"{sorted(ALGORITHMS)}, got {algorithm!r}"
+                )
+            keys.append(prefix + item.key)
+            args += (
+                algorithm,
+                limit.amount,
+                limit.window,
+                limit.capacity,
+                limit.max_wait,
+                limit.lease,
+                item.cost,
+                1 if item.enforce else 0,
+                item.token,
+            )
+            if algorithm == "quota":
+                periods = self._quota_periods(now, limit)
+                args.append(len(periods) // 2)
+                args += periods
+            else:
+                args.append(0)
+        slot = 0
+        if self._cluster and keys:
+            slots = {key_slot(key.encode()) for key in keys}
+            if len(slots) > 1:
+                raise ConfigurationError(
+                    f"{type(self).__name__}.acquire: the keys of one request must share a "
+                    "Redis Cluster hash slot (give them one hash tag, as in 'rl:{tag}:...'), "
+                    f"got {keys!r}"
+                )
+            slot = slots.pop()
+        return _Request(keys, args, len(items), slot)
+
+    def _quota_periods(self, now: float, limit: Limit) -> tuple[float, ...]:
+        """The calendar period containing ``now`` as (start, end), and on the server clock
+        both neighbours too, for the script to pick from (Rule 3)."""
+        period = limit.period or "day"
+        cached = self._periods.get((period, limit.timezone))
+        if cached is not None and cached[0] <= now < cached[1]:
+            return cached[2]
+        start, end = quota_period(now, period, limit.timezone)
+        periods: tuple[float, ...] = (start, end)
+        if self._server_clock:
+            before = quota_period(start - 1.0, period, limit.timezone)
+            after = quota_period(end, period, limit.timezone)
+            periods = (*before, start, end, *after)
+        self._periods[period, limit.timezone] = (start, end, periods)
+        return periods
+
+    def _decisions(self, requests: list[_Request], reply: list[Any]) -> list[Result]:
+        """Each request's (admitted, decisions) from the acquire script's reply."""
+        results: list[Result] = []
+        at = 0
+        for request in requests:
+            admitted = reply[at] == 1
+            decisions = []
+            for i in range(at + 1, at + 1 + 6 * request.size, 6):
+                decisions.append(
+                    RateLimitDecision(
+                        reply[i] == 1,
+                        reply[i + 1],
+                        float(reply[i + 2]),
+                        float(reply[i + 3]),
+                        float(reply[i + 4]),
+                        float(reply[i + 5]),
+                    )
+                )
+            results.append((admitted, decisions))
+            at += 1 + 6 * request.size
+        return results
+
+    def _slot_give_backs(self, items: Sequence[Item], now: float) -> list[_Call]:
+        """What frees the concurrency slots a failed ``acquire`` may have taken for a
+        request that will not run (counts it may have charged stay charged)."""
+        return [
+            self._release_call(item.key, item.token, now)
+            for item in items
+            if item.algorithm == "concurrency"
+        ]
+
+    def _release_call(self, key: str, token: str, now: float) -> _Call:
+        return (_RELEASE, [self.prefix + key], [self._now(now), token])
+
+
+class RedisStore(_Steps):
     """Idempotency records and rate-limit counters in Redis (or Redis Cluster).
 
     Example:
@@ -635,23 +962,7 @@ class RedisStore:
                 "RedisStore.client: expected a client made with decode_responses=False "
                 "(stored response bodies are bytes)"
             )
-        if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
-            raise ConfigurationError(
-                "RedisStore.prefix: expected a string without '{' or '}' (Redis Cluster "
-                f"hash tags), got {prefix!r}"
-            )
-        if clock not in ("server", "caller"):
-            raise ConfigurationError(
-                f"RedisStore.clock: expected 'server' or 'caller', got {clock!r}"
-            )
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not (0 < timeout < math.inf)
-        ):
-            raise ConfigurationError(
-                f"RedisStore.timeout: expected a positive number of seconds, got {timeout!r}"
-            )
+        _check_options("RedisStore", prefix, clock, timeout)
         if not isinstance(coalesce, bool):
             raise ConfigurationError(
                 f"RedisStore.coalesce: expected True or False, got {coalesce!r}"
@@ -702,70 +1013,28 @@ class RedisStore:
             ConfigurationError: an unknown option or an invalid value, naming the option
                 and what is expected (never the password).
         """
-        parts = split_url(url, "RedisStore URL")
-        cluster = parts.scheme == "redis+cluster"
-        if parts.scheme not in ("redis", "rediss", "redis+cluster"):
-            raise ConfigurationError(
-                "RedisStore URL: expected the scheme redis://, rediss:// or redis+cluster://, "
-                f"got {parts.scheme!r}"
-            )
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
-        prefix = options.pop("prefix", "surefoot:")
-        clock = options.pop("clock", "server")
-        if clock not in ("server", "caller"):
-            raise ConfigurationError(
-                f"RedisStore URL: clock: expected 'server' or 'caller', got {clock!r}"
-            )
-        timeout = _url_timeout(options.pop("timeout", "0.05"))
-        coalesce = _url_bool("coalesce", options.pop("coalesce", "true"))
-        client_cls: Any = RedisCluster if cluster else Redis
-        accepted = _PASSED_ON & set(inspect.signature(client_cls.__init__).parameters)
-        if parts.scheme != "rediss":
-            accepted = {name for name in accepted if not name.startswith("ssl_")}
-        unknown = sorted(set(options) - accepted)
-        if unknown:
-            raise ConfigurationError(
-                f"RedisStore URL: unknown options {unknown}; expected prefix, clock, timeout, "
-                f"coalesce or one of redis-py's {sorted(accepted)}"
-            )
-        for name, value in options.items():
-            parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
-            if parser is not None:
-                try:
-                    parser(value)
-                except (TypeError, ValueError):
-                    expected = _EXPECTED.get(parser, "true or false")
-                    raise ConfigurationError(
-                        f"RedisStore URL: {name}: expected {expected}, got {value!r}"
-                    ) from None
-        scheme = "redis" if cluster else parts.scheme
-        target = urlunsplit((scheme, parts.netloc, parts.path, urlencode(options), ""))
+        url_options = _url_options(url, "RedisStore")
         defaults: dict[str, Any] = {
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
+            "socket_timeout": url_options.timeout,
+            "socket_connect_timeout": url_options.timeout,
             "retry": Retry(NoBackoff(), 0),
         }
+        client_cls: Any = RedisCluster if url_options.cluster else Redis
         try:
-            client = client_cls.from_url(target, **defaults)
+            client = client_cls.from_url(url_options.target, **defaults)
         except (RedisClusterException, ValueError) as exc:
-            raise ConfigurationError(
-                f"RedisStore URL: {type(exc).__name__}: "
-                + masked_text(masked_text(str(exc), target), url)
-            ) from None
+            raise _url_error("RedisStore", exc, url_options.target, url) from None
         store = cls(
             client,
-            prefix=prefix,
-            clock="server" if clock == "server" else "caller",
-            timeout=timeout,
-            coalesce=coalesce,
+            prefix=url_options.prefix,
+            clock=url_options.clock,
+            timeout=url_options.timeout,
+            coalesce=url_options.coalesce,
         )
         store._owns_client = True
         return store
 
     # -- calls ---------------------------------------------------------------------------
-
-    def _now(self, now: float) -> str | float:
-        return _SERVER if self._server_clock else now
 
     async def _eval(self, call: _Call) -> Any:
         """One round trip: run the script by SHA, loading it if the server lost it."""
@@ -790,7 +1059,7 @@ class RedisStore:
             future = self._wire().loop.create_future()
             self._wire().send(future, script, length, body)
             return await future
-        call = _Call(script, keys, args)
+        call: _Call = (script, keys, args)
         return await (self._lane(call) if self.coalesce else self._eval(call))
 
     def _wire(self) -> _Connection:
@@ -963,12 +1232,11 @@ class RedisStore:
     # -- cache entries -----------------------------------------------------------------------
 
     async def cache_get(self, key: str, now: float) -> bytes | None:
-        reply = await self._command("GET", self.prefix + "cache:" + key)
+        reply = await self._command(*self._cache_get_command(key))
         return None if reply is None else bytes(reply)
 
     async def cache_put(self, key: str, value: bytes, expires_at: float, now: float) -> None:
-        ttl = max(1, math.ceil((expires_at - now) * 1000))
-        await self._command("SET", self.prefix + "cache:" + key, value, "PX", ttl)
+        await self._command(*self._cache_put_command(key, value, expires_at, now))
 
     async def _command(self, *args: Any) -> Any:
         """One plain command through redis-py's client (Rule 9)."""
@@ -981,111 +1249,26 @@ class RedisStore:
 
     # -- idempotency -----------------------------------------------------------------------
 
-    def _record_keys(self, key: str) -> list[str]:
-        """The Redis keys of the record under ``key``: the record, and for an owned key
-        its owner's sets of live and of unknown records, all under the owner's hash tag
-        (Rule 10)."""
-        owner = key_owner(key)
-        if not owner:
-            return [self.prefix + key]
-        tagged = self.prefix + "own:{" + owner + "}"
-        return [f"{self.prefix}idem:{{{owner}}}:{key[-40:]}", tagged, tagged + ":u"]
-
-    def _store_key(self, redis_key: str) -> str:
-        """The store key of a record's Redis key (``_record_keys`` read backwards)."""
-        key = redis_key.removeprefix(self.prefix)
-        if len(key) == 68 and key.startswith("idem:{") and key[26:28] == "}:":
-            return f"idem:{key[6:26]}:{key[28:]}"
-        return key
-
     async def begin(self, key: str, request: Begin, now: float) -> Decision:
-        keys = self._record_keys(key)
-        args = [
-            self._now(now),
-            request.fingerprint,
-            request.token,
-            request.lease,
-            request.ttl,
-            request.on_lease_expiry,
-            request.max_records,
-            request.max_unknown,
-        ]
+        call = self._begin_call(key, request, now)
         try:
-            reply = await self._step(_BEGIN, keys, args)
+            reply = await self._step(*call)
         except StoreUnavailable:
-            # The script may have run, reserving the key for a request that will never
-            # execute: release it (our token fences off anyone else's reservation).
-            args = [self._now(now), request.token, "release", *_response_args(None)]
-            self._give_back(_Call(_FINISH, keys, args))
+            self._give_back(self._begin_give_back(call, request, now))
             raise
-        kind = reply[0]
-        if kind == 1:
-            return Reserved(request.token, reply[1], took_over=reply[2] == 1)
-        if kind == 2:
-            return InProgress(self._caller_time(float(reply[1]), float(reply[2]), now))
-        if kind == 3:
-            return Mismatch()
-        if kind == 4:
-            response = StoredResponse(int(reply[1]), _decode_headers(reply[2]), _body(reply[3]))
-            if response.body is None:
-                return NotStored(response.status)
-            return Replay(response)
-        if kind == 6:
-            wait = max(float(reply[3]) - float(reply[4]), 0.0)
-            return OverQuota("unknown" if reply[1] == b"unknown" else "records", reply[2], wait)
-        return Unknown(lease_expired_now=reply[1] == 1)
+        return self._decision(reply, request, now)
 
     async def finish(self, key: str, token: str, outcome: Outcome, now: float) -> bool:
-        args = [self._now(now), token, _STEPS[outcome.step], *_response_args(outcome.response)]
-        accepted = await self._step(_FINISH, self._record_keys(key), args)
-        if accepted == -1:
-            raise ValueError("completing a record needs the response to keep")
-        return bool(accepted == 1)
+        return _finished(await self._step(*self._finish_call(key, token, outcome, now)))
 
     async def resolve(self, key: str, response: StoredResponse, now: float) -> bool:
-        args = [self._now(now), *_response_args(response)]
-        return bool(await self._step(_RESOLVE, self._record_keys(key), args) == 1)
+        return bool(await self._step(*self._resolve_call(key, response, now)) == 1)
 
     async def forget(self, key: str, now: float) -> bool:
-        return bool(await self._step(_FORGET, self._record_keys(key), [self._now(now)]) == 1)
+        return bool(await self._step(*self._forget_call(key, now)) == 1)
 
     async def get(self, key: str, now: float) -> Record | None:
-        reply = await self._step(_GET, self._record_keys(key)[:1], [self._now(now)])
-        return self._record(reply, now)
-
-    def _record(self, reply: list[Any], now: float) -> Record | None:
-        """The live record of a ``get`` script's reply, on the caller's clock."""
-        # A missing field is None, or False when a RESP3 client reads a Lua false.
-        fields: list[Any] = [None if field is False else field for field in reply]
-        at, state, fp, token, generation, lease_at, expires_at, ttl, status, headers, body = fields
-        if state not in _STATES:
-            return None
-        response = None
-        if status is not None:
-            response = StoredResponse(int(status), _decode_headers(headers), _body(body))
-        record = Record(
-            _STATES[state],
-            fp.decode(),
-            token.decode(),
-            int(generation),
-            float(lease_at),
-            float(expires_at),
-            float(ttl),
-            response,
-        )
-        at = float(at)
-        if classify(record, at) is State.ABSENT:
-            return None
-        if self._server_clock:
-            record = record._replace(
-                lease_expires_at=self._caller_time(record.lease_expires_at, at, now),
-                expires_at=self._caller_time(record.expires_at, at, now),
-            )
-        return record
-
-    def _caller_time(self, t: float, server_now: float, now: float) -> float:
-        """``t`` of the store's clock, on the caller's (Rule 3)."""
-        return t + (now - server_now) if self._server_clock else t
+        return self._record(await self._step(*self._get_call(key, now)), now)
 
     async def records(
         self, now: float, *, state: State | None = None, limit: int = 100
@@ -1100,16 +1283,12 @@ class RedisStore:
             for i in range(0, len(keys), _READ_CHUNK):
                 chunk = keys[i : i + _READ_CHUNK]
                 replies = await asyncio.gather(
-                    *(self._step(_GET, [key], [self._now(now)]) for key in chunk)
+                    *(self._step(*self._read_call(key, now)) for key in chunk)
                 )
-                for key, reply in zip(chunk, replies, strict=True):
-                    record = self._record(reply, now)
-                    if record is not None and state in (None, classify(record, now)):
-                        out.append((self._store_key(key), record))
+                out += self._listed(chunk, replies, now, state)
             if len(out) >= limit:
                 break
-        out.sort(key=lambda kr: (kr[1].expires_at - kr[1].ttl, kr[0]))
-        return out[:limit]
+        return _oldest_first(out, limit)
 
     async def purge(self, now: float, *, limit: int = 500) -> int:
         """Delete up to ``limit`` records expired at ``now``; how many went.
@@ -1123,14 +1302,14 @@ class RedisStore:
         deleted = 0
         async for keys in self._scan():
             for key in keys:
-                deleted += int(await self._step(_PURGE, [key], [now]))
+                deleted += int(await self._step(*_purge_call(key, now)))
                 if deleted >= limit:
                     return deleted
         return deleted
 
     async def _scan(self) -> AsyncIterator[list[str]]:
         """Pages of the record keys under the prefix, on every primary."""
-        match = _glob_escape(self.prefix) + "*"
+        match = self._match()
         client = self._client
         if isinstance(client, RedisCluster):
             if not self._ready:
@@ -1160,83 +1339,46 @@ class RedisStore:
     async def order_claim(
         self, key: str, *, version: float, token: str, now: float, lease: float, retention: float
     ) -> Claim:
-        keys = [self.prefix + key]
-        at = self._now(now)
+        call = self._order_claim_call(key, version, token, now, lease, retention)
         try:
-            reply = await self._step(
-                _ORDER_CLAIM, keys, [at, token, float(version), float(lease), float(retention)]
-            )
+            reply = await self._step(*call)
         except StoreUnavailable:
-            # The script may have run, holding the object for an event nobody processes:
-            # free it (our token leaves anyone else's claim alone).
-            args = [at, token, float(version), 0, float(retention)]
-            self._give_back(_Call(_ORDER_SETTLE, keys, args))
+            self._give_back(self._order_claim_give_back(call, retention))
             raise
-        verdict, newest, until, server_now = reply
-        return Claim(
-            _VERDICTS[verdict],
-            _number(newest),
-            self._caller_time(float(until), float(server_now), now),
-        )
+        return self._claim(reply, now)
 
     async def order_settle(
         self, key: str, *, token: str, version: float, ok: bool, now: float, retention: float
     ) -> None:
-        args = [self._now(now), token, float(version), 1 if ok else 0, float(retention)]
-        await self._step(_ORDER_SETTLE, [self.prefix + key], args)
+        await self._step(*self._order_settle_call(key, token, version, ok, now, retention))
 
     async def order_get(self, key: str, now: float) -> OrderRecord | None:
-        reply = await self._step(_ORDER_GET, [self.prefix + key], [self._now(now)])
-        at, newest, holder, holding, until, expires = reply
-        if expires in (None, False):
-            return None
-        at = float(at)
-        record = OrderRecord(
-            _number(newest),
-            None if holder in (None, False) else holder.decode(),
-            _number(holding),
-            self._caller_time(float(until), at, now),
-            self._caller_time(float(expires), at, now),
-        )
-        return webhooks.live_order(record, now)
+        return self._order_record(await self._step(*self._order_get_call(key, now)), now)
 
     # -- boards (Rule 13) -------------------------------------------------------------------
 
     async def board_put(
         self, board: str, slot: str, value: bytes, expires_at: float, now: float
     ) -> None:
-        check_slot(board, slot, value, expires_at, now)
-        await self._board_write(_BOARD_PUT, board, slot, value, expires_at, now)
+        call = self._board_write_call(_BOARD_PUT, board, slot, value, expires_at, now)
+        _board_written(await self._step(*call), board)
 
     async def board_claim(
         self, board: str, slot: str, value: bytes, expires_at: float, now: float
     ) -> bool:
-        check_slot(board, slot, value, expires_at, now)
-        return await self._board_write(_BOARD_CLAIM, board, slot, value, expires_at, now)
-
-    async def _board_write(
-        self, script: _Script, board: str, slot: str, value: bytes, expires_at: float, now: float
-    ) -> bool:
-        args = [self._now(now), float(now), float(expires_at), slot, value, MAX_SLOTS]
-        reply = await self._step(script, [self.prefix + "board:" + board], args)
-        if reply == -1:
-            raise board_full(board)
-        return bool(reply == 1)
+        call = self._board_write_call(_BOARD_CLAIM, board, slot, value, expires_at, now)
+        return _board_written(await self._step(*call), board)
 
     async def board_read(self, board: str, now: float) -> dict[str, bytes]:
-        check_board(board)
-        reply = await self._step(_BOARD_READ, [self.prefix + "board:" + board], [self._now(now)])
-        return {bytes(reply[i]).decode(): bytes(reply[i + 1]) for i in range(0, len(reply), 2)}
+        return _board(await self._step(*self._board_read_call(board, now)))
 
     async def board_delete(self, board: str, slot: str, now: float) -> bool:
-        check_slot_name(board, slot)
-        keys = [self.prefix + "board:" + board]
-        return bool(await self._step(_BOARD_DELETE, keys, [self._now(now), slot]) == 1)
+        return bool(await self._step(*self._board_delete_call(board, slot, now)) == 1)
 
     # -- rate limits -----------------------------------------------------------------------
 
     async def acquire(self, items: Sequence[Item], now: float) -> Result:
-        request = self._request(items, now)
+        request = self._request(items, now) if self._cluster else self._wire_request(items, now)
         try:
             if not self._cluster:
                 if self.coalesce:
@@ -1256,12 +1398,8 @@ class RedisStore:
                 return result
             return self._decisions([request], await self._eval(_batch([request])))[0]
         except StoreUnavailable:
-            # The script may have run: free the concurrency slots it may have taken for a
-            # request that will not run. (Counts it may have charged stay charged.)
-            for item in items:
-                if item.algorithm == "concurrency":
-                    args = [self._now(now), item.token]
-                    self._give_back(_Call(_RELEASE, [self.prefix + item.key], args))
+            for call in self._slot_give_backs(items, now):
+                self._give_back(call)
             raise
 
     def _give_back(self, call: _Call) -> None:
@@ -1274,48 +1412,6 @@ class RedisStore:
         task = asyncio.get_running_loop().create_task(quietly())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    def _request(self, items: Sequence[Item], now: float) -> _Request:
-        if not self._cluster:
-            return self._wire_request(items, now)
-        prefix = self.prefix
-        keys: list[str] = []
-        args: list[str | int | float] = [self._now(now), len(items)]
-        for item in items:
-            algorithm, limit = item.algorithm, item.limit
-            if algorithm not in ALGORITHMS:
-                raise ConfigurationError(
-                    f"rate limit item {item.key!r}: expected an algorithm among "
-                    f"{sorted(ALGORITHMS)}, got {algorithm!r}"
-                )
-            keys.append(prefix + item.key)
-            args += (
-                algorithm,
-                limit.amount,
-                limit.window,
-                limit.capacity,
-                limit.max_wait,
-                limit.lease,
-                item.cost,
-                1 if item.enforce else 0,
-                item.token,
-            )
-            if algorithm == "quota":
-                periods = self._quota_periods(now, limit)
-                args.append(len(periods) // 2)
-                args += periods
-            else:
-                args.append(0)
-        slot = 0
-        if self._cluster and keys:
-            slots = {key_slot(key.encode()) for key in keys}
-            if len(slots) > 1:
-                raise ConfigurationError(
-                    "RedisStore.acquire: the keys of one request must share a Redis Cluster "
-                    f"hash slot (give them one hash tag, as in 'rl:{{tag}}:...'), got {keys!r}"
-                )
-            slot = slots.pop()
-        return _Request(keys, args, len(items), slot)
 
     def _wire_request(self, items: Sequence[Item], now: float) -> _Request:
         """``_request`` in RESP for the pipelined connection: each limit's constant
@@ -1354,46 +1450,8 @@ class RedisStore:
                 length += 10
         return _Request(keys, [], len(items), 0, b"".join(wire_keys), b"".join(wire), length)
 
-    def _quota_periods(self, now: float, limit: Limit) -> tuple[float, ...]:
-        """The calendar period containing ``now`` as (start, end), and on the server clock
-        both neighbours too, for the script to pick from (Rule 3)."""
-        period = limit.period or "day"
-        cached = self._periods.get((period, limit.timezone))
-        if cached is not None and cached[0] <= now < cached[1]:
-            return cached[2]
-        start, end = quota_period(now, period, limit.timezone)
-        periods: tuple[float, ...] = (start, end)
-        if self._server_clock:
-            before = quota_period(start - 1.0, period, limit.timezone)
-            after = quota_period(end, period, limit.timezone)
-            periods = (*before, start, end, *after)
-        self._periods[period, limit.timezone] = (start, end, periods)
-        return periods
-
-    def _decisions(self, requests: list[_Request], reply: list[Any]) -> list[Result]:
-        """Each request's (admitted, decisions) from the acquire script's reply."""
-        results: list[Result] = []
-        at = 0
-        for request in requests:
-            admitted = reply[at] == 1
-            decisions = []
-            for i in range(at + 1, at + 1 + 6 * request.size, 6):
-                decisions.append(
-                    RateLimitDecision(
-                        reply[i] == 1,
-                        reply[i + 1],
-                        float(reply[i + 2]),
-                        float(reply[i + 3]),
-                        float(reply[i + 4]),
-                        float(reply[i + 5]),
-                    )
-                )
-            results.append((admitted, decisions))
-            at += 1 + 6 * request.size
-        return results
-
     async def release(self, key: str, token: str, now: float) -> None:
-        await self._step(_RELEASE, [self.prefix + key], [self._now(now), token])
+        await self._step(*self._release_call(key, token, now))
 
     async def aclose(self) -> None:
         """Fail the calls still queued, wait for those on the wire (each within its
@@ -1431,6 +1489,344 @@ class RedisStore:
         )
 
 
+class SyncRedisStore(_Steps):
+    """``RedisStore`` for code that blocks: WSGI workers, Django, Flask (Rule 14).
+
+    Example:
+        >>> store = SyncRedisStore.from_url("redis://127.0.0.1:6379/0?prefix=api:")
+        >>> store = SyncRedisStore.from_url("redis+cluster://10.0.0.5:7000?timeout=0.1")
+        >>> store = SyncRedisStore(redis.Redis(host="cache", socket_timeout=0.05,
+        ...                        retry=Retry(NoBackoff(), 0)), prefix="api:")
+
+    The same scripts, keys and decisions as ``RedisStore``: an ASGI and a WSGI service on
+    one server (and one prefix) share their limits and their idempotency records.
+    Safe to share between threads (each call takes a connection from the client's pool);
+    after a fork, redis-py opens new connections in the child.
+
+    Args:
+        client: a ``redis.Redis`` or ``redis.RedisCluster`` made with
+            ``decode_responses=False``. It stays yours: ``close`` closes only a client the
+            store made (``from_url``).
+        prefix: put before every key; no ``{`` or ``}`` (Redis Cluster hash tags).
+        clock: ``"server"`` decides on the Redis server's clock (one clock for every
+            host); ``"caller"`` on the ``now`` each call passes (tests, one host).
+        timeout: seconds. ``from_url`` gives its client this connect and socket timeout,
+            which bounds each read of a reply; past it a call fails with
+            ``StoreUnavailable``.
+
+    There is no coalescing (``RedisStore``'s ``coalesce``): each call is its own round
+    trip. ``from_url`` accepts ``coalesce=`` and ignores it, so that one URL configures
+    both stores.
+
+    Warning:
+        A client you pass in keeps its own retry policy and socket timeouts. redis-py
+        retries failed commands by default, and a script whose reply was lost may have
+        run: pass ``retry=Retry(NoBackoff(), 0)`` (``redis.retry.Retry``) and a
+        ``socket_timeout`` (as ``from_url`` does), or a request may be counted twice,
+        and a silent server may hold a worker as long as the operating system lets it.
+    """
+
+    rate_limit_algorithms = ALGORITHMS
+    _client: SyncClient | None
+
+    def __init__(
+        self,
+        client: SyncClient,
+        *,
+        prefix: str = "surefoot:",
+        clock: Literal["server", "caller"] = "server",
+        timeout: float = 0.05,
+    ) -> None:
+        if not isinstance(client, sync_redis.Redis | sync_redis.RedisCluster):
+            raise ConfigurationError(
+                "SyncRedisStore.client: expected a redis.Redis or redis.RedisCluster "
+                f"(redis.asyncio's clients go with RedisStore), got {type(client).__name__}"
+            )
+        if client.get_encoder().decode_responses:
+            raise ConfigurationError(
+                "SyncRedisStore.client: expected a client made with decode_responses=False "
+                "(stored response bodies are bytes)"
+            )
+        self._configure(prefix, clock, timeout, isinstance(client, sync_redis.RedisCluster))
+        self._client = client
+
+    def _configure(
+        self, prefix: str, clock: Literal["server", "caller"], timeout: float, cluster: bool
+    ) -> None:
+        _check_options("SyncRedisStore", prefix, clock, timeout)
+        self.prefix = prefix
+        self.clock = clock
+        self.timeout = float(timeout)
+        self._cluster = cluster
+        self._server_clock = clock == "server"
+        self._owns_client = False
+        self._client = None
+        # A cluster store made by from_url: the client, made (learning the topology) at
+        # the first call.
+        self._connect: Callable[[], SyncClient] | None = None
+        self._lock = threading.Lock()
+        # The last failure to connect: calls within ``timeout`` of it fail at once.
+        self._failed: tuple[float, Exception] | None = None
+        self._periods = {}
+        os.register_at_fork(after_in_child=functools.partial(_after_fork, weakref.ref(self)))
+
+    def _forked(self) -> None:
+        """In a forked child: a lock another thread of the parent held stays held."""
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str) -> SyncRedisStore:
+        """A store on the server (or cluster) that ``url`` names.
+
+        Example:
+            >>> SyncRedisStore.from_url("redis://:secret@cache:6379/0?prefix=api:&timeout=0.1")
+            >>> SyncRedisStore.from_url("rediss://cache:6380/0?ssl_ca_certs=/etc/ca.pem")
+            >>> SyncRedisStore.from_url("redis+cluster://10.0.0.5:7000?clock=server")
+
+        The URLs of ``RedisStore.from_url``, read by the same rules (``coalesce`` is
+        accepted and ignored). Nothing is sent before the first call.
+
+        Raises:
+            ConfigurationError: an unknown option or an invalid value, naming the option
+                and what is expected (never the password).
+        """
+        options = _url_options(url, "SyncRedisStore")
+        defaults: dict[str, Any] = {
+            "socket_timeout": options.timeout,
+            "socket_connect_timeout": options.timeout,
+            "retry": sync_retry.Retry(NoBackoff(), 0),
+        }
+        if not options.cluster:
+            try:
+                client = sync_redis.Redis.from_url(options.target, **defaults)
+            except ValueError as exc:
+                raise _url_error("SyncRedisStore", exc, options.target, url) from None
+            store = cls(client, prefix=options.prefix, clock=options.clock, timeout=options.timeout)
+        else:
+            # redis-py's RedisCluster connects as it is made: checked here, made at the
+            # first call (a cluster that is down then is StoreUnavailable, not an error
+            # in the configuration).
+            try:
+                db = cast(Any, parse_url)(options.target).get("db", 0)
+            except ValueError as exc:
+                raise _url_error("SyncRedisStore", exc, options.target, url) from None
+            if db:
+                raise ConfigurationError(
+                    f"SyncRedisStore URL: db: a Redis Cluster has only the database 0, got {db}"
+                )
+            store = cls.__new__(cls)
+            store._configure(options.prefix, options.clock, options.timeout, cluster=True)
+            target = options.target
+
+            def connect() -> SyncClient:
+                return sync_redis.RedisCluster.from_url(target, **defaults)
+
+            store._connect = connect
+        store._owns_client = True
+        return store
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def _redis(self) -> SyncClient:
+        """The client; a cluster store made by ``from_url`` makes it at its first call.
+
+        Calls that arrive while another connects wait at most ``timeout`` for it; for
+        ``timeout`` after a failed attempt, calls fail at once (``StoreUnavailable``)."""
+        client = self._client
+        if client is not None:
+            return client
+        if not self._lock.acquire(timeout=self.timeout):
+            raise TimeoutError("another call is connecting to the Redis Cluster")
+        try:
+            client = self._client
+            if client is None:
+                failed = self._failed
+                if failed is not None and time.monotonic() < failed[0] + self.timeout:
+                    raise RedisClusterException(
+                        "the Redis Cluster could not be reached just now"
+                    ) from failed[1]
+                assert self._connect is not None
+                try:
+                    client = self._client = self._connect()
+                except Exception as exc:
+                    self._failed = (time.monotonic(), exc)
+                    raise
+            return client
+        finally:
+            self._lock.release()
+
+    def _run(self, call: _Call) -> Any:
+        """One round trip: run the script by SHA, loading it if the server lost it."""
+        with _unavailable():
+            return _evaluate(self._redis(), call)
+
+    def _run_or_give_back(self, call: _Call, give_backs: Callable[[], list[_Call]]) -> Any:
+        """``_run``; if it fails once ``call`` may have been sent, ``give_backs()`` are
+        sent, in one round trip, before the failure is raised."""
+        with _unavailable():
+            client = self._redis()  # a failure here sent nothing
+        try:
+            with _unavailable():
+                return _evaluate(client, call)
+        except StoreUnavailable as exc:
+            if _may_have_run(exc.__cause__):
+                self._give_back(client, give_backs())
+            raise
+
+    def _give_back(self, client: SyncClient, calls: list[_Call]) -> None:
+        """Send ``calls`` once, now, in one pipeline (their keys share a slot), ignoring
+        their failure (the caller is failing already): one ``timeout`` at most."""
+        if not calls:
+            return
+        pipe: Any = client.pipeline(transaction=False)
+        for script, keys, args in calls:
+            # EVAL, not EVALSHA: no second round trip if the server lost the script.
+            pipe.execute_command("EVAL", script.source, len(keys), *keys, *args)
+        with contextlib.suppress(StoreUnavailable), _unavailable():
+            pipe.execute(raise_on_error=False)
+
+    def _command(self, *args: Any) -> Any:
+        """One plain command (Rule 9)."""
+        with _unavailable():
+            client: Any = self._redis()
+            return client.execute_command(*args)
+
+    # -- cache entries -----------------------------------------------------------------------
+
+    def cache_get(self, key: str, now: float) -> bytes | None:
+        reply = self._command(*self._cache_get_command(key))
+        return None if reply is None else bytes(reply)
+
+    def cache_put(self, key: str, value: bytes, expires_at: float, now: float) -> None:
+        self._command(*self._cache_put_command(key, value, expires_at, now))
+
+    # -- idempotency -----------------------------------------------------------------------
+
+    def begin(self, key: str, request: Begin, now: float) -> Decision:
+        call = self._begin_call(key, request, now)
+        reply = self._run_or_give_back(call, lambda: [self._begin_give_back(call, request, now)])
+        return self._decision(reply, request, now)
+
+    def finish(self, key: str, token: str, outcome: Outcome, now: float) -> bool:
+        return _finished(self._run(self._finish_call(key, token, outcome, now)))
+
+    def resolve(self, key: str, response: StoredResponse, now: float) -> bool:
+        return bool(self._run(self._resolve_call(key, response, now)) == 1)
+
+    def forget(self, key: str, now: float) -> bool:
+        return bool(self._run(self._forget_call(key, now)) == 1)
+
+    def get(self, key: str, now: float) -> Record | None:
+        return self._record(self._run(self._get_call(key, now)), now)
+
+    def records(
+        self, now: float, *, state: State | None = None, limit: int = 100
+    ) -> list[tuple[str, Record]]:
+        """Live records (``state``: only those), up to ``limit``, oldest write first.
+
+        Scans the keys under the prefix (every primary of a cluster): an operator's tool,
+        not something to run per request.
+        """
+        out: list[tuple[str, Record]] = []
+        for keys in self._scan():
+            replies = [self._run(self._read_call(key, now)) for key in keys]
+            out += self._listed(keys, replies, now, state)
+            if len(out) >= limit:
+                break
+        return _oldest_first(out, limit)
+
+    def purge(self, now: float, *, limit: int = 500) -> int:
+        """Delete up to ``limit`` records expired at ``now``; how many went (always 0 on
+        the server clock, where Redis expires them by itself: Rule 4)."""
+        if self._server_clock:
+            return 0
+        deleted = 0
+        for keys in self._scan():
+            for key in keys:
+                deleted += int(self._run(_purge_call(key, now)))
+                if deleted >= limit:
+                    return deleted
+        return deleted
+
+    def _scan(self) -> Iterator[list[str]]:
+        """Pages of the record keys under the prefix, on every primary."""
+        match = self._match()
+        with _unavailable():
+            client: Any = self._redis()
+            nodes: list[Any] = list(client.get_primaries()) if self._cluster else [None]
+        for node in nodes:
+            cursor = 0
+            while True:
+                options: dict[str, Any] = {} if node is None else {"target_nodes": node}
+                with _unavailable():
+                    page = client.scan(cursor, match=match, count=1000, _type="hash", **options)
+                # A cluster answers {node name: cursor} for the node it was asked.
+                cursor = page[0] if node is None else page[0][node.name]
+                if page[1]:
+                    yield [key.decode() for key in page[1]]
+                if cursor == 0:
+                    break
+
+    # -- ordering records (Rule 12) ---------------------------------------------------------
+
+    def order_claim(
+        self, key: str, *, version: float, token: str, now: float, lease: float, retention: float
+    ) -> Claim:
+        call = self._order_claim_call(key, version, token, now, lease, retention)
+        reply = self._run_or_give_back(call, lambda: [self._order_claim_give_back(call, retention)])
+        return self._claim(reply, now)
+
+    def order_settle(
+        self, key: str, *, token: str, version: float, ok: bool, now: float, retention: float
+    ) -> None:
+        self._run(self._order_settle_call(key, token, version, ok, now, retention))
+
+    def order_get(self, key: str, now: float) -> OrderRecord | None:
+        return self._order_record(self._run(self._order_get_call(key, now)), now)
+
+    # -- boards (Rule 13) -------------------------------------------------------------------
+
+    def board_put(self, board: str, slot: str, value: bytes, expires_at: float, now: float) -> None:
+        call = self._board_write_call(_BOARD_PUT, board, slot, value, expires_at, now)
+        _board_written(self._run(call), board)
+
+    def board_claim(
+        self, board: str, slot: str, value: bytes, expires_at: float, now: float
+    ) -> bool:
+        call = self._board_write_call(_BOARD_CLAIM, board, slot, value, expires_at, now)
+        return _board_written(self._run(call), board)
+
+    def board_read(self, board: str, now: float) -> dict[str, bytes]:
+        return _board(self._run(self._board_read_call(board, now)))
+
+    def board_delete(self, board: str, slot: str, now: float) -> bool:
+        return bool(self._run(self._board_delete_call(board, slot, now)) == 1)
+
+    # -- rate limits -----------------------------------------------------------------------
+
+    def acquire(self, items: Sequence[Item], now: float) -> Result:
+        request = self._request(items, now)
+        give_backs = functools.partial(self._slot_give_backs, items, now)
+        reply = self._run_or_give_back(_batch([request]), give_backs)
+        return self._decisions([request], reply)[0]
+
+    def release(self, key: str, token: str, now: float) -> None:
+        self._run(self._release_call(key, token, now))
+
+    def close(self) -> None:
+        """Close the client if the store made it (``from_url``)."""
+        client = self._client
+        if self._owns_client and client is not None:
+            client.close()
+
+    def __repr__(self) -> str:
+        kind = "RedisCluster" if self._cluster else "Redis"
+        return (
+            f"SyncRedisStore(<{kind}>, prefix={self.prefix!r}, clock={self.clock!r}, "
+            f"timeout={self.timeout!r})"
+        )
+
+
 @contextmanager
 def _unavailable() -> Iterator[None]:
     """Redis failures become ``StoreUnavailable`` (Rule 6): the one translation point."""
@@ -1440,6 +1836,45 @@ def _unavailable() -> Iterator[None]:
         raise StoreUnavailable(retry_after=1) from exc
 
 
+def _evaluate(client: Any, call: _Call) -> Any:
+    """One script call: by SHA, loading the script if the server lost it."""
+    script, keys, args = call
+    try:
+        return client.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        # EVAL runs the script and caches it: the next EVALSHA finds it.
+        return client.eval(script.source, len(keys), *keys, *args)
+
+
+# redis-py's functions that connect a connection (and its handshake, HELLO...) before
+# anything is sent on it.
+_CONNECTING = frozenset(
+    {"connect", "connect_check_health", "on_connect", "on_connect_check_health"}
+)
+
+
+def _may_have_run(error: BaseException | None) -> bool:
+    """Whether a script call that failed with ``error`` may have run: unless it failed
+    while redis-py connected (nothing of the call was sent yet), the lost reply may hide
+    it."""
+    trace = None if error is None else error.__traceback__
+    while trace is not None:
+        frame = trace.tb_frame
+        if frame.f_code.co_name in _CONNECTING and frame.f_globals.get("__name__") == (
+            "redis.connection"
+        ):
+            return False
+        trace = trace.tb_next
+    return True
+
+
+def _after_fork(ref: weakref.ref[SyncRedisStore]) -> None:
+    """``os.register_at_fork``'s hook of a store (which it does not keep alive)."""
+    store = ref()
+    if store is not None:
+        store._forked()
+
+
 def _batch(requests: list[_Request]) -> _Call:
     """One acquire script call deciding ``requests`` in order (all of one slot)."""
     keys: list[str] = []
@@ -1447,7 +1882,7 @@ def _batch(requests: list[_Request]) -> _Call:
     for request in requests:
         keys += request.keys
         args += request.args
-    return _Call(_ACQUIRE, keys, args)
+    return (_ACQUIRE, keys, args)
 
 
 def _failure(error: Exception) -> StoreUnavailable:
@@ -1484,6 +1919,35 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+def _finished(reply: Any) -> bool:
+    """Whether a ``finish`` script settled the reservation."""
+    if reply == -1:
+        raise ValueError("completing a record needs the response to keep")
+    return bool(reply == 1)
+
+
+def _purge_call(redis_key: str, now: float) -> _Call:
+    return (_PURGE, [redis_key], [now])
+
+
+def _oldest_first(out: list[tuple[str, Record]], limit: int) -> list[tuple[str, Record]]:
+    """``records``' answer: oldest write first, at most ``limit``."""
+    out.sort(key=lambda kr: (kr[1].expires_at - kr[1].ttl, kr[0]))
+    return out[:limit]
+
+
+def _board_written(reply: Any, board: str) -> bool:
+    """Whether a ``board_put`` or ``board_claim`` script wrote its slot."""
+    if reply == -1:
+        raise board_full(board)
+    return bool(reply == 1)
+
+
+def _board(reply: list[Any]) -> dict[str, bytes]:
+    """The live slots of a ``board_read`` script's reply."""
+    return {bytes(reply[i]).decode(): bytes(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+
 def _number(raw: Any) -> float | None:
     """A '%.17g' field of a script's reply; None for a missing one (None, or False when a
     RESP3 client reads a Lua false)."""
@@ -1516,22 +1980,103 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _url_timeout(value: str) -> float:
+class _UrlOptions(NamedTuple):
+    """What a store URL says (``_url_options``)."""
+
+    cluster: bool
+    target: str  # the URL redis-py reads: the store's own options taken out
+    prefix: str
+    clock: Literal["server", "caller"]
+    timeout: float
+    coalesce: bool
+
+
+def _url_options(url: str, name: str) -> _UrlOptions:
+    """A store URL read and checked, one grammar for both stores (``from_url``); redis-py's
+    options are checked against the asyncio clients' (the same names for both stores)."""
+    parts = split_url(url, f"{name} URL")
+    cluster = parts.scheme == "redis+cluster"
+    if parts.scheme not in ("redis", "rediss", "redis+cluster"):
+        raise ConfigurationError(
+            f"{name} URL: expected the scheme redis://, rediss:// or redis+cluster://, "
+            f"got {parts.scheme!r}"
+        )
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    prefix = options.pop("prefix", "surefoot:")
+    clock = options.pop("clock", "server")
+    if clock not in ("server", "caller"):
+        raise ConfigurationError(f"{name} URL: clock: expected 'server' or 'caller', got {clock!r}")
+    timeout = _url_timeout(options.pop("timeout", "0.05"), name)
+    coalesce = _url_bool("coalesce", options.pop("coalesce", "true"), name)
+    client_cls: Any = RedisCluster if cluster else Redis
+    accepted = _PASSED_ON & set(inspect.signature(client_cls.__init__).parameters)
+    if parts.scheme != "rediss":
+        accepted = {option for option in accepted if not option.startswith("ssl_")}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigurationError(
+            f"{name} URL: unknown options {unknown}; expected prefix, clock, timeout, "
+            f"coalesce or one of redis-py's {sorted(accepted)}"
+        )
+    for option, value in options.items():
+        parser = URL_QUERY_ARGUMENT_PARSERS.get(option)
+        if parser is not None:
+            try:
+                parser(value)
+            except (TypeError, ValueError):
+                expected = _EXPECTED.get(parser, "true or false")
+                raise ConfigurationError(
+                    f"{name} URL: {option}: expected {expected}, got {value!r}"
+                ) from None
+    scheme = "redis" if cluster else parts.scheme
+    target = urlunsplit((scheme, parts.netloc, parts.path, urlencode(options), ""))
+    return _UrlOptions(
+        cluster, target, prefix, "server" if clock == "server" else "caller", timeout, coalesce
+    )
+
+
+def _url_error(name: str, exc: Exception, target: str, url: str) -> ConfigurationError:
+    """redis-py's refusal of a URL, without its password."""
+    return ConfigurationError(
+        f"{name} URL: {type(exc).__name__}: " + masked_text(masked_text(str(exc), target), url)
+    )
+
+
+def _check_options(name: str, prefix: object, clock: object, timeout: object) -> None:
+    """The options both stores take, checked with the same messages."""
+    if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
+        raise ConfigurationError(
+            f"{name}.prefix: expected a string without '{{' or '}}' (Redis Cluster "
+            f"hash tags), got {prefix!r}"
+        )
+    if clock not in ("server", "caller"):
+        raise ConfigurationError(f"{name}.clock: expected 'server' or 'caller', got {clock!r}")
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not (0 < timeout < math.inf)
+    ):
+        raise ConfigurationError(
+            f"{name}.timeout: expected a positive number of seconds, got {timeout!r}"
+        )
+
+
+def _url_timeout(value: str, store: str) -> float:
     try:
         timeout = float(value)
     except ValueError:
         timeout = math.nan
     if not 0 < timeout < math.inf:
         raise ConfigurationError(
-            f"RedisStore URL: timeout: expected a positive number of seconds, got {value!r}"
+            f"{store} URL: timeout: expected a positive number of seconds, got {value!r}"
         )
     return timeout
 
 
-def _url_bool(name: str, value: str) -> bool:
+def _url_bool(name: str, value: str, store: str) -> bool:
     lowered = value.lower()
     if lowered in ("true", "1", "yes", "on"):
         return True
     if lowered in ("false", "0", "no", "off"):
         return False
-    raise ConfigurationError(f"RedisStore URL: {name}: expected true or false, got {value!r}")
+    raise ConfigurationError(f"{store} URL: {name}: expected true or false, got {value!r}")

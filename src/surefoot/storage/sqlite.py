@@ -1,5 +1,7 @@
 """``SqliteStore``: idempotency records and rate-limit counters in one SQLite file.
 
+``SyncSqliteStore`` is its twin with blocking methods (Rule 14), on the same files.
+
 The embedded default: durable across restarts and correct for several worker processes
 on one machine (the file must be on a local disk; SQLite locking is unreliable on NFS).
 
@@ -25,7 +27,10 @@ Theory of operation:
    ``StoreUnavailable``.
 5. Expired rows are deleted in small batches (``purge_batch`` rows, one short
    transaction) at most every ``purge_interval`` seconds, piggybacked on a write;
-   a full batch schedules the next one a second later instead of looping.
+   a full batch schedules the next one a second later instead of looping. The batch
+   runs after the write's commit and never fails it: a batch that fails is logged
+   (``surefoot.storage``, warning) and the next one waits its interval. ``purge`` is a
+   step like any write (queued, backing off while another process holds the lock).
 6. Rate-limit counters live in their own table, one row per key with its algorithm's
    state as JSON; a request's limits are read, decided (``ratelimit._core.plan``) and
    written in one transaction, so processes sharing the file never over-admit. A sliding
@@ -49,7 +54,8 @@ Theory of operation:
    the copies of other algorithms' rows and the old rows of sliding logs are never
    read, and the purge deletes them when they would have expired.
 9. SQLite errors are translated to ``StoreUnavailable`` in one place (``_translate``);
-   their text goes to the exception's ``__cause__`` for logs, never to a client.
+   their text goes to the exception's ``__cause__`` for logs, never to a client. Only a
+   write retries a held lock (Rule 4); a plain read that finds the file locked fails.
 10. Per-principal quotas (``_core`` Rule 7): each record row carries its key's owner, and
     triggers keep each owner's count of rows (and of unknown ones) in
     ``surefoot_owners``, whichever statement writes them (purges too). A begin that
@@ -81,17 +87,40 @@ Theory of operation:
     once, without the write lock). A read is a plain ``SELECT`` of the live rows. Expired
     rows go with the purge batches and ``purge``; an expired row left in place counts
     for nothing and is overwritten by the next put of its slot.
+14. ``SyncSqliteStore`` is the same store with blocking methods (WSGI servers): the same
+    schema, steps and answers (its methods are generated from ``SqliteStore``'s by
+    ``scripts/unasync.py``; both share ``_Sqlite``), without the group commit. Each step
+    that writes runs at once in a ``BEGIN IMMEDIATE`` transaction of its own and, while
+    another process holds the write lock, sleeps with the same jittered backoff between
+    tries, up to ``lock_timeout``, then fails with ``StoreUnavailable``. Nothing is ever
+    queued, so a ``begin`` (or a claim) always first decides from a plain read (Rule 11).
+    A lock guards the one connection: threads may share a store, one step at a time.
+    Both stores (and any number of processes) may share one file.
+15. A connection belongs to the process that opened it (SQLite forbids carrying one across
+    ``fork()``; an inherited one shares its parent's locks, and a worker writing through
+    it, or opening a second connection beside it, loses committed rows once the parent
+    closes its own). So a process about to fork (a server's master with its app preloaded)
+    first closes the connection of each store on a file, under the store's lock; the
+    parent and each child open a fresh one at their next call. A child also gets a lock
+    and a queue of its own. A fork that skips Python's fork hooks is caught by comparing
+    ``os.getpid()`` with the opener's: the inherited connection is then left alone, never
+    used nor closed, and a fresh one opened (a ``:memory:`` database is the exception: a
+    child keeps its private copy).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import math
+import os
 import random
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,9 +150,11 @@ from surefoot.ratelimit import (
 )
 from surefoot.webhooks import Claim, OrderRecord
 
-__all__ = ["SqliteStore"]
+__all__ = ["SqliteStore", "SyncSqliteStore"]
 
 T = TypeVar("T")
+
+_log = logging.getLogger("surefoot.storage")
 
 # 2: records, rate-limit counters; 3: cache entries; 4: record owners; 5: sliding log entries;
 # 6: ordering records; 7: boards
@@ -303,21 +334,10 @@ _UPSERT_CACHE = (
 Row = tuple[str, str, str, int, float, float, float, int | None, str | None, bytes | None]
 
 
-class SqliteStore:
-    """Idempotency store in a SQLite database file.
-
-    Example:
-        >>> store = SqliteStore("idempotency.db")
-        >>> store = store_from_url("sqlite:///var/lib/api/idempotency.db")  # the same, by URL
-
-    Args:
-        path: the database file (created with its table if missing), or ``":memory:"``.
-        synchronous: SQLite's durability setting: ``"NORMAL"`` survives process crashes,
-            ``"FULL"`` power loss too.
-        lock_timeout: seconds a step waits for another process's write lock.
-        purge_interval: seconds between two batches of expired-row deletion.
-        purge_batch: rows deleted per batch.
-    """
+class _Sqlite:
+    """What ``SqliteStore`` and ``SyncSqliteStore`` share (Rule 14): the connection, its
+    schema, its purges and its process (Rule 15). Each store adds ``_atomic``, its way of
+    running a step."""
 
     def __init__(
         self,
@@ -330,33 +350,111 @@ class SqliteStore:
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
             raise ConfigurationError(
-                f"SqliteStore.synchronous: expected 'NORMAL' or 'FULL', got {synchronous!r}"
+                f"{type(self).__name__}.synchronous: expected 'NORMAL' or 'FULL', "
+                f"got {synchronous!r}"
             )
-        if lock_timeout <= 0 or purge_interval <= 0 or purge_batch < 1:
+        # ``not x > 0`` refuses NaN too; an infinite lock_timeout would wait for ever.
+        if (
+            not (lock_timeout > 0 and math.isfinite(lock_timeout))
+            or not purge_interval > 0
+            or purge_batch < 1
+        ):
             raise ConfigurationError(
-                "SqliteStore: expected lock_timeout > 0, purge_interval > 0 and purge_batch >= 1, "
-                f"got {lock_timeout!r}, {purge_interval!r}, {purge_batch!r}"
+                f"{type(self).__name__}: expected lock_timeout > 0 (finite), purge_interval > 0 "
+                f"and purge_batch >= 1, got {lock_timeout!r}, {purge_interval!r}, {purge_batch!r}"
             )
         self.path = str(path)
         self.lock_timeout = lock_timeout
         self.purge_interval = purge_interval
         self.purge_batch = purge_batch
+        self._synchronous = synchronous
         self._next_purge_at = 0.0
-        self._lock = threading.Lock()
+        # The process that opened the connection, and what belongs to it (Rule 15).
+        self._pid = os.getpid()
+        self._mutex = threading.Lock()
+        # The group commit's queue (Rule 3); a SyncSqliteStore never queues (Rule 14).
         self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._connection: sqlite3.Connection | None = None
+        self._closed = False
         try:
             # Setting up may wait (blocking) for workers opening the same file at the same
             # moment: switching to WAL and creating the table both need SQLite's locks.
-            self._db = sqlite3.connect(
+            self._connection = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=lock_timeout
             )
             self._set_up(synchronous)
-            # From now on, never wait inside SQLite: steps back off on the event loop.
-            self._db.execute("PRAGMA busy_timeout = 0")
-        except sqlite3.Error as exc:
-            raise ConfigurationError(
-                f"SqliteStore: cannot open database {self.path!r}: {exc}"
-            ) from exc
+            # From now on, never wait inside SQLite: steps back off outside it (Rules 4, 14).
+            self._connection.execute("PRAGMA busy_timeout = 0")
+        except BaseException as exc:
+            if self._connection is not None:
+                self._connection.close()
+            if isinstance(exc, sqlite3.Error):
+                raise ConfigurationError(
+                    f"{type(self).__name__}: cannot open database {self.path!r}: {exc}"
+                ) from exc
+            raise
+        _OPEN.add(self)
+
+    @property
+    def _lock(self) -> threading.Lock:
+        """The lock of this process's connection (Rule 15)."""
+        if self._pid != os.getpid():
+            self._forked()
+        return self._mutex
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """This process's connection (Rule 15), opened at its first use after a fork; used
+        under ``_lock``."""
+        if self._pid != os.getpid():
+            self._forked()
+        if self._connection is None:
+            if self._closed:
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            # The schema is there already: only the connection's own settings, and it
+            # never waits inside SQLite (timeout=0: a held lock fails the call, Rule 4).
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=0
+            )
+            try:
+                db.execute(f"PRAGMA synchronous = {self._synchronous}")
+            except BaseException:
+                db.close()
+                raise
+            self._connection = db
+        return self._connection
+
+    def _in_memory(self) -> bool:
+        return self.path in (":memory:", "")
+
+    def _forked(self) -> None:
+        """This process is a fork of the one that opened the connection (Rule 15): a lock, a
+        queue and, at the next use, a connection of its own."""
+        if self._connection is not None and not self._in_memory():
+            _INHERITED.append(self._connection)  # never used nor closed here
+            self._connection = None
+        self._mutex = threading.Lock()
+        self._pending = []
+        self._pid = os.getpid()
+
+    def _before_fork(self) -> None:
+        """Close the connection before this process forks (Rule 15); the lock stays held
+        until ``_after_fork_in_parent``."""
+        self._lock.acquire()
+        if self._connection is not None and not self._in_memory():
+            with contextlib.suppress(sqlite3.Error):
+                self._connection.close()
+            self._connection = None
+
+    def _after_fork_in_parent(self) -> None:
+        self._mutex.release()
+
+    def _close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._connection is not None:
+                self._connection.close()
+        _OPEN.discard(self)
 
     def _set_up(self, synchronous: str) -> None:
         # SQLite skips the busy handler where waiting could deadlock (a lock upgrade while
@@ -380,8 +478,8 @@ class SqliteStore:
             (version,) = self._db.execute("PRAGMA user_version").fetchone()
             if version > SCHEMA_VERSION:
                 raise ConfigurationError(
-                    f"SqliteStore: {self.path!r} has schema version {version}, newer than "
-                    f"this surefoot understands ({SCHEMA_VERSION}); upgrade surefoot"
+                    f"{type(self).__name__}: {self.path!r} has schema version {version}, "
+                    f"newer than this surefoot understands ({SCHEMA_VERSION}); upgrade surefoot"
                 )
             if version < SCHEMA_VERSION:
                 for statement in _SCHEMA.split(";"):
@@ -407,15 +505,343 @@ class SqliteStore:
                 self._db.execute("ROLLBACK")
             raise
 
-    async def _atomic(self, work: Callable[[sqlite3.Connection], T], now: float) -> T:
-        """Run ``work`` atomically, in the next group commit (Rule 3)."""
+    def _maybe_purge(self, now: float) -> None:
+        """Delete a batch of expired rows (Rule 5). Runs after a step's commit, so it never
+        raises: the step's answer stands."""
+        try:
+            with _translate(retry=True), self._lock, self._transaction():
+                deleted = max(
+                    self._db.execute(statement, (now, self.purge_batch)).rowcount
+                    for statement in (
+                        _PURGE,
+                        _PURGE_COUNTERS,
+                        _PURGE_LOG,
+                        _PURGE_CACHE,
+                        _PURGE_ORDERS,
+                        _PURGE_BOARD,
+                    )
+                )
+        except _Busy:
+            return  # another process holds the lock; purge next time
+        except Exception:
+            _log.warning(
+                "%r: deleting expired rows failed; next try in %ss",
+                self,
+                self.purge_interval,
+                exc_info=True,
+            )
+            self._next_purge_at = now + self.purge_interval
+            return
+        full = deleted >= self.purge_batch
+        self._next_purge_at = now + (1.0 if full else self.purge_interval)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r})"
+
+
+class SyncSqliteStore(_Sqlite):
+    """``SqliteStore`` with blocking methods, for WSGI servers (``surefoot.wsgi``, Django,
+    Flask): a ``SyncIdempotencyStore`` and a ``SyncRateLimitStore`` (with ordering records,
+    boards and cache entries too), with ``SqliteStore``'s arguments, file and answers
+    (Rule 14). Threads may share one; worker processes each open their own on one file,
+    or share one made before they were forked (Rule 15).
+
+    Example:
+        >>> store = SyncSqliteStore("idempotency.db")
+        >>> store = sync_store_from_url("sqlite:///var/lib/api/idempotency.db")  # the same
+    """
+
+    def _atomic(
+        self, work: Callable[[sqlite3.Connection], T], now: float, *, purge: bool = True
+    ) -> T:
+        """Run ``work`` in a ``BEGIN IMMEDIATE`` transaction of its own, at once (Rule 14),
+        then, if ``purge`` and it is due, a batch of expired rows (Rule 5)."""
+        delay, waited = 0.0005, 0.0
+        while True:
+            try:
+                with _translate(retry=True), self._lock, self._transaction():
+                    result = work(self._db)
+                break
+            except _Busy as busy:
+                if waited >= self.lock_timeout:
+                    raise StoreUnavailable(retry_after=1) from busy.__cause__
+            # Another process holds the write lock: back off (outside this store's lock,
+            # so other threads' reads go on), as the async store's batches do.
+            pause = delay * (0.5 + random.random())
+            time.sleep(pause)
+            waited += pause
+            delay = min(delay * 2, 0.05)
+        if purge and now >= self._next_purge_at:
+            self._maybe_purge(now)
+        return result
+
+    # ---- generated by scripts/unasync.py from the async source below: do not edit ----
+    def _step(
+        self, key: str, apply: Callable[[Record | None], tuple[T, Record | None, bool]], now: float
+    ) -> T:
+        """Run ``apply`` on the record under ``key`` atomically; write if it says so."""
+
+        owner = key_owner(key) or None
+
+        def work(db: sqlite3.Connection) -> T:
+            result, new, changed = apply(_decode(db.execute(_SELECT, (key,)).fetchone()))
+            if changed:
+                if new is None:
+                    db.execute(_DELETE, (key,))
+                else:
+                    db.execute(_UPSERT, (key, owner, *_encode(new)))
+            return result
+
+        return self._atomic(work, now)
+
+    def begin(self, key: str, request: Begin, now: float) -> Decision:
+        if not self._pending:
+            # Nothing queued (Rule 11): most answers (replay, conflict, mismatch) need
+            # no write, so a plain read may settle it without the write lock.
+            with _translate(), self._lock:
+                seen = _decode(self._db.execute(_SELECT, (key,)).fetchone())
+            decision, new = idempotency.begin(seen, request, now)
+            if new is seen:
+                return decision
+        owner = key_owner(key)
+
+        def work(db: sqlite3.Connection) -> Decision:
+            record = _decode(db.execute(_SELECT, (key,)).fetchone())
+            usage = None
+            if owner and idempotency.charges_quota(record, request, now):
+                usage = _usage(db, owner, request, now)
+            decision, new = idempotency.begin(record, request, now, usage)
+            if new is not record and new is not None:
+                db.execute(_UPSERT, (key, owner or None, *_encode(new)))
+            return decision
+
+        return self._atomic(work, now)
+
+    def finish(self, key: str, token: str, outcome: Outcome, now: float) -> bool:
+        def apply(record: Record | None) -> tuple[bool, Record | None, bool]:
+            accepted, new = idempotency.finish(record, token, outcome, now)
+            return accepted, new, new is not record
+
+        return self._step(key, apply, now)
+
+    def resolve(self, key: str, response: StoredResponse, now: float) -> bool:
+        def apply(record: Record | None) -> tuple[bool, Record | None, bool]:
+            accepted, new = idempotency.resolve(record, response, now)
+            return accepted, new, accepted
+
+        return self._step(key, apply, now)
+
+    def forget(self, key: str, now: float) -> bool:
+        def apply(record: Record | None) -> tuple[bool, Record | None, bool]:
+            accepted, new = idempotency.forget(record, now)
+            return accepted, new, record is not None
+
+        return self._step(key, apply, now)
+
+    def get(self, key: str, now: float) -> Record | None:
+        with _translate(), self._lock:
+            record = _decode(self._db.execute(_SELECT, (key,)).fetchone())
+        return None if idempotency.classify(record, now) is State.ABSENT else record
+
+    def records(
+        self, now: float, *, state: State | None = None, limit: int = 100
+    ) -> list[tuple[str, Record]]:
+        stored = {State.LEASE_EXPIRED: State.IN_FLIGHT}.get(state, state) if state else None
+        query = f"SELECT key, {_COLUMNS} FROM {_TABLE} WHERE expires_at > ?"
+        params: tuple[object, ...] = (now,)
+        if stored is not None:
+            query += " AND state = ?"
+            params += (stored.value,)
+        out: list[tuple[str, Record]] = []
+        with _translate(), self._lock:
+            cursor = self._db.execute(query + " ORDER BY rowid", params)
+            for key, *row in cursor:
+                record = _decode(tuple(row))
+                if record is not None and state in (None, idempotency.classify(record, now)):
+                    out.append((key, record))
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def purge(self, now: float, *, limit: int = 500) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            deleted = int(db.execute(_PURGE, (now, limit)).rowcount)
+            for statement in (_PURGE_ORDERS, _PURGE_BOARD):
+                if deleted < limit:
+                    deleted += db.execute(statement, (now, limit - deleted)).rowcount
+            return deleted
+
+        return self._atomic(work, now, purge=False)  # a step as any write (Rule 5)
+
+    # -- boards (Rule 13) ------------------------------------------------------------------
+
+    def board_put(self, board: str, slot: str, value: bytes, expires_at: float, now: float) -> None:
+        check_slot(board, slot, value, expires_at, now)
+
+        def work(db: sqlite3.Connection) -> None:
+            _write_slot(db, board, slot, value, expires_at, now, claim=False)
+
+        self._atomic(work, now)
+
+    def board_claim(
+        self, board: str, slot: str, value: bytes, expires_at: float, now: float
+    ) -> bool:
+        check_slot(board, slot, value, expires_at, now)
+        if not self._pending:
+            with _translate(), self._lock:
+                row = self._db.execute(_SELECT_SLOT, (board, slot)).fetchone()
+            if row is not None and now < row[0]:
+                return False
+
+        def work(db: sqlite3.Connection) -> bool:
+            return _write_slot(db, board, slot, value, expires_at, now, claim=True)
+
+        return self._atomic(work, now)
+
+    def board_read(self, board: str, now: float) -> dict[str, bytes]:
+        check_board(board)
+        with _translate(), self._lock:
+            rows = self._db.execute(_READ_BOARD, (board, now)).fetchall()
+        return {slot: bytes(value) for slot, value in rows}
+
+    def board_delete(self, board: str, slot: str, now: float) -> bool:
+        check_slot_name(board, slot)
+
+        def work(db: sqlite3.Connection) -> bool:
+            row = db.execute(_SELECT_SLOT, (board, slot)).fetchone()
+            if row is None:
+                return False
+            db.execute(_DELETE_SLOT, (board, slot))
+            return bool(now < row[0])
+
+        return self._atomic(work, now)
+
+    # -- ordering records (Rule 12) ------------------------------------------------------
+
+    def order_claim(
+        self, key: str, *, version: float, token: str, now: float, lease: float, retention: float
+    ) -> Claim:
+        def decide(record: OrderRecord | None) -> tuple[OrderRecord | None, Claim]:
+            return webhooks.claim(
+                record, version=version, token=token, now=now, lease=lease, retention=retention
+            )
+
+        if not self._pending:
+            with _translate(), self._lock:
+                seen = _order_row(self._db.execute(_SELECT_ORDER, (key,)).fetchone())
+            new, answer = decide(seen)
+            if new is seen:
+                return answer
+
+        def work(db: sqlite3.Connection) -> Claim:
+            record = _order_row(db.execute(_SELECT_ORDER, (key,)).fetchone())
+            new, answer = decide(record)
+            if new is not record and new is not None:
+                db.execute(_UPSERT_ORDER, (key, *new))
+            return answer
+
+        return self._atomic(work, now)
+
+    def order_settle(
+        self, key: str, *, token: str, version: float, ok: bool, now: float, retention: float
+    ) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            record = _order_row(db.execute(_SELECT_ORDER, (key,)).fetchone())
+            new = webhooks.settle(
+                record, token=token, version=version, ok=ok, now=now, retention=retention
+            )
+            if new is not record and new is not None:
+                db.execute(_UPSERT_ORDER, (key, *new))
+
+        self._atomic(work, now)
+
+    def order_get(self, key: str, now: float) -> OrderRecord | None:
+        with _translate(), self._lock:
+            record = _order_row(self._db.execute(_SELECT_ORDER, (key,)).fetchone())
+        return webhooks.live_order(record, now)
+
+    # -- rate limits ---------------------------------------------------------------------
+
+    rate_limit_algorithms = ALGORITHMS
+
+    def acquire(self, items: Sequence[Item], now: float) -> tuple[bool, list[RateLimitDecision]]:
+        def work(db: sqlite3.Connection) -> tuple[bool, list[RateLimitDecision]]:
+            states = [
+                _TableLog(db, i.key, i.limit.window)
+                if i.algorithm == "sliding_log"
+                else _load_state(db.execute(_SELECT_COUNTER, (i.key, now)).fetchone())
+                for i in items
+            ]
+            admitted, decisions, writes = plan(states, items, now)
+            for w in writes:
+                if isinstance(w.state, _TableLog):
+                    w.state.save()
+                else:
+                    db.execute(_UPSERT_COUNTER, (w.key, json.dumps(w.state), w.expires_at))
+            return admitted, decisions
+
+        return self._atomic(work, now)
+
+    def release(self, key: str, token: str, now: float) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            state = _load_state(db.execute(_SELECT_COUNTER, (key, now)).fetchone())
+            if state is None:
+                return
+            new = Concurrency.release(state, token, now)
+            if new is None:
+                db.execute(_DELETE_COUNTER, (key,))
+            else:
+                db.execute(_UPSERT_COUNTER, (key, json.dumps(new), Concurrency.expires_at(new)))
+
+        self._atomic(work, now)
+
+    # -- cache entries -----------------------------------------------------------------------
+
+    def cache_get(self, key: str, now: float) -> bytes | None:
+        with _translate(), self._lock:
+            row = self._db.execute(_SELECT_CACHE, (key, now)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def cache_put(self, key: str, value: bytes, expires_at: float, now: float) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(_UPSERT_CACHE, (key, value, expires_at))
+
+        self._atomic(work, now)
+
+    def close(self) -> None:
+        self._close()
+
+    # ---- end ----
+
+
+class SqliteStore(_Sqlite):
+    """Idempotency store in a SQLite database file.
+
+    Example:
+        >>> store = SqliteStore("idempotency.db")
+        >>> store = store_from_url("sqlite:///var/lib/api/idempotency.db")  # the same, by URL
+
+    Args:
+        path: the database file (created with its table if missing), or ``":memory:"``.
+        synchronous: SQLite's durability setting: ``"NORMAL"`` survives process crashes,
+            ``"FULL"`` power loss too.
+        lock_timeout: seconds a step waits for another process's write lock (finite, > 0).
+        purge_interval: seconds between two batches of expired-row deletion.
+        purge_batch: rows deleted per batch.
+    """
+
+    async def _atomic(
+        self, work: Callable[[sqlite3.Connection], T], now: float, *, purge: bool = True
+    ) -> T:
+        """Run ``work`` atomically, in the next group commit (Rule 3), then, if ``purge``
+        and it is due, a batch of expired rows (Rule 5)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append((work, future))
         if len(self._pending) == 1:
             loop.call_soon(self._flush, loop, 0.0005, 0.0)
         result = await future
-        if now >= self._next_purge_at:
+        if purge and now >= self._next_purge_at:
             self._maybe_purge(now)
         return result
 
@@ -424,7 +850,7 @@ class SqliteStore:
         batch, self._pending = self._pending, []
         outcomes: list[tuple[bool, Any]] = []
         try:
-            with _translate(), self._lock, self._transaction():
+            with _translate(retry=True), self._lock, self._transaction():
                 for work, _ in batch:
                     try:
                         outcomes.append((True, work(self._db)))
@@ -448,6 +874,7 @@ class SqliteStore:
                 else:
                     future.set_exception(value)
 
+    # ---- async source of the generated code above (scripts/unasync.py) ----
     async def _step(
         self, key: str, apply: Callable[[Record | None], tuple[T, Record | None, bool]], now: float
     ) -> T:
@@ -466,28 +893,9 @@ class SqliteStore:
 
         return await self._atomic(work, now)
 
-    def _maybe_purge(self, now: float) -> None:
-        try:
-            with _translate(), self._lock, self._transaction():
-                deleted = max(
-                    self._db.execute(statement, (now, self.purge_batch)).rowcount
-                    for statement in (
-                        _PURGE,
-                        _PURGE_COUNTERS,
-                        _PURGE_LOG,
-                        _PURGE_CACHE,
-                        _PURGE_ORDERS,
-                        _PURGE_BOARD,
-                    )
-                )
-        except _Busy:
-            return  # another process holds the lock; purge next time
-        full = deleted >= self.purge_batch
-        self._next_purge_at = now + (1.0 if full else self.purge_interval)
-
     async def begin(self, key: str, request: Begin, now: float) -> Decision:
         if not self._pending:
-            # Alone on this turn (Rule 11): most answers (replay, conflict, mismatch) need
+            # Nothing queued (Rule 11): most answers (replay, conflict, mismatch) need
             # no write, so a plain read may settle it without the write lock.
             with _translate(), self._lock:
                 seen = _decode(self._db.execute(_SELECT, (key,)).fetchone())
@@ -555,12 +963,14 @@ class SqliteStore:
         return out
 
     async def purge(self, now: float, *, limit: int = 500) -> int:
-        with _translate(), self._lock, self._transaction():
-            deleted = int(self._db.execute(_PURGE, (now, limit)).rowcount)
+        def work(db: sqlite3.Connection) -> int:
+            deleted = int(db.execute(_PURGE, (now, limit)).rowcount)
             for statement in (_PURGE_ORDERS, _PURGE_BOARD):
                 if deleted < limit:
-                    deleted += self._db.execute(statement, (now, limit - deleted)).rowcount
+                    deleted += db.execute(statement, (now, limit - deleted)).rowcount
             return deleted
+
+        return await self._atomic(work, now, purge=False)  # a step as any write (Rule 5)
 
     # -- boards (Rule 13) ------------------------------------------------------------------
 
@@ -702,15 +1112,47 @@ class SqliteStore:
         await self._atomic(work, now)
 
     async def aclose(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._close()
 
-    def __repr__(self) -> str:
-        return f"SqliteStore({self.path!r})"
+    # ---- end ----
 
 
 class _Busy(Exception):
     """Another connection holds the write lock."""
+
+
+#: The stores of this process (Rule 15); a fork's hooks run in the thread that forks, so
+#: the stores whose locks it holds are that thread's.
+_OPEN: weakref.WeakSet[_Sqlite] = weakref.WeakSet()
+_forking = threading.local()
+#: Connections a child inherited through a fork that skipped the hooks: kept, never closed.
+_INHERITED: list[sqlite3.Connection] = []
+
+
+def _before_fork() -> None:
+    _forking.stores = list(_OPEN)
+    for store in _forking.stores:
+        store._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for store in getattr(_forking, "stores", ()):
+        store._after_fork_in_parent()
+    _forking.stores = []
+
+
+def _after_fork_in_child() -> None:
+    for store in getattr(_forking, "stores", ()):
+        store._forked()
+    _forking.stores = []
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 def _unavailable(cause: BaseException | None) -> StoreUnavailable:
@@ -727,12 +1169,13 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 @contextmanager
-def _translate() -> Iterator[None]:
-    """SQLite errors become ``_Busy`` (retried) or ``StoreUnavailable`` (503)."""
+def _translate(*, retry: bool = False) -> Iterator[None]:
+    """SQLite errors become ``StoreUnavailable`` (503); with ``retry`` (a write, which
+    backs off), a held lock becomes ``_Busy`` instead (Rules 4, 9)."""
     try:
         yield
     except sqlite3.OperationalError as exc:
-        if _is_busy(exc):
+        if retry and _is_busy(exc):
             raise _Busy from exc
         raise StoreUnavailable(retry_after=1) from exc
     except sqlite3.Error as exc:
