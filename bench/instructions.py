@@ -228,6 +228,43 @@ def gateway(policies: bool, tracked: bool = True) -> Callable[[Path, Any], Stack
     return build
 
 
+def decide(kind: str) -> Callable[[Path, Any], Stack]:
+    """``surefoot decide``'s ``DecisionApp`` (issue 22) with the gateway's policy, asked as
+    NGINX asks it: ``/decide?edge=nginx`` describing ``GET /hello`` from a trusted peer."""
+
+    def build(workdir: Path, clock: Any) -> Stack:
+        from surefoot.edge import DecisionApp
+        from surefoot.gateway import config_from_dict
+
+        url = "memory://" if kind == "memory" else f"sqlite:///{workdir / 'decide.db'}"
+        config: dict[str, Any] = {
+            "server": {"access_log": False, "trusted_proxies": ["192.0.2.7"]},
+            "upstream": {"url": "http://127.0.0.1:9"},
+            "stores": {"default": url},
+            "admin": {"enabled": False},
+            "identity": {"address_limits": []},
+            "rate_limit": GATEWAY_POLICIES["rate_limit"],
+        }
+        app = DecisionApp(config_from_dict(config), clock=clock, workers=1)
+        headers = [
+            (b"host", b"127.0.0.1:8090"),
+            (b"x-original-method", b"GET"),
+            (b"x-original-uri", b"/hello"),
+            (b"x-forwarded-for", b"198.51.100.4"),
+            (b"x-real-ip", b"198.51.100.4"),
+            (b"x-surefoot-edge", b"nginx"),
+            (b"x-request-id", b"3f2a9c1e5b7d4a6f8e0c2b4d6f8a0c2e"),
+            (b"user-agent", b"bench"),
+        ]
+
+        def asked(i: int) -> Request:
+            return Request("GET", "/decide?edge=nginx", headers, b"")
+
+        return Stack(app, asked, header=b"ratelimit", close=app.aclose)
+
+    return build
+
+
 def gateway_keyed(contracts: bool) -> Callable[[Path, Any], Stack]:
     """The gateway without policies, a named client's GET with its API key; with
     ``contracts``, on a deprecated route and with ``[versions]`` (issue 20): announced,
@@ -302,6 +339,9 @@ CONFIGS = (
     Config("gateway-sqlite-post-untracked",
            "the same, [top] and [alerts] evaluate off (issue 18's tracking)",
            gateway(policies=True, tracked=False)),
+    Config("decide-memory", "surefoot decide's DecisionApp, /decide as NGINX asks, MemoryStore",
+           decide("memory")),
+    Config("decide-sqlite", "the same on SqliteStore", decide("sqlite")),
 )  # fmt: skip
 BY_NAME = {c.name: c for c in CONFIGS}
 
@@ -311,16 +351,17 @@ BY_NAME = {c.name: c for c in CONFIGS}
 
 async def send_one(app: App, request: Request) -> tuple[int, dict[bytes, bytes], bytes]:
     """One request through ``app``: its status, its header fields and its body."""
+    path, _, query = request.path.partition("?")
     scope: Scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
         "method": request.method,
         "scheme": "http",
-        "path": request.path,
-        "raw_path": request.path.encode(),
+        "path": path,
+        "raw_path": path.encode(),
         "root_path": "",
-        "query_string": b"",
+        "query_string": query.encode(),
         "headers": request.headers,
         "client": ("192.0.2.7", 40000),
         "server": ("bench.test", 80),

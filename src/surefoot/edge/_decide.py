@@ -4,7 +4,11 @@ forwards a request, with the gateway's policies, identity rules and store.
 Per request to ``/decide`` (any method; the body is never read)::
 
     edge ─► /decide ─► the original request rebuilt from headers ─► canonicalize
-             ─► credentials ─► RateLimitMiddleware ─► 200 empty (allowed)
+             ─► credentials ─► the rate limiter ─► 200 empty (allowed)
+
+The headers are read in one pass; the rate limiter is ``RateLimitMiddleware``'s, asked
+directly as the middleware asks it, and an allowed decision is one response built here;
+the identity remembers its answers about addresses (``_EdgeIdentity``).
 
 The original request is described by ``X-Original-Method`` and ``X-Original-URI``
 (the path and query as the client sent them); its credentials are the identity's
@@ -61,6 +65,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, unquote_to_bytes
 
@@ -112,6 +117,14 @@ _OVERRIDES = {
     b"x-method-override": "X-Method-Override",
     b"x-http-method": "X-HTTP-Method",
 }
+_REQUEST_ID = b"x-request-id"
+#: Every header the decision reads itself, in one pass over the request's (``_Fields``).
+_WATCHED = _EDGE_ONLY | _OVERRIDES.keys() | {_REQUEST_ID}
+#: How many answers about addresses an ``_EdgeIdentity`` remembers before it starts again.
+_REMEMBERED = 4096
+#: A key of the scope ``_original`` builds: its client address was resolved by Rule 1 and
+#: it has no forwarding header (so the identity's answer depends on the address alone).
+_DESCRIBED = "surefoot.edge.described"
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*")
 
@@ -197,7 +210,7 @@ class DecisionApp:
                     " decision service (its delay would run inside the decision, beyond the"
                     " edge's subrequest timeout); use token_bucket, leaky_bucket or gcra"
                 )
-        identity = Identity(
+        identity = _EdgeIdentity(
             credential_headers=root.identity.credential_headers,
             trusted_proxies=root.server.trusted_proxies,
             forwarded_header=root.server.forwarded_header,
@@ -287,12 +300,13 @@ class DecisionApp:
         identity = decider.identity
         peer = scope.get("client")
         trusted = peer is not None and identity.is_trusted(str(peer[0]))
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        fields = _Fields(scope["headers"])
+        given = fields.first(_REQUEST_ID)
         rid = adopt_request_id(scope, given if trusted else None)
         path = scope["path"]
         try:
             if path == "/decide":
-                await self.decide(decider, scope, send, rid=rid, trusted=trusted)
+                await self.decide(decider, scope, send, rid=rid, trusted=trusted, fields=fields)
             elif path == "/healthz":
                 await _json(send, 200, {"status": "ok"}, rid)
             elif path == "/readyz":
@@ -303,39 +317,75 @@ class DecisionApp:
             await send_problem(send, exc, request_id=rid, base=DEFAULT_PROBLEM_BASE)
 
     async def decide(
-        self, decider: _Decider, scope: Scope, send: Send, *, rid: str, trusted: bool
+        self,
+        decider: _Decider,
+        scope: Scope,
+        send: Send,
+        *,
+        rid: str,
+        trusted: bool,
+        fields: _Fields | None = None,
     ) -> None:
-        """Answer one decision (Rules 1 to 4)."""
-        if _edge(scope) == "nginx":
-            send = _NginxSend(send)
-        refused: SurefootError | None = None
+        """Answer one decision (Rules 1 to 4).
+
+        The rate limiter is asked directly (``RateLimitMiddleware.limiter``), as the
+        middleware asks it, with no app behind: an allowed decision is one response built
+        here, refusals go through ``send_problem`` as the middleware's do.
+        """
+        if fields is None:
+            fields = _Fields(scope["headers"])
+        refuse = _NginxSend(send) if _edge(scope, fields) == "nginx" else send
         try:
-            original = _original(scope, decider.identity, rid=rid, trusted=trusted)
+            original = _original(scope, fields, decider.identity, rid=rid, trusted=trusted)
         except SurefootError as exc:
-            await send_problem(send, exc, request_id=rid, base=DEFAULT_PROBLEM_BASE)
+            await send_problem(refuse, exc, request_id=rid, base=DEFAULT_PROBLEM_BASE)
             return
         allow_override = decider.config.root.server.allow_method_override
         raw_path = original["raw_path"]
-        refused = canonicalize(original, allow_method_override=allow_override)
+        refused: SurefootError | None = canonicalize(original, allow_method_override=allow_override)
         if refused is None and original["raw_path"] != raw_path:
             refused = InvalidPath(
                 reason="the path is not in canonical form: the edge forwards it as sent"
             )
-        if refused is None and not allow_override:
-            named = next((_OVERRIDES[k] for k, _ in scope["headers"] if k in _OVERRIDES), None)
-            if named is not None:
-                refused = BadRequest(
-                    reason=f"the {named} header is not allowed: the upstream never sees it"
-                )
+        if refused is None and not allow_override and fields.override is not None:
+            refused = BadRequest(
+                reason=f"the {fields.override} header is not allowed: the upstream never sees it"
+            )
         if refused is None:
             try:
                 decider.identity.credentials(original)  # as the gateway, before counting
             except CredentialsAmbiguous as exc:
                 refused = exc
         if refused is not None:
-            await send_problem(send, refused, request_id=rid, base=DEFAULT_PROBLEM_BASE)
+            await send_problem(refuse, refused, request_id=rid, base=DEFAULT_PROBLEM_BASE)
             return
-        await decider.limiter(original, _nothing, send)
+        middleware = decider.limiter
+        limiter = middleware.limiter
+        verdict = await limiter.check(original)
+        if verdict is None:  # no policy covers the request
+            await _allowed(send, rid, ())
+            return
+        if verdict.error is not None:
+            await send_problem(
+                refuse,
+                verdict.error,
+                request_id=rid,
+                base=DEFAULT_PROBLEM_BASE,
+                headers=verdict.headers,
+            )
+            return
+        if verdict.delay > 0:  # never expected: leaky_queue is refused (Rule 2)
+            await middleware.sleep(verdict.delay)
+        if not verdict.held:
+            await _allowed(send, rid, verdict.headers)
+            return
+        try:
+            await _allowed(send, rid, verdict.headers)
+        finally:  # as RateLimitMiddleware: the slots are freed even if cancelled
+            task = asyncio.ensure_future(limiter.release(verdict))
+            _releasing.add(task)
+            task.add_done_callback(_releasing.discard)
+            await asyncio.shield(task)
 
     async def ready(self, decider: _Decider, send: Send, rid: str) -> None:
         store: Any = decider.limiter.store
@@ -395,29 +445,72 @@ class DecisionApp:
         self._stores.clear()
 
 
-def _edge(scope: Scope) -> str | None:
+class _Fields:
+    """The headers of a request to the decision service, read in one pass: every value of
+    the ones the decision reads itself (``_WATCHED``), and the others (with
+    ``X-Request-Id`` and the method overrides) in order, for the original request."""
+
+    __slots__ = ("found", "kept", "override")
+
+    def __init__(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        found: dict[bytes, list[bytes]] = {}
+        kept: list[tuple[bytes, bytes]] = []
+        for header in headers:
+            name = header[0]
+            if name in _WATCHED:
+                values = found.get(name)
+                if values is None:
+                    found[name] = [header[1]]
+                else:
+                    values.append(header[1])
+                if name in _EDGE_ONLY:
+                    continue
+            kept.append(header)
+        self.found = found
+        self.kept = kept
+        #: The first method-override header's spelling in errors (None: none was sent).
+        self.override: str | None = None
+        if found and not found.keys().isdisjoint(_OVERRIDES):
+            self.override = next(_OVERRIDES[k] for k, _ in headers if k in _OVERRIDES)
+
+    def all(self, name: bytes) -> list[bytes]:
+        return self.found.get(name, [])
+
+    def first(self, name: bytes) -> bytes | None:
+        values = self.found.get(name)
+        return None if values is None else values[0]
+
+
+def _edge(scope: Scope, fields: _Fields) -> str | None:
     """The edge mode the request asks for (Rule 4).
 
     ``?edge=`` is the edge's own configuration: an unknown value is the operator's typo,
     refused. ``X-Surefoot-Edge`` is read only without it, and an unknown value is ignored:
     an edge that forwards the client's headers must not let a client break its decisions.
     """
-    query = scope.get("query_string", b"").decode("latin-1")
-    named = [v.strip().lower() for k, v in parse_qsl(query) if k == "edge"]
+    query = bytes(scope.get("query_string", b""))
+    # An edge's query is short and always the same; a long one (anyone's) is not kept.
+    named = _named_edges(query) if len(query) <= 256 else _named_edges.__wrapped__(query)
     if named:
         if any(edge not in _EDGES for edge in named) or len(set(named)) > 1:
             raise BadRequest(reason=f"unknown edge mode {named[0]!r} in ?edge= (expected 'nginx')")
-        edge: str = named[0]
-        return edge
-    for name, value in scope["headers"]:
+        return named[0]
+    for value in fields.all(_EDGE_HEADER):
         given = bytes(value).strip().lower().decode("latin-1")
-        if name == _EDGE_HEADER and given in _EDGES:
+        if given in _EDGES:
             return given
     return None
 
 
-def _one(scope: Scope, name: bytes, label: str) -> bytes:
-    values = [v for k, v in scope["headers"] if k == name]
+@lru_cache(maxsize=64)
+def _named_edges(query: bytes) -> tuple[str, ...]:
+    """The ``edge`` values of a query string (the edge's own, one per deployment)."""
+    pairs = parse_qsl(query.decode("latin-1"))
+    return tuple(v.strip().lower() for k, v in pairs if k == "edge")
+
+
+def _one(fields: _Fields, name: bytes, label: str) -> bytes:
+    values = fields.all(name)
     if not values or not values[0].strip():
         raise BadRequest(reason=f"the {label} header is missing")
     if len(values) > 1:
@@ -425,12 +518,14 @@ def _one(scope: Scope, name: bytes, label: str) -> bytes:
     return bytes(values[0]).strip()
 
 
-def _original(scope: Scope, identity: Identity, *, rid: str, trusted: bool) -> Scope:
+def _original(
+    scope: Scope, fields: _Fields, identity: Identity, *, rid: str, trusted: bool
+) -> Scope:
     """The scope of the request the edge describes (Rules 1 and 3)."""
-    method = _one(scope, _ORIGINAL_METHOD, "X-Original-Method")
+    method = _one(fields, _ORIGINAL_METHOD, "X-Original-Method")
     if not _TOKEN.fullmatch(method):
         raise BadRequest(reason="the X-Original-Method header is not a method")
-    target = _one(scope, _ORIGINAL_URI, "X-Original-URI")
+    target = _one(fields, _ORIGINAL_URI, "X-Original-URI")
     absolute = _ABSOLUTE.match(target)
     if absolute is not None:  # absolute-form (RFC 9112 section 3.2.2): its path and query
         target = target[absolute.end() :] or b"/"
@@ -440,45 +535,61 @@ def _original(scope: Scope, identity: Identity, *, rid: str, trusted: bool) -> S
         raise InvalidPath(reason="the X-Original-URI header is not a path")
     raw_path, _, query = target.partition(b"?")
     raw_path = raw_path.partition(b"#")[0]
-    headers = [(k, v) for k, v in scope["headers"] if k not in _EDGE_ONLY]
     return {
         "type": "http",
         "asgi": scope.get("asgi", {"version": "3.0"}),
         "http_version": scope.get("http_version", "1.1"),
         "scheme": scope.get("scheme", "http"),
         "method": method.decode("ascii"),
-        "path": unquote_to_bytes(raw_path).decode("utf-8", "replace"),
+        "path": _decoded(raw_path),
         "raw_path": raw_path,
         "query_string": query,
         "root_path": "",
-        "headers": headers,
-        "client": (_client_address(scope, identity, trusted=trusted), 0),
+        "headers": fields.kept,
+        "client": (_client_address(scope, fields, identity, trusted=trusted), 0),
         "server": scope.get("server"),
         "state": {"request_id": rid},
+        _DESCRIBED: True,
     }
 
 
-def _client_address(scope: Scope, identity: Identity, *, trusted: bool) -> str:
+def _decoded(raw_path: bytes) -> str:
+    """``raw_path`` percent-decoded, as ASGI servers fill ``path``."""
+    if b"%" not in raw_path:
+        return raw_path.decode("utf-8", "replace")
+    return unquote_to_bytes(raw_path).decode("utf-8", "replace")
+
+
+def _client_address(scope: Scope, fields: _Fields, identity: Identity, *, trusted: bool) -> str:
     """The client's address (Rule 1)."""
     peer = scope.get("client")
     if not peer:
         return "unknown"
     if trusted:
-        chain = _forwarded_for(scope) if identity.forwarded_header == "forwarded" else []
-        if not chain:  # X-Forwarded-For, or Forwarded absent: what HAProxy writes
-            xff = b",".join(v for k, v in scope["headers"] if k == b"x-forwarded-for")
-            chain = [h.strip() for h in xff.decode("latin-1").split(",") if h.strip()]
-        real = [v.decode("latin-1").strip() for k, v in scope["headers"] if k == _REAL_IP]
-        for candidate in (chain[-1:], real[-1:]):
-            if candidate:
-                address = _address(candidate[0])
-                if address is not None:
-                    return address
+        chain = _forwarded_for(fields) if identity.forwarded_header == "forwarded" else []
+        if chain:
+            address = _address(chain[-1])
+        else:  # X-Forwarded-For, or Forwarded absent: what HAProxy writes
+            address = _last_forwarded(b",".join(fields.all(b"x-forwarded-for")))
+        if address is not None:
+            return address
+        real = fields.all(_REAL_IP)
+        if real:
+            address = _address(real[-1].decode("latin-1").strip())
+            if address is not None:
+                return address
     return str(peer[0])
 
 
-def _forwarded_for(scope: Scope) -> list[str]:
-    forwarded = b",".join(v for k, v in scope["headers"] if k == b"forwarded")
+@lru_cache(maxsize=_REMEMBERED)
+def _last_forwarded(xff: bytes) -> str | None:
+    """The last address of an ``X-Forwarded-For`` chain (None: none, or not an address)."""
+    chain = [h.strip() for h in xff.decode("latin-1").split(",") if h.strip()]
+    return _address(chain[-1]) if chain else None
+
+
+def _forwarded_for(fields: _Fields) -> list[str]:
+    forwarded = b",".join(fields.all(b"forwarded"))
     chain = []
     for element in forwarded.decode("latin-1").split(","):
         for pair in element.split(";"):
@@ -488,6 +599,7 @@ def _forwarded_for(scope: Scope) -> list[str]:
     return chain
 
 
+@lru_cache(maxsize=_REMEMBERED)
 def _address(text: str) -> str | None:
     """An address from ``1.2.3.4``, ``1.2.3.4:80``, ``[2001:db8::1]:80`` or ``2001:db8::1``."""
     text = text.strip()
@@ -501,17 +613,61 @@ def _address(text: str) -> str | None:
         return None
 
 
-async def _allow(scope: Scope, receive: Receive, send: Send) -> None:
-    """The terminal app: the request is allowed (the rate limiter adds its fields)."""
-    rid = scope["state"]["request_id"].encode()
-    headers = [(b"content-length", b"0"), (b"x-request-id", rid)]
+#: The fields of every allowed decision, before its request id and rate-limit fields.
+_ALLOWED_HEAD = (b"content-length", b"0")
+_EMPTY_BODY: Message = {"type": "http.response.body", "body": b""}
+#: Releases of concurrency slots under way (as ``RateLimitMiddleware``'s): kept referenced.
+_releasing: set[asyncio.Task[None]] = set()
+
+
+async def _allowed(send: Send, rid: str, fields: Sequence[tuple[bytes, bytes]]) -> None:
+    """The allowed decision: 200, empty, with the rate limiter's fields."""
+    headers = [_ALLOWED_HEAD, (b"x-request-id", rid.encode()), *fields]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": b""})
+    await send(_EMPTY_BODY)
 
 
-async def _nothing() -> Message:
-    """The decision never reads a body."""
-    return {"type": "http.request", "body": b"", "more_body": False}
+async def _allow(scope: Scope, receive: Receive, send: Send) -> None:
+    """The middleware's app (``decide`` asks its rate limiter directly and never calls it):
+    the request is allowed (the middleware adds its fields)."""
+    await _allowed(send, scope["state"]["request_id"], ())
+
+
+class _EdgeIdentity(Identity):
+    """The gateway's ``Identity``, remembering its answers about addresses (at most
+    ``_REMEMBERED`` of each, then it starts again): every decision asks whether its peer
+    is trusted and, through the rate limiter, what its client's address is, and parsing
+    an address is a good part of a decision's cost.
+
+    Only answers that depend on the address alone are remembered: ``is_trusted``, and
+    ``client_address`` of a scope ``_original`` built (no forwarding header in it).
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._trust: dict[str, bool] = {}
+        self._addresses: dict[str, str] = {}
+
+    def is_trusted(self, host: str) -> bool:
+        known = self._trust.get(host)
+        if known is None:
+            if len(self._trust) >= _REMEMBERED:
+                self._trust.clear()
+            known = self._trust[host] = super().is_trusted(host)
+        return known
+
+    def client_address(self, scope: Scope) -> str:
+        client = scope.get("client")
+        if not client or not scope.get(_DESCRIBED):
+            return super().client_address(scope)
+        host = client[0]
+        known = self._addresses.get(host)
+        if known is None:
+            if len(self._addresses) >= _REMEMBERED:
+                self._addresses.clear()
+            alone = {"type": "http", "client": (host, 0), "headers": []}
+            known = self._addresses[host] = super().client_address(alone)
+        return known
 
 
 class _NginxSend:
