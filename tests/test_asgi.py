@@ -1,4 +1,5 @@
-"""``surefoot._asgi``: the request ids every layer reports."""
+"""``surefoot._asgi``: the request ids every layer reports, and canonical paths under a
+mount prefix (``root_path``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import uuid
 
 import pytest
 
-from surefoot._asgi import new_request_id, request_id
+from surefoot._asgi import canonicalize, new_request_id, request_id
+from surefoot.errors import InvalidPath
 
 
 def test_a_made_up_request_id_is_a_fresh_uuid4_in_hex() -> None:
@@ -42,3 +44,56 @@ def test_a_forked_process_never_hands_out_its_parent_s_ids() -> None:
     parent = {new_request_id() for _ in range(64)}
     assert len(child) == 64
     assert not child & parent
+
+
+def _scope(path: str, raw: bytes | None, root: str) -> dict[str, object]:
+    scope: dict[str, object] = {"method": "POST", "path": path, "root_path": root, "headers": []}
+    if raw is not None:
+        scope["raw_path"] = raw
+    return scope
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/app/../charges", b"/app/../charges"),
+        ("/app/../charges", b"/app/%2e%2e/charges"),
+        ("/app/../charges", None),
+        ("/app/../charges", b"/../charges"),  # a server whose raw_path leaves root_path out
+        ("/app/x/../../charges", b"/app/x/../../charges"),
+    ],
+)
+def test_a_path_that_leaves_its_root_path_is_refused(path: str, raw: bytes | None) -> None:
+    refused = canonicalize(_scope(path, raw, "/app"), allow_method_override=False)
+    assert isinstance(refused, InvalidPath)
+    assert refused.status == 400
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "canonical", "canonical_raw"),
+    [
+        ("/app//charges/./x/..", b"/app//charges/./x/..", "/app/charges/", b"/app/charges/"),
+        ("/app/charges", b"/%61pp/charges", "/app/charges", b"/%61pp/charges"),  # kept as sent
+        ("/app/charges", b"/charges", "/app/charges", b"/charges"),  # raw_path without the root
+        ("/app/app/x", b"/app/x", "/app/app/x", b"/app/x"),
+        ("/my app/x/../y", None, "/my app/y", b"/my%20app/y"),  # the prefix is not judged
+        ("/app", b"/app", "/app", b"/app"),
+    ],
+)
+def test_only_the_part_after_the_root_path_is_made_canonical(
+    path: str, raw: bytes | None, canonical: str, canonical_raw: bytes
+) -> None:
+    root = path.split("/")[1]
+    scope = _scope(path, raw, "/" + root)
+    assert canonicalize(scope, allow_method_override=False) is None
+    assert (scope["path"], scope["raw_path"], scope["root_path"]) == (
+        canonical,
+        canonical_raw,
+        "/" + root,
+    )
+
+
+def test_without_a_root_path_a_dot_segment_is_resolved_as_before() -> None:
+    scope = _scope("/app/../charges", b"/app/../charges", "")
+    assert canonicalize(scope, allow_method_override=False) is None
+    assert scope["path"] == "/charges"

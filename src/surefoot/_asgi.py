@@ -7,8 +7,9 @@ import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
-from surefoot._paths import canonical_path, quote_path
+from surefoot._paths import CanonicalPath, canonical_path, quote_path
 from surefoot.errors import (
     PROBLEM_CONTENT_TYPE,
     BadRequest,
@@ -31,9 +32,11 @@ __all__ = [
     "canonicalize",
     "header_values",
     "new_request_id",
+    "problem_parts",
     "request_id",
     "route_method",
     "send_problem",
+    "split_root",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -86,15 +89,21 @@ def canonicalize(scope: Scope, *, allow_method_override: bool) -> SurefootError 
     method they name (``route_method``); on any other method they are removed all the same.
     Done once per scope: a later call returns at once.
 
+    When the app is mounted under a prefix (``root_path``, which ``path`` starts with, as
+    ASGI says), only the part after the prefix is made canonical and the prefix is kept
+    as sent: a ``..`` that would climb out of it (``/app/../charges``) is refused, as a
+    path that leaves the mount would reach a route no rule was written for. A
+    ``raw_path`` without the prefix (a server that leaves it out) is taken as the part
+    after it, and stays without it.
+
     Returns:
         None, or the error to answer without calling the app: ``InvalidPath``, or
         ``BadRequest`` when allowed override headers name no single method.
     """
     if scope.get(CANONICAL):
         return None
-    raw = scope.get("raw_path")
     try:
-        canonical = canonical_path(raw if raw else quote_path(scope["path"]))
+        canonical = _canonical(scope)
     except InvalidPath as exc:
         return exc
     scope["path"] = canonical.path
@@ -115,6 +124,51 @@ def canonicalize(scope: Scope, *, allow_method_override: bool) -> SurefootError 
             break
     scope[CANONICAL] = True
     return None
+
+
+def _canonical(scope: Scope) -> CanonicalPath:
+    """The canonical path of ``scope``, its mount prefix (``root_path``) kept as sent."""
+    raw: bytes | None = scope.get("raw_path")
+    path: str = scope["path"]
+    root: str = (scope.get("root_path") or "").rstrip("/")
+    if not root or not (path == root or path.startswith(root + "/")):
+        return canonical_path(raw if raw else quote_path(path))
+    rest = path[len(root) :]
+    if raw:
+        split = split_root(raw, root)
+        if split is not None and _decoded(raw) != rest:
+            prefix, raw_rest = split
+        else:  # the server's raw_path leaves the prefix out: it is the part after it
+            prefix, raw_rest = b"", raw
+    else:
+        prefix, raw_rest = quote_path(root), quote_path(rest)
+    if not raw_rest:
+        return CanonicalPath(root, prefix)
+    tail = canonical_path(raw_rest)  # a ".." that climbs out of the prefix is refused
+    return CanonicalPath(root + tail.path, prefix + tail.raw)
+
+
+def _decoded(raw: bytes) -> str:
+    return unquote_to_bytes(raw).decode("utf-8", "replace")
+
+
+def split_root(raw: bytes, root: str) -> tuple[bytes, bytes] | None:
+    """``raw`` (percent-encoded) as the bytes of the mount prefix ``root`` (decoded, no
+    trailing slash) and the rest (empty, or from a ``/`` on), or None when ``raw`` does
+    not start with ``root``.
+
+    Example:
+        >>> split_root(b"/%61pp/charges", "/app")
+        (b'/%61pp', b'/charges')
+    """
+    depth = root.count("/")
+    parts = raw.split(b"/", depth + 1)
+    if len(parts) < depth + 1:
+        return None
+    prefix = b"/".join(parts[: depth + 1])
+    if _decoded(prefix) != root:
+        return None
+    return prefix, raw[len(prefix) :]
 
 
 def route_method(scope: Scope) -> str:
@@ -169,6 +223,20 @@ async def send_problem(
     headers: Iterable[tuple[bytes, bytes]] = (),
 ) -> None:
     """Answer with ``error`` as an RFC 9457 problem document."""
+    out, body = problem_parts(error, request_id=request_id, base=base, headers=headers)
+    await send({"type": "http.response.start", "status": error.status, "headers": out})
+    await send({"type": "http.response.body", "body": body})
+
+
+def problem_parts(
+    error: SurefootError,
+    *,
+    request_id: str,
+    base: str,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The headers and body of ``error``'s problem response (``send_problem`` sends them;
+    ``surefoot.wsgi`` answers them through WSGI): its status is ``error.status``."""
     body = problem_body(error, request_id=request_id, base=base)
     out = [
         (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
@@ -179,5 +247,4 @@ async def send_problem(
     retry_after = error.fields.get("retry_after")
     if retry_after is not None:
         out.append((b"retry-after", str(retry_after).encode()))
-    await send({"type": "http.response.start", "status": error.status, "headers": out})
-    await send({"type": "http.response.body", "body": body})
+    return out, body

@@ -39,7 +39,15 @@ Rule 6: ``now`` is always a parameter and randomness comes from the ``random`` g
 
 One ``StoreHealth`` tracks one store; pass the same instance to the rate limiter and the
 idempotency middleware when they share a store, so an outage found by one spares the
-other the wait. It is meant for one event loop (its steps never await, so no lock).
+other the wait. Its steps never await and each holds a lock (held for a few dictionary
+look-ups, never across I/O), so it serves one event loop and the threads of the sync
+guards (``surefoot.wsgi``) alike.
+
+Rule 7: every step (``permit``, ``succeeded``, ``failed``, ``abandoned``) runs under the
+        instance's lock, so threads see one sequence of transitions: one probe out, one
+        ``HealthChange`` per outage begun or ended.
+Rule 8: a report whose (state, input) pair is not in the transition table is stale and
+        ignored (None), never an error raised into the request.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from __future__ import annotations
 import enum
 import logging
 import random as _random
+import threading
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple, NoReturn
 
@@ -83,7 +92,7 @@ _H, _D, _P = HealthState.HEALTHY, HealthState.DOWN, HealthState.PROBING
 
 #: (state, input) -> next state. A pair that is not here cannot happen once stale
 #: reports are dropped (Rule 3): DOWN issues no permit to call, so nothing reports in it,
-#: and HEALTHY has no probe to be due.
+#: and HEALTHY has no probe to be due. Should one come all the same, it is stale (Rule 8).
 _TRANSITIONS: dict[tuple[HealthState, _Input], HealthState] = {
     (_H, _Input.CALL): _H,
     (_H, _Input.SUCCEEDED): _H,
@@ -162,6 +171,7 @@ class StoreHealth:
         self._next_probe_at = 0.0
         self._probe_started_at = 0.0
         self._failed_probes = 0
+        self._lock = threading.Lock()
 
     @property
     def state(self) -> HealthState:
@@ -182,6 +192,13 @@ class StoreHealth:
 
     def permit(self, now: float) -> Permit:
         """Ask before a store call: call it, probe it, or skip it (``call`` False)."""
+        if self._state is HealthState.HEALTHY:
+            return self._call  # one read: a stale permit is dropped when it reports (Rule 3)
+        with self._lock:
+            return self._permit(now)
+
+    def _permit(self, now: float) -> Permit:
+        """``permit`` under the lock: the state may have changed since it was read."""
         state = self._state
         if state is HealthState.HEALTHY:
             return self._call
@@ -197,47 +214,62 @@ class StoreHealth:
 
     def succeeded(self, permit: Permit, now: float) -> HealthChange | None:
         """The store answered the call; returns the change if this ended an outage."""
-        if permit.generation != self._generation or not permit.probe:
-            return None  # stale, or a call while healthy: nothing changes (Rule 3)
-        down_since, failed = self._down_since, self._failed_probes
-        self._step(_Input.SUCCEEDED)
-        self._backoff = self.initial_backoff
-        self._failed_probes = 0
+        if not permit.probe:
+            return None  # a call while healthy: nothing changes (Rule 3)
+        with self._lock:
+            if permit.generation != self._generation:
+                return None  # stale (Rule 3)
+            down_since, failed = self._down_since, self._failed_probes
+            if not self._step(_Input.SUCCEEDED):
+                return None
+            self._backoff = self.initial_backoff
+            self._failed_probes = 0
         return HealthChange(HealthState.HEALTHY, down_since, max(0.0, now - down_since), failed)
 
     def failed(self, permit: Permit, now: float) -> HealthChange | None:
         """The call failed; returns the change if this began an outage."""
-        if permit.generation != self._generation or not permit.call:
+        if not permit.call:
             return None
-        began = self._state is HealthState.HEALTHY
-        self._step(_Input.FAILED)
-        if began:
-            self._down_since = now
-            self._backoff = self.initial_backoff
-            self._failed_probes = 0
-        else:
-            self._failed_probes += 1
-            self._backoff = min(self._backoff * 2, self.max_backoff)
-        wait = self._backoff * (1 - self.jitter * self.random.random())
-        self._next_probe_at = now + wait
+        with self._lock:
+            if permit.generation != self._generation:
+                return None
+            began = self._state is HealthState.HEALTHY
+            if not self._step(_Input.FAILED):
+                return None
+            if began:
+                self._down_since = now
+                self._backoff = self.initial_backoff
+                self._failed_probes = 0
+            else:
+                self._failed_probes += 1
+                self._backoff = min(self._backoff * 2, self.max_backoff)
+            wait = self._backoff * (1 - self.jitter * self.random.random())
+            self._next_probe_at = now + wait
         if began:
             return HealthChange(HealthState.DOWN, now, 0.0, 0)
         return None
 
     def abandoned(self, permit: Permit, now: float) -> None:
         """The call was cancelled before the store answered: it tells nothing."""
-        if permit.generation != self._generation or not permit.probe:
+        if not permit.probe:
             return
-        self._step(_Input.ABANDONED)
-        self._next_probe_at = now  # let the next request probe at once (Rule 5)
+        with self._lock:
+            if permit.generation != self._generation or not self._step(_Input.ABANDONED):
+                return
+            self._next_probe_at = now  # let the next request probe at once (Rule 5)
 
-    def _step(self, event: _Input) -> None:
-        new = _TRANSITIONS[self._state, event]
+    def _step(self, event: _Input) -> bool:
+        """Take the transition of ``event`` (the caller holds the lock); False when the
+        (state, input) pair has none: a stale report, ignored (Rule 8)."""
+        new = _TRANSITIONS.get((self._state, event))
+        if new is None:
+            return False
         if new is not self._state or event is _Input.PROBE_DUE:
             self._state = new
             self._generation += 1
             if new is HealthState.HEALTHY:
                 self._call = Permit(True, False, self._generation)
+        return True
 
     def __repr__(self) -> str:
         return (

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import multiprocessing
+import re
 import sqlite3
 import sys
 import threading
@@ -52,6 +53,7 @@ from surefoot.storage import (
     SyncMemoryStore,
     SyncSqliteStore,
     SyncStore,
+    check_store_url,
     store_from_url,
     sync_store_from_url,
 )
@@ -602,3 +604,27 @@ def test_network_schemes_look_their_sync_class_up_when_asked(
     monkeypatch.delattr(home, name)
     with pytest.raises(ConfigurationError, match=f"this surefoot has no {name}"):
         sync_store_from_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///x.db?bogus=1", "unknown options ['bogus']"),
+        ("sqlite:///x.db?lock_timeout=nan", "lock_timeout"),
+        ("memory://?on_full=drop", "on_full"),
+        ("redis://127.0.0.1:6379/0?clock=moon", "clock"),
+        ("ftp://host/x", "expected one of the schemes"),
+    ],
+)
+def test_check_store_url_refuses_what_opening_would_refuse(url: str, expected: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(expected)):
+        check_store_url(url)
+    with pytest.raises(ConfigurationError, match=re.escape(expected)):
+        sync_store_from_url(url)
+
+
+def test_check_store_url_opens_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "never.db"
+    check_store_url(f"sqlite:///{path}")
+    check_store_url("postgresql://app@db.invalid/app?schema=surefoot")  # libpq's, read at open
+    assert not path.exists()

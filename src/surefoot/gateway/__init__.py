@@ -44,6 +44,7 @@ from surefoot.gateway._override_board import OverrideControl, SharedOverrides
 from surefoot.gateway._overrides import TemporaryOverride, apply_overrides
 from surefoot.gateway._reconcile import Finding, Report, Sweeper
 from surefoot.gateway._serve import serve
+from surefoot.gateway._settings import AppSettings, app_settings
 from surefoot.gateway._shed import LoadShedder
 from surefoot.gateway._top import TopTracker
 from surefoot.gateway._watch import AlertWatcher, Silences, parse_matcher
@@ -55,6 +56,7 @@ __all__ = [
     "AdminApp",
     "AlertRule",
     "AlertWatcher",
+    "AppSettings",
     "ConfigRefused",
     "ConfigReloaded",
     "Finding",
@@ -82,6 +84,7 @@ __all__ = [
     "UpstreamFailed",
     "WebhookForgotten",
     "alert_rules",
+    "app_settings",
     "apply_overrides",
     "check_start",
     "config_from_dict",

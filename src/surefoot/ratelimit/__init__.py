@@ -37,7 +37,7 @@ from surefoot.ratelimit._policy import RateLimitPolicy, Rollout, limit_key
 from surefoot.ratelimit._store import RateLimitStore, SyncRateLimitStore
 
 if TYPE_CHECKING:
-    from surefoot.ratelimit._limiter import RateLimiter, Verdict
+    from surefoot.ratelimit._limiter import RateLimiter, SyncRateLimiter, TierResolver, Verdict
     from surefoot.ratelimit.dependency import (
         RateLimitDependency,
         RateLimited,
@@ -48,7 +48,12 @@ else:
     __getattr__, __dir__ = lazy_names(
         __name__,
         {
-            "surefoot.ratelimit._limiter": ("RateLimiter", "Verdict"),
+            "surefoot.ratelimit._limiter": (
+                "RateLimiter",
+                "SyncRateLimiter",
+                "TierResolver",
+                "Verdict",
+            ),
             "surefoot.ratelimit.dependency": (
                 "RateLimitDependency",
                 "RateLimited",
@@ -83,6 +88,8 @@ __all__ = [
     "RateLimiter",
     "Rollout",
     "SyncRateLimitStore",
+    "SyncRateLimiter",
+    "TierResolver",
     "Verdict",
     "install_problem_handler",
     "limit_key",

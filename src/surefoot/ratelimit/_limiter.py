@@ -23,6 +23,10 @@ The engine behind ``RateLimitMiddleware`` and the FastAPI dependency:
    limit's amount (and burst) divided by ``fallback_workers``, rounded down, at least 1;
    else the request is admitted unlimited (``fail_open``).
 
+``RateLimiter`` (async) and ``SyncRateLimiter`` (blocking, for ``surefoot.wsgi``) share
+everything but the store calls: ``_prepare`` plans and asks ``StoreHealth``, the store is
+called by the subclass, and ``_decided`` or ``_failed`` turn its answer into the verdict.
+
 The guard timeout exists because the limiter is on every request's path: the network
 stores give up after their own short timeout, but a store without one (a custom store, a
 SQLite file whose lock holder is stuck) would otherwise hold every request. It defaults
@@ -36,7 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Literal, TypeVar
@@ -45,6 +50,7 @@ from surefoot._asgi import Scope, request_id, route_method
 from surefoot._health import (
     HealthChange,
     HealthState,
+    Permit,
     StoreDown,
     StoreHealth,
     StoreRecovered,
@@ -70,9 +76,9 @@ from surefoot.ratelimit._headers import legacy_headers, policy_field, state_fiel
 from surefoot.ratelimit._limit import Limit
 from surefoot.ratelimit._plan import Covering, Plan, Slot
 from surefoot.ratelimit._policy import RateLimitPolicy
-from surefoot.ratelimit._store import RateLimitStore
+from surefoot.ratelimit._store import RateLimitStore, SyncRateLimitStore
 
-__all__ = ["RateLimiter", "TierResolver", "Verdict"]
+__all__ = ["RateLimiter", "SyncRateLimiter", "TierResolver", "Verdict"]
 
 T = TypeVar("T")
 
@@ -100,13 +106,16 @@ class Verdict:
     local: bool = False
 
 
-class RateLimiter:
-    """Decides requests against policies; see ``RateLimitMiddleware`` for the arguments."""
+class _Limiter:
+    """What ``RateLimiter`` and ``SyncRateLimiter`` share: configuration, planning and the
+    verdicts (no I/O; the store is called by the subclasses' ``check`` and ``release``)."""
+
+    store: Any
 
     def __init__(
         self,
         *,
-        store: RateLimitStore,
+        store: Any,
         policies: Sequence[RateLimitPolicy],
         principal: PrincipalResolver = default_principal,
         tier: TierResolver | None = None,
@@ -116,14 +125,8 @@ class RateLimiter:
         clock: Clock | None = None,
         hooks: Sequence[EventHook] | None = None,
         fallback_workers: int | None = None,
-        store_timeout: float | None = 1.0,
         store_health: StoreHealth | None = None,
     ) -> None:
-        if not isinstance(store, RateLimitStore):
-            raise ConfigurationError(
-                "rate limiter store: expected a RateLimitStore (acquire, release, "
-                f"rate_limit_algorithms), got {type(store).__name__}"
-            )
         if legacy_reset not in ("seconds", "epoch"):
             raise ConfigurationError(
                 f"legacy_reset: expected 'seconds' or 'epoch', got {legacy_reset!r}"
@@ -137,10 +140,6 @@ class RateLimiter:
                 "rate limiter fallback_workers: expected how many worker processes share the "
                 f"store, a whole number >= 1, got {fallback_workers!r}"
             )
-        if store_timeout is not None and not store_timeout > 0:
-            raise ConfigurationError(
-                f"rate limiter store_timeout: expected seconds > 0 or None, got {store_timeout!r}"
-            )
         if store_health is not None and not isinstance(store_health, StoreHealth):
             raise ConfigurationError(
                 "rate limiter store_health: expected a surefoot.storage.StoreHealth, "
@@ -151,17 +150,9 @@ class RateLimiter:
 
         self.store = store
         self.fallback_workers = fallback_workers
-        self.store_timeout = store_timeout
-        # A MemoryStore answers without ever waiting, and a network store that bounds
-        # each call by its own ``timeout`` (RedisStore, PostgresStore) fails first anyway:
-        # guarding either would only cost time (an asyncio timeout costs about as much
-        # as a whole in-memory decision).
-        own = getattr(store, "timeout", None)
-        bounded = isinstance(own, int | float) and store_timeout is not None and own < store_timeout
-        self._memory = store if type(store) is MemoryStore else None
-        self._guard = None if self._memory is not None or bounded else store_timeout
         self.health = store_health if store_health is not None else StoreHealth()
-        # Per-process counters for local_fallback policies while the store is down.
+        # Per-process counters for local_fallback policies while the store is down (its
+        # calls never wait, and each holds the store's lock: threads may share it).
         self._fallback = MemoryStore()
         self.principal: PrincipalResolver = principal
         self.address: PrincipalResolver | None = None
@@ -246,8 +237,9 @@ class RateLimiter:
             items += found
         return slots, items, fixed
 
-    async def check(self, scope: Scope) -> Verdict | None:
-        """The verdict on an HTTP request, or None when no policy covers it."""
+    def _prepare(self, scope: Scope) -> Verdict | _Pending | None:
+        """Everything before the store is asked: the verdict when no store call is needed
+        (no policy, a refused principal, a store known to be down), else what to ask."""
         plan = self._plan
         method, path = route_method(scope), scope["path"]
         covering = plan.covering(method, path)
@@ -265,26 +257,37 @@ class RateLimiter:
         if not items:
             return None
         now = self.clock.now()
-        health = self.health
-        permit = health.permit(now)
+        permit = self.health.permit(now)
         if not permit.call:
             return self._outage(scope, principal, slots, items, now, None)
-        try:
-            if self._memory is not None:
-                admitted, decisions = self._memory.acquire_now(items, now)
-            elif self._guard is None:
-                admitted, decisions = await self.store.acquire(items, now)
-            else:
-                admitted, decisions = await self._guarded(self.store.acquire(items, now))
-        except Exception as exc:  # StoreUnavailable, the guard's TimeoutError, a driver error
-            self._report(scope, health.failed(permit, self.clock.now()), exc)
-            return self._outage(scope, principal, slots, items, self.clock.now(), exc)
-        except BaseException:
-            health.abandoned(permit, self.clock.now())
-            raise
-        if permit.probe:
-            self._report(scope, health.succeeded(permit, self.clock.now()), None)
-        return self._verdict(scope, principal, slots, items, admitted, decisions, now, fixed)
+        return _Pending(scope, principal, slots, items, fixed, now, permit)
+
+    def _failed(self, pending: _Pending, exc: Exception) -> Verdict:
+        """The verdict after the store call of ``pending`` failed with ``exc``."""
+        scope = pending.scope
+        self._report(scope, self.health.failed(pending.permit, self.clock.now()), exc)
+        return self._outage(
+            scope, pending.principal, pending.slots, pending.items, self.clock.now(), exc
+        )
+
+    def _decided(
+        self, pending: _Pending, admitted: bool, decisions: Sequence[RateLimitDecision]
+    ) -> Verdict:
+        """The verdict after the store answered ``pending``."""
+        if pending.permit.probe:
+            self._report(
+                pending.scope, self.health.succeeded(pending.permit, self.clock.now()), None
+            )
+        return self._verdict(
+            pending.scope,
+            pending.principal,
+            pending.slots,
+            pending.items,
+            admitted,
+            decisions,
+            pending.now,
+            pending.fixed,
+        )
 
     def _verdict(
         self,
@@ -336,30 +339,6 @@ class RateLimiter:
             self._emit(ev.RateLimitAllowed, scope, principal, policies=policies, delay=delay)
         held = [item for item in items if item.token] if plan.concurrency else []
         return Verdict(True, None, headers, delay, held, local)
-
-    async def release(self, verdict: Verdict) -> None:
-        """Free the verdict's concurrency slots.
-
-        A failure, or a store known to be down, leaves them to their lease: a release
-        never waits for a store that is down and never serves as its probe.
-        """
-        now = self.clock.now()
-        if verdict.local:
-            for item in verdict.held:
-                await self._fallback.release(item.key, item.token, now)
-            return
-        for item in verdict.held:
-            if not self.health.healthy:
-                return
-            with contextlib.suppress(Exception):
-                await self._guarded(self.store.release(item.key, item.token, now))
-
-    async def _guarded(self, call: Awaitable[T]) -> T:
-        """Await a store call, cut off after ``store_timeout`` (``TimeoutError``)."""
-        if self._guard is None:
-            return await call
-        async with asyncio.timeout(self._guard):
-            return await call
 
     def _headers(
         self,
@@ -484,6 +463,209 @@ class RateLimiter:
                 **fields,
             )
             emit(self.hooks, event)
+
+
+class RateLimiter(_Limiter):
+    """Decides requests against policies; see ``RateLimitMiddleware`` for the arguments."""
+
+    store: RateLimitStore
+
+    def __init__(
+        self,
+        *,
+        store: RateLimitStore,
+        policies: Sequence[RateLimitPolicy],
+        principal: PrincipalResolver = default_principal,
+        tier: TierResolver | None = None,
+        headers: bool = True,
+        legacy_headers: bool = False,
+        legacy_reset: Literal["seconds", "epoch"] = "seconds",
+        clock: Clock | None = None,
+        hooks: Sequence[EventHook] | None = None,
+        fallback_workers: int | None = None,
+        store_timeout: float | None = 1.0,
+        store_health: StoreHealth | None = None,
+    ) -> None:
+        if not isinstance(store, RateLimitStore):
+            raise ConfigurationError(
+                "rate limiter store: expected a RateLimitStore (acquire, release, "
+                f"rate_limit_algorithms), got {type(store).__name__}"
+            )
+        if store_timeout is not None and not store_timeout > 0:
+            raise ConfigurationError(
+                f"rate limiter store_timeout: expected seconds > 0 or None, got {store_timeout!r}"
+            )
+        super().__init__(
+            store=store,
+            policies=policies,
+            principal=principal,
+            tier=tier,
+            headers=headers,
+            legacy_headers=legacy_headers,
+            legacy_reset=legacy_reset,
+            clock=clock,
+            hooks=hooks,
+            fallback_workers=fallback_workers,
+            store_health=store_health,
+        )
+        from surefoot.storage.memory import MemoryStore
+
+        self.store_timeout = store_timeout
+        # A MemoryStore answers without ever waiting, and a network store that bounds
+        # each call by its own ``timeout`` (RedisStore, PostgresStore) fails first anyway:
+        # guarding either would only cost time (an asyncio timeout costs about as much
+        # as a whole in-memory decision).
+        own = getattr(store, "timeout", None)
+        bounded = isinstance(own, int | float) and store_timeout is not None and own < store_timeout
+        self._memory = store if type(store) is MemoryStore else None
+        self._guard = None if self._memory is not None or bounded else store_timeout
+
+    async def check(self, scope: Scope) -> Verdict | None:
+        """The verdict on an HTTP request, or None when no policy covers it."""
+        pending = self._prepare(scope)
+        if not isinstance(pending, _Pending):
+            return pending
+        items, now = pending.items, pending.now
+        try:
+            if self._memory is not None:
+                admitted, decisions = self._memory.acquire_now(items, now)
+            elif self._guard is None:
+                admitted, decisions = await self.store.acquire(items, now)
+            else:
+                admitted, decisions = await self._guarded(self.store.acquire(items, now))
+        except Exception as exc:  # StoreUnavailable, the guard's TimeoutError, a driver error
+            return self._failed(pending, exc)
+        except BaseException:
+            self.health.abandoned(pending.permit, self.clock.now())
+            raise
+        return self._decided(pending, admitted, decisions)
+
+    async def release(self, verdict: Verdict) -> None:
+        """Free the verdict's concurrency slots.
+
+        A failure, or a store known to be down, leaves them to their lease: a release
+        never waits for a store that is down and never serves as its probe.
+        """
+        now = self.clock.now()
+        if verdict.local:
+            for item in verdict.held:
+                await self._fallback.release(item.key, item.token, now)
+            return
+        for item in verdict.held:
+            if not self.health.healthy:
+                return
+            with contextlib.suppress(Exception):
+                await self._guarded(self.store.release(item.key, item.token, now))
+
+    async def _guarded(self, call: Awaitable[T]) -> T:
+        """Await a store call, cut off after ``store_timeout`` (``TimeoutError``)."""
+        if self._guard is None:
+            return await call
+        async with asyncio.timeout(self._guard):
+            return await call
+
+
+class SyncRateLimiter(_Limiter):
+    """``RateLimiter`` for blocking code (WSGI workers, Django, Flask), on a
+    ``SyncRateLimitStore``: the same plan, verdicts, headers, problems and outage rules.
+
+    Example:
+        >>> limiter = SyncRateLimiter(
+        ...     store=SyncMemoryStore(),
+        ...     policies=[RateLimitPolicy("default", limits=["100/minute"])],
+        ... )
+        >>> verdict = limiter.check(scope)  # None: no policy covers the request
+
+    The arguments are ``RateLimiter``'s but ``store_timeout``: a blocking call cannot be
+    cut off safely, so each call is bounded by the sync store's own timeout alone.
+    """
+
+    store: SyncRateLimitStore
+
+    def __init__(
+        self,
+        *,
+        store: SyncRateLimitStore,
+        policies: Sequence[RateLimitPolicy],
+        principal: PrincipalResolver = default_principal,
+        tier: TierResolver | None = None,
+        headers: bool = True,
+        legacy_headers: bool = False,
+        legacy_reset: Literal["seconds", "epoch"] = "seconds",
+        clock: Clock | None = None,
+        hooks: Sequence[EventHook] | None = None,
+        fallback_workers: int | None = None,
+        store_health: StoreHealth | None = None,
+    ) -> None:
+        if not isinstance(store, SyncRateLimitStore) or inspect.iscoroutinefunction(store.acquire):
+            raise ConfigurationError(
+                "rate limiter store: expected a SyncRateLimitStore (blocking acquire, release, "
+                f"rate_limit_algorithms), got {type(store).__name__}"
+            )
+        super().__init__(
+            store=store,
+            policies=policies,
+            principal=principal,
+            tier=tier,
+            headers=headers,
+            legacy_headers=legacy_headers,
+            legacy_reset=legacy_reset,
+            clock=clock,
+            hooks=hooks,
+            fallback_workers=fallback_workers,
+            store_health=store_health,
+        )
+
+    def check(self, scope: Scope) -> Verdict | None:
+        """The verdict on an HTTP request, or None when no policy covers it."""
+        pending = self._prepare(scope)
+        if not isinstance(pending, _Pending):
+            return pending
+        try:
+            admitted, decisions = self.store.acquire(pending.items, pending.now)
+        except Exception as exc:  # StoreUnavailable, a timeout, a driver error
+            return self._failed(pending, exc)
+        except BaseException:
+            self.health.abandoned(pending.permit, self.clock.now())
+            raise
+        return self._decided(pending, admitted, decisions)
+
+    def release(self, verdict: Verdict) -> None:
+        """Free the verdict's concurrency slots (as ``RateLimiter.release``)."""
+        now = self.clock.now()
+        if verdict.local:
+            for item in verdict.held:
+                _run_now(self._fallback.release(item.key, item.token, now))
+            return
+        for item in verdict.held:
+            if not self.health.healthy:
+                return
+            with contextlib.suppress(Exception):
+                self.store.release(item.key, item.token, now)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A request planned and permitted, waiting for the store's answer."""
+
+    scope: Scope
+    principal: str
+    slots: tuple[Slot, ...]
+    items: tuple[Item, ...]
+    fixed: bytes | None
+    now: float
+    permit: Permit
+
+
+def _run_now(call: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never waits (a ``MemoryStore`` call) to its end, without a loop."""
+    try:
+        call.send(None)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+    call.close()
+    raise RuntimeError("expected a coroutine that never waits")
 
 
 @lru_cache(maxsize=4096)

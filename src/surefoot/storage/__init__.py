@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         SYNC_STORES,
         Store,
         SyncStore,
+        check_store_url,
         store_from_url,
         sync_store_from_url,
     )
@@ -50,6 +51,7 @@ else:
                 "SYNC_STORES",
                 "Store",
                 "SyncStore",
+                "check_store_url",
                 "store_from_url",
                 "sync_store_from_url",
             ),
@@ -77,6 +79,7 @@ __all__ = [
     "SyncMemoryStore",
     "SyncSqliteStore",
     "SyncStore",
+    "check_store_url",
     "store_from_url",
     "sync_store_from_url",
 ]

@@ -208,3 +208,32 @@ def sync_store_from_url(url: str) -> SyncStore:
             f"got {scheme!r}"
         )
     return factory(url)
+
+
+def check_store_url(url: str) -> None:
+    """Read ``url``'s scheme and options as its store would, opening nothing.
+
+    For validating a configuration before the stores are opened (in each worker process,
+    after the server forks). Memory, SQLite and Redis URLs are checked in full; a
+    PostgreSQL URL's options go to libpq and are checked when the store opens, and a
+    scheme whose driver is not installed is said when the store opens.
+
+    Raises:
+        ConfigurationError: as ``store_from_url`` would for the same URL.
+    """
+    scheme = split_url(url).scheme
+    if scheme not in STORES:
+        raise ConfigurationError(
+            f"store URL {masked_url(url)!r}: expected one of the schemes {sorted(STORES)}, "
+            f"got {scheme!r}"
+        )
+    if scheme == "memory":
+        _memory_options(url)
+    elif scheme == "sqlite":
+        _sqlite_options(url)
+    elif scheme in ("redis", "rediss", "redis+cluster"):
+        try:
+            from surefoot.storage.redis import _url_options
+        except ImportError:  # the driver is missing: said when the store opens
+            return
+        _url_options(url, "RedisStore")

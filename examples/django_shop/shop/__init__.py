@@ -1,0 +1,3 @@
+"""The shop's Django project: settings, URLs, views and the WSGI app."""
+
+from __future__ import annotations
