@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import socket
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from multiprocessing.process import BaseProcess
@@ -95,6 +96,15 @@ def public_event_types() -> list[type[Event]]:
 
 #: Seconds a wait on another process may last before the test fails instead of hanging.
 GUARD = 30.0
+
+
+def forked_child() -> None:
+    """Call first in a process forked from pytest's: it inherits pytest's "warnings are
+    errors", and a warning coverage gives as the child exits (after its work succeeded)
+    would end it with exit code 1 and no traceback."""
+    warnings.simplefilter("default")
+
+
 #: Worker processes start with "spawn": a fresh interpreter, as a real deployment's.
 SPAWN = multiprocessing.get_context("spawn")
 

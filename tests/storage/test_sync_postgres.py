@@ -27,7 +27,7 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from _support import T0
+from _support import T0, forked_child
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency import (
     Begin,
@@ -344,6 +344,7 @@ def backend_pid(store: SyncPostgresStore) -> int:
 def forked_racer(store: SyncPostgresStore, barrier: Any, out: Path) -> None:
     """In a forked child, with the parent's store: begins and acquires, and the backend
     pid of a connection of the child's pool."""
+    forked_child()
     barrier.wait(GUARD)
     decisions = [type(store.begin("hot", begin_req(), T0)).__name__ for _ in range(10)]
     item = Item("rl:forked", "sliding_window", SLOTS_FORKED)

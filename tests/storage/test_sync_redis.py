@@ -33,7 +33,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from _services import service_url, store_url_sync
-from _support import T0, free_port
+from _support import T0, forked_child, free_port
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency import (
     Begin,
@@ -853,6 +853,7 @@ FORK = (
 
 
 def _forked_begins(store: SyncRedisStore, barrier: Any, out: Path) -> None:
+    forked_child()
     barrier.wait(GUARD)
     decisions = [
         type(store.begin("hot", begin_req(uuid.uuid4().hex), T0)).__name__ for _ in range(10)

@@ -32,7 +32,7 @@ import pytest
 
 import surefoot.storage.sqlite as sqlite_module
 from _services import store_url_sync
-from _support import T0
+from _support import T0, forked_child
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency import (
     Begin,
@@ -450,6 +450,7 @@ FORK_KEYS = 150
 def forked_racer(store: SyncSqliteStore, barrier: Any, worker: int, out: Path) -> None:
     """In a forked worker, with the store its parent created: race the other workers on
     each hot key, and write a key of its own after each; write the hot keys' decisions."""
+    forked_child()
     barrier.wait(GUARD)
     decisions = []
     for i in range(FORK_KEYS):
