@@ -11,7 +11,12 @@ import json
 import multiprocessing
 import os
 import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -159,3 +164,68 @@ def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def gunicorn(
+    app: str, *, folder: Path, env: dict[str, str], ready: str, log: Path
+) -> Iterator[str]:
+    """Real gunicorn, 4 sync worker processes, serving ``app`` (``module:callable``, found
+    from ``folder``) with ``env`` added to this environment, its output in ``log``; its base
+    URL once ``ready`` answers with any status."""
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "--workers", "4", "--worker-class", "sync"]
+    command += ["--bind", f"127.0.0.1:{port}", "--chdir", str(folder), app]
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + GUARD
+        while True:  # until it answers; a failure guard, not a wait for time
+            try:
+                with urllib.request.urlopen(f"{base}{ready}", timeout=1):
+                    break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gunicorn did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.05)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(GUARD)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            process.kill()
+            process.wait(GUARD)
+
+
+def storm(
+    client: Callable[..., None],
+    base: str,
+    method: str,
+    path: str,
+    folder: Path,
+    *,
+    clients: int,
+    each: int,
+) -> list[list[Any]]:
+    """``clients`` spawned processes each send ``each`` requests through ``client(base,
+    method, path, each, result_file)``; every answer they wrote, in one list."""
+    name = path.strip("/").replace("/", "-")
+    results = [folder / f"{method}-{name}-{i}.json" for i in range(clients)]
+    processes = [
+        SPAWN.Process(target=client, args=(base, method, path, each, str(result)))
+        for result in results
+    ]
+    for process in processes:
+        process.start()
+    join_all(processes)
+    out: list[list[Any]] = []
+    for result in results:
+        out += json.loads(result.read_text())
+    return out

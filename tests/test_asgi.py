@@ -97,3 +97,18 @@ def test_without_a_root_path_a_dot_segment_is_resolved_as_before() -> None:
     scope = _scope("/app/../charges", b"/app/../charges", "")
     assert canonicalize(scope, allow_method_override=False) is None
     assert scope["path"] == "/charges"
+
+
+def test_a_root_path_a_server_sends_encoded_is_taken_as_sent() -> None:
+    # uvicorn --root-path /%7Euser: path = root + decoded target, raw_path = root + target.
+    scope = _scope("/%7Euser/charges", b"/%7Euser/charges", "/%7Euser")
+    assert canonicalize(scope, allow_method_override=False) is None
+    assert (scope["path"], scope["raw_path"]) == ("/%7Euser/charges", b"/%7Euser/charges")
+    climbing = _scope("/%7Euser/../admin", b"/%7Euser/../admin", "/%7Euser")
+    assert isinstance(canonicalize(climbing, allow_method_override=False), InvalidPath)
+
+
+def test_a_raw_path_that_is_neither_the_path_nor_its_part_after_the_root_is_refused() -> None:
+    scope = _scope("/app/../x", b"//app/../x", "/app")
+    refused = canonicalize(scope, allow_method_override=False)
+    assert isinstance(refused, InvalidPath)

@@ -94,7 +94,8 @@ def canonicalize(scope: Scope, *, allow_method_override: bool) -> SurefootError 
     as sent: a ``..`` that would climb out of it (``/app/../charges``) is refused, as a
     path that leaves the mount would reach a route no rule was written for. A
     ``raw_path`` without the prefix (a server that leaves it out) is taken as the part
-    after it, and stays without it.
+    after it, and stays without it; a ``raw_path`` that is neither (it and ``path``
+    disagree) is refused.
 
     Returns:
         None, or the error to answer without calling the app: ``InvalidPath``, or
@@ -138,8 +139,10 @@ def _canonical(scope: Scope) -> CanonicalPath:
         split = split_root(raw, root)
         if split is not None and _decoded(raw) != rest:
             prefix, raw_rest = split
-        else:  # the server's raw_path leaves the prefix out: it is the part after it
+        elif _decoded(raw) == rest:  # the server's raw_path leaves the prefix out
             prefix, raw_rest = b"", raw
+        else:  # raw_path and path disagree: which one would the app read?
+            raise InvalidPath(reason="its raw form and its decoded form differ")
     else:
         prefix, raw_rest = quote_path(root), quote_path(rest)
     if not raw_rest:
@@ -166,7 +169,8 @@ def split_root(raw: bytes, root: str) -> tuple[bytes, bytes] | None:
     if len(parts) < depth + 1:
         return None
     prefix = b"/".join(parts[: depth + 1])
-    if _decoded(prefix) != root:
+    # A server may send the prefix as configured (uvicorn's --root-path /%7Euser): as is.
+    if _decoded(prefix) != root and prefix != root.encode("utf-8"):
         return None
     return prefix, raw[len(prefix) :]
 

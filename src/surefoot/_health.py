@@ -265,10 +265,12 @@ class StoreHealth:
         if new is None:
             return False
         if new is not self._state or event is _Input.PROBE_DUE:
-            self._state = new
+            # The generation and the healthy permit before the state: a thread on the
+            # lock-free healthy path that sees HEALTHY also sees the current permit.
             self._generation += 1
             if new is HealthState.HEALTHY:
                 self._call = Permit(True, False, self._generation)
+            self._state = new
         return True
 
     def __repr__(self) -> str:

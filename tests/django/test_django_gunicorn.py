@@ -11,11 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,15 +19,13 @@ import pytest
 from _django_client import client
 
 from _services import store_url_sync
-from _support import GUARD, SPAWN, free_port, join_all, read_ledger
+from _support import gunicorn, read_ledger, storm
 
 pytestmark = pytest.mark.slow
 
-WORKERS = 4
 CLIENTS = 4
 PER_CLIENT = 50
 HERE = Path(__file__).parent
-GUNICORN = Path(sys.executable).parent / "gunicorn"
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -43,9 +36,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
     with store_url_sync(request.param, tmp_path) as url:
         if request.param == "redis":
             url += "&timeout=2"  # 4 workers and 8 clients on one test machine: no blips
-        port = free_port()
         env = {
-            **os.environ,
             "DJANGO_SETTINGS_MODULE": "_django_settings",
             "SUREFOOT_TEST_STORE": url,
             "SUREFOOT_TEST_DATABASE": str(tmp_path / "db.sqlite3"),
@@ -54,52 +45,14 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
             "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)]),
         }
         log = tmp_path / "gunicorn.log"
-        command = [str(GUNICORN), "--workers", str(WORKERS), "--worker-class", "sync"]
-        command += ["--bind", f"127.0.0.1:{port}", "--chdir", str(HERE), "_django_wsgi:application"]
-        with log.open("wb") as output:
-            process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            _wait_ready(base, process, log)
+        # Ready when Django answers anything, a 404 included.
+        app = "_django_wsgi:application"
+        with gunicorn(app, folder=HERE, env=env, ready="/nowhere", log=log) as base:
             yield base, ledger
-        finally:
-            process.terminate()
-            try:
-                process.wait(GUARD)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                process.kill()
-                process.wait(GUARD)
-
-
-def _wait_ready(base: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + GUARD
-    while True:  # until it answers; a failure guard, not a wait for time
-        try:
-            with urllib.request.urlopen(f"{base}/nowhere", timeout=1):
-                return
-        except urllib.error.HTTPError:
-            return  # a 404: Django answers
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"gunicorn did not start:\n{log.read_text(errors='replace')}")
-        time.sleep(0.05)
 
 
 def _storm(base: str, method: str, path: str, tmp_path: Path) -> list[list[Any]]:
-    name = path.strip("/").replace("/", "-")
-    results = [tmp_path / f"{method}-{name}-{i}.json" for i in range(CLIENTS)]
-    processes = [
-        SPAWN.Process(target=client, args=(base, method, path, PER_CLIENT, str(result)))
-        for result in results
-    ]
-    for process in processes:
-        process.start()
-    join_all(processes)
-    out: list[list[Any]] = []
-    for result in results:
-        out += json.loads(result.read_text())
-    return out
+    return storm(client, base, method, path, tmp_path, clients=CLIENTS, each=PER_CLIENT)
 
 
 def test_identical_keyed_posts_execute_once(server: tuple[str, Path], tmp_path: Path) -> None:
