@@ -63,7 +63,7 @@ from surefoot.flask._problem import HTTPProblem
 from surefoot.flask._protect import abandon, as_exception, hold, protect, read_body
 from surefoot.idempotency import IdempotencyPolicy
 from surefoot.identity import PrincipalResolver, default_principal
-from surefoot.ratelimit import Limit, RateLimitPolicy, Verdict
+from surefoot.ratelimit import Limit, RateLimitPolicy, TierResolver, Verdict
 from surefoot.wsgi import IdempotencyGuard, RateLimitGuard, Request, Response, problem_response
 
 if TYPE_CHECKING:
@@ -75,8 +75,6 @@ if TYPE_CHECKING:
 __all__ = ["Surefoot"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-#: The tier of a principal: ``(scope, principal) -> tier | None`` (``RateLimitPolicy.tiers``).
-TierResolver = Callable[[Any, str], "str | None"]
 
 MiB = 1024 * 1024
 _G = "_surefoot"

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -61,8 +61,7 @@ from surefoot.identity import Identity
 from surefoot.storage import check_store_url
 
 if TYPE_CHECKING:
-    from surefoot._asgi import Scope
-    from surefoot.ratelimit import RateLimitPolicy
+    from surefoot.ratelimit import RateLimitPolicy, TierResolver
     from surefoot.storage import SyncStore
     from surefoot.wsgi import IdempotencyGuard, RateLimitGuard
 
@@ -150,7 +149,7 @@ class AppSettings:
         )
 
     @property
-    def tier(self) -> Callable[[Scope, str], str | None] | None:
+    def tier(self) -> TierResolver | None:
         """The tier resolver of ``[[clients]] tier`` (None: no client has a tier)."""
         tiers = self.tiers
         if not tiers:
