@@ -90,9 +90,9 @@ from surefoot.errors import (
     SurefootError,
 )
 from surefoot.events import EventHook, LoggingHook
-from surefoot.gateway import GatewayConfig, SharedOverrides, apply_overrides, load_config
+from surefoot.gateway import GatewayConfig, SharedOverrides, load_config
 from surefoot.identity import Identity
-from surefoot.ratelimit import RateLimitMiddleware, RateLimitPolicy, RateLimitStore
+from surefoot.ratelimit import RateLimitMiddleware, RateLimitStore
 from surefoot.storage import store_from_url
 
 __all__ = ["DecisionApp"]
@@ -224,7 +224,7 @@ class DecisionApp:
         limiter = RateLimitMiddleware(
             _allow,
             store=store,
-            policies=self._overridden(config),
+            policies=self.overrides.applied(config),
             principal=identity,
             tier=(lambda scope, principal: tiers.get(principal)) if tiers else None,
             headers=root.rate_limit.headers,
@@ -238,35 +238,16 @@ class DecisionApp:
         )
         return _Decider(config=config, identity=identity, limiter=limiter, store_url=url)
 
-    def _overridden(self, config: GatewayConfig) -> list[RateLimitPolicy]:
-        """The file's policies with the overrides in force applied (Rule 6)."""
-        live = self.overrides.live.values()
-        if not live:
-            return list(config.rate_limit_policies)
-        principals: dict[str, list[str]] = {client.name: [] for client in config.root.clients}
-        for principal, name in config.principals.items():
-            principals.setdefault(name, []).append(principal)
-        return apply_overrides(config.rate_limit_policies, live, principals, now=self.clock.now())
-
     async def sync_overrides(self) -> None:
         """Read the temporary overrides and apply them if the set in force changed; a
         store that fails keeps those in force here."""
-        try:
-            changed = await self.overrides.sync()
-        except Exception as exc:
-            _log.warning("overrides: reading them failed: %s", type(exc).__name__)
-            return
-        if changed:
+        if await self.overrides.refresh():
             self.apply_overrides()
 
     def apply_overrides(self) -> None:
         """Put the overrides in force on the rate limiter, in place (Rule 6)."""
         decider = self.decider
-        try:
-            decider.limiter.update_policies(self._overridden(decider.config))
-        except ConfigurationError as exc:  # never expected: each override was checked
-            _log.error("overrides: not applied, the file's limits stay: %s", exc)
-            decider.limiter.update_policies(decider.config.rate_limit_policies)
+        decider.limiter.update_policies(self.overrides.policies(decider.config))
 
     async def _sync_every(self, every: float) -> None:
         while True:
@@ -293,8 +274,7 @@ class DecisionApp:
             await self._lifespan(receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.overrides.next_expiry <= self.clock.now():  # an override ended (Rule 6)
-            self.overrides.expire(self.clock.now())
+        if self.overrides.expire(self.clock.now()):  # an override ended (Rule 6)
             self.apply_overrides()
         decider = self.decider  # Rule 5: one configuration for the whole request
         identity = decider.identity

@@ -96,7 +96,6 @@ from surefoot._asgi import new_request_id
 from surefoot._paths import canonical_path
 from surefoot.clock import Clock, SystemClock
 from surefoot.errors import (
-    ConfigurationError,
     CredentialsAmbiguous,
     InvalidPath,
     QuotaExceeded,
@@ -105,7 +104,7 @@ from surefoot.errors import (
     SurefootError,
     problem_document,
 )
-from surefoot.gateway import GatewayConfig, SharedOverrides, apply_overrides
+from surefoot.gateway import GatewayConfig, SharedOverrides
 from surefoot.identity import Identity
 from surefoot.ratelimit import (
     Item,
@@ -222,7 +221,7 @@ class EnvoyRateLimitService:
         they all see one file.
         """
         self.config = config
-        self.policies = {p.name: p for p in self._overridden(config)}
+        self.policies = {p.name: p for p in self.overrides.policies(config)}
         self.tiers = dict(config.tiers)
         headers = tuple(h.lower() for h in config.root.identity.credential_headers)
         self.identity = Identity(
@@ -234,35 +233,14 @@ class EnvoyRateLimitService:
             alias: h for alias, h in _ALIASES.items() if h in headers and alias not in headers
         }
 
-    def _overridden(self, config: GatewayConfig) -> list[RateLimitPolicy]:
-        """The file's policies with the overrides in force applied (Rule 11)."""
-        live = self.overrides.live.values()
-        if not live:
-            return list(config.rate_limit_policies)
-        principals: dict[str, list[str]] = {client.name: [] for client in config.root.clients}
-        for principal, name in config.principals.items():
-            principals.setdefault(name, []).append(principal)
-        try:
-            return apply_overrides(
-                config.rate_limit_policies, live, principals, now=self.clock.now()
-            )
-        except ConfigurationError as exc:  # never expected: each override was checked
-            _log.error("overrides: not applied, the file's limits stay: %s", exc)
-            return list(config.rate_limit_policies)
-
     def apply_overrides(self) -> None:
         """Put the overrides in force on the policies (Rule 11)."""
-        self.policies = {p.name: p for p in self._overridden(self.config)}
+        self.policies = {p.name: p for p in self.overrides.policies(self.config)}
 
     async def sync_overrides(self) -> None:
         """Read the temporary overrides and apply them if the set in force changed; a
         store that fails keeps those in force here."""
-        try:
-            changed = await self.overrides.sync()
-        except Exception as exc:
-            _log.warning("overrides: reading them failed: %s", type(exc).__name__)
-            return
-        if changed:
+        if await self.overrides.refresh():
             self.apply_overrides()
 
     async def sync_every(self, every: float = SYNC_EVERY) -> None:
@@ -288,8 +266,7 @@ class EnvoyRateLimitService:
         Raises:
             ValueError: a malformed request (``ShouldRateLimit``: ``INVALID_ARGUMENT``).
         """
-        if self.overrides.next_expiry <= self.clock.now():  # an override ended (Rule 11)
-            self.overrides.expire(self.clock.now())
+        if self.overrides.expire(self.clock.now()):  # an override ended (Rule 11)
             self.apply_overrides()
         domain = request.domain
         if not domain or len(domain) > MAX_VALUE:

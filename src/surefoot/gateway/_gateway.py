@@ -113,8 +113,7 @@ from surefoot.gateway._head import ServerLimits
 from surefoot.gateway._lookup import LookupResolver
 from surefoot.gateway._metrics import GatewayMetrics
 from surefoot.gateway._outbox import OutboxRunner
-from surefoot.gateway._override_board import SYNC_EVERY, SharedOverrides, principals_of_client
-from surefoot.gateway._overrides import apply_overrides
+from surefoot.gateway._override_board import SYNC_EVERY, SharedOverrides
 from surefoot.gateway._reconcile import Report, Sweeper, describe
 from surefoot.gateway._schema import Route
 from surefoot.gateway._shed import LoadShedder
@@ -125,7 +124,7 @@ from surefoot.gateway.proxy import ProxyApp
 from surefoot.idempotency import IdempotencyMiddleware, LeaseExpired, OutcomeUnknown, State
 from surefoot.identity import Identity
 from surefoot.metrics import uncounted
-from surefoot.ratelimit import RateLimitMiddleware, RateLimitPolicy
+from surefoot.ratelimit import RateLimitMiddleware
 from surefoot.storage import IdempotencyStore, RateLimitStore, StoreHealth, store_from_url
 from surefoot.webhooks import WebhookEndpoint, WebhookReceiver
 
@@ -321,8 +320,7 @@ class Gateway:
         # websockets are not proxied
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.overrides.next_expiry <= self.clock.now():  # an override ended (Rule 9)
-            self.overrides.expire(self.clock.now())
+        if self.overrides.expire(self.clock.now()):  # an override ended (Rule 9)
             self.apply_overrides()
         stack = self.stack
         if stack.test_header is not None and _is_test(stack, scope):
@@ -503,34 +501,16 @@ class Gateway:
             await self.sync_overrides()
 
     async def sync_overrides(self) -> None:
-        """Read the temporary overrides (``SharedOverrides.sync``) and apply them if the set
-        in force changed (Rule 9); a store that fails keeps those in force here."""
-        try:
-            changed = await self.overrides.sync()
-        except Exception as exc:
-            _log.warning("overrides: reading them failed: %s", type(exc).__name__)
-            return
-        if changed:
+        """Read the temporary overrides and apply them if the set in force changed (Rule 9);
+        a store that fails keeps those in force here."""
+        if await self.overrides.refresh():
             self.apply_overrides()
 
     def apply_overrides(self) -> None:
         """Put the overrides in force on the stack's rate limiter, in place (Rule 9)."""
         limiter = self.stack.rate_limiter
-        if limiter is None:
-            return
-        try:
-            limiter.update_policies(self._overridden(self.stack.config))
-        except ConfigurationError as exc:  # never expected: each override was checked
-            _log.error("overrides: not applied, the file's limits stay: %s", exc)
-            limiter.update_policies(self.stack.config.rate_limit_policies)
-
-    def _overridden(self, config: GatewayConfig) -> list[RateLimitPolicy]:
-        """The file's policies with the overrides in force applied (``_overrides``)."""
-        live = self.overrides.live.values()
-        if not live:
-            return list(config.rate_limit_policies)
-        principals = principals_of_client(config)
-        return apply_overrides(config.rate_limit_policies, live, principals, now=self.clock.now())
+        if limiter is not None:
+            limiter.update_policies(self.overrides.policies(self.stack.config))
 
     def refresh_abuse(self) -> None:
         """Count the entries in force (``surefoot_abuse_entries``) and the clients in
@@ -891,7 +871,7 @@ class Gateway:
             app = rate_limiter = RateLimitMiddleware(
                 app,
                 store=rl_store,
-                policies=self._overridden(config),
+                policies=self.overrides.applied(config),
                 principal=identity,
                 tier=(lambda scope, principal: tiers.get(principal)) if tiers else None,
                 headers=root.rate_limit.headers,

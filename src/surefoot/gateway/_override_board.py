@@ -69,6 +69,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from surefoot.clock import Clock, SystemClock
+from surefoot.errors import ConfigurationError
 from surefoot.events import Event, EventHook, emit
 from surefoot.gateway._abuse import _reason, by_of, duration_seconds
 from surefoot.gateway._events import (
@@ -81,6 +82,7 @@ from surefoot.gateway._overrides import (
     MAX_LIVE,
     MIN_DURATION,
     TemporaryOverride,
+    apply_overrides,
     check_override,
     created,
     limits_of,
@@ -90,6 +92,7 @@ from surefoot.gateway._overrides import (
 if TYPE_CHECKING:
     from surefoot.gateway._config import GatewayConfig
     from surefoot.metrics import BoardStore
+    from surefoot.ratelimit import RateLimitPolicy
 
 __all__ = [
     "AUDIT",
@@ -223,6 +226,33 @@ class SharedOverrides:
         self._changes = 0  # add and remove changing ``live`` (Rule 5)
         self._swept_at = -math.inf
         self._undecodable: set[str] = set()
+
+    def applied(self, config: GatewayConfig) -> list[RateLimitPolicy]:
+        """``config``'s rate-limit policies with the overrides in force applied
+        (``apply_overrides``); raises ``ConfigurationError`` when one cannot be."""
+        live = self.live.values()
+        if not live:
+            return list(config.rate_limit_policies)
+        principals = principals_of_client(config)
+        return apply_overrides(config.rate_limit_policies, live, principals, now=self.clock.now())
+
+    def policies(self, config: GatewayConfig) -> list[RateLimitPolicy]:
+        """``applied``, or the file's own policies when an override cannot be applied
+        (never expected: each was checked when it was made; logged)."""
+        try:
+            return self.applied(config)
+        except ConfigurationError as exc:
+            _log.error("overrides: not applied, the file's limits stay: %s", exc)
+            return list(config.rate_limit_policies)
+
+    async def refresh(self) -> bool:
+        """``sync``, with a store that fails logged and those in force kept: True when
+        the set in force changed."""
+        try:
+            return await self.sync()
+        except Exception as exc:
+            _log.warning("overrides: reading them failed: %s", type(exc).__name__)
+            return False
 
     async def read(self, now: float) -> dict[str, TemporaryOverride]:
         """Target -> the override in force at ``now``, as the store has it."""
