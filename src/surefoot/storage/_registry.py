@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
 from surefoot._masking import masked_url, split_url
@@ -16,6 +16,8 @@ from surefoot.ratelimit import RateLimitStore, SyncRateLimitStore
 from surefoot.storage.memory import MemoryStore, SyncMemoryStore
 from surefoot.storage.sqlite import SqliteStore, SyncSqliteStore
 from surefoot.webhooks import OrderingStore
+
+T = TypeVar("T")
 
 __all__ = ["STORES", "SYNC_STORES", "Store", "SyncStore", "store_from_url", "sync_store_from_url"]
 
@@ -160,6 +162,18 @@ SYNC_STORES: dict[str, Callable[[str], SyncStore]] = {
 }
 
 
+def _factory(url: str, registry: Mapping[str, Callable[[str], T]]) -> Callable[[str], T]:
+    """``registry``'s factory for ``url``'s scheme, or the error naming the schemes."""
+    scheme = split_url(url).scheme
+    factory = registry.get(scheme)
+    if factory is None:
+        raise ConfigurationError(
+            f"store URL {masked_url(url)!r}: expected one of the schemes {sorted(registry)}, "
+            f"got {scheme!r}"
+        )
+    return factory
+
+
 def store_from_url(url: str) -> Store:
     """A store described by ``url``.
 
@@ -175,14 +189,7 @@ def store_from_url(url: str) -> Store:
         ConfigurationError: a URL that cannot be split, an unknown scheme or bad options,
             naming what is expected (the URL masked).
     """
-    scheme = split_url(url).scheme
-    factory = STORES.get(scheme)
-    if factory is None:
-        raise ConfigurationError(
-            f"store URL {masked_url(url)!r}: expected one of the schemes {sorted(STORES)}, "
-            f"got {scheme!r}"
-        )
-    return factory(url)
+    return _factory(url, STORES)(url)
 
 
 def sync_store_from_url(url: str) -> SyncStore:
@@ -200,14 +207,7 @@ def sync_store_from_url(url: str) -> SyncStore:
     Raises:
         ConfigurationError: as ``store_from_url``.
     """
-    scheme = split_url(url).scheme
-    factory = SYNC_STORES.get(scheme)
-    if factory is None:
-        raise ConfigurationError(
-            f"store URL {masked_url(url)!r}: expected one of the schemes {sorted(SYNC_STORES)}, "
-            f"got {scheme!r}"
-        )
-    return factory(url)
+    return _factory(url, SYNC_STORES)(url)
 
 
 def check_store_url(url: str) -> None:
@@ -221,12 +221,8 @@ def check_store_url(url: str) -> None:
     Raises:
         ConfigurationError: as ``store_from_url`` would for the same URL.
     """
+    _factory(url, STORES)
     scheme = split_url(url).scheme
-    if scheme not in STORES:
-        raise ConfigurationError(
-            f"store URL {masked_url(url)!r}: expected one of the schemes {sorted(STORES)}, "
-            f"got {scheme!r}"
-        )
     if scheme == "memory":
         _memory_options(url)
     elif scheme == "sqlite":

@@ -1177,7 +1177,7 @@ class SyncPostgresStore(_Steps):
         # would end the parent's sessions) in a forked child.
         self._inherited: list[SyncPool] = []
         if self._dsn is not None:
-            os.register_at_fork(after_in_child=functools.partial(_after_fork, weakref.ref(self)))
+            _FORKABLE.add(self)  # a pool passed in is the caller's (Rule 11)
 
     def _forked(self) -> None:
         """In a forked child: forget the parent's pool (its sockets are the parent's),
@@ -1458,11 +1458,17 @@ class SyncPostgresStore(_Steps):
 # -- helpers -----------------------------------------------------------------------------
 
 
-def _after_fork(ref: weakref.ref[SyncPostgresStore]) -> None:
-    """``os.register_at_fork``'s hook of a store (which it does not keep alive)."""
-    store = ref()
-    if store is not None:
+#: The stores of this process that a fork must reset in the child (one hook for all).
+_FORKABLE: weakref.WeakSet[SyncPostgresStore] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for store in list(_FORKABLE):
         store._forked()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 @contextlib.contextmanager

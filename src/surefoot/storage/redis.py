@@ -1568,7 +1568,7 @@ class SyncRedisStore(_Steps):
         # The last failure to connect: calls within ``timeout`` of it fail at once.
         self._failed: tuple[float, Exception] | None = None
         self._periods = {}
-        os.register_at_fork(after_in_child=functools.partial(_after_fork, weakref.ref(self)))
+        _FORKABLE.add(self)
 
     def _forked(self) -> None:
         """In a forked child: a lock another thread of the parent held stays held."""
@@ -1868,11 +1868,17 @@ def _may_have_run(error: BaseException | None) -> bool:
     return True
 
 
-def _after_fork(ref: weakref.ref[SyncRedisStore]) -> None:
-    """``os.register_at_fork``'s hook of a store (which it does not keep alive)."""
-    store = ref()
-    if store is not None:
+#: The stores of this process that a fork must reset in the child (one hook for all).
+_FORKABLE: weakref.WeakSet[SyncRedisStore] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for store in list(_FORKABLE):
         store._forked()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _batch(requests: list[_Request]) -> _Call:
