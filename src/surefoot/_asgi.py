@@ -137,9 +137,10 @@ def _canonical(scope: Scope) -> CanonicalPath:
     rest = path[len(root) :]
     if raw:
         split = split_root(raw, root)
-        if split is not None and _decoded(raw) != rest:
+        decoded = _decoded(raw)
+        if split is not None and decoded != rest:
             prefix, raw_rest = split
-        elif _decoded(raw) == rest:  # the server's raw_path leaves the prefix out
+        elif decoded == rest:  # the server's raw_path leaves the prefix out
             prefix, raw_rest = b"", raw
         else:  # raw_path and path disagree: which one would the app read?
             raise InvalidPath(reason="its raw form and its decoded form differ")

@@ -42,7 +42,6 @@ _T = TypeVar("_T")
 _lock = threading.RLock()
 _state: dict[str, Any] = {}
 _cache: dict[Hashable, Any] = {}
-_connected: list[bool] = []
 
 
 def surefoot_settings() -> AppSettings:
@@ -94,7 +93,7 @@ def _based(data: object, base: object) -> object:
     if not (isinstance(data, dict) and len(data) == 1 and isinstance(data.get("config"), str)):
         return data
     path = Path(data["config"])
-    if path.is_absolute() or not isinstance(base, str | os.PathLike):
+    if path.is_absolute():
         return data
     return {"config": str(Path(base) / path)}
 
@@ -109,6 +108,11 @@ def _sqlite_based(url: str, base: str | os.PathLike[str]) -> str:
 
 def cached(key: Hashable, build: Callable[[AppSettings], _T]) -> _T:
     """``build(settings)`` made once per process and per reading of the settings (Rule 2)."""
+    try:  # built already: no lock on a request's path (``reset`` clears under the lock)
+        found: _T = _cache[key]
+        return found
+    except KeyError:
+        pass
     with _lock:
         settings = surefoot_settings()
         if key in _cache:
@@ -133,12 +137,10 @@ def _changed(*, setting: str, **_: object) -> None:
 
 
 def _connect() -> None:
-    if _connected:
-        return
     from django.core.signals import setting_changed
 
+    # The dispatch_uid makes a repeated call a no-op.
     setting_changed.connect(_changed, dispatch_uid="surefoot.django.settings")
-    _connected.append(True)
 
 
 class DjangoUser:

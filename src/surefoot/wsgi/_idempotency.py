@@ -135,8 +135,7 @@ class IdempotencyGuard(IdempotencySettings):
         selected = self.select(request.scope)
         if selected is None:
             return call()
-        if isinstance(selected, SurefootError):  # pragma: no cover - canonicalized above
-            return problem_response(selected, request, problem_base=self.problem_base)
+        assert not isinstance(selected, SurefootError)  # only for a scope not canonicalized
         policy, route, method = selected
         return _SyncExchange(self, policy, route, method, request, call).run()
 

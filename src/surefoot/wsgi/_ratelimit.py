@@ -138,9 +138,8 @@ class RateLimitGuard:
             raise
         if verdict.headers:
             response.add_headers(_text_headers(verdict.headers))
-        if verdict.held:
-            if isinstance(response.body, bytes):
-                self.release(verdict)
-            else:
-                response.on_close(lambda: self.release(verdict))
+        if isinstance(response.body, bytes):
+            self.release(verdict)
+        else:
+            response.on_close(lambda: self.release(verdict))
         return response

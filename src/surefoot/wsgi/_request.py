@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
 from wsgiref.util import is_hop_by_hop
 
-from surefoot._asgi import Scope, canonicalize, problem_parts, request_id, split_root
+from surefoot._asgi import CANONICAL, Scope, canonicalize, problem_parts, request_id, split_root
 from surefoot.errors import (
     DEFAULT_PROBLEM_BASE,
     BadRequest,
@@ -101,6 +101,8 @@ class Request:
     def canonicalize(self, *, allow_method_override: bool) -> SurefootError | None:
         """``surefoot._asgi.canonicalize`` on the scope, written back to the environ."""
         scope = self.scope
+        if scope.get(CANONICAL):  # an outer layer did it, and wrote the environ back
+            return None
         headers = scope["headers"]
         refused = canonicalize(scope, allow_method_override=allow_method_override)
         if refused is not None:
