@@ -9,13 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from tests.gateway._gateway_helpers import wait_until
 
 from _services import _drop_redis_prefix
 from _support import free_port
@@ -61,7 +61,7 @@ class Decide:
             except httpx.HTTPError:
                 return False
 
-        wait_until(ready, what=f"{self.url}/readyz")
+        wait_until(ready, timeout=30, what=f"{self.url}/readyz")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -72,16 +72,6 @@ class Decide:
                 self.process.kill()
                 self.process.wait(5)
         self.output.close()
-
-
-def wait_until(check: Callable[[], bool], *, what: str, timeout: float = 30) -> None:
-    """Poll ``check`` until true; the deadline guards against a process that never comes
-    up, it is not a wait for time to pass."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -148,6 +138,6 @@ def test_sighup_reloads_the_policy_file_and_the_counters_carry_on(
         (answer,) = asyncio.run(answers([service.url], 1, key=f"Bearer {uuid.uuid4()}"))
         return answer.headers["ratelimit-policy"].startswith('"reads";q=2;')
 
-    wait_until(reloaded, what="the reloaded limit")
+    wait_until(reloaded, timeout=30, what="the reloaded limit")
     assert decisions([service.url], 1) == [429]  # the 2 counted before fill the new limit
     assert service.process.poll() is None

@@ -52,8 +52,10 @@ def gunicorn(store: str, ledger: Path, log: Path) -> Iterator[str]:
         while len(pids) < 4:  # until every worker answers; a failure guard, not a wait for time
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "gunicorn's workers did not all start"
-            with contextlib.suppress(httpx.HTTPError):
+            try:
                 pids.add(httpx.get(f"{base}/health", timeout=1).json()["pid"])
+            except httpx.HTTPError:
+                time.sleep(0.05)  # not listening yet: poll again, not in a busy loop
         yield base
     finally:
         process.terminate()
