@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import socket
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -127,6 +128,57 @@ def test_from_url_reads_its_own_options_and_passes_redis_ones_on() -> None:
     default = SyncRedisStore.from_url("redis://127.0.0.1:6379")
     assert (default.prefix, default.clock, default.timeout) == ("surefoot:", "server", 0.05)
     default.close()
+
+
+def test_each_thread_calls_on_a_connection_of_the_store_made_with_the_clients_settings() -> None:
+    prefix = f"test:srs:{uuid.uuid4().hex[:12]}:"
+    name = f"sf-{uuid.uuid4().hex[:8]}"
+    base = service_url("redis").rsplit("/", 1)[0]
+    store = SyncRedisStore.from_url(f"{base}/3?prefix={prefix}&clock=caller&client_name={name}")
+    checker = redis.Redis.from_url(f"{base}/3")
+
+    def named(count: int) -> None:
+        """Wait (a bounded poll: Redis sees a close a moment later) for ``count``
+        connections with the client's name."""
+        deadline = time.monotonic() + GUARD
+        while sum(c["name"] == name for c in checker.client_list()) != count:
+            assert time.monotonic() < deadline, f"never {count} connections named {name}"
+            time.sleep(0.02)
+
+    try:
+        assert store.begin("k", begin_req("t"), T0) == Reserved("t", 1, took_over=False)
+        assert checker.exists(prefix + "k")  # database 3, as the URL says
+        called, done = threading.Barrier(4), threading.Event()
+
+        def call() -> None:
+            assert store.get("k", T0) is not None
+            called.wait(GUARD)
+            done.wait(GUARD)
+
+        threads = [threading.Thread(target=call) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        called.wait(GUARD)
+        named(4)  # one per thread that called
+        done.set()
+        for thread in threads:
+            thread.join(GUARD)
+        named(1)  # a thread's connection ends with it
+        store.close()
+        named(0)
+        assert store.get("k", T0) is not None  # a call after close opens a new one
+    finally:
+        store.close()
+        checker.delete(prefix + "k")
+        checker.close()
+
+
+def test_a_client_whose_connections_the_store_cannot_open_carries_the_calls() -> None:
+    tls = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=redis.SSLConnection))
+    assert SyncRedisStore(tls)._direct is None
+    plain = SyncRedisStore(redis.Redis(unix_socket_path="/run/redis.sock"))
+    assert plain._direct is not None
+    assert plain._direct.path == "/run/redis.sock"
 
 
 def test_a_cluster_store_learns_the_topology_at_its_first_call(make: Make) -> None:
@@ -645,7 +697,7 @@ def test_a_reservation_whose_reply_was_lost_is_given_back(
 
     # Without the give-back, the lost reply leaves a reservation nobody holds ...
     with monkeypatch.context() as patch:
-        patch.setattr(SyncRedisStore, "_give_back", lambda self, client, calls: None)
+        patch.setattr(SyncRedisStore, "_give_back", lambda self, calls: None)
         proxy.lose_next.set()
         with pytest.raises(StoreUnavailable):
             store.begin("a", begin_req("ta"), T0)
@@ -781,13 +833,16 @@ def test_slots_given_back_together_are_free_again(kind: str, make: Make) -> None
     others = [item._replace(token="b") for item in held]
     assert store.acquire(held, T0)[0]
     assert not store.acquire(others, T0)[0]
-    store._give_back(store._redis(), store._slot_give_backs(held, T0))  # one pipeline
+    store._give_back(store._slot_give_backs(held, T0))  # one pipeline
     assert store.acquire(others, T0)[0]
 
 
 def test_a_call_that_could_not_connect_gives_nothing_back() -> None:
     server = MuteScripts(handshake=False)
-    store = SyncRedisStore.from_url(f"redis://127.0.0.1:{server.port}/0?timeout=0.2")
+    # A client name: the store's connection has a handshake (CLIENT SETNAME) to wait for.
+    store = SyncRedisStore.from_url(
+        f"redis://127.0.0.1:{server.port}/0?timeout=0.2&client_name=surefoot"
+    )
     try:
         for call in (
             lambda: store.acquire(SLOTS, T0),

@@ -117,17 +117,29 @@ Rule 14: ``SyncRedisStore`` is the same store for threads and processes that blo
         script, keys and arguments, and the reading of its reply into a ``Decision``, a
         ``Record``...) and a driver that makes the round trip: ``RedisStore``'s on its
         pipelined connection or redis-py's asyncio client, ``SyncRedisStore``'s on
-        redis-py's blocking ``Redis`` or ``RedisCluster`` (thread-safe: each call takes
-        a connection from the client's pool). Its ``timeout`` is the client's socket
-        timeout (``from_url`` sets it): it bounds the connection and each read of a
-        reply. A reservation or a concurrency slot that a failed call may have taken is
-        given back at once, before the failure is raised: one attempt, all of the call's
-        slots in one pipelined round trip (they share a slot), its own failure ignored;
-        none if the call failed while redis-py connected (nothing was sent). A cluster
+        connections of its own (Rule 15) or on redis-py's blocking ``Redis`` or
+        ``RedisCluster``. A reservation or a concurrency slot that a failed call may have
+        taken is given back at once, before the failure is raised: one attempt, all of
+        the call's slots in one pipelined round trip (they share a slot), its own failure
+        ignored; none if the call failed while connecting (nothing was sent). A cluster
         store made by ``from_url`` learns the topology at its first call (a cluster that
         is down is ``StoreUnavailable`` then, never at construction); calls that arrive
         meanwhile wait ``timeout`` at most, and for ``timeout`` after a failed attempt
-        calls fail at once. After a fork, redis-py opens new connections in the child.
+        calls fail at once.
+Rule 15: on a standalone server reached over TCP or a Unix socket, ``SyncRedisStore``
+        calls on connections of its own (``_SyncWire``), one per thread, opened at the
+        thread's first call with the client's address, password, database and client
+        name (as Rule 7's), and closed when the thread ends or ``close`` is called: a
+        call is one write of bytes encoded in advance (each limit's constant arguments
+        once, as Rule 7's ``_limits``) and one read, where redis-py's pool, command
+        packing and reply callbacks cost about as much CPU again. ``timeout`` bounds the
+        connection, each write and each read (``SO_SNDTIMEO``/``SO_RCVTIMEO``: no
+        ``poll`` before every call); any failure closes the connection for good.
+        ``NOSCRIPT`` sends the call again with ``EVAL``. A client whose connections the
+        store cannot open itself (TLS, Sentinel, a custom connection class) and a
+        cluster go through redis-py, whose socket timeout is then the bound (``from_url``
+        sets it to ``timeout``). After a fork, a child drops the parent's connections
+        (the parent keeps them) and opens its own.
 """
 
 from __future__ import annotations
@@ -141,7 +153,10 @@ import json
 import math
 import os
 import select
+import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 import weakref
@@ -154,6 +169,7 @@ from urllib.parse import parse_qsl, urlencode, urlunsplit
 
 import hiredis
 import redis as sync_redis
+import redis.connection as sync_connection
 import redis.retry as sync_retry
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
@@ -174,6 +190,7 @@ from redis.exceptions import (
     RedisError,
     ResponseError,
 )
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from surefoot import webhooks
 from surefoot._board import MAX_SLOTS, board_full, check_board, check_slot, check_slot_name
@@ -338,6 +355,26 @@ class _Settings(NamedTuple):
 def _settings(client: Redis) -> _Settings:
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs)
+    context = None
+    if issubclass(pool.connection_class, SSLConnection):
+        # redis-py's own reading of the ssl_* options, so TLS behaves as the client's.
+        context = pool.connection_class(**kwargs).ssl_context.get()
+    unix = issubclass(pool.connection_class, UnixDomainSocketConnection)
+    return _read_settings(kwargs, context, unix)
+
+
+def _sync_settings(client: sync_redis.Redis) -> _Settings | None:
+    """``_settings`` of a blocking client whose connections are plain TCP or a Unix
+    socket; None for any other kind (TLS, Sentinel...), whose calls redis-py carries."""
+    pool = client.connection_pool
+    kind = pool.connection_class
+    if kind not in (sync_connection.Connection, sync_connection.UnixDomainSocketConnection):
+        return None
+    unix = kind is sync_connection.UnixDomainSocketConnection
+    return _read_settings(dict(pool.connection_kwargs), None, unix)
+
+
+def _read_settings(kwargs: dict[str, Any], context: ssl.SSLContext | None, unix: bool) -> _Settings:
     username, password = kwargs.get("username"), kwargs.get("password")
     provider = kwargs.get("credential_provider")
     if provider is not None:
@@ -354,17 +391,11 @@ def _settings(client: Redis) -> _Settings:
         handshake.append(_command("SELECT", int(kwargs["db"])))
     if kwargs.get("client_name"):
         handshake.append(_command("CLIENT", "SETNAME", kwargs["client_name"]))
-    context = None
-    if issubclass(pool.connection_class, SSLConnection):
-        # redis-py's own reading of the ssl_* options, so TLS behaves as the client's.
-        context = pool.connection_class(**kwargs).ssl_context.get()
     timeout = kwargs.get("socket_connect_timeout") or kwargs.get("socket_timeout")
     return _Settings(
         str(kwargs.get("host", "localhost")),
         int(kwargs.get("port", 6379)),
-        kwargs.get("path")
-        if issubclass(pool.connection_class, UnixDomainSocketConnection)
-        else None,
+        kwargs.get("path") if unix else None,
         context,
         float(timeout) if timeout else None,
         tuple(handshake),
@@ -614,6 +645,7 @@ class _Steps:
     _server_clock: bool
     _cluster: bool
     _periods: dict[tuple[str, str], tuple[float, float, tuple[float, ...]]]
+    _limits: dict[tuple[int, str], tuple[Limit, bytes]]  # each Limit's arguments in RESP
 
     def _now(self, now: float) -> str | float:
         return _SERVER if self._server_clock else now
@@ -858,6 +890,43 @@ class _Steps:
                 )
             slot = slots.pop()
         return _Request(keys, args, len(items), slot)
+
+    def _wire_request(self, items: Sequence[Item], now: float) -> _Request:
+        """``_request`` in RESP for the pipelined connection: each limit's constant
+        arguments are encoded once (``_limits``); per call only what changes."""
+        prefix, limits = self.prefix, self._limits
+        keys: list[str] = []
+        wire_keys: list[bytes] = []
+        wire = [_EMPTY if self._server_clock else _bulk(now), _bulk(len(items))]
+        length = 2
+        for item in items:
+            algorithm, limit = item.algorithm, item.limit
+            cached = limits.get((id(limit), algorithm))
+            if cached is None or cached[0] is not limit:
+                if algorithm not in ALGORITHMS:
+                    raise ConfigurationError(
+                        f"rate limit item {item.key!r}: expected an algorithm among "
+                        f"{sorted(ALGORITHMS)}, got {algorithm!r}"
+                    )
+                if len(limits) >= 1024:
+                    limits.clear()  # limits made per call: keep the cache small
+                constant = (algorithm, limit.amount, limit.window, limit.capacity)
+                encoded = b"".join(map(_bulk, (*constant, limit.max_wait, limit.lease)))
+                cached = limits[id(limit), algorithm] = (limit, encoded)
+            key = prefix + item.key
+            keys.append(key)
+            wire_keys.append(_bulk(key))
+            wire += (cached[1], _bulk(item.cost), _SMALL[1 if item.enforce else 0])
+            wire.append(_bulk(item.token) if item.token else _EMPTY)
+            if algorithm == "quota":
+                periods = self._quota_periods(now, limit)
+                wire.append(_bulk(len(periods) // 2))
+                wire += map(_bulk, periods)
+                length += 10 + len(periods)
+            else:
+                wire.append(_SMALL[0])
+                length += 10
+        return _Request(keys, [], len(items), 0, b"".join(wire_keys), b"".join(wire), length)
 
     def _quota_periods(self, now: float, limit: Limit) -> tuple[float, ...]:
         """The calendar period containing ``now`` as (start, end), and on the server clock
@@ -1413,43 +1482,6 @@ class RedisStore(_Steps):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _wire_request(self, items: Sequence[Item], now: float) -> _Request:
-        """``_request`` in RESP for the pipelined connection: each limit's constant
-        arguments are encoded once (``_limits``); per call only what changes."""
-        prefix, limits = self.prefix, self._limits
-        keys: list[str] = []
-        wire_keys: list[bytes] = []
-        wire = [_EMPTY if self._server_clock else _bulk(now), _bulk(len(items))]
-        length = 2
-        for item in items:
-            algorithm, limit = item.algorithm, item.limit
-            cached = limits.get((id(limit), algorithm))
-            if cached is None or cached[0] is not limit:
-                if algorithm not in ALGORITHMS:
-                    raise ConfigurationError(
-                        f"rate limit item {item.key!r}: expected an algorithm among "
-                        f"{sorted(ALGORITHMS)}, got {algorithm!r}"
-                    )
-                if len(limits) >= 1024:
-                    limits.clear()  # limits made per call: keep the cache small
-                constant = (algorithm, limit.amount, limit.window, limit.capacity)
-                encoded = b"".join(map(_bulk, (*constant, limit.max_wait, limit.lease)))
-                cached = limits[id(limit), algorithm] = (limit, encoded)
-            key = prefix + item.key
-            keys.append(key)
-            wire_keys.append(_bulk(key))
-            wire += (cached[1], _bulk(item.cost), _SMALL[1 if item.enforce else 0])
-            wire.append(_bulk(item.token) if item.token else _EMPTY)
-            if algorithm == "quota":
-                periods = self._quota_periods(now, limit)
-                wire.append(_bulk(len(periods) // 2))
-                wire += map(_bulk, periods)
-                length += 10 + len(periods)
-            else:
-                wire.append(_SMALL[0])
-                length += 10
-        return _Request(keys, [], len(items), 0, b"".join(wire_keys), b"".join(wire), length)
-
     async def release(self, key: str, token: str, now: float) -> None:
         await self._step(*self._release_call(key, token, now))
 
@@ -1489,6 +1521,85 @@ class RedisStore(_Steps):
         )
 
 
+def _bound(sock: socket.socket, timeout: float) -> None:
+    """Bound each send and receive on ``sock`` by ``timeout``: where the kernel can
+    (``SO_RCVTIMEO``, ``SO_SNDTIMEO``: a blocking socket, no ``poll`` before every call,
+    and a call past the bound fails with ``EAGAIN``), else with Python's socket timeout."""
+    if sys.platform == "win32":
+        sock.settimeout(timeout)
+        return
+    sock.settimeout(None)
+    seconds = int(timeout)
+    interval = struct.pack("ll", seconds, max(int((timeout - seconds) * 1e6), 1))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
+
+
+class _SyncWire:
+    """One blocking RESP2 connection of a ``SyncRedisStore`` to a standalone server, used
+    by one thread at a time (Rule 15): a call is one ``sendall`` of bytes encoded in
+    advance and reads until hiredis has its reply(ies). Any failure to write or read
+    closes it for good (a late reply must never answer the next call)."""
+
+    __slots__ = ("__weakref__", "_reader", "_sock", "closed")
+
+    def __init__(self, settings: _Settings, timeout: float) -> None:
+        self.closed = False
+        self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+        try:
+            if settings.path is not None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self._sock.settimeout(settings.connect_timeout or timeout)
+                self._sock.connect(settings.path)
+            else:
+                address = (settings.host, settings.port)
+                self._sock = socket.create_connection(address, settings.connect_timeout or timeout)
+                self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _bound(self._sock, timeout)
+        except OSError as exc:
+            self.close()
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError("timeout connecting to Redis") from exc
+            raise RedisConnectionError(f"error connecting to Redis: {exc.strerror}") from exc
+        if settings.handshake:
+            for reply in self.calls(b"".join(settings.handshake), len(settings.handshake)):
+                if isinstance(reply, ResponseError):
+                    self.close()
+                    raise reply
+
+    def calls(self, data: bytes, replies: int = 1) -> list[Any]:
+        """Send ``data`` (``replies`` commands) and read their replies, errors included."""
+        if self.closed:
+            raise RedisConnectionError("the connection was closed")
+        reader, sock = self._reader, self._sock
+        out: list[Any] = []
+        try:
+            sock.sendall(data)
+            while len(out) < replies:
+                reply = reader.gets()
+                if reply is False:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise RedisConnectionError("Redis closed the connection")
+                    reader.feed(chunk)
+                else:
+                    out.append(reply)
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, TimeoutError | BlockingIOError):
+                raise RedisTimeoutError("no reply from Redis within the timeout") from exc
+            raise
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+        sock = getattr(self, "_sock", None)
+        if sock is not None:
+            sock.close()
+
+    __del__ = close  # a thread's connection ends with the thread
+
+
 class SyncRedisStore(_Steps):
     """``RedisStore`` for code that blocks: WSGI workers, Django, Flask (Rule 14).
 
@@ -1500,8 +1611,10 @@ class SyncRedisStore(_Steps):
 
     The same scripts, keys and decisions as ``RedisStore``: an ASGI and a WSGI service on
     one server (and one prefix) share their limits and their idempotency records.
-    Safe to share between threads (each call takes a connection from the client's pool);
-    after a fork, redis-py opens new connections in the child.
+    Safe to share between threads: on a standalone server each thread calls on a
+    connection of the store's own, made with the client's settings (a cluster, or a TLS
+    client, takes a connection from the client's pool); after a fork, the child opens
+    its own.
 
     Args:
         client: a ``redis.Redis`` or ``redis.RedisCluster`` made with
@@ -1510,24 +1623,26 @@ class SyncRedisStore(_Steps):
         prefix: put before every key; no ``{`` or ``}`` (Redis Cluster hash tags).
         clock: ``"server"`` decides on the Redis server's clock (one clock for every
             host); ``"caller"`` on the ``now`` each call passes (tests, one host).
-        timeout: seconds. ``from_url`` gives its client this connect and socket timeout,
-            which bounds each read of a reply; past it a call fails with
-            ``StoreUnavailable``.
+        timeout: seconds: bounds connecting, and each write and read of a call; past it
+            the call fails with ``StoreUnavailable``. ``from_url`` gives its client the
+            same connect and socket timeout.
 
     There is no coalescing (``RedisStore``'s ``coalesce``): each call is its own round
     trip. ``from_url`` accepts ``coalesce=`` and ignores it, so that one URL configures
     both stores.
 
     Warning:
-        A client you pass in keeps its own retry policy and socket timeouts. redis-py
-        retries failed commands by default, and a script whose reply was lost may have
-        run: pass ``retry=Retry(NoBackoff(), 0)`` (``redis.retry.Retry``) and a
-        ``socket_timeout`` (as ``from_url`` does), or a request may be counted twice,
-        and a silent server may hold a worker as long as the operating system lets it.
+        A ``RedisCluster`` or a TLS client you pass in carries the calls with its own
+        retry policy and socket timeouts. redis-py retries failed commands by default,
+        and a script whose reply was lost may have run: pass ``retry=Retry(NoBackoff(),
+        0)`` (``redis.retry.Retry``) and a ``socket_timeout`` (as ``from_url`` does), or
+        a request may be counted twice, and a silent server may hold a worker as long as
+        the operating system lets it.
     """
 
     rate_limit_algorithms = ALGORITHMS
     _client: SyncClient | None
+    _direct: _Settings | None
 
     def __init__(
         self,
@@ -1549,6 +1664,8 @@ class SyncRedisStore(_Steps):
             )
         self._configure(prefix, clock, timeout, isinstance(client, sync_redis.RedisCluster))
         self._client = client
+        if isinstance(client, sync_redis.Redis):
+            self._direct = _sync_settings(client)
 
     def _configure(
         self, prefix: str, clock: Literal["server", "caller"], timeout: float, cluster: bool
@@ -1568,11 +1685,20 @@ class SyncRedisStore(_Steps):
         # The last failure to connect: calls within ``timeout`` of it fail at once.
         self._failed: tuple[float, Exception] | None = None
         self._periods = {}
+        self._limits = {}
+        # A standalone server reached over TCP or a Unix socket: each thread's own
+        # connection (Rule 15), opened at its first call; None: redis-py carries the calls.
+        self._direct = None
+        self._local = threading.local()
+        self._wires: weakref.WeakSet[_SyncWire] = weakref.WeakSet()
         _FORKABLE.add(self)
 
     def _forked(self) -> None:
-        """In a forked child: a lock another thread of the parent held stays held."""
+        """In a forked child: a lock another thread of the parent held stays held, and
+        the parent's connections are the parent's (dropped here, never written to)."""
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._wires = weakref.WeakSet()
 
     @classmethod
     def from_url(cls, url: str) -> SyncRedisStore:
@@ -1655,34 +1781,74 @@ class SyncRedisStore(_Steps):
         finally:
             self._lock.release()
 
+    def _wire(self) -> _SyncWire:
+        """This thread's connection, (re)opened when its last one closed (Rule 15)."""
+        wire: _SyncWire | None = getattr(self._local, "wire", None)
+        if wire is None or wire.closed:
+            assert self._direct is not None
+            wire = self._local.wire = _SyncWire(self._direct, self.timeout)
+            with self._lock:
+                self._wires.add(wire)
+        return wire
+
+    def _send(self, script: _Script, length: int, body: bytes) -> Any:
+        """One script call on this thread's connection: by SHA, and whole (``EVAL``) if
+        the server lost the script."""
+        wire = self._wire()
+        reply = wire.calls(b"*%d\r\n%s%s" % (length, script.sha_head, body))[0]
+        if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+            # Nothing ran: EVAL runs the script and caches it for the next EVALSHA.
+            reply = wire.calls(b"*%d\r\n%s%s" % (length, script.eval_head, body))[0]
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    def _call(self, call: _Call) -> Any:
+        """``call``'s round trip, untranslated."""
+        if self._direct is None:
+            return _evaluate(self._redis(), call)
+        script, keys, args = call
+        return self._send(script, *_encode(keys, args))
+
     def _run(self, call: _Call) -> Any:
         """One round trip: run the script by SHA, loading it if the server lost it."""
         with _unavailable():
-            return _evaluate(self._redis(), call)
+            return self._call(call)
 
-    def _run_or_give_back(self, call: _Call, give_backs: Callable[[], list[_Call]]) -> Any:
-        """``_run``; if it fails once ``call`` may have been sent, ``give_backs()`` are
-        sent, in one round trip, before the failure is raised."""
-        with _unavailable():
-            client = self._redis()  # a failure here sent nothing
+    def _run_or_give_back(
+        self, call: Callable[[], Any], give_backs: Callable[[], list[_Call]]
+    ) -> Any:
+        """``call()``; if it fails once its script may have been sent, ``give_backs()``
+        are sent, in one round trip, before the failure is raised."""
+        if self._direct is None:
+            with _unavailable():
+                self._redis()  # a failure here sent nothing
         try:
             with _unavailable():
-                return _evaluate(client, call)
+                return call()
         except StoreUnavailable as exc:
             if _may_have_run(exc.__cause__):
-                self._give_back(client, give_backs())
+                self._give_back(give_backs())
             raise
 
-    def _give_back(self, client: SyncClient, calls: list[_Call]) -> None:
+    def _give_back(self, calls: list[_Call]) -> None:
         """Send ``calls`` once, now, in one pipeline (their keys share a slot), ignoring
-        their failure (the caller is failing already): one ``timeout`` at most."""
+        their failure (the caller is failing already): one ``timeout`` at most. EVAL, not
+        EVALSHA: no second round trip if the server lost the script."""
         if not calls:
             return
-        pipe: Any = client.pipeline(transaction=False)
-        for script, keys, args in calls:
-            # EVAL, not EVALSHA: no second round trip if the server lost the script.
-            pipe.execute_command("EVAL", script.source, len(keys), *keys, *args)
         with contextlib.suppress(StoreUnavailable), _unavailable():
+            if self._direct is not None:
+                data = b"".join(
+                    b"*%d\r\n%s%s" % (length, script.eval_head, body)
+                    for script, keys, args in calls
+                    for length, body in [_encode(keys, args)]
+                )
+                self._wire().calls(data, len(calls))
+                return
+            pipe: Any = self._redis().pipeline(transaction=False)
+            for script, keys, args in calls:
+                pipe.execute_command("EVAL", script.source, len(keys), *keys, *args)
             pipe.execute(raise_on_error=False)
 
     def _command(self, *args: Any) -> Any:
@@ -1704,7 +1870,9 @@ class SyncRedisStore(_Steps):
 
     def begin(self, key: str, request: Begin, now: float) -> Decision:
         call = self._begin_call(key, request, now)
-        reply = self._run_or_give_back(call, lambda: [self._begin_give_back(call, request, now)])
+        reply = self._run_or_give_back(
+            lambda: self._call(call), lambda: [self._begin_give_back(call, request, now)]
+        )
         return self._decision(reply, request, now)
 
     def finish(self, key: str, token: str, outcome: Outcome, now: float) -> bool:
@@ -1773,7 +1941,9 @@ class SyncRedisStore(_Steps):
         self, key: str, *, version: float, token: str, now: float, lease: float, retention: float
     ) -> Claim:
         call = self._order_claim_call(key, version, token, now, lease, retention)
-        reply = self._run_or_give_back(call, lambda: [self._order_claim_give_back(call, retention)])
+        reply = self._run_or_give_back(
+            lambda: self._call(call), lambda: [self._order_claim_give_back(call, retention)]
+        )
         return self._claim(reply, now)
 
     def order_settle(
@@ -1805,16 +1975,27 @@ class SyncRedisStore(_Steps):
     # -- rate limits -----------------------------------------------------------------------
 
     def acquire(self, items: Sequence[Item], now: float) -> Result:
-        request = self._request(items, now)
+        if self._direct is None:
+            request = self._request(items, now)
+            call = functools.partial(self._call, _batch([request]))
+        else:
+            request = self._wire_request(items, now)
+            body = b"".join((_bulk(len(request.keys)), request.wire_keys, _SMALL[1]))
+            length = 4 + len(request.keys) + request.length
+            call = functools.partial(self._send, _ACQUIRE, length, body + request.wire_args)
         give_backs = functools.partial(self._slot_give_backs, items, now)
-        reply = self._run_or_give_back(_batch([request]), give_backs)
-        return self._decisions([request], reply)[0]
+        return self._decisions([request], self._run_or_give_back(call, give_backs))[0]
 
     def release(self, key: str, token: str, now: float) -> None:
         self._run(self._release_call(key, token, now))
 
     def close(self) -> None:
-        """Close the client if the store made it (``from_url``)."""
+        """Close the store's connections, and the client if the store made it
+        (``from_url``). A later call opens a new connection."""
+        with self._lock:
+            wires = list(self._wires)
+        for wire in wires:
+            wire.close()
         client = self._client
         if self._owns_client and client is not None:
             client.close()
@@ -1855,12 +2036,14 @@ _CONNECTING = frozenset(
 
 def _may_have_run(error: BaseException | None) -> bool:
     """Whether a script call that failed with ``error`` may have run: unless it failed
-    while redis-py connected (nothing of the call was sent yet), the lost reply may hide
-    it."""
+    while the store's connection (``_SyncWire``) or redis-py's connected (nothing of the
+    call was sent yet), the lost reply may hide it."""
     trace = None if error is None else error.__traceback__
     while trace is not None:
-        frame = trace.tb_frame
-        if frame.f_code.co_name in _CONNECTING and frame.f_globals.get("__name__") == (
+        code = trace.tb_frame.f_code
+        if code is _SyncWire.__init__.__code__:
+            return False
+        if code.co_name in _CONNECTING and trace.tb_frame.f_globals.get("__name__") == (
             "redis.connection"
         ):
             return False
