@@ -15,6 +15,9 @@ Environment:
   - ``flask+idempotency-STORE``: that app with ``app.wsgi_app`` wrapped in
     ``surefoot.wsgi.IdempotencyMiddleware`` (its default policy, but no quota of records
     per principal: wrk is one client sending every key);
+  - ``flask+redis-ping``: that app behind one ``PING`` to Redis per request on a socket of
+    the worker's own, nothing else: the least that any layer asking Redis once per
+    request adds (a blocking round trip, and the switch to another worker while it waits);
   - ``flask-limiter-memory``, ``flask-limiter-redis``: that app with Flask-Limiter,
     ``Limiter(get_remote_address, app=app, default_limits=[LIMIT], storage_uri=...)``, its
     defaults otherwise (fixed window, no header fields);
@@ -83,6 +86,25 @@ def surefoot_ratelimit(app: Any, store: str) -> Any:
     )
 
 
+def redis_ping(app: Any) -> Any:
+    """``app`` behind one raw ``PING`` per request (``flask+redis-ping``)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    target = urlsplit(REDIS_URL)
+    sock = socket.create_connection((target.hostname or "127.0.0.1", target.port or 6379))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def pinged(environ: Any, start_response: Any) -> Any:
+        sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+        reply = sock.recv(64)
+        if reply != b"+PONG\r\n":
+            raise RuntimeError(f"Redis answered PING with {reply!r}")
+        return app(environ, start_response)
+
+    return pinged
+
+
 def surefoot_idempotency(app: Any, store: str) -> Any:
     from surefoot.idempotency import IdempotencyPolicy
     from surefoot.storage import sync_store_from_url
@@ -118,6 +140,9 @@ def flask_app(mode: str) -> Any:
     if mode.startswith("flask+surefoot-"):
         store = mode.removeprefix("flask+surefoot-")
         app.wsgi_app = surefoot_ratelimit(app.wsgi_app, store)  # type: ignore[method-assign]
+        return app
+    if mode == "flask+redis-ping":
+        app.wsgi_app = redis_ping(app.wsgi_app)  # type: ignore[method-assign]
         return app
     if mode.startswith("flask+idempotency-"):
         store = mode.removeprefix("flask+idempotency-")

@@ -101,7 +101,7 @@ REDIS_TARGET = 0.8
 @dataclass(frozen=True)
 class Config:
     name: str  # also SUREFOOT_BENCH_WSGI, but for flask-post (the flask app, POSTed)
-    kind: str  # "bare", "surefoot" (rate limit), "peer" (rate limit), "idempotency"
+    kind: str  # "bare", "surefoot" (rate limit), "peer" (rate limit), "idempotency", "floor"
     store: str | None  # "memory", "sqlite", "redis"; None: no store
     baseline: str | None  # the bare app its ratio is to
     target: float | None  # least ratio of req/s to the baseline's
@@ -155,6 +155,15 @@ CONFIGS = (
         REDIS_TARGET,
         SUREFOOT_RL.format(app="app.wsgi_app") + "; sync_store_from_url('redis://...?prefix=...'), "
         "SyncRedisStore with its defaults",
+    ),
+    Config(
+        "flask+redis-ping",
+        "floor",
+        "redis",
+        "flask",
+        None,
+        "the Flask app behind one PING to Redis per request on a raw socket of the worker's, "
+        "nothing else: the floor of any layer that asks Redis once per request",
     ),
     Config(
         "flask-limiter-memory",

@@ -78,7 +78,9 @@ def run(app: Any, env: dict[str, Any]) -> tuple[Recorder, bytes]:
     try:
         body = b"".join(result)
     finally:
-        result.close()
+        close = getattr(result, "close", None)  # optional (PEP 3333)
+        if close is not None:
+            close()
     return recorder, body
 
 

@@ -14,6 +14,11 @@ Rule 3: the iterable handed to the server streams the response chunk by chunk; i
 Rule 4: an app that raises, before or while streaming, has its reservation settled by
         ``on_server_error`` and its slots freed; the exception goes on to the server (a
         500 of the app's own, as under ASGI). A client's mistake is always a 4xx problem.
+Rule 5: ``RateLimitMiddleware`` needs neither the app's status nor its body: an admitted
+        request gets the app's own iterable, the ``RateLimit`` fields added to the headers
+        the app passes to ``start_response`` (after them, as ``Response.add_headers``
+        does); only a verdict holding concurrency slots wraps the iterable, to free them
+        on ``close()`` (Rule 3) or when the app raises (Rule 4).
 """
 
 from __future__ import annotations
@@ -29,10 +34,16 @@ from surefoot.events import EventHook
 from surefoot.idempotency import IdempotencyPolicy, SyncIdempotencyStore
 from surefoot.idempotency.middleware import MiB
 from surefoot.identity import PrincipalResolver, default_principal
-from surefoot.ratelimit import RateLimitPolicy, SyncRateLimiter, SyncRateLimitStore, TierResolver
+from surefoot.ratelimit import (
+    RateLimitPolicy,
+    SyncRateLimiter,
+    SyncRateLimitStore,
+    TierResolver,
+    Verdict,
+)
 from surefoot.wsgi._idempotency import IdempotencyGuard
 from surefoot.wsgi._ratelimit import RateLimitGuard
-from surefoot.wsgi._request import Request, Response
+from surefoot.wsgi._request import Request, Response, _run_all, _text_headers
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -170,9 +181,55 @@ class RateLimitMiddleware:
         self.guard.update_policies(policies)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        request = Request.from_environ(environ)
-        response = self.guard.handle(request, lambda: _call(self.app, environ))
-        return _send(response, start_response)
+        guard = self.guard
+        checked = guard.check(Request.from_environ(environ))
+        if checked is None:
+            return self.app(environ, start_response)
+        if isinstance(checked, Response):
+            return _send(checked, start_response)
+        return _admitted(self.app, environ, start_response, checked, guard)
+
+
+def _admitted(
+    app: WSGIApplication,
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    verdict: Verdict,
+    guard: RateLimitGuard,
+) -> Iterable[bytes]:
+    """The app's answer to an admitted request, with the verdict's fields (Rule 5)."""
+    added = _text_headers(verdict.headers)
+
+    def start(
+        status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None, /
+    ) -> Callable[[bytes], object]:
+        return start_response(status, [*headers, *added], exc_info)
+
+    if not verdict.held:
+        return app(environ, start)
+    try:
+        result = app(environ, start)
+    except BaseException:
+        guard.release(verdict)
+        raise
+    return _Releasing(result, lambda: guard.release(verdict))
+
+
+class _Releasing:
+    """The app's iterable, whose ``close()`` also frees the verdict's slots (Rule 5)."""
+
+    __slots__ = ("release", "result")
+
+    def __init__(self, result: Iterable[bytes], release: Callable[[], None]) -> None:
+        self.result = result
+        self.release = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.result)
+
+    def close(self) -> None:
+        close = getattr(self.result, "close", None)
+        _run_all([self.release] if close is None else [close, self.release])
 
 
 class _Started:
