@@ -15,7 +15,7 @@ from surefoot._health import HealthState, Permit, StoreHealth
 from surefoot.idempotency import IdempotencyPolicy
 from surefoot.ratelimit import RateLimitPolicy
 from surefoot.storage import SyncMemoryStore
-from surefoot.wsgi import IdempotencyMiddleware, RateLimitMiddleware, Response
+from surefoot.wsgi import IdempotencyMiddleware, RateLimitMiddleware, Request, Response
 
 
 def seen_app(seen: list[tuple[str, str]]) -> Any:
@@ -211,3 +211,21 @@ def test_store_health_begins_one_outage_for_many_threads() -> None:
         assert len(changes) == 1
         probes = [health.permit(10.0) for _ in range(3)]
         assert [p.probe for p in probes] == [True, False, False]
+
+
+def test_header_names_are_remembered_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    from surefoot.wsgi import _request
+
+    monkeypatch.setattr(_request, "_NAMES", dict(_request._NAMES))
+    monkeypatch.setattr(_request, "_NAMES_KEPT", len(_request._NAMES) + 3)
+    for n in range(10):  # a client inventing header names cannot grow the memory
+        env = environ("/x", **{f"HTTP_X_NAME_{n}": f"v{n}", "HTTP_CONTENT_TYPE": "text/x"})
+        headers = Request.from_environ(env).scope["headers"]
+        assert (f"x-name-{n}".encode(), f"v{n}".encode()) in headers
+        assert (b"content-type", b"text/x") not in headers  # the server's copy, not a header
+    assert len(_request._NAMES) == _request._NAMES_KEPT
+    env = environ("/x", HTTP_X_NAME_9="again", HTTP_ACCEPT="*/*", REMOTE_PORT=1)
+    headers = Request.from_environ(env).scope["headers"]
+    assert (b"x-name-9", b"again") in headers
+    assert (b"accept", b"*/*") in headers
+    assert not [name for name, _ in headers if name.startswith(b"remote")]

@@ -184,16 +184,37 @@ def _read_to_end(stream: Any, limit: int) -> bytes:
         chunks.append(chunk)
 
 
+#: Environ keys and the header names they carry (``b""``: none), at most ``_NAMES_KEPT``.
+_NAMES: dict[str, bytes] = {
+    # Some servers copy these; CONTENT_TYPE and CONTENT_LENGTH are the ones (read below).
+    "HTTP_CONTENT_TYPE": b"",
+    "HTTP_CONTENT_LENGTH": b"",
+}
+_NAMES_KEPT = 1024
+
+
+def _header_name(key: str) -> bytes:
+    """The header name an environ key carries, remembered (clients choose header names:
+    past ``_NAMES_KEPT`` keys, a new one is worked out each time and not kept)."""
+    name = _latin1(key[5:].replace("_", "-").lower()) if key.startswith("HTTP_") else b""
+    if len(_NAMES) < _NAMES_KEPT:
+        _NAMES[key] = name
+    return name
+
+
 def _scope(environ: Environ) -> Scope:
     """The ASGI-shaped scope of a WSGI environ (Rule 1)."""
     headers: list[tuple[bytes, bytes]] = []
-    for name, value in environ.items():
-        if name.startswith("HTTP_"):
-            if name in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
-                continue  # some servers copy them; CONTENT_TYPE and CONTENT_LENGTH are the ones
-            headers.append((_latin1(name[5:].replace("_", "-").lower()), _latin1(str(value))))
-    for name, header in (("CONTENT_TYPE", b"content-type"), ("CONTENT_LENGTH", b"content-length")):
-        value = environ.get(name)
+    names = _NAMES
+    for key, value in environ.items():
+        name = names.get(key)
+        if name is None:
+            name = _header_name(key)
+        if name:
+            text = value if type(value) is str else str(value)
+            headers.append((name, text.encode("latin-1", "replace")))
+    for key, header in (("CONTENT_TYPE", b"content-type"), ("CONTENT_LENGTH", b"content-length")):
+        value = environ.get(key)
         if value:
             headers.append((header, _latin1(str(value))))
     script = str(environ.get("SCRIPT_NAME", "")).rstrip("/")
