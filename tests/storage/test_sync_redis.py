@@ -16,6 +16,7 @@ import contextlib
 import json
 import multiprocessing
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -30,6 +31,7 @@ from _sync_redis_workers import CALLS, GUARD, ITEM, LIMIT, RACED_KEY, acquire_ra
 from redis.asyncio import Redis as AsyncRedis
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.credentials import CredentialProvider
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
@@ -130,7 +132,7 @@ def test_from_url_reads_its_own_options_and_passes_redis_ones_on() -> None:
     default.close()
 
 
-def test_each_thread_calls_on_a_connection_of_the_store_made_with_the_clients_settings() -> None:
+def test_the_stores_connections_use_the_clients_settings_and_are_reused() -> None:
     prefix = f"test:srs:{uuid.uuid4().hex[:12]}:"
     name = f"sf-{uuid.uuid4().hex[:8]}"
     base = service_url("redis").rsplit("/", 1)[0]
@@ -148,22 +150,27 @@ def test_each_thread_calls_on_a_connection_of_the_store_made_with_the_clients_se
     try:
         assert store.begin("k", begin_req("t"), T0) == Reserved("t", 1, took_over=False)
         assert checker.exists(prefix + "k")  # database 3, as the URL says
-        called, done = threading.Barrier(4), threading.Event()
+        # A thread per request (wsgiref, runserver): each takes the idle connection.
+        for _ in range(20):
+            thread = threading.Thread(target=store.get, args=("k", T0))
+            thread.start()
+            thread.join(GUARD)
+        named(1)
+        # Calls at once each need a connection; the idle ones stay for the next calls.
+        gate = threading.Barrier(3)
 
-        def call() -> None:
-            assert store.get("k", T0) is not None
-            called.wait(GUARD)
-            done.wait(GUARD)
+        def together() -> None:
+            gate.wait(GUARD)
+            for _ in range(20):
+                assert store.get("k", T0) is not None
 
-        threads = [threading.Thread(target=call) for _ in range(3)]
+        threads = [threading.Thread(target=together) for _ in range(3)]
         for thread in threads:
             thread.start()
-        called.wait(GUARD)
-        named(4)  # one per thread that called
-        done.set()
         for thread in threads:
             thread.join(GUARD)
-        named(1)  # a thread's connection ends with it
+        opened = sum(c["name"] == name for c in checker.client_list())
+        assert 1 <= opened <= 3
         store.close()
         named(0)
         assert store.get("k", T0) is not None  # a call after close opens a new one
@@ -171,6 +178,68 @@ def test_each_thread_calls_on_a_connection_of_the_store_made_with_the_clients_se
         store.close()
         checker.delete(prefix + "k")
         checker.close()
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_before_a_call(make: Make) -> None:
+    store = make()
+    assert store.get("k", T0) is None
+    (wire,) = store._idle
+    checker = direct_client("redis")
+    try:
+        # What a restart, the server's idle timeout or a proxy does to an idle connection.
+        host, port = wire._sock.getsockname()
+        assert checker.client_kill(f"{host}:{port}")
+    finally:
+        checker.close()
+    deadline = time.monotonic() + GUARD
+    while wire.quiet():  # the close reaches this side a moment later
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert store.get("k", T0) is None  # on a new connection: no call fails for it
+    assert store._idle != [wire]
+
+
+def test_a_credential_provider_is_asked_at_each_new_connection() -> None:
+    asked: list[int] = []
+
+    class Rotating(CredentialProvider):
+        def get_credentials(self) -> tuple[str, str]:
+            asked.append(1)
+            return ("default", f"token-{len(asked)}")  # any password: the user is nopass
+
+    url = service_url("redis")
+    client = redis.Redis.from_url(url, credential_provider=Rotating())
+    store = SyncRedisStore(client, prefix=f"test:srs:{uuid.uuid4().hex[:12]}:", timeout=5)
+    try:
+        assert asked == []  # nothing is asked before a connection is made
+        for _ in range(3):
+            assert store.get("k", T0) is None
+            store.close()  # the next call opens a new connection
+        assert len(asked) == 3
+    finally:
+        store.close()
+        client.close()
+
+
+def test_a_connection_reset_is_a_redis_connection_error() -> None:
+    def serve(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)  # the call arrived; the server goes away without an answer
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        thread = threading.Thread(target=serve, args=(listener,), daemon=True)
+        thread.start()
+        port = listener.getsockname()[1]
+        store = SyncRedisStore.from_url(f"redis://127.0.0.1:{port}/0?timeout=5")
+        try:
+            with pytest.raises(StoreUnavailable) as info:
+                store.get("k", T0)
+        finally:
+            store.close()
+        thread.join(GUARD)
+    assert isinstance(info.value.__cause__, redis.exceptions.ConnectionError)
 
 
 def test_a_client_whose_connections_the_store_cannot_open_carries_the_calls() -> None:

@@ -532,3 +532,19 @@ def test_a_release_while_the_store_is_down_is_left_to_the_lease() -> None:
     assert refused.admitted
     assert not limiter.health.healthy
     limiter.release(held)  # known down: not even tried
+
+
+def test_exc_info_may_be_passed_by_keyword() -> None:
+    def app(env: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            start_response("500 Internal Server Error", [], exc_info=sys.exc_info())
+        return [b"sorry"]
+
+    idempotent = IdempotencyMiddleware(app, store=SyncMemoryStore(), hooks=[])
+    policy = RateLimitPolicy("p", limits=["5/minute"])
+    limited = RateLimitMiddleware(app, store=SyncMemoryStore(), policies=[policy], hooks=[])
+    for wrapped in (idempotent, limited):
+        assert run(wrapped, environ())[0].status == "500 Internal Server Error"

@@ -127,19 +127,25 @@ Rule 14: ``SyncRedisStore`` is the same store for threads and processes that blo
         meanwhile wait ``timeout`` at most, and for ``timeout`` after a failed attempt
         calls fail at once.
 Rule 15: on a standalone server reached over TCP or a Unix socket, ``SyncRedisStore``
-        calls on connections of its own (``_SyncWire``), one per thread, opened at the
-        thread's first call with the client's address, password, database and client
-        name (as Rule 7's), and closed when the thread ends or ``close`` is called: a
-        call is one write of bytes encoded in advance (each limit's constant arguments
-        once, as Rule 7's ``_limits``) and one read, where redis-py's pool, command
-        packing and reply callbacks cost about as much CPU again. ``timeout`` bounds the
-        connection, each write and each read (``SO_SNDTIMEO``/``SO_RCVTIMEO``: no
-        ``poll`` before every call); any failure closes the connection for good.
-        ``NOSCRIPT`` sends the call again with ``EVAL``. A client whose connections the
-        store cannot open itself (TLS, Sentinel, a custom connection class) and a
-        cluster go through redis-py, whose socket timeout is then the bound (``from_url``
-        sets it to ``timeout``). After a fork, a child drops the parent's connections
-        (the parent keeps them) and opens its own.
+        calls on connections of its own (``_SyncWire``), opened with the client's
+        address, credentials (a credential provider is asked at each new connection),
+        database and client name, as Rule 7's. A call takes an idle connection (the
+        latest first, after checking without waiting that the server has not closed it
+        or sent anything unasked) or opens one, and gives it back after, up to
+        ``_IDLE_KEPT`` idle ones: threads and greenlets share them, so a thread per
+        request does not open a connection per request. A call is one write of bytes
+        encoded in advance (each limit's constant arguments once, as Rule 7's
+        ``_limits``) and one read, where redis-py's pool, command packing and reply
+        callbacks cost about as much CPU again. ``timeout`` bounds connecting, each
+        write and each read (``SO_SNDTIMEO``/``SO_RCVTIMEO`` on the standard library's
+        sockets: no ``poll`` before every call; the socket's own timeout on gevent's or
+        eventlet's); any failure closes the connection for good, and socket errors are
+        redis-py's ``ConnectionError`` or ``TimeoutError``. ``NOSCRIPT`` sends the call
+        again with ``EVAL``. A client whose connections the store cannot open itself
+        (TLS, Sentinel, a custom connection class) and a cluster go through redis-py,
+        whose socket timeout is then the bound (``from_url`` sets it to ``timeout``).
+        After a fork, a child drops the parent's connections (the parent keeps them)
+        and opens its own. ``close`` closes them all; a later call opens a new one.
 """
 
 from __future__ import annotations
@@ -342,14 +348,29 @@ class _Waiter(Protocol):
 
 
 class _Settings(NamedTuple):
-    """Where and how the pipelined connection connects (the client's own settings)."""
+    """Where and how the store's own connections connect (the client's own settings)."""
 
     host: str
     port: int
     path: str | None  # a Unix socket
     ssl: ssl.SSLContext | None
     connect_timeout: float | None
-    handshake: tuple[bytes, ...]  # AUTH, SELECT, CLIENT SETNAME: each answered +OK
+    credentials: Any  # (username, password), or a redis-py CredentialProvider
+    setup: tuple[bytes, ...]  # SELECT, CLIENT SETNAME
+
+    def handshake(self) -> tuple[bytes, ...]:
+        """The commands a new connection sends first, each answered ``+OK``: ``AUTH``
+        with the credentials of the moment (a provider is asked at each connection, as
+        redis-py asks it: its tokens may rotate), then ``setup``."""
+        credentials = self.credentials
+        if not isinstance(credentials, tuple):
+            got = tuple(credentials.get_credentials())
+            credentials = (None, *got) if len(got) == 1 else got
+        username, password = credentials
+        if not password:
+            return self.setup
+        auth = ("AUTH", username, password) if username else ("AUTH", password)
+        return (_command(*auth), *self.setup)
 
 
 def _settings(client: Redis) -> _Settings:
@@ -375,22 +396,13 @@ def _sync_settings(client: sync_redis.Redis) -> _Settings | None:
 
 
 def _read_settings(kwargs: dict[str, Any], context: ssl.SSLContext | None, unix: bool) -> _Settings:
-    username, password = kwargs.get("username"), kwargs.get("password")
     provider = kwargs.get("credential_provider")
-    if provider is not None:
-        credentials = provider.get_credentials()
-        if len(credentials) == 1:
-            username, password = None, credentials[0]
-        else:
-            username, password = credentials
-    handshake: list[bytes] = []
-    if password:
-        auth = ("AUTH", username, password) if username else ("AUTH", password)
-        handshake.append(_command(*auth))
+    credentials = provider or (kwargs.get("username"), kwargs.get("password"))
+    setup: list[bytes] = []
     if int(kwargs.get("db") or 0):
-        handshake.append(_command("SELECT", int(kwargs["db"])))
+        setup.append(_command("SELECT", int(kwargs["db"])))
     if kwargs.get("client_name"):
-        handshake.append(_command("CLIENT", "SETNAME", kwargs["client_name"]))
+        setup.append(_command("CLIENT", "SETNAME", kwargs["client_name"]))
     timeout = kwargs.get("socket_connect_timeout") or kwargs.get("socket_timeout")
     return _Settings(
         str(kwargs.get("host", "localhost")),
@@ -398,7 +410,8 @@ def _read_settings(kwargs: dict[str, Any], context: ssl.SSLContext | None, unix:
         kwargs.get("path") if unix else None,
         context,
         float(timeout) if timeout else None,
-        tuple(handshake),
+        credentials,
+        tuple(setup),
     )
 
 
@@ -433,7 +446,7 @@ class _Connection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._heard = self.loop.time()  # when Redis last sent us anything
         deadline = self.loop.time() + timeout
-        for command in settings.handshake:
+        for command in settings.handshake():
             self._pending.append([None, deadline, None, 0, b""])
             self._out.append(command)
         self._opening = self.loop.create_task(self._open())
@@ -1521,11 +1534,17 @@ class RedisStore(_Steps):
         )
 
 
+def _stdlib(sock: socket.socket) -> bool:
+    """Whether ``sock`` is the standard library's socket (gevent and eventlet patch the
+    module with sockets that wait in their hub, where the kernel's timeouts do not act)."""
+    return type(sock).__module__ == "socket" and sys.platform != "win32"
+
+
 def _bound(sock: socket.socket, timeout: float) -> None:
-    """Bound each send and receive on ``sock`` by ``timeout``: where the kernel can
+    """Bound each send and receive on ``sock`` by ``timeout``: in the kernel where it can
     (``SO_RCVTIMEO``, ``SO_SNDTIMEO``: a blocking socket, no ``poll`` before every call,
-    and a call past the bound fails with ``EAGAIN``), else with Python's socket timeout."""
-    if sys.platform == "win32":
+    and a call past the bound fails with ``EAGAIN``), else with the socket's timeout."""
+    if not _stdlib(sock):
         sock.settimeout(timeout)
         return
     sock.settimeout(None)
@@ -1537,11 +1556,11 @@ def _bound(sock: socket.socket, timeout: float) -> None:
 
 class _SyncWire:
     """One blocking RESP2 connection of a ``SyncRedisStore`` to a standalone server, used
-    by one thread at a time (Rule 15): a call is one ``sendall`` of bytes encoded in
+    by one call at a time (Rule 15): a call is one ``sendall`` of bytes encoded in
     advance and reads until hiredis has its reply(ies). Any failure to write or read
     closes it for good (a late reply must never answer the next call)."""
 
-    __slots__ = ("__weakref__", "_reader", "_sock", "closed")
+    __slots__ = ("__weakref__", "_poll", "_reader", "_sock", "closed")
 
     def __init__(self, settings: _Settings, timeout: float) -> None:
         self.closed = False
@@ -1556,16 +1575,32 @@ class _SyncWire:
                 self._sock = socket.create_connection(address, settings.connect_timeout or timeout)
                 self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             _bound(self._sock, timeout)
+            self._poll: Any = None
+            if _stdlib(self._sock) and hasattr(select, "poll"):
+                self._poll = select.poll()
+                self._poll.register(self._sock, select.POLLIN)
         except OSError as exc:
             self.close()
             if isinstance(exc, TimeoutError):
                 raise RedisTimeoutError("timeout connecting to Redis") from exc
             raise RedisConnectionError(f"error connecting to Redis: {exc.strerror}") from exc
-        if settings.handshake:
-            for reply in self.calls(b"".join(settings.handshake), len(settings.handshake)):
+        handshake = settings.handshake()
+        if handshake:
+            for reply in self.calls(b"".join(handshake), len(handshake)):
                 if isinstance(reply, ResponseError):
                     self.close()
                     raise reply
+
+    def quiet(self) -> bool:
+        """Whether the connection is still open with nothing unasked to read: before a
+        connection is used again (the server may have closed it while it was idle: its
+        ``timeout``, a restart, a proxy), as redis-py's pool checks its own."""
+        try:
+            if self._poll is not None:  # end of file, an error, or bytes nobody asked for
+                return not self._poll.poll(0)
+            return not select.select([self._sock], [], [], 0)[0]
+        except (OSError, ValueError):
+            return False
 
     def calls(self, data: bytes, replies: int = 1) -> list[Any]:
         """Send ``data`` (``replies`` commands) and read their replies, errors included."""
@@ -1588,6 +1623,8 @@ class _SyncWire:
             self.close()
             if isinstance(exc, TimeoutError | BlockingIOError):
                 raise RedisTimeoutError("no reply from Redis within the timeout") from exc
+            if isinstance(exc, OSError):
+                raise RedisConnectionError(f"error talking to Redis: {exc.strerror}") from exc
             raise
         return out
 
@@ -1597,7 +1634,11 @@ class _SyncWire:
         if sock is not None:
             sock.close()
 
-    __del__ = close  # a thread's connection ends with the thread
+    __del__ = close  # a connection dropped (after a fork, or past _IDLE_KEPT) is closed
+
+
+#: Idle connections a ``SyncRedisStore`` keeps for its next calls (Rule 15).
+_IDLE_KEPT = 16
 
 
 class SyncRedisStore(_Steps):
@@ -1611,8 +1652,8 @@ class SyncRedisStore(_Steps):
 
     The same scripts, keys and decisions as ``RedisStore``: an ASGI and a WSGI service on
     one server (and one prefix) share their limits and their idempotency records.
-    Safe to share between threads: on a standalone server each thread calls on a
-    connection of the store's own, made with the client's settings (a cluster, or a TLS
+    Safe to share between threads: on a standalone server the calls take turns on a few
+    connections of the store's own, made with the client's settings (a cluster, or a TLS
     client, takes a connection from the client's pool); after a fork, the child opens
     its own.
 
@@ -1686,18 +1727,18 @@ class SyncRedisStore(_Steps):
         self._failed: tuple[float, Exception] | None = None
         self._periods = {}
         self._limits = {}
-        # A standalone server reached over TCP or a Unix socket: each thread's own
-        # connection (Rule 15), opened at its first call; None: redis-py carries the calls.
+        # A standalone server reached over TCP or a Unix socket: the store's own
+        # connections (Rule 15); None: redis-py carries the calls.
         self._direct = None
-        self._local = threading.local()
-        self._wires: weakref.WeakSet[_SyncWire] = weakref.WeakSet()
+        self._idle: list[_SyncWire] = []  # connections between calls, the latest last
+        self._wires: weakref.WeakSet[_SyncWire] = weakref.WeakSet()  # every one open
         _FORKABLE.add(self)
 
     def _forked(self) -> None:
         """In a forked child: a lock another thread of the parent held stays held, and
         the parent's connections are the parent's (dropped here, never written to)."""
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._idle = []
         self._wires = weakref.WeakSet()
 
     @classmethod
@@ -1781,24 +1822,41 @@ class SyncRedisStore(_Steps):
         finally:
             self._lock.release()
 
-    def _wire(self) -> _SyncWire:
-        """This thread's connection, (re)opened when its last one closed (Rule 15)."""
-        wire: _SyncWire | None = getattr(self._local, "wire", None)
-        if wire is None or wire.closed:
-            assert self._direct is not None
-            wire = self._local.wire = _SyncWire(self._direct, self.timeout)
+    def _take(self) -> _SyncWire:
+        """An idle connection still open and quiet, or a new one (Rule 15)."""
+        while True:
             with self._lock:
-                self._wires.add(wire)
-        return wire
+                wire = self._idle.pop() if self._idle else None
+            if wire is None:
+                assert self._direct is not None
+                wire = _SyncWire(self._direct, self.timeout)
+                with self._lock:
+                    self._wires.add(wire)
+                return wire
+            if wire.quiet():
+                return wire
+            wire.close()
+
+    def _put(self, wire: _SyncWire) -> None:
+        """``wire`` back among the idle connections, unless it closed or enough are."""
+        if not wire.closed:
+            with self._lock:
+                if len(self._idle) < _IDLE_KEPT:
+                    self._idle.append(wire)
+                    return
+            wire.close()
 
     def _send(self, script: _Script, length: int, body: bytes) -> Any:
-        """One script call on this thread's connection: by SHA, and whole (``EVAL``) if
-        the server lost the script."""
-        wire = self._wire()
-        reply = wire.calls(b"*%d\r\n%s%s" % (length, script.sha_head, body))[0]
-        if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
-            # Nothing ran: EVAL runs the script and caches it for the next EVALSHA.
-            reply = wire.calls(b"*%d\r\n%s%s" % (length, script.eval_head, body))[0]
+        """One script call on a connection of the store's: by SHA, and whole (``EVAL``)
+        if the server lost the script."""
+        wire = self._take()
+        try:
+            reply = wire.calls(b"*%d\r\n%s%s" % (length, script.sha_head, body))[0]
+            if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+                # Nothing ran: EVAL runs the script and caches it for the next EVALSHA.
+                reply = wire.calls(b"*%d\r\n%s%s" % (length, script.eval_head, body))[0]
+        finally:
+            self._put(wire)
         if isinstance(reply, ResponseError):
             raise reply
         return reply
@@ -1844,7 +1902,11 @@ class SyncRedisStore(_Steps):
                     for script, keys, args in calls
                     for length, body in [_encode(keys, args)]
                 )
-                self._wire().calls(data, len(calls))
+                wire = self._take()
+                try:
+                    wire.calls(data, len(calls))
+                finally:
+                    self._put(wire)
                 return
             pipe: Any = self._redis().pipeline(transaction=False)
             for script, keys, args in calls:
@@ -1994,6 +2056,7 @@ class SyncRedisStore(_Steps):
         (``from_url``). A later call opens a new connection."""
         with self._lock:
             wires = list(self._wires)
+            self._idle.clear()
         for wire in wires:
             wire.close()
         client = self._client

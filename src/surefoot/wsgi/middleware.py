@@ -201,7 +201,7 @@ def _admitted(
     added = _text_headers(verdict.headers)
 
     def start(
-        status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None, /
+        status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
     ) -> Callable[[bytes], object]:
         return start_response(status, [*headers, *added], exc_info)
 
@@ -244,7 +244,7 @@ class _Started:
         self.sent = False
 
     def __call__(
-        self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None, /
+        self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
     ) -> Callable[[bytes], object]:
         if exc_info is not None and exc_info[1] is not None:
             if self.sent:  # too late to change the response: PEP 3333 says re-raise
