@@ -338,6 +338,12 @@ class _Request(NamedTuple):
     wire_args: bytes = b""  # the arguments in RESP
     length: int = 0  # arguments in wire_args
 
+    def alone(self) -> tuple[int, bytes]:
+        """The acquire script's arguments deciding this request alone, in RESP, and how
+        many the command has (its name and SHA included)."""
+        body = b"".join((_bulk(len(self.keys)), self.wire_keys, _SMALL[1], self.wire_args))
+        return 4 + len(self.keys) + self.length, body
+
 
 class _Waiter(Protocol):
     """What a pending call answers: a future, or a batch of them (``_Batch``)."""
@@ -1467,13 +1473,7 @@ class RedisStore(_Steps):
                     return await self._coalesced(request)
                 conn = self._wire()
                 future = conn.loop.create_future()
-                body = b"".join((_bulk(len(request.keys)), request.wire_keys, _SMALL[1]))
-                conn.send(
-                    future,
-                    _ACQUIRE,
-                    4 + len(request.keys) + request.length,
-                    body + request.wire_args,
-                )
+                conn.send(future, _ACQUIRE, *request.alone())
                 return self._decisions([request], await future)[0]
             if self.coalesce:
                 result: Result = await self._lane(request)
@@ -1933,7 +1933,7 @@ class SyncRedisStore(_Steps):
     def begin(self, key: str, request: Begin, now: float) -> Decision:
         call = self._begin_call(key, request, now)
         reply = self._run_or_give_back(
-            lambda: self._call(call), lambda: [self._begin_give_back(call, request, now)]
+            functools.partial(self._call, call), lambda: [self._begin_give_back(call, request, now)]
         )
         return self._decision(reply, request, now)
 
@@ -2004,7 +2004,8 @@ class SyncRedisStore(_Steps):
     ) -> Claim:
         call = self._order_claim_call(key, version, token, now, lease, retention)
         reply = self._run_or_give_back(
-            lambda: self._call(call), lambda: [self._order_claim_give_back(call, retention)]
+            functools.partial(self._call, call),
+            lambda: [self._order_claim_give_back(call, retention)],
         )
         return self._claim(reply, now)
 
@@ -2042,9 +2043,7 @@ class SyncRedisStore(_Steps):
             call = functools.partial(self._call, _batch([request]))
         else:
             request = self._wire_request(items, now)
-            body = b"".join((_bulk(len(request.keys)), request.wire_keys, _SMALL[1]))
-            length = 4 + len(request.keys) + request.length
-            call = functools.partial(self._send, _ACQUIRE, length, body + request.wire_args)
+            call = functools.partial(self._send, _ACQUIRE, *request.alone())
         give_backs = functools.partial(self._slot_give_backs, items, now)
         return self._decisions([request], self._run_or_give_back(call, give_backs))[0]
 
