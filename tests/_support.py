@@ -71,6 +71,30 @@ def free_port() -> int:
     return port
 
 
+@contextlib.contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A port whose listener's accept queue is full: a new connection's SYN is dropped,
+    so connecting waits until the connecting side gives up (an unreachable host)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port: int = listener.getsockname()[1]
+        queued: list[socket.socket] = []
+        try:
+            for _ in range(8):  # until the queue is full (its size varies by kernel)
+                sock = socket.socket()
+                queued.append(sock)
+                sock.settimeout(0.3)
+                try:
+                    sock.connect(("127.0.0.1", port))
+                except OSError:
+                    break
+            yield port
+        finally:
+            for sock in queued:
+                sock.close()
+
+
 def public_event_types() -> list[type[Event]]:
     """Every event class a public package exports (for a hook's ``wants``)."""
     import importlib

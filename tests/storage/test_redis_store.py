@@ -29,10 +29,11 @@ from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.credentials import CredentialProvider
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from _services import RedisServer, service_url
-from _support import T0, free_port
+from _support import T0, free_port, unanswered_port
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency._core import (
     Begin,
@@ -1262,3 +1263,33 @@ async def test_a_batch_reply_the_store_cannot_read_fails_its_callers_instead_of_
         with pytest.raises(StoreUnavailable) as raised:
             await future
         assert isinstance(raised.value.__cause__, ValueError)
+
+
+async def test_a_call_requeued_when_the_credential_provider_fails_is_answered() -> None:
+    class Flaky(CredentialProvider):
+        asked = 0
+
+        def get_credentials(self) -> tuple[str]:
+            Flaky.asked += 1
+            if Flaky.asked == 1:
+                return ("secret",)
+            raise RuntimeError("the token service is down")
+
+    with unanswered_port() as port:
+        client = Redis(
+            host="127.0.0.1",
+            port=port,
+            credential_provider=Flaky(),
+            socket_connect_timeout=0.15,
+        )
+        store = RedisStore(client, prefix="test:rs:flaky:", timeout=1)
+        first = asyncio.ensure_future(store.get("a", T0))
+        await asyncio.sleep(0.05)  # the connection attempt has begun
+        late = asyncio.ensure_future(store.get("b", T0))  # requeued when it fails
+        _, pending = await asyncio.wait({first, late}, timeout=10)
+        for task in pending:
+            task.cancel()
+        await store.aclose()
+    assert pending == set()
+    for task in (first, late):
+        assert isinstance(task.exception(), StoreUnavailable)

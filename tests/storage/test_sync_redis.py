@@ -36,7 +36,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from _services import service_url, store_url_sync
-from _support import T0, forked_child, free_port
+from _support import T0, forked_child, free_port, unanswered_port
 from surefoot.errors import ConfigurationError, StoreUnavailable
 from surefoot.idempotency import (
     Begin,
@@ -219,6 +219,52 @@ def test_a_credential_provider_is_asked_at_each_new_connection() -> None:
     finally:
         store.close()
         client.close()
+
+
+def test_connecting_is_bounded_by_the_stores_timeout_not_the_clients() -> None:
+    with unanswered_port() as port:
+        # redis-py's own connect timeout is 5 seconds unless told otherwise.
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.5)
+        store = SyncRedisStore(client, timeout=0.2)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as info:
+            store.acquire(SLOTS, T0)
+        waited = time.monotonic() - started
+        store.close()
+    assert isinstance(info.value.__cause__, redis.exceptions.TimeoutError)
+    assert waited < 1.5  # the store's 0.2 s (and no give-back: nothing was sent)
+
+
+def test_a_failing_credential_provider_is_store_unavailable_and_sends_nothing() -> None:
+    class Broken(CredentialProvider):
+        def get_credentials(self) -> tuple[str, str]:
+            raise RuntimeError("the token service is down")
+
+    server = MuteScripts()
+    client = redis.Redis(host="127.0.0.1", port=server.port, credential_provider=Broken())
+    store = SyncRedisStore(client, timeout=0.2)
+    try:
+        with pytest.raises(StoreUnavailable) as info:
+            store.acquire(SLOTS, T0)
+    finally:
+        store.close()
+        connections = server.close()
+    assert isinstance(info.value.__cause__, redis.exceptions.ConnectionError)
+    assert connections == []  # not even a connection: the credentials come first
+
+
+def test_a_wire_closed_while_idle_is_never_taken_again(make: Make) -> None:
+    store = make()
+    assert store.get("k", T0) is None
+    (wire,) = store._idle
+    store.close()  # another thread's close() lands after a call put the wire back
+    store._idle.append(wire)
+    host, port = service_url("redis").removeprefix("redis://").split("/")[0].split(":")
+    # A quiet, open socket, most often given the closed wire's descriptor number.
+    with socket.create_connection((host, int(port))):
+        assert not wire.quiet()
+        assert store.get("k", T0) is None
+    assert wire not in store._idle
 
 
 def test_a_connection_reset_is_a_redis_connection_error() -> None:

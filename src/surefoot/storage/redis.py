@@ -128,24 +128,25 @@ Rule 14: ``SyncRedisStore`` is the same store for threads and processes that blo
         calls fail at once.
 Rule 15: on a standalone server reached over TCP or a Unix socket, ``SyncRedisStore``
         calls on connections of its own (``_SyncWire``), opened with the client's
-        address, credentials (a credential provider is asked at each new connection),
-        database and client name, as Rule 7's. A call takes an idle connection (the
-        latest first, after checking without waiting that the server has not closed it
-        or sent anything unasked) or opens one, and gives it back after, up to
-        ``_IDLE_KEPT`` idle ones: threads and greenlets share them, so a thread per
-        request does not open a connection per request. A call is one write of bytes
-        encoded in advance (each limit's constant arguments once, as Rule 7's
-        ``_limits``) and one read, where redis-py's pool, command packing and reply
-        callbacks cost about as much CPU again. ``timeout`` bounds connecting, each
-        write and each read (``SO_SNDTIMEO``/``SO_RCVTIMEO`` on the standard library's
-        sockets: no ``poll`` before every call; the socket's own timeout on gevent's or
-        eventlet's); any failure closes the connection for good, and socket errors are
-        redis-py's ``ConnectionError`` or ``TimeoutError``. ``NOSCRIPT`` sends the call
-        again with ``EVAL``. A client whose connections the store cannot open itself
-        (TLS, Sentinel, a custom connection class) and a cluster go through redis-py,
-        whose socket timeout is then the bound (``from_url`` sets it to ``timeout``).
-        After a fork, a child drops the parent's connections (the parent keeps them)
-        and opens its own. ``close`` closes them all; a later call opens a new one.
+        address, credentials (a credential provider is asked at each new connection; one
+        that fails fails the call, with nothing sent), database and client name, as Rule
+        7's. A call takes an idle connection (the latest first, after checking without
+        waiting that the server has not closed it or sent anything unasked) or opens
+        one, and gives it back after, up to ``_IDLE_KEPT`` idle ones: threads and
+        greenlets share them, so a thread per request does not open a connection per
+        request. A call is one write of bytes encoded in advance (each limit's constant
+        arguments once, as Rule 7's ``_limits``) and one read, where redis-py's pool,
+        command packing and reply callbacks cost about as much CPU again. ``timeout``
+        bounds connecting (whatever the client's own connect timeout), each write and
+        each read (``SO_SNDTIMEO``/``SO_RCVTIMEO`` on the standard library's sockets: no
+        ``poll`` before every call; the socket's own timeout on gevent's or eventlet's);
+        any failure closes the connection for good, and socket errors are redis-py's
+        ``ConnectionError`` or ``TimeoutError``. ``NOSCRIPT`` sends the call again with
+        ``EVAL``. A client whose connections the store cannot open itself (TLS,
+        Sentinel, a custom connection class) and a cluster go through redis-py, whose
+        socket timeout is then the bound (``from_url`` sets it to ``timeout``). After a
+        fork, a child drops the parent's connections (the parent keeps them) and opens
+        its own. ``close`` closes them all; a later call opens a new one.
 """
 
 from __future__ import annotations
@@ -452,15 +453,22 @@ class _Connection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._heard = self.loop.time()  # when Redis last sent us anything
         deadline = self.loop.time() + timeout
-        for command in settings.handshake():
+        unusable: Exception | None = None
+        try:
+            handshake = settings.handshake()
+        except Exception as exc:  # the credential provider failed: this one cannot open
+            handshake, unusable = (), _no_credentials(exc)
+        for command in handshake:
             self._pending.append([None, deadline, None, 0, b""])
             self._out.append(command)
-        self._opening = self.loop.create_task(self._open())
+        self._opening = self.loop.create_task(self._open(unusable))
 
-    async def _open(self) -> None:
+    async def _open(self, unusable: Exception | None) -> None:
         settings = self._settings
         self._early = len(self._pending)
         try:
+            if unusable is not None:  # every call queued so far fails (none is late)
+                raise unusable
             async with asyncio.timeout(settings.connect_timeout):
                 if settings.path is not None:
                     await self.loop.create_unix_connection(lambda: self, settings.path)
@@ -613,6 +621,13 @@ class _Connection(asyncio.Protocol):
         self._abort(RedisConnectionError("the store was closed"))
         with _suppress_cancelled():
             await asyncio.gather(self._opening, return_exceptions=True)
+
+
+def _no_credentials(cause: Exception) -> RedisConnectionError:
+    """The failure of a connection whose credential provider failed (nothing was sent)."""
+    error = RedisConnectionError("no connection to Redis: the credential provider failed")
+    error.__cause__ = cause
+    return error
 
 
 class _Batch:
@@ -1566,13 +1581,20 @@ class _SyncWire:
         self.closed = False
         self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
         try:
+            handshake = settings.handshake()
+        except Exception as exc:
+            self.closed = True
+            raise _no_credentials(exc) from exc
+        # Never longer than the store's own timeout (redis-py's default is 5 seconds).
+        connect = min(settings.connect_timeout or timeout, timeout)
+        try:
             if settings.path is not None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self._sock.settimeout(settings.connect_timeout or timeout)
+                self._sock.settimeout(connect)
                 self._sock.connect(settings.path)
             else:
                 address = (settings.host, settings.port)
-                self._sock = socket.create_connection(address, settings.connect_timeout or timeout)
+                self._sock = socket.create_connection(address, connect)
                 self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             _bound(self._sock, timeout)
             self._poll: Any = None
@@ -1584,7 +1606,6 @@ class _SyncWire:
             if isinstance(exc, TimeoutError):
                 raise RedisTimeoutError("timeout connecting to Redis") from exc
             raise RedisConnectionError(f"error connecting to Redis: {exc.strerror}") from exc
-        handshake = settings.handshake()
         if handshake:
             for reply in self.calls(b"".join(handshake), len(handshake)):
                 if isinstance(reply, ResponseError):
@@ -1595,6 +1616,8 @@ class _SyncWire:
         """Whether the connection is still open with nothing unasked to read: before a
         connection is used again (the server may have closed it while it was idle: its
         ``timeout``, a restart, a proxy), as redis-py's pool checks its own."""
+        if self.closed:  # its descriptor's number may be another socket's by now
+            return False
         try:
             if self._poll is not None:  # end of file, an error, or bytes nobody asked for
                 return not self._poll.poll(0)
@@ -1839,12 +1862,11 @@ class SyncRedisStore(_Steps):
 
     def _put(self, wire: _SyncWire) -> None:
         """``wire`` back among the idle connections, unless it closed or enough are."""
-        if not wire.closed:
-            with self._lock:
-                if len(self._idle) < _IDLE_KEPT:
-                    self._idle.append(wire)
-                    return
-            wire.close()
+        with self._lock:
+            if not wire.closed and len(self._idle) < _IDLE_KEPT:
+                self._idle.append(wire)  # close() may still close it: quiet() then says so
+                return
+        wire.close()
 
     def _send(self, script: _Script, length: int, body: bytes) -> Any:
         """One script call on a connection of the store's: by SHA, and whole (``EVAL``)
