@@ -95,6 +95,7 @@ PUBLIC = {
         "alert_rules",
         "app_settings",
         "apply_overrides",
+        "bounded_protocol",
         "check_start",
         "config_from_dict",
         "consumer_docs",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -141,3 +142,29 @@ def test_sighup_reloads_the_policy_file_and_the_counters_carry_on(
     wait_until(reloaded, timeout=30, what="the reloaded limit")
     assert decisions([service.url], 1) == [429]  # the 2 counted before fill the new limit
     assert service.process.poll() is None
+
+
+def test_the_decision_service_bounds_the_head_as_the_gateway_does(
+    tmp_path: Path, started: list[Decide]
+) -> None:
+    config = policy_file(tmp_path, f"sqlite:///{tmp_path / 'counters.db'}")
+    text = config.read_text().replace(
+        "[server]\n", "[server]\nmax_header_size = 2048\nheader_timeout = 0.5\n"
+    )
+    config.write_text(text)
+    started.append(Decide(config))
+    decide = started[-1]
+    decide.wait_ready()
+    headers = {"X-Original-Method": "GET", "X-Original-URI": "/orders", "X-Big": "x" * 4096}
+    refused = httpx.get(decide.url + "/decide", headers=headers, timeout=10)
+    assert refused.status_code == 431
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["type"].endswith("/request-headers-too-large")
+    # A head that never ends (slowloris) is answered 408 after header_timeout, then closed.
+    with socket.create_connection(("127.0.0.1", decide.port), timeout=10) as sock:
+        sock.sendall(b"GET /decide HTTP/1.1\r\nHost: edge\r\nX-Original-Method: GET\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"request-timeout" in answer

@@ -6,9 +6,13 @@ Theory of operation:
    bound, with every problem listed. A rate-limit store that workers cannot share
    (``memory://``) is logged at WARNING. surefoot's events are logged on stderr from
    ``[server] log_level`` up, beside uvicorn's lines.
-2. One process: a uvicorn server, and ``SIGHUP`` reloads the policy file in place
+2. The HTTP server is the gateway's (``surefoot.gateway.bounded_protocol``): the head
+   limits and deadlines of ``[server]`` (``max_header_size``, ``max_headers_size``,
+   ``max_header_count``, ``header_timeout``, ``body_timeout``, ``keepalive_timeout``) hold
+   for the decision service as for ``surefoot serve``, and a refusal is a problem document.
+3. One process: a uvicorn server, and ``SIGHUP`` reloads the policy file in place
    (``DecisionApp.reload``; an invalid file is logged and the one in force stays).
-3. Several: uvicorn's supervisor binds the socket once and starts the workers, each
+4. Several: uvicorn's supervisor binds the socket once and starts the workers, each
    building its ``DecisionApp`` from the file (``_app``, told the file by
    ``SUREFOOT_DECIDE_CONFIG``); it restarts a worker that dies, and on ``SIGHUP`` replaces
    the workers one by one, each new one reading the file again, so counters (in the
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 import os
 import signal
@@ -26,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from surefoot.errors import ConfigurationError
-from surefoot.gateway import load_config
+from surefoot.gateway import bounded_protocol, load_config
 
 __all__ = ["decide"]
 
@@ -73,6 +78,10 @@ def decide(
         host=host,
         port=port,
         workers=workers,
+        # The gateway's HTTP server: [server]'s head limits and deadlines, as for serve
+        # (by name: a worker process imports it).
+        http="surefoot.edge._serve:_protocol",
+        ws="none",  # upgrades are refused by the protocol
         lifespan="on",
         access_log=False,
         log_config=_log_config(root.server.log_level),
@@ -103,6 +112,18 @@ def decide(
         Multiprocess(uv_config, sockets=[sock]).run()
         return
     uvicorn.Server(uv_config).run(sockets=[sock])
+
+
+def _protocol(*args: Any, **kwargs: Any) -> asyncio.Protocol:
+    """The HTTP protocol of a connection (uvicorn's ``http``, imported by name in each
+    process): the gateway's bounded protocol, with the ``[server]`` limits of the file
+    this process serves."""
+    return _bounded()(*args, **kwargs)
+
+
+@functools.cache
+def _bounded() -> Callable[..., asyncio.Protocol]:
+    return bounded_protocol(load_config(os.environ[CONFIG_VARIABLE]).root.server.limits())
 
 
 def _log_config(level: str) -> dict[str, Any]:

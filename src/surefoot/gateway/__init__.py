@@ -44,6 +44,7 @@ from surefoot.gateway._override_board import OverrideControl, SharedOverrides
 from surefoot.gateway._overrides import TemporaryOverride, apply_overrides
 from surefoot.gateway._reconcile import Finding, Report, Sweeper
 from surefoot.gateway._serve import serve
+from surefoot.gateway._server import bounded_protocol
 from surefoot.gateway._settings import AppSettings, app_settings
 from surefoot.gateway._shed import LoadShedder
 from surefoot.gateway._top import TopTracker
@@ -86,6 +87,7 @@ __all__ = [
     "alert_rules",
     "app_settings",
     "apply_overrides",
+    "bounded_protocol",
     "check_start",
     "config_from_dict",
     "consumer_docs",
