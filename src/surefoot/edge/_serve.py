@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import functools
 import logging
 import os
 import signal
@@ -114,16 +113,15 @@ def decide(
     uvicorn.Server(uv_config).run(sockets=[sock])
 
 
+#: This process's HTTP protocol: the gateway's, with the ``[server]`` limits of the file
+#: ``_app`` read (uvicorn loads the app before it accepts a connection).
+_bounded: list[Callable[..., asyncio.Protocol]] = []
+
+
 def _protocol(*args: Any, **kwargs: Any) -> asyncio.Protocol:
     """The HTTP protocol of a connection (uvicorn's ``http``, imported by name in each
-    process): the gateway's bounded protocol, with the ``[server]`` limits of the file
-    this process serves."""
-    return _bounded()(*args, **kwargs)
-
-
-@functools.cache
-def _bounded() -> Callable[..., asyncio.Protocol]:
-    return bounded_protocol(load_config(os.environ[CONFIG_VARIABLE]).root.server.limits())
+    process, whose configuration is pickled for the workers)."""
+    return _bounded[-1](*args, **kwargs)
 
 
 def _log_config(level: str) -> dict[str, Any]:
@@ -156,7 +154,9 @@ def _app() -> object:
 
     path = os.environ[CONFIG_VARIABLE]
     workers = int(os.environ.get(WORKERS_VARIABLE, "1"))
-    app = DecisionApp(load_config(path), config_path=path, workers=workers)
+    config = load_config(path)
+    _bounded[:] = [bounded_protocol(config.root.server.limits())]
+    app = DecisionApp(config, config_path=path, workers=workers)
     if workers == 1:
         loop = asyncio.get_running_loop()
         pending: set[asyncio.Task[None]] = set()
