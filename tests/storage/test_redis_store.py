@@ -1284,7 +1284,12 @@ async def test_a_call_requeued_when_the_credential_provider_fails_is_answered() 
         )
         store = RedisStore(client, prefix="test:rs:flaky:", timeout=1)
         first = asyncio.ensure_future(store.get("a", T0))
-        await asyncio.sleep(0.05)  # the connection attempt has begun
+        for _ in range(100):  # until the connection attempt has begun (turns, not time)
+            if store._conn is not None and store._conn._early:
+                break
+            await asyncio.sleep(0)
+        assert store._conn is not None
+        assert store._conn._early
         late = asyncio.ensure_future(store.get("b", T0))  # requeued when it fails
         _, pending = await asyncio.wait({first, late}, timeout=10)
         for task in pending:

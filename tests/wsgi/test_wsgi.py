@@ -126,19 +126,31 @@ def test_a_generator_app_that_starts_late_is_captured() -> None:
     assert app.calls == 1
 
 
-def test_exc_info_before_the_body_replaces_the_status() -> None:
+def failing_app(*, by_keyword: bool) -> Any:
+    """An app that starts a 200, fails before its body and starts a 500 with ``exc_info``
+    (positional, or by keyword)."""
+
     def app(env: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         start_response("200 OK", [])
         try:
             raise ValueError("boom")
         except ValueError:
-            start_response(
-                "500 Internal Server Error", [("Content-Type", "text/plain")], sys.exc_info()
-            )
+            headers = [("Content-Type", "text/plain")]
+            if by_keyword:
+                start_response("500 Internal Server Error", headers, exc_info=sys.exc_info())
+            else:
+                start_response("500 Internal Server Error", headers, sys.exc_info())
         return [b"sorry"]
 
+    return app
+
+
+def test_exc_info_before_the_body_replaces_the_status() -> None:
     wrapped = IdempotencyMiddleware(
-        app, store=SyncMemoryStore(), policy=IdempotencyPolicy(on_server_error="store"), hooks=[]
+        failing_app(by_keyword=False),
+        store=SyncMemoryStore(),
+        policy=IdempotencyPolicy(on_server_error="store"),
+        hooks=[],
     )
     assert run(wrapped, environ())[0].status == "500 Internal Server Error"
     replay = run(wrapped, environ())
@@ -535,14 +547,7 @@ def test_a_release_while_the_store_is_down_is_left_to_the_lease() -> None:
 
 
 def test_exc_info_may_be_passed_by_keyword() -> None:
-    def app(env: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        start_response("200 OK", [])
-        try:
-            raise ValueError("boom")
-        except ValueError:
-            start_response("500 Internal Server Error", [], exc_info=sys.exc_info())
-        return [b"sorry"]
-
+    app = failing_app(by_keyword=True)
     idempotent = IdempotencyMiddleware(app, store=SyncMemoryStore(), hooks=[])
     policy = RateLimitPolicy("p", limits=["5/minute"])
     limited = RateLimitMiddleware(app, store=SyncMemoryStore(), policies=[policy], hooks=[])

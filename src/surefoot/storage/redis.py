@@ -269,6 +269,12 @@ def _encode(keys: list[str], args: list[Any]) -> tuple[int, bytes]:
     return 3 + len(keys) + len(args), body
 
 
+def _script_command(head: bytes, length: int, body: bytes) -> bytes:
+    """A whole script command: ``head`` (``_Script.sha_head`` or ``eval_head``), then
+    ``body``, ``length`` parts in all."""
+    return b"*%d\r\n%s%s" % (length, head, body)
+
+
 class _Script(NamedTuple):
     name: str
     source: str
@@ -1868,17 +1874,22 @@ class SyncRedisStore(_Steps):
                 return
         wire.close()
 
+    def _exchange(self, data: bytes, replies: int = 1) -> list[Any]:
+        """``replies`` commands in ``data``, on a connection taken for them, and their
+        replies (errors included)."""
+        wire = self._take()
+        try:
+            return wire.calls(data, replies)
+        finally:
+            self._put(wire)
+
     def _send(self, script: _Script, length: int, body: bytes) -> Any:
         """One script call on a connection of the store's: by SHA, and whole (``EVAL``)
         if the server lost the script."""
-        wire = self._take()
-        try:
-            reply = wire.calls(b"*%d\r\n%s%s" % (length, script.sha_head, body))[0]
-            if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
-                # Nothing ran: EVAL runs the script and caches it for the next EVALSHA.
-                reply = wire.calls(b"*%d\r\n%s%s" % (length, script.eval_head, body))[0]
-        finally:
-            self._put(wire)
+        reply = self._exchange(_script_command(script.sha_head, length, body))[0]
+        if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+            # Nothing ran: EVAL runs the script and caches it for the next EVALSHA.
+            reply = self._exchange(_script_command(script.eval_head, length, body))[0]
         if isinstance(reply, ResponseError):
             raise reply
         return reply
@@ -1920,15 +1931,10 @@ class SyncRedisStore(_Steps):
         with contextlib.suppress(StoreUnavailable), _unavailable():
             if self._direct is not None:
                 data = b"".join(
-                    b"*%d\r\n%s%s" % (length, script.eval_head, body)
+                    _script_command(script.eval_head, *_encode(keys, args))
                     for script, keys, args in calls
-                    for length, body in [_encode(keys, args)]
                 )
-                wire = self._take()
-                try:
-                    wire.calls(data, len(calls))
-                finally:
-                    self._put(wire)
+                self._exchange(data, len(calls))
                 return
             pipe: Any = self._redis().pipeline(transaction=False)
             for script, keys, args in calls:
