@@ -99,6 +99,7 @@ PUBLIC = {
         "check_start",
         "config_from_dict",
         "consumer_docs",
+        "head_only_protocol",
         "load_config",
         "parse_matcher",
         "rules_yaml",

@@ -6,10 +6,11 @@ Theory of operation:
    bound, with every problem listed. A rate-limit store that workers cannot share
    (``memory://``) is logged at WARNING. surefoot's events are logged on stderr from
    ``[server] log_level`` up, beside uvicorn's lines.
-2. The HTTP server is the gateway's (``surefoot.gateway.bounded_protocol``): the head
-   limits and deadlines of ``[server]`` (``max_header_size``, ``max_headers_size``,
+2. The HTTP server is the gateway's head-only one (``surefoot.gateway.head_only_protocol``):
+   the head limits and deadlines of ``[server]`` (``max_header_size``, ``max_headers_size``,
    ``max_header_count``, ``header_timeout``, ``body_timeout``, ``keepalive_timeout``) hold
-   for the decision service as for ``surefoot serve``, and a refusal is a problem document.
+   for the decision service as for ``surefoot serve``, a refusal is a problem document, and
+   ``DecisionApp`` is called without uvicorn's request cycle (a decision reads no body).
 3. One process: a uvicorn server, and ``SIGHUP`` reloads the policy file in place
    (``DecisionApp.reload``; an invalid file is logged and the one in force stays).
 4. Several: uvicorn's supervisor binds the socket once and starts the workers, each
@@ -30,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from surefoot.errors import ConfigurationError
-from surefoot.gateway import bounded_protocol, load_config
+from surefoot.gateway import head_only_protocol, load_config
 
 __all__ = ["decide"]
 
@@ -77,8 +78,8 @@ def decide(
         host=host,
         port=port,
         workers=workers,
-        # The gateway's HTTP server: [server]'s head limits and deadlines, as for serve
-        # (by name: a worker process imports it).
+        # The gateway's head-only HTTP server: [server]'s head limits and deadlines, as for
+        # serve (by name: a worker process imports it).
         http="surefoot.edge._serve:_protocol",
         ws="none",  # upgrades are refused by the protocol
         lifespan="on",
@@ -113,8 +114,9 @@ def decide(
     uvicorn.Server(uv_config).run(sockets=[sock])
 
 
-#: This process's HTTP protocol: the gateway's, with the ``[server]`` limits of the file
-#: ``_app`` read (uvicorn loads the app before it accepts a connection).
+#: This process's HTTP protocol: the gateway's head-only one, serving the app ``_app`` built
+#: with the ``[server]`` limits of its file (uvicorn loads the app before it accepts a
+#: connection).
 _bounded: list[Callable[..., asyncio.Protocol]] = []
 
 
@@ -155,8 +157,8 @@ def _app() -> object:
     path = os.environ[CONFIG_VARIABLE]
     workers = int(os.environ.get(WORKERS_VARIABLE, "1"))
     config = load_config(path)
-    _bounded[:] = [bounded_protocol(config.root.server.limits())]
     app = DecisionApp(config, config_path=path, workers=workers)
+    _bounded[:] = [head_only_protocol(config.root.server.limits(), app)]
     if workers == 1:
         loop = asyncio.get_running_loop()
         pending: set[asyncio.Task[None]] = set()

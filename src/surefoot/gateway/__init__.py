@@ -38,6 +38,7 @@ from surefoot.gateway._events import (
     WebhookForgotten,
 )
 from surefoot.gateway._gateway import Gateway
+from surefoot.gateway._head_only import head_only_protocol
 from surefoot.gateway._lookup import LookupResolver
 from surefoot.gateway._metrics import GatewayMetrics
 from surefoot.gateway._override_board import OverrideControl, SharedOverrides
@@ -91,6 +92,7 @@ __all__ = [
     "check_start",
     "config_from_dict",
     "consumer_docs",
+    "head_only_protocol",
     "load_config",
     "parse_matcher",
     "rules_yaml",

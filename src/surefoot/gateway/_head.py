@@ -32,6 +32,7 @@ from surefoot.errors import (
     BadRequest,
     ClientError,
     RequestHeadersTooLarge,
+    SurefootError,
     UpgradeNotSupported,
     problem_body,
 )
@@ -161,7 +162,7 @@ def _authority(authority: str, scheme: str) -> str:
 
 
 def problem_response(
-    error: ClientError, *, request_id: str, headers: Iterable[tuple[bytes, bytes]] = ()
+    error: SurefootError, *, request_id: str, headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> bytes:
     """The whole HTTP/1.1 response refusing a request with ``error`` (Rule 5)."""
     body = problem_body(error, request_id=request_id)

@@ -25,7 +25,7 @@ Rule 3: nothing the client sent is answered by anyone but this module until its 
 Rule 4: a refusal (431, 400, or 408 for a deadline with part of a request received) is
         written once every earlier answer on the connection is out (pipelining), then the
         connection is half-closed and what the client still sends is read and dropped for
-        at most ``_LINGER`` seconds, so the client reads the answer instead of a reset.
+        at most ``LINGER`` seconds, so the client reads the answer instead of a reset.
         When the refused request's own answer has started, or the request waits queued
         behind another, the connection is closed instead. A deadline with nothing of a
         request received closes the connection without an answer.
@@ -62,7 +62,7 @@ __all__ = ["BoundedHttpToolsProtocol", "bounded_protocol"]
 _log = logging.getLogger("surefoot.gateway")
 
 #: Seconds a refused connection keeps reading (and dropping) before it is closed.
-_LINGER = 2.0
+LINGER = 2.0
 #: A timer this close to its deadline counts as on time (timers have millisecond steps).
 _EARLY = 0.01
 #: ``SO_LINGER`` on, zero seconds: closing the socket sends a reset and drops what is unsent.
@@ -176,7 +176,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self._refuse(self._refusal or _malformed(exc))
+            self._refuse(self._refusal or malformed(exc))
             return
         self._settle()
         if self._progress or self._section is _Section.IDLE:
@@ -363,7 +363,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(problem_response(error, request_id=uuid.uuid4().hex, headers=headers))
         self.transport.write_eof()  # after the answer is flushed: the client reads it, then EOF
         self.flow.resume_reading()
-        self.loop.call_later(_LINGER, self._close)
+        self.loop.call_later(LINGER, self._close)
 
     def _close(self) -> None:
         """Close the connection once what is buffered for the client is out (Rule 6)."""
@@ -381,11 +381,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.loop.call_later(self.limits.keepalive_timeout, self._flushing)
             return
         _log.info("reset a connection from %s: it stopped reading its answer", self.client)
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
-        self.transport.abort()
+        reset(self.transport)
 
     def _untaken(self) -> int:
         """Bytes written for the client that it has not acknowledged yet.
@@ -403,7 +399,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return untaken
 
 
-def _malformed(exc: Exception) -> BadRequest:
+def reset(transport: asyncio.Transport) -> None:
+    """Close ``transport`` with a reset, dropping what is still buffered for its client."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
+    transport.abort()
+
+
+def malformed(exc: Exception) -> BadRequest:
+    """The refusal of a head the parser could not read (Rule 5)."""
     if isinstance(exc, httptools.HttpParserInvalidMethodError):
         return BadRequest(reason="the method is not an HTTP method this server knows")
     if isinstance(exc, httptools.HttpParserInvalidURLError):
