@@ -69,7 +69,7 @@ def served(app: Any, limits: ServerLimits = SHORT) -> Iterator[tuple[int, uvicor
     sock.listen()
     config = uvicorn.Config(
         app,
-        http=head_only_protocol(limits, app),  # type: ignore[arg-type]
+        http=head_only_protocol(limits, app),
         lifespan="off",
         log_config=None,
         access_log=False,

@@ -43,12 +43,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 import http
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote_to_bytes
 
 import httptools
@@ -104,20 +103,31 @@ class _Incomplete(Exception):
     """The app returned without sending a whole answer."""
 
 
-def head_only_protocol(limits: ServerLimits, app: ASGIApp) -> Callable[..., HeadOnlyProtocol]:
-    """The protocol for ``uvicorn.Config(http=...)`` that serves ``app`` within ``limits``
-    (the module's rules).
+def head_only_protocol(limits: ServerLimits, app: ASGIApp) -> type[HeadOnlyProtocol]:
+    """The protocol class for ``uvicorn.Config(http=...)`` that serves ``app`` within
+    ``limits`` (the module's rules).
 
     Args:
         limits: the ``[server]`` limits and deadlines.
         app: an ASGI app that answers from a request's head; it is called directly, not
             through uvicorn's wrappers (uvicorn still runs its lifespan).
     """
-    return functools.partial(HeadOnlyProtocol, limits=limits, app=app)
+    served = (app,)
+    configured = limits
+
+    class HeadOnly(HeadOnlyProtocol):
+        limits = configured
+        apps = served
+
+    return HeadOnly
 
 
 class HeadOnlyProtocol(asyncio.Protocol):
     """One connection of the head-only server (see the module's rules)."""
+
+    limits: ClassVar[ServerLimits] = ServerLimits()
+    #: The app served, alone in a tuple (a function in a class attribute would be a method).
+    apps: ClassVar[tuple[ASGIApp, ...]] = ()
 
     def __init__(
         self,
@@ -125,12 +135,8 @@ class HeadOnlyProtocol(asyncio.Protocol):
         server_state: Any,
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
-        *,
-        limits: ServerLimits,
-        app: ASGIApp,
     ) -> None:
-        self.limits = limits
-        self.app = app
+        self.app = self.apps[0]
         self.loop = _loop or asyncio.get_event_loop()
         self.server_state = server_state
         self.app_state = app_state
