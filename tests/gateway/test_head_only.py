@@ -41,16 +41,23 @@ class Echo:
     """Answers each request with ``METHOD path?query`` and the header names it was given,
     after waiting for ``hold`` (if set) on its first call; records the scopes."""
 
-    def __init__(self, *, framed: bool = True, body: bytes = b"") -> None:
+    def __init__(
+        self, *, framed: bool = True, body: bytes = b"", slow: dict[str, float] | None = None
+    ) -> None:
         self.scopes: list[dict[str, Any]] = []
         self.framed = framed
         self.body = body
+        self.slow = slow or {}  # seconds to wait before answering, by path
         self.hold: threading.Event | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.scopes.append(scope)
         if self.hold is not None and len(self.scopes) == 1:
             await asyncio.to_thread(self.hold.wait, 10)
+        if scope["path"] in self.slow:
+            await asyncio.sleep(self.slow[scope["path"]])
+        if scope["path"] == "/cancelled":
+            raise asyncio.CancelledError
         query = scope["query_string"].decode()
         names = ",".join(name.decode() for name, _ in scope["headers"])
         body = self.body or f"{scope['method']} {scope['path']}?{query} [{names}]".encode()
@@ -181,6 +188,24 @@ def test_a_request_that_expects_100_continue_gets_it_then_its_answer() -> None:
     assert answer.body == b"PUT /c? [host,expect,content-length]"
 
 
+def test_a_body_expected_after_100_continue_is_due_from_the_continue() -> None:
+    # Behind an answer slower than body_timeout, the 100 Continue waits its turn, and the
+    # body's deadline with it (Rule 1): the client that waits for it is not refused.
+    app = Echo(slow={"/slow": 1.0})
+    with served(app) as (port, _), connect(port) as sock:
+        sock.sendall(
+            b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"PUT /c HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+        )
+        reader = sock.makefile("rb")
+        first = parsed(read_response(reader))
+        interim = reader.readline() + reader.readline()
+        sock.sendall(b"abcd")
+        second = parsed(read_response(reader))
+
+    assert (first.status, interim, second.status) == (200, b"HTTP/1.1 100 Continue\r\n\r\n", 200)
+
+
 def test_trailer_fields_are_measured_and_never_given_to_the_app() -> None:
     app = Echo()
     chunked = (
@@ -242,6 +267,35 @@ def test_shutting_down_answers_the_request_under_way_with_connection_close() -> 
 
     answer = parsed(raw)
     assert (answer.status, answer.headers["connection"]) == (200, "close")
+
+
+def test_shutting_down_sends_no_100_continue_for_a_request_it_will_not_read() -> None:
+    app = Echo(slow={"/slow": 0.5})
+    with served(app) as (port, server), connect(port) as sock:
+        sock.sendall(
+            b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"PUT /c HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+        )
+        wait_until(lambda: app.scopes or None, timeout=5, what="the first request")
+        server.should_exit = True
+        raw = read_all(sock)
+
+    answer = parsed(raw)
+    assert (answer.status, answer.headers["connection"]) == (200, "close")
+    assert b"100 Continue" not in raw
+
+
+def test_a_client_that_half_closes_within_a_head_gets_the_answers_owed_and_no_408() -> None:
+    # The client can send nothing more: its partial head has no deadline, and the
+    # connection closes once the answer before it is out.
+    app = Echo(slow={"/slow": 1.0})
+    with served(app) as (port, _), connect(port) as sock:
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nGET /next HTTP/1.1\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        raw = read_all(sock)
+
+    assert parsed(raw).status == 200
+    assert raw.count(b"HTTP/1.1 ") == 1
 
 
 # -- limits and refusals (the gateway's, _head.py) ----------------------------------------------
@@ -415,6 +469,15 @@ def test_an_answer_sent_in_parts_is_written_whole() -> None:
     assert (answer.status, answer.body, answer.headers["content-length"]) == (200, b"abcd", "4")
 
 
+def test_an_app_cancelled_mid_answer_gets_the_client_a_500_and_ends_the_connection() -> None:
+    # Left open, the connection would pair the next request's answer with this one.
+    with served(Echo()) as (port, _), connect(port) as sock:
+        sock.sendall(b"GET /cancelled HTTP/1.1\r\nHost: t\r\n\r\n")
+        raw = read_all(sock)
+
+    parsed(raw).problem(500, "internal_error")
+
+
 @pytest.mark.parametrize("path", ["/raise", "/silent", "/receive", "/broken", "/unstarted"])
 def test_an_app_that_fails_gets_the_client_a_500_problem_and_is_logged(
     path: str, caplog: pytest.LogCaptureFixture
@@ -432,22 +495,47 @@ def test_an_app_that_fails_gets_the_client_a_500_problem_and_is_logged(
     assert [r.message for r in caplog.records] == [f"the app failed on GET {path}"]
 
 
+@pytest.mark.slow
 def test_a_client_that_reads_slowly_gets_every_answer() -> None:
-    # The server's buffer fills and drains again and again: no reset while the client
-    # takes its answers, however slowly.
-    app = Echo(body=b"x" * 1_000_000)
+    # An 8 MB answer read at about 3 MB/s: the server's buffer stays over its high-water
+    # mark for seconds, many keepalive_timeouts, while the client keeps taking it.
+    app = Echo(body=b"x" * 8_000_000)
     with served(app) as (port, _), socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         sock.connect(("127.0.0.1", port))
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" * 4)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         received = 0
-        while received < 4_000_000:
+        while received < 8_000_000:
             chunk = sock.recv(65536)
             assert chunk, received
             received += len(chunk)
-            time.sleep(0.001)
+            time.sleep(0.02)
 
-    assert len(app.scopes) == 4
+    assert received >= 8_000_000
+
+
+def test_a_closed_connection_whose_client_takes_nothing_is_reset() -> None:
+    # Answers of 40 KB to a client that reads nothing, until some wait in the server's
+    # buffer (under its high-water mark); the idle deadline closes the connection, and
+    # with its client taking nothing it is reset, not kept (Rule 6): shutdown is prompt.
+    app = Echo(body=b"x" * 40_000)
+    with served(app) as (port, server), socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        (connection,) = wait_until(
+            lambda: list(server.server_state.connections) or None, timeout=5, what="a connection"
+        )
+        for _ in range(2000):
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(0.01)
+            if connection.transport.get_write_buffer_size():
+                break
+        assert connection.transport.get_write_buffer_size()
+        wait_until(
+            lambda: not server.server_state.connections or None,
+            timeout=5,
+            what="the connection to be reset",
+        )
 
 
 def read_all_strictly(sock: socket.socket) -> None:

@@ -6,16 +6,17 @@ shutdown); ``HeadOnlyProtocol`` replaces its ``http`` protocol. A request is par
 httptools, measured and checked as the gateway's server does (``_head.py``: the same
 limits, the same refusals), and once it is whole the app is called with a ``send`` that
 writes the whole answer in one write. The app never sees the body: it is read and dropped
-(``receive`` raises). No task, event or timer is made per request on a kept-alive
-connection that sends one request at a time: what uvicorn's cycle costs a small answer
-is most of a decision's cost.
+(``receive`` raises). Per request there is no cycle object, event or flow-control call,
+and the connection's one timer moves only when it would fire late (what that saves a
+decision: ``docs/performance.md``, "The head-only protocol").
 
 Rule 1: a connection always has the one deadline its state calls for (``_settle``, after
         every read and every change of state): ``header_timeout`` while a head is
         incomplete (from the connection's start for its first request, from its first
         byte for a later one); ``body_timeout`` while a body is incomplete (from the end
-        of its head); none while whole requests wait for their answers (the app bounds
-        those); ``keepalive_timeout`` once every request received is answered.
+        of its head, or from its ``100 Continue`` when it expects one); none while whole
+        requests wait for their answers (the app bounds those), nor once the client has
+        sent its EOF; ``keepalive_timeout`` once every request received is answered.
 Rule 2: at most ``_QUEUED`` whole requests wait for their answers: what is received is
         parsed ``_SLICE`` bytes at a time, and once the queue is full the rest waits,
         unparsed, with reading stopped and no deadline running; when the queue drains, it
@@ -26,17 +27,23 @@ Rule 3: answers go out in the order the requests came, one at a time. A request 
 Rule 4: a refused head (431 or 400 by ``_head``'s rules or the parser's, 408 for a deadline
         with part of a request received) is answered as the gateway answers it, once every
         earlier answer is out; the connection is then half-closed and what the client still
-        sends is dropped for at most ``_LINGER`` seconds. A deadline with nothing of a
+        sends is dropped for at most ``LINGER`` seconds. A deadline with nothing of a
         request received closes the connection without an answer.
 Rule 5: a request that does not keep the connection alive (``Connection: close``, HTTP/1.0
         without keep-alive), or the last one received once the server shuts down, is
         answered with ``Connection: close``, and the connection ends; nothing after it is
-        read. Shutting down closes a connection with no answer under way at once.
-Rule 6: while the client takes none of its answers (the transport's buffer over its
-        high-water mark), no further answer is made; if it stays so for
-        ``keepalive_timeout``, the connection is reset.
+        read. Shutting down closes a connection with no answer under way at once, and
+        sends no ``100 Continue`` for a request it will not read. After the client's EOF,
+        what was received is answered, then the connection closes.
+Rule 6: while what is buffered for the client is over the transport's high-water mark, no
+        further answer is made; a connection whose client takes none of what is buffered
+        for it (the kernel's count of bytes it has not acknowledged does not go down) for a
+        whole ``keepalive_timeout`` is reset, whether it is open or closed with answers
+        still buffered (``StallWatch``, as the gateway's server does).
 Rule 7: an app that raises, or returns without a whole answer, is logged; the client gets a
         500 ``internal_error`` problem if nothing was sent yet, and the connection closes.
+        So does an app that is cancelled (the cancellation then goes on): a connection left
+        open would pair the next request's answer with this one.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ import httptools
 from surefoot._asgi import new_request_id
 from surefoot.errors import ClientError, RequestTimeout, SurefootError
 from surefoot.gateway._head import HeadMeter, ServerLimits, problem_response, refusal
-from surefoot.gateway._server import LINGER, malformed, reset
+from surefoot.gateway._server import LINGER, StallWatch, malformed
 
 __all__ = ["HeadOnlyProtocol", "head_only_protocol"]
 
@@ -167,7 +174,9 @@ class HeadOnlyProtocol(asyncio.Protocol):
         self._due = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future[None] | None = None  # while writing is paused
-        self._stall: asyncio.TimerHandle | None = None
+        self._stall: StallWatch | None = None  # while writing is paused
+        self._watch: StallWatch | None = None  # once closed with answers still buffered
+        self._continuing = False  # the request being read waits for its 100 Continue
         self._lost = False
         # The answer being made (one at a time, Rule 3).
         self._start: MutableMapping[str, Any] | None = None
@@ -191,8 +200,9 @@ class HeadOnlyProtocol(asyncio.Protocol):
         self._queue.clear()
         if self._timer is not None:
             self._timer.cancel()
-        if self._stall is not None:
-            self._stall.cancel()
+        for watch in (self._stall, self._watch):
+            if watch is not None:
+                watch.cancel()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
@@ -235,12 +245,20 @@ class HeadOnlyProtocol(asyncio.Protocol):
         # What was received is still parsed and answered, then the connection closes.
         self._eof = True
         if self._answering is None and not self._queue:
-            self.transport.close()
+            self._close()
+        else:
+            self._settle()  # no deadline: the client can send nothing more
         return True
 
     def pause_writing(self) -> None:
         self._drained = self.loop.create_future()
-        self._stall = self.loop.call_later(self.limits.keepalive_timeout, self._stalled)
+        self._stall = StallWatch(
+            self.transport,
+            self.loop,
+            self.limits.keepalive_timeout,
+            self.client,
+            settled=lambda: self._lost or self._drained is None,
+        )
 
     def resume_writing(self) -> None:
         if self._stall is not None:
@@ -253,10 +271,15 @@ class HeadOnlyProtocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown (Rule 5)."""
         if self._answering is None and not self._queue:
-            self.transport.close()
-        else:
-            self._ending = True
-            self._last = True
+            self._close()
+            return
+        self._ending = True
+        self._last = True
+        # The request being read is never answered: no 100 Continue for it.
+        kept = [item for item in self._queue if item is not _CONTINUE]
+        self._queue.clear()
+        self._queue.extend(kept)
+        self._settle()
 
     # -- parser callbacks -----------------------------------------------------------------------
 
@@ -295,6 +318,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
             name == b"expect" and value.lower() == b"100-continue" for name, value in self._headers
         ):
             self._queue.append(_CONTINUE)
+            self._continuing = True  # its body is not due before the 100 Continue (Rule 1)
             self._answer()
 
     def on_body(self, body: bytes) -> None:
@@ -303,6 +327,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._progress = True
         self._section = _Section.IDLE
+        self._continuing = False
         self._wait = _Wait.NONE  # the body's deadline is over; whatever follows starts fresh
         keep_alive = self.parser.should_keep_alive()
         if not keep_alive:
@@ -362,6 +387,8 @@ class HeadOnlyProtocol(asyncio.Protocol):
                 item = queue.popleft()
                 if isinstance(item, bytes):
                     self.transport.write(item)
+                    self._continuing = False
+                    self._settle()  # the body is due from now
                 elif isinstance(item, ClientError):
                     self._refused(item)
                     return
@@ -375,7 +402,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
         finally:
             self._answering = None
         if (self._last or self._eof) and not self._lost:
-            self.transport.close()  # the request that ended it was answered (Rule 5)
+            self._close()  # the request that ended it was answered (Rule 5)
         else:
             self._settle()
 
@@ -391,15 +418,18 @@ class HeadOnlyProtocol(asyncio.Protocol):
             await self.app(scope, _no_body, self._send)
             if not self._sent:
                 raise _Incomplete("the app returned without a whole answer")
-        except Exception:
-            _log.exception("the app failed on %s %s", scope["method"], scope["path"][:200])
+        except BaseException as exc:  # a cancellation too: the connection must not go on
+            if isinstance(exc, Exception):
+                _log.exception("the app failed on %s %s", scope["method"], scope["path"][:200])
             if not self._sent and not self._lost:
-                rid = scope["state"].get("request_id") or ""
+                rid = scope["state"].get("request_id") or new_request_id()
                 headers = self.server_state.default_headers
                 self.transport.write(
                     problem_response(SurefootError(), request_id=rid, headers=headers)
                 )
-            self.transport.close()
+            self._close()
+            if not isinstance(exc, Exception):
+                raise
             return False
         return True
 
@@ -421,7 +451,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
         head = [_STATUS_LINES[start["status"]]]
         framed = False
         for name, value in (*self.server_state.default_headers, *start.get("headers", ())):
-            if b"\n" in value or b"\r" in value or b"\n" in name:
+            if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
                 raise RuntimeError(f"the header field {bytes(name)!r} holds a line break")
             if name.lower() == b"content-length":
                 framed = True
@@ -446,7 +476,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
         elif self._section is _Section.HEAD:
             wait = _Wait.HEAD
         elif self._section is _Section.BODY:
-            wait = _Wait.BODY
+            wait = _Wait.NONE if self._continuing else _Wait.BODY
         elif self._answering is not None or self._queue:
             wait = _Wait.NONE
         elif not self._begun:
@@ -477,7 +507,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
             return
         self._wait = _Wait.NONE
         if self._section is _Section.IDLE:
-            self.transport.close()  # idle, or a new connection that sent nothing (Rule 4)
+            self._close()  # idle, or a new connection that sent nothing (Rule 4)
             return
         seconds = getattr(self.limits, wait.value)
         part = "body" if wait is _Wait.BODY else "head"
@@ -508,12 +538,19 @@ class HeadOnlyProtocol(asyncio.Protocol):
         if not self._reading:
             self._reading = True
             self.transport.resume_reading()  # what follows is read and dropped
-        self.loop.call_later(LINGER, self.transport.close)
+        self.loop.call_later(LINGER, self._close)
 
-    def _stalled(self) -> None:
-        self._stall = None
-        _log.info("reset a connection from %s: it stopped reading its answers", self.client)
-        reset(self.transport)
+    def _close(self) -> None:
+        """Close the connection once what is buffered for the client is out (Rule 6)."""
+        self.transport.close()
+        if self._watch is None and not self._lost and self.transport.get_write_buffer_size():
+            self._watch = StallWatch(
+                self.transport,
+                self.loop,
+                self.limits.keepalive_timeout,
+                self.client,
+                settled=lambda: self._lost or not self.transport.get_write_buffer_size(),
+            )
 
 
 async def _no_body() -> dict[str, Any]:

@@ -57,7 +57,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from surefoot.errors import BadRequest, ClientError, RequestTimeout
 from surefoot.gateway._head import HeadMeter, ServerLimits, problem_response, refusal
 
-__all__ = ["BoundedHttpToolsProtocol", "bounded_protocol"]
+__all__ = ["BoundedHttpToolsProtocol", "StallWatch", "bounded_protocol"]
 
 _log = logging.getLogger("surefoot.gateway")
 
@@ -151,7 +151,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._held = True
         self._timer: asyncio.TimerHandle | None = None
         self._draining = False
-        self._unsent: int | None = None  # once closed: bytes still buffered at the last look
+        self._watch: StallWatch | None = None  # once closed with an answer still buffered
         self._lost = False
 
     # -- the connection -----------------------------------------------------------------------
@@ -368,35 +368,68 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _close(self) -> None:
         """Close the connection once what is buffered for the client is out (Rule 6)."""
         self.transport.close()
-        if self._unsent is None and not self._lost and self.transport.get_write_buffer_size():
-            self._unsent = self._untaken()
-            self.loop.call_later(self.limits.keepalive_timeout, self._flushing)
+        if self._watch is None and not self._lost and self.transport.get_write_buffer_size():
+            self._watch = StallWatch(
+                self.transport,
+                self.loop,
+                self.limits.keepalive_timeout,
+                self.client,
+                settled=lambda: self._lost or not self.transport.get_write_buffer_size(),
+            )
 
-    def _flushing(self) -> None:
-        if self._lost or not self.transport.get_write_buffer_size():
-            return  # all of it is in the kernel's hands: the close completes by itself
-        untaken = self._untaken()
-        if untaken < (self._unsent or 0):
-            self._unsent = untaken  # the client is taking it: look again later
-            self.loop.call_later(self.limits.keepalive_timeout, self._flushing)
+
+class StallWatch:
+    """Resets a connection whose client takes none of what is buffered for it (Rule 6):
+    every ``patience`` seconds until ``settled()``, it looks at how much the client has
+    not taken yet, and resets the connection if that did not go down since the last look.
+    """
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        patience: float,
+        client: object,
+        *,
+        settled: Callable[[], bool],
+    ) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.patience = patience
+        self.client = client
+        self.settled = settled
+        self.left = untaken(transport)
+        self.handle = loop.call_later(patience, self.look)
+
+    def look(self) -> None:
+        if self.settled():
+            return  # all of it is in the kernel's hands, or the connection is gone
+        left = untaken(self.transport)
+        if left < self.left:
+            self.left = left  # the client is taking it: look again later
+            self.handle = self.loop.call_later(self.patience, self.look)
             return
         _log.info("reset a connection from %s: it stopped reading its answer", self.client)
         reset(self.transport)
 
-    def _untaken(self) -> int:
-        """Bytes written for the client that it has not acknowledged yet.
+    def cancel(self) -> None:
+        self.handle.cancel()
 
-        The transport's buffer moves to the kernel's only when much of the kernel's is free,
-        so a client reading slowly can leave it unchanged for seconds: the kernel's own
-        count (``SIOCOUTQ``, where the OS has it) moves with every byte the client takes.
-        """
-        untaken = self.transport.get_write_buffer_size()
-        sock = self.transport.get_extra_info("socket")
-        if _OUTQ is not None and sock is not None:
-            with contextlib.suppress(OSError, ValueError):
-                queued = fcntl.ioctl(sock.fileno(), _OUTQ, bytes(4))
-                untaken += int.from_bytes(queued, sys.byteorder, signed=True)
-        return untaken
+
+def untaken(transport: asyncio.Transport) -> int:
+    """Bytes written for the client that it has not acknowledged yet.
+
+    The transport's buffer moves to the kernel's only when much of the kernel's is free,
+    so a client reading slowly can leave it unchanged for seconds: the kernel's own
+    count (``SIOCOUTQ``, where the OS has it) moves with every byte the client takes.
+    """
+    count = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if _OUTQ is not None and sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            queued = fcntl.ioctl(sock.fileno(), _OUTQ, bytes(4))
+            count += int.from_bytes(queued, sys.byteorder, signed=True)
+    return count
 
 
 def reset(transport: asyncio.Transport) -> None:
