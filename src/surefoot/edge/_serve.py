@@ -117,13 +117,13 @@ def decide(
 #: This process's HTTP protocol: the gateway's head-only one, serving the app ``_app`` built
 #: with the ``[server]`` limits of its file (uvicorn loads the app before it accepts a
 #: connection).
-_bounded: list[Callable[..., asyncio.Protocol]] = []
+_protocols: list[Callable[..., asyncio.Protocol]] = []
 
 
 def _protocol(*args: Any, **kwargs: Any) -> asyncio.Protocol:
     """The HTTP protocol of a connection (uvicorn's ``http``, imported by name in each
     process, whose configuration is pickled for the workers)."""
-    return _bounded[-1](*args, **kwargs)
+    return _protocols[-1](*args, **kwargs)
 
 
 def _log_config(level: str) -> dict[str, Any]:
@@ -158,7 +158,7 @@ def _app() -> object:
     workers = int(os.environ.get(WORKERS_VARIABLE, "1"))
     config = load_config(path)
     app = DecisionApp(config, config_path=path, workers=workers)
-    _bounded[:] = [head_only_protocol(config.root.server.limits(), app)]
+    _protocols[:] = [head_only_protocol(config.root.server.limits(), app)]
     if workers == 1:
         loop = asyncio.get_running_loop()
         pending: set[asyncio.Task[None]] = set()

@@ -62,7 +62,7 @@ import httptools
 from surefoot._asgi import new_request_id
 from surefoot.errors import ClientError, RequestTimeout, SurefootError
 from surefoot.gateway._head import HeadMeter, ServerLimits, problem_response, refusal
-from surefoot.gateway._server import LINGER, StallWatch, malformed
+from surefoot.gateway._server import LINGER, StallWatch, close_watched, malformed
 
 __all__ = ["HeadOnlyProtocol", "head_only_protocol"]
 
@@ -542,15 +542,9 @@ class HeadOnlyProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         """Close the connection once what is buffered for the client is out (Rule 6)."""
-        self.transport.close()
-        if self._watch is None and not self._lost and self.transport.get_write_buffer_size():
-            self._watch = StallWatch(
-                self.transport,
-                self.loop,
-                self.limits.keepalive_timeout,
-                self.client,
-                settled=lambda: self._lost or not self.transport.get_write_buffer_size(),
-            )
+        self._watch = close_watched(
+            self.transport, self.loop, self.limits, self.client, self._watch, lambda: self._lost
+        )
 
 
 async def _no_body() -> dict[str, Any]:

@@ -367,15 +367,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _close(self) -> None:
         """Close the connection once what is buffered for the client is out (Rule 6)."""
-        self.transport.close()
-        if self._watch is None and not self._lost and self.transport.get_write_buffer_size():
-            self._watch = StallWatch(
-                self.transport,
-                self.loop,
-                self.limits.keepalive_timeout,
-                self.client,
-                settled=lambda: self._lost or not self.transport.get_write_buffer_size(),
-            )
+        self._watch = close_watched(
+            self.transport, self.loop, self.limits, self.client, self._watch, lambda: self._lost
+        )
 
 
 class StallWatch:
@@ -414,6 +408,29 @@ class StallWatch:
 
     def cancel(self) -> None:
         self.handle.cancel()
+
+
+def close_watched(
+    transport: asyncio.Transport,
+    loop: asyncio.AbstractEventLoop,
+    limits: ServerLimits,
+    client: object,
+    watch: StallWatch | None,
+    lost: Callable[[], bool],
+) -> StallWatch | None:
+    """Close ``transport`` once what is buffered for its client is out; the ``StallWatch``
+    that resets it if the client takes none of that for ``keepalive_timeout`` (Rule 6):
+    ``watch`` if the connection has one already, a new one if something is buffered."""
+    transport.close()
+    if watch is None and not lost() and transport.get_write_buffer_size():
+        watch = StallWatch(
+            transport,
+            loop,
+            limits.keepalive_timeout,
+            client,
+            settled=lambda: lost() or not transport.get_write_buffer_size(),
+        )
+    return watch
 
 
 def untaken(transport: asyncio.Transport) -> int:
