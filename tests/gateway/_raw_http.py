@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 import uvicorn
 from _gateway_helpers import wait_until
 
-from surefoot.gateway import bounded_protocol, head_only_protocol
+from surefoot.gateway import bounded_protocol
 from surefoot.gateway._head import ServerLimits
 from surefoot.gateway._serve import _loop_factory
 
@@ -91,15 +91,20 @@ def field(name: str, size: int) -> bytes:
 
 
 @contextlib.contextmanager
-def protocol_server(app: Any, limits: ServerLimits, *, head_only: bool = False) -> Iterator[int]:
-    """uvicorn with the gateway's bounded protocol over ``app`` (on uvloop, in a thread,
-    as ``surefoot serve`` runs it), or with its head-only protocol (as ``surefoot decide``
-    runs it): the port it listens on."""
+def serving(app: Any, protocol: Any) -> Iterator[tuple[int, uvicorn.Server]]:
+    """uvicorn serving ``app`` with ``protocol`` (on uvloop, in a thread, as ``surefoot
+    serve`` and ``surefoot decide`` run it): the port it listens on, and the server."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen()
-    protocol = head_only_protocol(limits, app) if head_only else bounded_protocol(limits)
-    config = uvicorn.Config(app, http=protocol, lifespan="off", log_config=None, access_log=False)
+    config = uvicorn.Config(
+        app,
+        http=protocol,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
     server = uvicorn.Server(config)
 
     def run() -> None:
@@ -110,8 +115,15 @@ def protocol_server(app: Any, limits: ServerLimits, *, head_only: bool = False) 
     thread.start()
     try:
         wait_until(lambda: server.started, timeout=10, what="the server to start")
-        yield sock.getsockname()[1]
+        yield sock.getsockname()[1], server
     finally:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+@contextlib.contextmanager
+def protocol_server(app: Any, limits: ServerLimits) -> Iterator[int]:
+    """uvicorn with the gateway's bounded protocol over ``app``: the port it listens on."""
+    with serving(app, bounded_protocol(limits)) as (port, _):
+        yield port

@@ -15,17 +15,14 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from _gateway_helpers import wait_until
-from _raw_http import HOST, connect, field, parsed, read_all, read_response, request
+from _raw_http import HOST, connect, field, parsed, read_all, read_response, request, serving
 
 from surefoot.gateway import head_only_protocol
 from surefoot.gateway._head import ServerLimits
-from surefoot.gateway._serve import _loop_factory
 
 SHORT = ServerLimits(
     max_header_size=64,
@@ -68,35 +65,9 @@ class Echo:
         await send({"type": "http.response.body", "body": body})
 
 
-@contextlib.contextmanager
-def served(app: Any, limits: ServerLimits = SHORT) -> Iterator[tuple[int, uvicorn.Server]]:
+def served(app: Any, limits: ServerLimits = SHORT) -> Any:
     """uvicorn serving ``app`` with the head-only protocol: its port and the server."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    config = uvicorn.Config(
-        app,
-        http=head_only_protocol(limits, app),
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-
-    def run() -> None:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(server.serve(sockets=[sock]))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, timeout=10, what="the server to start")
-        yield sock.getsockname()[1], server
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    return serving(app, head_only_protocol(limits, app))
 
 
 GET = b"GET /a%20b?x=1 HTTP/1.1\r\nHost: t\r\nX-One: 1\r\n\r\n"
