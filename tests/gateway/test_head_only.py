@@ -177,6 +177,27 @@ def test_a_body_expected_after_100_continue_is_due_from_the_continue() -> None:
     assert (first.status, interim, second.status) == (200, b"HTTP/1.1 100 Continue\r\n\r\n", 200)
 
 
+def test_pipelined_requests_that_expect_100_continue_each_have_their_body_due_from_theirs() -> None:
+    # The first sends its body at once, the second waits for its own Continue, which comes
+    # after the first's slow answer: writing the first's Continue starts no deadline for
+    # the second's body.
+    app = Echo(slow={"/a": 1.0})
+    expect = b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    with served(app) as (port, _), connect(port) as sock:
+        sock.sendall(b"POST /a HTTP/1.1\r\nHost: t\r\n" + expect + b"hi")
+        sock.sendall(b"POST /b HTTP/1.1\r\nHost: t\r\n" + expect)
+        reader = sock.makefile("rb")
+        continues = [reader.readline() + reader.readline()]
+        first = parsed(read_response(reader))
+        continues.append(reader.readline() + reader.readline())
+        sock.sendall(b"ok")
+        second = parsed(read_response(reader))
+
+    assert continues == [b"HTTP/1.1 100 Continue\r\n\r\n"] * 2
+    assert (first.status, second.status) == (200, 200)
+    assert second.body.startswith(b"POST /b?")
+
+
 def test_trailer_fields_are_measured_and_never_given_to_the_app() -> None:
     app = Echo()
     chunked = (

@@ -265,7 +265,8 @@ class HeadOnlyProtocol(asyncio.Protocol):
             self._stall.cancel()
             self._stall = None
         if self._drained is not None:
-            self._drained.set_result(None)
+            if not self._drained.done():  # not cancelled with the task awaiting it
+                self._drained.set_result(None)
             self._drained = None
 
     def shutdown(self) -> None:
@@ -381,14 +382,21 @@ class HeadOnlyProtocol(asyncio.Protocol):
         try:
             while queue:
                 if self._drained is not None:
-                    await self._drained  # Rule 6
+                    try:
+                        await self._drained  # Rule 6
+                    except BaseException:  # cancelled: the answers owed will not come
+                        self._close()
+                        raise
                 if self._lost:
                     return
                 item = queue.popleft()
                 if isinstance(item, bytes):
                     self.transport.write(item)
-                    self._continuing = False
-                    self._settle()  # the body is due from now
+                    # The body is due from now, unless a later request (the one being
+                    # read) waits for a Continue of its own.
+                    if _CONTINUE not in queue:
+                        self._continuing = False
+                        self._settle()
                 elif isinstance(item, ClientError):
                     self._refused(item)
                     return
