@@ -159,15 +159,19 @@ def test_a_request_that_expects_100_continue_gets_it_then_its_answer() -> None:
     assert answer.body == b"PUT /c? [host,expect,content-length]"
 
 
+#: A slow request, then one that waits for 100 Continue before it sends its 4-byte body.
+SLOW_THEN_EXPECT = (
+    b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"
+    b"PUT /c HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+)
+
+
 def test_a_body_expected_after_100_continue_is_due_from_the_continue() -> None:
     # Behind an answer slower than body_timeout, the 100 Continue waits its turn, and the
     # body's deadline with it (Rule 1): the client that waits for it is not refused.
     app = Echo(slow={"/slow": 1.0})
     with served(app) as (port, _), connect(port) as sock:
-        sock.sendall(
-            b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"
-            b"PUT /c HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
-        )
+        sock.sendall(SLOW_THEN_EXPECT)
         reader = sock.makefile("rb")
         first = parsed(read_response(reader))
         interim = reader.readline() + reader.readline()
@@ -264,10 +268,7 @@ def test_shutting_down_answers_the_request_under_way_with_connection_close() -> 
 def test_shutting_down_sends_no_100_continue_for_a_request_it_will_not_read() -> None:
     app = Echo(slow={"/slow": 0.5})
     with served(app) as (port, server), connect(port) as sock:
-        sock.sendall(
-            b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"
-            b"PUT /c HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
-        )
+        sock.sendall(SLOW_THEN_EXPECT)
         wait_until(lambda: app.scopes or None, timeout=5, what="the first request")
         server.should_exit = True
         raw = read_all(sock)

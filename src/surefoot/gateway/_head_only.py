@@ -49,33 +49,38 @@ Rule 7: an app that raises, or returns without a whole answer, is logged; the cl
 from __future__ import annotations
 
 import asyncio
-import enum
 import http
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any, ClassVar
 from urllib.parse import unquote_to_bytes
 
 import httptools
 
-from surefoot._asgi import new_request_id
-from surefoot.errors import ClientError, RequestTimeout, SurefootError
+from surefoot._asgi import ASGIApp, new_request_id
+from surefoot.errors import ClientError, SurefootError
 from surefoot.gateway._head import HeadMeter, ServerLimits, problem_response, refusal
-from surefoot.gateway._server import LINGER, StallWatch, close_watched, malformed
+from surefoot.gateway._server import (
+    EARLY,
+    LINGER,
+    Refused,
+    Section,
+    StallWatch,
+    Wait,
+    close_watched,
+    malformed,
+    too_late,
+)
 
 __all__ = ["HeadOnlyProtocol", "head_only_protocol"]
 
 _log = logging.getLogger("surefoot.gateway")
 
-ASGIApp = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
-
 #: Whole requests that may wait for their answers on one connection (Rule 2).
 _QUEUED = 16
 #: Bytes parsed at a time: the queue is checked between slices (Rule 2).
 _SLICE = 4096
-#: A timer this close to its deadline counts as on time (timers have millisecond steps).
-_EARLY = 0.01
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS_LINES = {
     status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())
@@ -83,27 +88,6 @@ _STATUS_LINES = {
 }
 _CLOSE = b"connection: close\r\n"
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
-
-
-class _Section(enum.Enum):
-    """Where the parser is in the current request."""
-
-    IDLE = "between requests"
-    HEAD = "in the head"
-    BODY = "in the body"
-
-
-class _Wait(enum.Enum):
-    """The deadline a connection has (Rule 1); each value names its ``ServerLimits`` field."""
-
-    NONE = "none"
-    IDLE = "keepalive_timeout"
-    HEAD = "header_timeout"
-    BODY = "body_timeout"
-
-
-class _Stop(Exception):
-    """Raised from a parser callback to stop the parser (a refusal is in ``_refusal``)."""
 
 
 class _Incomplete(Exception):
@@ -152,7 +136,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
-        self._section = _Section.IDLE
+        self._section = Section.IDLE
         self._meter = HeadMeter(self.limits)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -170,7 +154,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
         self._ending = False  # the server shuts down: the last answer closes (Rule 5)
         self._eof = False  # the client sends nothing more
         self._reading = True
-        self._wait = _Wait.NONE
+        self._wait = Wait.NONE
         self._due = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future[None] | None = None  # while writing is paused
@@ -229,7 +213,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
                 if not self._last:  # not the parser's refusal of data after a last request
                     self._refuse(self._refusal or malformed(exc))
                 return
-            if self._progress or self._section is _Section.IDLE:
+            if self._progress or self._section is Section.IDLE:
                 # A field that is still arriving began in this slice: one slice of slack
                 # (Rule 1 of _head).
                 self._pending = 0
@@ -287,7 +271,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._progress = True
         self._begun = True
-        self._section = _Section.HEAD
+        self._section = Section.HEAD
         self._meter = HeadMeter(self.limits)
         self._url = b""
         self._headers = []
@@ -302,7 +286,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
         self._progress = True
         if (error := self._meter.field(name, value)) is not None:
             self._stop(error)
-        if self._section is _Section.HEAD:  # a trailer field is measured, never kept
+        if self._section is Section.HEAD:  # a trailer field is measured, never kept
             self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -313,8 +297,8 @@ class HeadOnlyProtocol(asyncio.Protocol):
         error = refusal(method, self._url, version, self._headers, upgrade=parser.should_upgrade())
         if error is not None:
             self._stop(error)
-        self._section = _Section.BODY
-        self._wait = _Wait.NONE  # the head's deadline is over; the body's starts fresh
+        self._section = Section.BODY
+        self._wait = Wait.NONE  # the head's deadline is over; the body's starts fresh
         if version == "1.1" and any(
             name == b"expect" and value.lower() == b"100-continue" for name, value in self._headers
         ):
@@ -327,9 +311,9 @@ class HeadOnlyProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._progress = True
-        self._section = _Section.IDLE
+        self._section = Section.IDLE
         self._continuing = False
-        self._wait = _Wait.NONE  # the body's deadline is over; whatever follows starts fresh
+        self._wait = Wait.NONE  # the body's deadline is over; whatever follows starts fresh
         keep_alive = self.parser.should_keep_alive()
         if not keep_alive:
             self._last = True
@@ -480,21 +464,21 @@ class HeadOnlyProtocol(asyncio.Protocol):
     def _settle(self) -> None:
         """Give the connection the deadline its state calls for (Rules 1-2)."""
         if self._last or self._eof or not self._reading:
-            wait = _Wait.NONE
-        elif self._section is _Section.HEAD:
-            wait = _Wait.HEAD
-        elif self._section is _Section.BODY:
-            wait = _Wait.NONE if self._continuing else _Wait.BODY
+            wait = Wait.NONE
+        elif self._section is Section.HEAD:
+            wait = Wait.HEAD
+        elif self._section is Section.BODY:
+            wait = Wait.NONE if self._continuing else Wait.BODY
         elif self._answering is not None or self._queue:
-            wait = _Wait.NONE
+            wait = Wait.NONE
         elif not self._begun:
-            wait = _Wait.HEAD  # a new connection: its first head is due from its start
+            wait = Wait.HEAD  # a new connection: its first head is due from its start
         else:
-            wait = _Wait.IDLE
+            wait = Wait.IDLE
         if wait is self._wait:
             return
         self._wait = wait
-        if wait is _Wait.NONE:
+        if wait is Wait.NONE:
             return
         self._due = self.loop.time() + getattr(self.limits, wait.value)
         # One timer per connection, moved only when it would fire too late: a timer that
@@ -508,32 +492,28 @@ class HeadOnlyProtocol(asyncio.Protocol):
     def _expired(self) -> None:
         self._timer = None
         wait = self._wait
-        if wait is _Wait.NONE or self._lost:
+        if wait is Wait.NONE or self._lost:
             return
-        if self._due - self.loop.time() > _EARLY:
+        if self._due - self.loop.time() > EARLY:
             self._timer = self.loop.call_at(self._due, self._expired)
             return
-        self._wait = _Wait.NONE
-        if self._section is _Section.IDLE:
+        self._wait = Wait.NONE
+        if self._section is Section.IDLE:
             self._close()  # idle, or a new connection that sent nothing (Rule 4)
             return
-        seconds = getattr(self.limits, wait.value)
-        part = "body" if wait is _Wait.BODY else "head"
-        self._refuse(
-            RequestTimeout(reason=f"the request {part} did not arrive within {seconds:g} s")
-        )
+        self._refuse(too_late(wait, self.limits))
 
     # -- refusals -------------------------------------------------------------------------------
 
     def _stop(self, error: ClientError) -> None:
         """Stop the parser from a callback; ``data_received`` answers ``error``."""
         self._refusal = error
-        raise _Stop(error.code)
+        raise Refused(error.code)
 
     def _refuse(self, error: ClientError) -> None:
         """Refuse what is being read, once earlier answers are out (Rule 4)."""
         self._last = True
-        self._wait = _Wait.NONE
+        self._wait = Wait.NONE
         _log.info("refused a request from %s: %s", self.client, error.code)
         self._queue.append(error)
         self._answer()

@@ -64,7 +64,7 @@ _log = logging.getLogger("surefoot.gateway")
 #: Seconds a refused connection keeps reading (and dropping) before it is closed.
 LINGER = 2.0
 #: A timer this close to its deadline counts as on time (timers have millisecond steps).
-_EARLY = 0.01
+EARLY = 0.01
 #: ``SO_LINGER`` on, zero seconds: closing the socket sends a reset and drops what is unsent.
 _NO_LINGER = struct.pack("ii", 1, 0)
 if sys.platform == "linux":
@@ -77,7 +77,7 @@ else:  # pragma: no cover - the transport's buffer alone measures progress there
     _OUTQ = None
 
 
-class _Section(enum.Enum):
+class Section(enum.Enum):
     """Where the parser is in the current request."""
 
     IDLE = "between requests"
@@ -85,7 +85,7 @@ class _Section(enum.Enum):
     BODY = "in the body"
 
 
-class _Wait(enum.Enum):
+class Wait(enum.Enum):
     """The deadline a connection has (Rule 1); each value names its ``ServerLimits`` field."""
 
     NONE = "none"
@@ -94,7 +94,7 @@ class _Wait(enum.Enum):
     BODY = "body_timeout"
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """Raised from a parser callback to stop the parser; the reason is in ``_refusal``."""
 
 
@@ -137,14 +137,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._section = _Section.IDLE
+        self._section = Section.IDLE
         self._meter = HeadMeter(self.limits)
         self._pending = 0  # bytes received of a field not complete yet
         self._progress = False  # a parser callback ran during the current feed
         self._refusal: ClientError | None = None
         self._deferred: ClientError | None = None  # answered once earlier answers are out
         self._own: RequestResponseCycle | None = None  # the cycle of the request being read
-        self._wait = _Wait.NONE
+        self._wait = Wait.NONE
         # When the deadline of self._wait passes (loop time), or while it is suspended
         # (self._held), the seconds it has left.
         self._due = 0.0
@@ -163,7 +163,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self._wait = _Wait.NONE
+        self._wait = Wait.NONE
         if self._timer is not None:
             self._timer.cancel()
         super().connection_lost(exc)
@@ -179,7 +179,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(self._refusal or malformed(exc))
             return
         self._settle()
-        if self._progress or self._section is _Section.IDLE:
+        if self._progress or self._section is Section.IDLE:
             # A field that is still arriving began in this read: one read of slack (Rule 1
             # of _head).
             self._pending = 0
@@ -194,7 +194,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             self._close()  # the answer said Connection: close, and uvicorn closed (Rule 6)
             return
-        self._unset_keepalive_if_required()  # uvicorn's idle timer: _Wait.IDLE replaces it
+        self._unset_keepalive_if_required()  # uvicorn's idle timer: Wait.IDLE replaces it
         if self._deferred is not None:
             if not self._owed():
                 self._answer(self._deferred)
@@ -206,7 +206,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self._progress = True
         super().on_message_begin()
-        self._section = _Section.HEAD
+        self._section = Section.HEAD
         self._meter = HeadMeter(self.limits)
         self._own = None
 
@@ -220,7 +220,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._progress = True
         if (error := self._meter.field(name, value)) is not None:
             self._stop(error)
-        if self._section is _Section.BODY:
+        if self._section is Section.BODY:
             return  # a trailer field: measured, never a header (Rule 2 of _head)
         super().on_header(name, value)
 
@@ -236,8 +236,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if error is not None:
             self._stop(error)
         super().on_headers_complete()
-        self._section = _Section.BODY
-        self._wait = _Wait.NONE  # the head's deadline is over; the body's starts fresh
+        self._section = Section.BODY
+        self._wait = Wait.NONE  # the head's deadline is over; the body's starts fresh
         self._own = self.cycle
         if self.expect_100_continue:
             # The client waits for 100 Continue, which uvicorn sends when the app first asks
@@ -251,8 +251,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._progress = True
         super().on_message_complete()
-        self._section = _Section.IDLE
-        self._wait = _Wait.NONE  # the body's deadline is over; whatever follows starts fresh
+        self._section = Section.IDLE
+        self._wait = Wait.NONE  # the body's deadline is over; whatever follows starts fresh
 
     def on_chunk_header(self) -> None:
         self._progress = True
@@ -271,24 +271,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """
         cycle: RequestResponseCycle | None = self.cycle
         if self._draining:
-            wait = _Wait.NONE
-        elif self._section is _Section.HEAD:
-            wait = _Wait.HEAD
-        elif self._section is _Section.BODY:
-            wait = _Wait.BODY
+            wait = Wait.NONE
+        elif self._section is Section.HEAD:
+            wait = Wait.HEAD
+        elif self._section is Section.BODY:
+            wait = Wait.BODY
         elif cycle is None:
-            wait = _Wait.HEAD  # a new connection: its first head is due from its start
+            wait = Wait.HEAD  # a new connection: its first head is due from its start
         elif not cycle.response_complete:
-            wait = _Wait.NONE  # whole requests wait for answers, which go out in order
+            wait = Wait.NONE  # whole requests wait for answers, which go out in order
         else:
-            wait = _Wait.IDLE
+            wait = Wait.IDLE
         if wait is not self._wait:
             self._wait = wait
-            if wait is _Wait.NONE:
+            if wait is Wait.NONE:
                 return
             self._due = getattr(self.limits, wait.value)
             self._held = True
-        elif wait is _Wait.NONE:
+        elif wait is Wait.NONE:
             return
         if self.flow.read_paused:
             if not self._held:
@@ -308,20 +308,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _expired(self) -> None:
         self._timer = None
         wait = self._wait
-        if wait is _Wait.NONE or self._held or self.transport.is_closing():
+        if wait is Wait.NONE or self._held or self.transport.is_closing():
             return  # resuming sets a timer again
-        if self._due - self.loop.time() > _EARLY:
+        if self._due - self.loop.time() > EARLY:
             self._timer = self.loop.call_at(self._due, self._expired)
             return
-        self._wait = _Wait.NONE
-        if self._section is _Section.IDLE:
+        self._wait = Wait.NONE
+        if self._section is Section.IDLE:
             self._close()  # idle, or a new connection that sent nothing
         else:
-            seconds = getattr(self.limits, wait.value)
-            part = "body" if wait is _Wait.BODY else "head"
-            self._refuse(
-                RequestTimeout(reason=f"the request {part} did not arrive within {seconds:g} s")
-            )
+            self._refuse(too_late(wait, self.limits))
 
     # -- refusals and closing -------------------------------------------------------------------
 
@@ -335,11 +331,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _stop(self, error: ClientError) -> None:
         """Stop the parser from a callback; ``data_received`` answers ``error``."""
         self._refusal = error
-        raise _Refused(error.code)
+        raise Refused(error.code)
 
     def _refuse(self, error: ClientError) -> None:
         self._draining = True
-        self._wait = _Wait.NONE
+        self._wait = Wait.NONE
         own = self._own
         queued = any(cycle is own for cycle, _ in self.pipeline)
         if own is not None and not own.response_complete:
@@ -447,6 +443,13 @@ def untaken(transport: asyncio.Transport) -> int:
             queued = fcntl.ioctl(sock.fileno(), _OUTQ, bytes(4))
             count += int.from_bytes(queued, sys.byteorder, signed=True)
     return count
+
+
+def too_late(wait: Wait, limits: ServerLimits) -> RequestTimeout:
+    """The refusal of a request whose head or body missed its deadline ``wait``."""
+    part = "body" if wait is Wait.BODY else "head"
+    seconds = getattr(limits, wait.value)
+    return RequestTimeout(reason=f"the request {part} did not arrive within {seconds:g} s")
 
 
 def reset(transport: asyncio.Transport) -> None:
