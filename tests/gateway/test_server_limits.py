@@ -563,6 +563,13 @@ def test_the_meter_counts_fields_targets_and_pending_bytes() -> None:
     assert "more than 2" in str(meter.field(b"c", b"1"))
     assert "field is over 10" in str(HeadMeter(limits).field(b"a", b"1234567890"))
     assert "over 25 bytes" in str(HeadMeter(limits).target(b"/" * 26))
+    # Reads with no parser callback add up to one unfinished field; one with a callback
+    # starts it again (a field still arriving began in it).
+    fed = HeadMeter(limits)
+    assert fed.fed(6, parsed=False) is None
+    assert "field is over 10" in str(fed.fed(5, parsed=False))  # 11 bytes of one field
+    assert fed.fed(500, parsed=True) is None
+    assert fed.fed(10, parsed=False) is None
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,7 @@ class HeadMeter:
         self.limits = limits
         self.size = 0
         self.count = 0
+        self.unfinished = 0  # bytes received of a field not complete yet
 
     def target(self, piece: bytes) -> RequestHeadersTooLarge | None:
         """A piece of the request target arrived."""
@@ -95,6 +96,17 @@ class HeadMeter:
             return self._field_too_large()
         self.size += size
         return self._total(0)
+
+    def fed(self, size: int, *, parsed: bool) -> RequestHeadersTooLarge | None:
+        """``size`` bytes were fed to the parser. ``parsed``: a parser callback ran on them,
+        or no request is under way, so a field still arriving began in them (one read of
+        slack, Rule 1); otherwise they all belong to a field not complete yet, counted with
+        the reads before them until it is."""
+        if parsed:
+            self.unfinished = 0
+            return None
+        self.unfinished += size
+        return self.pending(self.unfinished)
 
     def pending(self, size: int) -> RequestHeadersTooLarge | None:
         """``size`` bytes of a field are received and the field is not complete yet."""

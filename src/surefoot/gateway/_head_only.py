@@ -142,7 +142,6 @@ class HeadOnlyProtocol(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._method = b""
         self._begun = False  # a request has begun on this connection
-        self._pending = 0  # bytes received of a field not complete yet
         self._unread = b""  # received, not parsed yet (Rule 2)
         self._progress = False  # a parser callback ran during the current feed
         self._refusal: ClientError | None = None
@@ -213,13 +212,8 @@ class HeadOnlyProtocol(asyncio.Protocol):
                 if not self._last:  # not the parser's refusal of data after a last request
                     self._refuse(self._refusal or malformed(exc))
                 return
-            if self._progress or self._section is Section.IDLE:
-                # A field that is still arriving began in this slice: one slice of slack
-                # (Rule 1 of _head).
-                self._pending = 0
-                continue
-            self._pending += len(data)
-            error = self._meter.pending(self._pending)
+            parsed = self._progress or self._section is Section.IDLE
+            error = self._meter.fed(len(data), parsed=parsed)
             if error is not None:
                 self._refuse(error)
                 return

@@ -139,7 +139,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._section = Section.IDLE
         self._meter = HeadMeter(self.limits)
-        self._pending = 0  # bytes received of a field not complete yet
         self._progress = False  # a parser callback ran during the current feed
         self._refusal: ClientError | None = None
         self._deferred: ClientError | None = None  # answered once earlier answers are out
@@ -179,13 +178,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(self._refusal or malformed(exc))
             return
         self._settle()
-        if self._progress or self._section is Section.IDLE:
-            # A field that is still arriving began in this read: one read of slack (Rule 1
-            # of _head).
-            self._pending = 0
-            return
-        self._pending += len(data)
-        error = self._meter.pending(self._pending)
+        parsed = self._progress or self._section is Section.IDLE
+        error = self._meter.fed(len(data), parsed=parsed)
         if error is not None:
             self._refuse(error)
 
