@@ -55,7 +55,7 @@ from surefoot.ratelimit import (
     RateLimitDecision,
 )
 from surefoot.storage import store_from_url
-from surefoot.storage.redis import RedisStore, _Connection
+from surefoot.storage.redis import SEND_AT, RedisStore, _Connection
 
 pytestmark = pytest.mark.anyio
 
@@ -96,9 +96,9 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     counts: Counter[str] = Counter()
     send, resend = _Connection.send, _Connection._resend
 
-    def counted_send(self: Any, *args: Any) -> None:
+    def counted_send(self: Any, *args: Any, **kwargs: Any) -> None:
         counts["EVALSHA"] += 1
-        send(self, *args)
+        send(self, *args, **kwargs)
 
     def counted_resend(self: Any, *args: Any) -> None:
         counts["EVAL"] += 1
@@ -957,18 +957,22 @@ async def test_cancelled_callers_leave_the_others_their_answers(make: Make) -> N
     store = make()
     item = Item("rl:{a}:w", "fixed_window", Limit(100, 60))
     await store.acquire([item._replace(key="rl:{a}:warm")], T0)  # a connection, a script
-    tasks = [asyncio.create_task(store.acquire([item], T0)) for _ in range(20)]
-    await asyncio.sleep(0)  # one turn of the loop: all twenty wait for their batch
-    tasks[0].cancel()
-    tasks[7].cancel()
+    tasks = [asyncio.create_task(store.acquire([item], T0)) for _ in range(2 * SEND_AT + 4)]
+    # One turn of the loop: two full batches are on the wire, the last four wait for theirs.
+    await asyncio.sleep(0)
+    first, waiting = tasks[0], tasks[2 * SEND_AT]
+    first.cancel()
+    waiting.cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
 
-    # A cancelled caller's request is left out of the batch; the others are answered.
-    assert isinstance(results[0], asyncio.CancelledError)
-    assert isinstance(results[7], asyncio.CancelledError)
-    answered = [r for n, r in enumerate(results) if n not in (0, 7)]
+    # A cancelled caller's request is left out of the batch still waiting, and counted in
+    # one already sent; the others are answered.
+    assert all(
+        isinstance(results[tasks.index(t)], asyncio.CancelledError) for t in (first, waiting)
+    )
+    answered = [r for t, r in zip(tasks, results, strict=True) if t not in (first, waiting)]
     assert all(not isinstance(r, BaseException) and r[0] for r in answered)
-    assert 100 - 1 - (await store.acquire([item], T0))[1][0].remaining == 18
+    assert 100 - 1 - (await store.acquire([item], T0))[1][0].remaining == len(tasks) - 1
 
 
 async def test_closing_fails_the_calls_not_sent_and_answers_those_on_the_wire(
@@ -1018,18 +1022,37 @@ async def test_the_calls_of_one_loop_turn_leave_in_one_write(
     writes.clear()
     sent.clear()
 
+    acquires = SEND_AT - 1  # fewer than a batch sent early (next test)
     results = await asyncio.gather(
-        *(store.acquire([item], T0) for _ in range(10)),
+        *(store.acquire([item], T0) for _ in range(acquires)),
         *(store.begin(f"k{n}", begin_req(f"t{n}"), T0) for n in range(5)),
         store.get("warm", T0),
     )
 
-    assert [ok for ok, _ in results[:10]] == [True] * 10
-    assert results[10:15] == [Reserved(f"t{n}", 1, took_over=False) for n in range(5)]
-    # Coalesced, the ten acquires are one script call; else one each. One write either way.
-    assert sent == {"EVALSHA": (1 if coalesce else 10) + 5 + 1}
+    assert [ok for ok, _ in results[:acquires]] == [True] * acquires
+    assert results[acquires:-1] == [Reserved(f"t{n}", 1, took_over=False) for n in range(5)]
+    # Coalesced, the acquires are one script call; else one each. One write either way.
+    assert sent == {"EVALSHA": (1 if coalesce else acquires) + 5 + 1}
     assert len(writes) == 1
     assert writes[0].count(b"EVALSHA") == sent["EVALSHA"]
+
+
+async def test_a_full_batch_of_acquires_leaves_at_once_and_all_decide_in_arrival_order(
+    make: Make, sent: Counter[str], writes: list[bytes]
+) -> None:
+    store = make()
+    item = Item("rl:{a}:w", "fixed_window", Limit(100, 3600))
+    await store.acquire([item], T0)  # a connection, a script
+    writes.clear()
+    sent.clear()
+
+    results = await asyncio.gather(*(store.acquire([item], T0) for _ in range(2 * SEND_AT + 3)))
+
+    # Two full batches, each written as soon as it filled, and the rest at the turn's end.
+    assert sent == {"EVALSHA": 3}
+    assert [w.count(b"EVALSHA") for w in writes] == [1, 1, 1]
+    # One decision each, in the order the calls were made, as one call per request would.
+    assert [decisions[0].remaining for _, decisions in results] == list(range(98, 79, -1))
 
 
 async def test_a_timed_out_connection_fails_all_its_calls_and_the_next_call_works() -> None:
