@@ -35,8 +35,11 @@ Theory of operation:
    (``surefoot.gateway.Gateway`` built from a config dict whose ``[upstream] app`` is
    ``bare``, called directly as the gateway does for an in-process app, not through its
    HTTP/1.1 pool to a URL upstream) without policies (GET) and with every policy on
-   SQLite (POST, new key); and a named client's GET with its API key, without and with a
-   deprecated route and ``[versions]`` (issue 20).
+   SQLite (POST, new key); a named client's GET with its API key, without and with a
+   deprecated route and ``[versions]`` (issue 20); and ``surefoot decide``'s app on
+   memory, SQLite and the Redis server of ``REDIS_URL`` (under a key prefix of the run's
+   own, whose keys are deleted when it ends; each request waits for its reply, so each
+   is a script call of its own).
    Each row gives its instructions per request, its ratio to ``bare`` and the
    instructions it adds to ``bare``'s.
 6. Callgrind counts user-space instructions only: system calls (SQLite's writes, fsync)
@@ -70,6 +73,8 @@ CLOCK_STEP = 0.001
 LIMITS = ["1000000/second", "1000000000/hour"]
 PAYLOAD = b'{"ok":true}'
 COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+#: The Redis server of ``decide-redis`` (the child's environment is fixed: not an option).
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -236,7 +241,12 @@ def decide(kind: str) -> Callable[[Path, Any], Stack]:
         from surefoot.edge import DecisionApp
         from surefoot.gateway import config_from_dict
 
-        url = "memory://" if kind == "memory" else f"sqlite:///{workdir / 'decide.db'}"
+        prefix = f"bench:instructions:{workdir.name}:"
+        url = {
+            "memory": "memory://",
+            "sqlite": f"sqlite:///{workdir / 'decide.db'}",
+            "redis": f"{REDIS_URL}?prefix={prefix}",
+        }[kind]
         config: dict[str, Any] = {
             "server": {"access_log": False, "trusted_proxies": ["192.0.2.7"]},
             "upstream": {"url": "http://127.0.0.1:9"},
@@ -260,7 +270,18 @@ def decide(kind: str) -> Callable[[Path, Any], Stack]:
         def asked(i: int) -> Request:
             return Request("GET", "/decide?edge=nginx", headers, b"")
 
-        return Stack(app, asked, header=b"ratelimit", close=app.aclose)
+        async def close() -> None:
+            await app.aclose()
+            if kind == "redis":
+                from redis.asyncio import Redis
+
+                client = Redis.from_url(REDIS_URL)
+                keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+                if keys:
+                    await client.delete(*keys)
+                await client.aclose()
+
+        return Stack(app, asked, header=b"ratelimit", close=close)
 
     return build
 
@@ -342,6 +363,8 @@ CONFIGS = (
     Config("decide-memory", "surefoot decide's DecisionApp, /decide as NGINX asks, MemoryStore",
            decide("memory")),
     Config("decide-sqlite", "the same on SqliteStore", decide("sqlite")),
+    Config("decide-redis", "the same on RedisStore (one script call per request)",
+           decide("redis")),
 )  # fmt: skip
 BY_NAME = {c.name: c for c in CONFIGS}
 

@@ -472,6 +472,48 @@ async def test_on_the_server_clock_a_quota_counts_in_the_servers_calendar_day(
     assert refused.retry_after == refused.reset_after
 
 
+@pytest.mark.parametrize("clock", ["caller", "server"])
+async def test_a_tuple_of_items_is_encoded_once_and_each_call_carries_its_own_time(
+    clock: str, make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make(clock=clock)
+    encoded: list[Any] = []
+    encode = store._encoded
+
+    def counted(items: Any, now: float) -> Any:
+        encoded.append(items)
+        return encode(items, now)
+
+    monkeypatch.setattr(store, "_encoded", counted)
+    # A day's window: on the server's clock, no window ends during the test.
+    items = (Item("rl:{a}:w", "fixed_window", Limit(100, 86400)),)
+    now = time.time() if clock == "server" else T0
+
+    first = [(await store.acquire(items, now))[1][0].remaining for _ in range(3)]
+    later = (await store.acquire(items, now + 86401))[1][0].remaining  # the next window
+    await store.acquire(list(items), now)  # the same items, another sequence
+
+    assert first == [99, 98, 97]
+    # The cached encoding carries no time: on the caller's clock a call a window later
+    # counts in that window; on the server's, the server's time is the one read.
+    assert later == (99 if clock == "caller" else 96)
+    assert encoded == [items, list(items)]
+
+
+async def test_a_quota_is_encoded_for_each_call_its_period_depending_on_the_time(
+    make: Make,
+) -> None:
+    store = make(clock="caller")
+    items = (Item("rl:{a}:day", "quota", Limit(2, 86400, algorithm="quota", period="day")),)
+
+    today = [(await store.acquire(items, T0))[0] for _ in range(3)]
+    tomorrow = await store.acquire(items, T0 + 86400)
+
+    assert today == [True, True, False]
+    assert tomorrow[0]
+    assert tomorrow[1][0].remaining == 1
+
+
 # -- expiry -------------------------------------------------------------------------------
 
 

@@ -241,6 +241,8 @@ MAX_BATCH = 256
 #: waiting, idle, for one long script (a decision service on one CPU: 13,400 decisions/s
 #: with one call per turn, 16,700 with 8, 16,300 with 4 or 16; docs/performance.md).
 SEND_AT = 8
+#: Tuples of rate-limit items whose encoding a store keeps (``_Steps._wire_request``).
+_WIRED = 4096
 #: Records ``records`` asks for at once (one script call each, pipelined when coalescing).
 _READ_CHUNK = 32
 
@@ -700,6 +702,7 @@ class _Steps:
     _cluster: bool
     _periods: dict[tuple[str, str], tuple[float, float, tuple[float, ...]]]
     _limits: dict[tuple[int, str], tuple[Limit, bytes]]  # each Limit's arguments in RESP
+    _wired: dict[int, tuple[Sequence[Item], _Request]]  # each tuple of items in RESP
 
     def _now(self, now: float) -> str | float:
         return _SERVER if self._server_clock else now
@@ -946,12 +949,31 @@ class _Steps:
         return _Request(keys, args, len(items), slot)
 
     def _wire_request(self, items: Sequence[Item], now: float) -> _Request:
-        """``_request`` in RESP for the pipelined connection: each limit's constant
-        arguments are encoded once (``_limits``); per call only what changes."""
+        """``_request`` in RESP for the pipelined connection. The rate limiter asks for
+        the same tuple of items for the same principal (its plan keeps them), so a tuple
+        without a quota is encoded once (``_wired``) and only the time, on the caller's
+        clock, is added per call; each limit's constant arguments are encoded once
+        (``_limits``)."""
+        wired = self._wired.get(id(items))
+        if wired is None or wired[0] is not items:
+            request = self._encoded(items, now)
+            if not any(item.algorithm == "quota" for item in items):
+                if len(self._wired) >= _WIRED:
+                    self._wired.clear()
+                self._wired[id(items)] = (items, request)  # kept: its id stays its own
+        else:
+            request = wired[1]
+        if self._server_clock:
+            return request
+        return request._replace(wire_args=_bulk(now) + request.wire_args)
+
+    def _encoded(self, items: Sequence[Item], now: float) -> _Request:
+        """``items`` in RESP, but for the time on the caller's clock (``_wire_request``
+        puts it first); a quota's periods, which depend on ``now``, are in it."""
         prefix, limits = self.prefix, self._limits
         keys: list[str] = []
         wire_keys: list[bytes] = []
-        wire = [_EMPTY if self._server_clock else _bulk(now), _bulk(len(items))]
+        wire = [_EMPTY if self._server_clock else b"", _bulk(len(items))]
         length = 2
         for item in items:
             algorithm, limit = item.algorithm, item.limit
@@ -1116,6 +1138,7 @@ class RedisStore(_Steps):
         self._turn: list[tuple[_Request, asyncio.Future[Result]]] = []  # acquires to batch
         self._turn_handle: asyncio.Handle | None = None
         self._limits: dict[tuple[int, str], tuple[Limit, bytes]] = {}  # encoded, per Limit
+        self._wired: dict[int, tuple[Sequence[Item], _Request]] = {}  # encoded, per tuple
         self._periods: dict[tuple[str, str], tuple[float, float, tuple[float, ...]]] = {}
 
     @classmethod
@@ -1775,6 +1798,7 @@ class SyncRedisStore(_Steps):
         self._failed: tuple[float, Exception] | None = None
         self._periods = {}
         self._limits = {}
+        self._wired = {}
         # A standalone server reached over TCP or a Unix socket: the store's own
         # connections (Rule 15); None: redis-py carries the calls.
         self._direct = None
