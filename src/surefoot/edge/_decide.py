@@ -470,11 +470,11 @@ def _edge(scope: Scope, fields: _Fields) -> str | None:
     """
     query = bytes(scope.get("query_string", b""))
     # An edge's query is short and always the same; a long one (anyone's) is not kept.
-    named = _named_edges(query) if len(query) <= 256 else _named_edges.__wrapped__(query)
-    if named:
-        if any(edge not in _EDGES for edge in named) or len(set(named)) > 1:
-            raise BadRequest(reason=f"unknown edge mode {named[0]!r} in ?edge= (expected 'nginx')")
-        return named[0]
+    named, wrong = _named_edge(query) if len(query) <= 256 else _named_edge.__wrapped__(query)
+    if wrong is not None:
+        raise BadRequest(reason=wrong)
+    if named is not None:
+        return named
     for value in fields.all(_EDGE_HEADER):
         given = bytes(value).strip().lower().decode("latin-1")
         if given in _EDGES:
@@ -483,10 +483,16 @@ def _edge(scope: Scope, fields: _Fields) -> str | None:
 
 
 @lru_cache(maxsize=64)
-def _named_edges(query: bytes) -> tuple[str, ...]:
-    """The ``edge`` values of a query string (the edge's own, one per deployment)."""
+def _named_edge(query: bytes) -> tuple[str | None, str | None]:
+    """The edge mode a query string names (the edge's own, one per deployment; None: it
+    names none), and why it is refused (an unknown mode, or several; None: it is not)."""
     pairs = parse_qsl(query.decode("latin-1"))
-    return tuple(v.strip().lower() for k, v in pairs if k == "edge")
+    named = [v.strip().lower() for k, v in pairs if k == "edge"]
+    if not named:
+        return None, None
+    if any(edge not in _EDGES for edge in named) or len(set(named)) > 1:
+        return None, f"unknown edge mode {named[0]!r} in ?edge= (expected 'nginx')"
+    return named[0], None
 
 
 def _one(fields: _Fields, name: bytes, label: str) -> bytes:
@@ -506,7 +512,7 @@ def _original(
     if not _TOKEN.fullmatch(method):
         raise BadRequest(reason="the X-Original-Method header is not a method")
     target = _one(fields, _ORIGINAL_URI, "X-Original-URI")
-    absolute = _ABSOLUTE.match(target)
+    absolute = None if target.startswith(b"/") else _ABSOLUTE.match(target)
     if absolute is not None:  # absolute-form (RFC 9112 section 3.2.2): its path and query
         target = target[absolute.end() :] or b"/"
         if target.startswith(b"?"):

@@ -95,7 +95,10 @@ class HeadMeter:
         if size > self.limits.max_header_size:
             return self._field_too_large()
         self.size += size
-        return self._total(0)
+        # _total(0), written out: this runs for every field of every request.
+        if self.size > self.limits.max_headers_size:
+            return self._total(0)
+        return None
 
     def fed(self, size: int, *, parsed: bool) -> RequestHeadersTooLarge | None:
         """``size`` bytes were fed to the parser. ``parsed``: a parser callback ran on them,
@@ -146,13 +149,18 @@ def refusal(
         upgrade: the parser read the head as a protocol switch (``CONNECT``, or
             ``Connection: upgrade`` with ``Upgrade``).
     """
-    protocols = [value for name, value in headers if name == b"upgrade"]
+    protocols: list[bytes] = []
+    hosts: list[bytes] = []
+    for name, value in headers:  # one pass, not two: this runs for every request
+        if name == b"host":
+            hosts.append(value)
+        elif name == b"upgrade":
+            protocols.append(value)
     if upgrade or protocols or method == b"CONNECT":
         named = b", ".join(protocols).decode("ascii", "replace")[:64]
         return UpgradeNotSupported(protocol=named or method.decode("ascii", "replace"))
     if target == b"*" and method != b"OPTIONS":
         return BadRequest(reason="the target '*' is for OPTIONS requests only")
-    hosts = [value for name, value in headers if name == b"host"]
     if len(hosts) > 1:
         return BadRequest(reason="more than one Host header field")
     if not hosts and http_version == "1.1":

@@ -293,9 +293,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
             self._stop(error)
         self._section = Section.BODY
         self._wait = Wait.NONE  # the head's deadline is over; the body's starts fresh
-        if version == "1.1" and any(
-            name == b"expect" and value.lower() == b"100-continue" for name, value in self._headers
-        ):
+        if version == "1.1" and _expects_continue(self._headers):
             self._queue.append(_CONTINUE)
             self._continuing = True  # its body is not due before the 100 Continue (Rule 1)
             self._answer()
@@ -527,6 +525,15 @@ class HeadOnlyProtocol(asyncio.Protocol):
         self._watch = close_watched(
             self.transport, self.loop, self.limits, self.client, self._watch, lambda: self._lost
         )
+
+
+def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the request asks for ``100 Continue`` (a loop, not ``any()`` over a
+    generator: this runs for every request)."""
+    for name, value in headers:  # noqa: SIM110
+        if name == b"expect" and value.lower() == b"100-continue":
+            return True
+    return False
 
 
 async def _no_body() -> dict[str, Any]:
