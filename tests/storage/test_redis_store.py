@@ -485,19 +485,21 @@ async def test_a_tuple_of_items_is_encoded_once_and_each_call_carries_its_own_ti
         return encode(items, now)
 
     monkeypatch.setattr(store, "_encoded", counted)
-    # A day's window: on the server's clock, no window ends during the test.
-    items = (Item("rl:{a}:w", "fixed_window", Limit(100, 86400)),)
+    # A bucket refilled in a day: no window boundary to cross on the server's clock.
+    items = (Item("rl:{a}:b", "token_bucket", Limit(100, 86400)),)
     now = time.time() if clock == "server" else T0
 
     first = [(await store.acquire(items, now))[1][0].remaining for _ in range(3)]
-    later = (await store.acquire(items, now + 86401))[1][0].remaining  # the next window
-    await store.acquire(list(items), now)  # the same items, another sequence
+    later = (await store.acquire(items, now + 86400))[1][0].remaining  # a day later
+    as_list = [*items]  # the same items in a list, which could change: never kept
+    await store.acquire(as_list, now)
+    await store.acquire(as_list, now)
 
     assert first == [99, 98, 97]
-    # The cached encoding carries no time: on the caller's clock a call a window later
-    # counts in that window; on the server's, the server's time is the one read.
+    # The cached encoding carries no time: on the caller's clock a call a day later finds
+    # the bucket full again; on the server's, the server's time is the one read.
     assert later == (99 if clock == "caller" else 96)
-    assert encoded == [items, list(items)]
+    assert encoded == [items, as_list, as_list]
 
 
 async def test_a_quota_is_encoded_for_each_call_its_period_depending_on_the_time(

@@ -63,7 +63,9 @@ Rule 7: on a standalone server every step goes through one pipelined connection 
         with the same decisions as one call per request: one call, written at once, for
         every ``SEND_AT`` of them, and the rest in one call at the end of the turn;
         several such calls may be in flight at once. Nothing ever waits on a timer to be
-        sent.
+        sent. (Just after the server lost its scripts, a restart or ``SCRIPT FLUSH``, a
+        call sent again with ``EVAL`` may be decided after one sent later, as with
+        separate calls: the order among requests in flight together, never a count.)
 Rule 8: in a cluster, redis-py carries every call, each under ``asyncio.timeout``, at most
         ``max_in_flight`` at once. Coalescing there: while one call is in flight, the next
         ones queue; when it returns, the queue goes in one pipeline, the ``acquire``
@@ -951,13 +953,14 @@ class _Steps:
     def _wire_request(self, items: Sequence[Item], now: float) -> _Request:
         """``_request`` in RESP for the pipelined connection. The rate limiter asks for
         the same tuple of items for the same principal (its plan keeps them), so a tuple
-        without a quota is encoded once (``_wired``) and only the time, on the caller's
-        clock, is added per call; each limit's constant arguments are encoded once
-        (``_limits``)."""
+        (immutable: a list could change between calls) without a quota is encoded once
+        (``_wired``) and only the time, on the caller's clock, is added per call; each
+        limit's constant arguments are encoded once (``_limits``). A caller that builds
+        its tuple per call only adds entries never found again: bounded by ``_WIRED``."""
         wired = self._wired.get(id(items))
         if wired is None or wired[0] is not items:
             request = self._encoded(items, now)
-            if not any(item.algorithm == "quota" for item in items):
+            if type(items) is tuple and not any(item.algorithm == "quota" for item in items):
                 if len(self._wired) >= _WIRED:
                     self._wired.clear()
                 self._wired[id(items)] = (items, request)  # kept: its id stays its own
