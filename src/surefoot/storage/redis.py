@@ -976,7 +976,7 @@ class _Steps:
         prefix, limits = self.prefix, self._limits
         keys: list[str] = []
         wire_keys: list[bytes] = []
-        wire = [_EMPTY if self._server_clock else b"", _bulk(len(items))]
+        wire = [_EMPTY, _bulk(len(items))] if self._server_clock else [_bulk(len(items))]
         length = 2
         for item in items:
             algorithm, limit = item.algorithm, item.limit
