@@ -234,7 +234,9 @@ def test_a_worker_killed_after_the_consumer_processed_is_redelivered_under_the_s
     outbox.add_endpoint("orders", url=consuming.url, secrets=[WHSEC], concurrency=10)
     ids = db.enqueue(outbox, range(10))
     (consuming.folder / "hold").touch()  # the consumer processes, then holds its answers
-    [doomed] = start_workers(spawn, db, 1)
+    # Its timeout leaves a busy machine time to see all processed and kill it before its
+    # requests time out (a timeout would be recorded: not this scenario).
+    [doomed] = start_workers(spawn, db, 1, timeout=4, lease=5)
     wait_for(lambda: len(consuming.ledger()) == len(ids), "the consumer to process all")
     kill(doomed)  # every request in flight, processed, unanswered, unrecorded
     assert states(outbox, "orders") == {DeliveryState.SENDING: len(ids)}
