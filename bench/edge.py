@@ -30,6 +30,10 @@ Theory of operation:
    ``nginx``, NGINX proxying ``GET /items`` to the upstream, with ``auth_request off``;
    ``nginx+decide-sqlite`` and ``nginx+decide-redis``, the same NGINX asking ``surefoot
    decide`` (``auth_request``, ``?edge=nginx``, fail closed) before it proxies;
+   ``nginx+floor``, the same NGINX asking the floor of a decision service instead
+   (``bench/_decide_floor.py``: ``surefoot decide``'s HTTP server answering every request
+   as an allowed decision, fixed, with no store and no decision), which bounds what any
+   decision service written in Python can reach through the edge;
    ``decide-sqlite`` and ``decide-redis``, wrk straight at ``/decide`` with
    ``X-Original-Method: GET`` and ``X-Original-URI: /items`` (``bench/decide.lua``);
    ``serve-sqlite`` and ``serve-redis``, wrk straight at ``surefoot serve`` with the same
@@ -87,6 +91,7 @@ import gateway as g
 ROOT = h.BENCH_DIR.parent
 NGINX_TEMPLATE = ROOT / "examples" / "edge" / "nginx.conf.template"
 DECIDE_LUA = h.BENCH_DIR / "decide.lua"
+FLOOR = h.BENCH_DIR / "_decide_floor.py"
 #: The target of NGINX through the edge on Redis, over plain NGINX's req/s.
 EDGE_TARGET = 0.5
 #: The target of the decision endpoint, over the gateway's own req/s on the same store.
@@ -99,7 +104,7 @@ DECIDE_TARGET = 3.0
 class Config:
     name: str
     kind: str  # "nginx" (plain), "edge" (NGINX + decide), "decide" or "serve"
-    store: str | None  # the decision store: "sqlite", "redis"; None: no policy
+    store: str | None  # the decision store: "sqlite", "redis", "floor" (none); None: no policy
     baseline: str | None  # the configuration its req/s ratio is to
     target: float | None  # least ratio of req/s to the baseline's
     meaning: str
@@ -122,6 +127,14 @@ CONFIGS = (
         "nginx",
         EDGE_TARGET,
         "NGINX, auth_request to surefoot decide (Redis), then the upstream",
+    ),
+    Config(
+        "nginx+floor",
+        "edge",
+        "floor",
+        "nginx",
+        None,
+        "NGINX, auth_request to the floor of a decision service (its HTTP server alone)",
     ),
     Config(
         "decide-sqlite",
@@ -330,7 +343,8 @@ def start_service(
     redis_timeout: float,
 ) -> Service:
     """``surefoot decide`` or ``surefoot serve`` (``command``) with ``POLICY_TOML`` on the
-    store of ``config``, one worker, ready."""
+    store of ``config``, one worker, ready; for the store ``floor``, ``FLOOR`` instead of
+    ``surefoot decide``."""
     redis_prefix = None
     if config.store == "redis":
         if redis is None:
@@ -346,6 +360,8 @@ def start_service(
         *cpu, sys.executable, "-m", "surefoot", command, "--config", str(path),
         "--port", str(port), "--workers", "1",
     ]  # fmt: skip
+    if config.store == "floor":  # the policy file gives its [server] limits only
+        argv = [*cpu, sys.executable, str(FLOOR), str(path), str(port)]
     # TMPDIR: anything a worker writes goes with the rest, deleted at the end.
     log, env = workdir / f"{command}.log", {"TMPDIR": str(workdir)}
     child = h.Child(f"surefoot {command}", argv, log, env, port)
