@@ -5,8 +5,7 @@
 nothing: every request is answered 200 with the fields an allowed decision carries
 (``X-Request-Id``, ``RateLimit-Policy``, ``RateLimit``), fixed, and no store is asked. It
 is what NGINX through the edge would reach if a decision cost nothing but its HTTP
-exchange in Python: a target above it is out of reach of any decision written in Python
-on this server.
+exchange: a target above it is out of reach of any decision served by this HTTP server.
 
 Usage: ``python bench/_decide_floor.py POLICY_FILE PORT``
 """

@@ -32,8 +32,8 @@ Theory of operation:
    decide`` (``auth_request``, ``?edge=nginx``, fail closed) before it proxies;
    ``nginx+floor``, the same NGINX asking the floor of a decision service instead
    (``bench/_decide_floor.py``: ``surefoot decide``'s HTTP server answering every request
-   as an allowed decision, fixed, with no store and no decision), which bounds what any
-   decision service written in Python can reach through the edge;
+   as an allowed decision, fixed, with no store and no decision), which bounds what a
+   decision service on that HTTP server can reach through the edge;
    ``decide-sqlite`` and ``decide-redis``, wrk straight at ``/decide`` with
    ``X-Original-Method: GET`` and ``X-Original-URI: /items`` (``bench/decide.lua``);
    ``serve-sqlite`` and ``serve-redis``, wrk straight at ``surefoot serve`` with the same
