@@ -157,12 +157,21 @@ def legacy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
-#: The gateway's policy: 5 requests per 2 seconds per API key on the list of charges.
+#: The gateway's policies: 5 requests per 2 seconds per API key on the list of charges; 5
+#: an hour on the audit log, for ``limit_scope``: its first credential must still be refused
+#: after two more requests, and a sliding window of 2 s (entered by ``retry_after``'s wait,
+#: the last window's count still weighing) can free a slot in the time a busy machine takes
+#: to send them.
 POLICY = """
 [[rate_limit.policies]]
 name = "lists"
 limits = ["5/2 seconds"]
 routes = ["GET /charges"]
+
+[[rate_limit.policies]]
+name = "audit"
+limits = ["5/hour"]
+routes = ["GET /audit"]
 """
 
 
@@ -192,7 +201,9 @@ async def test_the_gateway_limits_per_key_with_honest_draft_10_fields(
             slow_timeout=0.5,
             limit_requests=20,
         )
-        found = await probe(goal)
+        found = await probe(goal, [check for check in CHECKS if check != "limit_scope"])
+        scoped = dataclasses.replace(goal, url=base + "/audit")
+        found |= await probe(scoped, ["limit_scope"])
     assert verdicts(found) == {
         "rate_limit_headers": "pass",
         "retry_after": "pass",
