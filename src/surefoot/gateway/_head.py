@@ -95,9 +95,9 @@ class HeadMeter:
         if size > self.limits.max_header_size:
             return self._field_too_large()
         self.size += size
-        # _total(0), written out: this runs for every field of every request.
+        # _total(0) without the call: this runs for every field of every request.
         if self.size > self.limits.max_headers_size:
-            return self._total(0)
+            return self._headers_too_large()
         return None
 
     def fed(self, size: int, *, parsed: bool) -> RequestHeadersTooLarge | None:
@@ -119,11 +119,14 @@ class HeadMeter:
 
     def _total(self, pending: int) -> RequestHeadersTooLarge | None:
         if self.size + pending > self.limits.max_headers_size:
-            return RequestHeadersTooLarge(
-                reason=f"the request target and header fields are over "
-                f"{self.limits.max_headers_size} bytes"
-            )
+            return self._headers_too_large()
         return None
+
+    def _headers_too_large(self) -> RequestHeadersTooLarge:
+        return RequestHeadersTooLarge(
+            reason=f"the request target and header fields are over "
+            f"{self.limits.max_headers_size} bytes"
+        )
 
     def _field_too_large(self) -> RequestHeadersTooLarge:
         return RequestHeadersTooLarge(
