@@ -81,7 +81,9 @@ def schema(postgres_dsn: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def opened(dsn: str | Any, schema: str, **options: Any) -> Iterator[SyncPostgresStore]:
-    store = SyncPostgresStore(dsn, schema=schema, **options)
+    """A store on ``schema`` with a patient timeout (5 s) unless the test gives its own,
+    as in ``test_postgres_store.py``."""
+    store = SyncPostgresStore(dsn, schema=schema, **{"timeout": 5, **options})
     try:
         yield store
     finally:
@@ -254,7 +256,7 @@ def test_a_call_whose_reply_was_lost_gives_back_what_it_may_have_taken(
             kwargs={"autocommit": True},
             connection_class=LosesReplies,
         ) as pool,
-        opened(pool, schema, clock="caller", timeout=5) as store,
+        opened(pool, schema, clock="caller") as store,
     ):
         calls: list[Callable[[], object]] = [
             lambda: store.begin("a", begin_req("t1"), T0),
@@ -272,7 +274,7 @@ def test_a_call_whose_reply_was_lost_gives_back_what_it_may_have_taken(
         record = store.order_get("order", T0 + 1)
         assert record is not None
         assert (record.holder, record.newest) == (None, None)
-    with opened(postgres_dsn, schema, clock="caller", timeout=5) as store:
+    with opened(postgres_dsn, schema, clock="caller") as store:
         assert store.acquire([slot._replace(token="next")], T0 + 1)[0]
         assert store.begin("a", begin_req("t2"), T0 + 1) == Reserved("t2", 1, False)
         claim = store.order_claim("order", version=1, token="next", now=T0, lease=30, retention=60)
@@ -305,12 +307,12 @@ def test_the_slots_of_a_failed_acquire_are_given_back_in_one_statement(
             kwargs={"autocommit": True},
             connection_class=CountsReleases,
         ) as pool,
-        opened(pool, schema, clock="caller", timeout=5) as store,
+        opened(pool, schema, clock="caller") as store,
         pytest.raises(StoreUnavailable),
     ):
         store.acquire(slots, T0)
     assert len(CountsReleases.releases) == 1  # one round trip, one timeout, for the three
-    with opened(postgres_dsn, schema, clock="caller", timeout=5) as store:
+    with opened(postgres_dsn, schema, clock="caller") as store:
         admitted, _ = store.acquire([s._replace(token="next") for s in slots], T0 + 1)
         assert admitted
 
@@ -318,7 +320,7 @@ def test_the_slots_of_a_failed_acquire_are_given_back_in_one_statement(
 def test_by_default_the_pool_keeps_a_connection_per_thread_from_open_on(
     postgres_dsn: str, schema: str
 ) -> None:
-    with opened(postgres_dsn, schema, pool_max=4, timeout=5) as store:
+    with opened(postgres_dsn, schema, pool_max=4) as store:
         assert store.pool_min == store.pool_max == 4
         store.open()
         assert store._pool is not None
@@ -360,7 +362,7 @@ def test_a_store_opened_before_a_fork_works_in_every_child_and_still_in_the_pare
     postgres_dsn: str, schema: str, tmp_path: Path
 ) -> None:
     assert FORK is not None
-    with opened(postgres_dsn, schema, clock="caller", timeout=5, pool_max=2) as store:
+    with opened(postgres_dsn, schema, clock="caller", pool_max=2) as store:
         store.open()  # as at an application's start-up, before gunicorn forks its workers
         assert store.begin("before", begin_req("p1"), T0) == Reserved("p1", 1, False)
         parent_pid = backend_pid(store)
@@ -399,7 +401,7 @@ def test_a_shared_pool_without_autocommit_gets_each_step_committed(
     postgres_dsn: str, schema: str
 ) -> None:
     with ConnectionPool(postgres_dsn, min_size=1, max_size=2, open=True) as pool:
-        with opened(pool, schema, clock="caller", timeout=5) as store:
+        with opened(pool, schema, clock="caller") as store:
             assert store.begin("k", begin_req("t1"), T0) == Reserved("t1", 1, False)
             assert sql(postgres_dsn, f'SELECT token FROM "{schema}".surefoot_idempotency') == [
                 ("t1",)
@@ -469,10 +471,10 @@ def test_the_sync_and_async_stores_answer_alike_and_read_each_other_s_records(
         twin = PostgresStore(postgres_dsn, schema=one, clock="caller", timeout=5)
         try:
             expected = play(twin)
-            with opened(postgres_dsn, two, clock="caller", timeout=5) as store:
+            with opened(postgres_dsn, two, clock="caller") as store:
                 assert play(store) == expected
             # One schema, both stores: each reads and settles the other's records.
-            with opened(postgres_dsn, one, clock="caller", timeout=5) as store:
+            with opened(postgres_dsn, one, clock="caller") as store:
                 assert runner.run(twin.begin("n", begin_req("t9"), T0)) == Reserved("t9", 1, False)
                 assert store.finish("n", "t9", Outcome(Step.COMPLETE, OK), T0 + 1)
                 assert runner.run(twin.begin("n", begin_req(), T0 + 2)) == Replay(OK)
@@ -492,13 +494,13 @@ def test_expired_rows_are_purged_in_the_background_after_writes(
         return int(rows)
 
     short = Begin("fp", "t", LEASE, 10.0, "unknown")
-    with opened(postgres_dsn, schema, clock="caller", purge_interval=60, timeout=5) as store:
+    with opened(postgres_dsn, schema, clock="caller", purge_interval=60) as store:
         for n in range(5):  # the first write's purge finds nothing expired yet
             store.begin(f"old{n}", short._replace(token=f"t{n}"), T0)
         assert count() == 5
         store.begin("new", begin_req("tn"), T0 + 30)  # no purge due yet
     assert count() == 6  # close waited for the purge under way, which deleted nothing
-    with opened(postgres_dsn, schema, clock="caller", purge_interval=60, timeout=5) as store:
+    with opened(postgres_dsn, schema, clock="caller", purge_interval=60) as store:
         store.begin("new", begin_req("tn2"), T0 + 61)  # a new store: a purge is due at once
     assert count() == 1
 
