@@ -530,7 +530,8 @@ def test_a_large_response_gets_time_for_its_size_and_for_those_under_way_with_it
     store = PostgresStore(UNREACHABLE)
     mib = 1 << 20
     with store._carrying(mib) as first, store._carrying(2 * mib) as second:
-        assert first is not None and second is not None
+        assert first is not None
+        assert second is not None
         assert first() == pytest.approx(0.05 + 3 / 50)  # its own and the one entered since
         with store._carrying(mib) as third:
             assert third is not None
