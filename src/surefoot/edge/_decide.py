@@ -6,6 +6,8 @@ Per request to ``/decide`` (any method; the body is never read)::
     edge ─► /decide ─► the original request rebuilt from headers ─► canonicalize
              ─► credentials ─► the rate limiter ─► 200 empty (allowed)
 
+(all but the counting done once per method, URI, address and credentials: Rule 7).
+
 The headers are read in one pass; the rate limiter is ``RateLimitMiddleware``'s, asked
 directly as the middleware asks it, and an allowed decision is one response built here;
 the identity remembers its answers about addresses (``_EdgeIdentity``).
@@ -53,6 +55,15 @@ Rule 6: temporary overrides made through the gateway's admin API or ``surefoot o
         (``surefoot.gateway.SharedOverrides``) apply here as in the gateway: read at
         start and every second while the app runs (its lifespan), applied to the rate
         limiter in place, and dropped on the request path the moment one expires.
+Rule 7: a decision is planned once per ``X-Original-Method``, ``X-Original-URI``, client
+        address (Rule 1) and credential headers (each one sent, name and value, in
+        order): everything Rule 2 reads of the original request. The next request with
+        the same four is neither rebuilt, made canonical nor checked again, and the rate
+        limiter reuses its principal and items (``RateLimiter.check``'s ``key``); it is
+        counted, decided and answered as any other. At most ``_REMEMBERED`` are kept per
+        configuration (then it starts again); a reload starts afresh, an override
+        change drops the limiter's. A request with a method-override header, or one
+        refused, is never kept.
 """
 
 from __future__ import annotations
@@ -84,7 +95,6 @@ from surefoot.errors import (
     DEFAULT_PROBLEM_BASE,
     BadRequest,
     ConfigurationError,
-    CredentialsAmbiguous,
     InvalidPath,
     StoreUnavailable,
     SurefootError,
@@ -120,11 +130,15 @@ _OVERRIDES = {
 _REQUEST_ID = b"x-request-id"
 #: Every header the decision reads itself, in one pass over the request's (``_Fields``).
 _WATCHED = _EDGE_ONLY | _OVERRIDES.keys() | {_REQUEST_ID}
-#: How many answers about addresses an ``_EdgeIdentity`` remembers before it starts again.
+#: How many answers about addresses an ``_EdgeIdentity`` remembers, and how many plans a
+#: ``_Decider`` (Rule 7), before it starts again.
 _REMEMBERED = 4096
 #: A key of the scope ``_original`` builds: its client address was resolved by Rule 1 and
 #: it has no forwarding header (so the identity's answer depends on the address alone).
 _DESCRIBED = "surefoot.edge.described"
+#: Rule 7's key: the original method and URI as sent, the client's address, then each
+#: credential header sent (name and value).
+_Key = tuple[bytes | str | tuple[bytes, bytes], ...]
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*")
 
@@ -137,6 +151,11 @@ class _Decider:
     identity: Identity
     limiter: RateLimitMiddleware
     store_url: str
+    #: The identity's credential headers, and every header ``_Fields`` reads with them.
+    credentials: frozenset[bytes]
+    watched: frozenset[bytes]
+    #: Rule 7: the original requests planned, by their key: method, path, raw path, query.
+    described: dict[_Key, tuple[str, str, bytes, bytes]]
 
 
 class DecisionApp:
@@ -236,7 +255,16 @@ class DecisionApp:
             allow_method_override=root.server.allow_method_override,
             problem_base=DEFAULT_PROBLEM_BASE,
         )
-        return _Decider(config=config, identity=identity, limiter=limiter, store_url=url)
+        credentials = frozenset(identity.credential_headers)
+        return _Decider(
+            config=config,
+            identity=identity,
+            limiter=limiter,
+            store_url=url,
+            credentials=credentials,
+            watched=_WATCHED | credentials,
+            described={},
+        )
 
     async def sync_overrides(self) -> None:
         """Read the temporary overrides and apply them if the set in force changed; a
@@ -280,7 +308,7 @@ class DecisionApp:
         identity = decider.identity
         peer = scope.get("client")
         trusted = peer is not None and identity.is_trusted(str(peer[0]))
-        fields = _Fields(scope["headers"])
+        fields = _Fields(scope["headers"], decider)
         given = fields.first(_REQUEST_ID)
         rid = adopt_request_id(scope, given if trusted else None)
         path = scope["path"]
@@ -304,7 +332,7 @@ class DecisionApp:
         *,
         rid: str,
         trusted: bool,
-        fields: _Fields | None = None,
+        fields: _Fields,
     ) -> None:
         """Answer one decision (Rules 1 to 4).
 
@@ -312,36 +340,30 @@ class DecisionApp:
         middleware asks it, with no app behind: an allowed decision is one response built
         here, refusals go through ``send_problem`` as the middleware's do.
         """
-        if fields is None:
-            fields = _Fields(scope["headers"])
         refuse = _NginxSend(send) if _edge(scope, fields) == "nginx" else send
-        try:
-            original = _original(scope, fields, decider.identity, rid=rid, trusted=trusted)
-        except SurefootError as exc:
-            await send_problem(refuse, exc, request_id=rid, base=DEFAULT_PROBLEM_BASE)
-            return
-        allow_override = decider.config.root.server.allow_method_override
-        raw_path = original["raw_path"]
-        refused: SurefootError | None = canonicalize(original, allow_method_override=allow_override)
-        if refused is None and original["raw_path"] != raw_path:
-            refused = InvalidPath(
-                reason="the path is not in canonical form: the edge forwards it as sent"
-            )
-        if refused is None and not allow_override and fields.override is not None:
-            refused = BadRequest(
-                reason=f"the {fields.override} header is not allowed: the upstream never sees it"
-            )
-        if refused is None:
+        address = _client_address(scope, fields, decider.identity, trusted=trusted)
+        key = fields.key(address)
+        described = None if key is None else decider.described.get(key)
+        if described is not None:  # Rule 7
+            original = _scope(scope, fields, rid, address, *described)
+        else:
             try:
-                decider.identity.credentials(original)  # as the gateway, before counting
-            except CredentialsAmbiguous as exc:
-                refused = exc
-        if refused is not None:
-            await send_problem(refuse, refused, request_id=rid, base=DEFAULT_PROBLEM_BASE)
-            return
+                original = _checked(decider, scope, fields, rid, address)
+            except SurefootError as exc:
+                await send_problem(refuse, exc, request_id=rid, base=DEFAULT_PROBLEM_BASE)
+                return
+            if key is not None:
+                if len(decider.described) >= _REMEMBERED:
+                    decider.described.clear()
+                decider.described[key] = (
+                    original["method"],
+                    original["path"],
+                    original["raw_path"],
+                    original["query_string"],
+                )
         middleware = decider.limiter
         limiter = middleware.limiter
-        verdict = await limiter.check(original)
+        verdict = await limiter.check(original, key)
         if verdict is None:  # no policy covers the request
             await _allowed(send, rid, ())
             return
@@ -427,17 +449,22 @@ class DecisionApp:
 
 class _Fields:
     """The headers of a request to the decision service, read in one pass: every value of
-    the ones the decision reads itself (``_WATCHED``), and the others (with
-    ``X-Request-Id`` and the method overrides) in order, for the original request."""
+    the ones the decision reads itself (``_WATCHED``), the credential headers sent (name
+    and value, in order), and the others (with ``X-Request-Id``, the credential headers
+    and the method overrides) in order, for the original request."""
 
-    __slots__ = ("found", "kept", "override")
+    __slots__ = ("credentials", "found", "kept", "override")
 
-    def __init__(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
+    def __init__(self, headers: Sequence[tuple[bytes, bytes]], decider: _Decider) -> None:
+        watched, named = decider.watched, decider.credentials
         found: dict[bytes, list[bytes]] = {}
+        credentials: list[tuple[bytes, bytes]] = []
         kept: list[tuple[bytes, bytes]] = []
         for header in headers:
             name = header[0]
-            if name in _WATCHED:
+            if name in watched:
+                if name in named:
+                    credentials.append((name, header[1]))
                 values = found.get(name)
                 if values is None:
                     found[name] = [header[1]]
@@ -447,11 +474,23 @@ class _Fields:
                     continue
             kept.append(header)
         self.found = found
+        self.credentials = credentials
         self.kept = kept
         #: The first method-override header's spelling in errors (None: none was sent).
         self.override: str | None = None
         if found and not found.keys().isdisjoint(_OVERRIDES):
             self.override = next(_OVERRIDES[k] for k, _ in headers if k in _OVERRIDES)
+
+    def key(self, address: str) -> _Key | None:
+        """What decides the request's plan (Rule 7), with the client's ``address``; None:
+        one never kept (a method-override header, the original method or URI not sent
+        exactly once)."""
+        method, uri = self.found.get(_ORIGINAL_METHOD), self.found.get(_ORIGINAL_URI)
+        if self.override is not None or method is None or uri is None:
+            return None
+        if len(method) != 1 or len(uri) != 1:
+            return None
+        return (method[0], uri[0], address, *self.credentials)
 
     def all(self, name: bytes) -> list[bytes]:
         return self.found.get(name, [])
@@ -504,10 +543,31 @@ def _one(fields: _Fields, name: bytes, label: str) -> bytes:
     return bytes(values[0]).strip()
 
 
-def _original(
-    scope: Scope, fields: _Fields, identity: Identity, *, rid: str, trusted: bool
-) -> Scope:
-    """The scope of the request the edge describes (Rules 1 and 3)."""
+def _checked(decider: _Decider, scope: Scope, fields: _Fields, rid: str, address: str) -> Scope:
+    """The request the edge describes, canonical, its credentials unambiguous (Rules 2
+    and 3).
+
+    Raises:
+        SurefootError: the refusal to answer with, before any counting.
+    """
+    original = _original(scope, fields, rid, address)
+    allow_override = decider.config.root.server.allow_method_override
+    raw_path = original["raw_path"]
+    refused = canonicalize(original, allow_method_override=allow_override)
+    if refused is not None:
+        raise refused
+    if original["raw_path"] != raw_path:
+        raise InvalidPath(reason="the path is not in canonical form: the edge forwards it as sent")
+    if not allow_override and fields.override is not None:
+        raise BadRequest(
+            reason=f"the {fields.override} header is not allowed: the upstream never sees it"
+        )
+    decider.identity.credentials(original)  # as the gateway, before counting
+    return original
+
+
+def _original(scope: Scope, fields: _Fields, rid: str, address: str) -> Scope:
+    """The scope of the request the edge describes (Rule 3), from ``address`` (Rule 1)."""
     method = _one(fields, _ORIGINAL_METHOD, "X-Original-Method")
     if not _TOKEN.fullmatch(method):
         raise BadRequest(reason="the X-Original-Method header is not a method")
@@ -521,18 +581,32 @@ def _original(
         raise InvalidPath(reason="the X-Original-URI header is not a path")
     raw_path, _, query = target.partition(b"?")
     raw_path = raw_path.partition(b"#")[0]
+    method_name = method.decode("ascii")
+    return _scope(scope, fields, rid, address, method_name, _decoded(raw_path), raw_path, query)
+
+
+def _scope(
+    scope: Scope,
+    fields: _Fields,
+    rid: str,
+    address: str,
+    method: str,
+    path: str,
+    raw_path: bytes,
+    query: bytes,
+) -> Scope:
     return {
         "type": "http",
         "asgi": scope.get("asgi", {"version": "3.0"}),
         "http_version": scope.get("http_version", "1.1"),
         "scheme": scope.get("scheme", "http"),
-        "method": method.decode("ascii"),
-        "path": _decoded(raw_path),
+        "method": method,
+        "path": path,
         "raw_path": raw_path,
         "query_string": query,
         "root_path": "",
         "headers": fields.kept,
-        "client": (_client_address(scope, fields, identity, trusted=trusted), 0),
+        "client": (address, 0),
         "server": scope.get("server"),
         "state": {"request_id": rid},
         _DESCRIBED: True,

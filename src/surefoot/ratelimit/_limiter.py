@@ -23,6 +23,15 @@ The engine behind ``RateLimitMiddleware`` and the FastAPI dependency:
    limit's amount (and burst) divided by ``fallback_workers``, rounded down, at least 1;
    else the request is admitted unlimited (``fail_open``).
 
+``A caller that knows what of a request decides its plan may name it: ``check(scope,
+key)``, where ``key`` determines everything step 1 reads of the scope (its route method
+and path, its principal, its address, its tier) under the policies in force. The first
+request of a key is planned as above; the next ones reuse its principal, limits and items
+(at most ``_PREPARED`` keys, then it starts again; none once the policies change), with
+this request's time and ``StoreHealth`` permit. A plan holding concurrency slots is never
+reused: each request takes slots of its own (tokens). ``surefoot decide`` names its
+requests so, by the fields an edge forwards; the middleware names none.
+
 ``RateLimiter`` (async) and ``SyncRateLimiter`` (blocking, for ``surefoot.wsgi``) share
 everything but the store calls: ``_prepare`` plans and asks ``StoreHealth``, the store is
 called by the subclass, and ``_decided`` or ``_failed`` turn its answer into the verdict.
@@ -41,10 +50,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from surefoot._asgi import Scope, request_id, route_method
 from surefoot._health import (
@@ -83,6 +92,9 @@ __all__ = ["RateLimiter", "SyncRateLimiter", "TierResolver", "Verdict"]
 T = TypeVar("T")
 
 TierResolver = Callable[[Scope, str], "str | None"]
+
+#: How many plans a limiter keeps by their caller's key (``check``'s ``key``).
+_PREPARED = 4096
 
 _PROBLEMS: dict[str, type[SurefootError]] = {
     "quota": QuotaExceeded,
@@ -169,6 +181,7 @@ class _Limiter:
         self._wants = wanting(self.hooks)
         self.policies: tuple[RateLimitPolicy, ...] = ()
         self._plan = Plan(())
+        self._prepared: dict[Hashable, _Prepared] = {}
         self.update_policies(policies)
 
     def update_policies(self, policies: Sequence[RateLimitPolicy]) -> None:
@@ -204,8 +217,10 @@ class _Limiter:
                             f"not supported by {type(self.store).__name__}, which supports "
                             f"{sorted(supported)}"
                         )
-        # One assignment: a request sees the old plan or the new, never a mix.
+        # One assignment: a request sees the old plan or the new, never a mix; no request
+        # is planned by the old one's items afterwards (planning never waits in between).
         self._plan = Plan(policies)
+        self._prepared = {}
         self.policies = policies
 
     def _checks(
@@ -237,9 +252,29 @@ class _Limiter:
             items += found
         return slots, items, fixed
 
-    def _prepare(self, scope: Scope) -> Verdict | _Pending | None:
+    def _prepare(self, scope: Scope, key: Hashable | None = None) -> Verdict | _Pending | None:
         """Everything before the store is asked: the verdict when no store call is needed
-        (no policy, a refused principal, a store known to be down), else what to ask."""
+        (no policy, a refused principal, a store known to be down), else what to ask.
+        ``key``: see the module's docstring."""
+        prepared = None if key is None else self._prepared.get(key)
+        if prepared is None:
+            planned = self._planned(scope)
+            if not isinstance(planned, _Prepared):
+                return planned
+            prepared = planned
+            if key is not None and not any(item.token for item in prepared.items):
+                if len(self._prepared) >= _PREPARED:
+                    self._prepared.clear()
+                self._prepared[key] = prepared
+        principal, slots, items, fixed = prepared
+        now = self.clock.now()
+        permit = self.health.permit(now)
+        if not permit.call:
+            return self._outage(scope, principal, slots, items, now, None)
+        return _Pending(scope, principal, slots, items, fixed, now, permit)
+
+    def _planned(self, scope: Scope) -> Verdict | _Prepared | None:
+        """Step 1 and the items: what ``_prepare`` may keep by a key."""
         plan = self._plan
         method, path = route_method(scope), scope["path"]
         covering = plan.covering(method, path)
@@ -256,11 +291,7 @@ class _Limiter:
         slots, items, fixed = self._checks(scope, method, path, principal, address, covering)
         if not items:
             return None
-        now = self.clock.now()
-        permit = self.health.permit(now)
-        if not permit.call:
-            return self._outage(scope, principal, slots, items, now, None)
-        return _Pending(scope, principal, slots, items, fixed, now, permit)
+        return _Prepared(principal, slots, items, fixed)
 
     def _failed(self, pending: _Pending, exc: Exception) -> Verdict:
         """The verdict after the store call of ``pending`` failed with ``exc``."""
@@ -520,9 +551,10 @@ class RateLimiter(_Limiter):
         self._memory = store if type(store) is MemoryStore else None
         self._guard = None if self._memory is not None or bounded else store_timeout
 
-    async def check(self, scope: Scope) -> Verdict | None:
-        """The verdict on an HTTP request, or None when no policy covers it."""
-        pending = self._prepare(scope)
+    async def check(self, scope: Scope, key: Hashable | None = None) -> Verdict | None:
+        """The verdict on an HTTP request, or None when no policy covers it. ``key``: what
+        determines its plan, for its reuse (see the module's docstring)."""
+        pending = self._prepare(scope, key)
         if not isinstance(pending, _Pending):
             return pending
         items, now = pending.items, pending.now
@@ -642,6 +674,15 @@ class SyncRateLimiter(_Limiter):
                 return
             with contextlib.suppress(Exception):
                 self.store.release(item.key, item.token, now)
+
+
+class _Prepared(NamedTuple):
+    """A request's principal, limits, items and ``RateLimit-Policy`` value (if fixed)."""
+
+    principal: str
+    slots: tuple[Slot, ...]
+    items: tuple[Item, ...]
+    fixed: bytes | None
 
 
 @dataclass(slots=True)
