@@ -62,8 +62,9 @@ Rule 7: a decision is planned once per ``X-Original-Method``, ``X-Original-URI``
         limiter reuses its principal and items (``RateLimiter.check``'s ``key``); it is
         counted, decided and answered as any other. At most ``_REMEMBERED`` are kept per
         configuration (then it starts again); a reload starts afresh, an override
-        change drops the limiter's. A request with a method-override header, or one
-        refused, is never kept.
+        change drops the limiter's. A request with a method-override header, one
+        refused, or one whose method, URI and credentials take more than 1 KiB, is never
+        kept.
 """
 
 from __future__ import annotations
@@ -137,8 +138,10 @@ _REMEMBERED = 4096
 #: it has no forwarding header (so the identity's answer depends on the address alone).
 _DESCRIBED = "surefoot.edge.described"
 #: Rule 7's key: the original method and URI as sent, the client's address, then each
-#: credential header sent (name and value).
+#: credential header sent (name and value); the most bytes of them a kept key holds
+#: (``_REMEMBERED`` keys of any size a head allows would hold hundreds of MiB).
 _Key = tuple[bytes | str | tuple[bytes, bytes], ...]
+_KEY_BYTES = 1024
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*")
 
@@ -484,11 +487,16 @@ class _Fields:
     def key(self, address: str) -> _Key | None:
         """What decides the request's plan (Rule 7), with the client's ``address``; None:
         one never kept (a method-override header, the original method or URI not sent
-        exactly once)."""
+        exactly once, or more than ``_KEY_BYTES`` of them and credentials)."""
         method, uri = self.found.get(_ORIGINAL_METHOD), self.found.get(_ORIGINAL_URI)
         if self.override is not None or method is None or uri is None:
             return None
         if len(method) != 1 or len(uri) != 1:
+            return None
+        size = len(method[0]) + len(uri[0])
+        for _, value in self.credentials:
+            size += len(value)
+        if size > _KEY_BYTES:
             return None
         return (method[0], uri[0], address, *self.credentials)
 
