@@ -23,7 +23,7 @@ The engine behind ``RateLimitMiddleware`` and the FastAPI dependency:
    limit's amount (and burst) divided by ``fallback_workers``, rounded down, at least 1;
    else the request is admitted unlimited (``fail_open``).
 
-``A caller that knows what of a request decides its plan may name it: ``check(scope,
+A caller that knows what of a request decides its plan may name it: ``check(scope,
 key)``, where ``key`` determines everything step 1 reads of the scope (its route method
 and path, its principal, its address, its tier) under the policies in force. The first
 request of a key is planned as above; the next ones reuse its principal, limits and items
