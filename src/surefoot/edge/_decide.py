@@ -78,7 +78,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 from surefoot._asgi import (
@@ -109,6 +109,8 @@ from surefoot.storage import store_from_url
 __all__ = ["DecisionApp"]
 
 _log = logging.getLogger("surefoot.edge")
+K = TypeVar("K")
+V = TypeVar("V")
 #: Seconds between two reads of the temporary overrides (as the gateway's workers).
 SYNC_EVERY = 1.0
 
@@ -356,14 +358,13 @@ class DecisionApp:
                 await send_problem(refuse, exc, request_id=rid, base=DEFAULT_PROBLEM_BASE)
                 return
             if key is not None:
-                if len(decider.described) >= _REMEMBERED:
-                    decider.described.clear()
-                decider.described[key] = (
+                described = (
                     original["method"],
                     original["path"],
                     original["raw_path"],
                     original["query_string"],
                 )
+                _keep(decider.described, key, described)
         middleware = decider.limiter
         limiter = middleware.limiter
         verdict = await limiter.check(original, key)
@@ -719,9 +720,7 @@ class _EdgeIdentity(Identity):
     def is_trusted(self, host: str) -> bool:
         known = self._trust.get(host)
         if known is None:
-            if len(self._trust) >= _REMEMBERED:
-                self._trust.clear()
-            known = self._trust[host] = super().is_trusted(host)
+            known = _keep(self._trust, host, super().is_trusted(host))
         return known
 
     def client_address(self, scope: Scope) -> str:
@@ -731,11 +730,18 @@ class _EdgeIdentity(Identity):
         host = client[0]
         known = self._addresses.get(host)
         if known is None:
-            if len(self._addresses) >= _REMEMBERED:
-                self._addresses.clear()
             alone = {"type": "http", "client": (host, 0), "headers": []}
-            known = self._addresses[host] = super().client_address(alone)
+            known = _keep(self._addresses, host, super().client_address(alone))
         return known
+
+
+def _keep(memo: dict[K, V], key: K, value: V) -> V:
+    """``value`` kept in ``memo`` under ``key``, at most ``_REMEMBERED`` of them (then
+    ``memo`` starts again)."""
+    if len(memo) >= _REMEMBERED:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 class _NginxSend:
