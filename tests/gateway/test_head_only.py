@@ -436,6 +436,15 @@ def test_a_head_sent_slowly_is_due_from_its_first_byte_not_a_byte_at_a_time() ->
 # -- failures -------------------------------------------------------------------------------------
 
 
+#: Fields an app must not send: a line break in a value or a name (a response split).
+BROKEN = {
+    "/broken": (b"x-injected", b"a\r\nset-cookie: b"),
+    "/broken-lf": (b"x-injected", b"a\nset-cookie: b"),
+    "/broken-cr": (b"x-injected", b"a\rset-cookie: b"),
+    "/broken-name": (b"x-injected\r\nset-cookie", b"b"),
+}
+
+
 async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
     path = scope["path"]
     if path == "/raise":
@@ -446,8 +455,8 @@ async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ab", "more_body": True})
         await send({"type": "http.response.body", "body": b"cd"})
-    if path == "/broken":
-        headers = [(b"x-injected", b"a\r\nset-cookie: b")]
+    if path.startswith("/broken"):
+        headers = [(b"x-fine", b"1"), BROKEN[path], (b"x-after", b"2")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
     if path == "/unstarted":
@@ -471,7 +480,7 @@ def test_an_app_cancelled_mid_answer_gets_the_client_a_500_and_ends_the_connecti
     parsed(raw).problem(500, "internal_error")
 
 
-@pytest.mark.parametrize("path", ["/raise", "/silent", "/receive", "/broken", "/unstarted"])
+@pytest.mark.parametrize("path", ["/raise", "/silent", "/receive", *BROKEN, "/unstarted"])
 def test_an_app_that_fails_gets_the_client_a_500_problem_and_is_logged(
     path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -484,6 +493,7 @@ def test_an_app_that_fails_gets_the_client_a_500_problem_and_is_logged(
         raw = read_all(sock)
 
     assert b"secret-internal-detail" not in raw
+    assert b"set-cookie" not in raw.lower()
     parsed(raw).problem(500, "internal_error")
     assert [r.message for r in caplog.records] == [f"the app failed on GET {path}"]
 

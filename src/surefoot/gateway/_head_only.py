@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import re
 from collections import deque
 from collections.abc import MutableMapping
 from typing import Any, ClassVar
@@ -62,12 +63,17 @@ from surefoot._asgi import ASGIApp, new_request_id
 from surefoot.errors import ClientError, SurefootError
 from surefoot.gateway._head import HeadMeter, ServerLimits, problem_response, refusal
 from surefoot.gateway._server import (
+    BODY_WAIT,
     EARLY,
+    HEAD_WAIT,
+    IDLE_WAIT,
+    IN_BODY,
+    IN_HEAD,
+    IN_IDLE,
     LINGER,
+    NO_WAIT,
     Refused,
-    Section,
     StallWatch,
-    Wait,
     close_watched,
     malformed,
     too_late,
@@ -87,6 +93,7 @@ _STATUS_LINES = {
     for status in http.HTTPStatus
 }
 _CLOSE = b"connection: close\r\n"
+_BREAK = re.compile(rb"[\r\n]")
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 
 
@@ -136,11 +143,12 @@ class HeadOnlyProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
-        self._section = Section.IDLE
+        self._section = IN_IDLE
         self._meter = HeadMeter(self.limits)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._method = b""
+        self._version = "1.1"
         self._begun = False  # a request has begun on this connection
         self._unread = b""  # received, not parsed yet (Rule 2)
         self._progress = False  # a parser callback ran during the current feed
@@ -153,7 +161,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
         self._ending = False  # the server shuts down: the last answer closes (Rule 5)
         self._eof = False  # the client sends nothing more
         self._reading = True
-        self._wait = Wait.NONE
+        self._wait = NO_WAIT
         self._due = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future[None] | None = None  # while writing is paused
@@ -212,7 +220,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
                 if not self._last:  # not the parser's refusal of data after a last request
                     self._refuse(self._refusal or malformed(exc))
                 return
-            parsed = self._progress or self._section is Section.IDLE
+            parsed = self._progress or self._section is IN_IDLE
             error = self._meter.fed(len(data), parsed=parsed)
             if error is not None:
                 self._refuse(error)
@@ -265,7 +273,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._progress = True
         self._begun = True
-        self._section = Section.HEAD
+        self._section = IN_HEAD
         self._meter = HeadMeter(self.limits)
         self._url = b""
         self._headers = []
@@ -280,19 +288,19 @@ class HeadOnlyProtocol(asyncio.Protocol):
         self._progress = True
         if (error := self._meter.field(name, value)) is not None:
             self._stop(error)
-        if self._section is Section.HEAD:  # a trailer field is measured, never kept
+        if self._section is IN_HEAD:  # a trailer field is measured, never kept
             self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         self._progress = True
         parser = self.parser
         self._method = method = parser.get_method()
-        version = parser.get_http_version()
+        self._version = version = parser.get_http_version()
         error = refusal(method, self._url, version, self._headers, upgrade=parser.should_upgrade())
         if error is not None:
             self._stop(error)
-        self._section = Section.BODY
-        self._wait = Wait.NONE  # the head's deadline is over; the body's starts fresh
+        self._section = IN_BODY
+        self._wait = NO_WAIT  # the head's deadline is over; the body's starts fresh
         if version == "1.1" and _expects_continue(self._headers):
             self._queue.append(_CONTINUE)
             self._continuing = True  # its body is not due before the 100 Continue (Rule 1)
@@ -303,9 +311,9 @@ class HeadOnlyProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._progress = True
-        self._section = Section.IDLE
+        self._section = IN_IDLE
         self._continuing = False
-        self._wait = Wait.NONE  # the body's deadline is over; whatever follows starts fresh
+        self._wait = NO_WAIT  # the body's deadline is over; whatever follows starts fresh
         keep_alive = self.parser.should_keep_alive()
         if not keep_alive:
             self._last = True
@@ -327,11 +335,11 @@ class HeadOnlyProtocol(asyncio.Protocol):
         else:  # absolute-form, its authority checked by refusal()
             parts = httptools.parse_url(target)
             raw_path, query = parts.path or b"/", parts.query or b""
-        path = unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path
+        path = unquote_to_bytes(raw_path) if raw_path.find(b"%") >= 0 else raw_path
         return {
             "type": "http",
             "asgi": _ASGI,
-            "http_version": self.parser.get_http_version(),
+            "http_version": self._version,
             "server": self.server,
             "client": self.client,
             "scheme": "http",
@@ -434,9 +442,8 @@ class HeadOnlyProtocol(asyncio.Protocol):
         self._body = []
         head = [_STATUS_LINES[start["status"]]]
         framed = False
-        for name, value in (*self.server_state.default_headers, *start.get("headers", ())):
-            if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
-                raise RuntimeError(f"the header field {bytes(name)!r} holds a line break")
+        fields = (*self.server_state.default_headers, *start.get("headers", ()))
+        for name, value in fields:
             if name.lower() == b"content-length":
                 framed = True
             head.append(b"%s: %s\r\n" % (name, value))
@@ -445,32 +452,38 @@ class HeadOnlyProtocol(asyncio.Protocol):
         if not self._keep_alive or (self._ending and not self._queue):
             head.append(_CLOSE)
         head.append(b"\r\n")
-        if not self._head_request:
-            head.append(body)
+        written = b"".join(head)
+        # Each line holds one CR and one LF, its end: any other is a field's line break.
+        # (Counted in two calls: ``b"\n" in value`` costs a TypeError raised and cleared.)
+        if written.count(b"\n") != len(head) or written.count(b"\r") != len(head):
+            broken = next(n for n, v in fields if _BREAK.search(n) or _BREAK.search(v))
+            raise RuntimeError(f"the header field {bytes(broken)!r} holds a line break")
+        if body and not self._head_request:
+            written += body
         self._sent = True
         if not self._lost:
-            self.transport.write(b"".join(head))
+            self.transport.write(written)
 
     # -- deadlines ------------------------------------------------------------------------------
 
     def _settle(self) -> None:
         """Give the connection the deadline its state calls for (Rules 1-2)."""
         if self._last or self._eof or not self._reading:
-            wait = Wait.NONE
-        elif self._section is Section.HEAD:
-            wait = Wait.HEAD
-        elif self._section is Section.BODY:
-            wait = Wait.NONE if self._continuing else Wait.BODY
+            wait = NO_WAIT
+        elif self._section is IN_HEAD:
+            wait = HEAD_WAIT
+        elif self._section is IN_BODY:
+            wait = NO_WAIT if self._continuing else BODY_WAIT
         elif self._answering is not None or self._queue:
-            wait = Wait.NONE
+            wait = NO_WAIT
         elif not self._begun:
-            wait = Wait.HEAD  # a new connection: its first head is due from its start
+            wait = HEAD_WAIT  # a new connection: its first head is due from its start
         else:
-            wait = Wait.IDLE
+            wait = IDLE_WAIT
         if wait is self._wait:
             return
         self._wait = wait
-        if wait is Wait.NONE:
+        if wait is NO_WAIT:
             return
         self._due = self.loop.time() + getattr(self.limits, wait.value)
         # One timer per connection, moved only when it would fire too late: a timer that
@@ -484,13 +497,13 @@ class HeadOnlyProtocol(asyncio.Protocol):
     def _expired(self) -> None:
         self._timer = None
         wait = self._wait
-        if wait is Wait.NONE or self._lost:
+        if wait is NO_WAIT or self._lost:
             return
         if self._due - self.loop.time() > EARLY:
             self._timer = self.loop.call_at(self._due, self._expired)
             return
-        self._wait = Wait.NONE
-        if self._section is Section.IDLE:
+        self._wait = NO_WAIT
+        if self._section is IN_IDLE:
             self._close()  # idle, or a new connection that sent nothing (Rule 4)
             return
         self._refuse(too_late(wait, self.limits))
@@ -505,7 +518,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
     def _refuse(self, error: ClientError) -> None:
         """Refuse what is being read, once earlier answers are out (Rule 4)."""
         self._last = True
-        self._wait = Wait.NONE
+        self._wait = NO_WAIT
         _log.info("refused a request from %s: %s", self.client, error.code)
         self._queue.append(error)
         self._answer()

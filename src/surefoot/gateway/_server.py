@@ -94,6 +94,12 @@ class Wait(enum.Enum):
     BODY = "body_timeout"
 
 
+# The members as names of this module: in Python 3.11 each ``Section.HEAD`` is a call of
+# ``EnumType.__getattr__`` (about 800 instructions), and a request reads about twenty.
+IN_IDLE, IN_HEAD, IN_BODY = Section.IDLE, Section.HEAD, Section.BODY
+NO_WAIT, IDLE_WAIT, HEAD_WAIT, BODY_WAIT = Wait.NONE, Wait.IDLE, Wait.HEAD, Wait.BODY
+
+
 class Refused(Exception):
     """Raised from a parser callback to stop the parser; the reason is in ``_refusal``."""
 
@@ -137,13 +143,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._section = Section.IDLE
+        self._section = IN_IDLE
         self._meter = HeadMeter(self.limits)
         self._progress = False  # a parser callback ran during the current feed
         self._refusal: ClientError | None = None
         self._deferred: ClientError | None = None  # answered once earlier answers are out
         self._own: RequestResponseCycle | None = None  # the cycle of the request being read
-        self._wait = Wait.NONE
+        self._wait = NO_WAIT
         # When the deadline of self._wait passes (loop time), or while it is suspended
         # (self._held), the seconds it has left.
         self._due = 0.0
@@ -162,7 +168,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self._wait = Wait.NONE
+        self._wait = NO_WAIT
         if self._timer is not None:
             self._timer.cancel()
         super().connection_lost(exc)
@@ -178,7 +184,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(self._refusal or malformed(exc))
             return
         self._settle()
-        parsed = self._progress or self._section is Section.IDLE
+        parsed = self._progress or self._section is IN_IDLE
         error = self._meter.fed(len(data), parsed=parsed)
         if error is not None:
             self._refuse(error)
@@ -200,7 +206,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self._progress = True
         super().on_message_begin()
-        self._section = Section.HEAD
+        self._section = IN_HEAD
         self._meter = HeadMeter(self.limits)
         self._own = None
 
@@ -214,7 +220,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._progress = True
         if (error := self._meter.field(name, value)) is not None:
             self._stop(error)
-        if self._section is Section.BODY:
+        if self._section is IN_BODY:
             return  # a trailer field: measured, never a header (Rule 2 of _head)
         super().on_header(name, value)
 
@@ -230,8 +236,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if error is not None:
             self._stop(error)
         super().on_headers_complete()
-        self._section = Section.BODY
-        self._wait = Wait.NONE  # the head's deadline is over; the body's starts fresh
+        self._section = IN_BODY
+        self._wait = NO_WAIT  # the head's deadline is over; the body's starts fresh
         self._own = self.cycle
         if self.expect_100_continue:
             # The client waits for 100 Continue, which uvicorn sends when the app first asks
@@ -245,8 +251,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._progress = True
         super().on_message_complete()
-        self._section = Section.IDLE
-        self._wait = Wait.NONE  # the body's deadline is over; whatever follows starts fresh
+        self._section = IN_IDLE
+        self._wait = NO_WAIT  # the body's deadline is over; whatever follows starts fresh
 
     def on_chunk_header(self) -> None:
         self._progress = True
@@ -265,24 +271,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """
         cycle: RequestResponseCycle | None = self.cycle
         if self._draining:
-            wait = Wait.NONE
-        elif self._section is Section.HEAD:
-            wait = Wait.HEAD
-        elif self._section is Section.BODY:
-            wait = Wait.BODY
+            wait = NO_WAIT
+        elif self._section is IN_HEAD:
+            wait = HEAD_WAIT
+        elif self._section is IN_BODY:
+            wait = BODY_WAIT
         elif cycle is None:
-            wait = Wait.HEAD  # a new connection: its first head is due from its start
+            wait = HEAD_WAIT  # a new connection: its first head is due from its start
         elif not cycle.response_complete:
-            wait = Wait.NONE  # whole requests wait for answers, which go out in order
+            wait = NO_WAIT  # whole requests wait for answers, which go out in order
         else:
-            wait = Wait.IDLE
+            wait = IDLE_WAIT
         if wait is not self._wait:
             self._wait = wait
-            if wait is Wait.NONE:
+            if wait is NO_WAIT:
                 return
             self._due = getattr(self.limits, wait.value)
             self._held = True
-        elif wait is Wait.NONE:
+        elif wait is NO_WAIT:
             return
         if self.flow.read_paused:
             if not self._held:
@@ -302,13 +308,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _expired(self) -> None:
         self._timer = None
         wait = self._wait
-        if wait is Wait.NONE or self._held or self.transport.is_closing():
+        if wait is NO_WAIT or self._held or self.transport.is_closing():
             return  # resuming sets a timer again
         if self._due - self.loop.time() > EARLY:
             self._timer = self.loop.call_at(self._due, self._expired)
             return
-        self._wait = Wait.NONE
-        if self._section is Section.IDLE:
+        self._wait = NO_WAIT
+        if self._section is IN_IDLE:
             self._close()  # idle, or a new connection that sent nothing
         else:
             self._refuse(too_late(wait, self.limits))
@@ -329,7 +335,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, error: ClientError) -> None:
         self._draining = True
-        self._wait = Wait.NONE
+        self._wait = NO_WAIT
         own = self._own
         queued = any(cycle is own for cycle, _ in self.pipeline)
         if own is not None and not own.response_complete:
@@ -441,7 +447,7 @@ def untaken(transport: asyncio.Transport) -> int:
 
 def too_late(wait: Wait, limits: ServerLimits) -> RequestTimeout:
     """The refusal of a request whose head or body missed its deadline ``wait``."""
-    part = "body" if wait is Wait.BODY else "head"
+    part = "body" if wait is BODY_WAIT else "head"
     seconds = getattr(limits, wait.value)
     return RequestTimeout(reason=f"the request {part} did not arrive within {seconds:g} s")
 
