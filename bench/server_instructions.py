@@ -18,7 +18,11 @@ Theory of operation:
    gateway's bounded protocol ``surefoot.gateway._server``, granian), or the gateway in
    front of that app served natively by uvicorn (``gateway-*``: as ``surefoot serve`` runs
    it, or under granian as ``bench/gateway.py --servers granian`` does), with no policy
-   (GET) or every policy on SQLite (POST with a new ``Idempotency-Key`` each).
+   (GET) or every policy on SQLite (POST with a new ``Idempotency-Key`` each); or the
+   decision service, asked ``GET /decide?edge=nginx`` with the fields NGINX's
+   ``auth_request`` sends (``bench/edge.py``'s policy, one principal): ``decide-floor``,
+   its HTTP server alone (``bench/_decide_floor.py``), and ``decide-memory``, ``surefoot
+   decide`` on ``memory://``.
 3. This process sends ``--warmup`` requests, then N, one after the other on one
    kept-alive connection, checks every status, and stops the server with SIGTERM (a
    graceful stop: callgrind writes its counts at exit). Each configuration runs with
@@ -50,6 +54,7 @@ from typing import Any
 
 import _harness as h
 
+import edge
 import gateway as g
 
 VALGRIND = "valgrind"
@@ -59,8 +64,9 @@ TOTAL = re.compile(rb"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
 @dataclass(frozen=True)
 class Config:
     name: str
-    server: str  # "uvicorn", "uvicorn-bounded" or "granian"
-    app: str  # "bare", "gateway" (no policy) or "gateway-sqlite" (every policy)
+    server: str  # "uvicorn", "uvicorn-bounded", "granian" or "head-only" (surefoot decide's)
+    app: str  # "bare", "gateway" (no policy), "gateway-sqlite" (every policy), "decide-floor"
+    # or "decide"
     meaning: str
 
     @property
@@ -85,7 +91,25 @@ CONFIGS = (
         "gateway-sqlite-granian", "granian", "gateway-sqlite",
         "the gateway under granian, every policy on SQLite, POST with a new key",
     ),
+    Config(
+        "decide-floor", "head-only", "decide-floor",
+        "surefoot decide's HTTP server answering a fixed allowed decision, GET /decide",
+    ),
+    Config(
+        "decide-memory", "head-only", "decide",
+        "surefoot decide on memory://, GET /decide as NGINX asks",
+    ),
 )  # fmt: skip
+
+#: The fields of NGINX's ``auth_request`` subrequest (examples/edge/nginx.conf.template).
+DECIDE_HEADERS = {
+    "X-Original-Method": "GET",
+    "X-Original-URI": g.GET_PATH,
+    "X-Forwarded-For": "198.51.100.4",
+    "X-Real-IP": "198.51.100.4",
+    "X-Surefoot-Edge": "nginx",
+    "X-Request-Id": "3f2a9c1e5b7d4a6f8e0c2b4d6f8a0c2e",
+}
 
 
 # -- the servers ----------------------------------------------------------------------------
@@ -117,6 +141,16 @@ def server_command(
         if config.server == "uvicorn":
             return h.uvicorn_command("gateway:upstream_app", port, lifespan=False), env
         return [sys.executable, __file__, "--serve-bounded", str(port)], env
+    if config.app in ("decide", "decide-floor"):
+        path = workdir / "policy.toml"
+        path.write_text(edge.POLICY_TOML.format(upstream=upstream, store="memory://"))
+        if config.app == "decide-floor":
+            return [sys.executable, str(edge.FLOOR), str(path), str(port)], env
+        command = [
+            sys.executable, "-m", "surefoot", "decide", "--config", str(path),
+            "--port", str(port), "--workers", "1",
+        ]  # fmt: skip
+        return command, env
     policies = config.app == "gateway-sqlite"
     store = f"sqlite:///{workdir / 'gateway.db'}" if policies else "memory://"
     path = workdir / "gateway.toml"
@@ -154,14 +188,17 @@ def upstream_server() -> Iterator[str]:
 def send(conn: http.client.HTTPConnection, config: Config, count: int, tag: str) -> None:
     """``count`` requests, one after the other; each answer must be a success."""
     for number in range(count):
-        if config.method == "GET":
+        if config.server == "head-only":
+            conn.request("GET", "/decide?edge=nginx", headers=DECIDE_HEADERS)
+        elif config.method == "GET":
             conn.request("GET", g.GET_PATH)
         else:
             headers = {"Content-Type": "application/json", "Idempotency-Key": f"{tag}-{number}"}
             conn.request("POST", g.POST_PATH, body=g.POST_BODY.encode(), headers=headers)
         response = conn.getresponse()
         body = response.read()
-        if response.status not in (200, 201):
+        decided = config.app != "decide" or "ratelimit" in response.headers
+        if response.status not in (200, 201) or not decided:
             raise h.BenchError(f"{config.name}: answered {response.status} {body[:300]!r}")
 
 

@@ -4,11 +4,11 @@ decide``).
 A request leaves almost no cyclic garbage: what it allocates is freed by reference
 counting as it ends. Yet with Python's threshold (a collection of the youngest generation
 every 700 net allocations of container objects), the requests under way set collections
-off all the time, and every tenth of every tenth is a collection of the whole heap
-(modules, configuration, app: about 80,000 objects, 60 ms each). Measured under load
-(docs/performance.md), the collector's work came to about 11 us per decision of
-``surefoot decide`` and 20 us per request of ``surefoot serve``, for a few hundred
-objects of garbage. At ``GC_THRESHOLD`` it is about 0.7 us per decision.
+off all the time, and one in a hundred is a collection of the whole heap (modules,
+configuration, app: about 80,000 objects, 50 to 60 ms each). Measured under wrk
+(``bench/gc_collections.py``, docs/performance.md), the collector took about 5 us per
+decision of ``surefoot decide`` and 23 to 30 us per request of ``surefoot serve``; at
+``GC_THRESHOLD`` it did not run once in a 10-second run of either.
 
 The cost of the threshold: cyclic garbage, where there is some, waits for up to
 ``GC_THRESHOLD`` net allocations before it is freed.
