@@ -261,8 +261,6 @@ def decide(kind: str) -> Callable[[Path, Any], Stack]:
             (b"x-original-method", b"GET"),
             (b"x-original-uri", b"/hello"),
             (b"x-forwarded-for", b"198.51.100.4"),
-            (b"x-real-ip", b"198.51.100.4"),
-            (b"x-surefoot-edge", b"nginx"),
             (b"x-request-id", b"3f2a9c1e5b7d4a6f8e0c2b4d6f8a0c2e"),
             (b"user-agent", b"bench"),
         ]

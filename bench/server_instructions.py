@@ -106,8 +106,6 @@ DECIDE_HEADERS = {
     "X-Original-Method": "GET",
     "X-Original-URI": g.GET_PATH,
     "X-Forwarded-For": "198.51.100.4",
-    "X-Real-IP": "198.51.100.4",
-    "X-Surefoot-Edge": "nginx",
     "X-Request-Id": "3f2a9c1e5b7d4a6f8e0c2b4d6f8a0c2e",
 }
 
