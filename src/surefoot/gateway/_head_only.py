@@ -335,6 +335,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
         else:  # absolute-form, its authority checked by refusal()
             parts = httptools.parse_url(target)
             raw_path, query = parts.path or b"/", parts.query or b""
+        # find, not ``in``: see _send.
         path = unquote_to_bytes(raw_path) if raw_path.find(b"%") >= 0 else raw_path
         return {
             "type": "http",
