@@ -1658,9 +1658,14 @@ def serve_gateway(
     help="Port to listen on (0: any).",
 )  # fmt: skip
 @click.option(
+    "--uds", type=click.Path(dir_okay=False),
+    help="Listen on this Unix socket instead of --host and --port; whoever may open it is "
+    "trusted as the edge (docs/edge.md).",
+)  # fmt: skip
+@click.option(
     "--workers", type=click.IntRange(1, 64), help="Worker processes (default: [server] workers)."
 )
-def decide(config_path: str, host: str, port: int, workers: int | None) -> None:
+def decide(config_path: str, host: str, port: int, uds: str | None, workers: int | None) -> None:
     """Run the decision service NGINX, HAProxy and Envoy ask (docs/edge.md).
 
     The same rate-limit policies, identity rules and store as `surefoot serve`, without
@@ -1675,6 +1680,7 @@ def decide(config_path: str, host: str, port: int, workers: int | None) -> None:
             config_path,
             host=host,
             port=port,
+            uds=uds,
             workers=workers,
             ready=lambda line: click.echo(line, err=True),
         )

@@ -18,6 +18,7 @@ import random
 import shutil
 import socket
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
@@ -159,17 +160,47 @@ def decide_config(
 
 @dataclass
 class DecideProcess:
-    """``surefoot decide`` on a free port: its server and address (host:port)."""
+    """``surefoot decide`` on a free port, or on a Unix socket (``socket``): its server and
+    address as NGINX names it (``host:port``, or ``unix:PATH``)."""
 
     server: Server
     address: str
+    socket: Path | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.address}"
 
+    def client(self) -> httpx.Client:
+        """A client of the service: ``client().get("/decide", ...)``."""
+        if self.socket is None:
+            return httpx.Client(base_url=self.url, timeout=10)
+        transport = httpx.HTTPTransport(uds=str(self.socket))
+        return httpx.Client(transport=transport, base_url="http://decide", timeout=10)
+
     def wait_ready(self) -> None:
-        self.server.wait_ready(self.url + "/readyz")
+        if self.socket is None:
+            self.server.wait_ready(self.url + "/readyz")
+            return
+
+        def ready() -> bool:
+            if self.server.process.poll() is not None:
+                raise AssertionError(f"surefoot decide exited:\n{self.server.tail()}")
+            # A plain connection first: httpx leaves a socket open when one is refused.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(str(self.socket))
+                except OSError:
+                    return False
+            with self.client() as http:
+                return http.get("/readyz").status_code == 200
+
+        wait_until(ready, timeout=30, what=f"{self.address}/readyz ({self.server.log})")
+
+    def stop(self) -> None:
+        self.server.stop()
+        if self.socket is not None:
+            shutil.rmtree(self.socket.parent, ignore_errors=True)
 
 
 def store_url(kind: str, tmp: Path) -> str:
@@ -192,17 +223,29 @@ def decide_running(*services: DecideProcess) -> Iterator[None]:
         yield
     finally:
         for service in services:
-            service.server.stop()
+            service.stop()
 
 
-def surefoot_decide(tmp: Path, config: str, *, name: str = "decide") -> DecideProcess:
-    """``surefoot decide`` on the TOML text ``config`` (written to ``tmp``), not yet ready."""
+def surefoot_decide(
+    tmp: Path, config: str, *, name: str = "decide", unix: bool = False
+) -> DecideProcess:
+    """``surefoot decide`` on the TOML text ``config`` (written to ``tmp``), not yet ready;
+    with ``unix``, on a Unix socket in a directory of its own that NGINX's workers (nobody,
+    when the tests run as root) may enter, unlike ``tmp``."""
     path = tmp / f"{name}.toml"
     path.write_text(config)
-    port = free_port()
     command = [str(Path(sys.executable).with_name("surefoot")), "decide", "--config", str(path)]
-    command += ["--port", str(port)]
+    if unix:
+        folder = Path(tempfile.mkdtemp(prefix="surefoot-decide-"))
+        folder.chmod(0o755)
+        sock = folder / "decide.sock"
+        command += ["--uds", str(sock)]
+    else:
+        port = free_port()
+        command += ["--port", str(port)]
     server = Server(command, log=tmp / f"{name}.log", env={"TMPDIR": str(tmp)})
+    if unix:
+        return DecideProcess(server, f"unix:{sock}", sock)
     return DecideProcess(server, f"127.0.0.1:{port}")
 
 

@@ -162,6 +162,26 @@ async def test_the_edge_is_believed_about_the_client_address(clock: ManualClock)
 
 
 @pytest.mark.parametrize(
+    ("server", "believed"),
+    [
+        ("http://decide", True),  # server (host, None): a Unix socket, as ASGI names one
+        ("http://decide:8090", False),  # a port and no peer: not a Unix socket, not trusted
+    ],
+)
+async def test_a_peer_without_an_address_is_the_edge_only_on_a_unix_socket(
+    clock: ManualClock, server: str, believed: bool
+) -> None:
+    app = DecisionApp(config(reads(2)), clock=clock)
+    transport = httpx.ASGITransport(app=app, client=None)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url=server) as client:
+        one = await statuses(client, 2, **{"X-Forwarded-For": "198.51.100.1"})
+        other = await statuses(client, 1, **{"X-Forwarded-For": "198.51.100.2"})
+    assert one == [200, 200]
+    # Believed: another client, its own count; not believed: both are one "unknown" peer.
+    assert other == ([200] if believed else [429])
+
+
+@pytest.mark.parametrize(
     ("path", "headers"),
     [("/decide?edge=nginx", {}), ("/decide", {"X-Surefoot-Edge": "nginx"})],
     ids=["query", "header"],

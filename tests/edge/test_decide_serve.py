@@ -168,3 +168,59 @@ def test_the_decision_service_bounds_the_head_as_the_gateway_does(
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b"request-timeout" in answer
+
+
+def unix_client(path: Path) -> httpx.Client:
+    transport = httpx.HTTPTransport(uds=str(path))
+    return httpx.Client(transport=transport, base_url="http://decide", timeout=10)
+
+
+def test_on_a_unix_socket_a_stale_file_is_replaced_and_the_edge_is_believed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "decide.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as gone:
+        gone.bind(str(path))  # what a service killed without its cleanup leaves
+    config = policy_file(tmp_path, f"sqlite:///{tmp_path / 'counters.db'}", limit=1)
+    command = [SUREFOOT, "decide", "--config", str(config), "--uds", str(path)]
+    log = tmp_path / "decide.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    try:
+
+        def ready() -> bool:
+            assert process.poll() is None, log.read_text()
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                return probe.connect_ex(str(path)) == 0
+
+        wait_until(ready, timeout=30, what=f"surefoot decide on {path}")
+        described = {"X-Original-Method": "GET", "X-Original-URI": "/orders"}
+        with unix_client(path) as http:
+            codes = [
+                http.get("/decide", headers={**described, "X-Forwarded-For": f"198.51.100.{n}"})
+                for n in (1, 1, 2)
+            ]
+        # The peer has no address: it is the edge, and each forwarded address counts alone.
+        assert [c.status_code for c in codes] == [200, 429, 200]
+        assert f"/decide on unix:{path}" in log.read_text()
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(20)
+    assert not path.exists()  # removed as it stops
+
+
+def test_a_unix_socket_another_process_listens_on_is_refused_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "decide.sock"
+    config = policy_file(tmp_path, f"sqlite:///{tmp_path / 'counters.db'}")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(str(path))
+        other.listen()
+        done = subprocess.run(
+            [SUREFOOT, "decide", "--config", str(config), "--uds", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert path.exists()
+    assert done.returncode != 0
+    assert f"cannot listen on unix:{path}" in done.stderr

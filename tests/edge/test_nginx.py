@@ -166,9 +166,11 @@ class Edge:
 
 
 @contextlib.contextmanager
-def one_edge(tmp: Path, *, decide_down: str) -> Iterator[Edge]:
-    """One decision service on SQLite, the upstream, and NGINX with ``decide_down``."""
-    decide = surefoot_decide(tmp, decide_config(store_url("sqlite", tmp), POLICIES))
+def one_edge(tmp: Path, *, decide_down: str, unix: bool = False) -> Iterator[Edge]:
+    """One decision service on SQLite (on a Unix socket with ``unix``), the upstream, and
+    NGINX with ``decide_down``."""
+    config = decide_config(store_url("sqlite", tmp), POLICIES)
+    decide = surefoot_decide(tmp, config, unix=unix)
     with (
         decide_running(decide),
         RecordingUpstream().running() as upstream,
@@ -188,9 +190,17 @@ def edge(tmp_path: Path) -> Iterator[Edge]:
         yield running
 
 
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
 def test_a_spoofed_forwarding_header_is_replaced_so_the_limit_stays_per_client_address(
-    edge: Edge,
+    tmp_path: Path, transport: str
 ) -> None:
+    # On a Unix socket (upstream surefoot_decide { server unix:PATH; }), the peer has no
+    # address: the service trusts it as the edge, and counts the address NGINX wrote.
+    with one_edge(tmp_path, decide_down="fail_closed", unix=transport == "unix") as edge:
+        spoofed_forwarding_is_replaced(edge)
+
+
+def spoofed_forwarding_is_replaced(edge: Edge) -> None:
     caller, neighbour = loopback_addresses(2)
     statuses = []
     with client(edge.nginx.url, address=caller) as http:
@@ -256,7 +266,7 @@ def test_decision_service_down_fails_open_when_the_template_says_fail_open(
         client(running.nginx.url, address=address) as http,
     ):
         before = http.get("/charges")
-        running.decide.server.stop()
+        running.decide.stop()
         after = [http.get("/charges") for _ in range(LIMIT + 1)]
 
     admitted(before)
@@ -276,7 +286,7 @@ def test_decision_service_down_fails_closed_when_the_template_says_fail_closed(
         client(running.nginx.url, address=address) as http,
     ):
         before = http.get("/charges")
-        running.decide.server.stop()
+        running.decide.stop()
         after = http.get("/charges")
 
     admitted(before)

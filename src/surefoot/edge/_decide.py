@@ -22,7 +22,9 @@ Rule 1: the client's address is the TCP peer, unless the peer is one of
         configured forwarding header (``X-Forwarded-For`` by default: what the edge wrote;
         with ``Forwarded`` configured and absent, ``X-Forwarded-For``, which HAProxy
         writes), else of ``X-Real-IP``, else the peer. From any other peer the forwarding headers
-        are ignored, so a client cannot choose the address it is counted as.
+        are ignored, so a client cannot choose the address it is counted as. A peer with
+        no address whose connection came on a Unix socket (ASGI's ``server`` is ``[path,
+        None]``: ``surefoot decide --uds``) is the edge: whoever may open the socket file.
 Rule 2: the decision is the gateway's, from the same configuration: the same ``Identity``
         (credential headers, trusted proxies, known API keys), the same
         ``RateLimitMiddleware`` (policies, tiers, shadow, rollouts, the policy's outage
@@ -312,7 +314,11 @@ class DecisionApp:
         decider = self.decider  # Rule 5: one configuration for the whole request
         identity = decider.identity
         peer = scope.get("client")
-        trusted = peer is not None and identity.is_trusted(str(peer[0]))
+        if peer is not None:
+            trusted = identity.is_trusted(str(peer[0]))
+        else:  # Rule 1: a peer on the service's Unix socket is the edge
+            server = scope.get("server")
+            trusted = server is not None and server[1] is None
         fields = _Fields(scope["headers"], decider)
         given = fields.first(_REQUEST_ID)
         rid = adopt_request_id(scope, given if trusted else None)
@@ -632,8 +638,6 @@ def _decoded(raw_path: bytes) -> str:
 def _client_address(scope: Scope, fields: _Fields, identity: Identity, *, trusted: bool) -> str:
     """The client's address (Rule 1)."""
     peer = scope.get("client")
-    if not peer:
-        return "unknown"
     if trusted:
         chain = _forwarded_for(fields) if identity.forwarded_header == "forwarded" else []
         if chain:
@@ -647,7 +651,7 @@ def _client_address(scope: Scope, fields: _Fields, identity: Identity, *, truste
             address = _address(real[-1].decode("latin-1").strip())
             if address is not None:
                 return address
-    return str(peer[0])
+    return str(peer[0]) if peer else "unknown"
 
 
 @lru_cache(maxsize=_REMEMBERED)

@@ -25,10 +25,13 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
 import signal
+import socket
+import stat
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +55,7 @@ def decide(
     *,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
+    uds: str | None = None,
     workers: int | None = None,
     ready: Callable[[str], None] | None = None,
 ) -> None:
@@ -60,6 +64,7 @@ def decide(
     Args:
         config_path: the gateway's policy file.
         host, port: where to listen (port 0: any free port).
+        uds: a Unix socket's path to listen on instead (``host`` and ``port`` unused).
         workers: worker processes (default: ``[server] workers``).
         ready: called with a one-line summary once the file is valid and the socket bound.
 
@@ -80,6 +85,7 @@ def decide(
         factory=True,
         host=host,
         port=port,
+        uds=uds,
         workers=workers,
         # The gateway's head-only HTTP server: [server]'s head limits and deadlines, as for
         # serve (by name: a worker process imports it).
@@ -92,15 +98,22 @@ def decide(
         server_header=False,
         proxy_headers=False,  # forwarding headers are believed from trusted_proxies only
     )
+    if uds is not None:
+        _clear_stale(uds)
     try:
         sock = uv_config.bind_socket()
     except SystemExit:  # uvicorn's way to say it cannot bind; it logged why
-        raise ConfigurationError(f"cannot listen on {host}:{port}") from None
-    host, port = sock.getsockname()[:2]
+        where = f"unix:{uds}" if uds is not None else f"{host}:{port}"
+        raise ConfigurationError(f"cannot listen on {where}") from None
+    if uds is None:
+        host, port = sock.getsockname()[:2]
+        endpoint = f"http://{host}:{port}/decide"
+    else:
+        endpoint = f"/decide on unix:{uds}"
     policies = len(config.rate_limit_policies)
     if ready is not None:
         ready(
-            f"surefoot decide: http://{host}:{port}/decide; {policies} rate-limit "
+            f"surefoot decide: {endpoint}; {policies} rate-limit "
             f"polic{'ies' if policies != 1 else 'y'}; {workers} worker{'s' if workers > 1 else ''}"
         )
     url = config.store_url(root.rate_limit.store)
@@ -111,10 +124,34 @@ def decide(
             workers,
             workers,
         )
-    if workers > 1:
-        Multiprocess(uv_config, sockets=[sock]).run()
+    try:
+        if workers > 1:
+            Multiprocess(uv_config, sockets=[sock]).run()
+        else:
+            uvicorn.Server(uv_config).run(sockets=[sock])
+    finally:
+        if uds is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(uds)
+
+
+def _clear_stale(path: str) -> None:
+    """Remove the socket file a service that is gone left at ``path``; a socket some
+    process listens on, or a file of another kind, stays (binding then fails)."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return
+    except FileNotFoundError:
         return
-    uvicorn.Server(uv_config).run(sockets=[sock])
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        probe.close()
 
 
 #: This process's HTTP protocol: the gateway's head-only one, serving the app ``_app`` built

@@ -142,7 +142,7 @@ class HeadOnlyProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client: tuple[str, int] | None = None
-        self.server: tuple[str, int] | None = None
+        self.server: tuple[str, int | None] | None = None
         self._section = IN_IDLE
         self._meter = HeadMeter(self.limits)
         self._url = b""
@@ -182,7 +182,9 @@ class HeadOnlyProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.server_state.connections.add(self)
         self.client = _address(transport.get_extra_info("peername"))
-        self.server = _address(transport.get_extra_info("sockname"))
+        sockname = transport.get_extra_info("sockname")
+        # A Unix socket's path, with no port (the ASGI specification's server field).
+        self.server = (sockname, None) if isinstance(sockname, str) else _address(sockname)
         self._settle()
 
     def connection_lost(self, exc: Exception | None) -> None:
