@@ -20,6 +20,10 @@ Theory of operation:
    shared store) carry on. ``SIGINT`` / ``SIGTERM`` stop every process.
 5. Each process collects its cyclic garbage less often than Python does by default
    (``surefoot._heap``).
+6. On a Unix socket (``uds``), a socket file that no process listens on (a service gone
+   without its cleanup) is removed before binding; one that a process listens on, or a
+   file of another kind, stays and binding fails. The file is removed when ``decide``
+   returns (``SIGINT``; after ``SIGTERM`` uvicorn ends the process first).
 """
 
 from __future__ import annotations
@@ -141,7 +145,7 @@ def _clear_stale(path: str) -> None:
     try:
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             return
-    except FileNotFoundError:
+    except OSError:  # nothing there, or not ours to look at: binding says why
         return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
