@@ -171,28 +171,18 @@ class DecideProcess:
     def url(self) -> str:
         return f"http://{self.address}"
 
-    def client(self) -> httpx.Client:
-        """A client of the service: ``client().get("/decide", ...)``."""
-        if self.socket is None:
-            return httpx.Client(base_url=self.url, timeout=10)
-        transport = httpx.HTTPTransport(uds=str(self.socket))
-        return httpx.Client(transport=transport, base_url="http://decide", timeout=10)
-
     def wait_ready(self) -> None:
-        if self.socket is None:
+        sock = self.socket
+        if sock is None:
             self.server.wait_ready(self.url + "/readyz")
             return
 
         def ready() -> bool:
             if self.server.process.poll() is not None:
                 raise AssertionError(f"surefoot decide exited:\n{self.server.tail()}")
-            # A plain connection first: httpx leaves a socket open when one is refused.
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                try:
-                    probe.connect(str(self.socket))
-                except OSError:
-                    return False
-            with self.client() as http:
+            if not unix_listening(sock):
+                return False
+            with unix_client(sock) as http:
                 return http.get("/readyz").status_code == 200
 
         wait_until(ready, timeout=30, what=f"{self.address}/readyz ({self.server.log})")
@@ -201,6 +191,19 @@ class DecideProcess:
         self.server.stop()
         if self.socket is not None:
             shutil.rmtree(self.socket.parent, ignore_errors=True)
+
+
+def unix_listening(path: Path) -> bool:
+    """Whether a process accepts connections on the Unix socket ``path`` (a plain
+    connection: httpx leaves a socket open when one is refused)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        return probe.connect_ex(str(path)) == 0
+
+
+def unix_client(path: Path) -> httpx.Client:
+    """A client of the service listening on the Unix socket ``path``."""
+    transport = httpx.HTTPTransport(uds=str(path))
+    return httpx.Client(transport=transport, base_url="http://decide", timeout=10)
 
 
 def store_url(kind: str, tmp: Path) -> str:

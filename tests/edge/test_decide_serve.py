@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _edge_helpers import unix_client, unix_listening
 from tests.gateway._gateway_helpers import wait_until
 
 from _services import _drop_redis_prefix
@@ -170,11 +171,6 @@ def test_the_decision_service_bounds_the_head_as_the_gateway_does(
     assert b"request-timeout" in answer
 
 
-def unix_client(path: Path) -> httpx.Client:
-    transport = httpx.HTTPTransport(uds=str(path))
-    return httpx.Client(transport=transport, base_url="http://decide", timeout=10)
-
-
 def test_on_a_unix_socket_a_stale_file_is_replaced_and_the_edge_is_believed(
     tmp_path: Path,
 ) -> None:
@@ -190,8 +186,7 @@ def test_on_a_unix_socket_a_stale_file_is_replaced_and_the_edge_is_believed(
 
         def ready() -> bool:
             assert process.poll() is None, log.read_text()
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                return probe.connect_ex(str(path)) == 0
+            return unix_listening(path)
 
         wait_until(ready, timeout=30, what=f"surefoot decide on {path}")
         described = {"X-Original-Method": "GET", "X-Original-URI": "/orders"}
