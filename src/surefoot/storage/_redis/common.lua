@@ -8,6 +8,9 @@ local EPS = 1e-9
 local INF = math.huge
 
 local function fmt(x)
+  if x == 0 and 1 / x > 0 then
+    return '0'  -- what the format gives +0 (not -0), without its cost: half the fields
+  end
   return string.format('%.17g', x)
 end
 
