@@ -18,11 +18,12 @@ Theory of operation:
    1,000,000,000/hour, sliding window) that no request reaches, so every request is
    decided, counted and admitted; no per-address ceiling (``address_limits = []``); no
    access log; 127.0.0.1 (NGINX) in ``trusted_proxies``; the admin API off. Its store is
-   a new SQLite file per start, or Redis (``--redis-url``, by default the server of
-   127.0.0.1:6379) under a new key prefix per start, whose keys are deleted after the run
-   (never a FLUSH), with ``RedisStore``'s ``timeout`` at ``--redis-timeout`` (0.25 s:
-   the measured side is a saturated worker on a shared machine, and at the store's
-   default 0.05 s the runs of issue 22 failed open in bursts, uncounted). wrk sends no
+   a new SQLite file per start, or Redis (a private ``redis-server`` that the benchmark
+   starts, as ``bench/redis_decisions.py`` does, or ``--redis-url``'s) under a new key
+   prefix per start, whose keys are deleted after the run (never a FLUSH), with
+   ``RedisStore``'s ``timeout`` at ``--redis-timeout`` (0.25 s: the measured side is a
+   saturated worker on a shared machine, and at the store's default 0.05 s the runs of
+   issue 22 failed open in bursts, uncounted). wrk sends no
    credential: every request is one principal (its address), one hot counter, the worst
    case for a store.
 3. The configurations (``CONFIGS``), each with one worker (one NGINX worker process, one
@@ -57,9 +58,13 @@ Theory of operation:
    CPU time per request (NGINX, surefoot and the upstream together) over this one's.
 7. With two or more CPUs and ``taskset``, the measured side (NGINX, ``surefoot decide``,
    ``surefoot serve``) is pinned to one CPU, wrk and the upstream to another
-   (``--no-pin``: nothing pinned). Redis is the machine's, not pinned; its CPU time
-   (``INFO cpu``) counts every client of it. Every child runs in a process group of its
-   own, stopped at the end whatever happens.
+   (``--no-pin``: nothing pinned). The private ``redis-server`` runs on wrk's CPU: the
+   store that edge hosts share lives on a host of its own, never on an edge's CPU. (A
+   server left to float, such as the machine's one through ``--redis-url``, is not
+   pinned: the scheduler often wakes it on the measured CPU, where it takes time from
+   NGINX and ``surefoot decide``.) Its CPU time is read from ``/proc``, or for
+   ``--redis-url``'s from ``INFO cpu``, which counts every client of it. Every child
+   runs in a process group of its own, stopped at the end whatever happens.
 8. surefoot's source files are hashed at the start and at the end (``bench/gateway.py``):
    a tree edited during the run is reported.
 
@@ -215,13 +220,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "RedisStore's timeout (seconds) in surefoot decide and serve (its default is 0.05: "
         "a saturated worker on a shared machine reads replies late)",
     )
-    h.option(
-        parser,
-        "--redis-url",
-        "redis://127.0.0.1:6379/0",
-        "the Redis server of the *-redis configurations (keys under 'sfbench-edge-*' only, "
-        "deleted after each run)",
-    )
+    h.add_redis_options(parser, used_by="the *-redis configurations")
     parser.add_argument("--nginx", default="/usr/sbin/nginx", help="the nginx executable")
     h.add_pin_options(parser, what="the measured side, and wrk with the upstream,")
     h.add_output_options(parser)
@@ -250,7 +249,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     tools = {
         "wrk": ["wrk", "--version"],
         "nginx": [args.nginx, "-v"],
-        "redis_server": ["redis-server", "--version"],
+        "redis_server": [args.redis_server, "--version"],
     }
     env = h.environment(("surefoot", "uvicorn", "uvloop", "httptools", "redis", "hiredis"), tools)
     env["redis_server"] = env["redis_server"].split(" sha=")[0]
@@ -716,7 +715,8 @@ def main(argv: list[str] | None = None) -> int:
     configs: list[Config] = args.configs
     check_tools(args)
     cpus = h.split_cpus(args.no_pin, "wrk and the upstream")
-    redis = h.BenchRedis(args.redis_url) if any(c.store == "redis" for c in configs) else None
+    uses_redis = any(c.store == "redis" for c in configs)
+    redis = h.BenchRedis(args.redis_url, cpus.load, args.redis_server) if uses_redis else None
     width = max(len(c.name) for c in configs)
     runs: list[h.Run] = []
     with tempfile.TemporaryDirectory(prefix="surefoot-bench-edge-") as tmp:
@@ -734,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
             "httptools, no access log, on wrk's CPU",
             "redis": "not used"
             if redis is None
-            else f"{redis.describe()}; RedisStore timeout {args.redis_timeout:g} s",
+            else f"{redis.where(cpus.load)}; RedisStore timeout {args.redis_timeout:g} s",
             "cpus": f"{cpus.sentence}; the server side is NGINX and surefoot decide or serve",
             "environment": environment(args),
             "load_before": h.load_average(),
@@ -755,6 +755,8 @@ def main(argv: list[str] | None = None) -> int:
                     say(run, width)
         finally:
             upstream.stop()
+            if redis is not None:
+                redis.stop()
         context["load_after"] = h.load_average()
         context["source_after"] = g.source_files()
     rows = summarize(configs, runs)
