@@ -1365,3 +1365,19 @@ async def test_a_call_requeued_when_the_credential_provider_fails_is_answered() 
     assert pending == set()
     for task in (first, late):
         assert isinstance(task.exception(), StoreUnavailable)
+
+
+@pytest.mark.parametrize("value", ["0", "-0", "0.1", "-2.5", "1e-300", "123456789.125", "inf"])
+async def test_fmt_writes_every_float_as_the_format_does(value: str) -> None:
+    """``common.lua``'s ``fmt`` writes 0 without ``string.format`` (a fast path): every
+    float still comes out as '%.17g' writes it, the sign of -0 included."""
+    client = Redis.from_url(service_url("redis"))
+    script = (
+        store_script_source("acquire").split("local function clock")[0]
+        + "local x = tonumber(ARGV[1])\nreturn {fmt(x), string.format('%.17g', x)}"
+    )
+    try:
+        written, formatted = await client.eval(script, 0, value)
+    finally:
+        await client.aclose()
+    assert written == formatted
