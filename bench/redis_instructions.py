@@ -18,9 +18,9 @@ Theory of operation:
    (1,000,000/second and 1,000,000,000/hour) that no request reaches, one principal, through
    ``RedisStore(coalesce=True)`` on the server's clock, as ``surefoot decide`` makes them. A
    batch of B is B acquires gathered in one loop turn, which the coalescing store sends as
-   one script call (``surefoot.storage.redis``, Rule 7), as it does for B requests that
-   arrive together; through NGINX, ``bench/edge.py``'s Redis figures put the usual batch
-   at 3 to 7.
+   one script call (``surefoot.storage.redis``, Rule 7; at most ``SEND_AT``, 8, go in one
+   call), as it does for B requests that arrive together; through NGINX,
+   ``bench/edge.py``'s Redis figures put the usual batch at 3 to 7.
 4. ``--warmup`` batches first (the script loaded, the keys made), then counting is switched
    on (``callgrind_control -i on``), ``--calls`` batches are sent one after the other, and
    counting is switched off. The figure is the server's instructions over the decisions
@@ -52,9 +52,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     h.add_output_options(parser, check=False)
     args = h.parse(parser, argv)
+    from surefoot.storage.redis import SEND_AT
+
     args.batches = [int(b) for b in args.batches.split(",")]
     if not args.batches or min(args.batches) < 1 or args.calls < 1:
         parser.error("--batches and --calls must be positive")
+    if max(args.batches) > SEND_AT:  # more would leave in two calls or more
+        parser.error(f"--batches: at most {SEND_AT}, the requests of one script call")
     return args
 
 
